@@ -1,0 +1,1 @@
+"""The ``accel`` command line of the edge-LLM accelerator toolkit."""

@@ -1,0 +1,235 @@
+"""Model configuration: one frozen dataclass for Llama-family decoders.
+
+Contract
+--------
+``ModelConfig`` describes every shape the reference model, the compiler and the
+performance model need. It validates itself on construction and raises
+``ConfigError`` naming the offending field. Derived sizes are properties.
+
+Presets carry the exact published shapes of the models the toolkit studies; ``tiny``
+is the project's own character-level model (trained by ``accel train``). A config can
+also be read from a Hugging Face ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot describe a real model."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shapes of a Llama-family decoder.
+
+    Parameters
+    ----------
+    name : human-readable name.
+    vocab_size : number of tokens.
+    d_model : residual width (``hidden_size``).
+    n_layers : decoder layers.
+    n_heads : query heads.
+    n_kv_heads : key/value heads (grouped-query attention when smaller than n_heads).
+    head_dim : width of one head; usually ``d_model // n_heads``.
+    d_ff : SwiGLU hidden width (``intermediate_size``).
+    max_seq_len : longest sequence the model supports (``max_position_embeddings``).
+    rope_theta : RoPE base frequency.
+    norm_eps : RMSNorm epsilon.
+    tie_embeddings : the LM head reuses the embedding matrix.
+    qkv_bias : the q/k/v projections have a bias (Qwen2).
+    """
+
+    name: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    max_seq_len: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+
+    def __post_init__(self):
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                      "head_dim", "d_ff", "max_seq_len"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{self.name}: {field} must be a positive integer, "
+                                  f"not {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ConfigError(f"{self.name}: n_heads ({self.n_heads}) must divide d_model "
+                              f"({self.d_model})")
+        if self.head_dim % 2 != 0:
+            raise ConfigError(f"{self.name}: head_dim must be even for RoPE, "
+                              f"not {self.head_dim}")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ConfigError(f"{self.name}: n_kv_heads ({self.n_kv_heads}) must divide "
+                              f"n_heads ({self.n_heads})")
+        if not self.rope_theta > 0:
+            raise ConfigError(f"{self.name}: rope_theta must be positive, "
+                              f"not {self.rope_theta!r}")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"{self.name}: norm_eps must be positive, not {self.norm_eps!r}")
+
+    # -- derived sizes --------------------------------------------------------------
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def group_size(self) -> int:
+        """Query heads sharing one key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter tensor, by its Hugging Face name, with its shape (out, in)."""
+        shapes = {"model.embed_tokens.weight": (self.vocab_size, self.d_model)}
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}."
+            shapes[p + "input_layernorm.weight"] = (self.d_model,)
+            shapes[p + "self_attn.q_proj.weight"] = (self.q_dim, self.d_model)
+            shapes[p + "self_attn.k_proj.weight"] = (self.kv_dim, self.d_model)
+            shapes[p + "self_attn.v_proj.weight"] = (self.kv_dim, self.d_model)
+            if self.qkv_bias:
+                shapes[p + "self_attn.q_proj.bias"] = (self.q_dim,)
+                shapes[p + "self_attn.k_proj.bias"] = (self.kv_dim,)
+                shapes[p + "self_attn.v_proj.bias"] = (self.kv_dim,)
+            shapes[p + "self_attn.o_proj.weight"] = (self.d_model, self.q_dim)
+            shapes[p + "post_attention_layernorm.weight"] = (self.d_model,)
+            shapes[p + "mlp.gate_proj.weight"] = (self.d_ff, self.d_model)
+            shapes[p + "mlp.up_proj.weight"] = (self.d_ff, self.d_model)
+            shapes[p + "mlp.down_proj.weight"] = (self.d_model, self.d_ff)
+        shapes["model.norm.weight"] = (self.d_model,)
+        if not self.tie_embeddings:
+            shapes["lm_head.weight"] = (self.vocab_size, self.d_model)
+        return shapes
+
+    @property
+    def n_params(self) -> int:
+        total = 0
+        for shape in self.param_shapes().values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- Hugging Face interchange -------------------------------------------------------
+    def to_hf_dict(self) -> dict:
+        return {
+            "architectures": ["Qwen2ForCausalLM" if self.qkv_bias else "LlamaForCausalLM"],
+            "model_type": "qwen2" if self.qkv_bias else "llama",
+            "_name_or_path": self.name,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.d_model,
+            "intermediate_size": self.d_ff,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_seq_len,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.norm_eps,
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": self.qkv_bias,
+            "hidden_act": "silu",
+        }
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict, name: str | None = None) -> ModelConfig:
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads")
+        for key in required:
+            if key not in hf:
+                raise ConfigError(f"config.json: missing required key {key!r}")
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"config.json: hidden_act {act!r} is not supported "
+                              "(only SwiGLU / 'silu')")
+        n_heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
+        qkv_bias = bool(hf.get("attention_bias", False)) or hf.get("model_type") == "qwen2"
+        return cls(
+            name=name or hf.get("_name_or_path") or hf.get("model_type", "hf-model"),
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads", n_heads),
+            head_dim=head_dim,
+            d_ff=hf["intermediate_size"],
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+        )
+
+    @classmethod
+    def from_hf_json(cls, path: str | Path, name: str | None = None) -> ModelConfig:
+        path = Path(path)
+        try:
+            hf = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config.json") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_hf_dict(hf, name=name)
+
+
+def _presets() -> dict[str, ModelConfig]:
+    """The published shapes of the models the toolkit studies (from their config.json)."""
+    return {
+        "llama-3.2-1b": ModelConfig(
+            name="llama-3.2-1b", vocab_size=128256, d_model=2048, n_layers=16, n_heads=32,
+            n_kv_heads=8, head_dim=64, d_ff=8192, max_seq_len=131072, rope_theta=500000.0,
+            norm_eps=1e-5, tie_embeddings=True),
+        "sheared-llama-1.3b": ModelConfig(
+            name="sheared-llama-1.3b", vocab_size=32000, d_model=2048, n_layers=24,
+            n_heads=16, n_kv_heads=16, head_dim=128, d_ff=5504, max_seq_len=4096,
+            rope_theta=10000.0, norm_eps=1e-5),
+        "tinyllama-1.1b": ModelConfig(
+            name="tinyllama-1.1b", vocab_size=32000, d_model=2048, n_layers=22, n_heads=32,
+            n_kv_heads=4, head_dim=64, d_ff=5632, max_seq_len=2048, rope_theta=10000.0,
+            norm_eps=1e-5),
+        "qwen2.5-0.5b": ModelConfig(
+            name="qwen2.5-0.5b", vocab_size=151936, d_model=896, n_layers=24, n_heads=14,
+            n_kv_heads=2, head_dim=64, d_ff=4864, max_seq_len=32768, rope_theta=1000000.0,
+            norm_eps=1e-6, tie_embeddings=True, qkv_bias=True),
+        "llama-3-8b": ModelConfig(
+            name="llama-3-8b", vocab_size=128256, d_model=4096, n_layers=32, n_heads=32,
+            n_kv_heads=8, head_dim=128, d_ff=14336, max_seq_len=8192, rope_theta=500000.0,
+            norm_eps=1e-5),
+        "tiny": ModelConfig(
+            name="tiny", vocab_size=65, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
+            head_dim=32, d_ff=384, max_seq_len=256, rope_theta=10000.0, norm_eps=1e-5),
+    }
+
+
+PRESET_NAMES = tuple(_presets())
+
+
+def preset(name: str) -> ModelConfig:
+    """The preset called ``name``; an unknown name lists the known ones."""
+    presets = _presets()
+    key = name.lower()
+    if key not in presets:
+        raise ConfigError(f"unknown model preset {name!r}; known presets: "
+                          f"{', '.join(presets)}")
+    return presets[key]

@@ -1,0 +1,168 @@
+"""Float versus integer evaluation on held-out text, and greedy generation.
+
+Contract
+--------
+* ``calibration_windows(tokenizer, text)`` – the fixed calibration set: windows drawn with
+  a fixed seed from the *training* split (never the held-out text).
+* ``build_int_model(loaded)`` – calibrate and quantise a loaded model.
+* ``evaluate(loaded, qmodel)`` – perplexity of the float and the integer model and their
+  next-token top-1 agreement over the held-out split, in consecutive windows of
+  ``max_seq_len`` tokens.
+* ``generate_float`` / ``generate_int`` – greedy generation with prefill and KV-cache
+  decode steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.config import ModelConfig
+from models.integer import (
+    QuantModel,
+    Scales,
+    calibrate,
+    init_int_cache,
+    int_decode_step,
+    int_forward,
+    int_prefill,
+    quantize,
+)
+from models.reference import decode_step, forward, init_cache, prefill
+from models.tokenizer import CharTokenizer
+from models.train import default_corpus, split_text
+from models.zoo import LoadedModel
+
+CALIBRATION_WINDOWS = 16
+CALIBRATION_LEN = 128
+CALIBRATION_SEED = 7
+
+
+@dataclass(frozen=True)
+class IntModel:
+    cfg: ModelConfig
+    qm: QuantModel
+    scales: Scales
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    tokens: int
+    float_ppl: float
+    int_ppl: float
+    top1_agreement: float
+
+    @property
+    def ppl_ratio(self) -> float:
+        return self.int_ppl / self.float_ppl
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "float_ppl": self.float_ppl, "int_ppl": self.int_ppl,
+                "ppl_ratio": self.ppl_ratio, "top1_agreement": self.top1_agreement}
+
+
+def corpus_text(path: str | Path | None = None) -> str:
+    return Path(path or default_corpus()).read_text()
+
+
+def calibration_windows(tokenizer: CharTokenizer | None, cfg: ModelConfig,
+                        text: str | None = None) -> np.ndarray:
+    """``[16, 128]`` token windows from the training split (random tokens without text)."""
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    length = min(CALIBRATION_LEN, cfg.max_seq_len)
+    if tokenizer is None:
+        return rng.integers(0, cfg.vocab_size, size=(CALIBRATION_WINDOWS, length), dtype=np.int32)
+    train_text, _ = split_text(text if text is not None else corpus_text())
+    data = np.asarray(tokenizer.encode(train_text), np.int32)
+    starts = rng.integers(0, len(data) - length, size=CALIBRATION_WINDOWS)
+    return np.stack([data[s:s + length] for s in starts])
+
+
+def build_int_model(loaded: LoadedModel, text: str | None = None) -> IntModel:
+    windows = calibration_windows(loaded.tokenizer, loaded.cfg, text)
+    scales = calibrate(loaded.params, loaded.cfg, windows)
+    return IntModel(loaded.cfg, quantize(loaded.params, loaded.cfg, scales), scales)
+
+
+@partial(jax.jit, static_argnames="cfg")
+def _float_logits(params, tokens_BxT, cfg):
+    return jax.vmap(lambda t: forward(params, t, cfg))(tokens_BxT)
+
+
+def _nll_and_argmax(logits_BxTxV, targets_BxT):
+    logp = jax.nn.log_softmax(jnp.asarray(logits_BxTxV, jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
+    return np.asarray(nll, np.float64), np.asarray(jnp.argmax(logits_BxTxV, axis=-1))
+
+
+def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
+             max_windows: int | None = None, batch: int = 16, progress: bool = False
+             ) -> EvalResult:
+    """Float and integer perplexity and top-1 agreement on the held-out split."""
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.cfg.name}: evaluation needs a tokenizer and text")
+    _, val_text = split_text(text if text is not None else corpus_text())
+    data = np.asarray(loaded.tokenizer.encode(val_text), np.int32)
+    length = loaded.cfg.max_seq_len
+    n = (len(data) - 1) // length
+    if max_windows is not None:
+        n = min(n, max_windows)
+    inputs = np.stack([data[i * length:(i + 1) * length] for i in range(n)])
+    targets = np.stack([data[i * length + 1:(i + 1) * length + 1] for i in range(n)])
+    f_nll, i_nll, agree = [], [], []
+    batches = range(0, n, batch)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="eval", unit="batch")
+    for b in batches:
+        x, y = jnp.asarray(inputs[b:b + batch]), jnp.asarray(targets[b:b + batch])
+        fl = _float_logits(loaded.params, x, loaded.cfg)
+        il = int_forward(im.qm, x, im.cfg)
+        fn, fa = _nll_and_argmax(fl, y)
+        inn, ia = _nll_and_argmax(np.asarray(il, np.float64) * im.scales.logits, y)
+        f_nll.append(fn.ravel())
+        i_nll.append(inn.ravel())
+        agree.append((fa == ia).ravel())
+    f_nll, i_nll, agree = (np.concatenate(a) for a in (f_nll, i_nll, agree))
+    return EvalResult(tokens=int(f_nll.size), float_ppl=math.exp(f_nll.mean()),
+                      int_ppl=math.exp(i_nll.mean()), top1_agreement=float(agree.mean()))
+
+
+def generate_float(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    cfg = loaded.cfg
+    _check_length(cfg, len(prompt_ids), max_new_tokens)
+    cache = init_cache(cfg)
+    logits, cache = prefill(loaded.params, cache, jnp.asarray(prompt_ids, jnp.int32), cfg)
+    step = jax.jit(partial(decode_step, cfg=cfg))
+    out = [int(jnp.argmax(logits[-1]))]
+    for pos in range(len(prompt_ids), len(prompt_ids) + max_new_tokens - 1):
+        logits, cache = step(loaded.params, cache, out[-1], pos)
+        out.append(int(jnp.argmax(logits)))
+    return out
+
+
+def generate_int(im: IntModel, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    cfg = im.cfg
+    _check_length(cfg, len(prompt_ids), max_new_tokens)
+    cache = init_int_cache(cfg)
+    logits, cache = int_prefill(im.qm, cache, prompt_ids, cfg)
+    out = [int(jnp.argmax(logits[-1]))]
+    for pos in range(len(prompt_ids), len(prompt_ids) + max_new_tokens - 1):
+        logits, cache = int_decode_step(im.qm, cache, out[-1], pos, cfg)
+        out.append(int(jnp.argmax(logits)))
+    return out
+
+
+def _check_length(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> None:
+    if prompt_len == 0:
+        raise ValueError("the prompt is empty")
+    if prompt_len + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"prompt ({prompt_len} tokens) plus {max_new_tokens} new tokens exceeds "
+                         f"the model's context of {cfg.max_seq_len} tokens")

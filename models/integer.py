@@ -1,0 +1,264 @@
+"""Integer reference of the model: what the accelerator computes (rung 1 of the ladder).
+
+Contract
+--------
+* ``calibrate(params, cfg, windows)`` runs the float reference on calibration text and
+  returns ``Scales``: the static scale of every activation site.
+* ``quantize(params, cfg, scales)`` returns a ``QuantModel``: int8 weights (symmetric,
+  per output channel, RMSNorm gains folded in), int16 embeddings, int32 biases and every
+  requantisation constant as integer ``(mult, shift)`` pairs. After this point nothing
+  is floating point.
+* ``int_prefill``, ``int_decode_step`` and ``int_forward`` mirror the float reference's
+  functions. They return int16 logits (one common scale, ``scales.logits``) and an int8
+  KV cache. All arithmetic is in ``models.numerics``; they run under
+  ``jax.enable_x64`` because requantisation products are 64 bits wide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import numerics as N
+from models.config import ModelConfig
+from models.reference import Params, init_cache, lm_head_weight, run_with_taps
+
+QuantModel = dict
+
+RESIDUAL_HEADROOM = 2.0   # the int16 residual covers twice the calibrated peak
+LOGIT_HEADROOM = 1.25     # the int16 logits cover 1.25x the calibrated peak
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Real value of one integer step at each activation site (static, calibrated)."""
+
+    residual: float
+    layers: tuple[dict[str, float], ...]
+    final_in: float
+    logits: float
+
+    def to_dict(self) -> dict:
+        return {"residual": self.residual, "layers": [dict(x) for x in self.layers],
+                "final_in": self.final_in, "logits": self.logits}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scales:
+        return cls(residual=d["residual"], layers=tuple(dict(x) for x in d["layers"]),
+                   final_in=d["final_in"], logits=d["logits"])
+
+
+LAYER_SITES = ("attn_in", "q", "k", "v", "att", "mlp_in", "up", "mid")
+
+
+def calibrate(params: Params, cfg: ModelConfig, windows_BxT) -> Scales:
+    """Static scales from the peak magnitudes the float model reaches on ``windows``."""
+
+    @jax.jit
+    def peaks(tokens_T):
+        cache = init_cache(cfg, tokens_T.shape[0])
+        _, _, layer_taps, final = run_with_taps(params, cache, tokens_T, 0, cfg)
+        amax = lambda *xs: jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in xs]))  # noqa: E731
+        layers = []
+        resid = [final["residual_out"]]
+        for t in layer_taps:
+            layers.append({
+                "attn_in": amax(t["attn_in"]), "q": amax(t["q_pre"], t["q"]),
+                "k": amax(t["k_pre"], t["k"]), "v": amax(t["v"]), "att": amax(t["att"]),
+                "mlp_in": amax(t["mlp_in"]), "up": amax(t["up"]), "mid": amax(t["mid"]),
+            })
+            resid += [t["residual_in"], t["residual_mid"]]
+        return {"residual": amax(*resid), "layers": layers,
+                "final_in": amax(final["final_in"]), "logits": amax(final["logits"])}
+
+    stats = [jax.tree.map(float, peaks(jnp.asarray(w))) for w in np.asarray(windows_BxT)]
+    peak = jax.tree.map(lambda *xs: max(xs), *stats)
+    qmax8 = 2 ** (N.ACT_BITS - 1) - 1
+    qmax16 = 2 ** (N.RESID_BITS - 1) - 1
+    return Scales(
+        residual=RESIDUAL_HEADROOM * peak["residual"] / qmax16,
+        layers=tuple({site: max(v, 1e-8) / qmax8 for site, v in layer.items()}
+                     for layer in peak["layers"]),
+        final_in=peak["final_in"] / qmax8,
+        logits=LOGIT_HEADROOM * peak["logits"] / qmax16,
+    )
+
+
+def quantize_weight(w_NxK: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8: ``(w_q, scale)`` with ``w ~= w_q * scale[:, None]``."""
+    w = np.asarray(w_NxK, np.float64)
+    amax = np.max(np.abs(w), axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    return np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def _norm_constants(d: int, s_in: float, s_out: float, eps: float) -> dict:
+    """RMSNorm constants: output factor ``sqrt(D / 2**sq) / s_out`` and eps in ss units."""
+    sq = N.sum_sq_shift(d)
+    mult, shift = N.quantize_multiplier(math.sqrt(d / 2.0 ** sq) / s_out)
+    eps_int = int(round(eps * d / (s_in * s_in * 2.0 ** sq)))
+    return {"mult": mult, "shift": shift, "eps": np.int32(min(eps_int, 2 ** 30))}
+
+
+def _requant_constants(real) -> dict:
+    mult, shift = N.quantize_multiplier(real)
+    return {"mult": mult, "shift": shift}
+
+
+def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
+    """The integer model: every tensor and constant the accelerator needs."""
+    s_h = scales.residual
+    layers = []
+    for p, s in zip(params["layers"], scales.layers, strict=True):
+        g1 = np.asarray(p["attn_norm"], np.float64)[None, :]
+        g2 = np.asarray(p["mlp_norm"], np.float64)[None, :]
+        wq, sq = quantize_weight(np.asarray(p["wq"]) * g1)
+        wk, sk = quantize_weight(np.asarray(p["wk"]) * g1)
+        wv, sv = quantize_weight(np.asarray(p["wv"]) * g1)
+        wo, so = quantize_weight(p["wo"])
+        wg, sg = quantize_weight(np.asarray(p["w_gate"]) * g2)
+        wu, su = quantize_weight(np.asarray(p["w_up"]) * g2)
+        wd, sd = quantize_weight(p["w_down"])
+        layer = {
+            "wq": wq, "wk": wk, "wv": wv, "wo": wo, "w_gate": wg, "w_up": wu, "w_down": wd,
+            "norm1": _norm_constants(cfg.d_model, s_h, s["attn_in"], cfg.norm_eps),
+            "q": _requant_constants(s["attn_in"] * sq / s["q"]),
+            "k": _requant_constants(s["attn_in"] * sk / s["k"]),
+            "v": _requant_constants(s["attn_in"] * sv / s["v"]),
+            "softmax": _requant_constants(
+                s["q"] * s["k"] / math.sqrt(cfg.head_dim) * math.log2(math.e)
+                * 2 ** N.EXP2_INDEX_BITS),
+            "att": _requant_constants(s["v"] * 2.0 ** -N.PROB_BITS / s["att"]),
+            "o": _requant_constants(s["att"] * so / s_h),
+            "norm2": _norm_constants(cfg.d_model, s_h, s["mlp_in"], cfg.norm_eps),
+            "gate": _requant_constants(s["mlp_in"] * sg * 2 ** N.GATE_FRAC_BITS),
+            "up": _requant_constants(s["mlp_in"] * su / s["up"]),
+            "mid": _requant_constants(2.0 ** -N.GATE_FRAC_BITS * s["up"] / s["mid"]),
+            "down": _requant_constants(s["mid"] * sd / s_h),
+        }
+        if cfg.qkv_bias:
+            for name, ws in (("q", sq), ("k", sk), ("v", sv)):
+                bias = np.asarray(p["b" + name], np.float64) / (s["attn_in"] * ws)
+                layer["b" + name] = np.clip(np.round(bias), -(2 ** 31), 2 ** 31 - 1).astype(
+                    np.int32)
+        layers.append(layer)
+    gf = np.asarray(params["norm"], np.float64)[None, :]
+    w_lm, s_lm = quantize_weight(np.asarray(lm_head_weight(params)) * gf)
+    embed = np.clip(np.round(np.asarray(params["embed"], np.float64) / s_h), -32768, 32767)
+    qm = {
+        "embed": embed.astype(np.int16),
+        "layers": tuple(layers),
+        "final_norm": _norm_constants(cfg.d_model, s_h, scales.final_in, cfg.norm_eps),
+        "lm_head": w_lm,
+        "logits": _requant_constants(scales.final_in * s_lm / scales.logits),
+        "rope_freq": N.rope_freq_table(cfg.head_dim, cfg.rope_theta),
+    }
+    return jax.tree.map(np.asarray, qm)
+
+
+# -- the integer forward pass ---------------------------------------------------------
+
+def init_int_cache(cfg: ModelConfig, max_len: int | None = None) -> dict:
+    """An empty int8 KV cache ``[n_layers, max_len, n_kv_heads, head_dim]``."""
+    return init_cache(cfg, max_len, dtype=jnp.int8)
+
+
+def _proj(x, w, rq, bias=None):
+    acc = N.qmatmul(x, w)
+    if bias is not None:
+        acc = acc + bias
+    return N.requant(acc, rq["mult"], rq["shift"])
+
+
+def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
+    """One decoder layer in integers; mirrors ``reference.decoder_layer``."""
+    T = h_TxD.shape[0]
+    start = jnp.asarray(start, jnp.int32)
+    zero = jnp.int32(0)
+    positions = start + jnp.arange(T, dtype=jnp.int32)
+    with jax.named_scope("attention"):
+        n1 = ql["norm1"]
+        xn = N.rmsnorm(h_TxD, n1["mult"], n1["shift"], n1["eps"])
+        q = _proj(xn, ql["wq"], ql["q"], ql.get("bq")).reshape(T, cfg.n_heads, cfg.head_dim)
+        k = _proj(xn, ql["wk"], ql["k"], ql.get("bk")).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        v = _proj(xn, ql["wv"], ql["v"], ql.get("bv")).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        q, k = N.rope(q, positions, freq), N.rope(k, positions, freq)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k, (start, zero, zero))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v, (start, zero, zero))
+        S = cache_k.shape[0]
+        qg = q.reshape(T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim)
+        scores = jnp.einsum("tkgh,skh->kgts", qg, cache_k, preferred_element_type=jnp.int32)
+        visible = jnp.arange(S)[None, :] <= positions[:, None]
+        sm = ql["softmax"]
+        probs = N.softmax(scores, visible[None, None], sm["mult"], sm["shift"])
+        att = jnp.einsum("kgts,skh->tkgh", probs, cache_v, preferred_element_type=jnp.int32)
+        att = N.requant(att.reshape(T, cfg.q_dim), ql["att"]["mult"], ql["att"]["shift"])
+        h_TxD = N.residual_add(h_TxD, N.qmatmul(att, ql["wo"]), ql["o"]["mult"],
+                               ql["o"]["shift"])
+    with jax.named_scope("mlp"):
+        n2 = ql["norm2"]
+        xn = N.rmsnorm(h_TxD, n2["mult"], n2["shift"], n2["eps"])
+        up = _proj(xn, ql["w_up"], ql["up"])
+        mid = N.silu_mul(N.qmatmul(xn, ql["w_gate"]), up, ql["gate"]["mult"],
+                         ql["gate"]["shift"], ql["mid"]["mult"], ql["mid"]["shift"])
+        h_TxD = N.residual_add(h_TxD, N.qmatmul(mid, ql["w_down"]), ql["down"]["mult"],
+                               ql["down"]["shift"])
+    return h_TxD, cache_k, cache_v
+
+
+def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
+    """int16 logits ``[T, vocab]`` for tokens at positions ``start..``, and the new cache."""
+    h = qm["embed"][tokens_T]
+    ks, vs = [], []
+    for i, ql in enumerate(qm["layers"]):
+        with jax.named_scope(f"layer{i}"):
+            h, k, v = int_layer(ql, h, cache["k"][i], cache["v"][i], start, qm["rope_freq"], cfg)
+        ks.append(k)
+        vs.append(v)
+    fn = qm["final_norm"]
+    xf = N.rmsnorm(h, fn["mult"], fn["shift"], fn["eps"])
+    logits = N.requant(N.qmatmul(xf, qm["lm_head"]), qm["logits"]["mult"],
+                       qm["logits"]["shift"], N.RESID_BITS)
+    return logits, {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+
+
+@partial(jax.jit, static_argnames="cfg")
+def _int_run_jit(qm, cache, tokens_T, start, cfg):
+    return int_run(qm, cache, tokens_T, start, cfg)
+
+
+def int_prefill(qm: QuantModel, cache: dict, tokens_T, cfg: ModelConfig):
+    """Prompt from position 0: int16 logits ``[T, vocab]`` and the filled int8 cache."""
+    with jax.enable_x64(True):
+        return _int_run_jit(qm, cache, jnp.asarray(tokens_T, jnp.int32), jnp.int32(0), cfg)
+
+
+def int_decode_step(qm: QuantModel, cache: dict, token, pos, cfg: ModelConfig):
+    """One token at ``pos``: int16 logits ``[vocab]`` and the updated cache."""
+    with jax.enable_x64(True):
+        logits, cache = _int_run_jit(qm, cache, jnp.reshape(jnp.asarray(token, jnp.int32), (1,)),
+                                     jnp.int32(pos), cfg)
+    return logits[0], cache
+
+
+@partial(jax.jit, static_argnames="cfg")
+def _int_forward_batch(qm, tokens_BxT, cfg):
+    def one(tokens_T):
+        cache = init_int_cache(cfg, tokens_T.shape[0])
+        return int_run(qm, cache, tokens_T, jnp.int32(0), cfg)[0]
+
+    return jax.vmap(one)(tokens_BxT)
+
+
+def int_forward(qm: QuantModel, tokens, cfg: ModelConfig):
+    """Causal int16 logits of whole sequences: ``[T, V]`` or, for a batch, ``[B, T, V]``."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    with jax.enable_x64(True):
+        if tokens.ndim == 1:
+            return _int_forward_batch(qm, tokens[None], cfg)[0]
+        return _int_forward_batch(qm, tokens, cfg)

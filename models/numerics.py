@@ -1,0 +1,299 @@
+"""The accelerator's integer numerics: every table, constant and integer operator.
+
+This module is the single source of truth for what the accelerator computes. The JAX
+integer reference (``models/integer.py``) is built from these operators, the ISA
+simulator executes them, and the RTL generator reads the same tables and widths, so
+the three agree by construction. The scheme is documented in ``docs/numerics.md``.
+
+Contract
+--------
+* Table functions (``rsqrt_table``, ``recip_table``, ``exp2_table``, ``sigmoid_table``,
+  ``sin_table``, ``rope_freq_table``) return NumPy integer arrays; each table has exactly
+  one generating function here.
+* ``quantize_multiplier(real)`` turns a positive real factor into ``(mult, shift)`` with
+  ``mult`` in ``[2**14, 2**15)`` so that ``real ~= mult * 2**-shift``.
+* Operators take integer arrays, either NumPy or JAX (``xp`` follows the inputs), and use
+  integer arithmetic only; wide intermediates are int64 (JAX callers run them under
+  ``jax.enable_x64``). Rounding is *round half up* (add half an LSB, then arithmetic
+  shift right); every narrowing saturates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# -- widths and table sizes (read by the ISA simulator and the RTL generator) ---------
+ACT_BITS = 8               # activations and weights: int8
+RESID_BITS = 16            # residual stream and embeddings: int16
+ACC_BITS = 32              # array accumulators: int32
+MULT_BITS = 15             # requantisation multiplier mantissa: [2**14, 2**15)
+RSQRT_INDEX_BITS = 8       # rsqrt table: 2 x 256 entries (exponent parity x mantissa)
+RSQRT_FRAC_BITS = 15       # rsqrt table entries are Q0.15
+RECIP_INDEX_BITS = 8       # reciprocal table: 256 entries
+RECIP_FRAC_BITS = 15       # reciprocal table entries are Q0.15 (in (2**14, 2**15])
+EXP2_INDEX_BITS = 6        # softmax exponent: 2**(-j/64), 64 entries
+EXP2_FRAC_BITS = 15        # exp2 table entries are Q0.15, exp2[0] = 2**15
+PROB_BITS = 7              # softmax probabilities: int8 in [0, 127], scale 2**-7
+GATE_FRAC_BITS = 8         # SwiGLU gate requantised to int16 Q7.8
+SIGMOID_INDEX_BITS = 8     # sigmoid table: 256 entries over [-8, 8), step 1/16
+SIGMOID_STEP_BITS = 4      # table step 2**-4
+SIGMOID_FRAC_BITS = 15     # sigmoid entries are Q0.15
+SIN_INDEX_BITS = 10        # sine table: 1024 entries over one turn
+TRIG_FRAC_BITS = 14        # sine / cosine entries are Q1.14
+PHASE_BITS = 32            # RoPE phase: unsigned turns * 2**32, wraps modulo one turn
+
+
+# -- tables ---------------------------------------------------------------------------
+
+def rsqrt_table() -> np.ndarray:
+    """``[2, 2**RSQRT_INDEX_BITS]`` int32: ``2**15 / sqrt(2**p * (1 + (i + 1/2) / 256))``.
+
+    Row ``p`` is the parity of the exponent of the normalised input, column ``i`` the
+    mantissa bits after the leading one (sampled at the interval midpoint).
+    """
+    n = 1 << RSQRT_INDEX_BITS
+    mant = 1.0 + (np.arange(n) + 0.5) / n
+    rows = [np.round((1 << RSQRT_FRAC_BITS) / np.sqrt(mant * 2.0 ** p)) for p in (0, 1)]
+    return np.stack(rows).astype(np.int32)
+
+
+def recip_table() -> np.ndarray:
+    """``[2**RECIP_INDEX_BITS]`` int32: ``2**15 / (1 + (i + 1/2) / 256)``."""
+    n = 1 << RECIP_INDEX_BITS
+    mant = 1.0 + (np.arange(n) + 0.5) / n
+    return np.round((1 << RECIP_FRAC_BITS) / mant).astype(np.int32)
+
+
+def exp2_table() -> np.ndarray:
+    """``[2**EXP2_INDEX_BITS]`` int32: ``2**15 * 2**(-j / 64)``; entry 0 is exactly 2**15."""
+    n = 1 << EXP2_INDEX_BITS
+    return np.round((1 << EXP2_FRAC_BITS) * 2.0 ** (-np.arange(n) / n)).astype(np.int32)
+
+
+def sigmoid_table() -> np.ndarray:
+    """``[2**SIGMOID_INDEX_BITS]`` int32: ``2**15 * sigmoid(x)`` at the midpoints of
+    ``[-8, 8)`` in steps of 1/16 (entry ``j`` covers ``[(j-128)/16, (j-127)/16)``)."""
+    n = 1 << SIGMOID_INDEX_BITS
+    x = (np.arange(n) - n // 2 + 0.5) / (1 << SIGMOID_STEP_BITS)
+    return np.round((1 << SIGMOID_FRAC_BITS) / (1.0 + np.exp(-x))).astype(np.int32)
+
+
+def sin_table() -> np.ndarray:
+    """``[2**SIN_INDEX_BITS]`` int32: ``2**14 * sin(2 pi j / 1024)``, Q1.14."""
+    n = 1 << SIN_INDEX_BITS
+    return np.round((1 << TRIG_FRAC_BITS) * np.sin(2 * np.pi * np.arange(n) / n)).astype(
+        np.int32)
+
+
+def rope_freq_table(head_dim: int, theta: float) -> np.ndarray:
+    """``[head_dim/2]`` uint32: RoPE frequency of each pair in turns per position * 2**32."""
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"head_dim must be a positive even number, not {head_dim!r}")
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    return np.round(inv_freq / (2 * np.pi) * 2.0 ** PHASE_BITS).astype(np.uint32)
+
+
+def all_tables() -> dict[str, np.ndarray]:
+    """The model-independent tables, by name (what the vector unit holds in ROM)."""
+    return {"rsqrt": rsqrt_table(), "recip": recip_table(), "exp2": exp2_table(),
+            "sigmoid": sigmoid_table(), "sin": sin_table()}
+
+
+# -- constants ------------------------------------------------------------------------
+
+def quantize_multiplier(real: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mult, shift)`` int32 with ``mult`` in ``[2**14, 2**15)`` and ``real ~= mult/2**shift``.
+
+    The relative error is at most ``2**-15``. Raises ``ValueError`` for a factor that
+    is not positive or needs a shift outside ``[1, 62]``.
+    """
+    real = np.asarray(real, dtype=np.float64)
+    if not np.all(np.isfinite(real)) or np.any(real <= 0):
+        raise ValueError(f"requantisation factor must be positive and finite, got {real}")
+    exponent = np.floor(np.log2(real)).astype(np.int64)
+    shift = (MULT_BITS - 1) - exponent
+    mult = np.round(real * np.exp2(shift.astype(np.float64))).astype(np.int64)
+    overflow = mult >= (1 << MULT_BITS)
+    mult = np.where(overflow, mult >> 1, mult)
+    shift = np.where(overflow, shift - 1, shift)
+    if np.any(shift < 1) or np.any(shift > 62):
+        raise ValueError(f"requantisation factor {real} is out of range for a shift in [1, 62]")
+    return mult.astype(np.int32), shift.astype(np.int32)
+
+
+def sum_sq_shift(d: int) -> int:
+    """Right shift applied to each square in RMSNorm so that a sum of ``d`` squares of
+    int16 values fits in int32: ``ceil(log2(d))``."""
+    return max(0, math.ceil(math.log2(d)))
+
+
+# -- integer operators ------------------------------------------------------------------
+
+def _xp(*arrays):
+    for a in arrays:
+        if type(a).__module__.startswith("jax") or hasattr(a, "aval"):
+            import jax.numpy as jnp
+
+            return jnp
+    return np
+
+
+def _wide(x, xp):
+    return xp.asarray(x).astype(xp.int64)
+
+
+def saturate(x, bits: int, xp=None):
+    """Clamp to the signed ``bits``-bit range."""
+    xp = xp or _xp(x)
+    return xp.clip(x, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+def round_shift(x, shift, xp=None):
+    """``x / 2**shift`` rounded half up (``shift >= 1``), in int64."""
+    xp = xp or _xp(x, shift)
+    x, shift = _wide(x, xp), _wide(shift, xp)
+    return (x + (xp.int64(1) << (shift - 1))) >> shift
+
+
+def floor_log2(x, xp=None):
+    """Position of the leading one of positive int32 values (a priority encoder)."""
+    xp = xp or _xp(x)
+    x = xp.asarray(x).astype(xp.int32)
+    result = xp.zeros_like(x)
+    for bit in (16, 8, 4, 2, 1):
+        upper = x >> bit
+        has = upper > 0
+        result = result + xp.where(has, bit, 0).astype(xp.int32)
+        x = xp.where(has, upper, x)
+    return result
+
+
+def _mantissa_index(x, exponent, index_bits: int, xp):
+    """The ``index_bits`` bits after the leading one of positive int32 ``x``."""
+    normalised = x.astype(xp.int32) << (30 - exponent)        # leading one at bit 30
+    return (normalised >> (30 - index_bits)) & ((1 << index_bits) - 1)
+
+
+def requant(acc, mult, shift, bits: int = ACT_BITS, xp=None):
+    """``saturate(round_shift(acc * mult, shift), bits)``: int32 accumulators to ``bits``.
+
+    ``mult``/``shift`` broadcast against ``acc`` (per output channel on the last axis).
+    """
+    xp = xp or _xp(acc, mult, shift)
+    y = round_shift(_wide(acc, xp) * _wide(mult, xp), shift, xp)
+    dtype = xp.int8 if bits <= 8 else xp.int16 if bits <= 16 else xp.int32
+    return saturate(y, bits, xp).astype(dtype)
+
+
+def qmatmul(x, w, xp=None):
+    """``x @ w.T`` for int8 ``x[..., K]`` and int8 ``w[N, K]``, accumulated in int32."""
+    xp = xp or _xp(x, w)
+    if xp is np:
+        return np.matmul(x.astype(np.int32), w.astype(np.int32).T)
+    import jax
+
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())),
+                               preferred_element_type=xp.int32)
+
+
+def rmsnorm(h, mult, shift, eps_int, xp=None):
+    """Integer RMSNorm of int16 rows ``h[..., D]`` (gain folded into the next weights).
+
+    ``ss = sum((h*h) >> sum_sq_shift(D)) + eps_int``; ``rsqrt(ss)`` from ``rsqrt_table``
+    after normalising ``ss = 2**(2k+p) * 1.m``; then
+    ``y = sat8(round_shift(h * (T[p, m] * mult), 15 + k + shift))``, where ``mult/2**shift``
+    is the constant ``sqrt(D / 2**sum_sq_shift(D)) / s_out``.
+    """
+    xp = xp or _xp(h)
+    d = h.shape[-1]
+    h32 = h.astype(xp.int32)
+    ss = xp.sum((h32 * h32) >> sum_sq_shift(d), axis=-1, keepdims=True, dtype=xp.int32)
+    ss = xp.maximum(ss + xp.int32(eps_int), 1)
+    e = floor_log2(ss, xp)
+    idx = _mantissa_index(ss, e, RSQRT_INDEX_BITS, xp)
+    table = xp.asarray(rsqrt_table())
+    t = table[e & 1, idx]
+    gain = _wide(t, xp) * _wide(mult, xp)                      # per row, < 2**30
+    y = round_shift(_wide(h32, xp) * gain, RSQRT_FRAC_BITS + (e >> 1) + shift, xp)
+    return saturate(y, ACT_BITS, xp).astype(xp.int8)
+
+
+def rope(x, positions, freq, xp=None):
+    """Integer RoPE (HF ``rotate_half`` pairing) of int8 ``x[T, N, H]`` at ``positions[T]``.
+
+    ``phase = positions * freq`` wraps modulo 2**32 (one turn); the sine table is indexed
+    by the phase rounded to 10 bits, cosine a quarter turn ahead; the rotated pair is
+    ``round_shift(x1*c - x2*s, 14)``, ``round_shift(x2*c + x1*s, 14)``, saturated to int8.
+    """
+    xp = xp or _xp(x, positions)
+    half = x.shape[-1] // 2
+    phase = xp.asarray(positions).astype(xp.uint32)[:, None] * xp.asarray(freq, xp.uint32)
+    drop = PHASE_BITS - SIN_INDEX_BITS
+    idx = ((phase + xp.uint32(1 << (drop - 1))) >> drop).astype(xp.int32)
+    n = 1 << SIN_INDEX_BITS
+    table = xp.asarray(sin_table())
+    s = table[idx & (n - 1)][:, None, :]
+    c = table[(idx + n // 4) & (n - 1)][:, None, :]
+    x1, x2 = x[..., :half].astype(xp.int32), x[..., half:].astype(xp.int32)
+    y1 = round_shift(x1 * c - x2 * s, TRIG_FRAC_BITS, xp)
+    y2 = round_shift(x2 * c + x1 * s, TRIG_FRAC_BITS, xp)
+    return saturate(xp.concatenate([y1, y2], axis=-1), ACT_BITS, xp).astype(xp.int8)
+
+
+def softmax(scores, visible, mult, shift, xp=None):
+    """Integer softmax of int32 ``scores[..., S]`` over the ``visible`` keys.
+
+    ``z = round_shift((max - s) * mult, shift)`` is the distance from the row maximum in
+    units of ``2**-6`` in the log2 domain (``mult/2**shift = scale * log2(e) * 64``);
+    ``p = exp2_table[z & 63] >> (z >> 6)`` (0 when masked or shifted out); the row sum is
+    inverted with ``recip_table`` after normalising it, and the probabilities are
+    ``sat(round_shift(p * R, 15 + e - 7), 0, 127)``: int8 with scale ``2**-7``.
+    """
+    xp = xp or _xp(scores)
+    s = scores.astype(xp.int32)
+    masked = xp.where(visible, s, xp.iinfo(xp.int32).min)
+    row_max = xp.max(masked, axis=-1, keepdims=True)
+    dist = xp.where(visible, row_max - s, 0)
+    z = round_shift(_wide(dist, xp) * _wide(mult, xp), shift, xp)
+    z = xp.minimum(z, (31 << EXP2_INDEX_BITS)).astype(xp.int32)   # beyond 2**-31: zero
+    frac = z & ((1 << EXP2_INDEX_BITS) - 1)
+    whole = z >> EXP2_INDEX_BITS
+    p = xp.asarray(exp2_table())[frac] >> whole
+    p = xp.where(visible, p, 0).astype(xp.int32)
+    total = xp.sum(p, axis=-1, keepdims=True, dtype=xp.int32)      # >= 2**15
+    e = floor_log2(total, xp)
+    r = xp.asarray(recip_table())[_mantissa_index(total, e, RECIP_INDEX_BITS, xp)]
+    prob = round_shift(_wide(p, xp) * _wide(r, xp), RECIP_FRAC_BITS + e - PROB_BITS, xp)
+    return xp.clip(prob, 0, (1 << PROB_BITS) - 1).astype(xp.int8)
+
+
+def silu_mul(gate_acc, up, gate_mult, gate_shift, mult, shift, xp=None):
+    """SwiGLU ``silu(gate) * up`` requantised to int8.
+
+    The gate accumulators are requantised to int16 Q7.8 (``gate_mult/gate_shift`` per
+    channel); ``sigmoid`` comes from ``sigmoid_table`` indexed by the gate in steps of
+    1/16, clamped to ``[-8, 8)``; ``silu = round_shift(gate * sig, 15)`` (Q7.8); the
+    result is ``requant(silu * up, mult, shift)`` with int8 ``up``.
+    """
+    xp = xp or _xp(gate_acc, up)
+    gate = requant(gate_acc, gate_mult, gate_shift, RESID_BITS, xp).astype(xp.int32)
+    half = 1 << (SIGMOID_INDEX_BITS - 1)
+    idx = xp.clip(gate >> (GATE_FRAC_BITS - SIGMOID_STEP_BITS), -half, half - 1) + half
+    sig = xp.asarray(sigmoid_table())[idx]
+    silu = round_shift(gate * sig, SIGMOID_FRAC_BITS, xp)
+    return requant(silu * _wide(up, xp), mult, shift, ACT_BITS, xp)
+
+
+def residual_add(h, acc, mult, shift, xp=None):
+    """``sat16(h + requant16(acc))``: a projection's int32 output into the int16 residual."""
+    xp = xp or _xp(h, acc)
+    r = requant(acc, mult, shift, RESID_BITS, xp).astype(xp.int32)
+    return saturate(h.astype(xp.int32) + r, RESID_BITS, xp).astype(xp.int16)
+
+
+def argmax(logits, xp=None):
+    """Index of the largest entry (the first one on ties)."""
+    xp = xp or _xp(logits)
+    return xp.argmax(logits, axis=-1).astype(xp.int32)

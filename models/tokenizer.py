@@ -1,0 +1,48 @@
+"""Character-level tokenizer for the project's own ``tiny`` model.
+
+Contract
+--------
+A ``CharTokenizer`` maps each character of a fixed alphabet to its index. Its table is
+stored beside the checkpoint as ``tokenizer.json`` (``{"type": "char", "chars": "..."}``).
+Encoding a character outside the alphabet raises ``ValueError`` naming the character.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CharTokenizer:
+    chars: str
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls("".join(sorted(set(text))))
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharTokenizer:
+        path = Path(path)
+        data = json.loads(path.read_text())
+        if data.get("type") != "char" or not isinstance(data.get("chars"), str):
+            raise ValueError(f"{path}: not a character tokenizer table")
+        return cls(data["chars"])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}) + "\n")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        index = {c: i for i, c in enumerate(self.chars)}
+        try:
+            return [index[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"character {e.args[0]!r} is not in the tokenizer's alphabet") from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)

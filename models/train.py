@@ -1,0 +1,131 @@
+"""Training of the character-level ``tiny`` model on a local text corpus.
+
+Contract
+--------
+``train(TrainConfig)`` trains a model from ``init_params`` with AdamW (optax) on random
+windows of the training split, shows progress with tqdm, and writes a Hugging Face style
+checkpoint plus ``tokenizer.json`` into the output folder every ``save_every`` steps and
+at the end, so an interrupted run keeps its last saved weights. The last
+``val_fraction`` of the text is held out; ``split_text`` is the one definition of that
+split, also used by evaluation and calibration. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from models.config import ModelConfig, preset
+from models.reference import forward, init_params
+from models.tokenizer import CharTokenizer
+from models.weights import save_checkpoint
+
+VAL_FRACTION = 0.1
+
+
+def default_corpus() -> Path:
+    """``../shared/data/tinyshakespeare.txt`` beside the checkout."""
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def split_text(text: str, val_fraction: float = VAL_FRACTION) -> tuple[str, str]:
+    """Training text and the held-out last ``val_fraction`` of it."""
+    cut = int(len(text) * (1.0 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    corpus: Path = field(default_factory=default_corpus)
+    out_dir: Path = Path("build/tiny-train")
+    model: ModelConfig = field(default_factory=lambda: preset("tiny"))
+    steps: int = 3000
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    seed: int = 0
+    eval_every: int = 250
+    save_every: int = 500
+    eval_batches: int = 8
+    save_dtype: str = "float16"
+
+
+def cross_entropy(params, tokens_BxT1, cfg: ModelConfig):
+    """Mean next-token cross entropy (nats) of a batch of windows of T+1 tokens."""
+    inputs, targets = tokens_BxT1[:, :-1], tokens_BxT1[:, 1:]
+    logits = jax.vmap(lambda t: forward(params, t, cfg))(inputs)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+
+def sample_windows(data: np.ndarray, rng: np.random.Generator, batch: int, length: int):
+    starts = rng.integers(0, len(data) - length, size=batch)
+    return np.stack([data[s:s + length] for s in starts])
+
+
+def evaluate_loss(params, data: np.ndarray, cfg: ModelConfig, seq_len: int, n_batches: int,
+                  batch_size: int, seed: int = 1234) -> float:
+    loss_fn = jax.jit(lambda p, b: cross_entropy(p, b, cfg))
+    rng = np.random.default_rng(seed)
+    losses = [float(loss_fn(params, sample_windows(data, rng, batch_size, seq_len + 1)))
+              for _ in range(n_batches)]
+    return float(np.mean(losses))
+
+
+def train(tc: TrainConfig, progress: bool = True) -> dict:
+    text = Path(tc.corpus).read_text()
+    tokenizer = CharTokenizer.from_text(text)
+    cfg = tc.model.replace(vocab_size=tokenizer.vocab_size)
+    if tc.seq_len > cfg.max_seq_len:
+        raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    train_text, val_text = split_text(text)
+    train_data = np.asarray(tokenizer.encode(train_text), np.int32)
+    val_data = np.asarray(tokenizer.encode(val_text), np.int32)
+
+    params = init_params(cfg, tc.seed)
+    warmup = min(tc.warmup_steps, max(1, tc.steps // 10))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, tc.steps,
+                                                  end_value=tc.lr * 0.05)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0),
+                            optax.adamw(schedule, weight_decay=tc.weight_decay))
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(cross_entropy)(params, batch, cfg)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    out = Path(tc.out_dir)
+    rng = np.random.default_rng(tc.seed)
+    history = []
+    val_loss = math.nan
+
+    def save(step_no):
+        save_checkpoint(out, params, cfg, dtype=np.dtype(tc.save_dtype))
+        tokenizer.save(out / "tokenizer.json")
+        (out / "train_log.json").write_text(json.dumps(
+            {"step": step_no, "val_loss": val_loss, "history": history}, indent=1) + "\n")
+
+    bar = tqdm(range(1, tc.steps + 1), desc="train", disable=not progress)
+    for i in bar:
+        batch = sample_windows(train_data, rng, tc.batch_size, tc.seq_len + 1)
+        params, opt_state, loss = step(params, opt_state, batch)
+        if i % tc.eval_every == 0 or i == tc.steps:
+            val_loss = evaluate_loss(params, val_data, cfg, tc.seq_len, tc.eval_batches,
+                                     tc.batch_size)
+            history.append({"step": i, "train_loss": float(loss), "val_loss": val_loss})
+            bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val_loss:.3f}")
+        if i % tc.save_every == 0 or i == tc.steps:
+            save(i)
+    return {"val_loss": val_loss, "history": history, "out_dir": str(out)}

@@ -1,0 +1,148 @@
+"""The integer operators: against float maths within their stated error bounds, and
+NumPy and JAX executions of the same operator bit-identical."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models import numerics as N
+
+RNG = np.random.default_rng(0)
+
+
+def both(fn, *args):
+    """Run an operator on NumPy and on JAX (x64) inputs; assert identical; return NumPy's."""
+    out_np = fn(*[np.asarray(a) for a in args])
+    with jax.enable_x64(True):
+        out_jax = fn(*[jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in args])
+    np.testing.assert_array_equal(out_np, np.asarray(out_jax))
+    assert out_np.dtype == np.asarray(out_jax).dtype
+    return out_np
+
+
+@given(st.floats(min_value=1e-6, max_value=1e3))
+def test_quantize_multiplier_precision(real):
+    mult, shift = N.quantize_multiplier(real)
+    assert 2 ** 14 <= mult < 2 ** 15
+    assert abs(mult / 2.0 ** shift - real) <= real * 2 ** -15
+
+
+def test_quantize_multiplier_rejects_bad_factors():
+    for bad in (0.0, -1.0, float("nan"), 1e9):
+        with pytest.raises(ValueError, match="requantisation factor"):
+            N.quantize_multiplier(bad)
+
+
+def test_round_half_up_and_saturation():
+    acc = np.array([3, 5, -3, -5, 1000, -1000], np.int32)        # x / 2
+    out = both(lambda a: N.requant(a, np.int32(2 ** 14), np.int32(15)), acc)
+    np.testing.assert_array_equal(out, [2, 3, -1, -2, 127, -128])
+
+
+@given(st.integers(min_value=1, max_value=2 ** 31 - 1))
+def test_floor_log2(x):
+    assert int(N.floor_log2(np.array([x], np.int32))[0]) == x.bit_length() - 1
+
+
+def test_tables_are_monotonic_with_exact_anchors():
+    assert N.exp2_table()[0] == 2 ** 15 and np.all(np.diff(N.exp2_table()) < 0)
+    assert np.all(np.diff(N.recip_table()) <= 0) and N.recip_table().max() <= 2 ** 15
+    assert np.all(np.diff(N.sigmoid_table()) >= 0) and N.sigmoid_table().max() < 2 ** 15
+    assert np.all(np.diff(N.rsqrt_table(), axis=1) <= 0)
+    sin = N.sin_table()
+    assert sin[0] == 0 and sin[256] == 2 ** 14 and sin[768] == -(2 ** 14)
+
+
+def test_requant_matches_real_scaling():
+    acc = RNG.integers(-2 ** 20, 2 ** 20, size=(64, 32)).astype(np.int32)
+    real = RNG.uniform(1e-5, 1e-4, size=32)
+    mult, shift = N.quantize_multiplier(real)
+    out = both(lambda a, m, s: N.requant(a, m, s), acc, mult, shift)
+    expected = np.clip(np.round(acc * real), -128, 127)
+    assert np.max(np.abs(out - expected)) <= 1
+
+
+def test_rmsnorm_within_bound():
+    d = 96
+    h = (RNG.standard_normal((40, d)) * RNG.uniform(50, 8000, (40, 1))).astype(np.int16)
+    s_out = 4.0 / 127
+    mult, shift = N.quantize_multiplier(math.sqrt(d / 2 ** N.sum_sq_shift(d)) / s_out)
+    out = both(lambda x: N.rmsnorm(x, mult, shift, np.int32(0)), h)
+    hf = h.astype(np.float64)
+    exact = hf / np.sqrt((hf ** 2).mean(-1, keepdims=True)) / s_out
+    # Table (2**-10 relative) and per-square truncation; at most one LSB off.
+    assert np.max(np.abs(out - np.clip(exact, -128, 127))) <= 1.0
+
+
+def test_softmax_within_bound_and_masked():
+    scores = RNG.integers(-4000, 4000, size=(6, 50)).astype(np.int32)
+    visible = np.tril(np.ones((6, 50), bool), k=20)
+    scale = 2e-3                                    # real value of one score unit
+    mult, shift = N.quantize_multiplier(scale * math.log2(math.e) * 2 ** N.EXP2_INDEX_BITS)
+    probs = both(lambda s, v: N.softmax(s, v, mult, shift), scores, visible)
+    assert probs.dtype == np.int8 and np.all(probs[~visible] == 0)
+    x = np.where(visible, scores * scale, -np.inf)
+    ref = np.exp(x - x.max(-1, keepdims=True))
+    ref /= ref.sum(-1, keepdims=True)
+    assert np.max(np.abs(probs / 2 ** N.PROB_BITS - ref)) <= 1.5 / 2 ** N.PROB_BITS
+
+
+def test_rope_within_bound():
+    head_dim, theta = 32, 10000.0
+    x = RNG.integers(-90, 90, size=(9, 3, head_dim)).astype(np.int8)
+    positions = np.array([0, 1, 2, 7, 100, 255, 1000, 4095, 70000], np.int32)
+    freq = N.rope_freq_table(head_dim, theta)
+    out = both(lambda a, p: N.rope(a, p, freq), x, positions)
+    half = head_dim // 2
+    inv = theta ** (-np.arange(half) * 2.0 / head_dim)
+    ang = positions[:, None, None] * inv
+    a, b = x[..., :half].astype(np.float64), x[..., half:].astype(np.float64)
+    ref = np.concatenate([a * np.cos(ang) - b * np.sin(ang), b * np.cos(ang) + a * np.sin(ang)], -1)
+    # Sine table step 2**-10 turns (0.0031 rad half step) on |x| <= 128*sqrt(2): <= 1.2 LSB.
+    assert np.max(np.abs(out - np.clip(ref, -128, 127))) <= 1.5
+
+
+def test_silu_mul_within_bound():
+    gate_acc = RNG.integers(-300000, 300000, size=(8, 48)).astype(np.int32)
+    up = RNG.integers(-127, 127, size=(8, 48)).astype(np.int8)
+    s_gate, s_up, s_out = 2e-5, 0.05, 0.2                 # gate values within +-6
+    gm, gs = N.quantize_multiplier(s_gate * 2 ** N.GATE_FRAC_BITS)
+    mm, ms = N.quantize_multiplier(2.0 ** -N.GATE_FRAC_BITS * s_up / s_out)
+    out = both(lambda g, u: N.silu_mul(g, u, gm, gs, mm, ms), gate_acc, up)
+    g = gate_acc * s_gate
+    ref = g / (1 + np.exp(-g)) * up * s_up / s_out
+    # Sigmoid sampled at 1/16 steps: |d sigmoid| <= 1/128, times |g| <= 6 and |up| -> 2 LSB.
+    assert np.max(np.abs(out - np.clip(ref, -128, 127))) <= 2.5
+
+
+def test_residual_add_saturates():
+    h = np.array([32000, -32000, 5], np.int16)
+    acc = np.array([10 ** 6, -(10 ** 6), 100], np.int32)
+    mult, shift = N.quantize_multiplier(0.01)
+    out = both(lambda a, b: N.residual_add(a, b, mult, shift), h, acc)
+    np.testing.assert_array_equal(out, [32767, -32768, 6])
+
+
+def test_qmatmul_exact():
+    x = RNG.integers(-128, 128, size=(5, 300)).astype(np.int8)
+    w = RNG.integers(-128, 128, size=(7, 300)).astype(np.int8)
+    out = both(N.qmatmul, x, w)
+    np.testing.assert_array_equal(out, x.astype(np.int64) @ w.astype(np.int64).T)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 2 ** 31 - 1), st.integers(1, 2 ** 31 - 1))
+def test_mantissa_tables_are_accurate(a, b):
+    """rsqrt and reciprocal from the tables: relative error <= 2**-9."""
+    x = np.array([a, b], np.int32)
+    e = N.floor_log2(x)
+    rs = N.rsqrt_table()[e & 1, N._mantissa_index(x, e, N.RSQRT_INDEX_BITS, np)]
+    approx = rs * 2.0 ** (-15 - (e >> 1))
+    assert np.all(np.abs(approx * np.sqrt(x.astype(np.float64)) - 1) <= 2 ** -9)
+    rc = N.recip_table()[N._mantissa_index(x, e, N.RECIP_INDEX_BITS, np)]
+    assert np.all(np.abs(rc * 2.0 ** (-15 - e) * x - 1) <= 2 ** -8)
