@@ -47,9 +47,9 @@ class TrainConfig:
     corpus: Path = field(default_factory=default_corpus)
     out_dir: Path = Path("build/tiny-train")
     model: ModelConfig = field(default_factory=lambda: preset("tiny"))
-    steps: int = 3000
-    batch_size: int = 32
-    seq_len: int = 128
+    steps: int = 2500
+    batch_size: int = 16
+    seq_len: int = 256
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1

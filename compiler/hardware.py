@@ -1,0 +1,173 @@
+"""The hardware description: one frozen dataclass for every accelerator parameter.
+
+Contract
+--------
+``HardwareConfig`` is the single description that the compiler, the ISA simulator, the
+RTL generator, the performance model and the cost model all take. It validates every
+field on construction (``HardwareError`` names the field and the reason). Presets live
+as TOML files in ``configs/``; ``load_hardware(path_or_name)`` reads one and refuses
+unknown keys, missing keys and out-of-range values with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class HardwareError(ValueError):
+    """A hardware description that cannot be built."""
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Parameters of the edge accelerator.
+
+    Parameters
+    ----------
+    name : preset name.
+    array_rows, array_cols : processing elements of the hybrid systolic array.
+    vector_lanes : elements the vector unit processes per cycle.
+    l2_bytes : L2 scratchpad capacity.
+    l2_banks : SRAM banks of the L2.
+    l2_port_bytes : bytes one bank reads or writes per cycle.
+    dram_bytes_per_cycle : sustained DRAM bandwidth in bytes per accelerator cycle.
+    dram_latency_cycles : cycles from a DRAM request to its first data.
+    dram_bytes : DRAM address space the accelerator sees.
+    clock_hz : accelerator clock.
+    kv_block_tokens : tokens per block of the paged KV cache.
+    prefetch : whether the compiler schedules loads ahead of use by default.
+    token_counter_bits : width of each dependency-token counter.
+    """
+
+    name: str
+    array_rows: int
+    array_cols: int
+    vector_lanes: int
+    l2_bytes: int
+    l2_banks: int
+    l2_port_bytes: int
+    dram_bytes_per_cycle: int
+    dram_latency_cycles: int
+    dram_bytes: int
+    clock_hz: int
+    kv_block_tokens: int
+    prefetch: bool = True
+    token_counter_bits: int = 8
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise HardwareError(f"{f.name} must be an integer, not {value!r}")
+            if f.type == "bool" and not isinstance(value, bool):
+                raise HardwareError(f"{f.name} must be true or false, not {value!r}")
+        for field, lo, hi, pow2 in _RANGES:
+            value = getattr(self, field)
+            if not lo <= value <= hi:
+                raise HardwareError(f"{field} = {value} is out of range [{lo}, {hi}]")
+            if pow2 and not _pow2(value):
+                raise HardwareError(f"{field} = {value} must be a power of two")
+        if self.l2_bytes % (self.l2_banks * self.l2_port_bytes):
+            raise HardwareError(f"l2_bytes = {self.l2_bytes} must be a multiple of "
+                                f"l2_banks * l2_port_bytes = {self.l2_banks * self.l2_port_bytes}")
+        if self.l2_port_bytes < max(self.array_rows, self.array_cols) // 4:
+            raise HardwareError(f"l2_port_bytes = {self.l2_port_bytes} cannot feed a "
+                                f"{self.array_rows}x{self.array_cols} array (needs >= "
+                                f"{max(self.array_rows, self.array_cols) // 4})")
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def pes(self) -> int:
+        return self.array_rows * self.array_cols
+
+    @property
+    def dram_gbps(self) -> float:
+        """DRAM bandwidth in GB/s at the configured clock."""
+        return self.dram_bytes_per_cycle * self.clock_hz / 1e9
+
+    @property
+    def peak_macs_per_s(self) -> float:
+        return self.pes * self.clock_hz
+
+    @property
+    def l2_bank_bytes(self) -> int:
+        return self.l2_bytes // self.l2_banks
+
+    def replace(self, **changes) -> HardwareConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_toml(self) -> str:
+        lines = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                lines.append(f"{f.name} = {'true' if value else 'false'}")
+            elif isinstance(value, str):
+                lines.append(f'{f.name} = "{value}"')
+            else:
+                lines.append(f"{f.name} = {value}")
+        return "\n".join(lines) + "\n"
+
+
+#: field, minimum, maximum, must be a power of two
+_RANGES = (
+    ("array_rows", 2, 256, True),
+    ("array_cols", 2, 256, True),
+    ("vector_lanes", 1, 256, True),
+    ("l2_bytes", 4 * 1024, 1024 * 1024 * 1024, False),
+    ("l2_banks", 1, 256, True),
+    ("l2_port_bytes", 1, 1024, True),
+    ("dram_bytes_per_cycle", 1, 4096, False),
+    ("dram_latency_cycles", 1, 100_000, False),
+    ("dram_bytes", 1024 * 1024, 1 << 40, False),
+    ("clock_hz", 10_000_000, 10_000_000_000, False),
+    ("kv_block_tokens", 1, 1024, True),
+    ("token_counter_bits", 2, 16, False),
+)
+
+_OPTIONAL = {f.name for f in dataclasses.fields(HardwareConfig)
+             if f.default is not dataclasses.MISSING}
+
+
+def hardware_from_dict(data: dict, where: str) -> HardwareConfig:
+    """Build a ``HardwareConfig`` from parsed TOML; errors name ``where`` and the key."""
+    known = {f.name for f in dataclasses.fields(HardwareConfig)}
+    for key in data:
+        if key not in known:
+            raise HardwareError(f"{where}: unknown key {key!r} (known keys: "
+                                f"{', '.join(sorted(known))})")
+    for key in sorted(known - _OPTIONAL):
+        if key not in data:
+            raise HardwareError(f"{where}: missing key {key!r}")
+    try:
+        return HardwareConfig(**data)
+    except HardwareError as e:
+        raise HardwareError(f"{where}: {e}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_hardware(spec: str | Path) -> HardwareConfig:
+    """Read a TOML hardware description, by path or by preset name (``edge-8x8``)."""
+    path = Path(spec)
+    if not path.exists() and not path.suffix:
+        path = CONFIG_DIR / f"{spec}.toml"
+    if not path.exists():
+        raise HardwareError(f"{spec}: no such hardware description (presets: "
+                            f"{', '.join(preset_names())})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise HardwareError(f"{path}: not valid TOML ({e})") from None
+    return hardware_from_dict(data, str(path))

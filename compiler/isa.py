@@ -1,0 +1,286 @@
+"""The accelerator's instruction set, declared once.
+
+Contract
+--------
+``OPCODES`` declares every instruction: mnemonic, opcode, the engine that executes it,
+and its operand fields with their widths, in encoding order. The encoder, the decoder,
+the assembler and disassembler (``compiler/asm.py``), the ISA simulator, the reference
+document ``docs/isa.md`` and the RTL decoder are all generated from or driven by this
+declaration; nothing else restates a width or an opcode.
+
+Encoding: every instruction is ``INSTR_BITS`` = 256 bits, stored little-endian as 32
+bytes. Bits ``[0, 6)`` hold the opcode, ``[6, 9)`` the *wait* mask and ``[9, 12)`` the
+*signal* mask (one bit per engine: load, compute, store), then the operand fields are
+packed upwards from bit 12 in declaration order. Unused high bits are zero.
+
+Dependency tokens: for every ordered pair of engines (A, B) there is a token counter.
+An instruction of engine B whose wait mask has bit A set blocks until the (A -> B)
+counter is non-zero and decrements it; after it completes, for each bit C of its
+signal mask it increments the (B -> C) counter. The CONTROL engine's HALT waits for
+every engine to drain.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Engine(enum.IntEnum):
+    LOAD = 0
+    COMPUTE = 1
+    STORE = 2
+    CONTROL = 3
+
+
+ENGINES = (Engine.LOAD, Engine.COMPUTE, Engine.STORE)
+
+INSTR_BITS = 256
+INSTR_BYTES = INSTR_BITS // 8
+OPCODE_BITS = 6
+MASK_BITS = 3
+HEADER_BITS = OPCODE_BITS + 2 * MASK_BITS
+
+DRAM_ADDR_BITS = 32
+L2_ADDR_BITS = 30
+
+
+class ErrorCode(enum.IntEnum):
+    """Why the accelerator stopped in its error state (0: no error)."""
+
+    NONE = 0
+    INVALID_OPCODE = 1
+    L2_OUT_OF_RANGE = 2
+    DRAM_OUT_OF_RANGE = 3
+    BAD_OPERAND = 4
+    TOKEN_OVERFLOW = 5
+    SELF_DEPENDENCY = 6
+
+
+class MatmulMode(enum.IntEnum):
+    GEMM = 0   # systolic, weights stationary per tile: prefill
+    GEMV = 1   # weights stream through the array with no preload bubble: decode
+
+
+class WeightLayout(enum.IntEnum):
+    NK = 0     # w[n][k]: each row is one output channel (projection weights, keys)
+    KN = 1     # w[k][n]: each row is one reduction step (values in P @ V)
+
+
+class OutBits(enum.IntEnum):
+    INT8 = 0
+    INT16 = 1
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    bits: int
+    doc: str
+    enum: type[enum.IntEnum] | None = None
+    address: str | None = None          # "l2" or "dram" for address fields
+
+    @property
+    def max(self) -> int:
+        return (1 << self.bits) - 1
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    mnemonic: str
+    code: int
+    engine: Engine
+    fields: tuple[Field, ...]
+    doc: str
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def layout(self) -> list[tuple[Field, int]]:
+        """Each field with its bit offset in the instruction word."""
+        out, offset = [], HEADER_BITS
+        for f in self.fields:
+            out.append((f, offset))
+            offset += f.bits
+        return out
+
+
+def _l2(name, doc):
+    return Field(name, L2_ADDR_BITS, doc, address="l2")
+
+
+def _dram(name, doc):
+    return Field(name, DRAM_ADDR_BITS, doc, address="dram")
+
+
+def _n(name, bits, doc):
+    return Field(name, bits, doc)
+
+
+ROWS = _n("rows", 16, "number of rows")
+COLS = _n("cols", 20, "elements per row")
+MULT = _n("mult", 15, "requantisation multiplier mantissa (numerics.MULT_BITS)")
+SHIFT = _n("shift", 6, "requantisation right shift")
+
+OPCODES: tuple[OpSpec, ...] = (
+    OpSpec("HALT", 0x01, Engine.CONTROL, (),
+           "Stop fetching; finish when every engine has drained."),
+    # -- load engine ------------------------------------------------------------------
+    OpSpec("DMA_LOAD", 0x10, Engine.LOAD, (
+        _dram("dram_addr", "source in DRAM"),
+        _l2("l2_addr", "destination in L2"),
+        ROWS,
+        _n("row_bytes", 20, "bytes per row"),
+        _n("dram_stride", 32, "bytes between rows in DRAM"),
+        _n("l2_stride", 30, "bytes between rows in L2"),
+    ), "2-D strided copy DRAM -> L2."),
+    OpSpec("DMA_GATHER", 0x11, Engine.LOAD, (
+        _dram("idx_addr", "int32 row indices in DRAM"),
+        _dram("table_addr", "base of the table in DRAM"),
+        _n("count", 16, "rows to gather"),
+        _n("row_bytes", 20, "bytes per table row"),
+        _l2("l2_addr", "destination in L2"),
+        _n("l2_stride", 30, "bytes between rows in L2"),
+    ), "Indexed gather DRAM -> L2: row i = table[idx[i]] (embedding lookup)."),
+    OpSpec("KV_PREFETCH", 0x12, Engine.LOAD, (
+        _dram("pool_addr", "base of this layer's K or V block pool in DRAM"),
+        _dram("table_addr", "int32 block table of the sequence in DRAM"),
+        _n("first_token", 20, "first token position to fetch"),
+        _n("n_tokens", 20, "tokens to fetch"),
+        _n("row_bytes", 20, "bytes per token row (kv_dim for int8)"),
+        _l2("l2_addr", "destination in L2, token rows packed"),
+    ), "Walk the block table and gather KV rows of tokens [first, first+n) into L2: token t "
+       "lives at pool + table[t // B] * B * row_bytes + (t % B) * row_bytes, "
+       "B = kv_block_tokens."),
+    # -- store engine -----------------------------------------------------------------
+    OpSpec("DMA_STORE", 0x20, Engine.STORE, (
+        _l2("l2_addr", "source in L2"),
+        _dram("dram_addr", "destination in DRAM"),
+        ROWS,
+        _n("row_bytes", 20, "bytes per row"),
+        _n("l2_stride", 30, "bytes between rows in L2"),
+        _n("dram_stride", 32, "bytes between rows in DRAM"),
+    ), "2-D strided copy L2 -> DRAM."),
+    OpSpec("KV_APPEND", 0x21, Engine.STORE, (
+        _l2("l2_addr", "source rows in L2, packed"),
+        _dram("pool_addr", "base of this layer's K or V block pool in DRAM"),
+        _dram("table_addr", "int32 block table of the sequence in DRAM"),
+        _n("first_token", 20, "position of the first row"),
+        _n("n_tokens", 20, "rows to write"),
+        _n("row_bytes", 20, "bytes per token row"),
+    ), "Scatter new KV rows into their blocks through the block table (inverse of "
+       "KV_PREFETCH)."),
+    OpSpec("STORE_COUNTERS", 0x22, Engine.STORE, (
+        _dram("dram_addr", "destination of the counter block in DRAM"),
+    ), "Write the performance counters (COUNTERS, 64 bits each) to DRAM."),
+    # -- compute engine: the hybrid systolic array ------------------------------------
+    OpSpec("MATMUL", 0x30, Engine.COMPUTE, (
+        Field("mode", 1, "GEMM (systolic, prefill) or GEMV (weight streaming, decode)",
+              enum=MatmulMode),
+        _n("accumulate", 1, "add into the existing int32 output instead of overwriting"),
+        Field("w_layout", 1, "NK: w[n][k]; KN: w[k][n]", enum=WeightLayout),
+        _l2("x_addr", "int8 activations x[m][k]"),
+        _l2("w_addr", "int8 weights"),
+        _l2("out_addr", "int32 results out[m][n]"),
+        _n("m", 16, "rows of x and out"),
+        _n("k", 20, "reduction length"),
+        _n("n", 20, "columns of out"),
+        _n("x_stride", 20, "bytes between rows of x"),
+        _n("w_stride", 20, "bytes between rows of w"),
+        _n("out_stride", 20, "bytes between rows of out"),
+    ), "out[i][j] (+)= sum_k x[i][k] * w(j, k), int8 x int8 -> int32; the array tiles the "
+       "whole product itself."),
+    # -- compute engine: the vector unit ----------------------------------------------
+    OpSpec("REQUANT", 0x31, Engine.COMPUTE, (
+        Field("out_bits", 1, "INT8 or INT16 result", enum=OutBits),
+        _n("per_channel", 1, "one (mult, shift) word per column, else one for all"),
+        _n("has_bias", 1, "add an int32 bias per column before requantising"),
+        _l2("src_addr", "int32 accumulators"),
+        _l2("dst_addr", "int8/int16 results"),
+        _l2("param_addr", "int32 words mult | shift << 16"),
+        _l2("bias_addr", "int32 bias per column"),
+        ROWS, COLS,
+        _n("src_stride", 20, "bytes between source rows"),
+        _n("dst_stride", 20, "bytes between destination rows"),
+    ), "numerics.requant on a 2-D block."),
+    OpSpec("RMSNORM", 0x32, Engine.COMPUTE, (
+        _l2("src_addr", "int16 residual rows"),
+        _l2("dst_addr", "int8 normalised rows"),
+        ROWS, COLS,
+        _n("src_stride", 20, "bytes between source rows"),
+        _n("dst_stride", 20, "bytes between destination rows"),
+        MULT, SHIFT,
+        _n("eps", 31, "epsilon in sum-of-squares units"),
+    ), "numerics.rmsnorm, one row at a time."),
+    OpSpec("ROPE", 0x33, Engine.COMPUTE, (
+        _l2("src_addr", "int8 q or k rows [token][head][head_dim]"),
+        _l2("dst_addr", "int8 rotated rows"),
+        _n("rows", 16, "tokens"),
+        _n("heads", 8, "heads per token"),
+        _n("head_dim", 10, "elements per head"),
+        _n("pos0", 20, "position of the first token"),
+        _l2("freq_addr", "uint32 RoPE frequency table (numerics.rope_freq_table)"),
+        _n("row_stride", 20, "bytes between tokens, source and destination"),
+    ), "numerics.rope: token r is at position pos0 + r."),
+    OpSpec("SOFTMAX", 0x34, Engine.COMPUTE, (
+        _l2("src_addr", "int32 scores"),
+        _l2("dst_addr", "int8 probabilities (scale 2**-7)"),
+        ROWS, COLS,
+        _n("q_pos0", 20, "key j is visible to row i when j <= q_pos0 + i"),
+        _n("src_stride", 20, "bytes between source rows"),
+        _n("dst_stride", 20, "bytes between destination rows"),
+        MULT, SHIFT,
+    ), "numerics.softmax with the causal mask."),
+    OpSpec("SILU_MUL", 0x35, Engine.COMPUTE, (
+        _l2("gate_addr", "int32 gate accumulators"),
+        _l2("up_addr", "int8 up projection"),
+        _l2("dst_addr", "int8 result"),
+        _l2("param_addr", "per-column words mult | shift << 16 for the gate"),
+        ROWS, COLS,
+        _n("gate_stride", 20, "bytes between gate rows"),
+        _n("up_stride", 20, "bytes between up rows"),
+        _n("dst_stride", 20, "bytes between destination rows"),
+        MULT, SHIFT,
+    ), "numerics.silu_mul."),
+    OpSpec("RESADD", 0x36, Engine.COMPUTE, (
+        _l2("h_addr", "int16 residual rows, updated in place"),
+        _l2("acc_addr", "int32 projection accumulators"),
+        _l2("param_addr", "per-column words mult | shift << 16"),
+        ROWS, COLS,
+        _n("h_stride", 20, "bytes between residual rows"),
+        _n("acc_stride", 20, "bytes between accumulator rows"),
+    ), "numerics.residual_add."),
+    OpSpec("ARGMAX", 0x37, Engine.COMPUTE, (
+        _l2("src_addr", "int16 logits"),
+        _n("n", 20, "elements"),
+        _l2("dst_addr", "int32 index of the first maximum"),
+    ), "numerics.argmax."),
+)
+
+BY_MNEMONIC = {op.mnemonic: op for op in OPCODES}
+BY_CODE = {op.code: op for op in OPCODES}
+
+COUNTERS = (
+    "cycles", "instructions",
+    "load_busy", "load_stall", "compute_busy", "compute_stall", "store_busy", "store_stall",
+    "dram_read_bytes", "dram_write_bytes", "prefetch_bytes", "array_macs",
+)
+
+
+def pack_param(mult: int, shift: int) -> int:
+    """One requantisation parameter word: ``mult | shift << 16``."""
+    return int(mult) | (int(shift) << 16)
+
+
+def _check_declaration() -> None:
+    codes = [op.code for op in OPCODES]
+    assert len(set(codes)) == len(codes), "duplicate opcode"
+    assert all(0 < c < (1 << OPCODE_BITS) for c in codes)
+    for op in OPCODES:
+        used = HEADER_BITS + sum(f.bits for f in op.fields)
+        assert used <= INSTR_BITS, f"{op.mnemonic} needs {used} bits"
+        assert len(set(op.field_names)) == len(op.fields), op.mnemonic
+
+
+_check_declaration()

@@ -1,0 +1,42 @@
+"""Training writes a loadable checkpoint and lowers the loss; the packaged tiny model is
+the trained one with its tokenizer."""
+
+import json
+
+import numpy as np
+
+from models.config import ModelConfig
+from models.train import TrainConfig, split_text, train
+from models.zoo import load_model, tiny_checkpoint_dir
+
+
+def test_split_holds_out_the_last_tenth():
+    text = "".join(chr(65 + i % 26) for i in range(1000))
+    train_text, val_text = split_text(text)
+    assert train_text + val_text == text and len(val_text) == 100
+
+
+def test_short_training_run_learns_and_saves(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 200)
+    cfg = ModelConfig(name="mini", vocab_size=1, d_model=32, n_layers=1, n_heads=2,
+                      n_kv_heads=1, head_dim=16, d_ff=64, max_seq_len=32)
+    out = tmp_path / "ckpt"
+    result = train(TrainConfig(corpus=corpus, out_dir=out, model=cfg, steps=60, batch_size=8,
+                               seq_len=32, eval_every=30, save_every=30, eval_batches=2),
+                   progress=False)
+    history = result["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"] < np.log(15)
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["step"] == 60
+    loaded = load_model(str(out))
+    assert loaded.cfg.vocab_size == loaded.tokenizer.vocab_size == 15
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode("to be")) == "to be"
+
+
+def test_packaged_tiny_checkpoint(tiny_model):
+    cfg = tiny_model.cfg
+    assert cfg.vocab_size == tiny_model.tokenizer.vocab_size == 65
+    assert cfg.n_kv_heads < cfg.n_heads                      # grouped-query attention
+    size = sum(p.stat().st_size for p in tiny_checkpoint_dir().iterdir())
+    assert size <= 2 * 1024 * 1024
