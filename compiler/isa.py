@@ -53,8 +53,7 @@ class ErrorCode(enum.IntEnum):
     L2_OUT_OF_RANGE = 2
     DRAM_OUT_OF_RANGE = 3
     BAD_OPERAND = 4
-    TOKEN_OVERFLOW = 5
-    SELF_DEPENDENCY = 6
+    SELF_DEPENDENCY = 5
 
 
 class MatmulMode(enum.IntEnum):
@@ -148,11 +147,13 @@ OPCODES: tuple[OpSpec, ...] = (
         _dram("table_addr", "int32 block table of the sequence in DRAM"),
         _n("first_token", 20, "first token position to fetch"),
         _n("n_tokens", 20, "tokens to fetch"),
-        _n("row_bytes", 20, "bytes per token row (kv_dim for int8)"),
-        _l2("l2_addr", "destination in L2, token rows packed"),
-    ), "Walk the block table and gather KV rows of tokens [first, first+n) into L2: token t "
-       "lives at pool + table[t // B] * B * row_bytes + (t % B) * row_bytes, "
-       "B = kv_block_tokens."),
+        _n("row_bytes", 20, "bytes per token row in the pool (kv_dim for int8)"),
+        _n("col_offset", 20, "first byte of each row to fetch (one head: head * head_dim)"),
+        _n("col_bytes", 20, "bytes of each row to fetch"),
+        _l2("l2_addr", "destination in L2, col_bytes per token, packed"),
+    ), "Walk the block table and gather bytes [col_offset, col_offset+col_bytes) of the KV "
+       "rows of tokens [first, first+n) into L2: token t lives at pool + table[t // B] * B * "
+       "row_bytes + (t % B) * row_bytes, B = kv_block_tokens."),
     # -- store engine -----------------------------------------------------------------
     OpSpec("DMA_STORE", 0x20, Engine.STORE, (
         _l2("l2_addr", "source in L2"),

@@ -161,59 +161,128 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
     return jax.tree.map(np.asarray, qm)
 
 
+def quant_struct(cfg: ModelConfig) -> QuantModel:
+    """The structure of ``quantize``'s result as ``jax.ShapeDtypeStruct`` leaves, for
+    compiling a model without materialising its weights (tested equal to ``quantize``)."""
+    def sds(shape, dtype):
+        return jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+
+    def rq(n=None):
+        shape = () if n is None else (n,)
+        return {"mult": sds(shape, np.int32), "shift": sds(shape, np.int32)}
+
+    def norm():
+        return {"mult": sds((), np.int32), "shift": sds((), np.int32), "eps": sds((), np.int32)}
+
+    d, f, qd, kd = cfg.d_model, cfg.d_ff, cfg.q_dim, cfg.kv_dim
+    layer = {
+        "wq": sds((qd, d), np.int8), "wk": sds((kd, d), np.int8), "wv": sds((kd, d), np.int8),
+        "wo": sds((d, qd), np.int8), "w_gate": sds((f, d), np.int8),
+        "w_up": sds((f, d), np.int8), "w_down": sds((d, f), np.int8),
+        "norm1": norm(), "q": rq(qd), "k": rq(kd), "v": rq(kd), "softmax": rq(), "att": rq(),
+        "o": rq(d), "norm2": norm(), "gate": rq(f), "up": rq(f), "mid": rq(), "down": rq(d),
+    }
+    if cfg.qkv_bias:
+        layer.update(bq=sds((qd,), np.int32), bk=sds((kd,), np.int32), bv=sds((kd,), np.int32))
+    return {
+        "embed": sds((cfg.vocab_size, d), np.int16),
+        "layers": tuple(dict(layer) for _ in range(cfg.n_layers)),
+        "final_norm": norm(),
+        "lm_head": sds((cfg.vocab_size, d), np.int8),
+        "logits": rq(cfg.vocab_size),
+        "rope_freq": sds((cfg.head_dim // 2,), np.uint32),
+    }
+
+
+# -- kernels: the units the compiler lowers --------------------------------------------
+# Each is a named ``jax.jit`` so that it appears in the traced jaxpr as one ``jit``
+# equation whose ``name`` the compiler's lowering registry recognises.
+
+requant = jax.jit(N.requant, static_argnames=("bits", "xp"))
+rmsnorm = jax.jit(N.rmsnorm, static_argnames=("xp",))
+rope = jax.jit(N.rope, static_argnames=("xp",))
+silu_mul = jax.jit(N.silu_mul, static_argnames=("xp",))
+residual_add = jax.jit(N.residual_add, static_argnames=("xp",))
+argmax = jax.jit(N.argmax, static_argnames=("xp",))
+
+
+@jax.jit
+def embedding(table_VxD, tokens_T):
+    """Rows of the int16 embedding table."""
+    return jnp.take(table_VxD, tokens_T, axis=0, mode="clip")
+
+
+@jax.jit
+def kv_write(cache_SxKxH, new_TxKxH, start):
+    """The cache with ``new`` written at rows ``start..start+T-1``."""
+    zero = jnp.zeros((), start.dtype)
+    return jax.lax.dynamic_update_slice(cache_SxKxH, new_TxKxH, (start, zero, zero))
+
+
+@jax.jit
+def attention(q_TxNxH, k_SxKxH, v_SxKxH, positions_T, sm_mult, sm_shift, att_mult, att_shift):
+    """Grouped-query attention in integers: int8 ``[T, n_heads * head_dim]``.
+
+    Scores are exact int32 dot products; key ``s`` is visible to the query at position
+    ``p`` when ``s <= p``; probabilities from ``numerics.softmax``; ``P @ V`` in int32,
+    requantised to int8.
+    """
+    T, n_heads, head_dim = q_TxNxH.shape
+    S, n_kv = k_SxKxH.shape[:2]
+    q = q_TxNxH.reshape(T, n_kv, n_heads // n_kv, head_dim)
+    scores = jnp.einsum("tkgh,skh->kgts", q, k_SxKxH, preferred_element_type=jnp.int32)
+    visible = jnp.arange(S, dtype=jnp.int32)[None, :] <= positions_T[:, None]
+    probs = N.softmax(scores, visible[None, None], sm_mult, sm_shift)
+    out = jnp.einsum("kgts,skh->tkgh", probs, v_SxKxH, preferred_element_type=jnp.int32)
+    return N.requant(out.reshape(T, n_heads * head_dim), att_mult, att_shift)
+
+
 # -- the integer forward pass ---------------------------------------------------------
 
 def init_int_cache(cfg: ModelConfig, max_len: int | None = None) -> dict:
-    """An empty int8 KV cache ``[n_layers, max_len, n_kv_heads, head_dim]``."""
-    return init_cache(cfg, max_len, dtype=jnp.int8)
+    """An empty int8 KV cache: ``k`` and ``v`` are tuples of per-layer
+    ``[max_len, n_kv_heads, head_dim]`` arrays."""
+    max_len = cfg.max_seq_len if max_len is None else max_len
+    shape = (max_len, cfg.n_kv_heads, cfg.head_dim)
+    empty = tuple(jnp.zeros(shape, jnp.int8) for _ in range(cfg.n_layers))
+    return {"k": empty, "v": empty}
 
 
 def _proj(x, w, rq, bias=None):
-    acc = N.qmatmul(x, w)
-    if bias is not None:
-        acc = acc + bias
-    return N.requant(acc, rq["mult"], rq["shift"])
+    return requant(N.qmatmul(x, w), rq["mult"], rq["shift"], bias=bias)
 
 
 def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
     """One decoder layer in integers; mirrors ``reference.decoder_layer``."""
     T = h_TxD.shape[0]
     start = jnp.asarray(start, jnp.int32)
-    zero = jnp.int32(0)
     positions = start + jnp.arange(T, dtype=jnp.int32)
     with jax.named_scope("attention"):
         n1 = ql["norm1"]
-        xn = N.rmsnorm(h_TxD, n1["mult"], n1["shift"], n1["eps"])
+        xn = rmsnorm(h_TxD, n1["mult"], n1["shift"], n1["eps"])
         q = _proj(xn, ql["wq"], ql["q"], ql.get("bq")).reshape(T, cfg.n_heads, cfg.head_dim)
         k = _proj(xn, ql["wk"], ql["k"], ql.get("bk")).reshape(T, cfg.n_kv_heads, cfg.head_dim)
         v = _proj(xn, ql["wv"], ql["v"], ql.get("bv")).reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        q, k = N.rope(q, positions, freq), N.rope(k, positions, freq)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k, (start, zero, zero))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v, (start, zero, zero))
-        S = cache_k.shape[0]
-        qg = q.reshape(T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim)
-        scores = jnp.einsum("tkgh,skh->kgts", qg, cache_k, preferred_element_type=jnp.int32)
-        visible = jnp.arange(S)[None, :] <= positions[:, None]
-        sm = ql["softmax"]
-        probs = N.softmax(scores, visible[None, None], sm["mult"], sm["shift"])
-        att = jnp.einsum("kgts,skh->tkgh", probs, cache_v, preferred_element_type=jnp.int32)
-        att = N.requant(att.reshape(T, cfg.q_dim), ql["att"]["mult"], ql["att"]["shift"])
-        h_TxD = N.residual_add(h_TxD, N.qmatmul(att, ql["wo"]), ql["o"]["mult"],
-                               ql["o"]["shift"])
+        q, k = rope(q, positions, freq), rope(k, positions, freq)
+        cache_k = kv_write(cache_k, k, start)
+        cache_v = kv_write(cache_v, v, start)
+        att = attention(q, cache_k, cache_v, positions, ql["softmax"]["mult"],
+                        ql["softmax"]["shift"], ql["att"]["mult"], ql["att"]["shift"])
+        h_TxD = residual_add(h_TxD, N.qmatmul(att, ql["wo"]), ql["o"]["mult"], ql["o"]["shift"])
     with jax.named_scope("mlp"):
         n2 = ql["norm2"]
-        xn = N.rmsnorm(h_TxD, n2["mult"], n2["shift"], n2["eps"])
+        xn = rmsnorm(h_TxD, n2["mult"], n2["shift"], n2["eps"])
         up = _proj(xn, ql["w_up"], ql["up"])
-        mid = N.silu_mul(N.qmatmul(xn, ql["w_gate"]), up, ql["gate"]["mult"],
-                         ql["gate"]["shift"], ql["mid"]["mult"], ql["mid"]["shift"])
-        h_TxD = N.residual_add(h_TxD, N.qmatmul(mid, ql["w_down"]), ql["down"]["mult"],
-                               ql["down"]["shift"])
+        mid = silu_mul(N.qmatmul(xn, ql["w_gate"]), up, ql["gate"]["mult"], ql["gate"]["shift"],
+                       ql["mid"]["mult"], ql["mid"]["shift"])
+        h_TxD = residual_add(h_TxD, N.qmatmul(mid, ql["w_down"]), ql["down"]["mult"],
+                             ql["down"]["shift"])
     return h_TxD, cache_k, cache_v
 
 
 def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
     """int16 logits ``[T, vocab]`` for tokens at positions ``start..``, and the new cache."""
-    h = qm["embed"][tokens_T]
+    h = embedding(qm["embed"], tokens_T)
     ks, vs = [], []
     for i, ql in enumerate(qm["layers"]):
         with jax.named_scope(f"layer{i}"):
@@ -221,10 +290,17 @@ def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
         ks.append(k)
         vs.append(v)
     fn = qm["final_norm"]
-    xf = N.rmsnorm(h, fn["mult"], fn["shift"], fn["eps"])
-    logits = N.requant(N.qmatmul(xf, qm["lm_head"]), qm["logits"]["mult"],
-                       qm["logits"]["shift"], N.RESID_BITS)
-    return logits, {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+    xf = rmsnorm(h, fn["mult"], fn["shift"], fn["eps"])
+    logits = requant(N.qmatmul(xf, qm["lm_head"]), qm["logits"]["mult"], qm["logits"]["shift"],
+                     bits=N.RESID_BITS)
+    return logits, {"k": tuple(ks), "v": tuple(vs)}
+
+
+def int_step(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
+    """One greedy step as the accelerator runs it: logits of the new tokens, the next
+    token (argmax of the last row) and the updated cache."""
+    logits, cache = int_run(qm, cache, tokens_T, start, cfg)
+    return logits, argmax(logits[-1]), cache
 
 
 @partial(jax.jit, static_argnames="cfg")

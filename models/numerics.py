@@ -176,12 +176,14 @@ def _mantissa_index(x, exponent, index_bits: int, xp):
     return (normalised >> (30 - index_bits)) & ((1 << index_bits) - 1)
 
 
-def requant(acc, mult, shift, bits: int = ACT_BITS, xp=None):
-    """``saturate(round_shift(acc * mult, shift), bits)``: int32 accumulators to ``bits``.
-
-    ``mult``/``shift`` broadcast against ``acc`` (per output channel on the last axis).
+def requant(acc, mult, shift, bits: int = ACT_BITS, bias=None, xp=None):
+    """``saturate(round_shift((acc + bias) * mult, shift), bits)``: int32 accumulators to
+    ``bits``. ``mult``/``shift``/``bias`` broadcast against ``acc`` (per output channel on
+    the last axis); the bias add wraps in int32, as the accumulator does.
     """
     xp = xp or _xp(acc, mult, shift)
+    if bias is not None:
+        acc = xp.asarray(acc).astype(xp.int32) + xp.asarray(bias).astype(xp.int32)
     y = round_shift(_wide(acc, xp) * _wide(mult, xp), shift, xp)
     dtype = xp.int8 if bits <= 8 else xp.int16 if bits <= 16 else xp.int32
     return saturate(y, bits, xp).astype(dtype)
@@ -278,18 +280,18 @@ def silu_mul(gate_acc, up, gate_mult, gate_shift, mult, shift, xp=None):
     result is ``requant(silu * up, mult, shift)`` with int8 ``up``.
     """
     xp = xp or _xp(gate_acc, up)
-    gate = requant(gate_acc, gate_mult, gate_shift, RESID_BITS, xp).astype(xp.int32)
+    gate = requant(gate_acc, gate_mult, gate_shift, RESID_BITS, xp=xp).astype(xp.int32)
     half = 1 << (SIGMOID_INDEX_BITS - 1)
     idx = xp.clip(gate >> (GATE_FRAC_BITS - SIGMOID_STEP_BITS), -half, half - 1) + half
     sig = xp.asarray(sigmoid_table())[idx]
     silu = round_shift(gate * sig, SIGMOID_FRAC_BITS, xp)
-    return requant(silu * _wide(up, xp), mult, shift, ACT_BITS, xp)
+    return requant(silu * _wide(up, xp), mult, shift, ACT_BITS, xp=xp)
 
 
 def residual_add(h, acc, mult, shift, xp=None):
     """``sat16(h + requant16(acc))``: a projection's int32 output into the int16 residual."""
     xp = xp or _xp(h, acc)
-    r = requant(acc, mult, shift, RESID_BITS, xp).astype(xp.int32)
+    r = requant(acc, mult, shift, RESID_BITS, xp=xp).astype(xp.int32)
     return saturate(h.astype(xp.int32) + r, RESID_BITS, xp).astype(xp.int16)
 
 

@@ -1,0 +1,238 @@
+"""The compiler's intermediate representation: tensors and tensor operations.
+
+Contract
+--------
+A ``Graph`` is what the frontend makes of one traced step (a prefill chunk or a decode
+step): constants (``Param``: weights and requantisation parameters that live in DRAM),
+activations (``Tensor``: values that live in L2, possibly views of one ``Buffer``) and
+a list of operations in execution order. Operations are frozen dataclasses whose fields
+name their operands; ``verify(graph)`` checks shapes and dtypes between passes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class CompileError(ValueError):
+    """A model, shape or hardware configuration the compiler cannot handle."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A constant that lives in DRAM: a weight matrix, a bias or requantisation words."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    value: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def scalar(self) -> int:
+        """The value of a one-element constant (0 when compiling without weights)."""
+        if int(np.prod(self.shape, dtype=np.int64)) != 1:
+            raise CompileError(f"{self.name}: expected a scalar, got shape {self.shape}")
+        return 0 if self.value is None else int(np.asarray(self.value).reshape(-1)[0])
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Buffer:
+    """Storage of one or more tensor views in L2."""
+
+    name: str
+    nbytes: int
+    uid: int = field(default_factory=lambda: next(_ids))
+
+
+@dataclass(frozen=True, eq=False)
+class Tensor:
+    """A row-major activation view: ``shape``/``dtype`` at ``offset`` bytes into ``buffer``."""
+
+    buffer: Buffer
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int = 0
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+
+    @property
+    def rows(self) -> int:
+        """Leading dimension when viewed as a matrix [rows, cols]."""
+        return self.shape[0] if len(self.shape) > 1 else 1
+
+    @property
+    def cols(self) -> int:
+        return int(np.prod(self.shape[1:] if len(self.shape) > 1 else self.shape))
+
+    @property
+    def row_bytes(self) -> int:
+        return self.cols * self.itemsize
+
+    def view(self, shape: tuple[int, ...], offset: int = 0, dtype: str | None = None) -> Tensor:
+        return Tensor(self.buffer, tuple(shape), dtype or self.dtype, self.offset + offset)
+
+
+def new_tensor(name: str, shape: tuple[int, ...], dtype: str) -> Tensor:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return Tensor(Buffer(name, nbytes), tuple(shape), dtype)
+
+
+@dataclass(frozen=True)
+class ParamWords:
+    """Requantisation parameters packed as ``mult | shift << 16`` words (per channel or one)."""
+
+    mult: Param
+    shift: Param
+
+    @property
+    def name(self) -> str:
+        return self.mult.name.rsplit(".", 1)[0] + ".words"
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self.mult.shape, dtype=np.int64))
+
+
+# -- operations ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Embed:
+    table: Param            # [vocab, d_model] int16
+    out: Tensor             # [T, d_model] int16
+
+
+@dataclass(frozen=True)
+class MatMul:
+    x: Tensor               # [M, K] int8
+    w: Param                # [N, K] int8
+    out: Tensor             # [M, N] int32
+
+
+@dataclass(frozen=True)
+class Requant:
+    src: Tensor             # [M, N] int32
+    params: ParamWords
+    bias: Param | None
+    out: Tensor             # [M, N] int8 or int16
+
+
+@dataclass(frozen=True)
+class RmsNorm:
+    src: Tensor             # [T, D] int16
+    out: Tensor             # [T, D] int8
+    mult: int
+    shift: int
+    eps: int
+
+
+@dataclass(frozen=True)
+class Rope:
+    src: Tensor             # [T, heads, head_dim] int8
+    out: Tensor
+    pos0: int
+    freq: Param             # [head_dim / 2] uint32
+
+
+@dataclass(frozen=True)
+class KvAppend:
+    src: Tensor             # [T, n_kv, head_dim] int8
+    layer: int
+    kind: str               # "k" or "v"
+    start: int
+
+
+@dataclass(frozen=True)
+class Attention:
+    q: Tensor               # [T, n_heads, head_dim] int8 (after RoPE)
+    k_new: Tensor           # [T, n_kv, head_dim] int8 (after RoPE)
+    v_new: Tensor
+    layer: int
+    start: int              # position of the first new token; rows [0, start) are cached
+    sm_mult: int
+    sm_shift: int
+    att_params: ParamWords  # one word
+    out: Tensor             # [T, n_heads * head_dim] int8
+
+
+@dataclass(frozen=True)
+class SiluMul:
+    gate: Tensor            # [T, F] int32
+    up: Tensor              # [T, F] int8
+    gate_params: ParamWords  # per channel
+    mult: int
+    shift: int
+    out: Tensor             # [T, F] int8
+
+
+@dataclass(frozen=True)
+class ResAdd:
+    h: Tensor               # [T, D] int16, updated in place
+    acc: Tensor             # [T, D] int32
+    params: ParamWords
+    out: Tensor             # a view of h
+
+
+@dataclass(frozen=True)
+class Argmax:
+    src: Tensor             # [V] int16
+    out: Tensor             # [1] int32
+
+
+@dataclass(frozen=True)
+class Output:
+    """Store a result to its DRAM region: ``logits`` rows or the ``next_token``."""
+
+    src: Tensor
+    kind: str               # "logits" or "token"
+    row: int                # first logits row, or the token's position
+
+
+Op = Embed | MatMul | Requant | RmsNorm | Rope | KvAppend | Attention | SiluMul | ResAdd \
+    | Argmax | Output
+
+
+@dataclass
+class Graph:
+    name: str
+    start: int
+    tokens: int
+    ops: list = field(default_factory=list)
+
+    def tensors_of(self, op) -> list[Tensor]:
+        return [v for v in vars(op).values() if isinstance(v, Tensor)]
+
+
+def verify(graph: Graph) -> None:
+    """Shapes and dtypes agree between producers and consumers."""
+    for op in graph.ops:
+        kind = type(op).__name__
+        if isinstance(op, MatMul):
+            (m, k), (n, k2) = op.x.shape, op.w.shape
+            if k != k2 or op.out.shape != (m, n) or op.x.dtype != "int8" or op.out.dtype != "int32":
+                raise CompileError(f"{graph.name}: bad MatMul {op.x.shape} x {op.w.shape}")
+        elif isinstance(op, Requant):
+            if op.src.shape != op.out.shape or op.src.dtype != "int32":
+                raise CompileError(f"{graph.name}: bad Requant {op.src.shape} -> {op.out.shape}")
+        elif isinstance(op, RmsNorm | SiluMul | ResAdd):
+            src = op.src if isinstance(op, RmsNorm) else op.gate if isinstance(op, SiluMul) else op.h
+            if src.shape != op.out.shape:
+                raise CompileError(f"{graph.name}: bad {kind} {src.shape} -> {op.out.shape}")
+        for t in graph.tensors_of(op):
+            if t.offset + t.nbytes > t.buffer.nbytes:
+                raise CompileError(f"{graph.name}: {kind} view overruns buffer {t.buffer.name}")

@@ -1,0 +1,208 @@
+"""What each instruction touches: the one definition of the ISA's addressing.
+
+Contract
+--------
+``accesses(instr, hw, read_i32)`` returns the memory an instruction reads and writes as
+named ``Access`` blocks (2-D: ``rows`` rows of ``row_bytes`` bytes, ``stride`` apart, in
+L2 or DRAM). The ISA simulator executes instructions through these blocks and checks
+races on them, and the compiler derives dependency tokens from them, so the two cannot
+disagree about addressing. ``read_i32(addr)`` reads an int32 from DRAM; it resolves the
+data-dependent addresses of ``DMA_GATHER`` (omitted when ``None``: the gathered table
+must then be read-only) and of the block-table walks of ``KV_PREFETCH``/``KV_APPEND``.
+
+``check(instr, hw, accesses, dram_bytes)`` raises ``AcceleratorError`` with the
+``ErrorCode`` the hardware reports for a bad operand or an out-of-range address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.asm import Instruction
+from compiler.hardware import HardwareConfig
+from compiler.isa import COUNTERS, ErrorCode, MatmulMode, OutBits, WeightLayout
+
+
+class AcceleratorError(RuntimeError):
+    """The accelerator stopped in its error state."""
+
+    def __init__(self, code: ErrorCode, index: int | None, message: str):
+        self.code = code
+        self.index = index
+        where = f"instruction {index}: " if index is not None else ""
+        super().__init__(f"{code.name} (error code {int(code)}): {where}{message}")
+
+
+@dataclass(frozen=True)
+class Access:
+    space: str          # "l2" or "dram"
+    addr: int
+    rows: int
+    row_bytes: int
+    stride: int
+    write: bool = False
+
+    @property
+    def end(self) -> int:
+        """One past the last byte touched."""
+        if self.rows == 0 or self.row_bytes == 0:
+            return self.addr
+        return self.addr + (self.rows - 1) * self.stride + self.row_bytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.row_bytes
+
+    def indices(self) -> np.ndarray | slice:
+        """The bytes touched: a slice when contiguous, else an index array."""
+        if self.stride == self.row_bytes or self.rows == 1:
+            return slice(self.addr, self.end)
+        starts = self.addr + np.arange(self.rows, dtype=np.int64) * self.stride
+        return (starts[:, None] + np.arange(self.row_bytes, dtype=np.int64)[None, :]).ravel()
+
+
+Accesses = dict[str, Access | list[Access]]
+ReadI32 = Callable[[int], int] | None
+
+
+def _l2(addr, rows, row_bytes, stride, write=False) -> Access:
+    return Access("l2", addr, rows, row_bytes, stride, write)
+
+
+def _dram(addr, rows, row_bytes, stride, write=False) -> Access:
+    return Access("dram", addr, rows, row_bytes, stride, write)
+
+
+def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offset: int,
+             col_bytes: int, write: bool) -> list[Access]:
+    """Pool blocks of a block-table walk: one access per run of tokens in one block."""
+    if read_i32 is None:
+        return []
+    bt = hw.kv_block_tokens
+    runs, t, end = [], instr.first_token, instr.first_token + instr.n_tokens
+    while t < end:
+        block = read_i32(instr.table_addr + 4 * (t // bt))
+        run = min(end, (t // bt + 1) * bt) - t
+        base = instr.pool_addr + block * bt * instr.row_bytes + (t % bt) * instr.row_bytes
+        runs.append(_dram(base + col_offset, run, col_bytes, instr.row_bytes, write))
+        t += run
+    return runs
+
+
+def _table(instr: Instruction, hw: HardwareConfig) -> Access:
+    bt = hw.kv_block_tokens
+    first = instr.first_token // bt
+    last = (instr.first_token + max(instr.n_tokens, 1) - 1) // bt
+    return _dram(instr.table_addr + 4 * first, 1, 4 * (last - first + 1), 0)
+
+
+def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -> Accesses:
+    op, f = instr.mnemonic, instr
+    if op == "HALT":
+        return {}
+    if op == "DMA_LOAD":
+        return {"src": _dram(f.dram_addr, f.rows, f.row_bytes, f.dram_stride),
+                "dst": _l2(f.l2_addr, f.rows, f.row_bytes, f.l2_stride, True)}
+    if op == "DMA_STORE":
+        return {"src": _l2(f.l2_addr, f.rows, f.row_bytes, f.l2_stride),
+                "dst": _dram(f.dram_addr, f.rows, f.row_bytes, f.dram_stride, True)}
+    if op == "DMA_GATHER":
+        rows = []
+        if read_i32 is not None:
+            rows = [_dram(f.table_addr + read_i32(f.idx_addr + 4 * i) * f.row_bytes, 1,
+                          f.row_bytes, 0) for i in range(f.count)]
+        return {"idx": _dram(f.idx_addr, 1, 4 * f.count, 0), "rows": rows,
+                "dst": _l2(f.l2_addr, f.count, f.row_bytes, f.l2_stride, True)}
+    if op == "KV_PREFETCH":
+        return {"table": _table(f, hw),
+                "src": _kv_runs(f, hw, read_i32, f.col_offset, f.col_bytes, False),
+                "dst": _l2(f.l2_addr, f.n_tokens, f.col_bytes, f.col_bytes, True)}
+    if op == "KV_APPEND":
+        return {"table": _table(f, hw),
+                "src": _l2(f.l2_addr, f.n_tokens, f.row_bytes, f.row_bytes),
+                "dst": _kv_runs(f, hw, read_i32, 0, f.row_bytes, True)}
+    if op == "STORE_COUNTERS":
+        return {"dst": _dram(f.dram_addr, 1, 8 * len(COUNTERS), 0, True)}
+    if op == "MATMUL":
+        if f.w_layout == WeightLayout.NK:
+            w = _l2(f.w_addr, f.n, f.k, f.w_stride)
+        else:
+            w = _l2(f.w_addr, f.k, f.n, f.w_stride)
+        out = {"x": _l2(f.x_addr, f.m, f.k, f.x_stride), "w": w,
+               "out": _l2(f.out_addr, f.m, 4 * f.n, f.out_stride, True)}
+        if f.accumulate:
+            out["acc"] = _l2(f.out_addr, f.m, 4 * f.n, f.out_stride)
+        return out
+    if op == "REQUANT":
+        width = 1 if f.out_bits == OutBits.INT8 else 2
+        out = {"src": _l2(f.src_addr, f.rows, 4 * f.cols, f.src_stride),
+               "param": _l2(f.param_addr, 1, 4 * (f.cols if f.per_channel else 1), 0),
+               "dst": _l2(f.dst_addr, f.rows, width * f.cols, f.dst_stride, True)}
+        if f.has_bias:
+            out["bias"] = _l2(f.bias_addr, 1, 4 * f.cols, 0)
+        return out
+    if op == "RMSNORM":
+        return {"src": _l2(f.src_addr, f.rows, 2 * f.cols, f.src_stride),
+                "dst": _l2(f.dst_addr, f.rows, f.cols, f.dst_stride, True)}
+    if op == "ROPE":
+        width = f.heads * f.head_dim
+        return {"src": _l2(f.src_addr, f.rows, width, f.row_stride),
+                "freq": _l2(f.freq_addr, 1, 2 * f.head_dim, 0),
+                "dst": _l2(f.dst_addr, f.rows, width, f.row_stride, True)}
+    if op == "SOFTMAX":
+        return {"src": _l2(f.src_addr, f.rows, 4 * f.cols, f.src_stride),
+                "dst": _l2(f.dst_addr, f.rows, f.cols, f.dst_stride, True)}
+    if op == "SILU_MUL":
+        return {"gate": _l2(f.gate_addr, f.rows, 4 * f.cols, f.gate_stride),
+                "up": _l2(f.up_addr, f.rows, f.cols, f.up_stride),
+                "param": _l2(f.param_addr, 1, 4 * f.cols, 0),
+                "dst": _l2(f.dst_addr, f.rows, f.cols, f.dst_stride, True)}
+    if op == "RESADD":
+        return {"h": _l2(f.h_addr, f.rows, 2 * f.cols, f.h_stride),
+                "acc": _l2(f.acc_addr, f.rows, 4 * f.cols, f.acc_stride),
+                "param": _l2(f.param_addr, 1, 4 * f.cols, 0),
+                "h_out": _l2(f.h_addr, f.rows, 2 * f.cols, f.h_stride, True)}
+    if op == "ARGMAX":
+        return {"src": _l2(f.src_addr, 1, 2 * f.n, 0), "dst": _l2(f.dst_addr, 1, 4, 0, True)}
+    raise AcceleratorError(ErrorCode.INVALID_OPCODE, None, f"no semantics for {op}")
+
+
+def flat(acc: Accesses) -> list[Access]:
+    out = []
+    for value in acc.values():
+        out.extend(value if isinstance(value, list) else [value])
+    return out
+
+
+def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int,
+          index: int | None = None) -> None:
+    """Raise the hardware's error for bad operands and out-of-range addresses."""
+    f = instr
+    bad = None
+    if instr.mnemonic == "MATMUL" and 0 in (f.m, f.k, f.n):
+        bad = f"MATMUL with an empty dimension (m={f.m}, k={f.k}, n={f.n})"
+    elif instr.mnemonic == "MATMUL" and f.mode == MatmulMode.GEMV and f.m > hw.array_rows:
+        bad = f"GEMV takes at most array_rows = {hw.array_rows} rows, got m={f.m}"
+    elif instr.mnemonic == "ROPE" and (f.head_dim == 0 or f.head_dim % 2):
+        bad = f"ROPE head_dim must be even and non-zero, got {f.head_dim}"
+    elif instr.mnemonic in ("RMSNORM", "SOFTMAX", "REQUANT", "SILU_MUL", "RESADD") and (
+            f.rows == 0 or f.cols == 0):
+        bad = f"{instr.mnemonic} with an empty block ({f.rows}x{f.cols})"
+    elif instr.mnemonic == "SOFTMAX" and f.q_pos0 >= f.cols:
+        bad = f"SOFTMAX row 0 sees keys up to q_pos0 = {f.q_pos0}, beyond cols = {f.cols}"
+    if bad:
+        raise AcceleratorError(ErrorCode.BAD_OPERAND, index, bad)
+    for a in flat(acc):
+        if a.write and a.rows > 1 and a.stride < a.row_bytes:
+            raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
+                                   f"{instr.mnemonic} writes overlapping rows "
+                                   f"(stride {a.stride} < row {a.row_bytes} bytes)")
+        limit = hw.l2_bytes if a.space == "l2" else dram_bytes
+        if a.end > limit:
+            code = ErrorCode.L2_OUT_OF_RANGE if a.space == "l2" else ErrorCode.DRAM_OUT_OF_RANGE
+            raise AcceleratorError(code, index,
+                                   f"{instr.mnemonic} touches {a.space.upper()} bytes "
+                                   f"[0x{a.addr:x}, 0x{a.end:x}) beyond its size 0x{limit:x}")
