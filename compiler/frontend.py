@@ -243,7 +243,7 @@ def _k_embedding(lw: Lowering, eqn, args):
         raise CompileError("the embedding must read the step's input tokens")
     table = _param(table, "the embedding table")
     out = lw.fresh("embed", (tokens.count, table.shape[1]), table.dtype)
-    lw.emit(Embed(table, out))
+    lw.emit(Embed(table, tokens.start, out))
     return [out]
 
 

@@ -114,6 +114,7 @@ class ParamWords:
 @dataclass(frozen=True)
 class Embed:
     table: Param            # [vocab, d_model] int16
+    start: int              # position of the first token in the token buffer
     out: Tensor             # [T, d_model] int16
 
 

@@ -78,8 +78,6 @@ class IsaSimulator:
         self.check_races = check_races
         self.counters = Counters()
         self._space = {"l2": self.l2, "dram": self.dram}
-        if check_races:
-            self._clocks = {"l2": _Clocks(hw.l2_bytes), "dram": _Clocks(len(self.dram))}
 
     # -- memory ----------------------------------------------------------------------
     def read_i32(self, addr: int) -> int:
@@ -119,6 +117,10 @@ class IsaSimulator:
         if not halted:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, len(program),
                                    "the program ends without HALT")
+        if self.check_races:
+            # A program starts after the previous one drained: everything before it is
+            # ordered, so race tracking starts afresh.
+            self._clocks = {"l2": _Clocks(self.hw.l2_bytes), "dram": _Clocks(len(self.dram))}
         limit = (1 << self.hw.token_counter_bits) - 1
         tokens = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
         clocks = {e: np.zeros(3, np.int64) for e in ENGINES}

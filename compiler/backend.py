@@ -1,0 +1,423 @@
+"""Back end: L2 planning, tiling and code generation from IR graphs to instructions.
+
+Contract
+--------
+``generate(graphs, hw, ctx)`` turns the IR graphs of one program (a decode step, or the
+chunks of a prefill) into a list of instructions in *natural order* (each load right
+before its first use), plus extra ordering edges, without dependency tokens; the
+scheduling pass (``compiler/schedule.py``) then hoists loads and inserts tokens.
+
+L2 layout, per program:
+
+* ``[0, freq)``: the RoPE frequency table, loaded once at the start;
+* activations: every L2-resident tensor (and the attention temporaries) placed by
+  liveness, first fit, 64-byte aligned;
+* the rest is a ring of staging slots for everything streamed from DRAM: weight tiles,
+  requantisation words, biases and past KV chunks. The ring size is the prefetch
+  distance; at most ``MAX_INFLIGHT_SLOTS`` slots are outstanding, which bounds the
+  dependency-token counters.
+
+Tiling: a matmul streams weight tiles of ``n_t`` output channels by ``k_t`` inputs
+(``k`` split with accumulation only when one row does not fit a slot); vector
+operations with per-channel parameters go column chunk by column chunk; attention goes
+KV head by KV head, past keys and values in chunks of tokens fetched by ``KV_PREFETCH``
+through the block table, the current step's keys and values read from L2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from compiler.asm import Instruction, make
+from compiler.hardware import HardwareConfig
+from compiler.image import ALIGN, MemoryMap, align
+from compiler.ir import (
+    Argmax,
+    Attention,
+    Buffer,
+    CompileError,
+    Embed,
+    Graph,
+    KvAppend,
+    MatMul,
+    Output,
+    Param,
+    ParamWords,
+    Requant,
+    ResAdd,
+    RmsNorm,
+    Rope,
+    SiluMul,
+    Tensor,
+)
+from compiler.isa import MatmulMode, OutBits, WeightLayout
+from models.config import ModelConfig
+
+MAX_INFLIGHT_SLOTS = 64
+MIN_RING_BYTES = 4096
+MIN_TILE_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What code generation needs to know about the whole build."""
+
+    hw: HardwareConfig
+    cfg: ModelConfig
+    mmap: MemoryMap
+    prefetch: bool
+
+    def param_addr(self, p: Param | ParamWords) -> int:
+        return self.mmap[f"param:{p.name}"].offset
+
+
+@dataclass
+class Slot:
+    addr: int
+    serial: int
+
+
+class Ring:
+    """Staging slots allocated round-robin in ``[base, end)``."""
+
+    def __init__(self, base: int, end: int):
+        self.base, self.end = base, end
+        self.ptr = base
+        self.serial = 0
+
+    @property
+    def size(self) -> int:
+        return self.end - self.base
+
+    def alloc(self, nbytes: int) -> Slot:
+        nbytes = align(nbytes)
+        if nbytes > self.size:
+            raise CompileError(f"a staging slot of {nbytes} bytes exceeds the L2 ring of "
+                               f"{self.size} bytes")
+        if self.ptr + nbytes > self.end:
+            self.ptr = self.base
+        slot = Slot(self.ptr, self.serial)
+        self.ptr += nbytes
+        self.serial += 1
+        return slot
+
+
+@dataclass
+class Code:
+    instrs: list[Instruction] = field(default_factory=list)
+    after: dict[int, list[int]] = field(default_factory=dict)   # extra ordering edges
+    l2_plan: dict = field(default_factory=dict)
+
+
+# -- activation planning -----------------------------------------------------------------
+
+def _attention_temps(op: Attention, cfg: ModelConfig) -> list[Buffer]:
+    T, S = op.q.shape[0], op.start + op.q.shape[0]
+    g = cfg.group_size
+    return [Buffer(f"scores.l{op.layer}", 4 * g * T * S), Buffer(f"probs.l{op.layer}", g * T * S),
+            Buffer(f"attacc.l{op.layer}", 4 * T * cfg.q_dim)]
+
+
+def plan_activations(ops: list, cfg: ModelConfig, base: int) -> tuple[dict[int, int], int, dict]:
+    """Addresses of every buffer by liveness, first fit; returns (addr by uid, end, temps)."""
+    first, last, buffers, temps = {}, {}, {}, {}
+    for i, op in enumerate(ops):
+        bufs = [t.buffer for t in vars(op).values() if isinstance(t, Tensor)]
+        if isinstance(op, Attention):
+            temps[id(op)] = _attention_temps(op, cfg)
+            bufs += temps[id(op)]
+        for b in bufs:
+            buffers[b.uid] = b
+            first.setdefault(b.uid, i)
+            last[b.uid] = i
+    placed: list[tuple[int, int, int, int]] = []        # (addr, end, first, last)
+    addr_of, top = {}, base
+    for uid in sorted(buffers, key=lambda u: (first[u], -buffers[u].nbytes)):
+        size = align(buffers[uid].nbytes)
+        live = [(a, e) for a, e, f, l_ in placed if not (l_ < first[uid] or f > last[uid])]
+        addr = base
+        for a, e in sorted(live):
+            if addr + size <= a:
+                break
+            addr = max(addr, e)
+        placed.append((addr, addr + size, first[uid], last[uid]))
+        addr_of[uid] = addr
+        top = max(top, addr + size)
+    return addr_of, top, temps
+
+
+# -- code generation ---------------------------------------------------------------------
+
+class Generator:
+    def __init__(self, ctx: BuildContext, program: str):
+        self.ctx = ctx
+        self.hw = ctx.hw
+        self.cfg = ctx.cfg
+        self.program = program
+        self.code = Code()
+        self.slot_reader: dict[int, int] = {}
+
+    # -- emission helpers --------------------------------------------------------------
+    def emit(self, mnemonic: str, **fields) -> int:
+        try:
+            self.code.instrs.append(make(mnemonic, **fields))
+        except ValueError as e:
+            raise CompileError(f"{self.program}: cannot encode {mnemonic}: {e}") from None
+        return len(self.code.instrs) - 1
+
+    def use(self, slot: Slot, index: int) -> None:
+        self.slot_reader[slot.serial] = index
+
+    def load(self, dram_addr: int, rows: int, row_bytes: int, dram_stride: int) -> Slot:
+        slot = self.ring.alloc(rows * row_bytes)
+        index = self.emit("DMA_LOAD", dram_addr=dram_addr, l2_addr=slot.addr, rows=rows,
+                          row_bytes=row_bytes, dram_stride=dram_stride, l2_stride=row_bytes)
+        self._bound_inflight(slot, index)
+        return slot
+
+    def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int
+                    ) -> Slot:
+        hd = self.cfg.head_dim
+        slot = self.ring.alloc(count * hd)
+        index = self.emit("KV_PREFETCH", pool_addr=self.ctx.mmap[f"kv:{layer}:{kind}"].offset,
+                          table_addr=self.ctx.mmap["block_table"].offset, first_token=first,
+                          n_tokens=count, row_bytes=self.cfg.kv_dim, col_offset=col_offset,
+                          col_bytes=hd, l2_addr=slot.addr)
+        self._bound_inflight(slot, index)
+        return slot
+
+    def _bound_inflight(self, slot: Slot, index: int) -> None:
+        old = slot.serial - MAX_INFLIGHT_SLOTS
+        if old >= 0 and old in self.slot_reader:
+            self.code.after.setdefault(index, []).append(self.slot_reader[old])
+
+    def addr(self, t: Tensor) -> int:
+        return self.act_addr[t.buffer.uid] + t.offset
+
+    def mode(self, m: int) -> int:
+        return MatmulMode.GEMV if m <= self.hw.array_rows else MatmulMode.GEMM
+
+    # -- whole program -------------------------------------------------------------------
+    def generate(self, graphs: list[Graph]) -> Code:
+        ops = [op for g in graphs for op in g.ops]
+        freq_bytes = align(2 * self.cfg.head_dim)
+        self.act_addr, act_end, self.temps = plan_activations(ops, self.cfg, freq_bytes)
+        ring_base = align(act_end)
+        ring_size = self.hw.l2_bytes - ring_base
+        if ring_size < MIN_RING_BYTES:
+            raise CompileError(
+                f"L2 too small for the smallest legal tiling: {self.program} needs "
+                f"{ring_base} bytes of activations and {MIN_RING_BYTES} bytes of staging, "
+                f"but l2_bytes = {self.hw.l2_bytes}")
+        self.ring = Ring(ring_base, self.hw.l2_bytes)
+        self.tile_bytes = min(ring_size // 2, max(MIN_TILE_BYTES, ring_size // MAX_INFLIGHT_SLOTS))
+        self.code.l2_plan = {"freq": [0, freq_bytes], "activations": [freq_bytes, act_end],
+                             "ring": [ring_base, self.hw.l2_bytes], "tile_bytes": self.tile_bytes}
+        freq = ops and next((op.freq for op in ops if isinstance(op, Rope)), None)
+        if freq is not None:
+            self.emit("DMA_LOAD", dram_addr=self.ctx.param_addr(freq), l2_addr=0, rows=1,
+                      row_bytes=freq.nbytes, dram_stride=freq.nbytes, l2_stride=freq.nbytes)
+        for op in ops:
+            getattr(self, "_op_" + type(op).__name__.lower())(op)
+        # The counters are written once every engine's last instruction has finished.
+        last = {}
+        for i, instr in enumerate(self.code.instrs):
+            last[instr.engine] = i
+        index = self.emit("STORE_COUNTERS",
+                          dram_addr=self.ctx.mmap[f"counters:{self.program}"].offset)
+        self.code.after[index] = list(last.values())
+        self.emit("HALT")
+        return self.code
+
+    # -- matmul --------------------------------------------------------------------------
+    def matmul(self, x_addr: int, x_stride: int, m: int, w: Param, out_addr: int,
+               out_stride: int) -> None:
+        n_total, k_total = w.shape
+        base = self.ctx.param_addr(w)
+        cols = self.hw.array_cols
+        if k_total * min(cols, n_total) <= self.tile_bytes:
+            kt = k_total
+            nt = max(1, self.tile_bytes // k_total)
+            nt = min(n_total, nt // cols * cols if nt >= cols else nt)
+        else:
+            nt = min(cols, n_total)
+            kt = max(1, self.tile_bytes // nt)
+        for n0 in range(0, n_total, nt):
+            n = min(nt, n_total - n0)
+            for k0 in range(0, k_total, kt):
+                k = min(kt, k_total - k0)
+                slot = self.load(base + n0 * k_total + k0, n, k, k_total)
+                index = self.emit("MATMUL", mode=self.mode(m), accumulate=int(k0 > 0),
+                                  w_layout=WeightLayout.NK, x_addr=x_addr + k0, w_addr=slot.addr,
+                                  out_addr=out_addr + 4 * n0, m=m, k=k, n=n, x_stride=x_stride,
+                                  w_stride=k, out_stride=out_stride)
+                self.use(slot, index)
+
+    def _op_matmul(self, op: MatMul) -> None:
+        self.matmul(self.addr(op.x), op.x.row_bytes, op.x.rows, op.w, self.addr(op.out),
+                    op.out.row_bytes)
+
+    # -- vector operations with per-channel parameters ------------------------------------
+    def column_chunks(self, words: ParamWords, cols: int, extra_per_col: int = 0):
+        """Yield ``(c0, c, slot)``: column chunks of a vector op with their parameter words
+        loaded (``extra_per_col`` staging bytes per column are needed besides)."""
+        per_col = 4 + extra_per_col
+        chunk = cols if words.count == 1 else max(1, min(cols, self.tile_bytes // per_col))
+        for c0 in range(0, cols, chunk):
+            c = min(chunk, cols - c0)
+            n_words = 1 if words.count == 1 else c
+            first = 0 if words.count == 1 else c0
+            slot = self.load(self.ctx.param_addr(words) + 4 * first, 1, 4 * n_words, 4 * n_words)
+            yield c0, c, slot
+
+    def _op_requant(self, op: Requant) -> None:
+        src, dst = op.src, op.out
+        out_bits = OutBits.INT8 if dst.dtype == "int8" else OutBits.INT16
+        for c0, c, slot in self.column_chunks(op.params, src.cols, 4 if op.bias else 0):
+            bias = None
+            if op.bias is not None:
+                bias = self.load(self.ctx.param_addr(op.bias) + 4 * c0, 1, 4 * c, 4 * c)
+            index = self.emit("REQUANT", out_bits=out_bits, per_channel=int(op.params.count > 1),
+                              has_bias=int(bias is not None),
+                              src_addr=self.addr(src) + 4 * c0,
+                              dst_addr=self.addr(dst) + dst.itemsize * c0, param_addr=slot.addr,
+                              bias_addr=bias.addr if bias else 0, rows=src.rows, cols=c,
+                              src_stride=src.row_bytes, dst_stride=dst.row_bytes)
+            self.use(slot, index)
+            if bias:
+                self.use(bias, index)
+
+    def _op_silumul(self, op: SiluMul) -> None:
+        for c0, c, slot in self.column_chunks(op.gate_params, op.gate.cols):
+            index = self.emit("SILU_MUL", gate_addr=self.addr(op.gate) + 4 * c0,
+                              up_addr=self.addr(op.up) + c0, dst_addr=self.addr(op.out) + c0,
+                              param_addr=slot.addr, rows=op.gate.rows, cols=c,
+                              gate_stride=op.gate.row_bytes, up_stride=op.up.row_bytes,
+                              dst_stride=op.out.row_bytes, mult=op.mult, shift=op.shift)
+            self.use(slot, index)
+
+    def _op_resadd(self, op: ResAdd) -> None:
+        for c0, c, slot in self.column_chunks(op.params, op.h.cols):
+            index = self.emit("RESADD", h_addr=self.addr(op.h) + 2 * c0,
+                              acc_addr=self.addr(op.acc) + 4 * c0, param_addr=slot.addr,
+                              rows=op.h.rows, cols=c, h_stride=op.h.row_bytes,
+                              acc_stride=op.acc.row_bytes)
+            self.use(slot, index)
+
+    # -- other vector operations ----------------------------------------------------------
+    def _op_rmsnorm(self, op: RmsNorm) -> None:
+        self.emit("RMSNORM", src_addr=self.addr(op.src), dst_addr=self.addr(op.out),
+                  rows=op.src.rows, cols=op.src.cols, src_stride=op.src.row_bytes,
+                  dst_stride=op.out.row_bytes, mult=op.mult, shift=op.shift, eps=op.eps)
+
+    def _op_rope(self, op: Rope) -> None:
+        T, heads, hd = op.src.shape
+        self.emit("ROPE", src_addr=self.addr(op.src), dst_addr=self.addr(op.out), rows=T,
+                  heads=heads, head_dim=hd, pos0=op.pos0, freq_addr=0, row_stride=heads * hd)
+
+    def _op_argmax(self, op: Argmax) -> None:
+        self.emit("ARGMAX", src_addr=self.addr(op.src), n=op.src.cols,
+                  dst_addr=self.addr(op.out))
+
+    # -- data movement -------------------------------------------------------------------
+    def _op_embed(self, op: Embed) -> None:
+        self.emit("DMA_GATHER", idx_addr=self.ctx.mmap["tokens"].offset + 4 * op.start,
+                  table_addr=self.ctx.param_addr(op.table), count=op.out.rows,
+                  row_bytes=op.out.row_bytes, l2_addr=self.addr(op.out),
+                  l2_stride=op.out.row_bytes)
+
+    def _op_kvappend(self, op: KvAppend) -> None:
+        self.emit("KV_APPEND", l2_addr=self.addr(op.src),
+                  pool_addr=self.ctx.mmap[f"kv:{op.layer}:{op.kind}"].offset,
+                  table_addr=self.ctx.mmap["block_table"].offset, first_token=op.start,
+                  n_tokens=op.src.shape[0], row_bytes=self.cfg.kv_dim)
+
+    def _op_output(self, op: Output) -> None:
+        if op.kind == "logits":
+            dram = self.ctx.mmap["logits"].offset + op.row * op.src.row_bytes
+            self.emit("DMA_STORE", l2_addr=self.addr(op.src), dram_addr=dram, rows=op.src.rows,
+                      row_bytes=op.src.row_bytes, l2_stride=op.src.row_bytes,
+                      dram_stride=op.src.row_bytes)
+        else:
+            self.emit("DMA_STORE", l2_addr=self.addr(op.src),
+                      dram_addr=self.ctx.mmap["tokens"].offset + 4 * op.row, rows=1,
+                      row_bytes=4, l2_stride=4, dram_stride=4)
+
+    # -- attention -------------------------------------------------------------------------
+    def _op_attention(self, op: Attention) -> None:
+        cfg, hw = self.cfg, self.hw
+        T, hd, G = op.q.shape[0], cfg.head_dim, cfg.group_size
+        start, S = op.start, op.start + op.q.shape[0]
+        scores, probs, acc = (self.act_addr[b.uid] for b in self.temps[id(op)])
+        q, k_new, v_new = self.addr(op.q), self.addr(op.k_new), self.addr(op.v_new)
+        q_stride, kv_stride = cfg.q_dim, cfg.kv_dim
+        chunk = max(1, min(start, self.tile_bytes // hd)) if start else 0
+        chunks = [(c0, min(chunk, start - c0)) for c0 in range(0, start, chunk)] if start else []
+        # Query rows processed together: all G heads of a KV head in decode, else one head.
+        if T == 1:
+            batches = [(g0, min(hw.array_rows, G - g0)) for g0 in range(0, G, hw.array_rows)]
+        else:
+            batches = [(g, 1) for g in range(G)]
+
+        def rows(count: int) -> tuple[int, int]:
+            """Rows of a batch of ``count`` heads, and the byte stride between query rows."""
+            return count * T, (hd if T == 1 else q_stride)
+
+        for kv in range(cfg.n_kv_heads):
+            # scores = q . K^T, past keys chunk by chunk, then the new keys from L2
+            for c0, n in chunks:
+                slot = self.kv_prefetch(op.layer, "k", c0, n, kv * hd)
+                for g0, count in batches:
+                    m, x_stride = rows(count)
+                    head = kv * G + g0
+                    index = self.emit("MATMUL", mode=self.mode(m), accumulate=0,
+                                      w_layout=WeightLayout.NK, x_addr=q + head * hd,
+                                      w_addr=slot.addr, out_addr=scores + 4 * (g0 * T * S + c0),
+                                      m=m, k=hd, n=n, x_stride=x_stride, w_stride=hd,
+                                      out_stride=4 * S)
+                    self.use(slot, index)
+            for g0, count in batches:
+                m, x_stride = rows(count)
+                head = kv * G + g0
+                self.emit("MATMUL", mode=self.mode(m), accumulate=0, w_layout=WeightLayout.NK,
+                          x_addr=q + head * hd, w_addr=k_new + kv * hd,
+                          out_addr=scores + 4 * (g0 * T * S + start), m=m, k=hd, n=T,
+                          x_stride=x_stride, w_stride=kv_stride, out_stride=4 * S)
+            for g in range(G):
+                self.emit("SOFTMAX", src_addr=scores + 4 * g * T * S, dst_addr=probs + g * T * S,
+                          rows=T, cols=S, q_pos0=start, src_stride=4 * S, dst_stride=S,
+                          mult=op.sm_mult, shift=op.sm_shift)
+            # out = P . V, past values chunk by chunk, then the new values from L2
+            for c0, n in chunks:
+                slot = self.kv_prefetch(op.layer, "v", c0, n, kv * hd)
+                for g0, count in batches:
+                    m, _ = rows(count)
+                    head = kv * G + g0
+                    index = self.emit("MATMUL", mode=self.mode(m), accumulate=int(c0 > 0),
+                                      w_layout=WeightLayout.KN, x_addr=probs + g0 * T * S + c0,
+                                      w_addr=slot.addr, out_addr=acc + 4 * head * hd, m=m, k=n,
+                                      n=hd, x_stride=S, w_stride=hd,
+                                      out_stride=4 * (hd if T == 1 else q_stride))
+                    self.use(slot, index)
+            for g0, count in batches:
+                m, _ = rows(count)
+                head = kv * G + g0
+                self.emit("MATMUL", mode=self.mode(m), accumulate=int(start > 0),
+                          w_layout=WeightLayout.KN, x_addr=probs + g0 * T * S + start,
+                          w_addr=v_new + kv * hd, out_addr=acc + 4 * head * hd, m=m, k=T, n=hd,
+                          x_stride=S, w_stride=kv_stride,
+                          out_stride=4 * (hd if T == 1 else q_stride))
+        words = op.att_params
+        slot = self.load(self.ctx.param_addr(words), 1, 4, 4)
+        index = self.emit("REQUANT", out_bits=OutBits.INT8, per_channel=0, has_bias=0,
+                          src_addr=acc, dst_addr=self.addr(op.out), param_addr=slot.addr,
+                          bias_addr=0, rows=T, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
+                          dst_stride=cfg.q_dim)
+        self.use(slot, index)
+
+
+def generate(graphs: list[Graph], ctx: BuildContext, program: str) -> Code:
+    return Generator(ctx, program).generate(graphs)
+
+
+assert ALIGN == 64

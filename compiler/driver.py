@@ -1,0 +1,238 @@
+"""The compiler driver: a model, a hardware description and a prompt to a build folder.
+
+Contract
+--------
+``compile_generation(...)`` compiles a greedy generation: one *prefill* program for the
+prompt (in chunks if its activations do not fit L2) and one *decode* program per
+further token, all sharing one DRAM image and memory map. ``compile_step(...)`` compiles
+a single step (``n_tokens`` tokens at position ``start``), with or without weights; a
+build without weights has a memory map, programs and a manifest but no DRAM data, for
+timing large models. ``Build.save(folder)`` writes:
+
+* ``<program>.bin`` (program file) and ``<program>.s`` (assembly listing) per program;
+* ``dram.bin``: the DRAM image with the programs in it (builds with weights only);
+* ``manifest.json``: the memory map, each program's place in DRAM, instruction counts
+  per opcode and the DRAM bytes each program will move.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compiler.asm import Instruction, disassemble, encode_program, write_program
+from compiler.backend import MIN_RING_BYTES, BuildContext, generate, plan_activations
+from compiler.frontend import lower_step
+from compiler.hardware import HardwareConfig
+from compiler.image import DramImage, MemoryMap, align, block_table, param_bytes, param_size
+from compiler.ir import CompileError, Graph, Param, ParamWords
+from compiler.isa import COUNTERS, INSTR_BYTES
+from compiler.schedule import schedule
+from compiler.semantics import accesses, flat
+from models.config import ModelConfig
+
+
+@dataclass
+class Program:
+    name: str
+    kind: str                  # "prefill" or "decode"
+    start: int
+    n_tokens: int
+    instrs: list[Instruction]
+    l2_plan: dict
+    chunks: list[int] = field(default_factory=list)
+
+    def opcode_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(i.mnemonic for i in self.instrs).items()))
+
+
+@dataclass
+class Build:
+    cfg: ModelConfig
+    hw: HardwareConfig
+    prefetch: bool
+    mmap: MemoryMap
+    image: DramImage
+    programs: list[Program]
+    prompt: list[int]
+    max_new_tokens: int
+
+    def program_bytes(self, p: Program) -> dict[str, int]:
+        """DRAM bytes a program reads and writes (static, from its instructions)."""
+        read = write = 0
+        for instr in p.instrs:
+            for a in flat(accesses(instr, self.hw, self.image.read_i32)):
+                if a.space == "dram":
+                    if a.write:
+                        write += a.nbytes
+                    else:
+                        read += a.nbytes
+        return {"dram_read_bytes": read, "dram_write_bytes": write}
+
+    def manifest(self) -> dict:
+        programs = []
+        for p in self.programs:
+            programs.append({
+                "name": p.name, "kind": p.kind, "start": p.start, "n_tokens": p.n_tokens,
+                "prefill_chunks": p.chunks, "dram_offset": self.mmap[f"program:{p.name}"].offset,
+                "instructions": len(p.instrs), "opcodes": p.opcode_counts(),
+                **self.program_bytes(p), "l2_plan": p.l2_plan})
+        return {
+            "model": self.cfg.to_hf_dict(), "model_name": self.cfg.name,
+            "hardware": {k: getattr(self.hw, k) for k in self.hw.__dataclass_fields__},
+            "prefetch": self.prefetch, "with_weights": self.image.data is not None,
+            "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
+            "counters": list(COUNTERS), "memory_map": self.mmap.to_json(), "programs": programs,
+            "host_runtime": "The host writes the prompt tokens and the block table into the "
+                            "image, then starts each program in turn at its dram_offset and "
+                            "waits for HALT; the device gathers its own input tokens and "
+                            "writes each next token and the logits back to DRAM, so the host "
+                            "keeps nothing between steps except the order of the programs.",
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in self.programs:
+            write_program(folder / f"{p.name}.bin", p.instrs)
+            (folder / f"{p.name}.s").write_text(
+                f"# {p.name}: {p.kind}, tokens {p.start}..{p.start + p.n_tokens - 1}, "
+                f"{len(p.instrs)} instructions\n" + disassemble(p.instrs, numbered=True))
+        if self.image.data is not None:
+            (folder / "dram.bin").write_bytes(self.image.data.tobytes())
+        (folder / "manifest.json").write_text(json.dumps(self.manifest(), indent=1) + "\n")
+        return folder
+
+
+# -- building --------------------------------------------------------------------------
+
+def _fits(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> bool:
+    ops = [op for g in graphs for op in g.ops]
+    _, end, _ = plan_activations(ops, cfg, align(2 * cfg.head_dim))
+    return align(end) + MIN_RING_BYTES <= hw.l2_bytes
+
+
+def _prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int) -> list[Graph]:
+    """Prefill as chunks whose activations fit L2 (the whole prompt when it fits)."""
+    chunk = n_prompt
+    while True:
+        graphs = []
+        for start in range(0, n_prompt, chunk):
+            n = min(chunk, n_prompt - start)
+            graphs.append(lower_step(cfg, qm, start, n, store_token=start + n == n_prompt,
+                                     name=f"prefill@{start}"))
+        if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
+            return graphs
+        chunk = max(1, chunk // 2)
+
+
+def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:
+    found: dict[str, Param | ParamWords] = {}
+    for g in graphs:
+        for op in g.ops:
+            for value in vars(op).values():
+                if isinstance(value, Param | ParamWords):
+                    found.setdefault(value.name, value)
+    return found
+
+
+def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
+            program_names: list[str], with_data: bool) -> tuple[MemoryMap, DramImage]:
+    mmap = MemoryMap()
+    for name, p in params.items():
+        mmap.add(f"param:{name}", param_size(p))
+    mmap.start_writable()
+    mmap.add("tokens", 4 * (cfg.max_seq_len + 1))
+    n_blocks = -(-positions // hw.kv_block_tokens)
+    mmap.add("block_table", 4 * n_blocks)
+    pool = n_blocks * hw.kv_block_tokens * cfg.kv_dim
+    for layer in range(cfg.n_layers):
+        for kind in ("k", "v"):
+            mmap.add(f"kv:{layer}:{kind}", pool)
+    mmap.add("logits", 2 * cfg.vocab_size * positions)
+    for name in program_names:
+        mmap.add(f"counters:{name}", 8 * len(COUNTERS))
+    if mmap.size > hw.dram_bytes:
+        raise CompileError(f"the DRAM image needs {mmap.size} bytes, more than "
+                           f"dram_bytes = {hw.dram_bytes}")
+    image = DramImage(mmap, with_data)
+    for name, p in params.items():
+        raw = param_bytes(p)
+        if raw is not None:
+            image.write(f"param:{name}", raw)
+    image.write("block_table", block_table(n_blocks), keep=True)
+    return mmap, image
+
+
+def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens) -> Build:
+    ctx = BuildContext(hw, cfg, mmap, prefetch)
+    programs = []
+    for name, kind, graphs in named_graphs:
+        code = generate(graphs, ctx, name)
+        instrs = schedule(code, hw, image, prefetch)
+        programs.append(Program(name, kind, graphs[0].start, sum(g.tokens for g in graphs),
+                                instrs, code.l2_plan, [g.tokens for g in graphs]))
+    for p in programs:
+        mmap.add(f"program:{p.name}", len(p.instrs) * INSTR_BYTES)
+    if image.data is not None:
+        data = np.zeros(mmap.size, np.uint8)
+        data[:image.data.size] = image.data
+        image.data = data
+        for p in programs:
+            image.write(f"program:{p.name}", np.frombuffer(encode_program(p.instrs), np.uint8))
+    return Build(cfg, hw, prefetch, mmap, image, programs, list(prompt), max_new_tokens)
+
+
+def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[int],
+                       max_new_tokens: int, prefetch: bool | None = None) -> Build:
+    """Prefill of ``prompt`` and ``max_new_tokens - 1`` decode steps (greedy)."""
+    prefetch = hw.prefetch if prefetch is None else prefetch
+    n_prompt = len(prompt)
+    if n_prompt == 0:
+        raise CompileError("the prompt is empty")
+    if max_new_tokens < 1:
+        raise CompileError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    if n_prompt + max_new_tokens > cfg.max_seq_len:
+        raise CompileError(f"the prompt ({n_prompt} tokens) plus {max_new_tokens} new tokens "
+                           f"is longer than the model's context of {cfg.max_seq_len} tokens")
+    bad = [t for t in prompt if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise CompileError(f"prompt token {bad[0]} is outside the vocabulary of {cfg.vocab_size}")
+    named = [("prefill", "prefill", _prefill_graphs(cfg, qm, hw, n_prompt))]
+    for i in range(max_new_tokens - 1):
+        start = n_prompt + i
+        named.append((f"decode_{i:03d}", "decode",
+                      [lower_step(cfg, qm, start, 1, name=f"decode@{start}")]))
+    for name, _, graphs in named:
+        if not _fits(graphs[:1], cfg, hw):
+            raise CompileError(f"L2 too small for the smallest legal tiling: {name} at "
+                               f"l2_bytes = {hw.l2_bytes}")
+    params = _collect_params([g for _, _, gs in named for g in gs])
+    with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
+    positions = n_prompt + max_new_tokens
+    mmap, image = _layout(cfg, hw, params, positions, [n for n, _, _ in named], with_data)
+    image.write("tokens", np.asarray(prompt, "<i4"), keep=True)
+    return _finish(cfg, hw, prefetch, mmap, image, named, prompt, max_new_tokens)
+
+
+def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens: int = 1,
+                 prefetch: bool | None = None) -> Build:
+    """One step of ``n_tokens`` tokens at ``start`` (a decode step when ``n_tokens == 1``)."""
+    prefetch = hw.prefetch if prefetch is None else prefetch
+    if start + n_tokens > cfg.max_seq_len:
+        raise CompileError(f"positions up to {start + n_tokens - 1} are beyond the model's "
+                           f"context of {cfg.max_seq_len} tokens")
+    kind = "decode" if n_tokens == 1 else "prefill"
+    graphs = ([lower_step(cfg, qm, start, 1, name=f"decode@{start}")] if kind == "decode"
+              else _prefill_graphs(cfg, qm, hw, n_tokens))
+    if kind == "prefill" and start:
+        raise CompileError("a prefill step starts at position 0")
+    params = _collect_params(graphs)
+    with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
+    name = "decode_000" if kind == "decode" else "prefill"
+    mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data)
+    return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1)

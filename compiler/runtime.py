@@ -1,0 +1,121 @@
+"""The host runtime: run a build's programs in order and read the results back.
+
+Contract
+--------
+``run_build(build, sim="isa")`` starts each program of the build in turn on a backend
+that shares one DRAM across programs (the ISA simulator here; the RTL issue adds
+``"rtl"``) and returns a ``RunResult``: the generated tokens, the logits of every
+position, the KV cache gathered back through the block table, and each program's
+counters. The instructions are fetched from the DRAM image, as the hardware does.
+
+The host keeps nothing between steps: the device reads its input tokens from the token
+buffer and writes the next token there itself.
+``reference_generation`` computes the same quantities with the JAX integer reference,
+and ``compare`` checks them bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.asm import decode_program
+from compiler.driver import Build
+from compiler.isa import INSTR_BYTES
+from compiler.isasim import IsaSimulator
+from models.integer import init_int_cache, int_decode_step, int_prefill
+
+
+@dataclass
+class RunResult:
+    tokens: list[int]                 # the generated tokens
+    logits: np.ndarray                # [positions, vocab] int16
+    kv: dict[str, np.ndarray]         # "k"/"v": [n_layers, positions, n_kv_heads, head_dim] int8
+    counters: dict[str, dict[str, int]]
+
+
+def program_from_dram(build: Build, dram: np.ndarray, name: str):
+    region = build.mmap[f"program:{name}"]
+    return decode_program(dram[region.offset:region.offset + region.size].tobytes())
+
+
+def read_results(build: Build, dram: np.ndarray) -> tuple[list[int], np.ndarray, dict]:
+    cfg, mmap = build.cfg, build.mmap
+    n_prompt = len(build.prompt)
+    positions = n_prompt + build.max_new_tokens
+    tok = mmap["tokens"]
+    tokens = dram[tok.offset:tok.offset + 4 * (positions + 1)].view("<i4")
+    generated = [int(t) for t in tokens[n_prompt:positions]]
+    lg = mmap["logits"]
+    logits = dram[lg.offset:lg.offset + lg.size].view("<i2").reshape(-1, cfg.vocab_size)
+    bt_region = mmap["block_table"]
+    table = dram[bt_region.offset:bt_region.end].view("<i4")
+    bt = build.hw.kv_block_tokens
+    kv = {}
+    for kind in ("k", "v"):
+        layers = []
+        for layer in range(cfg.n_layers):
+            pool = mmap[f"kv:{layer}:{kind}"]
+            blocks = dram[pool.offset:pool.end].view(np.int8).reshape(-1, bt, cfg.kv_dim)
+            rows = np.concatenate([blocks[table[i]] for i in range(len(table))])[:positions]
+            layers.append(rows.reshape(positions, cfg.n_kv_heads, cfg.head_dim))
+        kv[kind] = np.stack(layers)
+    return generated, logits[:positions - 1].copy(), kv
+
+
+def run_build(build: Build, sim: str = "isa", check_races: bool = True) -> RunResult:
+    if build.image.data is None:
+        raise ValueError("this build has no weights (compiled for timing only); it cannot run")
+    if sim != "isa":
+        raise ValueError(f"unknown simulator {sim!r} (available: isa)")
+    simulator = IsaSimulator(build.hw, build.image.data, check_races=check_races)
+    counters = {}
+    for p in build.programs:
+        simulator.counters = type(simulator.counters)()
+        counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
+                                                                p.name)).values)
+    tokens, logits, kv = read_results(build, simulator.dram)
+    return RunResult(tokens, logits, kv, counters)
+
+
+def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:
+    """Greedy generation with the JAX integer reference (rung 1)."""
+    cfg = im.cfg
+    cache = init_int_cache(cfg)
+    logits, cache = int_prefill(im.qm, cache, prompt, cfg)
+    rows = [np.asarray(logits)]
+    tokens = [int(np.argmax(rows[-1][-1]))]
+    for i in range(max_new_tokens - 1):
+        step, cache = int_decode_step(im.qm, cache, tokens[-1], len(prompt) + i, cfg)
+        rows.append(np.asarray(step)[None])
+        tokens.append(int(np.argmax(rows[-1][-1])))
+    positions = len(prompt) + max_new_tokens
+    kv = {kind: np.stack([np.asarray(c)[:positions] for c in cache[kind]]) for kind in ("k", "v")}
+    # The last generated token is never fed back, so its KV rows are not written.
+    for kind in kv:
+        kv[kind] = kv[kind][:, :positions - 1]
+    return RunResult(tokens, np.concatenate(rows), kv, {})
+
+
+def compare(ours: RunResult, ref: RunResult) -> dict:
+    """Bit-exact comparison: tokens, every logit row and the KV cache."""
+    n = ref.kv["k"].shape[1]
+    logits_equal = ours.logits.shape == ref.logits.shape and bool(np.array_equal(ours.logits,
+                                                                                  ref.logits))
+    kv_equal = all(np.array_equal(ours.kv[k][:, :n], ref.kv[k]) for k in ("k", "v"))
+    result = {
+        "bit_exact": ours.tokens == ref.tokens and logits_equal and kv_equal,
+        "tokens_compared": len(ref.tokens),
+        "tokens_equal": ours.tokens == ref.tokens,
+        "logit_rows_compared": int(ref.logits.shape[0]),
+        "logits_equal": logits_equal,
+        "kv_equal": kv_equal,
+    }
+    if not logits_equal and ours.logits.shape == ref.logits.shape:
+        bad = np.nonzero(np.any(ours.logits != ref.logits, axis=1))[0]
+        result["first_bad_logit_row"] = int(bad[0])
+    return result
+
+
+assert INSTR_BYTES == 32

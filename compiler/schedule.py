@@ -1,0 +1,152 @@
+"""Scheduling passes: dependency analysis, prefetch hoisting, dependency-token insertion.
+
+Contract
+--------
+``schedule(code, hw, image, prefetch)`` takes the natural-order instructions of one
+program and returns them reordered and with wait/signal masks set:
+
+1. ``dependencies`` finds, for every instruction and every *other* engine, the latest
+   earlier instruction of that engine it conflicts with (read-after-write,
+   write-after-read or write-after-write on L2 or on writable DRAM), from the addressing
+   of ``semantics.accesses`` at 64-byte page granularity (conservative), plus the
+   back end's extra ordering edges.
+2. With prefetch on, ``hoist`` moves every load-engine instruction up to just after the
+   last instruction it depends on, so it is dispatched (and runs) as early as the L2
+   ring allows. With prefetch off, every load instead waits for the compute
+   instruction before it: the serialised baseline with no overlap of loads and compute.
+3. ``insert_tokens`` turns each needed cross-engine ordering into one signal on the
+   producer and one wait on the consumer, skipping orderings already implied by an
+   earlier token on the same queue. Tokens on a queue match first-in first-out, so
+   producers and consumers stay in the same order.
+
+The result is deadlock-free for any instruction-queue depth: the stream order is a
+topological order of the dependencies and each engine executes in stream order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.asm import Instruction
+from compiler.backend import Code
+from compiler.hardware import HardwareConfig
+from compiler.image import DramImage
+from compiler.isa import ENGINES, Engine
+from compiler.semantics import accesses, flat
+
+PAGE = 64
+
+
+class _Pages:
+    """Last writer and last reader (program index) of each page, per engine."""
+
+    def __init__(self, base: int, size: int):
+        self.base = base
+        n = max(1, (size + PAGE - 1) // PAGE)
+        self.write = np.full((3, n), -1, np.int64)
+        self.read = np.full((3, n), -1, np.int64)
+
+    def span(self, lo: int, hi: int) -> slice | None:
+        lo, hi = max(lo, self.base), hi
+        if hi <= lo:
+            return None
+        first = (lo - self.base) // PAGE
+        last = (hi - 1 - self.base) // PAGE
+        if first >= self.write.shape[1]:
+            return None
+        return slice(first, min(last + 1, self.write.shape[1]))
+
+
+def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: bool
+                 ) -> list[dict[int, int]]:
+    """For each instruction: {engine: index of the latest instruction it must follow}."""
+    rw_base = image.mmap.rw_base or 0
+    spaces = {"l2": _Pages(0, hw.l2_bytes), "dram": _Pages(rw_base, image.mmap.size - rw_base)}
+    deps: list[dict[int, int]] = []
+    last_compute = -1
+    for j, instr in enumerate(code.instrs):
+        need: dict[int, int] = {}
+        e = int(instr.engine) if instr.engine != Engine.CONTROL else None
+        if e is None:
+            deps.append(need)
+            continue
+        acc = flat(accesses(instr, hw, image.read_i32))
+        for a in acc:
+            pages = spaces[a.space]
+            span = pages.span(a.addr, a.end)
+            if span is None:
+                continue
+            for other in range(3):
+                if other == e:
+                    continue
+                latest = int(pages.write[other, span].max())
+                if a.write:
+                    latest = max(latest, int(pages.read[other, span].max()))
+                if latest >= 0:
+                    need[other] = max(need.get(other, -1), latest)
+        for i in code.after.get(j, []):
+            other = int(code.instrs[i].engine)
+            if other != e:
+                need[other] = max(need.get(other, -1), i)
+        if not prefetch and instr.engine == Engine.LOAD and last_compute >= 0:
+            need[int(Engine.COMPUTE)] = max(need.get(int(Engine.COMPUTE), -1), last_compute)
+        for a in acc:
+            pages = spaces[a.space]
+            span = pages.span(a.addr, a.end)
+            if span is not None:
+                (pages.write if a.write else pages.read)[e, span] = j
+        if instr.engine == Engine.COMPUTE:
+            last_compute = j
+        deps.append(need)
+    return deps
+
+
+def hoist(instrs: list[Instruction], deps: list[dict[int, int]]) -> list[int]:
+    """Stream order with every load placed right after the last instruction it needs."""
+    anchor: dict[int, int] = {}
+    prev_load_anchor = -1
+    keys = []
+    for j, instr in enumerate(instrs):
+        if instr.engine == Engine.LOAD:
+            a = prev_load_anchor
+            for i in deps[j].values():
+                a = max(a, anchor.get(i, i))
+            anchor[j] = prev_load_anchor = a
+            keys.append((a, 1, j))
+        else:
+            keys.append((j, 0, j))
+    return [k[2] for k in sorted(keys)]
+
+
+def insert_tokens(instrs: list[Instruction], deps: list[dict[int, int]], order: list[int]
+                  ) -> list[Instruction]:
+    """Reorder ``instrs`` by ``order`` and set the wait/signal masks."""
+    seq = {}                                    # program index -> sequence number in its engine
+    counts = dict.fromkeys(range(4), 0)
+    for j in order:
+        e = int(instrs[j].engine)
+        seq[j] = counts[e]
+        counts[e] += 1
+    synced = {(a, b): -1 for a in range(3) for b in range(3)}
+    wait = dict.fromkeys(range(len(instrs)), 0)
+    signal = dict.fromkeys(range(len(instrs)), 0)
+    for j in order:
+        e = int(instrs[j].engine)
+        if e == int(Engine.CONTROL):
+            continue
+        for a, i in sorted(deps[j].items()):
+            if seq[i] > synced[(a, e)]:
+                synced[(a, e)] = seq[i]
+                signal[i] |= 1 << e
+                wait[j] |= 1 << a
+    return [instrs[j].replace(wait=wait[j], signal=signal[j]) for j in order]
+
+
+def schedule(code: Code, hw: HardwareConfig, image: DramImage, prefetch: bool
+             ) -> list[Instruction]:
+    deps = dependencies(code, hw, image, prefetch)
+    order = hoist(code.instrs, deps) if prefetch else list(range(len(code.instrs)))
+    return insert_tokens(code.instrs, deps, order)
+
+
+assert len(ENGINES) == 3
