@@ -17,6 +17,7 @@ from models.config import ConfigError
 from models.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, CheckpointError, ValueError, FileNotFoundError)
+# CompileError, HardwareError, IsaError and ProgramFileError are ValueErrors too.
 
 
 def _cmd_train(args) -> int:
@@ -70,13 +71,135 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _prompt_ids(loaded, prompt: str) -> list[int]:
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.cfg.name}: this model has no tokenizer to read a text prompt")
+    return loaded.tokenizer.encode(prompt)
+
+
+def _cmd_compile(args) -> int:
+    import shutil
+    import time
+
+    from compiler.driver import compile_generation, compile_step
+    from compiler.hardware import load_hardware
+    from models.config import preset
+    from models.integer import quant_struct
+
+    hw = load_hardware(args.hw)
+    prefetch = {"on": True, "off": False, None: None}[args.prefetch]
+    t0 = time.perf_counter()
+    if args.no_weights:
+        cfg = preset(args.model)
+        at = args.decode_at if args.decode_at is not None else cfg.max_seq_len // 2
+        build = compile_step(cfg, quant_struct(cfg), hw, at, 1, prefetch=prefetch)
+    else:
+        loaded, im = _load_eval_inputs(args.model)
+        build = compile_generation(im.cfg, im.qm, hw, _prompt_ids(loaded, args.prompt),
+                                   args.max_new_tokens, prefetch=prefetch)
+    seconds = time.perf_counter() - t0
+    out = build.save(args.out)
+    if not args.no_weights and loaded.tokenizer is not None:
+        shutil.copy(Path(loaded.source) / "tokenizer.json", out / "tokenizer.json")
+    print(f"compiled {build.cfg.name} for {hw.name} (prefetch {'on' if build.prefetch else 'off'}) "
+          f"in {seconds:.1f} s -> {out}")
+    for p in build.manifest()["programs"]:
+        last = p["start"] + p["n_tokens"] - 1
+        print(f"  {p['name']:<12} {p['kind']:<8} tokens {p['start']}..{last}"
+              f"  {p['instructions']:>7} instructions  {p['dram_read_bytes']:>12,} B read  "
+              f"{p['dram_write_bytes']:>9,} B written")
+    return 0
+
+
+def _print_counters(counters: dict[str, dict[str, int]]) -> None:
+    names = [c for c in next(iter(counters.values())) if any(v[c] for v in counters.values())]
+    print(f"  {'program':<12}" + "".join(f"{c:>18}" for c in names))
+    for prog, values in counters.items():
+        print(f"  {prog:<12}" + "".join(f"{values[c]:>18,}" for c in names))
+
+
+def _cmd_run(args) -> int:
+    from compiler.driver import load_build
+    from compiler.runtime import run_build
+    from models.tokenizer import CharTokenizer
+
+    build = load_build(args.build)
+    result = run_build(build, sim=args.sim)
+    tok_file = Path(args.build) / "tokenizer.json"
+    if tok_file.exists():
+        tok = CharTokenizer.load(tok_file)
+        print(f"{tok.decode(build.prompt)}[{tok.decode(result.tokens)}]")
+    print(f"generated tokens: {result.tokens}")
+    print(f"counters ({args.sim} simulator):")
+    _print_counters(result.counters)
+    return 0
+
+
+def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
+                  eval_windows: int) -> dict:
+    """Run the rungs of the verification ladder that exist; a flat dict of results."""
+    from compiler.driver import compile_generation
+    from compiler.hardware import load_hardware
+    from compiler.runtime import compare, reference_generation, run_build
+    from models.evaluate import evaluate
+
+    loaded, im = _load_eval_inputs(model)
+    hw = load_hardware(hw_spec)
+    report: dict = {"model": loaded.cfg.name, "hardware": hw.name}
+    if loaded.tokenizer is not None:
+        ev = evaluate(loaded, im, max_windows=eval_windows)
+        report["int_vs_float"] = {"top1_agreement": ev.top1_agreement,
+                                  "ppl_ratio": ev.ppl_ratio, "float_ppl": ev.float_ppl,
+                                  "int_ppl": ev.int_ppl, "tokens": ev.tokens}
+        ids = loaded.tokenizer.encode(prompt)
+    else:
+        ids = [1, 2, 3, 4]
+    ref = reference_generation(im, ids, max_new_tokens)
+    for prefetch in (True, False):
+        build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch)
+        verdict = compare(run_build(build, "isa"), ref)
+        key = "isa_vs_int" if prefetch else "isa_vs_int_prefetch_off"
+        report[key] = verdict
+    return report
+
+
+def _cmd_verify(args) -> int:
+    report = verify_ladder(args.model, args.hw, args.prompt, args.max_new_tokens,
+                           args.eval_windows)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["isa_vs_int"]["bit_exact"] else 1
+    print(f"verification ladder: {report['model']} on {report['hardware']}")
+    print(f"  {'rung':<34}{'result':<14}detail")
+    if "int_vs_float" in report:
+        r = report["int_vs_float"]
+        ok = r["top1_agreement"] >= 0.95 and r["ppl_ratio"] <= 1.05
+        print(f"  {'1 integer vs float':<34}{'pass' if ok else 'FAIL':<14}"
+              f"top-1 agreement {100 * r['top1_agreement']:.2f}%, perplexity "
+              f"{100 * (r['ppl_ratio'] - 1):+.2f}% over {r['tokens']} tokens")
+    for key, label in (("isa_vs_int", "2 ISA sim vs integer (prefetch on)"),
+                       ("isa_vs_int_prefetch_off", "2 ISA sim vs integer (prefetch off)")):
+        r = report[key]
+        print(f"  {label:<34}{'bit-exact' if r['bit_exact'] else 'MISMATCH':<14}"
+              f"{r['tokens_compared']} tokens, {r['logit_rows_compared']} logit rows, "
+              f"KV cache {'equal' if r['kv_equal'] else 'differs'}")
+    return 0 if report["isa_vs_int"]["bit_exact"] else 1
+
+
 def _cmd_demo(args) -> int:
     print("== accel demo: the tiny model, float reference versus the accelerator's integers ==")
     _cmd_eval(argparse.Namespace(model="tiny", max_windows=args.max_windows, json=False))
     print()
     _cmd_generate(argparse.Namespace(model="tiny", prompt="ROMEO:\n", max_new_tokens=120,
                                      numerics="both"))
-    return 0
+    print("\n== compile tiny for edge-8x8 and run it on the ISA simulator ==")
+    _cmd_compile(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
+                                    max_new_tokens=8, prefetch=None, no_weights=False,
+                                    decode_at=None, out="build/tiny"))
+    _cmd_run(argparse.Namespace(build="build/tiny", sim="isa"))
+    print()
+    return _cmd_verify(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
+                                          max_new_tokens=8, eval_windows=64, json=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--numerics", choices=("float", "int", "both"), default="both")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("compile", help="compile a model for a hardware description")
+    p.add_argument("--model", default="tiny", help="'tiny', a checkpoint folder or a preset")
+    p.add_argument("--hw", default="edge-8x8", help="TOML file or preset name in configs/")
+    p.add_argument("--prompt", default="ROMEO:")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--prefetch", choices=("on", "off"), default=None,
+                   help="override the hardware description's prefetch setting")
+    p.add_argument("--no-weights", action="store_true",
+                   help="compile one decode step of a preset without weights (timing only)")
+    p.add_argument("--decode-at", type=int, default=None,
+                   help="with --no-weights: the decode step's position (default: half the context)")
+    p.add_argument("-o", "--out", default="build/tiny", help="build folder to write")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run a compiled build on a simulator")
+    p.add_argument("build", help="build folder written by `accel compile`")
+    p.add_argument("--sim", choices=("isa",), default="isa")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("verify", help="run the verification ladder and print a table")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--hw", default="edge-8x8")
+    p.add_argument("--prompt", default="ROMEO:")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--eval-windows", type=int, default=64,
+                   help="held-out windows for the integer-vs-float rung")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("demo", help="the main job on built-in defaults")
     p.add_argument("--max-windows", type=int, default=None)

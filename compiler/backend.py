@@ -261,12 +261,13 @@ class Generator:
     def column_chunks(self, words: ParamWords, cols: int, extra_per_col: int = 0):
         """Yield ``(c0, c, slot)``: column chunks of a vector op with their parameter words
         loaded (``extra_per_col`` staging bytes per column are needed besides)."""
-        per_col = 4 + extra_per_col
+        wpc = words.words_per_column
+        per_col = 4 * wpc + extra_per_col
         chunk = cols if words.count == 1 else max(1, min(cols, self.tile_bytes // per_col))
         for c0 in range(0, cols, chunk):
             c = min(chunk, cols - c0)
-            n_words = 1 if words.count == 1 else c
-            first = 0 if words.count == 1 else c0
+            n_words = wpc if words.count == 1 else wpc * c
+            first = 0 if words.count == 1 else wpc * c0
             slot = self.load(self.ctx.param_addr(words) + 4 * first, 1, 4 * n_words, 4 * n_words)
             yield c0, c, slot
 
@@ -288,12 +289,12 @@ class Generator:
                 self.use(bias, index)
 
     def _op_silumul(self, op: SiluMul) -> None:
-        for c0, c, slot in self.column_chunks(op.gate_params, op.gate.cols):
+        for c0, c, slot in self.column_chunks(op.params, op.gate.cols):
             index = self.emit("SILU_MUL", gate_addr=self.addr(op.gate) + 4 * c0,
                               up_addr=self.addr(op.up) + c0, dst_addr=self.addr(op.out) + c0,
                               param_addr=slot.addr, rows=op.gate.rows, cols=c,
                               gate_stride=op.gate.row_bytes, up_stride=op.up.row_bytes,
-                              dst_stride=op.out.row_bytes, mult=op.mult, shift=op.shift)
+                              dst_stride=op.out.row_bytes)
             self.use(slot, index)
 
     def _op_resadd(self, op: ResAdd) -> None:

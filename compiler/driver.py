@@ -236,3 +236,36 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
     name = "decode_000" if kind == "decode" else "prefill"
     mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data)
     return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1)
+
+
+def load_build(folder: str | Path) -> Build:
+    """Read a build folder written by ``Build.save``."""
+    from compiler.asm import read_program
+    from compiler.hardware import hardware_from_dict
+    from compiler.image import Region
+
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{folder}: not a build folder (no manifest.json); "
+                                "run `accel compile` first")
+    m = json.loads(manifest_path.read_text())
+    cfg = ModelConfig.from_hf_dict(m["model"], name=m["model_name"])
+    hw = hardware_from_dict(m["hardware"], str(manifest_path))
+    mmap = MemoryMap(size=m["memory_map"]["size"], rw_base=m["memory_map"]["rw_base"])
+    for name, r in m["memory_map"]["regions"].items():
+        mmap.regions[name] = Region(name, r["offset"], r["size"])
+    image = DramImage(mmap, with_data=False)
+    dram = folder / "dram.bin"
+    if m["with_weights"]:
+        if not dram.exists():
+            raise FileNotFoundError(f"{folder}: dram.bin is missing")
+        image.data = np.fromfile(dram, dtype=np.uint8)
+        if image.data.size != mmap.size:
+            raise ValueError(f"{dram}: {image.data.size} bytes, the memory map says {mmap.size}")
+    else:
+        image.write("block_table", block_table(mmap["block_table"].size // 4), keep=True)
+    programs = [Program(p["name"], p["kind"], p["start"], p["n_tokens"],
+                        read_program(folder / f"{p['name']}.bin"), p["l2_plan"],
+                        p["prefill_chunks"]) for p in m["programs"]]
+    return Build(cfg, hw, m["prefetch"], mmap, image, programs, m["prompt"], m["max_new_tokens"])

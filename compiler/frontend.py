@@ -46,7 +46,6 @@ from compiler.ir import (
 from models.config import ModelConfig
 from models.integer import int_step
 
-
 # -- values the walk tracks besides Tensor and Param ---------------------------------
 
 @dataclass(frozen=True)
@@ -304,9 +303,11 @@ def _k_silu_mul(lw: Lowering, eqn, args):
     gate, up, gate_mult, gate_shift, mult, shift = args
     gate = _tensor(gate, "the gate accumulators")
     out = lw.fresh("swiglu", gate.shape, "int8")
-    lw.emit(SiluMul(gate, _tensor(up, "the up projection"),
-                    ParamWords(_param(gate_mult, "mult"), _param(gate_shift, "shift")),
-                    _scalar(mult, "mult"), _scalar(shift, "shift"), out))
+    out_words = ParamWords(_param(mult, "mult"), _param(shift, "shift"))
+    words = ParamWords(_param(gate_mult, "mult"), _param(gate_shift, "shift"), out_words)
+    if out_words.count != words.count:
+        raise CompileError("SwiGLU gate and output parameters must both be per channel")
+    lw.emit(SiluMul(gate, _tensor(up, "the up projection"), words, out))
     return [out]
 
 

@@ -72,9 +72,14 @@ def param_bytes(p: Param | ParamWords) -> np.ndarray | None:
     if isinstance(p, ParamWords):
         if p.mult.value is None:
             return None
-        mult = np.asarray(p.mult.value).reshape(-1)
-        shift = np.asarray(p.shift.value).reshape(-1)
-        words = np.array([pack_param(m, s) for m, s in zip(mult, shift, strict=True)], "<i4")
+        columns = []
+        part: ParamWords | None = p
+        while part is not None:
+            mult = np.asarray(part.mult.value).reshape(-1)
+            shift = np.asarray(part.shift.value).reshape(-1)
+            columns.append([pack_param(m, s) for m, s in zip(mult, shift, strict=True)])
+            part = part.then
+        words = np.array(columns, "<i4").T.reshape(-1)          # interleaved per column
         return words.view(np.uint8)
     if p.value is None:
         return None
@@ -83,7 +88,7 @@ def param_bytes(p: Param | ParamWords) -> np.ndarray | None:
 
 
 def param_size(p: Param | ParamWords) -> int:
-    return 4 * p.count if isinstance(p, ParamWords) else p.nbytes
+    return 4 * p.count * p.words_per_column if isinstance(p, ParamWords) else p.nbytes
 
 
 def block_table(n_blocks: int, seed: int = 0) -> np.ndarray:

@@ -95,18 +95,28 @@ def new_tensor(name: str, shape: tuple[int, ...], dtype: str) -> Tensor:
 
 @dataclass(frozen=True)
 class ParamWords:
-    """Requantisation parameters packed as ``mult | shift << 16`` words (per channel or one)."""
+    """Requantisation parameters packed as ``mult | shift << 16`` words (per channel or
+    one). With ``then``, a second set is interleaved: two words per column."""
 
     mult: Param
     shift: Param
+    then: ParamWords | None = None
 
     @property
     def name(self) -> str:
-        return self.mult.name.rsplit(".", 1)[0] + ".words"
+        name = self.mult.name.rsplit(".", 1)[0]
+        if self.then is not None:
+            name += "+" + self.then.mult.name.rsplit(".", 1)[0]
+        return name + ".words"
 
     @property
     def count(self) -> int:
+        """Columns (1 when one word serves all columns)."""
         return int(np.prod(self.mult.shape, dtype=np.int64))
+
+    @property
+    def words_per_column(self) -> int:
+        return 1 if self.then is None else 2
 
 
 # -- operations ----------------------------------------------------------------------
@@ -175,9 +185,7 @@ class Attention:
 class SiluMul:
     gate: Tensor            # [T, F] int32
     up: Tensor              # [T, F] int8
-    gate_params: ParamWords  # per channel
-    mult: int
-    shift: int
+    params: ParamWords      # per channel: the gate's words, then the output's
     out: Tensor             # [T, F] int8
 
 
@@ -231,7 +239,8 @@ def verify(graph: Graph) -> None:
             if op.src.shape != op.out.shape or op.src.dtype != "int32":
                 raise CompileError(f"{graph.name}: bad Requant {op.src.shape} -> {op.out.shape}")
         elif isinstance(op, RmsNorm | SiluMul | ResAdd):
-            src = op.src if isinstance(op, RmsNorm) else op.gate if isinstance(op, SiluMul) else op.h
+            src = {RmsNorm: "src", SiluMul: "gate", ResAdd: "h"}[type(op)]
+            src = getattr(op, src)
             if src.shape != op.out.shape:
                 raise CompileError(f"{graph.name}: bad {kind} {src.shape} -> {op.out.shape}")
         for t in graph.tensors_of(op):

@@ -237,13 +237,13 @@ OPCODES: tuple[OpSpec, ...] = (
         _l2("gate_addr", "int32 gate accumulators"),
         _l2("up_addr", "int8 up projection"),
         _l2("dst_addr", "int8 result"),
-        _l2("param_addr", "per-column words mult | shift << 16 for the gate"),
+        _l2("param_addr", "per column two words mult | shift << 16: the gate's, then the "
+                          "output's"),
         ROWS, COLS,
         _n("gate_stride", 20, "bytes between gate rows"),
         _n("up_stride", 20, "bytes between up rows"),
         _n("dst_stride", 20, "bytes between destination rows"),
-        MULT, SHIFT,
-    ), "numerics.silu_mul."),
+    ), "numerics.silu_mul with per-column gate and output requantisation."),
     OpSpec("RESADD", 0x36, Engine.COMPUTE, (
         _l2("h_addr", "int16 residual rows, updated in place"),
         _l2("acc_addr", "int32 projection accumulators"),

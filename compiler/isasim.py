@@ -83,7 +83,8 @@ class IsaSimulator:
     def read_i32(self, addr: int) -> int:
         if addr < 0 or addr + 4 > len(self.dram):
             raise AcceleratorError(ErrorCode.DRAM_OUT_OF_RANGE, None,
-                                   f"int32 read at 0x{addr:x} beyond DRAM size 0x{len(self.dram):x}")
+                                   f"int32 read at 0x{addr:x} beyond DRAM size "
+                                   f"0x{len(self.dram):x}")
         return int(self.dram[addr:addr + 4].view("<i4")[0])
 
     def read(self, a: Access, dtype) -> np.ndarray:
@@ -271,9 +272,9 @@ class IsaSimulator:
                                          xp=np))
 
     def _op_silu_mul(self, f, acc):
-        gm, gs = self._params(acc["param"])
-        out = N.silu_mul(self.read(acc["gate"], np.int32), self.read(acc["up"], np.int8), gm, gs,
-                         np.int32(f.mult), np.int32(f.shift), xp=np)
+        mult, shift = self._params(acc["param"])          # interleaved: gate, output
+        out = N.silu_mul(self.read(acc["gate"], np.int32), self.read(acc["up"], np.int8),
+                         mult[0::2], shift[0::2], mult[1::2], shift[1::2], xp=np)
         self.write(acc["dst"], out)
 
     def _op_resadd(self, f, acc):

@@ -158,7 +158,7 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
     if op == "SILU_MUL":
         return {"gate": _l2(f.gate_addr, f.rows, 4 * f.cols, f.gate_stride),
                 "up": _l2(f.up_addr, f.rows, f.cols, f.up_stride),
-                "param": _l2(f.param_addr, 1, 4 * f.cols, 0),
+                "param": _l2(f.param_addr, 1, 8 * f.cols, 0),
                 "dst": _l2(f.dst_addr, f.rows, f.cols, f.dst_stride, True)}
     if op == "RESADD":
         return {"h": _l2(f.h_addr, f.rows, 2 * f.cols, f.h_stride),

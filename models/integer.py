@@ -39,7 +39,7 @@ class Scales:
     """Real value of one integer step at each activation site (static, calibrated)."""
 
     residual: float
-    layers: tuple[dict[str, float], ...]
+    layers: tuple[dict[str, float | list[float]], ...]   # "mid" is per channel
     final_in: float
     logits: float
 
@@ -70,22 +70,30 @@ def calibrate(params: Params, cfg: ModelConfig, windows_BxT) -> Scales:
             layers.append({
                 "attn_in": amax(t["attn_in"]), "q": amax(t["q_pre"], t["q"]),
                 "k": amax(t["k_pre"], t["k"]), "v": amax(t["v"]), "att": amax(t["att"]),
-                "mlp_in": amax(t["mlp_in"]), "up": amax(t["up"]), "mid": amax(t["mid"]),
+                "mlp_in": amax(t["mlp_in"]), "up": amax(t["up"]),
+                "mid": jnp.max(jnp.abs(t["mid"]), axis=0),            # per channel
             })
             resid += [t["residual_in"], t["residual_mid"]]
         return {"residual": amax(*resid), "layers": layers,
                 "final_in": amax(final["final_in"]), "logits": amax(final["logits"])}
 
-    stats = [jax.tree.map(float, peaks(jnp.asarray(w))) for w in np.asarray(windows_BxT)]
-    peak = jax.tree.map(lambda *xs: max(xs), *stats)
+    stats = [jax.tree.map(np.asarray, peaks(jnp.asarray(w))) for w in np.asarray(windows_BxT)]
+    peak = jax.tree.map(lambda *xs: np.max(np.stack(xs), axis=0), *stats)
     qmax8 = 2 ** (N.ACT_BITS - 1) - 1
     qmax16 = 2 ** (N.RESID_BITS - 1) - 1
+
+    def site_scale(site, v):
+        if site == "mid":   # per channel; dead channels floored at 1e-3 of the layer's peak
+            v = np.maximum(v, 1e-3 * max(float(v.max()), 1e-8))
+            return [float(x) / qmax8 for x in v]
+        return max(float(v), 1e-8) / qmax8
+
     return Scales(
-        residual=RESIDUAL_HEADROOM * peak["residual"] / qmax16,
-        layers=tuple({site: max(v, 1e-8) / qmax8 for site, v in layer.items()}
+        residual=RESIDUAL_HEADROOM * float(peak["residual"]) / qmax16,
+        layers=tuple({site: site_scale(site, v) for site, v in layer.items()}
                      for layer in peak["layers"]),
-        final_in=peak["final_in"] / qmax8,
-        logits=LOGIT_HEADROOM * peak["logits"] / qmax16,
+        final_in=float(peak["final_in"]) / qmax8,
+        logits=LOGIT_HEADROOM * float(peak["logits"]) / qmax16,
     )
 
 
@@ -123,7 +131,10 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
         wo, so = quantize_weight(p["wo"])
         wg, sg = quantize_weight(np.asarray(p["w_gate"]) * g2)
         wu, su = quantize_weight(np.asarray(p["w_up"]) * g2)
-        wd, sd = quantize_weight(p["w_down"])
+        # SwiGLU output: per-channel scales s_mid[c], folded into w_down's columns
+        # (SmoothQuant with alpha = 1), so the down projection sees int8 per channel.
+        s_mid = np.asarray(s["mid"], np.float64)
+        wd, sd = quantize_weight(np.asarray(p["w_down"], np.float64) * s_mid[None, :])
         layer = {
             "wq": wq, "wk": wk, "wv": wv, "wo": wo, "w_gate": wg, "w_up": wu, "w_down": wd,
             "norm1": _norm_constants(cfg.d_model, s_h, s["attn_in"], cfg.norm_eps),
@@ -138,8 +149,8 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
             "norm2": _norm_constants(cfg.d_model, s_h, s["mlp_in"], cfg.norm_eps),
             "gate": _requant_constants(s["mlp_in"] * sg * 2 ** N.GATE_FRAC_BITS),
             "up": _requant_constants(s["mlp_in"] * su / s["up"]),
-            "mid": _requant_constants(2.0 ** -N.GATE_FRAC_BITS * s["up"] / s["mid"]),
-            "down": _requant_constants(s["mid"] * sd / s_h),
+            "mid": _requant_constants(2.0 ** -N.GATE_FRAC_BITS * s["up"] / s_mid),
+            "down": _requant_constants(sd / s_h),
         }
         if cfg.qkv_bias:
             for name, ws in (("q", sq), ("k", sk), ("v", sv)):
@@ -180,7 +191,7 @@ def quant_struct(cfg: ModelConfig) -> QuantModel:
         "wo": sds((d, qd), np.int8), "w_gate": sds((f, d), np.int8),
         "w_up": sds((f, d), np.int8), "w_down": sds((d, f), np.int8),
         "norm1": norm(), "q": rq(qd), "k": rq(kd), "v": rq(kd), "softmax": rq(), "att": rq(),
-        "o": rq(d), "norm2": norm(), "gate": rq(f), "up": rq(f), "mid": rq(), "down": rq(d),
+        "o": rq(d), "norm2": norm(), "gate": rq(f), "up": rq(f), "mid": rq(f), "down": rq(d),
     }
     if cfg.qkv_bias:
         layer.update(bq=sds((qd,), np.int32), bk=sds((kd,), np.int32), bv=sds((kd,), np.int32))

@@ -277,7 +277,8 @@ def silu_mul(gate_acc, up, gate_mult, gate_shift, mult, shift, xp=None):
     The gate accumulators are requantised to int16 Q7.8 (``gate_mult/gate_shift`` per
     channel); ``sigmoid`` comes from ``sigmoid_table`` indexed by the gate in steps of
     1/16, clamped to ``[-8, 8)``; ``silu = round_shift(gate * sig, 15)`` (Q7.8); the
-    result is ``requant(silu * up, mult, shift)`` with int8 ``up``.
+    result is ``requant(silu * up, mult, shift)`` with int8 ``up`` and ``mult/shift`` per
+    channel (the per-channel output scales are folded into the down projection).
     """
     xp = xp or _xp(gate_acc, up)
     gate = requant(gate_acc, gate_mult, gate_shift, RESID_BITS, xp=xp).astype(xp.int32)

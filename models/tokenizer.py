@@ -42,7 +42,8 @@ class CharTokenizer:
         try:
             return [index[c] for c in text]
         except KeyError as e:
-            raise ValueError(f"character {e.args[0]!r} is not in the tokenizer's alphabet") from None
+            raise ValueError(f"character {e.args[0]!r} is not in the tokenizer's "
+                             "alphabet") from None
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)

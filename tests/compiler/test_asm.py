@@ -104,3 +104,12 @@ def test_truncated_and_corrupted_files(tmp_path):
     path.write_bytes(data[:7])
     with pytest.raises(ProgramFileError, match="shorter than the 20-byte header"):
         read_program(path)
+
+
+def test_isa_reference_is_generated_from_the_declaration():
+    from pathlib import Path
+
+    from compiler.isadoc import render
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "isa.md"
+    assert doc.read_text() == render(), "docs/isa.md is stale: python -m compiler.isadoc"

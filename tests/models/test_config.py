@@ -7,7 +7,8 @@ from models.config import PRESET_NAMES, ConfigError, ModelConfig, preset
 
 def test_presets_have_published_shapes():
     sheared = preset("sheared-llama-1.3b")
-    assert (sheared.d_model, sheared.n_layers, sheared.n_heads, sheared.d_ff) == (2048, 24, 16, 5504)
+    shape = (sheared.d_model, sheared.n_layers, sheared.n_heads, sheared.d_ff)
+    assert shape == (2048, 24, 16, 5504)
     llama1b = preset("llama-3.2-1b")
     assert (llama1b.n_kv_heads, llama1b.vocab_size, llama1b.tie_embeddings) == (8, 128256, True)
     qwen = preset("qwen2.5-0.5b")

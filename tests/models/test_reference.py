@@ -92,6 +92,7 @@ def test_causal(small_config):
 def test_init_is_deterministic(small_config):
     cfg = small_config()
     a, b = init_params(cfg, seed=5), init_params(cfg, seed=5)
-    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                    strict=True))
     c = init_params(cfg, seed=6)
     assert not np.array_equal(a["embed"], c["embed"])

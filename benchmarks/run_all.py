@@ -1,0 +1,11 @@
+"""Run every benchmark of the project and print one JSON line each (``make bench``)."""
+
+from benchmarks import compile_speed
+
+
+def main() -> None:
+    compile_speed.main([])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Hardware descriptions: presets load, bad files are refused naming file, key, reason."""
+
+import pytest
+
+from compiler.hardware import HardwareError, load_hardware, preset_names
+
+
+def test_presets_are_realistic_edge_points():
+    assert {"edge-4x4", "edge-8x8", "edge-16x16", "edge-32x32"} <= set(preset_names())
+    for name in preset_names():
+        hw = load_hardware(name)
+        assert 25 <= hw.dram_gbps <= 100, name
+        assert hw.array_rows == hw.array_cols
+
+
+def write(tmp_path, text):
+    path = tmp_path / "hw.toml"
+    base = load_hardware("edge-8x8").to_toml()
+    path.write_text(base + text)
+    return path
+
+
+def test_unknown_key(tmp_path):
+    with pytest.raises(HardwareError, match=r"hw\.toml: unknown key 'l3_bytes'"):
+        load_hardware(write(tmp_path, "l3_bytes = 4\n"))
+
+
+def test_missing_key(tmp_path):
+    path = tmp_path / "hw.toml"
+    text = "\n".join(line for line in load_hardware("edge-8x8").to_toml().splitlines()
+                     if not line.startswith("clock_hz"))
+    path.write_text(text)
+    with pytest.raises(HardwareError, match=r"hw\.toml: missing key 'clock_hz'"):
+        load_hardware(path)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("array_rows = 12", "array_rows = 12 must be a power of two"),
+    ("dram_bytes_per_cycle = 0", r"dram_bytes_per_cycle = 0 is out of range \[1, 4096\]"),
+    ("l2_bytes = 100", r"l2_bytes = 100 is out of range"),
+    ("prefetch = 3", "prefetch must be true or false"),
+])
+def test_out_of_range(tmp_path, line, message):
+    path = tmp_path / "hw.toml"
+    key = line.split()[0]
+    lines = [ln for ln in load_hardware("edge-8x8").to_toml().splitlines()
+             if not ln.startswith(key + " ")]
+    path.write_text("\n".join(lines + [line]) + "\n")
+    with pytest.raises(HardwareError, match=rf"hw\.toml: {message}"):
+        load_hardware(path)
+
+
+def test_unknown_preset():
+    with pytest.raises(HardwareError, match="edge-3x3: no such hardware description"):
+        load_hardware("edge-3x3")

@@ -1,0 +1,111 @@
+"""Rung 2: compiled programs on the ISA simulator are bit-exact with the JAX integer
+reference (every token, every logit row, the KV cache), and wrong tokens fail loudly."""
+
+import numpy as np
+import pytest
+
+from compiler.asm import make
+from compiler.driver import compile_generation
+from compiler.hardware import load_hardware
+from compiler.ir import CompileError
+from compiler.isa import ErrorCode
+from compiler.isasim import DeadlockError, IsaSimulator, RaceError
+from compiler.runtime import compare, reference_generation, run_build
+from compiler.semantics import AcceleratorError
+
+
+@pytest.mark.parametrize(("overrides", "hw", "prompt_len", "prefetch"), [
+    ({}, "edge-8x8", 7, True),                                           # GQA, hd 16
+    ({}, "edge-8x8", 7, False),
+    ({"n_kv_heads": 4, "head_dim": 32, "d_model": 128}, "edge-4x4", 19, True),   # MHA, hd 32
+    ({"n_heads": 2, "n_kv_heads": 1, "head_dim": 64, "d_model": 128, "qkv_bias": True,
+      "tie_embeddings": True}, "edge-8x8", 17, True),                    # MQA, hd 64, bias
+    ({"n_heads": 8, "n_kv_heads": 2, "head_dim": 16, "d_model": 128, "d_ff": 200}, "edge-4x4",
+     33, False),                                                         # G=4 > 4x4 rows? no: =4
+])
+def test_bit_exact_with_integer_reference(small_config, int_model, overrides, hw, prompt_len,
+                                          prefetch):
+    cfg = small_config(**overrides)
+    im = int_model(cfg)
+    prompt = list(np.random.default_rng(prompt_len).integers(0, cfg.vocab_size, prompt_len))
+    build = compile_generation(cfg, im.qm, load_hardware(hw), prompt, 5, prefetch=prefetch)
+    result = run_build(build)
+    verdict = compare(result, reference_generation(im, prompt, 5))
+    assert verdict["bit_exact"], verdict
+    assert verdict["tokens_compared"] == 5 and verdict["logit_rows_compared"] == prompt_len + 4
+    counters = result.counters["decode_000"]
+    assert counters["dram_read_bytes"] > 0 and counters["array_macs"] > 0
+
+
+def test_long_context_uses_kv_chunks_and_small_l2(small_config, int_model):
+    """A small L2 forces chunked prefill and chunked past-KV prefetch; still bit-exact."""
+    cfg = small_config(max_seq_len=160, n_heads=2, n_kv_heads=1, head_dim=64, d_model=128)
+    im = int_model(cfg)
+    hw = load_hardware("edge-4x4").replace(l2_bytes=16 * 1024, l2_banks=4, l2_port_bytes=8)
+    prompt = list(np.random.default_rng(1).integers(0, cfg.vocab_size, 150))
+    build = compile_generation(cfg, im.qm, hw, prompt, 3)
+    assert len(build.programs[0].chunks) > 1                        # prefill was chunked
+    assert build.programs[1].opcode_counts()["KV_PREFETCH"] > 2 * cfg.n_layers * cfg.n_kv_heads
+    verdict = compare(run_build(build), reference_generation(im, prompt, 3))
+    assert verdict["bit_exact"], verdict
+
+
+def _tiny_build(small_config, int_model, prefetch=True):
+    cfg = small_config()
+    im = int_model(cfg)
+    return compile_generation(cfg, im.qm, load_hardware("edge-8x8"), [1, 2, 3], 2,
+                              prefetch=prefetch)
+
+
+def _run_program(build, instrs):
+    sim = IsaSimulator(build.hw, build.image.data)
+    return sim.run(instrs)
+
+
+def test_missing_wait_is_a_race(small_config, int_model):
+    build = _tiny_build(small_config, int_model)
+    instrs = list(build.programs[0].instrs)
+    victim = next(i for i, x in enumerate(instrs) if x.mnemonic == "MATMUL" and x.wait)
+    instrs[victim] = instrs[victim].replace(wait=0)
+    # Its producer's token is now never consumed by it: either a race is seen, or a later
+    # wait consumes the wrong token and the run deadlocks or races. Never silent.
+    with pytest.raises((RaceError, DeadlockError)):
+        _run_program(build, instrs)
+
+
+def test_missing_signal_deadlocks(small_config, int_model):
+    build = _tiny_build(small_config, int_model)
+    instrs = list(build.programs[0].instrs)
+    victim = next(i for i, x in enumerate(instrs) if x.mnemonic == "DMA_LOAD" and x.signal)
+    instrs[victim] = instrs[victim].replace(signal=0)
+    with pytest.raises(DeadlockError, match="waits for a token from load"):
+        _run_program(build, instrs)
+
+
+def test_serialised_baseline_waits_on_compute(small_config, int_model):
+    build = _tiny_build(small_config, int_model, prefetch=False)
+    loads = [x for x in build.programs[1].instrs if x.mnemonic == "DMA_LOAD"]
+    assert sum(1 for x in loads if x.wait & 0b010) >= len(loads) - 2
+
+
+def test_out_of_range_address_stops_with_its_error_code(small_config, int_model):
+    build = _tiny_build(small_config, int_model)
+    bad = make("DMA_LOAD", dram_addr=0, l2_addr=build.hw.l2_bytes - 16, rows=1, row_bytes=64,
+               dram_stride=64, l2_stride=64)
+    with pytest.raises(AcceleratorError, match="L2_OUT_OF_RANGE") as info:
+        _run_program(build, [bad, make("HALT")])
+    assert info.value.code == ErrorCode.L2_OUT_OF_RANGE and info.value.index == 0
+    bad = make("DMA_STORE", l2_addr=0, dram_addr=len(build.image.data), rows=1, row_bytes=4,
+               l2_stride=4, dram_stride=4)
+    with pytest.raises(AcceleratorError, match="DRAM_OUT_OF_RANGE"):
+        _run_program(build, [bad, make("HALT")])
+
+
+def test_l2_too_small_and_prompt_too_long_are_refused(small_config, int_model):
+    cfg = small_config()
+    im = int_model(cfg)
+    tiny_l2 = load_hardware("edge-4x4").replace(l2_bytes=4096, l2_banks=4, l2_port_bytes=8)
+    with pytest.raises(CompileError, match="L2 too small for the smallest legal tiling"):
+        compile_generation(cfg, im.qm, tiny_l2, [1, 2, 3], 2)
+    with pytest.raises(CompileError, match="longer than the model's context of 48"):
+        compile_generation(cfg, im.qm, load_hardware("edge-8x8"), [1] * 40, 10)
