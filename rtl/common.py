@@ -1,0 +1,83 @@
+"""Widths the RTL derives from the one hardware description.
+
+Contract
+--------
+``RtlParams(hw, dram_bytes)`` holds every width the components use, derived from a
+``HardwareConfig`` and nothing else (plus the simulated DRAM capacity):
+
+* ``line_bytes`` (W): one DRAM word and one L2 line, the unit every engine moves per
+  cycle; the smallest power of two >= ``dram_bytes_per_cycle`` (at least 16), so one line
+  per cycle can saturate the DRAM;
+* ``line_banks``: the L2's ``l2_banks`` banks of ``l2_port_bytes`` grouped into banks of
+  one line each (``l2_banks * l2_port_bytes / W``), interleaved by line;
+* address widths of DRAM words and L2 lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.hardware import HardwareConfig
+
+
+def next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def log2(n: int) -> int:
+    assert n > 0 and n & (n - 1) == 0, n
+    return n.bit_length() - 1
+
+
+@dataclass(frozen=True)
+class RtlParams:
+    hw: HardwareConfig
+    dram_bytes: int            # capacity of the simulated DRAM
+
+    def __post_init__(self):
+        if self.line_banks < 1:
+            raise ValueError(f"{self.hw.name}: the L2 ({self.hw.l2_banks} banks of "
+                             f"{self.hw.l2_port_bytes} bytes) is narrower than one DRAM word "
+                             f"of {self.line_bytes} bytes")
+        if self.dram_bytes % self.line_bytes:
+            raise ValueError(f"dram_bytes {self.dram_bytes} is not a multiple of "
+                             f"{self.line_bytes}")
+
+    @property
+    def line_bytes(self) -> int:
+        return max(16, next_pow2(self.hw.dram_bytes_per_cycle))
+
+    @property
+    def line_bits(self) -> int:
+        return 8 * self.line_bytes
+
+    @property
+    def line_shift(self) -> int:
+        return log2(self.line_bytes)
+
+    @property
+    def line_banks(self) -> int:
+        return self.hw.l2_banks * self.hw.l2_port_bytes // self.line_bytes
+
+    @property
+    def l2_lines(self) -> int:
+        return self.hw.l2_bytes // self.line_bytes
+
+    @property
+    def bank_depth(self) -> int:
+        return self.l2_lines // self.line_banks
+
+    @property
+    def dram_words(self) -> int:
+        return self.dram_bytes // self.line_bytes
+
+    @property
+    def dram_addr_bits(self) -> int:
+        return max(1, (self.dram_words - 1).bit_length())
+
+    @property
+    def l2_addr_bits(self) -> int:
+        return max(1, (self.l2_lines - 1).bit_length())
