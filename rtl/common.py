@@ -36,6 +36,7 @@ def log2(n: int) -> int:
 class RtlParams:
     hw: HardwareConfig
     dram_bytes: int            # capacity of the simulated DRAM
+    macros: bool = False       # large memories as SRAM macro models (Verilator builds)
 
     def __post_init__(self):
         if self.line_banks < 1:

@@ -11,17 +11,18 @@ Each cycle it earns ``dram_bytes_per_cycle`` bytes of credit (capped at one line
 one cycle's worth); a request is accepted only with a full line of credit, so the
 sustained bandwidth is exactly the configured one. Read data is released
 ``dram_latency_cycles`` after acceptance. ``busy_cycles`` counts cycles in which a
-request was accepted. The storage is a plain memory the testbench loads and reads
-through the simulator's access to memories (``storage``), not a port of the design.
+request was accepted. The storage (``storage``, an ``Sram``) is loaded and read back by
+the testbench through the simulator's access to memories, not through a port.
 """
 
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.common import RtlParams
+from rtl.sram import Sram
 
 
 def req_layout(addr_bits: int, line_bytes: int) -> data.StructLayout:
@@ -57,14 +58,12 @@ class DramModel(wiring.Component):
             "port": In(MemPort(params.dram_addr_bits, params.line_bytes)),
             "busy_cycles": Out(64),
         })
-        self.storage = memory.Memory(shape=params.line_bits, depth=params.dram_words, init=[])
+        self.storage = Sram(params.line_bytes, params.dram_words, params.macros)
 
     def elaborate(self, platform):
         p, hw = self.params, self.params.hw
         m = Module()
         m.submodules.storage = storage = self.storage
-        rd = storage.read_port()
-        wr = storage.write_port(granularity=8)
         m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=p.line_bits + 32,
                                                            depth=self.depth)
         now = Signal(32)
@@ -79,11 +78,11 @@ class DramModel(wiring.Component):
         m.d.comb += [
             accept.eq(req.valid & (credit >= p.line_bytes) & (req.p.write | room)),
             req.ready.eq(accept),
-            rd.addr.eq(req.p.addr),
-            rd.en.eq(accept & ~req.p.write),
-            wr.addr.eq(req.p.addr),
-            wr.data.eq(req.p.data),
-            wr.en.eq(Mux(accept & req.p.write, req.p.mask, 0)),
+            storage.raddr.eq(req.p.addr),
+            storage.ren.eq(accept & ~req.p.write),
+            storage.waddr.eq(req.p.addr),
+            storage.wdata.eq(req.p.data),
+            storage.wen.eq(Mux(accept & req.p.write, req.p.mask, 0)),
         ]
         earned = credit + hw.dram_bytes_per_cycle - Mux(accept, p.line_bytes, 0)
         m.d.sync += credit.eq(Mux(earned > cap, cap, earned))
@@ -95,7 +94,7 @@ class DramModel(wiring.Component):
         pending = Signal()
         due = Signal(32)
         m.d.sync += [pending.eq(accept & ~req.p.write), due.eq(now + self.latency)]
-        m.d.comb += [queue.w_en.eq(pending), queue.w_data.eq(rd.data | (due << p.line_bits))]
+        m.d.comb += [queue.w_en.eq(pending), queue.w_data.eq(storage.rdata | (due << p.line_bits))]
         m.d.sync += in_flight.eq(in_flight + (accept & ~req.p.write) - pending)
 
         head_due = queue.r_data[p.line_bits:]

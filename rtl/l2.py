@@ -15,11 +15,12 @@ port's response stream is ready, and its data arrives on the next cycle; clients
 from __future__ import annotations
 
 from amaranth import Cat, Module, Signal
-from amaranth.lib import memory, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
 from rtl.common import RtlParams, log2
 from rtl.dram import MemPort
+from rtl.sram import Sram
 
 
 class L2(wiring.Component):
@@ -30,7 +31,7 @@ class L2(wiring.Component):
         self.n_ports = n_ports
         super().__init__({f"port{i}": In(MemPort(params.l2_addr_bits, params.line_bytes))
                           for i in range(n_ports)})
-        self.banks = [memory.Memory(shape=params.line_bits, depth=params.bank_depth, init=[])
+        self.banks = [Sram(params.line_bytes, params.bank_depth, params.macros)
                       for _ in range(params.line_banks)]
 
     def port(self, i: int):
@@ -50,9 +51,7 @@ class L2(wiring.Component):
         for b in range(nb):
             bank = self.banks[b]
             m.submodules[f"bank{b}"] = bank
-            rd = bank.read_port()
-            wr = bank.write_port(granularity=8)
-            read_data.append(rd.data)
+            read_data.append(bank.rdata)
             # Fixed priority: port i wins bank b when it asks and no lower port does.
             asks = []
             for i, port in enumerate(ports):
@@ -68,13 +67,13 @@ class L2(wiring.Component):
                 with m.If(win):
                     m.d.comb += [
                         granted[i].eq(1),
-                        rd.addr.eq(req.p.addr[bank_bits:]),
-                        rd.en.eq(~req.p.write),
-                        wr.addr.eq(req.p.addr[bank_bits:]),
-                        wr.data.eq(req.p.data),
+                        bank.raddr.eq(req.p.addr[bank_bits:]),
+                        bank.ren.eq(~req.p.write),
+                        bank.waddr.eq(req.p.addr[bank_bits:]),
+                        bank.wdata.eq(req.p.data),
                     ]
                     with m.If(req.p.write):
-                        m.d.comb += wr.en.eq(req.p.mask)
+                        m.d.comb += bank.wen.eq(req.p.mask)
                     if bank_bits:
                         m.d.sync += rsp_bank[i].eq(b)
         for i, port in enumerate(ports):

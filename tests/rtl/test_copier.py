@@ -51,7 +51,7 @@ def test_copies_at_every_alignment(to_l2):
     for src, dst, n in cases:
         expected[dst:dst + n] = src_mem[src:src + n]
 
-    src_store = bench.dram.storage if to_l2 else None
+    src_store = bench.dram.storage.memory if to_l2 else None
     nb = params.line_banks
 
     async def testbench(ctx):
@@ -59,10 +59,10 @@ def test_copies_at_every_alignment(to_l2):
         for i in range(len(src_lines)):
             if to_l2:
                 ctx.set(src_store.data[i], src_lines[i])
-                ctx.set(bench.l2.banks[i % nb].data[i // nb], dst_lines[i])
+                ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], dst_lines[i])
             else:
-                ctx.set(bench.l2.banks[i % nb].data[i // nb], src_lines[i])
-                ctx.set(bench.dram.storage.data[i], dst_lines[i])
+                ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], src_lines[i])
+                ctx.set(bench.dram.storage.memory.data[i], dst_lines[i])
         cmd = bench.copier.cmd
         for src, dst, n in cases:
             ctx.set(cmd.valid, 1)
@@ -74,9 +74,9 @@ def test_copies_at_every_alignment(to_l2):
         out = bytearray()
         for i in range(len(dst_lines)):
             if to_l2:
-                value = ctx.get(bench.l2.banks[i % nb].data[i // nb])
+                value = ctx.get(bench.l2.banks[i % nb].memory.data[i // nb])
             else:
-                value = ctx.get(bench.dram.storage.data[i])
+                value = ctx.get(bench.dram.storage.memory.data[i])
             out += int(value).to_bytes(W, "little")
         result["dst"] = np.frombuffer(bytes(out), np.uint8)
 

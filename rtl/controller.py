@@ -1,0 +1,213 @@
+"""The controller: instruction fetch, decode, dispatch, dependency tokens and the error state.
+
+Contract
+--------
+On a ``start`` pulse the controller fetches 32-byte instructions from DRAM at byte
+address ``pc`` onwards, keeping up to ``FETCH_AHEAD`` reads in flight so that fetch
+hides the DRAM latency. Each instruction is decoded with the table generated from the
+ISA declaration and pushed, with its program index, into the queue of its engine
+(``QUEUE_DEPTH`` deep); fetch stalls while that queue is full. ``HALT`` stops fetching;
+``done`` rises once every queue is empty and every engine idle.
+
+An unknown opcode, or a dependency mask that names the instruction's own engine, stops
+the accelerator in its error state (``error``, ``error_code`` from ``ErrorCode``,
+``error_index``); so does the first error an engine reports.
+
+Dependency tokens: one counter of ``token_counter_bits`` per ordered engine pair. An
+engine asks to ``begin`` its head instruction with its wait and signal masks; the
+controller allows it when every waited counter is non-zero and every signalled counter
+is below its maximum, and decrements the waited counters. ``end`` increments the
+signalled counters.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Signal
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from compiler import isa
+from rtl.common import RtlParams
+from rtl.decode import INDEX_BITS, engine_of, opcode, queued_layout, signal_mask, wait_mask
+from rtl.dram import MemPort
+
+FETCH_AHEAD = 16
+QUEUE_DEPTH = 8
+N_ENGINES = 3
+
+
+class TokenPort(wiring.Signature):
+    """An engine's side of the token handshake."""
+
+    def __init__(self):
+        super().__init__({
+            "begin": Out(1), "wait": Out(isa.MASK_BITS), "signal": Out(isa.MASK_BITS),
+            "allowed": In(1),
+            "end": Out(1), "end_signal": Out(isa.MASK_BITS),
+        })
+
+
+class ErrorPort(wiring.Signature):
+    def __init__(self):
+        super().__init__({"valid": Out(1), "code": Out(8), "index": Out(INDEX_BITS)})
+
+
+class Controller(wiring.Component):
+    def __init__(self, params: RtlParams):
+        self.params = params
+        members = {
+            "start": In(1), "pc": In(32),
+            "done": Out(1), "error": Out(1), "error_code": Out(8), "error_index": Out(INDEX_BITS),
+            "running": Out(1),
+            "fetch": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
+            "instructions": Out(64),
+            "engine_idle": In(N_ENGINES),
+        }
+        for e in range(N_ENGINES):
+            members[f"queue{e}"] = Out(stream.Signature(queued_layout()))
+            members[f"tokens{e}"] = In(TokenPort())
+            members[f"fault{e}"] = In(ErrorPort())
+        super().__init__(members)
+
+    def queue(self, e):
+        return getattr(self, f"queue{e}")
+
+    def tokens(self, e):
+        return getattr(self, f"tokens{e}")
+
+    def fault(self, e):
+        return getattr(self, f"fault{e}")
+
+    def elaborate(self, platform):
+        p = self.params
+        W, ws = p.line_bytes, p.line_shift
+        m = Module()
+
+        running = Signal()
+        halted = Signal()
+        m.d.comb += self.running.eq(running)
+
+        # -- error state ------------------------------------------------------------------
+        def raise_error(code, index):
+            with m.If(~self.error):
+                m.d.sync += [self.error.eq(1), self.error_code.eq(code),
+                             self.error_index.eq(index)]
+
+        for e in range(N_ENGINES):
+            with m.If(self.fault(e).valid & running):
+                raise_error(self.fault(e).code, self.fault(e).index)
+
+        # -- fetch --------------------------------------------------------------------------
+        # A read is issued only when the instruction buffer is sure to have room for its
+        # data, so fetch never refuses a DRAM response: responses return in order on the
+        # shared DRAM port, and a refused one would block every engine's reads behind it.
+        ip = Signal(INDEX_BITS)                # next instruction to request
+        issuing = Signal()
+        m.submodules.pending = pending = fifo.SyncFIFOBuffered(
+            width=INDEX_BITS + ws, depth=FETCH_AHEAD)
+        m.submodules.fetched = fetched = fifo.SyncFIFOBuffered(
+            width=INDEX_BITS + isa.INSTR_BITS, depth=FETCH_AHEAD)
+        byte_addr = self.pc + (ip << 5)
+        req = self.fetch.req
+        room = (pending.level + fetched.level) < FETCH_AHEAD
+        m.d.comb += [
+            req.p.addr.eq(byte_addr >> ws), req.p.write.eq(0),
+            req.valid.eq(running & issuing & room & ~self.error),
+            pending.w_en.eq(req.valid & req.ready),
+            pending.w_data.eq(Cat(ip, byte_addr[:ws])),
+        ]
+        with m.If(req.valid & req.ready):
+            m.d.sync += ip.eq(ip + 1)
+
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), halted.eq(0), issuing.eq(1), ip.eq(0),
+                         self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
+                         self.error_index.eq(0), self.instructions.eq(0)]
+
+        rsp = self.fetch.rsp
+        line_offset = pending.r_data[INDEX_BITS:]
+        m.d.comb += [
+            rsp.ready.eq(1),
+            pending.r_en.eq(rsp.valid),
+            fetched.w_en.eq(rsp.valid),
+            fetched.w_data.eq(Cat(pending.r_data[:INDEX_BITS],
+                                  (rsp.payload >> (line_offset << 3))[:isa.INSTR_BITS])),
+        ]
+
+        # -- decode and dispatch ----------------------------------------------------------
+        index = fetched.r_data[:INDEX_BITS]
+        word = Signal(isa.INSTR_BITS)
+        m.d.comb += word.eq(fetched.r_data[INDEX_BITS:])
+        op = opcode(word)
+        engine, valid = engine_of(m, op)
+        own = Signal(isa.MASK_BITS)
+        m.d.comb += own.eq(1 << engine)
+        bad_mask = (engine != int(isa.Engine.CONTROL)) & (
+            ((wait_mask(word) | signal_mask(word)) & own) != 0)
+        layout = queued_layout()
+        queues = []
+        for e in range(N_ENGINES):
+            q = fifo.SyncFIFOBuffered(width=layout.size, depth=QUEUE_DEPTH)
+            m.submodules[f"queue{e}"] = q
+            out = self.queue(e)
+            m.d.comb += [out.valid.eq(q.r_rdy), out.payload.eq(q.r_data), q.r_en.eq(out.ready)]
+            queues.append(q)
+        target_ready = Signal()
+        with m.Switch(engine):
+            for e in range(N_ENGINES):
+                with m.Case(e):
+                    m.d.comb += target_ready.eq(queues[e].w_rdy)
+        arrived = fetched.r_rdy
+        dropping = halted | self.error | ~running
+        accept = Signal()
+        with m.If(arrived & dropping):
+            m.d.comb += accept.eq(1)
+        with m.Elif(arrived & ~valid):
+            m.d.comb += accept.eq(1)
+            raise_error(int(isa.ErrorCode.INVALID_OPCODE), index)
+        with m.Elif(arrived & bad_mask):
+            m.d.comb += accept.eq(1)
+            raise_error(int(isa.ErrorCode.SELF_DEPENDENCY), index)
+        with m.Elif(arrived & (engine == int(isa.Engine.CONTROL))):
+            m.d.comb += accept.eq(1)
+            m.d.sync += [halted.eq(1), issuing.eq(0),
+                         self.instructions.eq(self.instructions + 1)]
+        with m.Elif(arrived & target_ready):
+            m.d.comb += accept.eq(1)
+            m.d.sync += self.instructions.eq(self.instructions + 1)
+        for e in range(N_ENGINES):
+            m.d.comb += [
+                queues[e].w_en.eq(arrived & ~dropping & valid & ~bad_mask & (engine == e)
+                                  & target_ready),
+                queues[e].w_data.eq(Cat(word, index)),
+            ]
+        m.d.comb += fetched.r_en.eq(accept)
+
+        # -- completion ------------------------------------------------------------------------
+        drained = Signal()
+        m.d.comb += drained.eq((self.engine_idle == (1 << N_ENGINES) - 1) & ~pending.r_rdy
+                               & ~fetched.r_rdy & ~Cat(*[q.r_rdy for q in queues]).any())
+        with m.If(running & (halted | self.error) & drained & ~self.start):
+            m.d.sync += [running.eq(0), self.done.eq(halted & ~self.error)]
+        with m.If(self.error):
+            m.d.sync += issuing.eq(0)
+
+        # -- dependency tokens -----------------------------------------------------------------
+        limit = (1 << p.hw.token_counter_bits) - 1
+        count = {(a, b): Signal(p.hw.token_counter_bits, name=f"tokens_{a}_{b}")
+                 for a in range(N_ENGINES) for b in range(N_ENGINES) if a != b}
+        allowed = []
+        for b in range(N_ENGINES):
+            port = self.tokens(b)
+            ok = [~port.wait[a] | (count[(a, b)] != 0) for a in range(N_ENGINES) if a != b]
+            ok += [~port.signal[c] | (count[(b, c)] != limit) for c in range(N_ENGINES) if c != b]
+            allow = Signal(name=f"allow{b}")
+            m.d.comb += [allow.eq(Cat(*ok).all() & ~self.error), port.allowed.eq(allow)]
+            allowed.append(allow)
+        for (a, b), counter in count.items():
+            inc = self.tokens(a).end & self.tokens(a).end_signal[b]
+            dec = self.tokens(b).begin & allowed[b] & self.tokens(b).wait[a]
+            m.d.sync += counter.eq(counter + inc - dec)
+            with m.If(self.start):
+                m.d.sync += counter.eq(0)
+        return m

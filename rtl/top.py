@@ -1,0 +1,126 @@
+"""The assembled accelerator, and the simulation top with its DRAM model.
+
+Contract
+--------
+``Accelerator(params)`` joins the controller, the load and store engines, the L2 and a
+round-robin arbiter on the one DRAM port (fetch, load engine, store engine). It exposes
+``start``/``pc``/``done``/``error``/``error_code``/``error_index`` and the performance
+counters of ``compiler.isa.COUNTERS`` as ``counter_<name>``. ``dram_read_bytes`` and
+``dram_write_bytes`` count bus bytes (whole lines, instruction fetch included), which is
+what the DRAM model moves; ``cycles`` counts cycles from ``start`` to ``done``.
+
+The compute engine (hybrid systolic array and vector unit) is not part of this design
+yet: compute instructions are dispatched to a queue that nothing drains.
+
+``SimTop(params)`` is the accelerator with a ``DramModel`` on its DRAM port: the
+Verilator model the cocotb benches load, start and read back.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from compiler import isa
+from rtl.arbiter import PortArbiter
+from rtl.common import RtlParams
+from rtl.controller import Controller
+from rtl.decode import INDEX_BITS
+from rtl.dma import DmaEngine
+from rtl.dram import DramModel, MemPort
+from rtl.l2 import L2
+
+
+class Accelerator(wiring.Component):
+    def __init__(self, params: RtlParams):
+        self.params = params
+        members = {
+            "start": In(1), "pc": In(32),
+            "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),
+            "error_index": Out(INDEX_BITS),
+            "dram": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
+        }
+        for name in isa.COUNTERS:
+            members[f"counter_{name}"] = Out(64)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        p = self.params
+        m = Module()
+        m.submodules.controller = ctl = Controller(p)
+        m.submodules.load = load = DmaEngine(p, "load")
+        m.submodules.store = store = DmaEngine(p, "store")
+        m.submodules.l2 = l2 = L2(p, 2)
+        m.submodules.dram_arbiter = arb = PortArbiter(p.dram_addr_bits, p.line_bytes, 3)
+
+        m.d.comb += [ctl.start.eq(self.start), ctl.pc.eq(self.pc), self.done.eq(ctl.done),
+                     self.running.eq(ctl.running), self.error.eq(ctl.error),
+                     self.error_code.eq(ctl.error_code), self.error_index.eq(ctl.error_index)]
+        wiring.connect(m, ctl.fetch, arb.client0)
+        wiring.connect(m, load.dram, arb.client1)
+        wiring.connect(m, store.dram, arb.client2)
+        wiring.connect(m, arb.mem, wiring.flipped(self.dram))
+        wiring.connect(m, load.l2, l2.port0)
+        wiring.connect(m, store.l2, l2.port1)
+        engines = {int(isa.Engine.LOAD): load, int(isa.Engine.STORE): store}
+        for e, engine in engines.items():
+            wiring.connect(m, ctl.queue(e), engine.queue)
+            wiring.connect(m, engine.tokens, ctl.tokens(e))
+            wiring.connect(m, engine.fault, ctl.fault(e))
+        compute = int(isa.Engine.COMPUTE)
+        m.d.comb += [ctl.engine_idle.eq((load.idle << 0) | (1 << compute) | (store.idle << 2))]
+
+        # -- performance counters -----------------------------------------------------------
+        c = {name: getattr(self, f"counter_{name}") for name in isa.COUNTERS}
+        running = ctl.running
+        derived = ("instructions", "prefetch_bytes", "array_macs")
+        with m.If(ctl.start):
+            m.d.sync += [counter.eq(0) for name, counter in c.items() if name not in derived]
+        with m.Elif(running):
+            m.d.sync += c["cycles"].eq(c["cycles"] + 1)
+            for name, engine in (("load", load), ("store", store)):
+                with m.If(engine.busy):
+                    m.d.sync += c[f"{name}_busy"].eq(c[f"{name}_busy"] + 1)
+                with m.If(engine.stall):
+                    m.d.sync += c[f"{name}_stall"].eq(c[f"{name}_stall"] + 1)
+            granted = self.dram.req.valid & self.dram.req.ready
+            with m.If(granted & self.dram.req.p.write):
+                m.d.sync += c["dram_write_bytes"].eq(c["dram_write_bytes"] + p.line_bytes)
+            with m.If(granted & ~self.dram.req.p.write):
+                m.d.sync += c["dram_read_bytes"].eq(c["dram_read_bytes"] + p.line_bytes)
+        m.d.comb += [c["instructions"].eq(ctl.instructions),
+                     c["prefetch_bytes"].eq(load.prefetch_bytes), c["array_macs"].eq(0)]
+        m.d.comb += store.counters.eq(
+            sum((c[name] << (64 * i) for i, name in enumerate(isa.COUNTERS)), Signal(1)))
+        return m
+
+
+class SimTop(wiring.Component):
+    """The accelerator with its simulation DRAM; the top of the Verilator model."""
+
+    def __init__(self, params: RtlParams):
+        self.params = params
+        members = {
+            "start": In(1), "pc": In(32),
+            "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),
+            "error_index": Out(INDEX_BITS), "dram_busy_cycles": Out(64),
+        }
+        for name in isa.COUNTERS:
+            members[f"counter_{name}"] = Out(64)
+        super().__init__(members)
+        self.dram = DramModel(params)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.accel = accel = Accelerator(self.params)
+        m.submodules.dram = self.dram
+        wiring.connect(m, accel.dram, self.dram.port)
+        m.d.comb += [accel.start.eq(self.start), accel.pc.eq(self.pc),
+                     self.done.eq(accel.done), self.running.eq(accel.running),
+                     self.error.eq(accel.error), self.error_code.eq(accel.error_code),
+                     self.error_index.eq(accel.error_index),
+                     self.dram_busy_cycles.eq(self.dram.busy_cycles)]
+        for name in isa.COUNTERS:
+            m.d.comb += getattr(self, f"counter_{name}").eq(getattr(accel, f"counter_{name}"))
+        return m

@@ -1,0 +1,122 @@
+"""The assembled accelerator under cocotb + Verilator, bit-exact against the ISA simulator.
+
+The Verilator model is built once per hardware configuration (``rtl.sim.build_model``
+caches it) and reused by every test here. The bench loads DRAM, starts each program and
+awaits completion; it does not step the accelerator from Python.
+"""
+
+import numpy as np
+import pytest
+
+from compiler.asm import make
+from compiler.backend import Code
+from compiler.hardware import load_hardware
+from compiler.image import DramImage, MemoryMap, block_table
+from compiler.isa import INSTR_BYTES, ErrorCode
+from compiler.isasim import IsaSimulator
+from compiler.schedule import schedule
+from rtl.common import RtlParams
+from rtl.sim import build_model, run_job
+
+pytestmark = pytest.mark.slow
+
+DRAM_BYTES = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def model():
+    hw = load_hardware("edge-8x8").replace(l2_bytes=64 * 1024)
+    return build_model(RtlParams(hw, DRAM_BYTES))
+
+
+def random_dma_program(rng, hw, n_instr=24):
+    """A DRAM image and a DMA program over it, with tokens from the compiler's scheduler."""
+    mmap = MemoryMap()
+    mmap.add("src", 64 * 1024)
+    mmap.add("table", 4 * 64)
+    mmap.start_writable()
+    mmap.add("block_table", 4 * 16)
+    mmap.add("pool", 16 * hw.kv_block_tokens * 64)
+    mmap.add("dst", 64 * 1024)
+    mmap.add("program", INSTR_BYTES * (4 * n_instr + 2))
+    image = DramImage(mmap)
+    image.write("src", rng.integers(0, 256, 64 * 1024, dtype=np.uint8))
+    image.write("table", rng.integers(0, 300, 64).astype("<i4"))
+    image.write("block_table", block_table(16, seed=3), keep=True)
+    image.write("pool", rng.integers(0, 256, mmap["pool"].size, dtype=np.uint8))
+    src, dst, pool = mmap["src"].offset, mmap["dst"].offset, mmap["pool"]
+    instrs = []
+    l2 = hw.l2_bytes
+    for _ in range(n_instr):
+        kind = rng.integers(0, 5)
+        rows, row_bytes = int(rng.integers(1, 9)), int(rng.integers(1, 300))
+        l2_stride = row_bytes + int(rng.integers(0, 40))
+        l2_addr = int(rng.integers(0, l2 - rows * l2_stride))
+        if kind == 0:
+            instrs.append(make("DMA_LOAD", dram_addr=src + int(rng.integers(0, 30000)),
+                               l2_addr=l2_addr, rows=rows, row_bytes=row_bytes,
+                               dram_stride=row_bytes + int(rng.integers(0, 100)),
+                               l2_stride=l2_stride))
+        elif kind == 1:
+            instrs.append(make("DMA_STORE", l2_addr=l2_addr,
+                               dram_addr=dst + int(rng.integers(0, 30000)), rows=rows,
+                               row_bytes=row_bytes, l2_stride=l2_stride,
+                               dram_stride=row_bytes + int(rng.integers(0, 100))))
+        elif kind == 2:
+            instrs.append(make("DMA_GATHER", idx_addr=mmap["table"].offset + 4 * int(
+                rng.integers(0, 56)), table_addr=src, count=rows, row_bytes=row_bytes,
+                l2_addr=l2_addr, l2_stride=l2_stride))
+        elif kind == 3:
+            first, n = int(rng.integers(0, 100)), int(rng.integers(1, 60))
+            col = int(rng.integers(0, 4)) * 16
+            instrs.append(make("KV_PREFETCH", pool_addr=pool.offset,
+                               table_addr=mmap["block_table"].offset, first_token=first,
+                               n_tokens=n, row_bytes=64, col_offset=col, col_bytes=16,
+                               l2_addr=int(rng.integers(0, l2 - n * 16))))
+        else:
+            first, n = int(rng.integers(0, 100)), int(rng.integers(1, 30))
+            instrs.append(make("KV_APPEND", l2_addr=int(rng.integers(0, l2 - n * 64)),
+                               pool_addr=pool.offset, table_addr=mmap["block_table"].offset,
+                               first_token=first, n_tokens=n, row_bytes=64))
+    instrs.append(make("HALT"))
+    program = schedule(Code(instrs), hw, image, prefetch=True)
+    from compiler.asm import encode_program
+
+    image.write("program", np.frombuffer(encode_program(program), np.uint8))
+    return image, program
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_dma_programs_match_the_isa_simulator(model, seed):
+    hw = model.params.hw
+    image, program = random_dma_program(np.random.default_rng(seed), hw)
+    isa = IsaSimulator(hw, image.data)
+    isa.run(program)
+    mmap = image.mmap
+    writable = (mmap.rw_base, mmap["program"].offset - mmap.rw_base)
+    result = run_job(model, image.data, [("p", mmap["program"].offset)],
+                     {"writable": writable})
+    run = result.programs[0]
+    assert run["done"] and not run["error"], run
+    np.testing.assert_array_equal(result.reads["writable"],
+                                  isa.dram[writable[0]:writable[0] + writable[1]])
+    assert run["counters"]["cycles"] > 0
+    assert run["counters"]["instructions"] == len(program)
+
+
+def test_invalid_instruction_stops_in_the_error_state(model):
+    hw = model.params.hw
+    mmap = MemoryMap()
+    mmap.add("program", 4 * INSTR_BYTES)
+    image = DramImage(mmap)
+    good = make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=4, dram_stride=4,
+                l2_stride=4)
+    from compiler.asm import encode
+
+    raw = encode(good) + bytes([0x3F]) + bytes(31) + encode(make("HALT"))
+    image.write("program", np.frombuffer(raw, np.uint8))
+    result = run_job(model, image.data, [("p", 0)], {}, max_cycles=100_000)
+    run = result.programs[0]
+    assert run["error"] and not run["done"]
+    assert run["error_code"] == int(ErrorCode.INVALID_OPCODE) and run["error_index"] == 1
+    del hw
