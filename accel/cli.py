@@ -186,6 +186,28 @@ def _cmd_verify(args) -> int:
     return 0 if report["isa_vs_int"]["bit_exact"] else 1
 
 
+def _rtl_params(hw_spec: str):
+    from compiler.hardware import load_hardware
+    from rtl.common import RtlParams
+
+    return RtlParams(load_hardware(hw_spec), dram_bytes=64 << 20, macros=True)
+
+
+def _cmd_rtl(args) -> int:
+    if args.action == "verilog":
+        from rtl.sim import write_verilog
+
+        out = Path(args.out)
+        files = write_verilog(_rtl_params(args.hw), out)
+        print("wrote " + ", ".join(str(f) for f in files))
+        return 0
+    from rtl.stats import format_table, synth_stats
+
+    stats = synth_stats(_rtl_params(args.hw))
+    print(json.dumps(stats, indent=2) if args.json else format_table(stats))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     print("== accel demo: the tiny model, float reference versus the accelerator's integers ==")
     _cmd_eval(argparse.Namespace(model="tiny", max_windows=args.max_windows, json=False))
@@ -260,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out windows for the integer-vs-float rung")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("rtl", help="Verilog of the accelerator, or its synthesis statistics")
+    p.add_argument("action", choices=("verilog", "stats"))
+    p.add_argument("--hw", default="edge-8x8", help="TOML file or preset name in configs/")
+    p.add_argument("-o", "--out", default="build/rtl/verilog", help="folder for `verilog`")
+    p.add_argument("--json", action="store_true", help="`stats` as JSON")
+    p.set_defaults(func=_cmd_rtl)
 
     p = sub.add_parser("demo", help="the main job on built-in defaults")
     p.add_argument("--max-windows", type=int, default=None)

@@ -80,7 +80,7 @@ class Controller(wiring.Component):
 
     def elaborate(self, platform):
         p = self.params
-        W, ws = p.line_bytes, p.line_shift
+        ws = p.line_shift
         m = Module()
 
         running = Signal()
