@@ -170,17 +170,17 @@ def _cmd_verify(args) -> int:
         print(json.dumps(report, indent=2))
         return 0 if report["isa_vs_int"]["bit_exact"] else 1
     print(f"verification ladder: {report['model']} on {report['hardware']}")
-    print(f"  {'rung':<34}{'result':<14}detail")
+    print(f"  {'rung':<38}{'result':<14}detail")
     if "int_vs_float" in report:
         r = report["int_vs_float"]
         ok = r["top1_agreement"] >= 0.95 and r["ppl_ratio"] <= 1.05
-        print(f"  {'1 integer vs float':<34}{'pass' if ok else 'FAIL':<14}"
+        print(f"  {'1 integer vs float':<38}{'pass' if ok else 'FAIL':<14}"
               f"top-1 agreement {100 * r['top1_agreement']:.2f}%, perplexity "
               f"{100 * (r['ppl_ratio'] - 1):+.2f}% over {r['tokens']} tokens")
     for key, label in (("isa_vs_int", "2 ISA sim vs integer (prefetch on)"),
                        ("isa_vs_int_prefetch_off", "2 ISA sim vs integer (prefetch off)")):
         r = report[key]
-        print(f"  {label:<34}{'bit-exact' if r['bit_exact'] else 'MISMATCH':<14}"
+        print(f"  {label:<38}{'bit-exact' if r['bit_exact'] else 'MISMATCH':<14}"
               f"{r['tokens_compared']} tokens, {r['logit_rows_compared']} logit rows, "
               f"KV cache {'equal' if r['kv_equal'] else 'differs'}")
     return 0 if report["isa_vs_int"]["bit_exact"] else 1
