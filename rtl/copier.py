@@ -2,15 +2,19 @@
 
 Contract
 --------
-``RowCopier(params, src_l2, dst_l2)`` accepts a command ``(src, dst, n)`` (byte
-addresses in its source and destination spaces, ``n >= 1`` bytes) while ``idle`` and
-copies the bytes one line per cycle when neither side stalls: it reads the source lines
+``RowCopier(params, src_l2, dst_l2)`` accepts commands ``(src, dst, n)`` (byte
+addresses in its source and destination spaces, ``n >= 1`` bytes; up to ``CMD_DEPTH``
+queued) and copies the bytes one line per cycle when neither side stalls, the reads of
+later commands running ahead of the writes of earlier ones; ``idle`` means all are
+done. It it reads the source lines
 covering the run in order, realigns them through a two-line window (``dst line j`` is
 bytes ``k..k+W`` of ``{line j+q+1, line j+q}`` where ``src - dst = q*W + k``), and writes
 the destination lines with byte masks so that bytes outside the run are untouched.
 Source lines outside the run are not read (the window uses zeros). ``src_l2`` says
 whether the source is the L2 (whose read data must be taken on the cycle after the
-grant) or the DRAM (a stream with back-pressure).
+grant, so reads are only issued when the buffer will have room) or the DRAM (a stream
+with back-pressure whose response queue is the landing buffer: reads are issued as fast
+as the DRAM accepts them, covering its latency).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from rtl.dram import MemPort
 
 ADDR_BITS = 32
 FIFO_DEPTH = 4
+CMD_DEPTH = 64          # rows in flight: covers the DRAM latency for short rows
 
 
 def copy_layout() -> data.StructLayout:
@@ -48,74 +53,85 @@ class RowCopier(wiring.Component):
         W, ws = p.line_bytes, p.line_shift
         m = Module()
         m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=p.line_bits, depth=FIFO_DEPTH)
-
+        # The read side and the write side each keep their own queue of commands, so the
+        # reads of the next row start while the previous row is still being written.
+        cmd_bits = copy_layout().size
+        m.submodules.issue_q = issue_q = fifo.SyncFIFOBuffered(width=cmd_bits, depth=CMD_DEPTH)
+        m.submodules.take_q = take_q = fifo.SyncFIFOBuffered(width=cmd_bits, depth=CMD_DEPTH)
+        m.d.comb += [
+            self.cmd.ready.eq(issue_q.w_rdy & take_q.w_rdy),
+            issue_q.w_en.eq(self.cmd.valid & self.cmd.ready),
+            take_q.w_en.eq(self.cmd.valid & self.cmd.ready),
+            issue_q.w_data.eq(self.cmd.payload), take_q.w_data.eq(self.cmd.payload),
+        ]
         wide = signed(ADDR_BITS + 2)
-        d0, d1 = Signal(wide), Signal(wide)               # destination lines
-        s_first, s_last = Signal(wide), Signal(wide)      # source lines that hold the run
+
+        def decode(raw):
+            c = data.View(copy_layout(), raw)
+            src_w = Cat(c.src, Const(0, 2)).as_signed()
+            dst_w = Cat(c.dst, Const(0, 2)).as_signed()
+            diff = src_w - dst_w
+            return {"d0": dst_w >> ws, "d1": (dst_w + c.n - 1) >> ws,
+                    "s_first": src_w >> ws, "s_last": (src_w + c.n - 1) >> ws,
+                    "q": diff >> ws, "k": diff[:ws], "dst_lo": c.dst[:ws],
+                    "dst_hi": (dst_w + c.n - 1)[:ws]}
+
+        # -- read side ---------------------------------------------------------------------
+        i_active = Signal()
+        i_first, i_last = Signal(wide), Signal(wide)
+        x_issue, x_end = Signal(wide), Signal(wide)
+        with m.If(~i_active & issue_q.r_rdy):
+            c = decode(issue_q.r_data)
+            m.d.comb += issue_q.r_en.eq(1)
+            m.d.sync += [i_active.eq(1), i_first.eq(c["s_first"]), i_last.eq(c["s_last"]),
+                         x_issue.eq(c["d0"] + c["q"]), x_end.eq(c["d1"] + c["q"] + 1)]
+        in_range_issue = (x_issue >= i_first) & (x_issue <= i_last)
+        src_req = self.src.req
+        if self.src_l2:
+            # The L2 does not hold read data: only ask when the buffer will have room.
+            inflight = Signal()
+            space = (buf.level + inflight) < (FIFO_DEPTH - 1)
+        else:
+            space = 1      # the DRAM holds read data until it is taken
+        m.d.comb += [
+            src_req.p.addr.eq(x_issue), src_req.p.write.eq(0),
+            src_req.valid.eq(i_active & in_range_issue & space),
+        ]
+        with m.If(i_active & (~in_range_issue | (src_req.valid & src_req.ready))):
+            m.d.sync += x_issue.eq(x_issue + 1)
+            with m.If(x_issue == x_end):
+                m.d.sync += i_active.eq(0)
+        rsp = self.src.rsp
+        if self.src_l2:
+            m.d.comb += [rsp.ready.eq(1), buf.w_en.eq(rsp.valid)]
+            m.d.sync += inflight.eq(src_req.valid & src_req.ready)
+        else:
+            m.d.comb += [rsp.ready.eq(buf.w_rdy), buf.w_en.eq(rsp.valid & buf.w_rdy)]
+        m.d.comb += buf.w_data.eq(rsp.payload)
+
+        # -- write side: realign and write destination lines ------------------------------
+        t_active = Signal()
+        d0, d1 = Signal(wide), Signal(wide)
+        s_first, s_last = Signal(wide), Signal(wide)
         q = Signal(wide)
         k = Signal(range(W))
         dst_lo, dst_hi = Signal(range(W)), Signal(range(W))
-        x_issue, x_take = Signal(wide), Signal(wide)      # next source line to read / to use
+        x_take = Signal(wide)
         prev = Signal(p.line_bits)
-        active = Signal()
-        issuing = Signal()
-
-        cmd = self.cmd.p
-        m.d.comb += [self.idle.eq(~active), self.cmd.ready.eq(~active)]
-        # src/dst are unsigned byte addresses; widen before signed arithmetic.
-        src_w = Cat(cmd.src, Const(0, 2)).as_signed()
-        dst_w = Cat(cmd.dst, Const(0, 2)).as_signed()
-        with m.If(self.cmd.valid & ~active):
-            last_src = src_w + cmd.n - 1
-            last_dst = dst_w + cmd.n - 1
-            diff = src_w - dst_w
-            m.d.sync += [
-                active.eq(1), issuing.eq(1),
-                d0.eq(dst_w >> ws), d1.eq(last_dst >> ws),
-                s_first.eq(src_w >> ws), s_last.eq(last_src >> ws),
-                q.eq(diff >> ws), k.eq(diff[:ws]),
-                dst_lo.eq(cmd.dst[:ws]), dst_hi.eq(last_dst[:ws]),
-                x_issue.eq((dst_w >> ws) + (diff >> ws)),
-                x_take.eq((dst_w >> ws) + (diff >> ws)),
-                prev.eq(0),
-            ]
-
-        # -- issue source reads ------------------------------------------------------------
-        in_range_issue = (x_issue >= s_first) & (x_issue <= s_last)
-        x_end = d1 + q + 1
-        inflight = Signal(range(FIFO_DEPTH + 1))
-        space = (buf.level + inflight) < (FIFO_DEPTH - 1)
-        src_req = self.src.req
-        m.d.comb += [
-            src_req.p.addr.eq(x_issue),
-            src_req.p.write.eq(0),
-            src_req.valid.eq(active & issuing & in_range_issue & space),
-        ]
-        with m.If(active & issuing):
-            with m.If(~in_range_issue | src_req.ready):
-                m.d.sync += x_issue.eq(x_issue + 1)
-                with m.If(x_issue == x_end):
-                    m.d.sync += issuing.eq(0)
-        granted = src_req.valid & src_req.ready
-        rsp = self.src.rsp
-        if self.src_l2:
-            # L2 data arrives the cycle after the grant and must be taken then.
-            m.d.comb += [rsp.ready.eq(1), buf.w_en.eq(rsp.valid)]
-            m.d.sync += inflight.eq(granted)
-        else:
-            m.d.comb += [rsp.ready.eq(buf.w_rdy), buf.w_en.eq(rsp.valid & buf.w_rdy)]
-            m.d.sync += inflight.eq(inflight + granted - (rsp.valid & rsp.ready))
-        m.d.comb += buf.w_data.eq(rsp.payload)
-
-        # -- realign and write destination lines -----------------------------------------------
+        with m.If(~t_active & take_q.r_rdy):
+            c = decode(take_q.r_data)
+            m.d.comb += take_q.r_en.eq(1)
+            m.d.sync += [t_active.eq(1), d0.eq(c["d0"]), d1.eq(c["d1"]),
+                         s_first.eq(c["s_first"]), s_last.eq(c["s_last"]), q.eq(c["q"]),
+                         k.eq(c["k"]), dst_lo.eq(c["dst_lo"]), dst_hi.eq(c["dst_hi"]),
+                         x_take.eq(c["d0"] + c["q"]), prev.eq(0)]
         in_range_take = (x_take >= s_first) & (x_take <= s_last)
         have = ~in_range_take | buf.r_rdy
         line = Mux(in_range_take, buf.r_data, 0)
         j = x_take - q - 1                                  # destination line produced
         first_take = x_take == d0 + q
-        window = Cat(prev, line)
         shifted = Signal(2 * p.line_bits)
-        m.d.comb += shifted.eq(window >> (k * 8))
+        m.d.comb += shifted.eq(Cat(prev, line) >> (k * 8))
         lo = Mux(j == d0, dst_lo, 0)
         hi = Mux(j == d1, dst_hi, W - 1)
         mask = Signal(W)
@@ -123,17 +139,17 @@ class RowCopier(wiring.Component):
             m.d.comb += mask[b].eq((b >= lo) & (b <= hi))
         dst_req = self.dst.req
         m.d.comb += [
-            dst_req.p.addr.eq(j),
-            dst_req.p.write.eq(1),
-            dst_req.p.data.eq(shifted[:p.line_bits]),
-            dst_req.p.mask.eq(mask),
-            dst_req.valid.eq(active & have & ~first_take),
+            dst_req.p.addr.eq(j), dst_req.p.write.eq(1),
+            dst_req.p.data.eq(shifted[:p.line_bits]), dst_req.p.mask.eq(mask),
+            dst_req.valid.eq(t_active & have & ~first_take),
             self.dst.rsp.ready.eq(1),
         ]
-        step = active & have & (first_take | dst_req.ready)
+        step = t_active & have & (first_take | dst_req.ready)
         m.d.comb += buf.r_en.eq(step & in_range_take)
         with m.If(step):
             m.d.sync += [prev.eq(line), x_take.eq(x_take + 1)]
             with m.If(~first_take & (j == d1)):
-                m.d.sync += active.eq(0)
+                m.d.sync += t_active.eq(0)
+
+        m.d.comb += self.idle.eq(~i_active & ~t_active & ~issue_q.r_rdy & ~take_q.r_rdy)
         return m

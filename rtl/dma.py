@@ -7,7 +7,9 @@ from its queue: ``"load"`` runs ``DMA_LOAD``, ``DMA_GATHER`` and ``KV_PREFETCH``
 ``"store"`` runs ``DMA_STORE``, ``KV_APPEND`` and ``STORE_COUNTERS``. Every data
 instruction is a loop of row copies through a ``RowCopier``; before a row, the engine
 reads the int32 it needs from DRAM (a gather index, or a block-table entry when the
-token enters a new KV block). The addressing is the same as ``compiler.semantics``:
+token enters a new KV block) through its own ``aux`` port, while the copier still
+moves earlier rows: row copies are queued back to back. The addressing is the same as
+``compiler.semantics``:
 ``KV_PREFETCH`` token ``t`` is read from ``pool + table[t // B] * B * row_bytes +
 (t % B) * row_bytes + col_offset``, ``B = kv_block_tokens``.
 
@@ -49,6 +51,7 @@ class DmaEngine(wiring.Component):
             "idle": Out(1), "busy": Out(1), "stall": Out(1),
             "prefetch_bytes": Out(64),
             "dram": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
+            "aux": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
             "l2": Out(MemPort(params.l2_addr_bits, params.line_bytes)),
         }
         if direction == "store":
@@ -61,9 +64,11 @@ class DmaEngine(wiring.Component):
         load = self.direction == "load"
         m = Module()
         m.submodules.copier = copier = RowCopier(p, src_l2=not load, dst_l2=load)
-        # The copier's L2 side is this engine's L2 port.
-        l2_side = copier.dst if load else copier.src
+        # The copier's sides are this engine's L2 port and DRAM port; the engine's own
+        # int32 reads (indices, block-table entries) and counter writes use ``aux``.
+        l2_side, dram_side = (copier.dst, copier.src) if load else (copier.src, copier.dst)
         wiring.connect(m, wiring.flipped(self.l2), l2_side)
+        wiring.connect(m, wiring.flipped(self.dram), dram_side)
 
         word = Signal(isa.INSTR_BITS)
         index = Signal(INDEX_BITS)
@@ -110,11 +115,7 @@ class DmaEngine(wiring.Component):
         src_err = isa.ErrorCode.DRAM_OUT_OF_RANGE if load else isa.ErrorCode.L2_OUT_OF_RANGE
         dst_err = isa.ErrorCode.L2_OUT_OF_RANGE if load else isa.ErrorCode.DRAM_OUT_OF_RANGE
 
-        # The DRAM port: the copier's, except while this engine reads an int32 itself or
-        # writes a counter.
-        own_dram = Signal()
-        dram_side = copier.src if load else copier.dst
-        dram = self.dram
+        dram = self.aux
         int_addr = Signal(40)
         counter_word = Signal(64)
 
@@ -207,27 +208,26 @@ class DmaEngine(wiring.Component):
                         m.d.sync += int_addr.eq(int_base + (row << 2))
                     with m.Else():
                         m.d.sync += int_addr.eq(int_base + ((token >> bt_shift) << 2))
-                    m.next = "INT_WAIT_COPIER"
+                    m.next = "INT_CHECK"
                 with m.Else():
                     m.next = "ADDR"
-            with m.State("INT_WAIT_COPIER"):
+            with m.State("INT_CHECK"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(copier.idle):
-                    with m.If(int_addr[:2] != 0):
-                        fault(isa.ErrorCode.BAD_OPERAND)
-                        m.next = "HALTED"
-                    with m.Elif(int_addr + 4 > dram_size):
-                        fault(isa.ErrorCode.DRAM_OUT_OF_RANGE)
-                        m.next = "HALTED"
-                    with m.Else():
-                        m.next = "INT_REQ"
+                with m.If(int_addr[:2] != 0):
+                    fault(isa.ErrorCode.BAD_OPERAND)
+                    m.next = "HALTED"
+                with m.Elif(int_addr + 4 > dram_size):
+                    fault(isa.ErrorCode.DRAM_OUT_OF_RANGE)
+                    m.next = "HALTED"
+                with m.Else():
+                    m.next = "INT_REQ"
             with m.State("INT_REQ"):
-                m.d.comb += [self.busy.eq(1), own_dram.eq(1), dram.req.valid.eq(1),
+                m.d.comb += [self.busy.eq(1), dram.req.valid.eq(1),
                              dram.req.p.addr.eq(int_addr >> ws), dram.req.p.write.eq(0)]
                 with m.If(dram.req.ready):
                     m.next = "INT_RSP"
             with m.State("INT_RSP"):
-                m.d.comb += [self.busy.eq(1), own_dram.eq(1), dram.rsp.ready.eq(1)]
+                m.d.comb += [self.busy.eq(1), dram.rsp.ready.eq(1)]
                 with m.If(dram.rsp.valid):
                     m.d.sync += value.eq(dram.rsp.payload >> (int_addr[:ws] << 3))
                     m.next = "ADDR"
@@ -283,7 +283,7 @@ class DmaEngine(wiring.Component):
                             for i in range(N_COUNTERS):
                                 with m.Case(i):
                                     m.d.comb += counter_word.eq(self.counters[64 * i:64 * (i + 1)])
-                        m.d.comb += [own_dram.eq(1), dram.req.valid.eq(1),
+                        m.d.comb += [dram.req.valid.eq(1),
                                      dram.req.p.addr.eq(addr >> ws), dram.req.p.write.eq(1),
                                      dram.req.p.data.eq(counter_word << (addr[:ws] << 3)),
                                      dram.req.p.mask.eq(Const(0xFF, W) << addr[:ws])]
@@ -295,11 +295,4 @@ class DmaEngine(wiring.Component):
             with m.State("HALTED"):
                 pass
 
-        with m.If(~own_dram):
-            m.d.comb += [dram.req.valid.eq(dram_side.req.valid),
-                         dram.req.payload.eq(dram_side.req.payload),
-                         dram_side.req.ready.eq(dram.req.ready),
-                         dram_side.rsp.valid.eq(dram.rsp.valid),
-                         dram_side.rsp.payload.eq(dram.rsp.payload),
-                         dram.rsp.ready.eq(dram_side.rsp.ready)]
         return m

@@ -3,7 +3,8 @@
 Contract
 --------
 ``Accelerator(params)`` joins the controller, the load and store engines, the L2 and a
-round-robin arbiter on the one DRAM port (fetch, load engine, store engine). It exposes
+round-robin arbiter on the one DRAM port (fetch, and each engine's data and auxiliary
+ports). It exposes
 ``start``/``pc``/``done``/``error``/``error_code``/``error_index`` and the performance
 counters of ``compiler.isa.COUNTERS`` as ``counter_<name>``. ``dram_read_bytes`` and
 ``dram_write_bytes`` count bus bytes (whole lines, instruction fetch included), which is
@@ -52,7 +53,7 @@ class Accelerator(wiring.Component):
         m.submodules.load = load = DmaEngine(p, "load")
         m.submodules.store = store = DmaEngine(p, "store")
         m.submodules.l2 = l2 = L2(p, 2)
-        m.submodules.dram_arbiter = arb = PortArbiter(p.dram_addr_bits, p.line_bytes, 3)
+        m.submodules.dram_arbiter = arb = PortArbiter(p.dram_addr_bits, p.line_bytes, 5)
 
         m.d.comb += [ctl.start.eq(self.start), ctl.pc.eq(self.pc), self.done.eq(ctl.done),
                      self.running.eq(ctl.running), self.error.eq(ctl.error),
@@ -60,6 +61,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, ctl.fetch, arb.client0)
         wiring.connect(m, load.dram, arb.client1)
         wiring.connect(m, store.dram, arb.client2)
+        wiring.connect(m, load.aux, arb.client3)
+        wiring.connect(m, store.aux, arb.client4)
         wiring.connect(m, arb.mem, wiring.flipped(self.dram))
         wiring.connect(m, load.l2, l2.port0)
         wiring.connect(m, store.l2, l2.port1)

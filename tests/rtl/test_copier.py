@@ -64,13 +64,13 @@ def test_copies_at_every_alignment(to_l2):
                 ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], src_lines[i])
                 ctx.set(bench.dram.storage.memory.data[i], dst_lines[i])
         cmd = bench.copier.cmd
-        for src, dst, n in cases:
+        for src, dst, n in cases:                  # back to back: the copier pipelines them
             ctx.set(cmd.valid, 1)
             ctx.set(cmd.payload, {"src": src, "dst": dst, "n": n})
             await ctx.tick().until(cmd.ready)
-            ctx.set(cmd.valid, 0)
-            await ctx.tick()
-            await ctx.tick().until(bench.copier.idle)
+        ctx.set(cmd.valid, 0)
+        await ctx.tick()
+        await ctx.tick().until(bench.copier.idle)
         out = bytearray()
         for i in range(len(dst_lines)):
             if to_l2:
