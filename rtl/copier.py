@@ -76,16 +76,9 @@ class RowCopier(wiring.Component):
                     "q": diff >> ws, "k": diff[:ws], "dst_lo": c.dst[:ws],
                     "dst_hi": (dst_w + c.n - 1)[:ws]}
 
-        # -- read side ---------------------------------------------------------------------
+        # -- read side: exactly the source lines of each command, back to back -------------
         i_active = Signal()
-        i_first, i_last = Signal(wide), Signal(wide)
-        x_issue, x_end = Signal(wide), Signal(wide)
-        with m.If(~i_active & issue_q.r_rdy):
-            c = decode(issue_q.r_data)
-            m.d.comb += issue_q.r_en.eq(1)
-            m.d.sync += [i_active.eq(1), i_first.eq(c["s_first"]), i_last.eq(c["s_last"]),
-                         x_issue.eq(c["d0"] + c["q"]), x_end.eq(c["d1"] + c["q"] + 1)]
-        in_range_issue = (x_issue >= i_first) & (x_issue <= i_last)
+        x_issue, i_last = Signal(wide), Signal(wide)
         src_req = self.src.req
         if self.src_l2:
             # The L2 does not hold read data: only ask when the buffer will have room.
@@ -93,23 +86,29 @@ class RowCopier(wiring.Component):
             space = (buf.level + inflight) < (FIFO_DEPTH - 1)
         else:
             space = 1      # the DRAM holds read data until it is taken
-        m.d.comb += [
-            src_req.p.addr.eq(x_issue), src_req.p.write.eq(0),
-            src_req.valid.eq(i_active & in_range_issue & space),
-        ]
-        with m.If(i_active & (~in_range_issue | (src_req.valid & src_req.ready))):
+        m.d.comb += [src_req.p.addr.eq(x_issue), src_req.p.write.eq(0),
+                     src_req.valid.eq(i_active & space)]
+        fire = src_req.valid & src_req.ready
+        i_done = fire & (x_issue == i_last)
+        with m.If(issue_q.r_rdy & (~i_active | i_done)):
+            c = decode(issue_q.r_data)
+            m.d.comb += issue_q.r_en.eq(1)
+            m.d.sync += [i_active.eq(1), x_issue.eq(c["s_first"]), i_last.eq(c["s_last"])]
+        with m.Elif(fire):
             m.d.sync += x_issue.eq(x_issue + 1)
-            with m.If(x_issue == x_end):
+            with m.If(i_done):
                 m.d.sync += i_active.eq(0)
         rsp = self.src.rsp
         if self.src_l2:
             m.d.comb += [rsp.ready.eq(1), buf.w_en.eq(rsp.valid)]
-            m.d.sync += inflight.eq(src_req.valid & src_req.ready)
+            m.d.sync += inflight.eq(fire)
         else:
             m.d.comb += [rsp.ready.eq(buf.w_rdy), buf.w_en.eq(rsp.valid & buf.w_rdy)]
         m.d.comb += buf.w_data.eq(rsp.payload)
 
         # -- write side: realign and write destination lines ------------------------------
+        # Destination line j comes from source lines j+q and j+q+1 (bytes k..k+W of the
+        # pair); when k == 0 it is line j+q alone, so no priming step is needed.
         t_active = Signal()
         d0, d1 = Signal(wide), Signal(wide)
         s_first, s_last = Signal(wide), Signal(wide)
@@ -118,18 +117,12 @@ class RowCopier(wiring.Component):
         dst_lo, dst_hi = Signal(range(W)), Signal(range(W))
         x_take = Signal(wide)
         prev = Signal(p.line_bits)
-        with m.If(~t_active & take_q.r_rdy):
-            c = decode(take_q.r_data)
-            m.d.comb += take_q.r_en.eq(1)
-            m.d.sync += [t_active.eq(1), d0.eq(c["d0"]), d1.eq(c["d1"]),
-                         s_first.eq(c["s_first"]), s_last.eq(c["s_last"]), q.eq(c["q"]),
-                         k.eq(c["k"]), dst_lo.eq(c["dst_lo"]), dst_hi.eq(c["dst_hi"]),
-                         x_take.eq(c["d0"] + c["q"]), prev.eq(0)]
+        aligned = k == 0
         in_range_take = (x_take >= s_first) & (x_take <= s_last)
         have = ~in_range_take | buf.r_rdy
         line = Mux(in_range_take, buf.r_data, 0)
-        j = x_take - q - 1                                  # destination line produced
-        first_take = x_take == d0 + q
+        j = Mux(aligned, x_take - q, x_take - q - 1)        # destination line produced
+        first_take = ~aligned & (x_take == d0 + q)
         shifted = Signal(2 * p.line_bits)
         m.d.comb += shifted.eq(Cat(prev, line) >> (k * 8))
         lo = Mux(j == d0, dst_lo, 0)
@@ -140,15 +133,24 @@ class RowCopier(wiring.Component):
         dst_req = self.dst.req
         m.d.comb += [
             dst_req.p.addr.eq(j), dst_req.p.write.eq(1),
-            dst_req.p.data.eq(shifted[:p.line_bits]), dst_req.p.mask.eq(mask),
+            dst_req.p.data.eq(Mux(aligned, line, shifted[:p.line_bits])),
+            dst_req.p.mask.eq(mask),
             dst_req.valid.eq(t_active & have & ~first_take),
             self.dst.rsp.ready.eq(1),
         ]
         step = t_active & have & (first_take | dst_req.ready)
+        t_done = step & ~first_take & (j == d1)
         m.d.comb += buf.r_en.eq(step & in_range_take)
-        with m.If(step):
+        with m.If(take_q.r_rdy & (~t_active | t_done)):
+            c = decode(take_q.r_data)
+            m.d.comb += take_q.r_en.eq(1)
+            m.d.sync += [t_active.eq(1), d0.eq(c["d0"]), d1.eq(c["d1"]),
+                         s_first.eq(c["s_first"]), s_last.eq(c["s_last"]), q.eq(c["q"]),
+                         k.eq(c["k"]), dst_lo.eq(c["dst_lo"]), dst_hi.eq(c["dst_hi"]),
+                         x_take.eq(c["d0"] + c["q"]), prev.eq(0)]
+        with m.Elif(step):
             m.d.sync += [prev.eq(line), x_take.eq(x_take + 1)]
-            with m.If(~first_take & (j == d1)):
+            with m.If(t_done):
                 m.d.sync += t_active.eq(0)
 
         m.d.comb += self.idle.eq(~i_active & ~t_active & ~issue_q.r_rdy & ~take_q.r_rdy)

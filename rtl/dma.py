@@ -22,7 +22,7 @@ engine is executing or waiting for tokens; ``prefetch_bytes`` counts KV bytes fe
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Signal
+from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -84,15 +84,11 @@ class DmaEngine(wiring.Component):
         n_rows = Signal(32)
         row = Signal(32)
         value = Signal(32)             # the int32 read for this row (index or block)
-        src = Signal(40)
-        dst = Signal(40)
-        nbytes = Signal(21)
         counter_i = Signal(range(N_COUNTERS + 1))
 
         # Per-instruction constants.
         row_bytes = Signal(21)
         src_base = Signal(40)
-        dst_base = Signal(40)
         src_step = Signal(40)
         dst_step = Signal(40)
         int_base = Signal(40)
@@ -103,6 +99,9 @@ class DmaEngine(wiring.Component):
             self.tokens.end_signal.eq(signal_mask(word)),
         ]
 
+        src_run = Signal(40)           # running addresses of 2-D DMA rows
+        dst_run = Signal(40)
+        have_int = Signal()            # the int32 this row needs has been read
         token = Signal(32)             # token position for KV instructions
         m.d.comb += token.eq(first + row)
         kv_src = Signal(40)
@@ -137,23 +136,20 @@ class DmaEngine(wiring.Component):
                     m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [row.eq(0), counter_i.eq(0)]
+                m.d.sync += [row.eq(0), counter_i.eq(0), have_int.eq(0)]
                 a, b, c = OPS[self.direction]
                 with m.If(is_op(a)):            # DMA_LOAD / DMA_STORE
                     if load:
-                        m.d.sync += [n_rows.eq(f(a, "rows")), row_bytes.eq(f(a, "row_bytes")),
-                                     src_base.eq(f(a, "dram_addr")), dst_base.eq(f(a, "l2_addr")),
-                                     src_step.eq(f(a, "dram_stride")),
-                                     dst_step.eq(f(a, "l2_stride"))]
-                        overlap = (f(a, "rows") > 1) & (f(a, "l2_stride") < f(a, "row_bytes"))
+                        src0, dst0 = f(a, "dram_addr"), f(a, "l2_addr")
+                        sstep, dstep = f(a, "dram_stride"), f(a, "l2_stride")
                     else:
-                        m.d.sync += [n_rows.eq(f(a, "rows")), row_bytes.eq(f(a, "row_bytes")),
-                                     src_base.eq(f(a, "l2_addr")), dst_base.eq(f(a, "dram_addr")),
-                                     src_step.eq(f(a, "l2_stride")),
-                                     dst_step.eq(f(a, "dram_stride"))]
-                        overlap = (f(a, "rows") > 1) & (f(a, "dram_stride") < f(a, "row_bytes"))
-                    with m.If(overlap):
-                        fault(isa.ErrorCode.BAD_OPERAND)
+                        src0, dst0 = f(a, "l2_addr"), f(a, "dram_addr")
+                        sstep, dstep = f(a, "l2_stride"), f(a, "dram_stride")
+                    m.d.sync += [n_rows.eq(f(a, "rows")), row_bytes.eq(f(a, "row_bytes")),
+                                 src_run.eq(src0), dst_run.eq(dst0),
+                                 src_step.eq(sstep), dst_step.eq(dstep)]
+                    with m.If((f(a, "rows") > 1) & (dstep < f(a, "row_bytes"))):
+                        fault(isa.ErrorCode.BAD_OPERAND)      # overlapping destination rows
                         m.next = "HALTED"
                     with m.Else():
                         m.next = "ROW"
@@ -161,7 +157,7 @@ class DmaEngine(wiring.Component):
                     with m.Elif(is_op(b)):      # DMA_GATHER
                         m.d.sync += [n_rows.eq(f(b, "count")), row_bytes.eq(f(b, "row_bytes")),
                                      src_base.eq(f(b, "table_addr")),
-                                     dst_base.eq(f(b, "l2_addr")), dst_step.eq(f(b, "l2_stride")),
+                                     dst_run.eq(f(b, "l2_addr")), dst_step.eq(f(b, "l2_stride")),
                                      int_base.eq(f(b, "idx_addr"))]
                         with m.If((f(b, "count") > 1) & (f(b, "l2_stride") < f(b, "row_bytes"))):
                             fault(isa.ErrorCode.BAD_OPERAND)
@@ -171,13 +167,13 @@ class DmaEngine(wiring.Component):
                     with m.Elif(is_op(c)):      # KV_PREFETCH
                         m.d.sync += [n_rows.eq(f(c, "n_tokens")), row_bytes.eq(f(c, "row_bytes")),
                                      pool.eq(f(c, "pool_addr") + f(c, "col_offset")),
-                                     dst_base.eq(f(c, "l2_addr")), dst_step.eq(f(c, "col_bytes")),
+                                     dst_run.eq(f(c, "l2_addr")), dst_step.eq(f(c, "col_bytes")),
                                      int_base.eq(f(c, "table_addr")), first.eq(f(c, "first_token"))]
                         m.next = "ROW"
                 else:
                     with m.Elif(is_op(b)):      # KV_APPEND
                         m.d.sync += [n_rows.eq(f(b, "n_tokens")), row_bytes.eq(f(b, "row_bytes")),
-                                     pool.eq(f(b, "pool_addr")), src_base.eq(f(b, "l2_addr")),
+                                     pool.eq(f(b, "pool_addr")), src_run.eq(f(b, "l2_addr")),
                                      src_step.eq(f(b, "row_bytes")),
                                      int_base.eq(f(b, "table_addr")), first.eq(f(b, "first_token"))]
                         m.next = "ROW"
@@ -189,7 +185,7 @@ class DmaEngine(wiring.Component):
                             fault(isa.ErrorCode.DRAM_OUT_OF_RANGE)
                             m.next = "HALTED"
                         with m.Else():
-                            m.d.sync += dst_base.eq(f(c, "dram_addr"))
+                            m.d.sync += dst_run.eq(f(c, "dram_addr"))
                             m.next = "COUNTER"
                 with m.Else():
                     fault(isa.ErrorCode.INVALID_OPCODE)
@@ -199,18 +195,47 @@ class DmaEngine(wiring.Component):
             needs_int = (is_op(b) if load else Const(0)) | (
                 is_op("KV_PREFETCH" if load else "KV_APPEND")
                 & ((row == 0) | ((token & (bt - 1)) == 0)))
+            # One row command per cycle: addresses are running sums (2-D DMA) or come from
+            # the int32 just read (gather index, block-table entry).
+            if load:
+                row_src = Mux(is_op("KV_PREFETCH"), kv_src,
+                              Mux(is_op("DMA_GATHER"), src_base + value * row_bytes, src_run))
+                row_dst = dst_run
+                row_n = Mux(is_op("KV_PREFETCH"), dst_step, row_bytes)
+            else:
+                row_src = src_run
+                row_dst = Mux(is_op("KV_APPEND"), kv_src, dst_run)
+                row_n = row_bytes
             with m.State("ROW"):
                 m.d.comb += self.busy.eq(1)
+                advance = Signal()
                 with m.If(row == n_rows):
                     m.next = "DRAIN"
-                with m.Elif(needs_int):
+                with m.Elif(needs_int & ~have_int):
                     with m.If(is_op(b) if load else Const(0)):
                         m.d.sync += int_addr.eq(int_base + (row << 2))
                     with m.Else():
                         m.d.sync += int_addr.eq(int_base + ((token >> bt_shift) << 2))
                     m.next = "INT_CHECK"
+                with m.Elif(row_n == 0):
+                    m.d.comb += advance.eq(1)
+                with m.Elif(row_src + row_n > src_size):
+                    fault(src_err)
+                    m.next = "HALTED"
+                with m.Elif(row_dst + row_n > dst_size):
+                    fault(dst_err)
+                    m.next = "HALTED"
                 with m.Else():
-                    m.next = "ADDR"
+                    m.d.comb += [copier.cmd.valid.eq(1), copier.cmd.p.src.eq(row_src),
+                                 copier.cmd.p.dst.eq(row_dst), copier.cmd.p.n.eq(row_n)]
+                    with m.If(copier.cmd.ready):
+                        m.d.comb += advance.eq(1)
+                        if load:
+                            with m.If(is_op("KV_PREFETCH")):
+                                m.d.sync += self.prefetch_bytes.eq(self.prefetch_bytes + row_n)
+                with m.If(advance):
+                    m.d.sync += [row.eq(row + 1), have_int.eq(0),
+                                 src_run.eq(src_run + src_step), dst_run.eq(dst_run + dst_step)]
             with m.State("INT_CHECK"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(int_addr[:2] != 0):
@@ -229,45 +254,9 @@ class DmaEngine(wiring.Component):
             with m.State("INT_RSP"):
                 m.d.comb += [self.busy.eq(1), dram.rsp.ready.eq(1)]
                 with m.If(dram.rsp.valid):
-                    m.d.sync += value.eq(dram.rsp.payload >> (int_addr[:ws] << 3))
-                    m.next = "ADDR"
-            with m.State("ADDR"):
-                m.d.comb += self.busy.eq(1)
-                if load:
-                    with m.If(is_op("KV_PREFETCH")):
-                        m.d.sync += [src.eq(kv_src), nbytes.eq(dst_step)]
-                    with m.Elif(is_op("DMA_GATHER")):
-                        m.d.sync += [src.eq(src_base + value * row_bytes), nbytes.eq(row_bytes)]
-                    with m.Else():
-                        m.d.sync += [src.eq(src_base + row * src_step), nbytes.eq(row_bytes)]
-                    m.d.sync += dst.eq(dst_base + row * dst_step)
-                else:
-                    with m.If(is_op("KV_APPEND")):
-                        m.d.sync += dst.eq(kv_src)
-                    with m.Else():
-                        m.d.sync += dst.eq(dst_base + row * dst_step)
-                    m.d.sync += [src.eq(src_base + row * src_step), nbytes.eq(row_bytes)]
-                m.next = "COPY"
-            with m.State("COPY"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(nbytes == 0):
-                    m.d.sync += row.eq(row + 1)
+                    m.d.sync += [value.eq(dram.rsp.payload >> (int_addr[:ws] << 3)),
+                                 have_int.eq(1)]
                     m.next = "ROW"
-                with m.Elif(src + nbytes > src_size):
-                    fault(src_err)
-                    m.next = "HALTED"
-                with m.Elif(dst + nbytes > dst_size):
-                    fault(dst_err)
-                    m.next = "HALTED"
-                with m.Else():
-                    m.d.comb += [copier.cmd.valid.eq(1), copier.cmd.p.src.eq(src),
-                                 copier.cmd.p.dst.eq(dst), copier.cmd.p.n.eq(nbytes)]
-                    with m.If(copier.cmd.ready):
-                        m.d.sync += row.eq(row + 1)
-                        if load:
-                            with m.If(is_op("KV_PREFETCH")):
-                                m.d.sync += self.prefetch_bytes.eq(self.prefetch_bytes + nbytes)
-                        m.next = "ROW"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(copier.idle):
@@ -278,7 +267,7 @@ class DmaEngine(wiring.Component):
                     with m.If(counter_i == N_COUNTERS):
                         m.next = "END"
                     with m.Else():
-                        addr = dst_base + (counter_i << 3)
+                        addr = dst_run + (counter_i << 3)
                         with m.Switch(counter_i):
                             for i in range(N_COUNTERS):
                                 with m.Case(i):
