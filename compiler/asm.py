@@ -25,7 +25,6 @@ from compiler.isa import (
     BY_MNEMONIC,
     ENGINES,
     HEADER_BITS,
-    INSTR_BITS,
     INSTR_BYTES,
     MASK_BITS,
     OPCODE_BITS,
@@ -275,5 +274,3 @@ def disassemble(instrs: list[Instruction], numbered: bool = False) -> str:
         lines.append(f"{text}  # {i}" if numbered else text)
     return "\n".join(lines) + "\n"
 
-
-assert INSTR_BITS % 8 == 0

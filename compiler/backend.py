@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from compiler.asm import Instruction, make
 from compiler.hardware import HardwareConfig
-from compiler.image import ALIGN, MemoryMap, align
+from compiler.image import MemoryMap, align
 from compiler.ir import (
     Argmax,
     Attention,
@@ -420,5 +420,3 @@ class Generator:
 def generate(graphs: list[Graph], ctx: BuildContext, program: str) -> Code:
     return Generator(ctx, program).generate(graphs)
 
-
-assert ALIGN == 64

@@ -22,7 +22,6 @@ import numpy as np
 
 from compiler.asm import decode_program
 from compiler.driver import Build
-from compiler.isa import INSTR_BYTES
 from compiler.isasim import IsaSimulator
 from models.integer import init_int_cache, int_decode_step, int_prefill
 
@@ -117,5 +116,3 @@ def compare(ours: RunResult, ref: RunResult) -> dict:
         result["first_bad_logit_row"] = int(bad[0])
     return result
 
-
-assert INSTR_BYTES == 32

@@ -31,7 +31,7 @@ from compiler.asm import Instruction
 from compiler.backend import Code
 from compiler.hardware import HardwareConfig
 from compiler.image import DramImage
-from compiler.isa import ENGINES, Engine
+from compiler.isa import Engine
 from compiler.semantics import accesses, flat
 
 PAGE = 64
@@ -148,5 +148,3 @@ def schedule(code: Code, hw: HardwareConfig, image: DramImage, prefetch: bool
     order = hoist(code.instrs, deps) if prefetch else list(range(len(code.instrs)))
     return insert_tokens(code.instrs, deps, order)
 
-
-assert len(ENGINES) == 3
