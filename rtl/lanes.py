@@ -1,0 +1,123 @@
+"""The vector unit's element datapaths, as Amaranth expressions built from ``models.numerics``.
+
+Contract
+--------
+Each function takes Amaranth values for one element (one lane) and returns the value the
+corresponding ``models.numerics`` operator computes for it, bit for bit: the same
+round-half-up shifts, the same saturation, and tables generated at elaboration by the
+same ``numerics`` functions (``rsqrt_table``, ``recip_table``, ``exp2_table``,
+``sigmoid_table``, ``sin_table``), held as read-only lookups. Widths come from the
+``numerics`` constants. The vector unit instantiates ``vector_lanes`` copies of these
+per cycle; row-level state (sums, maxima) is the unit's, not the lane's.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Cat, Const, Mux, Value, signed, unsigned
+
+from models import numerics as N
+
+
+def rom(values) -> Array:
+    """A read-only table: ``Array`` of constants indexed by a value."""
+    return Array(Const(int(v), signed(32)) for v in values)
+
+
+def round_shift(x: Value, shift: Value, width: int = 64) -> Value:
+    """``(x + 2**(shift-1)) >> shift``, arithmetic, in ``width`` bits (numerics.round_shift)."""
+    x, shift = x.as_signed(), Value.cast(shift)
+    one = Const(1, signed(width))
+    return (x + (one << (shift - 1).as_unsigned())).as_signed() >> shift.as_unsigned()
+
+
+def saturate(x: Value, bits: int) -> Value:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    x = x.as_signed()
+    return Mux(x > hi, hi, Mux(x < lo, lo, x))[:bits].as_signed()
+
+
+def requant(acc: Value, mult: Value, shift: Value, bits: int) -> Value:
+    """numerics.requant of one int32 accumulator."""
+    return saturate(round_shift(acc.as_signed() * mult.as_unsigned(), shift), bits)
+
+
+def floor_log2(x: Value) -> Value:
+    """Position of the leading one (a priority encoder); 0 for x == 0."""
+    result = Const(0, unsigned(6))
+    for bit in range(len(x)):
+        result = Mux(x[bit], bit, result)
+    return result
+
+
+def mantissa_index(x: Value, exponent: Value, index_bits: int) -> Value:
+    normalised = (x.as_unsigned() << (30 - exponent).as_unsigned())[:31]
+    return normalised[30 - index_bits:30]
+
+
+def rsqrt(ss: Value) -> tuple[Value, Value]:
+    """``(T, k)`` with ``rsqrt(ss) ~= T * 2**-(15 + k)`` (numerics.rmsnorm's lookup)."""
+    e = floor_log2(ss)
+    idx = mantissa_index(ss, e, N.RSQRT_INDEX_BITS)
+    table = N.rsqrt_table()
+    t = rom(list(table[0]) + list(table[1]))[Cat(idx, e[0])]
+    return t, e >> 1
+
+
+def rmsnorm_scale(h: Value, t: Value, k: Value, mult: Value, shift: Value) -> Value:
+    """One normalised element: ``sat8(round_shift(h * (t * mult), 15 + k + shift))``."""
+    gain = t.as_unsigned() * mult.as_unsigned()
+    return saturate(round_shift(h.as_signed() * gain, N.RSQRT_FRAC_BITS + k + shift), 8)
+
+
+def exp2_term(dist: Value, mult: Value, shift: Value) -> Value:
+    """numerics.softmax's ``p`` for one key at distance ``dist`` from the row maximum."""
+    z = round_shift(dist.as_unsigned() * mult.as_unsigned(), shift)
+    cap = 31 << N.EXP2_INDEX_BITS
+    z = Mux(z > cap, cap, z)[:12]
+    frac = z[:N.EXP2_INDEX_BITS]
+    whole = z[N.EXP2_INDEX_BITS:]
+    return (rom(N.exp2_table())[frac].as_unsigned() >> whole)[:17]
+
+
+def reciprocal(total: Value) -> tuple[Value, Value]:
+    """``(r, e)`` with ``1 / total ~= r * 2**-(15 + e)`` (numerics.softmax's lookup)."""
+    e = floor_log2(total)
+    return rom(N.recip_table())[mantissa_index(total, e, N.RECIP_INDEX_BITS)], e
+
+
+def probability(p: Value, r: Value, e: Value) -> Value:
+    """numerics.softmax's output for one key: ``clip(round_shift(p*r, 15+e-7), 0, 127)``."""
+    y = round_shift(p.as_unsigned() * r.as_unsigned(),
+                    (N.RECIP_FRAC_BITS - N.PROB_BITS + e).as_unsigned())
+    return Mux(y > 127, 127, Mux(y < 0, 0, y))[:8].as_signed()
+
+
+def silu_mul(gate_acc: Value, up: Value, gate_mult: Value, gate_shift: Value, mult: Value,
+             shift: Value) -> Value:
+    """numerics.silu_mul of one element."""
+    gate = requant(gate_acc, gate_mult, gate_shift, N.RESID_BITS)
+    half = 1 << (N.SIGMOID_INDEX_BITS - 1)
+    step = gate.as_signed() >> (N.GATE_FRAC_BITS - N.SIGMOID_STEP_BITS)
+    clamped = Mux(step < -half, -half, Mux(step > half - 1, half - 1, step))
+    sig = rom(N.sigmoid_table())[(clamped + half)[:N.SIGMOID_INDEX_BITS]]
+    silu = round_shift(gate.as_signed() * sig, N.SIGMOID_FRAC_BITS)
+    return requant(silu[:40].as_signed() * up.as_signed(), mult, shift, N.ACT_BITS)
+
+
+def residual_add(h: Value, acc: Value, mult: Value, shift: Value) -> Value:
+    """numerics.residual_add of one element."""
+    return saturate(h.as_signed() + requant(acc, mult, shift, N.RESID_BITS), N.RESID_BITS)
+
+
+def rope_pair(x1: Value, x2: Value, position: Value, freq: Value) -> tuple[Value, Value]:
+    """numerics.rope of one pair at ``position`` with frequency word ``freq``."""
+    drop = N.PHASE_BITS - N.SIN_INDEX_BITS
+    phase = (position.as_unsigned() * freq.as_unsigned())[:N.PHASE_BITS]
+    idx = ((phase + (1 << (drop - 1)))[:N.PHASE_BITS] >> drop)[:N.SIN_INDEX_BITS]
+    sin_rom = rom(N.sin_table())
+    n = 1 << N.SIN_INDEX_BITS
+    s = sin_rom[idx]
+    c = sin_rom[(idx + n // 4)[:N.SIN_INDEX_BITS]]
+    y1 = round_shift(x1.as_signed() * c - x2.as_signed() * s, N.TRIG_FRAC_BITS)
+    y2 = round_shift(x2.as_signed() * c + x1.as_signed() * s, N.TRIG_FRAC_BITS)
+    return saturate(y1, 8), saturate(y2, 8)
