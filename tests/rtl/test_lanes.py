@@ -53,7 +53,7 @@ def test_requant():
     mult, shift = N.quantize_multiplier(RNG.uniform(1e-6, 1e-2, acc.size))
     h = Harness(lambda s: lanes.requant(s.a, s.b, s.c, 8),
                 {"a": signed(32), "b": unsigned(15), "c": unsigned(6)})
-    got = [y for y, _ in run(h, [dict(a=a, b=m, c=s) for a, m, s in zip(acc, mult, shift)])]
+    got = [y for y, _ in run(h, [dict(a=a, b=m, c=s) for a, m, s in zip(acc, mult, shift, strict=True)])]
     np.testing.assert_array_equal(got, N.requant(acc.astype(np.int32), mult, shift, 8, xp=np))
 
 
@@ -69,7 +69,7 @@ def test_rmsnorm_element():
     harness = Harness(build, {"a": unsigned(31), "b": signed(16), "c": unsigned(15),
                               "d": unsigned(6)})
     got = [y for y, _ in run(harness, [dict(a=a, b=b, c=c, d=d)
-                                       for a, b, c, d in zip(ss, h, mult, shift)])]
+                                       for a, b, c, d in zip(ss, h, mult, shift, strict=True)])]
     # Reference: numerics.rmsnorm's per-element arithmetic, with ss given.
     e = N.floor_log2(ss.astype(np.int32))
     t = N.rsqrt_table()[e & 1, N._mantissa_index(ss.astype(np.int32), e, N.RSQRT_INDEX_BITS, np)]
@@ -109,7 +109,7 @@ def test_silu_mul_and_residual_add():
                 {"a": signed(32), "b": signed(8), "c": unsigned(15), "d": unsigned(6),
                  "e": unsigned(15), "f": unsigned(6)})
     got = [y for y, _ in run(h, [dict(a=a, b=b, c=c, d=d, e=e, f=f)
-                                 for a, b, c, d, e, f in zip(gate, up, gm, gs, mm, ms)])]
+                                 for a, b, c, d, e, f in zip(gate, up, gm, gs, mm, ms, strict=True)])]
     ref = N.silu_mul(gate.astype(np.int32), up.astype(np.int8), gm, gs, mm, ms, xp=np)
     np.testing.assert_array_equal(got, ref)
 
@@ -118,7 +118,7 @@ def test_silu_mul_and_residual_add():
     h = Harness(lambda s: lanes.residual_add(s.a, s.b, s.c, s.d),
                 {"a": signed(16), "b": signed(32), "c": unsigned(15), "d": unsigned(6)})
     got = [y for y, _ in run(h, [dict(a=a, b=b, c=c, d=d)
-                                 for a, b, c, d in zip(res, acc, mm, ms)])]
+                                 for a, b, c, d in zip(res, acc, mm, ms, strict=True)])]
     np.testing.assert_array_equal(got, N.residual_add(res.astype(np.int16), acc.astype(np.int32),
                                                       mm, ms, xp=np))
 
