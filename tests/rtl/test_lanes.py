@@ -53,7 +53,8 @@ def test_requant():
     mult, shift = N.quantize_multiplier(RNG.uniform(1e-6, 1e-2, acc.size))
     h = Harness(lambda s: lanes.requant(s.a, s.b, s.c, 8),
                 {"a": signed(32), "b": unsigned(15), "c": unsigned(6)})
-    got = [y for y, _ in run(h, [dict(a=a, b=m, c=s) for a, m, s in zip(acc, mult, shift, strict=True)])]
+    cases = [dict(a=a, b=m, c=s) for a, m, s in zip(acc, mult, shift, strict=True)]
+    got = [y for y, _ in run(h, cases)]
     np.testing.assert_array_equal(got, N.requant(acc.astype(np.int32), mult, shift, 8, xp=np))
 
 
@@ -108,8 +109,9 @@ def test_silu_mul_and_residual_add():
     h = Harness(lambda s: lanes.silu_mul(s.a, s.b, s.c, s.d, s.e, s.f),
                 {"a": signed(32), "b": signed(8), "c": unsigned(15), "d": unsigned(6),
                  "e": unsigned(15), "f": unsigned(6)})
-    got = [y for y, _ in run(h, [dict(a=a, b=b, c=c, d=d, e=e, f=f)
-                                 for a, b, c, d, e, f in zip(gate, up, gm, gs, mm, ms, strict=True)])]
+    cases = [dict(a=a, b=b, c=c, d=d, e=e, f=f)
+             for a, b, c, d, e, f in zip(gate, up, gm, gs, mm, ms, strict=True)]
+    got = [y for y, _ in run(h, cases)]
     ref = N.silu_mul(gate.astype(np.int32), up.astype(np.int8), gm, gs, mm, ms, xp=np)
     np.testing.assert_array_equal(got, ref)
 
