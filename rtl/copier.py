@@ -15,6 +15,11 @@ whether the source is the L2 (whose read data must be taken on the cycle after t
 grant, so reads are only issued when the buffer will have room) or the DRAM (a stream
 with back-pressure whose response queue is the landing buffer: reads are issued as fast
 as the DRAM accepts them, covering its latency).
+
+With ``dst_stream=True`` the destination is a stream (``out``) rather than a memory:
+each destination line arrives as a beat with its data, byte mask, line index and a
+``last`` flag. Giving ``dst = 0`` makes a *row reader*: the row arrives realigned to
+byte 0, ``W`` bytes per beat, the mask marking the row's bytes in the last beat.
 """
 
 from __future__ import annotations
@@ -35,18 +40,30 @@ def copy_layout() -> data.StructLayout:
     return data.StructLayout({"src": ADDR_BITS, "dst": ADDR_BITS, "n": 21})
 
 
+def beat_layout(line_bytes: int) -> data.StructLayout:
+    """A destination line delivered as a stream: data, byte mask, line index, last."""
+    return data.StructLayout({"data": 8 * line_bytes, "mask": line_bytes,
+                              "line": signed(ADDR_BITS + 2), "last": 1})
+
+
 class RowCopier(wiring.Component):
-    def __init__(self, params: RtlParams, src_l2: bool, dst_l2: bool):
+    def __init__(self, params: RtlParams, src_l2: bool, dst_l2: bool = False,
+                 dst_stream: bool = False):
         self.params = params
         self.src_l2 = src_l2
+        self.dst_stream = dst_stream
         src_bits = params.l2_addr_bits if src_l2 else params.dram_addr_bits
         dst_bits = params.l2_addr_bits if dst_l2 else params.dram_addr_bits
-        super().__init__({
+        members = {
             "cmd": In(stream.Signature(copy_layout())),
             "idle": Out(1),
             "src": Out(MemPort(src_bits, params.line_bytes)),
-            "dst": Out(MemPort(dst_bits, params.line_bytes)),
-        })
+        }
+        if dst_stream:
+            members["out"] = Out(stream.Signature(beat_layout(params.line_bytes)))
+        else:
+            members["dst"] = Out(MemPort(dst_bits, params.line_bytes))
+        super().__init__(members)
 
     def elaborate(self, platform):
         p = self.params
@@ -130,15 +147,21 @@ class RowCopier(wiring.Component):
         mask = Signal(W)
         for b in range(W):
             m.d.comb += mask[b].eq((b >= lo) & (b <= hi))
-        dst_req = self.dst.req
-        m.d.comb += [
-            dst_req.p.addr.eq(j), dst_req.p.write.eq(1),
-            dst_req.p.data.eq(Mux(aligned, line, shifted[:p.line_bits])),
-            dst_req.p.mask.eq(mask),
-            dst_req.valid.eq(t_active & have & ~first_take),
-            self.dst.rsp.ready.eq(1),
-        ]
-        step = t_active & have & (first_take | dst_req.ready)
+        out_data = Mux(aligned, line, shifted[:p.line_bits])
+        if self.dst_stream:
+            out = self.out
+            m.d.comb += [out.p.data.eq(out_data), out.p.mask.eq(mask), out.p.line.eq(j),
+                         out.p.last.eq(j == d1), out.valid.eq(t_active & have & ~first_take)]
+            accepted = out.ready
+        else:
+            dst_req = self.dst.req
+            m.d.comb += [
+                dst_req.p.addr.eq(j), dst_req.p.write.eq(1), dst_req.p.data.eq(out_data),
+                dst_req.p.mask.eq(mask), dst_req.valid.eq(t_active & have & ~first_take),
+                self.dst.rsp.ready.eq(1),
+            ]
+            accepted = dst_req.ready
+        step = t_active & have & (first_take | accepted)
         t_done = step & ~first_take & (j == d1)
         m.d.comb += buf.r_en.eq(step & in_range_take)
         with m.If(take_q.r_rdy & (~t_active | t_done)):
