@@ -19,7 +19,9 @@ as the DRAM accepts them, covering its latency).
 With ``dst_stream=True`` the destination is a stream (``out``) rather than a memory:
 each destination line arrives as a beat with its data, byte mask, line index and a
 ``last`` flag. Giving ``dst = 0`` makes a *row reader*: the row arrives realigned to
-byte 0, ``W`` bytes per beat, the mask marking the row's bytes in the last beat.
+byte 0, ``W`` bytes per beat, the mask marking the row's bytes in the last beat. With
+``src_stream=True`` the source is a stream (``inp``) of the run's lines from byte 0
+(commands give ``src = 0``): a *row writer*.
 """
 
 from __future__ import annotations
@@ -47,18 +49,22 @@ def beat_layout(line_bytes: int) -> data.StructLayout:
 
 
 class RowCopier(wiring.Component):
-    def __init__(self, params: RtlParams, src_l2: bool, dst_l2: bool = False,
-                 dst_stream: bool = False):
+    def __init__(self, params: RtlParams, src_l2: bool = False, dst_l2: bool = False,
+                 dst_stream: bool = False, src_stream: bool = False):
         self.params = params
         self.src_l2 = src_l2
         self.dst_stream = dst_stream
+        self.src_stream = src_stream
         src_bits = params.l2_addr_bits if src_l2 else params.dram_addr_bits
         dst_bits = params.l2_addr_bits if dst_l2 else params.dram_addr_bits
         members = {
             "cmd": In(stream.Signature(copy_layout())),
             "idle": Out(1),
-            "src": Out(MemPort(src_bits, params.line_bytes)),
         }
+        if src_stream:
+            members["inp"] = In(stream.Signature(8 * params.line_bytes))
+        else:
+            members["src"] = Out(MemPort(src_bits, params.line_bytes))
         if dst_stream:
             members["out"] = Out(stream.Signature(beat_layout(params.line_bytes)))
         else:
@@ -93,35 +99,41 @@ class RowCopier(wiring.Component):
                     "q": diff >> ws, "k": diff[:ws], "dst_lo": c.dst[:ws],
                     "dst_hi": (dst_w + c.n - 1)[:ws]}
 
-        # -- read side: exactly the source lines of each command, back to back -------------
-        i_active = Signal()
-        x_issue, i_last = Signal(wide), Signal(wide)
-        src_req = self.src.req
-        if self.src_l2:
-            # The L2 does not hold read data: only ask when the buffer will have room.
-            inflight = Signal()
-            space = (buf.level + inflight) < (FIFO_DEPTH - 1)
+        if self.src_stream:
+            # The source is a stream of the run's lines from byte 0 (commands use src = 0).
+            m.d.comb += [issue_q.r_en.eq(issue_q.r_rdy), buf.w_en.eq(self.inp.valid & buf.w_rdy),
+                         self.inp.ready.eq(buf.w_rdy), buf.w_data.eq(self.inp.payload)]
+            i_active = Const(0)
         else:
-            space = 1      # the DRAM holds read data until it is taken
-        m.d.comb += [src_req.p.addr.eq(x_issue), src_req.p.write.eq(0),
-                     src_req.valid.eq(i_active & space)]
-        fire = src_req.valid & src_req.ready
-        i_done = fire & (x_issue == i_last)
-        with m.If(issue_q.r_rdy & (~i_active | i_done)):
-            c = decode(issue_q.r_data)
-            m.d.comb += issue_q.r_en.eq(1)
-            m.d.sync += [i_active.eq(1), x_issue.eq(c["s_first"]), i_last.eq(c["s_last"])]
-        with m.Elif(fire):
-            m.d.sync += x_issue.eq(x_issue + 1)
-            with m.If(i_done):
-                m.d.sync += i_active.eq(0)
-        rsp = self.src.rsp
-        if self.src_l2:
-            m.d.comb += [rsp.ready.eq(1), buf.w_en.eq(rsp.valid)]
-            m.d.sync += inflight.eq(fire)
-        else:
-            m.d.comb += [rsp.ready.eq(buf.w_rdy), buf.w_en.eq(rsp.valid & buf.w_rdy)]
-        m.d.comb += buf.w_data.eq(rsp.payload)
+            # -- read side: exactly the source lines of each command, back to back -------------
+            i_active = Signal()
+            x_issue, i_last = Signal(wide), Signal(wide)
+            src_req = self.src.req
+            if self.src_l2:
+                # The L2 does not hold read data: only ask when the buffer will have room.
+                inflight = Signal()
+                space = (buf.level + inflight) < (FIFO_DEPTH - 1)
+            else:
+                space = 1      # the DRAM holds read data until it is taken
+            m.d.comb += [src_req.p.addr.eq(x_issue), src_req.p.write.eq(0),
+                         src_req.valid.eq(i_active & space)]
+            fire = src_req.valid & src_req.ready
+            i_done = fire & (x_issue == i_last)
+            with m.If(issue_q.r_rdy & (~i_active | i_done)):
+                c = decode(issue_q.r_data)
+                m.d.comb += issue_q.r_en.eq(1)
+                m.d.sync += [i_active.eq(1), x_issue.eq(c["s_first"]), i_last.eq(c["s_last"])]
+            with m.Elif(fire):
+                m.d.sync += x_issue.eq(x_issue + 1)
+                with m.If(i_done):
+                    m.d.sync += i_active.eq(0)
+            rsp = self.src.rsp
+            if self.src_l2:
+                m.d.comb += [rsp.ready.eq(1), buf.w_en.eq(rsp.valid)]
+                m.d.sync += inflight.eq(fire)
+            else:
+                m.d.comb += [rsp.ready.eq(buf.w_rdy), buf.w_en.eq(rsp.valid & buf.w_rdy)]
+            m.d.comb += buf.w_data.eq(rsp.payload)
 
         # -- write side: realign and write destination lines ------------------------------
         # Destination line j comes from source lines j+q and j+q+1 (bytes k..k+W of the
