@@ -120,3 +120,34 @@ def test_invalid_instruction_stops_in_the_error_state(model):
     assert run["error"] and not run["done"]
     assert run["error_code"] == int(ErrorCode.INVALID_OPCODE) and run["error_index"] == 1
     del hw
+
+
+@pytest.mark.parametrize(("bad", "code"), [
+    (dict(mnemonic="DMA_LOAD", dram_addr=0, l2_addr=64 * 1024 - 8, rows=1, row_bytes=64,
+          dram_stride=64, l2_stride=64), ErrorCode.L2_OUT_OF_RANGE),
+    (dict(mnemonic="DMA_STORE", l2_addr=0, dram_addr=DRAM_BYTES - 8, rows=1, row_bytes=64,
+          l2_stride=64, dram_stride=64), ErrorCode.DRAM_OUT_OF_RANGE),
+    (dict(mnemonic="DMA_LOAD", dram_addr=0, l2_addr=0, rows=4, row_bytes=64, dram_stride=64,
+          l2_stride=32), ErrorCode.BAD_OPERAND),
+])
+def test_engine_faults_match_the_isa_simulator(model, bad, code):
+    """The RTL stops with the same error code and instruction index as the ISA simulator."""
+    from compiler.asm import encode_program
+    from compiler.semantics import AcceleratorError
+
+    hw = model.params.hw.replace(dram_bytes=1 << 20)
+    fields = dict(bad)
+    instr = make(fields.pop("mnemonic"), **fields)
+    good = make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=16, dram_stride=16,
+                l2_stride=16)
+    program = [good, instr, make("HALT")]
+    mmap = MemoryMap()
+    mmap.add("program", len(program) * INSTR_BYTES)
+    image = DramImage(mmap)
+    image.write("program", np.frombuffer(encode_program(program), np.uint8))
+    dram = np.concatenate([image.data, np.zeros(DRAM_BYTES - image.data.size, np.uint8)])
+    with pytest.raises(AcceleratorError) as info:
+        IsaSimulator(hw, dram, check_races=False).run(program)
+    assert info.value.code == code and info.value.index == 1
+    run = run_job(model, image.data, [("p", 0)], {}, max_cycles=100_000).programs[0]
+    assert run["error"] and run["error_code"] == int(code) and run["error_index"] == 1
