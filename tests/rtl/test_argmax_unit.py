@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from amaranth import Module
 from amaranth.lib import wiring
-from amaranth.sim import Simulator
 
 from compiler.hardware import load_hardware
 from models import numerics as N
@@ -14,7 +13,6 @@ from rtl.common import RtlParams
 from rtl.l2 import L2
 
 PARAMS = RtlParams(load_hardware("edge-8x8").replace(l2_bytes=4096), dram_bytes=4096)
-W = PARAMS.line_bytes
 
 
 class Bench(wiring.Component):
@@ -35,7 +33,7 @@ class Bench(wiring.Component):
     (65, 7, "random"), (16, 32, "random"), (1, 3, "random"), (300, 101, "ties"),
     (40, 0, "negative"), (17, 31, "last"),
 ])
-def test_argmax_unit_matches_numerics(n, src, kind):
+def test_argmax_unit_matches_numerics(l2sim, n, src, kind):
     rng = np.random.default_rng(n + src)
     values = rng.integers(-30000, 30000, n).astype(np.int16)
     if kind == "ties":
@@ -48,13 +46,10 @@ def test_argmax_unit_matches_numerics(n, src, kind):
     mem[src:src + 2 * n] = values.view(np.uint8)
     dst = 2003
     bench = Bench()
-    nb = PARAMS.line_banks
     result = {}
 
     async def testbench(ctx):
-        for i in range(4096 // W):
-            ctx.set(bench.l2.banks[i % nb].memory.data[i // nb],
-                    int.from_bytes(mem[i * W:(i + 1) * W].tobytes(), "little"))
+        l2sim.load(ctx, bench.l2, mem)
         u = bench.unit
         ctx.set(u.src_addr, src)
         ctx.set(u.n, n)
@@ -62,21 +57,11 @@ def test_argmax_unit_matches_numerics(n, src, kind):
         ctx.set(u.start, 1)
         await ctx.tick()
         ctx.set(u.start, 0)
-        for _ in range(2000):
-            if ctx.get(u.done):
-                result["done"] = True
-                break
-            await ctx.tick()
-        raw = bytearray()
-        for i in range(4096 // W):
-            raw += int(ctx.get(bench.l2.banks[i % nb].memory.data[i // nb])).to_bytes(W, "little")
-        result["mem"] = np.frombuffer(bytes(raw), np.uint8)
+        result["done"] = await l2sim.wait(ctx, u.done, 2000)
+        result["mem"] = l2sim.dump(ctx, bench.l2, 4096)
 
-    sim = Simulator(bench)
-    sim.add_clock(1e-9)
-    sim.add_testbench(testbench)
-    sim.run()
-    assert result.get("done"), "the unit did not finish"
+    l2sim.run(bench, testbench)
+    assert result["done"], "the unit did not finish"
     expected = mem.copy()
     expected[dst:dst + 4] = np.array([N.argmax(values, xp=np)], "<i4").view(np.uint8)
     np.testing.assert_array_equal(result["mem"], expected)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from amaranth import Module
 from amaranth.lib import wiring
-from amaranth.sim import Simulator
 
 from compiler.hardware import load_hardware
 from rtl.common import RtlParams
@@ -32,12 +31,8 @@ class Bench(wiring.Component):
         return m
 
 
-def lines_of(buf: np.ndarray, W: int) -> list[int]:
-    return [int.from_bytes(buf[i:i + W].tobytes(), "little") for i in range(0, buf.size, W)]
-
-
 @pytest.mark.parametrize("to_l2", [True, False])
-def test_copies_at_every_alignment(to_l2):
+def test_copies_at_every_alignment(l2sim, to_l2):
     hw = load_hardware("edge-8x8").replace(l2_bytes=4096, dram_latency_cycles=5)
     params = RtlParams(hw, dram_bytes=4096)
     W = params.line_bytes
@@ -51,18 +46,13 @@ def test_copies_at_every_alignment(to_l2):
     for src, dst, n in cases:
         expected[dst:dst + n] = src_mem[src:src + n]
 
-    src_store = bench.dram.storage.memory if to_l2 else None
-    nb = params.line_banks
+    dram = bench.dram.storage.memory
 
     async def testbench(ctx):
-        src_lines, dst_lines = lines_of(src_mem, W), lines_of(dst_mem, W)
-        for i in range(len(src_lines)):
-            if to_l2:
-                ctx.set(src_store.data[i], src_lines[i])
-                ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], dst_lines[i])
-            else:
-                ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], src_lines[i])
-                ctx.set(bench.dram.storage.memory.data[i], dst_lines[i])
+        l2_mem, dram_mem = (dst_mem, src_mem) if to_l2 else (src_mem, dst_mem)
+        l2sim.load(ctx, bench.l2, l2_mem)
+        for i, value in enumerate(l2sim.lines(dram_mem, W)):
+            ctx.set(dram.data[i], value)
         cmd = bench.copier.cmd
         for src, dst, n in cases:                  # back to back: the copier pipelines them
             ctx.set(cmd.valid, 1)
@@ -71,24 +61,19 @@ def test_copies_at_every_alignment(to_l2):
         ctx.set(cmd.valid, 0)
         await ctx.tick()
         await ctx.tick().until(bench.copier.idle)
-        out = bytearray()
-        for i in range(len(dst_lines)):
-            if to_l2:
-                value = ctx.get(bench.l2.banks[i % nb].memory.data[i // nb])
-            else:
-                value = ctx.get(bench.dram.storage.memory.data[i])
-            out += int(value).to_bytes(W, "little")
-        result["dst"] = np.frombuffer(bytes(out), np.uint8)
+        if to_l2:
+            result["dst"] = l2sim.dump(ctx, bench.l2, dst_mem.size)
+        else:
+            raw = b"".join(int(ctx.get(dram.data[i])).to_bytes(W, "little")
+                           for i in range(dst_mem.size // W))
+            result["dst"] = np.frombuffer(raw, np.uint8)
 
     result = {}
-    sim = Simulator(bench)
-    sim.add_clock(1e-9)
-    sim.add_testbench(testbench)
-    sim.run()
+    l2sim.run(bench, testbench)
     np.testing.assert_array_equal(result["dst"], expected)
 
 
-def test_row_reader_streams_rows_realigned():
+def test_row_reader_streams_rows_realigned(l2sim):
     """dst_stream: L2 rows at any alignment arrive as beats starting at byte 0."""
     from amaranth.lib import wiring as w
 
@@ -112,12 +97,10 @@ def test_row_reader_streams_rows_realigned():
     rng = np.random.default_rng(5)
     mem = rng.integers(0, 256, 4096, dtype=np.uint8)
     rows = [(7, 3), (100, 64), (33, 95), (0, 1), (250, 200)]
-    nb = params.line_banks
     got = []
 
     async def testbench(ctx):
-        for i, value in enumerate(lines_of(mem, W)):
-            ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], value)
+        l2sim.load(ctx, bench.l2, mem)
         out = bench.reader.out
         ctx.set(out.ready, 1)
         issued, beats = 0, []
@@ -139,14 +122,11 @@ def test_row_reader_streams_rows_realigned():
                     got.append(b"".join(beats))
                     beats = []
 
-    sim = Simulator(bench)
-    sim.add_clock(1e-9)
-    sim.add_testbench(testbench)
-    sim.run()
+    l2sim.run(bench, testbench)
     assert got == [mem[src:src + n].tobytes() for src, n in rows]
 
 
-def test_row_writer_writes_streamed_rows_at_any_alignment():
+def test_row_writer_writes_streamed_rows_at_any_alignment(l2sim):
     """src_stream: rows streamed from byte 0 land in L2 at any alignment, neighbours kept."""
     from amaranth.lib import wiring as w
 
@@ -174,31 +154,23 @@ def test_row_writer_writes_streamed_rows_at_any_alignment():
     expected = mem.copy()
     for (dst, n), data_ in zip(rows, payloads, strict=True):
         expected[dst:dst + n] = data_
-    nb = params.line_banks
     result = {}
 
     async def testbench(ctx):
-        for i, value in enumerate(lines_of(mem, W)):
-            ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], value)
+        l2sim.load(ctx, bench.l2, mem)
         for (dst, n), data_ in zip(rows, payloads, strict=True):
             ctx.set(bench.writer.cmd.valid, 1)
             ctx.set(bench.writer.cmd.payload, {"src": 0, "dst": dst, "n": n})
             await ctx.tick().until(bench.writer.cmd.ready)
             ctx.set(bench.writer.cmd.valid, 0)
             padded = np.concatenate([data_, np.zeros((-n) % W, np.uint8)])
-            for beat in lines_of(padded, W):
+            for beat in l2sim.lines(padded, W):
                 ctx.set(bench.writer.inp.valid, 1)
                 ctx.set(bench.writer.inp.payload, beat)
                 await ctx.tick().until(bench.writer.inp.ready)
             ctx.set(bench.writer.inp.valid, 0)
         await ctx.tick().until(bench.writer.idle)
-        out = bytearray()
-        for i in range(4096 // W):
-            out += int(ctx.get(bench.l2.banks[i % nb].memory.data[i // nb])).to_bytes(W, "little")
-        result["mem"] = np.frombuffer(bytes(out), np.uint8)
+        result["mem"] = l2sim.dump(ctx, bench.l2, mem.size)
 
-    sim = Simulator(bench)
-    sim.add_clock(1e-9)
-    sim.add_testbench(testbench)
-    sim.run()
+    l2sim.run(bench, testbench)
     np.testing.assert_array_equal(result["mem"], expected)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from amaranth import Module
 from amaranth.lib import wiring
-from amaranth.sim import Simulator
 
 from compiler.hardware import load_hardware
 from compiler.isa import pack_param
@@ -15,7 +14,6 @@ from rtl.l2 import L2
 from rtl.requant_unit import RequantUnit
 
 PARAMS = RtlParams(load_hardware("edge-8x8").replace(l2_bytes=8192), dram_bytes=4096)
-W = PARAMS.line_bytes
 
 
 class Bench(wiring.Component):
@@ -35,7 +33,7 @@ class Bench(wiring.Component):
 @pytest.mark.parametrize(("rows", "cols", "out16", "per_channel", "has_bias"), [
     (3, 21, 0, 1, 0), (2, 37, 1, 1, 1), (4, 8, 0, 0, 0), (1, 65, 1, 0, 1), (5, 3, 0, 1, 1),
 ])
-def test_requant_unit_matches_numerics(rows, cols, out16, per_channel, has_bias):
+def test_requant_unit_matches_numerics(l2sim, rows, cols, out16, per_channel, has_bias):
     rng = np.random.default_rng(rows * 100 + cols)
     mem = rng.integers(0, 256, 8192, dtype=np.uint8)
     src_addr, src_stride = 13, 4 * cols + 20
@@ -58,13 +56,10 @@ def test_requant_unit_matches_numerics(rows, cols, out16, per_channel, has_bias)
             out[r].view(np.uint8)
 
     bench = Bench()
-    nb = PARAMS.line_banks
     result = {}
 
     async def testbench(ctx):
-        for i in range(8192 // W):
-            value = int.from_bytes(mem[i * W:(i + 1) * W].tobytes(), "little")
-            ctx.set(bench.l2.banks[i % nb].memory.data[i // nb], value)
+        l2sim.load(ctx, bench.l2, mem)
         u = bench.unit
         for name, value in dict(src_addr=src_addr, dst_addr=dst_addr, param_addr=param_addr,
                                 bias_addr=bias_addr, rows=rows, cols=cols,
@@ -74,19 +69,9 @@ def test_requant_unit_matches_numerics(rows, cols, out16, per_channel, has_bias)
         ctx.set(u.start, 1)
         await ctx.tick()
         ctx.set(u.start, 0)
-        for _ in range(5000):
-            if ctx.get(u.done):
-                result["done"] = True
-                break
-            await ctx.tick()
-        raw = bytearray()
-        for i in range(8192 // W):
-            raw += int(ctx.get(bench.l2.banks[i % nb].memory.data[i // nb])).to_bytes(W, "little")
-        result["mem"] = np.frombuffer(bytes(raw), np.uint8)
+        result["done"] = await l2sim.wait(ctx, u.done, 5000)
+        result["mem"] = l2sim.dump(ctx, bench.l2, 8192)
 
-    sim = Simulator(bench)
-    sim.add_clock(1e-9)
-    sim.add_testbench(testbench)
-    sim.run()
-    assert result.get("done"), "the unit did not finish"
+    l2sim.run(bench, testbench)
+    assert result["done"], "the unit did not finish"
     np.testing.assert_array_equal(result["mem"], expected)
