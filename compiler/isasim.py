@@ -188,6 +188,13 @@ class IsaSimulator:
             stamps = self._clocks[a.space]
             (stamps.write if a.write else stamps.read)[e][a.indices()] = clock[e]
 
+    def execute(self, instr: Instruction) -> None:
+        """Execute one instruction on the current L2 and DRAM, without tokens (unit tests
+        of single instructions against the RTL)."""
+        acc = accesses(instr, self.hw, self.read_i32)
+        check(instr, self.hw, acc, len(self.dram))
+        getattr(self, "_op_" + instr.mnemonic.lower())(instr, acc)
+
     def _execute(self, index: int, instr: Instruction, clock, owner, program) -> None:
         if instr.engine == Engine.CONTROL:
             return

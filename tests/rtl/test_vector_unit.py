@@ -1,0 +1,143 @@
+"""The vector unit against the ISA simulator: every vector instruction on random
+operands at arbitrary alignments, one instruction at a time. Amaranth's simulator."""
+
+import numpy as np
+import pytest
+from amaranth import Module
+from amaranth.lib import wiring
+
+from compiler.asm import encode, make
+from compiler.hardware import load_hardware
+from compiler.isa import pack_param
+from compiler.isasim import IsaSimulator
+from models import numerics as N
+from rtl.common import RtlParams
+from rtl.l2 import L2
+from rtl.vector_unit import N_READ, N_WRITE, VectorUnit
+
+L2_BYTES = 8192
+PARAMS = {name: RtlParams(load_hardware(name).replace(l2_bytes=L2_BYTES), dram_bytes=4096)
+          for name in ("edge-8x8", "edge-4x4")}
+
+
+class Bench(wiring.Component):
+    def __init__(self, params):
+        self.l2 = L2(params, N_READ + N_WRITE)
+        self.unit = VectorUnit(params)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.l2, m.submodules.unit = self.l2, self.unit
+        for i in range(N_READ + N_WRITE):
+            wiring.connect(m, self.unit.port(i), self.l2.port(i))
+        return m
+
+
+def run_instruction(l2sim, params, mem, instr):
+    """(RTL L2 after the instruction, ISA simulator L2 after it)."""
+    sim = IsaSimulator(params.hw, bytes(64))
+    sim.l2[:] = mem
+    sim.execute(instr)
+    bench = Bench(params)
+    word = int.from_bytes(encode(instr), "little")
+    result = {}
+
+    async def testbench(ctx):
+        l2sim.load(ctx, bench.l2, mem)
+        ctx.set(bench.unit.word, word)
+        ctx.set(bench.unit.start, 1)
+        await ctx.tick()
+        ctx.set(bench.unit.start, 0)
+        assert await l2sim.wait(ctx, bench.unit.done, 20000), "no done"
+        await ctx.tick()
+        result["l2"] = l2sim.dump(ctx, bench.l2, L2_BYTES)
+
+    l2sim.run(bench, testbench)
+    return result["l2"], sim.l2
+
+
+def put(mem, addr, array, stride=None):
+    array = np.ascontiguousarray(array)
+    rows = array.reshape(array.shape[0], -1).view(np.uint8) if array.ndim > 1 else \
+        array.reshape(1, -1).view(np.uint8)
+    stride = stride or rows.shape[1]
+    for r in range(rows.shape[0]):
+        mem[addr + r * stride:addr + r * stride + rows.shape[1]] = rows[r]
+
+
+def params_words(rng, n, lo=1e-5, hi=1e-3):
+    mult, shift = N.quantize_multiplier(rng.uniform(lo, hi, n))
+    return np.array([pack_param(a, b) for a, b in zip(mult, shift, strict=True)], "<i4")
+
+
+CASES = [("edge-8x8", *case) for case in (
+    ("REQUANT", 3, 21, 1), ("REQUANT", 2, 37, 2), ("REQUANT", 4, 8, 3), ("REQUANT", 1, 9, 0),
+    ("RMSNORM", 3, 37, 0), ("RMSNORM", 1, 128, 1), ("SOFTMAX", 3, 29, 0),
+    ("SOFTMAX", 2, 64, 1), ("SILU_MUL", 2, 23, 0), ("RESADD", 3, 19, 0), ("ROPE", 3, 2, 0),
+    ("ROPE", 2, 1, 1), ("ARGMAX", 1, 77, 0), ("ARGMAX", 1, 5, 1))]
+CASES += [("edge-4x4", *case) for case in (       # fewer lanes per cycle
+    ("REQUANT", 2, 37, 2), ("RMSNORM", 2, 21, 0), ("SOFTMAX", 2, 19, 1), ("SILU_MUL", 2, 9, 0),
+    ("RESADD", 1, 33, 0), ("ROPE", 1, 2, 1), ("ARGMAX", 1, 40, 1))]
+
+
+@pytest.mark.parametrize(("hw", "op", "rows", "cols", "variant"), CASES)
+def test_vector_instruction_matches_isa_simulator(l2sim, hw, op, rows, cols, variant):
+    params = PARAMS[hw]
+    rng = np.random.default_rng(hash((hw, op, rows, cols, variant)) % 2 ** 32)
+    mem = rng.integers(0, 256, L2_BYTES, dtype=np.uint8)
+    a, b, c, d = 13, 1501, 3003, 5005             # operand regions, odd alignments
+    if op == "REQUANT":
+        per_channel, has_bias, out_bits = variant & 1, variant >> 1 & 1, variant % 2
+        put(mem, a, rng.integers(-2 ** 22, 2 ** 22, (rows, cols)).astype("<i4"), 4 * cols + 20)
+        put(mem, b, params_words(rng, cols if per_channel else 1))
+        put(mem, c, rng.integers(-5000, 5000, cols).astype("<i4"))
+        instr = make("REQUANT", src_addr=a, param_addr=b, bias_addr=c, dst_addr=d, rows=rows,
+                     cols=cols, src_stride=4 * cols + 20, dst_stride=2 * cols + 7,
+                     out_bits=out_bits, per_channel=per_channel, has_bias=has_bias)
+    elif op == "RMSNORM":
+        h = rng.integers(-3000, 3000, (rows, cols)).astype("<i2")
+        h[0, 0] = -32768 if variant else h[0, 0]
+        put(mem, a, h, 2 * cols + 6)
+        mult, shift = N.quantize_multiplier(np.sqrt(cols / 2 ** N.sum_sq_shift(cols)) / 0.05)
+        instr = make("RMSNORM", src_addr=a, dst_addr=d, rows=rows, cols=cols,
+                     src_stride=2 * cols + 6, dst_stride=cols + 3, mult=int(mult),
+                     shift=int(shift), eps=int(rng.integers(0, 100)))
+    elif op == "SOFTMAX":
+        put(mem, a, rng.integers(-40000, 40000, (rows, cols)).astype("<i4"), 4 * cols + 4)
+        mult, shift = N.quantize_multiplier(1e-4 * 1.4427 * 64)
+        instr = make("SOFTMAX", src_addr=a, dst_addr=d, rows=rows, cols=cols,
+                     q_pos0=int(rng.integers(0, cols - rows + 1)) if variant else cols - rows,
+                     src_stride=4 * cols + 4, dst_stride=cols + 1, mult=int(mult),
+                     shift=int(shift))
+    elif op == "SILU_MUL":
+        put(mem, a, rng.integers(-2 ** 20, 2 ** 20, (rows, cols)).astype("<i4"), 4 * cols + 8)
+        put(mem, b, rng.integers(-128, 128, (rows, cols)).astype("i1"), cols + 5)
+        words = np.stack([params_words(rng, cols, 1e-4, 1e-3), params_words(rng, cols)], 1)
+        put(mem, c, words.reshape(-1))
+        instr = make("SILU_MUL", gate_addr=a, up_addr=b, param_addr=c, dst_addr=d, rows=rows,
+                     cols=cols, gate_stride=4 * cols + 8, up_stride=cols + 5,
+                     dst_stride=cols + 9)
+    elif op == "RESADD":
+        put(mem, a, rng.integers(-30000, 30000, (rows, cols)).astype("<i2"), 2 * cols + 2)
+        put(mem, b, rng.integers(-2 ** 24, 2 ** 24, (rows, cols)).astype("<i4"), 4 * cols)
+        put(mem, c, params_words(rng, cols))
+        instr = make("RESADD", h_addr=a, acc_addr=b, param_addr=c, rows=rows, cols=cols,
+                     h_stride=2 * cols + 2, acc_stride=4 * cols)
+    elif op == "ROPE":
+        head_dim = 32 if variant else 16
+        heads = cols
+        put(mem, b, N.rope_freq_table(head_dim, 10000.0).astype("<u4"))
+        instr = make("ROPE", src_addr=a, dst_addr=a if variant else d, rows=rows, heads=heads,
+                     head_dim=head_dim, pos0=int(rng.integers(0, 5000)), freq_addr=b,
+                     row_stride=heads * head_dim + 3)
+    else:
+        logits = rng.integers(-300, 300, cols).astype("<i2")
+        if variant:
+            logits[1] = logits[3] = 1000              # tie: the first index wins
+        put(mem, a, logits)
+        instr = make("ARGMAX", src_addr=a, n=cols, dst_addr=d + 3)
+    rtl, expected = run_instruction(l2sim, params, mem, instr)
+    diff = np.flatnonzero(rtl != expected)
+    assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
+    assert not np.array_equal(expected, mem) or op == "ARGMAX"
