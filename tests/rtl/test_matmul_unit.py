@@ -1,0 +1,84 @@
+"""The matmul unit against the ISA simulator: GEMM and GEMV, NK and KN weights,
+accumulate, shapes that do not divide the array or the tile. Amaranth's simulator."""
+
+import numpy as np
+import pytest
+from amaranth import Module
+from amaranth.lib import wiring
+
+from compiler.asm import encode, make
+from compiler.hardware import load_hardware
+from compiler.isa import MatmulMode, WeightLayout
+from compiler.isasim import IsaSimulator
+from rtl.common import RtlParams
+from rtl.l2 import L2
+from rtl.matmul_unit import MatmulUnit
+
+L2_BYTES = 16384
+PARAMS = {name: RtlParams(load_hardware(name).replace(l2_bytes=L2_BYTES), dram_bytes=4096)
+          for name in ("edge-8x8", "edge-4x4")}
+
+
+class Bench(wiring.Component):
+    def __init__(self, params):
+        self.l2 = L2(params, MatmulUnit.N_PORTS)
+        self.unit = MatmulUnit(params)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.l2, m.submodules.unit = self.l2, self.unit
+        for i in range(MatmulUnit.N_PORTS):
+            wiring.connect(m, self.unit.port(i), self.l2.port(i))
+        return m
+
+
+def run_matmul(l2sim, params, mem, instr):
+    sim = IsaSimulator(params.hw, bytes(64))
+    sim.l2[:] = mem
+    sim.execute(instr)
+    bench = Bench(params)
+    result = {}
+
+    async def testbench(ctx):
+        l2sim.load(ctx, bench.l2, mem)
+        ctx.set(bench.unit.word, int.from_bytes(encode(instr), "little"))
+        ctx.set(bench.unit.start, 1)
+        await ctx.tick()
+        ctx.set(bench.unit.start, 0)
+        assert await l2sim.wait(ctx, bench.unit.done, 50000), "no done"
+        await ctx.tick()
+        result["l2"] = l2sim.dump(ctx, bench.l2, L2_BYTES)
+        result["macs"] = ctx.get(bench.unit.macs)
+
+    l2sim.run(bench, testbench)
+    return result, sim.l2
+
+
+@pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate"), [
+    ("edge-8x8", "GEMV", "NK", 1, 64, 16, 0),
+    ("edge-8x8", "GEMV", "NK", 3, 300, 13, 1),        # k over a tile, n not a multiple of C
+    ("edge-8x8", "GEMV", "KN", 2, 37, 11, 0),
+    ("edge-8x8", "GEMM", "NK", 11, 45, 10, 1),        # m over the array height
+    ("edge-8x8", "GEMM", "KN", 9, 20, 8, 0),
+    ("edge-4x4", "GEMV", "NK", 4, 70, 9, 0),
+    ("edge-4x4", "GEMM", "KN", 6, 33, 5, 1),
+])
+def test_matmul_matches_isa_simulator(l2sim, hw, mode, layout, m, k, n, accumulate):
+    params = PARAMS[hw]
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    mem = rng.integers(0, 256, L2_BYTES, dtype=np.uint8)
+    x_addr, x_stride = 7, k + 5
+    w_rows, w_cols = (n, k) if layout == "NK" else (k, n)
+    w_addr, w_stride = 4001, w_cols + 3
+    out_addr, out_stride = 9003, 4 * n + 12
+    instr = make("MATMUL", mode=int(MatmulMode[mode]), accumulate=accumulate,
+                 w_layout=int(WeightLayout[layout]), x_addr=x_addr, w_addr=w_addr,
+                 out_addr=out_addr, m=m, k=k, n=n, x_stride=x_stride, w_stride=w_stride,
+                 out_stride=out_stride)
+    assert w_addr + w_rows * w_stride < out_addr
+    result, expected = run_matmul(l2sim, params, mem, instr)
+    diff = np.flatnonzero(result["l2"] != expected)
+    assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
+    assert not np.array_equal(expected, mem)
+    assert result["macs"] == m * k * n
