@@ -2,11 +2,15 @@
 
 Contract
 --------
-``run_build(build, sim="isa")`` starts each program of the build in turn on a backend
-that shares one DRAM across programs (the ISA simulator here; the RTL issue adds
-``"rtl"``) and returns a ``RunResult``: the generated tokens, the logits of every
-position, the KV cache gathered back through the block table, and each program's
-counters. The instructions are fetched from the DRAM image, as the hardware does.
+``run_build(build, sim="isa"|"rtl")`` starts each program of the build in turn on a
+backend that shares one DRAM across programs (the ISA simulator, or the Verilator model
+of the RTL under cocotb, built once per configuration) and returns a ``RunResult``: the
+generated tokens, the logits of every position, the KV cache gathered back through the
+block table, each program's counters and the final DRAM. The instructions are fetched
+from the DRAM image, as the hardware does. An RTL program that stops in the error state
+raises ``AcceleratorError`` with its code and instruction index.
+``same_dram(build, a, b)`` compares two final DRAM images, skipping the counter blocks
+(each simulator writes its own counters there).
 
 The host keeps nothing between steps: the device reads its input tokens from the token
 buffer and writes the next token there itself.
@@ -16,13 +20,16 @@ and ``compare`` checks them bit for bit.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from compiler.asm import decode_program
 from compiler.driver import Build
+from compiler.isa import ErrorCode
 from compiler.isasim import IsaSimulator
+from compiler.semantics import AcceleratorError
 from models.integer import init_int_cache, int_decode_step, int_prefill
 
 
@@ -32,6 +39,8 @@ class RunResult:
     logits: np.ndarray                # [positions, vocab] int16
     kv: dict[str, np.ndarray]         # "k"/"v": [n_layers, positions, n_kv_heads, head_dim] int8
     counters: dict[str, dict[str, int]]
+    dram: np.ndarray | None = None    # the final DRAM image
+    wall_seconds: float = 0.0
 
 
 def program_from_dram(build: Build, dram: np.ndarray, name: str):
@@ -63,11 +72,15 @@ def read_results(build: Build, dram: np.ndarray) -> tuple[list[int], np.ndarray,
     return generated, logits[:positions - 1].copy(), kv
 
 
-def run_build(build: Build, sim: str = "isa", check_races: bool = True) -> RunResult:
+def run_build(build: Build, sim: str = "isa", check_races: bool = True,
+              waves: bool = False) -> RunResult:
     if build.image.data is None:
         raise ValueError("this build has no weights (compiled for timing only); it cannot run")
+    if sim == "rtl":
+        return _run_rtl(build, waves)
     if sim != "isa":
-        raise ValueError(f"unknown simulator {sim!r} (available: isa)")
+        raise ValueError(f"unknown simulator {sim!r} (available: isa, rtl)")
+    t0 = time.perf_counter()
     simulator = IsaSimulator(build.hw, build.image.data, check_races=check_races)
     counters = {}
     for p in build.programs:
@@ -75,7 +88,53 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True) -> RunRe
         counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
                                                                 p.name)).values)
     tokens, logits, kv = read_results(build, simulator.dram)
-    return RunResult(tokens, logits, kv, counters)
+    return RunResult(tokens, logits, kv, counters, simulator.dram,
+                     time.perf_counter() - t0)
+
+
+def rtl_dram_bytes(image_bytes: int) -> int:
+    """The simulated DRAM for an image: a power of two, at least 1 MiB."""
+    size = 1 << 20
+    while size < image_bytes:
+        size *= 2
+    return size
+
+
+def _run_rtl(build: Build, waves: bool) -> RunResult:
+    from rtl.common import RtlParams
+    from rtl.sim import build_model, run_job
+
+    image = build.image.data
+    params = RtlParams(build.hw, dram_bytes=rtl_dram_bytes(image.size), macros=True)
+    model = build_model(params, waves=waves)
+    programs = [(p.name, build.mmap[f"program:{p.name}"].offset) for p in build.programs]
+    job = run_job(model, image, programs, {"dram": (0, image.size)}, waves=waves)
+    counters, busy_before = {}, 0
+    for entry in job.programs:
+        if entry["timed_out"]:
+            raise RuntimeError(f"RTL program {entry['name']} did not finish within the cycle "
+                               f"limit (a deadlock?)")
+        if entry["error"]:
+            raise AcceleratorError(ErrorCode(entry["error_code"]), entry["error_index"],
+                                   f"the RTL stopped in program {entry['name']}")
+        counters[entry["name"]] = {**entry["counters"],
+                                   "dram_busy_cycles": entry["dram_busy_cycles"] - busy_before}
+        busy_before = entry["dram_busy_cycles"]
+    dram = job.reads["dram"]
+    tokens, logits, kv = read_results(build, dram)
+    return RunResult(tokens, logits, kv, counters, dram, job.wall_seconds)
+
+
+def same_dram(build: Build, a: np.ndarray, b: np.ndarray) -> dict:
+    """Compare two final DRAM images outside the counter blocks."""
+    keep = np.ones(a.size, bool)
+    for name, region in build.mmap.regions.items():
+        if name.startswith("counters:"):
+            keep[region.offset:region.offset + region.size] = False
+    differ = np.flatnonzero((a != b) & keep)
+    return {"bit_exact": differ.size == 0, "bytes_compared": int(keep.sum()),
+            "bytes_differing": int(differ.size),
+            **({"first_difference": int(differ[0])} if differ.size else {})}
 
 
 def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:

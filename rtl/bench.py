@@ -16,7 +16,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, RisingEdge
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
 from compiler.isa import COUNTERS
 
@@ -34,9 +34,7 @@ async def run_job(dut):
     cocotb.start_soon(Clock(dut.clk, 1, unit="ns").start())
     dut.start.value = 0
     dut.pc.value = 0
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
+    await ClockCycles(dut.clk, 4)          # the model's power-on reset
 
     image = np.fromfile(job["image"], dtype=np.uint8)
     image = np.concatenate([image, np.zeros((-image.size) % W, np.uint8)])
@@ -53,7 +51,7 @@ async def run_job(dut):
         dut.start.value = 0
         await RisingEdge(dut.clk)
         finished = await First(RisingEdge(dut.done), RisingEdge(dut.error),
-                               ClockCycles(dut.clk, job["max_cycles"]))
+                               Timer(job["max_cycles"], unit="ns"))   # one callback, not one per cycle
         await RisingEdge(dut.clk)
         entry = {"name": name, "done": bool(dut.done.value), "error": bool(dut.error.value),
                  "error_code": int(dut.error_code.value),

@@ -23,8 +23,6 @@ bytes of the reduction (``KT = 8 W``). For each tile
 3. the ``C`` int32 column results are added into per-row accumulators; after the last
    reduction tile each row is written (row writer ``port3``), first added to the old
    output (row reader ``port2``) when ``accumulate`` is set.
-
-``macs`` counts ``m * k * n`` per instruction, as the ISA simulator does.
 """
 
 from __future__ import annotations
@@ -61,8 +59,7 @@ class MatmulUnit(wiring.Component):
                              f"of {W} bytes")
         self.params = params
         port = MemPort(params.l2_addr_bits, params.line_bytes)
-        members = {"start": In(1), "word": In(isa.INSTR_BITS), "done": Out(1), "busy": Out(1),
-                   "macs": Out(64)}
+        members = {"start": In(1), "word": In(isa.INSTR_BITS), "done": Out(1), "busy": Out(1)}
         for i in range(self.N_PORTS):
             members[f"port{i}"] = Out(port)
         super().__init__(members)
@@ -330,9 +327,6 @@ class MatmulUnit(wiring.Component):
             m.d.sync += [word.eq(self.word), running.eq(1), filling.eq(1), computing.eq(1),
                          fset.eq(0), cset.eq(0), full.eq(0), out_i.eq(0),
                          *ft["reset"], *ct["reset"]]
-            m.d.sync += self.macs.eq(self.macs + field(self.word, "MATMUL", "m")
-                                     * field(self.word, "MATMUL", "k")
-                                     * field(self.word, "MATMUL", "n"))
         idle = ~filling & ~computing & ow.idle
         with m.If(running & idle & ~self.start):
             m.d.sync += running.eq(0)

