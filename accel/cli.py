@@ -124,7 +124,9 @@ def _cmd_run(args) -> int:
     from models.tokenizer import CharTokenizer
 
     build = load_build(args.build)
-    result = run_build(build, sim=args.sim)
+    if args.waves and args.sim != "rtl":
+        raise SystemExit("accel run: --waves needs --sim rtl")
+    result = run_build(build, sim=args.sim, waves=args.waves)
     tok_file = Path(args.build) / "tokenizer.json"
     if tok_file.exists():
         tok = CharTokenizer.load(tok_file)
@@ -132,11 +134,17 @@ def _cmd_run(args) -> int:
     print(f"generated tokens: {result.tokens}")
     print(f"counters ({args.sim} simulator):")
     _print_counters(result.counters)
+    if args.sim == "rtl":
+        cycles = sum(c["cycles"] for c in result.counters.values())
+        print(f"simulated {cycles:,} cycles in {result.wall_seconds:.1f} s "
+              f"({cycles / max(result.wall_seconds, 1e-9):,.0f} cycles/s)")
+        if args.waves:
+            print(f"FST trace under {Path('build/rtl').resolve()}/*-waves/job-*/")
     return 0
 
 
 def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
-                  eval_windows: int) -> dict:
+                  eval_windows: int, rtl: bool = False) -> dict:
     """Run the rungs of the verification ladder that exist; a flat dict of results."""
     from compiler.driver import compile_generation
     from compiler.hardware import load_hardware
@@ -157,18 +165,33 @@ def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
     ref = reference_generation(im, ids, max_new_tokens)
     for prefetch in (True, False):
         build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch)
-        verdict = compare(run_build(build, "isa"), ref)
+        isa = run_build(build, "isa")
         key = "isa_vs_int" if prefetch else "isa_vs_int_prefetch_off"
-        report[key] = verdict
+        report[key] = compare(isa, ref)
+        if rtl and prefetch:
+            from compiler.runtime import same_dram
+
+            result = run_build(build, "rtl")
+            report["rtl_vs_isa"] = {**same_dram(build, isa.dram, result.dram),
+                                    "tokens_equal": result.tokens == isa.tokens}
+            report["rtl_vs_isa"]["bit_exact"] &= result.tokens == isa.tokens
+            report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
+                             "wall_seconds": result.wall_seconds,
+                             "counters": result.counters}
     return report
+
+
+def _ladder_ok(report: dict) -> bool:
+    return report["isa_vs_int"]["bit_exact"] and report.get("rtl_vs_isa", {}).get(
+        "bit_exact", True)
 
 
 def _cmd_verify(args) -> int:
     report = verify_ladder(args.model, args.hw, args.prompt, args.max_new_tokens,
-                           args.eval_windows)
+                           args.eval_windows, rtl=args.rtl)
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0 if report["isa_vs_int"]["bit_exact"] else 1
+        return 0 if _ladder_ok(report) else 1
     print(f"verification ladder: {report['model']} on {report['hardware']}")
     print(f"  {'rung':<38}{'result':<14}detail")
     if "int_vs_float" in report:
@@ -183,7 +206,12 @@ def _cmd_verify(args) -> int:
         print(f"  {label:<38}{'bit-exact' if r['bit_exact'] else 'MISMATCH':<14}"
               f"{r['tokens_compared']} tokens, {r['logit_rows_compared']} logit rows, "
               f"KV cache {'equal' if r['kv_equal'] else 'differs'}")
-    return 0 if report["isa_vs_int"]["bit_exact"] else 1
+    if "rtl_vs_isa" in report:
+        r, c = report["rtl_vs_isa"], report["rtl"]
+        print(f"  {'3 RTL vs ISA sim (prefetch on)':<38}"
+              f"{'bit-exact' if r['bit_exact'] else 'MISMATCH':<14}"
+              f"{r['bytes_compared']:,} DRAM bytes, {c['cycles']:,} cycles")
+    return 0 if _ladder_ok(report) else 1
 
 
 def _rtl_params(hw_spec: str):
@@ -218,10 +246,11 @@ def _cmd_demo(args) -> int:
     _cmd_compile(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
                                     max_new_tokens=8, prefetch=None, no_weights=False,
                                     decode_at=None, out="build/tiny"))
-    _cmd_run(argparse.Namespace(build="build/tiny", sim="isa"))
+    _cmd_run(argparse.Namespace(build="build/tiny", sim="isa", waves=False))
     print()
     return _cmd_verify(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
-                                          max_new_tokens=8, eval_windows=64, json=False))
+                                          max_new_tokens=8, eval_windows=64, json=False,
+                                          rtl=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a compiled build on a simulator")
     p.add_argument("build", help="build folder written by `accel compile`")
-    p.add_argument("--sim", choices=("isa",), default="isa")
+    p.add_argument("--sim", choices=("isa", "rtl"), default="isa",
+                   help="the ISA simulator, or the RTL under Verilator (built once per config)")
+    p.add_argument("--waves", action="store_true", help="with --sim rtl: write an FST trace")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("verify", help="run the verification ladder and print a table")
@@ -280,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--eval-windows", type=int, default=64,
                    help="held-out windows for the integer-vs-float rung")
+    p.add_argument("--rtl", action="store_true",
+                   help="add rung 3: the RTL under Verilator against the ISA simulator")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)
 

@@ -49,9 +49,9 @@ async def run_job(dut):
         dut.start.value = 1
         await RisingEdge(dut.clk)
         dut.start.value = 0
-        await RisingEdge(dut.clk)
+        await ClockCycles(dut.clk, 2)          # start is registered inside the model
         finished = await First(RisingEdge(dut.done), RisingEdge(dut.error),
-                               Timer(job["max_cycles"], unit="ns"))   # one callback, not one per cycle
+                               Timer(job["max_cycles"], unit="ns"))   # one callback
         await RisingEdge(dut.clk)
         entry = {"name": name, "done": bool(dut.done.value), "error": bool(dut.error.value),
                  "error_code": int(dut.error_code.value),

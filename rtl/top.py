@@ -16,9 +16,10 @@ priority: load engine, store engine, then the compute engine's ports.
 
 ``SimTop(params)`` is the accelerator with a ``DramModel`` on its DRAM port: the
 Verilator model the cocotb benches load, start and read back. Its reset is generated
-inside (held for the first cycles after power-on) rather than being a port: Verilator
-re-evaluates all logic that depends combinationally on a top-level input at every clock
-edge, and every flip-flop's reset multiplexer depends on the reset.
+inside (held for the first cycles after power-on) rather than being a port, and
+``start``/``pc`` are registered: Verilator re-evaluates all logic that depends
+combinationally on a top-level input at every clock edge (and every flip-flop's reset
+multiplexer depends on the reset).
 """
 
 from __future__ import annotations
@@ -135,7 +136,11 @@ class SimTop(wiring.Component):
         m.submodules.accel = accel = Accelerator(self.params)
         m.submodules.dram = self.dram
         wiring.connect(m, accel.dram, self.dram.port)
-        m.d.comb += [accel.start.eq(self.start), accel.pc.eq(self.pc),
+        # The inputs are registered: no combinational path starts at a port, so Verilator
+        # has no input-combinational logic to re-evaluate at every clock edge.
+        start, pc = Signal(), Signal(32)
+        m.d.sync += [start.eq(self.start), pc.eq(self.pc)]
+        m.d.comb += [accel.start.eq(start), accel.pc.eq(pc),
                      self.done.eq(accel.done), self.running.eq(accel.running),
                      self.error.eq(accel.error), self.error_code.eq(accel.error_code),
                      self.error_index.eq(accel.error_index),

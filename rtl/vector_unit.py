@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import enum
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from compiler import isa
-from models import numerics as N
 from rtl import lanes
 from rtl.common import RtlParams
 from rtl.copier import RowCopier

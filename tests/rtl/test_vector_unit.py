@@ -1,6 +1,8 @@
 """The vector unit against the ISA simulator: every vector instruction on random
 operands at arbitrary alignments, one instruction at a time. Amaranth's simulator."""
 
+import zlib
+
 import numpy as np
 import pytest
 from amaranth import Module
@@ -72,19 +74,18 @@ def params_words(rng, n, lo=1e-5, hi=1e-3):
 
 
 CASES = [("edge-8x8", *case) for case in (
-    ("REQUANT", 3, 21, 1), ("REQUANT", 2, 37, 2), ("REQUANT", 4, 8, 3), ("REQUANT", 1, 9, 0),
-    ("RMSNORM", 3, 37, 0), ("RMSNORM", 1, 128, 1), ("SOFTMAX", 3, 29, 0),
-    ("SOFTMAX", 2, 64, 1), ("SILU_MUL", 2, 23, 0), ("RESADD", 3, 19, 0), ("ROPE", 3, 2, 0),
-    ("ROPE", 2, 1, 1), ("ARGMAX", 1, 77, 0), ("ARGMAX", 1, 5, 1))]
+    ("REQUANT", 3, 21, 1), ("REQUANT", 2, 37, 2), ("REQUANT", 1, 9, 0),
+    ("RMSNORM", 3, 37, 1), ("SOFTMAX", 3, 29, 0), ("SOFTMAX", 2, 64, 1),
+    ("SILU_MUL", 2, 23, 0), ("RESADD", 3, 19, 0), ("ROPE", 3, 2, 0), ("ROPE", 2, 1, 1),
+    ("ARGMAX", 1, 77, 0), ("ARGMAX", 1, 5, 1))]
 CASES += [("edge-4x4", *case) for case in (       # fewer lanes per cycle
-    ("REQUANT", 2, 37, 2), ("RMSNORM", 2, 21, 0), ("SOFTMAX", 2, 19, 1), ("SILU_MUL", 2, 9, 0),
-    ("RESADD", 1, 33, 0), ("ROPE", 1, 2, 1), ("ARGMAX", 1, 40, 1))]
+    ("REQUANT", 2, 37, 3), ("SOFTMAX", 2, 19, 1), ("SILU_MUL", 2, 9, 0), ("ROPE", 1, 2, 1))]
 
 
 @pytest.mark.parametrize(("hw", "op", "rows", "cols", "variant"), CASES)
 def test_vector_instruction_matches_isa_simulator(l2sim, hw, op, rows, cols, variant):
     params = PARAMS[hw]
-    rng = np.random.default_rng(hash((hw, op, rows, cols, variant)) % 2 ** 32)
+    rng = np.random.default_rng(zlib.crc32(repr((hw, op, rows, cols, variant)).encode()))
     mem = rng.integers(0, 256, L2_BYTES, dtype=np.uint8)
     a, b, c, d = 13, 1501, 3003, 5005             # operand regions, odd alignments
     if op == "REQUANT":
