@@ -1,11 +1,12 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
-from benchmarks import compile_speed, rtl_dma
+from benchmarks import compile_speed, rtl_dma, rtl_tiny
 
 
 def main() -> None:
     compile_speed.main([])
     rtl_dma.main([])
+    rtl_tiny.main([])
 
 
 if __name__ == "__main__":

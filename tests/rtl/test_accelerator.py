@@ -12,7 +12,7 @@ from compiler.asm import make
 from compiler.backend import Code
 from compiler.hardware import load_hardware
 from compiler.image import DramImage, MemoryMap, block_table
-from compiler.isa import INSTR_BYTES, ErrorCode
+from compiler.isa import INSTR_BYTES, Engine, ErrorCode
 from compiler.isasim import IsaSimulator
 from compiler.schedule import schedule
 from rtl.common import RtlParams
@@ -29,8 +29,50 @@ def model():
     return build_model(RtlParams(hw, DRAM_BYTES))
 
 
-def random_dma_program(rng, hw, n_instr=24):
-    """A DRAM image and a DMA program over it, with tokens from the compiler's scheduler."""
+def random_compute(rng, hw):
+    """A random compute instruction on L2 bytes (operands need no parameter words)."""
+    l2 = hw.l2_bytes
+
+    def place(rows, row_bytes, stride=None):
+        stride = stride or row_bytes + int(rng.integers(0, 24))
+        return int(rng.integers(0, l2 - rows * stride)), stride
+
+    kind = rng.integers(0, 5)
+    if kind == 0:
+        gemv = bool(rng.integers(0, 2))
+        m = int(rng.integers(1, hw.array_rows + 1 if gemv else 3 * hw.array_rows))
+        k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 40)), int(rng.integers(0, 2))
+        x_addr, x_stride = place(m, k)
+        w_addr, w_stride = place(k, n) if kn else place(n, k)
+        out_addr, out_stride = place(m, 4 * n)
+        return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
+                    x_addr=x_addr, w_addr=w_addr, out_addr=out_addr, m=m, k=k, n=n,
+                    x_stride=x_stride, w_stride=w_stride, out_stride=out_stride)
+    rows, cols = int(rng.integers(1, 5)), int(rng.integers(1, 90))
+    if kind == 1:
+        src, src_stride = place(rows, 2 * cols)
+        dst, dst_stride = place(rows, cols)
+        return make("RMSNORM", src_addr=src, dst_addr=dst, rows=rows, cols=cols,
+                    src_stride=src_stride, dst_stride=dst_stride, mult=20000, shift=20, eps=5)
+    if kind == 2:
+        cols = max(cols, rows)
+        src, src_stride = place(rows, 4 * cols)
+        dst, dst_stride = place(rows, cols)
+        return make("SOFTMAX", src_addr=src, dst_addr=dst, rows=rows, cols=cols,
+                    q_pos0=int(rng.integers(0, cols - rows + 1)), src_stride=src_stride,
+                    dst_stride=dst_stride, mult=24000, shift=30)
+    if kind == 3:
+        heads, head_dim = int(rng.integers(1, 4)), 2 * int(rng.integers(1, 20))
+        src, stride = place(rows, heads * head_dim)
+        return make("ROPE", src_addr=src, dst_addr=src, rows=rows, heads=heads,
+                    head_dim=head_dim, pos0=int(rng.integers(0, 1000)),
+                    freq_addr=place(1, 2 * head_dim)[0], row_stride=stride)
+    return make("ARGMAX", src_addr=place(1, 2 * cols)[0], n=cols, dst_addr=place(1, 4)[0])
+
+
+def random_dma_program(rng, hw, n_instr=24, compute=False):
+    """A DRAM image and a random program over it (DMA, and compute instructions when
+    ``compute``), with dependency tokens from the compiler's scheduler."""
     mmap = MemoryMap()
     mmap.add("src", 64 * 1024)
     mmap.add("table", 4 * 64)
@@ -48,7 +90,10 @@ def random_dma_program(rng, hw, n_instr=24):
     instrs = []
     l2 = hw.l2_bytes
     for _ in range(n_instr):
-        kind = rng.integers(0, 5)
+        kind = rng.integers(0, 10 if compute else 5)
+        if kind >= 5:
+            instrs.append(random_compute(rng, hw))
+            continue
         rows, row_bytes = int(rng.integers(1, 9)), int(rng.integers(1, 300))
         l2_stride = row_bytes + int(rng.integers(0, 40))
         l2_addr = int(rng.integers(0, l2 - rows * l2_stride))
@@ -102,6 +147,26 @@ def test_random_dma_programs_match_the_isa_simulator(model, seed):
                                   isa.dram[writable[0]:writable[0] + writable[1]])
     assert run["counters"]["cycles"] > 0
     assert run["counters"]["instructions"] == len(program)
+
+
+@pytest.mark.parametrize("seed", [10, 11])
+def test_random_programs_with_compute_match_the_isa_simulator(model, seed):
+    """Every engine at once, tokens from the scheduler: no deadlock, same final DRAM."""
+    hw = model.params.hw
+    image, program = random_dma_program(np.random.default_rng(seed), hw, 40, compute=True)
+    assert sum(i.engine == Engine.COMPUTE for i in program) >= 10
+    isa = IsaSimulator(hw, image.data)
+    counters = isa.run(program)
+    mmap = image.mmap
+    writable = (mmap.rw_base, mmap["program"].offset - mmap.rw_base)
+    result = run_job(model, image.data, [("p", mmap["program"].offset)],
+                     {"writable": writable}, max_cycles=2_000_000)
+    run = result.programs[0]
+    assert run["done"] and not run["error"], run
+    np.testing.assert_array_equal(result.reads["writable"],
+                                  isa.dram[writable[0]:writable[0] + writable[1]])
+    assert run["counters"]["array_macs"] == counters.values["array_macs"]
+    assert run["counters"]["compute_busy"] > 0
 
 
 def test_invalid_instruction_stops_in_the_error_state(model):
