@@ -29,8 +29,12 @@ from rtl.common import RtlParams
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_ROOT = ROOT / "build" / "rtl"
-SOURCES = sorted(Path(__file__).resolve().parent.glob("*.py")) + [
-    Path(__file__).resolve().parent / "verilog" / "sram_macro.v"]
+# The files that determine the generated hardware (the key of a built model): the RTL
+# sources, not this runner, the cocotb bench or the statistics script.
+SOURCES = sorted(p for p in Path(__file__).resolve().parent.glob("*.py")
+                 if p.name not in ("sim.py", "bench.py", "stats.py")) + [
+    Path(__file__).resolve().parent / "verilog" / "sram_macro.v",
+    Path(__file__).resolve().parents[1] / "compiler" / "isa.py"]
 
 
 def verilator_env() -> dict[str, str]:
@@ -91,7 +95,8 @@ def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = 
     runner = get_runner("verilator")
     runner.build(sources=[str(s) for s in sources], hdl_toplevel="sim_top",
                  build_dir=str(folder / "sim_build"), waves=waves,
-                 build_args=["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "-O3"],
+                 build_args=["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "-O3"]
+                 + (["--trace-fst"] if waves else []),
                  log_file=str(folder / "build.log"))
     seconds = time.perf_counter() - t0
     stamp.write_text(json.dumps({"seconds": seconds}))
