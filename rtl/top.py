@@ -102,8 +102,12 @@ class Accelerator(wiring.Component):
                 m.d.sync += c["dram_write_bytes"].eq(c["dram_write_bytes"] + p.line_bytes)
             with m.If(granted & ~self.dram.req.p.write):
                 m.d.sync += c["dram_read_bytes"].eq(c["dram_read_bytes"] + p.line_bytes)
+        # The load engine's byte count runs across programs; count from this start.
+        prefetch_base = Signal(64)
+        with m.If(ctl.start):
+            m.d.sync += prefetch_base.eq(load.prefetch_bytes)
         m.d.comb += [c["instructions"].eq(ctl.instructions),
-                     c["prefetch_bytes"].eq(load.prefetch_bytes)]
+                     c["prefetch_bytes"].eq(load.prefetch_bytes - prefetch_base)]
         m.d.comb += store.counters.eq(
             sum((c[name] << (64 * i) for i, name in enumerate(isa.COUNTERS)), Signal(1)))
         return m
