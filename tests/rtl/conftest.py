@@ -1,12 +1,36 @@
 """Shared plumbing for the RTL unit tests in Amaranth's simulator: lines of a byte
-array, loading and reading back an ``L2``'s banks, waiting for a ``done`` signal, and
-running a testbench with a clock."""
+array, loading and reading back an ``L2``'s banks, waiting for a ``done`` signal,
+running a testbench with a clock, and running one compute instruction on a unit wired to
+an L2 next to the ISA simulator."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from amaranth import Module
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
+
+from compiler.asm import encode
+from compiler.isasim import IsaSimulator
+from rtl.l2 import L2
+
+
+class UnitBench(wiring.Component):
+    """A compute unit (``port(i)``, ``word``, ``start``, ``done``) on its own L2."""
+
+    def __init__(self, params, unit, n_ports):
+        self.l2 = L2(params, n_ports)
+        self.unit = unit
+        self.n_ports = n_ports
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.l2, m.submodules.unit = self.l2, self.unit
+        for i in range(self.n_ports):
+            wiring.connect(m, self.unit.port(i), self.l2.port(i))
+        return m
 
 
 class L2Sim:
@@ -48,6 +72,29 @@ class L2Sim:
         sim.add_clock(1e-9)
         sim.add_testbench(testbench)
         sim.run()
+
+
+    @staticmethod
+    def run_instruction(params, unit, n_ports, mem, instr, limit=50_000):
+        """(RTL L2 after ``instr`` on ``unit``, ISA simulator L2 after it), from ``mem``."""
+        sim = IsaSimulator(params.hw, bytes(64))
+        sim.l2[:] = mem
+        sim.execute(instr)
+        bench = UnitBench(params, unit, n_ports)
+        result = {}
+
+        async def testbench(ctx):
+            L2Sim.load(ctx, bench.l2, mem)
+            ctx.set(bench.unit.word, int.from_bytes(encode(instr), "little"))
+            ctx.set(bench.unit.start, 1)
+            await ctx.tick()
+            ctx.set(bench.unit.start, 0)
+            assert await L2Sim.wait(ctx, bench.unit.done, limit), "no done"
+            await ctx.tick()
+            result["l2"] = L2Sim.dump(ctx, bench.l2, mem.size)
+
+        L2Sim.run(bench, testbench)
+        return result["l2"], sim.l2
 
 
 @pytest.fixture

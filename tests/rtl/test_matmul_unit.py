@@ -3,55 +3,16 @@ accumulate, shapes that do not divide the array or the tile. Amaranth's simulato
 
 import numpy as np
 import pytest
-from amaranth import Module
-from amaranth.lib import wiring
 
-from compiler.asm import encode, make
+from compiler.asm import make
 from compiler.hardware import load_hardware
 from compiler.isa import MatmulMode, WeightLayout
-from compiler.isasim import IsaSimulator
 from rtl.common import RtlParams
-from rtl.l2 import L2
 from rtl.matmul_unit import MatmulUnit
 
 L2_BYTES = 16384
 PARAMS = {name: RtlParams(load_hardware(name).replace(l2_bytes=L2_BYTES), dram_bytes=4096)
           for name in ("edge-8x8", "edge-4x4")}
-
-
-class Bench(wiring.Component):
-    def __init__(self, params):
-        self.l2 = L2(params, MatmulUnit.N_PORTS)
-        self.unit = MatmulUnit(params)
-        super().__init__({})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.l2, m.submodules.unit = self.l2, self.unit
-        for i in range(MatmulUnit.N_PORTS):
-            wiring.connect(m, self.unit.port(i), self.l2.port(i))
-        return m
-
-
-def run_matmul(l2sim, params, mem, instr):
-    sim = IsaSimulator(params.hw, bytes(64))
-    sim.l2[:] = mem
-    sim.execute(instr)
-    bench = Bench(params)
-    result = {}
-
-    async def testbench(ctx):
-        l2sim.load(ctx, bench.l2, mem)
-        ctx.set(bench.unit.word, int.from_bytes(encode(instr), "little"))
-        ctx.set(bench.unit.start, 1)
-        await ctx.tick()
-        ctx.set(bench.unit.start, 0)
-        assert await l2sim.wait(ctx, bench.unit.done, 50000), "no done"
-        await ctx.tick()
-        result["l2"] = l2sim.dump(ctx, bench.l2, L2_BYTES)
-
-    l2sim.run(bench, testbench)
-    return result, sim.l2
 
 
 @pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate"), [
@@ -76,7 +37,8 @@ def test_matmul_matches_isa_simulator(l2sim, hw, mode, layout, m, k, n, accumula
                  out_addr=out_addr, m=m, k=k, n=n, x_stride=x_stride, w_stride=w_stride,
                  out_stride=out_stride)
     assert w_addr + w_rows * w_stride < out_addr
-    result, expected = run_matmul(l2sim, params, mem, instr)
-    diff = np.flatnonzero(result["l2"] != expected)
+    rtl, expected = l2sim.run_instruction(params, MatmulUnit(params), MatmulUnit.N_PORTS, mem,
+                                          instr)
+    diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
