@@ -34,7 +34,10 @@ from rtl.common import RtlParams
 from rtl.dram import MemPort
 
 ADDR_BITS = 32
-FIFO_DEPTH = 4
+# Landing buffer of source lines. An L2 read is issued only with room for its data, and
+# one line per cycle needs three lines between the grant and the buffered FIFO's output:
+# with 4 entries (3 usable) L2 row readers ran at two lines per three cycles.
+FIFO_DEPTH = 5
 CMD_DEPTH = 64          # rows in flight: covers the DRAM latency for short rows
 
 
