@@ -126,6 +126,8 @@ def _cmd_run(args) -> int:
     build = load_build(args.build)
     if args.waves and args.sim != "rtl":
         raise SystemExit("accel run: --waves needs --sim rtl")
+    if args.sim == "perf":
+        return _print_perf(build)
     result = run_build(build, sim=args.sim, waves=args.waves)
     tok_file = Path(args.build) / "tokenizer.json"
     if tok_file.exists():
@@ -141,6 +143,34 @@ def _cmd_run(args) -> int:
         if args.waves:
             print(f"FST trace under {Path('build/rtl').resolve()}/*-waves/job-*/")
     return 0
+
+
+def _print_perf(build) -> int:
+    from sweeps.perf import time_build
+
+    timing = time_build(build)
+    print(f"performance model: {build.cfg.name} on {build.hw.name} "
+          f"(prefetch {'on' if build.prefetch else 'off'}, {build.hw.clock_hz / 1e9:g} GHz)")
+    _print_counters({name: t.counters() for name, t in timing.programs.items()})
+    print(f"time to first token {timing.ttft_s * 1e6:,.1f} us, time per output token "
+          f"{timing.tpot_s * 1e6:,.1f} us, {timing.tokens_per_s:,.0f} tokens/s")
+    return 0
+
+
+def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]]) -> dict:
+    """The performance model's cycles beside the RTL's, per program and in total."""
+    from sweeps.perf import time_build
+
+    timing = time_build(build)
+    rows = {name: {"rtl": rtl_counters[name]["cycles"], "perf": t.cycles,
+                   "error_pct": 100.0 * (t.cycles - rtl_counters[name]["cycles"])
+                   / rtl_counters[name]["cycles"]}
+            for name, t in timing.programs.items()}
+    perf = sum(t.cycles for t in timing.programs.values())
+    rtl = sum(c["cycles"] for c in rtl_counters.values())
+    return {"cycles": perf, "error_pct": 100.0 * (perf - rtl) / rtl,
+            "max_abs_error_pct": max(abs(r["error_pct"]) for r in rows.values()),
+            "programs": rows}
 
 
 def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
@@ -178,6 +208,7 @@ def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
             report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
                              "wall_seconds": result.wall_seconds,
                              "counters": result.counters}
+            report["perf"] = perf_vs_rtl(build, result.counters)
     return report
 
 
@@ -211,6 +242,10 @@ def _cmd_verify(args) -> int:
         print(f"  {'3 RTL vs ISA sim (prefetch on)':<38}"
               f"{'bit-exact' if r['bit_exact'] else 'MISMATCH':<14}"
               f"{r['bytes_compared']:,} DRAM bytes, {c['cycles']:,} cycles")
+        r = report["perf"]
+        print(f"  {'perf model vs RTL cycles':<38}"
+              f"{r['error_pct']:+.2f}%{'':<8}{r['cycles']:,} cycles; worst program "
+              f"{r['max_abs_error_pct']:.2f}%")
     return 0 if _ladder_ok(report) else 1
 
 
@@ -299,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a compiled build on a simulator")
     p.add_argument("build", help="build folder written by `accel compile`")
-    p.add_argument("--sim", choices=("isa", "rtl"), default="isa",
-                   help="the ISA simulator, or the RTL under Verilator (built once per config)")
+    p.add_argument("--sim", choices=("isa", "rtl", "perf"), default="isa",
+                   help="the ISA simulator, the RTL under Verilator (built once per config), "
+                        "or the performance model")
     p.add_argument("--waves", action="store_true", help="with --sim rtl: write an FST trace")
     p.set_defaults(func=_cmd_run)
 

@@ -99,6 +99,15 @@ class HardwareConfig:
         return self.pes * self.clock_hz
 
     @property
+    def line_bytes(self) -> int:
+        """``W``: one DRAM word and one L2 line, what every engine moves per cycle: the
+        smallest power of two >= ``dram_bytes_per_cycle``, at least 16."""
+        w = 16
+        while w < self.dram_bytes_per_cycle:
+            w *= 2
+        return w
+
+    @property
     def l2_bank_bytes(self) -> int:
         return self.l2_bytes // self.l2_banks
 

@@ -1,0 +1,267 @@
+"""How long one instruction keeps its engine busy: the RTL's pipelines, in closed form.
+
+Contract
+--------
+``occupancy(instr, hw, read_i32)`` returns an ``Occupancy``: the cycles the instruction
+keeps its engine busy when it runs alone (from the cycle its tokens allow it to begin to
+the cycle it ends, the RTL's ``*_busy`` counter for it), the DRAM lines it reads and
+writes, and its multiply-accumulates. Each function below follows one unit of ``rtl/``
+step by step at the granularity where the RTL has a pipeline bubble: a DMA row, a matmul
+tile, a vector segment. The few constants of ``CALIBRATION`` are the latencies between
+those steps; they were read off single-instruction runs of the Verilator model
+(``python -m benchmarks.perf_calibration`` measures them again) and are shared by every
+hardware configuration: everything that scales with the hardware (``W``, ``R``, ``C``,
+lanes, DRAM bandwidth and latency) enters through the formulas.
+
+``read_i32`` resolves data-dependent addresses (gather indices, block tables) exactly as
+``compiler.semantics`` does; without it, blocks are assumed consecutive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from compiler.asm import Instruction
+from compiler.hardware import HardwareConfig
+from compiler.isa import Engine, MatmulMode, WeightLayout
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Latencies (cycles) between the pipeline steps of the RTL, fitted to the RTL."""
+
+    dma_setup: int = 1            # SETUP before the first row command
+    int_read: int = 5             # an int32 read on the aux port, beyond the DRAM latency
+    cmd_to_read: int = 3          # row command -> its first DRAM/L2 read
+    read_to_write: int = 4        # read data -> the write side (beyond the DRAM latency)
+    l2_read_latency: int = 3      # L2 row reader: request -> beat
+    dma_drain: int = 2            # last write -> END
+    mm_setup: int = 3             # CHECK -> the filler's first command
+    tile_switch: int = 8          # a filled tile -> the next tile's first beat
+    mm_flush: int = 9             # last feed -> results in the accumulators
+    mm_writeback_latency: int = 0 # the last row handed to the writer -> written
+    vec_fixed: int = 11           # start-up and drain of a vector instruction
+    vec_segment_min: int = 3      # the shortest segment
+    engine_overhead: int = 2      # CHECK and END around the unit's run
+
+
+CALIBRATION = Calibration()
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    engine: Engine
+    cycles: int                   # busy cycles, begin to end
+    dram_read_bytes: int = 0
+    dram_write_bytes: int = 0
+    dram_lines: int = 0           # DRAM lines moved (reads and writes)
+    macs: int = 0
+    prefetch_bytes: int = 0
+
+
+def _lines(addr: int, n: int, w: int) -> int:
+    return (addr + n - 1) // w - addr // w + 1 if n else 0
+
+
+# -- DMA -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Row:
+    src: int
+    dst: int
+    n: int
+    needs_int: bool = False
+
+
+def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> list[_Row]:
+    f, op = instr, instr.mnemonic
+    if op == "DMA_LOAD":
+        return [_Row(f.dram_addr + r * f.dram_stride, f.l2_addr + r * f.l2_stride, f.row_bytes)
+                for r in range(f.rows)]
+    if op == "DMA_STORE":
+        return [_Row(f.l2_addr + r * f.l2_stride, f.dram_addr + r * f.dram_stride, f.row_bytes)
+                for r in range(f.rows)]
+    if op == "DMA_GATHER":
+        rows = []
+        for r in range(f.count):
+            index = read_i32(f.idx_addr + 4 * r) if read_i32 else r
+            rows.append(_Row(f.table_addr + index * f.row_bytes, f.l2_addr + r * f.l2_stride,
+                             f.row_bytes, True))
+        return rows
+    if op in ("KV_PREFETCH", "KV_APPEND"):
+        bt, rows = hw.kv_block_tokens, []
+        for r in range(f.n_tokens):
+            t = f.first_token + r
+            block = read_i32(f.table_addr + 4 * (t // bt)) if read_i32 else t // bt
+            pool = f.pool_addr + block * bt * f.row_bytes + (t % bt) * f.row_bytes
+            needs = r == 0 or t % bt == 0
+            if op == "KV_PREFETCH":
+                rows.append(_Row(pool + f.col_offset, f.l2_addr + r * f.col_bytes, f.col_bytes,
+                                 needs))
+            else:
+                rows.append(_Row(f.l2_addr + r * f.row_bytes, pool, f.row_bytes, needs))
+        return rows
+    raise ValueError(op)
+
+
+def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
+                  cal: Calibration = CALIBRATION) -> Occupancy:
+    """The load/store engine: one row command per cycle (after an int32 read where the row
+    needs one); the copier's read side takes the row's source lines back to back at the
+    DRAM bandwidth (reads) or one per cycle (L2); its write side takes each row's
+    destination lines, plus one priming step when source and destination are not
+    aligned alike, once the data is there; the instruction ends when the copier drains."""
+    W, lat = hw.line_bytes, hw.dram_latency_cycles
+    line_cycles = W / hw.dram_bytes_per_cycle
+    load = instr.engine == Engine.LOAD
+    if instr.mnemonic == "STORE_COUNTERS":
+        from compiler.isa import COUNTERS
+        n = len(COUNTERS)
+        return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 2,
+                         dram_write_bytes=8 * n, dram_lines=n)
+    t = cal.dma_setup
+    read_end = write_end = 0.0
+    src_total = dst_total = moved = 0
+    int_reads = 0
+    for row in _dma_rows(instr, hw, read_i32):
+        if row.needs_int:
+            t += lat + cal.int_read
+            int_reads += 1
+        if row.n == 0:
+            t += 1
+            continue
+        src_lines, dst_lines = _lines(row.src, row.n, W), _lines(row.dst, row.n, W)
+        steps = dst_lines + (1 if (row.src - row.dst) % W else 0)
+        cmd, t = t, t + 1
+        if load:
+            start = max(cmd + cal.cmd_to_read, read_end)
+            read_end = start + src_lines * line_cycles
+            arrive = start + lat + cal.read_to_write
+            write_end = max(max(arrive, write_end) + steps, read_end + lat + cal.read_to_write)
+            src_total += src_lines
+        else:
+            start = max(cmd + cal.cmd_to_read, read_end)
+            read_end = start + src_lines
+            arrive = start + cal.l2_read_latency
+            write_end = max(max(arrive, write_end) + max(steps, dst_lines * line_cycles),
+                            read_end + cal.l2_read_latency)
+            dst_total += dst_lines
+        moved += row.n
+    cycles = math.ceil(max(t, write_end)) + cal.dma_drain
+    table = int_reads * 4
+    if load:
+        prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0
+        return Occupancy(Engine.LOAD, cycles, dram_read_bytes=moved + table,
+                         dram_lines=src_total + int_reads, prefetch_bytes=prefetch)
+    return Occupancy(Engine.STORE, cycles, dram_read_bytes=table, dram_write_bytes=moved,
+                     dram_lines=dst_total + int_reads)
+
+
+# -- matmul --------------------------------------------------------------------------------
+def _reader_steps(addr: int, n: int, W: int) -> int:
+    """Beats of a row reader (L2 -> stream at byte 0) for one row."""
+    return _lines(addr, n, W) + (1 if addr % W else 0)
+
+
+def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
+                     cal: Calibration = CALIBRATION) -> Occupancy:
+    """The matmul unit's tiles (``R`` rows x ``C`` channels x ``KT = 8W`` bytes), kt
+    fastest, then n, then m. The filler fills a tile with the x and weight row readers in
+    parallel, into the buffer set the array released two tiles earlier; the array feeds
+    ``ceil(kl / R)`` chunks (GEMV: one cycle per x row; GEMM: ``R`` shift cycles, the rows,
+    an ``R + C + 1`` drain); after a tile group's last reduction tile the results are
+    flushed and written back row by row (reading the old output first to accumulate)."""
+    f = instr
+    W, R, C = hw.line_bytes, hw.array_rows, hw.array_cols
+    KT = 8 * W
+    gemv = f.mode == MatmulMode.GEMV
+    kn = f.w_layout == WeightLayout.KN
+    fill_end = [0, 0]                      # per buffer set: when its fill completes
+    released = [0, 0]                      # per buffer set: when the array released it
+    filler_t = compute_t = cal.mm_setup
+    s = 0
+    for m0 in range(0, f.m, R):
+        mt = min(R, f.m - m0)
+        for n0 in range(0, f.n, C):
+            nc = min(C, f.n - n0)
+            for kt in range(0, f.k, KT):
+                kl = min(KT, f.k - kt)
+                x_steps = sum(_reader_steps(f.x_addr + (m0 + i) * f.x_stride + kt, kl, W)
+                              for i in range(mt))
+                if kn:
+                    w_steps = sum(_reader_steps(f.w_addr + (kt + j) * f.w_stride + n0, nc, W)
+                                  for j in range(kl))
+                else:
+                    w_steps = sum(_reader_steps(f.w_addr + (n0 + c) * f.w_stride + kt, kl, W)
+                                  for c in range(nc))
+                filler_t = max(filler_t, released[s]) + cal.tile_switch + max(x_steps, w_steps)
+                fill_end[s] = filler_t
+                chunks = -(-kl // R)
+                feed = chunks * mt if gemv else chunks * (R + mt + R + C + 1)
+                # WAIT, the feed, RELEASE
+                compute_t = max(compute_t, fill_end[s]) + 1 + feed + 1
+                released[s] = compute_t
+                s ^= 1
+            # FLUSH, then per row a write command (WB_CMD) and its beats (WB_DATA).
+            beats = -(-4 * nc // W)
+            compute_t += cal.mm_flush + mt * (1 + beats)
+            if f.accumulate:
+                compute_t += cal.l2_read_latency
+    compute_t += cal.mm_writeback_latency
+    cycles = compute_t + cal.engine_overhead
+    return Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n)
+
+
+# -- vector unit ---------------------------------------------------------------------------
+#: Per instruction: extra fixed cycles, extra cycles per segment, and cycles per beat
+#: (fitted to the RTL: SILU_MUL's three operand streams and result share the L2's line
+#: banks and take 1.25 cycles per beat; ROPE's two half-row readers add a cycle per head).
+VECTOR_TIMING = {"REQUANT": (0, 0, 1.0), "RMSNORM": (0, 0, 1.0), "SOFTMAX": (0, 0, 1.0),
+                 "SILU_MUL": (0, 0, 1.25), "RESADD": (0, 0, 1.0), "ROPE": (2, 1, 1.0),
+                 "ARGMAX": (0, 0, 1.0)}
+
+
+def vector_lanes(hw: HardwareConfig) -> int:
+    """Elements per cycle: ``min(vector_lanes, W / 8)`` (``rtl.vector_unit``)."""
+    return max(1, min(hw.vector_lanes, hw.line_bytes // 8))
+
+
+def vector_segments(instr: Instruction) -> list[int]:
+    """Elements of each segment (pass over a row, or one head of one token for ROPE)."""
+    f, op = instr, instr.mnemonic
+    if op == "REQUANT":
+        return ([] if f.per_channel else [1]) + [f.cols] * f.rows
+    if op == "RMSNORM":
+        return [f.cols] * (2 * f.rows)
+    if op == "SOFTMAX":
+        return [f.cols] * (3 * f.rows)
+    if op in ("SILU_MUL", "RESADD"):
+        return [f.cols] * f.rows
+    if op == "ROPE":
+        return [f.head_dim // 2] * (f.rows * f.heads)
+    if op == "ARGMAX":
+        return [f.n]
+    raise ValueError(op)
+
+
+def vector_occupancy(instr: Instruction, hw: HardwareConfig,
+                     cal: Calibration = CALIBRATION) -> Occupancy:
+    """Segments stream through the datapath back to back at ``vector_lanes(hw)`` elements
+    per cycle; the issuer runs ahead, so only the first segment's start-up shows."""
+    lanes = vector_lanes(hw)
+    fixed, per_segment, per_beat = VECTOR_TIMING[instr.mnemonic]
+    cycles = cal.vec_fixed + fixed + sum(
+        max(math.ceil(-(-n // lanes) * per_beat), cal.vec_segment_min) + per_segment
+        for n in vector_segments(instr))
+    return Occupancy(Engine.COMPUTE, cycles)
+
+
+def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
+              cal: Calibration = CALIBRATION) -> Occupancy:
+    if instr.mnemonic == "HALT":
+        return Occupancy(Engine.CONTROL, 0)
+    if instr.mnemonic == "MATMUL":
+        return matmul_occupancy(instr, hw, cal)
+    if instr.engine == Engine.COMPUTE:
+        return vector_occupancy(instr, hw, cal)
+    return dma_occupancy(instr, hw, read_i32, cal)

@@ -1,0 +1,168 @@
+"""The performance model: times a compiled program on a hardware description.
+
+Contract
+--------
+``time_program(instrs, hw, read_i32)`` returns a ``ProgramTiming``: total cycles, each
+engine's busy and stall cycles, DRAM bytes read, written and prefetched, MACs, the
+cycles the DRAM was busy, and every instruction's begin and end cycle, for the program
+run as the RTL runs it. ``time_build(build)`` times every program of a compiled build
+and adds time to first token (the prefill program), time per output token (the mean
+decode program) and tokens/s at ``hw.clock_hz``.
+
+The model has two levels (``docs/perf.md``):
+
+1. how long each instruction keeps its engine busy, alone: ``sweeps.occupancy``;
+2. how the engines overlap, here, following ``rtl/controller.py``: instructions are
+   fetched in program order with at most ``FETCH_AHEAD`` reads in flight, each arriving
+   ``dram_latency_cycles`` after its request; the decoder dispatches one per cycle into
+   its engine's queue of ``QUEUE_DEPTH`` and stalls while that queue is full; an engine
+   pops its next instruction when the previous one has ended, waits until the tokens
+   it names have been signalled (a signal is visible the cycle after the signalling
+   instruction ends), runs for its occupancy and ends. ``HALT`` completes when every
+   engine has drained.
+
+The model is checked against the RTL's cycle counters on the same programs
+(``tests/rtl/test_perf_vs_rtl.py``); ``accel verify`` reports the error.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from compiler.asm import Instruction
+from compiler.hardware import HardwareConfig
+from compiler.isa import ENGINES, Engine
+from sweeps.occupancy import CALIBRATION, Calibration, occupancy
+
+FETCH_AHEAD = 16        # rtl/controller.py
+QUEUE_DEPTH = 8
+FETCH_START = 2         # start -> first fetch request (start and pc are registered)
+DISPATCH_LATENCY = 2    # DRAM response -> decoded and dispatched
+DONE_LATENCY = 2        # last engine's end -> done
+
+
+class PerfError(ValueError):
+    """A program the performance model cannot time (it names the instruction)."""
+
+
+@dataclass
+class ProgramTiming:
+    cycles: int
+    busy: dict[str, int]
+    stall: dict[str, int]
+    dram_read_bytes: int
+    dram_write_bytes: int
+    prefetch_bytes: int
+    macs: int
+    dram_busy_cycles: int
+    begin: list[int] = field(default_factory=list, repr=False)
+    end: list[int] = field(default_factory=list, repr=False)
+
+    def counters(self) -> dict[str, int]:
+        """The quantities the RTL's counters report, under the same names."""
+        out = {"cycles": self.cycles}
+        for e in ("load", "compute", "store"):
+            out[f"{e}_busy"] = self.busy[e]
+            out[f"{e}_stall"] = self.stall[e]
+        out.update(dram_read_bytes=self.dram_read_bytes, dram_write_bytes=self.dram_write_bytes,
+                   prefetch_bytes=self.prefetch_bytes, array_macs=self.macs,
+                   dram_busy_cycles=self.dram_busy_cycles)
+        return out
+
+
+def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
+                 cal: Calibration = CALIBRATION) -> ProgramTiming:
+    lat = hw.dram_latency_cycles
+    n = len(instrs)
+    request = [0] * n            # fetch request cycle
+    accept = [0] * n             # dispatched into its queue
+    begin, end = [0] * n, [0] * n
+    engine_free = dict.fromkeys(ENGINES, 0)    # cycle the engine's IDLE state can pop
+    popped: dict[Engine, deque] = {e: deque() for e in ENGINES}   # pop cycles, last QUEUE_DEPTH
+    signals = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
+    busy = dict.fromkeys(ENGINES, 0)
+    stall = dict.fromkeys(ENGINES, 0)
+    totals = {"read": 0, "write": 0, "prefetch": 0, "macs": 0, "lines": 0}
+    last_end = 0
+    halted = False
+    for i, instr in enumerate(instrs):
+        request[i] = FETCH_START if i == 0 else request[i - 1] + 1
+        if i >= FETCH_AHEAD:
+            request[i] = max(request[i], accept[i - FETCH_AHEAD] + 1)
+        arrive = request[i] + lat + DISPATCH_LATENCY
+        accept[i] = max(arrive, accept[i - 1] + 1 if i else 0)
+        e = instr.engine
+        if e == Engine.CONTROL:
+            halted = True
+            break
+        q = popped[e]
+        if len(q) == QUEUE_DEPTH:                # wait for a slot in the engine's queue
+            accept[i] = max(accept[i], q.popleft() + 1)
+        pop = max(accept[i] + 1, engine_free[e])
+        q.append(pop)
+        ready = pop + 1
+        for a in ENGINES:
+            if instr.wait >> int(a) & 1:
+                pending = signals[(a, e)]
+                if not pending:
+                    raise PerfError(
+                        f"instruction {i} ({instr.mnemonic}) waits for a token from the "
+                        f"{a.name.lower()} engine that no earlier instruction signals; the "
+                        f"performance model needs signals before their waits in program "
+                        f"order")
+                ready = max(ready, pending.popleft() + 1)
+        occ = occupancy(instr, hw, read_i32, cal)
+        begin[i] = ready
+        stall[e] += ready - (pop + 1)
+        busy[e] += occ.cycles
+        end[i] = ready + occ.cycles                 # the END cycle is the last busy one
+        engine_free[e] = end[i] + 1
+        for b in ENGINES:
+            if instr.signal >> int(b) & 1:
+                signals[(e, b)].append(end[i] - 1)
+        last_end = max(last_end, end[i])
+        totals["read"] += occ.dram_read_bytes
+        totals["write"] += occ.dram_write_bytes
+        totals["prefetch"] += occ.prefetch_bytes
+        totals["macs"] += occ.macs
+        totals["lines"] += occ.dram_lines
+    if not halted:
+        raise PerfError("the program ends without HALT")
+    fetched = min(len(instrs), i + FETCH_AHEAD)    # fetch reads run ahead past HALT
+    cycles = max(last_end, accept[i] + 1 + lat) + DONE_LATENCY
+    line_cycles = hw.line_bytes / hw.dram_bytes_per_cycle
+    return ProgramTiming(
+        cycles=cycles,
+        busy={e.name.lower(): busy[e] for e in ENGINES},
+        stall={e.name.lower(): stall[e] for e in ENGINES},
+        dram_read_bytes=totals["read"], dram_write_bytes=totals["write"],
+        prefetch_bytes=totals["prefetch"], macs=totals["macs"],
+        dram_busy_cycles=round((totals["lines"] + fetched) * line_cycles),
+        begin=begin[:i], end=end[:i])
+
+
+@dataclass
+class BuildTiming:
+    programs: dict[str, ProgramTiming]
+    clock_hz: int
+    ttft_s: float                 # the prefill program
+    tpot_s: float                 # mean decode program
+    tokens_per_s: float           # decode tokens per second
+
+    def summary(self) -> dict:
+        return {"ttft_s": self.ttft_s, "tpot_s": self.tpot_s,
+                "tokens_per_s": self.tokens_per_s,
+                "programs": {name: t.counters() for name, t in self.programs.items()}}
+
+
+def time_build(build, cal: Calibration = CALIBRATION) -> BuildTiming:
+    """Time every program of a compiled build (``compiler.driver.Build``)."""
+    read_i32 = build.image.read_i32 if build.image.data is not None else None
+    timings = {p.name: time_program(p.instrs, build.hw, read_i32, cal) for p in build.programs}
+    hz = build.hw.clock_hz
+    prefill = [t.cycles for p, t in zip(build.programs, timings.values()) if p.kind == "prefill"]
+    decode = [t.cycles for p, t in zip(build.programs, timings.values()) if p.kind == "decode"]
+    ttft = sum(prefill) / hz
+    tpot = sum(decode) / len(decode) / hz if decode else 0.0
+    return BuildTiming(timings, hz, ttft, tpot, 1.0 / tpot if tpot else 0.0)
