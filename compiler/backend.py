@@ -148,6 +148,17 @@ def plan_activations(ops: list, cfg: ModelConfig, base: int) -> tuple[dict[int, 
 
 # -- code generation ---------------------------------------------------------------------
 
+def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int) -> tuple[int, int]:
+    """``(nt, kt)``: the weight tile of a matmul, ``nt`` output channels (a multiple of the
+    array's columns where it can be) by ``kt`` inputs (``k`` is split, with accumulation,
+    only when ``cols`` rows of it do not fit a tile)."""
+    if k_total * min(cols, n_total) <= tile_bytes:
+        nt = max(1, tile_bytes // k_total)
+        return min(n_total, nt // cols * cols if nt >= cols else nt), k_total
+    nt = min(cols, n_total)
+    return nt, max(1, tile_bytes // nt)
+
+
 class Generator:
     def __init__(self, ctx: BuildContext, program: str):
         self.ctx = ctx
@@ -234,14 +245,7 @@ class Generator:
                out_stride: int) -> None:
         n_total, k_total = w.shape
         base = self.ctx.param_addr(w)
-        cols = self.hw.array_cols
-        if k_total * min(cols, n_total) <= self.tile_bytes:
-            kt = k_total
-            nt = max(1, self.tile_bytes // k_total)
-            nt = min(n_total, nt // cols * cols if nt >= cols else nt)
-        else:
-            nt = min(cols, n_total)
-            kt = max(1, self.tile_bytes // nt)
+        nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols)
         for n0 in range(0, n_total, nt):
             n = min(nt, n_total - n0)
             for k0 in range(0, k_total, kt):

@@ -251,13 +251,35 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     lanes = vector_lanes(hw)
     fixed, per_segment, per_beat = VECTOR_TIMING[instr.mnemonic]
     cycles = cal.vec_fixed + fixed + sum(
-        max(math.ceil(-(-n // lanes) * per_beat), cal.vec_segment_min) + per_segment
+        max(math.ceil(-(-n // lanes) * per_beat) + per_segment, cal.vec_segment_min)
         for n in vector_segments(instr))
     return Occupancy(Engine.COMPUTE, cycles)
 
 
+_TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")
+_cache: dict = {}
+
+
 def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
               cal: Calibration = CALIBRATION) -> Occupancy:
+    """Memoised on what the timing depends on: the fields, with addresses taken modulo the
+    line (an instruction's lines depend only on its alignment), except for table walks
+    whose rows come from DRAM."""
+    if read_i32 is not None and instr.mnemonic in _TABLE_WALKS:
+        return _occupancy(instr, hw, read_i32, cal)
+    W = hw.line_bytes
+    key = (instr.mnemonic, hw, cal, tuple(
+        value % W if f.address else value for f, value in zip(instr.spec.fields,
+                                                               instr.operands)))
+    hit = _cache.get(key)
+    if hit is None:
+        if len(_cache) > 100_000:
+            _cache.clear()
+        hit = _cache[key] = _occupancy(instr, hw, None, cal)
+    return hit
+
+
+def _occupancy(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration) -> Occupancy:
     if instr.mnemonic == "HALT":
         return Occupancy(Engine.CONTROL, 0)
     if instr.mnemonic == "MATMUL":

@@ -169,6 +169,57 @@ def test_random_programs_with_compute_match_the_isa_simulator(model, seed):
     assert run["counters"]["compute_busy"] > 0
 
 
+def random_matmul(rng, hw, gemv: bool):
+    """A MATMUL of random shape (edges that do not divide the array) on L2 bytes."""
+    l2 = hw.l2_bytes // 4
+    m = int(rng.integers(1, hw.array_rows + 1 if gemv else 4 * hw.array_rows))
+    k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 50)), int(rng.integers(0, 2))
+    w_rows, w_bytes = (k, n) if kn else (n, k)
+    return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
+                x_addr=int(rng.integers(0, l2 - m * k)), x_stride=k,
+                w_addr=l2 + int(rng.integers(0, l2 - w_rows * w_bytes)), w_stride=w_bytes,
+                out_addr=2 * l2 + int(rng.integers(0, l2 - 4 * m * n)), out_stride=4 * n,
+                m=m, k=k, n=n)
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+def test_performance_model_times_random_matmul_programs(model, seed):
+    """Random GEMM and GEMV programs, with weight loads between them and tokens from the
+    scheduler: the performance model's cycles within 5% of the RTL's."""
+    from compiler.asm import encode_program
+    from sweeps.perf import time_program
+
+    hw = model.params.hw
+    rng = np.random.default_rng(seed)
+    mmap = MemoryMap()
+    mmap.add("src", 64 * 1024)
+    image = DramImage(mmap)
+    image.write("src", rng.integers(0, 256, 64 * 1024, dtype=np.uint8))
+    programs, entries, raw = [], [], bytearray()
+    base = image.mmap["src"].end
+    for p in range(6):
+        instrs = []
+        for _ in range(4):
+            rows, row_bytes = int(rng.integers(1, 64)), int(rng.integers(16, 600))
+            instrs.append(make("DMA_LOAD", dram_addr=int(rng.integers(0, 30000)),
+                               l2_addr=hw.l2_bytes // 4 + int(rng.integers(0, 1000)),
+                               rows=rows, row_bytes=row_bytes, dram_stride=row_bytes,
+                               l2_stride=row_bytes))
+            instrs.append(random_matmul(rng, hw, gemv=p % 2 == 0))
+        program = schedule(Code(instrs + [make("HALT")]), hw, image, prefetch=True)
+        programs.append(program)
+        entries.append((f"p{p}", base + len(raw)))
+        raw += encode_program(program)
+    dram = np.zeros(DRAM_BYTES, np.uint8)
+    dram[:image.data.size] = image.data
+    dram[base:base + len(raw)] = np.frombuffer(bytes(raw), np.uint8)
+    result = run_job(model, dram, entries, {}, max_cycles=5_000_000)
+    for program, run in zip(programs, result.programs):
+        assert run["done"], run
+        rtl, perf = run["counters"]["cycles"], time_program(program, hw).cycles
+        assert abs(perf - rtl) <= 0.05 * rtl, (run["name"], perf, rtl)
+
+
 def test_invalid_instruction_stops_in_the_error_state(model):
     hw = model.params.hw
     mmap = MemoryMap()
