@@ -33,6 +33,7 @@ checks it against step-by-step timing).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -182,7 +183,10 @@ def staging(cfg: ModelConfig, hw: HardwareConfig) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=4096)
-def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes: int):
+def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes: int,
+                 allreduce: int = 0):
+    """One layer's tiles; ``allreduce`` cycles of a tensor-parallel allreduce after the
+    attention output projection and after the MLP (0: a single device)."""
     s = _Stream(hw, tile_bytes)
     d, q, kv, ff = cfg.d_model, cfg.q_dim, cfg.kv_dim, cfg.d_ff
     s.rmsnorm(d)
@@ -195,6 +199,8 @@ def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes
                       row_stride=heads * cfg.head_dim))
     s.attention(cfg, position)
     s.matmul(1, q, d)
+    if allreduce:
+        s.add(0, allreduce)
     s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=1, h_stride=2 * d,
                   acc_stride=4 * d)
     s.rmsnorm(d)
@@ -204,6 +210,8 @@ def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes
     s.per_channel("SILU_MUL", ff, 2, gate_addr=0, up_addr=0, dst_addr=0, param_addr=0, rows=1,
                   gate_stride=4 * ff, up_stride=ff, dst_stride=ff)
     s.matmul(1, ff, d)
+    if allreduce:
+        s.add(0, allreduce)
     s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=1, h_stride=2 * d,
                   acc_stride=4 * d)
     return tuple(s.tiles), s.read, s.macs
@@ -271,17 +279,57 @@ def _pipeline(tiles, ring: int | None) -> tuple[float, int, int]:
     return compute_end, load_busy, compute_busy
 
 
+@dataclass(frozen=True)
+class Link:
+    """The interconnect of tensor-parallel devices: bandwidth per direction, latency."""
+    gbytes_per_s: float = 16.0
+    latency_us: float = 2.0
+
+    def allreduce_seconds(self, nbytes: int, devices: int) -> float:
+        """A ring allreduce: 2 (N - 1) steps, each moving 1/N of the data."""
+        if devices <= 1:
+            return 0.0
+        steps = 2 * (devices - 1)
+        return steps * (nbytes / devices / (self.gbytes_per_s * 1e9) + self.latency_us * 1e-6)
+
+
+def shard(cfg: ModelConfig, devices: int) -> ModelConfig:
+    """One device's part of every layer under tensor parallelism (Megatron-style: heads,
+    the MLP's hidden units and the vocabulary split ``devices`` ways)."""
+    if devices < 1:
+        raise ValueError(f"devices must be at least 1, not {devices}")
+    for field, value in (("n_kv_heads", cfg.n_kv_heads), ("n_heads", cfg.n_heads),
+                         ("d_ff", cfg.d_ff)):
+        if value % devices:
+            raise ValueError(f"{cfg.name}: {field} = {value} does not split over {devices} "
+                             f"devices")
+    if devices == 1:
+        return cfg
+    return dataclasses.replace(cfg, name=f"{cfg.name}/tp{devices}",
+                               n_heads=cfg.n_heads // devices,
+                               n_kv_heads=cfg.n_kv_heads // devices,
+                               d_ff=cfg.d_ff // devices,
+                               vocab_size=-(-cfg.vocab_size // devices))
+
+
 def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
-                prefetch: bool | None = None) -> StepEstimate:
+                prefetch: bool | None = None, devices: int = 1,
+                link: Link = Link()) -> StepEstimate:
+    """One decode step at KV length ``position``; with ``devices > 1``, one device's step
+    under tensor parallelism, the two allreduces per layer (int32 partial sums of the
+    ``d_model`` outputs) on ``link``."""
     if position < 0 or position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
                          f"{cfg.name}")
     prefetch = hw.prefetch if prefetch is None else prefetch
+    allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
+    cfg = shard(cfg, devices)
     tile_bytes, ring = staging(cfg, hw)
-    layer, layer_read, layer_macs = _layer_tiles(cfg, hw, position, tile_bytes)
+    layer, layer_read, layer_macs = _layer_tiles(cfg, hw, position, tile_bytes, allreduce)
     head, head_read, head_macs = _head_tiles(cfg, hw, tile_bytes)
     tiles = layer * cfg.n_layers + head
     cycles, load_busy, compute_busy = _pipeline(tiles, ring if prefetch else None)
+    compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
     fill = hw.dram_latency_cycles + 4           # the first instruction fetch
     return StepEstimate(math.ceil(cycles + fill), load_busy, compute_busy,
                         layer_read * cfg.n_layers + head_read,
@@ -318,7 +366,8 @@ def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
     xs = _sample_positions(first, last, samples)
     ys = [decode_step(cfg, hw, x, prefetch).cycles for x in xs]
     total = 0.0
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
+                                    strict=False):
         # positions x0 .. x1 - 1 on the segment (x1 is counted by the next one)
         n = x1 - x0
         total += n * y0 + (y1 - y0) * (n - 1) / 2

@@ -159,8 +159,9 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
 
 # -- matmul --------------------------------------------------------------------------------
 def _reader_steps(addr: int, n: int, W: int) -> int:
-    """Beats of a row reader (L2 -> stream at byte 0) for one row."""
-    return _lines(addr, n, W) + (1 if addr % W else 0)
+    """Steps of a row reader (L2 -> stream from byte 0) for one row: its beats, plus a
+    priming step when the row does not start on a line."""
+    return -(-n // W) + (1 if addr % W else 0)
 
 
 def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
@@ -270,7 +271,7 @@ def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     W = hw.line_bytes
     key = (instr.mnemonic, hw, cal, tuple(
         value % W if f.address else value for f, value in zip(instr.spec.fields,
-                                                               instr.operands)))
+                                                               instr.operands, strict=True)))
     hit = _cache.get(key)
     if hit is None:
         if len(_cache) > 100_000:

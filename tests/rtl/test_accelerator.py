@@ -214,7 +214,7 @@ def test_performance_model_times_random_matmul_programs(model, seed):
     dram[:image.data.size] = image.data
     dram[base:base + len(raw)] = np.frombuffer(bytes(raw), np.uint8)
     result = run_job(model, dram, entries, {}, max_cycles=5_000_000)
-    for program, run in zip(programs, result.programs):
+    for program, run in zip(programs, result.programs, strict=True):
         assert run["done"], run
         rtl, perf = run["counters"]["cycles"], time_program(program, hw).cycles
         assert abs(perf - rtl) <= 0.05 * rtl, (run["name"], perf, rtl)

@@ -1,0 +1,77 @@
+"""The performance model's two paths against each other: the analytic fast path
+(sweeps/analytic.py) against the instruction-level model (sweeps/perf.py) on compiled
+programs, the workload integration against step-by-step timing, tensor parallelism, and
+the model's refusals. (The instruction-level model against the RTL is
+tests/rtl/test_tiny_rtl.py and tests/rtl/test_accelerator.py.)"""
+
+import dataclasses
+
+import pytest
+
+from compiler.asm import make
+from compiler.driver import compile_step
+from compiler.hardware import load_hardware
+from compiler.isa import Engine
+from models.config import preset
+from models.integer import quant_struct
+from sweeps.analytic import Link, decode_step, decode_total, shard
+from sweeps.occupancy import CALIBRATION, _occupancy, occupancy
+from sweeps.perf import PerfError, time_program
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("hw_name", ["edge-8x8", "edge-4x4"])
+def test_fast_path_agrees_with_the_instruction_level_model(tiny_model, hw_name, prefetch):
+    cfg, hw = tiny_model.cfg, load_hardware(hw_name)
+    for position in (6, 100):
+        build = compile_step(cfg, quant_struct(cfg), hw, position, 1, prefetch=prefetch)
+        exact = time_program(build.programs[0].instrs, hw).cycles
+        fast = decode_step(cfg, hw, position, prefetch).cycles
+        assert abs(fast - exact) <= 0.10 * exact, (position, fast, exact)
+
+
+def test_memoised_occupancy_is_exact():
+    """The cache is keyed on what timing depends on: every variant, cached or not, times
+    the same as a fresh computation."""
+    hw = load_hardware("edge-8x8")
+    mm = make("MATMUL", mode=1, accumulate=0, w_layout=0, x_addr=3, w_addr=70, out_addr=0,
+              m=1, k=300, n=20, x_stride=300, w_stride=300, out_stride=80)
+    variants = [mm, mm.replace(x_addr=3 + 32 * 5, w_addr=70 + 32 * 9), mm.replace(w_addr=64),
+                mm.replace(w_stride=301, w_addr=64)]
+    for v in variants + variants:
+        assert occupancy(v, hw) == _occupancy(v, hw, None, CALIBRATION)
+    assert occupancy(variants[2], hw).cycles < occupancy(variants[3], hw).cycles
+
+
+def test_workload_integration_matches_step_by_step_timing():
+    cfg = dataclasses.replace(preset("qwen2.5-0.5b"), n_layers=2)
+    hw = load_hardware("edge-16x16")
+    first, count = 40, 90
+    stepwise = sum(decode_step(cfg, hw, p).cycles for p in range(first, first + count))
+    total, timed = decode_total(cfg, hw, first, count, samples=9)
+    assert timed == 9
+    assert abs(total - stepwise) <= 0.01 * stepwise, (total, stepwise)
+
+
+def test_tensor_parallel_decode():
+    cfg, hw = preset("llama-3-8b"), load_hardware("edge-16x16").replace(l2_bytes=8 << 20)
+    one = decode_step(cfg, hw, 500)
+    two = decode_step(cfg, hw, 500, devices=2)
+    assert two.cycles < one.cycles and two.dram_read_bytes < 0.6 * one.dram_read_bytes
+    slow = Link(gbytes_per_s=1.0, latency_us=50.0)
+    on = decode_step(cfg, hw, 500, True, 4, slow)
+    off = decode_step(cfg, hw, 500, False, 4, slow)
+    assert on.cycles < off.cycles
+    with pytest.raises(ValueError, match="n_kv_heads = 8 does not split over 3"):
+        shard(cfg, 3)
+
+
+def test_refusals():
+    hw = load_hardware("edge-8x8")
+    with pytest.raises(ValueError, match="position 99999 is outside"):
+        decode_step(preset("qwen2.5-0.5b"), hw, 99999)
+    with pytest.raises(PerfError, match="without HALT"):
+        time_program([make("ARGMAX", src_addr=0, n=4, dst_addr=64)], hw)
+    waits = make("ARGMAX", src_addr=0, n=4, dst_addr=64, wait=(Engine.LOAD,))
+    with pytest.raises(PerfError, match="waits for a token from the load engine"):
+        time_program([waits, make("HALT")], hw)
