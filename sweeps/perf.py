@@ -161,8 +161,8 @@ def time_build(build, cal: Calibration = CALIBRATION) -> BuildTiming:
     read_i32 = build.image.read_i32 if build.image.data is not None else None
     timings = {p.name: time_program(p.instrs, build.hw, read_i32, cal) for p in build.programs}
     hz = build.hw.clock_hz
-    prefill = [t.cycles for p, t in zip(build.programs, timings.values(), strict=True) if p.kind == "prefill"]
-    decode = [t.cycles for p, t in zip(build.programs, timings.values(), strict=True) if p.kind == "decode"]
+    prefill = [timings[p.name].cycles for p in build.programs if p.kind == "prefill"]
+    decode = [timings[p.name].cycles for p in build.programs if p.kind == "decode"]
     ttft = sum(prefill) / hz
     tpot = sum(decode) / len(decode) / hz if decode else 0.0
     return BuildTiming(timings, hz, ttft, tpot, 1.0 / tpot if tpot else 0.0)
