@@ -1,14 +1,15 @@
 """The compiled tiny model on the RTL: bit-exactness, cycles per step, DRAM busy fraction,
-simulation speed and Verilator build time.
+simulation speed, Verilator build time, and the performance model's error per program.
 
 For each hardware description and prefetch setting this compiles ``tiny`` (prompt
 "ROMEO:", 5 new tokens: the prefill and 4 decode steps), runs it on the ISA simulator
 and on the RTL (Verilator under cocotb), checks the final DRAM bit for bit (outside the
-counter blocks) and the tokens against the JAX integer reference, and prints one JSON
-line per run plus a table::
+counter blocks) and the tokens against the JAX integer reference, times the same
+programs with the performance model (``sweeps.perf``), and prints one JSON line per run
+plus a table::
 
     python -m benchmarks.rtl_tiny                       # edge-4x4 and edge-8x8, on and off
-    python -m benchmarks.rtl_tiny --hw edge-8x8 --prefetch on
+    python -m benchmarks.rtl_tiny --hw edge-8x8 --prefetch on --l2 65536
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import time
 
 
-def run_one(tiny_model, im, hw_name: str, prefetch: bool) -> dict:
+def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None) -> dict:
     from compiler.driver import compile_generation
     from compiler.hardware import load_hardware
     from compiler.runtime import compare, reference_generation, rtl_dram_bytes, run_build, same_dram
@@ -26,7 +27,11 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool) -> dict:
     from rtl.sim import build_model
 
     ids = tiny_model.tokenizer.encode("ROMEO:")
+    from sweeps.perf import time_build
+
     hw = load_hardware(hw_name)
+    if l2:
+        hw = hw.replace(l2_bytes=l2)
     build = compile_generation(im.cfg, im.qm, hw, ids, 5, prefetch=prefetch)
     t0 = time.perf_counter()
     model = build_model(RtlParams(hw, rtl_dram_bytes(build.image.data.size), macros=True))
@@ -35,8 +40,11 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool) -> dict:
     rtl = run_build(build, "rtl")
     decode = [c for name, c in rtl.counters.items() if name.startswith("decode")]
     cycles = sum(c["cycles"] for c in rtl.counters.values())
+    perf = time_build(build)
+    errors = {name: round(100 * (perf.programs[name].cycles - c["cycles"]) / c["cycles"], 2)
+              for name, c in rtl.counters.items()}
     return {
-        "hw": hw.name, "prefetch": prefetch,
+        "hw": hw.name, "l2_bytes": hw.l2_bytes, "prefetch": prefetch,
         "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram)["bit_exact"],
         "rtl_vs_int_bit_exact": compare(rtl, reference_generation(im, ids, 5))["bit_exact"],
         "prefill_cycles": rtl.counters["prefill"]["cycles"],
@@ -49,6 +57,10 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool) -> dict:
         "cycles_per_second": cycles / rtl.wall_seconds,
         "verilator_build_seconds": model.build_seconds,
         "build_cached": build_seconds < 0.5 * model.build_seconds,
+        "perf_cycles": {name: t.cycles for name, t in perf.programs.items()},
+        "rtl_cycles": {name: c["cycles"] for name, c in rtl.counters.items()},
+        "perf_error_pct": errors,
+        "perf_max_abs_error_pct": max(abs(e) for e in errors.values()),
     }
 
 
@@ -56,6 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
     parser.add_argument("--prefetch", nargs="*", default=["on", "off"], choices=("on", "off"))
+    parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
     args = parser.parse_args(argv)
     from models.evaluate import build_int_model
     from models.zoo import load_model
@@ -65,17 +78,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for hw in args.hw:
         for prefetch in args.prefetch:
-            row = run_one(tiny, im, hw, prefetch == "on")
+            row = run_one(tiny, im, hw, prefetch == "on", args.l2)
             print(json.dumps({"benchmark": "rtl_tiny", **row}), flush=True)
             rows.append(row)
-    print(f"{'hw':<10}{'prefetch':<10}{'bit-exact':<11}{'prefill':>10}{'decode/step':>13}"
-          f"{'DRAM busy':>11}{'compute busy':>14}{'cycles/s':>10}{'build s':>9}")
+    print(f"{'hw':<10}{'L2':>9} {'prefetch':<10}{'bit-exact':<11}{'prefill':>10}{'decode/step':>13}"
+          f"{'DRAM busy':>11}{'compute busy':>14}{'cycles/s':>10}{'build s':>9}"
+          f"{'perf err (worst)':>18}")
     for r in rows:
         exact = r["rtl_vs_isa_bit_exact"] and r["rtl_vs_int_bit_exact"]
-        print(f"{r['hw']:<10}{'on' if r['prefetch'] else 'off':<10}{str(exact):<11}"
+        print(f"{r['hw']:<10}{r['l2_bytes'] >> 10:>7}Ki {'on' if r['prefetch'] else 'off':<10}"
+              f"{str(exact):<11}"
               f"{r['prefill_cycles']:>10,}{r['decode_cycles_mean']:>13,.0f}"
               f"{100 * r['decode_dram_busy']:>10.1f}%{100 * r['decode_compute_busy']:>13.1f}%"
-              f"{r['cycles_per_second']:>10,.0f}{r['verilator_build_seconds']:>9.0f}")
+              f"{r['cycles_per_second']:>10,.0f}{r['verilator_build_seconds']:>9.0f}"
+              f"{r['perf_max_abs_error_pct']:>17.2f}%")
     return rows
 
 

@@ -1,12 +1,13 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
-from benchmarks import compile_speed, rtl_dma, rtl_tiny
+from benchmarks import compile_speed, perf_model, rtl_dma, rtl_tiny
 
 
 def main() -> None:
     compile_speed.main([])
     rtl_dma.main([])
     rtl_tiny.main([])
+    perf_model.main([])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""The performance model's figures: fast-path speed and accuracy, decode against the DRAM
+roofline, prefetch speedup (one device and tensor parallel), prefill PE utilisation.
+
+    python -m benchmarks.perf_model            # every section, one JSON line per figure
+    python -m benchmarks.perf_model --only tp
+
+Sections:
+
+* ``fast``: one decode step (KV length 511) of each 1B-class preset on edge-16x16 with the
+  analytic fast path: wall time from a cold cache, tokens/s, and the fraction of the
+  DRAM-bandwidth roofline (weights and KV bytes at ``dram_bytes_per_cycle``) reached.
+* ``workload``: a workload's decode steps (qwen2.5-0.5b, 64 steps after a 448-token
+  prompt) by sampling and interpolation, against timing every step.
+* ``l2``: prefetch speedup of a decode step against L2 size, one device.
+* ``tp``: Llama-3-8B decode under tensor parallelism on 2, 4 and 8 devices across L2
+  sizes, prefetch on and off.
+* ``prefill``: PE utilisation of the projection GEMMs (``m > R``, ``k >= d_model``) of a
+  128-token prefill of Sheared-LLaMA-1.3B (2 layers) on edge-16x16, from the
+  instruction-level occupancy of the compiled program's MATMULs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+SECTIONS = ("fast", "workload", "l2", "tp", "prefill")
+
+
+def _emit(row: dict) -> dict:
+    print(json.dumps({"benchmark": "perf_model", **row}), flush=True)
+    return row
+
+
+def fast() -> list[dict]:
+    from compiler.hardware import load_hardware
+    from models.config import preset
+    from sweeps import analytic
+
+    hw = load_hardware("edge-16x16").replace(l2_bytes=16 << 20)
+    rows = []
+    for name in ("sheared-llama-1.3b", "llama-3.2-1b", "tinyllama-1.1b", "qwen2.5-0.5b"):
+        cfg = preset(name)
+        analytic._layer_tiles.cache_clear()
+        analytic._head_tiles.cache_clear()
+        t0 = time.perf_counter()
+        step = analytic.decode_step(cfg, hw, 511)
+        seconds = time.perf_counter() - t0
+        bound = step.dram_read_bytes / hw.dram_bytes_per_cycle
+        rows.append(_emit({
+            "section": "fast", "model": name, "hw": hw.name, "l2_bytes": hw.l2_bytes,
+            "wall_seconds": round(seconds, 3), "cycles": step.cycles,
+            "tokens_per_s": round(hw.clock_hz / step.cycles, 2),
+            "dram_read_bytes": step.dram_read_bytes,
+            "roofline_fraction": round(bound / step.cycles, 3)}))
+    return rows
+
+
+def workload() -> list[dict]:
+    from compiler.hardware import load_hardware
+    from models.config import preset
+    from sweeps.analytic import decode_step, decode_total
+
+    cfg, hw = preset("qwen2.5-0.5b"), load_hardware("edge-16x16").replace(l2_bytes=4 << 20)
+    first, count = 448, 64
+    t0 = time.perf_counter()
+    stepwise = sum(decode_step(cfg, hw, p).cycles for p in range(first, first + count))
+    t1 = time.perf_counter()
+    total, timed = decode_total(cfg, hw, first, count)
+    t2 = time.perf_counter()
+    return [_emit({"section": "workload", "model": cfg.name, "hw": hw.name,
+                   "first_position": first, "steps": count, "stepwise_cycles": stepwise,
+                   "sampled_cycles": total, "steps_timed": timed,
+                   "error_pct": round(100 * (total - stepwise) / stepwise, 4),
+                   "stepwise_seconds": round(t1 - t0, 2), "sampled_seconds": round(t2 - t1, 2)})]
+
+
+def l2_sweep() -> list[dict]:
+    from compiler.hardware import load_hardware
+    from models.config import preset
+    from sweeps.analytic import decode_step
+
+    cfg, base = preset("sheared-llama-1.3b"), load_hardware("edge-16x16")
+    rows = []
+    for l2 in (1 << 20, 2 << 20, 4 << 20, 16 << 20, 64 << 20, 128 << 20):
+        hw = base.replace(l2_bytes=l2)
+        on, off = decode_step(cfg, hw, 511, True), decode_step(cfg, hw, 511, False)
+        rows.append(_emit({"section": "l2", "model": cfg.name, "hw": hw.name, "l2_bytes": l2,
+                           "cycles_on": on.cycles, "cycles_off": off.cycles,
+                           "speedup": round(off.cycles / on.cycles, 3),
+                           "roofline_on": round(on.dram_read_bytes / hw.dram_bytes_per_cycle
+                                                / on.cycles, 3)}))
+    return rows
+
+
+def tp() -> list[dict]:
+    from compiler.hardware import load_hardware
+    from models.config import preset
+    from sweeps.analytic import Link, decode_step
+
+    cfg, base, link = preset("llama-3-8b"), load_hardware("edge-16x16"), Link()
+    rows = []
+    for devices in (1, 2, 4, 8):
+        for l2 in (1 << 20, 4 << 20, 16 << 20, 64 << 20):
+            hw = base.replace(l2_bytes=l2)
+            on = decode_step(cfg, hw, 1000, True, devices, link)
+            off = decode_step(cfg, hw, 1000, False, devices, link)
+            allreduce = 2 * cfg.n_layers * link.allreduce_seconds(4 * cfg.d_model, devices)
+            rows.append(_emit({
+                "section": "tp", "model": cfg.name, "hw": hw.name, "devices": devices,
+                "l2_bytes": l2, "link_gbytes_per_s": link.gbytes_per_s,
+                "link_latency_us": link.latency_us, "ms_on": round(1e3 * on.seconds(hw), 3),
+                "ms_off": round(1e3 * off.seconds(hw), 3),
+                "allreduce_ms": round(1e3 * allreduce, 3),
+                "speedup": round(off.cycles / on.cycles, 3)}))
+    return rows
+
+
+def prefill() -> list[dict]:
+    from compiler.driver import compile_step
+    from compiler.hardware import load_hardware
+    from models.config import preset
+    from models.integer import quant_struct
+    from sweeps.occupancy import occupancy
+
+    cfg = dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=2)
+    hw = load_hardware("edge-16x16").replace(l2_bytes=16 << 20)
+    build = compile_step(cfg, quant_struct(cfg), hw, 0, 128)
+    macs = cycles = 0
+    for p in build.programs:
+        for instr in p.instrs:
+            # the projections' weight tiles (not attention's per-head products)
+            if instr.mnemonic == "MATMUL" and instr.m > hw.array_rows and instr.k >= cfg.d_model:
+                occ = occupancy(instr, hw)
+                macs += occ.macs
+                cycles += occ.cycles
+    return [_emit({"section": "prefill", "model": cfg.name, "layers": cfg.n_layers,
+                   "hw": hw.name, "tokens": 128, "big_gemm_cycles": cycles,
+                   "pe_utilisation": round(macs / (cycles * hw.pes), 3)})]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    args = parser.parse_args(argv)
+    runs = {"fast": fast, "workload": workload, "l2": l2_sweep, "tp": tp, "prefill": prefill}
+    rows = []
+    for name in args.only:
+        rows += runs[name]()
+    return rows
+
+
+if __name__ == "__main__":
+    main()
