@@ -57,12 +57,23 @@ class Model:
     build_seconds: float
 
 
+def _hash_sources(h) -> None:
+    for src in SOURCES:
+        h.update(src.read_bytes())
+
+
+def source_digest() -> str:
+    """A digest of the files that determine the generated hardware (``SOURCES``)."""
+    h = hashlib.sha256()
+    _hash_sources(h)
+    return h.hexdigest()
+
+
 def model_key(params: RtlParams) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(params.hw), sort_keys=True).encode())
     h.update(str((params.dram_bytes, params.macros)).encode())
-    for src in SOURCES:
-        h.update(src.read_bytes())
+    _hash_sources(h)
     return f"{params.hw.name}-{params.dram_bytes >> 20}M-{h.hexdigest()[:12]}"
 
 

@@ -71,8 +71,8 @@ def _cost(instr, hw) -> tuple[int, int, int]:
 class _Stream:
     """Tiles in program order: (load cycles, compute cycles), plus totals."""
 
-    def __init__(self, hw: HardwareConfig, tile_bytes: int):
-        self.hw, self.tile_bytes = hw, tile_bytes
+    def __init__(self, hw: HardwareConfig, tile_bytes: int, rows: int = 1):
+        self.hw, self.tile_bytes, self.rows = hw, tile_bytes, rows
         self.tiles: list[tuple[int, int]] = []
         self.read = self.macs = 0
 
@@ -95,14 +95,23 @@ class _Stream:
     def matmul(self, m: int, k_total: int, n_total: int) -> None:
         mode = 1 if m <= self.hw.array_rows else 0
         nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols)
+        costs = {}                       # a matmul's tiles come in a few shapes
         for n0 in range(0, n_total, nt):
             n = min(nt, n_total - n0)
             for k0 in range(0, k_total, kt):
                 k = min(kt, k_total - k0)
-                mm = make("MATMUL", mode=mode, accumulate=int(k0 > 0), w_layout=0, x_addr=0,
-                          w_addr=0, out_addr=0, m=m, k=k, n=n, x_stride=k_total, w_stride=k,
-                          out_stride=4 * n_total)
-                self.add(self.load(n, k), self.compute(mm), n * k)
+                shape = (n, k, k0 > 0)
+                if shape not in costs:
+                    mm = make("MATMUL", mode=mode, accumulate=int(k0 > 0), w_layout=0,
+                              x_addr=0, w_addr=0, out_addr=0, m=m, k=k, n=n,
+                              x_stride=k_total, w_stride=k, out_stride=4 * n_total)
+                    read0, macs0 = self.read, self.macs
+                    costs[shape] = (self.load(n, k), self.compute(mm), self.read - read0,
+                                    self.macs - macs0)
+                else:
+                    self.read += costs[shape][2]
+                    self.macs += costs[shape][3]
+                self.add(costs[shape][0], costs[shape][1], n * k)
 
     def per_channel(self, mnemonic: str, cols: int, words_per_col: int, **fields) -> None:
         chunk = max(1, min(cols, self.tile_bytes // (4 * words_per_col)))
@@ -117,19 +126,23 @@ class _Stream:
 
     def requant(self, cols: int) -> None:
         self.per_channel("REQUANT", cols, 1, out_bits=0, per_channel=1, has_bias=0,
-                         src_addr=0, dst_addr=0, param_addr=0, bias_addr=0, rows=1,
+                         src_addr=0, dst_addr=0, param_addr=0, bias_addr=0, rows=self.rows,
                          src_stride=4 * cols, dst_stride=cols)
 
     def rmsnorm(self, d: int) -> None:
-        self.vector(make("RMSNORM", src_addr=0, dst_addr=0, rows=1, cols=d, src_stride=2 * d,
+        self.vector(make("RMSNORM", src_addr=0, dst_addr=0, rows=self.rows, cols=d,
+                         src_stride=2 * d,
                          dst_stride=d, mult=1, shift=0, eps=0))
 
     def attention(self, cfg: ModelConfig, position: int) -> None:
-        hd, G, R = cfg.head_dim, cfg.group_size, self.hw.array_rows
-        S = position + 1
+        """``rows`` query tokens at ``position .. position + rows - 1``: past keys and
+        values in KV chunks, the new ones from L2; decode batches a KV head's query heads
+        into the rows of one GEMV, prefill takes one head at a time."""
+        T, hd, G, R = self.rows, cfg.head_dim, cfg.group_size, self.hw.array_rows
+        S = position + T
         chunk = max(1, min(position, self.tile_bytes // hd)) if position else 0
         chunks = [min(chunk, position - c0) for c0 in range(0, position, chunk)] if position else []
-        batches = [min(R, G - g0) for g0 in range(0, G, R)]
+        batches = ([min(R, G - g0) * T for g0 in range(0, G, R)] if T == 1 else [T] * G)
 
         def prefetch(n):
             occ = occupancy(make("KV_PREFETCH", pool_addr=0, table_addr=0, first_token=0,
@@ -146,18 +159,19 @@ class _Stream:
 
         for _ in range(cfg.n_kv_heads):
             for n in chunks:
-                self.add(prefetch(n), sum(mm(g, hd, n, 0) for g in batches), n * hd)
-            self.add(0, sum(mm(g, hd, 1, 0) for g in batches))
+                self.add(prefetch(n), sum(mm(m, hd, n, 0) for m in batches), n * hd)
+            self.add(0, sum(mm(m, hd, T, 0) for m in batches))
             for _ in range(G):
-                self.vector(make("SOFTMAX", src_addr=0, dst_addr=0, rows=1, cols=S, q_pos0=S - 1,
-                                 src_stride=4 * S, dst_stride=S, mult=1, shift=0))
+                self.vector(make("SOFTMAX", src_addr=0, dst_addr=0, rows=T, cols=S,
+                                 q_pos0=position, src_stride=4 * S, dst_stride=S, mult=1,
+                                 shift=0))
             for i, n in enumerate(chunks):
-                self.add(prefetch(n), sum(mm(g, n, hd, 1, int(i > 0)) for g in batches),
+                self.add(prefetch(n), sum(mm(m, n, hd, 1, int(i > 0)) for m in batches),
                          n * hd)
-            self.add(0, sum(mm(g, 1, hd, 1, int(position > 0)) for g in batches))
+            self.add(0, sum(mm(m, T, hd, 1, int(position > 0)) for m in batches))
         self.add(self.load(1, 4), self.compute(make(
             "REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0, dst_addr=0,
-            param_addr=0, bias_addr=0, rows=1, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
+            param_addr=0, bias_addr=0, rows=T, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
             dst_stride=cfg.q_dim)), 4)
 
 
@@ -184,35 +198,35 @@ def staging(cfg: ModelConfig, hw: HardwareConfig) -> tuple[int, int]:
 
 @lru_cache(maxsize=4096)
 def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes: int,
-                 allreduce: int = 0):
+                 allreduce: int = 0, rows: int = 1):
     """One layer's tiles; ``allreduce`` cycles of a tensor-parallel allreduce after the
     attention output projection and after the MLP (0: a single device)."""
-    s = _Stream(hw, tile_bytes)
-    d, q, kv, ff = cfg.d_model, cfg.q_dim, cfg.kv_dim, cfg.d_ff
+    s = _Stream(hw, tile_bytes, rows)
+    d, q, kv, ff, T = cfg.d_model, cfg.q_dim, cfg.kv_dim, cfg.d_ff, rows
     s.rmsnorm(d)
     for n in (q, kv, kv):
-        s.matmul(1, d, n)
+        s.matmul(T, d, n)
         s.requant(n)
     for heads in (cfg.n_heads, cfg.n_kv_heads):
-        s.vector(make("ROPE", src_addr=0, dst_addr=0, rows=1, heads=heads,
+        s.vector(make("ROPE", src_addr=0, dst_addr=0, rows=T, heads=heads,
                       head_dim=cfg.head_dim, pos0=position, freq_addr=0,
                       row_stride=heads * cfg.head_dim))
     s.attention(cfg, position)
-    s.matmul(1, q, d)
+    s.matmul(T, q, d)
     if allreduce:
         s.add(0, allreduce)
-    s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=1, h_stride=2 * d,
+    s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=T, h_stride=2 * d,
                   acc_stride=4 * d)
     s.rmsnorm(d)
-    s.matmul(1, d, ff)
+    s.matmul(T, d, ff)
     s.requant(ff)
-    s.matmul(1, d, ff)
-    s.per_channel("SILU_MUL", ff, 2, gate_addr=0, up_addr=0, dst_addr=0, param_addr=0, rows=1,
+    s.matmul(T, d, ff)
+    s.per_channel("SILU_MUL", ff, 2, gate_addr=0, up_addr=0, dst_addr=0, param_addr=0, rows=T,
                   gate_stride=4 * ff, up_stride=ff, dst_stride=ff)
-    s.matmul(1, ff, d)
+    s.matmul(T, ff, d)
     if allreduce:
         s.add(0, allreduce)
-    s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=1, h_stride=2 * d,
+    s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=T, h_stride=2 * d,
                   acc_stride=4 * d)
     return tuple(s.tiles), s.read, s.macs
 
@@ -256,19 +270,17 @@ def _pipeline(tiles, ring: int | None) -> tuple[float, int, int]:
     prev_load_end = compute_end = 0
     load_busy = compute_busy = 0
     for i, (load, compute, _) in enumerate(tiles):
+        # Loads first hoisted above compute i (reach is nondecreasing) found their bytes
+        # free once compute i - 1 had released its own.
+        freed = done[i - 1] if i else 0
         while timed < reach[i]:
             timed += 1
-            t = tiles[timed]
-            # the load's slot is free once every compute it is hoisted above has released
-            # its bytes: the compute just before the first one it is hoisted over
-            first = timed
-            while first > 0 and reach[first - 1] >= timed:
-                first -= 1
-            start = max(prev_load_end, done[first - 1] if first > 0 and first - 1 < i else 0)
-            load_begin[timed], load_end[timed] = start, start + t[0]
-            if t[0]:
-                prev_load_end = load_end[timed]
-                load_busy += t[0]
+            cycles = tiles[timed][0]
+            start = max(prev_load_end, freed)
+            load_begin[timed], load_end[timed] = start, start + cycles
+            if cycles:
+                prev_load_end = start + cycles
+                load_busy += cycles
         start = max(compute_end, load_end[i] if load else 0)
         gate = reach[i] - QUEUE_DEPTH
         if gate > i:
@@ -312,6 +324,22 @@ def shard(cfg: ModelConfig, devices: int) -> ModelConfig:
                                vocab_size=-(-cfg.vocab_size // devices))
 
 
+def _layers(layer, head, n_layers: int, ring) -> tuple[float, int, int]:
+    """``n_layers`` copies of a layer's tiles then the head, through the pipeline. Once
+    the load engine's lead (at most the ring) is shorter than the layers already run,
+    each further layer adds the same time: the pipeline is run on ``k`` and ``k + 1``
+    layers and the difference repeated, which is exact once periodic and keeps the cost
+    independent of the model's depth."""
+    staged = sum(t[2] for t in layer)
+    k = 1 + (math.ceil((ring or 0) / staged) if staged else 0)
+    if n_layers <= k + 1:
+        return _pipeline(list(layer) * n_layers + list(head), ring)
+    a = _pipeline(list(layer) * k + list(head), ring)
+    b = _pipeline(list(layer) * (k + 1) + list(head), ring)
+    extra = n_layers - k
+    return tuple(x + extra * (y - x) for x, y in zip(a, b, strict=True))
+
+
 def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                 prefetch: bool | None = None, devices: int = 1,
                 link: Link = Link()) -> StepEstimate:
@@ -327,13 +355,79 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     tile_bytes, ring = staging(cfg, hw)
     layer, layer_read, layer_macs = _layer_tiles(cfg, hw, position, tile_bytes, allreduce)
     head, head_read, head_macs = _head_tiles(cfg, hw, tile_bytes)
-    tiles = layer * cfg.n_layers + head
-    cycles, load_busy, compute_busy = _pipeline(tiles, ring if prefetch else None)
+    cycles, load_busy, compute_busy = _layers(layer, head, cfg.n_layers,
+                                              ring if prefetch else None)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
     fill = hw.dram_latency_cycles + 4           # the first instruction fetch
     return StepEstimate(math.ceil(cycles + fill), load_busy, compute_busy,
                         layer_read * cfg.n_layers + head_read,
                         layer_macs * cfg.n_layers + head_macs)
+
+
+def prefill_activation_bytes(cfg: ModelConfig, tokens: int, position: int) -> int:
+    """The L2 a prefill chunk of ``tokens`` at ``position`` takes for activations: per
+    token the widest accumulator and its int8/int16 result, the residual and the
+    normalised row; one head's scores and probabilities; the last token's logits."""
+    widest = max(cfg.d_ff, cfg.q_dim + 2 * cfg.kv_dim)
+    per_token = 6 * widest + 3 * cfg.d_model
+    scores = 5 * tokens * (position + tokens)
+    return (align(2 * cfg.head_dim) + tokens * per_token + scores + 6 * cfg.vocab_size)
+
+
+def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int) -> list[tuple[int, int]]:
+    """``(start, tokens)`` chunks: the whole prompt, halved until each chunk's activations
+    and the smallest staging ring fit L2 (``compiler.driver`` does the same)."""
+    chunk = n_tokens
+    while True:
+        chunks = [(s0, min(chunk, n_tokens - s0)) for s0 in range(0, n_tokens, chunk)]
+        if chunk == 1 or all(prefill_activation_bytes(cfg, t, s0) + MIN_RING_BYTES
+                             <= hw.l2_bytes for s0, t in chunks):
+            return chunks
+        chunk = max(1, chunk // 2)
+
+
+def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
+            prefetch: bool | None = None, devices: int = 1, link: Link = Link()) -> StepEstimate:
+    """The prefill of ``n_tokens`` prompt tokens (GEMM when a chunk has more rows than the
+    array), chunk by chunk, then the head for the last token."""
+    if not 1 <= n_tokens <= cfg.max_seq_len:
+        raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
+    prefetch = hw.prefetch if prefetch is None else prefetch
+    local = shard(cfg, devices)
+    chunks = prefill_chunks(cfg, hw, n_tokens)
+    # A chunk's cost is affine in its start position (only attention depends on it):
+    # time a few chunks of the same length and interpolate the others.
+    full = [i for i, (_, t) in enumerate(chunks) if t == chunks[0][1]]
+    timed = {i: None for i in _sample_positions(full[0], full[-1], 5)}
+    timed[len(chunks) - 1] = None
+    ring = None
+    for i in sorted(timed):
+        start, t = chunks[i]
+        act = prefill_activation_bytes(local, t, start)
+        ring = hw.l2_bytes - align(act)
+        tile_bytes = min(ring // 2, max(MIN_TILE_BYTES, ring // MAX_INFLIGHT_SLOTS))
+        allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model * t, devices)
+                              * hw.clock_hz)
+        layer, read, macs = _layer_tiles(local, hw, start, tile_bytes, allreduce, t)
+        head = _head_tiles(local, hw, tile_bytes) if i == len(chunks) - 1 else ((), 0, 0)
+        cycles, load_busy, compute_busy = _layers(layer, head[0], cfg.n_layers,
+                                                  ring if prefetch else None)
+        timed[i] = (cycles, load_busy, compute_busy, read * cfg.n_layers + head[1],
+                    macs * cfg.n_layers + head[2])
+    known = sorted(timed)
+    total = [0.0] * 5
+    for i in range(len(chunks)):
+        if i in timed:
+            row = timed[i]
+        else:
+            lo = max(k for k in known if k < i)
+            hi = min(k for k in known if k > i and chunks[k][1] == chunks[i][1])
+            w = (i - lo) / (hi - lo)
+            row = [a + w * (b - a) for a, b in zip(timed[lo], timed[hi], strict=True)]
+        total = [a + b for a, b in zip(total, row, strict=True)]
+    cycles, load_busy, compute_busy, read, macs = total
+    return StepEstimate(math.ceil(cycles + hw.dram_latency_cycles + 4), round(load_busy),
+                        round(compute_busy), round(read), round(macs))
 
 
 @dataclass(frozen=True)
@@ -343,9 +437,39 @@ class WorkloadEstimate:
     prefill_cycles: int
     decode_cycles: int
     samples: int                      # decode steps actually timed
+    dram_read_bytes: int = 0
+
+    @property
+    def cycles(self) -> int:
+        return self.prefill_cycles + self.decode_cycles
 
     def tokens_per_s(self, hw: HardwareConfig) -> float:
-        return self.output_len * hw.clock_hz / self.decode_cycles if self.decode_cycles else 0.0
+        """Generated tokens over the whole workload's time (prefill included)."""
+        return self.output_len * hw.clock_hz / self.cycles if self.cycles else 0.0
+
+    def ttft_s(self, hw: HardwareConfig) -> float:
+        return self.prefill_cycles / hw.clock_hz
+
+    def tpot_s(self, hw: HardwareConfig) -> float:
+        steps = max(1, self.output_len - 1)
+        return self.decode_cycles / steps / hw.clock_hz
+
+
+def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: int,
+             prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
+             samples: int = 9) -> WorkloadEstimate:
+    """Prefill of ``prompt_len`` tokens (which yields the first output token), then
+    ``output_len - 1`` decode steps, timed by sampling (``decode_total``)."""
+    if output_len < 1:
+        raise ValueError(f"output length must be at least 1, not {output_len}")
+    if prompt_len + output_len > cfg.max_seq_len:
+        raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
+                         f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
+    pre = prefill(cfg, hw, prompt_len, prefetch, devices, link)
+    decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
+                                 devices, link)
+    return WorkloadEstimate(prompt_len, output_len, pre.cycles, decode, timed,
+                            pre.dram_read_bytes)
 
 
 def _sample_positions(first: int, last: int, samples: int) -> list[int]:
@@ -356,7 +480,8 @@ def _sample_positions(first: int, last: int, samples: int) -> list[int]:
 
 
 def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
-                 prefetch: bool | None = None, samples: int = 9) -> tuple[int, int]:
+                 prefetch: bool | None = None, samples: int = 9, devices: int = 1,
+                 link: Link = Link()) -> tuple[int, int]:
     """Cycles of decode steps at positions ``first .. first + count - 1``: steps timed at
     ``samples`` positions, the rest by linear interpolation between them. Returns
     ``(cycles, steps timed)``."""
@@ -364,7 +489,7 @@ def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
         return 0, 0
     last = first + count - 1
     xs = _sample_positions(first, last, samples)
-    ys = [decode_step(cfg, hw, x, prefetch).cycles for x in xs]
+    ys = [decode_step(cfg, hw, x, prefetch, devices, link).cycles for x in xs]
     total = 0.0
     for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
                                     strict=False):

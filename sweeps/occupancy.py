@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from compiler.asm import Instruction
 from compiler.hardware import HardwareConfig
@@ -60,6 +61,12 @@ class Occupancy:
     prefetch_bytes: int = 0
 
 
+def _fields(instr: Instruction) -> SimpleNamespace:
+    """The instruction's fields as attributes, looked up once (the loops below read them
+    per row and per tile)."""
+    return SimpleNamespace(**instr.fields())
+
+
 def _lines(addr: int, n: int, w: int) -> int:
     return (addr + n - 1) // w - addr // w + 1 if n else 0
 
@@ -74,7 +81,7 @@ class _Row:
 
 
 def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> list[_Row]:
-    f, op = instr, instr.mnemonic
+    f, op = _fields(instr), instr.mnemonic
     if op == "DMA_LOAD":
         return [_Row(f.dram_addr + r * f.dram_stride, f.l2_addr + r * f.l2_stride, f.row_bytes)
                 for r in range(f.rows)]
@@ -172,7 +179,7 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     ``ceil(kl / R)`` chunks (GEMV: one cycle per x row; GEMM: ``R`` shift cycles, the rows,
     an ``R + C + 1`` drain); after a tile group's last reduction tile the results are
     flushed and written back row by row (reading the old output first to accumulate)."""
-    f = instr
+    f = _fields(instr)
     W, R, C = hw.line_bytes, hw.array_rows, hw.array_cols
     KT = 8 * W
     gemv = f.mode == MatmulMode.GEMV
@@ -229,7 +236,7 @@ def vector_lanes(hw: HardwareConfig) -> int:
 
 def vector_segments(instr: Instruction) -> list[int]:
     """Elements of each segment (pass over a row, or one head of one token for ROPE)."""
-    f, op = instr, instr.mnemonic
+    f, op = _fields(instr), instr.mnemonic
     if op == "REQUANT":
         return ([] if f.per_channel else [1]) + [f.cols] * f.rows
     if op == "RMSNORM":
