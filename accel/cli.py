@@ -271,6 +271,30 @@ def _cmd_rtl(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    spec = load_spec(args.spec)
+    points = spec.points()
+    print(f"sweep {args.spec}: {len(points)} design points -> {args.out}/")
+    summary = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers)
+    print(f"{summary['ran']} points run, {summary['skipped']} already finished")
+    return _cmd_report(argparse.Namespace(out=args.out))
+
+
+def _cmd_report(args) -> int:
+    from sweeps.report import write_report
+
+    findings = write_report(args.out)
+    for o in findings["optima"]:
+        where = "interior" if o["interior"] else "edge of the range"
+        print(f"  {o['series']}: best tokens/s per $ at L2 = "
+              f"{o['l2_bytes_per_dollar'] / 2**20:g} MiB ({where})")
+    print(f"report: {Path(args.out).resolve() / 'report.html'} (and report.md)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     print("== accel demo: the tiny model, float reference versus the accelerator's integers ==")
     _cmd_eval(argparse.Namespace(model="tiny", max_windows=args.max_windows, json=False))
@@ -282,10 +306,15 @@ def _cmd_demo(args) -> int:
                                     max_new_tokens=8, prefetch=None, no_weights=False,
                                     decode_at=None, out="build/tiny"))
     _cmd_run(argparse.Namespace(build="build/tiny", sim="isa", waves=False))
-    print()
-    return _cmd_verify(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
-                                          max_new_tokens=8, eval_windows=64, json=False,
-                                          rtl=False))
+    print("\n== the verification ladder: integer, ISA simulator, RTL, performance model ==")
+    status = _cmd_verify(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
+                                            max_new_tokens=8, eval_windows=64, json=False,
+                                            rtl=True))
+    print("\n== a reduced L2 sweep (sweeps/demo.toml) and its report ==")
+    spec = Path(__file__).resolve().parents[1] / "sweeps" / "demo.toml"
+    _cmd_sweep(argparse.Namespace(spec=str(spec), out="build/sweep-demo", scheduler=None,
+                                  workers=None))
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,6 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add rung 3: the RTL under Verilator against the ISA simulator")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("sweep", help="run a design-space sweep (resumable) and its report")
+    p.add_argument("spec", help="sweep specification (TOML), e.g. sweeps/l2_size.toml")
+    p.add_argument("-o", "--out", required=True, help="folder for results and the report")
+    p.add_argument("--scheduler", default=None,
+                   help="a Dask scheduler address (tcp://HOST:PORT); default: local cores")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="figures, report.md and report.html of a sweep folder")
+    p.add_argument("out", help="a folder written by `accel sweep`")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("rtl", help="Verilog of the accelerator, or its synthesis statistics")
     p.add_argument("action", choices=("verilog", "stats"))

@@ -1,0 +1,286 @@
+"""Sweep reports: figures (PNG and SVG), ``report.md`` and ``report.html``.
+
+Contract
+--------
+``write_report(out)`` reads ``out/results.jsonl`` and writes into ``out/``:
+
+* ``tokens_vs_l2``: tokens/s against L2 size, prefetch on and off, per workload;
+* ``perf_per_cost``: tokens/s/mm² and tokens/s/$ against L2 size, the optimum marked;
+* ``area``: the area breakdown (logic, logic memories, L2, PHY) of each L2 size;
+* ``pareto``: tokens/s against area, the Pareto front drawn;
+* ``roofline``: the base hardware's roofline with the model's operators on it (decode
+  and prefill matmuls at their arithmetic intensity);
+* ``time_breakdown``: a decode step's time split into compute, exposed DMA and other
+  stalls, per point;
+
+then ``report.md`` and ``report.html`` (every figure, the best points, the findings).
+It returns the findings as a dict. Figures whose axis the sweep did not vary are still
+drawn (one point per line) so the report's layout does not depend on the spec.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+FIGURES = ("tokens_vs_l2", "perf_per_cost", "area", "pareto", "roofline", "time_breakdown")
+
+
+class ReportError(ValueError):
+    """A folder without sweep results."""
+
+
+def load_results(out: Path) -> list[dict]:
+    path = Path(out) / "results.jsonl"
+    if not path.exists():
+        raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    rows = [r for r in rows if r.get("feasible", True)]
+    if not rows:
+        raise ReportError(f"{path}: no finished feasible points")
+    return rows
+
+
+def _series(rows, by):
+    """Rows grouped by the ``by`` fields, each group sorted by L2 size."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[tuple(r.get(k) for k in by)].append(r)
+    return {k: sorted(v, key=lambda r: r["l2_bytes"]) for k, v in sorted(groups.items(),
+                                                                          key=str)}
+
+
+def _label(keys, values) -> str:
+    return ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}"
+                     for k, v in zip(keys, values, strict=True))
+
+
+def _mib_axis(ax) -> None:
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _save(fig, out: Path, name: str) -> None:
+    for ax in fig.axes:
+        if ax.get_xlabel().startswith("L2 size"):
+            _mib_axis(ax)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=110)
+    fig.savefig(out / f"{name}.svg")
+    plt.close(fig)
+
+
+def _varying(rows, keys):
+    return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
+
+
+def _optimum(series, metric):
+    best = max(series, key=lambda r: r[metric])
+    return best["l2_bytes"], best[metric]
+
+
+def write_report(out: str | Path) -> dict:
+    out = Path(out)
+    rows = load_results(out)
+    group_keys = _varying(rows, ["model", "workload", "array", "node", "devices",
+                                 "dram_bytes_per_cycle", "hw"]) or ["model"]
+    findings: dict = {"points": len(rows), "optima": []}
+
+    # tokens/s against L2, prefetch on and off
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, s in _series(rows, group_keys + ["prefetch"]).items():
+        ax.plot([r["l2_bytes"] / 2**20 for r in s], [r["tokens_per_s"] for r in s],
+                marker="o", linestyle="-" if key[-1] else "--",
+                label=_label(group_keys + ["prefetch"], key))
+    ax.set(xlabel="L2 size (MiB)", ylabel="tokens/s",
+           title="Throughput against L2 size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, out, "tokens_vs_l2")
+
+    # performance per cost against L2, optimum marked
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for key, s in _series(rows, group_keys + ["prefetch"]).items():
+        label = _label(group_keys + ["prefetch"], key)
+        for ax, metric in zip(axes, ("tokens_per_s_per_mm2", "tokens_per_s_per_dollar"),
+                              strict=True):
+            xs = [r["l2_bytes"] / 2**20 for r in s]
+            line, = ax.plot(xs, [r[metric] for r in s], marker="o",
+                            linestyle="-" if key[-1] else "--", label=label)
+            l2, value = _optimum(s, metric)
+            ax.plot([l2 / 2**20], [value], marker="*", markersize=14, color=line.get_color())
+        l2, value = _optimum(s, "tokens_per_s_per_dollar")
+        interior = s[0]["l2_bytes"] < l2 < s[-1]["l2_bytes"]
+        findings["optima"].append({"series": label, "l2_bytes_per_dollar": l2,
+                                   "tokens_per_s_per_dollar": value, "interior": interior,
+                                   "l2_bytes_per_mm2": _optimum(s, "tokens_per_s_per_mm2")[0]})
+    axes[0].set(xlabel="L2 size (MiB)", ylabel="tokens/s per mm²",
+                title="Performance per area (★ optimum)")
+    axes[1].set(xlabel="L2 size (MiB)", ylabel="tokens/s per $",
+                title="Performance per dollar (★ optimum)")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7)
+    _save(fig, out, "perf_per_cost")
+
+    # area breakdown per L2 size (first group, prefetch on)
+    base = next(iter(_series(rows, group_keys).values()))
+    sizes = sorted({r["l2_bytes"] for r in base})
+    by_size = {r["l2_bytes"]: r for r in base}
+    parts = ("logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bottom = [0.0] * len(sizes)
+    for part in parts:
+        values = [by_size[s][part] for s in sizes]
+        ax.bar([f"{s / 2**20:g}" for s in sizes], values, bottom=bottom,
+               label=part.removesuffix("_mm2").replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set(xlabel="L2 size (MiB)", ylabel="area (mm²)",
+           title=f"Area breakdown ({base[0]['node']}, {base[0]['array']} array)")
+    ax.legend()
+    _save(fig, out, "area")
+
+    # Pareto front: tokens/s against area
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = sorted(rows, key=lambda r: (r["area_mm2"], -r["tokens_per_s"]))
+    front, best = [], -1.0
+    for r in pts:
+        if r["tokens_per_s"] > best:
+            front.append(r)
+            best = r["tokens_per_s"]
+    ax.scatter([r["area_mm2"] for r in rows], [r["tokens_per_s"] for r in rows], s=14,
+               alpha=0.5, label="design points")
+    ax.plot([r["area_mm2"] for r in front], [r["tokens_per_s"] for r in front], "r-o",
+            markersize=4, label="Pareto front")
+    ax.set(xscale="log", xlabel="die area (mm²)", ylabel="tokens/s",
+           title="Throughput against area")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    _save(fig, out, "pareto")
+    findings["pareto"] = [{k: r[k] for k in ("key", "l2_bytes", "area_mm2", "tokens_per_s")}
+                          for r in front]
+
+    _roofline(rows[0], out)
+
+    # time breakdown of a decode step
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(rows)), 4.5))
+    ordered = sorted(rows, key=lambda r: (str([r[k] for k in group_keys]), r["prefetch"],
+                                          r["l2_bytes"]))
+    names = [f"{r['l2_bytes'] / 2**20:g}M {'pf' if r['prefetch'] else 'no'}" for r in ordered]
+    compute = [r["decode_compute_busy"] / r["decode_step_cycles"] for r in ordered]
+    dma = [min(1 - c, r["decode_load_busy"] / r["decode_step_cycles"])
+           for c, r in zip(compute, ordered, strict=True)]
+    stall = [max(0.0, 1 - c - d) for c, d in zip(compute, dma, strict=True)]
+    ax.bar(names, compute, label="compute engine busy")
+    ax.bar(names, dma, bottom=compute, label="waiting on DMA")
+    ax.bar(names, stall, bottom=[c + d for c, d in zip(compute, dma, strict=True)],
+           label="other stalls")
+    ax.set(ylabel="fraction of a decode step", title="Decode step time breakdown")
+    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.legend(fontsize=8)
+    _save(fig, out, "time_breakdown")
+
+    _write_text(out, rows, findings, group_keys)
+    return findings
+
+
+def _roofline(row: dict, out: Path) -> None:
+    """The roofline of a point's hardware, with the model's matmuls of a decode step and
+    of a prefill placed at their intensity (MACs per DRAM byte) and attainable rate."""
+    from models.config import preset
+    from sweeps.spec import point_hardware
+
+    hw = point_hardware(row)
+    cfg = preset(row["model"])
+    peak = hw.pes                                   # MACs per cycle
+    bw = hw.dram_bytes_per_cycle                    # bytes per cycle
+    ops = {"q": (cfg.d_model, cfg.q_dim), "k/v": (cfg.d_model, cfg.kv_dim),
+           "o": (cfg.q_dim, cfg.d_model), "gate/up": (cfg.d_model, cfg.d_ff),
+           "down": (cfg.d_ff, cfg.d_model), "lm_head": (cfg.d_model, cfg.vocab_size)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [2 ** (i / 4) for i in range(-8, 60)]
+    ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", label=f"roofline ({hw.name})")
+    for phase, rows_ in (("decode", 1), ("prefill", row["prompt"])):
+        for name, (k, n) in ops.items():
+            macs = rows_ * k * n
+            intensity = macs / (k * n + rows_ * (k + n))      # weights + activations
+            ax.plot([intensity], [min(peak, bw * intensity)], "o" if phase == "decode"
+                    else "s", label=f"{phase} {name}")
+            ax.annotate(name, (intensity, min(peak, bw * intensity)), fontsize=6)
+    achieved = 2 * cfg.n_params / 2 / max(1, row["decode_step_cycles"])
+    ax.axhline(achieved, color="gray", linestyle=":", label="decode step achieved")
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (MACs per DRAM byte)",
+           ylabel="MACs per cycle", title="Roofline with the model's operators")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, out, "roofline")
+
+
+CAPTIONS = {
+    "tokens_vs_l2": "Tokens/s (whole workload: prefill then decode) against L2 size; solid "
+                    "with prefetch, dashed without.",
+    "perf_per_cost": "Performance per area and per dollar against L2 size; the star marks "
+                     "each series' optimum.",
+    "area": "Die area by part against L2 size.",
+    "pareto": "Tokens/s against die area for every point, with the Pareto front.",
+    "roofline": "Roofline of the first point's hardware with the model's matmuls (circles: "
+                "decode, squares: prefill) at their attainable rate; dotted: the decode "
+                "step's achieved MAC rate.",
+    "time_breakdown": "A decode step (mid-workload KV length) split into compute-engine "
+                      "busy time, time waiting on DMA, and other stalls.",
+}
+
+
+def _write_text(out: Path, rows, findings, group_keys) -> None:
+    best = sorted(rows, key=lambda r: -r["tokens_per_s_per_dollar"])[:10]
+    cols = ["l2_bytes", "prefetch", *group_keys, "tokens_per_s", "area_mm2", "cost_dollars",
+            "tokens_per_s_per_mm2", "tokens_per_s_per_dollar"]
+    cols = list(dict.fromkeys(cols))
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    md = ["# Sweep report", "", f"{len(rows)} design points from `{out / 'results.csv'}`.",
+          "", "## Findings", ""]
+    for o in findings["optima"]:
+        md.append(f"- {o['series']}: tokens/s per $ peaks at L2 = "
+                  f"{o['l2_bytes_per_dollar'] / 2**20:g} MiB "
+                  f"({'interior optimum' if o['interior'] else 'at the edge of the range'}); "
+                  f"per mm² at {o['l2_bytes_per_mm2'] / 2**20:g} MiB.")
+    md += ["", "## Best points (tokens/s per $)", "",
+           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in best]
+    md += ["", "## Figures", ""]
+    for name in FIGURES:
+        md += [f"![{name}]({name}.png)", "", CAPTIONS[name], ""]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+    body = ["<h1>Sweep report</h1>", f"<p>{len(rows)} design points.</p>", "<h2>Findings</h2>",
+            "<ul>"]
+    for line in md:
+        if line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+    body += ["</ul>", "<h2>Best points (tokens/s per $)</h2>", "<table border='1'>",
+             "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"]
+    body += ["<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>"
+             for r in best]
+    body += ["</table>", "<h2>Figures</h2>"]
+    for name in FIGURES:
+        body += [f"<figure><img src='{name}.png' alt='{name}' width='800'>",
+                 f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"]
+    (out / "report.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>Sweep report</title>"
+        "</head><body>" + "\n".join(body) + "</body></html>\n")

@@ -1,0 +1,192 @@
+"""The sweep runner: every design point of a spec through the fast path and the cost
+model, in parallel, resumable.
+
+Contract
+--------
+``run_sweep(spec, out, scheduler=None, workers=None)`` evaluates the spec's points
+(``evaluate``: ``sweeps.analytic.workload`` for performance, ``sweeps.cost`` for area and
+cost) on the local cores (a process pool) or, with ``scheduler="tcp://host:port"``, on a
+Dask distributed cluster. Each finished point is appended at once to
+``out/results.jsonl`` and ``out/results.csv``; a point whose key is already in
+``results.jsonl`` is skipped, so a sweep stopped halfway resumes where it was and loses
+nothing. The logic statistics a point's cost needs (one Yosys run per distinct logic
+configuration, cached) are computed before the points, with progress shown.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from compiler.hardware import HardwareConfig
+from compiler.ir import CompileError
+from models.config import preset
+from sweeps import analytic
+from sweeps.cost import cost, dram_capacity_gbytes, logic_stats
+from sweeps.spec import HW_FIELDS, Spec, point_hardware
+
+
+def point_key(point: dict) -> str:
+    return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate(point: dict, workloads: dict[str, dict]) -> dict:
+    """One design point: performance (fast path) and area/cost; a flat dict. A point the
+    compiler could not map (its L2 cannot hold the activations) is recorded as
+    ``feasible: false`` with the reason."""
+    hw = point_hardware(point)
+    cfg = preset(point["model"])
+    w = workloads[point["workload"]]
+    devices = point["devices"]
+    link = analytic.Link(point["link_gbytes_per_s"], point["link_latency_us"])
+    try:
+        est = analytic.workload(cfg, hw, w["prompt"], w["output"], point["prefetch"],
+                                devices, link)
+    except CompileError as e:
+        return {"key": point_key(point), **point, "l2_bytes": hw.l2_bytes, "feasible": False,
+                "reason": str(e)}
+    c = cost(hw, point["node"], dram_capacity_gbytes(cfg.n_params // devices
+                                                     + cfg.kv_dim * 2 * cfg.n_layers
+                                                     * cfg.max_seq_len // devices))
+    mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
+                               devices, link)
+    tokens_per_s = est.tokens_per_s(hw)
+    system_dollars = devices * c.total_dollars
+    return {
+        "key": point_key(point), **point, "l2_bytes": hw.l2_bytes, "feasible": True,
+        "reason": "", "array": f"{hw.array_rows}x{hw.array_cols}", "prompt": w["prompt"],
+        "output": w["output"], "tokens_per_s": tokens_per_s,
+        "ttft_s": est.ttft_s(hw), "tpot_s": est.tpot_s(hw),
+        "prefill_cycles": est.prefill_cycles, "decode_cycles": est.decode_cycles,
+        "dram_read_bytes": est.dram_read_bytes,
+        "decode_step_cycles": mid.cycles, "decode_load_busy": mid.load_busy,
+        "decode_compute_busy": mid.compute_busy,
+        "decode_roofline_tokens_per_s": hw.dram_bytes_per_cycle * hw.clock_hz
+        / max(1, cfg.n_params // devices),
+        **c.as_dict(),
+        "tokens_per_s_per_mm2": tokens_per_s / (devices * c.area.total_mm2),
+        "tokens_per_s_per_dollar": tokens_per_s / system_dollars,
+    }
+
+
+def _logic_configs(points: list[dict]) -> list[HardwareConfig]:
+    seen, out = set(), []
+    for p in points:
+        hw = point_hardware(p)
+        key = (hw.array_rows, hw.array_cols, hw.vector_lanes, hw.l2_banks, hw.l2_port_bytes,
+               hw.dram_bytes_per_cycle, hw.dram_latency_cycles, hw.kv_block_tokens,
+               hw.token_counter_bits)
+        if key not in seen:
+            seen.add(key)
+            out.append(hw)
+    return out
+
+
+def finished_keys(out: Path) -> set[str]:
+    path = out / "results.jsonl"
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text().splitlines():
+        try:
+            keys.add(json.loads(line)["key"])
+        except (json.JSONDecodeError, KeyError):
+            continue                 # a line cut short by a kill: that point runs again
+    return keys
+
+
+def _drop_partial_line(path: Path) -> None:
+    """A run killed mid-write leaves a line without its newline: cut it off (that point
+    is not in the finished set and runs again)."""
+    if not path.exists():
+        return
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        path.write_bytes(raw[:raw.rfind(b"\n") + 1])
+
+
+class _Writer:
+    """Appends rows to results.jsonl and results.csv, flushed after every row."""
+
+    def __init__(self, out: Path):
+        _drop_partial_line(out / "results.jsonl")
+        self.jsonl = (out / "results.jsonl").open("a")
+        # results.jsonl is the record; the CSV is rewritten from it, so a kill between
+        # the two writes leaves them consistent on the next run.
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        self.csv = (out / "results.csv").open("w", newline="")
+        self.header = None
+        for row in rows:
+            self.write_csv(row)
+
+    def write(self, row: dict) -> None:
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        self.write_csv(row)
+
+    def write_csv(self, row: dict) -> None:
+        if self.header is None:
+            self.header = list(row)
+            csv.writer(self.csv).writerow(self.header)
+        csv.writer(self.csv).writerow([row.get(k, "") for k in self.header])
+        self.csv.flush()
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.csv.close()
+
+
+def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
+              workers: int | None = None, progress: bool = True) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    points = spec.points()
+    done = finished_keys(out)
+    todo = [p for p in points if point_key(p) not in done]
+    (out / "spec.toml").write_text(spec.path.read_text())
+    configs = _logic_configs(todo)
+    for hw in tqdm(configs, desc="logic statistics (Yosys, cached)", disable=not progress):
+        logic_stats(hw)
+    writer = _Writer(out)
+    bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="design points",
+               disable=not progress)
+    try:
+        if scheduler:
+            _run_dask(todo, spec.workloads, scheduler, writer, bar)
+        else:
+            _run_local(todo, spec.workloads, workers, writer, bar)
+    finally:
+        bar.close()
+        writer.close()
+    return {"points": len(points), "skipped": len(points) - len(todo), "ran": len(todo)}
+
+
+def _run_local(todo, workloads, workers, writer, bar) -> None:
+    if workers == 1 or len(todo) <= 1:
+        for p in todo:
+            writer.write(evaluate(p, workloads))
+            bar.update()
+        return
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(evaluate, p, workloads) for p in todo]
+        for f in cf.as_completed(futures):
+            writer.write(f.result())
+            bar.update()
+
+
+def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
+    from distributed import Client, as_completed
+
+    with Client(scheduler) as client:
+        futures = client.map(evaluate, todo, workloads=workloads, pure=False)
+        for f in as_completed(futures):
+            writer.write(f.result())
+            bar.update()
+
+
+__all__ = ["HW_FIELDS", "evaluate", "finished_keys", "point_key", "run_sweep"]

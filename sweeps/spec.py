@@ -1,0 +1,220 @@
+"""Sweep specifications: a TOML file to a validated list of design points.
+
+Contract
+--------
+``load_spec(path)`` reads a spec and returns a ``Spec``; ``spec.points()`` the design
+points (dicts of every setting, in a stable order). Everything is checked before any
+point runs: an unknown section or axis, an empty or malformed range, an unknown model,
+hardware preset, node or workload, a value out of the hardware's range. ``SpecError``
+names the file and the line.
+
+A spec::
+
+    [sweep]
+    sampling = "grid"            # or "random", with samples = N and seed = S
+
+    [fixed]                      # settings every point shares (all optional)
+    hw = "edge-16x16"            # a preset or TOML file: the base hardware description
+    model = "sheared-llama-1.3b"
+    node = "16nm"
+    devices = 1
+    prefetch = true
+    workload = "liso"
+    link_gbytes_per_s = 16.0
+    link_latency_us = 2.0
+
+    [workloads]                  # named workloads, exact lengths
+    liso = { prompt = 1024, output = 128 }
+
+    [axes]                       # any HardwareConfig field, or a setting above
+    l2_bytes = { geometric = [65536, 134217728], factor = 2 }
+    prefetch = [true, false]
+    dram_bytes_per_cycle = { range = [16, 64, 16] }     # start, stop (inclusive), step
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compiler.hardware import HardwareConfig, HardwareError, load_hardware
+from models.config import preset
+from sweeps.cost import NODES
+
+SETTINGS = {"hw": str, "model": str, "node": str, "devices": int, "prefetch": bool,
+            "workload": str, "link_gbytes_per_s": float, "link_latency_us": float}
+DEFAULTS = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm", "devices": 1,
+            "prefetch": True, "workload": "liso", "link_gbytes_per_s": 16.0,
+            "link_latency_us": 2.0}
+DEFAULT_WORKLOADS = {"liso": {"prompt": 1024, "output": 128},
+                     "silo": {"prompt": 128, "output": 1024}}
+HW_FIELDS = {f.name for f in dataclasses.fields(HardwareConfig)} - {"name"}
+SECTIONS = {"sweep", "fixed", "workloads", "axes"}
+
+
+class SpecError(ValueError):
+    """A sweep specification that cannot run; the message names file and line."""
+
+
+@dataclass
+class Spec:
+    path: Path
+    sampling: str
+    samples: int
+    seed: int
+    fixed: dict
+    workloads: dict[str, dict]
+    axes: dict[str, list] = field(default_factory=dict)
+
+    def points(self) -> list[dict]:
+        names = list(self.axes)
+        grid = [dict(zip(names, combo, strict=True))
+                for combo in itertools.product(*(self.axes[n] for n in names))]
+        if self.sampling == "random":
+            rng = random.Random(self.seed)
+            grid = rng.sample(grid, min(self.samples, len(grid)))
+        return [{**self.fixed, **p} for p in grid]
+
+
+def _line(text: str, key: str, section: str | None) -> int:
+    """The line of ``key =`` (inside ``[section]`` when given), or of the section."""
+    lines = text.splitlines()
+    start = 0
+    if section:
+        for i, line in enumerate(lines):
+            if re.match(rf"\s*\[{re.escape(section)}\]\s*(#.*)?$", line):
+                start = i
+                break
+    for i in range(start, len(lines)):
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+    return start + 1
+
+
+def _expand(name: str, value, fail) -> list:
+    if isinstance(value, list):
+        values = value
+    elif isinstance(value, dict) and set(value) <= {"geometric", "factor"} and "geometric" in value:
+        lo, hi = value["geometric"] if len(value["geometric"]) == 2 else fail("geometric needs "
+                                                                            "[low, high]")
+        factor = value.get("factor", 2)
+        if not (isinstance(lo, int) and isinstance(hi, int) and lo > 0 and factor > 1):
+            fail("geometric needs positive integer bounds and a factor above 1")
+        values, v = [], lo
+        while v <= hi:
+            values.append(v)
+            v *= factor
+    elif isinstance(value, dict) and set(value) == {"range"}:
+        if len(value["range"]) != 3 or value["range"][2] <= 0:
+            fail("range needs [start, stop, step] with a positive step")
+        start, stop, step = value["range"]
+        values = list(range(start, stop + 1, step))
+    else:
+        fail("an axis is a list of values, { geometric = [low, high], factor = F } or "
+             "{ range = [start, stop, step] }")
+    if not values:
+        fail("the axis is empty")
+    return values
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such sweep specification")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+
+    def fail_at(key, section, message):
+        raise SpecError(f"{path}:{_line(text, key, section)}: {message}")
+
+    for section in data:
+        if section not in SECTIONS:
+            fail_at(section, None, f"unknown section [{section}] (known: "
+                    f"{', '.join(sorted(SECTIONS))})")
+    sweep = data.get("sweep", {})
+    sampling = sweep.get("sampling", "grid")
+    if sampling not in ("grid", "random"):
+        fail_at("sampling", "sweep", f"sampling must be 'grid' or 'random', not {sampling!r}")
+    samples = sweep.get("samples", 0)
+    if sampling == "random" and (not isinstance(samples, int) or samples < 1):
+        fail_at("samples", "sweep", "random sampling needs samples = N >= 1")
+
+    workloads = dict(DEFAULT_WORKLOADS)
+    for name, w in data.get("workloads", {}).items():
+        if not (isinstance(w, dict) and set(w) == {"prompt", "output"}
+                and all(isinstance(v, int) and v >= 1 for v in w.values())):
+            fail_at(name, "workloads", f"workload {name!r} needs prompt = N and output = N, "
+                    "positive integers")
+        workloads[name] = w
+
+    fixed = dict(DEFAULTS)
+    for key, value in data.get("fixed", {}).items():
+        if key not in SETTINGS and key not in HW_FIELDS:
+            fail_at(key, "fixed", f"unknown setting {key!r} (settings: "
+                    f"{', '.join(SETTINGS)}; or a hardware field)")
+        fixed[key] = value
+
+    axes = {}
+    for name, value in data.get("axes", {}).items():
+        if name not in SETTINGS and name not in HW_FIELDS:
+            fail_at(name, "axes", f"unknown axis {name!r} (axes: any hardware field — "
+                    f"{', '.join(sorted(HW_FIELDS))} — or {', '.join(SETTINGS)})")
+        axes[name] = _expand(name, value,
+                             lambda m, name=name: fail_at(name, "axes", f"axis {name}: {m}"))
+    spec = Spec(path, sampling, samples, sweep.get("seed", 0), fixed, workloads, axes)
+
+    # Every value is checked now, so that no point fails halfway through a sweep.
+    for name, values in [(k, [v]) for k, v in fixed.items()] + list(axes.items()):
+        section = "axes" if name in axes else "fixed"
+        for v in values:
+            problem = _check_value(name, v, spec)
+            if problem:
+                fail_at(name, section, problem)
+    for p in spec.points():
+        try:
+            point_hardware(p)
+        except HardwareError as e:
+            named = [k for k in (*axes, *fixed) if k in HW_FIELDS and str(e).startswith(k)]
+            key = named[0] if named else next((k for k in axes if k in HW_FIELDS), "hw")
+            fail_at(key, "axes" if key in axes else "fixed", f"a point's hardware is invalid: {e}")
+    return spec
+
+
+def _check_value(name: str, value, spec: Spec) -> str | None:
+    kind = SETTINGS.get(name)
+    if kind is not None and not (isinstance(value, kind) or kind is float
+                                 and isinstance(value, int)):
+        return f"{name} must be {kind.__name__}, not {value!r}"
+    if name == "model":
+        try:
+            preset(value)
+        except (KeyError, ValueError) as e:
+            return f"unknown model {value!r} ({e})"
+    elif name == "node" and value not in NODES:
+        return f"unknown node {value!r} (known: {', '.join(NODES)})"
+    elif name == "workload" and value not in spec.workloads:
+        return f"unknown workload {value!r} (defined: {', '.join(spec.workloads)})"
+    elif name == "hw":
+        try:
+            load_hardware(value)
+        except HardwareError as e:
+            return str(e)
+    elif name == "devices" and value < 1:
+        return f"devices must be at least 1, not {value}"
+    return None
+
+
+def point_hardware(point: dict) -> HardwareConfig:
+    """The hardware description of a point: the base preset with the point's fields."""
+    hw = load_hardware(point["hw"])
+    changes = {k: v for k, v in point.items() if k in HW_FIELDS}
+    changes["prefetch"] = point.get("prefetch", hw.prefetch)
+    return hw.replace(**changes)

@@ -1,0 +1,151 @@
+"""Sweeps end to end: spec validation, the cost model's arithmetic, a real sweep (fast
+path + Yosys statistics) that resumes after a kill, the same sweep on a local Dask
+cluster, and the report opened in a headless browser."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from compiler.hardware import load_hardware
+from sweeps import cost as C
+from sweeps.report import FIGURES, write_report
+from sweeps.runner import finished_keys, run_sweep
+from sweeps.spec import SpecError, load_spec
+
+SPEC = """[sweep]
+sampling = "grid"
+
+[fixed]
+hw = "edge-4x4"
+model = "qwen2.5-0.5b"
+node = "16nm"
+
+[workloads]
+short = { prompt = 32, output = 8 }
+
+[axes]
+l2_bytes = { geometric = [1048576, 4194304], factor = 2 }
+prefetch = [true, false]
+workload = ["short"]
+"""
+
+
+def write(tmp_path, text, name="spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("edit", "line", "message"), [
+    (("l2_bytes = {", "l2_byts = {"), 13, "unknown axis 'l2_byts'"),
+    (("factor = 2 }", "factor = 2 }\ndevices = []"), 14, "axis devices: the axis is empty"),
+    (('model = "qwen2.5-0.5b"', 'model = "gpt-17"'), 6, "unknown model 'gpt-17'"),
+    (('node = "16nm"', 'node = "3nm"'), 7, "unknown node '3nm'"),
+    (('workload = ["short"]', 'workload = ["long"]'), 15, "unknown workload 'long'"),
+    (("[sweep]", "[swep]"), 1, "unknown section [swep]"),
+    (("factor = 2 }", "factor = 2 }\narray_rows = [3]"), 14, "must be a power of two"),
+])
+def test_bad_specs_fail_before_any_point_naming_the_line(tmp_path, edit, line, message):
+    path = write(tmp_path, SPEC.replace(*edit))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert f"{path}:{line}:" in str(err.value) and message in str(err.value)
+
+
+def test_cost_model_arithmetic():
+    # The negative-binomial yield and the gross dies of a 300 mm wafer.
+    assert C.die_yield(100.0, 0.1) == pytest.approx((1 + 0.1 / 3) ** -3)
+    assert C.dies_per_wafer(100.0) == 640
+    stats = {"gate_equivalents": 2e6, "flip_flop_bits": 0, "memory_bits": 1 << 20}
+    hw = load_hardware("edge-8x8")
+    areas = {n: C.area(hw, n, stats) for n in C.NODES}
+    assert areas["7nm"].total_mm2 < areas["16nm"].total_mm2 < areas["28nm"].total_mm2
+    assert areas["7nm"].l2_mm2 == pytest.approx(2.4 * hw.l2_bytes / 2**20)   # LLMCompass
+    big = C.cost(hw.replace(l2_bytes=64 << 20), "16nm", 4, stats)
+    small = C.cost(hw, "16nm", 4, stats)
+    assert big.area.total_mm2 > small.area.total_mm2 and big.yield_ < small.yield_
+    assert big.die_dollars > small.die_dollars and small.dram_dollars == 4 * C.DRAM_DOLLARS_PER_GB
+    with pytest.raises(C.CostError, match="unknown technology node"):
+        C.cost(hw, "5nm", 1, stats)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A real sweep: 6 points (3 L2 sizes x prefetch), edge-4x4's logic from Yosys."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = load_spec(write(tmp, SPEC))
+    out = tmp / "out"
+    summary = run_sweep(spec, out, workers=2, progress=False)
+    return spec, out, summary
+
+
+def test_sweep_writes_every_point_and_resumes_after_a_kill(sweep, tmp_path):
+    spec, out, summary = sweep
+    assert summary == {"points": 6, "skipped": 0, "ran": 6}
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len({r["key"] for r in rows}) == 6
+    assert all(r["feasible"] and r["tokens_per_s"] > 0 and r["area_mm2"] > 0 for r in rows)
+    on = {r["l2_bytes"]: r["tokens_per_s"] for r in rows if r["prefetch"]}
+    off = {r["l2_bytes"]: r["tokens_per_s"] for r in rows if not r["prefetch"]}
+    assert all(on[s] > off[s] for s in on)
+    # A kill while the fifth point was being written: that line is cut short.
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed)
+    lines = (killed / "results.jsonl").read_text().splitlines()
+    (killed / "results.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
+    assert len(finished_keys(killed)) == 4
+    again = run_sweep(spec, killed, workers=1, progress=False)
+    assert again == {"points": 6, "skipped": 4, "ran": 2}
+    keys = finished_keys(killed)
+    assert keys == {r["key"] for r in rows}
+    assert run_sweep(spec, killed, progress=False)["ran"] == 0
+    csv_rows = (killed / "results.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("key,") and len(csv_rows) == 1 + 6
+
+
+def test_the_same_sweep_on_a_local_dask_cluster(sweep, tmp_path):
+    from distributed import LocalCluster
+
+    spec, out, _ = sweep
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        summary = run_sweep(spec, tmp_path / "dask", scheduler=cluster.scheduler_address,
+                            progress=False)
+    assert summary["ran"] == 6
+    local = {json.loads(x)["key"]: json.loads(x)
+             for x in (out / "results.jsonl").read_text().splitlines()}
+    for line in (tmp_path / "dask" / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert row == local[row["key"]]
+
+
+def test_report_figures_load_in_a_headless_browser(sweep, tmp_path):
+    _, out, _ = sweep
+    findings = write_report(out)
+    assert len(findings["optima"]) == 2 and findings["pareto"]
+    for name in FIGURES:
+        assert (out / f"{name}.png").stat().st_size > 1000
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    page = (out / "report.html").read_text()
+    assert all(f"src='{name}.png'" in page for name in FIGURES)
+    assert "Findings" in (out / "report.md").read_text()
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("the report test needs Debian's chromium (`make test` installs it)")
+    # Every <img> must have loaded (naturalWidth > 0): a script in a copy of the page
+    # writes the verdict into the DOM that headless Chromium dumps.
+    probe = tmp_path / "probe.html"
+    shutil.copytree(out, tmp_path / "site")
+    probe = tmp_path / "site" / "probe.html"
+    probe.write_text(page.replace("</body>", """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  document.body.setAttribute('data-loaded',
+    imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length);
+});</script></body>"""))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f'data-loaded="{len(FIGURES)}/{len(FIGURES)}"' in dom, dom[-500:]
