@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rtl.common import RtlParams
 
+CACHE = Path(__file__).resolve().parents[1] / "build" / "stats"
 SCRIPT = """read_rtlil design.il
 hierarchy -top accelerator
 proc
@@ -89,8 +90,23 @@ def _run_yosys(rtlil: str) -> dict:
         return json.loads((tmp / "netlist.json").read_text())
 
 
-def synth_stats(params: RtlParams) -> dict:
-    """Per-component statistics of ``Accelerator(params)`` (see the module docstring)."""
+def synth_stats(params: RtlParams, cache: Path | None = CACHE) -> dict:
+    """Per-component statistics of ``Accelerator(params)`` (see the module docstring),
+    cached under ``build/stats/`` by the same key as a Verilator model (the hardware
+    description, the DRAM size and the RTL sources): a Yosys run takes minutes."""
+    from rtl.sim import model_key
+
+    path = cache / f"synth-{model_key(params)}.json" if cache else None
+    if path and path.exists():
+        return json.loads(path.read_text())
+    result = _synth_stats(params)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+    return result
+
+
+def _synth_stats(params: RtlParams) -> dict:
     from amaranth.back import rtlil
 
     from rtl.top import Accelerator

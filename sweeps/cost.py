@@ -12,22 +12,16 @@ Every constant is in ``NODES`` / ``DRAM_DOLLARS_PER_GB`` with its source, and in
 ``docs/cost.md``.
 
 Logic statistics come from Yosys and take a minute or two per configuration; they are
-cached under ``build/stats/`` keyed by everything but the L2 size (the L2 is SRAM macros,
-costed from its capacity) — ``logic_stats(hw)``.
+cached under ``build/stats/`` and taken at a fixed L2 size (the L2 is SRAM macros, costed
+from its capacity) — ``logic_stats(hw)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from compiler.hardware import HardwareConfig
-
-STATS_ROOT = Path(__file__).resolve().parents[1] / "build" / "stats"
 
 
 @dataclass(frozen=True)
@@ -75,38 +69,22 @@ def node(name: str) -> Node:
 
 
 # -- logic statistics -------------------------------------------------------------------
-def _logic_key(hw: HardwareConfig) -> str:
-    fields = dataclasses.asdict(hw.replace(l2_bytes=hw.l2_banks * hw.l2_port_bytes * 1024,
-                                           name="-", prefetch=True))
-    from rtl.sim import source_digest  # the RTL sources are part of the key
-    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    h.update(source_digest().encode())
-    return h.hexdigest()[:16]
-
-
-def logic_stats(hw: HardwareConfig, root: Path = STATS_ROOT) -> dict:
+def logic_stats(hw: HardwareConfig) -> dict:
     """Totals of the accelerator's logic (every component): NAND2 equivalents, flip-flop
-    bits and memory bits outside the L2, from Yosys, cached per logic configuration."""
-    key = _logic_key(hw)
-    path = root / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    bits and memory bits outside the L2, from Yosys (``rtl.stats.synth_stats``, cached).
+    The L2's size only changes its SRAM macros, so the logic is synthesised at a fixed
+    256 KiB L2 (edge-4x4's, so its preset shares the cache)."""
     from rtl.common import RtlParams
     from rtl.stats import synth_stats
 
-    # The L2's size only changes its SRAM macros; synthesise at a small one.
-    small = hw.replace(l2_bytes=max(hw.l2_banks * hw.l2_port_bytes * 64, 64 * 1024))
-    stats = synth_stats(RtlParams(small, dram_bytes=64 << 20, macros=True))
-    comps = stats["components"]
-    totals = {
+    base = hw.replace(l2_bytes=256 * 1024, prefetch=True)
+    comps = synth_stats(RtlParams(base, dram_bytes=64 << 20, macros=True))["components"]
+    return {
         "gate_equivalents": sum(c["gate_equivalents"] for c in comps.values()),
         "flip_flop_bits": sum(c["flip_flop_bits"] for c in comps.values()),
         "memory_bits": sum(c["memory_bits"] for c in comps.values()),
         "by_component": {name: c["gate_equivalents"] for name, c in comps.items()},
     }
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(totals))
-    return totals
 
 
 # -- area and cost ----------------------------------------------------------------------
