@@ -115,11 +115,16 @@ class _Stream:
 
     def per_channel(self, mnemonic: str, cols: int, words_per_col: int, **fields) -> None:
         chunk = max(1, min(cols, self.tile_bytes // (4 * words_per_col)))
+        costs = {}                       # every chunk but the last has the same width
         for c0 in range(0, cols, chunk):
             c = min(chunk, cols - c0)
-            instr = make(mnemonic, cols=c, **fields)
-            self.add(self.load(1, 4 * words_per_col * c), self.compute(instr),
-                     4 * words_per_col * c)
+            if c not in costs:
+                read0 = self.read
+                costs[c] = (self.load(1, 4 * words_per_col * c),
+                            self.compute(make(mnemonic, cols=c, **fields)), self.read - read0)
+            else:
+                self.read += costs[c][2]
+            self.add(costs[c][0], costs[c][1], 4 * words_per_col * c)
 
     def vector(self, instr) -> None:
         self.add(0, self.compute(instr))
