@@ -1,6 +1,6 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
-from benchmarks import compile_speed, perf_model, rtl_dma, rtl_tiny
+from benchmarks import compile_speed, perf_model, rtl_dma, rtl_tiny, sweep_speed
 
 
 def main() -> None:
@@ -8,6 +8,7 @@ def main() -> None:
     rtl_dma.main([])
     rtl_tiny.main([])
     perf_model.main([])
+    sweep_speed.main([])
 
 
 if __name__ == "__main__":

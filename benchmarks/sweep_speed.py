@@ -1,0 +1,68 @@
+"""Sweep speed on the fast path: N random design points on the local cores.
+
+    python -m benchmarks.sweep_speed                 # 1,000 points (the target: < 2 min)
+    python -m benchmarks.sweep_speed --points 100
+
+The spec samples model, L2 size, node, device count, prefetch and two workloads (LISO
+1024/128, SILO 128/1024) on edge-16x16 at random; the logic statistics are synthesised
+(or read from the cache) before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+SPEC = """[sweep]
+sampling = "random"
+samples = {points}
+seed = 1
+
+[fixed]
+hw = "edge-16x16"
+
+[workloads]
+liso = {{ prompt = 1024, output = 128 }}
+silo = {{ prompt = 128, output = 1024 }}
+
+[axes]
+model = ["sheared-llama-1.3b", "llama-3.2-1b", "tinyllama-1.1b", "qwen2.5-0.5b"]
+l2_bytes = {{ geometric = [262144, 134217728], factor = 2 }}
+node = ["28nm", "16nm", "7nm"]
+devices = [1, 2]
+link_gbytes_per_s = [8.0, 16.0]
+prefetch = [true, false]
+workload = ["liso", "silo"]
+"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from sweeps.cost import logic_stats
+    from sweeps.runner import _logic_configs, run_sweep
+    from sweeps.spec import load_spec
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.toml"
+        path.write_text(SPEC.format(points=args.points))
+        spec = load_spec(path)
+        for hw in _logic_configs(spec.points()):
+            logic_stats(hw)
+        t0 = time.perf_counter()
+        summary = run_sweep(spec, Path(tmp) / "out", workers=args.workers, progress=False)
+        seconds = time.perf_counter() - t0
+    result = {"benchmark": "sweep_speed", "points": summary["ran"],
+              "seconds": round(seconds, 1), "points_per_second": round(summary["ran"] / seconds, 2),
+              "target": "1,000 points in 120 s"}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
