@@ -201,6 +201,13 @@ def staging(cfg: ModelConfig, hw: HardwareConfig) -> tuple[int, int]:
     return tile, ring
 
 
+def _core(hw: HardwareConfig) -> HardwareConfig:
+    """``hw`` without what tiles do not depend on (the L2's size enters through
+    ``tile_bytes``; prefetch through the pipeline), so that design points differing only
+    in those share the cached tiles."""
+    return hw.replace(l2_bytes=256 * hw.l2_banks * hw.l2_port_bytes, prefetch=True)
+
+
 @lru_cache(maxsize=4096)
 def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes: int,
                  allreduce: int = 0, rows: int = 1):
@@ -358,8 +365,9 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
     cfg = shard(cfg, devices)
     tile_bytes, ring = staging(cfg, hw)
-    layer, layer_read, layer_macs = _layer_tiles(cfg, hw, position, tile_bytes, allreduce)
-    head, head_read, head_macs = _head_tiles(cfg, hw, tile_bytes)
+    core = _core(hw)
+    layer, layer_read, layer_macs = _layer_tiles(cfg, core, position, tile_bytes, allreduce)
+    head, head_read, head_macs = _head_tiles(cfg, core, tile_bytes)
     cycles, load_busy, compute_busy = _layers(layer, head, cfg.n_layers,
                                               ring if prefetch else None)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
@@ -413,8 +421,9 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
         tile_bytes = min(ring // 2, max(MIN_TILE_BYTES, ring // MAX_INFLIGHT_SLOTS))
         allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model * t, devices)
                               * hw.clock_hz)
-        layer, read, macs = _layer_tiles(local, hw, start, tile_bytes, allreduce, t)
-        head = _head_tiles(local, hw, tile_bytes) if i == len(chunks) - 1 else ((), 0, 0)
+        layer, read, macs = _layer_tiles(local, _core(hw), start, tile_bytes, allreduce, t)
+        head = (_head_tiles(local, _core(hw), tile_bytes) if i == len(chunks) - 1
+                else ((), 0, 0))
         cycles, load_busy, compute_busy = _layers(layer, head[0], cfg.n_layers,
                                                   ring if prefetch else None)
         timed[i] = (cycles, load_busy, compute_busy, read * cfg.n_layers + head[1],
