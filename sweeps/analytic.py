@@ -393,9 +393,15 @@ def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int) -> list[
     chunk = n_tokens
     while True:
         chunks = [(s0, min(chunk, n_tokens - s0)) for s0 in range(0, n_tokens, chunk)]
-        if chunk == 1 or all(prefill_activation_bytes(cfg, t, s0) + MIN_RING_BYTES
-                             <= hw.l2_bytes for s0, t in chunks):
+        if all(prefill_activation_bytes(cfg, t, s0) + MIN_RING_BYTES <= hw.l2_bytes
+               for s0, t in chunks):
             return chunks
+        if chunk == 1:
+            raise CompileError(f"L2 too small: a one-token prefill chunk of {cfg.name} at "
+                               f"position {n_tokens - 1} needs "
+                               f"{prefill_activation_bytes(cfg, 1, n_tokens - 1)} bytes of "
+                               f"activations and {MIN_RING_BYTES} of staging, but l2_bytes "
+                               f"= {hw.l2_bytes}")
         chunk = max(1, chunk // 2)
 
 
@@ -479,6 +485,7 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
+    staging(shard(cfg, devices), hw)              # fails fast when decode does not fit
     pre = prefill(cfg, hw, prompt_len, prefetch, devices, link)
     decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
                                  devices, link)

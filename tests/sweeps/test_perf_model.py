@@ -11,10 +11,11 @@ import pytest
 from compiler.asm import make
 from compiler.driver import compile_step
 from compiler.hardware import load_hardware
+from compiler.ir import CompileError
 from compiler.isa import Engine
 from models.config import preset
 from models.integer import quant_struct
-from sweeps.analytic import Link, decode_step, decode_total, shard
+from sweeps.analytic import Link, decode_step, decode_total, prefill, shard, workload
 from sweeps.occupancy import CALIBRATION, _occupancy, occupancy
 from sweeps.perf import PerfError, time_program
 
@@ -68,6 +69,10 @@ def test_tensor_parallel_decode():
 
 def test_refusals():
     hw = load_hardware("edge-8x8")
+    with pytest.raises(CompileError, match="L2 too small"):
+        workload(preset("sheared-llama-1.3b"), hw.replace(l2_bytes=128 * 1024), 64, 8)
+    with pytest.raises(CompileError, match="one-token prefill chunk"):
+        prefill(preset("sheared-llama-1.3b"), hw.replace(l2_bytes=128 * 1024), 64)
     with pytest.raises(ValueError, match="position 99999 is outside"):
         decode_step(preset("qwen2.5-0.5b"), hw, 99999)
     with pytest.raises(PerfError, match="without HALT"):
