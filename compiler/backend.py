@@ -148,6 +148,12 @@ def plan_activations(ops: list, cfg: ModelConfig, base: int) -> tuple[dict[int, 
 
 # -- code generation ---------------------------------------------------------------------
 
+def staging_tile_bytes(ring_size: int) -> int:
+    """The size of one staging slot: a 64th of the ring, at least ``MIN_TILE_BYTES``, at
+    most half the ring."""
+    return min(ring_size // 2, max(MIN_TILE_BYTES, ring_size // MAX_INFLIGHT_SLOTS))
+
+
 def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int) -> tuple[int, int]:
     """``(nt, kt)``: the weight tile of a matmul, ``nt`` output channels (a multiple of the
     array's columns where it can be) by ``kt`` inputs (``k`` is split, with accumulation,
@@ -221,7 +227,7 @@ class Generator:
                 f"{ring_base} bytes of activations and {MIN_RING_BYTES} bytes of staging, "
                 f"but l2_bytes = {self.hw.l2_bytes}")
         self.ring = Ring(ring_base, self.hw.l2_bytes)
-        self.tile_bytes = min(ring_size // 2, max(MIN_TILE_BYTES, ring_size // MAX_INFLIGHT_SLOTS))
+        self.tile_bytes = staging_tile_bytes(ring_size)
         self.code.l2_plan = {"freq": [0, freq_bytes], "activations": [freq_bytes, act_end],
                              "ring": [ring_base, self.hw.l2_bytes], "tile_bytes": self.tile_bytes}
         freq = ops and next((op.freq for op in ops if isinstance(op, Rope)), None)

@@ -39,7 +39,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from compiler.asm import make
-from compiler.backend import MAX_INFLIGHT_SLOTS, MIN_RING_BYTES, MIN_TILE_BYTES, matmul_tiling
+from compiler.backend import (
+    MAX_INFLIGHT_SLOTS,
+    MIN_RING_BYTES,
+    matmul_tiling,
+    staging_tile_bytes,
+)
 from compiler.hardware import HardwareConfig
 from compiler.image import align
 from compiler.ir import CompileError
@@ -197,8 +202,7 @@ def staging(cfg: ModelConfig, hw: HardwareConfig) -> tuple[int, int]:
         raise CompileError(f"L2 too small: a decode step of {cfg.name} needs "
                            f"{decode_activation_bytes(cfg)} bytes of activations and "
                            f"{MIN_RING_BYTES} of staging, but l2_bytes = {hw.l2_bytes}")
-    tile = min(ring // 2, max(MIN_TILE_BYTES, ring // MAX_INFLIGHT_SLOTS))
-    return tile, ring
+    return staging_tile_bytes(ring), ring
 
 
 def _core(hw: HardwareConfig) -> HardwareConfig:
@@ -424,7 +428,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
         start, t = chunks[i]
         act = prefill_activation_bytes(local, t, start)
         ring = hw.l2_bytes - align(act)
-        tile_bytes = min(ring // 2, max(MIN_TILE_BYTES, ring // MAX_INFLIGHT_SLOTS))
+        tile_bytes = staging_tile_bytes(ring)
         allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model * t, devices)
                               * hw.clock_hz)
         layer, read, macs = _layer_tiles(local, _core(hw), start, tile_bytes, allreduce, t)

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 from compiler.asm import Instruction
 from compiler.hardware import HardwareConfig
-from compiler.isa import Engine, MatmulMode, WeightLayout
+from compiler.isa import COUNTERS, Engine, MatmulMode, WeightLayout
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,6 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     line_cycles = W / hw.dram_bytes_per_cycle
     load = instr.engine == Engine.LOAD
     if instr.mnemonic == "STORE_COUNTERS":
-        from compiler.isa import COUNTERS
         n = len(COUNTERS)
         return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 2,
                          dram_write_bytes=8 * n, dram_lines=n)

@@ -28,7 +28,7 @@ from compiler.ir import CompileError
 from models.config import preset
 from sweeps import analytic
 from sweeps.cost import cost, dram_capacity_gbytes, logic_stats
-from sweeps.spec import HW_FIELDS, Spec, point_hardware
+from sweeps.spec import Spec, point_hardware
 
 
 def point_key(point: dict) -> str:
@@ -188,5 +188,3 @@ def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
             writer.write(f.result())
             bar.update()
 
-
-__all__ = ["HW_FIELDS", "evaluate", "finished_keys", "point_key", "run_sweep"]
