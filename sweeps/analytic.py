@@ -98,25 +98,10 @@ class _Stream:
 
     # -- the compiler's operations ------------------------------------------------------
     def matmul(self, m: int, k_total: int, n_total: int) -> None:
-        mode = 1 if m <= self.hw.array_rows else 0
-        nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols)
-        costs = {}                       # a matmul's tiles come in a few shapes
-        for n0 in range(0, n_total, nt):
-            n = min(nt, n_total - n0)
-            for k0 in range(0, k_total, kt):
-                k = min(kt, k_total - k0)
-                shape = (n, k, k0 > 0)
-                if shape not in costs:
-                    mm = make("MATMUL", mode=mode, accumulate=int(k0 > 0), w_layout=0,
-                              x_addr=0, w_addr=0, out_addr=0, m=m, k=k, n=n,
-                              x_stride=k_total, w_stride=k, out_stride=4 * n_total)
-                    read0, macs0 = self.read, self.macs
-                    costs[shape] = (self.load(n, k), self.compute(mm), self.read - read0,
-                                    self.macs - macs0)
-                else:
-                    self.read += costs[shape][2]
-                    self.macs += costs[shape][3]
-                self.add(costs[shape][0], costs[shape][1], n * k)
+        tiles, read, macs = _matmul_tiles(self.hw, self.tile_bytes, m, k_total, n_total)
+        self.tiles.extend(tiles)
+        self.read += read
+        self.macs += macs
 
     def per_channel(self, mnemonic: str, cols: int, words_per_col: int, **fields) -> None:
         chunk = max(1, min(cols, self.tile_bytes // (4 * words_per_col)))
@@ -183,6 +168,33 @@ class _Stream:
             "REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0, dst_addr=0,
             param_addr=0, bias_addr=0, rows=T, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
             dst_stride=cfg.q_dim)), 4)
+
+
+@lru_cache(maxsize=1024)
+def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_total: int):
+    """The tiles of one ``m x k_total x n_total`` matmul (its weights staged in tiles of
+    ``backend.matmul_tiling``), with its DRAM bytes and MACs; the same for every
+    position, so cached."""
+    mode = 1 if m <= hw.array_rows else 0
+    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw.array_cols)
+    s = _Stream(hw, tile_bytes)
+    costs = {}                       # a matmul's tiles come in a few shapes
+    for n0 in range(0, n_total, nt):
+        n = min(nt, n_total - n0)
+        for k0 in range(0, k_total, kt):
+            k = min(kt, k_total - k0)
+            shape = (n, k, k0 > 0)
+            if shape not in costs:
+                mm = make("MATMUL", mode=mode, accumulate=int(k0 > 0), w_layout=0,
+                          x_addr=0, w_addr=0, out_addr=0, m=m, k=k, n=n,
+                          x_stride=k_total, w_stride=k, out_stride=4 * n_total)
+                read0, macs0 = s.read, s.macs
+                costs[shape] = (s.load(n, k), s.compute(mm), s.read - read0, s.macs - macs0)
+            else:
+                s.read += costs[shape][2]
+                s.macs += costs[shape][3]
+            s.add(costs[shape][0], costs[shape][1], n * k)
+    return tuple(s.tiles), s.read, s.macs
 
 
 def decode_activation_bytes(cfg: ModelConfig) -> int:
@@ -257,8 +269,9 @@ def _head_tiles(cfg: ModelConfig, hw: HardwareConfig, tile_bytes: int):
     return tuple(s.tiles), s.read, s.macs
 
 
-def _pipeline(tiles, ring: int | None) -> tuple[float, int, int]:
-    """The two engines over the tiles ``(load cycles, compute cycles, staged bytes)``.
+def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
+    """The two engines over the tiles ``(load cycles, compute cycles, staged bytes)``:
+    ``(cycles, load busy, compute busy)``.
 
     With prefetch (``ring`` bytes of staging) a load may run ahead while its bytes fit the
     ring beside the loads not yet consumed (at most ``MAX_INFLIGHT_SLOTS`` of them), so
@@ -269,42 +282,49 @@ def _pipeline(tiles, ring: int | None) -> tuple[float, int, int]:
     ``QUEUE_DEPTH`` before the farthest one hoisted above it has begun. Without prefetch
     (``ring=None``) each load waits for the compute before it."""
     n = len(tiles)
-    load_begin, load_end, done = [0] * n, [0] * n, [0] * n
+    loads = [t[0] for t in tiles]
+    computes = [t[1] for t in tiles]
     # reach[i]: the farthest tile whose load is hoisted above compute i
-    reach, j, held = [0] * n, 0, 0
-    for i in range(n):
-        if ring is not None:
-            while j < n and j - i < MAX_INFLIGHT_SLOTS and held + tiles[j][2] <= ring:
-                held += tiles[j][2]
+    if ring is None:
+        reach = range(n)
+    else:
+        staged = [t[2] for t in tiles]
+        reach, j, held = [0] * n, 0, 0
+        for i in range(n):
+            limit = i + MAX_INFLIGHT_SLOTS
+            if limit > n:
+                limit = n
+            while j < limit and held + staged[j] <= ring:
+                held += staged[j]
                 j += 1
-            reach[i] = max(i, j - 1)
-            held -= tiles[i][2] if j > i else 0
-            j = max(j, i + 1)
-        else:
-            reach[i] = i
+            reach[i] = j - 1 if j - 1 > i else i
+            if j > i:
+                held -= staged[i]
+            else:
+                j = i + 1
+    load_begin, load_end = [0] * n, [0] * n
     timed = -1
-    prev_load_end = compute_end = 0
-    load_busy = compute_busy = 0
-    for i, (load, compute, _) in enumerate(tiles):
+    prev_load_end = compute_end = freed = 0
+    for i in range(n):
         # Loads first hoisted above compute i (reach is nondecreasing) found their bytes
-        # free once compute i - 1 had released its own.
-        freed = done[i - 1] if i else 0
-        while timed < reach[i]:
+        # free once compute i - 1 had released its own (``freed``).
+        r = reach[i]
+        while timed < r:
             timed += 1
-            cycles = tiles[timed][0]
-            start = max(prev_load_end, freed)
-            load_begin[timed], load_end[timed] = start, start + cycles
+            cycles = loads[timed]
+            start = prev_load_end if prev_load_end > freed else freed
+            load_begin[timed] = start
+            load_end[timed] = start + cycles
             if cycles:
                 prev_load_end = start + cycles
-                load_busy += cycles
-        start = max(compute_end, load_end[i] if load else 0)
-        gate = reach[i] - QUEUE_DEPTH
-        if gate > i:
-            start = max(start, load_begin[gate])
-        compute_end = start + compute
-        compute_busy += compute
-        done[i] = compute_end
-    return compute_end, load_busy, compute_busy
+        start = compute_end
+        if loads[i] and load_end[i] > start:
+            start = load_end[i]
+        gate = r - QUEUE_DEPTH
+        if gate > i and load_begin[gate] > start:
+            start = load_begin[gate]
+        compute_end = freed = start + computes[i]
+    return compute_end, sum(loads), sum(computes)
 
 
 @dataclass(frozen=True)
@@ -345,7 +365,9 @@ def _layers(layer, head, n_layers: int, ring) -> tuple[float, int, int]:
     the load engine's lead (at most the ring) is shorter than the layers already run,
     each further layer adds the same time: the pipeline is run on ``k`` and ``k + 1``
     layers and the difference repeated, which is exact once periodic and keeps the cost
-    independent of the model's depth."""
+    independent of the model's depth. (The compute engine's advance over one layer of a
+    single run is not that difference: the head's loads, hoisted into the last layers,
+    delay them.)"""
     staged = sum(t[2] for t in layer)
     k = 1 + (math.ceil((ring or 0) / staged) if staged else 0)
     if n_layers <= k + 1:

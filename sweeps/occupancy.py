@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from types import SimpleNamespace
 
 from compiler.asm import Instruction
@@ -164,10 +165,25 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
 
 
 # -- matmul --------------------------------------------------------------------------------
-def _reader_steps(addr: int, n: int, W: int) -> int:
-    """Steps of a row reader (L2 -> stream from byte 0) for one row: its beats, plus a
-    priming step when the row does not start on a line."""
-    return -(-n // W) + (1 if addr % W else 0)
+@lru_cache(maxsize=4096)
+def _misaligned(base: int, stride: int, W: int) -> tuple[int, ...]:
+    """Prefix counts of rows ``base + i * stride`` (i < period) not starting on a line;
+    the pattern repeats every ``W / gcd(stride, W)`` rows."""
+    period = W // math.gcd(stride, W)
+    counts = [0]
+    for i in range(period):
+        counts.append(counts[-1] + (1 if (base + i * stride) % W else 0))
+    return tuple(counts)
+
+
+def _rows_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
+    """Steps of a row reader (L2 -> stream from byte 0) over ``rows`` rows of ``n`` bytes
+    at ``base + i * stride``: each row's beats, plus a priming step for each row that
+    does not start on a line."""
+    counts = _misaligned(base % W, stride % W, W)
+    period = len(counts) - 1
+    whole, part = divmod(rows, period)
+    return rows * -(-n // W) + whole * counts[-1] + counts[part]
 
 
 def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
@@ -193,14 +209,11 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
             nc = min(C, f.n - n0)
             for kt in range(0, f.k, KT):
                 kl = min(KT, f.k - kt)
-                x_steps = sum(_reader_steps(f.x_addr + (m0 + i) * f.x_stride + kt, kl, W)
-                              for i in range(mt))
+                x_steps = _rows_steps(f.x_addr + m0 * f.x_stride + kt, f.x_stride, mt, kl, W)
                 if kn:
-                    w_steps = sum(_reader_steps(f.w_addr + (kt + j) * f.w_stride + n0, nc, W)
-                                  for j in range(kl))
+                    w_steps = _rows_steps(f.w_addr + kt * f.w_stride + n0, f.w_stride, kl, nc, W)
                 else:
-                    w_steps = sum(_reader_steps(f.w_addr + (n0 + c) * f.w_stride + kt, kl, W)
-                                  for c in range(nc))
+                    w_steps = _rows_steps(f.w_addr + n0 * f.w_stride + kt, f.w_stride, nc, kl, W)
                 filler_t = max(filler_t, released[s]) + cal.tile_switch + max(x_steps, w_steps)
                 fill_end[s] = filler_t
                 chunks = -(-kl // R)

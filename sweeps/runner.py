@@ -4,13 +4,15 @@ model, in parallel, resumable.
 Contract
 --------
 ``run_sweep(spec, out, scheduler=None, workers=None)`` evaluates the spec's points
-(``evaluate``: ``sweeps.analytic.workload`` for performance, ``sweeps.cost`` for area and
-cost) on the local cores (a process pool) or, with ``scheduler="tcp://host:port"``, on a
-Dask distributed cluster. Each finished point is appended at once to
-``out/results.jsonl`` and ``out/results.csv``; a point whose key is already in
-``results.jsonl`` is skipped, so a sweep stopped halfway resumes where it was and loses
-nothing. The logic statistics a point's cost needs (one Yosys run per distinct logic
-configuration, cached) are computed before the points, with progress shown.
+(``evaluate_group``: ``sweeps.analytic.workload`` for performance, once per group of
+points that differ only in their technology node, or in the link of a single device;
+``sweeps.cost`` for area and cost, per point) on the local cores (a process pool) or,
+with ``scheduler="tcp://host:port"``, on a Dask distributed cluster. Each finished
+point is appended at once to ``out/results.jsonl`` and ``out/results.csv``; a point
+whose key is already in ``results.jsonl`` is skipped, so a sweep stopped halfway resumes
+where it was and loses nothing. The logic statistics a point's cost needs (one Yosys
+run per distinct logic configuration, cached) are computed before the points, with
+progress shown.
 """
 
 from __future__ import annotations
@@ -35,10 +37,21 @@ def point_key(point: dict) -> str:
     return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def evaluate(point: dict, workloads: dict[str, dict]) -> dict:
-    """One design point: performance (fast path) and area/cost; a flat dict. A point the
-    compiler could not map (its L2 cannot hold the activations) is recorded as
-    ``feasible: false`` with the reason."""
+def performance_key(point: dict) -> tuple:
+    """What a point's performance depends on: its hardware, model, workload, prefetch,
+    devices and (with more than one device) link, but not its technology node."""
+    link = (point["link_gbytes_per_s"], point["link_latency_us"]) if point["devices"] > 1 \
+        else None
+    return (point_hardware(point), point["model"], point["workload"], point["prefetch"],
+            point["devices"], link)
+
+
+def evaluate_group(points: list[dict], workloads: dict[str, dict]) -> list[dict]:
+    """Design points of one ``performance_key``: the fast path runs once, the cost model
+    once per point. One flat dict per point. A configuration the compiler could not map
+    (its L2 cannot hold the activations) is recorded as ``feasible: false`` with the
+    reason."""
+    point = points[0]
     hw = point_hardware(point)
     cfg = preset(point["model"])
     w = workloads[point["workload"]]
@@ -48,30 +61,45 @@ def evaluate(point: dict, workloads: dict[str, dict]) -> dict:
         est = analytic.workload(cfg, hw, w["prompt"], w["output"], point["prefetch"],
                                 devices, link)
     except CompileError as e:
-        return {"key": point_key(point), **point, "l2_bytes": hw.l2_bytes, "feasible": False,
-                "reason": str(e)}
-    c = cost(hw, point["node"], dram_capacity_gbytes(cfg.n_params // devices
-                                                     + cfg.kv_dim * 2 * cfg.n_layers
-                                                     * cfg.max_seq_len // devices))
+        return [{"key": point_key(p), **p, "l2_bytes": hw.l2_bytes, "feasible": False,
+                 "reason": str(e)} for p in points]
     mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
                                devices, link)
     tokens_per_s = est.tokens_per_s(hw)
-    system_dollars = devices * c.total_dollars
-    return {
-        "key": point_key(point), **point, "l2_bytes": hw.l2_bytes, "feasible": True,
-        "reason": "", "array": f"{hw.array_rows}x{hw.array_cols}", "prompt": w["prompt"],
-        "output": w["output"], "tokens_per_s": tokens_per_s,
-        "ttft_s": est.ttft_s(hw), "tpot_s": est.tpot_s(hw),
-        "prefill_cycles": est.prefill_cycles, "decode_cycles": est.decode_cycles,
-        "dram_read_bytes": est.dram_read_bytes,
-        "decode_step_cycles": mid.cycles, "decode_load_busy": mid.load_busy,
-        "decode_compute_busy": mid.compute_busy,
-        "decode_roofline_tokens_per_s": hw.dram_bytes_per_cycle * hw.clock_hz
-        / max(1, cfg.n_params // devices),
-        **c.as_dict(),
-        "tokens_per_s_per_mm2": tokens_per_s / (devices * c.area.total_mm2),
-        "tokens_per_s_per_dollar": tokens_per_s / system_dollars,
-    }
+    dram_gbytes = dram_capacity_gbytes(cfg.n_params // devices + cfg.kv_dim * 2 * cfg.n_layers
+                                       * cfg.max_seq_len // devices)
+    rows = []
+    for p in points:
+        c = cost(hw, p["node"], dram_gbytes)
+        rows.append({
+            "key": point_key(p), **p, "l2_bytes": hw.l2_bytes, "feasible": True,
+            "reason": "", "array": f"{hw.array_rows}x{hw.array_cols}", "prompt": w["prompt"],
+            "output": w["output"], "tokens_per_s": tokens_per_s,
+            "ttft_s": est.ttft_s(hw), "tpot_s": est.tpot_s(hw),
+            "prefill_cycles": est.prefill_cycles, "decode_cycles": est.decode_cycles,
+            "dram_read_bytes": est.dram_read_bytes,
+            "decode_step_cycles": mid.cycles, "decode_load_busy": mid.load_busy,
+            "decode_compute_busy": mid.compute_busy,
+            "decode_roofline_tokens_per_s": hw.dram_bytes_per_cycle * hw.clock_hz
+            / max(1, cfg.n_params // devices),
+            **c.as_dict(),
+            "tokens_per_s_per_mm2": tokens_per_s / (devices * c.area.total_mm2),
+            "tokens_per_s_per_dollar": tokens_per_s / (devices * c.total_dollars),
+        })
+    return rows
+
+
+def evaluate(point: dict, workloads: dict[str, dict]) -> dict:
+    """One design point (``evaluate_group`` of one)."""
+    return evaluate_group([point], workloads)[0]
+
+
+def groups(points: list[dict]) -> list[list[dict]]:
+    """The points grouped by ``performance_key``, in first-appearance order."""
+    by_key: dict[tuple, list[dict]] = {}
+    for p in points:
+        by_key.setdefault(performance_key(p), []).append(p)
+    return list(by_key.values())
 
 
 def _logic_configs(points: list[dict]) -> list[HardwareConfig]:
@@ -167,24 +195,29 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
 
 
 def _run_local(todo, workloads, workers, writer, bar) -> None:
-    if workers == 1 or len(todo) <= 1:
-        for p in todo:
-            writer.write(evaluate(p, workloads))
-            bar.update()
+    work = groups(todo)
+    if workers == 1 or len(work) <= 1:
+        for g in work:
+            for row in evaluate_group(g, workloads):
+                writer.write(row)
+            bar.update(len(g))
         return
     with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(evaluate, p, workloads) for p in todo]
+        futures = [pool.submit(evaluate_group, g, workloads) for g in work]
         for f in cf.as_completed(futures):
-            writer.write(f.result())
-            bar.update()
+            rows = f.result()
+            for row in rows:
+                writer.write(row)
+            bar.update(len(rows))
 
 
 def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
     from distributed import Client, as_completed
 
     with Client(scheduler) as client:
-        futures = client.map(evaluate, todo, workloads=workloads, pure=False)
+        futures = client.map(evaluate_group, groups(todo), workloads=workloads, pure=False)
         for f in as_completed(futures):
-            writer.write(f.result())
-            bar.update()
-
+            rows = f.result()
+            for row in rows:
+                writer.write(row)
+            bar.update(len(rows))

@@ -106,6 +106,35 @@ def test_sweep_writes_every_point_and_resumes_after_a_kill(sweep, tmp_path):
     assert csv_rows[0].startswith("key,") and len(csv_rows) == 1 + 6
 
 
+def test_points_differing_only_in_node_share_one_performance_run(tmp_path, monkeypatch):
+    from sweeps import analytic, runner
+
+    text = SPEC.replace('node = "16nm"\n', "").replace(
+        'workload = ["short"]', 'workload = ["short"]\nnode = ["28nm", "7nm"]\n'
+        "link_gbytes_per_s = [8.0, 16.0]")
+    spec = load_spec(write(tmp_path, text))
+    points = spec.points()
+    assert len(points) == 24
+    # A single device: neither the node nor the link changes performance.
+    assert len(runner.groups(points)) == 6
+    calls = []
+    real = analytic.workload
+    monkeypatch.setattr(analytic, "workload", lambda *a, **k: calls.append(a) or real(*a, **k))
+    run_sweep(spec, tmp_path / "out", workers=1, progress=False)
+    assert len(calls) == 6
+    rows = {json.loads(x)["key"]: json.loads(x)
+            for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
+    assert len(rows) == 24
+    for p in points[:4]:
+        alone = json.loads(json.dumps(runner.evaluate(p, spec.workloads)))
+        assert rows[alone["key"]] == alone
+    by_node = {(r["l2_bytes"], r["prefetch"], r["node"]): r for r in rows.values()}
+    for (l2, pf, node), r in by_node.items():
+        other = by_node[(l2, pf, "7nm" if node == "28nm" else "28nm")]
+        assert r["tokens_per_s"] == other["tokens_per_s"]
+        assert (r["area_mm2"] < other["area_mm2"]) == (node == "7nm")
+
+
 def test_the_same_sweep_on_a_local_dask_cluster(sweep, tmp_path):
     from distributed import LocalCluster
 
