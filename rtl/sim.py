@@ -7,7 +7,8 @@ Contract
 ``verilated.mk`` (``CFG_CXXFLAGS_PCH_I`` must be ``-include`` for GCC), so that cocotb's
 runner can build. ``build_model(params)`` writes the Verilog of ``SimTop`` and builds
 it under ``build/rtl/<key>/``, where the key hashes the hardware description, the DRAM
-size and the RTL sources: a second call with the same key reuses the model.
+size, the RTL sources and the Verilator flags: a second call with the same key reuses
+the model.
 ``run_job(model, image, programs, reads)`` runs the cocotb bench (``rtl/bench.py``): it
 loads the DRAM image, starts each program at its DRAM offset, awaits ``done`` or the
 error state, and returns each program's counters and the requested DRAM ranges.
@@ -57,24 +58,39 @@ class Model:
     build_seconds: float
 
 
-def _hash_sources(h) -> None:
-    for src in SOURCES:
-        h.update(src.read_bytes())
-
-
-def source_digest() -> str:
-    """A digest of the files that determine the generated hardware (``SOURCES``)."""
-    h = hashlib.sha256()
-    _hash_sources(h)
-    return h.hexdigest()
-
-
 def model_key(params: RtlParams) -> str:
+    """The generated hardware's key: the hardware description, the DRAM size and the
+    RTL sources (also the key of its cached synthesis statistics)."""
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(params.hw), sort_keys=True).encode())
     h.update(str((params.dram_bytes, params.macros)).encode())
-    _hash_sources(h)
+    for src in SOURCES:
+        h.update(src.read_bytes())
     return f"{params.hw.name}-{params.dram_bytes >> 20}M-{h.hexdigest()[:12]}"
+
+
+# Verilator's options. ``--flatten`` inlines every module, so that the clock reaches the
+# flops as the top-level input rather than through a copy per module; with a copy per
+# module Verilator re-evaluated most of the combinational logic at every clock edge, in
+# its input-combinational region. cocotb's runner always adds ``--public-flat-rw``,
+# which makes every signal public and blocks those optimisations; ``_Verilator`` drops
+# it, and ``PUBLIC`` makes public only what the bench touches: the top-level ports and
+# the DRAM model's storage (marked in ``sram_macro.v``). Together: builds 2.5-3x
+# faster, simulation about 8x faster (``benchmarks/rtl_tiny.py``).
+VERILATOR_FLAGS = ("-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "-O3", "--flatten")
+PUBLIC = '`verilator_config\npublic_flat_rw -module "sim_top" -var "*"\n'
+
+
+def _verilator_runner():
+    from cocotb_tools.runner import Verilator
+
+    class _Verilator(Verilator):
+        def _build_command(self):
+            commands = super()._build_command()
+            commands[0] = [arg for arg in commands[0] if arg != "--public-flat-rw"]
+            return commands
+
+    return _Verilator()
 
 
 def write_verilog(params: RtlParams, folder: Path) -> list[Path]:
@@ -94,20 +110,20 @@ def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = 
     """Build (or reuse) the Verilator model of ``SimTop(params)``."""
     if not params.macros:
         params = dataclasses.replace(params, macros=True)
-    folder = build_root / (model_key(params) + ("-waves" if waves else ""))
+    flags = hashlib.sha256(repr((VERILATOR_FLAGS, PUBLIC)).encode()).hexdigest()[:6]
+    folder = build_root / f"{model_key(params)}-v{flags}{'-waves' if waves else ''}"
     stamp = folder / "built.json"
     if stamp.exists():
         return Model(params, folder, json.loads(stamp.read_text())["seconds"])
     verilator_env()
-    from cocotb_tools.runner import get_runner
-
     t0 = time.perf_counter()
     sources = write_verilog(params, folder / "verilog")
-    runner = get_runner("verilator")
-    runner.build(sources=[str(s) for s in sources], hdl_toplevel="sim_top",
+    control = folder / "verilog" / "public.vlt"
+    control.write_text(PUBLIC)
+    runner = _verilator_runner()
+    runner.build(sources=[str(s) for s in (control, *sources)], hdl_toplevel="sim_top",
                  build_dir=str(folder / "sim_build"), waves=waves,
-                 build_args=["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "-O3"]
-                 + (["--trace-fst"] if waves else []),
+                 build_args=[*VERILATOR_FLAGS] + (["--trace-fst"] if waves else []),
                  log_file=str(folder / "build.log"))
     seconds = time.perf_counter() - t0
     stamp.write_text(json.dumps({"seconds": seconds}))

@@ -3,7 +3,8 @@
 // memories in Verilator builds; identical behaviour to amaranth.lib.memory:
 // synchronous read (data the cycle after `ren`, holding otherwise), non-transparent,
 // byte-granular writes. No initialiser: Verilator starts it at zero and the testbench
-// loads it through the simulator.
+// loads it through the simulator (hence public: the only internal signal the bench
+// touches).
 module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
                     parameter ADDR_BITS = 10) (
     input  wire                       clk,
@@ -14,7 +15,7 @@ module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
     input  wire [ADDR_BITS-1:0]       waddr,
     input  wire [8*WIDTH_BYTES-1:0]   wdata
 );
-    reg [8*WIDTH_BYTES-1:0] mem [0:DEPTH-1];
+    reg [8*WIDTH_BYTES-1:0] mem [0:DEPTH-1] /*verilator public_flat_rw*/;
     integer i;
     always @(posedge clk) begin
         if (ren)
