@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import csv
 import hashlib
 import json
+import multiprocessing
 from pathlib import Path
 
 from tqdm import tqdm
@@ -202,7 +203,10 @@ def _run_local(todo, workloads, workers, writer, bar) -> None:
                 writer.write(row)
             bar.update(len(g))
         return
-    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+    # Spawned, not forked: the caller may have JAX's threads running (``accel demo``), and
+    # a fork of a multithreaded process can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(evaluate_group, g, workloads) for g in work]
         for f in cf.as_completed(futures):
             rows = f.result()
