@@ -96,6 +96,19 @@ class _Stream:
     def add(self, load: int, compute: int, staged: int = 0) -> None:
         self.tiles.append((load, compute, staged))
 
+    def staged_tile(self, shapes: dict, shape, rows: int, row_bytes: int, instr) -> None:
+        """A load of ``rows x row_bytes`` then the compute instruction ``instr()`` that
+        consumes it. An operation's tiles come in a few shapes: each shape is costed once
+        (in ``shapes``, keyed by ``shape``) and repeated."""
+        if shape not in shapes:
+            read0, macs0 = self.read, self.macs
+            shapes[shape] = (self.load(rows, row_bytes), self.compute(instr()),
+                             self.read - read0, self.macs - macs0)
+        else:
+            self.read += shapes[shape][2]
+            self.macs += shapes[shape][3]
+        self.add(shapes[shape][0], shapes[shape][1], rows * row_bytes)
+
     # -- the compiler's operations ------------------------------------------------------
     def matmul(self, m: int, k_total: int, n_total: int) -> None:
         tiles, read, macs = _matmul_tiles(self.hw, self.tile_bytes, m, k_total, n_total)
@@ -105,16 +118,11 @@ class _Stream:
 
     def per_channel(self, mnemonic: str, cols: int, words_per_col: int, **fields) -> None:
         chunk = max(1, min(cols, self.tile_bytes // (4 * words_per_col)))
-        costs = {}                       # every chunk but the last has the same width
+        shapes = {}                      # every chunk but the last has the same width
         for c0 in range(0, cols, chunk):
             c = min(chunk, cols - c0)
-            if c not in costs:
-                read0 = self.read
-                costs[c] = (self.load(1, 4 * words_per_col * c),
-                            self.compute(make(mnemonic, cols=c, **fields)), self.read - read0)
-            else:
-                self.read += costs[c][2]
-            self.add(costs[c][0], costs[c][1], 4 * words_per_col * c)
+            self.staged_tile(shapes, c, 1, 4 * words_per_col * c,
+                             lambda c=c: make(mnemonic, cols=c, **fields))
 
     def vector(self, instr) -> None:
         self.add(0, self.compute(instr))
@@ -178,22 +186,15 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
     mode = 1 if m <= hw.array_rows else 0
     nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw.array_cols)
     s = _Stream(hw, tile_bytes)
-    costs = {}                       # a matmul's tiles come in a few shapes
+    shapes = {}
     for n0 in range(0, n_total, nt):
         n = min(nt, n_total - n0)
         for k0 in range(0, k_total, kt):
             k = min(kt, k_total - k0)
-            shape = (n, k, k0 > 0)
-            if shape not in costs:
-                mm = make("MATMUL", mode=mode, accumulate=int(k0 > 0), w_layout=0,
-                          x_addr=0, w_addr=0, out_addr=0, m=m, k=k, n=n,
-                          x_stride=k_total, w_stride=k, out_stride=4 * n_total)
-                read0, macs0 = s.read, s.macs
-                costs[shape] = (s.load(n, k), s.compute(mm), s.read - read0, s.macs - macs0)
-            else:
-                s.read += costs[shape][2]
-                s.macs += costs[shape][3]
-            s.add(costs[shape][0], costs[shape][1], n * k)
+            s.staged_tile(shapes, (n, k, k0 > 0), n, k, lambda n=n, k=k, k0=k0: make(
+                "MATMUL", mode=mode, accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0,
+                out_addr=0, m=m, k=k, n=n, x_stride=k_total, w_stride=k,
+                out_stride=4 * n_total))
     return tuple(s.tiles), s.read, s.macs
 
 

@@ -90,11 +90,6 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict]) -> list[dict]
     return rows
 
 
-def evaluate(point: dict, workloads: dict[str, dict]) -> dict:
-    """One design point (``evaluate_group`` of one)."""
-    return evaluate_group([point], workloads)[0]
-
-
 def groups(points: list[dict]) -> list[list[dict]]:
     """The points grouped by ``performance_key``, in first-appearance order."""
     by_key: dict[tuple, list[dict]] = {}
@@ -195,13 +190,17 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
     return {"points": len(points), "skipped": len(points) - len(todo), "ran": len(todo)}
 
 
+def _record(rows: list[dict], writer: _Writer, bar) -> None:
+    for row in rows:
+        writer.write(row)
+    bar.update(len(rows))
+
+
 def _run_local(todo, workloads, workers, writer, bar) -> None:
     work = groups(todo)
     if workers == 1 or len(work) <= 1:
         for g in work:
-            for row in evaluate_group(g, workloads):
-                writer.write(row)
-            bar.update(len(g))
+            _record(evaluate_group(g, workloads), writer, bar)
         return
     # Spawned, not forked: the caller may have JAX's threads running (``accel demo``), and
     # a fork of a multithreaded process can deadlock.
@@ -209,10 +208,7 @@ def _run_local(todo, workloads, workers, writer, bar) -> None:
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(evaluate_group, g, workloads) for g in work]
         for f in cf.as_completed(futures):
-            rows = f.result()
-            for row in rows:
-                writer.write(row)
-            bar.update(len(rows))
+            _record(f.result(), writer, bar)
 
 
 def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
@@ -221,7 +217,4 @@ def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
     with Client(scheduler) as client:
         futures = client.map(evaluate_group, groups(todo), workloads=workloads, pure=False)
         for f in as_completed(futures):
-            rows = f.result()
-            for row in rows:
-                writer.write(row)
-            bar.update(len(rows))
+            _record(f.result(), writer, bar)

@@ -126,7 +126,7 @@ def test_points_differing_only_in_node_share_one_performance_run(tmp_path, monke
             for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
     assert len(rows) == 24
     for p in points[:4]:
-        alone = json.loads(json.dumps(runner.evaluate(p, spec.workloads)))
+        alone = json.loads(json.dumps(runner.evaluate_group([p], spec.workloads)[0]))
         assert rows[alone["key"]] == alone
     by_node = {(r["l2_bytes"], r["prefetch"], r["node"]): r for r in rows.values()}
     for (l2, pf, node), r in by_node.items():
