@@ -12,7 +12,9 @@ program and returns them reordered and with wait/signal masks set:
    back end's extra ordering edges.
 2. With prefetch on, ``hoist`` moves every load-engine instruction up to just after the
    last instruction it depends on, so it is dispatched (and runs) as early as the L2
-   ring allows. With prefetch off, every load instead waits for the compute
+   ring allows, but at most ``LOOKAHEAD`` loads ahead of the instructions that need
+   them, so that in-order dispatch never holds an instruction behind loads it does not
+   need. With prefetch off, every load instead waits for the compute
    instruction before it: the serialised baseline with no overlap of loads and compute.
 3. ``insert_tokens`` turns each needed cross-engine ordering into one signal on the
    producer and one wait on the consumer, skipping orderings already implied by an
@@ -33,8 +35,10 @@ from compiler.hardware import HardwareConfig
 from compiler.image import DramImage
 from compiler.isa import Engine
 from compiler.semantics import accesses, flat
+from rtl.uarch import DEFERRED, QUEUE_DEPTH
 
 PAGE = 64
+LOOKAHEAD = QUEUE_DEPTH + DEFERRED     # loads hoisted above the first one still needed
 
 
 class _Pages:
@@ -102,7 +106,22 @@ def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: boo
 
 
 def hoist(instrs: list[Instruction], deps: list[dict[int, int]]) -> list[int]:
-    """Stream order with every load placed right after the last instruction it needs."""
+    """Stream order with every load placed right after the last instruction it needs, but
+    no more than ``LOOKAHEAD`` loads above the first instruction that needs an earlier
+    load: instructions are dispatched in stream order into queues ``QUEUE_DEPTH`` deep,
+    so an instruction with more loads above it than the load engine can hold (queued, or
+    in flight after their last row command) would wait for loads it does not need."""
+    load = int(Engine.LOAD)
+    loads = [j for j, instr in enumerate(instrs) if instr.engine == Engine.LOAD]
+    # needed_by[n]: the first other instruction that must follow the n-th load
+    needed_by, n = [len(instrs)] * len(loads), 0
+    rank = {j: k for k, j in enumerate(loads)}
+    for j, instr in enumerate(instrs):
+        if instr.engine == Engine.LOAD or load not in deps[j]:
+            continue
+        while n < len(loads) and loads[n] <= deps[j][load]:
+            needed_by[n] = j
+            n += 1
     anchor: dict[int, int] = {}
     prev_load_anchor = -1
     keys = []
@@ -111,6 +130,9 @@ def hoist(instrs: list[Instruction], deps: list[dict[int, int]]) -> list[int]:
             a = prev_load_anchor
             for i in deps[j].values():
                 a = max(a, anchor.get(i, i))
+            k = rank[j] - LOOKAHEAD
+            if k >= 0 and needed_by[k] - 1 < j:
+                a = max(a, needed_by[k] - 1)
             anchor[j] = prev_load_anchor = a
             keys.append((a, 1, j))
         else:

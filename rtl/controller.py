@@ -15,9 +15,11 @@ the accelerator in its error state (``error``, ``error_code`` from ``ErrorCode``
 
 Dependency tokens: one counter of ``token_counter_bits`` per ordered engine pair. An
 engine asks to ``begin`` its head instruction with its wait and signal masks; the
-controller allows it when every waited counter is non-zero and every signalled counter
-is below its maximum, and decrements the waited counters. ``end`` increments the
-signalled counters.
+controller allows it when every waited counter is non-zero and every signalled counter,
+plus the signals of that engine's instructions that have begun but not ended, is below
+its maximum, and decrements the waited counters. ``end`` (with ``end_signal``, the mask
+of the instruction ending, which on the DMA engines may be an earlier one than the
+instruction at the head) increments the signalled counters.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from compiler import isa
 from rtl.common import RtlParams
 from rtl.decode import INDEX_BITS, engine_of, opcode, queued_layout, signal_mask, wait_mask
 from rtl.dram import MemPort
+from rtl.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
 
-FETCH_AHEAD = 16
-QUEUE_DEPTH = 8
 N_ENGINES = 3
 
 
@@ -193,21 +194,30 @@ class Controller(wiring.Component):
             m.d.sync += issuing.eq(0)
 
         # -- dependency tokens -----------------------------------------------------------------
+        # ``pending``: signals of instructions that have begun and not yet ended (several
+        # on a DMA engine, whose instructions end when their rows are written), counted
+        # against the limit so that no counter can overflow.
         limit = (1 << p.hw.token_counter_bits) - 1
+        pairs = [(a, b) for a in range(N_ENGINES) for b in range(N_ENGINES) if a != b]
         count = {(a, b): Signal(p.hw.token_counter_bits, name=f"tokens_{a}_{b}")
-                 for a in range(N_ENGINES) for b in range(N_ENGINES) if a != b}
+                 for a, b in pairs}
+        pending = {(a, b): Signal(range(DEFERRED + 2), name=f"pending_{a}_{b}")
+                   for a, b in pairs}
         allowed = []
         for b in range(N_ENGINES):
             port = self.tokens(b)
             ok = [~port.wait[a] | (count[(a, b)] != 0) for a in range(N_ENGINES) if a != b]
-            ok += [~port.signal[c] | (count[(b, c)] != limit) for c in range(N_ENGINES) if c != b]
+            ok += [~port.signal[c] | (count[(b, c)] + pending[(b, c)] < limit)
+                   for c in range(N_ENGINES) if c != b]
             allow = Signal(name=f"allow{b}")
             m.d.comb += [allow.eq(Cat(*ok).all() & ~self.error), port.allowed.eq(allow)]
             allowed.append(allow)
-        for (a, b), counter in count.items():
+        for a, b in pairs:
             inc = self.tokens(a).end & self.tokens(a).end_signal[b]
             dec = self.tokens(b).begin & allowed[b] & self.tokens(b).wait[a]
-            m.d.sync += counter.eq(counter + inc - dec)
+            reserve = self.tokens(a).begin & allowed[a] & self.tokens(a).signal[b]
+            m.d.sync += [count[(a, b)].eq(count[(a, b)] + inc - dec),
+                         pending[(a, b)].eq(pending[(a, b)] + reserve - inc)]
             with m.If(self.start):
-                m.d.sync += counter.eq(0)
+                m.d.sync += [count[(a, b)].eq(0), pending[(a, b)].eq(0)]
         return m

@@ -6,7 +6,8 @@ Contract
 addresses in its source and destination spaces, ``n >= 1`` bytes; up to ``CMD_DEPTH``
 queued) and copies the bytes one line per cycle when neither side stalls, the reads of
 later commands running ahead of the writes of earlier ones; ``idle`` means all are
-done. It it reads the source lines
+done, and a command given with ``mark`` pulses ``marked`` the cycle after its last line
+was written. It reads the source lines
 covering the run in order, realigns them through a two-line window (``dst line j`` is
 bytes ``k..k+W`` of ``{line j+q+1, line j+q}`` where ``src - dst = q*W + k``), and writes
 the destination lines with byte masks so that bytes outside the run are untouched.
@@ -32,17 +33,17 @@ from amaranth.lib.wiring import In, Out
 
 from rtl.common import RtlParams
 from rtl.dram import MemPort
+from rtl.uarch import CMD_DEPTH
 
 ADDR_BITS = 32
 # Landing buffer of source lines. An L2 read is issued only with room for its data, and
 # one line per cycle needs three lines between the grant and the buffered FIFO's output:
 # with 4 entries (3 usable) L2 row readers ran at two lines per three cycles.
 FIFO_DEPTH = 5
-CMD_DEPTH = 64          # rows in flight: covers the DRAM latency for short rows
 
 
 def copy_layout() -> data.StructLayout:
-    return data.StructLayout({"src": ADDR_BITS, "dst": ADDR_BITS, "n": 21})
+    return data.StructLayout({"src": ADDR_BITS, "dst": ADDR_BITS, "n": 21, "mark": 1})
 
 
 def beat_layout(line_bytes: int) -> data.StructLayout:
@@ -63,6 +64,7 @@ class RowCopier(wiring.Component):
         members = {
             "cmd": In(stream.Signature(copy_layout())),
             "idle": Out(1),
+            "marked": Out(1),
         }
         if src_stream:
             members["inp"] = In(stream.Signature(8 * params.line_bytes))
@@ -192,4 +194,10 @@ class RowCopier(wiring.Component):
                 m.d.sync += t_active.eq(0)
 
         m.d.comb += self.idle.eq(~i_active & ~t_active & ~issue_q.r_rdy & ~take_q.r_rdy)
+        # A command given with ``mark`` set pulses ``marked`` the cycle after its last
+        # destination line was accepted: the DMA engines end an instruction there.
+        t_mark = Signal()
+        with m.If(take_q.r_rdy & (~t_active | t_done)):
+            m.d.sync += t_mark.eq(data.View(copy_layout(), take_q.r_data).mark)
+        m.d.sync += self.marked.eq(t_done & t_mark)
         return m

@@ -14,16 +14,22 @@ moves earlier rows: row copies are queued back to back. The addressing is the sa
 (t % B) * row_bytes + col_offset``, ``B = kv_block_tokens``.
 
 For each instruction the engine asks the controller to begin (dependency tokens),
-executes, and ends (signals). A row that would leave the L2 or the simulated DRAM, a
+executes, and ends (signals). An instruction that copies rows ends when the copier has
+written its last row, not when the engine has issued it: the engine goes on to the next
+instruction as soon as the last row command is queued (up to ``DEFERRED`` instructions
+awaiting their end), so consecutive loads overlap and each does not pay the DRAM latency
+alone. Ends come in program order; an instruction with no rows, and ``STORE_COUNTERS``,
+first wait for the ones before them. A row that would leave the L2 or the simulated DRAM, a
 write with overlapping rows, or a misaligned table or counter address stops the
 accelerator with the ``ErrorCode`` the ISA defines. ``busy``/``stall`` say whether the
-engine is executing or waiting for tokens; ``prefetch_bytes`` counts KV bytes fetched.
+engine is executing (or has instructions awaiting their end) or waiting for tokens
+with none in flight; ``prefetch_bytes`` counts KV bytes fetched.
 """
 
 from __future__ import annotations
 
 from amaranth import Const, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from compiler import isa
@@ -32,6 +38,7 @@ from rtl.controller import ErrorPort, TokenPort
 from rtl.copier import RowCopier
 from rtl.decode import INDEX_BITS, code, field, queued_layout, signal_mask, wait_mask
 from rtl.dram import MemPort
+from rtl.uarch import DEFERRED
 
 OPS = {"load": ("DMA_LOAD", "DMA_GATHER", "KV_PREFETCH"),
        "store": ("DMA_STORE", "KV_APPEND", "STORE_COUNTERS")}
@@ -93,10 +100,18 @@ class DmaEngine(wiring.Component):
         dst_step = Signal(40)
         int_base = Signal(40)
         first = Signal(32)
+        # Signal masks of the instructions whose rows are in the copier, oldest first: the
+        # copier's ``marked`` pulse (their last row written) ends the oldest.
+        m.submodules.deferred = deferred = fifo.SyncFIFO(width=isa.MASK_BITS, depth=DEFERRED)
+        inflight = deferred.r_rdy
+        ending = Signal()                  # the END state: an instruction ending in order
         m.d.comb += [
             self.tokens.wait.eq(wait_mask(word)),
             self.tokens.signal.eq(signal_mask(word)),
-            self.tokens.end_signal.eq(signal_mask(word)),
+            deferred.r_en.eq(copier.marked),
+            self.tokens.end.eq(ending | copier.marked),
+            self.tokens.end_signal.eq(Mux(ending, signal_mask(word), deferred.r_data)),
+            deferred.w_data.eq(signal_mask(word)),
         ]
 
         src_run = Signal(40)           # running addresses of 2-D DMA rows
@@ -124,14 +139,16 @@ class DmaEngine(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.idle.eq(1), self.queue.ready.eq(1)]
+                m.d.comb += [self.idle.eq(~inflight), self.busy.eq(inflight),
+                             self.queue.ready.eq(1)]
                 with m.If(self.queue.valid):
                     m.d.sync += [word.eq(self.queue.payload.word),
                                  index.eq(self.queue.payload.index)]
                     m.d.comb += self.idle.eq(0)
                     m.next = "BEGIN"
             with m.State("BEGIN"):
-                m.d.comb += [self.tokens.begin.eq(1), self.stall.eq(~self.tokens.allowed)]
+                m.d.comb += [self.tokens.begin.eq(1), self.busy.eq(inflight),
+                             self.stall.eq(~self.tokens.allowed & ~inflight)]
                 with m.If(self.tokens.allowed):
                     m.next = "SETUP"
             with m.State("SETUP"):
@@ -210,7 +227,13 @@ class DmaEngine(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 advance = Signal()
                 with m.If(row == n_rows):
-                    m.next = "DRAIN"
+                    # The last row command carried ``mark``: the instruction ends when the
+                    # copier has written it. With no rows copied, it ends in order here.
+                    with m.If((n_rows == 0) | (row_n == 0)):
+                        m.next = "DRAIN"
+                    with m.Elif(deferred.w_rdy):
+                        m.d.comb += deferred.w_en.eq(1)
+                        m.next = "IDLE"
                 with m.Elif(needs_int & ~have_int):
                     with m.If(is_op(b) if load else Const(0)):
                         m.d.sync += int_addr.eq(int_base + (row << 2))
@@ -227,7 +250,8 @@ class DmaEngine(wiring.Component):
                     m.next = "HALTED"
                 with m.Else():
                     m.d.comb += [copier.cmd.valid.eq(1), copier.cmd.p.src.eq(row_src),
-                                 copier.cmd.p.dst.eq(row_dst), copier.cmd.p.n.eq(row_n)]
+                                 copier.cmd.p.dst.eq(row_dst), copier.cmd.p.n.eq(row_n),
+                                 copier.cmd.p.mark.eq(row + 1 == n_rows)]
                     with m.If(copier.cmd.ready):
                         m.d.comb += advance.eq(1)
                         if load:
@@ -259,13 +283,13 @@ class DmaEngine(wiring.Component):
                     m.next = "ROW"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(copier.idle):
+                with m.If(copier.idle & ~inflight):
                     m.next = "END"
             if not load:
                 with m.State("COUNTER"):
                     m.d.comb += self.busy.eq(1)
                     with m.If(counter_i == N_COUNTERS):
-                        m.next = "END"
+                        m.next = "DRAIN"
                     with m.Else():
                         addr = dst_run + (counter_i << 3)
                         with m.Switch(counter_i):
@@ -279,7 +303,7 @@ class DmaEngine(wiring.Component):
                         with m.If(dram.req.ready):
                             m.d.sync += counter_i.eq(counter_i + 1)
             with m.State("END"):
-                m.d.comb += [self.busy.eq(1), self.tokens.end.eq(1)]
+                m.d.comb += [self.busy.eq(1), ending.eq(1)]
                 m.next = "IDLE"
             with m.State("HALTED"):
                 pass

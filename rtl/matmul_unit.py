@@ -16,7 +16,9 @@ bytes of the reduction (``KT = 8 W``). For each tile
    (row reader ``port1``) into ``C`` weight buffers, one per array column: ``NK`` weight
    rows land whole (a row per column); ``KN`` rows of ``C`` bytes are scattered, byte
    ``c`` to column ``c`` (the transpose); both buffers are double buffered, so the filler
-   loads the next tile while the array computes this one;
+   loads the next tile while the array computes this one. With fewer x rows than ``NK``
+   weight rows (GEMV), the x reader also takes the last ``(nc - mt) // 2`` weight rows,
+   so that a decode tile fills at about two lines per cycle;
 2. the array consumes ``R``-byte chunks of the reduction: **GEMV** presents a fresh
    ``R x C`` weight block with each x row every cycle; **GEMM** shifts the block in
    (``R`` cycles), streams the rows, and drains the array before the next block;
@@ -133,16 +135,28 @@ class MatmulUnit(wiring.Component):
         x_row, x_beat = Signal(16), Signal(range(KB + 1))
         w_row, w_beat = Signal(20), Signal(range(KB + 1))
         w_rows = Mux(kn, ft["kl"], ft["nc"])
+        # NK weight rows are as long as x rows: when the tile has fewer x rows than weight
+        # rows (GEMV), the x reader takes the last ``x_w`` weight rows after its x rows,
+        # so that the two readers share the tile and it fills about twice as fast.
+        x_w = Signal(16)
+        m.d.comb += x_w.eq(Mux(~kn & (ft["nc"] > ft["mt"]), (ft["nc"] - ft["mt"]) >> 1, 0))
+        split = w_rows - x_w              # weight rows [0, split) on w_reader, the rest on x
+        x_rows = ft["mt"] + x_w
         set_free = ~full.bit_select(fset, 1)
         issue_ok = filling & set_free
+
+        def nk_row(r):
+            return f("w_addr") + (ft["n0"] + r) * f("w_stride") + ft["kt"]
+
         m.d.comb += [
-            xr.cmd.valid.eq(issue_ok & (x_cmd < ft["mt"])),
-            xr.cmd.p.src.eq(f("x_addr") + (ft["m0"] + x_cmd) * f("x_stride") + ft["kt"]),
+            xr.cmd.valid.eq(issue_ok & (x_cmd < x_rows)),
+            xr.cmd.p.src.eq(Mux(x_cmd < ft["mt"],
+                                f("x_addr") + (ft["m0"] + x_cmd) * f("x_stride") + ft["kt"],
+                                nk_row(split + x_cmd - ft["mt"]))),
             xr.cmd.p.dst.eq(0), xr.cmd.p.n.eq(ft["kl"]),
-            wr.cmd.valid.eq(issue_ok & (w_cmd < w_rows)),
-            wr.cmd.p.src.eq(f("w_addr") + Mux(
-                kn, (ft["kt"] + w_cmd) * f("w_stride") + ft["n0"],
-                (ft["n0"] + w_cmd) * f("w_stride") + ft["kt"])),
+            wr.cmd.valid.eq(issue_ok & (w_cmd < split)),
+            wr.cmd.p.src.eq(Mux(kn, f("w_addr") + (ft["kt"] + w_cmd) * f("w_stride") + ft["n0"],
+                                nk_row(w_cmd))),
             wr.cmd.p.dst.eq(0), wr.cmd.p.n.eq(Mux(kn, ft["nc"], ft["kl"])),
         ]
         with m.If(xr.cmd.valid & xr.cmd.ready):
@@ -154,10 +168,11 @@ class MatmulUnit(wiring.Component):
             return Cat(*[Mux(mask[b], Const(0xFF, 8), Const(0, 8)) for b in range(W)])
 
         # x rows: beats land whole, bytes beyond the row zeroed (they pad the reduction).
+        x_is_w = x_row >= ft["mt"]        # the x reader is past its x rows: weight rows
         m.d.comb += [xr.out.ready.eq(1),
                      x_wp.addr.eq(fset * (MT * KB) + x_row * KB + x_beat),
                      x_wp.data.eq(xr.out.p.data & expand(xr.out.p.mask)),
-                     x_wp.en.eq(xr.out.valid)]
+                     x_wp.en.eq(xr.out.valid & ~x_is_w)]
         with m.If(xr.out.valid):
             m.d.sync += [x_row.eq(Mux(xr.out.p.last, x_row + 1, x_row)),
                          x_beat.eq(Mux(xr.out.p.last, 0, x_beat + 1))]
@@ -169,6 +184,12 @@ class MatmulUnit(wiring.Component):
                 m.d.comb += [w_wps[c].addr.eq(fset * KB + kk_line),
                              w_wps[c].data.eq(wr.out.p.data.word_select(c, 8).replicate(W)),
                              w_wps[c].en.eq(Mux(wr.out.valid, Const(1, W) << kk_byte, 0))]
+            with m.Elif(c >= split):      # NK rows from the x reader
+                m.d.comb += [w_wps[c].addr.eq(fset * KB + x_beat),
+                             w_wps[c].data.eq(xr.out.p.data),
+                             w_wps[c].en.eq(Mux(xr.out.valid & x_is_w
+                                                & (x_row - ft["mt"] + split == c),
+                                                (1 << W) - 1, 0))]
             with m.Else():
                 m.d.comb += [w_wps[c].addr.eq(fset * KB + w_beat),
                              w_wps[c].data.eq(wr.out.p.data),
@@ -176,8 +197,8 @@ class MatmulUnit(wiring.Component):
         with m.If(wr.out.valid):
             m.d.sync += [w_row.eq(Mux(wr.out.p.last, w_row + 1, w_row)),
                          w_beat.eq(Mux(wr.out.p.last, 0, w_beat + 1))]
-        tile_filled = filling & (x_row == ft["mt"]) & (w_row == w_rows) & \
-            (x_cmd == ft["mt"]) & (w_cmd == w_rows)
+        tile_filled = filling & (x_row == x_rows) & (w_row == split) & \
+            (x_cmd == x_rows) & (w_cmd == split)
         with m.If(tile_filled):
             m.d.sync += [x_cmd.eq(0), w_cmd.eq(0), x_row.eq(0), w_row.eq(0), x_beat.eq(0),
                          w_beat.eq(0), fset.eq(~fset), *ft["advance"]]

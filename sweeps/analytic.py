@@ -49,10 +49,12 @@ from compiler.hardware import HardwareConfig
 from compiler.image import align
 from compiler.ir import CompileError
 from models.config import ModelConfig
-from sweeps.occupancy import occupancy
-from sweeps.perf import QUEUE_DEPTH
+from compiler.schedule import LOOKAHEAD
+from rtl.uarch import DEFERRED, QUEUE_DEPTH
+from sweeps.occupancy import CALIBRATION, occupancy
 
 ENGINE_OVERHEAD = 2        # IDLE and BEGIN around every instruction (sweeps.perf)
+DMA_END = CALIBRATION.dma_end
 
 
 @dataclass(frozen=True)
@@ -73,20 +75,28 @@ def _cost(instr, hw) -> tuple[int, int, int]:
     return occ.cycles + ENGINE_OVERHEAD, occ.dram_read_bytes, occ.macs
 
 
+def _load(occ) -> tuple:
+    """A load as the pipeline takes it: its ``Copies`` flattened, ``(issue c r w, reads
+    c r w, writes c r w)``, relative to its begin (``occupancy.Copies``)."""
+    c = occ.copies
+    return (*c.issue, *c.reads, *c.writes)
+
+
 class _Stream:
-    """Tiles in program order: (load cycles, compute cycles), plus totals."""
+    """Tiles in program order: (load, compute cycles, staged bytes), plus totals; a load
+    is ``_load``'s tuple, or 0 for none."""
 
     def __init__(self, hw: HardwareConfig, tile_bytes: int, rows: int = 1):
         self.hw, self.tile_bytes, self.rows = hw, tile_bytes, rows
         self.tiles: list[tuple[int, int]] = []
         self.read = self.macs = 0
 
-    def load(self, rows: int, row_bytes: int) -> int:
-        cycles, read, _ = _cost(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
-                                     row_bytes=row_bytes, dram_stride=row_bytes,
-                                     l2_stride=row_bytes), self.hw)
-        self.read += read
-        return cycles
+    def load(self, rows: int, row_bytes: int) -> tuple:
+        occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
+                             row_bytes=row_bytes, dram_stride=row_bytes,
+                             l2_stride=row_bytes), self.hw)
+        self.read += occ.dram_read_bytes
+        return _load(occ)
 
     def compute(self, instr) -> int:
         cycles, _, macs = _cost(instr, self.hw)
@@ -152,7 +162,7 @@ class _Stream:
                                  n_tokens=n, row_bytes=cfg.kv_dim, col_offset=0, col_bytes=hd,
                                  l2_addr=0), self.hw)
             self.read += occ.dram_read_bytes
-            return occ.cycles + ENGINE_OVERHEAD
+            return _load(occ)
 
         def mm(m, k, n, kn, acc=0):
             return self.compute(make("MATMUL", mode=1 if m <= R else 0, accumulate=acc,
@@ -271,7 +281,7 @@ def _head_tiles(cfg: ModelConfig, hw: HardwareConfig, tile_bytes: int):
 
 
 def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
-    """The two engines over the tiles ``(load cycles, compute cycles, staged bytes)``:
+    """The two engines over the tiles ``(load, compute cycles, staged bytes)``:
     ``(cycles, load busy, compute busy)``.
 
     With prefetch (``ring`` bytes of staging) a load may run ahead while its bytes fit the
@@ -292,7 +302,7 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
         staged = [t[2] for t in tiles]
         reach, j, held = [0] * n, 0, 0
         for i in range(n):
-            limit = i + MAX_INFLIGHT_SLOTS
+            limit = i + (MAX_INFLIGHT_SLOTS if MAX_INFLIGHT_SLOTS < LOOKAHEAD else LOOKAHEAD) + 1
             if limit > n:
                 limit = n
             while j < limit and held + staged[j] <= ring:
@@ -303,21 +313,41 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
                 held -= staged[i]
             else:
                 j = i + 1
+    # A load begins ENGINE_OVERHEAD after its engine is free (IDLE, BEGIN); the engine is
+    # free again once its rows are queued, and the load ends when the copier has written
+    # them, after the loads before it (at most DEFERRED in flight).
     load_begin, load_end = [0] * n, [0] * n
+    ends: list[float] = []                  # ends of the loads so far
     timed = -1
-    prev_load_end = compute_end = freed = 0
+    engine_free = compute_end = freed = 0
+    read_free = write_free = float("-inf")
+    load_busy = covered = 0
     for i in range(n):
         # Loads first hoisted above compute i (reach is nondecreasing) found their bytes
         # free once compute i - 1 had released its own (``freed``).
         r = reach[i]
         while timed < r:
             timed += 1
-            cycles = loads[timed]
-            start = prev_load_end if prev_load_end > freed else freed
+            ld = loads[timed]
+            start = engine_free if engine_free > freed else freed
             load_begin[timed] = start
-            load_end[timed] = start + cycles
-            if cycles:
-                prev_load_end = start + cycles
+            if not ld:
+                load_end[timed] = start
+                continue
+            ic, ir, iw, rc, rr, rw, wc, wr, ww = ld
+            begin = start + ENGINE_OVERHEAD
+            r0, w0 = read_free - begin, write_free - begin
+            read_free = begin + max(rc, r0 + rr, w0 + rw)
+            write_free = begin + max(wc, r0 + wr, w0 + ww)
+            end = write_free + DMA_END
+            free = begin + max(ic, r0 + ir, w0 + iw) + 1
+            if len(ends) >= DEFERRED and ends[-DEFERRED] + 2 > free:
+                free = ends[-DEFERRED] + 2
+            engine_free = free
+            ends.append(end)
+            load_end[timed] = end
+            load_busy += end - (begin if begin > covered else covered)
+            covered = end
         start = compute_end
         if loads[i] and load_end[i] > start:
             start = load_end[i]
@@ -325,7 +355,7 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
         if gate > i and load_begin[gate] > start:
             start = load_begin[gate]
         compute_end = freed = start + computes[i]
-    return compute_end, sum(loads), sum(computes)
+    return compute_end, load_busy, sum(computes)
 
 
 @dataclass(frozen=True)

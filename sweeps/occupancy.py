@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from compiler.asm import Instruction
 from compiler.hardware import HardwareConfig
 from compiler.isa import COUNTERS, Engine, MatmulMode, WeightLayout
+from rtl.uarch import CMD_DEPTH
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Calibration:
     cmd_to_read: int = 3          # row command -> its first DRAM/L2 read
     read_to_write: int = 4        # read data -> the write side (beyond the DRAM latency)
     l2_read_latency: int = 3      # L2 row reader: request -> beat
-    dma_drain: int = 2            # last write -> END
+    dma_drain: int = 2            # last write -> END, alone
+    dma_end: int = 1              # last write -> END, with earlier rows in the copier
     mm_setup: int = 3             # CHECK -> the filler's first command
     tile_switch: int = 8          # a filled tile -> the next tile's first beat
     mm_flush: int = 9             # last feed -> results in the accumulators
@@ -51,15 +53,46 @@ class Calibration:
 CALIBRATION = Calibration()
 
 
+NEVER = float("-inf")
+
+
+@dataclass(frozen=True)
+class Copies:
+    """When a row-copying DMA instruction is done with each part of its engine, relative
+    to its begin, as functions of when the copier's read and write sides become free of
+    the instructions before it (``r0``, ``w0``, also relative): each time is
+    ``max(c, r0 + r, w0 + w)``, a triple ``(c, r, w)``, since every step of the copier
+    is a max of sums (``at`` evaluates one).
+
+    ``issue``: the engine's last row command is queued (it moves on to the next
+    instruction); ``reads``/``writes``: the copier's read and write sides are done with
+    this instruction's rows; the instruction ends ``Calibration.dma_end`` after
+    ``writes``."""
+
+    issue: tuple[float, float, float]
+    reads: tuple[float, float, float]
+    writes: tuple[float, float, float]
+
+    @staticmethod
+    def at(f: tuple[float, float, float], r0: float, w0: float) -> float:
+        c, r, w = f
+        t = r0 + r
+        if t > c:
+            c = t
+        t = w0 + w
+        return t if t > c else c
+
+
 @dataclass(frozen=True)
 class Occupancy:
     engine: Engine
-    cycles: int                   # busy cycles, begin to end
+    cycles: int                   # busy cycles, begin to end, alone
     dram_read_bytes: int = 0
     dram_write_bytes: int = 0
     dram_lines: int = 0           # DRAM lines moved (reads and writes)
     macs: int = 0
     prefetch_bytes: int = 0
+    copies: Copies | None = None  # a DMA instruction that copies rows (it ends deferred)
 
 
 def _fields(instr: Instruction) -> SimpleNamespace:
@@ -112,56 +145,72 @@ def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> list[_Row]:
     raise ValueError(op)
 
 
+def _mp_add(f, k):
+    return (f[0] + k, f[1] + k, f[2] + k)
+
+
+def _mp_max(f, g):
+    return (f[0] if f[0] > g[0] else g[0], f[1] if f[1] > g[1] else g[1],
+            f[2] if f[2] > g[2] else g[2])
+
+
 def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
                   cal: Calibration = CALIBRATION) -> Occupancy:
     """The load/store engine: one row command per cycle (after an int32 read where the row
-    needs one); the copier's read side takes the row's source lines back to back at the
-    DRAM bandwidth (reads) or one per cycle (L2); its write side takes each row's
-    destination lines, plus one priming step when source and destination are not
-    aligned alike, once the data is there; the instruction ends when the copier drains."""
+    needs one), at most ``CMD_DEPTH`` rows ahead of the copier's write side; the copier's
+    read side takes the row's source lines back to back at the DRAM bandwidth (reads) or
+    one per cycle (L2); its write side takes each row's destination lines, plus one
+    priming step when source and destination are not aligned alike, once the data is
+    there. Alone, the instruction ends when its last row is written; ``copies`` gives the
+    same times as functions of when the copier is free of earlier instructions."""
     W, lat = hw.line_bytes, hw.dram_latency_cycles
     line_cycles = W / hw.dram_bytes_per_cycle
     load = instr.engine == Engine.LOAD
     if instr.mnemonic == "STORE_COUNTERS":
         n = len(COUNTERS)
-        return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 2,
+        return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 3,
                          dram_write_bytes=8 * n, dram_lines=n)
-    t = cal.dma_setup
-    read_end = write_end = 0.0
+    # Times are max-plus triples (see ``Copies``): (alone, + read side free, + write side free).
+    t = (cal.dma_setup, NEVER, NEVER)
+    read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)
+    taken = []                      # when the write side took each row command
     src_total = dst_total = moved = 0
     int_reads = 0
+    after_read = lat + cal.read_to_write if load else cal.l2_read_latency
     for row in _dma_rows(instr, hw, read_i32):
         if row.needs_int:
-            t += lat + cal.int_read
+            t = _mp_add(t, lat + cal.int_read)
             int_reads += 1
         if row.n == 0:
-            t += 1
+            t = _mp_add(t, 1)
             continue
+        if len(taken) >= CMD_DEPTH:     # the copier's command queue is full
+            t = _mp_max(t, _mp_add(taken[-CMD_DEPTH], 1))
         src_lines, dst_lines = _lines(row.src, row.n, W), _lines(row.dst, row.n, W)
         steps = dst_lines + (1 if (row.src - row.dst) % W else 0)
-        cmd, t = t, t + 1
+        cmd, t = t, _mp_add(t, 1)
+        taken.append(_mp_max(_mp_add(cmd, 2), write_end))
+        start = _mp_max(_mp_add(cmd, cal.cmd_to_read), read_end)
         if load:
-            start = max(cmd + cal.cmd_to_read, read_end)
-            read_end = start + src_lines * line_cycles
-            arrive = start + lat + cal.read_to_write
-            write_end = max(max(arrive, write_end) + steps, read_end + lat + cal.read_to_write)
+            read_end = _mp_add(start, src_lines * line_cycles)
             src_total += src_lines
         else:
-            start = max(cmd + cal.cmd_to_read, read_end)
-            read_end = start + src_lines
-            arrive = start + cal.l2_read_latency
-            write_end = max(max(arrive, write_end) + max(steps, dst_lines * line_cycles),
-                            read_end + cal.l2_read_latency)
+            read_end = _mp_add(start, src_lines)
+            steps = max(steps, dst_lines * line_cycles)
             dst_total += dst_lines
+        write_end = _mp_max(_mp_add(_mp_max(_mp_add(start, after_read), write_end), steps),
+                            _mp_add(read_end, after_read))
         moved += row.n
-    cycles = math.ceil(max(t, write_end)) + cal.dma_drain
+    cycles = math.ceil(max(t[0], write_end[0])) + cal.dma_drain
+    copies = Copies(t, read_end, write_end) if taken else None
     table = int_reads * 4
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0
         return Occupancy(Engine.LOAD, cycles, dram_read_bytes=moved + table,
-                         dram_lines=src_total + int_reads, prefetch_bytes=prefetch)
+                         dram_lines=src_total + int_reads, prefetch_bytes=prefetch,
+                         copies=copies)
     return Occupancy(Engine.STORE, cycles, dram_read_bytes=table, dram_write_bytes=moved,
-                     dram_lines=dst_total + int_reads)
+                     dram_lines=dst_total + int_reads, copies=copies)
 
 
 # -- matmul --------------------------------------------------------------------------------
@@ -190,7 +239,8 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
     """The matmul unit's tiles (``R`` rows x ``C`` channels x ``KT = 8W`` bytes), kt
     fastest, then n, then m. The filler fills a tile with the x and weight row readers in
-    parallel, into the buffer set the array released two tiles earlier; the array feeds
+    parallel (the x reader also taking ``(nc - mt) // 2`` NK weight rows), into the
+    buffer set the array released two tiles earlier; the array feeds
     ``ceil(kl / R)`` chunks (GEMV: one cycle per x row; GEMM: ``R`` shift cycles, the rows,
     an ``R + C + 1`` drain); after a tile group's last reduction tile the results are
     flushed and written back row by row (reading the old output first to accumulate)."""
@@ -213,7 +263,13 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
                 if kn:
                     w_steps = _rows_steps(f.w_addr + kt * f.w_stride + n0, f.w_stride, kl, nc, W)
                 else:
-                    w_steps = _rows_steps(f.w_addr + n0 * f.w_stride + kt, f.w_stride, nc, kl, W)
+                    # The x reader takes the last (nc - mt) // 2 weight rows (GEMV).
+                    x_w = max(0, (nc - mt) // 2)
+                    w_base = f.w_addr + n0 * f.w_stride + kt
+                    w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, kl, W)
+                    if x_w:
+                        x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride,
+                                               x_w, kl, W)
                 filler_t = max(filler_t, released[s]) + cal.tile_switch + max(x_steps, w_steps)
                 fill_end[s] = filler_t
                 chunks = -(-kl // R)

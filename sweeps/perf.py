@@ -18,7 +18,11 @@ The model has two levels (``docs/perf.md``):
    its engine's queue of ``QUEUE_DEPTH`` and stalls while that queue is full; an engine
    pops its next instruction when the previous one has ended, waits until the tokens
    it names have been signalled (a signal is visible the cycle after the signalling
-   instruction ends), runs for its occupancy and ends. ``HALT`` completes when every
+   instruction ends), runs for its occupancy and ends. A DMA engine pops its next
+   instruction as soon as the previous one's last row command is queued, and the
+   instruction ends when its copier has written it, after the ones before it
+   (``occupancy.Copies``; at most ``DEFERRED`` in flight); busy cycles are those in which
+   an engine has an instruction begun and not ended. ``HALT`` completes when every
    engine has drained.
 
 The model is checked against the RTL's cycle counters on the same programs
@@ -27,16 +31,16 @@ The model is checked against the RTL's cycle counters on the same programs
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from compiler.asm import Instruction
 from compiler.hardware import HardwareConfig
 from compiler.isa import ENGINES, Engine
-from sweeps.occupancy import CALIBRATION, Calibration, occupancy
+from rtl.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
+from sweeps.occupancy import CALIBRATION, Calibration, Copies, occupancy
 
-FETCH_AHEAD = 16        # rtl/controller.py
-QUEUE_DEPTH = 8
 FETCH_START = 2         # start -> first fetch request (start and pc are registered)
 DISPATCH_LATENCY = 2    # DRAM response -> decoded and dispatched
 DONE_LATENCY = 2        # last engine's end -> done
@@ -83,6 +87,12 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
     signals = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
     busy = dict.fromkeys(ENGINES, 0)
     stall = dict.fromkeys(ENGINES, 0)
+    covered = dict.fromkeys(ENGINES, 0)        # busy until (instructions may overlap)
+    # The DMA engines' copiers: when their read and write sides are free, and the ends
+    # of the instructions still in them (an engine queues at most DEFERRED).
+    read_free = dict.fromkeys(ENGINES, float("-inf"))
+    write_free = dict.fromkeys(ENGINES, float("-inf"))
+    deferred: dict[Engine, deque] = {e: deque() for e in ENGINES}
     totals = {"read": 0, "write": 0, "prefetch": 0, "macs": 0, "lines": 0}
     last_end = 0
     halted = False
@@ -114,10 +124,31 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                 ready = max(ready, pending.popleft() + 1)
         occ = occupancy(instr, hw, read_i32, cal)
         begin[i] = ready
-        stall[e] += ready - (pop + 1)
-        busy[e] += occ.cycles
-        end[i] = ready + occ.cycles                 # the END cycle is the last busy one
-        engine_free[e] = end[i] + 1
+        flight = deferred[e]
+        copies = occ.copies
+        if copies is None:
+            end[i] = ready + occ.cycles             # the END cycle is the last busy one
+            if flight:                              # ends in order, after the deferred ones
+                end[i] = max(end[i], flight[-1] + 2)
+                flight.clear()
+            engine_free[e] = end[i] + 1
+        else:
+            # The engine moves on once its last row command is queued; the instruction
+            # ends when the copier has written its rows, after the earlier ones.
+            r0, w0 = read_free[e] - ready, write_free[e] - ready
+            read_free[e] = ready + Copies.at(copies.reads, r0, w0)
+            write_free[e] = ready + Copies.at(copies.writes, r0, w0)
+            end[i] = math.ceil(write_free[e]) + cal.dma_end
+            free = math.ceil(ready + Copies.at(copies.issue, r0, w0)) + 1
+            while flight and flight[0] < free - 1:
+                flight.popleft()
+            if len(flight) == DEFERRED:             # no room to defer: wait for the oldest
+                free = max(free, flight.popleft() + 2)
+            engine_free[e] = free
+            flight.append(end[i])
+        stall[e] += max(0, ready - max(pop + 1, covered[e]))
+        busy[e] += max(0, end[i] - max(ready, covered[e]))
+        covered[e] = max(covered[e], end[i])
         for b in ENGINES:
             if instr.signal >> int(b) & 1:
                 signals[(e, b)].append(end[i] - 1)
