@@ -16,13 +16,15 @@ instructions that consume it, each costed by ``sweeps.occupancy`` on the instruc
 compiler would emit (so the per-instruction numbers are the RTL-calibrated ones). The
 two engines then run as a pipeline over the tiles:
 
-    load_end[i]    = max(load_end[i-1], compute_end[i - S]) + load[i]
+    load_begin[i]  = max(load_issued[i-1], compute_end[i - S])
+    load_end[i]    = copier(load_begin[i], load_end[i-1], ...) # ``occupancy.Copies``
     compute_end[i] = max(compute_end[i-1], load_end[i]) + compute[i]
 
 where ``S`` is how many tiles the load engine may run ahead: the staging ring's slots
-with prefetch (the scheduler hoists loads as far as the ring allows); without prefetch
-each load waits for the compute before it (``S = 1``: the program's natural order with
-its tokens serialises the two engines). Every layer is the same stream, so one layer is
+with prefetch (the scheduler hoists loads as far as the ring allows, at most
+``LOOKAHEAD`` loads); without prefetch each load waits for the compute before it
+(``S = 1``: the program's natural order with its tokens serialises the two engines). A
+load's rows follow the previous load's through the copier, as on the RTL. Every layer is the same stream, so one layer is
 timed and repeated (the pipeline carries across layer boundaries).
 
 A workload's decode steps differ only in KV length, and a step's time is affine in the
