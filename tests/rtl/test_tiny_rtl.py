@@ -3,10 +3,12 @@ decode steps, prefetch on and off, bit-exact with the ISA simulator (the whole f
 but the counter blocks) and with the JAX integer reference; and the performance model's
 cycle counts on the same programs against the RTL's.
 
-The suite runs edge-8x8 with a 64 KiB L2 (the configuration test_accelerator.py builds,
-so one Verilator model serves both): the model's build and the simulation of ~470k
-cycles take most of the suite's RTL budget. ``python -m benchmarks.rtl_tiny`` runs the
-same check on edge-4x4 and edge-8x8 at their full L2, prefetch on and off."""
+Two configurations: edge-8x8 with a 64 KiB L2 (the one test_accelerator.py builds, so
+one Verilator model serves both), and edge-4x4 at its 256 KiB, whose L2 moves only one
+line per cycle, as many as the DRAM, so the engines contend for it. The prompt is 4
+tokens on edge-4x4 (a 6-token prefill runs as GEMM there, 1.7M cycles; random GEMM
+programs are in test_accelerator.py). ``python -m benchmarks.rtl_tiny`` runs the same
+check with the 6-token prompt and prints the figures."""
 
 import pytest
 
@@ -16,17 +18,22 @@ from compiler.runtime import compare, reference_generation, run_build, same_dram
 from sweeps.perf import time_build
 
 pytestmark = pytest.mark.slow
-PROMPT = "ROMEO:"
+PROMPT = {"edge-8x8": "ROMEO:", "edge-4x4": "ROME"}
 
 
-HW = load_hardware("edge-8x8").replace(l2_bytes=64 * 1024)
+HARDWARE = {"edge-8x8": load_hardware("edge-8x8").replace(l2_bytes=64 * 1024),
+            "edge-4x4": load_hardware("edge-4x4")}
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["prefetch-on", "prefetch-off"])
+@pytest.fixture(scope="module", params=[(hw, prefetch) for hw in HARDWARE
+                                        for prefetch in (True, False)],
+                ids=lambda p: f"{p[0]}-prefetch-{'on' if p[1] else 'off'}")
 def runs(request, tiny_model, tiny_int):
     """The compiled tiny model run on the ISA simulator and on the RTL."""
-    ids = tiny_model.tokenizer.encode(PROMPT)
-    build = compile_generation(tiny_int.cfg, tiny_int.qm, HW, ids, 5, prefetch=request.param)
+    hw_name, prefetch = request.param
+    ids = tiny_model.tokenizer.encode(PROMPT[hw_name])
+    build = compile_generation(tiny_int.cfg, tiny_int.qm, HARDWARE[hw_name], ids, 5,
+                               prefetch=prefetch)
     return ids, build, run_build(build, "isa"), run_build(build, "rtl")
 
 
