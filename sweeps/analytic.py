@@ -323,7 +323,7 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
     timed = -1
     engine_free = compute_end = freed = 0
     read_free = write_free = float("-inf")
-    load_busy = covered = 0
+    load_busy = covered = n_loads = 0
     for i in range(n):
         # Loads first hoisted above compute i (reach is nondecreasing) found their bytes
         # free once compute i - 1 had released its own (``freed``).
@@ -339,14 +339,31 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
             ic, ir, iw, rc, rr, rw, wc, wr, ww = ld
             begin = start + ENGINE_OVERHEAD
             r0, w0 = read_free - begin, write_free - begin
-            read_free = begin + max(rc, r0 + rr, w0 + rw)
-            write_free = begin + max(wc, r0 + wr, w0 + ww)
+            # Copies.at for the three times, inline (this loop is the sweeps' hot spot).
+            t, x, y = ic, r0 + ir, w0 + iw
+            if x > t:
+                t = x
+            if y > t:
+                t = y
+            free = begin + t + 1
+            t, x, y = rc, r0 + rr, w0 + rw
+            if x > t:
+                t = x
+            if y > t:
+                t = y
+            read_free = begin + t
+            t, x, y = wc, r0 + wr, w0 + ww
+            if x > t:
+                t = x
+            if y > t:
+                t = y
+            write_free = begin + t
             end = write_free + DMA_END
-            free = begin + max(ic, r0 + ir, w0 + iw) + 1
-            if len(ends) >= DEFERRED and ends[-DEFERRED] + 2 > free:
-                free = ends[-DEFERRED] + 2
+            if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
+                free = ends[n_loads - DEFERRED] + 2
             engine_free = free
             ends.append(end)
+            n_loads += 1
             load_end[timed] = end
             load_busy += end - (begin if begin > covered else covered)
             covered = end
