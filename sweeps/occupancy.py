@@ -9,7 +9,8 @@ writes, and its multiply-accumulates. Each function below follows one unit of ``
 step by step at the granularity where the RTL has a pipeline bubble: a DMA row, a matmul
 tile, a vector segment. The few constants of ``CALIBRATION`` are the latencies between
 those steps; they were read off single-instruction runs of the Verilator model
-(``python -m benchmarks.perf_calibration`` measures them again) and are shared by every
+(``python -m benchmarks.perf_calibration`` compares every instruction of a decode step
+run alone on the RTL with this module, by class) and are shared by every
 hardware configuration: everything that scales with the hardware (``W``, ``R``, ``C``,
 lanes, DRAM bandwidth and latency) enters through the formulas.
 

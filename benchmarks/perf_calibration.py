@@ -1,0 +1,94 @@
+"""Each instruction of a compiled tiny decode step run alone on the RTL, against
+``sweeps.occupancy``: the per-instruction agreement that ``occupancy.CALIBRATION`` was
+fitted on, by instruction class.
+
+Every instruction of the program (dependency tokens stripped) becomes a program of its
+own, the instruction then ``HALT``, placed after the build's DRAM image; one Verilator
+job runs them all in order, and each program's busy counter for the instruction's engine
+is compared with the occupancy the performance model gives it::
+
+    python -m benchmarks.perf_calibration                    # edge-8x8 and edge-4x4
+    python -m benchmarks.perf_calibration --hw edge-4x4 --prefetch off
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+
+def run_one(tiny, im, hw_name: str, prefetch: bool) -> dict:
+    from compiler.asm import encode_program, make
+    from compiler.driver import compile_generation
+    from compiler.hardware import load_hardware
+    from compiler.isa import Engine
+    from compiler.runtime import rtl_dram_bytes
+    from rtl.common import RtlParams
+    from rtl.sim import build_model, run_job
+    from sweeps.occupancy import occupancy
+
+    hw = load_hardware(hw_name)
+    build = compile_generation(im.cfg, im.qm, hw, tiny.tokenizer.encode("ROMEO:"), 2,
+                               prefetch=prefetch)
+    decode = next(p for p in build.programs if p.kind == "decode")
+    instrs = [i.replace(wait=0, signal=0) for i in decode.instrs
+              if i.engine != Engine.CONTROL and i.mnemonic != "STORE_COUNTERS"]
+    image = build.image.data
+    base = -(-image.size // 64) * 64
+    blobs = [encode_program([instr, make("HALT")]) for instr in instrs]
+    data = np.zeros(base + sum(len(b) for b in blobs), np.uint8)
+    data[:image.size] = image
+    programs, offset = [], base
+    for n, blob in enumerate(blobs):
+        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
+        programs.append((f"i{n}", offset))
+        offset += len(blob)
+    model = build_model(RtlParams(hw, rtl_dram_bytes(data.size), macros=True))
+    job = run_job(model, data, programs, {})
+    read_i32 = build.image.read_i32
+    by_class: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])   # rtl, model, count
+    for instr, entry in zip(instrs, job.programs, strict=True):
+        if entry["timed_out"] or entry["error"]:
+            raise RuntimeError(f"{instr.mnemonic} did not complete alone on the RTL: {entry}")
+        engine = instr.engine.name.lower()
+        key = instr.mnemonic + (f" {'GEMV' if instr.fields()['mode'] else 'GEMM'}"
+                                if instr.mnemonic == "MATMUL" else "")
+        row = by_class[key]
+        row[0] += entry["counters"][f"{engine}_busy"]
+        row[1] += occupancy(instr, hw, read_i32).cycles
+        row[2] += 1
+    classes = {k: {"instructions": n, "rtl_busy": r, "model_busy": m,
+                   "error_pct": round(100 * (m - r) / r, 2)}
+               for k, (r, m, n) in sorted(by_class.items())}
+    return {"hw": hw_name, "prefetch": prefetch, "instructions": len(instrs),
+            "classes": classes}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
+    parser.add_argument("--prefetch", nargs="*", default=["on"], choices=("on", "off"))
+    args = parser.parse_args(argv)
+    from models.evaluate import build_int_model
+    from models.zoo import load_model
+
+    tiny = load_model("tiny")
+    im = build_int_model(tiny)
+    rows = []
+    for hw in args.hw:
+        for prefetch in args.prefetch:
+            row = run_one(tiny, im, hw, prefetch == "on")
+            print(json.dumps({"benchmark": "perf_calibration", **row}), flush=True)
+            rows.append(row)
+            print(f"{'class':<16}{'n':>5}{'RTL busy':>11}{'model':>11}{'error':>9}")
+            for name, c in row["classes"].items():
+                print(f"{name:<16}{c['instructions']:>5}{c['rtl_busy']:>11,}"
+                      f"{c['model_busy']:>11,}{c['error_pct']:>8.2f}%")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
