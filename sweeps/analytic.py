@@ -24,8 +24,9 @@ where ``S`` is how many tiles the load engine may run ahead: the staging ring's 
 with prefetch (the scheduler hoists loads as far as the ring allows, at most
 ``LOOKAHEAD`` loads); without prefetch each load waits for the compute before it
 (``S = 1``: the program's natural order with its tokens serialises the two engines). A
-load's rows follow the previous load's through the copier, as on the RTL. Every layer is the same stream, so one layer is
-timed and repeated (the pipeline carries across layer boundaries).
+load's rows follow the previous load's through the copier, as on the RTL. Every layer
+is the same stream, so one layer is timed and repeated (the pipeline carries across
+layer boundaries).
 
 A workload's decode steps differ only in KV length, and a step's time is affine in the
 KV length between changes of the KV chunking; ``workload`` times steps at a few sample
@@ -50,8 +51,8 @@ from compiler.backend import (
 from compiler.hardware import HardwareConfig
 from compiler.image import align
 from compiler.ir import CompileError
-from models.config import ModelConfig
 from compiler.schedule import LOOKAHEAD
+from models.config import ModelConfig
 from rtl.uarch import DEFERRED, QUEUE_DEPTH
 from sweeps.occupancy import CALIBRATION, occupancy
 
