@@ -8,19 +8,17 @@ job runs them all in order, and each program's busy counter for the instruction'
 is compared with the occupancy the performance model gives it::
 
     python -m benchmarks.perf_calibration                    # edge-8x8 and edge-4x4
-    python -m benchmarks.perf_calibration --hw edge-4x4 --prefetch off
+    python -m benchmarks.perf_calibration --hw edge-4x4 --prefetch off [--l2 BYTES]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import defaultdict
 
 import numpy as np
 
 
-def run_one(tiny, im, hw_name: str, prefetch: bool) -> dict:
+def run_one(tiny, im, hw_name: str, prefetch: bool, l2: int | None = None) -> dict:
     from compiler.asm import encode_program, make
     from compiler.driver import compile_generation
     from compiler.hardware import load_hardware
@@ -31,6 +29,8 @@ def run_one(tiny, im, hw_name: str, prefetch: bool) -> dict:
     from sweeps.occupancy import occupancy
 
     hw = load_hardware(hw_name)
+    if l2:
+        hw = hw.replace(l2_bytes=l2)
     build = compile_generation(im.cfg, im.qm, hw, tiny.tokenizer.encode("ROMEO:"), 2,
                                prefetch=prefetch)
     decode = next(p for p in build.programs if p.kind == "decode")
@@ -68,25 +68,16 @@ def run_one(tiny, im, hw_name: str, prefetch: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
-    parser.add_argument("--prefetch", nargs="*", default=["on"], choices=("on", "off"))
-    args = parser.parse_args(argv)
-    from models.evaluate import build_int_model
-    from models.zoo import load_model
+    from benchmarks.rtl_tiny import each_run
 
-    tiny = load_model("tiny")
-    im = build_int_model(tiny)
-    rows = []
-    for hw in args.hw:
-        for prefetch in args.prefetch:
-            row = run_one(tiny, im, hw, prefetch == "on")
-            print(json.dumps({"benchmark": "perf_calibration", **row}), flush=True)
-            rows.append(row)
-            print(f"{'class':<16}{'n':>5}{'RTL busy':>11}{'model':>11}{'error':>9}")
-            for name, c in row["classes"].items():
-                print(f"{name:<16}{c['instructions']:>5}{c['rtl_busy']:>11,}"
-                      f"{c['model_busy']:>11,}{c['error_pct']:>8.2f}%")
+    rows = each_run("perf_calibration", __doc__.splitlines()[0], run_one, argv,
+                    prefetch=("on",))
+    for row in rows:
+        print(f"{row['hw']}, prefetch {'on' if row['prefetch'] else 'off'}:")
+        print(f"{'class':<16}{'n':>5}{'RTL busy':>11}{'model':>11}{'error':>9}")
+        for name, c in row["classes"].items():
+            print(f"{name:<16}{c['instructions']:>5}{c['rtl_busy']:>11,}"
+                  f"{c['model_busy']:>11,}{c['error_pct']:>8.2f}%")
     return rows
 
 

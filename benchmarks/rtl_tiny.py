@@ -64,10 +64,13 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
     }
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def each_run(name: str, description: str, run, argv: list[str] | None,
+             prefetch: tuple[str, ...] = ("on", "off")) -> list[dict]:
+    """``run(tiny, int_model, hw_name, prefetch, l2_bytes)`` for every ``--hw`` and
+    ``--prefetch`` of the command line, each row printed as a JSON line as it finishes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
-    parser.add_argument("--prefetch", nargs="*", default=["on", "off"], choices=("on", "off"))
+    parser.add_argument("--prefetch", nargs="*", default=list(prefetch), choices=("on", "off"))
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
     args = parser.parse_args(argv)
     from models.evaluate import build_int_model
@@ -77,10 +80,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     im = build_int_model(tiny)
     rows = []
     for hw in args.hw:
-        for prefetch in args.prefetch:
-            row = run_one(tiny, im, hw, prefetch == "on", args.l2)
-            print(json.dumps({"benchmark": "rtl_tiny", **row}), flush=True)
+        for on in args.prefetch:
+            row = run(tiny, im, hw, on == "on", args.l2)
+            print(json.dumps({"benchmark": name, **row}), flush=True)
             rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    rows = each_run("rtl_tiny", __doc__.splitlines()[0], run_one, argv)
     print(f"{'hw':<10}{'L2':>9} {'prefetch':<10}{'bit-exact':<11}{'prefill':>10}{'decode/step':>13}"
           f"{'DRAM busy':>11}{'compute busy':>14}{'cycles/s':>10}{'build s':>9}"
           f"{'perf err (worst)':>18}")

@@ -54,7 +54,7 @@ from compiler.ir import CompileError
 from compiler.schedule import LOOKAHEAD
 from models.config import ModelConfig
 from rtl.uarch import DEFERRED, QUEUE_DEPTH
-from sweeps.occupancy import CALIBRATION, occupancy
+from sweeps.occupancy import CALIBRATION, Copies, occupancy
 
 ENGINE_OVERHEAD = 2        # IDLE and BEGIN around every instruction (sweeps.perf)
 DMA_END = CALIBRATION.dma_end
@@ -78,35 +78,28 @@ def _cost(instr, hw) -> tuple[int, int, int]:
     return occ.cycles + ENGINE_OVERHEAD, occ.dram_read_bytes, occ.macs
 
 
-def _load(occ) -> tuple:
-    """A load as the pipeline takes it: its ``Copies`` flattened, ``(issue c r w, reads
-    c r w, writes c r w)``, relative to its begin (``occupancy.Copies``)."""
-    c = occ.copies
-    return (*c.issue, *c.reads, *c.writes)
-
-
 class _Stream:
     """Tiles in program order: (load, compute cycles, staged bytes), plus totals; a load
-    is ``_load``'s tuple, or 0 for none."""
+    is its ``occupancy.Copies``, or 0 for none."""
 
     def __init__(self, hw: HardwareConfig, tile_bytes: int, rows: int = 1):
         self.hw, self.tile_bytes, self.rows = hw, tile_bytes, rows
         self.tiles: list[tuple[int, int]] = []
         self.read = self.macs = 0
 
-    def load(self, rows: int, row_bytes: int) -> tuple:
+    def load(self, rows: int, row_bytes: int) -> Copies:
         occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
                              row_bytes=row_bytes, dram_stride=row_bytes,
                              l2_stride=row_bytes), self.hw)
         self.read += occ.dram_read_bytes
-        return _load(occ)
+        return occ.copies
 
     def compute(self, instr) -> int:
         cycles, _, macs = _cost(instr, self.hw)
         self.macs += macs
         return cycles
 
-    def add(self, load: int, compute: int, staged: int = 0) -> None:
+    def add(self, load, compute: int, staged: int = 0) -> None:
         self.tiles.append((load, compute, staged))
 
     def staged_tile(self, shapes: dict, shape, rows: int, row_bytes: int, instr) -> None:
@@ -165,7 +158,7 @@ class _Stream:
                                  n_tokens=n, row_bytes=cfg.kv_dim, col_offset=0, col_bytes=hd,
                                  l2_addr=0), self.hw)
             self.read += occ.dram_read_bytes
-            return _load(occ)
+            return occ.copies
 
         def mm(m, k, n, kn, acc=0):
             return self.compute(make("MATMUL", mode=1 if m <= R else 0, accumulate=acc,
@@ -337,28 +330,9 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
             if not ld:
                 load_end[timed] = start
                 continue
-            ic, ir, iw, rc, rr, rw, wc, wr, ww = ld
             begin = start + ENGINE_OVERHEAD
-            r0, w0 = read_free - begin, write_free - begin
-            # Copies.at for the three times, inline (this loop is the sweeps' hot spot).
-            t, x, y = ic, r0 + ir, w0 + iw
-            if x > t:
-                t = x
-            if y > t:
-                t = y
-            free = begin + t + 1
-            t, x, y = rc, r0 + rr, w0 + rw
-            if x > t:
-                t = x
-            if y > t:
-                t = y
-            read_free = begin + t
-            t, x, y = wc, r0 + wr, w0 + ww
-            if x > t:
-                t = x
-            if y > t:
-                t = y
-            write_free = begin + t
+            issued, read_free, write_free = ld.after(begin, read_free, write_free)
+            free = issued + 1
             end = write_free + DMA_END
             if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
                 free = ends[n_loads - DEFERRED] + 2

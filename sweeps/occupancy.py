@@ -63,7 +63,7 @@ class Copies:
     to its begin, as functions of when the copier's read and write sides become free of
     the instructions before it (``r0``, ``w0``, also relative): each time is
     ``max(c, r0 + r, w0 + w)``, a triple ``(c, r, w)``, since every step of the copier
-    is a max of sums (``at`` evaluates one).
+    is a max of sums (``after`` evaluates them).
 
     ``issue``: the engine's last row command is queued (it moves on to the next
     instruction); ``reads``/``writes``: the copier's read and write sides are done with
@@ -74,14 +74,24 @@ class Copies:
     reads: tuple[float, float, float]
     writes: tuple[float, float, float]
 
-    @staticmethod
-    def at(f: tuple[float, float, float], r0: float, w0: float) -> float:
-        c, r, w = f
-        t = r0 + r
-        if t > c:
-            c = t
-        t = w0 + w
-        return t if t > c else c
+    def after(self, begin: float, read_free: float, write_free: float
+              ) -> tuple[float, float, float]:
+        """Begun at ``begin`` with the copier's sides free at ``read_free`` and
+        ``write_free`` (absolute): when its last row command is queued, and when the read
+        and write sides are free again (absolute). The engine models of ``sweeps.perf``
+        and ``sweeps.analytic`` both chain DMA instructions with it; it is written out
+        (no max builtins) because the sweeps call it once per load."""
+        r0, w0 = read_free - begin, write_free - begin
+        (ic, ir, iw), (rc, rr, rw), (wc, wr, ww) = self.issue, self.reads, self.writes
+        ir += r0
+        iw += w0
+        rr += r0
+        rw += w0
+        wr += r0
+        ww += w0
+        return (begin + (ic if ic >= ir and ic >= iw else ir if ir >= iw else iw),
+                begin + (rc if rc >= rr and rc >= rw else rr if rr >= rw else rw),
+                begin + (wc if wc >= wr and wc >= ww else wr if wr >= ww else ww))
 
 
 @dataclass(frozen=True)

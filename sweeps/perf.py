@@ -39,7 +39,7 @@ from compiler.asm import Instruction
 from compiler.hardware import HardwareConfig
 from compiler.isa import ENGINES, Engine
 from rtl.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
-from sweeps.occupancy import CALIBRATION, Calibration, Copies, occupancy
+from sweeps.occupancy import CALIBRATION, Calibration, occupancy
 
 FETCH_START = 2         # start -> first fetch request (start and pc are registered)
 DISPATCH_LATENCY = 2    # DRAM response -> decoded and dispatched
@@ -135,11 +135,10 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
         else:
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
-            r0, w0 = read_free[e] - ready, write_free[e] - ready
-            read_free[e] = ready + Copies.at(copies.reads, r0, w0)
-            write_free[e] = ready + Copies.at(copies.writes, r0, w0)
+            issued, read_free[e], write_free[e] = copies.after(ready, read_free[e],
+                                                               write_free[e])
             end[i] = math.ceil(write_free[e]) + cal.dma_end
-            free = math.ceil(ready + Copies.at(copies.issue, r0, w0)) + 1
+            free = math.ceil(issued) + 1
             while flight and flight[0] < free - 1:
                 flight.popleft()
             if len(flight) == DEFERRED:             # no room to defer: wait for the oldest
