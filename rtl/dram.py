@@ -12,7 +12,8 @@ one cycle's worth); a request is accepted only with a full line of credit, so th
 sustained bandwidth is exactly the configured one. Read data is released
 ``dram_latency_cycles`` after acceptance. ``busy_cycles`` counts cycles in which a
 request was accepted. The storage (``storage``, an ``Sram``) is loaded and read back by
-the testbench through the simulator's access to memories, not through a port.
+the testbench, not through a port: through ``lib.memory`` in Amaranth's simulator, and
+through the SRAM macro's file backdoor in Verilator builds.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class DramModel(wiring.Component):
             "port": In(MemPort(params.dram_addr_bits, params.line_bytes)),
             "busy_cycles": Out(64),
         })
-        self.storage = Sram(params.line_bytes, params.dram_words, params.macros)
+        self.storage = Sram(params.line_bytes, params.dram_words, params.macros,
+                            backdoor=True)
 
     def elaborate(self, platform):
         p, hw = self.params, self.params.hw

@@ -24,10 +24,19 @@ def rom(values) -> Array:
 
 
 def round_shift(x: Value, shift: Value, width: int = 64) -> Value:
-    """``(x + 2**(shift-1)) >> shift``, arithmetic, in ``width`` bits (numerics.round_shift)."""
-    x, shift = x.as_signed(), Value.cast(shift)
-    one = Const(1, signed(width))
-    return (x + (one << (shift - 1).as_unsigned())).as_signed() >> shift.as_unsigned()
+    """``(x + 2**(shift-1)) >> shift``, arithmetic, in ``width`` bits (numerics.round_shift,
+    which computes in int64 and wraps as this does).
+
+    No intermediate is wider than ``width`` bits: the rounding bias is a right shift of
+    ``2**(width-1)``, not a left shift of 1 (Amaranth widens ``1 << shift`` to
+    ``width + 2**len(shift) - 1`` bits, which Verilator evaluated as multi-word
+    arithmetic in every lane at every cycle).
+    """
+    x, shift = x.as_signed(), Value.cast(shift).as_unsigned()
+    if len(x) > width:
+        x = x[:width].as_signed()
+    bias = Const(1 << (width - 1), unsigned(width)) >> (width - shift).as_unsigned()
+    return (x + bias.as_signed())[:width].as_signed() >> shift
 
 
 def saturate(x: Value, bits: int) -> Value:
@@ -50,7 +59,10 @@ def floor_log2(x: Value) -> Value:
 
 
 def mantissa_index(x: Value, exponent: Value, index_bits: int) -> Value:
-    normalised = (x.as_unsigned() << (30 - exponent).as_unsigned())[:31]
+    """The ``index_bits`` bits below the leading one of ``x`` (at bit ``exponent <= 30``):
+    ``x << (30 - exponent)``, computed as ``(x << 33) >> (exponent + 3)`` in 64 bits."""
+    normalised = (x.as_unsigned()[:31].shift_left(33) >> (exponent.as_unsigned() + 3))[:31]
+    normalised = Mux(exponent > 30, 0, normalised)
     return normalised[30 - index_bits:30]
 
 

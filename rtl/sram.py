@@ -2,15 +2,17 @@
 
 Contract
 --------
-``Sram(width_bytes, depth, macro)`` has one synchronous read port (``ren``, ``raddr``,
-``rdata`` valid the next cycle, held while ``ren`` is low) and one write port with a
-byte-enable mask (``wen``, ``waddr``, ``wdata``); a read and a write of the same row in
-one cycle return the old data. With ``macro=False`` it is an ``amaranth.lib.memory``
+``Sram(width_bytes, depth, macro, backdoor=False)`` has one synchronous read port
+(``ren``, ``raddr``, ``rdata`` valid the next cycle, held while ``ren`` is low) and one
+write port with a byte-enable mask (``wen``, ``waddr``, ``wdata``); a read and a write of
+the same row in one cycle return the old data. With ``macro=False`` it is an ``amaranth.lib.memory``
 (``self.memory``, reachable from Amaranth testbenches); with ``macro=True`` it
 instantiates ``rtl/verilog/sram_macro.v``, the behavioural model of an SRAM compiler's
 macro: large memories then cost Yosys and Verilator nothing to elaborate, and the
 synthesis statistics count them as macros (their bits are reported separately), as a
-real flow does.
+real flow does. ``backdoor=True`` (the simulation DRAM's storage) gives the macro its
+file backdoor: loaded from ``+dram_image=`` at time zero and written to ``+dram_dump=``
+at the end of the simulation (see ``sram_macro.v``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ MACRO_SOURCE = Path(__file__).resolve().parent / "verilog" / "sram_macro.v"
 
 
 class Sram(wiring.Component):
-    def __init__(self, width_bytes: int, depth: int, macro: bool):
+    def __init__(self, width_bytes: int, depth: int, macro: bool, backdoor: bool = False):
         if width_bytes < 1 or depth < 1:
             raise ValueError(f"an SRAM needs positive width and depth, not {width_bytes}x{depth}")
         self.width_bytes = width_bytes
         self.depth = depth
         self.macro = macro
+        self.backdoor = backdoor
         self.addr_bits = max(1, (depth - 1).bit_length())
         super().__init__({
             "ren": In(1), "raddr": In(self.addr_bits), "rdata": Out(8 * width_bytes),
@@ -49,6 +52,7 @@ class Sram(wiring.Component):
             m.submodules.macro = Instance(
                 "sram_macro",
                 p_WIDTH_BYTES=self.width_bytes, p_DEPTH=self.depth, p_ADDR_BITS=self.addr_bits,
+                p_BACKDOOR=int(self.backdoor),
                 i_clk=ClockSignal(), i_ren=self.ren, i_raddr=self.raddr, o_rdata=self.rdata,
                 i_wen=self.wen, i_waddr=self.waddr, i_wdata=self.wdata)
             return m

@@ -122,6 +122,13 @@ class SimTop(wiring.Component):
 
     def __init__(self, params: RtlParams):
         self.params = params
+        super().__init__(self.ports())
+        self.dram = DramModel(params)
+
+    @staticmethod
+    def ports() -> dict:
+        """The top-level ports (the same for every configuration): the only signals the
+        cocotb bench touches besides the DRAM storage."""
         members = {
             "clk": In(1), "start": In(1), "pc": In(32),
             "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),
@@ -129,8 +136,7 @@ class SimTop(wiring.Component):
         }
         for name in isa.COUNTERS:
             members[f"counter_{name}"] = Out(64)
-        super().__init__(members)
-        self.dram = DramModel(params)
+        return members
 
     def elaborate(self, platform):
         m = Module()

@@ -2,11 +2,15 @@
 // enables, as an SRAM compiler would deliver it. Used by rtl/sram.py for large
 // memories in Verilator builds; identical behaviour to amaranth.lib.memory:
 // synchronous read (data the cycle after `ren`, holding otherwise), non-transparent,
-// byte-granular writes. No initialiser: Verilator starts it at zero and the testbench
-// loads it through the simulator (hence public: the only internal signal the bench
-// touches).
+// byte-granular writes. No initialiser: Verilator starts it at zero.
+//
+// BACKDOOR = 1 (the simulation DRAM's storage only) gives the testbench file access,
+// as a simulator's memory backdoor does: at time zero the contents are read from the
+// file named by the plusarg +dram_image=<file> ($readmemh, one line per row), and at
+// the end of simulation they are written to +dram_dump=<file> ($writememh). Loading a
+// megabyte row by row through VPI took the cocotb bench about a second each way.
 module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
-                    parameter ADDR_BITS = 10) (
+                    parameter ADDR_BITS = 10, parameter BACKDOOR = 0) (
     input  wire                       clk,
     input  wire                       ren,
     input  wire [ADDR_BITS-1:0]       raddr,
@@ -15,7 +19,7 @@ module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
     input  wire [ADDR_BITS-1:0]       waddr,
     input  wire [8*WIDTH_BYTES-1:0]   wdata
 );
-    reg [8*WIDTH_BYTES-1:0] mem [0:DEPTH-1] /*verilator public_flat_rw*/;
+    reg [8*WIDTH_BYTES-1:0] mem [0:DEPTH-1];
     integer i;
     always @(posedge clk) begin
         if (ren)
@@ -24,4 +28,14 @@ module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
             if (wen[i])
                 mem[waddr][8*i +: 8] <= wdata[8*i +: 8];
     end
+
+    generate if (BACKDOOR) begin : backdoor
+        reg [8*4096-1:0] image_file, dump_file;
+        initial
+            if ($value$plusargs("dram_image=%s", image_file))
+                $readmemh(image_file, mem);
+        final
+            if ($value$plusargs("dram_dump=%s", dump_file))
+                $writememh(dump_file, mem);
+    end endgenerate
 endmodule
