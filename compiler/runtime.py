@@ -41,7 +41,7 @@ class RunResult:
     counters: dict[str, dict[str, int]]
     dram: np.ndarray | None = None    # the final DRAM image
     wall_seconds: float = 0.0
-
+    program_seconds: dict[str, float] | None = None   # RTL: wall time of each program
 
 def program_from_dram(build: Build, dram: np.ndarray, name: str):
     region = build.mmap[f"program:{name}"]
@@ -122,7 +122,8 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
         busy_before = entry["dram_busy_cycles"]
     dram = job.reads["dram"]
     tokens, logits, kv = read_results(build, dram)
-    return RunResult(tokens, logits, kv, counters, dram, job.wall_seconds)
+    seconds = {entry["name"]: entry["wall_seconds"] for entry in job.programs}
+    return RunResult(tokens, logits, kv, counters, dram, job.wall_seconds, seconds)
 
 
 def same_dram(build: Build, a: np.ndarray, b: np.ndarray) -> dict:

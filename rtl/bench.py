@@ -5,14 +5,15 @@ DRAM offset). The DRAM image is already in the DRAM model's storage when the ben
 starts, and its contents are written out when the simulation ends (the SRAM macro's
 file backdoor, plusargs ``+dram_image=``/``+dram_dump=`` set by ``run_job``). For each
 program the bench sets ``pc``, pulses ``start`` and awaits ``done`` or ``error`` — it
-never steps the accelerator from Python — and records the counters in
-``summary.json``.
+never steps the accelerator from Python — and records the counters and the program's
+wall time in ``summary.json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cocotb
@@ -34,6 +35,7 @@ async def run_job(dut):
 
     results = []
     for name, offset in job["programs"]:
+        t0 = time.perf_counter()
         dut.pc.value = offset
         dut.start.value = 1
         await RisingEdge(dut.clk)
@@ -47,7 +49,8 @@ async def run_job(dut):
                  "error_index": int(dut.error_index.value),
                  "timed_out": not (dut.done.value or dut.error.value),
                  "dram_busy_cycles": int(dut.dram_busy_cycles.value),
-                 "counters": {c: int(getattr(dut, f"counter_{c}").value) for c in COUNTERS}}
+                 "counters": {c: int(getattr(dut, f"counter_{c}").value) for c in COUNTERS},
+                 "wall_seconds": time.perf_counter() - t0}
         del finished
         results.append(entry)
         if not entry["done"]:
