@@ -108,6 +108,12 @@ class HardwareConfig:
         return w
 
     @property
+    def l2_lines_per_cycle(self) -> float:
+        """Lines of ``line_bytes`` the L2's banks move per cycle in all (the RTL groups
+        its banks into this many line-wide banks, so it must be a whole number there)."""
+        return self.l2_banks * self.l2_port_bytes / self.line_bytes
+
+    @property
     def l2_bank_bytes(self) -> int:
         return self.l2_bytes // self.l2_banks
 

@@ -61,7 +61,7 @@ class RtlParams:
 
     @property
     def line_banks(self) -> int:
-        return self.hw.l2_banks * self.hw.l2_port_bytes // self.line_bytes
+        return int(self.hw.l2_lines_per_cycle)
 
     @property
     def l2_lines(self) -> int:

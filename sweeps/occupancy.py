@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 from compiler.asm import Instruction
 from compiler.hardware import HardwareConfig
-from compiler.isa import COUNTERS, Engine, MatmulMode, WeightLayout
+from compiler.isa import COUNTERS, Engine, MatmulMode, OutBits, WeightLayout
 from rtl.uarch import CMD_DEPTH
 
 
@@ -313,33 +313,49 @@ def vector_lanes(hw: HardwareConfig) -> int:
     return max(1, min(hw.vector_lanes, hw.line_bytes // 8))
 
 
-def vector_segments(instr: Instruction) -> list[int]:
-    """Elements of each segment (pass over a row, or one head of one token for ROPE)."""
+def vector_segments(instr: Instruction) -> list[tuple[int, tuple[int, ...]]]:
+    """Each segment (a pass over a row, or one head of one token for ROPE): its elements,
+    and the bytes of each operand row it reads and result row it writes (the row
+    commands of ``rtl.vector_unit``)."""
     f, op = _fields(instr), instr.mnemonic
     if op == "REQUANT":
-        return ([] if f.per_channel else [1]) + [f.cols] * f.rows
+        c = f.cols
+        row = (c, (4 * c, *((4 * c,) if f.per_channel else ()), *((4 * c,) if f.has_bias else ()),
+                   2 * c if f.out_bits == OutBits.INT16 else c))
+        return ([] if f.per_channel else [(1, (4,))]) + [row] * f.rows
     if op == "RMSNORM":
-        return [f.cols] * (2 * f.rows)
+        return [(f.cols, (2 * f.cols,)), (f.cols, (2 * f.cols, f.cols))] * f.rows
     if op == "SOFTMAX":
-        return [f.cols] * (3 * f.rows)
-    if op in ("SILU_MUL", "RESADD"):
-        return [f.cols] * f.rows
+        return [(f.cols, (4 * f.cols,)), (f.cols, (4 * f.cols,)),
+                (f.cols, (4 * f.cols, f.cols))] * f.rows
+    if op == "SILU_MUL":
+        return [(f.cols, (4 * f.cols, f.cols, 8 * f.cols, f.cols))] * f.rows
+    if op == "RESADD":
+        return [(f.cols, (2 * f.cols, 4 * f.cols, 4 * f.cols, 2 * f.cols))] * f.rows
     if op == "ROPE":
-        return [f.head_dim // 2] * (f.rows * f.heads)
+        h = f.head_dim // 2
+        return [(h, (h, h, 4 * h, h, h))] * (f.rows * f.heads)
     if op == "ARGMAX":
-        return [f.n]
+        return [(f.n, (2 * f.n, 4))]
     raise ValueError(op)
 
 
 def vector_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
     """Segments stream through the datapath back to back at ``vector_lanes(hw)`` elements
-    per cycle; the issuer runs ahead, so only the first segment's start-up shows."""
+    per cycle; the issuer runs ahead, so only the first segment's start-up shows. A
+    segment takes at least as many cycles as the L2 needs to move its rows' lines, when
+    they share few line-wide banks (edge-4x4's L2 moves one line per cycle: RESADD's
+    four streams take 1.5 lines per beat there)."""
     lanes = vector_lanes(hw)
+    W = hw.line_bytes
+    per_cycle = hw.l2_lines_per_cycle
     fixed, per_segment, per_beat = VECTOR_TIMING[instr.mnemonic]
-    cycles = cal.vec_fixed + fixed + sum(
-        max(math.ceil(-(-n // lanes) * per_beat) + per_segment, cal.vec_segment_min)
-        for n in vector_segments(instr))
+    cycles = cal.vec_fixed + fixed
+    for n, streams in vector_segments(instr):
+        beats = math.ceil(-(-n // lanes) * per_beat) + per_segment
+        lines = sum(-(-b // W) for b in streams)
+        cycles += max(beats, math.ceil(lines / per_cycle), cal.vec_segment_min)
     return Occupancy(Engine.COMPUTE, cycles)
 
 
