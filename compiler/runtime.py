@@ -43,6 +43,7 @@ class RunResult:
     wall_seconds: float = 0.0
     program_seconds: dict[str, float] | None = None   # RTL: wall time of each program
 
+
 def program_from_dram(build: Build, dram: np.ndarray, name: str):
     region = build.mmap[f"program:{name}"]
     return decode_program(dram[region.offset:region.offset + region.size].tobytes())

@@ -161,12 +161,12 @@ def write_memh(path: Path, image: np.ndarray, line_bytes: int) -> None:
 
 
 def read_memh(path: Path, line_bytes: int) -> np.ndarray:
-    """The bytes of a ``$writememh`` file of ``line_bytes``-wide little-endian rows."""
-    words = [w for w in path.read_text().split() if not w.startswith("//")]
-    data = bytearray()
-    for word in words:
-        data += int(word, 16).to_bytes(line_bytes, "little")
-    return np.frombuffer(bytes(data), np.uint8)
+    """The bytes of a ``$writememh`` file of ``line_bytes``-wide little-endian rows (the
+    inverse of ``write_memh``)."""
+    words = [w.rjust(2 * line_bytes, "0") for w in path.read_text().split()
+             if not w.startswith("//")]
+    rows = np.frombuffer(bytes.fromhex("".join(words)), np.uint8)
+    return rows.reshape(-1, line_bytes)[:, ::-1].ravel()
 
 
 @dataclass

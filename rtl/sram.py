@@ -5,14 +5,14 @@ Contract
 ``Sram(width_bytes, depth, macro, backdoor=False)`` has one synchronous read port
 (``ren``, ``raddr``, ``rdata`` valid the next cycle, held while ``ren`` is low) and one
 write port with a byte-enable mask (``wen``, ``waddr``, ``wdata``); a read and a write of
-the same row in one cycle return the old data. With ``macro=False`` it is an ``amaranth.lib.memory``
-(``self.memory``, reachable from Amaranth testbenches); with ``macro=True`` it
-instantiates ``rtl/verilog/sram_macro.v``, the behavioural model of an SRAM compiler's
-macro: large memories then cost Yosys and Verilator nothing to elaborate, and the
-synthesis statistics count them as macros (their bits are reported separately), as a
-real flow does. ``backdoor=True`` (the simulation DRAM's storage) gives the macro its
-file backdoor: loaded from ``+dram_image=`` at time zero and written to ``+dram_dump=``
-at the end of the simulation (see ``sram_macro.v``).
+the same row in one cycle return the old data. With ``macro=False`` it is an
+``amaranth.lib.memory`` (``self.memory``, reachable from Amaranth testbenches); with
+``macro=True`` it instantiates ``rtl/verilog/sram_macro.v``, the behavioural model of an
+SRAM compiler's macro: large memories then cost Yosys and Verilator nothing to
+elaborate, and the synthesis statistics count them as macros (their bits are reported
+separately), as a real flow does. ``backdoor=True`` (the simulation DRAM's storage)
+gives the macro its file backdoor: loaded from ``+dram_image=`` at time zero and written
+to ``+dram_dump=`` at the end of the simulation (see ``sram_macro.v``).
 """
 
 from __future__ import annotations

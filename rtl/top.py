@@ -128,7 +128,7 @@ class SimTop(wiring.Component):
     @staticmethod
     def ports() -> dict:
         """The top-level ports (the same for every configuration): the only signals the
-        cocotb bench touches besides the DRAM storage."""
+        cocotb bench touches (the DRAM image goes in and out through files)."""
         members = {
             "clk": In(1), "start": In(1), "pc": In(32),
             "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),

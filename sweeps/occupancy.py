@@ -320,9 +320,9 @@ def vector_segments(instr: Instruction) -> list[tuple[int, tuple[int, ...]]]:
     f, op = _fields(instr), instr.mnemonic
     if op == "REQUANT":
         c = f.cols
-        row = (c, (4 * c, *((4 * c,) if f.per_channel else ()), *((4 * c,) if f.has_bias else ()),
-                   2 * c if f.out_bits == OutBits.INT16 else c))
-        return ([] if f.per_channel else [(1, (4,))]) + [row] * f.rows
+        reads = [4 * c] * (1 + f.per_channel + f.has_bias)   # accumulators, params, bias
+        out = 2 * c if f.out_bits == OutBits.INT16 else c
+        return ([] if f.per_channel else [(1, (4,))]) + [(c, (*reads, out))] * f.rows
     if op == "RMSNORM":
         return [(f.cols, (2 * f.cols,)), (f.cols, (2 * f.cols, f.cols))] * f.rows
     if op == "SOFTMAX":
