@@ -81,8 +81,8 @@ def _cmd_compile(args) -> int:
     import shutil
     import time
 
+    from arch.hardware import load_hardware
     from compiler.driver import compile_generation, compile_step
-    from compiler.hardware import load_hardware
     from models.config import preset
     from models.integer import quant_struct
 
@@ -176,8 +176,8 @@ def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]]) -> dict:
 def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
                   eval_windows: int, rtl: bool = False) -> dict:
     """Run the rungs of the verification ladder that exist; a flat dict of results."""
+    from arch.hardware import load_hardware
     from compiler.driver import compile_generation
-    from compiler.hardware import load_hardware
     from compiler.runtime import compare, reference_generation, run_build
     from models.evaluate import evaluate
 
@@ -250,7 +250,7 @@ def _cmd_verify(args) -> int:
 
 
 def _rtl_params(hw_spec: str):
-    from compiler.hardware import load_hardware
+    from arch.hardware import load_hardware
     from rtl.common import RtlParams
 
     return RtlParams(load_hardware(hw_spec), dram_bytes=64 << 20, macros=True)

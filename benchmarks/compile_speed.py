@@ -15,8 +15,8 @@ import time
 
 def main(argv=None) -> dict:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})      # one core, as the target says
+    from arch.hardware import load_hardware
     from compiler.driver import compile_step
-    from compiler.hardware import load_hardware
     from models.config import preset
     from models.integer import quant_struct
 

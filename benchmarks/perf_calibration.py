@@ -1,5 +1,5 @@
 """Each instruction of a compiled tiny decode step run alone on the RTL, against
-``sweeps.occupancy``: the per-instruction agreement that ``occupancy.CALIBRATION`` was
+``arch.occupancy``: the per-instruction agreement that ``occupancy.CALIBRATION`` was
 fitted on, by instruction class.
 
 Every instruction of the program (dependency tokens stripped) becomes a program of its
@@ -19,14 +19,14 @@ import numpy as np
 
 
 def run_one(tiny, im, hw_name: str, prefetch: bool, l2: int | None = None) -> dict:
-    from compiler.asm import encode_program, make
+    from arch.hardware import load_hardware
+    from arch.isa import Engine, make
+    from arch.occupancy import occupancy
+    from compiler.asm import encode_program
     from compiler.driver import compile_generation
-    from compiler.hardware import load_hardware
-    from compiler.isa import Engine
     from compiler.runtime import rtl_dram_bytes
     from rtl.common import RtlParams
     from rtl.sim import build_model, run_job
-    from sweeps.occupancy import occupancy
 
     hw = load_hardware(hw_name)
     if l2:

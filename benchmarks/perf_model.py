@@ -35,7 +35,7 @@ def _emit(row: dict) -> dict:
 
 
 def fast() -> list[dict]:
-    from compiler.hardware import load_hardware
+    from arch.hardware import load_hardware
     from models.config import preset
     from sweeps import analytic
 
@@ -60,7 +60,7 @@ def fast() -> list[dict]:
 
 
 def workload() -> list[dict]:
-    from compiler.hardware import load_hardware
+    from arch.hardware import load_hardware
     from models.config import preset
     from sweeps.analytic import decode_step, decode_total
 
@@ -79,7 +79,7 @@ def workload() -> list[dict]:
 
 
 def l2_sweep() -> list[dict]:
-    from compiler.hardware import load_hardware
+    from arch.hardware import load_hardware
     from models.config import preset
     from sweeps.analytic import decode_step
 
@@ -97,7 +97,7 @@ def l2_sweep() -> list[dict]:
 
 
 def tp() -> list[dict]:
-    from compiler.hardware import load_hardware
+    from arch.hardware import load_hardware
     from models.config import preset
     from sweeps.analytic import Link, decode_step
 
@@ -120,11 +120,11 @@ def tp() -> list[dict]:
 
 
 def prefill() -> list[dict]:
+    from arch.hardware import load_hardware
+    from arch.occupancy import occupancy
     from compiler.driver import compile_step
-    from compiler.hardware import load_hardware
     from models.config import preset
     from models.integer import quant_struct
-    from sweeps.occupancy import occupancy
 
     cfg = dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=2)
     hw = load_hardware("edge-16x16").replace(l2_bytes=16 << 20)

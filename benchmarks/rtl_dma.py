@@ -14,10 +14,10 @@ import numpy as np
 
 
 def main(argv=None) -> list[dict]:
-    from compiler.asm import encode_program, make
-    from compiler.hardware import load_hardware
+    from arch.hardware import load_hardware
+    from arch.isa import INSTR_BYTES, make
+    from compiler.asm import encode_program
     from compiler.image import DramImage, MemoryMap
-    from compiler.isa import INSTR_BYTES
     from rtl.common import RtlParams
     from rtl.sim import build_model, run_job
 

@@ -21,8 +21,8 @@ import time
 
 
 def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None) -> dict:
+    from arch.hardware import load_hardware
     from compiler.driver import compile_generation
-    from compiler.hardware import load_hardware
     from compiler.runtime import compare, reference_generation, rtl_dram_bytes, run_build, same_dram
     from rtl.common import RtlParams
     from rtl.sim import build_model

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compiler.asm import Instruction, make
-from compiler.hardware import HardwareConfig
+from arch.hardware import HardwareConfig
+from arch.isa import Instruction, MatmulMode, OutBits, WeightLayout, make
 from compiler.image import MemoryMap, align
 from compiler.ir import (
     Argmax,
@@ -50,7 +50,6 @@ from compiler.ir import (
     SiluMul,
     Tensor,
 )
-from compiler.isa import MatmulMode, OutBits, WeightLayout
 from models.config import ModelConfig
 
 MAX_INFLIGHT_SLOTS = 64

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.asm import Instruction, disassemble, encode_program, write_program
+from arch.hardware import HardwareConfig
+from arch.isa import COUNTERS, INSTR_BYTES, Instruction
+from compiler.asm import disassemble, encode_program, write_program
 from compiler.backend import MIN_RING_BYTES, BuildContext, generate, plan_activations
 from compiler.frontend import lower_step
-from compiler.hardware import HardwareConfig
 from compiler.image import DramImage, MemoryMap, align, block_table, param_bytes, param_size
 from compiler.ir import CompileError, Graph, Param, ParamWords
-from compiler.isa import COUNTERS, INSTR_BYTES
 from compiler.schedule import schedule
 from compiler.semantics import accesses, flat
 from models.config import ModelConfig
@@ -240,8 +240,8 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
 
 def load_build(folder: str | Path) -> Build:
     """Read a build folder written by ``Build.save``."""
+    from arch.hardware import hardware_from_dict
     from compiler.asm import read_program
-    from compiler.hardware import hardware_from_dict
     from compiler.image import Region
 
     folder = Path(folder)

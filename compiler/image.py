@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from arch.isa import pack_param
 from compiler.ir import CompileError, Param, ParamWords
-from compiler.isa import pack_param
 
 ALIGN = 64
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.asm import Instruction, format_instruction
-from compiler.hardware import HardwareConfig
-from compiler.isa import COUNTERS, ENGINES, Engine, ErrorCode, OutBits, WeightLayout
+from arch.hardware import HardwareConfig
+from arch.isa import COUNTERS, ENGINES, Engine, ErrorCode, Instruction, OutBits, WeightLayout
+from compiler.asm import format_instruction
 from compiler.semantics import AcceleratorError, Access, accesses, check, flat
 from models import numerics as N
 

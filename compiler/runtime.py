@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arch.isa import ErrorCode
 from compiler.asm import decode_program
 from compiler.driver import Build
-from compiler.isa import ErrorCode
 from compiler.isasim import IsaSimulator
 from compiler.semantics import AcceleratorError
 from models.integer import init_int_cache, int_decode_step, int_prefill

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.asm import Instruction
+from arch.hardware import HardwareConfig
+from arch.isa import Engine, Instruction
+from arch.uarch import DEFERRED, QUEUE_DEPTH
 from compiler.backend import Code
-from compiler.hardware import HardwareConfig
 from compiler.image import DramImage
-from compiler.isa import Engine
 from compiler.semantics import accesses, flat
-from rtl.uarch import DEFERRED, QUEUE_DEPTH
 
 PAGE = 64
 LOOKAHEAD = QUEUE_DEPTH + DEFERRED     # loads hoisted above the first one still needed

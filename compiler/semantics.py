@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.asm import Instruction
-from compiler.hardware import HardwareConfig
-from compiler.isa import COUNTERS, ErrorCode, MatmulMode, OutBits, WeightLayout
+from arch.hardware import HardwareConfig
+from arch.isa import COUNTERS, ErrorCode, Instruction, MatmulMode, OutBits, WeightLayout
 
 
 class AcceleratorError(RuntimeError):

@@ -20,7 +20,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
-from compiler.isa import COUNTERS
+from arch.isa import COUNTERS
 
 
 @cocotb.test()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.hardware import HardwareConfig
+from arch.hardware import HardwareConfig
 
 
 def next_pow2(n: int) -> int:

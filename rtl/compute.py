@@ -24,7 +24,7 @@ from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler import isa
+from arch import isa
 from rtl.common import RtlParams
 from rtl.controller import ErrorPort, TokenPort
 from rtl.decode import INDEX_BITS, code, field, queued_layout, signal_mask, wait_mask

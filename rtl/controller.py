@@ -28,11 +28,11 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler import isa
+from arch import isa
+from arch.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
 from rtl.common import RtlParams
 from rtl.decode import INDEX_BITS, engine_of, opcode, queued_layout, signal_mask, wait_mask
 from rtl.dram import MemPort
-from rtl.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
 
 N_ENGINES = 3
 

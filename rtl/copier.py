@@ -31,9 +31,9 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from arch.uarch import CMD_DEPTH
 from rtl.common import RtlParams
 from rtl.dram import MemPort
-from rtl.uarch import CMD_DEPTH
 
 ADDR_BITS = 32
 # Landing buffer of source lines. An L2 read is issued only with room for its data, and

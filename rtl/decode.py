@@ -1,9 +1,9 @@
-"""Instruction decoding generated from the ISA declaration (``compiler/isa.py``).
+"""Instruction decoding generated from the ISA declaration (``arch/isa.py``).
 
 Contract
 --------
 ``INSTR_BITS``, the opcode field and each operand field's bit slice come from
-``compiler.isa``; nothing here restates a width or an opcode. ``field(word, mnemonic,
+``arch.isa``; nothing here restates a width or an opcode. ``field(word, mnemonic,
 name)`` slices an operand out of a 256-bit instruction word; ``engine_of(m, opcode)``
 returns the engine number of an opcode (``Engine`` values) and whether it is valid;
 ``Queued`` is what the controller hands an engine: the word and its program index.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from amaranth import Module, Signal, Value
 from amaranth.lib import data
 
-from compiler import isa
+from arch import isa
 
 INDEX_BITS = 24
 

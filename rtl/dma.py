@@ -32,13 +32,13 @@ from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler import isa
+from arch import isa
+from arch.uarch import DEFERRED
 from rtl.common import RtlParams, log2
 from rtl.controller import ErrorPort, TokenPort
 from rtl.copier import RowCopier
 from rtl.decode import INDEX_BITS, code, field, queued_layout, signal_mask, wait_mask
 from rtl.dram import MemPort
-from rtl.uarch import DEFERRED
 
 OPS = {"load": ("DMA_LOAD", "DMA_GATHER", "KV_PREFETCH"),
        "store": ("DMA_STORE", "KV_APPEND", "STORE_COUNTERS")}

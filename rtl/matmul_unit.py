@@ -33,7 +33,7 @@ from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler import isa
+from arch import isa
 from rtl.common import RtlParams, log2
 from rtl.copier import RowCopier
 from rtl.decode import field

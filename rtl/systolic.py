@@ -28,7 +28,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler.isa import MatmulMode
+from arch.isa import MatmulMode
 
 
 class SystolicArray(wiring.Component):

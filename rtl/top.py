@@ -6,7 +6,7 @@ Contract
 round-robin arbiter on the one DRAM port (fetch, and each engine's data and auxiliary
 ports). It exposes
 ``start``/``pc``/``done``/``error``/``error_code``/``error_index`` and the performance
-counters of ``compiler.isa.COUNTERS`` as ``counter_<name>``. ``dram_read_bytes`` and
+counters of ``arch.isa.COUNTERS`` as ``counter_<name>``. ``dram_read_bytes`` and
 ``dram_write_bytes`` count bus bytes (whole lines, instruction fetch included), which is
 what the DRAM model moves; ``cycles`` counts cycles from ``start`` to ``done``.
 
@@ -28,7 +28,7 @@ from amaranth import ClockDomain, ClockSignal, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler import isa
+from arch import isa
 from rtl.arbiter import PortArbiter
 from rtl.common import RtlParams
 from rtl.compute import ComputeEngine

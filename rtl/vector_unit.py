@@ -41,7 +41,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler import isa
+from arch import isa
 from rtl import lanes
 from rtl.common import RtlParams
 from rtl.copier import RowCopier

@@ -12,7 +12,7 @@ Method (``docs/perf.md``). The step is the compiler's instruction stream at the
 granularity of its *staging tiles*: the same tiling as ``compiler.backend`` (weight tiles
 of ``backend.matmul_tiling``, parameter column chunks, KV chunks fetched by
 ``KV_PREFETCH``), each tile a load on the load engine followed by the compute
-instructions that consume it, each costed by ``sweeps.occupancy`` on the instruction the
+instructions that consume it, each costed by ``arch.occupancy`` on the instruction the
 compiler would emit (so the per-instruction numbers are the RTL-calibrated ones). The
 two engines then run as a pipeline over the tiles:
 
@@ -41,20 +41,20 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from compiler.asm import make
+from arch.hardware import HardwareConfig
+from arch.isa import make
+from arch.occupancy import CALIBRATION, Copies, occupancy
+from arch.uarch import DEFERRED, QUEUE_DEPTH
 from compiler.backend import (
     MAX_INFLIGHT_SLOTS,
     MIN_RING_BYTES,
     matmul_tiling,
     staging_tile_bytes,
 )
-from compiler.hardware import HardwareConfig
 from compiler.image import align
 from compiler.ir import CompileError
 from compiler.schedule import LOOKAHEAD
 from models.config import ModelConfig
-from rtl.uarch import DEFERRED, QUEUE_DEPTH
-from sweeps.occupancy import CALIBRATION, Copies, occupancy
 
 ENGINE_OVERHEAD = 2        # IDLE and BEGIN around every instruction (sweeps.perf)
 DMA_END = CALIBRATION.dma_end

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from compiler.hardware import HardwareConfig
+from arch.hardware import HardwareConfig
 
 
 @dataclass(frozen=True)

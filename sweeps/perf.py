@@ -11,7 +11,7 @@ decode program) and tokens/s at ``hw.clock_hz``.
 
 The model has two levels (``docs/perf.md``):
 
-1. how long each instruction keeps its engine busy, alone: ``sweeps.occupancy``;
+1. how long each instruction keeps its engine busy, alone: ``arch.occupancy``;
 2. how the engines overlap, here, following ``rtl/controller.py``: instructions are
    fetched in program order with at most ``FETCH_AHEAD`` reads in flight, each arriving
    ``dram_latency_cycles`` after its request; the decoder dispatches one per cycle into
@@ -35,11 +35,10 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from compiler.asm import Instruction
-from compiler.hardware import HardwareConfig
-from compiler.isa import ENGINES, Engine
-from rtl.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
-from sweeps.occupancy import CALIBRATION, Calibration, occupancy
+from arch.hardware import HardwareConfig
+from arch.isa import ENGINES, Engine, Instruction
+from arch.occupancy import CALIBRATION, Calibration, occupancy
+from arch.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
 
 FETCH_START = 2         # start -> first fetch request (start and pc are registered)
 DISPATCH_LATENCY = 2    # DRAM response -> decoded and dispatched

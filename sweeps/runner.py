@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from compiler.hardware import HardwareConfig
+from arch.hardware import HardwareConfig
 from compiler.ir import CompileError
 from models.config import preset
 from sweeps import analytic

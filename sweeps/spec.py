@@ -42,7 +42,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.hardware import HardwareConfig, HardwareError, load_hardware
+from arch.hardware import HardwareConfig, HardwareError, load_hardware
 from models.config import preset
 from sweeps.cost import NODES
 

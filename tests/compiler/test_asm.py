@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler import isa
+from arch import isa
 from compiler.asm import (
     IsaError,
     ProgramFileError,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from compiler.hardware import HardwareError, load_hardware, preset_names
+from arch.hardware import HardwareError, load_hardware, preset_names
 
 
 def test_presets_are_realistic_edge_points():

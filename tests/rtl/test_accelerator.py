@@ -8,11 +8,10 @@ awaits completion; it does not step the accelerator from Python.
 import numpy as np
 import pytest
 
-from compiler.asm import make
+from arch.hardware import load_hardware
+from arch.isa import INSTR_BYTES, Engine, ErrorCode, make
 from compiler.backend import Code
-from compiler.hardware import load_hardware
 from compiler.image import DramImage, MemoryMap, block_table
-from compiler.isa import INSTR_BYTES, Engine, ErrorCode
 from compiler.isasim import IsaSimulator
 from compiler.schedule import schedule
 from rtl.common import RtlParams

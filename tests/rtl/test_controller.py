@@ -4,8 +4,8 @@ are written), so the signals they will send count against the counter's limit at
 
 from amaranth.sim import Simulator
 
-from compiler.hardware import load_hardware
-from compiler.isa import Engine
+from arch.hardware import load_hardware
+from arch.isa import Engine
 from rtl.common import RtlParams
 from rtl.controller import Controller
 

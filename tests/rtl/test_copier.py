@@ -6,7 +6,7 @@ import pytest
 from amaranth import Module
 from amaranth.lib import wiring
 
-from compiler.hardware import load_hardware
+from arch.hardware import load_hardware
 from rtl.common import RtlParams
 from rtl.copier import RowCopier
 from rtl.dram import DramModel

@@ -3,7 +3,7 @@ data takes the configured latency. Amaranth's simulator."""
 
 from amaranth.sim import Simulator
 
-from compiler.hardware import load_hardware
+from arch.hardware import load_hardware
 from rtl.common import RtlParams
 from rtl.dram import DramModel
 

@@ -4,9 +4,8 @@ accumulate, shapes that do not divide the array or the tile. Amaranth's simulato
 import numpy as np
 import pytest
 
-from compiler.asm import make
-from compiler.hardware import load_hardware
-from compiler.isa import MatmulMode, WeightLayout
+from arch.hardware import load_hardware
+from arch.isa import MatmulMode, WeightLayout, make
 from rtl.common import RtlParams
 from rtl.matmul_unit import MatmulUnit
 

@@ -3,7 +3,7 @@
 import json
 
 from accel.cli import main
-from compiler.hardware import load_hardware
+from arch.hardware import load_hardware
 from rtl.common import RtlParams
 from rtl.stats import synth_stats
 

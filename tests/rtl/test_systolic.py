@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from compiler.isa import MatmulMode
+from arch.isa import MatmulMode
 from rtl.systolic import SystolicArray
 
 

@@ -12,8 +12,8 @@ check with the 6-token prompt and prints the figures."""
 
 import pytest
 
+from arch.hardware import load_hardware
 from compiler.driver import compile_generation
-from compiler.hardware import load_hardware
 from compiler.runtime import compare, reference_generation, run_build, same_dram
 from sweeps.perf import time_build
 

@@ -6,9 +6,8 @@ import zlib
 import numpy as np
 import pytest
 
-from compiler.asm import make
-from compiler.hardware import load_hardware
-from compiler.isa import pack_param
+from arch.hardware import load_hardware
+from arch.isa import make, pack_param
 from models import numerics as N
 from rtl.common import RtlParams
 from rtl.vector_unit import N_READ, N_WRITE, VectorUnit

@@ -8,15 +8,14 @@ import dataclasses
 
 import pytest
 
-from compiler.asm import make
+from arch.hardware import load_hardware
+from arch.isa import Engine, make
+from arch.occupancy import CALIBRATION, _occupancy, occupancy
 from compiler.driver import compile_step
-from compiler.hardware import load_hardware
 from compiler.ir import CompileError
-from compiler.isa import Engine
 from models.config import preset
 from models.integer import quant_struct
 from sweeps.analytic import Link, decode_step, decode_total, prefill, shard, workload
-from sweeps.occupancy import CALIBRATION, _occupancy, occupancy
 from sweeps.perf import PerfError, time_program
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.hardware import load_hardware
+from arch.hardware import load_hardware
 from sweeps import cost as C
 from sweeps.report import FIGURES, write_report
 from sweeps.runner import finished_keys, run_sweep

@@ -274,6 +274,82 @@ def pack_param(mult: int, shift: int) -> int:
     return int(mult) | (int(shift) << 16)
 
 
+# -- instructions as values ----------------------------------------------------------
+
+class IsaError(ValueError):
+    """An instruction that cannot be encoded, decoded or parsed."""
+
+
+@dataclass(frozen=True)
+class Instruction:
+    mnemonic: str
+    operands: tuple[int, ...]
+    wait: int = 0
+    signal: int = 0
+
+    @property
+    def spec(self) -> OpSpec:
+        return BY_MNEMONIC[self.mnemonic]
+
+    @property
+    def engine(self) -> Engine:
+        return self.spec.engine
+
+    def __getattr__(self, name: str) -> int:
+        spec = BY_MNEMONIC.get(object.__getattribute__(self, "mnemonic"))
+        if spec is not None and name in spec.field_names:
+            return self.operands[spec.field_names.index(name)]
+        raise AttributeError(name)
+
+    def fields(self) -> dict[str, int]:
+        return dict(zip(self.spec.field_names, self.operands, strict=True))
+
+    def replace(self, **changes) -> Instruction:
+        wait = changes.pop("wait", self.wait)
+        signal = changes.pop("signal", self.signal)
+        values = self.fields()
+        values.update(changes)
+        return make(self.mnemonic, wait=wait, signal=signal, **values)
+
+
+def _mask(engines) -> int:
+    if isinstance(engines, int):
+        return engines
+    mask = 0
+    for e in engines:
+        mask |= 1 << int(e)
+    return mask
+
+
+def make(mnemonic: str, wait=0, signal=0, **fields) -> Instruction:
+    """Build an instruction; every declared field must be given and fit its width."""
+    spec = BY_MNEMONIC.get(mnemonic)
+    if spec is None:
+        raise IsaError(f"unknown instruction {mnemonic!r}")
+    wait, signal = _mask(wait), _mask(signal)
+    for label, mask in (("wait", wait), ("signal", signal)):
+        if not 0 <= mask < (1 << MASK_BITS):
+            raise IsaError(f"{mnemonic}: {label} mask {mask} does not fit {MASK_BITS} bits")
+        if spec.engine == Engine.CONTROL and mask:
+            raise IsaError(f"{mnemonic}: the control engine takes no {label} mask")
+        if spec.engine != Engine.CONTROL and mask & (1 << int(spec.engine)):
+            raise IsaError(f"{mnemonic}: {label} mask names its own engine "
+                           f"({spec.engine.name.lower()})")
+    unknown = set(fields) - set(spec.field_names)
+    if unknown:
+        raise IsaError(f"{mnemonic}: unknown field {sorted(unknown)[0]!r}")
+    operands = []
+    for f in spec.fields:
+        if f.name not in fields:
+            raise IsaError(f"{mnemonic}: missing field {f.name!r}")
+        value = int(fields[f.name])
+        if not 0 <= value <= f.max:
+            raise IsaError(f"{mnemonic}: field {f.name} = {value} does not fit {f.bits} bits")
+        operands.append(value)
+    return Instruction(mnemonic, tuple(operands), wait, signal)
+
+
+
 def _check_declaration() -> None:
     codes = [op.code for op in OPCODES]
     assert len(set(codes)) == len(codes), "duplicate opcode"

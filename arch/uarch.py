@@ -1,8 +1,8 @@
 """The fixed sizes of the accelerator's microarchitecture, beside the hardware description.
 
-These are not design-space parameters (``compiler.hardware.HardwareConfig`` holds those):
+These are not design-space parameters (``arch.hardware.HardwareConfig`` holds those):
 they are the depths of the queues that decouple the RTL's units. The RTL is built with
-them and the performance model (``sweeps.perf``, ``sweeps.occupancy``) times programs
+them and the performance model (``sweeps.perf``, ``arch.occupancy``) times programs
 with them, so they live here, in a module that imports nothing.
 """
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
 
-from compiler.asm import Instruction
-from compiler.hardware import HardwareConfig
-from compiler.isa import COUNTERS, Engine, MatmulMode, OutBits, WeightLayout
-from rtl.uarch import CMD_DEPTH
+from arch.hardware import HardwareConfig
+from arch.isa import COUNTERS, Engine, Instruction, MatmulMode, OutBits, WeightLayout
+from arch.uarch import CMD_DEPTH
 
 
 @dataclass(frozen=True)
