@@ -16,6 +16,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from arch.isa import MatmulMode
+from arch.uarch import GEMM_ROW_FACTOR, TILE_LINES
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -106,6 +109,15 @@ class HardwareConfig:
         while w < self.dram_bytes_per_cycle:
             w *= 2
         return w
+
+    def matmul_tile(self, mode: MatmulMode) -> tuple[int, int]:
+        """``(rows, reduction_bytes)`` of one tile of the matmul unit (``rtl/matmul_unit.py``):
+        GEMV ``array_rows`` x rows by ``TILE_LINES`` lines; GEMM ``GEMM_ROW_FACTOR`` times
+        the rows by as many times fewer lines (``arch/uarch.py``)."""
+        rows, lines = self.array_rows, TILE_LINES
+        if mode == MatmulMode.GEMM:
+            rows, lines = rows * GEMM_ROW_FACTOR, lines // GEMM_ROW_FACTOR
+        return rows, lines * self.line_bytes
 
     @property
     def l2_lines_per_cycle(self) -> float:

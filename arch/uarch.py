@@ -10,3 +10,11 @@ FETCH_AHEAD = 16   # instruction fetch reads in flight (rtl/controller.py)
 QUEUE_DEPTH = 8    # instructions queued per engine (rtl/controller.py)
 DEFERRED = 4       # a DMA engine's instructions in flight after their last row command
 CMD_DEPTH = 64     # row commands queued in a copier: covers the DRAM latency for short rows
+
+# The matmul unit's tiles (rtl/matmul_unit.py, HardwareConfig.matmul_tile): a GEMV tile is
+# ``array_rows`` x rows by ``TILE_LINES`` lines of the reduction; a GEMM tile has
+# ``GEMM_ROW_FACTOR`` times the rows and as many times fewer lines, so both fill the same x
+# buffer, and streams enough rows through each stationary weight block (``4 R`` >= ``R``)
+# to hide the next block's preload.
+TILE_LINES = 8
+GEMM_ROW_FACTOR = 4

@@ -10,7 +10,7 @@ instruction's reads never overtake the previous one's writes.
 
 Operands the ISA declares bad stop the accelerator with ``BAD_OPERAND`` at the
 instruction's index, as ``compiler.semantics.check`` does: an empty ``MATMUL``
-dimension, ``GEMV`` with more rows than the array, an empty vector block, an odd or zero
+dimension, an empty vector block, an odd or zero
 ``ROPE`` head size, a ``SOFTMAX`` whose first row sees past its columns. (L2 bounds of
 compute operands are not checked by the RTL: addresses wrap within the L2.)
 ``busy``/``stall`` say whether it executes or waits for tokens; ``macs`` counts array
@@ -54,7 +54,7 @@ class ComputeEngine(wiring.Component):
         return getattr(self, f"port{i}")
 
     def elaborate(self, platform):
-        p, hw = self.params, self.params.hw
+        p = self.params
         m = Module()
         m.submodules.matmul = mm = MatmulUnit(p)
         m.submodules.vector = vec = VectorUnit(p)
@@ -82,9 +82,7 @@ class ComputeEngine(wiring.Component):
         bad = Signal()
         with m.If(is_matmul):
             m.d.comb += bad.eq((f("MATMUL", "m") == 0) | (f("MATMUL", "k") == 0)
-                               | (f("MATMUL", "n") == 0)
-                               | ((f("MATMUL", "mode") == isa.MatmulMode.GEMV)
-                                  & (f("MATMUL", "m") > hw.array_rows)))
+                               | (f("MATMUL", "n") == 0))
         for mn in blocks:
             with m.Elif(is_op(mn)):
                 m.d.comb += bad.eq((f(mn, "rows") == 0) | (f(mn, "cols") == 0))

@@ -80,6 +80,15 @@ class L2Sim:
         sim = IsaSimulator(params.hw, bytes(64))
         sim.l2[:] = mem
         sim.execute(instr)
+        return L2Sim._run_unit(params, unit, n_ports, mem, instr, limit)["l2"], sim.l2
+
+    @staticmethod
+    def cycles_of_instruction(params, unit, n_ports, mem, instr, limit=50_000) -> int:
+        """Cycles from ``start`` to ``done`` of ``instr`` on ``unit``, from ``mem``."""
+        return L2Sim._run_unit(params, unit, n_ports, mem, instr, limit)["cycles"]
+
+    @staticmethod
+    def _run_unit(params, unit, n_ports, mem, instr, limit):
         bench = UnitBench(params, unit, n_ports)
         result = {}
 
@@ -89,12 +98,17 @@ class L2Sim:
             ctx.set(bench.unit.start, 1)
             await ctx.tick()
             ctx.set(bench.unit.start, 0)
-            assert await L2Sim.wait(ctx, bench.unit.done, limit), "no done"
+            cycles = 1
+            while not ctx.get(bench.unit.done):
+                assert cycles < limit, f"no done within {limit} cycles"
+                await ctx.tick()
+                cycles += 1
+            result["cycles"] = cycles
             await ctx.tick()
             result["l2"] = L2Sim.dump(ctx, bench.l2, mem.size)
 
         L2Sim.run(bench, testbench)
-        return result["l2"], sim.l2
+        return result
 
 
 @pytest.fixture

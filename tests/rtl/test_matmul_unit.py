@@ -1,5 +1,6 @@
 """The matmul unit against the ISA simulator: GEMM and GEMV, NK and KN weights,
-accumulate, shapes that do not divide the array or the tile. Amaranth's simulator."""
+accumulate, shapes that do not divide the array or the tile, row counts on both sides of
+a tile and of the array; and the GEMM dataflow's PE utilisation. Amaranth's simulator."""
 
 import numpy as np
 import pytest
@@ -14,30 +15,56 @@ PARAMS = {name: RtlParams(load_hardware(name).replace(l2_bytes=L2_BYTES), dram_b
           for name in ("edge-8x8", "edge-4x4")}
 
 
+def matmul(mode, layout, m, k, n, accumulate, x_addr=7, l2_bytes=L2_BYTES):
+    x_stride = k + 5
+    w_rows, w_cols = (n, k) if layout == "NK" else (k, n)
+    w_addr = x_addr + m * x_stride + 13
+    w_stride = w_cols + 3
+    out_addr = w_addr + w_rows * w_stride + 9
+    out_stride = 4 * n + 12
+    assert out_addr + m * out_stride < l2_bytes
+    return make("MATMUL", mode=int(MatmulMode[mode]), accumulate=accumulate,
+                w_layout=int(WeightLayout[layout]), x_addr=x_addr, w_addr=w_addr,
+                out_addr=out_addr, m=m, k=k, n=n, x_stride=x_stride, w_stride=w_stride,
+                out_stride=out_stride)
+
+
 @pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate"), [
     ("edge-8x8", "GEMV", "NK", 1, 64, 16, 0),
     ("edge-8x8", "GEMV", "NK", 3, 300, 13, 1),        # k over a tile, n not a multiple of C
     ("edge-8x8", "GEMV", "KN", 2, 37, 11, 0),
+    ("edge-8x8", "GEMV", "NK", 19, 40, 9, 1),         # GEMV over several array heights
     ("edge-8x8", "GEMM", "NK", 11, 45, 10, 1),        # m over the array height
+    ("edge-8x8", "GEMM", "NK", 1, 70, 8, 0),          # one row: the preload sets the pace
+    ("edge-8x8", "GEMM", "NK", 45, 130, 9, 1),        # 45 rows: tiles of 23 and 22 rows
     ("edge-8x8", "GEMM", "KN", 9, 20, 8, 0),
     ("edge-4x4", "GEMV", "NK", 4, 70, 9, 0),
     ("edge-4x4", "GEMM", "KN", 6, 33, 5, 1),
+    ("edge-4x4", "GEMM", "NK", 37, 90, 6, 0),         # 37 rows: tiles of 16, 11 and 10
 ])
 def test_matmul_matches_isa_simulator(l2sim, hw, mode, layout, m, k, n, accumulate):
     params = PARAMS[hw]
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
     mem = rng.integers(0, 256, L2_BYTES, dtype=np.uint8)
-    x_addr, x_stride = 7, k + 5
-    w_rows, w_cols = (n, k) if layout == "NK" else (k, n)
-    w_addr, w_stride = 4001, w_cols + 3
-    out_addr, out_stride = 9003, 4 * n + 12
-    instr = make("MATMUL", mode=int(MatmulMode[mode]), accumulate=accumulate,
-                 w_layout=int(WeightLayout[layout]), x_addr=x_addr, w_addr=w_addr,
-                 out_addr=out_addr, m=m, k=k, n=n, x_stride=x_stride, w_stride=w_stride,
-                 out_stride=out_stride)
-    assert w_addr + w_rows * w_stride < out_addr
+    instr = matmul(mode, layout, m, k, n, accumulate)
     rtl, expected = l2sim.run_instruction(params, MatmulUnit(params), MatmulUnit.N_PORTS, mem,
                                           instr)
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
+
+
+@pytest.mark.parametrize("mode", ["GEMM", "GEMV"])
+def test_both_dataflows_keep_the_array_busy(l2sim, mode):
+    """64 rows x 512 x 8 on edge-8x8: each of the 64 weight blocks streams every row of
+    a tile with the next block's preload hidden (GEMM), or takes a fresh block per row
+    (GEMV): over 90% of the cycles from start to done multiply."""
+    l2_bytes = 65536
+    hw = load_hardware("edge-8x8").replace(l2_bytes=l2_bytes)
+    params = RtlParams(hw, dram_bytes=4096)
+    mem = np.random.default_rng(5).integers(0, 256, l2_bytes, dtype=np.uint8)
+    m, k, n = 64, 512, 8
+    instr = matmul(mode, "NK", m, k, n, 0, x_addr=0, l2_bytes=l2_bytes)
+    cycles = l2sim.cycles_of_instruction(params, MatmulUnit(params), MatmulUnit.N_PORTS, mem,
+                                         instr)
+    assert m * k * n / (cycles * hw.pes) >= 0.90, cycles

@@ -6,7 +6,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from arch.isa import MatmulMode
-from rtl.systolic import SystolicArray
+from rtl.systolic import SystolicArray, latency
 
 
 def simulate(array, program):
@@ -23,32 +23,50 @@ def simulate(array, program):
     return outputs
 
 
-@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (8, 8), (4, 8), (3, 5)])
-def test_gemm_weight_stationary(rows, cols):
-    rng = np.random.default_rng(rows * 10 + cols)
-    w = rng.integers(-128, 128, (rows, cols))
-    x = rng.integers(-128, 128, (11, rows))
-    array = SystolicArray(rows=rows, cols=cols)
+def idle_load(rows, cols):
+    return {"valid": 0, "row": 0, "set": 0, "w": [0] * cols}
+
+
+@pytest.mark.parametrize(("rows", "cols", "block_rows"), [
+    (4, 4, 6), (8, 8, 8), (4, 8, 3), (3, 5, 7), (8, 4, 1)])
+def test_gemm_double_buffered_weights(rows, cols, block_rows):
+    """Blocks of ``block_rows`` x rows stream back to back, each through its own weights,
+    the next block's weights loaded row by row while the previous block streams: a block
+    takes ``max(block_rows, rows)`` cycles and every result is ``x @ W`` of its block."""
+    rng = np.random.default_rng(rows * 10 + cols + block_rows)
+    blocks = 5
+    w = rng.integers(-128, 128, (blocks, rows, cols))
+    x = rng.integers(-128, 128, (blocks, block_rows, rows))
+    period = max(block_rows, rows)
+    array = SystolicArray(rows=rows, cols=cols, tag_bits=8)
 
     async def program(ctx, outputs):
         ctx.set(array.mode, MatmulMode.GEMM)
-        for r in reversed(range(rows)):                    # preload: last row first
-            ctx.set(array.w_shift, 1)
-            ctx.set(array.w_row, [int(v) for v in w[r]])
-            await ctx.tick()
-        ctx.set(array.w_shift, 0)
-        for step in range(len(x) + rows + cols + 2):
-            if step < len(x):
-                ctx.set(array.valid, 1)
-                ctx.set(array.x, [int(v) for v in x[step]])
-            else:
-                ctx.set(array.valid, 0)
-            if ctx.get(array.out_valid):
-                outputs.append([ctx.get(array.out[c]) for c in range(cols)])
+        # cycle t: block b streams row t - (b + 1) * period; block b + 1 loads row
+        # t - (b + 1) * period (block 0 loads in the first period)
+        total = (blocks + 1) * period + rows + cols + 2
+        for t in range(total):
+            b, i = divmod(t - period, period)
+            streaming = 0 <= b < blocks and i < block_rows
+            lb, r = divmod(t, period)
+            loading = lb < blocks and r < rows
+            ctx.set(array.load, {"valid": int(loading), "row": r if loading else 0,
+                                 "set": lb % 2, "w": [int(v) for v in w[lb][r]]
+                                 if loading else [0] * cols})
+            ctx.set(array.feed, {"valid": int(streaming), "sel": b % 2 if streaming else 0,
+                                 "x": [int(v) for v in x[b][i]] if streaming else [0] * rows,
+                                 "w_block": [[0] * cols] * rows,
+                                 "tag": (b * 16 + i) if streaming else 0})
+            if ctx.get(array.result.valid):
+                outputs.append((ctx.get(array.result.tag),
+                                [ctx.get(array.result.out[c]) for c in range(cols)]))
             await ctx.tick()
 
     out = simulate(array, program)
-    np.testing.assert_array_equal(np.array(out), x @ w)
+    assert [tag for tag, _ in out] == [b * 16 + i for b in range(blocks)
+                                      for i in range(block_rows)]
+    expected = np.concatenate([x[b] @ w[b] for b in range(blocks)])
+    np.testing.assert_array_equal(np.array([v for _, v in out]), expected)
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(4, 4), (8, 8), (2, 6)])
@@ -62,18 +80,20 @@ def test_gemv_weight_streaming_has_no_preload(rows, cols):
 
     async def program(ctx, outputs):
         ctx.set(array.mode, MatmulMode.GEMV)
+        ctx.set(array.load, idle_load(rows, cols))
         for step in range(steps + rows + 2):
             if step < steps:
-                ctx.set(array.valid, 1)
-                ctx.set(array.x, [int(v) for v in x[step]])
-                ctx.set(array.w_block, [[int(v) for v in row] for row in wb[step]])
+                ctx.set(array.feed, {"valid": 1, "sel": 0, "x": [int(v) for v in x[step]],
+                                     "w_block": [[int(v) for v in row] for row in wb[step]],
+                                     "tag": 0})
             else:
-                ctx.set(array.valid, 0)
-            if ctx.get(array.out_valid):
+                ctx.set(array.feed.valid, 0)
+            if ctx.get(array.result.valid):
                 first_output.setdefault("step", step)
-                outputs.append([ctx.get(array.out[c]) for c in range(cols)])
+                outputs.append([ctx.get(array.result.out[c]) for c in range(cols)])
             await ctx.tick()
 
     out = simulate(array, program)
     np.testing.assert_array_equal(np.array(out), np.einsum("tr,trc->tc", x, wb))
-    assert first_output["step"] == rows          # a new weight block every cycle, R deep
+    # a new weight block every cycle, R deep
+    assert first_output["step"] == rows == latency(MatmulMode.GEMV, rows, cols)
