@@ -26,7 +26,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
-from arch.isa import COUNTERS, Engine, Instruction, MatmulMode, OutBits, WeightLayout
+from arch.isa import COUNTERS, Engine, Instruction, MatmulMode, OutBits, WeightLayout, make
 from arch.uarch import CMD_DEPTH
 
 
@@ -41,10 +41,10 @@ class Calibration:
     l2_read_latency: int = 3      # L2 row reader: request -> beat
     dma_drain: int = 2            # last write -> END, alone
     dma_end: int = 1              # last write -> END, with earlier rows in the copier
-    mm_setup: int = 3             # CHECK -> the filler's first command
-    tile_switch: int = 8          # a filled tile -> the next tile's first beat
-    mm_flush: int = 9             # last feed -> results in the accumulators
-    mm_writeback_latency: int = 0 # the last row handed to the writer -> written
+    mm_fill_latency: int = 7      # the filler free -> a tile announced, beyond its steps
+    mm_result_latency: int = 6    # a group's last row streamed -> its writeback begins
+    mm_write_latency: int = 2     # the last row handed to the writer -> done
+    mm_old_output_latency: int = 5  # a writeback that accumulates: its first old row read
     vec_fixed: int = 11           # start-up and drain of a vector instruction
     vec_segment_min: int = 3      # the shortest segment
     engine_overhead: int = 2      # CHECK and END around the unit's run
@@ -245,56 +245,98 @@ def _rows_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
     return rows * -(-n // W) + whole * counts[-1] + counts[part]
 
 
-def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
-                     cal: Calibration = CALIBRATION) -> Occupancy:
-    """The matmul unit's tiles (``R`` rows x ``C`` channels x ``KT = 8W`` bytes), kt
-    fastest, then n, then m. The filler fills a tile with the x and weight row readers in
-    parallel (the x reader also taking ``(nc - mt) // 2`` NK weight rows), into the
-    buffer set the array released two tiles earlier; the array feeds
-    ``ceil(kl / R)`` chunks (GEMV: one cycle per x row; GEMM: ``R`` shift cycles, the rows,
-    an ``R + C + 1`` drain); after a tile group's last reduction tile the results are
-    flushed and written back row by row (reading the old output first to accumulate)."""
-    f = _fields(instr)
-    W, R, C = hw.line_bytes, hw.array_rows, hw.array_cols
-    KT = 8 * W
-    gemv = f.mode == MatmulMode.GEMV
-    kn = f.w_layout == WeightLayout.KN
-    fill_end = [0, 0]                      # per buffer set: when its fill completes
-    released = [0, 0]                      # per buffer set: when the array released it
-    filler_t = compute_t = cal.mm_setup
-    s = 0
-    for m0 in range(0, f.m, R):
-        mt = min(R, f.m - m0)
+def _writer_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
+    """Steps of a row writer (stream -> L2, from byte 0) over ``rows`` rows of ``n``
+    bytes at ``base + i * stride``: each row's destination lines, plus a priming step for
+    each row that does not start on a line (as ``dma_occupancy``'s write side)."""
+    return sum(_lines(base + i * stride, n, W) + (1 if (base + i * stride) % W else 0)
+               for i in range(rows))
+
+
+def matmul_tiles(f, hw: HardwareConfig) -> list[tuple[int, int, int, int, int, int]]:
+    """The tiles of a ``MATMUL`` (fields ``f``) in the matmul unit's order (``kt`` fastest,
+    then ``n``, then ``m``): ``(m0, mt, n0, nc, kt, kl)``. Rows go in tiles of
+    ``matmul_tile``'s rows, except that rows between one and two tiles' worth are split
+    evenly between the last two tiles (``rtl.matmul_unit._tile_rows``)."""
+    MT, KT = hw.matmul_tile(f.mode)
+    C = hw.array_cols
+    tiles, m0 = [], 0
+    while m0 < f.m:
+        left = f.m - m0
+        mt = left if left <= MT else (left + 1) // 2 if left < 2 * MT else MT
         for n0 in range(0, f.n, C):
             nc = min(C, f.n - n0)
             for kt in range(0, f.k, KT):
-                kl = min(KT, f.k - kt)
-                x_steps = _rows_steps(f.x_addr + m0 * f.x_stride + kt, f.x_stride, mt, kl, W)
-                if kn:
-                    w_steps = _rows_steps(f.w_addr + kt * f.w_stride + n0, f.w_stride, kl, nc, W)
-                else:
-                    # The x reader takes the last (nc - mt) // 2 weight rows (GEMV).
-                    x_w = max(0, (nc - mt) // 2)
-                    w_base = f.w_addr + n0 * f.w_stride + kt
-                    w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, kl, W)
-                    if x_w:
-                        x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride,
-                                               x_w, kl, W)
-                filler_t = max(filler_t, released[s]) + cal.tile_switch + max(x_steps, w_steps)
-                fill_end[s] = filler_t
-                chunks = -(-kl // R)
-                feed = chunks * mt if gemv else chunks * (R + mt + R + C + 1)
-                # WAIT, the feed, RELEASE
-                compute_t = max(compute_t, fill_end[s]) + 1 + feed + 1
-                released[s] = compute_t
-                s ^= 1
-            # FLUSH, then per row a write command (WB_CMD) and its beats (WB_DATA).
-            beats = -(-4 * nc // W)
-            compute_t += cal.mm_flush + mt * (1 + beats)
-            if f.accumulate:
-                compute_t += cal.l2_read_latency
-    compute_t += cal.mm_writeback_latency
-    cycles = compute_t + cal.engine_overhead
+                tiles.append((m0, mt, n0, nc, kt, min(KT, f.k - kt)))
+        m0 += mt
+    return tiles
+
+
+def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
+                     cal: Calibration = CALIBRATION) -> Occupancy:
+    """The matmul unit (``rtl/matmul_unit.py``) cycle by cycle at the granularity of its
+    tiles and blocks. The filler fills a tile with the x and weight row readers in
+    parallel (the x reader also taking ``(nc - mt) // 2`` NK weight rows) into the buffer
+    set the feeder released; the feeder walks each tile's ``ceil(kl / R)`` blocks: GEMV
+    streams a block's ``mt`` rows back to back; GEMM loads a block's ``R`` weight rows
+    into the array's idle weight set (beginning once the previous block has begun to
+    stream, ``R`` cycles apart) and streams its rows once its load has begun, so a block
+    takes ``max(mt, R)``. A group's results reach the accumulator ``R`` (GEMV) or
+    ``R + C - 1`` (GEMM) cycles after its last row; its rows are then written back, one
+    per writer step (reading the old output first to accumulate), while the next group
+    accumulates in the other half, whose own first block waits for the group before
+    last to have been written back."""
+    f = _fields(instr)
+    W, R = hw.line_bytes, hw.array_rows
+    gemv = f.mode == MatmulMode.GEMV
+    kn = f.w_layout == WeightLayout.KN
+    latency = R if gemv else R + hw.array_cols - 1
+    push = [0, 0]                          # per buffer set: when its tile was announced
+    release = [-1, -1]                     # per buffer set: when the feeder released it
+    half_free = [0, 0]                     # per accumulator half: when it was read out
+    filler = 1                             # the filler's next free cycle
+    stream = load = NEVER                  # the feeder's last stream and load decisions
+    stream_rows = 0                        # rows of the last streamed block
+    wb_free = 0                            # the writeback's next free cycle
+    wb_end = 0
+    s = group = 0
+
+    for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
+        x_steps = _rows_steps(f.x_addr + m0 * f.x_stride + kt, f.x_stride, mt, kl, W)
+        if kn:
+            w_steps = _rows_steps(f.w_addr + kt * f.w_stride + n0, f.w_stride, kl, nc, W)
+        else:
+            x_w = max(0, (nc - mt) // 2)
+            w_base = f.w_addr + n0 * f.w_stride + kt
+            w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, kl, W)
+            if x_w:
+                x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride, x_w, kl, W)
+        begin = max(filler, release[s] + 1)
+        push[s] = begin + cal.mm_fill_latency + max(x_steps, w_steps)
+        filler = push[s] + 1
+        avail = push[s] + 1
+        if kt == 0:                        # a group's first block waits for its half
+            avail = max(avail, half_free[group % 2] + 1)
+        for _ in range(-(-kl // R)):
+            if gemv:
+                stream = max(stream + stream_rows, avail)
+            else:
+                load = max(load + R, stream + 1, push[s] + 1)
+                stream = max(load + 1, stream + stream_rows, avail)
+            stream_rows = mt
+            avail = NEVER
+        last_row = stream + mt
+        release[s] = last_row if gemv or last_row > load + R else load + R + 1
+        s ^= 1
+        if kt + kl == f.k:                 # the group's results are in: write it back
+            start = max(last_row + latency + cal.mm_result_latency, wb_free)
+            first = start + (cal.mm_old_output_latency if f.accumulate else 0)
+            wb_free = first + _writer_steps(f.out_addr + m0 * f.out_stride + 4 * n0,
+                                            f.out_stride, mt, 4 * nc, W)
+            half_free[group % 2] = wb_free - 1
+            wb_end = wb_free
+            group += 1
+    cycles = math.ceil(wb_end) + cal.mm_write_latency + cal.engine_overhead
     return Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n)
 
 
@@ -379,6 +421,16 @@ def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
             _cache.clear()
         hit = _cache[key] = _occupancy(instr, hw, None, cal)
     return hit
+
+
+def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
+    """The dataflow in which this hardware runs a ``MATMUL`` (every field but ``mode``)
+    in fewer cycles, by ``occupancy``; GEMM on a tie (it reads each weight out of the tile
+    buffers once per block, GEMV once per row). The compiler emits every ``MATMUL`` in
+    the mode this returns, and the fast path times it so."""
+    cycles = {mode: occupancy(make("MATMUL", mode=mode, **fields), hw).cycles
+              for mode in (MatmulMode.GEMM, MatmulMode.GEMV)}
+    return MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM] else MatmulMode.GEMM
 
 
 def _occupancy(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration) -> Occupancy:

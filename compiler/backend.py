@@ -29,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from arch.hardware import HardwareConfig
-from arch.isa import Instruction, MatmulMode, OutBits, WeightLayout, make
+from arch.isa import Instruction, OutBits, WeightLayout, make
+from arch.occupancy import matmul_mode
 from compiler.image import MemoryMap, align
 from compiler.ir import (
     Argmax,
@@ -210,8 +211,10 @@ class Generator:
     def addr(self, t: Tensor) -> int:
         return self.act_addr[t.buffer.uid] + t.offset
 
-    def mode(self, m: int) -> int:
-        return MatmulMode.GEMV if m <= self.hw.array_rows else MatmulMode.GEMM
+    def emit_matmul(self, **fields) -> int:
+        """A ``MATMUL`` in the dataflow the occupancy model times faster on this hardware
+        (``arch.occupancy.matmul_mode``)."""
+        return self.emit("MATMUL", mode=matmul_mode(self.hw, **fields), **fields)
 
     # -- whole program -------------------------------------------------------------------
     def generate(self, graphs: list[Graph]) -> Code:
@@ -256,10 +259,10 @@ class Generator:
             for k0 in range(0, k_total, kt):
                 k = min(kt, k_total - k0)
                 slot = self.load(base + n0 * k_total + k0, n, k, k_total)
-                index = self.emit("MATMUL", mode=self.mode(m), accumulate=int(k0 > 0),
-                                  w_layout=WeightLayout.NK, x_addr=x_addr + k0, w_addr=slot.addr,
-                                  out_addr=out_addr + 4 * n0, m=m, k=k, n=n, x_stride=x_stride,
-                                  w_stride=k, out_stride=out_stride)
+                index = self.emit_matmul(
+                    accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
+                    w_addr=slot.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,
+                    x_stride=x_stride, w_stride=k, out_stride=out_stride)
                 self.use(slot, index)
 
     def _op_matmul(self, op: MatMul) -> None:
@@ -380,16 +383,15 @@ class Generator:
                 for g0, count in batches:
                     m, x_stride = rows(count)
                     head = kv * G + g0
-                    index = self.emit("MATMUL", mode=self.mode(m), accumulate=0,
-                                      w_layout=WeightLayout.NK, x_addr=q + head * hd,
-                                      w_addr=slot.addr, out_addr=scores + 4 * (g0 * T * S + c0),
-                                      m=m, k=hd, n=n, x_stride=x_stride, w_stride=hd,
-                                      out_stride=4 * S)
+                    index = self.emit_matmul(
+                        accumulate=0, w_layout=WeightLayout.NK, x_addr=q + head * hd,
+                        w_addr=slot.addr, out_addr=scores + 4 * (g0 * T * S + c0), m=m, k=hd,
+                        n=n, x_stride=x_stride, w_stride=hd, out_stride=4 * S)
                     self.use(slot, index)
             for g0, count in batches:
                 m, x_stride = rows(count)
                 head = kv * G + g0
-                self.emit("MATMUL", mode=self.mode(m), accumulate=0, w_layout=WeightLayout.NK,
+                self.emit_matmul(accumulate=0, w_layout=WeightLayout.NK,
                           x_addr=q + head * hd, w_addr=k_new + kv * hd,
                           out_addr=scores + 4 * (g0 * T * S + start), m=m, k=hd, n=T,
                           x_stride=x_stride, w_stride=kv_stride, out_stride=4 * S)
@@ -403,20 +405,20 @@ class Generator:
                 for g0, count in batches:
                     m, _ = rows(count)
                     head = kv * G + g0
-                    index = self.emit("MATMUL", mode=self.mode(m), accumulate=int(c0 > 0),
-                                      w_layout=WeightLayout.KN, x_addr=probs + g0 * T * S + c0,
-                                      w_addr=slot.addr, out_addr=acc + 4 * head * hd, m=m, k=n,
-                                      n=hd, x_stride=S, w_stride=hd,
-                                      out_stride=4 * (hd if T == 1 else q_stride))
+                    index = self.emit_matmul(
+                        accumulate=int(c0 > 0), w_layout=WeightLayout.KN,
+                        x_addr=probs + g0 * T * S + c0, w_addr=slot.addr,
+                        out_addr=acc + 4 * head * hd, m=m, k=n, n=hd, x_stride=S, w_stride=hd,
+                        out_stride=4 * (hd if T == 1 else q_stride))
                     self.use(slot, index)
             for g0, count in batches:
                 m, _ = rows(count)
                 head = kv * G + g0
-                self.emit("MATMUL", mode=self.mode(m), accumulate=int(start > 0),
-                          w_layout=WeightLayout.KN, x_addr=probs + g0 * T * S + start,
-                          w_addr=v_new + kv * hd, out_addr=acc + 4 * head * hd, m=m, k=T, n=hd,
-                          x_stride=S, w_stride=kv_stride,
-                          out_stride=4 * (hd if T == 1 else q_stride))
+                self.emit_matmul(
+                    accumulate=int(start > 0), w_layout=WeightLayout.KN,
+                    x_addr=probs + g0 * T * S + start, w_addr=v_new + kv * hd,
+                    out_addr=acc + 4 * head * hd, m=m, k=T, n=hd, x_stride=S,
+                    w_stride=kv_stride, out_stride=4 * (hd if T == 1 else q_stride))
         words = op.att_params
         slot = self.load(self.ctx.param_addr(words), 1, 4, 4)
         index = self.emit("REQUANT", out_bits=OutBits.INT8, per_channel=0, has_bias=0,

@@ -608,6 +608,8 @@ class Writeback(wiring.Component):
 class MatmulUnit(wiring.Component):
     """Members
     -------
+    buffers, filler, feeder, array, accumulator, writeback : the components (attributes,
+        so that testbenches can watch their ports).
     start, word : a ``MATMUL`` instruction word to execute.
     done : the cycle its last result row has been written.
     busy : from ``start`` to ``done``.
@@ -627,7 +629,13 @@ class MatmulUnit(wiring.Component):
             raise ValueError(f"{hw.name}: array_cols = {C} int32 results must fit one line "
                              f"of {W} bytes")
         self.params = params
-        self.geometry = Geometry(params)
+        g = self.geometry = Geometry(params)
+        self.buffers = TileBuffers(geometry=g)
+        self.filler = TileFiller(params=params, geometry=g)
+        self.feeder = Feeder(geometry=g)
+        self.array = SystolicArray(rows=g.R, cols=g.C, tag_bits=tag_layout(g).size)
+        self.accumulator = Accumulator(geometry=g)
+        self.writeback = Writeback(params=params, geometry=g)
         port = MemPort(params.l2_addr_bits, params.line_bytes)
         members = {"start": In(1), "word": In(isa.INSTR_BITS), "done": Out(1), "busy": Out(1)}
         for i in range(self.N_PORTS):
@@ -638,15 +646,14 @@ class MatmulUnit(wiring.Component):
         return getattr(self, f"port{i}")
 
     def elaborate(self, platform):
-        p, g = self.params, self.geometry
+        g = self.geometry
         m = Module()
-        m.submodules.buffers = buffers = TileBuffers(geometry=g)
-        m.submodules.filler = filler = TileFiller(params=p, geometry=g)
-        m.submodules.feeder = feeder = Feeder(geometry=g)
-        m.submodules.array = array = SystolicArray(rows=g.R, cols=g.C,
-                                                   tag_bits=tag_layout(g).size)
-        m.submodules.accumulator = acc = Accumulator(geometry=g)
-        m.submodules.writeback = wb = Writeback(params=p, geometry=g)
+        m.submodules.buffers = buffers = self.buffers
+        m.submodules.filler = filler = self.filler
+        m.submodules.feeder = feeder = self.feeder
+        m.submodules.array = array = self.array
+        m.submodules.accumulator = acc = self.accumulator
+        m.submodules.writeback = wb = self.writeback
         m.submodules.groups = groups = fifo.SyncFIFOBuffered(width=group_layout(g).size,
                                                              depth=2)
 

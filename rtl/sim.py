@@ -32,12 +32,13 @@ from rtl.common import RtlParams
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_ROOT = ROOT / "build" / "rtl"
-# The files that determine the generated hardware (the key of a built model): the RTL
-# sources, not this runner, the cocotb bench or the statistics script.
+# The files that determine the generated hardware (the key of a built model):
+# the RTL sources, not this runner, the cocotb bench or the statistics script; and the
+# architecture it is generated from (not the occupancy model, which only times it).
 SOURCES = sorted(p for p in Path(__file__).resolve().parent.glob("*.py")
                  if p.name not in ("sim.py", "bench.py", "stats.py")) + [
-    Path(__file__).resolve().parent / "verilog" / "sram_macro.v",
-    Path(__file__).resolve().parents[1] / "compiler" / "isa.py"]
+    Path(__file__).resolve().parent / "verilog" / "sram_macro.v"] + sorted(
+    p for p in (ROOT / "arch").glob("*.py") if p.name != "occupancy.py")
 
 
 def verilator_env() -> dict[str, str]:

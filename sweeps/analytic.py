@@ -43,7 +43,7 @@ from functools import lru_cache
 
 from arch.hardware import HardwareConfig
 from arch.isa import make
-from arch.occupancy import CALIBRATION, Copies, occupancy
+from arch.occupancy import CALIBRATION, Copies, matmul_mode, occupancy
 from arch.uarch import DEFERRED, QUEUE_DEPTH
 from compiler.backend import (
     MAX_INFLIGHT_SLOTS,
@@ -161,10 +161,9 @@ class _Stream:
             return occ.copies
 
         def mm(m, k, n, kn, acc=0):
-            return self.compute(make("MATMUL", mode=1 if m <= R else 0, accumulate=acc,
-                                     w_layout=kn, x_addr=0, w_addr=0, out_addr=0, m=m, k=k,
-                                     n=n, x_stride=k, w_stride=n if kn else k,
-                                     out_stride=4 * n))
+            fields = dict(accumulate=acc, w_layout=kn, x_addr=0, w_addr=0, out_addr=0, m=m,
+                          k=k, n=n, x_stride=k, w_stride=n if kn else k, out_stride=4 * n)
+            return self.compute(make("MATMUL", mode=matmul_mode(self.hw, **fields), **fields))
 
         for _ in range(cfg.n_kv_heads):
             for n in chunks:
@@ -189,7 +188,6 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
     """The tiles of one ``m x k_total x n_total`` matmul (its weights staged in tiles of
     ``backend.matmul_tiling``), with its DRAM bytes and MACs; the same for every
     position, so cached."""
-    mode = 1 if m <= hw.array_rows else 0
     nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw.array_cols)
     s = _Stream(hw, tile_bytes)
     shapes = {}
@@ -197,10 +195,10 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
         n = min(nt, n_total - n0)
         for k0 in range(0, k_total, kt):
             k = min(kt, k_total - k0)
-            s.staged_tile(shapes, (n, k, k0 > 0), n, k, lambda n=n, k=k, k0=k0: make(
-                "MATMUL", mode=mode, accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0,
-                out_addr=0, m=m, k=k, n=n, x_stride=k_total, w_stride=k,
-                out_stride=4 * n_total))
+            fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0, out_addr=0,
+                          m=m, k=k, n=n, x_stride=k_total, w_stride=k, out_stride=4 * n_total)
+            s.staged_tile(shapes, (n, k, k0 > 0), n, k, lambda fields=fields: make(
+                "MATMUL", mode=matmul_mode(hw, **fields), **fields))
     return tuple(s.tiles), s.read, s.macs
 
 
@@ -458,8 +456,8 @@ def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int) -> list[
 
 def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
             prefetch: bool | None = None, devices: int = 1, link: Link = Link()) -> StepEstimate:
-    """The prefill of ``n_tokens`` prompt tokens (GEMM when a chunk has more rows than the
-    array), chunk by chunk, then the head for the last token."""
+    """The prefill of ``n_tokens`` prompt tokens, chunk by chunk (each matmul in the
+    dataflow ``arch.occupancy.matmul_mode`` picks), then the head for the last token."""
     if not 1 <= n_tokens <= cfg.max_seq_len:
         raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
     prefetch = hw.prefetch if prefetch is None else prefetch

@@ -39,7 +39,7 @@ def random_compute(rng, hw):
     kind = rng.integers(0, 5)
     if kind == 0:
         gemv = bool(rng.integers(0, 2))
-        m = int(rng.integers(1, hw.array_rows + 1 if gemv else 3 * hw.array_rows))
+        m = int(rng.integers(1, 6 * hw.array_rows))
         k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 40)), int(rng.integers(0, 2))
         x_addr, x_stride = place(m, k)
         w_addr, w_stride = place(k, n) if kn else place(n, k)
@@ -171,7 +171,7 @@ def test_random_programs_with_compute_match_the_isa_simulator(model, seed):
 def random_matmul(rng, hw, gemv: bool):
     """A MATMUL of random shape (edges that do not divide the array) on L2 bytes."""
     l2 = hw.l2_bytes // 4
-    m = int(rng.integers(1, hw.array_rows + 1 if gemv else 4 * hw.array_rows))
+    m = int(rng.integers(1, 5 * hw.array_rows))
     k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 50)), int(rng.integers(0, 2))
     w_rows, w_bytes = (k, n) if kn else (n, k)
     return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
