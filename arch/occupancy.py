@@ -103,6 +103,7 @@ class Occupancy:
     macs: int = 0
     prefetch_bytes: int = 0
     copies: Copies | None = None  # a DMA instruction that copies rows (it ends deferred)
+    l2_lines: int = 0             # L2 lines read and written
 
 
 def _fields(instr: Instruction) -> SimpleNamespace:
@@ -184,7 +185,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     t = (cal.dma_setup, NEVER, NEVER)
     read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)
     taken = []                      # when the write side took each row command
-    src_total = dst_total = moved = 0
+    src_total = dst_total = moved = l2_total = 0
     int_reads = 0
     after_read = lat + cal.read_to_write if load else cal.l2_read_latency
     for row in _dma_rows(instr, hw, read_i32):
@@ -201,6 +202,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         cmd, t = t, _mp_add(t, 1)
         taken.append(_mp_max(_mp_add(cmd, 2), write_end))
         start = _mp_max(_mp_add(cmd, cal.cmd_to_read), read_end)
+        l2_total += dst_lines if load else src_lines
         if load:
             read_end = _mp_add(start, src_lines * line_cycles)
             src_total += src_lines
@@ -218,9 +220,9 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0
         return Occupancy(Engine.LOAD, cycles, dram_read_bytes=moved + table,
                          dram_lines=src_total + int_reads, prefetch_bytes=prefetch,
-                         copies=copies)
+                         copies=copies, l2_lines=l2_total)
     return Occupancy(Engine.STORE, cycles, dram_read_bytes=table, dram_write_bytes=moved,
-                     dram_lines=dst_total + int_reads, copies=copies)
+                     dram_lines=dst_total + int_reads, copies=copies, l2_lines=l2_total)
 
 
 # -- matmul --------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     stream = load = NEVER                  # the feeder's last stream and load decisions
     stream_rows = 0                        # rows of the last streamed block
     wb_free = 0                            # the writeback's next free cycle
-    wb_end = 0
+    wb_end = lines = 0
     s = group = 0
 
     for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
@@ -311,6 +313,7 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
             w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, kl, W)
             if x_w:
                 x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride, x_w, kl, W)
+        lines += x_steps + w_steps
         begin = max(filler, release[s] + 1)
         push[s] = begin + cal.mm_fill_latency + max(x_steps, w_steps)
         filler = push[s] + 1
@@ -331,13 +334,15 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         if kt + kl == f.k:                 # the group's results are in: write it back
             start = max(last_row + latency + cal.mm_result_latency, wb_free)
             first = start + (cal.mm_old_output_latency if f.accumulate else 0)
-            wb_free = first + _writer_steps(f.out_addr + m0 * f.out_stride + 4 * n0,
-                                            f.out_stride, mt, 4 * nc, W)
+            steps = _writer_steps(f.out_addr + m0 * f.out_stride + 4 * n0, f.out_stride, mt,
+                                  4 * nc, W)
+            wb_free = first + steps
+            lines += steps * (2 if f.accumulate else 1)
             half_free[group % 2] = wb_free - 1
             wb_end = wb_free
             group += 1
     cycles = math.ceil(wb_end) + cal.mm_write_latency + cal.engine_overhead
-    return Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n)
+    return Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines)
 
 
 # -- vector unit ---------------------------------------------------------------------------
@@ -393,11 +398,13 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     per_cycle = hw.l2_lines_per_cycle
     fixed, per_segment, per_beat = VECTOR_TIMING[instr.mnemonic]
     cycles = cal.vec_fixed + fixed
+    total = 0
     for n, streams in vector_segments(instr):
         beats = math.ceil(-(-n // lanes) * per_beat) + per_segment
         lines = sum(-(-b // W) for b in streams)
+        total += lines
         cycles += max(beats, math.ceil(lines / per_cycle), cal.vec_segment_min)
-    return Occupancy(Engine.COMPUTE, cycles)
+    return Occupancy(Engine.COMPUTE, cycles, l2_lines=total)
 
 
 _TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")

@@ -12,7 +12,7 @@ what the DRAM model moves; ``cycles`` counts cycles from ``start`` to ``done``.
 
 The compute engine (``rtl.compute``: the matmul unit around the hybrid systolic array,
 and the vector unit) has its own L2 ports; L2 bank conflicts are resolved by port
-priority: the compute engine's ports, then the load engine, then the store engine.
+priority: the compute engine's ports, then the store engine, then the load engine.
 
 ``SimTop(params)`` is the accelerator with a ``DramModel`` on its DRAM port: the
 Verilator model the cocotb benches load, start and read back. Its reset is generated
@@ -74,11 +74,14 @@ class Accelerator(wiring.Component):
         # The compute engine's ports win bank conflicts: a DMA engine that waits for a bank
         # only delays its own copy (its data waits in the copier and the DRAM), whereas a
         # matmul or vector unit that waits stretches the instruction the next ones wait
-        # for. It matters where the L2 moves as few lines per cycle as the DRAM (edge-4x4).
+        # for. The store engine comes next: its few rows (new KV rows, logits, the token)
+        # are what compute instructions wait for before they overwrite a buffer, while the
+        # load engine, mostly prefetching, has DRAM data queued behind every slot it gets.
+        # It matters where the L2 moves as few lines per cycle as the DRAM (edge-4x4).
         for i in range(ComputeEngine.N_PORTS):
             wiring.connect(m, compute.port(i), l2.port(i))
-        wiring.connect(m, load.l2, l2.port(ComputeEngine.N_PORTS))
-        wiring.connect(m, store.l2, l2.port(ComputeEngine.N_PORTS + 1))
+        wiring.connect(m, store.l2, l2.port(ComputeEngine.N_PORTS))
+        wiring.connect(m, load.l2, l2.port(ComputeEngine.N_PORTS + 1))
         engines = {int(isa.Engine.LOAD): load, int(isa.Engine.COMPUTE): compute,
                    int(isa.Engine.STORE): store}
         for e, engine in engines.items():

@@ -43,6 +43,7 @@ from arch.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
 FETCH_START = 2         # start -> first fetch request (start and pc are registered)
 DISPATCH_LATENCY = 2    # DRAM response -> decoded and dispatched
 DONE_LATENCY = 2        # last engine's end -> done
+CONTENTION_PASSES = 6   # passes of the engines until the L2 waits settle
 
 
 class PerfError(ValueError):
@@ -76,11 +77,65 @@ class ProgramTiming:
 
 def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                  cal: Calibration = CALIBRATION) -> ProgramTiming:
+    occs = [occupancy(instr, hw, read_i32, cal) if instr.engine != Engine.CONTROL else None
+            for instr in instrs]
+    delay = [0] * len(instrs)
+    for _ in range(CONTENTION_PASSES):
+        timing, write_start = _time(instrs, occs, hw, cal, delay)
+        again = _l2_contention(instrs, occs, hw, timing, write_start, delay)
+        if again == delay:
+            break
+        delay = again
+    return timing
+
+
+def _l2_contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
+                   write_start: list[float], delay: list[int]) -> list[int]:
+    """The cycles each DMA instruction's copier waits for the L2, given the last pass's
+    timing. L2 bank conflicts go by port priority (``rtl/top.py``): the compute engine's
+    ports, then the store engine's, then the load engine's. Over the interval in which a
+    DMA instruction's copier writes its rows into L2 (reads them, for a store) it gets
+    only the lines the higher-priority instructions overlapping it leave, each taking its
+    lines evenly over its run (a compute instruction from begin to end, a DMA instruction
+    over its copier's interval); so the interval lasts at least ``(its lines + theirs) /
+    l2_lines_per_cycle`` cycles."""
+    per_cycle = hw.l2_lines_per_cycle
+    n = len(timing.begin)
+    intervals = {e: [] for e in ENGINES}        # per engine: (start, end, lines per cycle)
+    for i in range(n):
+        e, occ = instrs[i].engine, occs[i]
+        if occ is None or not occ.l2_lines:
+            continue
+        lo = timing.begin[i] if occ.copies is None else write_start[i]
+        hi = timing.end[i]
+        intervals[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
+    above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
+    out = list(delay)
+    for i in range(n):
+        occ = occs[i]
+        if occ is None or occ.copies is None or not occ.l2_lines:
+            continue
+        lo, hi = write_start[i], timing.end[i]
+        used = 0.0
+        for e in above[instrs[i].engine]:
+            for b, f, rate in intervals[e]:
+                if f > lo and b < hi:
+                    used += rate * (min(f, hi) - max(b, lo))
+        free_running = hi - lo - delay[i]
+        out[i] = max(0, math.ceil((occ.l2_lines + used) / per_cycle - free_running))
+    return out
+
+
+def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,
+          delay: list[int]) -> tuple[ProgramTiming, list[float]]:
+    """One pass of the engines over the program, with ``delay[i]`` cycles added to DMA
+    instruction ``i``'s copier for the L2 it waits for."""
     lat = hw.dram_latency_cycles
     n = len(instrs)
     request = [0] * n            # fetch request cycle
     accept = [0] * n             # dispatched into its queue
     begin, end = [0] * n, [0] * n
+    write_start = [0.0] * n
     engine_free = dict.fromkeys(ENGINES, 0)    # cycle the engine's IDLE state can pop
     popped: dict[Engine, deque] = {e: deque() for e in ENGINES}   # pop cycles, last QUEUE_DEPTH
     signals = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
@@ -121,7 +176,7 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                         f"performance model needs signals before their waits in program "
                         f"order")
                 ready = max(ready, pending.popleft() + 1)
-        occ = occupancy(instr, hw, read_i32, cal)
+        occ = occs[i]
         begin[i] = ready
         flight = deferred[e]
         copies = occ.copies
@@ -134,8 +189,10 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
         else:
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
+            write_start[i] = max(ready, write_free[e])
             issued, read_free[e], write_free[e] = copies.after(ready, read_free[e],
                                                                write_free[e])
+            write_free[e] += delay[i]
             end[i] = math.ceil(write_free[e]) + cal.dma_end
             free = math.ceil(issued) + 1
             while flight and flight[0] < free - 1:
@@ -168,7 +225,7 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
         dram_read_bytes=totals["read"], dram_write_bytes=totals["write"],
         prefetch_bytes=totals["prefetch"], macs=totals["macs"],
         dram_busy_cycles=round((totals["lines"] + fetched) * line_cycles),
-        begin=begin[:i], end=end[:i])
+        begin=begin[:i], end=end[:i]), write_start
 
 
 @dataclass
