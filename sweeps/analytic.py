@@ -72,31 +72,35 @@ class StepEstimate:
         return self.cycles / hw.clock_hz
 
 
-def _cost(instr, hw) -> tuple[int, int, int]:
-    """(engine cycles with overhead, DRAM bytes read, MACs) of one instruction."""
+def _cost(instr, hw) -> tuple[int, int, int, int]:
+    """(engine cycles with overhead, DRAM bytes read, MACs, L2 lines) of one
+    instruction."""
     occ = occupancy(instr, hw)
-    return occ.cycles + ENGINE_OVERHEAD, occ.dram_read_bytes, occ.macs
+    return occ.cycles + ENGINE_OVERHEAD, occ.dram_read_bytes, occ.macs, occ.l2_lines
 
 
 class _Stream:
-    """Tiles in program order: (load, compute cycles, staged bytes), plus totals; a load
-    is its ``occupancy.Copies``, or 0 for none."""
+    """Tiles in program order: (load, compute cycles, staged bytes), plus totals (DRAM
+    bytes read, MACs, L2 lines moved); a load is its ``occupancy.Copies``, or 0 for
+    none."""
 
     def __init__(self, hw: HardwareConfig, tile_bytes: int, rows: int = 1):
         self.hw, self.tile_bytes, self.rows = hw, tile_bytes, rows
         self.tiles: list[tuple[int, int]] = []
-        self.read = self.macs = 0
+        self.read = self.macs = self.l2 = 0
 
     def load(self, rows: int, row_bytes: int) -> Copies:
         occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
                              row_bytes=row_bytes, dram_stride=row_bytes,
                              l2_stride=row_bytes), self.hw)
         self.read += occ.dram_read_bytes
+        self.l2 += occ.l2_lines
         return occ.copies
 
     def compute(self, instr) -> int:
-        cycles, _, macs = _cost(instr, self.hw)
+        cycles, _, macs, lines = _cost(instr, self.hw)
         self.macs += macs
+        self.l2 += lines
         return cycles
 
     def add(self, load, compute: int, staged: int = 0) -> None:
@@ -107,20 +111,22 @@ class _Stream:
         consumes it. An operation's tiles come in a few shapes: each shape is costed once
         (in ``shapes``, keyed by ``shape``) and repeated."""
         if shape not in shapes:
-            read0, macs0 = self.read, self.macs
+            read0, macs0, l20 = self.read, self.macs, self.l2
             shapes[shape] = (self.load(rows, row_bytes), self.compute(instr()),
-                             self.read - read0, self.macs - macs0)
+                             self.read - read0, self.macs - macs0, self.l2 - l20)
         else:
             self.read += shapes[shape][2]
             self.macs += shapes[shape][3]
+            self.l2 += shapes[shape][4]
         self.add(shapes[shape][0], shapes[shape][1], rows * row_bytes)
 
     # -- the compiler's operations ------------------------------------------------------
     def matmul(self, m: int, k_total: int, n_total: int) -> None:
-        tiles, read, macs = _matmul_tiles(self.hw, self.tile_bytes, m, k_total, n_total)
+        tiles, read, macs, lines = _matmul_tiles(self.hw, self.tile_bytes, m, k_total, n_total)
         self.tiles.extend(tiles)
         self.read += read
         self.macs += macs
+        self.l2 += lines
 
     def per_channel(self, mnemonic: str, cols: int, words_per_col: int, **fields) -> None:
         chunk = max(1, min(cols, self.tile_bytes // (4 * words_per_col)))
@@ -158,6 +164,7 @@ class _Stream:
                                  n_tokens=n, row_bytes=cfg.kv_dim, col_offset=0, col_bytes=hd,
                                  l2_addr=0), self.hw)
             self.read += occ.dram_read_bytes
+            self.l2 += occ.l2_lines
             return occ.copies
 
         def mm(m, k, n, kn, acc=0):
@@ -199,7 +206,7 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
                           m=m, k=k, n=n, x_stride=k_total, w_stride=k, out_stride=4 * n_total)
             s.staged_tile(shapes, (n, k, k0 > 0), n, k, lambda fields=fields: make(
                 "MATMUL", mode=matmul_mode(hw, **fields), **fields))
-    return tuple(s.tiles), s.read, s.macs
+    return tuple(s.tiles), s.read, s.macs, s.l2
 
 
 def decode_activation_bytes(cfg: ModelConfig) -> int:
@@ -261,7 +268,7 @@ def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes
         s.add(0, allreduce)
     s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=T, h_stride=2 * d,
                   acc_stride=4 * d)
-    return tuple(s.tiles), s.read, s.macs
+    return tuple(s.tiles), s.read, s.macs, s.l2
 
 
 @lru_cache(maxsize=256)
@@ -271,7 +278,7 @@ def _head_tiles(cfg: ModelConfig, hw: HardwareConfig, tile_bytes: int):
     s.matmul(1, cfg.d_model, cfg.vocab_size)
     s.requant(cfg.vocab_size)
     s.vector(make("ARGMAX", src_addr=0, n=cfg.vocab_size, dst_addr=0))
-    return tuple(s.tiles), s.read, s.macs
+    return tuple(s.tiles), s.read, s.macs, s.l2
 
 
 def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
@@ -383,6 +390,13 @@ def shard(cfg: ModelConfig, devices: int) -> ModelConfig:
                                vocab_size=-(-cfg.vocab_size // devices))
 
 
+def _l2_cycles(lines: int, hw: HardwareConfig) -> float:
+    """The cycles the L2 needs to move ``lines`` lines: the pipeline above shares no L2
+    between the engines (``sweeps.perf`` does, by port priority), so a step is at least
+    this long where the L2 moves as few lines per cycle as the DRAM (edge-4x4)."""
+    return lines / hw.l2_lines_per_cycle
+
+
 def _layers(layer, head, n_layers: int, ring) -> tuple[float, int, int]:
     """``n_layers`` copies of a layer's tiles then the head, through the pipeline. Once
     the load engine's lead (at most the ring) is shorter than the layers already run,
@@ -415,10 +429,12 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     cfg = shard(cfg, devices)
     tile_bytes, ring = staging(cfg, hw)
     core = _core(hw)
-    layer, layer_read, layer_macs = _layer_tiles(cfg, core, position, tile_bytes, allreduce)
-    head, head_read, head_macs = _head_tiles(cfg, core, tile_bytes)
+    layer, layer_read, layer_macs, layer_l2 = _layer_tiles(cfg, core, position, tile_bytes,
+                                                           allreduce)
+    head, head_read, head_macs, head_l2 = _head_tiles(cfg, core, tile_bytes)
     cycles, load_busy, compute_busy = _layers(layer, head, cfg.n_layers,
                                               ring if prefetch else None)
+    cycles = max(cycles, _l2_cycles(layer_l2 * cfg.n_layers + head_l2, hw))
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
     fill = hw.dram_latency_cycles + 4           # the first instruction fetch
     return StepEstimate(math.ceil(cycles + fill), load_busy, compute_busy,
@@ -476,11 +492,13 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
         tile_bytes = staging_tile_bytes(ring)
         allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model * t, devices)
                               * hw.clock_hz)
-        layer, read, macs = _layer_tiles(local, _core(hw), start, tile_bytes, allreduce, t)
+        layer, read, macs, lines = _layer_tiles(local, _core(hw), start, tile_bytes,
+                                                allreduce, t)
         head = (_head_tiles(local, _core(hw), tile_bytes) if i == len(chunks) - 1
-                else ((), 0, 0))
+                else ((), 0, 0, 0))
         cycles, load_busy, compute_busy = _layers(layer, head[0], cfg.n_layers,
                                                   ring if prefetch else None)
+        cycles = max(cycles, _l2_cycles(lines * cfg.n_layers + head[3], hw))
         timed[i] = (cycles, load_busy, compute_busy, read * cfg.n_layers + head[1],
                     macs * cfg.n_layers + head[2])
     known = sorted(timed)
