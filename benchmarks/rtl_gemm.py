@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'hw':<11}{'mode':<6}{'m x k x n':>18}{'bit-exact':>10}{'cycles':>12}{'ideal':>12}"
           f"{'PE util':>9}{'model':>12}{'error':>8}")
     for r in rows:
-        print(f"{r['hw']:<11}{r['mode']:<6}{f'{r['m']} x {r['k']} x {r['n']}':>18}"
+        shape = f"{r['m']} x {r['k']} x {r['n']}"
+        print(f"{r['hw']:<11}{r['mode']:<6}{shape:>18}"
               f"{str(r['bit_exact']):>10}{r['matmul_cycles']:>12,}{r['ideal_cycles']:>12,}"
               f"{100 * r['pe_utilisation']:>8.1f}%{r['model_cycles']:>12,}"
               f"{r['model_error_pct']:>7.2f}%")

@@ -60,8 +60,10 @@ OP_FIELDS = ("mode", "accumulate", "w_layout", "x_addr", "w_addr", "out_addr", "
 
 def op_layout() -> data.StructLayout:
     """The ``MATMUL`` operands, widths from the ISA declaration."""
-    spec = isa.BY_MNEMONIC["MATMUL"]
-    return data.StructLayout({f.name: f.bits for f in spec.fields if f.name in OP_FIELDS})
+    return data.StructLayout({name: _BITS[name] for name in OP_FIELDS})
+
+
+_BITS = {f.name: f.bits for f in isa.BY_MNEMONIC["MATMUL"].fields}
 
 
 class Geometry:
@@ -90,15 +92,16 @@ class Geometry:
 def tile_layout(g: Geometry) -> data.StructLayout:
     """A filled tile, as the filler announces it to the feeder."""
     return data.StructLayout({
-        "set": 1, "m0": 16, "n0": 20, "mt": range(g.acc_rows + 1), "nc": range(g.C + 1),
+        "set": 1, "m0": _BITS["m"], "n0": _BITS["n"], "mt": range(g.acc_rows + 1),
+        "nc": range(g.C + 1),
         "kl": range(g.kb_gemv * g.W + 1), "first_kt": 1, "last_kt": 1, "last_group": 1,
         "last": 1})
 
 
 def group_layout(g: Geometry) -> data.StructLayout:
     """A group of tiles with one ``(m0, n0)``: where its results go."""
-    return data.StructLayout({"half": 1, "m0": 16, "n0": 20, "mt": range(g.acc_rows + 1),
-                              "nc": range(g.C + 1), "last": 1})
+    return data.StructLayout({"half": 1, "m0": _BITS["m"], "n0": _BITS["n"],
+                              "mt": range(g.acc_rows + 1), "nc": range(g.C + 1), "last": 1})
 
 
 def tag_layout(g: Geometry) -> data.StructLayout:
@@ -194,8 +197,9 @@ class TileFiller(wiring.Component):
         tile_k = Mux(gemv, g.kb_gemv * W, g.kb_gemm * W)
 
         # The tile walker: kt fastest, then n0, then m0.
-        m0, n0, kt = Signal(16), Signal(20), Signal(20)
-        mt, nc, kl = Signal(range(g.acc_rows + 1)), Signal(range(C + 1)), Signal(20)
+        m0, n0, kt = Signal(_BITS["m"]), Signal(_BITS["n"]), Signal(_BITS["k"])
+        mt, nc = Signal(range(g.acc_rows + 1)), Signal(range(C + 1))
+        kl = Signal(range(g.kb_gemv * W + 1))
         last_kt, last_n = kt + tile_k >= op.k, n0 + C >= op.n
         last_m = m0 + mt >= op.m
         m.d.comb += [mt.eq(_tile_rows(op.m - m0, tile_rows)),
@@ -205,14 +209,14 @@ class TileFiller(wiring.Component):
         fset = Signal()
         filling = Signal()
         full = Signal(2)
-        x_cmd, w_cmd = Signal(16), Signal(20)
-        x_row, x_beat = Signal(16), Signal(range(g.kb_gemv + 1))
-        w_row, w_beat = Signal(20), Signal(range(g.kb_gemv + 1))
+        x_cmd, x_row = Signal(range(g.acc_rows + g.C + 1)), Signal(range(g.acc_rows + g.C + 1))
+        w_cmd, w_row = Signal(range(g.kb_gemv * W + 1)), Signal(range(g.kb_gemv * W + 1))
+        x_beat, w_beat = Signal(range(g.kb_gemv + 1)), Signal(range(g.kb_gemv + 1))
         w_rows = Mux(kn, kl, nc)
         # NK weight rows are as long as x rows: when the tile has fewer x rows than weight
         # rows, the x reader takes the last ``x_w`` weight rows after its x rows, so that
         # the two readers share the tile.
-        x_w = Signal(16)
+        x_w = Signal(range(C + 1))
         m.d.comb += x_w.eq(Mux(~kn & (nc > mt), (nc - mt) >> 1, 0))
         split = w_rows - x_w              # weight rows [0, split) on w_reader, the rest on x
         x_rows = mt + x_w
