@@ -284,13 +284,13 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from sweeps.report import write_report
+    from sweeps.report import size_label, write_report
 
     findings = write_report(args.out)
     for o in findings["optima"]:
         where = "interior" if o["interior"] else "edge of the range"
         print(f"  {o['series']}: best tokens/s per $ at L2 = "
-              f"{o['l2_bytes_per_dollar'] / 2**20:g} MiB ({where})")
+              f"{size_label(o['l2_bytes_per_dollar'])} ({where})")
     print(f"report: {Path(args.out).resolve() / 'report.html'} (and report.md)")
     return 0
 

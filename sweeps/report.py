@@ -68,15 +68,26 @@ def _label(keys, values) -> str:
                      for k, v in zip(keys, values, strict=True))
 
 
-def _mib_axis(ax) -> None:
+def size_label(nbytes: float) -> str:
+    """A byte count as a reader reads it: ``512 KiB``, ``1 MiB``, ``1.5 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:g} {unit}"
+    return f"{nbytes:g} B"
+
+
+def _l2_axis(ax, sizes) -> None:
+    """An L2-size x axis in bytes: powers of two evenly spaced (log 2), one tick per size
+    swept, labelled in KiB/MiB."""
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xticks(sizes)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: size_label(v)))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    ax.set_xlabel("L2 size")
 
 
 def _save(fig, out: Path, name: str) -> None:
-    for ax in fig.axes:
-        if ax.get_xlabel().startswith("L2 size"):
-            _mib_axis(ax)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=110)
     fig.savefig(out / f"{name}.svg")
@@ -99,14 +110,16 @@ def write_report(out: str | Path) -> dict:
                                  "dram_bytes_per_cycle", "hw"]) or ["model"]
     findings: dict = {"points": len(rows), "optima": []}
 
+    sizes = sorted({r["l2_bytes"] for r in rows})
+
     # tokens/s against L2, prefetch on and off
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, s in _series(rows, group_keys + ["prefetch"]).items():
-        ax.plot([r["l2_bytes"] / 2**20 for r in s], [r["tokens_per_s"] for r in s],
+        ax.plot([r["l2_bytes"] for r in s], [r["tokens_per_s"] for r in s],
                 marker="o", linestyle="-" if key[-1] else "--",
                 label=_label(group_keys + ["prefetch"], key))
-    ax.set(xlabel="L2 size (MiB)", ylabel="tokens/s",
-           title="Throughput against L2 size")
+    ax.set(ylabel="tokens/s", title="Throughput against L2 size")
+    _l2_axis(ax, sizes)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, out, "tokens_vs_l2")
@@ -117,38 +130,41 @@ def write_report(out: str | Path) -> dict:
         label = _label(group_keys + ["prefetch"], key)
         for ax, metric in zip(axes, ("tokens_per_s_per_mm2", "tokens_per_s_per_dollar"),
                               strict=True):
-            xs = [r["l2_bytes"] / 2**20 for r in s]
+            xs = [r["l2_bytes"] for r in s]
             line, = ax.plot(xs, [r[metric] for r in s], marker="o",
                             linestyle="-" if key[-1] else "--", label=label)
             l2, value = _optimum(s, metric)
-            ax.plot([l2 / 2**20], [value], marker="*", markersize=14, color=line.get_color())
+            ax.plot([l2], [value], marker="*", markersize=14, color=line.get_color())
         l2, value = _optimum(s, "tokens_per_s_per_dollar")
         interior = s[0]["l2_bytes"] < l2 < s[-1]["l2_bytes"]
         findings["optima"].append({"series": label, "l2_bytes_per_dollar": l2,
                                    "tokens_per_s_per_dollar": value, "interior": interior,
                                    "l2_bytes_per_mm2": _optimum(s, "tokens_per_s_per_mm2")[0]})
-    axes[0].set(xlabel="L2 size (MiB)", ylabel="tokens/s per mm²",
-                title="Performance per area (★ optimum)")
-    axes[1].set(xlabel="L2 size (MiB)", ylabel="tokens/s per $",
-                title="Performance per dollar (★ optimum)")
+    axes[0].set(ylabel="tokens/s per mm²", title="Performance per area (★ optimum)")
+    axes[1].set(ylabel="tokens/s per $", title="Performance per dollar (★ optimum)")
     for ax in axes:
+        _l2_axis(ax, sizes)
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7)
     _save(fig, out, "perf_per_cost")
 
-    # area breakdown per L2 size (first group, prefetch on)
+    # area breakdown per L2 size (first group): one evenly spaced bar per size swept
     base = next(iter(_series(rows, group_keys).values()))
-    sizes = sorted({r["l2_bytes"] for r in base})
+    base_sizes = sorted({r["l2_bytes"] for r in base})
     by_size = {r["l2_bytes"]: r for r in base}
     parts = ("logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    bottom = [0.0] * len(sizes)
+    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(base_sizes)), 4.5))
+    slots = range(len(base_sizes))
+    bottom = [0.0] * len(base_sizes)
     for part in parts:
-        values = [by_size[s][part] for s in sizes]
-        ax.bar([f"{s / 2**20:g}" for s in sizes], values, bottom=bottom,
+        values = [by_size[s][part] for s in base_sizes]
+        ax.bar(slots, values, bottom=bottom, width=0.7,
                label=part.removesuffix("_mm2").replace("_", " "))
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set(xlabel="L2 size (MiB)", ylabel="area (mm²)",
+    for x, total in zip(slots, bottom, strict=True):
+        ax.annotate(f"{total:.3g}", (x, total), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(list(slots), [size_label(s) for s in base_sizes], rotation=45, fontsize=7)
+    ax.set(xlabel="L2 size", ylabel="area (mm²)",
            title=f"Area breakdown ({base[0]['node']}, {base[0]['array']} array)")
     ax.legend()
     _save(fig, out, "area")
@@ -179,7 +195,8 @@ def write_report(out: str | Path) -> dict:
     fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(rows)), 4.5))
     ordered = sorted(rows, key=lambda r: (str([r[k] for k in group_keys]), r["prefetch"],
                                           r["l2_bytes"]))
-    names = [f"{r['l2_bytes'] / 2**20:g}M {'pf' if r['prefetch'] else 'no'}" for r in ordered]
+    names = [f"{size_label(r['l2_bytes'])} {'pf' if r['prefetch'] else 'no pf'}"
+             for r in ordered]
     compute = [r["decode_compute_busy"] / r["decode_step_cycles"] for r in ordered]
     dma = [min(1 - c, r["decode_load_busy"] / r["decode_step_cycles"])
            for c, r in zip(compute, ordered, strict=True)]
@@ -222,7 +239,7 @@ def _roofline(row: dict, out: Path) -> None:
             ax.annotate(name, (intensity, min(peak, bw * intensity)), fontsize=6)
     achieved = cfg.n_params / max(1, row["decode_step_cycles"])     # ~one MAC per weight
     ax.axhline(achieved, color="gray", linestyle=":",
-               label=f"decode step achieved (L2 {row['l2_bytes'] / 2**20:g} MiB, prefetch "
+               label=f"decode step achieved (L2 {size_label(row['l2_bytes'])}, prefetch "
                      f"{'on' if row['prefetch'] else 'off'})")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (MACs per DRAM byte)",
            ylabel="MACs per cycle", title="Roofline with the model's operators")
@@ -248,41 +265,100 @@ CAPTIONS = {
 
 def _write_text(out: Path, rows, findings, group_keys) -> None:
     best = sorted(rows, key=lambda r: -r["tokens_per_s_per_dollar"])[:10]
-    cols = ["l2_bytes", "prefetch", *group_keys, "tokens_per_s", "area_mm2", "cost_dollars",
-            "tokens_per_s_per_mm2", "tokens_per_s_per_dollar"]
-    cols = list(dict.fromkeys(cols))
+    cols = ["l2_bytes", "prefetch", *group_keys, "tokens_per_s", "ttft_s", "tpot_s",
+            "area_mm2", "cost_dollars", "tokens_per_s_per_mm2", "tokens_per_s_per_dollar"]
+    cols = [c for c in dict.fromkeys(cols) if all(c in r for r in best)]
+    headers = {"l2_bytes": "L2", "prefetch": "prefetch", "tokens_per_s": "tokens/s",
+               "ttft_s": "TTFT (s)", "tpot_s": "TPOT (ms)", "area_mm2": "area (mm²)",
+               "cost_dollars": "cost ($)", "tokens_per_s_per_mm2": "tokens/s/mm²",
+               "tokens_per_s_per_dollar": "tokens/s/$"}
 
-    def fmt(v):
+    def fmt(col, v):
+        if col == "l2_bytes":
+            return size_label(v)
+        if col == "prefetch":
+            return "on" if v else "off"
+        if col == "tpot_s":
+            return f"{1e3 * v:.3g}"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    md = ["# Sweep report", "", f"{len(rows)} design points from `{out / 'results.csv'}`.",
-          "", "## Findings", ""]
+    lines = []
     for o in findings["optima"]:
-        md.append(f"- {o['series']}: tokens/s per $ peaks at L2 = "
-                  f"{o['l2_bytes_per_dollar'] / 2**20:g} MiB "
-                  f"({'interior optimum' if o['interior'] else 'at the edge of the range'}); "
-                  f"per mm² at {o['l2_bytes_per_mm2'] / 2**20:g} MiB.")
+        lines.append(f"{o['series']}: tokens/s per $ peaks at L2 = "
+                     f"{size_label(o['l2_bytes_per_dollar'])} "
+                     f"({'an interior optimum' if o['interior'] else 'at the edge of the range'}"
+                     f", {o['tokens_per_s_per_dollar']:.4g} tokens/s/$); per mm² at "
+                     f"{size_label(o['l2_bytes_per_mm2'])}.")
+    spec = _spec_summary(rows, group_keys)
+    md = ["# Sweep report", "", f"{len(rows)} feasible design points from "
+          f"`{out / 'results.csv'}`; {spec}.", "", "## Findings", ""]
+    md += [f"- {line}" for line in lines]
     md += ["", "## Best points (tokens/s per $)", "",
-           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in best]
+           "| " + " | ".join(headers.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for r in best]
     md += ["", "## Figures", ""]
     for name in FIGURES:
         md += [f"![{name}]({name}.png)", "", CAPTIONS[name], ""]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
-    body = ["<h1>Sweep report</h1>", f"<p>{len(rows)} design points.</p>", "<h2>Findings</h2>",
-            "<ul>"]
-    for line in md:
-        if line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-    body += ["</ul>", "<h2>Best points (tokens/s per $)</h2>", "<table border='1'>",
-             "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"]
-    body += ["<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>"
+    esc = html.escape
+    body = ["<header><h1>Sweep report</h1>",
+            f"<p>{len(rows)} feasible design points; {esc(spec)}.</p></header>",
+            "<section><h2>Findings</h2><ul>"]
+    body += [f"<li>{esc(line)}</li>" for line in lines]
+    body += ["</ul></section>", "<section><h2>Best points (tokens/s per $)</h2><table>",
+             "<thead><tr>" + "".join(f"<th>{esc(headers.get(c, c))}</th>" for c in cols)
+             + "</tr></thead><tbody>"]
+    body += ["<tr>" + "".join(f"<td>{esc(fmt(c, r[c]))}</td>" for c in cols) + "</tr>"
              for r in best]
-    body += ["</table>", "<h2>Figures</h2>"]
+    body += ["</tbody></table></section>", "<section><h2>Figures</h2><div class='grid'>"]
     for name in FIGURES:
-        body += [f"<figure><img src='{name}.png' alt='{name}' width='800'>",
-                 f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"]
+        wide = " class='wide'" if name in ("perf_per_cost", "time_breakdown") else ""
+        body += [f"<figure{wide}><a href='{name}.svg'><img src='{name}.png' alt='{name}'></a>",
+                 f"<figcaption>{esc(CAPTIONS[name])}</figcaption></figure>"]
+    body += ["</div></section>"]
     (out / "report.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>Sweep report</title>"
-        "</head><body>" + "\n".join(body) + "</body></html>\n")
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>Sweep report</title><style>{STYLE}</style></head><body><main>"
+        + "\n".join(body) + "</main></body></html>\n")
+
+
+def _spec_summary(rows, group_keys) -> str:
+    """What the sweep held fixed and what it varied, in a sentence."""
+    fixed = []
+    for key in ("model", "hw", "array", "node"):
+        values = sorted({str(r.get(key)) for r in rows})
+        if len(values) == 1 and values[0] != "None":
+            fixed.append(f"{key} {values[0]}")
+    sizes = sorted({r["l2_bytes"] for r in rows})
+    varied = [f"L2 {size_label(sizes[0])} to {size_label(sizes[-1])}"] + [
+        k for k in group_keys if k not in ("model", "hw", "array", "node")]
+    return ", ".join(fixed) + "; varied: " + ", ".join(varied + ["prefetch on/off"])
+
+
+STYLE = """
+body { margin: 0; background: #f6f7f9; color: #1d2330;
+       font: 15px/1.5 system-ui, -apple-system, 'Segoe UI', sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; }
+header h1 { margin: 0 0 4px; font-size: 26px; }
+header p { margin: 0 0 16px; color: #4a5262; }
+section { background: #fff; border: 1px solid #dde1e8; border-radius: 8px;
+          padding: 12px 20px 16px; margin: 16px 0; }
+h2 { font-size: 18px; margin: 8px 0 12px; }
+ul { margin: 0; padding-left: 20px; }
+li { margin: 4px 0; }
+table { border-collapse: collapse; width: 100%; font-size: 13px;
+        font-variant-numeric: tabular-nums; }
+th, td { padding: 5px 10px; border-bottom: 1px solid #e6e9ef; text-align: right;
+         white-space: nowrap; }
+th { background: #eef1f6; font-weight: 600; }
+th:first-child, td:first-child { text-align: left; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr));
+        gap: 16px; }
+figure { margin: 0; }
+figure.wide { grid-column: 1 / -1; }
+figure img { width: 100%; height: auto; border: 1px solid #e6e9ef; border-radius: 4px; }
+figcaption { font-size: 13px; color: #4a5262; margin-top: 4px; }
+"""
