@@ -267,7 +267,7 @@ def _cmd_rtl(args) -> int:
     from rtl.stats import format_table, synth_stats
 
     stats = synth_stats(_rtl_params(args.hw))
-    print(json.dumps(stats, indent=2) if args.json else format_table(stats))
+    print(json.dumps(stats, indent=2) if args.json else format_table(stats, args.modules))
     return 0
 
 
@@ -398,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", default="edge-8x8", help="TOML file or preset name in configs/")
     p.add_argument("-o", "--out", default="build/rtl/verilog", help="folder for `verilog`")
     p.add_argument("--json", action="store_true", help="`stats` as JSON")
+    p.add_argument("--modules", action="store_true",
+                   help="`stats`: every submodule by path too (compute.matmul.array, ...)")
     p.set_defaults(func=_cmd_rtl)
 
     p = sub.add_parser("demo", help="the main job on built-in defaults")

@@ -14,9 +14,15 @@ Sections:
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 2, 4 and 8 devices across L2
   sizes, prefetch on and off.
-* ``prefill``: PE utilisation of the projection GEMMs (``m > R``, ``k >= d_model``) of a
+* ``prefill``: PE utilisation of the projection matmuls (``k >= d_model``) of a
   128-token prefill of Sheared-LLaMA-1.3B (2 layers) on edge-16x16, from the
   instruction-level occupancy of the compiled program's MATMULs.
+* ``density``: tokens/s/mm² of Sheared-LLaMA-1.3B on edge-16x16 (16 nm, prefetch on) for
+  the long-input/short-output (1024/128) and short-input/long-output (128/1024)
+  workloads at the default sweep's optima, as the sweep counts it (generated tokens over
+  the whole die) and as an accelerator paper often does (every token processed, prompt
+  included, over the core: logic, its memories and the L2, without the DRAM PHY), beside
+  the hybrid-systolic-array paper's 247 / 117 (arXiv 2507.09010; MXINT4 weights).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import dataclasses
 import json
 import time
 
-SECTIONS = ("fast", "workload", "l2", "tp", "prefill")
+SECTIONS = ("fast", "workload", "l2", "tp", "prefill", "density")
 
 
 def _emit(row: dict) -> dict:
@@ -133,7 +139,7 @@ def prefill() -> list[dict]:
     for p in build.programs:
         for instr in p.instrs:
             # the projections' weight tiles (not attention's per-head products)
-            if instr.mnemonic == "MATMUL" and instr.m > hw.array_rows and instr.k >= cfg.d_model:
+            if instr.mnemonic == "MATMUL" and instr.k >= cfg.d_model:
                 occ = occupancy(instr, hw)
                 macs += occ.macs
                 cycles += occ.cycles
@@ -142,11 +148,41 @@ def prefill() -> list[dict]:
                    "pe_utilisation": round(macs / (cycles * hw.pes), 3)})]
 
 
+def density() -> list[dict]:
+    from sweeps.runner import evaluate_group
+
+    workloads = {"liso": {"prompt": 1024, "output": 128}, "silo": {"prompt": 128, "output": 1024}}
+    paper = {"liso": 247, "silo": 117}
+    rows = []
+    for workload, l2 in (("liso", 1 << 20), ("silo", 512 << 10), ("liso", 4 << 20),
+                         ("silo", 4 << 20)):
+        point = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm",
+                 "devices": 1, "prefetch": True, "workload": workload,
+                 "link_gbytes_per_s": 16.0, "link_latency_us": 2.0, "l2_bytes": l2}
+        r = evaluate_group([point], workloads)[0]
+        w = workloads[workload]
+        seconds = (r["prefill_cycles"] + r["decode_cycles"]) / 1e9
+        core_mm2 = r["logic_mm2"] + r["logic_memory_mm2"] + r["l2_mm2"]
+        all_tokens_per_s = (w["prompt"] + w["output"]) / seconds
+        rows.append(_emit({
+            "section": "density", "model": "sheared-llama-1.3b", "hw": "edge-16x16",
+            "node": "16nm", "workload": workload, "l2_bytes": l2,
+            "ttft_s": round(r["ttft_s"], 3), "tpot_ms": round(1e3 * r["tpot_s"], 2),
+            "generated_tokens_per_s": round(r["tokens_per_s"], 2),
+            "all_tokens_per_s": round(all_tokens_per_s, 1),
+            "die_mm2": round(r["area_mm2"], 2), "core_mm2": round(core_mm2, 2),
+            "generated_tokens_per_s_per_die_mm2": round(r["tokens_per_s_per_mm2"], 3),
+            "all_tokens_per_s_per_core_mm2": round(all_tokens_per_s / core_mm2, 2),
+            "paper_tokens_per_s_per_mm2": paper[workload]}))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
     args = parser.parse_args(argv)
-    runs = {"fast": fast, "workload": workload, "l2": l2_sweep, "tp": tp, "prefill": prefill}
+    runs = {"fast": fast, "workload": workload, "l2": l2_sweep, "tp": tp, "prefill": prefill,
+            "density": density}
     rows = []
     for name in args.only:
         rows += runs[name]()

@@ -7,7 +7,9 @@ Yosys (``proc; opt; memory_collect; opt``) and reads its JSON netlist. For every
 component (the accelerator's direct submodules, each including its own submodules) it
 reports the coarse cells by type, flip-flop bits (``$*dff*`` widths), memory bits
 (``$mem_v2``), SRAM macro bits (``sram_macro`` instances: the L2 banks, which a real flow
-takes from an SRAM compiler) and an estimate of NAND2 gate equivalents.
+takes from an SRAM compiler) and an estimate of NAND2 gate equivalents; ``modules`` gives
+the same totals for every submodule down to ``MODULE_DEPTH`` levels by instance path
+(``compute.matmul.array``).
 
 The built-in Yosys has no technology mapping, so gate equivalents come from the coarse
 cells by one formula per cell type (``GATE_EQUIVALENTS``): a full adder is 8 NAND2, a
@@ -28,6 +30,8 @@ from pathlib import Path
 from rtl.common import RtlParams
 
 CACHE = Path(__file__).resolve().parents[1] / "build" / "stats"
+MODULE_DEPTH = 3          # submodules reported by path, e.g. compute.matmul.array
+STATS_VERSION = 2         # of what a cached result holds (2: ``modules``)
 SCRIPT = """read_rtlil design.il
 hierarchy -top accelerator
 proc
@@ -96,7 +100,7 @@ def synth_stats(params: RtlParams, cache: Path | None = CACHE) -> dict:
     description, the DRAM size and the RTL sources): a Yosys run takes minutes."""
     from rtl.sim import model_key
 
-    path = cache / f"synth-{model_key(params)}.json" if cache else None
+    path = cache / f"synth-v{STATS_VERSION}-{model_key(params)}.json" if cache else None
     if path and path.exists():
         return json.loads(path.read_text())
     result = _synth_stats(params)
@@ -118,13 +122,15 @@ def _synth_stats(params: RtlParams) -> dict:
 
     own: dict[str, dict] = {}
     children: dict[str, list[str]] = defaultdict(list)
+    instances: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for name, module in modules.items():
         stats = {"cells": Counter(), "flip_flop_bits": 0, "memory_bits": 0, "macro_bits": 0,
                  "gate_equivalents": 0.0}
-        for cell in module.get("cells", {}).values():
+        for cell_name, cell in module.get("cells", {}).items():
             kind = cell["type"]
             if kind in modules:
                 children[name].append(kind)
+                instances[name].append((cell_name.lstrip("\\"), kind))
                 continue
             if kind == "sram_macro":
                 stats["macro_bits"] += 8 * _p(cell, "WIDTH_BYTES") * _p(cell, "DEPTH")
@@ -166,10 +172,25 @@ def _synth_stats(params: RtlParams) -> dict:
         }
     for key in ("cells", "flip_flop_bits", "memory_bits", "macro_bits", "gate_equivalents"):
         result["total"][key] = sum(c[key] for c in result["components"].values())
+    # Every submodule down to MODULE_DEPTH levels, by instance path (compute.matmul.array).
+    result["modules"] = {}
+
+    def walk(module: str, path: str, depth: int) -> None:
+        for instance, kind in instances[module]:
+            sub = f"{path}.{instance}" if path else instance
+            t = total(kind)
+            result["modules"][sub] = {k: round(t[k]) for k in ("flip_flop_bits", "memory_bits",
+                                                               "macro_bits",
+                                                               "gate_equivalents")}
+            if depth < MODULE_DEPTH:
+                walk(kind, sub, depth + 1)
+
+    walk(top, "", 1)
     return result
 
 
-def format_table(stats: dict) -> str:
+def format_table(stats: dict, modules: bool = False) -> str:
+    """The components (and, with ``modules``, every submodule by path) as a table."""
     rows = [f"synthesis statistics: {stats['hardware']} (built-in Yosys, coarse cells)",
             f"  {'component':<16}{'cells':>10}{'flip-flops':>12}{'memory bits':>14}"
             f"{'SRAM macro bits':>17}{'gate eq.':>12}"]
@@ -177,4 +198,10 @@ def format_table(stats: dict) -> str:
     for name, c in items:
         rows.append(f"  {name:<16}{c['cells']:>10,}{c['flip_flop_bits']:>12,}"
                     f"{c['memory_bits']:>14,}{c['macro_bits']:>17,}{c['gate_equivalents']:>12,}")
+    if modules:
+        rows += ["", f"  {'submodule':<36}{'flip-flops':>12}{'memory bits':>14}"
+                     f"{'SRAM macro bits':>17}{'gate eq.':>12}"]
+        for name, c in stats["modules"].items():
+            rows.append(f"  {name:<36}{c['flip_flop_bits']:>12,}{c['memory_bits']:>14,}"
+                        f"{c['macro_bits']:>17,}{c['gate_equivalents']:>12,}")
     return "\n".join(rows)
