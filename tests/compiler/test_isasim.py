@@ -16,6 +16,7 @@ from compiler.semantics import AcceleratorError
 @pytest.mark.parametrize(("overrides", "hw", "prompt_len", "prefetch"), [
     ({}, "edge-8x8", 7, True),                                           # GQA, hd 16
     ({}, "edge-8x8", 7, False),
+    ({}, "edge-8x8", 32, True),        # four array heights, one GEMM tile of rows
     ({"n_kv_heads": 4, "head_dim": 32, "d_model": 128}, "edge-4x4", 19, True),   # MHA, hd 32
     ({"n_heads": 2, "n_kv_heads": 1, "head_dim": 64, "d_model": 128, "qkv_bias": True,
       "tie_embeddings": True}, "edge-8x8", 17, True),                    # MQA, hd 64, bias
