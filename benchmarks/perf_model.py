@@ -14,9 +14,9 @@ Sections:
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 2, 4 and 8 devices across L2
   sizes, prefetch on and off.
-* ``prefill``: PE utilisation of the projection matmuls (``k >= d_model``) of a
-  128-token prefill of Sheared-LLaMA-1.3B (2 layers) on edge-16x16, from the
-  instruction-level occupancy of the compiled program's MATMULs.
+* ``prefill``: PE utilisation of the projection matmuls (those whose weights a DMA_LOAD
+  staged) of a 128-token prefill of Sheared-LLaMA-1.3B (2 layers) on edge-16x16 (16 and
+  4 MiB) and edge-8x8 (1 MiB), from the occupancy of the compiled program's MATMULs.
 * ``density``: tokens/s/mm² of Sheared-LLaMA-1.3B on edge-16x16 (16 nm, prefetch on) for
   the long-input/short-output (1024/128) and short-input/long-output (128/1024)
   workloads at the default sweep's optima, as the sweep counts it (generated tokens over
@@ -128,24 +128,26 @@ def tp() -> list[dict]:
 def prefill() -> list[dict]:
     from arch.hardware import load_hardware
     from arch.occupancy import occupancy
+    from benchmarks.rtl_prefill import projection_matmuls
     from compiler.driver import compile_step
     from models.config import preset
     from models.integer import quant_struct
 
     cfg = dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=2)
-    hw = load_hardware("edge-16x16").replace(l2_bytes=16 << 20)
-    build = compile_step(cfg, quant_struct(cfg), hw, 0, 128)
-    macs = cycles = 0
-    for p in build.programs:
-        for instr in p.instrs:
-            # the projections' weight tiles (not attention's per-head products)
-            if instr.mnemonic == "MATMUL" and instr.k >= cfg.d_model:
-                occ = occupancy(instr, hw)
-                macs += occ.macs
-                cycles += occ.cycles
-    return [_emit({"section": "prefill", "model": cfg.name, "layers": cfg.n_layers,
-                   "hw": hw.name, "tokens": 128, "big_gemm_cycles": cycles,
-                   "pe_utilisation": round(macs / (cycles * hw.pes), 3)})]
+    rows = []
+    for name, l2 in (("edge-16x16", 16 << 20), ("edge-16x16", 4 << 20), ("edge-8x8", 1 << 20)):
+        hw = load_hardware(name).replace(l2_bytes=l2)
+        build = compile_step(cfg, quant_struct(cfg), hw, 0, 128)
+        projections = projection_matmuls(build.programs[0].instrs)
+        cycles = sum(occupancy(i, hw).cycles for i in projections)
+        macs = sum(i.m * i.k * i.n for i in projections)
+        rows.append(_emit({
+            "section": "prefill", "model": cfg.name, "layers": cfg.n_layers, "hw": hw.name,
+            "l2_bytes": l2, "tokens": 128, "chunks": build.programs[0].chunks,
+            "projection_cycles": cycles, "pe_utilisation": round(macs / (cycles * hw.pes), 3),
+            "modes": {m: sum(1 for i in projections if i.mode == v)
+                      for m, v in (("GEMM", 0), ("GEMV", 1))}}))
+    return rows
 
 
 def density() -> list[dict]:
