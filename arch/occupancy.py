@@ -293,6 +293,7 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     gemv = f.mode == MatmulMode.GEMV
     kn = f.w_layout == WeightLayout.KN
     latency = R if gemv else R + hw.array_cols - 1
+    l2_rate = hw.l2_lines_per_cycle
     push = [0, 0]                          # per buffer set: when its tile was announced
     release = [-1, -1]                     # per buffer set: when the feeder released it
     half_free = [0, 0]                     # per accumulator half: when it was read out
@@ -315,7 +316,9 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
                 x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride, x_w, kl, W)
         lines += x_steps + w_steps
         begin = max(filler, release[s] + 1)
-        push[s] = begin + cal.mm_fill_latency + max(x_steps, w_steps)
+        # the two readers in parallel, unless the L2 moves fewer lines than they ask for
+        fill = max(x_steps, w_steps, math.ceil((x_steps + w_steps) / l2_rate))
+        push[s] = begin + cal.mm_fill_latency + fill
         filler = push[s] + 1
         avail = push[s] + 1
         if kt == 0:                        # a group's first block waits for its half
