@@ -1,15 +1,28 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
-from benchmarks import compile_speed, perf_calibration, perf_model, rtl_dma, rtl_tiny, sweep_speed
+from benchmarks import (
+    compile_speed,
+    matmul_calibration,
+    perf_calibration,
+    perf_model,
+    rtl_dma,
+    rtl_gemm,
+    rtl_prefill,
+    rtl_tiny,
+    sweep_speed,
+)
 
 
 def main() -> None:
     compile_speed.main([])
     rtl_dma.main([])
     rtl_tiny.main([])
+    rtl_gemm.main([])
     perf_calibration.main([])
+    matmul_calibration.main([])
     perf_model.main([])
     sweep_speed.main([])
+    rtl_prefill.main([])          # the longest: a 128-token prefill of a 2048-wide layer
 
 
 if __name__ == "__main__":
