@@ -21,7 +21,8 @@ Tiling: a matmul streams weight tiles of ``n_t`` output channels by ``k_t`` inpu
 (``k`` split with accumulation only when one row does not fit a slot); vector
 operations with per-channel parameters go column chunk by column chunk; attention goes
 KV head by KV head, past keys and values in chunks of tokens fetched by ``KV_PREFETCH``
-through the block table, the current step's keys and values read from L2.
+through the block table, the current step's keys and values read from L2, a prefill
+chunk's query rows in ``causal_blocks`` that skip the masked keys.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from arch.hardware import HardwareConfig
-from arch.isa import Instruction, OutBits, WeightLayout, make
+from arch.isa import Instruction, MatmulMode, OutBits, WeightLayout, make
 from arch.occupancy import matmul_mode
 from compiler.image import MemoryMap, align
 from compiler.ir import (
@@ -152,6 +153,16 @@ def staging_tile_bytes(ring_size: int) -> int:
     """The size of one staging slot: a 64th of the ring, at least ``MIN_TILE_BYTES``, at
     most half the ring."""
     return min(ring_size // 2, max(MIN_TILE_BYTES, ring_size // MAX_INFLIGHT_SLOTS))
+
+
+def causal_blocks(rows: int, hw: HardwareConfig) -> list[tuple[int, int]]:
+    """``[first, end)`` blocks of a prefill chunk's query rows for attention over its own
+    keys: a block sees the new keys up to its last row, so the masked upper triangle is
+    not computed. Blocks are a GEMM tile's rows (``matmul_tile``), the granularity that
+    ``driver`` chunks prompts in, so a prompt's attention does the same work in one
+    chunk as in several."""
+    block = hw.matmul_tile(MatmulMode.GEMM)[0]
+    return [(r0, min(rows, r0 + block)) for r0 in range(0, rows, block)]
 
 
 def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int) -> tuple[int, int]:
@@ -371,10 +382,15 @@ class Generator:
             batches = [(g0, min(hw.array_rows, G - g0)) for g0 in range(0, G, hw.array_rows)]
         else:
             batches = [(g, 1) for g in range(G)]
+        blocks = causal_blocks(T, hw)
+        out_stride = 4 * (hd if T == 1 else q_stride)
 
         def rows(count: int) -> tuple[int, int]:
             """Rows of a batch of ``count`` heads, and the byte stride between query rows."""
             return count * T, (hd if T == 1 else q_stride)
+
+        def block_rows(m: int, r0: int, r1: int) -> int:
+            return m if T == 1 else r1 - r0
 
         for kv in range(cfg.n_kv_heads):
             # scores = q . K^T, past keys chunk by chunk, then the new keys from L2
@@ -388,17 +404,23 @@ class Generator:
                         w_addr=slot.addr, out_addr=scores + 4 * (g0 * T * S + c0), m=m, k=hd,
                         n=n, x_stride=x_stride, w_stride=hd, out_stride=4 * S)
                     self.use(slot, index)
+            # the new keys a block of query rows sees: those up to its last row
             for g0, count in batches:
                 m, x_stride = rows(count)
                 head = kv * G + g0
-                self.emit_matmul(accumulate=0, w_layout=WeightLayout.NK,
-                          x_addr=q + head * hd, w_addr=k_new + kv * hd,
-                          out_addr=scores + 4 * (g0 * T * S + start), m=m, k=hd, n=T,
-                          x_stride=x_stride, w_stride=kv_stride, out_stride=4 * S)
+                for r0, r1 in blocks:
+                    self.emit_matmul(
+                        accumulate=0, w_layout=WeightLayout.NK,
+                        x_addr=q + head * hd + r0 * x_stride, w_addr=k_new + kv * hd,
+                        out_addr=scores + 4 * (g0 * T * S + r0 * S + start),
+                        m=block_rows(m, r0, r1), k=hd, n=r1, x_stride=x_stride,
+                        w_stride=kv_stride, out_stride=4 * S)
             for g in range(G):
-                self.emit("SOFTMAX", src_addr=scores + 4 * g * T * S, dst_addr=probs + g * T * S,
-                          rows=T, cols=S, q_pos0=start, src_stride=4 * S, dst_stride=S,
-                          mult=op.sm_mult, shift=op.sm_shift)
+                for r0, r1 in blocks:
+                    self.emit("SOFTMAX", src_addr=scores + 4 * (g * T * S + r0 * S),
+                              dst_addr=probs + g * T * S + r0 * S, rows=r1 - r0,
+                              cols=start + r1, q_pos0=start + r0, src_stride=4 * S,
+                              dst_stride=S, mult=op.sm_mult, shift=op.sm_shift)
             # out = P . V, past values chunk by chunk, then the new values from L2
             for c0, n in chunks:
                 slot = self.kv_prefetch(op.layer, "v", c0, n, kv * hd)
@@ -409,16 +431,18 @@ class Generator:
                         accumulate=int(c0 > 0), w_layout=WeightLayout.KN,
                         x_addr=probs + g0 * T * S + c0, w_addr=slot.addr,
                         out_addr=acc + 4 * head * hd, m=m, k=n, n=hd, x_stride=S, w_stride=hd,
-                        out_stride=4 * (hd if T == 1 else q_stride))
+                        out_stride=out_stride)
                     self.use(slot, index)
             for g0, count in batches:
                 m, _ = rows(count)
                 head = kv * G + g0
-                self.emit_matmul(
-                    accumulate=int(start > 0), w_layout=WeightLayout.KN,
-                    x_addr=probs + g0 * T * S + start, w_addr=v_new + kv * hd,
-                    out_addr=acc + 4 * head * hd, m=m, k=T, n=hd, x_stride=S,
-                    w_stride=kv_stride, out_stride=4 * (hd if T == 1 else q_stride))
+                for r0, r1 in blocks:
+                    self.emit_matmul(
+                        accumulate=int(start > 0), w_layout=WeightLayout.KN,
+                        x_addr=probs + g0 * T * S + r0 * S + start, w_addr=v_new + kv * hd,
+                        out_addr=acc + 4 * head * hd + r0 * out_stride,
+                        m=block_rows(m, r0, r1), k=r1, n=hd, x_stride=S, w_stride=kv_stride,
+                        out_stride=out_stride)
         words = op.att_params
         slot = self.load(self.ctx.param_addr(words), 1, 4, 4)
         index = self.emit("REQUANT", out_bits=OutBits.INT8, per_channel=0, has_bias=0,

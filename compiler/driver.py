@@ -27,7 +27,13 @@ import numpy as np
 from arch.hardware import HardwareConfig
 from arch.isa import COUNTERS, INSTR_BYTES, Instruction
 from compiler.asm import disassemble, encode_program, write_program
-from compiler.backend import MIN_RING_BYTES, BuildContext, generate, plan_activations
+from compiler.backend import (
+    MIN_RING_BYTES,
+    BuildContext,
+    causal_blocks,
+    generate,
+    plan_activations,
+)
 from compiler.frontend import lower_step
 from compiler.image import DramImage, MemoryMap, align, block_table, param_bytes, param_size
 from compiler.ir import CompileError, Graph, Param, ParamWords
@@ -116,10 +122,25 @@ def _fits(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> bool:
     return align(end) + MIN_RING_BYTES <= hw.l2_bytes
 
 
+def prefill_chunk_sizes(n_prompt: int, hw: HardwareConfig):
+    """The chunk sizes a prefill of ``n_prompt`` tokens tries, largest first: the whole
+    prompt, then halving, rounded down to a multiple of the causal block
+    (``backend.causal_blocks``) while at least one block, so that every chunking of a
+    prompt splits its attention into the same blocks and a larger chunk only saves the
+    weights' reloads."""
+    block = causal_blocks(n_prompt, hw)[0][1] if n_prompt > 1 else 1
+    chunk = n_prompt
+    yield chunk
+    while chunk > 1:
+        chunk = max(1, chunk // 2)
+        if chunk >= block:
+            chunk -= chunk % block
+        yield chunk
+
+
 def _prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int) -> list[Graph]:
     """Prefill as chunks whose activations fit L2 (the whole prompt when it fits)."""
-    chunk = n_prompt
-    while True:
+    for chunk in prefill_chunk_sizes(n_prompt, hw):
         graphs = []
         for start in range(0, n_prompt, chunk):
             n = min(chunk, n_prompt - start)
@@ -127,7 +148,7 @@ def _prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int) -> 
                                      name=f"prefill@{start}"))
         if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
             return graphs
-        chunk = max(1, chunk // 2)
+    raise AssertionError("unreachable: a chunk of 1 is always returned")
 
 
 def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:

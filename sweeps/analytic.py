@@ -48,9 +48,11 @@ from arch.uarch import DEFERRED, QUEUE_DEPTH
 from compiler.backend import (
     MAX_INFLIGHT_SLOTS,
     MIN_RING_BYTES,
+    causal_blocks,
     matmul_tiling,
     staging_tile_bytes,
 )
+from compiler.driver import prefill_chunk_sizes
 from compiler.image import align
 from compiler.ir import CompileError
 from compiler.schedule import LOOKAHEAD
@@ -172,18 +174,27 @@ class _Stream:
                           k=k, n=n, x_stride=k, w_stride=n if kn else k, out_stride=4 * n)
             return self.compute(make("MATMUL", mode=matmul_mode(self.hw, **fields), **fields))
 
+        # a prefill chunk's query rows in causal blocks (``backend.causal_blocks``)
+        blocks = causal_blocks(T, self.hw)
+
+        def rows_of(m, r0, r1):
+            return m if T == 1 else r1 - r0
+
         for _ in range(cfg.n_kv_heads):
             for n in chunks:
                 self.add(prefetch(n), sum(mm(m, hd, n, 0) for m in batches), n * hd)
-            self.add(0, sum(mm(m, hd, T, 0) for m in batches))
+            self.add(0, sum(mm(rows_of(m, r0, r1), hd, r1, 0) for m in batches
+                            for r0, r1 in blocks))
             for _ in range(G):
-                self.vector(make("SOFTMAX", src_addr=0, dst_addr=0, rows=T, cols=S,
-                                 q_pos0=position, src_stride=4 * S, dst_stride=S, mult=1,
-                                 shift=0))
+                for r0, r1 in blocks:
+                    self.vector(make("SOFTMAX", src_addr=0, dst_addr=0, rows=r1 - r0,
+                                     cols=position + r1, q_pos0=position + r0,
+                                     src_stride=4 * S, dst_stride=S, mult=1, shift=0))
             for i, n in enumerate(chunks):
                 self.add(prefetch(n), sum(mm(m, n, hd, 1, int(i > 0)) for m in batches),
                          n * hd)
-            self.add(0, sum(mm(m, T, hd, 1, int(position > 0)) for m in batches))
+            self.add(0, sum(mm(rows_of(m, r0, r1), r1, hd, 1, int(position > 0))
+                            for m in batches for r0, r1 in blocks))
         self.add(self.load(1, 4), self.compute(make(
             "REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0, dst_addr=0,
             param_addr=0, bias_addr=0, rows=T, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
@@ -453,21 +464,19 @@ def prefill_activation_bytes(cfg: ModelConfig, tokens: int, position: int) -> in
 
 
 def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int) -> list[tuple[int, int]]:
-    """``(start, tokens)`` chunks: the whole prompt, halved until each chunk's activations
-    and the smallest staging ring fit L2 (``compiler.driver`` does the same)."""
-    chunk = n_tokens
-    while True:
+    """``(start, tokens)`` chunks: the largest of ``driver.prefill_chunk_sizes`` whose
+    chunks' activations and the smallest staging ring fit L2 (``compiler.driver`` does
+    the same)."""
+    for chunk in prefill_chunk_sizes(n_tokens, hw):
         chunks = [(s0, min(chunk, n_tokens - s0)) for s0 in range(0, n_tokens, chunk)]
         if all(prefill_activation_bytes(cfg, t, s0) + MIN_RING_BYTES <= hw.l2_bytes
                for s0, t in chunks):
             return chunks
-        if chunk == 1:
-            raise CompileError(f"L2 too small: a one-token prefill chunk of {cfg.name} at "
-                               f"position {n_tokens - 1} needs "
-                               f"{prefill_activation_bytes(cfg, 1, n_tokens - 1)} bytes of "
-                               f"activations and {MIN_RING_BYTES} of staging, but l2_bytes "
-                               f"= {hw.l2_bytes}")
-        chunk = max(1, chunk // 2)
+    raise CompileError(f"L2 too small: a one-token prefill chunk of {cfg.name} at "
+                       f"position {n_tokens - 1} needs "
+                       f"{prefill_activation_bytes(cfg, 1, n_tokens - 1)} bytes of "
+                       f"activations and {MIN_RING_BYTES} of staging, but l2_bytes "
+                       f"= {hw.l2_bytes}")
 
 
 def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,

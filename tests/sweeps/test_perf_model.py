@@ -97,3 +97,26 @@ def test_prefill_has_no_cliff(tiny_model):
     rises = {n + 1: per_token[n + 1] / per_token[n] for n in range(1, 64)}
     worst = max(rises, key=rises.get)
     assert rises[worst] <= 1.05, (worst, per_token[worst - 1], per_token[worst])
+
+
+def test_a_larger_l2_never_makes_a_step_slower(tiny_model):
+    """tiny on edge-8x8 from 64 KiB to 1 MiB of L2, timed by the instruction-level model:
+    prefills whose chunking changes with the L2 (16, 48 and 100 tokens) and decode steps
+    at two KV lengths never take longer with more L2 (prompts are chunked in causal
+    blocks, so a larger chunk only saves weight reloads; loads are hoisted no further
+    than the load queue holds)."""
+    from models.evaluate import build_int_model
+
+    im = build_int_model(tiny_model)
+    sizes = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20]
+    for tokens, position in ((16, 0), (48, 0), (100, 0), (1, 48), (1, 200)):
+        cycles, chunkings = [], []
+        for l2 in sizes:
+            hw = load_hardware("edge-8x8").replace(l2_bytes=l2)
+            program = compile_step(im.cfg, im.qm, hw, position, tokens).programs[0]
+            cycles.append(time_program(program.instrs, hw).cycles)
+            chunkings.append(program.chunks)
+        assert all(b <= a for a, b in zip(cycles, cycles[1:])), (tokens, position, cycles,
+                                                                  chunkings)
+        if tokens > 16:
+            assert len(set(map(tuple, chunkings))) > 1, chunkings     # the test sees a change
