@@ -247,12 +247,24 @@ def _rows_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
     return rows * -(-n // W) + whole * counts[-1] + counts[part]
 
 
+@lru_cache(maxsize=4096)
+def _writer_period(base: int, stride: int, n: int, W: int) -> tuple[int, ...]:
+    """Prefix sums of a row writer's steps over the rows ``base + i * stride`` (``i`` less
+    than the period ``W / gcd(stride, W)`` after which the alignments repeat)."""
+    counts = [0]
+    for i in range(W // math.gcd(stride, W)):
+        addr = base + i * stride
+        counts.append(counts[-1] + _lines(addr, n, W) + (1 if addr % W else 0))
+    return tuple(counts)
+
+
 def _writer_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
     """Steps of a row writer (stream -> L2, from byte 0) over ``rows`` rows of ``n``
     bytes at ``base + i * stride``: each row's destination lines, plus a priming step for
     each row that does not start on a line (as ``dma_occupancy``'s write side)."""
-    return sum(_lines(base + i * stride, n, W) + (1 if (base + i * stride) % W else 0)
-               for i in range(rows))
+    counts = _writer_period(base % W, stride % W, n, W)
+    whole, part = divmod(rows, len(counts) - 1)
+    return whole * counts[-1] + counts[part]
 
 
 def matmul_tiles(f, hw: HardwareConfig) -> list[tuple[int, int, int, int, int, int]]:
@@ -323,14 +335,24 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         avail = push[s] + 1
         if kt == 0:                        # a group's first block waits for its half
             avail = max(avail, half_free[group % 2] + 1)
-        for _ in range(-(-kl // R)):
-            if gemv:
-                stream = max(stream + stream_rows, avail)
-            else:
+        blocks = -(-kl // R)
+        if gemv:                           # back to back: mt cycles a block
+            stream = max(stream + stream_rows, avail) + (blocks - 1) * mt
+        else:
+            # a max-plus recurrence; once two blocks advance alike, so do the rest
+            step = None
+            for b in range(blocks):
+                before = (load, stream)
                 load = max(load + R, stream + 1, push[s] + 1)
                 stream = max(load + 1, stream + stream_rows, avail)
-            stream_rows = mt
-            avail = NEVER
+                stream_rows, avail = mt, NEVER
+                delta = (load - before[0], stream - before[1])
+                if delta == step:
+                    load += (blocks - 1 - b) * delta[0]
+                    stream += (blocks - 1 - b) * delta[1]
+                    break
+                step = delta
+        stream_rows = mt
         last_row = stream + mt
         release[s] = last_row if gemv or last_row > load + R else load + R + 1
         s ^= 1
