@@ -30,8 +30,8 @@ layer boundaries).
 
 A workload's decode steps differ only in KV length, and a step's time is affine in the
 KV length between changes of the KV chunking; ``workload`` times steps at a few sample
-positions and integrates the piecewise-linear interpolation (``benchmarks.perf_fast``
-checks it against step-by-step timing).
+positions and integrates the piecewise-linear interpolation (``python -m
+benchmarks.perf_model --only workload`` checks it against step-by-step timing).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ The model has two levels (``docs/perf.md``):
    engine has drained.
 
 The model is checked against the RTL's cycle counters on the same programs
-(``tests/rtl/test_perf_vs_rtl.py``); ``accel verify`` reports the error.
+(``tests/rtl/test_tiny_rtl.py``, ``tests/rtl/test_accelerator.py``); ``accel verify``
+reports the error.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_a_larger_l2_never_makes_a_step_slower(tiny_model):
             program = compile_step(im.cfg, im.qm, hw, position, tokens).programs[0]
             cycles.append(time_program(program.instrs, hw).cycles)
             chunkings.append(program.chunks)
-        assert all(b <= a for a, b in zip(cycles, cycles[1:])), (tokens, position, cycles,
-                                                                  chunkings)
+        assert all(cycles[i + 1] <= cycles[i] for i in range(len(cycles) - 1)), (
+            tokens, position, cycles, chunkings)
         if tokens > 16:
             assert len(set(map(tuple, chunkings))) > 1, chunkings     # the test sees a change
