@@ -32,6 +32,7 @@ reports the error.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -90,6 +91,30 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
     return timing
 
 
+class _Usage:
+    """The L2 lines one engine's instructions use up to a cycle: each instruction takes its
+    lines evenly over its interval. The intervals come in program order, and an engine's
+    begin and end in order, so ``lines(t)`` is a prefix sum and a walk back over the few
+    intervals still open at ``t``."""
+
+    def __init__(self, intervals: list[tuple[float, float, float]]):
+        self.starts = [b for b, _, _ in intervals]
+        self.ends = [e for _, e, _ in intervals]
+        self.rates = [r for _, _, r in intervals]
+        self.cum = [0.0]
+        for b, e, r in intervals:
+            self.cum.append(self.cum[-1] + r * (e - b))
+
+    def lines(self, t: float) -> float:
+        k = bisect.bisect_right(self.starts, t)
+        total = self.cum[k]
+        j = k - 1
+        while j >= 0 and self.ends[j] > t:         # started, not ended: only part of it
+            total -= self.rates[j] * (self.ends[j] - t)
+            j -= 1
+        return total
+
+
 def _l2_contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                    write_start: list[float], delay: list[int]) -> list[int]:
     """The cycles each DMA instruction's copier waits for the L2, given the last pass's
@@ -110,6 +135,7 @@ def _l2_contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         lo = timing.begin[i] if occ.copies is None else write_start[i]
         hi = timing.end[i]
         intervals[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
+    usage = {e: _Usage(v) for e, v in intervals.items()}
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
     out = list(delay)
     for i in range(n):
@@ -117,11 +143,7 @@ def _l2_contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         if occ is None or occ.copies is None or not occ.l2_lines:
             continue
         lo, hi = write_start[i], timing.end[i]
-        used = 0.0
-        for e in above[instrs[i].engine]:
-            for b, f, rate in intervals[e]:
-                if f > lo and b < hi:
-                    used += rate * (min(f, hi) - max(b, lo))
+        used = sum(usage[e].lines(hi) - usage[e].lines(lo) for e in above[instrs[i].engine])
         free_running = hi - lo - delay[i]
         out[i] = max(0, math.ceil((occ.l2_lines + used) / per_cycle - free_running))
     return out
