@@ -9,6 +9,10 @@ Sections:
 * ``fast``: one decode step (KV length 511) of each 1B-class preset on edge-16x16 with the
   analytic fast path: wall time from a cold cache, tokens/s, and the fraction of the
   DRAM-bandwidth roofline (weights and KV bytes at ``dram_bytes_per_cycle``) reached.
+* ``fidelity``: the fast path against the instruction-level model on compiled programs:
+  decode steps (tiny, Sheared-LLaMA-1.3B and Qwen2.5-0.5B with 2 layers, on two L2
+  sizes each, prefetch on and off) and prefills (tiny, 8 and 32 tokens; Sheared-LLaMA-1.3B
+  with 2 layers, 128 tokens).
 * ``workload``: a workload's decode steps (qwen2.5-0.5b, 64 steps after a 448-token
   prompt) by sampling and interpolation, against timing every step.
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
@@ -32,7 +36,7 @@ import dataclasses
 import json
 import time
 
-SECTIONS = ("fast", "workload", "l2", "tp", "prefill", "density")
+SECTIONS = ("fast", "fidelity", "workload", "l2", "tp", "prefill", "density")
 
 
 def _emit(row: dict) -> dict:
@@ -125,6 +129,48 @@ def tp() -> list[dict]:
     return rows
 
 
+def fidelity() -> list[dict]:
+    from arch.hardware import load_hardware
+    from compiler.driver import compile_step
+    from models.config import preset
+    from models.integer import quant_struct
+    from sweeps import analytic
+    from sweeps.perf import time_program
+
+    def two_layers(name):
+        return dataclasses.replace(preset(name), n_layers=2)
+
+    decode = [(preset("tiny"), "edge-8x8", l2, kv) for l2 in (64 << 10, 1 << 20)
+              for kv in (6, 100)]
+    decode += [(preset("tiny"), "edge-4x4", 256 << 10, kv) for kv in (6, 100)]
+    decode += [(two_layers("sheared-llama-1.3b"), "edge-8x8", l2, 200)
+               for l2 in (1 << 20, 8 << 20)]
+    decode += [(two_layers("qwen2.5-0.5b"), "edge-16x16", l2, 900) for l2 in (2 << 20, 32 << 20)]
+    prefills = [(preset("tiny"), "edge-8x8", 64 << 10, t) for t in (8, 32)]
+    prefills += [(preset("tiny"), "edge-4x4", 256 << 10, t) for t in (8, 32)]
+    prefills += [(two_layers("sheared-llama-1.3b"), "edge-16x16", l2, 128)
+                 for l2 in (4 << 20, 16 << 20)]
+    rows = []
+    for kind, cases in (("decode", decode), ("prefill", prefills)):
+        for cfg, hw_name, l2, n in cases:
+            hw = load_hardware(hw_name).replace(l2_bytes=l2)
+            for prefetch in (False, True):
+                if kind == "decode":
+                    build = compile_step(cfg, quant_struct(cfg), hw, n, 1, prefetch=prefetch)
+                    fast = analytic.decode_step(cfg, hw, n, prefetch).cycles
+                else:
+                    build = compile_step(cfg, quant_struct(cfg), hw, 0, n, prefetch=prefetch)
+                    fast = analytic.prefill(cfg, hw, n, prefetch).cycles
+                exact = time_program(build.programs[0].instrs, hw).cycles
+                rows.append(_emit({
+                    "section": "fidelity", "kind": kind, "model": cfg.name,
+                    "layers": cfg.n_layers, "hw": hw.name, "l2_bytes": l2,
+                    "kv_length" if kind == "decode" else "tokens": n, "prefetch": prefetch,
+                    "instruction_level_cycles": exact, "fast_path_cycles": fast,
+                    "error_pct": round(100 * (fast - exact) / exact, 2)}))
+    return rows
+
+
 def prefill() -> list[dict]:
     from arch.hardware import load_hardware
     from arch.occupancy import occupancy
@@ -183,8 +229,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
     args = parser.parse_args(argv)
-    runs = {"fast": fast, "workload": workload, "l2": l2_sweep, "tp": tp, "prefill": prefill,
-            "density": density}
+    runs = {"fast": fast, "fidelity": fidelity, "workload": workload, "l2": l2_sweep, "tp": tp,
+            "prefill": prefill, "density": density}
     rows = []
     for name in args.only:
         rows += runs[name]()

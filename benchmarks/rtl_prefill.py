@@ -77,9 +77,18 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     dram[base:base + len(extra) * INSTR_BYTES] = np.frombuffer(encode_program(extra), np.uint8)
     isa = IsaSimulator(hw, dram.copy())
     isa.run(program_from_dram(build, isa.dram, prefill.name))
+    timing = time_program(prefill.instrs, hw, build.image.read_i32)
+    alone_model = time_program(extra, hw)
     model = build_model(RtlParams(hw, dram_bytes=dram.size, macros=True))
+    # A program may run for twice the cycles the performance model gives it.
+    budget = 2 * max(timing.cycles, alone_model.cycles)
     job = run_job(model, dram, [(prefill.name, build.mmap[f"program:{prefill.name}"].offset),
-                                ("projections", base)], {"all": (0, base)})
+                                ("projections", base)], {"all": (0, base)}, max_cycles=budget)
+    for entry in job.programs:
+        if not entry["done"]:
+            why = (f"ran past its budget of {budget:,} cycles" if entry["timed_out"]
+                   else f"stopped with error code {entry['error_code']}")
+            raise SystemExit(f"rtl_prefill: {hw.name}: program {entry['name']} {why}")
     counters = job.programs[0]["counters"]
     alone = job.programs[1]["counters"]
     rtl_dram = job.reads["all"]
@@ -88,8 +97,6 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
 
     rtl = RunResult(tokens_rtl, logits, kv, {prefill.name: counters}, rtl_dram,
                     job.wall_seconds)
-    timing = time_program(prefill.instrs, hw, build.image.read_i32)
-    alone_model = time_program(extra, hw)
     macs = sum(i.m * i.k * i.n for i in projections)
     return {
         "hw": hw.name, "l2_bytes": hw.l2_bytes, "model": cfg.name, "tokens": tokens,

@@ -44,6 +44,12 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
     perf = time_build(build)
     errors = {name: round(100 * (perf.programs[name].cycles - c["cycles"]) / c["cycles"], 2)
               for name, c in rtl.counters.items()}
+    # Each busy counter's error over the programs, as [lowest, highest] per cent.
+    busy = {}
+    for key in ("load_busy", "compute_busy", "store_busy", "dram_busy_cycles"):
+        e = [100 * (perf.programs[name].counters()[key] - c[key]) / c[key]
+             for name, c in rtl.counters.items() if c[key]]
+        busy[key] = [round(min(e), 1), round(max(e), 1)]
     return {
         "hw": hw.name, "l2_bytes": hw.l2_bytes, "prefetch": prefetch,
         "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram)["bit_exact"],
@@ -66,6 +72,7 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
         "rtl_cycles": {name: c["cycles"] for name, c in rtl.counters.items()},
         "perf_error_pct": errors,
         "perf_max_abs_error_pct": max(abs(e) for e in errors.values()),
+        "busy_error_pct": busy,
     }
 
 
@@ -106,6 +113,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['cycles_per_second']:>10,.0f}{r['decode_cycles_per_second']:>10,.0f}"
               f"{r['verilator_build_seconds']:>9.0f}"
               f"{r['perf_max_abs_error_pct']:>17.2f}%")
+    print("busy counters, performance model against RTL, lowest to highest over the programs:")
+    for r in rows:
+        print(f"{r['hw']:<10}{'on' if r['prefetch'] else 'off':<5}" + "".join(
+            f"  {k}: {lo:+.1f}% to {hi:+.1f}%" for k, (lo, hi) in r["busy_error_pct"].items()))
     return rows
 
 

@@ -144,7 +144,7 @@ def _prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int) -> 
         graphs = []
         for start in range(0, n_prompt, chunk):
             n = min(chunk, n_prompt - start)
-            graphs.append(lower_step(cfg, qm, start, n, store_token=start + n == n_prompt,
+            graphs.append(lower_step(cfg, qm, start, n, head=start + n == n_prompt,
                                      name=f"prefill@{start}"))
         if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
             return graphs

@@ -75,14 +75,14 @@ class KvUpdated:
     new: Tensor
 
 
-def trace_step(cfg: ModelConfig, qm, start: int, n_tokens: int):
+def trace_step(cfg: ModelConfig, qm, start: int, n_tokens: int, head: bool = True):
     """The closed jaxpr of one greedy step, and the dotted names of ``qm``'s leaves."""
     cache_row = jax.ShapeDtypeStruct((cfg.max_seq_len, cfg.n_kv_heads, cfg.head_dim), jnp.int8)
     cache = {"k": (cache_row,) * cfg.n_layers, "v": (cache_row,) * cfg.n_layers}
     tokens = jax.ShapeDtypeStruct((n_tokens,), jnp.int32)
 
     def step(qm, cache, tokens):
-        return int_step(qm, cache, tokens, start, cfg)
+        return int_step(qm, cache, tokens, start, cfg, head)
 
     with jax.enable_x64(True):
         closed = jax.make_jaxpr(step)(qm, cache, tokens)
@@ -100,10 +100,9 @@ def _where(eqn) -> str:
 class Lowering:
     """The state of one walk: the environment and the graph being built."""
 
-    def __init__(self, graph: Graph, store_token: bool):
+    def __init__(self, graph: Graph):
         self.graph = graph
         self.env: dict = {}
-        self.store_token = store_token
         self.counter = 0
 
     # -- environment -------------------------------------------------------------------
@@ -350,17 +349,20 @@ KERNELS: dict[str, Rule] = {
 }
 
 
-def lower_step(cfg: ModelConfig, qm, start: int, n_tokens: int, store_token: bool = True,
+def lower_step(cfg: ModelConfig, qm, start: int, n_tokens: int, head: bool = True,
                name: str | None = None) -> Graph:
-    """The IR graph of one step: ``n_tokens`` tokens from position ``start``."""
+    """The IR graph of one step: ``n_tokens`` tokens from position ``start``. With
+    ``head`` (a decode step, a prompt's last prefill chunk) the step also computes the
+    last token's logits (written at row ``start + n_tokens - 1`` of the logits region) and
+    the next token; without it (an earlier prefill chunk) only the KV cache."""
     if n_tokens <= 0:
         raise CompileError("a step needs at least one token")
     if start + n_tokens > cfg.max_seq_len:
         raise CompileError(f"positions {start}..{start + n_tokens - 1} exceed the model's "
                            f"context of {cfg.max_seq_len} tokens")
-    closed, names, values = trace_step(cfg, qm, start, n_tokens)
+    closed, names, values = trace_step(cfg, qm, start, n_tokens, head)
     graph = Graph(name or f"step@{start}", start, n_tokens)
-    lw = Lowering(graph, store_token)
+    lw = Lowering(graph)
     jaxpr = closed.jaxpr
     n_params = len(names)
     inputs: list = []
@@ -373,9 +375,11 @@ def lower_step(cfg: ModelConfig, qm, start: int, n_tokens: int, store_token: boo
     consts = [Known(np.asarray(c)) for c in closed.consts]
     for var, value in zip(jaxpr.constvars, consts, strict=True):
         lw.env[var] = value
-    logits, token, *new_caches = lw.walk(jaxpr, inputs)
-    graph.ops.append(Output(_tensor(logits, "the logits"), "logits", start))
-    if store_token:
+    outs = lw.walk(jaxpr, inputs)
+    new_caches = outs[2:] if head else outs
+    if head:
+        logits, token = outs[:2]
+        graph.ops.append(Output(_tensor(logits, "the logits"), "logits", start + n_tokens - 1))
         graph.ops.append(Output(_tensor(token, "the next token"), "token", start + n_tokens))
     if not all(isinstance(c, KvUpdated) for c in new_caches):
         raise CompileError("every layer's KV cache must be updated by kv_write")

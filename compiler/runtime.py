@@ -5,7 +5,8 @@ Contract
 ``run_build(build, sim="isa"|"rtl")`` starts each program of the build in turn on a
 backend that shares one DRAM across programs (the ISA simulator, or the Verilator model
 of the RTL under cocotb, built once per configuration) and returns a ``RunResult``: the
-generated tokens, the logits of every position, the KV cache gathered back through the
+generated tokens, the logits the device computed (one row per generated token: the last
+prompt token's, then each decode step's), the KV cache gathered back through the
 block table, each program's counters and the final DRAM. The instructions are fetched
 from the DRAM image, as the hardware does. An RTL program that stops in the error state
 raises ``AcceleratorError`` with its code and instruction index.
@@ -36,7 +37,7 @@ from models.integer import init_int_cache, int_decode_step, int_prefill
 @dataclass
 class RunResult:
     tokens: list[int]                 # the generated tokens
-    logits: np.ndarray                # [positions, vocab] int16
+    logits: np.ndarray                # [generated tokens, vocab] int16
     kv: dict[str, np.ndarray]         # "k"/"v": [n_layers, positions, n_kv_heads, head_dim] int8
     counters: dict[str, dict[str, int]]
     dram: np.ndarray | None = None    # the final DRAM image
@@ -70,7 +71,7 @@ def read_results(build: Build, dram: np.ndarray) -> tuple[list[int], np.ndarray,
             rows = np.concatenate([blocks[table[i]] for i in range(len(table))])[:positions]
             layers.append(rows.reshape(positions, cfg.n_kv_heads, cfg.head_dim))
         kv[kind] = np.stack(layers)
-    return generated, logits[:positions - 1].copy(), kv
+    return generated, logits[n_prompt - 1:positions - 1].copy(), kv
 
 
 def run_build(build: Build, sim: str = "isa", check_races: bool = True,
@@ -144,7 +145,7 @@ def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResul
     cfg = im.cfg
     cache = init_int_cache(cfg)
     logits, cache = int_prefill(im.qm, cache, prompt, cfg)
-    rows = [np.asarray(logits)]
+    rows = [np.asarray(logits)[-1:]]          # the accelerator computes the last row only
     tokens = [int(np.argmax(rows[-1][-1]))]
     for i in range(max_new_tokens - 1):
         step, cache = int_decode_step(im.qm, cache, tokens[-1], len(prompt) + i, cfg)

@@ -291,8 +291,8 @@ def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
     return h_TxD, cache_k, cache_v
 
 
-def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
-    """int16 logits ``[T, vocab]`` for tokens at positions ``start..``, and the new cache."""
+def _int_layers(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
+    """The residual stream ``[T, d_model]`` (int16) after every layer, and the new cache."""
     h = embedding(qm["embed"], tokens_T)
     ks, vs = [], []
     for i, ql in enumerate(qm["layers"]):
@@ -300,17 +300,35 @@ def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
             h, k, v = int_layer(ql, h, cache["k"][i], cache["v"][i], start, qm["rope_freq"], cfg)
         ks.append(k)
         vs.append(v)
+    return h, {"k": tuple(ks), "v": tuple(vs)}
+
+
+def _int_head(qm: QuantModel, h):
+    """int16 logits ``[rows, vocab]`` of residual rows ``h``: final RMSNorm, LM head."""
     fn = qm["final_norm"]
     xf = rmsnorm(h, fn["mult"], fn["shift"], fn["eps"])
-    logits = requant(N.qmatmul(xf, qm["lm_head"]), qm["logits"]["mult"], qm["logits"]["shift"],
-                     bits=N.RESID_BITS)
-    return logits, {"k": tuple(ks), "v": tuple(vs)}
+    return requant(N.qmatmul(xf, qm["lm_head"]), qm["logits"]["mult"], qm["logits"]["shift"],
+                   bits=N.RESID_BITS)
 
 
-def int_step(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
-    """One greedy step as the accelerator runs it: logits of the new tokens, the next
-    token (argmax of the last row) and the updated cache."""
-    logits, cache = int_run(qm, cache, tokens_T, start, cfg)
+def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
+    """int16 logits ``[T, vocab]`` for tokens at positions ``start..``, and the new cache."""
+    h, cache = _int_layers(qm, cache, tokens_T, start, cfg)
+    return _int_head(qm, h), cache
+
+
+def int_step(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig,
+             head: bool = True):
+    """One greedy step as the accelerator runs it: the int16 logits ``[1, vocab]`` of the
+    last new token, the next token (their argmax) and the updated cache. Only the last
+    token's logits are computed, as serving engines do (vLLM samples from the last
+    position of a prompt): the LM head of the other prompt rows would be work and L2 no
+    output uses. With ``head=False`` (a prefill chunk before the last) only the cache is
+    returned, as ``(None, None, cache)``."""
+    h, cache = _int_layers(qm, cache, tokens_T, start, cfg)
+    if not head:
+        return None, None, cache
+    logits = _int_head(qm, h[-1:])
     return logits, argmax(logits[-1]), cache
 
 

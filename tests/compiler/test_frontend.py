@@ -27,7 +27,7 @@ def test_unsupported_primitive_names_itself_and_the_source_line():
 
     x = new_tensor("x", (4, 8), "int32")
     jaxpr = jax.make_jaxpr(model)(jax.ShapeDtypeStruct((4, 8), jnp.float32))
-    lw = Lowering(Graph("g", 0, 1), store_token=False)
+    lw = Lowering(Graph("g", 0, 1))
     with pytest.raises(CompileError, match=r"cannot lower primitive 'exp' \(from .*"
                                            r"test_frontend.py:\d+"):
         lw.walk(jaxpr.jaxpr, [x])
@@ -38,7 +38,7 @@ def test_constant_subexpressions_are_evaluated():
         return start + jnp.arange(4, dtype=jnp.int32)
 
     jaxpr = jax.make_jaxpr(positions)(jnp.int32(7))
-    lw = Lowering(Graph("g", 0, 1), store_token=False)
+    lw = Lowering(Graph("g", 0, 1))
     from compiler.frontend import Known
 
     (out,) = lw.walk(jaxpr.jaxpr, [Known(np.int32(7))])

@@ -32,7 +32,7 @@ def test_bit_exact_with_integer_reference(small_config, int_model, overrides, hw
     result = run_build(build)
     verdict = compare(result, reference_generation(im, prompt, 5))
     assert verdict["bit_exact"], verdict
-    assert verdict["tokens_compared"] == 5 and verdict["logit_rows_compared"] == prompt_len + 4
+    assert verdict["tokens_compared"] == 5 and verdict["logit_rows_compared"] == 5
     counters = result.counters["decode_000"]
     assert counters["dram_read_bytes"] > 0 and counters["array_macs"] > 0
 

@@ -28,6 +28,12 @@ def test_fast_path_agrees_with_the_instruction_level_model(tiny_model, hw_name, 
         exact = time_program(build.programs[0].instrs, hw).cycles
         fast = decode_step(cfg, hw, position, prefetch).cycles
         assert abs(fast - exact) <= 0.10 * exact, (position, fast, exact)
+    # Prefills, also with a vocabulary large enough that the LM head weighs like a layer.
+    for c, tokens in ((cfg, 8), (cfg, 32), (dataclasses.replace(cfg, vocab_size=4096), 32)):
+        build = compile_step(c, quant_struct(c), hw, 0, tokens, prefetch=prefetch)
+        exact = time_program(build.programs[0].instrs, hw).cycles
+        fast = prefill(c, hw, tokens, prefetch).cycles
+        assert abs(fast - exact) <= 0.10 * exact, (c.vocab_size, tokens, fast, exact)
 
 
 def test_memoised_occupancy_is_exact():
