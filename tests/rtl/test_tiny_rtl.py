@@ -52,24 +52,26 @@ def test_tiny_is_bit_exact_on_the_rtl(runs, tiny_int):
         assert counters["compute_busy"] > 0 and counters["load_busy"] > 0
 
 
-# Busy counters the model does not predict within 5%, and why (docs/perf.md, "What the
-# model leaves out"): with prefetch the load engine overlaps the compute engine, whose L2
-# ports win bank conflicts, so the RTL's DMA engines stretch while the model times each
-# engine alone; on edge-4x4 the model's GEMV is 6% long (its flush, fitted on edge-8x8;
-# benchmarks/perf_calibration.py), up to +5.9% of compute busy. Program cycles are
-# asserted on every configuration.
+# Busy counters the model does not predict within 5%, and why (docs/perf.md, "L2 shared
+# between engines"): with prefetch a DMA instruction overlaps compute instructions whose
+# L2 ports win bank conflicts; the model gives each DMA instruction the lines the others
+# leave over its whole interval, while the RTL's copier loses them in bursts, so on
+# edge-8x8 the load engine's instructions end 6-8% later than modelled and on edge-4x4 the
+# store engine, second in priority, holds a KV_APPEND open behind the compute engine's
+# streams (its busy up to 54% longer; the step is not delayed: compute is the bottleneck).
+# Program cycles and every other counter are asserted on every configuration.
 KNOWN_GAPS = {("edge-8x8", True): {"load_busy"},
-              ("edge-4x4", True): {"load_busy", "compute_busy"},
-              ("edge-4x4", False): {"compute_busy"}}
+              ("edge-4x4", True): {"store_busy"}}
+BUSY = ("load_busy", "compute_busy", "store_busy", "dram_busy_cycles")
 
 
 def test_performance_model_agrees_with_the_rtl(runs):
     """The perf rung: every program's cycle count within 5% of the RTL's, and the engines'
-    busy cycles within 5% except for the gaps named in ``KNOWN_GAPS``."""
+    and the DRAM's busy cycles within 5% except for the gaps named in ``KNOWN_GAPS``."""
     _, build, _, rtl = runs
     hw_name, prefetch = build.hw.name, build.prefetch
     timing = time_build(build)
-    checked = {"load_busy", "compute_busy"} - KNOWN_GAPS.get((hw_name, prefetch), set())
+    checked = set(BUSY) - KNOWN_GAPS.get((hw_name, prefetch), set())
     for name, counters in rtl.counters.items():
         model = timing.programs[name].counters()
         error = (model["cycles"] - counters["cycles"]) / counters["cycles"]
