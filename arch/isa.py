@@ -57,8 +57,8 @@ class ErrorCode(enum.IntEnum):
 
 
 class MatmulMode(enum.IntEnum):
-    GEMM = 0   # systolic, weights stationary per tile: prefill
-    GEMV = 1   # weights stream through the array with no preload bubble: decode
+    GEMM = 0   # weight stationary per block, double-buffered: each weight serves 4R rows
+    GEMV = 1   # a fresh weight block every cycle, no preload (the compiler picks the faster)
 
 
 class WeightLayout(enum.IntEnum):
@@ -177,7 +177,7 @@ OPCODES: tuple[OpSpec, ...] = (
     ), "Write the performance counters (COUNTERS, 64 bits each) to DRAM."),
     # -- compute engine: the hybrid systolic array ------------------------------------
     OpSpec("MATMUL", 0x30, Engine.COMPUTE, (
-        Field("mode", 1, "GEMM (systolic, prefill) or GEMV (weight streaming, decode)",
+        Field("mode", 1, "GEMM (weight stationary) or GEMV (weight streaming)",
               enum=MatmulMode),
         _n("accumulate", 1, "add into the existing int32 output instead of overwriting"),
         Field("w_layout", 1, "NK: w[n][k]; KN: w[k][n]", enum=WeightLayout),

@@ -18,7 +18,8 @@ by ``2 W`` bytes, so that both fill the same x buffer. Where the rows left are b
 one and two tiles' worth, they are split evenly between the last two tiles, so that no
 tile is much shorter than the array is tall.
 
-Five components, joined by streams and memory ports:
+Six components, joined by streams and memory ports (``TileBuffers``: the x buffer and the
+``C`` weight buffers, two sets of each, written by the filler and read by the feeder):
 
 1. ``TileFiller`` reads each tile's x rows (row reader ``port0``) into the x buffer and
    its weights (row reader ``port1``) into ``C`` weight buffers, one per array column

@@ -8,7 +8,7 @@ vector per cycle; the array skews and deskews them itself. Each input vector car
 ``tag`` of ``T`` bits that comes out with its result (``out_tag``), so that the unit
 behind the array knows where a result belongs without counting.
 
-* **GEMM** (``mode = MatmulMode.GEMM``, prefill): weight stationary with double-buffered
+* **GEMM** (``mode = MatmulMode.GEMM``): weight stationary with double-buffered
   weights. Every PE holds two weights, one per *set*. A cycle with ``load.valid`` writes
   ``load.w`` (``C`` weights) into row ``load.row`` of set ``load.set``; the row reaches
   column ``c`` ``c`` cycles later, in step with the activations, so one set can be
@@ -23,7 +23,7 @@ behind the array knows where a result belongs without counting.
   uses it. The matmul unit's feeder therefore loads the next block's ``R`` rows in the
   first ``R`` cycles of the current block's stream (``rtl/matmul_unit.py``): a block of
   ``mt`` rows takes ``max(mt, R)`` cycles and the preload costs nothing once ``mt >= R``.
-* **GEMV** (``mode = MatmulMode.GEMV``, decode): weight streaming. Each cycle with
+* **GEMV** (``mode = MatmulMode.GEMV``): weight streaming. Each cycle with
   ``valid`` presents ``x`` (``R`` activations, broadcast along the rows) and ``w_block``
   (``R x C`` weights, element ``[r][c]`` for PE ``(r, c)``): every weight is used once,
   as it arrives, so there is no preload; ``R`` cycles later ``out[c] = sum_r x[r] *

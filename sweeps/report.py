@@ -89,8 +89,9 @@ def _l2_axis(ax, sizes) -> None:
 
 def _save(fig, out: Path, name: str) -> None:
     fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=110)
-    fig.savefig(out / f"{name}.svg")
+    # bbox "tight": a legend placed beside the axes is kept in the image.
+    fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -145,7 +146,7 @@ def write_report(out: str | Path) -> dict:
     for ax in axes:
         _l2_axis(ax, sizes)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))   # off the data
     _save(fig, out, "perf_per_cost")
 
     # area breakdown per L2 size (first group): one evenly spaced bar per size swept
@@ -189,7 +190,7 @@ def write_report(out: str | Path) -> dict:
     findings["pareto"] = [{k: r[k] for k in ("key", "l2_bytes", "area_mm2", "tokens_per_s")}
                           for r in front]
 
-    _roofline(rows[0], out)
+    _roofline(max(rows, key=lambda r: r["tokens_per_s_per_dollar"]), out)
 
     # time breakdown of a decode step
     fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(rows)), 4.5))
@@ -218,6 +219,7 @@ def _roofline(row: dict, out: Path) -> None:
     """The roofline of a point's hardware, with the model's matmuls of a decode step and
     of a prefill placed at their intensity (MACs per DRAM byte) and attainable rate."""
     from models.config import preset
+    from sweeps.analytic import prefill_chunks
     from sweeps.spec import point_hardware
 
     hw = point_hardware(row)
@@ -227,23 +229,25 @@ def _roofline(row: dict, out: Path) -> None:
     ops = {"q": (cfg.d_model, cfg.q_dim), "k/v": (cfg.d_model, cfg.kv_dim),
            "o": (cfg.q_dim, cfg.d_model), "gate/up": (cfg.d_model, cfg.d_ff),
            "down": (cfg.d_ff, cfg.d_model), "lm_head": (cfg.d_model, cfg.vocab_size)}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     xs = [2 ** (i / 4) for i in range(-8, 60)]
     ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", label=f"roofline ({hw.name})")
-    for phase, rows_ in (("decode", 1), ("prefill", row["prompt"])):
+    # A prefill reads the weights once per chunk, and computes the LM head for the
+    # prompt's last token only.
+    chunk = max(t for _, t in prefill_chunks(cfg, hw, row["prompt"]))
+    for phase, rows_ in (("decode", 1), (f"prefill ({chunk}-token chunks)", chunk)):
         for name, (k, n) in ops.items():
-            macs = rows_ * k * n
-            intensity = macs / (k * n + rows_ * (k + n))      # weights + activations
+            m = 1 if name == "lm_head" else rows_
+            intensity = m * k * n / (k * n + m * (k + n))      # weights + activations
             ax.plot([intensity], [min(peak, bw * intensity)], "o" if phase == "decode"
                     else "s", label=f"{phase} {name}")
-            ax.annotate(name, (intensity, min(peak, bw * intensity)), fontsize=6)
     achieved = cfg.n_params / max(1, row["decode_step_cycles"])     # ~one MAC per weight
     ax.axhline(achieved, color="gray", linestyle=":",
                label=f"decode step achieved (L2 {size_label(row['l2_bytes'])}, prefetch "
                      f"{'on' if row['prefetch'] else 'off'})")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (MACs per DRAM byte)",
            ylabel="MACs per cycle", title="Roofline with the model's operators")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, out, "roofline")
 
@@ -255,9 +259,10 @@ CAPTIONS = {
                      "each series' optimum.",
     "area": "Die area by part against L2 size.",
     "pareto": "Tokens/s against die area for every point, with the Pareto front.",
-    "roofline": "Roofline of the first point's hardware with the model's matmuls (circles: "
-                "decode, squares: prefill) at their attainable rate; dotted: the decode "
-                "step's achieved MAC rate.",
+    "roofline": "Roofline of the best point's hardware (tokens/s per $) with the model's "
+                "matmuls (circles: decode, squares: prefill, in the point's prefill "
+                "chunks) at their attainable rate; dotted: the decode step's achieved MAC "
+                "rate.",
     "time_breakdown": "A decode step (mid-workload KV length) split into compute-engine "
                       "busy time, time waiting on DMA, and other stalls.",
 }

@@ -7,7 +7,6 @@ from arch.hardware import load_hardware
 from rtl.common import RtlParams
 from rtl.stats import synth_stats
 
-
 # edge-4x4 with one vector lane: the vector unit's per-lane lookup tables are most of the
 # netlist, and converting it takes about half as long with one lane as with four.
 SMALL_HW = load_hardware("edge-4x4").replace(name="edge-4x4-one-lane", vector_lanes=1)
