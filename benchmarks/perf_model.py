@@ -219,6 +219,8 @@ def density() -> list[dict]:
             "generated_tokens_per_s": round(r["tokens_per_s"], 2),
             "all_tokens_per_s": round(all_tokens_per_s, 1),
             "die_mm2": round(r["area_mm2"], 2), "core_mm2": round(core_mm2, 2),
+            "logic_mm2": round(r["logic_mm2"], 3),
+            "logic_memory_mm2": round(r["logic_memory_mm2"], 2),
             "generated_tokens_per_s_per_die_mm2": round(r["tokens_per_s_per_mm2"], 3),
             "all_tokens_per_s_per_core_mm2": round(all_tokens_per_s / core_mm2, 2),
             "paper_tokens_per_s_per_mm2": paper[workload]}))
