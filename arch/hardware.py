@@ -193,8 +193,12 @@ def load_hardware(spec: str | Path) -> HardwareConfig:
     if not path.exists():
         raise HardwareError(f"{spec}: no such hardware description (presets: "
                             f"{', '.join(preset_names())})")
+    if not path.is_file():
+        raise HardwareError(f"{path}: not a file (a hardware description is a TOML file)")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise HardwareError(f"{path}: not valid TOML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HardwareError(f"{path}: cannot be read ({e})") from None
     return hardware_from_dict(data, str(path))

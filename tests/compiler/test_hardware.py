@@ -53,3 +53,8 @@ def test_out_of_range(tmp_path, line, message):
 def test_unknown_preset():
     with pytest.raises(HardwareError, match="edge-3x3: no such hardware description"):
         load_hardware("edge-3x3")
+
+
+def test_a_directory_is_refused_by_name(tmp_path):
+    with pytest.raises(HardwareError, match="not a file"):
+        load_hardware(tmp_path)
