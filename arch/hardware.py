@@ -82,6 +82,18 @@ class HardwareConfig:
         if self.l2_bytes % (self.l2_banks * self.l2_port_bytes):
             raise HardwareError(f"l2_bytes = {self.l2_bytes} must be a multiple of "
                                 f"l2_banks * l2_port_bytes = {self.l2_banks * self.l2_port_bytes}")
+        W = self.line_bytes
+        if W % self.array_rows:
+            raise HardwareError(f"array_rows = {self.array_rows} must divide the line of {W} "
+                                f"bytes (the line follows dram_bytes_per_cycle = "
+                                f"{self.dram_bytes_per_cycle}): the matmul unit moves a "
+                                f"tile's reduction in whole lines")
+        if 4 * self.array_cols > W:
+            raise HardwareError(f"array_cols = {self.array_cols}: a row of int32 results must "
+                                f"fit one line of {W} bytes (the line follows "
+                                f"dram_bytes_per_cycle = {self.dram_bytes_per_cycle}; "
+                                f"{4 * self.array_cols} bytes need dram_bytes_per_cycle > "
+                                f"{4 * self.array_cols // 2})")
         if self.l2_port_bytes < max(self.array_rows, self.array_cols) // 4:
             raise HardwareError(f"l2_port_bytes = {self.l2_port_bytes} cannot feed a "
                                 f"{self.array_rows}x{self.array_cols} array (needs >= "

@@ -58,3 +58,12 @@ def test_unknown_preset():
 def test_a_directory_is_refused_by_name(tmp_path):
     with pytest.raises(HardwareError, match="not a file"):
         load_hardware(tmp_path)
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"dram_bytes_per_cycle": 16}, "array_cols = 16"),        # 16 int32 need a 64-byte line
+    ({"array_rows": 128, "l2_port_bytes": 32}, "array_rows = 128"),   # the line is 64 bytes
+])
+def test_an_array_the_matmul_unit_cannot_build_is_refused(changes, field):
+    with pytest.raises(HardwareError, match=field):
+        load_hardware("edge-16x16").replace(**changes)
