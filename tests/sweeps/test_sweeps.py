@@ -22,6 +22,7 @@ sampling = "grid"
 hw = "edge-4x4"
 model = "qwen2.5-0.5b"
 node = "16nm"
+vector_lanes = 1
 
 [workloads]
 short = { prompt = 32, output = 8 }
@@ -40,13 +41,13 @@ def write(tmp_path, text, name="spec.toml") -> Path:
 
 
 @pytest.mark.parametrize(("edit", "line", "message"), [
-    (("l2_bytes = {", "l2_byts = {"), 13, "unknown axis 'l2_byts'"),
-    (("factor = 2 }", "factor = 2 }\ndevices = []"), 14, "axis devices: the axis is empty"),
+    (("l2_bytes = {", "l2_byts = {"), 14, "unknown axis 'l2_byts'"),
+    (("factor = 2 }", "factor = 2 }\ndevices = []"), 15, "axis devices: the axis is empty"),
     (('model = "qwen2.5-0.5b"', 'model = "gpt-17"'), 6, "unknown model 'gpt-17'"),
     (('node = "16nm"', 'node = "3nm"'), 7, "unknown node '3nm'"),
-    (('workload = ["short"]', 'workload = ["long"]'), 15, "unknown workload 'long'"),
+    (('workload = ["short"]', 'workload = ["long"]'), 16, "unknown workload 'long'"),
     (("[sweep]", "[swep]"), 1, "unknown section [swep]"),
-    (("factor = 2 }", "factor = 2 }\narray_rows = [3]"), 14, "must be a power of two"),
+    (("factor = 2 }", "factor = 2 }\narray_rows = [3]"), 15, "must be a power of two"),
 ])
 def test_bad_specs_fail_before_any_point_naming_the_line(tmp_path, edit, line, message):
     path = write(tmp_path, SPEC.replace(*edit))
@@ -74,7 +75,9 @@ def test_cost_model_arithmetic():
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A real sweep: 6 points (3 L2 sizes x prefetch), edge-4x4's logic from Yosys."""
+    """A real sweep: 6 points (3 L2 sizes x prefetch), the logic of edge-4x4 with one vector
+    lane from Yosys (tests/rtl/test_stats.py synthesises the same design: the cache is
+    shared)."""
     tmp = tmp_path_factory.mktemp("sweep")
     spec = load_spec(write(tmp, SPEC))
     out = tmp / "out"
