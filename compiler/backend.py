@@ -155,13 +155,18 @@ def staging_tile_bytes(ring_size: int) -> int:
     return min(ring_size // 2, max(MIN_TILE_BYTES, ring_size // MAX_INFLIGHT_SLOTS))
 
 
+def causal_block_rows(hw: HardwareConfig) -> int:
+    """The query rows of a causal block: a GEMM tile's rows (``matmul_tile``)."""
+    return hw.matmul_tile(MatmulMode.GEMM)[0]
+
+
 def causal_blocks(rows: int, hw: HardwareConfig) -> list[tuple[int, int]]:
     """``[first, end)`` blocks of a prefill chunk's query rows for attention over its own
     keys: a block sees the new keys up to its last row, so the masked upper triangle is
-    not computed. Blocks are a GEMM tile's rows (``matmul_tile``), the granularity that
-    ``driver`` chunks prompts in, so a prompt's attention does the same work in one
-    chunk as in several."""
-    block = hw.matmul_tile(MatmulMode.GEMM)[0]
+    not computed. Blocks are ``causal_block_rows``, the granularity that ``driver``
+    chunks prompts in, so a prompt's attention does the same work in one chunk as in
+    several."""
+    block = causal_block_rows(hw)
     return [(r0, min(rows, r0 + block)) for r0 in range(0, rows, block)]
 
 

@@ -30,7 +30,7 @@ from compiler.asm import disassemble, encode_program, write_program
 from compiler.backend import (
     MIN_RING_BYTES,
     BuildContext,
-    causal_blocks,
+    causal_block_rows,
     generate,
     plan_activations,
 )
@@ -125,10 +125,10 @@ def _fits(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> bool:
 def prefill_chunk_sizes(n_prompt: int, hw: HardwareConfig):
     """The chunk sizes a prefill of ``n_prompt`` tokens tries, largest first: the whole
     prompt, then halving, rounded down to a multiple of the causal block
-    (``backend.causal_blocks``) while at least one block, so that every chunking of a
+    (``backend.causal_block_rows``) while at least one block, so that every chunking of a
     prompt splits its attention into the same blocks and a larger chunk only saves the
     weights' reloads."""
-    block = causal_blocks(n_prompt, hw)[0][1] if n_prompt > 1 else 1
+    block = causal_block_rows(hw)
     chunk = n_prompt
     yield chunk
     while chunk > 1:

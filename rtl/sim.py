@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,10 @@ class JobResult:
 def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
             reads: dict[str, tuple[int, int]], max_cycles: int = 50_000_000,
             waves: bool = False) -> JobResult:
-    """Run programs ``(name, dram_offset)`` in order on the model; read ``reads`` back."""
+    """Run programs ``(name, dram_offset)`` in order on the model; read ``reads`` back.
+
+    The job's folder under the model's is deleted when the bench finishes (kept, with
+    its log, when it does not, and with the waveform when ``waves``)."""
     if image.size > model.params.dram_bytes:
         raise ValueError(f"the DRAM image ({image.size} bytes) does not fit the simulated "
                          f"DRAM of {model.params.dram_bytes} bytes")
@@ -208,4 +212,6 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
     summary = json.loads(summary_file.read_text())
     dram = read_memh(work / "dump.hex", W)
     data = {name: dram[offset:offset + size].copy() for name, (offset, size) in reads.items()}
+    if not waves:  # a finished job's folder holds two DRAM images (hundreds of MB)
+        shutil.rmtree(work, ignore_errors=True)
     return JobResult(summary["programs"], data, wall)

@@ -1,6 +1,7 @@
 """The matmul unit against the ISA simulator: GEMM and GEMV, NK and KN weights,
 accumulate, shapes that do not divide the array or the tile, row counts on both sides of
-a tile and of the array. Amaranth's simulator. (The PE utilisation of both dataflows is
+a tile and of the array, one instruction after another on one simulation of the unit
+per hardware description. Amaranth's simulator. (The PE utilisation of both dataflows is
 measured on the Verilator model, tests/rtl/test_accelerator.py.)"""
 
 import numpy as np
@@ -30,7 +31,7 @@ def matmul(mode, layout, m, k, n, accumulate, x_addr=7, l2_bytes=L2_BYTES):
                 out_stride=out_stride)
 
 
-@pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate"), [
+CASES = [
     ("edge-8x8", "GEMV", "NK", 1, 64, 16, 0),
     ("edge-8x8", "GEMV", "NK", 3, 300, 13, 1),        # k over a tile, n not a multiple of C
     ("edge-8x8", "GEMV", "KN", 2, 37, 11, 0),
@@ -42,14 +43,36 @@ def matmul(mode, layout, m, k, n, accumulate, x_addr=7, l2_bytes=L2_BYTES):
     ("edge-4x4", "GEMV", "NK", 4, 70, 9, 0),
     ("edge-4x4", "GEMM", "KN", 6, 33, 5, 1),
     ("edge-4x4", "GEMM", "NK", 37, 90, 6, 0),         # 37 rows: tiles of 16, 11 and 10
-])
-def test_matmul_matches_isa_simulator(l2sim, hw, mode, layout, m, k, n, accumulate):
-    params = PARAMS[hw]
-    rng = np.random.default_rng(m * 1000 + k * 10 + n)
-    mem = rng.integers(0, 256, L2_BYTES, dtype=np.uint8)
-    instr = matmul(mode, layout, m, k, n, accumulate)
-    rtl, expected = l2sim.run_instruction(params, MatmulUnit(params), MatmulUnit.N_PORTS, mem,
-                                          instr)
+]
+
+
+@pytest.fixture(scope="module")
+def runs(l2sim):
+    """``runs(hw)``: ``{case: (L2 before, RTL L2 after, ISA simulator L2 after)}`` of
+    every case of ``hw``, one after another on one simulation of the unit."""
+    done = {}
+
+    def get(hw):
+        if hw not in done:
+            cases = [case for case in CASES if case[0] == hw]
+            inputs = []
+            for _, mode, layout, m, k, n, accumulate in cases:
+                rng = np.random.default_rng(m * 1000 + k * 10 + n)
+                inputs.append((rng.integers(0, 256, L2_BYTES, dtype=np.uint8),
+                               matmul(mode, layout, m, k, n, accumulate)))
+            params = PARAMS[hw]
+            results = l2sim.run_instructions(params, MatmulUnit(params), MatmulUnit.N_PORTS,
+                                             inputs)
+            done[hw] = {case: (mem, *result) for case, (mem, _), result
+                        in zip(cases, inputs, results, strict=True)}
+        return done[hw]
+
+    return get
+
+
+@pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate"), CASES)
+def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulate):
+    mem, rtl, expected = runs(hw)[(hw, mode, layout, m, k, n, accumulate)]
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)

@@ -1,5 +1,6 @@
 """The vector unit against the ISA simulator: every vector instruction on random
-operands at arbitrary alignments, one instruction at a time. Amaranth's simulator."""
+operands at arbitrary alignments, one instruction after another on one simulation of
+the unit per hardware description. Amaranth's simulator."""
 
 import zlib
 
@@ -40,9 +41,8 @@ CASES += [("edge-4x4", *case) for case in (       # fewer lanes per cycle
     ("REQUANT", 2, 37, 3), ("SOFTMAX", 2, 19, 1), ("SILU_MUL", 2, 9, 0), ("ROPE", 1, 2, 1))]
 
 
-@pytest.mark.parametrize(("hw", "op", "rows", "cols", "variant"), CASES)
-def test_vector_instruction_matches_isa_simulator(l2sim, hw, op, rows, cols, variant):
-    params = PARAMS[hw]
+def operands(hw, op, rows, cols, variant):
+    """``(L2 contents, instruction)`` of a case: random operands at odd alignments."""
     rng = np.random.default_rng(zlib.crc32(repr((hw, op, rows, cols, variant)).encode()))
     mem = rng.integers(0, 256, L2_BYTES, dtype=np.uint8)
     a, b, c, d = 13, 1501, 3003, 5005             # operand regions, odd alignments
@@ -96,8 +96,32 @@ def test_vector_instruction_matches_isa_simulator(l2sim, hw, op, rows, cols, var
             logits[1] = logits[3] = 1000              # tie: the first index wins
         put(mem, a, logits)
         instr = make("ARGMAX", src_addr=a, n=cols, dst_addr=d + 3)
-    rtl, expected = l2sim.run_instruction(params, VectorUnit(params), N_READ + N_WRITE, mem,
-                                          instr)
+    return mem, instr
+
+
+@pytest.fixture(scope="module")
+def runs(l2sim):
+    """``runs(hw)``: ``{case: (L2 before, RTL L2 after, ISA simulator L2 after)}`` of
+    every case of ``hw``, simulated once for the module."""
+    done = {}
+
+    def get(hw):
+        if hw not in done:
+            cases = [case for case in CASES if case[0] == hw]
+            inputs = [operands(*case) for case in cases]
+            params = PARAMS[hw]
+            results = l2sim.run_instructions(params, VectorUnit(params), N_READ + N_WRITE,
+                                             inputs)
+            done[hw] = {case: (mem, *result) for case, (mem, _), result
+                        in zip(cases, inputs, results, strict=True)}
+        return done[hw]
+
+    return get
+
+
+@pytest.mark.parametrize(("hw", "op", "rows", "cols", "variant"), CASES)
+def test_vector_instruction_matches_isa_simulator(runs, hw, op, rows, cols, variant):
+    mem, rtl, expected = runs(hw)[(hw, op, rows, cols, variant)]
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
