@@ -286,6 +286,36 @@ def matmul_tiles(f, hw: HardwareConfig) -> list[tuple[int, int, int, int, int, i
     return tiles
 
 
+def gemm_blocks(load: int, stream: int, stream_rows: int, avail: int, push: int, mt: int,
+                R: int, blocks: int, extrapolate: bool = True) -> tuple[int, int]:
+    """``(load, stream)``: the cycles at which the GEMM feeder began loading and began
+    streaming the last of a tile's ``blocks`` weight blocks, from the previous block's
+    ``load``, ``stream`` and rows ``stream_rows``, the cycle ``avail`` the tile's first
+    block may stream and the cycle ``push`` its buffers were filled. A block's ``R``
+    weight rows load ``R`` cycles after the previous load began, once the previous block
+    has begun to stream and the tile is in; its ``mt`` rows stream once its load has
+    begun and the previous block's rows have gone (``rtl.matmul_unit``'s feeder).
+
+    This is a max-plus recurrence: ``push`` and ``avail`` bind only the first block (it
+    loads after ``push``), so from then on how far a block advances depends only on the
+    gap between ``stream`` and ``load``. Once ``load`` and ``stream`` advance alike twice
+    the gap has repeated, and so does every later advance; with ``extrapolate`` the rest
+    are then added at once rather than stepped (``tests/sweeps/test_perf_model.py``
+    checks both agree). Equal advances are not enough: with ``mt < R`` loads advance by
+    ``R`` and streams by ``mt`` until the stream waits for the load."""
+    step = None
+    for b in range(blocks):
+        before = (load, stream)
+        load = max(load + R, stream + 1, push + 1)
+        stream = max(load + 1, stream + stream_rows, avail)
+        stream_rows, avail = mt, NEVER
+        delta = (load - before[0], stream - before[1])
+        if extrapolate and delta == step and delta[0] == delta[1]:
+            return (load + (blocks - 1 - b) * delta[0], stream + (blocks - 1 - b) * delta[1])
+        step = delta
+    return load, stream
+
+
 def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
     """The matmul unit (``rtl/matmul_unit.py``) cycle by cycle at the granularity of its
@@ -339,19 +369,8 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         if gemv:                           # back to back: mt cycles a block
             stream = max(stream + stream_rows, avail) + (blocks - 1) * mt
         else:
-            # a max-plus recurrence; once two blocks advance alike, so do the rest
-            step = None
-            for b in range(blocks):
-                before = (load, stream)
-                load = max(load + R, stream + 1, push[s] + 1)
-                stream = max(load + 1, stream + stream_rows, avail)
-                stream_rows, avail = mt, NEVER
-                delta = (load - before[0], stream - before[1])
-                if delta == step:
-                    load += (blocks - 1 - b) * delta[0]
-                    stream += (blocks - 1 - b) * delta[1]
-                    break
-                step = delta
+            load, stream = gemm_blocks(load, stream, stream_rows, avail, push[s], mt, R,
+                                       blocks)
         stream_rows = mt
         last_row = stream + mt
         release[s] = last_row if gemv or last_row > load + R else load + R + 1

@@ -6,11 +6,12 @@ tests/rtl/test_tiny_rtl.py and tests/rtl/test_accelerator.py.)"""
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
 from arch.isa import Engine, make
-from arch.occupancy import CALIBRATION, _occupancy, occupancy
+from arch.occupancy import CALIBRATION, NEVER, _occupancy, gemm_blocks, occupancy
 from compiler.driver import compile_step
 from compiler.ir import CompileError
 from models.config import preset
@@ -122,3 +123,24 @@ def test_a_larger_l2_never_makes_a_step_slower(tiny_model):
             tokens, position, cycles, chunkings)
         if tokens > 16:
             assert len(set(map(tuple, chunkings))) > 1, chunkings     # the test sees a change
+
+
+def test_gemm_block_extrapolation_equals_stepping_every_block():
+    """The GEMM feeder's blocks, extrapolated once two advance alike, against stepping
+    each one, from random feeder states (including a feeder that has streamed nothing)."""
+    rng = np.random.default_rng(5)
+    extrapolated = 0
+    for _ in range(3000):
+        R = int(rng.choice([2, 4, 8, 16, 32]))
+        mt = int(rng.integers(1, 4 * R + 1))
+        blocks = int(rng.integers(1, 40))
+        load, stream = (NEVER, NEVER) if rng.random() < 0.2 else sorted(
+            int(v) for v in rng.integers(0, 500, 2))
+        stream_rows = int(rng.integers(0, 4 * R + 1))
+        push = int(rng.integers(0, 700))
+        avail = push + 1 + int(rng.integers(0, 300))
+        args = (load, stream, stream_rows, avail, push, mt, R, blocks)
+        stepped = gemm_blocks(*args, extrapolate=False)
+        assert gemm_blocks(*args) == stepped, args
+        extrapolated += blocks > 3 and stepped[0] > push + R
+    assert extrapolated > 1000
