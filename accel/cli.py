@@ -17,7 +17,7 @@ from models.config import ConfigError
 from models.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, CheckpointError, ValueError, FileNotFoundError)
-# CompileError, HardwareError, IsaError and ProgramFileError are ValueErrors too.
+# CompileError, HardwareError, IsaError, ProgramFileError and BuildError are ValueErrors.
 
 
 def _cmd_train(args) -> int:
@@ -78,7 +78,6 @@ def _prompt_ids(loaded, prompt: str) -> list[int]:
 
 
 def _cmd_compile(args) -> int:
-    import shutil
     import time
 
     from arch.hardware import load_hardware
@@ -98,9 +97,9 @@ def _cmd_compile(args) -> int:
         build = compile_generation(im.cfg, im.qm, hw, _prompt_ids(loaded, args.prompt),
                                    args.max_new_tokens, prefetch=prefetch)
     seconds = time.perf_counter() - t0
-    out = build.save(args.out)
-    if not args.no_weights and loaded.tokenizer is not None:
-        shutil.copy(Path(loaded.source) / "tokenizer.json", out / "tokenizer.json")
+    extra = ({"tokenizer.json": Path(loaded.source) / "tokenizer.json"}
+             if not args.no_weights and loaded.tokenizer is not None else {})
+    out = build.save(args.out, extra)
     print(f"compiled {build.cfg.name} for {hw.name} (prefetch {'on' if build.prefetch else 'off'}) "
           f"in {seconds:.1f} s -> {out}")
     for p in build.manifest()["programs"]:
@@ -119,7 +118,7 @@ def _print_counters(counters: dict[str, dict[str, int]]) -> None:
 
 
 def _cmd_run(args) -> int:
-    from compiler.driver import load_build
+    from compiler.buildfolder import load_build
     from compiler.runtime import run_build
     from models.tokenizer import CharTokenizer
 
@@ -202,7 +201,8 @@ def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
             from compiler.runtime import same_dram
 
             result = run_build(build, "rtl")
-            report["rtl_vs_isa"] = {**same_dram(build, isa.dram, result.dram),
+            report["rtl_vs_isa"] = {**same_dram(build, isa.dram, result.dram, isa.l2,
+                                                result.l2),
                                     "tokens_equal": result.tokens == isa.tokens}
             report["rtl_vs_isa"]["bit_exact"] &= result.tokens == isa.tokens
             report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
@@ -212,25 +212,46 @@ def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
     return report
 
 
-def _ladder_ok(report: dict) -> bool:
-    return report["isa_vs_int"]["bit_exact"] and report.get("rtl_vs_isa", {}).get(
-        "bit_exact", True)
+# Rung 1's bar (the integer model against float on the held-out text): the quality bar
+# the tiny model is trained to (tests/models/test_integer.py).
+MIN_TOP1_AGREEMENT, MAX_PPL_RATIO = 0.95, 1.05
+
+
+def failed_rungs(report: dict) -> list[str]:
+    """The rungs of a ``verify_ladder`` report that fail: rung 1 (run when the model has
+    a tokenizer and text, i.e. trained weights) below its bar, and any rung 2 or 3 that
+    is not bit-exact. The performance model's error is reported, not judged."""
+    failed = []
+    r = report.get("int_vs_float")
+    if r is not None and not (r["top1_agreement"] >= MIN_TOP1_AGREEMENT
+                              and r["ppl_ratio"] <= MAX_PPL_RATIO):
+        failed.append("int_vs_float")
+    failed += [k for k in ("isa_vs_int", "isa_vs_int_prefetch_off", "rtl_vs_isa")
+               if k in report and not report[k]["bit_exact"]]
+    return failed
 
 
 def _cmd_verify(args) -> int:
     report = verify_ladder(args.model, args.hw, args.prompt, args.max_new_tokens,
                            args.eval_windows, rtl=args.rtl)
+    failed = failed_rungs(report)
+    report["failed_rungs"] = failed
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0 if _ladder_ok(report) else 1
+        return 1 if failed else 0
     print(f"verification ladder: {report['model']} on {report['hardware']}")
     print(f"  {'rung':<38}{'result':<14}detail")
     if "int_vs_float" in report:
         r = report["int_vs_float"]
-        ok = r["top1_agreement"] >= 0.95 and r["ppl_ratio"] <= 1.05
-        print(f"  {'1 integer vs float':<38}{'pass' if ok else 'FAIL':<14}"
-              f"top-1 agreement {100 * r['top1_agreement']:.2f}%, perplexity "
-              f"{100 * (r['ppl_ratio'] - 1):+.2f}% over {r['tokens']} tokens")
+        print(f"  {'1 integer vs float':<38}"
+              f"{'FAIL' if 'int_vs_float' in failed else 'pass':<14}"
+              f"top-1 agreement {100 * r['top1_agreement']:.2f}% (bar "
+              f"{100 * MIN_TOP1_AGREEMENT:.0f}%), perplexity "
+              f"{100 * (r['ppl_ratio'] - 1):+.2f}% (bar {100 * (MAX_PPL_RATIO - 1):+.0f}%) "
+              f"over {r['tokens']} tokens")
+    else:
+        print(f"  {'1 integer vs float':<38}{'not run':<14}random weights without a "
+              f"tokenizer: no held-out text to judge them on")
     for key, label in (("isa_vs_int", "2 ISA sim vs integer (prefetch on)"),
                        ("isa_vs_int_prefetch_off", "2 ISA sim vs integer (prefetch off)")):
         r = report[key]
@@ -241,12 +262,14 @@ def _cmd_verify(args) -> int:
         r, c = report["rtl_vs_isa"], report["rtl"]
         print(f"  {'3 RTL vs ISA sim (prefetch on)':<38}"
               f"{'bit-exact' if r['bit_exact'] else 'MISMATCH':<14}"
-              f"{r['bytes_compared']:,} DRAM bytes, {c['cycles']:,} cycles")
+              f"{r['bytes_compared']:,} DRAM bytes, {r['l2_bytes_compared']:,} L2 bytes, "
+              f"{c['cycles']:,} cycles")
         r = report["perf"]
-        print(f"  {'perf model vs RTL cycles':<38}"
+        print(f"  {'perf model vs RTL cycles (info)':<38}"
               f"{r['error_pct']:+.2f}%{'':<8}{r['cycles']:,} cycles; worst program "
               f"{r['max_abs_error_pct']:.2f}%")
-    return 0 if _ladder_ok(report) else 1
+    print("all rungs pass" if not failed else f"FAILED: {', '.join(failed)} (exit status 1)")
+    return 1 if failed else 0
 
 
 def _rtl_params(hw_spec: str):
@@ -278,7 +301,8 @@ def _cmd_sweep(args) -> int:
     spec = load_spec(args.spec)
     points = spec.points()
     print(f"sweep {args.spec}: {len(points)} design points -> {args.out}/")
-    summary = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers)
+    summary = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers,
+                        fresh=args.fresh)
     print(f"{summary['ran']} points run, {summary['skipped']} already finished")
     return _cmd_report(argparse.Namespace(out=args.out))
 
@@ -313,7 +337,7 @@ def _cmd_demo(args) -> int:
     print("\n== a reduced L2 sweep (sweeps/demo.toml) and its report ==")
     spec = Path(__file__).resolve().parents[1] / "sweeps" / "demo.toml"
     _cmd_sweep(argparse.Namespace(spec=str(spec), out="build/sweep-demo", scheduler=None,
-                                  workers=None))
+                                  workers=None, fresh=True))
     return status
 
 
@@ -387,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None,
                    help="a Dask scheduler address (tcp://HOST:PORT); default: local cores")
     p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the folder's results (needed when they come from another "
+                        "spec, workload, hardware file or toolkit version)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="figures, report.md and report.html of a sweep folder")
@@ -409,11 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compiler.buildfolder import RunIntegrityError
+    from compiler.semantics import AcceleratorError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except USER_ERRORS as e:
         print(f"accel {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (AcceleratorError, RunIntegrityError) as e:   # a program the device refused
+        print(f"accel {args.command}: the accelerator stopped: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"accel {args.command}: interrupted", file=sys.stderr)

@@ -52,7 +52,8 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
         busy[key] = [round(min(e), 1), round(max(e), 1)]
     return {
         "hw": hw.name, "l2_bytes": hw.l2_bytes, "prefetch": prefetch,
-        "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram)["bit_exact"],
+        "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram, isa.l2,
+                                          rtl.l2)["bit_exact"],
         "rtl_vs_int_bit_exact": compare(rtl, reference_generation(im, ids, 5))["bit_exact"],
         "prefill_cycles": rtl.counters["prefill"]["cycles"],
         "decode_cycles_mean": sum(c["cycles"] for c in decode) / len(decode),

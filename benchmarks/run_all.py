@@ -2,6 +2,8 @@
 
 from benchmarks import (
     compile_speed,
+    fuzz_builds,
+    fuzz_programs,
     matmul_calibration,
     perf_calibration,
     perf_model,
@@ -22,6 +24,8 @@ def main() -> None:
     matmul_calibration.main([])
     perf_model.main([])
     sweep_speed.main([])
+    fuzz_builds.main([])
+    fuzz_programs.main([])
     rtl_prefill.main([])          # the longest: a 128-token prefill of a 2048-wide layer
 
 

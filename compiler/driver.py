@@ -7,17 +7,14 @@ prompt (in chunks if its activations do not fit L2) and one *decode* program per
 further token, all sharing one DRAM image and memory map. ``compile_step(...)`` compiles
 a single step (``n_tokens`` tokens at position ``start``), with or without weights; a
 build without weights has a memory map, programs and a manifest but no DRAM data, for
-timing large models. ``Build.save(folder)`` writes:
-
-* ``<program>.bin`` (program file) and ``<program>.s`` (assembly listing) per program;
-* ``dram.bin``: the DRAM image with the programs in it (builds with weights only);
-* ``manifest.json``: the memory map, each program's place in DRAM, instruction counts
-  per opcode and the DRAM bytes each program will move.
+timing large models. ``Build.save(folder)`` writes a build folder
+(``compiler.buildfolder``): a program file and a listing per program, the DRAM image,
+and ``manifest.json`` with the memory map, each program's place in DRAM, instruction
+counts per opcode, the DRAM bytes each program will move and the hash of every file.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ import numpy as np
 
 from arch.hardware import HardwareConfig
 from arch.isa import COUNTERS, INSTR_BYTES, Instruction
-from compiler.asm import disassemble, encode_program, write_program
+from compiler.asm import encode_program
 from compiler.backend import (
     MIN_RING_BYTES,
     BuildContext,
@@ -100,18 +97,11 @@ class Build:
                             "keeps nothing between steps except the order of the programs.",
         }
 
-    def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for p in self.programs:
-            write_program(folder / f"{p.name}.bin", p.instrs)
-            (folder / f"{p.name}.s").write_text(
-                f"# {p.name}: {p.kind}, tokens {p.start}..{p.start + p.n_tokens - 1}, "
-                f"{len(p.instrs)} instructions\n" + disassemble(p.instrs, numbered=True))
-        if self.image.data is not None:
-            (folder / "dram.bin").write_bytes(self.image.data.tobytes())
-        (folder / "manifest.json").write_text(json.dumps(self.manifest(), indent=1) + "\n")
-        return folder
+    def save(self, folder: str | Path, extra_files: dict[str, Path] | None = None) -> Path:
+        """Write the build folder (``compiler.buildfolder.save_build``)."""
+        from compiler.buildfolder import save_build
+
+        return save_build(self, folder, extra_files)
 
 
 # -- building --------------------------------------------------------------------------
@@ -244,6 +234,9 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
                  prefetch: bool | None = None) -> Build:
     """One step of ``n_tokens`` tokens at ``start`` (a decode step when ``n_tokens == 1``)."""
     prefetch = hw.prefetch if prefetch is None else prefetch
+    if start < 0 or n_tokens < 1:
+        raise CompileError(f"a step of {n_tokens} tokens at position {start}: the position "
+                           f"must be at least 0 and the tokens at least 1")
     if start + n_tokens > cfg.max_seq_len:
         raise CompileError(f"positions up to {start + n_tokens - 1} are beyond the model's "
                            f"context of {cfg.max_seq_len} tokens")
@@ -257,36 +250,3 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
     name = "decode_000" if kind == "decode" else "prefill"
     mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data)
     return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1)
-
-
-def load_build(folder: str | Path) -> Build:
-    """Read a build folder written by ``Build.save``."""
-    from arch.hardware import hardware_from_dict
-    from compiler.asm import read_program
-    from compiler.image import Region
-
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{folder}: not a build folder (no manifest.json); "
-                                "run `accel compile` first")
-    m = json.loads(manifest_path.read_text())
-    cfg = ModelConfig.from_hf_dict(m["model"], name=m["model_name"])
-    hw = hardware_from_dict(m["hardware"], str(manifest_path))
-    mmap = MemoryMap(size=m["memory_map"]["size"], rw_base=m["memory_map"]["rw_base"])
-    for name, r in m["memory_map"]["regions"].items():
-        mmap.regions[name] = Region(name, r["offset"], r["size"])
-    image = DramImage(mmap, with_data=False)
-    dram = folder / "dram.bin"
-    if m["with_weights"]:
-        if not dram.exists():
-            raise FileNotFoundError(f"{folder}: dram.bin is missing")
-        image.data = np.fromfile(dram, dtype=np.uint8)
-        if image.data.size != mmap.size:
-            raise ValueError(f"{dram}: {image.data.size} bytes, the memory map says {mmap.size}")
-    else:
-        image.write("block_table", block_table(mmap["block_table"].size // 4), keep=True)
-    programs = [Program(p["name"], p["kind"], p["start"], p["n_tokens"],
-                        read_program(folder / f"{p['name']}.bin"), p["l2_plan"],
-                        p["prefill_chunks"]) for p in m["programs"]]
-    return Build(cfg, hw, m["prefetch"], mmap, image, programs, m["prompt"], m["max_new_tokens"])

@@ -9,9 +9,12 @@ generated tokens, the logits the device computed (one row per generated token: t
 prompt token's, then each decode step's), the KV cache gathered back through the
 block table, each program's counters and the final DRAM. The instructions are fetched
 from the DRAM image, as the hardware does. An RTL program that stops in the error state
-raises ``AcceleratorError`` with its code and instruction index.
-``same_dram(build, a, b)`` compares two final DRAM images, skipping the counter blocks
-(each simulator writes its own counters there).
+raises ``AcceleratorError`` with its code and instruction index. After every run, on
+every simulator, the regions no program may write (``buildfolder.read_only_regions``:
+the constants, the block table, the programs) are compared with the image that went in;
+a difference raises ``RunIntegrityError`` naming the region.
+``same_dram(build, a, b, l2_a, l2_b)`` compares two final DRAM images, skipping the
+counter blocks (each simulator writes its own counters there), and the two final L2s.
 
 The host keeps nothing between steps: the device reads its input tokens from the token
 buffer and writes the next token there itself.
@@ -28,6 +31,7 @@ import numpy as np
 
 from arch.isa import ErrorCode
 from compiler.asm import decode_program
+from compiler.buildfolder import RunIntegrityError, read_only_regions
 from compiler.driver import Build
 from compiler.isasim import IsaSimulator
 from compiler.semantics import AcceleratorError
@@ -43,6 +47,17 @@ class RunResult:
     dram: np.ndarray | None = None    # the final DRAM image
     wall_seconds: float = 0.0
     program_seconds: dict[str, float] | None = None   # RTL: wall time of each program
+    l2: np.ndarray | None = None      # the final L2 (the ISA simulator's; the RTL's banks)
+
+
+def check_read_only(build: Build, dram: np.ndarray) -> None:
+    """Raise ``RunIntegrityError`` if ``dram`` (after a run) differs from the build's
+    image in a read-only region."""
+    for r in read_only_regions(build):
+        differ = np.flatnonzero(dram[r.offset:r.end] != build.image.data[r.offset:r.end])
+        if differ.size:
+            raise RunIntegrityError(f"the run changed read-only DRAM: region {r.name}, "
+                                    f"{differ.size} bytes from byte {r.offset + differ[0]}")
 
 
 def program_from_dram(build: Build, dram: np.ndarray, name: str):
@@ -89,9 +104,10 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
         simulator.counters = type(simulator.counters)()
         counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
                                                                 p.name)).values)
+    check_read_only(build, simulator.dram)
     tokens, logits, kv = read_results(build, simulator.dram)
     return RunResult(tokens, logits, kv, counters, simulator.dram,
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, l2=simulator.l2)
 
 
 def rtl_dram_bytes(image_bytes: int) -> int:
@@ -110,7 +126,7 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
     params = RtlParams(build.hw, dram_bytes=rtl_dram_bytes(image.size), macros=True)
     model = build_model(params, waves=waves)
     programs = [(p.name, build.mmap[f"program:{p.name}"].offset) for p in build.programs]
-    job = run_job(model, image, programs, {"dram": (0, image.size)}, waves=waves)
+    job = run_job(model, image, programs, {"dram": (0, params.dram_bytes)}, waves=waves)
     counters, busy_before = {}, 0
     for entry in job.programs:
         if entry["timed_out"]:
@@ -122,22 +138,33 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
         counters[entry["name"]] = {**entry["counters"],
                                    "dram_busy_cycles": entry["dram_busy_cycles"] - busy_before}
         busy_before = entry["dram_busy_cycles"]
-    dram = job.reads["dram"]
+    dram, beyond = job.reads["dram"][:image.size], job.reads["dram"][image.size:]
+    if beyond.any():
+        raise RunIntegrityError(f"the run wrote simulated DRAM beyond the image (from byte "
+                                f"{image.size + int(np.flatnonzero(beyond)[0])})")
+    check_read_only(build, dram)
     tokens, logits, kv = read_results(build, dram)
     seconds = {entry["name"]: entry["wall_seconds"] for entry in job.programs}
-    return RunResult(tokens, logits, kv, counters, dram, job.wall_seconds, seconds)
+    return RunResult(tokens, logits, kv, counters, dram, job.wall_seconds, seconds, job.l2)
 
 
-def same_dram(build: Build, a: np.ndarray, b: np.ndarray) -> dict:
-    """Compare two final DRAM images outside the counter blocks."""
+def same_dram(build: Build, a: np.ndarray, b: np.ndarray, l2_a: np.ndarray | None = None,
+              l2_b: np.ndarray | None = None) -> dict:
+    """Compare two final DRAM images outside the counter blocks (each simulator counts
+    its own cycles there), and, when given, the two final L2s whole."""
     keep = np.ones(a.size, bool)
     for name, region in build.mmap.regions.items():
         if name.startswith("counters:"):
             keep[region.offset:region.offset + region.size] = False
     differ = np.flatnonzero((a != b) & keep)
-    return {"bit_exact": differ.size == 0, "bytes_compared": int(keep.sum()),
-            "bytes_differing": int(differ.size),
-            **({"first_difference": int(differ[0])} if differ.size else {})}
+    result = {"bit_exact": differ.size == 0, "bytes_compared": int(keep.sum()),
+              "bytes_differing": int(differ.size),
+              **({"first_difference": int(differ[0])} if differ.size else {})}
+    if l2_a is not None and l2_b is not None:
+        l2_differ = int(np.count_nonzero(l2_a != l2_b)) if l2_a.size == l2_b.size else -1
+        result.update(l2_bytes_compared=int(l2_a.size), l2_bytes_differing=l2_differ)
+        result["bit_exact"] &= l2_differ == 0
+    return result
 
 
 def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:

@@ -185,6 +185,10 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
         bad = f"MATMUL with an empty dimension (m={f.m}, k={f.k}, n={f.n})"
     elif instr.mnemonic == "ROPE" and (f.head_dim == 0 or f.head_dim % 2):
         bad = f"ROPE head_dim must be even and non-zero, got {f.head_dim}"
+    elif instr.mnemonic == "ROPE" and 0 in (f.rows, f.heads):
+        bad = f"ROPE with no rows or heads (rows={f.rows}, heads={f.heads})"
+    elif instr.mnemonic == "ARGMAX" and f.n == 0:
+        bad = "ARGMAX over no elements"
     elif instr.mnemonic in ("RMSNORM", "SOFTMAX", "REQUANT", "SILU_MUL", "RESADD") and (
             f.rows == 0 or f.cols == 0):
         bad = f"{instr.mnemonic} with an empty block ({f.rows}x{f.cols})"

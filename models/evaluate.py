@@ -104,13 +104,20 @@ def _nll_and_argmax(logits_BxTxV, targets_BxT):
 def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
              max_windows: int | None = None, batch: int = 16, progress: bool = False
              ) -> EvalResult:
-    """Float and integer perplexity and top-1 agreement on the held-out split."""
+    """Float and integer perplexity and top-1 agreement on the held-out split, in
+    windows of the model's context. Raises ``ValueError`` for ``max_windows < 1`` or a
+    held-out text shorter than one window."""
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.cfg.name}: evaluation needs a tokenizer and text")
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be at least 1, not {max_windows}")
     _, val_text = split_text(text if text is not None else corpus_text())
     data = np.asarray(loaded.tokenizer.encode(val_text), np.int32)
     length = loaded.cfg.max_seq_len
     n = (len(data) - 1) // length
+    if n < 1:
+        raise ValueError(f"the held-out text ({len(data)} tokens) is shorter than one window "
+                         f"of the model's context ({length} + 1 tokens)")
     if max_windows is not None:
         n = min(n, max_windows)
     inputs = np.stack([data[i * length:(i + 1) * length] for i in range(n)])
@@ -163,6 +170,8 @@ def generate_int(im: IntModel, prompt_ids: list[int], max_new_tokens: int) -> li
 def _check_length(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> None:
     if prompt_len == 0:
         raise ValueError("the prompt is empty")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     if prompt_len + max_new_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt ({prompt_len} tokens) plus {max_new_tokens} new tokens exceeds "
                          f"the model's context of {cfg.max_seq_len} tokens")

@@ -8,11 +8,9 @@ the same begin/end token handshake as the DMA engines: ``MATMUL`` goes to the
 ``VectorUnit`` (``port4..8``). One instruction is in flight at a time, so an
 instruction's reads never overtake the previous one's writes.
 
-Operands the ISA declares bad stop the accelerator with ``BAD_OPERAND`` at the
-instruction's index, as ``compiler.semantics.check`` does: an empty ``MATMUL``
-dimension, an empty vector block, an odd or zero
-``ROPE`` head size, a ``SOFTMAX`` whose first row sees past its columns. (L2 bounds of
-compute operands are not checked by the RTL: addresses wrap within the L2.)
+Operands the ISA refuses stop the accelerator at the instruction's index with the ISA
+simulator's error code, before the instruction runs (``OperandCheck``: bad fields,
+overlapping written rows, L2 operands beyond ``l2_bytes``).
 ``busy``/``stall`` say whether it executes or waits for tokens; ``macs`` counts array
 multiply-accumulates as the ISA simulator does: ``macs_step`` is ``m * k * n`` in the
 cycle a ``MATMUL`` starts.
@@ -30,6 +28,7 @@ from rtl.controller import ErrorPort, TokenPort
 from rtl.decode import INDEX_BITS, code, field, queued_layout, signal_mask, wait_mask
 from rtl.dram import MemPort
 from rtl.matmul_unit import MatmulUnit
+from rtl.operand_check import OperandCheck
 from rtl.vector_unit import N_READ, N_WRITE, VectorUnit
 
 N_VECTOR_PORTS = N_READ + N_WRITE
@@ -78,23 +77,10 @@ class ComputeEngine(wiring.Component):
         def is_op(mnemonic):
             return op == code(mnemonic)
 
-        blocks = ("REQUANT", "RMSNORM", "SOFTMAX", "SILU_MUL", "RESADD")
-        bad = Signal()
-        with m.If(is_matmul):
-            m.d.comb += bad.eq((f("MATMUL", "m") == 0) | (f("MATMUL", "k") == 0)
-                               | (f("MATMUL", "n") == 0))
-        for mn in blocks:
-            with m.Elif(is_op(mn)):
-                m.d.comb += bad.eq((f(mn, "rows") == 0) | (f(mn, "cols") == 0))
-        with m.Elif(is_op("ROPE")):
-            m.d.comb += bad.eq((f("ROPE", "head_dim") == 0) | f("ROPE", "head_dim")[0]
-                               | (f("ROPE", "rows") == 0) | (f("ROPE", "heads") == 0))
-        with m.Elif(is_op("ARGMAX")):
-            m.d.comb += bad.eq(f("ARGMAX", "n") == 0)
-        with m.If(is_op("SOFTMAX") & (f("SOFTMAX", "q_pos0") >= f("SOFTMAX", "cols"))):
-            m.d.comb += bad.eq(1)
-        known = is_matmul | is_op("ROPE") | is_op("ARGMAX")
-        for mn in blocks:
+        m.submodules.check = check = OperandCheck(p)
+        m.d.comb += check.word.eq(word)
+        known = is_matmul
+        for mn in ("REQUANT", "RMSNORM", "SOFTMAX", "SILU_MUL", "RESADD", "ROPE", "ARGMAX"):
             known |= is_op(mn)
 
         def fault(code_):
@@ -118,8 +104,9 @@ class ComputeEngine(wiring.Component):
                 with m.If(~known):
                     fault(isa.ErrorCode.INVALID_OPCODE)
                     m.next = "HALTED"
-                with m.Elif(bad):
-                    fault(isa.ErrorCode.BAD_OPERAND)
+                with m.Elif(check.code != isa.ErrorCode.NONE):
+                    m.d.comb += [self.fault.valid.eq(1), self.fault.code.eq(check.code),
+                                 self.fault.index.eq(index)]
                     m.next = "HALTED"
                 with m.Else():
                     m.d.comb += [mm.start.eq(is_matmul), vec.start.eq(~is_matmul)]

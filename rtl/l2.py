@@ -31,8 +31,8 @@ class L2(wiring.Component):
         self.n_ports = n_ports
         super().__init__({f"port{i}": In(MemPort(params.l2_addr_bits, params.line_bytes))
                           for i in range(n_ports)})
-        self.banks = [Sram(params.line_bytes, params.bank_depth, params.macros)
-                      for _ in range(params.line_banks)]
+        self.banks = [Sram(params.line_bytes, params.bank_depth, params.macros, bank=b)
+                      for b in range(params.line_banks)]
 
     def port(self, i: int):
         return getattr(self, f"port{i}")

@@ -13,7 +13,8 @@ the model.
 DRAM image goes in, and the final DRAM comes out, through the DRAM storage's file
 backdoor (``write_memh``/``read_memh``, ``sram_macro.v``); the bench starts each program
 at its DRAM offset and awaits ``done`` or the error state. It returns each program's
-counters and the requested DRAM ranges.
+counters, the requested DRAM ranges and the whole L2 at the end (each bank's macro
+writes its rows through ``+l2_dump=``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ BUILD_ROOT = ROOT / "build" / "rtl"
 # the RTL sources, not this runner, the cocotb bench or the statistics script; and the
 # architecture it is generated from (not the occupancy model, which only times it).
 SOURCES = sorted(p for p in Path(__file__).resolve().parent.glob("*.py")
-                 if p.name not in ("sim.py", "bench.py", "stats.py")) + [
+                 if p.name not in ("sim.py", "bench.py", "stats.py", "random_programs.py")) + [
     Path(__file__).resolve().parent / "verilog" / "sram_macro.v"] + sorted(
     p for p in (ROOT / "arch").glob("*.py") if p.name != "occupancy.py")
 
@@ -176,6 +177,7 @@ class JobResult:
     programs: list[dict]          # per program: name, cycles, done, error, counters...
     reads: dict[str, np.ndarray]  # requested DRAM ranges by name
     wall_seconds: float
+    l2: np.ndarray | None = None  # the whole L2 at the end (its banks' file backdoor)
 
 
 def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
@@ -201,7 +203,8 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
     t0 = time.perf_counter()
     runner.test(test_module="rtl.bench", hdl_toplevel="sim_top", hdl_toplevel_lang="verilog",
                 build_dir=str(model.directory / "sim_build"), test_dir=str(work),
-                plusargs=[f"+dram_image={work / 'image.hex'}", f"+dram_dump={work / 'dump.hex'}"],
+                plusargs=[f"+dram_image={work / 'image.hex'}", f"+dram_dump={work / 'dump.hex'}",
+                          f"+l2_dump={work / 'l2'}"],
                 extra_env={"ACCEL_BENCH_JOB": str(work / "job.json"),
                            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
                 waves=waves, log_file=str(work / "sim.log"), results_xml=str(work / "results.xml"))
@@ -212,6 +215,9 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
     summary = json.loads(summary_file.read_text())
     dram = read_memh(work / "dump.hex", W)
     data = {name: dram[offset:offset + size].copy() for name, (offset, size) in reads.items()}
+    banks = [read_memh(work / f"l2.{b}.hex", W).reshape(-1, W)
+             for b in range(model.params.line_banks)]
+    l2 = np.stack(banks, axis=1).reshape(-1)           # line a: bank a % n, row a // n
     if not waves:  # a finished job's folder holds two DRAM images (hundreds of MB)
         shutil.rmtree(work, ignore_errors=True)
-    return JobResult(summary["programs"], data, wall)
+    return JobResult(summary["programs"], data, wall, l2)

@@ -12,7 +12,9 @@ SRAM compiler's macro: large memories then cost Yosys and Verilator nothing to
 elaborate, and the synthesis statistics count them as macros (their bits are reported
 separately), as a real flow does. ``backdoor=True`` (the simulation DRAM's storage)
 gives the macro its file backdoor: loaded from ``+dram_image=`` at time zero and written
-to ``+dram_dump=`` at the end of the simulation (see ``sram_macro.v``).
+to ``+dram_dump=`` at the end of the simulation; ``bank=i`` (an L2 bank) writes its
+contents to ``<prefix>.<i>.hex`` at the end, ``+l2_dump=<prefix>`` (see
+``sram_macro.v``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ MACRO_SOURCE = Path(__file__).resolve().parent / "verilog" / "sram_macro.v"
 
 
 class Sram(wiring.Component):
-    def __init__(self, width_bytes: int, depth: int, macro: bool, backdoor: bool = False):
+    def __init__(self, width_bytes: int, depth: int, macro: bool, backdoor: bool = False,
+                 bank: int | None = None):
         if width_bytes < 1 or depth < 1:
             raise ValueError(f"an SRAM needs positive width and depth, not {width_bytes}x{depth}")
+        if backdoor and bank is not None:
+            raise ValueError("an SRAM is the DRAM's storage (backdoor) or an L2 bank, not both")
+        self.bank = bank
         self.width_bytes = width_bytes
         self.depth = depth
         self.macro = macro
@@ -52,7 +58,8 @@ class Sram(wiring.Component):
             m.submodules.macro = Instance(
                 "sram_macro",
                 p_WIDTH_BYTES=self.width_bytes, p_DEPTH=self.depth, p_ADDR_BITS=self.addr_bits,
-                p_BACKDOOR=int(self.backdoor),
+                p_BACKDOOR=1 if self.backdoor else 2 if self.bank is not None else 0,
+                p_BANK=self.bank or 0,
                 i_clk=ClockSignal(), i_ren=self.ren, i_raddr=self.raddr, o_rdata=self.rdata,
                 i_wen=self.wen, i_waddr=self.waddr, i_wdata=self.wdata)
             return m

@@ -48,6 +48,10 @@ def load_results(out: Path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
+    current = Path(out) / "sweep.json"
+    if current.exists():             # only the points of the spec last run into the folder
+        keys = set(json.loads(current.read_text())["keys"])
+        rows = [r for r in rows if r.get("key") in keys]
     rows = [r for r in rows if r.get("feasible", True)]
     if not rows:
         raise ReportError(f"{path}: no finished feasible points")

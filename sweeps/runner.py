@@ -17,11 +17,13 @@ progress shown.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import csv
+import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
+import signal
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,9 +35,41 @@ from sweeps import analytic
 from sweeps.cost import cost, dram_capacity_gbytes, logic_stats
 from sweeps.spec import Spec, point_hardware
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def point_key(point: dict) -> str:
-    return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
+
+class SweepError(ValueError):
+    """An output folder that holds results of other content."""
+
+
+@functools.cache
+def code_version() -> str:
+    """A hash of the sources a point's numbers come from: the architecture, the
+    compiler, the RTL (its synthesis gives the logic area), the model configurations
+    and the fast path and cost model."""
+    h = hashlib.sha256()
+    files = [*ROOT.glob("arch/*.py"), *ROOT.glob("compiler/*.py"), *ROOT.glob("rtl/*.py"),
+             *ROOT.glob("rtl/verilog/*"), ROOT / "models" / "config.py",
+             *(ROOT / "sweeps" / name for name in ("analytic.py", "perf.py", "cost.py"))]
+    for path in sorted(files):
+        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def point_content(point: dict, workloads: dict[str, dict]) -> dict:
+    """Everything a point's result depends on (see the contract)."""
+    hw = dataclasses.asdict(point_hardware(point))
+    hw.pop("name")
+    return {"hardware": hw, "model": preset(point["model"]).to_hf_dict(),
+            "workload": workloads[point["workload"]], "node": point["node"],
+            "devices": point["devices"], "prefetch": point["prefetch"],
+            "link": [point["link_gbytes_per_s"], point["link_latency_us"]],
+            "code": code_version()}
+
+
+def point_key(point: dict, workloads: dict[str, dict]) -> str:
+    content = json.dumps(point_content(point, workloads), sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def performance_key(point: dict) -> tuple:
@@ -62,7 +96,7 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict]) -> list[dict]
         est = analytic.workload(cfg, hw, w["prompt"], w["output"], point["prefetch"],
                                 devices, link)
     except CompileError as e:
-        return [{"key": point_key(p), **p, "l2_bytes": hw.l2_bytes, "feasible": False,
+        return [{"key": point_key(p, workloads), **p, "l2_bytes": hw.l2_bytes, "feasible": False,
                  "reason": str(e)} for p in points]
     mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
                                devices, link)
@@ -73,7 +107,7 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict]) -> list[dict]
     for p in points:
         c = cost(hw, p["node"], dram_gbytes)
         rows.append({
-            "key": point_key(p), **p, "l2_bytes": hw.l2_bytes, "feasible": True,
+            "key": point_key(p, workloads), **p, "l2_bytes": hw.l2_bytes, "feasible": True,
             "reason": "", "array": f"{hw.array_rows}x{hw.array_cols}", "prompt": w["prompt"],
             "output": w["output"], "tokens_per_s": tokens_per_s,
             "ttft_s": est.ttft_s(hw), "tpot_s": est.tpot_s(hw),
@@ -166,13 +200,27 @@ class _Writer:
 
 
 def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
-              workers: int | None = None, progress: bool = True) -> dict:
+              workers: int | None = None, progress: bool = True, fresh: bool = False) -> dict:
+    """Run ``spec`` into ``out`` (see the contract); ``{"points", "skipped", "ran"}``.
+    Raises ``SweepError`` if ``out`` holds results of other content and not ``fresh``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     points = spec.points()
+    keys = [point_key(p, spec.workloads) for p in points]
+    if fresh:
+        for name in ("results.jsonl", "results.csv"):
+            (out / name).unlink(missing_ok=True)
     done = finished_keys(out)
-    todo = [p for p in points if point_key(p) not in done]
+    other = done - set(keys)
+    if other:
+        raise SweepError(f"{out}: holds {len(other)} results of other content (a changed "
+                         f"spec, workload, hardware file or toolkit version); rerun with "
+                         f"--fresh to discard them, or write to another folder")
+    todo = [p for p, k in zip(points, keys, strict=True) if k not in done]
     (out / "spec.toml").write_text(spec.path.read_text())
+    (out / "sweep.json").write_text(json.dumps({"spec": str(spec.path),
+                                                "code_version": code_version(),
+                                                "keys": keys}) + "\n")
     configs = _logic_configs(todo)
     for hw in tqdm(configs, desc="logic statistics (Yosys, cached)", disable=not progress):
         logic_stats(hw)
@@ -196,6 +244,14 @@ def _record(rows: list[dict], writer: _Writer, bar) -> None:
     bar.update(len(rows))
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _evaluate(args):
+    return evaluate_group(*args)
+
+
 def _run_local(todo, workloads, workers, writer, bar) -> None:
     work = groups(todo)
     if workers == 1 or len(work) <= 1:
@@ -203,12 +259,17 @@ def _run_local(todo, workloads, workers, writer, bar) -> None:
             _record(evaluate_group(g, workloads), writer, bar)
         return
     # Spawned, not forked: the caller may have JAX's threads running (``accel demo``), and
-    # a fork of a multithreaded process can deadlock.
+    # a fork of a multithreaded process can deadlock. The workers ignore Ctrl-C; the
+    # parent terminates them when it is interrupted, so it stops at once.
     context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(evaluate_group, g, workloads) for g in work]
-        for f in cf.as_completed(futures):
-            _record(f.result(), writer, bar)
+    pool = context.Pool(workers, initializer=_ignore_sigint)
+    try:
+        for rows in pool.imap_unordered(_evaluate, [(g, workloads) for g in work]):
+            _record(rows, writer, bar)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
@@ -216,5 +277,8 @@ def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
 
     with Client(scheduler) as client:
         futures = client.map(evaluate_group, groups(todo), workloads=workloads, pure=False)
-        for f in as_completed(futures):
-            _record(f.result(), writer, bar)
+        try:
+            for f in as_completed(futures):
+                _record(f.result(), writer, bar)
+        finally:
+            client.cancel(futures)

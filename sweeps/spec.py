@@ -5,8 +5,9 @@ Contract
 ``load_spec(path)`` reads a spec and returns a ``Spec``; ``spec.points()`` the design
 points (dicts of every setting, in a stable order). Everything is checked before any
 point runs: an unknown section or axis, an empty or malformed range, an unknown model,
-hardware preset, node or workload, a value out of the hardware's range. ``SpecError``
-names the file and the line.
+hardware preset, node or workload, a value out of the hardware's range, a model whose
+heads or MLP do not split over a point's devices, a workload longer than the model's
+context. ``SpecError`` names the file and the line.
 
 A spec::
 
@@ -179,6 +180,10 @@ def load_spec(path: str | Path) -> Spec:
             if problem:
                 fail_at(name, section, problem)
     for p in spec.points():
+        problem = _check_point(p, spec)
+        if problem:
+            key, message = problem
+            fail_at(key, "axes" if key in axes else "fixed", message)
         try:
             point_hardware(p)
         except HardwareError as e:
@@ -209,6 +214,26 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
             return str(e)
     elif name == "devices" and value < 1:
         return f"devices must be at least 1, not {value}"
+    return None
+
+
+def _check_point(point: dict, spec: Spec) -> tuple[str, str] | None:
+    """``(setting, reason)`` if the point's model cannot run its workload on its
+    devices: heads or MLP that do not split over them, or a workload longer than the
+    model's context. (An L2 too small for the model is a result, not an error: the point
+    is recorded as infeasible.)"""
+    from sweeps.analytic import shard
+
+    cfg = preset(point["model"])
+    try:
+        shard(cfg, point["devices"])
+    except ValueError as e:
+        return "devices", f"a point cannot run: {e}"
+    w = spec.workloads[point["workload"]]
+    if w["prompt"] + w["output"] > cfg.max_seq_len:
+        return "workload", (f"a point cannot run: workload {point['workload']!r} "
+                            f"({w['prompt']} + {w['output']} tokens) is longer than "
+                            f"{cfg.name}'s context of {cfg.max_seq_len} tokens")
     return None
 
 

@@ -4,13 +4,18 @@
 // synchronous read (data the cycle after `ren`, holding otherwise), non-transparent,
 // byte-granular writes. No initialiser: Verilator starts it at zero.
 //
+// BACKDOOR = 2 (an L2 bank, BANK its index) writes the contents at the end of the
+// simulation to <prefix>.<BANK>.hex, where +l2_dump=<prefix>: the bench compares the
+// whole L2 with the ISA simulator's.
+//
 // BACKDOOR = 1 (the simulation DRAM's storage only) gives the testbench file access,
 // as a simulator's memory backdoor does: at time zero the contents are read from the
 // file named by the plusarg +dram_image=<file> ($readmemh, one line per row), and at
 // the end of simulation they are written to +dram_dump=<file> ($writememh). Loading a
 // megabyte row by row through VPI took the cocotb bench about a second each way.
 module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
-                    parameter ADDR_BITS = 10, parameter BACKDOOR = 0) (
+                    parameter ADDR_BITS = 10, parameter BACKDOOR = 0,
+                    parameter BANK = 0) (
     input  wire                       clk,
     input  wire                       ren,
     input  wire [ADDR_BITS-1:0]       raddr,
@@ -29,7 +34,14 @@ module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
                 mem[waddr][8*i +: 8] <= wdata[8*i +: 8];
     end
 
-    generate if (BACKDOOR) begin : backdoor
+    generate if (BACKDOOR == 2) begin : l2_backdoor
+        string prefix;
+        final
+            if ($value$plusargs("l2_dump=%s", prefix))
+                $writememh($sformatf("%s.%0d.hex", prefix, BANK), mem);
+    end endgenerate
+
+    generate if (BACKDOOR == 1) begin : backdoor
         reg [8*4096-1:0] image_file, dump_file;
         initial
             if ($value$plusargs("dram_image=%s", image_file))

@@ -27,6 +27,11 @@ def test_eval_json_reports_both_perplexities(capsys):
     (["eval", "--model", "/nonexistent/folder"], "unknown model preset"),
     (["generate", "--prompt", "ROMEO:", "--max-new-tokens", "400"], "exceeds the model's context"),
     (["generate", "--prompt", "naïve"], "'ï' is not in the tokenizer's alphabet"),
+    (["generate", "--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
+    (["generate", "--max-new-tokens", "-3", "--numerics", "int"], "at least 1, not -3"),
+    (["eval", "--max-windows", "0"], "max_windows must be at least 1, not 0"),
+    (["compile", "--model", "tiny", "--no-weights", "--decode-at", "-1"],
+     "the position must be at least 0"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)
@@ -68,10 +73,63 @@ def test_run_refuses_a_corrupted_program(capsys, tmp_path):
     data[100] ^= 0xFF
     (out / "prefill.bin").write_bytes(bytes(data))
     code, _, err = run(capsys, "run", str(out))
-    assert code == 2 and "corrupted (CRC-32 mismatch)" in err
+    assert code == 2 and "prefill.bin: changed since it was compiled" in err
 
 
 def test_prompt_longer_than_context(capsys, tmp_path):
     code, _, err = run(capsys, "compile", "--prompt", "x" * 250, "--max-new-tokens", "10",
                        "-o", str(tmp_path / "b"))
     assert code == 2 and "longer than the model's context of 256 tokens" in err
+
+
+def test_eval_refuses_a_text_shorter_than_one_window(tiny_model, tiny_int):
+    from models.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="shorter than one window"):
+        evaluate(tiny_model, tiny_int, text="ROMEO:\n" * 100)
+
+
+def test_verify_exits_non_zero_when_any_rung_fails(capsys, monkeypatch):
+    """Rung 1 below its bar (rungs 2 and 3 bit-exact): FAIL and exit status 1."""
+    import accel.cli as cli
+
+    exact = {"bit_exact": True, "tokens_compared": 3, "logit_rows_compared": 3,
+             "kv_equal": True}
+    report = {"model": "tiny", "hardware": "edge-8x8", "isa_vs_int": exact,
+              "isa_vs_int_prefetch_off": exact,
+              "int_vs_float": {"top1_agreement": 0.80, "ppl_ratio": 1.01, "float_ppl": 4.0,
+                               "int_ppl": 4.04, "tokens": 512}}
+    monkeypatch.setattr(cli, "verify_ladder", lambda *a, **k: dict(report))
+    code, out, _ = run(capsys, "verify")
+    assert code == 1 and "FAILED: int_vs_float" in out
+    code, out, _ = run(capsys, "verify", "--json")
+    assert code == 1 and json.loads(out)["failed_rungs"] == ["int_vs_float"]
+    report["int_vs_float"]["top1_agreement"] = 0.97
+    report["isa_vs_int_prefetch_off"] = {**exact, "bit_exact": False}
+    code, out, _ = run(capsys, "verify")
+    assert code == 1 and "FAILED: isa_vs_int_prefetch_off" in out
+    report["isa_vs_int_prefetch_off"] = exact
+    assert run(capsys, "verify")[0] == 0
+
+
+def test_an_accelerator_error_is_one_line(capsys, tmp_path, tiny_int):
+    """A build (hashes intact) whose program loads from beyond DRAM: one line naming the
+    error code and the instruction, exit status 2."""
+    from arch.hardware import load_hardware
+    from compiler.driver import compile_generation
+
+    build = compile_generation(tiny_int.cfg, tiny_int.qm, load_hardware("edge-8x8"),
+                               [3, 4, 5], 1)
+    instrs = build.programs[0].instrs
+    i = next(i for i, x in enumerate(instrs) if x.mnemonic == "DMA_LOAD")
+    instrs[i] = instrs[i].replace(dram_addr=build.mmap.size + 4096)
+    import numpy as np
+
+    from compiler.asm import encode_program
+
+    region = build.mmap["program:prefill"]
+    build.image.data[region.offset:region.end] = np.frombuffer(encode_program(instrs), np.uint8)
+    build.save(tmp_path / "bad")
+    code, _, err = run(capsys, "run", str(tmp_path / "bad"))
+    assert code == 2 and "DRAM_OUT_OF_RANGE" in err and f"instruction {i}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

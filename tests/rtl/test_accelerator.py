@@ -11,15 +11,15 @@ import pytest
 from arch.hardware import load_hardware
 from arch.isa import INSTR_BYTES, Engine, ErrorCode, MatmulMode, make
 from compiler.backend import Code
-from compiler.image import DramImage, MemoryMap, block_table
+from compiler.image import DramImage, MemoryMap
 from compiler.isasim import IsaSimulator
 from compiler.schedule import schedule
 from rtl.common import RtlParams
+from rtl.random_programs import DRAM_BYTES, random_dma_program, run_random_programs
 from rtl.sim import build_model, run_job
 
 pytestmark = pytest.mark.slow
 
-DRAM_BYTES = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -28,106 +28,15 @@ def model():
     return build_model(RtlParams(hw, DRAM_BYTES))
 
 
-def random_compute(rng, hw):
-    """A random compute instruction on L2 bytes (operands need no parameter words)."""
-    l2 = hw.l2_bytes
-
-    def place(rows, row_bytes, stride=None):
-        stride = stride or row_bytes + int(rng.integers(0, 24))
-        return int(rng.integers(0, l2 - rows * stride)), stride
-
-    kind = rng.integers(0, 5)
-    if kind == 0:
-        gemv = bool(rng.integers(0, 2))
-        m = int(rng.integers(1, 6 * hw.array_rows))
-        k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 40)), int(rng.integers(0, 2))
-        x_addr, x_stride = place(m, k)
-        w_addr, w_stride = place(k, n) if kn else place(n, k)
-        out_addr, out_stride = place(m, 4 * n)
-        return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
-                    x_addr=x_addr, w_addr=w_addr, out_addr=out_addr, m=m, k=k, n=n,
-                    x_stride=x_stride, w_stride=w_stride, out_stride=out_stride)
-    rows, cols = int(rng.integers(1, 5)), int(rng.integers(1, 90))
-    if kind == 1:
-        src, src_stride = place(rows, 2 * cols)
-        dst, dst_stride = place(rows, cols)
-        return make("RMSNORM", src_addr=src, dst_addr=dst, rows=rows, cols=cols,
-                    src_stride=src_stride, dst_stride=dst_stride, mult=20000, shift=20, eps=5)
-    if kind == 2:
-        cols = max(cols, rows)
-        src, src_stride = place(rows, 4 * cols)
-        dst, dst_stride = place(rows, cols)
-        return make("SOFTMAX", src_addr=src, dst_addr=dst, rows=rows, cols=cols,
-                    q_pos0=int(rng.integers(0, cols - rows + 1)), src_stride=src_stride,
-                    dst_stride=dst_stride, mult=24000, shift=30)
-    if kind == 3:
-        heads, head_dim = int(rng.integers(1, 4)), 2 * int(rng.integers(1, 20))
-        src, stride = place(rows, heads * head_dim)
-        return make("ROPE", src_addr=src, dst_addr=src, rows=rows, heads=heads,
-                    head_dim=head_dim, pos0=int(rng.integers(0, 1000)),
-                    freq_addr=place(1, 2 * head_dim)[0], row_stride=stride)
-    return make("ARGMAX", src_addr=place(1, 2 * cols)[0], n=cols, dst_addr=place(1, 4)[0])
-
-
-def random_dma_program(rng, hw, n_instr=24, compute=False):
-    """A DRAM image and a random program over it (DMA, and compute instructions when
-    ``compute``), with dependency tokens from the compiler's scheduler."""
-    mmap = MemoryMap()
-    mmap.add("src", 64 * 1024)
-    mmap.add("table", 4 * 64)
-    mmap.start_writable()
-    mmap.add("block_table", 4 * 16)
-    mmap.add("pool", 16 * hw.kv_block_tokens * 64)
-    mmap.add("dst", 64 * 1024)
-    mmap.add("program", INSTR_BYTES * (4 * n_instr + 2))
-    image = DramImage(mmap)
-    image.write("src", rng.integers(0, 256, 64 * 1024, dtype=np.uint8))
-    image.write("table", rng.integers(0, 300, 64).astype("<i4"))
-    image.write("block_table", block_table(16, seed=3), keep=True)
-    image.write("pool", rng.integers(0, 256, mmap["pool"].size, dtype=np.uint8))
-    src, dst, pool = mmap["src"].offset, mmap["dst"].offset, mmap["pool"]
-    instrs = []
-    l2 = hw.l2_bytes
-    for _ in range(n_instr):
-        kind = rng.integers(0, 10 if compute else 5)
-        if kind >= 5:
-            instrs.append(random_compute(rng, hw))
-            continue
-        rows, row_bytes = int(rng.integers(1, 9)), int(rng.integers(1, 300))
-        l2_stride = row_bytes + int(rng.integers(0, 40))
-        l2_addr = int(rng.integers(0, l2 - rows * l2_stride))
-        if kind == 0:
-            instrs.append(make("DMA_LOAD", dram_addr=src + int(rng.integers(0, 30000)),
-                               l2_addr=l2_addr, rows=rows, row_bytes=row_bytes,
-                               dram_stride=row_bytes + int(rng.integers(0, 100)),
-                               l2_stride=l2_stride))
-        elif kind == 1:
-            instrs.append(make("DMA_STORE", l2_addr=l2_addr,
-                               dram_addr=dst + int(rng.integers(0, 30000)), rows=rows,
-                               row_bytes=row_bytes, l2_stride=l2_stride,
-                               dram_stride=row_bytes + int(rng.integers(0, 100))))
-        elif kind == 2:
-            instrs.append(make("DMA_GATHER", idx_addr=mmap["table"].offset + 4 * int(
-                rng.integers(0, 56)), table_addr=src, count=rows, row_bytes=row_bytes,
-                l2_addr=l2_addr, l2_stride=l2_stride))
-        elif kind == 3:
-            first, n = int(rng.integers(0, 100)), int(rng.integers(1, 60))
-            col = int(rng.integers(0, 4)) * 16
-            instrs.append(make("KV_PREFETCH", pool_addr=pool.offset,
-                               table_addr=mmap["block_table"].offset, first_token=first,
-                               n_tokens=n, row_bytes=64, col_offset=col, col_bytes=16,
-                               l2_addr=int(rng.integers(0, l2 - n * 16))))
-        else:
-            first, n = int(rng.integers(0, 100)), int(rng.integers(1, 30))
-            instrs.append(make("KV_APPEND", l2_addr=int(rng.integers(0, l2 - n * 64)),
-                               pool_addr=pool.offset, table_addr=mmap["block_table"].offset,
-                               first_token=first, n_tokens=n, row_bytes=64))
-    instrs.append(make("HALT"))
-    program = schedule(Code(instrs), hw, image, prefetch=True)
-    from compiler.asm import encode_program
-
-    image.write("program", np.frombuffer(encode_program(program), np.uint8))
-    return image, program
+def assert_same_memories(result, isa):
+    """The whole simulated DRAM (beyond the image it must stay zero) and the whole L2
+    of the RTL after a job, against the ISA simulator's."""
+    dram = np.zeros(DRAM_BYTES, np.uint8)
+    dram[:isa.dram.size] = isa.dram
+    for name, rtl, ref in (("DRAM", result.reads["dram"], dram), ("L2", result.l2, isa.l2)):
+        assert rtl.size == ref.size, (name, rtl.size, ref.size)
+        differ = np.flatnonzero(rtl != ref)
+        assert differ.size == 0, f"{name}: {differ.size} bytes differ, first at {differ[:8]}"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -136,36 +45,47 @@ def test_random_dma_programs_match_the_isa_simulator(model, seed):
     image, program = random_dma_program(np.random.default_rng(seed), hw)
     isa = IsaSimulator(hw, image.data)
     isa.run(program)
-    mmap = image.mmap
-    writable = (mmap.rw_base, mmap["program"].offset - mmap.rw_base)
-    result = run_job(model, image.data, [("p", mmap["program"].offset)],
-                     {"writable": writable})
+    result = run_job(model, image.data, [("p", image.mmap["program"].offset)],
+                     {"dram": (0, DRAM_BYTES)})
     run = result.programs[0]
     assert run["done"] and not run["error"], run
-    np.testing.assert_array_equal(result.reads["writable"],
-                                  isa.dram[writable[0]:writable[0] + writable[1]])
+    assert_same_memories(result, isa)
+    assert not np.array_equal(isa.l2, np.zeros_like(isa.l2))
     assert run["counters"]["cycles"] > 0
     assert run["counters"]["instructions"] == len(program)
 
 
 @pytest.mark.parametrize("seed", [10, 11])
 def test_random_programs_with_compute_match_the_isa_simulator(model, seed):
-    """Every engine at once, tokens from the scheduler: no deadlock, same final DRAM."""
+    """Every engine at once, tokens from the scheduler: no deadlock, the same DRAM and
+    L2 at the end."""
     hw = model.params.hw
     image, program = random_dma_program(np.random.default_rng(seed), hw, 40, compute=True)
     assert sum(i.engine == Engine.COMPUTE for i in program) >= 10
     isa = IsaSimulator(hw, image.data)
     counters = isa.run(program)
-    mmap = image.mmap
-    writable = (mmap.rw_base, mmap["program"].offset - mmap.rw_base)
-    result = run_job(model, image.data, [("p", mmap["program"].offset)],
-                     {"writable": writable}, max_cycles=2_000_000)
+    result = run_job(model, image.data, [("p", image.mmap["program"].offset)],
+                     {"dram": (0, DRAM_BYTES)}, max_cycles=2_000_000)
     run = result.programs[0]
     assert run["done"] and not run["error"], run
-    np.testing.assert_array_equal(result.reads["writable"],
-                                  isa.dram[writable[0]:writable[0] + writable[1]])
+    assert_same_memories(result, isa)
     assert run["counters"]["array_macs"] == counters.values["array_macs"]
     assert run["counters"]["compute_busy"] > 0
+
+
+@pytest.mark.parametrize("seed", [30, 31, 32, 33])
+def test_random_legal_programs_with_random_tokens_never_deadlock(model, seed):
+    """Eight random programs a job, four jobs (``benchmarks/fuzz_programs.py`` runs
+    thousands): each finishes (no deadlock) with the ISA simulator's instruction count
+    and MACs, and the whole DRAM and L2 are the same at the end."""
+    result, isa, counted = run_random_programs(model, seed)
+    assert len(result.programs) == len(counted)
+    for run, (program, counters) in zip(result.programs, counted, strict=True):
+        assert run["done"] and not run["error"] and not run["timed_out"], run
+        assert run["counters"]["instructions"] == counters["instructions"] == len(program)
+        assert run["counters"]["array_macs"] == counters["array_macs"]
+    assert sum(len(p) for p, _ in counted) > 200
+    assert_same_memories(result, isa)
 
 
 def random_matmul(rng, hw, gemv: bool):
@@ -244,6 +164,13 @@ def test_invalid_instruction_stops_in_the_error_state(model):
           l2_stride=64, dram_stride=64), ErrorCode.DRAM_OUT_OF_RANGE),
     (dict(mnemonic="DMA_LOAD", dram_addr=0, l2_addr=0, rows=4, row_bytes=64, dram_stride=64,
           l2_stride=32), ErrorCode.BAD_OPERAND),
+    # compute operands: an output past the L2's end, overlapping written rows
+    (dict(mnemonic="MATMUL", mode=0, accumulate=0, w_layout=0, x_addr=0, w_addr=1024,
+          out_addr=64 * 1024 - 200, m=4, k=16, n=16, x_stride=16, w_stride=16,
+          out_stride=64), ErrorCode.L2_OUT_OF_RANGE),
+    (dict(mnemonic="REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0,
+          dst_addr=4096, param_addr=2048, bias_addr=0, rows=3, cols=32, src_stride=128,
+          dst_stride=16), ErrorCode.BAD_OPERAND),
 ])
 def test_engine_faults_match_the_isa_simulator(model, bad, code):
     """The RTL stops with the same error code and instruction index as the ISA simulator."""

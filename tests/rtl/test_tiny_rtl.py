@@ -40,8 +40,8 @@ def runs(request, tiny_model, tiny_int):
 
 def test_tiny_is_bit_exact_on_the_rtl(runs, tiny_int):
     ids, build, isa, rtl = runs
-    verdict = same_dram(build, isa.dram, rtl.dram)
-    assert verdict["bit_exact"], verdict
+    verdict = same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)
+    assert verdict["bit_exact"] and verdict["l2_bytes_compared"] == build.hw.l2_bytes, verdict
     ref = compare(rtl, reference_generation(tiny_int, ids, 5))
     assert ref["bit_exact"] and ref["tokens_compared"] == 5, ref
     assert list(rtl.counters) == [p.name for p in build.programs]

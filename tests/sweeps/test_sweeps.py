@@ -181,3 +181,85 @@ window.addEventListener('load', () => {
                           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert f'data-loaded="{len(FIGURES)}/{len(FIGURES)}"' in dom, dom[-500:]
+
+
+@pytest.mark.parametrize(("edit", "line", "message"), [
+    (("factor = 2 }", "factor = 2 }\ndevices = [1, 4]"), 15,
+     "n_kv_heads = 2 does not split over 4 devices"),
+    (("short = { prompt = 32, output = 8 }", "short = { prompt = 40000, output = 8 }"), 16,
+     "workload 'short' (40000 + 8 tokens) is longer than qwen2.5-0.5b's context"),
+])
+def test_points_that_cannot_run_fail_before_any_point(tmp_path, edit, line, message):
+    path = write(tmp_path, SPEC.replace(*edit))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert f"{path}:{line}:" in str(err.value) and message in str(err.value)
+
+
+def test_a_rerun_of_other_content_is_refused_and_the_report_reads_only_the_spec(sweep,
+                                                                                 tmp_path):
+    """Same names, other content: a workload's lengths, an axis, the hardware file's
+    contents. Each is refused (results kept), then run with ``fresh``."""
+    from sweeps.runner import SweepError
+
+    _, out, _ = sweep
+    hw_file = tmp_path / "hw.toml"
+    hw_file.write_text((Path("configs") / "edge-4x4.toml").read_text())
+    base = SPEC.replace('hw = "edge-4x4"', f'hw = "{hw_file}"')
+    folder = tmp_path / "out"
+    run_sweep(load_spec(write(tmp_path, base)), folder, workers=1, progress=False)
+    kept = (folder / "results.jsonl").read_text()
+    for name, text, change in [
+            ("workload", base, ("prompt = 32, output = 8", "prompt = 48, output = 8")),
+            ("axis", base, ("prefetch = [true, false]", "prefetch = [true]")),
+            ("hardware file", None, None)]:
+        if text is None:
+            hw_file.write_text(hw_file.read_text().replace("clock_hz = 800000000",
+                                                           "clock_hz = 600000000"))
+            text = base
+        else:
+            text = text.replace(*change)
+        spec = load_spec(write(tmp_path, text, f"{name}.toml"))
+        with pytest.raises(SweepError, match=r"holds [36] results of other content"):
+            run_sweep(spec, folder, workers=1, progress=False)
+        assert (folder / "results.jsonl").read_text() == kept, name
+    summary = run_sweep(spec, folder, workers=1, progress=False, fresh=True)
+    assert summary == {"points": 6, "skipped": 0, "ran": 6}
+    # A folder of mixed rows (as older versions left them): the report takes the spec's.
+    (folder / "results.jsonl").write_text(kept + (folder / "results.jsonl").read_text())
+    from sweeps.report import load_results
+
+    rows = load_results(folder)
+    assert len(rows) == 6 and {r["key"] for r in rows} == finished_keys(folder) - {
+        json.loads(x)["key"] for x in kept.splitlines()}
+
+
+def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path):
+    """Ctrl-C (SIGINT to the process group) while two workers compute: the command
+    exits within 2 s; the points written stay, and a rerun skips them."""
+    import os
+    import signal
+    import sys
+    import time
+
+    text = SPEC.replace("short = { prompt = 32, output = 8 }",
+                        "short = { prompt = 1024, output = 1024 }").replace(
+        'model = "qwen2.5-0.5b"', 'model = "sheared-llama-1.3b"').replace(
+        "factor = 2 }", "factor = 2 }\nclock_hz = { range = [500000000, 1900000000, "
+        "100000000] }")
+    path = write(tmp_path, text)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "sweep", str(path), "-o",
+                             str(out), "--workers", "2"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while not (results.exists() and results.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 2.0 and proc.returncode == 130, err[-300:]
+    lines = results.read_text().splitlines()
+    assert 2 <= len(lines) < 90 and len(finished_keys(out)) == len(lines)

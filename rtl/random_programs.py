@@ -1,0 +1,180 @@
+"""Random legal programs for the accelerator: the random-program tests
+(tests/rtl/test_accelerator.py) and the fuzzing benchmark (benchmarks/fuzz_programs.py).
+
+Contract
+--------
+``random_dma_program(rng, hw, ...)`` builds a DRAM image and random programs over it: DMA
+loads, stores, gathers, KV prefetches and appends, and (``compute=True``) random
+``MATMUL``/vector instructions on L2 bytes, with the compiler scheduler's dependency
+tokens plus ``extra_tokens`` random orderings (``random_tokens``). Such programs are
+legal: race-free and deadlock-free, so the RTL and the ISA simulator must agree on them.
+``run_random_programs(model, seed)`` runs a job of them on a Verilator model and on the
+ISA simulator. (Not part of the hardware: excluded from the Verilator model's key.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from arch.isa import INSTR_BYTES, Engine, make
+from compiler.asm import encode_program
+from compiler.backend import Code
+from compiler.image import DramImage, MemoryMap, block_table
+from compiler.isasim import IsaSimulator
+from compiler.schedule import dependencies, hoist, insert_tokens, schedule
+from rtl.sim import run_job
+
+DRAM_BYTES = 1 << 20
+
+
+def random_compute(rng, hw):
+    """A random compute instruction on L2 bytes (operands need no parameter words)."""
+    l2 = hw.l2_bytes
+
+    def place(rows, row_bytes, stride=None):
+        stride = stride or row_bytes + int(rng.integers(0, 24))
+        return int(rng.integers(0, l2 - rows * stride)), stride
+
+    kind = rng.integers(0, 5)
+    if kind == 0:
+        gemv = bool(rng.integers(0, 2))
+        m = int(rng.integers(1, 6 * hw.array_rows))
+        k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 40)), int(rng.integers(0, 2))
+        x_addr, x_stride = place(m, k)
+        w_addr, w_stride = place(k, n) if kn else place(n, k)
+        out_addr, out_stride = place(m, 4 * n)
+        return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
+                    x_addr=x_addr, w_addr=w_addr, out_addr=out_addr, m=m, k=k, n=n,
+                    x_stride=x_stride, w_stride=w_stride, out_stride=out_stride)
+    rows, cols = int(rng.integers(1, 5)), int(rng.integers(1, 90))
+    if kind == 1:
+        src, src_stride = place(rows, 2 * cols)
+        dst, dst_stride = place(rows, cols)
+        return make("RMSNORM", src_addr=src, dst_addr=dst, rows=rows, cols=cols,
+                    src_stride=src_stride, dst_stride=dst_stride, mult=20000, shift=20, eps=5)
+    if kind == 2:
+        cols = max(cols, rows)
+        src, src_stride = place(rows, 4 * cols)
+        dst, dst_stride = place(rows, cols)
+        return make("SOFTMAX", src_addr=src, dst_addr=dst, rows=rows, cols=cols,
+                    q_pos0=int(rng.integers(0, cols - rows + 1)), src_stride=src_stride,
+                    dst_stride=dst_stride, mult=24000, shift=30)
+    if kind == 3:
+        heads, head_dim = int(rng.integers(1, 4)), 2 * int(rng.integers(1, 20))
+        src, stride = place(rows, heads * head_dim)
+        return make("ROPE", src_addr=src, dst_addr=src, rows=rows, heads=heads,
+                    head_dim=head_dim, pos0=int(rng.integers(0, 1000)),
+                    freq_addr=place(1, 2 * head_dim)[0], row_stride=stride)
+    return make("ARGMAX", src_addr=place(1, 2 * cols)[0], n=cols, dst_addr=place(1, 4)[0])
+
+
+def random_tokens(code, hw, image, rng, extra):
+    """The scheduler's stream order and tokens plus ``extra`` random orderings: each
+    makes an instruction also wait for a random instruction of another engine earlier in
+    the stream. Any ordering along the stream keeps the program deadlock-free, and more
+    ordering keeps it race-free, so the RTL and the ISA simulator must still agree."""
+    deps = dependencies(code, hw, image, prefetch=True)
+    order = hoist(code.instrs, deps)
+    position = {j: k for k, j in enumerate(order)}
+    engines = [int(i.engine) for i in code.instrs]
+    for _ in range(extra):
+        j = int(rng.integers(len(order)))
+        if code.instrs[j].engine == Engine.CONTROL:
+            continue
+        before = [i for i in range(len(order)) if position[i] < position[j]
+                  and engines[i] not in (engines[j], int(Engine.CONTROL))]
+        if before:
+            i = int(rng.choice(before))
+            deps[j][engines[i]] = max(deps[j].get(engines[i], -1), i)
+    return insert_tokens(code.instrs, deps, order)
+
+
+def random_dma_program(rng, hw, n_instr=24, compute=False, n_programs=1, extra_tokens=0):
+    """A DRAM image and random programs over it (DMA, and compute instructions when
+    ``compute``), with dependency tokens from the compiler's scheduler and
+    ``extra_tokens`` random ones (``random_tokens``). One program: ``(image, program)``
+    in region ``program``; several: ``(image, [programs])`` in ``program0``, ..."""
+    mmap = MemoryMap()
+    mmap.add("src", 64 * 1024)
+    mmap.add("table", 4 * 64)
+    mmap.start_writable()
+    mmap.add("block_table", 4 * 16)
+    mmap.add("pool", 16 * hw.kv_block_tokens * 64)
+    mmap.add("dst", 64 * 1024)
+    names = ["program"] if n_programs == 1 else [f"program{k}" for k in range(n_programs)]
+    for name in names:
+        mmap.add(name, INSTR_BYTES * (4 * n_instr + 2))
+    image = DramImage(mmap)
+    image.write("src", rng.integers(0, 256, 64 * 1024, dtype=np.uint8))
+    image.write("table", rng.integers(0, 300, 64).astype("<i4"))
+    image.write("block_table", block_table(16, seed=3), keep=True)
+    image.write("pool", rng.integers(0, 256, mmap["pool"].size, dtype=np.uint8))
+    programs = [_random_program(rng, hw, image, n_instr, compute, extra_tokens)
+                for _ in names]
+    for name, program in zip(names, programs, strict=True):
+        image.write(name, np.frombuffer(encode_program(program), np.uint8))
+    return image, programs[0] if n_programs == 1 else programs
+
+
+def _random_program(rng, hw, image, n_instr, compute, extra_tokens):
+    mmap = image.mmap
+    src, dst, pool = mmap["src"].offset, mmap["dst"].offset, mmap["pool"]
+    instrs = []
+    l2 = hw.l2_bytes
+    for _ in range(n_instr):
+        kind = rng.integers(0, 10 if compute else 5)
+        if kind >= 5:
+            instrs.append(random_compute(rng, hw))
+            continue
+        rows, row_bytes = int(rng.integers(1, 9)), int(rng.integers(1, 300))
+        l2_stride = row_bytes + int(rng.integers(0, 40))
+        l2_addr = int(rng.integers(0, l2 - rows * l2_stride))
+        if kind == 0:
+            instrs.append(make("DMA_LOAD", dram_addr=src + int(rng.integers(0, 30000)),
+                               l2_addr=l2_addr, rows=rows, row_bytes=row_bytes,
+                               dram_stride=row_bytes + int(rng.integers(0, 100)),
+                               l2_stride=l2_stride))
+        elif kind == 1:
+            instrs.append(make("DMA_STORE", l2_addr=l2_addr,
+                               dram_addr=dst + int(rng.integers(0, 30000)), rows=rows,
+                               row_bytes=row_bytes, l2_stride=l2_stride,
+                               dram_stride=row_bytes + int(rng.integers(0, 100))))
+        elif kind == 2:
+            instrs.append(make("DMA_GATHER", idx_addr=mmap["table"].offset + 4 * int(
+                rng.integers(0, 56)), table_addr=src, count=rows, row_bytes=row_bytes,
+                l2_addr=l2_addr, l2_stride=l2_stride))
+        elif kind == 3:
+            first, n = int(rng.integers(0, 100)), int(rng.integers(1, 60))
+            col = int(rng.integers(0, 4)) * 16
+            instrs.append(make("KV_PREFETCH", pool_addr=pool.offset,
+                               table_addr=mmap["block_table"].offset, first_token=first,
+                               n_tokens=n, row_bytes=64, col_offset=col, col_bytes=16,
+                               l2_addr=int(rng.integers(0, l2 - n * 16))))
+        else:
+            first, n = int(rng.integers(0, 100)), int(rng.integers(1, 30))
+            instrs.append(make("KV_APPEND", l2_addr=int(rng.integers(0, l2 - n * 64)),
+                               pool_addr=pool.offset, table_addr=mmap["block_table"].offset,
+                               first_token=first, n_tokens=n, row_bytes=64))
+    instrs.append(make("HALT"))
+    if extra_tokens:
+        return random_tokens(Code(instrs), hw, image, rng, extra_tokens)
+    return schedule(Code(instrs), hw, image, prefetch=True)
+
+
+def run_random_programs(model, seed, n_programs=8, n_instr=30, extra_tokens=20):
+    """Random legal programs (every engine; the scheduler's tokens plus ``extra_tokens``
+    random orderings each) run one after another in one job on the RTL and on the ISA
+    simulator: ``(job result, ISA simulator, [(program, ISA counters)])``."""
+    hw = model.params.hw
+    image, programs = random_dma_program(np.random.default_rng(seed), hw, n_instr,
+                                         compute=True, n_programs=n_programs,
+                                         extra_tokens=extra_tokens)
+    isa = IsaSimulator(hw, image.data)
+    counted = []
+    for program in programs:
+        isa.counters = type(isa.counters)()
+        counted.append((program, dict(isa.run(program).values)))
+    entries = [(f"p{k}", image.mmap[f"program{k}"].offset) for k in range(n_programs)]
+    result = run_job(model, image.data, entries, {"dram": (0, DRAM_BYTES)},
+                     max_cycles=2_000_000)
+    return result, isa, counted

@@ -1,0 +1,75 @@
+"""The compute engine's operand check (rtl/operand_check.py) against the ISA simulator's
+(compiler.semantics.check): random compute instructions near the L2's end, with empty,
+odd and overlapping operands, each given the same error code. Amaranth's simulator."""
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from arch.hardware import load_hardware
+from arch.isa import BY_MNEMONIC, Engine, ErrorCode, OutBits, WeightLayout, make
+from compiler.asm import encode
+from compiler.semantics import AcceleratorError, accesses, check
+from rtl.common import RtlParams
+from rtl.operand_check import OperandCheck
+
+L2_BYTES = 4096
+COMPUTE = [op.mnemonic for op in BY_MNEMONIC.values() if op.engine == Engine.COMPUTE]
+
+
+def random_instruction(rng, mnemonic):
+    """Fields that land near the L2's end, often empty, odd or overlapping."""
+    fields = {}
+    for f in BY_MNEMONIC[mnemonic].fields:
+        if f.address == "l2":
+            value = int(rng.integers(0, L2_BYTES + 64))
+            value = L2_BYTES - int(rng.integers(0, 200)) if rng.random() < 0.4 else value
+        elif f.enum is not None:
+            value = int(rng.choice([int(v) for v in f.enum]))
+        elif f.bits == 1:
+            value = int(rng.integers(0, 2))
+        elif f.name.endswith("stride"):
+            value = int(rng.integers(0, 400))
+        elif f.name in ("mult", "shift", "eps", "pos0", "q_pos0"):
+            value = int(rng.integers(0, 1 << min(f.bits, 8)))
+        else:                                       # counts: rows, cols, m, k, n, heads ...
+            value = int(rng.choice([0, 1, 2, 3, int(rng.integers(1, 70))]))
+        fields[f.name] = value
+    if mnemonic == "ROPE" and rng.random() < 0.7:
+        fields["head_dim"] &= ~1
+    return make(mnemonic, **fields)
+
+
+def expected_code(instr, hw) -> ErrorCode:
+    try:
+        check(instr, hw, accesses(instr, hw), dram_bytes=1 << 20, index=0)
+    except AcceleratorError as e:
+        return e.code
+    return ErrorCode.NONE
+
+
+def test_operand_check_gives_the_isa_simulators_error_codes():
+    hw = load_hardware("edge-8x8").replace(l2_bytes=L2_BYTES)
+    dut = OperandCheck(RtlParams(hw, dram_bytes=4096))
+    rng = np.random.default_rng(7)
+    instrs = [random_instruction(rng, COMPUTE[i % len(COMPUTE)]) for i in range(1400)]
+    expected = [expected_code(i, hw) for i in instrs]
+    got = []
+
+    async def testbench(ctx):
+        for instr in instrs:
+            ctx.set(dut.word, int.from_bytes(encode(instr), "little"))
+            got.append(ErrorCode(ctx.get(dut.code)))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    wrong = [(str(i), e.name, g.name) for i, e, g in zip(instrs, expected, got, strict=True)
+             if e != g]
+    assert not wrong, wrong[:5]
+    seen = {(i.mnemonic, e) for i, e in zip(instrs, expected, strict=True)}
+    for mnemonic in COMPUTE:            # every opcode: runs, bad operands, out of range
+        for code in (ErrorCode.NONE, ErrorCode.BAD_OPERAND, ErrorCode.L2_OUT_OF_RANGE):
+            assert (mnemonic, code) in seen, (mnemonic, code)
+    assert {(i.w_layout, i.accumulate) for i in instrs if i.mnemonic == "MATMUL"} == {
+        (int(layout), a) for layout in WeightLayout for a in (0, 1)}
+    assert {i.out_bits for i in instrs if i.mnemonic == "REQUANT"} == {int(b) for b in OutBits}
