@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import COUNTERS, ErrorCode, Instruction, OutBits, WeightLayout
+from arch.isa import COUNTERS, Engine, ErrorCode, Instruction, OutBits, WeightLayout
 
 
 class AcceleratorError(RuntimeError):
@@ -207,3 +207,18 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
             raise AcceleratorError(code, index,
                                    f"{instr.mnemonic} touches {a.space.upper()} bytes "
                                    f"[0x{a.addr:x}, 0x{a.end:x}) beyond its size 0x{limit:x}")
+    if instr.engine == Engine.COMPUTE:
+        # A compute unit streams its operands tile by tile or row by row, so a result
+        # written over an operand it has not read yet would change it: the ISA allows
+        # only exact in place (the same addresses, rows and stride: ROPE's dst = src,
+        # RESADD's residual, an accumulating MATMUL's output).
+        operands = flat(acc)
+        for w in (a for a in operands if a.write):
+            for r in (a for a in operands if not a.write):
+                same = (w.addr, w.rows, w.row_bytes, w.stride) == (r.addr, r.rows,
+                                                                    r.row_bytes, r.stride)
+                if not same and w.addr < r.end and r.addr < w.end:
+                    raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
+                                           f"{instr.mnemonic} writes [0x{w.addr:x}, "
+                                           f"0x{w.end:x}) over an operand it reads "
+                                           f"[0x{r.addr:x}, 0x{r.end:x})")

@@ -257,7 +257,9 @@ def softmax(scores, visible, mult, shift, xp=None):
     s = scores.astype(xp.int32)
     masked = xp.where(visible, s, xp.iinfo(xp.int32).min)
     row_max = xp.max(masked, axis=-1, keepdims=True)
-    dist = xp.where(visible, row_max - s, 0)
+    # exact: int32 scores can be 2**32 - 1 apart (int32 arithmetic wrapped there, where
+    # the RTL's 32-bit unsigned distance does not)
+    dist = xp.where(visible, _wide(row_max, xp) - _wide(s, xp), 0)
     z = round_shift(_wide(dist, xp) * _wide(mult, xp), shift, xp)
     z = xp.minimum(z, (31 << EXP2_INDEX_BITS)).astype(xp.int32)   # beyond 2**-31: zero
     frac = z & ((1 << EXP2_INDEX_BITS) - 1)

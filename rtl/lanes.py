@@ -83,7 +83,10 @@ def rmsnorm_scale(h: Value, t: Value, k: Value, mult: Value, shift: Value) -> Va
 
 def exp2_term(dist: Value, mult: Value, shift: Value) -> Value:
     """numerics.softmax's ``p`` for one key at distance ``dist`` from the row maximum."""
-    z = round_shift(dist.as_unsigned() * mult.as_unsigned(), shift)
+    # zero-extended: the product of a 32-bit distance and a 15-bit multiplier may set
+    # its top bit, which round_shift would take as a sign (distances over 2**31 gave
+    # probabilities to keys far below the maximum)
+    z = round_shift(Cat(dist.as_unsigned() * mult.as_unsigned(), Const(0, 1)), shift)
     cap = 31 << N.EXP2_INDEX_BITS
     z = Mux(z > cap, cap, z)[:12]
     frac = z[:N.EXP2_INDEX_BITS]

@@ -13,7 +13,13 @@ combinationally, as ``compiler.semantics.check`` decides it from
 2. then each L2 operand in the order ``accesses`` lists them: ``BAD_OPERAND`` if it is
    written with rows that overlap (``rows > 1`` and ``stride < row bytes``),
    ``L2_OUT_OF_RANGE`` if it ends beyond ``l2_bytes`` (its end is ``addr + (rows - 1) *
-   stride + row bytes``).
+   stride + row bytes``);
+3. ``BAD_OPERAND`` if the written operand's byte range meets a read operand's, unless
+   they are the same (exactly in place: ROPE's dst = src, RESADD's residual, an
+   accumulating MATMUL's output). The units stream operands tile by tile and row by
+   row, so a result written over an operand not yet read would change it (found by the
+   random programs of ``rtl/random_programs.py``: a MATMUL whose output overlapped its
+   activations gave other results on the RTL than on the ISA simulator).
 
 An operand is ``(addr, rows, row bytes, stride, written)``; at most four per
 instruction, so four slots are muxed by opcode, each with its own ``(rows - 1) *
@@ -132,14 +138,25 @@ class OperandCheck(wiring.Component):
                                      slot["row_bytes"].eq(row_bytes), slot["stride"].eq(stride),
                                      slot["written"].eq(written),
                                      slot["used"].eq(present[0] if present else 1)]
-        faults = []
+        faults, ends = [], []
         for i, s in enumerate(slots):
             empty = (s["rows"] == 0) | (s["row_bytes"] == 0)
-            span = Signal(ROWS_BITS + STRIDE_BITS + 1, name=f"span{i}")
-            m.d.comb += span.eq(Mux(empty, 0, (s["rows"] - 1) * s["stride"] + s["row_bytes"]))
+            end = Signal(ROWS_BITS + STRIDE_BITS + 2, name=f"end{i}")
+            m.d.comb += end.eq(s["addr"] + Mux(empty, 0, (s["rows"] - 1) * s["stride"]
+                                                + s["row_bytes"]))
             overlap = s["written"] & (s["rows"] > 1) & (s["stride"] < s["row_bytes"])
-            beyond = s["addr"] + span > self.params.hw.l2_bytes
+            beyond = end > self.params.hw.l2_bytes
             faults.append((s["used"] & overlap, s["used"] & beyond))
+            ends.append(end)
+        # 3. a result written over an operand read, other than exactly in place
+        over = 0
+        for i in range(SLOTS):
+            for j in range(i + 1, SLOTS):
+                a, b = slots[i], slots[j]
+                same = ((a["addr"] == b["addr"]) & (a["rows"] == b["rows"])
+                        & (a["row_bytes"] == b["row_bytes"]) & (a["stride"] == b["stride"]))
+                meet = (a["addr"] < ends[j]) & (b["addr"] < ends[i])
+                over |= a["used"] & b["used"] & (a["written"] ^ b["written"]) & meet & ~same
 
         m.d.comb += self.code.eq(ErrorCode.NONE)
         with m.If(bad):
@@ -149,4 +166,6 @@ class OperandCheck(wiring.Component):
                 m.d.comb += self.code.eq(ErrorCode.BAD_OPERAND)
             with m.Elif(beyond):
                 m.d.comb += self.code.eq(ErrorCode.L2_OUT_OF_RANGE)
+        with m.Elif(over):
+            m.d.comb += self.code.eq(ErrorCode.BAD_OPERAND)
         return m

@@ -22,13 +22,26 @@ from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap, block_table
 from compiler.isasim import IsaSimulator
 from compiler.schedule import dependencies, hoist, insert_tokens, schedule
+from compiler.semantics import AcceleratorError, accesses, check
 from rtl.sim import run_job
 
 DRAM_BYTES = 1 << 20
 
 
 def random_compute(rng, hw):
-    """A random compute instruction on L2 bytes (operands need no parameter words)."""
+    """A random legal compute instruction on L2 bytes (operands need no parameter
+    words): drawn again until the ISA accepts it (``semantics.check``: no result written
+    over an operand it reads, other than exactly in place)."""
+    while True:
+        instr = _random_compute(rng, hw)
+        try:
+            check(instr, hw, accesses(instr, hw), dram_bytes=1 << 32)
+        except AcceleratorError:
+            continue
+        return instr
+
+
+def _random_compute(rng, hw):
     l2 = hw.l2_bytes
 
     def place(rows, row_bytes, stride=None):
@@ -169,12 +182,15 @@ def run_random_programs(model, seed, n_programs=8, n_instr=30, extra_tokens=20):
     image, programs = random_dma_program(np.random.default_rng(seed), hw, n_instr,
                                          compute=True, n_programs=n_programs,
                                          extra_tokens=extra_tokens)
+    if n_programs == 1:
+        programs = [programs]
     isa = IsaSimulator(hw, image.data)
     counted = []
     for program in programs:
         isa.counters = type(isa.counters)()
         counted.append((program, dict(isa.run(program).values)))
-    entries = [(f"p{k}", image.mmap[f"program{k}"].offset) for k in range(n_programs)]
+    names = ["program"] if n_programs == 1 else [f"program{k}" for k in range(n_programs)]
+    entries = [(f"p{k}", image.mmap[name].offset) for k, name in enumerate(names)]
     result = run_job(model, image.data, entries, {"dram": (0, DRAM_BYTES)},
                      max_cycles=2_000_000)
     return result, isa, counted

@@ -1,6 +1,7 @@
 """The compute engine's operand check (rtl/operand_check.py) against the ISA simulator's
 (compiler.semantics.check): random compute instructions near the L2's end, with empty,
-odd and overlapping operands, each given the same error code. Amaranth's simulator."""
+odd, overlapping and in-place operands, each given the same error code. Amaranth's
+simulator."""
 
 import numpy as np
 from amaranth.sim import Simulator
@@ -36,6 +37,8 @@ def random_instruction(rng, mnemonic):
         fields[f.name] = value
     if mnemonic == "ROPE" and rng.random() < 0.7:
         fields["head_dim"] &= ~1
+    if mnemonic == "ROPE" and rng.random() < 0.5:
+        fields["dst_addr"] = fields["src_addr"]            # exactly in place: allowed
     return make(mnemonic, **fields)
 
 

@@ -35,6 +35,7 @@ def params_words(rng, n, lo=1e-5, hi=1e-3):
 CASES = [("edge-8x8", *case) for case in (
     ("REQUANT", 3, 21, 1), ("REQUANT", 2, 37, 2), ("REQUANT", 1, 9, 0),
     ("RMSNORM", 3, 37, 1), ("SOFTMAX", 3, 29, 0), ("SOFTMAX", 2, 64, 1),
+    ("SOFTMAX", 2, 18, 2),                  # full-range int32 scores, 2**32 apart
     ("SILU_MUL", 2, 23, 0), ("RESADD", 3, 19, 0), ("ROPE", 3, 2, 0), ("ROPE", 2, 1, 1),
     ("ARGMAX", 1, 77, 0), ("ARGMAX", 1, 5, 1))]
 CASES += [("edge-4x4", *case) for case in (       # fewer lanes per cycle
@@ -63,10 +64,15 @@ def operands(hw, op, rows, cols, variant):
                      src_stride=2 * cols + 6, dst_stride=cols + 3, mult=int(mult),
                      shift=int(shift), eps=int(rng.integers(0, 100)))
     elif op == "SOFTMAX":
-        put(mem, a, rng.integers(-40000, 40000, (rows, cols)).astype("<i4"), 4 * cols + 4)
+        lo, hi = (-2 ** 31, 0) if variant == 2 else (-40000, 40000)
+        scores = rng.integers(lo, hi, (rows, cols)).astype("<i4")
         mult, shift = N.quantize_multiplier(1e-4 * 1.4427 * 64)
+        if variant == 2:            # keys over 2**31 apart: (max - s) * mult needs 47 bits
+            scores[:, 0], scores[:, 1], mult, shift = 800752512, -2139040699, 24000, 30
+        put(mem, a, scores, 4 * cols + 4)
         instr = make("SOFTMAX", src_addr=a, dst_addr=d, rows=rows, cols=cols,
-                     q_pos0=int(rng.integers(0, cols - rows + 1)) if variant else cols - rows,
+                     q_pos0=int(rng.integers(0, cols - rows + 1)) if variant == 1
+                     else cols - rows,
                      src_stride=4 * cols + 4, dst_stride=cols + 1, mult=int(mult),
                      shift=int(shift))
     elif op == "SILU_MUL":
