@@ -16,7 +16,9 @@ from pathlib import Path
 from models.config import ConfigError
 from models.weights import CheckpointError
 
-USER_ERRORS = (ConfigError, CheckpointError, ValueError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, ValueError, OSError)
+# OSError: a path that is a file where a folder is wanted (or the reverse), an
+# unreachable Dask scheduler; its message names the path or the address.
 # CompileError, HardwareError, IsaError, ProgramFileError and BuildError are ValueErrors.
 
 
@@ -124,7 +126,7 @@ def _cmd_run(args) -> int:
 
     build = load_build(args.build)
     if args.waves and args.sim != "rtl":
-        raise SystemExit("accel run: --waves needs --sim rtl")
+        raise ValueError("--waves needs --sim rtl")
     if args.sim == "perf":
         return _print_perf(build)
     result = run_build(build, sim=args.sim, waves=args.waves)
@@ -151,6 +153,10 @@ def _print_perf(build) -> int:
     print(f"performance model: {build.cfg.name} on {build.hw.name} "
           f"(prefetch {'on' if build.prefetch else 'off'}, {build.hw.clock_hz / 1e9:g} GHz)")
     _print_counters({name: t.counters() for name, t in timing.programs.items()})
+    if not any(p.kind == "prefill" for p in build.programs):     # a lone decode step
+        print(f"one decode step: {timing.tpot_s * 1e6:,.1f} us, "
+              f"{1 / timing.tpot_s:,.0f} tokens/s")
+        return 0
     print(f"time to first token {timing.ttft_s * 1e6:,.1f} us, time per output token "
           f"{timing.tpot_s * 1e6:,.1f} us, {timing.tokens_per_s:,.0f} tokens/s")
     return 0
@@ -180,6 +186,8 @@ def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
     from compiler.runtime import compare, reference_generation, run_build
     from models.evaluate import evaluate
 
+    if not prompt:
+        raise ValueError("the prompt is empty")
     loaded, im = _load_eval_inputs(model)
     hw = load_hardware(hw_spec)
     report: dict = {"model": loaded.cfg.name, "hardware": hw.name}

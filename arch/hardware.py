@@ -12,6 +12,7 @@ unknown keys, missing keys and out-of-range values with the file, the key and th
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,10 @@ class HardwareConfig:
     token_counter_bits: int = 8
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
+                                                              self.name):
+            raise HardwareError(f"name must be letters, digits, '.', '_' or '-' (it names "
+                                f"build folders), not {self.name!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):

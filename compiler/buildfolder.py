@@ -127,14 +127,18 @@ def read_manifest(folder: Path) -> dict:
                                 "run `accel compile` first")
     try:
         m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BuildError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BuildError(f"{path}: not valid JSON ({str(e)[:80]})") from None
     if not isinstance(m, dict):
         raise BuildError(f"{path}: not a JSON object")
     _fields(m, _FIELDS, str(path))
     if _content_hash(m) != m["manifest_sha256"]:
         raise BuildError(f"{path}: edited after it was written (its content hash does not "
                          f"match); {RECOMPILE}")
+    for name in ("tokenizer.json",):      # read by `accel run` when present
+        if (folder / name).exists() and name not in m["files"]:
+            raise BuildError(f"{folder / name}: not part of the build ({path} does not list "
+                             f"it); {RECOMPILE}")
     for name, digest in m["files"].items():
         file = folder / name
         if Path(name).name != name:
@@ -181,6 +185,9 @@ def check_manifest(m: dict, path: Path) -> None:
     for (_, end, a), (start, _, b) in zip(regions, regions[1:], strict=False):
         if start < end:
             raise BuildError(f"{path}: memory_map regions {a!r} and {b!r} overlap")
+    if mm.get("rw_base") is not None and (not isinstance(mm["rw_base"], int)
+                                          or not 0 <= mm["rw_base"] <= mm["size"]):
+        raise BuildError(f"{path}: memory_map field 'rw_base' is not an offset in the image")
     for name in ("tokens", "block_table", "logits"):
         if name not in mm["regions"]:
             raise BuildError(f"{path}: memory_map has no region {name!r}")

@@ -25,8 +25,12 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
         path = Path(path)
-        data = json.loads(path.read_text())
-        if data.get("type") != "char" or not isinstance(data.get("chars"), str):
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("type") != "char" or \
+                not isinstance(data.get("chars"), str):
             raise ValueError(f"{path}: not a character tokenizer table")
         return cls(data["chars"])
 

@@ -83,6 +83,11 @@ def evaluate_loss(params, data: np.ndarray, cfg: ModelConfig, seq_len: int, n_ba
 
 
 def train(tc: TrainConfig, progress: bool = True) -> dict:
+    for name in ("steps", "batch_size", "seq_len"):
+        if getattr(tc, name) < 1:
+            raise ValueError(f"{name} must be at least 1, not {getattr(tc, name)}")
+    if not 0 < tc.lr < float("inf"):
+        raise ValueError(f"lr must be a positive finite number, not {tc.lr}")
     text = Path(tc.corpus).read_text()
     tokenizer = CharTokenizer.from_text(text)
     cfg = tc.model.replace(vocab_size=tokenizer.vocab_size)

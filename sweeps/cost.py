@@ -72,12 +72,17 @@ def node(name: str) -> Node:
 def logic_stats(hw: HardwareConfig) -> dict:
     """Totals of the accelerator's logic (every component): NAND2 equivalents, flip-flop
     bits and memory bits outside the L2, from Yosys (``rtl.stats.synth_stats``, cached).
-    The L2's size only changes its SRAM macros, so the logic is synthesised at a fixed
-    256 KiB L2 (edge-4x4's, so its preset shares the cache)."""
+    The L2's size only changes its SRAM macros, and the clock, the DRAM's capacity and
+    prefetch do not change the RTL at all, so the logic is synthesised with edge-4x4's
+    values of those (its preset shares the cache): one Yosys run per logic
+    configuration, whatever the clock or L2 axes of a sweep."""
+    from arch.hardware import load_hardware
     from rtl.common import RtlParams
     from rtl.stats import synth_stats
 
-    base = hw.replace(l2_bytes=256 * 1024, prefetch=True)
+    ref = load_hardware("edge-4x4")
+    base = hw.replace(l2_bytes=ref.l2_bytes, prefetch=ref.prefetch, clock_hz=ref.clock_hz,
+                      dram_bytes=ref.dram_bytes)
     comps = synth_stats(RtlParams(base, dram_bytes=64 << 20, macros=True))["components"]
     return {
         "gate_equivalents": sum(c["gate_equivalents"] for c in comps.values()),

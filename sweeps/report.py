@@ -31,6 +31,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sweeps.spec import HW_FIELDS, SETTINGS  # noqa: E402
+
 FIGURES = ("tokens_vs_l2", "perf_per_cost", "area", "pareto", "roofline", "time_breakdown")
 
 
@@ -43,15 +45,26 @@ def load_results(out: Path) -> list[dict]:
     if not path.exists():
         raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            continue                 # a line cut short by a kill
+        if isinstance(row, dict):
+            rows.append(row)
     current = Path(out) / "sweep.json"
-    if current.exists():             # only the points of the spec last run into the folder
-        keys = set(json.loads(current.read_text())["keys"])
-        rows = [r for r in rows if r.get("key") in keys]
+    if not current.is_file():
+        raise ReportError(f"{current}: missing (written by `accel sweep`, it says which "
+                          f"rows belong to the spec last run); rerun the sweep")
+    try:
+        keys = json.loads(current.read_text())["keys"]
+        if not isinstance(keys, list):
+            raise TypeError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ReportError(f"{current}: not a sweep record (no list of point keys); "
+                          f"rerun the sweep") from None
+    keys = set(map(str, keys))       # only the points of the spec last run into the folder
+    rows = [r for r in rows if r.get("key") in keys]
     rows = [r for r in rows if r.get("feasible", True)]
     if not rows:
         raise ReportError(f"{path}: no finished feasible points")
@@ -111,8 +124,11 @@ def _optimum(series, metric):
 def write_report(out: str | Path) -> dict:
     out = Path(out)
     rows = load_results(out)
-    group_keys = _varying(rows, ["model", "workload", "array", "node", "devices",
-                                 "dram_bytes_per_cycle", "hw"]) or ["model"]
+    first = ["model", "workload", "array", "node", "devices", "dram_bytes_per_cycle", "hw"]
+    # every other setting or hardware field a sweep may vary (clock, link, ...) too, so
+    # that no series mixes points that differ in something besides L2 and prefetch
+    others = sorted((set(SETTINGS) | HW_FIELDS) - set(first) - {"l2_bytes", "prefetch"})
+    group_keys = _varying(rows, first + others) or ["model"]
     findings: dict = {"points": len(rows), "optima": []}
 
     sizes = sorted({r["l2_bytes"] for r in rows})

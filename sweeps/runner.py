@@ -81,13 +81,18 @@ def performance_key(point: dict) -> tuple:
             point["devices"], link)
 
 
-def evaluate_group(points: list[dict], workloads: dict[str, dict]) -> list[dict]:
+def evaluate_group(points: list[dict], workloads: dict[str, dict],
+                   keys: list[str] | None = None, hw: HardwareConfig | None = None
+                   ) -> list[dict]:
     """Design points of one ``performance_key``: the fast path runs once, the cost model
     once per point. One flat dict per point. A configuration the compiler could not map
     (its L2 cannot hold the activations) is recorded as ``feasible: false`` with the
-    reason."""
+    reason. ``run_sweep`` passes the points' ``keys`` and resolved hardware ``hw``
+    (resolved once, before any point runs, so that a hardware file edited during a
+    sweep changes nothing); without them they are computed here."""
     point = points[0]
-    hw = point_hardware(point)
+    hw = hw or point_hardware(point)
+    keys = keys or [point_key(p, workloads) for p in points]
     cfg = preset(point["model"])
     w = workloads[point["workload"]]
     devices = point["devices"]
@@ -96,18 +101,18 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict]) -> list[dict]
         est = analytic.workload(cfg, hw, w["prompt"], w["output"], point["prefetch"],
                                 devices, link)
     except CompileError as e:
-        return [{"key": point_key(p, workloads), **p, "l2_bytes": hw.l2_bytes, "feasible": False,
-                 "reason": str(e)} for p in points]
+        return [{"key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": False,
+                 "reason": str(e)} for p, k in zip(points, keys, strict=True)]
     mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
                                devices, link)
     tokens_per_s = est.tokens_per_s(hw)
     dram_gbytes = dram_capacity_gbytes(cfg.n_params // devices + cfg.kv_dim * 2 * cfg.n_layers
                                        * cfg.max_seq_len // devices)
     rows = []
-    for p in points:
+    for p, k in zip(points, keys, strict=True):
         c = cost(hw, p["node"], dram_gbytes)
         rows.append({
-            "key": point_key(p, workloads), **p, "l2_bytes": hw.l2_bytes, "feasible": True,
+            "key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": True,
             "reason": "", "array": f"{hw.array_rows}x{hw.array_cols}", "prompt": w["prompt"],
             "output": w["output"], "tokens_per_s": tokens_per_s,
             "ttft_s": est.ttft_s(hw), "tpot_s": est.tpot_s(hw),
@@ -150,10 +155,10 @@ def finished_keys(out: Path) -> set[str]:
     if not path.exists():
         return set()
     keys = set()
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            keys.add(json.loads(line)["key"])
-        except (json.JSONDecodeError, KeyError):
+            keys.add(str(json.loads(line)["key"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
             continue                 # a line cut short by a kill: that point runs again
     return keys
 
@@ -176,7 +181,14 @@ class _Writer:
         self.jsonl = (out / "results.jsonl").open("a")
         # results.jsonl is the record; the CSV is rewritten from it, so a kill between
         # the two writes leaves them consistent on the next run.
-        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        rows = []
+        for line in (out / "results.jsonl").read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
         self.csv = (out / "results.csv").open("w", newline="")
         self.header = None
         for row in rows:
@@ -204,6 +216,10 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
     """Run ``spec`` into ``out`` (see the contract); ``{"points", "skipped", "ran"}``.
     Raises ``SweepError`` if ``out`` holds results of other content and not ``fresh``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"{out}: not a folder (the sweep's output folder)")
+    if workers is not None and workers < 1:
+        raise SweepError(f"--workers must be at least 1, not {workers}")
     out.mkdir(parents=True, exist_ok=True)
     points = spec.points()
     keys = [point_key(p, spec.workloads) for p in points]
@@ -217,6 +233,9 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
                          f"spec, workload, hardware file or toolkit version); rerun with "
                          f"--fresh to discard them, or write to another folder")
     todo = [p for p, k in zip(points, keys, strict=True) if k not in done]
+    key_of = {id(p): k for p, k in zip(points, keys, strict=True)}
+    work = [(g, spec.workloads, [key_of[id(p)] for p in g], point_hardware(g[0]))
+            for g in groups(todo)]
     (out / "spec.toml").write_text(spec.path.read_text())
     (out / "sweep.json").write_text(json.dumps({"spec": str(spec.path),
                                                 "code_version": code_version(),
@@ -229,9 +248,9 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
                disable=not progress)
     try:
         if scheduler:
-            _run_dask(todo, spec.workloads, scheduler, writer, bar)
+            _run_dask(work, scheduler, writer, bar)
         else:
-            _run_local(todo, spec.workloads, workers, writer, bar)
+            _run_local(work, workers, writer, bar)
     finally:
         bar.close()
         writer.close()
@@ -252,11 +271,10 @@ def _evaluate(args):
     return evaluate_group(*args)
 
 
-def _run_local(todo, workloads, workers, writer, bar) -> None:
-    work = groups(todo)
+def _run_local(work, workers, writer, bar) -> None:
     if workers == 1 or len(work) <= 1:
-        for g in work:
-            _record(evaluate_group(g, workloads), writer, bar)
+        for args in work:
+            _record(evaluate_group(*args), writer, bar)
         return
     # Spawned, not forked: the caller may have JAX's threads running (``accel demo``), and
     # a fork of a multithreaded process can deadlock. The workers ignore Ctrl-C; the
@@ -264,7 +282,7 @@ def _run_local(todo, workloads, workers, writer, bar) -> None:
     context = multiprocessing.get_context("spawn")
     pool = context.Pool(workers, initializer=_ignore_sigint)
     try:
-        for rows in pool.imap_unordered(_evaluate, [(g, workloads) for g in work]):
+        for rows in pool.imap_unordered(_evaluate, work):
             _record(rows, writer, bar)
         pool.close()
     finally:
@@ -272,11 +290,11 @@ def _run_local(todo, workloads, workers, writer, bar) -> None:
         pool.join()
 
 
-def _run_dask(todo, workloads, scheduler, writer, bar) -> None:
+def _run_dask(work, scheduler, writer, bar) -> None:
     from distributed import Client, as_completed
 
     with Client(scheduler) as client:
-        futures = client.map(evaluate_group, groups(todo), workloads=workloads, pure=False)
+        futures = [client.submit(evaluate_group, *args, pure=False) for args in work]
         try:
             for f in as_completed(futures):
                 _record(f.result(), writer, bar)

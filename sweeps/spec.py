@@ -58,6 +58,9 @@ HW_FIELDS = {f.name for f in dataclasses.fields(HardwareConfig)} - {"name"}
 SECTIONS = {"sweep", "fixed", "workloads", "axes"}
 
 
+MAX_POINTS = 100_000          # a grid larger than this is refused before it is expanded
+
+
 class SpecError(ValueError):
     """A sweep specification that cannot run; the message names file and line."""
 
@@ -114,20 +117,36 @@ def _expand(name: str, value, fail) -> list:
         if len(value["range"]) != 3 or value["range"][2] <= 0:
             fail("range needs [start, stop, step] with a positive step")
         start, stop, step = value["range"]
-        values = list(range(start, stop + 1, step))
+        if not all(isinstance(v, int) for v in (start, stop, step)):
+            fail("range needs integers")
+        values = range(start, stop + 1, step)
+        if len(values) > MAX_POINTS:
+            fail(f"{len(values):,} values (a sweep takes at most {MAX_POINTS:,} points)")
+        values = list(values)
     else:
         fail("an axis is a list of values, { geometric = [low, high], factor = F } or "
              "{ range = [start, stop, step] }")
     if not values:
         fail("the axis is empty")
+    if len(values) > MAX_POINTS:
+        fail(f"{len(values):,} values (a sweep takes at most {MAX_POINTS:,} points)")
+    seen = set()
+    for v in values:
+        if repr(v) in seen:
+            fail(f"the value {v!r} appears twice")
+        seen.add(repr(v))
     return values
 
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
-    if not path.exists():
-        raise SpecError(f"{path}: no such sweep specification")
-    text = path.read_text()
+    if not path.is_file():
+        raise SpecError(f"{path}: no such sweep specification"
+                        + (" (a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -171,6 +190,12 @@ def load_spec(path: str | Path) -> Spec:
         axes[name] = _expand(name, value,
                              lambda m, name=name: fail_at(name, "axes", f"axis {name}: {m}"))
     spec = Spec(path, sampling, samples, sweep.get("seed", 0), fixed, workloads, axes)
+    grid = 1
+    for values in axes.values():
+        grid *= len(values)
+    if grid > MAX_POINTS:
+        fail_at(next(iter(axes)), "axes", f"the axes make {grid:,} points (at most "
+                f"{MAX_POINTS:,}, sampled or not)")
 
     # Every value is checked now, so that no point fails halfway through a sweep.
     for name, values in [(k, [v]) for k, v in fixed.items()] + list(axes.items()):
@@ -214,6 +239,10 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
             return str(e)
     elif name == "devices" and value < 1:
         return f"devices must be at least 1, not {value}"
+    elif name == "link_gbytes_per_s" and not value > 0:
+        return f"link_gbytes_per_s must be positive, not {value}"
+    elif name == "link_latency_us" and not value >= 0:
+        return f"link_latency_us must be at least 0, not {value}"
     return None
 
 

@@ -32,6 +32,10 @@ def test_eval_json_reports_both_perplexities(capsys):
     (["eval", "--max-windows", "0"], "max_windows must be at least 1, not 0"),
     (["compile", "--model", "tiny", "--no-weights", "--decode-at", "-1"],
      "the position must be at least 0"),
+    (["verify", "--prompt", ""], "the prompt is empty"),
+    (["compile", "-o", "README.md/x"], "README.md/x"),
+    (["train", "--steps", "0"], "steps must be at least 1, not 0"),
+    (["train", "--lr", "nan"], "lr must be a positive finite number, not nan"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)

@@ -48,6 +48,11 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     (('workload = ["short"]', 'workload = ["long"]'), 16, "unknown workload 'long'"),
     (("[sweep]", "[swep]"), 1, "unknown section [swep]"),
     (("factor = 2 }", "factor = 2 }\narray_rows = [3]"), 15, "must be a power of two"),
+    (("factor = 2 }", "factor = 2 }\nlink_gbytes_per_s = [0.0]"), 15,
+     "link_gbytes_per_s must be positive"),
+    (("prefetch = [true, false]", "prefetch = [true, true]"), 15, "the value True appears twice"),
+    (("factor = 2 }", "factor = 2 }\nclock_hz = { range = [1, 100000000000, 1] }"), 15,
+     "100,000,000,000 values (a sweep takes at most 100,000 points)"),
 ])
 def test_bad_specs_fail_before_any_point_naming_the_line(tmp_path, edit, line, message):
     path = write(tmp_path, SPEC.replace(*edit))
@@ -263,3 +268,43 @@ def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path):
     assert time.monotonic() - t0 < 2.0 and proc.returncode == 130, err[-300:]
     lines = results.read_text().splitlines()
     assert 2 <= len(lines) < 90 and len(finished_keys(out)) == len(lines)
+
+
+def test_an_l2_too_small_is_recorded_as_infeasible_not_an_abort(tmp_path):
+    """Qwen2.5-0.5B's 151,936-entry logits row cannot decode in 256 KiB: that point is
+    a row with the compiler's reason; the others run and the report leaves it out."""
+    from sweeps.report import load_results
+
+    text = SPEC.replace("l2_bytes = { geometric = [1048576, 4194304], factor = 2 }",
+                        "l2_bytes = [262144, 1048576]").replace("prefetch = [true, false]",
+                                                                "prefetch = [true]")
+    summary = run_sweep(load_spec(write(tmp_path, text)), tmp_path / "out", workers=1,
+                        progress=False)
+    assert summary == {"points": 2, "skipped": 0, "ran": 2}
+    rows = {json.loads(x)["l2_bytes"]: json.loads(x)
+            for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
+    assert not rows[262144]["feasible"] and "L2" in rows[262144]["reason"]
+    assert rows[1048576]["feasible"] and rows[1048576]["tokens_per_s"] > 0
+    assert [r["l2_bytes"] for r in load_results(tmp_path / "out")] == [1048576]
+
+
+def test_bad_folders_and_records_are_refused_by_name(sweep, tmp_path):
+    from sweeps.report import ReportError, load_results
+    from sweeps.runner import SweepError
+
+    spec, out, _ = sweep
+    with pytest.raises(SpecError, match="no such sweep specification .a folder."):
+        load_spec(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SweepError, match="file: not a folder"):
+        run_sweep(spec, tmp_path / "file", progress=False)
+    with pytest.raises(SweepError, match="--workers must be at least 1, not 0"):
+        run_sweep(spec, tmp_path / "w", workers=0, progress=False)
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "sweep.json").write_text("{}")
+    with pytest.raises(ReportError, match="sweep.json: not a sweep record"):
+        load_results(broken)
+    (broken / "sweep.json").unlink()
+    with pytest.raises(ReportError, match="sweep.json: missing"):
+        load_results(broken)
