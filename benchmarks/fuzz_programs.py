@@ -27,7 +27,7 @@ def main(argv=None) -> dict:
     from rtl.sim import build_model
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz_programs")
-    parser.add_argument("--jobs", type=int, default=150, help="jobs of eight programs")
+    parser.add_argument("--jobs", type=int, default=250, help="jobs of eight programs")
     parser.add_argument("--seed", type=int, default=1000, help="the first job's seed")
     args = parser.parse_args(argv)
 
