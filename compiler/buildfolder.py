@@ -135,10 +135,10 @@ def read_manifest(folder: Path) -> dict:
     if _content_hash(m) != m["manifest_sha256"]:
         raise BuildError(f"{path}: edited after it was written (its content hash does not "
                          f"match); {RECOMPILE}")
-    for name in ("tokenizer.json",):      # read by `accel run` when present
-        if (folder / name).exists() and name not in m["files"]:
-            raise BuildError(f"{folder / name}: not part of the build ({path} does not list "
-                             f"it); {RECOMPILE}")
+    tokenizer = folder / "tokenizer.json"            # read by `accel run` when present
+    if tokenizer.exists() and tokenizer.name not in m["files"]:
+        raise BuildError(f"{tokenizer}: not part of the build ({path} does not list it); "
+                         f"{RECOMPILE}")
     for name, digest in m["files"].items():
         file = folder / name
         if Path(name).name != name:
