@@ -22,11 +22,12 @@ every engine to drain.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from amaranth.lib import data, enum
 
-class Engine(enum.IntEnum):
+
+class Engine(enum.IntEnum, shape=2):
     LOAD = 0
     COMPUTE = 1
     STORE = 2
@@ -45,7 +46,7 @@ DRAM_ADDR_BITS = 32
 L2_ADDR_BITS = 30
 
 
-class ErrorCode(enum.IntEnum):
+class ErrorCode(enum.IntEnum, shape=3):
     """Why the accelerator stopped in its error state (0: no error)."""
 
     NONE = 0
@@ -56,19 +57,25 @@ class ErrorCode(enum.IntEnum):
     SELF_DEPENDENCY = 5
 
 
-class MatmulMode(enum.IntEnum):
+class MatmulMode(enum.IntEnum, shape=1):
     GEMM = 0   # weight stationary per block, double-buffered: each weight serves 4R rows
     GEMV = 1   # a fresh weight block every cycle, no preload (the compiler picks the faster)
 
 
-class WeightLayout(enum.IntEnum):
+class WeightLayout(enum.IntEnum, shape=1):
     NK = 0     # w[n][k]: each row is one output channel (projection weights, keys)
     KN = 1     # w[k][n]: each row is one reduction step (values in P @ V)
 
 
-class OutBits(enum.IntEnum):
+class OutBits(enum.IntEnum, shape=1):
     INT8 = 0
     INT16 = 1
+
+
+OUT_BYTES = {OutBits.INT8: 1, OutBits.INT16: 2}
+
+# Bytes per element of each operand type an instruction reads or writes in L2 (``Field.elem``).
+ELEM_BYTES = {"int8": 1, "int16": 2, "int32": 4, "uint32": 4}
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,12 @@ class Field:
     doc: str
     enum: type[enum.IntEnum] | None = None
     address: str | None = None          # "l2" or "dram" for address fields
+    elem: str | None = None             # element type of the L2 operand (``ELEM_BYTES``)
+
+    @property
+    def elem_bytes(self) -> int:
+        """Bytes per element of the operand this address field points at."""
+        return ELEM_BYTES[self.elem]
 
     @property
     def max(self) -> int:
@@ -96,6 +109,13 @@ class OpSpec:
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
+    def field(self, name: str) -> Field:
+        """The declared field ``name``; ``KeyError`` if this instruction has none."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.mnemonic} has no field {name!r}")
+
     def layout(self) -> list[tuple[Field, int]]:
         """Each field with its bit offset in the instruction word."""
         out, offset = [], HEADER_BITS
@@ -105,8 +125,12 @@ class OpSpec:
         return out
 
 
-def _l2(name, doc):
-    return Field(name, L2_ADDR_BITS, doc, address="l2")
+def _l2(name, doc, elem=None):
+    return Field(name, L2_ADDR_BITS, doc, address="l2", elem=elem)
+
+
+def _enum(name, enum_type, doc):
+    return Field(name, enum_type.as_shape().width, doc, enum=enum_type)
 
 
 def _dram(name, doc):
@@ -177,13 +201,12 @@ OPCODES: tuple[OpSpec, ...] = (
     ), "Write the performance counters (COUNTERS, 64 bits each) to DRAM."),
     # -- compute engine: the hybrid systolic array ------------------------------------
     OpSpec("MATMUL", 0x30, Engine.COMPUTE, (
-        Field("mode", 1, "GEMM (weight stationary) or GEMV (weight streaming)",
-              enum=MatmulMode),
+        _enum("mode", MatmulMode, "GEMM (weight stationary) or GEMV (weight streaming)"),
         _n("accumulate", 1, "add into the existing int32 output instead of overwriting"),
-        Field("w_layout", 1, "NK: w[n][k]; KN: w[k][n]", enum=WeightLayout),
-        _l2("x_addr", "int8 activations x[m][k]"),
-        _l2("w_addr", "int8 weights"),
-        _l2("out_addr", "int32 results out[m][n]"),
+        _enum("w_layout", WeightLayout, "NK: w[n][k]; KN: w[k][n]"),
+        _l2("x_addr", "int8 activations x[m][k]", "int8"),
+        _l2("w_addr", "int8 weights", "int8"),
+        _l2("out_addr", "int32 results out[m][n]", "int32"),
         _n("m", 16, "rows of x and out"),
         _n("k", 20, "reduction length"),
         _n("n", 20, "columns of out"),
@@ -194,20 +217,20 @@ OPCODES: tuple[OpSpec, ...] = (
        "whole product itself."),
     # -- compute engine: the vector unit ----------------------------------------------
     OpSpec("REQUANT", 0x31, Engine.COMPUTE, (
-        Field("out_bits", 1, "INT8 or INT16 result", enum=OutBits),
+        _enum("out_bits", OutBits, "INT8 or INT16 result"),
         _n("per_channel", 1, "one (mult, shift) word per column, else one for all"),
         _n("has_bias", 1, "add an int32 bias per column before requantising"),
-        _l2("src_addr", "int32 accumulators"),
-        _l2("dst_addr", "int8/int16 results"),
-        _l2("param_addr", "int32 words mult | shift << 16"),
-        _l2("bias_addr", "int32 bias per column"),
+        _l2("src_addr", "int32 accumulators", "int32"),
+        _l2("dst_addr", "int8/int16 results (OUT_BYTES[out_bits])"),
+        _l2("param_addr", "parameter words (PARAM_WORD)", "uint32"),
+        _l2("bias_addr", "int32 bias per column", "int32"),
         ROWS, COLS,
         _n("src_stride", 20, "bytes between source rows"),
         _n("dst_stride", 20, "bytes between destination rows"),
     ), "numerics.requant on a 2-D block."),
     OpSpec("RMSNORM", 0x32, Engine.COMPUTE, (
-        _l2("src_addr", "int16 residual rows"),
-        _l2("dst_addr", "int8 normalised rows"),
+        _l2("src_addr", "int16 residual rows", "int16"),
+        _l2("dst_addr", "int8 normalised rows", "int8"),
         ROWS, COLS,
         _n("src_stride", 20, "bytes between source rows"),
         _n("dst_stride", 20, "bytes between destination rows"),
@@ -215,18 +238,19 @@ OPCODES: tuple[OpSpec, ...] = (
         _n("eps", 31, "epsilon in sum-of-squares units"),
     ), "numerics.rmsnorm, one row at a time."),
     OpSpec("ROPE", 0x33, Engine.COMPUTE, (
-        _l2("src_addr", "int8 q or k rows [token][head][head_dim]"),
-        _l2("dst_addr", "int8 rotated rows"),
+        _l2("src_addr", "int8 q or k rows [token][head][head_dim]", "int8"),
+        _l2("dst_addr", "int8 rotated rows", "int8"),
         _n("rows", 16, "tokens"),
         _n("heads", 8, "heads per token"),
         _n("head_dim", 10, "elements per head"),
         _n("pos0", 20, "position of the first token"),
-        _l2("freq_addr", "uint32 RoPE frequency table (numerics.rope_freq_table)"),
+        _l2("freq_addr", "RoPE frequency table, head_dim / 2 words (numerics.rope_freq_table)",
+            "uint32"),
         _n("row_stride", 20, "bytes between tokens, source and destination"),
     ), "numerics.rope: token r is at position pos0 + r."),
     OpSpec("SOFTMAX", 0x34, Engine.COMPUTE, (
-        _l2("src_addr", "int32 scores"),
-        _l2("dst_addr", "int8 probabilities (scale 2**-7)"),
+        _l2("src_addr", "int32 scores", "int32"),
+        _l2("dst_addr", "int8 probabilities (scale 2**-7)", "int8"),
         ROWS, COLS,
         _n("q_pos0", 20, "key j is visible to row i when j <= q_pos0 + i"),
         _n("src_stride", 20, "bytes between source rows"),
@@ -234,33 +258,35 @@ OPCODES: tuple[OpSpec, ...] = (
         MULT, SHIFT,
     ), "numerics.softmax with the causal mask."),
     OpSpec("SILU_MUL", 0x35, Engine.COMPUTE, (
-        _l2("gate_addr", "int32 gate accumulators"),
-        _l2("up_addr", "int8 up projection"),
-        _l2("dst_addr", "int8 result"),
-        _l2("param_addr", "per column two words mult | shift << 16: the gate's, then the "
-                          "output's"),
+        _l2("gate_addr", "int32 gate accumulators", "int32"),
+        _l2("up_addr", "int8 up projection", "int8"),
+        _l2("dst_addr", "int8 result", "int8"),
+        _l2("param_addr", "per column two parameter words (PARAM_WORD): the gate's, then "
+                          "the output's", "uint32"),
         ROWS, COLS,
         _n("gate_stride", 20, "bytes between gate rows"),
         _n("up_stride", 20, "bytes between up rows"),
         _n("dst_stride", 20, "bytes between destination rows"),
     ), "numerics.silu_mul with per-column gate and output requantisation."),
     OpSpec("RESADD", 0x36, Engine.COMPUTE, (
-        _l2("h_addr", "int16 residual rows, updated in place"),
-        _l2("acc_addr", "int32 projection accumulators"),
-        _l2("param_addr", "per-column words mult | shift << 16"),
+        _l2("h_addr", "int16 residual rows, updated in place", "int16"),
+        _l2("acc_addr", "int32 projection accumulators", "int32"),
+        _l2("param_addr", "per-column parameter words (PARAM_WORD)", "uint32"),
         ROWS, COLS,
         _n("h_stride", 20, "bytes between residual rows"),
         _n("acc_stride", 20, "bytes between accumulator rows"),
     ), "numerics.residual_add."),
     OpSpec("ARGMAX", 0x37, Engine.COMPUTE, (
-        _l2("src_addr", "int16 logits"),
+        _l2("src_addr", "int16 logits", "int16"),
         _n("n", 20, "elements"),
-        _l2("dst_addr", "int32 index of the first maximum"),
+        _l2("dst_addr", "int32 index of the first maximum", "int32"),
     ), "numerics.argmax."),
 )
 
 BY_MNEMONIC = {op.mnemonic: op for op in OPCODES}
 BY_CODE = {op.code: op for op in OPCODES}
+
+COUNTER_BITS = 64   # every performance counter, in the RTL and in STORE_COUNTERS' block
 
 COUNTERS = (
     "cycles", "instructions",
@@ -269,9 +295,20 @@ COUNTERS = (
 )
 
 
+# A requantisation parameter word (REQUANT, SILU_MUL, RESADD): stored as a 32-bit word in
+# L2, the multiplier mantissa in its low 16 bits and the right shift above it.
+PARAM_WORD = data.StructLayout({"mult": 16, "shift": 6})
+PARAM_WORD_BYTES = 4
+
+
 def pack_param(mult: int, shift: int) -> int:
-    """One requantisation parameter word: ``mult | shift << 16``."""
-    return int(mult) | (int(shift) << 16)
+    """One requantisation parameter word (``PARAM_WORD``) as an integer."""
+    return PARAM_WORD.const({"mult": int(mult), "shift": int(shift)}).as_value().value
+
+
+def opcodes_of(engine: Engine) -> tuple[OpSpec, ...]:
+    """The instructions ``engine`` executes, in declaration order."""
+    return tuple(op for op in OPCODES if op.engine == engine)
 
 
 # -- instructions as values ----------------------------------------------------------

@@ -18,3 +18,7 @@ CMD_DEPTH = 64     # row commands queued in a copier: covers the DRAM latency fo
 # to hide the next block's preload.
 TILE_LINES = 8
 GEMM_ROW_FACTOR = 4
+
+# Power-on reset: the top holds every flip-flop in reset for this many cycles after the
+# simulator starts (rtl/top.py), and the cocotb bench waits them out (rtl/bench.py).
+RESET_CYCLES = 3

@@ -41,22 +41,32 @@ An invalid instruction stops the accelerator with an error code:
 
 ## Performance counters
 
-`STORE_COUNTERS` writes these 64-bit counters, in this order: {counters}.
+`STORE_COUNTERS` writes these {counter_bits}-bit counters, in this order: {counters}.
+
+## Parameter word
+
+`REQUANT`, `SILU_MUL` and `RESADD` read requantisation parameters as {param_bytes}-byte words
+in L2: {param_fields}.
 
 ## Instructions
 """
+
+
+def _layout_text(layout) -> str:
+    """``mult`` bits [0, 16), ``shift`` bits [16, 22), ... for a ``data.StructLayout``."""
+    return ", ".join(f"`{name}` bits [{f.offset}, {f.offset + f.width})" for name, f in layout)
 
 
 def render() -> str:
     errors = "\n".join(f"| {int(e)} | `{e.name}` |" for e in isa.ErrorCode)
     out = [INTRO.format(bits=isa.INSTR_BITS, bytes=isa.INSTR_BYTES, ob=isa.OPCODE_BITS,
                         mb=isa.MASK_BITS, hb=isa.HEADER_BITS, errors=errors,
-                        counters=", ".join(f"`{c}`" for c in isa.COUNTERS))]
+                        counters=", ".join(f"`{c}`" for c in isa.COUNTERS),
+                        counter_bits=isa.COUNTER_BITS, param_bytes=isa.PARAM_WORD_BYTES,
+                        param_fields=_layout_text(isa.PARAM_WORD))]
     for engine in (isa.Engine.CONTROL, *isa.ENGINES):
         out.append(f"\n### {engine.name.lower()} engine\n")
-        for op in isa.OPCODES:
-            if op.engine != engine:
-                continue
+        for op in isa.opcodes_of(engine):
             used = isa.HEADER_BITS + sum(f.bits for f in op.fields)
             out.append(f"\n#### `{op.mnemonic}` (opcode 0x{op.code:02x}, {used} bits used)\n\n"
                        f"{op.doc}\n")
@@ -67,7 +77,8 @@ def render() -> str:
                     if f.enum is not None:
                         meaning += " (" + ", ".join(f"{m.value}={m.name}" for m in f.enum) + ")"
                     if f.address:
-                        meaning += f" [{f.address.upper()} address]"
+                        elem = f", {f.elem} elements" if f.elem else ""
+                        meaning += f" [{f.address.upper()} address{elem}]"
                     out.append(f"| `{f.name}` | {f.bits} | {offset} | {meaning} |\n")
     return "".join(out)
 

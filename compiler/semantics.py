@@ -22,7 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import COUNTERS, Engine, ErrorCode, Instruction, OutBits, WeightLayout
+from arch.isa import (
+    COUNTER_BITS,
+    COUNTERS,
+    OUT_BYTES,
+    Engine,
+    ErrorCode,
+    Instruction,
+    OutBits,
+    WeightLayout,
+)
 
 
 class AcceleratorError(RuntimeError):
@@ -124,48 +133,54 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
                 "src": _l2(f.l2_addr, f.n_tokens, f.row_bytes, f.row_bytes),
                 "dst": _kv_runs(f, hw, read_i32, 0, f.row_bytes, True)}
     if op == "STORE_COUNTERS":
-        return {"dst": _dram(f.dram_addr, 1, 8 * len(COUNTERS), 0, True)}
+        return {"dst": _dram(f.dram_addr, 1, COUNTER_BITS // 8 * len(COUNTERS), 0, True)}
+    def eb(name: str) -> int:       # bytes per element of an operand, as declared
+        return instr.spec.field(name).elem_bytes
+
     if op == "MATMUL":
         if f.w_layout == WeightLayout.NK:
             w = _l2(f.w_addr, f.n, f.k, f.w_stride)
         else:
             w = _l2(f.w_addr, f.k, f.n, f.w_stride)
-        out = {"x": _l2(f.x_addr, f.m, f.k, f.x_stride), "w": w,
-               "out": _l2(f.out_addr, f.m, 4 * f.n, f.out_stride, True)}
+        out = {"x": _l2(f.x_addr, f.m, eb("x_addr") * f.k, f.x_stride), "w": w,
+               "out": _l2(f.out_addr, f.m, eb("out_addr") * f.n, f.out_stride, True)}
         if f.accumulate:
-            out["acc"] = _l2(f.out_addr, f.m, 4 * f.n, f.out_stride)
+            out["acc"] = _l2(f.out_addr, f.m, eb("out_addr") * f.n, f.out_stride)
         return out
     if op == "REQUANT":
-        width = 1 if f.out_bits == OutBits.INT8 else 2
-        out = {"src": _l2(f.src_addr, f.rows, 4 * f.cols, f.src_stride),
-               "param": _l2(f.param_addr, 1, 4 * (f.cols if f.per_channel else 1), 0),
+        width = OUT_BYTES[OutBits(f.out_bits)]
+        out = {"src": _l2(f.src_addr, f.rows, eb("src_addr") * f.cols, f.src_stride),
+               "param": _l2(f.param_addr, 1, eb("param_addr") * (f.cols if f.per_channel else 1),
+                            0),
                "dst": _l2(f.dst_addr, f.rows, width * f.cols, f.dst_stride, True)}
         if f.has_bias:
-            out["bias"] = _l2(f.bias_addr, 1, 4 * f.cols, 0)
+            out["bias"] = _l2(f.bias_addr, 1, eb("bias_addr") * f.cols, 0)
         return out
     if op == "RMSNORM":
-        return {"src": _l2(f.src_addr, f.rows, 2 * f.cols, f.src_stride),
-                "dst": _l2(f.dst_addr, f.rows, f.cols, f.dst_stride, True)}
+        return {"src": _l2(f.src_addr, f.rows, eb("src_addr") * f.cols, f.src_stride),
+                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * f.cols, f.dst_stride, True)}
     if op == "ROPE":
         width = f.heads * f.head_dim
-        return {"src": _l2(f.src_addr, f.rows, width, f.row_stride),
-                "freq": _l2(f.freq_addr, 1, 2 * f.head_dim, 0),
-                "dst": _l2(f.dst_addr, f.rows, width, f.row_stride, True)}
+        return {"src": _l2(f.src_addr, f.rows, eb("src_addr") * width, f.row_stride),
+                "freq": _l2(f.freq_addr, 1, eb("freq_addr") * (f.head_dim // 2), 0),
+                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * width, f.row_stride, True)}
     if op == "SOFTMAX":
-        return {"src": _l2(f.src_addr, f.rows, 4 * f.cols, f.src_stride),
-                "dst": _l2(f.dst_addr, f.rows, f.cols, f.dst_stride, True)}
+        return {"src": _l2(f.src_addr, f.rows, eb("src_addr") * f.cols, f.src_stride),
+                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * f.cols, f.dst_stride, True)}
     if op == "SILU_MUL":
-        return {"gate": _l2(f.gate_addr, f.rows, 4 * f.cols, f.gate_stride),
-                "up": _l2(f.up_addr, f.rows, f.cols, f.up_stride),
-                "param": _l2(f.param_addr, 1, 8 * f.cols, 0),
-                "dst": _l2(f.dst_addr, f.rows, f.cols, f.dst_stride, True)}
+        return {"gate": _l2(f.gate_addr, f.rows, eb("gate_addr") * f.cols, f.gate_stride),
+                "up": _l2(f.up_addr, f.rows, eb("up_addr") * f.cols, f.up_stride),
+                "param": _l2(f.param_addr, 1, eb("param_addr") * 2 * f.cols, 0),
+                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * f.cols, f.dst_stride, True)}
     if op == "RESADD":
-        return {"h": _l2(f.h_addr, f.rows, 2 * f.cols, f.h_stride),
-                "acc": _l2(f.acc_addr, f.rows, 4 * f.cols, f.acc_stride),
-                "param": _l2(f.param_addr, 1, 4 * f.cols, 0),
-                "h_out": _l2(f.h_addr, f.rows, 2 * f.cols, f.h_stride, True)}
+        h = eb("h_addr") * f.cols
+        return {"h": _l2(f.h_addr, f.rows, h, f.h_stride),
+                "acc": _l2(f.acc_addr, f.rows, eb("acc_addr") * f.cols, f.acc_stride),
+                "param": _l2(f.param_addr, 1, eb("param_addr") * f.cols, 0),
+                "h_out": _l2(f.h_addr, f.rows, h, f.h_stride, True)}
     if op == "ARGMAX":
-        return {"src": _l2(f.src_addr, 1, 2 * f.n, 0), "dst": _l2(f.dst_addr, 1, 4, 0, True)}
+        return {"src": _l2(f.src_addr, 1, eb("src_addr") * f.n, 0),
+                "dst": _l2(f.dst_addr, 1, eb("dst_addr"), 0, True)}
     raise AcceleratorError(ErrorCode.INVALID_OPCODE, None, f"no semantics for {op}")
 
 
