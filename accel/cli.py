@@ -1,9 +1,10 @@
 """``accel``: the toolkit's one command line, with a subcommand per job.
 
 Each subcommand parses its arguments, calls library code in ``models/``, ``compiler/``,
-``rtl/`` or ``sweeps/``, and prints a result. Errors the user can fix (a bad config
-field, a missing checkpoint, a prompt that does not fit) are printed as one line naming
-the problem, with exit status 2, never as a traceback.
+``rtl/``, ``sweeps/``, the host runtime (``accel.runtime``) or the verification ladder
+(``accel.ladder``), and prints a result; nothing else lives here. Errors the user can
+fix (a bad config field, a missing checkpoint, a prompt that does not fit) are printed as
+one line naming the problem, with exit status 2, never as a traceback.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def _print_counters(counters: dict[str, dict[str, int]]) -> None:
 
 
 def _cmd_run(args) -> int:
+    from accel.runtime import run_build
     from compiler.buildfolder import load_build
-    from compiler.runtime import run_build
     from models.tokenizer import CharTokenizer
 
     build = load_build(args.build)
@@ -162,84 +163,9 @@ def _print_perf(build) -> int:
     return 0
 
 
-def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]]) -> dict:
-    """The performance model's cycles beside the RTL's, per program and in total."""
-    from sweeps.perf import time_build
-
-    timing = time_build(build)
-    rows = {name: {"rtl": rtl_counters[name]["cycles"], "perf": t.cycles,
-                   "error_pct": 100.0 * (t.cycles - rtl_counters[name]["cycles"])
-                   / rtl_counters[name]["cycles"]}
-            for name, t in timing.programs.items()}
-    perf = sum(t.cycles for t in timing.programs.values())
-    rtl = sum(c["cycles"] for c in rtl_counters.values())
-    return {"cycles": perf, "error_pct": 100.0 * (perf - rtl) / rtl,
-            "max_abs_error_pct": max(abs(r["error_pct"]) for r in rows.values()),
-            "programs": rows}
-
-
-def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
-                  eval_windows: int, rtl: bool = False) -> dict:
-    """Run the rungs of the verification ladder that exist; a flat dict of results."""
-    from arch.hardware import load_hardware
-    from compiler.driver import compile_generation
-    from compiler.runtime import compare, reference_generation, run_build
-    from models.evaluate import evaluate
-
-    if not prompt:
-        raise ValueError("the prompt is empty")
-    loaded, im = _load_eval_inputs(model)
-    hw = load_hardware(hw_spec)
-    report: dict = {"model": loaded.cfg.name, "hardware": hw.name}
-    if loaded.tokenizer is not None:
-        ev = evaluate(loaded, im, max_windows=eval_windows)
-        report["int_vs_float"] = {"top1_agreement": ev.top1_agreement,
-                                  "ppl_ratio": ev.ppl_ratio, "float_ppl": ev.float_ppl,
-                                  "int_ppl": ev.int_ppl, "tokens": ev.tokens}
-        ids = loaded.tokenizer.encode(prompt)
-    else:
-        ids = [1, 2, 3, 4]
-    ref = reference_generation(im, ids, max_new_tokens)
-    for prefetch in (True, False):
-        build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch)
-        isa = run_build(build, "isa")
-        key = "isa_vs_int" if prefetch else "isa_vs_int_prefetch_off"
-        report[key] = compare(isa, ref)
-        if rtl and prefetch:
-            from compiler.runtime import same_dram
-
-            result = run_build(build, "rtl")
-            report["rtl_vs_isa"] = {**same_dram(build, isa.dram, result.dram, isa.l2,
-                                                result.l2),
-                                    "tokens_equal": result.tokens == isa.tokens}
-            report["rtl_vs_isa"]["bit_exact"] &= result.tokens == isa.tokens
-            report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
-                             "wall_seconds": result.wall_seconds,
-                             "counters": result.counters}
-            report["perf"] = perf_vs_rtl(build, result.counters)
-    return report
-
-
-# Rung 1's bar (the integer model against float on the held-out text): the quality bar
-# the tiny model is trained to (tests/models/test_integer.py).
-MIN_TOP1_AGREEMENT, MAX_PPL_RATIO = 0.95, 1.05
-
-
-def failed_rungs(report: dict) -> list[str]:
-    """The rungs of a ``verify_ladder`` report that fail: rung 1 (run when the model has
-    a tokenizer and text, i.e. trained weights) below its bar, and any rung 2 or 3 that
-    is not bit-exact. The performance model's error is reported, not judged."""
-    failed = []
-    r = report.get("int_vs_float")
-    if r is not None and not (r["top1_agreement"] >= MIN_TOP1_AGREEMENT
-                              and r["ppl_ratio"] <= MAX_PPL_RATIO):
-        failed.append("int_vs_float")
-    failed += [k for k in ("isa_vs_int", "isa_vs_int_prefetch_off", "rtl_vs_isa")
-               if k in report and not report[k]["bit_exact"]]
-    return failed
-
-
 def _cmd_verify(args) -> int:
+    from accel.ladder import MAX_PPL_RATIO, MIN_TOP1_AGREEMENT, failed_rungs, verify_ladder
+
     report = verify_ladder(args.model, args.hw, args.prompt, args.max_new_tokens,
                            args.eval_windows, rtl=args.rtl)
     failed = failed_rungs(report)
@@ -282,9 +208,9 @@ def _cmd_verify(args) -> int:
 
 def _rtl_params(hw_spec: str):
     from arch.hardware import load_hardware
-    from rtl.common import RtlParams
+    from rtl.common import rtl_params
 
-    return RtlParams(load_hardware(hw_spec), dram_bytes=64 << 20, macros=True)
+    return rtl_params(load_hardware(hw_spec))
 
 
 def _cmd_rtl(args) -> int:
@@ -312,7 +238,7 @@ def _cmd_sweep(args) -> int:
     summary = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers,
                         fresh=args.fresh)
     print(f"{summary['ran']} points run, {summary['skipped']} already finished")
-    return _cmd_report(argparse.Namespace(out=args.out))
+    return _dispatch(["report", args.out])
 
 
 def _cmd_report(args) -> int:
@@ -327,26 +253,37 @@ def _cmd_report(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    print("== accel demo: the tiny model, float reference versus the accelerator's integers ==")
-    _cmd_eval(argparse.Namespace(model="tiny", max_windows=args.max_windows, json=False))
-    print()
-    _cmd_generate(argparse.Namespace(model="tiny", prompt="ROMEO:\n", max_new_tokens=120,
-                                     numerics="both"))
-    print("\n== compile tiny for edge-8x8 and run it on the ISA simulator ==")
-    _cmd_compile(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
-                                    max_new_tokens=8, prefetch=None, no_weights=False,
-                                    decode_at=None, out="build/tiny"))
-    _cmd_run(argparse.Namespace(build="build/tiny", sim="isa", waves=False))
-    print("\n== the verification ladder: integer, ISA simulator, RTL, performance model ==")
-    status = _cmd_verify(argparse.Namespace(model="tiny", hw="edge-8x8", prompt="ROMEO:",
-                                            max_new_tokens=8, eval_windows=64, json=False,
-                                            rtl=True))
-    print("\n== a reduced L2 sweep (sweeps/demo.toml) and its report ==")
+def demo_steps(max_windows: int | None = None) -> list[tuple[str | None, list[str]]]:
+    """``accel demo``'s subcommands, each as its command line (a title or ``None``)."""
+    windows = [] if max_windows is None else ["--max-windows", str(max_windows)]
     spec = Path(__file__).resolve().parents[1] / "sweeps" / "demo.toml"
-    _cmd_sweep(argparse.Namespace(spec=str(spec), out="build/sweep-demo", scheduler=None,
-                                  workers=None, fresh=True))
+    return [
+        ("the tiny model, float reference versus the accelerator's integers",
+         ["eval", "--model", "tiny", *windows]),
+        (None, ["generate", "--model", "tiny", "--prompt", "ROMEO:\n",
+                "--max-new-tokens", "120"]),
+        ("compile tiny for edge-8x8 and run it on the ISA simulator",
+         ["compile", "--model", "tiny", "--hw", "edge-8x8", "--out", "build/tiny"]),
+        (None, ["run", "build/tiny", "--sim", "isa"]),
+        ("the verification ladder: integer, ISA simulator, RTL, performance model",
+         ["verify", "--model", "tiny", "--hw", "edge-8x8", "--rtl"]),
+        ("a reduced L2 sweep (sweeps/demo.toml) and its report",
+         ["sweep", str(spec), "-o", "build/sweep-demo", "--fresh"]),
+    ]
+
+
+def _cmd_demo(args) -> int:
+    status = 0
+    for title, argv in demo_steps(args.max_windows):
+        print(f"\n== {title} ==" if title else "")
+        status |= _dispatch(argv)
     return status
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Run one subcommand as the command line would parse it (its defaults included)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

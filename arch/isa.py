@@ -23,6 +23,7 @@ every engine to drain.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from amaranth.lib import data, enum
 
@@ -105,16 +106,20 @@ class OpSpec:
     fields: tuple[Field, ...]
     doc: str
 
-    @property
+    @cached_property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
+    @cached_property
+    def field_index(self) -> dict[str, int]:
+        """Each field's position among the operands."""
+        return {f.name: i for i, f in enumerate(self.fields)}
+
     def field(self, name: str) -> Field:
         """The declared field ``name``; ``KeyError`` if this instruction has none."""
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise KeyError(f"{self.mnemonic} has no field {name!r}")
+        if name not in self.field_index:
+            raise KeyError(f"{self.mnemonic} has no field {name!r}")
+        return self.fields[self.field_index[name]]
 
     def layout(self) -> list[tuple[Field, int]]:
         """Each field with its bit offset in the instruction word."""
@@ -334,9 +339,10 @@ class Instruction:
 
     def __getattr__(self, name: str) -> int:
         spec = BY_MNEMONIC.get(object.__getattribute__(self, "mnemonic"))
-        if spec is not None and name in spec.field_names:
-            return self.operands[spec.field_names.index(name)]
-        raise AttributeError(name)
+        index = None if spec is None else spec.field_index.get(name)
+        if index is None:
+            raise AttributeError(name)
+        return self.operands[index]
 
     def fields(self) -> dict[str, int]:
         return dict(zip(self.spec.field_names, self.operands, strict=True))

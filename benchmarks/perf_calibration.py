@@ -24,8 +24,7 @@ def run_one(tiny, im, hw_name: str, prefetch: bool, l2: int | None = None) -> di
     from arch.occupancy import occupancy
     from compiler.asm import encode_program
     from compiler.driver import compile_generation
-    from compiler.runtime import rtl_dram_bytes
-    from rtl.common import RtlParams
+    from rtl.common import rtl_params
     from rtl.sim import build_model, run_job
 
     hw = load_hardware(hw_name)
@@ -46,7 +45,7 @@ def run_one(tiny, im, hw_name: str, prefetch: bool, l2: int | None = None) -> di
         data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
         programs.append((f"i{n}", offset))
         offset += len(blob)
-    model = build_model(RtlParams(hw, rtl_dram_bytes(data.size), macros=True))
+    model = build_model(rtl_params(hw, image_bytes=data.size))
     job = run_job(model, data, programs, {})
     read_i32 = build.image.read_i32
     by_class: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])   # rtl, model, count

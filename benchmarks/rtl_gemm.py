@@ -33,9 +33,8 @@ def run(hw_name: str, m: int, k: int, n: int, modes: list[str], seed: int = 0) -
     from compiler.backend import Code
     from compiler.image import DramImage, MemoryMap, align
     from compiler.isasim import IsaSimulator
-    from compiler.runtime import rtl_dram_bytes
-    from compiler.schedule import schedule
-    from rtl.common import RtlParams
+    from compiler.pipeline import schedule
+    from rtl.common import rtl_dram_bytes, rtl_params
     from rtl.sim import build_model, run_job
 
     x_bytes, w_bytes, out_bytes = m * k, n * k, 4 * m * n
@@ -86,7 +85,7 @@ def run(hw_name: str, m: int, k: int, n: int, modes: list[str], seed: int = 0) -
     isa = IsaSimulator(hw, dram.copy())
     for name in programs:
         isa.run(scheduled[name])
-    model = build_model(RtlParams(hw, dram_bytes=dram.size, macros=True))
+    model = build_model(rtl_params(hw, image_bytes=dram.size))
     result = run_job(model, dram, entries, {"all": (0, dram.size)}, max_cycles=200_000_000)
     keep = np.ones(dram.size, bool)
     for name in programs:

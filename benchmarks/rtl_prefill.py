@@ -38,24 +38,18 @@ def projection_matmuls(instrs) -> list:
 def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     import numpy as np
 
+    from accel.ladder import compare, reference_generation
+    from accel.runtime import program_from_dram, read_results, same_dram
     from arch.hardware import load_hardware
     from arch.isa import INSTR_BYTES, make
     from compiler.asm import encode_program
     from compiler.driver import compile_generation
     from compiler.isasim import IsaSimulator
-    from compiler.runtime import (
-        compare,
-        program_from_dram,
-        read_results,
-        reference_generation,
-        rtl_dram_bytes,
-        same_dram,
-    )
     from models.config import preset
     from models.evaluate import build_int_model
     from models.reference import init_params
     from models.zoo import LoadedModel
-    from rtl.common import RtlParams
+    from rtl.common import rtl_dram_bytes, rtl_params
     from rtl.sim import build_model, run_job
     from sweeps.perf import time_program
 
@@ -79,7 +73,7 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     isa.run(program_from_dram(build, isa.dram, prefill.name))
     timing = time_program(prefill.instrs, hw, build.image.read_i32)
     alone_model = time_program(extra, hw)
-    model = build_model(RtlParams(hw, dram_bytes=dram.size, macros=True))
+    model = build_model(rtl_params(hw, image_bytes=dram.size))
     # A program may run for twice the cycles the performance model gives it.
     budget = 2 * max(timing.cycles, alone_model.cycles)
     job = run_job(model, dram, [(prefill.name, build.mmap[f"program:{prefill.name}"].offset),
@@ -93,7 +87,7 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     alone = job.programs[1]["counters"]
     rtl_dram = job.reads["all"]
     tokens_rtl, logits, kv = read_results(build, rtl_dram)
-    from compiler.runtime import RunResult
+    from accel.runtime import RunResult
 
     rtl = RunResult(tokens_rtl, logits, kv, {prefill.name: counters}, rtl_dram,
                     job.wall_seconds)

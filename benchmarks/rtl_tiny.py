@@ -21,10 +21,11 @@ import time
 
 
 def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None) -> dict:
+    from accel.ladder import compare, reference_generation
+    from accel.runtime import run_build, same_dram
     from arch.hardware import load_hardware
     from compiler.driver import compile_generation
-    from compiler.runtime import compare, reference_generation, rtl_dram_bytes, run_build, same_dram
-    from rtl.common import RtlParams
+    from rtl.common import rtl_params
     from rtl.sim import build_model
 
     ids = tiny_model.tokenizer.encode("ROMEO:")
@@ -35,7 +36,7 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
         hw = hw.replace(l2_bytes=l2)
     build = compile_generation(im.cfg, im.qm, hw, ids, 5, prefetch=prefetch)
     t0 = time.perf_counter()
-    model = build_model(RtlParams(hw, rtl_dram_bytes(build.image.data.size), macros=True))
+    model = build_model(rtl_params(hw, image_bytes=build.image.data.size))
     build_seconds = time.perf_counter() - t0
     isa = run_build(build, "isa")
     rtl = run_build(build, "rtl")

@@ -34,6 +34,7 @@ from arch.isa import Instruction, MatmulMode, OutBits, WeightLayout, make
 from arch.occupancy import matmul_mode
 from compiler.image import MemoryMap, align
 from compiler.ir import (
+    OPS,
     Argmax,
     Attention,
     Buffer,
@@ -253,7 +254,7 @@ class Generator:
             self.emit("DMA_LOAD", dram_addr=self.ctx.param_addr(freq), l2_addr=0, rows=1,
                       row_bytes=freq.nbytes, dram_stride=freq.nbytes, l2_stride=freq.nbytes)
         for op in ops:
-            getattr(self, "_op_" + type(op).__name__.lower())(op)
+            LOWERINGS[type(op)](self, op)
         # The counters are written once every engine's last instruction has finished.
         last = {}
         for i, instr in enumerate(self.code.instrs):
@@ -455,6 +456,16 @@ class Generator:
                           bias_addr=0, rows=T, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
                           dst_stride=cfg.q_dim)
         self.use(slot, index)
+
+
+# Each IR operation's lowering: one entry per operation class of ``compiler.ir.OPS``.
+LOWERINGS = {
+    Embed: Generator._op_embed, MatMul: Generator._op_matmul, Requant: Generator._op_requant,
+    RmsNorm: Generator._op_rmsnorm, Rope: Generator._op_rope, KvAppend: Generator._op_kvappend,
+    Attention: Generator._op_attention, SiluMul: Generator._op_silumul,
+    ResAdd: Generator._op_resadd, Argmax: Generator._op_argmax, Output: Generator._op_output,
+}
+assert set(LOWERINGS) == set(OPS), "every IR operation needs exactly one lowering"
 
 
 def generate(graphs: list[Graph], ctx: BuildContext, program: str) -> Code:

@@ -24,7 +24,7 @@ token buffer starts with the prompt. Anything else raises ``BuildError``, one li
 naming the file and what is wrong.
 
 ``read_only_regions(build)`` are the regions no program may write (the constants below
-``rw_base``, the block table and the programs); ``compiler.runtime`` compares them
+``rw_base``, the block table and the programs); ``accel.runtime`` compares them
 after every run on every simulator.
 """
 
@@ -56,7 +56,7 @@ class BuildError(ValueError):
 
 
 class RunIntegrityError(RuntimeError):
-    """A run changed DRAM that no program may write (``compiler.runtime``)."""
+    """A run changed DRAM that no program may write (``accel.runtime``)."""
 
 
 def _sha256(path: Path) -> str:

@@ -23,18 +23,16 @@ import numpy as np
 
 from arch.hardware import HardwareConfig
 from arch.isa import COUNTERS, INSTR_BYTES, Instruction
-from compiler.asm import encode_program
 from compiler.backend import (
     MIN_RING_BYTES,
     BuildContext,
     causal_block_rows,
-    generate,
     plan_activations,
 )
 from compiler.frontend import lower_step
 from compiler.image import DramImage, MemoryMap, align, block_table, param_bytes, param_size
 from compiler.ir import CompileError, Graph, Param, ParamWords
-from compiler.schedule import schedule
+from compiler.pipeline import PASSES, PassContext, ProgramIR, run_passes
 from compiler.semantics import accesses, flat
 from models.config import ModelConfig
 
@@ -180,21 +178,23 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
 
 
 def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens) -> Build:
-    ctx = BuildContext(hw, cfg, mmap, prefetch)
-    programs = []
-    for name, kind, graphs in named_graphs:
-        code = generate(graphs, ctx, name)
-        instrs = schedule(code, hw, image, prefetch)
-        programs.append(Program(name, kind, graphs[0].start, sum(g.tokens for g in graphs),
-                                instrs, code.l2_plan, [g.tokens for g in graphs]))
+    """Each program through the pipeline's passes (``compiler.pipeline``), then the
+    programs placed after the data and, with weights, written into the image."""
+    context = PassContext(hw, prefetch, image, BuildContext(hw, cfg, mmap, prefetch))
+    passes = PASSES if image.data is not None else PASSES[:-1]      # no bytes, no encode
+    compiled = [run_passes(ProgramIR(name, kind, graphs), context, passes)
+                for name, kind, graphs in named_graphs]
+    programs = [Program(p.name, p.kind, p.graphs[0].start, sum(g.tokens for g in p.graphs),
+                        p.instrs, p.code.l2_plan, [g.tokens for g in p.graphs])
+                for p in compiled]
     for p in programs:
         mmap.add(f"program:{p.name}", len(p.instrs) * INSTR_BYTES)
     if image.data is not None:
         data = np.zeros(mmap.size, np.uint8)
         data[:image.data.size] = image.data
         image.data = data
-        for p in programs:
-            image.write(f"program:{p.name}", np.frombuffer(encode_program(p.instrs), np.uint8))
+        for p in compiled:
+            image.write(f"program:{p.name}", np.frombuffer(p.binary, np.uint8))
     return Build(cfg, hw, prefetch, mmap, image, programs, list(prompt), max_new_tokens)
 
 

@@ -12,6 +12,7 @@ name their operands; ``verify(graph)`` checks shapes and dtypes between passes.
 from __future__ import annotations
 
 import itertools
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -214,6 +215,7 @@ class Output:
 
 Op = Embed | MatMul | Requant | RmsNorm | Rope | KvAppend | Attention | SiluMul | ResAdd \
     | Argmax | Output
+OPS: tuple[type, ...] = typing.get_args(Op)      # every operation class of the IR
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Contract
 --------
-``schedule(code, hw, image, prefetch)`` takes the natural-order instructions of one
-program and returns them reordered and with wait/signal masks set:
+Three passes of the pipeline (``compiler.pipeline``; ``pipeline.schedule`` runs them
+with their verifiers) take the natural-order instructions of one program and return
+them reordered and with wait/signal masks set:
 
 1. ``dependencies`` finds, for every instruction and every *other* engine, the latest
    earlier instruction of that engine it conflicts with (read-after-write,
@@ -34,7 +35,7 @@ from arch.isa import Engine, Instruction
 from arch.uarch import QUEUE_DEPTH
 from compiler.backend import Code
 from compiler.image import DramImage
-from compiler.semantics import accesses, flat
+from compiler.semantics import Access, accesses, flat
 
 PAGE = 64
 # Loads hoisted above the first instruction that needs an earlier load: as many as the
@@ -44,6 +45,13 @@ PAGE = 64
 # loads beyond the queue blocked the in-order dispatch of the instructions after them:
 # tiny's decode ran 1-10% slower at 128 KiB of L2 than at 64 KiB.)
 LOOKAHEAD = QUEUE_DEPTH + 1
+
+
+def program_accesses(instrs: list[Instruction], hw: HardwareConfig, image: DramImage
+                     ) -> list[list[Access]]:
+    """Every instruction's memory accesses (``semantics.accesses``, flattened), with the
+    DRAM-held indices (block table, prompt tokens) read from the image as compiled."""
+    return [flat(accesses(instr, hw, image.read_i32)) for instr in instrs]
 
 
 class _Pages:
@@ -66,9 +74,12 @@ class _Pages:
         return slice(first, min(last + 1, self.write.shape[1]))
 
 
-def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: bool
-                 ) -> list[dict[int, int]]:
-    """For each instruction: {engine: index of the latest instruction it must follow}."""
+def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: bool,
+                 acc: list[list[Access]] | None = None) -> list[dict[int, int]]:
+    """For each instruction: {engine: index of the latest instruction it must follow}.
+    ``acc``: each instruction's accesses (``program_accesses``), if already computed."""
+    if acc is None:
+        acc = program_accesses(code.instrs, hw, image)
     rw_base = image.mmap.rw_base or 0
     spaces = {"l2": _Pages(0, hw.l2_bytes), "dram": _Pages(rw_base, image.mmap.size - rw_base)}
     deps: list[dict[int, int]] = []
@@ -79,8 +90,7 @@ def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: boo
         if e is None:
             deps.append(need)
             continue
-        acc = flat(accesses(instr, hw, image.read_i32))
-        for a in acc:
+        for a in acc[j]:
             pages = spaces[a.space]
             span = pages.span(a.addr, a.end)
             if span is None:
@@ -99,7 +109,7 @@ def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: boo
                 need[other] = max(need.get(other, -1), i)
         if not prefetch and instr.engine == Engine.LOAD and last_compute >= 0:
             need[int(Engine.COMPUTE)] = max(need.get(int(Engine.COMPUTE), -1), last_compute)
-        for a in acc:
+        for a in acc[j]:
             pages = spaces[a.space]
             span = pages.span(a.addr, a.end)
             if span is not None:
@@ -167,11 +177,3 @@ def insert_tokens(instrs: list[Instruction], deps: list[dict[int, int]], order: 
                 signal[i] |= 1 << e
                 wait[j] |= 1 << a
     return [instrs[j].replace(wait=wait[j], signal=signal[j]) for j in order]
-
-
-def schedule(code: Code, hw: HardwareConfig, image: DramImage, prefetch: bool
-             ) -> list[Instruction]:
-    deps = dependencies(code, hw, image, prefetch)
-    order = hoist(code.instrs, deps) if prefetch else list(range(len(code.instrs)))
-    return insert_tokens(code.instrs, deps, order)
-

@@ -184,7 +184,10 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
     raise AcceleratorError(ErrorCode.INVALID_OPCODE, None, f"no semantics for {op}")
 
 
-def flat(acc: Accesses) -> list[Access]:
+def flat(acc: Accesses | list[Access]) -> list[Access]:
+    """Every access of an instruction in one list (a list is returned as it is)."""
+    if isinstance(acc, list):
+        return acc
     out = []
     for value in acc.values():
         out.extend(value if isinstance(value, list) else [value])

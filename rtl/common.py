@@ -11,6 +11,11 @@ Contract
 * ``line_banks``: the L2's ``l2_banks`` banks of ``l2_port_bytes`` grouped into banks of
   one line each (``l2_banks * l2_port_bytes / W``), interleaved by line;
 * address widths of DRAM words and L2 lines.
+
+``rtl_params(hw, image_bytes)`` is the one place the toolkit builds them for a Verilator
+model, a Verilog file or synthesis statistics: the simulated DRAM is the smallest power of
+two that holds the image (at least 1 MiB; ``DEFAULT_DRAM_BYTES`` without an image), and
+large memories are SRAM macro models. Unit tests of single components build their own.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class RtlParams:
 
     @property
     def line_bytes(self) -> int:
-        return max(16, next_pow2(self.hw.dram_bytes_per_cycle))
+        return self.hw.line_bytes
 
     @property
     def line_bits(self) -> int:
@@ -82,3 +87,20 @@ class RtlParams:
     @property
     def l2_addr_bits(self) -> int:
         return max(1, (self.l2_lines - 1).bit_length())
+
+
+# The simulated DRAM of a Verilog file or synthesis run with no image to hold: its width
+# sets the DRAM address registers, so statistics are comparable between configurations.
+DEFAULT_DRAM_BYTES = 64 << 20
+
+
+def rtl_dram_bytes(image_bytes: int) -> int:
+    """The simulated DRAM for an image of ``image_bytes``: a power of two, at least 1 MiB."""
+    return max(1 << 20, next_pow2(image_bytes))
+
+
+def rtl_params(hw: HardwareConfig, image_bytes: int | None = None) -> RtlParams:
+    """The RTL's parameters for ``hw`` with SRAM macro models: a DRAM of
+    ``rtl_dram_bytes(image_bytes)``, or ``DEFAULT_DRAM_BYTES`` without an image."""
+    dram = DEFAULT_DRAM_BYTES if image_bytes is None else rtl_dram_bytes(image_bytes)
+    return RtlParams(hw, dram_bytes=dram, macros=True)

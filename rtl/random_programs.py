@@ -21,8 +21,10 @@ from compiler.asm import encode_program
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap, block_table
 from compiler.isasim import IsaSimulator
-from compiler.schedule import dependencies, hoist, insert_tokens, schedule
+from compiler.pipeline import schedule
+from compiler.schedule import dependencies, hoist, insert_tokens, program_accesses
 from compiler.semantics import AcceleratorError, accesses, check
+from compiler.verify import verify_schedule
 from rtl.sim import run_job
 
 DRAM_BYTES = 1 << 20
@@ -86,7 +88,8 @@ def random_tokens(code, hw, image, rng, extra):
     makes an instruction also wait for a random instruction of another engine earlier in
     the stream. Any ordering along the stream keeps the program deadlock-free, and more
     ordering keeps it race-free, so the RTL and the ISA simulator must still agree."""
-    deps = dependencies(code, hw, image, prefetch=True)
+    acc = program_accesses(code.instrs, hw, image)
+    deps = dependencies(code, hw, image, prefetch=True, acc=acc)
     order = hoist(code.instrs, deps)
     position = {j: k for k, j in enumerate(order)}
     engines = [int(i.engine) for i in code.instrs]
@@ -99,7 +102,9 @@ def random_tokens(code, hw, image, rng, extra):
         if before:
             i = int(rng.choice(before))
             deps[j][engines[i]] = max(deps[j].get(engines[i], -1), i)
-    return insert_tokens(code.instrs, deps, order)
+    program = insert_tokens(code.instrs, deps, order)
+    verify_schedule("random", code.instrs, order, program, acc, hw, image)
+    return program
 
 
 def random_dma_program(rng, hw, n_instr=24, compute=False, n_programs=1, extra_tokens=0):

@@ -77,13 +77,13 @@ def logic_stats(hw: HardwareConfig) -> dict:
     values of those (its preset shares the cache): one Yosys run per logic
     configuration, whatever the clock or L2 axes of a sweep."""
     from arch.hardware import load_hardware
-    from rtl.common import RtlParams
+    from rtl.common import rtl_params
     from rtl.stats import synth_stats
 
     ref = load_hardware("edge-4x4")
     base = hw.replace(l2_bytes=ref.l2_bytes, prefetch=ref.prefetch, clock_hz=ref.clock_hz,
                       dram_bytes=ref.dram_bytes)
-    comps = synth_stats(RtlParams(base, dram_bytes=64 << 20, macros=True))["components"]
+    comps = synth_stats(rtl_params(base))["components"]
     return {
         "gate_equivalents": sum(c["gate_equivalents"] for c in comps.values()),
         "flip_flop_bits": sum(c["flip_flop_bits"] for c in comps.values()),

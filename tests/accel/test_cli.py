@@ -95,7 +95,7 @@ def test_eval_refuses_a_text_shorter_than_one_window(tiny_model, tiny_int):
 
 def test_verify_exits_non_zero_when_any_rung_fails(capsys, monkeypatch):
     """Rung 1 below its bar (rungs 2 and 3 bit-exact): FAIL and exit status 1."""
-    import accel.cli as cli
+    import accel.ladder as ladder
 
     exact = {"bit_exact": True, "tokens_compared": 3, "logit_rows_compared": 3,
              "kv_equal": True}
@@ -103,7 +103,7 @@ def test_verify_exits_non_zero_when_any_rung_fails(capsys, monkeypatch):
               "isa_vs_int_prefetch_off": exact,
               "int_vs_float": {"top1_agreement": 0.80, "ppl_ratio": 1.01, "float_ppl": 4.0,
                                "int_ppl": 4.04, "tokens": 512}}
-    monkeypatch.setattr(cli, "verify_ladder", lambda *a, **k: dict(report))
+    monkeypatch.setattr(ladder, "verify_ladder", lambda *a, **k: dict(report))
     code, out, _ = run(capsys, "verify")
     assert code == 1 and "FAILED: int_vs_float" in out
     code, out, _ = run(capsys, "verify", "--json")
@@ -137,3 +137,16 @@ def test_an_accelerator_error_is_one_line(capsys, tmp_path, tiny_int):
     code, _, err = run(capsys, "run", str(tmp_path / "bad"))
     assert code == 2 and "DRAM_OUT_OF_RANGE" in err and f"instruction {i}" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_steps_are_command_lines_the_parser_accepts():
+    """``accel demo`` runs its steps through the parser, so each is a real command line
+    with the subcommand's own defaults (no hand-built namespaces)."""
+    from accel.cli import build_parser, demo_steps
+
+    steps = demo_steps(max_windows=3)
+    parsed = [build_parser().parse_args(argv) for _, argv in steps]
+    assert [a.command for a in parsed] == ["eval", "generate", "compile", "run", "verify",
+                                           "sweep"]
+    assert parsed[0].max_windows == 3 and parsed[4].rtl and parsed[5].fresh
+    assert parsed[2].prompt == parsed[4].prompt == "ROMEO:"     # the parser's defaults

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from accel.runtime import run_build
 from arch.hardware import load_hardware
 from compiler.asm import encode_program, write_program
 from compiler.buildfolder import (
@@ -20,7 +21,6 @@ from compiler.buildfolder import (
     read_only_regions,
 )
 from compiler.driver import compile_generation
-from compiler.runtime import run_build
 
 PROMPT = [5, 9, 13, 2, 7]
 

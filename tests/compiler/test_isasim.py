@@ -4,12 +4,13 @@ reference (every token, every logit row, the KV cache), and wrong tokens fail lo
 import numpy as np
 import pytest
 
+from accel.ladder import compare, reference_generation
+from accel.runtime import run_build
 from arch.hardware import load_hardware
 from arch.isa import ErrorCode, make
 from compiler.driver import compile_generation
 from compiler.ir import CompileError
 from compiler.isasim import DeadlockError, IsaSimulator, RaceError
-from compiler.runtime import compare, reference_generation, run_build
 from compiler.semantics import AcceleratorError
 
 

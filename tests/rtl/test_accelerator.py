@@ -13,7 +13,7 @@ from arch.isa import INSTR_BYTES, Engine, ErrorCode, MatmulMode, make
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap
 from compiler.isasim import IsaSimulator
-from compiler.schedule import schedule
+from compiler.pipeline import schedule
 from rtl.common import RtlParams
 from rtl.random_programs import DRAM_BYTES, random_dma_program, run_random_programs
 from rtl.sim import build_model, run_job

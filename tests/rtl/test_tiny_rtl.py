@@ -13,9 +13,10 @@ figures."""
 
 import pytest
 
+from accel.ladder import compare, reference_generation
+from accel.runtime import run_build, same_dram
 from arch.hardware import load_hardware
 from compiler.driver import compile_generation
-from compiler.runtime import compare, reference_generation, run_build, same_dram
 from sweeps.perf import time_build
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,12 @@ counter blocks (each simulator writes its own counters there), and the two final
 
 The host keeps nothing between steps: the device reads its input tokens from the token
 buffer and writes the next token there itself.
-``reference_generation`` computes the same quantities with the JAX integer reference,
-and ``compare`` checks them bit for bit.
+
+Layering: the runtime stands above both the compiler (whose builds it runs) and the RTL
+(whose Verilator model it drives); the verification ladder (``accel.ladder``) and the
+command line stand on it. Tested by ``tests/compiler/test_isasim.py`` (ISA simulator
+runs), ``tests/rtl/test_tiny_rtl.py`` (RTL runs) and ``tests/compiler/test_buildfolder.py``
+(read-only regions).
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from compiler.buildfolder import RunIntegrityError, read_only_regions
 from compiler.driver import Build
 from compiler.isasim import IsaSimulator
 from compiler.semantics import AcceleratorError
-from models.integer import init_int_cache, int_decode_step, int_prefill
 
 
 @dataclass
@@ -110,20 +113,12 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
                      time.perf_counter() - t0, l2=simulator.l2)
 
 
-def rtl_dram_bytes(image_bytes: int) -> int:
-    """The simulated DRAM for an image: a power of two, at least 1 MiB."""
-    size = 1 << 20
-    while size < image_bytes:
-        size *= 2
-    return size
-
-
 def _run_rtl(build: Build, waves: bool) -> RunResult:
-    from rtl.common import RtlParams
+    from rtl.common import rtl_params
     from rtl.sim import build_model, run_job
 
     image = build.image.data
-    params = RtlParams(build.hw, dram_bytes=rtl_dram_bytes(image.size), macros=True)
+    params = rtl_params(build.hw, image_bytes=image.size)
     model = build_model(params, waves=waves)
     programs = [(p.name, build.mmap[f"program:{p.name}"].offset) for p in build.programs]
     job = run_job(model, image, programs, {"dram": (0, params.dram_bytes)}, waves=waves)
@@ -165,43 +160,3 @@ def same_dram(build: Build, a: np.ndarray, b: np.ndarray, l2_a: np.ndarray | Non
         result.update(l2_bytes_compared=int(l2_a.size), l2_bytes_differing=l2_differ)
         result["bit_exact"] &= l2_differ == 0
     return result
-
-
-def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:
-    """Greedy generation with the JAX integer reference (rung 1)."""
-    cfg = im.cfg
-    cache = init_int_cache(cfg)
-    logits, cache = int_prefill(im.qm, cache, prompt, cfg)
-    rows = [np.asarray(logits)[-1:]]          # the accelerator computes the last row only
-    tokens = [int(np.argmax(rows[-1][-1]))]
-    for i in range(max_new_tokens - 1):
-        step, cache = int_decode_step(im.qm, cache, tokens[-1], len(prompt) + i, cfg)
-        rows.append(np.asarray(step)[None])
-        tokens.append(int(np.argmax(rows[-1][-1])))
-    positions = len(prompt) + max_new_tokens
-    kv = {kind: np.stack([np.asarray(c)[:positions] for c in cache[kind]]) for kind in ("k", "v")}
-    # The last generated token is never fed back, so its KV rows are not written.
-    for kind in kv:
-        kv[kind] = kv[kind][:, :positions - 1]
-    return RunResult(tokens, np.concatenate(rows), kv, {})
-
-
-def compare(ours: RunResult, ref: RunResult) -> dict:
-    """Bit-exact comparison: tokens, every logit row and the KV cache."""
-    n = ref.kv["k"].shape[1]
-    logits_equal = ours.logits.shape == ref.logits.shape and bool(np.array_equal(ours.logits,
-                                                                                  ref.logits))
-    kv_equal = all(np.array_equal(ours.kv[k][:, :n], ref.kv[k]) for k in ("k", "v"))
-    result = {
-        "bit_exact": ours.tokens == ref.tokens and logits_equal and kv_equal,
-        "tokens_compared": len(ref.tokens),
-        "tokens_equal": ours.tokens == ref.tokens,
-        "logit_rows_compared": int(ref.logits.shape[0]),
-        "logits_equal": logits_equal,
-        "kv_equal": kv_equal,
-    }
-    if not logits_equal and ours.logits.shape == ref.logits.shape:
-        bad = np.nonzero(np.any(ours.logits != ref.logits, axis=1))[0]
-        result["first_bad_logit_row"] = int(bad[0])
-    return result
-

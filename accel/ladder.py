@@ -1,0 +1,147 @@
+"""The verification ladder: each rung checks the one below it, bit for bit.
+
+Contract
+--------
+``verify_ladder(model, hw_spec, prompt, max_new_tokens, eval_windows, rtl)`` runs the rungs
+that apply and returns a flat dict (the JSON ``accel verify --json`` prints):
+
+1. ``int_vs_float``: the integer model against the float reference on the held-out text
+   (top-1 agreement and perplexity ratio; only for a model with a tokenizer);
+2. ``isa_vs_int`` / ``isa_vs_int_prefetch_off``: the compiled programs on the ISA simulator
+   against the JAX integer reference (``reference_generation``): every generated token,
+   every logit row and the whole KV cache (``compare``);
+3. ``rtl_vs_isa``: the RTL under Verilator against the ISA simulator, whole DRAM and whole
+   L2 (``accel.runtime.same_dram``), and ``perf``: the performance model's cycles beside
+   the RTL's (reported, not judged).
+
+``failed_rungs(report)`` names the rungs that fail their bar. Tested by
+``tests/accel/test_cli.py`` (the ``verify`` command) and ``tests/compiler/test_isasim.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from accel.runtime import RunResult, run_build, same_dram
+from models.integer import init_int_cache, int_decode_step, int_prefill
+
+# Rung 1's bar (the integer model against float on the held-out text): the quality bar
+# the tiny model is trained to (tests/models/test_integer.py).
+MIN_TOP1_AGREEMENT, MAX_PPL_RATIO = 0.95, 1.05
+
+# The prompt of a model without a tokenizer (random weights): four token ids.
+UNTOKENIZED_PROMPT = [1, 2, 3, 4]
+
+
+def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:
+    """Greedy generation with the JAX integer reference (rung 1)."""
+    cfg = im.cfg
+    cache = init_int_cache(cfg)
+    logits, cache = int_prefill(im.qm, cache, prompt, cfg)
+    rows = [np.asarray(logits)[-1:]]          # the accelerator computes the last row only
+    tokens = [int(np.argmax(rows[-1][-1]))]
+    for i in range(max_new_tokens - 1):
+        step, cache = int_decode_step(im.qm, cache, tokens[-1], len(prompt) + i, cfg)
+        rows.append(np.asarray(step)[None])
+        tokens.append(int(np.argmax(rows[-1][-1])))
+    positions = len(prompt) + max_new_tokens
+    kv = {kind: np.stack([np.asarray(c)[:positions] for c in cache[kind]]) for kind in ("k", "v")}
+    # The last generated token is never fed back, so its KV rows are not written.
+    for kind in kv:
+        kv[kind] = kv[kind][:, :positions - 1]
+    return RunResult(tokens, np.concatenate(rows), kv, {})
+
+
+def compare(ours: RunResult, ref: RunResult) -> dict:
+    """Bit-exact comparison: tokens, every logit row and the KV cache."""
+    n = ref.kv["k"].shape[1]
+    logits_equal = ours.logits.shape == ref.logits.shape and bool(np.array_equal(ours.logits,
+                                                                                  ref.logits))
+    kv_equal = all(np.array_equal(ours.kv[k][:, :n], ref.kv[k]) for k in ("k", "v"))
+    result = {
+        "bit_exact": ours.tokens == ref.tokens and logits_equal and kv_equal,
+        "tokens_compared": len(ref.tokens),
+        "tokens_equal": ours.tokens == ref.tokens,
+        "logit_rows_compared": int(ref.logits.shape[0]),
+        "logits_equal": logits_equal,
+        "kv_equal": kv_equal,
+    }
+    if not logits_equal and ours.logits.shape == ref.logits.shape:
+        bad = np.nonzero(np.any(ours.logits != ref.logits, axis=1))[0]
+        result["first_bad_logit_row"] = int(bad[0])
+    return result
+
+
+def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]]) -> dict:
+    """The performance model's cycles beside the RTL's, per program and in total."""
+    from sweeps.perf import time_build
+
+    timing = time_build(build)
+    rows = {name: {"rtl": rtl_counters[name]["cycles"], "perf": t.cycles,
+                   "error_pct": 100.0 * (t.cycles - rtl_counters[name]["cycles"])
+                   / rtl_counters[name]["cycles"]}
+            for name, t in timing.programs.items()}
+    perf = sum(t.cycles for t in timing.programs.values())
+    rtl = sum(c["cycles"] for c in rtl_counters.values())
+    return {"cycles": perf, "error_pct": 100.0 * (perf - rtl) / rtl,
+            "max_abs_error_pct": max(abs(r["error_pct"]) for r in rows.values()),
+            "programs": rows}
+
+
+def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
+                  eval_windows: int, rtl: bool = False) -> dict:
+    """Run the rungs of the verification ladder that apply; a flat dict of results.
+
+    Raises ``ValueError`` for an empty prompt, and whatever loading the model or the
+    hardware description raises (``ConfigError``, ``CheckpointError``, ``HardwareError``).
+    """
+    from arch.hardware import load_hardware
+    from compiler.driver import compile_generation
+    from models.evaluate import build_int_model, evaluate
+    from models.zoo import load_model
+
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    loaded = load_model(model)
+    im = build_int_model(loaded)
+    hw = load_hardware(hw_spec)
+    report: dict = {"model": loaded.cfg.name, "hardware": hw.name}
+    if loaded.tokenizer is not None:
+        ev = evaluate(loaded, im, max_windows=eval_windows)
+        report["int_vs_float"] = {"top1_agreement": ev.top1_agreement,
+                                  "ppl_ratio": ev.ppl_ratio, "float_ppl": ev.float_ppl,
+                                  "int_ppl": ev.int_ppl, "tokens": ev.tokens}
+        ids = loaded.tokenizer.encode(prompt)
+    else:
+        ids = UNTOKENIZED_PROMPT
+    ref = reference_generation(im, ids, max_new_tokens)
+    for prefetch in (True, False):
+        build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch)
+        isa = run_build(build, "isa")
+        key = "isa_vs_int" if prefetch else "isa_vs_int_prefetch_off"
+        report[key] = compare(isa, ref)
+        if rtl and prefetch:
+            result = run_build(build, "rtl")
+            report["rtl_vs_isa"] = {**same_dram(build, isa.dram, result.dram, isa.l2,
+                                                result.l2),
+                                    "tokens_equal": result.tokens == isa.tokens}
+            report["rtl_vs_isa"]["bit_exact"] &= result.tokens == isa.tokens
+            report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
+                             "wall_seconds": result.wall_seconds,
+                             "counters": result.counters}
+            report["perf"] = perf_vs_rtl(build, result.counters)
+    return report
+
+
+def failed_rungs(report: dict) -> list[str]:
+    """The rungs of a ``verify_ladder`` report that fail: rung 1 (run when the model has
+    a tokenizer and text, i.e. trained weights) below its bar, and any rung 2 or 3 that
+    is not bit-exact. The performance model's error is reported, not judged."""
+    failed = []
+    r = report.get("int_vs_float")
+    if r is not None and not (r["top1_agreement"] >= MIN_TOP1_AGREEMENT
+                              and r["ppl_ratio"] <= MAX_PPL_RATIO):
+        failed.append("int_vs_float")
+    failed += [k for k in ("isa_vs_int", "isa_vs_int_prefetch_off", "rtl_vs_isa")
+               if k in report and not report[k]["bit_exact"]]
+    return failed
