@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from arch.isa import MatmulMode
+from arch.isa import PARAM_WORD_BYTES, MatmulMode
 from arch.uarch import GEMM_ROW_FACTOR, TILE_LINES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -126,6 +126,13 @@ class HardwareConfig:
         while w < self.dram_bytes_per_cycle:
             w *= 2
         return w
+
+    @property
+    def vector_lanes_per_cycle(self) -> int:
+        """Elements the vector unit takes per cycle: ``vector_lanes``, but at most one line
+        of its widest operand stream per beat (SILU_MUL's two parameter words per column,
+        ``2 * PARAM_WORD_BYTES`` = 8 bytes per element): ``min(vector_lanes, W / 8)``."""
+        return max(1, min(self.vector_lanes, self.line_bytes // (2 * PARAM_WORD_BYTES)))
 
     def matmul_tile(self, mode: MatmulMode) -> tuple[int, int]:
         """``(rows, reduction_bytes)`` of one tile of the matmul unit (``rtl/matmul_unit.py``):

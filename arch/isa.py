@@ -182,7 +182,7 @@ OPCODES: tuple[OpSpec, ...] = (
         _l2("l2_addr", "destination in L2, col_bytes per token, packed"),
     ), "Walk the block table and gather bytes [col_offset, col_offset+col_bytes) of the KV "
        "rows of tokens [first, first+n) into L2: token t lives at pool + table[t // B] * B * "
-       "row_bytes + (t % B) * row_bytes, B = kv_block_tokens."),
+       "row_bytes + (t % B) * row_bytes, B = kv_block_tokens (kv_row_addr)."),
     # -- store engine -----------------------------------------------------------------
     OpSpec("DMA_STORE", 0x20, Engine.STORE, (
         _l2("l2_addr", "source in L2"),
@@ -309,6 +309,23 @@ PARAM_WORD_BYTES = 4
 def pack_param(mult: int, shift: int) -> int:
     """One requantisation parameter word (``PARAM_WORD``) as an integer."""
     return PARAM_WORD.const({"mult": int(mult), "shift": int(shift)}).as_value().value
+
+
+# -- the paged KV cache's addressing (KV_PREFETCH, KV_APPEND) ----------------------------
+
+BLOCK_TABLE_ENTRY_BYTES = 4      # the block table holds one int32 block number per block
+
+
+def kv_table_entry_addr(table_addr: int, token: int, block_tokens: int) -> int:
+    """DRAM address of the block-table entry that holds ``token``'s block."""
+    return table_addr + BLOCK_TABLE_ENTRY_BYTES * (token // block_tokens)
+
+
+def kv_row_addr(pool_addr: int, block: int, token: int, block_tokens: int,
+                row_bytes: int) -> int:
+    """DRAM address of ``token``'s row in a KV pool, ``block`` being its block-table entry:
+    block ``b`` holds ``block_tokens`` rows of ``row_bytes`` from ``pool + b * B * row``."""
+    return pool_addr + (block * block_tokens + token % block_tokens) * row_bytes
 
 
 def opcodes_of(engine: Engine) -> tuple[OpSpec, ...]:

@@ -26,7 +26,20 @@ from functools import lru_cache
 from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
-from arch.isa import COUNTERS, Engine, Instruction, MatmulMode, OutBits, WeightLayout, make
+from arch.isa import (
+    BLOCK_TABLE_ENTRY_BYTES,
+    COUNTER_BITS,
+    COUNTERS,
+    OUT_BYTES,
+    Engine,
+    Instruction,
+    MatmulMode,
+    OutBits,
+    WeightLayout,
+    kv_row_addr,
+    kv_table_entry_addr,
+    make,
+)
 from arch.uarch import CMD_DEPTH
 
 
@@ -144,8 +157,9 @@ def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> list[_Row]:
         bt, rows = hw.kv_block_tokens, []
         for r in range(f.n_tokens):
             t = f.first_token + r
-            block = read_i32(f.table_addr + 4 * (t // bt)) if read_i32 else t // bt
-            pool = f.pool_addr + block * bt * f.row_bytes + (t % bt) * f.row_bytes
+            block = (read_i32(kv_table_entry_addr(f.table_addr, t, bt)) if read_i32
+                     else t // bt)
+            pool = kv_row_addr(f.pool_addr, block, t, bt, f.row_bytes)
             needs = r == 0 or t % bt == 0
             if op == "KV_PREFETCH":
                 rows.append(_Row(pool + f.col_offset, f.l2_addr + r * f.col_bytes, f.col_bytes,
@@ -180,7 +194,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     if instr.mnemonic == "STORE_COUNTERS":
         n = len(COUNTERS)
         return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 3,
-                         dram_write_bytes=8 * n, dram_lines=n)
+                         dram_write_bytes=COUNTER_BITS // 8 * n, dram_lines=n)
     # Times are max-plus triples (see ``Copies``): (alone, + read side free, + write side free).
     t = (cal.dma_setup, NEVER, NEVER)
     read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)
@@ -215,7 +229,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         moved += row.n
     cycles = math.ceil(max(t[0], write_end[0])) + cal.dma_drain
     copies = Copies(t, read_end, write_end) if taken else None
-    table = int_reads * 4
+    table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0
         return Occupancy(Engine.LOAD, cycles, dram_read_bytes=moved + table,
@@ -332,6 +346,7 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     last to have been written back."""
     f = _fields(instr)
     W, R = hw.line_bytes, hw.array_rows
+    out_bytes = instr.spec.field("out_addr").elem_bytes         # int32 results
     gemv = f.mode == MatmulMode.GEMV
     kn = f.w_layout == WeightLayout.KN
     latency = R if gemv else R + hw.array_cols - 1
@@ -378,8 +393,8 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         if kt + kl == f.k:                 # the group's results are in: write it back
             start = max(last_row + latency + cal.mm_result_latency, wb_free)
             first = start + (cal.mm_old_output_latency if f.accumulate else 0)
-            steps = _writer_steps(f.out_addr + m0 * f.out_stride + 4 * n0, f.out_stride, mt,
-                                  4 * nc, W)
+            steps = _writer_steps(f.out_addr + m0 * f.out_stride + out_bytes * n0,
+                                  f.out_stride, mt, out_bytes * nc, W)
             wb_free = first + steps
             lines += steps * (2 if f.accumulate else 1)
             half_free[group % 2] = wb_free - 1
@@ -398,46 +413,54 @@ VECTOR_TIMING = {"REQUANT": (0, 0, 1.0), "RMSNORM": (0, 0, 1.0), "SOFTMAX": (0, 
                  "ARGMAX": (0, 0, 1.0)}
 
 
-def vector_lanes(hw: HardwareConfig) -> int:
-    """Elements per cycle: ``min(vector_lanes, W / 8)`` (``rtl.vector_unit``)."""
-    return max(1, min(hw.vector_lanes, hw.line_bytes // 8))
-
-
 def vector_segments(instr: Instruction) -> list[tuple[int, tuple[int, ...]]]:
     """Each segment (a pass over a row, or one head of one token for ROPE): its elements,
     and the bytes of each operand row it reads and result row it writes (the row
-    commands of ``rtl.vector_unit``)."""
+    commands of ``rtl.vector_unit``; element sizes as the ISA declares them)."""
     f, op = _fields(instr), instr.mnemonic
+
+    def eb(name: str) -> int:
+        return instr.spec.field(name).elem_bytes
+
     if op == "REQUANT":
         c = f.cols
-        reads = [4 * c] * (1 + f.per_channel + f.has_bias)   # accumulators, params, bias
-        out = 2 * c if f.out_bits == OutBits.INT16 else c
-        return ([] if f.per_channel else [(1, (4,))]) + [(c, (*reads, out))] * f.rows
+        reads = [eb("src_addr") * c]
+        reads += [eb("param_addr") * c] * f.per_channel + [eb("bias_addr") * c] * f.has_bias
+        out = OUT_BYTES[OutBits(f.out_bits)] * c
+        return ([] if f.per_channel else [(1, (eb("param_addr"),))]) + [(c, (*reads, out))] * f.rows
     if op == "RMSNORM":
-        return [(f.cols, (2 * f.cols,)), (f.cols, (2 * f.cols, f.cols))] * f.rows
+        src, dst = eb("src_addr") * f.cols, eb("dst_addr") * f.cols
+        return [(f.cols, (src,)), (f.cols, (src, dst))] * f.rows
     if op == "SOFTMAX":
-        return [(f.cols, (4 * f.cols,)), (f.cols, (4 * f.cols,)),
-                (f.cols, (4 * f.cols, f.cols))] * f.rows
+        src, dst = eb("src_addr") * f.cols, eb("dst_addr") * f.cols
+        return [(f.cols, (src,)), (f.cols, (src,)), (f.cols, (src, dst))] * f.rows
     if op == "SILU_MUL":
-        return [(f.cols, (4 * f.cols, f.cols, 8 * f.cols, f.cols))] * f.rows
+        c = f.cols
+        return [(c, (eb("gate_addr") * c, eb("up_addr") * c, 2 * eb("param_addr") * c,
+                     eb("dst_addr") * c))] * f.rows
     if op == "RESADD":
-        return [(f.cols, (2 * f.cols, 4 * f.cols, 4 * f.cols, 2 * f.cols))] * f.rows
-    if op == "ROPE":
+        c = f.cols
+        return [(c, (eb("h_addr") * c, eb("acc_addr") * c, eb("param_addr") * c,
+                     eb("h_addr") * c))] * f.rows
+    if op == "ROPE":          # each half of a head, its frequencies, each half rotated
         h = f.head_dim // 2
-        return [(h, (h, h, 4 * h, h, h))] * (f.rows * f.heads)
+        half_in, half_out = eb("src_addr") * h, eb("dst_addr") * h
+        return [(h, (half_in, half_in, eb("freq_addr") * h, half_out, half_out))] * (
+            f.rows * f.heads)
     if op == "ARGMAX":
-        return [(f.n, (2 * f.n, 4))]
+        return [(f.n, (eb("src_addr") * f.n, eb("dst_addr")))]
     raise ValueError(op)
 
 
 def vector_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
-    """Segments stream through the datapath back to back at ``vector_lanes(hw)`` elements
+    """Segments stream through the datapath back to back at ``hw.vector_lanes_per_cycle``
+    elements
     per cycle; the issuer runs ahead, so only the first segment's start-up shows. A
     segment takes at least as many cycles as the L2 needs to move its rows' lines, when
     they share few line-wide banks (edge-4x4's L2 moves one line per cycle: RESADD's
     four streams take 1.5 lines per beat there)."""
-    lanes = vector_lanes(hw)
+    lanes = hw.vector_lanes_per_cycle
     W = hw.line_bytes
     per_cycle = hw.l2_lines_per_cycle
     fixed, per_segment, per_beat = VECTOR_TIMING[instr.mnemonic]

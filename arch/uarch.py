@@ -19,6 +19,10 @@ CMD_DEPTH = 64     # row commands queued in a copier: covers the DRAM latency fo
 TILE_LINES = 8
 GEMM_ROW_FACTOR = 4
 
+# An engine (rtl/engine.py's shell) pops an instruction in IDLE and takes its tokens in
+# BEGIN: its unit starts two cycles after the engine's previous END.
+ENGINE_START_CYCLES = 2
+
 # Power-on reset: the top holds every flip-flop in reset for this many cycles after the
 # simulator starts (rtl/top.py), and the cocotb bench waits them out (rtl/bench.py).
 RESET_CYCLES = 3

@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import COUNTERS, ENGINES, Engine, ErrorCode, Instruction, OutBits, WeightLayout
+from arch.isa import (
+    COUNTERS,
+    ENGINES,
+    PARAM_WORD,
+    Engine,
+    ErrorCode,
+    Instruction,
+    OutBits,
+    WeightLayout,
+)
 from compiler.asm import format_instruction
 from compiler.semantics import AcceleratorError, Access, accesses, check, flat
 from models import numerics as N
@@ -56,17 +65,21 @@ class Counters:
 
 
 def unpack_params(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Requantisation words ``mult | shift << 16`` -> ``(mult, shift)``."""
+    """Requantisation parameter words (``arch.isa.PARAM_WORD``) -> ``(mult, shift)``."""
     words = words.astype(np.int64)
-    return (words & 0xFFFF).astype(np.int32), (words >> 16).astype(np.int32)
+    out = []
+    for name in ("mult", "shift"):
+        f = PARAM_WORD[name]
+        out.append(((words >> f.offset) & ((1 << f.width) - 1)).astype(np.int32))
+    return out[0], out[1]
 
 
 class _Clocks:
     """Per-byte vector-clock stamps of the last write and read by each engine."""
 
     def __init__(self, size: int):
-        self.write = np.zeros((3, size), np.int32)
-        self.read = np.zeros((3, size), np.int32)
+        self.write = np.zeros((len(ENGINES), size), np.int32)
+        self.read = np.zeros((len(ENGINES), size), np.int32)
 
 
 class IsaSimulator:
@@ -124,7 +137,7 @@ class IsaSimulator:
             self._clocks = {"l2": _Clocks(self.hw.l2_bytes), "dram": _Clocks(len(self.dram))}
         limit = (1 << self.hw.token_counter_bits) - 1
         tokens = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
-        clocks = {e: np.zeros(3, np.int64) for e in ENGINES}
+        clocks = {e: np.zeros(len(ENGINES), np.int64) for e in ENGINES}
         owner = {}                                  # (engine, clock) -> program index
         pc = dict.fromkeys(ENGINES, 0)
         while any(pc[e] < len(queues[e]) for e in ENGINES):
@@ -169,7 +182,7 @@ class IsaSimulator:
         for a in acc:
             stamps = self._clocks[a.space]
             idx = a.indices()
-            for other in range(3):
+            for other in range(len(ENGINES)):
                 if other == e:
                     continue
                 tables = [("write", stamps.write)] + ([("read", stamps.read)] if a.write else [])

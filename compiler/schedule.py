@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import Engine, Instruction
+from arch.isa import ENGINES, Engine, Instruction
 from arch.uarch import QUEUE_DEPTH
 from compiler.backend import Code
 from compiler.image import DramImage
@@ -60,8 +60,8 @@ class _Pages:
     def __init__(self, base: int, size: int):
         self.base = base
         n = max(1, (size + PAGE - 1) // PAGE)
-        self.write = np.full((3, n), -1, np.int64)
-        self.read = np.full((3, n), -1, np.int64)
+        self.write = np.full((len(ENGINES), n), -1, np.int64)
+        self.read = np.full((len(ENGINES), n), -1, np.int64)
 
     def span(self, lo: int, hi: int) -> slice | None:
         lo, hi = max(lo, self.base), hi
@@ -95,7 +95,7 @@ def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: boo
             span = pages.span(a.addr, a.end)
             if span is None:
                 continue
-            for other in range(3):
+            for other in range(len(ENGINES)):
                 if other == e:
                     continue
                 latest = int(pages.write[other, span].max())
@@ -159,12 +159,12 @@ def insert_tokens(instrs: list[Instruction], deps: list[dict[int, int]], order: 
                   ) -> list[Instruction]:
     """Reorder ``instrs`` by ``order`` and set the wait/signal masks."""
     seq = {}                                    # program index -> sequence number in its engine
-    counts = dict.fromkeys(range(4), 0)
+    counts = dict.fromkeys(Engine, 0)
     for j in order:
         e = int(instrs[j].engine)
         seq[j] = counts[e]
         counts[e] += 1
-    synced = {(a, b): -1 for a in range(3) for b in range(3)}
+    synced = {(a, b): -1 for a in range(len(ENGINES)) for b in range(len(ENGINES))}
     wait = dict.fromkeys(range(len(instrs)), 0)
     signal = dict.fromkeys(range(len(instrs)), 0)
     for j in order:

@@ -23,6 +23,7 @@ import numpy as np
 
 from arch.hardware import HardwareConfig
 from arch.isa import (
+    BLOCK_TABLE_ENTRY_BYTES,
     COUNTER_BITS,
     COUNTERS,
     OUT_BYTES,
@@ -31,6 +32,8 @@ from arch.isa import (
     Instruction,
     OutBits,
     WeightLayout,
+    kv_row_addr,
+    kv_table_entry_addr,
 )
 
 
@@ -92,9 +95,9 @@ def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offs
     bt = hw.kv_block_tokens
     runs, t, end = [], instr.first_token, instr.first_token + instr.n_tokens
     while t < end:
-        block = read_i32(instr.table_addr + 4 * (t // bt))
+        block = read_i32(kv_table_entry_addr(instr.table_addr, t, bt))
         run = min(end, (t // bt + 1) * bt) - t
-        base = instr.pool_addr + block * bt * instr.row_bytes + (t % bt) * instr.row_bytes
+        base = kv_row_addr(instr.pool_addr, block, t, bt, instr.row_bytes)
         runs.append(_dram(base + col_offset, run, col_bytes, instr.row_bytes, write))
         t += run
     return runs
@@ -102,9 +105,10 @@ def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offs
 
 def _table(instr: Instruction, hw: HardwareConfig) -> Access:
     bt = hw.kv_block_tokens
-    first = instr.first_token // bt
-    last = (instr.first_token + max(instr.n_tokens, 1) - 1) // bt
-    return _dram(instr.table_addr + 4 * first, 1, 4 * (last - first + 1), 0)
+    first = kv_table_entry_addr(instr.table_addr, instr.first_token, bt)
+    last = kv_table_entry_addr(instr.table_addr, instr.first_token + max(instr.n_tokens, 1) - 1,
+                               bt)
+    return _dram(first, 1, last + BLOCK_TABLE_ENTRY_BYTES - first, 0)
 
 
 def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -> Accesses:

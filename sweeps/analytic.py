@@ -44,7 +44,7 @@ from functools import lru_cache
 from arch.hardware import HardwareConfig
 from arch.isa import make
 from arch.occupancy import CALIBRATION, Copies, matmul_mode, occupancy
-from arch.uarch import DEFERRED, QUEUE_DEPTH
+from arch.uarch import DEFERRED, ENGINE_START_CYCLES, QUEUE_DEPTH
 from compiler.backend import (
     MAX_INFLIGHT_SLOTS,
     MIN_RING_BYTES,
@@ -58,7 +58,6 @@ from compiler.ir import CompileError
 from compiler.schedule import LOOKAHEAD
 from models.config import ModelConfig
 
-ENGINE_OVERHEAD = 2        # IDLE and BEGIN around every instruction (sweeps.perf)
 DMA_END = CALIBRATION.dma_end
 
 
@@ -78,7 +77,7 @@ def _cost(instr, hw) -> tuple[int, int, int, int]:
     """(engine cycles with overhead, DRAM bytes read, MACs, L2 lines) of one
     instruction."""
     occ = occupancy(instr, hw)
-    return occ.cycles + ENGINE_OVERHEAD, occ.dram_read_bytes, occ.macs, occ.l2_lines
+    return occ.cycles + ENGINE_START_CYCLES, occ.dram_read_bytes, occ.macs, occ.l2_lines
 
 
 class _Stream:
@@ -325,7 +324,7 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
                 held -= staged[i]
             else:
                 j = i + 1
-    # A load begins ENGINE_OVERHEAD after its engine is free (IDLE, BEGIN); the engine is
+    # A load begins ENGINE_START_CYCLES after its engine is free (IDLE, BEGIN); the engine is
     # free again once its rows are queued, and the load ends when the copier has written
     # them, after the loads before it (at most DEFERRED in flight).
     load_begin, load_end = [0] * n, [0] * n
@@ -346,7 +345,7 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
             if not ld:
                 load_end[timed] = start
                 continue
-            begin = start + ENGINE_OVERHEAD
+            begin = start + ENGINE_START_CYCLES
             issued, read_free, write_free = ld.after(begin, read_free, write_free)
             free = issued + 1
             end = write_free + DMA_END

@@ -45,13 +45,14 @@ from pathlib import Path
 
 from arch.hardware import HardwareConfig, HardwareError, load_hardware
 from models.config import preset
+from sweeps.analytic import Link
 from sweeps.cost import NODES
 
 SETTINGS = {"hw": str, "model": str, "node": str, "devices": int, "prefetch": bool,
             "workload": str, "link_gbytes_per_s": float, "link_latency_us": float}
 DEFAULTS = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm", "devices": 1,
-            "prefetch": True, "workload": "liso", "link_gbytes_per_s": 16.0,
-            "link_latency_us": 2.0}
+            "prefetch": True, "workload": "liso",
+            "link_gbytes_per_s": Link.gbytes_per_s, "link_latency_us": Link.latency_us}
 DEFAULT_WORKLOADS = {"liso": {"prompt": 1024, "output": 128},
                      "silo": {"prompt": 128, "output": 1024}}
 HW_FIELDS = {f.name for f in dataclasses.fields(HardwareConfig)} - {"name"}
