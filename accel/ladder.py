@@ -16,6 +16,10 @@ that apply and returns a flat dict (the JSON ``accel verify --json`` prints):
 
 ``failed_rungs(report)`` names the rungs that fail their bar. Tested by
 ``tests/accel/test_cli.py`` (the ``verify`` command) and ``tests/compiler/test_isasim.py``.
+
+Tested by tests/accel/test_cli.py (the ``verify`` command and its failing rungs),
+tests/compiler/test_isasim.py and tests/rtl/test_tiny_rtl.py (``compare`` and
+``reference_generation``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ RTL generator, the performance model and the cost model all take. It validates e
 field on construction (``HardwareError`` names the field and the reason). Presets live
 as TOML files in ``configs/``; ``load_hardware(path_or_name)`` reads one and refuses
 unknown keys, missing keys and out-of-range values with the file, the key and the reason.
+
+Tested by tests/compiler/test_hardware.py.
 """
 
 from __future__ import annotations

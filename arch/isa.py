@@ -18,6 +18,9 @@ An instruction of engine B whose wait mask has bit A set blocks until the (A -> 
 counter is non-zero and decrements it; after it completes, for each bit C of its
 signal mask it increments the (B -> C) counter. The CONTROL engine's HALT waits for
 every engine to drain.
+
+Tested by tests/compiler/test_asm.py (encoding, decoding and the generated reference) and
+tests/compiler/test_isasim.py.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ lanes, DRAM bandwidth and latency) enters through the formulas.
 
 ``read_i32`` resolves data-dependent addresses (gather indices, block tables) exactly as
 ``compiler.semantics`` does; without it, blocks are assumed consecutive.
+
+Tested by tests/sweeps/test_perf_model.py (the occupancy model against the RTL's units and
+the GEMM block recurrence).
 """
 
 from __future__ import annotations

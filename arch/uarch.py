@@ -4,6 +4,9 @@ These are not design-space parameters (``arch.hardware.HardwareConfig`` holds th
 they are the depths of the queues that decouple the RTL's units. The RTL is built with
 them and the performance model (``sweeps.perf``, ``arch.occupancy``) times programs
 with them, so they live here, in a module that imports nothing.
+
+Tested by tests/rtl/test_controller.py and tests/sweeps/test_perf_model.py (the RTL is
+built with these depths and the performance model times programs with them).
 """
 
 FETCH_AHEAD = 16   # instruction fetch reads in flight (rtl/controller.py)

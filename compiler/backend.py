@@ -23,6 +23,9 @@ operations with per-channel parameters go column chunk by column chunk; attentio
 KV head by KV head, past keys and values in chunks of tokens fetched by ``KV_PREFETCH``
 through the block table, the current step's keys and values read from L2, a prefill
 chunk's query rows in ``causal_blocks`` that skip the masked keys.
+
+Tested by tests/compiler/test_pipeline.py (the generate pass) and
+tests/compiler/test_isasim.py (every lowering, bit-exact against the integer reference).
 """
 
 from __future__ import annotations

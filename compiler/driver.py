@@ -11,6 +11,8 @@ timing large models. ``Build.save(folder)`` writes a build folder
 (``compiler.buildfolder``): a program file and a listing per program, the DRAM image,
 and ``manifest.json`` with the memory map, each program's place in DRAM, instruction
 counts per opcode, the DRAM bytes each program will move and the hash of every file.
+
+Tested by tests/compiler/test_isasim.py and tests/compiler/test_buildfolder.py.
 """
 
 from __future__ import annotations

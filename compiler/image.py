@@ -12,6 +12,8 @@ a counter block per program (``counters:<program>``) and the programs themselves
 
 Read-only regions come first; ``rw_base`` is where the writable ones start, so the
 compiler's dependency tracking only needs to watch ``[rw_base, size)``.
+
+Tested by tests/compiler/test_pipeline.py and tests/compiler/test_buildfolder.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ step): constants (``Param``: weights and requantisation parameters that live in 
 activations (``Tensor``: values that live in L2, possibly views of one ``Buffer``) and
 a list of operations in execution order. Operations are frozen dataclasses whose fields
 name their operands; ``verify(graph)`` checks shapes and dtypes between passes.
+
+Tested by tests/compiler/test_frontend.py.
 """
 
 from __future__ import annotations

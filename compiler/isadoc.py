@@ -2,6 +2,8 @@
 
 ``python -m compiler.isadoc > docs/isa.md`` rewrites it; a test checks that the
 committed file equals ``render()``, so the document cannot drift from the declaration.
+
+Tested by tests/compiler/test_asm.py (the committed docs/isa.md equals ``render()``).
 """
 
 from __future__ import annotations

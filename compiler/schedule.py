@@ -24,6 +24,8 @@ them reordered and with wait/signal masks set:
 
 The result is deadlock-free for any instruction-queue depth: the stream order is a
 topological order of the dependencies and each engine executes in stream order.
+
+Tested by tests/compiler/test_pipeline.py (each scheduling pass on its own).
 """
 
 from __future__ import annotations

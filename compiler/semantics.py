@@ -12,6 +12,8 @@ must then be read-only) and of the block-table walks of ``KV_PREFETCH``/``KV_APP
 
 ``check(instr, hw, accesses, dram_bytes)`` raises ``AcceleratorError`` with the
 ``ErrorCode`` the hardware reports for a bad operand or an out-of-range address.
+
+Tested by tests/compiler/test_isasim.py and tests/rtl/test_operand_check.py.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ its sender's clock. Conflicts are found at the scheduler's 64-byte page granular
 at any byte. DRAM addresses that depend on the data the device writes at run time (the
 gather's row indices) are taken from the image as compiled (the embedding table they
 select is read-only), as the scheduler does.
+
+Tested by tests/compiler/test_pipeline.py (every invariant broken on purpose, and the
+static race check against the ISA simulator's).
 """
 
 from __future__ import annotations

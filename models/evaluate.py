@@ -10,6 +10,8 @@ Contract
   ``max_seq_len`` tokens.
 * ``generate_float`` / ``generate_int`` – greedy generation with prefill and KV-cache
   decode steps.
+
+Tested by tests/models/test_integer.py.
 """
 
 from __future__ import annotations

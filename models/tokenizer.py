@@ -5,6 +5,9 @@ Contract
 A ``CharTokenizer`` maps each character of a fixed alphabet to its index. Its table is
 stored beside the checkpoint as ``tokenizer.json`` (``{"type": "char", "chars": "..."}``).
 Encoding a character outside the alphabet raises ``ValueError`` naming the character.
+
+Tested by tests/models/test_train.py (the character table a training run writes) and
+tests/accel/test_cli.py.
 """
 
 from __future__ import annotations

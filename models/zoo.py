@@ -10,6 +10,8 @@ Contract
 * any other preset name – deterministic random weights of that shape (``init_params``);
 
 and returns a ``LoadedModel``. Nothing is downloaded.
+
+Tested by tests/models/test_integer.py and tests/models/test_train.py.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ A workload's decode steps differ only in KV length, and a step's time is affine 
 KV length between changes of the KV chunking; ``workload`` times steps at a few sample
 positions and integrates the piecewise-linear interpolation (``python -m
 benchmarks.perf_model --only workload`` checks it against step-by-step timing).
+
+Tested by tests/sweeps/test_perf_model.py (the fast path against the instruction-level
+model).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Every constant is in ``NODES`` / ``DRAM_DOLLARS_PER_GB`` with its source, and in
 Logic statistics come from Yosys and take a minute or two per configuration; they are
 cached under ``build/stats/`` and taken at a fixed L2 size (the L2 is SRAM macros, costed
 from its capacity) — ``logic_stats(hw)``.
+
+Tested by tests/sweeps/test_sweeps.py and tests/rtl/test_stats.py.
 """
 
 from __future__ import annotations

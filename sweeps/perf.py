@@ -28,6 +28,9 @@ The model has two levels (``docs/perf.md``):
 The model is checked against the RTL's cycle counters on the same programs
 (``tests/rtl/test_tiny_rtl.py``, ``tests/rtl/test_accelerator.py``); ``accel verify``
 reports the error.
+
+Tested by tests/sweeps/test_perf_model.py, tests/rtl/test_tiny_rtl.py and
+tests/rtl/test_accelerator.py (against the RTL's cycles).
 """
 
 from __future__ import annotations

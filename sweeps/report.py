@@ -16,6 +16,8 @@ Contract
 then ``report.md`` and ``report.html`` (every figure, the best points, the findings).
 It returns the findings as a dict. Figures whose axis the sweep did not vary are still
 drawn (one point per line) so the report's layout does not depend on the spec.
+
+Tested by tests/sweeps/test_sweeps.py.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ whose key is already in ``results.jsonl`` is skipped, so a sweep stopped halfway
 where it was and loses nothing. The logic statistics a point's cost needs (one Yosys
 run per distinct logic configuration, cached) are computed before the points, with
 progress shown.
+
+Tested by tests/sweeps/test_sweeps.py.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ A spec::
     l2_bytes = { geometric = [65536, 134217728], factor = 2 }
     prefetch = [true, false]
     dram_bytes_per_cycle = { range = [16, 64, 16] }     # start, stop (inclusive), step
+
+Tested by tests/sweeps/test_sweeps.py.
 """
 
 from __future__ import annotations
