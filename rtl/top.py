@@ -56,8 +56,8 @@ class Accelerator(wiring.Component):
         p = self.params
         m = Module()
         m.submodules.controller = ctl = Controller(p)
-        m.submodules.load = load = DmaEngine(p, "load")
-        m.submodules.store = store = DmaEngine(p, "store")
+        m.submodules.load = load = DmaEngine(p, direction="load")
+        m.submodules.store = store = DmaEngine(p, direction="store")
         m.submodules.compute = compute = ComputeEngine(p)
         m.submodules.l2 = l2 = L2(p, 2 + ComputeEngine.N_PORTS)
         m.submodules.dram_arbiter = arb = PortArbiter(p.dram_addr_bits, p.line_bytes, 5)
