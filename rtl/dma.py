@@ -16,16 +16,18 @@ moves earlier rows: row copies are queued back to back. The addressing is the sa
 Three components: the ``EngineShell`` (``rtl/engine.py``) takes each instruction from the
 queue, asks the controller to begin it (dependency tokens), ends it (signals) and
 reports faults; the ``RowSequencer`` executes it, turning it into row commands (and the
-int32 reads and counter writes on ``aux``); the ``RowCopier`` moves the rows. An instruction that copies rows ends when the copier has
-written its last row, not when the engine has issued it: the engine goes on to the next
-instruction as soon as the last row command is queued (up to ``DEFERRED`` instructions
-awaiting their end), so consecutive loads overlap and each does not pay the DRAM latency
-alone. Ends come in program order; an instruction with no rows, and ``STORE_COUNTERS``,
-first wait for the ones before them. A row that would leave the L2 or the simulated DRAM, a
-write with overlapping rows, or a misaligned table or counter address stops the
-accelerator with the ``ErrorCode`` the ISA defines. ``busy``/``stall`` say whether the
-engine is executing (or has instructions awaiting their end) or waiting for tokens
-with none in flight; ``prefetch_bytes`` counts KV bytes fetched.
+int32 reads and counter writes on ``aux``); the ``RowCopier`` moves the rows.
+
+An instruction that copies rows ends when the copier has written its last row, not when
+the engine has issued it: the engine goes on to the next instruction as soon as the last
+row command is queued (up to ``DEFERRED`` instructions awaiting their end), so
+consecutive loads overlap and each does not pay the DRAM latency alone. Ends come in
+program order; an instruction with no rows, and ``STORE_COUNTERS``, first wait for the
+ones before them. A row that would leave the L2 or the simulated DRAM, a write with
+overlapping rows, or a misaligned table or counter address stops the accelerator with
+the ``ErrorCode`` the ISA defines. ``busy``/``stall`` say whether the engine is
+executing (or has instructions awaiting their end) or waiting for tokens with none in
+flight; ``prefetch_bytes`` counts KV bytes fetched.
 """
 
 from __future__ import annotations
