@@ -2,8 +2,10 @@
 
 Contract
 --------
-``ComputeEngine(params)`` executes the compute instructions of its queue in order, with
-the same begin/end token handshake as the DMA engines: ``MATMUL`` goes to the
+``ComputeEngine(params)`` executes the compute instructions of its queue
+(``isa.opcodes_of(Engine.COMPUTE)``) in order, behind the same ``EngineShell`` as the DMA
+engines (``rtl/engine.py``: queue, begin/end token handshake, faults; the first cycle of
+execution is the operand check): ``MATMUL`` goes to the
 ``MatmulUnit`` (L2 ports ``port0..3``), every other compute instruction to the
 ``VectorUnit`` (``port4..8``). One instruction is in flight at a time, so an
 instruction's reads never overtake the previous one's writes.
