@@ -21,6 +21,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
 from arch.isa import COUNTERS
+from arch.uarch import RESET_CYCLES
 
 
 @cocotb.test()
@@ -31,7 +32,9 @@ async def run_job(dut):
     cocotb.start_soon(Clock(dut.clk, 1, unit="ns").start())
     dut.start.value = 0
     dut.pc.value = 0
-    await ClockCycles(dut.clk, 4)          # the model's power-on reset
+    # The model's power-on reset (``RESET_CYCLES``), and one cycle more: the bench has always
+    # waited one edge past the reset, so that what it sees is unchanged.
+    await ClockCycles(dut.clk, RESET_CYCLES + 1)
 
     results = []
     for name, offset in job["programs"]:

@@ -2,8 +2,10 @@
 
 Contract
 --------
-``ComputeEngine(params)`` executes the compute instructions of its queue in order, with
-the same begin/end token handshake as the DMA engines: ``MATMUL`` goes to the
+``ComputeEngine(params)`` executes the compute instructions of its queue
+(``isa.opcodes_of(Engine.COMPUTE)``) in order, behind the same ``EngineShell`` as the DMA
+engines (``rtl/engine.py``: queue, begin/end token handshake, faults; the first cycle of
+execution is the operand check): ``MATMUL`` goes to the
 ``MatmulUnit`` (L2 ports ``port0..3``), every other compute instruction to the
 ``VectorUnit`` (``port4..8``). One instruction is in flight at a time, so an
 instruction's reads never overtake the previous one's writes.
@@ -18,32 +20,38 @@ cycle a ``MATMUL`` starts.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from rtl.common import RtlParams
 from rtl.controller import ErrorPort, TokenPort
-from rtl.decode import INDEX_BITS, code, field, queued_layout, signal_mask, wait_mask
+from rtl.decode import code, field, queued_layout
 from rtl.dram import MemPort
+from rtl.engine import EngineShell
 from rtl.matmul_unit import MatmulUnit
 from rtl.operand_check import OperandCheck
 from rtl.vector_unit import N_READ, N_WRITE, VectorUnit
 
 N_VECTOR_PORTS = N_READ + N_WRITE
+#: The instructions this engine executes, from the ISA declaration.
+OPS = tuple(op.mnemonic for op in isa.opcodes_of(isa.Engine.COMPUTE))
 
 
 class ComputeEngine(wiring.Component):
     N_PORTS = MatmulUnit.N_PORTS + N_VECTOR_PORTS
 
     def __init__(self, params: RtlParams):
+        if not isinstance(params, RtlParams):
+            raise TypeError(f"params must be RtlParams, not {params!r}")
         self.params = params
         members = {
             "queue": In(stream.Signature(queued_layout())),
             "tokens": Out(TokenPort()),
             "fault": Out(ErrorPort()),
-            "idle": Out(1), "busy": Out(1), "stall": Out(1), "macs_step": Out(64),
+            "idle": Out(1), "busy": Out(1), "stall": Out(1),
+            "macs_step": Out(isa.COUNTER_BITS),
         }
         for i in range(self.N_PORTS):
             members[f"port{i}"] = Out(MemPort(params.l2_addr_bits, params.line_bytes))
@@ -55,72 +63,35 @@ class ComputeEngine(wiring.Component):
     def elaborate(self, platform):
         p = self.params
         m = Module()
+        m.submodules.shell = shell = EngineShell()
         m.submodules.matmul = mm = MatmulUnit(p)
         m.submodules.vector = vec = VectorUnit(p)
+        m.submodules.check = check = OperandCheck(p)
+        for name in ("queue", "tokens", "fault"):
+            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(shell, name))
         for i in range(MatmulUnit.N_PORTS):
             wiring.connect(m, wiring.flipped(self.port(i)), mm.port(i))
         for i in range(N_VECTOR_PORTS):
             wiring.connect(m, wiring.flipped(self.port(MatmulUnit.N_PORTS + i)), vec.port(i))
 
-        word = Signal(isa.INSTR_BITS)
-        index = Signal(INDEX_BITS)
+        word = shell.word
         op = word[:isa.OPCODE_BITS]
         is_matmul = op == code("MATMUL")
-        m.d.comb += [self.tokens.wait.eq(wait_mask(word)),
-                     self.tokens.signal.eq(signal_mask(word)),
-                     self.tokens.end_signal.eq(signal_mask(word)),
-                     mm.word.eq(word), vec.word.eq(word)]
+        known = 0
+        for mnemonic in OPS:
+            known |= op == code(mnemonic)
+        m.d.comb += [self.idle.eq(shell.idle), self.busy.eq(shell.busy),
+                     self.stall.eq(shell.stall),
+                     mm.word.eq(word), vec.word.eq(word), check.word.eq(word)]
 
-        def f(mnemonic, name):
-            return field(word, mnemonic, name)
-
-        def is_op(mnemonic):
-            return op == code(mnemonic)
-
-        m.submodules.check = check = OperandCheck(p)
-        m.d.comb += check.word.eq(word)
-        known = is_matmul
-        for mn in ("REQUANT", "RMSNORM", "SOFTMAX", "SILU_MUL", "RESADD", "ROPE", "ARGMAX"):
-            known |= is_op(mn)
-
-        def fault(code_):
-            m.d.comb += [self.fault.valid.eq(1), self.fault.code.eq(int(code_)),
-                         self.fault.index.eq(index)]
-
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [self.idle.eq(1), self.queue.ready.eq(1)]
-                with m.If(self.queue.valid):
-                    m.d.sync += [word.eq(self.queue.payload.word),
-                                 index.eq(self.queue.payload.index)]
-                    m.d.comb += self.idle.eq(0)
-                    m.next = "BEGIN"
-            with m.State("BEGIN"):
-                m.d.comb += [self.tokens.begin.eq(1), self.stall.eq(~self.tokens.allowed)]
-                with m.If(self.tokens.allowed):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(~known):
-                    fault(isa.ErrorCode.INVALID_OPCODE)
-                    m.next = "HALTED"
-                with m.Elif(check.code != isa.ErrorCode.NONE):
-                    m.d.comb += [self.fault.valid.eq(1), self.fault.code.eq(check.code),
-                                 self.fault.index.eq(index)]
-                    m.next = "HALTED"
-                with m.Else():
-                    m.d.comb += [mm.start.eq(is_matmul), vec.start.eq(~is_matmul)]
-                    with m.If(is_matmul):
-                        m.d.comb += self.macs_step.eq(
-                            f("MATMUL", "m") * f("MATMUL", "k") * f("MATMUL", "n"))
-                    m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(mm.done | vec.done):
-                    m.next = "END"
-            with m.State("END"):
-                m.d.comb += [self.busy.eq(1), self.tokens.end.eq(1)]
-                m.next = "IDLE"
-            with m.State("HALTED"):
-                pass
+        # The first cycle of execution checks the operands, then starts the unit.
+        refused = ~known | (check.code != isa.ErrorCode.NONE)
+        m.d.comb += [shell.error.eq(shell.start & refused),
+                     shell.error_code.eq(Mux(known, check.code, isa.ErrorCode.INVALID_OPCODE)),
+                     shell.done.eq(mm.done | vec.done)]
+        with m.If(shell.start & ~refused):
+            m.d.comb += [mm.start.eq(is_matmul), vec.start.eq(~is_matmul)]
+            with m.If(is_matmul):
+                mmf = {name: field(word, "MATMUL", name) for name in ("m", "k", "n")}
+                m.d.comb += self.macs_step.eq(mmf["m"] * mmf["k"] * mmf["n"])
         return m

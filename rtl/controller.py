@@ -30,11 +30,11 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from arch.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
-from rtl.common import RtlParams
+from rtl.common import RtlParams, log2
 from rtl.decode import INDEX_BITS, engine_of, opcode, queued_layout, signal_mask, wait_mask
 from rtl.dram import MemPort
 
-N_ENGINES = 3
+N_ENGINES = len(isa.ENGINES)
 
 
 class TokenPort(wiring.Signature):
@@ -61,7 +61,7 @@ class Controller(wiring.Component):
             "done": Out(1), "error": Out(1), "error_code": Out(8), "error_index": Out(INDEX_BITS),
             "running": Out(1),
             "fetch": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
-            "instructions": Out(64),
+            "instructions": Out(isa.COUNTER_BITS),
             "engine_idle": In(N_ENGINES),
         }
         for e in range(N_ENGINES):
@@ -79,36 +79,50 @@ class Controller(wiring.Component):
     def fault(self, e):
         return getattr(self, f"fault{e}")
 
-    def elaborate(self, platform):
-        p = self.params
-        ws = p.line_shift
-        m = Module()
+    def _raise_error(self, m, code, index):
+        """Enter the error state (the first error wins)."""
+        with m.If(~self.error):
+            m.d.sync += [self.error.eq(1), self.error_code.eq(code), self.error_index.eq(index)]
 
+    def elaborate(self, platform):
+        m = Module()
         running = Signal()
         halted = Signal()
+        issuing = Signal()
         m.d.comb += self.running.eq(running)
-
-        # -- error state ------------------------------------------------------------------
-        def raise_error(code, index):
-            with m.If(~self.error):
-                m.d.sync += [self.error.eq(1), self.error_code.eq(code),
-                             self.error_index.eq(index)]
-
         for e in range(N_ENGINES):
             with m.If(self.fault(e).valid & running):
-                raise_error(self.fault(e).code, self.fault(e).index)
+                self._raise_error(m, self.fault(e).code, self.fault(e).index)
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), halted.eq(0), issuing.eq(1),
+                         self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
+                         self.error_index.eq(0), self.instructions.eq(0)]
+        pending, fetched = self._fetch(m, running, issuing)
+        queues = self._dispatch(m, fetched, running, halted, issuing)
 
-        # -- fetch --------------------------------------------------------------------------
+        # -- completion ------------------------------------------------------------------------
+        drained = Signal()
+        m.d.comb += drained.eq((self.engine_idle == (1 << N_ENGINES) - 1) & ~pending.r_rdy
+                               & ~fetched.r_rdy & ~Cat(*[q.r_rdy for q in queues]).any())
+        with m.If(running & (halted | self.error) & drained & ~self.start):
+            m.d.sync += [running.eq(0), self.done.eq(halted & ~self.error)]
+        with m.If(self.error):
+            m.d.sync += issuing.eq(0)
+        self._tokens(m)
+        return m
+
+    def _fetch(self, m, running, issuing):
+        """Instruction fetch: ``(pending reads, fetched instructions)`` queues."""
+        ws = self.params.line_shift
         # A read is issued only when the instruction buffer is sure to have room for its
         # data, so fetch never refuses a DRAM response: responses return in order on the
         # shared DRAM port, and a refused one would block every engine's reads behind it.
         ip = Signal(INDEX_BITS)                # next instruction to request
-        issuing = Signal()
         m.submodules.pending = pending = fifo.SyncFIFOBuffered(
             width=INDEX_BITS + ws, depth=FETCH_AHEAD)
         m.submodules.fetched = fetched = fifo.SyncFIFOBuffered(
             width=INDEX_BITS + isa.INSTR_BITS, depth=FETCH_AHEAD)
-        byte_addr = self.pc + (ip << 5)
+        byte_addr = self.pc + (ip << log2(isa.INSTR_BYTES))
         req = self.fetch.req
         room = (pending.level + fetched.level) < FETCH_AHEAD
         m.d.comb += [
@@ -119,11 +133,8 @@ class Controller(wiring.Component):
         ]
         with m.If(req.valid & req.ready):
             m.d.sync += ip.eq(ip + 1)
-
         with m.If(self.start):
-            m.d.sync += [running.eq(1), halted.eq(0), issuing.eq(1), ip.eq(0),
-                         self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
-                         self.error_index.eq(0), self.instructions.eq(0)]
+            m.d.sync += ip.eq(0)
 
         rsp = self.fetch.rsp
         line_offset = pending.r_data[INDEX_BITS:]
@@ -134,8 +145,10 @@ class Controller(wiring.Component):
             fetched.w_data.eq(Cat(pending.r_data[:INDEX_BITS],
                                   (rsp.payload >> (line_offset << 3))[:isa.INSTR_BITS])),
         ]
+        return pending, fetched
 
-        # -- decode and dispatch ----------------------------------------------------------
+    def _dispatch(self, m, fetched, running, halted, issuing):
+        """Decode each fetched instruction and push it into its engine's queue."""
         index = fetched.r_data[:INDEX_BITS]
         word = Signal(isa.INSTR_BITS)
         m.d.comb += word.eq(fetched.r_data[INDEX_BITS:])
@@ -165,10 +178,10 @@ class Controller(wiring.Component):
             m.d.comb += accept.eq(1)
         with m.Elif(arrived & ~valid):
             m.d.comb += accept.eq(1)
-            raise_error(int(isa.ErrorCode.INVALID_OPCODE), index)
+            self._raise_error(m, int(isa.ErrorCode.INVALID_OPCODE), index)
         with m.Elif(arrived & bad_mask):
             m.d.comb += accept.eq(1)
-            raise_error(int(isa.ErrorCode.SELF_DEPENDENCY), index)
+            self._raise_error(m, int(isa.ErrorCode.SELF_DEPENDENCY), index)
         with m.Elif(arrived & (engine == int(isa.Engine.CONTROL))):
             m.d.comb += accept.eq(1)
             m.d.sync += [halted.eq(1), issuing.eq(0),
@@ -183,20 +196,14 @@ class Controller(wiring.Component):
                 queues[e].w_data.eq(Cat(word, index)),
             ]
         m.d.comb += fetched.r_en.eq(accept)
+        return queues
 
-        # -- completion ------------------------------------------------------------------------
-        drained = Signal()
-        m.d.comb += drained.eq((self.engine_idle == (1 << N_ENGINES) - 1) & ~pending.r_rdy
-                               & ~fetched.r_rdy & ~Cat(*[q.r_rdy for q in queues]).any())
-        with m.If(running & (halted | self.error) & drained & ~self.start):
-            m.d.sync += [running.eq(0), self.done.eq(halted & ~self.error)]
-        with m.If(self.error):
-            m.d.sync += issuing.eq(0)
-
-        # -- dependency tokens -----------------------------------------------------------------
+    def _tokens(self, m):
+        """The dependency-token counters, one per ordered engine pair."""
         # ``pending``: signals of instructions that have begun and not yet ended (several
         # on a DMA engine, whose instructions end when their rows are written), counted
         # against the limit so that no counter can overflow.
+        p = self.params
         limit = (1 << p.hw.token_counter_bits) - 1
         pairs = [(a, b) for a in range(N_ENGINES) for b in range(N_ENGINES) if a != b]
         count = {(a, b): Signal(p.hw.token_counter_bits, name=f"tokens_{a}_{b}")
@@ -220,4 +227,3 @@ class Controller(wiring.Component):
                          pending[(a, b)].eq(pending[(a, b)] + reserve - inc)]
             with m.If(self.start):
                 m.d.sync += [count[(a, b)].eq(0), pending[(a, b)].eq(0)]
-        return m

@@ -22,6 +22,7 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from arch import isa
 from rtl.common import RtlParams
 from rtl.sram import Sram
 
@@ -57,7 +58,7 @@ class DramModel(wiring.Component):
         self.depth = max(4, 1 << (self.latency + 4).bit_length())
         super().__init__({
             "port": In(MemPort(params.dram_addr_bits, params.line_bytes)),
-            "busy_cycles": Out(64),
+            "busy_cycles": Out(isa.COUNTER_BITS),
         })
         self.storage = Sram(params.line_bytes, params.dram_words, params.macros,
                             backdoor=True)

@@ -29,6 +29,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
+from arch.uarch import RESET_CYCLES
 from rtl.arbiter import PortArbiter
 from rtl.common import RtlParams
 from rtl.compute import ComputeEngine
@@ -49,15 +50,15 @@ class Accelerator(wiring.Component):
             "dram": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
         }
         for name in isa.COUNTERS:
-            members[f"counter_{name}"] = Out(64)
+            members[f"counter_{name}"] = Out(isa.COUNTER_BITS)
         super().__init__(members)
 
     def elaborate(self, platform):
         p = self.params
         m = Module()
         m.submodules.controller = ctl = Controller(p)
-        m.submodules.load = load = DmaEngine(p, "load")
-        m.submodules.store = store = DmaEngine(p, "store")
+        m.submodules.load = load = DmaEngine(p, direction="load")
+        m.submodules.store = store = DmaEngine(p, direction="store")
         m.submodules.compute = compute = ComputeEngine(p)
         m.submodules.l2 = l2 = L2(p, 2 + ComputeEngine.N_PORTS)
         m.submodules.dram_arbiter = arb = PortArbiter(p.dram_addr_bits, p.line_bytes, 5)
@@ -110,13 +111,13 @@ class Accelerator(wiring.Component):
             with m.If(granted & ~self.dram.req.p.write):
                 m.d.sync += c["dram_read_bytes"].eq(c["dram_read_bytes"] + p.line_bytes)
         # The load engine's byte count runs across programs; count from this start.
-        prefetch_base = Signal(64)
+        prefetch_base = Signal(isa.COUNTER_BITS)
         with m.If(ctl.start):
             m.d.sync += prefetch_base.eq(load.prefetch_bytes)
         m.d.comb += [c["instructions"].eq(ctl.instructions),
                      c["prefetch_bytes"].eq(load.prefetch_bytes - prefetch_base)]
-        m.d.comb += store.counters.eq(
-            sum((c[name] << (64 * i) for i, name in enumerate(isa.COUNTERS)), Signal(1)))
+        m.d.comb += store.counters.eq(sum((c[name] << (isa.COUNTER_BITS * i)
+                                           for i, name in enumerate(isa.COUNTERS)), Signal(1)))
         return m
 
 
@@ -135,10 +136,10 @@ class SimTop(wiring.Component):
         members = {
             "clk": In(1), "start": In(1), "pc": In(32),
             "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),
-            "error_index": Out(INDEX_BITS), "dram_busy_cycles": Out(64),
+            "error_index": Out(INDEX_BITS), "dram_busy_cycles": Out(isa.COUNTER_BITS),
         }
         for name in isa.COUNTERS:
-            members[f"counter_{name}"] = Out(64)
+            members[f"counter_{name}"] = Out(isa.COUNTER_BITS)
         return members
 
     def elaborate(self, platform):
@@ -146,10 +147,10 @@ class SimTop(wiring.Component):
         m.domains.sync = sync = ClockDomain("sync")
         m.domains.por = ClockDomain("por", reset_less=True)
         m.d.comb += [sync.clk.eq(self.clk), ClockSignal("por").eq(self.clk)]
-        por = Signal(2)                       # power-on reset: the first three cycles
-        with m.If(por != 3):
+        por = Signal(range(RESET_CYCLES + 1))     # power-on reset: the first cycles
+        with m.If(por != RESET_CYCLES):
             m.d.por += por.eq(por + 1)
-        m.d.comb += sync.rst.eq(por != 3)
+        m.d.comb += sync.rst.eq(por != RESET_CYCLES)
         m.submodules.accel = accel = Accelerator(self.params)
         m.submodules.dram = self.dram
         wiring.connect(m, accel.dram, self.dram.port)
