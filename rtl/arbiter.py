@@ -7,6 +7,9 @@ to one memory port (``Out(MemPort)``). Each cycle the next client after the last
 winner that has a request is granted; the ids of granted reads are queued so that read
 data returns to the client that asked, in order. ``max_reads`` bounds the reads in
 flight (the queue depth).
+
+Tested by tests/rtl/test_copier.py and tests/rtl/test_accelerator.py (the L2 and DRAM
+ports it shares between engines, in every whole-accelerator run).
 """
 
 from __future__ import annotations

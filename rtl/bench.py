@@ -7,6 +7,9 @@ file backdoor, plusargs ``+dram_image=``/``+dram_dump=`` set by ``run_job``). Fo
 program the bench sets ``pc``, pulses ``start`` and awaits ``done`` or ``error`` — it
 never steps the accelerator from Python — and records the counters and the program's
 wall time in ``summary.json``.
+
+Tested by tests/rtl/test_accelerator.py and tests/rtl/test_tiny_rtl.py (every Verilator
+run goes through it).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Contract
 model, a Verilog file or synthesis statistics: the simulated DRAM is the smallest power of
 two that holds the image (at least 1 MiB; ``DEFAULT_DRAM_BYTES`` without an image), and
 large memories are SRAM macro models. Unit tests of single components build their own.
+
+Tested by tests/rtl/test_copier.py, tests/rtl/test_vector_unit.py and
+tests/rtl/test_stats.py.
 """
 
 from __future__ import annotations

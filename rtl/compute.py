@@ -16,6 +16,9 @@ overlapping written rows, L2 operands beyond ``l2_bytes``).
 ``busy``/``stall`` say whether it executes or waits for tokens; ``macs`` counts array
 multiply-accumulates as the ISA simulator does: ``macs_step`` is ``m * k * n`` in the
 cycle a ``MATMUL`` starts.
+
+Tested by tests/rtl/test_accelerator.py (compute instructions and their faults, whole
+accelerator) and tests/rtl/test_tiny_rtl.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ Contract
 name)`` slices an operand out of a 256-bit instruction word; ``engine_of(m, opcode)``
 returns the engine number of an opcode (``Engine`` values) and whether it is valid;
 ``Queued`` is what the controller hands an engine: the word and its program index.
+
+Tested by tests/rtl/test_controller.py and tests/rtl/test_accelerator.py (every
+instruction decoded from DRAM).
 """
 
 from __future__ import annotations

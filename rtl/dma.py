@@ -28,6 +28,9 @@ overlapping rows, or a misaligned table or counter address stops the accelerator
 the ``ErrorCode`` the ISA defines. ``busy``/``stall`` say whether the engine is
 executing (or has instructions awaiting their end) or waiting for tokens with none in
 flight; ``prefetch_bytes`` counts KV bytes fetched.
+
+Tested by tests/rtl/test_accelerator.py (DMA, gathers, KV prefetch and append, their
+faults) and tests/rtl/test_tiny_rtl.py.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ signal masks are queued here). The shell goes straight back to ``IDLE``; ``infli
 says that some are waiting. ``busy``: executing, ending, or (``IDLE``/``BEGIN``) with
 instructions in flight; ``idle``: in ``IDLE`` with none in flight and none arriving;
 ``stall``: waiting for tokens with none in flight.
+
+Tested by tests/rtl/test_accelerator.py (the token handshake and the faults of every
+engine) and tests/rtl/test_tiny_rtl.py.
 """
 
 from __future__ import annotations

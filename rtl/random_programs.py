@@ -10,6 +10,9 @@ tokens plus ``extra_tokens`` random orderings (``random_tokens``). Such programs
 legal: race-free and deadlock-free, so the RTL and the ISA simulator must agree on them.
 ``run_random_programs(model, seed)`` runs a job of them on a Verilator model and on the
 ISA simulator. (Not part of the hardware: excluded from the Verilator model's key.)
+
+Tested by tests/rtl/test_accelerator.py (random legal programs on the RTL against the ISA
+simulator).
 """
 
 from __future__ import annotations

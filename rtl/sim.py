@@ -15,6 +15,8 @@ backdoor (``write_memh``/``read_memh``, ``sram_macro.v``); the bench starts each
 at its DRAM offset and awaits ``done`` or the error state. It returns each program's
 counters, the requested DRAM ranges and the whole L2 at the end (each bank's macro
 writes its rows through ``+l2_dump=``).
+
+Tested by tests/rtl/test_accelerator.py and tests/rtl/test_tiny_rtl.py.
 """
 
 from __future__ import annotations

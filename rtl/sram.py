@@ -15,6 +15,9 @@ gives the macro its file backdoor: loaded from ``+dram_image=`` at time zero and
 to ``+dram_dump=`` at the end of the simulation; ``bank=i`` (an L2 bank) writes its
 contents to ``<prefix>.<i>.hex`` at the end, ``+l2_dump=<prefix>`` (see
 ``sram_macro.v``).
+
+Tested by tests/rtl/test_copier.py (through the L2, as lib.memory) and
+tests/rtl/test_tiny_rtl.py (macro models under Verilator).
 """
 
 from __future__ import annotations

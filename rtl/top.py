@@ -20,6 +20,9 @@ inside (held for the first cycles after power-on) rather than being a port, and
 ``start``/``pc`` are registered: Verilator re-evaluates all logic that depends
 combinationally on a top-level input at every clock edge (and every flip-flop's reset
 multiplexer depends on the reset).
+
+Tested by tests/rtl/test_accelerator.py and tests/rtl/test_tiny_rtl.py (the whole
+accelerator under Verilator).
 """
 
 from __future__ import annotations

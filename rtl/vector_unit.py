@@ -10,8 +10,9 @@ Contract
 
 An instruction is a sequence of *segments*: one pass over one row (or, for ``ROPE``, one
 head of one token). Each segment streams up to three operands through row readers
-(``port0..2``) in lockstep, ``LANES = min(vector_lanes, W / 8)`` elements per cycle, and
-writes up to two results through row writers (``port3``, ``port4``):
+(``port0..2``) in lockstep, ``HardwareConfig.vector_lanes_per_cycle`` elements per cycle
+(``min(vector_lanes, W / 8)``), and writes up to two results through row writers
+(``port3``, ``port4``):
 
 =========  ================================================  ==============================
  op         segments per row                                  operands -> result
@@ -94,11 +95,6 @@ ELEMENT_BYTES: dict[Kind, dict[int, int]] = {
     Kind.ROPE: _streams("ROPE", "src_addr", "src_addr", "freq_addr"),
     Kind.ARGMAX: _streams("ARGMAX", "src_addr"),
 }
-
-
-def lanes_per_cycle(params: RtlParams) -> int:
-    """Elements per cycle: the configured lanes, at most one beat of the widest operand."""
-    return max(1, min(params.hw.vector_lanes, params.line_bytes // 8))
 
 
 def segment_layout() -> data.StructLayout:
@@ -298,7 +294,7 @@ class VectorDatapath(wiring.Component):
         if not isinstance(params, RtlParams):
             raise TypeError(f"params must be RtlParams, not {params!r}")
         self.params = params
-        self.W, self.L = params.line_bytes, lanes_per_cycle(params)
+        self.W, self.L = params.line_bytes, params.hw.vector_lanes_per_cycle
         members = {"start": In(1), "word": In(isa.INSTR_BITS),
                    "segments": In(stream.Signature(segment_layout()))}
         members.update({f"operand{s}": In(stream.Signature(beat_layout(self.W)))
