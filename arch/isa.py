@@ -331,6 +331,123 @@ def kv_row_addr(pool_addr: int, block: int, token: int, block_tokens: int,
     return pool_addr + (block * block_tokens + token % block_tokens) * row_bytes
 
 
+# -- the L2 operands of the compute instructions ------------------------------------------
+
+@dataclass(frozen=True)
+class L2Operand:
+    """One L2 operand of a compute instruction: ``rows`` rows of ``row_bytes`` bytes,
+    ``stride`` bytes apart, from ``addr``; ``write`` if the instruction writes it;
+    ``present`` if it exists for these fields (REQUANT's bias only with ``has_bias``);
+    ``implied`` if its bytes are another operand's (an accumulating MATMUL reads its own
+    output), so it needs no range or overlap check of its own. The quantities are ints
+    or Amaranth values, whichever the fields were."""
+
+    key: str
+    addr: object
+    rows: object
+    row_bytes: object
+    stride: object
+    write: bool = False
+    present: object = True
+    implied: bool = False
+
+
+def _bytes(count, elem_bytes: int):
+    """``count * elem_bytes`` as a shift (``elem_bytes`` is a power of two), for ints and
+    Amaranth values alike."""
+    return count << (elem_bytes.bit_length() - 1)
+
+
+def compute_operands(mnemonic: str, f, select=lambda c, a, b: a if c else b
+                     ) -> list[L2Operand]:
+    """The L2 operands of compute instruction ``mnemonic``, in the order the hardware
+    checks them: ``f(name)`` gives a field's value and ``select(c, a, b)`` chooses (an
+    ``if`` for ints, ``Mux`` for Amaranth values). The one declaration that
+    ``compiler.semantics.accesses`` (the ISA simulator, the scheduler, the verifier) and
+    the RTL's operand check (``rtl/operand_check.py``) both read. Element sizes are the
+    fields' ``elem`` (``OUT_BYTES`` for REQUANT's result)."""
+    spec = BY_MNEMONIC[mnemonic]
+
+    def n(name, count):             # bytes of ``count`` elements of operand ``name``
+        return _bytes(count, spec.field(name).elem_bytes)
+
+    def block(key, name, rows, cols, stride, write=False):
+        return L2Operand(key, f(name), rows, n(name, cols), stride, write)
+
+    if mnemonic == "MATMUL":
+        nk = f("w_layout") == int(WeightLayout.NK)
+        out = block("out", "out_addr", f("m"), f("n"), f("out_stride"), True)
+        return [block("x", "x_addr", f("m"), f("k"), f("x_stride")),
+                block("w", "w_addr", select(nk, f("n"), f("k")), select(nk, f("k"), f("n")),
+                      f("w_stride")),
+                out,
+                L2Operand("acc", out.addr, out.rows, out.row_bytes, out.stride,
+                          present=f("accumulate"), implied=True)]
+    if mnemonic == "REQUANT":
+        cols = f("cols")
+        int8 = f("out_bits") == int(OutBits.INT8)
+        return [block("src", "src_addr", f("rows"), cols, f("src_stride")),
+                L2Operand("param", f("param_addr"), 1,
+                          n("param_addr", select(f("per_channel"), cols, 1)), 0),
+                L2Operand("dst", f("dst_addr"), f("rows"),
+                          select(int8, _bytes(cols, OUT_BYTES[OutBits.INT8]),
+                                 _bytes(cols, OUT_BYTES[OutBits.INT16])),
+                          f("dst_stride"), True),
+                L2Operand("bias", f("bias_addr"), 1, n("bias_addr", cols), 0,
+                          present=f("has_bias"))]
+    if mnemonic in ("RMSNORM", "SOFTMAX"):
+        return [block("src", "src_addr", f("rows"), f("cols"), f("src_stride")),
+                block("dst", "dst_addr", f("rows"), f("cols"), f("dst_stride"), True)]
+    if mnemonic == "ROPE":
+        width = f("heads") * f("head_dim")
+        return [block("src", "src_addr", f("rows"), width, f("row_stride")),
+                L2Operand("freq", f("freq_addr"), 1, n("freq_addr", f("head_dim") >> 1), 0),
+                block("dst", "dst_addr", f("rows"), width, f("row_stride"), True)]
+    if mnemonic == "SILU_MUL":
+        return [block("gate", "gate_addr", f("rows"), f("cols"), f("gate_stride")),
+                block("up", "up_addr", f("rows"), f("cols"), f("up_stride")),
+                L2Operand("param", f("param_addr"), 1, n("param_addr", f("cols") << 1), 0),
+                block("dst", "dst_addr", f("rows"), f("cols"), f("dst_stride"), True)]
+    if mnemonic == "RESADD":
+        h = block("h", "h_addr", f("rows"), f("cols"), f("h_stride"))
+        return [h, block("acc", "acc_addr", f("rows"), f("cols"), f("acc_stride")),
+                L2Operand("param", f("param_addr"), 1, n("param_addr", f("cols")), 0),
+                L2Operand("h_out", h.addr, h.rows, h.row_bytes, h.stride, True)]
+    if mnemonic == "ARGMAX":
+        return [L2Operand("src", f("src_addr"), 1, n("src_addr", f("n")), 0),
+                L2Operand("dst", f("dst_addr"), 1, n("dst_addr", 1), 0, True)]
+    raise KeyError(f"{mnemonic} is not a compute instruction with L2 operands")
+
+
+_BLOCKS = ("REQUANT", "RMSNORM", "SOFTMAX", "SILU_MUL", "RESADD")
+
+
+def operand_faults(mnemonic: str, f) -> list[tuple[object, str]]:
+    """The ISA's refusals of a compute instruction's fields (``BAD_OPERAND``), checked in
+    this order before its operands' ranges: ``(condition, message)``, the condition over
+    ``f(name)`` (ints or Amaranth values), the message with ``{field}`` placeholders
+    (and ``{mnemonic}``). Read by ``compiler.semantics.check`` and the RTL's operand
+    check (``rtl/operand_check.py``)."""
+    if mnemonic == "MATMUL":
+        return [((f("m") == 0) | (f("k") == 0) | (f("n") == 0),
+                 "MATMUL with an empty dimension (m={m}, k={k}, n={n})")]
+    if mnemonic == "ROPE":
+        return [((f("head_dim") == 0) | ((f("head_dim") & 1) == 1),
+                 "ROPE head_dim must be even and non-zero, got {head_dim}"),
+                ((f("rows") == 0) | (f("heads") == 0),
+                 "ROPE with no rows or heads (rows={rows}, heads={heads})")]
+    if mnemonic == "ARGMAX":
+        return [(f("n") == 0, "ARGMAX over no elements")]
+    if mnemonic in _BLOCKS:
+        out = [((f("rows") == 0) | (f("cols") == 0),
+                "{mnemonic} with an empty block ({rows}x{cols})")]
+        if mnemonic == "SOFTMAX":
+            out.append((f("q_pos0") >= f("cols"),
+                        "SOFTMAX row 0 sees keys up to q_pos0 = {q_pos0}, beyond cols = {cols}"))
+        return out
+    return []
+
+
 def opcodes_of(engine: Engine) -> tuple[OpSpec, ...]:
     """The instructions ``engine`` executes, in declaration order."""
     return tuple(op for op in OPCODES if op.engine == engine)

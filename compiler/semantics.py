@@ -28,14 +28,13 @@ from arch.isa import (
     BLOCK_TABLE_ENTRY_BYTES,
     COUNTER_BITS,
     COUNTERS,
-    OUT_BYTES,
     Engine,
     ErrorCode,
     Instruction,
-    OutBits,
-    WeightLayout,
+    compute_operands,
     kv_row_addr,
     kv_table_entry_addr,
+    operand_faults,
 )
 
 
@@ -140,53 +139,9 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
                 "dst": _kv_runs(f, hw, read_i32, 0, f.row_bytes, True)}
     if op == "STORE_COUNTERS":
         return {"dst": _dram(f.dram_addr, 1, COUNTER_BITS // 8 * len(COUNTERS), 0, True)}
-    def eb(name: str) -> int:       # bytes per element of an operand, as declared
-        return instr.spec.field(name).elem_bytes
-
-    if op == "MATMUL":
-        if f.w_layout == WeightLayout.NK:
-            w = _l2(f.w_addr, f.n, f.k, f.w_stride)
-        else:
-            w = _l2(f.w_addr, f.k, f.n, f.w_stride)
-        out = {"x": _l2(f.x_addr, f.m, eb("x_addr") * f.k, f.x_stride), "w": w,
-               "out": _l2(f.out_addr, f.m, eb("out_addr") * f.n, f.out_stride, True)}
-        if f.accumulate:
-            out["acc"] = _l2(f.out_addr, f.m, eb("out_addr") * f.n, f.out_stride)
-        return out
-    if op == "REQUANT":
-        width = OUT_BYTES[OutBits(f.out_bits)]
-        out = {"src": _l2(f.src_addr, f.rows, eb("src_addr") * f.cols, f.src_stride),
-               "param": _l2(f.param_addr, 1, eb("param_addr") * (f.cols if f.per_channel else 1),
-                            0),
-               "dst": _l2(f.dst_addr, f.rows, width * f.cols, f.dst_stride, True)}
-        if f.has_bias:
-            out["bias"] = _l2(f.bias_addr, 1, eb("bias_addr") * f.cols, 0)
-        return out
-    if op == "RMSNORM":
-        return {"src": _l2(f.src_addr, f.rows, eb("src_addr") * f.cols, f.src_stride),
-                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * f.cols, f.dst_stride, True)}
-    if op == "ROPE":
-        width = f.heads * f.head_dim
-        return {"src": _l2(f.src_addr, f.rows, eb("src_addr") * width, f.row_stride),
-                "freq": _l2(f.freq_addr, 1, eb("freq_addr") * (f.head_dim // 2), 0),
-                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * width, f.row_stride, True)}
-    if op == "SOFTMAX":
-        return {"src": _l2(f.src_addr, f.rows, eb("src_addr") * f.cols, f.src_stride),
-                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * f.cols, f.dst_stride, True)}
-    if op == "SILU_MUL":
-        return {"gate": _l2(f.gate_addr, f.rows, eb("gate_addr") * f.cols, f.gate_stride),
-                "up": _l2(f.up_addr, f.rows, eb("up_addr") * f.cols, f.up_stride),
-                "param": _l2(f.param_addr, 1, eb("param_addr") * 2 * f.cols, 0),
-                "dst": _l2(f.dst_addr, f.rows, eb("dst_addr") * f.cols, f.dst_stride, True)}
-    if op == "RESADD":
-        h = eb("h_addr") * f.cols
-        return {"h": _l2(f.h_addr, f.rows, h, f.h_stride),
-                "acc": _l2(f.acc_addr, f.rows, eb("acc_addr") * f.cols, f.acc_stride),
-                "param": _l2(f.param_addr, 1, eb("param_addr") * f.cols, 0),
-                "h_out": _l2(f.h_addr, f.rows, h, f.h_stride, True)}
-    if op == "ARGMAX":
-        return {"src": _l2(f.src_addr, 1, eb("src_addr") * f.n, 0),
-                "dst": _l2(f.dst_addr, 1, eb("dst_addr"), 0, True)}
+    if instr.engine == Engine.COMPUTE:       # the ISA's one declaration of L2 operands
+        return {o.key: _l2(o.addr, o.rows, o.row_bytes, o.stride, o.write)
+                for o in compute_operands(op, instr.__getattr__) if o.present}
     raise AcceleratorError(ErrorCode.INVALID_OPCODE, None, f"no semantics for {op}")
 
 
@@ -203,23 +158,10 @@ def flat(acc: Accesses | list[Access]) -> list[Access]:
 def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int,
           index: int | None = None) -> None:
     """Raise the hardware's error for bad operands and out-of-range addresses."""
-    f = instr
-    bad = None
-    if instr.mnemonic == "MATMUL" and 0 in (f.m, f.k, f.n):
-        bad = f"MATMUL with an empty dimension (m={f.m}, k={f.k}, n={f.n})"
-    elif instr.mnemonic == "ROPE" and (f.head_dim == 0 or f.head_dim % 2):
-        bad = f"ROPE head_dim must be even and non-zero, got {f.head_dim}"
-    elif instr.mnemonic == "ROPE" and 0 in (f.rows, f.heads):
-        bad = f"ROPE with no rows or heads (rows={f.rows}, heads={f.heads})"
-    elif instr.mnemonic == "ARGMAX" and f.n == 0:
-        bad = "ARGMAX over no elements"
-    elif instr.mnemonic in ("RMSNORM", "SOFTMAX", "REQUANT", "SILU_MUL", "RESADD") and (
-            f.rows == 0 or f.cols == 0):
-        bad = f"{instr.mnemonic} with an empty block ({f.rows}x{f.cols})"
-    elif instr.mnemonic == "SOFTMAX" and f.q_pos0 >= f.cols:
-        bad = f"SOFTMAX row 0 sees keys up to q_pos0 = {f.q_pos0}, beyond cols = {f.cols}"
-    if bad:
-        raise AcceleratorError(ErrorCode.BAD_OPERAND, index, bad)
+    for bad, message in operand_faults(instr.mnemonic, instr.__getattr__):
+        if bad:
+            raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
+                                   message.format(mnemonic=instr.mnemonic, **instr.fields()))
     for a in flat(acc):
         if a.write and a.rows > 1 and a.stride < a.row_bytes:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,

@@ -4,16 +4,16 @@ Contract
 --------
 ``OperandCheck(params)`` looks at a compute instruction word (``word``) and drives
 ``code``, the ``ErrorCode`` the instruction must stop with (``NONE`` when it may run),
-combinationally, as ``compiler.semantics.check`` decides it from
-``compiler.semantics.accesses``:
+combinationally, as ``compiler.semantics.check`` decides it, from the same declarations
+in ``arch/isa.py``:
 
-1. ``BAD_OPERAND`` for an empty ``MATMUL`` dimension or vector block, an odd or zero
-   ``ROPE`` head size or empty ``ROPE``/``ARGMAX``, a ``SOFTMAX`` whose first row sees
-   past its columns;
-2. then each L2 operand in the order ``accesses`` lists them: ``BAD_OPERAND`` if it is
-   written with rows that overlap (``rows > 1`` and ``stride < row bytes``),
-   ``L2_OUT_OF_RANGE`` if it ends beyond ``l2_bytes`` (its end is ``addr + (rows - 1) *
-   stride + row bytes``);
+1. ``BAD_OPERAND`` if a field is refused (``isa.operand_faults``: an empty ``MATMUL``
+   dimension or vector block, an odd or zero ``ROPE`` head size or empty
+   ``ROPE``/``ARGMAX``, a ``SOFTMAX`` whose first row sees past its columns);
+2. then each L2 operand in the order ``isa.compute_operands`` declares them:
+   ``BAD_OPERAND`` if it is written with rows that overlap (``rows > 1`` and
+   ``stride < row bytes``), ``L2_OUT_OF_RANGE`` if it ends beyond ``l2_bytes`` (its end
+   is ``addr + (rows - 1) * stride + row bytes``);
 3. ``BAD_OPERAND`` if the written operand's byte range meets a read operand's, unless
    they are the same (exactly in place: ROPE's dst = src, RESADD's residual, an
    accumulating MATMUL's output). The units stream operands tile by tile and row by
@@ -21,74 +21,41 @@ combinationally, as ``compiler.semantics.check`` decides it from
    random programs of ``rtl/random_programs.py``: a MATMUL whose output overlapped its
    activations gave other results on the RTL than on the ISA simulator).
 
-An operand is ``(addr, rows, row bytes, stride, written)``; at most four per
-instruction, so four slots are muxed by opcode, each with its own ``(rows - 1) *
-stride`` multiplier. ``tests/rtl/test_operand_check.py`` compares the codes with the
-ISA simulator's on random instructions, in range and out.
+An operand is an ``isa.L2Operand`` over the word's fields; at most four per
+instruction (less the implied ones), so four slots are muxed by opcode, each with its
+own ``(rows - 1) * stride`` multiplier. ``tests/rtl/test_operand_check.py`` compares the
+codes with the ISA simulator's on random instructions, in range and out.
 """
 
 from __future__ import annotations
+
+import operator
+from functools import reduce
 
 from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
-from arch.isa import ErrorCode, OutBits, WeightLayout
+from arch.isa import ErrorCode
 from rtl.common import RtlParams
 from rtl.decode import code as opcode_of
 from rtl.decode import field
 
-SLOTS = 4
+SLOTS = 4               # the most operands a compute instruction has
+COMPUTE = tuple(op.mnemonic for op in isa.opcodes_of(isa.Engine.COMPUTE))
 ROWS_BITS = 20          # the widest row count of an operand (MATMUL k, KN weights)
 BYTES_BITS = 32         # row bytes: at most 8 x a 20-bit count, or heads x head_dim
 STRIDE_BITS = 30
 
 
-def operands(word) -> dict[str, list[tuple]]:
-    """Per compute opcode, its L2 operands ``(addr, rows, row_bytes, stride, written[,
-    present])`` as values of the instruction ``word``, in ``semantics.accesses``'s order
-    (an accumulating ``MATMUL``'s read of its output has the output's extent: left out;
-    ``REQUANT``'s bias is present with ``has_bias``)."""
-    def f(mnemonic, name):
-        return field(word, mnemonic, name)
-
-    mm = lambda n: f("MATMUL", n)                           # noqa: E731
-    nk = mm("w_layout") == int(WeightLayout.NK)
-    rq = lambda n: f("REQUANT", n)                          # noqa: E731
-    out: dict[str, list[tuple]] = {
-        "MATMUL": [(mm("x_addr"), mm("m"), mm("k"), mm("x_stride"), 0),
-                   (mm("w_addr"), Mux(nk, mm("n"), mm("k")), Mux(nk, mm("k"), mm("n")),
-                    mm("w_stride"), 0),
-                   (mm("out_addr"), mm("m"), mm("n") << 2, mm("out_stride"), 1)],
-        "REQUANT": [(rq("src_addr"), rq("rows"), rq("cols") << 2, rq("src_stride"), 0),
-                    (rq("param_addr"), 1, Mux(rq("per_channel"), rq("cols") << 2, 4), 0, 0),
-                    (rq("dst_addr"), rq("rows"),
-                     Mux(rq("out_bits") == int(OutBits.INT8), rq("cols"), rq("cols") << 1),
-                     rq("dst_stride"), 1),
-                    (rq("bias_addr"), 1, rq("cols") << 2, 0, 0, rq("has_bias"))],
-    }
-    for mn, src_bytes in (("RMSNORM", 1), ("SOFTMAX", 2)):
-        out[mn] = [(f(mn, "src_addr"), f(mn, "rows"), f(mn, "cols") << src_bytes,
-                    f(mn, "src_stride"), 0),
-                   (f(mn, "dst_addr"), f(mn, "rows"), f(mn, "cols"), f(mn, "dst_stride"), 1)]
-    width = f("ROPE", "heads") * f("ROPE", "head_dim")
-    out["ROPE"] = [(f("ROPE", "src_addr"), f("ROPE", "rows"), width, f("ROPE", "row_stride"), 0),
-                   (f("ROPE", "freq_addr"), 1, f("ROPE", "head_dim") << 1, 0, 0),
-                   (f("ROPE", "dst_addr"), f("ROPE", "rows"), width, f("ROPE", "row_stride"), 1)]
-    s = lambda n: f("SILU_MUL", n)                          # noqa: E731
-    out["SILU_MUL"] = [(s("gate_addr"), s("rows"), s("cols") << 2, s("gate_stride"), 0),
-                       (s("up_addr"), s("rows"), s("cols"), s("up_stride"), 0),
-                       (s("param_addr"), 1, s("cols") << 3, 0, 0),
-                       (s("dst_addr"), s("rows"), s("cols"), s("dst_stride"), 1)]
-    r = lambda n: f("RESADD", n)                            # noqa: E731
-    out["RESADD"] = [(r("h_addr"), r("rows"), r("cols") << 1, r("h_stride"), 0),
-                     (r("acc_addr"), r("rows"), r("cols") << 2, r("acc_stride"), 0),
-                     (r("param_addr"), 1, r("cols") << 2, 0, 0),
-                     (r("h_addr"), r("rows"), r("cols") << 1, r("h_stride"), 1)]
-    out["ARGMAX"] = [(f("ARGMAX", "src_addr"), 1, f("ARGMAX", "n") << 1, 0, 0),
-                     (f("ARGMAX", "dst_addr"), 1, 4, 0, 1)]
-    return out
+def operands(word) -> dict[str, list[isa.L2Operand]]:
+    """Per compute opcode, its L2 operands as values of the instruction ``word``: the ISA's
+    declaration (``isa.compute_operands``) less the operands implied by another (an
+    accumulating ``MATMUL``'s read of its output has the output's extent)."""
+    return {mn: [o for o in isa.compute_operands(mn, lambda n, mn=mn: field(word, mn, n), Mux)
+                 if not o.implied]
+            for mn in COMPUTE}
 
 
 class OperandCheck(wiring.Component):
@@ -106,21 +73,12 @@ class OperandCheck(wiring.Component):
 
         # 1. the fields' own checks
         bad = Signal()
-        blocks = ("REQUANT", "RMSNORM", "SOFTMAX", "SILU_MUL", "RESADD")
         with m.Switch(op):
-            with m.Case(opcode_of("MATMUL")):
-                m.d.comb += bad.eq((f("MATMUL", "m") == 0) | (f("MATMUL", "k") == 0)
-                                   | (f("MATMUL", "n") == 0))
-            for mn in blocks:
-                with m.Case(opcode_of(mn)):
-                    m.d.comb += bad.eq((f(mn, "rows") == 0) | (f(mn, "cols") == 0)
-                                       | ((f(mn, "q_pos0") >= f(mn, "cols")) if mn == "SOFTMAX"
-                                          else 0))
-            with m.Case(opcode_of("ROPE")):
-                m.d.comb += bad.eq((f("ROPE", "head_dim") == 0) | f("ROPE", "head_dim")[0]
-                                   | (f("ROPE", "rows") == 0) | (f("ROPE", "heads") == 0))
-            with m.Case(opcode_of("ARGMAX")):
-                m.d.comb += bad.eq(f("ARGMAX", "n") == 0)
+            for mn in COMPUTE:
+                faults = isa.operand_faults(mn, lambda n, mn=mn: f(mn, n))
+                if faults:
+                    with m.Case(opcode_of(mn)):
+                        m.d.comb += bad.eq(reduce(operator.or_, (c for c, _ in faults)))
 
         # 2. each operand slot: its fields by opcode, its overlap and range checks
         slots = [dict(addr=Signal(isa.L2_ADDR_BITS, name=f"addr{i}"),
@@ -132,12 +90,10 @@ class OperandCheck(wiring.Component):
         with m.Switch(op):
             for mn, ops in operands(word).items():
                 with m.Case(opcode_of(mn)):
-                    for slot, (addr, rows, row_bytes, stride, written, *present) in zip(
-                            slots, ops, strict=False):
-                        m.d.comb += [slot["addr"].eq(addr), slot["rows"].eq(rows),
-                                     slot["row_bytes"].eq(row_bytes), slot["stride"].eq(stride),
-                                     slot["written"].eq(written),
-                                     slot["used"].eq(present[0] if present else 1)]
+                    for slot, o in zip(slots, ops, strict=False):
+                        m.d.comb += [slot["addr"].eq(o.addr), slot["rows"].eq(o.rows),
+                                     slot["row_bytes"].eq(o.row_bytes), slot["stride"].eq(o.stride),
+                                     slot["written"].eq(o.write), slot["used"].eq(o.present)]
         faults, ends = [], []
         for i, s in enumerate(slots):
             empty = (s["rows"] == 0) | (s["row_bytes"] == 0)
