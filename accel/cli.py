@@ -18,6 +18,7 @@ from models.config import ConfigError
 from models.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, CheckpointError, ValueError, OSError)
+DEFAULT_PROMPT, DEFAULT_NEW_TOKENS = "ROMEO:", 8          # `accel compile` with weights
 # OSError: a path that is a file where a folder is wanted (or the reverse), an
 # unreachable Dask scheduler; its message names the path or the address.
 # CompileError, HardwareError, IsaError, ProgramFileError and BuildError are ValueErrors.
@@ -84,21 +85,26 @@ def _cmd_compile(args) -> int:
     import time
 
     from arch.hardware import load_hardware
-    from compiler.driver import compile_generation, compile_step
+    from compiler.driver import compile_generation, compile_timing_step
     from models.config import preset
-    from models.integer import quant_struct
 
+    if args.no_weights and (args.prompt is not None or args.max_new_tokens is not None):
+        raise ValueError("--prompt and --max-new-tokens need weights: --no-weights compiles "
+                         "one decode step (its position: --decode-at)")
+    if not args.no_weights and args.decode_at is not None:
+        raise ValueError("--decode-at needs --no-weights (with weights, the prompt and "
+                         "--max-new-tokens give the steps)")
     hw = load_hardware(args.hw)
     prefetch = {"on": True, "off": False, None: None}[args.prefetch]
     t0 = time.perf_counter()
     if args.no_weights:
-        cfg = preset(args.model)
-        at = args.decode_at if args.decode_at is not None else cfg.max_seq_len // 2
-        build = compile_step(cfg, quant_struct(cfg), hw, at, 1, prefetch=prefetch)
+        build = compile_timing_step(preset(args.model), hw, args.decode_at, prefetch=prefetch)
     else:
         loaded, im = _load_eval_inputs(args.model)
-        build = compile_generation(im.cfg, im.qm, hw, _prompt_ids(loaded, args.prompt),
-                                   args.max_new_tokens, prefetch=prefetch)
+        prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
+        max_new = DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+        build = compile_generation(im.cfg, im.qm, hw, _prompt_ids(loaded, prompt), max_new,
+                                   prefetch=prefetch)
     seconds = time.perf_counter() - t0
     extra = ({"tokenizer.json": Path(loaded.source) / "tokenizer.json"}
              if not args.no_weights and loaded.tokenizer is not None else {})
@@ -287,7 +293,9 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="accel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="accel", description="The edge LLM accelerator toolkit's command line: models, "
+        "compiler, simulators, RTL, verification ladder and design-space sweeps.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the character-level tiny model")
@@ -319,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model for a hardware description")
     p.add_argument("--model", default="tiny", help="'tiny', a checkpoint folder or a preset")
     p.add_argument("--hw", default="edge-8x8", help="TOML file or preset name in configs/")
-    p.add_argument("--prompt", default="ROMEO:")
-    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--prompt", default=None, help=f"default: {DEFAULT_PROMPT!r}")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default: {DEFAULT_NEW_TOKENS}")
     p.add_argument("--prefetch", choices=("on", "off"), default=None,
                    help="override the hardware description's prefetch setting")
     p.add_argument("--no-weights", action="store_true",
@@ -381,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from accel.runtime import RunTimeoutError
     from compiler.buildfolder import RunIntegrityError
     from compiler.semantics import AcceleratorError
 
@@ -392,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (AcceleratorError, RunIntegrityError) as e:   # a program the device refused
         print(f"accel {args.command}: the accelerator stopped: {e}", file=sys.stderr)
+        return 2
+    except RunTimeoutError as e:                         # an RTL run past its cycle limit
+        print(f"accel {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"accel {args.command}: interrupted", file=sys.stderr)

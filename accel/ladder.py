@@ -14,8 +14,7 @@ that apply and returns a flat dict (the JSON ``accel verify --json`` prints):
    L2 (``accel.runtime.same_dram``), and ``perf``: the performance model's cycles beside
    the RTL's (reported, not judged).
 
-``failed_rungs(report)`` names the rungs that fail their bar. Tested by
-``tests/accel/test_cli.py`` (the ``verify`` command) and ``tests/compiler/test_isasim.py``.
+``failed_rungs(report)`` names the rungs that fail their bar.
 
 Tested by tests/accel/test_cli.py (the ``verify`` command and its failing rungs),
 tests/compiler/test_isasim.py and tests/rtl/test_tiny_rtl.py (``compare`` and
@@ -38,7 +37,7 @@ UNTOKENIZED_PROMPT = [1, 2, 3, 4]
 
 
 def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:
-    """Greedy generation with the JAX integer reference (rung 1)."""
+    """Greedy generation with the JAX integer reference: what rung 2 compares against."""
     cfg = im.cfg
     cache = init_int_cache(cfg)
     logits, cache = int_prefill(im.qm, cache, prompt, cfg)

@@ -9,7 +9,9 @@ generated tokens, the logits the device computed (one row per generated token: t
 prompt token's, then each decode step's), the KV cache gathered back through the
 block table, each program's counters and the final DRAM. The instructions are fetched
 from the DRAM image, as the hardware does. An RTL program that stops in the error state
-raises ``AcceleratorError`` with its code and instruction index. After every run, on
+raises ``AcceleratorError`` with its code and instruction index. Both simulators run on
+the same simulated DRAM (``simulated_dram``: the image, then zeros up to the RTL's
+power-of-two capacity), so they refuse the same addresses. After every run, on
 every simulator, the regions no program may write (``buildfolder.read_only_regions``:
 the constants, the block table, the programs) are compared with the image that went in;
 a difference raises ``RunIntegrityError`` naming the region.
@@ -33,12 +35,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from arch.isa import ErrorCode
+from arch.isa import INT32_BYTES, ErrorCode, kv_row_addr
 from compiler.asm import decode_program
 from compiler.buildfolder import RunIntegrityError, read_only_regions
 from compiler.driver import Build
 from compiler.isasim import IsaSimulator
 from compiler.semantics import AcceleratorError
+from rtl.common import rtl_dram_bytes
+
+
+class RunTimeoutError(RuntimeError):
+    """An RTL program ran past the bench's cycle limit without finishing."""
 
 
 @dataclass
@@ -73,7 +80,7 @@ def read_results(build: Build, dram: np.ndarray) -> tuple[list[int], np.ndarray,
     n_prompt = len(build.prompt)
     positions = n_prompt + build.max_new_tokens
     tok = mmap["tokens"]
-    tokens = dram[tok.offset:tok.offset + 4 * (positions + 1)].view("<i4")
+    tokens = dram[tok.offset:tok.offset + INT32_BYTES * (positions + 1)].view("<i4")
     generated = [int(t) for t in tokens[n_prompt:positions]]
     lg = mmap["logits"]
     logits = dram[lg.offset:lg.offset + lg.size].view("<i2").reshape(-1, cfg.vocab_size)
@@ -84,9 +91,10 @@ def read_results(build: Build, dram: np.ndarray) -> tuple[list[int], np.ndarray,
     for kind in ("k", "v"):
         layers = []
         for layer in range(cfg.n_layers):
-            pool = mmap[f"kv:{layer}:{kind}"]
-            blocks = dram[pool.offset:pool.end].view(np.int8).reshape(-1, bt, cfg.kv_dim)
-            rows = np.concatenate([blocks[table[i]] for i in range(len(table))])[:positions]
+            pool = mmap[f"kv:{layer}:{kind}"].offset
+            starts = [kv_row_addr(pool, int(table[t // bt]), t, bt, cfg.kv_dim)
+                      for t in range(positions)]
+            rows = np.stack([dram[a:a + cfg.kv_dim] for a in starts]).view(np.int8)
             layers.append(rows.reshape(positions, cfg.n_kv_heads, cfg.head_dim))
         kv[kind] = np.stack(layers)
     return generated, logits[n_prompt - 1:positions - 1].copy(), kv
@@ -101,16 +109,36 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
     if sim != "isa":
         raise ValueError(f"unknown simulator {sim!r} (available: isa, rtl)")
     t0 = time.perf_counter()
-    simulator = IsaSimulator(build.hw, build.image.data, check_races=check_races)
+    simulator = IsaSimulator(build.hw, simulated_dram(build), check_races=check_races)
     counters = {}
     for p in build.programs:
         simulator.counters = type(simulator.counters)()
         counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
                                                                 p.name)).values)
-    check_read_only(build, simulator.dram)
-    tokens, logits, kv = read_results(build, simulator.dram)
-    return RunResult(tokens, logits, kv, counters, simulator.dram,
-                     time.perf_counter() - t0, l2=simulator.l2)
+    dram = image_part(build, simulator.dram)
+    tokens, logits, kv = read_results(build, dram)
+    return RunResult(tokens, logits, kv, counters, dram, time.perf_counter() - t0,
+                     l2=simulator.l2)
+
+
+def simulated_dram(build: Build) -> np.ndarray:
+    """The DRAM both simulators run a build on: its image, then zeros up to the RTL's
+    DRAM capacity (``rtl.common.rtl_dram_bytes``), so that both refuse the same
+    addresses as out of range."""
+    data = build.image.data
+    return np.concatenate([data, np.zeros(rtl_dram_bytes(data.size) - data.size, np.uint8)])
+
+
+def image_part(build: Build, dram: np.ndarray) -> np.ndarray:
+    """The image's part of a simulated DRAM after a run, checked: nothing written beyond
+    the image and nothing changed in a read-only region (``RunIntegrityError``)."""
+    size = build.image.data.size
+    beyond = np.flatnonzero(dram[size:])
+    if beyond.size:
+        raise RunIntegrityError(f"the run wrote simulated DRAM beyond the image (from byte "
+                                f"{size + int(beyond[0])})")
+    check_read_only(build, dram[:size])
+    return dram[:size]
 
 
 def _run_rtl(build: Build, waves: bool) -> RunResult:
@@ -125,19 +153,15 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
     counters, busy_before = {}, 0
     for entry in job.programs:
         if entry["timed_out"]:
-            raise RuntimeError(f"RTL program {entry['name']} did not finish within the cycle "
-                               f"limit (a deadlock?)")
+            raise RunTimeoutError(f"RTL program {entry['name']} did not finish within the "
+                                  f"cycle limit (a deadlock?)")
         if entry["error"]:
             raise AcceleratorError(ErrorCode(entry["error_code"]), entry["error_index"],
                                    f"the RTL stopped in program {entry['name']}")
         counters[entry["name"]] = {**entry["counters"],
                                    "dram_busy_cycles": entry["dram_busy_cycles"] - busy_before}
         busy_before = entry["dram_busy_cycles"]
-    dram, beyond = job.reads["dram"][:image.size], job.reads["dram"][image.size:]
-    if beyond.any():
-        raise RunIntegrityError(f"the run wrote simulated DRAM beyond the image (from byte "
-                                f"{image.size + int(np.flatnonzero(beyond)[0])})")
-    check_read_only(build, dram)
+    dram = image_part(build, job.reads["dram"])
     tokens, logits, kv = read_results(build, dram)
     seconds = {entry["name"]: entry["wall_seconds"] for entry in job.programs}
     return RunResult(tokens, logits, kv, counters, dram, job.wall_seconds, seconds, job.l2)

@@ -7,8 +7,6 @@ RTL generator, the performance model and the cost model all take. It validates e
 field on construction (``HardwareError`` names the field and the reason). Presets live
 as TOML files in ``configs/``; ``load_hardware(path_or_name)`` reads one and refuses
 unknown keys, missing keys and out-of-range values with the file, the key and the reason.
-
-Tested by tests/compiler/test_hardware.py.
 """
 
 from __future__ import annotations
@@ -90,6 +88,12 @@ class HardwareConfig:
             raise HardwareError(f"l2_bytes = {self.l2_bytes} must be a multiple of "
                                 f"l2_banks * l2_port_bytes = {self.l2_banks * self.l2_port_bytes}")
         W = self.line_bytes
+        if (self.l2_banks * self.l2_port_bytes) % W:
+            raise HardwareError(f"l2_banks * l2_port_bytes = {self.l2_banks} * "
+                                f"{self.l2_port_bytes} must be a multiple of the line of {W} "
+                                f"bytes (the line follows dram_bytes_per_cycle = "
+                                f"{self.dram_bytes_per_cycle}): the L2 moves whole lines, "
+                                f"its banks grouped line-wide")
         if W % self.array_rows:
             raise HardwareError(f"array_rows = {self.array_rows} must divide the line of {W} "
                                 f"bytes (the line follows dram_bytes_per_cycle = "
@@ -147,9 +151,9 @@ class HardwareConfig:
 
     @property
     def l2_lines_per_cycle(self) -> float:
-        """Lines of ``line_bytes`` the L2's banks move per cycle in all (the RTL groups
-        its banks into this many line-wide banks, so it must be a whole number there)."""
-        return self.l2_banks * self.l2_port_bytes / self.line_bytes
+        """Lines of ``line_bytes`` the L2's banks move per cycle in all: the RTL groups its
+        banks into this many line-wide banks (a whole number, checked above)."""
+        return self.l2_banks * self.l2_port_bytes // self.line_bytes
 
     @property
     def l2_bank_bytes(self) -> int:

@@ -295,6 +295,7 @@ BY_MNEMONIC = {op.mnemonic: op for op in OPCODES}
 BY_CODE = {op.code: op for op in OPCODES}
 
 COUNTER_BITS = 64   # every performance counter, in the RTL and in STORE_COUNTERS' block
+COUNTER_BYTES = COUNTER_BITS // 8
 
 COUNTERS = (
     "cycles", "instructions",
@@ -306,7 +307,7 @@ COUNTERS = (
 # A requantisation parameter word (REQUANT, SILU_MUL, RESADD): stored as a 32-bit word in
 # L2, the multiplier mantissa in its low 16 bits and the right shift above it.
 PARAM_WORD = data.StructLayout({"mult": 16, "shift": 6})
-PARAM_WORD_BYTES = 4
+PARAM_WORD_BYTES = ELEM_BYTES["uint32"]      # the element type of every param_addr
 
 
 def pack_param(mult: int, shift: int) -> int:
@@ -316,19 +317,23 @@ def pack_param(mult: int, shift: int) -> int:
 
 # -- the paged KV cache's addressing (KV_PREFETCH, KV_APPEND) ----------------------------
 
-BLOCK_TABLE_ENTRY_BYTES = 4      # the block table holds one int32 block number per block
+INT32_BYTES = 4     # the words the DMA engines read: gather indices, block-table entries
+BLOCK_TABLE_ENTRY_BYTES = INT32_BYTES    # one int32 block number per block
 
 
-def kv_table_entry_addr(table_addr: int, token: int, block_tokens: int) -> int:
-    """DRAM address of the block-table entry that holds ``token``'s block."""
-    return table_addr + BLOCK_TABLE_ENTRY_BYTES * (token // block_tokens)
+def kv_table_entry_addr(table_addr, token, block_tokens: int):
+    """DRAM address of the block-table entry that holds ``token``'s block:
+    ``table + 4 * (token // B)``, as shifts (``B`` = ``kv_block_tokens``, a power of two),
+    so the RTL's DMA engines use it on Amaranth values as the ISA simulator does on ints."""
+    shift = block_tokens.bit_length() - 1
+    return table_addr + ((token >> shift) << (BLOCK_TABLE_ENTRY_BYTES.bit_length() - 1))
 
 
-def kv_row_addr(pool_addr: int, block: int, token: int, block_tokens: int,
-                row_bytes: int) -> int:
+def kv_row_addr(pool_addr, block, token, block_tokens: int, row_bytes):
     """DRAM address of ``token``'s row in a KV pool, ``block`` being its block-table entry:
-    block ``b`` holds ``block_tokens`` rows of ``row_bytes`` from ``pool + b * B * row``."""
-    return pool_addr + (block * block_tokens + token % block_tokens) * row_bytes
+    block ``b`` holds ``B`` rows of ``row_bytes`` from ``pool + b * B * row_bytes``
+    (``B`` = ``kv_block_tokens``, a power of two). Ints or Amaranth values."""
+    return pool_addr + block * block_tokens * row_bytes + (token & (block_tokens - 1)) * row_bytes
 
 
 # -- the L2 operands of the compute instructions ------------------------------------------
@@ -423,11 +428,25 @@ _BLOCKS = ("REQUANT", "RMSNORM", "SOFTMAX", "SILU_MUL", "RESADD")
 
 
 def operand_faults(mnemonic: str, f) -> list[tuple[object, str]]:
-    """The ISA's refusals of a compute instruction's fields (``BAD_OPERAND``), checked in
-    this order before its operands' ranges: ``(condition, message)``, the condition over
+    """The ISA's refusals of an instruction's fields (``BAD_OPERAND``), checked in this
+    order before its operands' ranges: ``(condition, message)``, the condition over
     ``f(name)`` (ints or Amaranth values), the message with ``{field}`` placeholders
     (and ``{mnemonic}``). Read by ``compiler.semantics.check`` and the RTL's operand
-    check (``rtl/operand_check.py``)."""
+    check (``rtl/operand_check.py``); the DMA engines (``rtl/dma.py``) refuse the same
+    misaligned int32 reads and counter blocks as they reach them.
+
+    Alignment: the DMA engines read int32 indices and block-table entries as aligned
+    words, and write the counter block as aligned 64-bit words."""
+    if mnemonic == "DMA_GATHER":
+        return [((f("count") > 0) & ((f("idx_addr") & (INT32_BYTES - 1)) != 0),
+                 "DMA_GATHER idx_addr 0x{idx_addr:x} is not a multiple of 4")]
+    if mnemonic in ("KV_PREFETCH", "KV_APPEND"):
+        return [((f("n_tokens") > 0)
+                 & ((f("table_addr") & (BLOCK_TABLE_ENTRY_BYTES - 1)) != 0),
+                 "{mnemonic} table_addr 0x{table_addr:x} is not a multiple of 4")]
+    if mnemonic == "STORE_COUNTERS":
+        return [((f("dram_addr") & (COUNTER_BYTES - 1)) != 0,
+                 "STORE_COUNTERS dram_addr 0x{dram_addr:x} is not a multiple of 8")]
     if mnemonic == "MATMUL":
         return [((f("m") == 0) | (f("k") == 0) | (f("n") == 0),
                  "MATMUL with an empty dimension (m={m}, k={k}, n={n})")]

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 from arch.hardware import HardwareConfig
 from arch.isa import (
     BLOCK_TABLE_ENTRY_BYTES,
-    COUNTER_BITS,
+    COUNTER_BYTES,
     COUNTERS,
     OUT_BYTES,
     Engine,
@@ -63,7 +63,7 @@ class Calibration:
     mm_old_output_latency: int = 5  # a writeback that accumulates: its first old row read
     vec_fixed: int = 11           # start-up and drain of a vector instruction
     vec_segment_min: int = 3      # the shortest segment
-    engine_overhead: int = 2      # CHECK and END around the unit's run
+    engine_overhead: int = 2      # the engine shell's START and END around the unit's run
 
 
 CALIBRATION = Calibration()
@@ -197,7 +197,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     if instr.mnemonic == "STORE_COUNTERS":
         n = len(COUNTERS)
         return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 3,
-                         dram_write_bytes=COUNTER_BITS // 8 * n, dram_lines=n)
+                         dram_write_bytes=COUNTER_BYTES * n, dram_lines=n)
     # Times are max-plus triples (see ``Copies``): (alone, + read side free, + write side free).
     t = (cal.dma_setup, NEVER, NEVER)
     read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)

@@ -26,6 +26,14 @@ GEMM_ROW_FACTOR = 4
 # BEGIN: its unit starts two cycles after the engine's previous END.
 ENGINE_START_CYCLES = 2
 
+# The controller's pipeline (rtl/controller.py), as the performance model times it: the
+# first fetch request FETCH_START cycles after start (start and pc are registered), an
+# instruction decoded and dispatched DISPATCH_LATENCY cycles after its DRAM response, and
+# done DONE_LATENCY cycles after the last engine's end.
+FETCH_START = 2
+DISPATCH_LATENCY = 2
+DONE_LATENCY = 2
+
 # Power-on reset: the top holds every flip-flop in reset for this many cycles after the
 # simulator starts (rtl/top.py), and the cocotb bench waits them out (rtl/bench.py).
 RESET_CYCLES = 3

@@ -58,7 +58,7 @@ def unit_cycles(params, instr, mem) -> int:
     from rtl.l2 import L2
     from rtl.matmul_unit import MatmulUnit
 
-    unit, l2 = MatmulUnit(params), L2(params, MatmulUnit.N_PORTS)
+    unit, l2 = MatmulUnit(params=params), L2(params=params, n_ports=MatmulUnit.N_PORTS)
     top = Module()
     top.submodules.unit, top.submodules.l2 = unit, l2
     for i in range(MatmulUnit.N_PORTS):

@@ -75,6 +75,7 @@ def _content_hash(manifest: dict) -> str:
 def save_build(build, folder: str | Path, extra_files: dict[str, Path] | None = None) -> Path:
     """Write ``build`` (a ``compiler.driver.Build``) into ``folder``; see the contract."""
     folder = Path(folder)
+    _clear_previous_build(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for p in build.programs:
@@ -98,6 +99,34 @@ def save_build(build, folder: str | Path, extra_files: dict[str, Path] | None = 
     manifest["manifest_sha256"] = _content_hash(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return folder
+
+
+def _clear_previous_build(folder: Path) -> None:
+    """Make ``folder`` ready for a new build: absent or empty, or a build folder whose
+    files (those its manifest lists, and the manifest) are removed first, so no file of
+    the previous build stays beside the new one. Anything else is refused (``BuildError``):
+    a file, or a folder holding other files."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise BuildError(f"{folder}: is a file; a build is written into a folder")
+    present = {f.name for f in folder.iterdir()}
+    if not present:
+        return
+    listed: set[str] = set()
+    if MANIFEST in present:
+        try:
+            listed = set(json.loads((folder / MANIFEST).read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            listed = set()
+        listed &= present            # plain names of files in this folder, nothing else
+    others = present - listed - {MANIFEST}
+    if MANIFEST not in present or others:
+        raise BuildError(f"{folder}: is not empty and not a build folder written by accel "
+                         f"compile (it holds {sorted(others or present)[0]!r}); choose a new "
+                         f"or empty folder")
+    for name in listed | {MANIFEST}:
+        (folder / name).unlink(missing_ok=True)
 
 
 # -- reading and checking ------------------------------------------------------------------

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import COUNTERS, INSTR_BYTES, Instruction
+from arch.isa import (
+    BLOCK_TABLE_ENTRY_BYTES,
+    COUNTER_BYTES,
+    COUNTERS,
+    INSTR_BYTES,
+    INT32_BYTES,
+    Instruction,
+)
 from compiler.backend import (
     MIN_RING_BYTES,
     BuildContext,
@@ -157,16 +164,16 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
     for name, p in params.items():
         mmap.add(f"param:{name}", param_size(p))
     mmap.start_writable()
-    mmap.add("tokens", 4 * (cfg.max_seq_len + 1))
+    mmap.add("tokens", INT32_BYTES * (cfg.max_seq_len + 1))        # int32 token ids
     n_blocks = -(-positions // hw.kv_block_tokens)
-    mmap.add("block_table", 4 * n_blocks)
+    mmap.add("block_table", BLOCK_TABLE_ENTRY_BYTES * n_blocks)
     pool = n_blocks * hw.kv_block_tokens * cfg.kv_dim
     for layer in range(cfg.n_layers):
         for kind in ("k", "v"):
             mmap.add(f"kv:{layer}:{kind}", pool)
     mmap.add("logits", 2 * cfg.vocab_size * positions)
     for name in program_names:
-        mmap.add(f"counters:{name}", 8 * len(COUNTERS))
+        mmap.add(f"counters:{name}", COUNTER_BYTES * len(COUNTERS))
     if mmap.size > hw.dram_bytes:
         raise CompileError(f"the DRAM image needs {mmap.size} bytes, more than "
                            f"dram_bytes = {hw.dram_bytes}")
@@ -252,3 +259,13 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
     name = "decode_000" if kind == "decode" else "prefill"
     mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data)
     return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1)
+
+
+def compile_timing_step(cfg: ModelConfig, hw: HardwareConfig, at: int | None = None,
+                        prefetch: bool | None = None) -> Build:
+    """One decode step of ``cfg`` at position ``at`` (default: half the context) without
+    weights: a build to time (``sweeps.perf``), not to run."""
+    from models.integer import quant_struct
+
+    at = cfg.max_seq_len // 2 if at is None else at
+    return compile_step(cfg, quant_struct(cfg), hw, at, 1, prefetch=prefetch)

@@ -98,8 +98,8 @@ def new_tensor(name: str, shape: tuple[int, ...], dtype: str) -> Tensor:
 
 @dataclass(frozen=True)
 class ParamWords:
-    """Requantisation parameters packed as ``mult | shift << 16`` words (per channel or
-    one). With ``then``, a second set is interleaved: two words per column."""
+    """Requantisation parameters packed as parameter words (``arch.isa.PARAM_WORD``), per
+    channel or one. With ``then``, a second set is interleaved: two words per column."""
 
     mult: Param
     shift: Param

@@ -33,6 +33,7 @@ from arch.hardware import HardwareConfig
 from arch.isa import (
     COUNTERS,
     ENGINES,
+    OPCODES,
     PARAM_WORD,
     Engine,
     ErrorCode,
@@ -206,7 +207,7 @@ class IsaSimulator:
         of single instructions against the RTL)."""
         acc = accesses(instr, self.hw, self.read_i32)
         check(instr, self.hw, acc, len(self.dram))
-        getattr(self, "_op_" + instr.mnemonic.lower())(instr, acc)
+        EXECUTE[instr.mnemonic](self, instr, acc)
 
     def _execute(self, index: int, instr: Instruction, clock, owner, program) -> None:
         if instr.engine == Engine.CONTROL:
@@ -215,8 +216,7 @@ class IsaSimulator:
         check(instr, self.hw, acc, len(self.dram), index)
         if self.check_races:
             self._check_races(index, instr.engine, flat(acc), clock, owner, program)
-        run = getattr(self, "_op_" + instr.mnemonic.lower())
-        run(instr, acc)
+        EXECUTE[instr.mnemonic](self, instr, acc)
 
     # -- engines -----------------------------------------------------------------------
     def _op_dma_load(self, f, acc):
@@ -306,3 +306,8 @@ class IsaSimulator:
     def _op_argmax(self, f, acc):
         index = N.argmax(self.read(acc["src"], np.int16)[0], xp=np)
         self.write(acc["dst"], np.array([[index]], np.int32))
+
+
+# Each instruction's execution, one per mnemonic the ISA declares (HALT has none).
+EXECUTE = {op.mnemonic: getattr(IsaSimulator, "_op_" + op.mnemonic.lower())
+           for op in OPCODES if op.engine != Engine.CONTROL}

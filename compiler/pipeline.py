@@ -13,10 +13,10 @@ generate       ``code``: natural-order instructions ``verify.verify_code``
                and extra ordering edges
                (``backend.generate``), and each
                one's ``accesses``
-dependencies   ``deps``: per instruction, the latest ``_verify_deps``: each points back to
-               instruction of each other engine it   another engine
+dependencies   ``deps``: per instruction, the latest ``verify.verify_deps``: each points
+               instruction of each other engine it   back to another engine
                must follow (``schedule.dependencies``)
-hoist          ``order``: the stream order (loads   ``_verify_order``: a permutation
+hoist          ``order``: the stream order (loads   ``verify.verify_order``: a permutation
                hoisted with prefetch on,            that keeps every dependency and the
                ``schedule.hoist``)                  order of the non-load engines
 insert_tokens  ``instrs``: the program with wait/   ``verify.verify_schedule``: tokens
@@ -38,14 +38,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from arch.hardware import HardwareConfig
-from arch.isa import Engine, Instruction
+from arch.isa import Instruction
 from compiler.asm import decode_program, encode_program
 from compiler.backend import BuildContext, Code, generate
 from compiler.image import DramImage
 from compiler.ir import Graph
 from compiler.schedule import dependencies, hoist, insert_tokens, program_accesses
 from compiler.semantics import Access
-from compiler.verify import VerifyError, verify_code, verify_graphs, verify_schedule
+from compiler.verify import (
+    VerifyError,
+    verify_code,
+    verify_deps,
+    verify_graphs,
+    verify_order,
+    verify_schedule,
+)
 
 
 @dataclass(frozen=True)
@@ -97,31 +104,11 @@ def _verify_code(p: ProgramIR, c: PassContext) -> None:
 
 
 def _verify_deps(p: ProgramIR, c: PassContext) -> None:
-    instrs = p.code.instrs
-    if len(p.deps) != len(instrs):
-        raise VerifyError(f"{p.name}: {len(p.deps)} dependency sets for {len(instrs)} "
-                          f"instructions")
-    for j, need in enumerate(p.deps):
-        for engine, i in need.items():
-            if not (0 <= i < j and int(instrs[i].engine) == engine != int(instrs[j].engine)):
-                raise VerifyError(f"{p.name}: instruction {j} depends on instruction {i}, "
-                                  f"which is not an earlier instruction of another engine")
+    verify_deps(p.name, p.code.instrs, p.deps)
 
 
 def _verify_order(p: ProgramIR, c: PassContext) -> None:
-    n = len(p.code.instrs)
-    if sorted(p.order) != list(range(n)):
-        raise VerifyError(f"{p.name}: the stream order is not a permutation of the program")
-    position = {j: k for k, j in enumerate(p.order)}
-    for j, need in enumerate(p.deps):
-        for i in need.values():
-            if position[i] > position[j]:
-                raise VerifyError(f"{p.name}: instruction {j} is placed before instruction "
-                                  f"{i}, which it depends on")
-    others = [j for j in p.order if p.code.instrs[j].engine != Engine.LOAD]
-    if others != sorted(others):
-        raise VerifyError(f"{p.name}: the stream order moves an instruction of the compute "
-                          f"or store engine (only loads are hoisted)")
+    verify_order(p.name, p.code.instrs, p.deps, p.order)
 
 
 def _verify_schedule(p: ProgramIR, c: PassContext) -> None:

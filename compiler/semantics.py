@@ -26,8 +26,9 @@ import numpy as np
 from arch.hardware import HardwareConfig
 from arch.isa import (
     BLOCK_TABLE_ENTRY_BYTES,
-    COUNTER_BITS,
+    COUNTER_BYTES,
     COUNTERS,
+    INT32_BYTES,
     Engine,
     ErrorCode,
     Instruction,
@@ -125,9 +126,9 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
     if op == "DMA_GATHER":
         rows = []
         if read_i32 is not None:
-            rows = [_dram(f.table_addr + read_i32(f.idx_addr + 4 * i) * f.row_bytes, 1,
+            rows = [_dram(f.table_addr + read_i32(f.idx_addr + INT32_BYTES * i) * f.row_bytes, 1,
                           f.row_bytes, 0) for i in range(f.count)]
-        return {"idx": _dram(f.idx_addr, 1, 4 * f.count, 0), "rows": rows,
+        return {"idx": _dram(f.idx_addr, 1, INT32_BYTES * f.count, 0), "rows": rows,
                 "dst": _l2(f.l2_addr, f.count, f.row_bytes, f.l2_stride, True)}
     if op == "KV_PREFETCH":
         return {"table": _table(f, hw),
@@ -138,7 +139,7 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
                 "src": _l2(f.l2_addr, f.n_tokens, f.row_bytes, f.row_bytes),
                 "dst": _kv_runs(f, hw, read_i32, 0, f.row_bytes, True)}
     if op == "STORE_COUNTERS":
-        return {"dst": _dram(f.dram_addr, 1, COUNTER_BITS // 8 * len(COUNTERS), 0, True)}
+        return {"dst": _dram(f.dram_addr, 1, COUNTER_BYTES * len(COUNTERS), 0, True)}
     if instr.engine == Engine.COMPUTE:       # the ISA's one declaration of L2 operands
         return {o.key: _l2(o.addr, o.rows, o.row_bytes, o.stride, o.write)
                 for o in compute_operands(op, instr.__getattr__) if o.present}

@@ -11,10 +11,14 @@ runs the program:
   producers and consumers, views inside their buffers).
 * ``verify_code``: the back end's natural-order instructions. Every instruction passes
   the hardware's operand checks (``semantics.check``: legal operands, L2 and DRAM in
-  range, no result written over an operand it still reads); no instruction writes the
-  read-only part of DRAM (below ``MemoryMap.rw_base``: the weights, constants and the
-  programs); extra ordering edges point backwards; the program ends with ``HALT`` and
-  ``STORE_COUNTERS`` writes this program's counter block.
+  range, no result written over an operand it still reads) against the DRAM laid out so
+  far, so nothing reaches the programs placed after it; no instruction writes the
+  read-only part of DRAM (below ``MemoryMap.rw_base``: the weights and constants); extra
+  ordering edges point backwards; the program ends with ``HALT`` and ``STORE_COUNTERS``
+  writes this program's counter block.
+* ``verify_deps`` and ``verify_order``: the scheduling passes' intermediate results
+  (dependencies point back to another engine; the stream order is a permutation that
+  keeps them and moves only loads).
 * ``verify_schedule``: the scheduled program. It is a permutation of the back end's
   instructions (only the wait/signal masks differ), ``HALT`` last; every wait is
   matched by a signal earlier in the stream (the k-th wait of engine B on engine A
@@ -91,6 +95,37 @@ def verify_code(program: str, instrs: list[Instruction], after: dict[int, list[i
         if any(not 0 <= i < index for i in earlier):
             raise VerifyError(f"{program}: instruction {index} is ordered after a later "
                               f"one ({sorted(earlier)})")
+
+
+def verify_deps(program: str, instrs: list[Instruction], deps: list[dict[int, int]]) -> None:
+    """The dependency pass's output: one set per instruction, each pointing back to an
+    earlier instruction of another engine."""
+    if len(deps) != len(instrs):
+        raise VerifyError(f"{program}: {len(deps)} dependency sets for {len(instrs)} "
+                          f"instructions")
+    for j, need in enumerate(deps):
+        for engine, i in need.items():
+            if not (0 <= i < j and int(instrs[i].engine) == engine != int(instrs[j].engine)):
+                raise VerifyError(f"{program}: instruction {j} depends on instruction {i}, "
+                                  f"which is not an earlier instruction of another engine")
+
+
+def verify_order(program: str, instrs: list[Instruction], deps: list[dict[int, int]],
+                 order: list[int]) -> None:
+    """The hoisting pass's stream order: a permutation that keeps every dependency and the
+    order of the compute and store engines (only loads move)."""
+    if sorted(order) != list(range(len(instrs))):
+        raise VerifyError(f"{program}: the stream order is not a permutation of the program")
+    position = {j: k for k, j in enumerate(order)}
+    for j, need in enumerate(deps):
+        for i in need.values():
+            if position[i] > position[j]:
+                raise VerifyError(f"{program}: instruction {j} is placed before instruction "
+                                  f"{i}, which it depends on")
+    others = [j for j in order if instrs[j].engine != Engine.LOAD]
+    if others != sorted(others):
+        raise VerifyError(f"{program}: the stream order moves an instruction of the compute "
+                          f"or store engine (only loads are hoisted)")
 
 
 class _Pages:

@@ -2,7 +2,7 @@
 
 Contract
 --------
-``PortArbiter(addr_bits, line_bytes, n)`` connects ``n`` client ports (``In(MemPort)``)
+``PortArbiter(addr_bits=, line_bytes=, n=)`` connects ``n`` client ports (``In(MemPort)``)
 to one memory port (``Out(MemPort)``). Each cycle the next client after the last
 winner that has a request is granted; the ids of granted reads are queued so that read
 data returns to the client that asked, in order. ``max_reads`` bounds the reads in
@@ -22,7 +22,11 @@ from rtl.dram import MemPort
 
 
 class PortArbiter(wiring.Component):
-    def __init__(self, addr_bits: int, line_bytes: int, n: int, max_reads: int = 256):
+    def __init__(self, *, addr_bits: int, line_bytes: int, n: int, max_reads: int = 256):
+        for name, value in (("addr_bits", addr_bits), ("line_bytes", line_bytes), ("n", n),
+                            ("max_reads", max_reads)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
         self.n = n
         self.max_reads = max_reads
         members = {f"client{i}": In(MemPort(addr_bits, line_bytes)) for i in range(n)}

@@ -47,10 +47,8 @@ class RtlParams:
     macros: bool = False       # large memories as SRAM macro models (Verilator builds)
 
     def __post_init__(self):
-        if self.line_banks < 1:
-            raise ValueError(f"{self.hw.name}: the L2 ({self.hw.l2_banks} banks of "
-                             f"{self.hw.l2_port_bytes} bytes) is narrower than one DRAM word "
-                             f"of {self.line_bytes} bytes")
+        if not isinstance(self.hw, HardwareConfig):
+            raise TypeError(f"hw must be a HardwareConfig, not {self.hw!r}")
         if self.dram_bytes % self.line_bytes:
             raise ValueError(f"dram_bytes {self.dram_bytes} is not a multiple of "
                              f"{self.line_bytes}")
@@ -90,6 +88,13 @@ class RtlParams:
     @property
     def l2_addr_bits(self) -> int:
         return max(1, (self.l2_lines - 1).bit_length())
+
+
+def check_params(params) -> None:
+    """What every component's keyword-only constructor checks first: ``TypeError`` unless
+    ``params`` is an ``RtlParams``."""
+    if not isinstance(params, RtlParams):
+        raise TypeError(f"params must be RtlParams, not {params!r}")
 
 
 # The simulated DRAM of a Verilog file or synthesis run with no image to hold: its width

@@ -2,7 +2,7 @@
 
 Contract
 --------
-``ComputeEngine(params)`` executes the compute instructions of its queue
+``ComputeEngine(params=...)`` executes the compute instructions of its queue
 (``isa.opcodes_of(Engine.COMPUTE)``) in order, behind the same ``EngineShell`` as the DMA
 engines (``rtl/engine.py``: queue, begin/end token handshake, faults; the first cycle of
 execution is the operand check): ``MATMUL`` goes to the
@@ -28,7 +28,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
-from rtl.common import RtlParams
+from rtl.common import RtlParams, check_params
 from rtl.controller import ErrorPort, TokenPort
 from rtl.decode import code, field, queued_layout
 from rtl.dram import MemPort
@@ -45,9 +45,8 @@ OPS = tuple(op.mnemonic for op in isa.opcodes_of(isa.Engine.COMPUTE))
 class ComputeEngine(wiring.Component):
     N_PORTS = MatmulUnit.N_PORTS + N_VECTOR_PORTS
 
-    def __init__(self, params: RtlParams):
-        if not isinstance(params, RtlParams):
-            raise TypeError(f"params must be RtlParams, not {params!r}")
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         self.params = params
         members = {
             "queue": In(stream.Signature(queued_layout())),
@@ -67,9 +66,9 @@ class ComputeEngine(wiring.Component):
         p = self.params
         m = Module()
         m.submodules.shell = shell = EngineShell()
-        m.submodules.matmul = mm = MatmulUnit(p)
-        m.submodules.vector = vec = VectorUnit(p)
-        m.submodules.check = check = OperandCheck(p)
+        m.submodules.matmul = mm = MatmulUnit(params=p)
+        m.submodules.vector = vec = VectorUnit(params=p)
+        m.submodules.check = check = OperandCheck(params=p)
         for name in ("queue", "tokens", "fault"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(shell, name))
         for i in range(MatmulUnit.N_PORTS):

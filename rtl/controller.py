@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from arch.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
-from rtl.common import RtlParams, log2
+from rtl.common import RtlParams, check_params, log2
 from rtl.decode import INDEX_BITS, engine_of, opcode, queued_layout, signal_mask, wait_mask
 from rtl.dram import MemPort
 
@@ -50,15 +50,18 @@ class TokenPort(wiring.Signature):
 
 class ErrorPort(wiring.Signature):
     def __init__(self):
-        super().__init__({"valid": Out(1), "code": Out(8), "index": Out(INDEX_BITS)})
+        super().__init__({"valid": Out(1), "code": Out(isa.ErrorCode.as_shape()),
+                          "index": Out(INDEX_BITS)})
 
 
 class Controller(wiring.Component):
-    def __init__(self, params: RtlParams):
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         self.params = params
         members = {
-            "start": In(1), "pc": In(32),
-            "done": Out(1), "error": Out(1), "error_code": Out(8), "error_index": Out(INDEX_BITS),
+            "start": In(1), "pc": In(isa.DRAM_ADDR_BITS),
+            "done": Out(1), "error": Out(1), "error_code": Out(isa.ErrorCode.as_shape()),
+            "error_index": Out(INDEX_BITS),
             "running": Out(1),
             "fetch": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
             "instructions": Out(isa.COUNTER_BITS),

@@ -2,7 +2,7 @@
 
 Contract
 --------
-``RowCopier(params, src_l2, dst_l2)`` accepts commands ``(src, dst, n)`` (byte
+``RowCopier(params=, src_l2=, dst_l2=)`` accepts commands ``(src, dst, n)`` (byte
 addresses in its source and destination spaces, ``n >= 1`` bytes; up to ``CMD_DEPTH``
 queued) and copies the bytes one line per cycle when neither side stalls, the reads of
 later commands running ahead of the writes of earlier ones; ``idle`` means all are
@@ -32,7 +32,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch.uarch import CMD_DEPTH
-from rtl.common import RtlParams
+from rtl.common import RtlParams, check_params
 from rtl.dram import MemPort
 
 ADDR_BITS = 32
@@ -53,8 +53,9 @@ def beat_layout(line_bytes: int) -> data.StructLayout:
 
 
 class RowCopier(wiring.Component):
-    def __init__(self, params: RtlParams, src_l2: bool = False, dst_l2: bool = False,
+    def __init__(self, *, params: RtlParams, src_l2: bool = False, dst_l2: bool = False,
                  dst_stream: bool = False, src_stream: bool = False):
+        check_params(params)
         self.params = params
         self.src_l2 = src_l2
         self.dst_stream = dst_stream

@@ -51,7 +51,7 @@ def code(mnemonic: str) -> int:
 
 def engine_of(m: Module, op: Value) -> tuple[Signal, Signal]:
     """(engine number, valid) of an opcode, from the declaration's table."""
-    engine = Signal(2)
+    engine = Signal(isa.Engine.as_shape())
     valid = Signal()
     with m.Switch(op):
         for spec in isa.OPCODES:

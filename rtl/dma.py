@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from arch.uarch import DEFERRED
-from rtl.common import RtlParams, log2
+from rtl.common import RtlParams, check_params, log2
 from rtl.controller import ErrorPort, TokenPort
 from rtl.copier import RowCopier, copy_layout
 from rtl.decode import code, field, queued_layout
@@ -62,10 +62,9 @@ def _check_direction(direction) -> None:
 
 
 class DmaEngine(wiring.Component):
-    def __init__(self, params: RtlParams, *, direction: str):
+    def __init__(self, *, params: RtlParams, direction: str):
+        check_params(params)
         _check_direction(direction)
-        if not isinstance(params, RtlParams):
-            raise TypeError(f"params must be RtlParams, not {params!r}")
         self.params = params
         self.direction = direction
         members = {
@@ -87,7 +86,7 @@ class DmaEngine(wiring.Component):
         m = Module()
         m.submodules.shell = shell = EngineShell(deferred=DEFERRED)
         m.submodules.sequencer = seq = RowSequencer(params=self.params, direction=self.direction)
-        m.submodules.copier = copier = RowCopier(self.params, src_l2=not load, dst_l2=load)
+        m.submodules.copier = copier = RowCopier(params=self.params, src_l2=not load, dst_l2=load)
         for name in ("queue", "tokens", "fault"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(shell, name))
         # The copier's sides are this engine's L2 port and DRAM port; the engine's own
@@ -130,6 +129,7 @@ class RowSequencer(wiring.Component):
     """
 
     def __init__(self, *, params: RtlParams, direction: str):
+        check_params(params)
         _check_direction(direction)
         self.params, self.direction = params, direction
         self.load = direction == "load"
@@ -201,7 +201,8 @@ class RowSequencer(wiring.Component):
             with m.Elif(self._is(c)):
                 with m.If(f(c, "dram_addr")[:3] != 0):
                     self._fault(m, isa.ErrorCode.BAD_OPERAND)
-                with m.Elif(f(c, "dram_addr") + 8 * N_COUNTERS > self.params.dram_bytes):
+                with m.Elif(f(c, "dram_addr") + isa.COUNTER_BYTES * N_COUNTERS
+                            > self.params.dram_bytes):
                     self._fault(m, isa.ErrorCode.DRAM_OUT_OF_RANGE)
                 with m.Else():
                     m.d.sync += r["dst_run"].eq(f(c, "dram_addr"))
@@ -229,10 +230,10 @@ class RowSequencer(wiring.Component):
                     m.next = "SETUP"
         with m.Elif(needs_int & ~r["have_int"]):
             with m.If(gather):
-                m.d.sync += r["int_addr"].eq(r["int_base"] + (row << 2))
+                m.d.sync += r["int_addr"].eq(r["int_base"] + (row << log2(isa.INT32_BYTES)))
             with m.Else():
                 m.d.sync += r["int_addr"].eq(
-                    r["int_base"] + ((r["token"] >> log2(p.hw.kv_block_tokens)) << 2))
+                    isa.kv_table_entry_addr(r["int_base"], r["token"], p.hw.kv_block_tokens))
             m.next = "INT_CHECK"
         with m.Elif(row_n == 0):
             m.d.comb += advance.eq(1)
@@ -260,7 +261,7 @@ class RowSequencer(wiring.Component):
         with m.State("INT_CHECK"):
             with m.If(int_addr[:2] != 0):
                 self._fault(m, isa.ErrorCode.BAD_OPERAND)
-            with m.Elif(int_addr + 4 > self.params.dram_bytes):
+            with m.Elif(int_addr + isa.INT32_BYTES > self.params.dram_bytes):
                 self._fault(m, isa.ErrorCode.DRAM_OUT_OF_RANGE)
             with m.Else():
                 m.next = "INT_REQ"
@@ -284,7 +285,7 @@ class RowSequencer(wiring.Component):
             with m.If(i == N_COUNTERS):
                 m.next = "DRAIN"
             with m.Else():
-                addr = r["dst_run"] + (i << 3)
+                addr = r["dst_run"] + (i << log2(isa.COUNTER_BYTES))
                 word = Signal(bits)
                 with m.Switch(i):
                     for k in range(N_COUNTERS):
@@ -309,8 +310,7 @@ class RowSequencer(wiring.Component):
         bt = hw.kv_block_tokens
         m.d.comb += [
             r["token"].eq(r["first"] + r["row"]),
-            r["kv_src"].eq(r["pool"] + r["value"] * bt * r["row_bytes"]
-                           + (r["token"] & (bt - 1)) * r["row_bytes"]),
+            r["kv_src"].eq(isa.kv_row_addr(r["pool"], r["value"], r["token"], bt, r["row_bytes"])),
         ]
         kv = self._is("KV_PREFETCH" if load else "KV_APPEND")
         needs_int = (self._is("DMA_GATHER") if load else Const(0)) | (

@@ -23,7 +23,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
-from rtl.common import RtlParams
+from rtl.common import RtlParams, check_params
 from rtl.sram import Sram
 
 
@@ -51,7 +51,8 @@ class DramModel(wiring.Component):
     busy_cycles : ``Out(64)`` — cycles in which a request was accepted.
     """
 
-    def __init__(self, params: RtlParams):
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         self.params = params
         hw = params.hw
         self.latency = hw.dram_latency_cycles
@@ -60,8 +61,8 @@ class DramModel(wiring.Component):
             "port": In(MemPort(params.dram_addr_bits, params.line_bytes)),
             "busy_cycles": Out(isa.COUNTER_BITS),
         })
-        self.storage = Sram(params.line_bytes, params.dram_words, params.macros,
-                            backdoor=True)
+        self.storage = Sram(width_bytes=params.line_bytes, depth=params.dram_words,
+                            macro=params.macros, backdoor=True)
 
     def elaborate(self, platform):
         p, hw = self.params, self.params.hw

@@ -2,7 +2,7 @@
 
 Contract
 --------
-``L2(params, n_ports)`` holds ``hw.l2_bytes`` in ``params.line_banks`` banks of one line
+``L2(params=, n_ports=)`` holds ``hw.l2_bytes`` in ``params.line_banks`` banks of one line
 (``params.line_bytes``) each, interleaved by line: line ``a`` lives in bank
 ``a % line_banks`` at row ``a // line_banks``. Each port (``MemPort``) may issue one
 line request per cycle. Requests to different banks proceed in the same cycle; for each
@@ -21,21 +21,22 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
-from rtl.common import RtlParams, log2
+from rtl.common import RtlParams, check_params, log2
 from rtl.dram import MemPort
 from rtl.sram import Sram
 
 
 class L2(wiring.Component):
-    def __init__(self, params: RtlParams, n_ports: int):
+    def __init__(self, *, params: RtlParams, n_ports: int):
+        check_params(params)
         if n_ports < 1:
             raise ValueError(f"n_ports must be positive, not {n_ports!r}")
         self.params = params
         self.n_ports = n_ports
         super().__init__({f"port{i}": In(MemPort(params.l2_addr_bits, params.line_bytes))
                           for i in range(n_ports)})
-        self.banks = [Sram(params.line_bytes, params.bank_depth, params.macros, bank=b)
-                      for b in range(params.line_banks)]
+        self.banks = [Sram(width_bytes=params.line_bytes, depth=params.bank_depth,
+                           macro=params.macros, bank=b) for b in range(params.line_banks)]
 
     def port(self, i: int):
         return getattr(self, f"port{i}")

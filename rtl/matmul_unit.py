@@ -48,7 +48,7 @@ from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
-from rtl.common import RtlParams, log2
+from rtl.common import RtlParams, check_params, log2
 from rtl.copier import RowCopier
 from rtl.decode import field
 from rtl.dram import MemPort
@@ -79,7 +79,8 @@ class Geometry:
     acc_rows : accumulator rows per half.
     """
 
-    def __init__(self, params: RtlParams):
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         hw = params.hw
         self.W, self.R, self.C = params.line_bytes, hw.array_rows, hw.array_cols
         self.mt_gemv, kt_gemv = hw.matmul_tile(isa.MatmulMode.GEMV)
@@ -171,6 +172,7 @@ class TileFiller(wiring.Component):
     """
 
     def __init__(self, *, params: RtlParams, geometry: Geometry):
+        check_params(params)
         self.params, g = params, geometry
         self.g = g
         t = TileBuffers.ports(g)
@@ -187,8 +189,8 @@ class TileFiller(wiring.Component):
         p, g, op = self.params, self.g, self.op
         W, C = g.W, g.C
         m = Module()
-        m.submodules.x_reader = xr = RowCopier(p, src_l2=True, dst_stream=True)
-        m.submodules.w_reader = wr = RowCopier(p, src_l2=True, dst_stream=True)
+        m.submodules.x_reader = xr = RowCopier(params=p, src_l2=True, dst_stream=True)
+        m.submodules.w_reader = wr = RowCopier(params=p, src_l2=True, dst_stream=True)
         wiring.connect(m, wiring.flipped(self.x_port), xr.src)
         wiring.connect(m, wiring.flipped(self.w_port), wr.src)
 
@@ -538,6 +540,7 @@ class Writeback(wiring.Component):
     """
 
     def __init__(self, *, params: RtlParams, geometry: Geometry):
+        check_params(params)
         self.params, g = params, geometry
         self.g = g
         port = MemPort(params.l2_addr_bits, params.line_bytes)
@@ -552,8 +555,8 @@ class Writeback(wiring.Component):
     def elaborate(self, platform):
         p, g, op = self.params, self.g, self.op
         m = Module()
-        m.submodules.acc_reader = ar = RowCopier(p, src_l2=True, dst_stream=True)
-        m.submodules.out_writer = ow = RowCopier(p, dst_l2=True, src_stream=True)
+        m.submodules.acc_reader = ar = RowCopier(params=p, src_l2=True, dst_stream=True)
+        m.submodules.out_writer = ow = RowCopier(params=p, dst_l2=True, src_stream=True)
         wiring.connect(m, wiring.flipped(self.acc_port), ar.src)
         wiring.connect(m, wiring.flipped(self.out_port), ow.dst)
 
@@ -623,7 +626,8 @@ class MatmulUnit(wiring.Component):
 
     N_PORTS = 4
 
-    def __init__(self, params: RtlParams):
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         hw = params.hw
         W = params.line_bytes
         R, C = hw.array_rows, hw.array_cols

@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from arch.isa import ErrorCode
-from rtl.common import RtlParams
+from rtl.common import RtlParams, check_params
 from rtl.decode import code as opcode_of
 from rtl.decode import field
 
@@ -59,7 +59,8 @@ def operands(word) -> dict[str, list[isa.L2Operand]]:
 
 
 class OperandCheck(wiring.Component):
-    def __init__(self, params: RtlParams):
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         self.params = params
         super().__init__({"word": In(isa.INSTR_BITS), "code": Out(ErrorCode)})
 

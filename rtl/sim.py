@@ -125,7 +125,7 @@ def write_verilog(params: RtlParams, folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     top = folder / "sim_top.v"
-    top.write_text(verilog.convert(SimTop(params), name="sim_top"))
+    top.write_text(verilog.convert(SimTop(params=params), name="sim_top"))
     macro = folder / "sram_macro.v"
     macro.write_text((Path(__file__).resolve().parent / "verilog" / "sram_macro.v").read_text())
     return [top, macro]

@@ -2,7 +2,7 @@
 
 Contract
 --------
-``Sram(width_bytes, depth, macro, backdoor=False)`` has one synchronous read port
+``Sram(width_bytes=, depth=, macro=, backdoor=False)`` has one synchronous read port
 (``ren``, ``raddr``, ``rdata`` valid the next cycle, held while ``ren`` is low) and one
 write port with a byte-enable mask (``wen``, ``waddr``, ``wdata``); a read and a write of
 the same row in one cycle return the old data. With ``macro=False`` it is an
@@ -32,9 +32,9 @@ MACRO_SOURCE = Path(__file__).resolve().parent / "verilog" / "sram_macro.v"
 
 
 class Sram(wiring.Component):
-    def __init__(self, width_bytes: int, depth: int, macro: bool, backdoor: bool = False,
+    def __init__(self, *, width_bytes: int, depth: int, macro: bool, backdoor: bool = False,
                  bank: int | None = None):
-        if width_bytes < 1 or depth < 1:
+        if not all(isinstance(v, int) and v >= 1 for v in (width_bytes, depth)):
             raise ValueError(f"an SRAM needs positive width and depth, not {width_bytes}x{depth}")
         if backdoor and bank is not None:
             raise ValueError("an SRAM is the DRAM's storage (backdoor) or an L2 bank, not both")

@@ -117,7 +117,7 @@ def _synth_stats(params: RtlParams) -> dict:
 
     if not params.macros:
         raise ValueError("synthesis statistics are taken with the L2 as SRAM macros")
-    netlist = _run_yosys(rtlil.convert(Accelerator(params), name="accelerator"))
+    netlist = _run_yosys(rtlil.convert(Accelerator(params=params), name="accelerator"))
     modules = netlist["modules"]
 
     own: dict[str, dict] = {}

@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 from arch import isa
 from arch.uarch import RESET_CYCLES
 from rtl.arbiter import PortArbiter
-from rtl.common import RtlParams
+from rtl.common import RtlParams, check_params
 from rtl.compute import ComputeEngine
 from rtl.controller import Controller
 from rtl.decode import INDEX_BITS
@@ -44,11 +44,13 @@ from rtl.l2 import L2
 
 
 class Accelerator(wiring.Component):
-    def __init__(self, params: RtlParams):
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         self.params = params
         members = {
-            "start": In(1), "pc": In(32),
-            "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),
+            "start": In(1), "pc": In(isa.DRAM_ADDR_BITS),
+            "done": Out(1), "running": Out(1), "error": Out(1),
+            "error_code": Out(isa.ErrorCode.as_shape()),
             "error_index": Out(INDEX_BITS),
             "dram": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
         }
@@ -59,12 +61,13 @@ class Accelerator(wiring.Component):
     def elaborate(self, platform):
         p = self.params
         m = Module()
-        m.submodules.controller = ctl = Controller(p)
-        m.submodules.load = load = DmaEngine(p, direction="load")
-        m.submodules.store = store = DmaEngine(p, direction="store")
-        m.submodules.compute = compute = ComputeEngine(p)
-        m.submodules.l2 = l2 = L2(p, 2 + ComputeEngine.N_PORTS)
-        m.submodules.dram_arbiter = arb = PortArbiter(p.dram_addr_bits, p.line_bytes, 5)
+        m.submodules.controller = ctl = Controller(params=p)
+        m.submodules.load = load = DmaEngine(params=p, direction="load")
+        m.submodules.store = store = DmaEngine(params=p, direction="store")
+        m.submodules.compute = compute = ComputeEngine(params=p)
+        m.submodules.l2 = l2 = L2(params=p, n_ports=2 + ComputeEngine.N_PORTS)
+        m.submodules.dram_arbiter = arb = PortArbiter(addr_bits=p.dram_addr_bits,
+                                                      line_bytes=p.line_bytes, n=5)
 
         m.d.comb += [ctl.start.eq(self.start), ctl.pc.eq(self.pc), self.done.eq(ctl.done),
                      self.running.eq(ctl.running), self.error.eq(ctl.error),
@@ -127,18 +130,20 @@ class Accelerator(wiring.Component):
 class SimTop(wiring.Component):
     """The accelerator with its simulation DRAM; the top of the Verilator model."""
 
-    def __init__(self, params: RtlParams):
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         self.params = params
         super().__init__(self.ports())
-        self.dram = DramModel(params)
+        self.dram = DramModel(params=params)
 
     @staticmethod
     def ports() -> dict:
         """The top-level ports (the same for every configuration): the only signals the
         cocotb bench touches (the DRAM image goes in and out through files)."""
         members = {
-            "clk": In(1), "start": In(1), "pc": In(32),
-            "done": Out(1), "running": Out(1), "error": Out(1), "error_code": Out(8),
+            "clk": In(1), "start": In(1), "pc": In(isa.DRAM_ADDR_BITS),
+            "done": Out(1), "running": Out(1), "error": Out(1),
+            "error_code": Out(isa.ErrorCode.as_shape()),
             "error_index": Out(INDEX_BITS), "dram_busy_cycles": Out(isa.COUNTER_BITS),
         }
         for name in isa.COUNTERS:
@@ -154,12 +159,12 @@ class SimTop(wiring.Component):
         with m.If(por != RESET_CYCLES):
             m.d.por += por.eq(por + 1)
         m.d.comb += sync.rst.eq(por != RESET_CYCLES)
-        m.submodules.accel = accel = Accelerator(self.params)
+        m.submodules.accel = accel = Accelerator(params=self.params)
         m.submodules.dram = self.dram
         wiring.connect(m, accel.dram, self.dram.port)
         # The inputs are registered: no combinational path starts at a port, so Verilator
         # has no input-combinational logic to re-evaluate at every clock edge.
-        start, pc = Signal(), Signal(32)
+        start, pc = Signal(), Signal(isa.DRAM_ADDR_BITS)
         m.d.sync += [start.eq(self.start), pc.eq(self.pc)]
         m.d.comb += [accel.start.eq(start), accel.pc.eq(pc),
                      self.done.eq(accel.done), self.running.eq(accel.running),

@@ -48,7 +48,7 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from rtl import lanes
-from rtl.common import RtlParams, log2
+from rtl.common import RtlParams, check_params, log2
 from rtl.copier import RowCopier, beat_layout, copy_layout
 from rtl.decode import code, field
 from rtl.dram import MemPort
@@ -291,8 +291,7 @@ class VectorDatapath(wiring.Component):
     """
 
     def __init__(self, *, params: RtlParams):
-        if not isinstance(params, RtlParams):
-            raise TypeError(f"params must be RtlParams, not {params!r}")
+        check_params(params)
         self.params = params
         self.W, self.L = params.line_bytes, params.hw.vector_lanes_per_cycle
         members = {"start": In(1), "word": In(isa.INSTR_BITS),
@@ -539,9 +538,8 @@ class VectorDatapath(wiring.Component):
 
 
 class VectorUnit(wiring.Component):
-    def __init__(self, params: RtlParams):
-        if not isinstance(params, RtlParams):
-            raise TypeError(f"params must be RtlParams, not {params!r}")
+    def __init__(self, *, params: RtlParams):
+        check_params(params)
         self.params = params
         port = MemPort(params.l2_addr_bits, params.line_bytes)
         members = {"start": In(1), "word": In(isa.INSTR_BITS), "done": Out(1),
@@ -565,12 +563,12 @@ class VectorUnit(wiring.Component):
                      issuer.word.eq(word), dp.start.eq(self.start), dp.word.eq(word)]
         writers = []
         for i in range(N_READ):
-            m.submodules[f"reader{i}"] = r = RowCopier(p, src_l2=True, dst_stream=True)
+            m.submodules[f"reader{i}"] = r = RowCopier(params=p, src_l2=True, dst_stream=True)
             wiring.connect(m, wiring.flipped(self.port(i)), r.src)
             wiring.connect(m, getattr(issuer, f"read{i}"), r.cmd)
             wiring.connect(m, r.out, getattr(dp, f"operand{i}"))
         for i in range(N_WRITE):
-            m.submodules[f"writer{i}"] = w = RowCopier(p, dst_l2=True, src_stream=True)
+            m.submodules[f"writer{i}"] = w = RowCopier(params=p, dst_l2=True, src_stream=True)
             wiring.connect(m, wiring.flipped(self.port(N_READ + i)), w.dst)
             wiring.connect(m, getattr(issuer, f"write{i}"), w.cmd)
             wiring.connect(m, getattr(dp, f"result{i}"), w.inp)

@@ -47,7 +47,13 @@ from functools import lru_cache
 from arch.hardware import HardwareConfig
 from arch.isa import make
 from arch.occupancy import CALIBRATION, Copies, matmul_mode, occupancy
-from arch.uarch import DEFERRED, ENGINE_START_CYCLES, QUEUE_DEPTH
+from arch.uarch import (
+    DEFERRED,
+    DISPATCH_LATENCY,
+    ENGINE_START_CYCLES,
+    FETCH_START,
+    QUEUE_DEPTH,
+)
 from compiler.backend import (
     MAX_INFLIGHT_SLOTS,
     MIN_RING_BYTES,
@@ -370,6 +376,11 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
     return compute_end, load_busy, sum(computes)
 
 
+def first_fetch_cycles(hw: HardwareConfig) -> int:
+    """Cycles from start until the first instruction is dispatched (``arch.uarch``)."""
+    return FETCH_START + hw.dram_latency_cycles + DISPATCH_LATENCY
+
+
 @dataclass(frozen=True)
 class Link:
     """The interconnect of tensor-parallel devices: bandwidth per direction, latency."""
@@ -449,7 +460,7 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                                               ring if prefetch else None)
     cycles = max(cycles, _l2_cycles(layer_l2 * cfg.n_layers + head_l2, hw))
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
-    fill = hw.dram_latency_cycles + 4           # the first instruction fetch
+    fill = first_fetch_cycles(hw)
     return StepEstimate(math.ceil(cycles + fill), load_busy, compute_busy,
                         layer_read * cfg.n_layers + head_read,
                         layer_macs * cfg.n_layers + head_macs)
@@ -524,7 +535,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
             row = [a + w * (b - a) for a, b in zip(timed[lo], timed[hi], strict=True)]
         total = [a + b for a, b in zip(total, row, strict=True)]
     cycles, load_busy, compute_busy, read, macs = total
-    return StepEstimate(math.ceil(cycles + hw.dram_latency_cycles + 4), round(load_busy),
+    return StepEstimate(math.ceil(cycles + first_fetch_cycles(hw)), round(load_busy),
                         round(compute_busy), round(read), round(macs))
 
 

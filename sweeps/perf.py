@@ -43,11 +43,15 @@ from dataclasses import dataclass, field
 from arch.hardware import HardwareConfig
 from arch.isa import ENGINES, Engine, Instruction
 from arch.occupancy import CALIBRATION, Calibration, occupancy
-from arch.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
+from arch.uarch import (
+    DEFERRED,
+    DISPATCH_LATENCY,
+    DONE_LATENCY,
+    FETCH_AHEAD,
+    FETCH_START,
+    QUEUE_DEPTH,
+)
 
-FETCH_START = 2         # start -> first fetch request (start and pc are registered)
-DISPATCH_LATENCY = 2    # DRAM response -> decoded and dispatched
-DONE_LATENCY = 2        # last engine's end -> done
 CONTENTION_PASSES = 6   # passes of the engines until the L2 waits settle
 
 

@@ -32,6 +32,9 @@ def test_eval_json_reports_both_perplexities(capsys):
     (["eval", "--max-windows", "0"], "max_windows must be at least 1, not 0"),
     (["compile", "--model", "tiny", "--no-weights", "--decode-at", "-1"],
      "the position must be at least 0"),
+    (["compile", "--decode-at", "5"], "--decode-at needs --no-weights"),
+    (["compile", "--no-weights", "--prompt", "x"], "--prompt and --max-new-tokens need weights"),
+    (["compile", "-o", "docs"], "is not empty and not a build folder"),
     (["verify", "--prompt", ""], "the prompt is empty"),
     (["compile", "-o", "README.md/x"], "README.md/x"),
     (["train", "--steps", "0"], "steps must be at least 1, not 0"),
@@ -149,4 +152,4 @@ def test_demo_steps_are_command_lines_the_parser_accepts():
     assert [a.command for a in parsed] == ["eval", "generate", "compile", "run", "verify",
                                            "sweep"]
     assert parsed[0].max_windows == 3 and parsed[4].rtl and parsed[5].fresh
-    assert parsed[2].prompt == parsed[4].prompt == "ROMEO:"     # the parser's defaults
+    assert parsed[4].prompt == "ROMEO:" and parsed[2].prompt is None   # the defaults

@@ -162,3 +162,22 @@ def test_a_run_that_writes_read_only_dram_is_refused(saved):
     finally:
         program.instrs[store] = instr
         build.image.data[region.offset:region.end] = original
+
+
+def test_a_build_written_over_a_build_leaves_none_of_the_old_files(saved, folder, tiny_int):
+    """Recompiling into a build folder removes the previous build's files (a shorter
+    generation leaves no stale decode programs, a build without weights no stale DRAM
+    image or tokenizer); a folder holding anything else, or a file, is refused."""
+    (folder / "tokenizer.json").write_text("{}")
+    edit_manifest(folder, lambda m: m["files"].update({"tokenizer.json": "0"}))
+    build = compile_generation(tiny_int.cfg, tiny_int.qm, load_hardware("edge-4x4"), PROMPT, 1)
+    build.save(folder)
+    written = json.loads((folder / "manifest.json").read_text())["files"]
+    assert {f.name for f in folder.iterdir()} == set(written) | {"manifest.json"}
+    assert "decode_000.bin" not in written and "tokenizer.json" not in written
+    load_build(folder)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(BuildError, match="not empty and not a build folder.*notes.txt"):
+        build.save(folder)
+    with pytest.raises(BuildError, match="is a file"):
+        build.save(folder / "notes.txt")

@@ -164,7 +164,6 @@ def test_verify_schedule_refuses_unmatched_tokens_and_changed_instructions(mutat
     image = _image()
     p, _ = _scheduled(image)
     instrs, order = list(p.instrs), list(p.order)
-    s = next(k for k, i in enumerate(instrs) if i.mnemonic == "DMA_STORE")
     m = next(k for k, i in enumerate(instrs) if i.mnemonic == "MATMUL")
     if mutation == "extra_signal":
         instrs[0] = instrs[0].replace(signal=instrs[0].signal | STORE)

@@ -20,7 +20,7 @@ class UnitBench(wiring.Component):
     """A compute unit (``port(i)``, ``word``, ``start``, ``done``) on its own L2."""
 
     def __init__(self, params, unit, n_ports):
-        self.l2 = L2(params, n_ports)
+        self.l2 = L2(params=params, n_ports=n_ports)
         self.unit = unit
         self.n_ports = n_ports
         super().__init__({})

@@ -171,6 +171,12 @@ def test_invalid_instruction_stops_in_the_error_state(model):
     (dict(mnemonic="REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0,
           dst_addr=4096, param_addr=2048, bias_addr=0, rows=3, cols=32, src_stride=128,
           dst_stride=16), ErrorCode.BAD_OPERAND),
+    # misaligned int32 reads and counter blocks (arch.isa.operand_faults)
+    (dict(mnemonic="STORE_COUNTERS", dram_addr=4), ErrorCode.BAD_OPERAND),
+    (dict(mnemonic="DMA_GATHER", idx_addr=2, table_addr=0, count=1, row_bytes=16, l2_addr=0,
+          l2_stride=16), ErrorCode.BAD_OPERAND),
+    (dict(mnemonic="KV_PREFETCH", pool_addr=0, table_addr=6, first_token=0, n_tokens=1,
+          row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0), ErrorCode.BAD_OPERAND),
 ])
 def test_engine_faults_match_the_isa_simulator(model, bad, code):
     """The RTL stops with the same error code and instruction index as the ISA simulator."""

@@ -14,7 +14,7 @@ LOAD, COMPUTE = int(Engine.LOAD), int(Engine.COMPUTE)
 
 def test_deferred_signals_are_reserved_at_begin():
     hw = load_hardware("edge-4x4").replace(token_counter_bits=2)       # at most 3 tokens
-    dut = Controller(RtlParams(hw, 1 << 20))
+    dut = Controller(params=RtlParams(hw, 1 << 20))
     load, compute = dut.tokens(LOAD), dut.tokens(COMPUTE)
     trace = {}
 

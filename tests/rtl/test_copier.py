@@ -15,9 +15,9 @@ from rtl.l2 import L2
 
 class Bench(wiring.Component):
     def __init__(self, params, to_l2):
-        self.dram = DramModel(params)
-        self.l2 = L2(params, 1)
-        self.copier = RowCopier(params, src_l2=not to_l2, dst_l2=to_l2)
+        self.dram = DramModel(params=params)
+        self.l2 = L2(params=params, n_ports=1)
+        self.copier = RowCopier(params=params, src_l2=not to_l2, dst_l2=to_l2)
         self.to_l2 = to_l2
         super().__init__({})
 
@@ -83,8 +83,8 @@ def test_row_reader_streams_rows_realigned(l2sim):
 
     class ReaderBench(w.Component):
         def __init__(self):
-            self.l2 = L2(params, 1)
-            self.reader = RowCopier(params, src_l2=True, dst_stream=True)
+            self.l2 = L2(params=params, n_ports=1)
+            self.reader = RowCopier(params=params, src_l2=True, dst_stream=True)
             super().__init__({})
 
         def elaborate(self, platform):
@@ -136,8 +136,8 @@ def test_row_writer_writes_streamed_rows_at_any_alignment(l2sim):
 
     class WriterBench(w.Component):
         def __init__(self):
-            self.l2 = L2(params, 1)
-            self.writer = RowCopier(params, dst_l2=True, src_stream=True)
+            self.l2 = L2(params=params, n_ports=1)
+            self.writer = RowCopier(params=params, dst_l2=True, src_stream=True)
             super().__init__({})
 
         def elaborate(self, platform):

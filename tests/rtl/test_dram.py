@@ -11,7 +11,7 @@ from rtl.dram import DramModel
 def make(bytes_per_cycle=8, latency=10):
     hw = load_hardware("edge-4x4").replace(dram_bytes_per_cycle=bytes_per_cycle,
                                            dram_latency_cycles=latency)
-    return DramModel(RtlParams(hw, dram_bytes=4096))
+    return DramModel(params=RtlParams(hw, dram_bytes=4096))
 
 
 def test_bandwidth_latency_and_data():

@@ -61,7 +61,7 @@ def runs(l2sim):
                 inputs.append((rng.integers(0, 256, L2_BYTES, dtype=np.uint8),
                                matmul(mode, layout, m, k, n, accumulate)))
             params = PARAMS[hw]
-            results = l2sim.run_instructions(params, MatmulUnit(params), MatmulUnit.N_PORTS,
+            results = l2sim.run_instructions(params, MatmulUnit(params=params), MatmulUnit.N_PORTS,
                                              inputs)
             done[hw] = {case: (mem, *result) for case, (mem, _), result
                         in zip(cases, inputs, results, strict=True)}

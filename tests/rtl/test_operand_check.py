@@ -52,7 +52,7 @@ def expected_code(instr, hw) -> ErrorCode:
 
 def test_operand_check_gives_the_isa_simulators_error_codes():
     hw = load_hardware("edge-8x8").replace(l2_bytes=L2_BYTES)
-    dut = OperandCheck(RtlParams(hw, dram_bytes=4096))
+    dut = OperandCheck(params=RtlParams(hw, dram_bytes=4096))
     rng = np.random.default_rng(7)
     instrs = [random_instruction(rng, COMPUTE[i % len(COMPUTE)]) for i in range(1400)]
     expected = [expected_code(i, hw) for i in instrs]

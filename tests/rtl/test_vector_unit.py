@@ -116,7 +116,7 @@ def runs(l2sim):
             cases = [case for case in CASES if case[0] == hw]
             inputs = [operands(*case) for case in cases]
             params = PARAMS[hw]
-            results = l2sim.run_instructions(params, VectorUnit(params), N_READ + N_WRITE,
+            results = l2sim.run_instructions(params, VectorUnit(params=params), N_READ + N_WRITE,
                                              inputs)
             done[hw] = {case: (mem, *result) for case, (mem, _), result
                         in zip(cases, inputs, results, strict=True)}

@@ -63,7 +63,10 @@ def test_a_directory_is_refused_by_name(tmp_path):
 @pytest.mark.parametrize(("changes", "field"), [
     ({"dram_bytes_per_cycle": 16}, "array_cols = 16"),        # 16 int32 need a 64-byte line
     ({"array_rows": 128, "l2_port_bytes": 32}, "array_rows = 128"),   # the line is 64 bytes
+    # an L2 narrower than a line: one bank of 16 bytes against edge-8x8's 32-byte line
+    ({"l2_banks": 1, "l2_port_bytes": 16}, "l2_banks \\* l2_port_bytes = 1 \\* 16"),
 ])
 def test_an_array_the_matmul_unit_cannot_build_is_refused(changes, field):
+    base = "edge-8x8" if "l2_banks" in changes else "edge-16x16"
     with pytest.raises(HardwareError, match=field):
-        load_hardware("edge-16x16").replace(**changes)
+        load_hardware(base).replace(**changes)
