@@ -638,7 +638,7 @@ class MatmulUnit(wiring.Component):
             raise ValueError(f"{hw.name}: array_cols = {C} int32 results must fit one line "
                              f"of {W} bytes")
         self.params = params
-        g = self.geometry = Geometry(params)
+        g = self.geometry = Geometry(params=params)
         self.buffers = TileBuffers(geometry=g)
         self.filler = TileFiller(params=params, geometry=g)
         self.feeder = Feeder(geometry=g)
