@@ -120,16 +120,18 @@ def test_verify_exits_non_zero_when_any_rung_fails(capsys, monkeypatch):
 
 
 def test_an_accelerator_error_is_one_line(capsys, tmp_path, tiny_int):
-    """A build (hashes intact) whose program loads from beyond DRAM: one line naming the
-    error code and the instruction, exit status 2."""
+    """A build (hashes intact) whose program loads from beyond the simulated DRAM (the
+    image, then zeros up to the RTL's power-of-two capacity): one line naming the error
+    code and the instruction, exit status 2."""
     from arch.hardware import load_hardware
     from compiler.driver import compile_generation
+    from rtl.common import rtl_dram_bytes
 
     build = compile_generation(tiny_int.cfg, tiny_int.qm, load_hardware("edge-8x8"),
                                [3, 4, 5], 1)
     instrs = build.programs[0].instrs
     i = next(i for i, x in enumerate(instrs) if x.mnemonic == "DMA_LOAD")
-    instrs[i] = instrs[i].replace(dram_addr=build.mmap.size + 4096)
+    instrs[i] = instrs[i].replace(dram_addr=rtl_dram_bytes(build.mmap.size) + 4096)
     import numpy as np
 
     from compiler.asm import encode_program

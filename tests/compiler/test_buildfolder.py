@@ -143,21 +143,25 @@ def test_a_broken_folder_is_refused_by_name(folder, damage):
         load_build(folder)
 
 
-def test_a_run_that_writes_read_only_dram_is_refused(saved):
-    """A counter block retargeted into the weights: the ISA simulator runs it, the
-    runtime's comparison of the read-only regions refuses the result."""
+@pytest.mark.parametrize("where", ["weights", "beyond the image"])
+def test_a_run_that_writes_read_only_dram_is_refused(saved, where):
+    """A counter block retargeted into the weights, or past the image into the simulated
+    DRAM's zeros (which both simulators have, up to the RTL's capacity): the ISA
+    simulator runs it, the runtime's checks of the DRAM after the run refuse the result."""
     build, _ = saved
     target = next(r for r in read_only_regions(build) if r.name.startswith("param:"))
+    address = target.offset if where == "weights" else build.image.data.size + 64
+    message = f"region {target.name}" if where == "weights" else "beyond the image"
     program = build.programs[-1]
     store = next(i for i, x in enumerate(program.instrs) if x.mnemonic == "STORE_COUNTERS")
     instr = program.instrs[store]
-    program.instrs[store] = instr.replace(dram_addr=target.offset)
+    program.instrs[store] = instr.replace(dram_addr=address - address % 8)
     region = build.mmap[f"program:{program.name}"]
     original = build.image.data[region.offset:region.end].copy()
     build.image.data[region.offset:region.end] = np.frombuffer(encode_program(program.instrs),
                                                                np.uint8)
     try:
-        with pytest.raises(RunIntegrityError, match=f"region {target.name}"):
+        with pytest.raises(RunIntegrityError, match=message):
             run_build(build, "isa", check_races=False)
     finally:
         program.instrs[store] = instr
