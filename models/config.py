@@ -153,32 +153,54 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, hf: dict, name: str | None = None) -> ModelConfig:
-        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                    "num_attention_heads")
-        for key in required:
-            if key not in hf:
+        """A config from a Hugging Face ``config.json`` (Llama, Qwen2 or Mistral), following
+        the library's semantics (``LlamaConfig``, ``Qwen2Config``, ``MistralConfig``):
+        absent keys take that class's defaults (``HF_DEFAULTS``); ``null`` means what the
+        class makes of ``None`` (key-value heads: as many as the query heads; head width:
+        ``hidden_size // heads``; no rope scaling; no window) and is refused elsewhere.
+        Every key is honoured or refused: a field that would change the numerics and that
+        the toolkit does not implement (``rope_scaling``, a sliding window shorter than the
+        context, biases beyond Qwen2's q/k/v, an activation other than SiLU, ...) or that
+        it does not know (``quantization_config``, ...) raises ``ConfigError`` naming it.
+        The shape keys are required even where the library has defaults."""
+        model_type = hf.get("model_type", "llama")
+        if model_type not in HF_DEFAULTS:
+            raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
+                              f"(supported: {', '.join(sorted(HF_DEFAULTS))})")
+        unknown = sorted(set(hf) - HF_KEYS)
+        if unknown:
+            raise ConfigError(f"config.json: field {unknown[0]!r} is not one the toolkit "
+                              f"implements or knows to be without effect on the numerics")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads"):
+            if hf.get(key) is None:
                 raise ConfigError(f"config.json: missing required key {key!r}")
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"config.json: hidden_act {act!r} is not supported "
-                              "(only SwiGLU / 'silu')")
+
+        def get(key):
+            value = hf.get(key, HF_DEFAULTS[model_type].get(key))
+            if key in hf and value is None and key in _NOT_NULL:
+                raise ConfigError(f"config.json: {key} is null (Hugging Face has no meaning "
+                                  f"for a null {key}; leave it out for the default)")
+            return value
+
+        _refuse_unsupported(hf, model_type, get)
         n_heads = hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
-        qkv_bias = bool(hf.get("attention_bias", False)) or hf.get("model_type") == "qwen2"
+        n_kv = get("num_key_value_heads")
+        head_dim = get("head_dim")
         return cls(
-            name=name or hf.get("_name_or_path") or hf.get("model_type", "hf-model"),
+            name=name or hf.get("_name_or_path") or model_type,
             vocab_size=hf["vocab_size"],
             d_model=hf["hidden_size"],
             n_layers=hf["num_hidden_layers"],
             n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads", n_heads),
-            head_dim=head_dim,
+            n_kv_heads=n_heads if n_kv is None else n_kv,
+            head_dim=hf["hidden_size"] // n_heads if head_dim is None else head_dim,
             d_ff=hf["intermediate_size"],
-            max_seq_len=hf.get("max_position_embeddings", 2048),
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qkv_bias=qkv_bias,
+            max_seq_len=get("max_position_embeddings"),
+            rope_theta=float(get("rope_theta")),
+            norm_eps=float(get("rms_norm_eps")),
+            tie_embeddings=bool(get("tie_word_embeddings")),
+            qkv_bias=model_type == "qwen2",
         )
 
     @classmethod
@@ -191,6 +213,71 @@ class ModelConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_hf_dict(hf, name=name)
+
+
+# The defaults of transformers' configuration classes for the keys the toolkit reads
+# (LlamaConfig, Qwen2Config, MistralConfig). ``None`` for the key-value heads and head
+# width means "as many as the query heads" and "hidden_size // heads", as there.
+HF_DEFAULTS: dict[str, dict] = {
+    "llama": {"num_key_value_heads": None, "head_dim": None, "max_position_embeddings": 2048,
+              "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+              "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+              "rope_scaling": None},
+    "qwen2": {"num_key_value_heads": 32, "max_position_embeddings": 32768,
+              "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+              "hidden_act": "silu", "rope_scaling": None, "use_sliding_window": False,
+              "sliding_window": 4096},
+    "mistral": {"num_key_value_heads": 8, "head_dim": None,
+                "max_position_embeddings": 4096 * 32, "rope_theta": 10000.0,
+                "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu",
+                "sliding_window": 4096, "rope_scaling": None},
+}
+# Keys for which ``null`` means nothing to the classes (they keep a ``None`` that fails
+# later); ``null`` heads, head width, rope scaling and window mean what ``None`` means.
+_NOT_NULL = {"max_position_embeddings", "rope_theta", "rms_norm_eps",
+                    "tie_word_embeddings", "hidden_act", "attention_bias", "mlp_bias",
+                    "use_sliding_window"}
+# Every key the toolkit reads, and the ones it knows do not change an inference's numbers
+# (bookkeeping, training-only settings, token ids, dtype of the stored weights).
+HF_KEYS = {
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+    "rope_theta", "rms_norm_eps", "tie_word_embeddings", "hidden_act", "attention_bias",
+    "mlp_bias", "rope_scaling", "sliding_window", "use_sliding_window", "max_window_layers",
+    "partial_rotary_factor", "model_type", "architectures", "_name_or_path",
+    "transformers_version", "torch_dtype", "use_cache", "bos_token_id", "eos_token_id",
+    "pad_token_id", "initializer_range", "attention_dropout", "pretraining_tp",
+}
+
+
+def _refuse_unsupported(hf: dict, model_type: str, get) -> None:
+    """``ConfigError`` for a field that would change the numerics in a way the toolkit
+    does not implement."""
+    act = get("hidden_act")
+    if act != "silu":
+        raise ConfigError(f"config.json: hidden_act {act!r} is not supported "
+                          "(only SwiGLU / 'silu')")
+    scaling = get("rope_scaling")
+    if scaling is not None and (scaling.get("rope_type") or scaling.get("type")) != "default":
+        raise ConfigError(f"config.json: rope_scaling {json.dumps(scaling)} is not supported "
+                          f"(RoPE without scaling only)")
+    if hf.get("partial_rotary_factor", 1.0) not in (None, 1, 1.0):
+        raise ConfigError(f"config.json: partial_rotary_factor "
+                          f"{hf['partial_rotary_factor']!r} is not supported (1.0 only)")
+    for key in ("attention_bias", "mlp_bias"):
+        if model_type != "qwen2" and get(key):
+            raise ConfigError(f"config.json: {key} true is not supported (the integer path "
+                              f"has Qwen2's q/k/v biases only)")
+    if model_type == "qwen2" and hf.get("head_dim") not in (None, hf["hidden_size"]
+                                                            // hf["num_attention_heads"]):
+        raise ConfigError(f"config.json: head_dim {hf['head_dim']} differs from hidden_size "
+                          f"// num_attention_heads, which Qwen2 uses")
+    window = get("sliding_window")
+    applies = get("use_sliding_window") if model_type == "qwen2" else model_type == "mistral"
+    if applies and window is not None and window < get("max_position_embeddings"):
+        raise ConfigError(f"config.json: sliding_window {window} is shorter than the context "
+                          f"of {get('max_position_embeddings')} tokens (sliding-window "
+                          f"attention is not supported)")
 
 
 def _presets() -> dict[str, ModelConfig]:
