@@ -99,3 +99,20 @@ def test_every_path_and_module_the_docs_name_exists():
             if not _FILE_SUFFIX.search(dotted) and not _module_exists(dotted):
                 wrong.append(f"{where}: {dotted}")
     assert not wrong, "named but missing:\n" + "\n".join(sorted(set(wrong)))
+
+
+MAX_FUNCTION_LINES = 150
+
+
+def test_no_function_is_longer_than_150_lines():
+    """Every function and method of the packages and benchmarks reads in one sitting; the
+    longest are printed (``pytest -s``) so the margin stays visible."""
+    lengths = []
+    for path in _modules(list(LAYERS)):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lengths.append((node.end_lineno - node.lineno + 1,
+                                f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"))
+    lengths.sort(reverse=True)
+    print("longest functions:", lengths[:5])
+    assert lengths[0][0] <= MAX_FUNCTION_LINES, lengths[:5]
