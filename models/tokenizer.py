@@ -5,6 +5,9 @@ Contract
 A ``CharTokenizer`` maps each character of a fixed alphabet to its index. Its table is
 stored beside the checkpoint as ``tokenizer.json`` (``{"type": "char", "chars": "..."}``).
 Encoding a character outside the alphabet raises ``ValueError`` naming the character.
+Decoding never fails: an id outside the alphabet (a model's vocabulary is often padded
+beyond its tokenizer's, and an untrained model may pick any id) becomes U+FFFD, the
+Unicode replacement character, one per id.
 
 Tested by tests/models/test_train.py (the character table a training run writes) and
 tests/accel/test_cli.py.
@@ -15,6 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+REPLACEMENT = "\ufffd"      # what an id outside the alphabet decodes to
 
 
 @dataclass(frozen=True)
@@ -53,4 +58,5 @@ class CharTokenizer:
                              "alphabet") from None
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        n = len(self.chars)
+        return "".join(self.chars[i] if 0 <= i < n else REPLACEMENT for i in map(int, ids))
