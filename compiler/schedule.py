@@ -56,6 +56,15 @@ def program_accesses(instrs: list[Instruction], hw: HardwareConfig, image: DramI
     return [flat(accesses(instr, hw, image.read_i32)) for instr in instrs]
 
 
+def page_span(base: int, n_pages: int, lo: int, hi: int) -> slice | None:
+    """The pages (of ``PAGE`` bytes from ``base``, ``n_pages`` of them) that bytes
+    ``[lo, hi)`` touch, or ``None`` if none (below ``base``, empty, or beyond the end)."""
+    lo = max(lo, base)
+    if hi <= lo or (lo - base) // PAGE >= n_pages:
+        return None
+    return slice((lo - base) // PAGE, min((hi - 1 - base) // PAGE + 1, n_pages))
+
+
 class _Pages:
     """Last writer and last reader (program index) of each page, per engine."""
 
@@ -66,14 +75,7 @@ class _Pages:
         self.read = np.full((len(ENGINES), n), -1, np.int64)
 
     def span(self, lo: int, hi: int) -> slice | None:
-        lo, hi = max(lo, self.base), hi
-        if hi <= lo:
-            return None
-        first = (lo - self.base) // PAGE
-        last = (hi - 1 - self.base) // PAGE
-        if first >= self.write.shape[1]:
-            return None
-        return slice(first, min(last + 1, self.write.shape[1]))
+        return page_span(self.base, self.write.shape[1], lo, hi)
 
 
 def dependencies(code: Code, hw: HardwareConfig, image: DramImage, prefetch: bool,

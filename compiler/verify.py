@@ -49,7 +49,7 @@ from arch.isa import ENGINES, Engine, Instruction
 from compiler.asm import format_instruction
 from compiler.image import DramImage
 from compiler.ir import CompileError, Graph, verify
-from compiler.schedule import PAGE
+from compiler.schedule import PAGE, page_span
 from compiler.semantics import AcceleratorError, Access, check
 
 
@@ -137,11 +137,7 @@ class _Pages:
         self.stamps = np.zeros((2, len(ENGINES), max(1, -(-size // PAGE))), np.int64)
 
     def span(self, lo: int, hi: int) -> slice | None:
-        lo = max(lo, self.base)
-        n = self.stamps.shape[2]
-        if hi <= lo or (lo - self.base) // PAGE >= n:
-            return None
-        return slice((lo - self.base) // PAGE, min((hi - 1 - self.base) // PAGE + 1, n))
+        return page_span(self.base, self.stamps.shape[2], lo, hi)
 
 
 def verify_schedule(program: str, code: list[Instruction], order: list[int],
