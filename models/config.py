@@ -15,12 +15,96 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 class ConfigError(ValueError):
     """A model configuration that cannot describe a real model."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling for contexts beyond the pre-training length (Hugging Face's
+    ``rope_scaling``), applied to the inverse frequencies by ``rope_inv_freq``.
+
+    ``rope_type`` is one of ``ROPE_SCALING_TYPES``:
+
+    * ``"linear"``: position interpolation (Chen et al. 2023, arXiv 2306.15595): every
+      inverse frequency divided by ``factor``;
+    * ``"llama3"``: Meta's Llama 3.1 scheme (``apply_scaling`` in meta-llama/llama-models;
+      transformers' ``_compute_llama3_parameters``): wavelengths longer than
+      ``original_max_position_embeddings / low_freq_factor`` are divided by ``factor``,
+      shorter than ``original_max_position_embeddings / high_freq_factor`` kept, and those
+      between interpolated smoothly.
+
+    Neither changes the attention temperature. Raises ``ConfigError`` naming a missing or
+    out-of-range field.
+    """
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_SCALING_TYPES:
+            raise ConfigError(f"rope_scaling: rope_type {self.rope_type!r} is not supported "
+                              f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
+        if not (isinstance(self.factor, (int, float)) and not isinstance(self.factor, bool)
+                and self.factor >= 1):
+            raise ConfigError(f"rope_scaling: factor must be a number >= 1, "
+                              f"not {self.factor!r}")
+        for key in ROPE_SCALING_TYPES[self.rope_type]:
+            value = getattr(self, key)
+            if key == "factor":
+                continue
+            if value is None:
+                raise ConfigError(f"rope_scaling: {self.rope_type} scaling needs {key}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"rope_scaling: {key} must be a positive number, "
+                                  f"not {value!r}")
+        if self.rope_type == "llama3" and not self.low_freq_factor < self.high_freq_factor:
+            raise ConfigError(f"rope_scaling: low_freq_factor ({self.low_freq_factor}) must be "
+                              f"below high_freq_factor ({self.high_freq_factor})")
+
+    def to_hf_dict(self) -> dict:
+        return {"rope_type": self.rope_type,
+                **{k: getattr(self, k) for k in ROPE_SCALING_TYPES[self.rope_type]}}
+
+
+# The scaling types implemented and the fields each reads (transformers'
+# ``_validate_*_rope_parameters`` require the same ones).
+ROPE_SCALING_TYPES = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings"),
+}
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None
+                  ) -> np.ndarray:
+    """``[head_dim/2]`` float64: RoPE's inverse frequency of each pair in radians per
+    position, ``theta ** (-2i / head_dim)`` (Su et al. 2021, arXiv 2104.09864), then
+    ``scaling``'s adjustment (see ``RopeScaling``). The one source of the frequencies of
+    the float reference and of the integer model's phase table."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    old_len = scaling.original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((old_len / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    interpolated = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    return np.where(wavelen < old_len / scaling.high_freq_factor, inv_freq,
+                    np.where(wavelen > old_len / scaling.low_freq_factor,
+                             inv_freq / scaling.factor, interpolated))
 
 
 @dataclass(frozen=True)
@@ -39,6 +123,7 @@ class ModelConfig:
     d_ff : SwiGLU hidden width (``intermediate_size``).
     max_seq_len : longest sequence the model supports (``max_position_embeddings``).
     rope_theta : RoPE base frequency.
+    rope_scaling : ``RopeScaling`` of the frequencies, or None.
     norm_eps : RMSNorm epsilon.
     tie_embeddings : the LM head reuses the embedding matrix.
     qkv_bias : the q/k/v projections have a bias (Qwen2).
@@ -57,6 +142,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     qkv_bias: bool = False
+    rope_scaling: RopeScaling | None = None
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
@@ -65,9 +151,6 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{self.name}: {field} must be a positive integer, "
                                   f"not {value!r}")
-        if self.d_model % self.n_heads != 0:
-            raise ConfigError(f"{self.name}: n_heads ({self.n_heads}) must divide d_model "
-                              f"({self.d_model})")
         if self.head_dim % 2 != 0:
             raise ConfigError(f"{self.name}: head_dim must be even for RoPE, "
                               f"not {self.head_dim}")
@@ -79,6 +162,14 @@ class ModelConfig:
                               f"not {self.rope_theta!r}")
         if not self.norm_eps > 0:
             raise ConfigError(f"{self.name}: norm_eps must be positive, not {self.norm_eps!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(f"{self.name}: rope_scaling must be a RopeScaling or None, "
+                              f"not {self.rope_scaling!r}")
+
+    @property
+    def rope_inv_freq(self) -> np.ndarray:
+        """``[head_dim/2]`` float64 radians per position (``rope_inv_freq``)."""
+        return rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling)
 
     # -- derived sizes --------------------------------------------------------------
     @property
@@ -149,6 +240,7 @@ class ModelConfig:
             "tie_word_embeddings": self.tie_embeddings,
             "attention_bias": self.qkv_bias,
             "hidden_act": "silu",
+            "rope_scaling": self.rope_scaling and self.rope_scaling.to_hf_dict(),
         }
 
     @classmethod
@@ -184,6 +276,7 @@ class ModelConfig:
             return value
 
         _refuse_unsupported(hf, model_type, get)
+        scaling = _rope_scaling(get("rope_scaling"))
         n_heads = hf["num_attention_heads"]
         n_kv = get("num_key_value_heads")
         head_dim = get("head_dim")
@@ -201,6 +294,7 @@ class ModelConfig:
             norm_eps=float(get("rms_norm_eps")),
             tie_embeddings=bool(get("tie_word_embeddings")),
             qkv_bias=model_type == "qwen2",
+            rope_scaling=scaling,
         )
 
     @classmethod
@@ -257,10 +351,6 @@ def _refuse_unsupported(hf: dict, model_type: str, get) -> None:
     if act != "silu":
         raise ConfigError(f"config.json: hidden_act {act!r} is not supported "
                           "(only SwiGLU / 'silu')")
-    scaling = get("rope_scaling")
-    if scaling is not None and (scaling.get("rope_type") or scaling.get("type")) != "default":
-        raise ConfigError(f"config.json: rope_scaling {json.dumps(scaling)} is not supported "
-                          f"(RoPE without scaling only)")
     if hf.get("partial_rotary_factor", 1.0) not in (None, 1, 1.0):
         raise ConfigError(f"config.json: partial_rotary_factor "
                           f"{hf['partial_rotary_factor']!r} is not supported (1.0 only)")
@@ -268,10 +358,10 @@ def _refuse_unsupported(hf: dict, model_type: str, get) -> None:
         if model_type != "qwen2" and get(key):
             raise ConfigError(f"config.json: {key} true is not supported (the integer path "
                               f"has Qwen2's q/k/v biases only)")
-    if model_type == "qwen2" and hf.get("head_dim") not in (None, hf["hidden_size"]
-                                                            // hf["num_attention_heads"]):
-        raise ConfigError(f"config.json: head_dim {hf['head_dim']} differs from hidden_size "
-                          f"// num_attention_heads, which Qwen2 uses")
+    if get("head_dim") is None and hf["hidden_size"] % hf["num_attention_heads"]:
+        raise ConfigError(f"config.json: num_attention_heads ({hf['num_attention_heads']}) "
+                          f"does not divide hidden_size ({hf['hidden_size']}) and no head_dim "
+                          f"is given")
     window = get("sliding_window")
     applies = get("use_sliding_window") if model_type == "qwen2" else model_type == "mistral"
     if applies and window is not None and window < get("max_position_embeddings"):
@@ -280,13 +370,45 @@ def _refuse_unsupported(hf: dict, model_type: str, get) -> None:
                           f"attention is not supported)")
 
 
+def _rope_scaling(raw) -> RopeScaling | None:
+    """A ``rope_scaling`` entry as transformers reads it (``rope_type``, or the older
+    ``type``; ``"default"`` is no scaling); a type or key it does not implement is refused
+    by name."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config.json: rope_scaling must be an object or null, not {raw!r}")
+    kinds = {raw[k] for k in ("rope_type", "type") if k in raw}
+    if len(kinds) != 1:
+        raise ConfigError(f"config.json: rope_scaling needs one rope_type, not "
+                          f"{json.dumps(raw)}")
+    (kind,) = kinds
+    if kind == "default":
+        return None
+    if kind not in ROPE_SCALING_TYPES:
+        raise ConfigError(f"config.json: rope_scaling type {kind!r} is not supported "
+                          f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
+    fields = ROPE_SCALING_TYPES[kind]
+    unknown = sorted(set(raw) - {"rope_type", "type"} - set(fields))
+    if unknown:
+        raise ConfigError(f"config.json: rope_scaling.{unknown[0]} is not read by {kind} "
+                          f"scaling (it reads {', '.join(fields)})")
+    try:
+        return RopeScaling(kind, **{k: raw.get(k) for k in fields})
+    except ConfigError as e:
+        raise ConfigError(f"config.json: {e}") from None
+
+
 def _presets() -> dict[str, ModelConfig]:
     """The published shapes of the models the toolkit studies (from their config.json)."""
     return {
         "llama-3.2-1b": ModelConfig(
             name="llama-3.2-1b", vocab_size=128256, d_model=2048, n_layers=16, n_heads=32,
             n_kv_heads=8, head_dim=64, d_ff=8192, max_seq_len=131072, rope_theta=500000.0,
-            norm_eps=1e-5, tie_embeddings=True),
+            norm_eps=1e-5, tie_embeddings=True,
+            rope_scaling=RopeScaling("llama3", factor=32.0, low_freq_factor=1.0,
+                                     high_freq_factor=4.0,
+                                     original_max_position_embeddings=8192)),
         "sheared-llama-1.3b": ModelConfig(
             name="sheared-llama-1.3b", vocab_size=32000, d_model=2048, n_layers=24,
             n_heads=16, n_kv_heads=16, head_dim=128, d_ff=5504, max_seq_len=4096,

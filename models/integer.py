@@ -167,7 +167,7 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
         "final_norm": _norm_constants(cfg.d_model, s_h, scales.final_in, cfg.norm_eps),
         "lm_head": w_lm,
         "logits": _requant_constants(scales.final_in * s_lm / scales.logits),
-        "rope_freq": N.rope_freq_table(cfg.head_dim, cfg.rope_theta),
+        "rope_freq": N.rope_freq_table(cfg.rope_inv_freq),
     }
     return jax.tree.map(np.asarray, qm)
 

@@ -87,11 +87,13 @@ def sin_table() -> np.ndarray:
         np.int32)
 
 
-def rope_freq_table(head_dim: int, theta: float) -> np.ndarray:
-    """``[head_dim/2]`` uint32: RoPE frequency of each pair in turns per position * 2**32."""
-    if head_dim <= 0 or head_dim % 2:
-        raise ValueError(f"head_dim must be a positive even number, not {head_dim!r}")
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+def rope_freq_table(inv_freq: np.ndarray) -> np.ndarray:
+    """``[head_dim/2]`` uint32: RoPE frequency of each pair in turns per position * 2**32,
+    from the inverse frequencies in radians per position (``models.config.rope_inv_freq``,
+    scaling included)."""
+    inv_freq = np.asarray(inv_freq, dtype=np.float64)
+    if inv_freq.ndim != 1 or not inv_freq.size or not np.all(inv_freq > 0):
+        raise ValueError("inv_freq must be a non-empty vector of positive frequencies")
     return np.round(inv_freq / (2 * np.pi) * 2.0 ** PHASE_BITS).astype(np.uint32)
 
 

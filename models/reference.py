@@ -85,10 +85,10 @@ def rms_norm(x, weight, eps):
     return x32 * inv * weight
 
 
-def rope_cos_sin(positions_T, head_dim: int, theta: float):
-    """cos and sin of the RoPE angles, each ``[T, head_dim/2]``."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    angles = positions_T[:, None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
+def rope_cos_sin(positions_T, inv_freq_H2):
+    """cos and sin of the RoPE angles, each ``[T, head_dim/2]``, from the inverse
+    frequencies ``cfg.rope_inv_freq`` (radians per position)."""
+    angles = positions_T[:, None].astype(jnp.float32) * jnp.asarray(inv_freq_H2, jnp.float32)
     return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -133,7 +133,7 @@ def decoder_layer(layer: Params, x_TxD, cache_k, cache_v, start, cfg: ModelConfi
         q = q.reshape(T, cfg.n_heads, cfg.head_dim)
         k = k.reshape(T, cfg.n_kv_heads, cfg.head_dim)
         v = v.reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_cos_sin(positions, cfg.rope_inv_freq)
         taps["q_pre"], taps["k_pre"], taps["v"] = q, k, v
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         taps["q"], taps["k"] = q, k

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import numerics as N
+from models.config import rope_inv_freq
 
 RNG = np.random.default_rng(0)
 
@@ -96,7 +97,7 @@ def test_rope_within_bound():
     head_dim, theta = 32, 10000.0
     x = RNG.integers(-90, 90, size=(9, 3, head_dim)).astype(np.int8)
     positions = np.array([0, 1, 2, 7, 100, 255, 1000, 4095, 70000], np.int32)
-    freq = N.rope_freq_table(head_dim, theta)
+    freq = N.rope_freq_table(rope_inv_freq(head_dim, theta))
     out = both(lambda a, p: N.rope(a, p, freq), x, positions)
     half = head_dim // 2
     inv = theta ** (-np.arange(half) * 2.0 / head_dim)

@@ -1,11 +1,50 @@
 """The float reference against an independent NumPy forward pass, and its properties."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models.config import RopeScaling, rope_inv_freq
 from models.reference import decode_step, forward, init_cache, init_params, prefill
+
+
+def _meta_apply_scaling(freqs, factor, low_freq_factor, high_freq_factor, old_context_len):
+    """Llama 3.1's frequency scaling as Meta's reference code writes it (one frequency at a
+    time, meta-llama/llama-models ``apply_scaling``): independent of ``rope_inv_freq``."""
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            out.append(freq)
+        elif wavelen > low_freq_wavelen:
+            out.append(freq / factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (
+                high_freq_factor - low_freq_factor)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return out
+
+
+@pytest.mark.parametrize(("head_dim", "theta"), [(64, 500000.0), (128, 500000.0), (16, 1e4)])
+def test_rope_inv_freq_against_independent_computations(head_dim, theta):
+    plain = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    np.testing.assert_allclose(rope_inv_freq(head_dim, theta), plain, rtol=1e-12)
+    np.testing.assert_allclose(rope_inv_freq(head_dim, theta, RopeScaling("linear", 4.0)),
+                               [f / 4 for f in plain], rtol=1e-12)
+    llama3 = RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)
+    scaled = rope_inv_freq(head_dim, theta, llama3)
+    expected = _meta_apply_scaling(plain, 32.0, 1.0, 4.0, 8192)
+    np.testing.assert_allclose(scaled, expected, rtol=1e-12)
+    # All three regimes occur at head_dim 64 and 128 with Llama 3's theta.
+    if theta == 500000.0:
+        ratio = np.asarray(plain) / scaled
+        assert ratio[0] == 1 and math.isclose(ratio[-1], 32)
+        assert np.any((ratio > 1.01) & (ratio < 31.9))
 
 
 def numpy_forward(params, tokens, cfg):
@@ -18,7 +57,15 @@ def numpy_forward(params, tokens, cfg):
         return v / np.sqrt((v ** 2).mean(-1, keepdims=True) + cfg.norm_eps) * g
 
     half = cfg.head_dim // 2
-    freqs = cfg.rope_theta ** (-np.arange(half) * 2.0 / cfg.head_dim)
+    freqs = [cfg.rope_theta ** (-2 * i / cfg.head_dim) for i in range(half)]
+    scaling = cfg.rope_scaling
+    if scaling is not None and scaling.rope_type == "linear":
+        freqs = [f / scaling.factor for f in freqs]
+    elif scaling is not None:
+        freqs = _meta_apply_scaling(freqs, scaling.factor, scaling.low_freq_factor,
+                                    scaling.high_freq_factor,
+                                    scaling.original_max_position_embeddings)
+    freqs = np.asarray(freqs)
     ang = np.arange(T)[:, None] * freqs[None, :]
 
     def rot(v):  # v [T, head_dim]
@@ -54,6 +101,11 @@ def numpy_forward(params, tokens, cfg):
     {"n_kv_heads": 4},                                    # multi-head attention
     {"n_kv_heads": 1, "tie_embeddings": True},            # multi-query, tied embeddings
     {"qkv_bias": True, "rope_theta": 1e6},                # Qwen2-style
+    {"n_heads": 3, "n_kv_heads": 1, "head_dim": 32},      # explicit head_dim: q_dim 96 != 64
+    {"rope_scaling": RopeScaling("linear", 4.0)},
+    # Llama 3.1's scaling with a short original context, so that all three regimes
+    # (kept, divided, interpolated) occur among head_dim 16's eight frequencies
+    {"rope_scaling": RopeScaling("llama3", 8.0, 1.0, 4.0, 64), "rope_theta": 500.0},
 ])
 def test_matches_independent_numpy(small_config, overrides):
     cfg = small_config(**overrides)
@@ -64,6 +116,9 @@ def test_matches_independent_numpy(small_config, overrides):
     ours = np.asarray(forward(params, jnp.asarray(tokens), cfg))
     ref = numpy_forward(params, tokens, cfg)
     np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=2e-4)
+    if cfg.rope_scaling is not None:    # the comparison can see the scaling
+        unscaled = numpy_forward(params, tokens, cfg.replace(rope_scaling=None))
+        assert np.max(np.abs(unscaled - ref)) > 50 * 2e-4
 
 
 def test_prefill_then_decode_equals_forward(small_config):

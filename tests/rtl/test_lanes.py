@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from models import numerics as N
+from models.config import rope_inv_freq
 from rtl import lanes
 
 RNG = np.random.default_rng(0)
@@ -127,7 +128,7 @@ def test_silu_mul_and_residual_add():
 
 def test_rope_pairs():
     head_dim = 64
-    freq = N.rope_freq_table(head_dim, 500000.0)
+    freq = N.rope_freq_table(rope_inv_freq(head_dim, 500000.0))
     x = RNG.integers(-128, 128, (6, 1, head_dim)).astype(np.int8)
     positions = np.array([0, 1, 17, 255, 4095, 131071], np.int32)
     ref = N.rope(x, positions, freq, xp=np)

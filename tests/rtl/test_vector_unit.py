@@ -10,6 +10,7 @@ import pytest
 from arch.hardware import load_hardware
 from arch.isa import make, pack_param
 from models import numerics as N
+from models.config import rope_inv_freq
 from rtl.common import RtlParams
 from rtl.vector_unit import N_READ, N_WRITE, VectorUnit
 
@@ -92,7 +93,7 @@ def operands(hw, op, rows, cols, variant):
     elif op == "ROPE":
         head_dim = 32 if variant else 16
         heads = cols
-        put(mem, b, N.rope_freq_table(head_dim, 10000.0).astype("<u4"))
+        put(mem, b, N.rope_freq_table(rope_inv_freq(head_dim, 10000.0)).astype("<u4"))
         instr = make("ROPE", src_addr=a, dst_addr=a if variant else d, rows=rows, heads=heads,
                      head_dim=head_dim, pos0=int(rng.integers(0, 5000)), freq_addr=b,
                      row_stride=heads * head_dim + 3)
