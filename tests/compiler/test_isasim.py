@@ -12,6 +12,7 @@ from compiler.driver import compile_generation
 from compiler.ir import CompileError
 from compiler.isasim import DeadlockError, IsaSimulator, RaceError
 from compiler.semantics import AcceleratorError
+from models.config import RopeScaling
 
 
 @pytest.mark.parametrize(("overrides", "hw", "prompt_len", "prefetch"), [
@@ -23,6 +24,8 @@ from compiler.semantics import AcceleratorError
       "tie_embeddings": True}, "edge-8x8", 17, True),                    # MQA, hd 64, bias
     ({"n_heads": 8, "n_kv_heads": 2, "head_dim": 16, "d_model": 128, "d_ff": 200}, "edge-4x4",
      33, False),                                                         # G=4 > 4x4 rows? no: =4
+    ({"n_heads": 3, "n_kv_heads": 1, "head_dim": 32, "rope_theta": 500.0,   # q_dim 96 != 64,
+      "rope_scaling": RopeScaling("llama3", 8.0, 1.0, 4.0, 64)}, "edge-8x8", 9, True),  # llama3
 ])
 def test_bit_exact_with_integer_reference(small_config, int_model, overrides, hw, prompt_len,
                                           prefetch):
