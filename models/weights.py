@@ -1,19 +1,26 @@
-"""Weights in the Hugging Face Llama layout: ``config.json`` + ``model.safetensors``.
+"""Weights in the Hugging Face Llama layout: ``config.json`` + safetensors.
 
 Contract
 --------
 ``save_checkpoint(folder, params, cfg)`` writes a folder that Hugging Face
 ``LlamaForCausalLM`` (or ``Qwen2ForCausalLM`` with QKV bias) would read;
-``load_checkpoint(folder)`` reads it back as ``(cfg, params)``. Every tensor is checked
-against the config: a missing, unexpected or misshapen tensor raises
-``CheckpointError`` naming the tensor and both shapes. Nothing is ever downloaded.
+``load_checkpoint(folder)`` reads it back as ``(cfg, params)``. The weights are one
+``model.safetensors`` or shards listed by ``model.safetensors.index.json`` (its
+``weight_map``: tensor name -> shard file), in float32, float16 or bfloat16 (read through
+``ml_dtypes``), all converted to float32. Every tensor is checked against the config and
+the index: a missing, unexpected or misshapen tensor, a tensor of another dtype (int8,
+float8: a quantised checkpoint), a shard the index names that is missing, or a tensor in
+a shard other than the one the index names raises ``CheckpointError`` naming the file and
+the tensor. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
@@ -23,6 +30,12 @@ from models.reference import Params, layer_shapes
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match its config or cannot be read."""
+
+
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# Floating-point formats a checkpoint may store its weights in.
+WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 _LAYER_HF_NAMES = {
@@ -80,18 +93,86 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], cfg: ModelConfig, where: str
 
 
 def save_checkpoint(folder: str | Path, params: Params, cfg: ModelConfig,
-                    dtype=np.float32) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``folder``."""
-    import json
-
+                    dtype=np.float32, shard_bytes: int | None = None) -> Path:
+    """Write ``config.json`` and the weights into ``folder``: one ``model.safetensors``,
+    or, with ``shard_bytes``, shards of at most that many bytes (a tensor larger than
+    that gets a shard of its own) and their ``model.safetensors.index.json`` as
+    transformers' ``save_pretrained(max_shard_size=...)`` writes them. ``dtype`` is one of
+    ``WEIGHT_DTYPES``."""
+    if np.dtype(dtype) not in WEIGHT_DTYPES:
+        raise ValueError(f"dtype {np.dtype(dtype).name} is not one of "
+                         f"{', '.join(d.name for d in WEIGHT_DTYPES)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = cfg.to_hf_dict()
     hf["torch_dtype"] = np.dtype(dtype).name
     (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    save_file(to_hf_tensors(params, cfg, dtype), str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    tensors = to_hf_tensors(params, cfg, dtype)
+    if shard_bytes is None:
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        return folder
+    shards: list[dict[str, np.ndarray]] = [{}]
+    for name, value in tensors.items():
+        if shards[-1] and sum(v.nbytes for v in shards[-1].values()) + value.nbytes > shard_bytes:
+            shards.append({})
+        shards[-1][name] = value
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
+             "weight_map": weight_map}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return folder
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
+    for name, value in tensors.items():
+        if value.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} is {value.dtype.name}; weights "
+                                  f"must be float32, float16 or bfloat16 (quantised "
+                                  f"checkpoints are not read)")
+    return tensors
+
+
+def read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Every tensor of the folder's weights (one file or the shards of the index), with the
+    name of the file to cite in errors about them."""
+    index_path = folder / INDEX_FILE
+    if not index_path.exists():
+        single = folder / WEIGHTS_FILE
+        if not single.exists():
+            raise CheckpointError(f"{folder}: neither {WEIGHTS_FILE} nor {INDEX_FILE} is "
+                                  f"there")
+        return _read_safetensors(single), str(single)
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise TypeError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{index_path}: not an index (a JSON object whose weight_map "
+                              f"maps tensor names to shard files)") from None
+    tensors: dict[str, np.ndarray] = {}
+    for file in sorted(set(weight_map.values())):
+        shard_path = folder / file
+        if Path(file).name != file or not shard_path.exists():
+            raise CheckpointError(f"{index_path}: shard {file!r} is missing")
+        for name, value in _read_safetensors(shard_path).items():
+            if weight_map.get(name) != file:
+                raise CheckpointError(f"{shard_path}: tensor {name!r} is not in this shard "
+                                      f"according to {INDEX_FILE}")
+            tensors[name] = value
+    listed = sorted(set(weight_map) - set(tensors))
+    if listed:
+        raise CheckpointError(f"{index_path}: tensor {listed[0]!r} is listed in shard "
+                              f"{weight_map[listed[0]]!r}, which does not hold it")
+    return tensors, str(index_path)
 
 
 def load_checkpoint(folder: str | Path, name: str | None = None) -> tuple[ModelConfig, Params]:
@@ -103,11 +184,5 @@ def load_checkpoint(folder: str | Path, name: str | None = None) -> tuple[ModelC
         cfg = ModelConfig.from_hf_json(folder / "config.json", name=name or folder.name)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    weights = folder / "model.safetensors"
-    if not weights.exists():
-        raise CheckpointError(f"{folder}: model.safetensors is missing")
-    try:
-        tensors = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{weights}: cannot read safetensors file ({e})") from None
-    return cfg, from_hf_tensors(tensors, cfg, where=str(weights))
+    tensors, where = read_weights(folder)
+    return cfg, from_hf_tensors(tensors, cfg, where=where)

@@ -6,7 +6,7 @@ Contract
 
 * ``"tiny"`` – the project's trained character-level model, packaged under
   ``models/checkpoints/tiny`` with its tokenizer;
-* a path to a Hugging Face style folder (``config.json`` + ``model.safetensors``);
+* a path to a Hugging Face style folder (``config.json`` + ``model.safetensors`` or its shards);
 * any other preset name – deterministic random weights of that shape (``init_params``);
 
 and returns a ``LoadedModel``. Nothing is downloaded.

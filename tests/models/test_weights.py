@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from models.config import RopeScaling
 from models.reference import init_params
-from models.weights import CheckpointError, load_checkpoint, save_checkpoint
+from models.weights import (
+    INDEX_FILE,
+    WEIGHT_DTYPES,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"qkv_bias": True, "tie_embeddings": True}])
@@ -53,4 +60,71 @@ def test_corrupt_file_is_reported(tmp_path, small_config):
     save_checkpoint(tmp_path, init_params(cfg), cfg)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot read safetensors"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("shard_bytes", [None, 20_000])
+def test_dtypes_and_shards_load_as_the_rounded_float32_weights(tmp_path, small_config, dtype,
+                                                               shard_bytes):
+    cfg = small_config(rope_scaling=RopeScaling("linear", 2.0), n_heads=3, n_kv_heads=1,
+                       head_dim=32)
+    params = init_params(cfg, seed=5)
+    np_dtype = WEIGHT_DTYPES[["float32", "float16", "bfloat16"].index(dtype)]
+    save_checkpoint(tmp_path, params, cfg, dtype=np_dtype, shard_bytes=shard_bytes)
+    if shard_bytes:
+        index = json.loads((tmp_path / INDEX_FILE).read_text())
+        shards = set(index["weight_map"].values())
+        assert len(shards) > 2 and not (tmp_path / "model.safetensors").exists()
+    cfg2, params2 = load_checkpoint(tmp_path, name=cfg.name)
+    assert cfg2 == cfg
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2), strict=True):
+        expected = np.asarray(a).astype(np_dtype).astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(b), expected)
+        assert b.dtype == np.float32
+
+
+def _sharded(tmp_path, small_config):
+    cfg = small_config()
+    save_checkpoint(tmp_path, init_params(cfg), cfg, shard_bytes=20_000)
+    return json.loads((tmp_path / INDEX_FILE).read_text())
+
+
+def test_a_missing_shard_is_named(tmp_path, small_config):
+    index = _sharded(tmp_path, small_config)
+    (tmp_path / index["weight_map"]["model.norm.weight"]).unlink()
+    with pytest.raises(CheckpointError, match=r"index\.json: shard 'model-\d{5}-of-\d{5}\."
+                                              r"safetensors' is missing"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_tensor_in_the_wrong_shard_is_named(tmp_path, small_config):
+    index = _sharded(tmp_path, small_config)
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert index["weight_map"][name] != index["weight_map"]["model.embed_tokens.weight"]
+    index["weight_map"][name] = index["weight_map"]["model.embed_tokens.weight"]
+    (tmp_path / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' is (not in this shard|"
+                                              f"listed in shard .*does not hold it)"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_broken_index_and_no_weights_at_all_are_named(tmp_path, small_config):
+    _sharded(tmp_path, small_config)
+    (tmp_path / INDEX_FILE).write_text('{"metadata": {}}')
+    with pytest.raises(CheckpointError, match="index.json: not an index"):
+        load_checkpoint(tmp_path)
+    (tmp_path / INDEX_FILE).unlink()
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor "
+                                              "model.safetensors.index.json"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_quantised_tensor_is_refused_by_name(tmp_path, small_config):
+    cfg = small_config()
+    save_checkpoint(tmp_path, init_params(cfg), cfg)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.int8)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="'model.norm.weight' is int8; weights must be"):
         load_checkpoint(tmp_path)
