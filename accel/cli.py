@@ -16,9 +16,10 @@ from pathlib import Path
 
 from models.config import ConfigError
 from models.weights import CheckpointError
+from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
 
 USER_ERRORS = (ConfigError, CheckpointError, ValueError, OSError)
-DEFAULT_PROMPT, DEFAULT_NEW_TOKENS = "ROMEO:", 8          # `accel compile` with weights
+DEFAULT_NEW_TOKENS = 8          # `accel compile` with weights
 # OSError: a path that is a file where a folder is wanted (or the reverse), an
 # unreachable Dask scheduler; its message names the path or the address.
 # CompileError, HardwareError, IsaError, ProgramFileError and BuildError are ValueErrors.
@@ -36,12 +37,17 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_eval_inputs(model: str):
+def _load_eval_inputs(model: str, args=None):
+    """The model and its integer model; with ``args``, also the prompt's token ids, read
+    before the integer model is calibrated so that a bad prompt is refused at once."""
     from models.evaluate import build_int_model
     from models.zoo import load_model
 
     loaded = load_model(model)
-    return loaded, build_int_model(loaded)
+    if args is None:
+        return loaded, build_int_model(loaded)
+    ids = _prompt_ids(args, loaded)
+    return loaded, build_int_model(loaded), ids
 
 
 def _cmd_eval(args) -> int:
@@ -62,23 +68,45 @@ def _cmd_eval(args) -> int:
 def _cmd_generate(args) -> int:
     from models.evaluate import generate_float, generate_int
 
-    loaded, im = _load_eval_inputs(args.model)
-    if loaded.tokenizer is None:
-        raise ValueError(f"{args.model}: this model has no tokenizer to read a text prompt")
-    ids = loaded.tokenizer.encode(args.prompt)
+    loaded, im, ids = _load_eval_inputs(args.model, args)
+    tok = loaded.tokenizer
+    shown = tok.decode(ids) if tok else f"{ids} -> "
     if args.numerics in ("float", "both"):
         out = generate_float(loaded, ids, args.max_new_tokens)
-        print(f"[float]   {args.prompt}{loaded.tokenizer.decode(out)}")
+        print(f"[float]   {shown}{tok.decode(out) if tok else out}")
     if args.numerics in ("int", "both"):
         out = generate_int(im, ids, args.max_new_tokens)
-        print(f"[integer] {args.prompt}{loaded.tokenizer.decode(out)}")
+        print(f"[integer] {shown}{tok.decode(out) if tok else out}")
     return 0
 
 
-def _prompt_ids(loaded, prompt: str) -> list[int]:
+def parse_token_ids(text: str) -> list[int]:
+    """``--prompt-ids``: token ids separated by commas or spaces."""
+    ids = []
+    for item in text.replace(",", " ").split():
+        try:
+            ids.append(int(item))
+        except ValueError:
+            raise ValueError(f"--prompt-ids: {item!r} is not a token id (give integers "
+                             f"separated by commas)") from None
+    return ids
+
+
+def _prompt_ids(args, loaded) -> list[int]:
+    """The prompt as token ids: ``--prompt-ids``, or the text prompt (``DEFAULT_PROMPT``
+    when absent) through the model's tokenizer; checked against its vocabulary."""
+    from models.zoo import check_prompt_ids
+
+    if args.prompt_ids is not None:
+        if args.prompt is not None:
+            raise ValueError("give the prompt as text (--prompt) or as token ids "
+                             "(--prompt-ids), not both")
+        return check_prompt_ids(parse_token_ids(args.prompt_ids), loaded.cfg)
     if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.cfg.name}: this model has no tokenizer to read a text prompt")
-    return loaded.tokenizer.encode(prompt)
+        raise ValueError(f"{loaded.source}: no tokenizer.json to read a text prompt; give "
+                         f"the prompt as token ids (--prompt-ids 1,2,3)")
+    text = DEFAULT_PROMPT if args.prompt is None else args.prompt
+    return check_prompt_ids(loaded.tokenizer.encode(text), loaded.cfg)
 
 
 def _cmd_compile(args) -> int:
@@ -86,11 +114,12 @@ def _cmd_compile(args) -> int:
 
     from arch.hardware import load_hardware
     from compiler.driver import compile_generation, compile_timing_step
-    from models.config import preset
+    from models.zoo import model_config
 
-    if args.no_weights and (args.prompt is not None or args.max_new_tokens is not None):
-        raise ValueError("--prompt and --max-new-tokens need weights: --no-weights compiles "
-                         "one decode step (its position: --decode-at)")
+    if args.no_weights and (args.prompt is not None or args.prompt_ids is not None
+                            or args.max_new_tokens is not None):
+        raise ValueError("--prompt, --prompt-ids and --max-new-tokens need weights: "
+                         "--no-weights compiles one decode step (its position: --decode-at)")
     if not args.no_weights and args.decode_at is not None:
         raise ValueError("--decode-at needs --no-weights (with weights, the prompt and "
                          "--max-new-tokens give the steps)")
@@ -98,13 +127,12 @@ def _cmd_compile(args) -> int:
     prefetch = {"on": True, "off": False, None: None}[args.prefetch]
     t0 = time.perf_counter()
     if args.no_weights:
-        build = compile_timing_step(preset(args.model), hw, args.decode_at, prefetch=prefetch)
+        build = compile_timing_step(model_config(args.model), hw, args.decode_at,
+                                    prefetch=prefetch)
     else:
-        loaded, im = _load_eval_inputs(args.model)
-        prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
+        loaded, im, ids = _load_eval_inputs(args.model, args)
         max_new = DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
-        build = compile_generation(im.cfg, im.qm, hw, _prompt_ids(loaded, prompt), max_new,
-                                   prefetch=prefetch)
+        build = compile_generation(im.cfg, im.qm, hw, ids, max_new, prefetch=prefetch)
     seconds = time.perf_counter() - t0
     extra = ({"tokenizer.json": Path(loaded.source) / "tokenizer.json"}
              if not args.no_weights and loaded.tokenizer is not None else {})
@@ -129,7 +157,7 @@ def _print_counters(counters: dict[str, dict[str, int]]) -> None:
 def _cmd_run(args) -> int:
     from accel.runtime import run_build
     from compiler.buildfolder import load_build
-    from models.tokenizer import CharTokenizer
+    from models.tokenizer import load_tokenizer
 
     build = load_build(args.build)
     if args.waves and args.sim != "rtl":
@@ -139,7 +167,7 @@ def _cmd_run(args) -> int:
     result = run_build(build, sim=args.sim, waves=args.waves)
     tok_file = Path(args.build) / "tokenizer.json"
     if tok_file.exists():
-        tok = CharTokenizer.load(tok_file)
+        tok = load_tokenizer(tok_file)
         print(f"{tok.decode(build.prompt)}[{tok.decode(result.tokens)}]")
     print(f"generated tokens: {result.tokens}")
     print(f"counters ({args.sim} simulator):")
@@ -172,7 +200,11 @@ def _print_perf(build) -> int:
 def _cmd_verify(args) -> int:
     from accel.ladder import MAX_PPL_RATIO, MIN_TOP1_AGREEMENT, failed_rungs, verify_ladder
 
-    report = verify_ladder(args.model, args.hw, args.prompt, args.max_new_tokens,
+    if args.prompt is not None and args.prompt_ids is not None:
+        raise ValueError("give the prompt as text (--prompt) or as token ids "
+                         "(--prompt-ids), not both")
+    prompt = args.prompt if args.prompt_ids is None else parse_token_ids(args.prompt_ids)
+    report = verify_ladder(args.model, args.hw, prompt, args.max_new_tokens,
                            args.eval_windows, rtl=args.rtl)
     failed = failed_rungs(report)
     report["failed_rungs"] = failed
@@ -318,8 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("generate", help="greedy generation, float and/or integer")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--prompt", default="ROMEO:")
+    p.add_argument("--model", default="tiny", help="'tiny', a checkpoint folder or a preset")
+    p.add_argument("--prompt", default=None, help=f"default: {DEFAULT_PROMPT!r}")
+    p.add_argument("--prompt-ids", default=None, metavar="IDS",
+                   help="the prompt as token ids, e.g. 1,2,3 (for a model without a tokenizer)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--numerics", choices=("float", "int", "both"), default="both")
     p.set_defaults(func=_cmd_generate)
@@ -328,12 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny", help="'tiny', a checkpoint folder or a preset")
     p.add_argument("--hw", default="edge-8x8", help="TOML file or preset name in configs/")
     p.add_argument("--prompt", default=None, help=f"default: {DEFAULT_PROMPT!r}")
+    p.add_argument("--prompt-ids", default=None, metavar="IDS",
+                   help="the prompt as token ids, e.g. 1,2,3 (for a model without a tokenizer)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"default: {DEFAULT_NEW_TOKENS}")
     p.add_argument("--prefetch", choices=("on", "off"), default=None,
                    help="override the hardware description's prefetch setting")
     p.add_argument("--no-weights", action="store_true",
-                   help="compile one decode step of a preset without weights (timing only)")
+                   help="compile one decode step without weights (timing only): of a preset "
+                        "or of a folder's config.json")
     p.add_argument("--decode-at", type=int, default=None,
                    help="with --no-weights: the decode step's position (default: half the context)")
     p.add_argument("-o", "--out", default="build/tiny", help="build folder to write")
@@ -348,9 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("verify", help="run the verification ladder and print a table")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny", help="'tiny', a checkpoint folder or a preset")
     p.add_argument("--hw", default="edge-8x8")
-    p.add_argument("--prompt", default="ROMEO:")
+    p.add_argument("--prompt", default=None,
+                   help=f"default: {DEFAULT_PROMPT!r}, or {UNTOKENIZED_PROMPT} as token ids "
+                        f"for a model without a tokenizer")
+    p.add_argument("--prompt-ids", default=None, metavar="IDS",
+                   help="the prompt as token ids, e.g. 1,2,3 (for a model without a tokenizer)")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--eval-windows", type=int, default=64,
                    help="held-out windows for the integer-vs-float rung")

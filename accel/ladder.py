@@ -27,13 +27,11 @@ import numpy as np
 
 from accel.runtime import RunResult, run_build, same_dram
 from models.integer import init_int_cache, int_decode_step, int_prefill
+from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
 
 # Rung 1's bar (the integer model against float on the held-out text): the quality bar
 # the tiny model is trained to (tests/models/test_integer.py).
 MIN_TOP1_AGREEMENT, MAX_PPL_RATIO = 0.95, 1.05
-
-# The prompt of a model without a tokenizer (random weights): four token ids.
-UNTOKENIZED_PROMPT = [1, 2, 3, 4]
 
 
 def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:
@@ -91,21 +89,27 @@ def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]]) -> dict:
             "programs": rows}
 
 
-def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
-                  eval_windows: int, rtl: bool = False) -> dict:
+def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
+                  max_new_tokens: int, eval_windows: int, rtl: bool = False) -> dict:
     """Run the rungs of the verification ladder that apply; a flat dict of results.
 
-    Raises ``ValueError`` for an empty prompt, and whatever loading the model or the
-    hardware description raises (``ConfigError``, ``CheckpointError``, ``HardwareError``).
+    ``prompt`` is text (for a model with a tokenizer), token ids, or None: ``"ROMEO:"``
+    through the tokenizer, or ``UNTOKENIZED_PROMPT`` for a model without one.
+    Raises ``ValueError`` for an empty prompt, a text prompt without a tokenizer or an id
+    outside the vocabulary, and whatever loading the model or the hardware description
+    raises (``ConfigError``, ``CheckpointError``, ``HardwareError``).
     """
     from arch.hardware import load_hardware
     from compiler.driver import compile_generation
     from models.evaluate import build_int_model, evaluate
-    from models.zoo import load_model
+    from models.zoo import check_prompt_ids, load_model
 
-    if not prompt:
+    if prompt is not None and not prompt:
         raise ValueError("the prompt is empty")
     loaded = load_model(model)
+    if isinstance(prompt, str) and loaded.tokenizer is None:
+        raise ValueError(f"{model}: no tokenizer.json to read a text prompt; give token ids "
+                         f"(--prompt-ids)")
     im = build_int_model(loaded)
     hw = load_hardware(hw_spec)
     report: dict = {"model": loaded.cfg.name, "hardware": hw.name}
@@ -114,9 +118,13 @@ def verify_ladder(model: str, hw_spec: str, prompt: str, max_new_tokens: int,
         report["int_vs_float"] = {"top1_agreement": ev.top1_agreement,
                                   "ppl_ratio": ev.ppl_ratio, "float_ppl": ev.float_ppl,
                                   "int_ppl": ev.int_ppl, "tokens": ev.tokens}
-        ids = loaded.tokenizer.encode(prompt)
+    if isinstance(prompt, list):
+        ids = prompt
+    elif loaded.tokenizer is not None:
+        ids = loaded.tokenizer.encode(DEFAULT_PROMPT if prompt is None else prompt)
     else:
         ids = UNTOKENIZED_PROMPT
+    ids = check_prompt_ids(ids, loaded.cfg)
     ref = reference_generation(im, ids, max_new_tokens)
     for prefetch in (True, False):
         build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch)

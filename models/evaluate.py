@@ -37,7 +37,7 @@ from models.integer import (
     quantize,
 )
 from models.reference import decode_step, forward, init_cache, prefill
-from models.tokenizer import CharTokenizer
+from models.tokenizer import CharTokenizer, HFTokenizer
 from models.train import default_corpus, split_text
 from models.zoo import LoadedModel
 
@@ -73,7 +73,7 @@ def corpus_text(path: str | Path | None = None) -> str:
     return Path(path or default_corpus()).read_text()
 
 
-def calibration_windows(tokenizer: CharTokenizer | None, cfg: ModelConfig,
+def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: ModelConfig,
                         text: str | None = None) -> np.ndarray:
     """``[16, 128]`` token windows from the training split (random tokens without text)."""
     rng = np.random.default_rng(CALIBRATION_SEED)

@@ -9,7 +9,11 @@ Contract
 * a path to a Hugging Face style folder (``config.json`` + ``model.safetensors`` or its shards);
 * any other preset name – deterministic random weights of that shape (``init_params``);
 
-and returns a ``LoadedModel``. Nothing is downloaded.
+and returns a ``LoadedModel``; its tokenizer is the folder's ``tokenizer.json``
+(``models.tokenizer.load_tokenizer``: a character table or a Hugging Face file), or None.
+``model_config(spec)`` is the same choice without reading weights (timing-only compiles).
+``check_prompt_ids(ids, cfg)`` refuses an empty prompt or an id outside the vocabulary.
+Nothing is downloaded.
 
 Tested by tests/models/test_integer.py and tests/models/test_train.py.
 """
@@ -19,19 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.config import ModelConfig, preset
+from models.config import ConfigError, ModelConfig, preset
 from models.reference import Params, init_params
-from models.tokenizer import CharTokenizer
-from models.weights import load_checkpoint
+from models.tokenizer import CharTokenizer, HFTokenizer, load_tokenizer
+from models.weights import CheckpointError, load_checkpoint
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+# The prompt when none is given: text for a model with a tokenizer (tiny is trained on
+# Shakespeare), four token ids for one without (random weights, a folder without one).
+DEFAULT_PROMPT, UNTOKENIZED_PROMPT = "ROMEO:", [1, 2, 3, 4]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     cfg: ModelConfig
     params: Params
-    tokenizer: CharTokenizer | None
+    tokenizer: CharTokenizer | HFTokenizer | None
     source: str
 
 
@@ -49,7 +56,31 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
     if path.is_dir():
         cfg, params = load_checkpoint(path, name=path.name)
         tok_file = path / "tokenizer.json"
-        tokenizer = CharTokenizer.load(tok_file) if tok_file.exists() else None
+        tokenizer = load_tokenizer(tok_file) if tok_file.exists() else None
         return LoadedModel(cfg, params, tokenizer, str(path))
     cfg = preset(spec)
     return LoadedModel(cfg, init_params(cfg, seed), None, f"random init (seed {seed})")
+
+
+def model_config(spec: str) -> ModelConfig:
+    """The config ``load_model(spec)`` would return, read without the weights: a folder's
+    ``config.json`` (``tiny``'s included) or a preset's shape."""
+    path = tiny_checkpoint_dir() if spec == "tiny" else Path(spec)
+    if path.is_dir():
+        try:
+            return ModelConfig.from_hf_json(path / "config.json", name=path.name)
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+    return preset(spec)
+
+
+def check_prompt_ids(ids: list[int], cfg: ModelConfig) -> list[int]:
+    """``ids`` as ints; ``ValueError`` for an empty prompt or an id outside
+    ``[0, cfg.vocab_size)``."""
+    if not ids:
+        raise ValueError("the prompt is empty")
+    for i in ids:
+        if not 0 <= int(i) < cfg.vocab_size:
+            raise ValueError(f"prompt token id {int(i)} is outside the vocabulary of "
+                             f"{cfg.name} (vocab_size {cfg.vocab_size})")
+    return [int(i) for i in ids]

@@ -33,7 +33,12 @@ def test_eval_json_reports_both_perplexities(capsys):
     (["compile", "--model", "tiny", "--no-weights", "--decode-at", "-1"],
      "the position must be at least 0"),
     (["compile", "--decode-at", "5"], "--decode-at needs --no-weights"),
-    (["compile", "--no-weights", "--prompt", "x"], "--prompt and --max-new-tokens need weights"),
+    (["compile", "--no-weights", "--prompt", "x"],
+     "--prompt, --prompt-ids and --max-new-tokens need"),
+    (["compile", "--no-weights", "--prompt-ids", "1"], "--max-new-tokens need weights"),
+    (["generate", "--prompt-ids", "1,x"], "--prompt-ids: 'x' is not a token id"),
+    (["generate", "--prompt-ids", "1,65"], "prompt token id 65 is outside the vocabulary"),
+    (["generate", "--prompt-ids", "1", "--prompt", "a"], "not both"),
     (["compile", "-o", "docs"], "is not empty and not a build folder"),
     (["verify", "--prompt", ""], "the prompt is empty"),
     (["compile", "-o", "README.md/x"], "README.md/x"),
@@ -154,4 +159,4 @@ def test_demo_steps_are_command_lines_the_parser_accepts():
     assert [a.command for a in parsed] == ["eval", "generate", "compile", "run", "verify",
                                            "sweep"]
     assert parsed[0].max_windows == 3 and parsed[4].rtl and parsed[5].fresh
-    assert parsed[4].prompt == "ROMEO:" and parsed[2].prompt is None   # the defaults
+    assert parsed[4].prompt is None and parsed[4].max_new_tokens == 8   # the defaults
