@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from arch.hardware import HardwareConfig
 from arch.isa import Instruction, MatmulMode, OutBits, WeightLayout, make
 from arch.occupancy import matmul_mode
@@ -45,6 +47,7 @@ from compiler.ir import (
     Embed,
     Graph,
     KvAppend,
+    LmHead,
     MatMul,
     Output,
     Param,
@@ -55,6 +58,7 @@ from compiler.ir import (
     Rope,
     SiluMul,
     Tensor,
+    new_tensor,
 )
 from models.config import ModelConfig
 
@@ -270,9 +274,12 @@ class Generator:
 
     # -- matmul --------------------------------------------------------------------------
     def matmul(self, x_addr: int, x_stride: int, m: int, w: Param, out_addr: int,
-               out_stride: int) -> None:
-        n_total, k_total = w.shape
-        base = self.ctx.param_addr(w)
+               out_stride: int, columns: tuple[int, int] | None = None) -> None:
+        """``out = x . w^T`` over ``w``'s output channels, or over ``columns``
+        (``(first, count)``) of them, written from ``out_addr``."""
+        k_total = w.shape[1]
+        c0, n_total = (0, w.shape[0]) if columns is None else columns
+        base = self.ctx.param_addr(w) + c0 * k_total
         nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols)
         for n0 in range(0, n_total, nt):
             n = min(nt, n_total - n0)
@@ -290,16 +297,18 @@ class Generator:
                     op.out.row_bytes)
 
     # -- vector operations with per-channel parameters ------------------------------------
-    def column_chunks(self, words: ParamWords, cols: int, extra_per_col: int = 0):
+    def column_chunks(self, words: ParamWords, cols: int, extra_per_col: int = 0,
+                      col0: int = 0):
         """Yield ``(c0, c, slot)``: column chunks of a vector op with their parameter words
-        loaded (``extra_per_col`` staging bytes per column are needed besides)."""
+        loaded (``extra_per_col`` staging bytes per column are needed besides); the op's
+        columns are the words' columns from ``col0``."""
         wpc = words.words_per_column
         per_col = 4 * wpc + extra_per_col
         chunk = cols if words.count == 1 else max(1, min(cols, self.tile_bytes // per_col))
         for c0 in range(0, cols, chunk):
             c = min(chunk, cols - c0)
             n_words = wpc if words.count == 1 else wpc * c
-            first = 0 if words.count == 1 else wpc * c0
+            first = 0 if words.count == 1 else wpc * (col0 + c0)
             slot = self.load(self.ctx.param_addr(words) + 4 * first, 1, 4 * n_words, 4 * n_words)
             yield c0, c, slot
 
@@ -351,6 +360,49 @@ class Generator:
     def _op_argmax(self, op: Argmax) -> None:
         self.emit("ARGMAX", src_addr=self.addr(op.src), n=op.src.cols,
                   dst_addr=self.addr(op.out))
+
+    def _op_lmhead(self, op: LmHead) -> None:
+        """Each chunk: the matmul, the int16 logits (stored to the logits row), their first
+        maximum; its index is stored to DRAM so that two gathers fetch the chunk's maximum
+        (from the stored logits) and its column in the vocabulary (from ``op.columns``).
+        Then the first maximum over the chunks' maxima picks the chunk, and a gather of
+        the chunk's column by that index gives the token. Ties resolve as one ARGMAX over
+        the whole row: the first column within a chunk, then the first chunk."""
+        V = op.w.shape[0]
+        scratch = self.ctx.mmap["lm_head_scratch"].offset
+        row = self.ctx.mmap["logits"].offset + op.row * 2 * V
+        columns = self.ctx.param_addr(op.columns)
+        acc, logits = self.addr(op.acc), self.addr(op.logits)
+        chunks = op.chunks
+        for j, (c0, n) in enumerate(chunks):
+            self.matmul(self.addr(op.x), op.x.row_bytes, 1, op.w, acc, 4 * n, (c0, n))
+            for r0, r, slot in self.column_chunks(op.params, n, col0=c0):
+                index = self.emit("REQUANT", out_bits=OutBits.INT16,
+                                  per_channel=int(op.params.count > 1), has_bias=0,
+                                  src_addr=acc + 4 * r0, dst_addr=logits + 2 * r0,
+                                  param_addr=slot.addr, bias_addr=0, rows=1, cols=r,
+                                  src_stride=4 * n, dst_stride=2 * n)
+                self.use(slot, index)
+            self.emit("DMA_STORE", l2_addr=logits, dram_addr=row + 2 * c0, rows=1,
+                      row_bytes=2 * n, l2_stride=2 * n, dram_stride=2 * n)
+            local = self.addr(op.local) + 4 * j
+            self.emit("ARGMAX", src_addr=logits, n=n, dst_addr=local)
+            self.emit("DMA_STORE", l2_addr=local, dram_addr=scratch + 4 * j, rows=1,
+                      row_bytes=4, l2_stride=4, dram_stride=4)
+            self.emit("DMA_GATHER", idx_addr=scratch + 4 * j, table_addr=row + 2 * c0,
+                      count=1, row_bytes=2, l2_addr=self.addr(op.maxima) + 2 * j, l2_stride=2)
+            self.emit("DMA_GATHER", idx_addr=scratch + 4 * j, table_addr=columns + 4 * c0,
+                      count=1, row_bytes=4, l2_addr=self.addr(op.indices) + 4 * j,
+                      l2_stride=4)
+        k = len(chunks)
+        best, indices = scratch + 4 * k, scratch + 4 * (k + 1)
+        self.emit("ARGMAX", src_addr=self.addr(op.maxima), n=k, dst_addr=self.addr(op.best))
+        self.emit("DMA_STORE", l2_addr=self.addr(op.best), dram_addr=best, rows=1,
+                  row_bytes=4, l2_stride=4, dram_stride=4)
+        self.emit("DMA_STORE", l2_addr=self.addr(op.indices), dram_addr=indices, rows=1,
+                  row_bytes=4 * k, l2_stride=4 * k, dram_stride=4 * k)
+        self.emit("DMA_GATHER", idx_addr=best, table_addr=indices, count=1, row_bytes=4,
+                  l2_addr=self.addr(op.out), l2_stride=4)
 
     # -- data movement -------------------------------------------------------------------
     def _op_embed(self, op: Embed) -> None:
@@ -466,7 +518,8 @@ LOWERINGS = {
     Embed: Generator._op_embed, MatMul: Generator._op_matmul, Requant: Generator._op_requant,
     RmsNorm: Generator._op_rmsnorm, Rope: Generator._op_rope, KvAppend: Generator._op_kvappend,
     Attention: Generator._op_attention, SiluMul: Generator._op_silumul,
-    ResAdd: Generator._op_resadd, Argmax: Generator._op_argmax, Output: Generator._op_output,
+    ResAdd: Generator._op_resadd, Argmax: Generator._op_argmax, LmHead: Generator._op_lmhead,
+    Output: Generator._op_output,
 }
 assert set(LOWERINGS) == set(OPS), "every IR operation needs exactly one lowering"
 
@@ -474,3 +527,47 @@ assert set(LOWERINGS) == set(OPS), "every IR operation needs exactly one lowerin
 def generate(graphs: list[Graph], ctx: BuildContext, program: str) -> Code:
     return Generator(ctx, program).generate(graphs)
 
+
+
+# -- the LM head in column chunks ---------------------------------------------------------
+
+def lm_head_scratch_bytes(n_chunks: int) -> int:
+    """DRAM words ``LmHead``'s lowering stores for the gathers: each chunk's argmax, the
+    chunk holding the maximum, and each chunk's column."""
+    return 4 * (2 * n_chunks + 1)
+
+
+def chunk_lm_head(graph: Graph, chunk_cols: int) -> Graph:
+    """``graph`` with its LM head (the MatMul, Requant, Argmax and logits Output of the last
+    row) replaced by one ``LmHead`` in chunks of ``chunk_cols`` columns; the same graph
+    when it has no head. The logits of the whole row then never sit in L2 at once."""
+    argmax = next((op for op in graph.ops if isinstance(op, Argmax)), None)
+    if argmax is None:
+        return graph
+
+    def producer(kind, t: Tensor):
+        return next(op for op in graph.ops if isinstance(op, kind)
+                    and getattr(op, "out" if kind is not Output else "src").buffer is t.buffer)
+
+    requant = producer(Requant, argmax.src)
+    matmul = producer(MatMul, requant.src)
+    output = producer(Output, argmax.src)
+    V = matmul.w.shape[0]
+    if not 0 < chunk_cols < V:
+        raise CompileError(f"{graph.name}: an LM head of {V} columns in chunks of {chunk_cols}")
+    n = -(-V // chunk_cols)
+    head = LmHead(
+        x=matmul.x, w=matmul.w, params=requant.params,
+        columns=Param(f"{matmul.w.name}.columns", (V,), "int32", np.arange(V, dtype=np.int32)),
+        row=output.row, chunk_cols=chunk_cols,
+        acc=new_tensor("lm_head.acc", (1, chunk_cols), "int32"),
+        logits=new_tensor("lm_head.logits", (1, chunk_cols), "int16"),
+        local=new_tensor("lm_head.local", (n,), "int32"),
+        maxima=new_tensor("lm_head.maxima", (n,), "int16"),
+        indices=new_tensor("lm_head.indices", (n,), "int32"),
+        best=new_tensor("lm_head.best", (1,), "int32"), out=argmax.out)
+    if requant.bias is not None:
+        raise CompileError(f"{graph.name}: an LM head with a bias cannot be chunked")
+    replaced = {id(requant), id(argmax), id(output)}
+    ops = [head if op is matmul else op for op in graph.ops if id(op) not in replaced]
+    return Graph(graph.name, graph.start, graph.tokens, ops)

@@ -36,11 +36,13 @@ from compiler.backend import (
     MIN_RING_BYTES,
     BuildContext,
     causal_block_rows,
+    chunk_lm_head,
+    lm_head_scratch_bytes,
     plan_activations,
 )
 from compiler.frontend import lower_step
 from compiler.image import DramImage, MemoryMap, align, block_table, param_bytes, param_size
-from compiler.ir import CompileError, Graph, Param, ParamWords
+from compiler.ir import Argmax, CompileError, Graph, LmHead, Param, ParamWords
 from compiler.pipeline import PASSES, PassContext, ProgramIR, run_passes
 from compiler.semantics import accesses, flat
 from models.config import ModelConfig
@@ -113,10 +115,12 @@ class Build:
 
 # -- building --------------------------------------------------------------------------
 
-def _fits(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> bool:
+def _fits(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig,
+          ring_bytes: int = MIN_RING_BYTES) -> bool:
+    """The graphs' activations leave at least ``ring_bytes`` of L2 to the staging ring."""
     ops = [op for g in graphs for op in g.ops]
     _, end, _ = plan_activations(ops, cfg, align(2 * cfg.head_dim))
-    return align(end) + MIN_RING_BYTES <= hw.l2_bytes
+    return align(end) + ring_bytes <= hw.l2_bytes
 
 
 def prefill_chunk_sizes(n_prompt: int, hw: HardwareConfig):
@@ -135,14 +139,48 @@ def prefill_chunk_sizes(n_prompt: int, hw: HardwareConfig):
         yield chunk
 
 
+def lm_head_chunk_sizes(vocab_size: int):
+    """The column chunks an LM head that does not fit L2 tries, largest first: the
+    vocabulary in 2, 4, 8, ... parts, each a multiple of 64 columns (so that every chunk
+    starts on a 128-byte boundary of the logits row), down to 64."""
+    parts, size = 2, vocab_size
+    while size > 64:
+        size = align(-(-vocab_size // parts), 64)
+        if size < vocab_size:
+            yield size
+        parts *= 2
+
+
+def _fit_head(graph: Graph, cfg: ModelConfig, hw: HardwareConfig) -> Graph:
+    """``graph``, or, when its activations do not fit L2 with the logits row, the graph
+    with the LM head in column chunks (``backend.chunk_lm_head``): the largest that leave
+    half of L2 to the staging ring (the weights' tiles, which the rest of the step
+    streams through it, stay as large as the other activations allow), else the largest
+    that fit at all, else the smallest (the caller's check then refuses it)."""
+    if _fits([graph], cfg, hw) or not any(isinstance(op, Argmax) for op in graph.ops):
+        return graph
+    chunked = [chunk_lm_head(graph, size) for size in lm_head_chunk_sizes(cfg.vocab_size)]
+    for ring_bytes in (hw.l2_bytes // 2, MIN_RING_BYTES):
+        for g in chunked:
+            if _fits([g], cfg, hw, ring_bytes):
+                return g
+    return chunked[-1] if chunked else graph
+
+
+def _head_scratch(graphs: list[Graph]) -> int:
+    """DRAM bytes of the chunked LM heads' scratch words (0 without one)."""
+    chunks = [len(op.chunks) for g in graphs for op in g.ops if isinstance(op, LmHead)]
+    return lm_head_scratch_bytes(max(chunks)) if chunks else 0
+
+
 def _prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int) -> list[Graph]:
     """Prefill as chunks whose activations fit L2 (the whole prompt when it fits)."""
     for chunk in prefill_chunk_sizes(n_prompt, hw):
         graphs = []
         for start in range(0, n_prompt, chunk):
             n = min(chunk, n_prompt - start)
-            graphs.append(lower_step(cfg, qm, start, n, head=start + n == n_prompt,
-                                     name=f"prefill@{start}"))
+            graphs.append(_fit_head(lower_step(cfg, qm, start, n, head=start + n == n_prompt,
+                                               name=f"prefill@{start}"), cfg, hw))
         if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
             return graphs
     raise AssertionError("unreachable: a chunk of 1 is always returned")
@@ -159,7 +197,8 @@ def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:
 
 
 def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
-            program_names: list[str], with_data: bool) -> tuple[MemoryMap, DramImage]:
+            program_names: list[str], with_data: bool, head_scratch: int = 0
+            ) -> tuple[MemoryMap, DramImage]:
     mmap = MemoryMap()
     for name, p in params.items():
         mmap.add(f"param:{name}", param_size(p))
@@ -172,6 +211,8 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
         for kind in ("k", "v"):
             mmap.add(f"kv:{layer}:{kind}", pool)
     mmap.add("logits", 2 * cfg.vocab_size * positions)
+    if head_scratch:
+        mmap.add("lm_head_scratch", head_scratch)
     for name in program_names:
         mmap.add(f"counters:{name}", COUNTER_BYTES * len(COUNTERS))
     if mmap.size > hw.dram_bytes:
@@ -226,7 +267,8 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
     for i in range(max_new_tokens - 1):
         start = n_prompt + i
         named.append((f"decode_{i:03d}", "decode",
-                      [lower_step(cfg, qm, start, 1, name=f"decode@{start}")]))
+                      [_fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg,
+                                 hw)]))
     for name, _, graphs in named:
         if not _fits(graphs[:1], cfg, hw):
             raise CompileError(f"L2 too small for the smallest legal tiling: {name} at "
@@ -234,7 +276,8 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
     params = _collect_params([g for _, _, gs in named for g in gs])
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
     positions = n_prompt + max_new_tokens
-    mmap, image = _layout(cfg, hw, params, positions, [n for n, _, _ in named], with_data)
+    mmap, image = _layout(cfg, hw, params, positions, [n for n, _, _ in named], with_data,
+                          _head_scratch([g for _, _, gs in named for g in gs]))
     image.write("tokens", np.asarray(prompt, "<i4"), keep=True)
     return _finish(cfg, hw, prefetch, mmap, image, named, prompt, max_new_tokens)
 
@@ -250,14 +293,15 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
         raise CompileError(f"positions up to {start + n_tokens - 1} are beyond the model's "
                            f"context of {cfg.max_seq_len} tokens")
     kind = "decode" if n_tokens == 1 else "prefill"
-    graphs = ([lower_step(cfg, qm, start, 1, name=f"decode@{start}")] if kind == "decode"
-              else _prefill_graphs(cfg, qm, hw, n_tokens))
+    graphs = ([_fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg, hw)]
+              if kind == "decode" else _prefill_graphs(cfg, qm, hw, n_tokens))
     if kind == "prefill" and start:
         raise CompileError("a prefill step starts at position 0")
     params = _collect_params(graphs)
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
     name = "decode_000" if kind == "decode" else "prefill"
-    mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data)
+    mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data,
+                          _head_scratch(graphs))
     return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1)
 
 

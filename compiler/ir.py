@@ -207,6 +207,34 @@ class Argmax:
 
 
 @dataclass(frozen=True)
+class LmHead:
+    """The LM head of one row in column chunks of the vocabulary, for a logits row larger
+    than L2 holds (``backend.chunk_lm_head`` makes it of a MatMul, Requant, Argmax and
+    logits Output): each chunk's int32 accumulators, int16 logits (stored to the logits
+    row in DRAM) and first maximum; then the first maximum over the chunks' maxima."""
+
+    x: Tensor               # [1, D] int8
+    w: Param                # [V, D] int8
+    params: ParamWords      # the logits' requantisation
+    columns: Param          # [V] int32: 0..V-1, each column's index, gathered by the maxima
+    row: int                # the logits row in DRAM
+    chunk_cols: int
+    acc: Tensor             # [1, chunk_cols] int32
+    logits: Tensor          # [1, chunk_cols] int16
+    local: Tensor           # [n_chunks] int32: each chunk's argmax, within the chunk
+    maxima: Tensor          # [n_chunks] int16: each chunk's maximum
+    indices: Tensor         # [n_chunks] int32: each chunk's argmax, in the vocabulary
+    best: Tensor            # [1] int32: the chunk holding the first maximum
+    out: Tensor             # [1] int32: the next token
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        """``(first column, columns)`` of each chunk."""
+        V = self.w.shape[0]
+        return [(c0, min(self.chunk_cols, V - c0)) for c0 in range(0, V, self.chunk_cols)]
+
+
+@dataclass(frozen=True)
 class Output:
     """Store a result to its DRAM region: ``logits`` rows or the ``next_token``."""
 
@@ -216,7 +244,7 @@ class Output:
 
 
 Op = Embed | MatMul | Requant | RmsNorm | Rope | KvAppend | Attention | SiluMul | ResAdd \
-    | Argmax | Output
+    | Argmax | LmHead | Output
 OPS: tuple[type, ...] = typing.get_args(Op)      # every operation class of the IR
 
 
@@ -242,6 +270,14 @@ def verify(graph: Graph) -> None:
         elif isinstance(op, Requant):
             if op.src.shape != op.out.shape or op.src.dtype != "int32":
                 raise CompileError(f"{graph.name}: bad Requant {op.src.shape} -> {op.out.shape}")
+        elif isinstance(op, LmHead):
+            n = len(op.chunks)
+            if (op.x.shape != (1, op.w.shape[1]) or op.acc.shape != (1, op.chunk_cols)
+                    or op.logits.shape != (1, op.chunk_cols) or op.maxima.shape != (n,)
+                    or op.indices.shape != (n,) or op.local.shape != (n,)
+                    or op.columns.shape != (op.w.shape[0],)):
+                raise CompileError(f"{graph.name}: bad LmHead of {op.w.shape} in chunks of "
+                                   f"{op.chunk_cols}")
         elif isinstance(op, RmsNorm | SiluMul | ResAdd):
             src = {RmsNorm: "src", SiluMul: "gate", ResAdd: "h"}[type(op)]
             src = getattr(op, src)

@@ -32,3 +32,34 @@ def tiny_int(tiny_model):
     from models.evaluate import build_int_model
 
     return build_int_model(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def wide_vocab():
+    """A model whose logits row (11,000 columns: 66 kB of int32 and int16) exceeds a
+    64 KiB L2, with a tie for the largest logit at the first step: the row the model picks
+    is copied to a column in another chunk of the vocabulary and made dominant. Returns
+    ``(im, prompt, hw, (first, second))``: the integer model, the prompt, edge-8x8 with a
+    64 KiB L2 (the configuration tests/rtl builds), and the tied columns."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from accel.ladder import reference_generation
+    from arch.hardware import load_hardware
+    from models.evaluate import build_int_model
+    from models.reference import init_params
+    from models.zoo import LoadedModel
+
+    cfg = _small_config(name="wide-vocab", vocab_size=11000, d_model=16, n_layers=1,
+                        n_heads=1, n_kv_heads=1, head_dim=16, d_ff=32, max_seq_len=32)
+    params = init_params(cfg, 0)
+    prompt = [3, 1, 4, 1, 5]
+    picked = reference_generation(build_int_model(LoadedModel(cfg, params, None, "")),
+                                  prompt, 1).tokens[0]
+    other = (picked + cfg.vocab_size // 2) % cfg.vocab_size
+    lm = np.array(params["lm_head"])
+    lm[picked] *= 4
+    lm[other] = lm[picked]
+    im = build_int_model(LoadedModel(cfg, {**params, "lm_head": jnp.asarray(lm)}, None, ""))
+    hw = load_hardware("edge-8x8").replace(l2_bytes=64 * 1024)
+    return im, prompt, hw, tuple(sorted((picked, other)))

@@ -8,7 +8,7 @@ from accel.ladder import compare, reference_generation
 from accel.runtime import run_build
 from arch.hardware import load_hardware
 from arch.isa import ErrorCode, make
-from compiler.driver import compile_generation
+from compiler.driver import compile_generation, lm_head_chunk_sizes
 from compiler.ir import CompileError
 from compiler.isasim import DeadlockError, IsaSimulator, RaceError
 from compiler.semantics import AcceleratorError
@@ -113,3 +113,19 @@ def test_l2_too_small_and_prompt_too_long_are_refused(small_config, int_model):
         compile_generation(cfg, im.qm, tiny_l2, [1, 2, 3], 2)
     with pytest.raises(CompileError, match="longer than the model's context of 48"):
         compile_generation(cfg, im.qm, load_hardware("edge-8x8"), [1] * 40, 10)
+
+
+def test_a_logits_row_larger_than_l2_goes_in_column_chunks(wide_vocab):
+    """The LM head in chunks of the vocabulary (``backend.chunk_lm_head``): every logit
+    written, every token the integer reference's, and a tie between two chunks resolved
+    as one argmax over the whole row resolves it (the first column)."""
+    im, prompt, hw, (first, second) = wide_vocab
+    build = compile_generation(im.cfg, im.qm, hw, prompt, 4)
+    V = im.cfg.vocab_size
+    chunks = build.manifest()["programs"][1]["opcodes"]["ARGMAX"] - 1   # and one over them
+    assert chunks >= 2 and 6 * V > hw.l2_bytes
+    (cols,) = [c for c in lm_head_chunk_sizes(V) if -(-V // c) == chunks]
+    ref = reference_generation(im, prompt, 4)
+    assert ref.tokens[0] == first and first // cols != second // cols
+    verdict = compare(run_build(build), ref)
+    assert verdict["bit_exact"] and verdict["logit_rows_compared"] == 4, verdict

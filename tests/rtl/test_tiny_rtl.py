@@ -82,3 +82,17 @@ def test_performance_model_agrees_with_the_rtl(runs):
                 (name, engine, model[engine], counters[engine])
         assert model["array_macs"] == counters["array_macs"]
         assert model["prefetch_bytes"] == counters["prefetch_bytes"]
+
+
+def test_a_chunked_lm_head_is_bit_exact_on_the_rtl(wide_vocab):
+    """An LM head over 11,000 columns on a 64 KiB L2, in column chunks whose maxima are
+    reduced through DRAM gathers (``backend.chunk_lm_head``): the RTL ends with the ISA
+    simulator's whole DRAM and L2, and the integer reference's tokens and logits (the
+    first step a tie between two chunks)."""
+    im, prompt, hw, (first, _) = wide_vocab
+    build = compile_generation(im.cfg, im.qm, hw, prompt, 3)
+    isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
+    verdict = same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)
+    assert verdict["bit_exact"] and verdict["l2_bytes_compared"] == hw.l2_bytes, verdict
+    ref = compare(rtl, reference_generation(im, prompt, 3))
+    assert ref["bit_exact"] and ref["logit_rows_compared"] == 3 and rtl.tokens[0] == first
