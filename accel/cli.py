@@ -29,11 +29,15 @@ def _cmd_train(args) -> int:
     from models.config import preset
     from models.train import TrainConfig, default_corpus, train
 
-    tc = TrainConfig(corpus=Path(args.corpus or default_corpus()), out_dir=Path(args.out),
+    tc = TrainConfig(corpus=Path(args.corpus or default_corpus()),
+                     out_dir=Path(args.out or f"build/{args.model}-train"),
                      model=preset(args.model), steps=args.steps, batch_size=args.batch_size,
-                     seq_len=args.seq_len, lr=args.lr, seed=args.seed)
+                     seq_len=args.seq_len, lr=args.lr, seed=args.seed,
+                     tokenizer=args.tokenizer)
     result = train(tc, progress=not args.quiet)
-    print(f"validation loss {result['val_loss']:.4f} nats/char; checkpoint in {result['out_dir']}")
+    unit = "char" if args.tokenizer == "char" else "token"
+    print(f"validation loss {result['val_loss']:.4f} nats/{unit}; checkpoint in "
+          f"{result['out_dir']}")
     return 0
 
 
@@ -330,10 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
         "compiler, simulators, RTL, verification ladder and design-space sweeps.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train the character-level tiny model")
+    p = sub.add_parser("train", help="train one of the project's models (tiny, tiny-bpe)")
     p.add_argument("--model", default="tiny", help="preset giving the shape (default: tiny)")
+    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
+                   help="a character table, or a byte-level BPE trained on the training "
+                        "split to the preset's vocab_size (tiny-bpe: --tokenizer bpe)")
     p.add_argument("--corpus", help="training text (default: ../shared/data/tinyshakespeare.txt)")
-    p.add_argument("--out", default="build/tiny-train", help="checkpoint folder to write")
+    p.add_argument("--out", default=None,
+                   help="checkpoint folder to write (default: build/<model>-train)")
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=256)

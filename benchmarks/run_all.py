@@ -4,6 +4,7 @@ from benchmarks import (
     compile_speed,
     fuzz_builds,
     fuzz_programs,
+    ladder,
     matmul_calibration,
     perf_calibration,
     perf_model,
@@ -19,6 +20,7 @@ def main() -> None:
     compile_speed.main([])
     rtl_dma.main([])
     rtl_tiny.main([])
+    ladder.main([])
     rtl_gemm.main([])
     perf_calibration.main([])
     matmul_calibration.main([])

@@ -428,6 +428,10 @@ def _presets() -> dict[str, ModelConfig]:
         "tiny": ModelConfig(
             name="tiny", vocab_size=65, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
             head_dim=32, d_ff=384, max_seq_len=256, rope_theta=10000.0, norm_eps=1e-5),
+        "tiny-bpe": ModelConfig(
+            name="tiny-bpe", vocab_size=2048, d_model=128, n_layers=4, n_heads=4,
+            n_kv_heads=1, head_dim=32, d_ff=384, max_seq_len=256, rope_theta=10000.0,
+            norm_eps=1e-5, tie_embeddings=True),
     }
 
 

@@ -1,11 +1,14 @@
-"""Training of the character-level ``tiny`` model on a local text corpus.
+"""Training of the project's own models (``tiny``, ``tiny-bpe``) on a local text corpus.
 
 Contract
 --------
 ``train(TrainConfig)`` trains a model from ``init_params`` with AdamW (optax) on random
 windows of the training split, shows progress with tqdm, and writes a Hugging Face style
 checkpoint plus ``tokenizer.json`` into the output folder every ``save_every`` steps and
-at the end, so an interrupted run keeps its last saved weights. The last
+at the end, so an interrupted run keeps its last saved weights. The tokenizer is a
+character table of the corpus (``tokenizer="char"``) or a byte-level BPE that the
+``tokenizers`` library trains on the training split to the model's ``vocab_size``
+(``tokenizer="bpe"``, ``HFTokenizer.train``); the model's vocabulary is the tokenizer's. The last
 ``val_fraction`` of the text is held out; ``split_text`` is the one definition of that
 split, also used by evaluation and calibration. Nothing is downloaded.
 """
@@ -25,7 +28,7 @@ from tqdm import tqdm
 
 from models.config import ModelConfig, preset
 from models.reference import forward, init_params
-from models.tokenizer import CharTokenizer
+from models.tokenizer import CharTokenizer, HFTokenizer
 from models.weights import save_checkpoint
 
 VAL_FRACTION = 0.1
@@ -58,6 +61,7 @@ class TrainConfig:
     save_every: int = 500
     eval_batches: int = 8
     save_dtype: str = "float16"
+    tokenizer: str = "char"         # "char" or "bpe"
 
 
 def cross_entropy(params, tokens_BxT1, cfg: ModelConfig):
@@ -88,12 +92,16 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
             raise ValueError(f"{name} must be at least 1, not {getattr(tc, name)}")
     if not 0 < tc.lr < float("inf"):
         raise ValueError(f"lr must be a positive finite number, not {tc.lr}")
+    if tc.tokenizer not in ("char", "bpe"):
+        raise ValueError(f"tokenizer must be 'char' or 'bpe', not {tc.tokenizer!r}")
+    if tc.seq_len > tc.model.max_seq_len:
+        raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len "
+                         f"{tc.model.max_seq_len}")
     text = Path(tc.corpus).read_text()
-    tokenizer = CharTokenizer.from_text(text)
-    cfg = tc.model.replace(vocab_size=tokenizer.vocab_size)
-    if tc.seq_len > cfg.max_seq_len:
-        raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
     train_text, val_text = split_text(text)
+    tokenizer = (CharTokenizer.from_text(text) if tc.tokenizer == "char"
+                 else HFTokenizer.train([train_text], tc.model.vocab_size))
+    cfg = tc.model.replace(vocab_size=tokenizer.vocab_size)
     train_data = np.asarray(tokenizer.encode(train_text), np.int32)
     val_data = np.asarray(tokenizer.encode(val_text), np.int32)
 

@@ -4,8 +4,9 @@ Contract
 --------
 ``load_model(spec, seed)`` accepts
 
-* ``"tiny"`` – the project's trained character-level model, packaged under
-  ``models/checkpoints/tiny`` with its tokenizer;
+* ``"tiny"`` or ``"tiny-bpe"`` (``TRAINED``) – the project's trained models, packaged
+  under ``models/checkpoints/<name>`` with their tokenizers (a character table; a
+  byte-level BPE of 2,048 tokens);
 * a path to a Hugging Face style folder (``config.json`` + ``model.safetensors`` or its shards);
 * any other preset name – deterministic random weights of that shape (``init_params``);
 
@@ -42,17 +43,25 @@ class LoadedModel:
     source: str
 
 
+TRAINED = ("tiny", "tiny-bpe")
+
+
+def checkpoint_dir(name: str) -> Path:
+    """The packaged checkpoint of one of the ``TRAINED`` models."""
+    return CHECKPOINTS / name
+
+
 def tiny_checkpoint_dir() -> Path:
-    return CHECKPOINTS / "tiny"
+    return checkpoint_dir("tiny")
 
 
 def load_model(spec: str, seed: int = 0) -> LoadedModel:
     path = Path(spec)
-    if spec == "tiny":
-        path = tiny_checkpoint_dir()
+    if spec in TRAINED:
+        path = checkpoint_dir(spec)
         if not (path / "model.safetensors").exists():
-            raise FileNotFoundError(f"{path}: the trained tiny checkpoint is missing; "
-                                    "run `accel train` to create it")
+            raise FileNotFoundError(f"{path}: the trained {spec} checkpoint is missing; "
+                                    f"run `accel train --model {spec}` to create it")
     if path.is_dir():
         cfg, params = load_checkpoint(path, name=path.name)
         tok_file = path / "tokenizer.json"
@@ -65,7 +74,7 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
 def model_config(spec: str) -> ModelConfig:
     """The config ``load_model(spec)`` would return, read without the weights: a folder's
     ``config.json`` (``tiny``'s included) or a preset's shape."""
-    path = tiny_checkpoint_dir() if spec == "tiny" else Path(spec)
+    path = checkpoint_dir(spec) if spec in TRAINED else Path(spec)
     if path.is_dir():
         try:
             return ModelConfig.from_hf_json(path / "config.json", name=path.name)

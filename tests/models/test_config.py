@@ -200,10 +200,10 @@ PUBLISHED = {
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_each_preset_is_its_published_config(name):
-    if name == "tiny":      # the project's own model: its checkpoint's config.json
-        from models.zoo import tiny_checkpoint_dir
+    from models.zoo import TRAINED, checkpoint_dir
 
-        published = json.loads((tiny_checkpoint_dir() / "config.json").read_text())
+    if name in TRAINED:      # the project's own models: their checkpoints' config.json
+        published = json.loads((checkpoint_dir(name) / "config.json").read_text())
     else:
         published = PUBLISHED[name]
     assert ModelConfig.from_hf_dict(published, name=name) == preset(name)

@@ -77,6 +77,18 @@ def test_tiny_integer_model_meets_the_quality_bar(tiny_model, tiny_int):
     assert result.ppl_ratio <= 1.05, result
 
 
+def test_tiny_bpe_integer_model_meets_the_quality_bar():
+    """The second trained model (byte-level BPE, MQA, tied embeddings), the same bar."""
+    from models.evaluate import build_int_model
+    from models.zoo import load_model
+
+    loaded = load_model("tiny-bpe")
+    result = evaluate(loaded, build_int_model(loaded), max_windows=32)
+    assert result.tokens == 32 * loaded.cfg.max_seq_len
+    assert result.top1_agreement >= 0.95, result
+    assert result.ppl_ratio <= 1.05, result
+
+
 @pytest.mark.parametrize("overrides", [{}, {"qkv_bias": True, "tie_embeddings": True}])
 def test_quant_struct_matches_quantize(small_config, overrides):
     from models.integer import quant_struct

@@ -6,8 +6,9 @@ import json
 import numpy as np
 
 from models.config import ModelConfig
+from models.tokenizer import HFTokenizer
 from models.train import TrainConfig, split_text, train
-from models.zoo import load_model, tiny_checkpoint_dir
+from models.zoo import checkpoint_dir, load_model, tiny_checkpoint_dir
 
 
 def test_split_holds_out_the_last_tenth():
@@ -40,3 +41,34 @@ def test_packaged_tiny_checkpoint(tiny_model):
     assert cfg.n_kv_heads < cfg.n_heads                      # grouped-query attention
     size = sum(p.stat().st_size for p in tiny_checkpoint_dir().iterdir())
     assert size <= 2 * 1024 * 1024
+
+
+def test_a_bpe_training_run_trains_its_tokenizer_on_the_training_split(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 200 + "zyzzyva " * 30)
+    cfg = ModelConfig(name="mini-bpe", vocab_size=290, d_model=32, n_layers=1, n_heads=2,
+                      n_kv_heads=1, head_dim=16, d_ff=64, max_seq_len=32)
+    out = tmp_path / "ckpt"
+    train(TrainConfig(corpus=corpus, out_dir=out, model=cfg, steps=40, batch_size=8,
+                      seq_len=32, eval_every=20, save_every=40, eval_batches=2,
+                      tokenizer="bpe"), progress=False)
+    loaded = load_model(str(out))
+    tok = loaded.tokenizer
+    assert isinstance(tok, HFTokenizer) and loaded.cfg.vocab_size == tok.vocab_size <= 290
+    assert tok.decode(tok.encode("to be")) == "<s>to be"
+    # The held-out tail ("zyzzyva") was not seen by the BPE trainer: it stays one token
+    # per byte, while the training text's words merge.
+    assert len(tok.encode("zyzzyva")) == 1 + len("zyzzyva")
+    assert len(tok.encode("to be or not to be")) < len("to be or not to be") / 2
+
+
+def test_packaged_tiny_bpe_checkpoint():
+    loaded = load_model("tiny-bpe")
+    cfg = loaded.cfg
+    assert isinstance(loaded.tokenizer, HFTokenizer)
+    assert cfg.vocab_size == loaded.tokenizer.vocab_size == 2048
+    assert cfg.n_kv_heads == 1 and cfg.tie_embeddings          # multi-query, tied head
+    size = sum(p.stat().st_size for p in checkpoint_dir("tiny-bpe").iterdir())
+    assert size <= 4 * 1024 * 1024
+    log = json.loads((checkpoint_dir("tiny-bpe") / "train_log.json").read_text())
+    assert log["val_loss"] < log["history"][0]["val_loss"]
