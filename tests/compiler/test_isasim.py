@@ -8,11 +8,10 @@ from accel.ladder import compare, reference_generation
 from accel.runtime import run_build
 from arch.hardware import load_hardware
 from arch.isa import ErrorCode, make
-from compiler.driver import compile_generation, lm_head_chunk_sizes
+from compiler.driver import compile_generation
 from compiler.ir import CompileError
 from compiler.isasim import DeadlockError, IsaSimulator, RaceError
 from compiler.semantics import AcceleratorError
-from models.config import RopeScaling
 
 
 @pytest.mark.parametrize(("overrides", "hw", "prompt_len", "prefetch"), [
@@ -24,8 +23,6 @@ from models.config import RopeScaling
       "tie_embeddings": True}, "edge-8x8", 17, True),                    # MQA, hd 64, bias
     ({"n_heads": 8, "n_kv_heads": 2, "head_dim": 16, "d_model": 128, "d_ff": 200}, "edge-4x4",
      33, False),                                                         # G=4 > 4x4 rows? no: =4
-    ({"n_heads": 3, "n_kv_heads": 1, "head_dim": 32, "rope_theta": 500.0,   # q_dim 96 != 64,
-      "rope_scaling": RopeScaling("llama3", 8.0, 1.0, 4.0, 64)}, "edge-8x8", 9, True),  # llama3
 ])
 def test_bit_exact_with_integer_reference(small_config, int_model, overrides, hw, prompt_len,
                                           prefetch):
@@ -114,18 +111,3 @@ def test_l2_too_small_and_prompt_too_long_are_refused(small_config, int_model):
     with pytest.raises(CompileError, match="longer than the model's context of 48"):
         compile_generation(cfg, im.qm, load_hardware("edge-8x8"), [1] * 40, 10)
 
-
-def test_a_logits_row_larger_than_l2_goes_in_column_chunks(wide_vocab):
-    """The LM head in chunks of the vocabulary (``backend.chunk_lm_head``): every logit
-    written, every token the integer reference's, and a tie between two chunks resolved
-    as one argmax over the whole row resolves it (the first column)."""
-    im, prompt, hw, (first, second) = wide_vocab
-    build = compile_generation(im.cfg, im.qm, hw, prompt, 4)
-    V = im.cfg.vocab_size
-    chunks = build.manifest()["programs"][1]["opcodes"]["ARGMAX"] - 1   # and one over them
-    assert chunks >= 2 and 6 * V > hw.l2_bytes
-    (cols,) = [c for c in lm_head_chunk_sizes(V) if -(-V // c) == chunks]
-    ref = reference_generation(im, prompt, 4)
-    assert ref.tokens[0] == first and first // cols != second // cols
-    verdict = compare(run_build(build), ref)
-    assert verdict["bit_exact"] and verdict["logit_rows_compared"] == 4, verdict

@@ -16,7 +16,7 @@ import pytest
 from accel.ladder import compare, reference_generation
 from accel.runtime import run_build, same_dram
 from arch.hardware import load_hardware
-from compiler.driver import compile_generation
+from compiler.driver import compile_generation, lm_head_chunk_sizes
 from sweeps.perf import time_build
 
 pytestmark = pytest.mark.slow
@@ -89,8 +89,13 @@ def test_a_chunked_lm_head_is_bit_exact_on_the_rtl(wide_vocab):
     reduced through DRAM gathers (``backend.chunk_lm_head``): the RTL ends with the ISA
     simulator's whole DRAM and L2, and the integer reference's tokens and logits (the
     first step a tie between two chunks)."""
-    im, prompt, hw, (first, _) = wide_vocab
+    im, prompt, hw, (first, second) = wide_vocab
     build = compile_generation(im.cfg, im.qm, hw, prompt, 3)
+    V = im.cfg.vocab_size
+    chunks = build.manifest()["programs"][1]["opcodes"]["ARGMAX"] - 1   # and one over them
+    assert chunks >= 2 and 6 * V > hw.l2_bytes
+    (cols,) = [c for c in lm_head_chunk_sizes(V) if -(-V // c) == chunks]
+    assert first // cols != second // cols                  # the tie spans two chunks
     isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
     verdict = same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)
     assert verdict["bit_exact"] and verdict["l2_bytes_compared"] == hw.l2_bytes, verdict
