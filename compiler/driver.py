@@ -216,8 +216,13 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
     for name in program_names:
         mmap.add(f"counters:{name}", COUNTER_BYTES * len(COUNTERS))
     if mmap.size > hw.dram_bytes:
-        raise CompileError(f"the DRAM image needs {mmap.size} bytes, more than "
-                           f"dram_bytes = {hw.dram_bytes}")
+        parts = {"weights": mmap.rw_base, "KV cache": 2 * cfg.n_layers * pool,
+                 f"logits rows for {positions} positions": 2 * cfg.vocab_size * positions}
+        raise CompileError(f"the DRAM image needs {mmap.size:,} bytes, more than "
+                           f"dram_bytes = {hw.dram_bytes:,} ("
+                           + ", ".join(f"{k} {v:,}" for k, v in parts.items())
+                           + "; a timing-only step at an earlier position, --decode-at, "
+                             "needs fewer)")
     image = DramImage(mmap, with_data)
     for name, p in params.items():
         raw = param_bytes(p)

@@ -56,7 +56,7 @@ class RopeScaling:
             raise ConfigError(f"rope_scaling: rope_type {self.rope_type!r} is not supported "
                               f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
         if not (isinstance(self.factor, (int, float)) and not isinstance(self.factor, bool)
-                and self.factor >= 1):
+                and math.isfinite(self.factor) and self.factor >= 1):
             raise ConfigError(f"rope_scaling: factor must be a number >= 1, "
                               f"not {self.factor!r}")
         for key in ROPE_SCALING_TYPES[self.rope_type]:
@@ -65,7 +65,8 @@ class RopeScaling:
                 continue
             if value is None:
                 raise ConfigError(f"rope_scaling: {self.rope_type} scaling needs {key}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
+                    or not math.isfinite(value):
                 raise ConfigError(f"rope_scaling: {key} must be a positive number, "
                                   f"not {value!r}")
         if self.rope_type == "llama3" and not self.low_freq_factor < self.high_freq_factor:
@@ -244,7 +245,8 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_hf_dict(cls, hf: dict, name: str | None = None) -> ModelConfig:
+    def from_hf_dict(cls, hf: dict, name: str | None = None,
+                     where: str = "config.json") -> ModelConfig:
         """A config from a Hugging Face ``config.json`` (Llama, Qwen2 or Mistral), following
         the library's semantics (``LlamaConfig``, ``Qwen2Config``, ``MistralConfig``):
         absent keys take that class's defaults (``HF_DEFAULTS``); ``null`` means what the
@@ -254,32 +256,44 @@ class ModelConfig:
         the toolkit does not implement (``rope_scaling``, a sliding window shorter than the
         context, biases beyond Qwen2's q/k/v, an activation other than SiLU, ...) or that
         it does not know (``quantization_config``, ...) raises ``ConfigError`` naming it.
-        The shape keys are required even where the library has defaults."""
+        The shape keys are required even where the library has defaults. Every value is
+        checked against its type (``HF_TYPES``: a positive integer, a positive number, a
+        boolean, a string) before it is used; messages begin with ``where`` (the file)."""
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{where}: not a JSON object of configuration fields")
+        _check_types(hf, where)
         model_type = hf.get("model_type", "llama")
         if model_type not in HF_DEFAULTS:
-            raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
+            raise ConfigError(f"{where}: model_type {model_type!r} is not supported "
                               f"(supported: {', '.join(sorted(HF_DEFAULTS))})")
         unknown = sorted(set(hf) - HF_KEYS)
         if unknown:
-            raise ConfigError(f"config.json: field {unknown[0]!r} is not one the toolkit "
+            raise ConfigError(f"{where}: field {unknown[0]!r} is not one the toolkit "
                               f"implements or knows to be without effect on the numerics")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads"):
             if hf.get(key) is None:
-                raise ConfigError(f"config.json: missing required key {key!r}")
+                raise ConfigError(f"{where}: missing required key {key!r}")
 
         def get(key):
             value = hf.get(key, HF_DEFAULTS[model_type].get(key))
             if key in hf and value is None and key in _NOT_NULL:
-                raise ConfigError(f"config.json: {key} is null (Hugging Face has no meaning "
+                raise ConfigError(f"{where}: {key} is null (Hugging Face has no meaning "
                                   f"for a null {key}; leave it out for the default)")
             return value
 
-        _refuse_unsupported(hf, model_type, get)
-        scaling = _rope_scaling(get("rope_scaling"))
+        _refuse_unsupported(hf, model_type, get, where)
+        scaling = _rope_scaling(get("rope_scaling"), where)
         n_heads = hf["num_attention_heads"]
         n_kv = get("num_key_value_heads")
         head_dim = get("head_dim")
+        if n_kv is not None and n_heads % n_kv:
+            default = "" if "num_key_value_heads" in hf else \
+                f", {model_type}'s default when the key is absent"
+            raise ConfigError(f"{where}: num_key_value_heads ({n_kv}{default}) must divide "
+                              f"num_attention_heads ({n_heads})")
+        if head_dim is not None and head_dim % 2:
+            raise ConfigError(f"{where}: head_dim {head_dim} must be even for RoPE")
         return cls(
             name=name or hf.get("_name_or_path") or model_type,
             vocab_size=hf["vocab_size"],
@@ -306,7 +320,7 @@ class ModelConfig:
             raise ConfigError(f"{path}: no such config.json") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_hf_dict(hf, name=name)
+        return cls.from_hf_dict(hf, name=name, where=str(path))
 
 
 # The defaults of transformers' configuration classes for the keys the toolkit reads
@@ -341,62 +355,99 @@ HF_KEYS = {
     "partial_rotary_factor", "model_type", "architectures", "_name_or_path",
     "transformers_version", "torch_dtype", "use_cache", "bos_token_id", "eos_token_id",
     "pad_token_id", "initializer_range", "attention_dropout", "pretraining_tp",
+    "dtype", "is_llama_config", "rope_interleaved",
 }
 
 
-def _refuse_unsupported(hf: dict, model_type: str, get) -> None:
+# The type of every key's value (``null`` is judged by ``_NOT_NULL``): "int" a positive
+# integer, "number" a positive finite number, "bool" true/false, "str" a string; keys not
+# listed are read by no code here (bookkeeping: token ids, dtype, architectures, ...).
+HF_TYPES = {
+    "vocab_size": "int", "hidden_size": "int", "intermediate_size": "int",
+    "num_hidden_layers": "int", "num_attention_heads": "int", "num_key_value_heads": "int",
+    "head_dim": "int", "max_position_embeddings": "int", "rope_theta": "number",
+    "rms_norm_eps": "number", "tie_word_embeddings": "bool", "hidden_act": "str",
+    "attention_bias": "bool", "mlp_bias": "bool", "rope_scaling": "object",
+    "sliding_window": "int", "use_sliding_window": "bool", "model_type": "str",
+    "partial_rotary_factor": "number", "rope_interleaved": "bool",
+}
+_TYPE_NAMES = {"int": "a positive integer", "number": "a positive finite number",
+               "bool": "true or false", "str": "a string", "object": "an object"}
+
+
+def _check_types(hf: dict, where: str) -> None:
+    for key, kind in HF_TYPES.items():
+        value = hf.get(key)
+        if value is None:
+            continue
+        ok = {"int": lambda v: type(v) is int and v > 0,
+              "number": lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
+              "bool": lambda v: type(v) is bool, "str": lambda v: type(v) is str,
+              "object": lambda v: type(v) is dict}[kind](value)
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be {_TYPE_NAMES[kind]}, not "
+                              f"{json.dumps(value)}")
+
+
+def _refuse_unsupported(hf: dict, model_type: str, get, where: str) -> None:
     """``ConfigError`` for a field that would change the numerics in a way the toolkit
     does not implement."""
     act = get("hidden_act")
     if act != "silu":
-        raise ConfigError(f"config.json: hidden_act {act!r} is not supported "
+        raise ConfigError(f"{where}: hidden_act {act!r} is not supported "
                           "(only SwiGLU / 'silu')")
+    if hf.get("rope_interleaved"):
+        raise ConfigError(f"{where}: rope_interleaved true is not supported (RoPE pairs "
+                          f"i and i + head_dim/2, as Llama's rotate_half)")
     if hf.get("partial_rotary_factor", 1.0) not in (None, 1, 1.0):
-        raise ConfigError(f"config.json: partial_rotary_factor "
+        raise ConfigError(f"{where}: partial_rotary_factor "
                           f"{hf['partial_rotary_factor']!r} is not supported (1.0 only)")
     for key in ("attention_bias", "mlp_bias"):
         if model_type != "qwen2" and get(key):
-            raise ConfigError(f"config.json: {key} true is not supported (the integer path "
+            raise ConfigError(f"{where}: {key} true is not supported (the integer path "
                               f"has Qwen2's q/k/v biases only)")
     if get("head_dim") is None and hf["hidden_size"] % hf["num_attention_heads"]:
-        raise ConfigError(f"config.json: num_attention_heads ({hf['num_attention_heads']}) "
+        raise ConfigError(f"{where}: num_attention_heads ({hf['num_attention_heads']}) "
                           f"does not divide hidden_size ({hf['hidden_size']}) and no head_dim "
                           f"is given")
     window = get("sliding_window")
     applies = get("use_sliding_window") if model_type == "qwen2" else model_type == "mistral"
     if applies and window is not None and window < get("max_position_embeddings"):
-        raise ConfigError(f"config.json: sliding_window {window} is shorter than the context "
+        raise ConfigError(f"{where}: sliding_window {window} is shorter than the context "
                           f"of {get('max_position_embeddings')} tokens (sliding-window "
                           f"attention is not supported)")
 
 
-def _rope_scaling(raw) -> RopeScaling | None:
+def _rope_scaling(raw, where: str) -> RopeScaling | None:
     """A ``rope_scaling`` entry as transformers reads it (``rope_type``, or the older
     ``type``; ``"default"`` is no scaling); a type or key it does not implement is refused
     by name."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config.json: rope_scaling must be an object or null, not {raw!r}")
+        raise ConfigError(f"{where}: rope_scaling must be an object or null, not {raw!r}")
+    if any(type(raw.get(k, "")) is not str for k in ("rope_type", "type")):
+        raise ConfigError(f"{where}: rope_scaling's rope_type must be a string, not "
+                          f"{json.dumps(raw)}")
     kinds = {raw[k] for k in ("rope_type", "type") if k in raw}
     if len(kinds) != 1:
-        raise ConfigError(f"config.json: rope_scaling needs one rope_type, not "
+        raise ConfigError(f"{where}: rope_scaling needs one rope_type, not "
                           f"{json.dumps(raw)}")
     (kind,) = kinds
     if kind == "default":
         return None
     if kind not in ROPE_SCALING_TYPES:
-        raise ConfigError(f"config.json: rope_scaling type {kind!r} is not supported "
+        raise ConfigError(f"{where}: rope_scaling type {kind!r} is not supported "
                           f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
     fields = ROPE_SCALING_TYPES[kind]
     unknown = sorted(set(raw) - {"rope_type", "type"} - set(fields))
     if unknown:
-        raise ConfigError(f"config.json: rope_scaling.{unknown[0]} is not read by {kind} "
+        raise ConfigError(f"{where}: rope_scaling.{unknown[0]} is not read by {kind} "
                           f"scaling (it reads {', '.join(fields)})")
     try:
         return RopeScaling(kind, **{k: raw.get(k) for k in fields})
     except ConfigError as e:
-        raise ConfigError(f"config.json: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _presets() -> dict[str, ModelConfig]:

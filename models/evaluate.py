@@ -81,7 +81,12 @@ def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: Mode
     if tokenizer is None:
         return rng.integers(0, cfg.vocab_size, size=(CALIBRATION_WINDOWS, length), dtype=np.int32)
     train_text, _ = split_text(text if text is not None else corpus_text())
-    data = np.asarray(tokenizer.encode(train_text), np.int32)
+    try:
+        data = np.asarray(tokenizer.encode(train_text), np.int32)
+    except ValueError as e:
+        raise ValueError(f"calibration text (the training split of "
+                         f"{'the given text' if text is not None else default_corpus()}): "
+                         f"{e}") from None
     starts = rng.integers(0, len(data) - length, size=CALIBRATION_WINDOWS)
     return np.stack([data[s:s + length] for s in starts])
 

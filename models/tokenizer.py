@@ -84,7 +84,12 @@ class HFTokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+        """Token ids of ``text``; ``ValueError`` when the tokenizer cannot encode it (a
+        word-level vocabulary without an unknown token, ...)."""
+        try:
+            return self._tok.encode(text).ids
+        except Exception as e:   # the library raises a bare Exception
+            raise ValueError(f"the tokenizer cannot encode the text ({e})") from None
 
     def save(self, path: str | Path) -> None:
         self._tok.save(str(path))

@@ -11,7 +11,8 @@ Contract
 the index: a missing, unexpected or misshapen tensor, a tensor of another dtype (int8,
 float8: a quantised checkpoint), a shard the index names that is missing, or a tensor in
 a shard other than the one the index names raises ``CheckpointError`` naming the file and
-the tensor. Nothing is ever downloaded.
+the tensor, as does a tensor holding NaN or infinite values. Tensors transformers ignores
+on loading (``*.rotary_emb.inv_freq``) are ignored. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from models.config import ConfigError, ModelConfig
@@ -127,29 +129,41 @@ def save_checkpoint(folder: str | Path, params: Params, cfg: ModelConfig,
     return folder
 
 
+# safetensors' names of ``WEIGHT_DTYPES``; tensors HF ignores on loading (RoPE's inverse
+# frequencies, which older Llama conversions stored: they are recomputed from the config).
+_SAFETENSORS_DTYPES = {"F32", "F16", "BF16"}
+_IGNORED = ("rotary_emb.inv_freq",)
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        tensors = load_file(str(path))
+        with safe_open(str(path), "np") as f:
+            dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+        bad = sorted(n for n, d in dtypes.items() if d not in _SAFETENSORS_DTYPES
+                     and not n.endswith(_IGNORED))
+        if not bad:
+            tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
+    if bad:
+        raise CheckpointError(f"{path}: tensor {bad[0]!r} is {dtypes[bad[0]]}; weights must "
+                              f"be float32, float16 or bfloat16 (quantised checkpoints are "
+                              f"not read)")
+    tensors = {n: v for n, v in tensors.items() if not n.endswith(_IGNORED)}
     for name, value in tensors.items():
-        if value.dtype not in WEIGHT_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} is {value.dtype.name}; weights "
-                                  f"must be float32, float16 or bfloat16 (quantised "
-                                  f"checkpoints are not read)")
+        if not np.all(np.isfinite(value.astype(np.float32))):
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
     return tensors
 
 
 def read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
     """Every tensor of the folder's weights (one file or the shards of the index), with the
     name of the file to cite in errors about them."""
-    index_path = folder / INDEX_FILE
-    if not index_path.exists():
-        single = folder / WEIGHTS_FILE
-        if not single.exists():
-            raise CheckpointError(f"{folder}: neither {WEIGHTS_FILE} nor {INDEX_FILE} is "
-                                  f"there")
+    index_path, single = folder / INDEX_FILE, folder / WEIGHTS_FILE
+    if single.exists():               # transformers reads the single file first, too
         return _read_safetensors(single), str(single)
+    if not index_path.exists():
+        raise CheckpointError(f"{folder}: neither {WEIGHTS_FILE} nor {INDEX_FILE} is there")
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
         if not isinstance(weight_map, dict) or not all(

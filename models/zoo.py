@@ -66,7 +66,12 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
         cfg, params = load_checkpoint(path, name=path.name)
         tok_file = path / "tokenizer.json"
         tokenizer = load_tokenizer(tok_file) if tok_file.exists() else None
+        if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+            raise CheckpointError(f"{tok_file}: {tokenizer.vocab_size} tokens, more than "
+                                  f"config.json's vocab_size of {cfg.vocab_size} (ids past "
+                                  f"it would have no embedding)")
         return LoadedModel(cfg, params, tokenizer, str(path))
+    _refuse_missing_path(spec)
     cfg = preset(spec)
     return LoadedModel(cfg, init_params(cfg, seed), None, f"random init (seed {seed})")
 
@@ -80,7 +85,18 @@ def model_config(spec: str) -> ModelConfig:
             return ModelConfig.from_hf_json(path / "config.json", name=path.name)
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
+    _refuse_missing_path(spec)
     return preset(spec)
+
+
+def _refuse_missing_path(spec: str) -> None:
+    """A spec written as a path (it has a separator, or names a file) is not a preset."""
+    path = Path(spec)
+    if path.exists():
+        raise CheckpointError(f"{spec}: not a checkpoint folder (a folder with config.json "
+                              f"and its weights)")
+    if "/" in spec or "\\" in spec:
+        raise CheckpointError(f"{spec}: no such checkpoint folder")
 
 
 def check_prompt_ids(ids: list[int], cfg: ModelConfig) -> list[int]:

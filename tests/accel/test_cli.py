@@ -24,7 +24,8 @@ def test_eval_json_reports_both_perplexities(capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["eval", "--model", "gpt-17"], "unknown model preset 'gpt-17'"),
-    (["eval", "--model", "/nonexistent/folder"], "unknown model preset"),
+    (["eval", "--model", "/nonexistent/folder"], "/nonexistent/folder: no such checkpoint"),
+    (["eval", "--model", "README.md"], "README.md: not a checkpoint folder"),
     (["generate", "--prompt", "ROMEO:", "--max-new-tokens", "400"], "exceeds the model's context"),
     (["generate", "--prompt", "naïve"], "'ï' is not in the tokenizer's alphabet"),
     (["generate", "--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),

@@ -14,7 +14,7 @@ from models.reference import init_params
 from models.tokenizer import HFTokenizer
 from models.weights import save_checkpoint
 
-VOCAB = 320              # the model's (padded) vocabulary; the BPE has 300 tokens
+VOCAB = 320              # the model's (padded) vocabulary; the BPE has 282 tokens
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,13 @@ def test_verify_runs_the_ladder_on_token_ids(capsys, folders):
     assert report["isa_vs_int"]["tokens_compared"] == 3
     code, _, err = run(capsys, "verify", "--model", without, "--prompt", "hi")
     assert code == 2 and "no tokenizer.json to read a text prompt" in err
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(capsys, folders, tmp_path):
+    with_tok, _ = folders
+    cfg = ModelConfig.from_hf_json(with_tok / "config.json").replace(vocab_size=280)
+    small = save_checkpoint(tmp_path / "small-vocab", init_params(cfg, seed=1), cfg)
+    shutil.copy(with_tok / "tokenizer.json", small / "tokenizer.json")
+    code, _, err = run(capsys, "generate", "--model", small, "--prompt-ids", "1")
+    assert code == 2 and "tokenizer.json: 282 tokens, more than config.json's vocab_size " \
+                         "of 280" in err, err

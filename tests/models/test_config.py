@@ -87,6 +87,18 @@ def _hf(**changes):
     ({"rope_scaling": {"type": "linear", "rope_type": "llama3", "factor": 2.0}},
      "rope_scaling needs one rope_type"),
     ({"rope_scaling": [4.0]}, "rope_scaling must be an object"),
+    ({"rope_theta": True}, "rope_theta must be a positive finite number, not true"),
+    ({"rms_norm_eps": "1e-5"}, 'rms_norm_eps must be a positive finite number, not "1e-5"'),
+    ({"tie_word_embeddings": "false"}, 'tie_word_embeddings must be true or false, not "false"'),
+    ({"hidden_size": "64"}, 'hidden_size must be a positive integer, not "64"'),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, not 0"),
+    ({"model_type": ["llama"]}, "model_type must be a string"),
+    ({"rope_scaling": {"type": ["linear"], "factor": 4}}, "rope_type must be a string"),
+    ({"rope_scaling": {"type": "linear", "factor": float("inf")}}, "factor must be a number"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads \\(3\\) must divide num_attention_heads"),
+    ({"model_type": "qwen2", "num_key_value_heads": None},
+     "num_key_value_heads \\(32, qwen2's default when the key is absent\\) must divide"),
+    ({"rope_interleaved": True}, "rope_interleaved true is not supported"),
     ({"hidden_size": 80, "num_attention_heads": 3, "num_key_value_heads": 1},
      "num_attention_heads \\(3\\) does not divide hidden_size \\(80\\) and no head_dim"),
     ({"model_type": "mistral", "sliding_window": 256}, "sliding_window 256 is shorter"),
@@ -207,3 +219,10 @@ def test_each_preset_is_its_published_config(name):
     else:
         published = PUBLISHED[name]
     assert ModelConfig.from_hf_dict(published, name=name) == preset(name)
+
+
+def test_a_config_that_is_not_an_object_names_its_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("[]")
+    with pytest.raises(ConfigError, match=f"{path}: not a JSON object"):
+        ModelConfig.from_hf_json(path)

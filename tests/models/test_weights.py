@@ -126,5 +126,27 @@ def test_a_quantised_tensor_is_refused_by_name(tmp_path, small_config):
     tensors = load_file(str(tmp_path / "model.safetensors"))
     tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.int8)
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="'model.norm.weight' is int8; weights must be"):
+    with pytest.raises(CheckpointError, match="'model.norm.weight' is I8; weights must be"):
         load_checkpoint(tmp_path)
+
+
+def test_non_finite_weights_are_refused_and_rope_buffers_ignored(tmp_path, small_config):
+    cfg = small_config()
+    save_checkpoint(tmp_path, init_params(cfg), cfg)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    # Older Llama conversions store RoPE's inverse frequencies; transformers ignores them.
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    assert load_checkpoint(tmp_path)[0] == cfg.replace(name=tmp_path.name)
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 2] = np.nan
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="'model.layers.1.mlp.up_proj.weight' holds NaN"):
+        load_checkpoint(tmp_path)
+
+
+def test_the_single_file_is_read_before_an_index(tmp_path, small_config):
+    """As transformers does: a folder with both reads model.safetensors."""
+    cfg = small_config()
+    save_checkpoint(tmp_path, init_params(cfg), cfg)
+    (tmp_path / INDEX_FILE).write_text('{"weight_map": {"x": "missing.safetensors"}}')
+    assert load_checkpoint(tmp_path, name=cfg.name)[0] == cfg
