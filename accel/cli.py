@@ -36,8 +36,8 @@ def _cmd_train(args) -> int:
                      tokenizer=args.tokenizer)
     result = train(tc, progress=not args.quiet)
     unit = "char" if args.tokenizer == "char" else "token"
-    print(f"validation loss {result['val_loss']:.4f} nats/{unit}; checkpoint in "
-          f"{result['out_dir']}")
+    print(f"validation loss {result['val_loss']:.4f} nats/{unit} (the best, at step "
+          f"{result['best_step']}; the checkpoint holds those weights) in {result['out_dir']}")
     return 0
 
 
@@ -107,7 +107,8 @@ def _prompt_ids(args, loaded) -> list[int]:
                              "(--prompt-ids), not both")
         return check_prompt_ids(parse_token_ids(args.prompt_ids), loaded.cfg)
     if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.source}: no tokenizer.json to read a text prompt; give "
+        who = loaded.source if Path(loaded.source).is_dir() else loaded.cfg.name
+        raise ValueError(f"{who}: no tokenizer.json to read a text prompt; give "
                          f"the prompt as token ids (--prompt-ids 1,2,3)")
     text = DEFAULT_PROMPT if args.prompt is None else args.prompt
     return check_prompt_ids(loaded.tokenizer.encode(text), loaded.cfg)
@@ -226,8 +227,8 @@ def _cmd_verify(args) -> int:
               f"{100 * (r['ppl_ratio'] - 1):+.2f}% (bar {100 * (MAX_PPL_RATIO - 1):+.0f}%) "
               f"over {r['tokens']} tokens")
     else:
-        print(f"  {'1 integer vs float':<38}{'not run':<14}random weights without a "
-              f"tokenizer: no held-out text to judge them on")
+        print(f"  {'1 integer vs float':<38}{'not run':<14}no tokenizer: no held-out "
+              f"text to judge the weights on")
     for key, label in (("isa_vs_int", "2 ISA sim vs integer (prefetch on)"),
                        ("isa_vs_int_prefetch_off", "2 ISA sim vs integer (prefetch off)")):
         r = report[key]

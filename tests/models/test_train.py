@@ -29,7 +29,9 @@ def test_short_training_run_learns_and_saves(tmp_path):
     history = result["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"] < np.log(15)
     log = json.loads((out / "train_log.json").read_text())
-    assert log["step"] == 60
+    best = min(history, key=lambda h: h["val_loss"])       # the checkpoint is the best one
+    assert log["steps_run"] == 60 and log["step"] == best["step"] == result["best_step"]
+    assert log["val_loss"] == best["val_loss"] == result["val_loss"]
     loaded = load_model(str(out))
     assert loaded.cfg.vocab_size == loaded.tokenizer.vocab_size == 15
     assert loaded.tokenizer.decode(loaded.tokenizer.encode("to be")) == "to be"
