@@ -4,6 +4,7 @@ from benchmarks import (
     compile_speed,
     fuzz_builds,
     fuzz_programs,
+    int_vs_float,
     ladder,
     matmul_calibration,
     perf_calibration,
@@ -21,6 +22,7 @@ def main() -> None:
     rtl_dma.main([])
     rtl_tiny.main([])
     ladder.main([])
+    int_vs_float.main([])
     rtl_gemm.main([])
     perf_calibration.main([])
     matmul_calibration.main([])

@@ -35,6 +35,16 @@ def tiny_int(tiny_model):
 
 
 @pytest.fixture(scope="session")
+def tiny_bpe():
+    """The second packaged model (byte-level BPE, MQA, tied head) and its integer model."""
+    from models.evaluate import build_int_model
+    from models.zoo import load_model
+
+    loaded = load_model("tiny-bpe")
+    return loaded, build_int_model(loaded)
+
+
+@pytest.fixture(scope="session")
 def wide_vocab():
     """A model whose logits row (11,000 columns: 66 kB of int32 and int16) exceeds a
     64 KiB L2, with a tie for the largest logit at the first step: the row the model picks

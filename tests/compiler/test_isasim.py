@@ -111,3 +111,13 @@ def test_l2_too_small_and_prompt_too_long_are_refused(small_config, int_model):
     with pytest.raises(CompileError, match="longer than the model's context of 48"):
         compile_generation(cfg, im.qm, load_hardware("edge-8x8"), [1] * 40, 10)
 
+
+
+def test_tiny_bpe_is_bit_exact(tiny_bpe):
+    """Rung 2 on the second trained model: a BPE prompt, multi-query attention, a tied
+    head over 2,048 tokens."""
+    loaded, im = tiny_bpe
+    prompt = loaded.tokenizer.encode("ROMEO: What say you")
+    build = compile_generation(im.cfg, im.qm, load_hardware("edge-4x4"), prompt, 4)
+    verdict = compare(run_build(build), reference_generation(im, prompt, 4))
+    assert verdict["bit_exact"] and verdict["tokens_compared"] == 4, verdict
