@@ -545,13 +545,14 @@ def chunk_lm_head(graph: Graph, chunk_cols: int) -> Graph:
     if argmax is None:
         return graph
 
-    def producer(kind, t: Tensor):
-        return next(op for op in graph.ops if isinstance(op, kind)
-                    and getattr(op, "out" if kind is not Output else "src").buffer is t.buffer)
+    def op_on(kind, field: str, t: Tensor):
+        """The operation of ``kind`` whose ``field`` is a view of ``t``'s buffer."""
+        return next(op for op in graph.ops
+                    if isinstance(op, kind) and getattr(op, field).buffer is t.buffer)
 
-    requant = producer(Requant, argmax.src)
-    matmul = producer(MatMul, requant.src)
-    output = producer(Output, argmax.src)
+    requant = op_on(Requant, "out", argmax.src)
+    matmul = op_on(MatMul, "out", requant.src)
+    output = op_on(Output, "src", argmax.src)
     V = matmul.w.shape[0]
     if not 0 < chunk_cols < V:
         raise CompileError(f"{graph.name}: an LM head of {V} columns in chunks of {chunk_cols}")
