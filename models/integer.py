@@ -113,8 +113,14 @@ def _norm_constants(d: int, s_in: float, s_out: float, eps: float) -> dict:
     return {"mult": mult, "shift": shift, "eps": np.int32(min(eps_int, 2 ** 30))}
 
 
-def _requant_constants(real) -> dict:
-    mult, shift = N.quantize_multiplier(real)
+def _requant_constants(real, site: str = "") -> dict:
+    """``mult``/``shift`` of ``real``; ``ValueError`` naming ``site`` when the factor is
+    out of range (weights or calibrated peaks so extreme that the ratio of scales cannot
+    be represented)."""
+    try:
+        mult, shift = N.quantize_multiplier(real)
+    except ValueError as e:
+        raise ValueError(f"{site}: {e}" if site else str(e)) from None
     return {"mult": mult, "shift": shift}
 
 
@@ -135,22 +141,21 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
         # (SmoothQuant with alpha = 1), so the down projection sees int8 per channel.
         s_mid = np.asarray(s["mid"], np.float64)
         wd, sd = quantize_weight(np.asarray(p["w_down"], np.float64) * s_mid[None, :])
+        reals = {
+            "q": s["attn_in"] * sq / s["q"], "k": s["attn_in"] * sk / s["k"],
+            "v": s["attn_in"] * sv / s["v"],
+            "softmax": s["q"] * s["k"] / math.sqrt(cfg.head_dim) * math.log2(math.e)
+            * 2 ** N.EXP2_INDEX_BITS,
+            "att": s["v"] * 2.0 ** -N.PROB_BITS / s["att"], "o": s["att"] * so / s_h,
+            "gate": s["mlp_in"] * sg * 2 ** N.GATE_FRAC_BITS, "up": s["mlp_in"] * su / s["up"],
+            "mid": 2.0 ** -N.GATE_FRAC_BITS * s["up"] / s_mid, "down": sd / s_h,
+        }
         layer = {
             "wq": wq, "wk": wk, "wv": wv, "wo": wo, "w_gate": wg, "w_up": wu, "w_down": wd,
             "norm1": _norm_constants(cfg.d_model, s_h, s["attn_in"], cfg.norm_eps),
-            "q": _requant_constants(s["attn_in"] * sq / s["q"]),
-            "k": _requant_constants(s["attn_in"] * sk / s["k"]),
-            "v": _requant_constants(s["attn_in"] * sv / s["v"]),
-            "softmax": _requant_constants(
-                s["q"] * s["k"] / math.sqrt(cfg.head_dim) * math.log2(math.e)
-                * 2 ** N.EXP2_INDEX_BITS),
-            "att": _requant_constants(s["v"] * 2.0 ** -N.PROB_BITS / s["att"]),
-            "o": _requant_constants(s["att"] * so / s_h),
             "norm2": _norm_constants(cfg.d_model, s_h, s["mlp_in"], cfg.norm_eps),
-            "gate": _requant_constants(s["mlp_in"] * sg * 2 ** N.GATE_FRAC_BITS),
-            "up": _requant_constants(s["mlp_in"] * su / s["up"]),
-            "mid": _requant_constants(2.0 ** -N.GATE_FRAC_BITS * s["up"] / s_mid),
-            "down": _requant_constants(sd / s_h),
+            **{site: _requant_constants(real, f"layer {len(layers)} {site} requantisation")
+               for site, real in reals.items()},
         }
         if cfg.qkv_bias:
             for name, ws in (("q", sq), ("k", sk), ("v", sv)):
@@ -166,7 +171,8 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
         "layers": tuple(layers),
         "final_norm": _norm_constants(cfg.d_model, s_h, scales.final_in, cfg.norm_eps),
         "lm_head": w_lm,
-        "logits": _requant_constants(scales.final_in * s_lm / scales.logits),
+        "logits": _requant_constants(scales.final_in * s_lm / scales.logits,
+                                     "LM head requantisation"),
         "rope_freq": N.rope_freq_table(cfg.rope_inv_freq),
     }
     return jax.tree.map(np.asarray, qm)

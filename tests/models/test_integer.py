@@ -97,3 +97,14 @@ def test_quant_struct_matches_quantize(small_config, overrides):
     struct = jax.tree.map(lambda a: (a.shape, a.dtype), quant_struct(cfg))
     assert jax.tree.structure(real) == jax.tree.structure(struct)
     assert jax.tree.leaves(real) == jax.tree.leaves(struct)
+
+
+def test_an_unrepresentable_scale_ratio_names_its_site(small_config):
+    """A layer whose q projection is all zeros calibrates a zero q peak: the q
+    requantisation factor cannot be represented, and the error says where."""
+    cfg = small_config()
+    params = init_params(cfg, seed=2)
+    layers = list(params["layers"])
+    layers[1] = {**layers[1], "wq": jnp.zeros_like(layers[1]["wq"])}
+    with pytest.raises(ValueError, match="layer 1 q requantisation: "):
+        build_int_model(LoadedModel(cfg, {**params, "layers": tuple(layers)}, None, ""))
