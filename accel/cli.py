@@ -96,21 +96,29 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
+def _prompt_arg(args) -> str | list[int] | None:
+    """``--prompt`` (text) or ``--prompt-ids`` (token ids), at most one of them."""
+    if args.prompt_ids is None:
+        return args.prompt
+    if args.prompt is not None:
+        raise ValueError("give the prompt as text (--prompt) or as token ids "
+                         "(--prompt-ids), not both")
+    return parse_token_ids(args.prompt_ids)
+
+
 def _prompt_ids(args, loaded) -> list[int]:
     """The prompt as token ids: ``--prompt-ids``, or the text prompt (``DEFAULT_PROMPT``
     when absent) through the model's tokenizer; checked against its vocabulary."""
     from models.zoo import check_prompt_ids
 
-    if args.prompt_ids is not None:
-        if args.prompt is not None:
-            raise ValueError("give the prompt as text (--prompt) or as token ids "
-                             "(--prompt-ids), not both")
-        return check_prompt_ids(parse_token_ids(args.prompt_ids), loaded.cfg)
+    prompt = _prompt_arg(args)
+    if isinstance(prompt, list):
+        return check_prompt_ids(prompt, loaded.cfg)
     if loaded.tokenizer is None:
         who = loaded.source if Path(loaded.source).is_dir() else loaded.cfg.name
         raise ValueError(f"{who}: no tokenizer.json to read a text prompt; give "
                          f"the prompt as token ids (--prompt-ids 1,2,3)")
-    text = DEFAULT_PROMPT if args.prompt is None else args.prompt
+    text = DEFAULT_PROMPT if prompt is None else prompt
     return check_prompt_ids(loaded.tokenizer.encode(text), loaded.cfg)
 
 
@@ -205,11 +213,7 @@ def _print_perf(build) -> int:
 def _cmd_verify(args) -> int:
     from accel.ladder import MAX_PPL_RATIO, MIN_TOP1_AGREEMENT, failed_rungs, verify_ladder
 
-    if args.prompt is not None and args.prompt_ids is not None:
-        raise ValueError("give the prompt as text (--prompt) or as token ids "
-                         "(--prompt-ids), not both")
-    prompt = args.prompt if args.prompt_ids is None else parse_token_ids(args.prompt_ids)
-    report = verify_ladder(args.model, args.hw, prompt, args.max_new_tokens,
+    report = verify_ladder(args.model, args.hw, _prompt_arg(args), args.max_new_tokens,
                            args.eval_windows, rtl=args.rtl)
     failed = failed_rungs(report)
     report["failed_rungs"] = failed

@@ -51,10 +51,6 @@ def checkpoint_dir(name: str) -> Path:
     return CHECKPOINTS / name
 
 
-def tiny_checkpoint_dir() -> Path:
-    return checkpoint_dir("tiny")
-
-
 def load_model(spec: str, seed: int = 0) -> LoadedModel:
     path = Path(spec)
     if spec in TRAINED:

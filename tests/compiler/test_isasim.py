@@ -112,7 +112,6 @@ def test_l2_too_small_and_prompt_too_long_are_refused(small_config, int_model):
         compile_generation(cfg, im.qm, load_hardware("edge-8x8"), [1] * 40, 10)
 
 
-
 def test_tiny_bpe_is_bit_exact(tiny_bpe):
     """Rung 2 on the second trained model: a BPE prompt, multi-query attention, a tied
     head over 2,048 tokens."""

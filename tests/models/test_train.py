@@ -8,7 +8,7 @@ import numpy as np
 from models.config import ModelConfig
 from models.tokenizer import HFTokenizer
 from models.train import TrainConfig, split_text, train
-from models.zoo import checkpoint_dir, load_model, tiny_checkpoint_dir
+from models.zoo import checkpoint_dir, load_model
 
 
 def test_split_holds_out_the_last_tenth():
@@ -41,7 +41,7 @@ def test_packaged_tiny_checkpoint(tiny_model):
     cfg = tiny_model.cfg
     assert cfg.vocab_size == tiny_model.tokenizer.vocab_size == 65
     assert cfg.n_kv_heads < cfg.n_heads                      # grouped-query attention
-    size = sum(p.stat().st_size for p in tiny_checkpoint_dir().iterdir())
+    size = sum(p.stat().st_size for p in checkpoint_dir("tiny").iterdir())
     assert size <= 2 * 1024 * 1024
 
 
