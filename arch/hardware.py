@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from arch.isa import PARAM_WORD_BYTES, MatmulMode
+from arch.isa import INSTR_BYTES, PARAM_WORD_BYTES, MatmulMode
 from arch.uarch import GEMM_ROW_FACTOR, TILE_LINES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -127,8 +127,11 @@ class HardwareConfig:
     @property
     def line_bytes(self) -> int:
         """``W``: one DRAM word and one L2 line, what every engine moves per cycle: the
-        smallest power of two >= ``dram_bytes_per_cycle``, at least 16."""
-        w = 16
+        smallest power of two >= ``dram_bytes_per_cycle``, at least one instruction
+        (``INSTR_BYTES`` = 32: the controller fetches one instruction per DRAM word; a
+        16-byte word handed it half of each instruction). Below 32 bytes per cycle the
+        DRAM takes more than one cycle per word (``rtl/dram.py``'s credits)."""
+        w = INSTR_BYTES
         while w < self.dram_bytes_per_cycle:
             w *= 2
         return w

@@ -18,8 +18,7 @@ from collections import defaultdict
 import numpy as np
 
 
-def run_one(tiny, im, hw_name: str, prefetch: bool, l2: int | None = None) -> dict:
-    from arch.hardware import load_hardware
+def run_one(tiny, im, hw, prefetch: bool) -> dict:
     from arch.isa import Engine, make
     from arch.occupancy import occupancy
     from compiler.asm import encode_program
@@ -27,9 +26,6 @@ def run_one(tiny, im, hw_name: str, prefetch: bool, l2: int | None = None) -> di
     from rtl.common import rtl_params
     from rtl.sim import build_model, run_job
 
-    hw = load_hardware(hw_name)
-    if l2:
-        hw = hw.replace(l2_bytes=l2)
     build = compile_generation(im.cfg, im.qm, hw, tiny.tokenizer.encode("ROMEO:"), 2,
                                prefetch=prefetch)
     decode = next(p for p in build.programs if p.kind == "decode")
@@ -62,7 +58,7 @@ def run_one(tiny, im, hw_name: str, prefetch: bool, l2: int | None = None) -> di
     classes = {k: {"instructions": n, "rtl_busy": r, "model_busy": m,
                    "error_pct": round(100 * (m - r) / r, 2)}
                for k, (r, m, n) in sorted(by_class.items())}
-    return {"hw": hw_name, "prefetch": prefetch, "instructions": len(instrs),
+    return {"hw": hw.name, "prefetch": prefetch, "instructions": len(instrs),
             "classes": classes}
 
 

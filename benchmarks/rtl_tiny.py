@@ -11,6 +11,7 @@ plus a table::
 
     python -m benchmarks.rtl_tiny                       # edge-4x4 and edge-8x8, on and off
     python -m benchmarks.rtl_tiny --hw edge-8x8 --prefetch on --l2 65536
+    python -m benchmarks.rtl_tiny --hw edge-4x4 --dram-bytes-per-cycle 4   # a slow DRAM
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import json
 import time
 
 
-def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None) -> dict:
+def run_one(tiny_model, im, hw, prefetch: bool) -> dict:
     from accel.ladder import compare, reference_generation
     from accel.runtime import run_build, same_dram
-    from arch.hardware import load_hardware
     from compiler.driver import compile_generation
     from rtl.common import rtl_params
     from rtl.sim import build_model
@@ -31,9 +31,6 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
     ids = tiny_model.tokenizer.encode("ROMEO:")
     from sweeps.perf import time_build
 
-    hw = load_hardware(hw_name)
-    if l2:
-        hw = hw.replace(l2_bytes=l2)
     build = compile_generation(im.cfg, im.qm, hw, ids, 5, prefetch=prefetch)
     t0 = time.perf_counter()
     model = build_model(rtl_params(hw, image_bytes=build.image.data.size))
@@ -53,6 +50,7 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
         busy[key] = [round(min(e), 1), round(max(e), 1)]
     return {
         "hw": hw.name, "l2_bytes": hw.l2_bytes, "prefetch": prefetch,
+        "dram_bytes_per_cycle": hw.dram_bytes_per_cycle,
         "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram, isa.l2,
                                           rtl.l2)["bit_exact"],
         "rtl_vs_int_bit_exact": compare(rtl, reference_generation(im, ids, 5))["bit_exact"],
@@ -80,22 +78,28 @@ def run_one(tiny_model, im, hw_name: str, prefetch: bool, l2: int | None = None)
 
 def each_run(name: str, description: str, run, argv: list[str] | None,
              prefetch: tuple[str, ...] = ("on", "off")) -> list[dict]:
-    """``run(tiny, int_model, hw_name, prefetch, l2_bytes)`` for every ``--hw`` and
+    """``run(tiny, int_model, hw, prefetch)`` for every ``--hw`` (with the overrides) and
     ``--prefetch`` of the command line, each row printed as a JSON line as it finishes."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
     parser.add_argument("--prefetch", nargs="*", default=list(prefetch), choices=("on", "off"))
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
+    parser.add_argument("--dram-bytes-per-cycle", type=int, default=None,
+                        help="override dram_bytes_per_cycle")
     args = parser.parse_args(argv)
+    from arch.hardware import load_hardware
     from models.evaluate import build_int_model
     from models.zoo import load_model
 
+    overrides = {k: v for k, v in (("l2_bytes", args.l2),
+                                   ("dram_bytes_per_cycle", args.dram_bytes_per_cycle)) if v}
+    hardware = [load_hardware(name).replace(**overrides) for name in args.hw]
     tiny = load_model("tiny")
     im = build_int_model(tiny)
     rows = []
-    for hw in args.hw:
+    for hw in hardware:
         for on in args.prefetch:
-            row = run(tiny, im, hw, on == "on", args.l2)
+            row = run(tiny, im, hw, on == "on")
             print(json.dumps({"benchmark": name, **row}), flush=True)
             rows.append(row)
     return rows

@@ -6,7 +6,8 @@ Contract
 ``HardwareConfig`` and nothing else (plus the simulated DRAM capacity):
 
 * ``line_bytes`` (W): one DRAM word and one L2 line, the unit every engine moves per
-  cycle; the smallest power of two >= ``dram_bytes_per_cycle`` (at least 16), so one line
+  cycle; the smallest power of two >= ``dram_bytes_per_cycle`` (at least one 32-byte
+  instruction, which the controller fetches as one word), so one line
   per cycle can saturate the DRAM;
 * ``line_banks``: the L2's ``l2_banks`` banks of ``l2_port_bytes`` grouped into banks of
   one line each (``l2_banks * l2_port_bytes / W``), interleaved by line;

@@ -3,6 +3,7 @@
 import pytest
 
 from arch.hardware import HardwareError, load_hardware, preset_names
+from arch.isa import INSTR_BYTES
 
 
 def test_presets_are_realistic_edge_points():
@@ -70,3 +71,16 @@ def test_an_array_the_matmul_unit_cannot_build_is_refused(changes, field):
     base = "edge-8x8" if "l2_banks" in changes else "edge-16x16"
     with pytest.raises(HardwareError, match=field):
         load_hardware(base).replace(**changes)
+
+
+@pytest.mark.parametrize("bytes_per_cycle", [1, 2, 4, 8, 16, 17, 32, 51, 100])
+def test_the_line_holds_an_instruction_and_a_cycle_of_dram(bytes_per_cycle):
+    """The line (DRAM word) is a power of two at least one cycle of DRAM bandwidth and at
+    least one instruction wide: the controller fetches an instruction as one word (with
+    16-byte words at 16 bytes per cycle or less, the RTL received half of every
+    instruction and stopped with BAD_OPERAND where the ISA simulator ran)."""
+    hw = load_hardware("edge-4x4").replace(dram_bytes_per_cycle=bytes_per_cycle,
+                                           l2_port_bytes=32)
+    W = hw.line_bytes
+    assert W & (W - 1) == 0 and W >= INSTR_BYTES and W >= bytes_per_cycle
+    assert W == INSTR_BYTES or W // 2 < bytes_per_cycle
