@@ -161,13 +161,15 @@ def fidelity() -> list[dict]:
                 else:
                     build = compile_step(cfg, quant_struct(cfg), hw, 0, n, prefetch=prefetch)
                     fast = analytic.prefill(cfg, hw, n, prefetch).cycles
-                exact = time_program(build.programs[0].instrs, hw).cycles
+                timing = time_program(build.programs[0].instrs, hw)
+                exact = timing.cycles
                 rows.append(_emit({
                     "section": "fidelity", "kind": kind, "model": cfg.name,
                     "layers": cfg.n_layers, "hw": hw.name, "l2_bytes": l2,
                     "kv_length" if kind == "decode" else "tokens": n, "prefetch": prefetch,
                     "instruction_level_cycles": exact, "fast_path_cycles": fast,
-                    "error_pct": round(100 * (fast - exact) / exact, 2)}))
+                    "error_pct": round(100 * (fast - exact) / exact, 2),
+                    "dram_utilisation": round(timing.dram_utilisation, 3)}))
     return rows
 
 

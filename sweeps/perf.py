@@ -9,7 +9,7 @@ run as the RTL runs it. ``time_build(build)`` times every program of a compiled 
 and adds time to first token (the prefill program), time per output token (the mean
 decode program) and tokens/s at ``hw.clock_hz``.
 
-The model has two levels (``docs/perf.md``):
+The model has three levels (``docs/perf.md``):
 
 1. how long each instruction keeps its engine busy, alone: ``arch.occupancy``;
 2. how the engines overlap, here, following ``rtl/controller.py``: instructions are
@@ -23,7 +23,12 @@ The model has two levels (``docs/perf.md``):
    instruction ends when its copier has written it, after the ones before it
    (``occupancy.Copies``; at most ``DEFERRED`` in flight); busy cycles are those in which
    an engine has an instruction begun and not ended. ``HALT`` completes when every
-   engine has drained.
+   engine has drained;
+3. what the engines share: each DMA instruction's copier waits for the L2 lines the
+   higher-priority ports take and for the DRAM lines instruction fetch and the other
+   DMA engine take over its interval (``_contention``), and the program runs again
+   until the waits settle. No program takes fewer cycles than the DRAM needs for its
+   lines.
 
 The model is checked against the RTL's cycle counters on the same programs
 (``tests/rtl/test_tiny_rtl.py``, ``tests/rtl/test_accelerator.py``); ``accel verify``
@@ -68,9 +73,23 @@ class ProgramTiming:
     dram_write_bytes: int
     prefetch_bytes: int
     macs: int
+    # Cycles in which the DRAM accepted a request, as the RTL's counter counts them: one
+    # per line moved, instruction fetch included. At most ``dram_bytes_per_cycle /
+    # line_bytes`` of all cycles when the DRAM is slower than a line per cycle, so
+    # ``dram_busy_cycles / cycles`` is not the DRAM's utilisation; that is
+    # ``dram_utilisation`` (the bytes of those lines over the bandwidth's cycles).
     dram_busy_cycles: int
+    line_bytes: int = 0
+    dram_bytes_per_cycle: int = 0
     begin: list[int] = field(default_factory=list, repr=False)
     end: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def dram_utilisation(self) -> float:
+        """Fraction of the DRAM's bandwidth used: lines moved (instruction fetch included)
+        times ``line_bytes``, over ``dram_bytes_per_cycle * cycles``; at most 1."""
+        return (self.dram_busy_cycles * self.line_bytes
+                / (self.dram_bytes_per_cycle * self.cycles)) if self.cycles else 0.0
 
     def counters(self) -> dict[str, int]:
         """The quantities the RTL's counters report, under the same names."""
@@ -88,10 +107,10 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                  cal: Calibration = CALIBRATION) -> ProgramTiming:
     occs = [occupancy(instr, hw, read_i32, cal) if instr.engine != Engine.CONTROL else None
             for instr in instrs]
-    delay = [0] * len(instrs)
+    delay = [(0, 0)] * len(instrs)
     for _ in range(CONTENTION_PASSES):
-        timing, write_start = _time(instrs, occs, hw, cal, delay)
-        again = _l2_contention(instrs, occs, hw, timing, write_start, delay)
+        timing, write_start, fetch = _time(instrs, occs, hw, cal, delay)
+        again = _contention(instrs, occs, hw, timing, write_start, fetch, delay)
         if again == delay:
             break
         delay = again
@@ -122,45 +141,76 @@ class _Usage:
         return total
 
 
-def _l2_contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
-                   write_start: list[float], delay: list[int]) -> list[int]:
-    """The cycles each DMA instruction's copier waits for the L2, given the last pass's
-    timing. L2 bank conflicts go by port priority (``rtl/top.py``): the compute engine's
-    ports, then the store engine's, then the load engine's. Over the interval in which a
-    DMA instruction's copier writes its rows into L2 (reads them, for a store) it gets
-    only the lines the higher-priority instructions overlapping it leave, each taking its
-    lines evenly over its run (a compute instruction from begin to end, a DMA instruction
-    over its copier's interval); so the interval lasts at least ``(its lines + theirs) /
-    l2_lines_per_cycle`` cycles."""
+def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
+                write_start: list[float], fetch: list[int],
+                delay: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The cycles each DMA instruction's copier waits for the L2 and for the DRAM,
+    ``(l2, dram)``, given the last pass's timing: each wait makes the copier's interval
+    (from ``write_start`` to its end) as long as that memory needs for the instruction's
+    lines and for those it must let others take.
+
+    L2: bank conflicts go by port priority (``rtl/top.py``): the compute engine's ports,
+    then the store engine's, then the load engine's. Over its interval a DMA instruction
+    gets only the lines the higher-priority instructions overlapping it leave, each
+    taking its lines evenly over its run (a compute instruction from begin to end, a DMA
+    instruction over its copier's interval): at least ``(its lines + theirs) /
+    l2_lines_per_cycle`` cycles.
+
+    DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
+    per instruction, at its request cycle) and the two DMA engines; a line takes
+    ``line_bytes / dram_bytes_per_cycle`` cycles. Round-robin lets each other client take
+    at most one line per line of this instruction's, so its interval lasts at least
+    ``(n + sum over the other clients of min(their lines in it, n)) * line cycles`` for
+    its ``n`` DRAM lines."""
     per_cycle = hw.l2_lines_per_cycle
+    line_cycles = hw.line_bytes / hw.dram_bytes_per_cycle
     n = len(timing.begin)
-    intervals = {e: [] for e in ENGINES}        # per engine: (start, end, lines per cycle)
+    l2 = {e: [] for e in ENGINES}          # per engine: (start, end, lines per cycle)
+    dram = {e: [] for e in ENGINES}
     for i in range(n):
         e, occ = instrs[i].engine, occs[i]
-        if occ is None or not occ.l2_lines:
+        if occ is None:
             continue
         lo = timing.begin[i] if occ.copies is None else write_start[i]
         hi = timing.end[i]
-        intervals[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
-    usage = {e: _Usage(v) for e, v in intervals.items()}
+        if occ.l2_lines:
+            l2[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
+        if occ.copies is not None and occ.dram_lines:
+            dram[e].append((lo, hi, occ.dram_lines / max(1, hi - lo)))
+    l2_usage = {e: _Usage(v) for e, v in l2.items()}
+    dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
+    fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
+    other = {Engine.STORE: Engine.LOAD, Engine.LOAD: Engine.STORE}
     out = list(delay)
     for i in range(n):
         occ = occs[i]
-        if occ is None or occ.copies is None or not occ.l2_lines:
+        if occ is None or occ.copies is None:
             continue
+        e = instrs[i].engine
         lo, hi = write_start[i], timing.end[i]
-        used = sum(usage[e].lines(hi) - usage[e].lines(lo) for e in above[instrs[i].engine])
-        free_running = hi - lo - delay[i]
-        out[i] = max(0, math.ceil((occ.l2_lines + used) / per_cycle - free_running))
+        free_running = hi - lo - max(delay[i])
+        l2_wait = dram_wait = 0
+        if occ.l2_lines:
+            used = sum(l2_usage[a].lines(hi) - l2_usage[a].lines(lo) for a in above[e])
+            l2_wait = max(0, math.ceil((occ.l2_lines + used) / per_cycle - free_running))
+        if occ.dram_lines:
+            own = occ.dram_lines
+            taken = sum(min(u.lines(hi) - u.lines(lo), own)
+                        for u in (dram_usage[other[e]], fetch_usage))
+            dram_wait = max(0.0, (own + taken) * line_cycles - free_running)
+        out[i] = (l2_wait, dram_wait)
     return out
 
 
 def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,
-          delay: list[int]) -> tuple[ProgramTiming, list[float]]:
-    """One pass of the engines over the program, with ``delay[i]`` cycles added to DMA
-    instruction ``i``'s copier for the L2 it waits for."""
+          delay: list[tuple[int, float]]) -> tuple[ProgramTiming, list[float], list[int]]:
+    """One pass of the engines over the program, with ``delay[i]`` the cycles DMA
+    instruction ``i``'s copier waits for the L2 and for the DRAM; also each DMA
+    instruction's copier start and the instructions' fetch request cycles."""
     lat = hw.dram_latency_cycles
+    fetch_step = max(1.0, hw.line_bytes / hw.dram_bytes_per_cycle)
+    fetch_t = 0.0
     n = len(instrs)
     request = [0] * n            # fetch request cycle
     accept = [0] * n             # dispatched into its queue
@@ -181,9 +231,11 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     last_end = 0
     halted = False
     for i, instr in enumerate(instrs):
-        request[i] = FETCH_START if i == 0 else request[i - 1] + 1
+        # one fetch read per cycle, or per line's worth of DRAM bandwidth when slower
+        fetch_t = FETCH_START if i == 0 else fetch_t + fetch_step
         if i >= FETCH_AHEAD:
-            request[i] = max(request[i], accept[i - FETCH_AHEAD] + 1)
+            fetch_t = max(fetch_t, accept[i - FETCH_AHEAD] + 1)
+        request[i] = math.ceil(fetch_t)
         arrive = request[i] + lat + DISPATCH_LATENCY
         accept[i] = max(arrive, accept[i - 1] + 1 if i else 0)
         e = instr.engine
@@ -222,7 +274,12 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             write_start[i] = max(ready, write_free[e])
             issued, read_free[e], write_free[e] = copies.after(ready, read_free[e],
                                                                write_free[e])
-            write_free[e] += delay[i]
+            # The waits: a load's DRAM wait holds its reads (the next load's start
+            # after them), and either wait its last write.
+            l2_wait, dram_wait = delay[i]
+            if e == Engine.LOAD:
+                read_free[e] += dram_wait
+            write_free[e] += max(l2_wait, dram_wait)
             end[i] = math.ceil(write_free[e]) + cal.dma_end
             free = math.ceil(issued) + 1
             while flight and flight[0] < free - 1:
@@ -245,17 +302,30 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         totals["lines"] += occ.dram_lines
     if not halted:
         raise PerfError("the program ends without HALT")
-    fetched = min(len(instrs), i + FETCH_AHEAD)    # fetch reads run ahead past HALT
-    cycles = max(last_end, accept[i] + 1 + lat) + DONE_LATENCY
-    line_cycles = hw.line_bytes / hw.dram_bytes_per_cycle
+    # Fetch reads run ahead past HALT until it is decoded (at most FETCH_AHEAD in
+    # flight), and the accelerator is done when they have returned.
+    fetched, last_fetch = i + 1, request[i]
+    for k in range(i + 1, i + FETCH_AHEAD):
+        fetch_t = max(fetch_t + fetch_step, accept[k - FETCH_AHEAD] + 1 if k >= FETCH_AHEAD
+                      else 0)
+        if math.ceil(fetch_t) > accept[i]:
+            break
+        fetched, last_fetch = fetched + 1, math.ceil(fetch_t)
+    cycles = max(last_end, accept[i] + 1 + lat, last_fetch + lat + 1) + DONE_LATENCY
+    # The DRAM serves one line per line's worth of bandwidth: never faster than that.
+    # (The waits above share it by interval; where fetch reads fall outside the DMA
+    # intervals they are charged to, at a few bytes per cycle, that bound is the tighter.)
+    lines = totals["lines"] + fetched
+    cycles = max(cycles, math.ceil(lines * hw.line_bytes / hw.dram_bytes_per_cycle))
     return ProgramTiming(
         cycles=cycles,
         busy={e.name.lower(): busy[e] for e in ENGINES},
         stall={e.name.lower(): stall[e] for e in ENGINES},
         dram_read_bytes=totals["read"], dram_write_bytes=totals["write"],
         prefetch_bytes=totals["prefetch"], macs=totals["macs"],
-        dram_busy_cycles=round((totals["lines"] + fetched) * line_cycles),
-        begin=begin[:i], end=end[:i]), write_start
+        dram_busy_cycles=lines, line_bytes=hw.line_bytes,
+        dram_bytes_per_cycle=hw.dram_bytes_per_cycle,
+        begin=begin[:i], end=end[:i]), write_start, request[:i + 1]
 
 
 @dataclass
