@@ -12,6 +12,11 @@ plus a table::
     python -m benchmarks.rtl_tiny                       # edge-4x4 and edge-8x8, on and off
     python -m benchmarks.rtl_tiny --hw edge-8x8 --prefetch on --l2 65536
     python -m benchmarks.rtl_tiny --hw edge-4x4 --dram-bytes-per-cycle 4   # a slow DRAM
+    python -m benchmarks.rtl_tiny --hw edge-8x8 --l2 131072 --decode-at 100 200
+
+``--decode-at`` runs single decode steps at those KV lengths instead (``compile_step``:
+the cache as compiled, so the RTL is compared with the ISA simulator only, the whole
+DRAM and L2), for the model's error on longer attention than a generation reaches.
 """
 
 from __future__ import annotations
@@ -79,6 +84,31 @@ def run_one(tiny_model, im, hw, prefetch: bool) -> dict:
     }
 
 
+def run_steps(tiny_model, im, hw, prefetch: bool, positions: list[int]) -> dict:
+    """One decode step at each KV length in ``positions``: RTL against ISA simulator
+    (whole DRAM and L2) and the performance model's errors."""
+    from accel.runtime import run_build, same_dram
+    from compiler.driver import compile_step
+    from sweeps.perf import time_build
+
+    out = {"hw": hw.name, "l2_bytes": hw.l2_bytes, "prefetch": prefetch,
+           "dram_bytes_per_cycle": hw.dram_bytes_per_cycle, "steps": []}
+    for at in positions:
+        build = compile_step(im.cfg, im.qm, hw, at, 1, prefetch=prefetch)
+        isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
+        (name, counters), = rtl.counters.items()
+        model = time_build(build).programs[name].counters()
+        out["steps"].append({
+            "kv_length": at,
+            "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram, isa.l2,
+                                              rtl.l2)["bit_exact"],
+            "rtl_cycles": counters["cycles"], "perf_cycles": model["cycles"],
+            **{f"{k}_error_pct": round(100 * (model[k] - counters[k]) / counters[k], 2)
+               for k in ("cycles", "load_busy", "compute_busy", "store_busy")
+               if counters[k]}})
+    return out
+
+
 def each_run(name: str, description: str, run, argv: list[str] | None,
              prefetch: tuple[str, ...] = ("on", "off")) -> list[dict]:
     """``run(tiny, int_model, hw, prefetch)`` for every ``--hw`` (with the overrides) and
@@ -109,6 +139,22 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--decode-at", type=int, nargs="+", default=None)
+    args, rest = parser.parse_known_args(argv)
+    if args.decode_at:
+        rows = each_run("rtl_tiny", __doc__.splitlines()[0],
+                        lambda t, im, hw, on: run_steps(t, im, hw, on, args.decode_at), rest)
+        print(f"{'hw':<10}{'L2':>9} {'prefetch':<10}{'KV':>5}{'bit-exact':>11}{'RTL':>10}"
+              f"{'model':>10}{'error':>9}{'load busy':>11}")
+        for r in rows:
+            for st in r["steps"]:
+                on = "on" if r["prefetch"] else "off"
+                print(f"{r['hw']:<10}{r['l2_bytes'] >> 10:>7}Ki {on:<10}"
+                      f"{st['kv_length']:>5}{str(st['rtl_vs_isa_bit_exact']):>11}"
+                      f"{st['rtl_cycles']:>10,}{st['perf_cycles']:>10,}"
+                      f"{st['cycles_error_pct']:>+8.2f}%{st['load_busy_error_pct']:>+10.1f}%")
+        return rows
     rows = each_run("rtl_tiny", __doc__.splitlines()[0], run_one, argv)
     print(f"{'hw':<10}{'L2':>9} {'prefetch':<10}{'bit-exact':<11}{'prefill':>10}{'decode/step':>13}"
           f"{'DRAM use':>11}{'compute busy':>14}{'cycles/s':>10}{'decode/s':>10}{'build s':>9}"

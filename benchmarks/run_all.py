@@ -11,6 +11,7 @@ from benchmarks import (
     perf_model,
     rtl_dma,
     rtl_gemm,
+    rtl_overlap,
     rtl_prefill,
     rtl_tiny,
     sweep_speed,
@@ -25,6 +26,7 @@ def main() -> None:
     int_vs_float.main([])
     rtl_gemm.main([])
     perf_calibration.main([])
+    rtl_overlap.main([])
     matmul_calibration.main([])
     perf_model.main([])
     sweep_speed.main([])
