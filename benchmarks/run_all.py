@@ -9,6 +9,7 @@ from benchmarks import (
     matmul_calibration,
     perf_calibration,
     perf_model,
+    quant_ablation,
     rtl_dma,
     rtl_gemm,
     rtl_overlap,
@@ -24,6 +25,7 @@ def main() -> None:
     rtl_tiny.main([])
     ladder.main([])
     int_vs_float.main([])
+    quant_ablation.main([])
     rtl_gemm.main([])
     perf_calibration.main([])
     rtl_overlap.main([])

@@ -99,26 +99,35 @@ def apply_rope(x_TxNxH, cos_TxH2, sin_TxH2):
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
 
 
-def attend(q_TxNxH, k_SxKxH, v_SxKxH, q_pos_T, cfg: ModelConfig):
+def _no_site(name, layer, x):
+    return x
+
+
+def attend(q_TxNxH, k_SxKxH, v_SxKxH, q_pos_T, cfg: ModelConfig, site=_no_site, layer=0):
     """Grouped-query attention of T queries over S cached keys; key j is visible to the
-    query at position p when j <= p."""
+    query at position p when j <= p. ``site`` sees the probabilities (``"probs"``)."""
     T, S = q_TxNxH.shape[0], k_SxKxH.shape[0]
     q = q_TxNxH.reshape(T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim)
     scores = jnp.einsum("tkgh,skh->kgts", q, k_SxKxH) / np.sqrt(cfg.head_dim)
     visible_TxS = jnp.arange(S)[None, :] <= q_pos_T[:, None]
     scores = jnp.where(visible_TxS[None, None], scores, -jnp.inf)
-    probs = jax.nn.softmax(scores, axis=-1)
+    probs = site("probs", layer, jax.nn.softmax(scores, axis=-1))
     out = jnp.einsum("kgts,skh->tkgh", probs, v_SxKxH)
     return out.reshape(T, cfg.q_dim)
 
 
-def decoder_layer(layer: Params, x_TxD, cache_k, cache_v, start, cfg: ModelConfig):
+def decoder_layer(layer: Params, x_TxD, cache_k, cache_v, start, cfg: ModelConfig,
+                  site=_no_site, index: int = 0):
     """One decoder layer on T new tokens at positions ``start..start+T-1``.
 
     ``cache_k``/``cache_v`` are this layer's ``[S, n_kv_heads, head_dim]`` caches; the new
     keys and values are written at ``start`` and the updated caches returned, with a dict
     of intermediate activations (``taps``) that calibration reads; jit drops it otherwise.
     RMSNorm taps are taken before the gain, which the integer model folds into weights.
+    ``site(name, index, x)`` may replace the activation at each site the integer model
+    quantises (``residual``, ``attn_in``, ``q``, ``k``, ``v``, ``probs``, ``att``,
+    ``mlp_in``, ``up``, ``mid``): the identity by default; ``benchmarks.quant_ablation``
+    rounds them as the integer model does, one site at a time.
     """
     taps = {}
     T = x_TxD.shape[0]
@@ -126,28 +135,31 @@ def decoder_layer(layer: Params, x_TxD, cache_k, cache_v, start, cfg: ModelConfi
     with jax.named_scope("attention"):
         taps["residual_in"] = x_TxD
         taps["attn_in"] = rms_norm(x_TxD, 1.0, cfg.norm_eps)
-        xn = taps["attn_in"] * layer["attn_norm"]
+        xn = site("attn_in", index, taps["attn_in"]) * layer["attn_norm"]
         q, k, v = xn @ layer["wq"].T, xn @ layer["wk"].T, xn @ layer["wv"].T
         if cfg.qkv_bias:
             q, k, v = q + layer["bq"], k + layer["bk"], v + layer["bv"]
-        q = q.reshape(T, cfg.n_heads, cfg.head_dim)
-        k = k.reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        v = v.reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        q = site("q", index, q.reshape(T, cfg.n_heads, cfg.head_dim))
+        k = site("k", index, k.reshape(T, cfg.n_kv_heads, cfg.head_dim))
+        v = site("v", index, v.reshape(T, cfg.n_kv_heads, cfg.head_dim))
         cos, sin = rope_cos_sin(positions, cfg.rope_inv_freq)
         taps["q_pre"], taps["k_pre"], taps["v"] = q, k, v
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = site("q", index, q), site("k", index, k)
         taps["q"], taps["k"] = q, k
         cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (start, 0, 0))
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (start, 0, 0))
-        taps["att"] = att = attend(q, cache_k, cache_v, positions, cfg)
-        x_TxD = x_TxD + att @ layer["wo"].T
+        taps["att"] = att = site("att", index, attend(q, cache_k, cache_v, positions, cfg,
+                                                      site, index))
+        x_TxD = site("residual", index, x_TxD + att @ layer["wo"].T)
     with jax.named_scope("mlp"):
         taps["residual_mid"] = x_TxD
         taps["mlp_in"] = rms_norm(x_TxD, 1.0, cfg.norm_eps)
-        xn = taps["mlp_in"] * layer["mlp_norm"]
-        taps["gate"], taps["up"] = gate, up = xn @ layer["w_gate"].T, xn @ layer["w_up"].T
-        taps["mid"] = hidden = jax.nn.silu(gate) * up
-        x_TxD = x_TxD + hidden @ layer["w_down"].T
+        xn = site("mlp_in", index, taps["mlp_in"]) * layer["mlp_norm"]
+        taps["gate"] = gate = xn @ layer["w_gate"].T
+        taps["up"] = up = site("up", index, xn @ layer["w_up"].T)
+        taps["mid"] = hidden = site("mid", index, jax.nn.silu(gate) * up)
+        x_TxD = site("residual", index, x_TxD + hidden @ layer["w_down"].T)
     return x_TxD, cache_k, cache_v, taps
 
 
@@ -160,18 +172,23 @@ def init_cache(cfg: ModelConfig, max_len: int | None = None, dtype=jnp.float32) 
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def run_with_taps(params: Params, cache: dict, tokens_T, start, cfg: ModelConfig):
-    """``run`` that also returns every layer's taps and the final ones (for calibration)."""
-    x = params["embed"][tokens_T].astype(jnp.float32)
+def run_with_taps(params: Params, cache: dict, tokens_T, start, cfg: ModelConfig,
+                  site=_no_site):
+    """``run`` that also returns every layer's taps and the final ones (for calibration);
+    ``site`` as in ``decoder_layer`` (the embeddings are ``residual`` of layer 0, the
+    final RMSNorm's output ``final_in`` of layer ``n_layers``)."""
+    x = site("residual", 0, params["embed"][tokens_T].astype(jnp.float32))
     ks, vs, layer_taps = [], [], []
     for i, layer in enumerate(params["layers"]):
         with jax.named_scope(f"layer{i}"):
-            x, k, v, taps = decoder_layer(layer, x, cache["k"][i], cache["v"][i], start, cfg)
+            x, k, v, taps = decoder_layer(layer, x, cache["k"][i], cache["v"][i], start, cfg,
+                                          site, i)
         ks.append(k)
         vs.append(v)
         layer_taps.append(taps)
     final = {"residual_out": x, "final_in": rms_norm(x, 1.0, cfg.norm_eps)}
-    logits = (final["final_in"] * params["norm"]) @ lm_head_weight(params).T
+    xf = site("final_in", len(params["layers"]), final["final_in"])
+    logits = (xf * params["norm"]) @ lm_head_weight(params).T
     final["logits"] = logits
     return logits, {"k": jnp.stack(ks), "v": jnp.stack(vs)}, layer_taps, final
 

@@ -151,3 +151,37 @@ def test_init_is_deterministic(small_config):
                                                     strict=True))
     c = init_params(cfg, seed=6)
     assert not np.array_equal(a["embed"], c["embed"])
+
+
+def test_the_site_hook_sees_every_quantised_activation(small_config):
+    """``run_with_taps``'s ``site`` hook is called at each site the integer model rounds,
+    in every layer, with the activation's shape (q and k before and after RoPE, the
+    residual after the embedding and after each addition); as the identity it leaves the
+    logits as they are, and what it returns is what the model goes on with."""
+    from models.reference import run_with_taps
+
+    cfg = small_config(n_layers=2)
+    params = init_params(cfg, seed=3)
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, 9))
+    seen = []
+
+    def record(name, layer, x):
+        seen.append((name, layer, tuple(x.shape)))
+        return x
+
+    logits = run_with_taps(params, init_cache(cfg, 9), tokens, 0, cfg, record)[0]
+    np.testing.assert_array_equal(logits, forward(params, tokens, cfg))
+    T, H = 9, cfg.head_dim
+    per_layer = [("attn_in", (T, cfg.d_model)), ("q", (T, cfg.n_heads, H)),
+                 ("k", (T, cfg.n_kv_heads, H)), ("v", (T, cfg.n_kv_heads, H)),
+                 ("q", (T, cfg.n_heads, H)), ("k", (T, cfg.n_kv_heads, H)),
+                 ("probs", (cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, T, T)),
+                 ("att", (T, cfg.q_dim)), ("residual", (T, cfg.d_model)),
+                 ("mlp_in", (T, cfg.d_model)), ("up", (T, cfg.d_ff)), ("mid", (T, cfg.d_ff)),
+                 ("residual", (T, cfg.d_model))]
+    assert seen == ([("residual", 0, (T, cfg.d_model))]
+                    + [(n, i, s) for i in range(2) for n, s in per_layer]
+                    + [("final_in", 2, (T, cfg.d_model))])
+    zeroed = run_with_taps(params, init_cache(cfg, 9), tokens, 0, cfg,
+                           lambda n, i, x: x * 0 if n == "mid" else x)[0]
+    assert not np.allclose(zeroed, logits)
