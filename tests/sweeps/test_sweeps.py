@@ -246,9 +246,12 @@ def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path):
         "100000000] }")
     path = write(tmp_path, text)
     out = tmp_path / "out"
+    # With the fault handler on, a process that does not stop can be made to print where
+    # each of its threads is (SIGABRT) before the test fails.
     proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "sweep", str(path), "-o",
                              str(out), "--workers", "2"], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONFAULTHANDLER="1"))
     results = out / "results.jsonl"
     deadline = time.monotonic() + 300
     while not (results.exists() and results.read_text().count("\n") >= 2):
@@ -256,7 +259,12 @@ def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     t0 = time.monotonic()
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"the sweep did not stop 30 s after Ctrl-C; its threads:\n{err[-6000:]}")
     assert time.monotonic() - t0 < 2.0 and proc.returncode == 130, err[-300:]
     lines = results.read_text().splitlines()
     assert 2 <= len(lines) < 90 and len(finished_keys(out)) == len(lines)
