@@ -246,10 +246,16 @@ def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path):
         "100000000] }")
     path = write(tmp_path, text)
     out = tmp_path / "out"
-    # With the fault handler on, a process that does not stop can be made to print where
-    # each of its threads is (SIGABRT) before the test fails.
-    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "sweep", str(path), "-o",
-                             str(out), "--workers", "2"], start_new_session=True,
+    # Ctrl-C as a terminal delivers it. A process inherits an ignored or blocked SIGINT,
+    # and Python keeps it so (a suite started as `make test &` from a script ran this
+    # sweep deaf to it), so the command line starts with SIGINT unblocked and the usual
+    # KeyboardInterrupt handler. With the fault handler on, a process that does not stop
+    # can be made to print where each of its threads is (SIGABRT).
+    cli = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+           " signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT});"
+           " sys.argv[0] = 'accel'; runpy.run_module('accel.cli', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", cli, "sweep", str(path), "-o", str(out),
+                             "--workers", "2"], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONFAULTHANDLER="1"))
     results = out / "results.jsonl"
