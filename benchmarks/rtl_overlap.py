@@ -1,10 +1,11 @@
 """Which overlap between engines the performance model misses, on the RTL: one compiled
-tiny decode step, split into programs that run the load engine's instructions alone,
-the load and the compute engine's MATMULs together, the load and every compute
-instruction together (the three with their dependency tokens stripped, so the engines
-run as far apart as the dispatcher lets them), and the step itself. Each program's
-cycles and load-engine busy cycles on the RTL against ``sweeps.perf``; a gap that
-appears only with a given partner is what the model's sharing misses::
+tiny decode step, split into programs that run the load engine's instructions alone
+(all of them, the weight loads, the KV prefetches), each beside the compute engine's
+MATMULs, the loads beside every compute instruction (all with their dependency tokens
+stripped, so the engines run as far apart as the dispatcher lets them), and the step
+itself. Each program's cycles and load-engine busy cycles on the RTL against
+``sweeps.perf``; a gap that appears only with a given partner is what the model's
+sharing misses::
 
     python -m benchmarks.rtl_overlap --hw edge-8x8 --l2 131072 --decode-at 200
 
@@ -40,8 +41,13 @@ def run(hw_name: str, l2_bytes: int | None, at: int, prefetch: bool) -> list[dic
     instrs = [i for i in build.programs[0].instrs if i.engine != Engine.CONTROL]
     free = [i.replace(wait=0, signal=0) for i in instrs]
     load = [i for i in free if i.engine == Engine.LOAD]
+    weights = {"DMA_LOAD", "DMA_GATHER"}
     programs = {
         "loads alone": load,
+        "weight loads alone": [i for i in load if i.mnemonic in weights],
+        "weight loads + MATMULs": [i for i in free if i.mnemonic in weights | {"MATMUL"}],
+        "KV prefetch alone": [i for i in load if i.mnemonic == "KV_PREFETCH"],
+        "KV prefetch + MATMULs": [i for i in free if i.mnemonic in ("KV_PREFETCH", "MATMUL")],
         "loads + MATMULs": [i for i in free if i.engine == Engine.LOAD
                             or i.mnemonic == "MATMUL"],
         "loads + compute": [i for i in free if i.engine != Engine.STORE],
@@ -87,10 +93,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = run(args.hw, args.l2, args.decode_at, args.prefetch == "on")
     for row in rows:
         print(json.dumps(row), flush=True)
-    print(f"{'program':<18}{'n':>5}{'RTL':>10}{'model':>10}{'error':>9}"
+    print(f"{'program':<24}{'n':>5}{'RTL':>10}{'model':>10}{'error':>9}"
           f"{'RTL load busy':>15}{'model':>10}{'error':>9}")
     for r in rows:
-        print(f"{r['program']:<18}{r['instructions']:>5}{r['rtl_cycles']:>10,}"
+        print(f"{r['program']:<24}{r['instructions']:>5}{r['rtl_cycles']:>10,}"
               f"{r['model_cycles']:>10,}{r['cycles_error_pct']:>+8.2f}%"
               f"{r['rtl_load_busy']:>15,}{r['model_load_busy']:>10,}"
               f"{r['load_busy_error_pct']:>+8.2f}%")
