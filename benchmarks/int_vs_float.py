@@ -14,22 +14,43 @@ import argparse
 import json
 
 
-def run_one(model: str, windows: int) -> dict:
+def held_out_windows(loaded, windows: int):
+    """The first ``windows`` windows of the model's context from the held-out text, as
+    ``accel eval`` reads them: int32 ``[n, max_seq_len]`` (fewer if the text is short)."""
     import jax.numpy as jnp
     import numpy as np
 
-    from models.evaluate import _float_logits, build_int_model, corpus_text
-    from models.integer import int_forward
+    from models.evaluate import corpus_text
     from models.train import split_text
-    from models.zoo import load_model
 
-    loaded = load_model(model)
-    im = build_int_model(loaded)
     _, val_text = split_text(corpus_text())
     data = np.asarray(loaded.tokenizer.encode(val_text), np.int32)
     length = loaded.cfg.max_seq_len
     n = min(windows, (len(data) - 1) // length)
-    x = jnp.asarray(np.stack([data[i * length:(i + 1) * length] for i in range(n)]))
+    return jnp.asarray(np.stack([data[i * length:(i + 1) * length] for i in range(n)]))
+
+
+def parse_models(prog: str, description: str, windows: int, argv: list[str] | None):
+    """``--model`` (repeatable; default tiny and tiny-bpe) and ``--windows``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--model", action="append", default=None,
+                        help="a trained model (repeatable; default: tiny and tiny-bpe)")
+    parser.add_argument("--windows", type=int, default=windows)
+    args = parser.parse_args(argv)
+    return args.model or ["tiny", "tiny-bpe"], args.windows
+
+
+def run_one(model: str, windows: int) -> dict:
+    import numpy as np
+
+    from models.evaluate import _float_logits, build_int_model
+    from models.integer import int_forward
+    from models.zoo import load_model
+
+    loaded = load_model(model)
+    im = build_int_model(loaded)
+    x = held_out_windows(loaded, windows)
+    n = x.shape[0]
     fl = np.asarray(_float_logits(loaded.params, x, loaded.cfg), np.float64)
     il = np.asarray(int_forward(im.qm, x, im.cfg), np.float64) * im.scales.logits
     f_top, i_top = fl.argmax(-1), il.argmax(-1)
@@ -47,15 +68,10 @@ def run_one(model: str, windows: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.int_vs_float",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", default=None,
-                        help="a trained model (repeatable; default: tiny and tiny-bpe)")
-    parser.add_argument("--windows", type=int, default=48)
-    args = parser.parse_args(argv)
-    for model in args.model or ["tiny", "tiny-bpe"]:
-        print(json.dumps({"bench": "int_vs_float", **run_one(model, args.windows)}),
-              flush=True)
+    models, windows = parse_models("python -m benchmarks.int_vs_float",
+                                   __doc__.splitlines()[0], 48, argv)
+    for model in models:
+        print(json.dumps({"bench": "int_vs_float", **run_one(model, windows)}), flush=True)
 
 
 if __name__ == "__main__":

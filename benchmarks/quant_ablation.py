@@ -18,8 +18,9 @@ sites" lands near, not on, ``accel eval``'s agreement.
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from benchmarks.int_vs_float import held_out_windows, parse_models
 
 SITES = ("weights", "residual", "attn_in", "q", "k", "v", "probs", "att", "mlp_in", "up",
          "mid", "final_in")
@@ -86,9 +87,8 @@ def run_one(model: str, windows: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from models.evaluate import build_int_model, corpus_text
+    from models.evaluate import build_int_model
     from models.reference import init_cache, run_with_taps
-    from models.train import split_text
     from models.zoo import load_model
 
     loaded = load_model(model)
@@ -96,11 +96,8 @@ def run_one(model: str, windows: int) -> dict:
     scales = build_int_model(loaded).scales
     site = _rounding(scales, cfg)
     rounded = _rounded_weights(params, scales)
-    _, val_text = split_text(corpus_text())
-    data = np.asarray(loaded.tokenizer.encode(val_text), np.int32)
-    length = cfg.max_seq_len
-    n = min(windows, (len(data) - 1) // length)
-    x = jnp.asarray(np.stack([data[i * length:(i + 1) * length] for i in range(n)]))
+    x = held_out_windows(loaded, windows)
+    n, length = x.shape
 
     def logits(p, enabled):
         p = jax.tree.map(jnp.asarray, p)
@@ -131,15 +128,11 @@ def run_one(model: str, windows: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quant_ablation",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", default=None,
-                        help="a trained model (repeatable; default: tiny and tiny-bpe)")
-    parser.add_argument("--windows", type=int, default=24)
-    args = parser.parse_args(argv)
+    models, windows = parse_models("python -m benchmarks.quant_ablation",
+                                   __doc__.splitlines()[0], 24, argv)
     rows = []
-    for model in args.model or ["tiny", "tiny-bpe"]:
-        row = run_one(model, args.windows)
+    for model in models:
+        row = run_one(model, windows)
         print(json.dumps({"bench": "quant_ablation", **row}), flush=True)
         rows.append(row)
     for r in rows:
