@@ -137,6 +137,12 @@ class HardwareConfig:
         return w
 
     @property
+    def dram_cycles_per_line(self) -> float:
+        """Cycles the DRAM takes per line: ``line_bytes / dram_bytes_per_cycle``, at least
+        1 (the line is at least a cycle's bandwidth)."""
+        return self.line_bytes / self.dram_bytes_per_cycle
+
+    @property
     def vector_lanes_per_cycle(self) -> int:
         """Elements the vector unit takes per cycle: ``vector_lanes``, but at most one line
         of its widest operand stream per beat (SILU_MUL's two parameter words per column,

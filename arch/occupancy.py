@@ -192,7 +192,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     there. Alone, the instruction ends when its last row is written; ``copies`` gives the
     same times as functions of when the copier is free of earlier instructions."""
     W, lat = hw.line_bytes, hw.dram_latency_cycles
-    line_cycles = W / hw.dram_bytes_per_cycle
+    line_cycles = hw.dram_cycles_per_line
     load = instr.engine == Engine.LOAD
     if instr.mnemonic == "STORE_COUNTERS":
         n = len(COUNTERS)

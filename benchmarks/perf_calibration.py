@@ -18,10 +18,27 @@ from collections import defaultdict
 import numpy as np
 
 
-def run_one(tiny, im, hw, prefetch: bool) -> dict:
-    from arch.isa import Engine, make
-    from arch.occupancy import occupancy
+def image_with_programs(image, programs: dict) -> tuple:
+    """A DRAM image with each named list of instructions (``HALT`` added) placed after it
+    as a program of its own: ``(data, [(name, byte offset), ...])`` for ``run_job``."""
+    from arch.isa import make
     from compiler.asm import encode_program
+
+    blobs = {k: encode_program(list(v) + [make("HALT")]) for k, v in programs.items()}
+    base = -(-image.size // 64) * 64
+    data = np.zeros(base + sum(len(b) for b in blobs.values()), np.uint8)
+    data[:image.size] = image
+    entries, offset = [], base
+    for name, blob in blobs.items():
+        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
+        entries.append((name, offset))
+        offset += len(blob)
+    return data, entries
+
+
+def run_one(tiny, im, hw, prefetch: bool) -> dict:
+    from arch.isa import Engine
+    from arch.occupancy import occupancy
     from compiler.driver import compile_generation
     from rtl.common import rtl_params
     from rtl.sim import build_model, run_job
@@ -31,16 +48,8 @@ def run_one(tiny, im, hw, prefetch: bool) -> dict:
     decode = next(p for p in build.programs if p.kind == "decode")
     instrs = [i.replace(wait=0, signal=0) for i in decode.instrs
               if i.engine != Engine.CONTROL and i.mnemonic != "STORE_COUNTERS"]
-    image = build.image.data
-    base = -(-image.size // 64) * 64
-    blobs = [encode_program([instr, make("HALT")]) for instr in instrs]
-    data = np.zeros(base + sum(len(b) for b in blobs), np.uint8)
-    data[:image.size] = image
-    programs, offset = [], base
-    for n, blob in enumerate(blobs):
-        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
-        programs.append((f"i{n}", offset))
-        offset += len(blob)
+    data, programs = image_with_programs(build.image.data,
+                                         {f"i{n}": [instr] for n, instr in enumerate(instrs)})
     model = build_model(rtl_params(hw, image_bytes=data.size))
     job = run_job(model, data, programs, {})
     read_i32 = build.image.read_i32

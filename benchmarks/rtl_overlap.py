@@ -21,11 +21,9 @@ import json
 
 
 def run(hw_name: str, l2_bytes: int | None, at: int, prefetch: bool) -> list[dict]:
-    import numpy as np
-
     from arch.hardware import load_hardware
     from arch.isa import Engine, make
-    from compiler.asm import encode_program
+    from benchmarks.perf_calibration import image_with_programs
     from compiler.driver import compile_step
     from models.evaluate import build_int_model
     from models.zoo import load_model
@@ -53,16 +51,7 @@ def run(hw_name: str, l2_bytes: int | None, at: int, prefetch: bool) -> list[dic
         "loads + compute": [i for i in free if i.engine != Engine.STORE],
         "the step": instrs,
     }
-    blobs = {k: encode_program(v + [make("HALT")]) for k, v in programs.items()}
-    image = build.image.data
-    base = -(-image.size // 64) * 64
-    data = np.zeros(base + sum(len(b) for b in blobs.values()), np.uint8)
-    data[:image.size] = image
-    entries, offset = [], base
-    for name, blob in blobs.items():
-        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
-        entries.append((name, offset))
-        offset += len(blob)
+    data, entries = image_with_programs(build.image.data, programs)
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     rows = []
     for (name, prog), entry in zip(programs.items(), job.programs, strict=True):

@@ -163,7 +163,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     ``(n + sum over the other clients of min(their lines in it, n)) * line cycles`` for
     its ``n`` DRAM lines."""
     per_cycle = hw.l2_lines_per_cycle
-    line_cycles = hw.line_bytes / hw.dram_bytes_per_cycle
+    line_cycles = hw.dram_cycles_per_line
     n = len(timing.begin)
     l2 = {e: [] for e in ENGINES}          # per engine: (start, end, lines per cycle)
     dram = {e: [] for e in ENGINES}
@@ -209,7 +209,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     instruction ``i``'s copier waits for the L2 and for the DRAM; also each DMA
     instruction's copier start and the instructions' fetch request cycles."""
     lat = hw.dram_latency_cycles
-    fetch_step = max(1.0, hw.line_bytes / hw.dram_bytes_per_cycle)
+    fetch_step = hw.dram_cycles_per_line       # one fetch read per line of bandwidth
     fetch_t = 0.0
     n = len(instrs)
     request = [0] * n            # fetch request cycle
@@ -231,7 +231,6 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     last_end = 0
     halted = False
     for i, instr in enumerate(instrs):
-        # one fetch read per cycle, or per line's worth of DRAM bandwidth when slower
         fetch_t = FETCH_START if i == 0 else fetch_t + fetch_step
         if i >= FETCH_AHEAD:
             fetch_t = max(fetch_t, accept[i - FETCH_AHEAD] + 1)
@@ -316,7 +315,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     # (The waits above share it by interval; where fetch reads fall outside the DMA
     # intervals they are charged to, at a few bytes per cycle, that bound is the tighter.)
     lines = totals["lines"] + fetched
-    cycles = max(cycles, math.ceil(lines * hw.line_bytes / hw.dram_bytes_per_cycle))
+    cycles = max(cycles, math.ceil(lines * hw.dram_cycles_per_line))
     return ProgramTiming(
         cycles=cycles,
         busy={e.name.lower(): busy[e] for e in ENGINES},
