@@ -41,31 +41,50 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_eval_inputs(model: str, args=None):
-    """The model and its integer model; with ``args``, also the prompt's token ids, read
-    before the integer model is calibrated so that a bad prompt is refused at once."""
+def _add_weights(p) -> None:
+    from arch.isa import WeightFormat
+
+    p.add_argument("--weights", choices=[f.name.lower() for f in WeightFormat], default="int8",
+                   help="format of the decoder layers' projection weights: int8, or MXINT4 "
+                        "(4-bit elements, a power-of-two scale per 32; docs/numerics.md)")
+
+
+def _load_eval_inputs(model: str, args=None, weights: str = "int8"):
+    """The model and its integer model (projection weights in ``weights``); with
+    ``args``, also the prompt's token ids, read before the integer model is calibrated so
+    that a bad prompt is refused at once."""
     from models.evaluate import build_int_model
     from models.zoo import load_model
 
     loaded = load_model(model)
     if args is None:
-        return loaded, build_int_model(loaded)
+        return loaded, build_int_model(loaded, weights=weights)
     ids = _prompt_ids(args, loaded)
-    return loaded, build_int_model(loaded), ids
+    return loaded, build_int_model(loaded, weights=weights), ids
 
 
 def _cmd_eval(args) -> int:
-    from models.evaluate import evaluate
+    from models.evaluate import build_int_model, evaluate
 
-    loaded, im = _load_eval_inputs(args.model)
-    result = evaluate(loaded, im, max_windows=args.max_windows, progress=not args.json)
+    loaded, im = _load_eval_inputs(args.model, weights=args.weights)
+    baseline = build_int_model(loaded) if args.weights != "int8" else None
+    result = evaluate(loaded, im, max_windows=args.max_windows, progress=not args.json,
+                      baseline=baseline)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
+    w = args.weights
     print(f"model {loaded.cfg.name} ({loaded.source}), held-out tokens: {result.tokens}")
     print(f"  float   perplexity  {result.float_ppl:8.4f}")
-    print(f"  integer perplexity  {result.int_ppl:8.4f}   ({100 * (result.ppl_ratio - 1):+.2f}%)")
-    print(f"  next-token top-1 agreement (integer vs float): {100 * result.top1_agreement:.2f}%")
+    if baseline is not None:
+        print(f"  int8    perplexity  {result.baseline_ppl:8.4f}   "
+              f"({100 * (result.baseline_ppl / result.float_ppl - 1):+.2f}%)")
+    print(f"  {'integer' if w == 'int8' else w:<7} perplexity  {result.int_ppl:8.4f}   "
+          f"({100 * (result.ppl_ratio - 1):+.2f}%)")
+    print(f"  next-token top-1 agreement ({w} vs float): {100 * result.top1_agreement:.2f}%")
+    if baseline is not None:
+        print(f"  next-token top-1 agreement ({w} vs int8):  "
+              f"{100 * result.top1_agreement_vs_baseline:.2f}%")
     return 0
 
 
@@ -360,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=None,
                    help="evaluate only the first N windows of the held-out text")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    _add_weights(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("generate", help="greedy generation, float and/or integer")

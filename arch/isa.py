@@ -71,6 +71,12 @@ class WeightLayout(enum.IntEnum, shape=1):
     KN = 1     # w[k][n]: each row is one reduction step (values in P @ V)
 
 
+class WeightFormat(enum.IntEnum, shape=1):
+    INT8 = 0     # one int8 per weight
+    MXINT4 = 1   # int4 elements in blocks of 32 along k sharing an E8M0 exponent
+    #              (numerics.mx_matmul): 4.25 bits per weight
+
+
 class OutBits(enum.IntEnum, shape=1):
     INT8 = 0
     INT16 = 1

@@ -4,10 +4,12 @@ Contract
 --------
 * ``calibration_windows(tokenizer, text)`` – the fixed calibration set: windows drawn with
   a fixed seed from the *training* split (never the held-out text).
-* ``build_int_model(loaded)`` – calibrate and quantise a loaded model.
-* ``evaluate(loaded, qmodel)`` – perplexity of the float and the integer model and their
-  next-token top-1 agreement over the held-out split, in consecutive windows of
-  ``max_seq_len`` tokens.
+* ``build_int_model(loaded, weights=...)`` – calibrate and quantise a loaded model, its
+  projection weights in ``int8`` or ``mxint4`` (``integer.WEIGHT_FORMATS``).
+* ``evaluate(loaded, qmodel, baseline=...)`` – perplexity of the float and the integer
+  model and their next-token top-1 agreement over the held-out split, in consecutive
+  windows of ``max_seq_len`` tokens; with a second integer model (``baseline``: the int8
+  one beside an MXINT4 one) its perplexity and the agreement between the two as well.
 * ``generate_float`` / ``generate_int`` – greedy generation with prefill and KV-cache
   decode steps.
 
@@ -51,6 +53,7 @@ class IntModel:
     cfg: ModelConfig
     qm: QuantModel
     scales: Scales
+    weights: str = "int8"          # the projection weights' format (integer.WEIGHT_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -59,14 +62,24 @@ class EvalResult:
     float_ppl: float
     int_ppl: float
     top1_agreement: float
+    weights: str = "int8"
+    baseline_weights: str | None = None          # the second integer model, if any
+    baseline_ppl: float | None = None
+    top1_agreement_vs_baseline: float | None = None
 
     @property
     def ppl_ratio(self) -> float:
         return self.int_ppl / self.float_ppl
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "float_ppl": self.float_ppl, "int_ppl": self.int_ppl,
-                "ppl_ratio": self.ppl_ratio, "top1_agreement": self.top1_agreement}
+        d = {"tokens": self.tokens, "weights": self.weights, "float_ppl": self.float_ppl,
+             "int_ppl": self.int_ppl, "ppl_ratio": self.ppl_ratio,
+             "top1_agreement": self.top1_agreement}
+        if self.baseline_weights is not None:
+            d.update({f"{self.baseline_weights}_ppl": self.baseline_ppl,
+                      f"top1_agreement_vs_{self.baseline_weights}":
+                          self.top1_agreement_vs_baseline})
+        return d
 
 
 def corpus_text(path: str | Path | None = None) -> str:
@@ -91,10 +104,15 @@ def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: Mode
     return np.stack([data[s:s + length] for s in starts])
 
 
-def build_int_model(loaded: LoadedModel, text: str | None = None) -> IntModel:
+def build_int_model(loaded: LoadedModel, text: str | None = None,
+                    weights: str = "int8") -> IntModel:
+    """Calibrate (``calibration_windows``) and quantise with projection weights in
+    ``weights`` (``ValueError`` for an unknown format, or naming a tensor that cannot be
+    quantised in it)."""
     windows = calibration_windows(loaded.tokenizer, loaded.cfg, text)
     scales = calibrate(loaded.params, loaded.cfg, windows)
-    return IntModel(loaded.cfg, quantize(loaded.params, loaded.cfg, scales), scales)
+    return IntModel(loaded.cfg, quantize(loaded.params, loaded.cfg, scales, weights), scales,
+                    weights)
 
 
 @partial(jax.jit, static_argnames="cfg")
@@ -109,11 +127,12 @@ def _nll_and_argmax(logits_BxTxV, targets_BxT):
 
 
 def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
-             max_windows: int | None = None, batch: int = 16, progress: bool = False
-             ) -> EvalResult:
+             max_windows: int | None = None, batch: int = 16, progress: bool = False,
+             baseline: IntModel | None = None) -> EvalResult:
     """Float and integer perplexity and top-1 agreement on the held-out split, in
-    windows of the model's context. Raises ``ValueError`` for ``max_windows < 1`` or a
-    held-out text shorter than one window."""
+    windows of the model's context; with ``baseline`` also its perplexity and its top-1
+    agreement with ``im``. Raises ``ValueError`` for ``max_windows < 1`` or a held-out
+    text shorter than one window."""
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.cfg.name}: evaluation needs a tokenizer and text")
     if max_windows is not None and max_windows < 1:
@@ -129,7 +148,7 @@ def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
         n = min(n, max_windows)
     inputs = np.stack([data[i * length:(i + 1) * length] for i in range(n)])
     targets = np.stack([data[i * length + 1:(i + 1) * length + 1] for i in range(n)])
-    f_nll, i_nll, agree = [], [], []
+    f_nll, i_nll, agree, b_nll, b_agree = [], [], [], [], []
     batches = range(0, n, batch)
     if progress:
         from tqdm import tqdm
@@ -144,9 +163,20 @@ def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
         f_nll.append(fn.ravel())
         i_nll.append(inn.ravel())
         agree.append((fa == ia).ravel())
+        if baseline is not None:
+            bl = int_forward(baseline.qm, x, baseline.cfg)
+            bn, ba = _nll_and_argmax(np.asarray(bl, np.float64) * baseline.scales.logits, y)
+            b_nll.append(bn.ravel())
+            b_agree.append((ba == ia).ravel())
     f_nll, i_nll, agree = (np.concatenate(a) for a in (f_nll, i_nll, agree))
+    extra = {}
+    if baseline is not None:
+        extra = {"baseline_weights": baseline.weights,
+                 "baseline_ppl": math.exp(np.concatenate(b_nll).mean()),
+                 "top1_agreement_vs_baseline": float(np.concatenate(b_agree).mean())}
     return EvalResult(tokens=int(f_nll.size), float_ppl=math.exp(f_nll.mean()),
-                      int_ppl=math.exp(i_nll.mean()), top1_agreement=float(agree.mean()))
+                      int_ppl=math.exp(i_nll.mean()), top1_agreement=float(agree.mean()),
+                      weights=im.weights, **extra)
 
 
 def generate_float(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arch.isa import WeightFormat
 from models import numerics as N
 from models.config import ModelConfig
 from models.reference import Params, init_cache, lm_head_weight, run_with_taps
@@ -105,6 +106,63 @@ def quantize_weight(w_NxK: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8), scale
 
 
+def quantize_weight_mxint4(w_NxK: np.ndarray, name: str = "weight") -> tuple[dict, np.ndarray]:
+    """MXINT4 (``numerics.mx_matmul``): ``({"elems", "shifts", "base"}, scale)`` with
+    ``w ~= elems * 2**shifts[:, block] * scale[:, None]`` and ``scale = 2**(base - 127)``.
+
+    ``elems[N, K]`` int8 in ``[-8, 7]``; ``shifts[N, B]`` int8 in ``[0, 7]``; ``base[N]``
+    uint8, the E8M0 exponent of the channel's smallest block scale (a block's E8M0
+    exponent is ``base + shift``). Each block's exponent is the one of
+    ``e0 - 1, e0, e0 + 1`` (``e0 = ceil(log2(amax / 7))``, the smallest that needs no
+    clipping) whose round-to-nearest elements give the least squared error, so the block's
+    RMS error is below ``2**(e0 - 1) < amax / 7``; blocks more than ``MX_SHIFT_MAX``
+    below the channel's largest exponent are raised to it (their steps are then at most
+    ``2**-7`` of the channel's largest block scale). ``ValueError`` naming ``name`` when
+    ``K > MX_MAX_K`` or a scale falls outside E8M0's range.
+    """
+    w = np.asarray(w_NxK, np.float64)
+    n, k = w.shape
+    if k > N.MX_MAX_K:
+        raise ValueError(f"{name}: reduction length {k} exceeds {N.MX_MAX_K}, the longest "
+                         "an MXINT4 matmul accumulates exactly in int32")
+    blocks = N.mx_blocks(k)
+    wb = np.pad(w, ((0, 0), (0, blocks * N.MX_BLOCK - k))).reshape(n, blocks, N.MX_BLOCK)
+    lo, hi = -(1 << (N.MX_ELEM_BITS - 1)), (1 << (N.MX_ELEM_BITS - 1)) - 1
+    amax = np.abs(wb).max(axis=-1)
+    nonzero = amax > 0
+    e0 = np.ceil(np.log2(np.where(nonzero, amax, 1.0) / hi))
+
+    def sse(e):
+        q = np.clip(np.round(wb / np.exp2(e)[..., None]), lo, hi)
+        return ((q * np.exp2(e)[..., None] - wb) ** 2).sum(-1)
+    cands = np.stack([e0, e0 - 1, e0 + 1])
+    e = np.take_along_axis(cands, np.argmin(np.stack([sse(c) for c in cands]), 0)[None], 0)[0]
+    top = np.max(np.where(nonzero, e, -np.inf), axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    base = top - N.MX_SHIFT_MAX
+    e = np.maximum(np.where(nonzero, e, base), base)
+    if np.any(base + N.MX_EXP_BIAS < 0) or np.any(top + N.MX_EXP_BIAS > 254):
+        raise ValueError(f"{name}: block scales outside E8M0's range 2**-127 .. 2**127")
+    elems = np.clip(np.round(wb / np.exp2(e)[..., None]), lo, hi).reshape(n, -1)[:, :k]
+    shifts = (e - base).astype(np.int8)
+    mx = {"elems": elems.astype(np.int8), "shifts": shifts,
+          "base": (base[:, 0] + N.MX_EXP_BIAS).astype(np.uint8)}
+    return mx, np.exp2(base[:, 0])
+
+
+def mx_dequantize(mx: dict) -> np.ndarray:
+    """The real weights ``[N, K]`` of ``quantize_weight_mxint4``'s first result."""
+    elems = np.asarray(mx["elems"], np.float64)
+    k = elems.shape[1]
+    step = np.exp2(np.asarray(mx["shifts"], np.float64)
+                   + np.asarray(mx["base"], np.float64)[:, None] - N.MX_EXP_BIAS)
+    return elems * np.repeat(step, N.MX_BLOCK, axis=1)[:, :k]
+
+
+# The projection weights' formats, by the ISA's names (``arch.isa.WeightFormat``).
+WEIGHT_FORMATS = tuple(f.name.lower() for f in WeightFormat)
+
+
 def _norm_constants(d: int, s_in: float, s_out: float, eps: float) -> dict:
     """RMSNorm constants: output factor ``sqrt(D / 2**sq) / s_out`` and eps in ss units."""
     sq = N.sum_sq_shift(d)
@@ -124,23 +182,37 @@ def _requant_constants(real, site: str = "") -> dict:
     return {"mult": mult, "shift": shift}
 
 
-def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
-    """The integer model: every tensor and constant the accelerator needs."""
+def quantize(params: Params, cfg: ModelConfig, scales: Scales,
+             weights: str = "int8") -> QuantModel:
+    """The integer model: every tensor and constant the accelerator needs.
+
+    ``weights`` is the format of the decoder layers' seven projection weights: ``int8``
+    (``quantize_weight``) or ``mxint4`` (``quantize_weight_mxint4``: a dict of elements,
+    block shifts and channel base exponents in place of each int8 matrix). The embeddings
+    stay int16 and the LM head int8 in both (docs/numerics.md says why). ``ValueError``
+    for another format, or naming the tensor that cannot be quantised.
+    """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
     s_h = scales.residual
     layers = []
-    for p, s in zip(params["layers"], scales.layers, strict=True):
+    for i, (p, s) in enumerate(zip(params["layers"], scales.layers, strict=True)):
+        def qw(name, w, i=i):
+            if weights == "mxint4":
+                return quantize_weight_mxint4(w, f"layer {i} {name}")
+            return quantize_weight(w)
         g1 = np.asarray(p["attn_norm"], np.float64)[None, :]
         g2 = np.asarray(p["mlp_norm"], np.float64)[None, :]
-        wq, sq = quantize_weight(np.asarray(p["wq"]) * g1)
-        wk, sk = quantize_weight(np.asarray(p["wk"]) * g1)
-        wv, sv = quantize_weight(np.asarray(p["wv"]) * g1)
-        wo, so = quantize_weight(p["wo"])
-        wg, sg = quantize_weight(np.asarray(p["w_gate"]) * g2)
-        wu, su = quantize_weight(np.asarray(p["w_up"]) * g2)
+        wq, sq = qw("wq", np.asarray(p["wq"]) * g1)
+        wk, sk = qw("wk", np.asarray(p["wk"]) * g1)
+        wv, sv = qw("wv", np.asarray(p["wv"]) * g1)
+        wo, so = qw("wo", p["wo"])
+        wg, sg = qw("w_gate", np.asarray(p["w_gate"]) * g2)
+        wu, su = qw("w_up", np.asarray(p["w_up"]) * g2)
         # SwiGLU output: per-channel scales s_mid[c], folded into w_down's columns
         # (SmoothQuant with alpha = 1), so the down projection sees int8 per channel.
         s_mid = np.asarray(s["mid"], np.float64)
-        wd, sd = quantize_weight(np.asarray(p["w_down"], np.float64) * s_mid[None, :])
+        wd, sd = qw("w_down", np.asarray(p["w_down"], np.float64) * s_mid[None, :])
         reals = {
             "q": s["attn_in"] * sq / s["q"], "k": s["attn_in"] * sk / s["k"],
             "v": s["attn_in"] * sv / s["v"],
@@ -178,9 +250,11 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales) -> QuantModel:
     return jax.tree.map(np.asarray, qm)
 
 
-def quant_struct(cfg: ModelConfig) -> QuantModel:
+def quant_struct(cfg: ModelConfig, weights: str = "int8") -> QuantModel:
     """The structure of ``quantize``'s result as ``jax.ShapeDtypeStruct`` leaves, for
     compiling a model without materialising its weights (tested equal to ``quantize``)."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
     def sds(shape, dtype):
         return jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
 
@@ -191,11 +265,16 @@ def quant_struct(cfg: ModelConfig) -> QuantModel:
     def norm():
         return {"mult": sds((), np.int32), "shift": sds((), np.int32), "eps": sds((), np.int32)}
 
+    def w(n, k):
+        if weights == "mxint4":
+            return {"elems": sds((n, k), np.int8), "shifts": sds((n, N.mx_blocks(k)), np.int8),
+                    "base": sds((n,), np.uint8)}
+        return sds((n, k), np.int8)
+
     d, f, qd, kd = cfg.d_model, cfg.d_ff, cfg.q_dim, cfg.kv_dim
     layer = {
-        "wq": sds((qd, d), np.int8), "wk": sds((kd, d), np.int8), "wv": sds((kd, d), np.int8),
-        "wo": sds((d, qd), np.int8), "w_gate": sds((f, d), np.int8),
-        "w_up": sds((f, d), np.int8), "w_down": sds((d, f), np.int8),
+        "wq": w(qd, d), "wk": w(kd, d), "wv": w(kd, d), "wo": w(d, qd), "w_gate": w(f, d),
+        "w_up": w(f, d), "w_down": w(d, f),
         "norm1": norm(), "q": rq(qd), "k": rq(kd), "v": rq(kd), "softmax": rq(), "att": rq(),
         "o": rq(d), "norm2": norm(), "gate": rq(f), "up": rq(f), "mid": rq(f), "down": rq(d),
     }
@@ -221,6 +300,14 @@ rope = jax.jit(N.rope, static_argnames=("xp",))
 silu_mul = jax.jit(N.silu_mul, static_argnames=("xp",))
 residual_add = jax.jit(N.residual_add, static_argnames=("xp",))
 argmax = jax.jit(N.argmax, static_argnames=("xp",))
+mx_matmul = jax.jit(N.mx_matmul, static_argnames=("xp",))
+
+
+def matmul(x, w):
+    """``x @ w.T`` in int32 for int8 ``w[N, K]`` or MXINT4 ``w`` (``quantize_weight_mxint4``)."""
+    if isinstance(w, dict):
+        return mx_matmul(x, w["elems"], w["shifts"])
+    return N.qmatmul(x, w)
 
 
 @jax.jit
@@ -266,7 +353,7 @@ def init_int_cache(cfg: ModelConfig, max_len: int | None = None) -> dict:
 
 
 def _proj(x, w, rq, bias=None):
-    return requant(N.qmatmul(x, w), rq["mult"], rq["shift"], bias=bias)
+    return requant(matmul(x, w), rq["mult"], rq["shift"], bias=bias)
 
 
 def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
@@ -285,14 +372,14 @@ def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
         cache_v = kv_write(cache_v, v, start)
         att = attention(q, cache_k, cache_v, positions, ql["softmax"]["mult"],
                         ql["softmax"]["shift"], ql["att"]["mult"], ql["att"]["shift"])
-        h_TxD = residual_add(h_TxD, N.qmatmul(att, ql["wo"]), ql["o"]["mult"], ql["o"]["shift"])
+        h_TxD = residual_add(h_TxD, matmul(att, ql["wo"]), ql["o"]["mult"], ql["o"]["shift"])
     with jax.named_scope("mlp"):
         n2 = ql["norm2"]
         xn = rmsnorm(h_TxD, n2["mult"], n2["shift"], n2["eps"])
         up = _proj(xn, ql["w_up"], ql["up"])
-        mid = silu_mul(N.qmatmul(xn, ql["w_gate"]), up, ql["gate"]["mult"], ql["gate"]["shift"],
+        mid = silu_mul(matmul(xn, ql["w_gate"]), up, ql["gate"]["mult"], ql["gate"]["shift"],
                        ql["mid"]["mult"], ql["mid"]["shift"])
-        h_TxD = residual_add(h_TxD, N.qmatmul(mid, ql["w_down"]), ql["down"]["mult"],
+        h_TxD = residual_add(h_TxD, matmul(mid, ql["w_down"]), ql["down"]["mult"],
                              ql["down"]["shift"])
     return h_TxD, cache_k, cache_v
 

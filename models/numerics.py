@@ -43,6 +43,12 @@ SIGMOID_FRAC_BITS = 15     # sigmoid entries are Q0.15
 SIN_INDEX_BITS = 10        # sine table: 1024 entries over one turn
 TRIG_FRAC_BITS = 14        # sine / cosine entries are Q1.14
 PHASE_BITS = 32            # RoPE phase: unsigned turns * 2**32, wraps modulo one turn
+MX_BLOCK = 32              # MXINT4 weights: elements per block along the reduction (OCP MX)
+MX_ELEM_BITS = 4           # MXINT4 elements: two's complement int4 in [-8, 7]
+MX_EXP_BITS = 8            # one E8M0 exponent per block (OCP MX): scale 2**(E - 127)
+MX_EXP_BIAS = 127          # E8M0 bias; 255 is NaN and never stored
+MX_SHIFT_MAX = 7           # block exponent - the output channel's base exponent: [0, 7]
+MX_MAX_K = 8192            # reduction length an MXINT4 matmul is exact for in int32
 
 
 # -- tables ---------------------------------------------------------------------------
@@ -200,6 +206,51 @@ def qmatmul(x, w, xp=None):
 
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())),
                                preferred_element_type=xp.int32)
+
+
+def mx_blocks(k: int) -> int:
+    """Blocks of ``MX_BLOCK`` along a reduction of length ``k`` (the last may be partial)."""
+    return -(-k // MX_BLOCK)
+
+
+def mx_matmul(x, elems, shifts, xp=None):
+    """``x @ w.T`` for int8 ``x[..., K]`` and MXINT4 weights, accumulated in int32.
+
+    ``elems[N, K]`` are int4 values (held in int8, in ``[-8, 7]``); ``shifts[N, B]``
+    (``B = mx_blocks(K)``) are each block's E8M0 exponent minus its output channel's base
+    exponent, in ``[0, MX_SHIFT_MAX]``. Block ``b`` covers ``k`` in ``[32 b, 32 b + 32)``::
+
+        acc[..., n] = sum_b (sum_{k in b} x[..., k] * elems[n, k]) << shifts[n, b]
+
+    so ``acc * 2**(base[n] - 127)`` is ``x @ w.T`` with the dequantised weights, exactly.
+    Exact in int32 for ``K <= MX_MAX_K``: a block's sum is at most ``32 * 128 * 8 = 2**15``
+    in magnitude, shifted at most ``2**22``, and 256 blocks stay within ``2**30``. Shifting
+    partial sums over any split of a block gives the same result, which is what lets the
+    array apply the shift per K tile at its accumulator (docs/numerics.md).
+    """
+    xp = xp or _xp(x, elems, shifts)
+    k = x.shape[-1]
+    if elems.shape[-1] != k or shifts.shape[-1] != mx_blocks(k):
+        raise ValueError(f"mx_matmul: x has K = {k}, elems {tuple(elems.shape)}, "
+                         f"shifts {tuple(shifts.shape)}")
+    if k > MX_MAX_K:
+        raise ValueError(f"mx_matmul: K = {k} exceeds MX_MAX_K = {MX_MAX_K}")
+    blocks, pad = mx_blocks(k), -k % MX_BLOCK
+    lead = x.shape[:-1]
+    if xp is np:
+        xb = np.pad(x.astype(np.int32), [(0, 0)] * len(lead) + [(0, pad)])
+        wb = np.pad(elems.astype(np.int32), ((0, 0), (0, pad)))
+        part = np.einsum("...bk,nbk->...nb", xb.reshape(*lead, blocks, MX_BLOCK),
+                         wb.reshape(-1, blocks, MX_BLOCK))
+        return np.sum(part << shifts.astype(np.int32), axis=-1, dtype=np.int32)
+    import jax
+
+    xb = xp.pad(x, [(0, 0)] * len(lead) + [(0, pad)]).reshape(*lead, blocks, MX_BLOCK)
+    wb = xp.pad(elems, ((0, 0), (0, pad))).reshape(-1, blocks, MX_BLOCK)
+    part = jax.lax.dot_general(xb, wb, (((xb.ndim - 1,), (2,)), ((xb.ndim - 2,), (1,))),
+                               preferred_element_type=xp.int32)     # [B, ..., N]
+    part = xp.moveaxis(part, 0, -1)                                  # [..., N, B]
+    return xp.sum(part << shifts.astype(xp.int32), axis=-1, dtype=xp.int32)
 
 
 def rmsnorm(h, mult, shift, eps_int, xp=None):

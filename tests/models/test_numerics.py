@@ -147,3 +147,32 @@ def test_mantissa_tables_are_accurate(a, b):
     assert np.all(np.abs(approx * np.sqrt(x.astype(np.float64)) - 1) <= 2 ** -9)
     rc = N.recip_table()[N._mantissa_index(x, e, N.RECIP_INDEX_BITS, np)]
     assert np.all(np.abs(rc * 2.0 ** (-15 - e) * x - 1) <= 2 ** -8)
+
+
+@pytest.mark.parametrize("k", [32, 45, 300])
+def test_mx_matmul_is_the_exact_product_with_the_dequantised_weights(k):
+    """``acc * 2**(base - 127)`` is ``x @ w.T`` for ``w = elems * 2**(shift + base - 127)``,
+    and shifting each K tile's partial sum (what the array does) gives the same int32."""
+    x = RNG.integers(-128, 128, size=(5, k)).astype(np.int8)
+    elems = RNG.integers(-8, 8, size=(7, k)).astype(np.int8)
+    shifts = RNG.integers(0, N.MX_SHIFT_MAX + 1, size=(7, N.mx_blocks(k))).astype(np.int8)
+    out = both(N.mx_matmul, x, elems, shifts)
+    w = elems.astype(np.int64) << np.repeat(shifts.astype(np.int64), N.MX_BLOCK, axis=1)[:, :k]
+    np.testing.assert_array_equal(out, x.astype(np.int64) @ w.T)
+    tiles = sum((x[:, k0:k0 + 8].astype(np.int64) @ elems[:, k0:k0 + 8].astype(np.int64).T)
+                << shifts[:, k0 // N.MX_BLOCK].astype(np.int64) for k0 in range(0, k, 8))
+    np.testing.assert_array_equal(out, tiles)
+
+
+def test_mx_matmul_worst_case_fits_int32_and_longer_reductions_are_refused():
+    """The largest magnitude (every x = -128, every element -8, every shift 7) over
+    ``MX_MAX_K``: 2**30, no wrap; one block more is refused."""
+    k = N.MX_MAX_K
+    x = np.full((1, k), -128, np.int8)
+    elems = np.full((2, k), -8, np.int8)
+    shifts = np.full((2, N.mx_blocks(k)), N.MX_SHIFT_MAX, np.int8)
+    np.testing.assert_array_equal(both(N.mx_matmul, x, elems, shifts), [[2 ** 30, 2 ** 30]])
+    k += N.MX_BLOCK
+    with pytest.raises(ValueError, match="exceeds MX_MAX_K"):
+        N.mx_matmul(np.zeros((1, k), np.int8), np.zeros((1, k), np.int8),
+                    np.zeros((1, N.mx_blocks(k)), np.int8))
