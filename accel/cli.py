@@ -91,7 +91,7 @@ def _cmd_eval(args) -> int:
 def _cmd_generate(args) -> int:
     from models.evaluate import generate_float, generate_int
 
-    loaded, im, ids = _load_eval_inputs(args.model, args)
+    loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights)
     tok = loaded.tokenizer
     shown = tok.decode(ids) if tok else f"{ids} -> "
     if args.numerics in ("float", "both"):
@@ -99,7 +99,8 @@ def _cmd_generate(args) -> int:
         print(f"[float]   {shown}{tok.decode(out) if tok else out}")
     if args.numerics in ("int", "both"):
         out = generate_int(im, ids, args.max_new_tokens)
-        print(f"[integer] {shown}{tok.decode(out) if tok else out}")
+        label = "[integer]" if args.weights == "int8" else f"[{args.weights}]"
+        print(f"{label:<9} {shown}{tok.decode(out) if tok else out}")
     return 0
 
 
@@ -160,17 +161,17 @@ def _cmd_compile(args) -> int:
     t0 = time.perf_counter()
     if args.no_weights:
         build = compile_timing_step(model_config(args.model), hw, args.decode_at,
-                                    prefetch=prefetch)
+                                    prefetch=prefetch, weights=args.weights)
     else:
-        loaded, im, ids = _load_eval_inputs(args.model, args)
+        loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights)
         max_new = DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
         build = compile_generation(im.cfg, im.qm, hw, ids, max_new, prefetch=prefetch)
     seconds = time.perf_counter() - t0
     extra = ({"tokenizer.json": Path(loaded.source) / "tokenizer.json"}
              if not args.no_weights and loaded.tokenizer is not None else {})
     out = build.save(args.out, extra)
-    print(f"compiled {build.cfg.name} for {hw.name} (prefetch {'on' if build.prefetch else 'off'}) "
-          f"in {seconds:.1f} s -> {out}")
+    print(f"compiled {build.cfg.name} for {hw.name} (prefetch {'on' if build.prefetch else 'off'}, "
+          f"{build.weights} weights) in {seconds:.1f} s -> {out}")
     for p in build.manifest()["programs"]:
         last = p["start"] + p["n_tokens"] - 1
         print(f"  {p['name']:<12} {p['kind']:<8} tokens {p['start']}..{last}"
@@ -230,10 +231,10 @@ def _print_perf(build) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from accel.ladder import MAX_PPL_RATIO, MIN_TOP1_AGREEMENT, failed_rungs, verify_ladder
+    from accel.ladder import failed_rungs, rung1_bar, verify_ladder
 
     report = verify_ladder(args.model, args.hw, _prompt_arg(args), args.max_new_tokens,
-                           args.eval_windows, rtl=args.rtl)
+                           args.eval_windows, rtl=args.rtl, weights=args.weights)
     failed = failed_rungs(report)
     report["failed_rungs"] = failed
     if args.json:
@@ -243,12 +244,13 @@ def _cmd_verify(args) -> int:
     print(f"  {'rung':<38}{'result':<14}detail")
     if "int_vs_float" in report:
         r = report["int_vs_float"]
+        min_top1, max_ppl = rung1_bar(report["weights"])
+        top1_bar = f"bar {100 * min_top1:.0f}%" if min_top1 is not None else "not judged"
         print(f"  {'1 integer vs float':<38}"
               f"{'FAIL' if 'int_vs_float' in failed else 'pass':<14}"
-              f"top-1 agreement {100 * r['top1_agreement']:.2f}% (bar "
-              f"{100 * MIN_TOP1_AGREEMENT:.0f}%), perplexity "
-              f"{100 * (r['ppl_ratio'] - 1):+.2f}% (bar {100 * (MAX_PPL_RATIO - 1):+.0f}%) "
-              f"over {r['tokens']} tokens")
+              f"top-1 agreement {100 * r['top1_agreement']:.2f}% ({top1_bar}), perplexity "
+              f"{100 * (r['ppl_ratio'] - 1):+.2f}% (bar {100 * (max_ppl - 1):+.0f}%) "
+              f"over {r['tokens']} tokens, {report['weights']} weights")
     else:
         print(f"  {'1 integer vs float':<38}{'not run':<14}no tokenizer: no held-out "
               f"text to judge the weights on")
@@ -389,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the prompt as token ids, e.g. 1,2,3 (for a model without a tokenizer)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--numerics", choices=("float", "int", "both"), default="both")
+    _add_weights(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("compile", help="compile a model for a hardware description")
@@ -407,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-at", type=int, default=None,
                    help="with --no-weights: the decode step's position (default: half the context)")
     p.add_argument("-o", "--out", default="build/tiny", help="build folder to write")
+    _add_weights(p)
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="run a compiled build on a simulator")
@@ -431,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtl", action="store_true",
                    help="add rung 3: the RTL under Verilator against the ISA simulator")
     p.add_argument("--json", action="store_true")
+    _add_weights(p)
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("sweep", help="run a design-space sweep (resumable) and its report")

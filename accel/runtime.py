@@ -105,6 +105,10 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
     if build.image.data is None:
         raise ValueError("this build has no weights (compiled for timing only); it cannot run")
     if sim == "rtl":
+        if build.weights != "int8":
+            raise ValueError(f"this build has {build.weights} weights, which the RTL's "
+                             "matmul unit does not implement yet; run it with --sim isa "
+                             "or --sim perf")
         return _run_rtl(build, waves)
     if sim != "isa":
         raise ValueError(f"unknown simulator {sim!r} (available: isa, rtl)")

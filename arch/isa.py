@@ -87,6 +87,10 @@ OUT_BYTES = {OutBits.INT8: 1, OutBits.INT16: 2}
 # Bytes per element of each operand type an instruction reads or writes in L2 (``Field.elem``).
 ELEM_BYTES = {"int8": 1, "int16": 2, "int32": 4, "uint32": 4}
 
+# MXINT4 weights: elements per block along k sharing one exponent (OCP Microscaling v1.0,
+# block size 32); the numerics (models.numerics.mx_matmul) read it from here.
+MX_BLOCK = 32
+
 
 @dataclass(frozen=True)
 class Field:
@@ -227,8 +231,15 @@ OPCODES: tuple[OpSpec, ...] = (
         _n("x_stride", 20, "bytes between rows of x"),
         _n("w_stride", 20, "bytes between rows of w"),
         _n("out_stride", 20, "bytes between rows of out"),
-    ), "out[i][j] (+)= sum_k x[i][k] * w(j, k), int8 x int8 -> int32; the array tiles the "
-       "whole product itself."),
+        _enum("w_format", WeightFormat, "INT8, or MXINT4: w holds int4 elements two per byte "
+              "(element k of a row in byte k / 2, the low nibble first; NK only) and e_addr "
+              "their block exponents"),
+        _l2("e_addr", "MXINT4 block exponents, (k + 31) / 32 bytes per row of w, rows "
+                      "contiguous: each block's E8M0 exponent less its row's base, in [0, 7] "
+                      "(numerics.mx_matmul)", "int8"),
+    ), "out[i][j] (+)= sum_k x[i][k] * w(j, k), int8 x int8 (or MXINT4 blocks, each block's "
+       "partial sum shifted left by its exponent) -> int32; the array tiles the whole "
+       "product itself."),
     # -- compute engine: the vector unit ----------------------------------------------
     OpSpec("REQUANT", 0x31, Engine.COMPUTE, (
         _enum("out_bits", OutBits, "INT8 or INT16 result"),
@@ -398,10 +409,14 @@ def compute_operands(mnemonic: str, f, select=lambda c, a, b: a if c else b
 
     if mnemonic == "MATMUL":
         nk = f("w_layout") == int(WeightLayout.NK)
+        mx = f("w_format") == int(WeightFormat.MXINT4)
         out = block("out", "out_addr", f("m"), f("n"), f("out_stride"), True)
+        blocks = (f("k") + (MX_BLOCK - 1)) >> (MX_BLOCK.bit_length() - 1)
         return [block("x", "x_addr", f("m"), f("k"), f("x_stride")),
-                block("w", "w_addr", select(nk, f("n"), f("k")), select(nk, f("k"), f("n")),
-                      f("w_stride")),
+                L2Operand("w", f("w_addr"), select(nk, f("n"), f("k")),
+                          select(mx, (f("k") + 1) >> 1, n("w_addr", select(nk, f("k"), f("n")))),
+                          f("w_stride")),
+                L2Operand("e", f("e_addr"), f("n"), blocks, blocks, present=mx),
                 out,
                 L2Operand("acc", out.addr, out.rows, out.row_bytes, out.stride,
                           present=f("accumulate"), implied=True)]
@@ -466,7 +481,10 @@ def operand_faults(mnemonic: str, f) -> list[tuple[object, str]]:
                  "STORE_COUNTERS dram_addr 0x{dram_addr:x} is not a multiple of 8")]
     if mnemonic == "MATMUL":
         return [((f("m") == 0) | (f("k") == 0) | (f("n") == 0),
-                 "MATMUL with an empty dimension (m={m}, k={k}, n={n})")]
+                 "MATMUL with an empty dimension (m={m}, k={k}, n={n})"),
+                ((f("w_format") == int(WeightFormat.MXINT4))
+                 & (f("w_layout") == int(WeightLayout.KN)),
+                 "MATMUL MXINT4 weights must be in the NK layout")]
     if mnemonic == "ROPE":
         return [((f("head_dim") == 0) | ((f("head_dim") & 1) == 1),
                  "ROPE head_dim must be even and non-zero, got {head_dim}"),

@@ -43,6 +43,7 @@ def random_matmul(rng, hw, l2_bytes: int):
         if out_addr + m * out_stride < l2_bytes:
             instr = make("MATMUL", mode=int(MatmulMode[mode]), accumulate=int(rng.integers(0, 2)),
                          w_layout=int(WeightLayout[layout]), x_addr=x_addr, w_addr=w_addr,
+                         w_format=0, e_addr=0,
                          out_addr=out_addr, m=m, k=k, n=n, x_stride=x_stride,
                          w_stride=w_stride, out_stride=out_stride)
             return instr, mode, layout

@@ -58,6 +58,7 @@ def run(hw_name: str, m: int, k: int, n: int, modes: list[str], seed: int = 0) -
     for mode in modes:
         programs[mode] = [
             make("MATMUL", mode=int(MatmulMode[mode]), accumulate=0, w_layout=0, x_addr=x_l2,
+                 w_format=0, e_addr=0,
                  w_addr=w_l2, out_addr=out_l2, m=m, k=k, n=n, x_stride=k, w_stride=k,
                  out_stride=4 * n),
             make("DMA_STORE", l2_addr=out_l2, dram_addr=mmap[f"out:{mode}"].offset, rows=m,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import Instruction, MatmulMode, OutBits, WeightLayout, make
+from arch.isa import MX_BLOCK, Instruction, MatmulMode, OutBits, WeightFormat, WeightLayout, make
 from arch.occupancy import matmul_mode
 from compiler.image import MemoryMap, align
 from compiler.ir import (
@@ -61,6 +61,7 @@ from compiler.ir import (
     new_tensor,
 )
 from models.config import ModelConfig
+from models.numerics import mx_blocks
 
 MAX_INFLIGHT_SLOTS = 64
 MIN_RING_BYTES = 4096
@@ -178,14 +179,21 @@ def causal_blocks(rows: int, hw: HardwareConfig) -> list[tuple[int, int]]:
     return [(r0, min(rows, r0 + block)) for r0 in range(0, rows, block)]
 
 
-def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int) -> tuple[int, int]:
+def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int,
+                  mxint4: bool = False) -> tuple[int, int]:
     """``(nt, kt)``: the weight tile of a matmul, ``nt`` output channels (a multiple of the
     array's columns where it can be) by ``kt`` inputs (``k`` is split, with accumulation,
-    only when ``cols`` rows of it do not fit a tile)."""
-    if k_total * min(cols, n_total) <= tile_bytes:
-        nt = max(1, tile_bytes // k_total)
+    only when ``cols`` rows of it do not fit a tile). With ``mxint4`` a row of ``k``
+    weights takes ``ceil(k / 2)`` bytes of the tile (its block exponents are staged in a
+    slot of their own) and ``k`` is split only at block boundaries."""
+    def row_bytes(k: int) -> int:
+        return (k + 1) // 2 if mxint4 else k
+    if row_bytes(k_total) * min(cols, n_total) <= tile_bytes:
+        nt = max(1, tile_bytes // row_bytes(k_total))
         return min(n_total, nt // cols * cols if nt >= cols else nt), k_total
     nt = min(cols, n_total)
+    if mxint4:
+        return nt, max(MX_BLOCK, 2 * (tile_bytes // nt) // MX_BLOCK * MX_BLOCK)
     return nt, max(1, tile_bytes // nt)
 
 
@@ -237,7 +245,8 @@ class Generator:
 
     def emit_matmul(self, **fields) -> int:
         """A ``MATMUL`` in the dataflow the occupancy model times faster on this hardware
-        (``arch.occupancy.matmul_mode``)."""
+        (``arch.occupancy.matmul_mode``); int8 weights unless the fields say otherwise."""
+        fields = {"w_format": WeightFormat.INT8, "e_addr": 0, **fields}
         return self.emit("MATMUL", mode=matmul_mode(self.hw, **fields), **fields)
 
     # -- whole program -------------------------------------------------------------------
@@ -274,11 +283,16 @@ class Generator:
 
     # -- matmul --------------------------------------------------------------------------
     def matmul(self, x_addr: int, x_stride: int, m: int, w: Param, out_addr: int,
-               out_stride: int, columns: tuple[int, int] | None = None) -> None:
+               out_stride: int, columns: tuple[int, int] | None = None,
+               w_exps: Param | None = None) -> None:
         """``out = x . w^T`` over ``w``'s output channels, or over ``columns``
-        (``(first, count)``) of them, written from ``out_addr``."""
+        (``(first, count)``) of them (int8 weights only), written from ``out_addr``;
+        MXINT4 weights (``w_exps``, their block exponents) by ``mx_matmul``."""
         k_total = w.shape[1]
         c0, n_total = (0, w.shape[0]) if columns is None else columns
+        if w_exps is not None:
+            self.mx_matmul(x_addr, x_stride, m, w, w_exps, out_addr, out_stride)
+            return
         base = self.ctx.param_addr(w) + c0 * k_total
         nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols)
         for n0 in range(0, n_total, nt):
@@ -292,9 +306,33 @@ class Generator:
                     x_stride=x_stride, w_stride=k, out_stride=out_stride)
                 self.use(slot, index)
 
+    def mx_matmul(self, x_addr: int, x_stride: int, m: int, w: Param, w_exps: Param,
+                  out_addr: int, out_stride: int) -> None:
+        """``out = x . w^T`` with MXINT4 weights: per tile, the packed elements
+        (``ceil(k / 2)`` bytes a row) and the block exponents (``ceil(k / 32)`` bytes a
+        row) are staged by two loads; tiles split ``k`` at block boundaries."""
+        n_total, k_total = w.shape
+        row_bytes, blocks = (k_total + 1) // 2, mx_blocks(k_total)
+        base, e_base = self.ctx.param_addr(w), self.ctx.param_addr(w_exps)
+        nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols, True)
+        for n0 in range(0, n_total, nt):
+            n = min(nt, n_total - n0)
+            for k0 in range(0, k_total, kt):
+                k = min(kt, k_total - k0)
+                elems = self.load(base + n0 * row_bytes + k0 // 2, n, (k + 1) // 2, row_bytes)
+                exps = self.load(e_base + n0 * blocks + k0 // MX_BLOCK, n, mx_blocks(k),
+                                 blocks)
+                index = self.emit_matmul(
+                    accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
+                    w_addr=elems.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,
+                    x_stride=x_stride, w_stride=(k + 1) // 2, out_stride=out_stride,
+                    w_format=WeightFormat.MXINT4, e_addr=exps.addr)
+                self.use(elems, index)
+                self.use(exps, index)
+
     def _op_matmul(self, op: MatMul) -> None:
         self.matmul(self.addr(op.x), op.x.row_bytes, op.x.rows, op.w, self.addr(op.out),
-                    op.out.row_bytes)
+                    op.out.row_bytes, w_exps=op.w_exps)
 
     # -- vector operations with per-channel parameters ------------------------------------
     def column_chunks(self, words: ParamWords, cols: int, extra_per_col: int = 0,

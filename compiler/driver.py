@@ -31,6 +31,7 @@ from arch.isa import (
     INSTR_BYTES,
     INT32_BYTES,
     Instruction,
+    WeightFormat,
 )
 from compiler.backend import (
     MIN_RING_BYTES,
@@ -73,6 +74,14 @@ class Build:
     prompt: list[int]
     max_new_tokens: int
 
+    @property
+    def weights(self) -> str:
+        """The projection weights' format: ``mxint4`` if a ``MATMUL`` streams MXINT4
+        weights, else ``int8`` (``arch.isa.WeightFormat``)."""
+        mx = any(i.mnemonic == "MATMUL" and i.w_format == WeightFormat.MXINT4
+                 for p in self.programs for i in p.instrs)
+        return WeightFormat.MXINT4.name.lower() if mx else WeightFormat.INT8.name.lower()
+
     def program_bytes(self, p: Program) -> dict[str, int]:
         """DRAM bytes a program reads and writes (static, from its instructions)."""
         read = write = 0
@@ -97,6 +106,7 @@ class Build:
             "model": self.cfg.to_hf_dict(), "model_name": self.cfg.name,
             "hardware": {k: getattr(self.hw, k) for k in self.hw.__dataclass_fields__},
             "prefetch": self.prefetch, "with_weights": self.image.data is not None,
+            "weights": self.weights,
             "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
             "counters": list(COUNTERS), "memory_map": self.mmap.to_json(), "programs": programs,
             "host_runtime": "The host writes the prompt tokens and the block table into the "
@@ -311,10 +321,11 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
 
 
 def compile_timing_step(cfg: ModelConfig, hw: HardwareConfig, at: int | None = None,
-                        prefetch: bool | None = None) -> Build:
+                        prefetch: bool | None = None, weights: str = "int8") -> Build:
     """One decode step of ``cfg`` at position ``at`` (default: half the context) without
-    weights: a build to time (``sweeps.perf``), not to run."""
+    weights, its projection weights in format ``weights``: a build to time
+    (``sweeps.perf``), not to run."""
     from models.integer import quant_struct
 
     at = cfg.max_seq_len // 2 if at is None else at
-    return compile_step(cfg, quant_struct(cfg), hw, at, 1, prefetch=prefetch)
+    return compile_step(cfg, quant_struct(cfg, weights), hw, at, 1, prefetch=prefetch)

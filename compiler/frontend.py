@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compiler.ir import (
+    MXINT4,
     Argmax,
     Attention,
     CompileError,
@@ -197,6 +198,21 @@ def _dot_general(lw: Lowering, eqn, args):
     return [out]
 
 
+def _k_mx_matmul(lw: Lowering, eqn, args):
+    """``integer.mx_matmul``: a MatMul with MXINT4 weights (elements and block exponents)."""
+    x, elems, shifts = args
+    x = _tensor(x, "the left operand of a matmul")
+    elems = _param(elems, "MXINT4 weight elements")
+    shifts = _param(shifts, "MXINT4 block exponents")
+    if len(x.shape) != 2 or x.dtype != "int8" or elems.shape[1] != x.shape[1]:
+        raise CompileError(f"MXINT4 matmul must be int8 x[M,K] @ w[N,K].T, got {x.shape} "
+                           f"{x.dtype} and {elems.shape}")
+    w = Param(elems.name, elems.shape, MXINT4, elems.value)
+    out = lw.fresh("mm", (x.shape[0], elems.shape[0]), "int32")
+    lw.emit(MatMul(x, w, out, w_exps=shifts))
+    return [out]
+
+
 def _reshape(lw: Lowering, eqn, args):
     src = args[0]
     shape = tuple(int(s) for s in eqn.params["new_sizes"])
@@ -346,6 +362,7 @@ KERNELS: dict[str, Rule] = {
     "silu_mul": _k_silu_mul,
     "residual_add": _k_residual_add,
     "argmax": _k_argmax,
+    "mx_matmul": _k_mx_matmul,
 }
 
 

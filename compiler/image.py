@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from arch.isa import pack_param
-from compiler.ir import CompileError, Param, ParamWords
+from compiler.ir import MXINT4, CompileError, Param, ParamWords
+from models.numerics import mx_pack
 
 ALIGN = 64
 
@@ -85,6 +86,8 @@ def param_bytes(p: Param | ParamWords) -> np.ndarray | None:
         return words.view(np.uint8)
     if p.value is None:
         return None
+    if p.dtype == MXINT4:
+        return mx_pack(np.asarray(p.value)).reshape(-1)
     return np.ascontiguousarray(np.asarray(p.value).astype(np.dtype(p.dtype).newbyteorder("<"))
                                 ).reshape(-1).view(np.uint8)
 

@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.numerics import mx_blocks
+
+# ``Param.dtype`` of MXINT4 weight elements (not a NumPy type: two per byte).
+MXINT4 = "mxint4"
+
 
 class CompileError(ValueError):
     """A model, shape or hardware configuration the compiler cannot handle."""
@@ -35,6 +40,8 @@ class Param:
 
     @property
     def nbytes(self) -> int:
+        if self.dtype == MXINT4:           # [N, K] elements, two per byte (numerics.mx_pack)
+            return self.shape[0] * ((self.shape[1] + 1) // 2)
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     @property
@@ -134,8 +141,9 @@ class Embed:
 @dataclass(frozen=True)
 class MatMul:
     x: Tensor               # [M, K] int8
-    w: Param                # [N, K] int8
+    w: Param                # [N, K] int8, or MXINT4 elements (dtype MXINT4)
     out: Tensor             # [M, N] int32
+    w_exps: Param | None = None   # MXINT4: [N, ceil(K / 32)] block exponents (numerics.mx_matmul)
 
 
 @dataclass(frozen=True)
@@ -265,7 +273,10 @@ def verify(graph: Graph) -> None:
         kind = type(op).__name__
         if isinstance(op, MatMul):
             (m, k), (n, k2) = op.x.shape, op.w.shape
-            if k != k2 or op.out.shape != (m, n) or op.x.dtype != "int8" or op.out.dtype != "int32":
+            mx = op.w.dtype == MXINT4
+            if (k != k2 or op.out.shape != (m, n) or op.x.dtype != "int8"
+                    or op.out.dtype != "int32" or mx != (op.w_exps is not None)
+                    or (mx and op.w_exps.shape != (n, mx_blocks(k)))):
                 raise CompileError(f"{graph.name}: bad MatMul {op.x.shape} x {op.w.shape}")
         elif isinstance(op, Requant):
             if op.src.shape != op.out.shape or op.src.dtype != "int32":

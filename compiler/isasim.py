@@ -39,6 +39,7 @@ from arch.isa import (
     ErrorCode,
     Instruction,
     OutBits,
+    WeightFormat,
     WeightLayout,
 )
 from compiler.asm import format_instruction
@@ -254,10 +255,13 @@ class IsaSimulator:
 
     def _op_matmul(self, f, acc):
         x = self.read(acc["x"], np.int8)
-        w = self.read(acc["w"], np.int8)
-        if f.w_layout == WeightLayout.KN:
-            w = w.T
-        out = N.qmatmul(x, w, xp=np)
+        if f.w_format == WeightFormat.MXINT4:
+            elems = N.mx_unpack(self.read(acc["w"], np.uint8), f.k)
+            shifts = self.read(acc["e"], np.uint8) & N.MX_SHIFT_MAX   # the low three bits
+            out = N.mx_matmul(x, elems, shifts, xp=np)
+        else:
+            w = self.read(acc["w"], np.int8)
+            out = N.qmatmul(x, w.T if f.w_layout == WeightLayout.KN else w, xp=np)
         if f.accumulate:
             out = out + self.read(acc["acc"], np.int32)        # int32 wrap-around, as in RTL
         self.write(acc["out"], out.astype(np.int32))

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from arch import isa
+
 # -- widths and table sizes (read by the ISA simulator and the RTL generator) ---------
 ACT_BITS = 8               # activations and weights: int8
 RESID_BITS = 16            # residual stream and embeddings: int16
@@ -43,7 +45,7 @@ SIGMOID_FRAC_BITS = 15     # sigmoid entries are Q0.15
 SIN_INDEX_BITS = 10        # sine table: 1024 entries over one turn
 TRIG_FRAC_BITS = 14        # sine / cosine entries are Q1.14
 PHASE_BITS = 32            # RoPE phase: unsigned turns * 2**32, wraps modulo one turn
-MX_BLOCK = 32              # MXINT4 weights: elements per block along the reduction (OCP MX)
+MX_BLOCK = isa.MX_BLOCK    # MXINT4 weights: elements per block along the reduction (OCP MX)
 MX_ELEM_BITS = 4           # MXINT4 elements: two's complement int4 in [-8, 7]
 MX_EXP_BITS = 8            # one E8M0 exponent per block (OCP MX): scale 2**(E - 127)
 MX_EXP_BIAS = 127          # E8M0 bias; 255 is NaN and never stored
@@ -211,6 +213,23 @@ def qmatmul(x, w, xp=None):
 def mx_blocks(k: int) -> int:
     """Blocks of ``MX_BLOCK`` along a reduction of length ``k`` (the last may be partial)."""
     return -(-k // MX_BLOCK)
+
+
+def mx_pack(elems_NxK) -> np.ndarray:
+    """MXINT4 elements as stored (DRAM, L2): ``uint8[N, ceil(K / 2)]``, element ``k`` of a
+    row in byte ``k // 2``, even ``k`` in the low nibble, two's complement; an odd row's
+    last high nibble is zero."""
+    e = np.asarray(elems_NxK).astype(np.int16) & 0xF
+    if e.shape[1] % 2:
+        e = np.pad(e, ((0, 0), (0, 1)))
+    return (e[:, 0::2] | (e[:, 1::2] << 4)).astype(np.uint8)
+
+
+def mx_unpack(packed_NxB, k: int) -> np.ndarray:
+    """The inverse of ``mx_pack``: ``int8[N, k]`` in ``[-8, 7]``."""
+    p = np.asarray(packed_NxB, np.uint8).astype(np.int16)
+    e = np.stack([p & 0xF, p >> 4], axis=-1).reshape(p.shape[0], -1)[:, :k]
+    return np.where(e >= 8, e - 16, e).astype(np.int8)
 
 
 def mx_matmul(x, elems, shifts, xp=None):

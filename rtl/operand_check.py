@@ -9,7 +9,9 @@ in ``arch/isa.py``:
 
 1. ``BAD_OPERAND`` if a field is refused (``isa.operand_faults``: an empty ``MATMUL``
    dimension or vector block, an odd or zero ``ROPE`` head size or empty
-   ``ROPE``/``ARGMAX``, a ``SOFTMAX`` whose first row sees past its columns);
+   ``ROPE``/``ARGMAX``, a ``SOFTMAX`` whose first row sees past its columns), or if it
+   asks for what this RTL does not implement (``unimplemented``: a ``MATMUL`` with
+   MXINT4 weights, which the ISA simulator runs and the matmul unit does not yet);
 2. then each L2 operand in the order ``isa.compute_operands`` declares them:
    ``BAD_OPERAND`` if it is written with rows that overlap (``rows > 1`` and
    ``stride < row bytes``), ``L2_OUT_OF_RANGE`` if it ends beyond ``l2_bytes`` (its end
@@ -49,6 +51,17 @@ BYTES_BITS = 32         # row bytes: at most 8 x a 20-bit count, or heads x head
 STRIDE_BITS = 30
 
 
+def unimplemented(mnemonic: str, f) -> list[tuple[object, str]]:
+    """What the ISA declares and this RTL refuses (``BAD_OPERAND``), as
+    ``isa.operand_faults``: ``(condition, message)`` over ``f(name)``. The matmul unit
+    multiplies int8 weights only; a ``MATMUL`` with MXINT4 weights stops rather than
+    computing with its packed bytes as int8 (issue 19's RTL step)."""
+    if mnemonic == "MATMUL":
+        return [(f("w_format") == int(isa.WeightFormat.MXINT4),
+                 "MATMUL with MXINT4 weights: the RTL's matmul unit does not implement them")]
+    return []
+
+
 def operands(word) -> dict[str, list[isa.L2Operand]]:
     """Per compute opcode, its L2 operands as values of the instruction ``word``: the ISA's
     declaration (``isa.compute_operands``) less the operands implied by another (an
@@ -76,7 +89,8 @@ class OperandCheck(wiring.Component):
         bad = Signal()
         with m.Switch(op):
             for mn in COMPUTE:
-                faults = isa.operand_faults(mn, lambda n, mn=mn: f(mn, n))
+                faults = [*isa.operand_faults(mn, lambda n, mn=mn: f(mn, n)),
+                          *unimplemented(mn, lambda n, mn=mn: f(mn, n))]
                 if faults:
                     with m.Case(opcode_of(mn)):
                         m.d.comb += bad.eq(reduce(operator.or_, (c for c, _ in faults)))

@@ -62,6 +62,7 @@ def _random_compute(rng, hw):
         w_addr, w_stride = place(k, n) if kn else place(n, k)
         out_addr, out_stride = place(m, 4 * n)
         return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
+                    w_format=0, e_addr=0,
                     x_addr=x_addr, w_addr=w_addr, out_addr=out_addr, m=m, k=k, n=n,
                     x_stride=x_stride, w_stride=w_stride, out_stride=out_stride)
     rows, cols = int(rng.integers(1, 5)), int(rng.integers(1, 90))

@@ -179,6 +179,7 @@ class _Stream:
 
         def mm(m, k, n, kn, acc=0):
             fields = dict(accumulate=acc, w_layout=kn, x_addr=0, w_addr=0, out_addr=0, m=m,
+                          w_format=0, e_addr=0,
                           k=k, n=n, x_stride=k, w_stride=n if kn else k, out_stride=4 * n)
             return self.compute(make("MATMUL", mode=matmul_mode(self.hw, **fields), **fields))
 
@@ -222,6 +223,7 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
         for k0 in range(0, k_total, kt):
             k = min(kt, k_total - k0)
             fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0, out_addr=0,
+                          w_format=0, e_addr=0,
                           m=m, k=k, n=n, x_stride=k_total, w_stride=k, out_stride=4 * n_total)
             s.staged_tile(shapes, (n, k, k0 > 0), n, k, lambda fields=fields: make(
                 "MATMUL", mode=matmul_mode(hw, **fields), **fields))

@@ -8,13 +8,14 @@ from models.reference import init_params
 from models.zoo import LoadedModel
 
 
-def make_int_model(cfg, seed=0):
+def make_int_model(cfg, seed=0, weights="int8"):
     params = init_params(cfg, seed)
     params = jax.tree.map(lambda a: a * 4 if a.ndim == 2 else a, params)
-    return build_int_model(LoadedModel(cfg, params, None, "random"))
+    return build_int_model(LoadedModel(cfg, params, None, "random"), weights=weights)
 
 
 @pytest.fixture
 def int_model():
-    """A factory: ``int_model(cfg)`` -> calibrated, quantised random-weight model."""
+    """A factory: ``int_model(cfg, seed=0, weights="int8")`` -> calibrated, quantised
+    random-weight model."""
     return make_int_model

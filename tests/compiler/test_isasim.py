@@ -51,6 +51,43 @@ def test_long_context_uses_kv_chunks_and_small_l2(small_config, int_model):
     assert verdict["bit_exact"], verdict
 
 
+@pytest.mark.parametrize(("overrides", "hw", "l2_bytes", "prefetch"), [
+    ({"d_model": 96, "d_ff": 2300, "n_kv_heads": 1}, "edge-4x4", 32 * 1024, True),
+    ({"d_model": 80, "d_ff": 2000, "qkv_bias": True}, "edge-8x8", 32 * 1024, False),
+])
+def test_mxint4_weights_are_bit_exact_with_k_split_at_block_boundaries(
+        small_config, int_model, overrides, hw, l2_bytes, prefetch):
+    """MXINT4 projection weights (partial last blocks: 80, 2000 and 2300 are not multiples
+    of 32): bit-exact; the small L2 splits the down projection's reduction into tiles, each
+    a whole number of blocks but the last."""
+    cfg = small_config(**overrides)
+    im = int_model(cfg, weights="mxint4")
+    hw = load_hardware(hw).replace(l2_bytes=l2_bytes, l2_banks=4, l2_port_bytes=8)
+    prompt = list(np.random.default_rng(5).integers(0, cfg.vocab_size, 9))
+    build = compile_generation(cfg, im.qm, hw, prompt, 3, prefetch=prefetch)
+    mx = [i for p in build.programs for i in p.instrs if i.mnemonic == "MATMUL" and i.w_format]
+    assert len(mx) >= 7 * cfg.n_layers
+    split = [i for i in mx if i.k not in {cfg.d_model, cfg.d_ff, cfg.q_dim}]
+    assert split and all(i.k % 32 == 0 for i in split if not i.accumulate)
+    verdict = compare(run_build(build), reference_generation(im, prompt, 3))
+    assert verdict["bit_exact"], verdict
+
+
+def test_mxint4_halves_the_weight_bytes_a_decode_step_reads(small_config, int_model):
+    """Same model, int8 against MXINT4 projection weights: a decode step reads ~17/32 of
+    the projection weights' bytes (4.25 bits per weight)."""
+    cfg = small_config(d_model=128, d_ff=384)
+    hw = load_hardware("edge-8x8")
+    read = {}
+    for weights in ("int8", "mxint4"):
+        im = int_model(cfg, weights=weights)
+        build = compile_generation(cfg, im.qm, hw, [1, 2, 3], 2)
+        read[weights] = run_build(build).counters["decode_000"]["dram_read_bytes"]
+    d, f, qd, kd = cfg.d_model, cfg.d_ff, cfg.q_dim, cfg.kv_dim
+    projection = cfg.n_layers * (d * (qd + 2 * kd) + qd * d + 3 * d * f)
+    assert read["int8"] - read["mxint4"] == pytest.approx(projection * 15 / 32, rel=0.02)
+
+
 def _tiny_build(small_config, int_model, prefetch=True):
     cfg = small_config()
     im = int_model(cfg)

@@ -47,6 +47,7 @@ def _store(l2, dram, row_bytes=64):
 
 def _matmul(x, w, out, m=1, k=64, n=4):
     return make("MATMUL", mode=0, accumulate=0, w_layout=0, x_addr=x, w_addr=w, out_addr=out,
+                w_format=0, e_addr=0,
                 m=m, k=k, n=n, x_stride=k, w_stride=k, out_stride=4 * n)
 
 

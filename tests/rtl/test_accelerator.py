@@ -95,6 +95,7 @@ def random_matmul(rng, hw, gemv: bool):
     k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 50)), int(rng.integers(0, 2))
     w_rows, w_bytes = (k, n) if kn else (n, k)
     return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
+                w_format=0, e_addr=0,
                 x_addr=int(rng.integers(0, l2 - m * k)), x_stride=k,
                 w_addr=l2 + int(rng.integers(0, l2 - w_rows * w_bytes)), w_stride=w_bytes,
                 out_addr=2 * l2 + int(rng.integers(0, l2 - 4 * m * n)), out_stride=4 * n,
@@ -166,6 +167,7 @@ def test_invalid_instruction_stops_in_the_error_state(model):
           l2_stride=32), ErrorCode.BAD_OPERAND),
     # compute operands: an output past the L2's end, overlapping written rows
     (dict(mnemonic="MATMUL", mode=0, accumulate=0, w_layout=0, x_addr=0, w_addr=1024,
+          w_format=0, e_addr=0,
           out_addr=64 * 1024 - 200, m=4, k=16, n=16, x_stride=16, w_stride=16,
           out_stride=64), ErrorCode.L2_OUT_OF_RANGE),
     (dict(mnemonic="REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0,
@@ -212,6 +214,7 @@ def test_both_dataflows_keep_the_array_busy(model, mode):
     hw = model.params.hw
     m, k, n = 64, 256, 64
     program = [make("MATMUL", mode=int(MatmulMode[mode]), accumulate=0, w_layout=0,
+                    w_format=0, e_addr=0,
                     x_addr=0, w_addr=m * k, out_addr=m * k + n * k, m=m, k=k, n=n,
                     x_stride=k, w_stride=k, out_stride=4 * n), make("HALT")]
     mmap = MemoryMap()

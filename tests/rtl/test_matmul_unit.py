@@ -27,6 +27,7 @@ def matmul(mode, layout, m, k, n, accumulate, x_addr=7, l2_bytes=L2_BYTES):
     assert out_addr + m * out_stride < l2_bytes
     return make("MATMUL", mode=int(MatmulMode[mode]), accumulate=accumulate,
                 w_layout=int(WeightLayout[layout]), x_addr=x_addr, w_addr=w_addr,
+                w_format=0, e_addr=0,
                 out_addr=out_addr, m=m, k=k, n=n, x_stride=x_stride, w_stride=w_stride,
                 out_stride=out_stride)
 

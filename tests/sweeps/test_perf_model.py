@@ -42,6 +42,7 @@ def test_memoised_occupancy_is_exact():
     the same as a fresh computation."""
     hw = load_hardware("edge-8x8")
     mm = make("MATMUL", mode=1, accumulate=0, w_layout=0, x_addr=3, w_addr=70, out_addr=0,
+              w_format=0, e_addr=0,
               m=1, k=300, n=20, x_stride=300, w_stride=300, out_stride=80)
     variants = [mm, mm.replace(x_addr=3 + 32 * 5, w_addr=70 + 32 * 9), mm.replace(w_addr=64),
                 mm.replace(w_stride=301, w_addr=64)]
