@@ -33,11 +33,13 @@ from arch.isa import (
     BLOCK_TABLE_ENTRY_BYTES,
     COUNTER_BYTES,
     COUNTERS,
+    MX_BLOCK,
     OUT_BYTES,
     Engine,
     Instruction,
     MatmulMode,
     OutBits,
+    WeightFormat,
     WeightLayout,
     kv_row_addr,
     kv_table_entry_addr,
@@ -346,12 +348,20 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     ``R + C - 1`` (GEMM) cycles after its last row; its rows are then written back, one
     per writer step (reading the old output first to accumulate), while the next group
     accumulates in the other half, whose own first block waits for the group before
-    last to have been written back."""
+    last to have been written back.
+
+    MXINT4 weights (``w_format``) are timed as the unit would run them unpacked at the
+    filler with the block shift at the accumulator: the weight reader moves the packed
+    bytes (half the int8 bytes) and each row's block exponents, and the array's cycles
+    are those of int8. The RTL does not implement MXINT4 yet (``rtl/operand_check.py``),
+    so these figures are the design's target, not a fit to it."""
     f = _fields(instr)
     W, R = hw.line_bytes, hw.array_rows
     out_bytes = instr.spec.field("out_addr").elem_bytes         # int32 results
     gemv = f.mode == MatmulMode.GEMV
     kn = f.w_layout == WeightLayout.KN
+    mx = f.w_format == WeightFormat.MXINT4
+    e_row = -(-f.k // MX_BLOCK)                # bytes of block exponents per weight row
     latency = R if gemv else R + hw.array_cols - 1
     l2_rate = hw.l2_lines_per_cycle
     push = [0, 0]                          # per buffer set: when its tile was announced
@@ -370,10 +380,18 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
             w_steps = _rows_steps(f.w_addr + kt * f.w_stride + n0, f.w_stride, kl, nc, W)
         else:
             x_w = max(0, (nc - mt) // 2)
-            w_base = f.w_addr + n0 * f.w_stride + kt
-            w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, kl, W)
+            # MXINT4: kl elements are (kl + 1) // 2 packed bytes from byte kt // 2 (kt is a
+            # multiple of the tile's reduction, so of the block), and the weight reader
+            # also reads each row's block exponents
+            w_base = f.w_addr + n0 * f.w_stride + (kt // 2 if mx else kt)
+            w_bytes = (kl + 1) // 2 if mx else kl
+            w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, w_bytes, W)
             if x_w:
-                x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride, x_w, kl, W)
+                x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride, x_w,
+                                       w_bytes, W)
+            if mx:
+                w_steps += _rows_steps(f.e_addr + n0 * e_row + kt // MX_BLOCK, e_row, nc,
+                                       -(-kl // MX_BLOCK), W)
         lines += x_steps + w_steps
         begin = max(filler, release[s] + 1)
         # the two readers in parallel, unless the L2 moves fewer lines than they ask for
