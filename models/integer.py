@@ -163,6 +163,25 @@ def mx_dequantize(mx: dict) -> np.ndarray:
 WEIGHT_FORMATS = tuple(f.name.lower() for f in WeightFormat)
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def weight_bytes(cfg: ModelConfig, weights: str = "int8") -> int:
+    """Bytes of the model's parameters at a byte each (``cfg.n_params``), the decoder
+    layers' projection weights (the ones ``quantize`` stores in ``weights``) at
+    ``(ceil(k / 2) + ceil(k / 32)) / k`` bytes each for MXINT4 (4.25 bits: packed elements
+    and one E8M0 exponent per block of 32). What the sweeps size the DRAM by."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    total = cfg.n_params
+    if weights == "mxint4":
+        for name, shape in cfg.param_shapes().items():
+            if name.endswith(".weight") and name.split(".")[-2] in PROJECTIONS:
+                n, k = shape
+                total -= n * k - n * ((k + 1) // 2 + N.mx_blocks(k))
+    return total
+
+
 def _norm_constants(d: int, s_in: float, s_out: float, eps: float) -> dict:
     """RMSNorm constants: output factor ``sqrt(D / 2**sq) / s_out`` and eps in ss units."""
     sq = N.sum_sq_shift(d)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from arch.hardware import HardwareConfig
 from arch.isa import make
@@ -66,6 +66,7 @@ from compiler.image import align
 from compiler.ir import CompileError
 from compiler.schedule import LOOKAHEAD
 from models.config import ModelConfig
+from models.numerics import mx_blocks
 
 DMA_END = CALIBRATION.dma_end
 
@@ -94,8 +95,9 @@ class _Stream:
     bytes read, MACs, L2 lines moved); a load is its ``occupancy.Copies``, or 0 for
     none."""
 
-    def __init__(self, hw: HardwareConfig, tile_bytes: int, rows: int = 1):
-        self.hw, self.tile_bytes, self.rows = hw, tile_bytes, rows
+    def __init__(self, hw: HardwareConfig, tile_bytes: int, rows: int = 1,
+                 weights: str = "int8"):
+        self.hw, self.tile_bytes, self.rows, self.weights = hw, tile_bytes, rows, weights
         self.tiles: list[tuple[int, int]] = []
         self.read = self.macs = self.l2 = 0
 
@@ -118,11 +120,13 @@ class _Stream:
 
     def staged_tile(self, shapes: dict, shape, rows: int, row_bytes: int, instr) -> None:
         """A load of ``rows x row_bytes`` then the compute instruction ``instr()`` that
-        consumes it. An operation's tiles come in a few shapes: each shape is costed once
-        (in ``shapes``, keyed by ``shape``) and repeated."""
+        consumes it (none for ``instr=None``: a load whose reader comes with the next).
+        An operation's tiles come in a few shapes: each shape is costed once (in
+        ``shapes``, keyed by ``shape``) and repeated."""
         if shape not in shapes:
             read0, macs0, l20 = self.read, self.macs, self.l2
-            shapes[shape] = (self.load(rows, row_bytes), self.compute(instr()),
+            shapes[shape] = (self.load(rows, row_bytes),
+                             0 if instr is None else self.compute(instr()),
                              self.read - read0, self.macs - macs0, self.l2 - l20)
         else:
             self.read += shapes[shape][2]
@@ -131,8 +135,10 @@ class _Stream:
         self.add(shapes[shape][0], shapes[shape][1], rows * row_bytes)
 
     # -- the compiler's operations ------------------------------------------------------
-    def matmul(self, m: int, k_total: int, n_total: int) -> None:
-        tiles, read, macs, lines = _matmul_tiles(self.hw, self.tile_bytes, m, k_total, n_total)
+    def matmul(self, m: int, k_total: int, n_total: int, weights: str | None = None) -> None:
+        """A projection (weights in the stream's format) or, with ``weights``, another."""
+        tiles, read, macs, lines = _matmul_tiles(self.hw, self.tile_bytes, m, k_total, n_total,
+                                                 weights or self.weights)
         self.tiles.extend(tiles)
         self.read += read
         self.macs += macs
@@ -210,23 +216,35 @@ class _Stream:
             dst_stride=cfg.q_dim)), 4)
 
 
+def _matmul_instr(hw: HardwareConfig, fields: dict):
+    return make("MATMUL", mode=matmul_mode(hw, **fields), **fields)
+
+
 @lru_cache(maxsize=1024)
-def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_total: int):
+def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_total: int,
+                  weights: str = "int8"):
     """The tiles of one ``m x k_total x n_total`` matmul (its weights staged in tiles of
-    ``backend.matmul_tiling``), with its DRAM bytes and MACs; the same for every
-    position, so cached."""
-    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw.array_cols)
+    ``backend.matmul_tiling``; MXINT4 weights as two loads, the packed elements and the
+    block exponents, as ``backend.Generator.mx_matmul``), with its DRAM bytes and MACs;
+    the same for every position, so cached."""
+    mx = weights == "mxint4"
+    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw.array_cols, mx)
     s = _Stream(hw, tile_bytes)
     shapes = {}
     for n0 in range(0, n_total, nt):
         n = min(nt, n_total - n0)
         for k0 in range(0, k_total, kt):
             k = min(kt, k_total - k0)
+            w_bytes = (k + 1) // 2 if mx else k
             fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0, out_addr=0,
-                          w_format=0, e_addr=0,
-                          m=m, k=k, n=n, x_stride=k_total, w_stride=k, out_stride=4 * n_total)
-            s.staged_tile(shapes, (n, k, k0 > 0), n, k, lambda fields=fields: make(
-                "MATMUL", mode=matmul_mode(hw, **fields), **fields))
+                          w_format=int(mx), e_addr=0, m=m, k=k, n=n, x_stride=k_total,
+                          w_stride=w_bytes, out_stride=4 * n_total)
+            instr = partial(_matmul_instr, hw, fields)
+            if mx:
+                s.staged_tile(shapes, ("w", n, k), n, w_bytes, None)
+                s.staged_tile(shapes, (n, k, k0 > 0), n, mx_blocks(k), instr)
+            else:
+                s.staged_tile(shapes, (n, k, k0 > 0), n, k, instr)
     return tuple(s.tiles), s.read, s.macs, s.l2
 
 
@@ -259,10 +277,11 @@ def _core(hw: HardwareConfig) -> HardwareConfig:
 
 @lru_cache(maxsize=4096)
 def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes: int,
-                 allreduce: int = 0, rows: int = 1):
-    """One layer's tiles; ``allreduce`` cycles of a tensor-parallel allreduce after the
-    attention output projection and after the MLP (0: a single device)."""
-    s = _Stream(hw, tile_bytes, rows)
+                 allreduce: int = 0, rows: int = 1, weights: str = "int8"):
+    """One layer's tiles, its projections' weights in format ``weights``; ``allreduce``
+    cycles of a tensor-parallel allreduce after the attention output projection and after
+    the MLP (0: a single device)."""
+    s = _Stream(hw, tile_bytes, rows, weights)
     d, q, kv, ff, T = cfg.d_model, cfg.q_dim, cfg.kv_dim, cfg.d_ff, rows
     s.rmsnorm(d)
     for n in (q, kv, kv):
@@ -296,7 +315,7 @@ def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes
 def _head_tiles(cfg: ModelConfig, hw: HardwareConfig, tile_bytes: int):
     s = _Stream(hw, tile_bytes)
     s.rmsnorm(cfg.d_model)
-    s.matmul(1, cfg.d_model, cfg.vocab_size)
+    s.matmul(1, cfg.d_model, cfg.vocab_size)            # the LM head: int8 in every format
     s.requant(cfg.vocab_size)
     s.vector(make("ARGMAX", src_addr=0, n=cfg.vocab_size, dst_addr=0))
     return tuple(s.tiles), s.read, s.macs, s.l2
@@ -443,10 +462,10 @@ def _layers(layer, head, n_layers: int, ring) -> tuple[float, int, int]:
 
 def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                 prefetch: bool | None = None, devices: int = 1,
-                link: Link = Link()) -> StepEstimate:
-    """One decode step at KV length ``position``; with ``devices > 1``, one device's step
-    under tensor parallelism, the two allreduces per layer (int32 partial sums of the
-    ``d_model`` outputs) on ``link``."""
+                link: Link = Link(), weights: str = "int8") -> StepEstimate:
+    """One decode step at KV length ``position``, the projections' weights in format
+    ``weights``; with ``devices > 1``, one device's step under tensor parallelism, the
+    two allreduces per layer (int32 partial sums of the ``d_model`` outputs) on ``link``."""
     if position < 0 or position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
                          f"{cfg.name}")
@@ -456,7 +475,7 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     tile_bytes, ring = staging(cfg, hw)
     core = _core(hw)
     layer, layer_read, layer_macs, layer_l2 = _layer_tiles(cfg, core, position, tile_bytes,
-                                                           allreduce)
+                                                           allreduce, 1, weights)
     head, head_read, head_macs, head_l2 = _head_tiles(cfg, core, tile_bytes)
     cycles, load_busy, compute_busy = _layers(layer, head, cfg.n_layers,
                                               ring if prefetch else None)
@@ -495,7 +514,8 @@ def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int) -> list[
 
 
 def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
-            prefetch: bool | None = None, devices: int = 1, link: Link = Link()) -> StepEstimate:
+            prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
+            weights: str = "int8") -> StepEstimate:
     """The prefill of ``n_tokens`` prompt tokens, chunk by chunk (each matmul in the
     dataflow ``arch.occupancy.matmul_mode`` picks), then the head for the last token."""
     if not 1 <= n_tokens <= cfg.max_seq_len:
@@ -517,7 +537,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
         allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model * t, devices)
                               * hw.clock_hz)
         layer, read, macs, lines = _layer_tiles(local, _core(hw), start, tile_bytes,
-                                                allreduce, t)
+                                                allreduce, t, weights)
         head = (_head_tiles(local, _core(hw), tile_bytes) if i == len(chunks) - 1
                 else ((), 0, 0, 0))
         cycles, load_busy, compute_busy = _layers(layer, head[0], cfg.n_layers,
@@ -568,18 +588,19 @@ class WorkloadEstimate:
 
 def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: int,
              prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
-             samples: int = 9) -> WorkloadEstimate:
+             samples: int = 9, weights: str = "int8") -> WorkloadEstimate:
     """Prefill of ``prompt_len`` tokens (which yields the first output token), then
-    ``output_len - 1`` decode steps, timed by sampling (``decode_total``)."""
+    ``output_len - 1`` decode steps, timed by sampling (``decode_total``), the
+    projections' weights in format ``weights``."""
     if output_len < 1:
         raise ValueError(f"output length must be at least 1, not {output_len}")
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
     staging(shard(cfg, devices), hw)              # fails fast when decode does not fit
-    pre = prefill(cfg, hw, prompt_len, prefetch, devices, link)
+    pre = prefill(cfg, hw, prompt_len, prefetch, devices, link, weights)
     decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
-                                 devices, link)
+                                 devices, link, weights)
     return WorkloadEstimate(prompt_len, output_len, pre.cycles, decode, timed,
                             pre.dram_read_bytes)
 
@@ -593,7 +614,7 @@ def _sample_positions(first: int, last: int, samples: int) -> list[int]:
 
 def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
                  prefetch: bool | None = None, samples: int = 9, devices: int = 1,
-                 link: Link = Link()) -> tuple[int, int]:
+                 link: Link = Link(), weights: str = "int8") -> tuple[int, int]:
     """Cycles of decode steps at positions ``first .. first + count - 1``: steps timed at
     ``samples`` positions, the rest by linear interpolation between them. Returns
     ``(cycles, steps timed)``."""
@@ -601,7 +622,7 @@ def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
         return 0, 0
     last = first + count - 1
     xs = _sample_positions(first, last, samples)
-    ys = [decode_step(cfg, hw, x, prefetch, devices, link).cycles for x in xs]
+    ys = [decode_step(cfg, hw, x, prefetch, devices, link, weights).cycles for x in xs]
     total = 0.0
     for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
                                     strict=False):

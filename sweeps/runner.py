@@ -33,6 +33,7 @@ from tqdm import tqdm
 from arch.hardware import HardwareConfig
 from compiler.ir import CompileError
 from models.config import preset
+from models.integer import weight_bytes
 from sweeps import analytic
 from sweeps.cost import cost, dram_capacity_gbytes, logic_stats
 from sweeps.spec import Spec, point_hardware
@@ -65,6 +66,7 @@ def point_content(point: dict, workloads: dict[str, dict]) -> dict:
     return {"hardware": hw, "model": preset(point["model"]).to_hf_dict(),
             "workload": workloads[point["workload"]], "node": point["node"],
             "devices": point["devices"], "prefetch": point["prefetch"],
+            "weights": point["weights"],
             "link": [point["link_gbytes_per_s"], point["link_latency_us"]],
             "code": code_version()}
 
@@ -76,11 +78,12 @@ def point_key(point: dict, workloads: dict[str, dict]) -> str:
 
 def performance_key(point: dict) -> tuple:
     """What a point's performance depends on: its hardware, model, workload, prefetch,
-    devices and (with more than one device) link, but not its technology node."""
+    weight format, devices and (with more than one device) link, but not its technology
+    node."""
     link = (point["link_gbytes_per_s"], point["link_latency_us"]) if point["devices"] > 1 \
         else None
     return (point_hardware(point), point["model"], point["workload"], point["prefetch"],
-            point["devices"], link)
+            point["weights"], point["devices"], link)
 
 
 def evaluate_group(points: list[dict], workloads: dict[str, dict],
@@ -101,14 +104,15 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
     link = analytic.Link(point["link_gbytes_per_s"], point["link_latency_us"])
     try:
         est = analytic.workload(cfg, hw, w["prompt"], w["output"], point["prefetch"],
-                                devices, link)
+                                devices, link, weights=point["weights"])
     except CompileError as e:
         return [{"key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": False,
                  "reason": str(e)} for p, k in zip(points, keys, strict=True)]
     mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
-                               devices, link)
+                               devices, link, point["weights"])
     tokens_per_s = est.tokens_per_s(hw)
-    dram_gbytes = dram_capacity_gbytes(cfg.n_params // devices + cfg.kv_dim * 2 * cfg.n_layers
+    params_bytes = weight_bytes(cfg, point["weights"])
+    dram_gbytes = dram_capacity_gbytes(params_bytes // devices + cfg.kv_dim * 2 * cfg.n_layers
                                        * cfg.max_seq_len // devices)
     rows = []
     for p, k in zip(points, keys, strict=True):
@@ -123,7 +127,7 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
             "decode_step_cycles": mid.cycles, "decode_load_busy": mid.load_busy,
             "decode_compute_busy": mid.compute_busy,
             "decode_roofline_tokens_per_s": hw.dram_bytes_per_cycle * hw.clock_hz
-            / max(1, cfg.n_params // devices),
+            / max(1, params_bytes // devices),
             **c.as_dict(),
             "tokens_per_s_per_mm2": tokens_per_s / (devices * c.area.total_mm2),
             "tokens_per_s_per_dollar": tokens_per_s / (devices * c.total_dollars),

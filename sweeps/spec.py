@@ -21,6 +21,7 @@ A spec::
     devices = 1
     prefetch = true
     workload = "liso"
+    weights = "int8"             # the projection weights' format: "int8" or "mxint4"
     link_gbytes_per_s = 16.0
     link_latency_us = 2.0
 
@@ -46,14 +47,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arch.hardware import HardwareConfig, HardwareError, load_hardware
+from arch.isa import WeightFormat
 from models.config import preset
 from sweeps.analytic import Link
 from sweeps.cost import NODES
 
+WEIGHT_FORMATS = tuple(f.name.lower() for f in WeightFormat)
+
 SETTINGS = {"hw": str, "model": str, "node": str, "devices": int, "prefetch": bool,
-            "workload": str, "link_gbytes_per_s": float, "link_latency_us": float}
+            "workload": str, "link_gbytes_per_s": float, "link_latency_us": float,
+            "weights": str}
 DEFAULTS = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm", "devices": 1,
-            "prefetch": True, "workload": "liso",
+            "prefetch": True, "workload": "liso", "weights": "int8",
             "link_gbytes_per_s": Link.gbytes_per_s, "link_latency_us": Link.latency_us}
 DEFAULT_WORKLOADS = {"liso": {"prompt": 1024, "output": 128},
                      "silo": {"prompt": 128, "output": 1024}}
@@ -233,6 +238,8 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
             return f"unknown model {value!r} ({e})"
     elif name == "node" and value not in NODES:
         return f"unknown node {value!r} (known: {', '.join(NODES)})"
+    elif name == "weights" and value not in WEIGHT_FORMATS:
+        return f"unknown weight format {value!r} (known: {', '.join(WEIGHT_FORMATS)})"
     elif name == "workload" and value not in spec.workloads:
         return f"unknown workload {value!r} (defined: {', '.join(spec.workloads)})"
     elif name == "hw":

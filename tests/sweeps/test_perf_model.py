@@ -20,20 +20,23 @@ from sweeps.analytic import Link, decode_step, decode_total, prefill, shard, wor
 from sweeps.perf import PerfError, time_program
 
 
-@pytest.mark.parametrize("prefetch", [True, False])
-@pytest.mark.parametrize("hw_name", ["edge-8x8", "edge-4x4"])
-def test_fast_path_agrees_with_the_instruction_level_model(tiny_model, hw_name, prefetch):
+@pytest.mark.parametrize(("hw_name", "prefetch", "weights"), [
+    ("edge-8x8", True, "int8"), ("edge-8x8", False, "int8"), ("edge-4x4", True, "int8"),
+    ("edge-4x4", False, "int8"), ("edge-8x8", True, "mxint4"), ("edge-4x4", False, "mxint4")])
+def test_fast_path_agrees_with_the_instruction_level_model(tiny_model, hw_name, prefetch,
+                                                           weights):
     cfg, hw = tiny_model.cfg, load_hardware(hw_name)
     for position in (6, 100):
-        build = compile_step(cfg, quant_struct(cfg), hw, position, 1, prefetch=prefetch)
+        build = compile_step(cfg, quant_struct(cfg, weights), hw, position, 1,
+                             prefetch=prefetch)
         exact = time_program(build.programs[0].instrs, hw).cycles
-        fast = decode_step(cfg, hw, position, prefetch).cycles
+        fast = decode_step(cfg, hw, position, prefetch, weights=weights).cycles
         assert abs(fast - exact) <= 0.10 * exact, (position, fast, exact)
     # Prefills, also with a vocabulary large enough that the LM head weighs like a layer.
     for c, tokens in ((cfg, 8), (cfg, 32), (dataclasses.replace(cfg, vocab_size=4096), 32)):
-        build = compile_step(c, quant_struct(c), hw, 0, tokens, prefetch=prefetch)
+        build = compile_step(c, quant_struct(c, weights), hw, 0, tokens, prefetch=prefetch)
         exact = time_program(build.programs[0].instrs, hw).cycles
-        fast = prefill(c, hw, tokens, prefetch).cycles
+        fast = prefill(c, hw, tokens, prefetch, weights=weights).cycles
         assert abs(fast - exact) <= 0.10 * exact, (c.vocab_size, tokens, fast, exact)
 
 
@@ -45,7 +48,9 @@ def test_memoised_occupancy_is_exact():
               w_format=0, e_addr=0,
               m=1, k=300, n=20, x_stride=300, w_stride=300, out_stride=80)
     variants = [mm, mm.replace(x_addr=3 + 32 * 5, w_addr=70 + 32 * 9), mm.replace(w_addr=64),
-                mm.replace(w_stride=301, w_addr=64)]
+                mm.replace(w_stride=301, w_addr=64),
+                mm.replace(w_format=1, w_stride=150, e_addr=4000),
+                mm.replace(w_format=1, w_stride=150, e_addr=4001)]
     for v in variants + variants:
         assert occupancy(v, hw) == _occupancy(v, hw, None, CALIBRATION)
     assert occupancy(variants[2], hw).cycles < occupancy(variants[3], hw).cycles
@@ -159,7 +164,8 @@ def test_gemm_block_extrapolation_equals_stepping_every_block():
 
 def test_never_faster_than_physics(small_config):
     """Random model shapes, hardware and steps (prefill and decode, prefetch on and off,
-    1 to 64 DRAM bytes per cycle): the instruction-level model never finishes before the
+    1 to 64 DRAM bytes per cycle, int8 and MXINT4 weights): the instruction-level model
+    never finishes before the
     DRAM could have moved the step's bytes (its lines, instruction fetch included, at the
     configured bandwidth), nor with more MACs than the array's PEs can do in its cycles,
     nor with an engine busy longer than the step."""
@@ -174,7 +180,8 @@ def test_never_faster_than_physics(small_config):
             dram_bytes_per_cycle=int(rng.choice([1, 2, 4, 16, 32, 64])), l2_port_bytes=32)
         position, tokens = ((int(rng.integers(1, 40)), 1) if rng.random() < 0.6
                             else (0, int(rng.integers(2, 20))))
-        build = compile_step(cfg, quant_struct(cfg), hw, position, tokens,
+        weights = str(rng.choice(["int8", "mxint4"]))
+        build = compile_step(cfg, quant_struct(cfg, weights), hw, position, tokens,
                              prefetch=bool(rng.random() < 0.5))
         t = time_program(build.programs[0].instrs, hw)
         case = (cfg, hw.name, hw.dram_bytes_per_cycle, position, tokens, t.counters())
