@@ -1,0 +1,152 @@
+"""MXINT4 weights against int8: accuracy on the held-out text, decode speed of a 1B-class
+model, and area efficiency on the hybrid array paper's two workloads::
+
+    python -m benchmarks.mxint4                       # everything (~5 min)
+    python -m benchmarks.mxint4 --only accuracy --windows 64
+
+1. ``accuracy``: for every trained model (tiny, tiny-bpe), float, int8 and MXINT4
+   perplexity on the held-out windows, and the MXINT4 model's next-token top-1 agreement
+   with float and with int8 (``models.evaluate.evaluate`` with a baseline).
+2. ``speed``: one decode step of Sheared-LLaMA-1.3B at KV length 512 on edge-16x16 (1 MiB
+   L2, prefetch on), compiled without weights and timed by the instruction-level model
+   (``sweeps.perf``) and the fast path (``sweeps.analytic``): DRAM bytes per token,
+   cycles, tokens/s, the fraction of the DRAM's bandwidth used (bytes / (bytes per cycle x
+   cycles)), and the speedup of MXINT4. The RTL does not run MXINT4 yet: no RTL column.
+3. ``area``: the sweep's evaluation (``sweeps.runner.evaluate_group``: fast path and cost
+   model, 16 nm) of LISO (1024 in, 128 out) and SILO (128 in, 1024 out) at the same
+   point: tokens/s, the die's area and its parts, and tokens/s/mm² over the whole die and
+   over its logic alone, beside the paper's 247 / 117 (arXiv 2507.09010, abstract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+SPEED_MODEL, SPEED_HW, SPEED_L2, SPEED_AT = "sheared-llama-1.3b", "edge-16x16", 1 << 20, 512
+PAPER_TOKENS_PER_S_PER_MM2 = {"liso": 247, "silo": 117}
+
+
+def accuracy(models: list[str], windows: int) -> list[dict]:
+    from models.evaluate import build_int_model, evaluate
+    from models.zoo import load_model
+
+    rows = []
+    for model in models:
+        loaded = load_model(model)
+        int8 = build_int_model(loaded)
+        mx = build_int_model(loaded, weights="mxint4")
+        r = evaluate(loaded, mx, max_windows=windows, baseline=int8)
+        rows.append({"bench": "mxint4", "part": "accuracy", "model": model,
+                     "tokens": r.tokens, "float_ppl": round(r.float_ppl, 4),
+                     "int8_ppl": round(r.baseline_ppl, 4), "mxint4_ppl": round(r.int_ppl, 4),
+                     "int8_ppl_ratio": round(r.baseline_ppl / r.float_ppl, 4),
+                     "mxint4_ppl_ratio": round(r.ppl_ratio, 4),
+                     "mxint4_top1_vs_float": round(r.top1_agreement, 4),
+                     "mxint4_top1_vs_int8": round(r.top1_agreement_vs_baseline, 4)})
+    return rows
+
+
+def speed() -> list[dict]:
+    from arch.hardware import load_hardware
+    from compiler.driver import compile_timing_step
+    from models.zoo import model_config
+    from sweeps import analytic
+    from sweeps.perf import time_build
+
+    cfg = model_config(SPEED_MODEL)
+    hw = load_hardware(SPEED_HW).replace(l2_bytes=SPEED_L2, prefetch=True)
+    rows = []
+    for weights in ("int8", "mxint4"):
+        build = compile_timing_step(cfg, hw, SPEED_AT, weights=weights)
+        step = next(iter(time_build(build).programs.values()))
+        fast = analytic.decode_step(cfg, hw, SPEED_AT, weights=weights)
+        moved = step.dram_read_bytes + step.dram_write_bytes
+        rows.append({"bench": "mxint4", "part": "speed", "model": cfg.name, "hw": hw.name,
+                     "l2_bytes": hw.l2_bytes, "kv_length": SPEED_AT, "weights": weights,
+                     "dram_read_bytes": step.dram_read_bytes, "cycles": step.cycles,
+                     "tokens_per_s": round(hw.clock_hz / step.cycles, 2),
+                     "dram_bandwidth_used": round(moved / (hw.dram_bytes_per_cycle
+                                                           * step.cycles), 4),
+                     "fast_path_cycles": fast.cycles,
+                     "fast_path_error_pct": round(100 * (fast.cycles / step.cycles - 1), 2),
+                     **_exponent_loads(build)})
+    from models.integer import PROJECTIONS
+
+    projections = sum(shape[0] * shape[1] for name, shape in cfg.param_shapes().items()
+                      if len(shape) == 2 and name.split(".")[-2] in PROJECTIONS)
+    rows[0]["projection_weight_share"] = round(projections / rows[0]["dram_read_bytes"], 4)
+    rows[0]["lm_head_share"] = round(cfg.vocab_size * cfg.d_model / rows[0]["dram_read_bytes"], 4)
+    rows[1]["speedup"] = round(rows[0]["cycles"] / rows[1]["cycles"], 3)
+    rows[1]["bytes_ratio"] = round(rows[1]["dram_read_bytes"] / rows[0]["dram_read_bytes"], 3)
+    return rows
+
+
+def _exponent_loads(build) -> dict:
+    """The DMA_LOADs of block exponents (those reading a ``*.shifts`` parameter region):
+    their share of all DMA_LOAD cycles, each timed alone (``arch.occupancy``), and the
+    bytes per cycle they move."""
+    from arch.occupancy import occupancy
+
+    regions = [(r.offset, r.offset + r.size, name.endswith(".shifts"))
+               for name, r in build.mmap.regions.items() if name.startswith("param:")]
+    total = exp_cycles = exp_bytes = 0
+    for instr in build.programs[0].instrs:
+        if instr.mnemonic != "DMA_LOAD":
+            continue
+        occ = occupancy(instr, build.hw)
+        total += occ.cycles
+        if any(lo <= instr.dram_addr < hi and e for lo, hi, e in regions):
+            exp_cycles += occ.cycles
+            exp_bytes += occ.dram_read_bytes
+    if not exp_cycles:
+        return {}
+    return {"exponent_load_cycle_share": round(exp_cycles / total, 4),
+            "exponent_load_bytes_per_cycle": round(exp_bytes / exp_cycles, 2)}
+
+
+def area() -> list[dict]:
+    from sweeps.runner import evaluate_group
+    from sweeps.spec import DEFAULT_WORKLOADS, DEFAULTS
+
+    rows = []
+    for workload in ("liso", "silo"):
+        for weights in ("int8", "mxint4"):
+            point = {**DEFAULTS, "hw": SPEED_HW, "model": SPEED_MODEL, "l2_bytes": SPEED_L2,
+                     "workload": workload, "weights": weights, "prefetch": True}
+            r = evaluate_group([point], DEFAULT_WORKLOADS)[0]
+            rows.append({"bench": "mxint4", "part": "area", "workload": workload,
+                         "weights": weights, "tokens_per_s": round(r["tokens_per_s"], 2),
+                         "area_mm2": round(r["area_mm2"], 2),
+                         "logic_mm2": round(r["logic_mm2"] + r["logic_memory_mm2"], 3),
+                         "l2_mm2": round(r["l2_mm2"], 3), "phy_mm2": round(r["phy_mm2"], 3),
+                         "tokens_per_s_per_mm2": round(r["tokens_per_s_per_mm2"], 3),
+                         "tokens_per_s_per_logic_mm2": round(
+                             r["tokens_per_s"] / (r["logic_mm2"] + r["logic_memory_mm2"]), 2),
+                         "paper_tokens_per_s_per_mm2": PAPER_TOKENS_PER_S_PER_MM2[workload]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mxint4",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("accuracy", "speed", "area"), default=None)
+    parser.add_argument("--model", action="append", default=None,
+                        help="a trained model for the accuracy part (repeatable; default: "
+                             "tiny and tiny-bpe)")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="held-out windows for the accuracy part (default: all)")
+    args = parser.parse_args(argv)
+    rows = []
+    parts = {"accuracy": lambda: accuracy(args.model or ["tiny", "tiny-bpe"], args.windows),
+             "speed": speed, "area": area}
+    for name, part in parts.items():
+        if args.only in (None, name):
+            for row in part():
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
