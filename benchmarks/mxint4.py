@@ -11,7 +11,9 @@ model, and area efficiency on the hybrid array paper's two workloads::
    L2, prefetch on), compiled without weights and timed by the instruction-level model
    (``sweeps.perf``) and the fast path (``sweeps.analytic``): DRAM bytes per token,
    cycles, tokens/s, the fraction of the DRAM's bandwidth used (bytes / (bytes per cycle x
-   cycles)), and the speedup of MXINT4. The RTL does not run MXINT4 yet: no RTL column.
+   cycles)), the load and compute engines' busy fractions and the MATMULs' cycles (each
+   timed alone), and the speedup of MXINT4. The RTL does not run MXINT4 yet: no RTL
+   column.
 3. ``area``: the sweep's evaluation (``sweeps.runner.evaluate_group``: fast path and cost
    model, 16 nm) of LISO (1024 in, 128 out) and SILO (128 in, 1024 out) at the same
    point: tokens/s, the die's area and its parts, and tokens/s/mm² over the whole die and
@@ -49,6 +51,7 @@ def accuracy(models: list[str], windows: int) -> list[dict]:
 
 def speed() -> list[dict]:
     from arch.hardware import load_hardware
+    from arch.occupancy import occupancy
     from compiler.driver import compile_timing_step
     from models.zoo import model_config
     from sweeps import analytic
@@ -68,9 +71,12 @@ def speed() -> list[dict]:
                      "tokens_per_s": round(hw.clock_hz / step.cycles, 2),
                      "dram_bandwidth_used": round(moved / (hw.dram_bytes_per_cycle
                                                            * step.cycles), 4),
+                     "load_busy": round(step.busy["load"] / step.cycles, 4),
+                     "compute_busy": round(step.busy["compute"] / step.cycles, 4),
+                     "matmul_cycles": sum(occupancy(i, hw).cycles for i in
+                                          build.programs[0].instrs if i.mnemonic == "MATMUL"),
                      "fast_path_cycles": fast.cycles,
-                     "fast_path_error_pct": round(100 * (fast.cycles / step.cycles - 1), 2),
-                     **_exponent_loads(build)})
+                     "fast_path_error_pct": round(100 * (fast.cycles / step.cycles - 1), 2)})
     from models.integer import PROJECTIONS
 
     projections = sum(shape[0] * shape[1] for name, shape in cfg.param_shapes().items()
@@ -80,29 +86,6 @@ def speed() -> list[dict]:
     rows[1]["speedup"] = round(rows[0]["cycles"] / rows[1]["cycles"], 3)
     rows[1]["bytes_ratio"] = round(rows[1]["dram_read_bytes"] / rows[0]["dram_read_bytes"], 3)
     return rows
-
-
-def _exponent_loads(build) -> dict:
-    """The DMA_LOADs of block exponents (those reading a ``*.shifts`` parameter region):
-    their share of all DMA_LOAD cycles, each timed alone (``arch.occupancy``), and the
-    bytes per cycle they move."""
-    from arch.occupancy import occupancy
-
-    regions = [(r.offset, r.offset + r.size, name.endswith(".shifts"))
-               for name, r in build.mmap.regions.items() if name.startswith("param:")]
-    total = exp_cycles = exp_bytes = 0
-    for instr in build.programs[0].instrs:
-        if instr.mnemonic != "DMA_LOAD":
-            continue
-        occ = occupancy(instr, build.hw)
-        total += occ.cycles
-        if any(lo <= instr.dram_addr < hi and e for lo, hi, e in regions):
-            exp_cycles += occ.cycles
-            exp_bytes += occ.dram_read_bytes
-    if not exp_cycles:
-        return {}
-    return {"exponent_load_cycle_share": round(exp_cycles / total, 4),
-            "exponent_load_bytes_per_cycle": round(exp_bytes / exp_cycles, 2)}
 
 
 def area() -> list[dict]:
