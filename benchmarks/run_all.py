@@ -7,6 +7,7 @@ from benchmarks import (
     int_vs_float,
     ladder,
     matmul_calibration,
+    mxint4,
     perf_calibration,
     perf_model,
     quant_ablation,
@@ -26,6 +27,7 @@ def main() -> None:
     ladder.main([])
     int_vs_float.main([])
     quant_ablation.main([])
+    mxint4.main([])
     rtl_gemm.main([])
     perf_calibration.main([])
     rtl_overlap.main([])
