@@ -88,8 +88,12 @@ OUT_BYTES = {OutBits.INT8: 1, OutBits.INT16: 2}
 ELEM_BYTES = {"int8": 1, "int16": 2, "int32": 4, "uint32": 4}
 
 # MXINT4 weights: elements per block along k sharing one exponent (OCP Microscaling v1.0,
-# block size 32); the numerics (models.numerics.mx_matmul) read it from here.
+# block size 32); the longest reduction an MXINT4 MATMUL takes (its int32 sum is exact up
+# to it: models.numerics.mx_matmul, which reads both from here); the bits of a block's
+# exponent byte the matmul uses (its shift, 0..7; the byte's other bits are ignored).
 MX_BLOCK = 32
+MX_MAX_K = 8192
+MX_SHIFT_BITS = 3
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,7 @@ OPCODES: tuple[OpSpec, ...] = (
         _n("accumulate", 1, "add into the existing int32 output instead of overwriting"),
         _enum("w_layout", WeightLayout, "NK: w[n][k]; KN: w[k][n]"),
         _l2("x_addr", "int8 activations x[m][k]", "int8"),
-        _l2("w_addr", "int8 weights", "int8"),
+        _l2("w_addr", "weights: int8, or MXINT4 elements two per byte (w_format)", "int8"),
         _l2("out_addr", "int32 results out[m][n]", "int32"),
         _n("m", 16, "rows of x and out"),
         _n("k", 20, "reduction length"),
@@ -235,8 +239,8 @@ OPCODES: tuple[OpSpec, ...] = (
               "(element k of a row in byte k / 2, the low nibble first; NK only) and e_addr "
               "their block exponents"),
         _l2("e_addr", "MXINT4 block exponents, (k + 31) / 32 bytes per row of w, rows "
-                      "contiguous: each block's E8M0 exponent less its row's base, in [0, 7] "
-                      "(numerics.mx_matmul)", "int8"),
+                      "contiguous: each block's E8M0 exponent less its row's base; only the "
+                      "low MX_SHIFT_BITS = 3 bits are used (numerics.mx_matmul)", "int8"),
     ), "out[i][j] (+)= sum_k x[i][k] * w(j, k), int8 x int8 (or MXINT4 blocks, each block's "
        "partial sum shifted left by its exponent) -> int32; the array tiles the whole "
        "product itself."),
@@ -484,7 +488,10 @@ def operand_faults(mnemonic: str, f) -> list[tuple[object, str]]:
                  "MATMUL with an empty dimension (m={m}, k={k}, n={n})"),
                 ((f("w_format") == int(WeightFormat.MXINT4))
                  & (f("w_layout") == int(WeightLayout.KN)),
-                 "MATMUL MXINT4 weights must be in the NK layout")]
+                 "MATMUL MXINT4 weights must be in the NK layout"),
+                ((f("w_format") == int(WeightFormat.MXINT4)) & (f("k") > MX_MAX_K),
+                 "MATMUL MXINT4 reduction k = {k} exceeds " + f"MX_MAX_K = {MX_MAX_K} (its "
+                 "int32 sum would not be exact)")]
     if mnemonic == "ROPE":
         return [((f("head_dim") == 0) | ((f("head_dim") & 1) == 1),
                  "ROPE head_dim must be even and non-zero, got {head_dim}"),

@@ -257,7 +257,7 @@ class IsaSimulator:
         x = self.read(acc["x"], np.int8)
         if f.w_format == WeightFormat.MXINT4:
             elems = N.mx_unpack(self.read(acc["w"], np.uint8), f.k)
-            shifts = self.read(acc["e"], np.uint8) & N.MX_SHIFT_MAX   # the low three bits
+            shifts = self.read(acc["e"], np.uint8) & N.MX_SHIFT_MAX   # the low 3 bits (ISA)
             out = N.mx_matmul(x, elems, shifts, xp=np)
         else:
             w = self.read(acc["w"], np.int8)

@@ -111,14 +111,15 @@ def quantize_weight_mxint4(w_NxK: np.ndarray, name: str = "weight") -> tuple[dic
     ``w ~= elems * 2**shifts[:, block] * scale[:, None]`` and ``scale = 2**(base - 127)``.
 
     ``elems[N, K]`` int8 in ``[-8, 7]``; ``shifts[N, B]`` int8 in ``[0, 7]``; ``base[N]``
-    uint8, the E8M0 exponent of the channel's smallest block scale (a block's E8M0
-    exponent is ``base + shift``). Each block's exponent is the one of
-    ``e0 - 1, e0, e0 + 1`` (``e0 = ceil(log2(amax / 7))``, the smallest that needs no
-    clipping) whose round-to-nearest elements give the least squared error, so the block's
-    RMS error is below ``2**(e0 - 1) < amax / 7``; blocks more than ``MX_SHIFT_MAX``
-    below the channel's largest exponent are raised to it (their steps are then at most
-    ``2**-7`` of the channel's largest block scale). ``ValueError`` naming ``name`` when
-    ``K > MX_MAX_K`` or a scale falls outside E8M0's range.
+    uint8, the channel's floor in E8M0: its largest block exponent less ``MX_SHIFT_MAX``
+    (a block's E8M0 exponent is ``base + shift``). Each block's exponent is the one of
+    ``e0 - 1, e0, e0 + 1`` (``e0 = ceil(log2(amax / 7))``, the smallest with
+    ``amax / 2**e0 <= 7``) whose round-to-nearest elements give the least squared error, so
+    the block's RMS error is at most ``2**(e0 - 1) < amax / 7``; blocks more than
+    ``MX_SHIFT_MAX`` below the channel's largest exponent are raised to the channel's
+    floor (their steps are then ``2**-7`` of the channel's largest block scale).
+    ``ValueError`` naming ``name`` when ``K > MX_MAX_K`` or a scale falls outside E8M0's
+    range.
     """
     w = np.asarray(w_NxK, np.float64)
     n, k = w.shape
@@ -166,13 +167,28 @@ WEIGHT_FORMATS = tuple(f.name.lower() for f in WeightFormat)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def check_weight_format(cfg: ModelConfig, weights: str) -> None:
+    """``ValueError`` unless ``weights`` is a format (``WEIGHT_FORMATS``) this model's
+    projections can take: MXINT4 needs every reduction within ``MX_MAX_K`` (the message
+    names the projection). What ``quant_struct``, the fast path and sweep specs check
+    before any work; ``quantize`` checks each tensor as it quantises it."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    if weights == "mxint4":
+        for name, shape in cfg.param_shapes().items():
+            if len(shape) == 2 and name.split(".")[-2] in PROJECTIONS and \
+                    shape[1] > N.MX_MAX_K:
+                raise ValueError(f"{cfg.name} {name}: reduction length {shape[1]} exceeds "
+                                 f"{N.MX_MAX_K}, the longest an MXINT4 matmul accumulates "
+                                 "exactly in int32")
+
+
 def weight_bytes(cfg: ModelConfig, weights: str = "int8") -> int:
     """Bytes of the model's parameters at a byte each (``cfg.n_params``), the decoder
     layers' projection weights (the ones ``quantize`` stores in ``weights``) at
     ``(ceil(k / 2) + ceil(k / 32)) / k`` bytes each for MXINT4 (4.25 bits: packed elements
     and one E8M0 exponent per block of 32). What the sweeps size the DRAM by."""
-    if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    check_weight_format(cfg, weights)
     total = cfg.n_params
     if weights == "mxint4":
         for name, shape in cfg.param_shapes().items():
@@ -271,9 +287,9 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales,
 
 def quant_struct(cfg: ModelConfig, weights: str = "int8") -> QuantModel:
     """The structure of ``quantize``'s result as ``jax.ShapeDtypeStruct`` leaves, for
-    compiling a model without materialising its weights (tested equal to ``quantize``)."""
-    if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    compiling a model without materialising its weights (tested equal to ``quantize``);
+    ``check_weight_format``'s refusals."""
+    check_weight_format(cfg, weights)
     def sds(shape, dtype):
         return jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
 

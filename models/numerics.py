@@ -49,8 +49,8 @@ MX_BLOCK = isa.MX_BLOCK    # MXINT4 weights: elements per block along the reduct
 MX_ELEM_BITS = 4           # MXINT4 elements: two's complement int4 in [-8, 7]
 MX_EXP_BITS = 8            # one E8M0 exponent per block (OCP MX): scale 2**(E - 127)
 MX_EXP_BIAS = 127          # E8M0 bias; 255 is NaN and never stored
-MX_SHIFT_MAX = 7           # block exponent - the output channel's base exponent: [0, 7]
-MX_MAX_K = 8192            # reduction length an MXINT4 matmul is exact for in int32
+MX_SHIFT_MAX = (1 << isa.MX_SHIFT_BITS) - 1   # block exponent less the channel's base: [0, 7]
+MX_MAX_K = isa.MX_MAX_K    # reduction length an MXINT4 matmul is exact for in int32
 
 
 # -- tables ---------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from compiler.image import align
 from compiler.ir import CompileError
 from compiler.schedule import LOOKAHEAD
 from models.config import ModelConfig
+from models.integer import check_weight_format
 from models.numerics import mx_blocks
 
 DMA_END = CALIBRATION.dma_end
@@ -469,6 +470,7 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     if position < 0 or position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
                          f"{cfg.name}")
+    check_weight_format(shard(cfg, devices), weights)
     prefetch = hw.prefetch if prefetch is None else prefetch
     allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
     cfg = shard(cfg, devices)
@@ -520,6 +522,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
     dataflow ``arch.occupancy.matmul_mode`` picks), then the head for the last token."""
     if not 1 <= n_tokens <= cfg.max_seq_len:
         raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
+    check_weight_format(shard(cfg, devices), weights)
     prefetch = hw.prefetch if prefetch is None else prefetch
     local = shard(cfg, devices)
     chunks = prefill_chunks(cfg, hw, n_tokens)

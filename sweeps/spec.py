@@ -6,8 +6,8 @@ Contract
 points (dicts of every setting, in a stable order). Everything is checked before any
 point runs: an unknown section or axis, an empty or malformed range, an unknown model,
 hardware preset, node or workload, a value out of the hardware's range, a model whose
-heads or MLP do not split over a point's devices, a workload longer than the model's
-context. ``SpecError`` names the file and the line.
+heads or MLP do not split over a point's devices, a weight format a model's projections
+cannot take, a workload longer than the model's context. ``SpecError`` names the file and the line.
 
 A spec::
 
@@ -49,6 +49,7 @@ from pathlib import Path
 from arch.hardware import HardwareConfig, HardwareError, load_hardware
 from arch.isa import WeightFormat
 from models.config import preset
+from models.integer import check_weight_format
 from sweeps.analytic import Link
 from sweeps.cost import NODES
 
@@ -258,8 +259,9 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
 
 def _check_point(point: dict, spec: Spec) -> tuple[str, str] | None:
     """``(setting, reason)`` if the point's model cannot run its workload on its
-    devices: heads or MLP that do not split over them, or a workload longer than the
-    model's context. (An L2 too small for the model is a result, not an error: the point
+    devices: heads or MLP that do not split over them, weights in a format its
+    projections cannot take (``integer.check_weight_format``), or a workload longer than
+    the model's context. (An L2 too small for the model is a result, not an error: the point
     is recorded as infeasible.)"""
     from sweeps.analytic import shard
 
@@ -268,6 +270,10 @@ def _check_point(point: dict, spec: Spec) -> tuple[str, str] | None:
         shard(cfg, point["devices"])
     except ValueError as e:
         return "devices", f"a point cannot run: {e}"
+    try:
+        check_weight_format(shard(cfg, point["devices"]), point["weights"])
+    except ValueError as e:
+        return "weights", f"a point cannot run: {e}"
     w = spec.workloads[point["workload"]]
     if w["prompt"] + w["output"] > cfg.max_seq_len:
         return "workload", (f"a point cannot run: workload {point['workload']!r} "

@@ -47,6 +47,10 @@ def test_eval_json_reports_both_perplexities(capsys):
     (["train", "--lr", "nan"], "lr must be a positive finite number, not nan"),
     (["verify", "--weights", "mxint4", "--rtl"],
      "--rtl with mxint4 weights: the RTL's matmul unit does not implement them yet"),
+    (["generate", "--weights", "mxint4", "--numerics", "float"],
+     "--weights mxint4 is the integer model's; --numerics float"),
+    (["compile", "--model", "llama-3-8b", "--no-weights", "--weights", "mxint4"],
+     "llama-3-8b model.layers.0.mlp.down_proj.weight: reduction length 14336 exceeds 8192"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)

@@ -159,3 +159,21 @@ def test_tiny_bpe_is_bit_exact(tiny_bpe):
     build = compile_generation(im.cfg, im.qm, load_hardware("edge-4x4"), prompt, 4)
     verdict = compare(run_build(build), reference_generation(im, prompt, 4))
     assert verdict["bit_exact"] and verdict["tokens_compared"] == 4, verdict
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(w_layout=1, k=64), "MXINT4 weights must be in the NK layout"),
+    (dict(w_layout=0, k=8224), "reduction k = 8224 exceeds MX_MAX_K = 8192"),
+])
+def test_mxint4_matmuls_the_isa_refuses(fields, message):
+    """The ISA's refusals of an MXINT4 MATMUL (``BAD_OPERAND``): KN weights, and a
+    reduction past ``MX_MAX_K``, whose int32 sum would not be exact."""
+    from compiler.semantics import accesses, check
+
+    hw = load_hardware("edge-8x8")
+    instr = make("MATMUL", mode=1, accumulate=0, x_addr=0, w_addr=16384, out_addr=32768, m=1,
+                 n=4, x_stride=fields["k"], w_stride=4, out_stride=16, w_format=1,
+                 e_addr=49152, **fields)
+    with pytest.raises(AcceleratorError, match=message) as err:
+        check(instr, hw, accesses(instr, hw), dram_bytes=1 << 20, index=0)
+    assert err.value.code == ErrorCode.BAD_OPERAND

@@ -47,6 +47,8 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     (('node = "16nm"', 'node = "3nm"'), 7, "unknown node '3nm'"),
     (('node = "16nm"', 'node = "16nm"\nweights = "int4"'), 8,
      "unknown weight format 'int4' (known: int8, mxint4)"),
+    (('model = "qwen2.5-0.5b"', 'model = "llama-3-8b"\nweights = "mxint4"'), 7,
+     "down_proj.weight: reduction length 14336 exceeds 8192"),
     (('workload = ["short"]', 'workload = ["long"]'), 16, "unknown workload 'long'"),
     (("[sweep]", "[swep]"), 1, "unknown section [swep]"),
     (("factor = 2 }", "factor = 2 }\narray_rows = [3]"), 15, "must be a power of two"),
