@@ -42,8 +42,8 @@ def accuracy(models: list[str], windows: int) -> list[dict]:
         rows.append({"bench": "mxint4", "part": "accuracy", "model": model,
                      "tokens": r.tokens, "float_ppl": round(r.float_ppl, 4),
                      "int8_ppl": round(r.baseline_ppl, 4), "mxint4_ppl": round(r.int_ppl, 4),
-                     "int8_ppl_ratio": round(r.baseline_ppl / r.float_ppl, 4),
-                     "mxint4_ppl_ratio": round(r.ppl_ratio, 4),
+                     "int8_ppl_ratio": round(r.baseline_ppl / r.float_ppl, 5),
+                     "mxint4_ppl_ratio": round(r.ppl_ratio, 5),
                      "mxint4_top1_vs_float": round(r.top1_agreement, 4),
                      "mxint4_top1_vs_int8": round(r.top1_agreement_vs_baseline, 4)})
     return rows
