@@ -77,10 +77,9 @@ def speed() -> list[dict]:
                                           build.programs[0].instrs if i.mnemonic == "MATMUL"),
                      "fast_path_cycles": fast.cycles,
                      "fast_path_error_pct": round(100 * (fast.cycles / step.cycles - 1), 2)})
-    from models.integer import PROJECTIONS
+    from models.integer import projection_shapes
 
-    projections = sum(shape[0] * shape[1] for name, shape in cfg.param_shapes().items()
-                      if len(shape) == 2 and name.split(".")[-2] in PROJECTIONS)
+    projections = sum(n * k for n, k in projection_shapes(cfg).values())
     rows[0]["projection_weight_share"] = round(projections / rows[0]["dram_read_bytes"], 4)
     rows[0]["lm_head_share"] = round(cfg.vocab_size * cfg.d_model / rows[0]["dram_read_bytes"], 4)
     rows[1]["speedup"] = round(rows[0]["cycles"] / rows[1]["cycles"], 3)

@@ -167,6 +167,13 @@ WEIGHT_FORMATS = tuple(f.name.lower() for f in WeightFormat)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def projection_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """The decoder layers' projection weights (``PROJECTIONS``, the ones ``quantize``
+    stores in the chosen format), by Hugging Face name: ``(out, in)`` shapes."""
+    return {name: shape for name, shape in cfg.param_shapes().items()
+            if len(shape) == 2 and name.split(".")[-2] in PROJECTIONS}
+
+
 def check_weight_format(cfg: ModelConfig, weights: str) -> None:
     """``ValueError`` unless ``weights`` is a format (``WEIGHT_FORMATS``) this model's
     projections can take: MXINT4 needs every reduction within ``MX_MAX_K`` (the message
@@ -175,10 +182,9 @@ def check_weight_format(cfg: ModelConfig, weights: str) -> None:
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
     if weights == "mxint4":
-        for name, shape in cfg.param_shapes().items():
-            if len(shape) == 2 and name.split(".")[-2] in PROJECTIONS and \
-                    shape[1] > N.MX_MAX_K:
-                raise ValueError(f"{cfg.name} {name}: reduction length {shape[1]} exceeds "
+        for name, (_, k) in projection_shapes(cfg).items():
+            if k > N.MX_MAX_K:
+                raise ValueError(f"{cfg.name} {name}: reduction length {k} exceeds "
                                  f"{N.MX_MAX_K}, the longest an MXINT4 matmul accumulates "
                                  "exactly in int32")
 
@@ -191,10 +197,8 @@ def weight_bytes(cfg: ModelConfig, weights: str = "int8") -> int:
     check_weight_format(cfg, weights)
     total = cfg.n_params
     if weights == "mxint4":
-        for name, shape in cfg.param_shapes().items():
-            if name.endswith(".weight") and name.split(".")[-2] in PROJECTIONS:
-                n, k = shape
-                total -= n * k - n * ((k + 1) // 2 + N.mx_blocks(k))
+        for n, k in projection_shapes(cfg).values():
+            total -= n * k - n * ((k + 1) // 2 + N.mx_blocks(k))
     return total
 
 
@@ -225,10 +229,10 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales,
     (``quantize_weight``) or ``mxint4`` (``quantize_weight_mxint4``: a dict of elements,
     block shifts and channel base exponents in place of each int8 matrix). The embeddings
     stay int16 and the LM head int8 in both (docs/numerics.md says why). ``ValueError``
-    for another format, or naming the tensor that cannot be quantised.
+    for a format the model cannot take (``check_weight_format``), or naming the tensor
+    that cannot be quantised.
     """
-    if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    check_weight_format(cfg, weights)
     s_h = scales.residual
     layers = []
     for i, (p, s) in enumerate(zip(params["layers"], scales.layers, strict=True)):
