@@ -47,13 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arch.hardware import HardwareConfig, HardwareError, load_hardware
-from arch.isa import WeightFormat
 from models.config import preset
-from models.integer import check_weight_format
+from models.integer import WEIGHT_FORMATS, check_weight_format
 from sweeps.analytic import Link
 from sweeps.cost import NODES
-
-WEIGHT_FORMATS = tuple(f.name.lower() for f in WeightFormat)
 
 SETTINGS = {"hw": str, "model": str, "node": str, "devices": int, "prefetch": bool,
             "workload": str, "link_gbytes_per_s": float, "link_latency_us": float,
