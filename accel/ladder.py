@@ -28,6 +28,7 @@ import numpy as np
 from accel.runtime import RunResult, run_build, same_dram
 from models.integer import init_int_cache, int_decode_step, int_prefill
 from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
+from rtl.common import weights_refusal
 
 # Rung 1's bar (the integer model against float on the held-out text): the quality bar
 # the tiny model is trained to (tests/models/test_integer.py).
@@ -107,8 +108,8 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     through the tokenizer, or ``UNTOKENIZED_PROMPT`` for a model without one. ``weights``
     is the projection weights' format (``integer.WEIGHT_FORMATS``).
     Raises ``ValueError`` for an empty prompt, a text prompt without a tokenizer or an id
-    outside the vocabulary, for ``rtl`` with MXINT4 weights (the RTL does not implement
-    them yet) and for an unknown format, and whatever loading the model or the hardware
+    outside the vocabulary, for ``rtl`` with weights the RTL does not run on the hardware
+    (``rtl.common.weights_refusal``) and for an unknown format, and whatever loading the model or the hardware
     description raises (``ConfigError``, ``CheckpointError``, ``HardwareError``).
     """
     from arch.hardware import load_hardware
@@ -118,15 +119,15 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
 
     if prompt is not None and not prompt:
         raise ValueError("the prompt is empty")
-    if rtl and weights != "int8":
-        raise ValueError(f"--rtl with {weights} weights: the RTL's matmul unit does not "
-                         "implement them yet (rungs 1 and 2 run without --rtl)")
     loaded = load_model(model)
     if isinstance(prompt, str) and loaded.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer.json to read a text prompt; give token ids "
                          f"(--prompt-ids)")
     im = build_int_model(loaded, weights=weights)
     hw = load_hardware(hw_spec)
+    refusal = weights_refusal(hw, weights) if rtl else None
+    if refusal:
+        raise ValueError(f"--rtl: {refusal} (rungs 1 and 2 run without --rtl)")
     report: dict = {"model": loaded.cfg.name, "hardware": hw.name, "weights": weights}
     if loaded.tokenizer is not None:
         ev = evaluate(loaded, im, max_windows=eval_windows)

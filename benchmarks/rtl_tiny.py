@@ -13,6 +13,7 @@ plus a table::
     python -m benchmarks.rtl_tiny --hw edge-8x8 --prefetch on --l2 65536
     python -m benchmarks.rtl_tiny --hw edge-4x4 --dram-bytes-per-cycle 4   # a slow DRAM
     python -m benchmarks.rtl_tiny --hw edge-8x8 --l2 131072 --decode-at 100 200
+    python -m benchmarks.rtl_tiny --weights mxint4     # MXINT4 projection weights
 
 ``--decode-at`` runs single decode steps at those KV lengths instead (``compile_step``:
 the cache as compiled, so the RTL is compared with the ISA simulator only, the whole
@@ -119,6 +120,8 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
     parser.add_argument("--dram-bytes-per-cycle", type=int, default=None,
                         help="override dram_bytes_per_cycle")
+    parser.add_argument("--weights", default="int8", choices=("int8", "mxint4"),
+                        help="the projection weights' format")
     args = parser.parse_args(argv)
     from arch.hardware import load_hardware
     from models.evaluate import build_int_model
@@ -128,11 +131,11 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
                                    ("dram_bytes_per_cycle", args.dram_bytes_per_cycle)) if v}
     hardware = [load_hardware(name).replace(**overrides) for name in args.hw]
     tiny = load_model("tiny")
-    im = build_int_model(tiny)
+    im = build_int_model(tiny, weights=args.weights)
     rows = []
     for hw in hardware:
         for on in args.prefetch:
-            row = run(tiny, im, hw, on == "on")
+            row = {"weights": args.weights, **run(tiny, im, hw, on == "on")}
             print(json.dumps({"benchmark": name, **row}), flush=True)
             rows.append(row)
     return rows
@@ -156,13 +159,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{st['cycles_error_pct']:>+8.2f}%{st['load_busy_error_pct']:>+10.1f}%")
         return rows
     rows = each_run("rtl_tiny", __doc__.splitlines()[0], run_one, argv)
-    print(f"{'hw':<10}{'L2':>9} {'prefetch':<10}{'bit-exact':<11}{'prefill':>10}{'decode/step':>13}"
+    print(f"{'hw':<10}{'L2':>9} {'weights':<8}{'prefetch':<10}{'bit-exact':<11}{'prefill':>10}"
+          f"{'decode/step':>13}"
           f"{'DRAM use':>11}{'compute busy':>14}{'cycles/s':>10}{'decode/s':>10}{'build s':>9}"
           f"{'perf err (worst)':>18}")
     for r in rows:
         exact = r["rtl_vs_isa_bit_exact"] and r["rtl_vs_int_bit_exact"]
-        print(f"{r['hw']:<10}{r['l2_bytes'] >> 10:>7}Ki {'on' if r['prefetch'] else 'off':<10}"
-              f"{str(exact):<11}"
+        print(f"{r['hw']:<10}{r['l2_bytes'] >> 10:>7}Ki {r['weights']:<8}"
+              f"{'on' if r['prefetch'] else 'off':<10}{str(exact):<11}"
               f"{r['prefill_cycles']:>10,}{r['decode_cycles_mean']:>13,.0f}"
               f"{100 * r['decode_dram_utilisation']:>10.1f}%"
               f"{100 * r['decode_compute_busy']:>13.1f}%"

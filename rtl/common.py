@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arch.hardware import HardwareConfig
+from arch.isa import MX_BLOCK
 
 
 def next_pow2(n: int) -> int:
@@ -101,6 +102,18 @@ def check_params(params) -> None:
 # The simulated DRAM of a Verilog file or synthesis run with no image to hold: its width
 # sets the DRAM address registers, so statistics are comparable between configurations.
 DEFAULT_DRAM_BYTES = 64 << 20
+
+
+def weights_refusal(hw: HardwareConfig, weights: str) -> str | None:
+    """Why this RTL cannot run projection weights of format ``weights`` on ``hw``, or
+    None. The matmul unit shifts each ``array_rows``-element chunk of the reduction by one
+    MXINT4 block's exponent (``rtl/matmul_unit.py``), so MXINT4 needs ``array_rows <=
+    MX_BLOCK``; ``rtl.operand_check.unimplemented`` stops such a ``MATMUL`` in hardware."""
+    if weights == "mxint4" and hw.array_rows > MX_BLOCK:
+        return (f"{hw.name}: MXINT4 weights on the RTL need array_rows <= MX_BLOCK = "
+                f"{MX_BLOCK} (each array-high chunk of the reduction takes one block's "
+                f"exponent); this array has {hw.array_rows} rows")
+    return None
 
 
 def rtl_dram_bytes(image_bytes: int) -> int:

@@ -7,7 +7,12 @@ Contract
 (``out[i][j] (+)= sum_k x[i][k] * w(j, k)``, int8 x int8 -> int32, wrapping), in both
 modes, both weight layouts and any ``m``, ``k``, ``n`` (edges that do not divide the
 array are padded: the x bytes beyond ``k`` are zeroed, the columns beyond ``n`` are
-computed and not written).
+computed and not written). With MXINT4 weights (``w_format``, NK) it computes
+``numerics.mx_matmul``: the packed int4 elements are unpacked as the feeder presents
+them (the array multiplies them as int8), and each block's results are shifted at the
+accumulator by the block's exponent byte (its low ``MX_SHIFT_BITS``). The array's rows
+must not exceed ``MX_BLOCK`` (so each ``R``-element chunk lies in one block;
+``rtl.operand_check.unimplemented`` refuses MXINT4 on taller arrays).
 
 The product is computed in *tiles* of ``mt`` rows of x, ``C`` output channels and ``KT``
 bytes of the reduction, ``kt`` fastest, then ``n``, then ``m``; the tiles of one
@@ -26,16 +31,20 @@ Six components, joined by streams and memory ports (``TileBuffers``: the x buffe
    (``NK`` rows land whole; ``KN`` rows of ``C`` bytes are scattered, byte ``c`` to column
    ``c``), into whichever of two buffer sets the feeder has released, and announces each
    filled tile on its ``tiles`` stream. With fewer x rows than ``NK`` weight rows the x
-   reader also takes the last ``(nc - mt) // 2`` weight rows.
+   reader also takes the last ``(nc - mt) // 2`` weight rows. MXINT4 rows are the packed
+   bytes (half of int8's), and the weight reader then reads each column's block
+   exponents (one beat a row) into the buffers' shift registers.
 2. ``Feeder`` walks the tiles' ``R``-byte reduction chunks, the *blocks*. **GEMV**: each
    cycle presents one x row of the block with a fresh ``R x C`` weight block, so a
    block of ``mt`` rows takes ``mt`` cycles. **GEMM**: the block's ``R x C`` weights are
    loaded into one of the array's two weight sets one row per cycle, while the previous
    block streams its ``mt`` rows through the other set; a block takes ``max(mt, R)``
-   cycles. Each row carries a tag (accumulator half, row, first, last of group).
+   cycles. Each row carries a tag (accumulator half, row, first, last of group, and
+   the block shift of each column).
 3. ``SystolicArray`` (``rtl/systolic.py``).
-4. ``Accumulator``: each result row is added into (or, for a group's first chunk,
-   written to) its row of the accumulator memory, ``2 x 4R`` rows of ``C`` int32.
+4. ``Accumulator``: each result row, shifted by its tag's shifts, is added into (or, for a
+   group's first chunk, written to) its row of the accumulator memory, ``2 x 4R`` rows
+   of ``C`` int32.
 5. ``Writeback``: once a group's last result is in, its rows are written to ``out``
    (row writer ``port3``), each first added to the old output (row reader ``port2``)
    when ``accumulate`` is set, while the next group accumulates in the other half.
@@ -55,8 +64,8 @@ from rtl.dram import MemPort
 from rtl.systolic import SystolicArray
 
 #: The MATMUL fields the unit's components use.
-OP_FIELDS = ("mode", "accumulate", "w_layout", "x_addr", "w_addr", "out_addr", "m", "k", "n",
-             "x_stride", "w_stride", "out_stride")
+OP_FIELDS = ("mode", "accumulate", "w_layout", "w_format", "x_addr", "w_addr", "e_addr",
+             "out_addr", "m", "k", "n", "x_stride", "w_stride", "out_stride")
 
 
 def op_layout() -> data.StructLayout:
@@ -77,6 +86,7 @@ class Geometry:
     mt_gemv, mt_gemm : rows per tile.
     set_lines : x buffer lines per buffer set (the same in both modes).
     acc_rows : accumulator rows per half.
+    nb : MXINT4 blocks (``MX_BLOCK`` elements of the reduction) in the longest tile.
     """
 
     def __init__(self, *, params: RtlParams):
@@ -89,6 +99,7 @@ class Geometry:
         self.set_lines = self.mt_gemv * self.kb_gemv
         assert self.set_lines == self.mt_gemm * self.kb_gemm
         self.acc_rows = max(self.mt_gemv, self.mt_gemm)
+        self.nb = max(1, kt_gemv // isa.MX_BLOCK)
 
 
 def tile_layout(g: Geometry) -> data.StructLayout:
@@ -107,8 +118,21 @@ def group_layout(g: Geometry) -> data.StructLayout:
 
 
 def tag_layout(g: Geometry) -> data.StructLayout:
-    """What travels through the array with each x row: where its result goes."""
-    return data.StructLayout({"half": 1, "row": range(g.acc_rows), "first": 1, "last": 1})
+    """What travels through the array with each x row: where its result goes, and (MXINT4)
+    each column's block shift, by which the accumulator multiplies the result by 2^shift."""
+    return data.StructLayout({"half": 1, "row": range(g.acc_rows), "first": 1, "last": 1,
+                              "shift": data.ArrayLayout(isa.MX_SHIFT_BITS, g.C)})
+
+
+def exps_layout(g: Geometry) -> data.ArrayLayout:
+    """One weight row's block shifts in a tile (MXINT4): the low ``MX_SHIFT_BITS`` of each
+    exponent byte, block ``j`` of the tile at index ``j``."""
+    return data.ArrayLayout(isa.MX_SHIFT_BITS, g.nb)
+
+
+def _sext4(nibble):
+    """A 4-bit two's-complement MXINT4 element as the array's signed int8."""
+    return Cat(nibble, nibble[3].replicate(4)).as_signed()
 
 
 def _tile_rows(left, tile_rows: int):
@@ -118,12 +142,18 @@ def _tile_rows(left, tile_rows: int):
 
 
 class TileBuffers(wiring.Component):
-    """The x buffer and the ``C`` weight buffers (``W``-byte lines, two sets each).
+    """The x buffer, the ``C`` weight buffers (``W``-byte lines, two sets each) and the
+    block shifts of MXINT4 weights (registers, two sets of ``C x nb``).
 
     Members
     -------
     x_write, x_read : the x buffer's ports (``2 * set_lines`` lines).
     w_write, w_read : each weight buffer's ports (``2 * kb_gemv`` lines), byte-enabled.
+    e_write : one column's shifts of one set (``exps_layout``) when ``en``.
+    e_read : every column's shift of one block of one set, combinationally.
+
+    MXINT4 weights stay packed in the weight buffers (two elements a byte: a tile's row
+    takes half the bytes of int8); the feeder unpacks them.
     """
 
     def __init__(self, *, geometry: Geometry):
@@ -142,6 +172,11 @@ class TileBuffers(wiring.Component):
             "x_read": Out(memory.ReadPort.Signature(addr_width=x_bits, shape=8 * g.W)),
             "w_write": Out(wiring.Signature({f"c{c}": Out(w_write) for c in range(g.C)})),
             "w_read": Out(wiring.Signature({f"c{c}": Out(w_read) for c in range(g.C)})),
+            "e_write": Out(wiring.Signature({"en": In(1), "set": In(1), "col": In(range(g.C)),
+                                             "shifts": In(exps_layout(g))})),
+            "e_read": Out(wiring.Signature({
+                "set": In(1), "block": In(range(g.nb)),
+                "shifts": Out(data.ArrayLayout(isa.MX_SHIFT_BITS, g.C))})),
         }
 
     def elaborate(self, platform):
@@ -155,6 +190,15 @@ class TileBuffers(wiring.Component):
             wiring.connect(m, wiring.flipped(getattr(self.w_write, f"c{c}")),
                            w.write_port(granularity=8))
             wiring.connect(m, wiring.flipped(getattr(self.w_read, f"c{c}")), w.read_port())
+        exps = [[Signal(exps_layout(g), name=f"e{s}_{c}") for c in range(g.C)] for s in range(2)]
+        ew, er = self.e_write, self.e_read
+        for s in range(2):
+            for c in range(g.C):
+                with m.If(ew.en & (ew.set == s) & (ew.col == c)):
+                    m.d.sync += exps[s][c].eq(ew.shifts)
+        for c in range(g.C):
+            row = Mux(er.set, exps[1][c].as_value(), exps[0][c].as_value())
+            m.d.comb += er.shifts[c].eq(exps_layout(g)(row)[er.block])
         return m
 
 
@@ -165,7 +209,7 @@ class TileFiller(wiring.Component):
     -------
     op, start : the instruction's operands, and the cycle they are first valid.
     x_port, w_port : ``Out(MemPort)`` of the x and weight row readers (L2).
-    x_write, w_write : the tile buffers' write ports.
+    x_write, w_write, e_write : the tile buffers' write ports.
     tiles : ``Out(stream)`` of ``tile_layout``, one per filled tile, in order.
     release : ``In(2)``: the feeder is done with a buffer set.
     idle : every tile of the instruction has been filled.
@@ -181,6 +225,7 @@ class TileFiller(wiring.Component):
             "op": In(op_layout()), "start": In(1),
             "x_port": Out(port), "w_port": Out(port),
             "x_write": In(t["x_write"].signature), "w_write": In(t["w_write"].signature),
+            "e_write": In(t["e_write"].signature),
             "tiles": Out(stream.Signature(tile_layout(g))),
             "release": In(2), "idle": Out(1),
         })
@@ -196,6 +241,7 @@ class TileFiller(wiring.Component):
 
         gemv = op.mode == isa.MatmulMode.GEMV
         kn = op.w_layout == isa.WeightLayout.KN
+        mx = op.w_format == isa.WeightFormat.MXINT4       # NK only (isa.operand_faults)
         tile_rows = Mux(gemv, g.mt_gemv, g.mt_gemm)
         tile_k = Mux(gemv, g.kb_gemv * W, g.kb_gemm * W)
 
@@ -208,6 +254,13 @@ class TileFiller(wiring.Component):
         m.d.comb += [mt.eq(_tile_rows(op.m - m0, tile_rows)),
                      nc.eq(Mux(last_n, op.n - n0, C)),
                      kl.eq(Mux(last_kt, op.k - kt, tile_k))]
+        # MXINT4: a tile's kl elements of a weight row are (kl + 1) // 2 packed bytes from
+        # byte kt // 2 (tile_k is a multiple of MX_BLOCK), and the row's block exponents
+        # are (kl + 31) // 32 bytes from e_addr + row * ceil(k / 32) + kt // 32.
+        w_bytes = Mux(mx, (kl + 1) >> 1, kl)
+        w_koff = Mux(mx, kt >> 1, kt)
+        blk = log2(isa.MX_BLOCK)
+        e_row = (op.k + isa.MX_BLOCK - 1) >> blk
 
         fset = Signal()
         filling = Signal()
@@ -223,19 +276,25 @@ class TileFiller(wiring.Component):
         m.d.comb += x_w.eq(Mux(~kn & (nc > mt), (nc - mt) >> 1, 0))
         split = w_rows - x_w              # weight rows [0, split) on w_reader, the rest on x
         x_rows = mt + x_w
+        # MXINT4: after its weight rows the weight reader reads the nc exponent rows
+        w_reads = split + Mux(mx, nc, 0)
         issue_ok = filling & ~full.bit_select(fset, 1)
 
         def nk_row(r):
-            return op.w_addr + (n0 + r) * op.w_stride + kt
+            return op.w_addr + (n0 + r) * op.w_stride + w_koff
 
+        e_cmd = w_cmd >= split
         m.d.comb += [
             xr.cmd.valid.eq(issue_ok & (x_cmd < x_rows)),
             xr.cmd.p.src.eq(Mux(x_cmd < mt, op.x_addr + (m0 + x_cmd) * op.x_stride + kt,
                                 nk_row(split + x_cmd - mt))),
-            xr.cmd.p.dst.eq(0), xr.cmd.p.n.eq(kl),
-            wr.cmd.valid.eq(issue_ok & (w_cmd < split)),
-            wr.cmd.p.src.eq(Mux(kn, op.w_addr + (kt + w_cmd) * op.w_stride + n0, nk_row(w_cmd))),
-            wr.cmd.p.dst.eq(0), wr.cmd.p.n.eq(Mux(kn, nc, kl)),
+            xr.cmd.p.dst.eq(0), xr.cmd.p.n.eq(Mux(x_cmd < mt, kl, w_bytes)),
+            wr.cmd.valid.eq(issue_ok & (w_cmd < w_reads)),
+            wr.cmd.p.src.eq(Mux(kn, op.w_addr + (kt + w_cmd) * op.w_stride + n0,
+                                Mux(e_cmd, op.e_addr + (n0 + w_cmd - split) * e_row + (kt >> blk),
+                                    nk_row(w_cmd)))),
+            wr.cmd.p.dst.eq(0),
+            wr.cmd.p.n.eq(Mux(kn, nc, Mux(e_cmd, (kl + isa.MX_BLOCK - 1) >> blk, w_bytes))),
         ]
         with m.If(xr.cmd.valid & xr.cmd.ready):
             m.d.sync += x_cmd.eq(x_cmd + 1)
@@ -276,10 +335,15 @@ class TileFiller(wiring.Component):
         with m.If(wr.out.valid):
             m.d.sync += [w_row.eq(Mux(wr.out.p.last, w_row + 1, w_row)),
                          w_beat.eq(Mux(wr.out.p.last, 0, w_beat + 1))]
+        # MXINT4 exponent rows (at most nb <= W / 4 bytes: one beat): their shifts
+        m.d.comb += [self.e_write.en.eq(wr.out.valid & (w_row >= split) & mx),
+                     self.e_write.set.eq(fset), self.e_write.col.eq(w_row - split)]
+        for j in range(g.nb):
+            m.d.comb += self.e_write.shifts[j].eq(wr.out.p.data.word_select(j, 8))
 
         # A filled tile is announced; the walker moves on once the feeder has it.
-        filled = filling & (x_row == x_rows) & (w_row == split) & (x_cmd == x_rows) & \
-            (w_cmd == split)
+        filled = filling & (x_row == x_rows) & (w_row == w_reads) & (x_cmd == x_rows) & \
+            (w_cmd == w_reads)
         last = last_kt & last_n & last_m
         m.d.comb += [self.tiles.valid.eq(filled),
                      self.tiles.p.set.eq(fset), self.tiles.p.m0.eq(m0),
@@ -311,7 +375,7 @@ class Feeder(wiring.Component):
     op, start : the instruction's operands, and the cycle they are first valid.
     tiles : ``In(stream)`` of filled tiles (kept in two slots, one per buffer set).
     release : ``Out(2)``: a buffer set is no longer read.
-    x_read, w_read : the tile buffers' read ports.
+    x_read, w_read, e_read : the tile buffers' read ports.
     load, feed : the array's weight-load and data inputs (``rtl/systolic.py``).
     groups : ``Out(stream)`` of ``group_layout``, one as each group's first row streams.
     half_done : ``In(2)``: the writeback has emptied an accumulator half.
@@ -332,6 +396,7 @@ class Feeder(wiring.Component):
             "op": In(op_layout()), "start": In(1),
             "tiles": In(stream.Signature(tile_layout(g))), "release": Out(2),
             "x_read": In(t["x_read"].signature), "w_read": In(t["w_read"].signature),
+            "e_read": In(t["e_read"].signature),
             "load": Out(SystolicArray.load_layout(g.R, g.C)),
             "feed": Out(SystolicArray.feed_layout(g.R, g.C, tag_layout(g).size)),
             "groups": Out(stream.Signature(group_layout(g))), "half_done": In(2),
@@ -344,6 +409,7 @@ class Feeder(wiring.Component):
         m = Module()
         gemv = op.mode == isa.MatmulMode.GEMV
         gemm = ~gemv
+        mx = op.w_format == isa.WeightFormat.MXINT4
         running = Signal()
 
         # The two filled tiles, by buffer set.
@@ -380,17 +446,22 @@ class Feeder(wiring.Component):
         def line_of(chunk):
             return (chunk * R) >> log2(W)
 
+        def w_line_of(chunk):             # MXINT4: 2 W elements a line
+            return Mux(mx, (chunk * R) >> (log2(W) + 1), line_of(chunk))
+
         ahead = Signal()        # GEMM: a block's load has begun, its stream has not
 
         # -- loader (GEMM) --------------------------------------------------------------
         lc = cursor("load")
         l_busy, l_row = Signal(), Signal(range(R))
-        l_slot, l_line, l_byte, l_wset, l_next_wset = (
-            Signal(), Signal(range(g.kb_gemv)), Signal(range(W)), Signal(), Signal())
+        l_slot, l_line, l_elem, l_wset, l_next_wset = (
+            Signal(), Signal(range(g.kb_gemv)), Signal(range(2 * W)), Signal(), Signal())
         load_start = gemm & lc["ready"] & ~ahead & (~l_busy | (l_row == R - 1))
         with m.If(load_start):
             m.d.sync += [l_busy.eq(1), l_row.eq(0), l_slot.eq(lc["slot"]),
-                         l_line.eq(line_of(lc["chunk"])), l_byte.eq((lc["chunk"] * R)[:log2(W)]),
+                         l_line.eq(w_line_of(lc["chunk"])),
+                         l_elem.eq(Mux(mx, (lc["chunk"] * R)[:log2(W) + 1],
+                                       (lc["chunk"] * R)[:log2(W)])),
                          l_wset.eq(l_next_wset), l_next_wset.eq(~l_next_wset), *lc["advance"]]
         with m.Elif(l_busy):
             m.d.sync += [l_row.eq(l_row + 1), l_busy.eq(l_row != R - 1)]
@@ -441,30 +512,40 @@ class Feeder(wiring.Component):
         # -- buffer reads now, the array's inputs on the next cycle ---------------------
         x_line = Mux(gemv, s_row << log2(g.kb_gemv), s_row << log2(g.kb_gemm))
         m.d.comb += self.x_read.addr.eq(s_slot * g.set_lines + x_line + line_of(s_chunk))
-        w_addr = Mux(gemv, s_slot * g.kb_gemv + line_of(s_chunk), l_slot * g.kb_gemv + l_line)
+        w_addr = Mux(gemv, s_slot * g.kb_gemv + w_line_of(s_chunk), l_slot * g.kb_gemv + l_line)
         for c in range(C):
             m.d.comb += getattr(self.w_read, f"c{c}").addr.eq(w_addr)
+        # MXINT4: the block shifts of the streamed chunk (tiles begin on a block)
+        m.d.comb += [self.e_read.set.eq(s_slot),
+                     self.e_read.block.eq((s_chunk * R) >> log2(isa.MX_BLOCK))]
 
-        sub = max(1, W // R)               # R-byte words in a line
-        x_word = Signal(range(sub))
-        load_byte = Signal(range(W))
+        sub = W // R                       # R-byte words (int8 x and weights) in a line
+        x_word, w_word = Signal(range(sub)), Signal(range(2 * sub))
+        load_elem = Signal(range(2 * W))
         tag = Signal(tag_layout(g))
         m.d.sync += [self.feed.valid.eq(s_busy), self.feed.sel.eq(s_wset),
                      x_word.eq(s_chunk[:log2(sub)] if sub > 1 else 0),
+                     w_word.eq(s_chunk[:log2(2 * sub)]),
                      tag.half.eq(s_half), tag.row.eq(s_row), tag.first.eq(s_first),
                      tag.last.eq(s_group_last & last_row),
+                     tag.shift.eq(Mux(mx, self.e_read.shifts.as_value(), 0)),
                      self.load.valid.eq(l_busy), self.load.row.eq(l_row),
-                     self.load.set.eq(l_wset), load_byte.eq(l_byte + l_row)]
+                     self.load.set.eq(l_wset), load_elem.eq(l_elem + l_row)]
         m.d.comb += self.feed.tag.eq(tag)
         x_chunk = self.x_read.data.word_select(x_word, 8 * R)
         for r in range(R):
             m.d.comb += self.feed.x[r].eq(x_chunk.word_select(r, 8))
+        # Weights: an int8 byte, or an MXINT4 nibble (element e of a line in byte e // 2,
+        # the low nibble first) sign-extended: the PEs multiply int8 x int8 either way.
         for c in range(C):
             data_c = getattr(self.w_read, f"c{c}").data
-            m.d.comb += self.load.w[c].eq(data_c.word_select(load_byte, 8))
-            w_chunk = data_c.word_select(x_word, 8 * R)
+            m.d.comb += self.load.w[c].eq(Mux(mx, _sext4(data_c.word_select(load_elem, 4)),
+                                              data_c.word_select(load_elem[:log2(W)], 8)))
+            w_int8 = data_c.word_select(x_word, 8 * R)
+            w_mx = data_c.word_select(w_word, 4 * R)
             for r in range(R):
-                m.d.comb += self.feed.w_block[r][c].eq(w_chunk.word_select(r, 8))
+                m.d.comb += self.feed.w_block[r][c].eq(
+                    Mux(mx, _sext4(w_mx.word_select(r, 4)), w_int8.word_select(r, 8)))
 
         with m.If(self.start):
             m.d.sync += [running.eq(1), ahead.eq(0), l_busy.eq(0), s_busy.eq(0),
@@ -492,7 +573,10 @@ class Accumulator(wiring.Component):
 
     The memory holds two halves of ``acc_rows`` rows of ``C`` int32; a result is read,
     added and written back one cycle later (the read port sees that write, so a row may
-    be updated on consecutive cycles).
+    be updated on consecutive cycles). Column ``c``'s result is first shifted left by its
+    tag's ``shift[c]`` (MXINT4: the block's exponent less the channel's base; 0 for int8),
+    wrapping in int32 as ``numerics.mx_matmul`` does: the partial sum of any part of a
+    block, shifted, adds up to the block's sum shifted.
     """
 
     def __init__(self, *, geometry: Geometry):
@@ -514,8 +598,10 @@ class Accumulator(wiring.Component):
         m.d.comb += rp.addr.eq(Cat(tag.row, tag.half))
         valid, out = Signal(), Signal(data.ArrayLayout(signed(32), g.C))
         d_tag = Signal(tag_layout(g))
-        m.d.sync += [valid.eq(self.result.valid), out.eq(self.result.out), d_tag.eq(tag),
+        m.d.sync += [valid.eq(self.result.valid), d_tag.eq(tag),
                      self.group_done.eq(valid & d_tag.last)]
+        for c in range(g.C):
+            m.d.sync += out[c].eq(self.result.out[c] << tag.shift[c])
         old = rp.data
         m.d.comb += [wp.addr.eq(Cat(d_tag.row, d_tag.half)), wp.en.eq(valid),
                      wp.data.eq(Cat(*[Mux(d_tag.first, out[c], old.word_select(c, 32) + out[c])[:32]
@@ -681,6 +767,8 @@ class MatmulUnit(wiring.Component):
         wiring.connect(m, buffers.w_write, filler.w_write)
         wiring.connect(m, buffers.x_read, feeder.x_read)
         wiring.connect(m, buffers.w_read, feeder.w_read)
+        wiring.connect(m, buffers.e_write, filler.e_write)
+        wiring.connect(m, buffers.e_read, feeder.e_read)
         wiring.connect(m, filler.tiles, feeder.tiles)
         m.d.comb += [filler.release.eq(feeder.release),
                      array.mode.eq(held.mode), array.load.eq(feeder.load),

@@ -11,7 +11,7 @@ in ``arch/isa.py``:
    dimension or vector block, an odd or zero ``ROPE`` head size or empty
    ``ROPE``/``ARGMAX``, a ``SOFTMAX`` whose first row sees past its columns), or if it
    asks for what this RTL does not implement (``unimplemented``: a ``MATMUL`` with
-   MXINT4 weights, which the ISA simulator runs and the matmul unit does not yet);
+   MXINT4 weights on an array taller than ``MX_BLOCK`` rows);
 2. then each L2 operand in the order ``isa.compute_operands`` declares them:
    ``BAD_OPERAND`` if it is written with rows that overlap (``rows > 1`` and
    ``stride < row bytes``), ``L2_OUT_OF_RANGE`` if it ends beyond ``l2_bytes`` (its end
@@ -40,7 +40,7 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from arch.isa import ErrorCode
-from rtl.common import RtlParams, check_params
+from rtl.common import RtlParams, check_params, weights_refusal
 from rtl.decode import code as opcode_of
 from rtl.decode import field
 
@@ -51,14 +51,14 @@ BYTES_BITS = 32         # row bytes: at most 8 x a 20-bit count, or heads x head
 STRIDE_BITS = 30
 
 
-def unimplemented(mnemonic: str, f) -> list[tuple[object, str]]:
-    """What the ISA declares and this RTL refuses (``BAD_OPERAND``), as
+def unimplemented(mnemonic: str, f, hw) -> list[tuple[object, str]]:
+    """What the ISA declares and this RTL refuses (``BAD_OPERAND``) on hardware ``hw``, as
     ``isa.operand_faults``: ``(condition, message)`` over ``f(name)``. The matmul unit
-    multiplies int8 weights only; a ``MATMUL`` with MXINT4 weights stops rather than
-    computing with its packed bytes as int8 (issue 19's RTL step)."""
-    if mnemonic == "MATMUL":
-        return [(f("w_format") == int(isa.WeightFormat.MXINT4),
-                 "MATMUL with MXINT4 weights: the RTL's matmul unit does not implement them")]
+    shifts each ``R``-element chunk of the reduction by one block's exponent, so MXINT4
+    weights need ``array_rows <= MX_BLOCK`` (every preset has at most 32 rows)."""
+    refusal = weights_refusal(hw, "mxint4")
+    if mnemonic == "MATMUL" and refusal:
+        return [(f("w_format") == int(isa.WeightFormat.MXINT4), f"MATMUL: {refusal}")]
     return []
 
 
@@ -90,7 +90,7 @@ class OperandCheck(wiring.Component):
         with m.Switch(op):
             for mn in COMPUTE:
                 faults = [*isa.operand_faults(mn, lambda n, mn=mn: f(mn, n)),
-                          *unimplemented(mn, lambda n, mn=mn: f(mn, n))]
+                          *unimplemented(mn, lambda n, mn=mn: f(mn, n), self.params.hw)]
                 if faults:
                     with m.Case(opcode_of(mn)):
                         m.d.comb += bad.eq(reduce(operator.or_, (c for c, _ in faults)))

@@ -1,10 +1,13 @@
 """The accel command line: results as JSON, user errors as one line with exit status 2."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from accel.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, *argv):
@@ -45,8 +48,6 @@ def test_eval_json_reports_both_perplexities(capsys):
     (["compile", "-o", "README.md/x"], "README.md/x"),
     (["train", "--steps", "0"], "steps must be at least 1, not 0"),
     (["train", "--lr", "nan"], "lr must be a positive finite number, not nan"),
-    (["verify", "--weights", "mxint4", "--rtl"],
-     "--rtl with mxint4 weights: the RTL's matmul unit does not implement them yet"),
     (["generate", "--weights", "mxint4", "--numerics", "float"],
      "--weights mxint4 is the integer model's; --numerics float"),
     (["compile", "--model", "llama-3-8b", "--no-weights", "--weights", "mxint4"],
@@ -87,7 +88,8 @@ def test_compile_run_verify_tiny(capsys, tmp_path):
 
 def test_mxint4_weights_from_eval_to_a_build(capsys, tmp_path):
     """``--weights mxint4``: eval reports float, int8 and MXINT4 side by side; a compiled
-    build says its format, runs on the ISA simulator, and the RTL refuses it by name."""
+    build says its format and runs on the ISA simulator (on the RTL: tests/rtl/
+    test_tiny_rtl.py); the RTL refuses MXINT4 on an array taller than a block, by name."""
     code, out, _ = run(capsys, "eval", "--weights", "mxint4", "--max-windows", "2", "--json")
     result = json.loads(out)
     assert code == 0 and result["weights"] == "mxint4"
@@ -101,8 +103,12 @@ def test_mxint4_weights_from_eval_to_a_build(capsys, tmp_path):
     assert "MATMUL" in (out_dir / "decode_000.s").read_text()
     code, text, _ = run(capsys, "run", str(out_dir), "--sim", "isa")
     assert code == 0 and text.startswith("ROMEO:[")
-    code, _, err = run(capsys, "run", str(out_dir), "--sim", "rtl")
-    assert code == 2 and "mxint4 weights, which the RTL's matmul unit does not" in err
+    tall = tmp_path / "tall.toml"
+    tall.write_text((ROOT / "configs" / "edge-8x8.toml").read_text()
+                    .replace('"edge-8x8"', '"tall"').replace("array_rows = 8", "array_rows = 64")
+                    .replace("dram_bytes_per_cycle = 32", "dram_bytes_per_cycle = 64"))
+    code, _, err = run(capsys, "verify", "--weights", "mxint4", "--rtl", "--hw", str(tall))
+    assert code == 2 and "need array_rows <= MX_BLOCK = 32" in err and "64 rows" in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -1,5 +1,5 @@
-"""The matmul unit against the ISA simulator: GEMM and GEMV, NK and KN weights,
-accumulate, shapes that do not divide the array or the tile, row counts on both sides of
+"""The matmul unit against the ISA simulator: GEMM and GEMV, NK and KN weights, int8 and
+MXINT4 weights (random exponent bytes, so also their unused high bits), accumulate, shapes that do not divide the array or the tile, row counts on both sides of
 a tile and of the array, one instruction after another on one simulation of the unit
 per hardware description. Amaranth's simulator. (The PE utilisation of both dataflows is
 measured on the Verilator model, tests/rtl/test_accelerator.py.)"""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import MatmulMode, WeightLayout, make
+from arch.isa import MX_BLOCK, MatmulMode, WeightFormat, WeightLayout, make
 from rtl.common import RtlParams
 from rtl.matmul_unit import MatmulUnit
 
@@ -17,17 +17,21 @@ PARAMS = {name: RtlParams(load_hardware(name).replace(l2_bytes=L2_BYTES), dram_b
           for name in ("edge-8x8", "edge-4x4")}
 
 
-def matmul(mode, layout, m, k, n, accumulate, x_addr=7, l2_bytes=L2_BYTES):
+def matmul(mode, layout, m, k, n, accumulate, weights="int8", x_addr=7, l2_bytes=L2_BYTES):
+    """Operands one after another at odd addresses and strides; MXINT4 rows are the packed
+    ``(k + 1) // 2`` bytes, the exponents ``ceil(k / 32)`` bytes a row, packed."""
+    mx = weights == "mxint4"
     x_stride = k + 5
     w_rows, w_cols = (n, k) if layout == "NK" else (k, n)
     w_addr = x_addr + m * x_stride + 13
-    w_stride = w_cols + 3
-    out_addr = w_addr + w_rows * w_stride + 9
+    w_stride = ((w_cols + 1) // 2 if mx else w_cols) + 3
+    e_addr = w_addr + w_rows * w_stride + 5
+    out_addr = e_addr + (n * -(-k // MX_BLOCK) if mx else 0) + 9
     out_stride = 4 * n + 12
     assert out_addr + m * out_stride < l2_bytes
     return make("MATMUL", mode=int(MatmulMode[mode]), accumulate=accumulate,
                 w_layout=int(WeightLayout[layout]), x_addr=x_addr, w_addr=w_addr,
-                w_format=0, e_addr=0,
+                w_format=int(WeightFormat[weights.upper()]), e_addr=e_addr if mx else 0,
                 out_addr=out_addr, m=m, k=k, n=n, x_stride=x_stride, w_stride=w_stride,
                 out_stride=out_stride)
 
@@ -45,6 +49,14 @@ CASES = [
     ("edge-4x4", "GEMM", "KN", 6, 33, 5, 1),
     ("edge-4x4", "GEMM", "NK", 37, 90, 6, 0),         # 37 rows: tiles of 16, 11 and 10
 ]
+CASES = [(*case, "int8") for case in CASES] + [
+    ("edge-8x8", "GEMV", "NK", 3, 300, 13, 1, "mxint4"),   # k over a tile and odd
+    ("edge-8x8", "GEMV", "NK", 1, 45, 16, 0, "mxint4"),    # nc > mt: x reader takes rows
+    ("edge-8x8", "GEMM", "NK", 45, 130, 9, 1, "mxint4"),   # blocks across lines
+    ("edge-8x8", "GEMM", "NK", 1, 33, 8, 0, "mxint4"),
+    ("edge-4x4", "GEMV", "NK", 4, 301, 9, 0, "mxint4"),    # 301: tiles of 256 and 45
+    ("edge-4x4", "GEMM", "NK", 37, 90, 6, 1, "mxint4"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +69,10 @@ def runs(l2sim):
         if hw not in done:
             cases = [case for case in CASES if case[0] == hw]
             inputs = []
-            for _, mode, layout, m, k, n, accumulate in cases:
+            for _, mode, layout, m, k, n, accumulate, weights in cases:
                 rng = np.random.default_rng(m * 1000 + k * 10 + n)
                 inputs.append((rng.integers(0, 256, L2_BYTES, dtype=np.uint8),
-                               matmul(mode, layout, m, k, n, accumulate)))
+                               matmul(mode, layout, m, k, n, accumulate, weights)))
             params = PARAMS[hw]
             results = l2sim.run_instructions(params, MatmulUnit(params=params), MatmulUnit.N_PORTS,
                                              inputs)
@@ -71,9 +83,9 @@ def runs(l2sim):
     return get
 
 
-@pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate"), CASES)
-def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulate):
-    mem, rtl, expected = runs(hw)[(hw, mode, layout, m, k, n, accumulate)]
+@pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate", "weights"), CASES)
+def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulate, weights):
+    mem, rtl, expected = runs(hw)[(hw, mode, layout, m, k, n, accumulate, weights)]
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
