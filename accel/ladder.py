@@ -28,7 +28,7 @@ import numpy as np
 from accel.runtime import RunResult, run_build, same_dram
 from models.integer import init_int_cache, int_decode_step, int_prefill
 from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
-from rtl.common import weights_refusal
+from rtl.common import rtl_params, weights_refusal
 
 # Rung 1's bar (the integer model against float on the held-out text): the quality bar
 # the tiny model is trained to (tests/models/test_integer.py).
@@ -109,8 +109,9 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     is the projection weights' format (``integer.WEIGHT_FORMATS``).
     Raises ``ValueError`` for an empty prompt, a text prompt without a tokenizer or an id
     outside the vocabulary, for ``rtl`` with weights the RTL does not run on the hardware
-    (``rtl.common.weights_refusal``) and for an unknown format, and whatever loading the model or the hardware
-    description raises (``ConfigError``, ``CheckpointError``, ``HardwareError``).
+    (``rtl.common.weights_refusal``) and for an unknown format, and whatever loading the
+    model or the hardware description raises (``ConfigError``, ``CheckpointError``,
+    ``HardwareError``).
     """
     from arch.hardware import load_hardware
     from compiler.driver import compile_generation
@@ -125,7 +126,7 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
                          f"(--prompt-ids)")
     im = build_int_model(loaded, weights=weights)
     hw = load_hardware(hw_spec)
-    refusal = weights_refusal(hw, weights) if rtl else None
+    refusal = weights_refusal(rtl_params(hw), weights) if rtl else None
     if refusal:
         raise ValueError(f"--rtl: {refusal} (rungs 1 and 2 run without --rtl)")
     report: dict = {"model": loaded.cfg.name, "hardware": hw.name, "weights": weights}

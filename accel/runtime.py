@@ -41,7 +41,7 @@ from compiler.buildfolder import RunIntegrityError, read_only_regions
 from compiler.driver import Build
 from compiler.isasim import IsaSimulator
 from compiler.semantics import AcceleratorError
-from rtl.common import rtl_dram_bytes, weights_refusal
+from rtl.common import rtl_dram_bytes, rtl_params, weights_refusal
 
 
 class RunTimeoutError(RuntimeError):
@@ -105,7 +105,7 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
     if build.image.data is None:
         raise ValueError("this build has no weights (compiled for timing only); it cannot run")
     if sim == "rtl":
-        refusal = weights_refusal(build.hw, build.weights)
+        refusal = weights_refusal(rtl_params(build.hw), build.weights)
         if refusal:
             raise ValueError(f"{refusal}; run it with --sim isa or --sim perf")
         return _run_rtl(build, waves)

@@ -179,6 +179,17 @@ def causal_blocks(rows: int, hw: HardwareConfig) -> list[tuple[int, int]]:
     return [(r0, min(rows, r0 + block)) for r0 in range(0, rows, block)]
 
 
+def mx_exps_rows(n: int, k: int, k_total: int) -> tuple[int, int]:
+    """``(rows, row_bytes)`` of the DMA_LOAD staging the block exponents of an MXINT4 tile
+    of ``n`` weight rows and ``k`` of their ``k_total`` reduction elements: one row of
+    ``n * ceil(k / 32)`` bytes when the tile spans whole rows (they are contiguous in
+    DRAM and in L2), else ``n`` rows. A row of a few exponent bytes costs the DRAM a whole
+    line: ``tiny``'s 4-byte rows read 8x the bytes as rows, and the load engine's stream of
+    one-line reads delayed the store engine's KV_APPENDs on the RTL."""
+    blocks = mx_blocks(k)
+    return (1, n * blocks) if k == k_total else (n, blocks)
+
+
 def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int,
                   mxint4: bool = False) -> tuple[int, int]:
     """``(nt, kt)``: the weight tile of a matmul, ``nt`` output channels (a multiple of the
@@ -310,7 +321,8 @@ class Generator:
                   out_addr: int, out_stride: int) -> None:
         """``out = x . w^T`` with MXINT4 weights: per tile, the packed elements
         (``ceil(k / 2)`` bytes a row) and the block exponents (``ceil(k / 32)`` bytes a
-        row) are staged by two loads; tiles split ``k`` at block boundaries."""
+        row, ``mx_exps_rows``) are staged by two loads; tiles split ``k`` at block
+        boundaries."""
         n_total, k_total = w.shape
         row_bytes, blocks = (k_total + 1) // 2, mx_blocks(k_total)
         base, e_base = self.ctx.param_addr(w), self.ctx.param_addr(w_exps)
@@ -320,7 +332,8 @@ class Generator:
             for k0 in range(0, k_total, kt):
                 k = min(kt, k_total - k0)
                 elems = self.load(base + n0 * row_bytes + k0 // 2, n, (k + 1) // 2, row_bytes)
-                exps = self.load(e_base + n0 * blocks + k0 // MX_BLOCK, n, mx_blocks(k),
+                e_rows, e_bytes = mx_exps_rows(n, k, k_total)
+                exps = self.load(e_base + n0 * blocks + k0 // MX_BLOCK, e_rows, e_bytes,
                                  blocks)
                 index = self.emit_matmul(
                     accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,

@@ -47,6 +47,9 @@ class RtlParams:
     hw: HardwareConfig
     dram_bytes: int            # capacity of the simulated DRAM
     macros: bool = False       # large memories as SRAM macro models (Verilator builds)
+    # the matmul unit's MXINT4 datapath; False gives an int8-only unit (for its area:
+    # ``benchmarks.mxint4 --only area``), which refuses MXINT4 MATMULs (BAD_OPERAND)
+    mxint4: bool = True
 
     def __post_init__(self):
         if not isinstance(self.hw, HardwareConfig):
@@ -104,11 +107,15 @@ def check_params(params) -> None:
 DEFAULT_DRAM_BYTES = 64 << 20
 
 
-def weights_refusal(hw: HardwareConfig, weights: str) -> str | None:
-    """Why this RTL cannot run projection weights of format ``weights`` on ``hw``, or
+def weights_refusal(params: RtlParams, weights: str) -> str | None:
+    """Why the RTL of ``params`` cannot run projection weights of format ``weights``, or
     None. The matmul unit shifts each ``array_rows``-element chunk of the reduction by one
     MXINT4 block's exponent (``rtl/matmul_unit.py``), so MXINT4 needs ``array_rows <=
-    MX_BLOCK``; ``rtl.operand_check.unimplemented`` stops such a ``MATMUL`` in hardware."""
+    MX_BLOCK`` and the MXINT4 datapath (``mxint4``); ``rtl.operand_check.unimplemented``
+    stops such a ``MATMUL`` in hardware."""
+    hw = params.hw
+    if weights == "mxint4" and not params.mxint4:
+        return f"{hw.name}: this RTL is built without the MXINT4 datapath (mxint4 = False)"
     if weights == "mxint4" and hw.array_rows > MX_BLOCK:
         return (f"{hw.name}: MXINT4 weights on the RTL need array_rows <= MX_BLOCK = "
                 f"{MX_BLOCK} (each array-high chunk of the reduction takes one block's "

@@ -12,7 +12,9 @@ computed and not written). With MXINT4 weights (``w_format``, NK) it computes
 them (the array multiplies them as int8), and each block's results are shifted at the
 accumulator by the block's exponent byte (its low ``MX_SHIFT_BITS``). The array's rows
 must not exceed ``MX_BLOCK`` (so each ``R``-element chunk lies in one block;
-``rtl.operand_check.unimplemented`` refuses MXINT4 on taller arrays).
+``rtl.operand_check.unimplemented`` refuses MXINT4 on taller arrays). With
+``RtlParams.mxint4 = False`` the MXINT4 datapath is left out (an int8-only unit, whose
+area ``benchmarks.mxint4 --only area`` compares; the operand check then refuses MXINT4).
 
 The product is computed in *tiles* of ``mt`` rows of x, ``C`` output channels and ``KT``
 bytes of the reduction, ``kt`` fastest, then ``n``, then ``m``; the tiles of one
@@ -86,6 +88,7 @@ class Geometry:
     mt_gemv, mt_gemm : rows per tile.
     set_lines : x buffer lines per buffer set (the same in both modes).
     acc_rows : accumulator rows per half.
+    mx : the unit has the MXINT4 datapath (``RtlParams.mxint4``).
     nb : MXINT4 blocks (``MX_BLOCK`` elements of the reduction) in the longest tile.
     """
 
@@ -99,6 +102,7 @@ class Geometry:
         self.set_lines = self.mt_gemv * self.kb_gemv
         assert self.set_lines == self.mt_gemm * self.kb_gemm
         self.acc_rows = max(self.mt_gemv, self.mt_gemm)
+        self.mx = params.mxint4
         self.nb = max(1, kt_gemv // isa.MX_BLOCK)
 
 
@@ -120,8 +124,9 @@ def group_layout(g: Geometry) -> data.StructLayout:
 def tag_layout(g: Geometry) -> data.StructLayout:
     """What travels through the array with each x row: where its result goes, and (MXINT4)
     each column's block shift, by which the accumulator multiplies the result by 2^shift."""
+    shift = {"shift": data.ArrayLayout(isa.MX_SHIFT_BITS, g.C)} if g.mx else {}
     return data.StructLayout({"half": 1, "row": range(g.acc_rows), "first": 1, "last": 1,
-                              "shift": data.ArrayLayout(isa.MX_SHIFT_BITS, g.C)})
+                              **shift})
 
 
 def exps_layout(g: Geometry) -> data.ArrayLayout:
@@ -133,6 +138,16 @@ def exps_layout(g: Geometry) -> data.ArrayLayout:
 def _sext4(nibble):
     """A 4-bit two's-complement MXINT4 element as the array's signed int8."""
     return Cat(nibble, nibble[3].replicate(4)).as_signed()
+
+
+def _is_mx(g: Geometry, op):
+    """The instruction's weights are MXINT4: a signal, or ``False`` for an int8-only unit."""
+    return op.w_format == isa.WeightFormat.MXINT4 if g.mx else False
+
+
+def _if_mx(mx, a, b):
+    """``Mux(mx, a, b)``, or ``b`` in an int8-only unit (``mx`` is ``False``)."""
+    return b if mx is False else Mux(mx, a, b)
 
 
 def _tile_rows(left, tile_rows: int):
@@ -149,8 +164,8 @@ class TileBuffers(wiring.Component):
     -------
     x_write, x_read : the x buffer's ports (``2 * set_lines`` lines).
     w_write, w_read : each weight buffer's ports (``2 * kb_gemv`` lines), byte-enabled.
-    e_write : one column's shifts of one set (``exps_layout``) when ``en``.
-    e_read : every column's shift of one block of one set, combinationally.
+    e_write : one column's shifts of one set (``exps_layout``) when ``en`` (if ``g.mx``).
+    e_read : every column's shift of one block of one set, combinationally (if ``g.mx``).
 
     MXINT4 weights stay packed in the weight buffers (two elements a byte: a tile's row
     takes half the bytes of int8); the feeder unpacks them.
@@ -167,16 +182,19 @@ class TileBuffers(wiring.Component):
         w_bits = (2 * g.kb_gemv - 1).bit_length()
         w_write = memory.WritePort.Signature(addr_width=w_bits, shape=8 * g.W, granularity=8)
         w_read = memory.ReadPort.Signature(addr_width=w_bits, shape=8 * g.W)
-        return {
-            "x_write": Out(memory.WritePort.Signature(addr_width=x_bits, shape=8 * g.W)),
-            "x_read": Out(memory.ReadPort.Signature(addr_width=x_bits, shape=8 * g.W)),
-            "w_write": Out(wiring.Signature({f"c{c}": Out(w_write) for c in range(g.C)})),
-            "w_read": Out(wiring.Signature({f"c{c}": Out(w_read) for c in range(g.C)})),
+        mx = {
             "e_write": Out(wiring.Signature({"en": In(1), "set": In(1), "col": In(range(g.C)),
                                              "shifts": In(exps_layout(g))})),
             "e_read": Out(wiring.Signature({
                 "set": In(1), "block": In(range(g.nb)),
                 "shifts": Out(data.ArrayLayout(isa.MX_SHIFT_BITS, g.C))})),
+        }
+        return {
+            "x_write": Out(memory.WritePort.Signature(addr_width=x_bits, shape=8 * g.W)),
+            "x_read": Out(memory.ReadPort.Signature(addr_width=x_bits, shape=8 * g.W)),
+            "w_write": Out(wiring.Signature({f"c{c}": Out(w_write) for c in range(g.C)})),
+            "w_read": Out(wiring.Signature({f"c{c}": Out(w_read) for c in range(g.C)})),
+            **(mx if g.mx else {}),
         }
 
     def elaborate(self, platform):
@@ -190,6 +208,8 @@ class TileBuffers(wiring.Component):
             wiring.connect(m, wiring.flipped(getattr(self.w_write, f"c{c}")),
                            w.write_port(granularity=8))
             wiring.connect(m, wiring.flipped(getattr(self.w_read, f"c{c}")), w.read_port())
+        if not g.mx:
+            return m
         exps = [[Signal(exps_layout(g), name=f"e{s}_{c}") for c in range(g.C)] for s in range(2)]
         ew, er = self.e_write, self.e_read
         for s in range(2):
@@ -225,7 +245,7 @@ class TileFiller(wiring.Component):
             "op": In(op_layout()), "start": In(1),
             "x_port": Out(port), "w_port": Out(port),
             "x_write": In(t["x_write"].signature), "w_write": In(t["w_write"].signature),
-            "e_write": In(t["e_write"].signature),
+            **({"e_write": In(t["e_write"].signature)} if g.mx else {}),
             "tiles": Out(stream.Signature(tile_layout(g))),
             "release": In(2), "idle": Out(1),
         })
@@ -241,7 +261,7 @@ class TileFiller(wiring.Component):
 
         gemv = op.mode == isa.MatmulMode.GEMV
         kn = op.w_layout == isa.WeightLayout.KN
-        mx = op.w_format == isa.WeightFormat.MXINT4       # NK only (isa.operand_faults)
+        mx = _is_mx(g, op)                 # MXINT4 weights are NK only (isa.operand_faults)
         tile_rows = Mux(gemv, g.mt_gemv, g.mt_gemm)
         tile_k = Mux(gemv, g.kb_gemv * W, g.kb_gemm * W)
 
@@ -257,8 +277,8 @@ class TileFiller(wiring.Component):
         # MXINT4: a tile's kl elements of a weight row are (kl + 1) // 2 packed bytes from
         # byte kt // 2 (tile_k is a multiple of MX_BLOCK), and the row's block exponents
         # are (kl + 31) // 32 bytes from e_addr + row * ceil(k / 32) + kt // 32.
-        w_bytes = Mux(mx, (kl + 1) >> 1, kl)
-        w_koff = Mux(mx, kt >> 1, kt)
+        w_bytes = _if_mx(mx, (kl + 1) >> 1, kl)
+        w_koff = _if_mx(mx, kt >> 1, kt)
         blk = log2(isa.MX_BLOCK)
         e_row = (op.k + isa.MX_BLOCK - 1) >> blk
 
@@ -277,7 +297,7 @@ class TileFiller(wiring.Component):
         split = w_rows - x_w              # weight rows [0, split) on w_reader, the rest on x
         x_rows = mt + x_w
         # MXINT4: after its weight rows the weight reader reads the nc exponent rows
-        w_reads = split + Mux(mx, nc, 0)
+        w_reads = split + _if_mx(mx, nc, 0)
         issue_ok = filling & ~full.bit_select(fset, 1)
 
         def nk_row(r):
@@ -335,11 +355,11 @@ class TileFiller(wiring.Component):
         with m.If(wr.out.valid):
             m.d.sync += [w_row.eq(Mux(wr.out.p.last, w_row + 1, w_row)),
                          w_beat.eq(Mux(wr.out.p.last, 0, w_beat + 1))]
-        # MXINT4 exponent rows (at most nb <= W / 4 bytes: one beat): their shifts
-        m.d.comb += [self.e_write.en.eq(wr.out.valid & (w_row >= split) & mx),
-                     self.e_write.set.eq(fset), self.e_write.col.eq(w_row - split)]
-        for j in range(g.nb):
-            m.d.comb += self.e_write.shifts[j].eq(wr.out.p.data.word_select(j, 8))
+        if g.mx:   # MXINT4 exponent rows (at most nb <= W / 4 bytes: one beat): their shifts
+            m.d.comb += [self.e_write.en.eq(wr.out.valid & (w_row >= split) & mx),
+                         self.e_write.set.eq(fset), self.e_write.col.eq(w_row - split)]
+            for j in range(g.nb):
+                m.d.comb += self.e_write.shifts[j].eq(wr.out.p.data.word_select(j, 8))
 
         # A filled tile is announced; the walker moves on once the feeder has it.
         filled = filling & (x_row == x_rows) & (w_row == w_reads) & (x_cmd == x_rows) & \
@@ -396,7 +416,7 @@ class Feeder(wiring.Component):
             "op": In(op_layout()), "start": In(1),
             "tiles": In(stream.Signature(tile_layout(g))), "release": Out(2),
             "x_read": In(t["x_read"].signature), "w_read": In(t["w_read"].signature),
-            "e_read": In(t["e_read"].signature),
+            **({"e_read": In(t["e_read"].signature)} if g.mx else {}),
             "load": Out(SystolicArray.load_layout(g.R, g.C)),
             "feed": Out(SystolicArray.feed_layout(g.R, g.C, tag_layout(g).size)),
             "groups": Out(stream.Signature(group_layout(g))), "half_done": In(2),
@@ -409,7 +429,7 @@ class Feeder(wiring.Component):
         m = Module()
         gemv = op.mode == isa.MatmulMode.GEMV
         gemm = ~gemv
-        mx = op.w_format == isa.WeightFormat.MXINT4
+        mx = _is_mx(g, op)
         running = Signal()
 
         # The two filled tiles, by buffer set.
@@ -447,7 +467,7 @@ class Feeder(wiring.Component):
             return (chunk * R) >> log2(W)
 
         def w_line_of(chunk):             # MXINT4: 2 W elements a line
-            return Mux(mx, (chunk * R) >> (log2(W) + 1), line_of(chunk))
+            return _if_mx(mx, (chunk * R) >> (log2(W) + 1), line_of(chunk))
 
         ahead = Signal()        # GEMM: a block's load has begun, its stream has not
 
@@ -460,8 +480,8 @@ class Feeder(wiring.Component):
         with m.If(load_start):
             m.d.sync += [l_busy.eq(1), l_row.eq(0), l_slot.eq(lc["slot"]),
                          l_line.eq(w_line_of(lc["chunk"])),
-                         l_elem.eq(Mux(mx, (lc["chunk"] * R)[:log2(W) + 1],
-                                       (lc["chunk"] * R)[:log2(W)])),
+                         l_elem.eq(_if_mx(mx, (lc["chunk"] * R)[:log2(W) + 1],
+                                          (lc["chunk"] * R)[:log2(W)])),
                          l_wset.eq(l_next_wset), l_next_wset.eq(~l_next_wset), *lc["advance"]]
         with m.Elif(l_busy):
             m.d.sync += [l_row.eq(l_row + 1), l_busy.eq(l_row != R - 1)]
@@ -515,9 +535,9 @@ class Feeder(wiring.Component):
         w_addr = Mux(gemv, s_slot * g.kb_gemv + w_line_of(s_chunk), l_slot * g.kb_gemv + l_line)
         for c in range(C):
             m.d.comb += getattr(self.w_read, f"c{c}").addr.eq(w_addr)
-        # MXINT4: the block shifts of the streamed chunk (tiles begin on a block)
-        m.d.comb += [self.e_read.set.eq(s_slot),
-                     self.e_read.block.eq((s_chunk * R) >> log2(isa.MX_BLOCK))]
+        if g.mx:   # MXINT4: the block shifts of the streamed chunk (tiles begin on a block)
+            m.d.comb += [self.e_read.set.eq(s_slot),
+                         self.e_read.block.eq((s_chunk * R) >> log2(isa.MX_BLOCK))]
 
         sub = W // R                       # R-byte words (int8 x and weights) in a line
         x_word, w_word = Signal(range(sub)), Signal(range(2 * sub))
@@ -528,9 +548,10 @@ class Feeder(wiring.Component):
                      w_word.eq(s_chunk[:log2(2 * sub)]),
                      tag.half.eq(s_half), tag.row.eq(s_row), tag.first.eq(s_first),
                      tag.last.eq(s_group_last & last_row),
-                     tag.shift.eq(Mux(mx, self.e_read.shifts.as_value(), 0)),
                      self.load.valid.eq(l_busy), self.load.row.eq(l_row),
                      self.load.set.eq(l_wset), load_elem.eq(l_elem + l_row)]
+        if g.mx:
+            m.d.sync += tag.shift.eq(Mux(mx, self.e_read.shifts.as_value(), 0))
         m.d.comb += self.feed.tag.eq(tag)
         x_chunk = self.x_read.data.word_select(x_word, 8 * R)
         for r in range(R):
@@ -539,13 +560,13 @@ class Feeder(wiring.Component):
         # the low nibble first) sign-extended: the PEs multiply int8 x int8 either way.
         for c in range(C):
             data_c = getattr(self.w_read, f"c{c}").data
-            m.d.comb += self.load.w[c].eq(Mux(mx, _sext4(data_c.word_select(load_elem, 4)),
-                                              data_c.word_select(load_elem[:log2(W)], 8)))
+            m.d.comb += self.load.w[c].eq(_if_mx(mx, _sext4(data_c.word_select(load_elem, 4)),
+                                                 data_c.word_select(load_elem[:log2(W)], 8)))
             w_int8 = data_c.word_select(x_word, 8 * R)
             w_mx = data_c.word_select(w_word, 4 * R)
             for r in range(R):
                 m.d.comb += self.feed.w_block[r][c].eq(
-                    Mux(mx, _sext4(w_mx.word_select(r, 4)), w_int8.word_select(r, 8)))
+                    _if_mx(mx, _sext4(w_mx.word_select(r, 4)), w_int8.word_select(r, 8)))
 
         with m.If(self.start):
             m.d.sync += [running.eq(1), ahead.eq(0), l_busy.eq(0), s_busy.eq(0),
@@ -601,7 +622,8 @@ class Accumulator(wiring.Component):
         m.d.sync += [valid.eq(self.result.valid), d_tag.eq(tag),
                      self.group_done.eq(valid & d_tag.last)]
         for c in range(g.C):
-            m.d.sync += out[c].eq(self.result.out[c] << tag.shift[c])
+            m.d.sync += out[c].eq(self.result.out[c] << tag.shift[c] if g.mx
+                                  else self.result.out[c])
         old = rp.data
         m.d.comb += [wp.addr.eq(Cat(d_tag.row, d_tag.half)), wp.en.eq(valid),
                      wp.data.eq(Cat(*[Mux(d_tag.first, out[c], old.word_select(c, 32) + out[c])[:32]
@@ -767,8 +789,9 @@ class MatmulUnit(wiring.Component):
         wiring.connect(m, buffers.w_write, filler.w_write)
         wiring.connect(m, buffers.x_read, feeder.x_read)
         wiring.connect(m, buffers.w_read, feeder.w_read)
-        wiring.connect(m, buffers.e_write, filler.e_write)
-        wiring.connect(m, buffers.e_read, feeder.e_read)
+        if g.mx:
+            wiring.connect(m, buffers.e_write, filler.e_write)
+            wiring.connect(m, buffers.e_read, feeder.e_read)
         wiring.connect(m, filler.tiles, feeder.tiles)
         m.d.comb += [filler.release.eq(feeder.release),
                      array.mode.eq(held.mode), array.load.eq(feeder.load),

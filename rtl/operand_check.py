@@ -11,7 +11,8 @@ in ``arch/isa.py``:
    dimension or vector block, an odd or zero ``ROPE`` head size or empty
    ``ROPE``/``ARGMAX``, a ``SOFTMAX`` whose first row sees past its columns), or if it
    asks for what this RTL does not implement (``unimplemented``: a ``MATMUL`` with
-   MXINT4 weights on an array taller than ``MX_BLOCK`` rows);
+   MXINT4 weights on an array taller than ``MX_BLOCK`` rows or in an RTL built without
+   the MXINT4 datapath);
 2. then each L2 operand in the order ``isa.compute_operands`` declares them:
    ``BAD_OPERAND`` if it is written with rows that overlap (``rows > 1`` and
    ``stride < row bytes``), ``L2_OUT_OF_RANGE`` if it ends beyond ``l2_bytes`` (its end
@@ -51,12 +52,13 @@ BYTES_BITS = 32         # row bytes: at most 8 x a 20-bit count, or heads x head
 STRIDE_BITS = 30
 
 
-def unimplemented(mnemonic: str, f, hw) -> list[tuple[object, str]]:
-    """What the ISA declares and this RTL refuses (``BAD_OPERAND``) on hardware ``hw``, as
-    ``isa.operand_faults``: ``(condition, message)`` over ``f(name)``. The matmul unit
-    shifts each ``R``-element chunk of the reduction by one block's exponent, so MXINT4
-    weights need ``array_rows <= MX_BLOCK`` (every preset has at most 32 rows)."""
-    refusal = weights_refusal(hw, "mxint4")
+def unimplemented(mnemonic: str, f, params: RtlParams) -> list[tuple[object, str]]:
+    """What the ISA declares and the RTL of ``params`` refuses (``BAD_OPERAND``), as
+    ``isa.operand_faults``: ``(condition, message)`` over ``f(name)``. MXINT4 weights
+    need the MXINT4 datapath and ``array_rows <= MX_BLOCK`` (the matmul unit shifts each
+    ``R``-element chunk of the reduction by one block's exponent; every preset has at
+    most 32 rows): ``rtl.common.weights_refusal``."""
+    refusal = weights_refusal(params, "mxint4")
     if mnemonic == "MATMUL" and refusal:
         return [(f("w_format") == int(isa.WeightFormat.MXINT4), f"MATMUL: {refusal}")]
     return []
@@ -90,7 +92,7 @@ class OperandCheck(wiring.Component):
         with m.Switch(op):
             for mn in COMPUTE:
                 faults = [*isa.operand_faults(mn, lambda n, mn=mn: f(mn, n)),
-                          *unimplemented(mn, lambda n, mn=mn: f(mn, n), self.params.hw)]
+                          *unimplemented(mn, lambda n, mn=mn: f(mn, n), self.params)]
                 if faults:
                     with m.Case(opcode_of(mn)):
                         m.d.comb += bad.eq(reduce(operator.or_, (c for c, _ in faults)))

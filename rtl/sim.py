@@ -70,7 +70,7 @@ def model_key(params: RtlParams) -> str:
     RTL sources (also the key of its cached synthesis statistics)."""
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(params.hw), sort_keys=True).encode())
-    h.update(str((params.dram_bytes, params.macros)).encode())
+    h.update(str((params.dram_bytes, params.macros, params.mxint4)).encode())
     for src in SOURCES:
         h.update(src.read_bytes())
     return f"{params.hw.name}-{params.dram_bytes >> 20}M-{h.hexdigest()[:12]}"

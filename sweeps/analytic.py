@@ -59,6 +59,7 @@ from compiler.backend import (
     MIN_RING_BYTES,
     causal_blocks,
     matmul_tiling,
+    mx_exps_rows,
     staging_tile_bytes,
 )
 from compiler.driver import prefill_chunk_sizes
@@ -67,7 +68,6 @@ from compiler.ir import CompileError
 from compiler.schedule import LOOKAHEAD
 from models.config import ModelConfig
 from models.integer import check_weight_format
-from models.numerics import mx_blocks
 
 DMA_END = CALIBRATION.dma_end
 
@@ -243,7 +243,7 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
             instr = partial(_matmul_instr, hw, fields)
             if mx:
                 s.staged_tile(shapes, ("w", n, k), n, w_bytes, None)
-                s.staged_tile(shapes, (n, k, k0 > 0), n, mx_blocks(k), instr)
+                s.staged_tile(shapes, (n, k, k0 > 0), *mx_exps_rows(n, k, k_total), instr)
             else:
                 s.staged_tile(shapes, (n, k, k0 > 0), n, k, instr)
     return tuple(s.tiles), s.read, s.macs, s.l2

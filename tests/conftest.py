@@ -35,6 +35,14 @@ def tiny_int(tiny_model):
 
 
 @pytest.fixture(scope="session")
+def tiny_mx(tiny_model):
+    """``tiny`` with MXINT4 projection weights."""
+    from models.evaluate import build_int_model
+
+    return build_int_model(tiny_model, weights="mxint4")
+
+
+@pytest.fixture(scope="session")
 def tiny_bpe():
     """The second packaged model (byte-level BPE, MQA, tied head) and its integer model."""
     from models.evaluate import build_int_model

@@ -155,11 +155,10 @@ def test_an_unknown_weight_format_or_a_too_long_reduction_is_refused(small_confi
         quantize_weight_mxint4(np.ones((2, 8224)), "layer 2 w_down")
 
 
-def test_tiny_with_mxint4_weights_stays_within_ten_percent_of_float(tiny_model, tiny_int):
+def test_tiny_with_mxint4_weights_stays_within_ten_percent_of_float(tiny_model, tiny_int, tiny_mx):
     """Issue 19's accuracy bar on held-out text: MXINT4 projection weights, integer
     perplexity within 10% of float (measured +3.9% on 24 windows; int8 +0.4%)."""
-    im = build_int_model(tiny_model, weights="mxint4")
-    result = evaluate(tiny_model, im, max_windows=16, baseline=tiny_int)
+    result = evaluate(tiny_model, tiny_mx, max_windows=16, baseline=tiny_int)
     assert result.weights == "mxint4" and result.baseline_weights == "int8"
     assert result.ppl_ratio <= 1.10, result
     assert result.baseline_ppl < result.int_ppl, result

@@ -1,8 +1,9 @@
 """The matmul unit against the ISA simulator: GEMM and GEMV, NK and KN weights, int8 and
-MXINT4 weights (random exponent bytes, so also their unused high bits), accumulate, shapes that do not divide the array or the tile, row counts on both sides of
-a tile and of the array, one instruction after another on one simulation of the unit
-per hardware description. Amaranth's simulator. (The PE utilisation of both dataflows is
-measured on the Verilator model, tests/rtl/test_accelerator.py.)"""
+MXINT4 weights (random exponent bytes, so also their unused high bits), accumulate,
+shapes that do not divide the array or the tile, row counts on both sides of a tile and
+of the array, one instruction after another on one simulation of the unit per hardware
+description. Amaranth's simulator. (The PE utilisation of both dataflows is measured on
+the Verilator model, tests/rtl/test_accelerator.py.)"""
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from arch.hardware import load_hardware
 from arch.isa import MX_BLOCK, MatmulMode, WeightFormat, WeightLayout, make
 from rtl.common import RtlParams
-from rtl.matmul_unit import MatmulUnit
+from rtl.matmul_unit import MatmulUnit, tag_layout
 
 L2_BYTES = 16384
 PARAMS = {name: RtlParams(load_hardware(name).replace(l2_bytes=L2_BYTES), dram_bytes=4096)
@@ -89,3 +90,18 @@ def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulat
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
+
+
+def test_an_int8_only_unit_runs_int8_weights(l2sim):
+    """``RtlParams.mxint4 = False`` leaves the MXINT4 datapath out (no shifts in the tag):
+    int8 MATMULs in both modes still match the ISA simulator, whole L2 compared."""
+    params = RtlParams(load_hardware("edge-4x4").replace(l2_bytes=L2_BYTES), dram_bytes=4096,
+                       mxint4=False)
+    unit = MatmulUnit(params=params)
+    assert "shift" not in tag_layout(unit.geometry).members
+    rng = np.random.default_rng(3)
+    inputs = [(rng.integers(0, 256, L2_BYTES, dtype=np.uint8), matmul(*case, 0))
+              for case in (("GEMV", "NK", 3, 70, 9), ("GEMM", "NK", 21, 90, 6))]
+    results = l2sim.run_instructions(params, unit, MatmulUnit.N_PORTS, inputs)
+    for (mem, _), (rtl, expected) in zip(inputs, results, strict=True):
+        assert np.array_equal(rtl, expected) and not np.array_equal(expected, mem)

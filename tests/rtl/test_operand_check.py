@@ -4,6 +4,7 @@ odd, overlapping and in-place operands, each given the same error code. Amaranth
 simulator."""
 
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 
 from arch.hardware import load_hardware
@@ -45,7 +46,8 @@ def random_instruction(rng, mnemonic):
 def expected_code(instr, hw) -> ErrorCode:
     """The ISA simulator's code, or ``BAD_OPERAND`` first for what the RTL declares it
     does not implement on ``hw`` (``rtl.operand_check.unimplemented``)."""
-    if any(c for c, _ in unimplemented(instr.mnemonic, lambda n: getattr(instr, n), hw)):
+    if any(c for c, _ in unimplemented(instr.mnemonic, lambda n: getattr(instr, n),
+                                       RtlParams(hw, dram_bytes=4096))):
         return ErrorCode.BAD_OPERAND
     try:
         check(instr, hw, accesses(instr, hw), dram_bytes=1 << 20, index=0)
@@ -85,19 +87,22 @@ def test_operand_check_gives_the_isa_simulators_error_codes():
     assert {i.out_bits for i in instrs if i.mnemonic == "REQUANT"} == {int(b) for b in OutBits}
 
 
-def test_mxint4_on_an_array_taller_than_a_block_is_refused():
-    """An R-element chunk of the reduction must lie in one MXINT4 block: on 64 array rows
-    the RTL refuses an MXINT4 MATMUL that the ISA simulator would run, and runs the same
-    instruction with int8 weights."""
-    hw = load_hardware("edge-8x8").replace(l2_bytes=L2_BYTES, array_rows=64,
-                                           dram_bytes_per_cycle=64)
-    dut = OperandCheck(params=RtlParams(hw, dram_bytes=4096))
+@pytest.mark.parametrize("why", ["array_rows = 64", "mxint4 = False"])
+def test_mxint4_is_refused_where_the_rtl_cannot_run_it(why):
+    """An R-element chunk of the reduction must lie in one MXINT4 block, and the unit must
+    have the MXINT4 datapath: on 64 array rows, or built int8-only, the RTL refuses an
+    MXINT4 MATMUL that the ISA simulator would run, and runs it with int8 weights."""
+    hw = load_hardware("edge-8x8").replace(l2_bytes=L2_BYTES)
+    if why == "array_rows = 64":
+        params = RtlParams(hw.replace(array_rows=64, dram_bytes_per_cycle=64), dram_bytes=4096)
+    else:
+        params = RtlParams(hw, dram_bytes=4096, mxint4=False)
+    dut = OperandCheck(params=params)
     words = {fmt: make("MATMUL", mode=0, accumulate=0, w_layout=int(WeightLayout.NK),
                        w_format=int(fmt), x_addr=0, w_addr=256, e_addr=1024, out_addr=2048,
                        m=2, k=64, n=8, x_stride=64, w_stride=64, out_stride=32)
              for fmt in WeightFormat}
-    assert all(expected_code(i, load_hardware("edge-8x8").replace(l2_bytes=L2_BYTES))
-               == ErrorCode.NONE for i in words.values())
+    assert all(expected_code(i, hw) == ErrorCode.NONE for i in words.values())
     got = {}
 
     async def testbench(ctx):

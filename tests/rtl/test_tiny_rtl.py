@@ -5,17 +5,19 @@ cycle counts on the same programs against the RTL's.
 
 Two configurations: edge-8x8 with a 64 KiB L2 (the one test_accelerator.py builds, so
 one Verilator model serves both), and edge-4x4 at its 256 KiB, whose L2 moves only one
-line per cycle, as many as the DRAM, so the engines contend for it. The prompts are
-longer than the array is tall (18 tokens on edge-8x8, 6 on edge-4x4), so the prefill's
-matmuls have more rows than the array and some run as GEMM. ``python -m
-benchmarks.rtl_tiny`` runs the same check with a 6-token prompt and prints the
-figures."""
+line per cycle, as many as the DRAM, so the engines contend for it; and on edge-8x8 with
+prefetch, tiny with MXINT4 projection weights (GEMV and GEMM on packed int4 elements).
+The prompts are longer than the array is tall (18 tokens on edge-8x8, 6 on edge-4x4),
+so the prefill's matmuls have more rows than the array and some run as GEMM. ``python -m
+benchmarks.rtl_tiny`` runs the same check with a 6-token prompt and prints the figures
+(``--weights mxint4`` for MXINT4)."""
 
 import pytest
 
 from accel.ladder import compare, reference_generation
 from accel.runtime import run_build, same_dram
 from arch.hardware import load_hardware
+from arch.isa import MatmulMode, WeightFormat
 from compiler.driver import compile_generation, lm_head_chunk_sizes
 from sweeps.perf import time_build
 
@@ -27,23 +29,29 @@ HARDWARE = {"edge-8x8": load_hardware("edge-8x8").replace(l2_bytes=64 * 1024),
             "edge-4x4": load_hardware("edge-4x4")}
 
 
-@pytest.fixture(scope="module", params=[(hw, prefetch) for hw in HARDWARE
-                                        for prefetch in (True, False)],
-                ids=lambda p: f"{p[0]}-prefetch-{'on' if p[1] else 'off'}")
-def runs(request, tiny_model, tiny_int):
-    """The compiled tiny model run on the ISA simulator and on the RTL."""
-    hw_name, prefetch = request.param
+@pytest.fixture(scope="module", params=[*((hw, prefetch, "int8") for hw in HARDWARE
+                                          for prefetch in (True, False)),
+                                        ("edge-8x8", True, "mxint4")],
+                ids=lambda p: f"{p[0]}-prefetch-{'on' if p[1] else 'off'}-{p[2]}")
+def runs(request, tiny_model, tiny_int, tiny_mx):
+    """The compiled tiny model run on the ISA simulator and on the RTL, and its integer
+    model."""
+    hw_name, prefetch, weights = request.param
+    im = tiny_mx if weights == "mxint4" else tiny_int
     ids = tiny_model.tokenizer.encode(PROMPT[hw_name])
-    build = compile_generation(tiny_int.cfg, tiny_int.qm, HARDWARE[hw_name], ids, 5,
-                               prefetch=prefetch)
-    return ids, build, run_build(build, "isa"), run_build(build, "rtl")
+    build = compile_generation(im.cfg, im.qm, HARDWARE[hw_name], ids, 5, prefetch=prefetch)
+    assert build.weights == weights
+    if weights == "mxint4":                 # both dataflows on MXINT4 weights
+        assert {MatmulMode(i.mode) for p in build.programs for i in p.instrs
+                if i.mnemonic == "MATMUL" and i.w_format == WeightFormat.MXINT4} == set(MatmulMode)
+    return ids, build, run_build(build, "isa"), run_build(build, "rtl"), im
 
 
-def test_tiny_is_bit_exact_on_the_rtl(runs, tiny_int):
-    ids, build, isa, rtl = runs
+def test_tiny_is_bit_exact_on_the_rtl(runs):
+    ids, build, isa, rtl, im = runs
     verdict = same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)
     assert verdict["bit_exact"] and verdict["l2_bytes_compared"] == build.hw.l2_bytes, verdict
-    ref = compare(rtl, reference_generation(tiny_int, ids, 5))
+    ref = compare(rtl, reference_generation(im, ids, 5))
     assert ref["bit_exact"] and ref["tokens_compared"] == 5, ref
     assert list(rtl.counters) == [p.name for p in build.programs]
     for name, counters in rtl.counters.items():
@@ -69,7 +77,7 @@ BUSY = ("load_busy", "compute_busy", "store_busy", "dram_busy_cycles")
 def test_performance_model_agrees_with_the_rtl(runs):
     """The perf rung: every program's cycle count within 5% of the RTL's, and the engines'
     and the DRAM's busy cycles within 5% except for the gaps named in ``KNOWN_GAPS``."""
-    _, build, _, rtl = runs
+    _, build, _, rtl, _ = runs
     hw_name, prefetch = build.hw.name, build.prefetch
     timing = time_build(build)
     checked = set(BUSY) - KNOWN_GAPS.get((hw_name, prefetch), set())
