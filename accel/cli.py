@@ -224,9 +224,6 @@ def _print_perf(build) -> int:
     print(f"performance model: {build.cfg.name} on {build.hw.name} "
           f"(prefetch {'on' if build.prefetch else 'off'}, {build.hw.clock_hz / 1e9:g} GHz, "
           f"{build.weights} weights)")
-    if build.weights != "int8":
-        print(f"  {build.weights} MATMULs are timed as the design's target: the RTL does not "
-              "implement them yet, so no RTL run has checked these cycles (docs/perf.md)")
     _print_counters({name: t.counters() for name, t in timing.programs.items()})
     if not any(p.kind == "prefill" for p in build.programs):     # a lone decode step
         print(f"one decode step: {timing.tpot_s * 1e6:,.1f} us, "

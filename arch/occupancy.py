@@ -350,11 +350,12 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     accumulates in the other half, whose own first block waits for the group before
     last to have been written back.
 
-    MXINT4 weights (``w_format``) are timed as the unit would run them unpacked at the
-    filler with the block shift at the accumulator: the weight reader moves the packed
-    bytes (half the int8 bytes) and each row's block exponents, and the array's cycles
-    are those of int8. The RTL does not implement MXINT4 yet (``rtl/operand_check.py``),
-    so these figures are the design's target, not a fit to it."""
+    MXINT4 weights (``w_format``) are timed as the unit runs them (packed in the tile
+    buffers, unpacked by the feeder, shifted at the accumulator): the weight reader moves
+    the packed bytes (half the int8 bytes) and then each row's block exponents, and the
+    array's cycles are those of int8. No constant was read off an MXINT4 run (all are
+    int8's); the agreement with the RTL on MXINT4 programs is out of sample
+    (tests/rtl/test_tiny_rtl.py, ``benchmarks.rtl_tiny --weights mxint4``)."""
     f = _fields(instr)
     W, R = hw.line_bytes, hw.array_rows
     out_bytes = instr.spec.field("out_addr").elem_bytes         # int32 results

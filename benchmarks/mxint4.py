@@ -1,8 +1,10 @@
 """MXINT4 weights against int8: accuracy on the held-out text, decode speed of a 1B-class
-model, and area efficiency on the hybrid array paper's two workloads::
+model, area efficiency on the hybrid array paper's two workloads, and what the MXINT4
+datapath costs the matmul unit in synthesis::
 
-    python -m benchmarks.mxint4                       # everything (~5 min)
+    python -m benchmarks.mxint4                       # everything (~15 min: two Yosys runs)
     python -m benchmarks.mxint4 --only accuracy --windows 64
+    python -m benchmarks.mxint4 --only synthesis --hw edge-8x8
 
 1. ``accuracy``: for every trained model (tiny, tiny-bpe), float, int8 and MXINT4
    perplexity on the held-out windows, and the MXINT4 model's next-token top-1 agreement
@@ -12,12 +14,19 @@ model, and area efficiency on the hybrid array paper's two workloads::
    (``sweeps.perf``) and the fast path (``sweeps.analytic``): DRAM bytes per token,
    cycles, tokens/s, the fraction of the DRAM's bandwidth used (bytes / (bytes per cycle x
    cycles)), the load and compute engines' busy fractions and the MATMULs' cycles (each
-   timed alone), and the speedup of MXINT4. The RTL does not run MXINT4 yet: no RTL
-   column.
+   timed alone), and the speedup of MXINT4. (On the RTL: ``python -m benchmarks.rtl_tiny
+   --weights mxint4``, tiny; no 1B-class layer runs on the RTL yet.)
 3. ``area``: the sweep's evaluation (``sweeps.runner.evaluate_group``: fast path and cost
    model, 16 nm) of LISO (1024 in, 128 out) and SILO (128 in, 1024 out) at the same
    point: tokens/s, the die's area and its parts, and tokens/s/mm² over the whole die and
    over its logic alone, beside the paper's 247 / 117 (arXiv 2507.09010, abstract).
+4. ``synthesis``: Yosys statistics (``rtl.stats``, gate equivalents and flip-flop bits) of
+   the accelerator built with the matmul unit's MXINT4 datapath and without it
+   (``RtlParams.mxint4``): the matmul unit, its parts, the array and the whole
+   accelerator. The PEs are the same in both (an MXINT4 element is sign-extended into the
+   int8 multiplier); the datapath adds the nibble selection in the feeder, the block
+   shifts' registers, their ``3 C`` bits in each row's tag through the array, and the
+   accumulator's shifters.
 """
 
 from __future__ import annotations
@@ -109,10 +118,36 @@ def area() -> list[dict]:
     return rows
 
 
+def synthesis(hw_name: str) -> list[dict]:
+    from arch.hardware import load_hardware
+    from rtl.common import DEFAULT_DRAM_BYTES, RtlParams
+    from rtl.stats import synth_stats
+
+    hw = load_hardware(hw_name)
+    rows = []
+    for mx in (False, True):
+        stats = synth_stats(RtlParams(hw, DEFAULT_DRAM_BYTES, macros=True, mxint4=mx))
+        parts = {path.removeprefix("compute."): v for path, v in stats["modules"].items()
+                 if path == "compute.matmul" or path.startswith("compute.matmul.")}
+        rows.append({"bench": "mxint4", "part": "synthesis", "hw": hw.name,
+                     "matmul_unit": "int8 + mxint4" if mx else "int8 only",
+                     "gate_equivalents": {k: v["gate_equivalents"] for k, v in parts.items()},
+                     "flip_flop_bits": {k: v["flip_flop_bits"] for k, v in parts.items()},
+                     "accelerator_gate_equivalents": stats["total"]["gate_equivalents"]})
+    base, mx = (r["gate_equivalents"]["matmul"] for r in rows)
+    rows[1]["matmul_unit_increase"] = round(mx / base - 1, 4)
+    rows[1]["accelerator_increase"] = round(rows[1]["accelerator_gate_equivalents"]
+                                            / rows[0]["accelerator_gate_equivalents"] - 1, 4)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mxint4",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("accuracy", "speed", "area"), default=None)
+    parser.add_argument("--only", choices=("accuracy", "speed", "area", "synthesis"),
+                        default=None)
+    parser.add_argument("--hw", default=SPEED_HW,
+                        help=f"hardware of the synthesis part (default {SPEED_HW})")
     parser.add_argument("--model", action="append", default=None,
                         help="a trained model for the accuracy part (repeatable; default: "
                              "tiny and tiny-bpe)")
@@ -121,7 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     rows = []
     parts = {"accuracy": lambda: accuracy(args.model or ["tiny", "tiny-bpe"], args.windows),
-             "speed": speed, "area": area}
+             "speed": speed, "area": area, "synthesis": lambda: synthesis(args.hw)}
     for name, part in parts.items():
         if args.only in (None, name):
             for row in part():

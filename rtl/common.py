@@ -48,7 +48,7 @@ class RtlParams:
     dram_bytes: int            # capacity of the simulated DRAM
     macros: bool = False       # large memories as SRAM macro models (Verilator builds)
     # the matmul unit's MXINT4 datapath; False gives an int8-only unit (for its area:
-    # ``benchmarks.mxint4 --only area``), which refuses MXINT4 MATMULs (BAD_OPERAND)
+    # ``benchmarks.mxint4 --only synthesis``), which refuses MXINT4 MATMULs (BAD_OPERAND)
     mxint4: bool = True
 
     def __post_init__(self):

@@ -14,7 +14,7 @@ accumulator by the block's exponent byte (its low ``MX_SHIFT_BITS``). The array'
 must not exceed ``MX_BLOCK`` (so each ``R``-element chunk lies in one block;
 ``rtl.operand_check.unimplemented`` refuses MXINT4 on taller arrays). With
 ``RtlParams.mxint4 = False`` the MXINT4 datapath is left out (an int8-only unit, whose
-area ``benchmarks.mxint4 --only area`` compares; the operand check then refuses MXINT4).
+area ``benchmarks.mxint4 --only synthesis`` compares; the operand check then refuses MXINT4).
 
 The product is computed in *tiles* of ``mt`` rows of x, ``C`` output channels and ``KT``
 bytes of the reduction, ``kt`` fastest, then ``n``, then ``m``; the tiles of one

@@ -28,6 +28,7 @@ from compiler.pipeline import schedule
 from compiler.schedule import dependencies, hoist, insert_tokens, program_accesses
 from compiler.semantics import AcceleratorError, accesses, check
 from compiler.verify import verify_schedule
+from models.numerics import mx_blocks
 from rtl.sim import run_job
 
 DRAM_BYTES = 1 << 20
@@ -58,11 +59,14 @@ def _random_compute(rng, hw):
         gemv = bool(rng.integers(0, 2))
         m = int(rng.integers(1, 6 * hw.array_rows))
         k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 40)), int(rng.integers(0, 2))
+        mx = not kn and bool(rng.integers(0, 2))        # MXINT4 weights: NK, packed
         x_addr, x_stride = place(m, k)
-        w_addr, w_stride = place(k, n) if kn else place(n, k)
+        w_addr, w_stride = place(k, n) if kn else place(n, (k + 1) // 2 if mx else k)
+        blocks = mx_blocks(k)
+        e_addr, _ = place(n, blocks, blocks) if mx else (0, 0)
         out_addr, out_stride = place(m, 4 * n)
         return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
-                    w_format=0, e_addr=0,
+                    w_format=int(mx), e_addr=e_addr,
                     x_addr=x_addr, w_addr=w_addr, out_addr=out_addr, m=m, k=k, n=n,
                     x_stride=x_stride, w_stride=w_stride, out_stride=out_stride)
     rows, cols = int(rng.integers(1, 5)), int(rng.integers(1, 90))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import INSTR_BYTES, Engine, ErrorCode, MatmulMode, make
+from arch.isa import INSTR_BYTES, MX_BLOCK, Engine, ErrorCode, MatmulMode, make
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap
 from compiler.isasim import IsaSimulator
@@ -62,6 +62,7 @@ def test_random_programs_with_compute_match_the_isa_simulator(model, seed):
     hw = model.params.hw
     image, program = random_dma_program(np.random.default_rng(seed), hw, 40, compute=True)
     assert sum(i.engine == Engine.COMPUTE for i in program) >= 10
+    assert any(i.mnemonic == "MATMUL" and i.w_format for i in program)     # MXINT4 too
     isa = IsaSimulator(hw, image.data)
     counters = isa.run(program)
     result = run_job(model, image.data, [("p", image.mmap["program"].offset)],
@@ -89,23 +90,28 @@ def test_random_legal_programs_with_random_tokens_never_deadlock(model, seed):
 
 
 def random_matmul(rng, hw, gemv: bool):
-    """A MATMUL of random shape (edges that do not divide the array) on L2 bytes."""
+    """A MATMUL of random shape (edges that do not divide the array) on L2 bytes, its
+    weights int8 (NK or KN) or MXINT4 (NK; the exponents after the weights)."""
     l2 = hw.l2_bytes // 4
     m = int(rng.integers(1, 5 * hw.array_rows))
     k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 50)), int(rng.integers(0, 2))
-    w_rows, w_bytes = (k, n) if kn else (n, k)
+    mx = not kn and bool(rng.integers(0, 2))
+    w_rows, w_bytes = (k, n) if kn else (n, (k + 1) // 2 if mx else k)
+    e_bytes = n * -(-k // MX_BLOCK) if mx else 0
+    w_addr = l2 + int(rng.integers(0, l2 - w_rows * w_bytes - e_bytes))
     return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
-                w_format=0, e_addr=0,
+                w_format=int(mx), e_addr=w_addr + w_rows * w_bytes if mx else 0,
                 x_addr=int(rng.integers(0, l2 - m * k)), x_stride=k,
-                w_addr=l2 + int(rng.integers(0, l2 - w_rows * w_bytes)), w_stride=w_bytes,
+                w_addr=w_addr, w_stride=w_bytes,
                 out_addr=2 * l2 + int(rng.integers(0, l2 - 4 * m * n)), out_stride=4 * n,
                 m=m, k=k, n=n)
 
 
 @pytest.mark.parametrize("seed", [20, 21])
 def test_performance_model_times_random_matmul_programs(model, seed):
-    """Random GEMM and GEMV programs, with weight loads between them and tokens from the
-    scheduler: the performance model's cycles within 5% of the RTL's."""
+    """Random GEMM and GEMV programs (int8 and MXINT4 weights), with weight loads between
+    them and tokens from the scheduler: the performance model's cycles within 5% of the
+    RTL's."""
     from compiler.asm import encode_program
     from sweeps.perf import time_program
 
@@ -130,6 +136,7 @@ def test_performance_model_times_random_matmul_programs(model, seed):
         programs.append(program)
         entries.append((f"p{p}", base + len(raw)))
         raw += encode_program(program)
+    assert {i.w_format for p in programs for i in p if i.mnemonic == "MATMUL"} == {0, 1}
     dram = np.zeros(DRAM_BYTES, np.uint8)
     dram[:image.data.size] = image.data
     dram[base:base + len(raw)] = np.frombuffer(bytes(raw), np.uint8)
