@@ -13,6 +13,7 @@ from benchmarks import (
     quant_ablation,
     rtl_dma,
     rtl_gemm,
+    rtl_layer_decode,
     rtl_overlap,
     rtl_prefill,
     rtl_tiny,
@@ -36,6 +37,7 @@ def main() -> None:
     sweep_speed.main([])
     fuzz_builds.main([])
     fuzz_programs.main([])
+    rtl_layer_decode.main([])
     rtl_prefill.main([])          # the longest: a 128-token prefill of a 2048-wide layer
 
 
