@@ -54,8 +54,10 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8"):
     ``args``, also the prompt's token ids, read before the integer model is calibrated so
     that a bad prompt is refused at once."""
     from models.evaluate import build_int_model
-    from models.zoo import load_model
+    from models.integer import check_weight_format
+    from models.zoo import load_model, model_config
 
+    check_weight_format(model_config(model), weights)     # before loading the weights
     loaded = load_model(model)
     if args is None:
         return loaded, build_int_model(loaded, weights=weights)

@@ -116,10 +116,12 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     from arch.hardware import load_hardware
     from compiler.driver import compile_generation
     from models.evaluate import build_int_model, evaluate
-    from models.zoo import check_prompt_ids, load_model
+    from models.integer import check_weight_format
+    from models.zoo import check_prompt_ids, load_model, model_config
 
     if prompt is not None and not prompt:
         raise ValueError("the prompt is empty")
+    check_weight_format(model_config(model), weights)     # before loading the weights
     loaded = load_model(model)
     if isinstance(prompt, str) and loaded.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer.json to read a text prompt; give token ids "

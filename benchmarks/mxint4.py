@@ -14,8 +14,9 @@ datapath costs the matmul unit in synthesis::
    (``sweeps.perf``) and the fast path (``sweeps.analytic``): DRAM bytes per token,
    cycles, tokens/s, the fraction of the DRAM's bandwidth used (bytes / (bytes per cycle x
    cycles)), the load and compute engines' busy fractions and the MATMULs' cycles (each
-   timed alone), and the speedup of MXINT4. (On the RTL: ``python -m benchmarks.rtl_tiny
-   --weights mxint4``, tiny; no 1B-class layer runs on the RTL yet.)
+   timed alone), and the speedup of MXINT4. (On the RTL: ``python -m
+   benchmarks.rtl_layer_decode``, a 1.3B-wide layer, and ``python -m benchmarks.rtl_tiny
+   --weights mxint4``.)
 3. ``area``: the sweep's evaluation (``sweeps.runner.evaluate_group``: fast path and cost
    model, 16 nm) of LISO (1024 in, 128 out) and SILO (128 in, 1024 out) at the same
    point: tokens/s, the die's area and its parts, and tokens/s/mm² over the whole die and

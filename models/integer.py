@@ -189,6 +189,13 @@ def check_weight_format(cfg: ModelConfig, weights: str) -> None:
                                  "exactly in int32")
 
 
+def matrix_bytes(n: int, k: int, weights: str = "int8") -> int:
+    """Bytes of one ``[n, k]`` weight matrix (``k`` the reduction) in format ``weights``:
+    ``n * k`` for int8, ``n * (ceil(k / 2) + ceil(k / 32))`` for MXINT4 (packed elements
+    and one exponent byte per block of 32)."""
+    return n * ((k + 1) // 2 + N.mx_blocks(k)) if weights == "mxint4" else n * k
+
+
 def weight_bytes(cfg: ModelConfig, weights: str = "int8") -> int:
     """Bytes of the model's parameters at a byte each (``cfg.n_params``), the decoder
     layers' projection weights (the ones ``quantize`` stores in ``weights``) at
@@ -196,9 +203,8 @@ def weight_bytes(cfg: ModelConfig, weights: str = "int8") -> int:
     and one E8M0 exponent per block of 32). What the sweeps size the DRAM by."""
     check_weight_format(cfg, weights)
     total = cfg.n_params
-    if weights == "mxint4":
-        for n, k in projection_shapes(cfg).values():
-            total -= n * k - n * ((k + 1) // 2 + N.mx_blocks(k))
+    for n, k in projection_shapes(cfg).values():
+        total -= n * k - matrix_bytes(n, k, weights)
     return total
 
 

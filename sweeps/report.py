@@ -237,6 +237,14 @@ def write_report(out: str | Path) -> dict:
     return findings
 
 
+def matmul_intensity(m: int, k: int, n: int, weights: str = "int8") -> float:
+    """MACs per DRAM byte of an ``m x k x n`` matmul reading its ``[n, k]`` weights in
+    format ``weights`` (``integer.matrix_bytes``) and int8 activations in and out."""
+    from models.integer import matrix_bytes
+
+    return m * k * n / (matrix_bytes(n, k, weights) + m * (k + n))
+
+
 def _roofline(row: dict, out: Path) -> None:
     """The roofline of a point's hardware, with the model's matmuls of a decode step and
     of a prefill placed at their intensity (MACs per DRAM byte) and attainable rate."""
@@ -260,7 +268,9 @@ def _roofline(row: dict, out: Path) -> None:
     for phase, rows_ in (("decode", 1), (f"prefill ({chunk}-token chunks)", chunk)):
         for name, (k, n) in ops.items():
             m = 1 if name == "lm_head" else rows_
-            intensity = m * k * n / (k * n + m * (k + n))      # weights + activations
+            # the projections in the point's weight format, the LM head int8
+            fmt = "int8" if name == "lm_head" else row.get("weights", "int8")
+            intensity = matmul_intensity(m, k, n, fmt)
             ax.plot([intensity], [min(peak, bw * intensity)], "o" if phase == "decode"
                     else "s", label=f"{phase} {name}")
     achieved = cfg.n_params / max(1, row["decode_step_cycles"])     # ~one MAC per weight
@@ -361,7 +371,8 @@ def _spec_summary(rows, group_keys) -> str:
     sizes = sorted({r["l2_bytes"] for r in rows})
     varied = [f"L2 {size_label(sizes[0])} to {size_label(sizes[-1])}"] + [
         k for k in group_keys if k not in ("model", "hw", "array", "node")]
-    return ", ".join(fixed) + "; varied: " + ", ".join(varied + ["prefetch on/off"])
+    prefetch = ["prefetch on/off"] if len({r["prefetch"] for r in rows}) > 1 else []
+    return ", ".join(fixed) + "; varied: " + ", ".join(varied + prefetch)
 
 
 STYLE = """

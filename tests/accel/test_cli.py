@@ -52,6 +52,8 @@ def test_eval_json_reports_both_perplexities(capsys):
      "--weights mxint4 is the integer model's; --numerics float"),
     (["compile", "--model", "llama-3-8b", "--no-weights", "--weights", "mxint4"],
      "llama-3-8b model.layers.0.mlp.down_proj.weight: reduction length 14336 exceeds 8192"),
+    (["eval", "--model", "llama-3-8b", "--weights", "mxint4"],     # before loading 8B weights
+     "llama-3-8b model.layers.0.mlp.down_proj.weight: reduction length 14336 exceeds 8192"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)

@@ -11,7 +11,7 @@ import pytest
 
 from arch.hardware import load_hardware
 from sweeps import cost as C
-from sweeps.report import FIGURES, write_report
+from sweeps.report import FIGURES, _spec_summary, matmul_intensity, write_report
 from sweeps.runner import finished_keys, run_sweep
 from sweeps.spec import SpecError, load_spec
 
@@ -336,3 +336,17 @@ def test_bad_folders_and_records_are_refused_by_name(sweep, tmp_path):
     (broken / "sweep.json").unlink()
     with pytest.raises(ReportError, match="sweep.json: missing"):
         load_results(broken)
+
+
+def test_report_roofline_and_summary_know_the_weights_and_the_fixed_settings():
+    """The roofline places MXINT4 projections by their 4.25-bit weights (a decode GEMV
+    reads 17/32 of int8's bytes: ~1.88x the intensity), and the summary names prefetch as
+    varied only when it was."""
+    int8, mx = (matmul_intensity(1, 2048, 2048, w) for w in ("int8", "mxint4"))
+    assert 1.87 < mx / int8 < 1.89
+    assert matmul_intensity(128, 2048, 2048, "mxint4") > matmul_intensity(128, 2048, 2048)
+    rows = [{"model": "tiny", "hw": "edge-8x8", "l2_bytes": b, "prefetch": True}
+            for b in (1 << 16, 1 << 20)]
+    assert "prefetch" not in _spec_summary(rows, [])
+    rows[1]["prefetch"] = False
+    assert _spec_summary(rows, []).endswith("prefetch on/off")
