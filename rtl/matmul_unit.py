@@ -553,20 +553,7 @@ class Feeder(wiring.Component):
         if g.mx:
             m.d.sync += tag.shift.eq(Mux(mx, self.e_read.shifts.as_value(), 0))
         m.d.comb += self.feed.tag.eq(tag)
-        x_chunk = self.x_read.data.word_select(x_word, 8 * R)
-        for r in range(R):
-            m.d.comb += self.feed.x[r].eq(x_chunk.word_select(r, 8))
-        # Weights: an int8 byte, or an MXINT4 nibble (element e of a line in byte e // 2,
-        # the low nibble first) sign-extended: the PEs multiply int8 x int8 either way.
-        for c in range(C):
-            data_c = getattr(self.w_read, f"c{c}").data
-            m.d.comb += self.load.w[c].eq(_if_mx(mx, _sext4(data_c.word_select(load_elem, 4)),
-                                                 data_c.word_select(load_elem[:log2(W)], 8)))
-            w_int8 = data_c.word_select(x_word, 8 * R)
-            w_mx = data_c.word_select(w_word, 4 * R)
-            for r in range(R):
-                m.d.comb += self.feed.w_block[r][c].eq(
-                    _if_mx(mx, _sext4(w_mx.word_select(r, 4)), w_int8.word_select(r, 8)))
+        self._operands(m, mx, x_word, w_word, load_elem)
 
         with m.If(self.start):
             m.d.sync += [running.eq(1), ahead.eq(0), l_busy.eq(0), s_busy.eq(0),
@@ -577,6 +564,27 @@ class Feeder(wiring.Component):
             m.d.sync += running.eq(0)
         m.d.comb += self.idle.eq(~running)
         return m
+
+
+    def _operands(self, m, mx, x_word, w_word, load_elem) -> None:
+        """The array's operands from the buffers' read data: the x row's ``R`` bytes
+        (word ``x_word`` of its line), and each column's weights, an int8 byte or an
+        MXINT4 nibble (element ``e`` of a line in byte ``e // 2``, the low nibble first)
+        sign-extended (the PEs multiply int8 x int8 either way): GEMV's ``R`` of word
+        ``x_word`` (``w_word`` for MXINT4), GEMM's load of element ``load_elem``."""
+        W, R = self.g.W, self.g.R
+        x_chunk = self.x_read.data.word_select(x_word, 8 * R)
+        for r in range(R):
+            m.d.comb += self.feed.x[r].eq(x_chunk.word_select(r, 8))
+        for c in range(self.g.C):
+            data_c = getattr(self.w_read, f"c{c}").data
+            m.d.comb += self.load.w[c].eq(_if_mx(mx, _sext4(data_c.word_select(load_elem, 4)),
+                                                 data_c.word_select(load_elem[:log2(W)], 8)))
+            w_int8 = data_c.word_select(x_word, 8 * R)
+            w_mx = data_c.word_select(w_word, 4 * R)
+            for r in range(R):
+                m.d.comb += self.feed.w_block[r][c].eq(
+                    _if_mx(mx, _sext4(w_mx.word_select(r, 4)), w_int8.word_select(r, 8)))
 
 
 def _acc_read_signature(g: Geometry) -> wiring.Signature:
