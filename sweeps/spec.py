@@ -193,6 +193,9 @@ def load_spec(path: str | Path) -> Spec:
         if name not in SETTINGS and name not in HW_FIELDS:
             fail_at(name, "axes", f"unknown axis {name!r} (axes: any hardware field — "
                     f"{', '.join(sorted(HW_FIELDS))} — or {', '.join(SETTINGS)})")
+        if name in data.get("fixed", {}):
+            fail_at(name, "axes", f"{name} is both fixed and an axis: give it in one of "
+                    "[fixed] and [axes]")
         axes[name] = _expand(name, value,
                              lambda m, name=name: fail_at(name, "axes", f"axis {name}: {m}"))
     spec = Spec(path, sampling, samples, sweep.get("seed", 0), fixed, workloads, axes)

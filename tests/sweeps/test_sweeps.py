@@ -55,6 +55,8 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     (("factor = 2 }", "factor = 2 }\nlink_gbytes_per_s = [0.0]"), 15,
      "link_gbytes_per_s must be positive"),
     (("prefetch = [true, false]", "prefetch = [true, true]"), 15, "the value True appears twice"),
+    (('node = "16nm"', 'node = "16nm"\nprefetch = true'), 16,
+     "prefetch is both fixed and an axis"),
     (("factor = 2 }", "factor = 2 }\nclock_hz = { range = [1, 100000000000, 1] }"), 15,
      "100,000,000,000 values (a sweep takes at most 100,000 points)"),
     # points that cannot run: found before any runs
