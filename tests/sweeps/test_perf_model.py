@@ -95,17 +95,18 @@ def test_refusals():
 
 
 def test_prefill_has_no_cliff(tiny_model):
-    """tiny on edge-8x8, prompts of 1 to 64 tokens, timed by the instruction-level model:
+    """tiny on edge-8x8, prompts of 1 to 40 tokens (five array heights, past the GEMM
+    tile's 32 rows), timed by the instruction-level model:
     the prefill cycles per prompt token never rise by more than 5% when the prompt grows
     by one token (each matmul runs in the dataflow the occupancy model times faster, so
     no row count tips a matmul into a slow one)."""
     cfg = tiny_model.cfg        # its shapes: the cycles do not depend on the weights' values
     hw = load_hardware("edge-8x8")
     per_token = {}
-    for n in range(1, 65):
+    for n in range(1, 41):
         build = compile_step(cfg, quant_struct(cfg), hw, 0, n)
         per_token[n] = time_program(build.programs[0].instrs, hw).cycles / n
-    rises = {n + 1: per_token[n + 1] / per_token[n] for n in range(1, 64)}
+    rises = {n + 1: per_token[n + 1] / per_token[n] for n in range(1, 40)}
     worst = max(rises, key=rises.get)
     assert rises[worst] <= 1.05, (worst, per_token[worst - 1], per_token[worst])
 
