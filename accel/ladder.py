@@ -122,15 +122,15 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     if prompt is not None and not prompt:
         raise ValueError("the prompt is empty")
     check_weight_format(model_config(model), weights)     # before loading the weights
+    hw = load_hardware(hw_spec)
+    refusal = weights_refusal(rtl_params(hw), weights) if rtl else None
+    if refusal:
+        raise ValueError(f"--rtl: {refusal} (rungs 1 and 2 run without --rtl)")
     loaded = load_model(model)
     if isinstance(prompt, str) and loaded.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer.json to read a text prompt; give token ids "
                          f"(--prompt-ids)")
     im = build_int_model(loaded, weights=weights)
-    hw = load_hardware(hw_spec)
-    refusal = weights_refusal(rtl_params(hw), weights) if rtl else None
-    if refusal:
-        raise ValueError(f"--rtl: {refusal} (rungs 1 and 2 run without --rtl)")
     report: dict = {"model": loaded.cfg.name, "hardware": hw.name, "weights": weights}
     if loaded.tokenizer is not None:
         ev = evaluate(loaded, im, max_windows=eval_windows)
