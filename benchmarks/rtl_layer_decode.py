@@ -19,7 +19,6 @@ cycles`` (not ``dram_busy_cycles``, which counts accepted lines)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 PROMPT_TOKENS, NEW_TOKENS = 6, 3
@@ -31,16 +30,13 @@ def run(hw_name: str, weights: str) -> dict:
     from accel.ladder import compare, reference_generation
     from accel.runtime import run_build, same_dram
     from arch.hardware import load_hardware
+    from benchmarks.rtl_prefill import layer_model
     from compiler.driver import compile_generation
-    from models.config import preset
     from models.evaluate import build_int_model
-    from models.reference import init_params
-    from models.zoo import LoadedModel
     from sweeps.perf import time_build
 
-    cfg = dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=1, vocab_size=65,
-                              name="sheared-llama-1.3b-width-1l")
-    loaded = LoadedModel(cfg, init_params(cfg, 0), None, "random init (seed 0)")
+    loaded = layer_model(1)
+    cfg = loaded.cfg
     im = build_int_model(loaded, weights=weights)
     hw = load_hardware(hw_name)
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, cfg.vocab_size,

@@ -35,6 +35,18 @@ def projection_matmuls(instrs) -> list:
     return out
 
 
+def layer_model(layers: int = 1):
+    """``layers`` decoder layers of Sheared-LLaMA-1.3B's width, deterministic random
+    weights (seed 0), a 65-token vocabulary: a ``LoadedModel``."""
+    from models.config import preset
+    from models.reference import init_params
+    from models.zoo import LoadedModel
+
+    cfg = dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=layers, vocab_size=65,
+                              name=f"sheared-llama-1.3b-width-{layers}l")
+    return LoadedModel(cfg, init_params(cfg, 0), None, "random init (seed 0)")
+
+
 def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     import numpy as np
 
@@ -45,17 +57,13 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     from compiler.asm import encode_program
     from compiler.driver import compile_generation
     from compiler.isasim import IsaSimulator
-    from models.config import preset
     from models.evaluate import build_int_model
-    from models.reference import init_params
-    from models.zoo import LoadedModel
     from rtl.common import rtl_dram_bytes, rtl_params
     from rtl.sim import build_model, run_job
     from sweeps.perf import time_program
 
-    cfg = dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=layers, vocab_size=65,
-                              name=f"sheared-llama-1.3b-width-{layers}l")
-    loaded = LoadedModel(cfg, init_params(cfg, 0), None, "random init (seed 0)")
+    loaded = layer_model(layers)
+    cfg = loaded.cfg
     im = build_int_model(loaded)
     hw = load_hardware(hw_name)
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, cfg.vocab_size, tokens)]

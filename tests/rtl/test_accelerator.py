@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import INSTR_BYTES, MX_BLOCK, Engine, ErrorCode, MatmulMode, make
+from arch.isa import INSTR_BYTES, Engine, ErrorCode, MatmulMode, make
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap
 from compiler.isasim import IsaSimulator
 from compiler.pipeline import schedule
+from models.numerics import mx_blocks
 from rtl.common import RtlParams
 from rtl.random_programs import DRAM_BYTES, random_dma_program, run_random_programs
 from rtl.sim import build_model, run_job
@@ -97,7 +98,7 @@ def random_matmul(rng, hw, gemv: bool):
     k, n, kn = int(rng.integers(1, 300)), int(rng.integers(1, 50)), int(rng.integers(0, 2))
     mx = not kn and bool(rng.integers(0, 2))
     w_rows, w_bytes = (k, n) if kn else (n, (k + 1) // 2 if mx else k)
-    e_bytes = n * -(-k // MX_BLOCK) if mx else 0
+    e_bytes = n * mx_blocks(k) if mx else 0
     w_addr = l2 + int(rng.integers(0, l2 - w_rows * w_bytes - e_bytes))
     return make("MATMUL", mode=int(gemv), accumulate=int(rng.integers(0, 2)), w_layout=kn,
                 w_format=int(mx), e_addr=w_addr + w_rows * w_bytes if mx else 0,

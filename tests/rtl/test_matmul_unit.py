@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import MX_BLOCK, MatmulMode, WeightFormat, WeightLayout, make
+from arch.isa import MatmulMode, WeightFormat, WeightLayout, make
+from models.numerics import mx_blocks
 from rtl.common import RtlParams
 from rtl.matmul_unit import MatmulUnit, tag_layout
 
@@ -27,7 +28,7 @@ def matmul(mode, layout, m, k, n, accumulate, weights="int8", x_addr=7, l2_bytes
     w_addr = x_addr + m * x_stride + 13
     w_stride = ((w_cols + 1) // 2 if mx else w_cols) + 3
     e_addr = w_addr + w_rows * w_stride + 5
-    out_addr = e_addr + (n * -(-k // MX_BLOCK) if mx else 0) + 9
+    out_addr = e_addr + (n * mx_blocks(k) if mx else 0) + 9
     out_stride = 4 * n + 12
     assert out_addr + m * out_stride < l2_bytes
     return make("MATMUL", mode=int(MatmulMode[mode]), accumulate=accumulate,
