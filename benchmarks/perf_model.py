@@ -53,9 +53,7 @@ def fast() -> list[dict]:
     rows = []
     for name in ("sheared-llama-1.3b", "llama-3.2-1b", "tinyllama-1.1b", "qwen2.5-0.5b"):
         cfg = preset(name)
-        analytic._layer_tiles.cache_clear()
-        analytic._head_tiles.cache_clear()
-        analytic._matmul_tiles.cache_clear()
+        analytic.clear_caches()
         t0 = time.perf_counter()
         step = analytic.decode_step(cfg, hw, 511)
         seconds = time.perf_counter() - t0

@@ -208,6 +208,90 @@ def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int,
     return nt, max(1, tile_bytes // nt)
 
 
+def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, cols: int,
+                 mxint4: bool = False) -> list[tuple[int, int, int, int]]:
+    """``(n0, n, k0, k)`` of each weight tile of an ``n_total x k_total`` matmul in the
+    order the back end streams them (output channels outer, the reduction inner), of the
+    size ``matmul_tiling`` picks."""
+    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, cols, mxint4)
+    return [(n0, min(nt, n_total - n0), k0, min(kt, k_total - k0))
+            for n0 in range(0, n_total, nt) for k0 in range(0, k_total, kt)]
+
+
+def column_chunk_plan(cols: int, words_per_col: int, per_channel: bool, tile_bytes: int,
+                      extra_per_col: int = 0) -> list[tuple[int, int]]:
+    """``(c0, c)`` column chunks of a vector operation with parameter words: with a word
+    set per channel (``per_channel``), as many columns as their ``4 * words_per_col``
+    bytes and ``extra_per_col`` staged bytes more fit a staging tile; else one chunk."""
+    per_col = 4 * words_per_col + extra_per_col
+    chunk = max(1, min(cols, tile_bytes // per_col)) if per_channel else cols
+    return [(c0, min(chunk, cols - c0)) for c0 in range(0, cols, chunk)]
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How one layer's attention over ``rows`` query tokens at ``start`` is split:
+    ``chunks``, ``(first token, tokens)`` of the past keys and values fetched per
+    ``KV_PREFETCH`` (each as large as a staging tile allows); ``batches``,
+    ``(first head, heads)`` of a KV head's query heads taken as the rows of one matmul
+    (all of a group's heads up to the array's rows in decode, one head in prefill);
+    ``blocks``, ``[r0, r1)`` causal blocks of the query rows (``causal_blocks``)."""
+
+    chunks: tuple[tuple[int, int], ...]
+    batches: tuple[tuple[int, int], ...]
+    blocks: tuple[tuple[int, int], ...]
+
+
+def attention_plan(rows: int, start: int, cfg: ModelConfig, hw: HardwareConfig,
+                   tile_bytes: int) -> AttentionPlan:
+    hd, G = cfg.head_dim, cfg.group_size
+    chunk = max(1, min(start, tile_bytes // hd)) if start else 0
+    chunks = tuple((c0, min(chunk, start - c0)) for c0 in range(0, start, chunk)) if start else ()
+    if rows == 1:
+        batches = tuple((g0, min(hw.array_rows, G - g0)) for g0 in range(0, G, hw.array_rows))
+    else:
+        batches = tuple((g, 1) for g in range(G))
+    return AttentionPlan(chunks, batches, tuple(causal_blocks(rows, hw)))
+
+
+@dataclass(frozen=True)
+class L2Plan:
+    """A program's L2: the RoPE table in ``[0, freq_bytes)``, the activations up to
+    ``act_end``, the staging ring ``[ring_base, l2_bytes)`` in slots of ``tile_bytes``."""
+
+    freq_bytes: int
+    act_end: int
+    ring_base: int
+    l2_bytes: int
+    tile_bytes: int
+
+    @property
+    def ring_bytes(self) -> int:
+        return self.l2_bytes - self.ring_base
+
+    def to_json(self) -> dict:
+        return {"freq": [0, self.freq_bytes], "activations": [self.freq_bytes, self.act_end],
+                "ring": [self.ring_base, self.l2_bytes], "tile_bytes": self.tile_bytes}
+
+
+def plan_l2(ops: list, cfg: ModelConfig, hw: HardwareConfig, program: str
+            ) -> tuple[L2Plan, dict[int, int], dict]:
+    """The L2 plan of a program's operations, with the address of every activation buffer
+    (by uid) and each attention's temporaries (``plan_activations``). Raises
+    ``CompileError`` when the ring would be smaller than ``MIN_RING_BYTES``."""
+    freq_bytes = align(2 * cfg.head_dim)
+    addr_of, act_end, temps = plan_activations(ops, cfg, freq_bytes)
+    ring_base = align(act_end)
+    ring_size = hw.l2_bytes - ring_base
+    if ring_size < MIN_RING_BYTES:
+        raise CompileError(
+            f"L2 too small for the smallest legal tiling: {program} needs "
+            f"{ring_base} bytes of activations and {MIN_RING_BYTES} bytes of staging, "
+            f"but l2_bytes = {hw.l2_bytes}")
+    return (L2Plan(freq_bytes, act_end, ring_base, hw.l2_bytes, staging_tile_bytes(ring_size)),
+            addr_of, temps)
+
+
 class Generator:
     def __init__(self, ctx: BuildContext, program: str):
         self.ctx = ctx
@@ -263,19 +347,10 @@ class Generator:
     # -- whole program -------------------------------------------------------------------
     def generate(self, graphs: list[Graph]) -> Code:
         ops = [op for g in graphs for op in g.ops]
-        freq_bytes = align(2 * self.cfg.head_dim)
-        self.act_addr, act_end, self.temps = plan_activations(ops, self.cfg, freq_bytes)
-        ring_base = align(act_end)
-        ring_size = self.hw.l2_bytes - ring_base
-        if ring_size < MIN_RING_BYTES:
-            raise CompileError(
-                f"L2 too small for the smallest legal tiling: {self.program} needs "
-                f"{ring_base} bytes of activations and {MIN_RING_BYTES} bytes of staging, "
-                f"but l2_bytes = {self.hw.l2_bytes}")
-        self.ring = Ring(ring_base, self.hw.l2_bytes)
-        self.tile_bytes = staging_tile_bytes(ring_size)
-        self.code.l2_plan = {"freq": [0, freq_bytes], "activations": [freq_bytes, act_end],
-                             "ring": [ring_base, self.hw.l2_bytes], "tile_bytes": self.tile_bytes}
+        plan, self.act_addr, self.temps = plan_l2(ops, self.cfg, self.hw, self.program)
+        self.ring = Ring(plan.ring_base, self.hw.l2_bytes)
+        self.tile_bytes = plan.tile_bytes
+        self.code.l2_plan = plan.to_json()
         freq = ops and next((op.freq for op in ops if isinstance(op, Rope)), None)
         if freq is not None:
             self.emit("DMA_LOAD", dram_addr=self.ctx.param_addr(freq), l2_addr=0, rows=1,
@@ -305,17 +380,13 @@ class Generator:
             self.mx_matmul(x_addr, x_stride, m, w, w_exps, out_addr, out_stride)
             return
         base = self.ctx.param_addr(w) + c0 * k_total
-        nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols)
-        for n0 in range(0, n_total, nt):
-            n = min(nt, n_total - n0)
-            for k0 in range(0, k_total, kt):
-                k = min(kt, k_total - k0)
-                slot = self.load(base + n0 * k_total + k0, n, k, k_total)
-                index = self.emit_matmul(
-                    accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
-                    w_addr=slot.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,
-                    x_stride=x_stride, w_stride=k, out_stride=out_stride)
-                self.use(slot, index)
+        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols):
+            slot = self.load(base + n0 * k_total + k0, n, k, k_total)
+            index = self.emit_matmul(
+                accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
+                w_addr=slot.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,
+                x_stride=x_stride, w_stride=k, out_stride=out_stride)
+            self.use(slot, index)
 
     def mx_matmul(self, x_addr: int, x_stride: int, m: int, w: Param, w_exps: Param,
                   out_addr: int, out_stride: int) -> None:
@@ -326,22 +397,18 @@ class Generator:
         n_total, k_total = w.shape
         row_bytes, blocks = (k_total + 1) // 2, mx_blocks(k_total)
         base, e_base = self.ctx.param_addr(w), self.ctx.param_addr(w_exps)
-        nt, kt = matmul_tiling(n_total, k_total, self.tile_bytes, self.hw.array_cols, True)
-        for n0 in range(0, n_total, nt):
-            n = min(nt, n_total - n0)
-            for k0 in range(0, k_total, kt):
-                k = min(kt, k_total - k0)
-                elems = self.load(base + n0 * row_bytes + k0 // 2, n, (k + 1) // 2, row_bytes)
-                e_rows, e_bytes = mx_exps_rows(n, k, k_total)
-                exps = self.load(e_base + n0 * blocks + k0 // MX_BLOCK, e_rows, e_bytes,
-                                 blocks)
-                index = self.emit_matmul(
-                    accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
-                    w_addr=elems.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,
-                    x_stride=x_stride, w_stride=(k + 1) // 2, out_stride=out_stride,
-                    w_format=WeightFormat.MXINT4, e_addr=exps.addr)
-                self.use(elems, index)
-                self.use(exps, index)
+        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
+                                         True):
+            elems = self.load(base + n0 * row_bytes + k0 // 2, n, (k + 1) // 2, row_bytes)
+            e_rows, e_bytes = mx_exps_rows(n, k, k_total)
+            exps = self.load(e_base + n0 * blocks + k0 // MX_BLOCK, e_rows, e_bytes, blocks)
+            index = self.emit_matmul(
+                accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
+                w_addr=elems.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,
+                x_stride=x_stride, w_stride=(k + 1) // 2, out_stride=out_stride,
+                w_format=WeightFormat.MXINT4, e_addr=exps.addr)
+            self.use(elems, index)
+            self.use(exps, index)
 
     def _op_matmul(self, op: MatMul) -> None:
         self.matmul(self.addr(op.x), op.x.row_bytes, op.x.rows, op.w, self.addr(op.out),
@@ -354,10 +421,8 @@ class Generator:
         loaded (``extra_per_col`` staging bytes per column are needed besides); the op's
         columns are the words' columns from ``col0``."""
         wpc = words.words_per_column
-        per_col = 4 * wpc + extra_per_col
-        chunk = cols if words.count == 1 else max(1, min(cols, self.tile_bytes // per_col))
-        for c0 in range(0, cols, chunk):
-            c = min(chunk, cols - c0)
+        for c0, c in column_chunk_plan(cols, wpc, words.count > 1, self.tile_bytes,
+                                       extra_per_col):
             n_words = wpc if words.count == 1 else wpc * c
             first = 0 if words.count == 1 else wpc * (col0 + c0)
             slot = self.load(self.ctx.param_addr(words) + 4 * first, 1, 4 * n_words, 4 * n_words)
@@ -487,14 +552,8 @@ class Generator:
         scores, probs, acc = (self.act_addr[b.uid] for b in self.temps[id(op)])
         q, k_new, v_new = self.addr(op.q), self.addr(op.k_new), self.addr(op.v_new)
         q_stride, kv_stride = cfg.q_dim, cfg.kv_dim
-        chunk = max(1, min(start, self.tile_bytes // hd)) if start else 0
-        chunks = [(c0, min(chunk, start - c0)) for c0 in range(0, start, chunk)] if start else []
-        # Query rows processed together: all G heads of a KV head in decode, else one head.
-        if T == 1:
-            batches = [(g0, min(hw.array_rows, G - g0)) for g0 in range(0, G, hw.array_rows)]
-        else:
-            batches = [(g, 1) for g in range(G)]
-        blocks = causal_blocks(T, hw)
+        plan = attention_plan(T, start, cfg, hw, self.tile_bytes)
+        chunks, batches, blocks = plan.chunks, plan.batches, plan.blocks
         out_stride = 4 * (hd if T == 1 else q_stride)
 
         def rows(count: int) -> tuple[int, int]:

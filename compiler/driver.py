@@ -161,7 +161,7 @@ def lm_head_chunk_sizes(vocab_size: int):
         parts *= 2
 
 
-def _fit_head(graph: Graph, cfg: ModelConfig, hw: HardwareConfig) -> Graph:
+def fit_head(graph: Graph, cfg: ModelConfig, hw: HardwareConfig) -> Graph:
     """``graph``, or, when its activations do not fit L2 with the logits row, the graph
     with the LM head in column chunks (``backend.chunk_lm_head``): the largest that leave
     half of L2 to the staging ring (the weights' tiles, which the rest of the step
@@ -183,14 +183,19 @@ def _head_scratch(graphs: list[Graph]) -> int:
     return lm_head_scratch_bytes(max(chunks)) if chunks else 0
 
 
-def _prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int) -> list[Graph]:
-    """Prefill as chunks whose activations fit L2 (the whole prompt when it fits)."""
+def prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int,
+                   lower=None) -> list[Graph]:
+    """Prefill as chunks whose activations fit L2 (the whole prompt when it fits), each
+    chunk's graph from ``lower(start, tokens, head)`` (by default ``lower_step`` on
+    ``qm``; the fast path passes its cached lowering)."""
+    if lower is None:
+        def lower(start, n, head):
+            return lower_step(cfg, qm, start, n, head=head, name=f"prefill@{start}")
     for chunk in prefill_chunk_sizes(n_prompt, hw):
         graphs = []
         for start in range(0, n_prompt, chunk):
             n = min(chunk, n_prompt - start)
-            graphs.append(_fit_head(lower_step(cfg, qm, start, n, head=start + n == n_prompt,
-                                               name=f"prefill@{start}"), cfg, hw))
+            graphs.append(fit_head(lower(start, n, start + n == n_prompt), cfg, hw))
         if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
             return graphs
     raise AssertionError("unreachable: a chunk of 1 is always returned")
@@ -278,11 +283,11 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
     bad = [t for t in prompt if not 0 <= t < cfg.vocab_size]
     if bad:
         raise CompileError(f"prompt token {bad[0]} is outside the vocabulary of {cfg.vocab_size}")
-    named = [("prefill", "prefill", _prefill_graphs(cfg, qm, hw, n_prompt))]
+    named = [("prefill", "prefill", prefill_graphs(cfg, qm, hw, n_prompt))]
     for i in range(max_new_tokens - 1):
         start = n_prompt + i
         named.append((f"decode_{i:03d}", "decode",
-                      [_fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg,
+                      [fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg,
                                  hw)]))
     for name, _, graphs in named:
         if not _fits(graphs[:1], cfg, hw):
@@ -308,8 +313,8 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
         raise CompileError(f"positions up to {start + n_tokens - 1} are beyond the model's "
                            f"context of {cfg.max_seq_len} tokens")
     kind = "decode" if n_tokens == 1 else "prefill"
-    graphs = ([_fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg, hw)]
-              if kind == "decode" else _prefill_graphs(cfg, qm, hw, n_tokens))
+    graphs = ([fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg, hw)]
+              if kind == "decode" else prefill_graphs(cfg, qm, hw, n_tokens))
     if kind == "prefill" and start:
         raise CompileError("a prefill step starts at position 0")
     params = _collect_params(graphs)

@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
-from arch.isa import make
-from arch.occupancy import CALIBRATION, Copies, matmul_mode, occupancy
+from arch.isa import Engine, make
+from arch.occupancy import CALIBRATION, matmul_mode, occupancy
 from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
@@ -55,19 +57,28 @@ from arch.uarch import (
     QUEUE_DEPTH,
 )
 from compiler.backend import (
+    LOWERINGS,
     MAX_INFLIGHT_SLOTS,
-    MIN_RING_BYTES,
-    causal_blocks,
-    matmul_tiling,
+    Generator,
+    Ring,
+    matmul_tiles,
     mx_exps_rows,
-    staging_tile_bytes,
+    plan_l2,
 )
-from compiler.driver import prefill_chunk_sizes
-from compiler.image import align
-from compiler.ir import CompileError
+from compiler.driver import fit_head, prefill_graphs
+from compiler.frontend import lower_step
+from compiler.ir import (
+    Attention,
+    Graph,
+    KvAppend,
+    ResAdd,
+    RmsNorm,
+    Rope,
+)
 from compiler.schedule import LOOKAHEAD
 from models.config import ModelConfig
-from models.integer import check_weight_format
+from models.integer import check_weight_format, quant_struct
+from sweeps.perf import CONTENTION_PASSES, _Usage
 
 DMA_END = CALIBRATION.dma_end
 
@@ -91,130 +102,57 @@ def _cost(instr, hw) -> tuple[int, int, int, int]:
     return occ.cycles + ENGINE_START_CYCLES, occ.dram_read_bytes, occ.macs, occ.l2_lines
 
 
-class _Stream:
-    """Tiles in program order: (load, compute cycles, staged bytes), plus totals (DRAM
-    bytes read, MACs, L2 lines moved); a load is its ``occupancy.Copies``, or 0 for
-    none."""
+class _Tiles:
+    """Tiles in program order, ``(load, compute cycles, staged bytes, reader, after,
+    extra, stores, compute L2 lines, load L2 lines)``, plus totals (DRAM bytes read,
+    MACs, L2 lines moved). ``load``: the load's ``occupancy.Copies``, or 0 for none;
+    ``staged``: its bytes in the staging ring; ``reader``: the tile that far ahead holds
+    the first compute reading the load (0: the first compute at or after it); ``after``
+    (negative): the load reads what the compute of the tile that far back produced (0:
+    nothing); ``extra``: the DRAM cycles instruction fetch (a line per instruction) took
+    since the last load, which delay this one's copier; ``stores``: the DRAM cycles of
+    the store engine instructions that begin when this tile's compute ends; then the L2
+    lines the compute and the load move."""
 
-    def __init__(self, hw: HardwareConfig, tile_bytes: int, rows: int = 1,
-                 weights: str = "int8"):
-        self.hw, self.tile_bytes, self.rows, self.weights = hw, tile_bytes, rows, weights
-        self.tiles: list[tuple[int, int]] = []
+    def __init__(self, hw: HardwareConfig):
+        self.hw = hw
+        self.tiles: list[list] = []
         self.read = self.macs = self.l2 = 0
+        self.pending = 0.0
+        self.first_rope: int | None = None       # the tile of the first ROPE
 
-    def load(self, rows: int, row_bytes: int) -> Copies:
-        occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
-                             row_bytes=row_bytes, dram_stride=row_bytes,
-                             l2_stride=row_bytes), self.hw)
+    def add_load(self, occ, staged: int) -> int:
         self.read += occ.dram_read_bytes
         self.l2 += occ.l2_lines
-        return occ.copies
+        self.pending += self.hw.dram_cycles_per_line
+        self.tiles.append([occ.copies, 0, staged, 0, 0, self.pending, 0.0, 0, occ.l2_lines])
+        self.pending = 0.0
+        return len(self.tiles) - 1
 
-    def compute(self, instr) -> int:
-        cycles, _, macs, lines = _cost(instr, self.hw)
-        self.macs += macs
-        self.l2 += lines
-        return cycles
-
-    def add(self, load, compute: int, staged: int = 0) -> None:
-        self.tiles.append((load, compute, staged))
-
-    def staged_tile(self, shapes: dict, shape, rows: int, row_bytes: int, instr) -> None:
-        """A load of ``rows x row_bytes`` then the compute instruction ``instr()`` that
-        consumes it (none for ``instr=None``: a load whose reader comes with the next).
-        An operation's tiles come in a few shapes: each shape is costed once (in
-        ``shapes``, keyed by ``shape``) and repeated."""
-        if shape not in shapes:
-            read0, macs0, l20 = self.read, self.macs, self.l2
-            shapes[shape] = (self.load(rows, row_bytes),
-                             0 if instr is None else self.compute(instr()),
-                             self.read - read0, self.macs - macs0, self.l2 - l20)
+    def add_compute(self, instr) -> int:
+        """``instr`` on the compute engine: in the tile of the load just before it if that
+        has no compute yet, else a tile of its own."""
+        occ = occupancy(instr, self.hw)
+        self.macs += occ.macs
+        self.l2 += occ.l2_lines
+        self.pending += self.hw.dram_cycles_per_line
+        cycles = occ.cycles + ENGINE_START_CYCLES
+        if self.tiles and self.tiles[-1][0] and not self.tiles[-1][1]:
+            self.tiles[-1][1] = cycles
+            self.tiles[-1][7] = occ.l2_lines
         else:
-            self.read += shapes[shape][2]
-            self.macs += shapes[shape][3]
-            self.l2 += shapes[shape][4]
-        self.add(shapes[shape][0], shapes[shape][1], rows * row_bytes)
+            self.tiles.append([0, cycles, 0, 0, 0, 0.0, 0.0, occ.l2_lines, 0])
+        return len(self.tiles) - 1
 
-    # -- the compiler's operations ------------------------------------------------------
-    def matmul(self, m: int, k_total: int, n_total: int, weights: str | None = None) -> None:
-        """A projection (weights in the stream's format) or, with ``weights``, another."""
-        tiles, read, macs, lines = _matmul_tiles(self.hw, self.tile_bytes, m, k_total, n_total,
-                                                 weights or self.weights)
-        self.tiles.extend(tiles)
-        self.read += read
-        self.macs += macs
-        self.l2 += lines
+    def add_store(self, occ, producer: int) -> None:
+        """A store engine instruction, begun once the compute of tile ``producer`` has
+        ended: its DRAM lines go to that tile."""
+        self.pending += self.hw.dram_cycles_per_line
+        if 0 <= producer < len(self.tiles):
+            self.tiles[producer][6] += occ.dram_lines * self.hw.dram_cycles_per_line
 
-    def per_channel(self, mnemonic: str, cols: int, words_per_col: int, **fields) -> None:
-        chunk = max(1, min(cols, self.tile_bytes // (4 * words_per_col)))
-        shapes = {}                      # every chunk but the last has the same width
-        for c0 in range(0, cols, chunk):
-            c = min(chunk, cols - c0)
-            self.staged_tile(shapes, c, 1, 4 * words_per_col * c,
-                             lambda c=c: make(mnemonic, cols=c, **fields))
-
-    def vector(self, instr) -> None:
-        self.add(0, self.compute(instr))
-
-    def requant(self, cols: int) -> None:
-        self.per_channel("REQUANT", cols, 1, out_bits=0, per_channel=1, has_bias=0,
-                         src_addr=0, dst_addr=0, param_addr=0, bias_addr=0, rows=self.rows,
-                         src_stride=4 * cols, dst_stride=cols)
-
-    def rmsnorm(self, d: int) -> None:
-        self.vector(make("RMSNORM", src_addr=0, dst_addr=0, rows=self.rows, cols=d,
-                         src_stride=2 * d,
-                         dst_stride=d, mult=1, shift=0, eps=0))
-
-    def attention(self, cfg: ModelConfig, position: int) -> None:
-        """``rows`` query tokens at ``position .. position + rows - 1``: past keys and
-        values in KV chunks, the new ones from L2; decode batches a KV head's query heads
-        into the rows of one GEMV, prefill takes one head at a time."""
-        T, hd, G, R = self.rows, cfg.head_dim, cfg.group_size, self.hw.array_rows
-        S = position + T
-        chunk = max(1, min(position, self.tile_bytes // hd)) if position else 0
-        chunks = [min(chunk, position - c0) for c0 in range(0, position, chunk)] if position else []
-        batches = ([min(R, G - g0) * T for g0 in range(0, G, R)] if T == 1 else [T] * G)
-
-        def prefetch(n):
-            occ = occupancy(make("KV_PREFETCH", pool_addr=0, table_addr=0, first_token=0,
-                                 n_tokens=n, row_bytes=cfg.kv_dim, col_offset=0, col_bytes=hd,
-                                 l2_addr=0), self.hw)
-            self.read += occ.dram_read_bytes
-            self.l2 += occ.l2_lines
-            return occ.copies
-
-        def mm(m, k, n, kn, acc=0):
-            fields = dict(accumulate=acc, w_layout=kn, x_addr=0, w_addr=0, out_addr=0, m=m,
-                          w_format=0, e_addr=0,
-                          k=k, n=n, x_stride=k, w_stride=n if kn else k, out_stride=4 * n)
-            return self.compute(make("MATMUL", mode=matmul_mode(self.hw, **fields), **fields))
-
-        # a prefill chunk's query rows in causal blocks (``backend.causal_blocks``)
-        blocks = causal_blocks(T, self.hw)
-
-        def rows_of(m, r0, r1):
-            return m if T == 1 else r1 - r0
-
-        for _ in range(cfg.n_kv_heads):
-            for n in chunks:
-                self.add(prefetch(n), sum(mm(m, hd, n, 0) for m in batches), n * hd)
-            self.add(0, sum(mm(rows_of(m, r0, r1), hd, r1, 0) for m in batches
-                            for r0, r1 in blocks))
-            for _ in range(G):
-                for r0, r1 in blocks:
-                    self.vector(make("SOFTMAX", src_addr=0, dst_addr=0, rows=r1 - r0,
-                                     cols=position + r1, q_pos0=position + r0,
-                                     src_stride=4 * S, dst_stride=S, mult=1, shift=0))
-            for i, n in enumerate(chunks):
-                self.add(prefetch(n), sum(mm(m, n, hd, 1, int(i > 0)) for m in batches),
-                         n * hd)
-            self.add(0, sum(mm(rows_of(m, r0, r1), r1, hd, 1, int(position > 0))
-                            for m in batches for r0, r1 in blocks))
-        self.add(self.load(1, 4), self.compute(make(
-            "REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0, dst_addr=0,
-            param_addr=0, bias_addr=0, rows=T, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
-            dst_stride=cfg.q_dim)), 4)
+    def frozen(self) -> tuple:
+        return tuple(tuple(t) for t in self.tiles), self.read, self.macs, self.l2
 
 
 def _matmul_instr(hw: HardwareConfig, fields: dict):
@@ -224,160 +162,426 @@ def _matmul_instr(hw: HardwareConfig, fields: dict):
 @lru_cache(maxsize=1024)
 def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_total: int,
                   weights: str = "int8"):
-    """The tiles of one ``m x k_total x n_total`` matmul (its weights staged in tiles of
-    ``backend.matmul_tiling``; MXINT4 weights as two loads, the packed elements and the
-    block exponents, as ``backend.Generator.mx_matmul``), with its DRAM bytes and MACs;
-    the same for every position, so cached."""
+    """The tiles of one ``m x k_total x n_total`` matmul as ``backend.Generator.matmul``
+    streams them (``backend.matmul_tiles``; MXINT4 weights as two loads, the packed
+    elements and the block exponents, ``mx_exps_rows``), with its DRAM bytes read, MACs
+    and L2 lines. The same for every position, so cached; each tile shape is costed
+    once."""
     mx = weights == "mxint4"
-    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw.array_cols, mx)
-    s = _Stream(hw, tile_bytes)
-    shapes = {}
-    for n0 in range(0, n_total, nt):
-        n = min(nt, n_total - n0)
-        for k0 in range(0, k_total, kt):
-            k = min(kt, k_total - k0)
-            w_bytes = (k + 1) // 2 if mx else k
-            fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0, out_addr=0,
-                          w_format=int(mx), e_addr=0, m=m, k=k, n=n, x_stride=k_total,
-                          w_stride=w_bytes, out_stride=4 * n_total)
-            instr = partial(_matmul_instr, hw, fields)
-            if mx:
-                s.staged_tile(shapes, ("w", n, k), n, w_bytes, None)
-                s.staged_tile(shapes, (n, k, k0 > 0), *mx_exps_rows(n, k, k_total), instr)
-            else:
-                s.staged_tile(shapes, (n, k, k0 > 0), n, k, instr)
-    return tuple(s.tiles), s.read, s.macs, s.l2
+    cpl = hw.dram_cycles_per_line
+    tiles, totals, costed = [], [0, 0, 0], {}
+
+    def tile(shape, rows, row_bytes, instr):
+        if shape not in costed:
+            occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
+                                 row_bytes=row_bytes, dram_stride=row_bytes,
+                                 l2_stride=row_bytes), hw)
+            compute, macs, mm_lines = 0, 0, 0
+            if instr is not None:
+                mm = occupancy(instr(), hw)
+                compute, macs, mm_lines = mm.cycles + ENGINE_START_CYCLES, mm.macs, mm.l2_lines
+            costed[shape] = ((occ.copies, compute, rows * row_bytes, 0, 0,
+                              cpl * (1 + (instr is not None)), 0.0, mm_lines, occ.l2_lines),
+                             occ.dram_read_bytes, macs, occ.l2_lines + mm_lines)
+        t, read, macs, lines = costed[shape]
+        tiles.append(t)
+        totals[0] += read
+        totals[1] += macs
+        totals[2] += lines
+
+    for _, n, k0, k in matmul_tiles(n_total, k_total, tile_bytes, hw.array_cols, mx):
+        w_bytes = (k + 1) // 2 if mx else k
+        fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0, out_addr=0,
+                      w_format=int(mx), e_addr=0, m=m, k=k, n=n, x_stride=k_total,
+                      w_stride=w_bytes, out_stride=4 * n_total)
+        instr = partial(_matmul_instr, hw, fields)
+        if mx:
+            tile(("w", n, k), n, w_bytes, None)
+            tile((n, k, k0 > 0), *mx_exps_rows(n, k, k_total), instr)
+        else:
+            tile((n, k, k0 > 0), n, k, instr)
+    return tuple(tiles), totals[0], totals[1], totals[2]
 
 
-def decode_activation_bytes(cfg: ModelConfig) -> int:
-    """The L2 the compiler's activation plan takes in a decode step: the RoPE table, then
-    the largest set of live buffers (the logits' accumulators and int16 values with the
-    residual and the normalised row, or the MLP's)."""
-    d = cfg.d_model
-    widest = max(cfg.vocab_size, cfg.d_ff, cfg.q_dim + 2 * cfg.kv_dim)
-    return (align(2 * cfg.head_dim) + align(4 * widest) + align(2 * widest) + align(2 * d)
-            + align(d))
+class _NoDram:
+    """The memory map of a build without one: every region and parameter at 0 (the fast
+    path times operations, whose DRAM addresses do not change their occupancy)."""
+
+    def __getitem__(self, name):
+        return SimpleNamespace(offset=0)
 
 
-def staging(cfg: ModelConfig, hw: HardwareConfig) -> tuple[int, int]:
-    """``(tile_bytes, ring_bytes)`` of the compiler's staging ring in a decode step."""
-    ring = hw.l2_bytes - align(decode_activation_bytes(cfg))
-    if ring < MIN_RING_BYTES:
-        raise CompileError(f"L2 too small: a decode step of {cfg.name} needs "
-                           f"{decode_activation_bytes(cfg)} bytes of activations and "
-                           f"{MIN_RING_BYTES} of staging, but l2_bytes = {hw.l2_bytes}")
-    return staging_tile_bytes(ring), ring
+def _shares_a_page(c0: int, n: int, start: int, col_offset: int, col_bytes: int,
+                   row_bytes: int, block_tokens: int, page: int = 64) -> bool:
+    """Whether a ``KV_PREFETCH`` of tokens ``[c0, c0 + n)`` (columns ``col_offset`` to
+    ``col_offset + col_bytes`` of each row) reads a 64-byte page that the step's
+    ``KV_APPEND`` from token ``start`` writes: the scheduler (``compiler.schedule``, at
+    that page granularity, a run of rows as one span) then keeps the prefetch after the
+    append, so after the compute producing the appended rows. Only rows in ``start``'s
+    block can share a page with it (blocks are whole pages)."""
+    first = max(c0, start - start % block_tokens)
+    last = min(c0 + n, start) - 1
+    if last < first:
+        return False
+    read_end = (last % block_tokens) * row_bytes + col_offset + col_bytes
+    return (read_end - 1) // page >= (start % block_tokens) * row_bytes // page
 
 
-def _core(hw: HardwareConfig) -> HardwareConfig:
-    """``hw`` without what tiles do not depend on (the L2's size enters through
-    ``tile_bytes``; prefetch through the pipeline), so that design points differing only
-    in those share the cached tiles."""
-    return hw.replace(l2_bytes=256 * hw.l2_banks * hw.l2_port_bytes, prefetch=True)
+class _Timing(Generator):
+    """The back end's own lowerings (``backend.Generator``) with every instruction
+    costed into tiles instead of encoded: the fast path times exactly what the compiler
+    emits, except that a matmul's weight tiles come from ``_matmul_tiles`` (the same
+    ``backend.matmul_tiles``, costed once per shape)."""
+
+    def __init__(self, cfg: ModelConfig, hw: HardwareConfig, graph: Graph,
+                 core: HardwareConfig, program: tuple[int, int, int] | None):
+        ctx = SimpleNamespace(hw=hw, cfg=cfg, mmap=_NoDram(), prefetch=True,
+                              param_addr=lambda p: 0)
+        super().__init__(ctx, "timing")
+        plan, self.act_addr, self.temps = plan_l2(graph.ops, cfg, hw, graph.name)
+        self.tile_bytes, self.ring_bytes, self.ring_base = program or (
+            plan.tile_bytes, plan.ring_bytes, plan.ring_base)
+        self.ring = Ring(plan.ring_base, plan.ring_base + self.ring_bytes)
+        self.core = core
+        self.s = _Tiles(core)
+        self.tile_of: dict[int, int] = {}          # instruction index -> tile
+        self.load_tile: dict[int, int] = {}        # ring slot serial -> its load's tile
+        self.writer: dict[int, int] = {}           # L2 address -> tile of its last writer
+        self.appended: dict[str, int] = {}         # KV kind -> tile producing the rows
+        self.gathers: list[tuple[int, int, int]] = []   # (first, end) L2 bytes, tile
+        self.n_instrs = 0
+
+    def emit(self, mnemonic: str, **fields) -> int:
+        instr = make(mnemonic, **fields)
+        s, index = self.s, self.n_instrs
+        self.n_instrs += 1
+        if instr.engine == Engine.LOAD:
+            staged = 0
+            if mnemonic == "DMA_LOAD" and fields["l2_addr"] >= self.ring_base:
+                staged = fields["rows"] * fields["row_bytes"]
+            elif mnemonic == "KV_PREFETCH":
+                staged = fields["n_tokens"] * fields["col_bytes"]
+            tile = s.add_load(occupancy(instr, self.core), staged)
+            if mnemonic == "DMA_GATHER":
+                end = fields["l2_addr"] + fields["count"] * fields["l2_stride"]
+                self.gathers.append((fields["l2_addr"], end, tile))
+        elif instr.engine == Engine.COMPUTE:
+            tile = s.add_compute(instr)
+            if mnemonic == "ROPE" and s.first_rope is None:
+                s.first_rope = tile
+            src = fields.get("src_addr")
+            for g in [g for g in self.gathers if src is not None and g[0] <= src < g[1]]:
+                t = s.tiles[g[2]] if g[2] < len(s.tiles) else None
+                if t is not None and not t[3]:
+                    t[3] = tile - g[2]            # read by this compute
+                self.gathers.remove(g)
+            dst = fields.get("dst_addr", fields.get("out_addr"))
+            if dst is not None:
+                self.writer[dst] = tile
+        else:                                     # the store engine
+            producer = self.writer.get(fields.get("l2_addr"), len(s.tiles) - 1)
+            s.add_store(occupancy(instr, self.core), producer)
+            tile = len(s.tiles) - 1
+        self.tile_of[index] = tile
+        return index
+
+    def load(self, dram_addr: int, rows: int, row_bytes: int, dram_stride: int):
+        slot = super().load(dram_addr, rows, row_bytes, dram_stride)
+        self.load_tile[slot.serial] = len(self.s.tiles) - 1
+        return slot
+
+    def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int):
+        slot = super().kv_prefetch(layer, kind, first, count, col_offset)
+        tile = len(self.s.tiles) - 1
+        self.load_tile[slot.serial] = tile
+        start = self.current.start
+        if kind in self.appended and _shares_a_page(first, count, start, col_offset,
+                                                    self.cfg.head_dim, self.cfg.kv_dim,
+                                                    self.hw.kv_block_tokens):
+            self.s.tiles[tile][4] = self.appended[kind] - tile
+        return slot
+
+    def use(self, slot, index: int) -> None:
+        super().use(slot, index)
+        j = self.load_tile.pop(slot.serial, None)           # its first reader
+        if j is not None and j < len(self.s.tiles):
+            self.s.tiles[j][3] = self.tile_of[index] - j
+
+    def _op_kvappend(self, op: KvAppend) -> None:
+        producer = self.writer.get(self.addr(op.src))
+        if producer is not None:
+            self.appended[op.kind] = producer
+        super()._op_kvappend(op)
+
+    def _op_attention(self, op: Attention) -> None:
+        self.current = op
+        super()._op_attention(op)
+
+    def matmul(self, x_addr: int, x_stride: int, m: int, w, out_addr: int, out_stride: int,
+               columns=None, w_exps=None) -> None:
+        n_total = w.shape[0] if columns is None else columns[1]
+        tiles, read, macs, lines = _matmul_tiles(self.core, self.tile_bytes, m, w.shape[1],
+                                                 n_total,
+                                                 "int8" if w_exps is None else "mxint4")
+        s = self.s
+        first = list(tiles[0])
+        first[5] += s.pending
+        s.pending = 0.0
+        s.tiles.append(first)
+        s.tiles.extend(list(t) for t in tiles[1:])
+        s.read += read
+        s.macs += macs
+        s.l2 += lines
+        self.n_instrs += 2 * len(tiles)
+
+
+# -- the compiler's plan of a step -----------------------------------------------------------
+
+def clear_caches() -> None:
+    """Forget every lowered graph, plan and tile (for timing the fast path cold)."""
+    for f in (_struct, _lowered, _prefill_chunking, _plan, _prefill_l2, _matmul_tiles):
+        f.cache_clear()
+
+
+def _one_layer(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with one decoder layer: every layer's operations and L2 plan are the same,
+    so one is lowered and timed, and repeated."""
+    return cfg if cfg.n_layers == 1 else dataclasses.replace(cfg, n_layers=1)
+
+
+@lru_cache(maxsize=16)
+def _struct(cfg: ModelConfig, weights: str):
+    return quant_struct(cfg, weights)
 
 
 @lru_cache(maxsize=4096)
-def _layer_tiles(cfg: ModelConfig, hw: HardwareConfig, position: int, tile_bytes: int,
-                 allreduce: int = 0, rows: int = 1, weights: str = "int8"):
-    """One layer's tiles, its projections' weights in format ``weights``; ``allreduce``
-    cycles of a tensor-parallel allreduce after the attention output projection and after
-    the MLP (0: a single device)."""
-    s = _Stream(hw, tile_bytes, rows, weights)
-    d, q, kv, ff, T = cfg.d_model, cfg.q_dim, cfg.kv_dim, cfg.d_ff, rows
-    s.rmsnorm(d)
-    for n in (q, kv, kv):
-        s.matmul(T, d, n)
-        s.requant(n)
-    for heads in (cfg.n_heads, cfg.n_kv_heads):
-        s.vector(make("ROPE", src_addr=0, dst_addr=0, rows=T, heads=heads,
-                      head_dim=cfg.head_dim, pos0=position, freq_addr=0,
-                      row_stride=heads * cfg.head_dim))
-    s.attention(cfg, position)
-    s.matmul(T, q, d)
-    if allreduce:
-        s.add(0, allreduce)
-    s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=T, h_stride=2 * d,
-                  acc_stride=4 * d)
-    s.rmsnorm(d)
-    s.matmul(T, d, ff)
-    s.requant(ff)
-    s.matmul(T, d, ff)
-    s.per_channel("SILU_MUL", ff, 2, gate_addr=0, up_addr=0, dst_addr=0, param_addr=0, rows=T,
-                  gate_stride=4 * ff, up_stride=ff, dst_stride=ff)
-    s.matmul(T, ff, d)
-    if allreduce:
-        s.add(0, allreduce)
-    s.per_channel("RESADD", d, 1, h_addr=0, acc_addr=0, param_addr=0, rows=T, h_stride=2 * d,
-                  acc_stride=4 * d)
-    return tuple(s.tiles), s.read, s.macs, s.l2
+def _lowered(cfg: ModelConfig, weights: str, start: int, n_tokens: int, head: bool) -> Graph:
+    """The front end's graph of a step of the one-layer model (shapes only)."""
+    kind = "decode" if n_tokens == 1 and head and start else "prefill"
+    return lower_step(cfg, _struct(cfg, weights), start, n_tokens, head=head,
+                      name=f"{kind}@{start}")
 
 
-@lru_cache(maxsize=256)
-def _head_tiles(cfg: ModelConfig, hw: HardwareConfig, tile_bytes: int):
-    s = _Stream(hw, tile_bytes)
-    s.rmsnorm(cfg.d_model)
-    s.matmul(1, cfg.d_model, cfg.vocab_size)            # the LM head: int8 in every format
-    s.requant(cfg.vocab_size)
-    s.vector(make("ARGMAX", src_addr=0, n=cfg.vocab_size, dst_addr=0))
-    return tuple(s.tiles), s.read, s.macs, s.l2
+@lru_cache(maxsize=1024)
+def _prefill_chunking(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_tokens: int
+                      ) -> tuple[tuple[int, int, bool], ...]:
+    """``(start, tokens, head)`` of the chunks the driver splits a prefill into."""
+    graphs = prefill_graphs(cfg, None, hw, n_tokens,
+                            lambda start, n, head: _lowered(cfg, weights, start, n, head))
+    return tuple((g.start, g.tokens, g.start + g.tokens == n_tokens) for g in graphs)
 
 
-def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
-    """The two engines over the tiles ``(load, compute cycles, staged bytes)``:
-    ``(cycles, load busy, compute busy)``.
+@dataclass(frozen=True)
+class _Plan:
+    """One program of the one-layer model as tiles: ``prefix`` (the RoPE table, the
+    embedding gather), ``layer`` (repeated per layer) and ``head``; each part
+    ``(tiles, DRAM bytes read, MACs, L2 lines)``; the staging ring's bytes."""
 
-    With prefetch (``ring`` bytes of staging) a load may run ahead while its bytes fit the
-    ring beside the loads not yet consumed (at most ``MAX_INFLIGHT_SLOTS`` of them), so
-    it waits for the compute that frees the oldest bytes it needs. Loads hoisted that
-    far precede, in program order, the compute instructions they run ahead of; dispatch
-    is in order, so compute ``i`` is dispatched only once the load engine's queue
-    (``QUEUE_DEPTH``) has taken the loads in front of it: it waits until the load
-    ``QUEUE_DEPTH`` before the farthest one hoisted above it has begun. Without prefetch
-    (``ring=None``) each load waits for the compute before it."""
+    prefix: tuple
+    layer: tuple
+    head: tuple
+    ring_bytes: int
+
+
+def _split(ops: list) -> tuple[list, list, list]:
+    """A one-layer graph's operations as (before the layer, the layer, after it): the
+    layer runs from its first RMSNorm to its last residual add."""
+    first = next(i for i, op in enumerate(ops) if isinstance(op, RmsNorm))
+    last = max(i for i, op in enumerate(ops) if isinstance(op, ResAdd))
+    return ops[:first], ops[first:last + 1], ops[last + 1:]
+
+
+@lru_cache(maxsize=4096)
+def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_tokens: int,
+          head: bool, allreduce: int = 0, program: tuple[int, int, int] | None = None
+          ) -> _Plan:
+    """The tiles of a step of ``n_tokens`` at ``start`` of the one-layer ``cfg``: the
+    graph the driver compiles (``fit_head`` chunks a head whose logits do not fit L2),
+    planned by ``backend.plan_l2`` and lowered by the back end's own code (``_Timing``);
+    ``allreduce`` cycles of a tensor-parallel allreduce before each residual add (0: a
+    single device). A prefill chunk is one graph of a program that ``_prefill_l2``
+    plans: ``program`` is then its ``(tile_bytes, ring_bytes, ring_base)``, and only the
+    first chunk loads the RoPE table."""
+    graph = _lowered(cfg, weights, start, n_tokens, head)
+    if head:
+        graph = fit_head(graph, cfg, hw)
+    timing = _Timing(cfg, hw, graph, _core(hw), program)
+    prefix, layer, tail = _split(graph.ops)
+    freq = next((op.freq for op in layer if isinstance(op, Rope)), None)
+    parts = []
+    for ops in (prefix, layer, tail):
+        timing.s, timing.writer = _Tiles(timing.core), {}
+        if ops is prefix and freq is not None and (program is None or start == 0):
+            timing.emit("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=freq.nbytes,
+                        dram_stride=freq.nbytes, l2_stride=freq.nbytes)
+        for op in ops:
+            if allreduce and isinstance(op, ResAdd):
+                timing.s.tiles.append([0, allreduce, 0, 0, 0, 0.0, 0.0, 0, 0])
+            getattr(timing, LOWERINGS[type(op)].__name__)(op)   # overrides included
+        parts.append(timing.s)
+    prefix_tiles = parts[0].tiles
+    if freq is not None and (program is None or start == 0):
+        # the RoPE table is first read by the layer's first ROPE
+        prefix_tiles[0][3] = len(prefix_tiles) + parts[1].first_rope
+    return _Plan(*(p.frozen() for p in parts), timing.ring_bytes)
+
+
+@lru_cache(maxsize=1024)
+def _prefill_l2(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_tokens: int
+                ) -> tuple[int, int, int]:
+    """``(tile_bytes, ring_bytes, ring_base)`` of a prefill program: one L2 plan over every chunk's
+    operations, as ``backend.Generator.generate`` makes it."""
+    ops = []
+    for start, n, head in _prefill_chunking(cfg, weights, hw, n_tokens):
+        graph = _lowered(cfg, weights, start, n, head)
+        ops += (fit_head(graph, cfg, hw) if head else graph).ops
+    plan, _, _ = plan_l2(ops, cfg, hw, "prefill")
+    return plan.tile_bytes, plan.ring_bytes, plan.ring_base
+
+
+def _core(hw: HardwareConfig) -> HardwareConfig:
+    """``hw`` without what an instruction's occupancy does not depend on (the L2's size
+    enters through ``tile_bytes``; prefetch through the pipeline), so that design points
+    differing only in those share the cached tiles."""
+    return hw.replace(l2_bytes=256 * hw.l2_banks * hw.l2_port_bytes, prefetch=True)
+
+
+def _schedule(tiles, ring: int | None):
+    """Where ``compiler.schedule`` places each tile's load in the stream, in tile terms:
+    ``(reach, place, dep, needs)``. ``place[j]``: the compute load ``j`` is placed above
+    (dispatched after the computes before it); ``dep[j]``: the compute whose end it waits
+    for (-1: none); ``reach[i]``: the farthest tile whose load is above compute ``i``;
+    ``needs[i]``: the last load compute ``i`` reads (-1: none).
+
+    Without prefetch (``ring=None``) every load stays in place and waits for the compute
+    before it. With prefetch a load goes up to just after what it depends on
+    (``schedule.hoist``): the load before it (loads keep their order); the compute that
+    reads the staging slot it overwrites (the ring replayed as ``backend.Ring``
+    allocates it: 64-byte aligned slots, round robin, wrapping to the base when a slot
+    does not fit the end) and the reader of the slot ``MAX_INFLIGHT_SLOTS`` before; the
+    compute it reads from (a tile's ``after``); and the first compute needing the load
+    ``LOOKAHEAD`` loads earlier or a later one. It stays above its own consumer (its
+    tile's compute, else the next one, or its ``reader``)."""
+    n = len(tiles)
+    loads = [t[0] for t in tiles]
+    consumer, nxt = [n] * n, n
+    for j in range(n - 1, -1, -1):
+        if tiles[j][1]:
+            nxt = j
+        consumer[j] = j + tiles[j][3] if tiles[j][3] else nxt
+    needs = [-1] * n
+    for j in range(n):
+        if loads[j] and consumer[j] < n and needs[consumer[j]] < j:
+            needs[consumer[j]] = j
+    if ring is None:
+        return range(n), range(n), range(-1, n - 1), needs
+    # needed_by[r]: the first compute that reads load r or a later one (``hoist``'s)
+    load_tiles = [j for j in range(n) if loads[j]]
+    needed_by, first = [n] * len(load_tiles), n
+    for r in range(len(load_tiles) - 1, -1, -1):
+        c = consumer[load_tiles[r]]
+        first = c if c < first else first
+        needed_by[r] = first
+    reach, place, dep = list(range(n)), list(range(n)), [-1] * n
+    prev = ptr = cycle = 0
+    live: deque = deque()                     # ring slots: (cycle, start, end, reader)
+    slot_readers: list[int] = []
+    lookahead = min(MAX_INFLIGHT_SLOTS, LOOKAHEAD)
+    for r, j in enumerate(load_tiles):
+        at, d = prev, -1
+        nbytes = -(-tiles[j][2] // 64) * 64
+        if nbytes:                            # a slot of the ring
+            if ptr + nbytes > ring:
+                ptr, cycle = 0, cycle + 1
+            end = ptr + nbytes
+            while live and live[0][0] < cycle and (live[0][0] < cycle - 1 or live[0][1] < end):
+                reader = live.popleft()[3]
+                d = reader if reader > d else d
+            if len(slot_readers) >= MAX_INFLIGHT_SLOTS and slot_readers[-MAX_INFLIGHT_SLOTS] > d:
+                d = slot_readers[-MAX_INFLIGHT_SLOTS]
+            live.append((cycle, ptr, end, consumer[j]))
+            slot_readers.append(consumer[j])
+            ptr = end
+        if tiles[j][4] and j + tiles[j][4] > d:
+            d = j + tiles[j][4]                   # the compute it reads from
+        at = d + 1 if d + 1 > at else at
+        if r >= lookahead and needed_by[r - lookahead] > at:
+            at = needed_by[r - lookahead]
+        at = j if at > j else at
+        prev = place[j] = at
+        dep[j] = d
+        if reach[at] < j:                     # load j is above every compute from at on
+            reach[at] = j
+    for i in range(1, n):                     # nondecreasing: hoisted above i, above i + 1
+        if reach[i] < reach[i - 1]:
+            reach[i] = reach[i - 1]
+    return reach, place, dep, needs
+
+
+def _run(tiles, schedule, l2_waits) -> tuple:
+    """The two engines over the tiles ``(load, compute cycles, staged bytes, reader,
+    after)`` placed by ``_schedule``: ``(cycles, load busy, compute busy)``.
+
+    A load begins when its engine is free, the compute it depends on has ended, and it
+    has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
+    the computes before it (the one ``QUEUE_DEPTH`` before its place has begun). A
+    compute begins when the one before it has ended and the loads it reads have ended;
+    it is dispatched once the load engine's queue has taken the loads placed above it
+    (the load ``QUEUE_DEPTH`` before the farthest one has begun)."""
     n = len(tiles)
     loads = [t[0] for t in tiles]
     computes = [t[1] for t in tiles]
-    # reach[i]: the farthest tile whose load is hoisted above compute i
-    if ring is None:
-        reach = range(n)
-    else:
-        staged = [t[2] for t in tiles]
-        reach, j, held = [0] * n, 0, 0
-        for i in range(n):
-            limit = i + (MAX_INFLIGHT_SLOTS if MAX_INFLIGHT_SLOTS < LOOKAHEAD else LOOKAHEAD) + 1
-            if limit > n:
-                limit = n
-            while j < limit and held + staged[j] <= ring:
-                held += staged[j]
-                j += 1
-            reach[i] = j - 1 if j - 1 > i else i
-            if j > i:
-                held -= staged[i]
-            else:
-                j = i + 1
+    reach, place, dep, needs = schedule
     # A load begins ENGINE_START_CYCLES after its engine is free (IDLE, BEGIN); the engine is
     # free again once its rows are queued, and the load ends when the copier has written
     # them, after the loads before it (at most DEFERRED in flight).
-    load_begin, load_end = [0] * n, [0] * n
+    load_begin, load_end, write_start = [0] * n, [0] * n, [0.0] * n
+    compute_begin, compute_ends = [0] * n, [0] * n
+    load_tile = [j for j in range(n) if loads[j]]
+    rank, k = [0] * n, -1                   # rank[j]: loads among tiles 0..j, less one
+    for j in range(n):
+        if loads[j]:
+            k += 1
+        rank[j] = k
     ends: list[float] = []                  # ends of the loads so far
+    stores: deque = deque()                 # the store engine's DRAM intervals
+    store_free = 0.0
     timed = -1
-    engine_free = compute_end = freed = 0
+    engine_free, compute_end = -1, 0
     read_free = write_free = float("-inf")
     load_busy = covered = n_loads = 0
     for i in range(n):
-        # Loads first hoisted above compute i (reach is nondecreasing) found their bytes
-        # free once compute i - 1 had released its own (``freed``).
         r = reach[i]
         while timed < r:
             timed += 1
             ld = loads[timed]
-            start = engine_free if engine_free > freed else freed
-            load_begin[timed] = start
             if not ld:
-                load_end[timed] = start
                 continue
-            begin = start + ENGINE_START_CYCLES
+            start = engine_free + 1             # popped once free, ready the cycle after
+            d = dep[timed]
+            if d >= 0 and compute_ends[d] > start:
+                start = compute_ends[d]
+            g = place[timed] - QUEUE_DEPTH
+            if g >= 0 and compute_begin[g] > start:
+                start = compute_begin[g]
+            load_begin[timed] = begin = start
+            # the DRAM lines others took since the last load delay this one by what the
+            # DRAM could not fit in the idle time between them
+            x = tiles[timed][5] - (begin - read_free if begin > read_free else 0)
+            write_start[timed] = begin if begin > write_free else write_free
             issued, read_free, write_free = ld.after(begin, read_free, write_free)
+            # and the store engine's lines over its interval
+            while stores and stores[0][1] <= begin:
+                stores.popleft()
+            for s0, s1 in stores:
+                if s0 >= read_free:
+                    break
+                x += (s1 if s1 < read_free else read_free) - (s0 if s0 > begin else begin)
+            if x > 0:
+                read_free += x
+                write_free += x
+            if l2_waits is not None:
+                write_free += l2_waits[timed]
             free = issued + 1
             end = write_free + DMA_END
             if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
@@ -388,14 +592,60 @@ def _pipeline(tiles, ring: int | None) -> tuple[int, int, int]:
             load_end[timed] = end
             load_busy += end - (begin if begin > covered else covered)
             covered = end
+        # a compute's cycles include ENGINE_START_CYCLES from the end of the one before;
+        # after waiting for a load it begins when the load ends
         start = compute_end
-        if loads[i] and load_end[i] > start:
-            start = load_end[i]
-        gate = r - QUEUE_DEPTH
-        if gate > i and load_begin[gate] > start:
-            start = load_begin[gate]
-        compute_end = freed = start + computes[i]
-    return compute_end, load_busy, sum(computes)
+        j = needs[i]
+        if j >= 0 and load_end[j] - ENGINE_START_CYCLES > start:
+            start = load_end[j] - ENGINE_START_CYCLES
+        # dispatched once the load engine's queue has taken the loads above it
+        gate = rank[r] - QUEUE_DEPTH
+        if gate >= 0 and load_tile[gate] > i and load_begin[load_tile[gate]] > start:
+            start = load_begin[load_tile[gate]]
+        compute_begin[i] = start
+        compute_end = compute_ends[i] = start + computes[i]
+        if tiles[i][6]:
+            s0 = compute_end if compute_end > store_free else store_free
+            store_free = s0 + tiles[i][6]
+            stores.append((s0, store_free))
+    return (compute_end, load_busy, sum(computes)), write_start, load_end, compute_begin, \
+        compute_ends
+
+
+def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0
+              ) -> tuple[int, int, int]:
+    """The two engines over the tiles placed by ``_schedule``: ``(cycles, load busy,
+    compute busy)``. With ``l2_lines_per_cycle``, a second pass lets each load's copier
+    wait for the L2 lines the compute engine's ports, first in priority, take over its
+    interval (the first pass's): it needs at least ``(its lines + theirs) /
+    l2_lines_per_cycle`` cycles (``sweeps.perf``'s rule, each compute instruction
+    taking its lines evenly from begin to end)."""
+    schedule = _schedule(tiles, ring)
+    run = _run(tiles, schedule, None)
+    if not l2_lines_per_cycle:
+        return run[0]
+    loading = [j for j, t in enumerate(tiles) if t[0] and t[8]]
+    waits = [0.0] * len(tiles)
+    for _ in range(CONTENTION_PASSES):
+        _, write_start, load_end, compute_begin, compute_ends = run
+        usage = _Usage([(compute_begin[i], compute_ends[i],
+                         t[7] / max(1, compute_ends[i] - compute_begin[i]))
+                        for i, t in enumerate(tiles) if t[1] and t[7]])
+        changed = False
+        for j in loading:
+            lo, hi = write_start[j], load_end[j]
+            free_running = hi - lo - waits[j]
+            w = ((tiles[j][8] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
+                 - free_running)
+            w = w if w > 0 else 0.0
+            if abs(w - waits[j]) > 0.5:
+                waits[j], changed = w, True
+        if not changed:
+            break
+        run = _run(tiles, schedule, waits)
+    return run[0]
+
+
 
 
 def first_fetch_cycles(hw: HardwareConfig) -> int:
@@ -443,22 +693,40 @@ def _l2_cycles(lines: int, hw: HardwareConfig) -> float:
     return lines / hw.l2_lines_per_cycle
 
 
-def _layers(layer, head, n_layers: int, ring) -> tuple[float, int, int]:
-    """``n_layers`` copies of a layer's tiles then the head, through the pipeline. Once
-    the load engine's lead (at most the ring) is shorter than the layers already run,
-    each further layer adds the same time: the pipeline is run on ``k`` and ``k + 1``
-    layers and the difference repeated, which is exact once periodic and keeps the cost
-    independent of the model's depth. (The compute engine's advance over one layer of a
-    single run is not that difference: the head's loads, hoisted into the last layers,
-    delay them.)"""
+def _layers(plan: _Plan, n_layers: int, ring, l2: float = 0) -> tuple[float, int, int]:
+    """The plan's prefix, ``n_layers`` copies of its layer's tiles, then its head, through
+    the pipeline. Once the load engine's lead (at most the ring) is shorter than the
+    layers already run, each further layer adds the same time: the pipeline is run on
+    ``k`` and ``k + 1`` layers and the difference repeated, which is exact once periodic
+    and keeps the cost independent of the model's depth. (The compute engine's advance
+    over one layer of a single run is not that difference: the head's loads, hoisted
+    into the last layers, delay them.)"""
+    prefix, layer, head = list(plan.prefix[0]), list(plan.layer[0]), list(plan.head[0])
     staged = sum(t[2] for t in layer)
     k = 1 + (math.ceil((ring or 0) / staged) if staged else 0)
     if n_layers <= k + 1:
-        return _pipeline(list(layer) * n_layers + list(head), ring)
-    a = _pipeline(list(layer) * k + list(head), ring)
-    b = _pipeline(list(layer) * (k + 1) + list(head), ring)
+        return _pipeline(prefix + layer * n_layers + head, ring, l2)
+    a = _pipeline(prefix + layer * k + head, ring, l2)
+    b = _pipeline(prefix + layer * (k + 1) + head, ring, l2)
     extra = n_layers - k
     return tuple(x + extra * (y - x) for x, y in zip(a, b, strict=True))
+
+
+def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool
+               ) -> tuple[float, float, float, int, int]:
+    """``(cycles, load busy, compute busy, DRAM bytes read, MACs)`` of a program of
+    ``n_layers`` layers from its one-layer plan (no instruction fetch)."""
+    cycles, load_busy, compute_busy = _layers(plan, n_layers, plan.ring_bytes if prefetch
+                                              else None, hw.l2_lines_per_cycle)
+    total = [p + n_layers * l_ + h for p, l_, h in zip(plan.prefix[1:], plan.layer[1:],
+                                                       plan.head[1:], strict=True)]
+    read, macs, lines = total
+    return max(cycles, _l2_cycles(lines, hw)), load_busy, compute_busy, read, macs
+
+
+def _plan_hw(hw: HardwareConfig) -> HardwareConfig:
+    """``hw`` as far as the plan depends on it (not on prefetch: the pipeline does)."""
+    return hw if hw.prefetch else hw.replace(prefetch=True)
 
 
 def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
@@ -466,88 +734,55 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                 link: Link = Link(), weights: str = "int8") -> StepEstimate:
     """One decode step at KV length ``position``, the projections' weights in format
     ``weights``; with ``devices > 1``, one device's step under tensor parallelism, the
-    two allreduces per layer (int32 partial sums of the ``d_model`` outputs) on ``link``."""
+    two allreduces per layer (int32 partial sums of the ``d_model`` outputs) on ``link``.
+    Raises ``CompileError`` where the compiler would (an L2 too small for the step)."""
     if position < 0 or position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
                          f"{cfg.name}")
     check_weight_format(shard(cfg, devices), weights)
     prefetch = hw.prefetch if prefetch is None else prefetch
     allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
-    cfg = shard(cfg, devices)
-    tile_bytes, ring = staging(cfg, hw)
-    core = _core(hw)
-    layer, layer_read, layer_macs, layer_l2 = _layer_tiles(cfg, core, position, tile_bytes,
-                                                           allreduce, 1, weights)
-    head, head_read, head_macs, head_l2 = _head_tiles(cfg, core, tile_bytes)
-    cycles, load_busy, compute_busy = _layers(layer, head, cfg.n_layers,
-                                              ring if prefetch else None)
-    cycles = max(cycles, _l2_cycles(layer_l2 * cfg.n_layers + head_l2, hw))
+    local = shard(cfg, devices)
+    plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce)
+    cycles, load_busy, compute_busy, read, macs = _time_plan(plan, cfg.n_layers, hw, prefetch)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
-    fill = first_fetch_cycles(hw)
-    return StepEstimate(math.ceil(cycles + fill), load_busy, compute_busy,
-                        layer_read * cfg.n_layers + head_read,
-                        layer_macs * cfg.n_layers + head_macs)
+    return StepEstimate(math.ceil(cycles + first_fetch_cycles(hw)), load_busy, compute_busy,
+                        read, macs)
 
 
-def prefill_activation_bytes(cfg: ModelConfig, tokens: int, position: int) -> int:
-    """The L2 a prefill chunk of ``tokens`` at ``position`` takes for activations: per
-    token the widest accumulator and its int8/int16 result, the residual and the
-    normalised row; one head's scores and probabilities; the last token's logits."""
-    widest = max(cfg.d_ff, cfg.q_dim + 2 * cfg.kv_dim)
-    per_token = 6 * widest + 3 * cfg.d_model
-    scores = 5 * tokens * (position + tokens)
-    return (align(2 * cfg.head_dim) + tokens * per_token + scores + 6 * cfg.vocab_size)
-
-
-def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int) -> list[tuple[int, int]]:
-    """``(start, tokens)`` chunks: the largest of ``driver.prefill_chunk_sizes`` whose
-    chunks' activations and the smallest staging ring fit L2 (``compiler.driver`` does
-    the same)."""
-    for chunk in prefill_chunk_sizes(n_tokens, hw):
-        chunks = [(s0, min(chunk, n_tokens - s0)) for s0 in range(0, n_tokens, chunk)]
-        if all(prefill_activation_bytes(cfg, t, s0) + MIN_RING_BYTES <= hw.l2_bytes
-               for s0, t in chunks):
-            return chunks
-    raise CompileError(f"L2 too small: a one-token prefill chunk of {cfg.name} at "
-                       f"position {n_tokens - 1} needs "
-                       f"{prefill_activation_bytes(cfg, 1, n_tokens - 1)} bytes of "
-                       f"activations and {MIN_RING_BYTES} of staging, but l2_bytes "
-                       f"= {hw.l2_bytes}")
+def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
+                   weights: str = "int8") -> list[tuple[int, int]]:
+    """``(start, tokens)`` of the chunks the compiler splits a prefill of ``n_tokens``
+    into (``driver.prefill_graphs``)."""
+    return [(s0, t) for s0, t, _ in _prefill_chunking(_one_layer(cfg), weights, _plan_hw(hw),
+                                                      n_tokens)]
 
 
 def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
             prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
             weights: str = "int8") -> StepEstimate:
-    """The prefill of ``n_tokens`` prompt tokens, chunk by chunk (each matmul in the
-    dataflow ``arch.occupancy.matmul_mode`` picks), then the head for the last token."""
+    """The prefill of ``n_tokens`` prompt tokens, chunk by chunk as the compiler splits
+    it (each matmul in the dataflow ``arch.occupancy.matmul_mode`` picks), then the head
+    for the last token."""
     if not 1 <= n_tokens <= cfg.max_seq_len:
         raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
     check_weight_format(shard(cfg, devices), weights)
     prefetch = hw.prefetch if prefetch is None else prefetch
-    local = shard(cfg, devices)
-    chunks = prefill_chunks(cfg, hw, n_tokens)
+    local = _one_layer(shard(cfg, devices))
+    key_hw = _plan_hw(hw)
+    chunks = _prefill_chunking(local, weights, key_hw, n_tokens)
+    program = _prefill_l2(local, weights, key_hw, n_tokens)
     # A chunk's cost is affine in its start position (only attention depends on it):
     # time a few chunks of the same length and interpolate the others.
-    full = [i for i, (_, t) in enumerate(chunks) if t == chunks[0][1]]
+    full = [i for i, (_, t, _) in enumerate(chunks) if t == chunks[0][1]]
     timed = {i: None for i in _sample_positions(full[0], full[-1], 5)}
     timed[len(chunks) - 1] = None
-    ring = None
     for i in sorted(timed):
-        start, t = chunks[i]
-        act = prefill_activation_bytes(local, t, start)
-        ring = hw.l2_bytes - align(act)
-        tile_bytes = staging_tile_bytes(ring)
+        start, t, head = chunks[i]
         allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model * t, devices)
                               * hw.clock_hz)
-        layer, read, macs, lines = _layer_tiles(local, _core(hw), start, tile_bytes,
-                                                allreduce, t, weights)
-        head = (_head_tiles(local, _core(hw), tile_bytes) if i == len(chunks) - 1
-                else ((), 0, 0, 0))
-        cycles, load_busy, compute_busy = _layers(layer, head[0], cfg.n_layers,
-                                                  ring if prefetch else None)
-        cycles = max(cycles, _l2_cycles(lines * cfg.n_layers + head[3], hw))
-        timed[i] = (cycles, load_busy, compute_busy, read * cfg.n_layers + head[1],
-                    macs * cfg.n_layers + head[2])
+        timed[i] = _time_plan(_plan(local, weights, key_hw, start, t, head, allreduce, program),
+                              cfg.n_layers, hw, prefetch)
     known = sorted(timed)
     total = [0.0] * 5
     for i in range(len(chunks)):
@@ -600,7 +835,8 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
-    staging(shard(cfg, devices), hw)              # fails fast when decode does not fit
+    # fails fast when decode does not fit
+    _plan(_one_layer(shard(cfg, devices)), weights, _plan_hw(hw), prompt_len, 1, True)
     pre = prefill(cfg, hw, prompt_len, prefetch, devices, link, weights)
     decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
                                  devices, link, weights)

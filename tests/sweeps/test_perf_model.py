@@ -79,12 +79,29 @@ def test_tensor_parallel_decode():
         shard(cfg, 3)
 
 
-def test_refusals():
+def test_refusals(small_config):
+    """The fast path refuses a step exactly where the compiler does (it plans L2 with the
+    compiler's own functions), naming the same bytes: a 20,000-token vocabulary's LM head
+    goes in column chunks, so 7 KiB of L2 is enough and 6 KiB is not."""
     hw = load_hardware("edge-8x8")
+    cfg = small_config(vocab_size=20000, n_layers=1, max_seq_len=128)
+    for l2_kib, fits in ((6, False), (7, True)):
+        small = hw.replace(l2_bytes=l2_kib * 1024)
+        for start, tokens in ((70, 1), (0, 40)):
+            def fast(small=small, start=start, tokens=tokens):
+                return (decode_step(cfg, small, start) if tokens == 1
+                        else prefill(cfg, small, tokens))
+            if fits:
+                compile_step(cfg, quant_struct(cfg), small, start, tokens)
+                assert fast().cycles > 0
+                continue
+            with pytest.raises(CompileError, match="L2 too small") as compiled:
+                compile_step(cfg, quant_struct(cfg), small, start, tokens)
+            with pytest.raises(CompileError, match="L2 too small") as timed:
+                fast()
+            assert str(timed.value).split(" needs ")[1] == str(compiled.value).split(" needs ")[1]
     with pytest.raises(CompileError, match="L2 too small"):
-        workload(preset("sheared-llama-1.3b"), hw.replace(l2_bytes=128 * 1024), 64, 8)
-    with pytest.raises(CompileError, match="one-token prefill chunk"):
-        prefill(preset("sheared-llama-1.3b"), hw.replace(l2_bytes=128 * 1024), 64)
+        workload(cfg, hw.replace(l2_bytes=6 * 1024), 64, 8)
     with pytest.raises(ValueError, match="position 99999 is outside"):
         decode_step(preset("qwen2.5-0.5b"), hw, 99999)
     with pytest.raises(PerfError, match="without HALT"):
