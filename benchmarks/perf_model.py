@@ -3,16 +3,24 @@ roofline, prefetch speedup (one device and tensor parallel), prefill PE utilisat
 
     python -m benchmarks.perf_model            # every section, one JSON line per figure
     python -m benchmarks.perf_model --only tp
+    python -m benchmarks.perf_model --only random --random 500
 
 Sections:
 
 * ``fast``: one decode step (KV length 511) of each 1B-class preset on edge-16x16 with the
-  analytic fast path: wall time from a cold cache, tokens/s, and the fraction of the
-  DRAM-bandwidth roofline (weights and KV bytes at ``dram_bytes_per_cycle``) reached.
+  analytic fast path: wall time from cold caches (``cold_seconds``: the model's first
+  lowering, a JAX trace, included) and of a step at another KV length once the model has
+  been lowered (``wall_seconds``: what each further point of a sweep costs), tokens/s,
+  and the fraction of the DRAM-bandwidth roofline (weights and KV bytes at
+  ``dram_bytes_per_cycle``) reached.
 * ``fidelity``: the fast path against the instruction-level model on compiled programs:
   decode steps (tiny, Sheared-LLaMA-1.3B and Qwen2.5-0.5B with 2 layers, on two L2
   sizes each, prefetch on and off) and prefills (tiny, 8 and 32 tokens; Sheared-LLaMA-1.3B
   with 2 layers, 128 tokens).
+* ``random``: the fast path against the instruction-level model on ``--random N`` random
+  steps (``sweeps.random_steps``: model shapes, hardware, bandwidths, prefetch, weight
+  formats that nothing was tuned on), one row each, then the worst and mean absolute
+  error.
 * ``workload``: a workload's decode steps (qwen2.5-0.5b, 64 steps after a 448-token
   prompt) by sampling and interpolation, against timing every step.
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
@@ -36,7 +44,7 @@ import dataclasses
 import json
 import time
 
-SECTIONS = ("fast", "fidelity", "workload", "l2", "tp", "prefill", "density")
+SECTIONS = ("fast", "fidelity", "random", "workload", "l2", "tp", "prefill", "density")
 
 
 def _emit(row: dict) -> dict:
@@ -55,12 +63,16 @@ def fast() -> list[dict]:
         cfg = preset(name)
         analytic.clear_caches()
         t0 = time.perf_counter()
+        analytic.decode_step(cfg, hw, 510)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
         step = analytic.decode_step(cfg, hw, 511)
         seconds = time.perf_counter() - t0
         bound = step.dram_read_bytes / hw.dram_bytes_per_cycle
         rows.append(_emit({
             "section": "fast", "model": name, "hw": hw.name, "l2_bytes": hw.l2_bytes,
-            "wall_seconds": round(seconds, 3), "cycles": step.cycles,
+            "cold_seconds": round(cold, 3), "wall_seconds": round(seconds, 3),
+            "cycles": step.cycles,
             "tokens_per_s": round(hw.clock_hz / step.cycles, 2),
             "dram_read_bytes": step.dram_read_bytes,
             "roofline_fraction": round(bound / step.cycles, 3)}))
@@ -171,6 +183,39 @@ def fidelity() -> list[dict]:
     return rows
 
 
+def random_set(n: int = 200, seed: int = 18) -> list[dict]:
+    import numpy as np
+
+    from compiler.driver import compile_step
+    from models.integer import quant_struct
+    from sweeps import analytic
+    from sweeps.perf import time_program
+    from sweeps.random_steps import random_step
+
+    rng = np.random.default_rng(seed)
+    rows, errors = [], []
+    for case in range(n):
+        step = random_step(rng)
+        cfg, hw = step.cfg, step.hw
+        build = compile_step(cfg, quant_struct(cfg, step.weights), hw, step.start, step.tokens,
+                             prefetch=step.prefetch)
+        exact = time_program(build.programs[0].instrs, hw).cycles
+        fast = (analytic.decode_step(cfg, hw, step.start, step.prefetch, weights=step.weights)
+                if step.tokens == 1 else
+                analytic.prefill(cfg, hw, step.tokens, step.prefetch, weights=step.weights))
+        error = 100 * (fast.cycles - exact) / exact
+        errors.append(abs(error))
+        rows.append(_emit({"section": "random", "case": case, "step": step.describe(),
+                           "instruction_level_cycles": exact,
+                           "fast_path_cycles": fast.cycles, "error_pct": round(error, 2)}))
+    rows.append(_emit({"section": "random", "cases": n, "seed": seed,
+                       "max_abs_error_pct": round(max(errors), 2),
+                       "mean_abs_error_pct": round(sum(errors) / n, 3),
+                       "within_1_pct": sum(e <= 1 for e in errors),
+                       "within_2_pct": sum(e <= 2 for e in errors)}))
+    return rows
+
+
 def prefill() -> list[dict]:
     from arch.hardware import load_hardware
     from arch.occupancy import occupancy
@@ -206,7 +251,8 @@ def density() -> list[dict]:
                          ("silo", 4 << 20)):
         point = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm",
                  "devices": 1, "prefetch": True, "workload": workload,
-                 "link_gbytes_per_s": 16.0, "link_latency_us": 2.0, "l2_bytes": l2}
+                 "weights": "int8", "link_gbytes_per_s": 16.0, "link_latency_us": 2.0,
+                 "l2_bytes": l2}
         r = evaluate_group([point], workloads)[0]
         w = workloads[workload]
         seconds = (r["prefill_cycles"] + r["decode_cycles"]) / 1e9
@@ -230,9 +276,14 @@ def density() -> list[dict]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--random", type=int, default=200, metavar="N",
+                        help="random steps in the 'random' section (default 200)")
     args = parser.parse_args(argv)
-    runs = {"fast": fast, "fidelity": fidelity, "workload": workload, "l2": l2_sweep, "tp": tp,
-            "prefill": prefill, "density": density}
+    if args.random < 1:
+        parser.error(f"--random must be at least 1, not {args.random}")
+    runs = {"fast": fast, "fidelity": fidelity, "random": lambda: random_set(args.random),
+            "workload": workload, "l2": l2_sweep, "tp": tp, "prefill": prefill,
+            "density": density}
     rows = []
     for name in args.only:
         rows += runs[name]()

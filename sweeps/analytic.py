@@ -8,25 +8,28 @@ Contract
 prompt_len, output_len, prefetch)`` estimates a whole generation — the prefill of
 ``prompt_len`` tokens, then ``output_len`` decode steps — without timing every step.
 
-Method (``docs/perf.md``). The step is the compiler's instruction stream at the
-granularity of its *staging tiles*: the same tiling as ``compiler.backend`` (weight tiles
-of ``backend.matmul_tiling``, parameter column chunks, KV chunks fetched by
-``KV_PREFETCH``), each tile a load on the load engine followed by the compute
-instructions that consume it, each costed by ``arch.occupancy`` on the instruction the
-compiler would emit (so the per-instruction numbers are the RTL-calibrated ones). The
-two engines then run as a pipeline over the tiles:
+Method (``docs/perf.md``). One mapping: nothing about tiling, chunking or L2 is derived
+here. The step is the compiler's own plan of a one-layer copy of the model (every layer
+lowers to the same stream): the front end's IR graph (``frontend.lower_step``, shapes
+only), the LM head chunked and the prefill split as the driver does
+(``driver.fit_head``, ``driver.prefill_graphs``), the L2 planned by ``backend.plan_l2``,
+and each operation lowered by ``backend.Generator``'s own code, whose emitted
+instructions ``_Timing`` costs with ``arch.occupancy`` (the RTL-calibrated numbers)
+into *tiles*: a load and the compute instruction after it. A matmul's weight tiles come
+from ``backend.matmul_tiles`` costed once per shape, so a 1B-class layer does not
+build its thousands of instructions.
 
-    load_begin[i]  = max(load_issued[i-1], compute_end[i - S])
-    load_end[i]    = copier(load_begin[i], load_end[i-1], ...) # ``occupancy.Copies``
-    compute_end[i] = max(compute_end[i-1], load_end[i]) + compute[i]
-
-where ``S`` is how many tiles the load engine may run ahead: the staging ring's slots
-with prefetch (the scheduler hoists loads as far as the ring allows, at most
-``LOOKAHEAD`` loads); without prefetch each load waits for the compute before it
-(``S = 1``: the program's natural order with its tokens serialises the two engines). A
-load's rows follow the previous load's through the copier, as on the RTL. Every layer
-is the same stream, so one layer is timed and repeated (the pipeline carries across
-layer boundaries).
+The tiles then run through a model of the two engines (``_schedule``, ``_pipeline``):
+where ``compiler.schedule.hoist`` places each load (replayed in tile terms: the staging
+ring as ``backend.Ring`` allocates it, ``LOOKAHEAD`` loads ahead, the KV pages a
+prefetch shares with the step's ``KV_APPEND``), each load beginning when the load engine
+is free, its dependency has ended and it has been dispatched, its rows through the
+copier after the previous load's (``occupancy.Copies``), delayed by the DRAM lines that
+instruction fetch and the store engine take and, iterated as ``sweeps.perf`` does, by
+the L2 lines the compute engine's ports take over its interval; each compute beginning
+when the one before has ended and the loads it reads have. The layer's tiles are
+repeated (the pipeline carries across layer boundaries), so the cost does not grow with
+depth.
 
 A workload's decode steps differ only in KV length, and a step's time is affine in the
 KV length between changes of the KV chunking; ``workload`` times steps at a few sample
@@ -53,6 +56,7 @@ from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
     ENGINE_START_CYCLES,
+    FETCH_AHEAD,
     FETCH_START,
     QUEUE_DEPTH,
 )
@@ -104,7 +108,7 @@ def _cost(instr, hw) -> tuple[int, int, int, int]:
 
 class _Tiles:
     """Tiles in program order, ``(load, compute cycles, staged bytes, reader, after,
-    extra, stores, compute L2 lines, load L2 lines)``, plus totals (DRAM bytes read,
+    extra, stores, compute L2 lines, load L2 lines, after cycles)``, plus totals (DRAM bytes read,
     MACs, L2 lines moved). ``load``: the load's ``occupancy.Copies``, or 0 for none;
     ``staged``: its bytes in the staging ring; ``reader``: the tile that far ahead holds
     the first compute reading the load (0: the first compute at or after it); ``after``
@@ -112,7 +116,8 @@ class _Tiles:
     nothing); ``extra``: the DRAM cycles instruction fetch (a line per instruction) took
     since the last load, which delay this one's copier; ``stores``: the DRAM cycles of
     the store engine instructions that begin when this tile's compute ends; then the L2
-    lines the compute and the load move."""
+    lines the compute and the load move; and the cycles the load waits after ``after``'s
+    compute has ended (the ``KV_APPEND`` between them)."""
 
     def __init__(self, hw: HardwareConfig):
         self.hw = hw
@@ -125,7 +130,7 @@ class _Tiles:
         self.read += occ.dram_read_bytes
         self.l2 += occ.l2_lines
         self.pending += self.hw.dram_cycles_per_line
-        self.tiles.append([occ.copies, 0, staged, 0, 0, self.pending, 0.0, 0, occ.l2_lines])
+        self.tiles.append([occ.copies, 0, staged, 0, 0, self.pending, 0.0, 0, occ.l2_lines, 0])
         self.pending = 0.0
         return len(self.tiles) - 1
 
@@ -137,11 +142,12 @@ class _Tiles:
         self.l2 += occ.l2_lines
         self.pending += self.hw.dram_cycles_per_line
         cycles = occ.cycles + ENGINE_START_CYCLES
-        if self.tiles and self.tiles[-1][0] and not self.tiles[-1][1]:
+        last = self.tiles[-1] if self.tiles else None
+        if type(last) is list and last[0] and not last[1]:
             self.tiles[-1][1] = cycles
             self.tiles[-1][7] = occ.l2_lines
         else:
-            self.tiles.append([0, cycles, 0, 0, 0, 0.0, 0.0, occ.l2_lines, 0])
+            self.tiles.append([0, cycles, 0, 0, 0, 0.0, 0.0, occ.l2_lines, 0, 0])
         return len(self.tiles) - 1
 
     def add_store(self, occ, producer: int) -> None:
@@ -152,7 +158,9 @@ class _Tiles:
             self.tiles[producer][6] += occ.dram_lines * self.hw.dram_cycles_per_line
 
     def frozen(self) -> tuple:
-        return tuple(tuple(t) for t in self.tiles), self.read, self.macs, self.l2
+        """The tiles (lists where built here, the cached matmuls' tuples: read only from
+        now on) and the totals."""
+        return self.tiles, self.read, self.macs, self.l2
 
 
 def _matmul_instr(hw: HardwareConfig, fields: dict):
@@ -181,7 +189,8 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
                 mm = occupancy(instr(), hw)
                 compute, macs, mm_lines = mm.cycles + ENGINE_START_CYCLES, mm.macs, mm.l2_lines
             costed[shape] = ((occ.copies, compute, rows * row_bytes, 0, 0,
-                              cpl * (1 + (instr is not None)), 0.0, mm_lines, occ.l2_lines),
+                              cpl * (1 + (instr is not None)), 0.0, mm_lines, occ.l2_lines,
+                              0),
                              occ.dram_read_bytes, macs, occ.l2_lines + mm_lines)
         t, read, macs, lines = costed[shape]
         tiles.append(t)
@@ -247,7 +256,8 @@ class _Timing(Generator):
         self.tile_of: dict[int, int] = {}          # instruction index -> tile
         self.load_tile: dict[int, int] = {}        # ring slot serial -> its load's tile
         self.writer: dict[int, int] = {}           # L2 address -> tile of its last writer
-        self.appended: dict[str, int] = {}         # KV kind -> tile producing the rows
+        self.appended: dict[str, tuple] = {}       # KV kind -> (producer tile, cycles)
+        self.store_cycles = 0
         self.gathers: list[tuple[int, int, int]] = []   # (first, end) L2 bytes, tile
         self.n_instrs = 0
 
@@ -280,7 +290,9 @@ class _Timing(Generator):
                 self.writer[dst] = tile
         else:                                     # the store engine
             producer = self.writer.get(fields.get("l2_addr"), len(s.tiles) - 1)
-            s.add_store(occupancy(instr, self.core), producer)
+            occ = occupancy(instr, self.core)
+            s.add_store(occ, producer)
+            self.store_cycles = occ.cycles
             tile = len(s.tiles) - 1
         self.tile_of[index] = tile
         return index
@@ -298,7 +310,9 @@ class _Timing(Generator):
         if kind in self.appended and _shares_a_page(first, count, start, col_offset,
                                                     self.cfg.head_dim, self.cfg.kv_dim,
                                                     self.hw.kv_block_tokens):
-            self.s.tiles[tile][4] = self.appended[kind] - tile
+            producer, cycles = self.appended[kind]
+            self.s.tiles[tile][4] = producer - tile
+            self.s.tiles[tile][9] = cycles
         return slot
 
     def use(self, slot, index: int) -> None:
@@ -309,9 +323,10 @@ class _Timing(Generator):
 
     def _op_kvappend(self, op: KvAppend) -> None:
         producer = self.writer.get(self.addr(op.src))
-        if producer is not None:
-            self.appended[op.kind] = producer
         super()._op_kvappend(op)
+        if producer is not None:
+            # its producer, and the cycles from its end to the append's signal
+            self.appended[op.kind] = (producer, self.store_cycles + 1)
 
     def _op_attention(self, op: Attention) -> None:
         self.current = op
@@ -328,7 +343,7 @@ class _Timing(Generator):
         first[5] += s.pending
         s.pending = 0.0
         s.tiles.append(first)
-        s.tiles.extend(list(t) for t in tiles[1:])
+        s.tiles.extend(tiles[1:])
         s.read += read
         s.macs += macs
         s.l2 += lines
@@ -411,12 +426,16 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     parts = []
     for ops in (prefix, layer, tail):
         timing.s, timing.writer = _Tiles(timing.core), {}
-        if ops is prefix and freq is not None and (program is None or start == 0):
-            timing.emit("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=freq.nbytes,
-                        dram_stride=freq.nbytes, l2_stride=freq.nbytes)
+        if ops is prefix and (program is None or start == 0):
+            # a program starts by fetching as far ahead as the fetch reads in flight and
+            # the engines' queues allow: those lines go before the first loads'
+            timing.s.pending += (FETCH_AHEAD + 2 * QUEUE_DEPTH) * hw.dram_cycles_per_line
+            if freq is not None:
+                timing.emit("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=freq.nbytes,
+                            dram_stride=freq.nbytes, l2_stride=freq.nbytes)
         for op in ops:
             if allreduce and isinstance(op, ResAdd):
-                timing.s.tiles.append([0, allreduce, 0, 0, 0, 0.0, 0.0, 0, 0])
+                timing.s.tiles.append([0, allreduce, 0, 0, 0, 0.0, 0.0, 0, 0, 0])
             getattr(timing, LOWERINGS[type(op)].__name__)(op)   # overrides included
         parts.append(timing.s)
     prefix_tiles = parts[0].tiles
@@ -536,7 +555,7 @@ def _run(tiles, schedule, l2_waits) -> tuple:
     # free again once its rows are queued, and the load ends when the copier has written
     # them, after the loads before it (at most DEFERRED in flight).
     load_begin, load_end, write_start = [0] * n, [0] * n, [0.0] * n
-    compute_begin, compute_ends = [0] * n, [0] * n
+    compute_begin, compute_ends, busy_to = [0] * n, [0] * n, [0.0] * n
     load_tile = [j for j in range(n) if loads[j]]
     rank, k = [0] * n, -1                   # rank[j]: loads among tiles 0..j, less one
     for j in range(n):
@@ -559,15 +578,19 @@ def _run(tiles, schedule, l2_waits) -> tuple:
                 continue
             start = engine_free + 1             # popped once free, ready the cycle after
             d = dep[timed]
-            if d >= 0 and compute_ends[d] > start:
-                start = compute_ends[d]
+            if d >= 0:
+                ready = compute_ends[d] + (tiles[timed][9] if d == timed + tiles[timed][4]
+                                           else 0)
+                start = ready if ready > start else start
             g = place[timed] - QUEUE_DEPTH
             if g >= 0 and compute_begin[g] > start:
                 start = compute_begin[g]
             load_begin[timed] = begin = start
             # the DRAM lines others took since the last load delay this one by what the
             # DRAM could not fit in the idle time between them
-            x = tiles[timed][5] - (begin - read_free if begin > read_free else 0)
+            idle = begin - (read_free if read_free > 0 else 0)
+            x = tiles[timed][5] - (idle if idle > 0 else 0)
+            x = x if x > 0 else 0.0
             write_start[timed] = begin if begin > write_free else write_free
             issued, read_free, write_free = ld.after(begin, read_free, write_free)
             # and the store engine's lines over its interval
@@ -580,8 +603,7 @@ def _run(tiles, schedule, l2_waits) -> tuple:
             if x > 0:
                 read_free += x
                 write_free += x
-            if l2_waits is not None:
-                write_free += l2_waits[timed]
+            write_free += l2_waits[timed]
             free = issued + 1
             end = write_free + DMA_END
             if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
@@ -604,48 +626,49 @@ def _run(tiles, schedule, l2_waits) -> tuple:
             start = load_begin[load_tile[gate]]
         compute_begin[i] = start
         compute_end = compute_ends[i] = start + computes[i]
+        busy_to[i] = load_busy
         if tiles[i][6]:
             s0 = compute_end if compute_end > store_free else store_free
             store_free = s0 + tiles[i][6]
             stores.append((s0, store_free))
-    return (compute_end, load_busy, sum(computes)), write_start, load_end, compute_begin, \
-        compute_ends
+    return ((compute_end, load_busy, sum(computes)), write_start, load_end, compute_begin,
+            compute_ends, busy_to)
 
 
-def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0
-              ) -> tuple[int, int, int]:
-    """The two engines over the tiles placed by ``_schedule``: ``(cycles, load busy,
-    compute busy)``. With ``l2_lines_per_cycle``, a second pass lets each load's copier
-    wait for the L2 lines the compute engine's ports, first in priority, take over its
-    interval (the first pass's): it needs at least ``(its lines + theirs) /
-    l2_lines_per_cycle`` cycles (``sweeps.perf``'s rule, each compute instruction
-    taking its lines evenly from begin to end)."""
+def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
+              dram_lines_per_cycle: float = 1.0) -> tuple:
+    """The two engines over the tiles placed by ``_schedule``: ``((cycles, load busy,
+    compute busy), compute begins, compute ends, load busy up to each tile)``. With
+    ``l2_lines_per_cycle``, further passes let each load's copier wait for the L2 lines
+    the compute engine's ports, first in priority, take over its interval (the last
+    pass's): it needs at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles
+    (``sweeps.perf``'s rule and passes, each compute instruction taking its lines evenly
+    from begin to end). No pass is needed where the busiest compute and a load at
+    ``dram_lines_per_cycle`` fit the L2 together."""
     schedule = _schedule(tiles, ring)
-    run = _run(tiles, schedule, None)
-    if not l2_lines_per_cycle:
-        return run[0]
+    # no wait is possible where the busiest compute and a load at the DRAM's line rate
+    # fit the L2's lines per cycle together
+    busiest = max((t[7] / t[1] for t in tiles if t[1] and t[7]), default=0.0)
+    if not l2_lines_per_cycle or busiest + dram_lines_per_cycle <= l2_lines_per_cycle:
+        run = _run(tiles, schedule, [0] * len(tiles))
+        return run[0], run[3], run[4], run[5]
     loading = [j for j, t in enumerate(tiles) if t[0] and t[8]]
-    waits = [0.0] * len(tiles)
-    for _ in range(CONTENTION_PASSES):
-        _, write_start, load_end, compute_begin, compute_ends = run
+    waits = [0] * len(tiles)
+    for _ in range(CONTENTION_PASSES):         # as sweeps.perf.time_program's passes
+        run = _run(tiles, schedule, waits)
+        _, write_start, load_end, compute_begin, compute_ends, _ = run
         usage = _Usage([(compute_begin[i], compute_ends[i],
                          t[7] / max(1, compute_ends[i] - compute_begin[i]))
                         for i, t in enumerate(tiles) if t[1] and t[7]])
-        changed = False
+        again = list(waits)
         for j in loading:
             lo, hi = write_start[j], load_end[j]
-            free_running = hi - lo - waits[j]
-            w = ((tiles[j][8] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
-                 - free_running)
-            w = w if w > 0 else 0.0
-            if abs(w - waits[j]) > 0.5:
-                waits[j], changed = w, True
-        if not changed:
+            need = (tiles[j][8] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
+            again[j] = max(0, math.ceil(need - (hi - lo - waits[j])))
+        if again == waits:
             break
-        run = _run(tiles, schedule, waits)
-    return run[0]
-
-
+        waits = again
+    return run[0], run[3], run[4], run[5]
 
 
 def first_fetch_cycles(hw: HardwareConfig) -> int:
@@ -693,23 +716,28 @@ def _l2_cycles(lines: int, hw: HardwareConfig) -> float:
     return lines / hw.l2_lines_per_cycle
 
 
-def _layers(plan: _Plan, n_layers: int, ring, l2: float = 0) -> tuple[float, int, int]:
+def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, int, int]:
     """The plan's prefix, ``n_layers`` copies of its layer's tiles, then its head, through
     the pipeline. Once the load engine's lead (at most the ring) is shorter than the
-    layers already run, each further layer adds the same time: the pipeline is run on
-    ``k`` and ``k + 1`` layers and the difference repeated, which is exact once periodic
-    and keeps the cost independent of the model's depth. (The compute engine's advance
-    over one layer of a single run is not that difference: the head's loads, hoisted
-    into the last layers, delay them.)"""
+    layers already run, each further layer adds the same time: the pipeline runs ``k +
+    1`` layers and the head, and the ``k``-th layer (whose loads the ring has reached
+    and which the head's hoisted loads do not touch: they go into the last) is repeated
+    for the layers not run, which is exact once periodic and keeps the cost independent
+    of the model's depth."""
     prefix, layer, head = list(plan.prefix[0]), list(plan.layer[0]), list(plan.head[0])
     staged = sum(t[2] for t in layer)
-    k = 1 + (math.ceil((ring or 0) / staged) if staged else 0)
+    k = 2 + (math.ceil((ring or 0) / staged) if staged else 0)     # a layer past the first
     if n_layers <= k + 1:
-        return _pipeline(prefix + layer * n_layers + head, ring, l2)
-    a = _pipeline(prefix + layer * k + head, ring, l2)
-    b = _pipeline(prefix + layer * (k + 1) + head, ring, l2)
-    extra = n_layers - k
-    return tuple(x + extra * (y - x) for x, y in zip(a, b, strict=True))
+        return _pipeline(prefix + layer * n_layers + head, ring, *l2)[0]
+    totals, _, compute_ends, load_busy_to = _pipeline(prefix + layer * (k + 1) + head, ring,
+                                                      *l2)
+    last = len(prefix) + k * len(layer) - 1             # the k-th layer's last tile
+    first = last - len(layer)
+    extra = n_layers - k - 1
+    cycles, load_busy, compute_busy = totals
+    return (cycles + extra * (compute_ends[last] - compute_ends[first]),
+            load_busy + extra * (load_busy_to[last] - load_busy_to[first]),
+            compute_busy + extra * sum(t[1] for t in layer))
 
 
 def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool
@@ -717,7 +745,8 @@ def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool
     """``(cycles, load busy, compute busy, DRAM bytes read, MACs)`` of a program of
     ``n_layers`` layers from its one-layer plan (no instruction fetch)."""
     cycles, load_busy, compute_busy = _layers(plan, n_layers, plan.ring_bytes if prefetch
-                                              else None, hw.l2_lines_per_cycle)
+                                              else None,
+                                              (hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line))
     total = [p + n_layers * l_ + h for p, l_, h in zip(plan.prefix[1:], plan.layer[1:],
                                                        plan.head[1:], strict=True)]
     read, macs, lines = total

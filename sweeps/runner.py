@@ -48,11 +48,13 @@ class SweepError(ValueError):
 @functools.cache
 def code_version() -> str:
     """A hash of the sources a point's numbers come from: the architecture, the
-    compiler, the RTL (its synthesis gives the logic area), the model configurations
-    and the fast path and cost model."""
+    compiler, the RTL (its synthesis gives the logic area), the model configurations and
+    the integer model the compiler lowers (the fast path times the compiler's plan), and
+    the fast path and cost model."""
     h = hashlib.sha256()
     files = [*ROOT.glob("arch/*.py"), *ROOT.glob("compiler/*.py"), *ROOT.glob("rtl/*.py"),
-             *ROOT.glob("rtl/verilog/*"), ROOT / "models" / "config.py",
+             *ROOT.glob("rtl/verilog/*"),
+             *(ROOT / "models" / name for name in ("config.py", "integer.py", "numerics.py")),
              *(ROOT / "sweeps" / name for name in ("analytic.py", "perf.py", "cost.py"))]
     for path in sorted(files):
         h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
