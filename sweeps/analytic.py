@@ -709,13 +709,6 @@ def shard(cfg: ModelConfig, devices: int) -> ModelConfig:
                                vocab_size=-(-cfg.vocab_size // devices))
 
 
-def _l2_cycles(lines: int, hw: HardwareConfig) -> float:
-    """The cycles the L2 needs to move ``lines`` lines: the pipeline above shares no L2
-    between the engines (``sweeps.perf`` does, by port priority), so a step is at least
-    this long where the L2 moves as few lines per cycle as the DRAM (edge-4x4)."""
-    return lines / hw.l2_lines_per_cycle
-
-
 def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, int, int]:
     """The plan's prefix, ``n_layers`` copies of its layer's tiles, then its head, through
     the pipeline. Once the load engine's lead (at most the ring) is shorter than the
@@ -749,8 +742,8 @@ def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool
                                               (hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line))
     total = [p + n_layers * l_ + h for p, l_, h in zip(plan.prefix[1:], plan.layer[1:],
                                                        plan.head[1:], strict=True)]
-    read, macs, lines = total
-    return max(cycles, _l2_cycles(lines, hw)), load_busy, compute_busy, read, macs
+    read, macs, _ = total
+    return cycles, load_busy, compute_busy, read, macs
 
 
 def _plan_hw(hw: HardwareConfig) -> HardwareConfig:
