@@ -11,7 +11,9 @@ bytes per cycle as well as the presets' bandwidth; L2 from 64 KiB to 1 MiB; KV l
 and prompts that do and do not divide the array and the KV block.
 
 ``benchmarks.perf_model --only random`` times many of them with both performance models
-and prints the error table; tests/sweeps/test_perf_model.py checks a fixed draw.
+and prints the error table.
+
+Tested by tests/sweeps/test_perf_model.py (a fixed draw through both performance models).
 """
 
 from __future__ import annotations
