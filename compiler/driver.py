@@ -211,12 +211,15 @@ def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:
     return found
 
 
-def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
-            program_names: list[str], with_data: bool, head_scratch: int = 0
-            ) -> tuple[MemoryMap, DramImage]:
+def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
+             positions: int, program_names: list[str], head_scratch: int = 0) -> MemoryMap:
+    """The DRAM image's memory map: the parameters (bytes by name), then the writable
+    regions (tokens, block table, KV pools for ``positions`` tokens, logits rows, the LM
+    head's scratch, each program's counters). Raises ``CompileError`` when it exceeds
+    ``hw.dram_bytes``, naming the parts."""
     mmap = MemoryMap()
-    for name, p in params.items():
-        mmap.add(f"param:{name}", param_size(p))
+    for name, size in param_sizes.items():
+        mmap.add(f"param:{name}", size)
     mmap.start_writable()
     mmap.add("tokens", INT32_BYTES * (cfg.max_seq_len + 1))        # int32 token ids
     n_blocks = -(-positions // hw.kv_block_tokens)
@@ -238,6 +241,15 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
                            + ", ".join(f"{k} {v:,}" for k, v in parts.items())
                            + "; a timing-only step at an earlier position, --decode-at, "
                              "needs fewer)")
+    return mmap
+
+
+def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
+            program_names: list[str], with_data: bool, head_scratch: int = 0
+            ) -> tuple[MemoryMap, DramImage]:
+    mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, positions,
+                    program_names, head_scratch)
+    n_blocks = -(-positions // hw.kv_block_tokens)
     image = DramImage(mmap, with_data)
     for name, p in params.items():
         raw = param_bytes(p)

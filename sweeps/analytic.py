@@ -250,7 +250,7 @@ class _Timing(Generator):
         plan, self.act_addr, self.temps = plan_l2(graph.ops, cfg, hw, graph.name)
         self.tile_bytes, self.ring_bytes, self.ring_base = program or (
             plan.tile_bytes, plan.ring_bytes, plan.ring_base)
-        self.ring = Ring(plan.ring_base, plan.ring_base + self.ring_bytes)
+        self.ring = Ring(self.ring_base, self.ring_base + self.ring_bytes)
         self.core = core
         self.s = _Tiles(core)
         self.tile_of: dict[int, int] = {}          # instruction index -> tile
@@ -682,6 +682,14 @@ class Link:
     gbytes_per_s: float = 16.0
     latency_us: float = 2.0
 
+    def __post_init__(self):
+        for name, kind in (("gbytes_per_s", "positive"), ("latency_us", "non-negative")):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value < 0
+                    or (kind == "positive" and value == 0)):
+                raise ValueError(f"link {name} must be a {kind} number, not {value!r}")
+
     def allreduce_seconds(self, nbytes: int, devices: int) -> float:
         """A ring allreduce: 2 (N - 1) steps, each moving 1/N of the data."""
         if devices <= 1:
@@ -758,7 +766,8 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     ``weights``; with ``devices > 1``, one device's step under tensor parallelism, the
     two allreduces per layer (int32 partial sums of the ``d_model`` outputs) on ``link``.
     Raises ``CompileError`` where the compiler would (an L2 too small for the step)."""
-    if position < 0 or position >= cfg.max_seq_len:
+    _check_count("position", position, 0)
+    if position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
                          f"{cfg.name}")
     check_weight_format(shard(cfg, devices), weights)
@@ -776,6 +785,7 @@ def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
                    weights: str = "int8") -> list[tuple[int, int]]:
     """``(start, tokens)`` of the chunks the compiler splits a prefill of ``n_tokens``
     into (``driver.prefill_graphs``)."""
+    _check_count("prompt length", n_tokens, 1)
     return [(s0, t) for s0, t, _ in _prefill_chunking(_one_layer(cfg), weights, _plan_hw(hw),
                                                       n_tokens)]
 
@@ -786,7 +796,8 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
     """The prefill of ``n_tokens`` prompt tokens, chunk by chunk as the compiler splits
     it (each matmul in the dataflow ``arch.occupancy.matmul_mode`` picks), then the head
     for the last token."""
-    if not 1 <= n_tokens <= cfg.max_seq_len:
+    _check_count("prompt length", n_tokens, 1)
+    if n_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
     check_weight_format(shard(cfg, devices), weights)
     prefetch = hw.prefetch if prefetch is None else prefetch
@@ -852,18 +863,25 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     """Prefill of ``prompt_len`` tokens (which yields the first output token), then
     ``output_len - 1`` decode steps, timed by sampling (``decode_total``), the
     projections' weights in format ``weights``."""
-    if output_len < 1:
-        raise ValueError(f"output length must be at least 1, not {output_len}")
+    _check_count("prompt length", prompt_len, 1)
+    _check_count("output length", output_len, 1)
+    _check_count("samples", samples, 2)
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
-    # fails fast when decode does not fit
+    # fails fast where the compiler would: a decode step that does not fit L2
     _plan(_one_layer(shard(cfg, devices)), weights, _plan_hw(hw), prompt_len, 1, True)
     pre = prefill(cfg, hw, prompt_len, prefetch, devices, link, weights)
     decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
                                  devices, link, weights)
     return WorkloadEstimate(prompt_len, output_len, pre.cycles, decode, timed,
                             pre.dram_read_bytes)
+
+
+def _check_count(what: str, value, least: int) -> None:
+    """Refuse a count that is not an integer of at least ``least``, naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{what} must be an integer of at least {least}, not {value!r}")
 
 
 def _sample_positions(first: int, last: int, samples: int) -> list[int]:
@@ -879,6 +897,7 @@ def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
     """Cycles of decode steps at positions ``first .. first + count - 1``: steps timed at
     ``samples`` positions, the rest by linear interpolation between them. Returns
     ``(cycles, steps timed)``."""
+    _check_count("samples", samples, 2)
     if count <= 0:
         return 0, 0
     last = first + count - 1
