@@ -79,7 +79,7 @@ from compiler.ir import (
     RmsNorm,
     Rope,
 )
-from compiler.schedule import LOOKAHEAD
+from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
 from models.integer import check_weight_format, quant_struct
 from sweeps.perf import CONTENTION_PASSES, _Usage
@@ -221,7 +221,7 @@ class _NoDram:
 
 
 def _shares_a_page(c0: int, n: int, start: int, col_offset: int, col_bytes: int,
-                   row_bytes: int, block_tokens: int, page: int = 64) -> bool:
+                   row_bytes: int, block_tokens: int, page: int = PAGE) -> bool:
     """Whether a ``KV_PREFETCH`` of tokens ``[c0, c0 + n)`` (columns ``col_offset`` to
     ``col_offset + col_bytes`` of each row) reads a 64-byte page that the step's
     ``KV_APPEND`` from token ``start`` writes: the scheduler (``compiler.schedule``, at
@@ -727,7 +727,8 @@ def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, in
     of the model's depth."""
     prefix, layer, head = list(plan.prefix[0]), list(plan.layer[0]), list(plan.head[0])
     staged = sum(t[2] for t in layer)
-    k = 2 + (math.ceil((ring or 0) / staged) if staged else 0)     # a layer past the first
+    # past the first layer and past the ring's reach (the load engine's lead)
+    k = 1 + max(1, math.ceil((ring or 0) / staged) if staged else 1)
     if n_layers <= k + 1:
         return _pipeline(prefix + layer * n_layers + head, ring, *l2)[0]
     totals, _, compute_ends, load_busy_to = _pipeline(prefix + layer * (k + 1) + head, ring,
