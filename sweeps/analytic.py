@@ -99,13 +99,6 @@ class StepEstimate:
         return self.cycles / hw.clock_hz
 
 
-def _cost(instr, hw) -> tuple[int, int, int, int]:
-    """(engine cycles with overhead, DRAM bytes read, MACs, L2 lines) of one
-    instruction."""
-    occ = occupancy(instr, hw)
-    return occ.cycles + ENGINE_START_CYCLES, occ.dram_read_bytes, occ.macs, occ.l2_lines
-
-
 class _Tiles:
     """Tiles in program order, ``(load, compute cycles, staged bytes, reader, after,
     extra, stores, compute L2 lines, load L2 lines, after cycles)``, plus totals (DRAM bytes read,
