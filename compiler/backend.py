@@ -351,10 +351,7 @@ class Generator:
         self.ring = Ring(plan.ring_base, self.hw.l2_bytes)
         self.tile_bytes = plan.tile_bytes
         self.code.l2_plan = plan.to_json()
-        freq = ops and next((op.freq for op in ops if isinstance(op, Rope)), None)
-        if freq is not None:
-            self.emit("DMA_LOAD", dram_addr=self.ctx.param_addr(freq), l2_addr=0, rows=1,
-                      row_bytes=freq.nbytes, dram_stride=freq.nbytes, l2_stride=freq.nbytes)
+        self.load_rope_table(ops)
         for op in ops:
             LOWERINGS[type(op)](self, op)
         # The counters are written once every engine's last instruction has finished.
@@ -366,6 +363,14 @@ class Generator:
         self.code.after[index] = list(last.values())
         self.emit("HALT")
         return self.code
+
+    def load_rope_table(self, ops: list) -> None:
+        """The program's first instruction: the RoPE frequency table into ``[0, freq)``
+        of L2, if an operation rotates."""
+        freq = next((op.freq for op in ops if isinstance(op, Rope)), None)
+        if freq is not None:
+            self.emit("DMA_LOAD", dram_addr=self.ctx.param_addr(freq), l2_addr=0, rows=1,
+                      row_bytes=freq.nbytes, dram_stride=freq.nbytes, l2_stride=freq.nbytes)
 
     # -- matmul --------------------------------------------------------------------------
     def matmul(self, x_addr: int, x_stride: int, m: int, w: Param, out_addr: int,

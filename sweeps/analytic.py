@@ -99,6 +99,12 @@ class StepEstimate:
         return self.cycles / hw.clock_hz
 
 
+def _tile(load=0, compute: int = 0, staged: int = 0, extra: float = 0.0,
+          compute_l2: int = 0, load_l2: int = 0) -> list:
+    """A tile in ``_Tiles``' layout."""
+    return [load, compute, staged, 0, 0, extra, 0.0, compute_l2, load_l2, 0]
+
+
 class _Tiles:
     """Tiles in program order, ``(load, compute cycles, staged bytes, reader, after,
     extra, stores, compute L2 lines, load L2 lines, after cycles)``, plus totals (DRAM bytes read,
@@ -123,7 +129,8 @@ class _Tiles:
         self.read += occ.dram_read_bytes
         self.l2 += occ.l2_lines
         self.pending += self.hw.dram_cycles_per_line
-        self.tiles.append([occ.copies, 0, staged, 0, 0, self.pending, 0.0, 0, occ.l2_lines, 0])
+        self.tiles.append(_tile(occ.copies, staged=staged, extra=self.pending,
+                                load_l2=occ.l2_lines))
         self.pending = 0.0
         return len(self.tiles) - 1
 
@@ -137,10 +144,9 @@ class _Tiles:
         cycles = occ.cycles + ENGINE_START_CYCLES
         last = self.tiles[-1] if self.tiles else None
         if type(last) is list and last[0] and not last[1]:
-            self.tiles[-1][1] = cycles
-            self.tiles[-1][7] = occ.l2_lines
+            last[1], last[7] = cycles, occ.l2_lines
         else:
-            self.tiles.append([0, cycles, 0, 0, 0, 0.0, 0.0, occ.l2_lines, 0, 0])
+            self.tiles.append(_tile(compute=cycles, compute_l2=occ.l2_lines))
         return len(self.tiles) - 1
 
     def add_store(self, occ, producer: int) -> None:
@@ -181,9 +187,10 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
             if instr is not None:
                 mm = occupancy(instr(), hw)
                 compute, macs, mm_lines = mm.cycles + ENGINE_START_CYCLES, mm.macs, mm.l2_lines
-            costed[shape] = ((occ.copies, compute, rows * row_bytes, 0, 0,
-                              cpl * (1 + (instr is not None)), 0.0, mm_lines, occ.l2_lines,
-                              0),
+            # the load's and the matmul's fetch lines go with the tile
+            costed[shape] = (tuple(_tile(occ.copies, compute, rows * row_bytes,
+                                         cpl * (1 + (instr is not None)), mm_lines,
+                                         occ.l2_lines)),
                              occ.dram_read_bytes, macs, occ.l2_lines + mm_lines)
         t, read, macs, lines = costed[shape]
         tiles.append(t)
@@ -423,12 +430,10 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
             # a program starts by fetching as far ahead as the fetch reads in flight and
             # the engines' queues allow: those lines go before the first loads'
             timing.s.pending += (FETCH_AHEAD + 2 * QUEUE_DEPTH) * hw.dram_cycles_per_line
-            if freq is not None:
-                timing.emit("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=freq.nbytes,
-                            dram_stride=freq.nbytes, l2_stride=freq.nbytes)
+            timing.load_rope_table(layer)
         for op in ops:
             if allreduce and isinstance(op, ResAdd):
-                timing.s.tiles.append([0, allreduce, 0, 0, 0, 0.0, 0.0, 0, 0, 0])
+                timing.s.tiles.append(_tile(compute=allreduce))
             getattr(timing, LOWERINGS[type(op)].__name__)(op)   # overrides included
         parts.append(timing.s)
     prefix_tiles = parts[0].tiles
@@ -531,8 +536,10 @@ def _schedule(tiles, ring: int | None):
 
 
 def _run(tiles, schedule, l2_waits) -> tuple:
-    """The two engines over the tiles ``(load, compute cycles, staged bytes, reader,
-    after)`` placed by ``_schedule``: ``(cycles, load busy, compute busy)``.
+    """One pass of the two engines over the tiles (``_Tiles``' layout) placed by
+    ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
+    L2: ``((cycles, load busy, compute busy), copier write starts, load ends, compute
+    begins, compute ends, load busy up to each tile)``.
 
     A load begins when its engine is free, the compute it depends on has ended, and it
     has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
