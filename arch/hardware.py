@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from arch.isa import INSTR_BYTES, PARAM_WORD_BYTES, MatmulMode
+from arch.isa import DRAM_ADDR_BITS, INSTR_BYTES, PARAM_WORD_BYTES, MatmulMode
 from arch.uarch import GEMM_ROW_FACTOR, TILE_LINES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -45,7 +45,8 @@ class HardwareConfig:
     l2_port_bytes : bytes one bank reads or writes per cycle.
     dram_bytes_per_cycle : sustained DRAM bandwidth in bytes per accelerator cycle.
     dram_latency_cycles : cycles from a DRAM request to its first data.
-    dram_bytes : DRAM address space the accelerator sees.
+    dram_bytes : DRAM address space the accelerator sees; at most 4 GiB, the reach of the
+        ISA's 32-bit DRAM addresses (``isa.DRAM_ADDR_BITS``).
     clock_hz : accelerator clock.
     kv_block_tokens : tokens per block of the paged KV cache.
     prefetch : whether the compiler schedules loads ahead of use by default.
@@ -81,7 +82,9 @@ class HardwareConfig:
         for field, lo, hi, pow2 in _RANGES:
             value = getattr(self, field)
             if not lo <= value <= hi:
-                raise HardwareError(f"{field} = {value} is out of range [{lo}, {hi}]")
+                why = _RANGE_REASONS.get(field)
+                raise HardwareError(f"{field} = {value} is out of range [{lo}, {hi}]"
+                                    + (f" ({why})" if why else ""))
             if pow2 and not _pow2(value):
                 raise HardwareError(f"{field} = {value} must be a power of two")
         if self.l2_bytes % (self.l2_banks * self.l2_port_bytes):
@@ -194,11 +197,13 @@ _RANGES = (
     ("l2_port_bytes", 1, 1024, True),
     ("dram_bytes_per_cycle", 1, 4096, False),
     ("dram_latency_cycles", 1, 100_000, False),
-    ("dram_bytes", 1024 * 1024, 1 << 40, False),
+    ("dram_bytes", 1024 * 1024, 1 << DRAM_ADDR_BITS, False),
     ("clock_hz", 10_000_000, 10_000_000_000, False),
     ("kv_block_tokens", 1, 1024, True),
     ("token_counter_bits", 2, 16, False),
 )
+
+_RANGE_REASONS = {"dram_bytes": f"the ISA's DRAM addresses are {DRAM_ADDR_BITS} bits"}
 
 _OPTIONAL = {f.name for f in dataclasses.fields(HardwareConfig)
              if f.default is not dataclasses.MISSING}

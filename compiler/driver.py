@@ -177,7 +177,7 @@ def fit_head(graph: Graph, cfg: ModelConfig, hw: HardwareConfig) -> Graph:
     return chunked[-1] if chunked else graph
 
 
-def _head_scratch(graphs: list[Graph]) -> int:
+def head_scratch_bytes(graphs: list[Graph]) -> int:
     """DRAM bytes of the chunked LM heads' scratch words (0 without one)."""
     chunks = [len(op.chunks) for g in graphs for op in g.ops if isinstance(op, LmHead)]
     return lm_head_scratch_bytes(max(chunks)) if chunks else 0
@@ -199,6 +199,21 @@ def prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int,
         if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
             return graphs
     raise AssertionError("unreachable: a chunk of 1 is always returned")
+
+
+def param_sizes(graphs: list[Graph], n_layers: int | None = None) -> dict[str, int]:
+    """DRAM bytes of each parameter ``graphs`` read, by name. With ``n_layers``, the graphs
+    are of a one-layer copy of the model (the fast path's): its ``layers.0.*`` parameters
+    stand for every layer's, under the names the whole model's graphs give them."""
+    sizes = {name: param_size(p) for name, p in _collect_params(graphs).items()}
+    if n_layers is None:
+        return sizes
+    layer = "layers.0."
+    out = {k: v for k, v in sizes.items() if not k.startswith(layer)}
+    for i in range(n_layers):
+        out.update({f"layers.{i}.{k[len(layer):]}": v for k, v in sizes.items()
+                    if k.startswith(layer)})
+    return out
 
 
 def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:
@@ -309,7 +324,7 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
     positions = n_prompt + max_new_tokens
     mmap, image = _layout(cfg, hw, params, positions, [n for n, _, _ in named], with_data,
-                          _head_scratch([g for _, _, gs in named for g in gs]))
+                          head_scratch_bytes([g for _, _, gs in named for g in gs]))
     image.write("tokens", np.asarray(prompt, "<i4"), keep=True)
     return _finish(cfg, hw, prefetch, mmap, image, named, prompt, max_new_tokens)
 
@@ -333,7 +348,7 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
     name = "decode_000" if kind == "decode" else "prefill"
     mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data,
-                          _head_scratch(graphs))
+                          head_scratch_bytes(graphs))
     return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1)
 
 

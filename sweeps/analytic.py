@@ -69,7 +69,7 @@ from compiler.backend import (
     mx_exps_rows,
     plan_l2,
 )
-from compiler.driver import fit_head, prefill_graphs
+from compiler.driver import dram_map, fit_head, head_scratch_bytes, param_sizes, prefill_graphs
 from compiler.frontend import lower_step
 from compiler.ir import (
     Attention,
@@ -354,7 +354,8 @@ class _Timing(Generator):
 
 def clear_caches() -> None:
     """Forget every lowered graph, plan and tile (for timing the fast path cold)."""
-    for f in (_struct, _lowered, _prefill_chunking, _plan, _prefill_l2, _matmul_tiles):
+    for f in (_struct, _lowered, _prefill_chunking, _plan, _prefill_l2, _matmul_tiles,
+              _check_dram):
         f.cache_clear()
 
 
@@ -454,6 +455,22 @@ def _prefill_l2(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_tokens: in
         ops += (fit_head(graph, cfg, hw) if head else graph).ops
     plan, _, _ = plan_l2(ops, cfg, hw, "prefill")
     return plan.tile_bytes, plan.ring_bytes, plan.ring_base
+
+
+@lru_cache(maxsize=1024)
+def _check_dram(cfg: ModelConfig, weights: str, hw: HardwareConfig,
+                steps: tuple[tuple[int, int, bool], ...], positions: int, programs: int
+                ) -> None:
+    """Raise the compiler's ``CompileError`` when the DRAM image of ``programs`` programs
+    made of the graphs ``steps`` (``(start, tokens, head)`` of the one-layer model), with
+    KV and logits for ``positions`` tokens, exceeds ``hw.dram_bytes``
+    (``driver.dram_map``, with every layer's parameters)."""
+    one = _one_layer(cfg)
+    graphs = [fit_head(g, one, hw) if head else g
+              for g, head in ((_lowered(one, weights, s0, n, head), head)
+                              for s0, n, head in steps)]
+    dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
+             [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs))
 
 
 def _core(hw: HardwareConfig) -> HardwareConfig:
@@ -775,6 +792,7 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     prefetch = hw.prefetch if prefetch is None else prefetch
     allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
     local = shard(cfg, devices)
+    _check_dram(local, weights, _plan_hw(hw), ((position, 1, True),), position + 2, 1)
     plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce)
     cycles, load_busy, compute_busy, read, macs = _time_plan(plan, cfg.n_layers, hw, prefetch)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
@@ -805,6 +823,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
     local = _one_layer(shard(cfg, devices))
     key_hw = _plan_hw(hw)
     chunks = _prefill_chunking(local, weights, key_hw, n_tokens)
+    _check_dram(shard(cfg, devices), weights, key_hw, chunks, n_tokens + 1, 1)
     program = _prefill_l2(local, weights, key_hw, n_tokens)
     # A chunk's cost is affine in its start position (only attention depends on it):
     # time a few chunks of the same length and interpolate the others.
@@ -870,8 +889,13 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
-    # fails fast where the compiler would: a decode step that does not fit L2
-    _plan(_one_layer(shard(cfg, devices)), weights, _plan_hw(hw), prompt_len, 1, True)
+    # fails fast where the compiler would: a decode step that does not fit L2, or the
+    # whole generation's DRAM image (compile_generation's) that does not fit DRAM
+    local = shard(cfg, devices)
+    _plan(_one_layer(local), weights, _plan_hw(hw), prompt_len, 1, True)
+    _check_dram(local, weights, _plan_hw(hw),
+                _prefill_chunking(_one_layer(local), weights, _plan_hw(hw), prompt_len)
+                + ((prompt_len, 1, True),), prompt_len + output_len, output_len)
     pre = prefill(cfg, hw, prompt_len, prefetch, devices, link, weights)
     decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
                                  devices, link, weights)

@@ -43,6 +43,12 @@ class ReportError(ValueError):
 
 
 def load_results(out: Path) -> list[dict]:
+    """The feasible points of the spec last run into ``out``, one dict each."""
+    return [r for r in _current_rows(out) if r.get("feasible", True)]
+
+
+def _current_rows(out: Path) -> list[dict]:
+    """Every finished point (feasible or not) of the spec last run into ``out``."""
     path = Path(out) / "results.jsonl"
     if not path.exists():
         raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
@@ -67,8 +73,7 @@ def load_results(out: Path) -> list[dict]:
                           f"rerun the sweep") from None
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
     rows = [r for r in rows if r.get("key") in keys]
-    rows = [r for r in rows if r.get("feasible", True)]
-    if not rows:
+    if not any(r.get("feasible", True) for r in rows):
         raise ReportError(f"{path}: no finished feasible points")
     return rows
 
@@ -125,13 +130,17 @@ def _optimum(series, metric):
 
 def write_report(out: str | Path) -> dict:
     out = Path(out)
-    rows = load_results(out)
+    every = _current_rows(out)
+    rows = [r for r in every if r.get("feasible", True)]
     first = ["model", "workload", "array", "node", "devices", "dram_bytes_per_cycle", "hw"]
     # every other setting or hardware field a sweep may vary (clock, link, ...) too, so
     # that no series mixes points that differ in something besides L2 and prefetch
     others = sorted((set(SETTINGS) | HW_FIELDS) - set(first) - {"l2_bytes", "prefetch"})
     group_keys = _varying(rows, first + others) or ["model"]
-    findings: dict = {"points": len(rows), "optima": []}
+    findings: dict = {"points": len(rows), "optima": [],
+                      "infeasible": [{k: r.get(k) for k in (*group_keys, "l2_bytes",
+                                                             "prefetch", "reason")}
+                                     for r in every if not r.get("feasible", True)]}
 
     sizes = sorted({r["l2_bytes"] for r in rows})
 
@@ -327,9 +336,16 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
                      f", {o['tokens_per_s_per_dollar']:.4g} tokens/s/$); per mm² at "
                      f"{size_label(o['l2_bytes_per_mm2'])}.")
     spec = _spec_summary(rows, group_keys)
-    md = ["# Sweep report", "", f"{len(rows)} feasible design points from "
+    infeasible = [", ".join(f"{k} {size_label(v) if k == 'l2_bytes' else v}"
+                            for k, v in p.items() if k != "reason") + f": {p['reason']}"
+                  for p in findings["infeasible"]]
+    counted = (f"; {len(infeasible)} infeasible (below)" if infeasible else "")
+    md = ["# Sweep report", "", f"{len(rows)} feasible design points{counted} from "
           f"`{out / 'results.csv'}`; {spec}.", "", "## Findings", ""]
     md += [f"- {line}" for line in lines]
+    if infeasible:
+        md += ["", "## Infeasible points (left out of the figures)", ""]
+        md += [f"- {line}" for line in infeasible]
     md += ["", "## Best points (tokens/s per $)", "",
            "| " + " | ".join(headers.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for r in best]
@@ -340,9 +356,13 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
 
     esc = html.escape
     body = ["<header><h1>Sweep report</h1>",
-            f"<p>{len(rows)} feasible design points; {esc(spec)}.</p></header>",
-            "<section><h2>Findings</h2><ul>"]
+            f"<p>{len(rows)} feasible design points{esc(counted)}; {esc(spec)}.</p>"
+            "</header>", "<section><h2>Findings</h2><ul>"]
     body += [f"<li>{esc(line)}</li>" for line in lines]
+    if infeasible:
+        body += ["</ul></section>", "<section><h2>Infeasible points (left out of the "
+                 "figures)</h2><ul>"]
+        body += [f"<li>{esc(line)}</li>" for line in infeasible]
     body += ["</ul></section>", "<section><h2>Best points (tokens/s per $)</h2><table>",
              "<thead><tr>" + "".join(f"<th>{esc(headers.get(c, c))}</th>" for c in cols)
              + "</tr></thead><tbody>"]

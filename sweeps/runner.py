@@ -93,10 +93,10 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
                    ) -> list[dict]:
     """Design points of one ``performance_key``: the fast path runs once, the cost model
     once per point. One flat dict per point. A configuration the compiler could not map
-    (its L2 cannot hold the activations) is recorded as ``feasible: false`` with the
-    reason. ``run_sweep`` passes the points' ``keys`` and resolved hardware ``hw``
-    (resolved once, before any point runs, so that a hardware file edited during a
-    sweep changes nothing); without them they are computed here."""
+    (its L2 cannot hold the activations, or its DRAM the image) is recorded as
+    ``feasible: false`` with the reason. ``run_sweep`` passes the points' ``keys`` and
+    resolved hardware ``hw`` (resolved once, before any point runs, so that a hardware
+    file edited during a sweep changes nothing); without them they are computed here."""
     point = points[0]
     hw = hw or point_hardware(point)
     keys = keys or [point_key(p, workloads) for p in points]

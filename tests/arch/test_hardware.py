@@ -39,6 +39,8 @@ def test_missing_key(tmp_path):
     ("array_rows = 12", "array_rows = 12 must be a power of two"),
     ("dram_bytes_per_cycle = 0", r"dram_bytes_per_cycle = 0 is out of range \[1, 4096\]"),
     ("l2_bytes = 100", r"l2_bytes = 100 is out of range"),
+    ("dram_bytes = 8589934592", r"dram_bytes = 8589934592 is out of range \[1048576, "
+     r"4294967296\] \(the ISA's DRAM addresses are 32 bits\)"),
     ("prefetch = 3", "prefetch must be true or false"),
 ])
 def test_out_of_range(tmp_path, line, message):

@@ -12,7 +12,7 @@ import pytest
 from arch.hardware import load_hardware
 from arch.isa import Engine, make
 from arch.occupancy import CALIBRATION, NEVER, _occupancy, gemm_blocks, occupancy
-from compiler.driver import compile_step
+from compiler.driver import compile_generation, compile_step
 from compiler.ir import CompileError
 from models.config import preset
 from models.integer import quant_struct
@@ -92,10 +92,16 @@ def test_workload_integration_matches_step_by_step_timing():
 
 
 def test_tensor_parallel_decode():
-    cfg, hw = preset("llama-3-8b"), load_hardware("edge-16x16").replace(l2_bytes=8 << 20)
-    one = decode_step(cfg, hw, 500)
-    two = decode_step(cfg, hw, 500, devices=2)
-    assert two.cycles < one.cycles and two.dram_read_bytes < 0.6 * one.dram_read_bytes
+    """Llama-3-8B's int8 shard fits a device's 4 GiB of DRAM (the ISA's 32-bit reach) on
+    4 devices, not on 2 (as the compiler refuses it); 8 devices each read about half of
+    what 4 do, and prefetch hides DRAM reads behind a slow link's allreduces."""
+    cfg = preset("llama-3-8b")
+    hw = load_hardware("edge-16x16").replace(l2_bytes=8 << 20, dram_bytes=1 << 32)
+    with pytest.raises(CompileError, match="more than dram_bytes = 4,294,967,296"):
+        decode_step(cfg, hw, 500, devices=2)
+    four = decode_step(cfg, hw, 500, devices=4)
+    eight = decode_step(cfg, hw, 500, devices=8)
+    assert eight.cycles < four.cycles and eight.dram_read_bytes < 0.6 * four.dram_read_bytes
     slow = Link(gbytes_per_s=1.0, latency_us=50.0)
     on = decode_step(cfg, hw, 500, True, 4, slow)
     off = decode_step(cfg, hw, 500, False, 4, slow)
@@ -127,6 +133,22 @@ def test_refusals(small_config):
             assert str(timed.value).split(" needs ")[1] == str(compiled.value).split(" needs ")[1]
     with pytest.raises(CompileError, match="L2 too small"):
         workload(cfg, hw.replace(l2_bytes=6 * 1024), 64, 8)
+    # DRAM: 6 MiB holds the weights (3.95 MB) and the logits rows of a decode step at
+    # position 10, not at 70 (40,000 bytes a position), nor a generation of 60 after 10
+    tight = hw.replace(dram_bytes=6 << 20)
+    compile_step(cfg, quant_struct(cfg), tight, 10, 1)
+    assert decode_step(cfg, tight, 10).cycles > 0
+    for start, tokens in ((70, 1), (0, 70)):
+        with pytest.raises(CompileError, match="the DRAM image needs") as compiled:
+            compile_step(cfg, quant_struct(cfg), tight, start, tokens)
+        with pytest.raises(CompileError, match="the DRAM image needs") as timed:
+            decode_step(cfg, tight, start) if tokens == 1 else prefill(cfg, tight, tokens)
+        assert str(timed.value) == str(compiled.value)
+    with pytest.raises(CompileError, match="the DRAM image needs") as compiled:
+        compile_generation(cfg, quant_struct(cfg), tight, list(range(10)), 60)
+    with pytest.raises(CompileError, match="the DRAM image needs") as timed:
+        workload(cfg, tight, 10, 60)
+    assert str(timed.value) == str(compiled.value)
     for call, message in ((lambda: workload(cfg, hw, -3, 5), "prompt length must be an "
                            "integer of at least 1, not -3"),
                           (lambda: workload(cfg, hw, 5, 5, samples=1), "samples must be an "

@@ -304,8 +304,8 @@ def test_an_l2_too_small_is_recorded_as_infeasible_not_an_abort(tmp_path):
     """Qwen2.5-0.5B's decode step needs 32,000 bytes of activations besides the staging
     ring (its 151,936-entry LM head in column chunks), so it cannot run in 32 KiB: that
     point is a row with the compiler's reason; the others run and the report leaves it
-    out."""
-    from sweeps.report import load_results
+    out of its figures and names it with the reason."""
+    from sweeps.report import load_results, write_report
 
     text = SPEC.replace("l2_bytes = { geometric = [1048576, 4194304], factor = 2 }",
                         "l2_bytes = [32768, 1048576]").replace("prefetch = [true, false]",
@@ -318,6 +318,11 @@ def test_an_l2_too_small_is_recorded_as_infeasible_not_an_abort(tmp_path):
     assert not rows[32768]["feasible"] and "32000 bytes of activations" in rows[32768]["reason"]
     assert rows[1048576]["feasible"] and rows[1048576]["tokens_per_s"] > 0
     assert [r["l2_bytes"] for r in load_results(tmp_path / "out")] == [1048576]
+    findings = write_report(tmp_path / "out")
+    assert findings["points"] == 1 and [p["l2_bytes"] for p in findings["infeasible"]] == [32768]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "1 feasible design points; 1 infeasible (below)" in report
+    assert "l2_bytes 32 KiB, prefetch True: L2 too small" in report
 
 
 def test_bad_folders_and_records_are_refused_by_name(sweep, tmp_path):
