@@ -277,6 +277,34 @@ def _writer_period(base: int, stride: int, n: int, W: int) -> tuple[int, ...]:
     return tuple(counts)
 
 
+@lru_cache(maxsize=4096)
+def _lines_period(base: int, stride: int, n: int, W: int) -> tuple[int, ...]:
+    """Prefix sums of the lines that rows ``base + i * stride`` of ``n`` bytes cover (``i``
+    less than the period ``W / gcd(stride, W)``)."""
+    counts = [0]
+    for i in range(W // math.gcd(stride, W)):
+        counts.append(counts[-1] + _lines(base + i * stride, n, W))
+    return tuple(counts)
+
+
+def _rows_lines(base: int, stride: int, rows: int, n: int, W: int) -> int:
+    """L2 lines a row reader reads over ``rows`` rows of ``n`` bytes at ``base + i *
+    stride``: exactly the lines each row covers (``rtl.copier``'s read side; its priming
+    steps, and the last step of a row that ends early in a line, read nothing)."""
+    counts = _lines_period(base % W, stride % W, n, W)
+    whole, part = divmod(rows, len(counts) - 1)
+    return whole * counts[-1] + counts[part]
+
+
+def _read_tail(addr: int, n: int, W: int) -> int:
+    """Steps a row reader takes after its last L2 read of the row of ``n`` bytes at
+    ``addr``: 1 when the row does not start on a line and its realigned last beat needs
+    no further line, else 0 (``rtl.copier``'s write side)."""
+    if not addr % W:
+        return 0
+    return addr // W + (n - 1) // W + 1 - (addr + n - 1) // W
+
+
 def _writer_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
     """Steps of a row writer (stream -> L2, from byte 0) over ``rows`` rows of ``n``
     bytes at ``base + i * stride``: each row's destination lines, plus a priming step for
@@ -376,9 +404,15 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     s = group = 0
 
     for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
-        x_steps = _rows_steps(f.x_addr + m0 * f.x_stride + kt, f.x_stride, mt, kl, W)
+        x_base = f.x_addr + m0 * f.x_stride + kt
+        x_steps = _rows_steps(x_base, f.x_stride, mt, kl, W)
+        x_reads = _rows_lines(x_base, f.x_stride, mt, kl, W)
+        x_last = (x_base + (mt - 1) * f.x_stride, kl)          # each reader's last row
         if kn:
-            w_steps = _rows_steps(f.w_addr + kt * f.w_stride + n0, f.w_stride, kl, nc, W)
+            w_base = f.w_addr + kt * f.w_stride + n0
+            w_steps = _rows_steps(w_base, f.w_stride, kl, nc, W)
+            w_reads = _rows_lines(w_base, f.w_stride, kl, nc, W)
+            w_last = (w_base + (kl - 1) * f.w_stride, nc)
         else:
             x_w = max(0, (nc - mt) // 2)
             # MXINT4: kl elements are (kl + 1) // 2 packed bytes from byte kt // 2 (kt is a
@@ -387,16 +421,27 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
             w_base = f.w_addr + n0 * f.w_stride + (kt // 2 if mx else kt)
             w_bytes = (kl + 1) // 2 if mx else kl
             w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, w_bytes, W)
+            w_reads = _rows_lines(w_base, f.w_stride, nc - x_w, w_bytes, W)
+            w_last = (w_base + (nc - x_w - 1) * f.w_stride, w_bytes)
             if x_w:
-                x_steps += _rows_steps(w_base + (nc - x_w) * f.w_stride, f.w_stride, x_w,
-                                       w_bytes, W)
+                x_w_base = w_base + (nc - x_w) * f.w_stride
+                x_steps += _rows_steps(x_w_base, f.w_stride, x_w, w_bytes, W)
+                x_reads += _rows_lines(x_w_base, f.w_stride, x_w, w_bytes, W)
+                x_last = (x_w_base + (x_w - 1) * f.w_stride, w_bytes)
             if mx:
-                w_steps += _rows_steps(f.e_addr + n0 * e_row + kt // MX_BLOCK, e_row, nc,
-                                       -(-kl // MX_BLOCK), W)
-        lines += x_steps + w_steps
+                e_base, e_bytes = f.e_addr + n0 * e_row + kt // MX_BLOCK, -(-kl // MX_BLOCK)
+                w_steps += _rows_steps(e_base, e_row, nc, e_bytes, W)
+                w_reads += _rows_lines(e_base, e_row, nc, e_bytes, W)
+                w_last = (e_base + (nc - 1) * e_row, e_bytes)
+        lines += x_reads + w_reads
         begin = max(filler, release[s] + 1)
-        # the two readers in parallel, unless the L2 moves fewer lines than they ask for
-        fill = max(x_steps, w_steps, math.ceil((x_steps + w_steps) / l2_rate))
+        # The two readers in parallel, a step a cycle each, unless the L2 moves fewer
+        # lines than they read: then the reads go one after another and the tile is in
+        # once the last has been read and its reader's steps after it taken. (Fitted on
+        # single GEMVs on edge-4x4, whose L2 moves one line a cycle: k = 32, 48 and 64
+        # take 12, 18 and 17 cycles a tile; benchmarks.perf_calibration --gemv.)
+        tail = max(_read_tail(*x_last, W), _read_tail(*w_last, W))
+        fill = max(x_steps, w_steps, math.ceil((x_reads + w_reads) / l2_rate) + tail - 1)
         push[s] = begin + cal.mm_fill_latency + fill
         filler = push[s] + 1
         avail = push[s] + 1
