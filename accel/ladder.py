@@ -99,6 +99,42 @@ def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]]) -> dict:
             "programs": rows}
 
 
+#: Counters the performance model predicts, compared with the RTL's.
+TIMED_COUNTERS = ("cycles", "load_busy", "compute_busy", "store_busy", "dram_busy_cycles")
+
+
+def run_random_step(step, seed: int = 0) -> dict:
+    """A ``sweeps.random_steps.RandomStep`` with random weights (``init_params(cfg,
+    seed)``, calibrated and quantised to the step's format) compiled, run on the ISA
+    simulator and on the RTL, and timed by the instruction-level model and the fast
+    path. Returns ``bit_exact`` (the RTL's whole final DRAM and L2 against the ISA
+    simulator's), ``rtl`` and ``model`` (``TIMED_COUNTERS``), ``fast_cycles`` and
+    ``error_pct`` (each counter's model error, and ``fast``, against the RTL)."""
+    from compiler.driver import compile_step
+    from models.evaluate import build_int_model
+    from models.reference import init_params
+    from models.zoo import LoadedModel
+    from sweeps import analytic
+    from sweeps.perf import time_build
+
+    im = build_int_model(LoadedModel(step.cfg, init_params(step.cfg, seed), None, ""),
+                         weights=step.weights)
+    build = compile_step(im.cfg, im.qm, step.hw, step.start, step.tokens, step.prefetch)
+    isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
+    (name,) = rtl.counters
+    model = time_build(build).programs[name].counters()
+    fast = (analytic.decode_step(step.cfg, step.hw, step.start, step.prefetch,
+                                 weights=step.weights) if step.tokens == 1
+            else analytic.prefill(step.cfg, step.hw, step.tokens, step.prefetch,
+                                  weights=step.weights)).cycles
+    rtl_counts = {k: rtl.counters[name][k] for k in TIMED_COUNTERS}
+    errors = {k: 100.0 * (model[k] - v) / v if v else 0.0 for k, v in rtl_counts.items()}
+    errors["fast"] = 100.0 * (fast - rtl_counts["cycles"]) / rtl_counts["cycles"]
+    return {"bit_exact": same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)["bit_exact"],
+            "rtl": rtl_counts, "model": {k: model[k] for k in TIMED_COUNTERS},
+            "fast_cycles": fast, "error_pct": errors}
+
+
 def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
                   max_new_tokens: int, eval_windows: int, rtl: bool = False,
                   weights: str = "int8") -> dict:

@@ -24,6 +24,8 @@ the GEMM block recurrence).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
@@ -90,6 +92,14 @@ class Copies:
     issue: tuple[float, float, float]
     reads: tuple[float, float, float]
     writes: tuple[float, float, float]
+    # The copier's command queue (``CMD_DEPTH``) is shared with the instructions before:
+    # ``first_cmds`` are when the first ``CMD_DEPTH`` row commands would be queued alone
+    # (relative to begin), ``takes`` when the write side takes each of the last
+    # ``CMD_DEPTH`` (triples), so that ``sweeps.perf`` can hold this instruction's
+    # commands until the earlier ones leave the queue.
+    first_cmds: tuple[float, ...] = ()
+    takes: tuple[tuple[float, float, float], ...] = ()
+    cmd_jumps: tuple[int, ...] = ()    # k where first_cmds[k + 1] > first_cmds[k] + 1
 
     def after(self, begin: float, read_free: float, write_free: float
               ) -> tuple[float, float, float]:
@@ -109,6 +119,67 @@ class Copies:
         return (begin + (ic if ic >= ir and ic >= iw else ir if ir >= iw else iw),
                 begin + (rc if rc >= rr and rc >= rw else rr if rr >= rw else rw),
                 begin + (wc if wc >= wr and wc >= ww else wr if wr >= ww else ww))
+
+
+class CopierQueue:
+    """A DMA engine's copier command queue (``CMD_DEPTH`` row commands) across its
+    instructions: an instruction's first commands wait for the earlier instructions'
+    last ones to be taken by the write side (``rtl.copier``: the engine queues a row
+    command only while both of the copier's command queues have room). ``after`` is
+    ``Copies.after`` with that wait; ``sweeps.perf`` and ``sweeps.analytic`` chain every
+    row-copying instruction of an engine through one. The earlier instructions' take
+    times are evaluated only where they can bind (the sweeps call this once per load)."""
+
+    __slots__ = ("segments", "count")
+
+    def __init__(self):
+        self.segments: deque = deque()     # (copies, begin, read_free, write_free)
+        self.count = 0                     # their takes, at least the last CMD_DEPTH
+
+    def after(self, copies: Copies, begin: float, read_free: float, write_free: float
+              ) -> tuple[float, float, float]:
+        first, segments = copies.first_cmds, self.segments
+        late = 0.0
+        if segments and _take(segments[-1], -1) + 1 > begin + first[0]:
+            back = 0                       # commands newer than this segment's
+            for seg in reversed(segments):
+                m = len(seg[0].takes)
+                # its take j is command CMD_DEPTH - (back + m - j) of ours to wait for
+                lo = max(0, CMD_DEPTH - back - m)
+                hi = min(len(first), CMD_DEPTH - back)
+                if lo < hi and _take(seg, m - 1) + 1 - begin - first[lo] > late:
+                    # A take is at least a cycle after the one before and a command one
+                    # cycle after the one before unless it read an int32 first: the wait
+                    # rises with k but where a command jumps, so the most is at one
+                    # just before a jump, or at the last.
+                    jumps = copies.cmd_jumps
+                    for k in (*jumps[bisect_left(jumps, lo):bisect_left(jumps, hi - 1)],
+                              hi - 1):
+                        v = _take(seg, m - CMD_DEPTH + back + k) + 1 - begin - first[k]
+                        if v > late:
+                            late = v
+                back += m
+                if back >= CMD_DEPTH:
+                    break
+        segments.append((copies, begin, read_free, write_free))
+        self.count += len(copies.takes)
+        while self.count - len(segments[0][0].takes) >= CMD_DEPTH:
+            self.count -= len(segments.popleft()[0].takes)
+        issued, read_free, write_free = copies.after(begin, read_free, write_free)
+        # the shift of its first commands carries to its last one alone (the queue waits
+        # of its later commands are in ``issue`` already, through the write side)
+        shifted = begin + copies.issue[0] + late
+        return (shifted if shifted > issued else issued), read_free, write_free
+
+
+def _take(segment: tuple, j: int) -> float:
+    """When the write side takes the ``j``-th of a queued instruction's last commands."""
+    copies, begin, read_free, write_free = segment
+    c, r, w = copies.takes[j]
+    c += begin
+    r += read_free
+    w += write_free
+    return c if c >= r and c >= w else r if r >= w else w
 
 
 @dataclass(frozen=True)
@@ -204,6 +275,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     t = (cal.dma_setup, NEVER, NEVER)
     read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)
     taken = []                      # when the write side took each row command
+    first_cmds = []                 # when the first CMD_DEPTH commands were queued, alone
     src_total = dst_total = moved = l2_total = 0
     int_reads = 0
     after_read = lat + cal.read_to_write if load else cal.l2_read_latency
@@ -219,6 +291,8 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         src_lines, dst_lines = _lines(row.src, row.n, W), _lines(row.dst, row.n, W)
         steps = dst_lines + (1 if (row.src - row.dst) % W else 0)
         cmd, t = t, _mp_add(t, 1)
+        if len(first_cmds) < CMD_DEPTH:
+            first_cmds.append(cmd[0])   # (c, -inf, -inf): no queue wait of its own yet
         taken.append(_mp_max(_mp_add(cmd, 2), write_end))
         start = _mp_max(_mp_add(cmd, cal.cmd_to_read), read_end)
         l2_total += dst_lines if load else src_lines
@@ -233,7 +307,10 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
                             _mp_add(read_end, after_read))
         moved += row.n
     cycles = math.ceil(max(t[0], write_end[0])) + cal.dma_drain
-    copies = Copies(t, read_end, write_end) if taken else None
+    jumps = tuple(k for k in range(len(first_cmds) - 1)
+                  if first_cmds[k + 1] > first_cmds[k] + 1)
+    copies = (Copies(t, read_end, write_end, tuple(first_cmds), tuple(taken[-CMD_DEPTH:]),
+                     jumps) if taken else None)
     table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0

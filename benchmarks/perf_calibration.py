@@ -9,10 +9,26 @@ is compared with the occupancy the performance model gives it::
 
     python -m benchmarks.perf_calibration                    # edge-8x8 and edge-4x4
     python -m benchmarks.perf_calibration --hw edge-4x4 --prefetch off [--l2 BYTES]
+
+The same per instruction on random models (the fitting set: ``sweeps.random_steps``
+draws, seed 7 by default, on each of ``rtl_hardware()``), by class with the worst
+instructions::
+
+    python -m benchmarks.perf_calibration --fit N [--seed S]
+
+And the test set, kept apart from what was fitted (seed 2026 by default): ``N`` random
+steps, whole programs, on each configuration of ``sweeps.random_steps.rtl_hardware()`` in
+turn (one Verilator build each), bit-exact against the ISA simulator and both
+performance models against the RTL's counters, one row a step, then the mean and
+largest absolute errors::
+
+    python -m benchmarks.perf_calibration --random N [--seed S] [--hw-index I ...]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections import defaultdict
 
 import numpy as np
@@ -36,52 +52,160 @@ def image_with_programs(image, programs: dict) -> tuple:
     return data, entries
 
 
-def run_one(tiny, im, hw, prefetch: bool) -> dict:
+def instruction_class(instr) -> str:
+    """``MATMUL GEMV``, ``MATMUL GEMM KN``, ..., or the mnemonic."""
+    if instr.mnemonic != "MATMUL":
+        return instr.mnemonic
+    f = instr.fields()
+    return f"MATMUL {'GEMV' if f['mode'] else 'GEMM'}{' KN' if f['w_layout'] else ''}"
+
+
+def each_instruction_alone(build, program) -> list[tuple]:
+    """Every instruction of ``program`` (dependency tokens stripped) run alone
+    on the RTL after ``build``'s DRAM image: ``(instr, RTL busy, model busy)`` each, the
+    busy counter of the instruction's engine against ``occupancy``."""
     from arch.isa import Engine
     from arch.occupancy import occupancy
-    from compiler.driver import compile_generation
     from rtl.common import rtl_params
     from rtl.sim import build_model, run_job
+
+    instrs = [i.replace(wait=0, signal=0) for i in program.instrs
+              if i.engine != Engine.CONTROL and i.mnemonic != "STORE_COUNTERS"]
+    data, programs = image_with_programs(build.image.data,
+                                         {f"i{n}": [instr] for n, instr in enumerate(instrs)})
+    model = build_model(rtl_params(build.hw, image_bytes=data.size))
+    job = run_job(model, data, programs, {})
+    rows = []
+    for instr, entry in zip(instrs, job.programs, strict=True):
+        if entry["timed_out"] or entry["error"]:
+            raise RuntimeError(f"{instr.mnemonic} did not complete alone on the RTL: {entry}")
+        rows.append((instr, entry["counters"][f"{instr.engine.name.lower()}_busy"],
+                     occupancy(instr, build.hw, build.image.read_i32).cycles))
+    return rows
+
+
+def by_class(rows: list[tuple]) -> dict:
+    """``each_instruction_alone``'s rows summed by ``instruction_class``."""
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])   # rtl, model, count
+    for instr, rtl, model in rows:
+        row = sums[instruction_class(instr)]
+        row[0] += rtl
+        row[1] += model
+        row[2] += 1
+    return {k: {"instructions": n, "rtl_busy": r, "model_busy": m,
+                "error_pct": round(100 * (m - r) / r, 2)}
+            for k, (r, m, n) in sorted(sums.items())}
+
+
+def run_one(tiny, im, hw, prefetch: bool) -> dict:
+    from compiler.driver import compile_generation
 
     build = compile_generation(im.cfg, im.qm, hw, tiny.tokenizer.encode("ROMEO:"), 2,
                                prefetch=prefetch)
     decode = next(p for p in build.programs if p.kind == "decode")
-    instrs = [i.replace(wait=0, signal=0) for i in decode.instrs
-              if i.engine != Engine.CONTROL and i.mnemonic != "STORE_COUNTERS"]
-    data, programs = image_with_programs(build.image.data,
-                                         {f"i{n}": [instr] for n, instr in enumerate(instrs)})
-    model = build_model(rtl_params(hw, image_bytes=data.size))
-    job = run_job(model, data, programs, {})
-    read_i32 = build.image.read_i32
-    by_class: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])   # rtl, model, count
-    for instr, entry in zip(instrs, job.programs, strict=True):
-        if entry["timed_out"] or entry["error"]:
-            raise RuntimeError(f"{instr.mnemonic} did not complete alone on the RTL: {entry}")
-        engine = instr.engine.name.lower()
-        key = instr.mnemonic + (f" {'GEMV' if instr.fields()['mode'] else 'GEMM'}"
-                                if instr.mnemonic == "MATMUL" else "")
-        row = by_class[key]
-        row[0] += entry["counters"][f"{engine}_busy"]
-        row[1] += occupancy(instr, hw, read_i32).cycles
-        row[2] += 1
-    classes = {k: {"instructions": n, "rtl_busy": r, "model_busy": m,
-                   "error_pct": round(100 * (m - r) / r, 2)}
-               for k, (r, m, n) in sorted(by_class.items())}
-    return {"hw": hw.name, "prefetch": prefetch, "instructions": len(instrs),
-            "classes": classes}
+    rows = each_instruction_alone(build, decode)
+    return {"hw": hw.name, "prefetch": prefetch, "instructions": len(rows),
+            "classes": by_class(rows)}
+
+
+def _print_classes(classes: dict) -> None:
+    print(f"{'class':<16}{'n':>5}{'RTL busy':>11}{'model':>11}{'error':>9}")
+    for name, c in classes.items():
+        print(f"{name:<16}{c['instructions']:>5}{c['rtl_busy']:>11,}"
+              f"{c['model_busy']:>11,}{c['error_pct']:>8.2f}%")
+
+
+def fit(n: int, seed: int, hw_indices: list[int]) -> list[dict]:
+    """The fitting set: each instruction of ``n`` random steps per configuration alone."""
+    from compiler.driver import compile_step
+    from models.evaluate import build_int_model
+    from models.reference import init_params
+    from models.zoo import LoadedModel
+    from sweeps.random_steps import random_rtl_step, rtl_hardware
+
+    rng = np.random.default_rng(seed)
+    results = []
+    for i in hw_indices:
+        hw, rows = rtl_hardware()[i], []
+        for _ in range(n):
+            step = random_rtl_step(rng, hw)
+            im = build_int_model(LoadedModel(step.cfg, init_params(step.cfg, 0), None, ""),
+                                 weights=step.weights)
+            build = compile_step(im.cfg, im.qm, hw, step.start, step.tokens, step.prefetch)
+            rows += each_instruction_alone(build, build.programs[0])
+        worst = sorted(rows, key=lambda r: -abs(r[2] - r[1]) / r[1])[:10]
+        result = {"hw": hw.name, "l2_bytes": hw.l2_bytes, "steps": n,
+                  "instructions": len(rows), "classes": by_class(rows),
+                  "worst": [{"instr": str(instr.fields()), "class": instruction_class(instr),
+                             "rtl_busy": r, "model_busy": m} for instr, r, m in worst]}
+        print(json.dumps({"benchmark": "perf_calibration", "section": "fit", **result}),
+              flush=True)
+        print(f"{hw.name}, {hw.l2_bytes // 1024} KiB, {n} random steps (seed {seed}):")
+        _print_classes(result["classes"])
+        results.append(result)
+    return results
+
+
+def test_set(n: int, seed: int, hw_indices: list[int]) -> list[dict]:
+    """The test set: ``n`` random steps, each on the next configuration of
+    ``hw_indices`` in turn, whole programs against the RTL."""
+    from accel.ladder import TIMED_COUNTERS, run_random_step
+    from sweeps.random_steps import random_rtl_step, rtl_hardware
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        hw = rtl_hardware()[hw_indices[i % len(hw_indices)]]
+        step = random_rtl_step(rng, hw)
+        result = run_random_step(step)
+        row = {"step": step.describe(), "hw": hw.name, **result}
+        print(json.dumps({"benchmark": "perf_calibration", "section": "random", **row}),
+              flush=True)
+        rows.append(row)
+    errors = np.array([r["error_pct"]["cycles"] for r in rows])
+    fast = np.array([r["error_pct"]["fast"] for r in rows])
+    print(f"{'step':<70}{'RTL':>10}{'model':>9}{'fast':>9}"
+          + "".join(f"{k.replace('_cycles', ''):>12}" for k in TIMED_COUNTERS[1:]))
+    for r in rows:
+        e = r["error_pct"]
+        print(f"{r['step'][:69]:<70}{r['rtl']['cycles']:>10,}{e['cycles']:>8.2f}%"
+              f"{e['fast']:>8.2f}%" + "".join(f"{e[k]:>11.2f}%" for k in TIMED_COUNTERS[1:]))
+    summary = {"steps": n, "seed": seed, "all_bit_exact": all(r["bit_exact"] for r in rows),
+               "mean_abs_error_pct": round(float(np.abs(errors).mean()), 3),
+               "max_abs_error_pct": round(float(np.abs(errors).max()), 3),
+               "within_1pct": int((np.abs(errors) <= 1).sum()),
+               "fast_mean_abs_error_pct": round(float(np.abs(fast).mean()), 3),
+               "fast_max_abs_error_pct": round(float(np.abs(fast).max()), 3)}
+    print(json.dumps({"benchmark": "perf_calibration", "section": "random_summary",
+                      **summary}), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from benchmarks.rtl_tiny import each_run
+    from sweeps.random_steps import rtl_hardware
 
-    rows = each_run("perf_calibration", __doc__.splitlines()[0], run_one, argv,
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--random", type=int, default=None)
+    parser.add_argument("--fit", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--hw-index", type=int, nargs="+", default=None)
+    args, rest = parser.parse_known_args(argv)
+    every = list(range(len(rtl_hardware())))
+    indices = args.hw_index or every
+    if any(i not in every for i in indices):
+        parser.error(f"--hw-index takes {every} (sweeps.random_steps.rtl_hardware())")
+    if args.random is not None or args.fit is not None:
+        if rest:
+            parser.error(f"unrecognised arguments: {' '.join(rest)}")
+        if args.fit is not None:
+            return fit(args.fit, 7 if args.seed is None else args.seed, indices)
+        return test_set(args.random, 2026 if args.seed is None else args.seed, indices)
+    rows = each_run("perf_calibration", __doc__.splitlines()[0], run_one, rest,
                     prefetch=("on",))
     for row in rows:
         print(f"{row['hw']}, prefetch {'on' if row['prefetch'] else 'off'}:")
-        print(f"{'class':<16}{'n':>5}{'RTL busy':>11}{'model':>11}{'error':>9}")
-        for name, c in row["classes"].items():
-            print(f"{name:<16}{c['instructions']:>5}{c['rtl_busy']:>11,}"
-                  f"{c['model_busy']:>11,}{c['error_pct']:>8.2f}%")
+        _print_classes(row["classes"])
     return rows
 
 

@@ -51,7 +51,7 @@ from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
 from arch.isa import Engine, make
-from arch.occupancy import CALIBRATION, matmul_mode, occupancy
+from arch.occupancy import CALIBRATION, CopierQueue, matmul_mode, occupancy
 from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
@@ -585,6 +585,7 @@ def _run(tiles, schedule, l2_waits) -> tuple:
     timed = -1
     engine_free, compute_end = -1, 0
     read_free = write_free = float("-inf")
+    queue = CopierQueue()                   # the load copier's command queue
     load_busy = covered = n_loads = 0
     for i in range(n):
         r = reach[i]
@@ -609,7 +610,7 @@ def _run(tiles, schedule, l2_waits) -> tuple:
             x = tiles[timed][5] - (idle if idle > 0 else 0)
             x = x if x > 0 else 0.0
             write_start[timed] = begin if begin > write_free else write_free
-            issued, read_free, write_free = ld.after(begin, read_free, write_free)
+            issued, read_free, write_free = queue.after(ld, begin, read_free, write_free)
             # and the store engine's lines over its interval
             while stores and stores[0][1] <= begin:
                 stores.popleft()

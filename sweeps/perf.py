@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from arch.hardware import HardwareConfig
 from arch.isa import ENGINES, Engine, Instruction
-from arch.occupancy import CALIBRATION, Calibration, occupancy
+from arch.occupancy import CALIBRATION, Calibration, CopierQueue, occupancy
 from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
@@ -227,6 +227,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     read_free = dict.fromkeys(ENGINES, float("-inf"))
     write_free = dict.fromkeys(ENGINES, float("-inf"))
     deferred: dict[Engine, deque] = {e: deque() for e in ENGINES}
+    queues = {e: CopierQueue() for e in ENGINES}     # their copiers' command queues
     totals = {"read": 0, "write": 0, "prefetch": 0, "macs": 0, "lines": 0}
     last_end = 0
     halted = False
@@ -271,8 +272,8 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
             write_start[i] = max(ready, write_free[e])
-            issued, read_free[e], write_free[e] = copies.after(ready, read_free[e],
-                                                               write_free[e])
+            issued, read_free[e], write_free[e] = queues[e].after(copies, ready, read_free[e],
+                                                                  write_free[e])
             # The waits: a load's DRAM wait holds its reads (the next load's start
             # after them), and either wait its last write.
             l2_wait, dram_wait = delay[i]

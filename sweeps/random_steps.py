@@ -13,17 +13,28 @@ and prompts that do and do not divide the array and the KV block.
 ``benchmarks.perf_model --only random`` times many of them with both performance models
 and prints the error table.
 
-Tested by tests/sweeps/test_perf_model.py (a fixed draw through both performance models).
+``rtl_hardware()`` names the configurations the RTL test set runs on (each is one
+Verilator build), and ``random_rtl_step(rng, hw)`` draws a step as above moved onto one of
+them, redrawn until the compiler maps it and its DRAM image fits the RTL model's DRAM.
+``accel.ladder.run_random_step`` runs one on the ISA simulator and the RTL and times it;
+``python -m benchmarks.perf_calibration --random N`` prints the table.
+
+Tested by tests/sweeps/test_perf_model.py (a fixed draw through both performance models)
+and tests/rtl/test_random_steps.py (a fixed draw on the RTL).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from arch.hardware import HardwareConfig, load_hardware
+from compiler.driver import compile_step
+from compiler.ir import CompileError
 from models.config import ModelConfig
+from models.integer import quant_struct
 
 
 @dataclass(frozen=True)
@@ -69,3 +80,33 @@ def random_step(rng: np.random.Generator, max_seq_len: int = 256) -> RandomStep:
     else:
         start, tokens = 0, int(rng.integers(2, 100))
     return RandomStep(cfg, hw, weights, start, tokens, prefetch)
+
+
+def rtl_hardware() -> tuple[HardwareConfig, ...]:
+    """The RTL test set's configurations: edge-8x8 with a 64 KiB L2 and edge-4x4 (the two
+    that tests/rtl builds; edge-4x4's L2 moves one line a cycle, as many as its DRAM), a
+    non-square 4 x 8 array, edge-8x8 at 2 DRAM bytes a cycle (low bandwidth) and
+    edge-16x16 at its 51 bytes a cycle (high bandwidth, 64-byte lines)."""
+    e8 = load_hardware("edge-8x8")
+    return (e8.replace(l2_bytes=64 * 1024),
+            load_hardware("edge-4x4"),
+            e8.replace(name="edge-4x8", array_rows=4, l2_bytes=128 * 1024),
+            e8.replace(name="edge-8x8-2B", dram_bytes_per_cycle=2, l2_bytes=128 * 1024),
+            load_hardware("edge-16x16").replace(l2_bytes=1024 * 1024))
+
+
+def random_rtl_step(rng: np.random.Generator, hw: HardwareConfig,
+                    max_image_bytes: int = 1 << 20) -> RandomStep:
+    """A ``random_step`` moved onto ``hw`` (its model, step, prefetch and weight format
+    kept), redrawn until the compiler maps it and its DRAM image is at most
+    ``max_image_bytes`` (so that every step on ``hw`` runs on one Verilator model:
+    ``rtl.common.rtl_dram_bytes``)."""
+    while True:
+        step = dataclasses.replace(random_step(rng), hw=hw)
+        try:
+            build = compile_step(step.cfg, quant_struct(step.cfg, step.weights), hw,
+                                 step.start, step.tokens, step.prefetch)
+        except CompileError:
+            continue
+        if build.mmap.size <= max_image_bytes:
+            return step
