@@ -551,16 +551,17 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
 # -- vector unit ---------------------------------------------------------------------------
 #: Per instruction: extra fixed cycles, extra cycles per segment, and cycles per beat
 #: (fitted to the RTL: SILU_MUL's three operand streams and result share the L2's line
-#: banks and take 1.25 cycles per beat; ROPE's two half-row readers add a cycle per head).
+#: banks and take 1.25 cycles per beat).
 VECTOR_TIMING = {"REQUANT": (0, 0, 1.0), "RMSNORM": (0, 0, 1.0), "SOFTMAX": (0, 0, 1.0),
-                 "SILU_MUL": (0, 0, 1.25), "RESADD": (0, 0, 1.0), "ROPE": (2, 1, 1.0),
+                 "SILU_MUL": (0, 0, 1.25), "RESADD": (0, 0, 1.0), "ROPE": (2, 0, 1.0),
                  "ARGMAX": (0, 0, 1.0)}
 
 
-def vector_segments(instr: Instruction) -> list[tuple[int, tuple[int, ...]]]:
+def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
     """Each segment (a pass over a row, or one head of one token for ROPE): its elements,
-    and the bytes of each operand row it reads and result row it writes (the row
-    commands of ``rtl.vector_unit``; element sizes as the ISA declares them)."""
+    the ``(L2 address, bytes)`` of each operand row it reads and of each result row it
+    writes (the row commands of ``rtl.vector_unit``; element sizes as the ISA declares
+    them)."""
     f, op = _fields(instr), instr.mnemonic
 
     def eb(name: str) -> int:
@@ -568,53 +569,75 @@ def vector_segments(instr: Instruction) -> list[tuple[int, tuple[int, ...]]]:
 
     if op == "REQUANT":
         c = f.cols
-        reads = [eb("src_addr") * c]
-        reads += [eb("param_addr") * c] * f.per_channel + [eb("bias_addr") * c] * f.has_bias
+        shared = ([(f.param_addr, eb("param_addr") * c)] * f.per_channel
+                  + [(f.bias_addr, eb("bias_addr") * c)] * f.has_bias)
         out = OUT_BYTES[OutBits(f.out_bits)] * c
-        return ([] if f.per_channel else [(1, (eb("param_addr"),))]) + [(c, (*reads, out))] * f.rows
-    if op == "RMSNORM":
+        return ([] if f.per_channel else [(1, ((f.param_addr, eb("param_addr")),), ())]) + [
+            (c, ((f.src_addr + r * f.src_stride, eb("src_addr") * c), *shared),
+             ((f.dst_addr + r * f.dst_stride, out),)) for r in range(f.rows)]
+    if op in ("RMSNORM", "SOFTMAX"):
+        passes = 2 if op == "RMSNORM" else 3
         src, dst = eb("src_addr") * f.cols, eb("dst_addr") * f.cols
-        return [(f.cols, (src,)), (f.cols, (src, dst))] * f.rows
-    if op == "SOFTMAX":
-        src, dst = eb("src_addr") * f.cols, eb("dst_addr") * f.cols
-        return [(f.cols, (src,)), (f.cols, (src,)), (f.cols, (src, dst))] * f.rows
+        segments = []
+        for r in range(f.rows):
+            read = ((f.src_addr + r * f.src_stride, src),)
+            segments += [(f.cols, read, ())] * (passes - 1)
+            segments.append((f.cols, read, ((f.dst_addr + r * f.dst_stride, dst),)))
+        return segments
     if op == "SILU_MUL":
         c = f.cols
-        return [(c, (eb("gate_addr") * c, eb("up_addr") * c, 2 * eb("param_addr") * c,
-                     eb("dst_addr") * c))] * f.rows
+        return [(c, ((f.gate_addr + r * f.gate_stride, eb("gate_addr") * c),
+                     (f.up_addr + r * f.up_stride, eb("up_addr") * c),
+                     (f.param_addr, 2 * eb("param_addr") * c)),
+                 ((f.dst_addr + r * f.dst_stride, eb("dst_addr") * c),)) for r in range(f.rows)]
     if op == "RESADD":
         c = f.cols
-        return [(c, (eb("h_addr") * c, eb("acc_addr") * c, eb("param_addr") * c,
-                     eb("h_addr") * c))] * f.rows
+        return [(c, ((f.h_addr + r * f.h_stride, eb("h_addr") * c),
+                     (f.acc_addr + r * f.acc_stride, eb("acc_addr") * c),
+                     (f.param_addr, eb("param_addr") * c)),
+                 ((f.h_addr + r * f.h_stride, eb("h_addr") * c),)) for r in range(f.rows)]
     if op == "ROPE":          # each half of a head, its frequencies, each half rotated
         h = f.head_dim // 2
-        half_in, half_out = eb("src_addr") * h, eb("dst_addr") * h
-        return [(h, (half_in, half_in, eb("freq_addr") * h, half_out, half_out))] * (
-            f.rows * f.heads)
+        i_half, o_half = eb("src_addr") * h, eb("dst_addr") * h
+        segments = []
+        for r in range(f.rows):
+            for head in range(f.heads):
+                src = f.src_addr + r * f.row_stride + head * 2 * i_half
+                dst = f.dst_addr + r * f.row_stride + head * 2 * o_half
+                segments.append((h, ((src, i_half), (src + i_half, i_half),
+                                     (f.freq_addr, eb("freq_addr") * h)),
+                                 ((dst, o_half), (dst + o_half, o_half))))
+        return segments
     if op == "ARGMAX":
-        return [(f.n, (eb("src_addr") * f.n, eb("dst_addr")))]
+        return [(f.n, ((f.src_addr, eb("src_addr") * f.n),), ((f.dst_addr, eb("dst_addr")),))]
     raise ValueError(op)
 
 
 def vector_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
     """Segments stream through the datapath back to back at ``hw.vector_lanes_per_cycle``
-    elements
-    per cycle; the issuer runs ahead, so only the first segment's start-up shows. A
-    segment takes at least as many cycles as the L2 needs to move its rows' lines, when
-    they share few line-wide banks (edge-4x4's L2 moves one line per cycle: RESADD's
-    four streams take 1.5 lines per beat there)."""
+    elements per cycle; the issuer runs ahead, so only the first segment's start-up
+    shows. A segment takes at least as many cycles as the L2 needs to move its rows'
+    lines, when they share few line-wide banks (edge-4x4's L2 moves one line per cycle:
+    RESADD's four streams take 1.5 lines per beat there), and one more when an operand
+    row does not start on a line (its reader's priming step; ROPE's second half-row
+    whenever a half is not a whole number of lines). Fitted on the vector instructions
+    of compiled random models run alone (``benchmarks.perf_calibration --fit``): every
+    class within 1.2% on the five configurations of ``sweeps.random_steps.rtl_hardware``."""
     lanes = hw.vector_lanes_per_cycle
     W = hw.line_bytes
     per_cycle = hw.l2_lines_per_cycle
     fixed, per_segment, per_beat = VECTOR_TIMING[instr.mnemonic]
     cycles = cal.vec_fixed + fixed
     total = 0
-    for n, streams in vector_segments(instr):
+    for n, reads, writes in vector_segments(instr):
         beats = math.ceil(-(-n // lanes) * per_beat) + per_segment
-        lines = sum(-(-b // W) for b in streams)
+        # an operand row that does not start on a line costs its reader a priming step
+        # (``rtl.copier``), and the datapath takes every operand in lockstep
+        prime = 1 if any(a % W for a, _ in reads) else 0
+        lines = sum(_lines(a, b, W) for a, b in reads + writes)
         total += lines
-        cycles += max(beats, math.ceil(lines / per_cycle), cal.vec_segment_min)
+        cycles += max(beats + prime, math.ceil(lines / per_cycle) + prime, cal.vec_segment_min)
     return Occupancy(Engine.COMPUTE, cycles, l2_lines=total)
 
 

@@ -56,15 +56,22 @@ class RandomStep:
                 f"{'on' if self.prefetch else 'off'}, {self.weights}")
 
 
-def random_step(rng: np.random.Generator, max_seq_len: int = 256) -> RandomStep:
-    """One random model, hardware and step (see the module docstring)."""
+def random_step(rng: np.random.Generator, max_seq_len: int = 256, mx_share: float = 0.0
+                ) -> RandomStep:
+    """One random model, hardware and step (see the module docstring); with ``mx_share``,
+    that share of the draws rounds the MLP width up to a multiple of 32, so that more of
+    them can take MXINT4 weights (every projection's reduction a whole number of
+    blocks)."""
     head_dim = int(rng.choice([16, 32, 64, 128]))
     n_kv = int(rng.choice([1, 2, 4]))
     group = int(rng.choice([1, 2, 4]))
     d_model = int(rng.choice([48, 64, 80, 96, 128, 160]))
+    d_ff = int(rng.integers(40, 400))
+    if mx_share and rng.random() < mx_share:    # a multiple of MXINT4's 32-element block
+        d_ff = -(-d_ff // 32) * 32
     cfg = ModelConfig(name="random", vocab_size=int(rng.integers(40, 3000)), d_model=d_model,
                       n_layers=int(rng.integers(1, 4)), n_heads=n_kv * group, n_kv_heads=n_kv,
-                      head_dim=head_dim, d_ff=int(rng.integers(40, 400)),
+                      head_dim=head_dim, d_ff=d_ff,
                       max_seq_len=max_seq_len, qkv_bias=bool(rng.random() < 0.3))
     name = str(rng.choice(["edge-4x4", "edge-8x8", "edge-16x16", "4x8"]))
     hw = (load_hardware("edge-8x8").replace(name="edge-4x8", array_rows=4, array_cols=8)
@@ -97,12 +104,12 @@ def rtl_hardware() -> tuple[HardwareConfig, ...]:
 
 def random_rtl_step(rng: np.random.Generator, hw: HardwareConfig,
                     max_image_bytes: int = 1 << 20) -> RandomStep:
-    """A ``random_step`` moved onto ``hw`` (its model, step, prefetch and weight format
-    kept), redrawn until the compiler maps it and its DRAM image is at most
+    """A ``random_step`` (``mx_share`` 0.4) moved onto ``hw`` (its model, step, prefetch
+    and weight format kept), redrawn until the compiler maps it and its DRAM image is at most
     ``max_image_bytes`` (so that every step on ``hw`` runs on one Verilator model:
     ``rtl.common.rtl_dram_bytes``)."""
     while True:
-        step = dataclasses.replace(random_step(rng), hw=hw)
+        step = dataclasses.replace(random_step(rng, mx_share=0.4), hw=hw)
         try:
             build = compile_step(step.cfg, quant_struct(step.cfg, step.weights), hw,
                                  step.start, step.tokens, step.prefetch)

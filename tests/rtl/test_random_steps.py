@@ -1,0 +1,42 @@
+"""The performance model against the RTL out of sample: random model shapes and steps
+(``sweeps.random_steps.random_rtl_step``: head_dim 16-128, MHA/GQA/MQA, odd widths, 1-3
+layers, QKV biases, prompts and KV lengths that do and do not divide the array and the KV
+block, prefetch on and off, int8 and MXINT4) on the two configurations tests/rtl builds
+anyway (edge-8x8 with a 64 KiB L2, and edge-4x4, whose L2 moves one line a cycle). No
+latency of ``arch.occupancy`` was read off these programs: they were fitted on single
+instructions (``python -m benchmarks.perf_calibration`` and ``--fit``, seed 7); this
+seed was chosen before the first run. ``python -m benchmarks.perf_calibration --random N``
+runs the whole test set, on the non-square, low- and high-bandwidth configurations too.
+"""
+
+import numpy as np
+import pytest
+
+from accel.ladder import run_random_step
+from sweeps.random_steps import random_rtl_step, rtl_hardware
+
+pytestmark = pytest.mark.slow
+SEED, STEPS = 18, 8
+
+
+@pytest.fixture(scope="module")
+def results():
+    rng = np.random.default_rng(SEED)
+    hardware = rtl_hardware()[:2]
+    steps = [random_rtl_step(rng, hardware[i % 2]) for i in range(STEPS)]
+    return [(step, run_random_step(step)) for step in steps]
+
+
+def test_random_steps_are_bit_exact_on_the_rtl(results):
+    assert {step.hw.name for step, _ in results} == {"edge-8x8", "edge-4x4"}
+    for step, result in results:
+        assert result["bit_exact"], step.describe()
+
+
+def test_performance_model_within_1pct_of_the_rtl_out_of_sample(results):
+    """Every step's cycles within 1% of the RTL's, the mean absolute error at most 0.3%
+    (the issue's targets; ONNXim reports 0.23% against Gemmini's RTL)."""
+    errors = [abs(result["error_pct"]["cycles"]) for _, result in results]
+    for (step, result), error in zip(results, errors, strict=True):
+        assert error <= 1.0, (step.describe(), result["rtl"], result["model"])
+    assert sum(errors) / len(errors) <= 0.3, errors
