@@ -121,6 +121,13 @@ class Copies:
                 begin + (wc if wc >= wr and wc >= ww else wr if wr >= ww else ww))
 
 
+def load_data_delay(hw: HardwareConfig, cal: Calibration = CALIBRATION) -> int:
+    """Cycles from a load's begin to its first DRAM data at the copier's write side (row
+    command, read, latency): before then the copier takes no L2 line, so the contention
+    models count the L2 lines others take from then on."""
+    return cal.cmd_to_read + hw.dram_latency_cycles + cal.read_to_write
+
+
 class CopierQueue:
     """A DMA engine's copier command queue (``CMD_DEPTH`` row commands) across its
     instructions: an instruction's first commands wait for the earlier instructions'

@@ -51,7 +51,7 @@ from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
 from arch.isa import Engine, make
-from arch.occupancy import CALIBRATION, CopierQueue, matmul_mode, occupancy
+from arch.occupancy import CALIBRATION, CopierQueue, load_data_delay, matmul_mode, occupancy
 from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
@@ -552,7 +552,7 @@ def _schedule(tiles, ring: int | None):
     return reach, place, dep, needs
 
 
-def _run(tiles, schedule, l2_waits) -> tuple:
+def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
     """One pass of the two engines over the tiles (``_Tiles``' layout) placed by
     ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
     L2: ``((cycles, load busy, compute busy), copier write starts, load ends, compute
@@ -609,7 +609,8 @@ def _run(tiles, schedule, l2_waits) -> tuple:
             idle = begin - (read_free if read_free > 0 else 0)
             x = tiles[timed][5] - (idle if idle > 0 else 0)
             x = x if x > 0 else 0.0
-            write_start[timed] = begin if begin > write_free else write_free
+            first = begin + data_delay          # its first line written, at the earliest
+            write_start[timed] = first if first > write_free else write_free
             issued, read_free, write_free = queue.after(ld, begin, read_free, write_free)
             # and the store engine's lines over its interval
             while stores and stores[0][1] <= begin:
@@ -654,15 +655,16 @@ def _run(tiles, schedule, l2_waits) -> tuple:
 
 
 def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
-              dram_lines_per_cycle: float = 1.0) -> tuple:
+              dram_lines_per_cycle: float = 1.0, data_delay: int = 0) -> tuple:
     """The two engines over the tiles placed by ``_schedule``: ``((cycles, load busy,
     compute busy), compute begins, compute ends, load busy up to each tile)``. With
     ``l2_lines_per_cycle``, further passes let each load's copier wait for the L2 lines
     the compute engine's ports, first in priority, take over its interval (the last
     pass's): it needs at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles
     (``sweeps.perf``'s rule and passes, each compute instruction taking its lines evenly
-    from begin to end). No pass is needed where the busiest compute and a load at
-    ``dram_lines_per_cycle`` fit the L2 together."""
+    from begin to end; a load's copier from ``data_delay`` after its begin, when its first
+    data is in, at the earliest). No pass is needed where the busiest compute and a load
+    at ``dram_lines_per_cycle`` fit the L2 together."""
     schedule = _schedule(tiles, ring)
     # no wait is possible where the busiest compute and a load at the DRAM's line rate
     # fit the L2's lines per cycle together
@@ -673,7 +675,7 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     loading = [j for j, t in enumerate(tiles) if t[0] and t[8]]
     waits = [0] * len(tiles)
     for _ in range(CONTENTION_PASSES):         # as sweeps.perf.time_program's passes
-        run = _run(tiles, schedule, waits)
+        run = _run(tiles, schedule, waits, data_delay)
         _, write_start, load_end, compute_begin, compute_ends, _ = run
         usage = _Usage([(compute_begin[i], compute_ends[i],
                          t[7] / max(1, compute_ends[i] - compute_begin[i]))
@@ -766,7 +768,8 @@ def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool
     ``n_layers`` layers from its one-layer plan (no instruction fetch)."""
     cycles, load_busy, compute_busy = _layers(plan, n_layers, plan.ring_bytes if prefetch
                                               else None,
-                                              (hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line))
+                                              (hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line,
+                                               load_data_delay(hw)))
     total = [p + n_layers * l_ + h for p, l_, h in zip(plan.prefix[1:], plan.layer[1:],
                                                        plan.head[1:], strict=True)]
     read, macs, _ = total

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from arch.hardware import HardwareConfig
 from arch.isa import ENGINES, Engine, Instruction
-from arch.occupancy import CALIBRATION, Calibration, CopierQueue, occupancy
+from arch.occupancy import CALIBRATION, Calibration, CopierQueue, load_data_delay, occupancy
 from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
@@ -271,7 +271,9 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         else:
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
-            write_start[i] = max(ready, write_free[e])
+            # (the copier can write no line of a load before its first data is in)
+            write_start[i] = max(ready + (load_data_delay(hw, cal) if e == Engine.LOAD
+                                          else 0), write_free[e])
             issued, read_free[e], write_free[e] = queues[e].after(copies, ready, read_free[e],
                                                                   write_free[e])
             # The waits: a load's DRAM wait holds its reads (the next load's start
