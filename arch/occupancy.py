@@ -133,26 +133,32 @@ class CopierQueue:
     instructions: an instruction's first commands wait for the earlier instructions'
     last ones to be taken by the write side (``rtl.copier``: the engine queues a row
     command only while both of the copier's command queues have room). ``after`` is
-    ``Copies.after`` with that wait; ``sweeps.perf`` and ``sweeps.analytic`` chain every
-    row-copying instruction of an engine through one. The earlier instructions' take
-    times are evaluated only where they can bind (the sweeps call this once per load)."""
+    ``Copies.after`` with that wait; ``sweeps.perf`` chains every row-copying instruction
+    of each DMA engine through one, ``sweeps.analytic`` (which has no store copier) every
+    load. The take times are those of the instructions alone in context, before the
+    contention waits the engine models add afterwards. They are evaluated only where they
+    can bind (the sweeps call this once per load), which is exact: a take comes at least
+    a cycle after the one before it, so the wait is largest just before a command that
+    read an int32 first, or at the last."""
 
-    __slots__ = ("segments", "count")
+    __slots__ = ("segments", "count", "last")
 
     def __init__(self):
-        self.segments: deque = deque()     # (copies, begin, read_free, write_free)
-        self.count = 0                     # their takes, at least the last CMD_DEPTH
+        # (copies, begin, read_free, write_free, its takes): at least the last CMD_DEPTH
+        self.segments: deque = deque()
+        self.count = 0
+        self.last = float("-inf")          # when the newest command is taken
 
     def after(self, copies: Copies, begin: float, read_free: float, write_free: float
               ) -> tuple[float, float, float]:
         first, segments = copies.first_cmds, self.segments
         late = 0.0
-        if segments and _take(segments[-1], -1) + 1 > begin + first[0]:
+        if self.last + 1 > begin + first[0]:
             back = 0                       # commands newer than this segment's
             for seg in reversed(segments):
-                m = len(seg[0].takes)
+                m = seg[4]
                 # its take j is command CMD_DEPTH - (back + m - j) of ours to wait for
-                lo = max(0, CMD_DEPTH - back - m)
+                lo = CMD_DEPTH - back - m if CMD_DEPTH - back > m else 0
                 hi = min(len(first), CMD_DEPTH - back)
                 if lo < hi and _take(seg, m - 1) + 1 - begin - first[lo] > late:
                     # A take is at least a cycle after the one before and a command one
@@ -160,18 +166,22 @@ class CopierQueue:
                     # rises with k but where a command jumps, so the most is at one
                     # just before a jump, or at the last.
                     jumps = copies.cmd_jumps
-                    for k in (*jumps[bisect_left(jumps, lo):bisect_left(jumps, hi - 1)],
-                              hi - 1):
+                    ks = ((*jumps[bisect_left(jumps, lo):bisect_left(jumps, hi - 1)], hi - 1)
+                          if jumps else (hi - 1,))
+                    for k in ks:
                         v = _take(seg, m - CMD_DEPTH + back + k) + 1 - begin - first[k]
                         if v > late:
                             late = v
                 back += m
                 if back >= CMD_DEPTH:
                     break
-        segments.append((copies, begin, read_free, write_free))
-        self.count += len(copies.takes)
-        while self.count - len(segments[0][0].takes) >= CMD_DEPTH:
-            self.count -= len(segments.popleft()[0].takes)
+        m = len(copies.takes)
+        seg = (copies, begin, read_free, write_free, m)
+        segments.append(seg)
+        self.last = _take(seg, m - 1)
+        self.count += m
+        while self.count - segments[0][4] >= CMD_DEPTH:
+            self.count -= segments.popleft()[4]
         issued, read_free, write_free = copies.after(begin, read_free, write_free)
         # the shift of its first commands carries to its last one alone (the queue waits
         # of its later commands are in ``issue`` already, through the write side)
@@ -181,7 +191,7 @@ class CopierQueue:
 
 def _take(segment: tuple, j: int) -> float:
     """When the write side takes the ``j``-th of a queued instruction's last commands."""
-    copies, begin, read_free, write_free = segment
+    copies, begin, read_free, write_free, _ = segment
     c, r, w = copies.takes[j]
     c += begin
     r += read_free
@@ -521,9 +531,10 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         begin = max(filler, release[s] + 1)
         # The two readers in parallel, a step a cycle each, unless the L2 moves fewer
         # lines than they read: then the reads go one after another and the tile is in
-        # once the last has been read and its reader's steps after it taken. (Fitted on
-        # single GEMVs on edge-4x4, whose L2 moves one line a cycle: k = 32, 48 and 64
-        # take 12, 18 and 17 cycles a tile; benchmarks.perf_calibration --gemv.)
+        # once the last has been read and its reader's steps after it taken. (Read off
+        # single GEMVs on edge-4x4, whose L2 moves one line a cycle, with k from 32 to
+        # 256: exact on each; benchmarks.perf_calibration --fit holds the GEMV class of
+        # random models within 0.2% on all five of its configurations.)
         tail = max(_read_tail(*x_last, W), _read_tail(*w_last, W))
         fill = max(x_steps, w_steps, math.ceil((x_reads + w_reads) / l2_rate) + tail - 1)
         push[s] = begin + cal.mm_fill_latency + fill

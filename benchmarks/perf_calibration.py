@@ -164,12 +164,12 @@ def test_set(n: int, seed: int, hw_indices: list[int]) -> list[dict]:
         rows.append(row)
     errors = np.array([r["error_pct"]["cycles"] for r in rows])
     fast = np.array([r["error_pct"]["fast"] for r in rows])
-    print(f"{'step':<70}{'RTL':>10}{'model':>9}{'fast':>9}"
-          + "".join(f"{k.replace('_cycles', ''):>12}" for k in TIMED_COUNTERS[1:]))
-    for r in rows:
+    print(f"{'#':>3} {'RTL cycles':>11}{'model':>9}{'fast':>9}"
+          + "".join(f"{k.replace('_cycles', ''):>14}" for k in TIMED_COUNTERS[1:]) + "  step")
+    for n, r in enumerate(rows):
         e = r["error_pct"]
-        print(f"{r['step'][:69]:<70}{r['rtl']['cycles']:>10,}{e['cycles']:>8.2f}%"
-              f"{e['fast']:>8.2f}%" + "".join(f"{e[k]:>11.2f}%" for k in TIMED_COUNTERS[1:]))
+        print(f"{n:>3} {r['rtl']['cycles']:>11,}{e['cycles']:>8.2f}%{e['fast']:>8.2f}%"
+              + "".join(f"{e[k]:>13.2f}%" for k in TIMED_COUNTERS[1:]) + f"  {r['step']}")
     summary = {"steps": n, "seed": seed, "all_bit_exact": all(r["bit_exact"] for r in rows),
                "mean_abs_error_pct": round(float(np.abs(errors).mean()), 3),
                "max_abs_error_pct": round(float(np.abs(errors).max()), 3),
@@ -178,6 +178,10 @@ def test_set(n: int, seed: int, hw_indices: list[int]) -> list[dict]:
                "fast_max_abs_error_pct": round(float(np.abs(fast).max()), 3)}
     print(json.dumps({"benchmark": "perf_calibration", "section": "random_summary",
                       **summary}), flush=True)
+    print(f"{n} steps, all bit-exact: {summary['all_bit_exact']}; mean absolute error "
+          f"{summary['mean_abs_error_pct']}% (fast path {summary['fast_mean_abs_error_pct']}%),"
+          f" worst {summary['max_abs_error_pct']}% ({summary['fast_max_abs_error_pct']}%), "
+          f"{summary['within_1pct']} within 1%")
     return rows
 
 
@@ -185,19 +189,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from benchmarks.rtl_tiny import each_run
     from sweeps.random_steps import rtl_hardware
 
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--random", type=int, default=None)
-    parser.add_argument("--fit", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--hw-index", type=int, nargs="+", default=None)
-    args, rest = parser.parse_known_args(argv)
     every = list(range(len(rtl_hardware())))
-    indices = args.hw_index or every
-    if any(i not in every for i in indices):
-        parser.error(f"--hw-index takes {every} (sweeps.random_steps.rtl_hardware())")
-    if args.random is not None or args.fit is not None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.perf_calibration", allow_abbrev=False,
+        description=__doc__.splitlines()[0] + " Without --random or --fit: tiny's decode "
+                    "step, each instruction alone (options --hw, --prefetch, --l2, "
+                    "--dram-bytes-per-cycle, --weights of benchmarks.rtl_tiny).")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--random", type=int, metavar="N",
+                       help="the test set: N random steps, whole programs (seed 2026)")
+    group.add_argument("--fit", type=int, metavar="N",
+                       help="the fitting set: every instruction of N random steps per "
+                            "configuration, alone (seed 7)")
+    parser.add_argument("--seed", type=int, help="with --random or --fit: the draw's seed")
+    parser.add_argument("--hw-index", type=int, nargs="+", metavar="I",
+                        help=f"with --random or --fit: configurations of "
+                             f"sweeps.random_steps.rtl_hardware(), {every}")
+    args, rest = parser.parse_known_args(argv)
+    if args.random is None and args.fit is None:
+        if args.seed is not None or args.hw_index is not None:
+            parser.error("--seed and --hw-index go with --random or --fit")
+    else:
         if rest:
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
+        for name, value in (("--random", args.random), ("--fit", args.fit)):
+            if value is not None and value < 1:
+                parser.error(f"{name} takes a number of steps of at least 1, not {value}")
+        if args.seed is not None and args.seed < 0:
+            parser.error(f"--seed must be at least 0, not {args.seed}")
+        indices = args.hw_index or every
+        if any(i not in every for i in indices) or len(set(indices)) < len(indices):
+            parser.error(f"--hw-index takes distinct values of {every} "
+                         f"(sweeps.random_steps.rtl_hardware())")
         if args.fit is not None:
             return fit(args.fit, 7 if args.seed is None else args.seed, indices)
         return test_set(args.random, 2026 if args.seed is None else args.seed, indices)

@@ -251,11 +251,12 @@ def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
     if mmap.size > hw.dram_bytes:
         parts = {"weights": mmap.rw_base, "KV cache": 2 * cfg.n_layers * pool,
                  f"logits rows for {positions} positions": 2 * cfg.vocab_size * positions}
+        hint = ("the weights alone do not fit" if mmap.rw_base > hw.dram_bytes else
+                "a timing-only step at an earlier position, --decode-at, needs fewer")
         raise CompileError(f"the DRAM image needs {mmap.size:,} bytes, more than "
                            f"dram_bytes = {hw.dram_bytes:,} ("
                            + ", ".join(f"{k} {v:,}" for k, v in parts.items())
-                           + "; a timing-only step at an earlier position, --decode-at, "
-                             "needs fewer)")
+                           + f"; {hint})")
     return mmap
 
 

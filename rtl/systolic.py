@@ -132,12 +132,17 @@ class SystolicArray(wiring.Component):
                              psum[r][c].eq(above + a * b)]
 
         # Deskew (GEMM: column c finishes c cycles late), the valid and tag pipelines.
+        # Each dataflow's valid pipeline takes only its own vectors: a GEMV's vectors
+        # are still in the longer GEMM pipeline for C - 1 cycles after their results,
+        # and would come out again as results if the mode switched to GEMM by then.
         for c in range(C):
             late = delayed(psum[R - 1][c], C - 1 - c, f"out{c}")
             m.d.comb += self.result.out[c].eq(Mux(gemv, psum[R - 1][c], late))
-        for name in ("valid", "tag"):
-            value = getattr(self.feed, name)
-            short = delayed(value, latency(MatmulMode.GEMV, R, C), f"{name}_gemv")
-            long = delayed(value, latency(MatmulMode.GEMM, R, C), f"{name}_gemm")
-            m.d.comb += getattr(self.result, name).eq(Mux(gemv, short, long))
+        valid = self.feed.valid
+        short_valid = delayed(valid & gemv, latency(MatmulMode.GEMV, R, C), "valid_gemv")
+        long_valid = delayed(valid & ~gemv, latency(MatmulMode.GEMM, R, C), "valid_gemm")
+        short_tag = delayed(self.feed.tag, latency(MatmulMode.GEMV, R, C), "tag_gemv")
+        long_tag = delayed(self.feed.tag, latency(MatmulMode.GEMM, R, C), "tag_gemm")
+        m.d.comb += [self.result.valid.eq(Mux(gemv, short_valid, long_valid)),
+                     self.result.tag.eq(Mux(gemv, short_tag, long_tag))]
         return m

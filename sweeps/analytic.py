@@ -787,7 +787,8 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     """One decode step at KV length ``position``, the projections' weights in format
     ``weights``; with ``devices > 1``, one device's step under tensor parallelism, the
     two allreduces per layer (int32 partial sums of the ``d_model`` outputs) on ``link``.
-    Raises ``CompileError`` where the compiler would (an L2 too small for the step)."""
+    Raises ``CompileError`` where the compiler would: an L2 too small for the step, or a
+    DRAM image (``driver.dram_map``) larger than ``hw.dram_bytes``."""
     _check_count("position", position, 0)
     if position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
@@ -818,7 +819,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
             weights: str = "int8") -> StepEstimate:
     """The prefill of ``n_tokens`` prompt tokens, chunk by chunk as the compiler splits
     it (each matmul in the dataflow ``arch.occupancy.matmul_mode`` picks), then the head
-    for the last token."""
+    for the last token. Raises ``CompileError`` where the compiler would (L2 or DRAM)."""
     _check_count("prompt length", n_tokens, 1)
     if n_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
@@ -886,7 +887,9 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
              samples: int = 9, weights: str = "int8") -> WorkloadEstimate:
     """Prefill of ``prompt_len`` tokens (which yields the first output token), then
     ``output_len - 1`` decode steps, timed by sampling (``decode_total``), the
-    projections' weights in format ``weights``."""
+    projections' weights in format ``weights``. Raises ``CompileError`` where
+    ``compile_generation`` would: a decode step that does not fit L2, or the whole
+    generation's DRAM image larger than ``hw.dram_bytes``."""
     _check_count("prompt length", prompt_len, 1)
     _check_count("output length", output_len, 1)
     _check_count("samples", samples, 2)

@@ -66,11 +66,13 @@ def random_step(rng: np.random.Generator, max_seq_len: int = 256, mx_share: floa
     n_kv = int(rng.choice([1, 2, 4]))
     group = int(rng.choice([1, 2, 4]))
     d_model = int(rng.choice([48, 64, 80, 96, 128, 160]))
+    # drawn in this order so that mx_share = 0 draws exactly what it always has
+    vocab_size, n_layers = int(rng.integers(40, 3000)), int(rng.integers(1, 4))
     d_ff = int(rng.integers(40, 400))
     if mx_share and rng.random() < mx_share:    # a multiple of MXINT4's 32-element block
         d_ff = -(-d_ff // 32) * 32
-    cfg = ModelConfig(name="random", vocab_size=int(rng.integers(40, 3000)), d_model=d_model,
-                      n_layers=int(rng.integers(1, 4)), n_heads=n_kv * group, n_kv_heads=n_kv,
+    cfg = ModelConfig(name="random", vocab_size=vocab_size, d_model=d_model,
+                      n_layers=n_layers, n_heads=n_kv * group, n_kv_heads=n_kv,
                       head_dim=head_dim, d_ff=d_ff,
                       max_seq_len=max_seq_len, qkv_bias=bool(rng.random() < 0.3))
     name = str(rng.choice(["edge-4x4", "edge-8x8", "edge-16x16", "4x8"]))

@@ -137,8 +137,10 @@ def write_report(out: str | Path) -> dict:
     # that no series mixes points that differ in something besides L2 and prefetch
     others = sorted((set(SETTINGS) | HW_FIELDS) - set(first) - {"l2_bytes", "prefetch"})
     group_keys = _varying(rows, first + others) or ["model"]
+    # the infeasible points by every setting that varies over all points, feasible or not
+    every_keys = _varying(every, first + others)
     findings: dict = {"points": len(rows), "optima": [],
-                      "infeasible": [{k: r.get(k) for k in (*group_keys, "l2_bytes",
+                      "infeasible": [{k: r.get(k) for k in (*every_keys, "l2_bytes",
                                                              "prefetch", "reason")}
                                      for r in every if not r.get("feasible", True)]}
 

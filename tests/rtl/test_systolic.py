@@ -97,3 +97,36 @@ def test_gemv_weight_streaming_has_no_preload(rows, cols):
     np.testing.assert_array_equal(np.array(out), np.einsum("tr,trc->tc", x, wb))
     # a new weight block every cycle, R deep
     assert first_output["step"] == rows == latency(MatmulMode.GEMV, rows, cols)
+
+
+@pytest.mark.parametrize(("rows", "cols", "gap"), [(4, 4, 0), (8, 8, 3), (16, 16, 12)])
+def test_a_gemv_leaves_no_result_for_a_gemm_after_it(rows, cols, gap):
+    """GEMV vectors go through a pipeline ``R`` deep, GEMM's ``R + C - 1``: when the mode
+    switches to GEMM ``gap`` cycles after a GEMV's last results (fewer than ``C - 1``
+    after its last vector plus ``R``), no GEMV vector may come out again as a GEMM
+    result. (edge-16x16 did: a GEMV of 2 rows followed by a GEMM added its vectors'
+    tags into the GEMM's accumulator rows.)"""
+    rng = np.random.default_rng(rows + gap)
+    array = SystolicArray(rows=rows, cols=cols, tag_bits=8)
+    x = rng.integers(-128, 128, (3, rows))
+    wb = rng.integers(-128, 128, (3, rows, cols))
+
+    async def program(ctx, outputs):
+        ctx.set(array.load, idle_load(rows, cols))
+        ctx.set(array.mode, MatmulMode.GEMV)
+        for step in range(3 + rows + gap):
+            streaming = step < 3
+            ctx.set(array.feed, {"valid": int(streaming), "sel": 0,
+                                 "x": [int(v) for v in x[step]] if streaming else [0] * rows,
+                                 "w_block": [[int(v) for v in r] for r in wb[step]]
+                                 if streaming else [[0] * cols] * rows, "tag": 1})
+            if ctx.get(array.result.valid):
+                outputs.append(("gemv", ctx.get(array.result.tag)))
+            await ctx.tick()
+        ctx.set(array.mode, MatmulMode.GEMM)
+        for _ in range(rows + cols + 2):
+            if ctx.get(array.result.valid):
+                outputs.append(("gemm", ctx.get(array.result.tag)))
+            await ctx.tick()
+
+    assert simulate(array, program) == [("gemv", 1)] * 3

@@ -65,6 +65,39 @@ def test_fast_path_agrees_out_of_sample():
     assert sum(errors) / len(errors) <= 0.005, errors
 
 
+def test_copier_queue_is_exact_where_it_looks():
+    """``CopierQueue`` evaluates the earlier commands' take times only at a few candidate
+    commands; a scan of every queued command gives the same issue times (the loads of
+    compiled random steps, begun at random gaps)."""
+    from arch.occupancy import CopierQueue
+    from arch.uarch import CMD_DEPTH
+
+    rng = np.random.default_rng(3)
+    checked = bound = 0
+    for _ in range(6):
+        step = random_step(rng)
+        build = compile_step(step.cfg, quant_struct(step.cfg, step.weights), step.hw,
+                             step.start, step.tokens, prefetch=step.prefetch)
+        queue, takes = CopierQueue(), []
+        begin = read_free = write_free = 0.0
+        for instr in build.programs[0].instrs:
+            if instr.engine != Engine.LOAD:
+                continue
+            copies = occupancy(instr, step.hw, build.image.read_i32).copies
+            late = 0.0
+            for k, cmd in enumerate(copies.first_cmds):
+                if len(takes) - CMD_DEPTH + k >= 0:
+                    late = max(late, takes[len(takes) - CMD_DEPTH + k] + 1 - begin - cmd)
+            takes += [max(begin + c, read_free + r, write_free + w) for c, r, w in copies.takes]
+            want = max(copies.after(begin, read_free, write_free)[0],
+                       begin + copies.issue[0] + late)
+            issued, read_free, write_free = queue.after(copies, begin, read_free, write_free)
+            assert issued == want, (step.describe(), instr)
+            checked, bound = checked + 1, bound + (late > 0)
+            begin = issued + 1 + int(rng.integers(0, 3)) * int(rng.integers(0, 200))
+    assert checked > 200 and bound > 20, (checked, bound)
+
+
 def test_memoised_occupancy_is_exact():
     """The cache is keyed on what timing depends on: every variant, cached or not, times
     the same as a fresh computation."""
