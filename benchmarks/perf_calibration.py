@@ -178,7 +178,7 @@ def test_set(n: int, seed: int, hw_indices: list[int]) -> list[dict]:
                "fast_max_abs_error_pct": round(float(np.abs(fast).max()), 3)}
     print(json.dumps({"benchmark": "perf_calibration", "section": "random_summary",
                       **summary}), flush=True)
-    print(f"{n} steps, all bit-exact: {summary['all_bit_exact']}; mean absolute error "
+    print(f"{len(rows)} steps, all bit-exact: {summary['all_bit_exact']}; mean absolute error "
           f"{summary['mean_abs_error_pct']}% (fast path {summary['fast_mean_abs_error_pct']}%),"
           f" worst {summary['max_abs_error_pct']}% ({summary['fast_max_abs_error_pct']}%), "
           f"{summary['within_1pct']} within 1%")
