@@ -166,9 +166,9 @@ def test_set(n: int, seed: int, hw_indices: list[int]) -> list[dict]:
     fast = np.array([r["error_pct"]["fast"] for r in rows])
     print(f"{'#':>3} {'RTL cycles':>11}{'model':>9}{'fast':>9}"
           + "".join(f"{k.replace('_cycles', ''):>14}" for k in TIMED_COUNTERS[1:]) + "  step")
-    for n, r in enumerate(rows):
+    for i, r in enumerate(rows):
         e = r["error_pct"]
-        print(f"{n:>3} {r['rtl']['cycles']:>11,}{e['cycles']:>8.2f}%{e['fast']:>8.2f}%"
+        print(f"{i:>3} {r['rtl']['cycles']:>11,}{e['cycles']:>8.2f}%{e['fast']:>8.2f}%"
               + "".join(f"{e[k]:>13.2f}%" for k in TIMED_COUNTERS[1:]) + f"  {r['step']}")
     summary = {"steps": n, "seed": seed, "all_bit_exact": all(r["bit_exact"] for r in rows),
                "mean_abs_error_pct": round(float(np.abs(errors).mean()), 3),
