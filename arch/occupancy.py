@@ -533,8 +533,8 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         # lines than they read: then the reads go one after another and the tile is in
         # once the last has been read and its reader's steps after it taken. (Read off
         # single GEMVs on edge-4x4, whose L2 moves one line a cycle, with k from 32 to
-        # 256: exact on each; benchmarks.perf_calibration --fit holds the GEMV class of
-        # random models within 0.2% on all five of its configurations.)
+        # 256: exact on each; on random models, benchmarks.perf_calibration --fit 5, the
+        # GEMV class is within 0.8% on all five of its configurations.)
         tail = max(_read_tail(*x_last, W), _read_tail(*w_last, W))
         fill = max(x_steps, w_steps, math.ceil((x_reads + w_reads) / l2_rate) + tail - 1)
         push[s] = begin + cal.mm_fill_latency + fill
@@ -639,9 +639,10 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     lines, when they share few line-wide banks (edge-4x4's L2 moves one line per cycle:
     RESADD's four streams take 1.5 lines per beat there), and one more when an operand
     row does not start on a line (its reader's priming step; ROPE's second half-row
-    whenever a half is not a whole number of lines). Fitted on the vector instructions
-    of compiled random models run alone (``benchmarks.perf_calibration --fit``): every
-    class within 1.2% on the five configurations of ``sweeps.random_steps.rtl_hardware``."""
+    whenever a half is not a whole number of lines). Read off the vector instructions of
+    compiled random models run alone (``benchmarks.perf_calibration --fit 5``): every
+    class within 1.7% on the five configurations of ``sweeps.random_steps.rtl_hardware``
+    but SILU_MUL on edge-16x16, +8.8% (its 1.25 cycles a beat were fitted on edge-8x8).)"""
     lanes = hw.vector_lanes_per_cycle
     W = hw.line_bytes
     per_cycle = hw.l2_lines_per_cycle
