@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -74,7 +74,10 @@ def _current_rows(out: Path) -> list[dict]:
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
     rows = [r for r in rows if r.get("key") in keys]
     if not any(r.get("feasible", True) for r in rows):
-        raise ReportError(f"{path}: no finished feasible points")
+        reasons = Counter(r.get("reason", "") for r in rows)
+        why = (f" ({len(rows)} infeasible; {reasons.most_common(1)[0][1]} of them: "
+               f"{reasons.most_common(1)[0][0]})" if rows else "")
+        raise ReportError(f"{path}: no finished feasible points{why}")
     return rows
 
 

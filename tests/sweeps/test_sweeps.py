@@ -305,7 +305,7 @@ def test_an_l2_too_small_is_recorded_as_infeasible_not_an_abort(tmp_path):
     ring (its 151,936-entry LM head in column chunks), so it cannot run in 32 KiB: that
     point is a row with the compiler's reason; the others run and the report leaves it
     out of its figures and names it with the reason."""
-    from sweeps.report import load_results, write_report
+    from sweeps.report import ReportError, load_results, write_report
 
     text = SPEC.replace("l2_bytes = { geometric = [1048576, 4194304], factor = 2 }",
                         "l2_bytes = [32768, 1048576]").replace("prefetch = [true, false]",
@@ -323,6 +323,14 @@ def test_an_l2_too_small_is_recorded_as_infeasible_not_an_abort(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "1 feasible design points; 1 infeasible (below)" in report
     assert "l2_bytes 32 KiB, prefetch True: L2 too small" in report
+    # a folder of infeasible points only: the report is refused, naming the reason
+    only = tmp_path / "only"
+    run_sweep(load_spec(write(tmp_path, text.replace("l2_bytes = [32768, 1048576]",
+                                                     "l2_bytes = [32768]"))), only,
+              workers=1, progress=False)
+    with pytest.raises(ReportError, match=r"no finished feasible points \(1 infeasible; 1 of "
+                                          r"them: L2 too small"):
+        write_report(only)
 
 
 def test_bad_folders_and_records_are_refused_by_name(sweep, tmp_path):
