@@ -567,12 +567,12 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
 
 
 # -- vector unit ---------------------------------------------------------------------------
-#: Per instruction: extra fixed cycles, extra cycles per segment, and cycles per beat
-#: (fitted to the RTL: SILU_MUL's three operand streams and result share the L2's line
-#: banks and take 1.25 cycles per beat).
-VECTOR_TIMING = {"REQUANT": (0, 0, 1.0), "RMSNORM": (0, 0, 1.0), "SOFTMAX": (0, 0, 1.0),
-                 "SILU_MUL": (0, 0, 1.25), "RESADD": (0, 0, 1.0), "ROPE": (2, 0, 1.0),
-                 "ARGMAX": (0, 0, 1.0)}
+#: Per instruction: extra fixed cycles and cycles per beat (fitted to the RTL: SILU_MUL's
+#: three operand streams and result share the L2's line banks and take 1.25 cycles per
+#: beat).
+VECTOR_TIMING = {"REQUANT": (0, 1.0), "RMSNORM": (0, 1.0), "SOFTMAX": (0, 1.0),
+                 "SILU_MUL": (0, 1.25), "RESADD": (0, 1.0), "ROPE": (2, 1.0),
+                 "ARGMAX": (0, 1.0)}
 
 
 def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
@@ -642,21 +642,21 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     whenever a half is not a whole number of lines). Read off the vector instructions of
     compiled random models run alone (``benchmarks.perf_calibration --fit 5``): every
     class within 1.7% on the five configurations of ``sweeps.random_steps.rtl_hardware``
-    but SILU_MUL on edge-16x16, +8.8% (its 1.25 cycles a beat were fitted on edge-8x8).)"""
+    but SILU_MUL on edge-16x16, +8.8% (its 1.25 cycles a beat were fitted on edge-8x8)."""
     lanes = hw.vector_lanes_per_cycle
     W = hw.line_bytes
     per_cycle = hw.l2_lines_per_cycle
-    fixed, per_segment, per_beat = VECTOR_TIMING[instr.mnemonic]
+    fixed, per_beat = VECTOR_TIMING[instr.mnemonic]
     cycles = cal.vec_fixed + fixed
     total = 0
     for n, reads, writes in vector_segments(instr):
-        beats = math.ceil(-(-n // lanes) * per_beat) + per_segment
+        beats = math.ceil(-(-n // lanes) * per_beat)
         # an operand row that does not start on a line costs its reader a priming step
         # (``rtl.copier``), and the datapath takes every operand in lockstep
         prime = 1 if any(a % W for a, _ in reads) else 0
         lines = sum(_lines(a, b, W) for a, b in reads + writes)
         total += lines
-        cycles += max(beats + prime, math.ceil(lines / per_cycle) + prime, cal.vec_segment_min)
+        cycles += max(max(beats, math.ceil(lines / per_cycle)) + prime, cal.vec_segment_min)
     return Occupancy(Engine.COMPUTE, cycles, l2_lines=total)
 
 

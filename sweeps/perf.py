@@ -228,6 +228,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     write_free = dict.fromkeys(ENGINES, float("-inf"))
     deferred: dict[Engine, deque] = {e: deque() for e in ENGINES}
     queues = {e: CopierQueue() for e in ENGINES}     # their copiers' command queues
+    data_delay = load_data_delay(hw, cal)
     totals = {"read": 0, "write": 0, "prefetch": 0, "macs": 0, "lines": 0}
     last_end = 0
     halted = False
@@ -272,8 +273,8 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
             # (the copier can write no line of a load before its first data is in)
-            write_start[i] = max(ready + (load_data_delay(hw, cal) if e == Engine.LOAD
-                                          else 0), write_free[e])
+            write_start[i] = max(ready + (data_delay if e == Engine.LOAD else 0),
+                                 write_free[e])
             issued, read_free[e], write_free[e] = queues[e].after(copies, ready, read_free[e],
                                                                   write_free[e])
             # The waits: a load's DRAM wait holds its reads (the next load's start
