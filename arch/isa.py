@@ -77,6 +77,14 @@ class WeightFormat(enum.IntEnum, shape=1):
     #              (numerics.mx_matmul): 4.25 bits per weight
 
 
+class ParamMode(enum.IntEnum, shape=2):
+    """Which parameter word (``PARAM_WORD``) requantises an element of a REQUANT block."""
+
+    TENSOR = 0    # one word for the whole block
+    CHANNEL = 1   # one word per column (per output channel)
+    ROW = 2       # one word per row, consecutive (SOFTMAX's row factors for P @ V)
+
+
 class OutBits(enum.IntEnum, shape=1):
     INT8 = 0
     INT16 = 1
@@ -247,11 +255,13 @@ OPCODES: tuple[OpSpec, ...] = (
     # -- compute engine: the vector unit ----------------------------------------------
     OpSpec("REQUANT", 0x31, Engine.COMPUTE, (
         _enum("out_bits", OutBits, "INT8 or INT16 result"),
-        _n("per_channel", 1, "one (mult, shift) word per column, else one for all"),
+        _enum("params", ParamMode, "TENSOR: one parameter word; CHANNEL: one per column; "
+              "ROW: one per row (3 is refused)"),
         _n("has_bias", 1, "add an int32 bias per column before requantising"),
         _l2("src_addr", "int32 accumulators", "int32"),
         _l2("dst_addr", "int8/int16 results (OUT_BYTES[out_bits])"),
-        _l2("param_addr", "parameter words (PARAM_WORD)", "uint32"),
+        _l2("param_addr", "parameter words (PARAM_WORD), as many as params says, "
+                          "consecutive", "uint32"),
         _l2("bias_addr", "int32 bias per column", "int32"),
         ROWS, COLS,
         _n("src_stride", 20, "bytes between source rows"),
@@ -279,13 +289,18 @@ OPCODES: tuple[OpSpec, ...] = (
     ), "numerics.rope: token r is at position pos0 + r."),
     OpSpec("SOFTMAX", 0x34, Engine.COMPUTE, (
         _l2("src_addr", "int32 scores", "int32"),
-        _l2("dst_addr", "int8 probabilities (scale 2**-7)", "int8"),
+        _l2("dst_addr", "int8 probabilities, max-normalised (the row maximum is 127)", "int8"),
         ROWS, COLS,
         _n("q_pos0", 20, "key j is visible to row i when j <= q_pos0 + i"),
         _n("src_stride", 20, "bytes between source rows"),
         _n("dst_stride", 20, "bytes between destination rows"),
         MULT, SHIFT,
-    ), "numerics.softmax with the causal mask."),
+        _l2("scale_addr", "one parameter word (PARAM_WORD) per row, consecutive: the "
+                          "requantisation of the row's P @ V (REQUANT params=ROW)", "uint32"),
+        _n("out_mult", 15, "P @ V requantisation mantissa for a row sum of 2**15"),
+        _n("out_shift", 5, "P @ V requantisation right shift for a row sum of 2**15"),
+    ), "numerics.softmax with the causal mask: probabilities and each row's P @ V "
+       "requantisation word."),
     OpSpec("SILU_MUL", 0x35, Engine.COMPUTE, (
         _l2("gate_addr", "int32 gate accumulators", "int32"),
         _l2("up_addr", "int8 up projection", "int8"),
@@ -427,9 +442,11 @@ def compute_operands(mnemonic: str, f, select=lambda c, a, b: a if c else b
     if mnemonic == "REQUANT":
         cols = f("cols")
         int8 = f("out_bits") == int(OutBits.INT8)
+        by_row = f("params") == int(ParamMode.ROW)
         return [block("src", "src_addr", f("rows"), cols, f("src_stride")),
-                L2Operand("param", f("param_addr"), 1,
-                          n("param_addr", select(f("per_channel"), cols, 1)), 0),
+                L2Operand("param", f("param_addr"), select(by_row, f("rows"), 1),
+                          n("param_addr", select(f("params") == int(ParamMode.CHANNEL), cols, 1)),
+                          select(by_row, n("param_addr", 1), 0)),
                 L2Operand("dst", f("dst_addr"), f("rows"),
                           select(int8, _bytes(cols, OUT_BYTES[OutBits.INT8]),
                                  _bytes(cols, OUT_BYTES[OutBits.INT16])),
@@ -437,8 +454,12 @@ def compute_operands(mnemonic: str, f, select=lambda c, a, b: a if c else b
                 L2Operand("bias", f("bias_addr"), 1, n("bias_addr", cols), 0,
                           present=f("has_bias"))]
     if mnemonic in ("RMSNORM", "SOFTMAX"):
-        return [block("src", "src_addr", f("rows"), f("cols"), f("src_stride")),
-                block("dst", "dst_addr", f("rows"), f("cols"), f("dst_stride"), True)]
+        out = [block("src", "src_addr", f("rows"), f("cols"), f("src_stride")),
+               block("dst", "dst_addr", f("rows"), f("cols"), f("dst_stride"), True)]
+        if mnemonic == "SOFTMAX":
+            word = n("scale_addr", 1)
+            out.append(L2Operand("scale", f("scale_addr"), f("rows"), word, word, True))
+        return out
     if mnemonic == "ROPE":
         width = f("heads") * f("head_dim")
         return [block("src", "src_addr", f("rows"), width, f("row_stride")),
@@ -502,6 +523,8 @@ def operand_faults(mnemonic: str, f) -> list[tuple[object, str]]:
     if mnemonic in _BLOCKS:
         out = [((f("rows") == 0) | (f("cols") == 0),
                 "{mnemonic} with an empty block ({rows}x{cols})")]
+        if mnemonic == "REQUANT":
+            out.append((f("params") == 3, "REQUANT params = 3 is not a ParamMode"))
         if mnemonic == "SOFTMAX":
             out.append((f("q_pos0") >= f("cols"),
                         "SOFTMAX row 0 sees keys up to q_pos0 = {q_pos0}, beyond cols = {cols}"))

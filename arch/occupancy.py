@@ -41,6 +41,7 @@ from arch.isa import (
     Instruction,
     MatmulMode,
     OutBits,
+    ParamMode,
     WeightFormat,
     WeightLayout,
     kv_row_addr,
@@ -586,21 +587,28 @@ def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
         return instr.spec.field(name).elem_bytes
 
     if op == "REQUANT":
-        c = f.cols
-        shared = ([(f.param_addr, eb("param_addr") * c)] * f.per_channel
+        c, word, mode = f.cols, eb("param_addr"), ParamMode(f.params)
+        shared = ([(f.param_addr, word * c)] * (mode == ParamMode.CHANNEL)
                   + [(f.bias_addr, eb("bias_addr") * c)] * f.has_bias)
         out = OUT_BYTES[OutBits(f.out_bits)] * c
-        return ([] if f.per_channel else [(1, ((f.param_addr, eb("param_addr")),), ())]) + [
-            (c, ((f.src_addr + r * f.src_stride, eb("src_addr") * c), *shared),
-             ((f.dst_addr + r * f.dst_stride, out),)) for r in range(f.rows)]
+        segments = [(1, ((f.param_addr, word),), ())] * (mode == ParamMode.TENSOR)
+        for r in range(f.rows):
+            if mode == ParamMode.ROW:          # the row's word first
+                segments.append((1, ((f.param_addr + r * word, word),), ()))
+            segments.append((c, ((f.src_addr + r * f.src_stride, eb("src_addr") * c), *shared),
+                             ((f.dst_addr + r * f.dst_stride, out),)))
+        return segments
     if op in ("RMSNORM", "SOFTMAX"):
         passes = 2 if op == "RMSNORM" else 3
         src, dst = eb("src_addr") * f.cols, eb("dst_addr") * f.cols
         segments = []
         for r in range(f.rows):
             read = ((f.src_addr + r * f.src_stride, src),)
+            writes = ((f.dst_addr + r * f.dst_stride, dst),)
+            if op == "SOFTMAX":                 # and the row's P @ V word
+                writes += ((f.scale_addr + r * eb("scale_addr"), eb("scale_addr")),)
             segments += [(f.cols, read, ())] * (passes - 1)
-            segments.append((f.cols, read, ((f.dst_addr + r * f.dst_stride, dst),)))
+            segments.append((f.cols, read, writes))
         return segments
     if op == "SILU_MUL":
         c = f.cols

@@ -125,8 +125,8 @@ def _engine_list(mask: int) -> str:
 def format_instruction(instr: Instruction) -> str:
     parts = [instr.mnemonic]
     for f, value in zip(instr.spec.fields, instr.operands, strict=True):
-        if f.enum is not None:
-            text = f.enum(value).name
+        if f.enum is not None:     # a value the enum lacks (ParamMode 3) as its number
+            text = f.enum(value).name if value in set(f.enum) else str(value)
         elif f.address is not None:
             text = f"0x{value:x}"
         else:
@@ -171,10 +171,11 @@ def parse_line(line: str, lineno: int | None = None) -> Instruction | None:
             signal = _parse_mask(value, where)
         elif key in enums:
             try:
-                fields[key] = int(enums[key][value.upper()])
+                fields[key] = int(value) if value.isdigit() else int(enums[key][value.upper()])
             except KeyError:
                 raise IsaError(f"{where}{key} must be one of "
-                               f"{', '.join(m.name for m in enums[key])}, not {value!r}") from None
+                               f"{', '.join(m.name for m in enums[key])} (or a number), "
+                               f"not {value!r}") from None
         else:
             try:
                 fields[key] = int(value, 0)

@@ -35,7 +35,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import MX_BLOCK, Instruction, MatmulMode, OutBits, WeightFormat, WeightLayout, make
+from arch.isa import (
+    MX_BLOCK,
+    PARAM_WORD_BYTES,
+    Instruction,
+    MatmulMode,
+    OutBits,
+    ParamMode,
+    WeightFormat,
+    WeightLayout,
+    make,
+)
 from arch.occupancy import matmul_mode
 from compiler.image import MemoryMap, align
 from compiler.ir import (
@@ -125,7 +135,12 @@ def _attention_temps(op: Attention, cfg: ModelConfig) -> list[Buffer]:
     T, S = op.q.shape[0], op.start + op.q.shape[0]
     g = cfg.group_size
     return [Buffer(f"scores.l{op.layer}", 4 * g * T * S), Buffer(f"probs.l{op.layer}", g * T * S),
-            Buffer(f"attacc.l{op.layer}", 4 * T * cfg.q_dim)]
+            Buffer(f"attacc.l{op.layer}", 4 * T * cfg.q_dim),
+            Buffer(f"attrows.l{op.layer}", PARAM_WORD_BYTES * cfg.n_heads * T)]
+
+
+def _param_mode(words: ParamWords) -> ParamMode:
+    return ParamMode.CHANNEL if words.count > 1 else ParamMode.TENSOR
 
 
 def plan_activations(ops: list, cfg: ModelConfig, base: int) -> tuple[dict[int, int], int, dict]:
@@ -440,7 +455,7 @@ class Generator:
             bias = None
             if op.bias is not None:
                 bias = self.load(self.ctx.param_addr(op.bias) + 4 * c0, 1, 4 * c, 4 * c)
-            index = self.emit("REQUANT", out_bits=out_bits, per_channel=int(op.params.count > 1),
+            index = self.emit("REQUANT", out_bits=out_bits, params=_param_mode(op.params),
                               has_bias=int(bias is not None),
                               src_addr=self.addr(src) + 4 * c0,
                               dst_addr=self.addr(dst) + dst.itemsize * c0, param_addr=slot.addr,
@@ -499,7 +514,7 @@ class Generator:
             self.matmul(self.addr(op.x), op.x.row_bytes, 1, op.w, acc, 4 * n, (c0, n))
             for r0, r, slot in self.column_chunks(op.params, n, col0=c0):
                 index = self.emit("REQUANT", out_bits=OutBits.INT16,
-                                  per_channel=int(op.params.count > 1), has_bias=0,
+                                  params=_param_mode(op.params), has_bias=0,
                                   src_addr=acc + 4 * r0, dst_addr=logits + 2 * r0,
                                   param_addr=slot.addr, bias_addr=0, rows=1, cols=r,
                                   src_stride=4 * n, dst_stride=2 * n)
@@ -554,7 +569,7 @@ class Generator:
         cfg, hw = self.cfg, self.hw
         T, hd, G = op.q.shape[0], cfg.head_dim, cfg.group_size
         start, S = op.start, op.start + op.q.shape[0]
-        scores, probs, acc = (self.act_addr[b.uid] for b in self.temps[id(op)])
+        scores, probs, acc, row_words = (self.act_addr[b.uid] for b in self.temps[id(op)])
         q, k_new, v_new = self.addr(op.q), self.addr(op.k_new), self.addr(op.v_new)
         q_stride, kv_stride = cfg.q_dim, cfg.kv_dim
         plan = attention_plan(T, start, cfg, hw, self.tile_bytes)
@@ -592,11 +607,13 @@ class Generator:
                         m=block_rows(m, r0, r1), k=hd, n=r1, x_stride=x_stride,
                         w_stride=kv_stride, out_stride=4 * S)
             for g in range(G):
-                for r0, r1 in blocks:
+                for r0, r1 in blocks:       # row words of head h, query row t: h * T + t
                     self.emit("SOFTMAX", src_addr=scores + 4 * (g * T * S + r0 * S),
                               dst_addr=probs + g * T * S + r0 * S, rows=r1 - r0,
                               cols=start + r1, q_pos0=start + r0, src_stride=4 * S,
-                              dst_stride=S, mult=op.sm_mult, shift=op.sm_shift)
+                              dst_stride=S, mult=op.sm_mult, shift=op.sm_shift,
+                              scale_addr=row_words + PARAM_WORD_BYTES * ((kv * G + g) * T + r0),
+                              out_mult=op.att_mult, out_shift=op.att_shift)
             # out = P . V, past values chunk by chunk, then the new values from L2
             for c0, n in chunks:
                 slot = self.kv_prefetch(op.layer, "v", c0, n, kv * hd)
@@ -619,13 +636,15 @@ class Generator:
                         out_addr=acc + 4 * head * hd + r0 * out_stride,
                         m=block_rows(m, r0, r1), k=r1, n=hd, x_stride=S, w_stride=kv_stride,
                         out_stride=out_stride)
-        words = op.att_params
-        slot = self.load(self.ctx.param_addr(words), 1, 4, 4)
-        index = self.emit("REQUANT", out_bits=OutBits.INT8, per_channel=0, has_bias=0,
-                          src_addr=acc, dst_addr=self.addr(op.out), param_addr=slot.addr,
-                          bias_addr=0, rows=T, cols=cfg.q_dim, src_stride=4 * cfg.q_dim,
-                          dst_stride=cfg.q_dim)
-        self.use(slot, index)
+        # each (query row, head) requantised by its own softmax row's word: the heads of
+        # a decode step as the rows of one block, a prefill chunk head by head
+        out, row_bytes = self.addr(op.out), hd if T == 1 else cfg.q_dim
+        for h in range(1 if T == 1 else cfg.n_heads):
+            self.emit("REQUANT", out_bits=OutBits.INT8, params=ParamMode.ROW, has_bias=0,
+                      src_addr=acc + 4 * h * hd, dst_addr=out + h * hd,
+                      param_addr=row_words + PARAM_WORD_BYTES * h * T, bias_addr=0,
+                      rows=cfg.n_heads if T == 1 else T, cols=hd, src_stride=4 * row_bytes,
+                      dst_stride=row_bytes)
 
 
 # Each IR operation's lowering: one entry per operation class of ``compiler.ir.OPS``.

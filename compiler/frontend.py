@@ -309,8 +309,8 @@ def _k_attention(lw: Lowering, eqn, args):
         raise CompileError("attention positions do not match the KV rows just written")
     out = lw.fresh("att", (T, q.shape[1] * q.shape[2]), "int8")
     lw.emit(Attention(q, k.new, v.new, k.layer, pos0, _scalar(sm_mult, "softmax mult"),
-                      _scalar(sm_shift, "softmax shift"),
-                      ParamWords(_param(att_mult, "mult"), _param(att_shift, "shift")), out))
+                      _scalar(sm_shift, "softmax shift"), _scalar(att_mult, "attention mult"),
+                      _scalar(att_shift, "attention shift"), out))
     return [out]
 
 

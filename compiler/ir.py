@@ -188,7 +188,8 @@ class Attention:
     start: int              # position of the first new token; rows [0, start) are cached
     sm_mult: int
     sm_shift: int
-    att_params: ParamWords  # one word
+    att_mult: int           # P @ V requantisation for a softmax row sum of 2**15
+    att_shift: int          # (SOFTMAX's out_mult / out_shift)
     out: Tensor             # [T, n_heads * head_dim] int8
 
 

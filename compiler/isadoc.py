@@ -48,7 +48,9 @@ An invalid instruction stops the accelerator with an error code:
 ## Parameter word
 
 `REQUANT`, `SILU_MUL` and `RESADD` read requantisation parameters as {param_bytes}-byte words
-in L2: {param_fields}.
+in L2: {param_fields}. `SOFTMAX` writes one per row: the requantisation of that row's
+`P @ V`, which carries the row's normalisation (its probabilities are max-normalised), and
+a `REQUANT` with `params=ROW` reads them.
 
 ## Instructions
 """

@@ -39,6 +39,7 @@ from arch.isa import (
     ErrorCode,
     Instruction,
     OutBits,
+    ParamMode,
     WeightFormat,
     WeightLayout,
 )
@@ -74,6 +75,16 @@ def unpack_params(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = PARAM_WORD[name]
         out.append(((words >> f.offset) & ((1 << f.width) - 1)).astype(np.int32))
     return out[0], out[1]
+
+
+def pack_params(mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``(mult, shift)`` -> uint32 requantisation parameter words (``unpack_params``'s
+    inverse; the values fit their fields by ``numerics.softmax``'s bounds)."""
+    word = np.zeros(np.shape(mult), np.int64)
+    for name, value in (("mult", mult), ("shift", shift)):
+        f = PARAM_WORD[name]
+        word |= (np.asarray(value, np.int64) & ((1 << f.width) - 1)) << f.offset
+    return word.astype(np.uint32)
 
 
 class _Clocks:
@@ -271,7 +282,10 @@ class IsaSimulator:
         return unpack_params(self.read(a, np.int32)[0])
 
     def _op_requant(self, f, acc):
-        mult, shift = self._params(acc["param"])
+        if f.params == ParamMode.ROW:                     # one word per row: [rows, 1]
+            mult, shift = unpack_params(self.read(acc["param"], np.int32))
+        else:
+            mult, shift = self._params(acc["param"])
         bias = self.read(acc["bias"], np.int32)[0] if f.has_bias else None
         bits = N.ACT_BITS if f.out_bits == OutBits.INT8 else N.RESID_BITS
         out = N.requant(self.read(acc["src"], np.int32), mult, shift, bits, bias=bias, xp=np)
@@ -292,8 +306,11 @@ class IsaSimulator:
     def _op_softmax(self, f, acc):
         scores = self.read(acc["src"], np.int32)
         visible = np.arange(f.cols)[None, :] <= f.q_pos0 + np.arange(f.rows)[:, None]
-        self.write(acc["dst"], N.softmax(scores, visible, np.int32(f.mult), np.int32(f.shift),
-                                         xp=np))
+        probs, row_mult, row_shift = N.softmax(scores, visible, np.int32(f.mult),
+                                               np.int32(f.shift), np.int32(f.out_mult),
+                                               np.int32(f.out_shift), xp=np)
+        self.write(acc["dst"], probs)
+        self.write(acc["scale"], pack_params(row_mult, row_shift))
 
     def _op_silu_mul(self, f, acc):
         mult, shift = self._params(acc["param"])          # interleaved: gate, output

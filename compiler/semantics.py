@@ -180,7 +180,15 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
         # only exact in place (the same addresses, rows and stride: ROPE's dst = src,
         # RESADD's residual, an accumulating MATMUL's output).
         operands = flat(acc)
-        for w in (a for a in operands if a.write):
+        written = [a for a in operands if a.write]
+        for i, w in enumerate(written):       # two results (SOFTMAX's) over each other
+            for v in written[i + 1:]:
+                if w.addr < v.end and v.addr < w.end:
+                    raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
+                                           f"{instr.mnemonic} writes two results over each "
+                                           f"other: [0x{w.addr:x}, 0x{w.end:x}) and "
+                                           f"[0x{v.addr:x}, 0x{v.end:x})")
+        for w in written:
             for r in (a for a in operands if not a.write):
                 same = (w.addr, w.rows, w.row_bytes, w.stride) == (r.addr, r.rows,
                                                                     r.row_bytes, r.stride)

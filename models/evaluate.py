@@ -43,8 +43,11 @@ from models.tokenizer import CharTokenizer, HFTokenizer
 from models.train import default_corpus, split_text
 from models.zoo import LoadedModel
 
-CALIBRATION_WINDOWS = 16
-CALIBRATION_LEN = 128
+# The calibration set: static scales are the peaks the float model reaches on it, so a
+# larger set leaves fewer held-out activations beyond them (saturated). 64 windows of 256
+# tokens, chosen among 16 x 128, 64 x 128, 64 x 256 and 256 x 256 (docs/numerics.md).
+CALIBRATION_WINDOWS = 64
+CALIBRATION_LEN = 256
 CALIBRATION_SEED = 7
 
 
@@ -88,7 +91,8 @@ def corpus_text(path: str | Path | None = None) -> str:
 
 def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: ModelConfig,
                         text: str | None = None) -> np.ndarray:
-    """``[16, 128]`` token windows from the training split (random tokens without text)."""
+    """``[CALIBRATION_WINDOWS, min(CALIBRATION_LEN, max_seq_len)]`` token windows from
+    the training split (random tokens without text)."""
     rng = np.random.default_rng(CALIBRATION_SEED)
     length = min(CALIBRATION_LEN, cfg.max_seq_len)
     if tokenizer is None:

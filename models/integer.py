@@ -263,7 +263,7 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales,
             "v": s["attn_in"] * sv / s["v"],
             "softmax": s["q"] * s["k"] / math.sqrt(cfg.head_dim) * math.log2(math.e)
             * 2 ** N.EXP2_INDEX_BITS,
-            "att": s["v"] * 2.0 ** -N.PROB_BITS / s["att"], "o": s["att"] * so / s_h,
+            "att": s["v"] / (N.PROB_MAX * s["att"]), "o": s["att"] * so / s_h,
             "gate": s["mlp_in"] * sg * 2 ** N.GATE_FRAC_BITS, "up": s["mlp_in"] * su / s["up"],
             "mid": 2.0 ** -N.GATE_FRAC_BITS * s["up"] / s_mid, "down": sd / s_h,
         }
@@ -274,6 +274,11 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales,
             **{site: _requant_constants(real, f"layer {len(layers)} {site} requantisation")
                for site, real in reals.items()},
         }
+        if layer["att"]["shift"] > N.SOFTMAX_OUT_SHIFT_MAX:
+            raise ValueError(f"layer {i} att requantisation: shift {int(layer['att']['shift'])}"
+                             f" exceeds SOFTMAX's out_shift field (at most "
+                             f"{N.SOFTMAX_OUT_SHIFT_MAX}): the attention output's scale is "
+                             f"over 2**{N.SOFTMAX_OUT_SHIFT_MAX - N.MULT_BITS} times the values'")
         if cfg.qkv_bias:
             for name, ws in (("q", sq), ("k", sk), ("v", sv)):
                 bias = np.asarray(p["b" + name], np.float64) / (s["attn_in"] * ws)
@@ -373,17 +378,22 @@ def attention(q_TxNxH, k_SxKxH, v_SxKxH, positions_T, sm_mult, sm_shift, att_mul
     """Grouped-query attention in integers: int8 ``[T, n_heads * head_dim]``.
 
     Scores are exact int32 dot products; key ``s`` is visible to the query at position
-    ``p`` when ``s <= p``; probabilities from ``numerics.softmax``; ``P @ V`` in int32,
-    requantised to int8.
+    ``p`` when ``s <= p``; max-normalised probabilities from ``numerics.softmax``;
+    ``P @ V`` in int32, requantised to int8 by each (query, head) row's factor, which
+    carries the row's softmax normalisation (``att_mult * 2**-att_shift`` for a row sum
+    of ``2**15``).
     """
     T, n_heads, head_dim = q_TxNxH.shape
     S, n_kv = k_SxKxH.shape[:2]
     q = q_TxNxH.reshape(T, n_kv, n_heads // n_kv, head_dim)
     scores = jnp.einsum("tkgh,skh->kgts", q, k_SxKxH, preferred_element_type=jnp.int32)
     visible = jnp.arange(S, dtype=jnp.int32)[None, :] <= positions_T[:, None]
-    probs = N.softmax(scores, visible[None, None], sm_mult, sm_shift)
+    probs, row_mult, row_shift = N.softmax(scores, visible[None, None], sm_mult, sm_shift,
+                                           att_mult, att_shift)
     out = jnp.einsum("kgts,skh->tkgh", probs, v_SxKxH, preferred_element_type=jnp.int32)
-    return N.requant(out.reshape(T, n_heads * head_dim), att_mult, att_shift)
+    rows = lambda x: jnp.transpose(x, (2, 0, 1, 3))      # noqa: E731  [k, g, t, 1] -> [t, k, g, 1]
+    out = N.requant(out, rows(row_mult), rows(row_shift))
+    return out.reshape(T, n_heads * head_dim)
 
 
 # -- the integer forward pass ---------------------------------------------------------

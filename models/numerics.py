@@ -37,7 +37,9 @@ RECIP_INDEX_BITS = 8       # reciprocal table: 256 entries
 RECIP_FRAC_BITS = 15       # reciprocal table entries are Q0.15 (in (2**14, 2**15])
 EXP2_INDEX_BITS = 6        # softmax exponent: 2**(-j/64), 64 entries
 EXP2_FRAC_BITS = 15        # exp2 table entries are Q0.15, exp2[0] = 2**15
-PROB_BITS = 7              # softmax probabilities: int8 in [0, 127], scale 2**-7
+PROB_BITS = 7              # softmax probabilities: int8 in [0, 127], the row maximum 127
+PROB_MAX = (1 << PROB_BITS) - 1
+SOFTMAX_OUT_SHIFT_MAX = isa.BY_MNEMONIC["SOFTMAX"].field("out_shift").max
 GATE_FRAC_BITS = 8         # SwiGLU gate requantised to int16 Q7.8
 SIGMOID_INDEX_BITS = 8     # sigmoid table: 256 entries over [-8, 8), step 1/16
 SIGMOID_STEP_BITS = 4      # table step 2**-4
@@ -316,14 +318,24 @@ def rope(x, positions, freq, xp=None):
     return saturate(xp.concatenate([y1, y2], axis=-1), ACT_BITS, xp).astype(xp.int8)
 
 
-def softmax(scores, visible, mult, shift, xp=None):
-    """Integer softmax of int32 ``scores[..., S]`` over the ``visible`` keys.
+def softmax(scores, visible, mult, shift, out_mult, out_shift, xp=None):
+    """Integer softmax of int32 ``scores[..., S]`` over the ``visible`` keys, normalised
+    after ``P @ V`` (deferred normalisation): ``(probs, row_mult, row_shift)``.
 
     ``z = round_shift((max - s) * mult, shift)`` is the distance from the row maximum in
     units of ``2**-6`` in the log2 domain (``mult/2**shift = scale * log2(e) * 64``);
-    ``p = exp2_table[z & 63] >> (z >> 6)`` (0 when masked or shifted out); the row sum is
-    inverted with ``recip_table`` after normalising it, and the probabilities are
-    ``sat(round_shift(p * R, 15 + e - 7), 0, 127)``: int8 with scale ``2**-7``.
+    ``p = exp2_table[z & 63] >> (z >> 6)`` (0 when masked or shifted out). The
+    probabilities are max-normalised, ``round_shift(p * 127, 15)``: int8 with the row
+    maximum at ``PROB_MAX`` = 127, so a flat row keeps 7 bits of resolution where
+    probabilities normalised by the sum would keep a few levels. The row sum ``total``
+    (at least ``2**15``: the maximum is visible) is inverted with ``recip_table``,
+    ``1/total ~= r * 2**-(15 + e)``, ``e = floor_log2(total)``, and folded into the
+    requantisation of the row's ``P @ V`` accumulators: ``row_mult = round_shift(out_mult
+    * r, 15)`` (at most ``2**15``), ``row_shift = out_shift + e - 15`` (in ``[out_shift,
+    out_shift + 16]``), both ``[..., 1]`` int32, where ``out_mult * 2**-out_shift`` is the
+    requantisation of ``P @ V`` for probabilities scaled ``2**15 / 127`` per unit of
+    ``p / total``. ``REQUANT`` with ``params = ROW`` applies them (``requant`` with these
+    per-row factors).
     """
     xp = xp or _xp(scores)
     s = scores.astype(xp.int32)
@@ -338,11 +350,13 @@ def softmax(scores, visible, mult, shift, xp=None):
     whole = z >> EXP2_INDEX_BITS
     p = xp.asarray(exp2_table())[frac] >> whole
     p = xp.where(visible, p, 0).astype(xp.int32)
+    probs = round_shift(_wide(p, xp) * PROB_MAX, EXP2_FRAC_BITS, xp).astype(xp.int8)
     total = xp.sum(p, axis=-1, keepdims=True, dtype=xp.int32)      # >= 2**15
     e = floor_log2(total, xp)
     r = xp.asarray(recip_table())[_mantissa_index(total, e, RECIP_INDEX_BITS, xp)]
-    prob = round_shift(_wide(p, xp) * _wide(r, xp), RECIP_FRAC_BITS + e - PROB_BITS, xp)
-    return xp.clip(prob, 0, (1 << PROB_BITS) - 1).astype(xp.int8)
+    row_mult = round_shift(_wide(r, xp) * _wide(out_mult, xp), RECIP_FRAC_BITS, xp)
+    row_shift = e.astype(xp.int32) + xp.asarray(out_shift, xp.int32) - EXP2_FRAC_BITS
+    return probs, row_mult.astype(xp.int32), row_shift.astype(xp.int32)
 
 
 def silu_mul(gate_acc, up, gate_mult, gate_shift, mult, shift, xp=None):

@@ -100,11 +100,21 @@ def reciprocal(total: Value) -> tuple[Value, Value]:
     return rom(N.recip_table())[mantissa_index(total, e, N.RECIP_INDEX_BITS)], e
 
 
-def probability(p: Value, r: Value, e: Value) -> Value:
-    """numerics.softmax's output for one key: ``clip(round_shift(p*r, 15+e-7), 0, 127)``."""
-    y = round_shift(p.as_unsigned() * r.as_unsigned(),
-                    (N.RECIP_FRAC_BITS - N.PROB_BITS + e).as_unsigned())
-    return Mux(y > 127, 127, Mux(y < 0, 0, y))[:8].as_signed()
+def probability(p: Value) -> Value:
+    """numerics.softmax's max-normalised probability of one key: ``round_shift(p*127, 15)``
+    (``p <= 2**15``, so at most 127)."""
+    scaled = (p.as_unsigned() << N.PROB_BITS) - p.as_unsigned()       # p * 127
+    return ((scaled + (1 << (N.EXP2_FRAC_BITS - 1))) >> N.EXP2_FRAC_BITS)[:8].as_signed()
+
+
+def softmax_row_word(total: Value, out_mult: Value, out_shift: Value) -> tuple[Value, Value]:
+    """numerics.softmax's ``(row_mult, row_shift)`` for a row whose exp2 terms sum to
+    ``total``: ``round_shift(out_mult * r, 15)`` and ``out_shift + e - 15``."""
+    r, e = reciprocal(total)
+    product = r.as_unsigned() * out_mult.as_unsigned()
+    row_mult = ((product + (1 << (N.RECIP_FRAC_BITS - 1))) >> N.RECIP_FRAC_BITS)[:16]
+    row_shift = (out_shift.as_unsigned() + e.as_unsigned() - N.EXP2_FRAC_BITS)[:6]
+    return row_mult, row_shift
 
 
 def silu_mul(gate_acc: Value, up: Value, gate_mult: Value, gate_shift: Value, mult: Value,

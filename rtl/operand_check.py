@@ -17,9 +17,10 @@ in ``arch/isa.py``:
    ``BAD_OPERAND`` if it is written with rows that overlap (``rows > 1`` and
    ``stride < row bytes``), ``L2_OUT_OF_RANGE`` if it ends beyond ``l2_bytes`` (its end
    is ``addr + (rows - 1) * stride + row bytes``);
-3. ``BAD_OPERAND`` if the written operand's byte range meets a read operand's, unless
+3. ``BAD_OPERAND`` if a written operand's byte range meets a read operand's, unless
    they are the same (exactly in place: ROPE's dst = src, RESADD's residual, an
-   accumulating MATMUL's output). The units stream operands tile by tile and row by
+   accumulating MATMUL's output), or another written operand's (SOFTMAX's probabilities
+   and row words). The units stream operands tile by tile and row by
    row, so a result written over an operand not yet read would change it (found by the
    random programs of ``rtl/random_programs.py``: a MATMUL whose output overlapped its
    activations gave other results on the RTL than on the ISA simulator).
@@ -130,6 +131,7 @@ class OperandCheck(wiring.Component):
                         & (a["row_bytes"] == b["row_bytes"]) & (a["stride"] == b["stride"]))
                 meet = (a["addr"] < ends[j]) & (b["addr"] < ends[i])
                 over |= a["used"] & b["used"] & (a["written"] ^ b["written"]) & meet & ~same
+                over |= a["used"] & b["used"] & a["written"] & b["written"] & meet
 
         m.d.comb += self.code.eq(ErrorCode.NONE)
         with m.If(bad):

@@ -81,7 +81,9 @@ def _random_compute(rng, hw):
         dst, dst_stride = place(rows, cols)
         return make("SOFTMAX", src_addr=src, dst_addr=dst, rows=rows, cols=cols,
                     q_pos0=int(rng.integers(0, cols - rows + 1)), src_stride=src_stride,
-                    dst_stride=dst_stride, mult=24000, shift=30)
+                    dst_stride=dst_stride, mult=24000, shift=30,
+                    scale_addr=place(rows, 4, 4)[0], out_mult=int(rng.integers(2 ** 14, 2 ** 15)),
+                    out_shift=int(rng.integers(1, 32)))
     if kind == 3:
         heads, head_dim = int(rng.integers(1, 4)), 2 * int(rng.integers(1, 20))
         src, stride = place(rows, heads * head_dim)

@@ -17,9 +17,10 @@ head of one token). Each segment streams up to three operands through row reader
 =========  ================================================  ==============================
  op         segments per row                                  operands -> result
 =========  ================================================  ==============================
-REQUANT    (one scalar read first unless per-channel) 1      acc, param, bias -> int8/16
+REQUANT    (a scalar read first: once per block for          acc, param, bias -> int8/16
+           TENSOR, before each row for ROW) 1
 RMSNORM    2: sum of squares; scale                          h -> int8
-SOFTMAX    3: visible maximum; exp2 sum; normalise           scores -> int8
+SOFTMAX    3: visible maximum; exp2 sum; probabilities       scores -> int8, row word
 SILU_MUL   1                                                 gate, up, param pairs -> int8
 RESADD     1                                                 h, acc, param -> h (in place)
 ROPE       one per head                                      x1, x2, freq -> y1, y2
@@ -59,7 +60,7 @@ SEGMENT_DEPTH = 8            # segment descriptors queued between the issuer and
 
 class Kind(enum.IntEnum):
     """What the datapath does with one segment."""
-    SCALAR = 0        # REQUANT: read the one parameter word
+    SCALAR = 0        # REQUANT: read the block's (TENSOR) or the row's (ROW) parameter word
     REQUANT = 1
     RMS_SUM = 2
     RMS_OUT = 3
@@ -163,16 +164,19 @@ class SegmentIssuer(wiring.Component):
         e = elem_bytes
         with m.If(op == code("REQUANT")):
             out16 = f("REQUANT", "out_bits") == isa.OutBits.INT16
+            by_row = f("REQUANT", "params") == isa.ParamMode.ROW
+            word = e("REQUANT", "param_addr")
             with m.If(pre):
                 m.d.comb += [kind.eq(Kind.SCALAR), n.eq(1),
-                             *read(1, f("REQUANT", "param_addr"), e("REQUANT", "param_addr"))]
+                             *read(1, f("REQUANT", "param_addr") + Mux(by_row, row * word, 0),
+                                   word)]
             with m.Else():
                 m.d.comb += [
                     kind.eq(Kind.REQUANT), n.eq(cols),
                     *read(0, at_row("REQUANT", "src_addr", "src_stride"),
                           scale(cols, e("REQUANT", "src_addr"))),
                     *read(1, f("REQUANT", "param_addr"), scale(cols, e("REQUANT", "param_addr")),
-                          f("REQUANT", "per_channel")),
+                          f("REQUANT", "params") == isa.ParamMode.CHANNEL),
                     *read(2, f("REQUANT", "bias_addr"), scale(cols, e("REQUANT", "bias_addr")),
                           f("REQUANT", "has_bias")),
                     *write(0, at_row("REQUANT", "dst_addr", "dst_stride"),
@@ -191,8 +195,10 @@ class SegmentIssuer(wiring.Component):
                          *read(0, at_row("SOFTMAX", "src_addr", "src_stride"),
                                scale(cols, e("SOFTMAX", "src_addr")))]
             with m.If(part == 2):
-                m.d.comb += write(0, at_row("SOFTMAX", "dst_addr", "dst_stride"),
-                                  scale(cols, e("SOFTMAX", "dst_addr")))
+                word = e("SOFTMAX", "scale_addr")
+                m.d.comb += [*write(0, at_row("SOFTMAX", "dst_addr", "dst_stride"),
+                                    scale(cols, e("SOFTMAX", "dst_addr"))),
+                             *write(1, f("SOFTMAX", "scale_addr") + row * word, word)]
         with m.Elif(op == code("SILU_MUL")):
             m.d.comb += [
                 kind.eq(Kind.SILU), n.eq(cols),
@@ -268,13 +274,16 @@ class SegmentIssuer(wiring.Component):
             with m.Elif(part + 1 < parts):
                 m.d.sync += part.eq(part + 1)
             with m.Else():
-                m.d.sync += [part.eq(0), row.eq(row + 1)]
+                m.d.sync += [part.eq(0), row.eq(row + 1),
+                             pre.eq((op == code("REQUANT"))
+                                    & (field(self.word, "REQUANT", "params") == isa.ParamMode.ROW))]
                 with m.If(row + 1 == rows):
                     m.d.sync += self.issuing.eq(0)
         with m.If(self.start):
             m.d.sync += [self.issuing.eq(1), row.eq(0), part.eq(0),
                          pre.eq((self.start_word[:isa.OPCODE_BITS] == code("REQUANT"))
-                                & ~field(self.start_word, "REQUANT", "per_channel"))]
+                                & (field(self.start_word, "REQUANT", "params")
+                                   != isa.ParamMode.CHANNEL))]
         return m
 
 
@@ -308,7 +317,8 @@ class VectorDatapath(wiring.Component):
         """Which operand streams this segment consumes, the group of each beat in use,
         and ``lane(s, e, i)``: lane ``i`` of stream ``s`` as ``e``-byte elements."""
         W, L = self.W, self.L
-        per_channel, has_bias = self._f("REQUANT", "per_channel"), self._f("REQUANT", "has_bias")
+        per_channel = self._f("REQUANT", "params") == isa.ParamMode.CHANNEL
+        has_bias = self._f("REQUANT", "has_bias")
         uses, gidx, groups_m1 = [], [], []
         for s in range(N_READ):
             u = Signal(name=f"uses{s}")
@@ -338,7 +348,8 @@ class VectorDatapath(wiring.Component):
 
     def _requant(self, m, lane, scalar):
         """REQUANT's int8 and int16 results (``OUT_BYTES``), per lane."""
-        per_channel, has_bias = self._f("REQUANT", "per_channel"), self._f("REQUANT", "has_bias")
+        per_channel = self._f("REQUANT", "params") == isa.ParamMode.CHANNEL
+        has_bias = self._f("REQUANT", "has_bias")
         e = ELEMENT_BYTES[Kind.REQUANT]
         out = {bits: [] for bits in isa.OutBits}
         for i in range(self.L):
@@ -376,7 +387,8 @@ class VectorDatapath(wiring.Component):
         return sq_sum, out
 
     def _softmax(self, m, lane, lane_ok, seg, col, first, mx, total):
-        """SOFTMAX: the group's visible maximum, its exp2 terms and the probabilities."""
+        """SOFTMAX: the group's visible maximum, its exp2 terms, the probabilities and the
+        row's parameter word (from the exp2 sum of the pass before)."""
         e = ELEMENT_BYTES[Kind.SM_MAX][0]
         limit = self._f("SOFTMAX", "q_pos0") + seg.row
         visible = [Signal(name=f"visible{i}") for i in range(self.L)]
@@ -397,12 +409,12 @@ class VectorDatapath(wiring.Component):
             m.d.comb += term.eq(Mux(visible[i], lanes.exp2_term(
                 dist, self._f("SOFTMAX", "mult"), self._f("SOFTMAX", "shift")), 0))
             terms.append(term)
-        rc_r, rc_e = Signal(16), Signal(6)
-        r_, e_ = lanes.reciprocal(total)
-        m.d.comb += [rc_r.eq(r_), rc_e.eq(e_)]
-        probs = [Mux(visible[i], lanes.probability(terms[i], rc_r, rc_e), 0)
-                 for i in range(self.L)]
-        return chain, terms, probs
+        probs = [Mux(visible[i], lanes.probability(terms[i]), 0) for i in range(self.L)]
+        row_word = isa.PARAM_WORD(Signal(isa.PARAM_WORD.size, name="sm_row_word"))
+        rm, rs = lanes.softmax_row_word(total, self._f("SOFTMAX", "out_mult"),
+                                        self._f("SOFTMAX", "out_shift"))
+        m.d.comb += [row_word.mult.eq(rm), row_word.shift.eq(rs)]
+        return chain, terms, probs, row_word
 
     def _elementwise(self, m, lane, seg):
         """SILU_MUL, RESADD and ROPE results, per lane."""
@@ -458,7 +470,8 @@ class VectorDatapath(wiring.Component):
         first = col == 0
         rq = self._requant(m, lane, scalar)
         sq_sum, rms = self._rmsnorm(m, lane, lane_ok, ss)
-        group_max, terms, probs = self._softmax(m, lane, lane_ok, seg, col, first, mx, total)
+        group_max, terms, probs, row_word = self._softmax(m, lane, lane_ok, seg, col, first, mx,
+                                                          total)
         silu, resadd, rope = self._elementwise(m, lane, seg)
         a_v, a_i = self._argmax(m, lane, lane_ok, col, first, best, best_idx)
 
@@ -480,6 +493,9 @@ class VectorDatapath(wiring.Component):
                 with m.Case(kind):
                     m.d.comb += [out_on[0].eq(1), chunk[0].eq(Cat(*values)),
                                  chunk_bytes.eq(count)]
+                    if kind == Kind.SM_OUT:   # and the row's word, after its last group
+                        m.d.comb += [out_on[1].eq(last_group),
+                                     chunk[1].eq(Mux(last_group, row_word.as_value(), 0))]
             with m.Case(Kind.RESADD):
                 m.d.comb += [out_on[0].eq(1), chunk[0].eq(Cat(*resadd)),
                              chunk_bytes.eq(scale(count, elem_bytes("RESADD", "h_addr")))]
@@ -512,6 +528,8 @@ class VectorDatapath(wiring.Component):
                 m.d.sync += gidx[s].eq(Mux(pop, 0, gidx[s] + 1))
         for d in range(N_WRITE):
             merged = (pack[d] | (chunk[d] << (fill << 3)))[:8 * W]
+            if d == 1:      # SOFTMAX's row word is a line of its own (``fill`` is the probs')
+                merged = Mux(seg.kind == Kind.SM_OUT, chunk[1], merged)
             m.d.comb += [results[d].valid.eq(fire & out_on[d] & emit),
                          results[d].payload.eq(merged)]
             with m.If(fire):

@@ -85,12 +85,23 @@ def test_softmax_within_bound_and_masked():
     visible = np.tril(np.ones((6, 50), bool), k=20)
     scale = 2e-3                                    # real value of one score unit
     mult, shift = N.quantize_multiplier(scale * math.log2(math.e) * 2 ** N.EXP2_INDEX_BITS)
-    probs = both(lambda s, v: N.softmax(s, v, mult, shift), scores, visible)
+    out_mult, out_shift = N.quantize_multiplier(1 / N.PROB_MAX)   # P @ V in probability units
+    probs, row_mult, row_shift = (
+        both(lambda s, v, i=i: N.softmax(s, v, mult, shift, out_mult, out_shift)[i], scores,
+             visible) for i in range(3))
     assert probs.dtype == np.int8 and np.all(probs[~visible] == 0)
+    assert np.all(probs.max(-1) == N.PROB_MAX)       # max-normalised
+    assert row_mult.shape == row_shift.shape == (6, 1)
     x = np.where(visible, scores * scale, -np.inf)
     ref = np.exp(x - x.max(-1, keepdims=True))
     ref /= ref.sum(-1, keepdims=True)
-    assert np.max(np.abs(probs / 2 ** N.PROB_BITS - ref)) <= 1.5 / 2 ** N.PROB_BITS
+    # each probability after its row's requantisation: the 7-bit rounding (half a step of
+    # the row's factor), the distance rounded to 2**-6 in log2 (2**(1/128) - 1 = 0.54%
+    # relative, in the key's term and in the row sum) and the tables (reciprocal 2**-9)
+    factor = row_mult / 2.0 ** row_shift
+    assert np.all(np.abs(probs * factor - ref) <= 0.5 * factor + 2 ** -6 * ref)
+    assert np.all(row_mult <= 2 ** 15) and np.all((row_shift >= out_shift)
+                                                 & (row_shift <= out_shift + 16))
 
 
 def test_rope_within_bound():

@@ -178,9 +178,16 @@ def test_invalid_instruction_stops_in_the_error_state(model):
           w_format=0, e_addr=0,
           out_addr=64 * 1024 - 200, m=4, k=16, n=16, x_stride=16, w_stride=16,
           out_stride=64), ErrorCode.L2_OUT_OF_RANGE),
-    (dict(mnemonic="REQUANT", out_bits=0, per_channel=0, has_bias=0, src_addr=0,
+    (dict(mnemonic="REQUANT", out_bits=0, params=0, has_bias=0, src_addr=0,
           dst_addr=4096, param_addr=2048, bias_addr=0, rows=3, cols=32, src_stride=128,
           dst_stride=16), ErrorCode.BAD_OPERAND),
+    # a REQUANT parameter mode that is not one; SOFTMAX's row words over its probabilities
+    (dict(mnemonic="REQUANT", out_bits=0, params=3, has_bias=0, src_addr=0, dst_addr=4096,
+          param_addr=2048, bias_addr=0, rows=1, cols=32, src_stride=128, dst_stride=32),
+     ErrorCode.BAD_OPERAND),
+    (dict(mnemonic="SOFTMAX", src_addr=0, dst_addr=4096, rows=2, cols=16, q_pos0=14,
+          src_stride=64, dst_stride=16, mult=20000, shift=20, scale_addr=4100, out_mult=20000,
+          out_shift=10), ErrorCode.BAD_OPERAND),
     # misaligned int32 reads and counter blocks (arch.isa.operand_faults)
     (dict(mnemonic="STORE_COUNTERS", dram_addr=4), ErrorCode.BAD_OPERAND),
     (dict(mnemonic="DMA_GATHER", idx_addr=2, table_addr=0, count=1, row_bytes=16, l2_addr=0,

@@ -84,22 +84,22 @@ def test_softmax_elements():
     scores = RNG.integers(-3000, 3000, (5, 40)).astype(np.int32)
     visible = np.ones_like(scores, bool)
     mult, shift = N.quantize_multiplier(2e-3 * np.log2(np.e) * 64)
-    ref = N.softmax(scores, visible, mult, shift, xp=np)
+    out_mult, out_shift = 17000 + 3001 * np.arange(5), 1 + 7 * np.arange(5)
+    probs, row_mult, row_shift = N.softmax(scores, visible, mult, shift, out_mult[:, None],
+                                           out_shift[:, None], xp=np)
     dist = scores.max(-1, keepdims=True) - scores
     ph = Harness(lambda s: lanes.exp2_term(s.a, s.b, s.c),
                  {"a": unsigned(24), "b": unsigned(15), "c": unsigned(6)})
     p = np.array([y for y, _ in run(ph, [dict(a=d, b=mult, c=shift) for d in dist.ravel()])]
                  ).reshape(dist.shape)
-    total = p.sum(-1)
-
-    def build(s):
-        r, e = lanes.reciprocal(s.b)
-        return lanes.probability(s.a, r, e)
-
-    qh = Harness(build, {"a": unsigned(17), "b": unsigned(31)})
-    cases = [dict(a=p[i, j], b=total[i]) for i in range(5) for j in range(40)]
-    got = np.array([y for y, _ in run(qh, cases)]).reshape(ref.shape)
-    np.testing.assert_array_equal(got, ref)
+    qh = Harness(lambda s: lanes.probability(s.a), {"a": unsigned(17)})
+    got = np.array([y for y, _ in run(qh, [dict(a=x) for x in p.ravel()])]).reshape(probs.shape)
+    np.testing.assert_array_equal(got, probs)
+    wh = Harness(lambda s: lanes.softmax_row_word(s.a, s.b, s.c),
+                 {"a": unsigned(32), "b": unsigned(15), "c": unsigned(5)})
+    words = run(wh, [dict(a=t, b=m, c=k) for t, m, k in zip(p.sum(-1), out_mult, out_shift,
+                                                               strict=True)])
+    np.testing.assert_array_equal(np.array(words), np.concatenate([row_mult, row_shift], 1))
 
 
 def test_silu_mul_and_residual_add():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import make, pack_param
+from arch.isa import ParamMode, make, pack_param
 from models import numerics as N
 from models.config import rope_inv_freq
 from rtl.common import RtlParams
@@ -40,7 +40,8 @@ CASES = [("edge-8x8", *case) for case in (
     ("SILU_MUL", 2, 23, 0), ("RESADD", 3, 19, 0), ("ROPE", 3, 2, 0), ("ROPE", 2, 1, 1),
     ("ARGMAX", 1, 77, 0), ("ARGMAX", 1, 5, 1))]
 CASES += [("edge-4x4", *case) for case in (       # fewer lanes per cycle
-    ("REQUANT", 2, 37, 3), ("SOFTMAX", 2, 19, 1), ("SILU_MUL", 2, 9, 0), ("ROPE", 1, 2, 1))]
+    ("REQUANT", 2, 37, 3), ("REQUANT", 3, 21, 5), ("SOFTMAX", 2, 19, 1), ("SILU_MUL", 2, 9, 0),
+    ("ROPE", 1, 2, 1))]
 
 
 def operands(hw, op, rows, cols, variant):
@@ -49,13 +50,15 @@ def operands(hw, op, rows, cols, variant):
     mem = rng.integers(0, 256, L2_BYTES, dtype=np.uint8)
     a, b, c, d = 13, 1501, 3003, 5005             # operand regions, odd alignments
     if op == "REQUANT":
-        per_channel, has_bias, out_bits = variant & 1, variant >> 1 & 1, variant % 2
+        mode = (ParamMode.TENSOR, ParamMode.CHANNEL, ParamMode.ROW)[variant % 3]
+        has_bias, out_bits = variant >> 1 & 1, variant % 2
         put(mem, a, rng.integers(-2 ** 22, 2 ** 22, (rows, cols)).astype("<i4"), 4 * cols + 20)
-        put(mem, b, params_words(rng, cols if per_channel else 1))
+        put(mem, b, params_words(rng, {ParamMode.TENSOR: 1, ParamMode.CHANNEL: cols,
+                                       ParamMode.ROW: rows}[mode]))
         put(mem, c, rng.integers(-5000, 5000, cols).astype("<i4"))
         instr = make("REQUANT", src_addr=a, param_addr=b, bias_addr=c, dst_addr=d, rows=rows,
                      cols=cols, src_stride=4 * cols + 20, dst_stride=2 * cols + 7,
-                     out_bits=out_bits, per_channel=per_channel, has_bias=has_bias)
+                     out_bits=out_bits, params=mode, has_bias=has_bias)
     elif op == "RMSNORM":
         h = rng.integers(-3000, 3000, (rows, cols)).astype("<i2")
         h[0, 0] = -32768 if variant else h[0, 0]
@@ -75,7 +78,8 @@ def operands(hw, op, rows, cols, variant):
                      q_pos0=int(rng.integers(0, cols - rows + 1)) if variant == 1
                      else cols - rows,
                      src_stride=4 * cols + 4, dst_stride=cols + 1, mult=int(mult),
-                     shift=int(shift))
+                     shift=int(shift), scale_addr=c, out_mult=int(rng.integers(2 ** 14, 2 ** 15)),
+                     out_shift=int(rng.integers(1, 32)))
     elif op == "SILU_MUL":
         put(mem, a, rng.integers(-2 ** 20, 2 ** 20, (rows, cols)).astype("<i4"), 4 * cols + 8)
         put(mem, b, rng.integers(-128, 128, (rows, cols)).astype("i1"), cols + 5)
