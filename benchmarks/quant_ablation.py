@@ -10,8 +10,9 @@ noise on every weight::
 Sites (``models.reference.decoder_layer``'s ``site`` hook): ``weights`` (int8 per output
 channel, RMSNorm gains and the SwiGLU output's channel scales folded in, as
 ``integer.quantize``), ``residual`` (int16), ``attn_in``, ``q``/``k`` (before and after
-RoPE), ``v``, ``probs`` (7-bit softmax probabilities), ``att``, ``mlp_in``, ``up``, ``mid``
-(per channel), ``final_in``: int8 at the calibrated scale, saturating. The simulation
+RoPE), ``v``, ``probs`` (7-bit softmax probabilities, max-normalised), ``att``,
+``mlp_in``, ``up``, ``mid`` (per channel), ``final_in``: int8 at the calibrated scale,
+saturating. The simulation
 leaves out the integer model's table lookups (rsqrt, exp2, sigmoid, sine), so "all
 sites" lands near, not on, ``accel eval``'s agreement.
 """
@@ -44,8 +45,9 @@ def _rounding(scales, cfg):
             return grid(x, scales.residual, q16)
         if name == "final_in":
             return grid(x, scales.final_in, q8)
-        if name == "probs":
-            return grid(x, 2.0 ** -N.PROB_BITS, 2 ** N.PROB_BITS - 1, lo=0)
+        if name == "probs":    # max-normalised: 127 steps up to the row's maximum
+            peak = jnp.max(x, axis=-1, keepdims=True)
+            return grid(x, peak / N.PROB_MAX, N.PROB_MAX, lo=0)
         step = scales.layers[layer][name]
         return grid(x, jnp.asarray(step, jnp.float32), q8)
     return site
