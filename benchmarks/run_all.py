@@ -1,6 +1,7 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
 from benchmarks import (
+    calibration_size,
     compile_speed,
     fuzz_builds,
     fuzz_programs,
@@ -28,6 +29,7 @@ def main() -> None:
     ladder.main([])
     int_vs_float.main([])
     quant_ablation.main([])
+    calibration_size.main([])
     mxint4.main([])
     rtl_gemm.main([])
     perf_calibration.main([])

@@ -45,7 +45,8 @@ from models.zoo import LoadedModel
 
 # The calibration set: static scales are the peaks the float model reaches on it, so a
 # larger set leaves fewer held-out activations beyond them (saturated). 64 windows of 256
-# tokens, chosen among 16 x 128, 64 x 128, 64 x 256 and 256 x 256 (docs/numerics.md).
+# tokens, chosen among 16 x 128, 64 x 128, 64 x 256 and 256 x 256 by the held-out
+# agreement (python -m benchmarks.calibration_size; docs/numerics.md).
 CALIBRATION_WINDOWS = 64
 CALIBRATION_LEN = 256
 CALIBRATION_SEED = 7
@@ -90,13 +91,14 @@ def corpus_text(path: str | Path | None = None) -> str:
 
 
 def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: ModelConfig,
-                        text: str | None = None) -> np.ndarray:
-    """``[CALIBRATION_WINDOWS, min(CALIBRATION_LEN, max_seq_len)]`` token windows from
-    the training split (random tokens without text)."""
+                        text: str | None = None, windows: int = CALIBRATION_WINDOWS,
+                        length: int = CALIBRATION_LEN) -> np.ndarray:
+    """``[windows, min(length, max_seq_len)]`` token windows from the training split
+    (random tokens without text)."""
     rng = np.random.default_rng(CALIBRATION_SEED)
-    length = min(CALIBRATION_LEN, cfg.max_seq_len)
+    length = min(length, cfg.max_seq_len)
     if tokenizer is None:
-        return rng.integers(0, cfg.vocab_size, size=(CALIBRATION_WINDOWS, length), dtype=np.int32)
+        return rng.integers(0, cfg.vocab_size, size=(windows, length), dtype=np.int32)
     train_text, _ = split_text(text if text is not None else corpus_text())
     try:
         data = np.asarray(tokenizer.encode(train_text), np.int32)
@@ -104,7 +106,7 @@ def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: Mode
         raise ValueError(f"calibration text (the training split of "
                          f"{'the given text' if text is not None else default_corpus()}): "
                          f"{e}") from None
-    starts = rng.integers(0, len(data) - length, size=CALIBRATION_WINDOWS)
+    starts = rng.integers(0, len(data) - length, size=windows)
     return np.stack([data[s:s + length] for s in starts])
 
 
