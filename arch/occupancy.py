@@ -577,7 +577,8 @@ VECTOR_TIMING = {"REQUANT": (0, 1.0), "RMSNORM": (0, 1.0), "SOFTMAX": (0, 1.0),
 
 
 def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
-    """Each segment (a pass over a row, or one head of one token for ROPE): its elements,
+    """Each segment (a pass over a row, or one head of one token for ROPE): its elements
+    (0 for the word REQUANT reads before each row but the first with ``params = ROW``),
     the ``(L2 address, bytes)`` of each operand row it reads and of each result row it
     writes (the row commands of ``rtl.vector_unit``; element sizes as the ISA declares
     them)."""
@@ -593,8 +594,9 @@ def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
         out = OUT_BYTES[OutBits(f.out_bits)] * c
         segments = [(1, ((f.param_addr, word),), ())] * (mode == ParamMode.TENSOR)
         for r in range(f.rows):
-            if mode == ParamMode.ROW:          # the row's word first
-                segments.append((1, ((f.param_addr + r * word, word),), ()))
+            if mode == ParamMode.ROW:          # the row's word first: the first as a
+                # TENSOR word is read, the others while the row before streams (below)
+                segments.append((int(r == 0), ((f.param_addr + r * word, word),), ()))
             segments.append((c, ((f.src_addr + r * f.src_stride, eb("src_addr") * c), *shared),
                              ((f.dst_addr + r * f.dst_stride, out),)))
         return segments
@@ -650,19 +652,28 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     whenever a half is not a whole number of lines). Read off the vector instructions of
     compiled random models run alone (``benchmarks.perf_calibration --fit 5``): every
     class within 1.7% on the five configurations of ``sweeps.random_steps.rtl_hardware``
-    but SILU_MUL on edge-16x16, +8.8% (its 1.25 cycles a beat were fitted on edge-8x8)."""
+    but SILU_MUL on edge-16x16, +8.8% (its 1.25 cycles a beat were fitted on edge-8x8).
+    The words a ``params = ROW`` REQUANT reads before its rows after the first cost only
+    their L2 lines, in the row's segment: their reader is otherwise idle, so each arrives
+    while the row before streams (random REQUANTs run alone on edge-8x8, each ROW beside
+    the same TENSOR one: the RTL's ROW takes 0 to 7 cycles more than its TENSOR twin, once
+    28; a segment of its own per word made the model up to 94 cycles over)."""
     lanes = hw.vector_lanes_per_cycle
     W = hw.line_bytes
     per_cycle = hw.l2_lines_per_cycle
     fixed, per_beat = VECTOR_TIMING[instr.mnemonic]
     cycles = cal.vec_fixed + fixed
-    total = 0
+    total = word_lines = 0
     for n, reads, writes in vector_segments(instr):
+        if n == 0:      # REQUANT's row word: its reader is otherwise idle, so it takes
+            word_lines = sum(_lines(a, b, W) for a, b in reads)   # only the L2's time
+            continue
         beats = math.ceil(-(-n // lanes) * per_beat)
         # an operand row that does not start on a line costs its reader a priming step
         # (``rtl.copier``), and the datapath takes every operand in lockstep
         prime = 1 if any(a % W for a, _ in reads) else 0
-        lines = sum(_lines(a, b, W) for a, b in reads + writes)
+        lines = sum(_lines(a, b, W) for a, b in reads + writes) + word_lines
+        word_lines = 0
         total += lines
         cycles += max(max(beats, math.ceil(lines / per_cycle)) + prime, cal.vec_segment_min)
     return Occupancy(Engine.COMPUTE, cycles, l2_lines=total)
