@@ -14,6 +14,12 @@ cycles`` (not ``dram_busy_cycles``, which counts accepted lines)::
 
     python -m benchmarks.rtl_layer_decode                     # edge-16x16, both formats
     python -m benchmarks.rtl_layer_decode --hw edge-8x8 --weights mxint4
+    python -m benchmarks.rtl_layer_decode --decode-at 128 512 # longer attention
+
+``--decode-at`` runs single decode steps at those KV lengths instead (``compile_step``:
+the cache as compiled, so the RTL is compared with the ISA simulator only, the whole
+DRAM and L2), each timed by both performance models: the instruction-level model
+(``sweeps.perf``) and the fast path (``sweeps.analytic.decode_step``).
 """
 
 from __future__ import annotations
@@ -70,12 +76,71 @@ def run(hw_name: str, weights: str) -> dict:
     }
 
 
+def run_at(hw_name: str, weights: str, kv_length: int) -> dict:
+    """One decode step at ``kv_length`` on the RTL, against the ISA simulator and both
+    performance models."""
+    from accel.runtime import run_build, same_dram
+    from arch.hardware import load_hardware
+    from benchmarks.rtl_prefill import layer_model
+    from compiler.driver import compile_step
+    from models.evaluate import build_int_model
+    from sweeps.analytic import decode_step
+    from sweeps.perf import time_build
+
+    loaded = layer_model(1)
+    im = build_int_model(loaded, weights=weights)
+    hw = load_hardware(hw_name)
+    build = compile_step(loaded.cfg, im.qm, hw, kv_length, 1)
+    isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
+    (name, counters), = rtl.counters.items()
+    cycles = counters["cycles"]
+    model = time_build(build).programs[name].cycles
+    fast = decode_step(loaded.cfg, hw, kv_length, weights=weights).cycles
+    moved = counters["dram_read_bytes"] + counters["dram_write_bytes"]
+    return {"hw": hw.name, "l2_bytes": hw.l2_bytes, "weights": weights,
+            "kv_length": kv_length,
+            "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram, isa.l2,
+                                              rtl.l2)["bit_exact"],
+            "rtl_cycles": cycles, "model_cycles": model, "fast_cycles": fast,
+            "model_error_pct": round(100 * (model - cycles) / cycles, 3),
+            "fast_error_pct": round(100 * (fast - cycles) / cycles, 3),
+            "dram_bytes": moved,
+            "dram_utilisation": round(moved / (hw.dram_bytes_per_cycle * cycles), 4),
+            "compute_busy": round(counters["compute_busy"] / cycles, 4)}
+
+
+def main_at(hws: list[str], formats: list[str], lengths: list[int]) -> list[dict]:
+    rows = []
+    for hw in hws:
+        for weights in formats:
+            for at in lengths:
+                row = run_at(hw, weights, at)
+                print(json.dumps({"benchmark": "rtl_layer_decode", **row}), flush=True)
+                rows.append(row)
+    print(f"{'hw':<11}{'weights':<8}{'KV':>6}{'bit-exact':>10}{'RTL cycles':>12}{'model':>9}"
+          f"{'fast path':>10}{'DRAM use':>10}{'compute busy':>14}")
+    for r in rows:
+        print(f"{r['hw']:<11}{r['weights']:<8}{r['kv_length']:>6}"
+              f"{str(r['rtl_vs_isa_bit_exact']):>10}{r['rtl_cycles']:>12,}"
+              f"{r['model_error_pct']:>+8.2f}%{r['fast_error_pct']:>+9.2f}%"
+              f"{100 * r['dram_utilisation']:>9.1f}%{100 * r['compute_busy']:>13.1f}%")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hw", nargs="*", default=["edge-16x16"])
     parser.add_argument("--weights", nargs="*", default=["int8", "mxint4"],
                         choices=("int8", "mxint4"))
+    parser.add_argument("--decode-at", nargs="+", type=int, default=None, metavar="KV",
+                        help="single decode steps at these KV lengths instead")
     args = parser.parse_args(argv)
+    if args.decode_at:
+        bad = [n for n in args.decode_at if not 1 <= n < 4096]
+        if bad:
+            parser.error(f"--decode-at {bad[0]}: a KV length must be in [1, 4096), the "
+                         "layer model's context")
+        return main_at(args.hw, args.weights, args.decode_at)
     rows = []
     for hw in args.hw:
         for weights in args.weights:
