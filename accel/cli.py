@@ -49,16 +49,18 @@ def _add_weights(p) -> None:
                         "(4-bit elements, a power-of-two scale per 32; docs/numerics.md)")
 
 
-def _load_eval_inputs(model: str, args=None, weights: str = "int8"):
+def _load_eval_inputs(model: str, args=None, weights: str = "int8", check=None):
     """The model and its integer model (projection weights in ``weights``); with
     ``args``, also the prompt's token ids, read before the integer model is calibrated so
-    that a bad prompt is refused at once."""
+    that a bad prompt is refused at once (and ``check(loaded)``'s refusals, likewise)."""
     from models.evaluate import build_int_model
     from models.integer import check_weight_format
     from models.zoo import load_model, model_config
 
     check_weight_format(model_config(model), weights)     # before loading the weights
     loaded = load_model(model)
+    if check is not None:
+        check(loaded)
     if args is None:
         return loaded, build_int_model(loaded, weights=weights)
     ids = _prompt_ids(args, loaded)
@@ -66,9 +68,16 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8"):
 
 
 def _cmd_eval(args) -> int:
-    from models.evaluate import build_int_model, evaluate
+    from models.evaluate import build_int_model, check_evaluable, evaluate
+    from models.integer import check_weight_format
+    from models.zoo import has_tokenizer, model_config
 
-    loaded, im = _load_eval_inputs(args.model, weights=args.weights)
+    check_weight_format(model_config(args.model), args.weights)
+    if not has_tokenizer(args.model):            # before a preset's random weights
+        raise ValueError(f"{model_config(args.model).name}: evaluation needs a tokenizer "
+                         f"and text (a checkpoint folder with tokenizer.json)")
+    loaded, im = _load_eval_inputs(args.model, weights=args.weights,
+                                   check=lambda m: check_evaluable(m, args.max_windows))
     baseline = build_int_model(loaded) if args.weights != "int8" else None
     result = evaluate(loaded, im, max_windows=args.max_windows, progress=not args.json,
                       baseline=baseline)

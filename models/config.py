@@ -262,6 +262,8 @@ class ModelConfig:
         if not isinstance(hf, dict):
             raise ConfigError(f"{where}: not a JSON object of configuration fields")
         _check_types(hf, where)
+        hf = _fold_rope_parameters(hf, where)
+        _check_types(hf, where)
         model_type = hf.get("model_type", "llama")
         if model_type not in HF_DEFAULTS:
             raise ConfigError(f"{where}: model_type {model_type!r} is not supported "
@@ -283,6 +285,9 @@ class ModelConfig:
             return value
 
         _refuse_unsupported(hf, model_type, get, where)
+        if hf["vocab_size"] > INT32_MAX:
+            raise ConfigError(f"{where}: vocab_size {hf['vocab_size']} exceeds {INT32_MAX}: "
+                              f"token ids are int32 (the embedding gather's indices, ARGMAX)")
         scaling = _rope_scaling(get("rope_scaling"), where)
         n_heads = hf["num_attention_heads"]
         n_kv = get("num_key_value_heads")
@@ -355,7 +360,8 @@ HF_KEYS = {
     "partial_rotary_factor", "model_type", "architectures", "_name_or_path",
     "transformers_version", "torch_dtype", "use_cache", "bos_token_id", "eos_token_id",
     "pad_token_id", "initializer_range", "attention_dropout", "pretraining_tp",
-    "dtype", "is_llama_config", "rope_interleaved",
+    "dtype", "is_llama_config", "rope_interleaved", "use_mrope", "layer_types",
+    "rope_parameters",
 }
 
 
@@ -369,7 +375,8 @@ HF_TYPES = {
     "rms_norm_eps": "number", "tie_word_embeddings": "bool", "hidden_act": "str",
     "attention_bias": "bool", "mlp_bias": "bool", "rope_scaling": "object",
     "sliding_window": "int", "use_sliding_window": "bool", "model_type": "str",
-    "partial_rotary_factor": "number", "rope_interleaved": "bool",
+    "partial_rotary_factor": "number", "rope_interleaved": "bool", "use_mrope": "bool",
+    "rope_parameters": "object",
 }
 _TYPE_NAMES = {"int": "a positive integer", "number": "a positive finite number",
                "bool": "true or false", "str": "a string", "object": "an object"}
@@ -396,6 +403,19 @@ def _refuse_unsupported(hf: dict, model_type: str, get, where: str) -> None:
     if act != "silu":
         raise ConfigError(f"{where}: hidden_act {act!r} is not supported "
                           "(only SwiGLU / 'silu')")
+    if hf.get("use_mrope"):
+        raise ConfigError(f"{where}: use_mrope true is not supported (multimodal RoPE "
+                          f"sections, as Qwen2-VL's)")
+    types = hf.get("layer_types")
+    if types is not None:
+        if not (isinstance(types, list) and len(types) == hf["num_hidden_layers"]):
+            raise ConfigError(f"{where}: layer_types must be a list of num_hidden_layers "
+                              f"({hf['num_hidden_layers']}) strings, not {json.dumps(types)}")
+        kinds = ("full_attention", "sliding_attention")   # the window: sliding_window below
+        odd = next((i for i, t in enumerate(types) if t not in kinds), None)
+        if odd is not None:
+            raise ConfigError(f"{where}: layer_types[{odd}] {json.dumps(types[odd])} is not "
+                              f"supported (only {' and '.join(kinds)})")
     if hf.get("rope_interleaved"):
         raise ConfigError(f"{where}: rope_interleaved true is not supported (RoPE pairs "
                           f"i and i + head_dim/2, as Llama's rotate_half)")
@@ -416,6 +436,29 @@ def _refuse_unsupported(hf: dict, model_type: str, get, where: str) -> None:
         raise ConfigError(f"{where}: sliding_window {window} is shorter than the context "
                           f"of {get('max_position_embeddings')} tokens (sliding-window "
                           f"attention is not supported)")
+
+
+INT32_MAX = 2 ** 31 - 1
+
+
+def _fold_rope_parameters(hf: dict, where: str) -> dict:
+    """``hf`` with transformers 5's ``rope_parameters`` (``rope_theta`` and the scaling in
+    one object: ``{"rope_type": "default", "rope_theta": 1e6}``) read as the keys it
+    replaces, ``rope_theta`` and ``rope_scaling``; a config that gives both spellings is
+    refused unless they agree."""
+    rp = hf.get("rope_parameters")
+    if rp is None:
+        return hf
+    if "rope_theta" not in rp:
+        raise ConfigError(f"{where}: rope_parameters has no rope_theta: {json.dumps(rp)}")
+    out = {k: v for k, v in hf.items() if k != "rope_parameters"}
+    out["rope_theta"] = rp["rope_theta"]
+    out["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"} or None
+    for key in ("rope_theta", "rope_scaling"):
+        if hf.get(key) is not None and hf[key] != out[key]:
+            raise ConfigError(f"{where}: {key} {json.dumps(hf[key])} disagrees with "
+                              f"rope_parameters {json.dumps(rp)}")
+    return out
 
 
 def _rope_scaling(raw, where: str) -> RopeScaling | None:

@@ -72,6 +72,13 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
     return LoadedModel(cfg, init_params(cfg, seed), None, f"random init (seed {seed})")
 
 
+def has_tokenizer(spec: str) -> bool:
+    """Whether ``load_model(spec)`` comes with a tokenizer (a folder's ``tokenizer.json``;
+    a preset has none), known without loading the weights."""
+    path = checkpoint_dir(spec) if spec in TRAINED else Path(spec)
+    return path.is_dir() and (path / "tokenizer.json").exists()
+
+
 def model_config(spec: str) -> ModelConfig:
     """The config ``load_model(spec)`` would return, read without the weights: a folder's
     ``config.json`` (``tiny``'s included) or a preset's shape."""

@@ -54,6 +54,8 @@ def test_eval_json_reports_both_perplexities(capsys):
      "llama-3-8b model.layers.0.mlp.down_proj.weight: reduction length 14336 exceeds 8192"),
     (["eval", "--model", "llama-3-8b", "--weights", "mxint4"],     # before loading 8B weights
      "llama-3-8b model.layers.0.mlp.down_proj.weight: reduction length 14336 exceeds 8192"),
+    (["eval", "--model", "llama-3-8b"],                  # a preset: before its random weights
+     "llama-3-8b: evaluation needs a tokenizer and text"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)

@@ -111,6 +111,17 @@ def _hf(**changes):
     ({"quantization_config": {"quant_method": "gptq"}}, "field 'quantization_config'"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5"),
     ({"rms_norm_eps": "null"}, "rms_norm_eps is null"),
+    ({"model_type": "qwen2", "use_mrope": True}, "use_mrope true is not supported"),
+    ({"vocab_size": 4_000_000_000}, "vocab_size 4000000000 exceeds 2147483647"),
+    ({"layer_types": ["full_attention", "linear_attention"]},
+     'layer_types\\[1\\] "linear_attention" is not supported'),
+    ({"layer_types": ["full_attention"]}, "layer_types must be a list of num_hidden_layers"),
+    ({"rope_parameters": {"rope_type": "default"}}, "rope_parameters has no rope_theta"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}, "rope_theta": 1e4},
+     "rope_theta 10000.0 disagrees with rope_parameters"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0},
+      "rope_theta": None},
+     "rope_scaling type 'yarn' is not supported"),
 ])
 def test_a_config_field_that_changes_the_numerics_is_honoured_or_refused(changes, message):
     hf = _hf(**{k: v for k, v in changes.items() if v != "null"})
@@ -196,8 +207,8 @@ PUBLISHED = {
         "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
         "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
         "tie_word_embeddings": True, "torch_dtype": "bfloat16",
-        "transformers_version": "4.40.1", "use_cache": True, "use_sliding_window": False,
-        "vocab_size": 151936},
+        "transformers_version": "4.40.1", "use_cache": True, "use_mrope": False,
+        "use_sliding_window": False, "vocab_size": 151936},
     "llama-3-8b": {   # meta-llama/Meta-Llama-3-8B
         "architectures": ["LlamaForCausalLM"], "attention_bias": False,
         "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128001,
@@ -219,6 +230,21 @@ def test_each_preset_is_its_published_config(name):
     else:
         published = PUBLISHED[name]
     assert ModelConfig.from_hf_dict(published, name=name) == preset(name)
+
+
+def test_transformers_5s_spelling_of_a_published_config_is_the_same_model():
+    """transformers 5 writes ``rope_parameters`` for ``rope_theta`` (and the scaling) and
+    a ``layer_types`` list; Qwen2.5-0.5B's config.json so written is still the preset."""
+    published = dict(PUBLISHED["qwen2.5-0.5b"])
+    theta = published.pop("rope_theta")
+    published.update(rope_parameters={"rope_type": "default", "rope_theta": theta},
+                     layer_types=["full_attention"] * published["num_hidden_layers"],
+                     sliding_window=None, transformers_version="5.0.0")
+    assert ModelConfig.from_hf_dict(published, name="qwen2.5-0.5b") == preset("qwen2.5-0.5b")
+    scaled = _hf(rope_theta=None, rope_parameters={"rope_type": "linear", "factor": 4.0,
+                                                   "rope_theta": 10000.0})
+    assert ModelConfig.from_hf_dict(scaled) == ModelConfig.from_hf_dict(
+        _hf(rope_scaling={"rope_type": "linear", "factor": 4.0}))
 
 
 def test_a_config_that_is_not_an_object_names_its_file(tmp_path):
