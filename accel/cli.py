@@ -49,18 +49,22 @@ def _add_weights(p) -> None:
                         "(4-bit elements, a power-of-two scale per 32; docs/numerics.md)")
 
 
-def _load_eval_inputs(model: str, args=None, weights: str = "int8", check=None):
+def _load_eval_inputs(model: str, args=None, weights: str = "int8",
+                      need_tokenizer: bool = False):
     """The model and its integer model (projection weights in ``weights``); with
     ``args``, also the prompt's token ids, read before the integer model is calibrated so
-    that a bad prompt is refused at once (and ``check(loaded)``'s refusals, likewise)."""
+    that a bad prompt is refused at once. ``need_tokenizer``: refuse a model without one
+    before loading its weights (a preset's are random and large)."""
     from models.evaluate import build_int_model
     from models.integer import check_weight_format
-    from models.zoo import load_model, model_config
+    from models.zoo import has_tokenizer, load_model, model_config
 
-    check_weight_format(model_config(model), weights)     # before loading the weights
+    cfg = model_config(model)
+    check_weight_format(cfg, weights)     # before loading the weights
+    if need_tokenizer and not has_tokenizer(model):
+        raise ValueError(f"{cfg.name}: evaluation needs a tokenizer and text (a checkpoint "
+                         f"folder with tokenizer.json)")
     loaded = load_model(model)
-    if check is not None:
-        check(loaded)
     if args is None:
         return loaded, build_int_model(loaded, weights=weights)
     ids = _prompt_ids(args, loaded)
@@ -68,16 +72,9 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8", check=None):
 
 
 def _cmd_eval(args) -> int:
-    from models.evaluate import build_int_model, check_evaluable, evaluate
-    from models.integer import check_weight_format
-    from models.zoo import has_tokenizer, model_config
+    from models.evaluate import build_int_model, evaluate
 
-    check_weight_format(model_config(args.model), args.weights)
-    if not has_tokenizer(args.model):            # before a preset's random weights
-        raise ValueError(f"{model_config(args.model).name}: evaluation needs a tokenizer "
-                         f"and text (a checkpoint folder with tokenizer.json)")
-    loaded, im = _load_eval_inputs(args.model, weights=args.weights,
-                                   check=lambda m: check_evaluable(m, args.max_windows))
+    loaded, im = _load_eval_inputs(args.model, weights=args.weights, need_tokenizer=True)
     baseline = build_int_model(loaded) if args.weights != "int8" else None
     result = evaluate(loaded, im, max_windows=args.max_windows, progress=not args.json,
                       baseline=baseline)

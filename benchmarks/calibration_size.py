@@ -22,18 +22,14 @@ SIZES = ((16, 128), (64, 128), (64, 256), (256, 256))
 
 def run_one(model: str) -> list[dict]:
     from models import evaluate as E
-    from models.integer import calibrate, quantize
     from models.zoo import load_model
 
     loaded = load_model(model)
     rows = []
     for windows, length in SIZES:
-        tokens = E.calibration_windows(loaded.tokenizer, loaded.cfg, windows=windows,
-                                       length=length)
-        scales = calibrate(loaded.params, loaded.cfg, tokens)
-        im = E.IntModel(loaded.cfg, quantize(loaded.params, loaded.cfg, scales), scales, "int8")
-        r = E.evaluate(loaded, im)
-        rows.append({"model": model, "windows": windows, "length": int(tokens.shape[1]),
+        r = E.evaluate(loaded, E.build_int_model(loaded, windows=windows, length=length))
+        rows.append({"model": model, "windows": windows,
+                     "length": min(length, loaded.cfg.max_seq_len),
                      "default": (windows, length) == (E.CALIBRATION_WINDOWS,
                                                      E.CALIBRATION_LEN),
                      "held_out_tokens": r.tokens, "float_ppl": round(r.float_ppl, 3),

@@ -79,28 +79,21 @@ def run(hw_name: str, weights: str) -> dict:
 def run_at(hw_name: str, weights: str, kv_length: int) -> dict:
     """One decode step at ``kv_length`` on the RTL, against the ISA simulator and both
     performance models."""
-    from accel.runtime import run_build, same_dram
     from arch.hardware import load_hardware
     from benchmarks.rtl_prefill import layer_model
-    from compiler.driver import compile_step
+    from benchmarks.rtl_tiny import step_on_rtl
     from models.evaluate import build_int_model
     from sweeps.analytic import decode_step
-    from sweeps.perf import time_build
 
     loaded = layer_model(1)
     im = build_int_model(loaded, weights=weights)
     hw = load_hardware(hw_name)
-    build = compile_step(loaded.cfg, im.qm, hw, kv_length, 1)
-    isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
-    (name, counters), = rtl.counters.items()
-    cycles = counters["cycles"]
-    model = time_build(build).programs[name].cycles
+    exact, counters, model_counters = step_on_rtl(im, hw, kv_length)
+    cycles, model = counters["cycles"], model_counters["cycles"]
     fast = decode_step(loaded.cfg, hw, kv_length, weights=weights).cycles
     moved = counters["dram_read_bytes"] + counters["dram_write_bytes"]
     return {"hw": hw.name, "l2_bytes": hw.l2_bytes, "weights": weights,
-            "kv_length": kv_length,
-            "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram, isa.l2,
-                                              rtl.l2)["bit_exact"],
+            "kv_length": kv_length, "rtl_vs_isa_bit_exact": exact,
             "rtl_cycles": cycles, "model_cycles": model, "fast_cycles": fast,
             "model_error_pct": round(100 * (model - cycles) / cycles, 3),
             "fast_error_pct": round(100 * (fast - cycles) / cycles, 3),

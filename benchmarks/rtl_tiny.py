@@ -85,24 +85,30 @@ def run_one(tiny_model, im, hw, prefetch: bool) -> dict:
     }
 
 
-def run_steps(tiny_model, im, hw, prefetch: bool, positions: list[int]) -> dict:
-    """One decode step at each KV length in ``positions``: RTL against ISA simulator
-    (whole DRAM and L2) and the performance model's errors."""
+def step_on_rtl(im, hw, at: int, prefetch: bool | None = None) -> tuple[bool, dict, dict]:
+    """One decode step of ``im`` at KV length ``at`` (``compile_step``: the cache as
+    compiled) on the ISA simulator and the RTL: ``(bit-exact over the whole DRAM and L2,
+    the RTL's counters, the instruction-level model's)``."""
     from accel.runtime import run_build, same_dram
     from compiler.driver import compile_step
     from sweeps.perf import time_build
 
+    build = compile_step(im.cfg, im.qm, hw, at, 1, prefetch=prefetch)
+    isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
+    (name, counters), = rtl.counters.items()
+    exact = same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)["bit_exact"]
+    return exact, counters, time_build(build).programs[name].counters()
+
+
+def run_steps(tiny_model, im, hw, prefetch: bool, positions: list[int]) -> dict:
+    """One decode step at each KV length in ``positions``: RTL against ISA simulator
+    (whole DRAM and L2) and the performance model's errors."""
     out = {"hw": hw.name, "l2_bytes": hw.l2_bytes, "prefetch": prefetch,
            "dram_bytes_per_cycle": hw.dram_bytes_per_cycle, "steps": []}
     for at in positions:
-        build = compile_step(im.cfg, im.qm, hw, at, 1, prefetch=prefetch)
-        isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
-        (name, counters), = rtl.counters.items()
-        model = time_build(build).programs[name].counters()
+        exact, counters, model = step_on_rtl(im, hw, at, prefetch)
         out["steps"].append({
-            "kv_length": at,
-            "rtl_vs_isa_bit_exact": same_dram(build, isa.dram, rtl.dram, isa.l2,
-                                              rtl.l2)["bit_exact"],
+            "kv_length": at, "rtl_vs_isa_bit_exact": exact,
             "rtl_cycles": counters["cycles"], "perf_cycles": model["cycles"],
             **{f"{k}_error_pct": round(100 * (model[k] - counters[k]) / counters[k], 2)
                for k in ("cycles", "load_busy", "compute_busy", "store_busy")

@@ -261,7 +261,6 @@ class ModelConfig:
         boolean, a string) before it is used; messages begin with ``where`` (the file)."""
         if not isinstance(hf, dict):
             raise ConfigError(f"{where}: not a JSON object of configuration fields")
-        _check_types(hf, where)
         hf = _fold_rope_parameters(hf, where)
         _check_types(hf, where)
         model_type = hf.get("model_type", "llama")
@@ -376,7 +375,6 @@ HF_TYPES = {
     "attention_bias": "bool", "mlp_bias": "bool", "rope_scaling": "object",
     "sliding_window": "int", "use_sliding_window": "bool", "model_type": "str",
     "partial_rotary_factor": "number", "rope_interleaved": "bool", "use_mrope": "bool",
-    "rope_parameters": "object",
 }
 _TYPE_NAMES = {"int": "a positive integer", "number": "a positive finite number",
                "bool": "true or false", "str": "a string", "object": "an object"}
@@ -449,6 +447,8 @@ def _fold_rope_parameters(hf: dict, where: str) -> dict:
     rp = hf.get("rope_parameters")
     if rp is None:
         return hf
+    if not isinstance(rp, dict):
+        raise ConfigError(f"{where}: rope_parameters must be an object, not {json.dumps(rp)}")
     if "rope_theta" not in rp:
         raise ConfigError(f"{where}: rope_parameters has no rope_theta: {json.dumps(rp)}")
     out = {k: v for k, v in hf.items() if k != "rope_parameters"}

@@ -111,12 +111,13 @@ def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: Mode
 
 
 def build_int_model(loaded: LoadedModel, text: str | None = None,
-                    weights: str = "int8") -> IntModel:
-    """Calibrate (``calibration_windows``) and quantise with projection weights in
-    ``weights`` (``ValueError`` for an unknown format, or naming a tensor that cannot be
-    quantised in it)."""
-    windows = calibration_windows(loaded.tokenizer, loaded.cfg, text)
-    scales = calibrate(loaded.params, loaded.cfg, windows)
+                    weights: str = "int8", windows: int = CALIBRATION_WINDOWS,
+                    length: int = CALIBRATION_LEN) -> IntModel:
+    """Calibrate (``calibration_windows``: ``windows`` of ``length`` tokens) and quantise
+    with projection weights in ``weights`` (``ValueError`` for an unknown format, or
+    naming a tensor that cannot be quantised in it)."""
+    tokens = calibration_windows(loaded.tokenizer, loaded.cfg, text, windows, length)
+    scales = calibrate(loaded.params, loaded.cfg, tokens)
     return IntModel(loaded.cfg, quantize(loaded.params, loaded.cfg, scales, weights), scales,
                     weights)
 
@@ -132,15 +133,6 @@ def _nll_and_argmax(logits_BxTxV, targets_BxT):
     return np.asarray(nll, np.float64), np.asarray(jnp.argmax(logits_BxTxV, axis=-1))
 
 
-def check_evaluable(loaded: LoadedModel, max_windows: int | None = None) -> None:
-    """``evaluate``'s refusals, cheap enough to make before calibrating: ``ValueError``
-    for a model without a tokenizer or ``max_windows < 1``."""
-    if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.cfg.name}: evaluation needs a tokenizer and text")
-    if max_windows is not None and max_windows < 1:
-        raise ValueError(f"max_windows must be at least 1, not {max_windows}")
-
-
 def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
              max_windows: int | None = None, batch: int = 16, progress: bool = False,
              baseline: IntModel | None = None) -> EvalResult:
@@ -148,7 +140,10 @@ def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
     windows of the model's context; with ``baseline`` also its perplexity and its top-1
     agreement with ``im``. Raises ``ValueError`` for ``max_windows < 1`` or a held-out
     text shorter than one window."""
-    check_evaluable(loaded, max_windows)
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.cfg.name}: evaluation needs a tokenizer and text")
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be at least 1, not {max_windows}")
     _, val_text = split_text(text if text is not None else corpus_text())
     data = np.asarray(loaded.tokenizer.encode(val_text), np.int32)
     length = loaded.cfg.max_seq_len
