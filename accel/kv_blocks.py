@@ -1,0 +1,454 @@
+"""The host's KV block manager: many sequences in one paged KV pool (vLLM's PagedAttention,
+arXiv 2309.06180, section 4), and continuous batching over it.
+
+Contract
+--------
+``BlockManager(n_blocks=, block_tokens=)`` owns a pool of ``n_blocks`` physical KV blocks
+of ``block_tokens`` token rows each (the accelerator's ``kv_block_tokens``; one block id
+addresses the same rows in every layer's K and V pools, ``compiler.image``). Each
+sequence has a block table, logical block -> physical block, as the device reads it
+(``block_table(seq)``: int32):
+
+- ``add(seq, prompt)`` maps the prompt's blocks. With ``prefix_sharing`` a *full* block
+  whose tokens, and every token before them, equal a block already in the pool is shared
+  (its reference count goes up) instead of allocated: the key of logical block ``j`` is
+  ``(key of block j - 1, its block_tokens token ids)``, as vLLM's prefix cache keys it.
+  ``cached_tokens`` of the returned ``Admission`` is how many leading prompt tokens have
+  their K/V in the pool already, at most ``len(prompt) - 1`` (the last prompt token is
+  always computed: its logits give the first new token).
+- ``append(seq, token)`` adds one token: a block is allocated only when the last one is
+  full (allocation on demand). If the last block is shared (after ``fork``), it is copied
+  first (copy on write at block granularity): the returned ``CopyOnWrite`` names the
+  source and destination blocks and the rows to copy, which the runtime must copy before
+  the device writes the new row.
+- ``fork(parent, child)`` gives ``child`` the parent's table, every block shared.
+- ``free(seq)`` drops the sequence's references; a block whose count reaches zero goes
+  back to the free queue. A freed full block keeps its prefix key until it is reused
+  (vLLM's evictor): a later prompt with the same prefix takes it back without a copy.
+  Free blocks are reused least recently freed first.
+
+Refusals: a sequence the pool cannot hold raises ``PoolExhausted`` with the blocks it
+needs and the blocks free; an unknown or duplicate sequence id raises ``KeyError``.
+``can_add(prompt)`` says beforehand whether ``add`` would succeed.
+
+``ContiguousReservation`` is the baseline vLLM measures against (Orca-style serving): each
+sequence reserves ``reserve_tokens`` contiguous token slots when admitted (first fit over
+the pool's slots), whatever its length turns out to be. It has the same ``add``,
+``append``, ``free``, ``can_add`` and accounting.
+
+``ContinuousBatcher(manager, requests)`` serves a trace of ``Request``s step by step:
+between steps, finished sequences leave and waiting ones join (first come, first served)
+while the pool admits them; each step appends one token to every running sequence. When
+an append finds no free block, the most recently admitted sequence is preempted (freed,
+and later recomputed from its prompt and the tokens it had generated, vLLM's
+recomputation policy). ``run()`` returns a ``TraceStats``: steps, tokens generated,
+preemptions and the KV memory waste averaged over the steps.
+
+Waste is ``1 - live token rows / allocated token rows`` of the pool: reserved slots not
+yet written, and the unused rows of each sequence's last block. Shared blocks count once
+in both (their rows are live once).
+
+Tested by tests/accel/test_kv_blocks.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class PoolExhausted(RuntimeError):
+    """The KV pool has fewer free blocks (or contiguous slots) than a sequence needs."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What ``add`` did: the sequence's block table and how many leading prompt tokens
+    already have their K/V in the pool (shared prefix blocks), so need no computing."""
+    table: tuple[int, ...]
+    cached_tokens: int
+    shared_blocks: int
+
+
+@dataclass(frozen=True)
+class CopyOnWrite:
+    """Copy token rows ``0..rows-1`` of physical block ``src`` into ``dst`` (every layer's
+    K and V) before writing the sequence's next row into ``dst``."""
+    src: int
+    dst: int
+    rows: int
+
+
+@dataclass
+class _Block:
+    refs: int = 0
+    rows: int = 0                  # token rows written (a shared block's once)
+    key: tuple | None = None       # prefix key once full (and hashed), else None
+
+
+@dataclass
+class _Seq:
+    table: list[int]
+    tokens: list[int]
+    key: tuple | None              # prefix key of the last full block
+
+
+class BlockManager:
+    """A paged KV pool with per-sequence block tables (see the module docstring).
+
+    ``n_blocks``, ``block_tokens``: the pool's size, both ≥ 1. ``prefix_sharing``: share
+    full prompt blocks with the same prefix (default on). Raises ``ValueError`` for a
+    size below 1."""
+
+    def __init__(self, *, n_blocks: int, block_tokens: int, prefix_sharing: bool = True):
+        for name, value in (("n_blocks", n_blocks), ("block_tokens", block_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1, not {value!r}")
+        self.n_blocks, self.block_tokens = n_blocks, block_tokens
+        self.prefix_sharing = prefix_sharing
+        self._blocks = [_Block() for _ in range(n_blocks)]
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(n_blocks))
+        self._by_key: dict[tuple, int] = {}
+        self._seqs: dict[object, _Seq] = {}
+        self._live = 0                 # the blocks' written rows, summed
+
+    # -- accounting ------------------------------------------------------------------
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.n_blocks - len(self._free)
+
+    def allocated_rows(self) -> int:
+        return self.used_blocks * self.block_tokens
+
+    def live_rows(self) -> int:
+        """Token rows holding a live sequence's K/V, a shared block's rows counted once."""
+        return self._live
+
+    def _fill(self, block: int, rows: int) -> None:
+        b = self._blocks[block]
+        if rows > b.rows:
+            self._live += rows - b.rows
+            b.rows = rows
+
+    def logical_rows(self) -> int:
+        """Token rows the sequences would need unshared: the sum of their lengths."""
+        return sum(len(s.tokens) for s in self._seqs.values())
+
+    def block_table(self, seq) -> list[int]:
+        return list(self._seqs[seq].table)
+
+    def refs(self, block: int) -> int:
+        return self._blocks[block].refs
+
+    def __contains__(self, seq) -> bool:
+        return seq in self._seqs
+
+    # -- allocation ------------------------------------------------------------------
+    def _blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_tokens)
+
+    def _prefix_hits(self, prompt: Sequence[int]) -> list[tuple[tuple, int]]:
+        """(key, physical block) of the prompt's leading full blocks already in the pool."""
+        hits, key = [], None
+        if not self.prefix_sharing:
+            return hits
+        for j in range(len(prompt) // self.block_tokens):
+            key = (key, tuple(prompt[j * self.block_tokens:(j + 1) * self.block_tokens]))
+            block = self._by_key.get(key)
+            if block is None:
+                break
+            hits.append((key, block))
+        return hits
+
+    def blocks_needed(self, prompt: Sequence[int]) -> int:
+        """Free blocks ``add(prompt)`` takes: the blocks it cannot share, and the shared
+        ones that sit in the free queue (freed, their K/V kept)."""
+        hits = self._prefix_hits(prompt)
+        revived = sum(1 for _, b in hits if self._blocks[b].refs == 0)
+        return self._blocks_for(len(prompt)) - len(hits) + revived
+
+    def can_add(self, prompt: Sequence[int], seq=None, headroom_blocks: int = 0) -> bool:
+        """Whether ``add(seq, prompt)`` would succeed and leave ``headroom_blocks`` free."""
+        return self.blocks_needed(prompt) + headroom_blocks <= self.free_blocks
+
+    def _take(self, block: int | None = None) -> int:
+        """Take ``block`` (a freed block revived for its prefix key, which it keeps) or,
+        with None, the free queue's head, whose old prefix key no longer names it."""
+        if block is not None:
+            del self._free[block]
+            return block
+        block, _ = self._free.popitem(last=False)
+        b = self._blocks[block]
+        if b.key is not None:
+            if self._by_key.get(b.key) == block:
+                del self._by_key[b.key]
+            b.key = None
+        return block
+
+    def _ref(self, block: int) -> None:
+        self._blocks[block].refs += 1
+
+    def _unref(self, block: int) -> None:
+        b = self._blocks[block]
+        b.refs -= 1
+        if b.refs == 0:
+            self._free[block] = None            # last in the queue: reused last
+            self._live -= b.rows
+            b.rows = 0
+
+    def _register(self, block: int, key: tuple) -> None:
+        """Name a full block by its prefix key (first holder wins, as in vLLM)."""
+        if not self.prefix_sharing:
+            return
+        self._blocks[block].key = key
+        self._by_key.setdefault(key, block)
+
+    def add(self, seq, prompt: Sequence[int]) -> Admission:
+        """Map ``prompt``'s blocks for a new sequence ``seq``; raises ``PoolExhausted``
+        (blocks needed, blocks free) or ``KeyError`` for an id already present, and
+        ``ValueError`` for an empty prompt."""
+        if seq in self._seqs:
+            raise KeyError(f"sequence {seq!r} is already in the KV pool")
+        if len(prompt) == 0:
+            raise ValueError(f"sequence {seq!r} has an empty prompt")
+        need = self.blocks_needed(prompt)
+        if need > self.free_blocks:
+            raise PoolExhausted(f"sequence {seq!r} needs {need} KV blocks "
+                                f"({len(prompt)} tokens of {self.block_tokens}), "
+                                f"{self.free_blocks} of {self.n_blocks} are free")
+        hits = self._prefix_hits(prompt)
+        table = []
+        for _, block in hits:
+            if self._blocks[block].refs == 0:
+                self._take(block)
+            self._ref(block)
+            self._fill(block, self.block_tokens)
+            table.append(block)
+        key = hits[-1][0] if hits else None
+        for j in range(len(hits), self._blocks_for(len(prompt))):
+            block = self._take()
+            self._ref(block)
+            table.append(block)
+            self._fill(block, min(self.block_tokens, len(prompt) - j * self.block_tokens))
+            if (j + 1) * self.block_tokens <= len(prompt):
+                key = (key, tuple(prompt[j * self.block_tokens:(j + 1) * self.block_tokens]))
+                self._register(block, key)
+        self._seqs[seq] = _Seq(table, list(prompt), key)
+        cached = min(len(hits) * self.block_tokens, len(prompt) - 1)
+        return Admission(tuple(table), cached, len(hits))
+
+    def append(self, seq, token: int) -> CopyOnWrite | None:
+        """Add one token's row to ``seq``: a new block when the last is full, a copy when
+        the last is shared. Raises ``PoolExhausted`` when a block is needed and none is
+        free (the sequence is left unchanged)."""
+        s = self._seqs[seq]
+        n = len(s.tokens)
+        cow = None
+        if n % self.block_tokens == 0:                      # last block full: a new one
+            if not self._free:
+                raise PoolExhausted(f"sequence {seq!r} needs 1 KV block for token {n}, "
+                                    f"0 of {self.n_blocks} are free")
+            block = self._take()
+            self._ref(block)
+            s.table.append(block)
+        elif self._blocks[s.table[-1]].refs > 1:            # shared partial block: copy
+            if not self._free:
+                raise PoolExhausted(f"sequence {seq!r} needs 1 KV block to copy its shared "
+                                    f"last block, 0 of {self.n_blocks} are free")
+            src = s.table[-1]
+            dst = self._take()
+            self._ref(dst)
+            self._unref(src)
+            s.table[-1] = dst
+            cow = CopyOnWrite(src, dst, n % self.block_tokens)
+            self._fill(dst, cow.rows)
+        s.tokens.append(int(token))
+        self._fill(s.table[-1], (n % self.block_tokens) + 1)
+        if len(s.tokens) % self.block_tokens == 0:          # just filled: name it
+            j = len(s.tokens) // self.block_tokens - 1
+            s.key = (s.key, tuple(s.tokens[j * self.block_tokens:]))
+            self._register(s.table[-1], s.key)
+        return cow
+
+    def fork(self, parent, child) -> None:
+        """``child`` shares every block of ``parent`` (parallel sampling, beam search)."""
+        if child in self._seqs:
+            raise KeyError(f"sequence {child!r} is already in the KV pool")
+        p = self._seqs[parent]
+        for b in p.table:
+            self._ref(b)
+        self._seqs[child] = _Seq(list(p.table), list(p.tokens), p.key)
+
+    def free(self, seq) -> None:
+        """Drop ``seq``; its blocks whose count reaches zero return to the free queue."""
+        s = self._seqs.pop(seq)
+        for b in reversed(s.table):      # the tail first: a prefix's head stays longest
+            self._unref(b)
+
+
+class ContiguousReservation:
+    """The baseline: each sequence reserves ``reserve_tokens`` contiguous token slots of a
+    ``n_blocks × block_tokens``-slot pool at admission, first fit. ``reserve_tokens`` is a
+    number (the model's maximum length) or a function of the sequence id (the request's
+    own limit, prompt plus ``max_new_tokens``)."""
+
+    def __init__(self, *, n_blocks: int, block_tokens: int, reserve_tokens):
+        self.n_slots = n_blocks * block_tokens
+        self.n_blocks, self.block_tokens = n_blocks, block_tokens
+        self._reserve = (reserve_tokens if callable(reserve_tokens)
+                         else lambda _seq: reserve_tokens)
+        self._spans: dict[object, tuple[int, int, int]] = {}    # seq -> (start, size, used)
+
+    def _first_fit(self, size: int) -> int | None:
+        start = 0
+        for s, n, _ in sorted(self._spans.values()):
+            if s - start >= size:
+                return start
+            start = max(start, s + n)
+        return start if self.n_slots - start >= size else None
+
+    def can_add(self, prompt: Sequence[int], seq=None, headroom_blocks: int = 0) -> bool:
+        """Whether ``add(seq, prompt)`` would succeed (a reservation never grows, so it
+        needs no headroom)."""
+        return self._first_fit(max(self._reserve(seq), len(prompt))) is not None
+
+    def add(self, seq, prompt: Sequence[int]) -> Admission:
+        if seq in self._spans:
+            raise KeyError(f"sequence {seq!r} is already in the KV pool")
+        size = max(self._reserve(seq), len(prompt))
+        start = self._first_fit(size)
+        if start is None:
+            raise PoolExhausted(f"sequence {seq!r} needs {size} contiguous token slots, "
+                                f"none free of {self.n_slots}")
+        self._spans[seq] = (start, size, len(prompt))
+        return Admission((), 0, 0)
+
+    def append(self, seq, token: int) -> None:
+        start, size, used = self._spans[seq]
+        if used >= size:
+            raise PoolExhausted(f"sequence {seq!r} has used its {size} reserved token slots")
+        self._spans[seq] = (start, size, used + 1)
+
+    def free(self, seq) -> None:
+        del self._spans[seq]
+
+    def allocated_rows(self) -> int:
+        return sum(n for _, n, _ in self._spans.values())
+
+    def live_rows(self) -> int:
+        return sum(u for _, _, u in self._spans.values())
+
+    def __contains__(self, seq) -> bool:
+        return seq in self._spans
+
+
+@dataclass(frozen=True)
+class Request:
+    """A trace entry: ``prompt`` token ids, ``output_tokens`` it will generate (its end of
+    sequence), ``max_new_tokens`` its limit (``output_tokens`` ≤ it) and the step it
+    arrives at."""
+    prompt: tuple[int, ...]
+    output_tokens: int
+    max_new_tokens: int
+    arrival_step: int = 0
+
+
+@dataclass
+class TraceStats:
+    steps: int = 0
+    generated_tokens: int = 0
+    preemptions: int = 0
+    prefill_tokens: int = 0            # prompt tokens computed (shared prefixes skipped)
+    waste_sum: float = 0.0
+    batch_sum: int = 0
+    max_batch: int = 0
+    finished: list = field(default_factory=list)
+
+    @property
+    def mean_waste(self) -> float:
+        """Allocated-but-not-live KV rows over allocated rows, averaged over steps."""
+        return self.waste_sum / self.steps if self.steps else 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.batch_sum / self.steps if self.steps else 0.0
+
+
+class ContinuousBatcher:
+    """Serve ``requests`` on ``manager`` one decode step at a time (see the module
+    docstring). A request joins only if it leaves ``watermark`` of the pool's blocks free
+    for the running sequences to grow into (vLLM's default, 1%, which keeps admissions
+    from being preempted at once). A request the empty pool could never hold raises
+    ``PoolExhausted``."""
+
+    def __init__(self, manager, requests: Sequence[Request], watermark: float = 0.01):
+        self.manager = manager
+        self.headroom = math.ceil(watermark * manager.n_blocks)
+        self.waiting = sorted(enumerate(requests), key=lambda r: (r[1].arrival_step, r[0]))
+        self.running: list[int] = []
+        self.generated: dict[int, list[int]] = {}
+        self.requests = dict(enumerate(requests))
+        self.stats = TraceStats()
+
+    def _tokens(self, rid: int) -> list[int]:
+        return list(self.requests[rid].prompt) + self.generated.get(rid, [])
+
+    def _admit(self, step: int) -> None:
+        while self.waiting and self.waiting[0][1].arrival_step <= step:
+            rid, _ = self.waiting[0]
+            tokens = self._tokens(rid)
+            if not self.manager.can_add(tokens, rid, 0 if not self.running else self.headroom):
+                if not self.running:
+                    raise PoolExhausted(f"request {rid} ({len(tokens)} tokens) does not fit "
+                                        f"the empty KV pool")
+                return
+            admission = self.manager.add(rid, tokens)
+            self.stats.prefill_tokens += len(tokens) - admission.cached_tokens
+            self.waiting.pop(0)
+            self.running.append(rid)
+
+    def step(self, step: int) -> None:
+        self._admit(step)
+        for rid in list(self.running):
+            if rid not in self.running:              # preempted earlier in this step
+                continue
+            token = len(self._tokens(rid)) % 50_000  # a stand-in id; contents do not matter
+            while True:
+                try:
+                    self.manager.append(rid, token)
+                    break
+                except PoolExhausted:
+                    victim = self.running[-1]
+                    self.manager.free(victim)
+                    self.running.remove(victim)
+                    self.waiting.insert(0, (victim, self.requests[victim]))
+                    self.stats.preemptions += 1
+                    if victim == rid:
+                        break
+            if rid not in self.running:
+                continue
+            self.generated.setdefault(rid, []).append(token)
+            self.stats.generated_tokens += 1
+            if len(self.generated[rid]) >= self.requests[rid].output_tokens:
+                self.manager.free(rid)
+                self.running.remove(rid)
+                self.stats.finished.append(rid)
+        allocated = self.manager.allocated_rows()
+        if allocated:
+            self.stats.waste_sum += 1 - self.manager.live_rows() / allocated
+        self.stats.steps += 1
+        self.stats.batch_sum += len(self.running)
+        self.stats.max_batch = max(self.stats.max_batch, len(self.running))
+
+    def run(self, max_steps: int = 10_000_000) -> TraceStats:
+        step = 0
+        while (self.waiting or self.running) and step < max_steps:
+            self.step(step)
+            step += 1
+        return self.stats

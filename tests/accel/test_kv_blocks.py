@@ -1,0 +1,232 @@
+"""The host's KV block manager (``accel.kv_blocks``): block tables that read back every
+sequence's tokens through random interleavings of add, append, fork and free; prefix
+sharing, copy on write, refusals with their numbers; continuous batching over a trace."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from accel.kv_blocks import (
+    BlockManager,
+    ContiguousReservation,
+    ContinuousBatcher,
+    PoolExhausted,
+    Request,
+)
+
+
+class _Pool:
+    """What the device's KV pool would hold: the token id written at each (block, row)."""
+
+    def __init__(self, m: BlockManager):
+        self.rows = np.full((m.n_blocks, m.block_tokens), -1, np.int64)
+        self.m = m
+
+    def write(self, seq, tokens, first):
+        for i, t in enumerate(tokens[first:], first):
+            b = self.m.block_table(seq)[i // self.m.block_tokens]
+            self.rows[b, i % self.m.block_tokens] = t
+
+    def read(self, seq, n):
+        table = self.m.block_table(seq)
+        return [int(self.rows[table[i // self.m.block_tokens], i % self.m.block_tokens])
+                for i in range(n)]
+
+
+def test_blocks_are_allocated_on_demand_and_freed_on_completion():
+    m = BlockManager(n_blocks=8, block_tokens=4)
+    a = m.add("a", [1, 2, 3, 4, 5])
+    assert len(a.table) == 2 and m.used_blocks == 2 and a.cached_tokens == 0
+    for t in range(3):
+        assert m.append("a", 10 + t) is None
+    assert m.used_blocks == 2                     # 8 tokens: still two blocks
+    m.append("a", 20)
+    assert m.used_blocks == 3 and m.live_rows() == 9 and m.allocated_rows() == 12
+    m.free("a")
+    assert m.free_blocks == 8 and m.allocated_rows() == 0
+
+
+def test_a_common_prompt_prefix_shares_its_full_blocks():
+    m = BlockManager(n_blocks=16, block_tokens=4)
+    system = list(range(100, 110))                # 2 full blocks and 2 tokens
+    a = m.add("a", system + [1, 2, 3])
+    b = m.add("b", system + [7])
+    assert b.table[:2] == a.table[:2] and b.table[2] != a.table[2]
+    assert b.shared_blocks == 2 and b.cached_tokens == 8
+    assert [m.refs(x) for x in a.table] == [2, 2, 1, 1]
+    assert m.used_blocks == 5 and m.logical_rows() == 24 and m.live_rows() == 16
+    # a prompt that is all shared blocks still computes its last token
+    c = m.add("c", system[:8])
+    assert c.cached_tokens == 7 and c.table == a.table[:2]
+    unshared = BlockManager(n_blocks=16, block_tokens=4, prefix_sharing=False)
+    unshared.add("a", system + [1, 2, 3])
+    assert unshared.add("b", system + [7]).cached_tokens == 0 and unshared.used_blocks == 7
+
+
+def test_a_freed_prefix_block_is_taken_back_until_it_is_reused():
+    m = BlockManager(n_blocks=4, block_tokens=2)
+    first = m.add("a", [5, 6, 7, 8, 9]).table
+    m.free("a")
+    again = m.add("b", [5, 6, 7, 8, 1])
+    assert again.table[:2] == first[:2] and again.cached_tokens == 4
+    m.free("b")
+    m.add("c", [1, 2, 3, 4, 5, 6, 7, 8])          # takes every block: the old keys go
+    m.free("c")
+    assert m.add("d", [5, 6, 7, 8, 1]).cached_tokens == 0
+
+
+def test_fork_then_append_copies_the_shared_last_block():
+    m = BlockManager(n_blocks=8, block_tokens=4)
+    pool = _Pool(m)
+    m.add("p", [1, 2, 3, 4, 5, 6])
+    pool.write("p", [1, 2, 3, 4, 5, 6], 0)
+    m.fork("p", "q")
+    cow = m.append("q", 70)
+    assert cow is not None and cow.src == m.block_table("p")[1] and cow.rows == 2
+    pool.rows[cow.dst, :cow.rows] = pool.rows[cow.src, :cow.rows]
+    pool.write("q", [1, 2, 3, 4, 5, 6, 70], 6)
+    assert m.append("p", 80) is None              # p's block is its own again
+    pool.write("p", [1, 2, 3, 4, 5, 6, 80], 6)
+    assert pool.read("p", 7) == [1, 2, 3, 4, 5, 6, 80]
+    assert pool.read("q", 7) == [1, 2, 3, 4, 5, 6, 70]
+    assert m.block_table("p")[0] == m.block_table("q")[0]
+
+
+def test_refusals_name_the_blocks_needed_and_free():
+    m = BlockManager(n_blocks=3, block_tokens=4)
+    m.add("a", list(range(8)))
+    assert not m.can_add(list(range(20, 29)))
+    with pytest.raises(PoolExhausted, match=r"needs 3 KV blocks .* 1 of 3 are free"):
+        m.add("b", list(range(20, 29)))
+    m.add("b", [1])
+    for t in range(3):
+        m.append("b", t)
+    with pytest.raises(PoolExhausted, match="0 of 3 are free"):
+        m.append("a", 99)
+    assert m.block_table("a") == m.block_table("a")[:2] and m.live_rows() == 12
+    with pytest.raises(KeyError, match="already"):
+        m.add("a", [1])
+    with pytest.raises(ValueError, match="empty prompt"):
+        m.add("z", [])
+    with pytest.raises(ValueError, match="n_blocks"):
+        BlockManager(n_blocks=0, block_tokens=4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_sequence_reads_back_its_own_tokens_through_its_table(seed):
+    """Random adds (prompts drawn from a few shared prefixes), appends, forks and frees:
+    after every operation, each live sequence's tokens read through its block table from
+    a pool written only where the manager said (copies included) are its own, the
+    reference counts equal the tables' uses and no free block is in a table."""
+    rng = random.Random(seed)
+    m = BlockManager(n_blocks=40, block_tokens=rng.choice([1, 2, 4, 16]))
+    pool = _Pool(m)
+    prefixes = [[rng.randrange(50) for _ in range(rng.randrange(1, 40))] for _ in range(3)]
+    tokens: dict[int, list[int]] = {}
+    next_id = 0
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.25:
+            prompt = rng.choice(prefixes)[:rng.randrange(1, 40)] + \
+                [rng.randrange(50) for _ in range(rng.randrange(0, 6))]
+            if m.can_add(prompt):
+                admission = m.add(next_id, prompt)
+                pool.write(next_id, prompt, admission.cached_tokens)
+                tokens[next_id] = list(prompt)
+            else:
+                with pytest.raises(PoolExhausted):
+                    m.add(next_id, prompt)
+            next_id += 1
+        elif op < 0.75 and tokens:
+            seq = rng.choice(sorted(tokens))
+            t = rng.randrange(50)
+            try:
+                cow = m.append(seq, t)
+            except PoolExhausted:
+                continue
+            if cow is not None:
+                pool.rows[cow.dst, :cow.rows] = pool.rows[cow.src, :cow.rows]
+            tokens[seq].append(t)
+            pool.write(seq, tokens[seq], len(tokens[seq]) - 1)
+        elif op < 0.85 and tokens:
+            parent = rng.choice(sorted(tokens))
+            m.fork(parent, next_id)
+            tokens[next_id] = list(tokens[parent])
+            next_id += 1
+        elif tokens:
+            seq = rng.choice(sorted(tokens))
+            m.free(seq)
+            del tokens[seq]
+        uses: dict[int, int] = {}
+        filled: dict[int, int] = {}
+        for seq, toks in tokens.items():
+            assert pool.read(seq, len(toks)) == toks
+            table = m.block_table(seq)
+            assert len(table) == -(-len(toks) // m.block_tokens)
+            for j, b in enumerate(table):
+                uses[b] = uses.get(b, 0) + 1
+                filled[b] = max(filled.get(b, 0), min(m.block_tokens,
+                                                      len(toks) - j * m.block_tokens))
+        assert all(m.refs(b) == uses.get(b, 0) for b in range(m.n_blocks))
+        assert m.used_blocks == len(uses)
+        assert m.live_rows() == sum(filled.values())
+        assert m.logical_rows() == sum(map(len, tokens.values()))
+
+
+def test_contiguous_reservation_reserves_first_fit():
+    c = ContiguousReservation(n_blocks=4, block_tokens=4, reserve_tokens=6)
+    c.add("a", [1, 2])
+    c.add("b", [1, 2, 3])
+    assert c.allocated_rows() == 12 and c.live_rows() == 5
+    assert not c.can_add([1])                     # 4 slots left, 6 needed
+    c.free("a")
+    c.add("c", [9])                               # the hole at slot 0
+    with pytest.raises(PoolExhausted, match="6 contiguous token slots"):
+        c.add("d", [1])
+    for _ in range(5):
+        c.append("c", 0)
+    with pytest.raises(PoolExhausted, match="used its 6"):
+        c.append("c", 0)
+
+
+def _trace(rng, n, max_len):
+    shared = [rng.randrange(1000) for _ in range(48)]
+    out = []
+    for i in range(n):
+        prompt = [rng.randrange(1000) for _ in range(rng.randrange(4, 120))]
+        if rng.random() < 0.5:
+            prompt = shared + prompt[:40]
+        limit = max_len - len(prompt)
+        out.append(Request(tuple(prompt), rng.randrange(1, limit + 1), limit, i // 2))
+    return out
+
+
+def test_continuous_batching_serves_every_request_and_wastes_less_than_reserving():
+    rng = random.Random(3)
+    requests = _trace(rng, 60, 256)
+    paged = ContinuousBatcher(BlockManager(n_blocks=64, block_tokens=16), requests).run()
+    reserved = ContinuousBatcher(ContiguousReservation(n_blocks=64, block_tokens=16,
+                                                       reserve_tokens=256), requests).run()
+    for stats in (paged, reserved):
+        assert sorted(stats.finished) == list(range(60))
+        assert stats.generated_tokens >= sum(r.output_tokens for r in requests)
+    assert reserved.generated_tokens == sum(r.output_tokens for r in requests)
+    assert paged.mean_waste < 0.1 < 0.4 < reserved.mean_waste
+    assert paged.mean_batch > 1.5 * reserved.mean_batch and paged.steps < reserved.steps
+    # with room for everyone nothing is preempted and the shared prefixes are computed once
+    roomy = ContinuousBatcher(BlockManager(n_blocks=1024, block_tokens=16), requests).run()
+    assert roomy.preemptions == 0 and roomy.generated_tokens == reserved.generated_tokens
+    assert roomy.prefill_tokens < reserved.prefill_tokens
+
+
+def test_a_tight_pool_preempts_and_still_finishes_every_request():
+    rng = random.Random(5)
+    requests = _trace(rng, 30, 200)
+    stats = ContinuousBatcher(BlockManager(n_blocks=16, block_tokens=16), requests).run()
+    assert sorted(stats.finished) == list(range(30)) and stats.preemptions > 0
+    with pytest.raises(PoolExhausted, match="empty KV pool"):
+        ContinuousBatcher(BlockManager(n_blocks=2, block_tokens=4),
+                          [Request(tuple(range(9)), 1, 1)]).run()
