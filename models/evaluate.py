@@ -10,6 +10,9 @@ Contract
   model and their next-token top-1 agreement over the held-out split, in consecutive
   windows of ``max_seq_len`` tokens; with a second integer model (``baseline``: the int8
   one beside an MXINT4 one) its perplexity and the agreement between the two as well.
+* ``evaluate_kv(loaded, qmodel, kv)`` – the integer model with its KV cache compressed
+  chunk by chunk (``integer.KVCompression``) against the same model uncompressed, on the
+  held-out split: perplexity, top-1 agreement, and the bits the chunks were given.
 * ``generate_float`` / ``generate_int`` – greedy generation with prefill and KV-cache
   decode steps.
 
@@ -27,8 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import numerics as N
 from models.config import ModelConfig
 from models.integer import (
+    KVCompression,
     QuantModel,
     Scales,
     calibrate,
@@ -133,13 +138,11 @@ def _nll_and_argmax(logits_BxTxV, targets_BxT):
     return np.asarray(nll, np.float64), np.asarray(jnp.argmax(logits_BxTxV, axis=-1))
 
 
-def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
-             max_windows: int | None = None, batch: int = 16, progress: bool = False,
-             baseline: IntModel | None = None) -> EvalResult:
-    """Float and integer perplexity and top-1 agreement on the held-out split, in
-    windows of the model's context; with ``baseline`` also its perplexity and its top-1
-    agreement with ``im``. Raises ``ValueError`` for ``max_windows < 1`` or a held-out
-    text shorter than one window."""
+def held_out_windows(loaded: LoadedModel, text: str | None = None,
+                     max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token targets ``[n, max_seq_len]`` of the held-out split in
+    consecutive windows (at most ``max_windows``). Raises ``ValueError`` without a
+    tokenizer, for ``max_windows < 1`` or a text shorter than one window."""
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.cfg.name}: evaluation needs a tokenizer and text")
     if max_windows is not None and max_windows < 1:
@@ -155,6 +158,18 @@ def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
         n = min(n, max_windows)
     inputs = np.stack([data[i * length:(i + 1) * length] for i in range(n)])
     targets = np.stack([data[i * length + 1:(i + 1) * length + 1] for i in range(n)])
+    return inputs, targets
+
+
+def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
+             max_windows: int | None = None, batch: int = 16, progress: bool = False,
+             baseline: IntModel | None = None) -> EvalResult:
+    """Float and integer perplexity and top-1 agreement on the held-out split, in
+    windows of the model's context; with ``baseline`` also its perplexity and its top-1
+    agreement with ``im``. Raises ``ValueError`` for ``max_windows < 1`` or a held-out
+    text shorter than one window."""
+    inputs, targets = held_out_windows(loaded, text, max_windows)
+    n = len(inputs)
     f_nll, i_nll, agree, b_nll, b_agree = [], [], [], [], []
     batches = range(0, n, batch)
     if progress:
@@ -186,6 +201,57 @@ def evaluate(loaded: LoadedModel, im: IntModel, text: str | None = None,
                       weights=im.weights, **extra)
 
 
+@dataclass(frozen=True)
+class KVEvalResult:
+    kv: KVCompression
+    tokens: int
+    int_ppl: float                 # the integer model, its KV cache int8
+    kv_ppl: float                  # the same model, its KV cache compressed
+    top1_agreement: float          # next-token argmax, compressed against int8 cache
+    bits_share: dict[int, float]   # fraction of the full chunks' groups at each width
+    mean_bits: float               # bits a cached value, codes only
+    kv_bytes_ratio: float          # compressed bytes (codes, a byte a group) / int8 bytes
+
+    def to_dict(self) -> dict:
+        return {"chunk_tokens": self.kv.chunk_tokens, "bits": list(self.kv.bits),
+                "tolerance": self.kv.tolerance, "tokens": self.tokens,
+                "int_ppl": self.int_ppl, "kv_ppl": self.kv_ppl,
+                "top1_agreement": self.top1_agreement,
+                "bits_share": {str(b): v for b, v in self.bits_share.items()},
+                "mean_bits": self.mean_bits, "kv_bytes_ratio": self.kv_bytes_ratio}
+
+
+def evaluate_kv(loaded: LoadedModel, im: IntModel, kv: KVCompression, text: str | None = None,
+                max_windows: int | None = None, batch: int = 16) -> KVEvalResult:
+    """The integer model with a compressed KV cache (``kv``), each held-out window decoded
+    token by token as far as the cache goes (``integer.int_forward``), against the same
+    model with its int8 cache. Bits are counted over the full chunks of every window's
+    cache, each group (chunk × KV head, K or V) once. ``ValueError`` as
+    ``held_out_windows``."""
+    inputs, targets = held_out_windows(loaded, text, max_windows)
+    cfg = im.cfg
+    i_nll, k_nll, agree, bits = [], [], [], []
+    for b in range(0, len(inputs), batch):
+        x, y = jnp.asarray(inputs[b:b + batch]), jnp.asarray(targets[b:b + batch])
+        il = int_forward(im.qm, x, cfg)
+        kl, kb = int_forward(im.qm, x, cfg, kv, with_kv_bits=True)
+        inn, ia = _nll_and_argmax(np.asarray(il, np.float64) * im.scales.logits, y)
+        kn, ka = _nll_and_argmax(np.asarray(kl, np.float64) * im.scales.logits, y)
+        i_nll.append(inn.ravel())
+        k_nll.append(kn.ravel())
+        agree.append((ia == ka).ravel())
+        bits.append(np.asarray(kb).ravel())
+    bits = np.concatenate(bits)
+    share = {b: float((bits == b).mean()) if bits.size else 0.0 for b in kv.bits}
+    group_bytes = {b: N.kv_chunk_bytes(b, kv.chunk_tokens) for b in kv.bits}
+    int8_bytes = kv.chunk_tokens
+    mean_bits = sum(b * f for b, f in share.items())
+    ratio = sum(group_bytes[b] * f for b, f in share.items()) / int8_bytes
+    i_nll, k_nll = np.concatenate(i_nll), np.concatenate(k_nll)
+    return KVEvalResult(kv, int(i_nll.size), math.exp(i_nll.mean()), math.exp(k_nll.mean()),
+                        float(np.concatenate(agree).mean()), share, mean_bits, ratio)
+
+
 def generate_float(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     cfg = loaded.cfg
     _check_length(cfg, len(prompt_ids), max_new_tokens)
@@ -199,14 +265,16 @@ def generate_float(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: i
     return out
 
 
-def generate_int(im: IntModel, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+def generate_int(im: IntModel, prompt_ids: list[int], max_new_tokens: int,
+                 kv: KVCompression | None = None) -> list[int]:
+    """Greedy tokens of the integer model (with ``kv``, its KV cache compressed)."""
     cfg = im.cfg
     _check_length(cfg, len(prompt_ids), max_new_tokens)
     cache = init_int_cache(cfg)
-    logits, cache = int_prefill(im.qm, cache, prompt_ids, cfg)
+    logits, cache = int_prefill(im.qm, cache, prompt_ids, cfg, kv)
     out = [int(jnp.argmax(logits[-1]))]
     for pos in range(len(prompt_ids), len(prompt_ids) + max_new_tokens - 1):
-        logits, cache = int_decode_step(im.qm, cache, out[-1], pos, cfg)
+        logits, cache = int_decode_step(im.qm, cache, out[-1], pos, cfg, kv)
         out.append(int(jnp.argmax(logits)))
     return out
 

@@ -40,7 +40,9 @@ class Scales:
     """Real value of one integer step at each activation site (static, calibrated)."""
 
     residual: float
-    layers: tuple[dict[str, float | list[float]], ...]   # "mid" is per channel
+    # per layer, each site's scale ("mid" per channel) and "q_ms", the mean squared query
+    # per KV channel (float units), from which ``kv_sensitivity`` weighs the keys
+    layers: tuple[dict[str, float | list[float]], ...]
     final_in: float
     logits: float
 
@@ -73,6 +75,9 @@ def calibrate(params: Params, cfg: ModelConfig, windows_BxT) -> Scales:
                 "k": amax(t["k_pre"], t["k"]), "v": amax(t["v"]), "att": amax(t["att"]),
                 "mlp_in": amax(t["mlp_in"]), "up": amax(t["up"]),
                 "mid": jnp.max(jnp.abs(t["mid"]), axis=0),            # per channel
+                # mean squared query per KV channel, over the heads that read it
+                "q_ms": jnp.mean(jnp.square(t["q"]), axis=0).reshape(
+                    cfg.n_kv_heads, -1, cfg.head_dim).sum(axis=1).reshape(-1),
             })
             resid += [t["residual_in"], t["residual_mid"]]
         return {"residual": amax(*resid), "layers": layers,
@@ -80,10 +85,14 @@ def calibrate(params: Params, cfg: ModelConfig, windows_BxT) -> Scales:
 
     stats = [jax.tree.map(np.asarray, peaks(jnp.asarray(w))) for w in np.asarray(windows_BxT)]
     peak = jax.tree.map(lambda *xs: np.max(np.stack(xs), axis=0), *stats)
+    for i, layer in enumerate(peak["layers"]):
+        layer["q_ms"] = np.mean([st["layers"][i]["q_ms"] for st in stats], axis=0)
     qmax8 = 2 ** (N.ACT_BITS - 1) - 1
     qmax16 = 2 ** (N.RESID_BITS - 1) - 1
 
     def site_scale(site, v):
+        if site == "q_ms":  # not a scale: KV compression's key sensitivity (kv_sensitivity)
+            return [float(x) for x in v]
         if site == "mid":   # per channel; dead channels floored at 1e-3 of the layer's peak
             v = np.maximum(v, 1e-3 * max(float(v.max()), 1e-8))
             return [float(x) / qmax8 for x in v]
@@ -227,6 +236,30 @@ def _requant_constants(real, site: str = "") -> dict:
     return {"mult": mult, "shift": shift}
 
 
+KV_SENS_ONE = 256    # kv_sensitivity's unit: a channel of average sensitivity
+
+
+def kv_sensitivity(cfg: ModelConfig, q_ms, wo_DxQ) -> dict[str, np.ndarray]:
+    """How much each KV channel's quantisation error matters, ``{"k", "v"}: int32
+    [kv_dim]``, normalised to a mean of ``KV_SENS_ONE`` (at least 1 each).
+
+    A key error ``dk`` moves the scores of the queries that read it by ``q · dk``: channel
+    ``c``'s weight is the calibrated mean of ``q_c**2`` summed over the heads of its group
+    (``q_ms``, post-RoPE). A value error ``dv`` reaches the residual through ``W_o``:
+    channel ``c``'s weight is the squared norm of the ``W_o`` columns of the heads that
+    read it. ``KVCompression.tolerances`` divides the tolerance by these weights, so an
+    error costs about the same wherever it falls.
+    """
+    group = cfg.n_heads // cfg.n_kv_heads
+    cols = np.square(wo_DxQ).sum(axis=0).reshape(cfg.n_kv_heads, group, cfg.head_dim)
+
+    def norm(w):
+        w = np.asarray(w, np.float64).reshape(-1)
+        w = w / max(float(w.mean()), 1e-30) * KV_SENS_ONE
+        return np.clip(np.round(w), 1, 2 ** 31 - 1).astype(np.int32)
+    return {"k": norm(q_ms), "v": norm(cols.sum(axis=1))}
+
+
 def quantize(params: Params, cfg: ModelConfig, scales: Scales,
              weights: str = "int8") -> QuantModel:
     """The integer model: every tensor and constant the accelerator needs.
@@ -274,6 +307,7 @@ def quantize(params: Params, cfg: ModelConfig, scales: Scales,
             **{site: _requant_constants(real, f"layer {len(layers)} {site} requantisation")
                for site, real in reals.items()},
         }
+        layer["kv_sens"] = kv_sensitivity(cfg, s["q_ms"], np.asarray(p["wo"], np.float64))
         if layer["att"]["shift"] > N.SOFTMAX_OUT_SHIFT_MAX:
             raise ValueError(f"layer {i} att requantisation: shift {int(layer['att']['shift'])}"
                              f" exceeds SOFTMAX's out_shift field (at most "
@@ -327,6 +361,7 @@ def quant_struct(cfg: ModelConfig, weights: str = "int8") -> QuantModel:
         "w_up": w(f, d), "w_down": w(d, f),
         "norm1": norm(), "q": rq(qd), "k": rq(kd), "v": rq(kd), "softmax": rq(), "att": rq(),
         "o": rq(d), "norm2": norm(), "gate": rq(f), "up": rq(f), "mid": rq(f), "down": rq(d),
+        "kv_sens": {"k": sds((kd,), np.int32), "v": sds((kd,), np.int32)},
     }
     if cfg.qkv_bias:
         layer.update(bq=sds((qd,), np.int32), bk=sds((kd,), np.int32), bv=sds((kd,), np.int32))
@@ -374,7 +409,8 @@ def kv_write(cache_SxKxH, new_TxKxH, start):
 
 
 @jax.jit
-def attention(q_TxNxH, k_SxKxH, v_SxKxH, positions_T, sm_mult, sm_shift, att_mult, att_shift):
+def attention(q_TxNxH, k_SxKxH, v_SxKxH, positions_T, sm_mult, sm_shift, att_mult, att_shift,
+              kc_SxKxH=None, vc_SxKxH=None, compressed_T=None):
     """Grouped-query attention in integers: int8 ``[T, n_heads * head_dim]``.
 
     Scores are exact int32 dot products; key ``s`` is visible to the query at position
@@ -382,18 +418,114 @@ def attention(q_TxNxH, k_SxKxH, v_SxKxH, positions_T, sm_mult, sm_shift, att_mul
     ``P @ V`` in int32, requantised to int8 by each (query, head) row's factor, which
     carries the row's softmax normalisation (``att_mult * 2**-att_shift`` for a row sum
     of ``2**15``).
+
+    With a compressed cache (``kc``, ``vc``: every full chunk compressed and dequantised,
+    ``compress_kv``), query ``t`` reads keys ``s < compressed_T[t]`` from it and the rest
+    from ``k``/``v``: one pass computes what decoding token by token computes when each
+    chunk is compressed once it is full (``KVCompression``).
     """
     T, n_heads, head_dim = q_TxNxH.shape
     S, n_kv = k_SxKxH.shape[:2]
     q = q_TxNxH.reshape(T, n_kv, n_heads // n_kv, head_dim)
     scores = jnp.einsum("tkgh,skh->kgts", q, k_SxKxH, preferred_element_type=jnp.int32)
+    if kc_SxKxH is not None:
+        packed = jnp.arange(S, dtype=jnp.int32)[None, :] < compressed_T[:, None]    # [T, S]
+        scores = jnp.where(packed, jnp.einsum("tkgh,skh->kgts", q, kc_SxKxH,
+                                              preferred_element_type=jnp.int32), scores)
     visible = jnp.arange(S, dtype=jnp.int32)[None, :] <= positions_T[:, None]
     probs, row_mult, row_shift = N.softmax(scores, visible[None, None], sm_mult, sm_shift,
                                            att_mult, att_shift)
-    out = jnp.einsum("kgts,skh->tkgh", probs, v_SxKxH, preferred_element_type=jnp.int32)
+    if vc_SxKxH is None:
+        out = jnp.einsum("kgts,skh->tkgh", probs, v_SxKxH, preferred_element_type=jnp.int32)
+    else:
+        zero = jnp.zeros((), probs.dtype)
+        out = (jnp.einsum("kgts,skh->tkgh", jnp.where(packed, probs, zero), vc_SxKxH,
+                          preferred_element_type=jnp.int32)
+               + jnp.einsum("kgts,skh->tkgh", jnp.where(packed, zero, probs), v_SxKxH,
+                            preferred_element_type=jnp.int32))
     rows = lambda x: jnp.transpose(x, (2, 0, 1, 3))      # noqa: E731  [k, g, t, 1] -> [t, k, g, 1]
     out = N.requant(out, rows(row_mult), rows(row_shift))
     return out.reshape(T, n_heads * head_dim)
+
+
+# -- chunk-wise KV compression -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class KVCompression:
+    """Chunk-wise compression of the KV cache (LLMS, arXiv 2403.11805, section 3.2).
+
+    Token rows ``[j C, (j + 1) C)`` of a layer's K (and, apart, its V) form chunk ``j``
+    (``C = chunk_tokens``). Once a chunk is full (after the program that writes its last
+    row) it is compressed once: each channel's ``C`` values independently, to the fewest
+    bits among ``bits`` whose mean squared error is within ``tolerance`` (int8 steps
+    squared, ``numerics.kv_chunk_compress``), with one power-of-two scale (a shift). Every
+    later program reads the dequantised values; a chunk still filling is read as written.
+
+    Raises ``ValueError`` naming the field: ``chunk_tokens`` below 1, ``bits`` empty or
+    not a subset of ``numerics.KV_CHUNK_BITS``, ``tolerance`` outside ``[0, 16384]``.
+    """
+
+    chunk_tokens: int = 16
+    bits: tuple[int, ...] = N.KV_CHUNK_BITS
+    tolerance: float = 32.0
+
+    def __post_init__(self):
+        if (not isinstance(self.chunk_tokens, int) or isinstance(self.chunk_tokens, bool)
+                or self.chunk_tokens < 1):
+            raise ValueError(f"chunk_tokens must be an integer ≥ 1, not {self.chunk_tokens!r}")
+        try:
+            bits = tuple(sorted(set(self.bits)))
+        except TypeError:
+            bits = ()
+        if not bits or not set(bits) <= set(N.KV_CHUNK_BITS):
+            raise ValueError(f"bits must be a non-empty subset of {N.KV_CHUNK_BITS}, "
+                             f"not {self.bits!r}")
+        object.__setattr__(self, "bits", bits)
+        if not isinstance(self.tolerance, int | float) or not 0 <= self.tolerance <= 1 << 14:
+            raise ValueError(f"tolerance must be a number in [0, 16384] (int8 steps squared), "
+                             f"not {self.tolerance!r}")
+
+    @property
+    def tolerance_q16(self) -> int:
+        return round(self.tolerance * (1 << N.KV_TOL_FRAC_BITS))
+
+    def tolerances(self, sens):
+        """Each channel's tolerance, Q.16 int8 steps squared: ``tolerance`` scaled by the
+        inverse of the channel's sensitivity (``kv_sensitivity``: ``KV_SENS_ONE`` is one),
+        rounded down, as int64 ``[kv_dim]``."""
+        sens = jnp.asarray(sens).astype(jnp.int64)
+        return self.tolerance_q16 * KV_SENS_ONE // sens
+
+
+def compress_kv(cache_SxKxH, kv: KVCompression, sens, first_chunk: int = 0,
+                end_chunk: int | None = None):
+    """The cache with chunks ``first_chunk..end_chunk - 1`` (default: every full chunk)
+    compressed and dequantised, each channel at ``kv.tolerances(sens)`` (``sens``: the
+    layer's ``kv_sens["k"]`` or ``["v"]``), and their bits ``[chunks, n_kv_heads,
+    head_dim]`` (one a channel)."""
+    S, K, H = cache_SxKxH.shape
+    C = kv.chunk_tokens
+    end_chunk = S // C if end_chunk is None else end_chunk
+    n = end_chunk - first_chunk
+    if n <= 0:
+        return cache_SxKxH, jnp.zeros((0, K, H), jnp.int64)
+    rows = cache_SxKxH[first_chunk * C:end_chunk * C]
+    groups = jnp.transpose(rows.reshape(n, C, K, H), (0, 2, 3, 1))       # [n, K, H, C]
+    bits, _, deq = N.kv_chunk_compress(groups, kv.bits, kv.tolerances(sens).reshape(K, H), jnp)
+    deq = jnp.transpose(deq, (0, 3, 1, 2)).reshape(n * C, K, H)
+    return cache_SxKxH.at[first_chunk * C:end_chunk * C].set(deq), bits
+
+
+def _compress_new_chunks(qm: QuantModel, cache: dict, kv: KVCompression | None, start: int,
+                         end: int) -> dict:
+    """After a program that wrote rows ``start..end - 1``: the chunks it filled, compressed."""
+    if kv is None:
+        return cache
+    first, last = start // kv.chunk_tokens, end // kv.chunk_tokens
+    with jax.enable_x64(True):
+        return {name: tuple(compress_kv(c, kv, ql["kv_sens"][name], first, last)[0]
+                            for c, ql in zip(cache[name], qm["layers"], strict=True))
+                for name in ("k", "v")}
 
 
 # -- the integer forward pass ---------------------------------------------------------
@@ -411,8 +543,11 @@ def _proj(x, w, rq, bias=None):
     return requant(matmul(x, w), rq["mult"], rq["shift"], bias=bias)
 
 
-def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
-    """One decoder layer in integers; mirrors ``reference.decoder_layer``."""
+def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig,
+              kv: KVCompression | None = None):
+    """One decoder layer in integers; mirrors ``reference.decoder_layer``. With ``kv``, the
+    tokens are decoded one by one as far as the cache goes: token ``p`` reads the chunks
+    full before it compressed (``attention``)."""
     T = h_TxD.shape[0]
     start = jnp.asarray(start, jnp.int32)
     positions = start + jnp.arange(T, dtype=jnp.int32)
@@ -425,8 +560,13 @@ def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
         q, k = rope(q, positions, freq), rope(k, positions, freq)
         cache_k = kv_write(cache_k, k, start)
         cache_v = kv_write(cache_v, v, start)
+        packed = ()
+        if kv is not None:
+            packed = (compress_kv(cache_k, kv, ql["kv_sens"]["k"])[0],
+                      compress_kv(cache_v, kv, ql["kv_sens"]["v"])[0],
+                      positions // kv.chunk_tokens * kv.chunk_tokens)
         att = attention(q, cache_k, cache_v, positions, ql["softmax"]["mult"],
-                        ql["softmax"]["shift"], ql["att"]["mult"], ql["att"]["shift"])
+                        ql["softmax"]["shift"], ql["att"]["mult"], ql["att"]["shift"], *packed)
         h_TxD = residual_add(h_TxD, matmul(att, ql["wo"]), ql["o"]["mult"], ql["o"]["shift"])
     with jax.named_scope("mlp"):
         n2 = ql["norm2"]
@@ -439,13 +579,15 @@ def int_layer(ql: dict, h_TxD, cache_k, cache_v, start, freq, cfg: ModelConfig):
     return h_TxD, cache_k, cache_v
 
 
-def _int_layers(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
+def _int_layers(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig,
+                kv: KVCompression | None = None):
     """The residual stream ``[T, d_model]`` (int16) after every layer, and the new cache."""
     h = embedding(qm["embed"], tokens_T)
     ks, vs = [], []
     for i, ql in enumerate(qm["layers"]):
         with jax.named_scope(f"layer{i}"):
-            h, k, v = int_layer(ql, h, cache["k"][i], cache["v"][i], start, qm["rope_freq"], cfg)
+            h, k, v = int_layer(ql, h, cache["k"][i], cache["v"][i], start, qm["rope_freq"], cfg,
+                                kv)
         ks.append(k)
         vs.append(v)
     return h, {"k": tuple(ks), "v": tuple(vs)}
@@ -459,9 +601,11 @@ def _int_head(qm: QuantModel, h):
                    bits=N.RESID_BITS)
 
 
-def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig):
-    """int16 logits ``[T, vocab]`` for tokens at positions ``start..``, and the new cache."""
-    h, cache = _int_layers(qm, cache, tokens_T, start, cfg)
+def int_run(qm: QuantModel, cache: dict, tokens_T, start, cfg: ModelConfig,
+            kv: KVCompression | None = None):
+    """int16 logits ``[T, vocab]`` for tokens at positions ``start..``, and the new cache
+    (with ``kv``: ``int_layer``'s token-by-token reading of compressed chunks)."""
+    h, cache = _int_layers(qm, cache, tokens_T, start, cfg, kv)
     return _int_head(qm, h), cache
 
 
@@ -485,33 +629,51 @@ def _int_run_jit(qm, cache, tokens_T, start, cfg):
     return int_run(qm, cache, tokens_T, start, cfg)
 
 
-def int_prefill(qm: QuantModel, cache: dict, tokens_T, cfg: ModelConfig):
-    """Prompt from position 0: int16 logits ``[T, vocab]`` and the filled int8 cache."""
+def int_prefill(qm: QuantModel, cache: dict, tokens_T, cfg: ModelConfig,
+                kv: KVCompression | None = None):
+    """Prompt from position 0: int16 logits ``[T, vocab]`` and the filled int8 cache. With
+    ``kv``, the chunks the prompt filled are compressed after it (the prompt's own
+    attention reads its rows as written)."""
     with jax.enable_x64(True):
-        return _int_run_jit(qm, cache, jnp.asarray(tokens_T, jnp.int32), jnp.int32(0), cfg)
+        logits, cache = _int_run_jit(qm, cache, jnp.asarray(tokens_T, jnp.int32),
+                                     jnp.int32(0), cfg)
+    return logits, _compress_new_chunks(qm, cache, kv, 0, len(tokens_T))
 
 
-def int_decode_step(qm: QuantModel, cache: dict, token, pos, cfg: ModelConfig):
-    """One token at ``pos``: int16 logits ``[vocab]`` and the updated cache."""
+def int_decode_step(qm: QuantModel, cache: dict, token, pos, cfg: ModelConfig,
+                    kv: KVCompression | None = None):
+    """One token at ``pos``: int16 logits ``[vocab]`` and the updated cache (with ``kv``,
+    its chunk compressed if the token filled it)."""
     with jax.enable_x64(True):
         logits, cache = _int_run_jit(qm, cache, jnp.reshape(jnp.asarray(token, jnp.int32), (1,)),
                                      jnp.int32(pos), cfg)
-    return logits[0], cache
+    return logits[0], _compress_new_chunks(qm, cache, kv, int(pos), int(pos) + 1)
 
 
-@partial(jax.jit, static_argnames="cfg")
-def _int_forward_batch(qm, tokens_BxT, cfg):
+@partial(jax.jit, static_argnames=("cfg", "kv"))
+def _int_forward_batch(qm, tokens_BxT, cfg, kv=None):
     def one(tokens_T):
         cache = init_int_cache(cfg, tokens_T.shape[0])
-        return int_run(qm, cache, tokens_T, jnp.int32(0), cfg)[0]
+        logits, cache = int_run(qm, cache, tokens_T, jnp.int32(0), cfg, kv)
+        if kv is None:
+            return logits, jnp.zeros((0,), jnp.int64)
+        bits = [compress_kv(c, kv, ql["kv_sens"][name])[1] for name in ("k", "v")
+                for c, ql in zip(cache[name], qm["layers"], strict=True)]
+        return logits, jnp.stack(bits)          # [2 n_layers, chunks, n_kv_heads, head_dim]
 
     return jax.vmap(one)(tokens_BxT)
 
 
-def int_forward(qm: QuantModel, tokens, cfg: ModelConfig):
-    """Causal int16 logits of whole sequences: ``[T, V]`` or, for a batch, ``[B, T, V]``."""
+def int_forward(qm: QuantModel, tokens, cfg: ModelConfig, kv: KVCompression | None = None,
+                with_kv_bits: bool = False):
+    """Causal int16 logits of whole sequences: ``[T, V]`` or, for a batch, ``[B, T, V]``.
+    With ``kv``, as decoded token by token with the cache compressed chunk by chunk
+    (``int_layer``); ``with_kv_bits`` also returns the bits of each full chunk's channels,
+    ``[2 n_layers (K then V), chunks, n_kv_heads, head_dim]`` (a leading batch axis for a
+    batch)."""
     tokens = jnp.asarray(tokens, jnp.int32)
     with jax.enable_x64(True):
-        if tokens.ndim == 1:
-            return _int_forward_batch(qm, tokens[None], cfg)[0]
-        return _int_forward_batch(qm, tokens, cfg)
+        logits, bits = _int_forward_batch(qm, tokens.reshape(-1, tokens.shape[-1]), cfg, kv)
+    if tokens.ndim == 1:
+        logits, bits = logits[0], bits[0]
+    return (logits, bits) if with_kv_bits else logits

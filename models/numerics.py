@@ -53,6 +53,8 @@ MX_EXP_BITS = 8            # one E8M0 exponent per block (OCP MX): scale 2**(E -
 MX_EXP_BIAS = 127          # E8M0 bias; 255 is NaN and never stored
 MX_SHIFT_MAX = (1 << isa.MX_SHIFT_BITS) - 1   # block exponent less the channel's base: [0, 7]
 MX_MAX_K = isa.MX_MAX_K    # reduction length an MXINT4 matmul is exact for in int32
+KV_CHUNK_BITS = (2, 4, 8)  # compressed KV chunks: two's complement codes of 2, 4 or 8 bits
+KV_TOL_FRAC_BITS = 16      # the compression tolerance is Q.16 int8 steps² (kv_chunk_compress)
 
 
 # -- tables ---------------------------------------------------------------------------
@@ -272,6 +274,82 @@ def mx_matmul(x, elems, shifts, xp=None):
                                preferred_element_type=xp.int32)     # [B, ..., N]
     part = xp.moveaxis(part, 0, -1)                                  # [..., N, B]
     return xp.sum(part << shifts.astype(xp.int32), axis=-1, dtype=xp.int32)
+
+
+# -- chunk-wise KV-cache compression (LLMS, arXiv 2403.11805) ----------------------------
+
+def kv_chunk_shift(xmax, xmin, bits: int, xp=None):
+    """The shift of a ``bits``-bit chunk whose int8 values span ``[xmin, xmax]``: the
+    smallest ``s`` in ``[0, 8 - bits]`` with ``round_shift(xmax, s) <= 2**(bits-1) - 1``
+    and ``round_shift(xmin, s) >= -2**(bits-1)`` (``s = 0``: the values themselves), else
+    ``8 - bits`` (then the quantiser saturates). int8 chunks always get 0 (lossless)."""
+    xp = xp or _xp(xmax, xmin)
+    top = (1 << (bits - 1)) - 1
+    shift = xp.full(xp.shape(xmax), ACT_BITS - bits, xp.int64)
+    for s in range(ACT_BITS - bits - 1, -1, -1):          # descending: the smallest wins
+        fits = (_shifted(xmax, s, xp) <= top) & (_shifted(xmin, s, xp) >= -top - 1)
+        shift = xp.where(fits, s, shift)
+    return shift
+
+
+def _shifted(x, s, xp):
+    """``round_shift(x, s)`` for ``s >= 0`` (``s = 0``: ``x``): ``round_shift(2x, s + 1)``."""
+    return round_shift(_wide(x, xp) * 2, _wide(s, xp) + 1, xp)
+
+
+def kv_chunk_quantize(x, shift, bits: int, xp=None):
+    """The ``bits``-bit codes of int8 ``x`` at ``shift`` (broadcast): ``round_shift(x,
+    shift)`` saturated to ``bits`` bits, in int64."""
+    xp = xp or _xp(x, shift)
+    return saturate(_shifted(x, shift, xp), bits, xp)
+
+
+def kv_chunk_dequantize(codes, shift, xp=None):
+    """What the KV prefetch engine writes into L2: ``codes << shift`` as int8 (in range by
+    ``kv_chunk_shift``'s bound ``shift <= 8 - bits``)."""
+    xp = xp or _xp(codes, shift)
+    return (_wide(codes, xp) << _wide(shift, xp)).astype(xp.int8)
+
+
+def kv_chunk_compress(x_GxN, candidates: tuple[int, ...], tolerance_q16: int, xp=None):
+    """Compress groups of ``N`` int8 values, ``x[..., N]`` (one channel of one chunk of K
+    or V, ``integer.compress_kv``), each to the fewest bits among ``candidates`` (a subset
+    of ``KV_CHUNK_BITS``) that the group *tolerates*: whose mean squared quantisation
+    error, in int8 steps squared, is at most its tolerance,
+
+        sum (x - dequantize(quantize(x)))**2 * 2**16  <=  tolerance_q16 * N
+
+    (exact in int64; ``tolerance_q16`` is Q.16, one or one per group, broadcast over the
+    leading axes), else the most bits among ``candidates``. The error is absolute, not
+    relative to the group's own power: a score ``q · k`` changes by ``q · (k' - k)``
+    whatever the size of ``k``, so a group of small values tolerates coarse steps, which
+    a relative measure would refuse it (docs/numerics.md). Returns ``(bits[...],
+    shift[...], dequantised int8 x[..., N])``; the shift is ``kv_chunk_shift`` of the
+    group's range at its width.
+    """
+    xp = xp or _xp(x_GxN)
+    x = _wide(x_GxN, xp)
+    xmax, xmin = x.max(axis=-1), x.min(axis=-1)
+    cand = sorted(candidates)
+    bits = xp.full(xp.shape(xmax), cand[-1], xp.int64)
+    shift = kv_chunk_shift(xmax, xmin, cand[-1], xp)
+    deq = _wide(kv_chunk_dequantize(kv_chunk_quantize(x, shift[..., None], cand[-1], xp),
+                                    shift[..., None], xp), xp)
+    for b in reversed(cand[:-1]):                         # descending: the fewest wins
+        s = kv_chunk_shift(xmax, xmin, b, xp)
+        d = _wide(kv_chunk_dequantize(kv_chunk_quantize(x, s[..., None], b, xp),
+                                      s[..., None], xp), xp)
+        noise = ((x - d) ** 2).sum(axis=-1)
+        ok = noise * (1 << KV_TOL_FRAC_BITS) <= _wide(tolerance_q16, xp) * x.shape[-1]
+        bits, shift = xp.where(ok, b, bits), xp.where(ok, s, shift)
+        deq = xp.where(ok[..., None], d, deq)
+    return bits, shift, deq.astype(xp.int8)
+
+
+def kv_chunk_bytes(bits, chunk_tokens: int):
+    """DRAM bytes of one compressed group (a channel of a chunk): its ``chunk_tokens``
+    codes packed at ``bits`` each, and one byte for its bits and shift."""
+    return -(-chunk_tokens * bits // 8) + 1
 
 
 def rmsnorm(h, mult, shift, eps_int, xp=None):

@@ -187,3 +187,54 @@ def test_mx_matmul_worst_case_fits_int32_and_longer_reductions_are_refused():
     with pytest.raises(ValueError, match="exceeds MX_MAX_K"):
         N.mx_matmul(np.zeros((1, k), np.int8), np.zeros((1, k), np.int8),
                     np.zeros((1, N.mx_blocks(k)), np.int8))
+
+
+def _kv_reference(x, candidates, tol_q16):
+    """``kv_chunk_compress`` of one group, element by element in Python integers."""
+    def rshift(v, s):
+        return v if s == 0 else (v + (1 << (s - 1))) >> s
+
+    def shift_of(b):
+        top = (1 << (b - 1)) - 1
+        for s in range(0, 8 - b + 1):
+            if rshift(max(x), s) <= top and rshift(min(x), s) >= -top - 1:
+                return s
+        return 8 - b
+
+    def deq(b, s):
+        top = (1 << (b - 1)) - 1
+        return [min(max(rshift(v, s), -top - 1), top) << s for v in x]
+    for b in sorted(candidates):
+        s = shift_of(b)
+        d = deq(b, s)
+        noise = sum((v - w) ** 2 for v, w in zip(x, d, strict=True))
+        if b == max(candidates) or noise * 2**16 <= tol_q16 * len(x):
+            return b, s, d
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-128, 127), min_size=1, max_size=24),
+       st.sampled_from([(2, 4, 8), (4, 8), (2, 4), (2,), (4,), (8,)]),
+       st.integers(0, 1 << 24))
+def test_kv_chunk_compress_picks_the_fewest_bits_the_group_tolerates(x, candidates, tol_q16):
+    bits, shift, deq = N.kv_chunk_compress(np.array([x], np.int8), candidates, tol_q16)
+    want_bits, want_shift, want = _kv_reference(x, candidates, tol_q16)
+    assert (int(bits[0]), int(shift[0])) == (want_bits, want_shift)
+    assert deq.dtype == np.int8 and deq[0].tolist() == want
+    # the same on JAX, and int8 is lossless
+    with jax.enable_x64(True):
+        jb, js, jd = N.kv_chunk_compress(jnp.asarray([x], jnp.int8), candidates, tol_q16)
+    assert (int(jb[0]), int(js[0]), np.asarray(jd)[0].tolist()) == (want_bits, want_shift, want)
+    if want_bits == 8:
+        assert want == x and want_shift == 0
+
+
+def test_kv_chunk_shift_is_the_smallest_that_fits_and_the_bytes_count_the_header():
+    # 100 at 4 bits: 100 >> 3 rounds to 13 > 7, >> 4 rounds to 6; -128 needs the full shift
+    assert N.kv_chunk_shift(np.array(100), np.array(0), 4) == 4
+    assert N.kv_chunk_shift(np.array(7), np.array(-8), 4) == 0
+    assert N.kv_chunk_shift(np.array(1), np.array(-128), 2) == 6
+    codes = N.kv_chunk_quantize(np.array([-128, 127]), 6, 2)
+    assert codes.tolist() == [-2, 1]
+    assert N.kv_chunk_dequantize(codes, 6).tolist() == [-128, 64]
+    assert [N.kv_chunk_bytes(b, 16) for b in N.KV_CHUNK_BITS] == [5, 9, 17]
