@@ -22,6 +22,11 @@ sequence has a block table, logical block -> physical block, as the device reads
   source and destination blocks and the rows to copy, which the runtime must copy before
   the device writes the new row.
 - ``fork(parent, child)`` gives ``child`` the parent's table, every block shared.
+- ``evict(seq, n)`` drops the sequence's first ``n`` blocks from the pool (their K/V go
+  to a slower tier; LLMS's context swapping, arXiv 2403.11805): their table entries
+  become ``EVICTED``, which the device must never read. ``restore(seq)`` maps them to
+  free blocks again and returns ``(logical, physical)`` pairs for the runtime to fill, by
+  reloading or by recomputing (``sweeps.analytic.context_switch`` times both).
 - ``free(seq)`` drops the sequence's references; a block whose count reaches zero goes
   back to the free queue. A freed full block keeps its prefix key until it is reused
   (vLLM's evictor): a later prompt with the same prefix takes it back without a copy.
@@ -57,6 +62,8 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+EVICTED = -1        # a block-table entry whose K/V is not in the pool
 
 
 class PoolExhausted(RuntimeError):
@@ -282,14 +289,52 @@ class BlockManager:
             raise KeyError(f"sequence {child!r} is already in the KV pool")
         p = self._seqs[parent]
         for b in p.table:
-            self._ref(b)
+            if b != EVICTED:
+                self._ref(b)
         self._seqs[child] = _Seq(list(p.table), list(p.tokens), p.key)
 
     def free(self, seq) -> None:
         """Drop ``seq``; its blocks whose count reaches zero return to the free queue."""
         s = self._seqs.pop(seq)
         for b in reversed(s.table):      # the tail first: a prefix's head stays longest
-            self._unref(b)
+            if b != EVICTED:
+                self._unref(b)
+
+    def evict(self, seq, n_blocks: int) -> list[int]:
+        """Drop the first ``n_blocks`` of ``seq``'s table from the pool (all of them at
+        most but the last, which the next token is written into); returns the logical
+        blocks evicted now. Raises ``ValueError`` for a count out of range."""
+        s = self._seqs[seq]
+        if not 0 <= n_blocks < max(len(s.table), 1):
+            raise ValueError(f"sequence {seq!r} has {len(s.table)} KV blocks: evicting "
+                             f"{n_blocks} would leave none for its next token")
+        out = []
+        for j in range(n_blocks):
+            if s.table[j] != EVICTED:
+                self._unref(s.table[j])
+                s.table[j] = EVICTED
+                out.append(j)
+        return out
+
+    def evicted_blocks(self, seq) -> list[int]:
+        return [j for j, b in enumerate(self._seqs[seq].table) if b == EVICTED]
+
+    def restore(self, seq) -> list[tuple[int, int]]:
+        """Map ``seq``'s evicted blocks to free ones; returns ``(logical, physical)`` to
+        fill. Raises ``PoolExhausted`` (blocks needed, free) and changes nothing then."""
+        s = self._seqs[seq]
+        todo = self.evicted_blocks(seq)
+        if len(todo) > self.free_blocks:
+            raise PoolExhausted(f"sequence {seq!r} needs {len(todo)} KV blocks to come "
+                                f"back, {self.free_blocks} of {self.n_blocks} are free")
+        out = []
+        for j in todo:
+            block = self._take()
+            self._ref(block)
+            self._fill(block, self.block_tokens)
+            s.table[j] = block
+            out.append((j, block))
+        return out
 
 
 class ContiguousReservation:

@@ -51,6 +51,12 @@ class HardwareConfig:
     kv_block_tokens : tokens per block of the paged KV cache.
     prefetch : whether the compiler schedules loads ahead of use by default.
     token_counter_bits : width of each dependency-token counter.
+    flash_bytes_per_s, flash_latency_ns : the system's flash-class storage tier, where the
+        host swaps out the KV cache of inactive contexts (LLMS, arXiv 2403.11805):
+        sequential read bandwidth and the time to its first data. Defaults: a phone's
+        UFS 3.1 flash, about 2 GB/s sequential read (JESD220E, HS-G4 × 2 lanes, 2.9 GB/s
+        raw) and about 100 µs to the first data. Only the performance model reads them
+        (``sweeps.analytic.context_switch``); the accelerator has no port to the tier.
     """
 
     name: str
@@ -67,6 +73,8 @@ class HardwareConfig:
     kv_block_tokens: int
     prefetch: bool = True
     token_counter_bits: int = 8
+    flash_bytes_per_s: int = 2_000_000_000
+    flash_latency_ns: int = 100_000
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
@@ -187,6 +195,10 @@ class HardwareConfig:
         return "\n".join(lines) + "\n"
 
 
+#: Fields of the system around the accelerator, which its RTL does not read (the key of a
+#: built Verilator model leaves them out).
+SYSTEM_FIELDS = ("flash_bytes_per_s", "flash_latency_ns")
+
 #: field, minimum, maximum, must be a power of two
 _RANGES = (
     ("array_rows", 2, 256, True),
@@ -201,6 +213,8 @@ _RANGES = (
     ("clock_hz", 10_000_000, 10_000_000_000, False),
     ("kv_block_tokens", 1, 1024, True),
     ("token_counter_bits", 2, 16, False),
+    ("flash_bytes_per_s", 1_000_000, 100_000_000_000, False),
+    ("flash_latency_ns", 0, 1_000_000_000, False),
 )
 
 _RANGE_REASONS = {"dram_bytes": f"the ISA's DRAM addresses are {DRAM_ADDR_BITS} bits"}

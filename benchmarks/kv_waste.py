@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rate", type=float, default=0.5, help="requests a decode step")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cfg = model_config(args.model)
+    try:
+        cfg = model_config(args.model)
+    except ValueError as e:
+        parser.error(str(e))
     row_bytes = 2 * cfg.n_layers * cfg.kv_dim
     for name, value in (("--kv-mib", args.kv_mib), ("--block-tokens", args.block_tokens),
                         ("--requests", args.requests), ("--rate", args.rate),

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arch.hardware import SYSTEM_FIELDS
 from rtl.common import RtlParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +67,12 @@ class Model:
 
 
 def model_key(params: RtlParams) -> str:
-    """The generated hardware's key: the hardware description, the DRAM size and the
-    RTL sources (also the key of its cached synthesis statistics)."""
+    """The generated hardware's key: the hardware description (less the system's fields
+    the RTL does not read, ``hardware.SYSTEM_FIELDS``), the DRAM size and the RTL sources
+    (also the key of its cached synthesis statistics)."""
     h = hashlib.sha256()
-    h.update(json.dumps(dataclasses.asdict(params.hw), sort_keys=True).encode())
+    hw = {k: v for k, v in dataclasses.asdict(params.hw).items() if k not in SYSTEM_FIELDS}
+    h.update(json.dumps(hw, sort_keys=True).encode())
     h.update(str((params.dram_bytes, params.macros, params.mxint4)).encode())
     for src in SOURCES:
         h.update(src.read_bytes())

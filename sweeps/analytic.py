@@ -46,7 +46,7 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import cache, lru_cache, partial
 from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
@@ -943,3 +943,71 @@ def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
         total += n * y0 + (y1 - y0) * (n - 1) / 2
     total += ys[-1]
     return round(total), len(xs)
+
+
+@dataclass(frozen=True)
+class SwitchEstimate:
+    """Bringing an evicted context back (``context_switch``): seconds for each way."""
+    context_tokens: int
+    evicted_tokens: int               # the leading tokens whose KV is not in DRAM
+    evicted_bytes: int                # their KV in the flash tier (as stored)
+    reload_s: float                   # every evicted chunk read back from flash
+    recompute_s: float                # the evicted tokens prefilled again
+    pipelined_s: float                # the first recompute_tokens prefilled while the
+    recompute_tokens: int             # rest are read back, the best split
+
+
+def context_switch(cfg: ModelConfig, hw: HardwareConfig, context_tokens: int,
+                   resident_tokens: int, kv_bytes_ratio: float = 1.0,
+                   prefetch: bool | None = None, weights: str = "int8") -> SwitchEstimate:
+    """The time to make a context of ``context_tokens`` whose last ``resident_tokens``
+    kept their KV in DRAM ready to decode again, the KV of the others evicted to the
+    flash tier (``hw.flash_bytes_per_s``, ``hw.flash_latency_ns``) in whole KV blocks,
+    stored at ``kv_bytes_ratio`` of int8's bytes (chunk-wise compression,
+    ``integer.KVCompression``; 1 for int8).
+
+    LLMS's swapping-recompute pipeline (arXiv 2403.11805, section 3.3): the accelerator
+    prefills the first ``k`` evicted tokens again (``prefill``: they need no other KV)
+    while the host reads the KV of the other evicted tokens from flash into DRAM, so the
+    context is back after ``max(prefill(k), latency + bytes(rest) / bandwidth)``; ``k``
+    runs over whole blocks and the best is kept (by bisection: the first term grows with
+    ``k``, the second falls). ``k = 0`` is reloading alone, every evicted token
+    recomputing alone. Recomputed KV is the prefill's, not the compressed one evicted.
+    The flash reads do not take DRAM bandwidth from the accelerator in this model.
+    Raises ``ValueError`` for a count out of range and ``CompileError`` where
+    ``prefill`` would."""
+    _check_count("context length", context_tokens, 1)
+    _check_count("resident tokens", resident_tokens, 0)
+    if context_tokens > cfg.max_seq_len:
+        raise ValueError(f"context length {context_tokens} is outside [1, {cfg.max_seq_len}]")
+    if not 0 < kv_bytes_ratio <= 2:
+        raise ValueError(f"kv_bytes_ratio must be in (0, 2], not {kv_bytes_ratio!r}")
+    block = hw.kv_block_tokens
+    evicted = min(context_tokens,
+                  -(-max(0, context_tokens - resident_tokens) // block) * block)
+    row_bytes = 2 * cfg.n_layers * cfg.kv_dim * kv_bytes_ratio
+
+    def load_s(tokens: int) -> float:
+        if tokens <= 0:
+            return 0.0
+        return hw.flash_latency_ns * 1e-9 + tokens * row_bytes / hw.flash_bytes_per_s
+
+    @cache
+    def recompute_s(tokens: int) -> float:
+        if tokens <= 0:
+            return 0.0
+        return prefill(cfg, hw, tokens, prefetch, weights=weights).cycles / hw.clock_hz
+
+    def split(k: int) -> float:
+        return max(recompute_s(min(k, evicted)), load_s(evicted - k))
+
+    lo, hi = 0, -(-evicted // block)          # in blocks; the crossing lies between
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if recompute_s(min(mid * block, evicted)) < load_s(evicted - mid * block):
+            lo = mid
+        else:
+            hi = mid
+    k = min((lo * block, min(hi * block, evicted)), key=split) if evicted else 0
+    return SwitchEstimate(context_tokens, evicted, round(evicted * row_bytes),
+                          load_s(evicted), recompute_s(evicted), split(k), k)

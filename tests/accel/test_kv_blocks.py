@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from accel.kv_blocks import (
+    EVICTED,
     BlockManager,
     ContiguousReservation,
     ContinuousBatcher,
@@ -174,6 +175,36 @@ def test_every_sequence_reads_back_its_own_tokens_through_its_table(seed):
         assert m.used_blocks == len(uses)
         assert m.live_rows() == sum(filled.values())
         assert m.logical_rows() == sum(map(len, tokens.values()))
+
+
+def test_evicted_blocks_leave_the_pool_and_come_back_to_be_filled():
+    m = BlockManager(n_blocks=6, block_tokens=4)
+    pool = _Pool(m)
+    tokens = list(range(100, 114))                    # 4 blocks, the last partial
+    m.add("a", tokens)
+    pool.write("a", tokens, 0)
+    assert m.evict("a", 2) == [0, 1] and m.evict("a", 2) == []
+    assert m.block_table("a")[:2] == [EVICTED, EVICTED] and m.evicted_blocks("a") == [0, 1]
+    assert m.used_blocks == 2 and m.live_rows() == 6
+    m.append("a", 7)                                  # decoding goes on meanwhile
+    tokens.append(7)
+    pool.write("a", tokens, 14)
+    m.add("b", list(range(16)))                       # takes the 4 free blocks
+    with pytest.raises(PoolExhausted, match="needs 2 KV blocks to come back, 0 of 6"):
+        m.restore("a")
+    m.free("b")
+    back = m.restore("a")
+    assert [j for j, _ in back] == [0, 1] and EVICTED not in m.block_table("a")
+    for j, b in back:                                 # the runtime reloads or recomputes
+        pool.rows[b] = tokens[j * 4:(j + 1) * 4]
+    assert pool.read("a", 15) == tokens and m.live_rows() == 15
+    with pytest.raises(ValueError, match="would leave none for its next token"):
+        m.evict("a", 4)
+    m.evict("a", 3)
+    m.fork("a", "c")
+    m.free("a")
+    m.free("c")
+    assert m.free_blocks == 6
 
 
 def test_contiguous_reservation_reserves_first_fit():

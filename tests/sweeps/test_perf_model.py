@@ -302,3 +302,33 @@ def test_never_faster_than_physics(small_config):
         assert t.dram_read_bytes + t.dram_write_bytes <= hw.dram_bytes_per_cycle * t.cycles, case
         assert t.macs <= hw.pes * t.cycles, case
         assert all(busy <= t.cycles for busy in t.busy.values()), case
+
+
+def test_context_switch_pipelines_recompute_with_reload(tiny_model):
+    """Bringing back evicted KV: reloading costs the flash's latency and bytes; the
+    pipeline is never slower than either way alone, recomputes whole blocks, and turns to
+    recomputing when the flash is slow; nothing evicted costs nothing."""
+    from sweeps.analytic import context_switch
+
+    cfg, hw = tiny_model.cfg, load_hardware("edge-8x8")
+    s = context_switch(cfg, hw, 200, 50)
+    assert s.evicted_tokens == 160                          # 150 evicted, in whole blocks
+    row = 2 * cfg.n_layers * cfg.kv_dim
+    assert s.evicted_bytes == 160 * row
+    assert s.reload_s == pytest.approx(hw.flash_latency_ns * 1e-9 + 160 * row
+                                       / hw.flash_bytes_per_s)
+    assert s.recompute_s == prefill(cfg, hw, 160).cycles / hw.clock_hz
+    assert s.pipelined_s <= min(s.reload_s, s.recompute_s)
+    assert s.recompute_tokens % hw.kv_block_tokens == 0
+    slow = dataclasses.replace(hw, flash_bytes_per_s=20_000_000)
+    t = context_switch(cfg, slow, 200, 50)
+    assert t.recompute_s < t.reload_s and t.pipelined_s < t.recompute_s
+    assert 0 < t.recompute_tokens < 160
+    half = context_switch(cfg, slow, 200, 50, kv_bytes_ratio=0.5)
+    assert half.evicted_bytes == s.evicted_bytes // 2 and half.reload_s < t.reload_s
+    none = context_switch(cfg, hw, 200, 200)
+    assert (none.evicted_tokens, none.reload_s, none.pipelined_s) == (0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="context length 300 is outside"):
+        context_switch(cfg, hw, 300, 0)
+    with pytest.raises(ValueError, match="kv_bytes_ratio"):
+        context_switch(cfg, hw, 100, 0, kv_bytes_ratio=0)
