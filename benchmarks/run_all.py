@@ -3,9 +3,12 @@
 from benchmarks import (
     calibration_size,
     compile_speed,
+    context_switch,
     fuzz_builds,
     fuzz_programs,
     int_vs_float,
+    kv_compression,
+    kv_waste,
     ladder,
     matmul_calibration,
     mxint4,
@@ -30,6 +33,9 @@ def main() -> None:
     int_vs_float.main([])
     quant_ablation.main([])
     calibration_size.main([])
+    kv_compression.main([])
+    kv_waste.main([])
+    context_switch.main([])
     mxint4.main([])
     rtl_gemm.main([])
     perf_calibration.main([])
