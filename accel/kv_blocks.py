@@ -46,8 +46,9 @@ between steps, finished sequences leave and waiting ones join (first come, first
 while the pool admits them; each step appends one token to every running sequence. When
 an append finds no free block, the most recently admitted sequence is preempted (freed,
 and later recomputed from its prompt and the tokens it had generated, vLLM's
-recomputation policy). ``run()`` returns a ``TraceStats``: steps, tokens generated,
-preemptions and the KV memory waste averaged over the steps.
+recomputation policy); a sequence that alone outgrows the pool, or its reservation,
+raises ``PoolExhausted``. ``run()`` returns a ``TraceStats``: steps, tokens generated,
+preemptions and the KV memory waste averaged over the steps with KV allocated.
 
 Waste is ``1 - live token rows / allocated token rows`` of the pool: reserved slots not
 yet written, and the unused rows of each sequence's last block. Shared blocks count once
@@ -68,6 +69,10 @@ EVICTED = -1        # a block-table entry whose K/V is not in the pool
 
 class PoolExhausted(RuntimeError):
     """The KV pool has fewer free blocks (or contiguous slots) than a sequence needs."""
+
+
+class ReservationExceeded(PoolExhausted):
+    """A sequence outgrew its contiguous reservation (``ContiguousReservation``)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class _Block:
     refs: int = 0
     rows: int = 0                  # token rows written (a shared block's once)
     key: tuple | None = None       # prefix key once full (and hashed), else None
+    generation: int = 0            # times taken for new data (its old rows then lost)
 
 
 @dataclass
@@ -100,6 +106,9 @@ class _Seq:
     table: list[int]
     tokens: list[int]
     key: tuple | None              # prefix key of the last full block
+    # logical block -> (physical block, its generation) when evicted: the rows are still
+    # there while the generation is
+    evicted: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class BlockManager:
@@ -151,6 +160,8 @@ class BlockManager:
         return list(self._seqs[seq].table)
 
     def refs(self, block: int) -> int:
+        if not 0 <= block < self.n_blocks:
+            raise IndexError(f"block {block} is outside the pool of {self.n_blocks}")
         return self._blocks[block].refs
 
     def __contains__(self, seq) -> bool:
@@ -192,6 +203,7 @@ class BlockManager:
             return block
         block, _ = self._free.popitem(last=False)
         b = self._blocks[block]
+        b.generation += 1
         if b.key is not None:
             if self._by_key.get(b.key) == block:
                 del self._by_key[b.key]
@@ -255,6 +267,7 @@ class BlockManager:
         the last is shared. Raises ``PoolExhausted`` when a block is needed and none is
         free (the sequence is left unchanged)."""
         s = self._seqs[seq]
+        token = int(token)                 # before any change: a bad token changes nothing
         n = len(s.tokens)
         cow = None
         if n % self.block_tokens == 0:                      # last block full: a new one
@@ -275,7 +288,7 @@ class BlockManager:
             s.table[-1] = dst
             cow = CopyOnWrite(src, dst, n % self.block_tokens)
             self._fill(dst, cow.rows)
-        s.tokens.append(int(token))
+        s.tokens.append(token)
         self._fill(s.table[-1], (n % self.block_tokens) + 1)
         if len(s.tokens) % self.block_tokens == 0:          # just filled: name it
             j = len(s.tokens) // self.block_tokens - 1
@@ -284,14 +297,15 @@ class BlockManager:
         return cow
 
     def fork(self, parent, child) -> None:
-        """``child`` shares every block of ``parent`` (parallel sampling, beam search)."""
+        """``child`` shares every block of ``parent`` (parallel sampling, beam search),
+        evicted ones evicted for it too."""
         if child in self._seqs:
             raise KeyError(f"sequence {child!r} is already in the KV pool")
         p = self._seqs[parent]
         for b in p.table:
             if b != EVICTED:
                 self._ref(b)
-        self._seqs[child] = _Seq(list(p.table), list(p.tokens), p.key)
+        self._seqs[child] = _Seq(list(p.table), list(p.tokens), p.key, dict(p.evicted))
 
     def free(self, seq) -> None:
         """Drop ``seq``; its blocks whose count reaches zero return to the free queue."""
@@ -303,15 +317,20 @@ class BlockManager:
     def evict(self, seq, n_blocks: int) -> list[int]:
         """Drop the first ``n_blocks`` of ``seq``'s table from the pool (all of them at
         most but the last, which the next token is written into); returns the logical
-        blocks evicted now. Raises ``ValueError`` for a count out of range."""
+        blocks evicted now, whose rows the runtime saves to the slower tier. A block
+        another sequence shares stays in the pool for it. Raises ``ValueError`` for a
+        count out of range."""
         s = self._seqs[seq]
-        if not 0 <= n_blocks < max(len(s.table), 1):
-            raise ValueError(f"sequence {seq!r} has {len(s.table)} KV blocks: evicting "
-                             f"{n_blocks} would leave none for its next token")
+        if (isinstance(n_blocks, bool) or not isinstance(n_blocks, int)
+                or not 0 <= n_blocks < max(len(s.table), 1)):
+            raise ValueError(f"sequence {seq!r} has {len(s.table)} KV blocks: cannot evict "
+                             f"{n_blocks!r} (at most all but the last)")
         out = []
         for j in range(n_blocks):
-            if s.table[j] != EVICTED:
-                self._unref(s.table[j])
+            block = s.table[j]
+            if block != EVICTED:
+                s.evicted[j] = (block, self._blocks[block].generation)
+                self._unref(block)
                 s.table[j] = EVICTED
                 out.append(j)
         return out
@@ -319,21 +338,43 @@ class BlockManager:
     def evicted_blocks(self, seq) -> list[int]:
         return [j for j, b in enumerate(self._seqs[seq].table) if b == EVICTED]
 
+    def _intact(self, block: int, generation: int) -> bool:
+        """Whether ``block`` still holds the rows it held at ``generation``."""
+        return self._blocks[block].generation == generation
+
     def restore(self, seq) -> list[tuple[int, int]]:
-        """Map ``seq``'s evicted blocks to free ones; returns ``(logical, physical)`` to
-        fill. Raises ``PoolExhausted`` (blocks needed, free) and changes nothing then."""
+        """Map ``seq``'s evicted blocks back into the pool: a block still holding its rows
+        (shared by another sequence, or free but not reused) is taken back as it is, the
+        others get free blocks. Returns ``(logical, physical)`` of the blocks the runtime
+        must fill (reload or recompute). Raises ``PoolExhausted`` (blocks needed, free)
+        and changes nothing then."""
         s = self._seqs[seq]
         todo = self.evicted_blocks(seq)
-        if len(todo) > self.free_blocks:
-            raise PoolExhausted(f"sequence {seq!r} needs {len(todo)} KV blocks to come "
-                                f"back, {self.free_blocks} of {self.n_blocks} are free")
-        out = []
-        for j in todo:
-            block = self._take()
+        kept = {j for j in todo if self._intact(*s.evicted[j])}
+        need = sum(1 for j in todo if j not in kept or self._blocks[s.evicted[j][0]].refs == 0)
+        if need > self.free_blocks:
+            raise PoolExhausted(f"sequence {seq!r} needs {need} KV blocks to come back, "
+                                f"{self.free_blocks} of {self.n_blocks} are free")
+        for j in sorted(kept):                       # first: the free queue must not reuse them
+            block = s.evicted.pop(j)[0]
+            if self._blocks[block].refs == 0:
+                self._take(block)
             self._ref(block)
             self._fill(block, self.block_tokens)
             s.table[j] = block
-            out.append((j, block))
+        out, key = [], None
+        for j in range(len(s.table)):
+            if (j + 1) * self.block_tokens > len(s.tokens):
+                break
+            key = (key, tuple(s.tokens[j * self.block_tokens:(j + 1) * self.block_tokens]))
+            if s.table[j] == EVICTED:
+                del s.evicted[j]
+                block = self._take()
+                self._ref(block)
+                self._fill(block, self.block_tokens)
+                self._register(block, key)
+                s.table[j] = block
+                out.append((j, block))
         return out
 
 
@@ -344,6 +385,10 @@ class ContiguousReservation:
     own limit, prompt plus ``max_new_tokens``)."""
 
     def __init__(self, *, n_blocks: int, block_tokens: int, reserve_tokens):
+        for name, value in (("n_blocks", n_blocks), ("block_tokens", block_tokens)) + (
+                () if callable(reserve_tokens) else (("reserve_tokens", reserve_tokens),)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1, not {value!r}")
         self.n_slots = n_blocks * block_tokens
         self.n_blocks, self.block_tokens = n_blocks, block_tokens
         self._reserve = (reserve_tokens if callable(reserve_tokens)
@@ -366,6 +411,8 @@ class ContiguousReservation:
     def add(self, seq, prompt: Sequence[int]) -> Admission:
         if seq in self._spans:
             raise KeyError(f"sequence {seq!r} is already in the KV pool")
+        if len(prompt) == 0:
+            raise ValueError(f"sequence {seq!r} has an empty prompt")
         size = max(self._reserve(seq), len(prompt))
         start = self._first_fit(size)
         if start is None:
@@ -377,7 +424,8 @@ class ContiguousReservation:
     def append(self, seq, token: int) -> None:
         start, size, used = self._spans[seq]
         if used >= size:
-            raise PoolExhausted(f"sequence {seq!r} has used its {size} reserved token slots")
+            raise ReservationExceeded(f"sequence {seq!r} has used its {size} reserved "
+                                      f"token slots")
         self._spans[seq] = (start, size, used + 1)
 
     def free(self, seq) -> None:
@@ -403,6 +451,15 @@ class Request:
     max_new_tokens: int
     arrival_step: int = 0
 
+    def __post_init__(self):
+        if len(self.prompt) == 0:
+            raise ValueError("a request needs a prompt of at least one token")
+        if not 1 <= self.output_tokens <= self.max_new_tokens:
+            raise ValueError(f"output_tokens must be in [1, max_new_tokens = "
+                             f"{self.max_new_tokens}], not {self.output_tokens}")
+        if self.arrival_step < 0:
+            raise ValueError(f"arrival_step must be at least 0, not {self.arrival_step}")
+
 
 @dataclass
 class TraceStats:
@@ -411,14 +468,16 @@ class TraceStats:
     preemptions: int = 0
     prefill_tokens: int = 0            # prompt tokens computed (shared prefixes skipped)
     waste_sum: float = 0.0
+    busy_steps: int = 0                # steps with KV allocated
     batch_sum: int = 0
     max_batch: int = 0
     finished: list = field(default_factory=list)
 
     @property
     def mean_waste(self) -> float:
-        """Allocated-but-not-live KV rows over allocated rows, averaged over steps."""
-        return self.waste_sum / self.steps if self.steps else 0.0
+        """Allocated-but-not-live KV rows over allocated rows, averaged over the steps
+        with KV allocated."""
+        return self.waste_sum / self.busy_steps if self.busy_steps else 0.0
 
     @property
     def mean_batch(self) -> float:
@@ -433,6 +492,8 @@ class ContinuousBatcher:
     ``PoolExhausted``."""
 
     def __init__(self, manager, requests: Sequence[Request], watermark: float = 0.01):
+        if not 0 <= watermark < 1:
+            raise ValueError(f"watermark must be in [0, 1), not {watermark!r}")
         self.manager = manager
         self.headroom = math.ceil(watermark * manager.n_blocks)
         self.waiting = sorted(enumerate(requests), key=lambda r: (r[1].arrival_step, r[0]))
@@ -468,7 +529,13 @@ class ContinuousBatcher:
                 try:
                     self.manager.append(rid, token)
                     break
+                except ReservationExceeded:
+                    raise
                 except PoolExhausted:
+                    if self.running == [rid]:
+                        raise PoolExhausted(
+                            f"request {rid} needs more than the whole KV pool "
+                            f"({len(self._tokens(rid)) + 1} tokens)") from None
                     victim = self.running[-1]
                     self.manager.free(victim)
                     self.running.remove(victim)
@@ -487,13 +554,26 @@ class ContinuousBatcher:
         allocated = self.manager.allocated_rows()
         if allocated:
             self.stats.waste_sum += 1 - self.manager.live_rows() / allocated
+            self.stats.busy_steps += 1
         self.stats.steps += 1
         self.stats.batch_sum += len(self.running)
         self.stats.max_batch = max(self.stats.max_batch, len(self.running))
 
-    def run(self, max_steps: int = 10_000_000) -> TraceStats:
-        step = 0
-        while (self.waiting or self.running) and step < max_steps:
+    def run(self, max_steps: int = 100_000_000) -> TraceStats:
+        """Serve the whole trace; steps with nothing to serve (before the next arrival)
+        are counted, not simulated. Raises ``RuntimeError`` if ``max_steps`` steps are
+        simulated first."""
+        step = simulated = 0
+        while self.waiting or self.running:
+            if not self.running and self.waiting[0][1].arrival_step > step:
+                idle = self.waiting[0][1].arrival_step - step
+                self.stats.steps += idle
+                step += idle
+            if simulated >= max_steps:
+                raise RuntimeError(f"the trace was not served in {max_steps} steps "
+                                   f"({len(self.waiting)} waiting, {len(self.running)} "
+                                   f"running)")
             self.step(step)
             step += 1
+            simulated += 1
         return self.stats

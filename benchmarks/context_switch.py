@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def measured_ratio(windows: int = 16) -> float:
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not 1 <= n <= cfg.max_seq_len:
             parser.error(f"--contexts {n} is outside [1, {cfg.max_seq_len}] for {args.model}")
     for b in args.budgets_mib:
-        if not b >= 0:
-            parser.error(f"--budgets-mib {b} must be at least 0")
+        if not 0 <= b < math.inf:
+            parser.error(f"--budgets-mib {b} must be a number of at least 0")
     ratio = measured_ratio()
     row_bytes = 2 * cfg.n_layers * cfg.kv_dim
     rows = []
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "pipelined_s": round(s.pipelined_s, 5),
                              "recompute_tokens": s.recompute_tokens})
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"{args.model} on {hw.name}: flash {hw.flash_bytes_per_s / 1e9:g} GB/s, "
-          f"{hw.flash_latency_ns / 1e3:g} µs; compressed KV {ratio:.1%} of int8 (tiny)")
+    print(f"{args.model} on {hw.name}: {row_bytes:,} bytes of int8 K and V a token; flash "
+          f"{hw.flash_bytes_per_s / 1e9:g} GB/s, {hw.flash_latency_ns / 1e3:g} µs; "
+          f"compressed KV {ratio:.1%} of int8 (tiny, 16 windows)")
     print(f"{'KV':<12}{'context':>8}{'budget MiB':>11}{'evicted':>9}{'reload ms':>11}"
           f"{'recompute ms':>14}{'pipelined ms':>14}{'recomputed':>12}")
     for r in rows:

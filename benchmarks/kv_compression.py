@@ -76,6 +76,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.windows is not None and args.windows < 1:
         parser.error(f"--windows must be at least 1, not {args.windows}")
+    from models.zoo import has_tokenizer
+    for m in args.model or []:
+        try:
+            ok = has_tokenizer(m)
+        except ValueError as e:
+            parser.error(str(e))
+        if not ok:
+            parser.error(f"--model {m}: held-out evaluation needs a trained model with a "
+                         f"tokenizer (tiny, tiny-bpe or a checkpoint folder)")
     rows = [r for m in args.model or ["tiny", "tiny-bpe"] for r in run_one(m, args.windows)]
     print(f"{'model':<10}{'budget':<30}{'int2/4/8 share':>18}{'bits':>6}{'bytes':>7}"
           f"{'step KiB':>10}{'ppl int8 KV':>13}{'ppl':>9}{'top-1':>8}")

@@ -7,10 +7,11 @@ requests with random prompt and output lengths served by continuous batching
 
 The pool holds ``kv-mib`` MiB of K and V: ``2 × n_layers × kv_dim`` bytes (int8) a token
 row, in blocks of ``--block-tokens`` rows. Requests arrive ``--rate`` a decode step
-(Poisson); prompts are uniform in 16..512 tokens, half of them after a shared 256-token
-system prompt; each has a limit of ``--max-new-tokens`` new tokens (at most
-``max_seq_len`` in all) and stops after a uniform number of them up to it (its end of
-sequence). The same trace is served four ways:
+(Poisson); prompts are uniform in 16..512 tokens, half of them after a shared system
+prompt of 256 tokens (``max_seq_len / 8`` if less), each cut to ``max_seq_len / 2``;
+each has a limit of ``--max-new-tokens`` new tokens (at most ``max_seq_len`` in all)
+and stops after a uniform number of them up to it (its end of sequence). The same trace
+is served four ways:
 
 - ``paged``: the block manager, prefix sharing on;
 - ``paged, no sharing``: the block manager, every prompt's blocks its own;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 
 from accel.kv_blocks import (
@@ -39,6 +41,7 @@ from accel.kv_blocks import (
 
 SYSTEM_PROMPT_TOKENS = 256
 PROMPT_TOKENS = 512
+MAX_BLOCKS = 1_000_000
 
 
 def trace(n: int, max_len: int, max_new_tokens: int, rate: float, seed: int
@@ -104,9 +107,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name, value in (("--kv-mib", args.kv_mib), ("--block-tokens", args.block_tokens),
                         ("--requests", args.requests), ("--rate", args.rate),
                         ("--max-new-tokens", args.max_new_tokens)):
-        if not value > 0:
-            parser.error(f"{name} must be positive, not {value}")
+        if not 0 < value < math.inf:
+            parser.error(f"{name} must be a positive number, not {value}")
     n_blocks = int(args.kv_mib * 2**20 // (row_bytes * args.block_tokens))
+    if n_blocks > MAX_BLOCKS:
+        parser.error(f"--kv-mib {args.kv_mib:g} makes {n_blocks:,} blocks of {args.model}'s "
+                     f"KV, more than this benchmark simulates ({MAX_BLOCKS:,})")
     if n_blocks * args.block_tokens < cfg.max_seq_len:
         parser.error(f"--kv-mib {args.kv_mib} holds {n_blocks * args.block_tokens} token "
                      f"rows of {args.model} ({row_bytes} bytes each), fewer than one "
@@ -121,8 +127,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "max_seq_len": cfg.max_seq_len}
     for r in rows:
         print(json.dumps({**head, **r}), flush=True)
-    print(f"{args.model}: {n_blocks} blocks of {args.block_tokens} tokens "
-          f"({n_blocks * args.block_tokens} token rows), {args.requests} requests")
+    print(f"{args.model}: {row_bytes:,} bytes of int8 K and V a token; {n_blocks} blocks of "
+          f"{args.block_tokens} tokens ({n_blocks * args.block_tokens} token rows), "
+          f"{args.requests} requests")
     print(f"{'policy':<24}{'waste':>8}{'batch':>8}{'max':>6}{'steps':>9}{'prefill':>10}"
           f"{'preempt':>9}")
     for r in rows:

@@ -209,8 +209,9 @@ class KVEvalResult:
     kv_ppl: float                  # the same model, its KV cache compressed
     top1_agreement: float          # next-token argmax, compressed against int8 cache
     bits_share: dict[int, float]   # fraction of the full chunks' groups at each width
-    mean_bits: float               # bits a cached value, codes only
-    kv_bytes_ratio: float          # compressed bytes (codes, a byte a group) / int8 bytes
+    mean_bits: float               # bits a value of the full chunks, codes only
+    kv_bytes_ratio: float          # a window's KV bytes (codes, a byte a group; the rows of
+    #                                its last, partial chunk int8) / int8 bytes
 
     def to_dict(self) -> dict:
         return {"chunk_tokens": self.kv.chunk_tokens, "bits": list(self.kv.bits),
@@ -226,7 +227,8 @@ def evaluate_kv(loaded: LoadedModel, im: IntModel, kv: KVCompression, text: str 
     """The integer model with a compressed KV cache (``kv``), each held-out window decoded
     token by token as far as the cache goes (``integer.int_forward``), against the same
     model with its int8 cache. Bits are counted over the full chunks of every window's
-    cache, each group (chunk × KV head, K or V) once. ``ValueError`` as
+    cache, each group (a channel of a chunk of K or V) once; the byte ratio covers the
+    whole window, a last partial chunk as written. ``ValueError`` as
     ``held_out_windows``."""
     inputs, targets = held_out_windows(loaded, text, max_windows)
     cfg = im.cfg
@@ -243,10 +245,12 @@ def evaluate_kv(loaded: LoadedModel, im: IntModel, kv: KVCompression, text: str 
         bits.append(np.asarray(kb).ravel())
     bits = np.concatenate(bits)
     share = {b: float((bits == b).mean()) if bits.size else 0.0 for b in kv.bits}
-    group_bytes = {b: N.kv_chunk_bytes(b, kv.chunk_tokens) for b in kv.bits}
-    int8_bytes = kv.chunk_tokens
     mean_bits = sum(b * f for b, f in share.items())
-    ratio = sum(group_bytes[b] * f for b, f in share.items()) / int8_bytes
+    # bytes over the whole cache: full chunks as compressed (a header byte a group), the
+    # rows of a window's last, partial chunk as written
+    full = cfg.max_seq_len // kv.chunk_tokens * kv.chunk_tokens
+    group = sum(N.kv_chunk_bytes(b, kv.chunk_tokens) * f for b, f in share.items())
+    ratio = (full * group / kv.chunk_tokens + (cfg.max_seq_len - full)) / cfg.max_seq_len
     i_nll, k_nll = np.concatenate(i_nll), np.concatenate(k_nll)
     return KVEvalResult(kv, int(i_nll.size), math.exp(i_nll.mean()), math.exp(k_nll.mean()),
                         float(np.concatenate(agree).mean()), share, mean_bits, ratio)

@@ -17,6 +17,7 @@ Contract
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from functools import partial
 
@@ -470,20 +471,25 @@ class KVCompression:
     tolerance: float = 32.0
 
     def __post_init__(self):
-        if (not isinstance(self.chunk_tokens, int) or isinstance(self.chunk_tokens, bool)
-                or self.chunk_tokens < 1):
+        def integer(x):
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+        if not integer(self.chunk_tokens) or self.chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be an integer ≥ 1, not {self.chunk_tokens!r}")
+        object.__setattr__(self, "chunk_tokens", int(self.chunk_tokens))
         try:
-            bits = tuple(sorted(set(self.bits)))
+            bits = tuple(sorted({int(b) for b in self.bits if integer(b)}))
+            valid = len(bits) == len(set(self.bits)) and set(bits) <= set(N.KV_CHUNK_BITS)
         except TypeError:
-            bits = ()
-        if not bits or not set(bits) <= set(N.KV_CHUNK_BITS):
+            valid = False
+        if not valid or not bits:
             raise ValueError(f"bits must be a non-empty subset of {N.KV_CHUNK_BITS}, "
                              f"not {self.bits!r}")
         object.__setattr__(self, "bits", bits)
-        if not isinstance(self.tolerance, int | float) or not 0 <= self.tolerance <= 1 << 14:
+        if (not isinstance(self.tolerance, numbers.Real) or isinstance(self.tolerance, bool)
+                or not 0 <= self.tolerance <= 1 << 14):
             raise ValueError(f"tolerance must be a number in [0, 16384] (int8 steps squared), "
                              f"not {self.tolerance!r}")
+        object.__setattr__(self, "tolerance", float(self.tolerance))
 
     @property
     def tolerance_q16(self) -> int:
@@ -503,6 +509,9 @@ def compress_kv(cache_SxKxH, kv: KVCompression, sens, first_chunk: int = 0,
     compressed and dequantised, each channel at ``kv.tolerances(sens)`` (``sens``: the
     layer's ``kv_sens["k"]`` or ``["v"]``), and their bits ``[chunks, n_kv_heads,
     head_dim]`` (one a channel)."""
+    if jnp.asarray(0, jnp.int64).dtype != jnp.int64:
+        raise RuntimeError("compress_kv needs 64-bit integers: run it under "
+                           "jax.enable_x64(True), as int_forward and int_decode_step do")
     S, K, H = cache_SxKxH.shape
     C = kv.chunk_tokens
     end_chunk = S // C if end_chunk is None else end_chunk

@@ -16,6 +16,7 @@ from accel.kv_blocks import (
     ContinuousBatcher,
     PoolExhausted,
     Request,
+    ReservationExceeded,
 )
 
 
@@ -118,10 +119,11 @@ def test_refusals_name_the_blocks_needed_and_free():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_every_sequence_reads_back_its_own_tokens_through_its_table(seed):
-    """Random adds (prompts drawn from a few shared prefixes), appends, forks and frees:
-    after every operation, each live sequence's tokens read through its block table from
-    a pool written only where the manager said (copies included) are its own, the
-    reference counts equal the tables' uses and no free block is in a table."""
+    """Random adds (prompts drawn from a few shared prefixes), appends, evictions,
+    restores, forks and frees: after every operation, each live sequence's tokens in the
+    pool, read through its block table from a pool written only where the manager said
+    (copies and restored blocks included), are its own, the reference counts equal the
+    tables' uses and no free block is in a table."""
     rng = random.Random(seed)
     m = BlockManager(n_blocks=40, block_tokens=rng.choice([1, 2, 4, 16]))
     pool = _Pool(m)
@@ -152,6 +154,17 @@ def test_every_sequence_reads_back_its_own_tokens_through_its_table(seed):
                 pool.rows[cow.dst, :cow.rows] = pool.rows[cow.src, :cow.rows]
             tokens[seq].append(t)
             pool.write(seq, tokens[seq], len(tokens[seq]) - 1)
+        elif op < 0.8 and tokens:
+            seq = rng.choice(sorted(tokens))
+            if rng.random() < 0.5:
+                m.evict(seq, rng.randrange(len(m.block_table(seq))))
+            else:
+                try:
+                    back = m.restore(seq)
+                except PoolExhausted:
+                    continue
+                for j, b in back:                     # the runtime reloads the rows
+                    pool.rows[b] = tokens[seq][j * m.block_tokens:(j + 1) * m.block_tokens]
         elif op < 0.85 and tokens:
             parent = rng.choice(sorted(tokens))
             m.fork(parent, next_id)
@@ -164,10 +177,14 @@ def test_every_sequence_reads_back_its_own_tokens_through_its_table(seed):
         uses: dict[int, int] = {}
         filled: dict[int, int] = {}
         for seq, toks in tokens.items():
-            assert pool.read(seq, len(toks)) == toks
             table = m.block_table(seq)
             assert len(table) == -(-len(toks) // m.block_tokens)
+            assert table[-1] != EVICTED
+            held = [i for i in range(len(toks)) if table[i // m.block_tokens] != EVICTED]
+            assert [pool.read(seq, len(toks))[i] for i in held] == [toks[i] for i in held]
             for j, b in enumerate(table):
+                if b == EVICTED:
+                    continue
                 uses[b] = uses.get(b, 0) + 1
                 filled[b] = max(filled.get(b, 0), min(m.block_tokens,
                                                       len(toks) - j * m.block_tokens))
@@ -198,13 +215,44 @@ def test_evicted_blocks_leave_the_pool_and_come_back_to_be_filled():
     for j, b in back:                                 # the runtime reloads or recomputes
         pool.rows[b] = tokens[j * 4:(j + 1) * 4]
     assert pool.read("a", 15) == tokens and m.live_rows() == 15
-    with pytest.raises(ValueError, match="would leave none for its next token"):
+    with pytest.raises(ValueError, match="cannot evict 4 .at most all but the last"):
         m.evict("a", 4)
     m.evict("a", 3)
     m.fork("a", "c")
     m.free("a")
     m.free("c")
     assert m.free_blocks == 6
+
+
+def test_blocks_still_in_the_pool_come_back_without_a_fill():
+    """A block another sequence shares, or one freed and not yet reused, still holds its
+    rows: ``restore`` takes it back and asks to fill only the others."""
+    m = BlockManager(n_blocks=10, block_tokens=2)
+    m.add("a", [1, 2, 3, 4, 5, 6, 7])
+    m.add("b", [1, 2, 3, 4, 9])                       # shares a's first two blocks
+    table = m.block_table("a")
+    assert m.evict("a", 3) == [0, 1, 2] and m.free_blocks == 10 - 5 + 1    # a's third
+    assert m.restore("a") == [] and m.block_table("a") == table
+    m.evict("a", 3)
+    m.free("b")
+    m.add("c", [8] * 12)                  # six blocks: the free queue reaches a's third
+    back = m.restore("a")
+    assert len(back) == 1 and m.block_table("a")[:3].count(back[0][1]) == 1
+    m.free("c")
+    assert m.add("d", [1, 2, 3, 4, 5, 6, 0]).cached_tokens == 6    # keys kept and renewed
+
+
+def test_a_bad_token_changes_nothing():
+    m = BlockManager(n_blocks=4, block_tokens=2)
+    m.add("a", [1, 2])
+    m.fork("a", "b")
+    with pytest.raises(ValueError):
+        m.append("a", "x")
+    with pytest.raises(ValueError):
+        m.append("b", "x")
+    assert m.block_table("a") == m.block_table("b") and m.free_blocks == 3
+    with pytest.raises(ValueError, match="cannot evict"):
+        m.evict("a", 1.0)
 
 
 def test_contiguous_reservation_reserves_first_fit():
@@ -261,3 +309,26 @@ def test_a_tight_pool_preempts_and_still_finishes_every_request():
     with pytest.raises(PoolExhausted, match="empty KV pool"):
         ContinuousBatcher(BlockManager(n_blocks=2, block_tokens=4),
                           [Request(tuple(range(9)), 1, 1)]).run()
+    with pytest.raises(PoolExhausted, match="request 0 needs more than the whole KV pool "
+                                            r"\(9 tokens\)"):
+        ContinuousBatcher(BlockManager(n_blocks=2, block_tokens=4),
+                          [Request((1, 2, 3), 20, 20)]).run()
+    with pytest.raises(ReservationExceeded, match="used its 4 reserved"):
+        ContinuousBatcher(ContiguousReservation(n_blocks=4, block_tokens=4, reserve_tokens=4),
+                          [Request((1, 2), 5, 5), Request((3,), 1, 1)]).run()
+
+
+def test_idle_steps_are_counted_not_simulated_and_carry_no_waste():
+    requests = [Request((1, 2, 3), 4, 4), Request((4, 5), 2, 2, arrival_step=10**12)]
+    stats = ContinuousBatcher(BlockManager(n_blocks=4, block_tokens=2), requests).run()
+    # request 0: 4 rows of 4, 5 of 6, 6 of 6, then done; request 1: 3 rows of 4, then done
+    assert stats.steps == 10**12 + 2 and stats.busy_steps == 4
+    assert stats.mean_waste == pytest.approx((0 + 1 / 6 + 0 + 1 / 4) / 4)
+    with pytest.raises(RuntimeError, match="not served in 100 steps .0 waiting, 1 running"):
+        ContinuousBatcher(BlockManager(n_blocks=400, block_tokens=2),
+                          [Request((1,), 300, 300)]).run(100)
+    for bad, message in ((dict(output_tokens=0), "output_tokens must be in"),
+                         (dict(prompt=()), "prompt of at least one"),
+                         (dict(arrival_step=-1), "arrival_step")):
+        with pytest.raises(ValueError, match=message):
+            Request(**{"prompt": (1,), "output_tokens": 1, "max_new_tokens": 1, **bad})
