@@ -59,6 +59,7 @@ class ErrorCode(enum.IntEnum, shape=3):
     DRAM_OUT_OF_RANGE = 3
     BAD_OPERAND = 4
     SELF_DEPENDENCY = 5
+    BAD_BLOCK = 6           # a block-table entry outside the KV pool (or EVICTED, -1)
 
 
 class MatmulMode(enum.IntEnum, shape=1):
@@ -205,6 +206,8 @@ OPCODES: tuple[OpSpec, ...] = (
         _n("col_offset", 20, "first byte of each row to fetch (one head: head * head_dim)"),
         _n("col_bytes", 20, "bytes of each row to fetch"),
         _l2("l2_addr", "destination in L2, col_bytes per token, packed"),
+        _n("pool_blocks", 32, "blocks in the pool: an entry outside [0, pool_blocks) as an "
+                              "unsigned int32 stops with BAD_BLOCK"),
     ), "Walk the block table and gather bytes [col_offset, col_offset+col_bytes) of the KV "
        "rows of tokens [first, first+n) into L2: token t lives at pool + table[t // B] * B * "
        "row_bytes + (t % B) * row_bytes, B = kv_block_tokens (kv_row_addr)."),
@@ -224,6 +227,8 @@ OPCODES: tuple[OpSpec, ...] = (
         _n("first_token", 20, "position of the first row"),
         _n("n_tokens", 20, "rows to write"),
         _n("row_bytes", 20, "bytes per token row"),
+        _n("pool_blocks", 32, "blocks in the pool: an entry outside [0, pool_blocks) as an "
+                              "unsigned int32 stops with BAD_BLOCK"),
     ), "Scatter new KV rows into their blocks through the block table (inverse of "
        "KV_PREFETCH)."),
     OpSpec("STORE_COUNTERS", 0x22, Engine.STORE, (

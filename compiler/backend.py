@@ -338,10 +338,11 @@ class Generator:
                     ) -> Slot:
         hd = self.cfg.head_dim
         slot = self.ring.alloc(count * hd)
-        index = self.emit("KV_PREFETCH", pool_addr=self.ctx.mmap[f"kv:{layer}:{kind}"].offset,
+        pool = self.ctx.mmap[f"kv:{layer}:{kind}"]
+        index = self.emit("KV_PREFETCH", pool_addr=pool.offset,
                           table_addr=self.ctx.mmap["block_table"].offset, first_token=first,
                           n_tokens=count, row_bytes=self.cfg.kv_dim, col_offset=col_offset,
-                          col_bytes=hd, l2_addr=slot.addr)
+                          col_bytes=hd, l2_addr=slot.addr, pool_blocks=self._pool_blocks(pool))
         self._bound_inflight(slot, index)
         return slot
 
@@ -547,11 +548,16 @@ class Generator:
                   row_bytes=op.out.row_bytes, l2_addr=self.addr(op.out),
                   l2_stride=op.out.row_bytes)
 
+    def _pool_blocks(self, pool) -> int:
+        """The blocks a layer's K or V pool region holds (``driver.dram_map``)."""
+        return pool.size // (self.ctx.hw.kv_block_tokens * self.cfg.kv_dim)
+
     def _op_kvappend(self, op: KvAppend) -> None:
-        self.emit("KV_APPEND", l2_addr=self.addr(op.src),
-                  pool_addr=self.ctx.mmap[f"kv:{op.layer}:{op.kind}"].offset,
+        pool = self.ctx.mmap[f"kv:{op.layer}:{op.kind}"]
+        self.emit("KV_APPEND", l2_addr=self.addr(op.src), pool_addr=pool.offset,
                   table_addr=self.ctx.mmap["block_table"].offset, first_token=op.start,
-                  n_tokens=op.src.shape[0], row_bytes=self.cfg.kv_dim)
+                  n_tokens=op.src.shape[0], row_bytes=self.cfg.kv_dim,
+                  pool_blocks=self._pool_blocks(pool))
 
     def _op_output(self, op: Output) -> None:
         if op.kind == "logits":

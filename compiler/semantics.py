@@ -89,15 +89,29 @@ def _dram(addr, rows, row_bytes, stride, write=False) -> Access:
     return Access("dram", addr, rows, row_bytes, stride, write)
 
 
+@dataclass(frozen=True)
+class BadBlock:
+    """Where a block-table walk met an entry outside its pool: ``check`` stops there with
+    ``BAD_BLOCK``, after the runs before it (the RTL walks the rows in order)."""
+    token: int
+    entry: int
+    pool_blocks: int
+
+
 def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offset: int,
-             col_bytes: int, write: bool) -> list[Access]:
-    """Pool blocks of a block-table walk: one access per run of tokens in one block."""
+             col_bytes: int, write: bool) -> list:
+    """Pool blocks of a block-table walk: one access per run of tokens in one block; the
+    walk ends at an entry outside ``[0, pool_blocks)`` (as an unsigned int32), with a
+    ``BadBlock``."""
     if read_i32 is None:
         return []
     bt = hw.kv_block_tokens
     runs, t, end = [], instr.first_token, instr.first_token + instr.n_tokens
     while t < end:
         block = read_i32(kv_table_entry_addr(instr.table_addr, t, bt))
+        if block & 0xFFFF_FFFF >= instr.pool_blocks:
+            runs.append(BadBlock(t, block, instr.pool_blocks))
+            break
         run = min(end, (t // bt + 1) * bt) - t
         base = kv_row_addr(instr.pool_addr, block, t, bt, instr.row_bytes)
         runs.append(_dram(base + col_offset, run, col_bytes, instr.row_bytes, write))
@@ -164,6 +178,10 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
                                    message.format(mnemonic=instr.mnemonic, **instr.fields()))
     for a in flat(acc):
+        if isinstance(a, BadBlock):
+            raise AcceleratorError(ErrorCode.BAD_BLOCK, index,
+                                   f"{instr.mnemonic}: token {a.token}'s block-table entry "
+                                   f"{a.entry} is outside the pool of {a.pool_blocks} blocks")
         if a.write and a.rows > 1 and a.stride < a.row_bytes:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
                                    f"{instr.mnemonic} writes overlapping rows "

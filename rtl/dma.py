@@ -24,7 +24,8 @@ row command is queued (up to ``DEFERRED`` instructions awaiting their end), so
 consecutive loads overlap and each does not pay the DRAM latency alone. Ends come in
 program order; an instruction with no rows, and ``STORE_COUNTERS``, first wait for the
 ones before them. A row that would leave the L2 or the simulated DRAM, a write with
-overlapping rows, or a misaligned table or counter address stops the accelerator with
+overlapping rows, a misaligned table or counter address, or a block-table entry outside
+the KV pool (``pool_blocks``; an evicted entry, -1, included) stops the accelerator with
 the ``ErrorCode`` the ISA defines. ``busy``/``stall`` say whether the engine is
 executing (or has instructions awaiting their end) or waiting for tokens with none in
 flight; ``prefetch_bytes`` counts KV bytes fetched.
@@ -187,7 +188,8 @@ class RowSequencer(wiring.Component):
                              r["pool"].eq(f(c, "pool_addr") + f(c, "col_offset")),
                              r["dst_run"].eq(f(c, "l2_addr")), r["dst_step"].eq(f(c, "col_bytes")),
                              r["int_base"].eq(f(c, "table_addr")),
-                             r["first"].eq(f(c, "first_token"))]
+                             r["first"].eq(f(c, "first_token")),
+                             r["pool_blocks"].eq(f(c, "pool_blocks"))]
                 m.next = "ROW"
         else:
             b, c = "KV_APPEND", "STORE_COUNTERS"
@@ -196,7 +198,8 @@ class RowSequencer(wiring.Component):
                              r["pool"].eq(f(b, "pool_addr")), r["src_run"].eq(f(b, "l2_addr")),
                              r["src_step"].eq(f(b, "row_bytes")),
                              r["int_base"].eq(f(b, "table_addr")),
-                             r["first"].eq(f(b, "first_token"))]
+                             r["first"].eq(f(b, "first_token")),
+                             r["pool_blocks"].eq(f(b, "pool_blocks"))]
                 m.next = "ROW"
             with m.Elif(self._is(c)):
                 with m.If(f(c, "dram_addr")[:3] != 0):
@@ -210,7 +213,7 @@ class RowSequencer(wiring.Component):
         with m.Else():
             self._fault(m, isa.ErrorCode.INVALID_OPCODE)
 
-    def _row_state(self, m, r, row_src, row_dst, row_n, needs_int):
+    def _row_state(self, m, r, row_src, row_dst, row_n, needs_int, kv):
         """One row command per cycle, after the int32 it needs (``INT_*``) is read."""
         p, load, row = self.params, self.load, r["row"]
         src_size, dst_size = ((p.dram_bytes, p.hw.l2_bytes) if load
@@ -235,6 +238,8 @@ class RowSequencer(wiring.Component):
                 m.d.sync += r["int_addr"].eq(
                     isa.kv_table_entry_addr(r["int_base"], r["token"], p.hw.kv_block_tokens))
             m.next = "INT_CHECK"
+        with m.Elif(kv & (r["value"] >= r["pool_blocks"])):    # unsigned: -1 too
+            self._fault(m, isa.ErrorCode.BAD_BLOCK)
         with m.Elif(row_n == 0):
             m.d.comb += advance.eq(1)
         with m.Elif(row_src + row_n > src_size):
@@ -303,6 +308,7 @@ class RowSequencer(wiring.Component):
         m = Module()
         r = {name: Signal(width, name=name) for name, width in (
             ("n_rows", WORD), ("row", WORD), ("value", WORD), ("first", WORD), ("pool", WORD),
+            ("pool_blocks", WORD),
             ("token", WORD), ("row_bytes", copy_layout().members["n"]),
             ("src_base", ADDR), ("src_step", ADDR), ("dst_step", ADDR), ("int_base", ADDR),
             ("src_run", ADDR), ("dst_run", ADDR), ("int_addr", ADDR), ("kv_src", ADDR),
@@ -332,7 +338,7 @@ class RowSequencer(wiring.Component):
                     m.d.sync += [r["row"].eq(0), r["counter_i"].eq(0), r["have_int"].eq(0)]
                     self._setup(m, r)
             with m.State("ROW"):
-                self._row_state(m, r, row_src, row_dst, row_n, needs_int)
+                self._row_state(m, r, row_src, row_dst, row_n, needs_int, kv)
             self._int_states(m, r)
             with m.State("DRAIN"):
                 with m.If(self.copier_idle & ~self.inflight):

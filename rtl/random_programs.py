@@ -147,6 +147,7 @@ def random_dma_program(rng, hw, n_instr=24, compute=False, n_programs=1, extra_t
 def _random_program(rng, hw, image, n_instr, compute, extra_tokens):
     mmap = image.mmap
     src, dst, pool = mmap["src"].offset, mmap["dst"].offset, mmap["pool"]
+    pool_blocks = 16                      # the block table's entries are a permutation of 16
     instrs = []
     l2 = hw.l2_bytes
     for _ in range(n_instr):
@@ -177,12 +178,14 @@ def _random_program(rng, hw, image, n_instr, compute, extra_tokens):
             instrs.append(make("KV_PREFETCH", pool_addr=pool.offset,
                                table_addr=mmap["block_table"].offset, first_token=first,
                                n_tokens=n, row_bytes=64, col_offset=col, col_bytes=16,
-                               l2_addr=int(rng.integers(0, l2 - n * 16))))
+                               l2_addr=int(rng.integers(0, l2 - n * 16)),
+                               pool_blocks=pool_blocks))
         else:
             first, n = int(rng.integers(0, 100)), int(rng.integers(1, 30))
             instrs.append(make("KV_APPEND", l2_addr=int(rng.integers(0, l2 - n * 64)),
                                pool_addr=pool.offset, table_addr=mmap["block_table"].offset,
-                               first_token=first, n_tokens=n, row_bytes=64))
+                               first_token=first, n_tokens=n, row_bytes=64,
+                               pool_blocks=pool_blocks))
     instrs.append(make("HALT"))
     if extra_tokens:
         return random_tokens(Code(instrs), hw, image, rng, extra_tokens)

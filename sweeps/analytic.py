@@ -213,11 +213,12 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
 
 
 class _NoDram:
-    """The memory map of a build without one: every region and parameter at 0 (the fast
-    path times operations, whose DRAM addresses do not change their occupancy)."""
+    """The memory map of a build without one: every region and parameter at 0, of size 0
+    (the fast path times operations, whose DRAM addresses and pool sizes do not change
+    their occupancy)."""
 
     def __getitem__(self, name):
-        return SimpleNamespace(offset=0)
+        return SimpleNamespace(offset=0, size=0)
 
 
 def _shares_a_page(c0: int, n: int, start: int, col_offset: int, col_bytes: int,

@@ -154,6 +154,29 @@ def test_out_of_range_address_stops_with_its_error_code(small_config, int_model)
         _run_program(build, [bad, make("HALT")])
 
 
+@pytest.mark.parametrize("entry", ["evicted", "beyond the pool"])
+def test_a_block_table_entry_outside_the_pool_stops_with_bad_block(small_config, int_model,
+                                                                   entry):
+    """The runtime marks an evicted block -1 (``accel.kv_blocks.EVICTED``); the pool has
+    ``pool_blocks`` blocks. A walk that meets either stops at that KV instruction (the
+    RTL's cases are in tests/rtl/test_accelerator.py)."""
+    from accel.kv_blocks import EVICTED
+
+    build = _tiny_build(small_config, int_model)
+    region = build.mmap["block_table"]
+    n_blocks = region.size // 4
+    dram = build.image.data.copy()
+    dram[region.offset:region.offset + 4] = np.array(
+        [EVICTED if entry == "evicted" else n_blocks], "<i4").view(np.uint8)
+    program = build.programs[0].instrs
+    with pytest.raises(AcceleratorError, match="BAD_BLOCK") as info:
+        IsaSimulator(build.hw, dram).run(program)
+    assert info.value.code == ErrorCode.BAD_BLOCK
+    assert program[info.value.index].mnemonic in ("KV_APPEND", "KV_PREFETCH")
+    assert program[info.value.index].pool_blocks == n_blocks
+    IsaSimulator(build.hw, build.image.data).run(program)      # the table as compiled runs
+
+
 def test_l2_too_small_and_prompt_too_long_are_refused(small_config, int_model):
     cfg = small_config()
     im = int_model(cfg)

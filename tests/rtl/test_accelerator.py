@@ -166,6 +166,9 @@ def test_invalid_instruction_stops_in_the_error_state(model):
     del hw
 
 
+TABLE = 128          # a block table after the three-instruction program
+
+
 @pytest.mark.parametrize(("bad", "code"), [
     (dict(mnemonic="DMA_LOAD", dram_addr=0, l2_addr=64 * 1024 - 8, rows=1, row_bytes=64,
           dram_stride=64, l2_stride=64), ErrorCode.L2_OUT_OF_RANGE),
@@ -193,7 +196,17 @@ def test_invalid_instruction_stops_in_the_error_state(model):
     (dict(mnemonic="DMA_GATHER", idx_addr=2, table_addr=0, count=1, row_bytes=16, l2_addr=0,
           l2_stride=16), ErrorCode.BAD_OPERAND),
     (dict(mnemonic="KV_PREFETCH", pool_addr=0, table_addr=6, first_token=0, n_tokens=1,
-          row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0), ErrorCode.BAD_OPERAND),
+          row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4),
+     ErrorCode.BAD_OPERAND),
+    # block-table entries outside the pool: 2 of a 2-block pool, and an evicted one (-1),
+    # met at the walk's second block (TABLE below holds [1, 2] and [0, -1])
+    (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
+          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2),
+     ErrorCode.BAD_BLOCK),
+    (dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=TABLE + 8,
+          first_token=3, n_tokens=16, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
+    (dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=TABLE + 8,
+          first_token=0, n_tokens=16, row_bytes=16, pool_blocks=0), ErrorCode.BAD_BLOCK),
 ])
 def test_engine_faults_match_the_isa_simulator(model, bad, code):
     """The RTL stops with the same error code and instruction index as the ISA simulator."""
@@ -208,8 +221,10 @@ def test_engine_faults_match_the_isa_simulator(model, bad, code):
     program = [good, instr, make("HALT")]
     mmap = MemoryMap()
     mmap.add("program", len(program) * INSTR_BYTES)
+    assert mmap.add("table", 16).offset == TABLE
     image = DramImage(mmap)
     image.write("program", np.frombuffer(encode_program(program), np.uint8))
+    image.write("table", np.array([1, 2, 0, -1], "<i4"))
     dram = np.concatenate([image.data, np.zeros(DRAM_BYTES - image.data.size, np.uint8)])
     with pytest.raises(AcceleratorError) as info:
         IsaSimulator(hw, dram, check_races=False).run(program)
