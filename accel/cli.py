@@ -71,15 +71,47 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8",
     return loaded, build_int_model(loaded, weights=weights), ids
 
 
-def _cmd_eval(args) -> int:
-    from models.evaluate import build_int_model, evaluate
+def _kv_compression(args):
+    """The ``--kv-*`` options as a ``KVCompression`` (None without ``--kv-tolerance``);
+    ``ValueError`` naming the option."""
+    from models.integer import KVCompression
 
+    if args.kv_tolerance is None:
+        for flag, value in (("--kv-chunk-tokens", args.kv_chunk_tokens),
+                            ("--kv-bits", args.kv_bits)):
+            if value is not None:
+                raise ValueError(f"{flag} needs --kv-tolerance (the compressed KV cache)")
+        return None
+    try:
+        bits = tuple(int(b) for b in (args.kv_bits or "2,4,8").split(","))
+    except ValueError:
+        raise ValueError(f"--kv-bits {args.kv_bits!r}: widths separated by commas, "
+                         f"e.g. 2,4,8") from None
+    flags = {"chunk_tokens": "--kv-chunk-tokens", "bits": "--kv-bits",
+             "tolerance": "--kv-tolerance"}
+    try:
+        chunk = 16 if args.kv_chunk_tokens is None else args.kv_chunk_tokens
+        return KVCompression(chunk_tokens=chunk, bits=bits,
+                             tolerance=args.kv_tolerance)
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        raise ValueError(f"{flags.get(field, field)}: {e}") from None
+
+
+def _cmd_eval(args) -> int:
+    from models.evaluate import build_int_model, evaluate, evaluate_kv
+
+    kv = _kv_compression(args)
     loaded, im = _load_eval_inputs(args.model, weights=args.weights, need_tokenizer=True)
     baseline = build_int_model(loaded) if args.weights != "int8" else None
     result = evaluate(loaded, im, max_windows=args.max_windows, progress=not args.json,
                       baseline=baseline)
+    kv_result = evaluate_kv(loaded, im, kv, max_windows=args.max_windows) if kv else None
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        out = result.to_dict()
+        if kv_result is not None:
+            out["kv_compression"] = kv_result.to_dict()
+        print(json.dumps(out, indent=2))
         return 0
     w = args.weights
     print(f"model {loaded.cfg.name} ({loaded.source}), held-out tokens: {result.tokens}")
@@ -93,6 +125,16 @@ def _cmd_eval(args) -> int:
     if baseline is not None:
         print(f"  next-token top-1 agreement ({w} vs int8):  "
               f"{100 * result.top1_agreement_vs_baseline:.2f}%")
+    if kv_result is not None:
+        r = kv_result
+        share = ", ".join(f"int{b} {100 * f:.1f}%" for b, f in r.bits_share.items())
+        print(f"  compressed KV cache ({kv.chunk_tokens}-token chunks, tolerance "
+              f"{kv.tolerance:g}): {share}; {r.mean_bits:.2f} bits a value, "
+              f"{100 * r.kv_bytes_ratio:.1f}% of int8's bytes")
+        print(f"  {'integer' if w == 'int8' else w:<7} perplexity, compressed KV  "
+              f"{r.kv_ppl:8.4f}   ({100 * (r.kv_ppl / r.int_ppl - 1):+.2f}% over its int8 KV)")
+        print(f"  next-token top-1 agreement (compressed vs int8 KV): "
+              f"{100 * r.top1_agreement:.2f}%")
     return 0
 
 
@@ -393,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=None,
                    help="evaluate only the first N windows of the held-out text")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--kv-tolerance", type=float, default=None, metavar="T",
+                   help="also evaluate the KV cache compressed chunk by chunk at tolerance T "
+                        "(int8 steps squared; 32 is the default budget, docs/numerics.md)")
+    p.add_argument("--kv-chunk-tokens", type=int, default=None, metavar="N",
+                   help="tokens a compressed chunk (default 16)")
+    p.add_argument("--kv-bits", default=None, metavar="B,B",
+                   help="the widths a chunk may take (default 2,4,8)")
     _add_weights(p)
     p.set_defaults(func=_cmd_eval)
 

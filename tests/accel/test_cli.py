@@ -25,7 +25,23 @@ def test_eval_json_reports_both_perplexities(capsys):
     assert 0.9 <= result["top1_agreement"] <= 1.0
 
 
+def test_eval_json_reports_the_compressed_kv_cache(capsys):
+    code, out, _ = run(capsys, "eval", "--model", "tiny", "--max-windows", "2", "--json",
+                       "--kv-tolerance", "32", "--kv-bits", "2,8")
+    assert code == 0
+    kv = json.loads(out)["kv_compression"]
+    assert kv["tokens"] == 512 and kv["bits"] == [2, 8] and kv["tolerance"] == 32
+    assert set(kv["bits_share"]) == {"2", "8"} and 0 < kv["kv_bytes_ratio"] < 1.0625
+    assert kv["kv_ppl"] > 1 and 0.5 <= kv["top1_agreement"] <= 1.0
+
+
 @pytest.mark.parametrize(("argv", "message"), [
+    (["eval", "--kv-tolerance", "-1"], "--kv-tolerance: tolerance must be a number in"),
+    (["eval", "--kv-tolerance", "8", "--kv-bits", "3"], "--kv-bits: bits must be a non-empty"),
+    (["eval", "--kv-tolerance", "8", "--kv-bits", "4,,8"], "--kv-bits '4,,8': widths"),
+    (["eval", "--kv-tolerance", "8", "--kv-chunk-tokens", "0"],
+     "--kv-chunk-tokens: chunk_tokens must be an integer"),
+    (["eval", "--kv-bits", "2,4"], "--kv-bits needs --kv-tolerance"),
     (["eval", "--model", "gpt-17"], "unknown model preset 'gpt-17'"),
     (["eval", "--model", "/nonexistent/folder"], "/nonexistent/folder: no such checkpoint"),
     (["eval", "--model", "README.md"], "README.md: not a checkpoint folder"),
