@@ -46,7 +46,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arch.hardware import HardwareConfig, HardwareError, load_hardware
+from arch.hardware import SYSTEM_FIELDS, HardwareConfig, HardwareError, load_hardware
 from models.config import preset
 from models.integer import WEIGHT_FORMATS, check_weight_format
 from sweeps.analytic import Link
@@ -60,7 +60,8 @@ DEFAULTS = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm", "
             "link_gbytes_per_s": Link.gbytes_per_s, "link_latency_us": Link.latency_us}
 DEFAULT_WORKLOADS = {"liso": {"prompt": 1024, "output": 128},
                      "silo": {"prompt": 128, "output": 1024}}
-HW_FIELDS = {f.name for f in dataclasses.fields(HardwareConfig)} - {"name"}
+# the system's fields (the flash tier) change no metric a sweep reports: refused by name
+HW_FIELDS = {f.name for f in dataclasses.fields(HardwareConfig)} - {"name", *SYSTEM_FIELDS}
 SECTIONS = {"sweep", "fixed", "workloads", "axes"}
 
 
@@ -182,6 +183,11 @@ def load_spec(path: str | Path) -> Spec:
         workloads[name] = w
 
     fixed = dict(DEFAULTS)
+    for key in [*data.get("fixed", {}), *data.get("axes", {})]:
+        if key in SYSTEM_FIELDS:
+            fail_at(key, "axes" if key in data.get("axes", {}) else "fixed",
+                    f"{key} is read only by the context-switch model "
+                    f"(sweeps.analytic.context_switch), not by any metric a sweep reports")
     for key, value in data.get("fixed", {}).items():
         if key not in SETTINGS and key not in HW_FIELDS:
             fail_at(key, "fixed", f"unknown setting {key!r} (settings: "
