@@ -83,7 +83,8 @@ def _kv_compression(args):
                 raise ValueError(f"{flag} needs --kv-tolerance (the compressed KV cache)")
         return None
     try:
-        bits = tuple(int(b) for b in (args.kv_bits or "2,4,8").split(","))
+        bits = tuple(int(b) for b in ("2,4,8" if args.kv_bits is None
+                                      else args.kv_bits).split(","))
     except ValueError:
         raise ValueError(f"--kv-bits {args.kv_bits!r}: widths separated by commas, "
                          f"e.g. 2,4,8") from None
@@ -103,6 +104,10 @@ def _cmd_eval(args) -> int:
 
     kv = _kv_compression(args)
     loaded, im = _load_eval_inputs(args.model, weights=args.weights, need_tokenizer=True)
+    if kv is not None and kv.chunk_tokens >= loaded.cfg.max_seq_len:
+        raise ValueError(f"--kv-chunk-tokens {kv.chunk_tokens} is not shorter than "
+                         f"{loaded.cfg.name}'s context of {loaded.cfg.max_seq_len} tokens: "
+                         f"no query would read a compressed chunk")
     baseline = build_int_model(loaded) if args.weights != "int8" else None
     result = evaluate(loaded, im, max_windows=args.max_windows, progress=not args.json,
                       baseline=baseline)
@@ -134,7 +139,7 @@ def _cmd_eval(args) -> int:
         print(f"  {'integer' if w == 'int8' else w:<7} perplexity, compressed KV  "
               f"{r.kv_ppl:8.4f}   ({100 * (r.kv_ppl / r.int_ppl - 1):+.2f}% over its int8 KV)")
         print(f"  next-token top-1 agreement (compressed vs int8 KV): "
-              f"{100 * r.top1_agreement:.2f}%")
+              f"{100 * r.top1_agreement_vs_int8_kv:.2f}%")
     return 0
 
 

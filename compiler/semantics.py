@@ -45,6 +45,7 @@ class AcceleratorError(RuntimeError):
     def __init__(self, code: ErrorCode, index: int | None, message: str):
         self.code = code
         self.index = index
+        self.message = message
         where = f"instruction {index}: " if index is not None else ""
         super().__init__(f"{code.name} (error code {int(code)}): {where}{message}")
 
@@ -90,33 +91,80 @@ def _dram(addr, rows, row_bytes, stride, write=False) -> Access:
 
 
 @dataclass(frozen=True)
-class BadBlock:
-    """Where a block-table walk met an entry outside its pool: ``check`` stops there with
-    ``BAD_BLOCK``, after the runs before it (the RTL walks the rows in order)."""
+class WalkFault:
+    """Where a block-table walk stopped: at ``token``, its table entry beyond DRAM
+    (``DRAM_OUT_OF_RANGE``) or outside the pool (``BAD_BLOCK``). Not an access: ``flat``
+    leaves it out, ``check`` orders it among the rows' range faults as the RTL meets them."""
     token: int
-    entry: int
-    pool_blocks: int
+    code: ErrorCode
+    message: str
 
 
 def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offset: int,
              col_bytes: int, write: bool) -> list:
     """Pool blocks of a block-table walk: one access per run of tokens in one block; the
-    walk ends at an entry outside ``[0, pool_blocks)`` (as an unsigned int32), with a
-    ``BadBlock``."""
+    walk ends at an entry it cannot read or one outside ``[0, pool_blocks)`` (as an
+    unsigned int32), with a ``WalkFault``."""
     if read_i32 is None:
         return []
     bt = hw.kv_block_tokens
     runs, t, end = [], instr.first_token, instr.first_token + instr.n_tokens
     while t < end:
-        block = read_i32(kv_table_entry_addr(instr.table_addr, t, bt))
+        try:
+            block = read_i32(kv_table_entry_addr(instr.table_addr, t, bt))
+        except AcceleratorError as e:
+            runs.append(WalkFault(t, e.code, f"{instr.mnemonic}: token {t}'s block-table "
+                                             f"entry: {e.message}"))
+            break
         if block & 0xFFFF_FFFF >= instr.pool_blocks:
-            runs.append(BadBlock(t, block, instr.pool_blocks))
+            runs.append(WalkFault(t, ErrorCode.BAD_BLOCK,
+                                  f"{instr.mnemonic}: token {t}'s block-table entry {block} is "
+                                  f"outside the pool of {instr.pool_blocks} blocks"))
             break
         run = min(end, (t // bt + 1) * bt) - t
         base = kv_row_addr(instr.pool_addr, block, t, bt, instr.row_bytes)
         runs.append(_dram(base + col_offset, run, col_bytes, instr.row_bytes, write))
         t += run
     return runs
+
+
+def _first_row_beyond(a: Access, limit: int) -> int | None:
+    """The first row of ``a`` that ends past ``limit``, or None."""
+    if a.rows == 0 or a.row_bytes == 0:
+        return None
+    if a.addr + a.row_bytes > limit:
+        return 0
+    if a.stride == 0:
+        return None
+    k = (limit - a.row_bytes - a.addr) // a.stride + 1
+    return k if k < a.rows else None
+
+
+def _walk_fault(instr: Instruction, acc: Accesses, hw: HardwareConfig, dram_bytes: int):
+    """The first fault of a ``KV_PREFETCH``/``KV_APPEND`` walk in the RTL's order
+    (``rtl/dma.py``): row by row, at a row that starts a block its table entry (read, then
+    within the pool), then the row's source, then its destination, each against its
+    memory's size. ``(code, message)`` or None."""
+    found = []                                   # (row, order within the row, code, message)
+    first = instr.first_token
+    load = instr.mnemonic == "KV_PREFETCH"
+    walk = acc["src"] if load else acc["dst"]
+    other = acc["dst"] if load else acc["src"]   # the L2 side: one access, row by row
+    for a in walk:
+        if isinstance(a, WalkFault):
+            found.append((a.token - first, 0, a.code, a.message))
+    row = 0
+    for a in (a for a in walk if isinstance(a, Access)):
+        k = _first_row_beyond(a, dram_bytes)
+        if k is not None:
+            found.append((row + k, 1 if load else 2, ErrorCode.DRAM_OUT_OF_RANGE,
+                          f"{instr.mnemonic} touches DRAM bytes past its size 0x{dram_bytes:x}"))
+        row += a.rows
+    k = _first_row_beyond(other, hw.l2_bytes)
+    if k is not None:
+        found.append((k, 2 if load else 1, ErrorCode.L2_OUT_OF_RANGE,
+                      f"{instr.mnemonic} touches L2 bytes past its size 0x{hw.l2_bytes:x}"))
+    return min(found, key=lambda f: f[:2])[2:] if found else None
 
 
 def _table(instr: Instruction, hw: HardwareConfig) -> Access:
@@ -161,12 +209,14 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
 
 
 def flat(acc: Accesses | list[Access]) -> list[Access]:
-    """Every access of an instruction in one list (a list is returned as it is)."""
+    """Every access of an instruction in one list (a list is returned as it is); a walk's
+    ``WalkFault`` is not an access and is left out."""
     if isinstance(acc, list):
         return acc
     out = []
     for value in acc.values():
-        out.extend(value if isinstance(value, list) else [value])
+        out.extend(a for a in (value if isinstance(value, list) else [value])
+                   if not isinstance(a, WalkFault))
     return out
 
 
@@ -177,11 +227,14 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
         if bad:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
                                    message.format(mnemonic=instr.mnemonic, **instr.fields()))
+    walk = (acc.get("src" if instr.mnemonic == "KV_PREFETCH" else "dst")
+            if isinstance(acc, dict) and instr.mnemonic in ("KV_PREFETCH", "KV_APPEND")
+            else None)
+    if walk:
+        fault = _walk_fault(instr, acc, hw, dram_bytes)
+        if fault is not None:
+            raise AcceleratorError(fault[0], index, fault[1])
     for a in flat(acc):
-        if isinstance(a, BadBlock):
-            raise AcceleratorError(ErrorCode.BAD_BLOCK, index,
-                                   f"{instr.mnemonic}: token {a.token}'s block-table entry "
-                                   f"{a.entry} is outside the pool of {a.pool_blocks} blocks")
         if a.write and a.rows > 1 and a.stride < a.row_bytes:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
                                    f"{instr.mnemonic} writes overlapping rows "

@@ -207,17 +207,26 @@ class KVEvalResult:
     tokens: int
     int_ppl: float                 # the integer model, its KV cache int8
     kv_ppl: float                  # the same model, its KV cache compressed
-    top1_agreement: float          # next-token argmax, compressed against int8 cache
+    top1_agreement_vs_int8_kv: float   # next-token argmax, compressed against int8 cache
     bits_share: dict[int, float]   # fraction of the full chunks' groups at each width
     mean_bits: float               # bits a value of the full chunks, codes only
     kv_bytes_ratio: float          # a window's KV bytes (codes, a byte a group; the rows of
     #                                its last, partial chunk int8) / int8 bytes
+    group_bytes: float             # mean DRAM bytes of a compressed group (C values)
+
+    def decode_step_bytes(self, cfg: ModelConfig, position: int) -> int:
+        """KV bytes a decode step at ``position`` reads: the chunks full before it as
+        compressed (at the mean group size), the rows of its own chunk as written."""
+        C = self.kv.chunk_tokens
+        packed = position // C * C
+        row = 2 * cfg.n_layers * cfg.kv_dim                   # int8 K and V a token
+        return round(row * (packed * self.group_bytes / C + position + 1 - packed))
 
     def to_dict(self) -> dict:
         return {"chunk_tokens": self.kv.chunk_tokens, "bits": list(self.kv.bits),
                 "tolerance": self.kv.tolerance, "tokens": self.tokens,
                 "int_ppl": self.int_ppl, "kv_ppl": self.kv_ppl,
-                "top1_agreement": self.top1_agreement,
+                "top1_agreement_vs_int8_kv": self.top1_agreement_vs_int8_kv,
                 "bits_share": {str(b): v for b, v in self.bits_share.items()},
                 "mean_bits": self.mean_bits, "kv_bytes_ratio": self.kv_bytes_ratio}
 
@@ -229,9 +238,14 @@ def evaluate_kv(loaded: LoadedModel, im: IntModel, kv: KVCompression, text: str 
     model with its int8 cache. Bits are counted over the full chunks of every window's
     cache, each group (a channel of a chunk of K or V) once; the byte ratio covers the
     whole window, a last partial chunk as written. ``ValueError`` as
-    ``held_out_windows``."""
-    inputs, targets = held_out_windows(loaded, text, max_windows)
+    ``held_out_windows``, and for chunks as long as the model's context (none would be read
+    compressed)."""
     cfg = im.cfg
+    if kv.chunk_tokens >= cfg.max_seq_len:
+        raise ValueError(f"chunk_tokens {kv.chunk_tokens} is not shorter than "
+                         f"{cfg.name}'s context of {cfg.max_seq_len} tokens: no query would "
+                         f"read a compressed chunk")
+    inputs, targets = held_out_windows(loaded, text, max_windows)
     i_nll, k_nll, agree, bits = [], [], [], []
     for b in range(0, len(inputs), batch):
         x, y = jnp.asarray(inputs[b:b + batch]), jnp.asarray(targets[b:b + batch])
@@ -253,7 +267,7 @@ def evaluate_kv(loaded: LoadedModel, im: IntModel, kv: KVCompression, text: str 
     ratio = (full * group / kv.chunk_tokens + (cfg.max_seq_len - full)) / cfg.max_seq_len
     i_nll, k_nll = np.concatenate(i_nll), np.concatenate(k_nll)
     return KVEvalResult(kv, int(i_nll.size), math.exp(i_nll.mean()), math.exp(k_nll.mean()),
-                        float(np.concatenate(agree).mean()), share, mean_bits, ratio)
+                        float(np.concatenate(agree).mean()), share, mean_bits, ratio, group)
 
 
 def generate_float(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -478,12 +478,12 @@ class KVCompression:
         object.__setattr__(self, "chunk_tokens", int(self.chunk_tokens))
         try:
             bits = tuple(sorted({int(b) for b in self.bits if integer(b)}))
-            valid = len(bits) == len(set(self.bits)) and set(bits) <= set(N.KV_CHUNK_BITS)
+            valid = len(bits) == len(tuple(self.bits)) and set(bits) <= set(N.KV_CHUNK_BITS)
         except TypeError:
             valid = False
         if not valid or not bits:
-            raise ValueError(f"bits must be a non-empty subset of {N.KV_CHUNK_BITS}, "
-                             f"not {self.bits!r}")
+            raise ValueError(f"bits must be a non-empty subset of {N.KV_CHUNK_BITS}, each "
+                             f"once, not {self.bits!r}")
         object.__setattr__(self, "bits", bits)
         if (not isinstance(self.tolerance, numbers.Real) or isinstance(self.tolerance, bool)
                 or not 0 <= self.tolerance <= 1 << 14):

@@ -7,7 +7,8 @@ points (dicts of every setting, in a stable order). Everything is checked before
 point runs: an unknown section or axis, an empty or malformed range, an unknown model,
 hardware preset, node or workload, a value out of the hardware's range, a model whose
 heads or MLP do not split over a point's devices, a weight format a model's projections
-cannot take, a workload longer than the model's context. ``SpecError`` names the file and the line.
+cannot take, a workload longer than the model's context, the flash tier's fields (no
+metric a sweep reports reads them). ``SpecError`` names the file and the line.
 
 A spec::
 
@@ -28,7 +29,7 @@ A spec::
     [workloads]                  # named workloads, exact lengths
     liso = { prompt = 1024, output = 128 }
 
-    [axes]                       # any HardwareConfig field, or a setting above
+    [axes]                       # a HardwareConfig field (not flash_*), or a setting above
     l2_bytes = { geometric = [65536, 134217728], factor = 2 }
     prefetch = [true, false]
     dram_bytes_per_cycle = { range = [16, 64, 16] }     # start, stop (inclusive), step

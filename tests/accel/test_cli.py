@@ -32,7 +32,7 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     kv = json.loads(out)["kv_compression"]
     assert kv["tokens"] == 512 and kv["bits"] == [2, 8] and kv["tolerance"] == 32
     assert set(kv["bits_share"]) == {"2", "8"} and 0 < kv["kv_bytes_ratio"] < 1.0625
-    assert kv["kv_ppl"] > 1 and 0.5 <= kv["top1_agreement"] <= 1.0
+    assert kv["kv_ppl"] > 1 and 0.5 <= kv["top1_agreement_vs_int8_kv"] <= 1.0
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -42,6 +42,10 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["eval", "--kv-tolerance", "8", "--kv-chunk-tokens", "0"],
      "--kv-chunk-tokens: chunk_tokens must be an integer"),
     (["eval", "--kv-bits", "2,4"], "--kv-bits needs --kv-tolerance"),
+    (["eval", "--kv-tolerance", "8", "--kv-bits", ""], "--kv-bits '': widths"),
+    (["eval", "--kv-tolerance", "8", "--kv-bits", "8,8"], "each once"),
+    (["eval", "--kv-tolerance", "8", "--kv-chunk-tokens", "256", "--max-windows", "1"],
+     "--kv-chunk-tokens 256 is not shorter than tiny's context of 256 tokens"),
     (["eval", "--model", "gpt-17"], "unknown model preset 'gpt-17'"),
     (["eval", "--model", "/nonexistent/folder"], "/nonexistent/folder: no such checkpoint"),
     (["eval", "--model", "README.md"], "README.md: not a checkpoint folder"),

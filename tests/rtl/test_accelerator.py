@@ -207,6 +207,13 @@ TABLE = 128          # a block table after the three-instruction program
           first_token=3, n_tokens=16, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
     (dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=TABLE + 8,
           first_token=0, n_tokens=16, row_bytes=16, pool_blocks=0), ErrorCode.BAD_BLOCK),
+    # two faults: the row met first decides (the L2 overflows at row 1, the bad entry is at
+    # row 16; the bad entry is at row 0, the L2 source overflows at row 10)
+    (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
+          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=64 * 1024 - 16,
+          pool_blocks=2), ErrorCode.L2_OUT_OF_RANGE),
+    (dict(mnemonic="KV_APPEND", l2_addr=64 * 1024 - 160, pool_addr=4096, table_addr=TABLE + 8,
+          first_token=16, n_tokens=12, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
 ])
 def test_engine_faults_match_the_isa_simulator(model, bad, code):
     """The RTL stops with the same error code and instruction index as the ISA simulator."""
