@@ -111,6 +111,13 @@ class _Seq:
     evicted: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
+def _check_counts(**counts) -> None:
+    """Refuse a count that is not an integer of at least 1, naming it."""
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1, not {value!r}")
+
+
 class BlockManager:
     """A paged KV pool with per-sequence block tables (see the module docstring).
 
@@ -119,9 +126,7 @@ class BlockManager:
     size below 1."""
 
     def __init__(self, *, n_blocks: int, block_tokens: int, prefix_sharing: bool = True):
-        for name, value in (("n_blocks", n_blocks), ("block_tokens", block_tokens)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer ≥ 1, not {value!r}")
+        _check_counts(n_blocks=n_blocks, block_tokens=block_tokens)
         self.n_blocks, self.block_tokens = n_blocks, block_tokens
         self.prefix_sharing = prefix_sharing
         self._blocks = [_Block() for _ in range(n_blocks)]
@@ -171,13 +176,17 @@ class BlockManager:
     def _blocks_for(self, n_tokens: int) -> int:
         return -(-n_tokens // self.block_tokens)
 
+    def _key(self, prev: tuple | None, tokens: Sequence[int], j: int) -> tuple:
+        """The prefix key of full block ``j`` of ``tokens``, after block ``j - 1``'s."""
+        return (prev, tuple(tokens[j * self.block_tokens:(j + 1) * self.block_tokens]))
+
     def _prefix_hits(self, prompt: Sequence[int]) -> list[tuple[tuple, int]]:
         """(key, physical block) of the prompt's leading full blocks already in the pool."""
         hits, key = [], None
         if not self.prefix_sharing:
             return hits
         for j in range(len(prompt) // self.block_tokens):
-            key = (key, tuple(prompt[j * self.block_tokens:(j + 1) * self.block_tokens]))
+            key = self._key(key, prompt, j)
             block = self._by_key.get(key)
             if block is None:
                 break
@@ -256,7 +265,7 @@ class BlockManager:
             table.append(block)
             self._fill(block, min(self.block_tokens, len(prompt) - j * self.block_tokens))
             if (j + 1) * self.block_tokens <= len(prompt):
-                key = (key, tuple(prompt[j * self.block_tokens:(j + 1) * self.block_tokens]))
+                key = self._key(key, prompt, j)
                 self._register(block, key)
         self._seqs[seq] = _Seq(table, list(prompt), key)
         cached = min(len(hits) * self.block_tokens, len(prompt) - 1)
@@ -291,8 +300,7 @@ class BlockManager:
         s.tokens.append(token)
         self._fill(s.table[-1], (n % self.block_tokens) + 1)
         if len(s.tokens) % self.block_tokens == 0:          # just filled: name it
-            j = len(s.tokens) // self.block_tokens - 1
-            s.key = (s.key, tuple(s.tokens[j * self.block_tokens:]))
+            s.key = self._key(s.key, s.tokens, len(s.tokens) // self.block_tokens - 1)
             self._register(s.table[-1], s.key)
         return cow
 
@@ -366,7 +374,7 @@ class BlockManager:
         for j in range(len(s.table)):
             if (j + 1) * self.block_tokens > len(s.tokens):
                 break
-            key = (key, tuple(s.tokens[j * self.block_tokens:(j + 1) * self.block_tokens]))
+            key = self._key(key, s.tokens, j)
             if s.table[j] == EVICTED:
                 del s.evicted[j]
                 block = self._take()
@@ -385,10 +393,8 @@ class ContiguousReservation:
     own limit, prompt plus ``max_new_tokens``)."""
 
     def __init__(self, *, n_blocks: int, block_tokens: int, reserve_tokens):
-        for name, value in (("n_blocks", n_blocks), ("block_tokens", block_tokens)) + (
-                () if callable(reserve_tokens) else (("reserve_tokens", reserve_tokens),)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer ≥ 1, not {value!r}")
+        _check_counts(n_blocks=n_blocks, block_tokens=block_tokens,
+                      **({} if callable(reserve_tokens) else {"reserve_tokens": reserve_tokens}))
         self.n_slots = n_blocks * block_tokens
         self.n_blocks, self.block_tokens = n_blocks, block_tokens
         self._reserve = (reserve_tokens if callable(reserve_tokens)

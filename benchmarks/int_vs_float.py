@@ -15,19 +15,13 @@ import json
 
 
 def held_out_windows(loaded, windows: int):
-    """The first ``windows`` windows of the model's context from the held-out text, as
-    ``accel eval`` reads them: int32 ``[n, max_seq_len]`` (fewer if the text is short)."""
+    """The first ``windows`` windows of the held-out text as ``accel eval`` reads them
+    (``models.evaluate.held_out_windows``): int32 ``[n, max_seq_len]``."""
     import jax.numpy as jnp
-    import numpy as np
 
-    from models.evaluate import corpus_text
-    from models.train import split_text
+    from models.evaluate import held_out_windows as windows_of
 
-    _, val_text = split_text(corpus_text())
-    data = np.asarray(loaded.tokenizer.encode(val_text), np.int32)
-    length = loaded.cfg.max_seq_len
-    n = min(windows, (len(data) - 1) // length)
-    return jnp.asarray(np.stack([data[i * length:(i + 1) * length] for i in range(n)]))
+    return jnp.asarray(windows_of(loaded, max_windows=windows)[0])
 
 
 def parse_models(prog: str, description: str, windows: int, argv: list[str] | None):

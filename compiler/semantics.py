@@ -144,12 +144,17 @@ def _walk_fault(instr: Instruction, acc: Accesses, hw: HardwareConfig, dram_byte
     """The first fault of a ``KV_PREFETCH``/``KV_APPEND`` walk in the RTL's order
     (``rtl/dma.py``): row by row, at a row that starts a block its table entry (read, then
     within the pool), then the row's source, then its destination, each against its
-    memory's size. ``(code, message)`` or None."""
-    found = []                                   # (row, order within the row, code, message)
-    first = instr.first_token
+    memory's size. ``(code, message)`` or None (also for any other instruction, and for a
+    walk not read: no table, as the compiler's dependency tracking asks)."""
+    if instr.mnemonic not in ("KV_PREFETCH", "KV_APPEND") or not isinstance(acc, dict):
+        return None
     load = instr.mnemonic == "KV_PREFETCH"
     walk = acc["src"] if load else acc["dst"]
     other = acc["dst"] if load else acc["src"]   # the L2 side: one access, row by row
+    if not walk:
+        return None
+    found = []                                   # (row, order within the row, code, message)
+    first = instr.first_token
     for a in walk:
         if isinstance(a, WalkFault):
             found.append((a.token - first, 0, a.code, a.message))
@@ -227,13 +232,9 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
         if bad:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
                                    message.format(mnemonic=instr.mnemonic, **instr.fields()))
-    walk = (acc.get("src" if instr.mnemonic == "KV_PREFETCH" else "dst")
-            if isinstance(acc, dict) and instr.mnemonic in ("KV_PREFETCH", "KV_APPEND")
-            else None)
-    if walk:
-        fault = _walk_fault(instr, acc, hw, dram_bytes)
-        if fault is not None:
-            raise AcceleratorError(fault[0], index, fault[1])
+    fault = _walk_fault(instr, acc, hw, dram_bytes)
+    if fault is not None:
+        raise AcceleratorError(fault[0], index, fault[1])
     for a in flat(acc):
         if a.write and a.rows > 1 and a.stride < a.row_bytes:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
