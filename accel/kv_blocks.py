@@ -583,3 +583,107 @@ class ContinuousBatcher:
             step += 1
             simulated += 1
         return self.stats
+
+
+# -- a batch of sequences for the device ---------------------------------------------------
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """A batched build's host decisions (``compiler.driver.compile_batch``'s input): each
+    sequence's ``SequencePlan`` (physical block table, cached prefix), the program
+    ``schedule`` and the pool's size, with what sharing saved."""
+
+    sequences: tuple
+    schedule: tuple
+    pool_blocks: int
+    shared_blocks: int            # blocks mapped by more than one sequence at a time
+    peak_blocks: int              # the most blocks in use at once
+
+
+def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *,
+               max_batch: int, pool_blocks: int, block_tokens: int, seed: int = 0
+               ) -> DevicePlan:
+    """Serve ``prompts`` on the device with continuous batching over one paged KV pool of
+    ``pool_blocks`` blocks: between decode steps, a finished sequence leaves (its blocks
+    are freed) and waiting ones join in order, each with a prefill program of its own,
+    while at most ``max_batch`` run and the pool holds every running sequence's whole
+    remaining growth (so no sequence is ever preempted: the device plan has no
+    recomputation). Each decode step is one program over the running sequences.
+
+    A ``BlockManager`` with prefix sharing allocates the blocks on demand: a prompt that
+    starts with another's full blocks maps them and its prefill starts after them. The
+    manager's block ids are mapped to the pool through a fixed random permutation
+    (``seed``), so a sequence's rows are not contiguous in DRAM. The rows a decode step
+    appends are keyed by stand-in token ids no prompt holds: the host cannot know the
+    tokens the device will generate, so blocks filled by decoding are never shared.
+
+    Raises ``ValueError`` for mismatched or empty inputs and ``PoolExhausted`` (with the
+    blocks needed and the pool's) for a sequence that does not fit the empty pool."""
+    import numpy as np
+
+    from compiler.driver import BatchStep, SequencePlan
+
+    if len(prompts) != len(max_new_tokens) or not prompts:
+        raise ValueError(f"{len(prompts)} prompts and {len(max_new_tokens)} output lengths: "
+                         f"give one output length per prompt, and at least one prompt")
+    _check_counts(max_batch=max_batch, pool_blocks=pool_blocks, block_tokens=block_tokens)
+    if any(n < 1 for n in max_new_tokens):
+        raise ValueError(f"max_new_tokens must be at least 1 for every sequence, not "
+                         f"{list(max_new_tokens)}")
+    manager = BlockManager(n_blocks=pool_blocks, block_tokens=block_tokens)
+    physical = np.random.default_rng(seed).permutation(pool_blocks)
+
+    def rows(s: int) -> int:                         # the K/V rows sequence s writes
+        return len(prompts[s]) + max_new_tokens[s] - 1
+
+    def growth(s: int) -> int:                       # blocks s has yet to allocate
+        return -(-rows(s) // block_tokens) - len(manager.block_table(s))
+
+    waiting = list(range(len(prompts)))
+    running: list[int] = []
+    generated = [0] * len(prompts)
+    cached, tables = [0] * len(prompts), [()] * len(prompts)
+    schedule: list = []
+    shared = peak = 0
+
+    def finish(s: int) -> None:
+        tables[s] = tuple(int(physical[b]) for b in manager.block_table(s))
+        manager.free(s)
+
+    while waiting or running:
+        while waiting and len(running) < max_batch:
+            s = waiting[0]
+            whole = -(-rows(s) // block_tokens)
+            need = (manager.blocks_needed(prompts[s]) + whole
+                    - -(-len(prompts[s]) // block_tokens))
+            if need + sum(growth(r) for r in running) > manager.free_blocks:
+                if not running:
+                    raise PoolExhausted(f"sequence {s} needs {need} KV blocks "
+                                        f"({rows(s)} rows of {block_tokens}), the pool "
+                                        f"has {pool_blocks}")
+                break
+            waiting.pop(0)
+            admission = manager.add(s, prompts[s])
+            cached[s] = admission.cached_tokens
+            schedule.append(BatchStep("prefill", (s,)))
+            generated[s] = 1
+            if generated[s] == max_new_tokens[s]:
+                finish(s)
+            else:
+                running.append(s)
+        peak = max(peak, manager.used_blocks)
+        shared = max(shared, sum(1 for b in range(pool_blocks) if manager.refs(b) > 1))
+        if not running:
+            continue
+        for s in running:
+            manager.append(s, -1 - s)               # a stand-in id no prompt holds
+        peak = max(peak, manager.used_blocks)
+        schedule.append(BatchStep("decode", tuple(running)))
+        for s in list(running):
+            generated[s] += 1
+            if generated[s] == max_new_tokens[s]:
+                finish(s)
+                running.remove(s)
+    sequences = tuple(SequencePlan(tuple(int(t) for t in prompts[s]), int(max_new_tokens[s]),
+                                   tables[s], cached[s]) for s in range(len(prompts)))
+    return DevicePlan(sequences, tuple(schedule), pool_blocks, shared, peak)

@@ -60,6 +60,19 @@ class RunResult:
     l2: np.ndarray | None = None      # the final L2 (the ISA simulator's; the RTL's banks)
 
 
+@dataclass
+class BatchRunResult:
+    """A batched build's run: each sequence's ``RunResult`` (its tokens, logits rows and
+    K/V rows; no counters of its own), and the run's counters, DRAM and L2."""
+
+    sequences: list[RunResult]
+    counters: dict[str, dict[str, int]]
+    dram: np.ndarray
+    wall_seconds: float = 0.0
+    program_seconds: dict[str, float] | None = None
+    l2: np.ndarray | None = None
+
+
 def check_read_only(build: Build, dram: np.ndarray) -> None:
     """Raise ``RunIntegrityError`` if ``dram`` (after a run) differs from the build's
     image in a read-only region."""
@@ -75,17 +88,30 @@ def program_from_dram(build: Build, dram: np.ndarray, name: str):
     return decode_program(dram[region.offset:region.offset + region.size].tobytes())
 
 
-def read_results(build: Build, dram: np.ndarray) -> tuple[list[int], np.ndarray, dict]:
+def read_results(build: Build, dram: np.ndarray, seq: int | None = None
+                 ) -> tuple[list[int], np.ndarray, dict]:
+    """The generated tokens, the logits rows the device wrote and the K/V rows gathered
+    through the block table, of the build's sequence or of a batched build's sequence
+    ``seq`` (its K/V rows up to the last one written: its table covers no more)."""
     cfg, mmap = build.cfg, build.mmap
-    n_prompt = len(build.prompt)
-    positions = n_prompt + build.max_new_tokens
-    tok = mmap["tokens"]
-    tokens = dram[tok.offset:tok.offset + INT32_BYTES * (positions + 1)].view("<i4")
+    if seq is None:
+        prompt, new, entries, rows_per_seq, seq = build.prompt, build.max_new_tokens, 0, 0, 0
+    else:
+        sp = build.batch[seq]
+        prompt, new = sp.prompt, sp.max_new_tokens
+        entries = mmap["block_table"].size // (INT32_BYTES * len(build.batch))
+        rows_per_seq = max(s.positions for s in build.batch)
+    n_prompt = len(prompt)
+    positions = n_prompt + new
+    kv_rows = positions if build.batch is None else positions - 1
+    tok = mmap["tokens"].offset + seq * INT32_BYTES * (cfg.max_seq_len + 1)
+    tokens = dram[tok:tok + INT32_BYTES * (positions + 1)].view("<i4")
     generated = [int(t) for t in tokens[n_prompt:positions]]
     lg = mmap["logits"]
-    logits = dram[lg.offset:lg.offset + lg.size].view("<i2").reshape(-1, cfg.vocab_size)
-    bt_region = mmap["block_table"]
-    table = dram[bt_region.offset:bt_region.end].view("<i4")
+    first = lg.offset + seq * rows_per_seq * 2 * cfg.vocab_size
+    logits = dram[first:lg.end].view("<i2").reshape(-1, cfg.vocab_size)
+    table_at = mmap["block_table"].offset + seq * INT32_BYTES * entries
+    table = dram[table_at:mmap["block_table"].end].view("<i4")
     bt = build.hw.kv_block_tokens
     kv = {}
     for kind in ("k", "v"):
@@ -93,15 +119,15 @@ def read_results(build: Build, dram: np.ndarray) -> tuple[list[int], np.ndarray,
         for layer in range(cfg.n_layers):
             pool = mmap[f"kv:{layer}:{kind}"].offset
             starts = [kv_row_addr(pool, int(table[t // bt]), t, bt, cfg.kv_dim)
-                      for t in range(positions)]
+                      for t in range(kv_rows)]
             rows = np.stack([dram[a:a + cfg.kv_dim] for a in starts]).view(np.int8)
-            layers.append(rows.reshape(positions, cfg.n_kv_heads, cfg.head_dim))
+            layers.append(rows.reshape(kv_rows, cfg.n_kv_heads, cfg.head_dim))
         kv[kind] = np.stack(layers)
     return generated, logits[n_prompt - 1:positions - 1].copy(), kv
 
 
 def run_build(build: Build, sim: str = "isa", check_races: bool = True,
-              waves: bool = False) -> RunResult:
+              waves: bool = False) -> RunResult | BatchRunResult:
     if build.image.data is None:
         raise ValueError("this build has no weights (compiled for timing only); it cannot run")
     if sim == "rtl":
@@ -119,9 +145,16 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
         counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
                                                                 p.name)).values)
     dram = image_part(build, simulator.dram)
-    tokens, logits, kv = read_results(build, dram)
-    return RunResult(tokens, logits, kv, counters, dram, time.perf_counter() - t0,
-                     l2=simulator.l2)
+    return _result(build, dram, counters, time.perf_counter() - t0, None, simulator.l2)
+
+
+def _result(build: Build, dram: np.ndarray, counters: dict, wall_seconds: float,
+            program_seconds: dict | None, l2: np.ndarray) -> RunResult | BatchRunResult:
+    if build.batch is None:
+        tokens, logits, kv = read_results(build, dram)
+        return RunResult(tokens, logits, kv, counters, dram, wall_seconds, program_seconds, l2)
+    sequences = [RunResult(*read_results(build, dram, b), {}) for b in range(len(build.batch))]
+    return BatchRunResult(sequences, counters, dram, wall_seconds, program_seconds, l2)
 
 
 def simulated_dram(build: Build) -> np.ndarray:
@@ -165,9 +198,8 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
                                    "dram_busy_cycles": entry["dram_busy_cycles"] - busy_before}
         busy_before = entry["dram_busy_cycles"]
     dram = image_part(build, job.reads["dram"])
-    tokens, logits, kv = read_results(build, dram)
     seconds = {entry["name"]: entry["wall_seconds"] for entry in job.programs}
-    return RunResult(tokens, logits, kv, counters, dram, job.wall_seconds, seconds, job.l2)
+    return _result(build, dram, counters, job.wall_seconds, seconds, job.l2)
 
 
 def same_dram(build: Build, a: np.ndarray, b: np.ndarray, l2_a: np.ndarray | None = None,

@@ -36,6 +36,8 @@ import numpy as np
 
 from arch.hardware import HardwareConfig
 from arch.isa import (
+    BLOCK_TABLE_ENTRY_BYTES,
+    INT32_BYTES,
     MX_BLOCK,
     PARAM_WORD_BYTES,
     Instruction,
@@ -86,9 +88,23 @@ class BuildContext:
     cfg: ModelConfig
     mmap: MemoryMap
     prefetch: bool
+    table_entries: int = 0     # a batched build: each sequence's block table entries
+    logits_rows: int = 0       # and logits rows (``driver.dram_map``)
 
     def param_addr(self, p: Param | ParamWords) -> int:
         return self.mmap[f"param:{p.name}"].offset
+
+    def tokens_addr(self, seq: int) -> int:
+        """Sequence ``seq``'s token buffer: ``max_seq_len + 1`` int32 ids."""
+        return self.mmap["tokens"].offset + seq * INT32_BYTES * (self.cfg.max_seq_len + 1)
+
+    def table_addr(self, seq: int) -> int:
+        """Sequence ``seq``'s block table (``table_entries`` int32 entries each)."""
+        return self.mmap["block_table"].offset + seq * BLOCK_TABLE_ENTRY_BYTES * self.table_entries
+
+    def logits_addr(self, seq: int) -> int:
+        """Sequence ``seq``'s logits rows (``logits_rows`` int16 rows of the vocabulary)."""
+        return self.mmap["logits"].offset + seq * self.logits_rows * 2 * self.cfg.vocab_size
 
 
 @dataclass
@@ -334,13 +350,13 @@ class Generator:
         self._bound_inflight(slot, index)
         return slot
 
-    def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int
-                    ) -> Slot:
+    def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int,
+                    seq: int = 0) -> Slot:
         hd = self.cfg.head_dim
         slot = self.ring.alloc(count * hd)
         pool = self.ctx.mmap[f"kv:{layer}:{kind}"]
         index = self.emit("KV_PREFETCH", pool_addr=pool.offset,
-                          table_addr=self.ctx.mmap["block_table"].offset, first_token=first,
+                          table_addr=self.ctx.table_addr(seq), first_token=first,
                           n_tokens=count, row_bytes=self.cfg.kv_dim, col_offset=col_offset,
                           col_bytes=hd, l2_addr=slot.addr, pool_blocks=self._pool_blocks(pool))
         self._bound_inflight(slot, index)
@@ -507,7 +523,7 @@ class Generator:
         the whole row: the first column within a chunk, then the first chunk."""
         V = op.w.shape[0]
         scratch = self.ctx.mmap["lm_head_scratch"].offset
-        row = self.ctx.mmap["logits"].offset + op.row * 2 * V
+        row = self.ctx.logits_addr(op.seq) + op.row * 2 * V
         columns = self.ctx.param_addr(op.columns)
         acc, logits = self.addr(op.acc), self.addr(op.logits)
         chunks = op.chunks
@@ -543,7 +559,7 @@ class Generator:
 
     # -- data movement -------------------------------------------------------------------
     def _op_embed(self, op: Embed) -> None:
-        self.emit("DMA_GATHER", idx_addr=self.ctx.mmap["tokens"].offset + 4 * op.start,
+        self.emit("DMA_GATHER", idx_addr=self.ctx.tokens_addr(op.seq) + 4 * op.start,
                   table_addr=self.ctx.param_addr(op.table), count=op.out.rows,
                   row_bytes=op.out.row_bytes, l2_addr=self.addr(op.out),
                   l2_stride=op.out.row_bytes)
@@ -555,19 +571,19 @@ class Generator:
     def _op_kvappend(self, op: KvAppend) -> None:
         pool = self.ctx.mmap[f"kv:{op.layer}:{op.kind}"]
         self.emit("KV_APPEND", l2_addr=self.addr(op.src), pool_addr=pool.offset,
-                  table_addr=self.ctx.mmap["block_table"].offset, first_token=op.start,
+                  table_addr=self.ctx.table_addr(op.seq), first_token=op.start,
                   n_tokens=op.src.shape[0], row_bytes=self.cfg.kv_dim,
                   pool_blocks=self._pool_blocks(pool))
 
     def _op_output(self, op: Output) -> None:
         if op.kind == "logits":
-            dram = self.ctx.mmap["logits"].offset + op.row * op.src.row_bytes
+            dram = self.ctx.logits_addr(op.seq) + op.row * op.src.row_bytes
             self.emit("DMA_STORE", l2_addr=self.addr(op.src), dram_addr=dram, rows=op.src.rows,
                       row_bytes=op.src.row_bytes, l2_stride=op.src.row_bytes,
                       dram_stride=op.src.row_bytes)
         else:
             self.emit("DMA_STORE", l2_addr=self.addr(op.src),
-                      dram_addr=self.ctx.mmap["tokens"].offset + 4 * op.row, rows=1,
+                      dram_addr=self.ctx.tokens_addr(op.seq) + 4 * op.row, rows=1,
                       row_bytes=4, l2_stride=4, dram_stride=4)
 
     # -- attention -------------------------------------------------------------------------
@@ -592,7 +608,7 @@ class Generator:
         for kv in range(cfg.n_kv_heads):
             # scores = q . K^T, past keys chunk by chunk, then the new keys from L2
             for c0, n in chunks:
-                slot = self.kv_prefetch(op.layer, "k", c0, n, kv * hd)
+                slot = self.kv_prefetch(op.layer, "k", c0, n, kv * hd, op.seq)
                 for g0, count in batches:
                     m, x_stride = rows(count)
                     head = kv * G + g0
@@ -622,7 +638,7 @@ class Generator:
                               out_mult=op.att_mult, out_shift=op.att_shift)
             # out = P . V, past values chunk by chunk, then the new values from L2
             for c0, n in chunks:
-                slot = self.kv_prefetch(op.layer, "v", c0, n, kv * hd)
+                slot = self.kv_prefetch(op.layer, "v", c0, n, kv * hd, op.seq)
                 for g0, count in batches:
                     m, _ = rows(count)
                     head = kv * G + g0
@@ -706,7 +722,7 @@ def chunk_lm_head(graph: Graph, chunk_cols: int) -> Graph:
         local=new_tensor("lm_head.local", (n,), "int32"),
         maxima=new_tensor("lm_head.maxima", (n,), "int16"),
         indices=new_tensor("lm_head.indices", (n,), "int32"),
-        best=new_tensor("lm_head.best", (1,), "int32"), out=argmax.out)
+        best=new_tensor("lm_head.best", (1,), "int32"), out=argmax.out, seq=output.seq)
     if requant.bias is not None:
         raise CompileError(f"{graph.name}: an LM head with a bias cannot be chunked")
     replaced = {id(requant), id(argmax), id(output)}

@@ -41,9 +41,10 @@ from compiler.backend import (
     lm_head_scratch_bytes,
     plan_activations,
 )
+from compiler.batching import batch_graphs
 from compiler.frontend import lower_step
 from compiler.image import DramImage, MemoryMap, align, block_table, param_bytes, param_size
-from compiler.ir import Argmax, CompileError, Graph, LmHead, Param, ParamWords
+from compiler.ir import Argmax, CompileError, Embed, Graph, LmHead, Param, ParamWords
 from compiler.pipeline import PASSES, PassContext, ProgramIR, run_passes
 from compiler.semantics import accesses, flat
 from models.config import ModelConfig
@@ -58,6 +59,8 @@ class Program:
     instrs: list[Instruction]
     l2_plan: dict
     chunks: list[int] = field(default_factory=list)
+    sequences: list[int] = field(default_factory=list)    # a batched build: the program's
+    positions: list[int] = field(default_factory=list)    # sequences, each one's position
 
     def opcode_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(i.mnemonic for i in self.instrs).items()))
@@ -73,6 +76,7 @@ class Build:
     programs: list[Program]
     prompt: list[int]
     max_new_tokens: int
+    batch: tuple[SequencePlan, ...] | None = None    # a batched build's sequences
 
     @property
     def weights(self) -> str:
@@ -100,6 +104,7 @@ class Build:
             programs.append({
                 "name": p.name, "kind": p.kind, "start": p.start, "n_tokens": p.n_tokens,
                 "prefill_chunks": p.chunks, "dram_offset": self.mmap[f"program:{p.name}"].offset,
+                **({"sequences": p.sequences, "positions": p.positions} if p.sequences else {}),
                 "instructions": len(p.instrs), "opcodes": p.opcode_counts(),
                 **self.program_bytes(p), "l2_plan": p.l2_plan})
         return {
@@ -120,6 +125,9 @@ class Build:
         """Write the build folder (``compiler.buildfolder.save_build``)."""
         from compiler.buildfolder import save_build
 
+        if self.batch is not None:
+            raise CompileError("a batched build runs in memory (accel verify --batch); it "
+                               "cannot be saved as a build folder")
         return save_build(self, folder, extra_files)
 
 
@@ -184,16 +192,18 @@ def head_scratch_bytes(graphs: list[Graph]) -> int:
 
 
 def prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int,
-                   lower=None) -> list[Graph]:
-    """Prefill as chunks whose activations fit L2 (the whole prompt when it fits), each
-    chunk's graph from ``lower(start, tokens, head)`` (by default ``lower_step`` on
-    ``qm``; the fast path passes its cached lowering)."""
+                   lower=None, first: int = 0, seq: int = 0) -> list[Graph]:
+    """Prefill of prompt positions ``[first, n_prompt)`` (``first > 0``: the rows before
+    are in the KV cache already, a shared prefix) as chunks whose activations fit L2 (the
+    whole prompt when it fits), each chunk's graph from ``lower(start, tokens, head)`` (by
+    default ``lower_step`` on ``qm`` for sequence ``seq``; the fast path passes its
+    cached lowering)."""
     if lower is None:
         def lower(start, n, head):
-            return lower_step(cfg, qm, start, n, head=head, name=f"prefill@{start}")
-    for chunk in prefill_chunk_sizes(n_prompt, hw):
+            return lower_step(cfg, qm, start, n, head=head, name=f"prefill@{start}", seq=seq)
+    for chunk in prefill_chunk_sizes(n_prompt - first, hw):
         graphs = []
-        for start in range(0, n_prompt, chunk):
+        for start in range(first, n_prompt, chunk):
             n = min(chunk, n_prompt - start)
             graphs.append(fit_head(lower(start, n, start + n == n_prompt), cfg, hw))
         if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
@@ -227,30 +237,37 @@ def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:
 
 
 def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
-             positions: int, program_names: list[str], head_scratch: int = 0) -> MemoryMap:
+             positions: int, program_names: list[str], head_scratch: int = 0,
+             sequences: int = 1, table_entries: int | None = None,
+             pool_blocks: int | None = None) -> MemoryMap:
     """The DRAM image's memory map: the parameters (bytes by name), then the writable
     regions (tokens, block table, KV pools for ``positions`` tokens, logits rows, the LM
-    head's scratch, each program's counters). Raises ``CompileError`` when it exceeds
-    ``hw.dram_bytes``, naming the parts."""
+    head's scratch, each program's counters). A batched build has ``sequences`` token
+    buffers, block tables of ``table_entries`` entries and logits regions of
+    ``positions`` rows, one after the other in each region (``BuildContext.tokens_addr``
+    and its siblings), and K/V pools of ``pool_blocks`` blocks shared by all. Raises
+    ``CompileError`` when it exceeds ``hw.dram_bytes``, naming the parts."""
     mmap = MemoryMap()
     for name, size in param_sizes.items():
         mmap.add(f"param:{name}", size)
     mmap.start_writable()
-    mmap.add("tokens", INT32_BYTES * (cfg.max_seq_len + 1))        # int32 token ids
+    mmap.add("tokens", sequences * INT32_BYTES * (cfg.max_seq_len + 1))    # int32 token ids
     n_blocks = -(-positions // hw.kv_block_tokens)
-    mmap.add("block_table", BLOCK_TABLE_ENTRY_BYTES * n_blocks)
-    pool = n_blocks * hw.kv_block_tokens * cfg.kv_dim
+    entries = n_blocks if table_entries is None else table_entries
+    mmap.add("block_table", sequences * BLOCK_TABLE_ENTRY_BYTES * entries)
+    pool = (n_blocks if pool_blocks is None else pool_blocks) * hw.kv_block_tokens * cfg.kv_dim
     for layer in range(cfg.n_layers):
         for kind in ("k", "v"):
             mmap.add(f"kv:{layer}:{kind}", pool)
-    mmap.add("logits", 2 * cfg.vocab_size * positions)
+    logits = sequences * 2 * cfg.vocab_size * positions
+    mmap.add("logits", logits)
     if head_scratch:
         mmap.add("lm_head_scratch", head_scratch)
     for name in program_names:
         mmap.add(f"counters:{name}", COUNTER_BYTES * len(COUNTERS))
     if mmap.size > hw.dram_bytes:
         parts = {"weights": mmap.rw_base, "KV cache": 2 * cfg.n_layers * pool,
-                 f"logits rows for {positions} positions": 2 * cfg.vocab_size * positions}
+                 f"logits rows for {positions} positions": logits}
         hint = ("the weights alone do not fit" if mmap.rw_base > hw.dram_bytes else
                 "a timing-only step at an earlier position, --decode-at, needs fewer")
         raise CompileError(f"the DRAM image needs {mmap.size:,} bytes, more than "
@@ -275,15 +292,19 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
     return mmap, image
 
 
-def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens) -> Build:
+def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens,
+            batch: tuple[SequencePlan, ...] | None = None, table_entries: int = 0,
+            logits_rows: int = 0) -> Build:
     """Each program through the pipeline's passes (``compiler.pipeline``), then the
     programs placed after the data and, with weights, written into the image."""
-    context = PassContext(hw, prefetch, image, BuildContext(hw, cfg, mmap, prefetch))
+    context = PassContext(hw, prefetch, image, BuildContext(hw, cfg, mmap, prefetch,
+                                                            table_entries, logits_rows))
     passes = PASSES if image.data is not None else PASSES[:-1]      # no bytes, no encode
     compiled = [run_passes(ProgramIR(name, kind, graphs), context, passes)
                 for name, kind, graphs in named_graphs]
     programs = [Program(p.name, p.kind, p.graphs[0].start, sum(g.tokens for g in p.graphs),
-                        p.instrs, p.code.l2_plan, [g.tokens for g in p.graphs])
+                        p.instrs, p.code.l2_plan, [g.tokens for g in p.graphs],
+                        *_batch_of(p.graphs, batch))
                 for p in compiled]
     for p in programs:
         mmap.add(f"program:{p.name}", len(p.instrs) * INSTR_BYTES)
@@ -293,7 +314,17 @@ def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens
         image.data = data
         for p in compiled:
             image.write(f"program:{p.name}", np.frombuffer(p.binary, np.uint8))
-    return Build(cfg, hw, prefetch, mmap, image, programs, list(prompt), max_new_tokens)
+    return Build(cfg, hw, prefetch, mmap, image, programs, list(prompt), max_new_tokens, batch)
+
+
+def _batch_of(graphs: list[Graph], batch) -> tuple[list[int], list[int]]:
+    """A batched build's program: its sequences and their positions (the first chunk's
+    for a prefill); ``([], [])`` for a single sequence's."""
+    if batch is None:
+        return [], []
+    g = graphs[0]
+    seqs = [op.seq for op in g.ops if isinstance(op, Embed)]
+    return seqs, list(g.positions) if g.positions is not None else [g.start]
 
 
 def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[int],
@@ -362,3 +393,242 @@ def compile_timing_step(cfg: ModelConfig, hw: HardwareConfig, at: int | None = N
 
     at = cfg.max_seq_len // 2 if at is None else at
     return compile_step(cfg, quant_struct(cfg, weights), hw, at, 1, prefetch=prefetch)
+
+
+# -- many sequences: a batched build --------------------------------------------------------
+
+@dataclass(frozen=True)
+class SequencePlan:
+    """One sequence of a batched build, as the host's block manager placed it
+    (``accel.kv_blocks.plan_batch``): its prompt, the tokens it generates, its block
+    table (the physical block of each logical block, int32 as the device reads it) and
+    ``cached``, the leading prompt tokens whose K/V rows an earlier sequence's prefill
+    wrote into blocks it shares (a shared prefix: its prefill starts there)."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    table: tuple[int, ...]
+    cached: int = 0
+
+    @property
+    def positions(self) -> int:
+        return len(self.prompt) + self.max_new_tokens
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """One program of a batched build: the prefill of one sequence, or one decode step of
+    each sequence in ``seqs`` (one token each, weights read once for all)."""
+
+    kind: str                   # "prefill" or "decode"
+    seqs: tuple[int, ...]
+
+
+def _row_key(plan: SequencePlan, seq: int, row: int):
+    """What the K/V row ``row`` of a sequence depends on: its prompt up to that row, or,
+    for a generated token's row, the sequence itself (the host cannot know the token)."""
+    return tuple(plan.prompt[:row + 1]) if row < len(plan.prompt) else (seq, row)
+
+
+def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...],
+                pool_blocks: int, block_tokens: int, vocab_size: int, max_seq_len: int
+                ) -> None:
+    """Refuse, with ``CompileError`` naming the sequence, program and row, a batch the
+    device cannot run as asked: a bad prompt or length, a table too short or pointing
+    outside the pool, a schedule that prefills a sequence other than once or decodes it
+    before its prefill or more or fewer times than its tokens need, two sequences in one
+    decode step twice, or a program that reads a K/V row whose contents are not the ones
+    its sequence needs (a shared prefix not written yet, or overwritten by another
+    sequence; the schedule is replayed row by row)."""
+    if not sequences:
+        raise CompileError("a batch of no sequences")
+    for b, sp in enumerate(sequences):
+        what = f"sequence {b}"
+        if not sp.prompt:
+            raise CompileError(f"{what}: the prompt is empty")
+        bad = [t for t in sp.prompt if not 0 <= t < vocab_size]
+        if bad:
+            raise CompileError(f"{what}: prompt token {bad[0]} is outside the vocabulary of "
+                               f"{vocab_size}")
+        if sp.max_new_tokens < 1:
+            raise CompileError(f"{what}: max_new_tokens must be at least 1, not "
+                               f"{sp.max_new_tokens}")
+        if sp.positions > max_seq_len:
+            raise CompileError(f"{what}: the prompt ({len(sp.prompt)} tokens) plus "
+                               f"{sp.max_new_tokens} new tokens is longer than the model's "
+                               f"context of {max_seq_len} tokens")
+        need = -(-(sp.positions - 1) // block_tokens)
+        if len(sp.table) < need:
+            raise CompileError(f"{what}: its block table has {len(sp.table)} entries, its "
+                               f"{sp.positions - 1} K/V rows need {need}")
+        outside = [e for e in sp.table if not 0 <= e < pool_blocks]
+        if outside:
+            raise CompileError(f"{what}: block table entry {outside[0]} is outside the pool "
+                               f"of {pool_blocks} blocks")
+        if not 0 <= sp.cached < len(sp.prompt):
+            raise CompileError(f"{what}: cached = {sp.cached} is not below the prompt's "
+                               f"{len(sp.prompt)} tokens")
+    content: dict[tuple[int, int], object] = {}    # (physical block, row in it) -> key
+    written = [0] * len(sequences)                 # K/V rows each sequence has written
+    prefilled: set[int] = set()
+
+    def place(b: int, row: int) -> tuple[int, int]:
+        return sequences[b].table[row // block_tokens], row % block_tokens
+
+    for i, step in enumerate(schedule):
+        where = f"program {i} ({step.kind} of sequences {list(step.seqs)})"
+        if step.kind not in ("prefill", "decode") or not step.seqs or \
+                len(set(step.seqs)) != len(step.seqs) or \
+                (step.kind == "prefill" and len(step.seqs) != 1) or \
+                any(not 0 <= b < len(sequences) for b in step.seqs):
+            raise CompileError(f"{where}: not a prefill of one sequence or a decode step of "
+                               f"distinct sequences of the batch")
+        for b in step.seqs:
+            sp = sequences[b]
+            if step.kind == "prefill":
+                if b in prefilled:
+                    raise CompileError(f"{where}: sequence {b} is prefilled twice")
+                prefilled.add(b)
+                first, end = sp.cached, len(sp.prompt)
+            else:
+                if b not in prefilled:
+                    raise CompileError(f"{where}: sequence {b} decodes before its prefill")
+                first = written[b]
+                end = first + 1
+                if end > sp.positions - 1:
+                    raise CompileError(f"{where}: sequence {b} has generated its "
+                                       f"{sp.max_new_tokens} tokens already")
+            for row in range(first):                       # what the program reads
+                if content.get(place(b, row)) != _row_key(sp, b, row):
+                    raise CompileError(
+                        f"{where}: sequence {b} reads K/V row {row} (block "
+                        f"{place(b, row)[0]}), which does not hold its row there: "
+                        + ("a shared prefix no earlier prefill wrote" if row < sp.cached
+                           and step.kind == "prefill" else "another sequence wrote it"))
+            for row in range(first, end):
+                content[place(b, row)] = _row_key(sp, b, row)
+            written[b] = end
+    for b, sp in enumerate(sequences):
+        if b not in prefilled or written[b] != sp.positions - 1:
+            raise CompileError(f"sequence {b}: the schedule runs {written[b]} of its "
+                               f"{sp.positions - 1} K/V rows (its prefill and "
+                               f"{sp.max_new_tokens - 1} decode steps)")
+
+
+def batched_decode_graph(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig,
+                         name: str) -> Graph:
+    """The decode steps ``graphs`` of a batch's sequences as one graph
+    (``batching.batch_graphs``), each LM head chunked when the batch's logits rows do not
+    fit L2 (as ``fit_head`` chooses the chunks for one sequence)."""
+    merged = batch_graphs(graphs, name)
+    if _fits([merged], cfg, hw):
+        return merged
+    chunked = [batch_graphs([chunk_lm_head(g, size) for g in graphs], name)
+               for size in lm_head_chunk_sizes(cfg.vocab_size)]
+    for ring_bytes in (hw.l2_bytes // 2, MIN_RING_BYTES):
+        for g in chunked:
+            if _fits([g], cfg, hw, ring_bytes):
+                return g
+    return chunked[-1] if chunked else merged
+
+
+def _batch_programs(cfg: ModelConfig, qm, hw: HardwareConfig,
+                    sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...]
+                    ) -> list[tuple[str, str, list[Graph]]]:
+    named, decoded = [], [0] * len(sequences)
+    n_decode = 0
+    for step in schedule:
+        if step.kind == "prefill":
+            (b,) = step.seqs
+            sp = sequences[b]
+            named.append((f"prefill_s{b}", "prefill",
+                          prefill_graphs(cfg, qm, hw, len(sp.prompt), first=sp.cached, seq=b)))
+            continue
+        name = f"decode_{n_decode:03d}"
+        graphs = []
+        for b in step.seqs:
+            pos = len(sequences[b].prompt) + decoded[b]
+            graphs.append(lower_step(cfg, qm, pos, 1, name=f"decode@{pos}.s{b}", seq=b))
+            decoded[b] += 1
+        named.append((name, "decode", [batched_decode_graph(graphs, cfg, hw, name)]))
+        n_decode += 1
+    for name, _, graphs in named:
+        if not _fits(graphs[:1], cfg, hw):
+            raise CompileError(f"L2 too small for the smallest legal tiling: {name} at "
+                               f"l2_bytes = {hw.l2_bytes}")
+    return named
+
+
+def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
+                  sequences: list[SequencePlan] | tuple[SequencePlan, ...],
+                  schedule: list[BatchStep] | tuple[BatchStep, ...], pool_blocks: int,
+                  prefetch: bool | None = None) -> Build:
+    """Many sequences in one KV pool: a program per ``BatchStep`` of ``schedule`` (the
+    prefill of a sequence, named ``prefill_s<b>``; a batched decode step,
+    ``decode_<i>``), all sharing one DRAM image whose K/V pools hold ``pool_blocks``
+    blocks and whose block tables are the sequences' (``SequencePlan.table``). The host
+    decides the tables and the schedule (``accel.kv_blocks.plan_batch``: allocation on
+    demand, prefix sharing, continuous batching); the compiler checks them
+    (``check_batch``) and raises ``CompileError`` where the device could not run them."""
+    prefetch = hw.prefetch if prefetch is None else prefetch
+    sequences, schedule = tuple(sequences), tuple(schedule)
+    if pool_blocks < 1:
+        raise CompileError(f"pool_blocks must be at least 1, not {pool_blocks}")
+    check_batch(sequences, schedule, pool_blocks, hw.kv_block_tokens, cfg.vocab_size,
+                cfg.max_seq_len)
+    named = _batch_programs(cfg, qm, hw, sequences, schedule)
+    graphs = [g for _, _, gs in named for g in gs]
+    params = _collect_params(graphs)
+    with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
+    positions = max(sp.positions for sp in sequences)
+    entries = max(len(sp.table) for sp in sequences)
+    mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, positions,
+                    [n for n, _, _ in named], head_scratch_bytes(graphs), len(sequences),
+                    entries, pool_blocks)
+    image = DramImage(mmap, with_data)
+    for name, p in params.items():
+        raw = param_bytes(p)
+        if raw is not None:
+            image.write(f"param:{name}", raw)
+    tables = np.full((len(sequences), entries), -1, "<i4")     # unused entries: EVICTED
+    for b, sp in enumerate(sequences):
+        tables[b, :len(sp.table)] = sp.table
+        image.write("tokens", np.asarray(sp.prompt, "<i4"),
+                    offset=b * INT32_BYTES * (cfg.max_seq_len + 1), keep=True)
+    image.write("block_table", tables, keep=True)
+    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, entries, positions)
+
+
+def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
+                              at: int | None = None, prefetch: bool | None = None,
+                              weights: str = "int8") -> Build:
+    """One decode step of ``batch`` sequences, each at position ``at`` (default: half the
+    context) with its own blocks, without weights: a build to time (``sweeps.perf``),
+    not to run. Raises ``CompileError`` as ``compile_batch`` does."""
+    from models.integer import quant_struct
+
+    at = cfg.max_seq_len // 2 if at is None else at
+    if batch < 1:
+        raise CompileError(f"a batch of {batch} sequences")
+    if not 0 <= at < cfg.max_seq_len:
+        raise CompileError(f"position {at} is outside the model's context of "
+                           f"{cfg.max_seq_len} tokens")
+    prefetch = hw.prefetch if prefetch is None else prefetch
+    qm = quant_struct(cfg, weights)
+    blocks = -(-(at + 1) // hw.kv_block_tokens)
+    order = block_table(batch * blocks)
+    graphs = [lower_step(cfg, qm, at, 1, name=f"decode@{at}.s{b}", seq=b) for b in range(batch)]
+    named = [("decode_000", "decode", [batched_decode_graph(graphs, cfg, hw, "decode_000")])]
+    if not _fits(named[0][2], cfg, hw):
+        raise CompileError(f"L2 too small for the smallest legal tiling: a decode step of "
+                           f"{batch} sequences at l2_bytes = {hw.l2_bytes}")
+    params = _collect_params(named[0][2])
+    mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, at + 2,
+                    ["decode_000"], head_scratch_bytes(named[0][2]), batch, blocks,
+                    batch * blocks)
+    image = DramImage(mmap, with_data=False)
+    image.write("block_table", order, keep=True)
+    sequences = tuple(SequencePlan((0,) * at, 1, tuple(int(e) for e in
+                                                        order[b * blocks:(b + 1) * blocks]))
+                      for b in range(batch))
+    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, blocks, at + 2)

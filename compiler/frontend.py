@@ -15,6 +15,7 @@ source line that produced it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -367,11 +368,13 @@ KERNELS: dict[str, Rule] = {
 
 
 def lower_step(cfg: ModelConfig, qm, start: int, n_tokens: int, head: bool = True,
-               name: str | None = None) -> Graph:
+               name: str | None = None, seq: int = 0) -> Graph:
     """The IR graph of one step: ``n_tokens`` tokens from position ``start``. With
     ``head`` (a decode step, a prompt's last prefill chunk) the step also computes the
     last token's logits (written at row ``start + n_tokens - 1`` of the logits region) and
-    the next token; without it (an earlier prefill chunk) only the KV cache."""
+    the next token; without it (an earlier prefill chunk) only the KV cache. ``seq``
+    names the sequence of a batched build whose token buffer, block table and logits
+    rows the step reads and writes (0 for a single sequence)."""
     if n_tokens <= 0:
         raise CompileError("a step needs at least one token")
     if start + n_tokens > cfg.max_seq_len:
@@ -400,5 +403,8 @@ def lower_step(cfg: ModelConfig, qm, start: int, n_tokens: int, head: bool = Tru
         graph.ops.append(Output(_tensor(token, "the next token"), "token", start + n_tokens))
     if not all(isinstance(c, KvUpdated) for c in new_caches):
         raise CompileError("every layer's KV cache must be updated by kv_write")
+    if seq:
+        graph.ops = [dataclasses.replace(op, seq=seq) if hasattr(op, "seq") else op
+                     for op in graph.ops]
     verify(graph)
     return graph

@@ -136,6 +136,7 @@ class Embed:
     table: Param            # [vocab, d_model] int16
     start: int              # position of the first token in the token buffer
     out: Tensor             # [T, d_model] int16
+    seq: int = 0            # the sequence whose token buffer it reads (a batch's index)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class KvAppend:
     layer: int
     kind: str               # "k" or "v"
     start: int
+    seq: int = 0            # the sequence whose block table maps the rows
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ class Attention:
     att_mult: int           # P @ V requantisation for a softmax row sum of 2**15
     att_shift: int          # (SOFTMAX's out_mult / out_shift)
     out: Tensor             # [T, n_heads * head_dim] int8
+    seq: int = 0            # the sequence whose block table maps the cached rows
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,7 @@ class LmHead:
     indices: Tensor         # [n_chunks] int32: each chunk's argmax, in the vocabulary
     best: Tensor            # [1] int32: the chunk holding the first maximum
     out: Tensor             # [1] int32: the next token
+    seq: int = 0            # the sequence whose logits row it writes
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -250,6 +254,7 @@ class Output:
     src: Tensor
     kind: str               # "logits" or "token"
     row: int                # first logits row, or the token's position
+    seq: int = 0            # the sequence whose logits rows or token buffer it writes
 
 
 Op = Embed | MatMul | Requant | RmsNorm | Rope | KvAppend | Attention | SiluMul | ResAdd \
@@ -259,10 +264,15 @@ OPS: tuple[type, ...] = typing.get_args(Op)      # every operation class of the 
 
 @dataclass
 class Graph:
+    """A step's operations: ``tokens`` tokens from position ``start`` of one sequence,
+    or, for a batched decode step (``compiler.batching``), one token of each of
+    ``tokens`` sequences at ``positions`` (``start`` is then the least)."""
+
     name: str
     start: int
     tokens: int
     ops: list = field(default_factory=list)
+    positions: tuple[int, ...] | None = None
 
     def tensors_of(self, op) -> list[Tensor]:
         return [v for v in vars(op).values() if isinstance(v, Tensor)]

@@ -63,6 +63,7 @@ from arch.uarch import (
 from compiler.backend import (
     LOWERINGS,
     MAX_INFLIGHT_SLOTS,
+    BuildContext,
     Generator,
     Ring,
     matmul_tiles,
@@ -245,9 +246,7 @@ class _Timing(Generator):
 
     def __init__(self, cfg: ModelConfig, hw: HardwareConfig, graph: Graph,
                  core: HardwareConfig, program: tuple[int, int, int] | None):
-        ctx = SimpleNamespace(hw=hw, cfg=cfg, mmap=_NoDram(), prefetch=True,
-                              param_addr=lambda p: 0)
-        super().__init__(ctx, "timing")
+        super().__init__(BuildContext(hw, cfg, _NoDram(), True), "timing")
         plan, self.act_addr, self.temps = plan_l2(graph.ops, cfg, hw, graph.name)
         self.tile_bytes, self.ring_bytes, self.ring_base = program or (
             plan.tile_bytes, plan.ring_bytes, plan.ring_base)
@@ -257,7 +256,8 @@ class _Timing(Generator):
         self.tile_of: dict[int, int] = {}          # instruction index -> tile
         self.load_tile: dict[int, int] = {}        # ring slot serial -> its load's tile
         self.writer: dict[int, int] = {}           # L2 address -> tile of its last writer
-        self.appended: dict[str, tuple] = {}       # KV kind -> (producer tile, cycles)
+        self.appended: dict[tuple, tuple] = {}     # (sequence, KV kind) -> (producer tile,
+        #                                            cycles)
         self.store_cycles = 0
         self.gathers: list[tuple[int, int, int]] = []   # (first, end) L2 bytes, tile
         self.n_instrs = 0
@@ -303,15 +303,16 @@ class _Timing(Generator):
         self.load_tile[slot.serial] = len(self.s.tiles) - 1
         return slot
 
-    def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int):
-        slot = super().kv_prefetch(layer, kind, first, count, col_offset)
+    def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int,
+                    seq: int = 0):
+        slot = super().kv_prefetch(layer, kind, first, count, col_offset, seq)
         tile = len(self.s.tiles) - 1
         self.load_tile[slot.serial] = tile
         start = self.current.start
-        if kind in self.appended and _shares_a_page(first, count, start, col_offset,
-                                                    self.cfg.head_dim, self.cfg.kv_dim,
-                                                    self.hw.kv_block_tokens):
-            producer, cycles = self.appended[kind]
+        if (seq, kind) in self.appended and _shares_a_page(
+                first, count, start, col_offset, self.cfg.head_dim, self.cfg.kv_dim,
+                self.hw.kv_block_tokens):
+            producer, cycles = self.appended[seq, kind]
             self.s.tiles[tile][4] = producer - tile
             self.s.tiles[tile][9] = cycles
         return slot
@@ -327,7 +328,7 @@ class _Timing(Generator):
         super()._op_kvappend(op)
         if producer is not None:
             # its producer, and the cycles from its end to the append's signal
-            self.appended[op.kind] = (producer, self.store_cycles + 1)
+            self.appended[op.seq, op.kind] = (producer, self.store_cycles + 1)
 
     def _op_attention(self, op: Attention) -> None:
         self.current = op
