@@ -293,13 +293,21 @@ def _cmd_verify(args) -> int:
     from accel.ladder import failed_rungs, rung1_bar, verify_ladder
 
     report = verify_ladder(args.model, args.hw, _prompt_arg(args), args.max_new_tokens,
-                           args.eval_windows, rtl=args.rtl, weights=args.weights)
+                           args.eval_windows, rtl=args.rtl, weights=args.weights,
+                           batch=args.batch)
     failed = failed_rungs(report)
     report["failed_rungs"] = failed
     if args.json:
         print(json.dumps(report, indent=2))
         return 1 if failed else 0
     print(f"verification ladder: {report['model']} on {report['hardware']}")
+    if "batch" in report:
+        b = report["batch"]
+        print(f"  {b['sequences']} sequences in one paged KV pool: prompts of "
+              f"{b['prompt_tokens']} tokens, {b['new_tokens']} new tokens, "
+              f"{b['cached_tokens']} prompt tokens read from shared blocks; "
+              f"{len(b['programs'])} programs, at most {b['peak_blocks']} of "
+              f"{b['pool_blocks']} blocks in use")
     print(f"  {'rung':<38}{'result':<14}detail")
     if "int_vs_float" in report:
         r = report["int_vs_float"]
@@ -500,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out windows for the integer-vs-float rung")
     p.add_argument("--rtl", action="store_true",
                    help="add rung 3: the RTL under Verilator against the ISA simulator")
+    p.add_argument("--batch", type=int, default=1, metavar="B",
+                   help="rungs 2 and 3 for B sequences made from the prompt (two sharing a "
+                        "prefix) decoded together in one paged KV pool")
     p.add_argument("--json", action="store_true")
     _add_weights(p)
     p.set_defaults(func=_cmd_verify)

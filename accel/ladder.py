@@ -135,14 +135,93 @@ def run_random_step(step, seed: int = 0) -> dict:
             "fast_cycles": fast, "error_pct": errors}
 
 
+def batch_prompts(ids: list[int], batch: int, block_tokens: int, vocab_size: int,
+                  seed: int = 0) -> list[list[int]]:
+    """``batch`` different prompts from ``ids``, two of them sharing a prefix of one
+    whole KV block: sequence 0 is ``ids`` repeated to fill a block, then ``ids``; sequence
+    1 the same block, then ``ids`` reversed and one token more; each further sequence
+    ``len(ids) + 2 b`` token ids drawn at random (``seed``), so every prompt has its own
+    length."""
+    shared = (ids * -(-block_tokens // len(ids)))[:block_tokens]
+    prompts = [shared + ids, shared + ids[::-1] + ids[:1]][:batch]
+    rng = np.random.default_rng(seed)
+    prompts += [[int(t) for t in rng.integers(0, vocab_size, len(ids) + 2 * b)]
+                for b in range(2, batch)]
+    return prompts
+
+
+def combine(results: list[dict]) -> dict:
+    """Per-sequence ``compare`` results as one rung: bit-exact when every sequence is,
+    counts summed, and each sequence's result under ``sequences``."""
+    return {"bit_exact": all(r["bit_exact"] for r in results),
+            "tokens_compared": sum(r["tokens_compared"] for r in results),
+            "tokens_equal": all(r["tokens_equal"] for r in results),
+            "logit_rows_compared": sum(r["logit_rows_compared"] for r in results),
+            "logits_equal": all(r["logits_equal"] for r in results),
+            "kv_equal": all(r["kv_equal"] for r in results), "sequences": results}
+
+
+def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: bool,
+                  report: dict) -> None:
+    """Rungs 2 and 3 for ``batch`` sequences (``batch_prompts``, ``max_new_tokens - b``
+    new tokens for sequence ``b``, at least 1) in one paged KV pool
+    (``kv_blocks.plan_batch``, every sequence running at once), each sequence's tokens,
+    logit rows and K/V rows against its own run through the integer reference."""
+    from accel.kv_blocks import plan_batch
+    from compiler.driver import compile_batch
+
+    cfg = im.cfg
+    prompts = batch_prompts(ids, batch, hw.kv_block_tokens, cfg.vocab_size)
+    new = [max(1, max_new_tokens - b) for b in range(batch)]
+    longest = max(len(p) + n for p, n in zip(prompts, new, strict=True))
+    if longest > cfg.max_seq_len:
+        raise ValueError(f"--batch {batch}: the longest sequence (a prompt of "
+                         f"{max(len(p) for p in prompts)} tokens, with one KV block of "
+                         f"shared prefix, plus its new tokens) is {longest} tokens, longer "
+                         f"than {cfg.name}'s context of {cfg.max_seq_len}")
+    pool = sum(-(-(len(p) + n - 1) // hw.kv_block_tokens) for p, n in zip(prompts, new,
+                                                                           strict=True))
+    plan = plan_batch(prompts, new, max_batch=batch, pool_blocks=pool,
+                      block_tokens=hw.kv_block_tokens)
+    refs = [reference_generation(im, p, n) for p, n in zip(prompts, new, strict=True)]
+    report["batch"] = {"sequences": batch, "prompt_tokens": [len(p) for p in prompts],
+                       "new_tokens": new,
+                       "cached_tokens": [sp.cached for sp in plan.sequences],
+                       "pool_blocks": pool, "peak_blocks": plan.peak_blocks,
+                       "shared_blocks": plan.shared_blocks,
+                       "programs": [f"{s.kind} {list(s.seqs)}" for s in plan.schedule]}
+    for prefetch in (True, False):
+        build = compile_batch(cfg, im.qm, hw, plan.sequences, plan.schedule, pool,
+                              prefetch=prefetch)
+        isa = run_build(build, "isa")
+        key = "isa_vs_int" if prefetch else "isa_vs_int_prefetch_off"
+        report[key] = combine([compare(r, ref) for r, ref in zip(isa.sequences, refs,
+                                                                 strict=True)])
+        if rtl and prefetch:
+            result = run_build(build, "rtl")
+            tokens_equal = all(a.tokens == b.tokens for a, b in zip(result.sequences,
+                                                                     isa.sequences,
+                                                                     strict=True))
+            report["rtl_vs_isa"] = {**same_dram(build, isa.dram, result.dram, isa.l2,
+                                                result.l2), "tokens_equal": tokens_equal}
+            report["rtl_vs_isa"]["bit_exact"] &= tokens_equal
+            report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
+                             "wall_seconds": result.wall_seconds,
+                             "counters": result.counters}
+            report["perf"] = perf_vs_rtl(build, result.counters)
+
+
 def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
                   max_new_tokens: int, eval_windows: int, rtl: bool = False,
-                  weights: str = "int8") -> dict:
+                  weights: str = "int8", batch: int = 1) -> dict:
     """Run the rungs of the verification ladder that apply; a flat dict of results.
 
     ``prompt`` is text (for a model with a tokenizer), token ids, or None: ``"ROMEO:"``
     through the tokenizer, or ``UNTOKENIZED_PROMPT`` for a model without one. ``weights``
-    is the projection weights' format (``integer.WEIGHT_FORMATS``).
+    is the projection weights' format (``integer.WEIGHT_FORMATS``). With ``batch > 1``,
+    rungs 2 and 3 run ``batch`` sequences made from the prompt (``batch_prompts``: two
+    share a prefix) in one paged KV pool, each against its own integer reference run
+    (``_verify_batch``); the report adds ``batch`` and keeps the rungs' keys.
     Raises ``ValueError`` for an empty prompt, a text prompt without a tokenizer or an id
     outside the vocabulary, for ``rtl`` with weights the RTL does not run on the hardware
     (``rtl.common.weights_refusal``) and for an unknown format, and whatever loading the
@@ -157,6 +236,8 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
 
     if prompt is not None and not prompt:
         raise ValueError("the prompt is empty")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"--batch must be at least 1, not {batch}")
     check_weight_format(model_config(model), weights)     # before loading the weights
     hw = load_hardware(hw_spec)
     refusal = weights_refusal(rtl_params(hw), weights) if rtl else None
@@ -180,6 +261,9 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     else:
         ids = UNTOKENIZED_PROMPT
     ids = check_prompt_ids(ids, loaded.cfg)
+    if batch > 1:
+        _verify_batch(im, hw, ids, max_new_tokens, batch, rtl, report)
+        return report
     ref = reference_generation(im, ids, max_new_tokens)
     for prefetch in (True, False):
         build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch)

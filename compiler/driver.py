@@ -468,7 +468,8 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
         if not 0 <= sp.cached < len(sp.prompt):
             raise CompileError(f"{what}: cached = {sp.cached} is not below the prompt's "
                                f"{len(sp.prompt)} tokens")
-    content: dict[tuple[int, int], object] = {}    # (physical block, row in it) -> key
+    content: dict[tuple[int, int], tuple] = {}     # (physical block, row in it) ->
+    #                                                (key, writer, program)
     written = [0] * len(sequences)                 # K/V rows each sequence has written
     prefilled: set[int] = set()
 
@@ -499,14 +500,16 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
                     raise CompileError(f"{where}: sequence {b} has generated its "
                                        f"{sp.max_new_tokens} tokens already")
             for row in range(first):                       # what the program reads
-                if content.get(place(b, row)) != _row_key(sp, b, row):
+                held = content.get(place(b, row))
+                if held is None or held[0] != _row_key(sp, b, row):
                     raise CompileError(
-                        f"{where}: sequence {b} reads K/V row {row} (block "
-                        f"{place(b, row)[0]}), which does not hold its row there: "
-                        + ("a shared prefix no earlier prefill wrote" if row < sp.cached
-                           and step.kind == "prefill" else "another sequence wrote it"))
+                        f"{where}: sequence {b} reads K/V row {row} from block "
+                        f"{place(b, row)[0]}, which "
+                        + ("no program has written" if held is None else
+                           f"holds another row: sequence {held[1]} wrote it in program "
+                           f"{held[2]}"))
             for row in range(first, end):
-                content[place(b, row)] = _row_key(sp, b, row)
+                content[place(b, row)] = (_row_key(sp, b, row), b, i)
             written[b] = end
     for b, sp in enumerate(sequences):
         if b not in prefilled or written[b] != sp.positions - 1:

@@ -70,7 +70,14 @@ from compiler.backend import (
     mx_exps_rows,
     plan_l2,
 )
-from compiler.driver import dram_map, fit_head, head_scratch_bytes, param_sizes, prefill_graphs
+from compiler.driver import (
+    batched_decode_graph,
+    dram_map,
+    fit_head,
+    head_scratch_bytes,
+    param_sizes,
+    prefill_graphs,
+)
 from compiler.frontend import lower_step
 from compiler.ir import (
     Attention,
@@ -103,7 +110,7 @@ class StepEstimate:
 def _tile(load=0, compute: int = 0, staged: int = 0, extra: float = 0.0,
           compute_l2: int = 0, load_l2: int = 0) -> list:
     """A tile in ``_Tiles``' layout."""
-    return [load, compute, staged, 0, 0, extra, 0.0, compute_l2, load_l2, 0]
+    return [load, compute, staged, 0, 0, extra, 0.0, compute_l2, load_l2, 0, 0]
 
 
 class _Tiles:
@@ -116,8 +123,11 @@ class _Tiles:
     nothing); ``extra``: the DRAM cycles instruction fetch (a line per instruction) took
     since the last load, which delay this one's copier; ``stores``: the DRAM cycles of
     the store engine instructions that begin when this tile's compute ends; then the L2
-    lines the compute and the load move; and the cycles the load waits after ``after``'s
-    compute has ended (the ``KV_APPEND`` between them)."""
+    lines the compute and the load move; the cycles the load waits after ``after``'s
+    compute has ended (the ``KV_APPEND`` between them); and the store engine's cycles
+    of the instructions that begin when this tile's compute ends (the program ends when
+    the store engine has finished too: a batched decode step ends with two stores per
+    sequence)."""
 
     def __init__(self, hw: HardwareConfig):
         self.hw = hw
@@ -125,6 +135,7 @@ class _Tiles:
         self.read = self.macs = self.l2 = 0
         self.pending = 0.0
         self.first_rope: int | None = None       # the tile of the first ROPE
+        self.store_tile, self.store_run = -1, 0  # the last store's tile, its cycles there
 
     def add_load(self, occ, staged: int) -> int:
         self.read += occ.dram_read_bytes
@@ -150,12 +161,20 @@ class _Tiles:
             self.tiles.append(_tile(compute=cycles, compute_l2=occ.l2_lines))
         return len(self.tiles) - 1
 
-    def add_store(self, occ, producer: int) -> None:
+    def add_store(self, occ, producer: int) -> tuple[int, int]:
         """A store engine instruction, begun once the compute of tile ``producer`` has
-        ended: its DRAM lines go to that tile."""
+        ended and the store engine has begun the one before (it runs them in program
+        order): its DRAM lines and cycles go to the later of the two tiles. Returns that
+        tile and the store cycles attached to it up to this instruction's end."""
         self.pending += self.hw.dram_cycles_per_line
-        if 0 <= producer < len(self.tiles):
-            self.tiles[producer][6] += occ.dram_lines * self.hw.dram_cycles_per_line
+        tile = producer if producer > self.store_tile else self.store_tile
+        if tile != self.store_tile:
+            self.store_tile, self.store_run = tile, 0
+        self.store_run += occ.cycles + ENGINE_START_CYCLES
+        if 0 <= tile < len(self.tiles):
+            self.tiles[tile][6] += occ.dram_lines * self.hw.dram_cycles_per_line
+            self.tiles[tile][10] += occ.cycles + ENGINE_START_CYCLES
+        return tile, self.store_run
 
     def frozen(self) -> tuple:
         """The tiles (lists where built here, the cached matmuls' tuples: read only from
@@ -258,7 +277,7 @@ class _Timing(Generator):
         self.writer: dict[int, int] = {}           # L2 address -> tile of its last writer
         self.appended: dict[tuple, tuple] = {}     # (sequence, KV kind) -> (producer tile,
         #                                            cycles)
-        self.store_cycles = 0
+        self.last_store = (0, 0)                   # (tile, cycles to its end from there)
         self.gathers: list[tuple[int, int, int]] = []   # (first, end) L2 bytes, tile
         self.n_instrs = 0
 
@@ -292,8 +311,7 @@ class _Timing(Generator):
         else:                                     # the store engine
             producer = self.writer.get(fields.get("l2_addr"), len(s.tiles) - 1)
             occ = occupancy(instr, self.core)
-            s.add_store(occ, producer)
-            self.store_cycles = occ.cycles
+            self.last_store = s.add_store(occ, producer)
             tile = len(s.tiles) - 1
         self.tile_of[index] = tile
         return index
@@ -327,8 +345,10 @@ class _Timing(Generator):
         producer = self.writer.get(self.addr(op.src))
         super()._op_kvappend(op)
         if producer is not None:
-            # its producer, and the cycles from its end to the append's signal
-            self.appended[op.seq, op.kind] = (producer, self.store_cycles + 1)
+            # the tile it begins after (its producer's, or the store before it's), and
+            # the cycles from that tile's end to the append's signal
+            tile, cycles = self.last_store
+            self.appended[op.seq, op.kind] = (tile, cycles - ENGINE_START_CYCLES + 1)
 
     def _op_attention(self, op: Attention) -> None:
         self.current = op
@@ -373,11 +393,24 @@ def _struct(cfg: ModelConfig, weights: str):
 
 
 @lru_cache(maxsize=4096)
-def _lowered(cfg: ModelConfig, weights: str, start: int, n_tokens: int, head: bool) -> Graph:
-    """The front end's graph of a step of the one-layer model (shapes only)."""
+def _lowered(cfg: ModelConfig, weights: str, start: int, n_tokens: int, head: bool,
+             seq: int = 0) -> Graph:
+    """The front end's graph of a step of the one-layer model (shapes only), for sequence
+    ``seq`` of a batch."""
     kind = "decode" if n_tokens == 1 and head and start else "prefill"
     return lower_step(cfg, _struct(cfg, weights), start, n_tokens, head=head,
-                      name=f"{kind}@{start}")
+                      name=f"{kind}@{start}", seq=seq)
+
+
+def _step_graph(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int,
+                n_tokens: int, head: bool, batch: int) -> Graph:
+    """The graph the driver compiles: a step with its head fitted (``fit_head``), or a
+    decode step of ``batch`` sequences at ``start`` (``driver.batched_decode_graph``)."""
+    if batch > 1:
+        return batched_decode_graph([_lowered(cfg, weights, start, 1, True, b)
+                                     for b in range(batch)], cfg, hw, f"decode@{start}x{batch}")
+    graph = _lowered(cfg, weights, start, n_tokens, head)
+    return fit_head(graph, cfg, hw) if head else graph
 
 
 @lru_cache(maxsize=1024)
@@ -411,18 +444,17 @@ def _split(ops: list) -> tuple[list, list, list]:
 
 @lru_cache(maxsize=4096)
 def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_tokens: int,
-          head: bool, allreduce: int = 0, program: tuple[int, int, int] | None = None
-          ) -> _Plan:
+          head: bool, allreduce: int = 0, program: tuple[int, int, int] | None = None,
+          batch: int = 1) -> _Plan:
     """The tiles of a step of ``n_tokens`` at ``start`` of the one-layer ``cfg``: the
     graph the driver compiles (``fit_head`` chunks a head whose logits do not fit L2),
     planned by ``backend.plan_l2`` and lowered by the back end's own code (``_Timing``);
     ``allreduce`` cycles of a tensor-parallel allreduce before each residual add (0: a
     single device). A prefill chunk is one graph of a program that ``_prefill_l2``
     plans: ``program`` is then its ``(tile_bytes, ring_bytes, ring_base)``, and only the
-    first chunk loads the RoPE table."""
-    graph = _lowered(cfg, weights, start, n_tokens, head)
-    if head:
-        graph = fit_head(graph, cfg, hw)
+    first chunk loads the RoPE table. ``batch > 1``: a decode step of that many sequences
+    at ``start`` (``_step_graph``)."""
+    graph = _step_graph(cfg, weights, hw, start, n_tokens, head, batch)
     timing = _Timing(cfg, hw, graph, _core(hw), program)
     prefix, layer, tail = _split(graph.ops)
     freq = next((op.freq for op in layer if isinstance(op, Rope)), None)
@@ -461,18 +493,19 @@ def _prefill_l2(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_tokens: in
 
 @lru_cache(maxsize=1024)
 def _check_dram(cfg: ModelConfig, weights: str, hw: HardwareConfig,
-                steps: tuple[tuple[int, int, bool], ...], positions: int, programs: int
-                ) -> None:
+                steps: tuple[tuple[int, int, bool], ...], positions: int, programs: int,
+                batch: int = 1) -> None:
     """Raise the compiler's ``CompileError`` when the DRAM image of ``programs`` programs
     made of the graphs ``steps`` (``(start, tokens, head)`` of the one-layer model), with
-    KV and logits for ``positions`` tokens, exceeds ``hw.dram_bytes``
-    (``driver.dram_map``, with every layer's parameters)."""
+    KV and logits for ``positions`` tokens (of each of ``batch`` sequences, a batched
+    decode step), exceeds ``hw.dram_bytes`` (``driver.dram_map``, with every layer's
+    parameters)."""
     one = _one_layer(cfg)
-    graphs = [fit_head(g, one, hw) if head else g
-              for g, head in ((_lowered(one, weights, s0, n, head), head)
-                              for s0, n, head in steps)]
+    graphs = [_step_graph(one, weights, hw, s0, n, head, batch) for s0, n, head in steps]
+    blocks = -(-positions // hw.kv_block_tokens)
     dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
-             [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs))
+             [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs), batch,
+             blocks, batch * blocks)
 
 
 def _core(hw: HardwareConfig) -> HardwareConfig:
@@ -583,7 +616,7 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
         rank[j] = k
     ends: list[float] = []                  # ends of the loads so far
     stores: deque = deque()                 # the store engine's DRAM intervals
-    store_free = 0.0
+    store_free = store_end = 0.0            # ... and its instructions' end
     timed = -1
     engine_free, compute_end = -1, 0
     read_free = write_free = float("-inf")
@@ -652,7 +685,10 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
             s0 = compute_end if compute_end > store_free else store_free
             store_free = s0 + tiles[i][6]
             stores.append((s0, store_free))
-    return ((compute_end, load_busy, sum(computes)), write_start, load_end, compute_begin,
+        if tiles[i][10]:
+            store_end = (compute_end if compute_end > store_end else store_end) + tiles[i][10]
+    end = compute_end if compute_end > store_end else store_end
+    return ((end, load_busy, sum(computes)), write_start, load_end, compute_begin,
             compute_ends, busy_to)
 
 
@@ -785,13 +821,18 @@ def _plan_hw(hw: HardwareConfig) -> HardwareConfig:
 
 def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                 prefetch: bool | None = None, devices: int = 1,
-                link: Link = Link(), weights: str = "int8") -> StepEstimate:
+                link: Link = Link(), weights: str = "int8", batch: int = 1) -> StepEstimate:
     """One decode step at KV length ``position``, the projections' weights in format
-    ``weights``; with ``devices > 1``, one device's step under tensor parallelism, the
+    ``weights``; with ``batch > 1``, one step of that many sequences each at
+    ``position`` (one token each: ``driver.compile_batch``'s decode program, the weights
+    read once); with ``devices > 1``, one device's step under tensor parallelism, the
     two allreduces per layer (int32 partial sums of the ``d_model`` outputs) on ``link``.
     Raises ``CompileError`` where the compiler would: an L2 too small for the step, or a
     DRAM image (``driver.dram_map``) larger than ``hw.dram_bytes``."""
     _check_count("position", position, 0)
+    _check_count("batch", batch, 1)
+    if batch > 1 and devices > 1:
+        raise ValueError("a batched decode step is timed on one device (devices = 1)")
     if position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
                          f"{cfg.name}")
@@ -799,8 +840,9 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     prefetch = hw.prefetch if prefetch is None else prefetch
     allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
     local = shard(cfg, devices)
-    _check_dram(local, weights, _plan_hw(hw), ((position, 1, True),), position + 2, 1)
-    plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce)
+    _check_dram(local, weights, _plan_hw(hw), ((position, 1, True),), position + 2, 1, batch)
+    plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce,
+                 batch=batch)
     cycles, load_busy, compute_busy, read, macs = _time_plan(plan, cfg.n_layers, hw, prefetch)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
     return StepEstimate(math.ceil(cycles + first_fetch_cycles(hw)), load_busy, compute_busy,

@@ -17,6 +17,7 @@ from accel.kv_blocks import (
     PoolExhausted,
     Request,
     ReservationExceeded,
+    plan_batch,
 )
 
 
@@ -332,3 +333,54 @@ def test_idle_steps_are_counted_not_simulated_and_carry_no_waste():
                          (dict(arrival_step=-1), "arrival_step")):
         with pytest.raises(ValueError, match=message):
             Request(**{"prompt": (1,), "output_tokens": 1, "max_new_tokens": 1, **bad})
+
+
+def test_plan_batch_makes_plans_the_compiler_accepts():
+    """Random prompts (some sharing prefixes), output lengths, batch limits and pool
+    sizes: every plan passes ``driver.check_batch`` (which replays it row by row: no
+    sequence reads a row another overwrote, shared prefixes written before they are
+    read), no decode step runs more than ``max_batch`` sequences, and sequences join as
+    others leave."""
+    from compiler.driver import check_batch
+
+    rng = np.random.default_rng(7)
+    joined_late = 0
+    for _ in range(40):
+        bt = int(rng.choice([4, 8, 16]))
+        base = [int(t) for t in rng.integers(0, 50, 3 * bt)]
+        prompts = []
+        for _ in range(int(rng.integers(1, 7))):
+            n = int(rng.integers(1, 3 * bt))
+            prompts.append(base[:n] + [int(t) for t in rng.integers(0, 50, rng.integers(0, 5))]
+                           if rng.random() < 0.5 else
+                           [int(t) for t in rng.integers(0, 50, rng.integers(1, 2 * bt))])
+        new = [int(rng.integers(1, 2 * bt)) for _ in prompts]
+        need = max(-(-(len(p) + n - 1) // bt) for p, n in zip(prompts, new, strict=True))
+        pool = need + int(rng.integers(0, 8))
+        max_batch = int(rng.integers(1, 5))
+        plan = plan_batch(prompts, new, max_batch=max_batch, pool_blocks=pool,
+                          block_tokens=bt, seed=int(rng.integers(1000)))
+        check_batch(plan.sequences, plan.schedule, pool, bt, 50, 10_000)
+        decodes = [s.seqs for s in plan.schedule if s.kind == "decode"]
+        assert all(len(s) <= max_batch for s in decodes)
+        assert plan.peak_blocks <= pool
+        first_decode = next((i for i, s in enumerate(plan.schedule) if s.kind == "decode"),
+                            len(plan.schedule))
+        joined_late += any(s.kind == "prefill" for s in plan.schedule[first_decode:])
+    assert joined_late >= 10
+
+
+def test_plan_batch_shares_prefix_blocks_and_refuses_what_cannot_fit():
+    prefix = list(range(16))
+    plan = plan_batch([prefix + [20, 21], prefix + [30]], [3, 2], max_batch=2, pool_blocks=3,
+                      block_tokens=16)
+    a, b = plan.sequences
+    assert a.table[0] == b.table[0] and a.table[1] != b.table[1]
+    assert (a.cached, b.cached) == (0, 16) and plan.shared_blocks == 1
+    assert [s.kind for s in plan.schedule] == ["prefill", "prefill", "decode", "decode"]
+    with pytest.raises(PoolExhausted, match="needs 3 KV blocks"):
+        plan_batch([list(range(40))], [2], max_batch=1, pool_blocks=2, block_tokens=16)
+    with pytest.raises(ValueError, match="one output length per prompt"):
+        plan_batch([[1]], [1, 2], max_batch=1, pool_blocks=2, block_tokens=16)
+    with pytest.raises(ValueError, match="max_batch must be an integer"):
+        plan_batch([[1]], [1], max_batch=0, pool_blocks=2, block_tokens=16)
