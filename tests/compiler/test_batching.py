@@ -120,7 +120,8 @@ def _seq(prompt, new, table, cached=0):
     ([_seq([1] * 5, 2, [0])], [("prefill", (0,)), ("prefill", (0,))], "prefilled twice"),
     ([_seq([1] * 5, 2, [0])], [("prefill", (0, 0))], "not a prefill of one"),
     # a shared prefix no earlier prefill wrote
-    ([_seq([1] * 18, 1, [0, 1], 16)], [("prefill", (0,))], "row 0 from block 0, which no program has written"),
+    ([_seq([1] * 18, 1, [0, 1], 16)], [("prefill", (0,))],
+     "row 0 from block 0, which no program has written"),
     # two sequences writing the same block while both live
     ([_seq([1] * 5, 3, [0]), _seq([2] * 5, 2, [0])],
      [("prefill", (0,)), ("prefill", (1,)), ("decode", (0, 1)), ("decode", (0,))],
