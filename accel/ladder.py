@@ -161,6 +161,21 @@ def combine(results: list[dict]) -> dict:
             "kv_equal": all(r["kv_equal"] for r in results), "sequences": results}
 
 
+def _batch_sequences(ids: list[int], batch: int, max_new_tokens: int, hw, cfg
+                     ) -> tuple[list[list[int]], list[int]]:
+    """The prompts and new tokens of ``--batch``; ``ValueError`` if the longest sequence
+    does not fit the model's context."""
+    prompts = batch_prompts(ids, batch, hw.kv_block_tokens, cfg.vocab_size)
+    new = [max(1, max_new_tokens - b) for b in range(batch)]
+    longest = max(len(p) + n for p, n in zip(prompts, new, strict=True))
+    if longest > cfg.max_seq_len:
+        raise ValueError(f"--batch {batch}: the longest sequence (a prompt of "
+                         f"{max(len(p) for p in prompts)} tokens, with one KV block of "
+                         f"shared prefix, plus its new tokens) is {longest} tokens, longer "
+                         f"than {cfg.name}'s context of {cfg.max_seq_len}")
+    return prompts, new
+
+
 def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: bool,
                   report: dict) -> None:
     """Rungs 2 and 3 for ``batch`` sequences (``batch_prompts``, ``max_new_tokens - b``
@@ -171,14 +186,7 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
     from compiler.driver import compile_batch
 
     cfg = im.cfg
-    prompts = batch_prompts(ids, batch, hw.kv_block_tokens, cfg.vocab_size)
-    new = [max(1, max_new_tokens - b) for b in range(batch)]
-    longest = max(len(p) + n for p, n in zip(prompts, new, strict=True))
-    if longest > cfg.max_seq_len:
-        raise ValueError(f"--batch {batch}: the longest sequence (a prompt of "
-                         f"{max(len(p) for p in prompts)} tokens, with one KV block of "
-                         f"shared prefix, plus its new tokens) is {longest} tokens, longer "
-                         f"than {cfg.name}'s context of {cfg.max_seq_len}")
+    prompts, new = _batch_sequences(ids, batch, max_new_tokens, hw, cfg)
     pool = sum(-(-(len(p) + n - 1) // hw.kv_block_tokens) for p, n in zip(prompts, new,
                                                                            strict=True))
     plan = plan_batch(prompts, new, max_batch=batch, pool_blocks=pool,
@@ -247,13 +255,6 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     if isinstance(prompt, str) and loaded.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer.json to read a text prompt; give token ids "
                          f"(--prompt-ids)")
-    im = build_int_model(loaded, weights=weights)
-    report: dict = {"model": loaded.cfg.name, "hardware": hw.name, "weights": weights}
-    if loaded.tokenizer is not None:
-        ev = evaluate(loaded, im, max_windows=eval_windows)
-        report["int_vs_float"] = {"top1_agreement": ev.top1_agreement,
-                                  "ppl_ratio": ev.ppl_ratio, "float_ppl": ev.float_ppl,
-                                  "int_ppl": ev.int_ppl, "tokens": ev.tokens}
     if isinstance(prompt, list):
         ids = prompt
     elif loaded.tokenizer is not None:
@@ -261,6 +262,15 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     else:
         ids = UNTOKENIZED_PROMPT
     ids = check_prompt_ids(ids, loaded.cfg)
+    if batch > 1:
+        _batch_sequences(ids, batch, max_new_tokens, hw, loaded.cfg)    # refused before work
+    im = build_int_model(loaded, weights=weights)
+    report: dict = {"model": loaded.cfg.name, "hardware": hw.name, "weights": weights}
+    if loaded.tokenizer is not None:
+        ev = evaluate(loaded, im, max_windows=eval_windows)
+        report["int_vs_float"] = {"top1_agreement": ev.top1_agreement,
+                                  "ppl_ratio": ev.ppl_ratio, "float_ppl": ev.float_ppl,
+                                  "int_ppl": ev.int_ppl, "tokens": ev.tokens}
     if batch > 1:
         _verify_batch(im, hw, ids, max_new_tokens, batch, rtl, report)
         return report

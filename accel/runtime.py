@@ -9,7 +9,9 @@ generated tokens, the logits the device computed (one row per generated token: t
 prompt token's, then each decode step's), the KV cache gathered back through the
 block table, each program's counters and the final DRAM. The instructions are fetched
 from the DRAM image, as the hardware does. An RTL program that stops in the error state
-raises ``AcceleratorError`` with its code and instruction index. Both simulators run on
+raises ``AcceleratorError`` with its code and instruction index. A batched build
+(``driver.compile_batch``) gives a ``BatchRunResult``: each sequence's ``RunResult``
+read through its own token buffer, logits rows and block table. Both simulators run on
 the same simulated DRAM (``simulated_dram``: the image, then zeros up to the RTL's
 power-of-two capacity), so they refuse the same addresses. After every run, on
 every simulator, the regions no program may write (``buildfolder.read_only_regions``:
@@ -100,7 +102,7 @@ def read_results(build: Build, dram: np.ndarray, seq: int | None = None
         sp = build.batch[seq]
         prompt, new = sp.prompt, sp.max_new_tokens
         entries = mmap["block_table"].size // (INT32_BYTES * len(build.batch))
-        rows_per_seq = max(s.positions for s in build.batch)
+        rows_per_seq = max(s.max_new_tokens for s in build.batch)
     n_prompt = len(prompt)
     positions = n_prompt + new
     kv_rows = positions if build.batch is None else positions - 1
@@ -110,6 +112,8 @@ def read_results(build: Build, dram: np.ndarray, seq: int | None = None
     lg = mmap["logits"]
     first = lg.offset + seq * rows_per_seq * 2 * cfg.vocab_size
     logits = dram[first:lg.end].view("<i2").reshape(-1, cfg.vocab_size)
+    # the rows it computed, from its last prompt token's (a batched build keeps only those)
+    logits = logits[n_prompt - 1:positions - 1] if build.batch is None else logits[:new]
     table_at = mmap["block_table"].offset + seq * INT32_BYTES * entries
     table = dram[table_at:mmap["block_table"].end].view("<i4")
     bt = build.hw.kv_block_tokens
@@ -123,7 +127,7 @@ def read_results(build: Build, dram: np.ndarray, seq: int | None = None
             rows = np.stack([dram[a:a + cfg.kv_dim] for a in starts]).view(np.int8)
             layers.append(rows.reshape(kv_rows, cfg.n_kv_heads, cfg.head_dim))
         kv[kind] = np.stack(layers)
-    return generated, logits[n_prompt - 1:positions - 1].copy(), kv
+    return generated, logits.copy(), kv
 
 
 def run_build(build: Build, sim: str = "isa", check_races: bool = True,

@@ -1,6 +1,7 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
 from benchmarks import (
+    batch_decode,
     calibration_size,
     compile_speed,
     context_switch,
@@ -36,6 +37,7 @@ def main() -> None:
     kv_compression.main([])
     kv_waste.main([])
     context_switch.main([])
+    batch_decode.main(["--rtl"])
     mxint4.main([])
     rtl_gemm.main([])
     perf_calibration.main([])

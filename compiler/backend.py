@@ -88,8 +88,9 @@ class BuildContext:
     cfg: ModelConfig
     mmap: MemoryMap
     prefetch: bool
-    table_entries: int = 0     # a batched build: each sequence's block table entries
-    logits_rows: int = 0       # and logits rows (``driver.dram_map``)
+    table_entries: int = 0     # a batched build: each sequence's block table entries,
+    logits_rows: int = 0       # its logits rows, and the position of its first logits
+    logits_first: tuple[int, ...] = ()     # row (``driver.dram_map``)
 
     def param_addr(self, p: Param | ParamWords) -> int:
         return self.mmap[f"param:{p.name}"].offset
@@ -102,9 +103,14 @@ class BuildContext:
         """Sequence ``seq``'s block table (``table_entries`` int32 entries each)."""
         return self.mmap["block_table"].offset + seq * BLOCK_TABLE_ENTRY_BYTES * self.table_entries
 
-    def logits_addr(self, seq: int) -> int:
-        """Sequence ``seq``'s logits rows (``logits_rows`` int16 rows of the vocabulary)."""
-        return self.mmap["logits"].offset + seq * self.logits_rows * 2 * self.cfg.vocab_size
+    def logits_addr(self, seq: int, row: int) -> int:
+        """Where sequence ``seq``'s logits row of position ``row`` goes: in a single
+        sequence's build, row ``row`` of the region; in a batched build, row ``row -
+        logits_first[seq]`` of the sequence's ``logits_rows`` (only the rows it computes:
+        its last prompt token's and each decode step's)."""
+        first = self.logits_first[seq] if self.logits_first else 0
+        return self.mmap["logits"].offset + (seq * self.logits_rows + row - first) * 2 * \
+            self.cfg.vocab_size
 
 
 @dataclass
@@ -521,9 +527,8 @@ class Generator:
         Then the first maximum over the chunks' maxima picks the chunk, and a gather of
         the chunk's column by that index gives the token. Ties resolve as one ARGMAX over
         the whole row: the first column within a chunk, then the first chunk."""
-        V = op.w.shape[0]
         scratch = self.ctx.mmap["lm_head_scratch"].offset
-        row = self.ctx.logits_addr(op.seq) + op.row * 2 * V
+        row = self.ctx.logits_addr(op.seq, op.row)
         columns = self.ctx.param_addr(op.columns)
         acc, logits = self.addr(op.acc), self.addr(op.logits)
         chunks = op.chunks
@@ -577,7 +582,7 @@ class Generator:
 
     def _op_output(self, op: Output) -> None:
         if op.kind == "logits":
-            dram = self.ctx.logits_addr(op.seq) + op.row * op.src.row_bytes
+            dram = self.ctx.logits_addr(op.seq, op.row)
             self.emit("DMA_STORE", l2_addr=self.addr(op.src), dram_addr=dram, rows=op.src.rows,
                       row_bytes=op.src.row_bytes, l2_stride=op.src.row_bytes,
                       dram_stride=op.src.row_bytes)

@@ -7,12 +7,18 @@ prompt (in chunks if its activations do not fit L2) and one *decode* program per
 further token, all sharing one DRAM image and memory map. ``compile_step(...)`` compiles
 a single step (``n_tokens`` tokens at position ``start``), with or without weights; a
 build without weights has a memory map, programs and a manifest but no DRAM data, for
-timing large models. ``Build.save(folder)`` writes a build folder
+timing large models. ``compile_batch(...)`` compiles many sequences sharing one paged KV
+pool, as the host planned them (``SequencePlan``: prompt, tokens, block table, shared
+prefix; ``BatchStep``: a prefill of one sequence or a decode step of several, one
+program each; ``check_batch`` refuses a plan the device would run wrongly);
+``compile_batch_timing_step`` one batched decode step without weights.
+``Build.save(folder)`` writes a build folder
 (``compiler.buildfolder``): a program file and a listing per program, the DRAM image,
 and ``manifest.json`` with the memory map, each program's place in DRAM, instruction
 counts per opcode, the DRAM bytes each program will move and the hash of every file.
 
-Tested by tests/compiler/test_isasim.py and tests/compiler/test_buildfolder.py.
+Tested by tests/compiler/test_isasim.py, tests/compiler/test_buildfolder.py and
+tests/compiler/test_batching.py.
 """
 
 from __future__ import annotations
@@ -239,13 +245,14 @@ def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:
 def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
              positions: int, program_names: list[str], head_scratch: int = 0,
              sequences: int = 1, table_entries: int | None = None,
-             pool_blocks: int | None = None) -> MemoryMap:
+             pool_blocks: int | None = None, logits_rows: int | None = None) -> MemoryMap:
     """The DRAM image's memory map: the parameters (bytes by name), then the writable
     regions (tokens, block table, KV pools for ``positions`` tokens, logits rows, the LM
     head's scratch, each program's counters). A batched build has ``sequences`` token
-    buffers, block tables of ``table_entries`` entries and logits regions of
-    ``positions`` rows, one after the other in each region (``BuildContext.tokens_addr``
-    and its siblings), and K/V pools of ``pool_blocks`` blocks shared by all. Raises
+    buffers, block tables of ``table_entries`` entries and ``logits_rows`` logits rows
+    (the rows a sequence computes), one after the other in each region
+    (``BuildContext.tokens_addr`` and its siblings), and K/V pools of ``pool_blocks``
+    blocks shared by all. Raises
     ``CompileError`` when it exceeds ``hw.dram_bytes``, naming the parts."""
     mmap = MemoryMap()
     for name, size in param_sizes.items():
@@ -259,7 +266,7 @@ def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
     for layer in range(cfg.n_layers):
         for kind in ("k", "v"):
             mmap.add(f"kv:{layer}:{kind}", pool)
-    logits = sequences * 2 * cfg.vocab_size * positions
+    logits = sequences * 2 * cfg.vocab_size * (positions if logits_rows is None else logits_rows)
     mmap.add("logits", logits)
     if head_scratch:
         mmap.add("lm_head_scratch", head_scratch)
@@ -267,7 +274,7 @@ def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
         mmap.add(f"counters:{name}", COUNTER_BYTES * len(COUNTERS))
     if mmap.size > hw.dram_bytes:
         parts = {"weights": mmap.rw_base, "KV cache": 2 * cfg.n_layers * pool,
-                 f"logits rows for {positions} positions": logits}
+                 "logits rows": logits}
         hint = ("the weights alone do not fit" if mmap.rw_base > hw.dram_bytes else
                 "a timing-only step at an earlier position, --decode-at, needs fewer")
         raise CompileError(f"the DRAM image needs {mmap.size:,} bytes, more than "
@@ -294,11 +301,12 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
 
 def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens,
             batch: tuple[SequencePlan, ...] | None = None, table_entries: int = 0,
-            logits_rows: int = 0) -> Build:
+            logits_rows: int = 0, logits_first: tuple[int, ...] = ()) -> Build:
     """Each program through the pipeline's passes (``compiler.pipeline``), then the
     programs placed after the data and, with weights, written into the image."""
     context = PassContext(hw, prefetch, image, BuildContext(hw, cfg, mmap, prefetch,
-                                                            table_entries, logits_rows))
+                                                            table_entries, logits_rows,
+                                                            logits_first))
     passes = PASSES if image.data is not None else PASSES[:-1]      # no bytes, no encode
     compiled = [run_passes(ProgramIR(name, kind, graphs), context, passes)
                 for name, kind, graphs in named_graphs]
@@ -585,9 +593,10 @@ def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
     positions = max(sp.positions for sp in sequences)
     entries = max(len(sp.table) for sp in sequences)
+    logits_rows = max(sp.max_new_tokens for sp in sequences)
     mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, positions,
                     [n for n, _, _ in named], head_scratch_bytes(graphs), len(sequences),
-                    entries, pool_blocks)
+                    entries, pool_blocks, logits_rows)
     image = DramImage(mmap, with_data)
     for name, p in params.items():
         raw = param_bytes(p)
@@ -599,7 +608,8 @@ def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
         image.write("tokens", np.asarray(sp.prompt, "<i4"),
                     offset=b * INT32_BYTES * (cfg.max_seq_len + 1), keep=True)
     image.write("block_table", tables, keep=True)
-    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, entries, positions)
+    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, entries,
+                   logits_rows, tuple(len(sp.prompt) - 1 for sp in sequences))
 
 
 def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
@@ -628,10 +638,11 @@ def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
     params = _collect_params(named[0][2])
     mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, at + 2,
                     ["decode_000"], head_scratch_bytes(named[0][2]), batch, blocks,
-                    batch * blocks)
+                    batch * blocks, 1)
     image = DramImage(mmap, with_data=False)
     image.write("block_table", order, keep=True)
     sequences = tuple(SequencePlan((0,) * at, 1, tuple(int(e) for e in
                                                         order[b * blocks:(b + 1) * blocks]))
                       for b in range(batch))
-    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, blocks, at + 2)
+    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, blocks, 1,
+                   (at,) * batch)

@@ -7,7 +7,9 @@ compiled build lays out: every model constant the programs read (``param:<name>`
 the token buffer (``tokens``: int32 per position; the host writes the prompt, the
 device writes each generated token), the block table of the paged KV cache
 (``block_table``: int32 logical block -> physical block), one K and one V block pool
-per layer (``kv:<layer>:<k|v>``), the logits of every position (``logits``: int16 rows),
+per layer (``kv:<layer>:<k|v>``), the logits of every position (``logits``: int16 rows;
+a batched build has a token buffer, block table and logits rows per sequence in these
+regions, ``backend.BuildContext``),
 a counter block per program (``counters:<program>``) and the programs themselves.
 
 Read-only regions come first; ``rw_base`` is where the writable ones start, so the

@@ -505,7 +505,7 @@ def _check_dram(cfg: ModelConfig, weights: str, hw: HardwareConfig,
     blocks = -(-positions // hw.kv_block_tokens)
     dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
              [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs), batch,
-             blocks, batch * blocks)
+             blocks, batch * blocks, None if batch == 1 else 1)
 
 
 def _core(hw: HardwareConfig) -> HardwareConfig:

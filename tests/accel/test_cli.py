@@ -54,6 +54,9 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["generate", "--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
     (["generate", "--max-new-tokens", "-3", "--numerics", "int"], "at least 1, not -3"),
     (["eval", "--max-windows", "0"], "max_windows must be at least 1, not 0"),
+    (["verify", "--batch", "0"], "--batch must be at least 1, not 0"),
+    (["verify", "--batch", "3", "--max-new-tokens", "240", "--eval-windows", "1"],
+     "--batch 3: the longest sequence"),
     (["compile", "--model", "tiny", "--no-weights", "--decode-at", "-1"],
      "the position must be at least 0"),
     (["compile", "--decode-at", "5"], "--decode-at needs --no-weights"),
@@ -157,6 +160,23 @@ def test_eval_refuses_a_text_shorter_than_one_window(tiny_model, tiny_int):
 
     with pytest.raises(ValueError, match="shorter than one window"):
         evaluate(tiny_model, tiny_int, text="ROMEO:\n" * 100)
+
+
+def test_verify_batch_runs_every_sequence_through_the_ladder(capsys):
+    """``accel verify --batch 3``: the rungs' keys as for one sequence, three sequences of
+    different prompt lengths (the second reading the first's prefix block), every one
+    bit-exact against its own integer reference run."""
+    code, out, _ = run(capsys, "verify", "--batch", "3", "--max-new-tokens", "3",
+                       "--eval-windows", "1", "--json")
+    assert code == 0
+    report = json.loads(out)
+    batch = report["batch"]
+    assert batch["new_tokens"] == [3, 2, 1] and batch["cached_tokens"][:2] == [0, 16]
+    assert len(set(batch["prompt_tokens"])) == 3 and batch["shared_blocks"] == 1
+    for key in ("isa_vs_int", "isa_vs_int_prefetch_off"):
+        r = report[key]
+        assert r["bit_exact"] and r["tokens_compared"] == 6 and len(r["sequences"]) == 3
+    assert report["failed_rungs"] == []
 
 
 def test_verify_exits_non_zero_when_any_rung_fails(capsys, monkeypatch):
