@@ -123,9 +123,10 @@ class _Tiles:
     nothing); ``extra``: the DRAM cycles instruction fetch (a line per instruction) took
     since the last load, which delay this one's copier; ``stores``: the DRAM cycles of
     the store engine instructions that begin when this tile's compute ends; then the L2
-    lines the compute and the load move; the cycles the load waits after ``after``'s
-    compute has ended (the ``KV_APPEND`` between them); and the store engine's cycles
-    of the instructions that begin when this tile's compute ends (the program ends when
+    lines the compute and the load move; the place, among ``after``'s stores, of the
+    ``KV_APPEND`` the load waits for (0: it waits for ``after``'s compute); and the store
+    engine's instructions that begin when this tile's compute has ended and the store
+    engine has taken the ones before, ``(copies, cycles)`` each (the program ends when
     the store engine has finished too: a batched decode step ends with two stores per
     sequence)."""
 
@@ -135,7 +136,7 @@ class _Tiles:
         self.read = self.macs = self.l2 = 0
         self.pending = 0.0
         self.first_rope: int | None = None       # the tile of the first ROPE
-        self.store_tile, self.store_run = -1, 0  # the last store's tile, its cycles there
+        self.store_tile = -1                     # the tile the last store went to
 
     def add_load(self, occ, staged: int) -> int:
         self.read += occ.dram_read_bytes
@@ -163,18 +164,19 @@ class _Tiles:
 
     def add_store(self, occ, producer: int) -> tuple[int, int]:
         """A store engine instruction, begun once the compute of tile ``producer`` has
-        ended and the store engine has begun the one before (it runs them in program
-        order): its DRAM lines and cycles go to the later of the two tiles. Returns that
-        tile and the store cycles attached to it up to this instruction's end."""
+        ended and the store engine has taken the one before (it runs them in program
+        order): its DRAM lines and its copies (``occupancy.Copies``, timed by ``_run``'s
+        store copier) go to the later of the two tiles. Returns that tile and the
+        instruction's place among the tile's stores (from 1)."""
         self.pending += self.hw.dram_cycles_per_line
         tile = producer if producer > self.store_tile else self.store_tile
-        if tile != self.store_tile:
-            self.store_tile, self.store_run = tile, 0
-        self.store_run += occ.cycles + ENGINE_START_CYCLES
-        if 0 <= tile < len(self.tiles):
-            self.tiles[tile][6] += occ.dram_lines * self.hw.dram_cycles_per_line
-            self.tiles[tile][10] += occ.cycles + ENGINE_START_CYCLES
-        return tile, self.store_run
+        self.store_tile = tile
+        if not 0 <= tile < len(self.tiles):
+            return tile, 0
+        t = self.tiles[tile]
+        t[6] += occ.dram_lines * self.hw.dram_cycles_per_line
+        t[10] = (t[10] or ()) + ((occ.copies, occ.cycles),)
+        return tile, len(t[10])
 
     def frozen(self) -> tuple:
         """The tiles (lists where built here, the cached matmuls' tuples: read only from
@@ -277,7 +279,7 @@ class _Timing(Generator):
         self.writer: dict[int, int] = {}           # L2 address -> tile of its last writer
         self.appended: dict[tuple, tuple] = {}     # (sequence, KV kind) -> (producer tile,
         #                                            cycles)
-        self.last_store = (0, 0)                   # (tile, cycles to its end from there)
+        self.last_store = (0, 0)                   # (tile, place among its stores)
         self.gathers: list[tuple[int, int, int]] = []   # (first, end) L2 bytes, tile
         self.n_instrs = 0
 
@@ -330,9 +332,9 @@ class _Timing(Generator):
         if (seq, kind) in self.appended and _shares_a_page(
                 first, count, start, col_offset, self.cfg.head_dim, self.cfg.kv_dim,
                 self.hw.kv_block_tokens):
-            producer, cycles = self.appended[seq, kind]
+            producer, place = self.appended[seq, kind]
             self.s.tiles[tile][4] = producer - tile
-            self.s.tiles[tile][9] = cycles
+            self.s.tiles[tile][9] = place
         return slot
 
     def use(self, slot, index: int) -> None:
@@ -346,9 +348,8 @@ class _Timing(Generator):
         super()._op_kvappend(op)
         if producer is not None:
             # the tile it begins after (its producer's, or the store before it's), and
-            # the cycles from that tile's end to the append's signal
-            tile, cycles = self.last_store
-            self.appended[op.seq, op.kind] = (tile, cycles - ENGINE_START_CYCLES + 1)
+            # its place among that tile's stores
+            self.appended[op.seq, op.kind] = self.last_store
 
     def _op_attention(self, op: Attention) -> None:
         self.current = op
@@ -616,7 +617,14 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
         rank[j] = k
     ends: list[float] = []                  # ends of the loads so far
     stores: deque = deque()                 # the store engine's DRAM intervals
-    store_free = store_end = 0.0            # ... and its instructions' end
+    store_free = store_end = 0.0            # ... and its instructions' last end
+    store_queue, store_flight = CopierQueue(), deque()   # the store engine's copier
+    s_read = s_write = float("-inf")
+    store_free_at = -1
+    store_ends: dict[int, list] = {}        # each tile's stores' ends
+    store_begins: list[float] = []          # every store's begin, in order
+    store_gate = float("-inf")              # dispatch gate after the stores so far
+    gate_at = [store_gate] * n              # ... after each tile's
     timed = -1
     engine_free, compute_end = -1, 0
     read_free = write_free = float("-inf")
@@ -632,12 +640,17 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
             start = engine_free + 1             # popped once free, ready the cycle after
             d = dep[timed]
             if d >= 0:
-                ready = compute_ends[d] + (tiles[timed][9] if d == timed + tiles[timed][4]
-                                           else 0)
+                ready = (store_ends[d][tiles[timed][9] - 1]
+                         if tiles[timed][9] and d == timed + tiles[timed][4]
+                         else compute_ends[d])
                 start = ready if ready > start else start
             g = place[timed] - QUEUE_DEPTH
             if g >= 0 and compute_begin[g] > start:
                 start = compute_begin[g]
+            # and once the store engine's queue has taken the stores above it
+            g = place[timed] - 1
+            if g >= 0 and gate_at[g] > start:
+                start = gate_at[g]
             load_begin[timed] = begin = start
             # the DRAM lines others took since the last load delay this one by what the
             # DRAM could not fit in the idle time between them
@@ -678,6 +691,8 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
         gate = rank[r] - QUEUE_DEPTH
         if gate >= 0 and load_tile[gate] > i and load_begin[load_tile[gate]] > start:
             start = load_begin[load_tile[gate]]
+        if i and gate_at[i - 1] > start:          # ... and the store engine's the stores
+            start = gate_at[i - 1]
         compute_begin[i] = start
         compute_end = compute_ends[i] = start + computes[i]
         busy_to[i] = load_busy
@@ -686,7 +701,31 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
             store_free = s0 + tiles[i][6]
             stores.append((s0, store_free))
         if tiles[i][10]:
-            store_end = (compute_end if compute_end > store_end else store_end) + tiles[i][10]
+            store_ends[i] = s_ends = []
+            for copies, cycles in tiles[i][10]:
+                # as a load: begun when its engine is free and the compute has ended
+                begin = compute_end if compute_end > store_free_at + 1 else store_free_at + 1
+                store_begins.append(begin)
+                if copies is None:
+                    e = begin + cycles
+                    free = e + 1
+                else:
+                    issued, s_read, s_write = store_queue.after(copies, begin, s_read, s_write)
+                    e = math.ceil(s_write) + DMA_END
+                    free = math.ceil(issued) + 1
+                    while store_flight and store_flight[0] < free - 1:
+                        store_flight.popleft()
+                    if len(store_flight) == DEFERRED:
+                        free = max(free, store_flight.popleft() + 2)
+                    store_flight.append(e)
+                store_free_at = free
+                s_ends.append(e)
+                store_end = e if e > store_end else store_end
+            # an instruction after these in the stream is dispatched once the store
+            # engine's queue has room: the store QUEUE_DEPTH before the last has begun
+            if len(store_begins) > QUEUE_DEPTH:
+                store_gate = store_begins[-1 - QUEUE_DEPTH]
+        gate_at[i] = store_gate
     end = compute_end if compute_end > store_end else store_end
     return ((end, load_busy, sum(computes)), write_start, load_end, compute_begin,
             compute_ends, busy_to)
