@@ -659,8 +659,8 @@ def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], 
             if need + sum(growth(r) for r in running) > manager.free_blocks:
                 if not running:
                     raise PoolExhausted(f"sequence {s} needs {need} KV blocks "
-                                        f"({rows(s)} rows of {block_tokens}), the pool "
-                                        f"has {pool_blocks}")
+                                        f"({rows(s)} rows of {block_tokens}), "
+                                        f"{manager.free_blocks} of {pool_blocks} are free")
                 break
             waiting.pop(0)
             admission = manager.add(s, prompts[s])

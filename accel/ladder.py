@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from accel.runtime import RunResult, run_build, same_dram
+from accel.runtime import RunResult, run_build, same_dram, same_run
 from models.integer import init_int_cache, int_decode_step, int_prefill
 from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
 from rtl.common import rtl_params, weights_refusal
@@ -140,14 +140,21 @@ def batch_prompts(ids: list[int], batch: int, block_tokens: int, vocab_size: int
     """``batch`` different prompts from ``ids``, two of them sharing a prefix of one
     whole KV block: sequence 0 is ``ids`` repeated to fill a block, then ``ids``; sequence
     1 the same block, then ``ids`` reversed and one token more; each further sequence
-    ``len(ids) + 2 b`` token ids drawn at random (``seed``), so every prompt has its own
-    length."""
+    ``block_tokens + len(ids) + 2 b`` token ids drawn at random (``seed``), so every
+    prompt has its own length (``batch_prompt_tokens``)."""
     shared = (ids * -(-block_tokens // len(ids)))[:block_tokens]
     prompts = [shared + ids, shared + ids[::-1] + ids[:1]][:batch]
     rng = np.random.default_rng(seed)
-    prompts += [[int(t) for t in rng.integers(0, vocab_size, len(ids) + 2 * b)]
-                for b in range(2, batch)]
+    prompts += [[int(t) for t in rng.integers(0, vocab_size, batch_prompt_tokens(
+        len(ids), b, block_tokens))] for b in range(2, batch)]
     return prompts
+
+
+def batch_prompt_tokens(n_ids: int, b: int, block_tokens: int) -> int:
+    """The length of ``batch_prompts``' sequence ``b`` for a prompt of ``n_ids`` tokens:
+    ``block_tokens + n_ids`` and one more for the two sharing a prefix, then
+    ``block_tokens + n_ids + 2 b`` (each longer than the last)."""
+    return block_tokens + n_ids + (b if b < 2 else 2 * b)
 
 
 def combine(results: list[dict]) -> dict:
@@ -163,25 +170,33 @@ def combine(results: list[dict]) -> dict:
 
 def _batch_sequences(ids: list[int], batch: int, max_new_tokens: int, hw, cfg
                      ) -> tuple[list[list[int]], list[int]]:
-    """The prompts and new tokens of ``--batch``; ``ValueError`` if the longest sequence
-    does not fit the model's context."""
-    prompts = batch_prompts(ids, batch, hw.kv_block_tokens, cfg.vocab_size)
-    new = [max(1, max_new_tokens - b) for b in range(batch)]
-    longest = max(len(p) + n for p, n in zip(prompts, new, strict=True))
+    """The prompts and new tokens of ``--batch``: sequence ``b`` generates
+    ``max(2, max_new_tokens - b)`` tokens, so that every sequence decodes with the others
+    at least once and they leave at different steps. ``ValueError`` for fewer than 2 new
+    tokens, or a longest sequence longer than the model's context (checked before any
+    prompt is made)."""
+    if max_new_tokens < 2:
+        raise ValueError(f"--batch {batch} needs --max-new-tokens of at least 2 (a decode "
+                         f"step of the whole batch), not {max_new_tokens}")
+    new = [max(2, max_new_tokens - b) for b in range(min(batch, max_new_tokens))]
+    new += [2] * (batch - len(new))
+    lengths = [batch_prompt_tokens(len(ids), b, hw.kv_block_tokens)
+               for b in (0, 1, batch - 1)]
+    longest = max(n + new[min(b, batch - 1)] for b, n in zip((0, 1, batch - 1), lengths,
+                                                               strict=True))
     if longest > cfg.max_seq_len:
         raise ValueError(f"--batch {batch}: the longest sequence (a prompt of "
-                         f"{max(len(p) for p in prompts)} tokens, with one KV block of "
-                         f"shared prefix, plus its new tokens) is {longest} tokens, longer "
-                         f"than {cfg.name}'s context of {cfg.max_seq_len}")
-    return prompts, new
+                         f"{max(lengths)} tokens plus its new tokens) is {longest} "
+                         f"tokens, longer than {cfg.name}'s context of {cfg.max_seq_len}")
+    return batch_prompts(ids, batch, hw.kv_block_tokens, cfg.vocab_size), new
 
 
 def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: bool,
                   report: dict) -> None:
-    """Rungs 2 and 3 for ``batch`` sequences (``batch_prompts``, ``max_new_tokens - b``
-    new tokens for sequence ``b``, at least 1) in one paged KV pool
+    """Rungs 2 and 3 for ``batch`` sequences (``_batch_sequences``) in one paged KV pool
     (``kv_blocks.plan_batch``, every sequence running at once), each sequence's tokens,
-    logit rows and K/V rows against its own run through the integer reference."""
+    logit rows and K/V rows against its own run through the integer reference, and the
+    RTL's DRAM and L2 against the ISA simulator's (``runtime.same_run``)."""
     from accel.kv_blocks import plan_batch
     from compiler.driver import compile_batch
 
@@ -210,8 +225,8 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
             tokens_equal = all(a.tokens == b.tokens for a, b in zip(result.sequences,
                                                                      isa.sequences,
                                                                      strict=True))
-            report["rtl_vs_isa"] = {**same_dram(build, isa.dram, result.dram, isa.l2,
-                                                result.l2), "tokens_equal": tokens_equal}
+            report["rtl_vs_isa"] = {**same_run(build, isa, result),
+                                    "tokens_equal": tokens_equal}
             report["rtl_vs_isa"]["bit_exact"] &= tokens_equal
             report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
                              "wall_seconds": result.wall_seconds,

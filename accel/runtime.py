@@ -11,7 +11,11 @@ block table, each program's counters and the final DRAM. The instructions are fe
 from the DRAM image, as the hardware does. An RTL program that stops in the error state
 raises ``AcceleratorError`` with its code and instruction index. A batched build
 (``driver.compile_batch``) gives a ``BatchRunResult``: each sequence's ``RunResult``
-read through its own token buffer, logits rows and block table. Both simulators run on
+read through its own token buffer, logits rows and block table right after its last
+program (before a sequence that joins later reuses its blocks), and the DRAM and L2 at
+the checkpoints where that happens (``segments``: the RTL runs a job up to each, the
+next continuing from its DRAM and L2; ``same_run`` compares two runs at all of them).
+Both simulators run on
 the same simulated DRAM (``simulated_dram``: the image, then zeros up to the RTL's
 power-of-two capacity), so they refuse the same addresses. After every run, on
 every simulator, the regions no program may write (``buildfolder.read_only_regions``:
@@ -33,7 +37,7 @@ runs), ``tests/rtl/test_tiny_rtl.py`` (RTL runs) and ``tests/compiler/test_build
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -73,6 +77,7 @@ class BatchRunResult:
     wall_seconds: float = 0.0
     program_seconds: dict[str, float] | None = None
     l2: np.ndarray | None = None
+    checkpoints: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def check_read_only(build: Build, dram: np.ndarray) -> None:
@@ -143,22 +148,87 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
         raise ValueError(f"unknown simulator {sim!r} (available: isa, rtl)")
     t0 = time.perf_counter()
     simulator = IsaSimulator(build.hw, simulated_dram(build), check_races=check_races)
-    counters = {}
-    for p in build.programs:
+    counters, finished, checkpoints = {}, {}, {}
+    done = finishing(build)
+    ends = segments(build)[:-1] if build.batch is not None else []
+    for i, p in enumerate(build.programs):
         simulator.counters = type(simulator.counters)()
         counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
                                                                 p.name)).values)
+        for b in done.get(i, ()):          # before a later sequence reuses its blocks
+            finished[b] = read_results(build, simulator.dram, b)
+        if i in ends:
+            checkpoints[p.name] = (simulator.dram[:build.image.data.size].copy(),
+                                   simulator.l2.copy())
     dram = image_part(build, simulator.dram)
-    return _result(build, dram, counters, time.perf_counter() - t0, None, simulator.l2)
+    return _result(build, dram, counters, time.perf_counter() - t0, None, simulator.l2,
+                   finished, checkpoints)
+
+
+def finishing(build: Build) -> dict[int, list[int]]:
+    """A batched build's sequences by the index of their last program (empty for a
+    single sequence's build): each is read back then, before a sequence that joins
+    later writes into the blocks it freed."""
+    last = {}
+    for i, p in enumerate(build.programs):
+        for b in p.sequences:
+            last[b] = i
+    out: dict[int, list[int]] = {}
+    for b, i in sorted(last.items()):
+        out.setdefault(i, []).append(b)
+    return out
+
+
+def _written_blocks(build: Build, i: int) -> set[int]:
+    """The KV blocks program ``i`` of a batched build appends rows to."""
+    p, bt = build.programs[i], build.hw.kv_block_tokens
+    if p.kind == "prefill":
+        (b,) = p.sequences
+        sp = build.batch[b]
+        return {sp.table[r // bt] for r in range(sp.cached, len(sp.prompt))}
+    return {build.batch[b].table[pos // bt] for b, pos in zip(p.sequences, p.positions,
+                                                              strict=True)}
+
+
+def segments(build: Build) -> list[int]:
+    """The last program of each RTL job a batched build runs in: a job ends where a
+    sequence has finished whose blocks a later program writes, so that its results are
+    read before they are overwritten; the last job ends with the build."""
+    done, n = finishing(build), len(build.programs)
+    ends = []
+    for i in range(n - 1):
+        freed = set().union(*(build.batch[b].table for b in done.get(i, ())))
+        if freed and any(_written_blocks(build, j) & freed for j in range(i + 1, n)):
+            ends.append(i)
+    return ends + [n - 1]
 
 
 def _result(build: Build, dram: np.ndarray, counters: dict, wall_seconds: float,
-            program_seconds: dict | None, l2: np.ndarray) -> RunResult | BatchRunResult:
+            program_seconds: dict | None, l2: np.ndarray, finished: dict | None = None,
+            checkpoints: dict | None = None) -> RunResult | BatchRunResult:
     if build.batch is None:
         tokens, logits, kv = read_results(build, dram)
         return RunResult(tokens, logits, kv, counters, dram, wall_seconds, program_seconds, l2)
-    sequences = [RunResult(*read_results(build, dram, b), {}) for b in range(len(build.batch))]
-    return BatchRunResult(sequences, counters, dram, wall_seconds, program_seconds, l2)
+    sequences = [RunResult(*finished[b], {}) for b in range(len(build.batch))]
+    return BatchRunResult(sequences, counters, dram, wall_seconds, program_seconds, l2,
+                          checkpoints or {})
+
+
+def same_run(build: Build, a: BatchRunResult, b: BatchRunResult) -> dict:
+    """Two runs of a batched build compared as ``same_dram`` does, at the end and at each
+    checkpoint (the DRAM and L2 after the programs ``segments`` ends a job at: where
+    blocks a finished sequence freed are about to be written again)."""
+    result = same_dram(build, a.dram, b.dram, a.l2, b.l2)
+    if set(a.checkpoints) != set(b.checkpoints):
+        raise ValueError("the two runs' checkpoints differ: not runs of the same build")
+    for name in sorted(a.checkpoints):
+        (dram_a, l2_a), (dram_b, l2_b) = a.checkpoints[name], b.checkpoints[name]
+        at = same_dram(build, dram_a, dram_b, l2_a, l2_b)
+        if not at["bit_exact"]:
+            result.update(bit_exact=False, first_checkpoint_differing=name)
+            break
+    result["checkpoints_compared"] = len(a.checkpoints)
+    return result
 
 
 def simulated_dram(build: Build) -> np.ndarray:
@@ -188,22 +258,36 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
     image = build.image.data
     params = rtl_params(build.hw, image_bytes=image.size)
     model = build_model(params, waves=waves)
-    programs = [(p.name, build.mmap[f"program:{p.name}"].offset) for p in build.programs]
-    job = run_job(model, image, programs, {"dram": (0, params.dram_bytes)}, waves=waves)
-    counters, busy_before = {}, 0
-    for entry in job.programs:
-        if entry["timed_out"]:
-            raise RunTimeoutError(f"RTL program {entry['name']} did not finish within the "
-                                  f"cycle limit (a deadlock?)")
-        if entry["error"]:
-            raise AcceleratorError(ErrorCode(entry["error_code"]), entry["error_index"],
-                                   f"the RTL stopped in program {entry['name']}")
-        counters[entry["name"]] = {**entry["counters"],
-                                   "dram_busy_cycles": entry["dram_busy_cycles"] - busy_before}
-        busy_before = entry["dram_busy_cycles"]
-    dram = image_part(build, job.reads["dram"])
-    seconds = {entry["name"]: entry["wall_seconds"] for entry in job.programs}
-    return _result(build, dram, counters, job.wall_seconds, seconds, job.l2)
+    ends = segments(build) if build.batch is not None else [len(build.programs) - 1]
+    done = finishing(build)
+    counters, seconds, finished, checkpoints, wall, first = {}, {}, {}, {}, 0.0, 0
+    l2 = None
+    for last in ends:               # one job, or a batched build's jobs (``segments``),
+        programs = [(p.name, build.mmap[f"program:{p.name}"].offset)   # each continuing
+                    for p in build.programs[first:last + 1]]           # the last's DRAM, L2
+        job = run_job(model, image, programs, {"dram": (0, params.dram_bytes)}, waves=waves,
+                      l2=l2)
+        busy_before = 0
+        for entry in job.programs:
+            if entry["timed_out"]:
+                raise RunTimeoutError(f"RTL program {entry['name']} did not finish within "
+                                      f"the cycle limit (a deadlock?)")
+            if entry["error"]:
+                raise AcceleratorError(ErrorCode(entry["error_code"]), entry["error_index"],
+                                       f"the RTL stopped in program {entry['name']}")
+            counters[entry["name"]] = {**entry["counters"], "dram_busy_cycles":
+                                       entry["dram_busy_cycles"] - busy_before}
+            busy_before = entry["dram_busy_cycles"]
+            seconds[entry["name"]] = entry["wall_seconds"]
+        image, l2, wall = job.reads["dram"], job.l2, wall + job.wall_seconds
+        for i in range(first, last + 1):
+            for b in done.get(i, ()):
+                finished[b] = read_results(build, image, b)
+        if last != ends[-1]:
+            checkpoints[build.programs[last].name] = (image[:build.image.data.size].copy(), l2)
+        first = last + 1
+    dram = image_part(build, image)
+    return _result(build, dram, counters, wall, seconds, l2, finished, checkpoints)
 
 
 def same_dram(build: Build, a: np.ndarray, b: np.ndarray, l2_a: np.ndarray | None = None,

@@ -16,10 +16,11 @@ at ``--node``), the fast path's estimate of the same step
 weights and KV do not fit the hardware's DRAM is printed as such.
 
 Part 2, ``--rtl``: ``tiny`` on edge-8x8 (64 KiB of L2, the configuration the tests
-build), four sequences of 20 to 27 prompt tokens decoded together
-(``accel.ladder.batch_prompts``, two sharing a prefix) and the same four one at a time:
-the decode steps' cycles on the RTL, bit-exact with the ISA simulator (whole DRAM and
-L2), and the tokens/s they give.
+build), four sequences (``accel.ladder.batch_prompts`` of the prompt "ROMEO:\nWhat say
+you", two sharing a prefix block; their prompt lengths are printed) generating 5 tokens
+each, decoded together and one at a time: the decode steps' cycles on the RTL, bit-exact
+with the ISA simulator (whole DRAM and L2, ``accel.runtime.same_run``), and the tokens/s
+they give.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def _perf(args) -> list[dict]:
     cfg, hw = model_config(args.model), load_hardware(args.hw)
     print(f"{cfg.name} on {hw.name}: one decode step of B sequences, each at KV length "
           f"{args.at} (instruction-level model; fast path beside it)")
-    print(f"{'B':>3} {'cycles':>12} {'tokens/s':>10} {'DRAM B/token':>13} {'DRAM GB':>8} "
-          f"{'tokens/s/$':>11} {'fast path':>12} {'error':>8} {'GEMV/GEMM tile':>15}")
+    print(f"{'B':>3} {'cycles':>12} {'tokens/s':>10} {'vs first':>9} {'DRAM B/token':>13} "
+          f"{'DRAM GB':>8} {'tokens/s/$':>11} {'fast path':>12} {'error':>8} "
+          f"{'GEMV/GEMM tile':>15}")
     rows = []
     for batch in args.batches:
         try:
@@ -67,18 +69,20 @@ def _perf(args) -> list[dict]:
         t = time_build(build).programs["decode_000"]
         fast = decode_step(cfg, hw, args.at, batch=batch).cycles
         tokens_per_s = batch * hw.clock_hz / t.cycles
+        first = next((r["tokens_per_s"] for r in rows if r["feasible"]), tokens_per_s)
         dram = dram_capacity_gbytes(weight_bytes(cfg, "int8")
                                     + batch * 2 * cfg.n_layers * cfg.kv_dim * cfg.max_seq_len)
         dollars = cost(hw, args.node, dram).total_dollars
         row = {"batch": batch, "feasible": True, "cycles": t.cycles,
                "tokens_per_s": tokens_per_s,
+               "speedup": tokens_per_s / first,          # against the first batch printed
                "dram_read_bytes_per_token": t.counters()["dram_read_bytes"] / batch,
                "dram_gbytes": dram, "cost_dollars": dollars,
                "tokens_per_s_per_dollar": tokens_per_s / dollars, "fast_cycles": fast,
                "fast_error_pct": 100.0 * (fast - t.cycles) / t.cycles}
         rows.append(row)
         row["tile_cycles"] = _tile_cycles(hw, batch, cfg.d_model)
-        print(f"{batch:>3} {t.cycles:>12,} {tokens_per_s:>10.1f} "
+        print(f"{batch:>3} {t.cycles:>12,} {tokens_per_s:>10.1f} {row['speedup']:>8.2f}x "
               f"{row['dram_read_bytes_per_token']:>13,.0f} {dram:>8g} "
               f"{row['tokens_per_s_per_dollar']:>11.3f} {fast:>12,} "
               f"{row['fast_error_pct']:>+7.2f}% {'/'.join(map(str, row['tile_cycles'])):>15}")
@@ -88,7 +92,7 @@ def _perf(args) -> list[dict]:
 def _rtl() -> dict:
     from accel.kv_blocks import plan_batch
     from accel.ladder import batch_prompts
-    from accel.runtime import run_build, same_dram
+    from accel.runtime import run_build, same_run
     from arch.hardware import load_hardware
     from compiler.driver import compile_batch
     from models.evaluate import build_int_model
@@ -106,14 +110,16 @@ def _rtl() -> dict:
                           block_tokens=hw.kv_block_tokens)
         build = compile_batch(im.cfg, im.qm, hw, plan.sequences, plan.schedule, 16)
         isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
-        exact = same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)["bit_exact"]
+        exact = same_run(build, isa, rtl)["bit_exact"]
         decode = [p.name for p in build.programs if p.kind == "decode"]
         cycles = sum(rtl.counters[n]["cycles"] for n in decode)
         tokens = sum(n - 1 for n in new)
-        out[label] = {"bit_exact": exact, "decode_programs": len(decode),
+        out[label] = {"bit_exact": exact, "prompt_tokens": [len(p) for p in prompts],
+                      "decode_programs": len(decode),
                       "decode_cycles": cycles,
                       "tokens_per_s": tokens * hw.clock_hz / cycles}
-        print(f"tiny on edge-8x8 (64 KiB L2), RTL, 4 sequences {label}: {len(decode)} "
+        print(f"tiny on edge-8x8 (64 KiB L2), RTL, 4 sequences of "
+              f"{[len(p) for p in prompts]} prompt tokens {label}: {len(decode)} "
               f"decode programs, {cycles:,} cycles for {tokens} tokens, "
               f"{out[label]['tokens_per_s']:,.0f} tokens/s, "
               f"{'bit-exact' if exact else 'MISMATCH'} with the ISA simulator")

@@ -444,10 +444,12 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
     """Refuse, with ``CompileError`` naming the sequence, program and row, a batch the
     device cannot run as asked: a bad prompt or length, a table too short or pointing
     outside the pool, a schedule that prefills a sequence other than once or decodes it
-    before its prefill or more or fewer times than its tokens need, two sequences in one
-    decode step twice, or a program that reads a K/V row whose contents are not the ones
-    its sequence needs (a shared prefix not written yet, or overwritten by another
-    sequence; the schedule is replayed row by row)."""
+    before its prefill or more or fewer times than its tokens need, a sequence twice in
+    one decode step, a table naming one block for two logical blocks, or a program that
+    reads a K/V row whose contents are not the ones its sequence needs (a shared prefix
+    not written yet, or overwritten by another sequence, before this program or by it:
+    the schedule is replayed row by row, each program's appends before its reads, as the
+    device runs a batched layer)."""
     if not sequences:
         raise CompileError("a batch of no sequences")
     for b, sp in enumerate(sequences):
@@ -473,6 +475,11 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
         if outside:
             raise CompileError(f"{what}: block table entry {outside[0]} is outside the pool "
                                f"of {pool_blocks} blocks")
+        used = sp.table[:need]
+        if len(set(used)) != len(used):
+            twice = next(e for e in used if used.count(e) > 1)
+            raise CompileError(f"{what}: its block table names block {twice} for two of "
+                               f"its logical blocks")
         if not 0 <= sp.cached < len(sp.prompt):
             raise CompileError(f"{what}: cached = {sp.cached} is not below the prompt's "
                                f"{len(sp.prompt)} tokens")
@@ -492,33 +499,38 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
                 any(not 0 <= b < len(sequences) for b in step.seqs):
             raise CompileError(f"{where}: not a prefill of one sequence or a decode step of "
                                f"distinct sequences of the batch")
+        spans = {}
         for b in step.seqs:
             sp = sequences[b]
             if step.kind == "prefill":
                 if b in prefilled:
                     raise CompileError(f"{where}: sequence {b} is prefilled twice")
                 prefilled.add(b)
-                first, end = sp.cached, len(sp.prompt)
+                spans[b] = (sp.cached, len(sp.prompt))
             else:
                 if b not in prefilled:
                     raise CompileError(f"{where}: sequence {b} decodes before its prefill")
-                first = written[b]
-                end = first + 1
-                if end > sp.positions - 1:
+                spans[b] = (written[b], written[b] + 1)
+                if written[b] + 1 > sp.positions - 1:
                     raise CompileError(f"{where}: sequence {b} has generated its "
                                        f"{sp.max_new_tokens} tokens already")
-            for row in range(first):                       # what the program reads
+        # every sequence's rows are appended before any attention of the layer reads the
+        # past rows (a decode step runs each operation for the whole batch), so a row
+        # another sequence of the same program overwrites is read overwritten
+        for b, (first, end) in spans.items():
+            for row in range(first, end):
+                content[place(b, row)] = (_row_key(sequences[b], b, row), b, i)
+            written[b] = end
+        for b, (first, _) in spans.items():
+            for row in range(first):                       # the past rows it reads
                 held = content.get(place(b, row))
-                if held is None or held[0] != _row_key(sp, b, row):
+                if held is None or held[0] != _row_key(sequences[b], b, row):
                     raise CompileError(
                         f"{where}: sequence {b} reads K/V row {row} from block "
                         f"{place(b, row)[0]}, which "
                         + ("no program has written" if held is None else
                            f"holds another row: sequence {held[1]} wrote it in program "
                            f"{held[2]}"))
-            for row in range(first, end):
-                content[place(b, row)] = (_row_key(sp, b, row), b, i)
-            written[b] = end
     for b, sp in enumerate(sequences):
         if b not in prefilled or written[b] != sp.positions - 1:
             raise CompileError(f"sequence {b}: the schedule runs {written[b]} of its "

@@ -187,8 +187,10 @@ class JobResult:
 
 def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
             reads: dict[str, tuple[int, int]], max_cycles: int = 50_000_000,
-            waves: bool = False) -> JobResult:
+            waves: bool = False, l2: np.ndarray | None = None) -> JobResult:
     """Run programs ``(name, dram_offset)`` in order on the model; read ``reads`` back.
+    With ``l2`` (a ``JobResult.l2``), the L2 starts with those contents, not zeros: a
+    run continued from an earlier job's end.
 
     The job's folder under the model's is deleted when the bench finishes (kept, with
     its log, when it does not, and with the waveform when ``waves``)."""
@@ -202,6 +204,13 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
     work.mkdir(parents=True)
     W = model.params.line_bytes
     write_memh(work / "image.hex", image, W)
+    banks = model.params.line_banks
+    plusargs = []
+    if l2 is not None:                 # line a: bank a % n, row a // n (as read back below)
+        lines = np.asarray(l2, np.uint8).reshape(-1, banks, W)
+        for b in range(banks):
+            write_memh(work / f"l2_in.{b}.hex", lines[:, b].ravel(), W)
+        plusargs.append(f"+l2_image={work / 'l2_in'}")
     job = {"programs": programs, "out": str(work / "out"), "max_cycles": max_cycles}
     (work / "job.json").write_text(json.dumps(job))
     runner = get_runner("verilator")
@@ -209,7 +218,7 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
     runner.test(test_module="rtl.bench", hdl_toplevel="sim_top", hdl_toplevel_lang="verilog",
                 build_dir=str(model.directory / "sim_build"), test_dir=str(work),
                 plusargs=[f"+dram_image={work / 'image.hex'}", f"+dram_dump={work / 'dump.hex'}",
-                          f"+l2_dump={work / 'l2'}"],
+                          f"+l2_dump={work / 'l2'}", *plusargs],
                 extra_env={"ACCEL_BENCH_JOB": str(work / "job.json"),
                            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
                 waves=waves, log_file=str(work / "sim.log"), results_xml=str(work / "results.xml"))
@@ -220,9 +229,8 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
     summary = json.loads(summary_file.read_text())
     dram = read_memh(work / "dump.hex", W)
     data = {name: dram[offset:offset + size].copy() for name, (offset, size) in reads.items()}
-    banks = [read_memh(work / f"l2.{b}.hex", W).reshape(-1, W)
-             for b in range(model.params.line_banks)]
-    l2 = np.stack(banks, axis=1).reshape(-1)           # line a: bank a % n, row a // n
+    rows = [read_memh(work / f"l2.{b}.hex", W).reshape(-1, W) for b in range(banks)]
+    l2 = np.stack(rows, axis=1).reshape(-1)            # line a: bank a % n, row a // n
     if not waves:  # a finished job's folder holds two DRAM images (hundreds of MB)
         shutil.rmtree(work, ignore_errors=True)
     return JobResult(summary["programs"], data, wall, l2)

@@ -495,18 +495,25 @@ def _prefill_l2(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_tokens: in
 @lru_cache(maxsize=1024)
 def _check_dram(cfg: ModelConfig, weights: str, hw: HardwareConfig,
                 steps: tuple[tuple[int, int, bool], ...], positions: int, programs: int,
-                batch: int = 1) -> None:
+                batch: int = 1, logits_rows: int = 1) -> None:
     """Raise the compiler's ``CompileError`` when the DRAM image of ``programs`` programs
-    made of the graphs ``steps`` (``(start, tokens, head)`` of the one-layer model), with
-    KV and logits for ``positions`` tokens (of each of ``batch`` sequences, a batched
-    decode step), exceeds ``hw.dram_bytes`` (``driver.dram_map``, with every layer's
-    parameters)."""
+    made of the graphs ``steps`` (``(start, tokens, head)`` of the one-layer model, a
+    decode step of ``batch`` sequences where ``tokens`` is 1 and ``start`` is past the
+    prompt), with KV and logits for ``positions`` tokens, exceeds ``hw.dram_bytes``
+    (``driver.dram_map``, with every layer's parameters). With ``batch > 1`` the image
+    is a batched build's (``driver.compile_batch``): ``batch`` sequences' token buffers,
+    tables and ``logits_rows`` logits rows, their blocks in one pool."""
     one = _one_layer(cfg)
-    graphs = [_step_graph(one, weights, hw, s0, n, head, batch) for s0, n, head in steps]
+    graphs = [_step_graph(one, weights, hw, s0, n, head, batch if n == 1 and s0 else 1)
+              for s0, n, head in steps]
+    if batch == 1:
+        dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
+                 [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs))
+        return
     blocks = -(-positions // hw.kv_block_tokens)
     dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
              [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs), batch,
-             blocks, batch * blocks, None if batch == 1 else 1)
+             blocks, batch * blocks, logits_rows)
 
 
 def _core(hw: HardwareConfig) -> HardwareConfig:
@@ -948,49 +955,61 @@ class WorkloadEstimate:
     decode_cycles: int
     samples: int                      # decode steps actually timed
     dram_read_bytes: int = 0
+    batch: int = 1                    # sequences served together
 
     @property
     def cycles(self) -> int:
         return self.prefill_cycles + self.decode_cycles
 
     def tokens_per_s(self, hw: HardwareConfig) -> float:
-        """Generated tokens over the whole workload's time (prefill included)."""
-        return self.output_len * hw.clock_hz / self.cycles if self.cycles else 0.0
+        """Generated tokens (of every sequence) over the whole workload's time (prefill
+        included)."""
+        return (self.batch * self.output_len * hw.clock_hz / self.cycles if self.cycles
+                else 0.0)
 
     def ttft_s(self, hw: HardwareConfig) -> float:
+        """Until every sequence has its first token: the batch's prefills, one after
+        another."""
         return self.prefill_cycles / hw.clock_hz
 
     def tpot_s(self, hw: HardwareConfig) -> float:
+        """A decode step: one token of each sequence."""
         steps = max(1, self.output_len - 1)
         return self.decode_cycles / steps / hw.clock_hz
 
 
 def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: int,
              prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
-             samples: int = 9, weights: str = "int8") -> WorkloadEstimate:
+             samples: int = 9, weights: str = "int8", batch: int = 1) -> WorkloadEstimate:
     """Prefill of ``prompt_len`` tokens (which yields the first output token), then
     ``output_len - 1`` decode steps, timed by sampling (``decode_total``), the
-    projections' weights in format ``weights``. Raises ``CompileError`` where
-    ``compile_generation`` would: a decode step that does not fit L2, or the whole
-    generation's DRAM image larger than ``hw.dram_bytes``."""
+    projections' weights in format ``weights``. With ``batch > 1``, that many sequences
+    of the same lengths served together as ``driver.compile_batch`` runs them: each
+    prefill in turn, then decode steps of the whole batch. Raises ``CompileError`` where
+    the compiler would: a decode step that does not fit L2, or the whole generation's
+    DRAM image larger than ``hw.dram_bytes``."""
     _check_count("prompt length", prompt_len, 1)
     _check_count("output length", output_len, 1)
     _check_count("samples", samples, 2)
+    _check_count("batch", batch, 1)
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
     # fails fast where the compiler would: a decode step that does not fit L2, or the
     # whole generation's DRAM image (compile_generation's) that does not fit DRAM
+    if batch > 1 and devices > 1:
+        raise ValueError("a batched decode step is timed on one device (devices = 1)")
     local = shard(cfg, devices)
-    _plan(_one_layer(local), weights, _plan_hw(hw), prompt_len, 1, True)
+    _plan(_one_layer(local), weights, _plan_hw(hw), prompt_len, 1, True, batch=batch)
     _check_dram(local, weights, _plan_hw(hw),
                 _prefill_chunking(_one_layer(local), weights, _plan_hw(hw), prompt_len)
-                + ((prompt_len, 1, True),), prompt_len + output_len, output_len)
+                + ((prompt_len, 1, True),), prompt_len + output_len,
+                batch + output_len - 1 if batch > 1 else output_len, batch, output_len)
     pre = prefill(cfg, hw, prompt_len, prefetch, devices, link, weights)
     decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
-                                 devices, link, weights)
-    return WorkloadEstimate(prompt_len, output_len, pre.cycles, decode, timed,
-                            pre.dram_read_bytes)
+                                 devices, link, weights, batch)
+    return WorkloadEstimate(prompt_len, output_len, batch * pre.cycles, decode, timed,
+                            batch * pre.dram_read_bytes, batch)
 
 
 def _check_count(what: str, value, least: int) -> None:
@@ -1008,16 +1027,17 @@ def _sample_positions(first: int, last: int, samples: int) -> list[int]:
 
 def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
                  prefetch: bool | None = None, samples: int = 9, devices: int = 1,
-                 link: Link = Link(), weights: str = "int8") -> tuple[int, int]:
-    """Cycles of decode steps at positions ``first .. first + count - 1``: steps timed at
-    ``samples`` positions, the rest by linear interpolation between them. Returns
-    ``(cycles, steps timed)``."""
+                 link: Link = Link(), weights: str = "int8", batch: int = 1
+                 ) -> tuple[int, int]:
+    """Cycles of decode steps at positions ``first .. first + count - 1`` (each of
+    ``batch`` sequences at that position): steps timed at ``samples`` positions, the rest
+    by linear interpolation between them. Returns ``(cycles, steps timed)``."""
     _check_count("samples", samples, 2)
     if count <= 0:
         return 0, 0
     last = first + count - 1
     xs = _sample_positions(first, last, samples)
-    ys = [decode_step(cfg, hw, x, prefetch, devices, link, weights).cycles for x in xs]
+    ys = [decode_step(cfg, hw, x, prefetch, devices, link, weights, batch).cycles for x in xs]
     total = 0.0
     for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
                                     strict=False):

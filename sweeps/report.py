@@ -6,6 +6,8 @@ Contract
 
 * ``tokens_vs_l2``: tokens/s against L2 size, prefetch on and off, per workload;
 * ``perf_per_cost``: tokens/s/mm² and tokens/s/$ against L2 size, the optimum marked;
+* ``batch``: tokens/s and tokens/s/$ against the batch (sequences decoded together), per
+  L2 size;
 * ``area``: the area breakdown (logic, logic memories, L2, PHY) of each L2 size;
 * ``pareto``: tokens/s against area, the Pareto front drawn;
 * ``roofline``: the base hardware's roofline with the model's operators on it (decode
@@ -35,7 +37,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sweeps.spec import HW_FIELDS, SETTINGS  # noqa: E402
 
-FIGURES = ("tokens_vs_l2", "perf_per_cost", "area", "pareto", "roofline", "time_breakdown")
+FIGURES = ("tokens_vs_l2", "perf_per_cost", "batch", "area", "pareto", "roofline",
+           "time_breakdown")
 
 
 class ReportError(ValueError):
@@ -226,6 +229,8 @@ def write_report(out: str | Path) -> dict:
     findings["pareto"] = [{k: r[k] for k in ("key", "l2_bytes", "area_mm2", "tokens_per_s")}
                           for r in front]
 
+    _batch_figure(rows, [k for k in group_keys if k != "batch"], out)
+
     _roofline(max(rows, key=lambda r: r["tokens_per_s_per_dollar"]), out)
 
     # time breakdown of a decode step
@@ -249,6 +254,31 @@ def write_report(out: str | Path) -> dict:
 
     _write_text(out, rows, findings, group_keys)
     return findings
+
+
+def _batch_figure(rows, group_keys: list[str], out: Path) -> None:
+    """tokens/s and tokens/s per dollar against the batch (sequences decoded together),
+    one line per L2 size and prefetch of each group: ``batch.png``."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    keys = group_keys + ["l2_bytes", "prefetch"]
+    series = _series(rows, keys)
+    for key in sorted(series, key=lambda k: (str(k[:-2]), k[-2], not k[-1])):
+        s = sorted(series[key], key=lambda r: r.get("batch", 1))
+        label = _label(keys, [size_label(v) if k == "l2_bytes" else v
+                              for k, v in zip(keys, key, strict=True)])
+        for ax, metric in zip(axes, ("tokens_per_s", "tokens_per_s_per_dollar"), strict=True):
+            ax.plot([r.get("batch", 1) for r in s], [r[metric] for r in s], marker="o",
+                    linestyle="-" if key[-1] else "--", label=label)
+    axes[0].set(xlabel="batch (sequences)", ylabel="tokens/s", title="Throughput against batch")
+    axes[1].set(xlabel="batch (sequences)", ylabel="tokens/s per $",
+                title="Performance per dollar against batch")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, out, "batch")
 
 
 def matmul_intensity(m: int, k: int, n: int, weights: str = "int8") -> float:
@@ -303,6 +333,9 @@ CAPTIONS = {
                     "with prefetch, dashed without.",
     "perf_per_cost": "Performance per area and per dollar against L2 size; the star marks "
                      "each series' optimum.",
+    "batch": "Tokens/s and tokens/s per dollar against the batch (sequences decoded "
+             "together, the weights read once a step; each point buys DRAM for its "
+             "sequences' KV), one line per L2 size; solid with prefetch, dashed without.",
     "area": "Die area by part against L2 size.",
     "pareto": "Tokens/s against die area for every point, with the Pareto front.",
     "roofline": "Roofline of the best point's hardware (tokens/s per $) with the model's "
@@ -375,7 +408,7 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
              for r in best]
     body += ["</tbody></table></section>", "<section><h2>Figures</h2><div class='grid'>"]
     for name in FIGURES:
-        wide = " class='wide'" if name in ("perf_per_cost", "time_breakdown") else ""
+        wide = " class='wide'" if name in ("perf_per_cost", "batch", "time_breakdown") else ""
         body += [f"<figure{wide}><a href='{name}.svg'><img src='{name}.png' alt='{name}'></a>",
                  f"<figcaption>{esc(CAPTIONS[name])}</figcaption></figure>"]
     body += ["</div></section>"]

@@ -68,7 +68,7 @@ def point_content(point: dict, workloads: dict[str, dict]) -> dict:
     return {"hardware": hw, "model": preset(point["model"]).to_hf_dict(),
             "workload": workloads[point["workload"]], "node": point["node"],
             "devices": point["devices"], "prefetch": point["prefetch"],
-            "weights": point["weights"],
+            "weights": point["weights"], "batch": point["batch"],
             "link": [point["link_gbytes_per_s"], point["link_latency_us"]],
             "code": code_version()}
 
@@ -80,12 +80,12 @@ def point_key(point: dict, workloads: dict[str, dict]) -> str:
 
 def performance_key(point: dict) -> tuple:
     """What a point's performance depends on: its hardware, model, workload, prefetch,
-    weight format, devices and (with more than one device) link, but not its technology
-    node."""
+    weight format, batch, devices and (with more than one device) link, but not its
+    technology node."""
     link = (point["link_gbytes_per_s"], point["link_latency_us"]) if point["devices"] > 1 \
         else None
     return (point_hardware(point), point["model"], point["workload"], point["prefetch"],
-            point["weights"], point["devices"], link)
+            point["weights"], point["batch"], point["devices"], link)
 
 
 def evaluate_group(points: list[dict], workloads: dict[str, dict],
@@ -106,16 +106,16 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
     link = analytic.Link(point["link_gbytes_per_s"], point["link_latency_us"])
     try:
         est = analytic.workload(cfg, hw, w["prompt"], w["output"], point["prefetch"],
-                                devices, link, weights=point["weights"])
+                                devices, link, weights=point["weights"], batch=point["batch"])
     except CompileError as e:
         return [{"key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": False,
                  "reason": str(e)} for p, k in zip(points, keys, strict=True)]
     mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
-                               devices, link, point["weights"])
+                               devices, link, point["weights"], point["batch"])
     tokens_per_s = est.tokens_per_s(hw)
     params_bytes = weight_bytes(cfg, point["weights"])
-    dram_gbytes = dram_capacity_gbytes(params_bytes // devices + cfg.kv_dim * 2 * cfg.n_layers
-                                       * cfg.max_seq_len // devices)
+    dram_gbytes = dram_capacity_gbytes(params_bytes // devices + point["batch"] * cfg.kv_dim
+                                       * 2 * cfg.n_layers * cfg.max_seq_len // devices)
     rows = []
     for p, k in zip(points, keys, strict=True):
         c = cost(hw, p["node"], dram_gbytes)

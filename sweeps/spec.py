@@ -23,6 +23,7 @@ A spec::
     prefetch = true
     workload = "liso"
     weights = "int8"             # the projection weights' format: "int8" or "mxint4"
+    batch = 1                    # sequences decoded together (driver.compile_batch)
     link_gbytes_per_s = 16.0
     link_latency_us = 2.0
 
@@ -55,9 +56,9 @@ from sweeps.cost import NODES
 
 SETTINGS = {"hw": str, "model": str, "node": str, "devices": int, "prefetch": bool,
             "workload": str, "link_gbytes_per_s": float, "link_latency_us": float,
-            "weights": str}
+            "weights": str, "batch": int}
 DEFAULTS = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm", "devices": 1,
-            "prefetch": True, "workload": "liso", "weights": "int8",
+            "prefetch": True, "workload": "liso", "weights": "int8", "batch": 1,
             "link_gbytes_per_s": Link.gbytes_per_s, "link_latency_us": Link.latency_us}
 DEFAULT_WORKLOADS = {"liso": {"prompt": 1024, "output": 128},
                      "silo": {"prompt": 128, "output": 1024}}
@@ -257,6 +258,8 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
             return str(e)
     elif name == "devices" and value < 1:
         return f"devices must be at least 1, not {value}"
+    elif name == "batch" and value < 1:
+        return f"batch must be at least 1, not {value}"
     elif name == "link_gbytes_per_s" and not value > 0:
         return f"link_gbytes_per_s must be positive, not {value}"
     elif name == "link_latency_us" and not value >= 0:
@@ -281,6 +284,9 @@ def _check_point(point: dict, spec: Spec) -> tuple[str, str] | None:
         check_weight_format(shard(cfg, point["devices"]), point["weights"])
     except ValueError as e:
         return "weights", f"a point cannot run: {e}"
+    if point["batch"] > 1 and point["devices"] > 1:
+        return "batch", (f"a point cannot run: a batch of {point['batch']} on "
+                         f"{point['devices']} devices (batched decode is timed on one device)")
     w = spec.workloads[point["workload"]]
     if w["prompt"] + w["output"] > cfg.max_seq_len:
         return "workload", (f"a point cannot run: workload {point['workload']!r} "

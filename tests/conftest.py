@@ -81,3 +81,27 @@ def wide_vocab():
     im = build_int_model(LoadedModel(cfg, {**params, "lm_head": jnp.asarray(lm)}, None, ""))
     hw = load_hardware("edge-8x8").replace(l2_bytes=64 * 1024)
     return im, prompt, hw, tuple(sorted((picked, other)))
+
+
+@pytest.fixture(scope="session")
+def batch_with_a_bad_table(tiny_int):
+    """Three sequences of tiny compiled together on edge-8x8 with 64 KiB of L2 (the
+    RTL tests' configuration), then sequence 2's first block-table entry set to
+    ``EVICTED`` (-1) in the image: every simulator must stop with BAD_BLOCK."""
+    import numpy as np
+
+    from accel.kv_blocks import EVICTED, plan_batch
+    from arch.hardware import load_hardware
+    from compiler.driver import compile_batch
+
+    hw = load_hardware("edge-8x8").replace(l2_bytes=64 * 1024)
+    rng = np.random.default_rng(5)
+    prompts = [[int(t) for t in rng.integers(0, tiny_int.cfg.vocab_size, n)] for n in (7, 12, 9)]
+    plan = plan_batch(prompts, [2, 2, 2], max_batch=3, pool_blocks=6,
+                      block_tokens=hw.kv_block_tokens)
+    build = compile_batch(tiny_int.cfg, tiny_int.qm, hw, plan.sequences, plan.schedule, 6)
+    region = build.mmap["block_table"]
+    entries = region.size // (4 * len(prompts))
+    at = region.offset + 4 * 2 * entries
+    build.image.data[at:at + 4] = np.frombuffer(np.int32(EVICTED).tobytes(), np.uint8)
+    return build

@@ -6,7 +6,8 @@
 //
 // BACKDOOR = 2 (an L2 bank, BANK its index) writes the contents at the end of the
 // simulation to <prefix>.<BANK>.hex, where +l2_dump=<prefix>: the bench compares the
-// whole L2 with the ISA simulator's.
+// whole L2 with the ISA simulator's; with +l2_image=<prefix> it starts from
+// <prefix>.<BANK>.hex (a run continued from an earlier one's L2).
 //
 // BACKDOOR = 1 (the simulation DRAM's storage only) gives the testbench file access,
 // as a simulator's memory backdoor does: at time zero the contents are read from the
@@ -35,7 +36,10 @@ module sram_macro #(parameter WIDTH_BYTES = 16, parameter DEPTH = 1024,
     end
 
     generate if (BACKDOOR == 2) begin : l2_backdoor
-        string prefix;
+        string prefix, image;
+        initial
+            if ($value$plusargs("l2_image=%s", image))
+                $readmemh($sformatf("%s.%0d.hex", image, BANK), mem);
         final
             if ($value$plusargs("l2_dump=%s", prefix))
                 $writememh($sformatf("%s.%0d.hex", prefix, BANK), mem);

@@ -57,6 +57,8 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["verify", "--batch", "0"], "--batch must be at least 1, not 0"),
     (["verify", "--batch", "3", "--max-new-tokens", "240", "--eval-windows", "1"],
      "--batch 3: the longest sequence"),
+    (["verify", "--batch", "1000000000"], "--batch 1000000000: the longest sequence"),
+    (["verify", "--batch", "2", "--max-new-tokens", "0"], "needs --max-new-tokens of at least"),
     (["compile", "--model", "tiny", "--no-weights", "--decode-at", "-1"],
      "the position must be at least 0"),
     (["compile", "--decode-at", "5"], "--decode-at needs --no-weights"),
@@ -171,11 +173,11 @@ def test_verify_batch_runs_every_sequence_through_the_ladder(capsys):
     assert code == 0
     report = json.loads(out)
     batch = report["batch"]
-    assert batch["new_tokens"] == [3, 2, 1] and batch["cached_tokens"][:2] == [0, 16]
+    assert batch["new_tokens"] == [3, 2, 2] and batch["cached_tokens"][:2] == [0, 16]
     assert len(set(batch["prompt_tokens"])) == 3 and batch["shared_blocks"] == 1
     for key in ("isa_vs_int", "isa_vs_int_prefetch_off"):
         r = report[key]
-        assert r["bit_exact"] and r["tokens_compared"] == 6 and len(r["sequences"]) == 3
+        assert r["bit_exact"] and r["tokens_compared"] == 7 and len(r["sequences"]) == 3
     assert report["failed_rungs"] == []
 
 

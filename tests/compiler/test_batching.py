@@ -11,6 +11,7 @@ from accel.kv_blocks import plan_batch
 from accel.ladder import compare, reference_generation
 from accel.runtime import BatchRunResult, run_build
 from arch.hardware import load_hardware
+from arch.isa import ErrorCode
 from compiler.batching import batch_graphs
 from compiler.driver import (
     BatchStep,
@@ -83,10 +84,8 @@ def test_a_batched_step_reads_the_weights_once(tiny_model):
     cfg = tiny_model.cfg
     one, four = (compile_batch_timing_step(cfg, HW, b, 40) for b in (1, 4))
     assert _constant_bytes(one) == _constant_bytes(four) > cfg.n_layers * cfg.d_model ** 2
-    count = {b.programs[0].name: sum(i.mnemonic == "MATMUL" for i in b.programs[0].instrs)
-             for b in (one, four)}
     assert four.programs[0].sequences == [0, 1, 2, 3]
-    assert four.programs[0].positions == [40] * 4 and count["decode_000"] > 0
+    assert four.programs[0].positions == [40] * 4
 
 
 def test_batch_graphs_merges_rows_and_keeps_sequences_apart(tiny_model):
@@ -131,11 +130,34 @@ def _seq(prompt, new, table, cached=0):
      [("prefill", (0,)), ("prefill", (1,)), ("prefill", (2,))],
      "row 0 from block 0, which holds another row: sequence 1 wrote it in program 1"),
     ([_seq([1, 70], 1, [0])], [("prefill", (0,))], "outside the vocabulary"),
+    # one block for two of a sequence's logical blocks
+    ([_seq([1] * 3, 15, [2, 2])], [("prefill", (0,))] + [("decode", (0,))] * 14,
+     "names block 2 for two"),
+    # within one decode step: one sequence appends its row 16 over the row 0 the other
+    # reads, whichever of the two comes first in the batch
+    ([_seq([1, 2, 3], 2, [0]), _seq([5] * 16, 2, [1, 0])],
+     [("prefill", (0,)), ("prefill", (1,)), ("decode", (0, 1))],
+     "sequence 0 reads K/V row 0 from block 0, which holds another row: sequence 1"),
+    ([_seq([5] * 16, 2, [1, 0]), _seq([1, 2, 3], 2, [0])],
+     [("prefill", (0,)), ("prefill", (1,)), ("decode", (0, 1))],
+     "sequence 1 reads K/V row 0 from block 0, which holds another row: sequence 0"),
 ])
 def test_check_batch_refuses_what_the_device_cannot_run(sequences, schedule, message):
     steps = [BatchStep(kind, seqs) for kind, seqs in schedule]
     with pytest.raises(CompileError, match=message):
         check_batch(tuple(sequences), tuple(steps), 4, 16, 65, 256)
+
+
+def test_a_bad_entry_in_a_later_sequences_table_stops_with_bad_block(batch_with_a_bad_table):
+    """The host's table of sequence 2 corrupted after compiling (an evicted entry, -1):
+    the ISA simulator stops with BAD_BLOCK in the first program whose walk reads it (the
+    RTL's twin: tests/rtl/test_tiny_rtl.py)."""
+    from compiler.semantics import AcceleratorError
+
+    build = batch_with_a_bad_table
+    with pytest.raises(AcceleratorError) as raised:
+        run_build(build, "isa")
+    assert raised.value.code == ErrorCode.BAD_BLOCK and raised.value.index is not None
 
 
 def test_a_batched_build_is_not_saved(tiny_int, tmp_path):

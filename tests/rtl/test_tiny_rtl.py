@@ -112,25 +112,32 @@ def test_a_chunked_lm_head_is_bit_exact_on_the_rtl(wide_vocab):
 
 
 def test_batched_decode_is_bit_exact_on_the_rtl(tiny_int):
-    """Four sequences of different prompt lengths decoded together in one paged KV pool,
-    the second reading the first's 16-token prefix block (``accel.ladder.batch_prompts``,
-    ``kv_blocks.plan_batch``): the RTL ends with the ISA simulator's whole DRAM and L2,
-    each sequence's tokens, logits and K/V rows equal its run alone through the integer
-    reference, and the performance model is within 5% of every program's cycles."""
+    """Four sequences of different prompt lengths in one paged KV pool of 6 blocks, at
+    most three at once, the second reading the first's 16-token prefix block
+    (``accel.ladder.batch_prompts``, ``kv_blocks.plan_batch``); the fourth joins when the
+    second leaves and writes into the blocks it freed. The RTL, run in jobs that each
+    continue the last one's DRAM and L2, has the ISA simulator's whole DRAM and L2 at the
+    end and where the freed blocks are reused (``runtime.same_run``); each sequence's
+    tokens, logits and K/V rows (read when it finished) equal its run alone through the
+    integer reference; the performance model is within 5% of every program's cycles."""
     from accel.kv_blocks import plan_batch
     from accel.ladder import batch_prompts
+    from accel.runtime import same_run, segments
     from compiler.driver import compile_batch
 
     im, hw = tiny_int, HARDWARE["edge-8x8"]
     prompts = batch_prompts([5, 17, 33], 4, hw.kv_block_tokens, im.cfg.vocab_size)
-    new = [3, 2, 3, 2]
-    plan = plan_batch(prompts, new, max_batch=4, pool_blocks=8, block_tokens=hw.kv_block_tokens)
+    new = [4, 2, 3, 2]
+    plan = plan_batch(prompts, new, max_batch=3, pool_blocks=6,
+                      block_tokens=hw.kv_block_tokens)
     assert [sp.cached for sp in plan.sequences][:2] == [0, 16]
-    build = compile_batch(im.cfg, im.qm, hw, plan.sequences, plan.schedule, 8)
-    assert max(len(p.sequences) for p in build.programs) == 4
+    assert set(plan.sequences[3].table) & set(plan.sequences[1].table[1:])   # reused
+    build = compile_batch(im.cfg, im.qm, hw, plan.sequences, plan.schedule, 6)
+    assert max(len(p.sequences) for p in build.programs) == 3 and len(segments(build)) > 1
     isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
-    verdict = same_dram(build, isa.dram, rtl.dram, isa.l2, rtl.l2)
-    assert verdict["bit_exact"] and verdict["l2_bytes_compared"] == hw.l2_bytes, verdict
+    verdict = same_run(build, isa, rtl)
+    assert verdict["bit_exact"] and verdict["checkpoints_compared"] >= 1, verdict
+    assert verdict["l2_bytes_compared"] == hw.l2_bytes
     for b, seq in enumerate(rtl.sequences):
         ref = compare(seq, reference_generation(im, prompts[b], new[b]))
         assert ref["bit_exact"] and ref["tokens_compared"] == new[b], (b, ref)
@@ -139,3 +146,19 @@ def test_batched_decode_is_bit_exact_on_the_rtl(tiny_int):
         model = timing.programs[name].cycles
         assert abs(model - counters["cycles"]) < 0.05 * counters["cycles"], \
             (name, model, counters["cycles"])
+
+
+def test_a_bad_entry_in_a_later_sequences_table_stops_the_rtl_as_the_isa_simulator(
+        batch_with_a_bad_table):
+    """Sequence 2's table entry evicted (-1) after compiling a batch of three (the
+    ``batch_with_a_bad_table`` fixture): the RTL stops with the ISA simulator's error
+    code, BAD_BLOCK, at the same instruction."""
+    from compiler.semantics import AcceleratorError
+
+    build = batch_with_a_bad_table
+    stops = []
+    for sim in ("isa", "rtl"):
+        with pytest.raises(AcceleratorError) as raised:
+            run_build(build, sim)
+        stops.append((raised.value.code, raised.value.index))
+    assert stops[0] == stops[1] and stops[0][0].name == "BAD_BLOCK", stops
