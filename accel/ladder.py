@@ -178,16 +178,21 @@ def _batch_sequences(ids: list[int], batch: int, max_new_tokens: int, hw, cfg
     if max_new_tokens < 2:
         raise ValueError(f"--batch {batch} needs --max-new-tokens of at least 2 (a decode "
                          f"step of the whole batch), not {max_new_tokens}")
-    new = [max(2, max_new_tokens - b) for b in range(min(batch, max_new_tokens))]
-    new += [2] * (batch - len(new))
-    lengths = [batch_prompt_tokens(len(ids), b, hw.kv_block_tokens)
-               for b in (0, 1, batch - 1)]
-    longest = max(n + new[min(b, batch - 1)] for b, n in zip((0, 1, batch - 1), lengths,
-                                                               strict=True))
+
+    def new_tokens(b: int) -> int:
+        return max(2, max_new_tokens - b)
+
+    # prompts grow with b faster than new tokens shrink: the longest is the first two's
+    # or the last's (checked by arithmetic, before anything of the batch's size is made)
+    ends = {b: batch_prompt_tokens(len(ids), b, hw.kv_block_tokens) + new_tokens(b)
+            for b in {0, min(1, batch - 1), batch - 1}}
+    b, longest = max(ends.items(), key=lambda kv: kv[1])
     if longest > cfg.max_seq_len:
         raise ValueError(f"--batch {batch}: the longest sequence (a prompt of "
-                         f"{max(lengths)} tokens plus its new tokens) is {longest} "
-                         f"tokens, longer than {cfg.name}'s context of {cfg.max_seq_len}")
+                         f"{longest - new_tokens(b)} tokens plus its new tokens) is "
+                         f"{longest} tokens, longer than {cfg.name}'s context of "
+                         f"{cfg.max_seq_len}")
+    new = [new_tokens(b) for b in range(batch)]
     return batch_prompts(ids, batch, hw.kv_block_tokens, cfg.vocab_size), new
 
 

@@ -43,7 +43,8 @@ def test_continuous_batching_is_bit_exact_per_sequence(tiny_int):
     """Four sequences, at most three at once (the fourth joins when the second leaves),
     the third reading the first's prefix block: every sequence's tokens, logit rows and
     K/V rows (gathered through its own table from the shared pool) equal its run alone
-    through the integer reference, prefetch on and off."""
+    through the integer reference. (Prefetch off: ``accel verify --batch``'s rung,
+    tests/accel/test_cli.py.)"""
     im = tiny_int
     prompts, new = _prompts(im.cfg.vocab_size), [6, 4, 5, 7]
     plan = plan_batch(prompts, new, max_batch=3, pool_blocks=12,
@@ -53,14 +54,12 @@ def test_continuous_batching_is_bit_exact_per_sequence(tiny_int):
     decodes = [s.seqs for s in plan.schedule if s.kind == "decode"]
     assert max(len(s) for s in decodes) == 3 and (0, 2, 3) in decodes
     refs = [reference_generation(im, p, n) for p, n in zip(prompts, new, strict=True)]
-    for prefetch in (True, False):
-        build = compile_batch(im.cfg, im.qm, HW, plan.sequences, plan.schedule,
-                              plan.pool_blocks, prefetch=prefetch)
-        result = run_build(build, "isa")
-        assert isinstance(result, BatchRunResult)
-        for b, (ours, ref) in enumerate(zip(result.sequences, refs, strict=True)):
-            verdict = compare(ours, ref)
-            assert verdict["bit_exact"] and verdict["tokens_compared"] == new[b], (b, verdict)
+    build = compile_batch(im.cfg, im.qm, HW, plan.sequences, plan.schedule, plan.pool_blocks)
+    result = run_build(build, "isa")
+    assert isinstance(result, BatchRunResult)
+    for b, (ours, ref) in enumerate(zip(result.sequences, refs, strict=True)):
+        verdict = compare(ours, ref)
+        assert verdict["bit_exact"] and verdict["tokens_compared"] == new[b], (b, verdict)
     batched = [p for p in build.programs if len(p.sequences) == 3]
     assert batched and all(p.kind == "decode" for p in batched)
 

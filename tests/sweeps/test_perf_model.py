@@ -53,19 +53,17 @@ def test_fast_path_agrees_with_the_instruction_level_model(tiny_model, hw_name, 
 def test_fast_path_agrees_on_batched_decode(tiny_model, hw_name):
     """Decode steps of 3, 8 and 16 sequences (``driver.compile_batch_timing_step``: the
     projections one [B, K] matmul, attention and the KV appends one per sequence, whose
-    queue of stores holds up dispatch) at KV 6 and 100, int8 and MXINT4: the fast path
-    within 2% of the instruction-level model."""
+    queue of stores holds up dispatch) at KV 6 and 100 (and 8 with MXINT4 weights at KV
+    40): the fast path within 2% of the instruction-level model."""
     from compiler.driver import compile_batch_timing_step
 
     cfg, hw = tiny_model.cfg, load_hardware(hw_name)
-    for weights in ("int8", "mxint4"):
-        for batch in (3, 8, 16):
-            for position in (6, 100):
-                build = compile_batch_timing_step(cfg, hw, batch, position, weights=weights)
-                exact = time_program(build.programs[0].instrs, hw).cycles
-                fast = decode_step(cfg, hw, position, weights=weights, batch=batch).cycles
-                assert abs(fast - exact) <= 0.02 * exact, (weights, batch, position, fast,
-                                                            exact)
+    cases = [("int8", b, p) for b in (3, 8, 16) for p in (6, 100)] + [("mxint4", 8, 40)]
+    for weights, batch, position in cases:
+        build = compile_batch_timing_step(cfg, hw, batch, position, weights=weights)
+        exact = time_program(build.programs[0].instrs, hw).cycles
+        fast = decode_step(cfg, hw, position, weights=weights, batch=batch).cycles
+        assert abs(fast - exact) <= 0.02 * exact, (weights, batch, position, fast, exact)
 
 
 def test_fast_path_agrees_out_of_sample():
