@@ -100,26 +100,21 @@ def read_results(build: Build, dram: np.ndarray, seq: int | None = None
     """The generated tokens, the logits rows the device wrote and the K/V rows gathered
     through the block table, of the build's sequence or of a batched build's sequence
     ``seq`` (its K/V rows up to the last one written: its table covers no more)."""
-    cfg, mmap = build.cfg, build.mmap
+    cfg, mmap, ctx = build.cfg, build.mmap, build.context
     if seq is None:
-        prompt, new, entries, rows_per_seq, seq = build.prompt, build.max_new_tokens, 0, 0, 0
+        prompt, new, seq = build.prompt, build.max_new_tokens, 0
     else:
-        sp = build.batch[seq]
-        prompt, new = sp.prompt, sp.max_new_tokens
-        entries = mmap["block_table"].size // (INT32_BYTES * len(build.batch))
-        rows_per_seq = max(s.max_new_tokens for s in build.batch)
+        prompt, new = build.batch[seq].prompt, build.batch[seq].max_new_tokens
     n_prompt = len(prompt)
     positions = n_prompt + new
     kv_rows = positions if build.batch is None else positions - 1
-    tok = mmap["tokens"].offset + seq * INT32_BYTES * (cfg.max_seq_len + 1)
+    tok = ctx.tokens_addr(seq)
     tokens = dram[tok:tok + INT32_BYTES * (positions + 1)].view("<i4")
     generated = [int(t) for t in tokens[n_prompt:positions]]
-    lg = mmap["logits"]
-    first = lg.offset + seq * rows_per_seq * 2 * cfg.vocab_size
-    logits = dram[first:lg.end].view("<i2").reshape(-1, cfg.vocab_size)
-    # the rows it computed, from its last prompt token's (a batched build keeps only those)
-    logits = logits[n_prompt - 1:positions - 1] if build.batch is None else logits[:new]
-    table_at = mmap["block_table"].offset + seq * INT32_BYTES * entries
+    # the rows it computed: its last prompt token's, then each decode step's
+    first = ctx.logits_addr(seq, n_prompt - 1)
+    logits = dram[first:first + 2 * cfg.vocab_size * new].view("<i2").reshape(-1, cfg.vocab_size)
+    table_at = ctx.table_addr(seq)
     table = dram[table_at:mmap["block_table"].end].view("<i4")
     bt = build.hw.kv_block_tokens
     kv = {}

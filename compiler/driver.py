@@ -85,6 +85,11 @@ class Build:
     batch: tuple[SequencePlan, ...] | None = None    # a batched build's sequences
 
     @property
+    def context(self) -> BuildContext:
+        """Where each sequence's buffers are (``build_context``)."""
+        return build_context(self.hw, self.cfg, self.mmap, self.prefetch, self.batch)
+
+    @property
     def weights(self) -> str:
         """The projection weights' format: ``mxint4`` if a ``MATMUL`` streams MXINT4
         weights, else ``int8`` (``arch.isa.WeightFormat``)."""
@@ -299,14 +304,26 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
     return mmap, image
 
 
+def build_context(hw: HardwareConfig, cfg: ModelConfig, mmap: MemoryMap, prefetch: bool,
+                  batch: tuple[SequencePlan, ...] | None = None) -> BuildContext:
+    """Where a build's programs find each sequence's token buffer, block table and
+    logits rows (``BuildContext``): for a batched build, ``batch``'s tables of the
+    ``block_table`` region's equal share and the logits rows each sequence computes
+    (its last prompt token's, then each decode step's), as ``dram_map`` laid them out.
+    The compiler emits with it, and the runtime reads the results back with it."""
+    if batch is None:
+        return BuildContext(hw, cfg, mmap, prefetch)
+    entries = mmap["block_table"].size // (BLOCK_TABLE_ENTRY_BYTES * len(batch))
+    return BuildContext(hw, cfg, mmap, prefetch, entries,
+                        max(sp.max_new_tokens for sp in batch),
+                        tuple(len(sp.prompt) - 1 for sp in batch))
+
+
 def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens,
-            batch: tuple[SequencePlan, ...] | None = None, table_entries: int = 0,
-            logits_rows: int = 0, logits_first: tuple[int, ...] = ()) -> Build:
+            batch: tuple[SequencePlan, ...] | None = None) -> Build:
     """Each program through the pipeline's passes (``compiler.pipeline``), then the
     programs placed after the data and, with weights, written into the image."""
-    context = PassContext(hw, prefetch, image, BuildContext(hw, cfg, mmap, prefetch,
-                                                            table_entries, logits_rows,
-                                                            logits_first))
+    context = PassContext(hw, prefetch, image, build_context(hw, cfg, mmap, prefetch, batch))
     passes = PASSES if image.data is not None else PASSES[:-1]      # no bytes, no encode
     compiled = [run_passes(ProgramIR(name, kind, graphs), context, passes)
                 for name, kind, graphs in named_graphs]
@@ -620,8 +637,7 @@ def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
         image.write("tokens", np.asarray(sp.prompt, "<i4"),
                     offset=b * INT32_BYTES * (cfg.max_seq_len + 1), keep=True)
     image.write("block_table", tables, keep=True)
-    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, entries,
-                   logits_rows, tuple(len(sp.prompt) - 1 for sp in sequences))
+    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences)
 
 
 def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
@@ -635,9 +651,10 @@ def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
     at = cfg.max_seq_len // 2 if at is None else at
     if batch < 1:
         raise CompileError(f"a batch of {batch} sequences")
-    if not 0 <= at < cfg.max_seq_len:
-        raise CompileError(f"position {at} is outside the model's context of "
-                           f"{cfg.max_seq_len} tokens")
+    if not 1 <= at < cfg.max_seq_len - 1:
+        raise CompileError(f"a decode step at position {at}: it follows a prompt of at "
+                           f"least one token and leaves a position for the next within "
+                           f"the model's context of {cfg.max_seq_len} tokens")
     prefetch = hw.prefetch if prefetch is None else prefetch
     qm = quant_struct(cfg, weights)
     blocks = -(-(at + 1) // hw.kv_block_tokens)
@@ -650,11 +667,11 @@ def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
     params = _collect_params(named[0][2])
     mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, at + 2,
                     ["decode_000"], head_scratch_bytes(named[0][2]), batch, blocks,
-                    batch * blocks, 1)
+                    batch * blocks, 2)
     image = DramImage(mmap, with_data=False)
     image.write("block_table", order, keep=True)
-    sequences = tuple(SequencePlan((0,) * at, 1, tuple(int(e) for e in
+    # each sequence: a prompt of ``at`` tokens, this step its first decode step
+    sequences = tuple(SequencePlan((0,) * at, 2, tuple(int(e) for e in
                                                         order[b * blocks:(b + 1) * blocks]))
                       for b in range(batch))
-    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, blocks, 1,
-                   (at,) * batch)
+    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences)

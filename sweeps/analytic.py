@@ -879,6 +879,9 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     _check_count("batch", batch, 1)
     if batch > 1 and devices > 1:
         raise ValueError("a batched decode step is timed on one device (devices = 1)")
+    if batch > 1 and position < 1:
+        raise ValueError("a batched decode step follows its sequences' prompts: position "
+                         "must be at least 1")
     if position >= cfg.max_seq_len:
         raise ValueError(f"position {position} is outside [0, {cfg.max_seq_len}) for "
                          f"{cfg.name}")
@@ -886,7 +889,8 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     prefetch = hw.prefetch if prefetch is None else prefetch
     allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
     local = shard(cfg, devices)
-    _check_dram(local, weights, _plan_hw(hw), ((position, 1, True),), position + 2, 1, batch)
+    _check_dram(local, weights, _plan_hw(hw), ((position, 1, True),), position + 2, 1, batch,
+                2)           # a batched step's sequences: their prompt's row and this step's
     plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce,
                  batch=batch)
     cycles, load_busy, compute_busy, read, macs = _time_plan(plan, cfg.n_layers, hw, prefetch)
