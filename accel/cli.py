@@ -510,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add rung 3: the RTL under Verilator against the ISA simulator")
     p.add_argument("--batch", type=int, default=1, metavar="B",
                    help="rungs 2 and 3 for B sequences made from the prompt (two sharing a "
-                        "prefix) decoded together in one paged KV pool")
+                        "prefix) decoded together in one paged KV pool (1, the default: "
+                        "the single-sequence ladder)")
     p.add_argument("--json", action="store_true")
     _add_weights(p)
     p.set_defaults(func=_cmd_verify)

@@ -264,8 +264,11 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
 
     if prompt is not None and not prompt:
         raise ValueError("the prompt is empty")
-    if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"--batch must be at least 1, not {batch}")
+    from compiler.driver import MAX_BATCH
+
+    if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"--batch must be 1 to {MAX_BATCH} (compiler.driver.MAX_BATCH), "
+                         f"not {batch}")
     check_weight_format(model_config(model), weights)     # before loading the weights
     hw = load_hardware(hw_spec)
     refusal = weights_refusal(rtl_params(hw), weights) if rtl else None

@@ -1,19 +1,22 @@
-"""Decode throughput against batch size: one decode step of B sequences, the weights read
-once for all of them (``compiler.driver.compile_batch_timing_step``)::
+"""Decode throughput against batch size (B sequences' decode step, weights read once).
+
+One decode step of B sequences, the weights read once for all of them
+(``compiler.driver.compile_batch_timing_step``)::
 
     python -m benchmarks.batch_decode                  # sheared-llama-1.3b on edge-16x16
     python -m benchmarks.batch_decode --batches 1 4 --at 128 --rtl
 
 Part 1, the performance model: for each batch size, the decode step of B sequences each
-at KV length ``--at`` (default 256), compiled without weights and timed by the
-instruction-level model (``sweeps.perf.time_build``, the one calibrated against the
-RTL); printed: cycles, tokens/s (B tokens a step at the hardware's clock), DRAM bytes
-read per token, the DRAM bought (``sweeps.cost.dram_capacity_gbytes`` of the weights and
-the B sequences' KV cache at the model's context), tokens/s per dollar (``sweeps.cost``
-at ``--node``), the fast path's estimate of the same step
-(``sweeps.analytic.decode_step(batch=B)``) with its error, and the cycles of one
-``[B, d_model] x [d_model, array_cols]`` weight tile in GEMV and in GEMM. A batch whose
-weights and KV do not fit the hardware's DRAM is printed as such.
+at KV length ``--at`` (default 256, or half a shorter model's context), compiled without
+weights and timed by the instruction-level model (``sweeps.perf.time_build``, the one
+calibrated against the RTL); printed: cycles, tokens/s (B tokens a step at the
+hardware's clock), DRAM bytes read per token, the DRAM bought
+(``sweeps.cost.dram_capacity_gbytes`` of the weights and the B sequences' KV cache at
+the model's context), tokens/s per dollar (``sweeps.cost`` at ``--node``), the fast
+path's estimate of the same step (``sweeps.analytic.decode_step(batch=B)``) with its
+error, and the cycles of one ``[B, d_model] x [d_model, array_cols]`` weight tile in
+GEMV and in GEMM. A batch whose weights and KV do not fit the hardware's DRAM is printed
+as such.
 
 Part 2, ``--rtl``: ``tiny`` on edge-8x8 (64 KiB of L2, the configuration the tests
 build), four sequences (``accel.ladder.batch_prompts`` of the prompt "ROMEO:\nWhat say
@@ -55,7 +58,8 @@ def _perf(args) -> list[dict]:
     cfg, hw = model_config(args.model), load_hardware(args.hw)
     print(f"{cfg.name} on {hw.name}: one decode step of B sequences, each at KV length "
           f"{args.at} (instruction-level model; fast path beside it)")
-    print(f"{'B':>3} {'cycles':>12} {'tokens/s':>10} {'vs first':>9} {'DRAM B/token':>13} "
+    print(f"{'B':>3} {'cycles':>12} {'tokens/s':>10} {'vs B=' + str(args.batches[0]):>9} "
+          f"{'DRAM B/token':>13} "
           f"{'DRAM GB':>8} {'tokens/s/$':>11} {'fast path':>12} {'error':>8} "
           f"{'GEMV/GEMM tile':>15}")
     rows = []
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
-    parser.add_argument("--at", type=int, default=256, help="each sequence's KV length")
+    parser.add_argument("--at", type=int, default=None,
+                        help="each sequence's KV length (default 256, or half the context)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16])
     parser.add_argument("--node", default="16nm", choices=sorted(NODES))
     parser.add_argument("--rtl", action="store_true", help="part 2: tiny on the RTL")
@@ -146,11 +151,16 @@ def main(argv: list[str] | None = None) -> dict:
         load_hardware(args.hw)
     except (ValueError, HardwareError) as e:
         parser.error(str(e))
-    if not 0 <= args.at < cfg.max_seq_len:
-        parser.error(f"--at {args.at} is outside [0, {cfg.max_seq_len}) for {args.model}")
-    bad = [b for b in args.batches if b < 1]
+    from compiler.driver import MAX_BATCH
+
+    bad = [b for b in args.batches if not 1 <= b <= MAX_BATCH]
     if bad:
-        parser.error(f"--batches {bad[0]}: a batch has at least one sequence")
+        parser.error(f"--batches {bad[0]}: a batch has 1 to {MAX_BATCH} sequences")
+    if args.at is None:
+        args.at = min(256, cfg.max_seq_len // 2)
+    if not 1 <= args.at <= cfg.max_seq_len - 2:
+        parser.error(f"--at {args.at} is outside [1, {cfg.max_seq_len - 2}] for {args.model} "
+                     f"(a decode step after a prompt, with room for the next token)")
     result = {"perf": _perf(args)}
     if args.rtl:
         result["rtl"] = _rtl()

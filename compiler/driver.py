@@ -422,6 +422,10 @@ def compile_timing_step(cfg: ModelConfig, hw: HardwareConfig, at: int | None = N
 
 # -- many sequences: a batched build --------------------------------------------------------
 
+# The most sequences one program decodes together (a toolkit limit, refused by name: each
+# sequence adds its own attention, RoPE and outputs to the program and to the fast path).
+MAX_BATCH = 256
+
 @dataclass(frozen=True)
 class SequencePlan:
     """One sequence of a batched build, as the host's block manager placed it
@@ -469,6 +473,10 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
     device runs a batched layer)."""
     if not sequences:
         raise CompileError("a batch of no sequences")
+    for b, step in enumerate(schedule):
+        if len(step.seqs) > MAX_BATCH:
+            raise CompileError(f"program {b}: a decode step of {len(step.seqs)} sequences "
+                               f"(at most MAX_BATCH = {MAX_BATCH})")
     for b, sp in enumerate(sequences):
         what = f"sequence {b}"
         if not sp.prompt:
@@ -649,8 +657,8 @@ def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
     from models.integer import quant_struct
 
     at = cfg.max_seq_len // 2 if at is None else at
-    if batch < 1:
-        raise CompileError(f"a batch of {batch} sequences")
+    if not 1 <= batch <= MAX_BATCH:
+        raise CompileError(f"a batch of {batch} sequences (1 to MAX_BATCH = {MAX_BATCH})")
     if not 1 <= at < cfg.max_seq_len - 1:
         raise CompileError(f"a decode step at position {at}: it follows a prompt of at "
                            f"least one token and leaves a position for the next within "

@@ -71,6 +71,7 @@ from compiler.backend import (
     plan_l2,
 )
 from compiler.driver import (
+    MAX_BATCH,
     batched_decode_graph,
     dram_map,
     fit_head,
@@ -876,7 +877,7 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     Raises ``CompileError`` where the compiler would: an L2 too small for the step, or a
     DRAM image (``driver.dram_map``) larger than ``hw.dram_bytes``."""
     _check_count("position", position, 0)
-    _check_count("batch", batch, 1)
+    _check_batch(batch)
     if batch > 1 and devices > 1:
         raise ValueError("a batched decode step is timed on one device (devices = 1)")
     if batch > 1 and position < 1:
@@ -995,7 +996,7 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     _check_count("prompt length", prompt_len, 1)
     _check_count("output length", output_len, 1)
     _check_count("samples", samples, 2)
-    _check_count("batch", batch, 1)
+    _check_batch(batch)
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
@@ -1014,6 +1015,13 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
                                  devices, link, weights, batch)
     return WorkloadEstimate(prompt_len, output_len, batch * pre.cycles, decode, timed,
                             batch * pre.dram_read_bytes, batch)
+
+
+def _check_batch(batch) -> None:
+    """Refuse a batch that is not 1 to ``driver.MAX_BATCH`` sequences, naming it."""
+    _check_count("batch", batch, 1)
+    if batch > MAX_BATCH:
+        raise ValueError(f"batch must be at most MAX_BATCH = {MAX_BATCH}, not {batch}")
 
 
 def _check_count(what: str, value, least: int) -> None:

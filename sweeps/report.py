@@ -89,8 +89,11 @@ def _series(rows, by):
     groups = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(k) for k in by)].append(r)
-    return {k: sorted(v, key=lambda r: r["l2_bytes"]) for k, v in sorted(groups.items(),
-                                                                          key=str)}
+    def order(key):            # numbers by value (batch 2 before 16), the rest as text
+        return tuple((0, v, "") if isinstance(v, int | float) and not isinstance(v, bool)
+                     else (1, 0, str(v)) for v in key)
+    return {k: sorted(v, key=lambda r: r["l2_bytes"])
+            for k, v in sorted(groups.items(), key=lambda kv: order(kv[0]))}
 
 
 def _label(keys, values) -> str:
@@ -273,6 +276,7 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> None:
     axes[1].set(xlabel="batch (sequences)", ylabel="tokens/s per $",
                 title="Performance per dollar against batch")
     for ax in axes:
+        ax.set_ylim(bottom=0)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -333,9 +337,10 @@ CAPTIONS = {
                     "with prefetch, dashed without.",
     "perf_per_cost": "Performance per area and per dollar against L2 size; the star marks "
                      "each series' optimum.",
-    "batch": "Tokens/s and tokens/s per dollar against the batch (sequences decoded "
-             "together, the weights read once a step; each point buys DRAM for its "
-             "sequences' KV), one line per L2 size; solid with prefetch, dashed without.",
+    "batch": "Tokens/s (whole workload: the batch's prefills one after another, then "
+             "decode steps of all its sequences, the weights read once a step) and tokens/s "
+             "per dollar (DRAM bought for every sequence's KV at the model's context) "
+             "against the batch, one line per L2 size; solid with prefetch, dashed without.",
     "area": "Die area by part against L2 size.",
     "pareto": "Tokens/s against die area for every point, with the Pareto front.",
     "roofline": "Roofline of the best point's hardware (tokens/s per $) with the model's "

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arch.hardware import SYSTEM_FIELDS, HardwareConfig, HardwareError, load_hardware
+from compiler.driver import MAX_BATCH
 from models.config import preset
 from models.integer import WEIGHT_FORMATS, check_weight_format
 from sweeps.analytic import Link
@@ -237,8 +238,9 @@ def load_spec(path: str | Path) -> Spec:
 
 def _check_value(name: str, value, spec: Spec) -> str | None:
     kind = SETTINGS.get(name)
-    if kind is not None and not (isinstance(value, kind) or kind is float
-                                 and isinstance(value, int)):
+    if kind is not None and (not (isinstance(value, kind) or kind is float
+                                  and isinstance(value, int))
+                             or kind is not bool and isinstance(value, bool)):
         return f"{name} must be {kind.__name__}, not {value!r}"
     if name == "model":
         try:
@@ -258,8 +260,8 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
             return str(e)
     elif name == "devices" and value < 1:
         return f"devices must be at least 1, not {value}"
-    elif name == "batch" and value < 1:
-        return f"batch must be at least 1, not {value}"
+    elif name == "batch" and not 1 <= value <= MAX_BATCH:
+        return f"batch must be 1 to {MAX_BATCH} (compiler.driver.MAX_BATCH), not {value}"
     elif name == "link_gbytes_per_s" and not value > 0:
         return f"link_gbytes_per_s must be positive, not {value}"
     elif name == "link_latency_us" and not value >= 0:
