@@ -296,12 +296,17 @@ def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
                     program_names, head_scratch)
     n_blocks = -(-positions // hw.kv_block_tokens)
     image = DramImage(mmap, with_data)
+    _write_params(image, params)
+    image.write("block_table", block_table(n_blocks), keep=True)
+    return mmap, image
+
+
+def _write_params(image: DramImage, params: dict) -> None:
+    """Each constant's bytes into its region (nothing for a build without weights)."""
     for name, p in params.items():
         raw = param_bytes(p)
         if raw is not None:
             image.write(f"param:{name}", raw)
-    image.write("block_table", block_table(n_blocks), keep=True)
-    return mmap, image
 
 
 def build_context(hw: HardwareConfig, cfg: ModelConfig, mmap: MemoryMap, prefetch: bool,
@@ -625,25 +630,30 @@ def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
     check_batch(sequences, schedule, pool_blocks, hw.kv_block_tokens, cfg.vocab_size,
                 cfg.max_seq_len)
     named = _batch_programs(cfg, qm, hw, sequences, schedule)
+    return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks)
+
+
+def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: list,
+                 sequences: tuple[SequencePlan, ...], pool_blocks: int) -> Build:
+    """A batched build of the programs ``named``: the memory map (``dram_map``: each
+    sequence's buffers, ``pool_blocks`` blocks of K/V), the constants, each sequence's
+    prompt and block table (unused entries ``EVICTED``, -1) in the image, the passes."""
     graphs = [g for _, _, gs in named for g in gs]
     params = _collect_params(graphs)
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
-    positions = max(sp.positions for sp in sequences)
     entries = max(len(sp.table) for sp in sequences)
-    logits_rows = max(sp.max_new_tokens for sp in sequences)
-    mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, positions,
-                    [n for n, _, _ in named], head_scratch_bytes(graphs), len(sequences),
-                    entries, pool_blocks, logits_rows)
+    mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()},
+                    max(sp.positions for sp in sequences), [n for n, _, _ in named],
+                    head_scratch_bytes(graphs), len(sequences), entries, pool_blocks,
+                    max(sp.max_new_tokens for sp in sequences))
     image = DramImage(mmap, with_data)
-    for name, p in params.items():
-        raw = param_bytes(p)
-        if raw is not None:
-            image.write(f"param:{name}", raw)
-    tables = np.full((len(sequences), entries), -1, "<i4")     # unused entries: EVICTED
+    _write_params(image, params)
+    ctx = build_context(hw, cfg, mmap, prefetch, sequences)
+    tables = np.full((len(sequences), entries), -1, "<i4")
     for b, sp in enumerate(sequences):
         tables[b, :len(sp.table)] = sp.table
         image.write("tokens", np.asarray(sp.prompt, "<i4"),
-                    offset=b * INT32_BYTES * (cfg.max_seq_len + 1), keep=True)
+                    offset=ctx.tokens_addr(b) - mmap["tokens"].offset, keep=True)
     image.write("block_table", tables, keep=True)
     return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences)
 
@@ -672,14 +682,8 @@ def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,
     if not _fits(named[0][2], cfg, hw):
         raise CompileError(f"L2 too small for the smallest legal tiling: a decode step of "
                            f"{batch} sequences at l2_bytes = {hw.l2_bytes}")
-    params = _collect_params(named[0][2])
-    mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, at + 2,
-                    ["decode_000"], head_scratch_bytes(named[0][2]), batch, blocks,
-                    batch * blocks, 2)
-    image = DramImage(mmap, with_data=False)
-    image.write("block_table", order, keep=True)
     # each sequence: a prompt of ``at`` tokens, this step its first decode step
     sequences = tuple(SequencePlan((0,) * at, 2, tuple(int(e) for e in
                                                         order[b * blocks:(b + 1) * blocks]))
                       for b in range(batch))
-    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences)
+    return _batch_build(cfg, hw, prefetch, named, sequences, batch * blocks)
