@@ -212,7 +212,7 @@ def _kv_reference(x, candidates, tol_q16):
             return b, s, d
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.integers(-128, 127), min_size=1, max_size=24),
        st.sampled_from([(2, 4, 8), (4, 8), (2, 4), (2,), (4,), (8,)]),
        st.integers(0, 1 << 24))

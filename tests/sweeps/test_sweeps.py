@@ -166,7 +166,7 @@ def test_points_differing_only_in_node_share_one_performance_run(tmp_path, monke
     rows = {json.loads(x)["key"]: json.loads(x)
             for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
     assert len(rows) == 24
-    for p in points[:4]:
+    for p in points[:2]:
         alone = json.loads(json.dumps(runner.evaluate_group([p], spec.workloads)[0]))
         assert rows[alone["key"]] == alone
     by_node = {(r["l2_bytes"], r["prefetch"], r["node"]): r for r in rows.values()}
