@@ -71,9 +71,10 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8",
     return loaded, build_int_model(loaded, weights=weights), ids
 
 
-def _kv_compression(args):
-    """The ``--kv-*`` options as a ``KVCompression`` (None without ``--kv-tolerance``);
-    ``ValueError`` naming the option."""
+def _kv_compression(args, default_chunk: int = 16):
+    """The ``--kv-*`` options as a ``KVCompression`` (None without ``--kv-tolerance``),
+    chunks of ``default_chunk`` tokens unless ``--kv-chunk-tokens``; ``ValueError``
+    naming the option."""
     from models.integer import KVCompression
 
     if args.kv_tolerance is None:
@@ -91,12 +92,23 @@ def _kv_compression(args):
     flags = {"chunk_tokens": "--kv-chunk-tokens", "bits": "--kv-bits",
              "tolerance": "--kv-tolerance"}
     try:
-        chunk = 16 if args.kv_chunk_tokens is None else args.kv_chunk_tokens
+        chunk = default_chunk if args.kv_chunk_tokens is None else args.kv_chunk_tokens
         return KVCompression(chunk_tokens=chunk, bits=bits,
                              tolerance=args.kv_tolerance)
     except ValueError as e:
         field = str(e).split(" ", 1)[0]
         raise ValueError(f"{flags.get(field, field)}: {e}") from None
+
+
+def _add_kv(p, what: str, chunk_default: str) -> None:
+    """The ``--kv-*`` options (``_kv_compression``)."""
+    p.add_argument("--kv-tolerance", type=float, default=None, metavar="T",
+                   help=f"{what} (int8 steps squared; 32 is the default budget, "
+                        f"docs/numerics.md)")
+    p.add_argument("--kv-chunk-tokens", type=int, default=None, metavar="N",
+                   help=f"tokens a compressed chunk (default {chunk_default})")
+    p.add_argument("--kv-bits", default=None, metavar="B,B",
+                   help="the widths a chunk may take (default 2,4,8)")
 
 
 def _cmd_eval(args) -> int:
@@ -292,9 +304,15 @@ def _print_perf(build) -> int:
 def _cmd_verify(args) -> int:
     from accel.ladder import failed_rungs, rung1_bar, verify_ladder
 
+    kv = None
+    if args.kv_tolerance is not None or args.kv_chunk_tokens or args.kv_bits:
+        from arch.hardware import load_hardware
+
+        # the device compresses whole KV blocks: chunks of kv_block_tokens by default
+        kv = _kv_compression(args, load_hardware(args.hw).kv_block_tokens)
     report = verify_ladder(args.model, args.hw, _prompt_arg(args), args.max_new_tokens,
                            args.eval_windows, rtl=args.rtl, weights=args.weights,
-                           batch=args.batch)
+                           batch=args.batch, kv=kv)
     failed = failed_rungs(report)
     report["failed_rungs"] = failed
     if args.json:
@@ -308,6 +326,11 @@ def _cmd_verify(args) -> int:
               f"{b['cached_tokens']} prompt tokens read from shared blocks; "
               f"{len(b['programs'])} programs, at most {b['peak_blocks']} of "
               f"{b['pool_blocks']} blocks in use")
+    if "kv_compression" in report:
+        k = report["kv_compression"]
+        print(f"  compressed KV chunks of {k['chunk_tokens']} tokens at widths {k['bits']}, "
+              f"tolerance {k['tolerance']:g}: {k['blocks_compressed']} KV blocks compressed "
+              f"by the host, {k['chunked_prefetches']} KV_PREFETCH in CHUNKED format")
     print(f"  {'rung':<38}{'result':<14}detail")
     if "int_vs_float" in report:
         r = report["int_vs_float"]
@@ -448,13 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=None,
                    help="evaluate only the first N windows of the held-out text")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--kv-tolerance", type=float, default=None, metavar="T",
-                   help="also evaluate the KV cache compressed chunk by chunk at tolerance T "
-                        "(int8 steps squared; 32 is the default budget, docs/numerics.md)")
-    p.add_argument("--kv-chunk-tokens", type=int, default=None, metavar="N",
-                   help="tokens a compressed chunk (default 16)")
-    p.add_argument("--kv-bits", default=None, metavar="B,B",
-                   help="the widths a chunk may take (default 2,4,8)")
+    _add_kv(p, "also evaluate the KV cache compressed chunk by chunk at tolerance T",
+            "16")
     _add_weights(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -513,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "prefix) decoded together in one paged KV pool (1, the default: "
                         "the single-sequence ladder)")
     p.add_argument("--json", action="store_true")
+    _add_kv(p, "rung 2 with the KV cache compressed chunk by chunk at tolerance T: the host "
+               "compresses each full KV block, KV_PREFETCH decompresses it (ISA simulator "
+               "only: the RTL has no decompressor yet)", "the hardware's kv_block_tokens")
     _add_weights(p)
     p.set_defaults(func=_cmd_verify)
 

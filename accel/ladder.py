@@ -44,15 +44,24 @@ def rung1_bar(weights: str) -> tuple[float | None, float]:
                                                                           MXINT4_MAX_PPL_RATIO)
 
 
-def reference_generation(im, prompt: list[int], max_new_tokens: int) -> RunResult:
-    """Greedy generation with the JAX integer reference: what rung 2 compares against."""
+def reference_generation(im, prompt: list[int], max_new_tokens: int, kv=None,
+                         cached: int = 0) -> RunResult:
+    """Greedy generation with the JAX integer reference: what rung 2 compares against.
+    With ``kv`` (``KVCompression``), the cache compressed chunk by chunk as the device's
+    host does it; ``cached`` prompt tokens (a shared prefix, whole blocks) are prefilled
+    first and compressed before the rest of the prompt reads them, as they were by the
+    sequence that filled them."""
     cfg = im.cfg
     cache = init_int_cache(cfg)
-    logits, cache = int_prefill(im.qm, cache, prompt, cfg)
+    if kv is not None and cached:
+        _, cache = int_prefill(im.qm, cache, prompt[:cached], cfg, kv)
+        logits, cache = int_prefill(im.qm, cache, prompt[cached:], cfg, kv, start=cached)
+    else:
+        logits, cache = int_prefill(im.qm, cache, prompt, cfg, kv)
     rows = [np.asarray(logits)[-1:]]          # the accelerator computes the last row only
     tokens = [int(np.argmax(rows[-1][-1]))]
     for i in range(max_new_tokens - 1):
-        step, cache = int_decode_step(im.qm, cache, tokens[-1], len(prompt) + i, cfg)
+        step, cache = int_decode_step(im.qm, cache, tokens[-1], len(prompt) + i, cfg, kv)
         rows.append(np.asarray(step)[None])
         tokens.append(int(np.argmax(rows[-1][-1])))
     positions = len(prompt) + max_new_tokens
@@ -197,7 +206,7 @@ def _batch_sequences(ids: list[int], batch: int, max_new_tokens: int, hw, cfg
 
 
 def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: bool,
-                  report: dict) -> None:
+                  report: dict, kv=None) -> None:
     """Rungs 2 and 3 for ``batch`` sequences (``_batch_sequences``) in one paged KV pool
     (``kv_blocks.plan_batch``, every sequence running at once), each sequence's tokens,
     logit rows and K/V rows against its own run through the integer reference, and the
@@ -211,7 +220,8 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
                                                                            strict=True))
     plan = plan_batch(prompts, new, max_batch=batch, pool_blocks=pool,
                       block_tokens=hw.kv_block_tokens)
-    refs = [reference_generation(im, p, n) for p, n in zip(prompts, new, strict=True)]
+    refs = [reference_generation(im, p, n, kv, sp.cached)
+            for p, n, sp in zip(prompts, new, plan.sequences, strict=True)]
     report["batch"] = {"sequences": batch, "prompt_tokens": [len(p) for p in prompts],
                        "new_tokens": new,
                        "cached_tokens": [sp.cached for sp in plan.sequences],
@@ -220,7 +230,8 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
                        "programs": [f"{s.kind} {list(s.seqs)}" for s in plan.schedule]}
     for prefetch in (True, False):
         build = compile_batch(cfg, im.qm, hw, plan.sequences, plan.schedule, pool,
-                              prefetch=prefetch)
+                              prefetch=prefetch, kv=kv)
+        _report_kv(build, report)
         isa = run_build(build, "isa")
         key = "isa_vs_int" if prefetch else "isa_vs_int_prefetch_off"
         report[key] = combine([compare(r, ref) for r, ref in zip(isa.sequences, refs,
@@ -241,7 +252,7 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
 
 def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
                   max_new_tokens: int, eval_windows: int, rtl: bool = False,
-                  weights: str = "int8", batch: int = 1) -> dict:
+                  weights: str = "int8", batch: int = 1, kv=None) -> dict:
     """Run the rungs of the verification ladder that apply; a flat dict of results.
 
     ``prompt`` is text (for a model with a tokenizer), token ids, or None: ``"ROMEO:"``
@@ -249,7 +260,9 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     is the projection weights' format (``integer.WEIGHT_FORMATS``). With ``batch > 1``,
     rungs 2 and 3 run ``batch`` sequences made from the prompt (``batch_prompts``: two
     share a prefix) in one paged KV pool, each against its own integer reference run
-    (``_verify_batch``); the report adds ``batch`` and keeps the rungs' keys.
+    (``_verify_batch``); the report adds ``batch`` and keeps the rungs' keys. With
+    ``kv`` (``KVCompression``), rung 2 runs with compressed KV chunks (``compile_generation``)
+    against the integer reference compressed alike; the report adds ``kv_compression``.
     Raises ``ValueError`` for an empty prompt, a text prompt without a tokenizer or an id
     outside the vocabulary, for ``rtl`` with weights the RTL does not run on the hardware
     (``rtl.common.weights_refusal``) and for an unknown format, and whatever loading the
@@ -274,6 +287,12 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     refusal = weights_refusal(rtl_params(hw), weights) if rtl else None
     if refusal:
         raise ValueError(f"--rtl: {refusal} (rungs 1 and 2 run without --rtl)")
+    if rtl and kv is not None:
+        raise ValueError("--rtl with --kv-tolerance: the RTL's KV prefetch engine has no "
+                         "decompressor yet (rungs 1 and 2 run without --rtl)")
+    if kv is not None and kv.chunk_tokens != hw.kv_block_tokens:
+        raise ValueError(f"--kv-chunk-tokens {kv.chunk_tokens}: the device compresses whole "
+                         f"KV blocks, kv_block_tokens = {hw.kv_block_tokens} on {hw.name}")
     loaded = load_model(model)
     if isinstance(prompt, str) and loaded.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer.json to read a text prompt; give token ids "
@@ -295,11 +314,13 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
                                   "ppl_ratio": ev.ppl_ratio, "float_ppl": ev.float_ppl,
                                   "int_ppl": ev.int_ppl, "tokens": ev.tokens}
     if batch > 1:
-        _verify_batch(im, hw, ids, max_new_tokens, batch, rtl, report)
+        _verify_batch(im, hw, ids, max_new_tokens, batch, rtl, report, kv)
         return report
-    ref = reference_generation(im, ids, max_new_tokens)
+    ref = reference_generation(im, ids, max_new_tokens, kv)
     for prefetch in (True, False):
-        build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch)
+        build = compile_generation(im.cfg, im.qm, hw, ids, max_new_tokens, prefetch=prefetch,
+                                   kv=kv)
+        _report_kv(build, report)
         isa = run_build(build, "isa")
         key = "isa_vs_int" if prefetch else "isa_vs_int_prefetch_off"
         report[key] = compare(isa, ref)
@@ -314,6 +335,22 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
                              "counters": result.counters}
             report["perf"] = perf_vs_rtl(build, result.counters)
     return report
+
+
+def _report_kv(build, report: dict) -> None:
+    """A build with compressed KV chunks: what it compresses and reads compressed."""
+    if build.kv is None:
+        return
+    from arch.isa import KvFormat
+
+    kv = build.kv
+    report["kv_compression"] = {
+        "chunk_tokens": kv.chunk_tokens, "bits": list(kv.bits), "tolerance": kv.tolerance,
+        "blocks_compressed": sum(end - first for p in build.programs
+                                 for _, first, end in p.compress),
+        "chunked_prefetches": sum(1 for p in build.programs for i in p.instrs
+                                  if i.mnemonic == "KV_PREFETCH"
+                                  and i.kv_format == KvFormat.CHUNKED)}
 
 
 def failed_rungs(report: dict) -> list[str]:

@@ -41,12 +41,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arch.isa import INT32_BYTES, ErrorCode, kv_row_addr
+from arch.isa import (
+    INT32_BYTES,
+    ErrorCode,
+    kv_chunk_addrs,
+    kv_chunk_header,
+    kv_chunk_pack,
+    kv_chunk_unpack,
+    kv_row_addr,
+)
 from compiler.asm import decode_program
 from compiler.buildfolder import RunIntegrityError, read_only_regions
 from compiler.driver import Build
 from compiler.isasim import IsaSimulator
 from compiler.semantics import AcceleratorError
+from models import numerics as N
 from rtl.common import rtl_dram_bytes, rtl_params, weights_refusal
 
 
@@ -114,20 +123,80 @@ def read_results(build: Build, dram: np.ndarray, seq: int | None = None
     # the rows it computed: its last prompt token's, then each decode step's
     first = ctx.logits_addr(seq, n_prompt - 1)
     logits = dram[first:first + 2 * cfg.vocab_size * new].view("<i2").reshape(-1, cfg.vocab_size)
-    table_at = ctx.table_addr(seq)
-    table = dram[table_at:mmap["block_table"].end].view("<i4")
+    table = _table(build, dram, seq)
     bt = build.hw.kv_block_tokens
+    # with compressed KV, every block full by now is stored compressed (its rows written:
+    # all but the last generated token's)
+    packed = (positions - 1) // bt if build.kv is not None else 0
     kv = {}
     for kind in ("k", "v"):
         layers = []
         for layer in range(cfg.n_layers):
             pool = mmap[f"kv:{layer}:{kind}"].offset
             starts = [kv_row_addr(pool, int(table[t // bt]), t, bt, cfg.kv_dim)
-                      for t in range(kv_rows)]
-            rows = np.stack([dram[a:a + cfg.kv_dim] for a in starts]).view(np.int8)
+                      for t in range(packed * bt, kv_rows)]
+            rows = [_unpack_block(build, dram, layer, kind, int(table[j])) for j in range(packed)]
+            rows += [dram[a:a + cfg.kv_dim].view(np.int8)[None] for a in starts]
+            rows = np.concatenate(rows)[:kv_rows]
             layers.append(rows.reshape(kv_rows, cfg.n_kv_heads, cfg.head_dim))
         kv[kind] = np.stack(layers)
     return generated, logits.copy(), kv
+
+
+def _table(build: Build, dram: np.ndarray, seq: int) -> np.ndarray:
+    """Sequence ``seq``'s block table as the device reads it."""
+    at = build.context.table_addr(seq)
+    return dram[at:build.mmap["block_table"].end].view("<i4")
+
+
+def _pool(build: Build, layer: int, kind: str) -> tuple[int, int]:
+    """A compressed build's K or V pool of ``layer``: ``(address, blocks)``."""
+    region, cfg = build.mmap[f"kv:{layer}:{kind}"], build.cfg
+    return region.offset, region.size // ((build.hw.kv_block_tokens + 1) * cfg.kv_dim)
+
+
+def _unpack_block(build: Build, dram: np.ndarray, layer: int, kind: str, block: int
+                  ) -> np.ndarray:
+    """The int8 rows ``[B, kv_dim]`` a compressed block expands to, head by head."""
+    cfg, bt = build.cfg, build.hw.kv_block_tokens
+    pool, blocks = _pool(build, layer, kind)
+    heads = []
+    for h in range(cfg.n_kv_heads):
+        codes, headers = kv_chunk_addrs(pool, blocks, block, bt, cfg.kv_dim, h * cfg.head_dim)
+        heads.append(kv_chunk_unpack(dram[headers:headers + cfg.head_dim],
+                                     dram[codes:codes + cfg.head_dim * bt], bt))
+    return np.concatenate(heads, axis=1)
+
+
+def compress_blocks(build: Build, dram: np.ndarray, program) -> None:
+    """The host's work after ``program`` in a build with compressed KV (``Build.kv``):
+    each block it names (``Program.compress``) compressed in place in every layer's K
+    and V pool, head by head (``numerics.kv_chunk_compress`` at the layer's channel
+    tolerances), its codes and header bytes written where ``KV_PREFETCH`` reads them in
+    ``KvFormat.CHUNKED`` (``arch.isa.kv_chunk_addrs``). LLMS compresses in software too
+    (arXiv 2403.11805); the device only decompresses."""
+    cfg, bt, kv = build.cfg, build.hw.kv_block_tokens, build.kv
+    hd = cfg.head_dim
+    for seq, first, end in program.compress:
+        table = _table(build, dram, seq)
+        for j in range(first, end):
+            block = int(table[j])
+            for layer in range(cfg.n_layers):
+                for kind in ("k", "v"):
+                    pool, blocks = _pool(build, layer, kind)
+                    base = kv_row_addr(pool, block, 0, bt, cfg.kv_dim)
+                    rows = dram[base:base + bt * cfg.kv_dim].view(np.int8).reshape(bt, -1)
+                    rows = rows.copy()            # the chunks overwrite the rows they read
+                    tol = build.kv_tolerances[layer, kind]
+                    for h in range(cfg.n_kv_heads):
+                        group = rows[:, h * hd:(h + 1) * hd].T                   # [hd, B]
+                        bits, shift, deq = N.kv_chunk_compress(group, kv.bits,
+                                                               tol[h * hd:(h + 1) * hd], np)
+                        data = kv_chunk_pack(deq.astype(np.int64) >> shift[:, None], bits)
+                        codes, headers = kv_chunk_addrs(pool, blocks, block, bt, cfg.kv_dim,
+                                                        h * hd)
+                        dram[codes:codes + data.size] = data
+                        dram[headers:headers + hd] = kv_chunk_header(bits, shift)
 
 
 def run_build(build: Build, sim: str = "isa", check_races: bool = True,
@@ -138,6 +207,10 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
         refusal = weights_refusal(rtl_params(build.hw), build.weights)
         if refusal:
             raise ValueError(f"{refusal}; run it with --sim isa or --sim perf")
+        if build.kv is not None:
+            raise ValueError("compressed KV chunks: the RTL's KV prefetch engine has no "
+                             "decompressor yet (KV_PREFETCH in CHUNKED format); run it with "
+                             "--sim isa")
         return _run_rtl(build, waves)
     if sim != "isa":
         raise ValueError(f"unknown simulator {sim!r} (available: isa, rtl)")
@@ -150,6 +223,8 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
         simulator.counters = type(simulator.counters)()
         counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
                                                                 p.name)).values)
+        if build.kv is not None:
+            compress_blocks(build, simulator.dram, p)
         for b in done.get(i, ()):          # before a later sequence reuses its blocks
             finished[b] = read_results(build, simulator.dram, b)
         if i in ends:

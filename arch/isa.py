@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 from amaranth.lib import data, enum
 
 
@@ -60,6 +61,7 @@ class ErrorCode(enum.IntEnum, shape=3):
     BAD_OPERAND = 4
     SELF_DEPENDENCY = 5
     BAD_BLOCK = 6           # a block-table entry outside the KV pool (or EVICTED, -1)
+    BAD_CHUNK = 7           # a compressed KV chunk's header that is not one (kv_chunk_fault)
 
 
 class MatmulMode(enum.IntEnum, shape=1):
@@ -84,6 +86,13 @@ class ParamMode(enum.IntEnum, shape=2):
     TENSOR = 0    # one word for the whole block
     CHANNEL = 1   # one word per column (per output channel)
     ROW = 2       # one word per row, consecutive (SOFTMAX's row factors for P @ V)
+
+
+class KvFormat(enum.IntEnum, shape=1):
+    """How ``KV_PREFETCH`` reads the KV blocks it walks."""
+
+    INT8 = 0      # token rows of int8, as KV_APPEND writes them
+    CHUNKED = 1   # whole blocks compressed chunk-wise (kv_chunk_pack), expanded to int8
 
 
 class OutBits(enum.IntEnum, shape=1):
@@ -208,9 +217,15 @@ OPCODES: tuple[OpSpec, ...] = (
         _l2("l2_addr", "destination in L2, col_bytes per token, packed"),
         _n("pool_blocks", 32, "blocks in the pool: an entry outside [0, pool_blocks) as an "
                               "unsigned int32 stops with BAD_BLOCK"),
+        _enum("kv_format", KvFormat, "INT8 rows, or CHUNKED: whole blocks compressed "
+              "chunk-wise, one head's channels [col_offset, col_offset+col_bytes) a chunk "
+              "(kv_chunk_addrs, kv_chunk_pack), expanded to int8 rows on the way into L2"),
     ), "Walk the block table and gather bytes [col_offset, col_offset+col_bytes) of the KV "
        "rows of tokens [first, first+n) into L2: token t lives at pool + table[t // B] * B * "
-       "row_bytes + (t % B) * row_bytes, B = kv_block_tokens (kv_row_addr)."),
+       "row_bytes + (t % B) * row_bytes, B = kv_block_tokens (kv_row_addr). CHUNKED: first "
+       "and n are whole blocks, each block's chunk read from its header and code bytes "
+       "(kv_chunk_addrs) and written as the same int8 rows; a header that is not one stops "
+       "with BAD_CHUNK (kv_chunk_fault)."),
     # -- store engine -----------------------------------------------------------------
     OpSpec("DMA_STORE", 0x20, Engine.STORE, (
         _l2("l2_addr", "source in L2"),
@@ -386,6 +401,128 @@ def kv_row_addr(pool_addr, block, token, block_tokens: int, row_bytes):
     block ``b`` holds ``B`` rows of ``row_bytes`` from ``pool + b * B * row_bytes``
     (``B`` = ``kv_block_tokens``, a power of two). Ints or Amaranth values."""
     return pool_addr + block * block_tokens * row_bytes + (token & (block_tokens - 1)) * row_bytes
+
+
+# -- compressed KV chunks (KV_PREFETCH with kv_format = CHUNKED) ------------------------
+#
+# A block of a layer's K or V pool, once full, may be stored compressed chunk-wise
+# (LLMS, arXiv 2403.11805; the numerics are ``models.numerics.kv_chunk_compress``): each
+# KV head of the block is one chunk, each of its channels one group of ``B`` codes (``B``
+# = ``kv_block_tokens``) at 2, 4 or 8 bits with its own shift, the value being ``code <<
+# shift``. The chunk of the head whose channels start at ``col_offset`` keeps its groups
+# back to back, in channel order, from ``block_base + col_offset * B`` (inside the
+# block's own bytes, which it never outgrows: ``B * bits / 8 <= B`` bytes a group), and
+# one header byte a channel in the pool's header area, ``row_bytes`` bytes a block after
+# the pool's ``pool_blocks`` blocks (``kv_chunk_addrs``). Header byte of channel ``c``:
+#   bits [0, 2)  width code ``w``: ``2**w`` bits (1, 2, 3 for 2, 4, 8; 0 is no chunk),
+#   bits [2, 5)  the shift, at most ``8 - bits``,
+#   bit  7       set on the first channel of the chunk and on no other,
+#   bits 5, 6    zero.
+# A group's code ``n`` sits at bits ``[n * bits, (n + 1) * bits)`` of the group's bytes,
+# little-endian, two's complement; a group takes ``ceil(B * bits / 8)`` bytes.
+
+KV_WIDTH_CODES = {2: 1, 4: 2, 8: 3}     # a header's width field for each code width
+KV_HEADER_SHIFT_LSB = 2
+KV_HEADER_FIRST = 0x80                  # the chunk's first channel
+
+
+def kv_chunk_addrs(pool_addr: int, pool_blocks: int, block: int, block_tokens: int,
+                   row_bytes: int, col_offset: int) -> tuple[int, int]:
+    """DRAM addresses of the compressed chunk of block ``block`` (its block-table entry)
+    whose channels start at ``col_offset``: ``(codes, headers)``."""
+    codes = pool_addr + block * block_tokens * row_bytes + col_offset * block_tokens
+    headers = pool_addr + pool_blocks * block_tokens * row_bytes + block * row_bytes + col_offset
+    return codes, headers
+
+
+def kv_header_area_bytes(pool_blocks: int, row_bytes: int) -> int:
+    """Bytes of a pool's header area (one byte a channel of every block)."""
+    return pool_blocks * row_bytes
+
+
+def kv_group_bytes(bits, block_tokens: int):
+    """Bytes of one group: ``block_tokens`` codes of ``bits`` bits, rounded up to a byte."""
+    return -(-block_tokens * bits // 8)
+
+
+def kv_chunk_header(bits_H, shift_H) -> np.ndarray:
+    """The header bytes ``uint8 [H]`` of a chunk whose channels have widths ``bits_H``
+    (each 2, 4 or 8) and shifts ``shift_H``; ``ValueError`` for a width or shift the
+    format cannot hold."""
+    bits, shift = np.asarray(bits_H, np.int64), np.asarray(shift_H, np.int64)
+    if bits.ndim != 1 or bits.shape != shift.shape or bits.size == 0:
+        raise ValueError(f"a chunk header needs one width and one shift a channel, not "
+                         f"{bits.shape} and {shift.shape}")
+    if not np.isin(bits, list(KV_WIDTH_CODES)).all():
+        raise ValueError(f"chunk widths must be in {tuple(KV_WIDTH_CODES)}, not "
+                         f"{sorted(set(bits.tolist()) - set(KV_WIDTH_CODES))}")
+    if ((shift < 0) | (shift > 8 - bits)).any():
+        raise ValueError("a chunk shift must be in [0, 8 - bits]")
+    code = np.log2(bits).astype(np.int64)
+    out = (code | (shift << KV_HEADER_SHIFT_LSB)).astype(np.uint8)
+    out[0] |= KV_HEADER_FIRST
+    return out
+
+
+def kv_chunk_fault(header_H: np.ndarray) -> str | None:
+    """Why ``header_H`` (``uint8 [H]``, the bytes the engine reads for one chunk) is not
+    a chunk's header (``BAD_CHUNK``), or None: a width code 0 (never compressed),
+    reserved bits set, a shift beyond ``8 - bits``, or the first-channel bit not on
+    exactly the first byte (the instruction's columns are not one compressed chunk)."""
+    h = np.asarray(header_H, np.uint8).astype(np.int64)
+    code = h & 3
+    shift = (h >> KV_HEADER_SHIFT_LSB) & 7
+    first = (h & KV_HEADER_FIRST) != 0
+    bad = (code == 0) | ((h & 0x60) != 0) | (shift > 8 - (1 << code))
+    if bad.any():
+        c = int(np.flatnonzero(bad)[0])
+        return f"channel {c}'s header byte 0x{int(h[c]):02x} is not a chunk header"
+    if not first[0] or first[1:].any():
+        return "the channels are not one compressed chunk (first-channel bits " \
+               f"at {np.flatnonzero(first).tolist()})"
+    return None
+
+
+def kv_chunk_widths(header_H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(bits [H], shift [H])`` of a valid chunk header."""
+    h = np.asarray(header_H, np.uint8).astype(np.int64)
+    return 1 << (h & 3), (h >> KV_HEADER_SHIFT_LSB) & 7
+
+
+def kv_chunk_pack(codes_HxN, bits_H) -> np.ndarray:
+    """The code bytes of a chunk: channel ``h``'s ``N`` codes (two's complement, in
+    range of ``bits_H[h]`` bits) packed as one group, the groups back to back."""
+    codes = np.asarray(codes_HxN, np.int64)
+    out = []
+    for row, b in zip(codes, np.asarray(bits_H, np.int64), strict=True):
+        b = int(b)
+        if ((row < -(1 << (b - 1))) | (row >= 1 << (b - 1))).any():
+            raise ValueError(f"a code does not fit {b} bits")
+        value = 0
+        for n, c in enumerate(row.tolist()):
+            value |= (c & ((1 << b) - 1)) << (n * b)
+        out.append(np.frombuffer(value.to_bytes(kv_group_bytes(b, row.size), "little"),
+                                 np.uint8))
+    return np.concatenate(out) if out else np.zeros(0, np.uint8)
+
+
+def kv_chunk_unpack(header_H, data, block_tokens: int) -> np.ndarray:
+    """The int8 rows ``[block_tokens, H]`` a chunk expands to (``code << shift``), from
+    its header bytes and its code bytes (at least the groups' total); the header must
+    be valid (``kv_chunk_fault``)."""
+    bits, shift = kv_chunk_widths(header_H)
+    data = np.asarray(data, np.uint8)
+    out = np.zeros((block_tokens, bits.size), np.int8)
+    at = 0
+    for h, (b, s) in enumerate(zip(bits.tolist(), shift.tolist(), strict=True)):
+        n = kv_group_bytes(b, block_tokens)
+        value = int.from_bytes(data[at:at + n].tobytes(), "little")
+        at += n
+        for t in range(block_tokens):
+            c = (value >> (t * b)) & ((1 << b) - 1)
+            c -= (c >> (b - 1)) << b
+            out[t, h] = np.int8(c << s)
+    return out
 
 
 # -- the L2 operands of the compute instructions ------------------------------------------

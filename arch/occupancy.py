@@ -39,6 +39,7 @@ from arch.isa import (
     OUT_BYTES,
     Engine,
     Instruction,
+    KvFormat,
     MatmulMode,
     OutBits,
     ParamMode,
@@ -247,6 +248,9 @@ def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> list[_Row]:
             rows.append(_Row(f.table_addr + index * f.row_bytes, f.l2_addr + r * f.l2_stride,
                              f.row_bytes, True))
         return rows
+    if op == "KV_PREFETCH" and f.kv_format == int(KvFormat.CHUNKED):
+        raise ValueError("KV_PREFETCH in CHUNKED format has no timing model: the KV "
+                         "prefetch engine's decompressor is not in the RTL yet to fit one to")
     if op in ("KV_PREFETCH", "KV_APPEND"):
         bt, rows = hw.kv_block_tokens, []
         for r in range(f.n_tokens):

@@ -41,6 +41,7 @@ from arch.isa import (
     MX_BLOCK,
     PARAM_WORD_BYTES,
     Instruction,
+    KvFormat,
     MatmulMode,
     OutBits,
     ParamMode,
@@ -91,6 +92,8 @@ class BuildContext:
     table_entries: int = 0     # a batched build: each sequence's block table entries,
     logits_rows: int = 0       # its logits rows, and the position of its first logits
     logits_first: tuple[int, ...] = ()     # row (``driver.dram_map``)
+    kv_headers: bool = False   # each KV pool ends in its chunks' header area
+    #                            (arch.isa.kv_chunk_addrs): compressed KV chunks
 
     def param_addr(self, p: Param | ParamWords) -> int:
         return self.mmap[f"param:{p.name}"].offset
@@ -277,18 +280,33 @@ class AttentionPlan:
     chunks: tuple[tuple[int, int], ...]
     batches: tuple[tuple[int, int], ...]
     blocks: tuple[tuple[int, int], ...]
+    packed: int = 0      # chunks below it are compressed (whole blocks, KvFormat.CHUNKED)
 
 
 def attention_plan(rows: int, start: int, cfg: ModelConfig, hw: HardwareConfig,
-                   tile_bytes: int) -> AttentionPlan:
-    hd, G = cfg.head_dim, cfg.group_size
-    chunk = max(1, min(start, tile_bytes // hd)) if start else 0
-    chunks = tuple((c0, min(chunk, start - c0)) for c0 in range(0, start, chunk)) if start else ()
+                   tile_bytes: int, packed: int = 0) -> AttentionPlan:
+    """Raises ``CompileError`` when compressed rows (``packed`` > 0) are asked for and a
+    staging tile holds less than one KV block of a head."""
+    hd, G, B = cfg.head_dim, cfg.group_size, hw.kv_block_tokens
+    if packed % B or not 0 <= packed <= start:
+        raise CompileError(f"compressed KV rows [0, {packed}) are not whole blocks of {B} "
+                           f"tokens before position {start}")
+    chunks = ()
+    if packed:          # whole blocks, as many as a staging tile holds
+        chunk = tile_bytes // hd // B * B
+        if chunk == 0:
+            raise CompileError(f"a staging tile of {tile_bytes} bytes holds less than one KV "
+                               f"block ({B} tokens of head_dim {hd}) to decompress into")
+        chunks = tuple((c0, min(chunk, packed - c0)) for c0 in range(0, packed, chunk))
+    rest = start - packed
+    if rest:
+        chunk = max(1, min(rest, tile_bytes // hd))
+        chunks += tuple((c0, min(chunk, start - c0)) for c0 in range(packed, start, chunk))
     if rows == 1:
         batches = tuple((g0, min(hw.array_rows, G - g0)) for g0 in range(0, G, hw.array_rows))
     else:
         batches = tuple((g, 1) for g in range(G))
-    return AttentionPlan(chunks, batches, tuple(causal_blocks(rows, hw)))
+    return AttentionPlan(chunks, batches, tuple(causal_blocks(rows, hw)), packed)
 
 
 @dataclass(frozen=True)
@@ -357,14 +375,15 @@ class Generator:
         return slot
 
     def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int,
-                    seq: int = 0) -> Slot:
+                    seq: int = 0, kv_format: KvFormat = KvFormat.INT8) -> Slot:
         hd = self.cfg.head_dim
         slot = self.ring.alloc(count * hd)
         pool = self.ctx.mmap[f"kv:{layer}:{kind}"]
         index = self.emit("KV_PREFETCH", pool_addr=pool.offset,
                           table_addr=self.ctx.table_addr(seq), first_token=first,
                           n_tokens=count, row_bytes=self.cfg.kv_dim, col_offset=col_offset,
-                          col_bytes=hd, l2_addr=slot.addr, pool_blocks=self._pool_blocks(pool))
+                          col_bytes=hd, l2_addr=slot.addr, pool_blocks=self._pool_blocks(pool),
+                          kv_format=kv_format)
         self._bound_inflight(slot, index)
         return slot
 
@@ -570,8 +589,10 @@ class Generator:
                   l2_stride=op.out.row_bytes)
 
     def _pool_blocks(self, pool) -> int:
-        """The blocks a layer's K or V pool region holds (``driver.dram_map``)."""
-        return pool.size // (self.ctx.hw.kv_block_tokens * self.cfg.kv_dim)
+        """The blocks a layer's K or V pool region holds (``driver.dram_map``; with
+        compressed chunks, a header byte a channel of every block after them)."""
+        per_block = self.ctx.hw.kv_block_tokens + (1 if self.ctx.kv_headers else 0)
+        return pool.size // (per_block * self.cfg.kv_dim)
 
     def _op_kvappend(self, op: KvAppend) -> None:
         pool = self.ctx.mmap[f"kv:{op.layer}:{op.kind}"]
@@ -599,8 +620,11 @@ class Generator:
         scores, probs, acc, row_words = (self.act_addr[b.uid] for b in self.temps[id(op)])
         q, k_new, v_new = self.addr(op.q), self.addr(op.k_new), self.addr(op.v_new)
         q_stride, kv_stride = cfg.q_dim, cfg.kv_dim
-        plan = attention_plan(T, start, cfg, hw, self.tile_bytes)
+        plan = attention_plan(T, start, cfg, hw, self.tile_bytes, op.packed)
         chunks, batches, blocks = plan.chunks, plan.batches, plan.blocks
+
+        def fmt(c0: int) -> KvFormat:
+            return KvFormat.CHUNKED if c0 < plan.packed else KvFormat.INT8
         out_stride = 4 * (hd if T == 1 else q_stride)
 
         def rows(count: int) -> tuple[int, int]:
@@ -613,7 +637,7 @@ class Generator:
         for kv in range(cfg.n_kv_heads):
             # scores = q . K^T, past keys chunk by chunk, then the new keys from L2
             for c0, n in chunks:
-                slot = self.kv_prefetch(op.layer, "k", c0, n, kv * hd, op.seq)
+                slot = self.kv_prefetch(op.layer, "k", c0, n, kv * hd, op.seq, fmt(c0))
                 for g0, count in batches:
                     m, x_stride = rows(count)
                     head = kv * G + g0
@@ -643,7 +667,7 @@ class Generator:
                               out_mult=op.att_mult, out_shift=op.att_shift)
             # out = P . V, past values chunk by chunk, then the new values from L2
             for c0, n in chunks:
-                slot = self.kv_prefetch(op.layer, "v", c0, n, kv * hd, op.seq)
+                slot = self.kv_prefetch(op.layer, "v", c0, n, kv * hd, op.seq, fmt(c0))
                 for g0, count in batches:
                     m, _ = rows(count)
                     head = kv * G + g0

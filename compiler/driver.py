@@ -24,7 +24,7 @@ tests/compiler/test_batching.py.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ from compiler.backend import (
 from compiler.batching import batch_graphs
 from compiler.frontend import lower_step
 from compiler.image import DramImage, MemoryMap, align, block_table, param_bytes, param_size
-from compiler.ir import Argmax, CompileError, Embed, Graph, LmHead, Param, ParamWords
+from compiler.ir import Argmax, Attention, CompileError, Embed, Graph, LmHead, Param, ParamWords
 from compiler.pipeline import PASSES, PassContext, ProgramIR, run_passes
 from compiler.semantics import accesses, flat
 from models.config import ModelConfig
@@ -67,6 +67,9 @@ class Program:
     chunks: list[int] = field(default_factory=list)
     sequences: list[int] = field(default_factory=list)    # a batched build: the program's
     positions: list[int] = field(default_factory=list)    # sequences, each one's position
+    # compressed KV: after the program the host compresses blocks [first, end) of
+    # sequence seq's block table, (seq, first, end) each (``Build.kv``)
+    compress: list[tuple[int, int, int]] = field(default_factory=list)
 
     def opcode_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(i.mnemonic for i in self.instrs).items()))
@@ -83,11 +86,18 @@ class Build:
     prompt: list[int]
     max_new_tokens: int
     batch: tuple[SequencePlan, ...] | None = None    # a batched build's sequences
+    # chunk-wise KV compression (``models.integer.KVCompression``): full blocks are
+    # compressed by the host after the programs ``Program.compress`` names and read back
+    # by ``KV_PREFETCH`` in ``KvFormat.CHUNKED``; each layer's K and V channel
+    # tolerances (``KVCompression.tolerances``), int64 ``[kv_dim]`` by ``(layer, kind)``
+    kv: object | None = None
+    kv_tolerances: dict | None = None
 
     @property
     def context(self) -> BuildContext:
         """Where each sequence's buffers are (``build_context``)."""
-        return build_context(self.hw, self.cfg, self.mmap, self.prefetch, self.batch)
+        return build_context(self.hw, self.cfg, self.mmap, self.prefetch, self.batch,
+                             self.kv is not None)
 
     @property
     def weights(self) -> str:
@@ -139,6 +149,9 @@ class Build:
         if self.batch is not None:
             raise CompileError("a batched build runs in memory (accel verify --batch); it "
                                "cannot be saved as a build folder")
+        if self.kv is not None:
+            raise CompileError("a build with compressed KV chunks runs in memory (accel "
+                               "verify --kv-tolerance); it cannot be saved as a build folder")
         return save_build(self, folder, extra_files)
 
 
@@ -250,14 +263,16 @@ def _collect_params(graphs: list[Graph]) -> dict[str, Param | ParamWords]:
 def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
              positions: int, program_names: list[str], head_scratch: int = 0,
              sequences: int = 1, table_entries: int | None = None,
-             pool_blocks: int | None = None, logits_rows: int | None = None) -> MemoryMap:
+             pool_blocks: int | None = None, logits_rows: int | None = None,
+             kv_headers: bool = False) -> MemoryMap:
     """The DRAM image's memory map: the parameters (bytes by name), then the writable
     regions (tokens, block table, KV pools for ``positions`` tokens, logits rows, the LM
     head's scratch, each program's counters). A batched build has ``sequences`` token
     buffers, block tables of ``table_entries`` entries and ``logits_rows`` logits rows
     (the rows a sequence computes), one after the other in each region
     (``BuildContext.tokens_addr`` and its siblings), and K/V pools of ``pool_blocks``
-    blocks shared by all. Raises
+    blocks shared by all. With ``kv_headers`` (compressed KV chunks) each pool ends in
+    its header area, a byte a channel of every block (``arch.isa.kv_chunk_addrs``). Raises
     ``CompileError`` when it exceeds ``hw.dram_bytes``, naming the parts."""
     mmap = MemoryMap()
     for name, size in param_sizes.items():
@@ -267,7 +282,8 @@ def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
     n_blocks = -(-positions // hw.kv_block_tokens)
     entries = n_blocks if table_entries is None else table_entries
     mmap.add("block_table", sequences * BLOCK_TABLE_ENTRY_BYTES * entries)
-    pool = (n_blocks if pool_blocks is None else pool_blocks) * hw.kv_block_tokens * cfg.kv_dim
+    pool_blocks = n_blocks if pool_blocks is None else pool_blocks
+    pool = pool_blocks * (hw.kv_block_tokens + (1 if kv_headers else 0)) * cfg.kv_dim
     for layer in range(cfg.n_layers):
         for kind in ("k", "v"):
             mmap.add(f"kv:{layer}:{kind}", pool)
@@ -290,10 +306,10 @@ def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
 
 
 def _layout(cfg: ModelConfig, hw: HardwareConfig, params: dict, positions: int,
-            program_names: list[str], with_data: bool, head_scratch: int = 0
-            ) -> tuple[MemoryMap, DramImage]:
+            program_names: list[str], with_data: bool, head_scratch: int = 0,
+            kv_headers: bool = False) -> tuple[MemoryMap, DramImage]:
     mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()}, positions,
-                    program_names, head_scratch)
+                    program_names, head_scratch, kv_headers=kv_headers)
     n_blocks = -(-positions // hw.kv_block_tokens)
     image = DramImage(mmap, with_data)
     _write_params(image, params)
@@ -310,25 +326,27 @@ def _write_params(image: DramImage, params: dict) -> None:
 
 
 def build_context(hw: HardwareConfig, cfg: ModelConfig, mmap: MemoryMap, prefetch: bool,
-                  batch: tuple[SequencePlan, ...] | None = None) -> BuildContext:
+                  batch: tuple[SequencePlan, ...] | None = None,
+                  kv_headers: bool = False) -> BuildContext:
     """Where a build's programs find each sequence's token buffer, block table and
     logits rows (``BuildContext``): for a batched build, ``batch``'s tables of the
     ``block_table`` region's equal share and the logits rows each sequence computes
     (its last prompt token's, then each decode step's), as ``dram_map`` laid them out.
     The compiler emits with it, and the runtime reads the results back with it."""
     if batch is None:
-        return BuildContext(hw, cfg, mmap, prefetch)
+        return BuildContext(hw, cfg, mmap, prefetch, kv_headers=kv_headers)
     entries = mmap["block_table"].size // (BLOCK_TABLE_ENTRY_BYTES * len(batch))
     return BuildContext(hw, cfg, mmap, prefetch, entries,
                         max(sp.max_new_tokens for sp in batch),
-                        tuple(len(sp.prompt) - 1 for sp in batch))
+                        tuple(len(sp.prompt) - 1 for sp in batch), kv_headers)
 
 
 def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens,
-            batch: tuple[SequencePlan, ...] | None = None) -> Build:
+            batch: tuple[SequencePlan, ...] | None = None, kv: KvPlan | None = None) -> Build:
     """Each program through the pipeline's passes (``compiler.pipeline``), then the
     programs placed after the data and, with weights, written into the image."""
-    context = PassContext(hw, prefetch, image, build_context(hw, cfg, mmap, prefetch, batch))
+    context = PassContext(hw, prefetch, image, build_context(hw, cfg, mmap, prefetch, batch,
+                                                             kv is not None))
     passes = PASSES if image.data is not None else PASSES[:-1]      # no bytes, no encode
     compiled = [run_passes(ProgramIR(name, kind, graphs), context, passes)
                 for name, kind, graphs in named_graphs]
@@ -344,7 +362,49 @@ def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens
         image.data = data
         for p in compiled:
             image.write(f"program:{p.name}", np.frombuffer(p.binary, np.uint8))
-    return Build(cfg, hw, prefetch, mmap, image, programs, list(prompt), max_new_tokens, batch)
+    if kv is not None:
+        for p in programs:
+            p.compress = kv.compress.get(p.name, [])
+    return Build(cfg, hw, prefetch, mmap, image, programs, list(prompt), max_new_tokens, batch,
+                 None if kv is None else kv.kv, None if kv is None else kv.tolerances)
+
+
+@dataclass
+class KvPlan:
+    """A build's compressed KV chunks: the compression (``KVCompression``), each layer's
+    K and V channel tolerances, and the blocks the host compresses after each program
+    (``Program.compress``, by program name)."""
+    kv: object
+    tolerances: dict
+    compress: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+
+    def after(self, program: str, seq: int, first: int, end: int) -> None:
+        if end > first:
+            self.compress.setdefault(program, []).append((seq, first, end))
+
+
+def kv_plan(cfg: ModelConfig, qm, hw: HardwareConfig, kv) -> KvPlan | None:
+    """The ``KvPlan`` of compression ``kv`` (None for none). The device compresses whole KV
+    blocks: ``CompileError`` unless ``kv.chunk_tokens == hw.kv_block_tokens``."""
+    if kv is None:
+        return None
+    if kv.chunk_tokens != hw.kv_block_tokens:
+        raise CompileError(f"compressed KV chunks of {kv.chunk_tokens} tokens: the device "
+                           f"compresses whole KV blocks, kv_block_tokens = "
+                           f"{hw.kv_block_tokens} on {hw.name}")
+    import jax
+
+    with jax.enable_x64(True):
+        tolerances = {(i, kind): np.asarray(kv.tolerances(ql["kv_sens"][kind]), np.int64)
+                      for i, ql in enumerate(qm["layers"]) for kind in ("k", "v")}
+    return KvPlan(kv, tolerances)
+
+
+def _packed(graph: Graph, packed: int) -> Graph:
+    """``graph`` with its attention reading cached rows ``[0, packed)`` compressed."""
+    graph.ops = [replace(op, packed=packed) if isinstance(op, Attention) else op
+                 for op in graph.ops]
+    return graph
 
 
 def _batch_of(graphs: list[Graph], batch) -> tuple[list[int], list[int]]:
@@ -358,9 +418,16 @@ def _batch_of(graphs: list[Graph], batch) -> tuple[list[int], list[int]]:
 
 
 def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[int],
-                       max_new_tokens: int, prefetch: bool | None = None) -> Build:
-    """Prefill of ``prompt`` and ``max_new_tokens - 1`` decode steps (greedy)."""
+                       max_new_tokens: int, prefetch: bool | None = None,
+                       kv=None) -> Build:
+    """Prefill of ``prompt`` and ``max_new_tokens - 1`` decode steps (greedy). With
+    ``kv`` (``models.integer.KVCompression``), each KV block is compressed by the host
+    once full (after the prefill for the prompt's, after the decode step that fills it
+    for later ones) and later steps read it with ``KvFormat.CHUNKED``, as
+    ``integer.int_prefill`` and ``int_decode_step`` with ``kv`` compute (``kv_plan``)."""
     prefetch = hw.prefetch if prefetch is None else prefetch
+    kvp = kv_plan(cfg, qm, hw, kv)
+    B = hw.kv_block_tokens
     n_prompt = len(prompt)
     if n_prompt == 0:
         raise CompileError("the prompt is empty")
@@ -375,9 +442,13 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
     named = [("prefill", "prefill", prefill_graphs(cfg, qm, hw, n_prompt))]
     for i in range(max_new_tokens - 1):
         start = n_prompt + i
+        graph = fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg, hw)
         named.append((f"decode_{i:03d}", "decode",
-                      [fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg,
-                                 hw)]))
+                      [_packed(graph, start // B * B) if kvp else graph]))
+        if kvp:
+            kvp.after(f"decode_{i:03d}", 0, start // B, (start + 1) // B)
+    if kvp:
+        kvp.after("prefill", 0, 0, n_prompt // B)
     for name, _, graphs in named:
         if not _fits(graphs[:1], cfg, hw):
             raise CompileError(f"L2 too small for the smallest legal tiling: {name} at "
@@ -386,9 +457,10 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
     positions = n_prompt + max_new_tokens
     mmap, image = _layout(cfg, hw, params, positions, [n for n, _, _ in named], with_data,
-                          head_scratch_bytes([g for _, _, gs in named for g in gs]))
+                          head_scratch_bytes([g for _, _, gs in named for g in gs]),
+                          kvp is not None)
     image.write("tokens", np.asarray(prompt, "<i4"), keep=True)
-    return _finish(cfg, hw, prefetch, mmap, image, named, prompt, max_new_tokens)
+    return _finish(cfg, hw, prefetch, mmap, image, named, prompt, max_new_tokens, kv=kvp)
 
 
 def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens: int = 1,
@@ -586,22 +658,29 @@ def batched_decode_graph(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConf
 
 
 def _batch_programs(cfg: ModelConfig, qm, hw: HardwareConfig,
-                    sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...]
-                    ) -> list[tuple[str, str, list[Graph]]]:
+                    sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...],
+                    kvp: KvPlan | None = None) -> list[tuple[str, str, list[Graph]]]:
     named, decoded = [], [0] * len(sequences)
     n_decode = 0
+    B = hw.kv_block_tokens
     for step in schedule:
         if step.kind == "prefill":
             (b,) = step.seqs
             sp = sequences[b]
-            named.append((f"prefill_s{b}", "prefill",
-                          prefill_graphs(cfg, qm, hw, len(sp.prompt), first=sp.cached, seq=b)))
+            graphs = prefill_graphs(cfg, qm, hw, len(sp.prompt), first=sp.cached, seq=b)
+            if kvp:     # a shared prefix was compressed after its owner's prefill
+                graphs = [_packed(g, sp.cached) for g in graphs]
+                kvp.after(f"prefill_s{b}", b, sp.cached // B, len(sp.prompt) // B)
+            named.append((f"prefill_s{b}", "prefill", graphs))
             continue
         name = f"decode_{n_decode:03d}"
         graphs = []
         for b in step.seqs:
             pos = len(sequences[b].prompt) + decoded[b]
-            graphs.append(lower_step(cfg, qm, pos, 1, name=f"decode@{pos}.s{b}", seq=b))
+            graph = lower_step(cfg, qm, pos, 1, name=f"decode@{pos}.s{b}", seq=b)
+            graphs.append(_packed(graph, pos // B * B) if kvp else graph)
+            if kvp:
+                kvp.after(name, b, pos // B, (pos + 1) // B)
             decoded[b] += 1
         named.append((name, "decode", [batched_decode_graph(graphs, cfg, hw, name)]))
         n_decode += 1
@@ -615,26 +694,31 @@ def _batch_programs(cfg: ModelConfig, qm, hw: HardwareConfig,
 def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
                   sequences: list[SequencePlan] | tuple[SequencePlan, ...],
                   schedule: list[BatchStep] | tuple[BatchStep, ...], pool_blocks: int,
-                  prefetch: bool | None = None) -> Build:
+                  prefetch: bool | None = None, kv=None) -> Build:
     """Many sequences in one KV pool: a program per ``BatchStep`` of ``schedule`` (the
     prefill of a sequence, named ``prefill_s<b>``; a batched decode step,
     ``decode_<i>``), all sharing one DRAM image whose K/V pools hold ``pool_blocks``
     blocks and whose block tables are the sequences' (``SequencePlan.table``). The host
     decides the tables and the schedule (``accel.kv_blocks.plan_batch``: allocation on
     demand, prefix sharing, continuous batching); the compiler checks them
-    (``check_batch``) and raises ``CompileError`` where the device could not run them."""
+    (``check_batch``) and raises ``CompileError`` where the device could not run them.
+    With ``kv``, compressed KV chunks as ``compile_generation``: a sequence's blocks are
+    compressed after its prefill and after the decode step that fills each later one, a
+    shared prefix once, by the sequence that filled it."""
     prefetch = hw.prefetch if prefetch is None else prefetch
     sequences, schedule = tuple(sequences), tuple(schedule)
     if pool_blocks < 1:
         raise CompileError(f"pool_blocks must be at least 1, not {pool_blocks}")
     check_batch(sequences, schedule, pool_blocks, hw.kv_block_tokens, cfg.vocab_size,
                 cfg.max_seq_len)
-    named = _batch_programs(cfg, qm, hw, sequences, schedule)
-    return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks)
+    kvp = kv_plan(cfg, qm, hw, kv)
+    named = _batch_programs(cfg, qm, hw, sequences, schedule, kvp)
+    return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks, kvp)
 
 
 def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: list,
-                 sequences: tuple[SequencePlan, ...], pool_blocks: int) -> Build:
+                 sequences: tuple[SequencePlan, ...], pool_blocks: int,
+                 kvp: KvPlan | None = None) -> Build:
     """A batched build of the programs ``named``: the memory map (``dram_map``: each
     sequence's buffers, ``pool_blocks`` blocks of K/V), the constants, each sequence's
     prompt and block table (unused entries ``EVICTED``, -1) in the image, the passes."""
@@ -645,17 +729,17 @@ def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: li
     mmap = dram_map(cfg, hw, {name: param_size(p) for name, p in params.items()},
                     max(sp.positions for sp in sequences), [n for n, _, _ in named],
                     head_scratch_bytes(graphs), len(sequences), entries, pool_blocks,
-                    max(sp.max_new_tokens for sp in sequences))
+                    max(sp.max_new_tokens for sp in sequences), kvp is not None)
     image = DramImage(mmap, with_data)
     _write_params(image, params)
-    ctx = build_context(hw, cfg, mmap, prefetch, sequences)
+    ctx = build_context(hw, cfg, mmap, prefetch, sequences, kvp is not None)
     tables = np.full((len(sequences), entries), -1, "<i4")
     for b, sp in enumerate(sequences):
         tables[b, :len(sp.table)] = sp.table
         image.write("tokens", np.asarray(sp.prompt, "<i4"),
                     offset=ctx.tokens_addr(b) - mmap["tokens"].offset, keep=True)
     image.write("block_table", tables, keep=True)
-    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences)
+    return _finish(cfg, hw, prefetch, mmap, image, named, [], 0, sequences, kvp)
 
 
 def compile_batch_timing_step(cfg: ModelConfig, hw: HardwareConfig, batch: int,

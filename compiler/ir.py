@@ -194,6 +194,8 @@ class Attention:
     att_shift: int          # (SOFTMAX's out_mult / out_shift)
     out: Tensor             # [T, n_heads * head_dim] int8
     seq: int = 0            # the sequence whose block table maps the cached rows
+    packed: int = 0         # cached rows [0, packed) are compressed chunks (whole KV
+    #                         blocks, read with KvFormat.CHUNKED); the rest int8 rows
 
 
 @dataclass(frozen=True)

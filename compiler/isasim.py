@@ -38,10 +38,12 @@ from arch.isa import (
     Engine,
     ErrorCode,
     Instruction,
+    KvFormat,
     OutBits,
     ParamMode,
     WeightFormat,
     WeightLayout,
+    kv_chunk_unpack,
 )
 from compiler.asm import format_instruction
 from compiler.semantics import AcceleratorError, Access, accesses, check, flat
@@ -112,6 +114,13 @@ class IsaSimulator:
                                    f"int32 read at 0x{addr:x} beyond DRAM size "
                                    f"0x{len(self.dram):x}")
         return int(self.dram[addr:addr + 4].view("<i4")[0])
+
+    def read_bytes(self, addr: int, n: int) -> np.ndarray:
+        if addr < 0 or addr + n > len(self.dram):
+            raise AcceleratorError(ErrorCode.DRAM_OUT_OF_RANGE, None,
+                                   f"{n} bytes at 0x{addr:x} beyond DRAM size "
+                                   f"0x{len(self.dram):x}")
+        return self.dram[addr:addr + n].copy()
 
     def read(self, a: Access, dtype) -> np.ndarray:
         buf = self._space[a.space]
@@ -217,14 +226,14 @@ class IsaSimulator:
     def execute(self, instr: Instruction) -> None:
         """Execute one instruction on the current L2 and DRAM, without tokens (unit tests
         of single instructions against the RTL)."""
-        acc = accesses(instr, self.hw, self.read_i32)
+        acc = accesses(instr, self.hw, self.read_i32, self.read_bytes)
         check(instr, self.hw, acc, len(self.dram))
         EXECUTE[instr.mnemonic](self, instr, acc)
 
     def _execute(self, index: int, instr: Instruction, clock, owner, program) -> None:
         if instr.engine == Engine.CONTROL:
             return
-        acc = accesses(instr, self.hw, self.read_i32)
+        acc = accesses(instr, self.hw, self.read_i32, self.read_bytes)
         check(instr, self.hw, acc, len(self.dram), index)
         if self.check_races:
             self._check_races(index, instr.engine, flat(acc), clock, owner, program)
@@ -245,6 +254,18 @@ class IsaSimulator:
         self.counters.add("dram_read_bytes", acc["idx"].nbytes + sum(a.nbytes for a in acc["rows"]))
 
     def _op_kv_prefetch(self, f, acc):
+        if f.kv_format == int(KvFormat.CHUNKED):    # each block: its header, its codes
+            src = acc["src"]
+            data = np.concatenate([kv_chunk_unpack(self.read(h, np.uint8).ravel(),
+                                                   self.read(c, np.uint8).ravel(),
+                                                   self.hw.kv_block_tokens)
+                                   for h, c in zip(src[::2], src[1::2], strict=True)]
+                                  ).view(np.uint8)
+            self.write(acc["dst"], data)
+            self.counters.add("dram_read_bytes", acc["table"].nbytes
+                              + sum(a.nbytes for a in src))
+            self.counters.add("prefetch_bytes", data.size)
+            return
         data = np.concatenate([self.read(a, np.uint8) for a in acc["src"]])
         self.write(acc["dst"], data)
         moved = acc["table"].nbytes + data.size

@@ -32,7 +32,12 @@ from arch.isa import (
     Engine,
     ErrorCode,
     Instruction,
+    KvFormat,
     compute_operands,
+    kv_chunk_addrs,
+    kv_chunk_fault,
+    kv_chunk_widths,
+    kv_group_bytes,
     kv_row_addr,
     kv_table_entry_addr,
     operand_faults,
@@ -80,6 +85,7 @@ class Access:
 
 Accesses = dict[str, Access | list[Access]]
 ReadI32 = Callable[[int], int] | None
+ReadBytes = Callable[[int, int], np.ndarray] | None
 
 
 def _l2(addr, rows, row_bytes, stride, write=False) -> Access:
@@ -100,12 +106,23 @@ class WalkFault:
     message: str
 
 
+def _chunked(instr: Instruction) -> bool:
+    return instr.mnemonic == "KV_PREFETCH" and instr.kv_format == int(KvFormat.CHUNKED)
+
+
 def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offset: int,
-             col_bytes: int, write: bool) -> list:
+             col_bytes: int, write: bool, read_bytes: ReadBytes = None) -> list:
     """Pool blocks of a block-table walk: one access per run of tokens in one block; the
     walk ends at an entry it cannot read or one outside ``[0, pool_blocks)`` (as an
-    unsigned int32), with a ``WalkFault``."""
+    unsigned int32), with a ``WalkFault``. A ``CHUNKED`` prefetch reads two accesses a
+    block, its chunk's header bytes and code bytes (``arch.isa.kv_chunk_addrs``; the
+    codes as many as the header's widths take); the walk also ends, with a
+    ``WalkFault``, at a header or codes beyond DRAM or a header that is not one
+    (``BAD_CHUNK``)."""
     if read_i32 is None:
+        return []
+    chunked = _chunked(instr)
+    if chunked and read_bytes is None:
         return []
     bt = hw.kv_block_tokens
     runs, t, end = [], instr.first_token, instr.first_token + instr.n_tokens
@@ -122,10 +139,40 @@ def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offs
                                   f"outside the pool of {instr.pool_blocks} blocks"))
             break
         run = min(end, (t // bt + 1) * bt) - t
-        base = kv_row_addr(instr.pool_addr, block, t, bt, instr.row_bytes)
-        runs.append(_dram(base + col_offset, run, col_bytes, instr.row_bytes, write))
+        if chunked:
+            fault = _chunk_accesses(instr, hw, block, t, read_bytes, runs)
+            if fault is not None:
+                runs.append(fault)
+                break
+        else:
+            base = kv_row_addr(instr.pool_addr, block, t, bt, instr.row_bytes)
+            runs.append(_dram(base + col_offset, run, col_bytes, instr.row_bytes, write))
         t += run
     return runs
+
+
+def _chunk_accesses(instr: Instruction, hw: HardwareConfig, block: int, t: int,
+                    read_bytes, runs: list) -> WalkFault | None:
+    """Append block ``block``'s header and code accesses to ``runs`` (a ``CHUNKED``
+    prefetch at token ``t``), or return the ``WalkFault`` that stops the walk there."""
+    codes, headers = kv_chunk_addrs(instr.pool_addr, instr.pool_blocks, block,
+                                    hw.kv_block_tokens, instr.row_bytes, instr.col_offset)
+    try:
+        header = read_bytes(headers, instr.col_bytes)
+    except AcceleratorError as e:
+        return WalkFault(t, e.code, f"KV_PREFETCH: token {t}'s chunk header: {e.message}")
+    why = kv_chunk_fault(header)
+    if why is not None:
+        return WalkFault(t, ErrorCode.BAD_CHUNK,
+                         f"KV_PREFETCH: block {block} (token {t}) in CHUNKED format: {why}")
+    used = int(sum(kv_group_bytes(b, hw.kv_block_tokens)
+                   for b in kv_chunk_widths(header)[0].tolist()))
+    try:
+        read_bytes(codes, used)
+    except AcceleratorError as e:
+        return WalkFault(t, e.code, f"KV_PREFETCH: token {t}'s chunk codes: {e.message}")
+    runs += [_dram(headers, 1, instr.col_bytes, 0), _dram(codes, 1, used, 0)]
+    return None
 
 
 def _first_row_beyond(a: Access, limit: int) -> int | None:
@@ -159,7 +206,7 @@ def _walk_fault(instr: Instruction, acc: Accesses, hw: HardwareConfig, dram_byte
         if isinstance(a, WalkFault):
             found.append((a.token - first, 0, a.code, a.message))
     row = 0
-    for a in (a for a in walk if isinstance(a, Access)):
+    for a in (a for a in walk if isinstance(a, Access) and not _chunked(instr)):
         k = _first_row_beyond(a, dram_bytes)
         if k is not None:
             found.append((row + k, 1 if load else 2, ErrorCode.DRAM_OUT_OF_RANGE,
@@ -180,7 +227,8 @@ def _table(instr: Instruction, hw: HardwareConfig) -> Access:
     return _dram(first, 1, last + BLOCK_TABLE_ENTRY_BYTES - first, 0)
 
 
-def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -> Accesses:
+def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None,
+             read_bytes: ReadBytes = None) -> Accesses:
     op, f = instr.mnemonic, instr
     if op == "HALT":
         return {}
@@ -199,7 +247,7 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None) -
                 "dst": _l2(f.l2_addr, f.count, f.row_bytes, f.l2_stride, True)}
     if op == "KV_PREFETCH":
         return {"table": _table(f, hw),
-                "src": _kv_runs(f, hw, read_i32, f.col_offset, f.col_bytes, False),
+                "src": _kv_runs(f, hw, read_i32, f.col_offset, f.col_bytes, False, read_bytes),
                 "dst": _l2(f.l2_addr, f.n_tokens, f.col_bytes, f.col_bytes, True)}
     if op == "KV_APPEND":
         return {"table": _table(f, hw),
@@ -232,6 +280,12 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
         if bad:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
                                    message.format(mnemonic=instr.mnemonic, **instr.fields()))
+    bt = hw.kv_block_tokens
+    if _chunked(instr) and (instr.first_token % bt or instr.n_tokens % bt):
+        raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
+                               f"KV_PREFETCH CHUNKED reads whole blocks of {bt} tokens, not "
+                               f"tokens [{instr.first_token}, "
+                               f"{instr.first_token + instr.n_tokens})")
     fault = _walk_fault(instr, acc, hw, dram_bytes)
     if fault is not None:
         raise AcceleratorError(fault[0], index, fault[1])

@@ -639,14 +639,16 @@ def _int_run_jit(qm, cache, tokens_T, start, cfg):
 
 
 def int_prefill(qm: QuantModel, cache: dict, tokens_T, cfg: ModelConfig,
-                kv: KVCompression | None = None):
-    """Prompt from position 0: int16 logits ``[T, vocab]`` and the filled int8 cache. With
-    ``kv``, the chunks the prompt filled are compressed after it (the prompt's own
-    attention reads its rows as written)."""
+                kv: KVCompression | None = None, start: int = 0):
+    """Prompt tokens from position ``start`` (0: the whole prompt; later, the rest of a
+    prompt whose first ``start`` tokens are cached, a shared prefix): int16 logits ``[T,
+    vocab]`` and the filled int8 cache. With ``kv``, the chunks these tokens filled are
+    compressed after them (their own attention reads their rows as written, and the
+    cached rows as the cache holds them)."""
     with jax.enable_x64(True):
         logits, cache = _int_run_jit(qm, cache, jnp.asarray(tokens_T, jnp.int32),
-                                     jnp.int32(0), cfg)
-    return logits, _compress_new_chunks(qm, cache, kv, 0, len(tokens_T))
+                                     jnp.int32(start), cfg)
+    return logits, _compress_new_chunks(qm, cache, kv, start, start + len(tokens_T))
 
 
 def int_decode_step(qm: QuantModel, cache: dict, token, pos, cfg: ModelConfig,

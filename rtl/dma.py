@@ -26,9 +26,11 @@ program order; an instruction with no rows, and ``STORE_COUNTERS``, first wait f
 ones before them. A row that would leave the L2 or the simulated DRAM, a write with
 overlapping rows, a misaligned table or counter address, or a block-table entry outside
 the KV pool (``pool_blocks``; an evicted entry, -1, included) stops the accelerator with
-the ``ErrorCode`` the ISA defines. ``busy``/``stall`` say whether the engine is
-executing (or has instructions awaiting their end) or waiting for tokens with none in
-flight; ``prefetch_bytes`` counts KV bytes fetched.
+the ``ErrorCode`` the ISA defines. A ``KV_PREFETCH`` of compressed chunks (``kv_format =
+CHUNKED``) stops it with ``BAD_OPERAND``: the decompressor is not built yet.
+``busy``/``stall`` say whether the engine is executing (or has instructions awaiting
+their end) or waiting for tokens with none in flight; ``prefetch_bytes`` counts KV bytes
+fetched.
 
 Tested by tests/rtl/test_accelerator.py (DMA, gathers, KV prefetch and append, their
 faults) and tests/rtl/test_tiny_rtl.py.
@@ -190,7 +192,12 @@ class RowSequencer(wiring.Component):
                              r["int_base"].eq(f(c, "table_addr")),
                              r["first"].eq(f(c, "first_token")),
                              r["pool_blocks"].eq(f(c, "pool_blocks"))]
-                m.next = "ROW"
+                # Compressed chunks are the ISA's (compiler.semantics); this engine has no
+                # decompressor yet and refuses them rather than copy their bytes as rows.
+                with m.If(f(c, "kv_format") == isa.KvFormat.CHUNKED):
+                    self._fault(m, isa.ErrorCode.BAD_OPERAND)
+                with m.Else():
+                    m.next = "ROW"
         else:
             b, c = "KV_APPEND", "STORE_COUNTERS"
             with m.Elif(self._is(b)):

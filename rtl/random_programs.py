@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from arch.isa import INSTR_BYTES, Engine, make
+from arch.isa import INSTR_BYTES, Engine, KvFormat, make
 from compiler.asm import encode_program
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap, block_table
@@ -179,7 +179,7 @@ def _random_program(rng, hw, image, n_instr, compute, extra_tokens):
                                table_addr=mmap["block_table"].offset, first_token=first,
                                n_tokens=n, row_bytes=64, col_offset=col, col_bytes=16,
                                l2_addr=int(rng.integers(0, l2 - n * 16)),
-                               pool_blocks=pool_blocks))
+                               pool_blocks=pool_blocks, kv_format=KvFormat.INT8))
         else:
             first, n = int(rng.integers(0, 100)), int(rng.integers(1, 30))
             instrs.append(make("KV_APPEND", l2_addr=int(rng.integers(0, l2 - n * 64)),

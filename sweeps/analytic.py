@@ -50,7 +50,7 @@ from functools import cache, lru_cache, partial
 from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
-from arch.isa import Engine, make
+from arch.isa import Engine, KvFormat, make
 from arch.occupancy import CALIBRATION, CopierQueue, load_data_delay, matmul_mode, occupancy
 from arch.uarch import (
     DEFERRED,
@@ -325,8 +325,8 @@ class _Timing(Generator):
         return slot
 
     def kv_prefetch(self, layer: int, kind: str, first: int, count: int, col_offset: int,
-                    seq: int = 0):
-        slot = super().kv_prefetch(layer, kind, first, count, col_offset, seq)
+                    seq: int = 0, kv_format: KvFormat = KvFormat.INT8):
+        slot = super().kv_prefetch(layer, kind, first, count, col_offset, seq, kv_format)
         tile = len(self.s.tiles) - 1
         self.load_tile[slot.serial] = tile
         start = self.current.start

@@ -60,6 +60,11 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["verify", "--batch", "1000000000"], "--batch must be 1 to 256"),
     (["verify", "--batch", "200"], "--batch 200: the longest sequence"),
     (["verify", "--batch", "2", "--max-new-tokens", "0"], "needs --max-new-tokens of at least"),
+    (["verify", "--kv-tolerance", "32", "--rtl"],
+     "--rtl with --kv-tolerance: the RTL's KV prefetch engine has no decompressor"),
+    (["verify", "--kv-tolerance", "32", "--kv-chunk-tokens", "8"],
+     "--kv-chunk-tokens 8: the device compresses whole KV blocks, kv_block_tokens = 16"),
+    (["verify", "--kv-bits", "2"], "--kv-bits needs --kv-tolerance"),
     (["compile", "--model", "tiny", "--no-weights", "--decode-at", "-1"],
      "the position must be at least 0"),
     (["compile", "--decode-at", "5"], "--decode-at needs --no-weights"),
@@ -166,13 +171,17 @@ def test_eval_refuses_a_text_shorter_than_one_window(tiny_model, tiny_int):
 
 
 def test_verify_batch_runs_every_sequence_through_the_ladder(capsys):
-    """``accel verify --batch 3``: the rungs' keys as for one sequence, three sequences of
-    different prompt lengths (the second reading the first's prefix block), every one
-    bit-exact against its own integer reference run."""
+    """``accel verify --batch 3 --kv-tolerance 32``: the rungs' keys as for one sequence,
+    three sequences of different prompt lengths (the second reading the first's prefix
+    block, compressed), the KV cache compressed chunk by chunk, every one bit-exact
+    against its own integer reference run compressed alike."""
     code, out, _ = run(capsys, "verify", "--batch", "3", "--max-new-tokens", "3",
-                       "--eval-windows", "1", "--json")
+                       "--eval-windows", "1", "--kv-tolerance", "32", "--json")
     assert code == 0
     report = json.loads(out)
+    kv = report["kv_compression"]
+    assert kv["chunk_tokens"] == 16 and kv["tolerance"] == 32
+    assert kv["blocks_compressed"] == 2 and kv["chunked_prefetches"] > 0
     batch = report["batch"]
     assert batch["new_tokens"] == [3, 2, 2] and batch["cached_tokens"][:2] == [0, 16]
     assert len(set(batch["prompt_tokens"])) == 3 and batch["shared_blocks"] == 1

@@ -39,12 +39,19 @@ def _prompts(vocab: int, seed: int = 1) -> list[list[int]]:
             [int(t) for t in rng.integers(0, vocab, 3)]]
 
 
-def test_continuous_batching_is_bit_exact_per_sequence(tiny_int):
+def test_continuous_batching_with_compressed_kv_is_bit_exact_per_sequence(tiny_int):
     """Four sequences, at most three at once (the fourth joins when the second leaves),
-    the third reading the first's prefix block: every sequence's tokens, logit rows and
-    K/V rows (gathered through its own table from the shared pool) equal its run alone
-    through the integer reference. (Prefetch off: ``accel verify --batch``'s rung,
-    tests/accel/test_cli.py.)"""
+    the third reading the first's prefix block, the KV cache compressed chunk by chunk
+    (``KVCompression``: the host compresses each full block, ``KV_PREFETCH`` in
+    ``CHUNKED`` format expands it): every sequence's tokens, logit rows and K/V rows
+    (gathered through its own table from the shared pool, full blocks as the device
+    expands them) equal its run alone through the integer reference with the same
+    compression, the shared block compressed once, before the third's prefill reads it.
+    (Without compression and prefetch off: ``accel verify --batch``'s rung,
+    tests/accel/test_cli.py; on the RTL, tests/rtl/test_tiny_rtl.py.)"""
+    from arch.isa import KvFormat
+    from models.integer import KVCompression
+
     im = tiny_int
     prompts, new = _prompts(im.cfg.vocab_size), [6, 4, 5, 7]
     plan = plan_batch(prompts, new, max_batch=3, pool_blocks=12,
@@ -53,8 +60,17 @@ def test_continuous_batching_is_bit_exact_per_sequence(tiny_int):
     assert plan.sequences[0].table[0] == plan.sequences[2].table[0]
     decodes = [s.seqs for s in plan.schedule if s.kind == "decode"]
     assert max(len(s) for s in decodes) == 3 and (0, 2, 3) in decodes
-    refs = [reference_generation(im, p, n) for p, n in zip(prompts, new, strict=True)]
-    build = compile_batch(im.cfg, im.qm, HW, plan.sequences, plan.schedule, plan.pool_blocks)
+    kv = KVCompression(chunk_tokens=HW.kv_block_tokens)
+    refs = [reference_generation(im, p, n, kv, sp.cached)
+            for p, n, sp in zip(prompts, new, plan.sequences, strict=True)]
+    build = compile_batch(im.cfg, im.qm, HW, plan.sequences, plan.schedule, plan.pool_blocks,
+                          kv=kv)
+    # the shared block once (by the first), the third's second block after its decode
+    # step at position 31; the third's prefill reads the shared block compressed
+    compressed = [(p.name, c) for p in build.programs for c in p.compress]
+    assert [c for _, c in compressed] == [(0, 0, 1), (2, 1, 2)], compressed
+    assert any(i.mnemonic == "KV_PREFETCH" and i.kv_format == KvFormat.CHUNKED
+               for i in next(p for p in build.programs if p.name == "prefill_s2").instrs)
     result = run_build(build, "isa")
     assert isinstance(result, BatchRunResult)
     for b, (ours, ref) in enumerate(zip(result.sequences, refs, strict=True)):

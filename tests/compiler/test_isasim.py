@@ -213,3 +213,144 @@ def test_mxint4_matmuls_the_isa_refuses(fields, message):
     with pytest.raises(AcceleratorError, match=message) as err:
         check(instr, hw, accesses(instr, hw), dram_bytes=1 << 20, index=0)
     assert err.value.code == ErrorCode.BAD_OPERAND
+
+
+# -- compressed KV chunks (KV_PREFETCH kv_format = CHUNKED) ---------------------------------
+
+def test_a_chunk_packs_and_unpacks_to_its_dequantised_rows():
+    """``kv_chunk_pack`` then ``kv_chunk_unpack`` gives every channel's ``code << shift``,
+    for random widths, shifts and codes; the header carries each channel's width and
+    shift and marks the first channel."""
+    from arch.isa import kv_chunk_fault, kv_chunk_header, kv_chunk_pack, kv_chunk_unpack
+
+    rng = np.random.default_rng(3)
+    for B in (4, 16, 32):
+        H = int(rng.integers(1, 40))
+        bits = rng.choice([2, 4, 8], H)
+        shift = np.array([rng.integers(0, 9 - b) for b in bits])
+        codes = np.array([rng.integers(-(1 << (b - 1)), 1 << (b - 1), B) for b in bits])
+        header = kv_chunk_header(bits, shift)
+        assert kv_chunk_fault(header) is None
+        data = kv_chunk_pack(codes, bits)
+        assert data.size == sum(B * b // 8 for b in bits)
+        rows = kv_chunk_unpack(header, data, B)
+        assert rows.dtype == np.int8 and rows.shape == (B, H)
+        np.testing.assert_array_equal(rows.astype(np.int64), (codes << shift[:, None]).T)
+    with pytest.raises(ValueError, match="widths must be in"):
+        kv_chunk_header([3], [0])
+    with pytest.raises(ValueError, match="shift must be in"):
+        kv_chunk_header([4], [5])
+
+
+def _chunked_dram(hw, rng, heads=2, head_dim=16, pool_blocks=3):
+    """A K pool of ``pool_blocks`` blocks (``heads`` x ``head_dim`` channels) whose blocks
+    0 and 2 are stored compressed, a block table ``[2, 0]`` and room for the L2's rows:
+    ``(dram, pool_addr, table_addr, expected int8 rows [2 B, kv_dim])``."""
+    from arch.isa import kv_chunk_addrs, kv_chunk_header, kv_chunk_pack, kv_header_area_bytes
+    from models import numerics as N
+
+    B, kv_dim = hw.kv_block_tokens, heads * head_dim
+    pool_addr, table_addr = 4096, 64
+    dram = np.zeros(pool_addr + pool_blocks * B * kv_dim
+                    + kv_header_area_bytes(pool_blocks, kv_dim) + 4096, np.uint8)
+    dram[table_addr:table_addr + 8] = np.array([2, 0], "<i4").view(np.uint8)
+    rows = {}
+    for block in (0, 2):
+        x = rng.integers(-128, 128, (B, kv_dim)).astype(np.int8)
+        x[:, :head_dim] //= 16                # a head of small values: fewer bits
+        out = np.zeros_like(x)
+        for h in range(heads):
+            group = x[:, h * head_dim:(h + 1) * head_dim].T                  # [H, B]
+            bits, shift, deq = N.kv_chunk_compress(group, (2, 4, 8), 16 << 16)
+            codes = deq.astype(np.int64) >> shift[:, None]
+            codes_at, header_at = kv_chunk_addrs(pool_addr, pool_blocks, block, B, kv_dim,
+                                                 h * head_dim)
+            packed = kv_chunk_pack(codes, bits)
+            dram[codes_at:codes_at + packed.size] = packed
+            dram[header_at:header_at + head_dim] = kv_chunk_header(bits, shift)
+            out[:, h * head_dim:(h + 1) * head_dim] = deq.T
+        rows[block] = out
+    return dram, pool_addr, table_addr, np.concatenate([rows[2], rows[0]])
+
+
+def _chunked_prefetch(pool_addr, table_addr, first, n, col_offset, col_bytes, kv_dim=32,
+                      pool_blocks=3):
+    from arch.isa import KvFormat
+
+    return make("KV_PREFETCH", pool_addr=pool_addr, table_addr=table_addr, first_token=first,
+                n_tokens=n, row_bytes=kv_dim, col_offset=col_offset, col_bytes=col_bytes,
+                l2_addr=256, pool_blocks=pool_blocks, kv_format=KvFormat.CHUNKED)
+
+
+def test_a_chunked_prefetch_expands_each_block_into_int8_rows():
+    """Two blocks through the table, each head's chunk read from its header and codes:
+    the L2 holds the dequantised rows; DRAM reads count the header and code bytes."""
+    hw = load_hardware("edge-8x8")
+    B = hw.kv_block_tokens
+    dram, pool, table, want = _chunked_dram(hw, np.random.default_rng(4))
+    for head in (0, 1):
+        sim = IsaSimulator(hw, dram)
+        sim.run([_chunked_prefetch(pool, table, 0, 2 * B, 16 * head, 16), make("HALT")])
+        got = sim.l2[256:256 + 2 * B * 16].view(np.int8).reshape(2 * B, 16)
+        np.testing.assert_array_equal(got, want[:, 16 * head:16 * (head + 1)])
+        assert sim.counters.values["prefetch_bytes"] == 2 * B * 16
+        assert 8 + 2 * 16 < sim.counters.values["dram_read_bytes"] < 8 + 2 * (16 + 16 * B)
+    # the second block alone, from token B
+    sim = IsaSimulator(hw, dram)
+    sim.run([_chunked_prefetch(pool, table, B, B, 16, 16), make("HALT")])
+    np.testing.assert_array_equal(sim.l2[256:256 + B * 16].view(np.int8).reshape(B, 16),
+                                  want[B:, 16:])
+
+
+@pytest.mark.parametrize(("first", "n", "col_offset", "col_bytes", "patch", "code"), [
+    (1, 16, 0, 16, None, ErrorCode.BAD_OPERAND),           # not whole blocks
+    (0, 8, 0, 16, None, ErrorCode.BAD_OPERAND),
+    (0, 32, 0, 32, None, ErrorCode.BAD_CHUNK),             # two chunks read as one
+    (0, 32, 8, 16, None, ErrorCode.BAD_CHUNK),             # not a chunk's first channel
+    (0, 32, 0, 16, "zero", ErrorCode.BAD_CHUNK),           # block 0 never compressed
+    (0, 32, 0, 16, "reserved", ErrorCode.BAD_CHUNK),
+])
+def test_a_chunked_prefetch_of_what_is_not_a_chunk_stops(first, n, col_offset, col_bytes,
+                                                         patch, code):
+    from arch.isa import kv_chunk_addrs
+
+    hw = load_hardware("edge-8x8")
+    dram, pool, table, _ = _chunked_dram(hw, np.random.default_rng(5))
+    _, header_at = kv_chunk_addrs(pool, 3, 0, hw.kv_block_tokens, 32, 0)
+    if patch == "zero":
+        dram[header_at:header_at + 16] = 0
+    elif patch == "reserved":
+        dram[header_at + 3] |= 0x20
+    with pytest.raises(AcceleratorError) as info:
+        IsaSimulator(hw, dram).run([_chunked_prefetch(pool, table, first, n, col_offset,
+                                                      col_bytes), make("HALT")])
+    assert info.value.code == code and info.value.index == 0
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_compressed_kv_chunks_are_bit_exact_with_the_integer_reference(small_config, int_model,
+                                                                       prefetch):
+    """A 21-token prompt and 14 new tokens on edge-8x8 (16-token KV blocks): the host
+    compresses block 0 after the prefill and block 1 after the decode step that fills it;
+    later steps read both with ``KV_PREFETCH`` in ``CHUNKED`` format. Every token, logit
+    row and KV row (the full blocks as the device expands them) equals the integer
+    reference with the same compression, which differs from the int8 cache's."""
+    from arch.isa import KvFormat
+    from models.integer import KVCompression
+
+    cfg = small_config()
+    im = int_model(cfg)
+    hw = load_hardware("edge-8x8")
+    kv = KVCompression(chunk_tokens=hw.kv_block_tokens, tolerance=64.0)
+    prompt = list(np.random.default_rng(21).integers(0, cfg.vocab_size, 21))
+    build = compile_generation(cfg, im.qm, hw, prompt, 14, prefetch=prefetch, kv=kv)
+    chunked = {p.name: sum(1 for i in p.instrs if i.mnemonic == "KV_PREFETCH"
+                           and i.kv_format == KvFormat.CHUNKED) for p in build.programs}
+    assert chunked["prefill"] == 0 and chunked["decode_000"] > 0
+    assert [p.compress for p in build.programs if p.compress] == [[(0, 0, 1)], [(0, 1, 2)]]
+    result = run_build(build)
+    ref = reference_generation(im, prompt, 14, kv)
+    verdict = compare(result, ref)
+    assert verdict["bit_exact"], verdict
+    plain = reference_generation(im, prompt, 14)
+    assert not np.array_equal(ref.kv["k"][:, :32], plain.kv["k"][:, :32])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import INSTR_BYTES, Engine, ErrorCode, MatmulMode, make
+from arch.isa import INSTR_BYTES, Engine, ErrorCode, KvFormat, MatmulMode, make
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap
 from compiler.isasim import IsaSimulator
@@ -196,12 +196,13 @@ TABLE = 128          # a block table after the three-instruction program
     (dict(mnemonic="DMA_GATHER", idx_addr=2, table_addr=0, count=1, row_bytes=16, l2_addr=0,
           l2_stride=16), ErrorCode.BAD_OPERAND),
     (dict(mnemonic="KV_PREFETCH", pool_addr=0, table_addr=6, first_token=0, n_tokens=1,
-          row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4),
+          row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4, kv_format=0),
      ErrorCode.BAD_OPERAND),
     # block-table entries outside the pool: 2 of a 2-block pool, and an evicted one (-1),
     # met at the walk's second block (TABLE below holds [1, 2] and [0, -1])
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
-          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2),
+          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          kv_format=0),
      ErrorCode.BAD_BLOCK),
     (dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=TABLE + 8,
           first_token=3, n_tokens=16, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
@@ -211,7 +212,7 @@ TABLE = 128          # a block table after the three-instruction program
     # row 16; the bad entry is at row 0, the L2 source overflows at row 10)
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
           n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=64 * 1024 - 16,
-          pool_blocks=2), ErrorCode.L2_OUT_OF_RANGE),
+          pool_blocks=2, kv_format=0), ErrorCode.L2_OUT_OF_RANGE),
     (dict(mnemonic="KV_APPEND", l2_addr=64 * 1024 - 160, pool_addr=4096, table_addr=TABLE + 8,
           first_token=16, n_tokens=12, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
 ])
@@ -238,6 +239,28 @@ def test_engine_faults_match_the_isa_simulator(model, bad, code):
     assert info.value.code == code and info.value.index == 1
     run = run_job(model, image.data, [("p", 0)], {}, max_cycles=100_000).programs[0]
     assert run["error"] and run["error_code"] == int(code) and run["error_index"] == 1
+
+
+def test_a_chunked_prefetch_is_refused_until_the_engine_decompresses(model):
+    """The ISA's compressed KV chunks (``kv_format = CHUNKED``, expanded by the ISA
+    simulator) have no decompressor in this RTL yet: the load engine stops with
+    ``BAD_OPERAND`` at the instruction rather than copy the chunk's bytes as int8 rows."""
+    from compiler.asm import encode_program
+
+    good = make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=16, dram_stride=16,
+                l2_stride=16)
+    program = [good, make("KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
+                          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0,
+                          pool_blocks=2, kv_format=KvFormat.CHUNKED), make("HALT")]
+    mmap = MemoryMap()
+    mmap.add("program", len(program) * INSTR_BYTES)
+    assert mmap.add("table", 16).offset == TABLE
+    image = DramImage(mmap)
+    image.write("program", np.frombuffer(encode_program(program), np.uint8))
+    image.write("table", np.array([1, 2, 0, -1], "<i4"))
+    run = run_job(model, image.data, [("p", 0)], {}, max_cycles=100_000).programs[0]
+    assert run["error"] and run["error_code"] == int(ErrorCode.BAD_OPERAND)
+    assert run["error_index"] == 1
 
 
 @pytest.mark.parametrize("mode", ["GEMM", "GEMV"])
