@@ -207,10 +207,6 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
         refusal = weights_refusal(rtl_params(build.hw), build.weights)
         if refusal:
             raise ValueError(f"{refusal}; run it with --sim isa or --sim perf")
-        if build.kv is not None:
-            raise ValueError("compressed KV chunks: the RTL's KV prefetch engine has no "
-                             "decompressor yet (KV_PREFETCH in CHUNKED format); run it with "
-                             "--sim isa")
         return _run_rtl(build, waves)
     if sim != "isa":
         raise ValueError(f"unknown simulator {sim!r} (available: isa, rtl)")
@@ -328,7 +324,11 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
     image = build.image.data
     params = rtl_params(build.hw, image_bytes=image.size)
     model = build_model(params, waves=waves)
-    ends = segments(build) if build.batch is not None else [len(build.programs) - 1]
+    n = len(build.programs)
+    checkpoint_at = set(segments(build)[:-1]) if build.batch is not None else set()
+    # a job also ends where the host compresses KV blocks (``compress_blocks``)
+    ends = sorted(checkpoint_at | {n - 1} | {i for i, p in enumerate(build.programs)
+                                             if p.compress})
     done = finishing(build)
     counters, seconds, finished, checkpoints, wall, first = {}, {}, {}, {}, 0.0, 0
     l2 = None
@@ -349,11 +349,13 @@ def _run_rtl(build: Build, waves: bool) -> RunResult:
                                        entry["dram_busy_cycles"] - busy_before}
             busy_before = entry["dram_busy_cycles"]
             seconds[entry["name"]] = entry["wall_seconds"]
-        image, l2, wall = job.reads["dram"], job.l2, wall + job.wall_seconds
+        image, l2, wall = job.reads["dram"].copy(), job.l2, wall + job.wall_seconds
+        if build.kv is not None:
+            compress_blocks(build, image, build.programs[last])
         for i in range(first, last + 1):
             for b in done.get(i, ()):
                 finished[b] = read_results(build, image, b)
-        if last != ends[-1]:
+        if last in checkpoint_at:
             checkpoints[build.programs[last].name] = (image[:build.image.data.size].copy(), l2)
         first = last + 1
     dram = image_part(build, image)

@@ -37,3 +37,8 @@ DONE_LATENCY = 2
 # Power-on reset: the top holds every flip-flop in reset for this many cycles after the
 # simulator starts (rtl/top.py), and the cocotb bench waits them out (rtl/bench.py).
 RESET_CYCLES = 3
+
+# The widest compressed KV chunk (one head's channels) the KV prefetch engine expands: its
+# transpose buffer holds kv_block_tokens rows of this many bytes (rtl/kv_chunks.py). A
+# CHUNKED KV_PREFETCH of more columns stops with BAD_OPERAND.
+KV_CHUNK_MAX_COLS = 128

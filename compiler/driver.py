@@ -712,6 +712,12 @@ def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
     check_batch(sequences, schedule, pool_blocks, hw.kv_block_tokens, cfg.vocab_size,
                 cfg.max_seq_len)
     kvp = kv_plan(cfg, qm, hw, kv)
+    B = hw.kv_block_tokens
+    for b, sp in enumerate(sequences if kvp else ()):
+        if sp.cached % B:
+            raise CompileError(f"compressed KV: sequence {b} maps {sp.cached} prompt tokens of "
+                               f"shared blocks, not whole blocks of {B}: its prefill would "
+                               f"write row {sp.cached} into a shared block stored compressed")
     named = _batch_programs(cfg, qm, hw, sequences, schedule, kvp)
     return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks, kvp)
 

@@ -42,6 +42,7 @@ from arch.isa import (
     kv_table_entry_addr,
     operand_faults,
 )
+from arch.uarch import KV_CHUNK_MAX_COLS
 
 
 class AcceleratorError(RuntimeError):
@@ -286,6 +287,11 @@ def check(instr: Instruction, hw: HardwareConfig, acc: Accesses, dram_bytes: int
                                f"KV_PREFETCH CHUNKED reads whole blocks of {bt} tokens, not "
                                f"tokens [{instr.first_token}, "
                                f"{instr.first_token + instr.n_tokens})")
+    if _chunked(instr) and instr.n_tokens and not 0 < instr.col_bytes <= KV_CHUNK_MAX_COLS:
+        raise AcceleratorError(ErrorCode.BAD_OPERAND, index,
+                               f"KV_PREFETCH CHUNKED expands chunks of 1 to "
+                               f"KV_CHUNK_MAX_COLS = {KV_CHUNK_MAX_COLS} columns, not "
+                               f"{instr.col_bytes}")
     fault = _walk_fault(instr, acc, hw, dram_bytes)
     if fault is not None:
         raise AcceleratorError(fault[0], index, fault[1])

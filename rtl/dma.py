@@ -27,7 +27,9 @@ ones before them. A row that would leave the L2 or the simulated DRAM, a write w
 overlapping rows, a misaligned table or counter address, or a block-table entry outside
 the KV pool (``pool_blocks``; an evicted entry, -1, included) stops the accelerator with
 the ``ErrorCode`` the ISA defines. A ``KV_PREFETCH`` of compressed chunks (``kv_format =
-CHUNKED``) stops it with ``BAD_OPERAND``: the decompressor is not built yet.
+CHUNKED``) waits for the row copier to finish, then runs block by block through a row
+reader, the decompressor (``rtl/kv_chunks.py``) and a row writer on the engine's ports,
+and ends when its last row is written (it is not deferred).
 ``busy``/``stall`` say whether the engine is executing (or has instructions awaiting
 their end) or waiting for tokens with none in flight; ``prefetch_bytes`` counts KV bytes
 fetched.
@@ -43,13 +45,14 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
-from arch.uarch import DEFERRED
+from arch.uarch import DEFERRED, KV_CHUNK_MAX_COLS
 from rtl.common import RtlParams, check_params, log2
 from rtl.controller import ErrorPort, TokenPort
 from rtl.copier import RowCopier, copy_layout
 from rtl.decode import code, field, queued_layout
 from rtl.dram import MemPort
 from rtl.engine import EngineShell
+from rtl.kv_chunks import ChunkExpander
 
 #: The instructions each DMA engine executes, from the ISA declaration.
 OPS = {"load": tuple(op.mnemonic for op in isa.opcodes_of(isa.Engine.LOAD)),
@@ -95,8 +98,26 @@ class DmaEngine(wiring.Component):
         # The copier's sides are this engine's L2 port and DRAM port; the engine's own
         # int32 reads (indices, block-table entries) and counter writes use ``aux``.
         l2_side, dram_side = (copier.dst, copier.src) if load else (copier.src, copier.dst)
-        wiring.connect(m, wiring.flipped(self.l2), l2_side)
-        wiring.connect(m, wiring.flipped(self.dram), dram_side)
+        if load:
+            # Compressed chunks: a row reader feeds the decompressor, a row writer takes
+            # its rows; they use the engine's ports while the row copier is idle.
+            m.submodules.chunk_reader = reader = RowCopier(params=self.params, dst_stream=True)
+            m.submodules.chunk_writer = writer = RowCopier(params=self.params, src_stream=True,
+                                                           dst_l2=True)
+            m.submodules.expander = expander = ChunkExpander(params=self.params)
+            wiring.connect(m, reader.out, expander.inp)
+            wiring.connect(m, expander.out, writer.inp)
+            wiring.connect(m, seq.chunk_rd, reader.cmd)
+            wiring.connect(m, seq.chunk_wr, writer.cmd)
+            m.d.comb += [expander.start.eq(seq.chunk_start), expander.cols.eq(seq.chunk_cols),
+                         seq.hdr_done.eq(expander.hdr_done), seq.hdr_fault.eq(expander.hdr_fault),
+                         seq.chunk_used.eq(expander.used),
+                         seq.chunk_idle.eq(~expander.busy & reader.idle & writer.idle)]
+            _share(m, self.dram, dram_side, reader.src, seq.chunked)
+            _share(m, self.l2, l2_side, writer.dst, seq.chunked)
+        else:
+            wiring.connect(m, wiring.flipped(self.l2), l2_side)
+            wiring.connect(m, wiring.flipped(self.dram), dram_side)
         wiring.connect(m, wiring.flipped(self.aux), seq.aux)
         wiring.connect(m, seq.rows, copier.cmd)
         m.d.comb += [
@@ -111,6 +132,19 @@ class DmaEngine(wiring.Component):
         if not load:
             m.d.comb += seq.counters.eq(self.counters)
         return m
+
+
+def _share(m, port, a, b, use_b) -> None:
+    """The engine's memory ``port`` serves client ``a``, or ``b`` while ``use_b`` (the
+    other then sees no grant and no data: it must be idle)."""
+    outer = wiring.flipped(port)
+    for client, on in ((a, ~use_b), (b, use_b)):
+        m.d.comb += [client.req.ready.eq(outer.req.ready & on),
+                     client.rsp.valid.eq(outer.rsp.valid & on),
+                     client.rsp.payload.eq(outer.rsp.payload)]
+    m.d.comb += [outer.req.valid.eq(Mux(use_b, b.req.valid, a.req.valid)),
+                 outer.req.payload.eq(Mux(use_b, b.req.payload, a.req.payload)),
+                 outer.rsp.ready.eq(Mux(use_b, b.rsp.ready, a.rsp.ready))]
 
 
 class RowSequencer(wiring.Component):
@@ -147,6 +181,14 @@ class RowSequencer(wiring.Component):
         }
         if not self.load:
             members["counters"] = In(isa.COUNTER_BITS * N_COUNTERS)
+        else:
+            members.update({
+                "chunked": Out(1),          # a CHUNKED prefetch holds the engine's ports
+                "chunk_rd": Out(stream.Signature(copy_layout())),
+                "chunk_wr": Out(stream.Signature(copy_layout())),
+                "chunk_start": Out(1), "chunk_cols": Out(range(KV_CHUNK_MAX_COLS + 1)),
+                "hdr_done": In(1), "hdr_fault": In(1), "chunk_used": In(32),
+                "chunk_idle": In(1)})
         super().__init__(members)
 
     # -- the instruction's row loop ------------------------------------------------------
@@ -191,11 +233,21 @@ class RowSequencer(wiring.Component):
                              r["dst_run"].eq(f(c, "l2_addr")), r["dst_step"].eq(f(c, "col_bytes")),
                              r["int_base"].eq(f(c, "table_addr")),
                              r["first"].eq(f(c, "first_token")),
-                             r["pool_blocks"].eq(f(c, "pool_blocks"))]
-                # Compressed chunks are the ISA's (compiler.semantics); this engine has no
-                # decompressor yet and refuses them rather than copy their bytes as rows.
+                             r["pool_blocks"].eq(f(c, "pool_blocks")),
+                             r["c_pool"].eq(f(c, "pool_addr")), r["c_col"].eq(f(c, "col_offset")),
+                             r["c_cols"].eq(f(c, "col_bytes"))]
+                bt = self.params.hw.kv_block_tokens
                 with m.If(f(c, "kv_format") == isa.KvFormat.CHUNKED):
-                    self._fault(m, isa.ErrorCode.BAD_OPERAND)
+                    # whole blocks of at most KV_CHUNK_MAX_COLS columns (compiler.semantics)
+                    with m.If((f(c, "first_token")[:log2(bt)] != 0 if bt > 1 else 0)
+                              | (f(c, "n_tokens")[:log2(bt)] != 0 if bt > 1 else 0)
+                              | (f(c, "col_bytes") > KV_CHUNK_MAX_COLS)
+                              | ((f(c, "col_bytes") == 0) & (f(c, "n_tokens") != 0))):
+                        self._fault(m, isa.ErrorCode.BAD_OPERAND)
+                    with m.Elif(f(c, "n_tokens") == 0):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "C_WAIT"
                 with m.Else():
                     m.next = "ROW"
         else:
@@ -288,6 +340,9 @@ class RowSequencer(wiring.Component):
                 m.d.sync += [r["value"].eq(aux.rsp.payload >> (int_addr[:ws] << 3)),
                              r["have_int"].eq(1)]
                 m.next = "ROW"
+                if self.load:
+                    with m.If(self.chunked):
+                        m.next = "C_BLOCK"
 
     def _counter_state(self, m, r):
         """``STORE_COUNTERS``: one 64-bit counter written per cycle from ``dst_run``."""
@@ -319,7 +374,9 @@ class RowSequencer(wiring.Component):
             ("token", WORD), ("row_bytes", copy_layout().members["n"]),
             ("src_base", ADDR), ("src_step", ADDR), ("dst_step", ADDR), ("int_base", ADDR),
             ("src_run", ADDR), ("dst_run", ADDR), ("int_addr", ADDR), ("kv_src", ADDR),
-            ("have_int", 1), ("counter_i", range(N_COUNTERS + 1)))}
+            ("have_int", 1), ("counter_i", range(N_COUNTERS + 1)),
+            ("c_pool", ADDR), ("c_col", WORD), ("c_cols", WORD), ("c_hdr", ADDR),
+            ("c_codes", ADDR), ("c_dst", ADDR), ("c_r", WORD))}
         bt = hw.kv_block_tokens
         m.d.comb += [
             r["token"].eq(r["first"] + r["row"]),
@@ -353,4 +410,78 @@ class RowSequencer(wiring.Component):
                     m.next = "SETUP"
             if not load:
                 self._counter_state(m, r)
+            else:
+                self._chunk_states(m, r)
         return m
+
+    def _chunk_states(self, m, r):
+        """``KV_PREFETCH`` in ``CHUNKED`` format, block by block: once the row copier is
+        idle the engine's ports go to the chunk reader and writer (``chunked``); for each
+        block its table entry (``INT_*``), its header read into the decompressor
+        (``rtl/kv_chunks.py``), then its code bytes, then its rows written to L2; the
+        faults in ``compiler.semantics``' order (entry, header range, header, codes range,
+        then the block's L2 rows)."""
+        p, bt = self.params, self.params.hw.kv_block_tokens
+        row, cols = r["row"], r["c_cols"]
+        with m.State("C_WAIT"):
+            with m.If(self.copier_idle & ~self.inflight):
+                m.d.sync += self.chunked.eq(1)
+                m.next = "C_ENTRY"
+        with m.State("C_ENTRY"):
+            with m.If(row == r["n_rows"]):
+                m.next = "C_END"
+            with m.Else():
+                m.d.sync += r["int_addr"].eq(
+                    isa.kv_table_entry_addr(r["int_base"], r["token"], bt))
+                m.next = "INT_CHECK"
+        with m.State("C_BLOCK"):
+            header = (r["c_pool"] + r["pool_blocks"] * (bt * r["row_bytes"])
+                      + r["value"] * r["row_bytes"] + r["c_col"])
+            with m.If(r["value"] >= r["pool_blocks"]):            # unsigned: -1 too
+                self._fault(m, isa.ErrorCode.BAD_BLOCK)
+            with m.Elif(header + cols > p.dram_bytes):
+                self._fault(m, isa.ErrorCode.DRAM_OUT_OF_RANGE)
+            with m.Else():
+                m.d.sync += [r["c_hdr"].eq(header),
+                             r["c_codes"].eq(r["c_pool"] + r["value"] * (bt * r["row_bytes"])
+                                             + r["c_col"] * bt)]
+                m.next = "C_HDR"
+        with m.State("C_HDR"):
+            m.d.comb += [self.chunk_start.eq(1), self.chunk_cols.eq(cols),
+                         self.chunk_rd.valid.eq(1), self.chunk_rd.p.src.eq(r["c_hdr"]),
+                         self.chunk_rd.p.dst.eq(0), self.chunk_rd.p.n.eq(cols)]
+            with m.If(self.chunk_rd.ready):
+                m.next = "C_CHECK"
+        with m.State("C_CHECK"):
+            with m.If(self.hdr_done):
+                with m.If(self.hdr_fault):
+                    self._fault(m, isa.ErrorCode.BAD_CHUNK)
+                with m.Elif(r["c_codes"] + self.chunk_used > p.dram_bytes):
+                    self._fault(m, isa.ErrorCode.DRAM_OUT_OF_RANGE)
+                with m.Elif(r["dst_run"] + bt * cols > p.hw.l2_bytes):
+                    self._fault(m, isa.ErrorCode.L2_OUT_OF_RANGE)
+                with m.Else():
+                    m.next = "C_CODES"
+        with m.State("C_CODES"):
+            m.d.comb += [self.chunk_rd.valid.eq(1), self.chunk_rd.p.src.eq(r["c_codes"]),
+                         self.chunk_rd.p.dst.eq(0), self.chunk_rd.p.n.eq(self.chunk_used)]
+            with m.If(self.chunk_rd.ready):
+                m.d.sync += [r["c_r"].eq(0), r["c_dst"].eq(r["dst_run"])]
+                m.next = "C_ROWS"
+        with m.State("C_ROWS"):
+            m.d.comb += [self.chunk_wr.valid.eq(1), self.chunk_wr.p.src.eq(0),
+                         self.chunk_wr.p.dst.eq(r["c_dst"]), self.chunk_wr.p.n.eq(cols)]
+            with m.If(self.chunk_wr.ready):
+                m.d.sync += [r["c_r"].eq(r["c_r"] + 1), r["c_dst"].eq(r["c_dst"] + cols),
+                             self.prefetch_bytes.eq(self.prefetch_bytes + cols)]
+                with m.If(r["c_r"] + 1 == bt):
+                    m.next = "C_NEXT"
+        with m.State("C_NEXT"):
+            with m.If(self.chunk_idle):
+                m.d.sync += [row.eq(row + bt), r["dst_run"].eq(r["dst_run"] + bt * cols)]
+                m.next = "C_ENTRY"
+        with m.State("C_END"):
+            with m.If(self.chunk_idle):
+                m.d.comb += self.done.eq(1)
+                m.d.sync += self.chunked.eq(0)
+                m.next = "SETUP"

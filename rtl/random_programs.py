@@ -212,3 +212,64 @@ def run_random_programs(model, seed, n_programs=8, n_instr=30, extra_tokens=20):
     result = run_job(model, image.data, entries, {"dram": (0, DRAM_BYTES)},
                      max_cycles=2_000_000)
     return result, isa, counted
+
+
+def compressed_kv_program(rng, hw, kv_heads: int = 3, pool_blocks: int = 5):
+    """A DRAM image and a load-engine program over a KV pool whose blocks are stored
+    compressed (``arch.isa``'s ``CHUNKED`` format, widths from random tolerances): for each
+    head, a ``CHUNKED`` ``KV_PREFETCH`` of some blocks through a random block table, between
+    an int8 prefetch and a ``DMA_LOAD`` (the engine switching formats both ways). The head
+    size is random (not a whole number of lines, up to ``KV_CHUNK_MAX_COLS``) and the pool
+    starts at a random byte. ``(image bytes, program)``; the program is in the image at
+    offset 0."""
+    from arch.isa import (
+        kv_chunk_addrs,
+        kv_chunk_header,
+        kv_chunk_pack,
+        kv_header_area_bytes,
+    )
+    from arch.uarch import KV_CHUNK_MAX_COLS
+    from models import numerics as N
+
+    B = hw.kv_block_tokens
+    head_dim = int(rng.choice([8, 12, 24, 40, 72, KV_CHUNK_MAX_COLS]))
+    kv_dim = kv_heads * head_dim
+    table_at, pool = 4096, 8192 + int(rng.integers(0, 64))
+    dram = np.zeros(pool + pool_blocks * B * kv_dim + kv_header_area_bytes(pool_blocks, kv_dim)
+                    + 4096, np.uint8)
+    table = rng.permutation(pool_blocks).astype("<i4")
+    dram[table_at:table_at + 4 * pool_blocks] = table.view(np.uint8)
+    for block in range(pool_blocks):
+        rows = rng.integers(-128, 128, (B, kv_dim)).astype(np.int8)
+        rows //= np.int8(1 << int(rng.integers(0, 5)))                 # smaller ranges too
+        for h in range(kv_heads):
+            group = rows[:, h * head_dim:(h + 1) * head_dim].T
+            bits, shift, deq = N.kv_chunk_compress(group, (2, 4, 8),
+                                                   int(rng.integers(0, 64)) << 16)
+            data = kv_chunk_pack(deq.astype(np.int64) >> shift[:, None], bits)
+            codes, headers = kv_chunk_addrs(pool, pool_blocks, block, B, kv_dim, h * head_dim)
+            dram[codes:codes + data.size] = data
+            dram[headers:headers + head_dim] = kv_chunk_header(bits, shift)
+    program, l2 = [], 0
+    for h in range(kv_heads):
+        first = int(rng.integers(0, pool_blocks))
+        n = int(rng.integers(1, pool_blocks - first + 1))
+        if h == 1:      # an int8 prefetch first (as of a block still filling)
+            program.append(make("KV_PREFETCH", pool_addr=pool, table_addr=table_at,
+                                first_token=B * first + 1, n_tokens=B - 1, row_bytes=kv_dim,
+                                col_offset=h * head_dim, col_bytes=head_dim, l2_addr=l2,
+                                pool_blocks=pool_blocks, kv_format=KvFormat.INT8))
+            l2 += (B - 1) * head_dim + 5
+        program.append(make("KV_PREFETCH", pool_addr=pool, table_addr=table_at,
+                            first_token=B * first, n_tokens=B * n, row_bytes=kv_dim,
+                            col_offset=h * head_dim, col_bytes=head_dim, l2_addr=l2,
+                            pool_blocks=pool_blocks, kv_format=KvFormat.CHUNKED))
+        l2 += B * n * head_dim + int(rng.integers(0, 40))
+        program.append(make("DMA_LOAD", dram_addr=int(rng.integers(0, 4000)), l2_addr=l2,
+                            rows=2, row_bytes=37, dram_stride=41, l2_stride=40))
+        l2 += 80
+    program.append(make("HALT"))
+    code = encode_program(program)
+    dram[:len(code)] = np.frombuffer(code, np.uint8)
+    assert len(code) < table_at and l2 < hw.l2_bytes
+    return dram, program

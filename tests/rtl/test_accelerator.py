@@ -16,7 +16,12 @@ from compiler.isasim import IsaSimulator
 from compiler.pipeline import schedule
 from models.numerics import mx_blocks
 from rtl.common import RtlParams
-from rtl.random_programs import DRAM_BYTES, random_dma_program, run_random_programs
+from rtl.random_programs import (
+    DRAM_BYTES,
+    compressed_kv_program,
+    random_dma_program,
+    run_random_programs,
+)
 from rtl.sim import build_model, run_job
 
 pytestmark = pytest.mark.slow
@@ -215,6 +220,20 @@ TABLE = 128          # a block table after the three-instruction program
           pool_blocks=2, kv_format=0), ErrorCode.L2_OUT_OF_RANGE),
     (dict(mnemonic="KV_APPEND", l2_addr=64 * 1024 - 160, pool_addr=4096, table_addr=TABLE + 8,
           first_token=16, n_tokens=12, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
+    # compressed chunks: a block never compressed (its header bytes zero), part of a
+    # block, more columns than the decompressor holds, and an entry outside the pool
+    (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
+          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          kv_format=KvFormat.CHUNKED), ErrorCode.BAD_CHUNK),
+    (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=8,
+          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          kv_format=KvFormat.CHUNKED), ErrorCode.BAD_OPERAND),
+    (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
+          n_tokens=16, row_bytes=256, col_offset=0, col_bytes=200, l2_addr=0, pool_blocks=2,
+          kv_format=KvFormat.CHUNKED), ErrorCode.BAD_OPERAND),
+    (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE + 8, first_token=16,
+          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          kv_format=KvFormat.CHUNKED), ErrorCode.BAD_BLOCK),
 ])
 def test_engine_faults_match_the_isa_simulator(model, bad, code):
     """The RTL stops with the same error code and instruction index as the ISA simulator."""
@@ -241,26 +260,21 @@ def test_engine_faults_match_the_isa_simulator(model, bad, code):
     assert run["error"] and run["error_code"] == int(code) and run["error_index"] == 1
 
 
-def test_a_chunked_prefetch_is_refused_until_the_engine_decompresses(model):
-    """The ISA's compressed KV chunks (``kv_format = CHUNKED``, expanded by the ISA
-    simulator) have no decompressor in this RTL yet: the load engine stops with
-    ``BAD_OPERAND`` at the instruction rather than copy the chunk's bytes as int8 rows."""
-    from compiler.asm import encode_program
-
-    good = make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=16, dram_stride=16,
-                l2_stride=16)
-    program = [good, make("KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
-                          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0,
-                          pool_blocks=2, kv_format=KvFormat.CHUNKED), make("HALT")]
-    mmap = MemoryMap()
-    mmap.add("program", len(program) * INSTR_BYTES)
-    assert mmap.add("table", 16).offset == TABLE
-    image = DramImage(mmap)
-    image.write("program", np.frombuffer(encode_program(program), np.uint8))
-    image.write("table", np.array([1, 2, 0, -1], "<i4"))
-    run = run_job(model, image.data, [("p", 0)], {}, max_cycles=100_000).programs[0]
-    assert run["error"] and run["error_code"] == int(ErrorCode.BAD_OPERAND)
-    assert run["error_index"] == 1
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chunked_prefetches_match_the_isa_simulator(model, seed):
+    """Compressed KV chunks (``KV_PREFETCH`` in ``CHUNKED`` format) of random head sizes
+    and widths through a random block table, between int8 prefetches and loads
+    (``random_programs.compressed_kv_program``): the decompressor writes the ISA
+    simulator's rows, the whole DRAM and L2 equal at the end."""
+    hw = model.params.hw
+    dram, program = compressed_kv_program(np.random.default_rng(seed), hw)
+    isa = IsaSimulator(hw, dram)
+    counters = isa.run(program)
+    result = run_job(model, dram, [("p", 0)], {"dram": (0, DRAM_BYTES)})
+    run = result.programs[0]
+    assert run["done"] and not run["error"], run
+    assert_same_memories(result, isa)
+    assert run["counters"]["prefetch_bytes"] == counters.values["prefetch_bytes"] > 0
 
 
 @pytest.mark.parametrize("mode", ["GEMM", "GEMV"])

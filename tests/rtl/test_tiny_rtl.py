@@ -148,6 +148,43 @@ def test_batched_decode_is_bit_exact_on_the_rtl(tiny_int):
             (name, model, counters["cycles"])
 
 
+def test_batched_decode_with_compressed_kv_is_bit_exact_on_the_rtl(tiny_int):
+    """Issue 20's case: four sequences of different prompt lengths decoded together, the
+    second reading the first's prefix block, the KV cache compressed chunk by chunk
+    (``KVCompression``): the host compresses each full block between programs and the
+    load engine's decompressor (``rtl/kv_chunks.py``) expands it for every later
+    program, the shared block in the second's prefill. The RTL, run in jobs split where
+    the host compresses, ends with the ISA simulator's whole DRAM and L2, and each
+    sequence's tokens, logits and K/V rows equal its run alone through the integer
+    reference compressed alike."""
+    from accel.kv_blocks import plan_batch
+    from accel.ladder import batch_prompts
+    from accel.runtime import same_run
+    from arch.isa import KvFormat
+    from compiler.driver import compile_batch
+    from models.integer import KVCompression
+
+    im, hw = tiny_int, HARDWARE["edge-8x8"]
+    prompts = batch_prompts([5, 17, 33], 4, hw.kv_block_tokens, im.cfg.vocab_size)
+    new = [3, 2, 2, 2]
+    plan = plan_batch(prompts, new, max_batch=4, pool_blocks=10,
+                      block_tokens=hw.kv_block_tokens)
+    assert [sp.cached for sp in plan.sequences][:2] == [0, 16]
+    kv = KVCompression(chunk_tokens=hw.kv_block_tokens)
+    build = compile_batch(im.cfg, im.qm, hw, plan.sequences, plan.schedule, 10, kv=kv)
+    assert max(len(p.sequences) for p in build.programs) == 4
+    chunked = {p.name for p in build.programs for i in p.instrs
+               if i.mnemonic == "KV_PREFETCH" and i.kv_format == KvFormat.CHUNKED}
+    assert "prefill_s1" in chunked and "decode_000" in chunked
+    isa, rtl = run_build(build, "isa"), run_build(build, "rtl")
+    verdict = same_run(build, isa, rtl)
+    assert verdict["bit_exact"] and verdict["l2_bytes_compared"] == hw.l2_bytes, verdict
+    for b, seq in enumerate(rtl.sequences):
+        ref = compare(seq, reference_generation(im, prompts[b], new[b], kv,
+                                                plan.sequences[b].cached))
+        assert ref["bit_exact"] and ref["tokens_compared"] == new[b], (b, ref)
+
+
 def test_a_bad_entry_in_a_later_sequences_table_stops_the_rtl_as_the_isa_simulator(
         batch_with_a_bad_table):
     """Sequence 2's table entry evicted (-1) after compiling a batch of three (the
