@@ -15,9 +15,9 @@ an int8 ``KV_PREFETCH`` would have written, ``code << shift`` each
   not a chunk header: ``kv_chunk_fault``) and ``used``, the code bytes its widths take,
   which the engine reads next;
 * each cycle one group is taken from a byte buffer the beats fill (up to ``W + B``
-  bytes; a group is ``ceil(B * bits / 8)`` of them) and its ``B`` values are written as
-  one column of a ``B`` x ``KV_CHUNK_MAX_COLS`` transpose buffer (one memory a row, one
-  byte lane written);
+  bytes; a group is ``ceil(B * bits / 8)`` of them) and its ``B`` values become one
+  column of a ``B`` x ``KV_CHUNK_MAX_COLS`` transpose buffer (one memory a token row,
+  written a line of ``W`` columns at a time from a staged line);
 * then ``out`` gives the rows, row after row, each from byte 0 in ``ceil(cols / W)``
   lines, as a row writer takes them; ``busy`` falls after the last.
 
@@ -76,11 +76,13 @@ class ChunkExpander(wiring.Component):
         buf, have = Signal(8 * cap), Signal(range(cap + 1))
         n_beats = (cols + W - 1) >> log2(W)
 
-        # the transpose buffer: memory r holds token row r, one byte lane a channel
+        # the transpose buffer: memory r holds token row r, a line of channels a word,
+        # written a whole line at a time from a line of staged columns (byte-lane writes
+        # into B memories made Verilator's C++ take minutes to compile)
         rows = []
         for r in range(B):
             m.submodules[f"row{r}"] = mem = memory.Memory(shape=8 * W, depth=words, init=[])
-            rows.append((mem.write_port(granularity=8), mem.read_port(domain="comb")))
+            rows.append((mem.write_port(), mem.read_port(domain="comb")))
 
         beat = self.inp.payload
         m.d.comb += self.busy.eq(1)
@@ -185,9 +187,15 @@ class ChunkExpander(wiring.Component):
                         field = buf[bits * r:bits * (r + 1)].as_signed()
                         m.d.comb += v.eq((field << shift_c)[:8])
             values.append(v)
+        # column c joins the staged line of its row; a full line (or the chunk's last
+        # column) goes to the row's memory, word c / W
         lane = c[:log2(W)] if W > 1 else Const(0)
-        for (wp, _), v in zip(rows, values, strict=True):
-            m.d.comb += [wp.addr.eq(c >> log2(W)), wp.data.eq(Cat(*([v] * W))),
-                         wp.en.eq(Mux(pop, Const(1, W) << lane, 0))]
+        flush = pop & ((lane == W - 1) | (c + 1 == cols))
+        for r, ((wp, _), v) in enumerate(zip(rows, values, strict=True)):
+            staged = Signal(8 * W, name=f"staged{r}")
+            merged = Cat(*(Mux(lane == b, v, staged[8 * b:8 * b + 8]) for b in range(W)))
+            m.d.comb += [wp.addr.eq(c >> log2(W)), wp.data.eq(merged), wp.en.eq(flush)]
+            with m.If(pop):
+                m.d.sync += staged.eq(merged)
         with m.If(pop):
             m.d.sync += c.eq(c + 1)

@@ -230,7 +230,9 @@ def test_a_rerun_of_other_content_is_refused_and_the_report_reads_only_the_spec(
     _, out, _ = sweep
     hw_file = tmp_path / "hw.toml"
     hw_file.write_text((Path("configs") / "edge-4x4.toml").read_text())
-    base = SPEC.replace('hw = "edge-4x4"', f'hw = "{hw_file}"')
+    # one L2 size: two points a run
+    base = SPEC.replace('hw = "edge-4x4"', f'hw = "{hw_file}"').replace(
+        "l2_bytes = { geometric = [1048576, 4194304], factor = 2 }", "l2_bytes = [1048576]")
     folder = tmp_path / "out"
     run_sweep(load_spec(write(tmp_path, base)), folder, workers=1, progress=False)
     kept = (folder / "results.jsonl").read_text()
@@ -245,17 +247,17 @@ def test_a_rerun_of_other_content_is_refused_and_the_report_reads_only_the_spec(
         else:
             text = text.replace(*change)
         spec = load_spec(write(tmp_path, text, f"{name}.toml"))
-        with pytest.raises(SweepError, match=r"holds [36] results of other content"):
+        with pytest.raises(SweepError, match=r"holds [12] results of other content"):
             run_sweep(spec, folder, workers=1, progress=False)
         assert (folder / "results.jsonl").read_text() == kept, name
     summary = run_sweep(spec, folder, workers=1, progress=False, fresh=True)
-    assert summary == {"points": 6, "skipped": 0, "ran": 6}
+    assert summary == {"points": 2, "skipped": 0, "ran": 2}
     # A folder of mixed rows (as older versions left them): the report takes the spec's.
     (folder / "results.jsonl").write_text(kept + (folder / "results.jsonl").read_text())
     from sweeps.report import load_results
 
     rows = load_results(folder)
-    assert len(rows) == 6 and {r["key"] for r in rows} == finished_keys(folder) - {
+    assert len(rows) == 2 and {r["key"] for r in rows} == finished_keys(folder) - {
         json.loads(x)["key"] for x in kept.splitlines()}
 
 
