@@ -9,6 +9,7 @@ from benchmarks import (
     fuzz_programs,
     int_vs_float,
     kv_compression,
+    kv_device,
     kv_waste,
     ladder,
     matmul_calibration,
@@ -38,6 +39,7 @@ def main() -> None:
     kv_waste.main([])
     context_switch.main([])
     batch_decode.main(["--rtl"])
+    kv_device.main(["--rtl"])
     mxint4.main([])
     rtl_gemm.main([])
     perf_calibration.main([])
