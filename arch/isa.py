@@ -464,22 +464,32 @@ def kv_chunk_header(bits_H, shift_H) -> np.ndarray:
     return out
 
 
+def kv_header_byte_wrong(byte, first, select=np.where):
+    """Whether ``byte`` cannot be a chunk's header byte for a channel that is (``first``)
+    or is not the chunk's first: a width code 0 (never compressed), reserved bits set, a
+    shift beyond ``8 - bits``, or the first-channel bit not saying ``first``. Ints,
+    arrays or Amaranth values; ``select(c, a, b)`` chooses (``np.where``, ``Mux``): the
+    one rule that ``kv_chunk_fault`` and the RTL's decompressor (``rtl/kv_chunks.py``)
+    both apply."""
+    code = byte & 3
+    shift = (byte >> KV_HEADER_SHIFT_LSB) & 7
+    limit = select(code == 1, 6, select(code == 2, 4, 0))          # 8 - bits
+    return (code == 0) | ((byte & 0x60) != 0) | (shift > limit) | (((byte >> 7) & 1) != first)
+
+
 def kv_chunk_fault(header_H: np.ndarray) -> str | None:
     """Why ``header_H`` (``uint8 [H]``, the bytes the engine reads for one chunk) is not
-    a chunk's header (``BAD_CHUNK``), or None: a width code 0 (never compressed),
-    reserved bits set, a shift beyond ``8 - bits``, or the first-channel bit not on
-    exactly the first byte (the instruction's columns are not one compressed chunk)."""
+    a chunk's header (``BAD_CHUNK``), or None (``kv_header_byte_wrong`` of every byte:
+    the first-channel bit on exactly the first, so that the instruction's columns are
+    one compressed chunk)."""
     h = np.asarray(header_H, np.uint8).astype(np.int64)
-    code = h & 3
-    shift = (h >> KV_HEADER_SHIFT_LSB) & 7
-    first = (h & KV_HEADER_FIRST) != 0
-    bad = (code == 0) | ((h & 0x60) != 0) | (shift > 8 - (1 << code))
-    if bad.any():
-        c = int(np.flatnonzero(bad)[0])
+    flagged = (h >> 7) & 1
+    if kv_header_byte_wrong(h, flagged).any():
+        c = int(np.flatnonzero(kv_header_byte_wrong(h, flagged))[0])
         return f"channel {c}'s header byte 0x{int(h[c]):02x} is not a chunk header"
-    if not first[0] or first[1:].any():
+    if kv_header_byte_wrong(h, np.arange(h.size) == 0).any():
         return "the channels are not one compressed chunk (first-channel bits " \
-               f"at {np.flatnonzero(first).tolist()})"
+               f"at {np.flatnonzero(flagged).tolist()})"
     return None
 
 

@@ -131,10 +131,8 @@ class ChunkExpander(wiring.Component):
         for b in range(W):
             byte = beat.data[8 * b:8 * b + 8]
             ch = Cat(Const(b, range(W)), beat_k)            # k * W + b
-            code, sh = byte[:2], byte[isa.KV_HEADER_SHIFT_LSB:isa.KV_HEADER_SHIFT_LSB + 3]
-            limit = Mux(code == 1, 6, Mux(code == 2, 4, 0))  # 8 - bits
-            first = byte[7]
-            wrong = (code == 0) | (byte[5:7] != 0) | (sh > limit) | (first != (ch == 0))
+            code = byte[:2]
+            wrong = isa.kv_header_byte_wrong(byte, ch == 0, Mux)
             live = ch < cols
             bad.append(live & wrong)
             used.append(Mux(live, Mux(code == 1, sizes[1], Mux(code == 2, sizes[2], sizes[3])),

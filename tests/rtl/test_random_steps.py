@@ -17,7 +17,7 @@ from accel.ladder import run_random_step
 from sweeps.random_steps import random_rtl_step, rtl_hardware
 
 pytestmark = pytest.mark.slow
-SEED, STEPS = 18, 4
+SEED, STEPS = 18, 2
 
 
 @pytest.fixture(scope="module")
