@@ -185,8 +185,8 @@ def compress_blocks(build: Build, dram: np.ndarray, program) -> None:
                 for kind in ("k", "v"):
                     pool, blocks = _pool(build, layer, kind)
                     base = kv_row_addr(pool, block, 0, bt, cfg.kv_dim)
-                    rows = dram[base:base + bt * cfg.kv_dim].view(np.int8).reshape(bt, -1)
-                    rows = rows.copy()            # the chunks overwrite the rows they read
+                    # a copy: the chunks overwrite the rows they are made from
+                    rows = dram[base:base + bt * cfg.kv_dim].view(np.int8).reshape(bt, -1).copy()
                     tol = build.kv_tolerances[layer, kind]
                     for h in range(cfg.n_kv_heads):
                         group = rows[:, h * hd:(h + 1) * hd].T                   # [hd, B]
