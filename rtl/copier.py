@@ -156,12 +156,13 @@ class RowCopier(wiring.Component):
         in_range_take = (x_take >= s_first) & (x_take <= s_last)
         have = ~in_range_take | buf.r_rdy
         line = Mux(in_range_take, buf.r_data, 0)
-        j = Mux(aligned, x_take - q, x_take - q - 1)        # destination line produced
+        j = Signal(wide)                                    # destination line produced
+        m.d.comb += j.eq(Mux(aligned, x_take - q, x_take - q - 1))
         first_take = ~aligned & (x_take == d0 + q)
         shifted = Signal(2 * p.line_bits)
         m.d.comb += shifted.eq(Cat(prev, line) >> (k * 8))
-        lo = Mux(j == d0, dst_lo, 0)
-        hi = Mux(j == d1, dst_hi, W - 1)
+        lo, hi = Signal(range(W)), Signal(range(W))     # signals: each is read W times
+        m.d.comb += [lo.eq(Mux(j == d0, dst_lo, 0)), hi.eq(Mux(j == d1, dst_hi, W - 1))]
         mask = Signal(W)
         for b in range(W):
             m.d.comb += mask[b].eq((b >= lo) & (b <= hi))

@@ -39,6 +39,8 @@ from arch.uarch import KV_CHUNK_MAX_COLS
 from rtl.common import RtlParams, check_params, log2
 from rtl.copier import beat_layout
 
+HEADER_FIELD_BITS = 5      # a channel's width code (2 bits) and shift (3 bits)
+
 
 def group_bytes(params: RtlParams) -> dict[int, int]:
     """Bytes of one group at each header width code (``isa.KV_WIDTH_CODES``)."""
@@ -71,8 +73,11 @@ class ChunkExpander(wiring.Component):
         cols, c = Signal.like(self.cols), Signal(range(KV_CHUNK_MAX_COLS + 1))
         beat_k = Signal(range(words + 1))                  # header beat / output beat
         row = Signal(range(B + 1))
-        width = [Signal(2, name=f"width{i}") for i in range(KV_CHUNK_MAX_COLS)]
-        shift = [Signal(3, name=f"shift{i}") for i in range(KV_CHUNK_MAX_COLS)]
+        # each channel's width code and shift, a line of channels a word, written as the
+        # header's beats arrive and read a channel at a time while expanding
+        m.submodules.header = header = memory.Memory(shape=HEADER_FIELD_BITS * W, depth=words,
+                                                     init=[])
+        hdr_w, hdr_r = header.write_port(), header.read_port(domain="comb")
         buf, have = Signal(8 * cap), Signal(range(cap + 1))
         n_beats = (cols + W - 1) >> log2(W)
 
@@ -95,12 +100,12 @@ class ChunkExpander(wiring.Component):
                                  have.eq(0), buf.eq(0)]
                     m.next = "HDR"
             with m.State("HDR"):
-                self._header_beat(m, beat, beat_k, cols, width, shift, sizes)
+                self._header_beat(m, beat, beat_k, cols, hdr_w, sizes)
                 with m.If(self.inp.valid & beat.last):
                     m.d.sync += self.hdr_done.eq(1)
                     m.next = "CODES"
             with m.State("CODES"):
-                self._codes(m, buf, have, c, cols, width, shift, sizes, cap, rows)
+                self._codes(m, buf, have, c, cols, hdr_r, sizes, cap, rows)
                 with m.If((c == cols) & (have == 0)):
                     m.d.sync += [row.eq(0), beat_k.eq(0)]
                     m.next = "OUT"
@@ -122,12 +127,13 @@ class ChunkExpander(wiring.Component):
                             m.next = "IDLE"
         return m
 
-    def _header_beat(self, m, beat, beat_k, cols, width, shift, sizes):
+    def _header_beat(self, m, beat, beat_k, cols, hdr_w, sizes):
         """One beat of header bytes: channels ``[k W, (k + 1) W)``, each checked as
-        ``kv_chunk_fault`` checks it, its group's bytes added to ``used``."""
+        ``kv_chunk_fault`` checks it, its group's bytes added to ``used``, its width code
+        and shift written to word ``k`` of the header memory."""
         W = self.params.line_bytes
         m.d.comb += self.inp.ready.eq(1)
-        bad, used = [], []
+        bad, used, fields = [], [], []
         for b in range(W):
             byte = beat.data[8 * b:8 * b + 8]
             ch = Cat(Const(b, range(W)), beat_k)            # k * W + b
@@ -135,27 +141,23 @@ class ChunkExpander(wiring.Component):
             wrong = isa.kv_header_byte_wrong(byte, ch == 0, Mux)
             live = ch < cols
             bad.append(live & wrong)
+            fields.append(Cat(code, byte[isa.KV_HEADER_SHIFT_LSB:isa.KV_HEADER_SHIFT_LSB + 3]))
             used.append(Mux(live, Mux(code == 1, sizes[1], Mux(code == 2, sizes[2], sizes[3])),
                             0))
+        m.d.comb += [hdr_w.addr.eq(beat_k), hdr_w.data.eq(Cat(*fields)),
+                     hdr_w.en.eq(self.inp.valid)]
         with m.If(self.inp.valid):
             m.d.sync += [self.hdr_fault.eq(self.hdr_fault | Cat(*bad).any()),
                          self.used.eq(self.used + sum(used)), beat_k.eq(beat_k + 1)]
-            for i in range(KV_CHUNK_MAX_COLS):
-                with m.If(beat_k == i // W):
-                    byte = beat.data[8 * (i % W):8 * (i % W) + 8]
-                    m.d.sync += [width[i].eq(byte[:2]),
-                                 shift[i].eq(byte[isa.KV_HEADER_SHIFT_LSB:
-                                                  isa.KV_HEADER_SHIFT_LSB + 3])]
 
-    def _codes(self, m, buf, have, c, cols, width, shift, sizes, cap, rows):
+    def _codes(self, m, buf, have, c, cols, hdr_r, sizes, cap, rows):
         """Fill the byte buffer from the beats and take one group a cycle, writing its
         values as column ``c`` of the transpose buffer."""
         W, B = self.params.line_bytes, self.params.hw.kv_block_tokens
         code_c, shift_c = Signal(2), Signal(3)
-        with m.Switch(c):
-            for i in range(KV_CHUNK_MAX_COLS):
-                with m.Case(i):
-                    m.d.comb += [code_c.eq(width[i]), shift_c.eq(shift[i])]
+        lane = c[:log2(W)] if W > 1 else Const(0)
+        m.d.comb += [hdr_r.addr.eq(c >> log2(W)),
+                     Cat(code_c, shift_c).eq(hdr_r.data.word_select(lane, HEADER_FIELD_BITS))]
         g = Signal(range(cap + 1))
         m.d.comb += g.eq(Mux(code_c == 1, sizes[1], Mux(code_c == 2, sizes[2], sizes[3])))
         pop = Signal()
@@ -187,7 +189,6 @@ class ChunkExpander(wiring.Component):
             values.append(v)
         # column c joins the staged line of its row; a full line (or the chunk's last
         # column) goes to the row's memory, word c / W
-        lane = c[:log2(W)] if W > 1 else Const(0)
         flush = pop & ((lane == W - 1) | (c + 1 == cols))
         for r, ((wp, _), v) in enumerate(zip(rows, values, strict=True)):
             staged = Signal(8 * W, name=f"staged{r}")

@@ -6,8 +6,10 @@ Contract
 Yosys (``proc; opt; memory_collect; opt``) and reads its JSON netlist. For every
 component (the accelerator's direct submodules, each including its own submodules) it
 reports the coarse cells by type, flip-flop bits (``$*dff*`` widths), memory bits
-(``$mem_v2``), SRAM macro bits (``sram_macro`` instances: the L2 banks, which a real flow
-takes from an SRAM compiler) and an estimate of NAND2 gate equivalents; ``modules`` gives
+(``$mem_v2``; a read-only memory counts once a read port, since each lane's lookup of a
+table, ``rtl.lanes.Tables``, is its own ROM in silicon), SRAM macro bits
+(``sram_macro`` instances: the L2 banks, which a real flow takes from an SRAM compiler)
+and an estimate of NAND2 gate equivalents; ``modules`` gives
 the same totals for every submodule down to ``MODULE_DEPTH`` levels by instance path
 (``compute.matmul.array``).
 
@@ -31,7 +33,7 @@ from rtl.common import RtlParams
 
 CACHE = Path(__file__).resolve().parents[1] / "build" / "stats"
 MODULE_DEPTH = 3          # submodules reported by path, e.g. compute.matmul.array
-STATS_VERSION = 2         # of what a cached result holds (2: ``modules``)
+STATS_VERSION = 3         # of what a cached result holds (2: ``modules``; 3: ROM bits a port)
 SCRIPT = """read_rtlil design.il
 hierarchy -top accelerator
 proc
@@ -140,7 +142,10 @@ def _synth_stats(params: RtlParams) -> dict:
             if "dff" in kind:
                 stats["flip_flop_bits"] += _p(cell, "WIDTH", 1)
             if kind == "$mem_v2":
-                stats["memory_bits"] += _p(cell, "WIDTH") * _p(cell, "SIZE")
+                bits = _p(cell, "WIDTH") * _p(cell, "SIZE")
+                if _p(cell, "WR_PORTS") == 0:       # a ROM: a copy a read port
+                    bits *= max(1, _p(cell, "RD_PORTS"))
+                stats["memory_bits"] += bits
             stats["gate_equivalents"] += gate_equivalents(kind, cell)
         own[name] = stats
 

@@ -27,7 +27,7 @@ accelerator under Verilator).
 
 from __future__ import annotations
 
-from amaranth import ClockDomain, ClockSignal, Module, Signal
+from amaranth import Cat, ClockDomain, ClockSignal, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -122,8 +122,8 @@ class Accelerator(wiring.Component):
             m.d.sync += prefetch_base.eq(load.prefetch_bytes)
         m.d.comb += [c["instructions"].eq(ctl.instructions),
                      c["prefetch_bytes"].eq(load.prefetch_bytes - prefetch_base)]
-        m.d.comb += store.counters.eq(sum((c[name] << (isa.COUNTER_BITS * i)
-                                           for i, name in enumerate(isa.COUNTERS)), Signal(1)))
+        # the counter block the store engine writes: counter i at bits [i w, (i + 1) w)
+        m.d.comb += store.counters.eq(Cat(*(c[name] for name in isa.COUNTERS)))
         return m
 
 

@@ -363,7 +363,7 @@ class VectorDatapath(wiring.Component):
                                                8 * isa.OUT_BYTES[bits]))
         return out
 
-    def _rmsnorm(self, m, lane, lane_ok, ss):
+    def _rmsnorm(self, m, tables, lane, lane_ok, ss):
         """RMSNORM's sum of squares of this group, and its scaled results."""
         e = ELEMENT_BYTES[Kind.RMS_SUM][0]
         cols = self._f("RMSNORM", "cols")
@@ -379,14 +379,14 @@ class VectorDatapath(wiring.Component):
         m.d.comb += [ss_eps.eq(ss + self._f("RMSNORM", "eps")),
                      ss_eff.eq(Mux(ss_eps < 1, 1, ss_eps))]
         rs_t, rs_k = Signal(16), Signal(6)
-        t_, k_ = lanes.rsqrt(ss_eff)
+        t_, k_ = lanes.rsqrt(ss_eff, tables=tables)
         m.d.comb += [rs_t.eq(t_), rs_k.eq(k_)]
         out = [lanes.rmsnorm_scale(lane(0, e, i).as_signed(), rs_t, rs_k,
                                    self._f("RMSNORM", "mult"), self._f("RMSNORM", "shift"))
                for i in range(self.L)]
         return sq_sum, out
 
-    def _softmax(self, m, lane, lane_ok, seg, col, first, mx, total):
+    def _softmax(self, m, tables, lane, lane_ok, seg, col, first, mx, total):
         """SOFTMAX: the group's visible maximum, its exp2 terms, the probabilities and the
         row's parameter word (from the exp2 sum of the pass before)."""
         e = ELEMENT_BYTES[Kind.SM_MAX][0]
@@ -407,16 +407,17 @@ class VectorDatapath(wiring.Component):
             m.d.comb += dist.eq(mx - lane(0, e, i).as_signed())
             term = Signal(17, name=f"term{i}")
             m.d.comb += term.eq(Mux(visible[i], lanes.exp2_term(
-                dist, self._f("SOFTMAX", "mult"), self._f("SOFTMAX", "shift")), 0))
+                dist, self._f("SOFTMAX", "mult"), self._f("SOFTMAX", "shift"),
+                tables=tables), 0))
             terms.append(term)
         probs = [Mux(visible[i], lanes.probability(terms[i]), 0) for i in range(self.L)]
         row_word = isa.PARAM_WORD(Signal(isa.PARAM_WORD.size, name="sm_row_word"))
         rm, rs = lanes.softmax_row_word(total, self._f("SOFTMAX", "out_mult"),
-                                        self._f("SOFTMAX", "out_shift"))
+                                        self._f("SOFTMAX", "out_shift"), tables=tables)
         m.d.comb += [row_word.mult.eq(rm), row_word.shift.eq(rs)]
         return chain, terms, probs, row_word
 
-    def _elementwise(self, m, lane, seg):
+    def _elementwise(self, m, tables, lane, seg):
         """SILU_MUL, RESADD and ROPE results, per lane."""
         es, er, eo = ELEMENT_BYTES[Kind.SILU], ELEMENT_BYTES[Kind.RESADD], ELEMENT_BYTES[Kind.ROPE]
         pw_bits = 8 * isa.PARAM_WORD_BYTES
@@ -426,14 +427,16 @@ class VectorDatapath(wiring.Component):
             gate, out = param_word(pws[:pw_bits]), param_word(pws[pw_bits:])
             silu.append(lanes.silu_mul(lane(0, es[0], i).as_signed(),
                                        lane(1, es[1], i).as_signed(),
-                                       gate.mult, gate.shift, out.mult, out.shift))
+                                       gate.mult, gate.shift, out.mult, out.shift,
+                                       tables=tables))
             pw = param_word(lane(2, er[2], i))
             resadd.append(lanes.residual_add(lane(0, er[0], i).as_signed(),
                                              lane(1, er[1], i).as_signed(), pw.mult, pw.shift))
         position = Signal(32)
         m.d.comb += position.eq(self._f("ROPE", "pos0") + seg.row)
         rope = [lanes.rope_pair(lane(0, eo[0], i).as_signed(), lane(1, eo[1], i).as_signed(),
-                                position, lane(2, eo[2], i)) for i in range(self.L)]
+                                position, lane(2, eo[2], i), tables=tables)
+                for i in range(self.L)]
         return silu, resadd, rope
 
     def _argmax(self, m, lane, lane_ok, col, first, best, best_idx):
@@ -469,10 +472,11 @@ class VectorDatapath(wiring.Component):
         mx, best, best_idx = Signal(signed(32)), Signal(signed(16)), Signal(32)
         first = col == 0
         rq = self._requant(m, lane, scalar)
-        sq_sum, rms = self._rmsnorm(m, lane, lane_ok, ss)
-        group_max, terms, probs, row_word = self._softmax(m, lane, lane_ok, seg, col, first, mx,
-                                                          total)
-        silu, resadd, rope = self._elementwise(m, lane, seg)
+        tables = lanes.Tables(m)
+        sq_sum, rms = self._rmsnorm(m, tables, lane, lane_ok, ss)
+        group_max, terms, probs, row_word = self._softmax(m, tables, lane, lane_ok, seg, col,
+                                                          first, mx, total)
+        silu, resadd, rope = self._elementwise(m, tables, lane, seg)
         a_v, a_i = self._argmax(m, lane, lane_ok, col, first, best, best_idx)
 
         # Results of this group, packed into lines for the writers.

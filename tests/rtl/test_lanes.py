@@ -25,7 +25,7 @@ class Harness(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        out = self.build(self)
+        out = self.build(self, lanes.Tables(m))
         outs = out if isinstance(out, tuple) else (out,)
         m.d.comb += self.y1.eq(outs[0])
         if len(outs) > 1:
@@ -52,7 +52,7 @@ def run(harness, cases):
 def test_requant():
     acc = np.concatenate([RNG.integers(-2 ** 31, 2 ** 31, 200), [2 ** 31 - 1, -2 ** 31, 0, 1]])
     mult, shift = N.quantize_multiplier(RNG.uniform(1e-6, 1e-2, acc.size))
-    h = Harness(lambda s: lanes.requant(s.a, s.b, s.c, 8),
+    h = Harness(lambda s, _: lanes.requant(s.a, s.b, s.c, 8),
                 {"a": signed(32), "b": unsigned(15), "c": unsigned(6)})
     cases = [dict(a=a, b=m, c=s) for a, m, s in zip(acc, mult, shift, strict=True)]
     got = [y for y, _ in run(h, cases)]
@@ -64,8 +64,8 @@ def test_rmsnorm_element():
     h = RNG.integers(-2 ** 15, 2 ** 15, ss.size)
     mult, shift = N.quantize_multiplier(RNG.uniform(0.5, 60, ss.size))
 
-    def build(s):
-        t, k = lanes.rsqrt(s.a)
+    def build(s, tables):
+        t, k = lanes.rsqrt(s.a, tables=tables)
         return lanes.rmsnorm_scale(s.b, t, k, s.c, s.d)
 
     harness = Harness(build, {"a": unsigned(31), "b": signed(16), "c": unsigned(15),
@@ -88,14 +88,14 @@ def test_softmax_elements():
     probs, row_mult, row_shift = N.softmax(scores, visible, mult, shift, out_mult[:, None],
                                            out_shift[:, None], xp=np)
     dist = scores.max(-1, keepdims=True) - scores
-    ph = Harness(lambda s: lanes.exp2_term(s.a, s.b, s.c),
+    ph = Harness(lambda s, t: lanes.exp2_term(s.a, s.b, s.c, tables=t),
                  {"a": unsigned(24), "b": unsigned(15), "c": unsigned(6)})
     p = np.array([y for y, _ in run(ph, [dict(a=d, b=mult, c=shift) for d in dist.ravel()])]
                  ).reshape(dist.shape)
-    qh = Harness(lambda s: lanes.probability(s.a), {"a": unsigned(17)})
+    qh = Harness(lambda s, _: lanes.probability(s.a), {"a": unsigned(17)})
     got = np.array([y for y, _ in run(qh, [dict(a=x) for x in p.ravel()])]).reshape(probs.shape)
     np.testing.assert_array_equal(got, probs)
-    wh = Harness(lambda s: lanes.softmax_row_word(s.a, s.b, s.c),
+    wh = Harness(lambda s, t: lanes.softmax_row_word(s.a, s.b, s.c, tables=t),
                  {"a": unsigned(32), "b": unsigned(15), "c": unsigned(5)})
     words = run(wh, [dict(a=t, b=m, c=k) for t, m, k in zip(p.sum(-1), out_mult, out_shift,
                                                                strict=True)])
@@ -107,7 +107,7 @@ def test_silu_mul_and_residual_add():
     up = RNG.integers(-128, 128, 200)
     gm, gs = N.quantize_multiplier(RNG.uniform(1e-6, 5e-5, 200) * 256)
     mm, ms = N.quantize_multiplier(RNG.uniform(1e-4, 1e-2, 200))
-    h = Harness(lambda s: lanes.silu_mul(s.a, s.b, s.c, s.d, s.e, s.f),
+    h = Harness(lambda s, t: lanes.silu_mul(s.a, s.b, s.c, s.d, s.e, s.f, tables=t),
                 {"a": signed(32), "b": signed(8), "c": unsigned(15), "d": unsigned(6),
                  "e": unsigned(15), "f": unsigned(6)})
     cases = [dict(a=a, b=b, c=c, d=d, e=e, f=f)
@@ -118,7 +118,7 @@ def test_silu_mul_and_residual_add():
 
     res = RNG.integers(-2 ** 15, 2 ** 15, 200)
     acc = RNG.integers(-2 ** 24, 2 ** 24, 200)
-    h = Harness(lambda s: lanes.residual_add(s.a, s.b, s.c, s.d),
+    h = Harness(lambda s, _: lanes.residual_add(s.a, s.b, s.c, s.d),
                 {"a": signed(16), "b": signed(32), "c": unsigned(15), "d": unsigned(6)})
     got = [y for y, _ in run(h, [dict(a=a, b=b, c=c, d=d)
                                  for a, b, c, d in zip(res, acc, mm, ms, strict=True)])]
@@ -132,7 +132,7 @@ def test_rope_pairs():
     x = RNG.integers(-128, 128, (6, 1, head_dim)).astype(np.int8)
     positions = np.array([0, 1, 17, 255, 4095, 131071], np.int32)
     ref = N.rope(x, positions, freq, xp=np)
-    h = Harness(lambda s: lanes.rope_pair(s.a, s.b, s.c, s.d),
+    h = Harness(lambda s, t: lanes.rope_pair(s.a, s.b, s.c, s.d, tables=t),
                 {"a": signed(8), "b": signed(8), "c": unsigned(20), "d": unsigned(32)})
     half = head_dim // 2
     cases = [dict(a=x[t, 0, i], b=x[t, 0, i + half], c=positions[t], d=freq[i])

@@ -9,10 +9,8 @@ from rtl.stats import synth_stats
 
 # edge-4x4 with one vector lane at 64 MiB of DRAM, as the cost model synthesises its logic
 # (sweeps.cost.logic_stats) for the sweep in tests/sweeps/test_sweeps.py, which finds it
-# cached. (The vector unit's per-lane lookup tables are most of the netlist: converting
-# it takes about half as long with one lane as with four.) Each Yosys run takes most of
-# a minute, so the suite synthesises this one design; ``accel rtl stats --hw FILE``
-# prints any other's.
+# cached. Each conversion and Yosys run takes tens of seconds, so the suite synthesises
+# this one design; ``accel rtl stats --hw FILE`` prints any other's.
 SMALL_HW = load_hardware("edge-4x4").replace(vector_lanes=1)
 
 
