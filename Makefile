@@ -21,8 +21,10 @@ browser:
 demo: $(STAMP)
 	$(BIN)/accel demo
 
+# Two workers (the machine's two cores); a test file's tests stay on one worker, so each
+# module's fixtures (a Verilator model, a compiled build) are made once.
 test: $(STAMP) browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,7 +21,9 @@ Tested by tests/rtl/test_accelerator.py and tests/rtl/test_tiny_rtl.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -134,13 +136,33 @@ def write_verilog(params: RtlParams, folder: Path) -> list[Path]:
     return [top, macro]
 
 
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block: a
+    process building a model (or synthesising a design) under a key makes the others
+    wanting the same key wait, then find it built (parallel test workers, two sweeps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = False) -> Model:
-    """Build (or reuse) the Verilator model of ``SimTop(params)``."""
+    """Build (or reuse) the Verilator model of ``SimTop(params)``; one process at a time
+    builds a given model (``exclusive``)."""
     if not params.macros:
         params = dataclasses.replace(params, macros=True)
     public = public_config()
     flags = hashlib.sha256(repr((VERILATOR_FLAGS, MAKE_OPTIONS, public)).encode()).hexdigest()[:6]
     folder = build_root / f"{model_key(params)}-v{flags}{'-waves' if waves else ''}"
+    with exclusive(folder.with_name(folder.name + ".lock")):
+        return _build_model(params, folder, waves)
+
+
+def _build_model(params: RtlParams, folder: Path, waves: bool) -> Model:
     stamp = folder / "built.json"
     if stamp.exists():
         return Model(params, folder, json.loads(stamp.read_text())["seconds"])
@@ -148,7 +170,7 @@ def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = 
     t0 = time.perf_counter()
     sources = write_verilog(params, folder / "verilog")
     control = folder / "verilog" / "public.vlt"
-    control.write_text(public)
+    control.write_text(public_config())
     runner = _verilator_runner()
     runner.build(sources=[str(s) for s in (control, *sources)], hdl_toplevel="sim_top",
                  build_dir=str(folder / "sim_build"), waves=waves,

@@ -99,15 +99,16 @@ def _run_yosys(rtlil: str) -> dict:
 def synth_stats(params: RtlParams, cache: Path | None = CACHE) -> dict:
     """Per-component statistics of ``Accelerator(params)`` (see the module docstring),
     cached under ``build/stats/`` by the same key as a Verilator model (the hardware
-    description, the DRAM size and the RTL sources): a Yosys run takes minutes."""
-    from rtl.sim import model_key
+    description, the DRAM size and the RTL sources): a conversion and Yosys run take tens of seconds."""
+    from rtl.sim import exclusive, model_key
 
-    path = cache / f"synth-v{STATS_VERSION}-{model_key(params)}.json" if cache else None
-    if path and path.exists():
-        return json.loads(path.read_text())
-    result = _synth_stats(params)
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        return _synth_stats(params)
+    path = cache / f"synth-v{STATS_VERSION}-{model_key(params)}.json"
+    with exclusive(path.with_suffix(".lock")):        # one process synthesises a design
+        if path.exists():
+            return json.loads(path.read_text())
+        result = _synth_stats(params)
         path.write_text(json.dumps(result))
     return result
 
