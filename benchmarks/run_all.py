@@ -17,6 +17,7 @@ from benchmarks import (
     perf_calibration,
     perf_model,
     quant_ablation,
+    rtl_build,
     rtl_dma,
     rtl_gemm,
     rtl_layer_decode,
@@ -29,6 +30,7 @@ from benchmarks import (
 
 def main() -> None:
     compile_speed.main([])
+    rtl_build.main([])
     rtl_dma.main([])
     rtl_tiny.main([])
     ladder.main([])

@@ -65,7 +65,8 @@ def verilator_env() -> dict[str, str]:
 class Model:
     params: RtlParams
     directory: Path
-    build_seconds: float
+    build_seconds: float                  # the whole build, the Verilog's conversion included
+    verilog_seconds: float | None = None  # Amaranth's conversion to Verilog (None: not kept)
 
 
 def model_key(params: RtlParams) -> str:
@@ -165,10 +166,12 @@ def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = 
 def _build_model(params: RtlParams, folder: Path, waves: bool) -> Model:
     stamp = folder / "built.json"
     if stamp.exists():
-        return Model(params, folder, json.loads(stamp.read_text())["seconds"])
+        built = json.loads(stamp.read_text())
+        return Model(params, folder, built["seconds"], built.get("verilog_seconds"))
     verilator_env()
     t0 = time.perf_counter()
     sources = write_verilog(params, folder / "verilog")
+    verilog_seconds = time.perf_counter() - t0
     control = folder / "verilog" / "public.vlt"
     control.write_text(public_config())
     runner = _verilator_runner()
@@ -177,8 +180,8 @@ def _build_model(params: RtlParams, folder: Path, waves: bool) -> Model:
                  build_args=[*VERILATOR_FLAGS] + (["--trace-fst"] if waves else []),
                  log_file=str(folder / "build.log"))
     seconds = time.perf_counter() - t0
-    stamp.write_text(json.dumps({"seconds": seconds}))
-    return Model(params, folder, seconds)
+    stamp.write_text(json.dumps({"seconds": seconds, "verilog_seconds": verilog_seconds}))
+    return Model(params, folder, seconds, verilog_seconds)
 
 
 def write_memh(path: Path, image: np.ndarray, line_bytes: int) -> None:

@@ -99,7 +99,8 @@ def _run_yosys(rtlil: str) -> dict:
 def synth_stats(params: RtlParams, cache: Path | None = CACHE) -> dict:
     """Per-component statistics of ``Accelerator(params)`` (see the module docstring),
     cached under ``build/stats/`` by the same key as a Verilator model (the hardware
-    description, the DRAM size and the RTL sources): a conversion and Yosys run take tens of seconds."""
+    description, the DRAM size and the RTL sources): a conversion and Yosys run take
+    tens of seconds."""
     from rtl.sim import exclusive, model_key
 
     if cache is None:
