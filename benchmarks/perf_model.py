@@ -245,16 +245,16 @@ def prefill() -> list[dict]:
 
 def density() -> list[dict]:
     from sweeps.runner import evaluate_group
+    from sweeps.spec import DEFAULT_WORKLOADS as workloads
+    from sweeps.spec import DEFAULTS
 
-    workloads = {"liso": {"prompt": 1024, "output": 128}, "silo": {"prompt": 128, "output": 1024}}
     paper = {"liso": 247, "silo": 117}
     rows = []
     for workload, l2 in (("liso", 1 << 20), ("silo", 512 << 10), ("liso", 4 << 20),
                          ("silo", 4 << 20)):
-        point = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm",
-                 "devices": 1, "prefetch": True, "workload": workload,
-                 "weights": "int8", "link_gbytes_per_s": 16.0, "link_latency_us": 2.0,
-                 "l2_bytes": l2}
+        point = {**DEFAULTS, "hw": "edge-16x16", "model": "sheared-llama-1.3b",
+                 "node": "16nm", "devices": 1, "prefetch": True, "workload": workload,
+                 "weights": "int8", "batch": 1, "l2_bytes": l2}
         r = evaluate_group([point], workloads)[0]
         w = workloads[workload]
         seconds = (r["prefill_cycles"] + r["decode_cycles"]) / 1e9
