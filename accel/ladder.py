@@ -251,10 +251,13 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
 
 
 def _perf(build, rtl_counters: dict) -> dict:
-    """``perf_vs_rtl``, or why the build is not timed (compressed KV chunks: no timing
-    model of the decompressor yet)."""
+    """``perf_vs_rtl``, or why the build is not timed (compressed KV chunks: a
+    ``CHUNKED`` prefetch is timed from the headers the host writes between programs,
+    which the build's first image does not hold)."""
     if build.kv is not None:
-        return {"not_timed": "KV_PREFETCH in CHUNKED format has no timing model yet"}
+        return {"not_timed": "KV_PREFETCH in CHUNKED format is timed from the chunk "
+                             "headers the host writes between programs; the ladder times "
+                             "from the build's first image"}
     return perf_vs_rtl(build, rtl_counters)
 
 

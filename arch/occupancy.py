@@ -35,6 +35,7 @@ from arch.isa import (
     BLOCK_TABLE_ENTRY_BYTES,
     COUNTER_BYTES,
     COUNTERS,
+    KV_WIDTH_CODES,
     MX_BLOCK,
     OUT_BYTES,
     Engine,
@@ -45,6 +46,8 @@ from arch.isa import (
     ParamMode,
     WeightFormat,
     WeightLayout,
+    kv_chunk_addrs,
+    kv_group_bytes,
     kv_row_addr,
     kv_table_entry_addr,
     make,
@@ -70,6 +73,8 @@ class Calibration:
     vec_fixed: int = 11           # start-up and drain of a vector instruction
     vec_segment_min: int = 3      # the shortest segment
     engine_overhead: int = 2      # the engine shell's START and END around the unit's run
+    chunk_start: int = 1          # a CHUNKED KV_PREFETCH: beyond its blocks (fitted)
+    chunk_block: int = 3          # a CHUNKED KV_PREFETCH: a block, beyond its parts (fitted)
 
 
 CALIBRATION = Calibration()
@@ -212,6 +217,7 @@ class Occupancy:
     prefetch_bytes: int = 0
     copies: Copies | None = None  # a DMA instruction that copies rows (it ends deferred)
     l2_lines: int = 0             # L2 lines read and written
+    after_copier: bool = False    # starts once the engine's copier has written its rows
 
 
 def _fields(instr: Instruction) -> SimpleNamespace:
@@ -248,9 +254,6 @@ def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> list[_Row]:
             rows.append(_Row(f.table_addr + index * f.row_bytes, f.l2_addr + r * f.l2_stride,
                              f.row_bytes, True))
         return rows
-    if op == "KV_PREFETCH" and f.kv_format == int(KvFormat.CHUNKED):
-        raise ValueError("KV_PREFETCH in CHUNKED format has no timing model: the KV "
-                         "prefetch engine's decompressor is not in the RTL yet to fit one to")
     if op in ("KV_PREFETCH", "KV_APPEND"):
         bt, rows = hw.kv_block_tokens, []
         for r in range(f.n_tokens):
@@ -716,9 +719,64 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     return MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM] else MatmulMode.GEMM
 
 
+def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
+                               cal: Calibration = CALIBRATION) -> Occupancy:
+    """A ``KV_PREFETCH`` in ``CHUNKED`` format, as the load engine runs it
+    (``rtl/dma.py``, ``rtl/kv_chunks.py``): once the engine's row copier is idle, block
+    after block with nothing overlapped between blocks: the table entry (an int32 read),
+    the chunk's header bytes (``col_bytes`` of them, one read), then its code bytes (one
+    read of the bytes the header's widths take) expanded one group (channel) a cycle as
+    they arrive, then the ``B`` int8 rows written to L2 from byte 0 of a stream, a line a
+    cycle (a priming step where a row's L2 address is not on a line). The code bytes
+    depend on the data: ``read_i32`` reads the headers from the DRAM image (``ValueError``
+    without it). ``Calibration.chunk_start`` and ``chunk_block`` are the cycles the
+    structure does not name, fitted to the RTL (``benchmarks.perf_calibration
+    --chunked``). Not deferred: the instruction ends when its last row is written."""
+    if read_i32 is None:
+        raise ValueError("a KV_PREFETCH in CHUNKED format is timed from the widths in its "
+                         "chunks' headers: it needs the DRAM image (read_i32)")
+    f = _fields(instr)
+    W, B, lat = hw.line_bytes, hw.kv_block_tokens, hw.dram_latency_cycles
+    line_cycles = max(1.0, hw.dram_cycles_per_line)
+    cols = f.col_bytes
+    read = cal.cmd_to_read + lat + cal.read_to_write          # a row read's first beat
+    cycles = cal.dma_setup + cal.chunk_start
+    dram_bytes = dram_lines = l2_lines = moved = 0
+    dst = f.l2_addr
+    group = {code: kv_group_bytes(bits, B) for bits, code in KV_WIDTH_CODES.items()}
+    for k in range(f.n_tokens // B):
+        block = read_i32(kv_table_entry_addr(f.table_addr, f.first_token + k * B, B))
+        codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B, f.row_bytes,
+                                        f.col_offset)
+        used = 0
+        for c in range(cols):
+            a = headers + c
+            used += group[(read_i32(a & ~3) >> (8 * (a & 3))) & 3]
+        header_lines, code_lines = _lines(headers, cols, W), _lines(codes, used, W)
+        writes = 0
+        for _ in range(B):
+            writes += _lines(dst, cols, W) + (1 if dst % W else 0)
+            dst += cols
+        # a read's first line arrives ``read`` after its command, each later one a line's
+        # DRAM time after the one before; the groups expand one a cycle as they arrive
+        codes_in = (code_lines - 1) * line_cycles
+        expand = codes_in if codes_in > cols else cols
+        cycles += (lat + cal.int_read + cal.chunk_block + read + (header_lines - 1) * line_cycles
+                   + read + expand + writes)
+        dram_bytes += BLOCK_TABLE_ENTRY_BYTES + cols + used
+        dram_lines += 1 + header_lines + code_lines
+        l2_lines += writes
+        moved += B * cols
+    return Occupancy(Engine.LOAD, math.ceil(cycles) + cal.dma_drain, dram_read_bytes=dram_bytes,
+                     dram_lines=dram_lines, prefetch_bytes=moved, l2_lines=l2_lines,
+                     after_copier=True)
+
+
 def _occupancy(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration) -> Occupancy:
     if instr.mnemonic == "HALT":
         return Occupancy(Engine.CONTROL, 0)
+    if instr.mnemonic == "KV_PREFETCH" and instr.kv_format == KvFormat.CHUNKED:
+        return chunked_prefetch_occupancy(instr, hw, read_i32, cal)
     if instr.mnemonic == "MATMUL":
         return matmul_occupancy(instr, hw, cal)
     if instr.engine == Engine.COMPUTE:

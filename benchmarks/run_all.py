@@ -9,6 +9,7 @@ from benchmarks import (
     fuzz_programs,
     int_vs_float,
     kv_compression,
+    kv_chunk_timing,
     kv_device,
     kv_waste,
     ladder,
@@ -42,6 +43,7 @@ def main() -> None:
     context_switch.main([])
     batch_decode.main(["--rtl"])
     kv_device.main(["--rtl"])
+    kv_chunk_timing.main([])
     mxint4.main([])
     rtl_gemm.main([])
     perf_calibration.main([])

@@ -273,3 +273,52 @@ def compressed_kv_program(rng, hw, kv_heads: int = 3, pool_blocks: int = 5):
     dram[:len(code)] = np.frombuffer(code, np.uint8)
     assert len(code) < table_at and l2 < hw.l2_bytes
     return dram, program
+
+
+def chunked_prefetch_programs(rng, hw, n_programs: int, kv_heads: int = 2,
+                              pool_blocks: int = 6):
+    """``n_programs`` programs, each one ``CHUNKED`` ``KV_PREFETCH`` then ``HALT``, each
+    over a KV pool of its own whose blocks are compressed with widths from a random
+    tolerance (``numerics.kv_chunk_compress``): a random head size (up to
+    ``KV_CHUNK_MAX_COLS``), head, first block, number of blocks, pool and L2 alignment.
+    For timing the decompressor alone. ``(image bytes, [(name, offset, program)])``."""
+    from arch.isa import kv_chunk_addrs, kv_chunk_header, kv_chunk_pack, kv_header_area_bytes
+    from arch.uarch import KV_CHUNK_MAX_COLS
+    from models import numerics as N
+
+    B = hw.kv_block_tokens
+    parts, programs, at = [], [], 0
+    for k in range(n_programs):
+        head_dim = int(rng.choice([8, 12, 24, 40, 64, 72, 96, KV_CHUNK_MAX_COLS]))
+        kv_dim = kv_heads * head_dim
+        table_at = at + 64
+        pool = table_at + 64 + int(rng.integers(0, 64))
+        end = pool + pool_blocks * B * kv_dim + kv_header_area_bytes(pool_blocks, kv_dim)
+        dram = np.zeros(end - at, np.uint8)
+        table = rng.permutation(pool_blocks).astype("<i4")
+        dram[table_at - at:table_at - at + 4 * pool_blocks] = table.view(np.uint8)
+        tolerance = int(rng.integers(0, 64)) << 16
+        for block in range(pool_blocks):
+            rows = rng.integers(-128, 128, (B, kv_dim)).astype(np.int8)
+            rows //= np.int8(1 << int(rng.integers(0, 5)))                 # smaller ranges too
+            for h in range(kv_heads):
+                group = rows[:, h * head_dim:(h + 1) * head_dim].T
+                bits, shift, deq = N.kv_chunk_compress(group, (2, 4, 8), tolerance)
+                data = kv_chunk_pack(deq.astype(np.int64) >> shift[:, None], bits)
+                codes, headers = kv_chunk_addrs(pool, pool_blocks, block, B, kv_dim,
+                                                h * head_dim)
+                dram[codes - at:codes - at + data.size] = data
+                dram[headers - at:headers - at + head_dim] = kv_chunk_header(bits, shift)
+        first = int(rng.integers(0, pool_blocks))
+        program = [make("KV_PREFETCH", pool_addr=pool, table_addr=table_at, first_token=B * first,
+                        n_tokens=B * int(rng.integers(1, pool_blocks - first + 1)),
+                        row_bytes=kv_dim, col_offset=int(rng.integers(0, kv_heads)) * head_dim,
+                        col_bytes=head_dim, l2_addr=int(rng.integers(0, 64)),
+                        pool_blocks=pool_blocks, kv_format=KvFormat.CHUNKED), make("HALT")]
+        code = encode_program(program)
+        dram[:len(code)] = np.frombuffer(code, np.uint8)
+        parts.append(dram)
+        programs.append((f"p{k}", at, program))
+        at = -(-end // 4096) * 4096
+        parts.append(np.zeros(at - end, np.uint8))
+    return np.concatenate(parts), programs

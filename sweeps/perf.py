@@ -264,7 +264,10 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         flight = deferred[e]
         copies = occ.copies
         if copies is None:
-            end[i] = ready + occ.cycles             # the END cycle is the last busy one
+            start = ready
+            if occ.after_copier and flight:         # waits for the copier's last rows
+                start = max(start, flight[-1] + 1)
+            end[i] = start + occ.cycles             # the END cycle is the last busy one
             if flight:                              # ends in order, after the deferred ones
                 end[i] = max(end[i], flight[-1] + 2)
                 flight.clear()
