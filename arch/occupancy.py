@@ -759,7 +759,9 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
             dst += cols
         # a read's first line arrives ``read`` after its command, each later one a line's
         # DRAM time after the one before; the groups expand one a cycle as they arrive
-        codes_in = (code_lines - 1) * line_cycles
+        # (the groups of the last line expand after it arrives)
+        last = used if code_lines == 1 else used + codes % W - (code_lines - 1) * W
+        codes_in = (code_lines - 1) * line_cycles + math.ceil(last * cols / used)
         expand = codes_in if codes_in > cols else cols
         cycles += (lat + cal.int_read + cal.chunk_block + read + (header_lines - 1) * line_cycles
                    + read + expand + writes)
