@@ -92,16 +92,20 @@ def compare(ours: RunResult, ref: RunResult) -> dict:
     return result
 
 
-def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]]) -> dict:
-    """The performance model's cycles beside the RTL's, per program and in total."""
+def perf_vs_rtl(build, rtl_counters: dict[str, dict[str, int]],
+                model_cycles: dict[str, int] | None = None) -> dict:
+    """The performance model's cycles beside the RTL's, per program and in total;
+    ``model_cycles`` (``RunResult.model_cycles``: each program timed on the DRAM before
+    it) instead of timing the build from its first image."""
     from sweeps.perf import time_build
 
-    timing = time_build(build)
-    rows = {name: {"rtl": rtl_counters[name]["cycles"], "perf": t.cycles,
-                   "error_pct": 100.0 * (t.cycles - rtl_counters[name]["cycles"])
+    if model_cycles is None:
+        model_cycles = {name: t.cycles for name, t in time_build(build).programs.items()}
+    rows = {name: {"rtl": rtl_counters[name]["cycles"], "perf": cycles,
+                   "error_pct": 100.0 * (cycles - rtl_counters[name]["cycles"])
                    / rtl_counters[name]["cycles"]}
-            for name, t in timing.programs.items()}
-    perf = sum(t.cycles for t in timing.programs.values())
+            for name, cycles in model_cycles.items()}
+    perf = sum(model_cycles.values())
     rtl = sum(c["cycles"] for c in rtl_counters.values())
     return {"cycles": perf, "error_pct": 100.0 * (perf - rtl) / rtl,
             "max_abs_error_pct": max(abs(r["error_pct"]) for r in rows.values()),
@@ -247,18 +251,9 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
             report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
                              "wall_seconds": result.wall_seconds,
                              "counters": result.counters}
-            report["perf"] = _perf(build, result.counters)
+            report["perf"] = perf_vs_rtl(build, result.counters, isa.model_cycles)
 
 
-def _perf(build, rtl_counters: dict) -> dict:
-    """``perf_vs_rtl``, or why the build is not timed (compressed KV chunks: a
-    ``CHUNKED`` prefetch is timed from the headers the host writes between programs,
-    which the build's first image does not hold)."""
-    if build.kv is not None:
-        return {"not_timed": "KV_PREFETCH in CHUNKED format is timed from the chunk "
-                             "headers the host writes between programs; the ladder times "
-                             "from the build's first image"}
-    return perf_vs_rtl(build, rtl_counters)
 
 
 def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
@@ -341,7 +336,7 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
             report["rtl"] = {"cycles": sum(c["cycles"] for c in result.counters.values()),
                              "wall_seconds": result.wall_seconds,
                              "counters": result.counters}
-            report["perf"] = _perf(build, result.counters)
+            report["perf"] = perf_vs_rtl(build, result.counters, isa.model_cycles)
     return report
 
 

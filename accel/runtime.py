@@ -73,6 +73,7 @@ class RunResult:
     wall_seconds: float = 0.0
     program_seconds: dict[str, float] | None = None   # RTL: wall time of each program
     l2: np.ndarray | None = None      # the final L2 (the ISA simulator's; the RTL's banks)
+    model_cycles: dict[str, int] | None = None   # ISA run with compressed KV: see run_build
 
 
 @dataclass
@@ -87,6 +88,7 @@ class BatchRunResult:
     program_seconds: dict[str, float] | None = None
     l2: np.ndarray | None = None
     checkpoints: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    model_cycles: dict[str, int] | None = None
 
 
 def check_read_only(build: Build, dram: np.ndarray) -> None:
@@ -213,12 +215,15 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
     t0 = time.perf_counter()
     simulator = IsaSimulator(build.hw, simulated_dram(build), check_races=check_races)
     counters, finished, checkpoints = {}, {}, {}
+    model_cycles = {} if build.kv is not None else None
     done = finishing(build)
     ends = segments(build)[:-1] if build.batch is not None else []
     for i, p in enumerate(build.programs):
         simulator.counters = type(simulator.counters)()
-        counters[p.name] = dict(simulator.run(program_from_dram(build, simulator.dram,
-                                                                p.name)).values)
+        instrs = program_from_dram(build, simulator.dram, p.name)
+        if model_cycles is not None:
+            model_cycles[p.name] = _time_on(build, instrs, simulator.dram)
+        counters[p.name] = dict(simulator.run(instrs).values)
         if build.kv is not None:
             compress_blocks(build, simulator.dram, p)
         for b in done.get(i, ()):          # before a later sequence reuses its blocks
@@ -227,8 +232,21 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
             checkpoints[p.name] = (simulator.dram[:build.image.data.size].copy(),
                                    simulator.l2.copy())
     dram = image_part(build, simulator.dram)
-    return _result(build, dram, counters, time.perf_counter() - t0, None, simulator.l2,
-                   finished, checkpoints)
+    result = _result(build, dram, counters, time.perf_counter() - t0, None, simulator.l2,
+                     finished, checkpoints)
+    result.model_cycles = model_cycles
+    return result
+
+
+def _time_on(build: Build, instrs, dram: np.ndarray) -> int:
+    """The instruction-level model's cycles of a program on ``dram`` as it stands before
+    the program runs: a ``CHUNKED`` prefetch is timed from the chunk headers the host
+    wrote between programs (``arch.occupancy.chunked_prefetch_occupancy``), which the
+    build's first image does not hold."""
+    from sweeps.perf import time_program
+
+    return time_program(instrs, build.hw,
+                        lambda a: int(dram[a:a + 4].view("<i4")[0])).cycles
 
 
 def finishing(build: Build) -> dict[int, list[int]]:
