@@ -161,6 +161,11 @@ def _cmd_generate(args) -> int:
     if args.numerics == "float" and args.weights != "int8":
         raise ValueError(f"--weights {args.weights} is the integer model's; --numerics float "
                          "generates with the float weights (give --numerics int or both)")
+    kv = _kv_compression(args)
+    if kv is not None and args.numerics == "float":
+        raise ValueError("--kv-tolerance compresses the integer model's KV cache; --numerics "
+                         "float generates with the float model's (give --numerics int or "
+                         "both)")
     loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights)
     tok = loaded.tokenizer
     shown = tok.decode(ids) if tok else f"{ids} -> "
@@ -168,8 +173,10 @@ def _cmd_generate(args) -> int:
         out = generate_float(loaded, ids, args.max_new_tokens)
         print(f"[float]   {shown}{tok.decode(out) if tok else out}")
     if args.numerics in ("int", "both"):
-        out = generate_int(im, ids, args.max_new_tokens)
+        out = generate_int(im, ids, args.max_new_tokens, kv)
         label = "[integer]" if args.weights == "int8" else f"[{args.weights}]"
+        if kv is not None:
+            label = f"{label[:-1]}, KV tolerance {kv.tolerance:g}]"
         print(f"{label:<9} {shown}{tok.decode(out) if tok else out}")
     return 0
 
@@ -484,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--numerics", choices=("float", "int", "both"), default="both")
     _add_weights(p)
+    _add_kv(p, "the integer model's KV cache compressed chunk by chunk at tolerance T", "16")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("compile", help="compile a model for a hardware description")

@@ -52,6 +52,9 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["generate", "--prompt", "ROMEO:", "--max-new-tokens", "400"], "exceeds the model's context"),
     (["generate", "--prompt", "naïve"], "'ï' is not in the tokenizer's alphabet"),
     (["generate", "--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
+    (["generate", "--numerics", "float", "--kv-tolerance", "32"],
+     "--kv-tolerance compresses the integer model's KV cache"),
+    (["generate", "--kv-chunk-tokens", "8"], "--kv-chunk-tokens needs --kv-tolerance"),
     (["generate", "--max-new-tokens", "-3", "--numerics", "int"], "at least 1, not -3"),
     (["eval", "--max-windows", "0"], "max_windows must be at least 1, not 0"),
     (["verify", "--batch", "0"], "--batch must be 1 to 256 (compiler.driver.MAX_BATCH), not 0"),
@@ -100,6 +103,24 @@ def test_generate_prints_float_and_integer_text(capsys):
     float_part, int_part = out.split("[integer] ")
     assert float_part.startswith("[float]   ROMEO:") and int_part.startswith("ROMEO:")
     assert len(int_part.rstrip("\n")) == len("ROMEO:") + 16
+
+
+def test_generate_with_a_compressed_kv_cache(capsys, tiny_model, tiny_int):
+    """``--kv-tolerance``: the integer model's text with its KV cache compressed chunk by
+    chunk (``generate_int(..., kv)``, here not the int8 cache's text), labelled with the
+    tolerance."""
+    from models.evaluate import generate_int
+    from models.integer import KVCompression
+
+    prompt = "ROMEO:\nWhat say you to this? I will not"
+    code, out, _ = run(capsys, "generate", "--prompt", prompt, "--max-new-tokens", "24",
+                       "--numerics", "int", "--kv-tolerance", "512", "--kv-chunk-tokens", "8",
+                       "--kv-bits", "2,4")
+    tok = tiny_model.tokenizer
+    ids = tok.encode(prompt)
+    compressed = generate_int(tiny_int, ids, 24, KVCompression(8, (2, 4), 512))
+    assert compressed != generate_int(tiny_int, ids, 24)
+    assert code == 0 and out == f"[integer, KV tolerance 512] {prompt}{tok.decode(compressed)}\n"
 
 
 def test_compile_run_verify_tiny(capsys, tmp_path):
