@@ -167,6 +167,13 @@ def _cmd_generate(args) -> int:
                          "float generates with the float model's (give --numerics int or "
                          "both)")
     loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights)
+    if kv is not None and (args.max_new_tokens < 2
+                           or kv.chunk_tokens > len(ids) + args.max_new_tokens - 2):
+        # a chunk is compressed once its last row is written; decode steps read it after
+        raise ValueError(f"--kv-chunk-tokens {kv.chunk_tokens}: a {len(ids)}-token prompt and "
+                         f"{args.max_new_tokens} new tokens never read a full chunk back "
+                         f"(the decode steps read rows up to {len(ids) + args.max_new_tokens - 2}"
+                         f"): nothing would be compressed")
     tok = loaded.tokenizer
     shown = tok.decode(ids) if tok else f"{ids} -> "
     if args.numerics in ("float", "both"):

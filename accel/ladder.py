@@ -254,8 +254,6 @@ def _verify_batch(im, hw, ids: list[int], max_new_tokens: int, batch: int, rtl: 
             report["perf"] = perf_vs_rtl(build, result.counters, isa.model_cycles)
 
 
-
-
 def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
                   max_new_tokens: int, eval_windows: int, rtl: bool = False,
                   weights: str = "int8", batch: int = 1, kv=None) -> dict:

@@ -203,6 +203,14 @@ def compress_blocks(build: Build, dram: np.ndarray, program) -> None:
 
 def run_build(build: Build, sim: str = "isa", check_races: bool = True,
               waves: bool = False) -> RunResult | BatchRunResult:
+    """Run every program of ``build`` on the ISA simulator (``sim="isa"``) or the RTL
+    (``"rtl"``, Verilator), the host compressing full KV blocks between programs where
+    the build asks it to; the result holds the tokens, logits and K/V rows, each
+    program's counters and the final DRAM and L2. An ISA run of a compressed-KV build
+    also times each program on the DRAM the host left before it (``model_cycles``, the
+    instruction-level model's cycles: a ``CHUNKED`` prefetch's code bytes come from the
+    chunk headers). Raises ``ValueError`` (no weights, unknown simulator, weights the
+    RTL cannot run) and ``AcceleratorError`` (a program the device stops)."""
     if build.image.data is None:
         raise ValueError("this build has no weights (compiled for timing only); it cannot run")
     if sim == "rtl":
@@ -221,9 +229,9 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
     for i, p in enumerate(build.programs):
         simulator.counters = type(simulator.counters)()
         instrs = program_from_dram(build, simulator.dram, p.name)
-        if model_cycles is not None:
-            model_cycles[p.name] = _time_on(build, instrs, simulator.dram)
         counters[p.name] = dict(simulator.run(instrs).values)
+        if model_cycles is not None:      # the program wrote neither tables nor headers
+            model_cycles[p.name] = _time_on(build, instrs, simulator.dram)
         if build.kv is not None:
             compress_blocks(build, simulator.dram, p)
         for b in done.get(i, ()):          # before a later sequence reuses its blocks

@@ -15,10 +15,13 @@ hardware configuration: everything that scales with the hardware (``W``, ``R``, 
 lanes, DRAM bandwidth and latency) enters through the formulas.
 
 ``read_i32`` resolves data-dependent addresses (gather indices, block tables) exactly as
-``compiler.semantics`` does; without it, blocks are assumed consecutive.
+``compiler.semantics`` does; without it, blocks are assumed consecutive. A
+``KV_PREFETCH`` in ``CHUNKED`` format (``chunked_prefetch_occupancy``) also reads its
+chunks' header bytes through it, and cannot be timed without it.
 
 Tested by tests/sweeps/test_perf_model.py (the occupancy model against the RTL's units and
-the GEMM block recurrence).
+the GEMM block recurrence), tests/arch/test_occupancy.py (the chunked prefetch on
+hand-made headers) and tests/rtl/test_accelerator.py (chunked prefetches against the RTL).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
+
+import numpy as np
 
 from arch.hardware import HardwareConfig
 from arch.isa import (
@@ -47,12 +52,13 @@ from arch.isa import (
     WeightFormat,
     WeightLayout,
     kv_chunk_addrs,
+    kv_chunk_fault,
     kv_group_bytes,
     kv_row_addr,
     kv_table_entry_addr,
     make,
 )
-from arch.uarch import CMD_DEPTH
+from arch.uarch import CMD_DEPTH, KV_CHUNK_MAX_COLS
 
 
 @dataclass(frozen=True)
@@ -729,9 +735,11 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
     they arrive, then the ``B`` int8 rows written to L2 from byte 0 of a stream, a line a
     cycle (a priming step where a row's L2 address is not on a line). The code bytes
     depend on the data: ``read_i32`` reads the headers from the DRAM image (``ValueError``
-    without it). ``Calibration.chunk_start`` and ``chunk_block`` are the cycles the
-    structure does not name, fitted to the RTL (``benchmarks.perf_calibration
-    --chunked``). Not deferred: the instruction ends when its last row is written."""
+    without it; and for what the device stops, ``ValueError`` naming the fault:
+    ``BAD_OPERAND``, ``BAD_BLOCK``, ``BAD_CHUNK``). ``Calibration.chunk_start`` and
+    ``chunk_block`` are the cycles the structure does not name, fitted to the RTL
+    (``benchmarks.kv_chunk_timing``). Not deferred: the instruction ends when its last
+    row is written."""
     if read_i32 is None:
         raise ValueError("a KV_PREFETCH in CHUNKED format is timed from the widths in its "
                          "chunks' headers: it needs the DRAM image (read_i32)")
@@ -739,6 +747,10 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
     W, B, lat = hw.line_bytes, hw.kv_block_tokens, hw.dram_latency_cycles
     line_cycles = max(1.0, hw.dram_cycles_per_line)
     cols = f.col_bytes
+    if f.n_tokens % B or f.first_token % B or not 0 < cols <= KV_CHUNK_MAX_COLS:
+        raise ValueError(f"BAD_OPERAND: a CHUNKED KV_PREFETCH reads whole {B}-token blocks "
+                         f"of 1 to {KV_CHUNK_MAX_COLS} columns (first_token {f.first_token}, "
+                         f"n_tokens {f.n_tokens}, col_bytes {cols})")
     read = cal.cmd_to_read + lat + cal.read_to_write          # a row read's first beat
     cycles = cal.dma_setup + cal.chunk_start
     dram_bytes = dram_lines = l2_lines = moved = 0
@@ -746,12 +758,18 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
     group = {code: kv_group_bytes(bits, B) for bits, code in KV_WIDTH_CODES.items()}
     for k in range(f.n_tokens // B):
         block = read_i32(kv_table_entry_addr(f.table_addr, f.first_token + k * B, B))
+        if not 0 <= block < f.pool_blocks:
+            raise ValueError(f"BAD_BLOCK: block-table entry {block} of token "
+                             f"{f.first_token + k * B} is outside the pool of "
+                             f"{f.pool_blocks} blocks")
         codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B, f.row_bytes,
                                         f.col_offset)
-        used = 0
-        for c in range(cols):
-            a = headers + c
-            used += group[(read_i32(a & ~3) >> (8 * (a & 3))) & 3]
+        header = np.array([(read_i32(a & ~3) >> (8 * (a & 3))) & 0xFF
+                           for a in range(headers, headers + cols)], np.uint8)
+        fault = kv_chunk_fault(header)
+        if fault:
+            raise ValueError(f"BAD_CHUNK: block {block}: {fault}")
+        used = sum(group[int(code)] for code in header & 3)
         header_lines, code_lines = _lines(headers, cols, W), _lines(codes, used, W)
         writes = 0
         for _ in range(B):

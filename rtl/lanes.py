@@ -32,8 +32,8 @@ class Tables:
     memory to ``m`` (``<name>_table``, entries in the narrowest shape that holds them),
     each lookup adds a combinational read port. One memory cell in RTLIL and one
     initialised array in the Verilog, however many lanes read it: an ``Array`` of
-    constants made a case an entry a lookup (53,000 for edge-8x8's vector unit) and took
-    Amaranth 45 s to convert.
+    constants made a case an entry a lookup, most of the accelerator's conversion time
+    (docs/rtl.md, ``benchmarks.rtl_build``).
 
     Raises ``ValueError`` for an index wider than the table's address (a silent wrap).
     """

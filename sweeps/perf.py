@@ -349,7 +349,15 @@ class BuildTiming:
 
 
 def time_build(build, cal: Calibration = CALIBRATION) -> BuildTiming:
-    """Time every program of a compiled build (``compiler.driver.Build``)."""
+    """Time every program of a compiled build (``compiler.driver.Build``) on its image.
+    ``PerfError`` for a build with compressed KV: its ``CHUNKED`` prefetches are timed
+    from chunk headers the host writes between programs, which the image does not hold
+    (``accel.runtime.run_build(build, "isa").model_cycles`` times each program on the
+    DRAM before it)."""
+    if getattr(build, "kv", None) is not None:
+        raise PerfError("a build with compressed KV chunks is timed program by program on "
+                        "the DRAM the host leaves before each (run_build(build, 'isa')."
+                        "model_cycles), not from its first image")
     read_i32 = build.image.read_i32 if build.image.data is not None else None
     timings = {p.name: time_program(p.instrs, build.hw, read_i32, cal) for p in build.programs}
     hz = build.hw.clock_hz

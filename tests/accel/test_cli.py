@@ -55,6 +55,8 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["generate", "--numerics", "float", "--kv-tolerance", "32"],
      "--kv-tolerance compresses the integer model's KV cache"),
     (["generate", "--kv-chunk-tokens", "8"], "--kv-chunk-tokens needs --kv-tolerance"),
+    (["generate", "--numerics", "int", "--kv-tolerance", "32", "--max-new-tokens", "8"],
+     "--kv-chunk-tokens 16: a 6-token prompt and 8 new tokens never read a full chunk"),
     (["generate", "--max-new-tokens", "-3", "--numerics", "int"], "at least 1, not -3"),
     (["eval", "--max-windows", "0"], "max_windows must be at least 1, not 0"),
     (["verify", "--batch", "0"], "--batch must be 1 to 256 (compiler.driver.MAX_BATCH), not 0"),

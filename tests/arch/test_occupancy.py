@@ -1,0 +1,68 @@
+"""The instruction-level model of a compressed-KV prefetch (``KV_PREFETCH`` in ``CHUNKED``
+format) on hand-made chunk headers: what the widths change, and the faults it names.
+Against the RTL: tests/rtl/test_accelerator.py."""
+
+import numpy as np
+import pytest
+
+from arch.hardware import load_hardware
+from arch.isa import KvFormat, kv_chunk_addrs, kv_chunk_header, make
+from arch.occupancy import occupancy
+
+POOL, TABLE, COLS, BLOCKS = 256, 0, 32, 2
+
+
+def _prefetch(hw, bits: int, table=(1, 0), n_tokens=None, header=True):
+    """A DRAM image whose two blocks' chunks all have width ``bits``, a CHUNKED prefetch
+    of both, and a ``read_i32`` over the image."""
+    B = hw.kv_block_tokens
+    dram = np.zeros(1 << 16, np.uint8)
+    dram[TABLE:TABLE + 4 * len(table)] = np.asarray(table, "<i4").view(np.uint8)
+    for block in range(BLOCKS):
+        _, headers = kv_chunk_addrs(POOL, BLOCKS, block, B, COLS, 0)
+        if header:
+            dram[headers:headers + COLS] = kv_chunk_header(np.full(COLS, bits),
+                                                           np.zeros(COLS, int))
+    instr = make("KV_PREFETCH", pool_addr=POOL, table_addr=TABLE, first_token=0,
+                 n_tokens=B * BLOCKS if n_tokens is None else n_tokens, row_bytes=COLS,
+                 col_offset=0, col_bytes=COLS, l2_addr=0, pool_blocks=BLOCKS,
+                 kv_format=KvFormat.CHUNKED)
+    return instr, lambda a: int(dram[a:a + 4].view("<i4")[0])
+
+
+def test_the_code_bytes_come_from_the_headers_and_bound_a_slow_dram():
+    fast = load_hardware("edge-4x4")
+    slow = fast.replace(dram_bytes_per_cycle=4)
+    B = fast.kv_block_tokens
+    for hw in (fast, slow):
+        occ = {}
+        for bits in (2, 8):
+            instr, read_i32 = _prefetch(hw, bits)
+            occ[bits] = occupancy(instr, hw, read_i32)
+        for bits, o in occ.items():       # table entry, header and codes of each block
+            assert o.dram_read_bytes == BLOCKS * (4 + COLS + COLS * B * bits // 8)
+            assert o.prefetch_bytes == BLOCKS * B * COLS and o.after_copier
+        if hw is fast:   # one group a cycle: 32 channels outlast 16 lines of 8-bit codes
+            assert occ[2].cycles == occ[8].cycles
+        else:            # 8 cycles a line: 8-bit codes (16 lines a block) take longer
+            assert occ[8].cycles > occ[2].cycles + BLOCKS * 8 * 8
+
+
+@pytest.mark.parametrize(("change", "fault"), [
+    ({"header": False}, "BAD_CHUNK"),
+    ({"table": (1, 5)}, "BAD_BLOCK"),
+    ({"table": (-1, 0)}, "BAD_BLOCK"),
+    ({"n_tokens": 8}, "BAD_OPERAND"),
+])
+def test_what_the_device_stops_is_named_not_timed(change, fault):
+    hw = load_hardware("edge-4x4")
+    instr, read_i32 = _prefetch(hw, 4, **change)
+    with pytest.raises(ValueError, match=fault):
+        occupancy(instr, hw, read_i32)
+
+
+def test_a_chunked_prefetch_needs_the_dram():
+    hw = load_hardware("edge-4x4")
+    instr, _ = _prefetch(hw, 4)
+    with pytest.raises(ValueError, match="needs the DRAM image"):
+        occupancy(instr, hw)
