@@ -84,6 +84,16 @@ def gate_equivalents(kind: str, cell: dict) -> float:
     return float(w)
 
 
+def memory_bits(cell: dict) -> int:
+    """Bits of a Yosys ``$mem_v2`` cell: ``WIDTH x SIZE``, times its read ports when it
+    has no write port (a ROM: each lookup of a table, ``rtl.lanes.Tables``, is its own
+    ROM in silicon)."""
+    bits = _p(cell, "WIDTH") * _p(cell, "SIZE")
+    if _p(cell, "WR_PORTS") == 0:
+        bits *= max(1, _p(cell, "RD_PORTS"))
+    return bits
+
+
 def _run_yosys(rtlil: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -144,10 +154,7 @@ def _synth_stats(params: RtlParams) -> dict:
             if "dff" in kind:
                 stats["flip_flop_bits"] += _p(cell, "WIDTH", 1)
             if kind == "$mem_v2":
-                bits = _p(cell, "WIDTH") * _p(cell, "SIZE")
-                if _p(cell, "WR_PORTS") == 0:       # a ROM: a copy a read port
-                    bits *= max(1, _p(cell, "RD_PORTS"))
-                stats["memory_bits"] += bits
+                stats["memory_bits"] += memory_bits(cell)
             stats["gate_equivalents"] += gate_equivalents(kind, cell)
         own[name] = stats
 

@@ -5,7 +5,7 @@ import json
 from accel.cli import main
 from arch.hardware import load_hardware
 from rtl.common import RtlParams
-from rtl.stats import synth_stats
+from rtl.stats import memory_bits, synth_stats
 
 # edge-4x4 with one vector lane at 64 MiB of DRAM, as the cost model synthesises its logic
 # (sweeps.cost.logic_stats) for the sweep in tests/sweeps/test_sweeps.py, which finds it
@@ -39,3 +39,16 @@ def test_cli_verilog_and_stats(tmp_path, capsys):
     out = capsys.readouterr().out
     stats = json.loads(out[out.index("{"):])
     assert stats["hardware"] == SMALL_HW.name and stats["total"]["cells"] > 0
+
+
+def test_a_rom_counts_once_a_read_port_and_a_ram_once():
+    """``memory_bits`` of Yosys ``$mem_v2`` cells (parameters as Yosys writes them: binary
+    strings): a ROM of 1,024 x 16 bits read by 8 lanes is 8 ROMs; a RAM with a write port
+    and 3 read ports is its bits once."""
+    def cell(wr_ports, rd_ports):
+        return {"parameters": {"WIDTH": format(16, "032b"), "SIZE": format(1024, "032b"),
+                               "WR_PORTS": format(wr_ports, "032b"),
+                               "RD_PORTS": format(rd_ports, "032b")}}
+
+    assert memory_bits(cell(0, 8)) == 8 * 16 * 1024
+    assert memory_bits(cell(1, 3)) == 16 * 1024
