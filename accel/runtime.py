@@ -231,7 +231,7 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
         instrs = program_from_dram(build, simulator.dram, p.name)
         counters[p.name] = dict(simulator.run(instrs).values)
         if model_cycles is not None:      # the program wrote neither tables nor headers
-            model_cycles[p.name] = _time_on(build, instrs, simulator.dram)
+            model_cycles[p.name] = _time_on(build, instrs, simulator.read_i32)
         if build.kv is not None:
             compress_blocks(build, simulator.dram, p)
         for b in done.get(i, ()):          # before a later sequence reuses its blocks
@@ -246,15 +246,14 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
     return result
 
 
-def _time_on(build: Build, instrs, dram: np.ndarray) -> int:
-    """The instruction-level model's cycles of a program on ``dram`` as it stands before
-    the program runs: a ``CHUNKED`` prefetch is timed from the chunk headers the host
-    wrote between programs (``arch.occupancy.chunked_prefetch_occupancy``), which the
-    build's first image does not hold."""
+def _time_on(build: Build, instrs, read_i32) -> int:
+    """The instruction-level model's cycles of a program on the DRAM ``read_i32`` reads
+    (the simulator's, as the host left it): a ``CHUNKED`` prefetch is timed from the chunk
+    headers the host wrote between programs (``arch.occupancy.chunked_prefetch_occupancy``),
+    which the build's first image does not hold."""
     from sweeps.perf import time_program
 
-    return time_program(instrs, build.hw,
-                        lambda a: int(dram[a:a + 4].view("<i4")[0])).cycles
+    return time_program(instrs, build.hw, read_i32).cycles
 
 
 def finishing(build: Build) -> dict[int, list[int]]:

@@ -484,8 +484,9 @@ def kv_chunk_fault(header_H: np.ndarray) -> str | None:
     one compressed chunk)."""
     h = np.asarray(header_H, np.uint8).astype(np.int64)
     flagged = (h >> 7) & 1
-    if kv_header_byte_wrong(h, flagged).any():
-        c = int(np.flatnonzero(kv_header_byte_wrong(h, flagged))[0])
+    wrong = np.flatnonzero(kv_header_byte_wrong(h, flagged))
+    if wrong.size:
+        c = int(wrong[0])
         return f"channel {c}'s header byte 0x{int(h[c]):02x} is not a chunk header"
     if kv_header_byte_wrong(h, np.arange(h.size) == 0).any():
         return "the channels are not one compressed chunk (first-channel bits " \

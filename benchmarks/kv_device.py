@@ -26,10 +26,9 @@ PROMPT_TOKENS, NEW_TOKENS = 192, 4
 
 
 def run_one(loaded, im, hw, ids, kv, rtl: bool, prefetch: bool = True) -> dict:
-    from accel.ladder import compare, reference_generation
+    from accel.ladder import compare, perf_vs_rtl, reference_generation
     from accel.runtime import run_build, same_dram
     from compiler.driver import compile_generation
-    from sweeps.perf import time_build
 
     build = compile_generation(im.cfg, im.qm, hw, ids, NEW_TOKENS, kv=kv, prefetch=prefetch)
     isa = run_build(build, "isa")
@@ -45,11 +44,10 @@ def run_one(loaded, im, hw, ids, kv, rtl: bool, prefetch: bool = True) -> dict:
                                                 result.l2)["bit_exact"]
         row["decode_cycles_rtl"] = round(sum(result.counters[n]["cycles"]
                                              for n in decode) / len(decode))
-        model = isa.model_cycles or {n: t.cycles for n, t in time_build(build).programs.items()}
-        row["decode_cycles_model"] = round(sum(model[n] for n in decode) / len(decode))
-        row["model_max_abs_error_pct"] = round(max(
-            abs(model[n] - c["cycles"]) / c["cycles"] for n, c in result.counters.items())
-            * 100, 2)
+        perf = perf_vs_rtl(build, result.counters, isa.model_cycles)
+        row["decode_cycles_model"] = round(sum(perf["programs"][n]["perf"] for n in decode)
+                                           / len(decode))
+        row["model_max_abs_error_pct"] = round(perf["max_abs_error_pct"], 2)
     return row
 
 

@@ -354,7 +354,7 @@ def time_build(build, cal: Calibration = CALIBRATION) -> BuildTiming:
     from chunk headers the host writes between programs, which the image does not hold
     (``accel.runtime.run_build(build, "isa").model_cycles`` times each program on the
     DRAM before it)."""
-    if getattr(build, "kv", None) is not None:
+    if build.kv is not None:
         raise PerfError("a build with compressed KV chunks is timed program by program on "
                         "the DRAM the host leaves before each (run_build(build, 'isa')."
                         "model_cycles), not from its first image")
