@@ -224,6 +224,12 @@ class Occupancy:
     copies: Copies | None = None  # a DMA instruction that copies rows (it ends deferred)
     l2_lines: int = 0             # L2 lines read and written
     after_copier: bool = False    # starts once the engine's copier has written its rows
+    # Cycles in which one of its L2 readers moves between half a line and a line a cycle,
+    # idling a cycle between lines (a row reader priming short or unaligned rows), and
+    # the lines it reads in them: a DMA copier below it in priority can be held to that
+    # pace (``sweeps.perf._trapped``).
+    paced_cycles: int = 0
+    paced_lines: int = 0
 
 
 def _fields(instr: Instruction) -> SimpleNamespace:
@@ -509,6 +515,7 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     stream_rows = 0                        # rows of the last streamed block
     wb_free = 0                            # the writeback's next free cycle
     wb_end = lines = 0
+    paced_cycles = paced_lines = 0
     s = group = 0
 
     for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
@@ -551,6 +558,10 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         # GEMV class is within 0.8% on all five of its configurations.)
         tail = max(_read_tail(*x_last, W), _read_tail(*w_last, W))
         fill = max(x_steps, w_steps, math.ceil((x_reads + w_reads) / l2_rate) + tail - 1)
+        steps, reads = (x_steps, x_reads) if x_steps > w_steps else (w_steps, w_reads)
+        if steps == fill and reads < steps <= 2 * reads:    # half a line to a line a step
+            paced_cycles += steps
+            paced_lines += reads
         push[s] = begin + cal.mm_fill_latency + fill
         filler = push[s] + 1
         avail = push[s] + 1
@@ -577,7 +588,8 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
             wb_end = wb_free
             group += 1
     cycles = math.ceil(wb_end) + cal.mm_write_latency + cal.engine_overhead
-    return Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines)
+    return Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
+                     paced_cycles=paced_cycles, paced_lines=paced_lines)
 
 
 # -- vector unit ---------------------------------------------------------------------------
@@ -676,7 +688,7 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     per_cycle = hw.l2_lines_per_cycle
     fixed, per_beat = VECTOR_TIMING[instr.mnemonic]
     cycles = cal.vec_fixed + fixed
-    total = word_lines = 0
+    total = word_lines = paced_cycles = paced_lines = 0
     for n, reads, writes in vector_segments(instr):
         if n == 0:      # REQUANT's row word: its reader is otherwise idle, so it takes
             word_lines = sum(_lines(a, b, W) for a, b in reads)   # only the L2's time
@@ -685,11 +697,19 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
         # an operand row that does not start on a line costs its reader a priming step
         # (``rtl.copier``), and the datapath takes every operand in lockstep
         prime = 1 if any(a % W for a, _ in reads) else 0
-        lines = sum(_lines(a, b, W) for a, b in reads + writes) + word_lines
+        streams = [_lines(a, b, W) for a, b in reads + writes]
+        lines = sum(streams) + word_lines
         word_lines = 0
         total += lines
-        cycles += max(max(beats, math.ceil(lines / per_cycle)) + prime, cal.vec_segment_min)
-    return Occupancy(Engine.COMPUTE, cycles, l2_lines=total)
+        seg = max(max(beats, math.ceil(lines / per_cycle)) + prime, cal.vec_segment_min)
+        cycles += seg
+        # its fastest stream that idles a cycle between lines (``Occupancy.paced_cycles``)
+        paced = max((n for n in streams if n < seg <= 2 * n), default=0)
+        if paced:
+            paced_cycles += seg
+            paced_lines += paced
+    return Occupancy(Engine.COMPUTE, cycles, l2_lines=total, paced_cycles=paced_cycles,
+                     paced_lines=paced_lines)
 
 
 _TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")

@@ -91,7 +91,7 @@ from compiler.ir import (
 from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
 from models.integer import check_weight_format, quant_struct
-from sweeps.perf import CONTENTION_PASSES, _Usage
+from sweeps.perf import CONTENTION_PASSES, _settled, _Streams, _trapped, _Usage
 
 DMA_END = CALIBRATION.dma_end
 
@@ -109,9 +109,9 @@ class StepEstimate:
 
 
 def _tile(load=0, compute: int = 0, staged: int = 0, extra: float = 0.0,
-          compute_l2: int = 0, load_l2: int = 0) -> list:
+          compute_l2: int = 0, load_l2: int = 0, paced: tuple[int, int] = (0, 0)) -> list:
     """A tile in ``_Tiles``' layout."""
-    return [load, compute, staged, 0, 0, extra, 0.0, compute_l2, load_l2, 0, 0]
+    return [load, compute, staged, 0, 0, extra, 0.0, compute_l2, load_l2, 0, 0, *paced]
 
 
 class _Tiles:
@@ -129,7 +129,7 @@ class _Tiles:
     engine's instructions that begin when this tile's compute has ended and the store
     engine has taken the ones before, ``(copies, cycles)`` each (the program ends when
     the store engine has finished too: a batched decode step ends with two stores per
-    sequence)."""
+    sequence); and the compute's paced cycles and lines (``Occupancy.paced_cycles``)."""
 
     def __init__(self, hw: HardwareConfig):
         self.hw = hw
@@ -157,10 +157,12 @@ class _Tiles:
         self.pending += self.hw.dram_cycles_per_line
         cycles = occ.cycles + ENGINE_START_CYCLES
         last = self.tiles[-1] if self.tiles else None
+        paced = (occ.paced_cycles, occ.paced_lines)
         if type(last) is list and last[0] and not last[1]:
             last[1], last[7] = cycles, occ.l2_lines
+            last[11], last[12] = paced
         else:
-            self.tiles.append(_tile(compute=cycles, compute_l2=occ.l2_lines))
+            self.tiles.append(_tile(compute=cycles, compute_l2=occ.l2_lines, paced=paced))
         return len(self.tiles) - 1
 
     def add_store(self, occ, producer: int) -> tuple[int, int]:
@@ -206,14 +208,15 @@ def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_t
             occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
                                  row_bytes=row_bytes, dram_stride=row_bytes,
                                  l2_stride=row_bytes), hw)
-            compute, macs, mm_lines = 0, 0, 0
+            compute, macs, mm_lines, paced = 0, 0, 0, (0, 0)
             if instr is not None:
                 mm = occupancy(instr(), hw)
                 compute, macs, mm_lines = mm.cycles + ENGINE_START_CYCLES, mm.macs, mm.l2_lines
+                paced = (mm.paced_cycles, mm.paced_lines)
             # the load's and the matmul's fetch lines go with the tile
             costed[shape] = (tuple(_tile(occ.copies, compute, rows * row_bytes,
                                          cpl * (1 + (instr is not None)), mm_lines,
-                                         occ.l2_lines)),
+                                         occ.l2_lines, paced)),
                              occ.dram_read_bytes, macs, occ.l2_lines + mm_lines)
         t, read, macs, lines = costed[shape]
         tiles.append(t)
@@ -748,13 +751,19 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     pass's): it needs at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles
     (``sweeps.perf``'s rule and passes, each compute instruction taking its lines evenly
     from begin to end; a load's copier from ``data_delay`` after its begin, when its first
-    data is in, at the earliest). No pass is needed where the busiest compute and a load
-    at ``dram_lines_per_cycle`` fit the L2 together."""
+    data is in, at the earliest), and no faster than the paced compute streams it
+    overlaps let it (``sweeps.perf._trapped``); a wait never shrinks from one pass to the
+    next, so that the passes settle. No pass is needed where the busiest compute and a
+    load at ``dram_lines_per_cycle`` fit the L2 together and no compute is paced slower
+    than such a load."""
     schedule = _schedule(tiles, ring)
     # no wait is possible where the busiest compute and a load at the DRAM's line rate
     # fit the L2's lines per cycle together
     busiest = max((t[7] / t[1] for t in tiles if t[1] and t[7]), default=0.0)
-    if not l2_lines_per_cycle or busiest + dram_lines_per_cycle <= l2_lines_per_cycle:
+    # nor a stream a load's copier could be held behind (``sweeps.perf._trapped``)
+    trap = any(t[12] < t[11] * dram_lines_per_cycle for t in tiles if t[11])
+    if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
+                                  and not trap):
         run = _run(tiles, schedule, [0] * len(tiles))
         return run[0], run[3], run[4], run[5]
     loading = [j for j, t in enumerate(tiles) if t[0] and t[8]]
@@ -765,12 +774,18 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
         usage = _Usage([(compute_begin[i], compute_ends[i],
                          t[7] / max(1, compute_ends[i] - compute_begin[i]))
                         for i, t in enumerate(tiles) if t[1] and t[7]])
+        trapped = _Streams([(compute_begin[i], compute_ends[i], t[12] / t[11],
+                             min(1.0, t[11] / max(1, compute_ends[i] - compute_begin[i])))
+                            for i, t in enumerate(tiles) if t[11]])
         again = list(waits)
         for j in loading:
             lo, hi = write_start[j], load_end[j]
+            free_running = hi - lo - waits[j]
             need = (tiles[j][8] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
-            again[j] = max(0, math.ceil(need - (hi - lo - waits[j])))
-        if again == waits:
+            again[j] = max(waits[j], math.ceil(need - free_running),
+                           math.ceil(_trapped(trapped, lo, free_running,
+                                              tiles[j][8] / max(1, free_running))))
+        if _settled(again, waits):
             break
         waits = again
     return run[0], run[3], run[4], run[5]

@@ -66,3 +66,27 @@ def test_a_chunked_prefetch_needs_the_dram():
     instr, _ = _prefetch(hw, 4)
     with pytest.raises(ValueError, match="needs the DRAM image"):
         occupancy(instr, hw)
+
+
+def test_paced_streams_are_the_readers_idling_a_cycle_between_lines():
+    """``Occupancy.paced_cycles``: attention's ``P · V`` (KN weights, a row of ``C`` bytes
+    per reduction step) primes each row that does not start on a line, so its weight
+    reader moves half a line a cycle on the column tiles past the first; the same product
+    with NK weights of whole lines streams them back to back and paces nothing; a
+    REQUANT on edge-8x8 reads its int32 accumulators at half a line a cycle throughout."""
+    hw = load_hardware("edge-8x8")
+    W, C = hw.line_bytes, hw.array_cols
+    gemv = dict(mode=1, accumulate=0, w_format=0, e_addr=0)
+    pv = occupancy(make("MATMUL", **gemv, w_layout=1, m=2, k=200, n=W, x_addr=0, w_addr=0,
+                        out_addr=1 << 14, x_stride=256, w_stride=W, out_stride=4 * W), hw)
+    assert pv.paced_cycles and pv.paced_lines < pv.paced_cycles <= 2 * pv.paced_lines
+    # the first of the W / C column tiles is aligned and paces nothing
+    assert 200 * (W // C - 1) <= pv.paced_lines < 200 * W // C
+    nk = occupancy(make("MATMUL", **gemv, w_layout=0, m=1, k=128, n=128, x_addr=0,
+                        w_addr=1 << 10, out_addr=1 << 15, x_stride=128, w_stride=128,
+                        out_stride=512), hw)
+    assert nk.paced_cycles == nk.paced_lines == 0 and nk.l2_lines > 0
+    rq = occupancy(make("REQUANT", out_bits=0, params=1, has_bias=0, rows=4, cols=128,
+                        src_addr=0, dst_addr=1 << 12, src_stride=512, dst_stride=128,
+                        param_addr=1 << 13, bias_addr=0), hw)
+    assert rq.paced_cycles and 2 * rq.paced_lines == rq.paced_cycles

@@ -12,6 +12,7 @@ so the prefill's matmuls have more rows than the array and some run as GEMM. ``p
 benchmarks.rtl_tiny`` runs the same check with a 6-token prompt and prints the figures
 (``--weights mxint4`` for MXINT4)."""
 
+import numpy as np
 import pytest
 
 from accel.ladder import compare, reference_generation
@@ -62,15 +63,17 @@ def test_tiny_is_bit_exact_on_the_rtl(runs):
 
 
 # Busy counters the model does not predict within 5%, and why (docs/perf.md, "L2 shared
-# between engines"): with prefetch a DMA instruction overlaps compute instructions whose
-# L2 ports win bank conflicts; the model gives each DMA instruction the lines the others
-# leave over its whole interval, while the RTL's copier loses them in bursts, so on
-# edge-8x8 the load engine's instructions end 6-8% later than modelled and on edge-4x4 the
-# store engine, second in priority, holds a KV_APPEND open behind the compute engine's
-# streams (its busy up to 54% longer; the step is not delayed: compute is the bottleneck).
+# between engines"). The load engine's copier, last in L2 priority, is held to the pace
+# of a compute stream that idles a cycle between lines (``sweeps.perf._trapped``, which
+# the model follows); what it still misses: in edge-8x8's prefill the copier loses about
+# one cycle each time a GEMV's result writer or x reader, moving a line a cycle, crosses
+# its banks (its busy 5.4% longer than modelled; the prefill is compute-bound: its cycles
+# are within 0.1%), and on edge-4x4, whose L2 moves one line a cycle in all, the store
+# engine, second in priority, holds a KV_APPEND open behind the compute engine's streams
+# (its busy up to 54% longer; the step is not delayed: compute is the bottleneck).
 # Program cycles and every other counter are asserted on every configuration.
-KNOWN_GAPS = {("edge-8x8", True): {"load_busy"},
-              ("edge-4x4", True): {"store_busy"}}
+KNOWN_GAPS = {("edge-8x8", True, "prefill"): {"load_busy"},
+              ("edge-4x4", True, "decode"): {"store_busy"}}
 BUSY = ("load_busy", "compute_busy", "store_busy", "dram_busy_cycles")
 
 
@@ -80,8 +83,9 @@ def test_performance_model_agrees_with_the_rtl(runs):
     _, build, _, rtl, _ = runs
     hw_name, prefetch = build.hw.name, build.prefetch
     timing = time_build(build)
-    checked = set(BUSY) - KNOWN_GAPS.get((hw_name, prefetch), set())
+    kinds = {p.name: p.kind for p in build.programs}
     for name, counters in rtl.counters.items():
+        checked = set(BUSY) - KNOWN_GAPS.get((hw_name, prefetch, kinds[name]), set())
         model = timing.programs[name].counters()
         error = (model["cycles"] - counters["cycles"]) / counters["cycles"]
         assert abs(error) < 0.05, (name, model["cycles"], counters["cycles"])
@@ -175,3 +179,46 @@ def test_a_bad_entry_in_a_later_sequences_table_stops_the_rtl_as_the_isa_simulat
             run_build(build, sim)
         stops.append((raised.value.code, raised.value.index))
     assert stops[0] == stops[1] and stops[0][0].name == "BAD_BLOCK", stops
+
+
+def test_the_load_engine_is_held_to_the_pace_of_attentions_p_v(tiny_int):
+    """The L2 priority effect the performance model follows (``sweeps.perf._trapped``):
+    a tiny decode step's weight loads run beside its MATMULs (dependency tokens stripped,
+    so that they overlap as far as the dispatcher lets them) on edge-8x8's 64 KiB. Beside
+    attention's ``P · V``, whose weight reader primes its rows of ``C`` bytes one by one
+    and so idles a cycle between lines, the load engine's copier is held to that pace:
+    on the RTL its busy cycles grow by more than a tenth over the loads alone, and the
+    model, which gave the copier the L2's spare lines until this rule, follows both
+    within 3%."""
+    from arch.isa import Engine, make
+    from compiler.asm import encode_program
+    from compiler.driver import compile_step
+    from rtl.common import rtl_params
+    from rtl.sim import build_model, run_job
+    from sweeps.perf import time_program
+
+    hw = HARDWARE["edge-8x8"]
+    build = compile_step(tiny_int.cfg, tiny_int.qm, hw, 100, 1, prefetch=True)
+    free = [i.replace(wait=0, signal=0) for i in build.programs[0].instrs
+            if i.engine != Engine.CONTROL]
+    loads = [i for i in free if i.mnemonic in ("DMA_LOAD", "DMA_GATHER")]
+    both = [i for i in free if i.mnemonic in ("DMA_LOAD", "DMA_GATHER", "MATMUL")]
+    image = build.image.data
+    base = -(-image.size // 64) * 64
+    blobs = [encode_program(p + [make("HALT")]) for p in (loads, both)]
+    data = np.zeros(base + sum(len(b) for b in blobs), np.uint8)
+    data[:image.size] = image
+    entries, offset = [], base
+    for name, blob in zip(("loads", "both"), blobs, strict=True):
+        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
+        entries.append((name, offset))
+        offset += len(blob)
+    job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
+    assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
+    rtl = {name: entry["counters"]["load_busy"] for (name, _), entry
+           in zip(entries, job.programs, strict=True)}
+    model = {name: time_program(p + [make("HALT")], hw, build.image.read_i32).busy["load"]
+             for name, p in (("loads", loads), ("both", both))}
+    assert rtl["both"] > 1.1 * rtl["loads"], rtl
+    for name in rtl:
+        assert abs(model[name] - rtl[name]) <= 0.03 * rtl[name], (name, model, rtl)
