@@ -12,6 +12,7 @@ from benchmarks import (
     kv_compression,
     kv_device,
     kv_waste,
+    l2_conflicts,
     ladder,
     matmul_calibration,
     mxint4,
@@ -48,6 +49,7 @@ def main() -> None:
     rtl_gemm.main([])
     perf_calibration.main([])
     rtl_overlap.main([])
+    l2_conflicts.main([])          # Amaranth's simulator: a few minutes
     matmul_calibration.main([])
     perf_model.main([])
     sweep_speed.main([])
