@@ -224,9 +224,10 @@ class Occupancy:
     copies: Copies | None = None  # a DMA instruction that copies rows (it ends deferred)
     l2_lines: int = 0             # L2 lines read and written
     after_copier: bool = False    # starts once the engine's copier has written its rows
-    # Cycles in which one of its L2 readers moves between half a line and a line a cycle,
-    # idling a cycle between lines (a row reader priming short or unaligned rows), and
-    # the lines it reads in them: a DMA copier below it in priority can be held to that
+    # Cycles in which one of its L2 streams moves between half a line and a line a cycle,
+    # idling a cycle between lines (a row reader priming short or unaligned rows; for the
+    # vector unit, its fastest operand or result stream in a segment), and the lines it
+    # moves in them: the load engine's copier, below it in priority, can be held to that
     # pace (``sweeps.perf._trapped``).
     paced_cycles: int = 0
     paced_lines: int = 0
@@ -558,10 +559,12 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         # GEMV class is within 0.8% on all five of its configurations.)
         tail = max(_read_tail(*x_last, W), _read_tail(*w_last, W))
         fill = max(x_steps, w_steps, math.ceil((x_reads + w_reads) / l2_rate) + tail - 1)
-        steps, reads = (x_steps, x_reads) if x_steps > w_steps else (w_steps, w_reads)
-        if steps == fill and reads < steps <= 2 * reads:    # half a line to a line a step
-            paced_cycles += steps
-            paced_lines += reads
+        # the reader that sets the fill, if it idles a cycle between lines
+        pacing = [r for st, r in ((x_steps, x_reads), (w_steps, w_reads))
+                  if st == fill and r < st <= 2 * r]          # half a line to a line a step
+        if pacing:
+            paced_cycles += fill
+            paced_lines += max(pacing)
         push[s] = begin + cal.mm_fill_latency + fill
         filler = push[s] + 1
         avail = push[s] + 1
@@ -704,7 +707,7 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
         seg = max(max(beats, math.ceil(lines / per_cycle)) + prime, cal.vec_segment_min)
         cycles += seg
         # its fastest stream that idles a cycle between lines (``Occupancy.paced_cycles``)
-        paced = max((n for n in streams if n < seg <= 2 * n), default=0)
+        paced = max((k for k in streams if k < seg <= 2 * k), default=0)
         if paced:
             paced_cycles += seg
             paced_lines += paced

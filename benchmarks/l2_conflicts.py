@@ -145,12 +145,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--l2-banks", type=int, default=None, help="override l2_banks")
     parser.add_argument("--decode-at", type=int, default=100, help="the step's KV length")
     args = parser.parse_args(argv)
-    hw = load_hardware(args.hw).replace(l2_bytes=args.l2)
-    if args.l2_banks:
-        hw = hw.replace(l2_banks=args.l2_banks)
+    if args.decode_at < 1:
+        parser.error(f"--decode-at {args.decode_at}: the step's KV length must be positive")
+    try:
+        hw = load_hardware(args.hw).replace(l2_bytes=args.l2)
+    except ValueError as e:                    # HardwareError names the field
+        parser.error(f"--hw {args.hw} --l2 {args.l2}: {e}")
+    if args.l2_banks is not None:
+        try:
+            hw = hw.replace(l2_banks=args.l2_banks)
+        except ValueError as e:
+            parser.error(f"--l2-banks {args.l2_banks}: {e}")
+    from compiler.ir import CompileError
+
     t0 = time.perf_counter()
+    try:
+        runs = simulate(hw, args.decode_at)
+    except CompileError as e:             # checked before the simulation starts
+        parser.error(f"--decode-at {args.decode_at} on {hw.name} (l2_bytes {hw.l2_bytes}): {e}")
     rows = []
-    for run in simulate(hw, args.decode_at):
+    for run in runs:
         row = {"benchmark": "l2_conflicts", "hw": hw.name, "l2_bytes": hw.l2_bytes,
                "line_banks": int(hw.l2_lines_per_cycle), "kv_length": args.decode_at,
                "program": run["program"], "cycles": run["cycles"],

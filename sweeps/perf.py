@@ -108,10 +108,10 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
     occs = [occupancy(instr, hw, read_i32, cal) if instr.engine != Engine.CONTROL else None
             for instr in instrs]
     delay = [(0, 0)] * len(instrs)
-    for _ in range(CONTENTION_PASSES):
+    for n in range(CONTENTION_PASSES):
         timing, write_start, fetch = _time(instrs, occs, hw, cal, delay)
         again = _contention(instrs, occs, hw, timing, write_start, fetch, delay)
-        if _settled(again, delay):
+        if again == delay or (n and _settled(again, delay)):   # the first pass's waits apply
             break
         delay = again
     return timing
@@ -173,9 +173,11 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
     engine's refused L2 cycles are this, behind attention's ``P · V``, whose KN weight
     rows of ``C`` bytes its reader primes one by one, and as many with four times the
     banks.)"""
+    alone = max(0.0, alone)
     t, left = lo, alone
-    k = max(0, bisect.bisect_right(streams.starts, lo) - 1)
-    for b, e, r, fraction in streams.intervals[k:]:
+    intervals = streams.intervals
+    for k in range(max(0, bisect.bisect_right(streams.starts, lo) - 1), len(intervals)):
+        b, e, r, fraction = intervals[k]
         if e <= t or r >= rate:
             continue
         if b > t:                                  # free running up to the stream
@@ -204,8 +206,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     gets only the lines the higher-priority instructions overlapping it leave, each
     taking its lines evenly over its run (a compute instruction from begin to end, a DMA
     instruction over its copier's interval): at least ``(its lines + theirs) /
-    l2_lines_per_cycle`` cycles; and no faster than the paced compute streams it
-    overlaps let it (``_trapped``).
+    l2_lines_per_cycle`` cycles; and a load no faster than the paced compute streams it
+    overlaps let it (``_trapped``; measured for the load engine only).
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
     per instruction, at its request cycle) and the two DMA engines; a line takes
@@ -250,8 +252,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         if occ.l2_lines:
             used = sum(l2_usage[a].lines(hi) - l2_usage[a].lines(lo) for a in above[e])
             l2_wait = max(0, math.ceil((occ.l2_lines + used) / per_cycle - free_running))
-            l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
-                                                      occ.l2_lines / max(1, free_running))))
+            if e == Engine.LOAD:           # measured behind paced streams: the load engine
+                l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
+                                                          occ.l2_lines / max(1, free_running))))
         if occ.dram_lines:
             own = occ.dram_lines
             taken = sum(min(u.lines(hi) - u.lines(lo), own)

@@ -65,15 +65,14 @@ def test_tiny_is_bit_exact_on_the_rtl(runs):
 # Busy counters the model does not predict within 5%, and why (docs/perf.md, "L2 shared
 # between engines"). The load engine's copier, last in L2 priority, is held to the pace
 # of a compute stream that idles a cycle between lines (``sweeps.perf._trapped``, which
-# the model follows); what it still misses: in edge-8x8's prefill the copier loses about
-# one cycle each time a GEMV's result writer or x reader, moving a line a cycle, crosses
-# its banks (its busy 5.4% longer than modelled; the prefill is compute-bound: its cycles
-# are within 0.1%), and on edge-4x4, whose L2 moves one line a cycle in all, the store
+# the model follows); what it still misses: in edge-8x8's int8 prefill, refusals behind
+# streams that are not paced (the prefill is compute-bound: its cycles are asserted like
+# every program's), and on edge-4x4, whose L2 moves one line a cycle in all, the store
 # engine, second in priority, holds a KV_APPEND open behind the compute engine's streams
-# (its busy up to 54% longer; the step is not delayed: compute is the bottleneck).
-# Program cycles and every other counter are asserted on every configuration.
-KNOWN_GAPS = {("edge-8x8", True, "prefill"): {"load_busy"},
-              ("edge-4x4", True, "decode"): {"store_busy"}}
+# (its busy up to 54% longer, ``benchmarks.rtl_tiny``; the step is not delayed: compute
+# is the bottleneck). Every other counter is asserted on every configuration.
+KNOWN_GAPS = {("edge-8x8", True, "int8", "prefill"): {"load_busy"},
+              ("edge-4x4", True, "int8", "decode"): {"store_busy"}}
 BUSY = ("load_busy", "compute_busy", "store_busy", "dram_busy_cycles")
 
 
@@ -85,7 +84,8 @@ def test_performance_model_agrees_with_the_rtl(runs):
     timing = time_build(build)
     kinds = {p.name: p.kind for p in build.programs}
     for name, counters in rtl.counters.items():
-        checked = set(BUSY) - KNOWN_GAPS.get((hw_name, prefetch, kinds[name]), set())
+        checked = set(BUSY) - KNOWN_GAPS.get((hw_name, prefetch, build.weights, kinds[name]),
+                                             set())
         model = timing.programs[name].counters()
         error = (model["cycles"] - counters["cycles"]) / counters["cycles"]
         assert abs(error) < 0.05, (name, model["cycles"], counters["cycles"])

@@ -349,3 +349,25 @@ def test_context_switch_pipelines_recompute_with_reload(tiny_model):
         context_switch(cfg, hw, 300, 0)
     with pytest.raises(ValueError, match="kv_bytes_ratio"):
         context_switch(cfg, hw, 100, 0, kv_bytes_ratio=0)
+
+
+def test_a_copier_is_held_to_the_pace_of_a_slower_paced_stream():
+    """``_trapped`` walks a copier's work through the paced compute streams: alone it
+    would move a line a cycle for 100 cycles from cycle 0. Behind a stream paced at half
+    a line a cycle over all of it, it moves at half pace until the stream ends; a stream
+    as fast as the copier, or one that paces only part of its instruction, holds it less;
+    a stream after the copier is done holds it not at all."""
+    from sweeps.perf import _Streams, _trapped
+
+    def lost(*intervals, alone=100.0, rate=1.0):
+        return _trapped(_Streams(list(intervals)), 0.0, alone, rate)
+
+    assert lost() == 0
+    assert lost((0, 1000, 0.5, 1.0)) == pytest.approx(100)       # 200 cycles for 100
+    assert lost((0, 50, 0.5, 1.0)) == pytest.approx(25)          # 25 lines in 50, 75 after
+    assert lost((0, 1000, 1.0, 1.0)) == 0                        # not slower than it
+    assert lost((0, 1000, 0.5, 1.0), rate=0.5) == 0              # a copier at its pace
+    assert lost((0, 1000, 0.5, 0.5)) == pytest.approx(100 / 0.75 - 100)
+    assert lost((20, 60, 0.5, 1.0)) == pytest.approx(20)         # a free start, then held
+    assert lost((100, 200, 0.5, 1.0)) == 0                       # done before it begins
+    assert lost((0, 1000, 0.5, 1.0), alone=-5.0) == 0
