@@ -50,23 +50,14 @@ def simulate(hw, at: int) -> list[dict]:
     from amaranth.lib import wiring
     from amaranth.sim import Simulator
 
-    from arch.isa import make
-    from compiler.asm import encode_program
+    from benchmarks.perf_calibration import image_with_programs
     from rtl.common import rtl_params
     from rtl.dram import DramModel
     from rtl.top import Accelerator
 
     build, programs = _programs(hw, at)
-    image = build.image.data
-    blobs = [encode_program(p + [make("HALT")]) for p in programs.values()]
-    base = -(-image.size // 64) * 64
-    data = np.zeros(base + sum(len(b) for b in blobs), np.uint8)
-    data[:image.size] = image
-    entries, offset = [], base
-    for blob in blobs:
-        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
-        entries.append(offset)
-        offset += len(blob)
+    data, named = image_with_programs(build.image.data, programs)
+    entries = [offset for _, offset in named]
     params = dataclasses.replace(rtl_params(hw, image_bytes=data.size), macros=False)
     ports = []
 
