@@ -777,10 +777,8 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
         _, write_start, load_end, compute_begin, compute_ends, _ = run
         # The waits behind paced streams from the first pass's timeline, then held
         # (``_trapped`` walks each copier through the streams; recomputing them on the
-        # second pass's timeline took tiny's decode at KV 100 with prefetch on edge-8x8
-        # from +1.15% to +0.17% of the instruction-level model at 1 MiB, for a third
-        # pass, half as much time again, on every step).
-        if n < 1:
+        # second pass's timeline would take a third pass on every step).
+        if n == 0:
             trapped = _Streams([(compute_begin[i], compute_ends[i], t[12] / t[11],
                                  min(1.0, t[11] / max(1, compute_ends[i] - compute_begin[i])))
                                 for i, t in enumerate(tiles) if t[11]])

@@ -178,11 +178,11 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
     intervals = streams.intervals
     for k in range(max(0, bisect.bisect_right(streams.starts, lo) - 1), len(intervals)):
         b, e, r, fraction = intervals[k]
+        if b - t >= left:                          # done before the stream begins
+            break
         if e <= t or r >= rate:
             continue
         if b > t:                                  # free running up to the stream
-            if b - t >= left:
-                break
             left -= b - t
             t = b
         speed = 1 - fraction * (1 - r / rate)      # the copier's work per cycle
