@@ -748,8 +748,31 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     return MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM] else MatmulMode.GEMM
 
 
+def kv_budget_widths(channels: int, bits: float) -> np.ndarray:
+    """Code widths ``int64 [channels]`` of one chunk whose channels average ``bits`` bits
+    (a KV budget, 2 to 8 bits per cached element): the channels split between the two
+    widths of ``KV_WIDTH_CODES`` either side of it, as many at the wider as the mean
+    needs (rounded to a whole channel), the wider first. The host picks each channel's
+    width from its data (``numerics.kv_chunk_compress``); the performance model times a
+    budget with this stand-in, in the fast path (``sweeps.analytic``) and in a timing
+    build's chunk headers (``driver.compile_timing_step``), so that the two time the same
+    bytes. Raises ``ValueError`` for no channels or a budget outside [2, 8]."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"a chunk has at least one channel, not {channels!r}")
+    if (isinstance(bits, bool) or not isinstance(bits, int | float) or not math.isfinite(bits)
+            or not min(KV_WIDTH_CODES) <= bits <= max(KV_WIDTH_CODES)):
+        raise ValueError(f"a KV budget is {min(KV_WIDTH_CODES)} to {max(KV_WIDTH_CODES)} bits "
+                         f"per cached element, not {bits!r}")
+    widths = sorted(KV_WIDTH_CODES)
+    lo = max(w for w in widths if w <= bits)
+    hi = min((w for w in widths if w > bits), default=lo)
+    wide = round(channels * (bits - lo) / (hi - lo)) if hi > lo else channels
+    return np.array([hi] * wide + [lo] * (channels - wide), np.int64)
+
+
 def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
-                               cal: Calibration = CALIBRATION) -> Occupancy:
+                               cal: Calibration = CALIBRATION,
+                               kv_bits: float | None = None) -> Occupancy:
     """A ``KV_PREFETCH`` in ``CHUNKED`` format, as the load engine runs it
     (``rtl/dma.py``, ``rtl/kv_chunks.py``): once the engine's row copier is idle, block
     after block with nothing overlapped between blocks: the table entry (an int32 read),
@@ -762,10 +785,13 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
     ``BAD_OPERAND``, ``BAD_BLOCK``, ``BAD_CHUNK``). ``Calibration.chunk_start`` and
     ``chunk_block`` are the cycles the structure does not name, fitted to the RTL
     (``benchmarks.kv_chunk_timing``). Not deferred: the instruction ends when its last
-    row is written."""
-    if read_i32 is None:
+    row is written. With ``kv_bits`` instead of a DRAM image (the fast path, which has
+    none), every chunk's widths are ``kv_budget_widths(col_bytes, kv_bits)`` and the
+    ``k``-th block read is pool block ``first_token / B + k``."""
+    if read_i32 is None and kv_bits is None:
         raise ValueError("a KV_PREFETCH in CHUNKED format is timed from the widths in its "
-                         "chunks' headers: it needs the DRAM image (read_i32)")
+                         "chunks' headers: it needs the DRAM image (read_i32) or a KV "
+                         "budget (kv_bits)")
     f = _fields(instr)
     W, B, lat = hw.line_bytes, hw.kv_block_tokens, hw.dram_latency_cycles
     line_cycles = max(1.0, hw.dram_cycles_per_line)
@@ -779,20 +805,27 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
     dram_bytes = dram_lines = l2_lines = moved = 0
     dst = f.l2_addr
     group = {code: kv_group_bytes(bits, B) for bits, code in KV_WIDTH_CODES.items()}
+    budget = (None if kv_bits is None else
+              sum(kv_group_bytes(int(b), B) for b in kv_budget_widths(cols, kv_bits)))
     for k in range(f.n_tokens // B):
-        block = read_i32(kv_table_entry_addr(f.table_addr, f.first_token + k * B, B))
-        if not 0 <= block < f.pool_blocks:
-            raise ValueError(f"BAD_BLOCK: block-table entry {block} of token "
-                             f"{f.first_token + k * B} is outside the pool of "
-                             f"{f.pool_blocks} blocks")
-        codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B, f.row_bytes,
-                                        f.col_offset)
-        header = np.array([(read_i32(a & ~3) >> (8 * (a & 3))) & 0xFF
-                           for a in range(headers, headers + cols)], np.uint8)
-        fault = kv_chunk_fault(header)
-        if fault:
-            raise ValueError(f"BAD_CHUNK: block {block}: {fault}")
-        used = sum(group[int(code)] for code in header & 3)
+        if budget is not None:
+            block, used = f.first_token // B + k, budget
+            codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B,
+                                            f.row_bytes, f.col_offset)
+        else:
+            block = read_i32(kv_table_entry_addr(f.table_addr, f.first_token + k * B, B))
+            if not 0 <= block < f.pool_blocks:
+                raise ValueError(f"BAD_BLOCK: block-table entry {block} of token "
+                                 f"{f.first_token + k * B} is outside the pool of "
+                                 f"{f.pool_blocks} blocks")
+            codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B,
+                                            f.row_bytes, f.col_offset)
+            header = np.array([(read_i32(a & ~3) >> (8 * (a & 3))) & 0xFF
+                               for a in range(headers, headers + cols)], np.uint8)
+            fault = kv_chunk_fault(header)
+            if fault:
+                raise ValueError(f"BAD_CHUNK: block {block}: {fault}")
+            used = sum(group[int(code)] for code in header & 3)
         header_lines, code_lines = _lines(headers, cols, W), _lines(codes, used, W)
         writes = 0
         for _ in range(B):

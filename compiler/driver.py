@@ -38,7 +38,9 @@ from arch.isa import (
     INT32_BYTES,
     Instruction,
     WeightFormat,
+    kv_chunk_header,
 )
+from arch.occupancy import kv_budget_widths
 from compiler.backend import (
     MIN_RING_BYTES,
     BuildContext,
@@ -342,11 +344,13 @@ def build_context(hw: HardwareConfig, cfg: ModelConfig, mmap: MemoryMap, prefetc
 
 
 def _finish(cfg, hw, prefetch, mmap, image, named_graphs, prompt, max_new_tokens,
-            batch: tuple[SequencePlan, ...] | None = None, kv: KvPlan | None = None) -> Build:
+            batch: tuple[SequencePlan, ...] | None = None, kv: KvPlan | None = None,
+            kv_headers: bool = False) -> Build:
     """Each program through the pipeline's passes (``compiler.pipeline``), then the
-    programs placed after the data and, with weights, written into the image."""
+    programs placed after the data and, with weights, written into the image. The KV
+    pools end in a header area with ``kv`` or ``kv_headers``."""
     context = PassContext(hw, prefetch, image, build_context(hw, cfg, mmap, prefetch, batch,
-                                                             kv is not None))
+                                                             kv is not None or kv_headers))
     passes = PASSES if image.data is not None else PASSES[:-1]      # no bytes, no encode
     compiled = [run_passes(ProgramIR(name, kind, graphs), context, passes)
                 for name, kind, graphs in named_graphs]
@@ -400,11 +404,11 @@ def kv_plan(cfg: ModelConfig, qm, hw: HardwareConfig, kv) -> KvPlan | None:
     return KvPlan(kv, tolerances)
 
 
-def _packed(graph: Graph, packed: int) -> Graph:
-    """``graph`` with its attention reading cached rows ``[0, packed)`` compressed."""
-    graph.ops = [replace(op, packed=packed) if isinstance(op, Attention) else op
-                 for op in graph.ops]
-    return graph
+def packed_graph(graph: Graph, packed: int) -> Graph:
+    """A copy of ``graph`` with its attention reading cached rows ``[0, packed)`` as
+    compressed chunks (``KvFormat.CHUNKED``)."""
+    return replace(graph, ops=[replace(op, packed=packed) if isinstance(op, Attention) else op
+                               for op in graph.ops])
 
 
 def _batch_of(graphs: list[Graph], batch) -> tuple[list[int], list[int]]:
@@ -444,7 +448,7 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
         start = n_prompt + i
         graph = fit_head(lower_step(cfg, qm, start, 1, name=f"decode@{start}"), cfg, hw)
         named.append((f"decode_{i:03d}", "decode",
-                      [_packed(graph, start // B * B) if kvp else graph]))
+                      [packed_graph(graph, start // B * B) if kvp else graph]))
         if kvp:
             kvp.after(f"decode_{i:03d}", 0, start // B, (start + 1) // B)
     if kvp:
@@ -466,6 +470,14 @@ def compile_generation(cfg: ModelConfig, qm, hw: HardwareConfig, prompt: list[in
 def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens: int = 1,
                  prefetch: bool | None = None) -> Build:
     """One step of ``n_tokens`` tokens at ``start`` (a decode step when ``n_tokens == 1``)."""
+    return _compile_step(cfg, qm, hw, start, n_tokens, prefetch)
+
+
+def _compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens: int,
+                  prefetch: bool | None, kv_widths: np.ndarray | None = None) -> Build:
+    """``compile_step``; with ``kv_widths`` (a decode step to time), its attention reads
+    the full blocks before ``start`` compressed, every chunk header of every pool saying
+    those widths (a build without weights: its codes are not written)."""
     prefetch = hw.prefetch if prefetch is None else prefetch
     if start < 0 or n_tokens < 1:
         raise CompileError(f"a step of {n_tokens} tokens at position {start}: the position "
@@ -478,23 +490,43 @@ def compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens:
               if kind == "decode" else prefill_graphs(cfg, qm, hw, n_tokens))
     if kind == "prefill" and start:
         raise CompileError("a prefill step starts at position 0")
+    B = hw.kv_block_tokens
+    headers = kv_widths is not None
+    if headers:
+        graphs = [packed_graph(g, start // B * B) for g in graphs]
     params = _collect_params(graphs)
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
     name = "decode_000" if kind == "decode" else "prefill"
     mmap, image = _layout(cfg, hw, params, start + n_tokens + 1, [name], with_data,
-                          head_scratch_bytes(graphs))
-    return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1)
+                          head_scratch_bytes(graphs), headers)
+    if headers:
+        row = np.concatenate([kv_chunk_header(kv_widths, np.zeros_like(kv_widths))
+                              for _ in range(cfg.n_kv_heads)])
+        for layer in range(cfg.n_layers):
+            for kv_kind in ("k", "v"):
+                region = f"kv:{layer}:{kv_kind}"
+                blocks = mmap[region].size // ((B + 1) * cfg.kv_dim)
+                image.write(region, np.tile(row, blocks), blocks * B * cfg.kv_dim, keep=True)
+    return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1,
+                   kv_headers=headers)
 
 
 def compile_timing_step(cfg: ModelConfig, hw: HardwareConfig, at: int | None = None,
-                        prefetch: bool | None = None, weights: str = "int8") -> Build:
+                        prefetch: bool | None = None, weights: str = "int8",
+                        kv_bits: float | None = None) -> Build:
     """One decode step of ``cfg`` at position ``at`` (default: half the context) without
     weights, its projection weights in format ``weights``: a build to time
-    (``sweeps.perf``), not to run."""
+    (``sweeps.perf.time_program`` with ``build.image.read_i32``), not to run. With
+    ``kv_bits``, a compressed KV cache at that budget: the full blocks before ``at`` are
+    read as compressed chunks whose headers give every chunk the widths
+    ``occupancy.kv_budget_widths(head_dim, kv_bits)``, the stand-in the fast path times
+    (``sweeps.analytic.decode_step(kv_bits=...)``). ``ValueError`` for a budget outside
+    [2, 8] bits."""
     from models.integer import quant_struct
 
     at = cfg.max_seq_len // 2 if at is None else at
-    return compile_step(cfg, quant_struct(cfg, weights), hw, at, 1, prefetch=prefetch)
+    widths = None if kv_bits is None else kv_budget_widths(cfg.head_dim, kv_bits)
+    return _compile_step(cfg, quant_struct(cfg, weights), hw, at, 1, prefetch, widths)
 
 
 # -- many sequences: a batched build --------------------------------------------------------
@@ -669,7 +701,7 @@ def _batch_programs(cfg: ModelConfig, qm, hw: HardwareConfig,
             sp = sequences[b]
             graphs = prefill_graphs(cfg, qm, hw, len(sp.prompt), first=sp.cached, seq=b)
             if kvp:     # a shared prefix was compressed after its owner's prefill
-                graphs = [_packed(g, sp.cached) for g in graphs]
+                graphs = [packed_graph(g, sp.cached) for g in graphs]
                 kvp.after(f"prefill_s{b}", b, sp.cached // B, len(sp.prompt) // B)
             named.append((f"prefill_s{b}", "prefill", graphs))
             continue
@@ -678,7 +710,7 @@ def _batch_programs(cfg: ModelConfig, qm, hw: HardwareConfig,
         for b in step.seqs:
             pos = len(sequences[b].prompt) + decoded[b]
             graph = lower_step(cfg, qm, pos, 1, name=f"decode@{pos}.s{b}", seq=b)
-            graphs.append(_packed(graph, pos // B * B) if kvp else graph)
+            graphs.append(packed_graph(graph, pos // B * B) if kvp else graph)
             if kvp:
                 kvp.after(name, b, pos // B, (pos + 1) // B)
             decoded[b] += 1

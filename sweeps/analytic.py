@@ -52,7 +52,15 @@ from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
 from arch.isa import Engine, KvFormat, make
-from arch.occupancy import CALIBRATION, CopierQueue, load_data_delay, matmul_mode, occupancy
+from arch.occupancy import (
+    CALIBRATION,
+    CopierQueue,
+    chunked_prefetch_occupancy,
+    kv_budget_widths,
+    load_data_delay,
+    matmul_mode,
+    occupancy,
+)
 from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
@@ -77,6 +85,7 @@ from compiler.driver import (
     dram_map,
     fit_head,
     head_scratch_bytes,
+    packed_graph,
     param_sizes,
     prefill_graphs,
 )
@@ -118,7 +127,8 @@ def _tile(load=0, compute: int = 0, staged: int = 0, extra: float = 0.0,
 class _Tiles:
     """Tiles in program order, ``(load, compute cycles, staged bytes, reader, after,
     extra, stores, compute L2 lines, load L2 lines, after cycles)``, plus totals (DRAM bytes read,
-    MACs, L2 lines moved). ``load``: the load's ``occupancy.Copies``, or 0 for none;
+    MACs, L2 lines moved). ``load``: the load's ``occupancy.Copies``, a ``CHUNKED`` KV
+    prefetch's cycles (an int: it has no row copier), or 0 for none;
     ``staged``: its bytes in the staging ring; ``reader``: the tile that far ahead holds
     the first compute reading the load (0: the first compute at or after it); ``after``
     (negative): the load reads what the compute of the tile that far back produced (0:
@@ -144,7 +154,9 @@ class _Tiles:
         self.read += occ.dram_read_bytes
         self.l2 += occ.l2_lines
         self.pending += self.hw.dram_cycles_per_line
-        self.tiles.append(_tile(occ.copies, staged=staged, extra=self.pending,
+        # a row copier's ``Copies``; a chunked KV prefetch's cycles (``_run``)
+        load = occ.copies if occ.copies is not None else occ.cycles if occ.after_copier else 0
+        self.tiles.append(_tile(load, staged=staged, extra=self.pending,
                                 load_l2=occ.l2_lines))
         self.pending = 0.0
         return len(self.tiles) - 1
@@ -271,13 +283,15 @@ class _Timing(Generator):
     ``backend.matmul_tiles``, costed once per shape)."""
 
     def __init__(self, cfg: ModelConfig, hw: HardwareConfig, graph: Graph,
-                 core: HardwareConfig, program: tuple[int, int, int] | None):
+                 core: HardwareConfig, program: tuple[int, int, int] | None,
+                 kv_bits: float | None = None):
         super().__init__(BuildContext(hw, cfg, _NoDram(), True), "timing")
         plan, self.act_addr, self.temps = plan_l2(graph.ops, cfg, hw, graph.name)
         self.tile_bytes, self.ring_bytes, self.ring_base = program or (
             plan.tile_bytes, plan.ring_bytes, plan.ring_base)
         self.ring = Ring(self.ring_base, self.ring_base + self.ring_bytes)
         self.core = core
+        self.kv_bits = kv_bits                     # a compressed cache's budget
         self.s = _Tiles(core)
         self.tile_of: dict[int, int] = {}          # instruction index -> tile
         self.load_tile: dict[int, int] = {}        # ring slot serial -> its load's tile
@@ -298,7 +312,11 @@ class _Timing(Generator):
                 staged = fields["rows"] * fields["row_bytes"]
             elif mnemonic == "KV_PREFETCH":
                 staged = fields["n_tokens"] * fields["col_bytes"]
-            tile = s.add_load(occupancy(instr, self.core), staged)
+            if mnemonic == "KV_PREFETCH" and fields.get("kv_format") == KvFormat.CHUNKED:
+                occ = chunked_prefetch_occupancy(instr, self.core, None, kv_bits=self.kv_bits)
+            else:
+                occ = occupancy(instr, self.core)
+            tile = s.add_load(occ, staged)
             if mnemonic == "DMA_GATHER":
                 end = fields["l2_addr"] + fields["count"] * fields["l2_stride"]
                 self.gathers.append((fields["l2_addr"], end, tile))
@@ -409,14 +427,19 @@ def _lowered(cfg: ModelConfig, weights: str, start: int, n_tokens: int, head: bo
 
 
 def _step_graph(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int,
-                n_tokens: int, head: bool, batch: int) -> Graph:
+                n_tokens: int, head: bool, batch: int, packed: int = 0) -> Graph:
     """The graph the driver compiles: a step with its head fitted (``fit_head``), or a
-    decode step of ``batch`` sequences at ``start`` (``driver.batched_decode_graph``)."""
+    decode step of ``batch`` sequences at ``start`` (``driver.batched_decode_graph``);
+    its attention reading cached rows ``[0, packed)`` compressed
+    (``driver.packed_graph``)."""
     if batch > 1:
-        return batched_decode_graph([_lowered(cfg, weights, start, 1, True, b)
-                                     for b in range(batch)], cfg, hw, f"decode@{start}x{batch}")
-    graph = _lowered(cfg, weights, start, n_tokens, head)
-    return fit_head(graph, cfg, hw) if head else graph
+        graph = batched_decode_graph([_lowered(cfg, weights, start, 1, True, b)
+                                      for b in range(batch)], cfg, hw,
+                                     f"decode@{start}x{batch}")
+    else:
+        graph = _lowered(cfg, weights, start, n_tokens, head)
+        graph = fit_head(graph, cfg, hw) if head else graph
+    return packed_graph(graph, packed) if packed else graph
 
 
 @lru_cache(maxsize=1024)
@@ -451,7 +474,7 @@ def _split(ops: list) -> tuple[list, list, list]:
 @lru_cache(maxsize=4096)
 def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_tokens: int,
           head: bool, allreduce: int = 0, program: tuple[int, int, int] | None = None,
-          batch: int = 1) -> _Plan:
+          batch: int = 1, kv_bits: float | None = None) -> _Plan:
     """The tiles of a step of ``n_tokens`` at ``start`` of the one-layer ``cfg``: the
     graph the driver compiles (``fit_head`` chunks a head whose logits do not fit L2),
     planned by ``backend.plan_l2`` and lowered by the back end's own code (``_Timing``);
@@ -459,9 +482,12 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     single device). A prefill chunk is one graph of a program that ``_prefill_l2``
     plans: ``program`` is then its ``(tile_bytes, ring_bytes, ring_base)``, and only the
     first chunk loads the RoPE table. ``batch > 1``: a decode step of that many sequences
-    at ``start`` (``_step_graph``)."""
-    graph = _step_graph(cfg, weights, hw, start, n_tokens, head, batch)
-    timing = _Timing(cfg, hw, graph, _core(hw), program)
+    at ``start`` (``_step_graph``). ``kv_bits``: a decode step reading the full KV blocks
+    before ``start`` compressed at that budget (``occupancy.kv_budget_widths``), as
+    ``driver.compile_generation`` compiles a compressed cache's."""
+    packed = 0 if kv_bits is None else start // hw.kv_block_tokens * hw.kv_block_tokens
+    graph = _step_graph(cfg, weights, hw, start, n_tokens, head, batch, packed)
+    timing = _Timing(cfg, hw, graph, _core(hw), program, kv_bits)
     prefix, layer, tail = _split(graph.ops)
     freq = next((op.freq for op in layer if isinstance(op, Rope)), None)
     parts = []
@@ -500,25 +526,27 @@ def _prefill_l2(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_tokens: in
 @lru_cache(maxsize=1024)
 def _check_dram(cfg: ModelConfig, weights: str, hw: HardwareConfig,
                 steps: tuple[tuple[int, int, bool], ...], positions: int, programs: int,
-                batch: int = 1, logits_rows: int = 1) -> None:
+                batch: int = 1, logits_rows: int = 1, kv_headers: bool = False) -> None:
     """Raise the compiler's ``CompileError`` when the DRAM image of ``programs`` programs
     made of the graphs ``steps`` (``(start, tokens, head)`` of the one-layer model, a
     decode step of ``batch`` sequences where ``tokens`` is 1 and ``start`` is past the
     prompt), with KV and logits for ``positions`` tokens, exceeds ``hw.dram_bytes``
     (``driver.dram_map``, with every layer's parameters). With ``batch > 1`` the image
     is a batched build's (``driver.compile_batch``): ``batch`` sequences' token buffers,
-    tables and ``logits_rows`` logits rows, their blocks in one pool."""
+    tables and ``logits_rows`` logits rows, their blocks in one pool. ``kv_headers``: each
+    pool ends in its compressed chunks' header area."""
     one = _one_layer(cfg)
     graphs = [_step_graph(one, weights, hw, s0, n, head, batch if n == 1 and s0 else 1)
               for s0, n, head in steps]
     if batch == 1:
         dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
-                 [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs))
+                 [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs),
+                 kv_headers=kv_headers)
         return
     blocks = -(-positions // hw.kv_block_tokens)
     dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
              [f"program_{i}" for i in range(programs)], head_scratch_bytes(graphs), batch,
-             blocks, batch * blocks, logits_rows)
+             blocks, batch * blocks, logits_rows, kv_headers=kv_headers)
 
 
 def _core(hw: HardwareConfig) -> HardwareConfig:
@@ -664,6 +692,23 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
             if g >= 0 and gate_at[g] > start:
                 start = gate_at[g]
             load_begin[timed] = begin = start
+            if ld.__class__ is int:
+                # a KV_PREFETCH in CHUNKED format (``ld`` cycles, no row copier): once the
+                # copier has written the rows before it, ending after them, not deferred
+                # (``sweeps.perf``'s engine model)
+                if n_loads and ends[-1] + 1 > start:
+                    start = ends[-1] + 1
+                end = start + ld
+                if n_loads and ends[-1] + 2 > end:
+                    end = ends[-1] + 2
+                write_start[timed] = start
+                engine_free = end + 1
+                ends.append(end)
+                n_loads += 1
+                load_end[timed] = end
+                load_busy += end - (begin if begin > covered else covered)
+                covered = end
+                continue
             # the DRAM lines others took since the last load delay this one by what the
             # DRAM could not fit in the idle time between them
             idle = begin - (read_free if read_free > 0 else 0)
@@ -767,7 +812,8 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
                                   and not trap):
         run = _run(tiles, schedule, [0] * len(tiles))
         return run[0], run[3], run[4], run[5]
-    loading = [j for j, t in enumerate(tiles) if t[0] and t[8]]
+    # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
+    loading = [j for j, t in enumerate(tiles) if t[0] and t[0].__class__ is not int and t[8]]
     waits = [0] * len(tiles)
     held = [0] * len(tiles)            # the waits behind paced streams
     shared = busiest + dram_lines_per_cycle > l2_lines_per_cycle
@@ -900,16 +946,23 @@ def _plan_hw(hw: HardwareConfig) -> HardwareConfig:
 
 def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                 prefetch: bool | None = None, devices: int = 1,
-                link: Link = Link(), weights: str = "int8", batch: int = 1) -> StepEstimate:
+                link: Link = Link(), weights: str = "int8", batch: int = 1,
+                kv_bits: float | None = None) -> StepEstimate:
     """One decode step at KV length ``position``, the projections' weights in format
     ``weights``; with ``batch > 1``, one step of that many sequences each at
     ``position`` (one token each: ``driver.compile_batch``'s decode program, the weights
     read once); with ``devices > 1``, one device's step under tensor parallelism, the
     two allreduces per layer (int32 partial sums of the ``d_model`` outputs) on ``link``.
+    ``kv_bits`` (2 to 8): a compressed KV cache (chunk-wise, LLMS), its full blocks read
+    as ``CHUNKED`` prefetches whose channels average that many bits
+    (``occupancy.kv_budget_widths``; ``driver.compile_timing_step`` builds the same step
+    for the instruction-level model); None: the int8 cache.
     Raises ``CompileError`` where the compiler would: an L2 too small for the step, or a
-    DRAM image (``driver.dram_map``) larger than ``hw.dram_bytes``."""
+    DRAM image (``driver.dram_map``) larger than ``hw.dram_bytes``; ``ValueError`` for a
+    budget outside [2, 8]."""
     _check_count("position", position, 0)
     _check_batch(batch)
+    _check_kv_bits(cfg, kv_bits)
     if batch > 1 and devices > 1:
         raise ValueError("a batched decode step is timed on one device (devices = 1)")
     if batch > 1 and position < 1:
@@ -923,9 +976,10 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model, devices) * hw.clock_hz)
     local = shard(cfg, devices)
     _check_dram(local, weights, _plan_hw(hw), ((position, 1, True),), position + 2, 1, batch,
-                2)           # a batched step's sequences: their prompt's row and this step's
+                2,           # a batched step's sequences: their prompt's row and this step's
+                kv_bits is not None)
     plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce,
-                 batch=batch)
+                 batch=batch, kv_bits=kv_bits)
     cycles, load_busy, compute_busy, read, macs = _time_plan(plan, cfg.n_layers, hw, prefetch)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
     return StepEstimate(math.ceil(cycles + first_fetch_cycles(hw)), load_busy, compute_busy,
@@ -1017,18 +1071,22 @@ class WorkloadEstimate:
 
 def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: int,
              prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
-             samples: int = 9, weights: str = "int8", batch: int = 1) -> WorkloadEstimate:
+             samples: int = 9, weights: str = "int8", batch: int = 1,
+             kv_bits: float | None = None) -> WorkloadEstimate:
     """Prefill of ``prompt_len`` tokens (which yields the first output token), then
     ``output_len - 1`` decode steps, timed by sampling (``decode_total``), the
     projections' weights in format ``weights``. With ``batch > 1``, that many sequences
     of the same lengths served together as ``driver.compile_batch`` runs them: each
-    prefill in turn, then decode steps of the whole batch. Raises ``CompileError`` where
+    prefill in turn, then decode steps of the whole batch. With ``kv_bits``, a compressed
+    KV cache at that budget (``decode_step``): the prompt's full blocks are compressed
+    after the prefill, each later one once full. Raises ``CompileError`` where
     the compiler would: a decode step that does not fit L2, or the whole generation's
     DRAM image larger than ``hw.dram_bytes``."""
     _check_count("prompt length", prompt_len, 1)
     _check_count("output length", output_len, 1)
     _check_count("samples", samples, 2)
     _check_batch(batch)
+    _check_kv_bits(cfg, kv_bits)
     if prompt_len + output_len > cfg.max_seq_len:
         raise ValueError(f"prompt {prompt_len} + output {output_len} tokens exceed "
                          f"{cfg.name}'s max_seq_len {cfg.max_seq_len}")
@@ -1041,10 +1099,11 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     _check_dram(local, weights, _plan_hw(hw),
                 _prefill_chunking(_one_layer(local), weights, _plan_hw(hw), prompt_len)
                 + ((prompt_len, 1, True),), prompt_len + output_len,
-                batch + output_len - 1 if batch > 1 else output_len, batch, output_len)
+                batch + output_len - 1 if batch > 1 else output_len, batch, output_len,
+                kv_bits is not None)
     pre = prefill(cfg, hw, prompt_len, prefetch, devices, link, weights)
     decode, timed = decode_total(cfg, hw, prompt_len, output_len - 1, prefetch, samples,
-                                 devices, link, weights, batch)
+                                 devices, link, weights, batch, kv_bits)
     return WorkloadEstimate(prompt_len, output_len, batch * pre.cycles, decode, timed,
                             batch * pre.dram_read_bytes, batch)
 
@@ -1054,6 +1113,15 @@ def _check_batch(batch) -> None:
     _check_count("batch", batch, 1)
     if batch > MAX_BATCH:
         raise ValueError(f"batch must be at most MAX_BATCH = {MAX_BATCH}, not {batch}")
+
+
+def _check_kv_bits(cfg: ModelConfig, kv_bits) -> None:
+    """Refuse a KV budget outside [2, 8] bits (``occupancy.kv_budget_widths``), naming it."""
+    if kv_bits is not None:
+        try:
+            kv_budget_widths(cfg.head_dim, kv_bits)
+        except ValueError as e:
+            raise ValueError(f"kv_bits: {e}") from None
 
 
 def _check_count(what: str, value, least: int) -> None:
@@ -1071,8 +1139,8 @@ def _sample_positions(first: int, last: int, samples: int) -> list[int]:
 
 def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
                  prefetch: bool | None = None, samples: int = 9, devices: int = 1,
-                 link: Link = Link(), weights: str = "int8", batch: int = 1
-                 ) -> tuple[int, int]:
+                 link: Link = Link(), weights: str = "int8", batch: int = 1,
+                 kv_bits: float | None = None) -> tuple[int, int]:
     """Cycles of decode steps at positions ``first .. first + count - 1`` (each of
     ``batch`` sequences at that position): steps timed at ``samples`` positions, the rest
     by linear interpolation between them. Returns ``(cycles, steps timed)``."""
@@ -1081,7 +1149,8 @@ def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
         return 0, 0
     last = first + count - 1
     xs = _sample_positions(first, last, samples)
-    ys = [decode_step(cfg, hw, x, prefetch, devices, link, weights, batch).cycles for x in xs]
+    ys = [decode_step(cfg, hw, x, prefetch, devices, link, weights, batch, kv_bits).cycles
+          for x in xs]
     total = 0.0
     for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
                                     strict=False):

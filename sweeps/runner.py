@@ -69,6 +69,7 @@ def point_content(point: dict, workloads: dict[str, dict]) -> dict:
             "workload": workloads[point["workload"]], "node": point["node"],
             "devices": point["devices"], "prefetch": point["prefetch"],
             "weights": point["weights"], "batch": point["batch"],
+            "kv": [point["kv_format"], point["kv_bits"]],
             "link": [point["link_gbytes_per_s"], point["link_latency_us"]],
             "code": code_version()}
 
@@ -80,12 +81,18 @@ def point_key(point: dict, workloads: dict[str, dict]) -> str:
 
 def performance_key(point: dict) -> tuple:
     """What a point's performance depends on: its hardware, model, workload, prefetch,
-    weight format, batch, devices and (with more than one device) link, but not its
-    technology node."""
+    weight format, batch, KV cache, devices and (with more than one device) link, but not
+    its technology node."""
     link = (point["link_gbytes_per_s"], point["link_latency_us"]) if point["devices"] > 1 \
         else None
     return (point_hardware(point), point["model"], point["workload"], point["prefetch"],
-            point["weights"], point["batch"], point["devices"], link)
+            point["weights"], point["batch"], point["devices"], link, kv_bits(point))
+
+
+def kv_bits(point: dict) -> float | None:
+    """The point's compressed KV budget (``analytic.decode_step``'s ``kv_bits``), None for
+    the int8 cache."""
+    return float(point["kv_bits"]) if point["kv_format"] == "chunked" else None
 
 
 def evaluate_group(points: list[dict], workloads: dict[str, dict],
@@ -106,16 +113,20 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
     link = analytic.Link(point["link_gbytes_per_s"], point["link_latency_us"])
     try:
         est = analytic.workload(cfg, hw, w["prompt"], w["output"], point["prefetch"],
-                                devices, link, weights=point["weights"], batch=point["batch"])
+                                devices, link, weights=point["weights"], batch=point["batch"],
+                                kv_bits=kv_bits(point))
     except CompileError as e:
         return [{"key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": False,
                  "reason": str(e)} for p, k in zip(points, keys, strict=True)]
     mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
-                               devices, link, point["weights"], point["batch"])
+                               devices, link, point["weights"], point["batch"],
+                               kv_bits(point))
     tokens_per_s = est.tokens_per_s(hw)
     params_bytes = weight_bytes(cfg, point["weights"])
-    dram_gbytes = dram_capacity_gbytes(params_bytes // devices + point["batch"] * cfg.kv_dim
-                                       * 2 * cfg.n_layers * cfg.max_seq_len // devices)
+    kv_bytes = point["batch"] * cfg.kv_dim * 2 * cfg.n_layers * cfg.max_seq_len // devices
+    if kv_bits(point) is not None:       # a compressed block stays in its int8 block, plus
+        kv_bytes += kv_bytes // hw.kv_block_tokens    # a header byte a channel
+    dram_gbytes = dram_capacity_gbytes(params_bytes // devices + kv_bytes)
     rows = []
     for p, k in zip(points, keys, strict=True):
         c = cost(hw, p["node"], dram_gbytes)
@@ -127,6 +138,7 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
             "prefill_cycles": est.prefill_cycles, "decode_cycles": est.decode_cycles,
             "dram_read_bytes": est.dram_read_bytes,
             "decode_step_cycles": mid.cycles, "decode_load_busy": mid.load_busy,
+            "decode_dram_read_bytes": mid.dram_read_bytes,
             "decode_compute_busy": mid.compute_busy,
             "decode_roofline_tokens_per_s": hw.dram_bytes_per_cycle * hw.clock_hz
             / max(1, params_bytes // devices),

@@ -24,6 +24,8 @@ A spec::
     workload = "liso"
     weights = "int8"             # the projection weights' format: "int8" or "mxint4"
     batch = 1                    # sequences decoded together (driver.compile_batch)
+    kv_format = "int8"           # the KV cache: "int8" rows, or "chunked" (compressed
+    kv_bits = 8.0                # chunks, LLMS) whose channels average kv_bits (2 to 8)
     link_gbytes_per_s = 16.0
     link_latency_us = 2.0
 
@@ -49,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arch.hardware import SYSTEM_FIELDS, HardwareConfig, HardwareError, load_hardware
+from arch.occupancy import kv_budget_widths
 from compiler.driver import MAX_BATCH
 from models.config import preset
 from models.integer import WEIGHT_FORMATS, check_weight_format
@@ -57,10 +60,12 @@ from sweeps.cost import NODES
 
 SETTINGS = {"hw": str, "model": str, "node": str, "devices": int, "prefetch": bool,
             "workload": str, "link_gbytes_per_s": float, "link_latency_us": float,
-            "weights": str, "batch": int}
+            "weights": str, "batch": int, "kv_format": str, "kv_bits": float}
 DEFAULTS = {"hw": "edge-16x16", "model": "sheared-llama-1.3b", "node": "16nm", "devices": 1,
             "prefetch": True, "workload": "liso", "weights": "int8", "batch": 1,
+            "kv_format": "int8", "kv_bits": 8.0,
             "link_gbytes_per_s": Link.gbytes_per_s, "link_latency_us": Link.latency_us}
+KV_FORMATS = ("int8", "chunked")
 DEFAULT_WORKLOADS = {"liso": {"prompt": 1024, "output": 128},
                      "silo": {"prompt": 128, "output": 1024}}
 # the system's fields (the flash tier) change no metric a sweep reports: refused by name
@@ -262,6 +267,13 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
         return f"devices must be at least 1, not {value}"
     elif name == "batch" and not 1 <= value <= MAX_BATCH:
         return f"batch must be 1 to {MAX_BATCH} (compiler.driver.MAX_BATCH), not {value}"
+    elif name == "kv_format" and value not in KV_FORMATS:
+        return f"unknown KV format {value!r} (known: {', '.join(KV_FORMATS)})"
+    elif name == "kv_bits":
+        try:
+            kv_budget_widths(1, value)
+        except ValueError as e:
+            return f"kv_bits: {e}"
     elif name == "link_gbytes_per_s" and not value > 0:
         return f"link_gbytes_per_s must be positive, not {value}"
     elif name == "link_latency_us" and not value >= 0:
@@ -286,6 +298,10 @@ def _check_point(point: dict, spec: Spec) -> tuple[str, str] | None:
         check_weight_format(shard(cfg, point["devices"]), point["weights"])
     except ValueError as e:
         return "weights", f"a point cannot run: {e}"
+    if point["kv_format"] == "int8" and point["kv_bits"] != 8:
+        return "kv_bits", (f"a point cannot run: kv_bits = {point['kv_bits']} is a compressed "
+                           f"cache's budget; the int8 cache (kv_format = 'int8') stores 8 "
+                           f"(give kv_format = 'chunked')")
     if point["batch"] > 1 and point["devices"] > 1:
         return "batch", (f"a point cannot run: a batch of {point['batch']} on "
                          f"{point['devices']} devices (batched decode is timed on one device)")

@@ -7,7 +7,7 @@ import pytest
 
 from arch.hardware import load_hardware
 from arch.isa import KvFormat, kv_chunk_addrs, kv_chunk_header, make
-from arch.occupancy import occupancy
+from arch.occupancy import chunked_prefetch_occupancy, kv_budget_widths, occupancy
 
 POOL, TABLE, COLS, BLOCKS = 256, 0, 32, 2
 
@@ -66,6 +66,32 @@ def test_a_chunked_prefetch_needs_the_dram():
     instr, _ = _prefetch(hw, 4)
     with pytest.raises(ValueError, match="needs the DRAM image"):
         occupancy(instr, hw)
+
+
+@pytest.mark.parametrize(("channels", "bits", "widths"), [
+    (32, 8, {8: 32}), (32, 2, {2: 32}), (32, 4, {4: 32}), (32, 6, {8: 16, 4: 16}),
+    (32, 3, {4: 16, 2: 16}), (128, 5, {8: 32, 4: 96}), (3, 7.0, {8: 2, 4: 1})])
+def test_a_kv_budget_splits_the_channels_between_two_widths(channels, bits, widths):
+    got = kv_budget_widths(channels, bits)
+    assert got.shape == (channels,) and list(got) == sorted(got, reverse=True)
+    assert {int(w): int((got == w).sum()) for w in set(got.tolist())} == widths
+
+
+@pytest.mark.parametrize("bits", [1.9, 8.5, float("nan"), True, "4"])
+def test_a_kv_budget_outside_two_to_eight_bits_is_refused(bits):
+    with pytest.raises(ValueError, match="a KV budget is 2 to 8 bits"):
+        kv_budget_widths(32, bits)
+
+
+def test_a_budget_times_a_chunked_prefetch_as_headers_of_its_widths_do():
+    """With ``kv_bits`` instead of the DRAM, the prefetch is timed as one whose chunk
+    headers say the budget's widths (``kv_budget_widths``), its blocks in table order."""
+    hw = load_hardware("edge-4x4").replace(dram_bytes_per_cycle=4)
+    for bits in (2, 3, 6, 8):
+        instr, read_i32 = _prefetch(hw, kv_budget_widths(COLS, bits), table=(0, 1))
+        timed = occupancy(instr, hw, read_i32)
+        budget = chunked_prefetch_occupancy(instr, hw, None, kv_bits=bits)
+        assert (budget.cycles, budget.dram_read_bytes) == (timed.cycles, timed.dram_read_bytes)
 
 
 def test_paced_streams_are_the_readers_idling_a_cycle_between_lines():

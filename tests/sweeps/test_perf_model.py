@@ -66,6 +66,31 @@ def test_fast_path_agrees_on_batched_decode(tiny_model, hw_name):
         assert abs(fast - exact) <= 0.02 * exact, (weights, batch, position, fast, exact)
 
 
+def test_fast_path_agrees_on_compressed_kv(tiny_model):
+    """Decode steps reading their full KV blocks as compressed chunks at a budget
+    (``decode_step(kv_bits=...)``) against the same step compiled with every chunk
+    header saying that budget's widths (``compile_timing_step(kv_bits=...)``, timed
+    from the headers): within 2%, with and without prefetch, at the DRAM bandwidth of
+    edge-8x8 and at 4 bytes a cycle, where fewer bits take fewer cycles."""
+    from compiler.driver import compile_timing_step
+
+    cfg = tiny_model.cfg
+    for hw in (load_hardware("edge-8x8"), load_hardware("edge-8x8").replace(
+            dram_bytes_per_cycle=4), load_hardware("edge-4x4")):
+        for prefetch, position in ((True, 100), (False, 40), (True, 200)):
+            cycles = {}
+            for bits in (8.0, 5.0, 2.0):
+                build = compile_timing_step(cfg, hw, position, prefetch, kv_bits=bits)
+                exact = time_program(build.programs[0].instrs, hw, build.image.read_i32).cycles
+                fast = decode_step(cfg, hw, position, prefetch, kv_bits=bits).cycles
+                assert abs(fast - exact) <= 0.02 * exact, (hw.name, position, bits, fast, exact)
+                cycles[bits] = exact
+            if hw.dram_bytes_per_cycle == 4:
+                assert cycles[8.0] > cycles[5.0] > cycles[2.0], cycles
+    with pytest.raises(ValueError, match="kv_bits: a KV budget is 2 to 8 bits"):
+        decode_step(cfg, load_hardware("edge-8x8"), 40, kv_bits=1.5)
+
+
 def test_fast_path_agrees_out_of_sample():
     """Random model shapes, hardware, bandwidths and steps (``sweeps.random_steps``; the
     fast path was written against tiny and the 1B-class presets): every step within 2%
