@@ -8,6 +8,7 @@ from benchmarks import (
     fuzz_builds,
     fuzz_programs,
     int_vs_float,
+    kv_budget,
     kv_chunk_timing,
     kv_compression,
     kv_device,
@@ -45,6 +46,9 @@ def main() -> None:
     batch_decode.main(["--rtl"])
     kv_device.main(["--rtl"])
     kv_chunk_timing.main([])
+    kv_budget.main([])
+    kv_budget.main(["--model", "tiny", "--hw", "edge-8x8", "--at", "200",
+                    "--dram-bytes-per-cycle", "4", "32", "--bits", "8", "4", "2", "--exact"])
     mxint4.main([])
     rtl_gemm.main([])
     perf_calibration.main([])

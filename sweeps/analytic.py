@@ -628,6 +628,16 @@ def _schedule(tiles, ring: int | None):
     return reach, place, dep, needs
 
 
+def _after_copier(begin: float, cycles: int, ends: list[float]) -> tuple[float, float]:
+    """``(start, end)`` of a load engine instruction without a row copier (a ``CHUNKED``
+    KV prefetch) begun at ``begin`` after loads ending at ``ends``: it starts once the
+    copier has written the rows before it and ends after them, not deferred
+    (``sweeps.perf``'s engine model, ``Occupancy.after_copier``)."""
+    start = ends[-1] + 1 if ends and ends[-1] + 1 > begin else begin
+    end = start + cycles
+    return start, (ends[-1] + 2 if ends and ends[-1] + 2 > end else end)
+
+
 def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
     """One pass of the two engines over the tiles (``_Tiles``' layout) placed by
     ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
@@ -692,47 +702,34 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
             if g >= 0 and gate_at[g] > start:
                 start = gate_at[g]
             load_begin[timed] = begin = start
-            if ld.__class__ is int:
-                # a KV_PREFETCH in CHUNKED format (``ld`` cycles, no row copier): once the
-                # copier has written the rows before it, ending after them, not deferred
-                # (``sweeps.perf``'s engine model)
-                if n_loads and ends[-1] + 1 > start:
-                    start = ends[-1] + 1
-                end = start + ld
-                if n_loads and ends[-1] + 2 > end:
-                    end = ends[-1] + 2
-                write_start[timed] = start
+            if ld.__class__ is int:    # a chunked KV prefetch: no row copier
+                write_start[timed], end = _after_copier(begin, ld, ends)
                 engine_free = end + 1
-                ends.append(end)
-                n_loads += 1
-                load_end[timed] = end
-                load_busy += end - (begin if begin > covered else covered)
-                covered = end
-                continue
-            # the DRAM lines others took since the last load delay this one by what the
-            # DRAM could not fit in the idle time between them
-            idle = begin - (read_free if read_free > 0 else 0)
-            x = tiles[timed][5] - (idle if idle > 0 else 0)
-            x = x if x > 0 else 0.0
-            first = begin + data_delay          # its first line written, at the earliest
-            write_start[timed] = first if first > write_free else write_free
-            issued, read_free, write_free = queue.after(ld, begin, read_free, write_free)
-            # and the store engine's lines over its interval
-            while stores and stores[0][1] <= begin:
-                stores.popleft()
-            for s0, s1 in stores:
-                if s0 >= read_free:
-                    break
-                x += (s1 if s1 < read_free else read_free) - (s0 if s0 > begin else begin)
-            if x > 0:
-                read_free += x
-                write_free += x
-            write_free += l2_waits[timed]
-            free = issued + 1
-            end = write_free + DMA_END
-            if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
-                free = ends[n_loads - DEFERRED] + 2
-            engine_free = free
+            else:
+                # the DRAM lines others took since the last load delay this one by what the
+                # DRAM could not fit in the idle time between them
+                idle = begin - (read_free if read_free > 0 else 0)
+                x = tiles[timed][5] - (idle if idle > 0 else 0)
+                x = x if x > 0 else 0.0
+                first = begin + data_delay          # its first line written, at the earliest
+                write_start[timed] = first if first > write_free else write_free
+                issued, read_free, write_free = queue.after(ld, begin, read_free, write_free)
+                # and the store engine's lines over its interval
+                while stores and stores[0][1] <= begin:
+                    stores.popleft()
+                for s0, s1 in stores:
+                    if s0 >= read_free:
+                        break
+                    x += (s1 if s1 < read_free else read_free) - (s0 if s0 > begin else begin)
+                if x > 0:
+                    read_free += x
+                    write_free += x
+                write_free += l2_waits[timed]
+                free = issued + 1
+                end = write_free + DMA_END
+                if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
+                    free = ends[n_loads - DEFERRED] + 2
+                engine_free = free
             ends.append(end)
             n_loads += 1
             load_end[timed] = end
