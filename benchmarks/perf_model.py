@@ -21,8 +21,11 @@ Sections:
   steps (``sweeps.random_steps``: model shapes, hardware, bandwidths, prefetch, weight
   formats that nothing was tuned on), one row each, then the worst and mean absolute
   error.
-* ``workload``: a workload's decode steps (qwen2.5-0.5b, 64 steps after a 448-token
-  prompt) by sampling and interpolation, against timing every step.
+* ``workload``: a workload's decode steps (qwen2.5-0.5b: 64 steps after a 448-token
+  prompt, LISO's 127 after 1,024, SILO's first 255 after 128) by sampling 2, 3 (the
+  default, ``analytic.DECODE_SAMPLES``), 5 and 9 positions and interpolating, against
+  timing every step; and prefills of 32–64 chunks (the first, the last and
+  ``analytic.PREFILL_SAMPLES`` between them timed) against timing every chunk.
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 4 and 8 devices (4 GiB of DRAM
   each: an int8 shard does not fit 2) across L2 sizes, prefetch on and off.
@@ -82,20 +85,51 @@ def fast() -> list[dict]:
 def workload() -> list[dict]:
     from arch.hardware import load_hardware
     from models.config import preset
-    from sweeps.analytic import decode_step, decode_total
+    from sweeps.analytic import (
+        DECODE_SAMPLES,
+        PREFILL_SAMPLES,
+        decode_step,
+        decode_total,
+        prefill,
+        prefill_chunks,
+    )
 
     cfg, hw = preset("qwen2.5-0.5b"), load_hardware("edge-16x16").replace(l2_bytes=4 << 20)
-    first, count = 448, 64
-    t0 = time.perf_counter()
-    stepwise = sum(decode_step(cfg, hw, p).cycles for p in range(first, first + count))
-    t1 = time.perf_counter()
-    total, timed = decode_total(cfg, hw, first, count)
-    t2 = time.perf_counter()
-    return [_emit({"section": "workload", "model": cfg.name, "hw": hw.name,
-                   "first_position": first, "steps": count, "stepwise_cycles": stepwise,
-                   "sampled_cycles": total, "steps_timed": timed,
-                   "error_pct": round(100 * (total - stepwise) / stepwise, 4),
-                   "stepwise_seconds": round(t1 - t0, 2), "sampled_seconds": round(t2 - t1, 2)})]
+    rows = []
+    # 64 steps after a 448-token prompt; LISO's decode range; the start of SILO's
+    for first, count in ((448, 64), (1024, 127), (128, 255)):
+        t0 = time.perf_counter()
+        stepwise = sum(decode_step(cfg, hw, p).cycles for p in range(first, first + count))
+        t1 = time.perf_counter()
+        for samples in sorted({2, 3, 5, 9, DECODE_SAMPLES}):
+            t2 = time.perf_counter()
+            total, timed = decode_total(cfg, hw, first, count, samples=samples)
+            t3 = time.perf_counter()
+            rows.append(_emit({
+                "section": "workload", "model": cfg.name, "hw": hw.name,
+                "first_position": first, "steps": count, "stepwise_cycles": stepwise,
+                "sampled_cycles": total, "steps_timed": timed,
+                "default": samples == DECODE_SAMPLES,
+                "error_pct": round(100 * (total - stepwise) / stepwise, 4),
+                "stepwise_seconds": round(t1 - t0, 2), "sampled_seconds": round(t3 - t2, 2)}))
+    # prefills in many chunks: every chunk timed against the first, the last and
+    # PREFILL_SAMPLES between them
+    for name, l2, prompt in (("llama-3.2-1b", 1 << 20, 1024), ("llama-3.2-1b", 256 << 10, 512),
+                             ("qwen2.5-0.5b", 1 << 20, 1024)):
+        cfg, hw = preset(name), load_hardware("edge-16x16").replace(l2_bytes=l2)
+        t0 = time.perf_counter()
+        every = prefill(cfg, hw, prompt, samples=prompt).cycles
+        t1 = time.perf_counter()
+        sampled = prefill(cfg, hw, prompt).cycles
+        t2 = time.perf_counter()
+        rows.append(_emit({
+            "section": "workload", "model": cfg.name, "hw": hw.name, "l2_bytes": l2,
+            "prefill_tokens": prompt, "chunks": len(prefill_chunks(cfg, hw, prompt)),
+            "every_chunk_cycles": every, "sampled_cycles": sampled,
+            "chunks_timed": 2 + PREFILL_SAMPLES,
+            "error_pct": round(100 * (sampled - every) / every, 4),
+            "every_chunk_seconds": round(t1 - t0, 2), "sampled_seconds": round(t2 - t1, 2)}))
+    return rows
 
 
 def l2_sweep() -> list[dict]:

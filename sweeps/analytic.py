@@ -983,6 +983,15 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                         read, macs)
 
 
+# Decode steps timed per workload (``decode_total``): a step's cycles are affine in its KV
+# length but for a sawtooth at block boundaries, so three positions integrate a decode
+# range within 0.05% of timing every step, as nine do; and prefill chunks timed between
+# the first and the last (``prefill``), within 0.1% of timing every chunk
+# (``python -m benchmarks.perf_model --only workload`` prints both errors).
+DECODE_SAMPLES = 3
+PREFILL_SAMPLES = 3
+
+
 def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
                    weights: str = "int8") -> list[tuple[int, int]]:
     """``(start, tokens)`` of the chunks the compiler splits a prefill of ``n_tokens``
@@ -994,11 +1003,14 @@ def prefill_chunks(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
 
 def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
             prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
-            weights: str = "int8") -> StepEstimate:
+            weights: str = "int8", samples: int = PREFILL_SAMPLES) -> StepEstimate:
     """The prefill of ``n_tokens`` prompt tokens, chunk by chunk as the compiler splits
     it (each matmul in the dataflow ``arch.occupancy.matmul_mode`` picks), then the head
-    for the last token. Raises ``CompileError`` where the compiler would (L2 or DRAM)."""
+    for the last token: the first and the last chunk timed, ``samples`` chunks between
+    them, the others interpolated (``PREFILL_SAMPLES``). Raises ``CompileError`` where
+    the compiler would (L2 or DRAM)."""
     _check_count("prompt length", n_tokens, 1)
+    _check_count("samples", samples, 1)
     if n_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
     check_weight_format(shard(cfg, devices), weights)
@@ -1008,10 +1020,14 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
     chunks = _prefill_chunking(local, weights, key_hw, n_tokens)
     _check_dram(shard(cfg, devices), weights, key_hw, chunks, n_tokens + 1, 1)
     program = _prefill_l2(local, weights, key_hw, n_tokens)
-    # A chunk's cost is affine in its start position (only attention depends on it):
-    # time a few chunks of the same length and interpolate the others.
-    full = [i for i, (_, t, _) in enumerate(chunks) if t == chunks[0][1]]
-    timed = {i: None for i in _sample_positions(full[0], full[-1], 5)}
+    # A chunk's cost is affine in its start position (only attention depends on it)
+    # past the first, which also loads the RoPE table and starts the program, and but
+    # for the last, which also runs the LM head: time those two and a few chunks of the
+    # same length between them, and interpolate the others.
+    full = [i for i, (_, t, _) in enumerate(chunks[:-1]) if t == chunks[0][1]]
+    timed = {0: None}
+    if len(full) > 1:
+        timed.update((i, None) for i in _sample_positions(full[1], full[-1], samples))
     timed[len(chunks) - 1] = None
     for i in sorted(timed):
         start, t, head = chunks[i]
@@ -1026,7 +1042,8 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
             row = timed[i]
         else:
             lo = max(k for k in known if k < i)
-            hi = min(k for k in known if k > i and chunks[k][1] == chunks[i][1])
+            hi = min(k for k in known if k > i and chunks[k][1] == chunks[i][1]
+                     and k < len(chunks) - 1)
             w = (i - lo) / (hi - lo)
             row = [a + w * (b - a) for a, b in zip(timed[lo], timed[hi], strict=True)]
         total = [a + b for a, b in zip(total, row, strict=True)]
@@ -1068,7 +1085,7 @@ class WorkloadEstimate:
 
 def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: int,
              prefetch: bool | None = None, devices: int = 1, link: Link = Link(),
-             samples: int = 9, weights: str = "int8", batch: int = 1,
+             samples: int = DECODE_SAMPLES, weights: str = "int8", batch: int = 1,
              kv_bits: float | None = None) -> WorkloadEstimate:
     """Prefill of ``prompt_len`` tokens (which yields the first output token), then
     ``output_len - 1`` decode steps, timed by sampling (``decode_total``), the
@@ -1135,7 +1152,7 @@ def _sample_positions(first: int, last: int, samples: int) -> list[int]:
 
 
 def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
-                 prefetch: bool | None = None, samples: int = 9, devices: int = 1,
+                 prefetch: bool | None = None, samples: int = DECODE_SAMPLES, devices: int = 1,
                  link: Link = Link(), weights: str = "int8", batch: int = 1,
                  kv_bits: float | None = None) -> tuple[int, int]:
     """Cycles of decode steps at positions ``first .. first + count - 1`` (each of

@@ -16,7 +16,15 @@ from compiler.driver import compile_generation, compile_step
 from compiler.ir import CompileError
 from models.config import preset
 from models.integer import quant_struct
-from sweeps.analytic import Link, decode_step, decode_total, prefill, shard, workload
+from sweeps.analytic import (
+    DECODE_SAMPLES,
+    Link,
+    decode_step,
+    decode_total,
+    prefill,
+    shard,
+    workload,
+)
 from sweeps.perf import PerfError, time_program
 from sweeps.random_steps import random_step
 
@@ -161,9 +169,21 @@ def test_workload_integration_matches_step_by_step_timing():
     hw = load_hardware("edge-16x16")
     first, count = 40, 90
     stepwise = sum(decode_step(cfg, hw, p).cycles for p in range(first, first + count))
-    total, timed = decode_total(cfg, hw, first, count, samples=9)
-    assert timed == 9
-    assert abs(total - stepwise) <= 0.01 * stepwise, (total, stepwise)
+    for samples in (DECODE_SAMPLES, 9):
+        total, timed = decode_total(cfg, hw, first, count, samples=samples)
+        assert timed == samples
+        assert abs(total - stepwise) <= 0.001 * stepwise, (samples, total, stepwise)
+
+
+def test_prefill_interpolation_matches_timing_every_chunk():
+    """A prefill in 32 chunks: the first and the last (which runs the LM head) timed,
+    the others interpolated from ``PREFILL_SAMPLES`` between them, within 0.2% of timing
+    every chunk (interpolating across the head's chunk put 2.4% on it)."""
+    cfg = dataclasses.replace(preset("llama-3.2-1b"), n_layers=2)
+    hw = load_hardware("edge-16x16").replace(l2_bytes=256 << 10)
+    every = prefill(cfg, hw, 128, samples=128).cycles
+    sampled = prefill(cfg, hw, 128).cycles
+    assert abs(sampled - every) <= 0.002 * every, (sampled, every)
 
 
 def test_tensor_parallel_decode():
