@@ -37,8 +37,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sweeps.spec import HW_FIELDS, SETTINGS  # noqa: E402
 
-FIGURES = ("tokens_vs_l2", "perf_per_cost", "batch", "area", "pareto", "roofline",
-           "time_breakdown")
+FIGURES = ("tokens_vs_l2", "perf_per_cost", "batch", "kv_budget", "area", "pareto",
+           "roofline", "time_breakdown")
 
 
 class ReportError(ValueError):
@@ -233,6 +233,7 @@ def write_report(out: str | Path) -> dict:
                           for r in front]
 
     _batch_figure(rows, [k for k in group_keys if k != "batch"], out)
+    _kv_figure(rows, [k for k in group_keys if k not in ("kv_format", "kv_bits")], out)
 
     _roofline(max(rows, key=lambda r: r["tokens_per_s_per_dollar"]), out)
 
@@ -283,6 +284,39 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, out, "batch")
+
+
+def _kv_figure(rows, group_keys: list[str], out: Path) -> None:
+    """tokens/s and a mid-workload decode step's DRAM bytes against the KV budget
+    (``kv_bits`` of compressed chunks: lines; the int8 cache: a cross at 8), one series
+    per L2 size and prefetch of each group: ``kv_budget.png``."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    keys = group_keys + ["l2_bytes", "prefetch"]
+    series = _series(rows, keys)
+    for key in sorted(series, key=lambda k: (str(k[:-2]), k[-2], not k[-1])):
+        label = _label(keys, [size_label(v) if k == "l2_bytes" else v
+                              for k, v in zip(keys, key, strict=True)])
+        chunked = sorted((r for r in series[key] if r.get("kv_format") == "chunked"),
+                         key=lambda r: r["kv_bits"])
+        int8 = [r for r in series[key] if r.get("kv_format", "int8") == "int8"]
+        for ax, metric in zip(axes, ("tokens_per_s", "decode_dram_read_bytes"), strict=True):
+            if not all(metric in r for r in series[key]):
+                continue           # rows of a sweep run before the metric existed
+            lines = ax.plot([r["kv_bits"] for r in chunked], [r[metric] for r in chunked],
+                            marker="o", linestyle="-" if key[-1] else "--", label=label)
+            color = lines[0].get_color()
+            ax.scatter([8] * len(int8), [r[metric] for r in int8], marker="x", color=color,
+                       s=60, label=f"{label}, int8 cache" if int8 else None)
+    axes[0].set(xlabel="KV budget (bits per cached element)", ylabel="tokens/s",
+                title="Throughput against the KV budget")
+    axes[1].set(xlabel="KV budget (bits per cached element)",
+                ylabel="DRAM bytes read by a decode step", title="Decode traffic")
+    for ax in axes:
+        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])      # the crosses at the top stay whole
+        ax.set_xticks([2, 3, 4, 5, 6, 7, 8])
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, out, "kv_budget")
 
 
 def matmul_intensity(m: int, k: int, n: int, weights: str = "int8") -> float:
@@ -341,6 +375,10 @@ CAPTIONS = {
              "decode steps of all its sequences, the weights read once a step) and tokens/s "
              "per dollar (DRAM bought for every sequence's KV at the model's context) "
              "against the batch, one line per L2 size; solid with prefetch, dashed without.",
+    "kv_budget": "Tokens/s and a mid-workload decode step's DRAM bytes against the KV "
+                 "budget: compressed chunks (lines, their channels averaging that many "
+                 "bits) and the int8 cache (crosses at 8), one series per L2 size; solid "
+                 "with prefetch, dashed without.",
     "area": "Die area by part against L2 size.",
     "pareto": "Tokens/s against die area for every point, with the Pareto front.",
     "roofline": "Roofline of the best point's hardware (tokens/s per $) with the model's "
@@ -413,7 +451,8 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
              for r in best]
     body += ["</tbody></table></section>", "<section><h2>Figures</h2><div class='grid'>"]
     for name in FIGURES:
-        wide = " class='wide'" if name in ("perf_per_cost", "batch", "time_breakdown") else ""
+        wide = (" class='wide'" if name in ("perf_per_cost", "batch", "kv_budget",
+                                             "time_breakdown") else "")
         body += [f"<figure{wide}><a href='{name}.svg'><img src='{name}.png' alt='{name}'></a>",
                  f"<figcaption>{esc(CAPTIONS[name])}</figcaption></figure>"]
     body += ["</div></section>"]

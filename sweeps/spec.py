@@ -25,7 +25,8 @@ A spec::
     weights = "int8"             # the projection weights' format: "int8" or "mxint4"
     batch = 1                    # sequences decoded together (driver.compile_batch)
     kv_format = "int8"           # the KV cache: "int8" rows, or "chunked" (compressed
-    kv_bits = 8.0                # chunks, LLMS) whose channels average kv_bits (2 to 8)
+    kv_bits = 8.0                # chunks, LLMS) whose channels average kv_bits (2 to 8);
+                                 # with kv_format an axis, its int8 points run at 8 once
     link_gbytes_per_s = 16.0
     link_latency_us = 2.0
 
@@ -97,7 +98,14 @@ class Spec:
         if self.sampling == "random":
             rng = random.Random(self.seed)
             grid = rng.sample(grid, min(self.samples, len(grid)))
-        return [{**self.fixed, **p} for p in grid]
+        points = [{**self.fixed, **p} for p in grid]
+        if "kv_format" in self.axes:
+            # kv_bits is a compressed cache's budget: an int8 cache's point runs once, at 8
+            points = [{**p, "kv_bits": 8.0} if p["kv_format"] == "int8" else p for p in points]
+            seen: set[str] = set()
+            points = [p for p in points if not (repr(sorted(p.items())) in seen
+                                                or seen.add(repr(sorted(p.items()))))]
+        return points
 
 
 def _line(text: str, key: str, section: str | None) -> int:
@@ -301,7 +309,7 @@ def _check_point(point: dict, spec: Spec) -> tuple[str, str] | None:
     if point["kv_format"] == "int8" and point["kv_bits"] != 8:
         return "kv_bits", (f"a point cannot run: kv_bits = {point['kv_bits']} is a compressed "
                            f"cache's budget; the int8 cache (kv_format = 'int8') stores 8 "
-                           f"(give kv_format = 'chunked')")
+                           f"(give kv_format = 'chunked', or make kv_format an axis)")
     if point["batch"] > 1 and point["devices"] > 1:
         return "batch", (f"a point cannot run: a batch of {point['batch']} on "
                          f"{point['devices']} devices (batched decode is timed on one device)")
