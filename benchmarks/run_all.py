@@ -5,6 +5,7 @@ from benchmarks import (
     calibration_size,
     compile_speed,
     context_switch,
+    dram_queue,
     fuzz_builds,
     fuzz_programs,
     int_vs_float,
@@ -54,6 +55,7 @@ def main() -> None:
     perf_calibration.main([])
     rtl_overlap.main([])
     l2_conflicts.main([])          # Amaranth's simulator: a few minutes
+    dram_queue.main([])
     matmul_calibration.main([])
     perf_model.main([])
     sweep_speed.main([])
