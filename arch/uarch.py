@@ -42,3 +42,12 @@ RESET_CYCLES = 3
 # transpose buffer holds kv_block_tokens rows of this many bytes (rtl/kv_chunks.py). A
 # CHUNKED KV_PREFETCH of more columns stops with BAD_OPERAND.
 KV_CHUNK_MAX_COLS = 128
+
+
+def dram_queue_lines(latency_cycles: int) -> int:
+    """Lines the DRAM model holds between accepting a read and its data being taken
+    (``rtl/dram.py``'s response queue: every read in flight and every answer not yet
+    taken): room for its latency and a few cycles more, as a power of two. Data leaves
+    in request order, so a read accepted behind a full queue waits for all of it
+    (``sweeps.perf._queued``)."""
+    return max(4, 1 << (latency_cycles + 4).bit_length())

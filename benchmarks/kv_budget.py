@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for bits in [None, *args.bits]:
             try:
                 est = decode_step(cfg, hw, args.at, kv_bits=bits)
-            except CompileError as e:
+            except (CompileError, ValueError) as e:
                 parser.error(f"{cfg.name} on {hw.name}: {e}")
             int8_bytes = est.dram_read_bytes if bits is None else int8_bytes
             row = {"bench": "kv_budget", "model": cfg.name, "hw": hw.name,

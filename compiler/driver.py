@@ -525,7 +525,10 @@ def compile_timing_step(cfg: ModelConfig, hw: HardwareConfig, at: int | None = N
     from models.integer import quant_struct
 
     at = cfg.max_seq_len // 2 if at is None else at
-    widths = None if kv_bits is None else kv_budget_widths(cfg.head_dim, kv_bits)
+    try:
+        widths = None if kv_bits is None else kv_budget_widths(cfg.head_dim, kv_bits)
+    except ValueError as e:
+        raise ValueError(f"kv_bits: {e}") from None
     return _compile_step(cfg, quant_struct(cfg, weights), hw, at, 1, prefetch, widths)
 
 

@@ -23,6 +23,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
+from arch.uarch import dram_queue_lines
 from rtl.common import RtlParams, check_params
 from rtl.sram import Sram
 
@@ -56,7 +57,7 @@ class DramModel(wiring.Component):
         self.params = params
         hw = params.hw
         self.latency = hw.dram_latency_cycles
-        self.depth = max(4, 1 << (self.latency + 4).bit_length())
+        self.depth = dram_queue_lines(self.latency)
         super().__init__({
             "port": In(MemPort(params.dram_addr_bits, params.line_bytes)),
             "busy_cycles": Out(isa.COUNTER_BITS),

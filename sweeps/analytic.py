@@ -67,6 +67,7 @@ from arch.uarch import (
     ENGINE_START_CYCLES,
     FETCH_AHEAD,
     FETCH_START,
+    KV_CHUNK_MAX_COLS,
     QUEUE_DEPTH,
 )
 from compiler.backend import (
@@ -984,11 +985,11 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
 
 
 # Decode steps timed per workload (``decode_total``): a step's cycles are affine in its KV
-# length but for a sawtooth at block boundaries, so three positions integrate a decode
-# range within 0.05% of timing every step, as nine do; and prefill chunks timed between
-# the first and the last (``prefill``), within 0.1% of timing every chunk
-# (``python -m benchmarks.perf_model --only workload`` prints both errors).
-DECODE_SAMPLES = 3
+# length but for a step at each block boundary, which on a small model, or with
+# compressed KV, is a large part of a step, so nine positions are timed; and prefill
+# chunks timed between the first and the last (``prefill``), within 0.1% of timing every
+# chunk (``python -m benchmarks.perf_model --only workload`` prints both errors).
+DECODE_SAMPLES = 9
 PREFILL_SAMPLES = 3
 
 
@@ -1010,7 +1011,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
     them, the others interpolated (``PREFILL_SAMPLES``). Raises ``CompileError`` where
     the compiler would (L2 or DRAM)."""
     _check_count("prompt length", n_tokens, 1)
-    _check_count("samples", samples, 1)
+    _check_count("samples", samples, 2)
     if n_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt length {n_tokens} is outside [1, {cfg.max_seq_len}]")
     check_weight_format(shard(cfg, devices), weights)
@@ -1130,12 +1131,17 @@ def _check_batch(batch) -> None:
 
 
 def _check_kv_bits(cfg: ModelConfig, kv_bits) -> None:
-    """Refuse a KV budget outside [2, 8] bits (``occupancy.kv_budget_widths``), naming it."""
+    """Refuse a KV budget outside [2, 8] bits (``occupancy.kv_budget_widths``), or one for
+    heads wider than a compressed chunk holds (``KV_CHUNK_MAX_COLS``), naming it."""
     if kv_bits is not None:
         try:
             kv_budget_widths(cfg.head_dim, kv_bits)
         except ValueError as e:
             raise ValueError(f"kv_bits: {e}") from None
+        if cfg.head_dim > KV_CHUNK_MAX_COLS:
+            raise ValueError(f"kv_bits: a compressed chunk holds 1 to {KV_CHUNK_MAX_COLS} "
+                             f"channels (KV_CHUNK_MAX_COLS); {cfg.name}'s heads have "
+                             f"head_dim = {cfg.head_dim}")
 
 
 def _check_count(what: str, value, least: int) -> None:

@@ -27,8 +27,10 @@ The model has three levels (``docs/perf.md``):
 3. what the engines share: each DMA instruction's copier waits for the L2 lines the
    higher-priority ports take, for the pace of a compute stream it is held behind
    (``_trapped``) and for the DRAM lines instruction fetch and the other DMA engine
-   take over its interval (``_contention``), and the program runs again until the
-   waits settle. No program takes fewer cycles than the DRAM needs for its lines.
+   take over its interval (``_contention``); a store's block-table read waits for the
+   lines a held load has queued in the DRAM ahead of it (``_queued``); and the program
+   runs again until the waits settle. No program takes fewer cycles than the DRAM needs
+   for its lines.
 
 The model is checked against the RTL's cycle counters on the same programs
 (``tests/rtl/test_tiny_rtl.py``, ``tests/rtl/test_accelerator.py``); ``accel verify``
@@ -55,6 +57,7 @@ from arch.uarch import (
     FETCH_AHEAD,
     FETCH_START,
     QUEUE_DEPTH,
+    dram_queue_lines,
 )
 
 CONTENTION_PASSES = 6   # passes of the engines until the L2 waits settle
@@ -107,10 +110,10 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                  cal: Calibration = CALIBRATION) -> ProgramTiming:
     occs = [occupancy(instr, hw, read_i32, cal) if instr.engine != Engine.CONTROL else None
             for instr in instrs]
-    delay = [(0, 0)] * len(instrs)
+    delay = [(0, 0, 0)] * len(instrs)
     for n in range(CONTENTION_PASSES):
-        timing, write_start, fetch = _time(instrs, occs, hw, cal, delay)
-        again = _contention(instrs, occs, hw, timing, write_start, fetch, delay)
+        timing, write_start, fetch, reads = _time(instrs, occs, hw, cal, delay)
+        again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads)
         if again == delay or (n and _settled(again, delay)):   # the first pass's waits apply
             break
         delay = again
@@ -121,7 +124,7 @@ def _settled(again: list, last: list) -> bool:
     """The contention passes stop once no wait moved by more than a cycle (a load's
     start moving by a cycle can move the overlap that sets its wait by one, back and
     forth)."""
-    return all(a == b or (abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1
+    return all(a == b or (all(abs(x - y) <= 1 for x, y in zip(a, b, strict=True))
                           if isinstance(a, tuple) else abs(a - b) <= 1)
                for a, b in zip(again, last, strict=True))
 
@@ -195,11 +198,14 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
 
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
-                delay: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """The cycles each DMA instruction's copier waits for the L2 and for the DRAM,
-    ``(l2, dram)``, given the last pass's timing: each wait makes the copier's interval
-    (from ``write_start`` to its end) as long as that memory needs for the instruction's
-    lines and for those it must let others take.
+                delay: list[tuple[int, float, int]],
+                reads: dict[int, tuple[float, float]]) -> list[tuple[int, float, int]]:
+    """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and a
+    store's block-table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
+    last pass's timing (``reads``: each load's DRAM read side, first to last line): each
+    wait makes the copier's interval (from ``write_start`` to its end) as long as that
+    memory needs for the instruction's lines and for those it must let others take; the
+    queued wait (``_queued``) holds the whole store back.
 
     L2: bank conflicts go by port priority (``rtl/top.py``): the compute engine's ports,
     then the store engine's, then the load engine's. Over its interval a DMA instruction
@@ -215,6 +221,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     at most one line per line of this instruction's, so its interval lasts at least
     ``(n + sum over the other clients of min(their lines in it, n)) * line cycles`` for
     its ``n`` DRAM lines."""
+    loads = sorted((reads[j][0], reads[j][1], write_start[j], timing.end[j],
+                    occs[j].dram_lines) for j in reads)
     per_cycle = hw.l2_lines_per_cycle
     line_cycles = hw.dram_cycles_per_line
     n = len(timing.begin)
@@ -247,7 +255,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             continue
         e = instrs[i].engine
         lo, hi = write_start[i], timing.end[i]
-        free_running = hi - lo - max(delay[i])
+        free_running = hi - lo - max(delay[i][:2])
         l2_wait = dram_wait = 0
         if occ.l2_lines:
             used = sum(l2_usage[a].lines(hi) - l2_usage[a].lines(lo) for a in above[e])
@@ -260,15 +268,58 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             taken = sum(min(u.lines(hi) - u.lines(lo), own)
                         for u in (dram_usage[other[e]], fetch_usage))
             dram_wait = max(0.0, (own + taken) * line_cycles - free_running)
-        out[i] = (l2_wait, dram_wait)
+        queued = 0
+        if e == Engine.STORE and occ.dram_read_bytes:      # it reads block-table entries
+            queued = _queued(loads, timing.begin[i], hw,
+                             [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)])
+        out[i] = (l2_wait, dram_wait, queued)
     return out
 
 
+def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others) -> int:
+    """Cycles beyond the DRAM's latency that a read issued at ``t`` by another client
+    than the load engine's copier waits for its data. The DRAM returns read data in
+    request order through one queue of ``dram_queue_lines`` (``rtl/dram.py``), and the
+    copier reads as far ahead as the DRAM accepts: where it writes its lines into the L2
+    slower than the DRAM delivers them, the queue fills with them, and the read's data
+    comes out after them. ``loads``: ``(read begin, read end, write begin, write end,
+    DRAM lines)`` of each load, each side moving its lines evenly over its interval, give
+    the lines queued at ``t``; the copier then takes them as fast as the L2 lines the
+    higher-priority ports leave (``others``, their ``_Usage``) let it, at most a line a
+    cycle. (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking
+    153 and 206 cycles to its data against 80 of latency.)"""
+    backlog = 0.0
+    for rs, re, ws, we, n in loads:
+        if rs > t:
+            break
+        if t >= we or not n:
+            continue
+        fetched = n * min(1.0, (t - rs) / max(1.0, re - rs))
+        taken = n * min(1.0, max(0.0, t - ws) / max(1.0, we - ws))
+        backlog += max(0.0, fetched - taken)
+    backlog = min(backlog, dram_queue_lines(hw.dram_latency_cycles))
+    if backlog < 1:
+        return 0
+    def left(cycles: float) -> float:    # the L2 lines the copier can take in ``cycles``
+        used = sum(u.lines(t + cycles) - u.lines(t) for u in others)
+        return min(cycles, hw.l2_lines_per_cycle * cycles - used)
+
+    lo, hi = backlog, 2 * backlog        # cycles to take the queued lines: bisected
+    while left(hi) < backlog and hi < 1e7:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 0.01:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if left(mid) < backlog else (lo, mid)
+    return max(0, round(hi - hw.dram_latency_cycles))
+
+
 def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,
-          delay: list[tuple[int, float]]) -> tuple[ProgramTiming, list[float], list[int]]:
+          delay: list[tuple[int, float, int]]
+          ) -> tuple[ProgramTiming, list[float], list[int], dict[int, tuple[float, float]]]:
     """One pass of the engines over the program, with ``delay[i]`` the cycles DMA
-    instruction ``i``'s copier waits for the L2 and for the DRAM; also each DMA
-    instruction's copier start and the instructions' fetch request cycles."""
+    instruction ``i``'s copier waits for the L2 and for the DRAM, and it waits to begin
+    (``_contention``); also each DMA instruction's copier start, the instructions' fetch
+    request cycles and each load's DRAM read side (first read, last line in)."""
     lat = hw.dram_latency_cycles
     fetch_step = hw.dram_cycles_per_line       # one fetch read per line of bandwidth
     fetch_t = 0.0
@@ -277,6 +328,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     accept = [0] * n             # dispatched into its queue
     begin, end = [0] * n, [0] * n
     write_start = [0.0] * n
+    reads: dict[int, tuple[float, float]] = {}
     engine_free = dict.fromkeys(ENGINES, 0)    # cycle the engine's IDLE state can pop
     popped: dict[Engine, deque] = {e: deque() for e in ENGINES}   # pop cycles, last QUEUE_DEPTH
     signals = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
@@ -337,15 +389,17 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
             # (the copier can write no line of a load before its first data is in)
-            write_start[i] = max(ready + (data_delay if e == Engine.LOAD else 0),
-                                 write_free[e])
-            issued, read_free[e], write_free[e] = queues[e].after(copies, ready, read_free[e],
+            l2_wait, dram_wait, queued = delay[i]
+            go = ready + queued
+            write_start[i] = max(go + (data_delay if e == Engine.LOAD else 0), write_free[e])
+            read_begin = max(go + cal.cmd_to_read, read_free[e])
+            issued, read_free[e], write_free[e] = queues[e].after(copies, go, read_free[e],
                                                                   write_free[e])
             # The waits: a load's DRAM wait holds its reads (the next load's start
             # after them), and either wait its last write.
-            l2_wait, dram_wait = delay[i]
             if e == Engine.LOAD:
                 read_free[e] += dram_wait
+                reads[i] = (read_begin, read_free[e])
             write_free[e] += max(l2_wait, dram_wait)
             end[i] = math.ceil(write_free[e]) + cal.dma_end
             free = math.ceil(issued) + 1
@@ -392,7 +446,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         prefetch_bytes=totals["prefetch"], macs=totals["macs"],
         dram_busy_cycles=lines, line_bytes=hw.line_bytes,
         dram_bytes_per_cycle=hw.dram_bytes_per_cycle,
-        begin=begin[:i], end=end[:i]), write_start, request[:i + 1]
+        begin=begin[:i], end=end[:i]), write_start, request[:i + 1], reads
 
 
 @dataclass

@@ -95,16 +95,17 @@ class Spec:
         names = list(self.axes)
         grid = [dict(zip(names, combo, strict=True))
                 for combo in itertools.product(*(self.axes[n] for n in names))]
+        points = [{**self.fixed, **p} for p in grid]
+        for p in points:
+            p["kv_bits"] = float(p["kv_bits"])
+            if "kv_format" in self.axes and p["kv_format"] == "int8":
+                p["kv_bits"] = 8.0      # a compressed cache's budget: int8 runs once, at 8
+        seen: set[str] = set()
+        points = [p for p in points if not (repr(sorted(p.items())) in seen
+                                            or seen.add(repr(sorted(p.items()))))]
         if self.sampling == "random":
             rng = random.Random(self.seed)
-            grid = rng.sample(grid, min(self.samples, len(grid)))
-        points = [{**self.fixed, **p} for p in grid]
-        if "kv_format" in self.axes:
-            # kv_bits is a compressed cache's budget: an int8 cache's point runs once, at 8
-            points = [{**p, "kv_bits": 8.0} if p["kv_format"] == "int8" else p for p in points]
-            seen: set[str] = set()
-            points = [p for p in points if not (repr(sorted(p.items())) in seen
-                                                or seen.add(repr(sorted(p.items()))))]
+            points = rng.sample(points, min(self.samples, len(points)))
         return points
 
 

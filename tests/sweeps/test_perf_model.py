@@ -169,7 +169,7 @@ def test_workload_integration_matches_step_by_step_timing():
     hw = load_hardware("edge-16x16")
     first, count = 40, 90
     stepwise = sum(decode_step(cfg, hw, p).cycles for p in range(first, first + count))
-    for samples in (DECODE_SAMPLES, 9):
+    for samples in (3, DECODE_SAMPLES):
         total, timed = decode_total(cfg, hw, first, count, samples=samples)
         assert timed == samples
         assert abs(total - stepwise) <= 0.001 * stepwise, (samples, total, stepwise)
@@ -416,3 +416,29 @@ def test_a_copier_is_held_to_the_pace_of_a_slower_paced_stream():
     assert lost((20, 60, 0.5, 1.0)) == pytest.approx(20)         # a free start, then held
     assert lost((100, 200, 0.5, 1.0)) == 0                       # done before it begins
     assert lost((0, 1000, 0.5, 1.0), alone=-5.0) == 0
+
+
+def test_a_read_behind_a_held_loads_lines_waits_for_them():
+    """``_queued``: a load whose copier writes its lines slower than the DRAM reads them
+    fills the DRAM's in-order queue (``dram_queue_lines``); another client's read then
+    waits for the queued lines at the pace the L2 leaves the copier, beyond the DRAM's
+    latency. Nothing queued, nothing to wait for."""
+    from arch.uarch import dram_queue_lines
+    from sweeps.perf import _queued, _Usage
+
+    hw = load_hardware("edge-4x4")          # one L2 line a cycle, 80 cycles of latency
+    depth = dram_queue_lines(hw.dram_latency_cycles)
+    # 512 lines read over cycles 0-600, written over 100-1100: at 500, 500 x 512/600 = 427
+    # read and 400 x 512/1000 = 205 written, so the queue is full
+    held = [(0.0, 600.0, 100.0, 1100.0, 512)]
+    free = _queued(held, 500.0, hw, [])
+    assert free == depth - hw.dram_latency_cycles
+    # the compute engine taking half the L2's lines: twice as long to drain
+    half = _Usage([(0.0, 5000.0, 0.5)])
+    assert _queued(held, 500.0, hw, [half]) == 2 * depth - hw.dram_latency_cycles
+    # a load whose writes keep up with its reads queues nothing
+    assert _queued([(0.0, 600.0, 0.0, 600.0, 512)], 300.0, hw, []) == 0
+    # a read before any load, or after every load
+    assert _queued(held, -10.0, hw, []) == _queued(held, 2000.0, hw, []) == 0
+    # a few lines queued wait less than the latency: no extra wait
+    assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, []) == 0

@@ -159,7 +159,7 @@ def test_the_kv_format_and_budget_are_axes(tmp_path):
     bits), each compressed budget apart; compressed chunks read fewer DRAM bytes a
     decode step the fewer their bits, and buy the header area's DRAM; on this device
     the decompressor, one block at a time, makes the steps slower than the int8 cache's
-    (docs/serving.md). The report draws them (``kv_budget.png``)."""
+    (docs/serving.md)."""
     from sweeps import runner
 
     text = SPEC.replace('workload = ["short"]', 'workload = ["short"]\n'
