@@ -10,7 +10,8 @@ decompressor) whose channels average ``--bits`` bits (``occupancy.kv_budget_widt
 
 Printed per bandwidth and budget: the fast path's cycles of the step
 (``sweeps.analytic.decode_step(kv_bits=...)``), decode tokens/s at the hardware's clock,
-the DRAM bytes the step reads and their change against the int8 cache. With ``--exact``
+the DRAM bytes the step reads and their change against the int8 cache, and those of its
+KV prefetches (the past K and V, chunk headers included). With ``--exact``
 the same step compiled without weights, every chunk header saying the budget's widths
 (``driver.compile_timing_step(kv_bits=...)``), timed by the instruction-level model
 (``sweeps.perf.time_program``), with the fast path's error against it. Which tolerance
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "cycles": est.cycles,
                    "tokens_per_s": round(hw.clock_hz / est.cycles, 2),
                    "dram_read_bytes": est.dram_read_bytes,
-                   "bytes_vs_int8": est.dram_read_bytes - int8_bytes}
+                   "bytes_vs_int8": est.dram_read_bytes - int8_bytes,
+                   "kv_read_bytes": est.kv_read_bytes}
             if args.exact:
                 build = compile_timing_step(cfg, hw, args.at, kv_bits=bits)
                 exact = time_program(build.programs[0].instrs, hw, build.image.read_i32).cycles

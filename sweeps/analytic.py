@@ -114,6 +114,7 @@ class StepEstimate:
     compute_busy: int
     dram_read_bytes: int
     macs: int
+    kv_read_bytes: int = 0        # of dram_read_bytes: the KV prefetches' (past K and V)
 
     def seconds(self, hw: HardwareConfig) -> float:
         return self.cycles / hw.clock_hz
@@ -146,13 +147,15 @@ class _Tiles:
     def __init__(self, hw: HardwareConfig):
         self.hw = hw
         self.tiles: list[list] = []
-        self.read = self.macs = self.l2 = 0
+        self.read = self.macs = self.l2 = self.kv = 0
         self.pending = 0.0
         self.first_rope: int | None = None       # the tile of the first ROPE
         self.store_tile = -1                     # the tile the last store went to
 
-    def add_load(self, occ, staged: int) -> int:
+    def add_load(self, occ, staged: int, kv: bool = False) -> int:
+        """A load engine instruction (``kv``: a KV prefetch, whose bytes are the past KV's)."""
         self.read += occ.dram_read_bytes
+        self.kv += occ.dram_read_bytes if kv else 0
         self.l2 += occ.l2_lines
         self.pending += self.hw.dram_cycles_per_line
         # a row copier's ``Copies``; a chunked KV prefetch's cycles (``_run``)
@@ -198,7 +201,7 @@ class _Tiles:
     def frozen(self) -> tuple:
         """The tiles (lists where built here, the cached matmuls' tuples: read only from
         now on) and the totals."""
-        return self.tiles, self.read, self.macs, self.l2
+        return self.tiles, self.read, self.macs, self.l2, self.kv
 
 
 def _matmul_instr(hw: HardwareConfig, fields: dict):
@@ -317,7 +320,7 @@ class _Timing(Generator):
                 occ = chunked_prefetch_occupancy(instr, self.core, None, kv_bits=self.kv_bits)
             else:
                 occ = occupancy(instr, self.core)
-            tile = s.add_load(occ, staged)
+            tile = s.add_load(occ, staged, mnemonic == "KV_PREFETCH")
             if mnemonic == "DMA_GATHER":
                 end = fields["l2_addr"] + fields["count"] * fields["l2_stride"]
                 self.gathers.append((fields["l2_addr"], end, tile))
@@ -456,7 +459,8 @@ def _prefill_chunking(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_toke
 class _Plan:
     """One program of the one-layer model as tiles: ``prefix`` (the RoPE table, the
     embedding gather), ``layer`` (repeated per layer) and ``head``; each part
-    ``(tiles, DRAM bytes read, MACs, L2 lines)``; the staging ring's bytes."""
+    ``(tiles, DRAM bytes read, MACs, L2 lines, KV prefetches' bytes read)``; the staging
+    ring's bytes."""
 
     prefix: tuple
     layer: tuple
@@ -924,17 +928,17 @@ def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, in
 
 
 def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool
-               ) -> tuple[float, float, float, int, int]:
-    """``(cycles, load busy, compute busy, DRAM bytes read, MACs)`` of a program of
-    ``n_layers`` layers from its one-layer plan (no instruction fetch)."""
+               ) -> tuple[float, float, float, int, int, int]:
+    """``(cycles, load busy, compute busy, DRAM bytes read, MACs, KV bytes read)`` of a
+    program of ``n_layers`` layers from its one-layer plan (no instruction fetch)."""
     cycles, load_busy, compute_busy = _layers(plan, n_layers, plan.ring_bytes if prefetch
                                               else None,
                                               (hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line,
                                                load_data_delay(hw)))
     total = [p + n_layers * l_ + h for p, l_, h in zip(plan.prefix[1:], plan.layer[1:],
                                                        plan.head[1:], strict=True)]
-    read, macs, _ = total
-    return cycles, load_busy, compute_busy, read, macs
+    read, macs, _, kv = total
+    return cycles, load_busy, compute_busy, read, macs, kv
 
 
 def _plan_hw(hw: HardwareConfig) -> HardwareConfig:
@@ -978,10 +982,11 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                 kv_bits is not None)
     plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce,
                  batch=batch, kv_bits=kv_bits)
-    cycles, load_busy, compute_busy, read, macs = _time_plan(plan, cfg.n_layers, hw, prefetch)
+    cycles, load_busy, compute_busy, read, macs, kv = _time_plan(plan, cfg.n_layers, hw,
+                                                                 prefetch)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
     return StepEstimate(math.ceil(cycles + first_fetch_cycles(hw)), load_busy, compute_busy,
-                        read, macs)
+                        read, macs, kv)
 
 
 # Decode steps timed per workload (``decode_total``): a step's cycles are affine in its KV
@@ -1037,7 +1042,7 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
         timed[i] = _time_plan(_plan(local, weights, key_hw, start, t, head, allreduce, program),
                               cfg.n_layers, hw, prefetch)
     known = sorted(timed)
-    total = [0.0] * 5
+    total = [0.0] * 6
     for i in range(len(chunks)):
         if i in timed:
             row = timed[i]
@@ -1048,9 +1053,9 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
             w = (i - lo) / (hi - lo)
             row = [a + w * (b - a) for a, b in zip(timed[lo], timed[hi], strict=True)]
         total = [a + b for a, b in zip(total, row, strict=True)]
-    cycles, load_busy, compute_busy, read, macs = total
+    cycles, load_busy, compute_busy, read, macs, kv = total
     return StepEstimate(math.ceil(cycles + first_fetch_cycles(hw)), round(load_busy),
-                        round(compute_busy), round(read), round(macs))
+                        round(compute_busy), round(read), round(macs), round(kv))
 
 
 @dataclass(frozen=True)

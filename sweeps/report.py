@@ -287,7 +287,7 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> None:
 
 
 def _kv_figure(rows, group_keys: list[str], out: Path) -> None:
-    """tokens/s and a mid-workload decode step's DRAM bytes against the KV budget
+    """tokens/s and a mid-workload decode step's KV bytes read against the KV budget
     (``kv_bits`` of compressed chunks: lines; the int8 cache: a cross at 8), one series
     per L2 size and prefetch of each group: ``kv_budget.png``."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -299,7 +299,7 @@ def _kv_figure(rows, group_keys: list[str], out: Path) -> None:
         chunked = sorted((r for r in series[key] if r.get("kv_format") == "chunked"),
                          key=lambda r: r["kv_bits"])
         int8 = [r for r in series[key] if r.get("kv_format", "int8") == "int8"]
-        for ax, metric in zip(axes, ("tokens_per_s", "decode_dram_read_bytes"), strict=True):
+        for ax, metric in zip(axes, ("tokens_per_s", "decode_kv_read_bytes"), strict=True):
             if not all(metric in r for r in series[key]):
                 continue           # rows of a sweep run before the metric existed
             lines = ax.plot([r["kv_bits"] for r in chunked], [r[metric] for r in chunked],
@@ -310,10 +310,9 @@ def _kv_figure(rows, group_keys: list[str], out: Path) -> None:
     axes[0].set(xlabel="KV budget (bits per cached element)", ylabel="tokens/s",
                 title="Throughput against the KV budget")
     axes[1].set(xlabel="KV budget (bits per cached element)",
-                ylabel="DRAM bytes read by a decode step (weights and KV)",
-                title="Decode traffic (not from zero: the KV is a small part of it)")
-    axes[0].set_ylim(0, 1.08 * axes[0].get_ylim()[1])    # the crosses at the top stay whole
+                ylabel="KV bytes read by a decode step", title="Past KV read a decode step")
     for ax in axes:
+        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])      # the crosses at the top stay whole
         ax.set_xticks([2, 3, 4, 5, 6, 7, 8])
         ax.grid(True, alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -376,8 +375,8 @@ CAPTIONS = {
              "decode steps of all its sequences, the weights read once a step) and tokens/s "
              "per dollar (DRAM bought for every sequence's KV at the model's context) "
              "against the batch, one line per L2 size; solid with prefetch, dashed without.",
-    "kv_budget": "Tokens/s and a mid-workload decode step's DRAM bytes (weights and KV; its "
-                 "axis not from zero) against the KV budget: compressed chunks (lines, "
+    "kv_budget": "Tokens/s and the past KV's bytes a mid-workload decode step reads "
+                 "against the KV budget: compressed chunks (lines, "
                  "their channels averaging that many bits) and the int8 cache (crosses at "
                  "8), one series per L2 size; solid with prefetch, dashed without.",
     "area": "Die area by part against L2 size.",

@@ -139,6 +139,7 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
             "dram_read_bytes": est.dram_read_bytes,
             "decode_step_cycles": mid.cycles, "decode_load_busy": mid.load_busy,
             "decode_dram_read_bytes": mid.dram_read_bytes,
+            "decode_kv_read_bytes": mid.kv_read_bytes,
             "decode_compute_busy": mid.compute_busy,
             "decode_roofline_tokens_per_s": hw.dram_bytes_per_cycle * hw.clock_hz
             / max(1, params_bytes // devices),

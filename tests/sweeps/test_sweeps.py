@@ -174,6 +174,11 @@ def test_the_kv_format_and_budget_are_axes(tmp_path):
     int8 = rows["int8", 8.0]
     read = [rows["chunked", b]["decode_dram_read_bytes"] for b in (8.0, 4.0, 2.0)]
     assert read[0] > read[1] > read[2] and read[2] < int8["decode_dram_read_bytes"]
+    kv = [rows["chunked", b]["decode_kv_read_bytes"] for b in (8.0, 4.0, 2.0)]
+    assert kv[0] > kv[1] > kv[2] > 0 and kv[2] < int8["decode_kv_read_bytes"]
+    # the KV is all that differs: the rest of a step's bytes is the same in every format
+    assert {r["decode_dram_read_bytes"] - r["decode_kv_read_bytes"] for r in rows.values()} \
+        == {int8["decode_dram_read_bytes"] - int8["decode_kv_read_bytes"]}
     assert all(r["decode_step_cycles"] > int8["decode_step_cycles"]
                for k, r in rows.items() if k[0] == "chunked")
     assert rows["chunked", 8.0]["prefill_cycles"] == int8["prefill_cycles"]
