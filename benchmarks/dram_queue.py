@@ -21,69 +21,33 @@ Takes about 15 s per 3,600 cycles (Amaranth's Python simulator).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 
 def simulate(hw, at: int, cycles: int) -> dict:
     """The step's first ``cycles`` cycles: per cycle ``(DRAM responses offered, taken,
-    store aux request, store aux response)``, and the model's cycles for the step."""
-    import numpy as np
-    from amaranth import Module
-    from amaranth.lib import wiring
-    from amaranth.sim import Simulator
-
+    store table read asked, answered)``, and the DRAM model's queue depth."""
     from arch.isa import Engine
+    from arch.uarch import dram_queue_lines
+    from benchmarks.l2_conflicts import pysim
     from benchmarks.perf_calibration import image_with_programs
     from compiler.driver import compile_step
     from models.evaluate import build_int_model
     from models.zoo import load_model
-    from rtl.common import rtl_params
-    from rtl.dram import DramModel
-    from rtl.top import Accelerator
 
     im = build_int_model(load_model("tiny"))
     build = compile_step(im.cfg, im.qm, hw, at, 1, prefetch=True)
     instrs = [i for i in build.programs[0].instrs if i.engine != Engine.CONTROL]
     data, named = image_with_programs(build.image.data, {"the step": instrs})
-    params = dataclasses.replace(rtl_params(hw, image_bytes=data.size), macros=False)
-    store = []
 
-    class Probed(Accelerator):
-        def elaborate(self, platform):
-            m = super().elaborate(platform)
-            store.append(m.submodules.store)
-            return m
+    def sample(ctx, accel, probed):
+        s, rsp = probed["store"], accel.dram.rsp
+        return (ctx.get(rsp.valid), ctx.get(rsp.valid & rsp.ready),
+                ctx.get(s.aux.req.valid & s.aux.req.ready),
+                ctx.get(s.aux.rsp.valid & s.aux.rsp.ready))
 
-    top = Module()
-    top.submodules.accel = accel = Probed(params=params)
-    top.submodules.dram = dram = DramModel(params=params)
-    wiring.connect(top, accel.dram, dram.port)
-    W = params.line_bytes
-    padded = np.zeros(-(-data.size // W) * W, np.uint8)
-    padded[:data.size] = data
-    trace = []
-
-    async def bench(ctx):
-        for i, word in enumerate(padded.reshape(-1, W)):
-            if word.any():
-                ctx.set(dram.storage.memory.data[i], int.from_bytes(word.tobytes(), "little"))
-        ctx.set(accel.pc, named[0][1])
-        ctx.set(accel.start, 1)
-        await ctx.tick()
-        ctx.set(accel.start, 0)
-        s, rsp = store[0], accel.dram.rsp
-        while not ctx.get(accel.done) and len(trace) < cycles:
-            trace.append((ctx.get(rsp.valid), ctx.get(rsp.valid & rsp.ready),
-                          ctx.get(s.aux.req.valid & s.aux.req.ready),
-                          ctx.get(s.aux.rsp.valid & s.aux.rsp.ready)))
-            await ctx.tick()
-
-    sim = Simulator(top)
-    sim.add_clock(1e-9)
-    sim.add_testbench(bench)
-    sim.run()
-    return {"trace": trace, "dram_queue_depth": dram.depth}
+    run, = pysim(hw, data, [named[0][1]], sample, ("store",), cycles)
+    return {"trace": run["trace"], "dram_queue_depth": dram_queue_lines(hw.dram_latency_cycles)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

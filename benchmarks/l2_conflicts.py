@@ -43,29 +43,28 @@ def _programs(hw, at: int):
                                               if i.mnemonic in (*weights, "MATMUL")]}
 
 
-def simulate(hw, at: int) -> list[dict]:
-    """Each program's cycles, load busy and per-cycle L2 requests on Amaranth's
-    simulator: ``trace[t][port] = (valid, granted, line address)``."""
+def pysim(hw, data, entries: list[int], sample, probe: tuple[str, ...] = (),
+          cycles: int | None = None) -> list[dict]:
+    """Run the programs at ``entries`` of the DRAM image ``data`` one after another in
+    Amaranth's simulator of the whole accelerator and its DRAM model; each cycle of each
+    until it is done (or for at most ``cycles``), ``sample(ctx, accel, probed)`` is
+    recorded, ``probed`` being the accelerator's submodules named in ``probe``. Returns
+    per program its cycles and load busy counters and its ``trace`` of samples."""
     from amaranth import Module
     from amaranth.lib import wiring
     from amaranth.sim import Simulator
 
-    from benchmarks.perf_calibration import image_with_programs
     from rtl.common import rtl_params
     from rtl.dram import DramModel
     from rtl.top import Accelerator
 
-    build, programs = _programs(hw, at)
-    data, named = image_with_programs(build.image.data, programs)
-    entries = [offset for _, offset in named]
     params = dataclasses.replace(rtl_params(hw, image_bytes=data.size), macros=False)
-    ports = []
+    probed = {}
 
     class Probed(Accelerator):
         def elaborate(self, platform):
             m = super().elaborate(platform)
-            l2 = m.submodules.l2
-            ports.extend(l2.port(i) for i in range(l2.n_ports))
+            probed.update((name, getattr(m.submodules, name)) for name in probe)
             return m
 
     top = Module()
@@ -75,24 +74,22 @@ def simulate(hw, at: int) -> list[dict]:
     W = params.line_bytes
     padded = np.zeros(-(-data.size // W) * W, np.uint8)
     padded[:data.size] = data
-    words = padded.view(np.uint8).reshape(-1, W)
     results = []
 
     async def bench(ctx):
-        for i, word in enumerate(words):
+        for i, word in enumerate(padded.reshape(-1, W)):
             if word.any():
                 ctx.set(dram.storage.memory.data[i], int.from_bytes(word.tobytes(), "little"))
-        for name, entry in zip(programs, entries, strict=True):
+        for entry in entries:
             ctx.set(accel.pc, entry)
             ctx.set(accel.start, 1)
             await ctx.tick()
             ctx.set(accel.start, 0)
             trace = []
-            while not ctx.get(accel.done):
-                trace.append([(ctx.get(p.req.valid), ctx.get(p.req.valid & p.req.ready),
-                               ctx.get(p.req.p.addr)) for p in ports])
+            while not ctx.get(accel.done) and (cycles is None or len(trace) < cycles):
+                trace.append(sample(ctx, accel, probed))
                 await ctx.tick()
-            results.append({"program": name, "cycles": ctx.get(accel.counter_cycles),
+            results.append({"cycles": ctx.get(accel.counter_cycles),
                             "load_busy": ctx.get(accel.counter_load_busy), "trace": trace})
 
     sim = Simulator(top)
@@ -100,6 +97,23 @@ def simulate(hw, at: int) -> list[dict]:
     sim.add_testbench(bench)
     sim.run()
     return results
+
+
+def simulate(hw, at: int) -> list[dict]:
+    """Each program's cycles, load busy and per-cycle L2 requests on Amaranth's
+    simulator: ``trace[t][port] = (valid, granted, line address)``."""
+    from benchmarks.perf_calibration import image_with_programs
+
+    build, programs = _programs(hw, at)
+    data, named = image_with_programs(build.image.data, programs)
+
+    def sample(ctx, accel, probed):
+        l2 = probed["l2"]
+        return [(ctx.get(p.req.valid), ctx.get(p.req.valid & p.req.ready), ctx.get(p.req.p.addr))
+                for p in (l2.port(i) for i in range(l2.n_ports))]
+
+    runs = pysim(hw, data, [offset for _, offset in named], sample, ("l2",))
+    return [{"program": name, **run} for name, run in zip(programs, runs, strict=True)]
 
 
 def refusals(trace: list, banks: int) -> dict:
