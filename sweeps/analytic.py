@@ -665,6 +665,10 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
     load_begin, load_end, write_start = [0] * n, [0] * n, [0.0] * n
     compute_begin, compute_ends, busy_to = [0] * n, [0] * n, [0.0] * n
     load_tile = [j for j in range(n) if loads[j]]
+    comp_tile = [j for j in range(n) if computes[j]]     # the k-th compute's tile
+    crank = [0] * (n + 1)                  # crank[j]: computes in the tiles before j
+    for j in range(n):
+        crank[j + 1] = crank[j] + (1 if computes[j] else 0)
     rank, k = [0] * n, -1                   # rank[j]: loads among tiles 0..j, less one
     for j in range(n):
         if loads[j]:
@@ -699,9 +703,9 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
                          if tiles[timed][9] and d == timed + tiles[timed][4]
                          else compute_ends[d])
                 start = ready if ready > start else start
-            g = place[timed] - QUEUE_DEPTH
-            if g >= 0 and compute_begin[g] > start:
-                start = compute_begin[g]
+            g = crank[place[timed]] - QUEUE_DEPTH       # a queue of compute instructions,
+            if g >= 0 and compute_begin[comp_tile[g]] > start:    # not of tiles
+                start = compute_begin[comp_tile[g]]
             # and once the store engine's queue has taken the stores above it
             g = place[timed] - 1
             if g >= 0 and gate_at[g] > start:
