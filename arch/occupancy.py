@@ -808,24 +808,16 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
     budget = (None if kv_bits is None else
               sum(kv_group_bytes(int(b), B) for b in kv_budget_widths(cols, kv_bits)))
     for k in range(f.n_tokens // B):
-        if budget is not None:
-            block, used = f.first_token // B + k, budget
-            codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B,
-                                            f.row_bytes, f.col_offset)
-        else:
-            block = read_i32(kv_table_entry_addr(f.table_addr, f.first_token + k * B, B))
-            if not 0 <= block < f.pool_blocks:
-                raise ValueError(f"BAD_BLOCK: block-table entry {block} of token "
-                                 f"{f.first_token + k * B} is outside the pool of "
-                                 f"{f.pool_blocks} blocks")
-            codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B,
-                                            f.row_bytes, f.col_offset)
-            header = np.array([(read_i32(a & ~3) >> (8 * (a & 3))) & 0xFF
-                               for a in range(headers, headers + cols)], np.uint8)
-            fault = kv_chunk_fault(header)
-            if fault:
-                raise ValueError(f"BAD_CHUNK: block {block}: {fault}")
-            used = sum(group[int(code)] for code in header & 3)
+        block = (f.first_token // B + k if budget is not None else
+                 read_i32(kv_table_entry_addr(f.table_addr, f.first_token + k * B, B)))
+        if budget is None and not 0 <= block < f.pool_blocks:
+            raise ValueError(f"BAD_BLOCK: block-table entry {block} of token "
+                             f"{f.first_token + k * B} is outside the pool of "
+                             f"{f.pool_blocks} blocks")
+        codes, headers = kv_chunk_addrs(f.pool_addr, f.pool_blocks, block, B, f.row_bytes,
+                                        f.col_offset)
+        used = budget if budget is not None else _code_bytes(read_i32, headers, cols, block,
+                                                             group)
         header_lines, code_lines = _lines(headers, cols, W), _lines(codes, used, W)
         writes = 0
         for _ in range(B):
@@ -846,6 +838,18 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
     return Occupancy(Engine.LOAD, math.ceil(cycles) + cal.dma_drain, dram_read_bytes=dram_bytes,
                      dram_lines=dram_lines, prefetch_bytes=moved, l2_lines=l2_lines,
                      after_copier=True)
+
+
+def _code_bytes(read_i32, headers: int, cols: int, block: int, group: dict) -> int:
+    """The code bytes of the chunk whose ``cols`` header bytes are at ``headers`` in DRAM
+    (``group``: a group's bytes by width code); ``ValueError`` naming ``BAD_CHUNK`` for
+    bytes that are not a chunk's header."""
+    header = np.array([(read_i32(a & ~3) >> (8 * (a & 3))) & 0xFF
+                       for a in range(headers, headers + cols)], np.uint8)
+    fault = kv_chunk_fault(header)
+    if fault:
+        raise ValueError(f"BAD_CHUNK: block {block}: {fault}")
+    return sum(group[int(code)] for code in header & 3)
 
 
 def _occupancy(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration) -> Occupancy:

@@ -100,9 +100,10 @@ class Spec:
             p["kv_bits"] = float(p["kv_bits"])
             if "kv_format" in self.axes and p["kv_format"] == "int8":
                 p["kv_bits"] = 8.0      # a compressed cache's budget: int8 runs once, at 8
-        seen: set[str] = set()
-        points = [p for p in points if not (repr(sorted(p.items())) in seen
-                                            or seen.add(repr(sorted(p.items()))))]
+        unique: dict[str, dict] = {}
+        for p in points:
+            unique.setdefault(repr(sorted(p.items())), p)
+        points = list(unique.values())
         if self.sampling == "random":
             rng = random.Random(self.seed)
             points = rng.sample(points, min(self.samples, len(points)))

@@ -157,7 +157,7 @@ def test_the_weight_format_is_an_axis(tmp_path):
 def test_the_kv_format_and_budget_are_axes(tmp_path):
     """``kv_format`` and ``kv_bits`` as axes: the int8 cache's points run once (at 8
     bits), each compressed budget apart; compressed chunks read fewer DRAM bytes a
-    decode step the fewer their bits, and buy the header area's DRAM; on this device
+    decode step the fewer their bits; on this device
     the decompressor, one block at a time, makes the steps slower than the int8 cache's
     (docs/serving.md)."""
     from sweeps import runner
@@ -182,7 +182,6 @@ def test_the_kv_format_and_budget_are_axes(tmp_path):
     assert all(r["decode_step_cycles"] > int8["decode_step_cycles"]
                for k, r in rows.items() if k[0] == "chunked")
     assert rows["chunked", 8.0]["prefill_cycles"] == int8["prefill_cycles"]
-    assert rows["chunked", 8.0]["dram_dollars"] >= int8["dram_dollars"]
 
 
 def test_points_differing_only_in_node_share_one_performance_run(tmp_path, monkeypatch):
