@@ -31,6 +31,8 @@ from functools import cached_property
 import numpy as np
 from amaranth.lib import data, enum
 
+from arch.uarch import KV_MAP_BLOCKS
+
 
 class Engine(enum.IntEnum, shape=2):
     LOAD = 0
@@ -189,6 +191,15 @@ SHIFT = _n("shift", 6, "requantisation right shift")
 OPCODES: tuple[OpSpec, ...] = (
     OpSpec("HALT", 0x01, Engine.CONTROL, (),
            "Stop fetching; finish when every engine has drained."),
+    OpSpec("KV_LIVE", 0x02, Engine.CONTROL, (
+        _dram("map_addr", "the live-block map in DRAM, KV_MAP_WORD_BYTES-aligned"),
+        _n("map_blocks", 16, "blocks the map covers, at most KV_MAP_BLOCKS"),
+    ), "Once every engine has drained, read the live-block map (kv_map_pack: bit b of byte "
+       "b // 8, least significant first, says block b holds a live sequence's rows) into "
+       "the controller; until the program ends, a KV_PREFETCH or KV_APPEND block-table "
+       "entry whose block is not live in it (or is at or beyond map_blocks) stops with "
+       "BAD_BLOCK. A program without KV_LIVE treats every block in [0, pool_blocks) as "
+       "live."),
     # -- load engine ------------------------------------------------------------------
     OpSpec("DMA_LOAD", 0x10, Engine.LOAD, (
         _dram("dram_addr", "source in DRAM"),
@@ -401,6 +412,40 @@ def kv_row_addr(pool_addr, block, token, block_tokens: int, row_bytes):
     block ``b`` holds ``B`` rows of ``row_bytes`` from ``pool + b * B * row_bytes``
     (``B`` = ``kv_block_tokens``, a power of two). Ints or Amaranth values."""
     return pool_addr + block * block_tokens * row_bytes + (token & (block_tokens - 1)) * row_bytes
+
+
+# -- the live-block map (KV_LIVE) ------------------------------------------------------
+#
+# A KV pool's blocks are shared by many sequences (vLLM's block manager): a block freed
+# when its last sequence ended may still be named by a table that should not name it. The
+# host writes, per program, which blocks hold a live sequence's rows; ``KV_LIVE`` reads
+# it into the controller in words of ``KV_MAP_WORD_BYTES`` (aligned as instructions are,
+# so a word never straddles a DRAM line), and the KV walks look each block up there.
+
+KV_MAP_WORD_BYTES = INSTR_BYTES
+KV_MAP_WORD_BLOCKS = 8 * KV_MAP_WORD_BYTES
+
+
+def kv_map_words(map_blocks: int) -> int:
+    """The 32-byte words of a live-block map covering ``map_blocks`` blocks."""
+    return -(-map_blocks // KV_MAP_WORD_BLOCKS)
+
+
+def kv_map_pack(live: np.ndarray) -> np.ndarray:
+    """The live-block map ``uint8 [kv_map_words(n) * KV_MAP_WORD_BYTES]`` of ``live``
+    (``bool [n]``, one flag a block): bit ``b % 8`` of byte ``b // 8``, zero-padded."""
+    live = np.asarray(live, bool)
+    out = np.zeros(kv_map_words(live.size) * KV_MAP_WORD_BYTES, np.uint8)
+    packed = np.packbits(live, bitorder="little")
+    out[:packed.size] = packed
+    return out
+
+
+def kv_map_live(map_bytes: np.ndarray, map_blocks: int, block: int) -> bool:
+    """Whether block ``block`` (a block-table entry, as an unsigned int32) is live in the
+    map ``map_bytes`` of ``map_blocks`` blocks."""
+    block &= 0xFFFF_FFFF
+    return block < map_blocks and bool(map_bytes[block >> 3] >> (block & 7) & 1)
 
 
 # -- compressed KV chunks (KV_PREFETCH with kv_format = CHUNKED) ------------------------
@@ -654,6 +699,13 @@ def operand_faults(mnemonic: str, f) -> list[tuple[object, str]]:
         return [((f("n_tokens") > 0)
                  & ((f("table_addr") & (BLOCK_TABLE_ENTRY_BYTES - 1)) != 0),
                  "{mnemonic} table_addr 0x{table_addr:x} is not a multiple of 4")]
+    if mnemonic == "KV_LIVE":
+        return [((f("map_addr") & (KV_MAP_WORD_BYTES - 1)) != 0,
+                 "KV_LIVE map_addr 0x{map_addr:x} is not a multiple of "
+                 f"{KV_MAP_WORD_BYTES}"),
+                (f("map_blocks") > KV_MAP_BLOCKS,
+                 "KV_LIVE map_blocks = {map_blocks} exceeds " + f"KV_MAP_BLOCKS = "
+                 f"{KV_MAP_BLOCKS}, the controller's map")]
     if mnemonic == "STORE_COUNTERS":
         return [((f("dram_addr") & (COUNTER_BYTES - 1)) != 0,
                  "STORE_COUNTERS dram_addr 0x{dram_addr:x} is not a multiple of 8")]

@@ -43,6 +43,11 @@ RESET_CYCLES = 3
 # CHUNKED KV_PREFETCH of more columns stops with BAD_OPERAND.
 KV_CHUNK_MAX_COLS = 128
 
+# The live-block map the controller holds (KV_LIVE, rtl/controller.py): one bit a KV pool
+# block, 8,192 blocks (1 KiB; 131,072 token rows at 16 tokens a block). A KV_LIVE of more
+# blocks stops with BAD_OPERAND; a batched build whose pool is larger is refused.
+KV_MAP_BLOCKS = 8192
+
 
 def dram_queue_lines(latency_cycles: int) -> int:
     """Lines the DRAM model holds between accepting a read and its data being taken

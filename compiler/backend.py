@@ -40,6 +40,7 @@ from arch.isa import (
     INT32_BYTES,
     MX_BLOCK,
     PARAM_WORD_BYTES,
+    Engine,
     Instruction,
     KvFormat,
     MatmulMode,
@@ -408,13 +409,18 @@ class Generator:
         self.ring = Ring(plan.ring_base, self.hw.l2_bytes)
         self.tile_bytes = plan.tile_bytes
         self.code.l2_plan = plan.to_json()
+        live = self.ctx.mmap.regions.get(f"kv_live:{self.program}")
+        if live is not None:     # the pool's live blocks (driver.live_blocks), checked first
+            self.emit("KV_LIVE", map_addr=live.offset,
+                      map_blocks=self._pool_blocks(self.ctx.mmap["kv:0:k"]))
         self.load_rope_table(ops)
         for op in ops:
             LOWERINGS[type(op)](self, op)
         # The counters are written once every engine's last instruction has finished.
         last = {}
         for i, instr in enumerate(self.code.instrs):
-            last[instr.engine] = i
+            if instr.engine != Engine.CONTROL:
+                last[instr.engine] = i
         index = self.emit("STORE_COUNTERS",
                           dram_addr=self.ctx.mmap[f"counters:{self.program}"].offset)
         self.code.after[index] = list(last.values())

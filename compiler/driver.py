@@ -39,8 +39,10 @@ from arch.isa import (
     Instruction,
     WeightFormat,
     kv_chunk_header,
+    kv_map_pack,
 )
 from arch.occupancy import kv_budget_widths
+from arch.uarch import KV_MAP_BLOCKS
 from compiler.backend import (
     MIN_RING_BYTES,
     BuildContext,
@@ -675,6 +677,29 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
                                f"{sp.max_new_tokens - 1} decode steps)")
 
 
+def live_blocks(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...],
+                pool_blocks: int, block_tokens: int) -> list[np.ndarray]:
+    """Per program of a batched build, ``bool [pool_blocks]``: the blocks that hold a live
+    sequence's rows while it runs, as the host's block manager has them (vLLM's reference
+    counts above zero): every sequence from its prefill to its last program, through the
+    rows it has written by the end of that program (its blocks are allocated on demand;
+    a shared prefix is in its table). ``KV_LIVE`` hands the device this map, so a table
+    naming a freed block stops with ``BAD_BLOCK`` (``accel.kv_blocks.plan_batch`` frees a
+    sequence's blocks after its last program)."""
+    written = [0] * len(sequences)
+    maps = []
+    for step in schedule:
+        for b in step.seqs:
+            sp = sequences[b]
+            written[b] = len(sp.prompt) if step.kind == "prefill" else written[b] + 1
+        live = np.zeros(pool_blocks, bool)
+        for b, sp in enumerate(sequences):
+            if written[b] and (written[b] < sp.positions - 1 or b in step.seqs):
+                live[list(sp.table[:-(-written[b] // block_tokens)])] = True
+        maps.append(live)
+    return maps
+
+
 def batched_decode_graph(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig,
                          name: str) -> Graph:
     """The decode steps ``graphs`` of a batch's sequences as one graph
@@ -754,15 +779,19 @@ def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
                                f"shared blocks, not whole blocks of {B}: its prefill would "
                                f"write row {sp.cached} into a shared block stored compressed")
     named = _batch_programs(cfg, qm, hw, sequences, schedule, kvp)
-    return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks, kvp)
+    live = live_blocks(sequences, schedule, pool_blocks, B)
+    return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks, kvp, live)
 
 
 def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: list,
                  sequences: tuple[SequencePlan, ...], pool_blocks: int,
-                 kvp: KvPlan | None = None) -> Build:
+                 kvp: KvPlan | None = None, live: list[np.ndarray] | None = None) -> Build:
     """A batched build of the programs ``named``: the memory map (``dram_map``: each
     sequence's buffers, ``pool_blocks`` blocks of K/V), the constants, each sequence's
-    prompt and block table (unused entries ``EVICTED``, -1) in the image, the passes."""
+    prompt and block table (unused entries ``EVICTED``, -1) in the image, the passes.
+    ``live``: each program's live blocks (``live_blocks``); a program with a block not
+    live gets its map (region ``kv_live:<program>``), which it reads first (``KV_LIVE``).
+    Raises ``CompileError`` for a map larger than the device's (``KV_MAP_BLOCKS``)."""
     graphs = [g for _, _, gs in named for g in gs]
     params = _collect_params(graphs)
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
@@ -771,8 +800,19 @@ def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: li
                     max(sp.positions for sp in sequences), [n for n, _, _ in named],
                     head_scratch_bytes(graphs), len(sequences), entries, pool_blocks,
                     max(sp.max_new_tokens for sp in sequences), kvp is not None)
+    maps = {}
+    for (name, _, _), blocks in zip(named, live, strict=True) if live is not None else ():
+        if not blocks.all():
+            if pool_blocks > KV_MAP_BLOCKS:
+                raise CompileError(f"{name}: a KV pool of {pool_blocks} blocks, some of them "
+                                   f"free: the device's live-block map holds KV_MAP_BLOCKS = "
+                                   f"{KV_MAP_BLOCKS}")
+            maps[name] = kv_map_pack(blocks)
+            mmap.add(f"kv_live:{name}", maps[name].size)
     image = DramImage(mmap, with_data)
     _write_params(image, params)
+    for name, packed in maps.items():
+        image.write(f"kv_live:{name}", packed, keep=True)
     ctx = build_context(hw, cfg, mmap, prefetch, sequences, kvp is not None)
     tables = np.full((len(sequences), entries), -1, "<i4")
     for b, sp in enumerate(sequences):

@@ -44,6 +44,7 @@ from arch.isa import (
     WeightFormat,
     WeightLayout,
     kv_chunk_unpack,
+    kv_map_live,
 )
 from compiler.asm import format_instruction
 from compiler.semantics import AcceleratorError, Access, accesses, check, flat
@@ -106,6 +107,7 @@ class IsaSimulator:
         self.check_races = check_races
         self.counters = Counters()
         self._space = {"l2": self.l2, "dram": self.dram}
+        self.live_map: tuple[np.ndarray, int] | None = None     # the last KV_LIVE's map
 
     # -- memory ----------------------------------------------------------------------
     def read_i32(self, addr: int) -> int:
@@ -143,12 +145,21 @@ class IsaSimulator:
 
     # -- running -----------------------------------------------------------------------
     def run(self, program: list[Instruction]) -> Counters:
+        """Run ``program`` to its ``HALT``: a ``KV_LIVE`` splits it, every instruction
+        before it having ended (the engines drained) before it reads its map and any
+        after it begins. Raises ``AcceleratorError`` (the stop the hardware makes),
+        ``DeadlockError`` or ``RaceError``."""
+        segments: list[tuple[dict, Instruction | None, int]] = []
         queues: dict[Engine, list[tuple[int, Instruction]]] = {e: [] for e in ENGINES}
         halted = False
         for index, instr in enumerate(program):
-            if instr.mnemonic == "HALT":
-                halted = True
-                break
+            if instr.engine == Engine.CONTROL:
+                segments.append((queues, instr, index))
+                queues = {e: [] for e in ENGINES}
+                if instr.mnemonic == "HALT":
+                    halted = True
+                    break
+                continue
             queues[instr.engine].append((index, instr))
         if not halted:
             raise AcceleratorError(ErrorCode.BAD_OPERAND, len(program),
@@ -157,10 +168,35 @@ class IsaSimulator:
             # A program starts after the previous one drained: everything before it is
             # ordered, so race tracking starts afresh.
             self._clocks = {"l2": _Clocks(self.hw.l2_bytes), "dram": _Clocks(len(self.dram))}
-        limit = (1 << self.hw.token_counter_bits) - 1
+        self.live_map = None                        # until a KV_LIVE: every block live
         tokens = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
         clocks = {e: np.zeros(len(ENGINES), np.int64) for e in ENGINES}
         owner = {}                                  # (engine, clock) -> program index
+        for queues, control, index in segments:
+            self._run_engines(queues, tokens, clocks, owner, program)
+            self.counters.add("instructions", 1)
+            if control.mnemonic == "KV_LIVE":
+                self._kv_live(index, control)
+                joined = np.maximum.reduce([clocks[e] for e in ENGINES])
+                for e in ENGINES:                   # the drain orders everything before it
+                    clocks[e] = joined.copy()
+        return self.counters
+
+    def _kv_live(self, index: int, f: Instruction) -> None:
+        """Read ``KV_LIVE``'s map (the engines have drained)."""
+        acc = accesses(f, self.hw)
+        check(f, self.hw, acc, len(self.dram), index)
+        self.live_map = (self.read(acc["map"], np.uint8).ravel(), f.map_blocks)
+        self.counters.add("dram_read_bytes", acc["map"].nbytes)
+
+    def live(self, block: int) -> bool:
+        """Whether the KV walks may name ``block``: every block until a ``KV_LIVE``."""
+        return self.live_map is None or kv_map_live(*self.live_map, block)
+
+    def _run_engines(self, queues, tokens, clocks, owner, program) -> None:
+        """Run the engines over ``queues`` (one segment of the program) until each has
+        executed all of its instructions."""
+        limit = (1 << self.hw.token_counter_bits) - 1
         pc = dict.fromkeys(ENGINES, 0)
         while any(pc[e] < len(queues[e]) for e in ENGINES):
             progressed = False
@@ -184,8 +220,7 @@ class IsaSimulator:
                     progressed = True
             if not progressed:
                 raise DeadlockError(self._describe_deadlock(queues, pc, tokens))
-        self.counters.add("instructions", sum(len(q) for q in queues.values()) + 1)
-        return self.counters
+        self.counters.add("instructions", sum(len(q) for q in queues.values()))
 
     def _describe_deadlock(self, queues, pc, tokens) -> str:
         lines = ["deadlock: no engine can make progress"]
@@ -226,14 +261,15 @@ class IsaSimulator:
     def execute(self, instr: Instruction) -> None:
         """Execute one instruction on the current L2 and DRAM, without tokens (unit tests
         of single instructions against the RTL)."""
-        acc = accesses(instr, self.hw, self.read_i32, self.read_bytes)
+        if instr.mnemonic == "KV_LIVE":
+            self._kv_live(None, instr)
+            return
+        acc = accesses(instr, self.hw, self.read_i32, self.read_bytes, self.live)
         check(instr, self.hw, acc, len(self.dram))
         EXECUTE[instr.mnemonic](self, instr, acc)
 
     def _execute(self, index: int, instr: Instruction, clock, owner, program) -> None:
-        if instr.engine == Engine.CONTROL:
-            return
-        acc = accesses(instr, self.hw, self.read_i32, self.read_bytes)
+        acc = accesses(instr, self.hw, self.read_i32, self.read_bytes, self.live)
         check(instr, self.hw, acc, len(self.dram), index)
         if self.check_races:
             self._check_races(index, instr.engine, flat(acc), clock, owner, program)

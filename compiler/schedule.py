@@ -145,6 +145,8 @@ def hoist(instrs: list[Instruction], deps: list[dict[int, int]]) -> list[int]:
     prev_load_anchor = -1
     keys = []
     for j, instr in enumerate(instrs):
+        if instr.engine == Engine.CONTROL:      # KV_LIVE drains the engines: no load above it
+            prev_load_anchor = max(prev_load_anchor, j)
         if instr.engine == Engine.LOAD:
             a = prev_load_anchor
             for i in deps[j].values():

@@ -8,7 +8,8 @@ L2 or DRAM). The ISA simulator executes instructions through these blocks and ch
 races on them, and the compiler derives dependency tokens from them, so the two cannot
 disagree about addressing. ``read_i32(addr)`` reads an int32 from DRAM; it resolves the
 data-dependent addresses of ``DMA_GATHER`` (omitted when ``None``: the gathered table
-must then be read-only) and of the block-table walks of ``KV_PREFETCH``/``KV_APPEND``.
+must then be read-only) and of the block-table walks of ``KV_PREFETCH``/``KV_APPEND``;
+``live(block)``, when given, is the ``KV_LIVE`` map the walks check each block against.
 
 ``check(instr, hw, accesses, dram_bytes)`` raises ``AcceleratorError`` with the
 ``ErrorCode`` the hardware reports for a bad operand or an out-of-range address.
@@ -29,6 +30,7 @@ from arch.isa import (
     COUNTER_BYTES,
     COUNTERS,
     INT32_BYTES,
+    KV_MAP_WORD_BYTES,
     Engine,
     ErrorCode,
     Instruction,
@@ -38,6 +40,7 @@ from arch.isa import (
     kv_chunk_fault,
     kv_chunk_widths,
     kv_group_bytes,
+    kv_map_words,
     kv_row_addr,
     kv_table_entry_addr,
     operand_faults,
@@ -87,6 +90,7 @@ class Access:
 Accesses = dict[str, Access | list[Access]]
 ReadI32 = Callable[[int], int] | None
 ReadBytes = Callable[[int, int], np.ndarray] | None
+Live = Callable[[int], bool] | None
 
 
 def _l2(addr, rows, row_bytes, stride, write=False) -> Access:
@@ -112,10 +116,12 @@ def _chunked(instr: Instruction) -> bool:
 
 
 def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offset: int,
-             col_bytes: int, write: bool, read_bytes: ReadBytes = None) -> list:
+             col_bytes: int, write: bool, read_bytes: ReadBytes = None,
+             live: Live = None) -> list:
     """Pool blocks of a block-table walk: one access per run of tokens in one block; the
-    walk ends at an entry it cannot read or one outside ``[0, pool_blocks)`` (as an
-    unsigned int32), with a ``WalkFault``. A ``CHUNKED`` prefetch reads two accesses a
+    walk ends at an entry it cannot read, one outside ``[0, pool_blocks)`` (as an
+    unsigned int32) or one ``live`` (the ``KV_LIVE`` map, when given) says is not live,
+    with a ``WalkFault``. A ``CHUNKED`` prefetch reads two accesses a
     block, its chunk's header bytes and code bytes (``arch.isa.kv_chunk_addrs``; the
     codes as many as the header's widths take); the walk also ends, with a
     ``WalkFault``, at a header or codes beyond DRAM or a header that is not one
@@ -138,6 +144,11 @@ def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offs
             runs.append(WalkFault(t, ErrorCode.BAD_BLOCK,
                                   f"{instr.mnemonic}: token {t}'s block-table entry {block} is "
                                   f"outside the pool of {instr.pool_blocks} blocks"))
+            break
+        if live is not None and not live(block):
+            runs.append(WalkFault(t, ErrorCode.BAD_BLOCK,
+                                  f"{instr.mnemonic}: token {t}'s block-table entry {block} "
+                                  f"names a block that is not live in the KV_LIVE map"))
             break
         run = min(end, (t // bt + 1) * bt) - t
         if chunked:
@@ -229,10 +240,12 @@ def _table(instr: Instruction, hw: HardwareConfig) -> Access:
 
 
 def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None,
-             read_bytes: ReadBytes = None) -> Accesses:
+             read_bytes: ReadBytes = None, live: Live = None) -> Accesses:
     op, f = instr.mnemonic, instr
     if op == "HALT":
         return {}
+    if op == "KV_LIVE":
+        return {"map": _dram(f.map_addr, 1, kv_map_words(f.map_blocks) * KV_MAP_WORD_BYTES, 0)}
     if op == "DMA_LOAD":
         return {"src": _dram(f.dram_addr, f.rows, f.row_bytes, f.dram_stride),
                 "dst": _l2(f.l2_addr, f.rows, f.row_bytes, f.l2_stride, True)}
@@ -248,12 +261,13 @@ def accesses(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32 = None,
                 "dst": _l2(f.l2_addr, f.count, f.row_bytes, f.l2_stride, True)}
     if op == "KV_PREFETCH":
         return {"table": _table(f, hw),
-                "src": _kv_runs(f, hw, read_i32, f.col_offset, f.col_bytes, False, read_bytes),
+                "src": _kv_runs(f, hw, read_i32, f.col_offset, f.col_bytes, False, read_bytes,
+                                live),
                 "dst": _l2(f.l2_addr, f.n_tokens, f.col_bytes, f.col_bytes, True)}
     if op == "KV_APPEND":
         return {"table": _table(f, hw),
                 "src": _l2(f.l2_addr, f.n_tokens, f.row_bytes, f.row_bytes),
-                "dst": _kv_runs(f, hw, read_i32, 0, f.row_bytes, True)}
+                "dst": _kv_runs(f, hw, read_i32, 0, f.row_bytes, True, live=live)}
     if op == "STORE_COUNTERS":
         return {"dst": _dram(f.dram_addr, 1, COUNTER_BYTES * len(COUNTERS), 0, True)}
     if instr.engine == Engine.COMPUTE:       # the ISA's one declaration of L2 operands

@@ -9,6 +9,14 @@ ISA declaration and pushed, with its program index, into the queue of its engine
 (``QUEUE_DEPTH`` deep); fetch stalls while that queue is full. ``HALT`` stops fetching;
 ``done`` rises once every queue is empty and every engine idle.
 
+``KV_LIVE`` waits until every queue is empty and every engine idle, then reads its map
+of live KV blocks through its own DRAM port (``map_rd``, one 32-byte word a request)
+into the map memory, and is accepted once the last word is in; from then until the next
+``start`` each DMA engine looks its block-table entries up in it (``live_load``,
+``live_store``: a block not live, or at or beyond ``map_blocks``, is refused; before a
+``KV_LIVE`` every block is live). Its operand faults (``isa.operand_faults``) and a map
+beyond DRAM stop the accelerator with the instruction's index.
+
 An unknown opcode, or a dependency mask that names the instruction's own engine, stops
 the accelerator in its error state (``error``, ``error_code`` from ``ErrorCode``,
 ``error_index``); so does the first error an engine reports.
@@ -26,12 +34,22 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Signal
 from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
-from arch.uarch import DEFERRED, FETCH_AHEAD, QUEUE_DEPTH
+from arch.uarch import DEFERRED, FETCH_AHEAD, KV_MAP_BLOCKS, QUEUE_DEPTH
 from rtl.common import RtlParams, check_params, log2
-from rtl.decode import INDEX_BITS, engine_of, opcode, queued_layout, signal_mask, wait_mask
+from rtl.decode import (
+    INDEX_BITS,
+    code,
+    engine_of,
+    field,
+    opcode,
+    queued_layout,
+    signal_mask,
+    wait_mask,
+)
 from rtl.dram import MemPort
 
 N_ENGINES = len(isa.ENGINES)
@@ -54,6 +72,14 @@ class ErrorPort(wiring.Signature):
                           "index": Out(INDEX_BITS)})
 
 
+class LivePort(wiring.Signature):
+    """A DMA engine's look-up in the live-block map: the block-table entry it holds, and
+    whether that block is live (``KV_LIVE``)."""
+
+    def __init__(self):
+        super().__init__({"block": Out(32), "live": In(1)})
+
+
 class Controller(wiring.Component):
     def __init__(self, *, params: RtlParams):
         check_params(params)
@@ -64,6 +90,8 @@ class Controller(wiring.Component):
             "error_index": Out(INDEX_BITS),
             "running": Out(1),
             "fetch": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
+            "map_rd": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
+            "live_load": In(LivePort()), "live_store": In(LivePort()),
             "instructions": Out(isa.COUNTER_BITS),
             "engine_idle": In(N_ENGINES),
         }
@@ -177,6 +205,9 @@ class Controller(wiring.Component):
         arrived = fetched.r_rdy
         dropping = halted | self.error | ~running
         accept = Signal()
+        idle = (self.engine_idle == (1 << N_ENGINES) - 1) & ~Cat(*[q.r_rdy for q in queues]).any()
+        mapped = self._live_map(m, word, index, arrived & ~dropping & (op == code("KV_LIVE")),
+                                idle)
         with m.If(arrived & dropping):
             m.d.comb += accept.eq(1)
         with m.Elif(arrived & ~valid):
@@ -185,6 +216,10 @@ class Controller(wiring.Component):
         with m.Elif(arrived & bad_mask):
             m.d.comb += accept.eq(1)
             self._raise_error(m, int(isa.ErrorCode.SELF_DEPENDENCY), index)
+        with m.Elif(arrived & (op == code("KV_LIVE"))):
+            with m.If(mapped):
+                m.d.comb += accept.eq(1)
+                m.d.sync += self.instructions.eq(self.instructions + 1)
         with m.Elif(arrived & (engine == int(isa.Engine.CONTROL))):
             m.d.comb += accept.eq(1)
             m.d.sync += [halted.eq(1), issuing.eq(0),
@@ -200,6 +235,60 @@ class Controller(wiring.Component):
             ]
         m.d.comb += fetched.r_en.eq(accept)
         return queues
+
+    def _live_map(self, m, word, index, kv_live, idle):
+        """``KV_LIVE``: once ``idle``, check it, read its map words into the map memory;
+        the live look-ups of the DMA engines. Returns the cycle the map is complete."""
+        p, ws = self.params, self.params.line_shift
+        wbytes, wblocks = isa.KV_MAP_WORD_BYTES, isa.KV_MAP_WORD_BLOCKS
+        depth = KV_MAP_BLOCKS // wblocks
+        m.submodules.live_map = mem = Memory(shape=wblocks, depth=depth, init=[])
+        wr = mem.write_port()
+        valid, blocks = Signal(), Signal(16)             # a map read since start; its size
+        with m.If(self.start):
+            m.d.sync += valid.eq(0)
+        for port in (self.live_load, self.live_store):
+            rd = mem.read_port(domain="comb")
+            b = port.block
+            m.d.comb += [rd.addr.eq(b[log2(wblocks):]),
+                         port.live.eq(~valid | ((b < blocks) & rd.data.bit_select(
+                             b[:log2(wblocks)], 1)))]
+        map_addr, map_blocks = field(word, "KV_LIVE", "map_addr"), field(word, "KV_LIVE",
+                                                                          "map_blocks")
+        words = Signal(range(depth + 2))
+        m.d.comb += words.eq((map_blocks + wblocks - 1) >> log2(wblocks))
+        asked, got = Signal(range(depth + 1)), Signal(range(depth + 1))
+        done = Signal()
+        faults = isa.operand_faults("KV_LIVE", lambda name: field(word, "KV_LIVE", name))
+        req, rsp = self.map_rd.req, self.map_rd.rsp
+        with m.FSM(name="live"):
+            with m.State("IDLE"):
+                with m.If(kv_live & idle):
+                    with m.If(Cat(*[bad for bad, _ in faults]).any()):
+                        self._raise_error(m, int(isa.ErrorCode.BAD_OPERAND), index)
+                    with m.Elif(map_addr + words * wbytes > p.dram_bytes):
+                        self._raise_error(m, int(isa.ErrorCode.DRAM_OUT_OF_RANGE), index)
+                    with m.Else():
+                        m.d.sync += [asked.eq(0), got.eq(0)]
+                        m.next = "READ"
+            with m.State("READ"):
+                at = map_addr + (asked << log2(wbytes))
+                m.d.comb += [req.valid.eq((asked < words) & ~self.error),
+                             req.p.addr.eq(at >> ws), req.p.write.eq(0)]
+                with m.If(req.valid & req.ready):
+                    m.d.sync += asked.eq(asked + 1)
+                back = map_addr + (got << log2(wbytes))
+                m.d.comb += [rsp.ready.eq(1), wr.addr.eq(got), wr.en.eq(rsp.valid),
+                             wr.data.eq((rsp.payload >> (back[:ws] << 3))[:wblocks])]
+                with m.If(rsp.valid):
+                    m.d.sync += got.eq(got + 1)
+                with m.If(got == words):
+                    m.d.comb += done.eq(1)
+                    m.d.sync += [valid.eq(1), blocks.eq(map_blocks)]
+                    m.next = "IDLE"
+                with m.If(self.error):
+                    m.next = "IDLE"
+        return done
 
     def _tokens(self, m):
         """The dependency-token counters, one per ordered engine pair."""

@@ -25,7 +25,8 @@ consecutive loads overlap and each does not pay the DRAM latency alone. Ends com
 program order; an instruction with no rows, and ``STORE_COUNTERS``, first wait for the
 ones before them. A row that would leave the L2 or the simulated DRAM, a write with
 overlapping rows, a misaligned table or counter address, or a block-table entry outside
-the KV pool (``pool_blocks``; an evicted entry, -1, included) stops the accelerator with
+the KV pool (``pool_blocks``; an evicted entry, -1, included) or not live in the
+controller's ``KV_LIVE`` map (``live``) stops the accelerator with
 the ``ErrorCode`` the ISA defines. A ``KV_PREFETCH`` of compressed chunks (``kv_format =
 CHUNKED``) waits for the row copier to finish, then runs block by block through a row
 reader, the decompressor (``rtl/kv_chunks.py``) and a row writer on the engine's ports,
@@ -47,7 +48,7 @@ from amaranth.lib.wiring import In, Out
 from arch import isa
 from arch.uarch import DEFERRED, KV_CHUNK_MAX_COLS
 from rtl.common import RtlParams, check_params, log2
-from rtl.controller import ErrorPort, TokenPort
+from rtl.controller import ErrorPort, LivePort, TokenPort
 from rtl.copier import RowCopier, copy_layout
 from rtl.decode import code, field, queued_layout
 from rtl.dram import MemPort
@@ -79,6 +80,7 @@ class DmaEngine(wiring.Component):
             "fault": Out(ErrorPort()),
             "idle": Out(1), "busy": Out(1), "stall": Out(1),
             "prefetch_bytes": Out(isa.COUNTER_BITS),
+            "live": Out(LivePort()),
             "dram": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
             "aux": Out(MemPort(params.dram_addr_bits, params.line_bytes)),
             "l2": Out(MemPort(params.l2_addr_bits, params.line_bytes)),
@@ -119,6 +121,7 @@ class DmaEngine(wiring.Component):
             wiring.connect(m, wiring.flipped(self.l2), l2_side)
             wiring.connect(m, wiring.flipped(self.dram), dram_side)
         wiring.connect(m, wiring.flipped(self.aux), seq.aux)
+        wiring.connect(m, wiring.flipped(self.live), seq.live)
         wiring.connect(m, seq.rows, copier.cmd)
         m.d.comb += [
             self.idle.eq(shell.idle), self.busy.eq(shell.busy), self.stall.eq(shell.stall),
@@ -174,6 +177,7 @@ class RowSequencer(wiring.Component):
         members = {
             "word": In(isa.INSTR_BITS), "start": In(1),
             "rows": Out(stream.Signature(copy_layout())), "aux": Out(port),
+            "live": Out(LivePort()),
             "done": Out(1), "defer": Out(1), "defer_ready": In(1),
             "inflight": In(1), "copier_idle": In(1),
             "error": Out(1), "error_code": Out(isa.ErrorCode),
@@ -297,7 +301,7 @@ class RowSequencer(wiring.Component):
                 m.d.sync += r["int_addr"].eq(
                     isa.kv_table_entry_addr(r["int_base"], r["token"], p.hw.kv_block_tokens))
             m.next = "INT_CHECK"
-        with m.Elif(kv & (r["value"] >= r["pool_blocks"])):    # unsigned: -1 too
+        with m.Elif(kv & ((r["value"] >= r["pool_blocks"]) | ~self.live.live)):  # -1 too
             self._fault(m, isa.ErrorCode.BAD_BLOCK)
         with m.Elif(row_n == 0):
             m.d.comb += advance.eq(1)
@@ -379,6 +383,7 @@ class RowSequencer(wiring.Component):
             ("c_codes", ADDR), ("c_dst", ADDR), ("c_r", WORD))}
         bt = hw.kv_block_tokens
         m.d.comb += [
+            self.live.block.eq(r["value"]),
             r["token"].eq(r["first"] + r["row"]),
             r["kv_src"].eq(isa.kv_row_addr(r["pool"], r["value"], r["token"], bt, r["row_bytes"])),
         ]
@@ -437,7 +442,7 @@ class RowSequencer(wiring.Component):
         with m.State("C_BLOCK"):
             header = (r["c_pool"] + r["pool_blocks"] * (bt * r["row_bytes"])
                       + r["value"] * r["row_bytes"] + r["c_col"])
-            with m.If(r["value"] >= r["pool_blocks"]):            # unsigned: -1 too
+            with m.If((r["value"] >= r["pool_blocks"]) | ~self.live.live):   # -1 too
                 self._fault(m, isa.ErrorCode.BAD_BLOCK)
             with m.Elif(header + cols > p.dram_bytes):
                 self._fault(m, isa.ErrorCode.DRAM_OUT_OF_RANGE)

@@ -3,8 +3,8 @@
 Contract
 --------
 ``Accelerator(params)`` joins the controller, the load and store engines, the L2 and a
-round-robin arbiter on the one DRAM port (fetch, and each engine's data and auxiliary
-ports). It exposes
+round-robin arbiter on the one DRAM port (fetch, each engine's data and auxiliary
+ports, and the controller's reads of a ``KV_LIVE`` map). It exposes
 ``start``/``pc``/``done``/``error``/``error_code``/``error_index`` and the performance
 counters of ``arch.isa.COUNTERS`` as ``counter_<name>``. ``dram_read_bytes`` and
 ``dram_write_bytes`` count bus bytes (whole lines, instruction fetch included), which is
@@ -67,7 +67,7 @@ class Accelerator(wiring.Component):
         m.submodules.compute = compute = ComputeEngine(params=p)
         m.submodules.l2 = l2 = L2(params=p, n_ports=2 + ComputeEngine.N_PORTS)
         m.submodules.dram_arbiter = arb = PortArbiter(addr_bits=p.dram_addr_bits,
-                                                      line_bytes=p.line_bytes, n=5)
+                                                      line_bytes=p.line_bytes, n=6)
 
         m.d.comb += [ctl.start.eq(self.start), ctl.pc.eq(self.pc), self.done.eq(ctl.done),
                      self.running.eq(ctl.running), self.error.eq(ctl.error),
@@ -77,6 +77,9 @@ class Accelerator(wiring.Component):
         wiring.connect(m, store.dram, arb.client2)
         wiring.connect(m, load.aux, arb.client3)
         wiring.connect(m, store.aux, arb.client4)
+        wiring.connect(m, ctl.map_rd, arb.client5)
+        wiring.connect(m, load.live, ctl.live_load)
+        wiring.connect(m, store.live, ctl.live_store)
         wiring.connect(m, arb.mem, wiring.flipped(self.dram))
         # The compute engine's ports win bank conflicts: a DMA engine that waits for a bank
         # only delays its own copy (its data waits in the copier and the DRAM), whereas a
