@@ -591,13 +591,16 @@ class ContinuousBatcher:
 class DevicePlan:
     """A batched build's host decisions (``compiler.driver.compile_batch``'s input): each
     sequence's ``SequencePlan`` (physical block table, cached prefix), the program
-    ``schedule`` and the pool's size, with what sharing saved."""
+    ``schedule`` and the pool's size, with what sharing saved, and the blocks the block
+    manager holds referenced while each program runs (what ``driver.live_blocks`` hands
+    the device, derived again from the tables and the schedule)."""
 
     sequences: tuple
     schedule: tuple
     pool_blocks: int
     shared_blocks: int            # blocks mapped by more than one sequence at a time
     peak_blocks: int              # the most blocks in use at once
+    live: tuple = ()              # per program, the physical blocks with a reference
 
 
 def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *,
@@ -644,7 +647,11 @@ def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], 
     generated = [0] * len(prompts)
     cached, tables = [0] * len(prompts), [()] * len(prompts)
     schedule: list = []
+    live: list[frozenset[int]] = []                  # the blocks referenced in each program
     shared = peak = 0
+
+    def referenced() -> frozenset[int]:
+        return frozenset(int(physical[b]) for b in range(pool_blocks) if manager.refs(b))
 
     def finish(s: int) -> None:
         tables[s] = tuple(int(physical[b]) for b in manager.block_table(s))
@@ -666,6 +673,7 @@ def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], 
             admission = manager.add(s, prompts[s])
             cached[s] = admission.cached_tokens
             schedule.append(BatchStep("prefill", (s,)))
+            live.append(referenced())
             generated[s] = 1
             if generated[s] == max_new_tokens[s]:
                 finish(s)
@@ -679,6 +687,7 @@ def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], 
             manager.append(s, -1 - s)               # a stand-in id no prompt holds
         peak = max(peak, manager.used_blocks)
         schedule.append(BatchStep("decode", tuple(running)))
+        live.append(referenced())
         for s in list(running):
             generated[s] += 1
             if generated[s] == max_new_tokens[s]:
@@ -686,4 +695,4 @@ def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], 
                 running.remove(s)
     sequences = tuple(SequencePlan(tuple(int(t) for t in prompts[s]), int(max_new_tokens[s]),
                                    tables[s], cached[s]) for s in range(len(prompts)))
-    return DevicePlan(sequences, tuple(schedule), pool_blocks, shared, peak)
+    return DevicePlan(sequences, tuple(schedule), pool_blocks, shared, peak, tuple(live))

@@ -33,6 +33,10 @@ ENGINE_START_CYCLES = 2
 FETCH_START = 2
 DISPATCH_LATENCY = 2
 DONE_LATENCY = 2
+# KV_LIVE: from the cycle after the last engine's end to its first map read's request,
+# and from the last map word's request to the instruction's acceptance, less the DRAM's
+# latency (rtl/controller.py's map reader).
+MAP_READ_START = 2
 
 # Power-on reset: the top holds every flip-flop in reset for this many cycles after the
 # simulator starts (rtl/top.py), and the cocotb bench waits them out (rtl/bench.py).

@@ -205,7 +205,10 @@ class Controller(wiring.Component):
         arrived = fetched.r_rdy
         dropping = halted | self.error | ~running
         accept = Signal()
-        idle = (self.engine_idle == (1 << N_ENGINES) - 1) & ~Cat(*[q.r_rdy for q in queues]).any()
+        # (a queue's level, not its r_rdy: the buffered FIFO shows an instruction pushed
+        # this cycle at its output only two cycles later)
+        idle = (self.engine_idle == (1 << N_ENGINES) - 1) & Cat(*[q.level == 0
+                                                                  for q in queues]).all()
         mapped = self._live_map(m, word, index, arrived & ~dropping & (op == code("KV_LIVE")),
                                 idle)
         with m.If(arrived & dropping):

@@ -23,7 +23,8 @@ The model has three levels (``docs/perf.md``):
    instruction ends when its copier has written it, after the ones before it
    (``occupancy.Copies``; at most ``DEFERRED`` in flight); busy cycles are those in which
    an engine has an instruction begun and not ended. ``HALT`` completes when every
-   engine has drained;
+   engine has drained; ``KV_LIVE`` waits for every earlier instruction to end, then its
+   map's words come one request a cycle after ``MAP_READ_START``, a DRAM latency each;
 3. what the engines share: each DMA instruction's copier waits for the L2 lines the
    higher-priority ports take, for the pace of a compute stream it is held behind
    (``_trapped``) and for the DRAM lines instruction fetch and the other DMA engine
@@ -48,7 +49,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from arch.hardware import HardwareConfig
-from arch.isa import ENGINES, Engine, Instruction
+from arch.isa import ENGINES, KV_MAP_WORD_BYTES, Engine, Instruction, kv_map_words
 from arch.occupancy import CALIBRATION, Calibration, CopierQueue, load_data_delay, occupancy
 from arch.uarch import (
     DEFERRED,
@@ -56,6 +57,7 @@ from arch.uarch import (
     DONE_LATENCY,
     FETCH_AHEAD,
     FETCH_START,
+    MAP_READ_START,
     QUEUE_DEPTH,
     dram_queue_lines,
 )
@@ -353,9 +355,19 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         arrive = request[i] + lat + DISPATCH_LATENCY
         accept[i] = max(arrive, accept[i - 1] + 1 if i else 0)
         e = instr.engine
-        if e == Engine.CONTROL:
+        if instr.mnemonic == "HALT":
             halted = True
             break
+        if e == Engine.CONTROL:
+            # KV_LIVE: once every earlier instruction has ended and the queues are empty,
+            # a word of its map a request on the controller's own DRAM port; accepted the
+            # cycle after the last word is in
+            words = kv_map_words(instr.map_blocks)
+            idle = max(accept[i], last_end + 1)
+            accept[i] = idle + MAP_READ_START + math.ceil((words - 1) * fetch_step) + lat
+            totals["read"] += words * KV_MAP_WORD_BYTES
+            totals["lines"] += words
+            continue
         q = popped[e]
         if len(q) == QUEUE_DEPTH:                # wait for a slot in the engine's queue
             accept[i] = max(accept[i], q.popleft() + 1)

@@ -105,3 +105,34 @@ def batch_with_a_bad_table(tiny_int):
     at = region.offset + 4 * 2 * entries
     build.image.data[at:at + 4] = np.frombuffer(np.int32(EVICTED).tobytes(), np.uint8)
     return build
+
+
+@pytest.fixture(scope="session")
+def batch_naming_a_freed_block(tiny_int):
+    """Three sequences of tiny on edge-8x8 with 64 KiB of L2, at most two at once in a pool
+    of 8 blocks: the third joins after the first has finished and its block was freed
+    (not reused: the manager reuses the least recently freed first). Compiled, then the
+    third's first block-table entry pointed at the first's freed block in the image.
+    ``(build, program)``: the program whose walk first names it (the third's prefill,
+    whose ``KV_LIVE`` map has that block free)."""
+    import numpy as np
+
+    from accel.kv_blocks import plan_batch
+    from arch.hardware import load_hardware
+    from compiler.driver import compile_batch
+
+    hw = load_hardware("edge-8x8").replace(l2_bytes=64 * 1024)
+    rng = np.random.default_rng(5)
+    prompts = [[int(t) for t in rng.integers(0, tiny_int.cfg.vocab_size, n)] for n in (7, 12, 9)]
+    plan = plan_batch(prompts, [2, 3, 2], max_batch=2, pool_blocks=8,
+                      block_tokens=hw.kv_block_tokens)
+    freed = plan.sequences[0].table[0]
+    third = [i for i, s in enumerate(plan.schedule) if 2 in s.seqs][0]
+    assert plan.schedule[third].kind == "prefill" and freed not in plan.live[third]
+    assert all(freed not in sp.table for sp in plan.sequences[1:])
+    build = compile_batch(tiny_int.cfg, tiny_int.qm, hw, plan.sequences, plan.schedule, 8)
+    region = build.mmap["block_table"]
+    entries = region.size // (4 * len(prompts))
+    at = region.offset + 4 * 2 * entries
+    build.image.data[at:at + 4] = np.frombuffer(np.int32(freed).tobytes(), np.uint8)
+    return build, build.programs[third].name

@@ -175,6 +175,34 @@ def test_a_bad_entry_in_a_later_sequences_table_stops_with_bad_block(batch_with_
     assert raised.value.code == ErrorCode.BAD_BLOCK and raised.value.index is not None
 
 
+def test_a_table_naming_a_freed_block_stops_with_bad_block(batch_naming_a_freed_block):
+    """vLLM's freed block still named by a table (the ``batch_naming_a_freed_block``
+    fixture): inside the pool, so only the program's ``KV_LIVE`` map can tell. The
+    programs before it run; the ISA simulator stops with BAD_BLOCK at the first KV walk
+    of the program that names it (the third sequence's prefill appends its rows there)
+    (the RTL's twin: tests/rtl/test_tiny_rtl.py)."""
+    from accel.runtime import program_from_dram, simulated_dram
+    from compiler.isasim import IsaSimulator
+    from compiler.semantics import AcceleratorError
+
+    build, program = batch_naming_a_freed_block
+    assert all(p.instrs[0].mnemonic == "KV_LIVE" for p in build.programs)
+    sim = IsaSimulator(build.hw, simulated_dram(build))
+    for p in build.programs:
+        instrs = program_from_dram(build, sim.dram, p.name)
+        if p.name != program:
+            sim.run(instrs)
+            continue
+        with pytest.raises(AcceleratorError, match="not live in the KV_LIVE map") as raised:
+            sim.run(instrs)
+        assert raised.value.code == ErrorCode.BAD_BLOCK
+        assert instrs[raised.value.index].mnemonic == "KV_APPEND"
+        break
+    with pytest.raises(AcceleratorError) as again:
+        run_build(build, "isa")
+    assert (again.value.code, again.value.index) == (ErrorCode.BAD_BLOCK, raised.value.index)
+
+
 def test_a_batched_build_is_not_saved(tiny_int, tmp_path):
     im = tiny_int
     plan = plan_batch([[1, 2, 3], [4, 5]], [2, 2], max_batch=2, pool_blocks=2,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import INSTR_BYTES, Engine, ErrorCode, KvFormat, MatmulMode, make
+from arch.isa import INSTR_BYTES, Engine, ErrorCode, KvFormat, MatmulMode, kv_map_pack, make
+from arch.uarch import KV_MAP_BLOCKS
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap
 from compiler.isasim import IsaSimulator
@@ -259,6 +260,108 @@ def test_engine_faults_match_the_isa_simulator(model, bad, code):
     assert info.value.code == code and info.value.index == 1
     run = run_job(model, image.data, [("p", 0)], {}, max_cycles=100_000).programs[0]
     assert run["error"] and run["error_code"] == int(code) and run["error_index"] == 1
+
+
+LIVE_TABLE, MAP = 256, 320    # _live_map_image's block table and map, after the program
+
+
+def _live_map_image(program, live):
+    """An image with ``program`` (at most 8 instructions) at 0, the block table
+    ``[1, 2, 0, -1]`` at ``LIVE_TABLE`` and the live-block map of ``live`` (``bool [n]``)
+    at ``MAP``."""
+    from compiler.asm import encode_program
+
+    mmap = MemoryMap()
+    mmap.add("program", 8 * INSTR_BYTES)
+    assert mmap.add("table", 16).offset == LIVE_TABLE
+    assert mmap.add("map", 256).offset == MAP
+    image = DramImage(mmap)
+    image.write("program", np.frombuffer(encode_program(program), np.uint8))
+    image.write("table", np.array([1, 2, 0, -1], "<i4"))
+    image.write("map", kv_map_pack(live))
+    return image
+
+
+@pytest.mark.parametrize("live_map, bad, code, index", [
+    # the walk's second block (2) is not live; the append's first (0) is not
+    (dict(map_addr=MAP, map_blocks=4),
+     dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=LIVE_TABLE, first_token=0,
+          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4,
+          kv_format=0), ErrorCode.BAD_BLOCK, 2),
+    (dict(map_addr=MAP, map_blocks=4),
+     dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=LIVE_TABLE + 8,
+          first_token=0, n_tokens=16, row_bytes=16, pool_blocks=4), ErrorCode.BAD_BLOCK, 2),
+    (dict(map_addr=MAP, map_blocks=4),
+     dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=LIVE_TABLE, first_token=16,
+          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4,
+          kv_format=KvFormat.CHUNKED), ErrorCode.BAD_BLOCK, 2),
+    # block 1 is live but beyond a map of one block
+    (dict(map_addr=MAP, map_blocks=1),
+     dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=LIVE_TABLE,
+          first_token=0, n_tokens=4, row_bytes=16, pool_blocks=4), ErrorCode.BAD_BLOCK, 2),
+    # KV_LIVE's own refusals: a misaligned map, more blocks than the controller holds, a
+    # map past the DRAM's end
+    (dict(map_addr=MAP + 4, map_blocks=4), None, ErrorCode.BAD_OPERAND, 1),
+    (dict(map_addr=MAP, map_blocks=KV_MAP_BLOCKS + 1), None, ErrorCode.BAD_OPERAND, 1),
+    (dict(map_addr=DRAM_BYTES - 32, map_blocks=257), None, ErrorCode.DRAM_OUT_OF_RANGE, 1),
+])
+def test_blocks_not_live_stop_as_on_the_isa_simulator(model, live_map, bad, code, index):
+    """After a ``KV_LIVE`` whose map has blocks 1 and 3 live, a walk naming a block not
+    live (or beyond the map) stops with BAD_BLOCK, and a ``KV_LIVE`` the controller cannot
+    honour with its own error, on the RTL as on the ISA simulator: code and index."""
+    from compiler.semantics import AcceleratorError
+
+    hw = model.params.hw.replace(dram_bytes=1 << 20)
+    good = make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=1, row_bytes=16, dram_stride=16,
+                l2_stride=16)
+    program = [good, make("KV_LIVE", **live_map)]
+    if bad is not None:
+        fields = dict(bad)
+        program.append(make(fields.pop("mnemonic"), **fields))
+    program.append(make("HALT"))
+    image = _live_map_image(program, np.array([0, 1, 0, 1], bool))
+    dram = np.concatenate([image.data, np.zeros(DRAM_BYTES - image.data.size, np.uint8)])
+    with pytest.raises(AcceleratorError) as info:
+        IsaSimulator(hw, dram, check_races=False).run(program)
+    assert info.value.code == code and info.value.index == index
+    run = run_job(model, image.data, [("p", 0)], {}, max_cycles=100_000).programs[0]
+    assert run["error"] and run["error_code"] == int(code) and run["error_index"] == index
+
+
+def test_kv_live_drains_the_engines_and_its_walks_run_on_live_blocks(model):
+    """A load, ``KV_LIVE`` (a map of 2,048 blocks: 8 words), a load and a prefetch and an
+    append through live blocks: the RTL ends with the ISA simulator's whole DRAM and L2,
+    and its cycles are the performance model's within 1% (``MAP_READ_START`` was read off
+    a one-word map alone; this program also waits for the first load to end)."""
+    from sweeps.perf import time_program
+
+    hw = model.params.hw
+    program = [
+        make("DMA_LOAD", dram_addr=0, l2_addr=8192, rows=64, row_bytes=256, dram_stride=256,
+             l2_stride=256),
+        make("KV_LIVE", map_addr=MAP, map_blocks=2048),
+        make("DMA_LOAD", dram_addr=16384, l2_addr=8192, rows=64, row_bytes=256,
+             dram_stride=256, l2_stride=256),
+        make("KV_PREFETCH", pool_addr=4096, table_addr=LIVE_TABLE, first_token=0,
+             n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4,
+             kv_format=0, signal=1 << int(Engine.STORE)),
+        make("KV_APPEND", l2_addr=4096, pool_addr=4096, table_addr=LIVE_TABLE, first_token=2,
+             n_tokens=3, row_bytes=16, pool_blocks=4, wait=1 << int(Engine.LOAD)),
+        make("HALT")]
+    live = np.zeros(2048, bool)
+    live[[1, 3, 2047]] = True
+    image = _live_map_image(program, live)
+    rng = np.random.default_rng(3)
+    image.data = np.concatenate([image.data, rng.integers(0, 256, 64 * 1024, np.uint8)])
+    isa = IsaSimulator(hw, image.data)
+    isa.run(program)
+    result = run_job(model, image.data, [("p", 0)], {"dram": (0, DRAM_BYTES)})
+    run = result.programs[0]
+    assert run["done"] and not run["error"], run
+    assert_same_memories(result, isa)
+    cycles = time_program(program, hw, isa.read_i32).cycles
+    assert abs(cycles - run["counters"]["cycles"]) / run["counters"]["cycles"] < 0.01, \
+        (cycles, run["counters"]["cycles"])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -181,6 +181,23 @@ def test_a_bad_entry_in_a_later_sequences_table_stops_the_rtl_as_the_isa_simulat
     assert stops[0] == stops[1] and stops[0][0].name == "BAD_BLOCK", stops
 
 
+def test_a_table_naming_a_freed_block_stops_the_rtl_as_the_isa_simulator(
+        batch_naming_a_freed_block):
+    """A block freed but still named in a later sequence's table (the
+    ``batch_naming_a_freed_block`` fixture): the RTL's controller holds the program's
+    ``KV_LIVE`` map, and the store engine stops with the ISA simulator's BAD_BLOCK at the
+    same instruction."""
+    from compiler.semantics import AcceleratorError
+
+    build, _ = batch_naming_a_freed_block
+    stops = []
+    for sim in ("isa", "rtl"):
+        with pytest.raises(AcceleratorError) as raised:
+            run_build(build, sim)
+        stops.append((raised.value.code, raised.value.index))
+    assert stops[0] == stops[1] and stops[0][0].name == "BAD_BLOCK", stops
+
+
 def test_the_load_engine_is_held_to_the_pace_of_attentions_p_v(tiny_int):
     """The L2 priority effect the performance model follows (``sweeps.perf._trapped``):
     a tiny decode step's weight loads run beside its MATMULs (dependency tokens stripped,
