@@ -247,7 +247,8 @@ class Controller(wiring.Component):
         depth = KV_MAP_BLOCKS // wblocks
         m.submodules.live_map = mem = Memory(shape=wblocks, depth=depth, init=[])
         wr = mem.write_port()
-        valid, blocks = Signal(), Signal(16)             # a map read since start; its size
+        width = isa.BY_MNEMONIC["KV_LIVE"].field("map_blocks").bits
+        valid, blocks = Signal(), Signal(width)          # a map read since start; its size
         with m.If(self.start):
             m.d.sync += valid.eq(0)
         for port in (self.live_load, self.live_store):
@@ -258,7 +259,7 @@ class Controller(wiring.Component):
                              b[:log2(wblocks)], 1)))]
         map_addr, map_blocks = field(word, "KV_LIVE", "map_addr"), field(word, "KV_LIVE",
                                                                           "map_blocks")
-        words = Signal(range(depth + 2))
+        words = Signal(range(isa.kv_map_words((1 << width) - 1) + 1))
         m.d.comb += words.eq((map_blocks + wblocks - 1) >> log2(wblocks))
         asked, got = Signal(range(depth + 1)), Signal(range(depth + 1))
         done = Signal()
