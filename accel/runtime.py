@@ -153,8 +153,7 @@ def _table(build: Build, dram: np.ndarray, seq: int) -> np.ndarray:
 
 def _pool(build: Build, layer: int, kind: str) -> tuple[int, int]:
     """A compressed build's K or V pool of ``layer``: ``(address, blocks)``."""
-    region, cfg = build.mmap[f"kv:{layer}:{kind}"], build.cfg
-    return region.offset, region.size // ((build.hw.kv_block_tokens + 1) * cfg.kv_dim)
+    return build.mmap[f"kv:{layer}:{kind}"].offset, build.context.pool_blocks(layer, kind)
 
 
 def _unpack_block(build: Build, dram: np.ndarray, layer: int, kind: str, block: int

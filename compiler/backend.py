@@ -48,6 +48,7 @@ from arch.isa import (
     ParamMode,
     WeightFormat,
     WeightLayout,
+    kv_header_area_bytes,
     make,
 )
 from arch.occupancy import matmul_mode
@@ -82,6 +83,19 @@ MIN_RING_BYTES = 4096
 MIN_TILE_BYTES = 16 * 1024
 
 
+def kv_pool_bytes(pool_blocks: int, block_tokens: int, row_bytes: int, headers: bool) -> int:
+    """Bytes of one layer's K or V pool region (``driver.dram_map``): ``pool_blocks``
+    blocks of ``block_tokens`` rows of ``row_bytes``, then, with ``headers`` (compressed
+    KV chunks), their header area (``arch.isa.kv_header_area_bytes``)."""
+    return pool_blocks * block_tokens * row_bytes + (
+        kv_header_area_bytes(pool_blocks, row_bytes) if headers else 0)
+
+
+def kv_pool_blocks(region_bytes: int, block_tokens: int, row_bytes: int, headers: bool) -> int:
+    """The blocks a pool region of ``region_bytes`` holds (``kv_pool_bytes`` inverted)."""
+    return region_bytes // kv_pool_bytes(1, block_tokens, row_bytes, headers)
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """What code generation needs to know about the whole build."""
@@ -98,6 +112,11 @@ class BuildContext:
 
     def param_addr(self, p: Param | ParamWords) -> int:
         return self.mmap[f"param:{p.name}"].offset
+
+    def pool_blocks(self, layer: int = 0, kind: str = "k") -> int:
+        """The blocks of the K or V pool of ``layer`` (every pool has as many)."""
+        return kv_pool_blocks(self.mmap[f"kv:{layer}:{kind}"].size, self.hw.kv_block_tokens,
+                              self.cfg.kv_dim, self.kv_headers)
 
     def tokens_addr(self, seq: int) -> int:
         """Sequence ``seq``'s token buffer: ``max_seq_len + 1`` int32 ids."""
@@ -383,7 +402,7 @@ class Generator:
         index = self.emit("KV_PREFETCH", pool_addr=pool.offset,
                           table_addr=self.ctx.table_addr(seq), first_token=first,
                           n_tokens=count, row_bytes=self.cfg.kv_dim, col_offset=col_offset,
-                          col_bytes=hd, l2_addr=slot.addr, pool_blocks=self._pool_blocks(pool),
+                          col_bytes=hd, l2_addr=slot.addr, pool_blocks=self.ctx.pool_blocks(),
                           kv_format=kv_format)
         self._bound_inflight(slot, index)
         return slot
@@ -412,7 +431,7 @@ class Generator:
         live = self.ctx.mmap.regions.get(f"kv_live:{self.program}")
         if live is not None:     # the pool's live blocks (driver.live_blocks), checked first
             self.emit("KV_LIVE", map_addr=live.offset,
-                      map_blocks=self._pool_blocks(self.ctx.mmap["kv:0:k"]))
+                      map_blocks=self.ctx.pool_blocks())
         self.load_rope_table(ops)
         for op in ops:
             LOWERINGS[type(op)](self, op)
@@ -594,18 +613,12 @@ class Generator:
                   row_bytes=op.out.row_bytes, l2_addr=self.addr(op.out),
                   l2_stride=op.out.row_bytes)
 
-    def _pool_blocks(self, pool) -> int:
-        """The blocks a layer's K or V pool region holds (``driver.dram_map``; with
-        compressed chunks, a header byte a channel of every block after them)."""
-        per_block = self.ctx.hw.kv_block_tokens + (1 if self.ctx.kv_headers else 0)
-        return pool.size // (per_block * self.cfg.kv_dim)
-
     def _op_kvappend(self, op: KvAppend) -> None:
         pool = self.ctx.mmap[f"kv:{op.layer}:{op.kind}"]
         self.emit("KV_APPEND", l2_addr=self.addr(op.src), pool_addr=pool.offset,
                   table_addr=self.ctx.table_addr(op.seq), first_token=op.start,
                   n_tokens=op.src.shape[0], row_bytes=self.cfg.kv_dim,
-                  pool_blocks=self._pool_blocks(pool))
+                  pool_blocks=self.ctx.pool_blocks())
 
     def _op_output(self, op: Output) -> None:
         if op.kind == "logits":

@@ -48,6 +48,8 @@ from compiler.backend import (
     BuildContext,
     causal_block_rows,
     chunk_lm_head,
+    kv_pool_blocks,
+    kv_pool_bytes,
     lm_head_scratch_bytes,
     plan_activations,
 )
@@ -287,7 +289,7 @@ def dram_map(cfg: ModelConfig, hw: HardwareConfig, param_sizes: dict[str, int],
     entries = n_blocks if table_entries is None else table_entries
     mmap.add("block_table", sequences * BLOCK_TABLE_ENTRY_BYTES * entries)
     pool_blocks = n_blocks if pool_blocks is None else pool_blocks
-    pool = pool_blocks * (hw.kv_block_tokens + (1 if kv_headers else 0)) * cfg.kv_dim
+    pool = kv_pool_bytes(pool_blocks, hw.kv_block_tokens, cfg.kv_dim, kv_headers)
     for layer in range(cfg.n_layers):
         for kind in ("k", "v"):
             mmap.add(f"kv:{layer}:{kind}", pool)
@@ -507,7 +509,7 @@ def _compile_step(cfg: ModelConfig, qm, hw: HardwareConfig, start: int, n_tokens
         for layer in range(cfg.n_layers):
             for kv_kind in ("k", "v"):
                 region = f"kv:{layer}:{kv_kind}"
-                blocks = mmap[region].size // ((B + 1) * cfg.kv_dim)
+                blocks = kv_pool_blocks(mmap[region].size, B, cfg.kv_dim, True)
                 image.write(region, np.tile(row, blocks), blocks * B * cfg.kv_dim, keep=True)
     return _finish(cfg, hw, prefetch, mmap, image, [(name, kind, graphs)], [], 1,
                    kv_headers=headers)

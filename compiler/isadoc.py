@@ -32,7 +32,8 @@ when it completes, it increments (B -> C) for every bit C of its signal mask (bl
 while that counter is full). `HALT` stops fetching and completes when every engine has
 drained; `KV_LIVE` waits for every engine to drain, then reads the map of live KV blocks
 that the KV walks check until the program ends. The compiler derives the tokens from the
-instructions' memory footprints (`compiler/schedule.py`); the ISA simulator rejects programs whose tokens leave a race.
+instructions' memory footprints (`compiler/schedule.py`); the ISA simulator rejects
+programs whose tokens leave a race.
 
 ## Error state
 
