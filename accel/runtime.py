@@ -228,7 +228,11 @@ def run_build(build: Build, sim: str = "isa", check_races: bool = True,
     for i, p in enumerate(build.programs):
         simulator.counters = type(simulator.counters)()
         instrs = program_from_dram(build, simulator.dram, p.name)
-        counters[p.name] = dict(simulator.run(instrs).values)
+        try:
+            counters[p.name] = dict(simulator.run(instrs).values)
+        except AcceleratorError as e:       # which program of the build, as the RTL's says
+            raise AcceleratorError(e.code, e.index, f"{e.message} (in program {p.name})"
+                                   ) from None
         if model_cycles is not None:      # the program wrote neither tables nor headers
             model_cycles[p.name] = _time_on(build, instrs, simulator.read_i32)
         if build.kv is not None:

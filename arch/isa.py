@@ -192,14 +192,18 @@ OPCODES: tuple[OpSpec, ...] = (
     OpSpec("HALT", 0x01, Engine.CONTROL, (),
            "Stop fetching; finish when every engine has drained."),
     OpSpec("KV_LIVE", 0x02, Engine.CONTROL, (
-        _dram("map_addr", "the live-block map in DRAM, KV_MAP_WORD_BYTES-aligned"),
-        _n("map_blocks", 16, "blocks the map covers, at most KV_MAP_BLOCKS"),
+        _dram("map_addr", "the live-block map in DRAM, a multiple of KV_MAP_WORD_BYTES = "
+              f"{INSTR_BYTES}"),
+        _n("map_blocks", 16, f"blocks the map covers, at most KV_MAP_BLOCKS = {KV_MAP_BLOCKS}"),
     ), "Once every engine has drained, read the live-block map (kv_map_pack: bit b of byte "
-       "b // 8, least significant first, says block b holds a live sequence's rows) into "
-       "the controller; until the program ends, a KV_PREFETCH or KV_APPEND block-table "
-       "entry whose block is not live in it (or is at or beyond map_blocks) stops with "
-       "BAD_BLOCK. A program without KV_LIVE treats every block in [0, pool_blocks) as "
-       "live."),
+       "b // 8, least significant first, says block b holds a live sequence's rows; "
+       f"ceil(map_blocks / {8 * INSTR_BYTES}) words of {INSTR_BYTES} bytes) into the "
+       "controller; until the program "
+       "ends, a KV_PREFETCH or KV_APPEND block-table entry whose block is not live in it "
+       "(or is at or beyond map_blocks) stops with BAD_BLOCK. A program without KV_LIVE "
+       "treats every block in [0, pool_blocks) as live. A misaligned map_addr or "
+       "map_blocks > KV_MAP_BLOCKS stops with BAD_OPERAND, then a map past the DRAM's end "
+       "with DRAM_OUT_OF_RANGE."),
     # -- load engine ------------------------------------------------------------------
     OpSpec("DMA_LOAD", 0x10, Engine.LOAD, (
         _dram("dram_addr", "source in DRAM"),
