@@ -64,6 +64,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from arch.isa import KV_SHARED
+
 EVICTED = -1        # a block-table entry whose K/V is not in the pool
 
 
@@ -592,15 +594,16 @@ class DevicePlan:
     """A batched build's host decisions (``compiler.driver.compile_batch``'s input): each
     sequence's ``SequencePlan`` (physical block table, cached prefix), the program
     ``schedule`` and the pool's size, with what sharing saved, and the blocks the block
-    manager holds referenced while each program runs (what ``driver.live_blocks`` hands
-    the device, derived again from the tables and the schedule)."""
+    manager's tables hold while each program runs, with their owner codes (what
+    ``driver.live_blocks`` hands the device, derived again from the tables and the
+    schedule)."""
 
     sequences: tuple
     schedule: tuple
     pool_blocks: int
     shared_blocks: int            # blocks mapped by more than one sequence at a time
     peak_blocks: int              # the most blocks in use at once
-    live: tuple = ()              # per program, the physical blocks with a reference
+    live: tuple = ()              # per program, {physical block: owner code} of the held
 
 
 def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *,
@@ -647,11 +650,19 @@ def plan_batch(prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], 
     generated = [0] * len(prompts)
     cached, tables = [0] * len(prompts), [()] * len(prompts)
     schedule: list = []
-    live: list[frozenset[int]] = []                  # the blocks referenced in each program
-    shared = peak = 0
+    live: list[dict[int, int]] = []         # each program's held blocks: owner codes
 
-    def referenced() -> frozenset[int]:
-        return frozenset(int(physical[b]) for b in range(pool_blocks) if manager.refs(b))
+    def referenced() -> dict[int, int]:
+        """Each physical block some sequence's table holds: its owner code (``s + 1`` for
+        sequence ``s`` alone, ``KV_SHARED`` for several: ``arch.isa``'s ``KV_LIVE``)."""
+        holders: dict[int, set[int]] = {}
+        for s in range(len(prompts)):
+            if s in manager:
+                for b in manager.block_table(s):
+                    holders.setdefault(int(physical[b]), set()).add(s)
+        return {b: next(iter(h)) + 1 if len(h) == 1 else KV_SHARED for b, h in holders.items()}
+
+    shared = peak = 0
 
     def finish(s: int) -> None:
         tables[s] = tuple(int(physical[b]) for b in manager.block_table(s))

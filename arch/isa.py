@@ -52,6 +52,14 @@ HEADER_BITS = OPCODE_BITS + 2 * MASK_BITS
 DRAM_ADDR_BITS = 32
 L2_ADDR_BITS = 30
 
+# KV_LIVE's block-owner map (below, "the block-owner map"): words of an instruction's size,
+# one owner code a block.
+KV_MAP_WORD_BYTES = INSTR_BYTES
+KV_MAP_WORD_BLOCKS = KV_MAP_WORD_BYTES
+KV_FREE = 0                                     # owner codes: no live sequence holds it,
+KV_SHARED = 255                                 # several do; sequence s alone: s + 1
+KV_MAX_OWNERS = KV_SHARED - 1                   # sequences a map can name
+
 
 class ErrorCode(enum.IntEnum, shape=3):
     """Why the accelerator stopped in its error state (0: no error)."""
@@ -192,18 +200,18 @@ OPCODES: tuple[OpSpec, ...] = (
     OpSpec("HALT", 0x01, Engine.CONTROL, (),
            "Stop fetching; finish when every engine has drained."),
     OpSpec("KV_LIVE", 0x02, Engine.CONTROL, (
-        _dram("map_addr", "the live-block map in DRAM, a multiple of KV_MAP_WORD_BYTES = "
+        _dram("map_addr", "the block-owner map in DRAM, a multiple of KV_MAP_WORD_BYTES = "
               f"{INSTR_BYTES}"),
         _n("map_blocks", 16, f"blocks the map covers, at most KV_MAP_BLOCKS = {KV_MAP_BLOCKS}"),
-    ), "Once every engine has drained, read the live-block map (kv_map_pack: bit b of byte "
-       "b // 8, least significant first, says block b holds a live sequence's rows; "
-       f"ceil(map_blocks / {8 * INSTR_BYTES}) words of {INSTR_BYTES} bytes) into the "
-       "controller; until the program "
-       "ends, a KV_PREFETCH or KV_APPEND block-table entry whose block is not live in it "
-       "(or is at or beyond map_blocks) stops with BAD_BLOCK. A program without KV_LIVE "
-       "treats every block in [0, pool_blocks) as live. A misaligned map_addr or "
-       "map_blocks > KV_MAP_BLOCKS stops with BAD_OPERAND, then a map past the DRAM's end "
-       "with DRAM_OUT_OF_RANGE."),
+    ), "Once every engine has drained, read the block-owner map (kv_map_pack: byte b is "
+       f"block b's owner code: 0 free, s + 1 held by sequence s alone, {KV_SHARED} held by "
+       f"several; ceil(map_blocks / {INSTR_BYTES}) words of {INSTR_BYTES} bytes) into the "
+       "controller; until the program ends, a KV_PREFETCH or KV_APPEND block-table entry "
+       "whose block's code is neither its seq + 1 nor shared (a free block, another "
+       "sequence's, or one at or beyond map_blocks) stops with BAD_BLOCK (kv_map_allows). A "
+       "program without KV_LIVE lets every walk touch every block in [0, pool_blocks). A "
+       "misaligned map_addr or map_blocks > KV_MAP_BLOCKS stops with BAD_OPERAND, then a "
+       "map past the DRAM's end with DRAM_OUT_OF_RANGE."),
     # -- load engine ------------------------------------------------------------------
     OpSpec("DMA_LOAD", 0x10, Engine.LOAD, (
         _dram("dram_addr", "source in DRAM"),
@@ -232,6 +240,8 @@ OPCODES: tuple[OpSpec, ...] = (
         _l2("l2_addr", "destination in L2, col_bytes per token, packed"),
         _n("pool_blocks", 32, "blocks in the pool: an entry outside [0, pool_blocks) as an "
                               "unsigned int32 stops with BAD_BLOCK"),
+        _n("seq", 8, "the sequence whose table this is: after a KV_LIVE, its blocks are "
+                     "those the map gives owner code seq + 1, or shared"),
         _enum("kv_format", KvFormat, "INT8 rows, or CHUNKED: whole blocks compressed "
               "chunk-wise, one head's channels [col_offset, col_offset+col_bytes) a chunk "
               "(kv_chunk_addrs, kv_chunk_pack), expanded to int8 rows on the way into L2"),
@@ -259,6 +269,7 @@ OPCODES: tuple[OpSpec, ...] = (
         _n("row_bytes", 20, "bytes per token row"),
         _n("pool_blocks", 32, "blocks in the pool: an entry outside [0, pool_blocks) as an "
                               "unsigned int32 stops with BAD_BLOCK"),
+        _n("seq", 8, "the sequence whose table this is (KV_PREFETCH's seq)"),
     ), "Scatter new KV rows into their blocks through the block table (inverse of "
        "KV_PREFETCH)."),
     OpSpec("STORE_COUNTERS", 0x22, Engine.STORE, (
@@ -418,38 +429,40 @@ def kv_row_addr(pool_addr, block, token, block_tokens: int, row_bytes):
     return pool_addr + block * block_tokens * row_bytes + (token & (block_tokens - 1)) * row_bytes
 
 
-# -- the live-block map (KV_LIVE) ------------------------------------------------------
+# -- the block-owner map (KV_LIVE) ----------------------------------------------------
 #
 # A KV pool's blocks are shared by many sequences (vLLM's block manager): a block freed
-# when its last sequence ended may still be named by a table that should not name it. The
-# host writes, per program, which blocks hold a live sequence's rows; ``KV_LIVE`` reads
-# it into the controller in words of ``KV_MAP_WORD_BYTES`` (aligned as instructions are,
-# so a word never straddles a DRAM line), and the KV walks look each block up there.
+# when its last sequence ended, or since given to another sequence, may still be named by
+# a table that should not name it. The host writes, per program, who holds each block; a
+# KV walk names its sequence (``seq``) and may touch only blocks it holds or that are
+# shared. ``KV_LIVE`` reads the map into the controller in words of ``KV_MAP_WORD_BYTES``
+# (aligned as instructions are, so a word never straddles a DRAM line).
 
-KV_MAP_WORD_BYTES = INSTR_BYTES
-KV_MAP_WORD_BLOCKS = 8 * KV_MAP_WORD_BYTES
+# (KV_MAP_WORD_BYTES, the owner codes: at the top, the declaration's docs use them)
 
 
 def kv_map_words(map_blocks: int) -> int:
-    """The 32-byte words of a live-block map covering ``map_blocks`` blocks."""
+    """The 32-byte words of a block-owner map covering ``map_blocks`` blocks."""
     return -(-map_blocks // KV_MAP_WORD_BLOCKS)
 
 
-def kv_map_pack(live: np.ndarray) -> np.ndarray:
-    """The live-block map ``uint8 [kv_map_words(n) * KV_MAP_WORD_BYTES]`` of ``live``
-    (``bool [n]``, one flag a block): bit ``b % 8`` of byte ``b // 8``, zero-padded."""
-    live = np.asarray(live, bool)
-    out = np.zeros(kv_map_words(live.size) * KV_MAP_WORD_BYTES, np.uint8)
-    packed = np.packbits(live, bitorder="little")
-    out[:packed.size] = packed
+def kv_map_pack(owners: np.ndarray) -> np.ndarray:
+    """The block-owner map ``uint8 [kv_map_words(n) * KV_MAP_WORD_BYTES]`` of ``owners``
+    (``int [n]``, each block's owner code), zero-padded (free)."""
+    owners = np.asarray(owners)
+    if owners.ndim != 1 or ((owners < 0) | (owners > KV_SHARED)).any():
+        raise ValueError(f"owner codes are one per block, 0 to {KV_SHARED}")
+    out = np.zeros(kv_map_words(owners.size) * KV_MAP_WORD_BYTES, np.uint8)
+    out[:owners.size] = owners
     return out
 
 
-def kv_map_live(map_bytes: np.ndarray, map_blocks: int, block: int) -> bool:
-    """Whether block ``block`` (a block-table entry, as an unsigned int32) is live in the
-    map ``map_bytes`` of ``map_blocks`` blocks."""
+def kv_map_allows(map_bytes: np.ndarray, map_blocks: int, block: int, seq: int) -> bool:
+    """Whether sequence ``seq``'s walk may touch block ``block`` (a block-table entry, as an
+    unsigned int32) under the map ``map_bytes`` of ``map_blocks`` blocks: the block is in
+    the map and its owner code is ``seq + 1`` or ``KV_SHARED``."""
     block &= 0xFFFF_FFFF
-    return block < map_blocks and bool(map_bytes[block >> 3] >> (block & 7) & 1)
+    return block < map_blocks and int(map_bytes[block]) in (seq + 1, KV_SHARED)
 
 
 # -- compressed KV chunks (KV_PREFETCH with kv_format = CHUNKED) ------------------------

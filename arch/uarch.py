@@ -47,10 +47,10 @@ RESET_CYCLES = 3
 # CHUNKED KV_PREFETCH of more columns stops with BAD_OPERAND.
 KV_CHUNK_MAX_COLS = 128
 
-# The live-block map the controller holds (KV_LIVE, rtl/controller.py): one bit a KV pool
-# block, 8,192 blocks (1 KiB; 131,072 token rows at 16 tokens a block). A KV_LIVE of more
+# The block-owner map the controller holds (KV_LIVE, rtl/controller.py): a byte a KV pool
+# block, 4,096 blocks (4 KiB; 65,536 token rows at 16 tokens a block). A KV_LIVE of more
 # blocks stops with BAD_OPERAND; a batched build whose pool is larger is refused.
-KV_MAP_BLOCKS = 8192
+KV_MAP_BLOCKS = 4096
 
 
 def dram_queue_lines(latency_cycles: int) -> int:

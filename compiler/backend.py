@@ -403,7 +403,7 @@ class Generator:
                           table_addr=self.ctx.table_addr(seq), first_token=first,
                           n_tokens=count, row_bytes=self.cfg.kv_dim, col_offset=col_offset,
                           col_bytes=hd, l2_addr=slot.addr, pool_blocks=self.ctx.pool_blocks(),
-                          kv_format=kv_format)
+                          seq=seq, kv_format=kv_format)
         self._bound_inflight(slot, index)
         return slot
 
@@ -429,7 +429,7 @@ class Generator:
         self.tile_bytes = plan.tile_bytes
         self.code.l2_plan = plan.to_json()
         live = self.ctx.mmap.regions.get(f"kv_live:{self.program}")
-        if live is not None:     # the pool's live blocks (driver.live_blocks), checked first
+        if live is not None:     # who holds each pool block (driver.live_blocks), read first
             self.emit("KV_LIVE", map_addr=live.offset,
                       map_blocks=self.ctx.pool_blocks())
         self.load_rope_table(ops)
@@ -618,7 +618,7 @@ class Generator:
         self.emit("KV_APPEND", l2_addr=self.addr(op.src), pool_addr=pool.offset,
                   table_addr=self.ctx.table_addr(op.seq), first_token=op.start,
                   n_tokens=op.src.shape[0], row_bytes=self.cfg.kv_dim,
-                  pool_blocks=self.ctx.pool_blocks())
+                  pool_blocks=self.ctx.pool_blocks(), seq=op.seq)
 
     def _op_output(self, op: Output) -> None:
         if op.kind == "logits":

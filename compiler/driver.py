@@ -36,6 +36,9 @@ from arch.isa import (
     COUNTERS,
     INSTR_BYTES,
     INT32_BYTES,
+    KV_FREE,
+    KV_MAX_OWNERS,
+    KV_SHARED,
     Instruction,
     WeightFormat,
     kv_chunk_header,
@@ -681,24 +684,27 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
 
 def live_blocks(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...],
                 pool_blocks: int, block_tokens: int) -> list[np.ndarray]:
-    """Per program of a batched build, ``bool [pool_blocks]``: the blocks that hold a live
-    sequence's rows while it runs, as the host's block manager has them (vLLM's reference
-    counts above zero): every sequence from its prefill to its last program, through the
-    rows it has written by the end of that program (its blocks are allocated on demand;
-    a shared prefix is in its table). ``KV_LIVE`` hands the device this map, so a table
-    naming a freed block stops with ``BAD_BLOCK`` (``accel.kv_blocks.plan_batch`` frees a
-    sequence's blocks after its last program)."""
+    """Per program of a batched build, ``uint8 [pool_blocks]``: who holds each block while
+    it runs, as the host's block manager has it (vLLM's reference counts): every sequence
+    from its prefill to its last program, through the rows it has written by the end of
+    that program (its blocks are allocated on demand; a shared prefix is in its table).
+    The owner code (``arch.isa``'s ``KV_LIVE`` map) is ``KV_FREE`` for a block no running
+    sequence holds, ``s + 1`` for one sequence ``s`` alone, ``KV_SHARED`` for several. So a
+    table naming a freed block, or another sequence's, stops with ``BAD_BLOCK``
+    (``accel.kv_blocks.plan_batch`` frees a sequence's blocks after its last program)."""
     written = [0] * len(sequences)
     maps = []
     for step in schedule:
         for b in step.seqs:
             sp = sequences[b]
             written[b] = len(sp.prompt) if step.kind == "prefill" else written[b] + 1
-        live = np.zeros(pool_blocks, bool)
+        owners = np.full(pool_blocks, KV_FREE, np.uint8)
         for b, sp in enumerate(sequences):
             if written[b] and (written[b] < sp.positions - 1 or b in step.seqs):
-                live[list(sp.table[:-(-written[b] // block_tokens)])] = True
-        maps.append(live)
+                held = list(sp.table[:-(-written[b] // block_tokens)])
+                mine = owners[held] == KV_FREE
+                owners[held] = np.where(mine, min(b + 1, KV_SHARED), KV_SHARED)
+        maps.append(owners)
     return maps
 
 
@@ -791,9 +797,10 @@ def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: li
     """A batched build of the programs ``named``: the memory map (``dram_map``: each
     sequence's buffers, ``pool_blocks`` blocks of K/V), the constants, each sequence's
     prompt and block table (unused entries ``EVICTED``, -1) in the image, the passes.
-    ``live``: each program's live blocks (``live_blocks``); a program with a block not
-    live gets its map (region ``kv_live:<program>``), which it reads first (``KV_LIVE``).
-    Raises ``CompileError`` for a map larger than the device's (``KV_MAP_BLOCKS``)."""
+    ``live``: each program's block owners (``live_blocks``); with more than one sequence,
+    or a block free, a program gets its map (region ``kv_live:<program>``), which it reads
+    first (``KV_LIVE``). Raises ``CompileError`` for a map larger than the device's
+    (``KV_MAP_BLOCKS``) or with more sequences than it can name (``KV_MAX_OWNERS``)."""
     graphs = [g for _, _, gs in named for g in gs]
     params = _collect_params(graphs)
     with_data = not any(p.value is None for p in params.values() if isinstance(p, Param))
@@ -803,13 +810,16 @@ def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: li
                     head_scratch_bytes(graphs), len(sequences), entries, pool_blocks,
                     max(sp.max_new_tokens for sp in sequences), kvp is not None)
     maps = {}
-    for (name, _, _), blocks in zip(named, live, strict=True) if live is not None else ():
-        if not blocks.all():
+    for (name, _, _), owners in zip(named, live, strict=True) if live is not None else ():
+        if len(sequences) > 1 or not owners.all():
             if pool_blocks > KV_MAP_BLOCKS:
-                raise CompileError(f"{name}: a KV pool of {pool_blocks} blocks, some of them "
-                                   f"free: the device's live-block map holds KV_MAP_BLOCKS = "
-                                   f"{KV_MAP_BLOCKS}")
-            maps[name] = kv_map_pack(blocks)
+                raise CompileError(f"{name}: a KV pool of {pool_blocks} blocks: the device's "
+                                   f"block-owner map holds KV_MAP_BLOCKS = {KV_MAP_BLOCKS}")
+            if len(sequences) > KV_MAX_OWNERS:
+                raise CompileError(f"{name}: {len(sequences)} sequences in one build: the "
+                                   f"device's block-owner map names at most KV_MAX_OWNERS = "
+                                   f"{KV_MAX_OWNERS}")
+            maps[name] = kv_map_pack(owners)
             mmap.add(f"kv_live:{name}", maps[name].size)
     image = DramImage(mmap, with_data)
     _write_params(image, params)

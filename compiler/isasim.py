@@ -44,7 +44,7 @@ from arch.isa import (
     WeightFormat,
     WeightLayout,
     kv_chunk_unpack,
-    kv_map_live,
+    kv_map_allows,
 )
 from compiler.asm import format_instruction
 from compiler.semantics import AcceleratorError, Access, accesses, check, flat
@@ -189,9 +189,10 @@ class IsaSimulator:
         self.live_map = (self.read(acc["map"], np.uint8).ravel(), f.map_blocks)
         self.counters.add("dram_read_bytes", acc["map"].nbytes)
 
-    def live(self, block: int) -> bool:
-        """Whether the KV walks may name ``block``: every block until a ``KV_LIVE``."""
-        return self.live_map is None or kv_map_live(*self.live_map, block)
+    def live(self, block: int, seq: int) -> bool:
+        """Whether sequence ``seq``'s KV walks may name ``block``: every block until a
+        ``KV_LIVE``, then those its map gives ``seq`` or shares (``kv_map_allows``)."""
+        return self.live_map is None or kv_map_allows(*self.live_map, block, seq)
 
     def _run_engines(self, queues, tokens, clocks, owner, program) -> None:
         """Run the engines over ``queues`` (one segment of the program) until each has

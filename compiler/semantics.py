@@ -9,7 +9,8 @@ races on them, and the compiler derives dependency tokens from them, so the two 
 disagree about addressing. ``read_i32(addr)`` reads an int32 from DRAM; it resolves the
 data-dependent addresses of ``DMA_GATHER`` (omitted when ``None``: the gathered table
 must then be read-only) and of the block-table walks of ``KV_PREFETCH``/``KV_APPEND``;
-``live(block)``, when given, is the ``KV_LIVE`` map the walks check each block against.
+``live(block, seq)``, when given, is the ``KV_LIVE`` map the walks check each block
+against.
 
 ``check(instr, hw, accesses, dram_bytes)`` raises ``AcceleratorError`` with the
 ``ErrorCode`` the hardware reports for a bad operand or an out-of-range address.
@@ -90,7 +91,7 @@ class Access:
 Accesses = dict[str, Access | list[Access]]
 ReadI32 = Callable[[int], int] | None
 ReadBytes = Callable[[int, int], np.ndarray] | None
-Live = Callable[[int], bool] | None
+Live = Callable[[int, int], bool] | None
 
 
 def _l2(addr, rows, row_bytes, stride, write=False) -> Access:
@@ -120,9 +121,9 @@ def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offs
              live: Live = None) -> list:
     """Pool blocks of a block-table walk: one access per run of tokens in one block; the
     walk ends at an entry it cannot read, one outside ``[0, pool_blocks)`` (as an
-    unsigned int32) or one ``live`` (the ``KV_LIVE`` map, when given) says is not live,
-    with a ``WalkFault``. A ``CHUNKED`` prefetch reads two accesses a
-    block, its chunk's header bytes and code bytes (``arch.isa.kv_chunk_addrs``; the
+    unsigned int32) or one ``live(block, seq)`` (the ``KV_LIVE`` map, when given) does not
+    allow the instruction's sequence, with a ``WalkFault``. A ``CHUNKED`` prefetch reads
+    two accesses a block, its chunk's header bytes and code bytes (``arch.isa.kv_chunk_addrs``; the
     codes as many as the header's widths take); the walk also ends, with a
     ``WalkFault``, at a header or codes beyond DRAM or a header that is not one
     (``BAD_CHUNK``)."""
@@ -145,10 +146,11 @@ def _kv_runs(instr: Instruction, hw: HardwareConfig, read_i32: ReadI32, col_offs
                                   f"{instr.mnemonic}: token {t}'s block-table entry {block} is "
                                   f"outside the pool of {instr.pool_blocks} blocks"))
             break
-        if live is not None and not live(block):
+        if live is not None and not live(block, instr.seq):
             runs.append(WalkFault(t, ErrorCode.BAD_BLOCK,
                                   f"{instr.mnemonic}: token {t}'s block-table entry {block} "
-                                  f"names a block that is not live in the KV_LIVE map"))
+                                  f"names a block the KV_LIVE map does not give sequence "
+                                  f"{instr.seq} (free, or another sequence's)"))
             break
         run = min(end, (t // bt + 1) * bt) - t
         if chunked:

@@ -10,11 +10,12 @@ ISA declaration and pushed, with its program index, into the queue of its engine
 ``done`` rises once every queue is empty and every engine idle.
 
 ``KV_LIVE`` waits until every queue is empty and every engine idle, then reads its map
-of live KV blocks through its own DRAM port (``map_rd``, one 32-byte word a request)
-into the map memory, and is accepted once the last word is in; from then until the next
-``start`` each DMA engine looks its block-table entries up in it (``live_load``,
-``live_store``: a block not live, or at or beyond ``map_blocks``, is refused; before a
-``KV_LIVE`` every block is live). Its operand faults (``isa.operand_faults``) and a map
+of the KV blocks' owners through its own DRAM port (``map_rd``, one 32-byte word a
+request) into the map memory, and is accepted once the last word is in; from then until
+the next ``start`` each DMA engine looks its block-table entries up in it with its
+instruction's ``seq`` (``live_load``, ``live_store``: a block neither that sequence's nor
+shared, or at or beyond ``map_blocks``, is refused; before a ``KV_LIVE`` every block is
+allowed). Its operand faults (``isa.operand_faults``) and a map
 beyond DRAM stop the accelerator with the instruction's index.
 
 An unknown opcode, or a dependency mask that names the instruction's own engine, stops
@@ -73,11 +74,12 @@ class ErrorPort(wiring.Signature):
 
 
 class LivePort(wiring.Signature):
-    """A DMA engine's look-up in the live-block map: the block-table entry it holds, and
-    whether that block is live (``KV_LIVE``)."""
+    """A DMA engine's look-up in the block-owner map: the block-table entry it holds and
+    the sequence its instruction names, and whether that sequence may touch that block
+    (``KV_LIVE``; ``arch.isa.kv_map_allows``)."""
 
     def __init__(self):
-        super().__init__({"block": Out(32), "live": In(1)})
+        super().__init__({"block": Out(32), "seq": Out(8), "live": In(1)})
 
 
 class Controller(wiring.Component):
@@ -245,7 +247,7 @@ class Controller(wiring.Component):
         p, ws = self.params, self.params.line_shift
         wbytes, wblocks = isa.KV_MAP_WORD_BYTES, isa.KV_MAP_WORD_BLOCKS
         depth = KV_MAP_BLOCKS // wblocks
-        m.submodules.live_map = mem = Memory(shape=wblocks, depth=depth, init=[])
+        m.submodules.live_map = mem = Memory(shape=8 * wbytes, depth=depth, init=[])
         wr = mem.write_port()
         width = isa.BY_MNEMONIC["KV_LIVE"].field("map_blocks").bits
         valid, blocks = Signal(), Signal(width)          # a map read since start; its size
@@ -254,9 +256,10 @@ class Controller(wiring.Component):
         for port in (self.live_load, self.live_store):
             rd = mem.read_port(domain="comb")
             b = port.block
+            owner = rd.data.word_select(b[:log2(wblocks)], 8)
             m.d.comb += [rd.addr.eq(b[log2(wblocks):]),
-                         port.live.eq(~valid | ((b < blocks) & rd.data.bit_select(
-                             b[:log2(wblocks)], 1)))]
+                         port.live.eq(~valid | ((b < blocks) & ((owner == port.seq + 1)
+                                                                | (owner == isa.KV_SHARED))))]
         map_addr, map_blocks = field(word, "KV_LIVE", "map_addr"), field(word, "KV_LIVE",
                                                                           "map_blocks")
         words = Signal(range(isa.kv_map_words((1 << width) - 1) + 1))
@@ -283,7 +286,7 @@ class Controller(wiring.Component):
                     m.d.sync += asked.eq(asked + 1)
                 back = map_addr + (got << log2(wbytes))
                 m.d.comb += [rsp.ready.eq(1), wr.addr.eq(got), wr.en.eq(rsp.valid),
-                             wr.data.eq((rsp.payload >> (back[:ws] << 3))[:wblocks])]
+                             wr.data.eq((rsp.payload >> (back[:ws] << 3))[:8 * wbytes])]
                 with m.If(rsp.valid):
                     m.d.sync += got.eq(got + 1)
                 with m.If(got == words):

@@ -25,8 +25,8 @@ consecutive loads overlap and each does not pay the DRAM latency alone. Ends com
 program order; an instruction with no rows, and ``STORE_COUNTERS``, first wait for the
 ones before them. A row that would leave the L2 or the simulated DRAM, a write with
 overlapping rows, a misaligned table or counter address, or a block-table entry outside
-the KV pool (``pool_blocks``; an evicted entry, -1, included) or not live in the
-controller's ``KV_LIVE`` map (``live``) stops the accelerator with
+the KV pool (``pool_blocks``; an evicted entry, -1, included) or one the controller's
+``KV_LIVE`` map does not give the instruction's ``seq`` (``live``) stops the accelerator with
 the ``ErrorCode`` the ISA defines. A ``KV_PREFETCH`` of compressed chunks (``kv_format =
 CHUNKED``) waits for the row copier to finish, then runs block by block through a row
 reader, the decompressor (``rtl/kv_chunks.py``) and a row writer on the engine's ports,
@@ -237,7 +237,7 @@ class RowSequencer(wiring.Component):
                              r["dst_run"].eq(f(c, "l2_addr")), r["dst_step"].eq(f(c, "col_bytes")),
                              r["int_base"].eq(f(c, "table_addr")),
                              r["first"].eq(f(c, "first_token")),
-                             r["pool_blocks"].eq(f(c, "pool_blocks")),
+                             r["pool_blocks"].eq(f(c, "pool_blocks")), r["seq"].eq(f(c, "seq")),
                              r["c_pool"].eq(f(c, "pool_addr")), r["c_col"].eq(f(c, "col_offset")),
                              r["c_cols"].eq(f(c, "col_bytes"))]
                 bt = self.params.hw.kv_block_tokens
@@ -262,7 +262,7 @@ class RowSequencer(wiring.Component):
                              r["src_step"].eq(f(b, "row_bytes")),
                              r["int_base"].eq(f(b, "table_addr")),
                              r["first"].eq(f(b, "first_token")),
-                             r["pool_blocks"].eq(f(b, "pool_blocks"))]
+                             r["pool_blocks"].eq(f(b, "pool_blocks")), r["seq"].eq(f(b, "seq"))]
                 m.next = "ROW"
             with m.Elif(self._is(c)):
                 with m.If(f(c, "dram_addr")[:3] != 0):
@@ -374,7 +374,7 @@ class RowSequencer(wiring.Component):
         m = Module()
         r = {name: Signal(width, name=name) for name, width in (
             ("n_rows", WORD), ("row", WORD), ("value", WORD), ("first", WORD), ("pool", WORD),
-            ("pool_blocks", WORD),
+            ("pool_blocks", WORD), ("seq", 8),
             ("token", WORD), ("row_bytes", copy_layout().members["n"]),
             ("src_base", ADDR), ("src_step", ADDR), ("dst_step", ADDR), ("int_base", ADDR),
             ("src_run", ADDR), ("dst_run", ADDR), ("int_addr", ADDR), ("kv_src", ADDR),
@@ -383,7 +383,7 @@ class RowSequencer(wiring.Component):
             ("c_codes", ADDR), ("c_dst", ADDR), ("c_r", WORD))}
         bt = hw.kv_block_tokens
         m.d.comb += [
-            self.live.block.eq(r["value"]),
+            self.live.block.eq(r["value"]), self.live.seq.eq(r["seq"]),
             r["token"].eq(r["first"] + r["row"]),
             r["kv_src"].eq(isa.kv_row_addr(r["pool"], r["value"], r["token"], bt, r["row_bytes"])),
         ]

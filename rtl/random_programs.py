@@ -179,13 +179,13 @@ def _random_program(rng, hw, image, n_instr, compute, extra_tokens):
                                table_addr=mmap["block_table"].offset, first_token=first,
                                n_tokens=n, row_bytes=64, col_offset=col, col_bytes=16,
                                l2_addr=int(rng.integers(0, l2 - n * 16)),
-                               pool_blocks=pool_blocks, kv_format=KvFormat.INT8))
+                               pool_blocks=pool_blocks, seq=0, kv_format=KvFormat.INT8))
         else:
             first, n = int(rng.integers(0, 100)), int(rng.integers(1, 30))
             instrs.append(make("KV_APPEND", l2_addr=int(rng.integers(0, l2 - n * 64)),
                                pool_addr=pool.offset, table_addr=mmap["block_table"].offset,
                                first_token=first, n_tokens=n, row_bytes=64,
-                               pool_blocks=pool_blocks))
+                               pool_blocks=pool_blocks, seq=0))
     instrs.append(make("HALT"))
     if extra_tokens:
         return random_tokens(Code(instrs), hw, image, rng, extra_tokens)
@@ -258,12 +258,12 @@ def compressed_kv_program(rng, hw, kv_heads: int = 3, pool_blocks: int = 5):
             program.append(make("KV_PREFETCH", pool_addr=pool, table_addr=table_at,
                                 first_token=B * first + 1, n_tokens=B - 1, row_bytes=kv_dim,
                                 col_offset=h * head_dim, col_bytes=head_dim, l2_addr=l2,
-                                pool_blocks=pool_blocks, kv_format=KvFormat.INT8))
+                                pool_blocks=pool_blocks, seq=0, kv_format=KvFormat.INT8))
             l2 += (B - 1) * head_dim + 5
         program.append(make("KV_PREFETCH", pool_addr=pool, table_addr=table_at,
                             first_token=B * first, n_tokens=B * n, row_bytes=kv_dim,
                             col_offset=h * head_dim, col_bytes=head_dim, l2_addr=l2,
-                            pool_blocks=pool_blocks, kv_format=KvFormat.CHUNKED))
+                            pool_blocks=pool_blocks, seq=0, kv_format=KvFormat.CHUNKED))
         l2 += B * n * head_dim + int(rng.integers(0, 40))
         program.append(make("DMA_LOAD", dram_addr=int(rng.integers(0, 4000)), l2_addr=l2,
                             rows=2, row_bytes=37, dram_stride=41, l2_stride=40))
@@ -314,7 +314,7 @@ def chunked_prefetch_programs(rng, hw, n_programs: int, kv_heads: int = 2,
                         n_tokens=B * int(rng.integers(1, pool_blocks - first + 1)),
                         row_bytes=kv_dim, col_offset=int(rng.integers(0, kv_heads)) * head_dim,
                         col_bytes=head_dim, l2_addr=int(rng.integers(0, 64)),
-                        pool_blocks=pool_blocks, kv_format=KvFormat.CHUNKED), make("HALT")]
+                        pool_blocks=pool_blocks, seq=0, kv_format=KvFormat.CHUNKED), make("HALT")]
         code = encode_program(program)
         dram[:len(code)] = np.frombuffer(code, np.uint8)
         parts.append(dram)

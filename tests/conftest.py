@@ -107,14 +107,11 @@ def batch_with_a_bad_table(tiny_int):
     return build
 
 
-@pytest.fixture(scope="session")
-def batch_naming_a_freed_block(tiny_int):
-    """Three sequences of tiny on edge-8x8 with 64 KiB of L2, at most two at once in a pool
-    of 8 blocks: the third joins after the first has finished and its block was freed
-    (not reused: the manager reuses the least recently freed first). Compiled, then the
-    third's first block-table entry pointed at the first's freed block in the image.
-    ``(build, program)``: the program whose walk first names it (the third's prefill,
-    whose ``KV_LIVE`` map has that block free)."""
+def _batch_with_an_entry(tiny_int, lengths, new, pool_blocks, seq, entry, block_of):
+    """Sequences of tiny (prompts of ``lengths``, ``new`` tokens each) on edge-8x8 with 64
+    KiB of L2, at most two at once in a pool of ``pool_blocks``, compiled; then entry
+    ``entry`` of sequence ``seq``'s block table set in the image to ``block_of(plan)``.
+    ``(plan, build)``."""
     import numpy as np
 
     from accel.kv_blocks import plan_batch
@@ -123,16 +120,45 @@ def batch_naming_a_freed_block(tiny_int):
 
     hw = load_hardware("edge-8x8").replace(l2_bytes=64 * 1024)
     rng = np.random.default_rng(5)
-    prompts = [[int(t) for t in rng.integers(0, tiny_int.cfg.vocab_size, n)] for n in (7, 12, 9)]
-    plan = plan_batch(prompts, [2, 3, 2], max_batch=2, pool_blocks=8,
+    prompts = [[int(t) for t in rng.integers(0, tiny_int.cfg.vocab_size, n)] for n in lengths]
+    plan = plan_batch(prompts, new, max_batch=2, pool_blocks=pool_blocks,
                       block_tokens=hw.kv_block_tokens)
+    build = compile_batch(tiny_int.cfg, tiny_int.qm, hw, plan.sequences, plan.schedule,
+                          pool_blocks)
+    region = build.mmap["block_table"]
+    at = region.offset + 4 * (seq * (region.size // (4 * len(prompts))) + entry)
+    build.image.data[at:at + 4] = np.frombuffer(np.int32(block_of(plan)).tobytes(), np.uint8)
+    return plan, build
+
+
+@pytest.fixture(scope="session")
+def batch_naming_a_freed_block(tiny_int):
+    """Three sequences, the third joining after the first has finished and its block was
+    freed (not reused: the manager reuses the least recently freed first), in a pool of 8;
+    the third's first block-table entry pointed at the first's freed block after
+    compiling. ``(build, program)``: the program whose walk first names it (the third's
+    prefill, whose ``KV_LIVE`` map has that block free)."""
+    plan, build = _batch_with_an_entry(tiny_int, (7, 12, 9), [2, 3, 2], 8, 2, 0,
+                                       lambda plan: plan.sequences[0].table[0])
     freed = plan.sequences[0].table[0]
     third = [i for i, s in enumerate(plan.schedule) if 2 in s.seqs][0]
     assert plan.schedule[third].kind == "prefill" and freed not in plan.live[third]
     assert all(freed not in sp.table for sp in plan.sequences[1:])
-    build = compile_batch(tiny_int.cfg, tiny_int.qm, hw, plan.sequences, plan.schedule, 8)
-    region = build.mmap["block_table"]
-    entries = region.size // (4 * len(prompts))
-    at = region.offset + 4 * 2 * entries
-    build.image.data[at:at + 4] = np.frombuffer(np.int32(freed).tobytes(), np.uint8)
     return build, build.programs[third].name
+
+
+@pytest.fixture(scope="session")
+def batch_naming_another_sequences_block(tiny_int):
+    """Three sequences in a pool of 3 blocks: the second's second block is the first's,
+    freed and given to it; the third's is live beside it. The second's second table entry
+    pointed at the third's block after compiling (a stale or corrupted entry naming a live
+    sequence's block, which a map of free blocks alone cannot see). ``(build, program)``:
+    the program whose walk first names it (the second's decode step that writes its 17th
+    row, where the third still runs)."""
+    plan, build = _batch_with_an_entry(tiny_int, (7, 14, 9), [2, 4, 3], 3, 1, 1,
+                                       lambda plan: plan.sequences[2].table[0])
+    other = plan.sequences[2].table[0]
+    assert plan.sequences[1].table[1] == plan.sequences[0].table[0]      # reused
+    last = len(plan.schedule) - 1
+    assert plan.schedule[last].seqs == (1, 2) and plan.live[last][other] == 3
+    return build, build.programs[last].name

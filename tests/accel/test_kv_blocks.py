@@ -19,6 +19,7 @@ from accel.kv_blocks import (
     ReservationExceeded,
     plan_batch,
 )
+from arch.isa import KV_SHARED
 
 
 class _Pool:
@@ -340,14 +341,14 @@ def test_plan_batch_makes_plans_the_compiler_accepts():
     sizes: every plan passes ``driver.check_batch`` (which replays it row by row: no
     sequence reads a row another overwrote, shared prefixes written before they are
     read), no decode step runs more than ``max_batch`` sequences, and sequences join as
-    others leave. The live-block map the compiler derives from the tables and the
+    others leave. The block-owner map the compiler derives from the tables and the
     schedule (``driver.live_blocks``, what ``KV_LIVE`` hands the device) is, in every
-    program, exactly the blocks the block manager holds referenced then, and some
-    programs have freed blocks in their pool."""
+    program, exactly the blocks the block manager's tables hold then, each with its one
+    sequence or shared; some programs have free blocks, some shared ones."""
     from compiler.driver import check_batch, live_blocks
 
     rng = np.random.default_rng(7)
-    joined_late = with_free = 0
+    joined_late = with_free = shared = 0
     for _ in range(40):
         bt = int(rng.choice([4, 8, 16]))
         base = [int(t) for t in rng.integers(0, 50, 3 * bt)]
@@ -365,15 +366,17 @@ def test_plan_batch_makes_plans_the_compiler_accepts():
                           block_tokens=bt, seed=int(rng.integers(1000)))
         check_batch(plan.sequences, plan.schedule, pool, bt, 50, 10_000)
         maps = live_blocks(plan.sequences, plan.schedule, pool, bt)
-        assert [set(np.flatnonzero(m).tolist()) for m in maps] == [set(s) for s in plan.live]
+        assert [{int(b): int(m[b]) for b in np.flatnonzero(m)} for m in maps] == \
+            list(plan.live)
         with_free += sum(not m.all() for m in maps)
+        shared += sum((m == KV_SHARED).any() for m in maps)
         decodes = [s.seqs for s in plan.schedule if s.kind == "decode"]
         assert all(len(s) <= max_batch for s in decodes)
         assert plan.peak_blocks <= pool
         first_decode = next((i for i, s in enumerate(plan.schedule) if s.kind == "decode"),
                             len(plan.schedule))
         joined_late += any(s.kind == "prefill" for s in plan.schedule[first_decode:])
-    assert joined_late >= 10 and with_free >= 40
+    assert joined_late >= 10 and with_free >= 40 and shared >= 10
 
 
 def test_plan_batch_shares_prefix_blocks_and_refuses_what_cannot_fit():

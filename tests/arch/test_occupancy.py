@@ -25,7 +25,7 @@ def _prefetch(hw, bits: int, table=(1, 0), n_tokens=None, header=True):
                                                            np.zeros(COLS, int))
     instr = make("KV_PREFETCH", pool_addr=POOL, table_addr=TABLE, first_token=0,
                  n_tokens=B * BLOCKS if n_tokens is None else n_tokens, row_bytes=COLS,
-                 col_offset=0, col_bytes=COLS, l2_addr=0, pool_blocks=BLOCKS,
+                 col_offset=0, col_bytes=COLS, l2_addr=0, pool_blocks=BLOCKS, seq=0,
                  kv_format=KvFormat.CHUNKED)
     return instr, lambda a: int(dram[a:a + 4].view("<i4")[0])
 

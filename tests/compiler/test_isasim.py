@@ -279,7 +279,7 @@ def _chunked_prefetch(pool_addr, table_addr, first, n, col_offset, col_bytes, kv
 
     return make("KV_PREFETCH", pool_addr=pool_addr, table_addr=table_addr, first_token=first,
                 n_tokens=n, row_bytes=kv_dim, col_offset=col_offset, col_bytes=col_bytes,
-                l2_addr=256, pool_blocks=pool_blocks, kv_format=KvFormat.CHUNKED)
+                l2_addr=256, pool_blocks=pool_blocks, seq=0, kv_format=KvFormat.CHUNKED)
 
 
 def test_a_chunked_prefetch_expands_each_block_into_int8_rows():

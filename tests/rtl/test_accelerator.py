@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
-from arch.isa import INSTR_BYTES, Engine, ErrorCode, KvFormat, MatmulMode, kv_map_pack, make
+from arch.isa import (
+    INSTR_BYTES,
+    KV_FREE,
+    KV_SHARED,
+    Engine,
+    ErrorCode,
+    KvFormat,
+    MatmulMode,
+    kv_map_pack,
+    make,
+)
 from arch.uarch import KV_MAP_BLOCKS
 from compiler.backend import Code
 from compiler.image import DramImage, MemoryMap
@@ -203,38 +213,38 @@ TABLE = 128          # a block table after the three-instruction program
     (dict(mnemonic="DMA_GATHER", idx_addr=2, table_addr=0, count=1, row_bytes=16, l2_addr=0,
           l2_stride=16), ErrorCode.BAD_OPERAND),
     (dict(mnemonic="KV_PREFETCH", pool_addr=0, table_addr=6, first_token=0, n_tokens=1,
-          row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4, kv_format=0),
+          row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4, seq=0, kv_format=0),
      ErrorCode.BAD_OPERAND),
     # block-table entries outside the pool: 2 of a 2-block pool, and an evicted one (-1),
     # met at the walk's second block (TABLE below holds [1, 2] and [0, -1])
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
-          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2, seq=0,
           kv_format=0),
      ErrorCode.BAD_BLOCK),
     (dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=TABLE + 8,
-          first_token=3, n_tokens=16, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
+          first_token=3, n_tokens=16, row_bytes=16, pool_blocks=2, seq=0), ErrorCode.BAD_BLOCK),
     (dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=TABLE + 8,
-          first_token=0, n_tokens=16, row_bytes=16, pool_blocks=0), ErrorCode.BAD_BLOCK),
+          first_token=0, n_tokens=16, row_bytes=16, pool_blocks=0, seq=0), ErrorCode.BAD_BLOCK),
     # two faults: the row met first decides (the L2 overflows at row 1, the bad entry is at
     # row 16; the bad entry is at row 0, the L2 source overflows at row 10)
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
           n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=64 * 1024 - 16,
-          pool_blocks=2, kv_format=0), ErrorCode.L2_OUT_OF_RANGE),
+          pool_blocks=2, seq=0, kv_format=0), ErrorCode.L2_OUT_OF_RANGE),
     (dict(mnemonic="KV_APPEND", l2_addr=64 * 1024 - 160, pool_addr=4096, table_addr=TABLE + 8,
-          first_token=16, n_tokens=12, row_bytes=16, pool_blocks=2), ErrorCode.BAD_BLOCK),
+          first_token=16, n_tokens=12, row_bytes=16, pool_blocks=2, seq=0), ErrorCode.BAD_BLOCK),
     # compressed chunks: a block never compressed (its header bytes zero), part of a
     # block, more columns than the decompressor holds, and an entry outside the pool
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
-          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2, seq=0,
           kv_format=KvFormat.CHUNKED), ErrorCode.BAD_CHUNK),
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=8,
-          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2, seq=0,
           kv_format=KvFormat.CHUNKED), ErrorCode.BAD_OPERAND),
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE, first_token=0,
-          n_tokens=16, row_bytes=256, col_offset=0, col_bytes=200, l2_addr=0, pool_blocks=2,
+          n_tokens=16, row_bytes=256, col_offset=0, col_bytes=200, l2_addr=0, pool_blocks=2, seq=0,
           kv_format=KvFormat.CHUNKED), ErrorCode.BAD_OPERAND),
     (dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=TABLE + 8, first_token=16,
-          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2,
+          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=2, seq=0,
           kv_format=KvFormat.CHUNKED), ErrorCode.BAD_BLOCK),
 ])
 def test_engine_faults_match_the_isa_simulator(model, bad, code):
@@ -263,52 +273,59 @@ def test_engine_faults_match_the_isa_simulator(model, bad, code):
 
 
 LIVE_TABLE, MAP = 256, 320    # _live_map_image's block table and map, after the program
+OWNERS = [KV_FREE, 1, 2, KV_SHARED]     # block 0 free, 1 sequence 0's, 2 sequence 1's, 3 shared
 
 
-def _live_map_image(program, live):
+def _live_map_image(program, owners):
     """An image with ``program`` (at most 8 instructions) at 0, the block table
-    ``[1, 2, 0, -1]`` at ``LIVE_TABLE`` and the live-block map of ``live`` (``bool [n]``)
-    at ``MAP``."""
+    ``[1, 2, 0, 3]`` at ``LIVE_TABLE`` and the block-owner map of ``owners`` (a code a
+    block) at ``MAP``."""
     from compiler.asm import encode_program
 
     mmap = MemoryMap()
     mmap.add("program", 8 * INSTR_BYTES)
     assert mmap.add("table", 16).offset == LIVE_TABLE
-    assert mmap.add("map", 256).offset == MAP
+    assert mmap.add("map", 2048).offset == MAP
     image = DramImage(mmap)
     image.write("program", np.frombuffer(encode_program(program), np.uint8))
-    image.write("table", np.array([1, 2, 0, -1], "<i4"))
-    image.write("map", kv_map_pack(live))
+    image.write("table", np.array([1, 2, 0, 3], "<i4"))
+    image.write("map", kv_map_pack(owners))
     return image
 
 
+def _walk(mnemonic, first, n, seq, **fields):
+    """A ``KV_PREFETCH`` or ``KV_APPEND`` through ``LIVE_TABLE`` (16-byte rows)."""
+    common = dict(pool_addr=4096, table_addr=LIVE_TABLE, first_token=first, n_tokens=n,
+                  row_bytes=16, pool_blocks=4, seq=seq)
+    if mnemonic == "KV_PREFETCH":
+        common.update(col_offset=0, col_bytes=16, l2_addr=0, kv_format=0)
+    else:
+        common.update(l2_addr=0)
+    return dict(mnemonic=mnemonic, **{**common, **fields})
+
+
 @pytest.mark.parametrize("live_map, bad, code, index", [
-    # the walk's second block (2) is not live; the append's first (0) is not
+    # sequence 0's walk reaching sequence 1's block (2), a free block (0); sequence 1's
+    # reaching sequence 0's (1); the compressed walk as the int8 one
+    (dict(map_addr=MAP, map_blocks=4), _walk("KV_PREFETCH", 0, 20, 0), ErrorCode.BAD_BLOCK, 2),
+    (dict(map_addr=MAP, map_blocks=4), _walk("KV_APPEND", 32, 16, 0), ErrorCode.BAD_BLOCK, 2),
+    (dict(map_addr=MAP, map_blocks=4), _walk("KV_APPEND", 0, 4, 1), ErrorCode.BAD_BLOCK, 2),
     (dict(map_addr=MAP, map_blocks=4),
-     dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=LIVE_TABLE, first_token=0,
-          n_tokens=20, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4,
-          kv_format=0), ErrorCode.BAD_BLOCK, 2),
-    (dict(map_addr=MAP, map_blocks=4),
-     dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=LIVE_TABLE + 8,
-          first_token=0, n_tokens=16, row_bytes=16, pool_blocks=4), ErrorCode.BAD_BLOCK, 2),
-    (dict(map_addr=MAP, map_blocks=4),
-     dict(mnemonic="KV_PREFETCH", pool_addr=4096, table_addr=LIVE_TABLE, first_token=16,
-          n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4,
-          kv_format=KvFormat.CHUNKED), ErrorCode.BAD_BLOCK, 2),
-    # block 1 is live but beyond a map of one block
-    (dict(map_addr=MAP, map_blocks=1),
-     dict(mnemonic="KV_APPEND", l2_addr=0, pool_addr=4096, table_addr=LIVE_TABLE,
-          first_token=0, n_tokens=4, row_bytes=16, pool_blocks=4), ErrorCode.BAD_BLOCK, 2),
+     _walk("KV_PREFETCH", 16, 16, 0, kv_format=KvFormat.CHUNKED), ErrorCode.BAD_BLOCK, 2),
+    # block 1 is sequence 0's but beyond a map of one block
+    (dict(map_addr=MAP, map_blocks=1), _walk("KV_APPEND", 0, 4, 0), ErrorCode.BAD_BLOCK, 2),
     # KV_LIVE's own refusals: a misaligned map, more blocks than the controller holds, a
     # map past the DRAM's end
     (dict(map_addr=MAP + 4, map_blocks=4), None, ErrorCode.BAD_OPERAND, 1),
     (dict(map_addr=MAP, map_blocks=KV_MAP_BLOCKS + 1), None, ErrorCode.BAD_OPERAND, 1),
-    (dict(map_addr=DRAM_BYTES - 32, map_blocks=257), None, ErrorCode.DRAM_OUT_OF_RANGE, 1),
+    (dict(map_addr=DRAM_BYTES - 32, map_blocks=33), None, ErrorCode.DRAM_OUT_OF_RANGE, 1),
 ])
-def test_blocks_not_live_stop_as_on_the_isa_simulator(model, live_map, bad, code, index):
-    """After a ``KV_LIVE`` whose map has blocks 1 and 3 live, a walk naming a block not
-    live (or beyond the map) stops with BAD_BLOCK, and a ``KV_LIVE`` the controller cannot
-    honour with its own error, on the RTL as on the ISA simulator: code and index."""
+def test_blocks_a_sequence_does_not_hold_stop_as_on_the_isa_simulator(model, live_map, bad,
+                                                                      code, index):
+    """After a ``KV_LIVE`` whose map has block 0 free, 1 sequence 0's, 2 sequence 1's and 3
+    shared, a walk naming a block its sequence does not hold (free, another's, or beyond
+    the map) stops with BAD_BLOCK, and a ``KV_LIVE`` the controller cannot honour with its
+    own error, on the RTL as on the ISA simulator: code and index."""
     from compiler.semantics import AcceleratorError
 
     hw = model.params.hw.replace(dram_bytes=1 << 20)
@@ -319,7 +336,7 @@ def test_blocks_not_live_stop_as_on_the_isa_simulator(model, live_map, bad, code
         fields = dict(bad)
         program.append(make(fields.pop("mnemonic"), **fields))
     program.append(make("HALT"))
-    image = _live_map_image(program, np.array([0, 1, 0, 1], bool))
+    image = _live_map_image(program, OWNERS)
     dram = np.concatenate([image.data, np.zeros(DRAM_BYTES - image.data.size, np.uint8)])
     with pytest.raises(AcceleratorError) as info:
         IsaSimulator(hw, dram, check_races=False).run(program)
@@ -328,11 +345,12 @@ def test_blocks_not_live_stop_as_on_the_isa_simulator(model, live_map, bad, code
     assert run["error"] and run["error_code"] == int(code) and run["error_index"] == index
 
 
-def test_kv_live_drains_the_engines_and_its_walks_run_on_live_blocks(model):
-    """A load, ``KV_LIVE`` (a map of 2,048 blocks: 8 words), a load and a prefetch and an
-    append through live blocks: the RTL ends with the ISA simulator's whole DRAM and L2,
-    and its cycles are the performance model's within 1% (``MAP_READ_START`` was read off
-    a one-word map alone; this program also waits for the first load to end)."""
+def test_kv_live_drains_the_engines_and_its_walks_run_on_their_blocks(model):
+    """A load, ``KV_LIVE`` (a map of 2,048 blocks: 64 words), a load, sequence 0's prefetch
+    and append through its own block and sequence 1's prefetch of the shared block: the
+    RTL ends with the ISA simulator's whole DRAM and L2, and its cycles are the
+    performance model's within 1% (``MAP_READ_START`` was read off a one-word map alone;
+    this program also waits for the first load to end)."""
     from sweeps.perf import time_program
 
     hw = model.params.hw
@@ -342,15 +360,13 @@ def test_kv_live_drains_the_engines_and_its_walks_run_on_live_blocks(model):
         make("KV_LIVE", map_addr=MAP, map_blocks=2048),
         make("DMA_LOAD", dram_addr=16384, l2_addr=8192, rows=64, row_bytes=256,
              dram_stride=256, l2_stride=256),
-        make("KV_PREFETCH", pool_addr=4096, table_addr=LIVE_TABLE, first_token=0,
-             n_tokens=16, row_bytes=16, col_offset=0, col_bytes=16, l2_addr=0, pool_blocks=4,
-             kv_format=0, signal=1 << int(Engine.STORE)),
-        make("KV_APPEND", l2_addr=4096, pool_addr=4096, table_addr=LIVE_TABLE, first_token=2,
-             n_tokens=3, row_bytes=16, pool_blocks=4, wait=1 << int(Engine.LOAD)),
+        make(**_walk("KV_PREFETCH", 0, 16, 0, signal=1 << int(Engine.STORE))),
+        make(**_walk("KV_PREFETCH", 48, 16, 1, l2_addr=1024)),
+        make(**_walk("KV_APPEND", 2, 3, 0, l2_addr=4096, wait=1 << int(Engine.LOAD))),
         make("HALT")]
-    live = np.zeros(2048, bool)
-    live[[1, 3, 2047]] = True
-    image = _live_map_image(program, live)
+    owners = np.zeros(2048, np.uint8)
+    owners[:4], owners[2047] = OWNERS, 1
+    image = _live_map_image(program, owners)
     rng = np.random.default_rng(3)
     image.data = np.concatenate([image.data, rng.integers(0, 256, 64 * 1024, np.uint8)])
     isa = IsaSimulator(hw, image.data)
