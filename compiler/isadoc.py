@@ -30,8 +30,8 @@ counters). Engines run concurrently, each in order. For every ordered pair of en
 bit A in its wait mask starts only when counter (A -> B) is non-zero, and decrements it;
 when it completes, it increments (B -> C) for every bit C of its signal mask (blocking
 while that counter is full). `HALT` stops fetching and completes when every engine has
-drained; `KV_LIVE` waits for every engine to drain, then reads the map of live KV blocks
-that the KV walks check until the program ends. The compiler derives the tokens from the
+drained; `KV_LIVE` waits for every engine to drain, then reads the map of who holds each
+KV block, which the KV walks check until the program ends. The compiler derives the tokens from the
 instructions' memory footprints (`compiler/schedule.py`); the ISA simulator rejects
 programs whose tokens leave a race.
 

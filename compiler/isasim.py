@@ -149,7 +149,7 @@ class IsaSimulator:
         before it having ended (the engines drained) before it reads its map and any
         after it begins. Raises ``AcceleratorError`` (the stop the hardware makes),
         ``DeadlockError`` or ``RaceError``."""
-        segments: list[tuple[dict, Instruction | None, int]] = []
+        segments: list[tuple[dict, Instruction, int]] = []
         queues: dict[Engine, list[tuple[int, Instruction]]] = {e: [] for e in ENGINES}
         halted = False
         for index, instr in enumerate(program):
