@@ -70,7 +70,8 @@ class ErrorCode(enum.IntEnum, shape=3):
     DRAM_OUT_OF_RANGE = 3
     BAD_OPERAND = 4
     SELF_DEPENDENCY = 5
-    BAD_BLOCK = 6           # a block-table entry outside the KV pool (or EVICTED, -1)
+    BAD_BLOCK = 6           # a block-table entry outside the KV pool (or EVICTED, -1), or
+    #                         naming a block its sequence does not hold (KV_LIVE)
     BAD_CHUNK = 7           # a compressed KV chunk's header that is not one (kv_chunk_fault)
 
 
