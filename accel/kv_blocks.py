@@ -318,7 +318,10 @@ class BlockManager:
         self._seqs[child] = _Seq(list(p.table), list(p.tokens), p.key, dict(p.evicted))
 
     def free(self, seq) -> None:
-        """Drop ``seq``; its blocks whose count reaches zero return to the free queue."""
+        """Drop ``seq``; its blocks whose count reaches zero return to the free queue.
+        ``KeyError`` naming ``seq`` if the pool does not hold it."""
+        if seq not in self._seqs:
+            raise KeyError(f"sequence {seq!r} is not in the pool (never added, or freed)")
         s = self._seqs.pop(seq)
         for b in reversed(s.table):      # the tail first: a prefix's head stays longest
             if b != EVICTED:

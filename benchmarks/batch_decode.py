@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sweeps.cost import NODES
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batch_decode",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--at", type=int, default=None,

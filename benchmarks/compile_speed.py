@@ -20,7 +20,7 @@ def main(argv=None) -> dict:
     from models.config import preset
     from models.integer import quant_struct
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--at", type=int, default=511, help="decode position (KV length)")

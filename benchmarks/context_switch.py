@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sweeps.analytic import context_switch
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.context_switch",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])

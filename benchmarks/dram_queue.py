@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from arch.hardware import HardwareError, load_hardware
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dram_queue",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-4x4")
     parser.add_argument("--decode-at", type=int, default=7, help="the step's KV length")
     parser.add_argument("--cycles", type=int, default=3600, help="cycles to simulate")

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sweeps.perf import time_program
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_budget",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--at", type=int, default=1024, help="KV length of the step")

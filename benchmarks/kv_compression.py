@@ -69,7 +69,7 @@ def run_one(model: str, windows: int | None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_compression",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", action="append", default=None,
                         help="a trained model (repeatable; default: tiny and tiny-bpe)")
     parser.add_argument("--windows", type=int, default=None,

@@ -53,7 +53,7 @@ def run_one(loaded, im, hw, ids, kv, rtl: bool, prefetch: bool = True) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_device",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--rtl", action="store_true", help="also run each build on the RTL")
     parser.add_argument("--prefetch", choices=("on", "off"), default="on",
                         help="compile with the KV prefetch overlapped with compute (default) "

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from models.zoo import model_config
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_waste",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--kv-mib", type=float, default=1024.0,
                         help="MiB of DRAM for the KV pool (default 1024)")
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not 0 < value < math.inf:
             parser.error(f"{name} must be a positive number, not {value}")
     n_blocks = int(args.kv_mib * 2**20 // (row_bytes * args.block_tokens))
+    if n_blocks == 0:
+        parser.error(f"--block-tokens {args.block_tokens}: one block of {args.model}'s KV "
+                     f"({args.block_tokens * row_bytes:,} bytes) is more than --kv-mib "
+                     f"{args.kv_mib:g}")
     if n_blocks > MAX_BLOCKS:
         parser.error(f"--kv-mib {args.kv_mib:g} makes {n_blocks:,} blocks of {args.model}'s "
                      f"KV, more than this benchmark simulates ({MAX_BLOCKS:,})")

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from arch.hardware import load_hardware
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.l2_conflicts",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-8x8")
     parser.add_argument("--l2", type=int, default=65536, help="l2_bytes")
     parser.add_argument("--l2-banks", type=int, default=None, help="override l2_banks")

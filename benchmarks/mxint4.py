@@ -144,7 +144,7 @@ def synthesis(hw_name: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mxint4",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--only", choices=("accuracy", "speed", "area", "synthesis"),
                         default=None)
     parser.add_argument("--hw", default=SPEED_HW,

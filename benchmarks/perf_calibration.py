@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     every = list(range(len(rtl_hardware())))
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.perf_calibration", allow_abbrev=False,
-        description=__doc__.splitlines()[0] + " Without --random or --fit: tiny's decode "
+        description=__doc__.split("\n\n")[0].rstrip(":")
+        + " Without --random or --fit: tiny's decode "
                     "step, each instruction alone (options --hw, --prefetch, --l2, "
                     "--dram-bytes-per-cycle, --weights of benchmarks.rtl_tiny).")
     group = parser.add_mutually_exclusive_group()

@@ -8,12 +8,15 @@ the bandwidth bound, the DRAM model's busy cycles, the wall time of the whole jo
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 
 
 def main(argv=None) -> list[dict]:
+    argparse.ArgumentParser(prog="python -m benchmarks.rtl_dma",
+                            description=__doc__.split("\n\n")[0]).parse_args(argv)
     from arch.hardware import load_hardware
     from arch.isa import INSTR_BYTES, make
     from compiler.asm import encode_program

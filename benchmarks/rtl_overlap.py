@@ -73,7 +73,7 @@ def run(hw_name: str, l2_bytes: int | None, at: int, prefetch: bool) -> list[dic
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rtl_overlap",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-8x8")
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
     parser.add_argument("--decode-at", type=int, default=200, help="the step's KV length")

@@ -1,5 +1,7 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
+import argparse
+
 from benchmarks import (
     batch_decode,
     calibration_size,
@@ -32,7 +34,9 @@ from benchmarks import (
 )
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.run_all",
+                            description=__doc__).parse_args(argv)
     compile_speed.main([])
     rtl_build.main([])
     rtl_dma.main([])

@@ -84,16 +84,20 @@ def _current_rows(out: Path) -> list[dict]:
     return rows
 
 
+def _order(key: tuple) -> tuple:
+    """A sort key for a tuple of field values: numbers by value (batch 2 before 16), the
+    rest as text."""
+    return tuple((0, v, "") if isinstance(v, int | float) and not isinstance(v, bool)
+                 else (1, 0, str(v)) for v in key)
+
+
 def _series(rows, by):
     """Rows grouped by the ``by`` fields, each group sorted by L2 size."""
     groups = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(k) for k in by)].append(r)
-    def order(key):            # numbers by value (batch 2 before 16), the rest as text
-        return tuple((0, v, "") if isinstance(v, int | float) and not isinstance(v, bool)
-                     else (1, 0, str(v)) for v in key)
     return {k: sorted(v, key=lambda r: r["l2_bytes"])
-            for k, v in sorted(groups.items(), key=lambda kv: order(kv[0]))}
+            for k, v in sorted(groups.items(), key=lambda kv: _order(kv[0]))}
 
 
 def _label(keys, values) -> str:
@@ -266,7 +270,7 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     keys = group_keys + ["l2_bytes", "prefetch"]
     series = _series(rows, keys)
-    for key in sorted(series, key=lambda k: (str(k[:-2]), k[-2], not k[-1])):
+    for key in sorted(series, key=lambda k: (_order(k[:-2]), k[-2], not k[-1])):
         s = sorted(series[key], key=lambda r: r.get("batch", 1))
         label = _label(keys, [size_label(v) if k == "l2_bytes" else v
                               for k, v in zip(keys, key, strict=True)])
@@ -293,7 +297,7 @@ def _kv_figure(rows, group_keys: list[str], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     keys = group_keys + ["l2_bytes", "prefetch"]
     series = _series(rows, keys)
-    for key in sorted(series, key=lambda k: (str(k[:-2]), k[-2], not k[-1])):
+    for key in sorted(series, key=lambda k: (_order(k[:-2]), k[-2], not k[-1])):
         label = _label(keys, [size_label(v) if k == "l2_bytes" else v
                               for k, v in zip(keys, key, strict=True)])
         chunked = sorted((r for r in series[key] if r.get("kv_format") == "chunked"),
