@@ -598,7 +598,7 @@ class DevicePlan:
     sequence's ``SequencePlan`` (physical block table, cached prefix), the program
     ``schedule`` and the pool's size, with what sharing saved, and the blocks the block
     manager's tables hold while each program runs, with their owner codes (what
-    ``driver.live_blocks`` hands the device, derived again from the tables and the
+    ``driver.block_owners`` hands the device, derived again from the tables and the
     schedule)."""
 
     sequences: tuple

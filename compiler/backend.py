@@ -429,7 +429,7 @@ class Generator:
         self.tile_bytes = plan.tile_bytes
         self.code.l2_plan = plan.to_json()
         live = self.ctx.mmap.regions.get(f"kv_live:{self.program}")
-        if live is not None:     # who holds each pool block (driver.live_blocks), read first
+        if live is not None:     # who holds each pool block (driver.block_owners), read first
             self.emit("KV_LIVE", map_addr=live.offset,
                       map_blocks=self.ctx.pool_blocks())
         self.load_rope_table(ops)

@@ -682,7 +682,7 @@ def check_batch(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, 
                                f"{sp.max_new_tokens - 1} decode steps)")
 
 
-def live_blocks(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...],
+def block_owners(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep, ...],
                 pool_blocks: int, block_tokens: int) -> list[np.ndarray]:
     """Per program of a batched build, ``uint8 [pool_blocks]``: who holds each block while
     it runs, as the host's block manager has it (vLLM's reference counts): every sequence
@@ -787,17 +787,18 @@ def compile_batch(cfg: ModelConfig, qm, hw: HardwareConfig,
                                f"shared blocks, not whole blocks of {B}: its prefill would "
                                f"write row {sp.cached} into a shared block stored compressed")
     named = _batch_programs(cfg, qm, hw, sequences, schedule, kvp)
-    live = live_blocks(sequences, schedule, pool_blocks, B)
-    return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks, kvp, live)
+    owners = block_owners(sequences, schedule, pool_blocks, B)
+    return _batch_build(cfg, hw, prefetch, named, sequences, pool_blocks, kvp, owners)
 
 
 def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: list,
                  sequences: tuple[SequencePlan, ...], pool_blocks: int,
-                 kvp: KvPlan | None = None, live: list[np.ndarray] | None = None) -> Build:
+                 kvp: KvPlan | None = None, owners: list[np.ndarray] | None = None
+                 ) -> Build:
     """A batched build of the programs ``named``: the memory map (``dram_map``: each
     sequence's buffers, ``pool_blocks`` blocks of K/V), the constants, each sequence's
     prompt and block table (unused entries ``EVICTED``, -1) in the image, the passes.
-    ``live``: each program's block owners (``live_blocks``); with more than one sequence,
+    ``owners``: each program's block owners (``block_owners``); with more than one sequence,
     or a block free, a program gets its map (region ``kv_live:<program>``), which it reads
     first (``KV_LIVE``). Raises ``CompileError`` for a map larger than the device's
     (``KV_MAP_BLOCKS``) or with more sequences than it can name (``KV_MAX_OWNERS``)."""
@@ -810,8 +811,8 @@ def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: li
                     head_scratch_bytes(graphs), len(sequences), entries, pool_blocks,
                     max(sp.max_new_tokens for sp in sequences), kvp is not None)
     maps = {}
-    for (name, _, _), owners in zip(named, live, strict=True) if live is not None else ():
-        if len(sequences) > 1 or not owners.all():
+    for (name, _, _), held in zip(named, owners, strict=True) if owners is not None else ():
+        if len(sequences) > 1 or not held.all():
             if pool_blocks > KV_MAP_BLOCKS:
                 raise CompileError(f"{name}: a KV pool of {pool_blocks} blocks: the device's "
                                    f"block-owner map holds KV_MAP_BLOCKS = {KV_MAP_BLOCKS}")
@@ -819,7 +820,7 @@ def _batch_build(cfg: ModelConfig, hw: HardwareConfig, prefetch: bool, named: li
                 raise CompileError(f"{name}: {len(sequences)} sequences in one build: the "
                                    f"device's block-owner map names at most KV_MAX_OWNERS = "
                                    f"{KV_MAX_OWNERS}")
-            maps[name] = kv_map_pack(owners)
+            maps[name] = kv_map_pack(held)
             mmap.add(f"kv_live:{name}", maps[name].size)
     image = DramImage(mmap, with_data)
     _write_params(image, params)

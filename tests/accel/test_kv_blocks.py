@@ -342,10 +342,10 @@ def test_plan_batch_makes_plans_the_compiler_accepts():
     sequence reads a row another overwrote, shared prefixes written before they are
     read), no decode step runs more than ``max_batch`` sequences, and sequences join as
     others leave. The block-owner map the compiler derives from the tables and the
-    schedule (``driver.live_blocks``, what ``KV_LIVE`` hands the device) is, in every
+    schedule (``driver.block_owners``, what ``KV_LIVE`` hands the device) is, in every
     program, exactly the blocks the block manager's tables hold then, each with its one
     sequence or shared; some programs have free blocks, some shared ones."""
-    from compiler.driver import check_batch, live_blocks
+    from compiler.driver import block_owners, check_batch
 
     rng = np.random.default_rng(7)
     joined_late = with_free = shared = 0
@@ -365,7 +365,7 @@ def test_plan_batch_makes_plans_the_compiler_accepts():
         plan = plan_batch(prompts, new, max_batch=max_batch, pool_blocks=pool,
                           block_tokens=bt, seed=int(rng.integers(1000)))
         check_batch(plan.sequences, plan.schedule, pool, bt, 50, 10_000)
-        maps = live_blocks(plan.sequences, plan.schedule, pool, bt)
+        maps = block_owners(plan.sequences, plan.schedule, pool, bt)
         assert [{int(b): int(m[b]) for b in np.flatnonzero(m)} for m in maps] == \
             list(plan.live)
         with_free += sum(not m.all() for m in maps)
