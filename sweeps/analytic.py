@@ -804,7 +804,7 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     (``sweeps.perf``'s rule and passes, each compute instruction taking its lines evenly
     from begin to end; a load's copier from ``data_delay`` after its begin, when its first
     data is in, at the earliest), and no faster than the paced compute streams it
-    overlaps let it (``sweeps.perf._trapped``, from the first pass's timeline, then
+    overlaps let it (``sweeps.perf._trapped``, from the first two passes' timelines, then
     held). No pass is needed where the busiest compute and a load at
     ``dram_lines_per_cycle`` fit the L2 together and no compute is paced slower than such
     a load."""
@@ -827,10 +827,11 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
         run = _run(tiles, schedule, [max(w, h) for w, h in zip(waits, held, strict=True)],
                    data_delay)
         _, write_start, load_end, compute_begin, compute_ends, _ = run
-        # The waits behind paced streams from the first pass's timeline, then held
-        # (``_trapped`` walks each copier through the streams; recomputing them on the
-        # second pass's timeline would take a third pass on every step).
-        if n == 0:
+        # The waits behind paced streams from the first two passes' timelines, then
+        # held (``_trapped`` walks each copier through the streams). The second
+        # recompute is kept only where it moves them by 0.1% of the program's cycles:
+        # elsewhere it would take a further pass for nothing.
+        if n < 2:
             trapped = _Streams([(compute_begin[i], compute_ends[i], t[12] / t[11],
                                  min(1.0, t[11] / max(1, compute_ends[i] - compute_begin[i])))
                                 for i, t in enumerate(tiles) if t[11]])
@@ -839,9 +840,12 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
                 alone = load_end[j] - write_start[j] - max(waits[j], held[j])
                 again_held[j] = math.ceil(_trapped(trapped, write_start[j], alone,
                                                    tiles[j][8] / max(1, alone)))
+            if n == 1 and sum(abs(a - h) for a, h in zip(again_held, held, strict=True)) \
+                    <= run[0][0] / 1000:
+                again_held = held
             # A pass more moves the program by at most the waits it adds: none where they
             # come to under 0.1% of its cycles and nothing else makes a load wait.
-            if not shared and sum(again_held) <= run[0][0] / 1000:
+            if n == 0 and not shared and sum(again_held) <= run[0][0] / 1000:
                 break
         else:
             again_held = held
