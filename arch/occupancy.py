@@ -559,6 +559,15 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         # GEMV class is within 0.8% on all five of its configurations.)
         tail = max(_read_tail(*x_last, W), _read_tail(*w_last, W))
         fill = max(x_steps, w_steps, math.ceil((x_reads + w_reads) / l2_rate) + tail - 1)
+        # On an L2 of one line-wide bank the x reader (the higher-priority port, x rows
+        # first) takes every cycle until its lines are read, so the weight reader's steps
+        # begin only after them. (Read off GEMVs with KN weights on edge-4x4, whose rows
+        # of ``nc`` bytes need a priming step each when ``n0`` is not on a line, so that
+        # the steps, not the lines, set the fill: the model was ``x_reads - 1`` cycles a
+        # tile short, 5-6% of such a GEMV, found on the worst instruction of a decode step
+        # of the out-of-sample set; no constant is fitted.)
+        if l2_rate == 1:
+            fill = max(fill, x_reads + w_steps - 1)
         # the reader that sets the fill, if it idles a cycle between lines
         pacing = [r for st, r in ((x_steps, x_reads), (w_steps, w_reads))
                   if st == fill and r < st <= 2 * r]          # half a line to a line a step

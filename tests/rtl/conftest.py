@@ -75,11 +75,13 @@ class L2Sim:
 
 
     @staticmethod
-    def run_instructions(params, unit, n_ports, cases, limit=50_000):
+    def run_instructions(params, unit, n_ports, cases, limit=50_000, cycles=None):
         """``[(RTL L2 after instr, ISA simulator L2 after instr)]`` for each ``(mem,
         instr)`` of ``cases``, run one after another on one simulation of ``unit`` (the
         L2 reloaded with each ``mem``): building Amaranth's simulator of a unit costs
-        more than running it (7.5 s for the vector unit, 1.5 s for the matmul unit)."""
+        more than running it (7.5 s for the vector unit, 1.5 s for the matmul unit).
+        Given a list ``cycles``, each instruction's cycles from ``start`` to ``done`` are
+        appended to it."""
         expected = []
         for mem, instr in cases:
             sim = IsaSimulator(params.hw, bytes(64))
@@ -96,11 +98,13 @@ class L2Sim:
                 ctx.set(bench.unit.start, 1)
                 await ctx.tick()
                 ctx.set(bench.unit.start, 0)
-                cycles = 1
+                n = 1
                 while not ctx.get(bench.unit.done):
-                    assert cycles < limit, f"{instr}: no done within {limit} cycles"
+                    assert n < limit, f"{instr}: no done within {limit} cycles"
                     await ctx.tick()
-                    cycles += 1
+                    n += 1
+                if cycles is not None:
+                    cycles.append(n)
                 await ctx.tick()
                 rtl.append(L2Sim.dump(ctx, bench.l2, mem.size))
 
