@@ -58,7 +58,7 @@ from arch.isa import (
     kv_table_entry_addr,
     make,
 )
-from arch.uarch import CMD_DEPTH, KV_CHUNK_MAX_COLS
+from arch.uarch import CMD_DEPTH, COPIER_FIFO_DEPTH, KV_CHUNK_MAX_COLS
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,8 @@ class Calibration:
     l2_read_latency: int = 3      # L2 row reader: request -> beat
     dma_drain: int = 2            # last write -> END, alone
     dma_end: int = 1              # last write -> END, with earlier rows in the copier
-    mm_fill_latency: int = 7      # the filler free -> a tile announced, beyond its steps
     mm_result_latency: int = 6    # a group's last row streamed -> its writeback begins
-    mm_write_latency: int = 2     # the last row handed to the writer -> done
+    mm_write_latency: int = 0     # the row writer's last step -> done
     mm_old_output_latency: int = 5  # a writeback that accumulates: its first old row read
     vec_fixed: int = 11           # start-up and drain of a vector instruction
     vec_segment_min: int = 3      # the shortest segment
@@ -84,6 +83,16 @@ class Calibration:
 
 
 CALIBRATION = Calibration()
+
+#: The tile filler (``rtl.matmul_unit.TileFiller``): its begin -> its readers' first L2
+#: request (the row command through the copier's queue), and an L2 grant -> the write-side
+#: step that takes the line (the L2's read, the copier's buffered FIFO). The RTL's
+#: structure, read off a trace of the unit in Amaranth's simulator.
+FILL_ISSUE_LATENCY = 3
+FILL_DATA_LATENCY = 3
+#: The matmul unit's writeback: a row handed to the row writer -> the writer's first step
+#: on it (through the copier's buffered FIFO), from the same trace.
+WB_DATA_LATENCY = 2
 
 
 NEVER = float("-inf")
@@ -411,15 +420,6 @@ def _rows_lines(base: int, stride: int, rows: int, n: int, W: int) -> int:
     return whole * counts[-1] + counts[part]
 
 
-def _read_tail(addr: int, n: int, W: int) -> int:
-    """Steps a row reader takes after its last L2 read of the row of ``n`` bytes at
-    ``addr``: 1 when the row does not start on a line and its realigned last beat needs
-    no further line, else 0 (``rtl.copier``'s write side)."""
-    if not addr % W:
-        return 0
-    return addr // W + (n - 1) // W + 1 - (addr + n - 1) // W
-
-
 def _writer_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
     """Steps of a row writer (stream -> L2, from byte 0) over ``rows`` rows of ``n``
     bytes at ``base + i * stride``: each row's destination lines, plus a priming step for
@@ -427,6 +427,72 @@ def _writer_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
     counts = _writer_period(base % W, stride % W, n, W)
     whole, part = divmod(rows, len(counts) - 1)
     return whole * counts[-1] + counts[part]
+
+
+@lru_cache(maxsize=8192)
+def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """One tile reader's row commands (``segments``: ``(base, stride, rows, bytes)`` each,
+    addresses modulo ``W * banks``) as the L2 bank of each line it reads, in order, and
+    whether each step of its write side takes a line (``rtl.copier``: a row that starts
+    on a line takes one step a line; one that does not takes a priming step and a step a
+    destination line, the last of which reads nothing when the row ends early in its
+    line)."""
+    lines, steps = [], []
+    for base, stride, rows, n in segments:
+        for r in range(rows):
+            a = base + r * stride
+            first, last = a // W, (a + n - 1) // W
+            lines += [line % banks for line in range(first, last + 1)]
+            took = last - first + 1
+            total = took if a % W == 0 else -(-n // W) + 1
+            steps += [True] * took + [False] * (total - took)
+    return tuple(lines), tuple(steps)
+
+
+def _segments_steps(segments: tuple, W: int) -> tuple[int, int]:
+    """``(write-side steps, lines read)`` of a tile reader's row segments (as
+    ``_reader_plan``)."""
+    steps = reads = 0
+    for base, stride, rows, n in segments:
+        steps += _rows_steps(base, stride, rows, n, W)
+        reads += _rows_lines(base, stride, rows, n, W)
+    return steps, reads
+
+
+@lru_cache(maxsize=8192)
+def _fill_end(x_segments: tuple, w_segments: tuple, W: int, banks: int) -> int:
+    """Cycles from the tile filler's begin until its tile is announced: the x and weight
+    row readers (``rtl.matmul_unit.TileFiller``, two ``rtl.copier.RowCopier``) cycle by
+    cycle. Each asks the L2 for its next line while fewer than ``COPIER_FIFO_DEPTH - 1``
+    of its lines are granted and not yet taken; the x reader's port comes first, so the
+    weight reader waits whenever both ask the same bank (``rtl.l2``'s fixed priority).
+    A write-side step that takes a line runs ``FILL_DATA_LATENCY`` cycles after the line
+    was granted, at the earliest; the first line is asked for ``FILL_ISSUE_LATENCY``
+    cycles after begin (the row command through the copier's queue), and the tile is
+    announced the cycle after the last step. Both latencies are the RTL's structure (read
+    off a trace of the unit in Amaranth's simulator), not fitted."""
+    readers = [_reader_plan(x_segments, W, banks), _reader_plan(w_segments, W, banks)]
+    issued, granted = [0, 0], [[], []]
+    taken, popped = [0, 0], [0, 0]
+    last = FILL_ISSUE_LATENCY
+    t = FILL_ISSUE_LATENCY
+    while taken[0] < len(readers[0][1]) or taken[1] < len(readers[1][1]):
+        bank = -1
+        for r in (0, 1):                   # the read sides, the x reader's port first
+            lines, i = readers[r][0], issued[r]
+            if i < len(lines) and i - popped[r] < COPIER_FIFO_DEPTH - 1 and lines[i] != bank:
+                granted[r].append(t)
+                issued[r] += 1
+                bank = lines[i]
+        for r in (0, 1):                   # the write sides
+            steps, j = readers[r][1], taken[r]
+            if j < len(steps) and (not steps[j] or (popped[r] < len(granted[r]) and
+                                   granted[r][popped[r]] <= t - FILL_DATA_LATENCY)):
+                popped[r] += steps[j]
+                taken[r] += 1
+                last = t
+        t += 1
+    return last + 1
 
 
 def matmul_tiles(f, hw: HardwareConfig) -> list[tuple[int, int, int, int, int, int]]:
@@ -499,6 +565,13 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     array's cycles are those of int8. No constant was read off an MXINT4 run (all are
     int8's); the agreement with the RTL on MXINT4 programs is out of sample
     (tests/rtl/test_tiny_rtl.py, ``benchmarks.rtl_tiny --weights mxint4``)."""
+    return matmul_timeline(instr, hw, cal)[0]
+
+
+def matmul_timeline(instr: Instruction, hw: HardwareConfig,
+                    cal: Calibration = CALIBRATION) -> tuple[Occupancy, list[int]]:
+    """``matmul_occupancy`` and the cycle (from the unit's start) at which each tile is
+    announced, in ``matmul_tiles``' order (``rtl.matmul_unit.TileFiller.tiles``)."""
     f = _fields(instr)
     W, R = hw.line_bytes, hw.array_rows
     out_bytes = instr.spec.field("out_addr").elem_bytes         # int32 results
@@ -507,28 +580,28 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     mx = f.w_format == WeightFormat.MXINT4
     e_row = -(-f.k // MX_BLOCK)                # bytes of block exponents per weight row
     latency = R if gemv else R + hw.array_cols - 1
-    l2_rate = hw.l2_lines_per_cycle
+    banks = int(hw.l2_lines_per_cycle)
+    P = W * banks                          # addresses repeat their banks and alignment
     push = [0, 0]                          # per buffer set: when its tile was announced
     release = [-1, -1]                     # per buffer set: when the feeder released it
     half_free = [0, 0]                     # per accumulator half: when it was read out
     filler = 1                             # the filler's next free cycle
     stream = load = NEVER                  # the feeder's last stream and load decisions
     stream_rows = 0                        # rows of the last streamed block
-    wb_free = 0                            # the writeback's next free cycle
-    wb_end = lines = 0
+    wb_free = 0                            # the row writer's next free step
+    handed = -1                            # the last row handed to the row writer
+    wb_taken = deque(maxlen=COPIER_FIFO_DEPTH)   # when the writer took its last rows
+    lines = 0
+    announced = []
     paced_cycles = paced_lines = 0
     s = group = 0
 
     for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
         x_base = f.x_addr + m0 * f.x_stride + kt
-        x_steps = _rows_steps(x_base, f.x_stride, mt, kl, W)
-        x_reads = _rows_lines(x_base, f.x_stride, mt, kl, W)
-        x_last = (x_base + (mt - 1) * f.x_stride, kl)          # each reader's last row
+        x_segs = [(x_base % P, f.x_stride % P, mt, kl)]
         if kn:
             w_base = f.w_addr + kt * f.w_stride + n0
-            w_steps = _rows_steps(w_base, f.w_stride, kl, nc, W)
-            w_reads = _rows_lines(w_base, f.w_stride, kl, nc, W)
-            w_last = (w_base + (kl - 1) * f.w_stride, nc)
+            w_segs = [(w_base % P, f.w_stride % P, kl, nc)]
         else:
             x_w = max(0, (nc - mt) // 2)
             # MXINT4: kl elements are (kl + 1) // 2 packed bytes from byte kt // 2 (kt is a
@@ -536,45 +609,30 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
             # also reads each row's block exponents
             w_base = f.w_addr + n0 * f.w_stride + (kt // 2 if mx else kt)
             w_bytes = (kl + 1) // 2 if mx else kl
-            w_steps = _rows_steps(w_base, f.w_stride, nc - x_w, w_bytes, W)
-            w_reads = _rows_lines(w_base, f.w_stride, nc - x_w, w_bytes, W)
-            w_last = (w_base + (nc - x_w - 1) * f.w_stride, w_bytes)
+            w_segs = [(w_base % P, f.w_stride % P, nc - x_w, w_bytes)]
             if x_w:
-                x_w_base = w_base + (nc - x_w) * f.w_stride
-                x_steps += _rows_steps(x_w_base, f.w_stride, x_w, w_bytes, W)
-                x_reads += _rows_lines(x_w_base, f.w_stride, x_w, w_bytes, W)
-                x_last = (x_w_base + (x_w - 1) * f.w_stride, w_bytes)
+                x_segs.append(((w_base + (nc - x_w) * f.w_stride) % P, f.w_stride % P, x_w,
+                               w_bytes))
             if mx:
                 e_base, e_bytes = f.e_addr + n0 * e_row + kt // MX_BLOCK, -(-kl // MX_BLOCK)
-                w_steps += _rows_steps(e_base, e_row, nc, e_bytes, W)
-                w_reads += _rows_lines(e_base, e_row, nc, e_bytes, W)
-                w_last = (e_base + (nc - 1) * e_row, e_bytes)
+                w_segs.append((e_base % P, e_row % P, nc, e_bytes))
+        x_segs, w_segs = tuple(x_segs), tuple(w_segs)
+        x_steps, x_reads = _segments_steps(x_segs, W)
+        w_steps, w_reads = _segments_steps(w_segs, W)
         lines += x_reads + w_reads
         begin = max(filler, release[s] + 1)
-        # The two readers in parallel, a step a cycle each, unless the L2 moves fewer
-        # lines than they read: then the reads go one after another and the tile is in
-        # once the last has been read and its reader's steps after it taken. (Read off
-        # single GEMVs on edge-4x4, whose L2 moves one line a cycle, with k from 32 to
-        # 256: exact on each; on random models, benchmarks.perf_calibration --fit 5, the
-        # GEMV class is within 0.8% on all five of its configurations.)
-        tail = max(_read_tail(*x_last, W), _read_tail(*w_last, W))
-        fill = max(x_steps, w_steps, math.ceil((x_reads + w_reads) / l2_rate) + tail - 1)
-        # On an L2 of one line-wide bank the x reader (the higher-priority port, x rows
-        # first) takes every cycle until its lines are read, so the weight reader's steps
-        # begin only after them. (Read off GEMVs with KN weights on edge-4x4, whose rows
-        # of ``nc`` bytes need a priming step each when ``n0`` is not on a line, so that
-        # the steps, not the lines, set the fill: the model was ``x_reads - 1`` cycles a
-        # tile short, 5-6% of such a GEMV, found on the worst instruction of a decode step
-        # of the out-of-sample set; no constant is fitted.)
-        if l2_rate == 1:
-            fill = max(fill, x_reads + w_steps - 1)
-        # the reader that sets the fill, if it idles a cycle between lines
-        pacing = [r for st, r in ((x_steps, x_reads), (w_steps, w_reads))
-                  if st == fill and r < st <= 2 * r]          # half a line to a line a step
-        if pacing:
-            paced_cycles += fill
-            paced_lines += max(pacing)
-        push[s] = begin + cal.mm_fill_latency + fill
+        # The two readers cycle by cycle, the weight reader waiting where both ask one
+        # bank. (Before, each reader a step a cycle and the L2's lines a cycle at most:
+        # on edge-4x4, one line-wide bank, KN GEMVs and GEMMs were up to 9% short; on
+        # edge-16x16 GEMVs with short rows 4% long, a cycle a tile. Found on the worst
+        # instructions of two steps of the out-of-sample set.)
+        push[s] = begin + _fill_end(x_segs, w_segs, W, banks)
+        announced.append(push[s])
+        # the reader with the most steps, if it idles a cycle between lines
+        steps, reads = max((x_steps, x_reads), (w_steps, w_reads))
+        if reads < steps <= 2 * reads:              # half a line to a line a step
+            paced_cycles += steps
+            paced_lines += reads
         filler = push[s] + 1
         avail = push[s] + 1
         if kt == 0:                        # a group's first block waits for its half
@@ -590,18 +648,36 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
         release[s] = last_row if gemv or last_row > load + R else load + R + 1
         s ^= 1
         if kt + kl == f.k:                 # the group's results are in: write it back
-            start = max(last_row + latency + cal.mm_result_latency, wb_free)
-            first = start + (cal.mm_old_output_latency if f.accumulate else 0)
-            steps = _writer_steps(f.out_addr + m0 * f.out_stride + out_bytes * n0,
-                                  f.out_stride, mt, out_bytes * nc, W)
-            wb_free = first + steps
-            lines += steps * (2 if f.accumulate else 1)
-            half_free[group % 2] = wb_free - 1
-            wb_end = wb_free
+            # The writeback takes the group once the one before has been handed to the
+            # row writer, reads a row of the accumulator a cycle (with its old output,
+            # from the old-output reader, when accumulating) into the writer's landing
+            # buffer while it has room, and frees the half with the last; the writer
+            # takes each row WB_DATA_LATENCY later at the earliest, a step a destination
+            # line plus a priming step when the row does not start on a line.
+            first = max(last_row + latency + cal.mm_result_latency, handed + 1)
+            old = first = first + (cal.mm_old_output_latency if f.accumulate else 0)
+            row_bytes = out_bytes * nc
+            for r in range(mt):
+                addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
+                prime = 1 if addr % W else 0
+                steps = _lines(addr, row_bytes, W) + prime
+                enter = first + r
+                if f.accumulate:           # the old row's last step (after a priming one)
+                    enter = max(enter, old + prime)
+                    lines += steps
+                if len(wb_taken) == COPIER_FIFO_DEPTH:
+                    enter = max(enter, wb_taken[0] + 1)
+                old = enter + 1
+                take = max(enter + WB_DATA_LATENCY, wb_free)
+                wb_taken.append(take)
+                wb_free = take + steps
+                lines += steps
+            handed = enter
+            half_free[group % 2] = enter
             group += 1
-    cycles = math.ceil(wb_end) + cal.mm_write_latency + cal.engine_overhead
-    return Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
-                     paced_cycles=paced_cycles, paced_lines=paced_lines)
+    cycles = math.ceil(wb_free) + cal.mm_write_latency + cal.engine_overhead
+    return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
+                      paced_cycles=paced_cycles, paced_lines=paced_lines), announced)
 
 
 # -- vector unit ---------------------------------------------------------------------------

@@ -13,6 +13,11 @@ FETCH_AHEAD = 16   # instruction fetch reads in flight (rtl/controller.py)
 QUEUE_DEPTH = 8    # instructions queued per engine (rtl/controller.py)
 DEFERRED = 4       # a DMA engine's instructions in flight after their last row command
 CMD_DEPTH = 64     # row commands queued in a copier: covers the DRAM latency for short rows
+# A copier's landing buffer of source lines (rtl/copier.py). An L2 read is issued only with
+# room for its data, and one line per cycle needs three lines between the grant and the
+# buffered FIFO's output: with 4 entries (3 usable) L2 row readers ran at two lines per
+# three cycles.
+COPIER_FIFO_DEPTH = 5
 
 # The matmul unit's tiles (rtl/matmul_unit.py, HardwareConfig.matmul_tile): a GEMV tile is
 # ``array_rows`` x rows by ``TILE_LINES`` lines of the reduction; a GEMM tile has

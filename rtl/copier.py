@@ -31,15 +31,11 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from arch.uarch import CMD_DEPTH
+from arch.uarch import CMD_DEPTH, COPIER_FIFO_DEPTH
 from rtl.common import RtlParams, check_params
 from rtl.dram import MemPort
 
 ADDR_BITS = 32
-# Landing buffer of source lines. An L2 read is issued only with room for its data, and
-# one line per cycle needs three lines between the grant and the buffered FIFO's output:
-# with 4 entries (3 usable) L2 row readers ran at two lines per three cycles.
-FIFO_DEPTH = 5
 
 
 def copy_layout() -> data.StructLayout:
@@ -81,7 +77,7 @@ class RowCopier(wiring.Component):
         p = self.params
         W, ws = p.line_bytes, p.line_shift
         m = Module()
-        m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=p.line_bits, depth=FIFO_DEPTH)
+        m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=p.line_bits, depth=COPIER_FIFO_DEPTH)
         # The read side and the write side each keep their own queue of commands, so the
         # reads of the next row start while the previous row is still being written.
         cmd_bits = copy_layout().size
@@ -118,7 +114,7 @@ class RowCopier(wiring.Component):
             if self.src_l2:
                 # The L2 does not hold read data: only ask when the buffer will have room.
                 inflight = Signal()
-                space = (buf.level + inflight) < (FIFO_DEPTH - 1)
+                space = (buf.level + inflight) < (COPIER_FIFO_DEPTH - 1)
             else:
                 space = 1      # the DRAM holds read data until it is taken
             m.d.comb += [src_req.p.addr.eq(x_issue), src_req.p.write.eq(0),

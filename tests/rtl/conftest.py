@@ -34,6 +34,8 @@ class UnitBench(wiring.Component):
 
 
 class L2Sim:
+    bench = UnitBench
+
     @staticmethod
     def lines(buf: np.ndarray, line_bytes: int) -> list[int]:
         """The little-endian lines of a byte array."""
