@@ -807,11 +807,14 @@ _cache: dict = {}
 def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
               cal: Calibration = CALIBRATION) -> Occupancy:
     """Memoised on what the timing depends on: the fields, with addresses taken modulo the
-    line (an instruction's lines depend only on its alignment), except for table walks
-    whose rows come from DRAM."""
+    line (an instruction's lines depend only on its alignment), or for a ``MATMUL``
+    modulo the L2's line-wide banks times the line (its tile filler's two readers collide
+    by bank, ``_fill_end``), except for table walks whose rows come from DRAM."""
     if read_i32 is not None and instr.mnemonic in _TABLE_WALKS:
         return _occupancy(instr, hw, read_i32, cal)
     W = hw.line_bytes
+    if instr.mnemonic == "MATMUL":
+        W *= int(hw.l2_lines_per_cycle)
     key = (instr.mnemonic, hw, cal, tuple(
         value % W if f.address else value for f, value in zip(instr.spec.fields,
                                                                instr.operands, strict=True)))

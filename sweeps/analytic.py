@@ -47,7 +47,7 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
-from functools import cache, lru_cache, partial
+from functools import cache, lru_cache
 from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
@@ -208,51 +208,37 @@ def _matmul_instr(hw: HardwareConfig, fields: dict):
     return make("MATMUL", mode=matmul_mode(hw, **fields), **fields)
 
 
-@lru_cache(maxsize=1024)
-def _matmul_tiles(hw: HardwareConfig, tile_bytes: int, m: int, k_total: int, n_total: int,
-                  weights: str = "int8"):
-    """The tiles of one ``m x k_total x n_total`` matmul as ``backend.Generator.matmul``
-    streams them (``backend.matmul_tiles``; MXINT4 weights as two loads, the packed
-    elements and the block exponents, ``mx_exps_rows``), with its DRAM bytes read, MACs
-    and L2 lines. The same for every position, so cached; each tile shape is costed
-    once."""
+@lru_cache(maxsize=16384)
+def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int, k0: int,
+                 k: int, weights: str, x_addr: int, w_addr: int, out_addr: int,
+                 e_addr: int = 0) -> tuple:
+    """One weight tile of a matmul as ``backend.Generator.matmul`` streams it (its load,
+    or for MXINT4 weights the packed elements' and the block exponents' loads,
+    ``mx_exps_rows``, then its ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``.
+    The L2 addresses are taken modulo the line times the L2's line-wide banks, where the
+    MATMUL's timing repeats (``arch.occupancy.occupancy``), so each is costed once."""
     mx = weights == "mxint4"
     cpl = hw.dram_cycles_per_line
-    tiles, totals, costed = [], [0, 0, 0], {}
-
-    def tile(shape, rows, row_bytes, instr):
-        if shape not in costed:
-            occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
-                                 row_bytes=row_bytes, dram_stride=row_bytes,
-                                 l2_stride=row_bytes), hw)
-            compute, macs, mm_lines, paced = 0, 0, 0, (0, 0)
-            if instr is not None:
-                mm = occupancy(instr(), hw)
-                compute, macs, mm_lines = mm.cycles + ENGINE_START_CYCLES, mm.macs, mm.l2_lines
-                paced = (mm.paced_cycles, mm.paced_lines)
-            # the load's and the matmul's fetch lines go with the tile
-            costed[shape] = (tuple(_tile(occ.copies, compute, rows * row_bytes,
-                                         cpl * (1 + (instr is not None)), mm_lines,
-                                         occ.l2_lines, paced)),
-                             occ.dram_read_bytes, macs, occ.l2_lines + mm_lines)
-        t, read, macs, lines = costed[shape]
-        tiles.append(t)
-        totals[0] += read
-        totals[1] += macs
-        totals[2] += lines
-
-    for _, n, k0, k in matmul_tiles(n_total, k_total, tile_bytes, hw.array_cols, mx):
-        w_bytes = (k + 1) // 2 if mx else k
-        fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=0, w_addr=0, out_addr=0,
-                      w_format=int(mx), e_addr=0, m=m, k=k, n=n, x_stride=k_total,
-                      w_stride=w_bytes, out_stride=4 * n_total)
-        instr = partial(_matmul_instr, hw, fields)
-        if mx:
-            tile(("w", n, k), n, w_bytes, None)
-            tile((n, k, k0 > 0), *mx_exps_rows(n, k, k_total), instr)
-        else:
-            tile((n, k, k0 > 0), n, k, instr)
-    return tuple(tiles), totals[0], totals[1], totals[2]
+    w_bytes = (k + 1) // 2 if mx else k
+    fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=x_addr, w_addr=w_addr,
+                  out_addr=out_addr, w_format=int(mx), e_addr=e_addr, m=m, k=k, n=n,
+                  x_stride=k_total, w_stride=w_bytes, out_stride=4 * n_total)
+    mm = occupancy(_matmul_instr(hw, fields), hw)
+    loads = ([(n, w_bytes), mx_exps_rows(n, k, k_total)] if mx else [(n, k)])
+    tiles, read, lines = [], 0, mm.l2_lines
+    for i, (rows, row_bytes) in enumerate(loads):
+        occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
+                             row_bytes=row_bytes, dram_stride=row_bytes, l2_stride=row_bytes),
+                        hw)
+        last = i == len(loads) - 1        # the MATMUL goes with the last load's tile
+        compute = mm.cycles + ENGINE_START_CYCLES if last else 0
+        # the load's and the matmul's fetch lines go with the tile
+        tiles.append(tuple(_tile(occ.copies, compute, rows * row_bytes, cpl * (1 + last),
+                                 mm.l2_lines if last else 0, occ.l2_lines,
+                                 (mm.paced_cycles, mm.paced_lines) if last else (0, 0))))
+        read += occ.dram_read_bytes
+        lines += occ.l2_lines
+    return tuple(tiles), read, mm.macs, lines
 
 
 class _NoDram:
@@ -283,8 +269,9 @@ def _shares_a_page(c0: int, n: int, start: int, col_offset: int, col_bytes: int,
 class _Timing(Generator):
     """The back end's own lowerings (``backend.Generator``) with every instruction
     costed into tiles instead of encoded: the fast path times exactly what the compiler
-    emits, except that a matmul's weight tiles come from ``_matmul_tiles`` (the same
-    ``backend.matmul_tiles``, costed once per shape)."""
+    emits, except that a matmul's weight tiles come from ``_matmul_tile`` (the same
+    ``backend.matmul_tiles`` and staging slots, each tile costed once per shape and
+    alignment)."""
 
     def __init__(self, cfg: ModelConfig, hw: HardwareConfig, graph: Graph,
                  core: HardwareConfig, program: tuple[int, int, int] | None,
@@ -384,27 +371,38 @@ class _Timing(Generator):
 
     def matmul(self, x_addr: int, x_stride: int, m: int, w, out_addr: int, out_stride: int,
                columns=None, w_exps=None) -> None:
+        """``backend.Generator.matmul``'s tiles, their staging slots taken from the ring as
+        it takes them, each tile costed by ``_matmul_tile``."""
         n_total = w.shape[0] if columns is None else columns[1]
-        tiles, read, macs, lines = _matmul_tiles(self.core, self.tile_bytes, m, w.shape[1],
-                                                 n_total,
-                                                 "int8" if w_exps is None else "mxint4")
+        k_total = w.shape[1]
+        mx = w_exps is not None
+        weights = "mxint4" if mx else "int8"
+        P = self.core.line_bytes * int(self.core.l2_lines_per_cycle)
         s = self.s
-        first = list(tiles[0])
-        first[5] += s.pending
-        s.pending = 0.0
-        s.tiles.append(first)
-        s.tiles.extend(tiles[1:])
-        s.read += read
-        s.macs += macs
-        s.l2 += lines
-        self.n_instrs += 2 * len(tiles)
+        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
+                                         mx):
+            slot = self.ring.alloc(n * ((k + 1) // 2 if mx else k))
+            e_addr = self.ring.alloc(mx_exps_rows(n, k, k_total)[0] *
+                                     mx_exps_rows(n, k, k_total)[1]).addr if mx else 0
+            tiles, read, macs, lines = _matmul_tile(
+                self.core, m, k_total, n_total, n, k0, k, weights, (x_addr + k0) % P,
+                slot.addr % P, (out_addr + 4 * n0) % P, e_addr % P)
+            first = list(tiles[0])
+            first[5] += s.pending
+            s.pending = 0.0
+            s.tiles.append(first)
+            s.tiles.extend(list(t) for t in tiles[1:])
+            s.read += read
+            s.macs += macs
+            s.l2 += lines
+            self.n_instrs += 1 + len(tiles)
 
 
 # -- the compiler's plan of a step -----------------------------------------------------------
 
 def clear_caches() -> None:
     """Forget every lowered graph, plan and tile (for timing the fast path cold)."""
-    for f in (_struct, _lowered, _prefill_chunking, _plan, _prefill_l2, _matmul_tiles,
+    for f in (_struct, _lowered, _prefill_chunking, _plan, _prefill_l2, _matmul_tile,
               _check_dram):
         f.cache_clear()
 
