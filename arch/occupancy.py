@@ -547,17 +547,21 @@ def gemm_blocks(load: int, stream: int, stream_rows: int, avail: int, push: int,
 def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
     """The matmul unit (``rtl/matmul_unit.py``) cycle by cycle at the granularity of its
-    tiles and blocks. The filler fills a tile with the x and weight row readers in
-    parallel (the x reader also taking ``(nc - mt) // 2`` NK weight rows) into the buffer
-    set the feeder released; the feeder walks each tile's ``ceil(kl / R)`` blocks: GEMV
+    tiles and blocks. The filler fills a tile with the x and weight row readers, stepped
+    cycle by cycle over the L2's banks (``_fill_end``; the x reader also taking
+    ``(nc - mt) // 2`` NK weight rows), into the buffer set the feeder released; the
+    feeder walks each tile's ``ceil(kl / R)`` blocks: GEMV
     streams a block's ``mt`` rows back to back; GEMM loads a block's ``R`` weight rows
     into the array's idle weight set (beginning once the previous block has begun to
     stream, ``R`` cycles apart) and streams its rows once its load has begun, so a block
     takes ``max(mt, R)``. A group's results reach the accumulator ``R`` (GEMV) or
-    ``R + C - 1`` (GEMM) cycles after its last row; its rows are then written back, one
-    per writer step (reading the old output first to accumulate), while the next group
+    ``R + C - 1`` (GEMM) cycles after its last row; its rows are then handed, one a
+    cycle (with their old output when it accumulates), to the row writer's landing
+    buffer, which writes each a step a destination line, while the next group
     accumulates in the other half, whose own first block waits for the group before
-    last to have been written back.
+    last to have been handed over. The writeback's ports come after the filler's: where
+    they share a bank the writeback waits, which is not modelled (on a one-bank L2 an
+    accumulating KN GEMM ends a few cycles late, tests/rtl/test_matmul_unit.py).
 
     MXINT4 weights (``w_format``) are timed as the unit runs them (packed in the tile
     buffers, unpacked by the feeder, shifted at the accumulator): the weight reader moves
