@@ -93,6 +93,9 @@ FILL_DATA_LATENCY = 3
 #: The matmul unit's writeback: a row handed to the row writer -> the writer's first step
 #: on it (through the copier's buffered FIFO), from the same trace.
 WB_DATA_LATENCY = 2
+#: A group's last row handed over -> the next group's first row handed over, at the
+#: earliest (the writeback takes the group, then reads the accumulator a cycle ahead).
+WB_NEXT_GROUP = 3
 
 
 NEVER = float("-inf")
@@ -560,8 +563,10 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     buffer, which writes each a step a destination line, while the next group
     accumulates in the other half, whose own first block waits for the group before
     last to have been handed over. The writeback's ports come after the filler's: where
-    they share a bank the writeback waits, which is not modelled (on a one-bank L2 an
-    accumulating KN GEMM ends a few cycles late, tests/rtl/test_matmul_unit.py).
+    they ask a bank the filler is reading, the writeback waits, which is not modelled
+    (an accumulating KN GEMM on edge-4x4 ends 5 cycles late, tests/rtl/test_matmul_unit.py;
+    with misaligned output rows on edge-8x8, unit runs of small MATMULs were 5-21% short;
+    compiled programs write whole lines mostly).
 
     MXINT4 weights (``w_format``) are timed as the unit runs them (packed in the tile
     buffers, unpacked by the feeder, shifted at the accumulator): the weight reader moves
@@ -658,7 +663,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
             # buffer while it has room, and frees the half with the last; the writer
             # takes each row WB_DATA_LATENCY later at the earliest, a step a destination
             # line plus a priming step when the row does not start on a line.
-            first = max(last_row + latency + cal.mm_result_latency, handed + 1)
+            first = max(last_row + latency + cal.mm_result_latency, handed + WB_NEXT_GROUP)
             old = first = first + (cal.mm_old_output_latency if f.accumulate else 0)
             row_bytes = out_bytes * nc
             for r in range(mt):
@@ -672,8 +677,10 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
                 if len(wb_taken) == COPIER_FIFO_DEPTH:
                     enter = max(enter, wb_taken[0] + 1)
                 old = enter + 1
-                take = max(enter + WB_DATA_LATENCY, wb_free)
-                wb_taken.append(take)
+                # a priming step reads no line: with the row's command queued ahead (all
+                # rows but a group's first) it runs before the data is in
+                take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
+                wb_taken.append(take + prime)
                 wb_free = take + steps
                 lines += steps
             handed = enter

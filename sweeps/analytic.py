@@ -209,9 +209,9 @@ def _matmul_instr(hw: HardwareConfig, fields: dict):
 
 
 @lru_cache(maxsize=16384)
-def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int, k0: int,
-                 k: int, weights: str, x_addr: int, w_addr: int, out_addr: int,
-                 e_addr: int = 0) -> tuple:
+def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
+                 accumulate: bool, k: int, weights: str, x_addr: int, w_addr: int,
+                 out_addr: int, e_addr: int = 0) -> tuple:
     """One weight tile of a matmul as ``backend.Generator.matmul`` streams it (its load,
     or for MXINT4 weights the packed elements' and the block exponents' loads,
     ``mx_exps_rows``, then its ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``.
@@ -220,7 +220,7 @@ def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
     mx = weights == "mxint4"
     cpl = hw.dram_cycles_per_line
     w_bytes = (k + 1) // 2 if mx else k
-    fields = dict(accumulate=int(k0 > 0), w_layout=0, x_addr=x_addr, w_addr=w_addr,
+    fields = dict(accumulate=int(accumulate), w_layout=0, x_addr=x_addr, w_addr=w_addr,
                   out_addr=out_addr, w_format=int(mx), e_addr=e_addr, m=m, k=k, n=n,
                   x_stride=k_total, w_stride=w_bytes, out_stride=4 * n_total)
     mm = occupancy(_matmul_instr(hw, fields), hw)
@@ -271,7 +271,9 @@ class _Timing(Generator):
     costed into tiles instead of encoded: the fast path times exactly what the compiler
     emits, except that a matmul's weight tiles come from ``_matmul_tile`` (the same
     ``backend.matmul_tiles`` and staging slots, each tile costed once per shape and
-    alignment)."""
+    alignment). One layer is timed and repeated: its staging slots are where the
+    compiled program's first layer has them, not necessarily its later layers' (a
+    MATMUL's fill depends on its operands' L2 banks, docs/perf.md)."""
 
     def __init__(self, cfg: ModelConfig, hw: HardwareConfig, graph: Graph,
                  core: HardwareConfig, program: tuple[int, int, int] | None,
@@ -382,10 +384,12 @@ class _Timing(Generator):
         for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
                                          mx):
             slot = self.ring.alloc(n * ((k + 1) // 2 if mx else k))
-            e_addr = self.ring.alloc(mx_exps_rows(n, k, k_total)[0] *
-                                     mx_exps_rows(n, k, k_total)[1]).addr if mx else 0
+            e_addr = 0
+            if mx:
+                e_rows, e_bytes = mx_exps_rows(n, k, k_total)
+                e_addr = self.ring.alloc(e_rows * e_bytes).addr
             tiles, read, macs, lines = _matmul_tile(
-                self.core, m, k_total, n_total, n, k0, k, weights, (x_addr + k0) % P,
+                self.core, m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P,
                 slot.addr % P, (out_addr + 4 * n0) % P, e_addr % P)
             first = list(tiles[0])
             first[5] += s.pending
