@@ -7,8 +7,10 @@ keeps its engine busy when it runs alone (from the cycle its tokens allow it to 
 the cycle it ends, the RTL's ``*_busy`` counter for it), the DRAM lines it reads and
 writes, and its multiply-accumulates. Each function below follows one unit of ``rtl/``
 step by step at the granularity where the RTL has a pipeline bubble: a DMA row, a matmul
-tile, a vector segment. The few constants of ``CALIBRATION`` are the latencies between
-those steps; they were read off single-instruction runs of the Verilator model
+tile, a vector segment; the matmul unit's tile filler, whose two row readers share the
+L2's banks, cycle by cycle (``_fill_end``). The few constants of ``CALIBRATION`` are the
+latencies between those steps; they were read off single-instruction runs of the Verilator
+model
 (``python -m benchmarks.perf_calibration`` compares every instruction of a decode step
 run alone on the RTL with this module, by class) and are shared by every
 hardware configuration: everything that scales with the hardware (``W``, ``R``, ``C``,
@@ -21,7 +23,8 @@ chunks' header bytes through it, and cannot be timed without it.
 
 Tested by tests/sweeps/test_perf_model.py (the occupancy model against the RTL's units and
 the GEMM block recurrence), tests/arch/test_occupancy.py (the chunked prefetch on
-hand-made headers) and tests/rtl/test_accelerator.py (chunked prefetches against the RTL).
+hand-made headers), tests/rtl/test_accelerator.py (chunked prefetches against the RTL) and
+tests/rtl/test_matmul_unit.py (every tile's announcement against the matmul unit).
 """
 
 from __future__ import annotations
