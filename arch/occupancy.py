@@ -10,10 +10,9 @@ step by step at the granularity where the RTL has a pipeline bubble: a DMA row, 
 tile, a vector segment; the matmul unit's tile filler, whose two row readers share the
 L2's banks, cycle by cycle (``_fill_end``). The few constants of ``CALIBRATION`` are the
 latencies between those steps; they were read off single-instruction runs of the Verilator
-model
-(``python -m benchmarks.perf_calibration`` compares every instruction of a decode step
-run alone on the RTL with this module, by class) and are shared by every
-hardware configuration: everything that scales with the hardware (``W``, ``R``, ``C``,
+model (``python -m benchmarks.perf_calibration`` compares every instruction of a decode
+step run alone on the RTL with this module, by class) and are shared by every hardware
+configuration: everything that scales with the hardware (``W``, ``R``, ``C``,
 lanes, DRAM bandwidth and latency) enters through the formulas.
 
 ``read_i32`` resolves data-dependent addresses (gather indices, block tables) exactly as
