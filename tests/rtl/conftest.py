@@ -34,8 +34,6 @@ class UnitBench(wiring.Component):
 
 
 class L2Sim:
-    bench = UnitBench
-
     @staticmethod
     def lines(buf: np.ndarray, line_bytes: int) -> list[int]:
         """The little-endian lines of a byte array."""
@@ -77,13 +75,13 @@ class L2Sim:
 
 
     @staticmethod
-    def run_instructions(params, unit, n_ports, cases, limit=50_000, cycles=None):
+    def run_instructions(params, unit, n_ports, cases, limit=50_000, watch=None):
         """``[(RTL L2 after instr, ISA simulator L2 after instr)]`` for each ``(mem,
         instr)`` of ``cases``, run one after another on one simulation of ``unit`` (the
         L2 reloaded with each ``mem``): building Amaranth's simulator of a unit costs
         more than running it (7.5 s for the vector unit, 1.5 s for the matmul unit).
-        Given a list ``cycles``, each instruction's cycles from ``start`` to ``done`` are
-        appended to it."""
+        ``watch(ctx, case, cycle)``, if given, is called on every cycle from ``start``
+        (cycle 1) until ``done``."""
         expected = []
         for mem, instr in cases:
             sim = IsaSimulator(params.hw, bytes(64))
@@ -94,7 +92,7 @@ class L2Sim:
         rtl = []
 
         async def testbench(ctx):
-            for mem, instr in cases:
+            for case, (mem, instr) in enumerate(cases):
                 L2Sim.load(ctx, bench.l2, mem)
                 ctx.set(bench.unit.word, int.from_bytes(encode(instr), "little"))
                 ctx.set(bench.unit.start, 1)
@@ -103,10 +101,10 @@ class L2Sim:
                 n = 1
                 while not ctx.get(bench.unit.done):
                     assert n < limit, f"{instr}: no done within {limit} cycles"
+                    if watch is not None:
+                        watch(ctx, case, n)
                     await ctx.tick()
                     n += 1
-                if cycles is not None:
-                    cycles.append(n)
                 await ctx.tick()
                 rtl.append(L2Sim.dump(ctx, bench.l2, mem.size))
 

@@ -121,37 +121,26 @@ def test_tiles_are_announced_when_the_filler_model_says(l2sim, hw, cases):
     need a priming step each and so set the fill (the model was 4-9% short on such
     MATMULs); on edge-16x16 (four banks) the two readers collide only where they ask one
     bank at once (the model was a cycle a tile long where they did not). Every tile of
-    every case is announced in the cycle the model gives. (What the model still leaves
-    out is after the fill: on a one-bank L2 the writeback's two ports come after the
-    filler's, and a group's writeback waits while the next tile fills; the last case on
-    edge-4x4 ends 5 cycles after the model's 252.)"""
+    every case is announced in the cycle the model gives, and the unit ends with the ISA
+    simulator's L2. (What the model still leaves out is after the fill: the writeback's
+    two ports come after the filler's, so on a one-bank L2 a group's writeback waits
+    while the next tile fills; the accumulating KN GEMM on edge-4x4 ends 5 cycles after
+    the model's 252.)"""
     from arch.occupancy import matmul_timeline
-    from compiler.asm import encode
 
     params = PARAMS[hw] if hw in PARAMS else RtlParams(
         load_hardware(hw).replace(l2_bytes=L2_BYTES), dram_bytes=4096)
     rng = np.random.default_rng(5)
     inputs = [(rng.integers(0, 256, L2_BYTES, dtype=np.uint8), matmul(*case)) for case in cases]
-    bench = l2sim.bench(params, MatmulUnit(params=params), MatmulUnit.N_PORTS)
-    seen = []
+    seen = [[] for _ in cases]
+    unit = MatmulUnit(params=params)
+    tile = unit.filler.tiles
 
-    async def testbench(ctx):
-        for mem, instr in inputs:
-            l2sim.load(ctx, bench.l2, mem)
-            ctx.set(bench.unit.word, int.from_bytes(encode(instr), "little"))
-            ctx.set(bench.unit.start, 1)
-            await ctx.tick()
-            ctx.set(bench.unit.start, 0)
-            tiles, n = [], 1
-            tile = bench.unit.filler.tiles
-            while not ctx.get(bench.unit.done):
-                if ctx.get(tile.valid) and ctx.get(tile.ready):
-                    tiles.append(n)
-                await ctx.tick()
-                n += 1
-            await ctx.tick()
-            seen.append(tiles)
+    def watch(ctx, case, cycle):
+        if ctx.get(tile.valid) and ctx.get(tile.ready):
+            seen[case].append(cycle)
 
-    l2sim.run(bench, testbench)
-    for (_, instr), tiles in zip(inputs, seen, strict=True):
+    results = l2sim.run_instructions(params, unit, MatmulUnit.N_PORTS, inputs, watch=watch)
+    for (mem, instr), (rtl, expected), tiles in zip(inputs, results, seen, strict=True):
+        assert np.array_equal(rtl, expected) and not np.array_equal(expected, mem)
         assert tiles == matmul_timeline(instr, params.hw)[1], instr.fields()
