@@ -75,7 +75,6 @@ class Calibration:
     dma_drain: int = 2            # last write -> END, alone
     dma_end: int = 1              # last write -> END, with earlier rows in the copier
     mm_result_latency: int = 6    # a group's last row streamed -> its writeback begins
-    mm_write_latency: int = 0     # the row writer's last step -> done
     mm_old_output_latency: int = 5  # a writeback that accumulates: its first old row read
     vec_fixed: int = 11           # start-up and drain of a vector instruction
     vec_segment_min: int = 3      # the shortest segment
@@ -374,66 +373,6 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
 
 
 # -- matmul --------------------------------------------------------------------------------
-@lru_cache(maxsize=4096)
-def _misaligned(base: int, stride: int, W: int) -> tuple[int, ...]:
-    """Prefix counts of rows ``base + i * stride`` (i < period) not starting on a line;
-    the pattern repeats every ``W / gcd(stride, W)`` rows."""
-    period = W // math.gcd(stride, W)
-    counts = [0]
-    for i in range(period):
-        counts.append(counts[-1] + (1 if (base + i * stride) % W else 0))
-    return tuple(counts)
-
-
-def _rows_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
-    """Steps of a row reader (L2 -> stream from byte 0) over ``rows`` rows of ``n`` bytes
-    at ``base + i * stride``: each row's beats, plus a priming step for each row that
-    does not start on a line."""
-    counts = _misaligned(base % W, stride % W, W)
-    period = len(counts) - 1
-    whole, part = divmod(rows, period)
-    return rows * -(-n // W) + whole * counts[-1] + counts[part]
-
-
-@lru_cache(maxsize=4096)
-def _writer_period(base: int, stride: int, n: int, W: int) -> tuple[int, ...]:
-    """Prefix sums of a row writer's steps over the rows ``base + i * stride`` (``i`` less
-    than the period ``W / gcd(stride, W)`` after which the alignments repeat)."""
-    counts = [0]
-    for i in range(W // math.gcd(stride, W)):
-        addr = base + i * stride
-        counts.append(counts[-1] + _lines(addr, n, W) + (1 if addr % W else 0))
-    return tuple(counts)
-
-
-@lru_cache(maxsize=4096)
-def _lines_period(base: int, stride: int, n: int, W: int) -> tuple[int, ...]:
-    """Prefix sums of the lines that rows ``base + i * stride`` of ``n`` bytes cover (``i``
-    less than the period ``W / gcd(stride, W)``)."""
-    counts = [0]
-    for i in range(W // math.gcd(stride, W)):
-        counts.append(counts[-1] + _lines(base + i * stride, n, W))
-    return tuple(counts)
-
-
-def _rows_lines(base: int, stride: int, rows: int, n: int, W: int) -> int:
-    """L2 lines a row reader reads over ``rows`` rows of ``n`` bytes at ``base + i *
-    stride``: exactly the lines each row covers (``rtl.copier``'s read side; its priming
-    steps, and the last step of a row that ends early in a line, read nothing)."""
-    counts = _lines_period(base % W, stride % W, n, W)
-    whole, part = divmod(rows, len(counts) - 1)
-    return whole * counts[-1] + counts[part]
-
-
-def _writer_steps(base: int, stride: int, rows: int, n: int, W: int) -> int:
-    """Steps of a row writer (stream -> L2, from byte 0) over ``rows`` rows of ``n``
-    bytes at ``base + i * stride``: each row's destination lines, plus a priming step for
-    each row that does not start on a line (as ``dma_occupancy``'s write side)."""
-    counts = _writer_period(base % W, stride % W, n, W)
-    whole, part = divmod(rows, len(counts) - 1)
-    return whole * counts[-1] + counts[part]
-
-
 @lru_cache(maxsize=8192)
 def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
     """One tile reader's row commands (``segments``: ``(base, stride, rows, bytes)`` each,
@@ -452,16 +391,6 @@ def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[tuple[int, ...], 
             total = took if a % W == 0 else -(-n // W) + 1
             steps += [True] * took + [False] * (total - took)
     return tuple(lines), tuple(steps)
-
-
-def _segments_steps(segments: tuple, W: int) -> tuple[int, int]:
-    """``(write-side steps, lines read)`` of a tile reader's row segments (as
-    ``_reader_plan``)."""
-    steps = reads = 0
-    for base, stride, rows, n in segments:
-        steps += _rows_steps(base, stride, rows, n, W)
-        reads += _rows_lines(base, stride, rows, n, W)
-    return steps, reads
 
 
 @lru_cache(maxsize=8192)
@@ -628,9 +557,9 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
                 e_base, e_bytes = f.e_addr + n0 * e_row + kt // MX_BLOCK, -(-kl // MX_BLOCK)
                 w_segs.append((e_base % P, e_row % P, nc, e_bytes))
         x_segs, w_segs = tuple(x_segs), tuple(w_segs)
-        x_steps, x_reads = _segments_steps(x_segs, W)
-        w_steps, w_reads = _segments_steps(w_segs, W)
-        lines += x_reads + w_reads
+        x_lines, x_steps = _reader_plan(x_segs, W, banks)
+        w_lines, w_steps = _reader_plan(w_segs, W, banks)
+        lines += len(x_lines) + len(w_lines)
         begin = max(filler, release[s] + 1)
         # The two readers cycle by cycle, the weight reader waiting where both ask one
         # bank. (Before, each reader a step a cycle and the L2's lines a cycle at most:
@@ -640,7 +569,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
         push[s] = begin + _fill_end(x_segs, w_segs, W, banks)
         announced.append(push[s])
         # the reader with the most steps, if it idles a cycle between lines
-        steps, reads = max((x_steps, x_reads), (w_steps, w_reads))
+        steps, reads = max((len(x_steps), len(x_lines)), (len(w_steps), len(w_lines)))
         if reads < steps <= 2 * reads:              # half a line to a line a step
             paced_cycles += steps
             paced_lines += reads
@@ -688,7 +617,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
             handed = enter
             half_free[group % 2] = enter
             group += 1
-    cycles = math.ceil(wb_free) + cal.mm_write_latency + cal.engine_overhead
+    cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
                       paced_cycles=paced_cycles, paced_lines=paced_lines), announced)
 
