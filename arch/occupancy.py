@@ -70,7 +70,8 @@ class Calibration:
     dma_setup: int = 1            # SETUP before the first row command
     int_read: int = 5             # an int32 read on the aux port, beyond the DRAM latency
     cmd_to_read: int = 3          # row command -> its first DRAM/L2 read
-    read_to_write: int = 4        # read data -> the write side (beyond the DRAM latency)
+    read_to_write: int = 1        # a line's DRAM read accepted -> the write side, beyond
+                                  # the DRAM latency and the step that writes it
     l2_read_latency: int = 3      # L2 row reader: request -> beat
     dma_drain: int = 2            # last write -> END, alone
     dma_end: int = 1              # last write -> END, with earlier rows in the copier
@@ -80,7 +81,8 @@ class Calibration:
     vec_segment_min: int = 3      # the shortest segment
     engine_overhead: int = 2      # the engine shell's START and END around the unit's run
     chunk_start: int = 1          # a CHUNKED KV_PREFETCH: beyond its blocks (fitted)
-    chunk_block: int = 3          # a CHUNKED KV_PREFETCH: a block, beyond its parts (fitted)
+    chunk_block: int = 9          # a CHUNKED KV_PREFETCH: a block, beyond its parts (fitted
+                                  # as 3 when read_to_write was 4: two reads a block)
 
 
 CALIBRATION = Calibration()
@@ -148,10 +150,10 @@ class Copies:
 
 
 def load_data_delay(hw: HardwareConfig, cal: Calibration = CALIBRATION) -> int:
-    """Cycles from a load's begin to its first DRAM data at the copier's write side (row
-    command, read, latency): before then the copier takes no L2 line, so the contention
-    models count the L2 lines others take from then on."""
-    return cal.cmd_to_read + hw.dram_latency_cycles + cal.read_to_write
+    """Cycles from a load's begin to the copier's first L2 write (setup, row command,
+    read, latency): before then the copier takes no L2 line, so the contention models
+    count the L2 lines others take from then on."""
+    return cal.dma_setup + cal.cmd_to_read + hw.dram_latency_cycles + cal.read_to_write + 1
 
 
 class CopierQueue:
@@ -325,6 +327,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     # Times are max-plus triples (see ``Copies``): (alone, + read side free, + write side free).
     t = (cal.dma_setup, NEVER, NEVER)
     read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)
+    accepted = (NEVER, NEVER, NEVER)      # a load: the cycle after its last line's DRAM read
     taken = []                      # when the write side took each row command
     first_cmds = []                 # when the first CMD_DEPTH commands were queued, alone
     src_total = dst_total = moved = l2_total = 0
@@ -348,14 +351,26 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         start = _mp_max(_mp_add(cmd, cal.cmd_to_read), read_end)
         l2_total += dst_lines if load else src_lines
         if load:
+            # The DRAM (``rtl.dram``) holds a line and a cycle of bandwidth in credit, so a
+            # stream of reads runs a cycle ahead of its lines' bandwidth slots (from
+            # ``start``, ``line_cycles`` each): line k of a stream from full credit is
+            # accepted at ceil(k * line_cycles - 1), at most one a cycle. A line's data is
+            # written ``after_read`` later. (Read off Amaranth's simulator: loads alone
+            # were 3 to 8 cycles long at 51 bytes a cycle when reads were charged their
+            # whole slot.)
+            first = _mp_max(_mp_max(_mp_add(cmd, cal.cmd_to_read), _mp_add(read_end, -1)),
+                            accepted)
             read_end = _mp_add(start, src_lines * line_cycles)
+            accepted = _mp_max(_mp_add(first, src_lines), _mp_add(read_end, -line_cycles))
             src_total += src_lines
+            write_end = _mp_max(_mp_add(_mp_max(_mp_add(first, after_read), write_end), steps),
+                                _mp_add(accepted, after_read))
         else:
             read_end = _mp_add(start, src_lines)
             steps = max(steps, dst_lines * line_cycles)
             dst_total += dst_lines
-        write_end = _mp_max(_mp_add(_mp_max(_mp_add(start, after_read), write_end), steps),
-                            _mp_add(read_end, after_read))
+            write_end = _mp_max(_mp_add(_mp_max(_mp_add(start, after_read), write_end), steps),
+                                _mp_add(read_end, after_read))
         moved += row.n
     cycles = math.ceil(max(t[0], write_end[0])) + cal.dma_drain
     jumps = tuple(k for k in range(len(first_cmds) - 1)

@@ -700,10 +700,10 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
                 continue
             start = engine_free + 1             # popped once free, ready the cycle after
             d = dep[timed]
-            if d >= 0:
+            if d >= 0:                          # a token's wait: the cycle after its end
                 ready = (store_ends[d][tiles[timed][9] - 1]
                          if tiles[timed][9] and d == timed + tiles[timed][4]
-                         else compute_ends[d])
+                         else compute_ends[d]) + 1
                 start = ready if ready > start else start
             g = crank[place[timed]] - QUEUE_DEPTH       # a queue of compute instructions,
             if g >= 0 and compute_begin[comp_tile[g]] > start:    # not of tiles
@@ -747,11 +747,11 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
             load_busy += end - (begin if begin > covered else covered)
             covered = end
         # a compute's cycles include ENGINE_START_CYCLES from the end of the one before;
-        # after waiting for a load it begins when the load ends
+        # after waiting for a load, the cycle after the load ends
         start = compute_end
         j = needs[i]
-        if j >= 0 and load_end[j] - ENGINE_START_CYCLES > start:
-            start = load_end[j] - ENGINE_START_CYCLES
+        if j >= 0 and load_end[j] + 1 - ENGINE_START_CYCLES > start:
+            start = load_end[j] + 1 - ENGINE_START_CYCLES
         # dispatched once the load engine's queue has taken the loads above it
         gate = rank[r] - QUEUE_DEPTH
         if gate >= 0 and load_tile[gate] > i and load_begin[load_tile[gate]] > start:
@@ -769,7 +769,7 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
             store_ends[i] = s_ends = []
             for copies, cycles in tiles[i][10]:
                 # as a load: begun when its engine is free and the compute has ended
-                begin = compute_end if compute_end > store_free_at + 1 else store_free_at + 1
+                begin = compute_end + 1 if compute_end > store_free_at else store_free_at + 1
                 store_begins.append(begin)
                 if copies is None:
                     e = begin + cycles

@@ -247,6 +247,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             paced.append((lo, hi, occ.paced_lines / occ.paced_cycles,
                           min(1.0, occ.paced_cycles / max(1, hi - lo))))
         if occ.copies is not None and occ.dram_lines:
+            if i in reads:                 # a load's DRAM reads: its copier's read side
+                lo, hi = reads[i]
             dram[e].append((lo, hi, occ.dram_lines / max(1, hi - lo)))
     l2_usage = {e: _Usage(v) for e, v in l2.items()}
     streams = _Streams(paced)
@@ -271,6 +273,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                                                           occ.l2_lines / max(1, free_running))))
         if occ.dram_lines:
             own = occ.dram_lines
+            if i in reads:                 # a load's DRAM reads: its copier's read side
+                lo, hi = reads[i]
+                free_running = hi - lo - delay[i][1]
             taken = sum(min(u.lines(hi) - u.lines(lo), own)
                         for u in (dram_usage[other[e]], fetch_usage))
             dram_wait = max(0.0, (own + taken) * line_cycles - free_running)
@@ -430,7 +435,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         covered[e] = max(covered[e], end[i])
         for b in ENGINES:
             if instr.signal >> int(b) & 1:
-                signals[(e, b)].append(end[i] - 1)
+                signals[(e, b)].append(end[i])
         last_end = max(last_end, end[i])
         totals["read"] += occ.dram_read_bytes
         totals["write"] += occ.dram_write_bytes
