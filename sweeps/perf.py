@@ -226,7 +226,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     ``line_bytes / dram_bytes_per_cycle`` cycles. Round-robin lets each other client take
     at most one line per line of this instruction's, so its interval lasts at least
     ``(n + sum over the other clients of min(their lines in it, n)) * line cycles`` for
-    its ``n`` DRAM lines."""
+    its ``n`` DRAM lines; a load's interval there is its copier's read side (``reads``),
+    its DRAM lines a latency before its L2 writes."""
     loads = sorted((reads[j][0], reads[j][1], write_start[j], timing.end[j],
                     occs[j].dram_lines) for j in reads)
     per_cycle = hw.l2_lines_per_cycle
@@ -435,7 +436,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         covered[e] = max(covered[e], end[i])
         for b in ENGINES:
             if instr.signal >> int(b) & 1:
-                signals[(e, b)].append(end[i])
+                signals[(e, b)].append(end[i])     # a wait on it ends the cycle after
         last_end = max(last_end, end[i])
         totals["read"] += occ.dram_read_bytes
         totals["write"] += occ.dram_write_bytes
