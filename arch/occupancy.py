@@ -246,6 +246,10 @@ class Occupancy:
     # pace (``sweeps.perf._trapped``).
     paced_cycles: int = 0
     paced_lines: int = 0
+    # Bursts its L2 streams begin after an idle cycle besides a paced reader's (the matmul
+    # unit's tile readers at each tile, its writeback at each group): each takes a bank
+    # the copier may be about to write (``sweeps.perf._trapped``).
+    resumes: int = 0
 
 
 def _fields(instr: Instruction) -> SimpleNamespace:
@@ -548,7 +552,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
     wb_taken = deque(maxlen=COPIER_FIFO_DEPTH)   # when the writer took its last rows
     lines = 0
     announced = []
-    paced_cycles = paced_lines = 0
+    paced_cycles = paced_lines = resumes = 0
     s = group = 0
 
     for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
@@ -575,6 +579,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
         x_lines, x_steps = _reader_plan(x_segs, W, banks)
         w_lines, w_steps = _reader_plan(w_segs, W, banks)
         lines += len(x_lines) + len(w_lines)
+        resumes += (1 if x_lines else 0) + (1 if w_lines else 0)
         begin = max(filler, release[s] + 1)
         # The two readers cycle by cycle, the weight reader waiting where both ask one
         # bank. (Before, each reader a step a cycle and the L2's lines a cycle at most:
@@ -632,9 +637,11 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
             handed = enter
             half_free[group % 2] = enter
             group += 1
+            resumes += 1
     cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
-                      paced_cycles=paced_cycles, paced_lines=paced_lines), announced)
+                      paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes),
+            announced)
 
 
 # -- vector unit ---------------------------------------------------------------------------

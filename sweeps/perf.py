@@ -156,13 +156,25 @@ class _Usage:
 
 
 class _Streams:
-    """The compute engine's paced L2 streams (``Occupancy.paced_cycles``), one instruction
-    after another: ``(begin, end, lines per cycle of the paced reader, fraction of the
-    instruction's cycles it paces)``."""
+    """The compute engine's paced L2 streams and bursts (``Occupancy.paced_cycles``,
+    ``resumes``), one instruction after another: ``(begin, end, the lines a cycle they take
+    from a trailing copier)`` (``_stolen``)."""
 
-    def __init__(self, intervals: list[tuple[float, float, float, float]]):
+    def __init__(self, intervals: list[tuple[float, float, float]]):
         self.intervals = intervals
-        self.starts = [b for b, _, _, _ in intervals]
+        self.starts = [b for b, _, _ in intervals]
+
+
+def _stolen_lines(paced_cycles: int, paced_lines: int, resumes: int, cycles: float,
+                  banks: float) -> float:
+    """The L2 lines a cycle that a compute instruction's streams take from a DMA copier
+    that trails them (``_trapped``), over its ``cycles``: a paced reader's every resume
+    (``Occupancy.paced_cycles``, ``paced_lines``), and one in ``banks`` of its other
+    bursts' starts (``Occupancy.resumes``: the copier's next bank is then any)."""
+    span = max(1.0, cycles)
+    stolen = (min(1.0, paced_cycles / span) * (1 - paced_lines / paced_cycles)
+              if paced_cycles else 0.0)
+    return min(1.0, stolen + resumes / (banks * span))
 
 
 def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
@@ -186,10 +198,10 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
     t, left = lo, alone
     intervals = streams.intervals
     for k in range(max(0, bisect.bisect_right(streams.starts, lo) - 1), len(intervals)):
-        b, e, r, fraction = intervals[k]
+        b, e, stolen = intervals[k]
         if b - t >= left:                          # done before the stream begins
             break
-        speed = (1 - fraction * (1 - r)) / rate    # the copier's work per cycle
+        speed = (1 - stolen) / rate                # the copier's work per cycle
         if e <= t or speed >= 1:
             continue
         if b > t:                                  # free running up to the stream
@@ -244,9 +256,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         hi = timing.end[i]
         if occ.l2_lines:
             l2[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
-        if occ.paced_cycles:
-            paced.append((lo, hi, occ.paced_lines / occ.paced_cycles,
-                          min(1.0, occ.paced_cycles / max(1, hi - lo))))
+        if occ.paced_cycles or occ.resumes:
+            paced.append((lo, hi, _stolen_lines(occ.paced_cycles, occ.paced_lines,
+                                                occ.resumes, hi - lo, per_cycle)))
         if occ.copies is not None and occ.dram_lines:
             if i in reads:                 # a load's DRAM reads: its copier's read side
                 lo, hi = reads[i]
