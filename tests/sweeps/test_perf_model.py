@@ -400,25 +400,33 @@ def test_context_switch_pipelines_recompute_with_reload(tiny_model):
 
 
 def test_a_copier_is_held_to_the_pace_of_a_slower_paced_stream():
-    """``_trapped`` walks a copier's work through the paced compute streams: alone it
-    would move a line a cycle for 100 cycles from cycle 0. Behind a stream paced at half
-    a line a cycle over all of it, it moves at half pace until the stream ends; a stream
-    as fast as the copier, or one that paces only part of its instruction, holds it less;
-    a stream after the copier is done holds it not at all."""
-    from sweeps.perf import _Streams, _trapped
+    """``_trapped`` walks a copier's work through the compute streams, each taking
+    ``stolen`` L2 lines a cycle from it: alone it would move a line a cycle for 100 cycles
+    from cycle 0. Behind a stream that takes half the lines over all of it, it moves at
+    half pace until the stream ends; a stream that takes fewer holds it less, and none a
+    copier that needs no more than is left (one the DRAM paces); a stream after the
+    copier is done holds it not at all. ``_stolen_lines``: a paced reader takes a line at
+    each of its idle steps' resumes, and each other burst one time in ``banks``."""
+    from sweeps.perf import _stolen_lines, _Streams, _trapped
 
     def lost(*intervals, alone=100.0, rate=1.0):
         return _trapped(_Streams(list(intervals)), 0.0, alone, rate)
 
     assert lost() == 0
-    assert lost((0, 1000, 0.5, 1.0)) == pytest.approx(100)       # 200 cycles for 100
-    assert lost((0, 50, 0.5, 1.0)) == pytest.approx(25)          # 25 lines in 50, 75 after
-    assert lost((0, 1000, 1.0, 1.0)) == 0                        # not slower than it
-    assert lost((0, 1000, 0.5, 1.0), rate=0.5) == 0              # a copier at its pace
-    assert lost((0, 1000, 0.5, 0.5)) == pytest.approx(100 / 0.75 - 100)
-    assert lost((20, 60, 0.5, 1.0)) == pytest.approx(20)         # a free start, then held
-    assert lost((100, 200, 0.5, 1.0)) == 0                       # done before it begins
-    assert lost((0, 1000, 0.5, 1.0), alone=-5.0) == 0
+    assert lost((0, 1000, 0.5)) == pytest.approx(100)            # 200 cycles for 100
+    assert lost((0, 50, 0.5)) == pytest.approx(25)               # 25 lines in 50, 75 after
+    assert lost((0, 1000, 0.0)) == 0                             # it takes nothing
+    assert lost((0, 1000, 0.5), rate=0.5) == 0                   # a copier at its pace
+    assert lost((0, 1000, 0.16), rate=0.8) == 0                  # the DRAM's pace, 0.84 left
+    assert lost((0, 1000, 0.25)) == pytest.approx(100 / 0.75 - 100)
+    assert lost((20, 60, 0.5)) == pytest.approx(20)              # a free start, then held
+    assert lost((100, 200, 0.5)) == 0                            # done before it begins
+    assert lost((0, 1000, 0.5), alone=-5.0) == 0
+    # the 1.3B-wide layer's MXINT4 GEMV: 468 lines in 612 of its 924 cycles
+    assert _stolen_lines(612, 468, 0, 924, 4) == pytest.approx(612 / 924 * (1 - 468 / 612))
+    # tiny's GEMV on edge-8x8: 48 bursts in 483 cycles on 4 banks
+    assert _stolen_lines(0, 0, 48, 483, 4) == pytest.approx(48 / (4 * 483))
+    assert _stolen_lines(100, 50, 10 ** 6, 100, 1) == 1.0
 
 
 def test_a_read_behind_a_held_loads_lines_waits_for_them():
