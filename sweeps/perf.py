@@ -158,7 +158,7 @@ class _Usage:
 class _Streams:
     """The compute engine's paced L2 streams and bursts (``Occupancy.paced_cycles``,
     ``resumes``), one instruction after another: ``(begin, end, the lines a cycle they take
-    from a trailing copier)`` (``_stolen``)."""
+    from a trailing copier)`` (``_stolen_lines``)."""
 
     def __init__(self, intervals: list[tuple[float, float, float]]):
         self.intervals = intervals
@@ -186,17 +186,18 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
     loses that cycle; and where a burst begins after a pause (a tile's fill, a writeback
     group), the copier's next bank is the burst's first one time in ``banks``. Each
     interval so leaves the copier ``1 - stolen`` lines a cycle (``_stolen_lines``); a
-    copier that needs fewer loses nothing (one held to the DRAM's pace catches up from the DRAM's
-    queue when the reader runs a line a cycle). The copier's work is walked through the
-    streams' intervals (so its own delay lengthens its overlap with them). (Measured on a
-    tiny decode step on edge-8x8 with Amaranth's simulator, ``benchmarks.l2_conflicts``:
-    most of the load engine's refused L2 cycles are this, behind attention's ``P · V``,
-    whose KN weight rows of ``C`` bytes its reader primes one by one, and as many with
-    four times the banks. Beside the MXINT4 GEMVs of a Sheared-LLaMA-1.3B-wide decode
-    step on edge-16x16, whose weight loads the DRAM paces at 0.80 lines a cycle, 1,513
-    refusals cost the loads 15 cycles in 17,500: the GEMVs' weight readers leave 0.84.
-    On the suite's edge-8x8 at 64 KiB, a 512-line weight load written a line a cycle beside
-    a GEMV was refused 14 times, against 48 bursts on 4 banks.)"""
+    copier that needs fewer loses nothing (one held to the DRAM's pace catches up from
+    the DRAM's queue when the reader runs a line a cycle). The copier's work is walked
+    through the streams' intervals (so its own delay lengthens its overlap with them).
+    (Measured on a tiny decode step on edge-8x8 with Amaranth's simulator,
+    ``benchmarks.l2_conflicts``: most of the load engine's refused L2 cycles are this,
+    behind attention's ``P · V``, whose KN weight rows of ``C`` bytes its reader primes
+    one by one, and as many with four times the banks. Beside the MXINT4 GEMVs of a
+    Sheared-LLaMA-1.3B-wide decode step on edge-16x16, whose weight loads the DRAM paces
+    at 0.80 lines a cycle, 1,513 refusals cost the loads 15 cycles in 17,500: the GEMVs'
+    weight readers leave 0.84. On the suite's edge-8x8 at 64 KiB, a 512-line weight load
+    written a line a cycle beside a GEMV was refused 14 times, against 48 bursts on 4
+    banks.)"""
     alone = max(0.0, alone)
     t, left = lo, alone
     intervals = streams.intervals
