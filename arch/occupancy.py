@@ -624,7 +624,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
                 enter = first + r
                 if f.accumulate:           # the old row's last step (after a priming one)
                     enter = max(enter, old + prime)
-                    lines += steps
+                    lines += steps - prime     # a priming step takes no L2 line
                 if len(wb_taken) == COPIER_FIFO_DEPTH:
                     enter = max(enter, wb_taken[0] + 1)
                 old = enter + 1
@@ -633,7 +633,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
                 take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
                 wb_taken.append(take + prime)
                 wb_free = take + steps
-                lines += steps
+                lines += steps - prime
             handed = enter
             half_free[group % 2] = enter
             group += 1

@@ -62,7 +62,12 @@ from arch.uarch import (
     dram_queue_lines,
 )
 
-CONTENTION_PASSES = 6   # passes of the engines until the L2 waits settle
+# Passes of the engines until the L2 waits settle (``_settled``). Each pass reads a
+# load's wait off the last pass's timeline, where the compute engine runs the loads'
+# delay behind: on edge-4x4, whose one-line L2 a decode step fills every cycle, the
+# program's cycles swing by up to 5% between passes and settle after 10 to 14 (a tiny
+# decode step: 62,606 after 6 passes, 63,034 after 16, 63,236 on the RTL).
+CONTENTION_PASSES = 16
 
 
 class PerfError(ValueError):
