@@ -250,6 +250,11 @@ class Occupancy:
     # unit's tile readers at each tile, its writeback at each group): each takes a bank
     # the copier may be about to write (``sweeps.perf._trapped``).
     resumes: int = 0
+    # Cycles in which its streams keep one L2 bank busy every cycle: a writeback group
+    # whose rows all fall in one bank (a result stride a multiple of the banks' lines).
+    # A copier below it in priority that reaches that bank waits there until the group
+    # is written (``sweeps.perf._stolen_lines``).
+    camped_cycles: int = 0
 
 
 def _fields(instr: Instruction) -> SimpleNamespace:
@@ -553,6 +558,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
     lines = 0
     announced = []
     paced_cycles = paced_lines = resumes = 0
+    fills, camped_groups = [], []          # the tile readers' and camped groups' intervals
     s = group = 0
 
     for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
@@ -588,6 +594,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
         # instructions of two steps of the out-of-sample set.)
         push[s] = begin + _fill_end(x_segs, w_segs, W, banks)
         announced.append(push[s])
+        fills.append((begin, push[s], len(x_lines) + len(w_lines)))
         # the reader with the most steps, if it idles a cycle between lines
         steps, reads = max((len(x_steps), len(x_lines)), (len(w_steps), len(w_lines)))
         if reads < steps <= 2 * reads:              # half a line to a line a step
@@ -617,10 +624,13 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
             first = max(last_row + latency + cal.mm_result_latency, handed + WB_NEXT_GROUP)
             old = first = first + (cal.mm_old_output_latency if f.accumulate else 0)
             row_bytes = out_bytes * nc
+            group_banks = set()
             for r in range(mt):
                 addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
                 prime = 1 if addr % W else 0
                 steps = _lines(addr, row_bytes, W) + prime
+                group_banks.update(line % banks for line in
+                                   range(addr // W, (addr + row_bytes - 1) // W + 1))
                 enter = first + r
                 if f.accumulate:           # the old row's last step (after a priming one)
                     enter = max(enter, old + prime)
@@ -631,16 +641,32 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
                 # a priming step reads no line: with the row's command queued ahead (all
                 # rows but a group's first) it runs before the data is in
                 take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
+                if r == 0:
+                    group_take = take
                 wb_taken.append(take + prime)
                 wb_free = take + steps
                 lines += steps - prime
+            if banks > 1 and mt > 1 and len(group_banks) == 1:
+                camped_groups.append((group_take, wb_free, mt))
             handed = enter
             half_free[group % 2] = enter
             group += 1
             resumes += 1
+    # A camped group's bank is busy while the writer writes it, and while the tile
+    # readers, filling a later tile meanwhile, walk through it (a line of theirs in
+    # ``banks`` in it): the writer gets that bank the other cycles. A copier walking the
+    # banks a line a cycle comes to it (banks - 1) / 2 cycles in, on average.
+    camped = 0.0
+    for t0, t1, rows in camped_groups:
+        span = max(1.0, t1 - t0)
+        read = sum(n * max(0.0, min(t1, b1) - max(t0, b0)) / max(1.0, b1 - b0)
+                   for b0, b1, n in fills if b0 < t1 and b1 > t0)
+        free = 1 - min(1.0, read / span) / banks
+        camped += max(0.0, max(span, rows / free) - (banks - 1) / 2)
     cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
-                      paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes),
+                      paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
+                      camped_cycles=math.ceil(camped)),
             announced)
 
 

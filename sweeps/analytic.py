@@ -121,7 +121,8 @@ class StepEstimate:
 
 
 def _tile(load=0, compute: int = 0, staged: int = 0, extra: float = 0.0,
-          compute_l2: int = 0, load_l2: int = 0, paced: tuple[int, int, int] = (0, 0, 0)
+          compute_l2: int = 0, load_l2: int = 0,
+          paced: tuple[int, int, int, int] = (0, 0, 0, 0)
           ) -> list:
     """A tile in ``_Tiles``' layout."""
     return [load, compute, staged, 0, 0, extra, 0.0, compute_l2, load_l2, 0, 0, *paced]
@@ -143,8 +144,9 @@ class _Tiles:
     engine's instructions that begin when this tile's compute has ended and the store
     engine has taken the ones before, ``(copies, cycles)`` each (the program ends when
     the store engine has finished too: a batched decode step ends with two stores per
-    sequence); and the compute's paced cycles and lines and its bursts' starts
-    (``Occupancy.paced_cycles``, ``resumes``)."""
+    sequence); and the compute's paced cycles and lines, its bursts' starts and the
+    cycles it keeps one bank busy (``Occupancy.paced_cycles``, ``resumes``,
+    ``camped_cycles``)."""
 
     def __init__(self, hw: HardwareConfig):
         self.hw = hw
@@ -176,10 +178,10 @@ class _Tiles:
         self.pending += self.hw.dram_cycles_per_line
         cycles = occ.cycles + ENGINE_START_CYCLES
         last = self.tiles[-1] if self.tiles else None
-        paced = (occ.paced_cycles, occ.paced_lines, occ.resumes)
+        paced = (occ.paced_cycles, occ.paced_lines, occ.resumes, occ.camped_cycles)
         if type(last) is list and last[0] and not last[1]:
             last[1], last[7] = cycles, occ.l2_lines
-            last[11], last[12], last[13] = paced
+            last[11], last[12], last[13], last[14] = paced
         else:
             self.tiles.append(_tile(compute=cycles, compute_l2=occ.l2_lines, paced=paced))
         return len(self.tiles) - 1
@@ -237,8 +239,8 @@ def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
         # the load's and the matmul's fetch lines go with the tile
         tiles.append(tuple(_tile(occ.copies, compute, rows * row_bytes, cpl * (1 + last),
                                  mm.l2_lines if last else 0, occ.l2_lines,
-                                 (mm.paced_cycles, mm.paced_lines, mm.resumes) if last
-                                 else (0, 0, 0))))
+                                 (mm.paced_cycles, mm.paced_lines, mm.resumes,
+                                  mm.camped_cycles) if last else (0, 0, 0, 0))))
         read += occ.dram_read_bytes
         lines += occ.l2_lines
     return tuple(tiles), read, mm.macs, lines
@@ -819,7 +821,8 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     busiest = max((t[7] / t[1] for t in tiles if t[1] and t[7]), default=0.0)
     # nor a stream a load's copier could be held behind (``sweeps.perf._trapped``)
     rate = min(1.0, dram_lines_per_cycle)
-    trap = any(1 - _stolen_lines(t[11], t[12], t[13], t[1], l2_lines_per_cycle or 1) < rate
+    trap = any(1 - _stolen_lines(t[11], t[12], t[13], t[1], l2_lines_per_cycle or 1, t[14])
+               < rate
                for t in tiles if t[11] or t[13])
     if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
                                   and not trap):
@@ -842,7 +845,7 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
             trapped = _Streams([(compute_begin[i], compute_ends[i],
                                  _stolen_lines(t[11], t[12], t[13],
                                                compute_ends[i] - compute_begin[i],
-                                               l2_lines_per_cycle))
+                                               l2_lines_per_cycle, t[14]))
                                 for i, t in enumerate(tiles) if t[11] or t[13]])
             again_held = list(held)
             for j in loading:

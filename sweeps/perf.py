@@ -171,15 +171,21 @@ class _Streams:
 
 
 def _stolen_lines(paced_cycles: int, paced_lines: int, resumes: int, cycles: float,
-                  banks: float) -> float:
+                  banks: float, camped_cycles: int = 0) -> float:
     """The L2 lines a cycle that a compute instruction's streams take from a DMA copier
     that trails them (``_trapped``), over its ``cycles``: a paced reader's every resume
-    (``Occupancy.paced_cycles``, ``paced_lines``), and one in ``banks`` of its other
-    bursts' starts (``Occupancy.resumes``: the copier's next bank is then any)."""
+    (``Occupancy.paced_cycles``, ``paced_lines``), one in ``banks`` of its other bursts'
+    starts (``Occupancy.resumes``: the copier's next bank is then any), and every cycle
+    it keeps one bank busy (``Occupancy.camped_cycles``: the copier, walking the banks,
+    comes to it and waits there). (The last measured on the suite's int8 prefill on
+    edge-8x8 at 64 KiB, every L2 port and address traced in Amaranth's simulator: a
+    224-line weight load the DRAM paces at a line a cycle was refused 16 cycles running
+    at each writeback group of the FFN GEMV beside it, whose rows, 48 lines apart, all
+    fall in one of the four banks; about 30 cycles a load that the model did not charge.)"""
     span = max(1.0, cycles)
     stolen = (min(1.0, paced_cycles / span) * (1 - paced_lines / paced_cycles)
               if paced_cycles else 0.0)
-    return min(1.0, stolen + resumes / (banks * span))
+    return min(1.0, stolen + resumes / (banks * span) + camped_cycles / span)
 
 
 def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
@@ -267,7 +273,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             l2[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
         if occ.paced_cycles or occ.resumes:
             paced.append((lo, hi, _stolen_lines(occ.paced_cycles, occ.paced_lines,
-                                                occ.resumes, hi - lo, per_cycle)))
+                                                occ.resumes, hi - lo, per_cycle,
+                                                occ.camped_cycles)))
         if occ.copies is not None and occ.dram_lines:
             if i in reads:                 # a load's DRAM reads: its copier's read side
                 lo, hi = reads[i]
