@@ -255,6 +255,10 @@ class Occupancy:
     # A copier below it in priority that reaches that bank waits there until the group
     # is written (``sweeps.perf._stolen_lines``).
     camped_cycles: int = 0
+    # Where its L2 lines fall in its run: the share of them moved by each ninth of its
+    # cycles, cumulative, from 0 to 1 (None: evenly). The matmul unit's tile readers move
+    # theirs as each tile fills, its writer at each group's end (``sweeps.perf._Usage``).
+    l2_profile: tuple | None = None
 
 
 def _fields(instr: Instruction) -> SimpleNamespace:
@@ -559,6 +563,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
     announced = []
     paced_cycles = paced_lines = resumes = 0
     fills, camped_groups = [], []          # the tile readers' and camped groups' intervals
+    moves = []                             # (from, to, L2 lines) of every stream's burst
     s = group = 0
 
     for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
@@ -595,6 +600,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
         push[s] = begin + _fill_end(x_segs, w_segs, W, banks)
         announced.append(push[s])
         fills.append((begin, push[s], len(x_lines) + len(w_lines)))
+        moves.append(fills[-1])
         # the reader with the most steps, if it idles a cycle between lines
         steps, reads = max((len(x_steps), len(x_lines)), (len(w_steps), len(w_lines)))
         if reads < steps <= 2 * reads:              # half a line to a line a step
@@ -646,6 +652,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
                 wb_taken.append(take + prime)
                 wb_free = take + steps
                 lines += steps - prime
+                moves.append((take, take + steps, (steps - prime) * (2 if f.accumulate else 1)))
             if banks > 1 and mt > 1 and len(group_banks) == 1:
                 camped_groups.append((group_take, wb_free, mt))
             handed = enter
@@ -666,8 +673,26 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
     cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
                       paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
-                      camped_cycles=math.ceil(camped)),
+                      camped_cycles=math.ceil(camped), l2_profile=_profile(moves, cycles)),
             announced)
+
+
+PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
+
+
+def _profile(moves: list[tuple[float, float, int]], cycles: int) -> tuple | None:
+    """``Occupancy.l2_profile`` of streams that move ``(from, to, lines)`` each, evenly
+    over their interval, in an instruction of ``cycles``."""
+    total = sum(n for _, _, n in moves)
+    if not total or cycles <= 0:
+        return None
+    points = []
+    for k in range(1, PROFILE_STEPS + 1):
+        t = cycles * k / PROFILE_STEPS
+        done = sum(n * min(1.0, max(0.0, t - b0) / max(1.0, b1 - b0)) for b0, b1, n in moves)
+        points.append(min(1.0, done / total))
+    points[-1] = 1.0
+    return tuple(points)
 
 
 # -- vector unit ---------------------------------------------------------------------------
