@@ -66,7 +66,7 @@ from arch.uarch import (
 # load's wait off the last pass's timeline, where the compute engine runs the loads'
 # delay behind: on edge-4x4, whose one-line L2 a decode step fills every cycle, the
 # program's cycles swing by up to 5% between passes and settle after 10 to 14 (a tiny
-# decode step: 62,606 after 6 passes, 63,034 after 16, 63,236 on the RTL).
+# decode step: 62,638 after 6 passes, 63,047 after 16, 63,236 on the RTL).
 CONTENTION_PASSES = 16
 
 
