@@ -28,6 +28,7 @@ tests/rtl/test_matmul_unit.py (every tile's announcement against the matmul unit
 
 from __future__ import annotations
 
+import bisect
 import math
 from bisect import bisect_left
 from collections import deque
@@ -664,10 +665,14 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
     # ``banks`` in it): the writer gets that bank the other cycles. A copier walking the
     # banks a line a cycle comes to it (banks - 1) / 2 cycles in, on average.
     camped = 0.0
+    fill_ends = [b1 for _, b1, _ in fills]          # in order, as their begins
     for t0, t1, rows in camped_groups:
         span = max(1.0, t1 - t0)
-        read = sum(n * max(0.0, min(t1, b1) - max(t0, b0)) / max(1.0, b1 - b0)
-                   for b0, b1, n in fills if b0 < t1 and b1 > t0)
+        read = 0.0
+        for b0, b1, n in fills[bisect.bisect_right(fill_ends, t0):]:
+            if b0 >= t1:
+                break
+            read += n * max(0.0, min(t1, b1) - max(t0, b0)) / max(1.0, b1 - b0)
         free = 1 - min(1.0, read / span) / banks
         camped += max(0.0, max(span, rows / free) - (banks - 1) / 2)
     cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
