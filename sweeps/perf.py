@@ -325,12 +325,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         queued = 0
         if e == Engine.STORE and occ.dram_read_bytes:      # it reads block-table entries
             queued = _queued(loads, timing.begin[i], hw,
-                             [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)])
+                             [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)], fetch)
         out[i] = (l2_wait, dram_wait, queued)
     return out
 
 
-def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others) -> int:
+def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
+            fetch: list[int]) -> int:
     """Cycles beyond the DRAM's latency that a read issued at ``t`` by another client
     than the load engine's copier waits for its data. The DRAM returns read data in
     request order through one queue of ``dram_queue_lines`` (``rtl/dram.py``), and the
@@ -338,10 +339,13 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others) -> int:
     slower than the DRAM delivers them, the queue fills with them, and the read's data
     comes out after them. ``loads``: ``(read begin, read end, write begin, write end,
     DRAM lines)`` of each load, each side moving its lines evenly over its interval, give
-    the lines queued at ``t``; the copier then takes them as fast as the L2 lines the
-    higher-priority ports leave (``others``, their ``_Usage``) let it, at most a line a
-    cycle. (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking
-    153 and 206 cycles to its data against 80 of latency.)"""
+    the lines queued at ``t``, at most the queue's room less the read itself and the
+    instruction fetch reads (``fetch``, their request cycles) still in it; the copier then
+    takes them as fast as the L2 lines the higher-priority ports leave (``others``, their
+    ``_Usage``) let it, at most a line a cycle, while the fetch reads leave beside them.
+    (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking 153 and
+    206 cycles to its data against 80 of latency; in a trace of tiny's first decode step
+    the queue held 121 load lines and 5 fetch reads ahead of it.)"""
     backlog = 0.0
     for rs, re, ws, we, n in loads:
         if rs > t:
@@ -351,20 +355,32 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others) -> int:
         fetched = n * min(1.0, (t - rs) / max(1.0, re - rs))
         taken = n * min(1.0, max(0.0, t - ws) / max(1.0, we - ws))
         backlog += max(0.0, fetched - taken)
-    backlog = min(backlog, dram_queue_lines(hw.dram_latency_cycles))
-    if backlog < 1:
+    room = dram_queue_lines(hw.dram_latency_cycles) - 1
+    if min(backlog, room) < 1:
         return 0
+
     def left(cycles: float) -> float:    # the L2 lines the copier can take in ``cycles``
         used = sum(u.lines(t + cycles) - u.lines(t) for u in others)
         return min(cycles, hw.l2_lines_per_cycle * cycles - used)
 
-    lo, hi = backlog, 2 * backlog        # cycles to take the queued lines: bisected
-    while left(hi) < backlog and hi < 1e7:
-        lo, hi = hi, 2 * hi
-    while hi - lo > 0.01:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if left(mid) < backlog else (lo, mid)
-    return max(0, round(hi - hw.dram_latency_cycles))
+    def drain(lines: float) -> float:    # cycles to take ``lines`` queued lines: bisected
+        lo, hi = lines, 2 * lines
+        while left(hi) < lines and hi < 1e7:
+            lo, hi = hi, 2 * hi
+        while hi - lo > 0.01:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if left(mid) < lines else (lo, mid)
+        return hi
+
+    # A fetch read accepted within the queue's drain time before ``t`` is still in it.
+    cycles = drain(min(backlog, room))
+    for _ in range(4):
+        fetches = bisect.bisect_right(fetch, t) - bisect.bisect_right(fetch, t - cycles)
+        again = drain(max(0.0, min(backlog, room - fetches)))
+        if abs(again - cycles) < 0.5:
+            break
+        cycles = again
+    return max(0, round(again - hw.dram_latency_cycles))
 
 
 def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,

@@ -431,25 +431,31 @@ def test_a_copier_is_held_to_the_pace_of_a_slower_paced_stream():
 
 def test_a_read_behind_a_held_loads_lines_waits_for_them():
     """``_queued``: a load whose copier writes its lines slower than the DRAM reads them
-    fills the DRAM's in-order queue (``dram_queue_lines``); another client's read then
-    waits for the queued lines at the pace the L2 leaves the copier, beyond the DRAM's
-    latency. Nothing queued, nothing to wait for."""
+    fills the DRAM's in-order queue (``dram_queue_lines``, less a slot for the read
+    itself); another client's read then waits for the queued lines at the pace the L2
+    leaves the copier, beyond the DRAM's latency. Instruction fetch reads requested while
+    the queue drains hold slots the load's lines would take. Nothing queued, nothing to
+    wait for."""
     from arch.uarch import dram_queue_lines
     from sweeps.perf import _queued, _Usage
 
     hw = load_hardware("edge-4x4")          # one L2 line a cycle, 80 cycles of latency
-    depth = dram_queue_lines(hw.dram_latency_cycles)
+    room = dram_queue_lines(hw.dram_latency_cycles) - 1
+    lat = hw.dram_latency_cycles
     # 512 lines read over cycles 0-600, written over 100-1100: at 500, 500 x 512/600 = 427
     # read and 400 x 512/1000 = 205 written, so the queue is full
     held = [(0.0, 600.0, 100.0, 1100.0, 512)]
-    free = _queued(held, 500.0, hw, [])
-    assert free == depth - hw.dram_latency_cycles
+    assert _queued(held, 500.0, hw, [], []) == room - lat
     # the compute engine taking half the L2's lines: twice as long to drain
     half = _Usage([(0.0, 5000.0, 0.5)])
-    assert _queued(held, 500.0, hw, [half]) == 2 * depth - hw.dram_latency_cycles
+    assert _queued(held, 500.0, hw, [half], []) == 2 * room - lat
+    # five fetch reads requested within the drain time before it take five slots; five
+    # requested long before have left the queue
+    assert _queued(held, 500.0, hw, [], [450, 460, 470, 480, 490]) == room - 5 - lat
+    assert _queued(held, 500.0, hw, [], [0, 10, 20, 30, 40]) == room - lat
     # a load whose writes keep up with its reads queues nothing
-    assert _queued([(0.0, 600.0, 0.0, 600.0, 512)], 300.0, hw, []) == 0
+    assert _queued([(0.0, 600.0, 0.0, 600.0, 512)], 300.0, hw, [], []) == 0
     # a read before any load, or after every load
-    assert _queued(held, -10.0, hw, []) == _queued(held, 2000.0, hw, []) == 0
+    assert _queued(held, -10.0, hw, [], []) == _queued(held, 2000.0, hw, [], []) == 0
     # a few lines queued wait less than the latency: no extra wait
-    assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, []) == 0
+    assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, [], []) == 0
