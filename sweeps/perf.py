@@ -49,7 +49,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from arch.hardware import HardwareConfig
-from arch.isa import ENGINES, KV_MAP_WORD_BYTES, Engine, Instruction, kv_map_words
+from arch.isa import (
+    BLOCK_TABLE_ENTRY_BYTES,
+    ENGINES,
+    KV_MAP_WORD_BYTES,
+    Engine,
+    Instruction,
+    kv_map_words,
+)
 from arch.occupancy import CALIBRATION, Calibration, CopierQueue, load_data_delay, occupancy
 from arch.uarch import (
     DEFERRED,
@@ -293,6 +300,19 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             if i in reads:                 # a load's DRAM reads: its copier's read side
                 lo, hi = reads[i]
             dram[e].append((lo, hi, occ.dram_lines / max(1, hi - lo)))
+    # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
+    # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
+    # earlier one's rows, a DRAM client of their own in the round-robin.
+    aux = []                               # (instruction, start, end, lines)
+    for i in range(n):
+        occ = occs[i]
+        if occ is None or instrs[i].engine != Engine.STORE:
+            continue
+        if occ.copies is None and occ.dram_lines:
+            aux.append((i, timing.begin[i], timing.begin[i] + occ.cycles, occ.dram_lines))
+        elif occ.dram_read_bytes:
+            aux.append((i, timing.begin[i], max(write_start[i], timing.begin[i] + 1),
+                        occ.dram_read_bytes // BLOCK_TABLE_ENTRY_BYTES))
     l2_usage = {e: _Usage(v, profiles[e]) for e, v in l2.items()}
     streams = _Streams(paced)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
@@ -321,6 +341,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 free_running = hi - lo - delay[i][1]
             taken = sum(min(u.lines(hi) - u.lines(lo), own)
                         for u in (dram_usage[other[e]], fetch_usage))
+            if e == Engine.STORE:
+                taken += min(own, sum(m * max(0.0, min(b, hi) - max(a, lo)) / (b - a)
+                                      for k, a, b, m in aux if k != i))
             dram_wait = max(0.0, (own + taken) * line_cycles - free_running)
         queued = 0
         if e == Engine.STORE and occ.dram_read_bytes:      # it reads block-table entries
@@ -471,8 +494,12 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # (the copier can write no line of a load before its first data is in)
             l2_wait, dram_wait, queued = delay[i]
             go = ready + queued
-            write_start[i] = max(go + (data_delay if e == Engine.LOAD else 0), write_free[e])
-            read_begin = max(go + cal.cmd_to_read, read_free[e])
+            # The copier moves nothing before the first row command, which waits for
+            # the int32 read (index, block-table entry) where the row needs one.
+            table = copies.first_cmds[0] - cal.dma_setup
+            write_start[i] = max(go + table + (data_delay if e == Engine.LOAD else 0),
+                                 write_free[e])
+            read_begin = max(go + table + cal.cmd_to_read, read_free[e])
             issued, read_free[e], write_free[e] = queues[e].after(copies, go, read_free[e],
                                                                   write_free[e])
             # The waits: a load's DRAM wait holds its reads (the next load's start

@@ -459,3 +459,35 @@ def test_a_read_behind_a_held_loads_lines_waits_for_them():
     assert _queued(held, -10.0, hw, [], []) == _queued(held, 2000.0, hw, [], []) == 0
     # a few lines queued wait less than the latency: no extra wait
     assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, [], []) == 0
+
+
+def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
+    """At 2 bytes a cycle a line takes 16 cycles, and STORE_COUNTERS' twelve counter
+    writes, issued on the store engine's aux port while the copier still writes an
+    earlier DMA_STORE's rows, take every other DRAM slot from it (round-robin; traced on
+    Amaranth's simulator: a 50-line logits store took 999 cycles beside them, 63 slots).
+    And the copier's interval begins after a block-table read: a KV_APPEND's lines and
+    a KV_PREFETCH's reads are charged from its first row command, a latency later."""
+    from arch.isa import COUNTERS, KvFormat
+    from sweeps.perf import _time
+
+    hw = load_hardware("edge-8x8").replace(dram_bytes_per_cycle=2, l2_bytes=128 * 1024)
+    line_cycles = hw.dram_cycles_per_line
+    store = make("DMA_STORE", l2_addr=0, dram_addr=1 << 16, rows=1, row_bytes=50 * 32,
+                 l2_stride=50 * 32, dram_stride=50 * 32)
+    counters = make("STORE_COUNTERS", dram_addr=1 << 15)
+    alone = time_program([store, make("HALT")], hw)
+    beside = time_program([store, counters, make("HALT")], hw)
+    assert alone.end[0] - alone.begin[0] < (50 + 2) * line_cycles
+    assert beside.end[0] - beside.begin[0] >= (50 + len(COUNTERS)) * line_cycles
+    append = make("KV_APPEND", l2_addr=0, pool_addr=1 << 16, table_addr=1 << 15,
+                  first_token=2, n_tokens=1, row_bytes=256, pool_blocks=1, seq=0)
+    prefetch = make("KV_PREFETCH", l2_addr=4096, pool_addr=1 << 16, table_addr=1 << 15,
+                    first_token=0, n_tokens=2, col_offset=0, col_bytes=64, row_bytes=256,
+                    pool_blocks=1, seq=0, kv_format=KvFormat.INT8)
+    instrs = [append, prefetch, make("HALT")]
+    occs = [occupancy(i, hw) if i.mnemonic != "HALT" else None for i in instrs]
+    timing, write_start, _, reads = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0)] * 3)
+    for i in (0, 1):
+        assert write_start[i] >= timing.begin[i] + hw.dram_latency_cycles
+    assert reads[1][0] >= timing.begin[1] + hw.dram_latency_cycles
