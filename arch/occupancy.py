@@ -129,6 +129,7 @@ class Copies:
     first_cmds: tuple[float, ...] = ()
     takes: tuple[tuple[float, float, float], ...] = ()
     cmd_jumps: tuple[int, ...] = ()    # k where first_cmds[k + 1] > first_cmds[k] + 1
+    rows: int = 0                      # row commands in all
 
     def after(self, begin: float, read_free: float, write_free: float
               ) -> tuple[float, float, float]:
@@ -390,7 +391,7 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     jumps = tuple(k for k in range(len(first_cmds) - 1)
                   if first_cmds[k + 1] > first_cmds[k] + 1)
     copies = (Copies(t, read_end, write_end, tuple(first_cmds), tuple(taken[-CMD_DEPTH:]),
-                     jumps) if taken else None)
+                     jumps, len(taken)) if taken else None)
     table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0

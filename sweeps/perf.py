@@ -59,6 +59,7 @@ from arch.isa import (
 )
 from arch.occupancy import CALIBRATION, Calibration, CopierQueue, load_data_delay, occupancy
 from arch.uarch import (
+    CMD_DEPTH,
     DEFERRED,
     DISPATCH_LATENCY,
     DONE_LATENCY,
@@ -509,7 +510,9 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
                 reads[i] = (read_begin, read_free[e])
             write_free[e] += max(l2_wait, dram_wait)
             end[i] = math.ceil(write_free[e]) + cal.dma_end
-            free = math.ceil(issued) + 1
+            # its last command waits for the row CMD_DEPTH before it, held with the rest
+            late = max(0, copies.rows - CMD_DEPTH) / copies.rows
+            free = math.ceil(issued + late * max(l2_wait, dram_wait)) + 1
             while flight and flight[0] < free - 1:
                 flight.popleft()
             if len(flight) == DEFERRED:             # no room to defer: wait for the oldest

@@ -491,3 +491,26 @@ def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
     for i in (0, 1):
         assert write_start[i] >= timing.begin[i] + hw.dram_latency_cycles
     assert reads[1][0] >= timing.begin[1] + hw.dram_latency_cycles
+
+
+def test_a_held_copier_holds_its_engine_past_the_command_queue():
+    """A DMA engine moves on once its last row command is queued, and past
+    ``CMD_DEPTH`` rows that waits for the write side to take the row ``CMD_DEPTH``
+    before it: a copier held back by the L2 holds its engine back in proportion (traced
+    on Amaranth's simulator: a 128-row KV_PREFETCH on edge-4x4 beside the compute
+    engine released its engine 145 cycles before its end, not 820)."""
+    from arch.uarch import CMD_DEPTH
+    from sweeps.perf import _time
+
+    hw = load_hardware("edge-4x4")
+    rows = 2 * CMD_DEPTH
+    big = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=0, rows=rows, row_bytes=128,
+               dram_stride=128, l2_stride=128)
+    small = make("DMA_LOAD", dram_addr=1 << 20, l2_addr=rows * 128, rows=1, row_bytes=64,
+                 dram_stride=64, l2_stride=64)
+    instrs = [big, small, make("HALT")]
+    occs = [occupancy(i, hw) if i.mnemonic != "HALT" else None for i in instrs]
+    free, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0)] * 3)
+    held, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(1000, 0, 0), (0, 0, 0), (0, 0, 0)])
+    assert held.end[0] - free.end[0] == 1000
+    assert held.begin[1] - free.begin[1] >= 1000 * (rows - CMD_DEPTH) // rows
