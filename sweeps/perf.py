@@ -284,10 +284,19 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     profiles = {e: [] for e in ENGINES}
     dram = {e: [] for e in ENGINES}
     paced = []                             # the compute engine's paced streams
+    # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
+    # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
+    # earlier one's rows, a DRAM client of their own in the round-robin.
+    aux = []                               # (instruction, start, end, lines)
     for i in range(n):
         e, occ = instrs[i].engine, occs[i]
         if occ is None:
             continue
+        if e == Engine.STORE and occ.copies is None and occ.dram_lines:
+            aux.append((i, timing.begin[i], timing.begin[i] + occ.cycles, occ.dram_lines))
+        elif e == Engine.STORE and occ.dram_read_bytes:
+            aux.append((i, timing.begin[i], max(write_start[i], timing.begin[i] + 1),
+                        occ.dram_read_bytes // BLOCK_TABLE_ENTRY_BYTES))
         lo = timing.begin[i] if occ.copies is None else write_start[i]
         hi = timing.end[i]
         if occ.l2_lines:
@@ -301,19 +310,6 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             if i in reads:                 # a load's DRAM reads: its copier's read side
                 lo, hi = reads[i]
             dram[e].append((lo, hi, occ.dram_lines / max(1, hi - lo)))
-    # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
-    # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
-    # earlier one's rows, a DRAM client of their own in the round-robin.
-    aux = []                               # (instruction, start, end, lines)
-    for i in range(n):
-        occ = occs[i]
-        if occ is None or instrs[i].engine != Engine.STORE:
-            continue
-        if occ.copies is None and occ.dram_lines:
-            aux.append((i, timing.begin[i], timing.begin[i] + occ.cycles, occ.dram_lines))
-        elif occ.dram_read_bytes:
-            aux.append((i, timing.begin[i], max(write_start[i], timing.begin[i] + 1),
-                        occ.dram_read_bytes // BLOCK_TABLE_ENTRY_BYTES))
     l2_usage = {e: _Usage(v, profiles[e]) for e, v in l2.items()}
     streams = _Streams(paced)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
