@@ -632,13 +632,15 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
             first = max(last_row + latency + cal.mm_result_latency, handed + WB_NEXT_GROUP)
             old = first = first + (cal.mm_old_output_latency if f.accumulate else 0)
             row_bytes = out_bytes * nc
-            group_banks = set()
+            group_bank = None              # the one bank all its rows fall in (False: none)
             for r in range(mt):
                 addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
                 prime = 1 if addr % W else 0
                 steps = _lines(addr, row_bytes, W) + prime
-                group_banks.update(line % banks for line in
-                                   range(addr // W, (addr + row_bytes - 1) // W + 1))
+                if group_bank is not False:
+                    line = addr // W
+                    group_bank = (line % banks if (addr + row_bytes - 1) // W == line
+                                  and group_bank in (None, line % banks) else False)
                 enter = first + r
                 if f.accumulate:           # the old row's last step (after a priming one)
                     enter = max(enter, old + prime)
@@ -655,7 +657,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
                 wb_free = take + steps
                 lines += steps - prime
                 moves.append((take, take + steps, (steps - prime) * (2 if f.accumulate else 1)))
-            if banks > 1 and mt > 1 and len(group_banks) == 1:
+            if banks > 1 and mt > 1 and group_bank is not False:
                 camped_groups.append((group_take, wb_free, mt))
             handed = enter
             half_free[group % 2] = enter
@@ -689,14 +691,15 @@ PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
 def _profile(moves: list[tuple[float, float, int]], cycles: int) -> tuple | None:
     """``Occupancy.l2_profile`` of streams that move ``(from, to, lines)`` each, evenly
     over their interval, in an instruction of ``cycles``."""
-    total = sum(n for _, _, n in moves)
-    if not total or cycles <= 0:
+    if not moves or cycles <= 0:
         return None
-    points = []
-    for k in range(1, PROFILE_STEPS + 1):
-        t = cycles * k / PROFILE_STEPS
-        done = sum(n * min(1.0, max(0.0, t - b0) / max(1.0, b1 - b0)) for b0, b1, n in moves)
-        points.append(min(1.0, done / total))
+    b0, b1, n = np.array(moves, np.float64).T
+    total = n.sum()
+    if not total:
+        return None
+    t = cycles * np.arange(1, PROFILE_STEPS + 1) / PROFILE_STEPS
+    done = np.clip((t[:, None] - b0) / np.maximum(1.0, b1 - b0), 0.0, 1.0) @ n
+    points = [min(1.0, float(d) / total) for d in done]
     points[-1] = 1.0
     return tuple(points)
 
@@ -823,11 +826,21 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
 
 _TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")
 _cache: dict = {}
+#: The fields of ``HardwareConfig`` an instruction's occupancy reads (directly or through
+#: its properties): design points differing in the others (the L2's size, prefetch, DRAM
+#: capacity, clock) share the memo.
+TIMING_FIELDS = ("array_rows", "array_cols", "vector_lanes", "l2_banks", "l2_port_bytes",
+                 "dram_bytes_per_cycle", "dram_latency_cycles", "kv_block_tokens")
+
+
+def _timing_fields(hw: HardwareConfig) -> tuple:
+    return tuple(getattr(hw, name) for name in TIMING_FIELDS)
 
 
 def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
               cal: Calibration = CALIBRATION) -> Occupancy:
-    """Memoised on what the timing depends on: the fields, with addresses taken modulo the
+    """Memoised on what the timing depends on: ``hw``'s ``TIMING_FIELDS`` and the fields,
+    with addresses taken modulo the
     line (an instruction's lines depend only on its alignment), or for a ``MATMUL``
     modulo the L2's line-wide banks times the line (its tile filler's two readers collide
     by bank, ``_fill_end``), except for table walks whose rows come from DRAM."""
@@ -836,7 +849,7 @@ def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     W = hw.line_bytes
     if instr.mnemonic == "MATMUL":
         W *= int(hw.l2_lines_per_cycle)
-    key = (instr.mnemonic, hw, cal, tuple(
+    key = (instr.mnemonic, _timing_fields(hw), cal, tuple(
         value % W if f.address else value for f, value in zip(instr.spec.fields,
                                                                instr.operands, strict=True)))
     hit = _cache.get(key)

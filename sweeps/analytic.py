@@ -467,12 +467,13 @@ class _Plan:
     """One program of the one-layer model as tiles: ``prefix`` (the RoPE table, the
     embedding gather), ``layer`` (repeated per layer) and ``head``; each part
     ``(tiles, DRAM bytes read, MACs, L2 lines, KV prefetches' bytes read)``; the staging
-    ring's bytes."""
+    ring's bytes; and each part's periodic runs."""
 
     prefix: tuple
     layer: tuple
     head: tuple
     ring_bytes: int
+    repeats: tuple = ((), (), ())     # each part's periodic runs (``_repeats``)
 
 
 def _split(ops: list) -> tuple[list, list, list]:
@@ -519,7 +520,8 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     if freq is not None and (program is None or start == 0):
         # the RoPE table is first read by the layer's first ROPE
         prefix_tiles[0][3] = len(prefix_tiles) + parts[1].first_rope
-    return _Plan(*(p.frozen() for p in parts), timing.ring_bytes)
+    return _Plan(*(p.frozen() for p in parts), timing.ring_bytes,
+                 tuple(_repeats(p.tiles) for p in parts))
 
 
 @lru_cache(maxsize=1024)
@@ -802,9 +804,12 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
 
 
 def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
-              dram_lines_per_cycle: float = 1.0, data_delay: int = 0) -> tuple:
+              dram_lines_per_cycle: float = 1.0, data_delay: int = 0,
+              cuts: tuple = ()) -> tuple:
     """The two engines over the tiles placed by ``_schedule``: ``((cycles, load busy,
-    compute busy), compute begins, compute ends, load busy up to each tile)``. With
+    compute busy), compute begins, compute ends, load busy up to each tile, the cuts'
+    unsettled runs)``; with ``cuts`` (``_periodic``'s), of the tiles before their periodic
+    runs were cut, the removed repeats' time added after each cut (``_extrapolate``). With
     ``l2_lines_per_cycle``, further passes let each load's copier wait for the L2 lines
     the compute engine's ports, first in priority, take over its interval (the last
     pass's): it needs at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles
@@ -826,8 +831,7 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
                for t in tiles if t[11] or t[13])
     if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
                                   and not trap):
-        run = _run(tiles, schedule, [0] * len(tiles))
-        return run[0], run[3], run[4], run[5]
+        return _extrapolate(tiles, _run(tiles, schedule, [0] * len(tiles)), cuts)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
     loading = [j for j, t in enumerate(tiles) if t[0] and t[0].__class__ is not int and t[8]]
     waits = [0] * len(tiles)
@@ -873,7 +877,177 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
         if again == waits and again_held == held:
             break
         waits, held = again, again_held
-    return run[0], run[3], run[4], run[5]
+    return _extrapolate(tiles, run, cuts)
+
+
+#: Repeats of a periodic run of tiles (a matmul's weight tiles; attention's per-head
+#: block) stepped through before the rest of the run is extrapolated (``_periodic``), at
+#: first: past the engines' queues (``QUEUE_DEPTH``), the schedule's ``LOOKAHEAD`` and
+#: the loads in flight (``DEFERRED``), the engines mostly repeat what they did a repeat
+#: before. Where they do not yet (a lead the load engine built up still draining), the
+#: run is stepped through four times as far (``_timeline``).
+KEEP_LOADS = 2 * LOOKAHEAD
+#: Loads kept after a cut, so that a tile before the cut sees (through the loads
+#: hoisted above it, at most ``LOOKAHEAD`` ahead) only repeats, as it would have.
+TAIL_LOADS = LOOKAHEAD + 2
+#: The longest block of tiles searched for repeats.
+RUN_PERIOD = 16
+#: Repeats the period is measured over (a repeat's time may alternate).
+PERIOD_REPEATS = 4
+#: Repeats kept before and after a cut at the least (of blocks without loads: all).
+KEEP_REPEATS = KEEP_LOADS
+
+
+def _repeats(tiles: list) -> tuple:
+    """The long runs in ``tiles`` of a block of at most ``RUN_PERIOD`` tiles repeated:
+    ``(first tile, block tiles, repeats, repeats to keep before a cut, after it)`` each,
+    the repeats kept holding ``KEEP_LOADS`` and ``TAIL_LOADS`` loads (at least
+    ``PERIOD_REPEATS + 2`` before the cut and ``PERIOD_REPEATS`` after it; of a block
+    without loads, ``KEEP_REPEATS`` each). Tiles compare as numbers, the cached
+    ``Copies`` and store tuples as objects (equal ones built apart count as different)."""
+    n, names = len(tiles), {}
+    sig = [names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]), len(names))
+           for t in tiles]
+    runs, i = [], 0
+    while i < n - 1:
+        for p in range(1, RUN_PERIOD + 1):
+            j = i
+            while j + p < n and sig[j + p] == sig[j]:
+                j += 1
+            reps = (j - i) // p + 1
+            if reps > 2 * PERIOD_REPEATS + 2:
+                loads = sum(1 for t in tiles[i:i + p] if t[0])
+                head = (max(PERIOD_REPEATS + 2, -(-KEEP_LOADS // loads)) if loads
+                        else KEEP_REPEATS)
+                tail = max(PERIOD_REPEATS, -(-TAIL_LOADS // loads)) if loads else KEEP_REPEATS
+                if reps > head + tail:
+                    runs.append((i, p, reps, head, tail))
+                    i += reps * p
+                    break
+        else:
+            i += 1
+    return tuple(runs)
+
+
+def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
+              front: dict | None = None) -> tuple[list, tuple, list]:
+    """``tiles`` with each run of ``repeats`` (``_repeats``') cut to the repeats it keeps
+    before the cut (or ``front[its first tile]``) and after it: ``(tiles, cuts, index)``,
+    ``cuts`` giving per cut ``(index of the last tile before it, the block's tiles,
+    repeats removed, the run's first tile, the repeats kept before it)``, ``index`` each
+    tile's index in the cut tiles (-1: removed). A tile's ``reader`` and ``after``
+    offsets that span a cut are shortened by it; nothing is cut where a tile points into
+    removed repeats or a tile of ``keep`` would be removed. Where the staging ring holds
+    fewer than ``2 * LOOKAHEAD + 2`` of a load's slots, the slot a load overwrites can
+    decide where it is placed (``_schedule``), so a run is cut only by whole turns of
+    the ring (a block of one tile) or not at all: what follows it then finds the ring as
+    it would have."""
+    n, front = len(tiles), front or {}
+    slot = max((t[2] for t in tiles), default=0)
+    free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
+    runs = []
+    for i, p, reps, head, tail in repeats:
+        kept = front.get(i, head)
+        m = reps - kept - tail
+        if not free and m > 0:
+            nbytes = -(-tiles[i][2] // 64) * 64
+            if p > 1 and any(t[2] for t in tiles[i:i + p]):
+                m = 0
+            elif nbytes:
+                m -= m % (ring // nbytes)
+        if m > 0:
+            runs.append((i, kept, p, m))
+    index, out, cuts, at = [-1] * n, 0, [], 0    # original index -> index in the cut tiles
+    for first, kept, p, m in runs:
+        begin = first + kept * p
+        for k in range(at, begin):
+            index[k] = out
+            out += 1
+        cuts.append((out - 1, p, m, first, kept))
+        at = begin + m * p
+    for k in range(at, n):
+        index[k] = out
+        out += 1
+    if not cuts or any(index[k] < 0 for k in keep):
+        return tiles, (), range(n)
+    cut = []
+    for k, t in enumerate(tiles):
+        if index[k] < 0:
+            continue
+        for field in (3, 4):
+            if t[field]:
+                target = index[k + t[field]]
+                if target < 0:              # points into removed repeats: do not cut
+                    return tiles, (), range(n)
+                if target - index[k] != t[field]:
+                    t = list(t)
+                    t[field] = target - index[k]
+        cut.append(t)
+    return cut, tuple(cuts), index
+
+
+def _steady(series: tuple, e: int, p: int) -> bool:
+    """Whether every time in ``series`` advanced alike over ``PERIOD_REPEATS`` repeats of
+    ``p`` tiles, for each tile of the two repeats up to tile ``e``."""
+    a = PERIOD_REPEATS * p
+    step = series[0][e] - series[0][e - a]
+    tol = 1e-9 * abs(step) + 1e-6
+    return all(abs(x[i] - x[i - a] - step) <= tol for x in series for i in range(e - 2 * p + 1,
+                                                                               e + 1))
+
+
+def _extrapolate(tiles: list, run: tuple, cuts: tuple) -> tuple:
+    """``_pipeline``'s result from a ``_run`` over tiles ``_periodic`` cut, and the first
+    tiles of the runs whose engines had not settled before their cut (``_steady``: every
+    load's and compute's times advancing alike over the ``PERIOD_REPEATS`` repeats before
+    it). After each cut, the repeats removed at the period the engines kept over those
+    repeats (the compute ends' and the load busy's advance) are added to the cycles, to
+    the load and compute busy, and to every later compute's begin and end and load
+    busy."""
+    (cycles, load_busy, compute_busy), write_start, load_end, compute_begin, compute_ends, \
+        busy_to = run
+    if not cuts:
+        return run[0], compute_begin, compute_ends, busy_to, ()
+    unsteady = tuple(first for e, p, _, first, _ in cuts
+                     if not _steady((compute_ends, compute_begin, load_end, write_start), e, p))
+    compute_begin, compute_ends, busy_to = list(compute_begin), list(compute_ends), list(busy_to)
+    shift = busy = 0.0
+    at = 0
+    for e, p, m, _, _ in cuts:
+        for i in range(at, e + 1):
+            compute_begin[i] += shift
+            compute_ends[i] += shift
+            busy_to[i] += busy
+        at = e + 1
+        a = PERIOD_REPEATS * p
+        shift += m * (run[4][e] - run[4][e - a]) / PERIOD_REPEATS
+        busy += m * (run[5][e] - run[5][e - a]) / PERIOD_REPEATS
+        compute_busy += m * sum(t[1] for t in tiles[e - p + 1:e + 1])
+    for i in range(at, len(tiles)):
+        compute_begin[i] += shift
+        compute_ends[i] += shift
+        busy_to[i] += busy
+    return ((cycles + shift, load_busy + busy, compute_busy), compute_begin, compute_ends,
+            busy_to, unsteady)
+
+
+def _timeline(tiles: list, repeats: tuple, ring: int | None, l2: tuple, keep: tuple = ()
+              ) -> tuple:
+    """``_pipeline`` over ``tiles`` with their periodic runs (``repeats``) cut
+    (``_periodic``), each
+    run whose engines had not settled by its cut stepped through four times as far
+    again: ``((cycles, load busy, compute busy), compute begins, compute ends, load busy
+    up to each tile)``, indexed as ``tiles``' tiles of ``keep``, in that order."""
+    front: dict = {}
+    while True:
+        cut, cuts, index = _periodic(tiles, repeats, ring, keep, front)
+        totals, compute_begin, compute_ends, busy_to, unsteady = _pipeline(cut, ring, *l2,
+                                                                           cuts=cuts)
+        if not unsteady:
+            return totals, [(compute_begin[index[k]], compute_ends[index[k]],
+                             busy_to[index[k]]) for k in keep]
+        for first in unsteady:
+            front[first] = 4 * (front.get(first) or next(c[4] for c in cuts if c[3] == first))
 
 
 def first_fetch_cycles(hw: HardwareConfig) -> int:
@@ -934,16 +1108,22 @@ def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, in
     staged = sum(t[2] for t in layer)
     # past the first layer and past the ring's reach (the load engine's lead)
     k = 1 + max(1, math.ceil((ring or 0) / staged) if staged else 1)
+    n = n_layers if n_layers <= k + 1 else k + 1
+    # the parts' runs, in the tiles of the prefix, n layers and the head
+    at = [0] + [len(prefix) + c * len(layer) for c in range(n + 1)]
+    repeats = tuple((first + offset, *rest)
+                    for offset, runs in zip(at, (plan.repeats[0],) + (plan.repeats[1],) * n
+                                            + (plan.repeats[2],), strict=True)
+                    for first, *rest in runs)
     if n_layers <= k + 1:
-        return _pipeline(prefix + layer * n_layers + head, ring, *l2)[0]
-    totals, _, compute_ends, load_busy_to = _pipeline(prefix + layer * (k + 1) + head, ring,
-                                                      *l2)
+        return _timeline(prefix + layer * n_layers + head, repeats, ring, l2)[0]
     last = len(prefix) + k * len(layer) - 1             # the k-th layer's last tile
     first = last - len(layer)
+    totals, ((_, end0, busy0), (_, end1, busy1)) = _timeline(prefix + layer * (k + 1) + head,
+                                                              repeats, ring, l2, (first, last))
     extra = n_layers - k - 1
     cycles, load_busy, compute_busy = totals
-    return (cycles + extra * (compute_ends[last] - compute_ends[first]),
-            load_busy + extra * (load_busy_to[last] - load_busy_to[first]),
+    return (cycles + extra * (end1 - end0), load_busy + extra * (busy1 - busy0),
             compute_busy + extra * sum(t[1] for t in layer))
 
 
