@@ -538,10 +538,11 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     return matmul_timeline(instr, hw, cal)[0]
 
 
-def matmul_timeline(instr: Instruction, hw: HardwareConfig,
-                    cal: Calibration = CALIBRATION) -> tuple[Occupancy, list[int]]:
+def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIBRATION,
+                    replay: bool = True) -> tuple[Occupancy, list[int]]:
     """``matmul_occupancy`` and the cycle (from the unit's start) at which each tile is
-    announced, in ``matmul_tiles``' order (``rtl.matmul_unit.TileFiller.tiles``)."""
+    announced, in ``matmul_tiles``' order (``rtl.matmul_unit.TileFiller.tiles``); with
+    ``replay``, the groups past a settled stretch replayed, not stepped (``_replay``)."""
     f = _fields(instr)
     W, R = hw.line_bytes, hw.array_rows
     out_bytes = instr.spec.field("out_addr").elem_bytes         # int32 results
@@ -567,8 +568,34 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
     fills, camped_groups = [], []          # the tile readers' and camped groups' intervals
     moves = []                             # (from, to, L2 lines) of every stream's burst
     s = group = 0
-
-    for m0, mt, n0, nc, kt, kl in matmul_tiles(f, hw):
+    tiles = matmul_tiles(f, hw)
+    per_group = len(range(0, f.k, hw.matmul_tile(f.mode)[1]))    # tiles, kt from 0 to k
+    sigs = _group_signatures(f, tiles, per_group, P, out_bytes)
+    # Per group run: its signature, the state it leaves (times from its filler's), that
+    # state (absolute) and what it added (``_replay``'s); the replayed groups' moves
+    history, replayed, skip = deque(maxlen=REPLAY_GROUPS + 1), [], 0
+    for i, (m0, mt, n0, nc, kt, kl) in enumerate(tiles):
+        if i < skip:
+            continue
+        if kt == 0:                        # a group begins: run it, or replay the rest
+            sig = sigs[i // per_group]
+            d = replay and next((d for d in range(1, len(history))
+                      if history[-d][0] == sig and history[-1][1] == history[-1 - d][1]), 0)
+            if d:          # groups replayed: their totals, and the state they leave
+                c, counts = _replay(history, d, i // per_group, sigs,
+                                    (announced, fills, camped_groups, replayed))
+                lines, resumes, paced_cycles, paced_lines = (
+                    a + b for a, b in zip((lines, resumes, paced_cycles, paced_lines), counts,
+                                          strict=True))
+                (push[0], push[1], release[0], release[1], half_free[0], half_free[1], filler,
+                 stream, load, wb_free, handed, taken, stream_rows, s, _) = history[-1][2]
+                wb_taken.clear()
+                wb_taken.extend(taken)
+                group += c
+                skip = i + c * per_group
+                continue
+            group_start = (lines, resumes, paced_cycles, paced_lines, len(announced),
+                           len(fills), len(moves), len(camped_groups))
         x_base = f.x_addr + m0 * f.x_stride + kt
         x_segs = [(x_base % P, f.x_stride % P, mt, kl)]
         if kn:
@@ -630,43 +657,83 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
             # takes each row WB_DATA_LATENCY later at the earliest, a step a destination
             # line plus a priming step when the row does not start on a line.
             first = max(last_row + latency + cal.mm_result_latency, handed + WB_NEXT_GROUP)
-            old = first = first + (cal.mm_old_output_latency if f.accumulate else 0)
-            row_bytes = out_bytes * nc
-            group_bank = None              # the one bank all its rows fall in (False: none)
-            for r in range(mt):
-                addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
-                prime = 1 if addr % W else 0
-                steps = _lines(addr, row_bytes, W) + prime
-                if group_bank is not False:
-                    line = addr // W
-                    group_bank = (line % banks if (addr + row_bytes - 1) // W == line
-                                  and group_bank in (None, line % banks) else False)
-                enter = first + r
-                if f.accumulate:           # the old row's last step (after a priming one)
-                    enter = max(enter, old + prime)
-                    lines += steps - prime     # a priming step takes no L2 line
-                if len(wb_taken) == COPIER_FIFO_DEPTH:
-                    enter = max(enter, wb_taken[0] + 1)
-                old = enter + 1
-                # a priming step reads no line: with the row's command queued ahead (all
-                # rows but a group's first) it runs before the data is in
-                take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
-                if r == 0:
-                    group_take = take
-                wb_taken.append(take + prime)
-                wb_free = take + steps
-                lines += steps - prime
-                moves.append((take, take + steps, (steps - prime) * (2 if f.accumulate else 1)))
+            first += cal.mm_old_output_latency if f.accumulate else 0
+            enter, wb_free, written, group_take, group_bank = _write_rows(
+                f, m0, mt, n0, out_bytes * nc, out_bytes, W, banks, first, wb_free, wb_taken,
+                moves)
+            lines += written
             if banks > 1 and mt > 1 and group_bank is not False:
                 camped_groups.append((group_take, wb_free, mt))
             handed = enter
             half_free[group % 2] = enter
             group += 1
             resumes += 1
-    # A camped group's bank is busy while the writer writes it, and while the tile
-    # readers, filling a later tile meanwhile, walk through it (a line of theirs in
-    # ``banks`` in it): the writer gets that bank the other cycles. A copier walking the
-    # banks a line a cycle comes to it (banks - 1) / 2 cycles in, on average.
+            # the group's record (above): times first, then the rest
+            state = (push[0], push[1], release[0], release[1], half_free[0], half_free[1],
+                     filler, stream, load, wb_free, handed, tuple(wb_taken), stream_rows, s,
+                     group % 2)
+            rel = (*(v - filler for v in state[:11]), tuple(v - filler for v in state[11]),
+                   *state[12:])
+            l0, r0, p0, q0, a0, f0, v0, c0 = group_start
+            history.append((sig, rel, state,
+                            (lines - l0, resumes - r0, paced_cycles - p0, paced_lines - q0,
+                             announced[a0:], fills[f0:],
+                             np.array(moves[v0:], np.float64).reshape(-1, 3),
+                             camped_groups[c0:])))
+    camped = _camped_cycles(camped_groups, fills, banks)
+    cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
+    return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
+                      paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
+                      camped_cycles=math.ceil(camped), l2_profile=_profile(
+                          np.concatenate([np.array(moves, np.float64).reshape(-1, 3),
+                                          *replayed]), cycles)),
+            announced)
+
+
+def _write_rows(f, m0: int, mt: int, n0: int, row_bytes: int, out_bytes: int, W: int,
+                banks: int, first: int, wb_free: int, wb_taken: deque, moves: list) -> tuple:
+    """The writeback of a ``MATMUL`` group's ``mt`` rows of ``row_bytes`` from row ``m0``,
+    column ``n0`` (``matmul_timeline``'s): each read from the accumulator a cycle from
+    ``first`` (after its old output when accumulating) while the writer's landing buffer
+    (``wb_taken``, updated) has room, each taken ``WB_DATA_LATENCY`` later at the
+    earliest once the writer is free (``wb_free``). Appends each row's burst to
+    ``moves``; returns ``(the last row's hand-over, the writer's next free step, L2 lines
+    moved, the first row's take, the one bank all rows fall in or False)``."""
+    old, group_bank, lines = first, None, 0
+    for r in range(mt):
+        addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
+        prime = 1 if addr % W else 0
+        steps = _lines(addr, row_bytes, W) + prime
+        if group_bank is not False:
+            line = addr // W
+            group_bank = (line % banks if (addr + row_bytes - 1) // W == line
+                          and group_bank in (None, line % banks) else False)
+        enter = first + r
+        if f.accumulate:           # the old row's last step (after a priming one)
+            enter = max(enter, old + prime)
+            lines += steps - prime     # a priming step takes no L2 line
+        if len(wb_taken) == COPIER_FIFO_DEPTH:
+            enter = max(enter, wb_taken[0] + 1)
+        old = enter + 1
+        # a priming step reads no line: with the row's command queued ahead (all rows but
+        # a group's first) it runs before the data is in
+        take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
+        if r == 0:
+            group_take = take
+        wb_taken.append(take + prime)
+        wb_free = take + steps
+        lines += steps - prime
+        moves.append((take, take + steps, (steps - prime) * (2 if f.accumulate else 1)))
+    return enter, wb_free, lines, group_take, group_bank
+
+
+def _camped_cycles(camped_groups: list, fills: list, banks: int) -> float:
+    """Cycles a copier below the matmul unit in priority waits at the camped groups'
+    bank (``Occupancy.camped_cycles``). A camped group's bank is busy while the writer
+    writes it, and while the tile readers, filling a later tile meanwhile, walk through
+    it (a line of theirs in ``banks`` in it): the writer gets that bank the other cycles.
+    A copier walking the banks a line a cycle comes to it (banks - 1) / 2 cycles in, on
+    average."""
     camped = 0.0
     fill_ends = [b1 for _, b1, _ in fills]          # in order, as their begins
     for t0, t1, rows in camped_groups:
@@ -678,23 +745,75 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig,
             read += n * max(0.0, min(t1, b1) - max(t0, b0)) / max(1.0, b1 - b0)
         free = 1 - min(1.0, read / span) / banks
         camped += max(0.0, max(span, rows / free) - (banks - 1) / 2)
-    cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
-    return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
-                      paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
-                      camped_cycles=math.ceil(camped), l2_profile=_profile(moves, cycles)),
-            announced)
+    return camped
+
+
+def _group_signatures(f, tiles: list, per_group: int, P: int, out_bytes: int) -> list:
+    """What each group of a ``MATMUL``'s tiles (``per_group`` each, ``matmul_tiles``')
+    reads and writes: its rows and columns and its addresses modulo ``P`` (all its timing
+    depends on besides the state it begins in)."""
+    kn = f.w_layout == WeightLayout.KN
+    e_row = -(-f.k // MX_BLOCK)
+    sigs = []
+    for m0, mt, n0, nc, _, _ in tiles[::per_group]:
+        sigs.append((mt, nc, (f.x_addr + m0 * f.x_stride) % P,
+                     (f.w_addr + (n0 if kn else n0 * f.w_stride)) % P,
+                     (f.e_addr + n0 * e_row) % P if f.w_format == WeightFormat.MXINT4 else 0,
+                     (f.out_addr + m0 * f.out_stride + out_bytes * n0) % P))
+    return sigs
+
+
+def _replay(history: deque, d: int, g: int, sigs: list, records: tuple) -> tuple[int, list]:
+    """Groups ``g`` on of a ``MATMUL`` replayed from ``history`` (``matmul_timeline``'s
+    records of the groups run last): the group ``d`` before the last began in the state
+    the last left, shifted, and group ``g`` is like the one that followed it, so it runs
+    as that one did, shifted, and so do the groups after it as long as they are like the
+    ones that followed (the rest of a large matmul, once settled). Appends their
+    announcements, fills, camped groups and moves (an array) to ``records`` and their
+    own records to ``history``; returns how many groups it replayed and what they added
+    to the lines, resumes, paced cycles and paced lines."""
+    announced, fills, camped_groups, replayed = records
+    period = history[-1][2][6] - history[-1 - d][2][6]
+    like = list(history)[-d:]
+    c = 1
+    while g + c < len(sigs) and sigs[g + c] == like[c % d][0]:
+        c += 1
+    counts = [0, 0, 0, 0]
+    for j in range(c):
+        sig, rel, state, added = like[j % d]
+        shift = period * (1 + j // d)
+        counts = [a + b for a, b in zip(counts, added[:4], strict=True)]
+        ann = [v + shift for v in added[4]]
+        fill = [(b0 + shift, b1 + shift, n) for b0, b1, n in added[5]]
+        camp = [(b0 + shift, b1 + shift, n) for b0, b1, n in added[7]]
+        announced += ann
+        fills += fill
+        camped_groups += camp
+        if j >= c - history.maxlen:            # the last few, recorded
+            state = (*(v + shift for v in state[:11]), tuple(v + shift for v in state[11]),
+                     *state[12:])
+            history.append((sig, rel, state, (*added[:4], ann, fill,
+                                              added[6] + (shift, shift, 0), camp)))
+    for r in range(min(d, c)):                 # the moves, at once
+        src = like[r][3][6]
+        if len(src):
+            shifts = period * np.arange(1, len(range(r, c, d)) + 1)
+            step = np.stack([shifts, shifts, 0 * shifts], axis=1)
+            replayed.append((src[None, :, :] + step[:, None, :]).reshape(-1, 3))
+    return c, counts
 
 
 PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
+REPLAY_GROUPS = 8      # groups back ``matmul_timeline`` looks for one to replay
 
 
-def _profile(moves: list[tuple[float, float, int]], cycles: int) -> tuple | None:
-    """``Occupancy.l2_profile`` of streams that move ``(from, to, lines)`` each, evenly
-    over their interval, in an instruction of ``cycles``."""
-    if not moves or cycles <= 0:
+def _profile(moves: np.ndarray, cycles: int) -> tuple | None:
+    """``Occupancy.l2_profile`` of streams that move ``(from, to, lines)`` each (rows of
+    ``moves``), evenly over their interval, in an instruction of ``cycles``."""
+    if not len(moves) or cycles <= 0:
         return None
-    b0, b1, n = np.array(moves, np.float64).T
-    total = n.sum()
+    b0, b1, n = moves.T
+    total = float(n.sum())
     if not total:
         return None
     t = cycles * np.arange(1, PROFILE_STEPS + 1) / PROFILE_STEPS

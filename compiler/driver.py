@@ -235,12 +235,16 @@ def prefill_graphs(cfg: ModelConfig, qm, hw: HardwareConfig, n_prompt: int,
         def lower(start, n, head):
             return lower_step(cfg, qm, start, n, head=head, name=f"prefill@{start}", seq=seq)
     for chunk in prefill_chunk_sizes(n_prompt - first, hw):
+        # the last chunk first (its attention reads the longest KV): a chunk size that
+        # does not fit is mostly refused without lowering the others
         graphs = []
-        for start in range(first, n_prompt, chunk):
+        for start in reversed(range(first, n_prompt, chunk)):
             n = min(chunk, n_prompt - start)
             graphs.append(fit_head(lower(start, n, start + n == n_prompt), cfg, hw))
-        if all(_fits([g], cfg, hw) for g in graphs) or chunk == 1:
-            return graphs
+            if chunk > 1 and not _fits([graphs[-1]], cfg, hw):
+                break
+        else:
+            return graphs[::-1]
     raise AssertionError("unreachable: a chunk of 1 is always returned")
 
 
