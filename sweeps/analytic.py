@@ -93,11 +93,15 @@ from compiler.driver import (
 from compiler.frontend import lower_step
 from compiler.ir import (
     Attention,
+    Buffer,
+    Embed,
     Graph,
     KvAppend,
+    Output,
     ResAdd,
     RmsNorm,
     Rope,
+    Tensor,
 )
 from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
@@ -431,10 +435,44 @@ def _struct(cfg: ModelConfig, weights: str):
 def _lowered(cfg: ModelConfig, weights: str, start: int, n_tokens: int, head: bool,
              seq: int = 0) -> Graph:
     """The front end's graph of a step of the one-layer model (shapes only), for sequence
-    ``seq`` of a batch."""
+    ``seq`` of a batch: past position 0, the graph lowered at position 1 moved to
+    ``start`` (``_moved``), which is the graph ``lower_step`` gives there
+    (``tests/sweeps/test_perf_model.py``) without tracing the model again."""
     kind = "decode" if n_tokens == 1 and head and start else "prefill"
-    return lower_step(cfg, _struct(cfg, weights), start, n_tokens, head=head,
-                      name=f"{kind}@{start}", seq=seq)
+    name = f"{kind}@{start}"
+    if start <= 1 or 1 + n_tokens > cfg.max_seq_len:
+        return lower_step(cfg, _struct(cfg, weights), start, n_tokens, head=head, name=name,
+                          seq=seq)
+    return _moved(_lowered(cfg, weights, 1, n_tokens, head, seq), start, name)
+
+
+#: The fields of the IR's operations that hold a step's position (``lower_step``'s
+#: ``start``, or ``start`` plus a number of tokens).
+POSITION_FIELDS = {Embed: "start", Rope: "pos0", KvAppend: "start", Attention: "start",
+                   Output: "row"}
+
+
+def _moved(graph: Graph, start: int, name: str) -> Graph:
+    """``graph`` (a step of one sequence) at position ``start``: every position field
+    shifted alike, every buffer a new one (no two graphs share a buffer, as the front
+    end's do not)."""
+    delta, buffers = start - graph.start, {}
+
+    def buffer(b: Buffer) -> Buffer:
+        if b.uid not in buffers:
+            buffers[b.uid] = Buffer(b.name, b.nbytes)
+        return buffers[b.uid]
+
+    ops = []
+    for op in graph.ops:
+        changes = {f.name: Tensor(buffer(v.buffer), v.shape, v.dtype, v.offset)
+                   for f in dataclasses.fields(op)
+                   if isinstance(v := getattr(op, f.name), Tensor)}
+        field = POSITION_FIELDS.get(type(op))
+        if field:
+            changes[field] = getattr(op, field) + delta
+        ops.append(dataclasses.replace(op, **changes))
+    return Graph(name, start, graph.tokens, ops, graph.positions)
 
 
 def _step_graph(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int,

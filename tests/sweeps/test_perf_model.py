@@ -231,6 +231,56 @@ def test_cutting_periodic_runs_keeps_the_fast_path(monkeypatch, name, l2_bytes, 
     assert cut.dram_read_bytes == full.dram_read_bytes
 
 
+def _canonical(graph) -> tuple:
+    """A graph as plain values: each tensor by its buffer's place among the graph's
+    buffers (which ops share a buffer), name and size, and its view; no buffer ids."""
+    from compiler.ir import Tensor
+
+    ids: dict = {}
+
+    def plain(v):
+        if isinstance(v, Tensor):
+            return ("tensor", ids.setdefault(v.buffer.uid, len(ids)), v.buffer.name,
+                    v.buffer.nbytes, v.shape, v.dtype, v.offset)
+        if dataclasses.is_dataclass(v):
+            return (type(v).__name__,
+                    tuple((f.name, plain(getattr(v, f.name))) for f in dataclasses.fields(v)))
+        if isinstance(v, np.ndarray):
+            return ("array", v.shape, str(v.dtype), v.tobytes())
+        if isinstance(v, list | tuple):
+            return tuple(plain(x) for x in v)
+        return v
+
+    return (graph.name, graph.start, graph.tokens, graph.positions,
+            tuple(plain(op) for op in graph.ops))
+
+
+def test_the_fast_paths_moved_lowering_is_the_front_ends():
+    """The fast path lowers a step once at position 1 and moves it to each later position
+    (``sweeps.analytic._moved``): for random models (GQA/MHA/MQA, QKV bias, odd widths)
+    and presets, decode steps, prefill chunks with and without the head and a batch's
+    second sequence, the moved graph equals ``lower_step``'s at that position, buffers
+    shared exactly where the front end shares them."""
+    from compiler.frontend import lower_step
+    from sweeps import analytic
+
+    rng = np.random.default_rng(21)
+    cfgs = [random_step(rng).cfg for _ in range(4)] + [preset("qwen2.5-0.5b")]
+    moved = 0
+    for cfg in cfgs:
+        cfg = analytic._one_layer(cfg)
+        for start, n, head, seq in ((2, 1, True, 0), (int(rng.integers(3, 200)), 1, True, 1),
+                                    (int(rng.integers(2, 100)), 7, False, 0),
+                                    (int(rng.integers(2, 100)), 16, True, 0)):
+            kind = "decode" if n == 1 and head else "prefill"
+            want = lower_step(cfg, analytic._struct(cfg, "int8"), start, n, head=head,
+                              name=f"{kind}@{start}", seq=seq)
+            got = analytic._lowered(cfg, "int8", start, n, head, seq)
+            assert _canonical(got) == _canonical(want), (cfg, start, n, head, seq)
+            moved += 1
+    assert moved == 20
+
+
 def test_workload_integration_matches_step_by_step_timing():
     cfg = dataclasses.replace(preset("qwen2.5-0.5b"), n_layers=2)
     hw = load_hardware("edge-16x16")
