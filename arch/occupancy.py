@@ -984,9 +984,17 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     in fewer cycles, by ``occupancy``; GEMM on a tie (it reads each weight out of the tile
     buffers once per block, GEMV once per row). The compiler emits every ``MATMUL`` in
     the mode this returns, and the fast path times it so."""
-    cycles = {mode: occupancy(make("MATMUL", mode=mode, **fields), hw).cycles
-              for mode in (MatmulMode.GEMM, MatmulMode.GEMV)}
-    return MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM] else MatmulMode.GEMM
+    gemv = occupancy(make("MATMUL", mode=MatmulMode.GEMV, **fields), hw).cycles
+    # GEMM loads each block's R weight rows at least R cycles after the block before's
+    # (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles: where that is
+    # already more than the GEMV takes, it is not timed
+    R = hw.array_rows
+    blocks = sum(-(-kl // R) for *_, kl in
+                 matmul_tiles(SimpleNamespace(**fields, mode=MatmulMode.GEMM), hw))
+    if (blocks - 1) * R > gemv:
+        return MatmulMode.GEMV
+    gemm = occupancy(make("MATMUL", mode=MatmulMode.GEMM, **fields), hw).cycles
+    return MatmulMode.GEMV if gemv < gemm else MatmulMode.GEMM
 
 
 def kv_budget_widths(channels: int, bits: float) -> np.ndarray:

@@ -5,6 +5,7 @@ the model's refusals. (The instruction-level model against the RTL is
 tests/rtl/test_tiny_rtl.py and tests/rtl/test_accelerator.py.)"""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -487,6 +488,41 @@ def test_replaying_settled_matmul_groups_equals_stepping_every_group(monkeypatch
         assert np.allclose(fast[0].l2_profile or (), slow[0].l2_profile or (), rtol=0,
                            atol=1e-12), instr
     assert len(replayed) >= 30, len(replayed)
+
+
+def test_the_dataflow_picked_is_the_faster_one():
+    """``matmul_mode`` skips timing the GEMM where its weight loads alone, ``(blocks - 1)
+    * R`` cycles, outlast the GEMV: on random ``MATMUL``s (decode rows to prefill chunks,
+    4x4 to 16x16) the GEMM always takes longer than that, the mode picked is the one
+    timing both modes picks (GEMV only where strictly faster), and some were skipped."""
+    from arch import occupancy as occ
+    from arch.isa import MatmulMode
+
+    rng = np.random.default_rng(12)
+    skipped = gemm_won = 0
+    for _ in range(60):
+        hw = load_hardware(str(rng.choice(["edge-4x4", "edge-8x8", "edge-16x16"])))
+        m, k, n = (int(rng.choice(v)) for v in ([1, 2, 4, 9, 33, 64, 128, 256],
+                                                 [16, 64, 100, 300], [16, 20, 64, 200]))
+        fields = dict(accumulate=int(rng.integers(2)), w_layout=0, x_addr=int(rng.integers(999)),
+                      w_addr=int(rng.integers(999)), out_addr=64 * int(rng.integers(9)),
+                      w_format=0, e_addr=0, m=m, k=k, n=n, x_stride=k, w_stride=k,
+                      out_stride=4 * n)
+        cycles = {mode: occ._occupancy(make("MATMUL", mode=mode, **fields), hw, None,
+                                       CALIBRATION).cycles
+                  for mode in (MatmulMode.GEMM, MatmulMode.GEMV)}
+        want = (MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM]
+                else MatmulMode.GEMM)
+        R = hw.array_rows
+        blocks = sum(-(-kl // R) for *_, kl in occ.matmul_tiles(
+            SimpleNamespace(**fields, mode=MatmulMode.GEMM), hw))
+        assert cycles[MatmulMode.GEMM] > (blocks - 1) * R, fields
+        gemm_won += want == MatmulMode.GEMM
+        occ._cache.clear()
+        assert occ.matmul_mode(hw, **fields) == want, fields
+        skipped += not any(key[0] == "MATMUL" and key[3][0] == MatmulMode.GEMM
+                           for key in occ._cache)
+    assert skipped >= 10 and gemm_won >= 10, (skipped, gemm_won)
 
 
 def test_never_faster_than_physics(small_config):
