@@ -918,12 +918,12 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     return _extrapolate(tiles, run, cuts)
 
 
-#: Repeats of a periodic run of tiles (a matmul's weight tiles; attention's per-head
-#: block) stepped through before the rest of the run is extrapolated (``_periodic``), at
-#: first: past the engines' queues (``QUEUE_DEPTH``), the schedule's ``LOOKAHEAD`` and
-#: the loads in flight (``DEFERRED``), the engines mostly repeat what they did a repeat
-#: before. Where they do not yet (a lead the load engine built up still draining), the
-#: run is stepped through four times as far (``_timeline``).
+#: Loads in the repeats of a periodic run of tiles (a matmul's weight tiles; attention's
+#: per-head block) stepped through before the rest of the run is extrapolated
+#: (``_periodic``), at first: past the engines' queues (``QUEUE_DEPTH``), the schedule's
+#: ``LOOKAHEAD`` and the loads in flight (``DEFERRED``), the engines mostly repeat what
+#: they did a repeat before. Where they do not yet (a lead the load engine built up
+#: still draining), the run is stepped through four times as far (``_timeline``).
 KEEP_LOADS = 2 * LOOKAHEAD
 #: Loads kept after a cut, so that a tile before the cut sees (through the loads
 #: hoisted above it, at most ``LOOKAHEAD`` ahead) only repeats, as it would have.
@@ -932,7 +932,7 @@ TAIL_LOADS = LOOKAHEAD + 2
 RUN_PERIOD = 16
 #: Repeats the period is measured over (a repeat's time may alternate).
 PERIOD_REPEATS = 4
-#: Repeats kept before and after a cut at the least (of blocks without loads: all).
+#: Repeats kept before and after a cut in a run of a block without loads.
 KEEP_REPEATS = KEEP_LOADS
 
 
