@@ -303,6 +303,7 @@ class _Timing(Generator):
         self.last_store = (0, 0)                   # (tile, place among its stores)
         self.gathers: list[tuple[int, int, int]] = []   # (first, end) L2 bytes, tile
         self.n_instrs = 0
+        self.tile_memo: dict[tuple, tuple] = {}    # _matmul_tile's, this hardware's
 
     def emit(self, mnemonic: str, **fields) -> int:
         instr = make(mnemonic, **fields)
@@ -389,7 +390,7 @@ class _Timing(Generator):
         mx = w_exps is not None
         weights = "mxint4" if mx else "int8"
         P = self.core.line_bytes * int(self.core.l2_lines_per_cycle)
-        s = self.s
+        s, memo = self.s, self.tile_memo
         for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
                                          mx):
             slot = self.ring.alloc(n * ((k + 1) // 2 if mx else k))
@@ -397,9 +398,12 @@ class _Timing(Generator):
             if mx:
                 e_rows, e_bytes = mx_exps_rows(n, k, k_total)
                 e_addr = self.ring.alloc(e_rows * e_bytes).addr
-            tiles, read, macs, lines = _matmul_tile(
-                self.core, m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P,
-                slot.addr % P, (out_addr + 4 * n0) % P, e_addr % P)
+            key = (m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P,
+                   slot.addr % P, (out_addr + 4 * n0) % P, e_addr % P)
+            found = memo.get(key)
+            if found is None:        # (the shared cache hashes the hardware: once a shape)
+                found = memo[key] = _matmul_tile(self.core, *key)
+            tiles, read, macs, lines = found
             first = list(tiles[0])
             first[5] += s.pending
             s.pending = 0.0
@@ -416,7 +420,7 @@ class _Timing(Generator):
 def clear_caches() -> None:
     """Forget every lowered graph, plan and tile (for timing the fast path cold)."""
     for f in (_struct, _lowered, _prefill_chunking, _plan, _prefill_l2, _matmul_tile,
-              _check_dram):
+              _check_dram, decode_step):
         f.cache_clear()
 
 
@@ -505,13 +509,15 @@ class _Plan:
     """One program of the one-layer model as tiles: ``prefix`` (the RoPE table, the
     embedding gather), ``layer`` (repeated per layer) and ``head``; each part
     ``(tiles, DRAM bytes read, MACs, L2 lines, KV prefetches' bytes read)``; the staging
-    ring's bytes; and each part's periodic runs."""
+    ring's bytes; each part's periodic runs; and each part's tiles that wait for a
+    tensor-parallel allreduce (their cycles set by ``_allreduced``)."""
 
     prefix: tuple
     layer: tuple
     head: tuple
     ring_bytes: int
     repeats: tuple = ((), (), ())     # each part's periodic runs (``_repeats``)
+    allreduces: tuple = ((), (), ())  # each part's allreduce tiles (``_allreduced``)
 
 
 def _split(ops: list) -> tuple[list, list, list]:
@@ -524,13 +530,14 @@ def _split(ops: list) -> tuple[list, list, list]:
 
 @lru_cache(maxsize=4096)
 def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_tokens: int,
-          head: bool, allreduce: int = 0, program: tuple[int, int, int] | None = None,
+          head: bool, parallel: bool = False, program: tuple[int, int, int] | None = None,
           batch: int = 1, kv_bits: float | None = None) -> _Plan:
     """The tiles of a step of ``n_tokens`` at ``start`` of the one-layer ``cfg``: the
     graph the driver compiles (``fit_head`` chunks a head whose logits do not fit L2),
     planned by ``backend.plan_l2`` and lowered by the back end's own code (``_Timing``);
-    ``allreduce`` cycles of a tensor-parallel allreduce before each residual add (0: a
-    single device). A prefill chunk is one graph of a program that ``_prefill_l2``
+    with ``parallel`` (tensor parallelism), a tile waiting for the allreduce before each
+    residual add, of a cycle until ``_allreduced`` gives it the link's (so that links
+    share the plan). A prefill chunk is one graph of a program that ``_prefill_l2``
     plans: ``program`` is then its ``(tile_bytes, ring_bytes, ring_base)``, and only the
     first chunk loads the RoPE table. ``batch > 1``: a decode step of that many sequences
     at ``start`` (``_step_graph``). ``kv_bits``: a decode step reading the full KV blocks
@@ -541,17 +548,19 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     timing = _Timing(cfg, hw, graph, _core(hw), program, kv_bits)
     prefix, layer, tail = _split(graph.ops)
     freq = next((op.freq for op in layer if isinstance(op, Rope)), None)
-    parts = []
+    parts, allreduces = [], []
     for ops in (prefix, layer, tail):
         timing.s, timing.writer = _Tiles(timing.core), {}
+        allreduces.append([])
         if ops is prefix and (program is None or start == 0):
             # a program starts by fetching as far ahead as the fetch reads in flight and
             # the engines' queues allow: those lines go before the first loads'
             timing.s.pending += (FETCH_AHEAD + 2 * QUEUE_DEPTH) * hw.dram_cycles_per_line
             timing.load_rope_table(layer)
         for op in ops:
-            if allreduce and isinstance(op, ResAdd):
-                timing.s.tiles.append(_tile(compute=allreduce))
+            if parallel and isinstance(op, ResAdd):
+                allreduces[-1].append(len(timing.s.tiles))
+                timing.s.tiles.append(_tile(compute=1))
             getattr(timing, LOWERINGS[type(op)].__name__)(op)   # overrides included
         parts.append(timing.s)
     prefix_tiles = parts[0].tiles
@@ -559,7 +568,22 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
         # the RoPE table is first read by the layer's first ROPE
         prefix_tiles[0][3] = len(prefix_tiles) + parts[1].first_rope
     return _Plan(*(p.frozen() for p in parts), timing.ring_bytes,
-                 tuple(_repeats(p.tiles) for p in parts))
+                 tuple(_repeats(p.tiles) for p in parts), tuple(map(tuple, allreduces)))
+
+
+def _allreduced(plan: _Plan, cycles: int) -> _Plan:
+    """``plan`` with its allreduce tiles taking ``cycles`` each (at least 1: a link's
+    latency is positive); the cached plan is left as it is."""
+    if not any(plan.allreduces):
+        return plan
+    parts = []
+    for part, at in zip((plan.prefix, plan.layer, plan.head), plan.allreduces, strict=True):
+        tiles = list(part[0])
+        for i in at:
+            tiles[i] = list(tiles[i])
+            tiles[i][1] = cycles
+        parts.append((tiles, *part[1:]))
+    return dataclasses.replace(plan, prefix=parts[0], layer=parts[1], head=parts[2])
 
 
 @lru_cache(maxsize=1024)
@@ -977,22 +1001,21 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     offsets that span a cut are shortened by it; nothing is cut where a tile points into
     removed repeats or a tile of ``keep`` would be removed. Where the staging ring holds
     fewer than ``2 * LOOKAHEAD + 2`` of a load's slots, the slot a load overwrites can
-    decide where it is placed (``_schedule``), so a run is cut only by whole turns of
-    the ring (a block of one tile) or not at all: what follows it then finds the ring as
-    it would have."""
-    n, front = len(tiles), front or {}
+    decide where it is placed (``_schedule``), so a run is cut only by a whole period of
+    the ring's pointer (``_ring_period``): what follows it then finds the ring as it
+    would have."""
+    n, front, ptrs = len(tiles), front or {}, None
     slot = max((t[2] for t in tiles), default=0)
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
         kept = front.get(i, head)
         m = reps - kept - tail
-        if not free and m > 0:
-            nbytes = -(-tiles[i][2] // 64) * 64
-            if p > 1 and any(t[2] for t in tiles[i:i + p]):
-                m = 0
-            elif nbytes:
-                m -= m % (ring // nbytes)
+        if not free and m > 0 and any(t[2] for t in tiles[i:i + p]):
+            if ptrs is None:
+                ptrs = _ring_pointers(tiles, ring)
+            q = _ring_period(ptrs, tiles, i, p, reps, kept, ring)
+            m = m - m % q if q else 0
         if m > 0:
             runs.append((i, kept, p, m))
     index, out, cuts, at = [-1] * n, 0, [], 0    # original index -> index in the cut tiles
@@ -1022,6 +1045,36 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
                     t[field] = target - index[k]
         cut.append(t)
     return cut, tuple(cuts), index
+
+
+def _ring_pointers(tiles: list, ring: int) -> list[int]:
+    """The staging ring's pointer before each tile's load, as ``_schedule`` replays
+    ``backend.Ring``: 64-byte aligned slots, wrapping to the base when one does not fit
+    the end (relative to where the pointer was before the first tile)."""
+    ptrs, ptr = [], 0
+    for t in tiles:
+        ptrs.append(ptr)
+        if t[0] and t[2]:
+            nbytes = -(-t[2] // 64) * 64
+            ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
+    return ptrs
+
+
+def _ring_period(ptrs: list[int], tiles: list, i: int, p: int, reps: int, kept: int,
+                 ring: int) -> int:
+    """The fewest repeats ``q`` of the ``p``-tile block at tile ``i`` (``reps`` of them)
+    after which the ring's pointer (``ptrs``, ``_ring_pointers``') is where it was, from
+    the repeats before the cut (``kept``) that hold a turn of the ring on: the pointer
+    at a repeat's start decides every slot the repeat takes, so from there the slots
+    repeat every ``q`` repeats, and cutting a multiple of ``q`` leaves every slot a later
+    load takes, and the loads it overwrites, as they were. 0: no such ``q`` in the
+    run."""
+    block = sum(-(-t[2] // 64) * 64 for t in tiles[i:i + p] if t[0] and t[2])
+    back = -(-ring // block)                          # repeats holding a turn of the ring
+    if back >= kept:
+        return 0
+    start = i + (kept - back) * p
+    return next((q for q in range(1, reps - kept) if ptrs[start] == ptrs[start + q * p]), 0)
 
 
 def _steady(series: tuple, e: int, p: int) -> bool:
@@ -1184,6 +1237,7 @@ def _plan_hw(hw: HardwareConfig) -> HardwareConfig:
     return hw if hw.prefetch else hw.replace(prefetch=True)
 
 
+@lru_cache(maxsize=256)
 def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
                 prefetch: bool | None = None, devices: int = 1,
                 link: Link = Link(), weights: str = "int8", batch: int = 1,
@@ -1199,7 +1253,7 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     for the instruction-level model); None: the int8 cache.
     Raises ``CompileError`` where the compiler would: an L2 too small for the step, or a
     DRAM image (``driver.dram_map``) larger than ``hw.dram_bytes``; ``ValueError`` for a
-    budget outside [2, 8]."""
+    budget outside [2, 8]. Memoised (``clear_caches``)."""
     _check_count("position", position, 0)
     _check_batch(batch)
     _check_kv_bits(cfg, kv_bits)
@@ -1218,8 +1272,8 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
     _check_dram(local, weights, _plan_hw(hw), ((position, 1, True),), position + 2, 1, batch,
                 2,           # a batched step's sequences: their prompt's row and this step's
                 kv_bits is not None)
-    plan = _plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True, allreduce,
-                 batch=batch, kv_bits=kv_bits)
+    plan = _allreduced(_plan(_one_layer(local), weights, _plan_hw(hw), position, 1, True,
+                             devices > 1, batch=batch, kv_bits=kv_bits), allreduce)
     cycles, load_busy, compute_busy, read, macs, kv = _time_plan(plan, cfg.n_layers, hw,
                                                                  prefetch)
     compute_busy -= 2 * allreduce * cfg.n_layers          # waiting on the link, not computing
@@ -1277,8 +1331,8 @@ def prefill(cfg: ModelConfig, hw: HardwareConfig, n_tokens: int,
         start, t, head = chunks[i]
         allreduce = math.ceil(link.allreduce_seconds(4 * cfg.d_model * t, devices)
                               * hw.clock_hz)
-        timed[i] = _time_plan(_plan(local, weights, key_hw, start, t, head, allreduce, program),
-                              cfg.n_layers, hw, prefetch)
+        plan = _plan(local, weights, key_hw, start, t, head, devices > 1, program)
+        timed[i] = _time_plan(_allreduced(plan, allreduce), cfg.n_layers, hw, prefetch)
     known = sorted(timed)
     total = [0.0] * 6
     for i in range(len(chunks)):

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import multiprocessing
+import queue
 import signal
 from pathlib import Path
 
@@ -89,6 +90,14 @@ def performance_key(point: dict) -> tuple:
             point["weights"], point["batch"], point["devices"], link, kv_bits(point))
 
 
+def plan_key(point: dict) -> tuple:
+    """What the fast path's plans of a point's steps depend on: its ``performance_key``
+    but for prefetch and the link (``analytic._plan``: they change only how the plan is
+    timed). A worker given the groups of one plan key in turn plans their steps once."""
+    return (point_hardware(point).replace(prefetch=True), point["model"], point["workload"],
+            point["weights"], point["batch"], point["devices"], kv_bits(point))
+
+
 def kv_bits(point: dict) -> float | None:
     """The point's compressed KV budget (``analytic.decode_step``'s ``kv_bits``), None for
     the int8 cache."""
@@ -118,7 +127,8 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
     except CompileError as e:
         return [{"key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": False,
                  "reason": str(e)} for p, k in zip(points, keys, strict=True)]
-    mid = analytic.decode_step(cfg, hw, w["prompt"] + w["output"] // 2, point["prefetch"],
+    # the middle one of the output - 1 decode steps (one ``decode_total`` timed)
+    mid = analytic.decode_step(cfg, hw, w["prompt"] + (w["output"] - 1) // 2, point["prefetch"],
                                devices, link, point["weights"], point["batch"],
                                kv_bits(point))
     tokens_per_s = est.tokens_per_s(hw)
@@ -284,15 +294,32 @@ def _record(rows: list[dict], writer: _Writer, bar) -> None:
     bar.update(len(rows))
 
 
-def _ignore_sigint() -> None:
+_finished = None           # a worker's queue of finished groups' rows (``_run_local``)
+
+
+def _start_worker(finished) -> None:
+    global _finished
+    _finished = finished
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _evaluate(args):
-    return evaluate_group(*args)
+def _evaluate_bundle(bundle: list) -> None:
+    for args in bundle:
+        _finished.put(evaluate_group(*args))
+
+
+def _bundles(work: list) -> list[list]:
+    """The work's groups by ``plan_key``, in first-appearance order."""
+    by_key: dict[tuple, list] = {}
+    for args in work:
+        by_key.setdefault(plan_key(args[0][0]), []).append(args)
+    return list(by_key.values())
 
 
 def _run_local(work, workers, writer, bar) -> None:
+    """The groups on ``workers`` processes, those of one ``plan_key`` on one process in
+    turn (so that it plans their steps once), each group's rows recorded as it
+    finishes."""
     if workers == 1 or len(work) <= 1:
         for args in work:
             _record(evaluate_group(*args), writer, bar)
@@ -301,10 +328,21 @@ def _run_local(work, workers, writer, bar) -> None:
     # a fork of a multithreaded process can deadlock. The workers ignore Ctrl-C; the
     # parent terminates them when it is interrupted, so it stops at once.
     context = multiprocessing.get_context("spawn")
-    pool = context.Pool(workers, initializer=_ignore_sigint)
+    finished = context.Queue()
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(finished,))
     try:
-        for rows in pool.imap_unordered(_evaluate, work):
+        bundles = [pool.apply_async(_evaluate_bundle, (b,)) for b in _bundles(work)]
+        left = len(work)
+        while left:
+            try:
+                rows = finished.get(timeout=0.2)
+            except queue.Empty:
+                for b in bundles:
+                    if b.ready():
+                        b.get()          # a worker's exception, raised here
+                continue
             _record(rows, writer, bar)
+            left -= 1
         pool.close()
     finally:
         pool.terminate()
