@@ -41,6 +41,7 @@ import numpy as np
 from arch.hardware import HardwareConfig
 from arch.isa import (
     BLOCK_TABLE_ENTRY_BYTES,
+    BY_MNEMONIC,
     COUNTER_BYTES,
     COUNTERS,
     KV_WIDTH_CODES,
@@ -983,7 +984,24 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     """The dataflow in which this hardware runs a ``MATMUL`` (every field but ``mode``)
     in fewer cycles, by ``occupancy``; GEMM on a tie (it reads each weight out of the tile
     buffers once per block, GEMV once per row). The compiler emits every ``MATMUL`` in
-    the mode this returns, and the fast path times it so."""
+    the mode this returns, and the fast path times it so. Memoised as ``occupancy`` is
+    (on the timing fields and the addresses modulo the banks' lines)."""
+    W = hw.line_bytes * int(hw.l2_lines_per_cycle)
+    key = (_timing_fields(hw), tuple(fields),
+           tuple(v % W if k in _MATMUL_ADDRESSES else v for k, v in fields.items()))
+    mode = _modes.get(key)
+    if mode is None:
+        if len(_modes) > 100_000:
+            _modes.clear()
+        mode = _modes[key] = _matmul_mode(hw, fields)
+    return mode
+
+
+_modes: dict = {}
+_MATMUL_ADDRESSES = {f.name for f in BY_MNEMONIC["MATMUL"].fields if f.address}
+
+
+def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:
     gemv = occupancy(make("MATMUL", mode=MatmulMode.GEMV, **fields), hw).cycles
     # GEMM loads each block's R weight rows at least R cycles after the block before's
     # (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles: where that is

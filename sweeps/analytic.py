@@ -1001,21 +1001,22 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     offsets that span a cut are shortened by it; nothing is cut where a tile points into
     removed repeats or a tile of ``keep`` would be removed. Where the staging ring holds
     fewer than ``2 * LOOKAHEAD + 2`` of a load's slots, the slot a load overwrites can
-    decide where it is placed (``_schedule``), so a run is cut only by a whole period of
-    the ring's pointer (``_ring_period``): what follows it then finds the ring as it
-    would have."""
-    n, front, ptrs = len(tiles), front or {}, None
+    decide where it is placed (``_schedule``), so a run is cut only by whole turns of
+    the ring (a block of one tile) or not at all: what follows it then finds the ring as
+    it would have."""
+    n, front = len(tiles), front or {}
     slot = max((t[2] for t in tiles), default=0)
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
         kept = front.get(i, head)
         m = reps - kept - tail
-        if not free and m > 0 and any(t[2] for t in tiles[i:i + p]):
-            if ptrs is None:
-                ptrs = _ring_pointers(tiles, ring)
-            q = _ring_period(ptrs, tiles, i, p, reps, kept, ring)
-            m = m - m % q if q else 0
+        if not free and m > 0:
+            nbytes = -(-tiles[i][2] // 64) * 64
+            if p > 1 and any(t[2] for t in tiles[i:i + p]):
+                m = 0
+            elif nbytes:
+                m -= m % (ring // nbytes)
         if m > 0:
             runs.append((i, kept, p, m))
     index, out, cuts, at = [-1] * n, 0, [], 0    # original index -> index in the cut tiles
@@ -1045,36 +1046,6 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
                     t[field] = target - index[k]
         cut.append(t)
     return cut, tuple(cuts), index
-
-
-def _ring_pointers(tiles: list, ring: int) -> list[int]:
-    """The staging ring's pointer before each tile's load, as ``_schedule`` replays
-    ``backend.Ring``: 64-byte aligned slots, wrapping to the base when one does not fit
-    the end (relative to where the pointer was before the first tile)."""
-    ptrs, ptr = [], 0
-    for t in tiles:
-        ptrs.append(ptr)
-        if t[0] and t[2]:
-            nbytes = -(-t[2] // 64) * 64
-            ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
-    return ptrs
-
-
-def _ring_period(ptrs: list[int], tiles: list, i: int, p: int, reps: int, kept: int,
-                 ring: int) -> int:
-    """The fewest repeats ``q`` of the ``p``-tile block at tile ``i`` (``reps`` of them)
-    after which the ring's pointer (``ptrs``, ``_ring_pointers``') is where it was, from
-    the repeats before the cut (``kept``) that hold a turn of the ring on: the pointer
-    at a repeat's start decides every slot the repeat takes, so from there the slots
-    repeat every ``q`` repeats, and cutting a multiple of ``q`` leaves every slot a later
-    load takes, and the loads it overwrites, as they were. 0: no such ``q`` in the
-    run."""
-    block = sum(-(-t[2] // 64) * 64 for t in tiles[i:i + p] if t[0] and t[2])
-    back = -(-ring // block)                          # repeats holding a turn of the ring
-    if back >= kept:
-        return 0
-    start = i + (kept - back) * p
-    return next((q for q in range(1, reps - kept) if ptrs[start] == ptrs[start + q * p]), 0)
 
 
 def _steady(series: tuple, e: int, p: int) -> bool:

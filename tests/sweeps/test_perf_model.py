@@ -5,6 +5,7 @@ the model's refusals. (The instruction-level model against the RTL is
 tests/rtl/test_tiny_rtl.py and tests/rtl/test_accelerator.py.)"""
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -220,12 +221,15 @@ def test_cutting_periodic_runs_keeps_the_fast_path(monkeypatch, name, l2_bytes, 
         return result
 
     monkeypatch.setattr(analytic, "_periodic", cutting)
+    decode_step.cache_clear()                 # decode_step is memoised
     cut = decode_step(cfg, hw, position)
     assert sizes and all(kept < n for n, kept in sizes), sizes
     monkeypatch.setattr(analytic, "_periodic",
                         lambda tiles, repeats, ring, keep=(), front=None:
                         (tiles, (), range(len(tiles))))
+    decode_step.cache_clear()
     full = decode_step(cfg, hw, position)
+    decode_step.cache_clear()
     assert abs(cut.cycles - full.cycles) <= 0.0005 * full.cycles, (cut, full)
     assert abs(cut.load_busy - full.load_busy) <= 0.0005 * full.load_busy, (cut, full)
     assert cut.compute_busy == full.compute_busy
@@ -322,6 +326,28 @@ def test_tensor_parallel_decode():
     with pytest.raises(ValueError, match="n_kv_heads = 8 does not split over 3"):
         shard(cfg, 3)
 
+
+
+def test_links_share_a_plan_and_only_wait_longer():
+    """Two devices on a slow and a fast link: one plan serves both (the allreduce tiles
+    take their cycles at timing, ``analytic._allreduced``); the slow link's step takes
+    longer, while the compute busy, which leaves the allreduces out, is the same, so
+    every allreduce tile was given its link's cycles."""
+    from sweeps import analytic
+
+    cfg = dataclasses.replace(preset("llama-3.2-1b"), n_layers=2)
+    hw = load_hardware("edge-16x16").replace(l2_bytes=2 << 20)
+    analytic.clear_caches()
+    fast = decode_step(cfg, hw, 300, devices=2, link=Link(32.0, 1.0))
+    misses = analytic._plan.cache_info().misses
+    slow = decode_step(cfg, hw, 300, devices=2, link=Link(1.0, 20.0))
+    assert analytic._plan.cache_info().misses == misses
+    wait = (math.ceil(Link(1.0, 20.0).allreduce_seconds(4 * cfg.d_model, 2) * hw.clock_hz)
+            - math.ceil(Link(32.0, 1.0).allreduce_seconds(4 * cfg.d_model, 2) * hw.clock_hz))
+    assert slow.compute_busy == fast.compute_busy
+    assert slow.dram_read_bytes == fast.dram_read_bytes
+    # two allreduces a layer, each on the critical path at most once
+    assert 0 < slow.cycles - fast.cycles <= 2 * cfg.n_layers * wait
 
 def test_refusals(small_config):
     """The fast path refuses a step exactly where the compiler does (it plans L2 with the
@@ -519,6 +545,7 @@ def test_the_dataflow_picked_is_the_faster_one():
         assert cycles[MatmulMode.GEMM] > (blocks - 1) * R, fields
         gemm_won += want == MatmulMode.GEMM
         occ._cache.clear()
+        occ._modes.clear()
         assert occ.matmul_mode(hw, **fields) == want, fields
         skipped += not any(key[0] == "MATMUL" and key[3][0] == MatmulMode.GEMM
                            for key in occ._cache)

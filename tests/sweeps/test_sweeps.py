@@ -213,6 +213,26 @@ def test_points_differing_only_in_node_share_one_performance_run(tmp_path, monke
         assert (r["area_mm2"] < other["area_mm2"]) == (node == "7nm")
 
 
+
+def test_groups_that_share_plans_go_to_one_worker_together(tmp_path):
+    """Points differing only in prefetch or (on two devices) the link are timed apart but
+    planned alike: ``plan_key`` puts their groups in one bundle, which a worker runs in
+    turn; points of another L2 size or device count are planned apart."""
+    from sweeps.runner import _bundles, groups, plan_key
+
+    text = SPEC.replace('workload = ["short"]', 'workload = ["short"]\ndevices = [1, 2]\n'
+                        "link_gbytes_per_s = [8.0, 16.0]")
+    points = load_spec(write(tmp_path, text)).points()
+    work = [(g, None, None, None) for g in groups(points)]
+    bundles = _bundles(work)
+    # 3 L2 sizes x 2 device counts; prefetch x (on two devices) link within each
+    assert len(work) == 3 * (2 + 4) and len(bundles) == 3 * 2
+    for bundle in bundles:
+        firsts = [args[0][0] for args in bundle]
+        assert len({plan_key(p) for p in firsts}) == 1
+        assert len(bundle) == (4 if firsts[0]["devices"] == 2 else 2)
+    assert sorted(id(a) for b in bundles for a in b) == sorted(id(a) for a in work)
+
 def test_the_same_sweep_on_a_local_dask_cluster(sweep, tmp_path):
     from distributed import LocalCluster
 
