@@ -175,7 +175,8 @@ class CopierQueue:
     __slots__ = ("segments", "count", "last")
 
     def __init__(self):
-        # (copies, begin, read_free, write_free, its takes): at least the last CMD_DEPTH
+        # (copies, begin, read_free, write_free, its takes, its last take): at least the
+        # last CMD_DEPTH
         self.segments: deque = deque()
         self.count = 0
         self.last = float("-inf")          # when the newest command is taken
@@ -190,8 +191,8 @@ class CopierQueue:
                 m = seg[4]
                 # its take j is command CMD_DEPTH - (back + m - j) of ours to wait for
                 lo = CMD_DEPTH - back - m if CMD_DEPTH - back > m else 0
-                hi = min(len(first), CMD_DEPTH - back)
-                if lo < hi and _take(seg, m - 1) + 1 - begin - first[lo] > late:
+                hi = CMD_DEPTH - back if CMD_DEPTH - back < len(first) else len(first)
+                if lo < hi and seg[5] + 1 - begin - first[lo] > late:
                     # A take is at least a cycle after the one before and a command one
                     # cycle after the one before unless it read an int32 first: the wait
                     # rises with k but where a command jumps, so the most is at one
@@ -207,9 +208,10 @@ class CopierQueue:
                 if back >= CMD_DEPTH:
                     break
         m = len(copies.takes)
-        seg = (copies, begin, read_free, write_free, m)
-        segments.append(seg)
-        self.last = _take(seg, m - 1)
+        c, r, w = copies.takes[m - 1]          # its last command's take (``_take``)
+        c, r, w = c + begin, r + read_free, w + write_free
+        self.last = c if c >= r and c >= w else r if r >= w else w
+        segments.append((copies, begin, read_free, write_free, m, self.last))
         self.count += m
         while self.count - segments[0][4] >= CMD_DEPTH:
             self.count -= segments.popleft()[4]
@@ -222,7 +224,7 @@ class CopierQueue:
 
 def _take(segment: tuple, j: int) -> float:
     """When the write side takes the ``j``-th of a queued instruction's last commands."""
-    copies, begin, read_free, write_free, _ = segment
+    copies, begin, read_free, write_free = segment[:4]
     c, r, w = copies.takes[j]
     c += begin
     r += read_free
