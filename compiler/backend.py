@@ -200,17 +200,19 @@ def plan_activations(ops: list, cfg: ModelConfig, base: int) -> tuple[dict[int, 
             buffers[b.uid] = b
             first.setdefault(b.uid, i)
             last[b.uid] = i
-    placed: list[tuple[int, int, int, int]] = []        # (addr, end, first, last)
+    # The buffers are placed in order of first use, so a placed buffer dead before this
+    # one's first use is dead for every later one too: only the live ones are kept.
+    placed: list[tuple[int, int, int]] = []        # (addr, end, last use)
     addr_of, top = {}, base
     for uid in sorted(buffers, key=lambda u: (first[u], -buffers[u].nbytes)):
         size = align(buffers[uid].nbytes)
-        live = [(a, e) for a, e, f, l_ in placed if not (l_ < first[uid] or f > last[uid])]
+        placed = [p for p in placed if p[2] >= first[uid]]
         addr = base
-        for a, e in sorted(live):
+        for a, e, _ in sorted(placed):
             if addr + size <= a:
                 break
             addr = max(addr, e)
-        placed.append((addr, addr + size, first[uid], last[uid]))
+        placed.append((addr, addr + size, last[uid]))
         addr_of[uid] = addr
         top = max(top, addr + size)
     return addr_of, top, temps
