@@ -996,36 +996,45 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     """``tiles`` with each run of ``repeats`` (``_repeats``') cut to the repeats it keeps
     before the cut (or ``front[its first tile]``) and after it: ``(tiles, cuts, index)``,
     ``cuts`` giving per cut ``(index of the last tile before it, the block's tiles,
-    repeats removed, the run's first tile, the repeats kept before it)``, ``index`` each
-    tile's index in the cut tiles (-1: removed). A tile's ``reader`` and ``after``
-    offsets that span a cut are shortened by it; nothing is cut where a tile points into
-    removed repeats or a tile of ``keep`` would be removed. Where the staging ring holds
-    fewer than ``2 * LOOKAHEAD + 2`` of a load's slots, the slot a load overwrites can
-    decide where it is placed (``_schedule``), so a run is cut only by whole turns of
-    the ring (a block of one tile) or not at all: what follows it then finds the ring as
-    it would have."""
-    n, front = len(tiles), front or {}
+    repeats removed, the run's first tile, the repeats kept before it, the repeats its
+    period is measured over)``, ``index`` each tile's index in the cut tiles (-1:
+    removed). A tile's ``reader`` and ``after`` offsets that span a cut are shortened by
+    it; nothing is cut where a tile points into removed repeats or a tile of ``keep``
+    would be removed. Where the staging ring holds fewer than ``2 * LOOKAHEAD + 2`` of a
+    load's slots, the slot a load overwrites can decide where it is placed
+    (``_schedule``), so a run with loads is cut only by whole periods of the ring's
+    pointer (``_ring_period``): what follows it then finds the ring as it would have.
+    The engines' period is then measured over whole periods of the pointer too (at
+    least ``PERIOD_REPEATS`` repeats), on repeats past the ring's first turn in the
+    run."""
+    n, front, ptrs = len(tiles), front or {}, None
     slot = max((t[2] for t in tiles), default=0)
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
         kept = front.get(i, head)
-        m = reps - kept - tail
-        if not free and m > 0:
-            nbytes = -(-tiles[i][2] // 64) * 64
-            if p > 1 and any(t[2] for t in tiles[i:i + p]):
-                m = 0
-            elif nbytes:
-                m -= m % (ring // nbytes)
+        window = PERIOD_REPEATS
+        if not free and any(t[0] and t[2] for t in tiles[i:i + p]):
+            if ptrs is None:
+                ptrs = _ring_pointers(tiles, ring)
+            block = sum(-(-t[2] // 64) * 64 for t in tiles[i:i + p] if t[0] and t[2])
+            back = -(-ring // block)              # repeats holding a turn of the ring
+            q = _ring_period(ptrs, i, p, reps, back)
+            window = q * -(-PERIOD_REPEATS // q) if q else 0
+            kept = max(kept, back + window + 2)
+            m = reps - kept - tail
+            m = m - m % q if q and m > 0 else 0
+        else:
+            m = reps - kept - tail
         if m > 0:
-            runs.append((i, kept, p, m))
+            runs.append((i, kept, p, m, window))
     index, out, cuts, at = [-1] * n, 0, [], 0    # original index -> index in the cut tiles
-    for first, kept, p, m in runs:
+    for first, kept, p, m, window in runs:
         begin = first + kept * p
         for k in range(at, begin):
             index[k] = out
             out += 1
-        cuts.append((out - 1, p, m, first, kept))
+        cuts.append((out - 1, p, m, first, kept, window))
         at = begin + m * p
     for k in range(at, n):
         index[k] = out
@@ -1048,10 +1057,35 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     return cut, tuple(cuts), index
 
 
-def _steady(series: tuple, e: int, p: int) -> bool:
-    """Whether every time in ``series`` advanced alike over ``PERIOD_REPEATS`` repeats of
-    ``p`` tiles, for each tile of the two repeats up to tile ``e``."""
-    a = PERIOD_REPEATS * p
+def _ring_pointers(tiles: list, ring: int) -> list[int]:
+    """The staging ring's pointer before each tile's load, as ``_schedule`` replays
+    ``backend.Ring``: 64-byte aligned slots, wrapping to the base when one does not fit
+    the end (relative to where the pointer was before the first tile)."""
+    ptrs, ptr = [], 0
+    for t in tiles:
+        ptrs.append(ptr)
+        if t[0] and t[2]:
+            nbytes = -(-t[2] // 64) * 64
+            ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
+    return ptrs
+
+
+def _ring_period(ptrs: list[int], i: int, p: int, reps: int, back: int) -> int:
+    """The fewest repeats ``q`` of the ``p``-tile block at tile ``i`` (``reps`` of them)
+    after which the ring's pointer (``ptrs``, ``_ring_pointers``') is where it was, from
+    the repeat ``back`` on (past the ring's first turn in the run, where the pointer
+    wrapped): the pointer at a repeat's start decides every slot the repeat takes, so
+    from there the slots repeat every ``q`` repeats, and cutting a multiple of ``q``
+    leaves every slot a later load takes, and the loads it overwrites, as they were.
+    0: no such ``q`` in the run."""
+    start = i + back * p
+    return next((q for q in range(1, reps - back) if ptrs[start] == ptrs[start + q * p]), 0)
+
+
+def _steady(series: tuple, e: int, p: int, window: int) -> bool:
+    """Whether every time in ``series`` advanced alike over ``window`` repeats of ``p``
+    tiles, for each tile of the two repeats up to tile ``e``."""
+    a = window * p
     step = series[0][e] - series[0][e - a]
     tol = 1e-9 * abs(step) + 1e-6
     return all(abs(x[i] - x[i - a] - step) <= tol for x in series for i in range(e - 2 * p + 1,
@@ -1061,8 +1095,9 @@ def _steady(series: tuple, e: int, p: int) -> bool:
 def _extrapolate(tiles: list, run: tuple, cuts: tuple) -> tuple:
     """``_pipeline``'s result from a ``_run`` over tiles ``_periodic`` cut, and the first
     tiles of the runs whose engines had not settled before their cut (``_steady``: every
-    load's and compute's times advancing alike over the ``PERIOD_REPEATS`` repeats before
-    it). After each cut, the repeats removed at the period the engines kept over those
+    load's and compute's times advancing alike over the repeats its period is measured
+    over, ``PERIOD_REPEATS`` or whole periods of a small ring's pointer, before it).
+    After each cut, the repeats removed at the period the engines kept over those
     repeats (the compute ends' and the load busy's advance) are added to the cycles, to
     the load and compute busy, and to every later compute's begin and end and load
     busy."""
@@ -1070,20 +1105,21 @@ def _extrapolate(tiles: list, run: tuple, cuts: tuple) -> tuple:
         busy_to = run
     if not cuts:
         return run[0], compute_begin, compute_ends, busy_to, ()
-    unsteady = tuple(first for e, p, _, first, _ in cuts
-                     if not _steady((compute_ends, compute_begin, load_end, write_start), e, p))
+    unsteady = tuple(first for e, p, _, first, _, w in cuts
+                     if not _steady((compute_ends, compute_begin, load_end, write_start), e, p,
+                                    w))
     compute_begin, compute_ends, busy_to = list(compute_begin), list(compute_ends), list(busy_to)
     shift = busy = 0.0
     at = 0
-    for e, p, m, _, _ in cuts:
+    for e, p, m, _, _, w in cuts:
         for i in range(at, e + 1):
             compute_begin[i] += shift
             compute_ends[i] += shift
             busy_to[i] += busy
         at = e + 1
-        a = PERIOD_REPEATS * p
-        shift += m * (run[4][e] - run[4][e - a]) / PERIOD_REPEATS
-        busy += m * (run[5][e] - run[5][e - a]) / PERIOD_REPEATS
+        a = w * p
+        shift += m * (run[4][e] - run[4][e - a]) / w
+        busy += m * (run[5][e] - run[5][e - a]) / w
         compute_busy += m * sum(t[1] for t in tiles[e - p + 1:e + 1])
     for i in range(at, len(tiles)):
         compute_begin[i] += shift

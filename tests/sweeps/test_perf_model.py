@@ -201,7 +201,9 @@ def test_occupancy_reads_only_the_timing_fields_of_the_hardware():
 @pytest.mark.parametrize(("name", "l2_bytes", "prefetch", "position"), [
     ("qwen2.5-0.5b", 256 << 10, True, 130), ("qwen2.5-0.5b", 1 << 20, True, 1100),
     ("tinyllama-1.1b", 1 << 20, True, 130), ("tinyllama-1.1b", 16 << 20, False, 1100),
-    ("llama-3.2-1b", 4 << 20, True, 700)])
+    ("llama-3.2-1b", 4 << 20, True, 700),
+    # a staging ring of 9 slots: runs of two-tile blocks cut by the ring pointer's period
+    ("llama-3.2-1b", 256 << 10, True, 1100), ("tinyllama-1.1b", 256 << 10, True, 130)])
 def test_cutting_periodic_runs_keeps_the_fast_path(monkeypatch, name, l2_bytes, prefetch,
                                                    position):
     """The fast path steps through a few repeats of each long periodic run of tiles and
