@@ -439,12 +439,12 @@ def _struct(cfg: ModelConfig, weights: str):
 def _lowered(cfg: ModelConfig, weights: str, start: int, n_tokens: int, head: bool,
              seq: int = 0) -> Graph:
     """The front end's graph of a step of the one-layer model (shapes only), for sequence
-    ``seq`` of a batch: past position 0, the graph lowered at position 1 moved to
-    ``start`` (``_moved``), which is the graph ``lower_step`` gives there
-    (``tests/sweeps/test_perf_model.py``) without tracing the model again."""
+    ``seq`` of a batch: the graph lowered at position 1 moved to ``start`` (``_moved``),
+    which is the graph ``lower_step`` gives there (``tests/sweeps/test_perf_model.py``)
+    without tracing the model again."""
     kind = "decode" if n_tokens == 1 and head and start else "prefill"
     name = f"{kind}@{start}"
-    if start <= 1 or 1 + n_tokens > cfg.max_seq_len:
+    if start == 1 or 1 + n_tokens > cfg.max_seq_len:
         return lower_step(cfg, _struct(cfg, weights), start, n_tokens, head=head, name=name,
                           seq=seq)
     return _moved(_lowered(cfg, weights, 1, n_tokens, head, seq), start, name)

@@ -263,10 +263,10 @@ def _canonical(graph) -> tuple:
 
 
 def test_the_fast_paths_moved_lowering_is_the_front_ends():
-    """The fast path lowers a step once at position 1 and moves it to each later position
+    """The fast path lowers a step once at position 1 and moves it to each other position
     (``sweeps.analytic._moved``): for random models (GQA/MHA/MQA, QKV bias, odd widths)
-    and presets, decode steps, prefill chunks with and without the head and a batch's
-    second sequence, the moved graph equals ``lower_step``'s at that position, buffers
+    and presets, decode steps, prefill chunks with and without the head (first chunks
+    at position 0 too) and a batch's second sequence, the moved graph equals ``lower_step``'s at that position, buffers
     shared exactly where the front end shares them."""
     from compiler.frontend import lower_step
     from sweeps import analytic
@@ -278,14 +278,16 @@ def test_the_fast_paths_moved_lowering_is_the_front_ends():
         cfg = analytic._one_layer(cfg)
         for start, n, head, seq in ((2, 1, True, 0), (int(rng.integers(3, 200)), 1, True, 1),
                                     (int(rng.integers(2, 100)), 7, False, 0),
-                                    (int(rng.integers(2, 100)), 16, True, 0)):
-            kind = "decode" if n == 1 and head else "prefill"
+                                    (int(rng.integers(2, 100)), 16, True, 0),
+                                    (0, 16, False, 0), (0, int(rng.integers(1, 40)), True, 0),
+                                    (0, 1, True, 1)):
+            kind = "decode" if n == 1 and head and start else "prefill"
             want = lower_step(cfg, analytic._struct(cfg, "int8"), start, n, head=head,
                               name=f"{kind}@{start}", seq=seq)
             got = analytic._lowered(cfg, "int8", start, n, head, seq)
             assert _canonical(got) == _canonical(want), (cfg, start, n, head, seq)
             moved += 1
-    assert moved == 20
+    assert moved == 35
 
 
 def test_workload_integration_matches_step_by_step_timing():
