@@ -26,6 +26,10 @@ Sections:
   default, ``analytic.DECODE_SAMPLES``), 5 and 9 positions and interpolating, against
   timing every step; and prefills of 32–64 chunks (the first, the last and
   ``analytic.PREFILL_SAMPLES`` between them timed) against timing every chunk.
+* ``cuts``: the periodic runs of tiles the fast path cuts short (``analytic._periodic``)
+  against stepping through every tile: decode steps and prefills of the four 1B-class
+  presets at 256 KiB (a staging ring of 9 slots, cut by its pointer's period) and
+  512 KiB of L2, the error in cycles and in load busy, then the worst.
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 4 and 8 devices (4 GiB of DRAM
   each: an int8 shard does not fit 2) across L2 sizes, prefetch on and off.
@@ -47,7 +51,8 @@ import dataclasses
 import json
 import time
 
-SECTIONS = ("fast", "fidelity", "random", "workload", "l2", "tp", "prefill", "density")
+SECTIONS = ("fast", "fidelity", "random", "workload", "cuts", "l2", "tp", "prefill",
+            "density")
 
 
 def _emit(row: dict) -> dict:
@@ -310,6 +315,48 @@ def density() -> list[dict]:
     return rows
 
 
+def cuts() -> list[dict]:
+    from arch.hardware import load_hardware
+    from models.config import preset
+    from sweeps import analytic
+
+    cut_runs = analytic._periodic
+    rows = []
+    for name in ("llama-3.2-1b", "qwen2.5-0.5b", "tinyllama-1.1b", "sheared-llama-1.3b"):
+        for l2 in (256 << 10, 512 << 10):
+            hw = load_hardware("edge-16x16").replace(l2_bytes=l2)
+            for kind, x, prefetch in (("decode", 130, True), ("decode", 1100, True),
+                                      ("decode", 700, False), ("prefill", 128, True),
+                                      ("prefill", 1024, True)):
+                steps = []
+                for periodic in (cut_runs, lambda tiles, repeats, ring, keep=(), front=None:
+                                 (tiles, (), range(len(tiles)))):
+                    analytic._periodic = periodic
+                    analytic.decode_step.cache_clear()
+                    try:
+                        steps.append(analytic.decode_step(preset(name), hw, x, prefetch)
+                                     if kind == "decode"
+                                     else analytic.prefill(preset(name), hw, x, prefetch))
+                    finally:
+                        analytic._periodic = cut_runs
+                cut, every = steps
+                rows.append(_emit({
+                    "section": "cuts", "model": name, "hw": hw.name, "l2_bytes": l2,
+                    "step": kind, "position" if kind == "decode" else "prompt": x,
+                    "prefetch": prefetch,
+                    "cycles_error_pct": round(100 * (cut.cycles - every.cycles) / every.cycles,
+                                              4),
+                    "load_busy_error_pct": round(100 * (cut.load_busy - every.load_busy)
+                                                 / every.load_busy, 4)}))
+    worst = {f"worst_{k}": max(abs(r[k]) for r in rows)
+             for k in ("cycles_error_pct", "load_busy_error_pct")}
+    rows.append(_emit({"section": "cuts", **worst,
+                       "decode_load_busy_worst_pct": max(abs(r["load_busy_error_pct"])
+                                                         for r in rows
+                                                         if r["step"] == "decode")}))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
@@ -319,7 +366,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.random < 1:
         parser.error(f"--random must be at least 1, not {args.random}")
     runs = {"fast": fast, "fidelity": fidelity, "random": lambda: random_set(args.random),
-            "workload": workload, "l2": l2_sweep, "tp": tp, "prefill": prefill,
+            "workload": workload, "cuts": cuts, "l2": l2_sweep, "tp": tp, "prefill": prefill,
             "density": density}
     rows = []
     for name in args.only:
