@@ -669,17 +669,16 @@ def _schedule(tiles, ring: int | None):
         first = c if c < first else first
         needed_by[r] = first
     reach, place, dep = list(range(n)), list(range(n)), [-1] * n
-    prev = ptr = cycle = 0
-    live: deque = deque()                     # ring slots: (cycle, start, end, reader)
+    _, starts, turns = _ring_replay(tiles, ring)
+    prev = 0
+    live: deque = deque()                     # ring slots: (turn, start, end, reader)
     slot_readers: list[int] = []
     lookahead = min(MAX_INFLIGHT_SLOTS, LOOKAHEAD)
     for r, j in enumerate(load_tiles):
         at, d = prev, -1
-        nbytes = -(-tiles[j][2] // 64) * 64
-        if nbytes:                            # a slot of the ring
-            if ptr + nbytes > ring:
-                ptr, cycle = 0, cycle + 1
-            end = ptr + nbytes
+        if tiles[j][2]:                       # a slot of the ring
+            cycle, ptr = turns[j], starts[j]
+            end = ptr + -(-tiles[j][2] // 64) * 64
             while live and live[0][0] < cycle and (live[0][0] < cycle - 1 or live[0][1] < end):
                 reader = live.popleft()[3]
                 d = reader if reader > d else d
@@ -687,7 +686,6 @@ def _schedule(tiles, ring: int | None):
                 d = slot_readers[-MAX_INFLIGHT_SLOTS]
             live.append((cycle, ptr, end, consumer[j]))
             slot_readers.append(consumer[j])
-            ptr = end
         if tiles[j][4] and j + tiles[j][4] > d:
             d = j + tiles[j][4]                   # the compute it reads from
         at = d + 1 if d + 1 > at else at
@@ -1012,20 +1010,17 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
-        kept = front.get(i, head)
-        window = PERIOD_REPEATS
+        kept, window, q = front.get(i, head), PERIOD_REPEATS, 1
         if not free and any(t[0] and t[2] for t in tiles[i:i + p]):
             if ptrs is None:
-                ptrs = _ring_pointers(tiles, ring)
+                ptrs = _ring_replay(tiles, ring)[0]
             block = sum(-(-t[2] // 64) * 64 for t in tiles[i:i + p] if t[0] and t[2])
             back = -(-ring // block)              # repeats holding a turn of the ring
             q = _ring_period(ptrs, i, p, reps, back)
             window = q * -(-PERIOD_REPEATS // q) if q else 0
             kept = max(kept, back + window + 2)
-            m = reps - kept - tail
-            m = m - m % q if q and m > 0 else 0
-        else:
-            m = reps - kept - tail
+        m = reps - kept - tail
+        m = m - m % q if q else 0
         if m > 0:
             runs.append((i, kept, p, m, window))
     index, out, cuts, at = [-1] * n, 0, [], 0    # original index -> index in the cut tiles
@@ -1057,22 +1052,29 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     return cut, tuple(cuts), index
 
 
-def _ring_pointers(tiles: list, ring: int) -> list[int]:
-    """The staging ring's pointer before each tile's load, as ``_schedule`` replays
-    ``backend.Ring``: 64-byte aligned slots, wrapping to the base when one does not fit
-    the end (relative to where the pointer was before the first tile)."""
-    ptrs, ptr = [], 0
-    for t in tiles:
-        ptrs.append(ptr)
+def _ring_replay(tiles: list, ring: int) -> tuple[list[int], list[int], list[int]]:
+    """The staging ring as ``backend.Ring`` allocates it, replayed over the tiles' loads
+    (64-byte aligned slots, round robin, wrapping to the base when one does not fit the
+    end; relative to where the pointer was before the first tile): ``(before, starts,
+    turns)``, the pointer before each tile, and the start and turn of the ring of each
+    tile's slot (0 where a tile takes none)."""
+    n = len(tiles)
+    before, starts, turns = [0] * n, [0] * n, [0] * n
+    ptr = turn = 0
+    for j, t in enumerate(tiles):
+        before[j] = ptr
         if t[0] and t[2]:
             nbytes = -(-t[2] // 64) * 64
-            ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
-    return ptrs
+            if ptr + nbytes > ring:
+                ptr, turn = 0, turn + 1
+            starts[j], turns[j] = ptr, turn
+            ptr += nbytes
+    return before, starts, turns
 
 
 def _ring_period(ptrs: list[int], i: int, p: int, reps: int, back: int) -> int:
     """The fewest repeats ``q`` of the ``p``-tile block at tile ``i`` (``reps`` of them)
-    after which the ring's pointer (``ptrs``, ``_ring_pointers``') is where it was, from
+    after which the ring's pointer (``ptrs``, ``_ring_replay``'s) is where it was, from
     the repeat ``back`` on (past the ring's first turn in the run, where the pointer
     wrapped): the pointer at a repeat's start decides every slot the repeat takes, so
     from there the slots repeat every ``q`` repeats, and cutting a multiple of ``q``

@@ -266,8 +266,9 @@ def test_the_fast_paths_moved_lowering_is_the_front_ends():
     """The fast path lowers a step once at position 1 and moves it to each other position
     (``sweeps.analytic._moved``): for random models (GQA/MHA/MQA, QKV bias, odd widths)
     and presets, decode steps, prefill chunks with and without the head (first chunks
-    at position 0 too) and a batch's second sequence, the moved graph equals ``lower_step``'s at that position, buffers
-    shared exactly where the front end shares them."""
+    at position 0 too) and a batch's second sequence, the moved graph equals
+    ``lower_step``'s at that position, buffers shared exactly where the front end shares
+    them."""
     from compiler.frontend import lower_step
     from sweeps import analytic
 
