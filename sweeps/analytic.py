@@ -91,6 +91,7 @@ from compiler.driver import (
     prefill_graphs,
 )
 from compiler.frontend import lower_step
+from compiler.image import ALIGN
 from compiler.ir import (
     Attention,
     Buffer,
@@ -390,29 +391,52 @@ class _Timing(Generator):
         mx = w_exps is not None
         weights = "mxint4" if mx else "int8"
         P = self.core.line_bytes * int(self.core.l2_lines_per_cycle)
-        s, memo = self.s, self.tile_memo
+        s, memo, ring = self.s, self.tile_memo, self.ring
+        # ``Ring.alloc`` inline (64-byte slots, wrapping to the base where one does not fit
+        # the end): a 1B-class step stages thousands of weight tiles
+        base, end, ptr = ring.base, ring.end, ring.ptr
+        out, read, macs, lines, allocs = s.tiles, 0, 0, 0, 0
+        first = len(out)
         for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
                                          mx):
-            slot = self.ring.alloc(n * ((k + 1) // 2 if mx else k))
+            nbytes = -(-(n * ((k + 1) // 2 if mx else k)) // ALIGN) * ALIGN
+            if nbytes > end - base:
+                ring.alloc(nbytes)                  # the compiler's CompileError
+            if ptr + nbytes > end:
+                ptr = base
+            addr, ptr = ptr, ptr + nbytes
             e_addr = 0
             if mx:
                 e_rows, e_bytes = mx_exps_rows(n, k, k_total)
-                e_addr = self.ring.alloc(e_rows * e_bytes).addr
-            key = (m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P,
-                   slot.addr % P, (out_addr + 4 * n0) % P, e_addr % P)
+                nbytes = -(-(e_rows * e_bytes) // ALIGN) * ALIGN
+                if nbytes > end - base:
+                    ring.alloc(nbytes)
+                if ptr + nbytes > end:
+                    ptr = base
+                e_addr, ptr = ptr, ptr + nbytes
+            allocs += 2 if mx else 1
+            key = (m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P, addr % P,
+                   (out_addr + 4 * n0) % P, e_addr % P)
             found = memo.get(key)
             if found is None:        # (the shared cache hashes the hardware: once a shape)
                 found = memo[key] = _matmul_tile(self.core, *key)
-            tiles, read, macs, lines = found
-            first = list(tiles[0])
-            first[5] += s.pending
+            tiles, t_read, t_macs, t_lines = found
+            out.extend(tiles)        # read only: the first and last are copied below
+            read += t_read
+            macs += t_macs
+            lines += t_lines
+        ring.ptr, ring.serial = ptr, ring.serial + allocs
+        if len(out) > first:
+            # the instruction fetch since the last load delays the first; a store after
+            # the matmul may add to the last (``_Tiles.add_store``)
+            out[first] = list(out[first])
+            out[first][5] += s.pending
             s.pending = 0.0
-            s.tiles.append(first)
-            s.tiles.extend(list(t) for t in tiles[1:])
-            s.read += read
-            s.macs += macs
-            s.l2 += lines
-            self.n_instrs += 1 + len(tiles)
+            out[-1] = list(out[-1])
+        s.read += read
+        s.macs += macs
+        s.l2 += lines
+        self.n_instrs += len(out) - first + allocs // (2 if mx else 1)
 
 
 # -- the compiler's plan of a step -----------------------------------------------------------
