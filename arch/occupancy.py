@@ -207,14 +207,16 @@ class CopierQueue:
                 back += m
                 if back >= CMD_DEPTH:
                     break
-        m = len(copies.takes)
-        c, r, w = copies.takes[m - 1]          # its last command's take (``_take``)
+        takes = copies.takes
+        m = len(takes)
+        c, r, w = takes[m - 1]                 # its last command's take (``_take``)
         c, r, w = c + begin, r + read_free, w + write_free
-        self.last = c if c >= r and c >= w else r if r >= w else w
-        segments.append((copies, begin, read_free, write_free, m, self.last))
-        self.count += m
-        while self.count - segments[0][4] >= CMD_DEPTH:
-            self.count -= segments.popleft()[4]
+        last = self.last = c if c >= r and c >= w else r if r >= w else w
+        segments.append((copies, begin, read_free, write_free, m, last))
+        count = self.count + m
+        while count - segments[0][4] >= CMD_DEPTH:
+            count -= segments.popleft()[4]
+        self.count = count
         issued, read_free, write_free = copies.after(begin, read_free, write_free)
         # the shift of its first commands carries to its last one alone (the queue waits
         # of its later commands are in ``issue`` already, through the write side)
@@ -426,7 +428,7 @@ def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[tuple[int, ...], 
     return tuple(lines), tuple(steps)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=65536)
 def _fill_end(x_segments: tuple, w_segments: tuple, W: int, banks: int) -> int:
     """Cycles from the tile filler's begin until its tile is announced: the x and weight
     row readers (``rtl.matmul_unit.TileFiller``, two ``rtl.copier.RowCopier``) cycle by

@@ -276,8 +276,9 @@ def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, cols: int,
     order the back end streams them (output channels outer, the reduction inner), of the
     size ``matmul_tiling`` picks."""
     nt, kt = matmul_tiling(n_total, k_total, tile_bytes, cols, mxint4)
-    return [(n0, min(nt, n_total - n0), k0, min(kt, k_total - k0))
-            for n0 in range(0, n_total, nt) for k0 in range(0, k_total, kt)]
+    ks = [(k0, min(kt, k_total - k0)) for k0 in range(0, k_total, kt)]
+    return [(n0, n, k0, k) for n0 in range(0, n_total, nt)
+            for n in (min(nt, n_total - n0),) for k0, k in ks]
 
 
 def column_chunk_plan(cols: int, words_per_col: int, per_channel: bool, tile_bytes: int,

@@ -48,6 +48,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from operator import itemgetter
 from types import SimpleNamespace
 
 from arch.hardware import HardwareConfig
@@ -673,7 +674,7 @@ def _schedule(tiles, ring: int | None):
     ``LOOKAHEAD`` loads earlier or a later one. It stays above its own consumer (its
     tile's compute, else the next one, or its ``reader``)."""
     n = len(tiles)
-    loads = [t[0] for t in tiles]
+    loads = list(map(itemgetter(0), tiles))
     consumer, nxt = [n] * n, n
     for j in range(n - 1, -1, -1):
         if tiles[j][1]:
@@ -749,8 +750,8 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
     it is dispatched once the load engine's queue has taken the loads placed above it
     (the load ``QUEUE_DEPTH`` before the farthest one has begun)."""
     n = len(tiles)
-    loads = [t[0] for t in tiles]
-    computes = [t[1] for t in tiles]
+    loads = list(map(itemgetter(0), tiles))
+    computes = list(map(itemgetter(1), tiles))
     reach, place, dep, needs = schedule
     # A load begins ENGINE_START_CYCLES after its engine is free (IDLE, BEGIN); the engine is
     # free again once its rows are queued, and the load ends when the copier has written
@@ -989,9 +990,16 @@ def _repeats(tiles: list) -> tuple:
     ``PERIOD_REPEATS + 2`` before the cut and ``PERIOD_REPEATS`` after it; of a block
     without loads, ``KEEP_REPEATS`` each). Tiles compare as numbers, the cached
     ``Copies`` and store tuples as objects (equal ones built apart count as different)."""
-    n, names = len(tiles), {}
-    sig = [names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]), len(names))
-           for t in tiles]
+    n, names, shared = len(tiles), {}, {}
+    sig = []
+    for t in tiles:
+        # a cached matmul tile (a tuple) recurs as the same object: named once
+        name = shared.get(id(t)) if t.__class__ is tuple else None
+        if name is None:
+            name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]), len(names))
+            if t.__class__ is tuple:
+                shared[id(t)] = name
+        sig.append(name)
     runs, i = [], 0
     while i < n - 1:
         for p in range(1, RUN_PERIOD + 1):
@@ -1030,7 +1038,7 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     least ``PERIOD_REPEATS`` repeats), on repeats past the ring's first turn in the
     run."""
     n, front, ptrs = len(tiles), front or {}, None
-    slot = max((t[2] for t in tiles), default=0)
+    slot = max(map(itemgetter(2), tiles), default=0)
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
