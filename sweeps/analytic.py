@@ -156,7 +156,7 @@ class _Tiles:
 
     def __init__(self, hw: HardwareConfig):
         self.hw = hw
-        self.tiles: list[list] = []
+        self.tiles: list = []                    # lists; the cached matmul tiles' tuples
         self.read = self.macs = self.l2 = self.kv = 0
         self.pending = 0.0
         self.first_rope: int | None = None       # the tile of the first ROPE
@@ -333,6 +333,8 @@ class _Timing(Generator):
             for g in [g for g in self.gathers if src is not None and g[0] <= src < g[1]]:
                 t = s.tiles[g[2]] if g[2] < len(s.tiles) else None
                 if t is not None and not t[3]:
+                    if t.__class__ is tuple:      # a cached matmul tile: copied to write
+                        t = s.tiles[g[2]] = list(t)
                     t[3] = tile - g[2]            # read by this compute
                 self.gathers.remove(g)
             dst = fields.get("dst_addr", fields.get("out_addr"))
@@ -422,7 +424,7 @@ class _Timing(Generator):
             if found is None:        # (the shared cache hashes the hardware: once a shape)
                 found = memo[key] = _matmul_tile(self.core, *key)
             tiles, t_read, t_macs, t_lines = found
-            out.extend(tiles)        # read only: the first and last are copied below
+            out.extend(tiles)        # shared: copied where a tile is written (below, emit)
             read += t_read
             macs += t_macs
             lines += t_lines

@@ -67,16 +67,22 @@ def test_fast_path_agrees_on_batched_decode(tiny_model, hw_name):
     """Decode steps of 3, 8 and 16 sequences (``driver.compile_batch_timing_step``: the
     projections one [B, K] matmul, attention and the KV appends one per sequence, whose
     queue of stores holds up dispatch) at KV 6 and 100 (and 8 with MXINT4 weights at KV
-    40): the fast path within 2% of the instruction-level model."""
+    40): the fast path within 2% of the instruction-level model. Also 4 sequences of a
+    wider model (256 wide, 330 tokens), whose LM head reads L2 where the later sequences'
+    embedding gathers wrote: the fast path once failed there, writing to a cached
+    matmul tile."""
     from compiler.driver import compile_batch_timing_step
 
     cfg, hw = tiny_model.cfg, load_hardware(hw_name)
-    cases = [("int8", b, p) for b in (3, 8, 16) for p in (6, 100)] + [("mxint4", 8, 40)]
-    for weights, batch, position in cases:
-        build = compile_batch_timing_step(cfg, hw, batch, position, weights=weights)
+    wide = dataclasses.replace(cfg, d_model=256, vocab_size=330)
+    cases = ([(cfg, "int8", b, p) for b in (3, 8, 16) for p in (6, 100)]
+             + [(cfg, "mxint4", 8, 40), (wide, "int8", 4, 6), (wide, "mxint4", 4, 6)])
+    for c, weights, batch, position in cases:
+        build = compile_batch_timing_step(c, hw, batch, position, weights=weights)
         exact = time_program(build.programs[0].instrs, hw).cycles
-        fast = decode_step(cfg, hw, position, weights=weights, batch=batch).cycles
-        assert abs(fast - exact) <= 0.02 * exact, (weights, batch, position, fast, exact)
+        fast = decode_step(c, hw, position, weights=weights, batch=batch).cycles
+        assert abs(fast - exact) <= 0.02 * exact, (c.d_model, weights, batch, position, fast,
+                                                   exact)
 
 
 def test_fast_path_agrees_on_compressed_kv(tiny_model):
