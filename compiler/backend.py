@@ -155,16 +155,22 @@ class Ring:
         return self.end - self.base
 
     def alloc(self, nbytes: int) -> Slot:
+        serial = self.serial
+        return Slot(self.take(nbytes), serial)
+
+    def take(self, nbytes: int) -> int:
+        """``alloc``'s slot address alone (the fast path stages thousands of weight tiles
+        and builds no ``Slot``). Raises ``CompileError`` for a slot larger than the ring."""
         nbytes = align(nbytes)
-        if nbytes > self.size:
+        if nbytes > self.end - self.base:
             raise CompileError(f"a staging slot of {nbytes} bytes exceeds the L2 ring of "
                                f"{self.size} bytes")
         if self.ptr + nbytes > self.end:
             self.ptr = self.base
-        slot = Slot(self.ptr, self.serial)
+        addr = self.ptr
         self.ptr += nbytes
         self.serial += 1
-        return slot
+        return addr
 
 
 @dataclass

@@ -92,7 +92,6 @@ from compiler.driver import (
     prefill_graphs,
 )
 from compiler.frontend import lower_step
-from compiler.image import ALIGN
 from compiler.ir import (
     Attention,
     Buffer,
@@ -394,30 +393,17 @@ class _Timing(Generator):
         mx = w_exps is not None
         weights = "mxint4" if mx else "int8"
         P = self.core.line_bytes * int(self.core.l2_lines_per_cycle)
-        s, memo, ring = self.s, self.tile_memo, self.ring
-        # ``Ring.alloc`` inline (64-byte slots, wrapping to the base where one does not fit
-        # the end): a 1B-class step stages thousands of weight tiles
-        base, end, ptr = ring.base, ring.end, ring.ptr
-        out, read, macs, lines, allocs = s.tiles, 0, 0, 0, 0
+        s, memo, take = self.s, self.tile_memo, self.ring.take
+        out, read, macs, lines, count = s.tiles, 0, 0, 0, 0
         first = len(out)
         for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
                                          mx):
-            nbytes = -(-(n * ((k + 1) // 2 if mx else k)) // ALIGN) * ALIGN
-            if nbytes > end - base:
-                ring.alloc(nbytes)                  # the compiler's CompileError
-            if ptr + nbytes > end:
-                ptr = base
-            addr, ptr = ptr, ptr + nbytes
+            addr = take(n * ((k + 1) // 2 if mx else k))
             e_addr = 0
             if mx:
                 e_rows, e_bytes = mx_exps_rows(n, k, k_total)
-                nbytes = -(-(e_rows * e_bytes) // ALIGN) * ALIGN
-                if nbytes > end - base:
-                    ring.alloc(nbytes)
-                if ptr + nbytes > end:
-                    ptr = base
-                e_addr, ptr = ptr, ptr + nbytes
-            allocs += 2 if mx else 1
+                e_addr = take(e_rows * e_bytes)
+            count += 1
             key = (m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P, addr % P,
                    (out_addr + 4 * n0) % P, e_addr % P)
             found = memo.get(key)
@@ -428,7 +414,6 @@ class _Timing(Generator):
             read += t_read
             macs += t_macs
             lines += t_lines
-        ring.ptr, ring.serial = ptr, ring.serial + allocs
         if len(out) > first:
             # the instruction fetch since the last load delays the first; a store after
             # the matmul may add to the last (``_Tiles.add_store``)
@@ -439,7 +424,7 @@ class _Timing(Generator):
         s.read += read
         s.macs += macs
         s.l2 += lines
-        self.n_instrs += len(out) - first + allocs // (2 if mx else 1)
+        self.n_instrs += len(out) - first + count      # the loads and the MATMULs
 
 
 # -- the compiler's plan of a step -----------------------------------------------------------
