@@ -330,11 +330,8 @@ class _Timing(Generator):
                 s.first_rope = tile
             src = fields.get("src_addr")
             for g in [g for g in self.gathers if src is not None and g[0] <= src < g[1]]:
-                t = s.tiles[g[2]] if g[2] < len(s.tiles) else None
-                if t is not None and not t[3]:
-                    if t.__class__ is tuple:      # a cached matmul tile: copied to write
-                        t = s.tiles[g[2]] = list(t)
-                    t[3] = tile - g[2]            # read by this compute
+                if not s.tiles[g[2]][3]:          # a gather's tile: a list of this part's
+                    s.tiles[g[2]][3] = tile - g[2]    # read by this compute
                 self.gathers.remove(g)
             dst = fields.get("dst_addr", fields.get("out_addr"))
             if dst is not None:
@@ -410,7 +407,7 @@ class _Timing(Generator):
             if found is None:        # (the shared cache hashes the hardware: once a shape)
                 found = memo[key] = _matmul_tile(self.core, *key)
             tiles, t_read, t_macs, t_lines = found
-            out.extend(tiles)        # shared: copied where a tile is written (below, emit)
+            out.extend(tiles)        # shared: only the first and last are copied (below)
             read += t_read
             macs += t_macs
             lines += t_lines
@@ -562,7 +559,7 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     freq = next((op.freq for op in layer if isinstance(op, Rope)), None)
     parts, allreduces = [], []
     for ops in (prefix, layer, tail):
-        timing.s, timing.writer = _Tiles(timing.core), {}
+        timing.s, timing.writer, timing.gathers = _Tiles(timing.core), {}, []
         allreduces.append([])
         if ops is prefix and (program is None or start == 0):
             # a program starts by fetching as far ahead as the fetch reads in flight and

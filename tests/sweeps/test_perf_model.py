@@ -85,6 +85,26 @@ def test_fast_path_agrees_on_batched_decode(tiny_model, hw_name):
                                                    exact)
 
 
+
+def test_a_batched_steps_embedding_gathers_mark_no_reader_in_its_head(tiny_model):
+    """A load's first reader is a compute of its own part (prefix, layer, head): the
+    embedding gathers of a 4-sequence step (in the prefix) once stayed pending and
+    marked the LM head's weight loads (at the gathers' indices in the prefix) as read by
+    the head's ARGMAXes, which read where the later gathers had written. The head reads
+    the same weights at batch 1 and 4: its loads' staged bytes and first readers match."""
+    from sweeps import analytic
+
+    wide = dataclasses.replace(tiny_model.cfg, d_model=256, vocab_size=330)
+    for hw_name in ("edge-4x4", "edge-8x8"):
+        hw = analytic._plan_hw(load_hardware(hw_name))
+        loads = {}
+        for batch in (1, 4):
+            plan = analytic._plan(analytic._one_layer(wide), "int8", hw, 6, 1, True,
+                                  batch=batch)
+            loads[batch] = [(t[2], t[3]) for t in plan.head[0] if t[0]]
+        assert len(loads[1]) > 1
+        assert loads[4] == loads[1], hw_name
+
 def test_fast_path_agrees_on_compressed_kv(tiny_model):
     """Decode steps reading their full KV blocks as compressed chunks at a budget
     (``decode_step(kv_bits=...)``) against the same step compiled with every chunk
