@@ -21,11 +21,13 @@ Sections:
   steps (``sweeps.random_steps``: model shapes, hardware, bandwidths, prefetch, weight
   formats that nothing was tuned on), one row each, then the worst and mean absolute
   error.
-* ``workload``: a workload's decode steps (qwen2.5-0.5b: 64 steps after a 448-token
-  prompt, LISO's 127 after 1,024, SILO's first 255 after 128) by sampling 2, 3 (the
-  default, ``analytic.DECODE_SAMPLES``), 5 and 9 positions and interpolating, against
-  timing every step; and prefills of 32–64 chunks (the first, the last and
-  ``analytic.PREFILL_SAMPLES`` between them timed) against timing every chunk.
+* ``workload``: a workload's decode steps (qwen2.5-0.5b at 4 MiB: 64 steps after a
+  448-token prompt, LISO's 127 after 1,024, SILO's first 255 after 128; TinyLlama-1.1B
+  at 2 MiB, whose step jumps by 18,577 cycles at each KV block: LISO's) by sampling 2, 3,
+  4 (the default, ``analytic.DECODE_SAMPLES``) and 9 positions mid-block
+  (``analytic.decode_positions``) and interpolating, against timing every step; and
+  prefills of 32–64 chunks (the first, the last and ``analytic.PREFILL_SAMPLES`` between
+  them timed) against timing every chunk.
 * ``cuts``: the periodic runs of tiles the fast path cuts short (``analytic._periodic``)
   against stepping through every tile: decode steps and prefills of the four 1B-class
   presets at 256 KiB (a staging ring of 9 slots, cut by its pointer's period) and
@@ -99,20 +101,23 @@ def workload() -> list[dict]:
         prefill_chunks,
     )
 
-    cfg, hw = preset("qwen2.5-0.5b"), load_hardware("edge-16x16").replace(l2_bytes=4 << 20)
     rows = []
     # 64 steps after a 448-token prompt; LISO's decode range; the start of SILO's
-    for first, count in ((448, 64), (1024, 127), (128, 255)):
+    for name, l2, first, count in (("qwen2.5-0.5b", 4 << 20, 448, 64),
+                                   ("qwen2.5-0.5b", 4 << 20, 1024, 127),
+                                   ("qwen2.5-0.5b", 4 << 20, 128, 255),
+                                   ("tinyllama-1.1b", 2 << 20, 1024, 127)):
+        cfg, hw = preset(name), load_hardware("edge-16x16").replace(l2_bytes=l2)
         t0 = time.perf_counter()
         stepwise = sum(decode_step(cfg, hw, p).cycles for p in range(first, first + count))
         t1 = time.perf_counter()
-        for samples in sorted({2, 3, 5, 9, DECODE_SAMPLES}):
+        for samples in sorted({2, 3, 9, DECODE_SAMPLES}):
             decode_step.cache_clear()        # the steps above are memoised: time them again
             t2 = time.perf_counter()
             total, timed = decode_total(cfg, hw, first, count, samples=samples)
             t3 = time.perf_counter()
             rows.append(_emit({
-                "section": "workload", "model": cfg.name, "hw": hw.name,
+                "section": "workload", "model": cfg.name, "hw": hw.name, "l2_bytes": l2,
                 "first_position": first, "steps": count, "stepwise_cycles": stepwise,
                 "sampled_cycles": total, "steps_timed": timed,
                 "default": samples == DECODE_SAMPLES,

@@ -33,8 +33,9 @@ repeated (the pipeline carries across layer boundaries), so the cost does not gr
 depth.
 
 A workload's decode steps differ only in KV length, and a step's time is affine in the
-KV length between changes of the KV chunking; ``workload`` times steps at a few sample
-positions and integrates the piecewise-linear interpolation (``python -m
+KV length between changes of the KV chunking, but for a jump at each KV block boundary;
+``workload`` times steps at a few positions, each in the middle of a block
+(``decode_positions``), and integrates the piecewise-linear interpolation (``python -m
 benchmarks.perf_model --only workload`` checks it against step-by-step timing).
 
 Tested by tests/sweeps/test_perf_model.py (the fast path against the instruction-level
@@ -1307,11 +1308,11 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
 
 
 # Decode steps timed per workload (``decode_total``): a step's cycles are affine in its KV
-# length but for a step at each block boundary, which on a small model, or with
-# compressed KV, is a large part of a step, so nine positions are timed; and prefill
-# chunks timed between the first and the last (``prefill``), within 0.1% of timing every
-# chunk (``python -m benchmarks.perf_model --only workload`` prints both errors).
-DECODE_SAMPLES = 9
+# length but for a jump at each block boundary, so the positions are timed mid-block
+# (``decode_positions``), four of them; and prefill chunks timed between the first and
+# the last (``prefill``), within 0.1% of timing every chunk (``python -m
+# benchmarks.perf_model --only workload`` prints both errors).
+DECODE_SAMPLES = 4
 PREFILL_SAMPLES = 3
 
 
@@ -1432,7 +1433,12 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     if batch > 1 and devices > 1:
         raise ValueError("a batched decode step is timed on one device (devices = 1)")
     local = shard(cfg, devices)
-    _plan(_one_layer(local), weights, _plan_hw(hw), prompt_len, 1, True, batch=batch)
+    # the first decode step timed (planned as ``decode_step`` plans it, so that it is
+    # planned once), or the one after the prompt
+    first = decode_positions(prompt_len, prompt_len + output_len - 2, samples,
+                             hw.kv_block_tokens)
+    _plan(_one_layer(local), weights, _plan_hw(hw), first[0] if first else prompt_len, 1,
+          True, devices > 1, batch=batch, kv_bits=kv_bits)
     _check_dram(local, weights, _plan_hw(hw),
                 _prefill_chunking(_one_layer(local), weights, _plan_hw(hw), prompt_len)
                 + ((prompt_len, 1, True),), prompt_len + output_len,
@@ -1473,10 +1479,37 @@ def _check_count(what: str, value, least: int) -> None:
 
 
 def _sample_positions(first: int, last: int, samples: int) -> list[int]:
+    """``samples`` integers spread evenly from ``first`` to ``last`` (all of them if there
+    are no more)."""
     if last - first + 1 <= samples:
         return list(range(first, last + 1))
     step = (last - first) / (samples - 1)
     return sorted({first + round(i * step) for i in range(samples)})
+
+
+def decode_positions(first: int, last: int, samples: int, block_tokens: int) -> list[int]:
+    """The decode positions ``decode_total`` times for the steps at ``first .. last``.
+
+    A step at position ``p`` reads the KV blocks of the ``p`` tokens before it, so its
+    cycles jump where ``p - 1`` enters a new block of ``block_tokens`` and rise by a
+    little a position within the block (TinyLlama-1.1B at 2 MiB on edge-16x16: +18,577
+    cycles, then about +181 a position). Where the range holds at least ``samples``
+    whole blocks, one position is timed in each of ``samples`` blocks spread evenly from
+    the first whole block to the last (in each whole block if there are fewer, but at
+    least two), mid-block (the block's 8th and 9th of 16 positions in turn), so that the
+    line through them passes through each block's mean rather than a side of its jump.
+    A shorter range has ``samples`` positions spread evenly from ``first`` to ``last``
+    (every one if there are no more)."""
+    if last - first + 1 <= samples:
+        return list(range(first, last + 1))
+    lo = -(-(first - 1) // block_tokens)                  # the first whole block
+    hi = last // block_tokens - 1                         # the last
+    if hi - lo < 1:
+        return _sample_positions(first, last, samples)
+    n = min(samples, hi - lo + 1)
+    mid = 1 + (block_tokens - 1) // 2                     # of block k: k * block_tokens + mid
+    return [(lo + round(i * (hi - lo) / (n - 1))) * block_tokens + mid
+            + (i % 2 if block_tokens > 1 else 0) for i in range(n)]
 
 
 def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
@@ -1484,22 +1517,28 @@ def decode_total(cfg: ModelConfig, hw: HardwareConfig, first: int, count: int,
                  link: Link = Link(), weights: str = "int8", batch: int = 1,
                  kv_bits: float | None = None) -> tuple[int, int]:
     """Cycles of decode steps at positions ``first .. first + count - 1`` (each of
-    ``batch`` sequences at that position): steps timed at ``samples`` positions, the rest
-    by linear interpolation between them. Returns ``(cycles, steps timed)``."""
+    ``batch`` sequences at that position): steps timed at the ``samples`` positions of
+    ``decode_positions``, the others on the piecewise-linear interpolation through them
+    (extended past the first and the last along its end segments). Returns ``(cycles,
+    steps timed)``."""
     _check_count("samples", samples, 2)
     if count <= 0:
         return 0, 0
     last = first + count - 1
-    xs = _sample_positions(first, last, samples)
+    xs = decode_positions(first, last, samples, hw.kv_block_tokens)
     ys = [decode_step(cfg, hw, x, prefetch, devices, link, weights, batch, kv_bits).cycles
           for x in xs]
+    if len(xs) == 1:
+        return ys[0], 1
     total = 0.0
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
-                                    strict=False):
-        # positions x0 .. x1 - 1 on the segment (x1 is counted by the next one)
-        n = x1 - x0
-        total += n * y0 + (y1 - y0) * (n - 1) / 2
-    total += ys[-1]
+    for j in range(len(xs) - 1):
+        # the positions a .. b on segment j: from the range's first (the first segment)
+        # or x_j, to before x_(j+1) or to the range's last (the last segment)
+        a = first if j == 0 else xs[j]
+        b = last if j == len(xs) - 2 else xs[j + 1] - 1
+        n = b - a + 1
+        slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
+        total += n * ys[j] + slope * n * ((a + b) / 2 - xs[j])
     return round(total), len(xs)
 
 

@@ -127,10 +127,13 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
     except CompileError as e:
         return [{"key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": False,
                  "reason": str(e)} for p, k in zip(points, keys, strict=True)]
-    # the middle one of the output - 1 decode steps (one ``decode_total`` timed)
-    mid = analytic.decode_step(cfg, hw, w["prompt"] + (w["output"] - 1) // 2, point["prefetch"],
-                               devices, link, point["weights"], point["batch"],
-                               kv_bits(point))
+    # of the output - 1 decode steps, the one ``decode_total`` timed nearest the middle
+    middle = w["prompt"] + (w["output"] - 1) // 2
+    timed = analytic.decode_positions(w["prompt"], w["prompt"] + w["output"] - 2,
+                                      analytic.DECODE_SAMPLES, hw.kv_block_tokens)
+    mid = analytic.decode_step(cfg, hw, min(timed, key=lambda x: abs(x - middle), default=middle),
+                               point["prefetch"], devices, link, point["weights"],
+                               point["batch"], kv_bits(point))
     tokens_per_s = est.tokens_per_s(hw)
     params_bytes = weight_bytes(cfg, point["weights"])
     kv_bytes = point["batch"] * cfg.kv_dim * 2 * cfg.n_layers * cfg.max_seq_len // devices
