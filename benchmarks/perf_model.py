@@ -26,8 +26,9 @@ Sections:
   at 2 MiB, whose step jumps by 18,577 cycles at each KV block: LISO's) by sampling 2, 3,
   4 (the default, ``analytic.DECODE_SAMPLES``) and 9 positions mid-block
   (``analytic.decode_positions``) and interpolating, against timing every step; and
-  prefills of 32–64 chunks (the first, the last and ``analytic.PREFILL_SAMPLES`` between
-  them timed) against timing every chunk.
+  prefills of 64–256 chunks (the first, the last and ``analytic.PREFILL_SAMPLES`` between
+  them timed) against timing every chunk (Sheared-LLaMA-1.3B's 1,024-token prompt at
+  256 KiB: 256 chunks, the worst found).
 * ``cuts``: the periodic runs of tiles the fast path cuts short (``analytic._periodic``)
   against stepping through every tile: decode steps and prefills of the four 1B-class
   presets at 256 KiB (a staging ring of 9 slots, cut by its pointer's period) and
@@ -126,7 +127,8 @@ def workload() -> list[dict]:
     # prefills in many chunks: every chunk timed against the first, the last and
     # PREFILL_SAMPLES between them
     for name, l2, prompt in (("llama-3.2-1b", 1 << 20, 1024), ("llama-3.2-1b", 256 << 10, 512),
-                             ("qwen2.5-0.5b", 1 << 20, 1024)):
+                             ("qwen2.5-0.5b", 1 << 20, 1024),
+                             ("sheared-llama-1.3b", 256 << 10, 1024)):
         cfg, hw = preset(name), load_hardware("edge-16x16").replace(l2_bytes=l2)
         t0 = time.perf_counter()
         every = prefill(cfg, hw, prompt, samples=prompt).cycles

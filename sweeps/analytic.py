@@ -1310,8 +1310,8 @@ def decode_step(cfg: ModelConfig, hw: HardwareConfig, position: int,
 # Decode steps timed per workload (``decode_total``): a step's cycles are affine in its KV
 # length but for a jump at each block boundary, so the positions are timed mid-block
 # (``decode_positions``), four of them; and prefill chunks timed between the first and
-# the last (``prefill``), within 0.1% of timing every chunk (``python -m
-# benchmarks.perf_model --only workload`` prints both errors).
+# the last (``prefill``): within 0.06% of timing every chunk on three of ``python -m
+# benchmarks.perf_model --only workload``'s prefills, +0.42% on its 256-chunk one.
 DECODE_SAMPLES = 4
 PREFILL_SAMPLES = 3
 
