@@ -6,7 +6,8 @@ Contract
 ``position`` in well under a second for 1B-class models, and returns a ``StepEstimate``
 (cycles, busy cycles of the load and compute engines, DRAM bytes). ``workload(cfg, hw,
 prompt_len, output_len, prefetch)`` estimates a whole generation — the prefill of
-``prompt_len`` tokens, then ``output_len`` decode steps — without timing every step.
+``prompt_len`` tokens, which yields the first output token, then ``output_len - 1``
+decode steps — without timing every step.
 
 Method (``docs/perf.md``). One mapping: nothing about tiling, chunking or L2 is derived
 here. The step is the compiler's own plan of a one-layer copy of the model (every layer
@@ -303,7 +304,6 @@ class _Timing(Generator):
         self.appended: dict[tuple, tuple] = {}     # (sequence, KV kind) -> (producer tile,
         #                                            cycles)
         self.last_store = (0, 0)                   # (tile, place among its stores)
-        self.gathers: list[tuple[int, int, int]] = []   # (first, end) L2 bytes, tile
         self.n_instrs = 0
         self.tile_memo: dict[tuple, tuple] = {}    # _matmul_tile's, this hardware's
 
@@ -321,19 +321,13 @@ class _Timing(Generator):
                 occ = chunked_prefetch_occupancy(instr, self.core, None, kv_bits=self.kv_bits)
             else:
                 occ = occupancy(instr, self.core)
+            # (a load's first reader is marked by ``use``; an embedding gather's is the
+            # first compute after it: the layer's first RMSNORM, which reads every row)
             tile = s.add_load(occ, staged, mnemonic == "KV_PREFETCH")
-            if mnemonic == "DMA_GATHER":
-                end = fields["l2_addr"] + fields["count"] * fields["l2_stride"]
-                self.gathers.append((fields["l2_addr"], end, tile))
         elif instr.engine == Engine.COMPUTE:
             tile = s.add_compute(instr)
             if mnemonic == "ROPE" and s.first_rope is None:
                 s.first_rope = tile
-            src = fields.get("src_addr")
-            for g in [g for g in self.gathers if src is not None and g[0] <= src < g[1]]:
-                if not s.tiles[g[2]][3]:          # a gather's tile: a list of this part's
-                    s.tiles[g[2]][3] = tile - g[2]    # read by this compute
-                self.gathers.remove(g)
             dst = fields.get("dst_addr", fields.get("out_addr"))
             if dst is not None:
                 self.writer[dst] = tile
@@ -560,7 +554,7 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     freq = next((op.freq for op in layer if isinstance(op, Rope)), None)
     parts, allreduces = [], []
     for ops in (prefix, layer, tail):
-        timing.s, timing.writer, timing.gathers = _Tiles(timing.core), {}, []
+        timing.s, timing.writer = _Tiles(timing.core), {}
         allreduces.append([])
         if ops is prefix and (program is None or start == 0):
             # a program starts by fetching as far ahead as the fetch reads in flight and
@@ -1434,11 +1428,14 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
         raise ValueError("a batched decode step is timed on one device (devices = 1)")
     local = shard(cfg, devices)
     # the first decode step timed (planned as ``decode_step`` plans it, so that it is
-    # planned once), or the one after the prompt
-    first = decode_positions(prompt_len, prompt_len + output_len - 2, samples,
-                             hw.kv_block_tokens)
-    _plan(_one_layer(local), weights, _plan_hw(hw), first[0] if first else prompt_len, 1,
+    # planned once), or the one after the prompt; and the last, whose attention reads the
+    # longest KV (its scores grow with it), as the compiler plans every step's L2
+    last = prompt_len + output_len - 2
+    timed = decode_positions(prompt_len, last, samples, hw.kv_block_tokens)
+    _plan(_one_layer(local), weights, _plan_hw(hw), timed[0] if timed else prompt_len, 1,
           True, devices > 1, batch=batch, kv_bits=kv_bits)
+    if timed and last not in timed:
+        _check_l2(_one_layer(local), weights, _plan_hw(hw), last, batch, kv_bits)
     _check_dram(local, weights, _plan_hw(hw),
                 _prefill_chunking(_one_layer(local), weights, _plan_hw(hw), prompt_len)
                 + ((prompt_len, 1, True),), prompt_len + output_len,
@@ -1449,6 +1446,15 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
                                  devices, link, weights, batch, kv_bits)
     return WorkloadEstimate(prompt_len, output_len, batch * pre.cycles, decode, timed,
                             batch * pre.dram_read_bytes, batch)
+
+
+def _check_l2(cfg: ModelConfig, weights: str, hw: HardwareConfig, position: int, batch: int,
+              kv_bits: float | None) -> None:
+    """Raise ``CompileError`` where the compiler's L2 plan (``backend.plan_l2``) of the
+    decode step at ``position`` does not fit, as ``_plan`` would, without costing it."""
+    packed = 0 if kv_bits is None else position // hw.kv_block_tokens * hw.kv_block_tokens
+    graph = _step_graph(cfg, weights, hw, position, 1, True, batch, packed)
+    plan_l2(graph.ops, cfg, hw, graph.name)
 
 
 def _check_batch(batch) -> None:
@@ -1498,8 +1504,10 @@ def decode_positions(first: int, last: int, samples: int, block_tokens: int) -> 
     the first whole block to the last (in each whole block if there are fewer, but at
     least two), mid-block (the block's 8th and 9th of 16 positions in turn), so that the
     line through them passes through each block's mean rather than a side of its jump.
-    A shorter range has ``samples`` positions spread evenly from ``first`` to ``last``
-    (every one if there are no more)."""
+    A range of fewer than two whole blocks has ``samples`` positions spread evenly from
+    ``first`` to ``last`` (every one if there are no more). Raises ``ValueError`` for
+    fewer than 2 samples."""
+    _check_count("samples", samples, 2)
     if last - first + 1 <= samples:
         return list(range(first, last + 1))
     lo = -(-(first - 1) // block_tokens)                  # the first whole block

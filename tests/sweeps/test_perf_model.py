@@ -335,22 +335,22 @@ def test_workload_integration_matches_step_by_step_timing():
 def test_decode_sampling_sees_the_block_jumps(monkeypatch, block_tokens):
     """Step cycles that rise by 181 a position and jump by 18,577 where ``p - 1`` enters a
     new KV block (TinyLlama-1.1B at 2 MiB on edge-16x16): ``decode_total``'s mid-block
-    samples put the sum of LISO's (16-token blocks; 255 steps with 32) and SILO's steps
-    within one block's jumps of the exact sum (timing positions spread evenly, on the
-    block starts LISO's fall on, put it out by about four times that); a sum of affine
-    steps is exact."""
+    samples (2 to 9) put the sum of LISO's (16-token blocks; 255 steps with 32) and
+    SILO's steps within two jumps of the exact sum (positions spread evenly from the
+    first step to the last, as before, fall at block ends, just before the jumps, and
+    put it out by 10 to 464 jumps); a sum of affine steps is exact."""
     from sweeps import analytic
 
     hw = load_hardware("edge-16x16").replace(kv_block_tokens=block_tokens)
     jump = 18_577
-    cases = ((lambda p: 2e7 + 181 * p + jump * ((p - 1) // block_tokens), jump * block_tokens),
+    cases = ((lambda p: 2e7 + 181 * p + jump * ((p - 1) // block_tokens), 2 * jump),
              (lambda p: 2e7 + 181 * p, 1))
     for step, bound in cases:
         monkeypatch.setattr(analytic, "decode_step",
                             lambda cfg, hw, p, *args, step=step: SimpleNamespace(cycles=step(p)))
         for first, count in ((1024, 127 if block_tokens == 16 else 255), (128, 1023)):
             exact = sum(step(p) for p in range(first, first + count))
-            for samples in (3, 4, DECODE_SAMPLES):
+            for samples in sorted({2, 3, 4, 5, DECODE_SAMPLES, 9}):
                 total, timed = decode_total(None, hw, first, count, samples=samples)
                 # one a block if the range has fewer whole blocks (LISO's 7 of 16)
                 assert timed == min(samples, (first + count - 1) // block_tokens
@@ -435,6 +435,15 @@ def test_refusals(small_config):
             assert str(timed.value).split(" needs ")[1] == str(compiled.value).split(" needs ")[1]
     with pytest.raises(CompileError, match="L2 too small"):
         workload(cfg, hw.replace(l2_bytes=6 * 1024), 64, 8)
+    # an attention's scores grow with the KV: the last of 59 decode steps after 100 tokens
+    # needs 11,648 bytes, the last step timed (137) 10,816, so only the last does not fit
+    gqa = small_config(n_layers=1, max_seq_len=512, n_heads=8, n_kv_heads=1)
+    narrow = load_hardware("edge-8x8").replace(l2_bytes=10880)
+    with pytest.raises(CompileError, match="L2 too small"):
+        compile_generation(gqa, quant_struct(gqa), narrow, [i % 37 for i in range(100)], 60)
+    assert decode_step(gqa, narrow, 137).cycles > 0
+    with pytest.raises(CompileError, match="L2 too small.*decode@158"):
+        workload(gqa, narrow, 100, 60)
     # DRAM: 6 MiB holds the weights (3.95 MB) and the logits rows of a decode step at
     # position 10, not at 70 (40,000 bytes a position), nor a generation of 60 after 10
     tight = hw.replace(dram_bytes=6 << 20)
