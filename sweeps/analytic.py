@@ -1431,10 +1431,10 @@ def workload(cfg: ModelConfig, hw: HardwareConfig, prompt_len: int, output_len: 
     # planned once), or the one after the prompt; and the last, whose attention reads the
     # longest KV (its scores grow with it), as the compiler plans every step's L2
     last = prompt_len + output_len - 2
-    timed = decode_positions(prompt_len, last, samples, hw.kv_block_tokens)
-    _plan(_one_layer(local), weights, _plan_hw(hw), timed[0] if timed else prompt_len, 1,
-          True, devices > 1, batch=batch, kv_bits=kv_bits)
-    if timed and last not in timed:
+    positions = decode_positions(prompt_len, last, samples, hw.kv_block_tokens)
+    _plan(_one_layer(local), weights, _plan_hw(hw), positions[0] if positions else prompt_len,
+          1, True, devices > 1, batch=batch, kv_bits=kv_bits)
+    if positions and last not in positions:
         _check_l2(_one_layer(local), weights, _plan_hw(hw), last, batch, kv_bits)
     _check_dram(local, weights, _plan_hw(hw),
                 _prefill_chunking(_one_layer(local), weights, _plan_hw(hw), prompt_len)
