@@ -483,6 +483,12 @@ def _moved(graph: Graph, start: int, name: str) -> Graph:
     return Graph(name, start, graph.tokens, ops, graph.positions)
 
 
+def _packed(hw: HardwareConfig, start: int, kv_bits: float | None) -> int:
+    """The cached rows a step at ``start`` reads compressed: its full KV blocks with a
+    compressed cache (``kv_bits``), none with int8's."""
+    return 0 if kv_bits is None else start // hw.kv_block_tokens * hw.kv_block_tokens
+
+
 def _step_graph(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int,
                 n_tokens: int, head: bool, batch: int, packed: int = 0) -> Graph:
     """The graph the driver compiles: a step with its head fitted (``fit_head``), or a
@@ -547,8 +553,8 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     at ``start`` (``_step_graph``). ``kv_bits``: a decode step reading the full KV blocks
     before ``start`` compressed at that budget (``occupancy.kv_budget_widths``), as
     ``driver.compile_generation`` compiles a compressed cache's."""
-    packed = 0 if kv_bits is None else start // hw.kv_block_tokens * hw.kv_block_tokens
-    graph = _step_graph(cfg, weights, hw, start, n_tokens, head, batch, packed)
+    graph = _step_graph(cfg, weights, hw, start, n_tokens, head, batch,
+                        _packed(hw, start, kv_bits))
     timing = _Timing(cfg, hw, graph, _core(hw), program, kv_bits)
     prefix, layer, tail = _split(graph.ops)
     freq = next((op.freq for op in layer if isinstance(op, Rope)), None)
@@ -1452,8 +1458,8 @@ def _check_l2(cfg: ModelConfig, weights: str, hw: HardwareConfig, position: int,
               kv_bits: float | None) -> None:
     """Raise ``CompileError`` where the compiler's L2 plan (``backend.plan_l2``) of the
     decode step at ``position`` does not fit, as ``_plan`` would, without costing it."""
-    packed = 0 if kv_bits is None else position // hw.kv_block_tokens * hw.kv_block_tokens
-    graph = _step_graph(cfg, weights, hw, position, 1, True, batch, packed)
+    graph = _step_graph(cfg, weights, hw, position, 1, True, batch,
+                        _packed(hw, position, kv_bits))
     plan_l2(graph.ops, cfg, hw, graph.name)
 
 
