@@ -963,19 +963,12 @@ def _timing_fields(hw: HardwareConfig) -> tuple:
 
 def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
               cal: Calibration = CALIBRATION) -> Occupancy:
-    """Memoised on what the timing depends on: ``hw``'s ``TIMING_FIELDS`` and the fields,
-    with addresses taken modulo the
-    line (an instruction's lines depend only on its alignment), or for a ``MATMUL``
-    modulo the L2's line-wide banks times the line (its tile filler's two readers collide
-    by bank, ``_fill_end``), except for table walks whose rows come from DRAM."""
+    """Memoised on what the timing depends on: ``hw``'s ``TIMING_FIELDS`` and the fields
+    as ``_timing_operands`` reduces them, except for table walks whose rows come from
+    DRAM."""
     if read_i32 is not None and instr.mnemonic in _TABLE_WALKS:
         return _occupancy(instr, hw, read_i32, cal)
-    W = hw.line_bytes
-    if instr.mnemonic == "MATMUL":
-        W *= int(hw.l2_lines_per_cycle)
-    key = (instr.mnemonic, _timing_fields(hw), cal, tuple(
-        value % W if f.address else value for f, value in zip(instr.spec.fields,
-                                                               instr.operands, strict=True)))
+    key = (instr.mnemonic, _timing_fields(hw), cal, _timing_operands(instr, hw))
     hit = _cache.get(key)
     if hit is None:
         if len(_cache) > 100_000:
@@ -984,15 +977,39 @@ def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     return hit
 
 
+def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
+    """``instr``'s operands reduced to what its occupancy reads: addresses modulo the line
+    (an instruction's lines depend only on its alignment); for a ``MATMUL``, addresses
+    and row strides modulo the L2's line-wide banks times the line (its tile filler's two
+    readers collide by bank, ``_fill_end``, and ``matmul_timeline`` reads every row's
+    address modulo that); ROPE's ``pos0`` not at all (``vector_segments``); an ``INT8``
+    KV_PREFETCH's or a KV_APPEND's ``first_token`` modulo the block and the tokens after
+    which its rows' DRAM addresses repeat modulo the line (without a DRAM image, token
+    ``t``'s row is at ``pool_addr + t * row_bytes``, ``_dma_rows``)."""
+    W, op, spec, operands = hw.line_bytes, instr.mnemonic, instr.spec, instr.operands
+    if op == "MATMUL":
+        W *= int(hw.l2_lines_per_cycle)
+        return tuple(value % W if f.name in _MATMUL_MODULO else value
+                     for f, value in zip(spec.fields, operands, strict=True))
+    key = [value % W if f.address else value
+           for f, value in zip(spec.fields, operands, strict=True)]
+    if op == "ROPE":
+        key[spec.field_index["pos0"]] = 0
+    elif op == "KV_APPEND" or (op == "KV_PREFETCH" and instr.kv_format == KvFormat.INT8):
+        period = math.lcm(hw.kv_block_tokens, W // math.gcd(instr.row_bytes, W))
+        key[spec.field_index["first_token"]] %= period
+    return tuple(key)
+
+
 def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     """The dataflow in which this hardware runs a ``MATMUL`` (every field but ``mode``)
     in fewer cycles, by ``occupancy``; GEMM on a tie (it reads each weight out of the tile
     buffers once per block, GEMV once per row). The compiler emits every ``MATMUL`` in
     the mode this returns, and the fast path times it so. Memoised as ``occupancy`` is
-    (on the timing fields and the addresses modulo the banks' lines)."""
+    (on the timing fields and the addresses and strides modulo the banks' lines)."""
     W = hw.line_bytes * int(hw.l2_lines_per_cycle)
     key = (_timing_fields(hw), tuple(fields),
-           tuple(v % W if k in _MATMUL_ADDRESSES else v for k, v in fields.items()))
+           tuple(v % W if k in _MATMUL_MODULO else v for k, v in fields.items()))
     mode = _modes.get(key)
     if mode is None:
         if len(_modes) > 100_000:
@@ -1002,7 +1019,9 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
 
 
 _modes: dict = {}
-_MATMUL_ADDRESSES = {f.name for f in BY_MNEMONIC["MATMUL"].fields if f.address}
+#: A ``MATMUL``'s fields its timing reads only modulo the banks' lines (``_timing_operands``).
+_MATMUL_MODULO = {f.name for f in BY_MNEMONIC["MATMUL"].fields if f.address} | {
+    "x_stride", "w_stride", "out_stride"}
 
 
 def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import multiprocessing
+import os
 import queue
 import signal
 from pathlib import Path
@@ -298,17 +299,14 @@ def _record(rows: list[dict], writer: _Writer, bar) -> None:
 
 
 _finished = None           # a worker's queue of finished groups' rows (``_run_local``)
+_claimed = None            # which bundles a worker has taken (shared, ``_run_local``)
+_bundles_of = None         # the bundles, in ``_affine`` order
 
 
-def _start_worker(finished) -> None:
-    global _finished
-    _finished = finished
+def _start_worker(finished, claimed, bundles) -> None:
+    global _finished, _claimed, _bundles_of
+    _finished, _claimed, _bundles_of = finished, claimed, bundles
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _evaluate_bundle(bundle: list) -> None:
-    for args in bundle:
-        _finished.put(evaluate_group(*args))
 
 
 def _bundles(work: list) -> list[list]:
@@ -319,30 +317,71 @@ def _bundles(work: list) -> list[list]:
     return list(by_key.values())
 
 
+def _affine(bundles: list[list]) -> list[list]:
+    """The bundles with those of one model (and weights, batch, devices, KV cache and
+    hardware but for the L2's size) next to each other, in first-appearance order: they
+    lower the same graphs and share the fast path's cached tiles (``analytic._core``) and
+    the instructions' timings, so a worker that takes them in turn computes each once."""
+    by_model: dict[tuple, list] = {}
+    for bundle in bundles:
+        hw, *rest = plan_key(bundle[0][0][0])
+        by_model.setdefault((analytic._core(hw), *rest), []).append(bundle)
+    return [b for same in by_model.values() for b in same]
+
+
+def _claim(worker: int, workers: int) -> int | None:
+    """The next bundle for ``worker`` of ``workers``: the first not taken in its own
+    contiguous share of ``_bundles_of``, else the last not taken in the share with the
+    most left (so that workers finish together, each on the bundles like its own);
+    None when every bundle is taken."""
+    n = len(_claimed)
+    shares = [range(n * w // workers, n * (w + 1) // workers) for w in range(workers)]
+    with _claimed.get_lock():
+        own = next((i for i in shares[worker] if not _claimed[i]), None)
+        if own is None:
+            left = [[i for i in share if not _claimed[i]] for share in shares]
+            most = max(left, key=len)
+            own = most[-1] if most else None
+        if own is not None:
+            _claimed[own] = 1
+        return own
+
+
+def _work_through(worker: int, workers: int) -> None:
+    while (i := _claim(worker, workers)) is not None:
+        for args in _bundles_of[i]:
+            _finished.put(evaluate_group(*args))
+
+
 def _run_local(work, workers, writer, bar) -> None:
     """The groups on ``workers`` processes, those of one ``plan_key`` on one process in
-    turn (so that it plans their steps once), each group's rows recorded as it
-    finishes."""
+    turn (so that it plans their steps once), each worker taking the bundles of one
+    model and hardware in turn (``_affine``, ``_claim``), each group's rows recorded as
+    it finishes."""
     if workers == 1 or len(work) <= 1:
         for args in work:
             _record(evaluate_group(*args), writer, bar)
         return
+    workers = workers or os.cpu_count() or 1
+    bundles = _affine(_bundles(work))
     # Spawned, not forked: the caller may have JAX's threads running (``accel demo``), and
     # a fork of a multithreaded process can deadlock. The workers ignore Ctrl-C; the
     # parent terminates them when it is interrupted, so it stops at once.
     context = multiprocessing.get_context("spawn")
     finished = context.Queue()
-    pool = context.Pool(workers, initializer=_start_worker, initargs=(finished,))
+    claimed = context.Array("b", len(bundles))
+    pool = context.Pool(workers, initializer=_start_worker,
+                        initargs=(finished, claimed, bundles))
     try:
-        bundles = [pool.apply_async(_evaluate_bundle, (b,)) for b in _bundles(work)]
+        loops = [pool.apply_async(_work_through, (w, workers)) for w in range(workers)]
         left = len(work)
         while left:
             try:
                 rows = finished.get(timeout=0.2)
             except queue.Empty:
-                for b in bundles:
-                    if b.ready():
-                        b.get()          # a worker's exception, raised here
+                for loop in loops:
+                    if loop.ready():
+                        loop.get()          # a worker's exception, raised here
                 continue
             _record(rows, writer, bar)
             left -= 1

@@ -1,13 +1,19 @@
 """The instruction-level model of a compressed-KV prefetch (``KV_PREFETCH`` in ``CHUNKED``
 format) on hand-made chunk headers: what the widths change, and the faults it names.
-Against the RTL: tests/rtl/test_accelerator.py."""
+Against the RTL: tests/rtl/test_accelerator.py. And what the occupancy memo shares."""
 
 import numpy as np
 import pytest
 
 from arch.hardware import load_hardware
 from arch.isa import KvFormat, kv_chunk_addrs, kv_chunk_header, make
-from arch.occupancy import chunked_prefetch_occupancy, kv_budget_widths, occupancy
+from arch.occupancy import (
+    CALIBRATION,
+    _occupancy,
+    chunked_prefetch_occupancy,
+    kv_budget_widths,
+    occupancy,
+)
 
 POOL, TABLE, COLS, BLOCKS = 256, 0, 32, 2
 
@@ -116,3 +122,51 @@ def test_paced_streams_are_the_readers_idling_a_cycle_between_lines():
                         src_addr=0, dst_addr=1 << 12, src_stride=512, dst_stride=128,
                         param_addr=1 << 13, bias_addr=0), hw)
     assert rq.paced_cycles and 2 * rq.paced_lines == rq.paced_cycles
+
+
+@pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
+def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_differs(name):
+    """``occupancy`` gives one timing to instructions whose operands differ only in what
+    ``_timing_operands`` drops (a MATMUL's addresses and strides by multiples of the
+    banks' lines, ROPE's ``pos0``, an INT8 KV_PREFETCH's or a KV_APPEND's
+    ``first_token`` by its period): computed apart (``_occupancy``, no memo), random
+    such pairs time alike, field by field."""
+    hw = load_hardware(name)
+    W, P, B = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle), hw.kv_block_tokens
+    rng = np.random.default_rng(7)
+
+    def r(lo, hi):
+        return int(rng.integers(lo, hi + 1))
+
+    pairs = []
+    for _ in range(12):
+        mode, kn = r(0, 1), r(0, 1)
+        m, k, n = r(1, 40), r(1, 80), r(1, 40)
+        a = dict(mode=mode, accumulate=r(0, 1), w_layout=kn, x_addr=r(0, 4096),
+                 w_addr=r(0, 4096), out_addr=r(0, 4096), m=m, k=k, n=n,
+                 x_stride=k + r(0, 300), w_stride=(n if kn else k) + r(0, 300),
+                 out_stride=4 * n + r(0, 300), w_format=0, e_addr=0)
+        b = {f: v + P * r(1, 9) if f.endswith(("_addr", "_stride")) else v
+             for f, v in a.items()}
+        pairs.append((make("MATMUL", **a), make("MATMUL", **b)))
+        rope = dict(src_addr=r(0, 4096), dst_addr=r(0, 4096), rows=r(1, 9), heads=r(1, 6),
+                    head_dim=2 * r(1, 40), pos0=r(0, 5000), freq_addr=r(0, 4096),
+                    row_stride=r(0, 700))
+        pairs.append((make("ROPE", **rope), make("ROPE", **{**rope, "pos0": r(0, 5000)})))
+        row_bytes = r(1, 300)
+        period = np.lcm(B, W // np.gcd(row_bytes, W))
+        cols = r(1, row_bytes)
+        kv = dict(pool_addr=r(0, 1 << 20), table_addr=r(0, 1 << 20), first_token=r(0, 999),
+                  n_tokens=r(1, 3 * B), row_bytes=row_bytes, col_offset=r(0, row_bytes - cols),
+                  col_bytes=cols, l2_addr=r(0, 4096), pool_blocks=1 << 20, seq=0,
+                  kv_format=KvFormat.INT8)
+        later = {**kv, "first_token": kv["first_token"] + int(period) * r(1, 20)}
+        pairs.append((make("KV_PREFETCH", **kv), make("KV_PREFETCH", **later)))
+        append = {f: v for f, v in kv.items() if f not in ("col_offset", "col_bytes",
+                                                            "kv_format")}
+        pairs.append((make("KV_APPEND", **append),
+                      make("KV_APPEND", **{**append, "first_token": later["first_token"]})))
+    for one, other in pairs:
+        assert _occupancy(one, hw, None, CALIBRATION) == _occupancy(other, hw, None,
+                                                                    CALIBRATION), one
+        assert occupancy(one, hw) is occupancy(other, hw)

@@ -233,6 +233,38 @@ def test_groups_that_share_plans_go_to_one_worker_together(tmp_path):
         assert len(bundle) == (4 if firsts[0]["devices"] == 2 else 2)
     assert sorted(id(a) for b in bundles for a in b) == sorted(id(a) for a in work)
 
+def test_workers_take_the_bundles_of_one_model_in_turn_and_finish_together(monkeypatch):
+    """``_affine`` puts the bundles of one model (and hardware but for the L2) next to
+    each other; ``_claim`` gives each worker its own contiguous share first, then the
+    last bundle of the share with the most left, until every bundle is taken once."""
+    import multiprocessing
+
+    from sweeps import runner
+
+    def bundle(model, l2):
+        return [([{"model": model, "l2_bytes": l2}], None, None, None)]
+
+    def key(point):
+        return (load_hardware("edge-4x4").replace(l2_bytes=point["l2_bytes"]),
+                point["model"])
+
+    monkeypatch.setattr(runner, "plan_key", key)
+    mixed = [bundle(m, l2) for l2 in (1 << 16, 1 << 17, 1 << 18) for m in ("a", "b", "c")]
+    ordered = runner._affine(mixed)
+    assert [b[0][0][0]["model"] for b in ordered] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert sorted(map(id, ordered)) == sorted(map(id, mixed))
+    claimed = multiprocessing.get_context("spawn").Array("b", 9)
+    monkeypatch.setattr(runner, "_claimed", claimed)
+    taken = [runner._claim(0, 2), runner._claim(1, 2), runner._claim(1, 2)]
+    assert taken == [0, 4, 5]                 # shares 0-3 and 4-8
+    taken += [runner._claim(1, 2) for _ in range(3)]
+    assert taken[3:] == [6, 7, 8]
+    # worker 1's share is done: it takes from the end of worker 0's
+    assert [runner._claim(1, 2), runner._claim(0, 2), runner._claim(0, 2)] == [3, 1, 2]
+    assert runner._claim(0, 2) is None and runner._claim(1, 2) is None
+    assert list(claimed) == [1] * 9
+
+
 def test_the_same_sweep_on_a_local_dask_cluster(sweep, tmp_path):
     from distributed import LocalCluster
 
