@@ -32,6 +32,7 @@ import bisect
 import math
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
@@ -287,36 +288,34 @@ class _Row:
     needs_int: bool = False
 
 
-def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> list[_Row]:
+def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> tuple[int, Iterator[_Row]]:
+    """A DMA instruction's row count and its rows, in order, made as they are taken."""
     f, op = _fields(instr), instr.mnemonic
     if op == "DMA_LOAD":
-        return [_Row(f.dram_addr + r * f.dram_stride, f.l2_addr + r * f.l2_stride, f.row_bytes)
-                for r in range(f.rows)]
+        return f.rows, (_Row(f.dram_addr + r * f.dram_stride, f.l2_addr + r * f.l2_stride,
+                             f.row_bytes) for r in range(f.rows))
     if op == "DMA_STORE":
-        return [_Row(f.l2_addr + r * f.l2_stride, f.dram_addr + r * f.dram_stride, f.row_bytes)
-                for r in range(f.rows)]
+        return f.rows, (_Row(f.l2_addr + r * f.l2_stride, f.dram_addr + r * f.dram_stride,
+                             f.row_bytes) for r in range(f.rows))
     if op == "DMA_GATHER":
-        rows = []
-        for r in range(f.count):
-            index = read_i32(f.idx_addr + 4 * r) if read_i32 else r
-            rows.append(_Row(f.table_addr + index * f.row_bytes, f.l2_addr + r * f.l2_stride,
-                             f.row_bytes, True))
-        return rows
+        return f.count, (_Row(f.table_addr + (read_i32(f.idx_addr + 4 * r) if read_i32 else r)
+                              * f.row_bytes, f.l2_addr + r * f.l2_stride, f.row_bytes, True)
+                         for r in range(f.count))
     if op in ("KV_PREFETCH", "KV_APPEND"):
-        bt, rows = hw.kv_block_tokens, []
-        for r in range(f.n_tokens):
-            t = f.first_token + r
-            block = (read_i32(kv_table_entry_addr(f.table_addr, t, bt)) if read_i32
-                     else t // bt)
-            pool = kv_row_addr(f.pool_addr, block, t, bt, f.row_bytes)
-            needs = r == 0 or t % bt == 0
-            if op == "KV_PREFETCH":
-                rows.append(_Row(pool + f.col_offset, f.l2_addr + r * f.col_bytes, f.col_bytes,
-                                 needs))
-            else:
-                rows.append(_Row(f.l2_addr + r * f.row_bytes, pool, f.row_bytes, needs))
-        return rows
+        return f.n_tokens, _kv_rows(f, op, hw.kv_block_tokens, read_i32)
     raise ValueError(op)
+
+
+def _kv_rows(f, op: str, bt: int, read_i32) -> Iterator[_Row]:
+    for r in range(f.n_tokens):
+        t = f.first_token + r
+        block = read_i32(kv_table_entry_addr(f.table_addr, t, bt)) if read_i32 else t // bt
+        pool = kv_row_addr(f.pool_addr, block, t, bt, f.row_bytes)
+        needs = r == 0 or t % bt == 0
+        if op == "KV_PREFETCH":
+            yield _Row(pool + f.col_offset, f.l2_addr + r * f.col_bytes, f.col_bytes, needs)
+        else:
+            yield _Row(f.l2_addr + r * f.row_bytes, pool, f.row_bytes, needs)
 
 
 def _mp_add(f, k):
@@ -328,6 +327,42 @@ def _mp_max(f, g):
             f[2] if f[2] > g[2] else g[2])
 
 
+def _row_period(instr: Instruction, hw: HardwareConfig, read_i32) -> int:
+    """Rows after which a DMA instruction's rows (``_dma_rows``) repeat: the same bytes,
+    source and destination alignments in the line, and int32 reads; 0 where they need
+    not (a gather's indices, or a KV walk's block table read from a DRAM image)."""
+    W, f, op = hw.line_bytes, _fields(instr), instr.mnemonic
+
+    def repeat(stride: int) -> int:          # rows after which row * stride repeats mod W
+        return W // math.gcd(stride, W)
+
+    if op in ("DMA_LOAD", "DMA_STORE"):
+        return math.lcm(repeat(f.dram_stride), repeat(f.l2_stride))
+    if op in ("KV_PREFETCH", "KV_APPEND") and read_i32 is None:
+        l2_stride = f.col_bytes if op == "KV_PREFETCH" else f.row_bytes
+        return math.lcm(hw.kv_block_tokens, repeat(f.row_bytes), repeat(l2_stride))
+    return 0
+
+
+def _shifted(before: tuple, after: tuple, d: float) -> bool:
+    """Whether every max-plus triple of ``after`` is that of ``before`` shifted by ``d``
+    (to within rounding; ``NEVER`` staying ``NEVER``). The rows of a period are timed by
+    sums and maxima of the times and constants, so once one period shifts the state by
+    ``d``, each later one does: ``dma_occupancy`` adds the rest at once (equal to
+    stepping them but for float rounding)."""
+    tol = 1e-9 * abs(d) + 1e-9
+    if len(before) != len(after):
+        return False
+    for a, b in zip(before, after, strict=True):
+        for x, y in zip(a, b, strict=True):
+            if x == NEVER or y == NEVER:
+                if x != y:
+                    return False
+            elif abs(y - x - d) > tol:
+                return False
+    return True
+
+
 def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
                   cal: Calibration = CALIBRATION) -> Occupancy:
     """The load/store engine: one row command per cycle (after an int32 read where the row
@@ -336,7 +371,9 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     one per cycle (L2); its write side takes each row's destination lines, plus one
     priming step when source and destination are not aligned alike, once the data is
     there. Alone, the instruction ends when its last row is written; ``copies`` gives the
-    same times as functions of when the copier is free of earlier instructions."""
+    same times as functions of when the copier is free of earlier instructions. Rows
+    repeat every ``_row_period``: once a period has shifted every time alike, the rest
+    of the periods are added at once (a 600-token KV prefetch steps about 150 rows)."""
     W, lat = hw.line_bytes, hw.dram_latency_cycles
     line_cycles = hw.dram_cycles_per_line
     load = instr.engine == Engine.LOAD
@@ -348,26 +385,51 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     t = (cal.dma_setup, NEVER, NEVER)
     read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)
     accepted = (NEVER, NEVER, NEVER)      # a load: the cycle after its last line's DRAM read
-    taken = []                      # when the write side took each row command
+    taken = deque(maxlen=CMD_DEPTH)     # when the write side took the last row commands
+    n_taken = 0
     first_cmds = []                 # when the first CMD_DEPTH commands were queued, alone
     src_total = dst_total = moved = l2_total = 0
     int_reads = 0
     after_read = lat + cal.read_to_write if load else cal.l2_read_latency
-    for row in _dma_rows(instr, hw, read_i32):
+    # after a jump of whole periods, the rows still to come are like the next ones made
+    n_rows, rows = _dma_rows(instr, hw, read_i32)
+    period = _row_period(instr, hw, read_i32)
+    settle = CMD_DEPTH + period         # rows before the first look for a settled period
+    before = None
+    r = 0
+    while r < n_rows:
+        if period and r >= settle and r % period == 0 and len(first_cmds) == CMD_DEPTH:
+            state = (t, read_end, write_end, accepted, *taken)
+            counts = (src_total, dst_total, moved, l2_total, int_reads, n_taken)
+            d = t[0] - before[0][0][0] if before else None
+            m = (n_rows - r) // period
+            if d is not None and m and _shifted(before[0], state, d):
+                # settled: every later period shifts the times alike (``_shifted``)
+                t, read_end, write_end, accepted, *window = (_mp_add(x, m * d) for x in state)
+                taken.extend(window)
+                src_total, dst_total, moved, l2_total, int_reads, n_taken = (
+                    c + m * (c - b) for c, b in zip(counts, before[1], strict=True))
+                r += m * period
+                before = None
+                continue
+            before = (state, counts)
+        row = next(rows)
+        r += 1
         if row.needs_int:
             t = _mp_add(t, lat + cal.int_read)
             int_reads += 1
         if row.n == 0:
             t = _mp_add(t, 1)
             continue
-        if len(taken) >= CMD_DEPTH:     # the copier's command queue is full
-            t = _mp_max(t, _mp_add(taken[-CMD_DEPTH], 1))
+        if n_taken >= CMD_DEPTH:        # the copier's command queue is full
+            t = _mp_max(t, _mp_add(taken[0], 1))
         src_lines, dst_lines = _lines(row.src, row.n, W), _lines(row.dst, row.n, W)
         steps = dst_lines + (1 if (row.src - row.dst) % W else 0)
         cmd, t = t, _mp_add(t, 1)
         if len(first_cmds) < CMD_DEPTH:
             first_cmds.append(cmd[0])   # (c, -inf, -inf): no queue wait of its own yet
         taken.append(_mp_max(_mp_add(cmd, 2), write_end))
+        n_taken += 1
         start = _mp_max(_mp_add(cmd, cal.cmd_to_read), read_end)
         l2_total += dst_lines if load else src_lines
         if load:
@@ -395,8 +457,8 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     cycles = math.ceil(max(t[0], write_end[0])) + cal.dma_drain
     jumps = tuple(k for k in range(len(first_cmds) - 1)
                   if first_cmds[k + 1] > first_cmds[k] + 1)
-    copies = (Copies(t, read_end, write_end, tuple(first_cmds), tuple(taken[-CMD_DEPTH:]),
-                     jumps, len(taken)) if taken else None)
+    copies = (Copies(t, read_end, write_end, tuple(first_cmds), tuple(taken), jumps, n_taken)
+              if n_taken else None)
     table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0

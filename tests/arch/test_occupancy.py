@@ -170,3 +170,66 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
         assert _occupancy(one, hw, None, CALIBRATION) == _occupancy(other, hw, None,
                                                                     CALIBRATION), one
         assert occupancy(one, hw) is occupancy(other, hw)
+
+
+@pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
+def test_a_dma_instruction_jumps_its_settled_periods_as_stepping_them_would(name, monkeypatch):
+    """``dma_occupancy`` adds the periods of rows after one that shifted every time alike
+    at once (``_row_period``, ``_shifted``): on random loads, stores and KV walks of up to
+    900 rows, at the configuration's DRAM bandwidth and at 1, 3 and 16 bytes a cycle,
+    every count is what stepping each row gives, every time of ``copies`` the same to
+    within float rounding, and so the cycles (their ceiling) within one."""
+    from arch import occupancy as O
+
+    rng = np.random.default_rng(11)
+
+    def r(lo, hi):
+        return int(rng.integers(lo, hi + 1))
+
+    base = load_hardware(name)
+    configs = [base]
+    for bw in (1, 3, 16):
+        try:
+            configs.append(base.replace(dram_bytes_per_cycle=bw))
+        except ValueError:
+            pass                          # a bandwidth whose line this L2 cannot take
+    jumped, shifted, check = 0, [], O._shifted
+
+    def record(*args):
+        shifted.append(check(*args))
+        return shifted[-1]
+
+    for hw in configs:
+        for _ in range(40):
+            op = ("DMA_LOAD", "DMA_STORE", "KV_PREFETCH", "KV_APPEND")[r(0, 3)]
+            if op.startswith("DMA"):
+                rb = r(1, 300)
+                instr = make(op, dram_addr=r(0, 1 << 20), l2_addr=r(0, 4096), rows=r(1, 900),
+                             row_bytes=rb, l2_stride=rb + r(0, 100), dram_stride=rb + r(0, 500))
+            else:
+                rb = r(1, 600)
+                kv = dict(pool_addr=r(0, 1 << 20), table_addr=0, first_token=r(0, 999),
+                          n_tokens=r(1, 900), row_bytes=rb, l2_addr=r(0, 4096),
+                          pool_blocks=1 << 20, seq=0)
+                if op == "KV_PREFETCH":
+                    cols = r(1, rb)
+                    kv.update(col_offset=r(0, rb - cols), col_bytes=cols, kv_format=KvFormat.INT8)
+                instr = make(op, **kv)
+            shifted.clear()
+            monkeypatch.setattr(O, "_shifted", record)
+            fast = O.dma_occupancy(instr, hw)
+            monkeypatch.undo()
+            jumped += any(shifted)
+            monkeypatch.setattr(O, "_row_period", lambda *a: 0)
+            slow = O.dma_occupancy(instr, hw)
+            monkeypatch.undo()
+            assert abs(fast.cycles - slow.cycles) <= 1, instr
+            counts = ("dram_read_bytes", "dram_write_bytes", "dram_lines", "l2_lines",
+                      "prefetch_bytes")
+            assert [getattr(fast, c) for c in counts] == [getattr(slow, c) for c in counts]
+            a, b = fast.copies, slow.copies
+            assert (a.first_cmds, a.cmd_jumps, a.rows) == (b.first_cmds, b.cmd_jumps, b.rows)
+            for x, y in zip((a.issue, a.reads, a.writes, *a.takes),
+                            (b.issue, b.reads, b.writes, *b.takes), strict=True):
+                assert x == pytest.approx(y, rel=1e-9, abs=1e-9)
+    assert jumped > 20                    # the jump is what was checked
