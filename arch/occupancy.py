@@ -1047,7 +1047,8 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     address modulo that); ROPE's ``pos0`` not at all (``vector_segments``); an ``INT8``
     KV_PREFETCH's or a KV_APPEND's ``first_token`` modulo the block and the tokens after
     which its rows' DRAM addresses repeat modulo the line (without a DRAM image, token
-    ``t``'s row is at ``pool_addr + t * row_bytes``, ``_dma_rows``)."""
+    ``t``'s row is at ``pool_addr + t * row_bytes``, ``_dma_rows``), and the prefetch's
+    ``col_offset`` (added to each row's address) modulo the line."""
     W, op, spec, operands = hw.line_bytes, instr.mnemonic, instr.spec, instr.operands
     if op == "MATMUL":
         W *= int(hw.l2_lines_per_cycle)
@@ -1060,6 +1061,8 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     elif op == "KV_APPEND" or (op == "KV_PREFETCH" and instr.kv_format == KvFormat.INT8):
         period = math.lcm(hw.kv_block_tokens, W // math.gcd(instr.row_bytes, W))
         key[spec.field_index["first_token"]] %= period
+        if op == "KV_PREFETCH":          # a row's first byte: pool + t * row + col_offset
+            key[spec.field_index["col_offset"]] %= W
     return tuple(key)
 
 

@@ -129,7 +129,8 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
     """``occupancy`` gives one timing to instructions whose operands differ only in what
     ``_timing_operands`` drops (a MATMUL's addresses and strides by multiples of the
     banks' lines, ROPE's ``pos0``, an INT8 KV_PREFETCH's or a KV_APPEND's
-    ``first_token`` by its period): computed apart (``_occupancy``, no memo), random
+    ``first_token`` by its period, the prefetch's ``col_offset`` by a line): computed
+    apart (``_occupancy``, no memo), random
     such pairs time alike, field by field."""
     hw = load_hardware(name)
     W, P, B = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle), hw.kv_block_tokens
@@ -162,6 +163,9 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
                   kv_format=KvFormat.INT8)
         later = {**kv, "first_token": kv["first_token"] + int(period) * r(1, 20)}
         pairs.append((make("KV_PREFETCH", **kv), make("KV_PREFETCH", **later)))
+        if kv["col_offset"] + W <= row_bytes - cols:      # a head a line further on
+            pairs.append((make("KV_PREFETCH", **kv), make("KV_PREFETCH", **{
+                **later, "col_offset": kv["col_offset"] + W})))
         append = {f: v for f, v in kv.items() if f not in ("col_offset", "col_bytes",
                                                             "kv_format")}
         pairs.append((make("KV_APPEND", **append),
