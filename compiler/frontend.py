@@ -144,10 +144,33 @@ class Lowering:
         return [self.read(v) for v in jaxpr.outvars]
 
     def fold(self, eqn, args: list[Known]) -> list[Known]:
+        values = [np.asarray(a.value) for a in args]
+        numpy = _NUMPY_FOLDS.get(eqn.primitive.name)
+        if (numpy and all(v.dtype.kind in "iu" for v in values)
+                and eqn.params.get("out_dtype") is None):
+            return [Known(np.asarray(numpy(*values, **eqn.params)))]
         with jax.enable_x64(True):
-            out = eqn.primitive.bind(*[jnp.asarray(a.value) for a in args], **eqn.params)
+            out = eqn.primitive.bind(*map(jnp.asarray, values), **eqn.params)
         outs = out if eqn.primitive.multiple_results else [out]
         return [Known(np.asarray(o)) for o in outs]
+
+
+def _iota(*, dtype, shape, dimension, sharding):
+    axis = [-1 if i == dimension else 1 for i in range(len(shape))]
+    return np.broadcast_to(np.arange(shape[dimension], dtype=dtype).reshape(axis), shape)
+
+
+def _mul(x, y, *, out_dtype):
+    return np.multiply(x, y)
+
+
+#: Constant integer equations evaluated with NumPy rather than dispatched to XLA, which
+#: compiles a program for each new shape (a step's positions, ``start + iota(n_tokens)``,
+#: cost tens of milliseconds at each chunk size the driver tries). NumPy's integer
+#: arithmetic on operands of one dtype wraps as XLA's does (the jaxpr gives both
+#: operands the same dtype); tests/compiler/test_frontend.py checks them against JAX.
+_NUMPY_FOLDS: dict[str, Callable] = {"iota": _iota, "add": np.add, "sub": np.subtract,
+                                     "mul": _mul}
 
 
 # -- helpers for rules -----------------------------------------------------------------
