@@ -7,10 +7,11 @@ roofline, prefetch speedup (one device and tensor parallel), prefill PE utilisat
 
 Sections:
 
-* ``fast``: one decode step (KV length 511) of each 1B-class preset on edge-16x16 (16 MiB
-  and 2 MiB of L2) with the analytic fast path: wall time from cold caches (``cold_seconds``: the model's first
-  lowering, a JAX trace, included) and of a step at another KV length once the model has
-  been lowered (``wall_seconds``: what each further point of a sweep costs), tokens/s,
+* ``fast``: one decode step (KV length 511) of each 1B-class preset on edge-16x16 (16
+  MiB and 2 MiB of L2) with the analytic fast path: wall time from cold caches
+  (``cold_seconds``: the model's first lowering, a JAX trace, included) and of a step
+  at another KV length once the model has been lowered (``wall_seconds``: what each
+  further point of a sweep costs), tokens/s,
   and the fraction of the DRAM-bandwidth roofline (weights and KV bytes at
   ``dram_bytes_per_cycle``) reached.
 * ``fidelity``: the fast path against the instruction-level model on compiled programs:

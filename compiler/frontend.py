@@ -147,6 +147,7 @@ class Lowering:
         values = [np.asarray(a.value) for a in args]
         numpy = _NUMPY_FOLDS.get(eqn.primitive.name)
         if (numpy and all(v.dtype.kind in "iu" for v in values)
+                and np.dtype(eqn.params.get("dtype", np.int32)).kind in "iu"
                 and eqn.params.get("out_dtype") is None):
             return [Known(np.asarray(numpy(*values, **eqn.params)))]
         with jax.enable_x64(True):
