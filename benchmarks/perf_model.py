@@ -31,9 +31,12 @@ Sections:
   them timed) against timing every chunk (Sheared-LLaMA-1.3B's 1,024-token prompt at
   256 KiB: 256 chunks, the worst found).
 * ``cuts``: the periodic runs of tiles the fast path cuts short (``analytic._periodic``)
-  against stepping through every tile: decode steps and prefills of the four 1B-class
-  presets at 256 KiB (a staging ring of 9 slots, cut by its pointer's period) and
-  512 KiB of L2, the error in cycles and in load busy, then the worst.
+  against stepping through every tile: decode steps (int8, MXINT4, MXINT4 with a 3-bit
+  KV cache) and prefills of the four 1B-class presets at 256 KiB (a staging ring of 9
+  slots, cut by its pointer's period), 512 KiB, 2 MiB and 16 MiB of L2: the error in
+  cycles and in load busy and the pipeline's runs (``analytic._timeline`` runs it again
+  where a run had not settled by its cut), then the worst and the total; each also cut
+  after a quarter of the repeats (``analytic.SETTLE_FACTOR`` 1, not 4).
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 4 and 8 devices (4 GiB of DRAM
   each: an int8 shard does not fit 2) across L2 sizes, prefetch on and off.
@@ -332,40 +335,66 @@ def cuts() -> list[dict]:
     from models.config import preset
     from sweeps import analytic
 
-    cut_runs = analytic._periodic
+    cut_runs, pipeline, factor = analytic._periodic, analytic._pipeline, analytic.SETTLE_FACTOR
+    runs = [0]
+
+    def counted(*args, **kwargs):
+        runs[0] += 1
+        return pipeline(*args, **kwargs)
+
+    def every_tile(tiles, repeats, ring, keep=(), front=None):
+        return tiles, (), range(len(tiles))
+
+    def timed(kind, name, hw, x, prefetch, weights, kv_bits, periodic, settle):
+        analytic._periodic, analytic._pipeline, analytic.SETTLE_FACTOR = (periodic, counted,
+                                                                          settle)
+        analytic.decode_step.cache_clear()
+        runs[0] = 0
+        try:
+            step = (analytic.decode_step(preset(name), hw, x, prefetch, weights=weights,
+                                         kv_bits=kv_bits)
+                    if kind == "decode"
+                    else analytic.prefill(preset(name), hw, x, prefetch))
+        finally:
+            analytic._periodic, analytic._pipeline, analytic.SETTLE_FACTOR = (
+                cut_runs, pipeline, factor)
+        return step, runs[0]
+
+    def pct(a, b):
+        return round(100 * (a - b) / b, 4)
+
     rows = []
     for name in ("llama-3.2-1b", "qwen2.5-0.5b", "tinyllama-1.1b", "sheared-llama-1.3b"):
-        for l2 in (256 << 10, 512 << 10):
+        for l2 in (256 << 10, 512 << 10, 2 << 20, 16 << 20):
             hw = load_hardware("edge-16x16").replace(l2_bytes=l2)
-            for kind, x, prefetch in (("decode", 130, True), ("decode", 1100, True),
-                                      ("decode", 700, False), ("prefill", 128, True),
-                                      ("prefill", 1024, True)):
-                steps = []
-                for periodic in (cut_runs, lambda tiles, repeats, ring, keep=(), front=None:
-                                 (tiles, (), range(len(tiles)))):
-                    analytic._periodic = periodic
-                    analytic.decode_step.cache_clear()
-                    try:
-                        steps.append(analytic.decode_step(preset(name), hw, x, prefetch)
-                                     if kind == "decode"
-                                     else analytic.prefill(preset(name), hw, x, prefetch))
-                    finally:
-                        analytic._periodic = cut_runs
-                cut, every = steps
+            for kind, x, prefetch, weights, kv_bits in (
+                    ("decode", 130, True, "int8", None), ("decode", 1100, True, "int8", None),
+                    ("decode", 700, False, "int8", None), ("decode", 700, True, "mxint4", None),
+                    ("decode", 700, True, "mxint4", 3.0), ("prefill", 128, True, "int8", None),
+                    ("prefill", 1024, True, "int8", None)):
+                case = (kind, name, hw, x, prefetch, weights, kv_bits)
+                every, _ = timed(*case, every_tile, factor)
+                cut, passes = timed(*case, cut_runs, factor)
+                cut1, passes1 = timed(*case, cut_runs, 1)
                 rows.append(_emit({
                     "section": "cuts", "model": name, "hw": hw.name, "l2_bytes": l2,
                     "step": kind, "position" if kind == "decode" else "prompt": x,
-                    "prefetch": prefetch,
-                    "cycles_error_pct": round(100 * (cut.cycles - every.cycles) / every.cycles,
-                                              4),
-                    "load_busy_error_pct": round(100 * (cut.load_busy - every.load_busy)
-                                                 / every.load_busy, 4)}))
-    worst = {f"worst_{k}": max(abs(r[k]) for r in rows)
-             for k in ("cycles_error_pct", "load_busy_error_pct")}
-    rows.append(_emit({"section": "cuts", **worst,
+                    "prefetch": prefetch, "weights": weights, "kv_bits": kv_bits,
+                    "cycles_error_pct": pct(cut.cycles, every.cycles),
+                    "load_busy_error_pct": pct(cut.load_busy, every.load_busy),
+                    "pipeline_runs": passes,
+                    "settle_1x_cycles_error_pct": pct(cut1.cycles, every.cycles),
+                    "settle_1x_pipeline_runs": passes1}))
+    summary = {f"worst_{k}": max(abs(r[k]) for r in rows)
+               for k in ("cycles_error_pct", "load_busy_error_pct",
+                         "settle_1x_cycles_error_pct")}
+    rows.append(_emit({"section": "cuts", "settle_factor": factor, **summary,
                        "decode_load_busy_worst_pct": max(abs(r["load_busy_error_pct"])
                                                          for r in rows
-                                                         if r["step"] == "decode")}))
+                                                         if r["step"] == "decode"),
+                       "pipeline_runs": sum(r["pipeline_runs"] for r in rows),
+                       "settle_1x_pipeline_runs": sum(r["settle_1x_pipeline_runs"]
+                                                      for r in rows)}))
     return rows
 
 

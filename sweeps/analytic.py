@@ -966,6 +966,17 @@ RUN_PERIOD = 16
 PERIOD_REPEATS = 4
 #: Repeats kept before and after a cut in a run of a block without loads.
 KEEP_REPEATS = KEEP_LOADS
+#: The repeats stepped before a cut, as a multiple of those above (``KEEP_LOADS``' and at
+#: least ``PERIOD_REPEATS + 2``; ``KEEP_REPEATS``): a lead the load engine built up before
+#: the run, with prefetch as far as the staging ring lets it, drains over the run's first
+#: repeats while the compute engine works off the loads already in, and repeats that
+#: advance alike before it has drained need not mean it has. ``python -m
+#: benchmarks.perf_model --only cuts`` times 112 steps both ways against stepping every
+#: tile: at 1× the pipeline ran 366 times (a run not settled by its cut: ``_timeline``
+#: runs it again) and a Sheared-LLaMA-1.3B step with MXINT4 weights and a 3-bit KV cache
+#: at 16 MiB came out 0.03% long (its runs looked settled and were not); at 4×, 247 times
+#: and 0.0000% off.
+SETTLE_FACTOR = 4
 
 
 def _repeats(tiles: list) -> tuple:
@@ -1008,8 +1019,9 @@ def _repeats(tiles: list) -> tuple:
 
 def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
               front: dict | None = None) -> tuple[list, tuple, list]:
-    """``tiles`` with each run of ``repeats`` (``_repeats``') cut to the repeats it keeps
-    before the cut (or ``front[its first tile]``) and after it: ``(tiles, cuts, index)``,
+    """``tiles`` with each run of ``repeats`` (``_repeats``') cut to ``SETTLE_FACTOR``
+    times the repeats it keeps before the cut (or ``front[its first tile]``) and those
+    after it: ``(tiles, cuts, index)``,
     ``cuts`` giving per cut ``(index of the last tile before it, the block's tiles,
     repeats removed, the run's first tile, the repeats kept before it, the repeats its
     period is measured over)``, ``index`` each tile's index in the cut tiles (-1:
@@ -1027,7 +1039,7 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
-        kept, window, q = front.get(i, head), PERIOD_REPEATS, 1
+        kept, window, q = front.get(i, SETTLE_FACTOR * head), PERIOD_REPEATS, 1
         if not free and any(t[0] and t[2] for t in tiles[i:i + p]):
             if ptrs is None:
                 ptrs = _ring_replay(tiles, ring)[0]
