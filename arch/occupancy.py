@@ -187,12 +187,13 @@ class CopierQueue:
         first, segments = copies.first_cmds, self.segments
         late = 0.0
         if self.last + 1 > begin + first[0]:
-            back = 0                       # commands newer than this segment's
+            n_first = len(first)
+            room = CMD_DEPTH               # CMD_DEPTH less the commands newer than seg's
             for seg in reversed(segments):
                 m = seg[4]
-                # its take j is command CMD_DEPTH - (back + m - j) of ours to wait for
-                lo = CMD_DEPTH - back - m if CMD_DEPTH - back > m else 0
-                hi = CMD_DEPTH - back if CMD_DEPTH - back < len(first) else len(first)
+                # its take j is command room - (m - j) of ours to wait for
+                lo = room - m if room > m else 0
+                hi = room if room < n_first else n_first
                 if lo < hi and seg[5] + 1 - begin - first[lo] > late:
                     # A take is at least a cycle after the one before and a command one
                     # cycle after the one before unless it read an int32 first: the wait
@@ -201,16 +202,21 @@ class CopierQueue:
                     jumps = copies.cmd_jumps
                     ks = ((*jumps[bisect_left(jumps, lo):bisect_left(jumps, hi - 1)], hi - 1)
                           if jumps else (hi - 1,))
+                    takes, seg_begin, seg_read, seg_write = seg[0].takes, seg[1], seg[2], seg[3]
                     for k in ks:
-                        v = _take(seg, m - CMD_DEPTH + back + k) + 1 - begin - first[k]
+                        c, r, w = takes[m - room + k]     # when the write side takes it
+                        c += seg_begin
+                        r += seg_read
+                        w += seg_write
+                        v = (c if c >= r and c >= w else r if r >= w else w) + 1 - begin - first[k]
                         if v > late:
                             late = v
-                back += m
-                if back >= CMD_DEPTH:
+                room -= m
+                if room <= 0:
                     break
         takes = copies.takes
         m = len(takes)
-        c, r, w = takes[m - 1]                 # its last command's take (``_take``)
+        c, r, w = takes[m - 1]                 # its last command's take
         c, r, w = c + begin, r + read_free, w + write_free
         last = self.last = c if c >= r and c >= w else r if r >= w else w
         segments.append((copies, begin, read_free, write_free, m, last))
@@ -223,16 +229,6 @@ class CopierQueue:
         # of its later commands are in ``issue`` already, through the write side)
         shifted = begin + copies.issue[0] + late
         return (shifted if shifted > issued else issued), read_free, write_free
-
-
-def _take(segment: tuple, j: int) -> float:
-    """When the write side takes the ``j``-th of a queued instruction's last commands."""
-    copies, begin, read_free, write_free = segment[:4]
-    c, r, w = copies.takes[j]
-    c += begin
-    r += read_free
-    w += write_free
-    return c if c >= r and c >= w else r if r >= w else w
 
 
 @dataclass(frozen=True)
