@@ -348,6 +348,7 @@ def cuts() -> list[dict]:
     def timed(kind, name, hw, x, prefetch, weights, kv_bits, periodic, settle):
         analytic._periodic, analytic._pipeline, analytic.SETTLE_FACTOR = (periodic, counted,
                                                                           settle)
+        analytic._plan.cache_clear()            # the runs to cut are part of the plan
         analytic.decode_step.cache_clear()
         runs[0] = 0
         try:

@@ -951,11 +951,11 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
 
 
 #: Loads in the repeats of a periodic run of tiles (a matmul's weight tiles; attention's
-#: per-head block) stepped through before the rest of the run is extrapolated
-#: (``_periodic``), at first: past the engines' queues (``QUEUE_DEPTH``), the schedule's
-#: ``LOOKAHEAD`` and the loads in flight (``DEFERRED``), the engines mostly repeat what
-#: they did a repeat before. Where they do not yet (a lead the load engine built up
-#: still draining), the run is stepped through four times as far (``_timeline``).
+#: per-head block) past which the engines' queues (``QUEUE_DEPTH``), the schedule's
+#: ``LOOKAHEAD`` and the loads in flight (``DEFERRED``) repeat what they did a repeat
+#: before; ``SETTLE_FACTOR`` times as many repeats are stepped through before the rest
+#: of the run is extrapolated (``_periodic``). Where the engines do not repeat yet, the
+#: run is stepped through four times as far again (``_timeline``).
 KEEP_LOADS = 2 * LOOKAHEAD
 #: Loads kept after a cut, so that a tile before the cut sees (through the loads
 #: hoisted above it, at most ``LOOKAHEAD`` ahead) only repeats, as it would have.
@@ -964,27 +964,32 @@ TAIL_LOADS = LOOKAHEAD + 2
 RUN_PERIOD = 16
 #: Repeats the period is measured over (a repeat's time may alternate).
 PERIOD_REPEATS = 4
-#: Repeats kept before and after a cut in a run of a block without loads.
+#: Repeats of a block without loads kept after a cut (``SETTLE_FACTOR`` times as many
+#: before it).
 KEEP_REPEATS = KEEP_LOADS
-#: The repeats stepped before a cut, as a multiple of those above (``KEEP_LOADS``' and at
-#: least ``PERIOD_REPEATS + 2``; ``KEEP_REPEATS``): a lead the load engine built up before
-#: the run, with prefetch as far as the staging ring lets it, drains over the run's first
-#: repeats while the compute engine works off the loads already in, and repeats that
-#: advance alike before it has drained need not mean it has. ``python -m
-#: benchmarks.perf_model --only cuts`` times 112 steps both ways against stepping every
-#: tile: at 1× the pipeline ran 366 times (a run not settled by its cut: ``_timeline``
-#: runs it again) and a Sheared-LLaMA-1.3B step with MXINT4 weights and a 3-bit KV cache
-#: at 16 MiB came out 0.03% long (its runs looked settled and were not); at 4×, 247 times
-#: and 0.0000% off.
+#: The repeats stepped before a cut, as a multiple of those the queues need
+#: (``KEEP_LOADS``' and at least ``PERIOD_REPEATS + 2``; ``KEEP_REPEATS``): a lead the
+#: load engine built up before the run, with prefetch as far as the staging ring lets
+#: it, drains over the run's first repeats while the compute engine works off the loads
+#: already in, and repeats that advance alike before it has drained need not mean it
+#: has. ``python -m benchmarks.perf_model --only cuts`` times 112 steps both ways
+#: against stepping every tile: the pipeline ran 366 times at 1× (``_timeline`` runs it
+#: again where a run had not settled by its cut) and 247 at 4×; a Sheared-LLaMA-1.3B
+#: step with MXINT4 weights and a 3-bit KV cache at 16 MiB, whose runs looked settled at
+#: 1× and were not, came out 0.03% long at 1× and 0.0000% off at 4×. The worst step is
+#: 0.037% off at both (Qwen2.5-0.5B with MXINT4 weights at 16 MiB): not every error of
+#: the cut is a lead still draining.
 SETTLE_FACTOR = 4
 
 
 def _repeats(tiles: list) -> tuple:
     """The long runs in ``tiles`` of a block of at most ``RUN_PERIOD`` tiles repeated:
     ``(first tile, block tiles, repeats, repeats to keep before a cut, after it)`` each,
-    the repeats kept holding ``KEEP_LOADS`` and ``TAIL_LOADS`` loads (at least
-    ``PERIOD_REPEATS + 2`` before the cut and ``PERIOD_REPEATS`` after it; of a block
-    without loads, ``KEEP_REPEATS`` each). Tiles compare as numbers, the cached
+    the repeats kept after the cut holding ``TAIL_LOADS`` loads (at least
+    ``PERIOD_REPEATS``) and before it ``SETTLE_FACTOR`` times those holding
+    ``KEEP_LOADS`` (at least ``PERIOD_REPEATS + 2``); of a block without loads,
+    ``KEEP_REPEATS`` after and ``SETTLE_FACTOR`` times as many before. Runs too short to
+    cut are left out. Tiles compare as numbers, the cached
     ``Copies`` and store tuples as objects (equal ones built apart count as different)."""
     n, names, shared = len(tiles), {}, {}
     sig = []
@@ -1005,8 +1010,8 @@ def _repeats(tiles: list) -> tuple:
             reps = (j - i) // p + 1
             if reps > 2 * PERIOD_REPEATS + 2:
                 loads = sum(1 for t in tiles[i:i + p] if t[0])
-                head = (max(PERIOD_REPEATS + 2, -(-KEEP_LOADS // loads)) if loads
-                        else KEEP_REPEATS)
+                head = SETTLE_FACTOR * (max(PERIOD_REPEATS + 2, -(-KEEP_LOADS // loads))
+                                        if loads else KEEP_REPEATS)
                 tail = max(PERIOD_REPEATS, -(-TAIL_LOADS // loads)) if loads else KEEP_REPEATS
                 if reps > head + tail:
                     runs.append((i, p, reps, head, tail))
@@ -1019,9 +1024,8 @@ def _repeats(tiles: list) -> tuple:
 
 def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
               front: dict | None = None) -> tuple[list, tuple, list]:
-    """``tiles`` with each run of ``repeats`` (``_repeats``') cut to ``SETTLE_FACTOR``
-    times the repeats it keeps before the cut (or ``front[its first tile]``) and those
-    after it: ``(tiles, cuts, index)``,
+    """``tiles`` with each run of ``repeats`` (``_repeats``') cut to the repeats it keeps
+    before the cut (or ``front[its first tile]``) and after it: ``(tiles, cuts, index)``,
     ``cuts`` giving per cut ``(index of the last tile before it, the block's tiles,
     repeats removed, the run's first tile, the repeats kept before it, the repeats its
     period is measured over)``, ``index`` each tile's index in the cut tiles (-1:
@@ -1039,7 +1043,7 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
-        kept, window, q = front.get(i, SETTLE_FACTOR * head), PERIOD_REPEATS, 1
+        kept, window, q = front.get(i, head), PERIOD_REPEATS, 1
         if not free and any(t[0] and t[2] for t in tiles[i:i + p]):
             if ptrs is None:
                 ptrs = _ring_replay(tiles, ring)[0]
