@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.points < 1:
+        parser.error(f"--points must be at least 1, not {args.points}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, not {args.workers}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.toml"
         path.write_text(SPEC.format(points=args.points))

@@ -72,6 +72,8 @@ DEFAULT_WORKLOADS = {"liso": {"prompt": 1024, "output": 128},
 # the system's fields (the flash tier) change no metric a sweep reports: refused by name
 HW_FIELDS = {f.name for f in dataclasses.fields(HardwareConfig)} - {"name", *SYSTEM_FIELDS}
 SECTIONS = {"sweep", "fixed", "workloads", "axes"}
+#: The keys of ``[sweep]``.
+SWEEP_KEYS = ("sampling", "samples", "seed")
 
 
 MAX_POINTS = 100_000          # a grid larger than this is refused before it is expanded
@@ -111,7 +113,8 @@ class Spec:
 
 
 def _line(text: str, key: str, section: str | None) -> int:
-    """The line of ``key =`` (inside ``[section]`` when given), or of the section."""
+    """The line of ``key =`` (inside ``[section]`` when given; else of ``key =`` or the
+    table ``[key]``), or of the section."""
     lines = text.splitlines()
     start = 0
     if section:
@@ -120,7 +123,8 @@ def _line(text: str, key: str, section: str | None) -> int:
                 start = i
                 break
     for i in range(start, len(lines)):
-        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]) or (
+                not section and re.match(rf"\s*\[{re.escape(key)}[.\]]", lines[i])):
             return i + 1
     return start + 1
 
@@ -184,13 +188,24 @@ def load_spec(path: str | Path) -> Spec:
         if section not in SECTIONS:
             fail_at(section, None, f"unknown section [{section}] (known: "
                     f"{', '.join(sorted(SECTIONS))})")
+        if not isinstance(data[section], dict):
+            fail_at(section, None, f"{section} must be a table ([{section}]), not "
+                    f"{data[section]!r}")
     sweep = data.get("sweep", {})
+    for key in sweep:
+        if key not in SWEEP_KEYS:
+            fail_at(key, "sweep", f"unknown key {key!r} in [sweep] (known: "
+                    f"{', '.join(SWEEP_KEYS)})")
     sampling = sweep.get("sampling", "grid")
     if sampling not in ("grid", "random"):
         fail_at("sampling", "sweep", f"sampling must be 'grid' or 'random', not {sampling!r}")
     samples = sweep.get("samples", 0)
-    if sampling == "random" and (not isinstance(samples, int) or samples < 1):
+    if sampling == "random" and (not isinstance(samples, int) or isinstance(samples, bool)
+                                 or samples < 1):
         fail_at("samples", "sweep", "random sampling needs samples = N >= 1")
+    seed = sweep.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        fail_at("seed", "sweep", f"seed must be an integer, not {seed!r}")
 
     workloads = dict(DEFAULT_WORKLOADS)
     for name, w in data.get("workloads", {}).items():
@@ -222,7 +237,7 @@ def load_spec(path: str | Path) -> Spec:
                     "[fixed] and [axes]")
         axes[name] = _expand(name, value,
                              lambda m, name=name: fail_at(name, "axes", f"axis {name}: {m}"))
-    spec = Spec(path, sampling, samples, sweep.get("seed", 0), fixed, workloads, axes)
+    spec = Spec(path, sampling, samples, seed, fixed, workloads, axes)
     grid = 1
     for values in axes.values():
         grid *= len(values)

@@ -75,6 +75,14 @@ def write(tmp_path, text, name="spec.toml") -> Path:
      "stores 8 (give kv_format = 'chunked', or make kv_format an axis)"),
     (("short = { prompt = 32, output = 8 }", "short = { prompt = 40000, output = 8 }"), 16,
      "workload 'short' (40000 + 8 tokens) is longer than qwen2.5-0.5b's context"),
+    # the spec's own structure: tables where tables belong, [sweep]'s keys and types
+    (('sampling = "grid"', 'sampling = "grid"\nsampels = 3'), 3,
+     "unknown key 'sampels' in [sweep] (known: sampling, samples, seed)"),
+    (('sampling = "grid"', 'sampling = "grid"\nseed = "abc"'), 3,
+     "seed must be an integer, not 'abc'"),
+    (('[sweep]\nsampling = "grid"', 'sweep = 3'), 1, "sweep must be a table ([sweep]), not 3"),
+    (("workload = [\"short\"]", "workload = [\"short\"]\n\n[extra]\nx = 1"), 18,
+     "unknown section [extra]"),
 ])
 def test_bad_specs_fail_before_any_point_naming_the_line(tmp_path, edit, line, message):
     path = write(tmp_path, SPEC.replace(*edit))
