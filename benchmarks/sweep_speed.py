@@ -50,6 +50,8 @@ def _cpu_seconds() -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from tqdm import tqdm
+
     from sweeps.cost import logic_stats
     from sweeps.runner import _logic_configs, groups, run_sweep
     from sweeps.spec import load_spec
@@ -67,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
         path.write_text(SPEC.format(points=args.points))
         spec = load_spec(path)
         evaluations = len(groups(spec.points()))
-        for hw in _logic_configs(spec.points()):
+        # before the clock: Yosys for each configuration not yet cached (about a minute on
+        # a fresh clone), with the runner's progress bar on stderr
+        for hw in tqdm(_logic_configs(spec.points()), desc="logic statistics (Yosys, cached)"):
             logic_stats(hw)
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
