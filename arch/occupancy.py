@@ -498,26 +498,35 @@ def _fill_end(x_segments: tuple, w_segments: tuple, W: int, banks: int) -> int:
     cycles after begin (the row command through the copier's queue), and the tile is
     announced the cycle after the last step. Both latencies are the RTL's structure (read
     off a trace of the unit in Amaranth's simulator), not fitted."""
-    readers = [_reader_plan(x_segments, W, banks), _reader_plan(w_segments, W, banks)]
-    issued, granted = [0, 0], [[], []]
-    taken, popped = [0, 0], [0, 0]
-    last = FILL_ISSUE_LATENCY
-    t = FILL_ISSUE_LATENCY
-    while taken[0] < len(readers[0][1]) or taken[1] < len(readers[1][1]):
+    # Written out for the two readers (x: ``x_*``, weights: ``w_*``): lines issued (``*_i``;
+    # each one's grant cycle in ``*_granted``), write-side steps taken (``*_j``) and lines
+    # popped by them (``*_p``).
+    x_lines, x_steps = _reader_plan(x_segments, W, banks)
+    w_lines, w_steps = _reader_plan(w_segments, W, banks)
+    n_xl, n_wl, n_xs, n_ws = len(x_lines), len(w_lines), len(x_steps), len(w_steps)
+    x_granted, w_granted = [], []
+    x_i = w_i = x_j = w_j = x_p = w_p = 0
+    room, latency = COPIER_FIFO_DEPTH - 1, FILL_DATA_LATENCY
+    last = t = FILL_ISSUE_LATENCY
+    while x_j < n_xs or w_j < n_ws:
+        # the read sides, the x reader's port first: the weight reader waits for its bank
         bank = -1
-        for r in (0, 1):                   # the read sides, the x reader's port first
-            lines, i = readers[r][0], issued[r]
-            if i < len(lines) and i - popped[r] < COPIER_FIFO_DEPTH - 1 and lines[i] != bank:
-                granted[r].append(t)
-                issued[r] += 1
-                bank = lines[i]
-        for r in (0, 1):                   # the write sides
-            steps, j = readers[r][1], taken[r]
-            if j < len(steps) and (not steps[j] or (popped[r] < len(granted[r]) and
-                                   granted[r][popped[r]] <= t - FILL_DATA_LATENCY)):
-                popped[r] += steps[j]
-                taken[r] += 1
-                last = t
+        if x_i < n_xl and x_i - x_p < room:
+            x_granted.append(t)
+            bank = x_lines[x_i]
+            x_i += 1
+        if w_i < n_wl and w_i - w_p < room and w_lines[w_i] != bank:
+            w_granted.append(t)
+            w_i += 1
+        # the write sides: a step that takes a line once it is in
+        if x_j < n_xs and (not x_steps[x_j] or (x_p < x_i and x_granted[x_p] <= t - latency)):
+            x_p += x_steps[x_j]
+            x_j += 1
+            last = t
+        if w_j < n_ws and (not w_steps[w_j] or (w_p < w_i and w_granted[w_p] <= t - latency)):
+            w_p += w_steps[w_j]
+            w_j += 1
+            last = t
         t += 1
     return last + 1
 
