@@ -1002,11 +1002,18 @@ def _repeats(tiles: list) -> tuple:
                 shared[id(t)] = name
         sig.append(name)
     runs, i = [], 0
+    # per period, where its last scan stopped: every tile from the scan's start to there
+    # matched the tile a period on, so a scan from a later tile up to there stops there
+    # too (the runs too short to cut are not scanned again from each of their tiles)
+    stop = [-1] * (RUN_PERIOD + 1)
     while i < n - 1:
         for p in range(1, RUN_PERIOD + 1):
-            j = i
-            while j + p < n and sig[j + p] == sig[j]:
-                j += 1
+            j = stop[p]
+            if j < i:
+                j = i
+                while j + p < n and sig[j + p] == sig[j]:
+                    j += 1
+                stop[p] = j
             reps = (j - i) // p + 1
             if reps > 2 * PERIOD_REPEATS + 2:
                 loads = sum(1 for t in tiles[i:i + p] if t[0])
