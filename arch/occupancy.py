@@ -323,6 +323,14 @@ def _mp_max(f, g):
             f[2] if f[2] > g[2] else g[2])
 
 
+def _kv_dram_period(hw: HardwareConfig, row_bytes: int) -> int:
+    """Tokens after which a KV walk's DRAM rows repeat their block position and their
+    alignment in the line, without a DRAM image (token ``t``'s row at ``pool_addr + t *
+    row_bytes``, ``_kv_rows``)."""
+    W = hw.line_bytes
+    return math.lcm(hw.kv_block_tokens, W // math.gcd(row_bytes, W))
+
+
 def _row_period(instr: Instruction, hw: HardwareConfig, read_i32) -> int:
     """Rows after which a DMA instruction's rows (``_dma_rows``) repeat: the same bytes,
     source and destination alignments in the line, and int32 reads; 0 where they need
@@ -336,7 +344,7 @@ def _row_period(instr: Instruction, hw: HardwareConfig, read_i32) -> int:
         return math.lcm(repeat(f.dram_stride), repeat(f.l2_stride))
     if op in ("KV_PREFETCH", "KV_APPEND") and read_i32 is None:
         l2_stride = f.col_bytes if op == "KV_PREFETCH" else f.row_bytes
-        return math.lcm(hw.kv_block_tokens, repeat(f.row_bytes), repeat(l2_stride))
+        return math.lcm(_kv_dram_period(hw, f.row_bytes), repeat(l2_stride))
     return 0
 
 
@@ -1064,8 +1072,7 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     if op == "ROPE":
         key[spec.field_index["pos0"]] = 0
     elif op == "KV_APPEND" or (op == "KV_PREFETCH" and instr.kv_format == KvFormat.INT8):
-        period = math.lcm(hw.kv_block_tokens, W // math.gcd(instr.row_bytes, W))
-        key[spec.field_index["first_token"]] %= period
+        key[spec.field_index["first_token"]] %= _kv_dram_period(hw, instr.row_bytes)
         if op == "KV_PREFETCH":          # a row's first byte: pool + t * row + col_offset
             key[spec.field_index["col_offset"]] %= W
     return tuple(key)
