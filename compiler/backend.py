@@ -258,22 +258,22 @@ def mx_exps_rows(n: int, k: int, k_total: int) -> tuple[int, int]:
     return (1, n * blocks) if k == k_total else (n, blocks)
 
 
-def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int,
+def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, hw: HardwareConfig,
                   mxint4: bool = False) -> tuple[int, int]:
     """``(nt, kt)``: the weight tile of a matmul, ``nt`` output channels (a multiple of the
     array's columns where it can be) by ``kt`` inputs (``k`` is split, with accumulation,
-    only when ``cols`` rows of it do not fit a tile). With ``mxint4`` a row of ``k``
-    weights takes ``ceil(k / 2)`` bytes of the tile (its block exponents are staged in a
-    slot of their own) and ``k`` is split only at block boundaries.
+    only when ``hw.array_cols`` rows of it do not fit a tile). With ``mxint4`` a row of
+    ``k`` weights takes ``ceil(k / 2)`` bytes of the tile (its block exponents are staged
+    in a slot of their own) and ``k`` is split only at block boundaries.
 
-    A split ``k`` takes the fewest pieces that fit a tile, as even as the coarsest
-    alignment that still fits lets them be: each piece's weight rows start on a 1 KiB,
-    512, 256, 128 or 64-byte boundary (an MXINT4 piece's exponent row on a 64-byte one
-    at 1 KiB), else anywhere (a block boundary). Filling each tile to the brim instead
-    leaves a short last piece, and pieces whose activations (``x_addr + k0``) and weight
-    rows start off the L2's banks and the DRAM's lines: a 2,048-input projection split
-    1,854 + 194 reads every other activation row across banks, where 1,024 + 1,024 does
-    not."""
+    A split ``k`` takes the fewest pieces that fit a tile, as even as the coarsest of
+    these alignments that still fits lets them be (``alignments``): the L2's stripe (a
+    line on each bank it reads in a cycle), where the pieces' activations then start on
+    the bank the whole row's does; a line; else anywhere. Filling each tile to the brim
+    instead leaves a short last piece, and pieces whose reads start across banks and
+    lines: a 2,048-input projection split 1,854 + 194 where 1,024 + 1,024 fits."""
+    cols = hw.array_cols
+
     def row_bytes(k: int) -> int:
         return (k + 1) // 2 if mxint4 else k
     if row_bytes(k_total) * min(cols, n_total) <= tile_bytes:
@@ -283,21 +283,33 @@ def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, cols: int,
     most = (max(MX_BLOCK, 2 * (tile_bytes // nt) // MX_BLOCK * MX_BLOCK) if mxint4
             else max(1, tile_bytes // nt))
     even = -(-k_total // -(-k_total // most))       # the fewest pieces, evened out
-    per_byte = 2 if mxint4 else 1                   # inputs per byte of a row
-    for row_align in (1024, 512, 256, 128, 64, 0):
-        align = per_byte * row_align or (MX_BLOCK if mxint4 else 1)
-        kt = -(-even // align) * align
+    for boundary in alignments(hw, mxint4):
+        kt = -(-even // boundary) * boundary
         if kt <= most:
             return nt, kt
     return nt, most
 
 
-def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, cols: int,
+def alignments(hw: HardwareConfig, mxint4: bool) -> tuple[int, ...]:
+    """The boundaries, in inputs and coarsest first, that ``matmul_tiling`` tries to
+    split a reduction at: the L2's stripe (``line_bytes`` on each of the
+    ``l2_lines_per_cycle`` banks: activations are a byte an input), a line, then
+    anywhere. MXINT4 tries, coarsest first, where each piece's exponent row (a byte per
+    block) starts a line, the stripe, and where its packed row (half a byte an input)
+    starts a line; then any block boundary. Each is a power of two, so a piece on a
+    coarser one is on every finer one."""
+    line, stripe = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle)
+    if mxint4:
+        return (*sorted({MX_BLOCK * line, stripe, 2 * line}, reverse=True), MX_BLOCK)
+    return (stripe, line, 1)
+
+
+def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, hw: HardwareConfig,
                  mxint4: bool = False) -> list[tuple[int, int, int, int]]:
     """``(n0, n, k0, k)`` of each weight tile of an ``n_total x k_total`` matmul in the
     order the back end streams them (output channels outer, the reduction inner), of the
     size ``matmul_tiling`` picks."""
-    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, cols, mxint4)
+    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw, mxint4)
     ks = [(k0, min(kt, k_total - k0)) for k0 in range(0, k_total, kt)]
     return [(n0, n, k0, k) for n0 in range(0, n_total, nt)
             for n in (min(nt, n_total - n0),) for k0, k in ks]
@@ -492,7 +504,7 @@ class Generator:
             self.mx_matmul(x_addr, x_stride, m, w, w_exps, out_addr, out_stride)
             return
         base = self.ctx.param_addr(w) + c0 * k_total
-        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols):
+        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw):
             slot = self.load(base + n0 * k_total + k0, n, k, k_total)
             index = self.emit_matmul(
                 accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
@@ -509,8 +521,7 @@ class Generator:
         n_total, k_total = w.shape
         row_bytes, blocks = (k_total + 1) // 2, mx_blocks(k_total)
         base, e_base = self.ctx.param_addr(w), self.ctx.param_addr(w_exps)
-        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
-                                         True):
+        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw, True):
             elems = self.load(base + n0 * row_bytes + k0 // 2, n, (k + 1) // 2, row_bytes)
             e_rows, e_bytes = mx_exps_rows(n, k, k_total)
             exps = self.load(e_base + n0 * blocks + k0 // MX_BLOCK, e_rows, e_bytes, blocks)

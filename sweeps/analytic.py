@@ -388,8 +388,7 @@ class _Timing(Generator):
         s, memo, take = self.s, self.tile_memo, self.ring.take
         out, read, macs, lines, count = s.tiles, 0, 0, 0, 0
         first = len(out)
-        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw.array_cols,
-                                         mx):
+        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw, mx):
             addr = take(n * ((k + 1) // 2 if mx else k))
             e_addr = 0
             if mx:
