@@ -283,11 +283,9 @@ def matmul_tiling(n_total: int, k_total: int, tile_bytes: int, hw: HardwareConfi
     most = (max(MX_BLOCK, 2 * (tile_bytes // nt) // MX_BLOCK * MX_BLOCK) if mxint4
             else max(1, tile_bytes // nt))
     even = -(-k_total // -(-k_total // most))       # the fewest pieces, evened out
-    for boundary in alignments(hw, mxint4):
-        kt = -(-even // boundary) * boundary
-        if kt <= most:
-            return nt, kt
-    return nt, most
+    # (the finest boundary, an input or a block, always fits: ``most`` is on it)
+    return nt, next(kt for kt in (-(-even // b) * b for b in alignments(hw, mxint4))
+                    if kt <= most)
 
 
 def alignments(hw: HardwareConfig, mxint4: bool) -> tuple[int, ...]:
