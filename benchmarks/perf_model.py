@@ -8,7 +8,7 @@ roofline, prefetch speedup (one device and tensor parallel), prefill PE utilisat
 Sections:
 
 * ``fast``: one decode step (KV length 511) of each 1B-class preset on edge-16x16 (16
-  MiB and 2 MiB of L2) with the analytic fast path: wall time from cold caches
+  MiB, 4 MiB, 2 MiB and 512 KiB of L2) with the analytic fast path: wall time from cold caches
   (``cold_seconds``: the model's first lowering, a JAX trace, included) and of a step
   at another KV length once the model has been lowered (``wall_seconds``: what each
   further point of a sweep costs), tokens/s,
@@ -74,9 +74,9 @@ def fast() -> list[dict]:
     from sweeps import analytic
 
     rows = []
-    # 16 MiB, and 2 MiB: the slowest L2 size to time (weight runs of short blocks in
-    # column chunks, which the periodic cut mostly keeps: docs/perf.md)
-    for l2_bytes, name in itertools.product((16 << 20, 2 << 20), (
+    # 16 MiB; edge-16x16's own 4 MiB; 2 MiB, the slowest L2 size to time until the
+    # compiler evened out split reductions; and 512 KiB, the slowest since (docs/perf.md)
+    for l2_bytes, name in itertools.product((16 << 20, 4 << 20, 2 << 20, 512 << 10), (
             "sheared-llama-1.3b", "llama-3.2-1b", "tinyllama-1.1b", "qwen2.5-0.5b")):
         hw = load_hardware("edge-16x16").replace(l2_bytes=l2_bytes)
         cfg = preset(name)
