@@ -292,10 +292,11 @@ def alignments(hw: HardwareConfig, mxint4: bool) -> tuple[int, ...]:
     """The boundaries, in inputs and coarsest first, that ``matmul_tiling`` tries to
     split a reduction at: the L2's stripe (``line_bytes`` on each of the
     ``l2_lines_per_cycle`` banks: activations are a byte an input), a line, then
-    anywhere. MXINT4 tries, coarsest first, where each piece's exponent row (a byte per
-    block) starts a line, the stripe, and where its packed row (half a byte an input)
-    starts a line; then any block boundary. Each is a power of two, so a piece on a
-    coarser one is on every finer one."""
+    anywhere. MXINT4 tries, coarsest first, pieces whose exponents (a byte a block) are
+    whole lines, so that each piece's exponent load moves whole lines; the stripe;
+    pieces whose packed rows (half a byte an input) are whole lines; then any block
+    boundary. Each is a power of two, so a piece on a coarser one is on every finer
+    one."""
     line, stripe = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle)
     if mxint4:
         return (*sorted({MX_BLOCK * line, stripe, 2 * line}, reverse=True), MX_BLOCK)

@@ -19,13 +19,14 @@ def _row_bytes(k: int, mxint4: bool) -> int:
 def test_random_matmuls_are_tiled_whole_in_the_fewest_even_aligned_pieces():
     rng = np.random.default_rng(0)
     hardware = [load_hardware(name) for name in HARDWARE]
+    # a non-square array, an L2 of two lines a cycle, a DRAM of a few bytes a cycle
+    hardware += [hardware[1].replace(array_rows=4), hardware[2].replace(l2_banks=8),
+                 hardware[1].replace(dram_bytes_per_cycle=2)]
     for _ in range(3000):
         hw = hardware[int(rng.integers(len(hardware)))]
         mxint4 = bool(rng.random() < 0.4)
         n_total = int(rng.integers(1, 300))
-        k_total = int(rng.integers(1, 9000))
-        if mxint4:
-            k_total = -(-k_total // MX_BLOCK) * MX_BLOCK
+        k_total = int(rng.integers(1, 9000))     # MXINT4's too: a last block may be short
         tile_bytes = int(rng.integers(hw.array_cols * 64, 70000))
         case = (n_total, k_total, tile_bytes, hw, mxint4)
         covered = np.zeros((n_total, k_total), dtype=np.int32)
@@ -56,8 +57,9 @@ def test_random_matmuls_are_tiled_whole_in_the_fewest_even_aligned_pieces():
     ("edge-16x16", (32000, 2048, 16 * 1854, False), [1024, 1024]),
     # Sheared-LLaMA-1.3B's down projection at 4 MiB of L2 (rtl_layer_decode): on the stripe
     ("edge-16x16", (2048, 5504, 61860, False), [2816, 2688]),
-    # MXINT4: 2,048 inputs keep each piece's exponent row on a 64-byte line
+    # MXINT4: pieces of 2,048 inputs, whose exponents (a byte a block) are a 64-byte line
     ("edge-16x16", (2048, 5632, 16384, True), [2048, 2048, 1536]),
+    ("edge-16x16", (2048, 5632, 32768, True), [4096, 1536]),
     # where the stripe (128 bytes on edge-8x8) does not fit, a line (32) does
     ("edge-8x8", (64, 1030, 8 * 560, False), [544, 486]),
 ])
