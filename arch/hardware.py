@@ -176,6 +176,14 @@ class HardwareConfig:
         return self.l2_banks * self.l2_port_bytes // self.line_bytes
 
     @property
+    def l2_stripe_bytes(self) -> int:
+        """Bytes the L2's banks move in a cycle in all, a line on each line-wide bank:
+        addresses a stripe apart fall on the same banks (a ``MATMUL``'s timing repeats
+        modulo it, ``arch.occupancy``; the compiler splits reductions on it,
+        ``backend.alignments``)."""
+        return self.line_bytes * int(self.l2_lines_per_cycle)
+
+    @property
     def l2_bank_bytes(self) -> int:
         return self.l2_bytes // self.l2_banks
 

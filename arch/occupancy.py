@@ -1064,7 +1064,7 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     ``col_offset`` (added to each row's address) modulo the line."""
     W, op, spec, operands = hw.line_bytes, instr.mnemonic, instr.spec, instr.operands
     if op == "MATMUL":
-        W *= int(hw.l2_lines_per_cycle)
+        W = hw.l2_stripe_bytes
         return tuple(value % W if f.name in _MATMUL_MODULO else value
                      for f, value in zip(spec.fields, operands, strict=True))
     key = [value % W if f.address else value
@@ -1084,7 +1084,7 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     buffers once per block, GEMV once per row). The compiler emits every ``MATMUL`` in
     the mode this returns, and the fast path times it so. Memoised as ``occupancy`` is
     (on the timing fields and the addresses and strides modulo the banks' lines)."""
-    W = hw.line_bytes * int(hw.l2_lines_per_cycle)
+    W = hw.l2_stripe_bytes
     key = (_timing_fields(hw), tuple(fields),
            tuple(v % W if k in _MATMUL_MODULO else v for k, v in fields.items()))
     mode = _modes.get(key)

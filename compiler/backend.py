@@ -297,7 +297,7 @@ def alignments(hw: HardwareConfig, mxint4: bool) -> tuple[int, ...]:
     pieces whose packed rows (half a byte an input) are whole lines; then any block
     boundary. Each is a power of two, so a piece on a coarser one is on every finer
     one."""
-    line, stripe = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle)
+    line, stripe = hw.line_bytes, hw.l2_stripe_bytes
     if mxint4:
         return (*sorted({MX_BLOCK * line, stripe, 2 * line}, reverse=True), MX_BLOCK)
     return (stripe, line, 1)

@@ -384,7 +384,7 @@ class _Timing(Generator):
         k_total = w.shape[1]
         mx = w_exps is not None
         weights = "mxint4" if mx else "int8"
-        P = self.core.line_bytes * int(self.core.l2_lines_per_cycle)
+        P = self.core.l2_stripe_bytes
         s, memo, take = self.s, self.tile_memo, self.ring.take
         out, read, macs, lines, count = s.tiles, 0, 0, 0, 0
         first = len(out)
