@@ -38,11 +38,14 @@ def test_random_matmuls_are_tiled_whole_in_the_fewest_even_aligned_pieces():
         nt, kt = matmul_tiling(*case)
         if kt == k_total:
             continue
-        # split: into the fewest pieces a tile of ``nt`` rows holds
+        # split: into the fewest pieces, as one fewer would not fit a tile of ``nt`` rows
+        pieces = -(-k_total // kt)
+        if pieces > 1:
+            fewer = -(-k_total // (pieces - 1))
+            fewer = -(-fewer // MX_BLOCK) * MX_BLOCK if mxint4 else fewer
+            assert nt * _row_bytes(fewer, mxint4) > tile_bytes, case
         most = (2 * (tile_bytes // nt) // MX_BLOCK * MX_BLOCK if mxint4
                 else tile_bytes // nt)
-        pieces = -(-k_total // most)
-        assert -(-k_total // kt) == pieces, case
         # as even as the coarsest alignment that still fits lets them be
         even = -(-k_total // pieces)
         align = next(a for a in alignments(hw, mxint4) if -(-even // a) * a <= most)
