@@ -9,11 +9,11 @@ one line naming the problem, with exit status 2, never as a traceback.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from accel.args import ArgumentParser, keep_interrupts
 from models.config import ConfigError
 from models.weights import CheckpointError
 from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
@@ -458,8 +458,8 @@ def _dispatch(argv: list[str]) -> int:
     return args.func(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="accel", description="The edge LLM accelerator toolkit's command line: models, "
         "compiler, simulators, RTL, verification ladder and design-space sweeps.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -588,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     from compiler.semantics import AcceleratorError
 
     args = build_parser().parse_args(argv)
+    keep_interrupts()
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -28,8 +28,9 @@ they give.
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 
 def _tile_cycles(hw, m: int, k: int) -> tuple[int, int]:
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     from models.zoo import model_config
     from sweeps.cost import NODES
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.batch_decode",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.batch_decode",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--at", type=int, default=None,
@@ -170,4 +171,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.batch_decode")

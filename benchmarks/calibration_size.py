@@ -14,8 +14,9 @@ coarser steps. The default (``CALIBRATION_WINDOWS`` x ``CALIBRATION_LEN``) is ma
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 SIZES = ((16, 128), (64, 128), (64, 256), (256, 256))
 
@@ -40,8 +41,8 @@ def run_one(model: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.calibration_size",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.calibration_size",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", action="append", default=None,
                         help="a trained model (repeatable; default: tiny and tiny-bpe)")
     args = parser.parse_args(argv)
@@ -55,4 +56,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.calibration_size")

@@ -7,10 +7,11 @@ Target (issue 3): a decode step of Sheared-LLaMA-1.3B on edge-16x16 compiles in 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
+
+from accel.args import ArgumentParser, run_command
 
 
 def main(argv=None) -> dict:
@@ -20,7 +21,7 @@ def main(argv=None) -> dict:
     from models.config import preset
     from models.integer import quant_struct
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--at", type=int, default=511, help="decode position (KV length)")
@@ -39,4 +40,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.compile_speed")

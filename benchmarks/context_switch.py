@@ -15,9 +15,10 @@ ratio may differ. Printed: tokens evicted, the seconds to reload them, to recomp
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+
+from accel.args import ArgumentParser, run_command
 
 
 def measured_ratio(windows: int = 16) -> float:
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from models.zoo import model_config
     from sweeps.analytic import context_switch
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.context_switch",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.context_switch",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.context_switch")

@@ -20,8 +20,9 @@ Takes about 15 s per 3,600 cycles (Amaranth's Python simulator).
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 
 def simulate(hw, at: int, cycles: int) -> dict:
@@ -53,8 +54,8 @@ def simulate(hw, at: int, cycles: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     from arch.hardware import HardwareError, load_hardware
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.dram_queue",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.dram_queue",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-4x4")
     parser.add_argument("--decode-at", type=int, default=7, help="the step's KV length")
     parser.add_argument("--cycles", type=int, default=3600, help="cycles to simulate")
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.dram_queue")

@@ -10,7 +10,6 @@ per file and how many loaded (must be 0). The suite runs a few dozen
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -18,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from accel.args import ArgumentParser, run_command
 
 
 def main(argv=None) -> dict:
@@ -27,7 +28,7 @@ def main(argv=None) -> dict:
     from models.evaluate import build_int_model
     from models.zoo import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz_builds")
+    parser = ArgumentParser(prog="python -m benchmarks.fuzz_builds")
     parser.add_argument("--flips", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -64,4 +65,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.fuzz_builds")

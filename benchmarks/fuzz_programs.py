@@ -11,11 +11,12 @@ four jobs. ``python -m benchmarks.fuzz_programs [--jobs N] [--seed S]``
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
+
+from accel.args import ArgumentParser, run_command
 
 
 def main(argv=None) -> dict:
@@ -26,7 +27,7 @@ def main(argv=None) -> dict:
     from rtl.random_programs import DRAM_BYTES, run_random_programs
     from rtl.sim import build_model
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz_programs")
+    parser = ArgumentParser(prog="python -m benchmarks.fuzz_programs")
     parser.add_argument("--jobs", type=int, default=250, help="jobs of eight programs")
     parser.add_argument("--seed", type=int, default=1000, help="the first job's seed")
     args = parser.parse_args(argv)
@@ -59,4 +60,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.fuzz_programs")

@@ -10,8 +10,9 @@ turns the same error into more flips)::
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 
 def held_out_windows(loaded, windows: int):
@@ -26,7 +27,7 @@ def held_out_windows(loaded, windows: int):
 
 def parse_models(prog: str, description: str, windows: int, argv: list[str] | None):
     """``--model`` (repeatable; default tiny and tiny-bpe) and ``--windows``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--model", action="append", default=None,
                         help="a trained model (repeatable; default: tiny and tiny-bpe)")
     parser.add_argument("--windows", type=int, default=windows)
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.int_vs_float")

@@ -20,8 +20,9 @@ gives which budget, and at what perplexity, is ``benchmarks.kv_compression``'s t
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 BITS = (8.0, 6.0, 4.0, 3.0, 2.0)
 
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sweeps.analytic import decode_step
     from sweeps.perf import time_program
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_budget",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.kv_budget",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--at", type=int, default=1024, help="KV length of the step")
@@ -86,4 +87,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.kv_budget")

@@ -25,11 +25,12 @@ RTL in one job per configuration.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
 import numpy as np
+
+from accel.args import ArgumentParser, run_command
 
 
 def configurations() -> dict:
@@ -72,7 +73,7 @@ def measure(hw, seed: int, n: int, cal) -> list[dict]:
 def main(argv: list[str] | None = None) -> list[dict]:
     from arch.occupancy import CALIBRATION
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_chunk_timing")
+    parser = ArgumentParser(prog="python -m benchmarks.kv_chunk_timing")
     parser.add_argument("--programs", type=int, default=24,
                         help="programs per configuration (default 24)")
     parser.add_argument("--seed", type=int, default=2026,
@@ -119,4 +120,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.kv_chunk_timing")

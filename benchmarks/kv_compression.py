@@ -17,8 +17,9 @@ compressed cache, and their top-1 agreement.
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 TOLERANCES = (8.0, 16.0, 32.0, 64.0, 128.0)
 
@@ -68,8 +69,8 @@ def run_one(model: str, windows: int | None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_compression",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.kv_compression",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", action="append", default=None,
                         help="a trained model (repeatable; default: tiny and tiny-bpe)")
     parser.add_argument("--windows", type=int, default=None,
@@ -101,4 +102,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.kv_compression")

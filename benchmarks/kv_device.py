@@ -18,8 +18,9 @@ host left before each, ``RunResult.model_cycles``).
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 TOLERANCES = (8.0, 32.0, 128.0)
 PROMPT_TOKENS, NEW_TOKENS = 192, 4
@@ -52,8 +53,8 @@ def run_one(loaded, im, hw, ids, kv, rtl: bool, prefetch: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_device",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.kv_device",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--rtl", action="store_true", help="also run each build on the RTL")
     parser.add_argument("--prefetch", choices=("on", "off"), default="on",
                         help="compile with the KV prefetch overlapped with compute (default) "
@@ -96,4 +97,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.kv_device")

@@ -26,11 +26,11 @@ manager against 60–80% for reservation-based systems.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 
+from accel.args import ArgumentParser, run_command
 from accel.kv_blocks import (
     BlockManager,
     ContiguousReservation,
@@ -88,8 +88,8 @@ def serve(requests: list[Request], n_blocks: int, block_tokens: int, max_len: in
 def main(argv: list[str] | None = None) -> list[dict]:
     from models.zoo import model_config
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kv_waste",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.kv_waste",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--kv-mib", type=float, default=1024.0,
                         help="MiB of DRAM for the KV pool (default 1024)")
@@ -143,4 +143,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.kv_waste")

@@ -18,13 +18,14 @@ Takes a few minutes (Amaranth's Python simulator, about 200 cycles a second).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
 import time
 
 import numpy as np
+
+from accel.args import ArgumentParser, run_command
 
 
 def _programs(hw, at: int):
@@ -143,8 +144,8 @@ def refusals(trace: list, banks: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     from arch.hardware import load_hardware
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.l2_conflicts",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.l2_conflicts",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-8x8")
     parser.add_argument("--l2", type=int, default=65536, help="l2_bytes")
     parser.add_argument("--l2-banks", type=int, default=None, help="override l2_banks")
@@ -182,4 +183,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.l2_conflicts")

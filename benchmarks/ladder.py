@@ -13,8 +13,9 @@ Exit status 1 when any rung fails.
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 
 def run_one(model: str, hw: str, eval_windows: int, max_new_tokens: int) -> dict:
@@ -37,8 +38,8 @@ def run_one(model: str, hw: str, eval_windows: int, max_new_tokens: int) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ladder",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.ladder",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", action="append", default=None,
                         help="a trained model (repeatable; default: tiny and tiny-bpe)")
     parser.add_argument("--hw", default="edge-8x8")
@@ -61,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "python -m benchmarks.ladder")

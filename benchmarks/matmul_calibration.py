@@ -15,9 +15,10 @@ around the array height and the tile, random reductions, widths, alignments and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+
+from accel.args import ArgumentParser, run_command
 
 
 def random_matmul(rng, hw, l2_bytes: int):
@@ -114,7 +115,7 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
     parser.add_argument("--count", type=int, default=None, help="instructions per hw")
     parser.add_argument("--seed", type=int, default=2026)
@@ -134,4 +135,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.matmul_calibration")

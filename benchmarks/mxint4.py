@@ -32,8 +32,9 @@ datapath costs the matmul unit in synthesis::
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 SPEED_MODEL, SPEED_HW, SPEED_L2, SPEED_AT = "sheared-llama-1.3b", "edge-16x16", 1 << 20, 512
 PAPER_TOKENS_PER_S_PER_MM2 = {"liso": 247, "silo": 117}
@@ -143,8 +144,8 @@ def synthesis(hw_name: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.mxint4",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.mxint4",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--only", choices=("accuracy", "speed", "area", "synthesis"),
                         default=None)
     parser.add_argument("--hw", default=SPEED_HW,
@@ -167,4 +168,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.mxint4")

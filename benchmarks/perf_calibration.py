@@ -27,11 +27,12 @@ largest absolute errors::
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 
 import numpy as np
+
+from accel.args import ArgumentParser, run_command
 
 
 def image_with_programs(image, programs: dict) -> tuple:
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sweeps.random_steps import rtl_hardware
 
     every = list(range(len(rtl_hardware())))
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m benchmarks.perf_calibration", allow_abbrev=False,
         description=__doc__.split("\n\n")[0].rstrip(":")
         + " Without --random or --fit: tiny's decode "
@@ -234,4 +235,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.perf_calibration")

@@ -53,11 +53,12 @@ Sections:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
 import time
+
+from accel.args import ArgumentParser, run_command
 
 SECTIONS = ("fast", "fidelity", "random", "workload", "cuts", "l2", "tp", "prefill",
             "density")
@@ -400,7 +401,7 @@ def cuts() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--random", type=int, default=200, metavar="N",
                         help="random steps in the 'random' section (default 200)")
@@ -417,4 +418,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.perf_model")

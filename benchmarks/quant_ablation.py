@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 
+from accel.args import run_command
 from benchmarks.int_vs_float import held_out_windows, parse_models
 
 SITES = ("weights", "residual", "attn_in", "q", "k", "v", "probs", "att", "mlp_in", "up",
@@ -148,4 +149,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.quant_ablation")

@@ -12,10 +12,11 @@ C++. These are the set-up cost of every RTL test module on a fresh clone::
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
+
+from accel.args import ArgumentParser, run_command
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rtl.random_programs import DRAM_BYTES
     from rtl.sim import build_model
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rtl_build")
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_build")
     parser.add_argument("--hw", nargs="*", default=["edge-4x4", "edge-8x8"])
     args = parser.parse_args(argv)
     rows = []
@@ -44,4 +45,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.rtl_build")

@@ -8,15 +8,16 @@ the bandwidth bound, the DRAM model's busy cycles, the wall time of the whole jo
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 
+from accel.args import ArgumentParser, run_command
+
 
 def main(argv=None) -> list[dict]:
-    argparse.ArgumentParser(prog="python -m benchmarks.rtl_dma",
-                            description=__doc__.split("\n\n")[0]).parse_args(argv)
+    ArgumentParser(prog="python -m benchmarks.rtl_dma",
+                   description=__doc__.split("\n\n")[0]).parse_args(argv)
     from arch.hardware import load_hardware
     from arch.isa import INSTR_BYTES, make
     from compiler.asm import encode_program
@@ -55,4 +56,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.rtl_dma")

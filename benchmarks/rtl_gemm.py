@@ -19,10 +19,11 @@ project's issue); the ideal is 2.10 M.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
+
+from accel.args import ArgumentParser, run_command
 
 
 def run(hw_name: str, m: int, k: int, n: int, modes: list[str], seed: int = 0) -> list[dict]:
@@ -115,7 +116,7 @@ def run(hw_name: str, m: int, k: int, n: int, modes: list[str], seed: int = 0) -
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--m", type=int, default=128)
     parser.add_argument("--k", type=int, default=2048)
@@ -137,4 +138,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.rtl_gemm")

@@ -24,8 +24,9 @@ DRAM and L2), each timed by both performance models: the instruction-level model
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 PROMPT_TOKENS, NEW_TOKENS = 6, 3
 
@@ -121,7 +122,7 @@ def main_at(hws: list[str], formats: list[str], lengths: list[int]) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", nargs="*", default=["edge-16x16"])
     parser.add_argument("--weights", nargs="*", default=["int8", "mxint4"],
                         choices=("int8", "mxint4"))
@@ -160,4 +161,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.rtl_layer_decode")

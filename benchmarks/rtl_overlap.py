@@ -16,8 +16,9 @@ only their timing.
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from accel.args import ArgumentParser, run_command
 
 
 def run(hw_name: str, l2_bytes: int | None, at: int, prefetch: bool) -> list[dict]:
@@ -72,8 +73,8 @@ def run(hw_name: str, l2_bytes: int | None, at: int, prefetch: bool) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rtl_overlap",
-                                     description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_overlap",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-8x8")
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
     parser.add_argument("--decode-at", type=int, default=200, help="the step's KV length")
@@ -93,4 +94,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.rtl_overlap")

@@ -18,9 +18,10 @@ printed beside the instruction-level performance model's::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+
+from accel.args import ArgumentParser, run_command
 
 
 def projection_matmuls(instrs) -> list:
@@ -124,7 +125,7 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", nargs="*", default=["edge-16x16", "edge-8x8"])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--layers", type=int, default=1)
@@ -147,4 +148,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.rtl_prefill")

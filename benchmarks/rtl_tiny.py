@@ -22,9 +22,10 @@ DRAM and L2), for the model's error on longer attention than a generation reache
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+
+from accel.args import ArgumentParser, run_command
 
 
 def run_one(tiny_model, im, hw, prefetch: bool) -> dict:
@@ -120,7 +121,7 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
              prefetch: tuple[str, ...] = ("on", "off")) -> list[dict]:
     """``run(tiny, int_model, hw, prefetch)`` for every ``--hw`` (with the overrides) and
     ``--prefetch`` of the command line, each row printed as a JSON line as it finishes."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
     parser.add_argument("--prefetch", nargs="*", default=list(prefetch), choices=("on", "off"))
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
@@ -148,7 +149,7 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = ArgumentParser(add_help=False)
     parser.add_argument("--decode-at", type=int, nargs="+", default=None)
     args, rest = parser.parse_known_args(argv)
     if args.decode_at:
@@ -187,4 +188,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.rtl_tiny")

@@ -1,7 +1,7 @@
 """Run every benchmark of the project and print one JSON line each (``make bench``)."""
 
-import argparse
 
+from accel.args import ArgumentParser, run_command
 from benchmarks import (
     batch_decode,
     calibration_size,
@@ -35,8 +35,8 @@ from benchmarks import (
 
 
 def main(argv=None) -> None:
-    argparse.ArgumentParser(prog="python -m benchmarks.run_all",
-                            description=__doc__).parse_args(argv)
+    ArgumentParser(prog="python -m benchmarks.run_all",
+                   description=__doc__).parse_args(argv)
     compile_speed.main([])
     rtl_build.main([])
     rtl_dma.main([])
@@ -70,4 +70,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.run_all")

@@ -13,12 +13,13 @@ performance evaluations the points took, and the CPU seconds the sweep's process
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import tempfile
 import time
 from pathlib import Path
+
+from accel.args import ArgumentParser, run_command
 
 SPEC = """[sweep]
 sampling = "random"
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sweeps.runner import _logic_configs, groups, run_sweep
     from sweeps.spec import load_spec
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
@@ -88,4 +89,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m benchmarks.sweep_speed")

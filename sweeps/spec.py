@@ -237,6 +237,9 @@ def load_spec(path: str | Path) -> Spec:
                     "[fixed] and [axes]")
         axes[name] = _expand(name, value,
                              lambda m, name=name: fail_at(name, "axes", f"axis {name}: {m}"))
+    if not axes:
+        fail_at("axes", None, "no axes: a sweep needs an [axes] table with at least one "
+                "axis (e.g. l2_bytes = [1048576, 4194304])")
     spec = Spec(path, sampling, samples, seed, fixed, workloads, axes)
     grid = 1
     for values in axes.values():

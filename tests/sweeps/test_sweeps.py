@@ -81,6 +81,10 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     (('sampling = "grid"', 'sampling = "grid"\nseed = "abc"'), 3,
      "seed must be an integer, not 'abc'"),
     (('[sweep]\nsampling = "grid"', 'sweep = 3'), 1, "sweep must be a table ([sweep]), not 3"),
+    # nothing to sweep: an empty file, or no axis (once ran as a one-point sweep)
+    (("[axes]\nl2_bytes = { geometric = [1048576, 4194304], factor = 2 }\n"
+      "prefetch = [true, false]\nworkload = [\"short\"]", "[axes]"), 13,
+     "no axes: a sweep needs an [axes] table with at least one axis"),
     (("workload = [\"short\"]", "workload = [\"short\"]\n\n[extra]\nx = 1"), 18,
      "unknown section [extra]"),
 ])
@@ -470,3 +474,9 @@ def test_report_roofline_and_summary_know_the_weights_and_the_fixed_settings():
     assert "prefetch" not in _spec_summary(rows, [])
     rows[1]["prefetch"] = False
     assert _spec_summary(rows, []).endswith("prefetch on/off")
+
+
+def test_an_empty_spec_is_refused_not_run_as_one_point(tmp_path):
+    path = write(tmp_path, "")
+    with pytest.raises(SpecError, match=f"{path}:1: no axes"):
+        load_spec(path)
