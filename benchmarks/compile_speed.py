@@ -21,7 +21,8 @@ def main(argv=None) -> dict:
     from models.config import preset
     from models.integer import quant_struct
 
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.compile_speed",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--model", default="sheared-llama-1.3b")
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--at", type=int, default=511, help="decode position (KV length)")

@@ -115,7 +115,8 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.matmul_calibration",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
     parser.add_argument("--count", type=int, default=None, help="instructions per hw")
     parser.add_argument("--seed", type=int, default=2026)

@@ -401,7 +401,8 @@ def cuts() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.perf_model",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--random", type=int, default=200, metavar="N",
                         help="random steps in the 'random' section (default 200)")

@@ -116,7 +116,8 @@ def run(hw_name: str, m: int, k: int, n: int, modes: list[str], seed: int = 0) -
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_gemm",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", default="edge-16x16")
     parser.add_argument("--m", type=int, default=128)
     parser.add_argument("--k", type=int, default=2048)

@@ -122,7 +122,8 @@ def main_at(hws: list[str], formats: list[str], lengths: list[int]) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_layer_decode",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", nargs="*", default=["edge-16x16"])
     parser.add_argument("--weights", nargs="*", default=["int8", "mxint4"],
                         choices=("int8", "mxint4"))

@@ -125,7 +125,8 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_prefill",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--hw", nargs="*", default=["edge-16x16", "edge-8x8"])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--layers", type=int, default=1)

@@ -121,7 +121,7 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
              prefetch: tuple[str, ...] = ("on", "off")) -> list[dict]:
     """``run(tiny, int_model, hw, prefetch)`` for every ``--hw`` (with the overrides) and
     ``--prefetch`` of the command line, each row printed as a JSON line as it finishes."""
-    parser = ArgumentParser(description=description)
+    parser = ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
     parser.add_argument("--prefetch", nargs="*", default=list(prefetch), choices=("on", "off"))
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
@@ -149,7 +149,7 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = ArgumentParser(add_help=False)
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_tiny", add_help=False)
     parser.add_argument("--decode-at", type=int, nargs="+", default=None)
     args, rest = parser.parse_known_args(argv)
     if args.decode_at:

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     from sweeps.runner import _logic_configs, groups, run_sweep
     from sweeps.spec import load_spec
 
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser = ArgumentParser(prog="python -m benchmarks.sweep_speed",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
