@@ -6,6 +6,8 @@ stays printed: each prints its rows as it measures them."""
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import signal
 import sys
 import threading
@@ -23,6 +25,27 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argument that must be a whole number of at least 1 (``type=`` of argparse)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def scheduler_address(text: str) -> str:
+    """A Dask scheduler's address, ``PROTOCOL://HOST:PORT`` (``tcp://10.0.0.2:8786``),
+    checked for its form before a sweep creates its folder; whether one answers there is
+    known only on connecting."""
+    if not re.fullmatch(r"[a-z]+://[^\s/:]+:\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scheduler address "
+                                         "(PROTOCOL://HOST:PORT, e.g. tcp://10.0.0.2:8786)")
+    return text
 
 
 def _unraisable(hook):
@@ -52,14 +75,57 @@ def keep_interrupts() -> None:
         sys.unraisablehook = _unraisable(sys.unraisablehook)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can act on, printed as one line with exit status 2: a bad config
+    field, a missing checkpoint, a bad value (``CompileError``, ``HardwareError``,
+    ``IsaError``, ``ProgramFileError`` and ``BuildError`` are ``ValueError``s), a path
+    that is a file where a folder is wanted or an unreachable Dask scheduler
+    (``OSError``, whose message names the path or the address). Imported when asked:
+    the models import JAX."""
+    from models.config import ConfigError
+    from models.weights import CheckpointError
+
+    return (ConfigError, CheckpointError, ValueError, OSError)
+
+
+#: How an interrupted command line ends (replaced by the tests, which must go on).
+_hard_exit = os._exit
+
+
+def exit_interrupted(prog: str) -> None:
+    """Print ``PROG: interrupted`` and end the process with status 130 at once: what was
+    printed is flushed, every ``finally`` has run (the exception came up through them),
+    and the interpreter's teardown is skipped, where XLA, stopped in the middle of a
+    computation, crashed with SIGSEGV in about half of the interrupts tried."""
+    sys.stderr.write(f"{prog}: interrupted\n")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    _hard_exit(130)
+
+
 def run_command(main: Callable[[], object], prog: str) -> None:
     """Run a command line's ``main()`` and exit with its status (an int it returns, else
-    0); on Ctrl-C print ``PROG: interrupted`` and exit with status 130 instead of a
-    traceback."""
+    0). An error the user can act on (``user_errors``) is one line, ``PROG: error:
+    MESSAGE``, with exit status 2; Ctrl-C is ``exit_interrupted``."""
     keep_interrupts()
     try:
         status = main()
     except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
-        sys.exit(130)
+        exit_interrupted(prog)
+        raise                                  # (only where ``_hard_exit`` returns)
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        sys.exit(2)
     sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
+
+
+def accel_command() -> None:
+    """The ``accel`` console script (``pyproject.toml``): ``accel.cli.main``, Ctrl-C
+    handled from before its imports (JAX takes about a second to import)."""
+    def main():
+        from accel.cli import main
+
+        return main()
+    run_command(main, "accel")

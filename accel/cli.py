@@ -13,16 +13,18 @@ import json
 import sys
 from pathlib import Path
 
-from accel.args import ArgumentParser, keep_interrupts
-from models.config import ConfigError
-from models.weights import CheckpointError
+from accel.args import (
+    ArgumentParser,
+    exit_interrupted,
+    keep_interrupts,
+    positive_int,
+    scheduler_address,
+    user_errors,
+)
 from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
 
-USER_ERRORS = (ConfigError, CheckpointError, ValueError, OSError)
+USER_ERRORS = user_errors()
 DEFAULT_NEW_TOKENS = 8          # `accel compile` with weights
-# OSError: a path that is a file where a folder is wanted (or the reverse), an
-# unreachable Dask scheduler; its message names the path or the address.
-# CompileError, HardwareError, IsaError, ProgramFileError and BuildError are ValueErrors.
 
 
 def _cmd_train(args) -> int:
@@ -555,9 +557,10 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("sweep", help="run a design-space sweep (resumable) and its report")
     p.add_argument("spec", help="sweep specification (TOML), e.g. sweeps/l2_size.toml")
     p.add_argument("-o", "--out", required=True, help="folder for results and the report")
-    p.add_argument("--scheduler", default=None,
+    p.add_argument("--scheduler", default=None, type=scheduler_address,
                    help="a Dask scheduler address (tcp://HOST:PORT); default: local cores")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="local worker processes")
     p.add_argument("--fresh", action="store_true",
                    help="discard the folder's results (needed when they come from another "
                         "spec, workload, hardware file or toolkit version)")
@@ -587,8 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     from compiler.buildfolder import RunIntegrityError
     from compiler.semantics import AcceleratorError
 
-    args = build_parser().parse_args(argv)
     keep_interrupts()
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except USER_ERRORS as e:
@@ -601,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accel {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"accel {args.command}: interrupted", file=sys.stderr)
-        return 130
+        exit_interrupted(f"accel {args.command}")
+        raise                                   # (only where it returns: the tests)
 
 
 if __name__ == "__main__":

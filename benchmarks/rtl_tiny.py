@@ -135,7 +135,8 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
     from models.zoo import load_model
 
     overrides = {k: v for k, v in (("l2_bytes", args.l2),
-                                   ("dram_bytes_per_cycle", args.dram_bytes_per_cycle)) if v}
+                                   ("dram_bytes_per_cycle", args.dram_bytes_per_cycle))
+                 if v is not None}
     hardware = [load_hardware(name).replace(**overrides) for name in args.hw]
     tiny = load_model("tiny")
     im = build_int_model(tiny, weights=args.weights)

@@ -133,21 +133,29 @@ def _expand(name: str, value, fail) -> list:
     if isinstance(value, list):
         values = value
     elif isinstance(value, dict) and set(value) <= {"geometric", "factor"} and "geometric" in value:
-        lo, hi = value["geometric"] if len(value["geometric"]) == 2 else fail("geometric needs "
-                                                                            "[low, high]")
-        factor = value.get("factor", 2)
-        if not (isinstance(lo, int) and isinstance(hi, int) and lo > 0 and factor > 1):
+        bounds, factor = value["geometric"], value.get("factor", 2)
+        if not (isinstance(bounds, list) and len(bounds) == 2):
+            fail(f"geometric needs [low, high], not {bounds!r}")
+        lo, hi = bounds
+        if not (all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
+                and isinstance(factor, int | float) and not isinstance(factor, bool)
+                and lo > 0 and factor > 1):
             fail("geometric needs positive integer bounds and a factor above 1")
         values, v = [], lo
         while v <= hi:
             values.append(v)
+            if len(values) > MAX_POINTS:       # (counted as built: a factor near 1 is long)
+                fail(f"more than {MAX_POINTS:,} values (a sweep takes at most "
+                     f"{MAX_POINTS:,} points)")
             v *= factor
     elif isinstance(value, dict) and set(value) == {"range"}:
-        if len(value["range"]) != 3 or value["range"][2] <= 0:
+        bounds = value["range"]
+        if not (isinstance(bounds, list) and len(bounds) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in bounds)):
+            fail(f"range needs [start, stop, step], integers, not {bounds!r}")
+        start, stop, step = bounds
+        if step <= 0:
             fail("range needs [start, stop, step] with a positive step")
-        start, stop, step = value["range"]
-        if not all(isinstance(v, int) for v in (start, stop, step)):
-            fail("range needs integers")
         values = range(start, stop + 1, step)
         if len(values) > MAX_POINTS:
             fail(f"{len(values):,} values (a sweep takes at most {MAX_POINTS:,} points)")

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from accel import args
 from accel.args import keep_interrupts, run_command
 from accel.cli import main
 
@@ -18,15 +19,46 @@ def test_a_bad_argument_is_one_line_without_the_usage(capsys):
         "accel sweep: error: argument --workers: invalid int value: 'many'\n"
 
 
-def test_a_benchmark_interrupted_is_one_line_and_status_130(capsys):
+@pytest.mark.parametrize(("option", "message"), [
+    (["--workers", "0"], "argument --workers: must be at least 1, not 0"),
+    (["--scheduler", "bogus"], "argument --scheduler: 'bogus' is not a scheduler address"),
+])
+def test_sweep_options_are_checked_before_the_sweep_starts(capsys, tmp_path, option,
+                                                           message):
+    """Once printed a line and created the folder before the refusal."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "sweeps/l2_size.toml", "-o", str(tmp_path / "out"), *option])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"accel sweep: error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_benchmark_interrupted_is_one_line_and_status_130(capsys, monkeypatch):
+    exits = []
+    monkeypatch.setattr(args, "_hard_exit", exits.append)    # (os._exit: this is pytest)
+
     def main():
         print('{"row": 1}')          # a finished result, printed before the interrupt
         raise KeyboardInterrupt
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(KeyboardInterrupt):
         run_command(main, "python -m benchmarks.x")
-    assert exit_.value.code == 130
+    assert exits == [130]
     out, err = capsys.readouterr()
     assert out == '{"row": 1}\n' and err == "python -m benchmarks.x: interrupted\n"
+
+
+def test_a_benchmark_refuses_a_bad_value_in_one_line(capsys):
+    from arch.hardware import load_hardware
+
+    with pytest.raises(SystemExit) as exit_:
+        run_command(lambda: load_hardware("edge-3x3"), "python -m benchmarks.x")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m benchmarks.x: error: ") and err.count("\n") == 1
+    assert "edge-3x3" in err
+    with pytest.raises(ZeroDivisionError):        # a bug is not a user error: a traceback
+        run_command(lambda: 1 / 0, "python -m benchmarks.x")
 
 
 def test_a_benchmark_exits_with_the_status_its_main_returns():

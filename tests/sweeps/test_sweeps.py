@@ -81,6 +81,16 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     (('sampling = "grid"', 'sampling = "grid"\nseed = "abc"'), 3,
      "seed must be an integer, not 'abc'"),
     (('[sweep]\nsampling = "grid"', 'sweep = 3'), 1, "sweep must be a table ([sweep]), not 3"),
+    # an axis's generator of the wrong shape or type (were TypeError tracebacks), or one
+    # that would make too many values before the count was checked
+    (("{ geometric = [1048576, 4194304], factor = 2 }", "{ geometric = 5 }"), 14,
+     "axis l2_bytes: geometric needs [low, high], not 5"),
+    (("{ geometric = [1048576, 4194304], factor = 2 }", '{ range = ["a", "b", "c"] }'), 14,
+     "axis l2_bytes: range needs [start, stop, step], integers, not ['a', 'b', 'c']"),
+    (("factor = 2 }", 'factor = "x" }'), 14,
+     "geometric needs positive integer bounds and a factor above 1"),
+    (("[1048576, 4194304], factor = 2 }", "[1, 4611686018427387904], factor = 1.0000001 }"),
+     14, "axis l2_bytes: more than 100,000 values"),
     # nothing to sweep: an empty file, or no axis (once ran as a one-point sweep)
     (("[axes]\nl2_bytes = { geometric = [1048576, 4194304], factor = 2 }\n"
       "prefetch = [true, false]\nworkload = [\"short\"]", "[axes]"), 13,
