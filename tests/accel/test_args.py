@@ -1,6 +1,7 @@
 """The command lines' shared behaviour (``accel.args``): one-line argument errors, and
 Ctrl-C as one line and exit status 130, even where Python would drop the interrupt."""
 
+import signal
 import sys
 import time
 
@@ -77,7 +78,11 @@ class _Dropped:
 
 
 def test_an_interrupt_python_would_drop_still_stops_the_program():
+    # Ctrl-C as a terminal delivers it: a suite started in the background of a script
+    # inherits SIGINT ignored (or blocked), and Python keeps it so
     hook = sys.unraisablehook
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         keep_interrupts()
         with pytest.raises(KeyboardInterrupt):
@@ -85,3 +90,5 @@ def test_an_interrupt_python_would_drop_still_stops_the_program():
             time.sleep(10)             # ... a moment later
     finally:
         sys.unraisablehook = hook
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
