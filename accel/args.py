@@ -100,6 +100,10 @@ def exit_interrupted(prog: str) -> None:
     sys.stderr.write(f"{prog}: interrupted\n")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    if "multiprocessing.util" in sys.modules:
+        # what the skipped teardown would do for multiprocessing: release its named
+        # semaphores (else its resource tracker, outliving us, warns of them as leaked)
+        sys.modules["multiprocessing.util"]._run_finalizers(0)
     _hard_exit(130)
 
 

@@ -412,7 +412,7 @@ def _cmd_sweep(args) -> int:
     summary = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers,
                         fresh=args.fresh)
     print(f"{summary['ran']} points run, {summary['skipped']} already finished")
-    return _dispatch(["report", args.out])
+    return _dispatch(["report", "--", args.out])   # (a folder named -x is not an option)
 
 
 def _cmd_report(args) -> int:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 
-from accel.args import ArgumentParser, run_command
+from accel.args import ArgumentParser, positive_int, run_command
 
 SPEED_MODEL, SPEED_HW, SPEED_L2, SPEED_AT = "sheared-llama-1.3b", "edge-16x16", 1 << 20, 512
 PAPER_TOKENS_PER_S_PER_MM2 = {"liso": 247, "silo": 117}
@@ -153,9 +153,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--model", action="append", default=None,
                         help="a trained model for the accuracy part (repeatable; default: "
                              "tiny and tiny-bpe)")
-    parser.add_argument("--windows", type=int, default=None,
+    parser.add_argument("--windows", type=positive_int, default=None,
                         help="held-out windows for the accuracy part (default: all)")
     args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from arch.hardware import load_hardware
+    from models.config import preset
+
+    load_hardware(args.hw)                   # refused before any part runs, not at its turn
+    for name in args.model or ():
+        if not Path(name).is_dir():          # (a checkpoint folder is read by its part)
+            preset(name)
     rows = []
     parts = {"accuracy": lambda: accuracy(args.model or ["tiny", "tiny-bpe"], args.windows),
              "speed": speed, "area": area, "synthesis": lambda: synthesis(args.hw)}

@@ -1194,9 +1194,17 @@ def first_fetch_cycles(hw: HardwareConfig) -> int:
     return FETCH_START + hw.dram_latency_cycles + DISPATCH_LATENCY
 
 
+#: The slowest link and the longest latency a ``Link`` takes (1 MB/s, 1 s).
+LINK_GBYTES_PER_S_MIN = 1e-3
+LINK_LATENCY_US_MAX = 1e6
+
+
 @dataclass(frozen=True)
 class Link:
-    """The interconnect of tensor-parallel devices: bandwidth per direction, latency."""
+    """The interconnect of tensor-parallel devices: bandwidth per direction, latency.
+    Raises ``ValueError`` for a bandwidth that is not a positive number, a latency that
+    is negative, or either outside what an interconnect is (``LINK_GBYTES_PER_S_MIN``,
+    ``LINK_LATENCY_US_MAX``: past them a step's cycles overflowed)."""
     gbytes_per_s: float = 16.0
     latency_us: float = 2.0
 
@@ -1207,6 +1215,12 @@ class Link:
                     or not math.isfinite(value) or value < 0
                     or (kind == "positive" and value == 0)):
                 raise ValueError(f"link {name} must be a {kind} number, not {value!r}")
+        if self.gbytes_per_s < LINK_GBYTES_PER_S_MIN:
+            raise ValueError(f"link gbytes_per_s must be at least {LINK_GBYTES_PER_S_MIN} "
+                             f"(1 MB/s), not {self.gbytes_per_s!r}")
+        if self.latency_us > LINK_LATENCY_US_MAX:
+            raise ValueError(f"link latency_us must be at most {LINK_LATENCY_US_MAX:g} "
+                             f"(1 s), not {self.latency_us!r}")
 
     def allreduce_seconds(self, nbytes: int, devices: int) -> float:
         """A ring allreduce: 2 (N - 1) steps, each moving 1/N of the data."""

@@ -156,10 +156,10 @@ def _expand(name: str, value, fail) -> list:
         start, stop, step = bounds
         if step <= 0:
             fail("range needs [start, stop, step] with a positive step")
-        values = range(start, stop + 1, step)
-        if len(values) > MAX_POINTS:
-            fail(f"{len(values):,} values (a sweep takes at most {MAX_POINTS:,} points)")
-        values = list(values)
+        count = max(0, (stop - start) // step + 1)     # (len() of a range overflows)
+        if count > MAX_POINTS:
+            fail(f"{count:,} values (a sweep takes at most {MAX_POINTS:,} points)")
+        values = list(range(start, stop + 1, step))
     else:
         fail("an axis is a list of values, { geometric = [low, high], factor = F } or "
              "{ range = [start, stop, step] }")
@@ -208,8 +208,10 @@ def load_spec(path: str | Path) -> Spec:
     if sampling not in ("grid", "random"):
         fail_at("sampling", "sweep", f"sampling must be 'grid' or 'random', not {sampling!r}")
     samples = sweep.get("samples", 0)
-    if sampling == "random" and (not isinstance(samples, int) or isinstance(samples, bool)
-                                 or samples < 1):
+    if "samples" in sweep and (not isinstance(samples, int) or isinstance(samples, bool)
+                               or samples < 1):
+        fail_at("samples", "sweep", f"samples must be an integer N >= 1, not {samples!r}")
+    if sampling == "random" and not samples:
         fail_at("samples", "sweep", "random sampling needs samples = N >= 1")
     seed = sweep.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -218,7 +220,8 @@ def load_spec(path: str | Path) -> Spec:
     workloads = dict(DEFAULT_WORKLOADS)
     for name, w in data.get("workloads", {}).items():
         if not (isinstance(w, dict) and set(w) == {"prompt", "output"}
-                and all(isinstance(v, int) and v >= 1 for v in w.values())):
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                        for v in w.values())):
             fail_at(name, "workloads", f"workload {name!r} needs prompt = N and output = N, "
                     "positive integers")
         workloads[name] = w
@@ -314,6 +317,11 @@ def _check_value(name: str, value, spec: Spec) -> str | None:
         return f"link_gbytes_per_s must be positive, not {value}"
     elif name == "link_latency_us" and not value >= 0:
         return f"link_latency_us must be at least 0, not {value}"
+    elif name in ("link_gbytes_per_s", "link_latency_us"):
+        try:                                    # the link's own bounds (finite, ...)
+            Link(**{name.removeprefix("link_"): value})
+        except ValueError as e:
+            return f"{name}: {e}"
     return None
 
 

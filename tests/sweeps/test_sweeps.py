@@ -91,6 +91,19 @@ def write(tmp_path, text, name="spec.toml") -> Path:
      "geometric needs positive integer bounds and a factor above 1"),
     (("[1048576, 4194304], factor = 2 }", "[1, 4611686018427387904], factor = 1.0000001 }"),
      14, "axis l2_bytes: more than 100,000 values"),
+    (("[1048576, 4194304], factor = 2 }", "[1048576, 4194304], factor = 2 }\n"
+      "clock_hz = { range = [0, 9223372036854775807, 1] }"), 15,
+     "axis clock_hz: 9,223,372,036,854,775,808 values (a sweep takes at most 100,000"),
+    # a link no interconnect has: failed mid-sweep (inf) or overflowed a step's cycles
+    (("factor = 2 }", "factor = 2 }\nlink_latency_us = [inf]"), 15,
+     "link_latency_us: link latency_us must be a non-negative number, not inf"),
+    (("factor = 2 }", "factor = 2 }\nlink_gbytes_per_s = [1e-300]"), 15,
+     "link_gbytes_per_s: link gbytes_per_s must be at least 0.001 (1 MB/s), not 1e-300"),
+    # a type the grid ignored or a bool taken as 1
+    (('sampling = "grid"', 'sampling = "grid"\nsamples = "x"'), 3,
+     "samples must be an integer N >= 1, not 'x'"),
+    (("short = { prompt = 32, output = 8 }", "short = { prompt = true, output = 8 }"), 11,
+     "workload 'short' needs prompt = N and output = N, positive integers"),
     # nothing to sweep: an empty file, or no axis (once ran as a one-point sweep)
     (("[axes]\nl2_bytes = { geometric = [1048576, 4194304], factor = 2 }\n"
       "prefetch = [true, false]\nworkload = [\"short\"]", "[axes]"), 13,
