@@ -407,10 +407,9 @@ def _cmd_sweep(args) -> int:
     from sweeps.spec import load_spec
 
     spec = load_spec(args.spec)
-    points = spec.points()
-    print(f"sweep {args.spec}: {len(points)} design points -> {args.out}/")
     summary = run_sweep(spec, args.out, scheduler=args.scheduler, workers=args.workers,
-                        fresh=args.fresh)
+                        fresh=args.fresh, on_start=lambda points: print(
+                            f"sweep {args.spec}: {points} design points -> {args.out}/"))
     print(f"{summary['ran']} points run, {summary['skipped']} already finished")
     return _dispatch(["report", "--", args.out])   # (a folder named -x is not an option)
 

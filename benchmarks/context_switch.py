@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for b in args.budgets_mib:
         if not 0 <= b < math.inf:
             parser.error(f"--budgets-mib {b} must be a number of at least 0")
+        if not b * 2**20 < math.inf:
+            parser.error(f"--budgets-mib {b:g} is more bytes than a float counts")
     ratio = measured_ratio()
     row_bytes = 2 * cfg.n_layers * cfg.kv_dim
     rows = []

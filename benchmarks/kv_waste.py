@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         ("--max-new-tokens", args.max_new_tokens)):
         if not 0 < value < math.inf:
             parser.error(f"{name} must be a positive number, not {value}")
+    if not args.kv_mib * 2**20 < math.inf:
+        parser.error(f"--kv-mib {args.kv_mib:g} is more bytes than a float counts")
     n_blocks = int(args.kv_mib * 2**20 // (row_bytes * args.block_tokens))
     if n_blocks == 0:
         parser.error(f"--block-tokens {args.block_tokens}: one block of {args.model}'s KV "

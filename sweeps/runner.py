@@ -247,9 +247,12 @@ class _Writer:
 
 
 def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
-              workers: int | None = None, progress: bool = True, fresh: bool = False) -> dict:
+              workers: int | None = None, progress: bool = True, fresh: bool = False,
+              on_start=None) -> dict:
     """Run ``spec`` into ``out`` (see the contract); ``{"points", "skipped", "ran"}``.
-    Raises ``SweepError`` if ``out`` holds results of other content and not ``fresh``."""
+    Raises ``SweepError`` if ``out`` holds results of other content and not ``fresh``.
+    ``on_start(points)`` is called once ``out`` is accepted, before anything is written
+    to it (the command line announces the sweep there, not before a refusal)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"{out}: not a folder (the sweep's output folder)")
@@ -267,6 +270,8 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
         raise SweepError(f"{out}: holds {len(other)} results of other content (a changed "
                          f"spec, workload, hardware file or toolkit version); rerun with "
                          f"--fresh to discard them, or write to another folder")
+    if on_start is not None:
+        on_start(len(points))
     todo = [p for p, k in zip(points, keys, strict=True) if k not in done]
     key_of = {id(p): k for p, k in zip(points, keys, strict=True)}
     work = [(g, spec.workloads, [key_of[id(p)] for p in g], point_hardware(g[0]))
