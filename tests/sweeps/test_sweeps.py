@@ -57,7 +57,7 @@ def write(tmp_path, text, name="spec.toml") -> Path:
      "flash_latency_ns is read only by the context-switch model"),
     (("factor = 2 }", "factor = 2 }\narray_rows = [3]"), 15, "must be a power of two"),
     (("factor = 2 }", "factor = 2 }\nlink_gbytes_per_s = [0.0]"), 15,
-     "link_gbytes_per_s must be positive"),
+     "link_gbytes_per_s: link gbytes_per_s must be a positive number, not 0.0"),
     (("prefetch = [true, false]", "prefetch = [true, true]"), 15, "the value True appears twice"),
     (('node = "16nm"', 'node = "16nm"\nprefetch = true'), 16,
      "prefetch is both fixed and an axis"),
