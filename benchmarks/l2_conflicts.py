@@ -21,11 +21,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import sys
 import time
 
 import numpy as np
 
 from accel.args import ArgumentParser, run_command
+
+#: Python frames the simulator may nest while compiling the design (see ``pysim``).
+PYSIM_RECURSION_LIMIT = 20_000
 
 
 def _programs(hw, at: int):
@@ -93,10 +97,18 @@ def pysim(hw, data, entries: list[int], sample, probe: tuple[str, ...] = (),
             results.append({"cycles": ctx.get(accel.counter_cycles),
                             "load_busy": ctx.get(accel.counter_load_busy), "trace": trace})
 
-    sim = Simulator(top)
-    sim.add_clock(1e-9)
-    sim.add_testbench(bench)
-    sim.run()
+    # Amaranth's Python simulator compiles each expression by recursion, a frame or more
+    # per operand: edge-32x32's sums over a 128-byte line nest past Python's default
+    # limit of 1,000 frames (a known pysim limitation, amaranth-lang/amaranth#359)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, PYSIM_RECURSION_LIMIT))
+    try:
+        sim = Simulator(top)
+        sim.add_clock(1e-9)
+        sim.add_testbench(bench)
+        sim.run()
+    finally:
+        sys.setrecursionlimit(limit)
     return results
 
 

@@ -439,3 +439,23 @@ def test_both_dataflows_keep_the_array_busy(model, mode):
     counters = run["counters"]
     assert counters["array_macs"] == m * k * n
     assert m * k * n / (counters["compute_busy"] * hw.pes) >= 0.90, counters["compute_busy"]
+
+
+
+def test_python_simulation_of_the_largest_preset():
+    """``python -m benchmarks.dram_queue`` on edge-32x32 in Amaranth's Python simulator:
+    the whole accelerator elaborates and runs (its sums over a 128-byte line nest deeper
+    than Python's default recursion limit, which ended the benchmark in a
+    ``RecursionError``)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.dram_queue", "--hw", "edge-32x32",
+                          "--cycles", "4", "--window", "2"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["window"] for r in rows if "window" in r] == [[0, 2], [2, 4]]
+    assert {r["hw"] for r in rows} == {"edge-32x32"}
