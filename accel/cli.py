@@ -66,6 +66,8 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8",
     if need_tokenizer and not has_tokenizer(model):
         raise ValueError(f"{cfg.name}: evaluation needs a tokenizer and text (a checkpoint "
                          f"folder with tokenizer.json)")
+    if args is not None and not isinstance(_prompt_arg(args), list) and not has_tokenizer(model):
+        _no_tokenizer(model if Path(model).is_dir() else cfg.name)   # before the weights
     loaded = load_model(model)
     if args is None:
         return loaded, build_int_model(loaded, weights=weights)
@@ -212,6 +214,11 @@ def _prompt_arg(args) -> str | list[int] | None:
     return parse_token_ids(args.prompt_ids)
 
 
+def _no_tokenizer(who: str):
+    raise ValueError(f"{who}: no tokenizer.json to read a text prompt; give "
+                     f"the prompt as token ids (--prompt-ids 1,2,3)")
+
+
 def _prompt_ids(args, loaded) -> list[int]:
     """The prompt as token ids: ``--prompt-ids``, or the text prompt (``DEFAULT_PROMPT``
     when absent) through the model's tokenizer; checked against its vocabulary."""
@@ -221,9 +228,7 @@ def _prompt_ids(args, loaded) -> list[int]:
     if isinstance(prompt, list):
         return check_prompt_ids(prompt, loaded.cfg)
     if loaded.tokenizer is None:
-        who = loaded.source if Path(loaded.source).is_dir() else loaded.cfg.name
-        raise ValueError(f"{who}: no tokenizer.json to read a text prompt; give "
-                         f"the prompt as token ids (--prompt-ids 1,2,3)")
+        _no_tokenizer(loaded.source if Path(loaded.source).is_dir() else loaded.cfg.name)
     text = DEFAULT_PROMPT if prompt is None else prompt
     return check_prompt_ids(loaded.tokenizer.encode(text), loaded.cfg)
 
