@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -55,14 +56,15 @@ def _current_rows(out: Path) -> list[dict]:
     path = Path(out) / "results.jsonl"
     if not path.exists():
         raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    rows, lines = [], {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue                 # a line cut short by a kill
         if isinstance(row, dict):
             rows.append(row)
+            lines[id(row)] = number
     current = Path(out) / "sweep.json"
     if not current.is_file():
         raise ReportError(f"{current}: missing (written by `accel sweep`, it says which "
@@ -76,12 +78,43 @@ def _current_rows(out: Path) -> list[dict]:
                           f"rerun the sweep") from None
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
     rows = [r for r in rows if r.get("key") in keys]
+    for r in rows:
+        if r.get("feasible", True):
+            _check_row(r, f"{path}:{lines[id(r)]}")
     if not any(r.get("feasible", True) for r in rows):
         reasons = Counter(r.get("reason", "") for r in rows)
         why = (f" ({len(rows)} infeasible; {reasons.most_common(1)[0][1]} of them: "
                f"{reasons.most_common(1)[0][0]})" if rows else "")
         raise ReportError(f"{path}: no finished feasible points{why}")
     return rows
+
+
+#: The fields of a feasible row the report reads (``sweeps.runner.evaluate_group`` writes
+#: them): numbers, then on/off, then names.
+NUMBER_FIELDS = ("l2_bytes", "prompt", "tokens_per_s", "ttft_s", "tpot_s", "area_mm2",
+                 "logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2", "cost_dollars",
+                 "tokens_per_s_per_mm2", "tokens_per_s_per_dollar", "decode_step_cycles",
+                 "decode_load_busy", "decode_compute_busy")
+FLAG_FIELDS = ("prefetch",)
+NAME_FIELDS = ("model", "node", "array")
+
+
+def _check_row(row: dict, where: str) -> None:
+    """``ReportError`` naming ``where`` (the file and line) and the field, for a row
+    without a field the report reads or with one of the wrong type (a hand-edited
+    ``results.jsonl``)."""
+    for fields, ok, kind in (
+            (NUMBER_FIELDS, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+             and math.isfinite(v), "a finite number"),
+            (FLAG_FIELDS, lambda v: isinstance(v, bool), "true or false"),
+            (NAME_FIELDS, lambda v: isinstance(v, str), "a string")):
+        for field in fields:
+            if field not in row:
+                raise ReportError(f"{where}: the point has no {field!r} (rerun the sweep "
+                                  f"with --fresh)")
+            if not ok(row[field]):
+                raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is not "
+                                  f"{kind}")
 
 
 def _order(key: tuple) -> tuple:

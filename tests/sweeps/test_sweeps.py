@@ -345,6 +345,32 @@ window.addEventListener('load', () => {
     assert f'data-loaded="{len(FIGURES)}/{len(FIGURES)}"' in dom, dom[-500:]
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("tokens_per_s"), "the point has no 'tokens_per_s'"),
+    (lambda r: r.update(l2_bytes="1 MiB"), 'l2_bytes = "1 MiB" is not a finite number'),
+    (lambda r: r.update(prefetch=1), "prefetch = 1 is not true or false"),
+    (lambda r: r.update(model=None), "model = null is not a string"),
+])
+def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edit, message):
+    """A feasible row of the spec's without a field the report reads, or with one of the
+    wrong type (``results.jsonl`` edited by hand): ``accel report`` says which line and
+    field in one line, status 2 (it was a ``KeyError`` traceback)."""
+    from accel.cli import main
+
+    _, out, _ = sweep
+    folder = tmp_path / "edited"
+    shutil.copytree(out, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    edit(row)
+    lines[2] = json.dumps(row)
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"accel report: error: {folder / 'results.jsonl'}:3: {message}" + (
+        " (rerun the sweep with --fresh)\n" if "has no" in message else "\n")
+
+
 def test_a_rerun_of_other_content_is_refused_and_the_report_reads_only_the_spec(sweep,
                                                                                  tmp_path):
     """Same names, other content: a workload's lengths, an axis, the hardware file's
