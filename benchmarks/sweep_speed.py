@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--workers must be at least 1, not {args.workers}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.toml"
+        path.write_text(SPEC.format(points=1))
+        grid = len(load_spec(path).grid())
+        if args.points > grid:
+            parser.error(f"--points {args.points:,} is more than the spec's grid of {grid:,} "
+                         f"points")
         path.write_text(SPEC.format(points=args.points))
         spec = load_spec(path)
         evaluations = len(groups(spec.points()))

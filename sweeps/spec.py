@@ -13,7 +13,8 @@ metric a sweep reports reads them). ``SpecError`` names the file and the line.
 A spec::
 
     [sweep]
-    sampling = "grid"            # or "random", with samples = N and seed = S
+    sampling = "grid"            # or "random", with samples = N and seed = S: N of the
+                                 # grid's points (at most all), drawn without replacement
 
     [fixed]                      # settings every point shares (all optional)
     hw = "edge-16x16"            # a preset or TOML file: the base hardware description
@@ -94,6 +95,17 @@ class Spec:
     axes: dict[str, list] = field(default_factory=dict)
 
     def points(self) -> list[dict]:
+        """The design points: the grid's (``grid``), or ``samples`` of them drawn at random
+        without replacement (``seed``)."""
+        points = self.grid()
+        if self.sampling == "random":
+            rng = random.Random(self.seed)
+            points = rng.sample(points, self.samples)
+        return points
+
+    def grid(self) -> list[dict]:
+        """Every distinct point of the axes' grid over the fixed settings (an int8 KV
+        cache counted once whatever the ``kv_bits`` axis)."""
         names = list(self.axes)
         grid = [dict(zip(names, combo, strict=True))
                 for combo in itertools.product(*(self.axes[n] for n in names))]
@@ -105,11 +117,7 @@ class Spec:
         unique: dict[str, dict] = {}
         for p in points:
             unique.setdefault(repr(sorted(p.items())), p)
-        points = list(unique.values())
-        if self.sampling == "random":
-            rng = random.Random(self.seed)
-            points = rng.sample(points, min(self.samples, len(points)))
-        return points
+        return list(unique.values())
 
 
 def _line(text: str, key: str, section: str | None) -> int:
@@ -266,6 +274,10 @@ def load_spec(path: str | Path) -> Spec:
             problem = _check_value(name, v, spec)
             if problem:
                 fail_at(name, section, problem)
+    if sampling == "random" and samples > len(spec.grid()):
+        fail_at("samples", "sweep", f"samples = {samples:,} is more than the axes' grid of "
+                f"{len(spec.grid()):,} points (drawn without replacement; sampling = \"grid\" "
+                f"runs them all)")
     for p in spec.points():
         problem = _check_point(p, spec)
         if problem:

@@ -102,6 +102,9 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     # a type the grid ignored or a bool taken as 1
     (('sampling = "grid"', 'sampling = "grid"\nsamples = "x"'), 3,
      "samples must be an integer N >= 1, not 'x'"),
+    # more samples than points: ran the grid unannounced
+    (('sampling = "grid"', 'sampling = "random"\nsamples = 7'), 3,
+     "samples = 7 is more than the axes' grid of 6 points"),
     (("short = { prompt = 32, output = 8 }", "short = { prompt = true, output = 8 }"), 11,
      "workload 'short' needs prompt = N and output = N, positive integers"),
     # nothing to sweep: an empty file, or no axis (once ran as a one-point sweep)
