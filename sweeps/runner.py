@@ -258,6 +258,29 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
         raise SweepError(f"{out}: not a folder (the sweep's output folder)")
     if workers is not None and workers < 1:
         raise SweepError(f"--workers must be at least 1, not {workers}")
+    # connected before the folder is made: a scheduler nobody answers at leaves nothing
+    client = _connect(scheduler) if scheduler else None
+    try:
+        return _sweep(spec, out, client, workers, progress, fresh, on_start)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _connect(scheduler: str):
+    """A Dask client of the scheduler at ``scheduler``; ``SweepError`` naming it where
+    none answers (after Dask's connect timeout, ``distributed.comm.timeouts.connect``)."""
+    from distributed import Client
+
+    try:
+        return Client(scheduler)
+    except (OSError, TimeoutError) as e:
+        raise SweepError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+
+
+def _sweep(spec: Spec, out: Path, client, workers: int | None, progress: bool, fresh: bool,
+           on_start) -> dict:
+    """``run_sweep`` once its arguments are checked (and its scheduler connected)."""
     out.mkdir(parents=True, exist_ok=True)
     points = spec.points()
     keys = [point_key(p, spec.workloads) for p in points]
@@ -287,8 +310,8 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="design points",
                disable=not progress)
     try:
-        if scheduler:
-            _run_dask(work, scheduler, writer, bar)
+        if client is not None:
+            _run_dask(work, client, writer, bar)
         else:
             _run_local(work, workers, writer, bar)
     finally:
@@ -396,13 +419,12 @@ def _run_local(work, workers, writer, bar) -> None:
         pool.join()
 
 
-def _run_dask(work, scheduler, writer, bar) -> None:
-    from distributed import Client, as_completed
+def _run_dask(work, client, writer, bar) -> None:
+    from distributed import as_completed
 
-    with Client(scheduler) as client:
-        futures = [client.submit(evaluate_group, *args, pure=False) for args in work]
-        try:
-            for f in as_completed(futures):
-                _record(f.result(), writer, bar)
-        finally:
-            client.cancel(futures)
+    futures = [client.submit(evaluate_group, *args, pure=False) for args in work]
+    try:
+        for f in as_completed(futures):
+            _record(f.result(), writer, bar)
+    finally:
+        client.cancel(futures)

@@ -318,6 +318,26 @@ def test_the_same_sweep_on_a_local_dask_cluster(sweep, tmp_path):
         assert row == local[row["key"]]
 
 
+def test_a_scheduler_nobody_answers_at_is_refused_before_the_folder(sweep, tmp_path):
+    """``--scheduler`` with nothing listening: one ``SweepError`` naming the address, after
+    Dask's connect timeout (1 s here), and no output folder (it was made, with its spec
+    and record, before the sweep failed to connect)."""
+    import socket
+
+    import dask
+
+    from sweeps.runner import SweepError
+
+    spec, _, _ = sweep
+    with socket.socket() as s:          # a port nobody listens at: bound, never listened
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+                pytest.raises(SweepError, match=f"--scheduler {address}: cannot connect"):
+            run_sweep(spec, tmp_path / "out", scheduler=address, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_figures_load_in_a_headless_browser(sweep, tmp_path):
     _, out, _ = sweep
     findings = write_report(out)
