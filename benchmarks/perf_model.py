@@ -37,6 +37,10 @@ Sections:
   cycles and in load busy and the pipeline's runs (``analytic._timeline`` runs it again
   where a run had not settled by its cut), then the worst and the total; each also cut
   after a quarter of the repeats (``analytic.SETTLE_FACTOR`` 1, not 4).
+* ``layers``: a decode step's layers past the first few extrapolated from one
+  (``analytic._layers``) against stepping through every layer: the four 1B-class
+  presets at 256 KiB, 2 MiB and 16 MiB of L2 (int8, MXINT4, batch 4, a 3-bit KV cache;
+  prefetch on and off), the error in cycles, load busy and compute busy, then the worst.
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 4 and 8 devices (4 GiB of DRAM
   each: an int8 shard does not fit 2) across L2 sizes, prefetch on and off.
@@ -60,8 +64,8 @@ import time
 
 from accel.args import ArgumentParser, run_command
 
-SECTIONS = ("fast", "fidelity", "random", "workload", "cuts", "l2", "tp", "prefill",
-            "density")
+SECTIONS = ("fast", "fidelity", "random", "workload", "cuts", "layers", "l2", "tp",
+            "prefill", "density")
 
 
 def _emit(row: dict) -> dict:
@@ -400,6 +404,53 @@ def cuts() -> list[dict]:
     return rows
 
 
+def every_layer(plan, n_layers, ring, l2=()):
+    """``analytic._layers`` without its extrapolation: every layer stepped through."""
+    from sweeps import analytic
+
+    return analytic._timeline(*analytic._stacked(plan, n_layers), ring, l2)[0]
+
+
+def layers() -> list[dict]:
+    from arch.hardware import load_hardware
+    from models.config import preset
+    from sweeps import analytic
+
+    extrapolated = analytic._layers
+
+    def step(*args, **kwargs):
+        analytic.decode_step.cache_clear()
+        return analytic.decode_step(*args, **kwargs)
+
+    def pct(a, b):
+        return round(100 * (a - b) / b, 4)
+
+    rows = []
+    for name, l2 in itertools.product(("sheared-llama-1.3b", "qwen2.5-0.5b", "tinyllama-1.1b",
+                                       "llama-3.2-1b"), (256 << 10, 2 << 20, 16 << 20)):
+        cfg, hw = preset(name), load_hardware("edge-16x16").replace(l2_bytes=l2)
+        for variant, prefetch in itertools.product(
+                ({}, {"weights": "mxint4"}, {"batch": 4}, {"kv_bits": 3.0}), (True, False)):
+            args = (cfg, hw, 700, prefetch)
+            fast = step(*args, **variant)
+            analytic._layers = every_layer
+            try:
+                full = step(*args, **variant)
+            finally:
+                analytic._layers = extrapolated
+            rows.append(_emit({
+                "section": "layers", "model": name, "hw": hw.name, "l2_bytes": l2,
+                "position": 700, "prefetch": prefetch, **variant,
+                "cycles_error_pct": pct(fast.cycles, full.cycles),
+                "load_busy_error_pct": pct(fast.load_busy, full.load_busy),
+                "compute_busy_error_pct": pct(fast.compute_busy, full.compute_busy)}))
+    rows.append(_emit({"section": "layers", **{
+        f"worst_{k}": max(abs(r[k]) for r in rows)
+        for k in ("cycles_error_pct", "load_busy_error_pct", "compute_busy_error_pct")},
+        "exact_steps": sum(r["cycles_error_pct"] == 0 for r in rows), "steps": len(rows)}))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(prog="python -m benchmarks.perf_model",
                             description=__doc__.split("\n\n")[0].rstrip(":"))
@@ -410,8 +461,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.random < 1:
         parser.error(f"--random must be at least 1, not {args.random}")
     runs = {"fast": fast, "fidelity": fidelity, "random": lambda: random_set(args.random),
-            "workload": workload, "cuts": cuts, "l2": l2_sweep, "tp": tp, "prefill": prefill,
-            "density": density}
+            "workload": workload, "cuts": cuts, "layers": layers, "l2": l2_sweep, "tp": tp,
+            "prefill": prefill, "density": density}
     rows = []
     for name in args.only:
         rows += runs[name]()

@@ -1249,35 +1249,99 @@ def shard(cfg: ModelConfig, devices: int) -> ModelConfig:
                                vocab_size=-(-cfg.vocab_size // devices))
 
 
+def _stacked(plan: _Plan, n: int) -> tuple[list, tuple]:
+    """The tiles of the plan's prefix, ``n`` copies of its layer and its head, and their
+    periodic runs (``_repeats``')."""
+    prefix, layer, head = plan.prefix[0], plan.layer[0], plan.head[0]
+    at = [0] + [len(prefix) + c * len(layer) for c in range(n + 1)]
+    repeats = tuple((first + offset, *rest)
+                    for offset, runs in zip(at, (plan.repeats[0],) + (plan.repeats[1],) * n
+                                            + (plan.repeats[2],), strict=True)
+                    for first, *rest in runs)
+    return list(prefix) + list(layer) * n + list(head), repeats
+
+
 def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, int, int]:
     """The plan's prefix, ``n_layers`` copies of its layer's tiles, then its head, through
     the pipeline. Once the load engine's lead (at most the ring) is shorter than the
     layers already run, each further layer adds the same time: the pipeline runs ``k +
     1`` layers and the head, and the ``k``-th layer (whose loads the ring has reached
     and which the head's hoisted loads do not touch: they go into the last) is repeated
-    for the layers not run, which is exact once periodic and keeps the cost independent
-    of the model's depth."""
-    prefix, layer, head = list(plan.prefix[0]), list(plan.layer[0]), list(plan.head[0])
+    for the layers not run, which keeps the cost independent of the model's depth. Where
+    a small ring's pointer comes back to where a layer began only after ``q`` layers
+    (``_layer_period``), blocks of ``q`` are repeated, the last but one of those run
+    ending one; exact once the engines are periodic (docs/perf.md, "Layers")."""
+    layer = plan.layer[0]
     staged = sum(t[2] for t in layer)
     # past the first layer and past the ring's reach (the load engine's lead)
     k = 1 + max(1, math.ceil((ring or 0) / staged) if staged else 1)
-    n = n_layers if n_layers <= k + 1 else k + 1
-    # the parts' runs, in the tiles of the prefix, n layers and the head
-    at = [0] + [len(prefix) + c * len(layer) for c in range(n + 1)]
-    repeats = tuple((first + offset, *rest)
-                    for offset, runs in zip(at, (plan.repeats[0],) + (plan.repeats[1],) * n
-                                            + (plan.repeats[2],), strict=True)
-                    for first, *rest in runs)
-    if n_layers <= k + 1:
-        return _timeline(prefix + layer * n_layers + head, repeats, ring, l2)[0]
-    last = len(prefix) + k * len(layer) - 1             # the k-th layer's last tile
-    first = last - len(layer)
-    totals, ((_, end0, busy0), (_, end1, busy1)) = _timeline(prefix + layer * (k + 1) + head,
-                                                              repeats, ring, l2, (first, last))
-    extra = n_layers - k - 1
+    if n_layers > k + 1:
+        k, q = _layer_period(plan, ring, k)
+    else:
+        q = 1
+    # the layers stepped: the block of q repeated ends with the last but one, and the
+    # layers not run are whole blocks
+    stepped = k + q + (n_layers - k - q) % q
+    if n_layers <= stepped:
+        return _timeline(*_stacked(plan, n_layers), ring, l2)[0]
+    last = len(plan.prefix[0]) + (stepped - 1) * len(layer) - 1   # the block's last tile
+    first = last - q * len(layer)
+    totals, ((_, end0, busy0), (_, end1, busy1)) = _timeline(*_stacked(plan, stepped), ring,
+                                                              l2, (first, last))
+    blocks = (n_layers - stepped) // q
     cycles, load_busy, compute_busy = totals
-    return (cycles + extra * (end1 - end0), load_busy + extra * (busy1 - busy0),
-            compute_busy + extra * sum(t[1] for t in layer))
+    return (cycles + blocks * (end1 - end0), load_busy + blocks * (busy1 - busy0),
+            compute_busy + blocks * q * sum(t[1] for t in layer))
+
+
+#: The most layers a block repeated by ``_layers`` may span, and the most layers past the
+#: ring's reach it may begin after: where a small staging ring's pointer takes longer to
+#: come back to where a layer began, one layer is repeated, which is not exact (``python
+#: -m benchmarks.perf_model --only layers``).
+LAYER_PERIOD_MAX = 2
+
+
+def _layer_period(plan: _Plan, ring: int | None, k: int) -> tuple[int, int]:
+    """``(k', q)``: the first layer (from 1; ``k`` at the earliest) and the fewest layers
+    ``q`` after which the staging ring's pointer is where it was at the start of that
+    layer, so that from there each block of ``q`` layers takes the slots the one before
+    took; ``k' + q`` smallest, each at most ``LAYER_PERIOD_MAX`` past ``k`` and one.
+    ``(k, 1)`` where the ring is not small (``_periodic``'s test: a load's slot then does
+    not place it) or no such block is found."""
+    parts = (plan.prefix[0], plan.layer[0], plan.head[0])
+    slot = max((t[2] for part in parts for t in part), default=0)
+    if ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64:
+        return k, 1
+    sizes = [-(-t[2] // 64) * 64 for t in plan.layer[0] if t[0] and t[2]]
+
+    def advance(ptr: int, sizes) -> int:        # as ``_ring_replay`` moves the pointer
+        for nbytes in sizes:
+            ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
+        return ptr
+
+    starts = [advance(0, [-(-t[2] // 64) * 64 for t in plan.prefix[0] if t[0] and t[2]])]
+    for _ in range(k - 1 + 2 * LAYER_PERIOD_MAX):
+        starts.append(advance(starts[-1], sizes))
+    return min(((j + 1, q) for j in range(k - 1, k + LAYER_PERIOD_MAX)
+                for q in range(1, LAYER_PERIOD_MAX + 1) if starts[j] == starts[j + q]),
+               key=sum, default=(k, 1))
+
+    def advance(ptr: int, tiles) -> int:        # as ``_ring_replay`` moves the pointer
+        for t in tiles:
+            if t[0] and t[2]:
+                nbytes = -(-t[2] // 64) * 64
+                ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
+        return ptr
+
+    ptr = advance(0, plan.prefix[0])
+    for _ in range(k - 1):
+        ptr = advance(ptr, plan.layer[0])
+    start = ptr
+    for q in range(1, LAYER_PERIOD_MAX + 1):
+        ptr = advance(ptr, plan.layer[0])
+        if ptr == start:
+            return q
+    return 1
 
 
 def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool

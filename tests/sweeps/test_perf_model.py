@@ -264,6 +264,45 @@ def test_cutting_periodic_runs_keeps_the_fast_path(monkeypatch, name, l2_bytes, 
     assert cut.dram_read_bytes == full.dram_read_bytes
 
 
+@pytest.mark.parametrize(("name", "l2_bytes", "batch", "stepped"), [
+    ("sheared-llama-1.3b", 2 << 20, 1, 3),      # a ring of many slots: one layer repeated
+    # a 256 KiB L2's ring (40 KiB): the pointer at a layer's start alternates between two
+    # places, so two layers are repeated (one repeated was +0.62% off)
+    ("llama-3.2-1b", 256 << 10, 4, 4),
+    # ... and stays at one from the fourth layer on (from the second: -0.058%)
+    ("qwen2.5-0.5b", 256 << 10, 1, 5)])
+def test_layers_past_the_first_few_are_extrapolated_exactly(monkeypatch, name, l2_bytes,
+                                                            batch, stepped):
+    """A decode step steps through its first layers and repeats a block of them for the
+    rest (``analytic._layers``): block by block, once each block finds the staging ring
+    where the one before did (``_layer_period``), as stepping through all 16 or 24
+    layers gives it (cycles and load busy within 0.01%: ``python -m
+    benchmarks.perf_model --only layers`` finds the worst of 96 steps 0.041% off where
+    the pointer's period is longer than ``LAYER_PERIOD_MAX``)."""
+    from sweeps import analytic
+
+    cfg = preset(name)
+    hw = load_hardware("edge-16x16").replace(l2_bytes=l2_bytes)
+    stacked, counts = analytic._stacked, []
+
+    def counting(plan, n):
+        counts.append(n)
+        return stacked(plan, n)
+
+    monkeypatch.setattr(analytic, "_stacked", counting)
+    decode_step.cache_clear()
+    fast = decode_step(cfg, hw, 700, batch=batch)
+    assert counts == [stepped] and stepped < cfg.n_layers
+    monkeypatch.setattr(analytic, "_layers", lambda plan, n_layers, ring, l2=():
+                        analytic._timeline(*stacked(plan, n_layers), ring, l2)[0])
+    decode_step.cache_clear()
+    full = decode_step(cfg, hw, 700, batch=batch)
+    decode_step.cache_clear()
+    assert abs(fast.cycles - full.cycles) <= 1e-4 * full.cycles, (fast, full)
+    assert abs(fast.load_busy - full.load_busy) <= 1e-4 * full.load_busy, (fast, full)
+    assert fast.compute_busy == pytest.approx(full.compute_busy, rel=1e-12)
+
+
 @pytest.mark.parametrize(("name", "l2_bytes", "position", "weights", "kv_bits"), [
     ("sheared-llama-1.3b", 16 << 20, 700, "mxint4", 3.0),
     ("llama-3.2-1b", 256 << 10, 130, "int8", None)])
