@@ -478,9 +478,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--corpus", help="training text (default: ../shared/data/tinyshakespeare.txt)")
     p.add_argument("--out", default=None,
                    help="checkpoint folder to write (default: build/<model>-train)")
-    p.add_argument("--steps", type=int, default=2500)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=positive_int, default=2500)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--seq-len", type=positive_int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -488,7 +488,7 @@ def build_parser() -> ArgumentParser:
 
     p = sub.add_parser("eval", help="float vs integer perplexity and top-1 agreement")
     p.add_argument("--model", default="tiny", help="'tiny' or a checkpoint folder")
-    p.add_argument("--max-windows", type=int, default=None,
+    p.add_argument("--max-windows", type=positive_int, default=None,
                    help="evaluate only the first N windows of the held-out text")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     _add_kv(p, "also evaluate the KV cache compressed chunk by chunk at tolerance T",
@@ -501,7 +501,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--prompt", default=None, help=f"default: {DEFAULT_PROMPT!r}")
     p.add_argument("--prompt-ids", default=None, metavar="IDS",
                    help="the prompt as token ids, e.g. 1,2,3 (for a model without a tokenizer)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--numerics", choices=("float", "int", "both"), default="both")
     _add_weights(p)
     _add_kv(p, "the integer model's KV cache compressed chunk by chunk at tolerance T", "16")
@@ -513,7 +513,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--prompt", default=None, help=f"default: {DEFAULT_PROMPT!r}")
     p.add_argument("--prompt-ids", default=None, metavar="IDS",
                    help="the prompt as token ids, e.g. 1,2,3 (for a model without a tokenizer)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help=f"default: {DEFAULT_NEW_TOKENS}")
     p.add_argument("--prefetch", choices=("on", "off"), default=None,
                    help="override the hardware description's prefetch setting")
@@ -542,8 +542,8 @@ def build_parser() -> ArgumentParser:
                         f"for a model without a tokenizer")
     p.add_argument("--prompt-ids", default=None, metavar="IDS",
                    help="the prompt as token ids, e.g. 1,2,3 (for a model without a tokenizer)")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--eval-windows", type=int, default=64,
+    p.add_argument("--max-new-tokens", type=positive_int, default=8)
+    p.add_argument("--eval-windows", type=positive_int, default=64,
                    help="held-out windows for the integer-vs-float rung")
     p.add_argument("--rtl", action="store_true",
                    help="add rung 3: the RTL under Verilator against the ISA simulator")
@@ -584,7 +584,7 @@ def build_parser() -> ArgumentParser:
     p.set_defaults(func=_cmd_rtl)
 
     p = sub.add_parser("demo", help="the main job on built-in defaults")
-    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--max-windows", type=positive_int, default=None)
     p.set_defaults(func=_cmd_demo)
     return parser
 

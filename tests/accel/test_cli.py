@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, *argv):
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:             # refused as it was parsed
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -51,20 +54,22 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["eval", "--model", "README.md"], "README.md: not a checkpoint folder"),
     (["generate", "--prompt", "ROMEO:", "--max-new-tokens", "400"], "exceeds the model's context"),
     (["generate", "--prompt", "naïve"], "'ï' is not in the tokenizer's alphabet"),
-    (["generate", "--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
+    (["generate", "--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1, not 0"),
     (["generate", "--numerics", "float", "--kv-tolerance", "32"],
      "--kv-tolerance compresses the integer model's KV cache"),
     (["generate", "--kv-chunk-tokens", "8"], "--kv-chunk-tokens needs --kv-tolerance"),
     (["generate", "--numerics", "int", "--kv-tolerance", "32", "--max-new-tokens", "8"],
      "--kv-chunk-tokens 16: a 6-token prompt and 8 new tokens never read a full chunk"),
     (["generate", "--max-new-tokens", "-3", "--numerics", "int"], "at least 1, not -3"),
-    (["eval", "--max-windows", "0"], "max_windows must be at least 1, not 0"),
+    (["eval", "--max-windows", "0"], "argument --max-windows: must be at least 1, not 0"),
     (["verify", "--batch", "0"], "--batch must be 1 to 256 (compiler.driver.MAX_BATCH), not 0"),
     (["verify", "--batch", "3", "--max-new-tokens", "240", "--eval-windows", "1"],
      "--batch 3: the longest sequence"),
     (["verify", "--batch", "1000000000"], "--batch must be 1 to 256"),
     (["verify", "--batch", "200"], "--batch 200: the longest sequence"),
-    (["verify", "--batch", "2", "--max-new-tokens", "0"], "needs --max-new-tokens of at least"),
+    (["verify", "--batch", "2", "--max-new-tokens", "1"], "needs --max-new-tokens of at least"),
+    # the option as given, not the keyword it becomes (--eval-windows said max_windows)
+    (["verify", "--eval-windows", "0"], "argument --eval-windows: must be at least 1, not 0"),
     (["verify", "--kv-chunk-tokens", "0"], "--kv-chunk-tokens needs --kv-tolerance"),
     (["verify", "--kv-bits", ""], "--kv-bits needs --kv-tolerance"),
     (["verify", "--kv-tolerance", "32", "--kv-chunk-tokens", "8"],
@@ -82,7 +87,7 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["compile", "-o", "docs"], "is not empty and not a build folder"),
     (["verify", "--prompt", ""], "the prompt is empty"),
     (["compile", "-o", "README.md/x"], "README.md/x"),
-    (["train", "--steps", "0"], "steps must be at least 1, not 0"),
+    (["train", "--steps", "0"], "argument --steps: must be at least 1, not 0"),
     (["train", "--lr", "nan"], "lr must be a positive finite number, not nan"),
     (["generate", "--weights", "mxint4", "--numerics", "float"],
      "--weights mxint4 is the integer model's; --numerics float"),
