@@ -8,16 +8,19 @@ Contract
 * ``perf_per_cost``: tokens/s/mm² and tokens/s/$ against L2 size, the optimum marked;
 * ``batch``: tokens/s and tokens/s/$ against the batch (sequences decoded together), per
   L2 size;
+* ``kv_budget``: tokens/s and the KV bytes a decode step reads against the compressed KV
+  cache's budget, per L2 size;
 * ``area``: the area breakdown (logic, logic memories, L2, PHY) of each L2 size;
 * ``pareto``: tokens/s against area, the Pareto front drawn;
 * ``roofline``: the base hardware's roofline with the model's operators on it (decode
   and prefill matmuls at their arithmetic intensity);
-* ``time_breakdown``: a decode step's time split into compute, exposed DMA and other
-  stalls, per point;
+* ``time_breakdown``: a decode step's time split into compute, exposed DMA (at most)
+  and both engines idle, a bar per point;
 
 then ``report.md`` and ``report.html`` (every figure, the best points, the findings).
-It returns the findings as a dict. Figures whose axis the sweep did not vary are still
-drawn (one point per line) so the report's layout does not depend on the spec.
+It returns the findings as a dict. Every figure is written whatever the spec varies, so
+that the report's layout does not depend on it: one whose x axis the sweep keeps fixed
+(the batch, the KV budget) is a note saying so.
 
 Tested by tests/sweeps/test_sweeps.py.
 """
@@ -274,32 +277,60 @@ def write_report(out: str | Path) -> dict:
 
     _roofline(max(rows, key=lambda r: r["tokens_per_s_per_dollar"]), out)
 
-    # time breakdown of a decode step
-    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(rows)), 4.5))
-    ordered = sorted(rows, key=lambda r: (str([r[k] for k in group_keys]), r["prefetch"],
-                                          r["l2_bytes"]))
-    names = [f"{size_label(r['l2_bytes'])} {'pf' if r['prefetch'] else 'no pf'}"
-             for r in ordered]
-    compute = [r["decode_compute_busy"] / r["decode_step_cycles"] for r in ordered]
-    dma = [min(1 - c, r["decode_load_busy"] / r["decode_step_cycles"])
-           for c, r in zip(compute, ordered, strict=True)]
-    stall = [max(0.0, 1 - c - d) for c, d in zip(compute, dma, strict=True)]
-    ax.bar(names, compute, label="compute engine busy")
-    ax.bar(names, dma, bottom=compute, label="waiting on DMA")
-    ax.bar(names, stall, bottom=[c + d for c, d in zip(compute, dma, strict=True)],
-           label="other stalls")
-    ax.set(ylabel="fraction of a decode step", title="Decode step time breakdown")
-    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-    ax.legend(fontsize=8)
-    _save(fig, out, "time_breakdown")
+    _breakdown_figure(rows, group_keys, out)
 
     _write_text(out, rows, findings, group_keys)
     return findings
 
 
-def _batch_figure(rows, group_keys: list[str], out: Path) -> None:
+def _breakdown_figure(rows, group_keys: list[str], out: Path) -> list[str]:
+    """A bar per point: its mid-workload decode step split into the compute engine's busy
+    time, then as much of the rest as the load engine was busy (at most the time the
+    compute engine waited on DMA: the fast path gives the engines' busy totals, not their
+    overlap), then the rest: ``time_breakdown.png``. Returns the bars' labels (the
+    varying group fields' values, the L2 size, prefetch), one per point."""
+    ordered = sorted(rows, key=lambda r: (_order(tuple(r.get(k) for k in group_keys)),
+                                          r["prefetch"], r["l2_bytes"]))
+    varying = _varying(rows, group_keys)
+    names = [" ".join([*(f"{k}={r.get(k)}" for k in varying), size_label(r["l2_bytes"]),
+                       "pf" if r["prefetch"] else "no pf"]) for r in ordered]
+    compute = [r["decode_compute_busy"] / r["decode_step_cycles"] for r in ordered]
+    dma = [min(1 - c, r["decode_load_busy"] / r["decode_step_cycles"])
+           for c, r in zip(compute, ordered, strict=True)]
+    stall = [max(0.0, 1 - c - d) for c, d in zip(compute, dma, strict=True)]
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(rows)), 4.5))
+    at = range(len(ordered))             # positions, not names: equal names stay apart
+    ax.bar(at, compute, label="compute engine busy")
+    ax.bar(at, dma, bottom=compute, label="compute idle, loads busy (at most)")
+    ax.bar(at, stall, bottom=[c + d for c, d in zip(compute, dma, strict=True)],
+           label="both idle (at least)")
+    ax.set_xticks(list(at), names)
+    ax.set(ylabel="fraction of a decode step", title="Decode step time breakdown",
+           xlim=(-0.6, len(ordered) - 0.4))
+    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, out, "time_breakdown")
+    return names
+
+
+def _not_varied(out: Path, name: str, message: str) -> None:
+    """A figure whose x axis the sweep keeps fixed: a note saying so, in its place (the
+    report's layout does not depend on the spec)."""
+    fig, ax = plt.subplots(figsize=(7, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, wrap=True)
+    _save(fig, out, name)
+
+
+def _batch_figure(rows, group_keys: list[str], out: Path) -> int:
     """tokens/s and tokens/s per dollar against the batch (sequences decoded together),
-    one line per L2 size and prefetch of each group: ``batch.png``."""
+    one line per L2 size and prefetch of each group: ``batch.png``; where every point
+    has one batch, a note saying so. Returns the lines drawn."""
+    batches = {r.get("batch", 1) for r in rows}
+    if len(batches) == 1:
+        _not_varied(out, "batch", f"Every point decodes a batch of {batches.pop()}: "
+                    f"an axis batch = [1, 2, 4, ...] plots against it (sweeps/batch.toml).")
+        return 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     keys = group_keys + ["l2_bytes", "prefetch"]
     series = _series(rows, keys)
@@ -321,12 +352,19 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, out, "batch")
+    return len(series)
 
 
-def _kv_figure(rows, group_keys: list[str], out: Path) -> None:
+def _kv_figure(rows, group_keys: list[str], out: Path) -> int:
     """tokens/s and a mid-workload decode step's KV bytes read against the KV budget
     (``kv_bits`` of compressed chunks: lines; the int8 cache: a cross at 8), one series
-    per L2 size and prefetch of each group: ``kv_budget.png``."""
+    per L2 size and prefetch of each group: ``kv_budget.png``; where no point compresses
+    its KV cache, a note saying so. Returns the series drawn."""
+    if not any(r.get("kv_format") == "chunked" for r in rows):
+        _not_varied(out, "kv_budget", "Every point keeps the int8 KV cache: an axis "
+                    "kv_format = [\"int8\", \"chunked\"] with kv_bits plots the "
+                    "compressed budgets (sweeps/kv_budget.toml).")
+        return 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     keys = group_keys + ["l2_bytes", "prefetch"]
     series = _series(rows, keys)
@@ -354,6 +392,7 @@ def _kv_figure(rows, group_keys: list[str], out: Path) -> None:
         ax.grid(True, alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, out, "kv_budget")
+    return len(series)
 
 
 def matmul_intensity(m: int, k: int, n: int, weights: str = "int8") -> float:
@@ -422,8 +461,10 @@ CAPTIONS = {
                 "matmuls (circles: decode, squares: prefill, in the point's prefill "
                 "chunks) at their attainable rate; dotted: the decode step's achieved MAC "
                 "rate.",
-    "time_breakdown": "A decode step (mid-workload KV length) split into compute-engine "
-                      "busy time, time waiting on DMA, and other stalls.",
+    "time_breakdown": "A decode step (mid-workload KV length) per point, split into the "
+                      "compute engine's busy time, as much of the rest as the load engine "
+                      "was busy (at most the time spent waiting on DMA: the engines' "
+                      "overlap is not recorded), and the rest.",
 }
 
 

@@ -368,6 +368,27 @@ window.addEventListener('load', () => {
     assert f'data-loaded="{len(FIGURES)}/{len(FIGURES)}"' in dom, dom[-500:]
 
 
+def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_path):
+    """The time breakdown has a bar per point, labelled apart: points differing only in a
+    group field (here the workload; in sweeps/batch.toml the batch) were drawn as one
+    category each, the later bars over the earlier. The batch and KV-budget figures of
+    a sweep that keeps those fixed are a note, not a legend of one point a line."""
+    from sweeps.report import _batch_figure, _breakdown_figure, _kv_figure, load_results
+
+    _, out, _ = sweep
+    rows = load_results(out)
+    other = [{**r, "workload": "long", "decode_compute_busy": r["decode_step_cycles"]}
+             for r in rows]
+    names = _breakdown_figure(rows + other, ["workload"], tmp_path)
+    assert len(names) == len(set(names)) == 2 * len(rows)
+    assert "workload=long 1 MiB pf" in names and "workload=short 1 MiB no pf" in names
+    assert _batch_figure(rows, [], tmp_path) == 0 and _kv_figure(rows, [], tmp_path) == 0
+    assert (tmp_path / "batch.png").stat().st_size > 1000
+    batched = [{**r, "batch": b} for r in rows for b in (1, 4)]
+    assert _batch_figure(batched, [], tmp_path) == len({(r["l2_bytes"], r["prefetch"])
+                                                         for r in rows}) == 6
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r.pop("tokens_per_s"), "the point has no 'tokens_per_s'"),
     (lambda r: r.update(l2_bytes="1 MiB"), 'l2_bytes = "1 MiB" is not a finite number'),
