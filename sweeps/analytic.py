@@ -1305,7 +1305,8 @@ def _layer_period(plan: _Plan, ring: int | None, k: int) -> tuple[int, int]:
     """``(k', q)``: the first layer (from 1; ``k`` at the earliest) and the fewest layers
     ``q`` after which the staging ring's pointer is where it was at the start of that
     layer, so that from there each block of ``q`` layers takes the slots the one before
-    took; ``k' + q`` smallest, each at most ``LAYER_PERIOD_MAX`` past ``k`` and one.
+    took, with ``k' + q`` the fewest: ``k'`` at most ``LAYER_PERIOD_MAX`` past ``k``,
+    ``q`` at most ``LAYER_PERIOD_MAX``.
     ``(k, 1)`` where the ring is not small (``_periodic``'s test: a load's slot then does
     not place it) or no such block is found."""
     parts = (plan.prefix[0], plan.layer[0], plan.head[0])
@@ -1325,23 +1326,6 @@ def _layer_period(plan: _Plan, ring: int | None, k: int) -> tuple[int, int]:
     return min(((j + 1, q) for j in range(k - 1, k + LAYER_PERIOD_MAX)
                 for q in range(1, LAYER_PERIOD_MAX + 1) if starts[j] == starts[j + q]),
                key=sum, default=(k, 1))
-
-    def advance(ptr: int, tiles) -> int:        # as ``_ring_replay`` moves the pointer
-        for t in tiles:
-            if t[0] and t[2]:
-                nbytes = -(-t[2] // 64) * 64
-                ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
-        return ptr
-
-    ptr = advance(0, plan.prefix[0])
-    for _ in range(k - 1):
-        ptr = advance(ptr, plan.layer[0])
-    start = ptr
-    for q in range(1, LAYER_PERIOD_MAX + 1):
-        ptr = advance(ptr, plan.layer[0])
-        if ptr == start:
-            return q
-    return 1
 
 
 def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool

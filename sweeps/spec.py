@@ -274,9 +274,10 @@ def load_spec(path: str | Path) -> Spec:
             problem = _check_value(name, v, spec)
             if problem:
                 fail_at(name, section, problem)
-    if sampling == "random" and samples > len(spec.grid()):
+    distinct = len(spec.grid()) if sampling == "random" else samples
+    if samples > distinct:
         fail_at("samples", "sweep", f"samples = {samples:,} is more than the axes' grid of "
-                f"{len(spec.grid()):,} points (drawn without replacement; sampling = \"grid\" "
+                f"{distinct:,} points (drawn without replacement; sampling = \"grid\" "
                 f"runs them all)")
     for p in spec.points():
         problem = _check_point(p, spec)
