@@ -468,7 +468,9 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="accel", description="The edge LLM accelerator toolkit's command line: models, "
         "compiler, simulators, RTL, verification ladder and design-space sweeps.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # a command is checked for after the options (``main``): an unknown option before it is
+    # named as such, not reported as a missing command
+    sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help="train one of the project's models (tiny, tiny-bpe)")
     p.add_argument("--model", default="tiny", help="preset giving the shape (default: tiny)")
@@ -586,6 +588,7 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("demo", help="the main job on built-in defaults")
     p.add_argument("--max-windows", type=positive_int, default=None)
     p.set_defaults(func=_cmd_demo)
+    parser.commands = tuple(sub.choices)
     return parser
 
 
@@ -595,7 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     from compiler.semantics import AcceleratorError
 
     keep_interrupts()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error(f"a command is needed: one of {', '.join(parser.commands)} (accel --help)")
     try:
         return args.func(args)
     except USER_ERRORS as e:
