@@ -40,7 +40,8 @@ Sections:
 * ``layers``: a decode step's layers past the first few extrapolated from one
   (``analytic._layers``) against stepping through every layer: the four 1B-class
   presets at 256 KiB, 2 MiB and 16 MiB of L2 (int8, MXINT4, batch 4, a 3-bit KV cache;
-  prefetch on and off), the error in cycles, load busy and compute busy, then the worst.
+  prefetch on and off), the error in cycles (and in whole cycles), load busy and compute
+  busy, then the worst and how many steps are exact and within a cycle.
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 4 and 8 devices (4 GiB of DRAM
   each: an int8 shard does not fit 2) across L2 sizes, prefetch on and off.
@@ -441,13 +442,15 @@ def layers() -> list[dict]:
             rows.append(_emit({
                 "section": "layers", "model": name, "hw": hw.name, "l2_bytes": l2,
                 "position": 700, "prefetch": prefetch, **variant,
+                "cycles": full.cycles, "cycles_error": fast.cycles - full.cycles,
                 "cycles_error_pct": pct(fast.cycles, full.cycles),
                 "load_busy_error_pct": pct(fast.load_busy, full.load_busy),
                 "compute_busy_error_pct": pct(fast.compute_busy, full.compute_busy)}))
     rows.append(_emit({"section": "layers", **{
         f"worst_{k}": max(abs(r[k]) for r in rows)
         for k in ("cycles_error_pct", "load_busy_error_pct", "compute_busy_error_pct")},
-        "exact_steps": sum(r["cycles_error_pct"] == 0 for r in rows), "steps": len(rows)}))
+        "exact_steps": sum(r["cycles_error"] == 0 for r in rows),
+        "within_a_cycle": sum(abs(r["cycles_error"]) <= 1 for r in rows), "steps": len(rows)}))
     return rows
 
 
