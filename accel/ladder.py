@@ -277,7 +277,7 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     from compiler.driver import compile_generation
     from models.evaluate import build_int_model, evaluate
     from models.integer import check_weight_format
-    from models.zoo import check_prompt_ids, load_model, model_config
+    from models.zoo import check_prompt_ids, has_tokenizer, load_model, model_config
 
     if prompt is not None and not prompt:
         raise ValueError("the prompt is empty")
@@ -294,10 +294,10 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     if kv is not None and kv.chunk_tokens != hw.kv_block_tokens:
         raise ValueError(f"--kv-chunk-tokens {kv.chunk_tokens}: the device compresses whole "
                          f"KV blocks, kv_block_tokens = {hw.kv_block_tokens} on {hw.name}")
-    loaded = load_model(model)
-    if isinstance(prompt, str) and loaded.tokenizer is None:
+    if isinstance(prompt, str) and not has_tokenizer(model):     # before the weights
         raise ValueError(f"{model}: no tokenizer.json to read a text prompt; give token ids "
                          f"(--prompt-ids)")
+    loaded = load_model(model)
     if isinstance(prompt, list):
         ids = prompt
     elif loaded.tokenizer is not None:

@@ -80,6 +80,12 @@ def _current_rows(out: Path) -> list[dict]:
         raise ReportError(f"{current}: not a sweep record (no list of point keys); "
                           f"rerun the sweep") from None
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
+    for r in rows:
+        where = f"{path}:{lines[id(r)]}"
+        for field, kind in (("key", str), ("feasible", bool)):
+            if field in r and not isinstance(r[field], kind):
+                raise ReportError(f"{where}: {field} = {json.dumps(r[field])} is not "
+                                  f"{'a string' if kind is str else 'true or false'}")
     rows = [r for r in rows if r.get("key") in keys]
     for r in rows:
         if r.get("feasible", True):
@@ -99,7 +105,9 @@ NUMBER_FIELDS = ("l2_bytes", "prompt", "tokens_per_s", "ttft_s", "tpot_s", "area
                  "tokens_per_s_per_mm2", "tokens_per_s_per_dollar", "decode_step_cycles",
                  "decode_load_busy", "decode_compute_busy")
 FLAG_FIELDS = ("prefetch",)
-NAME_FIELDS = ("model", "node", "array")
+NAME_FIELDS = ("model", "node", "array", "hw", "workload")
+#: ... of them, those a point cannot have at 0 (a decode step's cycles divide)
+POSITIVE_FIELDS = ("l2_bytes", "prompt", "decode_step_cycles")
 
 
 def _check_row(row: dict, where: str) -> None:
@@ -108,7 +116,8 @@ def _check_row(row: dict, where: str) -> None:
     ``results.jsonl``)."""
     for fields, ok, kind in (
             (NUMBER_FIELDS, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-             and math.isfinite(v), "a finite number"),
+             and math.isfinite(float(v) if abs(v) < 1e308 else math.inf), "a finite number"),
+            (POSITIVE_FIELDS, lambda v: v > 0, "positive"),
             (FLAG_FIELDS, lambda v: isinstance(v, bool), "true or false"),
             (NAME_FIELDS, lambda v: isinstance(v, str), "a string")):
         for field in fields:

@@ -224,6 +224,10 @@ def load_spec(path: str | Path) -> Spec:
     seed = sweep.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         fail_at("seed", "sweep", f"seed must be an integer, not {seed!r}")
+    for key in ("samples", "seed"):
+        if sampling == "grid" and key in sweep:
+            fail_at(key, "sweep", f"{key} is for sampling = \"random\": a grid runs every "
+                    f"point")
 
     workloads = dict(DEFAULT_WORKLOADS)
     for name, w in data.get("workloads", {}).items():

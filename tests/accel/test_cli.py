@@ -104,6 +104,8 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
      "llama-3-8b: no tokenizer.json to read a text prompt"),
     (["compile", "--model", "llama-3-8b", "--prompt", "hi"],
      "llama-3-8b: no tokenizer.json to read a text prompt"),
+    (["verify", "--model", "llama-3-8b", "--prompt", "hi"],
+     "llama-3-8b: no tokenizer.json to read a text prompt"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)

@@ -102,6 +102,9 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     # a type the grid ignored or a bool taken as 1
     (('sampling = "grid"', 'sampling = "grid"\nsamples = "x"'), 3,
      "samples must be an integer N >= 1, not 'x'"),
+    # a sampling setting of a grid: ignored
+    (('sampling = "grid"', 'sampling = "grid"\nsamples = 3'), 3,
+     "samples is for sampling = \"random\": a grid runs every point"),
     # more samples than points: ran the grid unannounced
     (('sampling = "grid"', 'sampling = "random"\nsamples = 7'), 3,
      "samples = 7 is more than the axes' grid of 6 points"),
@@ -394,6 +397,9 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     (lambda r: r.update(l2_bytes="1 MiB"), 'l2_bytes = "1 MiB" is not a finite number'),
     (lambda r: r.update(prefetch=1), "prefetch = 1 is not true or false"),
     (lambda r: r.update(model=None), "model = null is not a string"),
+    (lambda r: r.update(decode_step_cycles=0), "decode_step_cycles = 0 is not positive"),
+    (lambda r: r.update(key=[1]), "key = [1] is not a string"),        # was a TypeError
+    (lambda r: r.pop("hw"), "the point has no 'hw'"),                   # was a KeyError
 ])
 def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edit, message):
     """A feasible row of the spec's without a field the report reads, or with one of the
