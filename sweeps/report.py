@@ -64,10 +64,13 @@ def _current_rows(out: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue                 # a line cut short by a kill
-        if isinstance(row, dict):
-            rows.append(row)
-            lines[id(row)] = number
+            continue                 # a line cut short by a kill (a resumed sweep goes on
+            #                          after it): that point ran again
+        if not isinstance(row, dict):
+            raise ReportError(f"{path}:{number}: not a point (a JSON object), but "
+                              f"{line.strip()[:40]}")
+        rows.append(row)
+        lines[id(row)] = number
     current = Path(out) / "sweep.json"
     if not current.is_file():
         raise ReportError(f"{current}: missing (written by `accel sweep`, it says which "
@@ -87,9 +90,14 @@ def _current_rows(out: Path) -> list[dict]:
                 raise ReportError(f"{where}: {field} = {json.dumps(r[field])} is not "
                                   f"{'a string' if kind is str else 'true or false'}")
     rows = [r for r in rows if r.get("key") in keys]
+    seen: dict[str, int] = {}
     for r in rows:
+        where = f"{path}:{lines[id(r)]}"
+        if r["key"] in seen:         # a sweep writes each point once
+            raise ReportError(f"{where}: the point of line {seen[r['key']]} again")
+        seen[r["key"]] = lines[id(r)]
         if r.get("feasible", True):
-            _check_row(r, f"{path}:{lines[id(r)]}")
+            _check_row(r, where)
     if not any(r.get("feasible", True) for r in rows):
         reasons = Counter(r.get("reason", "") for r in rows)
         why = (f" ({len(rows)} infeasible; {reasons.most_common(1)[0][1]} of them: "
@@ -106,8 +114,9 @@ NUMBER_FIELDS = ("l2_bytes", "prompt", "tokens_per_s", "ttft_s", "tpot_s", "area
                  "decode_load_busy", "decode_compute_busy")
 FLAG_FIELDS = ("prefetch",)
 NAME_FIELDS = ("model", "node", "array", "hw", "workload")
-#: ... of them, those a point cannot have at 0 (a decode step's cycles divide)
-POSITIVE_FIELDS = ("l2_bytes", "prompt", "decode_step_cycles")
+#: ... of them, those no feasible point has at 0 or below
+POSITIVE_FIELDS = ("l2_bytes", "prompt", "decode_step_cycles", "tokens_per_s", "area_mm2",
+                   "cost_dollars", "tokens_per_s_per_mm2", "tokens_per_s_per_dollar")
 
 
 def _check_row(row: dict, where: str) -> None:
@@ -281,8 +290,12 @@ def write_report(out: str | Path) -> dict:
     findings["pareto"] = [{k: r[k] for k in ("key", "l2_bytes", "area_mm2", "tokens_per_s")}
                           for r in front]
 
-    _batch_figure(rows, [k for k in group_keys if k != "batch"], out)
-    _kv_figure(rows, [k for k in group_keys if k not in ("kv_format", "kv_bits")], out)
+    # the figures whose x axis the sweep keeps fixed: a note each, captioned as such
+    findings["notes"] = [name for name, drawn in (
+        ("batch", _batch_figure(rows, [k for k in group_keys if k != "batch"], out)),
+        ("kv_budget", _kv_figure(rows, [k for k in group_keys
+                                        if k not in ("kv_format", "kv_bits")], out)))
+        if not drawn]
 
     _roofline(max(rows, key=lambda r: r["tokens_per_s_per_dollar"]), out)
 
@@ -451,6 +464,8 @@ def _roofline(row: dict, out: Path) -> None:
     _save(fig, out, "roofline")
 
 
+NOT_VARIED = ("Not drawn: the sweep keeps this figure's x axis fixed; the note names the "
+              "axis that would plot it.")
 CAPTIONS = {
     "tokens_vs_l2": "Tokens/s (whole workload: prefill then decode) against L2 size; solid "
                     "with prefetch, dashed without.",
@@ -518,8 +533,10 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
            "| " + " | ".join(headers.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for r in best]
     md += ["", "## Figures", ""]
+    captions = {name: NOT_VARIED if name in findings["notes"] else CAPTIONS[name]
+                for name in FIGURES}
     for name in FIGURES:
-        md += [f"![{name}]({name}.png)", "", CAPTIONS[name], ""]
+        md += [f"![{name}]({name}.png)", "", captions[name], ""]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
     esc = html.escape
@@ -541,7 +558,7 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
         wide = (" class='wide'" if name in ("perf_per_cost", "batch", "kv_budget",
                                              "time_breakdown") else "")
         body += [f"<figure{wide}><a href='{name}.svg'><img src='{name}.png' alt='{name}'></a>",
-                 f"<figcaption>{esc(CAPTIONS[name])}</figcaption></figure>"]
+                 f"<figcaption>{esc(captions[name])}</figcaption></figure>"]
     body += ["</div></section>"]
     (out / "report.html").write_text(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"

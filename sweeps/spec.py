@@ -222,8 +222,9 @@ def load_spec(path: str | Path) -> Spec:
     if sampling == "random" and not samples:
         fail_at("samples", "sweep", "random sampling needs samples = N >= 1")
     seed = sweep.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        fail_at("seed", "sweep", f"seed must be an integer, not {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        fail_at("seed", "sweep", f"seed must be an integer >= 0, not {seed!r} (random.Random "
+                "draws alike for -S and S)")
     for key in ("samples", "seed"):
         if sampling == "grid" and key in sweep:
             fail_at(key, "sweep", f"{key} is for sampling = \"random\": a grid runs every "

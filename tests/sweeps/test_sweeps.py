@@ -3,6 +3,7 @@ path + Yosys statistics) that resumes after a kill, the same sweep on a local Da
 cluster, and the report opened in a headless browser."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -79,7 +80,9 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     (('sampling = "grid"', 'sampling = "grid"\nsampels = 3'), 3,
      "unknown key 'sampels' in [sweep] (known: sampling, samples, seed)"),
     (('sampling = "grid"', 'sampling = "grid"\nseed = "abc"'), 3,
-     "seed must be an integer, not 'abc'"),
+     "seed must be an integer >= 0, not 'abc'"),
+    (('sampling = "grid"', 'sampling = "random"\nsamples = 2\nseed = -1'), 4,
+     "seed must be an integer >= 0, not -1 (random.Random draws alike for -S and S)"),
     (('[sweep]\nsampling = "grid"', 'sweep = 3'), 1, "sweep must be a table ([sweep]), not 3"),
     # an axis's generator of the wrong shape or type (were TypeError tracebacks), or one
     # that would make too many values before the count was checked
@@ -345,6 +348,9 @@ def test_report_figures_load_in_a_headless_browser(sweep, tmp_path):
     _, out, _ = sweep
     findings = write_report(out)
     assert len(findings["optima"]) == 2 and findings["pareto"]
+    # neither batch nor KV budget varied: both figures are notes, captioned as such
+    assert findings["notes"] == ["batch", "kv_budget"]
+    assert (out / "report.md").read_text().count("Not drawn: the sweep keeps") == 2
     for name in FIGURES:
         assert (out / f"{name}.png").stat().st_size > 1000
         assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
@@ -400,6 +406,7 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     (lambda r: r.update(decode_step_cycles=0), "decode_step_cycles = 0 is not positive"),
     (lambda r: r.update(key=[1]), "key = [1] is not a string"),        # was a TypeError
     (lambda r: r.pop("hw"), "the point has no 'hw'"),                   # was a KeyError
+    (lambda r: r.update(tokens_per_s=-5.0), "tokens_per_s = -5.0 is not positive"),
 ])
 def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edit, message):
     """A feasible row of the spec's without a field the report reads, or with one of the
@@ -419,6 +426,27 @@ def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edi
     err = capsys.readouterr().err
     assert err == f"accel report: error: {folder / 'results.jsonl'}:3: {message}" + (
         " (rerun the sweep with --fresh)\n" if "has no" in message else "\n")
+
+
+def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_path):
+    """A point written twice (counted twice in the report) and a line of JSON that is not
+    an object (dropped) are damage: named by line. A line that is not JSON at all is what
+    a kill leaves (the resumed sweep writes after it and runs that point again): skipped."""
+    from sweeps.report import ReportError, load_results
+
+    _, out, _ = sweep
+    lines = (out / "results.jsonl").read_text().splitlines()
+    folder = tmp_path / "edited"
+    for text, message in [(lines + [lines[1]], f":{len(lines) + 1}: the point of line 2 again"),
+                          (lines[:2] + ["[1, 2, 3]"] + lines[2:],
+                           ":3: not a point (a JSON object), but [1, 2, 3]")]:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(out, folder)
+        (folder / "results.jsonl").write_text("\n".join(text) + "\n")
+        with pytest.raises(ReportError, match=re.escape(message)):
+            load_results(folder)
+    (folder / "results.jsonl").write_text("\n".join(lines[:2] + ['{"key": "ab'] + lines[2:]))
+    assert len(load_results(folder)) == len(lines)
 
 
 def test_a_rerun_of_other_content_is_refused_and_the_report_reads_only_the_spec(sweep,
