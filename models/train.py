@@ -110,7 +110,8 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     val_data = np.asarray(tokenizer.encode(val_text), np.int32)
 
     params = init_params(cfg, tc.seed)
-    warmup = min(tc.warmup_steps, max(1, tc.steps // 10))
+    # a tenth of the steps (at most warmup_steps), and at least one step of decay after it
+    warmup = min(tc.warmup_steps, max(1, tc.steps // 10), tc.steps - 1)
     schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, tc.steps,
                                                   end_value=tc.lr * 0.05)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0),

@@ -57,6 +57,8 @@ def load_results(out: Path) -> list[dict]:
 def _current_rows(out: Path) -> list[dict]:
     """Every finished point (feasible or not) of the spec last run into ``out``."""
     path = Path(out) / "results.jsonl"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ReportError(f"{out}: not a folder (a sweep's output folder)")
     if not path.exists():
         raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
     rows, lines = [], {}

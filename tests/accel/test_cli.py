@@ -97,6 +97,7 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
      "llama-3-8b model.layers.0.mlp.down_proj.weight: reduction length 14336 exceeds 8192"),
     (["eval", "--model", "llama-3-8b"],                  # a preset: before its random weights
      "llama-3-8b: evaluation needs a tokenizer and text"),
+    (["report", "README.md"], "README.md: not a folder (a sweep's output folder)"),
     # an unknown option before any command was reported as a missing command
     (["--nope"], "accel: error: unrecognized arguments: --nope"),
     ([], "a command is needed: one of train, eval, generate,"),

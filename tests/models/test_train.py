@@ -74,3 +74,16 @@ def test_packaged_tiny_bpe_checkpoint():
     assert size <= 4 * 1024 * 1024
     log = json.loads((checkpoint_dir("tiny-bpe") / "train_log.json").read_text())
     assert log["val_loss"] < log["history"][0]["val_loss"]
+
+
+def test_a_one_step_run_trains_and_saves(tmp_path):
+    """``--steps 1``: no step left for the cosine decay after a step of warmup failed in
+    optax ("requires positive decay_steps"); the one step is taken at the peak rate."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 50)
+    cfg = ModelConfig(name="one", vocab_size=1, d_model=16, n_layers=1, n_heads=2,
+                      n_kv_heads=1, head_dim=8, d_ff=32, max_seq_len=16)
+    result = train(TrainConfig(corpus=corpus, out_dir=tmp_path / "ckpt", model=cfg, steps=1,
+                               batch_size=2, seq_len=16, eval_batches=1), progress=False)
+    assert result["best_step"] == 1 and json.loads(
+        (tmp_path / "ckpt" / "train_log.json").read_text())["steps_run"] == 1
