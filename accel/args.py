@@ -42,9 +42,11 @@ def scheduler_address(text: str) -> str:
     """A Dask scheduler's address, ``PROTOCOL://HOST:PORT`` (``tcp://10.0.0.2:8786``),
     checked for its form before a sweep creates its folder; whether one answers there is
     known only on connecting."""
-    if not re.fullmatch(r"[a-z]+://[^\s/:]+:\d+", text):
+    found = re.fullmatch(r"[a-z]+://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):(\d+)", text)
+    if not found or not 1 <= int(found[2]) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a scheduler address "
-                                         "(PROTOCOL://HOST:PORT, e.g. tcp://10.0.0.2:8786)")
+                                         "(PROTOCOL://HOST:PORT, a port of 1 to 65535, e.g. "
+                                         "tcp://10.0.0.2:8786 or tcp://[::1]:8786)")
     return text
 
 

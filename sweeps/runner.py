@@ -274,7 +274,9 @@ def _connect(scheduler: str):
 
     try:
         return Client(scheduler)
-    except (OSError, TimeoutError) as e:
+    # (Dask raises TypeError or ValueError for a protocol it cannot open: tls without its
+    # certificates, ucx without its package, an unknown scheme)
+    except (OSError, TimeoutError, TypeError, ValueError) as e:
         raise SweepError(f"--scheduler {scheduler}: cannot connect ({e})") from None
 
 

@@ -23,6 +23,7 @@ def test_a_bad_argument_is_one_line_without_the_usage(capsys):
 @pytest.mark.parametrize(("option", "message"), [
     (["--workers", "0"], "argument --workers: must be at least 1, not 0"),
     (["--scheduler", "bogus"], "argument --scheduler: 'bogus' is not a scheduler address"),
+    (["--scheduler", "tcp://h:0"], "argument --scheduler: 'tcp://h:0' is not a scheduler"),
 ])
 def test_sweep_options_are_checked_before_the_sweep_starts(capsys, tmp_path, option,
                                                            message):

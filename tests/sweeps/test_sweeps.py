@@ -331,6 +331,7 @@ def test_a_scheduler_nobody_answers_at_is_refused_before_the_folder(sweep, tmp_p
     import socket
 
     import dask
+    import distributed  # noqa: F401  (its config defaults, before dask.config.set saves them)
 
     from sweeps.runner import SweepError
 
@@ -341,6 +342,10 @@ def test_a_scheduler_nobody_answers_at_is_refused_before_the_folder(sweep, tmp_p
         with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
                 pytest.raises(SweepError, match=f"--scheduler {address}: cannot connect"):
             run_sweep(spec, tmp_path / "out", scheduler=address, progress=False)
+    assert not (tmp_path / "out").exists()
+    # a protocol Dask cannot open here (TLS without certificates) was a TypeError traceback
+    with pytest.raises(SweepError, match="--scheduler tls://127.0.0.1:1: cannot connect"):
+        run_sweep(spec, tmp_path / "out", scheduler="tls://127.0.0.1:1", progress=False)
     assert not (tmp_path / "out").exists()
 
 
