@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import html
 import json
-import math
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -85,12 +85,9 @@ def _current_rows(out: Path) -> list[dict]:
         raise ReportError(f"{current}: not a sweep record (no list of point keys); "
                           f"rerun the sweep") from None
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
-    for r in rows:
-        where = f"{path}:{lines[id(r)]}"
-        for field, kind in (("key", str), ("feasible", bool)):
-            if field in r and not isinstance(r[field], kind):
-                raise ReportError(f"{where}: {field} = {json.dumps(r[field])} is not "
-                                  f"{'a string' if kind is str else 'true or false'}")
+    for r in rows:                   # the fields that pick the rows, where present
+        _check_fields(r, f"{path}:{lines[id(r)]}", ("key",), "name", required=False)
+        _check_fields(r, f"{path}:{lines[id(r)]}", ("feasible",), "flag", required=False)
     rows = [r for r in rows if r.get("key") in keys]
     seen: dict[str, int] = {}
     for r in rows:
@@ -121,23 +118,35 @@ POSITIVE_FIELDS = ("l2_bytes", "prompt", "decode_step_cycles", "tokens_per_s", "
                    "cost_dollars", "tokens_per_s_per_mm2", "tokens_per_s_per_dollar")
 
 
-def _check_row(row: dict, where: str) -> None:
-    """``ReportError`` naming ``where`` (the file and line) and the field, for a row
-    without a field the report reads or with one of the wrong type (a hand-edited
+#: Each kind of field: the test of its value and what the message calls it.
+KINDS = {
+    "number": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+               and abs(v) <= sys.float_info.max, "a finite number"),     # (NaN fails too)
+    "positive": (lambda v: v > 0, "positive"),
+    "flag": (lambda v: isinstance(v, bool), "true or false"),
+    "name": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_fields(row: dict, where: str, fields, kind: str, required: bool = True) -> None:
+    """``ReportError`` naming ``where`` (the file and line) and the field, for a field of
+    ``fields`` missing (where ``required``) or not of ``kind`` (a hand-edited
     ``results.jsonl``)."""
-    for fields, ok, kind in (
-            (NUMBER_FIELDS, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-             and math.isfinite(float(v) if abs(v) < 1e308 else math.inf), "a finite number"),
-            (POSITIVE_FIELDS, lambda v: v > 0, "positive"),
-            (FLAG_FIELDS, lambda v: isinstance(v, bool), "true or false"),
-            (NAME_FIELDS, lambda v: isinstance(v, str), "a string")):
-        for field in fields:
-            if field not in row:
+    ok, called = KINDS[kind]
+    for field in fields:
+        if field not in row:
+            if required:
                 raise ReportError(f"{where}: the point has no {field!r} (rerun the sweep "
                                   f"with --fresh)")
-            if not ok(row[field]):
-                raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is not "
-                                  f"{kind}")
+        elif not ok(row[field]):
+            raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is not {called}")
+
+
+def _check_row(row: dict, where: str) -> None:
+    """``_check_fields`` over every field of a feasible row the report reads."""
+    for fields, kind in ((NUMBER_FIELDS, "number"), (POSITIVE_FIELDS, "positive"),
+                         (FLAG_FIELDS, "flag"), (NAME_FIELDS, "name")):
+        _check_fields(row, where, fields, kind)
 
 
 def _order(key: tuple) -> tuple:
