@@ -10,6 +10,7 @@ one line naming the problem, with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -195,7 +196,12 @@ def _cmd_generate(args) -> int:
 def parse_token_ids(text: str) -> list[int]:
     """``--prompt-ids``: token ids separated by commas or spaces."""
     ids = []
-    for item in text.replace(",", " ").split():
+    if not text.strip():
+        raise ValueError("--prompt-ids is empty: give at least one token id")
+    for item in re.split(r"\s*,\s*|\s+", text.strip()):
+        if not item:
+            raise ValueError(f"--prompt-ids: {text!r} has an empty id (two commas in a row, "
+                             f"or one at an end)")
         try:
             ids.append(int(item))
         except ValueError:

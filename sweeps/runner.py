@@ -7,7 +7,10 @@ Contract
 (``evaluate_group``: ``sweeps.analytic.workload`` for performance, once per group of
 points that differ only in their technology node, or in the link of a single device;
 ``sweeps.cost`` for area and cost, per point) on the local cores (a process pool) or,
-with ``scheduler="tcp://host:port"``, on a Dask distributed cluster. Each finished
+with ``scheduler="tcp://host:port"``, on a Dask distributed cluster (``workers``: the
+local processes, at most one per bundle of points planned alike; not with a
+scheduler). ``out`` is a new or empty folder, or one a sweep wrote (it has
+``sweep.json``); anything else is refused (``SweepError``). Each finished
 point is appended at once to ``out/results.jsonl`` and ``out/results.csv``; a point
 whose key is already in ``results.jsonl`` is skipped, so a sweep stopped halfway resumes
 where it was and loses nothing. The logic statistics a point's cost needs (one Yosys
@@ -253,11 +256,19 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
     Raises ``SweepError`` if ``out`` holds results of other content and not ``fresh``.
     ``on_start(points)`` is called once ``out`` is accepted, before anything is written
     to it (the command line announces the sweep there, not before a refusal)."""
+    if not str(out):
+        raise SweepError("the output folder is an empty path (give -o FOLDER)")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"{out}: not a folder (the sweep's output folder)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").is_file():
+        raise SweepError(f"{out}: is not empty and not a sweep's output folder (it has no "
+                         f"sweep.json); give a new or empty folder")
     if workers is not None and workers < 1:
         raise SweepError(f"--workers must be at least 1, not {workers}")
+    if workers is not None and scheduler:
+        raise SweepError("--workers sets the local processes; with --scheduler the "
+                         "cluster's workers run the points (give one of the two)")
     # connected before the folder is made: a scheduler nobody answers at leaves nothing
     client = _connect(scheduler) if scheduler else None
     try:
@@ -388,12 +399,13 @@ def _run_local(work, workers, writer, bar) -> None:
     turn (so that it plans their steps once), each worker taking the bundles of one
     model and hardware in turn (``_affine``, ``_claim``), each group's rows recorded as
     it finishes."""
-    if workers == 1 or len(work) <= 1:
+    bundles = _affine(_bundles(work))
+    # no more processes than bundles to give them (each takes a bundle at a time)
+    workers = min(workers or os.cpu_count() or 1, len(bundles))
+    if workers <= 1:
         for args in work:
             _record(evaluate_group(*args), writer, bar)
         return
-    workers = workers or os.cpu_count() or 1
-    bundles = _affine(_bundles(work))
     # Spawned, not forked: the caller may have JAX's threads running (``accel demo``), and
     # a fork of a multithreaded process can deadlock. The workers ignore Ctrl-C; the
     # parent terminates them when it is interrupted, so it stops at once.

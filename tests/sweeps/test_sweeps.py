@@ -309,6 +309,29 @@ def test_workers_take_the_bundles_of_one_model_in_turn_and_finish_together(monke
     assert list(claimed) == [1] * 9
 
 
+def test_no_more_worker_processes_than_bundles(monkeypatch):
+    """Two groups planned alike are one bundle: ``--workers 64`` runs them in this
+    process, in order, starting no pool."""
+    from sweeps import runner
+
+    monkeypatch.setattr(runner, "plan_key", lambda point: (load_hardware("edge-4x4"), "m"))
+    monkeypatch.setattr(runner, "evaluate_group", lambda group, *rest: [group[0]])
+    monkeypatch.setattr(runner.multiprocessing, "get_context",
+                        lambda *a: pytest.fail("a pool was started for one bundle"))
+    written = []
+
+    class Writer:
+        write = written.append
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    work = [([{"n": i}], None, None, None) for i in range(2)]
+    runner._run_local(work, 64, Writer(), Bar())
+    assert written == [{"n": 0}, {"n": 1}]
+
+
 def test_the_same_sweep_on_a_local_dask_cluster(sweep, tmp_path):
     from distributed import LocalCluster
 
@@ -584,6 +607,20 @@ def test_bad_folders_and_records_are_refused_by_name(sweep, tmp_path):
         run_sweep(spec, tmp_path / "file", progress=False)
     with pytest.raises(SweepError, match="--workers must be at least 1, not 0"):
         run_sweep(spec, tmp_path / "w", workers=0, progress=False)
+    # an empty path (the current folder), a folder of other files, --workers with a
+    # cluster: refused before anything is written
+    with pytest.raises(SweepError, match="an empty path"):
+        run_sweep(spec, "", progress=False)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.md").write_text("mine")
+    with pytest.raises(SweepError, match="docs: is not empty and not a sweep's output folder"):
+        run_sweep(spec, tmp_path / "docs", progress=False)
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["notes.md"]
+    with pytest.raises(SweepError, match="--workers sets the local processes; with "
+                                         "--scheduler"):
+        run_sweep(spec, tmp_path / "w", scheduler="tcp://127.0.0.1:1", workers=2,
+                  progress=False)
+    assert not (tmp_path / "w").exists()
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (broken / "sweep.json").write_text("{}")
