@@ -426,13 +426,14 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from sweeps.report import size_label, write_report
+    from sweeps.report import optimum_line, write_report
 
     findings = write_report(args.out)
     for o in findings["optima"]:
-        where = "interior" if o["interior"] else "edge of the range"
-        print(f"  {o['series']}: best tokens/s per $ at L2 = "
-              f"{size_label(o['l2_bytes_per_dollar'])} ({where})")
+        print(f"  {optimum_line(o)}")
+    if findings["missing"]:
+        print(f"  {findings['missing']} of the spec's points not run yet (an interrupted "
+              f"sweep: `accel sweep` again resumes it)")
     print(f"report: {Path(args.out).resolve() / 'report.html'} (and report.md)")
     return 0
 

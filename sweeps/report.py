@@ -31,6 +31,7 @@ import html
 import json
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -39,7 +40,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sweeps.spec import HW_FIELDS, SETTINGS  # noqa: E402
+from sweeps.spec import HW_FIELDS, SETTINGS, point_hardware  # noqa: E402
 
 FIGURES = ("tokens_vs_l2", "perf_per_cost", "batch", "kv_budget", "area", "pareto",
            "roofline", "time_breakdown")
@@ -51,17 +52,29 @@ class ReportError(ValueError):
 
 def load_results(out: Path) -> list[dict]:
     """The feasible points of the spec last run into ``out``, one dict each."""
-    return [r for r in _current_rows(out) if r.get("feasible", True)]
+    return [r for r in _current(out).rows if r.get("feasible", True)]
 
 
-def _current_rows(out: Path) -> list[dict]:
-    """Every finished point (feasible or not) of the spec last run into ``out``."""
+@dataclass
+class _Results:
+    """The finished points of the spec last run into a folder (feasible or not), where
+    each was read (``FILE:LINE``), how many of the spec's points have no row yet (an
+    interrupted sweep), and how many rows belong to no point of the spec (a hand edit)."""
+    rows: list[dict]
+    where: dict[int, str]
+    missing: int
+    foreign: int
+
+
+def _current(out: Path) -> _Results:
+    """``_Results`` of ``out``; ``ReportError`` naming the file (and line, and field) for
+    a folder, record or row the report cannot honour."""
     path = Path(out) / "results.jsonl"
     if Path(out).exists() and not Path(out).is_dir():
         raise ReportError(f"{out}: not a folder (a sweep's output folder)")
     if not path.exists():
         raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
-    rows, lines = [], {}
+    rows, where = [], {}
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
             row = json.loads(line)
@@ -72,7 +85,7 @@ def _current_rows(out: Path) -> list[dict]:
             raise ReportError(f"{path}:{number}: not a point (a JSON object), but "
                               f"{line.strip()[:40]}")
         rows.append(row)
-        lines[id(row)] = number
+        where[id(row)] = f"{path}:{number}"
     current = Path(out) / "sweep.json"
     if not current.is_file():
         raise ReportError(f"{current}: missing (written by `accel sweep`, it says which "
@@ -85,24 +98,24 @@ def _current_rows(out: Path) -> list[dict]:
         raise ReportError(f"{current}: not a sweep record (no list of point keys); "
                           f"rerun the sweep") from None
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
-    for r in rows:                   # the fields that pick the rows, where present
-        _check_fields(r, f"{path}:{lines[id(r)]}", ("key",), "name", required=False)
-        _check_fields(r, f"{path}:{lines[id(r)]}", ("feasible",), "flag", required=False)
-    rows = [r for r in rows if r.get("key") in keys]
-    seen: dict[str, int] = {}
-    for r in rows:
-        where = f"{path}:{lines[id(r)]}"
+    for r in rows:                   # the fields that pick the rows
+        _check_fields(r, where[id(r)], ("key",), "name")
+        _check_fields(r, where[id(r)], ("feasible",), "flag", required=False)
+    ours = [r for r in rows if r["key"] in keys]
+    seen: dict[str, str] = {}
+    for r in ours:
         if r["key"] in seen:         # a sweep writes each point once
-            raise ReportError(f"{where}: the point of line {seen[r['key']]} again")
-        seen[r["key"]] = lines[id(r)]
+            raise ReportError(f"{where[id(r)]}: the point of line "
+                              f"{seen[r['key']].rsplit(':', 1)[1]} again")
+        seen[r["key"]] = where[id(r)]
         if r.get("feasible", True):
-            _check_row(r, where)
-    if not any(r.get("feasible", True) for r in rows):
-        reasons = Counter(r.get("reason", "") for r in rows)
-        why = (f" ({len(rows)} infeasible; {reasons.most_common(1)[0][1]} of them: "
-               f"{reasons.most_common(1)[0][0]})" if rows else "")
+            _check_row(r, where[id(r)])
+    if not any(r.get("feasible", True) for r in ours):
+        reasons = Counter(r.get("reason", "") for r in ours)
+        why = (f" ({len(ours)} infeasible; {reasons.most_common(1)[0][1]} of them: "
+               f"{reasons.most_common(1)[0][0]})" if ours else "")
         raise ReportError(f"{path}: no finished feasible points{why}")
-    return rows
+    return _Results(ours, where, len(keys) - len(ours), len(rows) - len(ours))
 
 
 #: The fields of a feasible row the report reads (``sweeps.runner.evaluate_group`` writes
@@ -113,6 +126,8 @@ NUMBER_FIELDS = ("l2_bytes", "prompt", "tokens_per_s", "ttft_s", "tpot_s", "area
                  "decode_load_busy", "decode_compute_busy")
 FLAG_FIELDS = ("prefetch",)
 NAME_FIELDS = ("model", "node", "array", "hw", "workload")
+#: Counts a row may hold (1 where it does not)
+COUNT_FIELDS = ("batch", "devices")
 #: ... of them, those no feasible point has at 0 or below
 POSITIVE_FIELDS = ("l2_bytes", "prompt", "decode_step_cycles", "tokens_per_s", "area_mm2",
                    "cost_dollars", "tokens_per_s_per_mm2", "tokens_per_s_per_dollar")
@@ -143,10 +158,32 @@ def _check_fields(row: dict, where: str, fields, kind: str, required: bool = Tru
 
 
 def _check_row(row: dict, where: str) -> None:
-    """``_check_fields`` over every field of a feasible row the report reads."""
+    """``_check_fields`` over every field of a feasible row the report reads, then what
+    no point the sweep writes can hold: a batch or device count below 1, a technology
+    node the cost model does not know (``sweeps.cost.NODES``), a model that is not a
+    preset, a compute engine busy longer than its step."""
+    from models.config import ConfigError, preset
+    from sweeps.cost import NODES
+
     for fields, kind in ((NUMBER_FIELDS, "number"), (POSITIVE_FIELDS, "positive"),
                          (FLAG_FIELDS, "flag"), (NAME_FIELDS, "name")):
         _check_fields(row, where, fields, kind)
+    for field in COUNT_FIELDS:
+        v = row.get(field, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ReportError(f"{where}: {field} = {json.dumps(v)} is not a count of at "
+                              f"least 1")
+    if row["node"] not in NODES:
+        raise ReportError(f"{where}: node = {json.dumps(row['node'])} is not a node the cost "
+                          f"model knows ({', '.join(NODES)})")
+    try:
+        preset(row["model"])
+    except ConfigError as e:
+        raise ReportError(f"{where}: model: {e}") from None
+    if row["decode_compute_busy"] > row["decode_step_cycles"]:
+        raise ReportError(f"{where}: decode_compute_busy = {row['decode_compute_busy']} is "
+                          f"more than the step's decode_step_cycles = "
+                          f"{row['decode_step_cycles']}")
 
 
 def _order(key: tuple) -> tuple:
@@ -208,8 +245,16 @@ def _optimum(series, metric):
 
 def write_report(out: str | Path) -> dict:
     out = Path(out)
-    every = _current_rows(out)
+    results = _current(out)
+    every = results.rows
     rows = [r for r in every if r.get("feasible", True)]
+    # the roofline's point resolved before the first figure: a row it cannot read is
+    # refused with nothing written
+    top = max(rows, key=lambda r: r["tokens_per_s_per_dollar"])
+    try:
+        top_hw = point_hardware(top)
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{results.where[id(top)]}: its hardware: {e}") from None
     first = ["model", "workload", "array", "node", "devices", "dram_bytes_per_cycle", "hw"]
     # every other setting or hardware field a sweep may vary (clock, link, ...) too, so
     # that no series mixes points that differ in something besides L2 and prefetch
@@ -217,7 +262,8 @@ def write_report(out: str | Path) -> dict:
     group_keys = _varying(rows, first + others) or ["model"]
     # the infeasible points by every setting that varies over all points, feasible or not
     every_keys = _varying(every, first + others)
-    findings: dict = {"points": len(rows), "optima": [],
+    findings: dict = {"points": len(rows), "optima": [], "missing": results.missing,
+                      "foreign": results.foreign,
                       "infeasible": [{k: r.get(k) for k in (*every_keys, "l2_bytes",
                                                              "prefetch", "reason")}
                                      for r in every if not r.get("feasible", True)]}
@@ -251,6 +297,7 @@ def write_report(out: str | Path) -> dict:
         interior = s[0]["l2_bytes"] < l2 < s[-1]["l2_bytes"]
         findings["optima"].append({"series": label, "l2_bytes_per_dollar": l2,
                                    "tokens_per_s_per_dollar": value, "interior": interior,
+                                   "sizes": len(s),
                                    "l2_bytes_per_mm2": _optimum(s, "tokens_per_s_per_mm2")[0]})
     axes[0].set(ylabel="tokens/s per mm²", title="Performance per area (★ optimum)")
     axes[1].set(ylabel="tokens/s per $", title="Performance per dollar (★ optimum)")
@@ -308,7 +355,7 @@ def write_report(out: str | Path) -> dict:
                                         if k not in ("kv_format", "kv_bits")], out)))
         if not drawn]
 
-    _roofline(max(rows, key=lambda r: r["tokens_per_s_per_dollar"]), out)
+    _roofline(top, top_hw, out)
 
     _breakdown_figure(rows, group_keys, out)
 
@@ -436,14 +483,13 @@ def matmul_intensity(m: int, k: int, n: int, weights: str = "int8") -> float:
     return m * k * n / (matrix_bytes(n, k, weights) + m * (k + n))
 
 
-def _roofline(row: dict, out: Path) -> None:
-    """The roofline of a point's hardware, with the model's matmuls of a decode step and
-    of a prefill placed at their intensity (MACs per DRAM byte) and attainable rate."""
+def _roofline(row: dict, hw, out: Path) -> None:
+    """The roofline of a point's hardware ``hw``, with the model's matmuls of a decode
+    step and of a prefill placed at their intensity (MACs per DRAM byte) and attainable
+    rate."""
     from models.config import preset
     from sweeps.analytic import prefill_chunks
-    from sweeps.spec import point_hardware
 
-    hw = point_hardware(row)
     cfg = preset(row["model"])
     peak = hw.pes                                   # MACs per cycle
     bw = hw.dram_bytes_per_cycle                    # bytes per cycle
@@ -522,18 +568,18 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
             return f"{1e3 * v:.3g}"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = []
-    for o in findings["optima"]:
-        lines.append(f"{o['series']}: tokens/s per $ peaks at L2 = "
-                     f"{size_label(o['l2_bytes_per_dollar'])} "
-                     f"({'an interior optimum' if o['interior'] else 'at the edge of the range'}"
-                     f", {o['tokens_per_s_per_dollar']:.4g} tokens/s/$); per mm² at "
-                     f"{size_label(o['l2_bytes_per_mm2'])}.")
+    lines = [optimum_line(o) + "." for o in findings["optima"]]
     spec = _spec_summary(rows, group_keys)
     infeasible = [", ".join(f"{k} {size_label(v) if k == 'l2_bytes' else v}"
                             for k, v in p.items() if k != "reason") + f": {p['reason']}"
                   for p in findings["infeasible"]]
     counted = (f"; {len(infeasible)} infeasible (below)" if infeasible else "")
+    if findings["missing"]:
+        counted += (f"; {findings['missing']} of the spec's points not run yet (an "
+                    f"interrupted sweep: `accel sweep` again resumes it)")
+    if findings["foreign"]:
+        counted += (f"; {findings['foreign']} rows of results.jsonl left out (not points of "
+                    f"the spec last run)")
     md = ["# Sweep report", "", f"{len(rows)} feasible design points{counted} from "
           f"`{out / 'results.csv'}`; {spec}.", "", "## Findings", ""]
     md += [f"- {line}" for line in lines]
@@ -576,6 +622,19 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>Sweep report</title><style>{STYLE}</style></head><body><main>"
         + "\n".join(body) + "</main></body></html>\n")
+
+
+def optimum_line(o: dict) -> str:
+    """A series' optimum over L2 (``findings["optima"]``) in words; a series of one L2
+    size has none."""
+    if o["sizes"] == 1:
+        return (f"{o['series']}: only L2 = {size_label(o['l2_bytes_per_dollar'])} was run "
+                f"({o['tokens_per_s_per_dollar']:.4g} tokens/s/$), no optimum over L2")
+    return (f"{o['series']}: tokens/s per $ peaks at L2 = "
+            f"{size_label(o['l2_bytes_per_dollar'])} "
+            f"({'an interior optimum' if o['interior'] else 'at the edge of the range'}, "
+            f"{o['tokens_per_s_per_dollar']:.4g} tokens/s/$); per mm² at "
+            f"{size_label(o['l2_bytes_per_mm2'])}")
 
 
 def _spec_summary(rows, group_keys) -> str:

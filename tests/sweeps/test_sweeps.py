@@ -435,6 +435,14 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     (lambda r: r.update(key=[1]), "key = [1] is not a string"),        # was a TypeError
     (lambda r: r.pop("hw"), "the point has no 'hw'"),                   # was a KeyError
     (lambda r: r.update(tokens_per_s=-5.0), "tokens_per_s = -5.0 is not positive"),
+    # of the right type but no point the sweep writes (they were plotted)
+    (lambda r: r.update(batch=-2), "batch = -2 is not a count of at least 1"),
+    (lambda r: r.update(devices=0), "devices = 0 is not a count of at least 1"),
+    (lambda r: r.update(node="3nm"), 'node = "3nm" is not a node the cost model knows'),
+    (lambda r: r.update(model="gpt-17"), "model: unknown model preset 'gpt-17'"),
+    (lambda r: r.update(decode_compute_busy=r["decode_step_cycles"] + 1),
+     "decode_compute_busy = "),
+    (lambda r: r.pop("key"), "the point has no 'key'"),              # was dropped unsaid
 ])
 def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edit, message):
     """A feasible row of the spec's without a field the report reads, or with one of the
@@ -450,10 +458,38 @@ def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edi
     edit(row)
     lines[2] = json.dumps(row)
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    for name in FIGURES:                      # nothing is drawn before the rows are read
+        (folder / f"{name}.png").unlink()
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err == f"accel report: error: {folder / 'results.jsonl'}:3: {message}" + (
-        " (rerun the sweep with --fresh)\n" if "has no" in message else "\n")
+    assert err.startswith(f"accel report: error: {folder / 'results.jsonl'}:3: {message}")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not any((folder / f"{name}.png").exists() for name in FIGURES)
+
+
+def test_report_says_what_is_missing_and_gives_no_optimum_for_one_size(sweep, tmp_path,
+                                                                      capsys):
+    """An interrupted sweep's report counts the spec's points not run yet; rows that are
+    not the spec's are counted as left out; a series with one L2 size run is not
+    reported as an optimum "at the edge of the range"."""
+    from accel.cli import main
+
+    _, out, _ = sweep
+    folder = tmp_path / "interrupted"
+    shutil.copytree(out, folder)
+    rows = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+    # one L2 size of three run; a row of another spec's
+    kept = [r for r in rows if r["l2_bytes"] == 1 << 20] + [{**rows[0], "key": "0" * 16}]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert main(["report", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 of the spec's points not run yet" in printed
+    assert "only L2 = 1 MiB was run" in printed and "edge of the range" not in printed
+    md = (folder / "report.md").read_text()
+    assert "2 feasible design points; 4 of the spec's points not run yet" in md
+    assert "1 rows of results.jsonl left out (not points of the spec last run)" in md
+    assert "no optimum over L2" in md and "peaks at" not in md
+    assert main(["report", str(out)]) == 0 and "not run yet" not in capsys.readouterr().out
 
 
 def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_path):
