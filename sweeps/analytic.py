@@ -379,32 +379,66 @@ class _Timing(Generator):
     def matmul(self, x_addr: int, x_stride: int, m: int, w, out_addr: int, out_stride: int,
                columns=None, w_exps=None) -> None:
         """``backend.Generator.matmul``'s tiles, their staging slots taken from the ring as
-        it takes them, each tile costed by ``_matmul_tile``."""
+        it takes them, each tile costed by ``_matmul_tile``. A tile's cost depends on its
+        shape and its addresses modulo the stripe; those of a block of output channels
+        (one tile per piece of the reduction), on where the ring's pointer and the
+        block's output offset modulo the stripe stand at its start. Where a full block
+        begins as an earlier one did, the blocks in between recur until the last full
+        one: they are repeated at once, the pointer left where it would be."""
         n_total = w.shape[0] if columns is None else columns[1]
         k_total = w.shape[1]
         mx = w_exps is not None
         weights = "mxint4" if mx else "int8"
         P = self.core.l2_stripe_bytes
-        s, memo, take = self.s, self.tile_memo, self.ring.take
+        s, memo, ring = self.s, self.tile_memo, self.ring
+        take = ring.take
         out, read, macs, lines, count = s.tiles, 0, 0, 0, 0
         first = len(out)
-        for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw, mx):
-            addr = take(n * ((k + 1) // 2 if mx else k))
-            e_addr = 0
-            if mx:
-                e_rows, e_bytes = mx_exps_rows(n, k, k_total)
-                e_addr = take(e_rows * e_bytes)
-            count += 1
-            key = (m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P, addr % P,
-                   (out_addr + 4 * n0) % P, e_addr % P)
-            found = memo.get(key)
-            if found is None:        # (the shared cache hashes the hardware: once a shape)
-                found = memo[key] = _matmul_tile(self.core, *key)
-            tiles, t_read, t_macs, t_lines = found
-            out.extend(tiles)        # shared: only the first and last are copied (below)
-            read += t_read
-            macs += t_macs
-            lines += t_lines
+        plan = matmul_tiles(n_total, k_total, self.tile_bytes, self.hw, mx)
+        # blocks of output channels, a tile per piece of the reduction each
+        per = next((i for i, t in enumerate(plan) if t[0] != plan[0][0]), len(plan))
+        blocks = len(plan) // per
+        full = sum(1 for t in plan[::per] if t[1] == plan[0][1])    # all but a short last
+        seen: dict | None = {}                   # a full block's start -> what came before
+        b = 0
+        while b < blocks:
+            n0 = plan[b * per][0]
+            if seen is not None and b < full:
+                state = (ring.ptr, (out_addr + 4 * n0) % P)
+                before = seen.get(state)
+                if before is None:
+                    seen[state] = (b, len(out), read, macs, lines, count, ring.serial)
+                else:
+                    b0, tiles0, read0, macs0, lines0, count0, serial0 = before
+                    reps = (full - b) // (b - b0)    # whole periods left before the last
+                    period = out[tiles0:]
+                    out.extend(period * reps)
+                    read += reps * (read - read0)
+                    macs += reps * (macs - macs0)
+                    lines += reps * (lines - lines0)
+                    count += reps * (count - count0)
+                    ring.serial += reps * (ring.serial - serial0)
+                    b += reps * (b - b0)
+                    seen = None                  # the pointer is where it was: go on
+                    continue
+            for _, n, k0, k in plan[b * per:(b + 1) * per]:
+                addr = take(n * ((k + 1) // 2 if mx else k))
+                e_addr = 0
+                if mx:
+                    e_rows, e_bytes = mx_exps_rows(n, k, k_total)
+                    e_addr = take(e_rows * e_bytes)
+                count += 1
+                key = (m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P,
+                       addr % P, (out_addr + 4 * n0) % P, e_addr % P)
+                found = memo.get(key)
+                if found is None:    # (the shared cache hashes the hardware: once a shape)
+                    found = memo[key] = _matmul_tile(self.core, *key)
+                tiles, t_read, t_macs, t_lines = found
+                out.extend(tiles)    # shared: only the first and last are copied (below)
+                read += t_read
+                macs += t_macs
+                lines += t_lines
+            b += 1
         if len(out) > first:
             # the instruction fetch since the last load delays the first; a store after
             # the matmul may add to the last (``_Tiles.add_store``)
