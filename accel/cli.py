@@ -10,6 +10,7 @@ one line naming the problem, with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -29,15 +30,38 @@ DEFAULT_NEW_TOKENS = 8          # `accel compile` with weights
 
 
 def _cmd_train(args) -> int:
+    import jax
+
     from models.config import preset
     from models.train import TrainConfig, default_corpus, train
 
+    cfg = preset(args.model)
+    if args.seq_len > cfg.max_seq_len:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than {cfg.name}'s context of "
+                         f"{cfg.max_seq_len} tokens")
+    # a lower bound on a step's memory: the windows (int64) and the logits and their
+    # gradient (float32); past this machine's memory it would swap, not fail
+    least = args.batch_size * args.seq_len * (8 + 2 * 4 * cfg.vocab_size)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if least > memory:
+        raise ValueError(f"--batch-size {args.batch_size} of {args.seq_len}-token windows "
+                         f"needs at least {least / 2**30:,.0f} GiB (its logits and their "
+                         f"gradient), more than this machine's {memory / 2**30:,.0f} GiB")
     tc = TrainConfig(corpus=Path(args.corpus or default_corpus()),
                      out_dir=Path(args.out or f"build/{args.model}-train"),
-                     model=preset(args.model), steps=args.steps, batch_size=args.batch_size,
+                     model=cfg, steps=args.steps, batch_size=args.batch_size,
                      seq_len=args.seq_len, lr=args.lr, seed=args.seed,
                      tokenizer=args.tokenizer)
-    result = train(tc, progress=not args.quiet)
+    try:
+        result = train(tc, progress=not args.quiet)
+    except (jax.errors.JaxRuntimeError, MemoryError) as e:     # JAX's buffers, NumPy's
+        if not isinstance(e, MemoryError) and "out of memory" not in str(e).lower() \
+                and "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise ValueError(f"--batch-size {args.batch_size} of {args.seq_len}-token windows "
+                         f"does not fit this machine's memory "
+                         f"({(str(e) or type(e).__name__).splitlines()[0][:120]}); give a "
+                         f"smaller batch") from None
     unit = "char" if args.tokenizer == "char" else "token"
     print(f"validation loss {result['val_loss']:.4f} nats/{unit} (the best, at step "
           f"{result['best_step']}; the checkpoint holds those weights) in {result['out_dir']}")

@@ -181,6 +181,21 @@ def combine(results: list[dict]) -> dict:
             "kv_equal": all(r["kv_equal"] for r in results), "sequences": results}
 
 
+def _check_length(cfg, prompt_tokens: int | None, max_new_tokens: int) -> None:
+    """``ValueError`` naming ``--max-new-tokens`` where a prompt of ``prompt_tokens`` (None:
+    not known yet, at least one) and the new tokens do not fit the model's context
+    (``driver.compile_generation`` would refuse them after rung 1)."""
+    if prompt_tokens is None:
+        if max_new_tokens >= cfg.max_seq_len:
+            raise ValueError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt "
+                             f"in {cfg.name}'s context of {cfg.max_seq_len} tokens")
+        return
+    if prompt_tokens + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: the prompt ({prompt_tokens} "
+                         f"token{'s' if prompt_tokens > 1 else ''}) plus the new tokens is "
+                         f"longer than {cfg.name}'s context of {cfg.max_seq_len} tokens")
+
+
 def _batch_sequences(ids: list[int], batch: int, max_new_tokens: int, hw, cfg
                      ) -> tuple[list[list[int]], list[int]]:
     """The prompts and new tokens of ``--batch``: sequence ``b`` generates
@@ -287,6 +302,7 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
         raise ValueError(f"--batch must be 1 to {MAX_BATCH} (compiler.driver.MAX_BATCH), "
                          f"not {batch}")
     check_weight_format(model_config(model), weights)     # before loading the weights
+    _check_length(model_config(model), None, max_new_tokens)     # before the weights
     hw = load_hardware(hw_spec)
     refusal = weights_refusal(rtl_params(hw), weights) if rtl else None
     if refusal:
@@ -307,6 +323,8 @@ def verify_ladder(model: str, hw_spec: str, prompt: str | list[int] | None,
     ids = check_prompt_ids(ids, loaded.cfg)
     if batch > 1:
         _batch_sequences(ids, batch, max_new_tokens, hw, loaded.cfg)    # refused before work
+    else:
+        _check_length(loaded.cfg, len(ids), max_new_tokens)           # before rung 1
     im = build_int_model(loaded, weights=weights)
     report: dict = {"model": loaded.cfg.name, "hardware": hw.name, "weights": weights}
     if loaded.tokenizer is not None:

@@ -70,6 +70,11 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["verify", "--batch", "2", "--max-new-tokens", "1"], "needs --max-new-tokens of at least"),
     # the option as given, not the keyword it becomes (--eval-windows said max_windows)
     (["verify", "--eval-windows", "0"], "argument --eval-windows: must be at least 1, not 0"),
+    # past the context: before rung 1 (it was refused by the compiler after it)
+    (["verify", "--max-new-tokens", "100000"],
+     "--max-new-tokens 100000 leaves no room for a prompt in tiny's context of 256 tokens"),
+    (["verify", "--max-new-tokens", "251"],
+     "--max-new-tokens 251: the prompt (6 tokens) plus the new tokens is longer than tiny's"),
     (["verify", "--kv-chunk-tokens", "0"], "--kv-chunk-tokens needs --kv-tolerance"),
     (["verify", "--kv-bits", ""], "--kv-bits needs --kv-tolerance"),
     (["verify", "--kv-tolerance", "32", "--kv-chunk-tokens", "8"],
@@ -91,6 +96,14 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["verify", "--prompt", ""], "the prompt is empty"),
     (["compile", "-o", "README.md/x"], "README.md/x"),
     (["train", "--steps", "0"], "argument --steps: must be at least 1, not 0"),
+    (["train", "--seq-len", "100000"], "--seq-len 100000 is longer than tiny's context"),
+    # a batch past the machine's memory: refused by a lower bound (it swapped for minutes),
+    # or where XLA cannot allocate, by its error (it was a traceback)
+    (["train", "--batch-size", "100000000"], "--batch-size 100000000 of 256-token windows "
+     "needs at least 12,589 GiB"),
+    # (on a machine of less than ~13 GiB, by the bound)
+    (["train", "--batch-size", "100000", "--steps", "1", "--quiet"],
+     "--batch-size 100000 of 256-token windows "),
     (["train", "--lr", "nan"], "lr must be a positive finite number, not nan"),
     (["generate", "--weights", "mxint4", "--numerics", "float"],
      "--weights mxint4 is the integer model's; --numerics float"),
