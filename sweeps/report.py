@@ -318,14 +318,15 @@ def write_report(out: str | Path) -> dict:
     for part in parts:
         values = [by_size[s][part] for s in base_sizes]
         ax.bar(slots, values, bottom=bottom, width=0.7,
-               label=part.removesuffix("_mm2").replace("_", " "))
+               label=PART_NAMES[part])
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     for x, total in zip(slots, bottom, strict=True):
         ax.annotate(f"{total:.3g}", (x, total), ha="center", va="bottom", fontsize=6)
     ax.set_xticks(list(slots), [size_label(s) for s in base_sizes], rotation=45, fontsize=7)
     ax.set(xlabel="L2 size", ylabel="area (mm²)",
            title=f"Area breakdown ({base[0]['node']}, {base[0]['array']} array)")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()      # top to bottom, as stacked
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, out, "area")
 
     # Pareto front: tokens/s against area
@@ -342,8 +343,14 @@ def write_report(out: str | Path) -> dict:
             markersize=4, label="Pareto front")
     ax.set(xscale="log", xlabel="die area (mm²)", ylabel="tokens/s",
            title="Throughput against area")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    areas = [r["area_mm2"] for r in rows]
+    if max(areas) < 10 * min(areas):                 # a decade or less: label the minors
+        ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))       # off the data
     _save(fig, out, "pareto")
     findings["pareto"] = [{k: r[k] for k in ("key", "l2_bytes", "area_mm2", "tokens_per_s")}
                           for r in front]
@@ -496,31 +503,65 @@ def _roofline(row: dict, hw, out: Path) -> None:
     ops = {"q": (cfg.d_model, cfg.q_dim), "k/v": (cfg.d_model, cfg.kv_dim),
            "o": (cfg.q_dim, cfg.d_model), "gate/up": (cfg.d_model, cfg.d_ff),
            "down": (cfg.d_ff, cfg.d_model), "lm_head": (cfg.d_model, cfg.vocab_size)}
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    xs = [2 ** (i / 4) for i in range(-8, 60)]
-    ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", label=f"roofline ({hw.name})")
     # A prefill reads the weights once per chunk, and computes the LM head for the
     # prompt's last token only.
     chunk = max(t for _, t in prefill_chunks(cfg, hw, row["prompt"]))
-    for phase, rows_ in (("decode", 1), (f"prefill ({chunk}-token chunks)", chunk)):
+    phases = []                                     # (phase, marker, colour, points)
+    for phase, rows_, marker, colour in (("decode", 1, "o", "tab:blue"),
+                                         (f"prefill ({chunk}-token chunks)", chunk, "s",
+                                          "tab:orange")):
+        points = []
         for name, (k, n) in ops.items():
             m = 1 if name == "lm_head" else rows_
             # the projections in the point's weight format, the LM head int8
             fmt = "int8" if name == "lm_head" else row.get("weights", "int8")
             intensity = matmul_intensity(m, k, n, fmt)
-            ax.plot([intensity], [min(peak, bw * intensity)], "o" if phase == "decode"
-                    else "s", label=f"{phase} {name}")
+            points.append((intensity, min(peak, bw * intensity), name))
+        phases.append((phase, marker, colour, sorted(points)))
     achieved = cfg.n_params / max(1, row["decode_step_cycles"])     # ~one MAC per weight
+    ridge = peak / bw
+    every = [x for *_, points in phases for x, _, _ in points]
+    lo_x, hi_x = min(every + [ridge]) / 4, max(every + [ridge]) * 4
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    xs = [lo_x * (hi_x / lo_x) ** (i / 200) for i in range(201)]
+    ax.plot(xs, [min(peak, bw * x) for x in xs], "k-",
+            label=f"roofline ({hw.name}: {peak:g} MACs/cycle, {bw:g} bytes/cycle)")
+    for phase, marker, colour, points in phases:
+        # prefill's hollow and larger: its LM head (one row) is where decode's is
+        ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], marker=marker,
+                   s=30 if marker == "o" else 80, zorder=4 if marker == "o" else 3,
+                   facecolors=colour if marker == "o" else "none", edgecolors=colour,
+                   linewidths=1.5, label=f"{phase} matmuls")
+        # operators of nearly one intensity are named together, once
+        groups: list[list] = []
+        for x, y, name in points:
+            if groups and x < 1.25 * groups[-1][0][0]:
+                groups[-1].append((x, y, name))
+            else:
+                groups.append([(x, y, name)])
+        for g in groups:
+            ax.annotate(", ".join(name for _, _, name in g), (g[0][0], g[0][1]),
+                        textcoords="offset points", xytext=(0, -14 if marker == "o" else 8),
+                        ha="center", fontsize=7, color=colour,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                              "alpha": 0.8})
     ax.axhline(achieved, color="gray", linestyle=":",
                label=f"decode step achieved (L2 {size_label(row['l2_bytes'])}, prefetch "
                      f"{'on' if row['prefetch'] else 'off'})")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (MACs per DRAM byte)",
-           ylabel="MACs per cycle", title="Roofline with the model's operators")
-    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+           ylabel="MACs per cycle", title="Roofline with the model's operators",
+           xlim=(lo_x, hi_x), ylim=(min(achieved, bw * lo_x) / 2, 2 * peak))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, out, "roofline")
 
 
+#: The area breakdown's parts as the legend names them (``sweeps.cost``'s fields)
+PART_NAMES = {"logic_mm2": "logic", "logic_memory_mm2": "logic memories", "l2_mm2": "L2",
+              "phy_mm2": "DRAM PHY and controller"}
 NOT_VARIED = ("Not drawn: the sweep keeps this figure's x axis fixed; the note names the "
               "axis that would plot it.")
 CAPTIONS = {

@@ -681,6 +681,35 @@ def test_report_roofline_and_summary_know_the_weights_and_the_fixed_settings():
     assert _spec_summary(rows, []).endswith("prefetch on/off")
 
 
+def test_roofline_names_each_operator_once_and_keeps_to_its_range(sweep, tmp_path,
+                                                                   monkeypatch):
+    """The roofline's legend is its four kinds of mark (it listed 13 operators in
+    reused colours, most drawn on top of each other); operators of one intensity are
+    named together beside their mark; the axes span the marks and the ridge."""
+    from sweeps import report
+    from sweeps.report import load_results
+    from sweeps.spec import point_hardware
+
+    _, out, _ = sweep
+    row = load_results(out)[0]
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, out, name: drawn.append(fig))
+    hw = point_hardware(row)
+    report._roofline(row, hw, tmp_path)
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "roofline (edge-4x4: 16 MACs/cycle, 32 bytes/cycle)", "decode matmuls",
+        "prefill (32-token chunks) matmuls",
+        "decode step achieved (L2 1 MiB, prefetch on)"]
+    names = [t.get_text() for t in ax.texts]
+    ops = {"q", "k/v", "o", "gate/up", "down", "lm_head"}
+    named = [n for label in names for n in label.split(", ")]
+    assert sorted(named) == sorted(list(ops) * 2)          # each phase names each once
+    lo, hi = ax.get_xlim()
+    ridge = hw.pes / hw.dram_bytes_per_cycle
+    assert lo < ridge < hi and hi / lo < 1e4
+
+
 def test_an_empty_spec_is_refused_not_run_as_one_point(tmp_path):
     path = write(tmp_path, "")
     with pytest.raises(SpecError, match=f"{path}:1: no axes"):
