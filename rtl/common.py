@@ -42,6 +42,26 @@ def log2(n: int) -> int:
     return n.bit_length() - 1
 
 
+def tree_sum(terms, width: int | None = None):
+    """The sum of Amaranth values ``terms`` as a balanced tree of adders: each level adds
+    a bit to the widest operand, so ``n`` terms of ``b`` bits end in ``b + ceil(log2
+    n)``. Python's ``sum`` is a left-deep chain, each adder a bit wider than the last
+    (``b + n - 1`` at the end: an edge-32x32 popcount of a 128-byte line's mask ended in
+    a 129-bit adder), which synthesis (``rtl.stats``: Yosys without width reduction)
+    counts as built. ``width``: each partial sum kept to its low ``width`` bits, for a
+    consumer that keeps only those (the sum modulo ``2 ** width`` is the same). Raises
+    ``ValueError`` for no terms."""
+    level = list(terms)
+    if not level:
+        raise ValueError("tree_sum of no terms")
+    while len(level) > 1:
+        pairs = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
+        if width is not None:
+            pairs = [p[:width] for p in pairs]
+        level = pairs + level[len(level) - len(level) % 2:]
+    return level[0]
+
+
 @dataclass(frozen=True)
 class RtlParams:
     hw: HardwareConfig

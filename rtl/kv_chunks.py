@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from arch.uarch import KV_CHUNK_MAX_COLS
-from rtl.common import RtlParams, check_params, log2
+from rtl.common import RtlParams, check_params, log2, tree_sum
 from rtl.copier import beat_layout
 
 HEADER_FIELD_BITS = 5      # a channel's width code (2 bits) and shift (3 bits)
@@ -148,7 +148,7 @@ class ChunkExpander(wiring.Component):
                      hdr_w.en.eq(self.inp.valid)]
         with m.If(self.inp.valid):
             m.d.sync += [self.hdr_fault.eq(self.hdr_fault | Cat(*bad).any()),
-                         self.used.eq(self.used + sum(used)), beat_k.eq(beat_k + 1)]
+                         self.used.eq(self.used + tree_sum(used)), beat_k.eq(beat_k + 1)]
 
     def _codes(self, m, buf, have, c, cols, hdr_r, sizes, cap, rows):
         """Fill the byte buffer from the beats and take one group a cycle, writing its
@@ -165,7 +165,7 @@ class ChunkExpander(wiring.Component):
         kept = Signal(range(cap + 1))
         m.d.comb += kept.eq(have - Mux(pop, g, 0))
         beat = self.inp.payload
-        n_in = sum(beat.mask[b] for b in range(W))
+        n_in = tree_sum([beat.mask[b] for b in range(W)])
         push = Signal()
         m.d.comb += [push.eq(self.inp.valid & (kept + W <= cap)), self.inp.ready.eq(push)]
         masked = Cat(*(Mux(beat.mask[b], beat.data[8 * b:8 * b + 8], 0) for b in range(W)))

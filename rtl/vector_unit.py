@@ -49,7 +49,7 @@ from amaranth.lib.wiring import In, Out
 
 from arch import isa
 from rtl import lanes
-from rtl.common import RtlParams, check_params, log2
+from rtl.common import RtlParams, check_params, log2, tree_sum
 from rtl.copier import RowCopier, beat_layout, copy_layout
 from rtl.decode import code, field
 from rtl.dram import MemPort
@@ -372,9 +372,9 @@ class VectorDatapath(wiring.Component):
         m.d.comb += [cols_m1.eq(cols - 1),
                      sss.eq(Mux(cols <= 1, 0, lanes.floor_log2(cols_m1) + 1))]
         sq_sum = Signal(32)
-        m.d.comb += sq_sum.eq(sum(
-            Mux(lane_ok[i], ((lane(0, e, i).as_signed() * lane(0, e, i).as_signed())
-                             >> sss)[:32], 0) for i in range(self.L)))
+        m.d.comb += sq_sum.eq(tree_sum(
+            [Mux(lane_ok[i], ((lane(0, e, i).as_signed() * lane(0, e, i).as_signed())
+                              >> sss)[:32], 0) for i in range(self.L)], width=32))
         ss_eff, ss_eps = Signal(signed(32)), Signal(signed(32))
         m.d.comb += [ss_eps.eq(ss + self._f("RMSNORM", "eps")),
                      ss_eff.eq(Mux(ss_eps < 1, 1, ss_eps))]
@@ -548,7 +548,7 @@ class VectorDatapath(wiring.Component):
                 with m.Case(Kind.SM_MAX):
                     m.d.sync += mx.eq(group_max)
                 with m.Case(Kind.SM_SUM):
-                    group_sum = sum(terms)
+                    group_sum = tree_sum(terms, width=32)        # total keeps 32 bits
                     m.d.sync += total.eq(Mux(first, group_sum, total + group_sum))
                 with m.Case(Kind.ARGMAX):
                     m.d.sync += [best.eq(a_v), best_idx.eq(a_i)]

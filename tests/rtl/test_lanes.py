@@ -140,3 +140,34 @@ def test_rope_pairs():
     got = np.array(run(h, cases)).reshape(6, half, 2)
     np.testing.assert_array_equal(got[..., 0], ref[:, 0, :half])
     np.testing.assert_array_equal(got[..., 1], ref[:, 0, half:])
+
+
+def test_tree_sum_adds_as_sum_does_in_log_width():
+    """``rtl.common.tree_sum``: the value of Python's ``sum`` (and modulo ``2 ** width``
+    with ``width``), in ``ceil(log2 n)`` bits more than its terms where ``sum``'s chain
+    ends ``n - 1`` bits wider (synthesis counts every adder of it at its width)."""
+    from amaranth import Const, Signal
+
+    from rtl.common import tree_sum
+
+    assert len(tree_sum([Signal(1) for _ in range(128)])) == 8
+    assert len(sum(Signal(1) for _ in range(128))) >= 128
+    assert len(tree_sum([Signal(32) for _ in range(5)], width=32)) <= 33
+    cases = [(RNG.integers(0, 2, 128).tolist(), 1, None),
+             (RNG.integers(0, 2 ** 17, 7).tolist(), 17, None),
+             (RNG.integers(0, 2 ** 32, 16).tolist(), 32, 32)]
+    m = Module()
+    outs = []
+    for values, bits, width in cases:
+        out = Signal(64)
+        m.d.comb += out.eq(tree_sum([Const(v, bits) for v in values], width=width))
+        outs.append(out)
+    seen = []
+
+    async def testbench(ctx):
+        seen.extend(ctx.get(o) for o in outs)
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert seen == [sum(v) if w is None else sum(v) % 2 ** w for v, _, w in cases]
