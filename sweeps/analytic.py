@@ -1097,31 +1097,31 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
         if m > 0:
             runs.append((i, kept, p, m, window))
     index, out, cuts, at = [-1] * n, 0, [], 0    # original index -> index in the cut tiles
+    kept_ranges = []                              # the tiles kept: [a, b) each
     for first, kept, p, m, window in runs:
         begin = first + kept * p
-        for k in range(at, begin):
-            index[k] = out
-            out += 1
+        index[at:begin] = range(out, out + begin - at)
+        kept_ranges.append((at, begin))
+        out += begin - at
         cuts.append((out - 1, p, m, first, kept, window))
         at = begin + m * p
-    for k in range(at, n):
-        index[k] = out
-        out += 1
+    index[at:n] = range(out, out + n - at)
+    kept_ranges.append((at, n))
     if not cuts or any(index[k] < 0 for k in keep):
         return tiles, (), range(n)
     cut = []
-    for k, t in enumerate(tiles):
-        if index[k] < 0:
-            continue
-        for field in (3, 4):
-            if t[field]:
-                target = index[k + t[field]]
-                if target < 0:              # points into removed repeats: do not cut
-                    return tiles, (), range(n)
-                if target - index[k] != t[field]:
-                    t = list(t)
-                    t[field] = target - index[k]
-        cut.append(t)
+    for a, b in kept_ranges:
+        for k in range(a, b):
+            t = tiles[k]
+            for field in (3, 4):
+                if t[field]:
+                    target = index[k + t[field]]
+                    if target < 0:          # points into removed repeats: do not cut
+                        return tiles, (), range(n)
+                    if target - index[k] != t[field]:
+                        t = list(t)
+                        t[field] = target - index[k]
+            cut.append(t)
     return cut, tuple(cuts), index
 
 
