@@ -38,6 +38,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def path(text: str) -> str:
+    """A file or folder argument (``type=`` of argparse): not empty (an empty path is the
+    current folder, which no command means to write into or read as its output)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (give a file or folder)")
+    return text
+
+
 def scheduler_address(text: str) -> str:
     """A Dask scheduler's address, ``PROTOCOL://HOST:PORT`` (``tcp://10.0.0.2:8786``),
     checked for its form before a sweep creates its folder; whether one answers there is

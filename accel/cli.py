@@ -19,6 +19,7 @@ from accel.args import (
     ArgumentParser,
     exit_interrupted,
     keep_interrupts,
+    path,
     positive_int,
     scheduler_address,
     user_errors,
@@ -39,14 +40,19 @@ def _cmd_train(args) -> int:
     if args.seq_len > cfg.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} is longer than {cfg.name}'s context of "
                          f"{cfg.max_seq_len} tokens")
-    # a lower bound on a step's memory: the windows (int64) and the logits and their
-    # gradient (float32); past this machine's memory it would swap, not fail
-    least = args.batch_size * args.seq_len * (8 + 2 * 4 * cfg.vocab_size)
+    # a lower bound on training's memory: the weights, their gradients and AdamW's two
+    # moments (float32), and a step's windows (int64) and logits and their gradient
+    # (float32); past this machine's memory it would swap, not fail
+    weights = 16 * cfg.n_params
+    windows = args.batch_size * args.seq_len * (8 + 2 * 4 * cfg.vocab_size)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if least > memory:
-        raise ValueError(f"--batch-size {args.batch_size} of {args.seq_len}-token windows "
-                         f"needs at least {least / 2**30:,.0f} GiB (its logits and their "
-                         f"gradient), more than this machine's {memory / 2**30:,.0f} GiB")
+    if weights + windows > memory:
+        what = (f"--model {args.model}'s weights, gradients and AdamW moments need "
+                f"{weights / 2**30:,.0f} GiB" if weights > memory / 2 else
+                f"--batch-size {args.batch_size} of {args.seq_len}-token windows needs at "
+                f"least {(weights + windows) / 2**30:,.0f} GiB (its logits and their "
+                f"gradient, and the weights' training state)")
+        raise ValueError(f"{what}, more than this machine's {memory / 2**30:,.0f} GiB")
     tc = TrainConfig(corpus=Path(args.corpus or default_corpus()),
                      out_dir=Path(args.out or f"build/{args.model}-train"),
                      model=cfg, steps=args.steps, batch_size=args.batch_size,
@@ -226,11 +232,10 @@ def parse_token_ids(text: str) -> list[int]:
         if not item:
             raise ValueError(f"--prompt-ids: {text!r} has an empty id (two commas in a row, "
                              f"or one at an end)")
-        try:
-            ids.append(int(item))
-        except ValueError:
+        if not re.fullmatch(r"[0-9]+", item):     # (int() also reads 1_0 and other digits)
             raise ValueError(f"--prompt-ids: {item!r} is not a token id (give integers "
-                             f"separated by commas)") from None
+                             f"separated by commas)")
+        ids.append(int(item))
     return ids
 
 
@@ -508,8 +513,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
                    help="a character table, or a byte-level BPE trained on the training "
                         "split to the preset's vocab_size (tiny-bpe: --tokenizer bpe)")
-    p.add_argument("--corpus", help="training text (default: ../shared/data/tinyshakespeare.txt)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--corpus", type=path,
+                   help="training text (default: ../shared/data/tinyshakespeare.txt)")
+    p.add_argument("--out", default=None, type=path,
                    help="checkpoint folder to write (default: build/<model>-train)")
     p.add_argument("--steps", type=positive_int, default=2500)
     p.add_argument("--batch-size", type=positive_int, default=16)
@@ -555,7 +561,7 @@ def build_parser() -> ArgumentParser:
                         "or of a folder's config.json")
     p.add_argument("--decode-at", type=int, default=None,
                    help="with --no-weights: the decode step's position (default: half the context)")
-    p.add_argument("-o", "--out", default="build/tiny", help="build folder to write")
+    p.add_argument("-o", "--out", default="build/tiny", type=path, help="build folder to write")
     _add_weights(p)
     p.set_defaults(func=_cmd_compile)
 
@@ -593,7 +599,8 @@ def build_parser() -> ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a design-space sweep (resumable) and its report")
     p.add_argument("spec", help="sweep specification (TOML), e.g. sweeps/l2_size.toml")
-    p.add_argument("-o", "--out", required=True, help="folder for results and the report")
+    p.add_argument("-o", "--out", required=True, type=path,
+                   help="folder for results and the report")
     p.add_argument("--scheduler", default=None, type=scheduler_address,
                    help="a Dask scheduler address (tcp://HOST:PORT); default: local cores")
     p.add_argument("--workers", type=positive_int, default=None,
@@ -604,13 +611,14 @@ def build_parser() -> ArgumentParser:
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="figures, report.md and report.html of a sweep folder")
-    p.add_argument("out", help="a folder written by `accel sweep`")
+    p.add_argument("out", type=path, help="a folder written by `accel sweep`")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("rtl", help="Verilog of the accelerator, or its synthesis statistics")
     p.add_argument("action", choices=("verilog", "stats"))
     p.add_argument("--hw", default="edge-8x8", help="TOML file or preset name in configs/")
-    p.add_argument("-o", "--out", default="build/rtl/verilog", help="folder for `verilog`")
+    p.add_argument("-o", "--out", default="build/rtl/verilog", type=path,
+                   help="folder for `verilog`")
     p.add_argument("--json", action="store_true", help="`stats` as JSON")
     p.add_argument("--modules", action="store_true",
                    help="`stats`: every submodule by path too (compute.matmul.array, ...)")

@@ -90,6 +90,25 @@ def evaluate_loss(params, data: np.ndarray, cfg: ModelConfig, seq_len: int, n_ba
     return float(np.mean(losses))
 
 
+#: The files ``train`` writes into its output folder.
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_log.json")
+
+
+def check_out_dir(out: Path) -> None:
+    """``ValueError`` for an output folder ``train`` must not write into: a file, or a
+    folder holding anything but a checkpoint it wrote (``train_log.json`` and the other
+    ``CHECKPOINT_FILES``, the weights possibly in shards, which a new run replaces)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: not a folder (the checkpoint's output folder)")
+    if out.is_dir():
+        present = {p.name for p in out.iterdir()}
+        others = {name for name in present - set(CHECKPOINT_FILES)
+                  if not (name.startswith("model") and ".safetensors" in name)}   # shards
+        if present and ("train_log.json" not in present or others):
+            raise ValueError(f"{out}: is not empty and not a checkpoint written by accel "
+                             f"train; give a new or empty folder")
+
+
 def train(tc: TrainConfig, progress: bool = True) -> dict:
     for name in ("steps", "batch_size", "seq_len"):
         if getattr(tc, name) < 1:
@@ -101,13 +120,24 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     if tc.seq_len > tc.model.max_seq_len:
         raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len "
                          f"{tc.model.max_seq_len}")
-    text = Path(tc.corpus).read_text()
+    out = Path(tc.out_dir)
+    check_out_dir(out)
+    try:
+        text = Path(tc.corpus).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"corpus {tc.corpus}: cannot be read as text "
+                         f"({getattr(e, 'strerror', None) or e})") from None
     train_text, val_text = split_text(text)
     tokenizer = (CharTokenizer.from_text(text) if tc.tokenizer == "char"
                  else HFTokenizer.train([train_text], tc.model.vocab_size))
     cfg = tc.model.replace(vocab_size=tokenizer.vocab_size)
     train_data = np.asarray(tokenizer.encode(train_text), np.int32)
     val_data = np.asarray(tokenizer.encode(val_text), np.int32)
+    shortest = min(len(train_data), len(val_data))
+    if shortest <= tc.seq_len + 1:
+        raise ValueError(f"corpus {tc.corpus}: its training and held-out splits have "
+                         f"{len(train_data):,} and {len(val_data):,} tokens; each needs more "
+                         f"than a window of seq_len + 1 = {tc.seq_len + 1}")
 
     params = init_params(cfg, tc.seed)
     # a tenth of the steps (at most warmup_steps), and at least one step of decay after it
@@ -124,7 +154,6 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    out = Path(tc.out_dir)
     rng = np.random.default_rng(tc.seed)
     history = []
     val_loss = math.nan
@@ -139,17 +168,24 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
              "history": history}, indent=1) + "\n")
 
     bar = tqdm(range(1, tc.steps + 1), desc="train", disable=not progress)
-    for i in bar:
-        batch = sample_windows(train_data, rng, tc.batch_size, tc.seq_len + 1)
-        params, opt_state, loss = step(params, opt_state, batch)
-        if i % tc.eval_every == 0 or i == tc.steps:
-            val_loss = evaluate_loss(params, val_data, cfg, tc.seq_len, tc.eval_batches,
-                                     tc.batch_size)
-            history.append({"step": i, "train_loss": float(loss), "val_loss": val_loss})
-            bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val_loss:.3f}")
-            if val_loss < best["val_loss"]:
-                best = {"step": i, "val_loss": val_loss, "params": params}
-        if i % tc.save_every == 0 or i == tc.steps:
-            save(i)
+    saved = i = 0                    # the best step written, the step running
+    try:
+        for i in bar:
+            batch = sample_windows(train_data, rng, tc.batch_size, tc.seq_len + 1)
+            params, opt_state, loss = step(params, opt_state, batch)
+            if i % tc.eval_every == 0 or i == tc.steps:
+                val_loss = evaluate_loss(params, val_data, cfg, tc.seq_len, tc.eval_batches,
+                                         tc.batch_size)
+                history.append({"step": i, "train_loss": float(loss), "val_loss": val_loss})
+                bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val_loss:.3f}")
+                if val_loss < best["val_loss"]:
+                    best = {"step": i, "val_loss": val_loss, "params": params}
+            if i % tc.save_every == 0 or i == tc.steps:
+                save(i)
+                saved = best["step"]
+    except KeyboardInterrupt:
+        if best["step"] > saved:     # an evaluated point not written yet: kept
+            save(i - 1)
+        raise
     return {"val_loss": best["val_loss"], "best_step": best["step"], "history": history,
             "out_dir": str(out)}

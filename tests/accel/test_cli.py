@@ -90,6 +90,8 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["generate", "--prompt-ids", "1,,2"], "--prompt-ids: '1,,2' has an empty id"),
     (["generate", "--prompt-ids", "2,"], "--prompt-ids: '2,' has an empty id"),
     (["generate", "--prompt-ids", " "], "--prompt-ids is empty"),
+    (["generate", "--prompt-ids", "1_0"], "--prompt-ids: '1_0' is not a token id"),
+    (["generate", "--prompt-ids", "-3"], "--prompt-ids: '-3' is not a token id"),
     (["generate", "--prompt-ids", "1,65"], "prompt token id 65 is outside the vocabulary"),
     (["generate", "--prompt-ids", "1", "--prompt", "a"], "not both"),
     (["compile", "-o", "docs"], "is not empty and not a build folder"),
@@ -97,6 +99,15 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["compile", "-o", "README.md/x"], "README.md/x"),
     (["train", "--steps", "0"], "argument --steps: must be at least 1, not 0"),
     (["train", "--seq-len", "100000"], "--seq-len 100000 is longer than tiny's context"),
+    (["train", "--model", "llama-3-8b", "--steps", "1"],      # (it swapped: fp32 state)
+     "--model llama-3-8b's weights, gradients and AdamW moments need 120 GiB"),
+    (["train", "--corpus", "/nonexistent/corpus.txt"],
+     "corpus /nonexistent/corpus.txt: cannot be read as text (No such file or directory)"),
+    (["train", "--out", "README.md"], "README.md: not a folder (the checkpoint's output"),
+    (["train", "--out", "docs"], "docs: is not empty and not a checkpoint written by accel"),
+    (["train", "--out", ""], "argument --out: an empty path"),
+    (["compile", "-o", ""], "argument -o/--out: an empty path"),   # (it built into .)
+    (["report", ""], "argument out: an empty path"),
     # a batch past the machine's memory: refused by a lower bound (it swapped for minutes),
     # or where XLA cannot allocate, by its error (it was a traceback)
     (["train", "--batch-size", "100000000"], "--batch-size 100000000 of 256-token windows "

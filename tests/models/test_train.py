@@ -87,3 +87,51 @@ def test_a_one_step_run_trains_and_saves(tmp_path):
                                batch_size=2, seq_len=16, eval_batches=1), progress=False)
     assert result["best_step"] == 1 and json.loads(
         (tmp_path / "ckpt" / "train_log.json").read_text())["steps_run"] == 1
+
+
+def test_an_interrupted_run_keeps_its_best_point_and_folders_are_checked(tmp_path,
+                                                                       monkeypatch):
+    """Ctrl-C after an evaluation not yet saved writes that best point, then stops; a run
+    into its own output folder replaces it; a file, a folder of other files and a corpus
+    shorter than a window are refused before any step."""
+    import pytest
+
+    from models import train as T
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 50)
+    cfg = ModelConfig(name="one", vocab_size=1, d_model=16, n_layers=1, n_heads=2,
+                      n_kv_heads=1, head_dim=8, d_ff=32, max_seq_len=16)
+    out = tmp_path / "ckpt"
+    tc = TrainConfig(corpus=corpus, out_dir=out, model=cfg, steps=50, batch_size=2,
+                     seq_len=16, eval_batches=1, eval_every=2, save_every=100)
+    evaluate, calls = T.evaluate_loss, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:            # in step 6, after the evaluations at 2 and 4
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(T, "evaluate_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tc, progress=False)
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["step"] in (2, 4) and log["steps_run"] == 5
+    assert load_model(str(out)).cfg.d_model == 16
+    monkeypatch.setattr(T, "evaluate_loss", evaluate)
+    assert train(TrainConfig(corpus=corpus, out_dir=out, model=cfg, steps=1, batch_size=2,
+                             seq_len=16, eval_batches=1), progress=False)["best_step"] == 1
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.md").write_text("x")
+    for where, message in [(corpus, "not a folder"),
+                           (tmp_path / "notes", "is not empty and not a checkpoint")]:
+        with pytest.raises(ValueError, match=message):
+            train(TrainConfig(corpus=corpus, out_dir=where, model=cfg, steps=1, seq_len=16),
+                  False)
+    short = tmp_path / "short.txt"
+    short.write_text("to be")
+    with pytest.raises(ValueError, match="short.txt: its training and held-out splits have"):
+        train(TrainConfig(corpus=short, out_dir=tmp_path / "s", model=cfg, steps=1,
+                          seq_len=16), False)
+    assert not (tmp_path / "s").exists()
