@@ -460,9 +460,15 @@ def _cmd_report(args) -> int:
     findings = write_report(args.out)
     for o in findings["optima"]:
         print(f"  {optimum_line(o)}")
+    if findings["infeasible"]:
+        n = len(findings["infeasible"])
+        print(f"  {n} infeasible point{'s' if n > 1 else ''} (listed in the report)")
     if findings["missing"]:
         print(f"  {findings['missing']} of the spec's points not run yet (an interrupted "
               f"sweep: `accel sweep` again resumes it)")
+    if findings["foreign"]:
+        print(f"  {findings['foreign']} rows of results.jsonl left out (not points of the "
+              f"spec last run)")
     print(f"report: {Path(args.out).resolve() / 'report.html'} (and report.md)")
     return 0
 

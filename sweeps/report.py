@@ -130,7 +130,8 @@ NAME_FIELDS = ("model", "node", "array", "hw", "workload")
 COUNT_FIELDS = ("batch", "devices")
 #: ... of them, those no feasible point has at 0 or below
 POSITIVE_FIELDS = ("l2_bytes", "prompt", "decode_step_cycles", "tokens_per_s", "area_mm2",
-                   "cost_dollars", "tokens_per_s_per_mm2", "tokens_per_s_per_dollar")
+                   "cost_dollars", "tokens_per_s_per_mm2", "tokens_per_s_per_dollar",
+                   "ttft_s", "tpot_s")
 
 
 #: Each kind of field: the test of its value and what the message calls it.
@@ -180,6 +181,28 @@ def _check_row(row: dict, where: str) -> None:
         preset(row["model"])
     except ConfigError as e:
         raise ReportError(f"{where}: model: {e}") from None
+    parts = ("logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2")
+    for field in ("decode_load_busy", "decode_compute_busy", *parts):
+        if row[field] < 0:
+            raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is negative")
+    if row.get("kv_format") == "chunked":
+        bits = row.get("kv_bits")
+        if isinstance(bits, bool) or not isinstance(bits, int | float) or not 2 <= bits <= 8:
+            raise ReportError(f"{where}: kv_bits = {json.dumps(bits)} is not a compressed "
+                              f"KV budget (2 to 8 bits)")
+    total = sum(row[p] for p in parts)
+    if abs(total - row["area_mm2"]) > 1e-9 * total:
+        raise ReportError(f"{where}: area_mm2 = {row['area_mm2']!r} is not the sum of "
+                          f"{', '.join(parts)} = {total!r}")
+    # the rates per area and per dollar are the point's rate over its devices' area and
+    # cost, as the sweep computed them (``runner.evaluate_group``)
+    devices = row.get("devices", 1)
+    for rate, over in (("tokens_per_s_per_mm2", "area_mm2"),
+                       ("tokens_per_s_per_dollar", "cost_dollars")):
+        want = row["tokens_per_s"] / (devices * row[over])
+        if abs(row[rate] - want) > 1e-9 * want:
+            raise ReportError(f"{where}: {rate} = {row[rate]!r} is not tokens_per_s / "
+                              f"(devices x {over}) = {want!r}")
     if row["decode_compute_busy"] > row["decode_step_cycles"]:
         raise ReportError(f"{where}: decode_compute_busy = {row['decode_compute_busy']} is "
                           f"more than the step's decode_step_cycles = "
@@ -277,6 +300,7 @@ def write_report(out: str | Path) -> dict:
                 marker="o", linestyle="-" if key[-1] else "--",
                 label=_label(group_keys + ["prefetch"], key))
     ax.set(ylabel="tokens/s", title="Throughput against L2 size")
+    ax.set_ylim(bottom=0)                    # differences drawn to scale
     _l2_axis(ax, sizes)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -295,13 +319,16 @@ def write_report(out: str | Path) -> dict:
             ax.plot([l2], [value], marker="*", markersize=14, color=line.get_color())
         l2, value = _optimum(s, "tokens_per_s_per_dollar")
         interior = s[0]["l2_bytes"] < l2 < s[-1]["l2_bytes"]
+        run = {r["l2_bytes"] for r in every
+               if tuple(r.get(k) for k in group_keys + ["prefetch"]) == key}
         findings["optima"].append({"series": label, "l2_bytes_per_dollar": l2,
                                    "tokens_per_s_per_dollar": value, "interior": interior,
-                                   "sizes": len(s),
+                                   "sizes": len(s), "infeasible_sizes": len(run) - len(s),
                                    "l2_bytes_per_mm2": _optimum(s, "tokens_per_s_per_mm2")[0]})
     axes[0].set(ylabel="tokens/s per mm²", title="Performance per area (★ optimum)")
     axes[1].set(ylabel="tokens/s per $", title="Performance per dollar (★ optimum)")
     for ax in axes:
+        ax.set_ylim(bottom=0)
         _l2_axis(ax, sizes)
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))   # off the data
@@ -343,6 +370,7 @@ def write_report(out: str | Path) -> dict:
             markersize=4, label="Pareto front")
     ax.set(xscale="log", xlabel="die area (mm²)", ylabel="tokens/s",
            title="Throughput against area")
+    ax.set_ylim(bottom=0)
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     areas = [r["area_mm2"] for r in rows]
@@ -610,19 +638,24 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = [optimum_line(o) + "." for o in findings["optima"]]
-    spec = _spec_summary(rows, group_keys)
-    infeasible = [", ".join(f"{k} {size_label(v) if k == 'l2_bytes' else v}"
-                            for k, v in p.items() if k != "reason") + f": {p['reason']}"
+    spec = _spec_summary(rows, group_keys, findings["infeasible"])
+
+    def shown(k, v):                 # an infeasible point's setting as the tables show it
+        return (size_label(v) if k == "l2_bytes" else fmt("prefetch", v) if k == "prefetch"
+                else v)
+    infeasible = [", ".join(f"{k} {shown(k, v)}" for k, v in p.items()
+                            if k != "reason" and v is not None) + f": {p['reason']}"
                   for p in findings["infeasible"]]
-    counted = (f"; {len(infeasible)} infeasible (below)" if infeasible else "")
+    counted = f" from `{out / 'results.csv'}`"
+    counted += (f"; {len(infeasible)} infeasible (below)" if infeasible else "")
     if findings["missing"]:
         counted += (f"; {findings['missing']} of the spec's points not run yet (an "
                     f"interrupted sweep: `accel sweep` again resumes it)")
     if findings["foreign"]:
         counted += (f"; {findings['foreign']} rows of results.jsonl left out (not points of "
                     f"the spec last run)")
-    md = ["# Sweep report", "", f"{len(rows)} feasible design points{counted} from "
-          f"`{out / 'results.csv'}`; {spec}.", "", "## Findings", ""]
+    points = f"{len(rows)} feasible design point{'s' if len(rows) > 1 else ''}"
+    md = ["# Sweep report", "", f"{points}{counted}; {spec}.", "", "## Findings", ""]
     md += [f"- {line}" for line in lines]
     if infeasible:
         md += ["", "## Infeasible points (left out of the figures)", ""]
@@ -639,7 +672,7 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
 
     esc = html.escape
     body = ["<header><h1>Sweep report</h1>",
-            f"<p>{len(rows)} feasible design points{esc(counted)}; {esc(spec)}.</p>"
+            f"<p>{esc(points)}{esc(counted)}; {esc(spec)}.</p>"
             "</header>", "<section><h2>Findings</h2><ul>"]
     body += [f"<li>{esc(line)}</li>" for line in lines]
     if infeasible:
@@ -666,11 +699,15 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
 
 
 def optimum_line(o: dict) -> str:
-    """A series' optimum over L2 (``findings["optima"]``) in words; a series of one L2
-    size has none."""
+    """A series' optimum over L2 (``findings["optima"]``) in words; a series of one
+    feasible L2 size has none."""
     if o["sizes"] == 1:
-        return (f"{o['series']}: only L2 = {size_label(o['l2_bytes_per_dollar'])} was run "
-                f"({o['tokens_per_s_per_dollar']:.4g} tokens/s/$), no optimum over L2")
+        what = (f"only L2 = {size_label(o['l2_bytes_per_dollar'])} of the "
+                f"{1 + o['infeasible_sizes']} sizes run is feasible" if o["infeasible_sizes"]
+                else
+                f"only L2 = {size_label(o['l2_bytes_per_dollar'])} was run")
+        return f"{o['series']}: {what} ({o['tokens_per_s_per_dollar']:.4g} tokens/s/$), " \
+               f"no optimum over L2"
     return (f"{o['series']}: tokens/s per $ peaks at L2 = "
             f"{size_label(o['l2_bytes_per_dollar'])} "
             f"({'an interior optimum' if o['interior'] else 'at the edge of the range'}, "
@@ -678,15 +715,17 @@ def optimum_line(o: dict) -> str:
             f"{size_label(o['l2_bytes_per_mm2'])}")
 
 
-def _spec_summary(rows, group_keys) -> str:
-    """What the sweep held fixed and what it varied, in a sentence."""
+def _spec_summary(rows, group_keys, infeasible=()) -> str:
+    """What the sweep held fixed and what it varied, in a sentence; the L2 sizes are those
+    run, ``infeasible`` points' (``findings["infeasible"]``) included."""
     fixed = []
     for key in ("model", "hw", "array", "node"):
         values = sorted({str(r.get(key)) for r in rows})
         if len(values) == 1 and values[0] != "None":
             fixed.append(f"{key} {values[0]}")
-    sizes = sorted({r["l2_bytes"] for r in rows})
-    varied = [f"L2 {size_label(sizes[0])} to {size_label(sizes[-1])}"] + [
+    sizes = sorted({r["l2_bytes"] for r in (*rows, *infeasible)})
+    varied = [f"L2 {size_label(sizes[0])}" + (f" to {size_label(sizes[-1])}"
+                                              if len(sizes) > 1 else "")] + [
         k for k in group_keys if k not in ("model", "hw", "array", "node")]
     prefetch = ["prefetch on/off"] if len({r["prefetch"] for r in rows}) > 1 else []
     return ", ".join(fixed) + "; varied: " + ", ".join(varied + prefetch)

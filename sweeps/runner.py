@@ -303,9 +303,15 @@ def _sweep(spec: Spec, out: Path, client, workers: int | None, progress: bool, f
     done = finished_keys(out)
     other = done - set(keys)
     if other:
-        raise SweepError(f"{out}: holds {len(other)} results of other content (a changed "
-                         f"spec, workload, hardware file or toolkit version); rerun with "
-                         f"--fresh to discard them, or write to another folder")
+        try:
+            before = json.loads((out / "sweep.json").read_text()).get("code_version")
+        except (OSError, ValueError, AttributeError):
+            before = None
+        why = (f"the toolkit's code changed since they ran: version {before}, now "
+               f"{code_version()}" if before and before != code_version() else
+               "a changed spec, workload or hardware file")
+        raise SweepError(f"{out}: holds {len(other)} results of other content ({why}); "
+                         f"rerun with --fresh to discard them, or write to another folder")
     if on_start is not None:
         on_start(len(points))
     todo = [p for p, k in zip(points, keys, strict=True) if k not in done]

@@ -443,6 +443,15 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     (lambda r: r.update(decode_compute_busy=r["decode_step_cycles"] + 1),
      "decode_compute_busy = "),
     (lambda r: r.pop("key"), "the point has no 'key'"),              # was dropped unsaid
+    (lambda r: r.update(ttft_s=-1.0), "ttft_s = -1.0 is not positive"),
+    (lambda r: r.update(decode_load_busy=-1), "decode_load_busy = -1 is negative"),
+    (lambda r: r.update(kv_format="chunked", kv_bits=99), "kv_bits = 99 is not a compressed"),
+    # the derived rates and the area's total agree with what they derive from
+    (lambda r: r.update(tokens_per_s_per_dollar=99.0),
+     "tokens_per_s_per_dollar = 99.0 is not tokens_per_s / (devices x cost_dollars)"),
+    (lambda r: r.update(tokens_per_s=1000.0),
+     "tokens_per_s_per_mm2 = "),
+    (lambda r: r.update(l2_mm2=r["l2_mm2"] + 1), "area_mm2 = "),
 ])
 def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edit, message):
     """A feasible row of the spec's without a field the report reads, or with one of the
@@ -459,7 +468,7 @@ def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edi
     lines[2] = json.dumps(row)
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     for name in FIGURES:                      # nothing is drawn before the rows are read
-        (folder / f"{name}.png").unlink()
+        (folder / f"{name}.png").unlink(missing_ok=True)
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"accel report: error: {folder / 'results.jsonl'}:3: {message}")
@@ -486,10 +495,24 @@ def test_report_says_what_is_missing_and_gives_no_optimum_for_one_size(sweep, tm
     assert "4 of the spec's points not run yet" in printed
     assert "only L2 = 1 MiB was run" in printed and "edge of the range" not in printed
     md = (folder / "report.md").read_text()
-    assert "2 feasible design points; 4 of the spec's points not run yet" in md
+    assert re.search(r"2 feasible design points from `[^`]*`; 4 of the spec's points not "
+                     r"run yet", md)
     assert "1 rows of results.jsonl left out (not points of the spec last run)" in md
     assert "no optimum over L2" in md and "peaks at" not in md
     assert main(["report", str(out)]) == 0 and "not run yet" not in capsys.readouterr().out
+    # the sizes beyond 1 MiB run but infeasible: one feasible size of three, not "run"
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["l2_bytes"] > 1 << 20:
+            r.update(feasible=False, reason="made infeasible here")
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "only L2 = 1 MiB of the 3 sizes run is feasible" in printed
+    assert "4 infeasible points (listed in the report)" in printed
+    md = (folder / "report.md").read_text()
+    assert "varied: L2 1 MiB to 4 MiB" in md and "l2_bytes 2 MiB, prefetch on: made" in md
+    assert "None" not in md
 
 
 def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_path):
@@ -539,9 +562,20 @@ def test_a_rerun_of_other_content_is_refused_and_the_report_reads_only_the_spec(
         else:
             text = text.replace(*change)
         spec = load_spec(write(tmp_path, text, f"{name}.toml"))
-        with pytest.raises(SweepError, match=r"holds [12] results of other content"):
+        with pytest.raises(SweepError, match=r"holds [12] results of other content \(a "
+                                             r"changed spec, workload or hardware file\)"):
             run_sweep(spec, folder, workers=1, progress=False)
         assert (folder / "results.jsonl").read_text() == kept, name
+    # results of another version of the toolkit: said so, with both versions
+    record = json.loads((folder / "sweep.json").read_text())
+    (folder / "sweep.json").write_text(json.dumps({**record, "code_version": "0123"}))
+    (folder / "results.jsonl").write_text(kept.replace('"key": "', '"key": "old'))
+    with pytest.raises(SweepError, match=r"the toolkit's code changed since they ran: "
+                                         r"version 0123, now [0-9a-f]{16}"):
+        run_sweep(load_spec(write(tmp_path, base, "same.toml")), folder, workers=1,
+                  progress=False)
+    (folder / "results.jsonl").write_text(kept)
+    (folder / "sweep.json").write_text(json.dumps(record))
     summary = run_sweep(spec, folder, workers=1, progress=False, fresh=True)
     assert summary == {"points": 2, "skipped": 0, "ran": 2}
     # A folder of mixed rows (as older versions left them): the report takes the spec's.
@@ -619,8 +653,9 @@ def test_an_l2_too_small_is_recorded_as_infeasible_not_an_abort(tmp_path):
     findings = write_report(tmp_path / "out")
     assert findings["points"] == 1 and [p["l2_bytes"] for p in findings["infeasible"]] == [32768]
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "1 feasible design points; 1 infeasible (below)" in report
-    assert "l2_bytes 32 KiB, prefetch True: L2 too small" in report
+    assert re.search(r"1 feasible design point from `[^`]*`; 1 infeasible \(below\)",
+                     report)
+    assert "l2_bytes 32 KiB, prefetch on: L2 too small" in report
     # a folder of infeasible points only: the report is refused, naming the reason
     only = tmp_path / "only"
     run_sweep(load_spec(write(tmp_path, text.replace("l2_bytes = [32768, 1048576]",
