@@ -11,7 +11,7 @@ Contract
 * ``kv_budget``: tokens/s and the KV bytes a decode step reads against the compressed KV
   cache's budget, per L2 size;
 * ``area``: the area breakdown (logic, logic memories, L2, PHY) of each L2 size;
-* ``pareto``: tokens/s against area, the Pareto front drawn;
+* ``pareto``: tokens/s against area, the Pareto front of each model and workload drawn;
 * ``roofline``: the base hardware's roofline with the model's operators on it (decode
   and prefill matmuls at their arithmetic intensity);
 * ``time_breakdown``: a decode step's time split into compute, exposed DMA (at most)
@@ -356,18 +356,29 @@ def write_report(out: str | Path) -> dict:
     ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, out, "area")
 
-    # Pareto front: tokens/s against area
+    # Pareto fronts: tokens/s against area, one per model and workload (the work their
+    # tokens/s measure), points hollow without prefetch
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = sorted(rows, key=lambda r: (r["area_mm2"], -r["tokens_per_s"]))
-    front, best = [], -1.0
-    for r in pts:
-        if r["tokens_per_s"] > best:
-            front.append(r)
-            best = r["tokens_per_s"]
-    ax.scatter([r["area_mm2"] for r in rows], [r["tokens_per_s"] for r in rows], s=14,
-               alpha=0.5, label="design points")
-    ax.plot([r["area_mm2"] for r in front], [r["tokens_per_s"] for r in front], "r-o",
-            markersize=4, label="Pareto front")
+    work = [k for k in group_keys if k in ("model", "workload")]
+    findings["pareto"] = []
+    for n, (key, pts) in enumerate(_series(rows, work).items()):
+        colour = f"C{n % 10}"
+        name = _label(work, key) if work else "design points"
+        for on in (True, False):
+            mine = [r for r in pts if r["prefetch"] == on]
+            ax.scatter([r["area_mm2"] for r in mine], [r["tokens_per_s"] for r in mine], s=16,
+                       facecolors=colour if on else "none", edgecolors=colour, alpha=0.7)
+        front, best = [], -1.0
+        for r in sorted(pts, key=lambda r: (r["area_mm2"], -r["tokens_per_s"])):
+            if r["tokens_per_s"] > best:
+                front.append(r)
+                best = r["tokens_per_s"]
+        ax.plot([r["area_mm2"] for r in front], [r["tokens_per_s"] for r in front], "-",
+                color=colour, label=f"{name}: Pareto front")
+        findings["pareto"] += [{"series": name, **{k: r[k] for k in (
+            "key", "l2_bytes", "area_mm2", "tokens_per_s")}} for r in front]
+    ax.scatter([], [], s=16, color="gray", label="prefetch on")
+    ax.scatter([], [], s=16, facecolors="none", edgecolors="gray", label="prefetch off")
     ax.set(xscale="log", xlabel="die area (mm²)", ylabel="tokens/s",
            title="Throughput against area")
     ax.set_ylim(bottom=0)
@@ -378,10 +389,8 @@ def write_report(out: str | Path) -> dict:
         ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))       # off the data
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # off the data
     _save(fig, out, "pareto")
-    findings["pareto"] = [{k: r[k] for k in ("key", "l2_bytes", "area_mm2", "tokens_per_s")}
-                          for r in front]
 
     # the figures whose x axis the sweep keeps fixed: a note each, captioned as such
     findings["notes"] = [name for name, drawn in (
@@ -606,7 +615,8 @@ CAPTIONS = {
                  "their channels averaging that many bits) and the int8 cache (crosses at "
                  "8), one series per L2 size; solid with prefetch, dashed without.",
     "area": "Die area by part against L2 size.",
-    "pareto": "Tokens/s against die area for every point, with the Pareto front.",
+    "pareto": "Tokens/s against die area for every point (hollow: prefetch off), with the "
+              "Pareto front of each model and workload.",
     "roofline": "Roofline of the best point's hardware (tokens/s per $) with the model's "
                 "matmuls (circles: decode, squares: prefill, in the point's prefill "
                 "chunks) at their attainable rate; dotted: the decode step's achieved MAC "

@@ -749,3 +749,31 @@ def test_an_empty_spec_is_refused_not_run_as_one_point(tmp_path):
     path = write(tmp_path, "")
     with pytest.raises(SpecError, match=f"{path}:1: no axes"):
         load_spec(path)
+
+
+def test_pareto_fronts_are_drawn_per_workload(sweep, tmp_path):
+    """Points of two workloads (whose tokens/s measure different work) get a front each;
+    one front over both put the faster workload's points in front of the other's."""
+    _, out, _ = sweep
+    folder = tmp_path / "two"
+    shutil.copytree(out, folder)
+    rows = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+    slow = []
+    for r in rows:
+        rate = r["tokens_per_s"] / 3
+        slow.append({**r, "key": "slow" + r["key"], "workload": "long", "tokens_per_s": rate,
+                     "tokens_per_s_per_mm2": rate / r["area_mm2"],
+                     "tokens_per_s_per_dollar": rate / r["cost_dollars"]})
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + slow))
+    record = json.loads((folder / "sweep.json").read_text())
+    record["keys"] += [r["key"] for r in slow]
+    (folder / "sweep.json").write_text(json.dumps(record))
+    findings = write_report(folder)
+    series = {p["series"] for p in findings["pareto"]}
+    assert series == {"workload=long", "workload=short"}
+    for name in series:
+        front = [p for p in findings["pareto"] if p["series"] == name]
+        assert all(a["area_mm2"] < b["area_mm2"] and a["tokens_per_s"] < b["tokens_per_s"]
+                   for a, b in zip(front, front[1:], strict=False))
+    assert {p["key"] for p in findings["pareto"] if p["series"] == "workload=long"} <= {
+        r["key"] for r in slow}
