@@ -127,6 +127,8 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"corpus {tc.corpus}: cannot be read as text "
                          f"({getattr(e, 'strerror', None) or e})") from None
+    if not text:
+        raise ValueError(f"corpus {tc.corpus}: empty")
     train_text, val_text = split_text(text)
     tokenizer = (CharTokenizer.from_text(text) if tc.tokenizer == "char"
                  else HFTokenizer.train([train_text], tc.model.vocab_size))

@@ -135,3 +135,7 @@ def test_an_interrupted_run_keeps_its_best_point_and_folders_are_checked(tmp_pat
         train(TrainConfig(corpus=short, out_dir=tmp_path / "s", model=cfg, steps=1,
                           seq_len=16), False)
     assert not (tmp_path / "s").exists()
+    short.write_text("")             # (its empty vocabulary was named as the model's)
+    with pytest.raises(ValueError, match="short.txt: empty"):
+        train(TrainConfig(corpus=short, out_dir=tmp_path / "s", model=cfg, steps=1,
+                          seq_len=16), False)
