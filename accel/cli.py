@@ -28,6 +28,9 @@ from models.zoo import DEFAULT_PROMPT, UNTOKENIZED_PROMPT
 
 USER_ERRORS = user_errors()
 DEFAULT_NEW_TOKENS = 8          # `accel compile` with weights
+#: The presets `accel train` trains (the project's own models, ``models.train``) and the
+#: tokenizer each is trained with; the 1B-class presets are read from checkpoints
+TRAINABLE = {"tiny": "char", "tiny-bpe": "bpe"}
 
 
 def _cmd_train(args) -> int:
@@ -37,6 +40,10 @@ def _cmd_train(args) -> int:
     from models.train import TrainConfig, default_corpus, train
 
     cfg = preset(args.model)
+    tokenizer = TRAINABLE[args.model]
+    if args.tokenizer not in (None, tokenizer):
+        raise ValueError(f"--tokenizer {args.tokenizer}: --model {args.model} is trained with "
+                         f"the {tokenizer} tokenizer (its vocabulary is the tokenizer's)")
     if args.seq_len > cfg.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} is longer than {cfg.name}'s context of "
                          f"{cfg.max_seq_len} tokens")
@@ -57,7 +64,7 @@ def _cmd_train(args) -> int:
                      out_dir=Path(args.out or f"build/{args.model}-train"),
                      model=cfg, steps=args.steps, batch_size=args.batch_size,
                      seq_len=args.seq_len, lr=args.lr, seed=args.seed,
-                     tokenizer=args.tokenizer)
+                     tokenizer=tokenizer)
     try:
         result = train(tc, progress=not args.quiet)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:     # JAX's buffers, NumPy's
@@ -68,7 +75,7 @@ def _cmd_train(args) -> int:
                          f"does not fit this machine's memory "
                          f"({(str(e) or type(e).__name__).splitlines()[0][:120]}); give a "
                          f"smaller batch") from None
-    unit = "char" if args.tokenizer == "char" else "token"
+    unit = "char" if tokenizer == "char" else "token"
     print(f"validation loss {result['val_loss']:.4f} nats/{unit} (the best, at step "
           f"{result['best_step']}; the checkpoint holds those weights) in {result['out_dir']}")
     return 0
@@ -515,10 +522,12 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help="train one of the project's models (tiny, tiny-bpe)")
-    p.add_argument("--model", default="tiny", help="preset giving the shape (default: tiny)")
-    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
+    p.add_argument("--model", default="tiny", choices=tuple(TRAINABLE),
+                   help="the preset giving the shape (default: tiny)")
+    p.add_argument("--tokenizer", choices=("char", "bpe"), default=None,
                    help="a character table, or a byte-level BPE trained on the training "
-                        "split to the preset's vocab_size (tiny-bpe: --tokenizer bpe)")
+                        "split to the preset's vocab_size: the model's own (tiny: char, "
+                        "tiny-bpe: bpe), the default")
     p.add_argument("--corpus", type=path,
                    help="training text (default: ../shared/data/tinyshakespeare.txt)")
     p.add_argument("--out", default=None, type=path,

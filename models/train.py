@@ -178,6 +178,9 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
             if i % tc.eval_every == 0 or i == tc.steps:
                 val_loss = evaluate_loss(params, val_data, cfg, tc.seq_len, tc.eval_batches,
                                          tc.batch_size)
+                if not math.isfinite(val_loss):
+                    raise ValueError(f"training diverged: validation loss {val_loss} at step "
+                                     f"{i} (lr {tc.lr:g}; a lower rate trains)")
                 history.append({"step": i, "train_loss": float(loss), "val_loss": val_loss})
                 bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val_loss:.3f}")
                 if val_loss < best["val_loss"]:

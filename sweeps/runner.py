@@ -228,7 +228,8 @@ class _Writer:
             if isinstance(row, dict):
                 rows.append(row)
         self.csv = (out / "results.csv").open("w", newline="")
-        self.header = None
+        self.header: list[str] = []
+        self.rows: list[dict] = []
         for row in rows:
             self.write_csv(row)
 
@@ -238,10 +239,19 @@ class _Writer:
         self.write_csv(row)
 
     def write_csv(self, row: dict) -> None:
-        if self.header is None:
-            self.header = list(row)
+        """A row of the CSV; a row with columns the header lacks (a feasible point after
+        infeasible ones, which have no metrics) rewrites the file under the union."""
+        self.rows.append(row)
+        new = [k for k in row if k not in self.header]
+        if new:
+            self.header += new
+            self.csv.seek(0)
+            self.csv.truncate()
             csv.writer(self.csv).writerow(self.header)
-        csv.writer(self.csv).writerow([row.get(k, "") for k in self.header])
+            csv.writer(self.csv).writerows([r.get(k, "") for k in self.header]
+                                           for r in self.rows)
+        else:
+            csv.writer(self.csv).writerow([row.get(k, "") for k in self.header])
         self.csv.flush()
 
     def close(self) -> None:

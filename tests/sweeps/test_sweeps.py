@@ -777,3 +777,22 @@ def test_pareto_fronts_are_drawn_per_workload(sweep, tmp_path):
                    for a, b in zip(front, front[1:], strict=False))
     assert {p["key"] for p in findings["pareto"] if p["series"] == "workload=long"} <= {
         r["key"] for r in slow}
+
+
+def test_the_csv_takes_the_columns_of_a_feasible_point_after_an_infeasible_one(tmp_path):
+    """An infeasible first point has no metrics: the CSV's header was its columns, so a
+    sweep whose first point was infeasible wrote a CSV without tokens/s."""
+    import csv
+
+    from sweeps.runner import _Writer
+
+    writer = _Writer(tmp_path)
+    writer.write({"key": "a", "l2_bytes": 4096, "feasible": False, "reason": "too small"})
+    writer.write({"key": "b", "l2_bytes": 1 << 20, "feasible": True, "reason": "",
+                  "tokens_per_s": 12.5})
+    writer.close()
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["tokens_per_s"] for r in rows] == ["", "12.5"]
+    again = _Writer(tmp_path)                        # rebuilt from results.jsonl alike
+    again.close()
+    assert list(csv.DictReader((tmp_path / "results.csv").open())) == rows
