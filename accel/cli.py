@@ -47,19 +47,17 @@ def _cmd_train(args) -> int:
     if args.seq_len > cfg.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} is longer than {cfg.name}'s context of "
                          f"{cfg.max_seq_len} tokens")
-    # a lower bound on training's memory: the weights, their gradients and AdamW's two
-    # moments (float32), and a step's windows (int64) and logits and their gradient
-    # (float32); past this machine's memory it would swap, not fail
-    weights = 16 * cfg.n_params
-    windows = args.batch_size * args.seq_len * (8 + 2 * 4 * cfg.vocab_size)
+    # a lower bound on a step's memory: the weights' training state (float32 weights,
+    # gradients, AdamW's two moments), the windows (int64), the logits and their gradient
+    # (float32); past this machine's memory it would swap, not fail (the trainable models
+    # are small: the batch is what outgrows it)
+    least = 16 * cfg.n_params + args.batch_size * args.seq_len * (8 + 2 * 4 * cfg.vocab_size)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if weights + windows > memory:
-        what = (f"--model {args.model}'s weights, gradients and AdamW moments need "
-                f"{weights / 2**30:,.0f} GiB" if weights > memory / 2 else
-                f"--batch-size {args.batch_size} of {args.seq_len}-token windows needs at "
-                f"least {(weights + windows) / 2**30:,.0f} GiB (its logits and their "
-                f"gradient, and the weights' training state)")
-        raise ValueError(f"{what}, more than this machine's {memory / 2**30:,.0f} GiB")
+    if least > memory:
+        raise ValueError(f"--batch-size {args.batch_size} of {args.seq_len}-token windows "
+                         f"needs at least {least / 2**30:,.0f} GiB (its logits and their "
+                         f"gradient, and the weights' training state), more than this "
+                         f"machine's {memory / 2**30:,.0f} GiB")
     tc = TrainConfig(corpus=Path(args.corpus or default_corpus()),
                      out_dir=Path(args.out or f"build/{args.model}-train"),
                      model=cfg, steps=args.steps, batch_size=args.batch_size,
