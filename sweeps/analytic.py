@@ -456,8 +456,8 @@ class _Timing(Generator):
 
 def clear_caches() -> None:
     """Forget every lowered graph, plan and tile (for timing the fast path cold)."""
-    for f in (_struct, _lowered, _prefill_chunking, _plan, _prefill_l2, _matmul_tile,
-              _check_dram, decode_step):
+    for f in (_struct, _lowered, _step_graph, _prefill_chunking, _plan, _prefill_l2,
+              _matmul_tile, _check_dram, decode_step):
         f.cache_clear()
 
 
@@ -522,12 +522,14 @@ def _packed(hw: HardwareConfig, start: int, kv_bits: float | None) -> int:
     return 0 if kv_bits is None else start // hw.kv_block_tokens * hw.kv_block_tokens
 
 
+@lru_cache(maxsize=1024)
 def _step_graph(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int,
                 n_tokens: int, head: bool, batch: int, packed: int = 0) -> Graph:
     """The graph the driver compiles: a step with its head fitted (``fit_head``), or a
     decode step of ``batch`` sequences at ``start`` (``driver.batched_decode_graph``);
     its attention reading cached rows ``[0, packed)`` compressed
-    (``driver.packed_graph``)."""
+    (``driver.packed_graph``). Memoised, as ``_lowered``: the DRAM check and the plan of
+    a step fit its head once."""
     if batch > 1:
         graph = batched_decode_graph([_lowered(cfg, weights, start, 1, True, b)
                                       for b in range(batch)], cfg, hw,
