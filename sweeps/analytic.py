@@ -757,11 +757,32 @@ def _after_copier(begin: float, cycles: int, ends: list[float]) -> tuple[float, 
     return start, (ends[-1] + 2 if ends and ends[-1] + 2 > end else end)
 
 
-def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
+def _indices(tiles) -> tuple:
+    """What ``_run`` reads of the tiles besides each one's fields, the same every pass:
+    ``(loads, computes, load tiles, compute tiles, crank, rank)``; ``crank[j]``: the
+    computes in the tiles before ``j``; ``rank[j]``: the loads among tiles ``0..j``, less
+    one."""
+    n = len(tiles)
+    loads = list(map(itemgetter(0), tiles))
+    computes = list(map(itemgetter(1), tiles))
+    crank = [0] * (n + 1)
+    for j in range(n):
+        crank[j + 1] = crank[j] + (1 if computes[j] else 0)
+    rank, k = [0] * n, -1
+    for j in range(n):
+        if loads[j]:
+            k += 1
+        rank[j] = k
+    return (loads, computes, [j for j in range(n) if loads[j]],
+            [j for j in range(n) if computes[j]], crank, rank)
+
+
+def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) -> tuple:
     """One pass of the two engines over the tiles (``_Tiles``' layout) placed by
     ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
     L2: ``((cycles, load busy, compute busy), copier write starts, load ends, compute
-    begins, compute ends, load busy up to each tile)``.
+    begins, compute ends, load busy up to each tile)``; ``indices``: ``_indices(tiles)``,
+    where a caller runs several passes.
 
     A load begins when its engine is free, the compute it depends on has ended, and it
     has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
@@ -770,24 +791,13 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0) -> tuple:
     it is dispatched once the load engine's queue has taken the loads placed above it
     (the load ``QUEUE_DEPTH`` before the farthest one has begun)."""
     n = len(tiles)
-    loads = list(map(itemgetter(0), tiles))
-    computes = list(map(itemgetter(1), tiles))
+    loads, computes, load_tile, comp_tile, crank, rank = indices or _indices(tiles)
     reach, place, dep, needs = schedule
     # A load begins ENGINE_START_CYCLES after its engine is free (IDLE, BEGIN); the engine is
     # free again once its rows are queued, and the load ends when the copier has written
     # them, after the loads before it (at most DEFERRED in flight).
     load_begin, load_end, write_start = [0] * n, [0] * n, [0.0] * n
     compute_begin, compute_ends, busy_to = [0] * n, [0] * n, [0.0] * n
-    load_tile = [j for j in range(n) if loads[j]]
-    comp_tile = [j for j in range(n) if computes[j]]     # the k-th compute's tile
-    crank = [0] * (n + 1)                  # crank[j]: computes in the tiles before j
-    for j in range(n):
-        crank[j + 1] = crank[j] + (1 if computes[j] else 0)
-    rank, k = [0] * n, -1                   # rank[j]: loads among tiles 0..j, less one
-    for j in range(n):
-        if loads[j]:
-            k += 1
-        rank[j] = k
     ends: list[float] = []                  # ends of the loads so far
     stores: deque = deque()                 # the store engine's DRAM intervals
     store_free = store_end = 0.0            # ... and its instructions' last end
@@ -939,12 +949,13 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
         return _extrapolate(tiles, _run(tiles, schedule, [0] * len(tiles)), cuts)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
     loading = [j for j, t in enumerate(tiles) if t[0] and t[0].__class__ is not int and t[8]]
+    indices = _indices(tiles)
     waits = [0] * len(tiles)
     held = [0] * len(tiles)            # the waits behind paced streams
     shared = busiest + dram_lines_per_cycle > l2_lines_per_cycle
     for n in range(CONTENTION_PASSES):         # as sweeps.perf.time_program's passes
         run = _run(tiles, schedule, [max(w, h) for w, h in zip(waits, held, strict=True)],
-                   data_delay)
+                   data_delay, indices)
         _, write_start, load_end, compute_begin, compute_ends, _ = run
         # The waits behind paced streams from the first two passes' timelines, then
         # held (``_trapped`` walks each copier through the streams). The second
