@@ -158,13 +158,27 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
             "decode_dram_read_bytes": mid.dram_read_bytes,
             "decode_kv_read_bytes": mid.kv_read_bytes,
             "decode_compute_busy": mid.compute_busy,
-            "decode_roofline_tokens_per_s": hw.dram_bytes_per_cycle * hw.clock_hz
-            / max(1, params_bytes // devices),
+            "decode_roofline_tokens_per_s": decode_roofline_tokens_per_s(mid, hw,
+                                                                          point["batch"]),
             **c.as_dict(),
             "tokens_per_s_per_mm2": tokens_per_s / (devices * c.area.total_mm2),
             "tokens_per_s_per_dollar": tokens_per_s / (devices * c.total_dollars),
         })
     return rows
+
+
+def decode_roofline_tokens_per_s(step: analytic.StepEstimate, hw: HardwareConfig,
+                                 batch: int = 1) -> float:
+    """The tokens a second (``batch`` a step) that the roofline allows a decode step
+    moving ``step.dram_read_bytes`` (the weights read once for the batch, the KV cache,
+    the activations) and doing ``step.macs``: the step takes at least the bytes over
+    ``hw.dram_bytes_per_cycle`` and the MACs over the array's PEs (``array_rows x
+    array_cols`` a cycle), whichever is longer (Williams et al., "Roofline", CACM 2009).
+    On edge-16x16 a 1B-class decode step is bound by the DRAM; on edge-4x4, by the
+    array."""
+    cycles = max(step.dram_read_bytes / hw.dram_bytes_per_cycle,
+                 step.macs / (hw.array_rows * hw.array_cols), 1.0)
+    return batch * hw.clock_hz / cycles
 
 
 def groups(points: list[dict]) -> list[list[dict]]:
