@@ -110,28 +110,35 @@ def _current(out: Path) -> _Results:
         seen[r["key"]] = where[id(r)]
         if r.get("feasible", True):
             _check_row(r, where[id(r)])
+        elif not (isinstance(r.get("reason"), str) and r["reason"].strip()):
+            raise ReportError(f"{where[id(r)]}: an infeasible point without its reason "
+                              f"(reason = {json.dumps(r.get('reason'))})")
     if not any(r.get("feasible", True) for r in ours):
-        reasons = Counter(r.get("reason", "") for r in ours)
+        reasons = Counter(r["reason"] for r in ours)
         why = (f" ({len(ours)} infeasible; {reasons.most_common(1)[0][1]} of them: "
-               f"{reasons.most_common(1)[0][0]})" if ours else "")
+               f"{reasons.most_common(1)[0][0]})" if ours else
+               f" (its {len(rows)} rows are none of the {len(keys)} points {current.name} "
+               f"lists: rerun the sweep)" if rows else "")
         raise ReportError(f"{path}: no finished feasible points{why}")
     return _Results(ours, where, len(keys) - len(ours), len(rows) - len(ours))
 
 
 #: The fields of a feasible row the report reads (``sweeps.runner.evaluate_group`` writes
 #: them): numbers, then on/off, then names.
-NUMBER_FIELDS = ("l2_bytes", "prompt", "tokens_per_s", "ttft_s", "tpot_s", "area_mm2",
-                 "logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2", "cost_dollars",
+NUMBER_FIELDS = ("l2_bytes", "prompt", "output", "tokens_per_s", "ttft_s", "tpot_s",
+                 "area_mm2", "logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2",
+                 "die_dollars", "dram_gbytes", "dram_dollars", "cost_dollars",
                  "tokens_per_s_per_mm2", "tokens_per_s_per_dollar", "decode_step_cycles",
                  "decode_load_busy", "decode_compute_busy")
 FLAG_FIELDS = ("prefetch",)
 NAME_FIELDS = ("model", "node", "array", "hw", "workload")
 #: Counts a row may hold (1 where it does not)
 COUNT_FIELDS = ("batch", "devices")
-#: ... of them, those no feasible point has at 0 or below
-POSITIVE_FIELDS = ("l2_bytes", "prompt", "decode_step_cycles", "tokens_per_s", "area_mm2",
-                   "cost_dollars", "tokens_per_s_per_mm2", "tokens_per_s_per_dollar",
-                   "ttft_s", "tpot_s")
+#: ... of them, those no feasible point has at 0 or below (``tpot_s`` is 0 where the
+#: workload has one output token, no decode step: ``_check_row``)
+POSITIVE_FIELDS = ("l2_bytes", "prompt", "output", "decode_step_cycles", "tokens_per_s",
+                   "area_mm2", "die_dollars", "dram_gbytes", "dram_dollars", "cost_dollars",
+                   "tokens_per_s_per_mm2", "tokens_per_s_per_dollar", "ttft_s")
 
 
 #: Each kind of field: the test of its value and what the message calls it.
@@ -160,16 +167,17 @@ def _check_fields(row: dict, where: str, fields, kind: str, required: bool = Tru
 
 def _check_row(row: dict, where: str) -> None:
     """``_check_fields`` over every field of a feasible row the report reads, then what
-    no point the sweep writes can hold: a batch or device count below 1, a technology
-    node the cost model does not know (``sweeps.cost.NODES``), a model that is not a
-    preset, a compute engine busy longer than its step."""
+    no point the sweep writes can hold: a batch, device or output-token count below 1,
+    a technology node the cost model does not know (``sweeps.cost.NODES``), a model that
+    is not a preset, a compute engine busy longer than its step, and a field that is not
+    what the sweep derives from the others (``_check_derived``)."""
     from models.config import ConfigError, preset
     from sweeps.cost import NODES
 
     for fields, kind in ((NUMBER_FIELDS, "number"), (POSITIVE_FIELDS, "positive"),
                          (FLAG_FIELDS, "flag"), (NAME_FIELDS, "name")):
         _check_fields(row, where, fields, kind)
-    for field in COUNT_FIELDS:
+    for field in (*COUNT_FIELDS, "output"):
         v = row.get(field, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ReportError(f"{where}: {field} = {json.dumps(v)} is not a count of at "
@@ -190,23 +198,57 @@ def _check_row(row: dict, where: str) -> None:
         if isinstance(bits, bool) or not isinstance(bits, int | float) or not 2 <= bits <= 8:
             raise ReportError(f"{where}: kv_bits = {json.dumps(bits)} is not a compressed "
                               f"KV budget (2 to 8 bits)")
-    total = sum(row[p] for p in parts)
-    if abs(total - row["area_mm2"]) > 1e-9 * total:
-        raise ReportError(f"{where}: area_mm2 = {row['area_mm2']!r} is not the sum of "
-                          f"{', '.join(parts)} = {total!r}")
-    # the rates per area and per dollar are the point's rate over its devices' area and
-    # cost, as the sweep computed them (``runner.evaluate_group``)
-    devices = row.get("devices", 1)
-    for rate, over in (("tokens_per_s_per_mm2", "area_mm2"),
-                       ("tokens_per_s_per_dollar", "cost_dollars")):
-        want = row["tokens_per_s"] / (devices * row[over])
-        if abs(row[rate] - want) > 1e-9 * want:
-            raise ReportError(f"{where}: {rate} = {row[rate]!r} is not tokens_per_s / "
-                              f"(devices x {over}) = {want!r}")
     if row["decode_compute_busy"] > row["decode_step_cycles"]:
         raise ReportError(f"{where}: decode_compute_busy = {row['decode_compute_busy']} is "
                           f"more than the step's decode_step_cycles = "
                           f"{row['decode_step_cycles']}")
+    if (row["tpot_s"] > 0) != (row["output"] > 1):
+        raise ReportError(f"{where}: tpot_s = {json.dumps(row['tpot_s'])} with output = "
+                          f"{row['output']} (a workload has decode steps, of positive time, "
+                          f"exactly where it has more than one output token)")
+    _check_derived(row, where)
+
+
+def _check_derived(row: dict, where: str) -> None:
+    """``ReportError`` for a field of a feasible row that is not what the sweep derives
+    from the others (``runner.evaluate_group``, ``sweeps.cost``), to a relative 1e-9: the
+    area as the sum of its parts; the L2's area from ``l2_bytes`` at the node's SRAM
+    density; the die's cost from its area, the DRAM's from its capacity, the total as
+    their sum; tokens/s as the batch's output tokens over TTFT plus the decode steps'
+    time; the rates per mm² and per dollar over the devices'. A hand edit of one field
+    (an ``l2_bytes`` that is not the point's, a ``tokens_per_s`` or ``cost_dollars``
+    made better) is named rather than reported."""
+    from sweeps.cost import DRAM_DOLLARS_PER_GB, NODES, die_yield, dies_per_wafer
+
+    node = NODES[row["node"]]
+    parts = ("logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2")
+    area = row["area_mm2"]
+    if dies_per_wafer(area) == 0:
+        raise ReportError(f"{where}: area_mm2 = {area!r} is a die larger than a wafer holds")
+    devices, batch, output = row.get("devices", 1), row.get("batch", 1), row["output"]
+    # (field, what it should be, how that is derived), in the order each relies on the
+    # ones before
+    derived = [
+        ("area_mm2", sum(row[p] for p in parts), f"the sum of {', '.join(parts)}"),
+        ("l2_mm2", row["l2_bytes"] * node.sram_mm2_per_mbyte / 2 ** 20,
+         f"l2_bytes at {row['node']}'s {node.sram_mm2_per_mbyte} mm²/MiB"),
+        ("die_dollars", node.wafer_dollars / (dies_per_wafer(area)
+                                              * die_yield(area, node.defects_per_cm2)),
+         f"a {row['node']} wafer's cost over the good dies of area_mm2 on it"),
+        ("dram_dollars", row["dram_gbytes"] * DRAM_DOLLARS_PER_GB,
+         f"dram_gbytes at ${DRAM_DOLLARS_PER_GB:g}/GB"),
+        ("cost_dollars", row["die_dollars"] + row["dram_dollars"],
+         "die_dollars + dram_dollars"),
+        ("tokens_per_s", batch * output / (row["ttft_s"] + row["tpot_s"] * max(1, output - 1)),
+         "batch x output tokens over ttft_s + tpot_s x (output - 1)"),
+        ("tokens_per_s_per_mm2", row["tokens_per_s"] / (devices * area),
+         "tokens_per_s / (devices x area_mm2)"),
+        ("tokens_per_s_per_dollar", row["tokens_per_s"] / (devices * row["cost_dollars"]),
+         "tokens_per_s / (devices x cost_dollars)"),
+    ]
+    for field, want, how in derived:
+        if abs(row[field] - want) > 1e-9 * abs(want):
+            raise ReportError(f"{where}: {field} = {row[field]!r} is not {how} = {want!r}")
 
 
 def _order(key: tuple) -> tuple:

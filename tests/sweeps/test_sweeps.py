@@ -457,9 +457,26 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     # the derived rates and the area's total agree with what they derive from
     (lambda r: r.update(tokens_per_s_per_dollar=99.0),
      "tokens_per_s_per_dollar = 99.0 is not tokens_per_s / (devices x cost_dollars)"),
-    (lambda r: r.update(tokens_per_s=1000.0),
-     "tokens_per_s_per_mm2 = "),
     (lambda r: r.update(l2_mm2=r["l2_mm2"] + 1), "area_mm2 = "),
+    # ... and the fields the sweep derives from others, each edited with the rates and
+    # totals that follow from it, so that only the edited field is out of line
+    (lambda r: r.update(tokens_per_s=1000.0, tokens_per_s_per_mm2=1000.0 / r["area_mm2"],
+                        tokens_per_s_per_dollar=1000.0 / r["cost_dollars"]),
+     "tokens_per_s = 1000.0 is not batch x output tokens over ttft_s + tpot_s"),
+    (lambda r: r.update(l2_bytes=2 * r["l2_bytes"]), "l2_mm2 = "),     # not the point's size
+    (lambda r: r.update(cost_dollars=1.0, tokens_per_s_per_dollar=r["tokens_per_s"]),
+     "cost_dollars = 1.0 is not die_dollars + dram_dollars"),
+    (lambda r: r.update(die_dollars=r["die_dollars"] / 2,
+                        cost_dollars=r["die_dollars"] / 2 + r["dram_dollars"]),
+     "die_dollars = "),
+    (lambda r: r.update(dram_gbytes=64.0), "dram_dollars = "),
+    (lambda r: r.update(tpot_s=0.0), "tpot_s = 0.0 with output = 8"),
+    (lambda r: r.update(output=1.5), "output = 1.5 is not a count of at least 1"),
+    # an infeasible row says why (the report's list printed an empty reason, or None)
+    (lambda r: r.update(feasible=False, reason=""),
+     'an infeasible point without its reason (reason = "")'),
+    (lambda r: (r.update(feasible=False), r.pop("reason")),
+     "an infeasible point without its reason (reason = null)"),
 ])
 def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edit, message):
     """A feasible row of the spec's without a field the report reads, or with one of the
@@ -482,6 +499,24 @@ def test_report_of_a_hand_edited_row_names_its_line(sweep, tmp_path, capsys, edi
     assert err.startswith(f"accel report: error: {folder / 'results.jsonl'}:3: {message}")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not any((folder / f"{name}.png").exists() for name in FIGURES)
+
+
+def test_report_of_a_workload_of_one_output_token(tmp_path, capsys):
+    """A workload of one output token has no decode step (TPOT 0): its sweep's report is
+    drawn (the report refused its own sweep's rows: a TPOT of 0 is not positive)."""
+    from accel.cli import main
+
+    text = (SPEC.replace("short = { prompt = 32, output = 8 }",
+                         "short = { prompt = 32, output = 1 }")
+            .replace("l2_bytes = { geometric = [1048576, 4194304], factor = 2 }",
+                     "l2_bytes = [1048576]").replace("prefetch = [true, false]",
+                                                      "prefetch = [true]"))
+    out = tmp_path / "out"
+    assert run_sweep(load_spec(write(tmp_path, text)), out, progress=False)["ran"] == 1
+    row = json.loads((out / "results.jsonl").read_text())
+    assert row["tpot_s"] == 0 and row["ttft_s"] > 0 and row["output"] == 1
+    assert main(["report", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "report.md").is_file()
 
 
 def test_report_says_what_is_missing_and_gives_no_optimum_for_one_size(sweep, tmp_path,
@@ -671,6 +706,12 @@ def test_an_l2_too_small_is_recorded_as_infeasible_not_an_abort(tmp_path):
               workers=1, progress=False)
     with pytest.raises(ReportError, match=r"no finished feasible points \(1 infeasible; 1 of "
                                           r"them: L2 too small"):
+        write_report(only)
+    # sweep.json listing none of the rows (edited, or cut short): said so, not as if
+    # every point were infeasible
+    (only / "sweep.json").write_text(json.dumps({"keys": ["0" * 16]}))
+    with pytest.raises(ReportError, match=r"no finished feasible points \(its 1 rows are "
+                                          r"none of the 1 points sweep.json lists"):
         write_report(only)
 
 
