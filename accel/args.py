@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 #: Seconds after a dropped Ctrl-C until it is raised again (out of the finalizer by then).
 INTERRUPT_AGAIN_S = 0.01
@@ -43,6 +44,20 @@ def path(text: str) -> str:
     current folder, which no command means to write into or read as its output)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path (give a file or folder)")
+    return text
+
+
+def out_folder(text: str) -> str:
+    """A folder a command writes (``type=`` of argparse): ``path``'s check, and no part of
+    it an existing file, refused before any work (``train --out notes.txt/run`` trained
+    for minutes, then failed to save)."""
+    path(text)
+    for part in (Path(text), *Path(text).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise argparse.ArgumentTypeError(
+                    f"{text}: {'it' if part == Path(text) else part} is a file, not a folder")
+            break
     return text
 
 

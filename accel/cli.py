@@ -19,6 +19,7 @@ from accel.args import (
     ArgumentParser,
     exit_interrupted,
     keep_interrupts,
+    out_folder,
     path,
     positive_int,
     scheduler_address,
@@ -528,7 +529,7 @@ def build_parser() -> ArgumentParser:
                         "tiny-bpe: bpe), the default")
     p.add_argument("--corpus", type=path,
                    help="training text (default: ../shared/data/tinyshakespeare.txt)")
-    p.add_argument("--out", default=None, type=path,
+    p.add_argument("--out", default=None, type=out_folder,
                    help="checkpoint folder to write (default: build/<model>-train)")
     p.add_argument("--steps", type=positive_int, default=2500)
     p.add_argument("--batch-size", type=positive_int, default=16)
@@ -574,7 +575,8 @@ def build_parser() -> ArgumentParser:
                         "or of a folder's config.json")
     p.add_argument("--decode-at", type=int, default=None,
                    help="with --no-weights: the decode step's position (default: half the context)")
-    p.add_argument("-o", "--out", default="build/tiny", type=path, help="build folder to write")
+    p.add_argument("-o", "--out", default="build/tiny", type=out_folder,
+                   help="build folder to write")
     _add_weights(p)
     p.set_defaults(func=_cmd_compile)
 
@@ -612,7 +614,7 @@ def build_parser() -> ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a design-space sweep (resumable) and its report")
     p.add_argument("spec", help="sweep specification (TOML), e.g. sweeps/l2_size.toml")
-    p.add_argument("-o", "--out", required=True, type=path,
+    p.add_argument("-o", "--out", required=True, type=out_folder,
                    help="folder for results and the report")
     p.add_argument("--scheduler", default=None, type=scheduler_address,
                    help="a Dask scheduler address (tcp://HOST:PORT); default: local cores")
@@ -630,7 +632,7 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("rtl", help="Verilog of the accelerator, or its synthesis statistics")
     p.add_argument("action", choices=("verilog", "stats"))
     p.add_argument("--hw", default="edge-8x8", help="TOML file or preset name in configs/")
-    p.add_argument("-o", "--out", default="build/rtl/verilog", type=path,
+    p.add_argument("-o", "--out", default="build/rtl/verilog", type=out_folder,
                    help="folder for `verilog`")
     p.add_argument("--json", action="store_true", help="`stats` as JSON")
     p.add_argument("--modules", action="store_true",

@@ -108,7 +108,12 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
      "training diverged: validation loss"),
     (["train", "--corpus", "/nonexistent/corpus.txt"],
      "corpus /nonexistent/corpus.txt: cannot be read as text (No such file or directory)"),
-    (["train", "--out", "README.md"], "README.md: not a folder (the checkpoint's output"),
+    (["train", "--out", "README.md"], "argument --out: README.md: it is a file, not a folder"),
+    # refused before training (it trained, then failed to save)
+    (["train", "--out", "README.md/run"],
+     "argument --out: README.md/run: README.md is a file, not a folder"),
+    (["rtl", "verilog", "-o", "README.md/v"],
+     "argument -o/--out: README.md/v: README.md is a file, not a folder"),
     (["train", "--out", "docs"], "docs: is not empty and not a checkpoint written by accel"),
     (["train", "--out", ""], "argument --out: an empty path"),
     (["compile", "-o", ""], "argument -o/--out: an empty path"),   # (it built into .)
