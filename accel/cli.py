@@ -64,6 +64,9 @@ def _cmd_train(args) -> int:
                      model=cfg, steps=args.steps, batch_size=args.batch_size,
                      seq_len=args.seq_len, lr=args.lr, seed=args.seed,
                      tokenizer=tokenizer)
+    if (tc.out_dir / "train_log.json").is_file():
+        print(f"{tc.out_dir}: holds a checkpoint, which this run replaces when it first "
+              f"saves", file=sys.stderr)
     try:
         result = train(tc, progress=not args.quiet)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:     # JAX's buffers, NumPy's

@@ -151,6 +151,20 @@ def test_user_errors_are_one_line(capsys, argv, message):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_train_says_it_replaces_an_earlier_checkpoint(capsys, tmp_path):
+    """A run into a folder holding a checkpoint says that it replaces it (it did so
+    without a word); a run into a new folder says nothing of the kind."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 50)
+    argv = ("train", "--steps", "1", "--quiet", "--seq-len", "16", "--batch-size", "2",
+            "--corpus", str(corpus), "--out", str(tmp_path / "ck"))
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and "replaces" not in err
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and err.strip() == (f"{tmp_path / 'ck'}: holds a checkpoint, which this "
+                                         f"run replaces when it first saves")
+
+
 def test_generate_prints_float_and_integer_text(capsys):
     code, out, _ = run(capsys, "generate", "--prompt", "ROMEO:", "--max-new-tokens", "16")
     assert code == 0
