@@ -99,6 +99,7 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8",
     before loading its weights (a preset's are random and large)."""
     from models.evaluate import build_int_model
     from models.integer import check_weight_format
+    from models.zoo import TRAINED as TRAINED_MODELS
     from models.zoo import has_tokenizer, load_model, model_config
 
     cfg = model_config(model)
@@ -108,11 +109,27 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8",
                          f"folder with tokenizer.json)")
     if args is not None and not isinstance(_prompt_arg(args), list) and not has_tokenizer(model):
         _no_tokenizer(model if Path(model).is_dir() else cfg.name)   # before the weights
+    random = model not in TRAINED_MODELS and not Path(model).is_dir()     # load_model's rule
+    _phase(cfg, f"loading {cfg.n_params / 1e6:,.0f}M parameters"
+           + (" (random: a preset without a checkpoint)" if random else ""))
     loaded = load_model(model)
-    if args is None:
-        return loaded, build_int_model(loaded, weights=weights)
-    ids = _prompt_ids(args, loaded)
-    return loaded, build_int_model(loaded, weights=weights), ids
+    ids = None if args is None else _prompt_ids(args, loaded)
+    _phase(cfg, "calibrating the integer model's scales (compiling the float model first)")
+    im = build_int_model(loaded, weights=weights)
+    return (loaded, im) if args is None else (loaded, im, ids)
+
+
+#: Models from this many parameters up say what they are doing before each long phase (a
+#: 0.5B preset's calibration is silent for over a minute otherwise); the project's own
+#: small models take seconds.
+PHASE_PARAMS = 100_000_000
+
+
+def _phase(cfg, what: str) -> None:
+    """One line on stderr, ``MODEL: WHAT ...``, where ``cfg`` is large enough
+    (``PHASE_PARAMS``) for the phase to take a while."""
+    if cfg.n_params >= PHASE_PARAMS:
+        print(f"{cfg.name}: {what} ...", file=sys.stderr, flush=True)
 
 
 def _kv_compression(args, default_chunk: int = 16):
@@ -220,6 +237,7 @@ def _cmd_generate(args) -> int:
                          f"): nothing would be compressed")
     tok = loaded.tokenizer
     shown = tok.decode(ids) if tok else f"{ids} -> "
+    _phase(loaded.cfg, f"generating {args.max_new_tokens} tokens")
     if args.numerics in ("float", "both"):
         out = generate_float(loaded, ids, args.max_new_tokens)
         print(f"[float]   {shown}{tok.decode(out) if tok else out}")

@@ -1,6 +1,7 @@
 """The accel command line: results as JSON, user errors as one line with exit status 2."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,24 @@ def test_train_says_it_replaces_an_earlier_checkpoint(capsys, tmp_path):
     code, _, err = run(capsys, *argv)
     assert code == 0 and err.strip() == (f"{tmp_path / 'ck'}: holds a checkpoint, which this "
                                          f"run replaces when it first saves")
+
+
+def test_a_large_model_says_what_it_is_doing(capsys, monkeypatch):
+    """A model past ``PHASE_PARAMS`` says on stderr what each long phase is (a 0.5B
+    preset's generate printed nothing for over a minute); the small models say nothing."""
+    import accel.cli
+
+    argv = ("generate", "--prompt-ids", "1,2", "--max-new-tokens", "2", "--numerics", "int")
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and err == ""
+    monkeypatch.setattr(accel.cli, "PHASE_PARAMS", 0)
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and out.startswith("[integer]")
+    lines = err.splitlines()
+    assert len(lines) == 3 and all(line.endswith(" ...") for line in lines)
+    assert re.fullmatch(r"tiny: loading \d+M parameters \.\.\.", lines[0])   # (trained)
+    assert lines[1].startswith("tiny: calibrating the integer model's scales")
+    assert lines[2] == "tiny: generating 2 tokens ..."
 
 
 def test_generate_prints_float_and_integer_text(capsys):
