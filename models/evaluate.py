@@ -3,7 +3,8 @@
 Contract
 --------
 * ``calibration_windows(tokenizer, text)`` – the fixed calibration set: windows drawn with
-  a fixed seed from the *training* split (never the held-out text).
+  a fixed seed from the *training* split (never the held-out text) of the model's own
+  text (``model_text``: the corpus its checkpoint was trained on, else the default).
 * ``build_int_model(loaded, weights=...)`` – calibrate and quantise a loaded model, its
   projection weights in ``int8`` or ``mxint4`` (``integer.WEIGHT_FORMATS``).
 * ``evaluate(loaded, qmodel, baseline=...)`` – perplexity of the float and the integer
@@ -92,14 +93,38 @@ class EvalResult:
 
 
 def corpus_text(path: str | Path | None = None) -> str:
-    return Path(path or default_corpus()).read_text()
+    """The text of ``path`` (default: ``train.default_corpus``); ``ValueError`` naming it
+    where it cannot be read as text."""
+    path = Path(path or default_corpus())
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"corpus {path}: cannot be read as text "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+
+
+def model_text(loaded: LoadedModel) -> tuple[str, Path]:
+    """``(text, its path)``: what ``loaded`` is calibrated and evaluated on, the corpus it
+    was trained on (``LoadedModel.corpus``), else the default corpus (a model trained on
+    another text has characters the default's tokenizer lacks, or the other way round)."""
+    if loaded.corpus is None:
+        return corpus_text(), default_corpus()
+    try:
+        return loaded.corpus.read_text(), loaded.corpus
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{loaded.source}: its training corpus {loaded.corpus} "
+                         f"(train_log.json) cannot be read as text "
+                         f"({getattr(e, 'strerror', None) or e}); move the text back or "
+                         f"retrain") from None
 
 
 def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: ModelConfig,
                         text: str | None = None, windows: int = CALIBRATION_WINDOWS,
-                        length: int = CALIBRATION_LEN) -> np.ndarray:
-    """``[windows, min(length, max_seq_len)]`` token windows from the training split
-    (random tokens without text)."""
+                        length: int = CALIBRATION_LEN, source: Path | None = None
+                        ) -> np.ndarray:
+    """``[windows, min(length, max_seq_len)]`` token windows from the training split of
+    ``text`` (read from ``source``, the default corpus without either; random tokens
+    without a tokenizer)."""
     rng = np.random.default_rng(CALIBRATION_SEED)
     length = min(length, cfg.max_seq_len)
     if tokenizer is None:
@@ -108,9 +133,8 @@ def calibration_windows(tokenizer: CharTokenizer | HFTokenizer | None, cfg: Mode
     try:
         data = np.asarray(tokenizer.encode(train_text), np.int32)
     except ValueError as e:
-        raise ValueError(f"calibration text (the training split of "
-                         f"{'the given text' if text is not None else default_corpus()}): "
-                         f"{e}") from None
+        where = source or ("the given text" if text is not None else default_corpus())
+        raise ValueError(f"calibration text (the training split of {where}): {e}") from None
     starts = rng.integers(0, len(data) - length, size=windows)
     return np.stack([data[s:s + length] for s in starts])
 
@@ -121,7 +145,10 @@ def build_int_model(loaded: LoadedModel, text: str | None = None,
     """Calibrate (``calibration_windows``: ``windows`` of ``length`` tokens) and quantise
     with projection weights in ``weights`` (``ValueError`` for an unknown format, or
     naming a tensor that cannot be quantised in it)."""
-    tokens = calibration_windows(loaded.tokenizer, loaded.cfg, text, windows, length)
+    source = None
+    if text is None and loaded.tokenizer is not None:
+        text, source = model_text(loaded)
+    tokens = calibration_windows(loaded.tokenizer, loaded.cfg, text, windows, length, source)
     scales = calibrate(loaded.params, loaded.cfg, tokens)
     return IntModel(loaded.cfg, quantize(loaded.params, loaded.cfg, scales, weights), scales,
                     weights)
@@ -147,7 +174,7 @@ def held_out_windows(loaded: LoadedModel, text: str | None = None,
         raise ValueError(f"{loaded.cfg.name}: evaluation needs a tokenizer and text")
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"max_windows must be at least 1, not {max_windows}")
-    _, val_text = split_text(text if text is not None else corpus_text())
+    _, val_text = split_text(text if text is not None else model_text(loaded)[0])
     data = np.asarray(loaded.tokenizer.encode(val_text), np.int32)
     length = loaded.cfg.max_seq_len
     n = (len(data) - 1) // length

@@ -167,7 +167,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
         tokenizer.save(out / "tokenizer.json")
         (out / "train_log.json").write_text(json.dumps(
             {"step": best["step"], "val_loss": best["val_loss"], "steps_run": step_no,
-             "history": history}, indent=1) + "\n")
+             "corpus": str(Path(tc.corpus).resolve()), "history": history}, indent=1) + "\n")
 
     bar = tqdm(range(1, tc.steps + 1), desc="train", disable=not progress)
     saved = i = 0                    # the best step written, the step running

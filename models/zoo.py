@@ -21,6 +21,7 @@ Tested by tests/models/test_integer.py and tests/models/test_train.py.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class LoadedModel:
     params: Params
     tokenizer: CharTokenizer | HFTokenizer | None
     source: str
+    #: the text it was trained on (``accel train`` records it in ``train_log.json``), which
+    #: calibration and evaluation read; None: the default corpus
+    corpus: Path | None = None
 
 
 TRAINED = ("tiny", "tiny-bpe")
@@ -66,10 +70,21 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
             raise CheckpointError(f"{tok_file}: {tokenizer.vocab_size} tokens, more than "
                                   f"config.json's vocab_size of {cfg.vocab_size} (ids past "
                                   f"it would have no embedding)")
-        return LoadedModel(cfg, params, tokenizer, str(path))
+        return LoadedModel(cfg, params, tokenizer, str(path), trained_on(path))
     _refuse_missing_path(spec)
     cfg = preset(spec)
     return LoadedModel(cfg, init_params(cfg, seed), None, f"random init (seed {seed})")
+
+
+def trained_on(folder: Path) -> Path | None:
+    """The corpus ``accel train`` recorded in ``folder/train_log.json`` (None: no record,
+    as in a Hugging Face checkpoint or the packaged ones, trained on the default
+    corpus)."""
+    try:
+        corpus = json.loads((folder / "train_log.json").read_text()).get("corpus")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return Path(corpus) if isinstance(corpus, str) and corpus else None
 
 
 def has_tokenizer(spec: str) -> bool:

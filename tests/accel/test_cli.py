@@ -166,6 +166,33 @@ def test_train_says_it_replaces_an_earlier_checkpoint(capsys, tmp_path):
                                          f"run replaces when it first saves")
 
 
+def test_a_model_trained_on_another_text_is_calibrated_and_evaluated_on_it(capsys,
+                                                                           tmp_path):
+    """A checkpoint records its training corpus; its integer model is calibrated, and
+    evaluated, on that text's splits (calibration read the default corpus, whose letters
+    a model trained on digits does not have: --numerics both failed); a corpus moved away
+    is named."""
+    corpus = tmp_path / "digits.txt"
+    corpus.write_text("3141592653 5897932384 6264338327 9502884197 1693993751 " * 80)
+    ck = tmp_path / "digits"
+    code, _, err = run(capsys, "train", "--steps", "2", "--quiet", "--seq-len", "32",
+                       "--batch-size", "2", "--corpus", str(corpus), "--out", str(ck))
+    assert code == 0, err
+    assert json.loads((ck / "train_log.json").read_text())["corpus"] == str(corpus.resolve())
+    code, out, err = run(capsys, "generate", "--model", str(ck), "--prompt", "31",
+                         "--max-new-tokens", "4")
+    assert code == 0, err
+    assert out.startswith("[float]   31") and "[integer] 31" in out
+    code, out, err = run(capsys, "eval", "--model", str(ck), "--max-windows", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["tokens"] == 256           # one window of tiny's context
+    corpus.rename(tmp_path / "moved.txt")
+    code, _, err = run(capsys, "generate", "--model", str(ck), "--prompt", "31")
+    assert code == 2 and err == (f"accel generate: error: {ck}: its training corpus {corpus} "
+                                 f"(train_log.json) cannot be read as text (No such file or "
+                                 f"directory); move the text back or retrain\n")
+
+
 def test_a_large_model_says_what_it_is_doing(capsys, monkeypatch):
     """A model past ``PHASE_PARAMS`` says on stderr what each long phase is (a 0.5B
     preset's generate printed nothing for over a minute); the small models say nothing."""
