@@ -251,6 +251,22 @@ def _check_derived(row: dict, where: str) -> None:
             raise ReportError(f"{where}: {field} = {row[field]!r} is not {how} = {want!r}")
 
 
+def _check_distinct(rows, settings: list[str], where: dict[int, str]) -> None:
+    """``ReportError`` for two rows of one point (the same ``settings``) under different
+    keys: a sweep writes each point once, so one of them was edited by hand (a point's
+    ``l2_bytes`` or ``prefetch`` changed, its key left), and the figures would draw two
+    values at one point."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        point = json.dumps([r.get(k) for k in settings])
+        if point in seen:
+            raise ReportError(f"{where[id(r)]}: the same point ("
+                              + ", ".join(f"{k} = {json.dumps(r.get(k))}" for k in settings)
+                              + f") as line {seen[point].rsplit(':', 1)[1]} under another key "
+                              f"(a row's settings are not its key's: edited by hand)")
+        seen[point] = where[id(r)]
+
+
 def _order(key: tuple) -> tuple:
     """A sort key for a tuple of field values: numbers by value (batch 2 before 16), the
     rest as text."""
@@ -327,6 +343,7 @@ def write_report(out: str | Path) -> dict:
     group_keys = _varying(rows, first + others) or ["model"]
     # the infeasible points by every setting that varies over all points, feasible or not
     every_keys = _varying(every, first + others)
+    _check_distinct(every, every_keys + ["l2_bytes", "prefetch"], results.where)
     findings: dict = {"points": len(rows), "optima": [], "missing": results.missing,
                       "foreign": results.foreign,
                       "infeasible": [{k: r.get(k) for k in (*every_keys, "l2_bytes",

@@ -829,6 +829,31 @@ def test_pareto_fronts_are_drawn_per_workload(sweep, tmp_path):
         r["key"] for r in slow}
 
 
+def test_report_refuses_two_rows_of_one_point(sweep, tmp_path):
+    """A row whose settings are another row's under a different key (a hand edit: a
+    point's L2 size or prefetch changed, its key left) is refused naming both lines,
+    before any figure (two values were drawn at one point)."""
+    from sweeps.report import ReportError
+
+    _, out, _ = sweep
+    folder = tmp_path / "twice"
+    shutil.copytree(out, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    copy = {**json.loads(lines[0]), "key": "f" * 16}
+    (folder / "results.jsonl").write_text("\n".join([*lines, json.dumps(copy)]) + "\n")
+    record = json.loads((folder / "sweep.json").read_text())
+    (folder / "sweep.json").write_text(json.dumps({**record, "keys": [*record["keys"],
+                                                                     copy["key"]]}))
+    for name in FIGURES:
+        (folder / f"{name}.png").unlink(missing_ok=True)
+    with pytest.raises(ReportError, match=rf"results.jsonl:{len(lines) + 1}: the same point "
+                                          rf"\(.*l2_bytes = {copy['l2_bytes']}, prefetch = "
+                                          rf"{json.dumps(copy['prefetch'])}\) as line 1 under "
+                                          rf"another key"):
+        write_report(folder)
+    assert not any((folder / f"{name}.png").exists() for name in FIGURES)
+
+
 def test_the_csv_takes_the_columns_of_a_feasible_point_after_an_infeasible_one(tmp_path):
     """An infeasible first point has no metrics: the CSV's header was its columns, so a
     sweep whose first point was infeasible wrote a CSV without tokens/s."""
