@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def _current(out: Path) -> _Results:
             raise ReportError(f"{where[id(r)]}: the point of line "
                               f"{seen[r['key']].rsplit(':', 1)[1]} again")
         seen[r["key"]] = where[id(r)]
+        _check_settings(r, where[id(r)])
         if r.get("feasible", True):
             _check_row(r, where[id(r)])
         elif not (isinstance(r.get("reason"), str) and r["reason"].strip()):
@@ -129,7 +131,7 @@ NUMBER_FIELDS = ("l2_bytes", "prompt", "output", "tokens_per_s", "ttft_s", "tpot
                  "area_mm2", "logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2",
                  "die_dollars", "dram_gbytes", "dram_dollars", "cost_dollars",
                  "tokens_per_s_per_mm2", "tokens_per_s_per_dollar", "decode_step_cycles",
-                 "decode_load_busy", "decode_compute_busy")
+                 "decode_load_busy", "decode_compute_busy", "decode_roofline_tokens_per_s")
 FLAG_FIELDS = ("prefetch",)
 NAME_FIELDS = ("model", "node", "array", "hw", "workload")
 #: Counts a row may hold (1 where it does not)
@@ -165,6 +167,53 @@ def _check_fields(row: dict, where: str, fields, kind: str, required: bool = Tru
             raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is not {called}")
 
 
+#: What a setting's type (``sweeps.spec.SETTINGS``) is called in a message.
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_settings(row: dict, where: str) -> None:
+    """``ReportError`` for a setting of any row of the spec's, feasible or not, that no
+    sweep writes: an ``l2_bytes`` that is not a count of bytes, a setting of the wrong
+    type (``sweeps.spec.SETTINGS``), a weight or KV format the toolkit does not know (an
+    infeasible row's settings are listed in the report: a bad one was a traceback after
+    the figures were drawn)."""
+    from models.integer import WEIGHT_FORMATS
+    from sweeps.spec import KV_FORMATS
+
+    v = row.get("l2_bytes")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ReportError(f"{where}: l2_bytes = {json.dumps(v)} is not a count of bytes")
+    for field, kind in SETTINGS.items():
+        if field not in row:
+            continue
+        v = row[field]
+        ok = (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+              if kind is float else isinstance(v, kind) and not (kind is int
+                                                                  and isinstance(v, bool)))
+        if not ok:
+            raise ReportError(f"{where}: {field} = {json.dumps(v)} is not {TYPE_NAMES[kind]}")
+    for field, known in (("weights", WEIGHT_FORMATS), ("kv_format", KV_FORMATS)):
+        if field in row and row[field] not in known:
+            raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is not one of "
+                              f"{', '.join(known)}")
+
+
+_hardware_cache: dict[str, object] = {}
+
+
+def _hardware(row: dict, where: str):
+    """The row's hardware (``sweeps.spec.point_hardware``), each description resolved
+    once; ``ReportError`` naming the row where it cannot be."""
+    fields = json.dumps([row.get("hw"), row.get("prefetch"),
+                         sorted((k, row[k]) for k in HW_FIELDS if k in row)])
+    if fields not in _hardware_cache:
+        try:
+            _hardware_cache[fields] = point_hardware(row)
+        except (OSError, ValueError, TypeError) as e:
+            raise ReportError(f"{where}: its hardware: {e}") from None
+    return _hardware_cache[fields]
+
+
 def _check_row(row: dict, where: str) -> None:
     """``_check_fields`` over every field of a feasible row the report reads, then what
     no point the sweep writes can hold: a batch, device or output-token count below 1,
@@ -193,60 +242,95 @@ def _check_row(row: dict, where: str) -> None:
     for field in ("decode_load_busy", "decode_compute_busy", *parts):
         if row[field] < 0:
             raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is negative")
+    hw = _hardware(row, where)
+    array = f"{hw.array_rows}x{hw.array_cols}"
+    if row["array"] != array:
+        raise ReportError(f"{where}: array = {json.dumps(row['array'])} is not its hardware's "
+                          f"{array}")
     if row.get("kv_format") == "chunked":
         bits = row.get("kv_bits")
         if isinstance(bits, bool) or not isinstance(bits, int | float) or not 2 <= bits <= 8:
             raise ReportError(f"{where}: kv_bits = {json.dumps(bits)} is not a compressed "
                               f"KV budget (2 to 8 bits)")
-    if row["decode_compute_busy"] > row["decode_step_cycles"]:
-        raise ReportError(f"{where}: decode_compute_busy = {row['decode_compute_busy']} is "
-                          f"more than the step's decode_step_cycles = "
-                          f"{row['decode_step_cycles']}")
+    for field in ("decode_compute_busy", "decode_load_busy"):
+        if row[field] > row["decode_step_cycles"]:
+            raise ReportError(f"{where}: {field} = {row[field]} is more than the step's "
+                              f"decode_step_cycles = {row['decode_step_cycles']}")
+    # the step's roofline is never below the rate it reaches
+    reached = row.get("batch", 1) * hw.clock_hz / row["decode_step_cycles"]
+    if row["decode_roofline_tokens_per_s"] < reached * (1 - 1e-9):
+        raise ReportError(f"{where}: decode_roofline_tokens_per_s = "
+                          f"{row['decode_roofline_tokens_per_s']!r} is below the rate its "
+                          f"decode step reaches, batch x clock_hz / decode_step_cycles = "
+                          f"{reached!r}")
     if (row["tpot_s"] > 0) != (row["output"] > 1):
         raise ReportError(f"{where}: tpot_s = {json.dumps(row['tpot_s'])} with output = "
                           f"{row['output']} (a workload has decode steps, of positive time, "
                           f"exactly where it has more than one output token)")
-    _check_derived(row, where)
+    _check_derived(row, where, hw)
 
 
-def _check_derived(row: dict, where: str) -> None:
+def _check_derived(row: dict, where: str, hw) -> None:
     """``ReportError`` for a field of a feasible row that is not what the sweep derives
     from the others (``runner.evaluate_group``, ``sweeps.cost``), to a relative 1e-9: the
     area as the sum of its parts; the L2's area from ``l2_bytes`` at the node's SRAM
     density; the die's cost from its area, the DRAM's from its capacity, the total as
     their sum; tokens/s as the batch's output tokens over TTFT plus the decode steps'
-    time; the rates per mm² and per dollar over the devices'. A hand edit of one field
+    time; the rates per mm² and per dollar over the devices'; the DRAM a device needs
+    for its model (``runner.device_dram_gbytes``, on ``hw``). A hand edit of one field
     (an ``l2_bytes`` that is not the point's, a ``tokens_per_s`` or ``cost_dollars``
-    made better) is named rather than reported."""
+    made better, another model) is named rather than reported; each part is checked
+    before a total made of it."""
+    from models.config import preset
     from sweeps.cost import DRAM_DOLLARS_PER_GB, NODES, die_yield, dies_per_wafer
+    from sweeps.runner import device_dram_gbytes
+    from sweeps.spec import DEFAULTS
 
     node = NODES[row["node"]]
     parts = ("logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2")
     area = row["area_mm2"]
-    if dies_per_wafer(area) == 0:
-        raise ReportError(f"{where}: area_mm2 = {area!r} is a die larger than a wafer holds")
     devices, batch, output = row.get("devices", 1), row.get("batch", 1), row["output"]
+
+    def die_dollars() -> float:
+        try:
+            good = dies_per_wafer(area) * die_yield(area, node.defects_per_cm2)
+        except (OverflowError, ValueError):
+            good = 0
+        if not good:
+            raise ReportError(f"{where}: area_mm2 = {area!r} is not a die a wafer holds")
+        return node.wafer_dollars / good
+
+    def dram_gbytes() -> float:
+        try:
+            return device_dram_gbytes(preset(row["model"]), {**DEFAULTS, **row}, hw)
+        except ValueError as e:
+            raise ReportError(f"{where}: {e}") from None
+
     # (field, what it should be, how that is derived), in the order each relies on the
-    # ones before
+    # ones before: a part before the total made of it
     derived = [
-        ("area_mm2", sum(row[p] for p in parts), f"the sum of {', '.join(parts)}"),
-        ("l2_mm2", row["l2_bytes"] * node.sram_mm2_per_mbyte / 2 ** 20,
+        ("l2_mm2", lambda: row["l2_bytes"] * node.sram_mm2_per_mbyte / 2 ** 20,
          f"l2_bytes at {row['node']}'s {node.sram_mm2_per_mbyte} mm²/MiB"),
-        ("die_dollars", node.wafer_dollars / (dies_per_wafer(area)
-                                              * die_yield(area, node.defects_per_cm2)),
+        ("area_mm2", lambda: sum(row[p] for p in parts), f"the sum of {', '.join(parts)}"),
+        ("die_dollars", die_dollars,
          f"a {row['node']} wafer's cost over the good dies of area_mm2 on it"),
-        ("dram_dollars", row["dram_gbytes"] * DRAM_DOLLARS_PER_GB,
+        ("dram_gbytes", dram_gbytes,
+         f"the DRAM a device needs for {row['model']}'s weights and KV cache"),
+        ("dram_dollars", lambda: row["dram_gbytes"] * DRAM_DOLLARS_PER_GB,
          f"dram_gbytes at ${DRAM_DOLLARS_PER_GB:g}/GB"),
-        ("cost_dollars", row["die_dollars"] + row["dram_dollars"],
+        ("cost_dollars", lambda: row["die_dollars"] + row["dram_dollars"],
          "die_dollars + dram_dollars"),
-        ("tokens_per_s", batch * output / (row["ttft_s"] + row["tpot_s"] * max(1, output - 1)),
+        ("tokens_per_s", lambda: batch * output / (row["ttft_s"]
+                                                   + row["tpot_s"] * max(1, output - 1)),
          "batch x output tokens over ttft_s + tpot_s x (output - 1)"),
-        ("tokens_per_s_per_mm2", row["tokens_per_s"] / (devices * area),
+        ("tokens_per_s_per_mm2", lambda: row["tokens_per_s"] / (devices * area),
          "tokens_per_s / (devices x area_mm2)"),
-        ("tokens_per_s_per_dollar", row["tokens_per_s"] / (devices * row["cost_dollars"]),
+        ("tokens_per_s_per_dollar", lambda: row["tokens_per_s"] / (devices
+                                                                   * row["cost_dollars"]),
          "tokens_per_s / (devices x cost_dollars)"),
     ]
-    for field, want, how in derived:
+    for field, derive, how in derived:
+        want = derive()
         if abs(row[field] - want) > 1e-9 * abs(want):
             raise ReportError(f"{where}: {field} = {row[field]!r} is not {how} = {want!r}")
 
@@ -332,10 +416,7 @@ def write_report(out: str | Path) -> dict:
     # the roofline's point resolved before the first figure: a row it cannot read is
     # refused with nothing written
     top = max(rows, key=lambda r: r["tokens_per_s_per_dollar"])
-    try:
-        top_hw = point_hardware(top)
-    except (OSError, ValueError) as e:
-        raise ReportError(f"{results.where[id(top)]}: its hardware: {e}") from None
+    top_hw = _hardware(top, results.where[id(top)])
     first = ["model", "workload", "array", "node", "devices", "dram_bytes_per_cycle", "hw"]
     # every other setting or hardware field a sweep may vary (clock, link, ...) too, so
     # that no series mixes points that differ in something besides L2 and prefetch
@@ -715,7 +796,7 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
     infeasible = [", ".join(f"{k} {shown(k, v)}" for k, v in p.items()
                             if k != "reason" and v is not None) + f": {p['reason']}"
                   for p in findings["infeasible"]]
-    counted = f" from `{out / 'results.csv'}`"
+    counted = f" from `{out / 'results.jsonl'}`"
     counted += (f"; {len(infeasible)} infeasible (below)" if infeasible else "")
     if findings["missing"]:
         counted += (f"; {findings['missing']} of the spec's points not run yet (an "

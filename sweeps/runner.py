@@ -139,11 +139,7 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
                                point["prefetch"], devices, link, point["weights"],
                                point["batch"], kv_bits(point))
     tokens_per_s = est.tokens_per_s(hw)
-    params_bytes = weight_bytes(cfg, point["weights"])
-    kv_bytes = point["batch"] * cfg.kv_dim * 2 * cfg.n_layers * cfg.max_seq_len // devices
-    if kv_bits(point) is not None:       # a compressed block stays in its int8 block, plus
-        kv_bytes += kv_bytes // hw.kv_block_tokens    # a header byte a channel
-    dram_gbytes = dram_capacity_gbytes(params_bytes // devices + kv_bytes)
+    dram_gbytes = device_dram_gbytes(cfg, point, hw)
     rows = []
     for p, k in zip(points, keys, strict=True):
         c = cost(hw, p["node"], dram_gbytes)
@@ -165,6 +161,18 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
             "tokens_per_s_per_dollar": tokens_per_s / (devices * c.total_dollars),
         })
     return rows
+
+
+def device_dram_gbytes(cfg, point: dict, hw: HardwareConfig) -> float:
+    """The DRAM a device of ``point`` carries (``sweeps.cost.dram_capacity_gbytes``): its
+    share of the weights (``point["weights"]``) and of the KV cache of ``batch`` sequences
+    at the model's whole context, a compressed cache's blocks with a header byte a
+    channel (``kv_block_tokens`` of ``hw``)."""
+    devices = point["devices"]
+    kv_bytes = point["batch"] * cfg.kv_dim * 2 * cfg.n_layers * cfg.max_seq_len // devices
+    if kv_bits(point) is not None:       # a compressed block stays in its int8 block, plus
+        kv_bytes += kv_bytes // hw.kv_block_tokens    # a header byte a channel
+    return dram_capacity_gbytes(weight_bytes(cfg, point["weights"]) // devices + kv_bytes)
 
 
 def decode_roofline_tokens_per_s(step: analytic.StepEstimate, hw: HardwareConfig,

@@ -436,7 +436,7 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r.pop("tokens_per_s"), "the point has no 'tokens_per_s'"),
-    (lambda r: r.update(l2_bytes="1 MiB"), 'l2_bytes = "1 MiB" is not a finite number'),
+    (lambda r: r.update(l2_bytes="1 MiB"), 'l2_bytes = "1 MiB" is not a count of bytes'),
     (lambda r: r.update(prefetch=1), "prefetch = 1 is not true or false"),
     (lambda r: r.update(model=None), "model = null is not a string"),
     (lambda r: r.update(decode_step_cycles=0), "decode_step_cycles = 0 is not positive"),
@@ -457,7 +457,7 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     # the derived rates and the area's total agree with what they derive from
     (lambda r: r.update(tokens_per_s_per_dollar=99.0),
      "tokens_per_s_per_dollar = 99.0 is not tokens_per_s / (devices x cost_dollars)"),
-    (lambda r: r.update(l2_mm2=r["l2_mm2"] + 1), "area_mm2 = "),
+    (lambda r: r.update(l2_mm2=r["l2_mm2"] + 1), "l2_mm2 = "),
     # ... and the fields the sweep derives from others, each edited with the rates and
     # totals that follow from it, so that only the edited field is out of line
     (lambda r: r.update(tokens_per_s=1000.0, tokens_per_s_per_mm2=1000.0 / r["area_mm2"],
@@ -469,7 +469,31 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     (lambda r: r.update(die_dollars=r["die_dollars"] / 2,
                         cost_dollars=r["die_dollars"] / 2 + r["dram_dollars"]),
      "die_dollars = "),
-    (lambda r: r.update(dram_gbytes=64.0), "dram_dollars = "),
+    (lambda r: r.update(dram_gbytes=64.0), "dram_gbytes = 64.0 is not the DRAM a device needs"),
+    (lambda r: r.update(dram_dollars=1.0), "dram_dollars = 1.0 is not dram_gbytes at $3/GB"),
+    # (another model's row: its DRAM is not that model's)
+    (lambda r: r.update(model="llama-3-8b"), "dram_gbytes = 1.0 is not the DRAM a device"),
+    # a tiny area was an OverflowError in the wafer's die count: the parts come first
+    (lambda r: r.update(area_mm2=5e-324), "area_mm2 = 5e-324 is not the sum of"),
+    (lambda r: r.update(decode_load_busy=10 ** 12), "decode_load_busy = 1000000000000 is "
+     "more than the step's decode_step_cycles"),
+    (lambda r: r.update(decode_roofline_tokens_per_s=1.0),
+     "decode_roofline_tokens_per_s = 1.0 is below the rate its decode step reaches"),
+    (lambda r: r.update(decode_roofline_tokens_per_s="x"),
+     'decode_roofline_tokens_per_s = "x" is not a finite number'),
+    (lambda r: r.update(weights="int3"), 'weights = "int3" is not one of int8, mxint4'),
+    (lambda r: r.update(array="banana"), 'array = "banana" is not its hardware\'s 4x4'),
+    (lambda r: r.update(link_gbytes_per_s="x"), 'link_gbytes_per_s = "x" is not a number'),
+    # an infeasible row's settings are listed in the report: checked as a feasible one's
+    # (a bad one was a traceback once the figures were drawn)
+    (lambda r: r.update(feasible=False, reason="r", l2_bytes="x"),
+     'l2_bytes = "x" is not a count of bytes'),
+    (lambda r: (r.update(feasible=False, reason="r"), r.pop("l2_bytes")),
+     "l2_bytes = null is not a count of bytes"),
+    (lambda r: r.update(feasible=False, reason="r", prefetch="yes"),
+     'prefetch = "yes" is not true or false'),
+    (lambda r: r.update(feasible=False, reason="r", workload=[1]),
+     "workload = [1] is not a string"),
     (lambda r: r.update(tpot_s=0.0), "tpot_s = 0.0 with output = 8"),
     (lambda r: r.update(output=1.5), "output = 1.5 is not a count of at least 1"),
     # an infeasible row says why (the report's list printed an empty reason, or None)
