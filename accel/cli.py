@@ -92,11 +92,12 @@ def _add_weights(p) -> None:
 
 
 def _load_eval_inputs(model: str, args=None, weights: str = "int8",
-                      need_tokenizer: bool = False):
-    """The model and its integer model (projection weights in ``weights``); with
-    ``args``, also the prompt's token ids, read before the integer model is calibrated so
-    that a bad prompt is refused at once. ``need_tokenizer``: refuse a model without one
-    before loading its weights (a preset's are random and large)."""
+                      need_tokenizer: bool = False, integer: bool = True):
+    """The model and its integer model (projection weights in ``weights``; None without
+    ``integer``: nothing is calibrated); with ``args``, also the prompt's token ids, read
+    before the integer model is calibrated so that a bad prompt is refused at once.
+    ``need_tokenizer``: refuse a model without one before loading its weights (a
+    preset's are random and large)."""
     from models.evaluate import build_int_model
     from models.integer import check_weight_format
     from models.zoo import TRAINED as TRAINED_MODELS
@@ -114,8 +115,10 @@ def _load_eval_inputs(model: str, args=None, weights: str = "int8",
            + (" (random: a preset without a checkpoint)" if random else ""))
     loaded = load_model(model)
     ids = None if args is None else _prompt_ids(args, loaded)
-    _phase(cfg, "calibrating the integer model's scales (compiling the float model first)")
-    im = build_int_model(loaded, weights=weights)
+    im = None
+    if integer:
+        _phase(cfg, "calibrating the integer model's scales (compiling the float model first)")
+        im = build_int_model(loaded, weights=weights)
     return (loaded, im) if args is None else (loaded, im, ids)
 
 
@@ -227,7 +230,8 @@ def _cmd_generate(args) -> int:
         raise ValueError("--kv-tolerance compresses the integer model's KV cache; --numerics "
                          "float generates with the float model's (give --numerics int or "
                          "both)")
-    loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights)
+    loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights,
+                                        integer=args.numerics != "float")
     if kv is not None and (args.max_new_tokens < 2
                            or kv.chunk_tokens > len(ids) + args.max_new_tokens - 2):
         # a chunk is compressed once its last row is written; decode steps read it after
@@ -316,7 +320,8 @@ def _cmd_compile(args) -> int:
         build = compile_timing_step(model_config(args.model), hw, args.decode_at,
                                     prefetch=prefetch, weights=args.weights)
     else:
-        loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights)
+        loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights,
+                                        integer=args.numerics != "float")
         max_new = DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
         build = compile_generation(im.cfg, im.qm, hw, ids, max_new, prefetch=prefetch)
     seconds = time.perf_counter() - t0

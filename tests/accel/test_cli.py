@@ -187,6 +187,10 @@ def test_a_model_trained_on_another_text_is_calibrated_and_evaluated_on_it(capsy
     assert code == 0, err
     assert json.loads(out)["tokens"] == 256           # one window of tiny's context
     corpus.rename(tmp_path / "moved.txt")
+    # the float model needs no calibration (it was refused too)
+    code, out, err = run(capsys, "generate", "--model", str(ck), "--prompt", "31",
+                         "--max-new-tokens", "4", "--numerics", "float")
+    assert code == 0 and out.startswith("[float]   31") and "[integer]" not in out, err
     code, _, err = run(capsys, "generate", "--model", str(ck), "--prompt", "31")
     assert code == 2 and err == (f"accel generate: error: {ck}: its training corpus {corpus} "
                                  f"(train_log.json) cannot be read as text (No such file or "
