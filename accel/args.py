@@ -41,9 +41,12 @@ def positive_int(text: str) -> int:
 
 def path(text: str) -> str:
     """A file or folder argument (``type=`` of argparse): not empty (an empty path is the
-    current folder, which no command means to write into or read as its output)."""
-    if not text:
-        raise argparse.ArgumentTypeError("an empty path (give a file or folder)")
+    current folder, which no command means to write into or read as its output), nor
+    only spaces (a folder named " " is a typing slip)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(("an empty path" if not text else
+                                          f"{text!r} is only spaces")
+                                         + " (give a file or folder)")
     return text
 
 

@@ -320,8 +320,7 @@ def _cmd_compile(args) -> int:
         build = compile_timing_step(model_config(args.model), hw, args.decode_at,
                                     prefetch=prefetch, weights=args.weights)
     else:
-        loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights,
-                                        integer=args.numerics != "float")
+        loaded, im, ids = _load_eval_inputs(args.model, args, weights=args.weights)
         max_new = DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
         build = compile_generation(im.cfg, im.qm, hw, ids, max_new, prefetch=prefetch)
     seconds = time.perf_counter() - t0
@@ -459,11 +458,22 @@ def _rtl_params(hw_spec: str):
     return rtl_params(load_hardware(hw_spec))
 
 
+#: The files ``accel rtl verilog`` writes (``rtl.sim.write_verilog``): a folder holding
+#: only these is one it wrote, and is written again.
+VERILOG_FILES = ("sim_top.v", "sram_macro.v")
+
+
 def _cmd_rtl(args) -> int:
     if args.action == "verilog":
         from rtl.sim import write_verilog
 
         out = Path(args.out)
+        others = sorted(p.name for p in out.iterdir()
+                        if p.name not in VERILOG_FILES) if out.is_dir() else []
+        if others:                 # (it wrote beside them, over any of the same name)
+            raise ValueError(f"{out}: holds files other than the Verilog this writes "
+                             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+                             f"give a new or empty folder")
         files = write_verilog(_rtl_params(args.hw), out)
         print("wrote " + ", ".join(str(f) for f in files))
         return 0

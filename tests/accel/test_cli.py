@@ -119,6 +119,9 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["train", "--out", ""], "argument --out: an empty path"),
     (["compile", "-o", ""], "argument -o/--out: an empty path"),   # (it built into .)
     (["report", ""], "argument out: an empty path"),
+    (["compile", "-o", " "], "argument -o/--out: ' ' is only spaces"),   # (a folder " ")
+    # a folder of other files (it wrote beside them, over any of the same name)
+    (["rtl", "verilog", "-o", "docs"], "docs: holds files other than the Verilog this writes"),
     # a batch past the machine's memory: refused by a lower bound (it swapped for minutes),
     # or where XLA cannot allocate, by its error (it was a traceback)
     (["train", "--batch-size", "100000000"], "--batch-size 100000000 of 256-token windows "
