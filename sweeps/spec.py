@@ -284,6 +284,14 @@ def load_spec(path: str | Path) -> Spec:
         fail_at("samples", "sweep", f"samples = {samples:,} is more than the axes' grid of "
                 f"{distinct:,} points (drawn without replacement; sampling = \"grid\" "
                 f"runs them all)")
+    # a workload defined and never run is a slip (a spec that defined `short` and named
+    # none ran the default `liso`, 1024 in / 128 out, unsaid)
+    used = {v for v in axes.get("workload", [fixed["workload"]]) if isinstance(v, str)}
+    for name in data.get("workloads", {}):
+        if name not in used:
+            fail_at(name, "workloads", f"workload {name!r} is defined but no point runs it "
+                    f"(the points run {', '.join(map(repr, sorted(used)))}): name it in "
+                    f"[fixed] workload = \"{name}\" or in the workload axis")
     for p in spec.points():
         problem = _check_point(p, spec)
         if problem:

@@ -64,6 +64,9 @@ def write(tmp_path, text, name="spec.toml") -> Path:
      "prefetch is both fixed and an axis"),
     (("factor = 2 }", "factor = 2 }\nclock_hz = { range = [1, 100000000000, 1] }"), 15,
      "100,000,000,000 values (a sweep takes at most 100,000 points)"),
+    # a workload defined and never run (the default liso ran unsaid)
+    (('workload = ["short"]', ''), 11,
+     "workload 'short' is defined but no point runs it (the points run 'liso')"),
     # points that cannot run: found before any runs
     (("factor = 2 }", "factor = 2 }\ndevices = [1, 4]"), 15,
      "n_kv_heads = 2 does not split over 4 devices"),
