@@ -31,7 +31,8 @@ A spec::
     link_gbytes_per_s = 16.0
     link_latency_us = 2.0
 
-    [workloads]                  # named workloads, exact lengths
+    [workloads]                  # named workloads, exact lengths; each one defined is
+                                 # run (fixed or on the workload axis)
     liso = { prompt = 1024, output = 128 }
 
     [axes]                       # a HardwareConfig field (not flash_*), or a setting above
