@@ -32,8 +32,10 @@ def test_cli_verilog_and_stats(tmp_path, capsys):
     # A hardware file, as users give their own (its statistics cached by the test above).
     hw_file = tmp_path / "small.toml"
     hw_file.write_text(SMALL_HW.to_toml())
-    assert main(["rtl", "verilog", "--hw", str(hw_file), "-o", str(tmp_path)]) == 0
-    text = (tmp_path / "sim_top.v").read_text()
+    out = tmp_path / "verilog"           # (a folder of other files is refused)
+    assert main(["rtl", "verilog", "--hw", str(hw_file), "-o", str(out)]) == 0
+    assert main(["rtl", "verilog", "--hw", str(hw_file), "-o", str(out)]) == 0   # again
+    text = (out / "sim_top.v").read_text()
     assert "module sim_top" in text and "sram_macro" in text
     assert main(["rtl", "stats", "--hw", str(hw_file), "--json"]) == 0
     out = capsys.readouterr().out
