@@ -167,8 +167,13 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
         tokenizer.save(out / "tokenizer.json")
         (out / "train_log.json").write_text(json.dumps(
             {"step": best["step"], "val_loss": best["val_loss"], "steps_run": step_no,
-             "corpus": str(Path(tc.corpus).resolve()), "history": history}, indent=1) + "\n")
+             "corpus": corpus, "history": history}, indent=1) + "\n")
 
+    # the text calibration and evaluation read (``zoo.trained_on``): none recorded for the
+    # default corpus, which is found wherever the checkout is (a checkpoint copied to
+    # another machine would name a path that is not there)
+    corpus = Path(tc.corpus).resolve()
+    corpus = None if corpus == default_corpus().resolve() else str(corpus)
     bar = tqdm(range(1, tc.steps + 1), desc="train", disable=not progress)
     saved = i = 0                    # the best step written, the step running
     try:

@@ -78,8 +78,7 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
 
 def trained_on(folder: Path) -> Path | None:
     """The corpus ``accel train`` recorded in ``folder/train_log.json`` (None: no record,
-    as in a Hugging Face checkpoint or the packaged ones, trained on the default
-    corpus)."""
+    as in a Hugging Face checkpoint, or the default corpus)."""
     try:
         corpus = json.loads((folder / "train_log.json").read_text()).get("corpus")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):

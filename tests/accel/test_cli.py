@@ -164,6 +164,10 @@ def test_train_says_it_replaces_an_earlier_checkpoint(capsys, tmp_path):
             "--corpus", str(corpus), "--out", str(tmp_path / "ck"))
     code, _, err = run(capsys, *argv)
     assert code == 0 and "replaces" not in err
+    # (trained on the default corpus: none recorded, so the checkpoint finds it anywhere)
+    code, _, _ = run(capsys, *argv[:-4], "--out", str(tmp_path / "default"))
+    assert code == 0 and json.loads((tmp_path / "default" / "train_log.json").read_text())[
+        "corpus"] is None
     code, _, err = run(capsys, *argv)
     assert code == 0 and err.strip() == (f"{tmp_path / 'ck'}: holds a checkpoint, which this "
                                          f"run replaces when it first saves")
