@@ -117,9 +117,27 @@ def area(hw: HardwareConfig, node_name: str, stats: dict | None = None) -> AreaB
     logic = stats["gate_equivalents"] / n.nand2_per_mm2
     sram_per_bit = n.sram_mm2_per_mbyte / (8 * 2 ** 20)
     memory = stats["memory_bits"] * sram_per_bit * n.regfile_factor
-    l2 = hw.l2_bytes * 8 * sram_per_bit
+    l2 = l2_area_mm2(hw.l2_bytes, node_name)
     phy = n.phy_mm2_per_32gbps * max(hw.dram_gbps, 1.0) / 32.0
     return AreaBreakdown(logic, memory, l2, phy)
+
+
+def l2_area_mm2(l2_bytes: int, node_name: str) -> float:
+    """The L2's area: ``l2_bytes`` of SRAM at the node's density (with periphery and
+    banking, ``Node.sram_mm2_per_mbyte``)."""
+    return l2_bytes * 8 * (node(node_name).sram_mm2_per_mbyte / (8 * 2 ** 20))
+
+
+def die_dollars(die_mm2: float, node_name: str) -> tuple[int, float, float]:
+    """``(dies per wafer, yield, dollars)`` of a die of ``die_mm2``: the node's wafer cost
+    over the good dies on it. ``CostError`` for a die a wafer does not hold."""
+    n = node(node_name)
+    dpw = dies_per_wafer(die_mm2)
+    if dpw == 0:
+        raise CostError(f"a die of {die_mm2:.0f} mm² does not fit a "
+                        f"{WAFER_DIAMETER_MM:.0f} mm wafer")
+    y = die_yield(die_mm2, n.defects_per_cm2)
+    return dpw, y, n.wafer_dollars / (dpw * y)
 
 
 def dies_per_wafer(die_mm2: float) -> int:
@@ -166,12 +184,6 @@ def dram_capacity_gbytes(model_bytes: int) -> float:
 
 def cost(hw: HardwareConfig, node_name: str, dram_gbytes: float,
          stats: dict | None = None) -> CostBreakdown:
-    n = node(node_name)
     a = area(hw, node_name, stats)
-    dpw = dies_per_wafer(a.total_mm2)
-    if dpw == 0:
-        raise CostError(f"a die of {a.total_mm2:.0f} mm² does not fit a "
-                        f"{WAFER_DIAMETER_MM:.0f} mm wafer")
-    y = die_yield(a.total_mm2, n.defects_per_cm2)
-    die = n.wafer_dollars / (dpw * y)
+    dpw, y, die = die_dollars(a.total_mm2, node_name)
     return CostBreakdown(a, dpw, y, die, dram_gbytes, dram_gbytes * DRAM_DOLLARS_PER_GB)

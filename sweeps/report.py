@@ -272,7 +272,8 @@ def _check_row(row: dict, where: str) -> None:
 
 def _check_derived(row: dict, where: str, hw) -> None:
     """``ReportError`` for a field of a feasible row that is not what the sweep derives
-    from the others (``runner.evaluate_group``, ``sweeps.cost``), to a relative 1e-9: the
+    from the others (``runner.evaluate_group``, ``sweeps.cost``'s own functions), to a
+    relative 1e-9: the
     area as the sum of its parts; the L2's area from ``l2_bytes`` at the node's SRAM
     density; the die's cost from its area, the DRAM's from its capacity, the total as
     their sum; tokens/s as the batch's output tokens over TTFT plus the decode steps'
@@ -282,7 +283,7 @@ def _check_derived(row: dict, where: str, hw) -> None:
     made better, another model) is named rather than reported; each part is checked
     before a total made of it."""
     from models.config import preset
-    from sweeps.cost import DRAM_DOLLARS_PER_GB, NODES, die_yield, dies_per_wafer
+    from sweeps.cost import DRAM_DOLLARS_PER_GB, NODES, CostError, die_dollars, l2_area_mm2
     from sweeps.runner import device_dram_gbytes
     from sweeps.spec import DEFAULTS
 
@@ -291,14 +292,12 @@ def _check_derived(row: dict, where: str, hw) -> None:
     area = row["area_mm2"]
     devices, batch, output = row.get("devices", 1), row.get("batch", 1), row["output"]
 
-    def die_dollars() -> float:
+    def die() -> float:
         try:
-            good = dies_per_wafer(area) * die_yield(area, node.defects_per_cm2)
-        except (OverflowError, ValueError):
-            good = 0
-        if not good:
-            raise ReportError(f"{where}: area_mm2 = {area!r} is not a die a wafer holds")
-        return node.wafer_dollars / good
+            return die_dollars(area, row["node"])[2]
+        except (CostError, OverflowError):
+            raise ReportError(f"{where}: area_mm2 = {area!r} is not a die a wafer "
+                              f"holds") from None
 
     def dram_gbytes() -> float:
         try:
@@ -309,10 +308,10 @@ def _check_derived(row: dict, where: str, hw) -> None:
     # (field, what it should be, how that is derived), in the order each relies on the
     # ones before: a part before the total made of it
     derived = [
-        ("l2_mm2", lambda: row["l2_bytes"] * node.sram_mm2_per_mbyte / 2 ** 20,
+        ("l2_mm2", lambda: l2_area_mm2(row["l2_bytes"], row["node"]),
          f"l2_bytes at {row['node']}'s {node.sram_mm2_per_mbyte} mm²/MiB"),
         ("area_mm2", lambda: sum(row[p] for p in parts), f"the sum of {', '.join(parts)}"),
-        ("die_dollars", die_dollars,
+        ("die_dollars", die,
          f"a {row['node']} wafer's cost over the good dies of area_mm2 on it"),
         ("dram_gbytes", dram_gbytes,
          f"the DRAM a device needs for {row['model']}'s weights and KV cache"),
