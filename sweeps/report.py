@@ -76,15 +76,15 @@ def _current(out: Path) -> _Results:
     if not path.exists():
         raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
     rows, where = [], {}
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue                 # a line cut short by a kill (a resumed sweep goes on
-            #                          after it): that point ran again
+    from sweeps.runner import SweepError, read_results
+    try:
+        lines = read_results(path)
+    except SweepError as e:
+        raise ReportError(str(e)) from None
+    for number, row in lines:
         if not isinstance(row, dict):
             raise ReportError(f"{path}:{number}: not a point (a JSON object), but "
-                              f"{line.strip()[:40]}")
+                              f"{json.dumps(row)[:40]}")
         rows.append(row)
         where[id(row)] = f"{path}:{number}"
     current = Path(out) / "sweep.json"

@@ -210,16 +210,35 @@ def _logic_configs(points: list[dict]) -> list[HardwareConfig]:
     return out
 
 
+def read_results(path: Path) -> list[tuple[int, object]]:
+    """``(line number, value)`` of each line of a ``results.jsonl``. A last line without
+    its newline that is not JSON is a write cut short by a kill and is left out (that
+    point runs again; ``_Writer`` cuts it off when the sweep resumes). ``SweepError``
+    naming the file and line for any other line that is not JSON: the runner writes
+    each row whole, its newline last, so such a line was edited, and the point it held
+    would silently count as not run."""
+    text = path.read_text(errors="replace")
+    lines = text.splitlines(keepends=True)
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            out.append((number, json.loads(line.rstrip("\r\n"))))
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not line.endswith("\n"):
+                break
+            raise SweepError(f"{path}:{number}: not a JSON line ({e.msg}); a sweep writes "
+                             f"whole lines, so it was edited: remove or fix it") from None
+    return out
+
+
 def finished_keys(out: Path) -> set[str]:
     path = out / "results.jsonl"
     if not path.exists():
         return set()
     keys = set()
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            keys.add(str(json.loads(line)["key"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue                 # a line cut short by a kill: that point runs again
+    for _, row in read_results(path):
+        if isinstance(row, dict) and "key" in row:
+            keys.add(str(row["key"]))
     return keys
 
 
@@ -241,14 +260,8 @@ class _Writer:
         self.jsonl = (out / "results.jsonl").open("a")
         # results.jsonl is the record; the CSV is rewritten from it, so a kill between
         # the two writes leaves them consistent on the next run.
-        rows = []
-        for line in (out / "results.jsonl").read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+        rows = [row for _, row in read_results(out / "results.jsonl")
+                if isinstance(row, dict)]
         self.csv = (out / "results.csv").open("w", newline="")
         self.header: list[str] = []
         self.rows: list[dict] = []

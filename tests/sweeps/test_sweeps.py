@@ -586,23 +586,30 @@ def test_report_says_what_is_missing_and_gives_no_optimum_for_one_size(sweep, tm
 
 
 def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_path):
-    """A point written twice (counted twice in the report) and a line of JSON that is not
-    an object (dropped) are damage: named by line. A line that is not JSON at all is what
-    a kill leaves (the resumed sweep writes after it and runs that point again): skipped."""
+    """A point written twice (counted twice in the report), a line of JSON that is not
+    an object (dropped) and a line that is not JSON before the last (a sweep writes whole
+    lines and cuts a killed write off when it resumes, so its point would silently count
+    as not run) are damage: named by line, by the report and by a sweep resumed into the
+    folder. A last line cut short without its newline is what a kill leaves: skipped."""
     from sweeps.report import ReportError, load_results
+    from sweeps.runner import SweepError
 
-    _, out, _ = sweep
+    spec, out, _ = sweep
     lines = (out / "results.jsonl").read_text().splitlines()
     folder = tmp_path / "edited"
     for text, message in [(lines + [lines[1]], f":{len(lines) + 1}: the point of line 2 again"),
                           (lines[:2] + ["[1, 2, 3]"] + lines[2:],
-                           ":3: not a point (a JSON object), but [1, 2, 3]")]:
+                           ":3: not a point (a JSON object), but [1, 2, 3]"),
+                          (lines[:2] + ['{"key": "ab'] + lines[2:],
+                           "results.jsonl:3: not a JSON line (Unterminated string")]:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(out, folder)
         (folder / "results.jsonl").write_text("\n".join(text) + "\n")
         with pytest.raises(ReportError, match=re.escape(message)):
             load_results(folder)
-    (folder / "results.jsonl").write_text("\n".join(lines[:2] + ['{"key": "ab'] + lines[2:]))
+    with pytest.raises(SweepError, match=re.escape(message)):
+        run_sweep(spec, folder, workers=1, progress=False)
+    (folder / "results.jsonl").write_text("\n".join(lines + ['{"key": "ab']))
     assert len(load_results(folder)) == len(lines)
 
 
