@@ -131,7 +131,9 @@ def evaluate_group(points: list[dict], workloads: dict[str, dict],
     except CompileError as e:
         return [{"key": k, **p, "l2_bytes": hw.l2_bytes, "feasible": False,
                  "reason": str(e)} for p, k in zip(points, keys, strict=True)]
-    # of the output - 1 decode steps, the one ``decode_total`` timed nearest the middle
+    # of the output - 1 decode steps, the one ``decode_total`` timed nearest the middle;
+    # a workload of one output token runs none: the step that would give a second token
+    # (docs/cost.md says so)
     middle = w["prompt"] + (w["output"] - 1) // 2
     timed = analytic.decode_positions(w["prompt"], w["prompt"] + w["output"] - 2,
                                       analytic.DECODE_SAMPLES, hw.kv_block_tokens)
