@@ -148,9 +148,19 @@ def run_command(main: Callable[[], object], prog: str) -> None:
     except Exception as e:
         if not isinstance(e, user_errors()):
             raise
-        sys.stderr.write(f"{prog}: error: {e}\n")
+        sys.stderr.write(f"{prog}: error: {error_message(e)}\n")
         sys.exit(2)
     sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
+
+
+def error_message(e: Exception) -> str:
+    """The line ``run_command`` prints for a user error: an ``OSError`` on a path as the
+    path and its reason (``/proc/x: No such file or directory``, as ``mkdir`` says it,
+    not Python's ``[Errno 2] ...: '/proc/x'``), anything else as its message."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{where}: {e.strerror}"
+    return str(e)
 
 
 def accel_command() -> None:

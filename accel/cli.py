@@ -17,6 +17,7 @@ from pathlib import Path
 
 from accel.args import (
     ArgumentParser,
+    error_message,
     exit_interrupted,
     keep_interrupts,
     out_folder,
@@ -697,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as e:
-        print(f"accel {args.command}: error: {e}", file=sys.stderr)
+        print(f"accel {args.command}: error: {error_message(e)}", file=sys.stderr)
         return 2
     except (AcceleratorError, RunIntegrityError) as e:   # a program the device refused
         print(f"accel {args.command}: the accelerator stopped: {e}", file=sys.stderr)

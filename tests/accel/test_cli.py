@@ -139,6 +139,9 @@ def test_eval_json_reports_the_compressed_kv_cache(capsys):
     (["eval", "--model", "llama-3-8b"],                  # a preset: before its random weights
      "llama-3-8b: evaluation needs a tokenizer and text"),
     (["report", "README.md"], "README.md: not a folder (a sweep's output folder)"),
+    # a folder that cannot be made: the path and the reason (it was "[Errno 2] ...")
+    (["compile", "--no-weights", "-o", "/proc/accel-test/x"],
+     "accel compile: error: /proc/accel-test: No such file or directory"),
     # an unknown option before any command was reported as a missing command
     (["--nope"], "accel: error: unrecognized arguments: --nope"),
     ([], "a command is needed: one of train, eval, generate,"),
