@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
+from numba import njit
 
 from arch.hardware import HardwareConfig
 from arch.isa import (
@@ -113,7 +113,7 @@ class Copies:
     to its begin, as functions of when the copier's read and write sides become free of
     the instructions before it (``r0``, ``w0``, also relative): each time is
     ``max(c, r0 + r, w0 + w)``, a triple ``(c, r, w)``, since every step of the copier
-    is a max of sums (``after`` evaluates them).
+    is a max of sums (``queue_after`` evaluates them).
 
     ``issue``: the engine's last row command is queued (it moves on to the next
     instruction); ``reads``/``writes``: the copier's read and write sides are done with
@@ -126,31 +126,12 @@ class Copies:
     # The copier's command queue (``CMD_DEPTH``) is shared with the instructions before:
     # ``first_cmds`` are when the first ``CMD_DEPTH`` row commands would be queued alone
     # (relative to begin), ``takes`` when the write side takes each of the last
-    # ``CMD_DEPTH`` (triples), so that ``sweeps.perf`` can hold this instruction's
+    # ``CMD_DEPTH`` (triples), so that ``queue_after`` can hold this instruction's
     # commands until the earlier ones leave the queue.
     first_cmds: tuple[float, ...] = ()
     takes: tuple[tuple[float, float, float], ...] = ()
     cmd_jumps: tuple[int, ...] = ()    # k where first_cmds[k + 1] > first_cmds[k] + 1
     rows: int = 0                      # row commands in all
-
-    def after(self, begin: float, read_free: float, write_free: float
-              ) -> tuple[float, float, float]:
-        """Begun at ``begin`` with the copier's sides free at ``read_free`` and
-        ``write_free`` (absolute): when its last row command is queued, and when the read
-        and write sides are free again (absolute). The engine models of ``sweeps.perf``
-        and ``sweeps.analytic`` both chain DMA instructions with it; it is written out
-        (no max builtins) because the sweeps call it once per load."""
-        r0, w0 = read_free - begin, write_free - begin
-        (ic, ir, iw), (rc, rr, rw), (wc, wr, ww) = self.issue, self.reads, self.writes
-        ir += r0
-        iw += w0
-        rr += r0
-        rw += w0
-        wr += r0
-        ww += w0
-        return (begin + (ic if ic >= ir and ic >= iw else ir if ir >= iw else iw),
-                begin + (rc if rc >= rr and rc >= rw else rr if rr >= rw else rw),
-                begin + (wc if wc >= wr and wc >= ww else wr if wr >= ww else ww))
 
 
 def load_data_delay(hw: HardwareConfig, cal: Calibration = CALIBRATION) -> int:
@@ -160,75 +141,152 @@ def load_data_delay(hw: HardwareConfig, cal: Calibration = CALIBRATION) -> int:
     return cal.dma_setup + cal.cmd_to_read + hw.dram_latency_cycles + cal.read_to_write + 1
 
 
+class CopiesTable:
+    """The ``Copies`` of a program (or of a fast-path step), as the flat arrays the
+    compiled engine models read (``queue_after``): ``index[id(copies)]`` is a ``Copies``'
+    row. ``arrays``: ``(triples, first offsets, first_cmds, takes offsets, takes, jump
+    offsets, cmd_jumps)``; ``triples[u]`` is ``issue``, ``reads`` and ``writes``, nine
+    floats; the others are every ``Copies``' tuples laid end to end, ``u``'s from
+    ``offsets[u]`` to ``offsets[u + 1]``."""
+
+    def __init__(self, copies):
+        self.index: dict[int, int] = {}
+        self.copies: list[Copies] = []         # (held, so that the ids stay theirs)
+        first, takes, jumps = [], [], []
+        offsets = ([0], [0], [0])
+        for c in copies:
+            if c is None or id(c) in self.index:
+                continue
+            self.index[id(c)] = len(self.copies)
+            self.copies.append(c)
+            first += c.first_cmds
+            takes += c.takes
+            jumps += c.cmd_jumps
+            for o, part in zip(offsets, (first, takes, jumps), strict=True):
+                o.append(len(part))
+        triples = np.array([(*c.issue, *c.reads, *c.writes) for c in self.copies],
+                           np.float64).reshape(-1, 9)
+        self.arrays = (triples, np.array(offsets[0], np.int64), np.array(first, np.float64),
+                       np.array(offsets[1], np.int64),
+                       np.array(takes, np.float64).reshape(-1, 3),
+                       np.array(offsets[2], np.int64), np.array(jumps, np.int64))
+
+
+@njit(cache=True)
+def _max3(c, r, w):
+    """``max(c, r, w)``, written out as ``Copies`` takes it."""
+    return c if c >= r and c >= w else r if r >= w else w
+
+
+@njit(cache=True)
+def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_free):
+    """A row-copying DMA instruction (row ``u`` of ``table``, ``CopiesTable.arrays``)
+    begun at ``begin`` with its copier's read and write sides free at ``read_free`` and
+    ``write_free`` (absolute): ``(issued, read_free, write_free)``, when its engine's last
+    row command is queued and when the copier's sides are free again. ``Copies`` gives
+    each as ``max(c, r0 + r, w0 + w)`` (relative to ``begin``); the copier's command
+    queue (``CMD_DEPTH`` row commands) adds a wait: its first commands wait for the
+    earlier instructions' last ones to be taken by the write side (``rtl.copier``: the
+    engine queues a row command only while both of the copier's command queues have
+    room), which shifts its last one alone (the later commands' queue waits are in
+    ``issue`` already, through the write side). The take times are those of the
+    instructions alone in context, before the contention waits the engine models add
+    afterwards; they are evaluated only where they can bind, which is exact: a take
+    comes at least a cycle after the one before, and a command one cycle after the one
+    before unless it read an int32 first, so the wait is largest just before a command
+    that jumps (``cmd_jumps``), or at the last.
+
+    The queue's state (updated in place): the earlier instructions still in the queue,
+    ``seg_u[s]`` (their rows), ``seg_f[s]`` (begin, read and write free, their last
+    take), ``seg_m[s]`` (their commands), for ``s`` from ``state[0]`` to ``state[1]``
+    (at least the last ``CMD_DEPTH`` commands; ``state[2]``); the arrays hold a row per
+    call. Compiled (numba): ``sweeps.perf`` chains every row-copying instruction of each
+    DMA engine through one (``CopierQueue``), ``sweeps.analytic`` its loads and stores
+    from its compiled engine model."""
+    triples, f_off, f_flat, t_off, t_flat, j_off, j_flat = table
+    head, tail, count = state[0], state[1], state[2]
+    f0 = f_off[u]
+    n_first = f_off[u + 1] - f0
+    late = 0.0
+    newest = seg_f[tail - 1, 3] if tail > head else -np.inf     # the newest command's take
+    if newest + 1 > begin + f_flat[f0]:
+        room = CMD_DEPTH               # CMD_DEPTH less the commands newer than segment s's
+        jb, je = j_off[u], j_off[u + 1]
+        for s in range(tail - 1, head - 1, -1):
+            m = seg_m[s]
+            # its take j is command room - (m - j) of ours to wait for
+            lo = room - m if room > m else 0
+            hi = room if room < n_first else n_first
+            if lo < hi and seg_f[s, 3] + 1 - begin - f_flat[f0 + lo] > late:
+                tb = t_off[seg_u[s]]
+                sb, sr, sw = seg_f[s, 0], seg_f[s, 1], seg_f[s, 2]
+                a = jb                 # the commands just before a jump in [lo, hi - 1),
+                while a < je and j_flat[a] < lo:              # then hi - 1
+                    a += 1
+                while True:
+                    if a < je and j_flat[a] < hi - 1:
+                        k = j_flat[a]
+                        a += 1
+                    else:
+                        k = hi - 1
+                    at = tb + m - room + k                    # when the write side takes it
+                    v = _max3(t_flat[at, 0] + sb, t_flat[at, 1] + sr,
+                              t_flat[at, 2] + sw) + 1 - begin - f_flat[f0 + k]
+                    if v > late:
+                        late = v
+                    if k == hi - 1:
+                        break
+            room -= m
+            if room <= 0:
+                break
+    last = t_off[u + 1] - 1                                   # its last command's take
+    seg_u[tail] = u
+    seg_f[tail, 0] = begin
+    seg_f[tail, 1] = read_free
+    seg_f[tail, 2] = write_free
+    seg_f[tail, 3] = _max3(t_flat[last, 0] + begin, t_flat[last, 1] + read_free,
+                           t_flat[last, 2] + write_free)
+    seg_m[tail] = t_off[u + 1] - t_off[u]
+    count += seg_m[tail]
+    tail += 1
+    while count - seg_m[head] >= CMD_DEPTH:
+        count -= seg_m[head]
+        head += 1
+    state[0], state[1], state[2] = head, tail, count
+    r0, w0 = read_free - begin, write_free - begin
+    issued = begin + _max3(triples[u, 0], triples[u, 1] + r0, triples[u, 2] + w0)
+    reads = begin + _max3(triples[u, 3], triples[u, 4] + r0, triples[u, 5] + w0)
+    writes = begin + _max3(triples[u, 6], triples[u, 7] + r0, triples[u, 8] + w0)
+    shifted = begin + triples[u, 0] + late
+    return (shifted if shifted > issued else issued), reads, writes
+
+
 class CopierQueue:
-    """A DMA engine's copier command queue (``CMD_DEPTH`` row commands) across its
-    instructions: an instruction's first commands wait for the earlier instructions'
-    last ones to be taken by the write side (``rtl.copier``: the engine queues a row
-    command only while both of the copier's command queues have room). ``after`` is
-    ``Copies.after`` with that wait; ``sweeps.perf`` chains every row-copying instruction
-    of each DMA engine through one, ``sweeps.analytic`` (which has no store copier) every
-    load. The take times are those of the instructions alone in context, before the
-    contention waits the engine models add afterwards. They are evaluated only where they
-    can bind (the sweeps call this once per load), which is exact: a take comes at least
-    a cycle after the one before it, so the wait is largest just before a command that
-    read an int32 first, or at the last."""
+    """A DMA engine's copier command queue across its instructions (``queue_after``),
+    for the ``Copies`` of ``table``: ``after(copies, begin, read_free, write_free)`` is
+    ``(issued, read_free, write_free)``."""
 
-    __slots__ = ("segments", "count", "last")
-
-    def __init__(self):
-        # (copies, begin, read_free, write_free, its takes, its last take): at least the
-        # last CMD_DEPTH
-        self.segments: deque = deque()
-        self.count = 0
-        self.last = float("-inf")          # when the newest command is taken
+    def __init__(self, table: CopiesTable):
+        self.table = table
+        self.seg_u = np.zeros(64, np.int64)
+        self.seg_f = np.zeros((64, 4))
+        self.seg_m = np.zeros(64, np.int64)
+        self.state = np.zeros(3, np.int64)
 
     def after(self, copies: Copies, begin: float, read_free: float, write_free: float
               ) -> tuple[float, float, float]:
-        first, segments = copies.first_cmds, self.segments
-        late = 0.0
-        if self.last + 1 > begin + first[0]:
-            n_first = len(first)
-            room = CMD_DEPTH               # CMD_DEPTH less the commands newer than seg's
-            for seg in reversed(segments):
-                m = seg[4]
-                # its take j is command room - (m - j) of ours to wait for
-                lo = room - m if room > m else 0
-                hi = room if room < n_first else n_first
-                if lo < hi and seg[5] + 1 - begin - first[lo] > late:
-                    # A take is at least a cycle after the one before and a command one
-                    # cycle after the one before unless it read an int32 first: the wait
-                    # rises with k but where a command jumps, so the most is at one
-                    # just before a jump, or at the last.
-                    jumps = copies.cmd_jumps
-                    ks = ((*jumps[bisect_left(jumps, lo):bisect_left(jumps, hi - 1)], hi - 1)
-                          if jumps else (hi - 1,))
-                    takes, seg_begin, seg_read, seg_write = seg[0].takes, seg[1], seg[2], seg[3]
-                    for k in ks:
-                        c, r, w = takes[m - room + k]     # when the write side takes it
-                        c += seg_begin
-                        r += seg_read
-                        w += seg_write
-                        v = (c if c >= r and c >= w else r if r >= w else w) + 1 - begin - first[k]
-                        if v > late:
-                            late = v
-                room -= m
-                if room <= 0:
-                    break
-        takes = copies.takes
-        m = len(takes)
-        c, r, w = takes[m - 1]                 # its last command's take
-        c, r, w = c + begin, r + read_free, w + write_free
-        last = self.last = c if c >= r and c >= w else r if r >= w else w
-        segments.append((copies, begin, read_free, write_free, m, last))
-        count = self.count + m
-        while count - segments[0][4] >= CMD_DEPTH:
-            count -= segments.popleft()[4]
-        self.count = count
-        issued, read_free, write_free = copies.after(begin, read_free, write_free)
-        # the shift of its first commands carries to its last one alone (the queue waits
-        # of its later commands are in ``issue`` already, through the write side)
-        shifted = begin + copies.issue[0] + late
-        return (shifted if shifted > issued else issued), read_free, write_free
+        head, tail, _ = self.state
+        if tail == len(self.seg_u):                 # full: move the live rows down
+            grow = 2 if tail - head > len(self.seg_u) // 2 else 1
+            for name in ("seg_u", "seg_f", "seg_m"):
+                old = getattr(self, name)
+                new = np.zeros((grow * len(old), *old.shape[1:]), old.dtype)
+                new[:tail - head] = old[head:tail]
+                setattr(self, name, new)
+            self.state[0], self.state[1] = 0, tail - head
+        return queue_after(self.table.arrays, self.seg_u, self.seg_f, self.seg_m, self.state,
+                           self.table.index[id(copies)], float(begin), float(read_free),
+                           float(write_free))
 
 
 @dataclass(frozen=True)
@@ -475,13 +533,13 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
 
 # -- matmul --------------------------------------------------------------------------------
 @lru_cache(maxsize=8192)
-def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[np.ndarray, np.ndarray]:
     """One tile reader's row commands (``segments``: ``(base, stride, rows, bytes)`` each,
     addresses modulo ``W * banks``) as the L2 bank of each line it reads, in order, and
-    whether each step of its write side takes a line (``rtl.copier``: a row that starts
-    on a line takes one step a line; one that does not takes a priming step and a step a
-    destination line, the last of which reads nothing when the row ends early in its
-    line)."""
+    whether each step of its write side takes a line (1) or not (0) (``rtl.copier``: a
+    row that starts on a line takes one step a line; one that does not takes a priming
+    step and a step a destination line, the last of which reads nothing when the row
+    ends early in its line). Read only: the arrays are shared through the cache."""
     lines, steps = [], []
     for base, stride, rows, n in segments:
         for r in range(rows):
@@ -490,29 +548,37 @@ def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[tuple[int, ...], 
             lines += [line % banks for line in range(first, last + 1)]
             took = last - first + 1
             total = took if a % W == 0 else -(-n // W) + 1
-            steps += [True] * took + [False] * (total - took)
-    return tuple(lines), tuple(steps)
+            steps += [1] * took + [0] * (total - took)
+    return np.array(lines, np.int64), np.array(steps, np.int64)
 
 
 @lru_cache(maxsize=65536)
 def _fill_end(x_segments: tuple, w_segments: tuple, W: int, banks: int) -> int:
     """Cycles from the tile filler's begin until its tile is announced: the x and weight
     row readers (``rtl.matmul_unit.TileFiller``, two ``rtl.copier.RowCopier``) cycle by
-    cycle. Each asks the L2 for its next line while fewer than ``COPIER_FIFO_DEPTH - 1``
+    cycle (``_fill_cycles``) over their row commands (``_reader_plan``)."""
+    return int(_fill_cycles(*_reader_plan(x_segments, W, banks),
+                            *_reader_plan(w_segments, W, banks)))
+
+
+@njit(cache=True)
+def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
+    """``_fill_end`` for the readers' lines' banks and write-side steps (``_reader_plan``'s
+    arrays). Each asks the L2 for its next line while fewer than ``COPIER_FIFO_DEPTH - 1``
     of its lines are granted and not yet taken; the x reader's port comes first, so the
     weight reader waits whenever both ask the same bank (``rtl.l2``'s fixed priority).
     A write-side step that takes a line runs ``FILL_DATA_LATENCY`` cycles after the line
     was granted, at the earliest; the first line is asked for ``FILL_ISSUE_LATENCY``
     cycles after begin (the row command through the copier's queue), and the tile is
     announced the cycle after the last step. Both latencies are the RTL's structure (read
-    off a trace of the unit in Amaranth's simulator), not fitted."""
+    off a trace of the unit in Amaranth's simulator), not fitted. Compiled (numba): the
+    plan of a 1B-class decode step at a new KV length steps a hundred tiles' fills."""
     # Written out for the two readers (x: ``x_*``, weights: ``w_*``): lines issued (``*_i``;
     # each one's grant cycle in ``*_granted``), write-side steps taken (``*_j``) and lines
     # popped by them (``*_p``).
-    x_lines, x_steps = _reader_plan(x_segments, W, banks)
-    w_lines, w_steps = _reader_plan(w_segments, W, banks)
     n_xl, n_wl, n_xs, n_ws = len(x_lines), len(w_lines), len(x_steps), len(w_steps)
-    x_granted, w_granted = [], []
+    x_granted = np.empty(n_xl, np.int64)
+    w_granted = np.empty(n_wl, np.int64)
     x_i = w_i = x_j = w_j = x_p = w_p = 0
     room, latency = COPIER_FIFO_DEPTH - 1, FILL_DATA_LATENCY
     last = t = FILL_ISSUE_LATENCY
@@ -520,11 +586,11 @@ def _fill_end(x_segments: tuple, w_segments: tuple, W: int, banks: int) -> int:
         # the read sides, the x reader's port first: the weight reader waits for its bank
         bank = -1
         if x_i < n_xl and x_i - x_p < room:
-            x_granted.append(t)
+            x_granted[x_i] = t
             bank = x_lines[x_i]
             x_i += 1
         if w_i < n_wl and w_i - w_p < room and w_lines[w_i] != bank:
-            w_granted.append(t)
+            w_granted[w_i] = t
             w_i += 1
         # the write sides: a step that takes a line once it is in
         if x_j < n_xs and (not x_steps[x_j] or (x_p < x_i and x_granted[x_p] <= t - latency)):
@@ -699,7 +765,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
         x_lines, x_steps = _reader_plan(x_segs, W, banks)
         w_lines, w_steps = _reader_plan(w_segs, W, banks)
         lines += len(x_lines) + len(w_lines)
-        resumes += (1 if x_lines else 0) + (1 if w_lines else 0)
+        resumes += (1 if len(x_lines) else 0) + (1 if len(w_lines) else 0)
         begin = max(filler, release[s] + 1)
         # The two readers cycle by cycle, the weight reader waiting where both ask one
         # bank. (Before, each reader a step a cycle and the L2's lines a cycle at most:

@@ -53,16 +53,20 @@ from functools import cache, lru_cache
 from operator import itemgetter
 from types import SimpleNamespace
 
+import numpy as np
+from numba import njit
+
 from arch.hardware import HardwareConfig
 from arch.isa import Engine, KvFormat, make
 from arch.occupancy import (
     CALIBRATION,
-    CopierQueue,
+    CopiesTable,
     chunked_prefetch_occupancy,
     kv_budget_widths,
     load_data_delay,
     matmul_mode,
     occupancy,
+    queue_after,
 )
 from arch.uarch import (
     DEFERRED,
@@ -747,85 +751,106 @@ def _schedule(tiles, ring: int | None):
     return reach, place, dep, needs
 
 
-def _after_copier(begin: float, cycles: int, ends: list[float]) -> tuple[float, float]:
-    """``(start, end)`` of a load engine instruction without a row copier (a ``CHUNKED``
-    KV prefetch) begun at ``begin`` after loads ending at ``ends``: it starts once the
-    copier has written the rows before it and ends after them, not deferred
-    (``sweeps.perf``'s engine model, ``Occupancy.after_copier``)."""
-    start = ends[-1] + 1 if ends and ends[-1] + 1 > begin else begin
-    end = start + cycles
-    return start, (ends[-1] + 2 if ends and ends[-1] + 2 > end else end)
-
-
-def _indices(tiles) -> tuple:
-    """What ``_run`` reads of the tiles besides each one's fields, the same every pass:
-    ``(loads, computes, load tiles, compute tiles, crank, rank)``; ``crank[j]``: the
-    computes in the tiles before ``j``; ``rank[j]``: the loads among tiles ``0..j``, less
-    one."""
+def _indices(tiles, schedule) -> tuple:
+    """``_run``'s reading of the tiles placed by ``schedule``, the same every pass: the
+    arrays of ``_engines``' arguments but the waits, and the computes' total cycles. A
+    tile's load is of kind 0 (none), 1 (a ``CHUNKED`` KV prefetch, its cycles in
+    ``load_value``) or 2 (a row copier, its ``Copies``' row of the table); its stores,
+    ``(copies row or -1, cycles)`` each, are laid end to end (``store_at``)."""
     n = len(tiles)
-    loads = list(map(itemgetter(0), tiles))
-    computes = list(map(itemgetter(1), tiles))
-    crank = [0] * (n + 1)
-    for j in range(n):
-        crank[j + 1] = crank[j] + (1 if computes[j] else 0)
-    rank, k = [0] * n, -1
-    for j in range(n):
-        if loads[j]:
-            k += 1
-        rank[j] = k
-    return (loads, computes, [j for j in range(n) if loads[j]],
-            [j for j in range(n) if computes[j]], crank, rank)
+    stores = [s for t in tiles if t[10] for s in t[10]]
+    table = CopiesTable([t[0] for t in tiles if t[0] and t[0].__class__ is not int]
+                        + [c for c, _ in stores])
+    row = table.index
+    kind = np.zeros(n, np.int64)
+    value = np.zeros(n)
+    store_at = np.zeros(n + 1, np.int64)
+    for j, t in enumerate(tiles):
+        ld = t[0]
+        if ld:
+            kind[j], value[j] = (1, ld) if ld.__class__ is int else (2, row[id(ld)])
+        store_at[j + 1] = store_at[j] + (len(t[10]) if t[10] else 0)
+    cols = list(zip(*tiles, strict=True)) if tiles else [()] * 15
+    computes = np.array(cols[1], np.float64)
+    crank = np.concatenate(([0], np.cumsum(computes != 0)))
+    rank = np.cumsum(kind != 0) - 1
+    reach, place, dep, needs = (np.array(x, np.int64) for x in schedule)
+    return ((table.arrays, kind, value, computes, np.array(cols[4], np.int64),
+             np.array(cols[5], np.float64), np.array(cols[6], np.float64),
+             np.array(cols[9], np.int64), store_at,
+             np.array([-1 if c is None else row[id(c)] for c, _ in stores], np.int64),
+             np.array([c for _, c in stores], np.float64), reach, place, dep, needs,
+             crank, rank, np.flatnonzero(kind), np.flatnonzero(computes)),
+            sum(cols[1]))
 
 
 def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) -> tuple:
     """One pass of the two engines over the tiles (``_Tiles``' layout) placed by
     ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
     L2: ``((cycles, load busy, compute busy), copier write starts, load ends, compute
-    begins, compute ends, load busy up to each tile)``; ``indices``: ``_indices(tiles)``,
-    where a caller runs several passes.
+    begins, compute ends, load busy up to each tile)``; ``indices``: ``_indices(tiles,
+    schedule)``, where a caller runs several passes. The engines are ``_engines``
+    (compiled)."""
+    arrays, compute_busy = indices or _indices(tiles, schedule)
+    end, load_busy, *timeline = _engines(*arrays, np.asarray(l2_waits, np.float64),
+                                         float(data_delay))
+    return ((end, load_busy, compute_busy), *(x.tolist() for x in timeline))
+
+
+@njit(cache=True)
+def _engines(table, kind, load_value, computes, after, extra, store_cycles, store_place,
+             store_at, store_row, store_value, reach, place, dep, needs, crank, rank,
+             load_tile, comp_tile, l2_waits, data_delay):
+    """``_run``'s pass over the arrays of ``_indices``: ``(cycles, load busy, copier
+    write starts, load ends, compute begins, compute ends, load busy up to each tile)``.
 
     A load begins when its engine is free, the compute it depends on has ended, and it
     has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
     the computes before it (the one ``QUEUE_DEPTH`` before its place has begun). A
     compute begins when the one before it has ended and the loads it reads have ended;
     it is dispatched once the load engine's queue has taken the loads placed above it
-    (the load ``QUEUE_DEPTH`` before the farthest one has begun)."""
-    n = len(tiles)
-    loads, computes, load_tile, comp_tile, crank, rank = indices or _indices(tiles)
-    reach, place, dep, needs = schedule
-    # A load begins ENGINE_START_CYCLES after its engine is free (IDLE, BEGIN); the engine is
-    # free again once its rows are queued, and the load ends when the copier has written
-    # them, after the loads before it (at most DEFERRED in flight).
-    load_begin, load_end, write_start = [0] * n, [0] * n, [0.0] * n
-    compute_begin, compute_ends, busy_to = [0] * n, [0] * n, [0.0] * n
-    ends: list[float] = []                  # ends of the loads so far
-    stores: deque = deque()                 # the store engine's DRAM intervals
-    store_free = store_end = 0.0            # ... and its instructions' last end
-    store_queue, store_flight = CopierQueue(), deque()   # the store engine's copier
-    s_read = s_write = float("-inf")
-    store_free_at = -1
-    store_ends: dict[int, list] = {}        # each tile's stores' ends
-    store_begins: list[float] = []          # every store's begin, in order
-    store_gate = float("-inf")              # dispatch gate after the stores so far
-    gate_at = [store_gate] * n              # ... after each tile's
+    (the load ``QUEUE_DEPTH`` before the farthest one has begun). Compiled (numba): a
+    1B-class decode step runs it over some 3,000 tiles, three times or more."""
+    n = len(kind)
+    n_stores = len(store_row)
+    load_begin, load_end, write_start = np.zeros(n), np.zeros(n), np.zeros(n)
+    compute_begin, compute_ends, busy_to = np.zeros(n), np.zeros(n), np.zeros(n)
+    ends = np.zeros(len(load_tile) + 1)          # ends of the loads so far
+    n_loads = 0
+    # the load copier's command queue (``queue_after``)
+    q_u, q_f = np.zeros(len(load_tile) + 1, np.int64), np.zeros((len(load_tile) + 1, 4))
+    q_m, q_state = np.zeros(len(load_tile) + 1, np.int64), np.zeros(3, np.int64)
+    # the store engine: its DRAM intervals (from stores_head on), its instructions' last
+    # end, its copier's queue and its instructions in flight (DEFERRED at most)
+    stores, stores_head, stores_tail = np.zeros((n + 1, 2)), 0, 0
+    store_free = store_end = 0.0
+    s_u, s_f = np.zeros(n_stores + 1, np.int64), np.zeros((n_stores + 1, 4))
+    s_m, s_state = np.zeros(n_stores + 1, np.int64), np.zeros(3, np.int64)
+    flight, flight_head, flight_tail = np.zeros(n_stores + 1), 0, 0
+    s_read = s_write = -np.inf
+    store_free_at = -1.0
+    store_ends = np.zeros(n_stores + 1)          # every store's end, as ``store_row``
+    store_begins = np.zeros(n_stores + 1)        # ... and begin, in order
+    n_begun = 0
+    store_gate = -np.inf                         # dispatch gate after the stores so far
+    gate_at = np.full(n, -np.inf)                # ... after each tile's
     timed = -1
-    engine_free, compute_end = -1, 0
-    read_free = write_free = float("-inf")
-    queue = CopierQueue()                   # the load copier's command queue
-    load_busy = covered = n_loads = 0
+    engine_free, compute_end = -1.0, 0.0
+    read_free = write_free = -np.inf
+    load_busy = covered = 0.0
     for i in range(n):
         r = reach[i]
         while timed < r:
             timed += 1
-            ld = loads[timed]
-            if not ld:
+            if kind[timed] == 0:
                 continue
             start = engine_free + 1             # popped once free, ready the cycle after
             d = dep[timed]
             if d >= 0:                          # a token's wait: the cycle after its end
-                ready = (store_ends[d][tiles[timed][9] - 1]
-                         if tiles[timed][9] and d == timed + tiles[timed][4]
-                         else compute_ends[d]) + 1
+                if store_place[timed] and d == timed + after[timed]:
+                    ready = store_ends[store_at[d] + store_place[timed] - 1] + 1
+                else:
+                    ready = compute_ends[d] + 1
                 start = ready if ready > start else start
             g = crank[place[timed]] - QUEUE_DEPTH       # a queue of compute instructions,
             if g >= 0 and compute_begin[comp_tile[g]] > start:    # not of tiles
@@ -835,22 +860,31 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) ->
             if g >= 0 and gate_at[g] > start:
                 start = gate_at[g]
             load_begin[timed] = begin = start
-            if ld.__class__ is int:    # a chunked KV prefetch: no row copier
-                write_start[timed], end = _after_copier(begin, ld, ends)
+            if kind[timed] == 1:
+                # a chunked KV prefetch has no row copier: it starts once the copier has
+                # written the rows before it and ends after them, not deferred
+                # (``sweeps.perf``'s engine model, ``Occupancy.after_copier``)
+                prev = ends[n_loads - 1] if n_loads else -np.inf
+                write_start[timed] = prev + 1 if prev + 1 > begin else begin
+                end = write_start[timed] + load_value[timed]
+                end = prev + 2 if prev + 2 > end else end
                 engine_free = end + 1
             else:
                 # the DRAM lines others took since the last load delay this one by what the
                 # DRAM could not fit in the idle time between them
                 idle = begin - (read_free if read_free > 0 else 0)
-                x = tiles[timed][5] - (idle if idle > 0 else 0)
+                x = extra[timed] - (idle if idle > 0 else 0)
                 x = x if x > 0 else 0.0
                 first = begin + data_delay          # its first line written, at the earliest
                 write_start[timed] = first if first > write_free else write_free
-                issued, read_free, write_free = queue.after(ld, begin, read_free, write_free)
+                issued, read_free, write_free = queue_after(
+                    table, q_u, q_f, q_m, q_state, int(load_value[timed]), begin, read_free,
+                    write_free)
                 # and the store engine's lines over its interval
-                while stores and stores[0][1] <= begin:
-                    stores.popleft()
-                for s0, s1 in stores:
+                while stores_head < stores_tail and stores[stores_head, 1] <= begin:
+                    stores_head += 1
+                for k in range(stores_head, stores_tail):
+                    s0, s1 = stores[k, 0], stores[k, 1]
                     if s0 >= read_free:
                         break
                     x += (s1 if s1 < read_free else read_free) - (s0 if s0 > begin else begin)
@@ -863,7 +897,7 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) ->
                 if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
                     free = ends[n_loads - DEFERRED] + 2
                 engine_free = free
-            ends.append(end)
+            ends[n_loads] = end
             n_loads += 1
             load_end[timed] = end
             load_busy += end - (begin if begin > covered else covered)
@@ -881,41 +915,44 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) ->
         if i and gate_at[i - 1] > start:          # ... and the store engine's the stores
             start = gate_at[i - 1]
         compute_begin[i] = start
-        compute_end = compute_ends[i] = start + computes[i]
+        compute_end = start + computes[i]
+        compute_ends[i] = compute_end
         busy_to[i] = load_busy
-        if tiles[i][6]:
+        if store_cycles[i]:
             s0 = compute_end if compute_end > store_free else store_free
-            store_free = s0 + tiles[i][6]
-            stores.append((s0, store_free))
-        if tiles[i][10]:
-            store_ends[i] = s_ends = []
-            for copies, cycles in tiles[i][10]:
-                # as a load: begun when its engine is free and the compute has ended
-                begin = compute_end + 1 if compute_end > store_free_at else store_free_at + 1
-                store_begins.append(begin)
-                if copies is None:
-                    e = begin + cycles
-                    free = e + 1
-                else:
-                    issued, s_read, s_write = store_queue.after(copies, begin, s_read, s_write)
-                    e = math.ceil(s_write) + DMA_END
-                    free = math.ceil(issued) + 1
-                    while store_flight and store_flight[0] < free - 1:
-                        store_flight.popleft()
-                    if len(store_flight) == DEFERRED:
-                        free = max(free, store_flight.popleft() + 2)
-                    store_flight.append(e)
-                store_free_at = free
-                s_ends.append(e)
-                store_end = e if e > store_end else store_end
-            # an instruction after these in the stream is dispatched once the store
-            # engine's queue has room: the store QUEUE_DEPTH before the last has begun
-            if len(store_begins) > QUEUE_DEPTH:
-                store_gate = store_begins[-1 - QUEUE_DEPTH]
+            store_free = s0 + store_cycles[i]
+            stores[stores_tail, 0], stores[stores_tail, 1] = s0, store_free
+            stores_tail += 1
+        for q in range(store_at[i], store_at[i + 1]):
+            # as a load: begun when its engine is free and the compute has ended
+            begin = compute_end + 1 if compute_end > store_free_at else store_free_at + 1
+            store_begins[n_begun] = begin
+            n_begun += 1
+            if store_row[q] < 0:
+                e = begin + store_value[q]
+                free = e + 1
+            else:
+                issued, s_read, s_write = queue_after(table, s_u, s_f, s_m, s_state,
+                                                      store_row[q], begin, s_read, s_write)
+                e = math.ceil(s_write) + DMA_END
+                free = math.ceil(issued) + 1
+                while flight_head < flight_tail and flight[flight_head] < free - 1:
+                    flight_head += 1
+                if flight_tail - flight_head == DEFERRED:
+                    free = max(free, flight[flight_head] + 2)
+                    flight_head += 1
+                flight[flight_tail] = e
+                flight_tail += 1
+            store_free_at = free
+            store_ends[q] = e
+            store_end = e if e > store_end else store_end
+        # an instruction after these in the stream is dispatched once the store engine's
+        # queue has room: the store QUEUE_DEPTH before the last has begun
+        if store_at[i + 1] > store_at[i] and n_begun > QUEUE_DEPTH:
+            store_gate = store_begins[n_begun - 1 - QUEUE_DEPTH]
         gate_at[i] = store_gate
     end = compute_end if compute_end > store_end else store_end
-    return ((end, load_busy, sum(computes)), write_start, load_end, compute_begin,
-            compute_ends, busy_to)
+    return end, load_busy, write_start, load_end, compute_begin, compute_ends, busy_to
 
 
 def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
@@ -949,7 +986,7 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
         return _extrapolate(tiles, _run(tiles, schedule, [0] * len(tiles)), cuts)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
     loading = [j for j, t in enumerate(tiles) if t[0] and t[0].__class__ is not int and t[8]]
-    indices = _indices(tiles)
+    indices = _indices(tiles, schedule)
     waits = [0] * len(tiles)
     held = [0] * len(tiles)            # the waits behind paced streams
     shared = busiest + dram_lines_per_cycle > l2_lines_per_cycle

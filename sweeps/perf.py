@@ -57,7 +57,14 @@ from arch.isa import (
     Instruction,
     kv_map_words,
 )
-from arch.occupancy import CALIBRATION, Calibration, CopierQueue, load_data_delay, occupancy
+from arch.occupancy import (
+    CALIBRATION,
+    Calibration,
+    CopierQueue,
+    CopiesTable,
+    load_data_delay,
+    occupancy,
+)
 from arch.uarch import (
     CMD_DEPTH,
     DEFERRED,
@@ -430,7 +437,8 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     read_free = dict.fromkeys(ENGINES, float("-inf"))
     write_free = dict.fromkeys(ENGINES, float("-inf"))
     deferred: dict[Engine, deque] = {e: deque() for e in ENGINES}
-    queues = {e: CopierQueue() for e in ENGINES}     # their copiers' command queues
+    table = CopiesTable(o.copies for o in occs if o is not None)
+    queues = {e: CopierQueue(table) for e in ENGINES}     # their copiers' command queues
     data_delay = load_data_delay(hw, cal)
     totals = {"read": 0, "write": 0, "prefetch": 0, "macs": 0, "lines": 0}
     last_end = 0
