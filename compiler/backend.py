@@ -31,6 +31,7 @@ tests/compiler/test_isasim.py (every lowering, bit-exact against the integer ref
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -776,6 +777,15 @@ def lm_head_scratch_bytes(n_chunks: int) -> int:
     return 4 * (2 * n_chunks + 1)
 
 
+@lru_cache(maxsize=8)
+def _column_indices(V: int) -> np.ndarray:
+    """``0 .. V - 1`` (int32, read only): the LM head's column table, shared by every
+    graph of a vocabulary (the fast path fits the head's chunks at each step)."""
+    columns = np.arange(V, dtype=np.int32)
+    columns.flags.writeable = False
+    return columns
+
+
 def chunk_lm_head(graph: Graph, chunk_cols: int) -> Graph:
     """``graph`` with its LM head (the MatMul, Requant, Argmax and logits Output of the last
     row) replaced by one ``LmHead`` in chunks of ``chunk_cols`` columns; the same graph
@@ -798,7 +808,7 @@ def chunk_lm_head(graph: Graph, chunk_cols: int) -> Graph:
     n = -(-V // chunk_cols)
     head = LmHead(
         x=matmul.x, w=matmul.w, params=requant.params,
-        columns=Param(f"{matmul.w.name}.columns", (V,), "int32", np.arange(V, dtype=np.int32)),
+        columns=Param(f"{matmul.w.name}.columns", (V,), "int32", _column_indices(V)),
         row=output.row, chunk_cols=chunk_cols,
         acc=new_tensor("lm_head.acc", (1, chunk_cols), "int32"),
         logits=new_tensor("lm_head.logits", (1, chunk_cols), "int16"),
