@@ -540,16 +540,32 @@ def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[np.ndarray, np.nd
     row that starts on a line takes one step a line; one that does not takes a priming
     step and a step a destination line, the last of which reads nothing when the row
     ends early in its line). Read only: the arrays are shared through the cache."""
-    lines, steps = [], []
+    return _reader_lines(np.array(segments, np.int64).reshape(-1, 4), W, banks)
+
+
+@njit(cache=True)
+def _reader_lines(segments, W, banks):
+    """``_reader_plan`` over its segments as an array (a row each), compiled (numba)."""
+    n_lines = n_steps = 0
+    for base, stride, rows, n in segments:
+        for r in range(rows):
+            a = base + r * stride
+            took = (a + n - 1) // W - a // W + 1
+            n_lines += took
+            n_steps += took if a % W == 0 else -(-n // W) + 1
+    lines = np.empty(n_lines, np.int64)
+    steps = np.zeros(n_steps, np.int64)
+    i = j = 0
     for base, stride, rows, n in segments:
         for r in range(rows):
             a = base + r * stride
             first, last = a // W, (a + n - 1) // W
-            lines += [line % banks for line in range(first, last + 1)]
-            took = last - first + 1
-            total = took if a % W == 0 else -(-n // W) + 1
-            steps += [1] * took + [0] * (total - took)
-    return np.array(lines, np.int64), np.array(steps, np.int64)
+            for line in range(first, last + 1):
+                lines[i] = line % banks
+                i += 1
+            steps[j:j + last - first + 1] = 1
+            j += last - first + 1 if a % W == 0 else -(-n // W) + 1
+    return lines, steps
 
 
 @lru_cache(maxsize=65536)

@@ -113,7 +113,7 @@ from compiler.ir import (
 from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
 from models.integer import check_weight_format, quant_struct
-from sweeps.perf import CONTENTION_PASSES, _stolen_lines, _Streams, _trapped, _Usage
+from sweeps.perf import CONTENTION_PASSES, _stolen_lines, _trapped_cycles, _Usage
 
 DMA_END = CALIBRATION.dma_end
 
@@ -978,14 +978,18 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     busiest = max((t[7] / t[1] for t in tiles if t[1] and t[7]), default=0.0)
     # nor a stream a load's copier could be held behind (``sweeps.perf._trapped``)
     rate = min(1.0, dram_lines_per_cycle)
-    trap = any(1 - _stolen_lines(t[11], t[12], t[13], t[1], l2_lines_per_cycle or 1, t[14])
-               < rate
-               for t in tiles if t[11] or t[13])
+    # the paced computes: (tile, paced cycles, paced lines, resumes, camped cycles)
+    paced = np.array([(i, t[11], t[12], t[13], t[14]) for i, t in enumerate(tiles)
+                      if t[11] or t[13]], np.int64).reshape(-1, 5)
+    alone = np.array([tiles[i][1] for i in paced[:, 0]], np.float64)
+    trap = bool((1 - _stolen_each(paced, alone, l2_lines_per_cycle or 1) < rate).any())
     if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
                                   and not trap):
         return _extrapolate(tiles, _run(tiles, schedule, [0] * len(tiles)), cuts)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
-    loading = [j for j, t in enumerate(tiles) if t[0] and t[0].__class__ is not int and t[8]]
+    loading = np.array([j for j, t in enumerate(tiles)
+                        if t[0] and t[0].__class__ is not int and t[8]], np.int64)
+    load_lines = np.array([t[8] for t in tiles], np.float64)
     indices = _indices(tiles, schedule)
     waits = [0] * len(tiles)
     held = [0] * len(tiles)            # the waits behind paced streams
@@ -999,16 +1003,12 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
         # recompute is kept only where it moves them by 0.1% of the program's cycles:
         # elsewhere it would take a further pass for nothing.
         if n < 2:
-            trapped = _Streams([(compute_begin[i], compute_ends[i],
-                                 _stolen_lines(t[11], t[12], t[13],
-                                               compute_ends[i] - compute_begin[i],
-                                               l2_lines_per_cycle, t[14]))
-                                for i, t in enumerate(tiles) if t[11] or t[13]])
-            again_held = list(held)
-            for j in loading:
-                alone = load_end[j] - write_start[j] - max(waits[j], held[j])
-                again_held[j] = math.ceil(_trapped(trapped, write_start[j], alone,
-                                                   tiles[j][8] / max(1, alone)))
+            begins = np.array(compute_begin)[paced[:, 0]]
+            ends = np.array(compute_ends)[paced[:, 0]]
+            again_held = _trapped_waits(
+                begins, ends, _stolen_each(paced, ends - begins, l2_lines_per_cycle),
+                loading, np.array(write_start), np.array(load_end),
+                np.array(waits, np.int64), np.array(held, np.int64), load_lines).tolist()
             if n == 1 and sum(abs(a - h) for a, h in zip(again_held, held, strict=True)) \
                     <= run[0][0] / 1000:
                 again_held = held
@@ -1031,6 +1031,32 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
             break
         waits, held = again, again_held
     return _extrapolate(tiles, run, cuts)
+
+
+@njit(cache=True)
+def _stolen_each(paced, cycles, banks):
+    """``sweeps.perf._stolen_lines`` of each paced compute (``_pipeline``'s ``paced``
+    rows) over its ``cycles``."""
+    out = np.empty(len(paced))
+    for k in range(len(paced)):
+        out[k] = _stolen_lines(paced[k, 1], paced[k, 2], paced[k, 3], cycles[k], banks,
+                               paced[k, 4])
+    return out
+
+
+@njit(cache=True)
+def _trapped_waits(begins, ends, stolen, loading, write_start, load_end, waits, held,
+                   load_lines):
+    """``held`` with each of the ``loading`` loads' wait behind the paced compute streams
+    (``begins``, ``ends``, ``stolen``: ``sweeps.perf._trapped_cycles``' arrays) of the
+    last pass's timeline: its copier, alone for its interval less its waits, moving its
+    lines at the pace that gives."""
+    out = held.copy()
+    for j in loading:
+        alone = load_end[j] - write_start[j] - max(waits[j], held[j])
+        out[j] = math.ceil(_trapped_cycles(begins, ends, stolen, write_start[j], alone,
+                                           load_lines[j] / max(1, alone)))
+    return out
 
 
 #: Loads in the repeats of a periodic run of tiles (a matmul's weight tiles; attention's

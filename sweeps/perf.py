@@ -48,6 +48,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+from numba import njit
+
 from arch.hardware import HardwareConfig
 from arch.isa import (
     BLOCK_TABLE_ENTRY_BYTES,
@@ -189,14 +192,17 @@ class _Usage:
 
 class _Streams:
     """The compute engine's paced L2 streams and bursts (``Occupancy.paced_cycles``,
-    ``resumes``), one instruction after another: ``(begin, end, the lines a cycle they take
-    from a trailing copier)`` (``_stolen_lines``)."""
+    ``resumes``), one instruction after another: their begins, ends and the lines a cycle
+    they take from a trailing copier (``_stolen_lines``), as arrays (``_trapped_cycles``
+    reads them)."""
 
     def __init__(self, intervals: list[tuple[float, float, float]]):
-        self.intervals = intervals
-        self.starts = [b for b, _, _ in intervals]
+        rows = np.array(intervals, np.float64).reshape(-1, 3)
+        self.begins, self.ends, self.stolen = (np.ascontiguousarray(rows[:, k])
+                                               for k in range(3))
 
 
+@njit(cache=True)
 def _stolen_lines(paced_cycles: int, paced_lines: int, resumes: int, cycles: float,
                   banks: float, camped_cycles: int = 0) -> float:
     """The L2 lines a cycle that a compute instruction's streams take from a DMA copier
@@ -236,14 +242,20 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
     weight readers leave 0.84. On the suite's edge-8x8 at 64 KiB, a 512-line weight load
     written a line a cycle beside a GEMV was refused 14 times, against 48 bursts on 4
     banks.)"""
+    return _trapped_cycles(streams.begins, streams.ends, streams.stolen, float(lo),
+                           float(alone), float(rate))
+
+
+@njit(cache=True)
+def _trapped_cycles(begins, ends, stolen, lo, alone, rate):
+    """``_trapped`` over the streams' arrays (``_Streams``), compiled (numba)."""
     alone = max(0.0, alone)
     t, left = lo, alone
-    intervals = streams.intervals
-    for k in range(max(0, bisect.bisect_right(streams.starts, lo) - 1), len(intervals)):
-        b, e, stolen = intervals[k]
+    for k in range(max(0, np.searchsorted(begins, lo, side="right") - 1), len(begins)):
+        b, e = begins[k], ends[k]
         if b - t >= left:                          # done before the stream begins
             break
-        speed = (1 - stolen) / rate                # the copier's work per cycle
+        speed = (1 - stolen[k]) / rate             # the copier's work per cycle
         if e <= t or speed >= 1:
             continue
         if b > t:                                  # free running up to the stream
