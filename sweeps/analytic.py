@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import deque
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from operator import itemgetter
@@ -698,45 +697,69 @@ def _schedule(tiles, ring: int | None):
     ``LOOKAHEAD`` loads earlier or a later one. It stays above its own consumer (its
     tile's compute, else the next one, or its ``reader``)."""
     n = len(tiles)
-    loads = list(map(itemgetter(0), tiles))
-    consumer, nxt = [n] * n, n
+    cols = list(zip(*tiles, strict=True)) if tiles else [()] * 5
+    staged = np.array([s if ld else 0 for ld, s in zip(cols[0], cols[2], strict=True)],
+                      np.int64)
+    return _placed(np.array(list(map(bool, cols[0])), np.bool_),
+                   np.array(list(map(bool, cols[1])), np.bool_), staged,
+                   np.array(cols[3], np.int64), np.array(cols[4], np.int64),
+                   -1 if ring is None else ring) if n else ((), (), (), ())
+
+
+@njit(cache=True)
+def _placed(loads, computes, staged, reader, after, ring):
+    """``_schedule`` over the tiles' columns (``ring`` -1: no prefetch), compiled
+    (numba): ``(reach, place, dep, needs)`` as arrays."""
+    n = len(loads)
+    consumer = np.full(n, n)
+    nxt = n
     for j in range(n - 1, -1, -1):
-        if tiles[j][1]:
+        if computes[j]:
             nxt = j
-        consumer[j] = j + tiles[j][3] if tiles[j][3] else nxt
-    needs = [-1] * n
+        consumer[j] = j + reader[j] if reader[j] else nxt
+    needs = np.full(n, -1)
     for j in range(n):
         if loads[j] and consumer[j] < n and needs[consumer[j]] < j:
             needs[consumer[j]] = j
-    if ring is None:
-        return range(n), range(n), range(-1, n - 1), needs
+    if ring < 0:
+        return np.arange(n), np.arange(n), np.arange(-1, n - 1), needs
     # needed_by[r]: the first compute that reads load r or a later one (``hoist``'s)
-    load_tiles = [j for j in range(n) if loads[j]]
-    needed_by, first = [n] * len(load_tiles), n
+    load_tiles = np.flatnonzero(loads)
+    needed_by = np.full(len(load_tiles), n)
+    first = n
     for r in range(len(load_tiles) - 1, -1, -1):
         c = consumer[load_tiles[r]]
         first = c if c < first else first
         needed_by[r] = first
-    reach, place, dep = list(range(n)), list(range(n)), [-1] * n
-    _, starts, turns = _ring_replay(tiles, ring)
+    reach, place, dep = np.arange(n), np.arange(n), np.full(n, -1)
+    _, starts, turns = _ring_pointer(staged, ring)
     prev = 0
-    live: deque = deque()                     # ring slots: (turn, start, end, reader)
-    slot_readers: list[int] = []
+    # the ring's live slots (turn, start, end, reader), from live_head on
+    live = np.zeros((len(load_tiles) + 1, 4), np.int64)
+    live_head = live_tail = 0
+    slot_readers = np.zeros(len(load_tiles) + 1, np.int64)
+    n_slots = 0
     lookahead = min(MAX_INFLIGHT_SLOTS, LOOKAHEAD)
-    for r, j in enumerate(load_tiles):
+    for r in range(len(load_tiles)):
+        j = load_tiles[r]
         at, d = prev, -1
-        if tiles[j][2]:                       # a slot of the ring
+        if staged[j]:                         # a slot of the ring
             cycle, ptr = turns[j], starts[j]
-            end = ptr + -(-tiles[j][2] // 64) * 64
-            while live and live[0][0] < cycle and (live[0][0] < cycle - 1 or live[0][1] < end):
-                reader = live.popleft()[3]
-                d = reader if reader > d else d
-            if len(slot_readers) >= MAX_INFLIGHT_SLOTS and slot_readers[-MAX_INFLIGHT_SLOTS] > d:
-                d = slot_readers[-MAX_INFLIGHT_SLOTS]
-            live.append((cycle, ptr, end, consumer[j]))
-            slot_readers.append(consumer[j])
-        if tiles[j][4] and j + tiles[j][4] > d:
-            d = j + tiles[j][4]                   # the compute it reads from
+            end = ptr + -(-staged[j] // 64) * 64
+            while live_head < live_tail and live[live_head, 0] < cycle and (
+                    live[live_head, 0] < cycle - 1 or live[live_head, 1] < end):
+                reader_ = live[live_head, 3]
+                live_head += 1
+                d = reader_ if reader_ > d else d
+            if n_slots >= MAX_INFLIGHT_SLOTS and slot_readers[n_slots - MAX_INFLIGHT_SLOTS] > d:
+                d = slot_readers[n_slots - MAX_INFLIGHT_SLOTS]
+            live[live_tail, 0], live[live_tail, 1] = cycle, ptr
+            live[live_tail, 2], live[live_tail, 3] = end, consumer[j]
+            live_tail += 1
+            slot_readers[n_slots] = consumer[j]
+            n_slots += 1
+        if after[j] and j + after[j] > d:
+            d = j + after[j]                      # the compute it reads from
         at = d + 1 if d + 1 > at else at
         if r >= lookahead and needed_by[r - lookahead] > at:
             at = needed_by[r - lookahead]
@@ -1201,19 +1224,26 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     return cut, tuple(cuts), index
 
 
-def _ring_replay(tiles: list, ring: int) -> tuple[list[int], list[int], list[int]]:
+def _ring_replay(tiles: list, ring: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The staging ring as ``backend.Ring`` allocates it, replayed over the tiles' loads
     (64-byte aligned slots, round robin, wrapping to the base when one does not fit the
     end; relative to where the pointer was before the first tile): ``(before, starts,
     turns)``, the pointer before each tile, and the start and turn of the ring of each
     tile's slot (0 where a tile takes none)."""
-    n = len(tiles)
-    before, starts, turns = [0] * n, [0] * n, [0] * n
+    return _ring_pointer(np.array([t[2] if t[0] else 0 for t in tiles], np.int64), ring)
+
+
+@njit(cache=True)
+def _ring_pointer(staged, ring):
+    """``_ring_replay`` over the tiles' staged bytes (0 where a tile has no load),
+    compiled (numba)."""
+    n = len(staged)
+    before, starts, turns = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     ptr = turn = 0
-    for j, t in enumerate(tiles):
+    for j in range(n):
         before[j] = ptr
-        if t[0] and t[2]:
-            nbytes = -(-t[2] // 64) * 64
+        if staged[j]:
+            nbytes = -(-staged[j] // 64) * 64
             if ptr + nbytes > ring:
                 ptr, turn = 0, turn + 1
             starts[j], turns[j] = ptr, turn
