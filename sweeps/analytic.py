@@ -680,8 +680,9 @@ def _core(hw: HardwareConfig) -> HardwareConfig:
     return hw.replace(l2_bytes=256 * hw.l2_banks * hw.l2_port_bytes, prefetch=True)
 
 
-def _schedule(tiles, ring: int | None):
-    """Where ``compiler.schedule`` places each tile's load in the stream, in tile terms:
+def _schedule(tiles: SimpleNamespace, ring: int | None):
+    """Where ``compiler.schedule`` places each tile's load in the stream, in tile terms
+    (``tiles``: ``_columns``'):
     ``(reach, place, dep, needs)``. ``place[j]``: the compute load ``j`` is placed above
     (dispatched after the computes before it); ``dep[j]``: the compute whose end it waits
     for (-1: none); ``reach[i]``: the farthest tile whose load is above compute ``i``;
@@ -696,14 +697,8 @@ def _schedule(tiles, ring: int | None):
     compute it reads from (a tile's ``after``); and the first compute needing the load
     ``LOOKAHEAD`` loads earlier or a later one. It stays above its own consumer (its
     tile's compute, else the next one, or its ``reader``)."""
-    n = len(tiles)
-    cols = list(zip(*tiles, strict=True)) if tiles else [()] * 5
-    staged = np.array([s if ld else 0 for ld, s in zip(cols[0], cols[2], strict=True)],
-                      np.int64)
-    return _placed(np.array(list(map(bool, cols[0])), np.bool_),
-                   np.array(list(map(bool, cols[1])), np.bool_), staged,
-                   np.array(cols[3], np.int64), np.array(cols[4], np.int64),
-                   -1 if ring is None else ring) if n else ((), (), (), ())
+    return _placed(tiles.has_load, tiles.computes != 0, tiles.staged, tiles.reader,
+                   tiles.after, -1 if ring is None else ring)
 
 
 @njit(cache=True)
@@ -774,47 +769,60 @@ def _placed(loads, computes, staged, reader, after, ring):
     return reach, place, dep, needs
 
 
-def _indices(tiles, schedule) -> tuple:
-    """``_run``'s reading of the tiles placed by ``schedule``, the same every pass: the
-    arrays of ``_engines``' arguments but the waits, and the computes' total cycles. A
-    tile's load is of kind 0 (none), 1 (a ``CHUNKED`` KV prefetch, its cycles in
-    ``load_value``) or 2 (a row copier, its ``Copies``' row of the table); its stores,
-    ``(copies row or -1, cycles)`` each, are laid end to end (``store_at``)."""
-    n = len(tiles)
-    stores = [s for t in tiles if t[10] for s in t[10]]
-    table = CopiesTable([t[0] for t in tiles if t[0] and t[0].__class__ is not int]
+def _columns(tiles: list) -> SimpleNamespace:
+    """The tiles (``_Tiles``' layout) as columns, read once for every pass of
+    ``_pipeline``: the loads and the stores as they are, and as arrays ``has_load``,
+    ``computes`` (cycles), ``staged`` (a load's bytes in the staging ring), ``reader``,
+    ``after``, ``extra``, ``store_cycles``, ``compute_l2``, ``load_l2``,
+    ``store_place`` and ``paced`` (a row per tile: paced cycles, paced lines, resumes,
+    camped cycles)."""
+    cols = list(zip(*tiles, strict=True)) if tiles else [()] * 15
+    has_load = np.array(list(map(bool, cols[0])), np.bool_)
+    return SimpleNamespace(
+        loads=cols[0], stores=cols[10], has_load=has_load,
+        computes=np.array(cols[1], np.float64), compute_busy=sum(cols[1]),
+        staged=np.where(has_load, np.array(cols[2], np.int64), 0),
+        reader=np.array(cols[3], np.int64), after=np.array(cols[4], np.int64),
+        extra=np.array(cols[5], np.float64), store_cycles=np.array(cols[6], np.float64),
+        compute_l2=np.array(cols[7], np.float64), load_l2=np.array(cols[8], np.float64),
+        store_place=np.array(cols[9], np.int64),
+        paced=np.array(cols[11:15], np.int64).reshape(4, -1).T)
+
+
+def _indices(tiles: SimpleNamespace, schedule) -> tuple:
+    """``_run``'s reading of the tiles (``_columns``') placed by ``schedule``, the same
+    every pass: the arrays of ``_engines``' arguments but the waits, and the computes'
+    total cycles. A tile's load is of kind 0 (none), 1 (a ``CHUNKED`` KV prefetch, its
+    cycles in ``load_value``) or 2 (a row copier, its ``Copies``' row of the table); its
+    stores, ``(copies row or -1, cycles)`` each, are laid end to end (``store_at``)."""
+    stores = [s for t in tiles.stores if t for s in t]
+    table = CopiesTable([ld for ld in tiles.loads if ld and ld.__class__ is not int]
                         + [c for c, _ in stores])
     row = table.index
-    kind = np.zeros(n, np.int64)
-    value = np.zeros(n)
-    store_at = np.zeros(n + 1, np.int64)
-    for j, t in enumerate(tiles):
-        ld = t[0]
-        if ld:
-            kind[j], value[j] = (1, ld) if ld.__class__ is int else (2, row[id(ld)])
-        store_at[j + 1] = store_at[j] + (len(t[10]) if t[10] else 0)
-    cols = list(zip(*tiles, strict=True)) if tiles else [()] * 15
-    computes = np.array(cols[1], np.float64)
-    crank = np.concatenate(([0], np.cumsum(computes != 0)))
-    rank = np.cumsum(kind != 0) - 1
-    reach, place, dep, needs = (np.array(x, np.int64) for x in schedule)
-    return ((table.arrays, kind, value, computes, np.array(cols[4], np.int64),
-             np.array(cols[5], np.float64), np.array(cols[6], np.float64),
-             np.array(cols[9], np.int64), store_at,
+    kind = np.array([0 if not ld else 1 if ld.__class__ is int else 2 for ld in tiles.loads],
+                    np.int64)
+    value = np.array([0 if not ld else ld if ld.__class__ is int else row[id(ld)]
+                      for ld in tiles.loads], np.float64)
+    store_at = np.concatenate(([0], np.cumsum([len(t) if t else 0 for t in tiles.stores])))
+    computes = tiles.computes
+    reach, place, dep, needs = schedule
+    return ((table.arrays, kind, value, computes, tiles.after, tiles.extra,
+             tiles.store_cycles, tiles.store_place, store_at.astype(np.int64),
              np.array([-1 if c is None else row[id(c)] for c, _ in stores], np.int64),
              np.array([c for _, c in stores], np.float64), reach, place, dep, needs,
-             crank, rank, np.flatnonzero(kind), np.flatnonzero(computes)),
-            sum(cols[1]))
+             np.concatenate(([0], np.cumsum(computes != 0))), np.cumsum(kind != 0) - 1,
+             np.flatnonzero(kind), np.flatnonzero(computes)),
+            tiles.compute_busy)
 
 
 def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) -> tuple:
     """One pass of the two engines over the tiles (``_Tiles``' layout) placed by
     ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
     L2: ``((cycles, load busy, compute busy), copier write starts, load ends, compute
-    begins, compute ends, load busy up to each tile)``; ``indices``: ``_indices(tiles,
-    schedule)``, where a caller runs several passes. The engines are ``_engines``
-    (compiled)."""
-    arrays, compute_busy = indices or _indices(tiles, schedule)
+    begins, compute ends, load busy up to each tile)``; ``indices``: ``_indices(_columns(
+    tiles), schedule)``, where a caller runs several passes. The engines are
+    ``_engines`` (compiled)."""
+    arrays, compute_busy = indices or _indices(_columns(tiles), schedule)
     end, load_busy, *timeline = _engines(*arrays, np.asarray(l2_waits, np.float64),
                                          float(data_delay))
     return ((end, load_busy, compute_busy), *(x.tolist() for x in timeline))
@@ -995,62 +1003,62 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     held). No pass is needed where the busiest compute and a load at
     ``dram_lines_per_cycle`` fit the L2 together and no compute is paced slower than such
     a load."""
-    schedule = _schedule(tiles, ring)
+    cols = _columns(tiles)
+    schedule = _schedule(cols, ring)
+    indices = _indices(cols, schedule)
     # no wait is possible where the busiest compute and a load at the DRAM's line rate
     # fit the L2's lines per cycle together
-    busiest = max((t[7] / t[1] for t in tiles if t[1] and t[7]), default=0.0)
+    busy = (cols.computes != 0) & (cols.compute_l2 != 0)
+    busiest = (cols.compute_l2[busy] / cols.computes[busy]).max() if busy.any() else 0.0
     # nor a stream a load's copier could be held behind (``sweeps.perf._trapped``)
     rate = min(1.0, dram_lines_per_cycle)
     # the paced computes: (tile, paced cycles, paced lines, resumes, camped cycles)
-    paced = np.array([(i, t[11], t[12], t[13], t[14]) for i, t in enumerate(tiles)
-                      if t[11] or t[13]], np.int64).reshape(-1, 5)
-    alone = np.array([tiles[i][1] for i in paced[:, 0]], np.float64)
-    trap = bool((1 - _stolen_each(paced, alone, l2_lines_per_cycle or 1) < rate).any())
+    at = np.flatnonzero((cols.paced[:, 0] != 0) | (cols.paced[:, 2] != 0))
+    paced = np.column_stack((at, cols.paced[at])).reshape(-1, 5)
+    trap = bool((1 - _stolen_each(paced, cols.computes[at], l2_lines_per_cycle or 1)
+                 < rate).any())
+    n_tiles = len(tiles)
     if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
                                   and not trap):
-        return _extrapolate(tiles, _run(tiles, schedule, [0] * len(tiles)), cuts)
+        return _extrapolate(tiles, _run(tiles, schedule, np.zeros(n_tiles), 0, indices),
+                            cuts)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
-    loading = np.array([j for j, t in enumerate(tiles)
-                        if t[0] and t[0].__class__ is not int and t[8]], np.int64)
-    load_lines = np.array([t[8] for t in tiles], np.float64)
-    indices = _indices(tiles, schedule)
-    waits = [0] * len(tiles)
-    held = [0] * len(tiles)            # the waits behind paced streams
+    loading = np.flatnonzero((indices[0][1] == 2) & (cols.load_l2 != 0))
+    waits = np.zeros(n_tiles, np.int64)
+    held = np.zeros(n_tiles, np.int64)            # the waits behind paced streams
     shared = busiest + dram_lines_per_cycle > l2_lines_per_cycle
     for n in range(CONTENTION_PASSES):         # as sweeps.perf.time_program's passes
-        run = _run(tiles, schedule, [max(w, h) for w, h in zip(waits, held, strict=True)],
-                   data_delay, indices)
+        run = _run(tiles, schedule, np.maximum(waits, held), data_delay, indices)
         _, write_start, load_end, compute_begin, compute_ends, _ = run
         # The waits behind paced streams from the first two passes' timelines, then
         # held (``_trapped`` walks each copier through the streams). The second
         # recompute is kept only where it moves them by 0.1% of the program's cycles:
         # elsewhere it would take a further pass for nothing.
         if n < 2:
-            begins = np.array(compute_begin)[paced[:, 0]]
-            ends = np.array(compute_ends)[paced[:, 0]]
+            begins = np.array(compute_begin)[at]
+            ends = np.array(compute_ends)[at]
             again_held = _trapped_waits(
                 begins, ends, _stolen_each(paced, ends - begins, l2_lines_per_cycle),
-                loading, np.array(write_start), np.array(load_end),
-                np.array(waits, np.int64), np.array(held, np.int64), load_lines).tolist()
-            if n == 1 and sum(abs(a - h) for a, h in zip(again_held, held, strict=True)) \
-                    <= run[0][0] / 1000:
+                loading, np.array(write_start), np.array(load_end), waits, held,
+                cols.load_l2)
+            if n == 1 and np.abs(again_held - held).sum() <= run[0][0] / 1000:
                 again_held = held
             # A pass more moves the program by at most the waits it adds: none where they
             # come to under 0.1% of its cycles and nothing else makes a load wait.
-            if n == 0 and not shared and sum(again_held) <= run[0][0] / 1000:
+            if n == 0 and not shared and again_held.sum() <= run[0][0] / 1000:
                 break
         else:
             again_held = held
-        again = list(waits)
+        again = waits.copy()
         if shared:
             usage = _Usage([(compute_begin[i], compute_ends[i],
                              t[7] / max(1, compute_ends[i] - compute_begin[i]))
                             for i, t in enumerate(tiles) if t[1] and t[7]])
-            for j in loading:
+            for j in loading.tolist():
                 lo, hi = write_start[j], load_end[j]
                 need = (tiles[j][8] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
                 again[j] = max(0, math.ceil(need - (hi - lo - max(waits[j], held[j]))))
-        if again == waits and again_held == held:
+        if np.array_equal(again, waits) and np.array_equal(again_held, held):
             break
         waits, held = again, again_held
     return _extrapolate(tiles, run, cuts)
