@@ -727,7 +727,7 @@ def _placed(loads, computes, staged, reader, after, ring):
         first = c if c < first else first
         needed_by[r] = first
     reach, place, dep = np.arange(n), np.arange(n), np.full(n, -1)
-    _, starts, turns = _ring_pointer(staged, ring)
+    _, starts, turns, _ = _ring_pointer(staged, ring, 0)
     prev = 0
     # the ring's live slots (turn, start, end, reader), from live_head on
     live = np.zeros((len(load_tiles) + 1, 4), np.int64)
@@ -1130,23 +1130,35 @@ def _repeats(tiles: list) -> tuple:
     ``KEEP_LOADS`` (at least ``PERIOD_REPEATS + 2``); of a block without loads,
     ``KEEP_REPEATS`` after and ``SETTLE_FACTOR`` times as many before. Runs too short to
     cut are left out. Tiles compare as numbers, the cached
-    ``Copies`` and store tuples as objects (equal ones built apart count as different)."""
-    n, names, shared = len(tiles), {}, {}
-    sig = []
-    for t in tiles:
-        # a cached matmul tile (a tuple) recurs as the same object: named once
-        name = shared.get(id(t)) if t.__class__ is tuple else None
-        if name is None:
-            name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]), len(names))
-            if t.__class__ is tuple:
-                shared[id(t)] = name
-        sig.append(name)
-    runs, i = [], 0
+    ``Copies`` and store tuples as objects (equal ones built apart count as different);
+    each tile object is read once, however often it recurs (a cached matmul's tiles)."""
+    ids = list(map(id, tiles))
+    objects = dict(zip(ids, tiles, strict=True))       # each tile object once
+    names: dict = {}
+    name_of, loads = {}, []
+    for key, t in objects.items():
+        name_of[key] = name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]),
+                                               len(names))
+        if name == len(loads):
+            loads.append(bool(t[0]))
+    sig = np.fromiter(map(name_of.__getitem__, ids), np.int64, len(ids))
+    return tuple(map(tuple, _runs(sig, np.array(loads, np.bool_)[sig]).tolist()))
+
+
+@njit(cache=True)
+def _runs(sig, has_load):
+    """``_repeats``' runs for the tiles' names (``sig``: equal where the tiles are),
+    compiled (numba): ``(first tile, block tiles, repeats, kept before, kept after)``
+    rows."""
+    n = len(sig)
+    runs = np.zeros((n // (2 * PERIOD_REPEATS + 3) + 1, 5), np.int64)
+    n_runs = i = 0
     # per period, where its last scan stopped: every tile from the scan's start to there
     # matched the tile a period on, so a scan from a later tile up to there stops there
     # too (the runs too short to cut are not scanned again from each of their tiles)
-    stop = [-1] * (RUN_PERIOD + 1)
+    stop = np.full(RUN_PERIOD + 1, -1)
     while i < n - 1:
+        found = False
         for p in range(1, RUN_PERIOD + 1):
             j = stop[p]
             if j < i:
@@ -1156,17 +1168,20 @@ def _repeats(tiles: list) -> tuple:
                 stop[p] = j
             reps = (j - i) // p + 1
             if reps > 2 * PERIOD_REPEATS + 2:
-                loads = sum(1 for t in tiles[i:i + p] if t[0])
+                loads = has_load[i:i + p].sum()
                 head = SETTLE_FACTOR * (max(PERIOD_REPEATS + 2, -(-KEEP_LOADS // loads))
                                         if loads else KEEP_REPEATS)
                 tail = max(PERIOD_REPEATS, -(-TAIL_LOADS // loads)) if loads else KEEP_REPEATS
                 if reps > head + tail:
-                    runs.append((i, p, reps, head, tail))
+                    runs[n_runs, 0], runs[n_runs, 1], runs[n_runs, 2] = i, p, reps
+                    runs[n_runs, 3], runs[n_runs, 4] = head, tail
+                    n_runs += 1
                     i += reps * p
+                    found = True
                     break
-        else:
+        if not found:
             i += 1
-    return tuple(runs)
+    return runs[:n_runs]
 
 
 def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
@@ -1238,16 +1253,21 @@ def _ring_replay(tiles: list, ring: int) -> tuple[np.ndarray, np.ndarray, np.nda
     end; relative to where the pointer was before the first tile): ``(before, starts,
     turns)``, the pointer before each tile, and the start and turn of the ring of each
     tile's slot (0 where a tile takes none)."""
-    return _ring_pointer(np.array([t[2] if t[0] else 0 for t in tiles], np.int64), ring)
+    return _ring_pointer(_staged(tiles), ring, 0)[:3]
+
+
+def _staged(tiles: list) -> np.ndarray:
+    """Each tile's load's bytes in the staging ring (0: none)."""
+    return np.fromiter([t[2] if t[0] else 0 for t in tiles], np.int64, len(tiles))
 
 
 @njit(cache=True)
-def _ring_pointer(staged, ring):
-    """``_ring_replay`` over the tiles' staged bytes (0 where a tile has no load),
-    compiled (numba)."""
+def _ring_pointer(staged, ring, ptr):
+    """``_ring_replay`` over the tiles' staged bytes (``_staged``) from the pointer at
+    ``ptr``, compiled (numba); and where the pointer ends."""
     n = len(staged)
     before, starts, turns = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
-    ptr = turn = 0
+    turn = 0
     for j in range(n):
         before[j] = ptr
         if staged[j]:
@@ -1256,7 +1276,7 @@ def _ring_pointer(staged, ring):
                 ptr, turn = 0, turn + 1
             starts[j], turns[j] = ptr, turn
             ptr += nbytes
-    return before, starts, turns
+    return before, starts, turns, ptr
 
 
 def _ring_period(ptrs: list[int], i: int, p: int, reps: int, back: int) -> int:
@@ -1458,19 +1478,15 @@ def _layer_period(plan: _Plan, ring: int | None, k: int) -> tuple[int, int]:
     ``(k, 1)`` where the ring is not small (``_periodic``'s test: a load's slot then does
     not place it) or no such block is found."""
     parts = (plan.prefix[0], plan.layer[0], plan.head[0])
-    slot = max((t[2] for part in parts for t in part), default=0)
+    slot = max(max(map(itemgetter(2), part), default=0) for part in parts)
     if ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64:
         return k, 1
-    sizes = [-(-t[2] // 64) * 64 for t in plan.layer[0] if t[0] and t[2]]
-
-    def advance(ptr: int, sizes) -> int:        # as ``_ring_replay`` moves the pointer
-        for nbytes in sizes:
-            ptr = (0 if ptr + nbytes > ring else ptr) + nbytes
-        return ptr
-
-    starts = [advance(0, [-(-t[2] // 64) * 64 for t in plan.prefix[0] if t[0] and t[2]])]
+    # as ``_ring_replay`` moves the pointer: where it ends after the prefix, then after
+    # each layer
+    starts = [_ring_pointer(_staged(plan.prefix[0]), ring, 0)[3]]
+    layer = _staged(plan.layer[0])
     for _ in range(k - 1 + 2 * LAYER_PERIOD_MAX):
-        starts.append(advance(starts[-1], sizes))
+        starts.append(_ring_pointer(layer, ring, starts[-1])[3])
     return min(((j + 1, q) for j in range(k - 1, k + LAYER_PERIOD_MAX)
                 for q in range(1, LAYER_PERIOD_MAX + 1) if starts[j] == starts[j + q]),
                key=sum, default=(k, 1))
