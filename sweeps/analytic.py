@@ -820,8 +820,16 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) ->
     ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
     L2: ``((cycles, load busy, compute busy), copier write starts, load ends, compute
     begins, compute ends, load busy up to each tile)``; ``indices``: ``_indices(_columns(
-    tiles), schedule)``, where a caller runs several passes. The engines are
-    ``_engines`` (compiled)."""
+    tiles), schedule)``, where a caller runs several passes.
+
+    A load begins when its engine is free, the compute it depends on has ended, and it
+    has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
+    the computes before it (the one ``QUEUE_DEPTH`` before its place has begun). A
+    compute begins when the one before it has ended and the loads it reads have ended;
+    it is dispatched once the load engine's queue has taken the loads placed above it
+    (the load ``QUEUE_DEPTH`` before the farthest one has begun). The engines are
+    ``_engines``, compiled (numba): a 1B-class decode step runs them over some 3,000
+    tiles, three times or more."""
     arrays, compute_busy = indices or _indices(_columns(tiles), schedule)
     end, load_busy, *timeline = _engines(*arrays, np.asarray(l2_waits, np.float64),
                                          float(data_delay))
@@ -832,16 +840,9 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) ->
 def _engines(table, kind, load_value, computes, after, extra, store_cycles, store_place,
              store_at, store_row, store_value, reach, place, dep, needs, crank, rank,
              load_tile, comp_tile, l2_waits, data_delay):
-    """``_run``'s pass over the arrays of ``_indices``: ``(cycles, load busy, copier
-    write starts, load ends, compute begins, compute ends, load busy up to each tile)``.
-
-    A load begins when its engine is free, the compute it depends on has ended, and it
-    has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
-    the computes before it (the one ``QUEUE_DEPTH`` before its place has begun). A
-    compute begins when the one before it has ended and the loads it reads have ended;
-    it is dispatched once the load engine's queue has taken the loads placed above it
-    (the load ``QUEUE_DEPTH`` before the farthest one has begun). Compiled (numba): a
-    1B-class decode step runs it over some 3,000 tiles, three times or more."""
+    """``_run``'s pass (which says how the engines go) over the arrays of ``_indices``:
+    ``(cycles, load busy, copier write starts, load ends, compute begins, compute ends,
+    load busy up to each tile)``."""
     n = len(kind)
     n_stores = len(store_row)
     load_begin, load_end, write_start = np.zeros(n), np.zeros(n), np.zeros(n)

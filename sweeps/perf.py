@@ -446,8 +446,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     covered = dict.fromkeys(ENGINES, 0)        # busy until (instructions may overlap)
     # The DMA engines' copiers: when their read and write sides are free, and the ends
     # of the instructions still in them (an engine queues at most DEFERRED).
-    read_free = dict.fromkeys(ENGINES, float("-inf"))
-    write_free = dict.fromkeys(ENGINES, float("-inf"))
+    read_free, write_free = (dict.fromkeys(ENGINES, float("-inf")) for _ in range(2))
     deferred: dict[Engine, deque] = {e: deque() for e in ENGINES}
     table = CopiesTable(o.copies for o in occs if o is not None)
     queues = {e: CopierQueue(table) for e in ENGINES}     # their copiers' command queues
