@@ -82,8 +82,11 @@ def fast() -> list[dict]:
 
     rows = []
     # 16 MiB; edge-16x16's own 4 MiB; 2 MiB, the slowest L2 size to time until the
-    # compiler evened out split reductions; and 512 KiB, the slowest since (docs/perf.md)
-    for l2_bytes, name in itertools.product((16 << 20, 4 << 20, 2 << 20, 512 << 10), (
+    # compiler evened out split reductions; 512 KiB, the slowest until the engines were
+    # compiled; and 64 KiB, the smallest of the default sweep, whose staging ring of about
+    # 10 KB makes the most tiles (docs/perf.md)
+    for l2_bytes, name in itertools.product((16 << 20, 4 << 20, 2 << 20, 512 << 10,
+                                             64 << 10), (
             "sheared-llama-1.3b", "llama-3.2-1b", "tinyllama-1.1b", "qwen2.5-0.5b")):
         hw = load_hardware("edge-16x16").replace(l2_bytes=l2_bytes)
         cfg = preset(name)
