@@ -304,15 +304,16 @@ def alignments(hw: HardwareConfig, mxint4: bool) -> tuple[int, ...]:
     return (stripe, line, 1)
 
 
+@lru_cache(maxsize=256)
 def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, hw: HardwareConfig,
-                 mxint4: bool = False) -> list[tuple[int, int, int, int]]:
+                 mxint4: bool = False) -> tuple[tuple[int, int, int, int], ...]:
     """``(n0, n, k0, k)`` of each weight tile of an ``n_total x k_total`` matmul in the
     order the back end streams them (output channels outer, the reduction inner), of the
-    size ``matmul_tiling`` picks."""
+    size ``matmul_tiling`` picks. Memoised (a chunked LM head's chunks share a shape)."""
     nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw, mxint4)
     ks = [(k0, min(kt, k_total - k0)) for k0 in range(0, k_total, kt)]
-    return [(n0, n, k0, k) for n0 in range(0, n_total, nt)
-            for n in (min(nt, n_total - n0),) for k0, k in ks]
+    return tuple((n0, n, k0, k) for n0 in range(0, n_total, nt)
+                 for n in (min(nt, n_total - n0),) for k0, k in ks)
 
 
 def column_chunk_plan(cols: int, words_per_col: int, per_channel: bool, tile_bytes: int,

@@ -460,7 +460,7 @@ class _Timing(Generator):
 def clear_caches() -> None:
     """Forget every lowered graph, plan and tile (for timing the fast path cold)."""
     for f in (_struct, _lowered, _step_graph, _prefill_chunking, _plan, _prefill_l2,
-              _matmul_tile, _check_dram, decode_step):
+              _matmul_tile, _check_dram, decode_step, matmul_tiles):
         f.cache_clear()
 
 
