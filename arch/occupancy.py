@@ -37,7 +37,6 @@ from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
-from numba import njit
 
 from arch.hardware import HardwareConfig
 from arch.isa import (
@@ -63,6 +62,7 @@ from arch.isa import (
     kv_table_entry_addr,
     make,
 )
+from arch.kernels import njit
 from arch.uarch import CMD_DEPTH, COPIER_FIFO_DEPTH, KV_CHUNK_MAX_COLS
 
 
@@ -172,13 +172,13 @@ class CopiesTable:
                        np.array(offsets[2], np.int64), np.array(jumps, np.int64))
 
 
-@njit(cache=True)
+@njit
 def _max3(c, r, w):
     """``max(c, r, w)``, written out as ``Copies`` takes it."""
     return c if c >= r and c >= w else r if r >= w else w
 
 
-@njit(cache=True)
+@njit
 def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_free):
     """A row-copying DMA instruction (row ``u`` of ``table``, ``CopiesTable.arrays``)
     begun at ``begin`` with its copier's read and write sides free at ``read_free`` and
@@ -543,7 +543,7 @@ def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[np.ndarray, np.nd
     return _reader_lines(np.array(segments, np.int64).reshape(-1, 4), W, banks)
 
 
-@njit(cache=True)
+@njit
 def _reader_lines(segments, W, banks):
     """``_reader_plan`` over its segments as an array (a row each), compiled (numba)."""
     n_lines = n_steps = 0
@@ -577,7 +577,7 @@ def _fill_end(x_segments: tuple, w_segments: tuple, W: int, banks: int) -> int:
                             *_reader_plan(w_segments, W, banks)))
 
 
-@njit(cache=True)
+@njit
 def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
     """``_fill_end`` for the readers' lines' banks and write-side steps (``_reader_plan``'s
     arrays). Each asks the L2 for its next line while fewer than ``COPIER_FIFO_DEPTH - 1``

@@ -53,10 +53,10 @@ from operator import itemgetter
 from types import SimpleNamespace
 
 import numpy as np
-from numba import njit
 
 from arch.hardware import HardwareConfig
 from arch.isa import Engine, KvFormat, make
+from arch.kernels import njit
 from arch.occupancy import (
     CALIBRATION,
     CopiesTable,
@@ -701,7 +701,7 @@ def _schedule(tiles: SimpleNamespace, ring: int | None):
                    tiles.after, -1 if ring is None else ring)
 
 
-@njit(cache=True)
+@njit
 def _placed(loads, computes, staged, reader, after, ring):
     """``_schedule`` over the tiles' columns (``ring`` -1: no prefetch), compiled
     (numba): ``(reach, place, dep, needs)`` as arrays."""
@@ -836,7 +836,7 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) ->
     return ((end, load_busy, compute_busy), *(x.tolist() for x in timeline))
 
 
-@njit(cache=True)
+@njit
 def _engines(table, kind, load_value, computes, after, extra, store_cycles, store_place,
              store_at, store_row, store_value, reach, place, dep, needs, crank, rank,
              load_tile, comp_tile, l2_waits, data_delay):
@@ -1065,7 +1065,7 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     return _extrapolate(tiles, run, cuts)
 
 
-@njit(cache=True)
+@njit
 def _stolen_each(paced, cycles, banks):
     """``sweeps.perf._stolen_lines`` of each paced compute (``_pipeline``'s ``paced``
     rows) over its ``cycles``."""
@@ -1076,7 +1076,7 @@ def _stolen_each(paced, cycles, banks):
     return out
 
 
-@njit(cache=True)
+@njit
 def _trapped_waits(begins, ends, stolen, loading, write_start, load_end, waits, held,
                    load_lines):
     """``held`` with each of the ``loading`` loads' wait behind the paced compute streams
@@ -1143,11 +1143,16 @@ def _repeats(tiles: list) -> tuple:
         if name == len(loads):
             loads.append(bool(t[0]))
     sig = np.fromiter(map(name_of.__getitem__, ids), np.int64, len(ids))
-    return tuple(map(tuple, _runs(sig, np.array(loads, np.bool_)[sig]).tolist()))
+    # (the constants as arguments: a compiled kernel freezes the globals it reads, and
+    # ``benchmarks.perf_model --only cuts`` sets SETTLE_FACTOR)
+    return tuple(map(tuple, _runs(sig, np.array(loads, np.bool_)[sig], RUN_PERIOD,
+                                  PERIOD_REPEATS, KEEP_LOADS, TAIL_LOADS, KEEP_REPEATS,
+                                  SETTLE_FACTOR).tolist()))
 
 
-@njit(cache=True)
-def _runs(sig, has_load):
+@njit
+def _runs(sig, has_load, RUN_PERIOD, PERIOD_REPEATS, KEEP_LOADS, TAIL_LOADS, KEEP_REPEATS,
+          SETTLE_FACTOR):
     """``_repeats``' runs for the tiles' names (``sig``: equal where the tiles are),
     compiled (numba): ``(first tile, block tiles, repeats, kept before, kept after)``
     rows."""
@@ -1262,7 +1267,7 @@ def _staged(tiles: list) -> np.ndarray:
     return np.fromiter([t[2] if t[0] else 0 for t in tiles], np.int64, len(tiles))
 
 
-@njit(cache=True)
+@njit
 def _ring_pointer(staged, ring, ptr):
     """``_ring_replay`` over the tiles' staged bytes (``_staged``) from the pointer at
     ``ptr``, compiled (numba); and where the pointer ends."""

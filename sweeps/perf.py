@@ -49,7 +49,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from arch.hardware import HardwareConfig
 from arch.isa import (
@@ -60,6 +59,7 @@ from arch.isa import (
     Instruction,
     kv_map_words,
 )
+from arch.kernels import njit
 from arch.occupancy import (
     CALIBRATION,
     Calibration,
@@ -202,7 +202,7 @@ class _Streams:
                                                for k in range(3))
 
 
-@njit(cache=True)
+@njit
 def _stolen_lines(paced_cycles: int, paced_lines: int, resumes: int, cycles: float,
                   banks: float, camped_cycles: int = 0) -> float:
     """The L2 lines a cycle that a compute instruction's streams take from a DMA copier
@@ -246,7 +246,7 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
                            float(alone), float(rate))
 
 
-@njit(cache=True)
+@njit
 def _trapped_cycles(begins, ends, stolen, lo, alone, rate):
     """``_trapped`` over the streams' arrays (``_Streams``), compiled (numba)."""
     alone = max(0.0, alone)
