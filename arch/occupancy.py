@@ -540,7 +540,9 @@ def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[np.ndarray, np.nd
     row that starts on a line takes one step a line; one that does not takes a priming
     step and a step a destination line, the last of which reads nothing when the row
     ends early in its line). Read only: the arrays are shared through the cache."""
-    return _reader_lines(np.array(segments, np.int64).reshape(-1, 4), W, banks)
+    lines, steps = _reader_lines(np.array(segments, np.int64).reshape(-1, 4), W, banks)
+    lines.flags.writeable = steps.flags.writeable = False
+    return lines, steps
 
 
 @njit

@@ -512,10 +512,10 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             go = ready + queued
             # The copier moves nothing before the first row command, which waits for
             # the int32 read (index, block-table entry) where the row needs one.
-            table = copies.first_cmds[0] - cal.dma_setup
-            write_start[i] = max(go + table + (data_delay if e == Engine.LOAD else 0),
+            int_read = copies.first_cmds[0] - cal.dma_setup
+            write_start[i] = max(go + int_read + (data_delay if e == Engine.LOAD else 0),
                                  write_free[e])
-            read_begin = max(go + table + cal.cmd_to_read, read_free[e])
+            read_begin = max(go + int_read + cal.cmd_to_read, read_free[e])
             issued, read_free[e], write_free[e] = queues[e].after(copies, go, read_free[e],
                                                                   write_free[e])
             # The waits: a load's DRAM wait holds its reads (the next load's start
