@@ -157,6 +157,11 @@ class OpSpec:
         return tuple(f.name for f in self.fields)
 
     @cached_property
+    def field_max(self) -> tuple[int, ...]:
+        """Each field's largest value."""
+        return tuple(f.max for f in self.fields)
+
+    @cached_property
     def field_index(self) -> dict[str, int]:
         """Each field's position among the operands."""
         return {f.name: i for i, f in enumerate(self.fields)}
@@ -809,32 +814,47 @@ def _mask(engines) -> int:
 
 
 def make(mnemonic: str, wait=0, signal=0, **fields) -> Instruction:
-    """Build an instruction; every declared field must be given and fit its width."""
+    """Build an instruction; every declared field must be given and fit its width.
+    Raises ``IsaError`` naming the first fault: an unknown mnemonic, a mask that does not
+    fit or names the instruction's own engine, an unknown field, then (in declaration
+    order) a missing field or one that does not fit its width."""
     spec = BY_MNEMONIC.get(mnemonic)
     if spec is None:
         raise IsaError(f"unknown instruction {mnemonic!r}")
     wait, signal = _mask(wait), _mask(signal)
-    for label, mask in (("wait", wait), ("signal", signal)):
-        if not 0 <= mask < (1 << MASK_BITS):
-            raise IsaError(f"{mnemonic}: {label} mask {mask} does not fit {MASK_BITS} bits")
-        if spec.engine == Engine.CONTROL and mask:
-            raise IsaError(f"{mnemonic}: the control engine takes no {label} mask")
-        if spec.engine != Engine.CONTROL and mask & (1 << int(spec.engine)):
-            raise IsaError(f"{mnemonic}: {label} mask names its own engine "
-                           f"({spec.engine.name.lower()})")
+    if wait or signal:
+        for label, mask in (("wait", wait), ("signal", signal)):
+            if not 0 <= mask < (1 << MASK_BITS):
+                raise IsaError(f"{mnemonic}: {label} mask {mask} does not fit {MASK_BITS} "
+                               f"bits")
+            if spec.engine == Engine.CONTROL and mask:
+                raise IsaError(f"{mnemonic}: the control engine takes no {label} mask")
+            if spec.engine != Engine.CONTROL and mask & (1 << int(spec.engine)):
+                raise IsaError(f"{mnemonic}: {label} mask names its own engine "
+                               f"({spec.engine.name.lower()})")
+    try:
+        operands = tuple([int(fields[name]) for name in spec.field_names])
+    except (KeyError, TypeError, ValueError):
+        operands = None
+    if (operands is None or len(fields) != len(operands)
+            or not all(0 <= v <= top
+                       for v, top in zip(operands, spec.field_max, strict=True))):
+        _check_fields(spec, fields)
+    return Instruction(mnemonic, operands, wait, signal)
+
+
+def _check_fields(spec: OpSpec, fields: dict) -> None:
+    """Raise ``make``'s ``IsaError`` for the first field fault in ``fields``."""
     unknown = set(fields) - set(spec.field_names)
     if unknown:
-        raise IsaError(f"{mnemonic}: unknown field {sorted(unknown)[0]!r}")
-    operands = []
+        raise IsaError(f"{spec.mnemonic}: unknown field {sorted(unknown)[0]!r}")
     for f in spec.fields:
         if f.name not in fields:
-            raise IsaError(f"{mnemonic}: missing field {f.name!r}")
+            raise IsaError(f"{spec.mnemonic}: missing field {f.name!r}")
         value = int(fields[f.name])
         if not 0 <= value <= f.max:
-            raise IsaError(f"{mnemonic}: field {f.name} = {value} does not fit {f.bits} bits")
-        operands.append(value)
-    return Instruction(mnemonic, tuple(operands), wait, signal)
-
+            raise IsaError(f"{spec.mnemonic}: field {f.name} = {value} does not fit {f.bits} "
+                           f"bits")
 
 
 def _check_declaration() -> None:

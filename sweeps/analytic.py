@@ -49,7 +49,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from operator import itemgetter
 from types import SimpleNamespace
 
 import numpy as np
@@ -212,10 +211,9 @@ class _Tiles:
         t[10] = (t[10] or ()) + ((occ.copies, occ.cycles),)
         return tile, len(t[10])
 
-    def frozen(self) -> tuple:
-        """The tiles (lists where built here, the cached matmuls' tuples: read only from
-        now on) and the totals."""
-        return self.tiles, self.read, self.macs, self.l2, self.kv
+    def totals(self) -> tuple[int, int, int, int]:
+        """DRAM bytes read, MACs, L2 lines moved, KV bytes read."""
+        return self.read, self.macs, self.l2, self.kv
 
 
 def _matmul_instr(hw: HardwareConfig, fields: dict):
@@ -556,7 +554,7 @@ def _prefill_chunking(cfg: ModelConfig, weights: str, hw: HardwareConfig, n_toke
 class _Plan:
     """One program of the one-layer model as tiles: ``prefix`` (the RoPE table, the
     embedding gather), ``layer`` (repeated per layer) and ``head``; each part
-    ``(tiles, DRAM bytes read, MACs, L2 lines, KV prefetches' bytes read)``; the staging
+    ``(tiles as _Cols, DRAM bytes read, MACs, L2 lines, KV prefetches' bytes read)``; the staging
     ring's bytes; each part's periodic runs; and each part's tiles that wait for a
     tensor-parallel allreduce (their cycles set by ``_allreduced``)."""
 
@@ -615,8 +613,9 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
     if freq is not None and (program is None or start == 0):
         # the RoPE table is first read by the layer's first ROPE
         prefix_tiles[0][3] = len(prefix_tiles) + parts[1].first_rope
-    return _Plan(*(p.frozen() for p in parts), timing.ring_bytes,
-                 tuple(_repeats(p.tiles) for p in parts), tuple(map(tuple, allreduces)))
+    cols, repeats = _columns([p.tiles for p in parts])
+    return _Plan(*((c, *p.totals()) for c, p in zip(cols, parts, strict=True)),
+                 timing.ring_bytes, repeats, tuple(map(tuple, allreduces)))
 
 
 def _allreduced(plan: _Plan, cycles: int) -> _Plan:
@@ -626,11 +625,9 @@ def _allreduced(plan: _Plan, cycles: int) -> _Plan:
         return plan
     parts = []
     for part, at in zip((plan.prefix, plan.layer, plan.head), plan.allreduces, strict=True):
-        tiles = list(part[0])
-        for i in at:
-            tiles[i] = list(tiles[i])
-            tiles[i][1] = cycles
-        parts.append((tiles, *part[1:]))
+        computes = part[0].computes.copy()
+        computes[list(at)] = cycles
+        parts.append((part[0].replace(computes=computes), *part[1:]))
     return dataclasses.replace(plan, prefix=parts[0], layer=parts[1], head=parts[2])
 
 
@@ -680,9 +677,8 @@ def _core(hw: HardwareConfig) -> HardwareConfig:
     return hw.replace(l2_bytes=256 * hw.l2_banks * hw.l2_port_bytes, prefetch=True)
 
 
-def _schedule(tiles: SimpleNamespace, ring: int | None):
-    """Where ``compiler.schedule`` places each tile's load in the stream, in tile terms
-    (``tiles``: ``_columns``'):
+def _schedule(tiles: _Cols, ring: int | None):
+    """Where ``compiler.schedule`` places each tile's load in the stream, in tile terms:
     ``(reach, place, dep, needs)``. ``place[j]``: the compute load ``j`` is placed above
     (dispatched after the computes before it); ``dep[j]``: the compute whose end it waits
     for (-1: none); ``reach[i]``: the farthest tile whose load is above compute ``i``;
@@ -769,58 +765,149 @@ def _placed(loads, computes, staged, reader, after, ring):
     return reach, place, dep, needs
 
 
-def _columns(tiles: list) -> SimpleNamespace:
-    """The tiles (``_Tiles``' layout) as columns, read once for every pass of
-    ``_pipeline``: the loads and the stores as they are, and as arrays ``has_load``,
-    ``computes`` (cycles), ``staged`` (a load's bytes in the staging ring), ``reader``,
-    ``after``, ``extra``, ``store_cycles``, ``compute_l2``, ``load_l2``,
-    ``store_place`` and ``paced`` (a row per tile: paced cycles, paced lines, resumes,
-    camped cycles)."""
-    cols = list(zip(*tiles, strict=True)) if tiles else [()] * 15
-    has_load = np.array(list(map(bool, cols[0])), np.bool_)
-    return SimpleNamespace(
-        loads=cols[0], stores=cols[10], has_load=has_load,
-        computes=np.array(cols[1], np.float64), compute_busy=sum(cols[1]),
-        staged=np.where(has_load, np.array(cols[2], np.int64), 0),
+class _Cols:
+    """Tiles (``_Tiles``' layout) as columns, a row per tile, which stacking, cutting and
+    every pass of ``_pipeline`` read without walking the tiles one by one. A tile is
+    ``unique``, its row among its plan's distinct tiles (``distinct``, a column each);
+    a column is gathered from those on its first read, but where it is one of ``own``
+    (a cut's shortened offsets, an allreduce's cycles). The columns (``NAMES``):
+    ``kind`` (a load of kind 0: none, 1: a ``CHUNKED`` KV prefetch, its cycles in
+    ``load_value``; 2: a row copier, its ``Copies``' row of ``distinct.table`` in
+    ``load_value``), ``slot`` (the staged bytes field), ``staged`` (a load's bytes in
+    the staging ring, 0 where there is no load), ``computes`` (cycles), ``reader``,
+    ``after``, ``extra``, ``store_cycles``, ``compute_l2``, ``load_l2``, ``store_place``
+    and ``paced`` (a row per tile: paced cycles, paced lines, resumes, camped cycles).
+    ``distinct`` also holds the plan's ``CopiesTable`` (``table``) and each distinct
+    tile's store engine instructions laid end to end (``start``, ``count``; ``rows``:
+    the table's row or -1, ``cycles``)."""
+
+    NAMES = ("kind", "load_value", "slot", "staged", "computes", "reader", "after",
+             "extra", "store_cycles", "compute_l2", "load_l2", "store_place", "paced")
+    __slots__ = ("unique", "distinct", "own", "_read")
+
+    def __init__(self, distinct: SimpleNamespace, unique: np.ndarray,
+                 own: dict | None = None):
+        self.distinct, self.unique, self.own, self._read = distinct, unique, own or {}, {}
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name not in _Cols.NAMES:
+            raise AttributeError(name)
+        column = self.own.get(name)
+        if column is None:
+            column = self._read.get(name)
+            if column is None:
+                column = self._read[name] = getattr(self.distinct, name)[self.unique]
+        return column
+
+    def __len__(self) -> int:
+        return len(self.unique)
+
+    @property
+    def has_load(self) -> np.ndarray:
+        return self.kind != 0
+
+    def take(self, rows, **changed: np.ndarray) -> _Cols:
+        """The tiles at ``rows`` (an index array), in that order, with the columns of
+        ``changed`` given instead."""
+        own = {name: column[rows] for name, column in self.own.items()}
+        return _Cols(self.distinct, self.unique[rows], {**own, **changed})
+
+    def replace(self, **changed: np.ndarray) -> _Cols:
+        """These tiles with the columns of ``changed`` given instead."""
+        return _Cols(self.distinct, self.unique, {**self.own, **changed})
+
+    @staticmethod
+    def concat(parts: list[_Cols]) -> _Cols:
+        """The tiles of ``parts`` (of one plan: they share ``distinct``) end to end."""
+        own = {name for part in parts for name in part.own}
+        return _Cols(parts[0].distinct, np.concatenate([part.unique for part in parts]),
+                     {name: np.concatenate([getattr(part, name) for part in parts])
+                      for name in own})
+
+
+def _named(tiles: list) -> tuple[np.ndarray, list]:
+    """Each tile's name (equal where the tiles are) and one tile per name, in order:
+    tiles compare as numbers, the cached ``Copies`` and store tuples as objects (equal
+    ones built apart count as different); each tile object is read once, however often
+    it recurs (a cached matmul's tiles)."""
+    ids = list(map(id, tiles))
+    objects = dict(zip(ids, tiles, strict=True))       # each tile object once
+    names: dict = {}
+    name_of, firsts = {}, []
+    for key, t in objects.items():
+        name_of[key] = name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]),
+                                               len(names))
+        if name == len(firsts):
+            firsts.append(t)
+    return np.fromiter(map(name_of.__getitem__, ids), np.int64, len(ids)), firsts
+
+
+def _columns(parts: list[list]) -> tuple[tuple[_Cols, ...], tuple]:
+    """Each part's tiles (``_Tiles``' layout, no longer changed) as ``_Cols``, sharing
+    one table of their ``Copies``, and each part's periodic runs (``_repeats``): the
+    distinct tiles are read (a step's tens of thousands of tiles are a few hundred
+    distinct ones), then each column gathered by the tiles' names."""
+    named = [_named(tiles) for tiles in parts]
+    firsts = [t for _, f in named for t in f]
+    cols = list(zip(*firsts, strict=True)) if firsts else [()] * 15
+    loads = cols[0]
+    stores = [s for t in cols[10] if t for s in t]
+    table = CopiesTable([ld for ld in loads if ld and ld.__class__ is not int]
+                        + [c for c, _ in stores])
+    row = table.index
+    kind = np.array([0 if not ld else 1 if ld.__class__ is int else 2 for ld in loads],
+                    np.int64)
+    count = np.array([len(t) if t else 0 for t in cols[10]], np.int64)
+    slot = np.array(cols[2], np.int64)
+    distinct = SimpleNamespace(
+        table=table, count=count,
+        start=np.concatenate(([0], np.cumsum(count)[:-1])).astype(np.int64),
+        rows=np.array([-1 if c is None else row[id(c)] for c, _ in stores], np.int64),
+        cycles=np.array([c for _, c in stores], np.float64),
+        kind=kind,
+        load_value=np.array([0 if not ld else ld if ld.__class__ is int else row[id(ld)]
+                             for ld in loads], np.float64),
+        slot=slot, staged=np.where(kind != 0, slot, 0), computes=np.array(cols[1], np.float64),
         reader=np.array(cols[3], np.int64), after=np.array(cols[4], np.int64),
         extra=np.array(cols[5], np.float64), store_cycles=np.array(cols[6], np.float64),
         compute_l2=np.array(cols[7], np.float64), load_l2=np.array(cols[8], np.float64),
         store_place=np.array(cols[9], np.int64),
-        paced=np.array(cols[11:15], np.int64).reshape(4, -1).T)
+        paced=np.array(cols[11:15], np.int64).reshape(4, -1).T.copy())
+    out, at = [], 0
+    for sig, f in named:
+        out.append(_Cols(distinct, sig + at))
+        at += len(f)
+    return tuple(out), tuple(_repeats(sig, c.has_load) for (sig, _), c in zip(named, out,
+                                                                              strict=True))
 
 
-def _indices(tiles: SimpleNamespace, schedule) -> tuple:
-    """``_run``'s reading of the tiles (``_columns``') placed by ``schedule``, the same
-    every pass: the arrays of ``_engines``' arguments but the waits, and the computes'
-    total cycles. A tile's load is of kind 0 (none), 1 (a ``CHUNKED`` KV prefetch, its
-    cycles in ``load_value``) or 2 (a row copier, its ``Copies``' row of the table); its
-    stores, ``(copies row or -1, cycles)`` each, are laid end to end (``store_at``)."""
-    stores = [s for t in tiles.stores if t for s in t]
-    table = CopiesTable([ld for ld in tiles.loads if ld and ld.__class__ is not int]
-                        + [c for c, _ in stores])
-    row = table.index
-    kind = np.array([0 if not ld else 1 if ld.__class__ is int else 2 for ld in tiles.loads],
-                    np.int64)
-    value = np.array([0 if not ld else ld if ld.__class__ is int else row[id(ld)]
-                      for ld in tiles.loads], np.float64)
-    store_at = np.concatenate(([0], np.cumsum([len(t) if t else 0 for t in tiles.stores])))
-    computes = tiles.computes
+def _indices(tiles: _Cols, schedule) -> tuple:
+    """``_run``'s reading of the tiles placed by ``schedule``, the same every pass: the
+    arrays of ``_engines``' arguments but the waits, and the computes' total cycles. A
+    tile's stores, ``(copies row or -1, cycles)`` each, are laid end to end
+    (``store_at``)."""
+    stores, kind, computes = tiles.distinct, tiles.kind, tiles.computes
+    count = stores.count[tiles.unique]
+    store_at = np.zeros(len(tiles) + 1, np.int64)
+    np.cumsum(count, out=store_at[1:])
+    gather = np.repeat(stores.start[tiles.unique] - store_at[:-1], count) + np.arange(
+        store_at[-1])
     reach, place, dep, needs = schedule
-    return ((table.arrays, kind, value, computes, tiles.after, tiles.extra,
-             tiles.store_cycles, tiles.store_place, store_at.astype(np.int64),
-             np.array([-1 if c is None else row[id(c)] for c, _ in stores], np.int64),
-             np.array([c for _, c in stores], np.float64), reach, place, dep, needs,
+    return ((stores.table.arrays, kind, tiles.load_value, computes, tiles.after, tiles.extra,
+             tiles.store_cycles, tiles.store_place, store_at, stores.rows[gather],
+             stores.cycles[gather], reach, place, dep, needs,
              np.concatenate(([0], np.cumsum(computes != 0))), np.cumsum(kind != 0) - 1,
              np.flatnonzero(kind), np.flatnonzero(computes)),
-            tiles.compute_busy)
+            int(computes.sum()))
 
 
-def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) -> tuple:
-    """One pass of the two engines over the tiles (``_Tiles``' layout) placed by
-    ``schedule`` (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the
-    L2: ``((cycles, load busy, compute busy), copier write starts, load ends, compute
-    begins, compute ends, load busy up to each tile)``; ``indices``: ``_indices(_columns(
-    tiles), schedule)``, where a caller runs several passes.
+def _run(tiles: _Cols, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()
+         ) -> tuple:
+    """One pass of the two engines over the tiles placed by ``schedule``
+    (``_schedule``'s), each load's copier also waiting ``l2_waits`` for the L2:
+    ``((cycles, load busy, compute busy), copier write starts, load ends, compute begins,
+    compute ends, load busy up to each tile)``, the last five arrays; ``indices``:
+    ``_indices(tiles, schedule)``, where a caller runs several passes.
 
     A load begins when its engine is free, the compute it depends on has ended, and it
     has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
@@ -830,10 +917,10 @@ def _run(tiles, schedule, l2_waits, data_delay: int = 0, indices: tuple = ()) ->
     (the load ``QUEUE_DEPTH`` before the farthest one has begun). The engines are
     ``_engines``, compiled (numba): a 1B-class decode step runs them over some 3,000
     tiles, three times or more."""
-    arrays, compute_busy = indices or _indices(_columns(tiles), schedule)
+    arrays, compute_busy = indices or _indices(tiles, schedule)
     end, load_busy, *timeline = _engines(*arrays, np.asarray(l2_waits, np.float64),
                                          float(data_delay))
-    return ((end, load_busy, compute_busy), *(x.tolist() for x in timeline))
+    return ((end, load_busy, compute_busy), *timeline)
 
 
 @njit
@@ -987,7 +1074,7 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
     return end, load_busy, write_start, load_end, compute_begin, compute_ends, busy_to
 
 
-def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
+def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
               dram_lines_per_cycle: float = 1.0, data_delay: int = 0,
               cuts: tuple = ()) -> tuple:
     """The two engines over the tiles placed by ``_schedule``: ``((cycles, load busy,
@@ -1004,7 +1091,6 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     held). No pass is needed where the busiest compute and a load at
     ``dram_lines_per_cycle`` fit the L2 together and no compute is paced slower than such
     a load."""
-    cols = _columns(tiles)
     schedule = _schedule(cols, ring)
     indices = _indices(cols, schedule)
     # no wait is possible where the busiest compute and a load at the DRAM's line rate
@@ -1018,29 +1104,30 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
     paced = np.column_stack((at, cols.paced[at])).reshape(-1, 5)
     trap = bool((1 - _stolen_each(paced, cols.computes[at], l2_lines_per_cycle or 1)
                  < rate).any())
-    n_tiles = len(tiles)
+    n_tiles = len(cols)
     if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
                                   and not trap):
-        return _extrapolate(tiles, _run(tiles, schedule, np.zeros(n_tiles), 0, indices),
+        return _extrapolate(cols, _run(cols, schedule, np.zeros(n_tiles), 0, indices),
                             cuts)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
     loading = np.flatnonzero((indices[0][1] == 2) & (cols.load_l2 != 0))
+    lines, load_lines = cols.compute_l2.astype(np.int64), cols.load_l2.astype(np.int64).tolist()
     waits = np.zeros(n_tiles, np.int64)
     held = np.zeros(n_tiles, np.int64)            # the waits behind paced streams
     shared = busiest + dram_lines_per_cycle > l2_lines_per_cycle
     for n in range(CONTENTION_PASSES):         # as sweeps.perf.time_program's passes
-        run = _run(tiles, schedule, np.maximum(waits, held), data_delay, indices)
+        run = _run(cols, schedule, np.maximum(waits, held), data_delay, indices)
         _, write_start, load_end, compute_begin, compute_ends, _ = run
         # The waits behind paced streams from the first two passes' timelines, then
         # held (``_trapped`` walks each copier through the streams). The second
         # recompute is kept only where it moves them by 0.1% of the program's cycles:
         # elsewhere it would take a further pass for nothing.
         if n < 2:
-            begins = np.array(compute_begin)[at]
-            ends = np.array(compute_ends)[at]
+            begins = compute_begin[at]
+            ends = compute_ends[at]
             again_held = _trapped_waits(
                 begins, ends, _stolen_each(paced, ends - begins, l2_lines_per_cycle),
-                loading, np.array(write_start), np.array(load_end), waits, held,
+                loading, write_start, load_end, waits, held,
                 cols.load_l2)
             if n == 1 and np.abs(again_held - held).sum() <= run[0][0] / 1000:
                 again_held = held
@@ -1052,17 +1139,18 @@ def _pipeline(tiles, ring: int | None, l2_lines_per_cycle: float = 0,
             again_held = held
         again = waits.copy()
         if shared:
-            usage = _Usage([(compute_begin[i], compute_ends[i],
-                             t[7] / max(1, compute_ends[i] - compute_begin[i]))
-                            for i, t in enumerate(tiles) if t[1] and t[7]])
+            begin, end, moved = compute_begin.tolist(), compute_ends.tolist(), lines.tolist()
+            usage = _Usage([(begin[i], end[i], moved[i] / max(1, end[i] - begin[i]))
+                            for i in busy.nonzero()[0].tolist()])
+            write_start, load_end = write_start.tolist(), load_end.tolist()
             for j in loading.tolist():
                 lo, hi = write_start[j], load_end[j]
-                need = (tiles[j][8] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
+                need = (load_lines[j] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
                 again[j] = max(0, math.ceil(need - (hi - lo - max(waits[j], held[j]))))
         if np.array_equal(again, waits) and np.array_equal(again_held, held):
             break
         waits, held = again, again_held
-    return _extrapolate(tiles, run, cuts)
+    return _extrapolate(cols, run, cuts)
 
 
 @njit
@@ -1123,31 +1211,18 @@ KEEP_REPEATS = KEEP_LOADS
 SETTLE_FACTOR = 4
 
 
-def _repeats(tiles: list) -> tuple:
-    """The long runs in ``tiles`` of a block of at most ``RUN_PERIOD`` tiles repeated:
-    ``(first tile, block tiles, repeats, repeats to keep before a cut, after it)`` each,
-    the repeats kept after the cut holding ``TAIL_LOADS`` loads (at least
-    ``PERIOD_REPEATS``) and before it ``SETTLE_FACTOR`` times those holding
-    ``KEEP_LOADS`` (at least ``PERIOD_REPEATS + 2``); of a block without loads,
-    ``KEEP_REPEATS`` after and ``SETTLE_FACTOR`` times as many before. Runs too short to
-    cut are left out. Tiles compare as numbers, the cached
-    ``Copies`` and store tuples as objects (equal ones built apart count as different);
-    each tile object is read once, however often it recurs (a cached matmul's tiles)."""
-    ids = list(map(id, tiles))
-    objects = dict(zip(ids, tiles, strict=True))       # each tile object once
-    names: dict = {}
-    name_of, loads = {}, []
-    for key, t in objects.items():
-        name_of[key] = name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]),
-                                               len(names))
-        if name == len(loads):
-            loads.append(bool(t[0]))
-    sig = np.fromiter(map(name_of.__getitem__, ids), np.int64, len(ids))
+def _repeats(sig: np.ndarray, has_load: np.ndarray) -> tuple:
+    """The long runs in a part's tiles (named by ``sig``, ``_named``'s) of a block of at
+    most ``RUN_PERIOD`` tiles repeated: ``(first tile, block tiles, repeats, repeats to
+    keep before a cut, after it)`` each, the repeats kept after the cut holding
+    ``TAIL_LOADS`` loads (at least ``PERIOD_REPEATS``) and before it ``SETTLE_FACTOR``
+    times those holding ``KEEP_LOADS`` (at least ``PERIOD_REPEATS + 2``); of a block
+    without loads, ``KEEP_REPEATS`` after and ``SETTLE_FACTOR`` times as many before.
+    Runs too short to cut are left out."""
     # (the constants as arguments: a compiled kernel freezes the globals it reads, and
     # ``benchmarks.perf_model --only cuts`` sets SETTLE_FACTOR)
-    return tuple(map(tuple, _runs(sig, np.array(loads, np.bool_)[sig], RUN_PERIOD,
-                                  PERIOD_REPEATS, KEEP_LOADS, TAIL_LOADS, KEEP_REPEATS,
-                                  SETTLE_FACTOR).tolist()))
+    return tuple(map(tuple, _runs(sig, has_load, RUN_PERIOD, PERIOD_REPEATS, KEEP_LOADS,
+                                  TAIL_LOADS, KEEP_REPEATS, SETTLE_FACTOR).tolist()))
 
 
 @njit
@@ -1190,8 +1265,8 @@ def _runs(sig, has_load, RUN_PERIOD, PERIOD_REPEATS, KEEP_LOADS, TAIL_LOADS, KEE
     return runs[:n_runs]
 
 
-def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
-              front: dict | None = None) -> tuple[list, tuple, list]:
+def _periodic(tiles: _Cols, repeats: tuple, ring: int | None, keep: tuple = (),
+              front: dict | None = None) -> tuple[_Cols, tuple, np.ndarray]:
     """``tiles`` with each run of ``repeats`` (``_repeats``') cut to the repeats it keeps
     before the cut (or ``front[its first tile]``) and after it: ``(tiles, cuts, index)``,
     ``cuts`` giving per cut ``(index of the last tile before it, the block's tiles,
@@ -1206,16 +1281,16 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
     The engines' period is then measured over whole periods of the pointer too (at
     least ``PERIOD_REPEATS`` repeats), on repeats past the ring's first turn in the
     run."""
-    n, front, ptrs = len(tiles), front or {}, None
-    slot = max(map(itemgetter(2), tiles), default=0)
+    n, front, ptrs, staged = len(tiles), front or {}, None, tiles.staged
+    slot = int(tiles.slot.max()) if n else 0
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
         kept, window, q = front.get(i, head), PERIOD_REPEATS, 1
-        if not free and any(t[0] and t[2] for t in tiles[i:i + p]):
-            if ptrs is None:
-                ptrs = _ring_replay(tiles, ring)[0]
-            block = sum(-(-t[2] // 64) * 64 for t in tiles[i:i + p] if t[0] and t[2])
+        if not free and staged[i:i + p].any():
+            if ptrs is None:      # the pointer before each tile (``_ring_pointer``)
+                ptrs = _ring_pointer(staged, ring, 0)[0]
+            block = int((-(-staged[i:i + p] // 64) * 64).sum())
             back = -(-ring // block)              # repeats holding a turn of the ring
             q = _ring_period(ptrs, i, p, reps, back)
             window = q * -(-PERIOD_REPEATS // q) if q else 0
@@ -1224,53 +1299,40 @@ def _periodic(tiles: list, repeats: tuple, ring: int | None, keep: tuple = (),
         m = m - m % q if q else 0
         if m > 0:
             runs.append((i, kept, p, m, window))
-    index, out, cuts, at = [-1] * n, 0, [], 0    # original index -> index in the cut tiles
-    kept_ranges = []                              # the tiles kept: [a, b) each
+    index = np.full(n, -1, np.int64)             # original index -> index in the cut tiles
+    out, cuts, at, kept_ranges = 0, [], 0, []    # kept_ranges: the tiles kept, [a, b) each
     for first, kept, p, m, window in runs:
         begin = first + kept * p
-        index[at:begin] = range(out, out + begin - at)
-        kept_ranges.append((at, begin))
+        index[at:begin] = np.arange(out, out + begin - at)
+        kept_ranges.append(np.arange(at, begin))
         out += begin - at
         cuts.append((out - 1, p, m, first, kept, window))
         at = begin + m * p
-    index[at:n] = range(out, out + n - at)
-    kept_ranges.append((at, n))
+    index[at:n] = np.arange(out, out + n - at)
+    kept_ranges.append(np.arange(at, n))
     if not cuts or any(index[k] < 0 for k in keep):
         return tiles, (), range(n)
-    cut = []
-    for a, b in kept_ranges:
-        for k in range(a, b):
-            t = tiles[k]
-            for field in (3, 4):
-                if t[field]:
-                    target = index[k + t[field]]
-                    if target < 0:          # points into removed repeats: do not cut
-                        return tiles, (), range(n)
-                    if target - index[k] != t[field]:
-                        t = list(t)
-                        t[field] = target - index[k]
-            cut.append(t)
-    return cut, tuple(cuts), index
-
-
-def _ring_replay(tiles: list, ring: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The staging ring as ``backend.Ring`` allocates it, replayed over the tiles' loads
-    (64-byte aligned slots, round robin, wrapping to the base when one does not fit the
-    end; relative to where the pointer was before the first tile): ``(before, starts,
-    turns)``, the pointer before each tile, and the start and turn of the ring of each
-    tile's slot (0 where a tile takes none)."""
-    return _ring_pointer(_staged(tiles), ring, 0)[:3]
-
-
-def _staged(tiles: list) -> np.ndarray:
-    """Each tile's load's bytes in the staging ring (0: none)."""
-    return np.fromiter([t[2] if t[0] else 0 for t in tiles], np.int64, len(tiles))
+    rows = np.concatenate(kept_ranges)
+    shortened = {}
+    for field in ("reader", "after"):
+        offset = getattr(tiles, field)[rows]
+        spans = np.flatnonzero(offset)
+        target = index[rows[spans] + offset[spans]]
+        if (target < 0).any():                  # points into removed repeats: do not cut
+            return tiles, (), range(n)
+        offset[spans] = target - spans
+        shortened[field] = offset
+    return tiles.take(rows, **shortened), tuple(cuts), index
 
 
 @njit
 def _ring_pointer(staged, ring, ptr):
-    """``_ring_replay`` over the tiles' staged bytes (``_staged``) from the pointer at
-    ``ptr``, compiled (numba); and where the pointer ends."""
+    """The staging ring as ``backend.Ring`` allocates it, replayed over the tiles' loads
+    (``staged``: ``_Cols.staged``; 64-byte aligned slots, round robin, wrapping to the
+    base when one does not fit the end) from the pointer at ``ptr``, compiled (numba):
+    ``(before, starts, turns, end)``, the pointer before each tile, the start and turn of
+    the ring of each tile's slot (0 where a tile takes none), and where the pointer
+    ends."""
     n = len(staged)
     before, starts, turns = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     turn = 0
@@ -1287,7 +1349,7 @@ def _ring_pointer(staged, ring, ptr):
 
 def _ring_period(ptrs: list[int], i: int, p: int, reps: int, back: int) -> int:
     """The fewest repeats ``q`` of the ``p``-tile block at tile ``i`` (``reps`` of them)
-    after which the ring's pointer (``ptrs``, ``_ring_replay``'s) is where it was, from
+    after which the ring's pointer (``ptrs``, ``_ring_pointer``'s) is where it was, from
     the repeat ``back`` on (past the ring's first turn in the run, where the pointer
     wrapped): the pointer at a repeat's start decides every slot the repeat takes, so
     from there the slots repeat every ``q`` repeats, and cutting a multiple of ``q``
@@ -1298,16 +1360,16 @@ def _ring_period(ptrs: list[int], i: int, p: int, reps: int, back: int) -> int:
 
 
 def _steady(series: tuple, e: int, p: int, window: int) -> bool:
-    """Whether every time in ``series`` advanced alike over ``window`` repeats of ``p``
-    tiles, for each tile of the two repeats up to tile ``e``."""
+    """Whether every time in ``series`` (arrays) advanced alike over ``window`` repeats
+    of ``p`` tiles, for each tile of the two repeats up to tile ``e``."""
     a = window * p
     step = series[0][e] - series[0][e - a]
     tol = 1e-9 * abs(step) + 1e-6
-    return all(abs(x[i] - x[i - a] - step) <= tol for x in series for i in range(e - 2 * p + 1,
-                                                                               e + 1))
+    at = np.arange(e - 2 * p + 1, e + 1)
+    return all(bool((np.abs(x[at] - x[at - a] - step) <= tol).all()) for x in series)
 
 
-def _extrapolate(tiles: list, run: tuple, cuts: tuple) -> tuple:
+def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple) -> tuple:
     """``_pipeline``'s result from a ``_run`` over tiles ``_periodic`` cut, and the first
     tiles of the runs whose engines had not settled before their cut (``_steady``: every
     load's and compute's times advancing alike over the repeats its period is measured
@@ -1323,28 +1385,27 @@ def _extrapolate(tiles: list, run: tuple, cuts: tuple) -> tuple:
     unsteady = tuple(first for e, p, _, first, _, w in cuts
                      if not _steady((compute_ends, compute_begin, load_end, write_start), e, p,
                                     w))
-    compute_begin, compute_ends, busy_to = list(compute_begin), list(compute_ends), list(busy_to)
+    compute_begin, compute_ends, busy_to = compute_begin.copy(), compute_ends.copy(), \
+        busy_to.copy()
     shift = busy = 0.0
     at = 0
     for e, p, m, _, _, w in cuts:
-        for i in range(at, e + 1):
-            compute_begin[i] += shift
-            compute_ends[i] += shift
-            busy_to[i] += busy
+        compute_begin[at:e + 1] += shift
+        compute_ends[at:e + 1] += shift
+        busy_to[at:e + 1] += busy
         at = e + 1
         a = w * p
-        shift += m * (run[4][e] - run[4][e - a]) / w
-        busy += m * (run[5][e] - run[5][e - a]) / w
-        compute_busy += m * sum(t[1] for t in tiles[e - p + 1:e + 1])
-    for i in range(at, len(tiles)):
-        compute_begin[i] += shift
-        compute_ends[i] += shift
-        busy_to[i] += busy
+        shift += m * float(run[4][e] - run[4][e - a]) / w
+        busy += m * float(run[5][e] - run[5][e - a]) / w
+        compute_busy += m * int(tiles.computes[e - p + 1:e + 1].sum())
+    compute_begin[at:] += shift
+    compute_ends[at:] += shift
+    busy_to[at:] += busy
     return ((cycles + shift, load_busy + busy, compute_busy), compute_begin, compute_ends,
             busy_to, unsteady)
 
 
-def _timeline(tiles: list, repeats: tuple, ring: int | None, l2: tuple, keep: tuple = ()
+def _timeline(tiles: _Cols, repeats: tuple, ring: int | None, l2: tuple, keep: tuple = ()
               ) -> tuple:
     """``_pipeline`` over ``tiles`` with their periodic runs (``repeats``) cut
     (``_periodic``), each
@@ -1357,8 +1418,8 @@ def _timeline(tiles: list, repeats: tuple, ring: int | None, l2: tuple, keep: tu
         totals, compute_begin, compute_ends, busy_to, unsteady = _pipeline(cut, ring, *l2,
                                                                            cuts=cuts)
         if not unsteady:
-            return totals, [(compute_begin[index[k]], compute_ends[index[k]],
-                             busy_to[index[k]]) for k in keep]
+            return totals, [(float(compute_begin[index[k]]), float(compute_ends[index[k]]),
+                             float(busy_to[index[k]])) for k in keep]
         for first in unsteady:
             front[first] = 4 * (front.get(first) or next(c[4] for c in cuts if c[3] == first))
 
@@ -1423,7 +1484,7 @@ def shard(cfg: ModelConfig, devices: int) -> ModelConfig:
                                vocab_size=-(-cfg.vocab_size // devices))
 
 
-def _stacked(plan: _Plan, n: int) -> tuple[list, tuple]:
+def _stacked(plan: _Plan, n: int) -> tuple[_Cols, tuple]:
     """The tiles of the plan's prefix, ``n`` copies of its layer and its head, and their
     periodic runs (``_repeats``')."""
     prefix, layer, head = plan.prefix[0], plan.layer[0], plan.head[0]
@@ -1432,7 +1493,7 @@ def _stacked(plan: _Plan, n: int) -> tuple[list, tuple]:
                     for offset, runs in zip(at, (plan.repeats[0],) + (plan.repeats[1],) * n
                                             + (plan.repeats[2],), strict=True)
                     for first, *rest in runs)
-    return list(prefix) + list(layer) * n + list(head), repeats
+    return _Cols.concat([prefix, *[layer] * n, head]), repeats
 
 
 def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, int, int]:
@@ -1446,7 +1507,7 @@ def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, in
     (``_layer_period``), blocks of ``q`` are repeated, the last but one of those run
     ending one; exact once the engines are periodic (docs/perf.md, "Layers")."""
     layer = plan.layer[0]
-    staged = sum(t[2] for t in layer)
+    staged = int(layer.slot.sum())
     # past the first layer and past the ring's reach (the load engine's lead)
     k = 1 + max(1, math.ceil((ring or 0) / staged) if staged else 1)
     if n_layers > k + 1:
@@ -1465,7 +1526,7 @@ def _layers(plan: _Plan, n_layers: int, ring, l2: tuple = ()) -> tuple[float, in
     blocks = (n_layers - stepped) // q
     cycles, load_busy, compute_busy = totals
     return (cycles + blocks * (end1 - end0), load_busy + blocks * (busy1 - busy0),
-            compute_busy + blocks * q * sum(t[1] for t in layer))
+            compute_busy + blocks * q * int(layer.computes.sum()))
 
 
 #: The most layers a block repeated by ``_layers`` may span, and the most layers past the
@@ -1484,13 +1545,13 @@ def _layer_period(plan: _Plan, ring: int | None, k: int) -> tuple[int, int]:
     ``(k, 1)`` where the ring is not small (``_periodic``'s test: a load's slot then does
     not place it) or no such block is found."""
     parts = (plan.prefix[0], plan.layer[0], plan.head[0])
-    slot = max(max(map(itemgetter(2), part), default=0) for part in parts)
+    slot = max(int(part.slot.max()) if len(part) else 0 for part in parts)
     if ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64:
         return k, 1
-    # as ``_ring_replay`` moves the pointer: where it ends after the prefix, then after
+    # as ``_ring_pointer`` moves the pointer: where it ends after the prefix, then after
     # each layer
-    starts = [_ring_pointer(_staged(plan.prefix[0]), ring, 0)[3]]
-    layer = _staged(plan.layer[0])
+    starts = [_ring_pointer(plan.prefix[0].staged, ring, 0)[3]]
+    layer = plan.layer[0].staged
     for _ in range(k - 1 + 2 * LAYER_PERIOD_MAX):
         starts.append(_ring_pointer(layer, ring, starts[-1])[3])
     return min(((j + 1, q) for j in range(k - 1, k + LAYER_PERIOD_MAX)

@@ -101,7 +101,10 @@ def test_a_batched_steps_embedding_gathers_mark_no_reader_in_its_head(tiny_model
         for batch in (1, 4):
             plan = analytic._plan(analytic._one_layer(wide), "int8", hw, 6, 1, True,
                                   batch=batch)
-            loads[batch] = [(t[2], t[3]) for t in plan.head[0] if t[0]]
+            head = plan.head[0]
+            loaded = head.has_load
+            loads[batch] = list(zip(head.slot[loaded].tolist(), head.reader[loaded].tolist(),
+                                    strict=True))
         assert len(loads[1]) > 1
         assert loads[4] == loads[1], hw_name
 
