@@ -14,6 +14,7 @@ Tested by tests/compiler/test_frontend.py.
 from __future__ import annotations
 
 import itertools
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -42,12 +43,12 @@ class Param:
     def nbytes(self) -> int:
         if self.dtype == MXINT4:           # [N, K] elements, two per byte (numerics.mx_pack)
             return self.shape[0] * ((self.shape[1] + 1) // 2)
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(math.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
     @property
     def scalar(self) -> int:
         """The value of a one-element constant (0 when compiling without weights)."""
-        if int(np.prod(self.shape, dtype=np.int64)) != 1:
+        if int(math.prod(self.shape)) != 1:
             raise CompileError(f"{self.name}: expected a scalar, got shape {self.shape}")
         return 0 if self.value is None else int(np.asarray(self.value).reshape(-1)[0])
 
@@ -79,7 +80,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+        return int(math.prod(self.shape)) * self.itemsize
 
     @property
     def rows(self) -> int:
@@ -88,7 +89,7 @@ class Tensor:
 
     @property
     def cols(self) -> int:
-        return int(np.prod(self.shape[1:] if len(self.shape) > 1 else self.shape))
+        return int(math.prod(self.shape[1:] if len(self.shape) > 1 else self.shape))
 
     @property
     def row_bytes(self) -> int:
@@ -99,7 +100,7 @@ class Tensor:
 
 
 def new_tensor(name: str, shape: tuple[int, ...], dtype: str) -> Tensor:
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    nbytes = int(math.prod(shape)) * np.dtype(dtype).itemsize
     return Tensor(Buffer(name, nbytes), tuple(shape), dtype)
 
 
@@ -122,7 +123,7 @@ class ParamWords:
     @property
     def count(self) -> int:
         """Columns (1 when one word serves all columns)."""
-        return int(np.prod(self.mult.shape, dtype=np.int64))
+        return int(math.prod(self.mult.shape))
 
     @property
     def words_per_column(self) -> int:

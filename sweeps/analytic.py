@@ -723,7 +723,7 @@ def _placed(loads, computes, staged, reader, after, ring):
         first = c if c < first else first
         needed_by[r] = first
     reach, place, dep = np.arange(n), np.arange(n), np.full(n, -1)
-    _, starts, turns, _ = _ring_pointer(staged, ring, 0)
+    _, starts, turns, _ = _ring_pointer(staged, ring, 0, True, False)
     prev = 0
     # the ring's live slots (turn, start, end, reader), from live_head on
     live = np.zeros((len(load_tiles) + 1, 4), np.int64)
@@ -805,6 +805,16 @@ class _Cols:
     @property
     def has_load(self) -> np.ndarray:
         return self.kind != 0
+
+    def largest(self, name: str) -> int:
+        """The largest value in column ``name`` (0 for no tiles), read off the distinct
+        tiles present where the column is gathered."""
+        if not len(self):
+            return 0
+        if name in self.own:
+            return int(self.own[name].max())
+        column = getattr(self.distinct, name)
+        return int(column[np.bincount(self.unique, minlength=len(column)) > 0].max())
 
     def take(self, rows, **changed: np.ndarray) -> _Cols:
         """The tiles at ``rows`` (an index array), in that order, with the columns of
@@ -1282,14 +1292,14 @@ def _periodic(tiles: _Cols, repeats: tuple, ring: int | None, keep: tuple = (),
     least ``PERIOD_REPEATS`` repeats), on repeats past the ring's first turn in the
     run."""
     n, front, ptrs, staged = len(tiles), front or {}, None, tiles.staged
-    slot = int(tiles.slot.max()) if n else 0
+    slot = tiles.largest("slot")
     free = ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64
     runs = []
     for i, p, reps, head, tail in repeats:
         kept, window, q = front.get(i, head), PERIOD_REPEATS, 1
         if not free and staged[i:i + p].any():
             if ptrs is None:      # the pointer before each tile (``_ring_pointer``)
-                ptrs = _ring_pointer(staged, ring, 0)[0]
+                ptrs = _ring_pointer(staged, ring, 0, False, True)[0]
             block = int((-(-staged[i:i + p] // 64) * 64).sum())
             back = -(-ring // block)              # repeats holding a turn of the ring
             q = _ring_period(ptrs, i, p, reps, back)
@@ -1326,25 +1336,28 @@ def _periodic(tiles: _Cols, repeats: tuple, ring: int | None, keep: tuple = (),
 
 
 @njit
-def _ring_pointer(staged, ring, ptr):
+def _ring_pointer(staged, ring, ptr, slots, before):
     """The staging ring as ``backend.Ring`` allocates it, replayed over the tiles' loads
     (``staged``: ``_Cols.staged``; 64-byte aligned slots, round robin, wrapping to the
     base when one does not fit the end) from the pointer at ``ptr``, compiled (numba):
-    ``(before, starts, turns, end)``, the pointer before each tile, the start and turn of
-    the ring of each tile's slot (0 where a tile takes none), and where the pointer
-    ends."""
+    ``(before, starts, turns, end)``, the pointer before each tile (with ``before``,
+    else empty), the start and turn of the ring of each tile's slot (0 where a tile
+    takes none; with ``slots``, else empty), and where the pointer ends."""
     n = len(staged)
-    before, starts, turns = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    at = np.zeros(n if before else 0, np.int64)
+    starts, turns = np.zeros(n if slots else 0, np.int64), np.zeros(n if slots else 0, np.int64)
     turn = 0
     for j in range(n):
-        before[j] = ptr
+        if before:
+            at[j] = ptr
         if staged[j]:
             nbytes = -(-staged[j] // 64) * 64
             if ptr + nbytes > ring:
                 ptr, turn = 0, turn + 1
-            starts[j], turns[j] = ptr, turn
+            if slots:
+                starts[j], turns[j] = ptr, turn
             ptr += nbytes
-    return before, starts, turns, ptr
+    return at, starts, turns, ptr
 
 
 def _ring_period(ptrs: list[int], i: int, p: int, reps: int, back: int) -> int:
@@ -1545,15 +1558,15 @@ def _layer_period(plan: _Plan, ring: int | None, k: int) -> tuple[int, int]:
     ``(k, 1)`` where the ring is not small (``_periodic``'s test: a load's slot then does
     not place it) or no such block is found."""
     parts = (plan.prefix[0], plan.layer[0], plan.head[0])
-    slot = max(int(part.slot.max()) if len(part) else 0 for part in parts)
+    slot = max(part.largest("slot") for part in parts)
     if ring is None or ring >= (2 * LOOKAHEAD + 2) * -(-slot // 64) * 64:
         return k, 1
     # as ``_ring_pointer`` moves the pointer: where it ends after the prefix, then after
     # each layer
-    starts = [_ring_pointer(plan.prefix[0].staged, ring, 0)[3]]
+    starts = [_ring_pointer(plan.prefix[0].staged, ring, 0, False, False)[3]]
     layer = plan.layer[0].staged
     for _ in range(k - 1 + 2 * LAYER_PERIOD_MAX):
-        starts.append(_ring_pointer(layer, ring, starts[-1])[3])
+        starts.append(_ring_pointer(layer, ring, starts[-1], False, False)[3])
     return min(((j + 1, q) for j in range(k - 1, k + LAYER_PERIOD_MAX)
                 for q in range(1, LAYER_PERIOD_MAX + 1) if starts[j] == starts[j + q]),
                key=sum, default=(k, 1))
