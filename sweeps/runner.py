@@ -214,20 +214,20 @@ def _logic_configs(points: list[dict]) -> list[HardwareConfig]:
 
 def read_results(path: Path) -> list[tuple[int, object]]:
     """``(line number, value)`` of each line of a ``results.jsonl``. A last line without
-    its newline that is not JSON is a write cut short by a kill and is left out (that
-    point runs again; ``_Writer`` cuts it off when the sweep resumes). ``SweepError``
-    naming the file and line for any other line that is not JSON: the runner writes
-    each row whole, its newline last, so such a line was edited, and the point it held
-    would silently count as not run."""
+    its newline is a write cut short by a kill (even where its JSON is whole) and is left
+    out: that point runs again, ``_Writer`` cutting the line off when the sweep resumes.
+    ``SweepError`` naming the file and line for any other line that is not JSON: the
+    runner writes each row whole, its newline last, so such a line was edited, and the
+    point it held would silently count as not run."""
     text = path.read_text(errors="replace")
     lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
     out = []
     for number, line in enumerate(lines, 1):
         try:
             out.append((number, json.loads(line.rstrip("\r\n"))))
         except json.JSONDecodeError as e:
-            if number == len(lines) and not line.endswith("\n"):
-                break
             raise SweepError(f"{path}:{number}: not a JSON line ({e.msg}); a sweep writes "
                              f"whole lines, so it was edited: remove or fix it") from None
     return out

@@ -181,6 +181,13 @@ def test_sweep_writes_every_point_and_resumes_after_a_kill(sweep, tmp_path):
     assert run_sweep(spec, killed, progress=False)["ran"] == 0
     csv_rows = (killed / "results.csv").read_text().splitlines()
     assert csv_rows[0].startswith("key,") and len(csv_rows) == 1 + 6
+    # ... and one killed after the sixth row's JSON but before its newline: the row is
+    # whole, but the resuming sweep cuts the line off, so it is not counted finished
+    lines = (killed / "results.jsonl").read_text().splitlines()
+    (killed / "results.jsonl").write_text("\n".join(lines))
+    assert len(finished_keys(killed)) == 5
+    assert run_sweep(spec, killed, workers=1, progress=False)["ran"] == 1
+    assert finished_keys(killed) == {r["key"] for r in rows}
 
 
 def test_the_weight_format_is_an_axis(tmp_path):
