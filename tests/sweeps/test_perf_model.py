@@ -152,22 +152,25 @@ def test_fast_path_agrees_out_of_sample():
 def test_copier_queue_is_exact_where_it_looks():
     """``CopierQueue`` evaluates the earlier commands' take times only at a few candidate
     commands; a scan of every queued command gives the same issue times (the loads of
-    compiled random steps, begun at random gaps). Its queue's arrays start at 64 rows:
-    hundreds of loads move them down and grow them."""
+    compiled random steps, begun at random gaps; then their loads of one or two row
+    commands alone, over and over). Its queue's arrays start at 64 rows: hundreds of
+    loads move them down, and more than 32 loads live at once (the last ``CMD_DEPTH``
+    commands' own) grow them."""
     from arch.occupancy import CopierQueue, CopiesTable
     from arch.uarch import CMD_DEPTH
 
     rng = np.random.default_rng(3)
-    checked = bound = 0
+    checked = bound = grown = 0
     for _ in range(6):
         step = random_step(rng)
         build = compile_step(step.cfg, quant_struct(step.cfg, step.weights), step.hw,
                              step.start, step.tokens, prefetch=step.prefetch)
         loads = [occupancy(instr, step.hw, build.image.read_i32).copies
                  for instr in build.programs[0].instrs if instr.engine == Engine.LOAD]
+        short = [c for c in loads if c is not None and len(c.takes) <= 2]
         queue, takes = CopierQueue(CopiesTable(loads)), []
         begin = read_free = write_free = 0.0
-        for copies in loads:
+        for copies in loads + short * -(-4 * CMD_DEPTH // max(1, len(short))):
             if copies is None:
                 continue
             late = 0.0
@@ -183,7 +186,8 @@ def test_copier_queue_is_exact_where_it_looks():
             assert issued == want, step.describe()
             checked, bound = checked + 1, bound + (late > 0)
             begin = issued + 1 + int(rng.integers(0, 3)) * int(rng.integers(0, 200))
-    assert checked > 200 and bound > 20, (checked, bound)
+        grown += len(queue.seg_u) > 64
+    assert checked > 200 and bound > 20 and grown, (checked, bound, grown)
 
 
 def test_memoised_occupancy_is_exact():
