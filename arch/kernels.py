@@ -24,16 +24,19 @@ import numba
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _sources_hash() -> str:
+def sources_hash(files) -> str:
+    """16 hex digits of a SHA-256 over ``files`` (paths in the checkout, any order): each
+    one's path relative to the checkout and its bytes. Also ``sweeps.runner``'s
+    ``code_version``, over the sources a sweep's numbers come from."""
     h = hashlib.sha256()
-    files = [*ROOT.glob("arch/*.py"), *ROOT.glob("compiler/*.py"),
-             ROOT / "sweeps" / "perf.py", ROOT / "sweeps" / "analytic.py"]
     for path in sorted(files):
         h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
-numba.config.CACHE_DIR = str(ROOT / "build" / "numba" / _sources_hash())
+numba.config.CACHE_DIR = str(ROOT / "build" / "numba" / sources_hash(
+    [*ROOT.glob("arch/*.py"), *ROOT.glob("compiler/*.py"),
+     ROOT / "sweeps" / "perf.py", ROOT / "sweeps" / "analytic.py"]))
 
 
 def njit(fn):

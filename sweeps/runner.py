@@ -36,6 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from arch.hardware import HardwareConfig
+from arch.kernels import sources_hash
 from compiler.ir import CompileError
 from models.config import preset
 from models.integer import weight_bytes
@@ -56,14 +57,11 @@ def code_version() -> str:
     compiler, the RTL (its synthesis gives the logic area), the model configurations and
     the integer model the compiler lowers (the fast path times the compiler's plan), and
     the fast path and cost model."""
-    h = hashlib.sha256()
-    files = [*ROOT.glob("arch/*.py"), *ROOT.glob("compiler/*.py"), *ROOT.glob("rtl/*.py"),
-             *ROOT.glob("rtl/verilog/*"),
-             *(ROOT / "models" / name for name in ("config.py", "integer.py", "numerics.py")),
-             *(ROOT / "sweeps" / name for name in ("analytic.py", "perf.py", "cost.py"))]
-    for path in sorted(files):
-        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+    return sources_hash(
+        [*ROOT.glob("arch/*.py"), *ROOT.glob("compiler/*.py"), *ROOT.glob("rtl/*.py"),
+         *ROOT.glob("rtl/verilog/*"),
+         *(ROOT / "models" / name for name in ("config.py", "integer.py", "numerics.py")),
+         *(ROOT / "sweeps" / name for name in ("analytic.py", "perf.py", "cost.py"))])
 
 
 def point_content(point: dict, workloads: dict[str, dict]) -> dict:
