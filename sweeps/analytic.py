@@ -579,7 +579,8 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
           head: bool, parallel: bool = False, program: tuple[int, int, int] | None = None,
           batch: int = 1, kv_bits: float | None = None) -> _Plan:
     """The tiles of a step of ``n_tokens`` at ``start`` of the one-layer ``cfg``: the
-    graph the driver compiles (``fit_head`` chunks a head whose logits do not fit L2),
+    graph the driver compiles (``fit_head`` chunks a head whose logits would leave the
+    staging ring less than half of L2),
     planned by ``backend.plan_l2`` and lowered by the back end's own code (``_Timing``);
     with ``parallel`` (tensor parallelism), a tile waiting for the allreduce before each
     residual add, of a cycle until ``_allreduced`` gives it the link's (so that links
