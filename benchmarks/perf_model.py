@@ -321,7 +321,7 @@ def density() -> list[dict]:
 
     paper = {"liso": 247, "silo": 117}
     rows = []
-    for workload, l2 in (("liso", 1 << 20), ("silo", 512 << 10), ("liso", 4 << 20),
+    for workload, l2 in (("liso", 1 << 20), ("silo", 256 << 10), ("liso", 4 << 20),
                          ("silo", 4 << 20)):
         point = {**DEFAULTS, "hw": "edge-16x16", "model": "sheared-llama-1.3b",
                  "node": "16nm", "devices": 1, "prefetch": True, "workload": workload,

@@ -45,7 +45,7 @@ BUILD_ROOT = ROOT / "build" / "rtl"
 SOURCES = sorted(p for p in Path(__file__).resolve().parent.glob("*.py")
                  if p.name not in ("sim.py", "bench.py", "stats.py", "random_programs.py")) + [
     Path(__file__).resolve().parent / "verilog" / "sram_macro.v"] + sorted(
-    p for p in (ROOT / "arch").glob("*.py") if p.name != "occupancy.py")
+    p for p in (ROOT / "arch").glob("*.py") if p.name not in ("occupancy.py", "kernels.py"))
 
 
 def verilator_env() -> dict[str, str]:
