@@ -204,27 +204,24 @@ def lm_head_chunk_sizes(vocab_size: int):
 
 def fit_head(graph: Graph, cfg: ModelConfig, hw: HardwareConfig) -> Graph:
     """``graph``, or the graph with its LM head in column chunks
-    (``backend.chunk_lm_head``), as ``_roomiest`` picks them (a graph without an LM head
-    is returned as it is)."""
-    if not any(isinstance(op, Argmax) for op in graph.ops):
+    (``backend.chunk_lm_head``): of the whole head, then the chunks from the largest,
+    the first as ``_roomiest`` picks (a graph without an LM head is returned as it is).
+    The whole head is not kept merely because it fits: Llama-3.2-1B's 128,256 logits at
+    768 KiB of L2 left the staging ring about 10 KB, and its decode step 22.5 tokens/s
+    against 39.3 at 512 KiB, where the head was chunked (``python -m
+    benchmarks.perf_model --only fast``)."""
+    if (not any(isinstance(op, Argmax) for op in graph.ops)
+            or _fits([graph], cfg, hw, hw.l2_bytes // 2)):
         return graph
-    return _roomiest(graph, lambda: [chunk_lm_head(graph, size)
-                                     for size in lm_head_chunk_sizes(cfg.vocab_size)],
-                     cfg, hw)
+    return _roomiest([graph] + [chunk_lm_head(graph, size)
+                                for size in lm_head_chunk_sizes(cfg.vocab_size)], cfg, hw)
 
 
-def _roomiest(graph: Graph, chunked, cfg: ModelConfig, hw: HardwareConfig) -> Graph:
-    """The first of ``graph`` (its LM head whole) and ``chunked()`` (the same graph with
-    the head in column chunks, the largest first) that leaves half of L2 to the staging
-    ring (the weights' tiles, which the rest of the step streams through it, stay as
-    large as the other activations allow), else the first that fits at all, else the
-    smallest chunks (the caller's check then refuses it). The whole head is not taken
-    merely because it fits: Llama-3.2-1B's 128,256 logits at 768 KiB of L2 left the ring
-    about 10 KB, and its decode step 22.5 tokens/s against 39.3 at 512 KiB, where the
-    head was chunked (``python -m benchmarks.perf_model --only fast``)."""
-    if _fits([graph], cfg, hw, hw.l2_bytes // 2):
-        return graph
-    options = [graph, *chunked()]
+def _roomiest(options: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> Graph:
+    """The first of ``options`` that leaves half of L2 to the staging ring (the weights'
+    tiles, which the rest of the step streams through it, stay as large as the other
+    activations allow), else the first that fits at all, else the last (the caller's
+    check then refuses it)."""
     for ring_bytes in (hw.l2_bytes // 2, MIN_RING_BYTES):
         for g in options:
             if _fits([g], cfg, hw, ring_bytes):
@@ -729,11 +726,17 @@ def block_owners(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep,
 def batched_decode_graph(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig,
                          name: str) -> Graph:
     """The decode steps ``graphs`` of a batch's sequences as one graph
-    (``batching.batch_graphs``), each LM head in column chunks as ``_roomiest`` picks
-    them for the batch's logits rows (``fit_head``'s choice for one sequence)."""
-    return _roomiest(batch_graphs(graphs, name),
-                     lambda: [batch_graphs([chunk_lm_head(g, size) for g in graphs], name)
-                              for size in lm_head_chunk_sizes(cfg.vocab_size)], cfg, hw)
+    (``batching.batch_graphs``), each LM head chunked when the batch's logits rows do not
+    fit L2 (the chunks as ``_roomiest`` picks them). Unlike ``fit_head``, a whole head
+    that fits is kept even where it leaves the staging ring less than half of L2: the
+    batch's whole head reads its weights once for every sequence, each chunked head once
+    per sequence (Sheared-LLaMA-1.3B at 4 MiB, 12 and 16 sequences: 5.6% and 9.6% more
+    cycles chunked, ``python -m benchmarks.batch_decode``)."""
+    merged = batch_graphs(graphs, name)
+    if _fits([merged], cfg, hw):
+        return merged
+    return _roomiest([batch_graphs([chunk_lm_head(g, size) for g in graphs], name)
+                      for size in lm_head_chunk_sizes(cfg.vocab_size)] or [merged], cfg, hw)
 
 
 def _batch_programs(cfg: ModelConfig, qm, hw: HardwareConfig,
