@@ -1213,8 +1213,8 @@ KEEP_REPEATS = KEEP_LOADS
 #: it, drains over the run's first repeats while the compute engine works off the loads
 #: already in, and repeats that advance alike before it has drained need not mean it
 #: has. ``python -m benchmarks.perf_model --only cuts`` times 112 steps both ways
-#: against stepping every tile: the pipeline ran 366 times at 1× (``_timeline`` runs it
-#: again where a run had not settled by its cut) and 246 at 4×; a Sheared-LLaMA-1.3B
+#: against stepping every tile: the pipeline ran 370 times at 1× (``_timeline`` runs it
+#: again where a run had not settled by its cut) and 250 at 4×; a Sheared-LLaMA-1.3B
 #: step with MXINT4 weights and a 3-bit KV cache at 16 MiB, whose runs looked settled at
 #: 1× and were not, came out 0.03% long at 1× and 0.0000% off at 4×. The worst step is
 #: 0.037% off at both (Qwen2.5-0.5B with MXINT4 weights at 16 MiB): not every error of
