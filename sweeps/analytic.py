@@ -1122,10 +1122,12 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
                             cuts)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
     loading = np.flatnonzero((indices[0][1] == 2) & (cols.load_l2 != 0))
-    lines, load_lines = cols.compute_l2.astype(np.int64), cols.load_l2.astype(np.int64).tolist()
     waits = np.zeros(n_tiles, np.int64)
     held = np.zeros(n_tiles, np.int64)            # the waits behind paced streams
     shared = busiest + dram_lines_per_cycle > l2_lines_per_cycle
+    if shared:                                    # (the lines as ints, as ``_Usage`` takes them)
+        lines = cols.compute_l2.astype(np.int64).tolist()
+        load_lines = cols.load_l2.astype(np.int64).tolist()
     for n in range(CONTENTION_PASSES):         # as sweeps.perf.time_program's passes
         run = _run(cols, schedule, np.maximum(waits, held), data_delay, indices)
         _, write_start, load_end, compute_begin, compute_ends, _ = run
@@ -1150,8 +1152,8 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
             again_held = held
         again = waits.copy()
         if shared:
-            begin, end, moved = compute_begin.tolist(), compute_ends.tolist(), lines.tolist()
-            usage = _Usage([(begin[i], end[i], moved[i] / max(1, end[i] - begin[i]))
+            begin, end = compute_begin.tolist(), compute_ends.tolist()
+            usage = _Usage([(begin[i], end[i], lines[i] / max(1, end[i] - begin[i]))
                             for i in busy.nonzero()[0].tolist()])
             write_start, load_end = write_start.tolist(), load_end.tolist()
             for j in loading.tolist():
