@@ -43,6 +43,13 @@ Sections:
   presets at 256 KiB, 2 MiB and 16 MiB of L2 (int8, MXINT4, batch 4, a 3-bit KV cache;
   prefetch on and off), the error in cycles (and in whole cycles), load busy and compute
   busy, then the worst and how many steps are exact and within a cycle.
+* ``head``: the LM head's options where its logits crowd L2 (``driver.fit_head``,
+  ``driver.batched_decode_graph``): for a decode step at KV 511 on edge-16x16 of
+  Llama-3.2-1B (104, 108, 112 KiB of L2), TinyLlama-1.1B (56, 57 KiB) and
+  Sheared-LLaMA-1.3B (64 KiB), and of 2 sequences of Llama-3.2-1B (1.5 MiB to 1.75 MiB)
+  and of Sheared-LLaMA-1.3B (424 to 512 KiB), each option (the whole head, its column
+  chunks from the largest) with the staging ring it leaves, its cycles (fast path) and
+  whether the driver picks it.
 * ``l2``: prefetch speedup of a decode step against L2 size, one device.
 * ``tp``: Llama-3-8B decode under tensor parallelism on 4 and 8 devices (4 GiB of DRAM
   each: an int8 shard does not fit 2) across L2 sizes, prefetch on and off.
@@ -67,8 +74,8 @@ import time
 
 from accel.args import ArgumentParser, run_command
 
-SECTIONS = ("fast", "fidelity", "random", "workload", "cuts", "layers", "l2", "tp",
-            "prefill", "density")
+SECTIONS = ("fast", "fidelity", "random", "workload", "cuts", "layers", "head", "l2",
+            "tp", "prefill", "density")
 
 
 def _emit(row: dict) -> dict:
@@ -464,6 +471,54 @@ def layers() -> list[dict]:
     return rows
 
 
+def head() -> list[dict]:
+    from arch.hardware import load_hardware
+    from compiler import driver
+    from compiler.backend import chunk_lm_head
+    from compiler.batching import batch_graphs
+    from compiler.ir import CompileError, LmHead
+    from models.config import preset
+    from sweeps import analytic
+
+    fitted, batched = analytic.fit_head, analytic.batched_decode_graph
+    cases = [("llama-3.2-1b", 1, kib) for kib in (104, 108, 112)]
+    cases += [("tinyllama-1.1b", 1, kib) for kib in (56, 57)]
+    cases += [("sheared-llama-1.3b", 1, 64)]
+    cases += [("llama-3.2-1b", 2, kib) for kib in (1536, 1544, 1552, 1576, 1792)]
+    cases += [("sheared-llama-1.3b", 2, kib) for kib in (424, 448, 456, 512)]
+    rows = []
+    for name, batch, kib in cases:
+        cfg, hw = preset(name), load_hardware("edge-16x16").replace(l2_bytes=kib << 10)
+        one = analytic._one_layer(cfg)
+        graphs = [analytic._lowered(one, "int8", 511, 1, True, b) for b in range(batch)]
+        chosen = (driver.batched_decode_graph(graphs, one, hw, "decode") if batch > 1
+                  else driver.fit_head(graphs[0], one, hw))
+        picked = [op.chunk_cols for op in chosen.ops if isinstance(op, LmHead)]
+        for cols in [None, *driver.lm_head_chunk_sizes(cfg.vocab_size)][:6]:
+            def option(gs, cols=cols):
+                return [g if cols is None else chunk_lm_head(g, cols) for g in gs]
+            graph = batch_graphs(option(graphs), "decode") if batch > 1 else option(graphs)[0]
+            ring = driver._ring_bytes([graph], one, hw)
+            analytic.fit_head = lambda g, c, h, cols=cols: option([g], cols)[0]
+            analytic.batched_decode_graph = (
+                lambda gs, c, h, n, cols=cols: batch_graphs(option(gs, cols), n))
+            analytic.clear_caches()
+            try:
+                cycles = analytic.decode_step(cfg, hw, 511, batch=batch).cycles
+            except CompileError:
+                cycles = None
+            finally:
+                analytic.fit_head, analytic.batched_decode_graph = fitted, batched
+            rows.append(_emit({
+                "section": "head", "model": name, "hw": hw.name, "l2_bytes": hw.l2_bytes,
+                "batch": batch, "head_cols": cols or cfg.vocab_size, "ring_bytes": ring,
+                "cycles": cycles,
+                "picked": picked == [op.chunk_cols for op in graph.ops
+                                     if isinstance(op, LmHead)]}))
+    analytic.clear_caches()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(prog="python -m benchmarks.perf_model",
                             description=__doc__.split("\n\n")[0].rstrip(":"))
@@ -474,7 +529,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.random < 1:
         parser.error(f"--random must be at least 1, not {args.random}")
     runs = {"fast": fast, "fidelity": fidelity, "random": lambda: random_set(args.random),
-            "workload": workload, "cuts": cuts, "layers": layers, "l2": l2_sweep, "tp": tp,
+            "workload": workload, "cuts": cuts, "layers": layers, "head": head, "l2": l2_sweep,
+            "tp": tp,
             "prefill": prefill, "density": density}
     rows = []
     for name in args.only:

@@ -48,6 +48,7 @@ from arch.occupancy import kv_budget_widths
 from arch.uarch import KV_MAP_BLOCKS
 from compiler.backend import (
     MIN_RING_BYTES,
+    MIN_TILE_BYTES,
     BuildContext,
     causal_block_rows,
     chunk_lm_head,
@@ -166,12 +167,18 @@ class Build:
 
 # -- building --------------------------------------------------------------------------
 
+def _ring_bytes(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> int:
+    """The bytes of L2 the graphs' activations leave to the staging ring (negative when
+    they do not fit at all; ``backend.plan_l2``)."""
+    ops = [op for g in graphs for op in g.ops]
+    _, end, _ = plan_activations(ops, cfg, align(2 * cfg.head_dim))
+    return hw.l2_bytes - align(end)
+
+
 def _fits(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig,
           ring_bytes: int = MIN_RING_BYTES) -> bool:
     """The graphs' activations leave at least ``ring_bytes`` of L2 to the staging ring."""
-    ops = [op for g in graphs for op in g.ops]
-    _, end, _ = plan_activations(ops, cfg, align(2 * cfg.head_dim))
-    return align(end) + ring_bytes <= hw.l2_bytes
+    return _ring_bytes(graphs, cfg, hw) >= ring_bytes
 
 
 def prefill_chunk_sizes(n_prompt: int, hw: HardwareConfig):
@@ -220,13 +227,17 @@ def fit_head(graph: Graph, cfg: ModelConfig, hw: HardwareConfig) -> Graph:
 def _roomiest(options: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> Graph:
     """The first of ``options`` that leaves half of L2 to the staging ring (the weights'
     tiles, which the rest of the step streams through it, stay as large as the other
-    activations allow), else the first that fits at all, else the last (the caller's
-    check then refuses it)."""
-    for ring_bytes in (hw.l2_bytes // 2, MIN_RING_BYTES):
-        for g in options:
-            if _fits([g], cfg, hw, ring_bytes):
-                return g
-    return options[-1]
+    activations allow), else the first of those leaving the largest ring (where that is
+    under ``MIN_RING_BYTES``, the caller's check refuses it). Taking the first option that
+    fits at all instead left Llama-3.2-1B's decode step at 108 KiB of L2 a 7,936-byte ring
+    and 53.0 M cycles, against 25.5 M at 104 and 112 KiB (``python -m
+    benchmarks.perf_model --only head``)."""
+    rings = []
+    for g in options:
+        rings.append(_ring_bytes([g], cfg, hw))
+        if rings[-1] >= hw.l2_bytes // 2:
+            return g
+    return options[rings.index(max(rings))]
 
 
 def head_scratch_bytes(graphs: list[Graph]) -> int:
@@ -723,20 +734,30 @@ def block_owners(sequences: tuple[SequencePlan, ...], schedule: tuple[BatchStep,
     return maps
 
 
+BATCH_HEAD_RING_BYTES = 4 * MIN_TILE_BYTES
+"""The staging ring a batch's whole LM head must leave to be kept whole: four full-size
+staging tiles (``backend.staging_tile_bytes``), where the whole head of 2 sequences of
+Sheared-LLaMA-1.3B (decode at KV 511 on edge-16x16) starts to beat chunked heads: ring
+62,208 bytes 33.8 M cycles, 70,400 bytes 32.9 M, chunked 33.5 M. A batch whose head is a
+larger share of the weights wins below it (2 sequences of Llama-3.2-1B: ring 37,760
+bytes 28.1 M, chunked 31.7 M) and a ring under two tiles loses for both (Llama-3.2-1B:
+25,472 bytes 37.3 M). ``python -m benchmarks.perf_model --only head`` prints these."""
+
+
 def batched_decode_graph(graphs: list[Graph], cfg: ModelConfig, hw: HardwareConfig,
                          name: str) -> Graph:
     """The decode steps ``graphs`` of a batch's sequences as one graph
-    (``batching.batch_graphs``), each LM head chunked when the batch's logits rows do not
-    fit L2 (the chunks as ``_roomiest`` picks them). Unlike ``fit_head``, a whole head
-    that fits is kept even where it leaves the staging ring less than half of L2: the
-    batch's whole head reads its weights once for every sequence, each chunked head once
-    per sequence (Sheared-LLaMA-1.3B at 4 MiB, 12 and 16 sequences: 5.6% and 9.6% more
-    cycles chunked, ``python -m benchmarks.batch_decode``)."""
+    (``batching.batch_graphs``). A batch's whole LM head reads its weights once for every
+    sequence, each chunked head once per sequence, so the whole head is kept wherever it
+    leaves the staging ring ``BATCH_HEAD_RING_BYTES``, even under half of L2
+    (Sheared-LLaMA-1.3B at 4 MiB, 12 and 16 sequences: 5.6% and 9.6% more cycles chunked,
+    ``python -m benchmarks.batch_decode``); else the whole head or the chunks, as
+    ``_roomiest`` picks."""
     merged = batch_graphs(graphs, name)
-    if _fits([merged], cfg, hw):
+    if _fits([merged], cfg, hw, BATCH_HEAD_RING_BYTES):
         return merged
-    return _roomiest([batch_graphs([chunk_lm_head(g, size) for g in graphs], name)
-                      for size in lm_head_chunk_sizes(cfg.vocab_size)] or [merged], cfg, hw)
+    return _roomiest([merged] + [batch_graphs([chunk_lm_head(g, size) for g in graphs], name)
+                                 for size in lm_head_chunk_sizes(cfg.vocab_size)], cfg, hw)
 
 
 def _batch_programs(cfg: ModelConfig, qm, hw: HardwareConfig,

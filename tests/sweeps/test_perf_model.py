@@ -114,7 +114,7 @@ def test_a_whole_lm_head_is_not_kept_at_the_staging_rings_expense():
     the head was chunked. The driver keeps one sequence's whole head only where it
     leaves half of L2 to the ring (``driver.fit_head``): the compiler's L2 plan now
     leaves the ring half of L2 at 768 KiB, and the step is within 0.1% of its cycles at
-    512 KiB. (A batch keeps its whole head wherever it fits: it reads the head's weights
+    512 KiB. (A batch keeps its whole head on a smaller ring: it reads the head's weights
     once for all its sequences, ``driver.batched_decode_graph``.)"""
     from sweeps import analytic
 
@@ -125,6 +125,56 @@ def test_a_whole_lm_head_is_not_kept_at_the_staging_rings_expense():
     assert plan.ring_bytes >= hw[768].l2_bytes // 2, plan.ring_bytes
     at_512, at_768 = (decode_step(cfg, hw[kib], 511).cycles for kib in (512, 768))
     assert at_768 <= 1.001 * at_512, (at_512, at_768)
+
+
+def test_a_head_that_crowds_l2_is_chunked_for_the_largest_ring():
+    """Where no option of the LM head leaves half of L2 to the staging ring, the driver
+    takes the one leaving the largest ring (``driver._roomiest``): taking the first that
+    fit at all left Llama-3.2-1B at 108 KiB a 7,936-byte ring and 53.0 M cycles against
+    25.5 M at 104 and 112 KiB (TinyLlama-1.1B at 57 KiB, Sheared-LLaMA-1.3B at 64 KiB
+    alike). The compiler's L2 plan leaves the largest ring any option leaves, and
+    Llama-3.2-1B's step at 108 KiB is within 0.5% of its cycles at 104 KiB."""
+    from compiler.backend import chunk_lm_head
+    from compiler.driver import _ring_bytes, lm_head_chunk_sizes
+    from sweeps import analytic
+
+    for name, kib in (("llama-3.2-1b", 108), ("tinyllama-1.1b", 57),
+                      ("sheared-llama-1.3b", 64)):
+        cfg = preset(name)
+        one = analytic._one_layer(cfg)
+        hw = load_hardware("edge-16x16").replace(l2_bytes=kib << 10)
+        graph = analytic._lowered(one, "int8", 511, 1, True)
+        largest = max(_ring_bytes([g], one, hw) for g in [graph] + [
+            chunk_lm_head(graph, cols) for cols in lm_head_chunk_sizes(cfg.vocab_size)])
+        assert largest < hw.l2_bytes // 2
+        plan = analytic._plan(one, "int8", analytic._plan_hw(hw), 511, 1, True)
+        assert plan.ring_bytes == largest, (name, plan.ring_bytes, largest)
+    cfg, hw = preset("llama-3.2-1b"), load_hardware("edge-16x16")
+    at_104, at_108 = (decode_step(cfg, hw.replace(l2_bytes=kib << 10), 511).cycles
+                      for kib in (104, 108))
+    assert at_108 <= 1.005 * at_104, (at_104, at_108)
+
+
+def test_a_batchs_whole_head_is_kept_where_it_leaves_four_staging_tiles():
+    """A batch's whole LM head reads its weights once for all its sequences, chunked
+    heads once each; it is kept where it leaves the staging ring four full-size tiles
+    (``driver.BATCH_HEAD_RING_BYTES``). Kept wherever it fitted, 2 sequences of
+    Llama-3.2-1B at 1.5 MiB of L2 left the ring 21 KB and took 36.4 M cycles, against
+    31.7 M at 1 MiB (chunked); at 1.75 MiB the whole head leaves 283 KB and beats both."""
+    from compiler.ir import LmHead
+    from sweeps import analytic
+
+    cfg = preset("llama-3.2-1b")
+    one = analytic._one_layer(cfg)
+    cycles, chunked = {}, {}
+    for kib in (1024, 1536, 1792):
+        hw = load_hardware("edge-16x16").replace(l2_bytes=kib << 10)
+        graph = analytic._step_graph(one, "int8", hw, 511, 1, True, 2)
+        chunked[kib] = any(isinstance(op, LmHead) for op in graph.ops)
+        cycles[kib] = decode_step(cfg, hw, 511, batch=2).cycles
+    assert chunked == {1024: True, 1536: True, 1792: False}, chunked
+    assert cycles[1536] <= 1.005 * cycles[1024], cycles
+    assert cycles[1792] < 0.9 * cycles[1536], cycles
 
 
 def test_fast_path_agrees_on_compressed_kv(tiny_model):
