@@ -76,15 +76,14 @@ def _current(out: Path) -> _Results:
     if not path.exists():
         raise ReportError(f"{out}: no results.jsonl (run `accel sweep SPEC -o {out}` first)")
     rows, where = [], {}
+    _hardware_cache.clear()         # (a hardware file may have changed since the last read)
     from sweeps.runner import SweepError, read_results
     try:
         lines = read_results(path)
     except SweepError as e:
         raise ReportError(str(e)) from None
     for number, row in lines:
-        if not isinstance(row, dict):
-            raise ReportError(f"{path}:{number}: not a point (a JSON object), but "
-                              f"{json.dumps(row)[:40]}")
+        check_point(row, f"{path}:{number}")
         rows.append(row)
         where[id(row)] = f"{path}:{number}"
     current = Path(out) / "sweep.json"
@@ -99,9 +98,6 @@ def _current(out: Path) -> _Results:
         raise ReportError(f"{current}: not a sweep record (no list of point keys); "
                           f"rerun the sweep") from None
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
-    for r in rows:                   # the fields that pick the rows
-        _check_fields(r, where[id(r)], ("key",), "name")
-        _check_fields(r, where[id(r)], ("feasible",), "flag", required=False)
     ours = [r for r in rows if r["key"] in keys]
     seen: dict[str, str] = {}
     for r in ours:
@@ -109,12 +105,7 @@ def _current(out: Path) -> _Results:
             raise ReportError(f"{where[id(r)]}: the point of line "
                               f"{seen[r['key']].rsplit(':', 1)[1]} again")
         seen[r["key"]] = where[id(r)]
-        _check_settings(r, where[id(r)])
-        if r.get("feasible", True):
-            _check_row(r, where[id(r)])
-        elif not (isinstance(r.get("reason"), str) and r["reason"].strip()):
-            raise ReportError(f"{where[id(r)]}: an infeasible point without its reason "
-                              f"(reason = {json.dumps(r.get('reason'))})")
+        check_row(r, where[id(r)])
     if not any(r.get("feasible", True) for r in ours):
         reasons = Counter(r["reason"] for r in ours)
         why = (f" ({len(ours)} infeasible; {reasons.most_common(1)[0][1]} of them: "
@@ -123,6 +114,42 @@ def _current(out: Path) -> _Results:
                f"lists: rerun the sweep)" if rows else "")
         raise ReportError(f"{path}: no finished feasible points{why}")
     return _Results(ours, where, len(keys) - len(ours), len(rows) - len(ours))
+
+
+def check_point(row, where: str) -> None:
+    """``ReportError`` naming ``where`` (the file and line) for a row that is not a
+    point: not a JSON object, or without the fields that pick it (its ``key``, and
+    ``feasible`` where present)."""
+    if not isinstance(row, dict):
+        raise ReportError(f"{where}: not a point (a JSON object), but "
+                          f"{json.dumps(row)[:40]}")
+    _check_fields(row, where, ("key",), "name")
+    _check_fields(row, where, ("feasible",), "flag", required=False)
+
+
+def check_rows(path: Path, lines: list[tuple[int, object]], points: set[str]) -> None:
+    """``check_point`` for each ``(line number, row)`` of ``path`` (``read_results``),
+    and ``check_row`` for those of ``points`` (keys), each hardware file read afresh."""
+    _hardware_cache.clear()
+    for number, row in lines:
+        check_point(row, f"{path}:{number}")
+        if row["key"] in points:
+            check_row(row, f"{path}:{number}")
+
+
+def check_row(row, where: str) -> None:
+    """``ReportError`` naming ``where`` (the file and line) for a row of ``results.jsonl``
+    that no sweep writes (``check_point``, ``_check_settings``, then ``_check_row`` for a
+    feasible point, a reason for an infeasible one): the report refuses it, and so does a
+    sweep resuming into the folder to run its point (``sweeps.runner.finished_keys``),
+    which would otherwise count it as finished."""
+    check_point(row, where)
+    _check_settings(row, where)
+    if row.get("feasible", True):
+        _check_row(row, where)
+    elif not (isinstance(row.get("reason"), str) and row["reason"].strip()):
+        raise ReportError(f"{where}: an infeasible point without its reason "
+                          f"(reason = {json.dumps(row.get('reason'))})")
 
 
 #: The fields of a feasible row the report reads (``sweeps.runner.evaluate_group`` writes
@@ -203,7 +230,7 @@ _hardware_cache: dict[str, object] = {}
 
 def _hardware(row: dict, where: str):
     """The row's hardware (``sweeps.spec.point_hardware``), each description resolved
-    once; ``ReportError`` naming the row where it cannot be."""
+    once a read of the results; ``ReportError`` naming the row where it cannot be."""
     fields = json.dumps([row.get("hw"), row.get("prefetch"),
                          sorted((k, row[k]) for k in HW_FIELDS if k in row)])
     if fields not in _hardware_cache:

@@ -218,28 +218,34 @@ def read_results(path: Path) -> list[tuple[int, object]]:
     runner writes each row whole, its newline last, so such a line was edited, and the
     point it held would silently count as not run."""
     text = path.read_text(errors="replace")
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()
+    lines = text.split("\n")[:-1]       # (rows hold U+2028 and the like: not str.splitlines)
     out = []
     for number, line in enumerate(lines, 1):
         try:
-            out.append((number, json.loads(line.rstrip("\r\n"))))
+            out.append((number, json.loads(line.rstrip("\r"))))
         except json.JSONDecodeError as e:
             raise SweepError(f"{path}:{number}: not a JSON line ({e.msg}); a sweep writes "
                              f"whole lines, so it was edited: remove or fix it") from None
     return out
 
 
-def finished_keys(out: Path) -> set[str]:
+def finished_keys(out: Path, points: set[str] = frozenset()) -> set[str]:
+    """The keys of the points ``out/results.jsonl`` holds. ``SweepError`` naming the file
+    and line for a row that is not a point (``sweeps.report.check_row``), and for a row of
+    one of ``points`` (the keys of the spec being run) whose values no sweep writes: edited
+    by hand, it would count as finished and leave the report refusing the folder. (Rows of
+    other points are refused whole by the caller; their hardware file may have changed.)"""
+    from sweeps.report import ReportError, check_rows
+
     path = out / "results.jsonl"
     if not path.exists():
         return set()
-    keys = set()
-    for _, row in read_results(path):
-        if isinstance(row, dict) and "key" in row:
-            keys.add(str(row["key"]))
-    return keys
+    lines = read_results(path)
+    try:
+        check_rows(path, lines, points)
+    except ReportError as e:
+        raise SweepError(f"{e}; remove or fix it, or rerun with --fresh") from None
+    return {row["key"] for _, row in lines}
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -345,7 +351,7 @@ def _sweep(spec: Spec, out: Path, client, workers: int | None, progress: bool, f
     if fresh:
         for name in ("results.jsonl", "results.csv"):
             (out / name).unlink(missing_ok=True)
-    done = finished_keys(out)
+    done = finished_keys(out, set(keys))
     other = done - set(keys)
     if other:
         try:

@@ -36,7 +36,8 @@ A spec::
     liso = { prompt = 1024, output = 128 }
 
     [axes]                       # a HardwareConfig field (not flash_*), or a setting above
-    l2_bytes = { geometric = [65536, 134217728], factor = 2 }
+    l2_bytes = { geometric = [65536, 134217728], factor = 2 }   # low * factor**i <= high,
+                                                               # each rounded to an integer
     prefetch = [true, false]
     dram_bytes_per_cycle = { range = [16, 64, 16] }     # start, stop (inclusive), step
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 import re
 import tomllib
@@ -123,8 +125,12 @@ class Spec:
 
 def _line(text: str, key: str, section: str | None) -> int:
     """The line of ``key =`` (inside ``[section]`` when given; else of ``key =`` or the
-    table ``[key]``), or of the section."""
+    table ``[key]``), or of the table ``[section.key]``, or of the section."""
     lines = text.splitlines()
+    if section:
+        for i, line in enumerate(lines):
+            if re.match(rf"\s*\[\s*{re.escape(section)}\s*\.\s*{re.escape(key)}\s*\]", line):
+                return i + 1
     start = 0
     if section:
         for i, line in enumerate(lines):
@@ -148,11 +154,11 @@ def _expand(name: str, value, fail) -> list:
         lo, hi = bounds
         if not (all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
                 and isinstance(factor, int | float) and not isinstance(factor, bool)
-                and lo > 0 and factor > 1):
-            fail("geometric needs positive integer bounds and a factor above 1")
+                and lo > 0 and 1 < factor < math.inf):
+            fail("geometric needs positive integer bounds and a finite factor above 1")
         values, v = [], lo
-        while v <= hi:
-            values.append(v)
+        while round(v) <= hi:           # (a float factor: each value rounded to an integer)
+            values.append(round(v))
             if len(values) > MAX_POINTS:       # (counted as built: a factor near 1 is long)
                 fail(f"more than {MAX_POINTS:,} values (a sweep takes at most "
                      f"{MAX_POINTS:,} points)")

@@ -94,7 +94,14 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     (("{ geometric = [1048576, 4194304], factor = 2 }", '{ range = ["a", "b", "c"] }'), 14,
      "axis l2_bytes: range needs [start, stop, step], integers, not ['a', 'b', 'c']"),
     (("factor = 2 }", 'factor = "x" }'), 14,
-     "geometric needs positive integer bounds and a factor above 1"),
+     "geometric needs positive integer bounds and a finite factor above 1"),
+    (("factor = 2 }", "factor = inf }"), 14,
+     "geometric needs positive integer bounds and a finite factor above 1"),
+    # an axis as a table of its own: named at its table, not at line 1
+    (('l2_bytes = { geometric = [1048576, 4194304], factor = 2 }\nprefetch = [true, false]\n'
+      'workload = ["short"]\n', 'prefetch = [true, false]\nworkload = ["short"]\n\n'
+      '[axes.l2_bytes]\ngeometric = 5\n'), 17,
+     "axis l2_bytes: geometric needs [low, high], not 5"),
     (("[1048576, 4194304], factor = 2 }", "[1, 4611686018427387904], factor = 1.0000001 }"),
      14, "axis l2_bytes: more than 100,000 values"),
     (("[1048576, 4194304], factor = 2 }", "[1048576, 4194304], factor = 2 }\n"
@@ -128,6 +135,14 @@ def test_bad_specs_fail_before_any_point_naming_the_line(tmp_path, edit, line, m
     with pytest.raises(SpecError) as err:
         load_spec(path)
     assert f"{path}:{line}:" in str(err.value) and message in str(err.value)
+
+
+def test_a_geometric_axis_with_a_float_factor_holds_integers(tmp_path):
+    """``factor = 1.5``: each value rounded to an integer (they were floats, an L2 of
+    1572864.0 bytes refused only when its point ran)."""
+    spec = load_spec(write(tmp_path, SPEC.replace("factor = 2 }", "factor = 1.5 }")))
+    assert spec.axes["l2_bytes"] == [1048576, 1572864, 2359296, 3538944]
+    assert all(type(v) is int for v in spec.axes["l2_bytes"])
 
 
 def test_cost_model_arithmetic():
@@ -597,27 +612,40 @@ def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_p
     an object (dropped) and a line that is not JSON before the last (a sweep writes whole
     lines and cuts a killed write off when it resumes, so its point would silently count
     as not run) are damage: named by line, by the report and by a sweep resumed into the
-    folder. A last line cut short without its newline is what a kill leaves: skipped."""
+    folder. So is a point whose values no sweep writes: a resumed sweep counted it as
+    finished (and the report then refused the folder). A last line cut short without its
+    newline is what a kill leaves: skipped. A row is one line, whatever it holds
+    (``str.splitlines`` split a row at a U+2028 inside a string)."""
     from sweeps.report import ReportError, load_results
     from sweeps.runner import SweepError
 
     spec, out, _ = sweep
     lines = (out / "results.jsonl").read_text().splitlines()
     folder = tmp_path / "edited"
-    for text, message in [(lines + [lines[1]], f":{len(lines) + 1}: the point of line 2 again"),
-                          (lines[:2] + ["[1, 2, 3]"] + lines[2:],
-                           ":3: not a point (a JSON object), but [1, 2, 3]"),
-                          (lines[:2] + ['{"key": "ab'] + lines[2:],
-                           "results.jsonl:3: not a JSON line (Unterminated string")]:
+    bad = json.loads(lines[2]) | {"tokens_per_s": "fast"}
+    for text, message, resume in [
+            (lines + [lines[1]], f":{len(lines) + 1}: the point of line 2 again", False),
+            (lines[:2] + ["[1, 2, 3]"] + lines[2:],
+             ":3: not a point (a JSON object), but [1, 2, 3]", True),
+            (lines[:2] + [json.dumps(bad)] + lines[3:],
+             ':3: tokens_per_s = "fast" is not a finite number', True),
+            (lines[:2] + ['{"key": "ab'] + lines[2:],
+             "results.jsonl:3: not a JSON line (Unterminated string", True)]:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(out, folder)
         (folder / "results.jsonl").write_text("\n".join(text) + "\n")
         with pytest.raises(ReportError, match=re.escape(message)):
             load_results(folder)
-    with pytest.raises(SweepError, match=re.escape(message)):
-        run_sweep(spec, folder, workers=1, progress=False)
+        if resume:
+            with pytest.raises(SweepError, match=re.escape(message)):
+                run_sweep(spec, folder, workers=1, progress=False)
     (folder / "results.jsonl").write_text("\n".join(lines + ['{"key": "ab']))
     assert len(load_results(folder)) == len(lines)
+    infeasible = json.loads(lines[0]) | {"feasible": False, "reason": "a\u2028b"}
+    (folder / "results.jsonl").write_text(
+        "\n".join([json.dumps(infeasible, ensure_ascii=False)] + lines[1:]) + "\n")
+    assert len(finished_keys(folder)) == len(lines)
+    assert run_sweep(spec, folder, workers=1, progress=False)["ran"] == 0
 
 
 def test_a_rerun_of_other_content_is_refused_and_the_report_reads_only_the_spec(sweep,
