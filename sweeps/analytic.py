@@ -111,7 +111,7 @@ from compiler.ir import (
 from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
 from models.integer import check_weight_format, quant_struct
-from sweeps.perf import CONTENTION_PASSES, _stolen_lines, _trapped_cycles, _Usage
+from sweeps.perf import CONTENTION_PASSES, _stolen_lines, _trapped_cycles, _usage_lines
 
 DMA_END = CALIBRATION.dma_end
 
@@ -1126,8 +1126,9 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
     held = np.zeros(n_tiles, np.int64)            # the waits behind paced streams
     shared = busiest + dram_lines_per_cycle > l2_lines_per_cycle
     if shared:                                    # (the lines as ints, as ``_Usage`` takes them)
-        lines = cols.compute_l2.astype(np.int64).tolist()
-        load_lines = cols.load_l2.astype(np.int64).tolist()
+        lines = cols.compute_l2.astype(np.int64)
+        load_lines = cols.load_l2.astype(np.int64)
+        using = busy.nonzero()[0]
     for n in range(CONTENTION_PASSES):         # as sweeps.perf.time_program's passes
         run = _run(cols, schedule, np.maximum(waits, held), data_delay, indices)
         _, write_start, load_end, compute_begin, compute_ends, _ = run
@@ -1152,18 +1153,34 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
             again_held = held
         again = waits.copy()
         if shared:
-            begin, end = compute_begin.tolist(), compute_ends.tolist()
-            usage = _Usage([(begin[i], end[i], lines[i] / max(1, end[i] - begin[i]))
-                            for i in busy.nonzero()[0].tolist()])
-            write_start, load_end = write_start.tolist(), load_end.tolist()
-            for j in loading.tolist():
-                lo, hi = write_start[j], load_end[j]
-                need = (load_lines[j] + usage.lines(hi) - usage.lines(lo)) / l2_lines_per_cycle
-                again[j] = max(0, math.ceil(need - (hi - lo - max(waits[j], held[j]))))
+            _l2_waits(compute_begin, compute_ends, lines, using, loading, write_start,
+                      load_end, load_lines, waits, held, float(l2_lines_per_cycle), again)
         if np.array_equal(again, waits) and np.array_equal(again_held, held):
             break
         waits, held = again, again_held
     return _extrapolate(cols, run, cuts)
+
+
+@njit
+def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lines, waits,
+              held, l2_lines_per_cycle, again):
+    """``again`` with the wait of each of the ``loading`` loads' copiers for the L2 lines
+    the ``using`` computes (each taking its ``lines`` evenly from ``begin`` to ``end``,
+    ``sweeps.perf._Usage``) take over its interval: it needs at least ``(its lines +
+    theirs) / l2_lines_per_cycle`` cycles (``_pipeline``'s rule, ``_usage_lines``)."""
+    m = len(using)
+    starts, ends, rates, cum = np.empty(m), np.empty(m), np.empty(m), np.zeros(m + 1)
+    for q in range(m):
+        i = using[q]
+        starts[q], ends[q] = begin[i], end[i]
+        rates[q] = lines[i] / max(1.0, end[i] - begin[i])
+        cum[q + 1] = cum[q] + rates[q] * (end[i] - begin[i])
+    for j in loading:
+        lo, hi = write_start[j], load_end[j]
+        need = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi)
+                - _usage_lines(starts, ends, rates, cum, lo)) / l2_lines_per_cycle
+        wait = math.ceil(need - (hi - lo - max(waits[j], held[j])))
+        again[j] = wait if wait > 0 else 0
 
 
 @njit

@@ -190,6 +190,23 @@ class _Usage:
         return total
 
 
+@njit
+def _usage_lines(starts, ends, rates, cum, t: float) -> float:
+    """``_Usage.lines(t)`` of an engine whose instructions take their lines evenly (no
+    ``l2_profile``) over arrays: ``starts``, ``ends`` and ``rates`` of its intervals,
+    ``cum`` the prefix sums of their lines (``_Usage.cum``); the same arithmetic in the
+    same order, so the same value (``tests/sweeps/test_perf_model.py``). Compiled for the
+    fast path (``sweeps.analytic._l2_waits``), which asks it twice a load."""
+    k = np.searchsorted(starts, t, side="right")
+    total = cum[k]
+    j = k - 1
+    while j >= 0 and ends[j] > t:
+        n = rates[j] * (ends[j] - starts[j])
+        total -= n - rates[j] * (t - starts[j])
+        j -= 1
+    return total
+
+
 class _Streams:
     """The compute engine's paced L2 streams and bursts (``Occupancy.paced_cycles``,
     ``resumes``), one instruction after another: their begins, ends and the lines a cycle

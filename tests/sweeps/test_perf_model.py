@@ -909,6 +909,27 @@ def test_a_read_behind_a_held_loads_lines_waits_for_them():
     assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, [], []) == 0
 
 
+def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
+    """``_usage_lines`` (compiled, the fast path's) is ``_Usage.lines`` without profiles,
+    value for value: random intervals in order (some overlapping their neighbours, some
+    shorter than a cycle) asked at their ends, their starts and between."""
+    from sweeps.perf import _Usage, _usage_lines
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        starts = np.sort(rng.integers(0, 5000, n)).astype(float)
+        ends = np.maximum.accumulate(starts + rng.integers(0, 300, n) * rng.random(n))
+        lines = rng.integers(0, 500, n)
+        intervals = [(b, e, int(k) / max(1, e - b))
+                     for b, e, k in zip(starts, ends, lines, strict=True)]
+        usage = _Usage(intervals)
+        rates = np.array([r for _, _, r in intervals])
+        cum = np.array(usage.cum)
+        for t in [*starts, *ends, *rng.uniform(-10, 5400, 30)]:
+            assert _usage_lines(starts, ends, rates, cum, float(t)) == usage.lines(t)
+
+
 def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
     """At 2 bytes a cycle a line takes 16 cycles, and STORE_COUNTERS' twelve counter
     writes, issued on the store engine's aux port while the copier still writes an
