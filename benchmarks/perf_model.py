@@ -8,8 +8,9 @@ roofline, prefetch speedup (one device and tensor parallel), prefill PE utilisat
 Sections:
 
 * ``fast``: one decode step (KV length 511) of each 1B-class preset on edge-16x16 (16
-  MiB, 4 MiB, 2 MiB, 768 KiB, 512 KiB, 256 KiB and 64 KiB of L2) with the analytic fast
-  path: wall time from cold caches
+  MiB, 4 MiB, 2 MiB, 768 KiB, 512 KiB, 256 KiB and 64 KiB of L2; and at KV length 1,100
+  at 64 KiB) and on edge-4x4, edge-8x8 and edge-32x32 (64 KiB and 1 MiB) with the
+  analytic fast path: wall time from cold caches
   (``cold_seconds``: the model's first lowering, a JAX trace, included) and of a step
   at another KV length once the model has been lowered (``wall_seconds``: what each
   further point of a sweep costs), tokens/s,
@@ -89,30 +90,37 @@ def fast() -> list[dict]:
     from sweeps import analytic
 
     rows = []
+    names = ("sheared-llama-1.3b", "llama-3.2-1b", "tinyllama-1.1b", "qwen2.5-0.5b")
     # 16 MiB; edge-16x16's own 4 MiB; 2 MiB, the slowest L2 size to time until the
     # compiler evened out split reductions; 768 KiB, Llama-3.2-1B's slowest after the
     # engines were compiled; 512 KiB and 256 KiB; and 64 KiB, the smallest of the default
     # sweep, whose staging ring of about 10 KB makes the most tiles (docs/perf.md)
-    for l2_bytes, name in itertools.product((16 << 20, 4 << 20, 2 << 20, 768 << 10,
-                                             512 << 10, 256 << 10, 64 << 10), (
-            "sheared-llama-1.3b", "llama-3.2-1b", "tinyllama-1.1b", "qwen2.5-0.5b")):
-        hw = load_hardware("edge-16x16").replace(l2_bytes=l2_bytes)
+    cases = [("edge-16x16", l2_bytes, name, 511) for l2_bytes, name in itertools.product(
+        (16 << 20, 4 << 20, 2 << 20, 768 << 10, 512 << 10, 256 << 10, 64 << 10), names)]
+    # ... at 64 KiB at KV 1,100 (the LISO workload's decode), and the other arrays at 64
+    # KiB and 1 MiB (the smallest L2 of the default sweep; array_shape.toml's smallest)
+    cases += [("edge-16x16", 64 << 10, name, 1100) for name in names]
+    cases += [(hw, l2_bytes, name, 511) for hw, l2_bytes, name in itertools.product(
+        ("edge-4x4", "edge-8x8", "edge-32x32"), (64 << 10, 1 << 20), names)]
+    for hw_name, l2_bytes, name, position in cases:
+        hw = load_hardware(hw_name).replace(l2_bytes=l2_bytes)
         cfg = preset(name)
         analytic.clear_caches()
         gc.collect()
         t0 = time.perf_counter()
-        analytic.decode_step(cfg, hw, 510)
+        analytic.decode_step(cfg, hw, position - 1)
         cold = time.perf_counter() - t0
         # a full collection now, not inside the timed step: one there walked every cached
         # plan of the configurations before (71 ms of a 0.15 s Sheared-LLaMA-1.3B step at
         # 2 MiB; a sweep pays it once per collection, over many steps)
         gc.collect()
         t0 = time.perf_counter()
-        step = analytic.decode_step(cfg, hw, 511)
+        step = analytic.decode_step(cfg, hw, position)
         seconds = time.perf_counter() - t0
         bound = step.dram_read_bytes / hw.dram_bytes_per_cycle
         rows.append(_emit({
             "section": "fast", "model": name, "hw": hw.name, "l2_bytes": hw.l2_bytes,
+            "position": position,
             "cold_seconds": round(cold, 3), "wall_seconds": round(seconds, 3),
             "cycles": step.cycles,
             "tokens_per_s": round(hw.clock_hz / step.cycles, 2),
