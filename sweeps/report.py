@@ -91,13 +91,18 @@ def _current(out: Path) -> _Results:
         raise ReportError(f"{current}: missing (written by `accel sweep`, it says which "
                           f"rows belong to the spec last run); rerun the sweep")
     try:
-        keys = json.loads(current.read_text())["keys"]
+        record = json.loads(current.read_text())
+        keys = record["keys"]
         if not isinstance(keys, list):
             raise TypeError
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise ReportError(f"{current}: not a sweep record (no list of point keys); "
                           f"rerun the sweep") from None
     keys = set(map(str, keys))       # only the points of the spec last run into the folder
+    code = record.get("code_version")    # (what the keys were made under)
+    code = code if isinstance(code, str) else None
+    workloads = record.get("workloads")   # (the spec's, by name)
+    workloads = workloads if isinstance(workloads, dict) else None
     ours = [r for r in rows if r["key"] in keys]
     seen: dict[str, str] = {}
     for r in ours:
@@ -105,7 +110,7 @@ def _current(out: Path) -> _Results:
             raise ReportError(f"{where[id(r)]}: the point of line "
                               f"{seen[r['key']].rsplit(':', 1)[1]} again")
         seen[r["key"]] = where[id(r)]
-        check_row(r, where[id(r)])
+        check_row(r, where[id(r)], code, workloads)
     if not any(r.get("feasible", True) for r in ours):
         reasons = Counter(r["reason"] for r in ours)
         why = (f" ({len(ours)} infeasible; {reasons.most_common(1)[0][1]} of them: "
@@ -127,29 +132,60 @@ def check_point(row, where: str) -> None:
     _check_fields(row, where, ("feasible",), "flag", required=False)
 
 
-def check_rows(path: Path, lines: list[tuple[int, object]], points: set[str]) -> None:
+def check_rows(path: Path, lines: list[tuple[int, object]], points: set[str],
+               code: str | None = None, workloads: dict | None = None) -> None:
     """``check_point`` for each ``(line number, row)`` of ``path`` (``read_results``),
-    and ``check_row`` for those of ``points`` (keys), each hardware file read afresh."""
+    and ``check_row`` (under ``code`` and the spec's ``workloads``) for those of
+    ``points`` (keys), each hardware file read afresh."""
     _hardware_cache.clear()
     for number, row in lines:
         check_point(row, f"{path}:{number}")
         if row["key"] in points:
-            check_row(row, f"{path}:{number}")
+            check_row(row, f"{path}:{number}", code, workloads)
 
 
-def check_row(row, where: str) -> None:
+def check_row(row, where: str, code: str | None = None,
+              workloads: dict | None = None) -> None:
     """``ReportError`` naming ``where`` (the file and line) for a row of ``results.jsonl``
-    that no sweep writes (``check_point``, ``_check_settings``, then ``_check_row`` for a
-    feasible point, a reason for an infeasible one): the report refuses it, and so does a
-    sweep resuming into the folder to run its point (``sweeps.runner.finished_keys``),
-    which would otherwise count it as finished."""
+    that no sweep writes (``check_point``, ``_check_settings``, then ``_check_row`` and,
+    given the ``code`` version it ran under and the spec's ``workloads`` (name: lengths),
+    ``_check_key`` for a feasible point, a reason for an infeasible one): the report
+    refuses it, and so does a sweep resuming into the folder to run its point
+    (``sweeps.runner.finished_keys``), which would otherwise count it as finished."""
     check_point(row, where)
     _check_settings(row, where)
     if row.get("feasible", True):
         _check_row(row, where)
+        if workloads is not None and row["workload"] not in workloads:
+            raise ReportError(f"{where}: workload = {json.dumps(row['workload'])} is not one "
+                              f"of the spec's ({', '.join(workloads)})")
+        if code:
+            _check_key(row, where, code)
     elif not (isinstance(row.get("reason"), str) and row["reason"].strip()):
         raise ReportError(f"{where}: an infeasible point without its reason "
                           f"(reason = {json.dumps(row.get('reason'))})")
+
+
+def _check_key(row: dict, where: str, code: str) -> None:
+    """``ReportError`` for a feasible row whose settings, workload lengths, hardware file
+    or model do not hash to its ``key`` (``sweeps.runner.point_key`` under the ``code``
+    version it ran under): a field edited by hand (a workload renamed, a prompt length
+    changed: the report drew them as points of their own, or under the wrong lengths), or
+    its hardware file changed since the sweep. (A key hashes a workload's lengths, not
+    its name: ``check_row`` checks the name against the spec's.)"""
+    from sweeps.runner import point_key
+
+    try:
+        key = point_key(row, {row["workload"]: {"prompt": row["prompt"],
+                                                "output": row["output"]}}, code)
+    except KeyError as e:
+        raise ReportError(f"{where}: the point has no {e} (rerun the sweep with --fresh)"
+                          ) from None
+    if key != row["key"]:
+        raise ReportError(f"{where}: its settings, workload lengths, model and hardware file "
+                          f"are not those its key {row['key']} was made of (edited by hand, "
+                          f"or the hardware file changed since the sweep): rerun the sweep "
+                          f"with --fresh")
 
 
 #: The fields of a feasible row the report reads (``sweeps.runner.evaluate_group`` writes

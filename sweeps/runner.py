@@ -64,8 +64,9 @@ def code_version() -> str:
          *(ROOT / "sweeps" / name for name in ("analytic.py", "perf.py", "cost.py"))])
 
 
-def point_content(point: dict, workloads: dict[str, dict]) -> dict:
-    """Everything a point's result depends on (see the contract)."""
+def point_content(point: dict, workloads: dict[str, dict], code: str | None = None) -> dict:
+    """Everything a point's result depends on (see the contract); ``code``: the
+    toolkit's version it ran under (``code_version()``, this one's by default)."""
     hw = dataclasses.asdict(point_hardware(point))
     hw.pop("name")
     return {"hardware": hw, "model": preset(point["model"]).to_hf_dict(),
@@ -74,11 +75,12 @@ def point_content(point: dict, workloads: dict[str, dict]) -> dict:
             "weights": point["weights"], "batch": point["batch"],
             "kv": [point["kv_format"], point["kv_bits"]],
             "link": [point["link_gbytes_per_s"], point["link_latency_us"]],
-            "code": code_version()}
+            "code": code or code_version()}
 
 
-def point_key(point: dict, workloads: dict[str, dict]) -> str:
-    content = json.dumps(point_content(point, workloads), sort_keys=True)
+def point_key(point: dict, workloads: dict[str, dict], code: str | None = None) -> str:
+    """A point's key: a hash of its ``point_content``."""
+    content = json.dumps(point_content(point, workloads, code), sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
@@ -229,10 +231,12 @@ def read_results(path: Path) -> list[tuple[int, object]]:
     return out
 
 
-def finished_keys(out: Path, points: set[str] = frozenset()) -> set[str]:
+def finished_keys(out: Path, points: set[str] = frozenset(),
+                  workloads: dict | None = None) -> set[str]:
     """The keys of the points ``out/results.jsonl`` holds. ``SweepError`` naming the file
     and line for a row that is not a point (``sweeps.report.check_row``), and for a row of
-    one of ``points`` (the keys of the spec being run) whose values no sweep writes: edited
+    one of ``points`` (the keys of the spec being run, whose ``workloads`` these are)
+    whose values no sweep writes: edited
     by hand, it would count as finished and leave the report refusing the folder. (Rows of
     other points are refused whole by the caller; their hardware file may have changed.)"""
     from sweeps.report import ReportError, check_rows
@@ -242,7 +246,7 @@ def finished_keys(out: Path, points: set[str] = frozenset()) -> set[str]:
         return set()
     lines = read_results(path)
     try:
-        check_rows(path, lines, points)
+        check_rows(path, lines, points, code_version(), workloads)
     except ReportError as e:
         raise SweepError(f"{e}; remove or fix it, or rerun with --fresh") from None
     return {row["key"] for _, row in lines}
@@ -351,7 +355,7 @@ def _sweep(spec: Spec, out: Path, client, workers: int | None, progress: bool, f
     if fresh:
         for name in ("results.jsonl", "results.csv"):
             (out / name).unlink(missing_ok=True)
-    done = finished_keys(out, set(keys))
+    done = finished_keys(out, set(keys), spec.workloads)
     other = done - set(keys)
     if other:
         try:
@@ -372,6 +376,7 @@ def _sweep(spec: Spec, out: Path, client, workers: int | None, progress: bool, f
     (out / "spec.toml").write_text(spec.path.read_text())
     (out / "sweep.json").write_text(json.dumps({"spec": str(spec.path),
                                                 "code_version": code_version(),
+                                                "workloads": spec.workloads,
                                                 "keys": keys}) + "\n")
     configs = _logic_configs(todo)
     for hw in tqdm(configs, desc="logic statistics (Yosys, cached)", disable=not progress):

@@ -157,7 +157,7 @@ def _expand(name: str, value, fail) -> list:
                 and lo > 0 and 1 < factor < math.inf):
             fail("geometric needs positive integer bounds and a finite factor above 1")
         values, v = [], lo
-        while round(v) <= hi:           # (a float factor: each value rounded to an integer)
+        while v <= hi:                  # (a float factor: each value rounded to an integer)
             values.append(round(v))
             if len(values) > MAX_POINTS:       # (counted as built: a factor near 1 is long)
                 fail(f"more than {MAX_POINTS:,} values (a sweep takes at most "

@@ -13,7 +13,7 @@ import pytest
 from arch.hardware import load_hardware
 from sweeps import cost as C
 from sweeps.report import FIGURES, _spec_summary, matmul_intensity, write_report
-from sweeps.runner import finished_keys, run_sweep
+from sweeps.runner import finished_keys, point_key, run_sweep
 from sweeps.spec import SpecError, load_spec
 
 SPEC = """[sweep]
@@ -143,6 +143,10 @@ def test_a_geometric_axis_with_a_float_factor_holds_integers(tmp_path):
     spec = load_spec(write(tmp_path, SPEC.replace("factor = 2 }", "factor = 1.5 }")))
     assert spec.axes["l2_bytes"] == [1048576, 1572864, 2359296, 3538944]
     assert all(type(v) is int for v in spec.axes["l2_bytes"])
+    # a factor whose next value overflows to inf ends the axis (was an OverflowError)
+    spec = load_spec(write(tmp_path, SPEC.replace("[1048576, 4194304], factor = 2 }",
+                                                  "[1048576, 4194304], factor = 1e308 }")))
+    assert spec.axes["l2_bytes"] == [1048576]
 
 
 def test_cost_model_arithmetic():
@@ -629,6 +633,13 @@ def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_p
              ":3: not a point (a JSON object), but [1, 2, 3]", True),
             (lines[:2] + [json.dumps(bad)] + lines[3:],
              ':3: tokens_per_s = "fast" is not a finite number', True),
+            # settings edited, the key left: the report drew a point of a workload no
+            # spec has, or a prompt its row did not run
+            (lines[:2] + [json.dumps(json.loads(lines[2]) | {"workload": "zzz"})] + lines[3:],
+             ':3: workload = "zzz" is not one of the spec\'s (liso, silo, short)', True),
+            (lines[:2] + [json.dumps(json.loads(lines[2]) | {"prompt": 999})] + lines[3:],
+             ":3: its settings, workload lengths, model and hardware file are not those "
+             "its key", True),
             (lines[:2] + ['{"key": "ab'] + lines[2:],
              "results.jsonl:3: not a JSON line (Unterminated string", True)]:
         shutil.rmtree(folder, ignore_errors=True)
@@ -877,15 +888,20 @@ def test_pareto_fronts_are_drawn_per_workload(sweep, tmp_path):
     folder = tmp_path / "two"
     shutil.copytree(out, folder)
     rows = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+    record = json.loads((folder / "sweep.json").read_text())
     slow = []
     for r in rows:
         rate = r["tokens_per_s"] / 3
-        slow.append({**r, "key": "slow" + r["key"], "workload": "long", "tokens_per_s": rate,
+        slow.append({**r, "workload": "long", "prompt": 2 * r["prompt"], "tokens_per_s": rate,
                      "ttft_s": 3 * r["ttft_s"], "tpot_s": 3 * r["tpot_s"],
                      "tokens_per_s_per_mm2": rate / r["area_mm2"],
                      "tokens_per_s_per_dollar": rate / r["cost_dollars"]})
+        # (the key a sweep would give it, which the report checks)
+        slow[-1]["key"] = point_key(slow[-1], {"long": {"prompt": 2 * r["prompt"],
+                                                        "output": r["output"]}},
+                                    record["code_version"])
+    record["workloads"]["long"] = {"prompt": 2 * rows[0]["prompt"], "output": rows[0]["output"]}
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + slow))
-    record = json.loads((folder / "sweep.json").read_text())
     record["keys"] += [r["key"] for r in slow]
     (folder / "sweep.json").write_text(json.dumps(record))
     findings = write_report(folder)
@@ -916,6 +932,13 @@ def test_report_refuses_two_rows_of_one_point(sweep, tmp_path):
                                                                      copy["key"]]}))
     for name in FIGURES:
         (folder / f"{name}.png").unlink(missing_ok=True)
+    # the row's content does not hash to its key (``sweeps.runner.point_key``)
+    with pytest.raises(ReportError, match=rf"results.jsonl:{len(lines) + 1}: its settings, "
+                                          rf"workload lengths, model and hardware file are "
+                                          rf"not those its key {'f' * 16} was made of"):
+        write_report(folder)
+    # ... and where the record does not say the code version the keys were made under
+    (folder / "sweep.json").write_text(json.dumps({"keys": [*record["keys"], copy["key"]]}))
     with pytest.raises(ReportError, match=rf"results.jsonl:{len(lines) + 1}: the same point "
                                           rf"\(.*l2_bytes = {copy['l2_bytes']}, prefetch = "
                                           rf"{json.dumps(copy['prefetch'])}\) as line 1 under "
