@@ -87,22 +87,7 @@ def _current(out: Path) -> _Results:
         rows.append(row)
         where[id(row)] = f"{path}:{number}"
     current = Path(out) / "sweep.json"
-    if not current.is_file():
-        raise ReportError(f"{current}: missing (written by `accel sweep`, it says which "
-                          f"rows belong to the spec last run); rerun the sweep")
-    try:
-        record = json.loads(current.read_text())
-        keys = record["keys"]
-        if not isinstance(keys, list):
-            raise TypeError
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise ReportError(f"{current}: not a sweep record (no list of point keys); "
-                          f"rerun the sweep") from None
-    keys = set(map(str, keys))       # only the points of the spec last run into the folder
-    code = record.get("code_version")    # (what the keys were made under)
-    code = code if isinstance(code, str) else None
-    workloads = record.get("workloads")   # (the spec's, by name)
-    workloads = workloads if isinstance(workloads, dict) else None
+    keys, code, workloads = _record(current)
     ours = [r for r in rows if r["key"] in keys]
     seen: dict[str, str] = {}
     for r in ours:
@@ -110,7 +95,17 @@ def _current(out: Path) -> _Results:
             raise ReportError(f"{where[id(r)]}: the point of line "
                               f"{seen[r['key']].rsplit(':', 1)[1]} again")
         seen[r["key"]] = where[id(r)]
-        check_row(r, where[id(r)], code, workloads)
+        try:
+            check_row(r, where[id(r)], code, workloads)
+        except _KeyMismatch:
+            if len(ours) > 1 and not any(_hashes_to_key(o, code, workloads)
+                                         for o in ours):
+                raise ReportError(
+                    f"{current}: none of its {len(ours)} points' rows hashes to its key under "
+                    f"its code_version = {json.dumps(code)} (the record edited, or the "
+                    f"hardware file changed since the sweep): rerun the sweep with --fresh"
+                    ) from None
+            raise
     if not any(r.get("feasible", True) for r in ours):
         reasons = Counter(r["reason"] for r in ours)
         why = (f" ({len(ours)} infeasible; {reasons.most_common(1)[0][1]} of them: "
@@ -119,6 +114,40 @@ def _current(out: Path) -> _Results:
                f"lists: rerun the sweep)" if rows else "")
         raise ReportError(f"{path}: no finished feasible points{why}")
     return _Results(ours, where, len(keys) - len(ours), len(rows) - len(ours))
+
+
+def _record(current: Path) -> tuple[set[str], str | None, dict | None]:
+    """``sweep.json``'s point keys, the code version they were made under and the spec's
+    workloads (name: ``{"prompt", "output"}``), the last two None where an older sweep did
+    not record them; ``ReportError`` naming the file and field for a record no sweep
+    writes."""
+    if not current.exists():
+        raise ReportError(f"{current}: missing (written by `accel sweep`, it says which "
+                          f"rows belong to the spec last run); rerun the sweep")
+    if not current.is_file():
+        raise ReportError(f"{current}: not a file (`accel sweep` writes its record there); "
+                          f"rerun the sweep")
+    try:
+        record = json.loads(current.read_text())
+        keys = record["keys"]
+        if not isinstance(keys, list):
+            raise TypeError
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ReportError(f"{current}: not a sweep record (no list of point keys); "
+                          f"rerun the sweep") from None
+    code, workloads = record.get("code_version"), record.get("workloads")
+    if code is not None and not (isinstance(code, str) and code):
+        raise ReportError(f"{current}: code_version = {json.dumps(code)} is not a version "
+                          f"(`accel sweep` records its code's hash); rerun the sweep")
+    if workloads is not None and not (
+            isinstance(workloads, dict) and workloads
+            and all(isinstance(w, dict) and set(w) == {"prompt", "output"}
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                            for v in w.values()) for w in workloads.values())):
+        raise ReportError(f"{current}: workloads = {json.dumps(workloads)[:80]} is not the "
+                          f"spec's workloads (name: prompt and output token counts); rerun "
+                          f"the sweep")
+    return set(map(str, keys)), code, workloads
 
 
 def check_point(row, where: str) -> None:
@@ -147,45 +176,71 @@ def check_rows(path: Path, lines: list[tuple[int, object]], points: set[str],
 def check_row(row, where: str, code: str | None = None,
               workloads: dict | None = None) -> None:
     """``ReportError`` naming ``where`` (the file and line) for a row of ``results.jsonl``
-    that no sweep writes (``check_point``, ``_check_settings``, then ``_check_row`` and,
-    given the ``code`` version it ran under and the spec's ``workloads`` (name: lengths),
-    ``_check_key`` for a feasible point, a reason for an infeasible one): the report
-    refuses it, and so does a sweep resuming into the folder to run its point
-    (``sweeps.runner.finished_keys``), which would otherwise count it as finished."""
+    that no sweep writes: ``check_point``, ``_check_settings``, then ``_check_row`` for a
+    feasible point and ``_check_names`` and a reason for an infeasible one; given the
+    spec's ``workloads`` (name: lengths), a workload of the spec's, and for a feasible
+    point its lengths; given the ``code`` version the sweep ran under, ``_check_key``. The
+    report refuses such a row, and so does a sweep resuming into the folder to run its
+    point (``sweeps.runner.finished_keys``), which would otherwise count it as finished."""
     check_point(row, where)
     _check_settings(row, where)
-    if row.get("feasible", True):
+    feasible = row.get("feasible", True)
+    if feasible:
         _check_row(row, where)
-        if workloads is not None and row["workload"] not in workloads:
-            raise ReportError(f"{where}: workload = {json.dumps(row['workload'])} is not one "
-                              f"of the spec's ({', '.join(workloads)})")
-        if code:
-            _check_key(row, where, code)
-    elif not (isinstance(row.get("reason"), str) and row["reason"].strip()):
-        raise ReportError(f"{where}: an infeasible point without its reason "
-                          f"(reason = {json.dumps(row.get('reason'))})")
+    else:
+        if not (isinstance(row.get("reason"), str) and row["reason"].strip()):
+            raise ReportError(f"{where}: an infeasible point without its reason "
+                              f"(reason = {json.dumps(row.get('reason'))})")
+        _check_names(row, where, [f for f in NAME_FIELDS if f != "array"])
+        _hardware(row, where)
+    if workloads is not None:
+        name = row["workload"]
+        if name not in workloads:
+            raise ReportError(f"{where}: workload = {json.dumps(name)} is not one of the "
+                              f"spec's ({', '.join(workloads)})")
+        for field in ("prompt", "output") if feasible else ():
+            if row[field] != workloads[name][field]:
+                raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is not "
+                                  f"workload {name}'s {workloads[name][field]}")
+    if code and (feasible or workloads is not None):
+        _check_key(row, where, code, workloads)
 
 
-def _check_key(row: dict, where: str, code: str) -> None:
-    """``ReportError`` for a feasible row whose settings, workload lengths, hardware file
-    or model do not hash to its ``key`` (``sweeps.runner.point_key`` under the ``code``
-    version it ran under): a field edited by hand (a workload renamed, a prompt length
-    changed: the report drew them as points of their own, or under the wrong lengths), or
-    its hardware file changed since the sweep. (A key hashes a workload's lengths, not
-    its name: ``check_row`` checks the name against the spec's.)"""
+class _KeyMismatch(ReportError):
+    """A row whose content does not hash to its key (``_check_key``)."""
+
+
+def _check_key(row: dict, where: str, code: str, workloads: dict | None = None) -> None:
+    """``ReportError`` for a row whose settings, workload lengths (the spec's
+    ``workloads``' where given, else the row's own), hardware file or model do not hash
+    to its ``key`` (``sweeps.runner.point_key`` under the ``code`` version it ran under):
+    a field edited by hand (an infeasible point's L2 size, a prompt length: the report
+    drew or listed them as points of their own), or its hardware file changed since the
+    sweep. (A key hashes a workload's lengths, not its name: ``check_row`` checks the
+    name against the spec's.)"""
     from sweeps.runner import point_key
 
+    lengths = workloads or {row["workload"]: {"prompt": row["prompt"],
+                                              "output": row["output"]}}
     try:
-        key = point_key(row, {row["workload"]: {"prompt": row["prompt"],
-                                                "output": row["output"]}}, code)
+        key = point_key(row, lengths, code)
     except KeyError as e:
         raise ReportError(f"{where}: the point has no {e} (rerun the sweep with --fresh)"
                           ) from None
     if key != row["key"]:
-        raise ReportError(f"{where}: its settings, workload lengths, model and hardware file "
-                          f"are not those its key {row['key']} was made of (edited by hand, "
-                          f"or the hardware file changed since the sweep): rerun the sweep "
-                          f"with --fresh")
+        raise _KeyMismatch(f"{where}: its settings, workload lengths, model and hardware "
+                           f"file are not those its key {row['key']} was made of (edited by "
+                           f"hand, or the hardware file changed since the sweep): rerun "
+                           f"the sweep with --fresh")
+
+
+def _hashes_to_key(row: dict, code: str, workloads: dict | None) -> bool:
+    """Whether a row (checked or not) hashes to its key under ``code`` (``_check_key``)."""
+    try:
+        _check_key(row, "", code, workloads)
+    except Exception:          # (an unchecked row's bad value is its own line's refusal)
+        return False
+    return True
 
 
 #: The fields of a feasible row the report reads (``sweeps.runner.evaluate_group`` writes
@@ -277,23 +332,14 @@ def _hardware(row: dict, where: str):
     return _hardware_cache[fields]
 
 
-def _check_row(row: dict, where: str) -> None:
-    """``_check_fields`` over every field of a feasible row the report reads, then what
-    no point the sweep writes can hold: a batch, device or output-token count below 1,
-    a technology node the cost model does not know (``sweeps.cost.NODES``), a model that
-    is not a preset, a compute engine busy longer than its step, and a field that is not
-    what the sweep derives from the others (``_check_derived``)."""
+def _check_names(row: dict, where: str, fields) -> None:
+    """``ReportError`` for a name of ``fields`` missing or not a string, a technology node
+    the cost model does not know (``sweeps.cost.NODES``) or a model that is not a
+    preset."""
     from models.config import ConfigError, preset
     from sweeps.cost import NODES
 
-    for fields, kind in ((NUMBER_FIELDS, "number"), (POSITIVE_FIELDS, "positive"),
-                         (FLAG_FIELDS, "flag"), (NAME_FIELDS, "name")):
-        _check_fields(row, where, fields, kind)
-    for field in (*COUNT_FIELDS, "output"):
-        v = row.get(field, 1)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ReportError(f"{where}: {field} = {json.dumps(v)} is not a count of at "
-                              f"least 1")
+    _check_fields(row, where, fields, "name")
     if row["node"] not in NODES:
         raise ReportError(f"{where}: node = {json.dumps(row['node'])} is not a node the cost "
                           f"model knows ({', '.join(NODES)})")
@@ -301,6 +347,22 @@ def _check_row(row: dict, where: str) -> None:
         preset(row["model"])
     except ConfigError as e:
         raise ReportError(f"{where}: model: {e}") from None
+
+
+def _check_row(row: dict, where: str) -> None:
+    """``_check_fields`` over every field of a feasible row the report reads, then what
+    no point the sweep writes can hold: a name ``_check_names`` refuses, a batch, device
+    or output-token count below 1, a compute engine busy longer than its step, and a
+    field that is not what the sweep derives from the others (``_check_derived``)."""
+    for fields, kind in ((NUMBER_FIELDS, "number"), (POSITIVE_FIELDS, "positive"),
+                         (FLAG_FIELDS, "flag")):
+        _check_fields(row, where, fields, kind)
+    _check_names(row, where, NAME_FIELDS)
+    for field in (*COUNT_FIELDS, "output"):
+        v = row.get(field, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ReportError(f"{where}: {field} = {json.dumps(v)} is not a count of at "
+                              f"least 1")
     parts = ("logic_mm2", "logic_memory_mm2", "l2_mm2", "phy_mm2")
     for field in ("decode_load_busy", "decode_compute_busy", *parts):
         if row[field] < 0:

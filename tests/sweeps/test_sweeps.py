@@ -627,6 +627,7 @@ def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_p
     lines = (out / "results.jsonl").read_text().splitlines()
     folder = tmp_path / "edited"
     bad = json.loads(lines[2]) | {"tokens_per_s": "fast"}
+    infeasible = json.loads(lines[2]) | {"feasible": False, "reason": "L2 too small"}
     for text, message, resume in [
             (lines + [lines[1]], f":{len(lines) + 1}: the point of line 2 again", False),
             (lines[:2] + ["[1, 2, 3]"] + lines[2:],
@@ -638,8 +639,27 @@ def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_p
             (lines[:2] + [json.dumps(json.loads(lines[2]) | {"workload": "zzz"})] + lines[3:],
              ':3: workload = "zzz" is not one of the spec\'s (liso, silo, short)', True),
             (lines[:2] + [json.dumps(json.loads(lines[2]) | {"prompt": 999})] + lines[3:],
+             ":3: prompt = 999 is not workload short's 32", True),
+            # renamed to a workload of the spec's (a default), its lengths left
+            (lines[:2] + [json.dumps(json.loads(lines[2]) | {"workload": "liso"})] + lines[3:],
+             ":3: prompt = 32 is not workload liso's 1024", True),
+            (lines[:2] + [json.dumps(json.loads(lines[2]) | {"prefetch": not json.loads(
+                lines[2])["prefetch"]})] + lines[3:],
              ":3: its settings, workload lengths, model and hardware file are not those "
              "its key", True),
+            # an infeasible row is listed in the report: its settings hash to its key too,
+            # and its names are the spec's and the toolkit's
+            (lines[:2] + [json.dumps(infeasible | {"l2_bytes": 3 * 2 ** 20})] + lines[3:],
+             ":3: its settings, workload lengths, model and hardware file are not those "
+             "its key", True),
+            (lines[:2] + [json.dumps(infeasible | {"workload": "zzz"})] + lines[3:],
+             ':3: workload = "zzz" is not one of the spec\'s (liso, silo, short)', True),
+            (lines[:2] + [json.dumps(infeasible | {"model": "gpt-17"})] + lines[3:],
+             ":3: model: unknown model preset 'gpt-17'", True),
+            (lines[:2] + [json.dumps(infeasible | {"node": "3nm"})] + lines[3:],
+             ':3: node = "3nm" is not a node the cost model knows', True),
+            (lines[:2] + [json.dumps(infeasible | {"hw": "nowhere"})] + lines[3:],
+             ":3: its hardware: ", True),
             (lines[:2] + ['{"key": "ab'] + lines[2:],
              "results.jsonl:3: not a JSON line (Unterminated string", True)]:
         shutil.rmtree(folder, ignore_errors=True)
@@ -829,6 +849,23 @@ def test_bad_folders_and_records_are_refused_by_name(sweep, tmp_path):
     (broken / "sweep.json").unlink()
     with pytest.raises(ReportError, match="sweep.json: missing"):
         load_results(broken)
+    (broken / "sweep.json").mkdir()
+    with pytest.raises(ReportError, match="sweep.json: not a file"):
+        load_results(broken)
+    (broken / "sweep.json").rmdir()
+    # the record's fields: each refused by name, and a code version under which none of
+    # the rows hash to their keys is the record's fault, not the first row's
+    record = json.loads((out / "sweep.json").read_text())
+    for edit, message in [({"workloads": {}}, "workloads = {} is not the spec's workloads"),
+                          ({"workloads": {"short": {"prompt": "32", "output": 8}}},
+                           "workloads = {\"short\": {\"prompt\": \"32\""),
+                          ({"code_version": 7}, "code_version = 7 is not a version"),
+                          ({"code_version": "0123"},
+                           f"none of its {len(record['keys'])} points' rows hashes to its key "
+                           f"under its code_version = \"0123\"")]:
+        (broken / "sweep.json").write_text(json.dumps(record | edit))
+        with pytest.raises(ReportError, match=re.escape(f"sweep.json: {message}")):
+            load_results(broken)
 
 
 def test_report_roofline_and_summary_know_the_weights_and_the_fixed_settings():
