@@ -299,6 +299,16 @@ def load_spec(path: str | Path) -> Spec:
             fail_at(name, "workloads", f"workload {name!r} is defined but no point runs it "
                     f"(the points run {', '.join(map(repr, sorted(used)))}): name it in "
                     f"[fixed] workload = \"{name}\" or in the workload axis")
+    # a point's key hashes its workload's lengths, not its name (sweeps.runner): two
+    # workloads run of one length would be one point written twice
+    lengths: dict[tuple, str] = {}
+    for name in [n for n in workloads if n in used]:     # (named at the later one)
+        twin = lengths.setdefault((workloads[name]["prompt"], workloads[name]["output"]), name)
+        if twin != name:
+            fail_at(name if name in data.get("workloads", {}) else twin, "workloads",
+                    f"workloads {twin!r} and {name!r} are both prompt = "
+                    f"{workloads[name]['prompt']}, output = {workloads[name]['output']}: run "
+                    f"one of them")
     for p in spec.points():
         problem = _check_point(p, spec)
         if problem:

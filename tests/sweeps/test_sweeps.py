@@ -123,6 +123,13 @@ def write(tmp_path, text, name="spec.toml") -> Path:
      "samples = 7 is more than the axes' grid of 6 points"),
     (("short = { prompt = 32, output = 8 }", "short = { prompt = true, output = 8 }"), 11,
      "workload 'short' needs prompt = N and output = N, positive integers"),
+    # two workloads of one length: a point's key hashes the lengths, so the sweep wrote
+    # one point twice under two names
+    (('short = { prompt = 32, output = 8 }\n\n[axes]\nl2_bytes = { geometric = [1048576, '
+      '4194304], factor = 2 }\nprefetch = [true, false]\nworkload = ["short"]',
+      'short = { prompt = 32, output = 8 }\nsame = { prompt = 32, output = 8 }\n\n[axes]\n'
+      'l2_bytes = [1048576]\nworkload = ["short", "same"]'), 12,
+     "workloads 'short' and 'same' are both prompt = 32, output = 8: run one of them"),
     # nothing to sweep: an empty file, or no axis (once ran as a one-point sweep)
     (("[axes]\nl2_bytes = { geometric = [1048576, 4194304], factor = 2 }\n"
       "prefetch = [true, false]\nworkload = [\"short\"]", "[axes]"), 13,
