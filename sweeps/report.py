@@ -129,24 +129,28 @@ def _record(current: Path) -> tuple[set[str], str | None, dict | None]:
                           f"rerun the sweep")
     try:
         record = json.loads(current.read_text())
-        keys = record["keys"]
-        if not isinstance(keys, list):
-            raise TypeError
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise ReportError(f"{current}: not a sweep record (no list of point keys); "
-                          f"rerun the sweep") from None
+    except (OSError, ValueError) as e:        # (JSONDecodeError, UnicodeDecodeError)
+        raise ReportError(f"{current}: not a sweep record ({e}); rerun the sweep") from None
+    keys = record.get("keys") if isinstance(record, dict) else None
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise ReportError(f"{current}: not a sweep record (keys = "
+                          f"{json.dumps(keys)[:60]} is not a list of point keys); rerun the "
+                          f"sweep")
     code, workloads = record.get("code_version"), record.get("workloads")
     if code is not None and not (isinstance(code, str) and code):
         raise ReportError(f"{current}: code_version = {json.dumps(code)} is not a version "
                           f"(`accel sweep` records its code's hash); rerun the sweep")
-    if workloads is not None and not (
-            isinstance(workloads, dict) and workloads
-            and all(isinstance(w, dict) and set(w) == {"prompt", "output"}
-                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                            for v in w.values()) for w in workloads.values())):
-        raise ReportError(f"{current}: workloads = {json.dumps(workloads)[:80]} is not the "
-                          f"spec's workloads (name: prompt and output token counts); rerun "
-                          f"the sweep")
+    if workloads is not None:
+        if not (isinstance(workloads, dict) and workloads):
+            raise ReportError(f"{current}: workloads = {json.dumps(workloads)[:60]} is not "
+                              f"the spec's workloads (name: prompt and output token counts); "
+                              f"rerun the sweep")
+        for name, w in workloads.items():
+            if not (isinstance(w, dict) and set(w) == {"prompt", "output"}
+                    and all(type(v) is int and v >= 1 for v in w.values())):
+                raise ReportError(f"{current}: workloads.{name} = {json.dumps(w)[:60]} is "
+                                  f"not a workload (prompt and output token counts); rerun "
+                                  f"the sweep")
     return set(map(str, keys)), code, workloads
 
 
@@ -198,8 +202,9 @@ def check_row(row, where: str, code: str | None = None,
         if name not in workloads:
             raise ReportError(f"{where}: workload = {json.dumps(name)} is not one of the "
                               f"spec's ({', '.join(workloads)})")
-        for field in ("prompt", "output") if feasible else ():
-            if row[field] != workloads[name][field]:
+        for field in ("prompt", "output"):
+            if (feasible or field in row) and not (
+                    type(row[field]) is int and row[field] == workloads[name][field]):
                 raise ReportError(f"{where}: {field} = {json.dumps(row[field])} is not "
                                   f"workload {name}'s {workloads[name][field]}")
     if code and (feasible or workloads is not None):
@@ -358,7 +363,7 @@ def _check_row(row: dict, where: str) -> None:
                          (FLAG_FIELDS, "flag")):
         _check_fields(row, where, fields, kind)
     _check_names(row, where, NAME_FIELDS)
-    for field in (*COUNT_FIELDS, "output"):
+    for field in (*COUNT_FIELDS, "prompt", "output"):
         v = row.get(field, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ReportError(f"{where}: {field} = {json.dumps(v)} is not a count of at "

@@ -248,7 +248,8 @@ def finished_keys(out: Path, points: set[str] = frozenset(),
     try:
         check_rows(path, lines, points, code_version(), workloads)
     except ReportError as e:
-        raise SweepError(f"{e}; remove or fix it, or rerun with --fresh") from None
+        advice = "" if "--fresh" in str(e) else "; remove or fix it, or rerun with --fresh"
+        raise SweepError(f"{e}{advice}") from None
     return {row["key"] for _, row in lines}
 
 
@@ -316,6 +317,9 @@ def run_sweep(spec: Spec, out: str | Path, scheduler: str | None = None,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"{out}: not a folder (the sweep's output folder)")
+    if (out / "sweep.json").exists() and not (out / "sweep.json").is_file():
+        raise SweepError(f"{out / 'sweep.json'}: not a file (the sweep's record); remove it, "
+                         f"or give a new or empty folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").is_file():
         raise SweepError(f"{out}: is not empty and not a sweep's output folder (it has no "
                          f"sweep.json); give a new or empty folder")

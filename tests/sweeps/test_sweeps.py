@@ -647,6 +647,10 @@ def test_report_refuses_a_repeated_point_and_a_line_that_is_not_one(sweep, tmp_p
              ':3: workload = "zzz" is not one of the spec\'s (liso, silo, short)', True),
             (lines[:2] + [json.dumps(json.loads(lines[2]) | {"prompt": 999})] + lines[3:],
              ":3: prompt = 999 is not workload short's 32", True),
+            (lines[:2] + [json.dumps(json.loads(lines[2]) | {"prompt": 32.0})] + lines[3:],
+             ":3: prompt = 32.0 is not a count of at least 1", True),
+            (lines[:2] + [json.dumps(infeasible | {"output": 16})] + lines[3:],
+             ":3: output = 16 is not workload short's 8", True),
             # renamed to a workload of the spec's (a default), its lengths left
             (lines[:2] + [json.dumps(json.loads(lines[2]) | {"workload": "liso"})] + lines[3:],
              ":3: prompt = 32 is not workload liso's 1024", True),
@@ -859,13 +863,26 @@ def test_bad_folders_and_records_are_refused_by_name(sweep, tmp_path):
     (broken / "sweep.json").mkdir()
     with pytest.raises(ReportError, match="sweep.json: not a file"):
         load_results(broken)
+    with pytest.raises(SweepError, match="sweep.json: not a file"):   # (said it had none)
+        run_sweep(spec, broken, workers=1, progress=False)
     (broken / "sweep.json").rmdir()
+    for text, message in [("{not json", "not a sweep record (Expecting property name"),
+                          ('{"keys": [1, 2]}', "not a sweep record (keys = [1, 2] is not a list"),
+                          ("[]", "not a sweep record (keys = null is not a list")]:
+        (broken / "sweep.json").write_text(text)
+        with pytest.raises(ReportError, match=re.escape(f"sweep.json: {message}")):
+            load_results(broken)
     # the record's fields: each refused by name, and a code version under which none of
     # the rows hash to their keys is the record's fault, not the first row's
     record = json.loads((out / "sweep.json").read_text())
     for edit, message in [({"workloads": {}}, "workloads = {} is not the spec's workloads"),
-                          ({"workloads": {"short": {"prompt": "32", "output": 8}}},
-                           "workloads = {\"short\": {\"prompt\": \"32\""),
+                          ({"workloads": {**record["workloads"], "short": {
+                              "prompt": "32", "output": 8}}},
+                           'workloads.short = {"prompt": "32", "output": 8} is not a '
+                           'workload'),
+                          ({"workloads": {**record["workloads"], "short": {
+                              "prompt": 32, "output": 8, "batch": 4}}},
+                           "workloads.short = "),
                           ({"code_version": 7}, "code_version = 7 is not a version"),
                           ({"code_version": "0123"},
                            f"none of its {len(record['keys'])} points' rows hashes to its key "
