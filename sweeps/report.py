@@ -31,6 +31,7 @@ import html
 import json
 import math
 import sys
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,6 +497,31 @@ def _series(rows, by):
             for k, v in sorted(groups.items(), key=lambda kv: _order(kv[0]))}
 
 
+#: The most lines a figure of series draws (its legend stays readable): past them, the
+#: series whose best point has the most tokens/s per $ (a 1,000-point sweep's 216 series
+#: were a legend taller than the page).
+MAX_LINES = 12
+
+
+def _drawn(series: dict) -> tuple[dict, str]:
+    """``series`` (``_series``') cut to the ``MAX_LINES`` whose best point has the most
+    tokens/s per $, in their order, and a note for the figure saying so ("" where all
+    are drawn)."""
+    if len(series) <= MAX_LINES:
+        return series, ""
+    best = sorted(series, key=lambda k: -max(r["tokens_per_s_per_dollar"]
+                                             for r in series[k]))[:MAX_LINES]
+    kept = set(best)
+    return ({k: v for k, v in series.items() if k in kept},
+            f"the {MAX_LINES} best of {len(series)} series by tokens/s per $")
+
+
+def _note(fig, note: str) -> None:
+    """``note`` (``_drawn``'s) above a figure of two axes, if any."""
+    if note:
+        fig.suptitle(f"({note})", fontsize=9)
+
+
 def _label(keys, values) -> str:
     return ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}"
                      for k, v in zip(keys, values, strict=True))
@@ -521,7 +547,9 @@ def _l2_axis(ax, sizes) -> None:
 
 
 def _save(fig, out: Path, name: str) -> None:
-    fig.tight_layout()
+    with warnings.catch_warnings():     # (long tick labels: bbox "tight" below keeps them)
+        warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+        fig.tight_layout()
     # bbox "tight": a legend placed beside the axes is kept in the image.
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
     fig.savefig(out / f"{name}.svg", bbox_inches="tight")
@@ -564,11 +592,13 @@ def write_report(out: str | Path) -> dict:
 
     # tokens/s against L2, prefetch on and off
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, s in _series(rows, group_keys + ["prefetch"]).items():
+    every_series = _series(rows, group_keys + ["prefetch"])
+    drawn, cut = _drawn(every_series)
+    for key, s in drawn.items():
         ax.plot([r["l2_bytes"] for r in s], [r["tokens_per_s"] for r in s],
                 marker="o", linestyle="-" if key[-1] else "--",
                 label=_label(group_keys + ["prefetch"], key))
-    ax.set(ylabel="tokens/s", title="Throughput against L2 size")
+    ax.set(ylabel="tokens/s", title="Throughput against L2 size" + (f"\n({cut})" if cut else ""))
     ax.set_ylim(bottom=0)                    # differences drawn to scale
     _l2_axis(ax, sizes)
     ax.grid(True, which="both", alpha=0.3)
@@ -577,10 +607,12 @@ def write_report(out: str | Path) -> dict:
 
     # performance per cost against L2, optimum marked
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for key, s in _series(rows, group_keys + ["prefetch"]).items():
+    for key, s in every_series.items():
         label = _label(group_keys + ["prefetch"], key)
         for ax, metric in zip(axes, ("tokens_per_s_per_mm2", "tokens_per_s_per_dollar"),
                               strict=True):
+            if key not in drawn:     # (its optimum is still a finding)
+                continue
             xs = [r["l2_bytes"] for r in s]
             line, = ax.plot(xs, [r[metric] for r in s], marker="o",
                             linestyle="-" if key[-1] else "--", label=label)
@@ -596,6 +628,7 @@ def write_report(out: str | Path) -> dict:
                                    "l2_bytes_per_mm2": _optimum(s, "tokens_per_s_per_mm2")[0]})
     axes[0].set(ylabel="tokens/s per mm²", title="Performance per area (★ optimum)")
     axes[1].set(ylabel="tokens/s per $", title="Performance per dollar (★ optimum)")
+    _note(fig, cut)
     for ax in axes:
         ax.set_ylim(bottom=0)
         _l2_axis(ax, sizes)
@@ -676,14 +709,21 @@ def write_report(out: str | Path) -> dict:
     return findings
 
 
+#: The most bars the time breakdown draws: past them, the best points by tokens/s per $
+#: (a bar per point of a 1,000-point sweep was a figure 350 inches wide, 30 s to draw).
+BREAKDOWN_BARS = 48
+
+
 def _breakdown_figure(rows, group_keys: list[str], out: Path) -> list[str]:
-    """A bar per point: its mid-workload decode step split into the compute engine's busy
+    """A bar per point (of the ``BREAKDOWN_BARS`` best by tokens/s per $, where there
+    are more): its mid-workload decode step split into the compute engine's busy
     time, then as much of the rest as the load engine was busy (at most the time the
     compute engine waited on DMA: the fast path gives the engines' busy totals, not their
     overlap), then the rest: ``time_breakdown.png``. Returns the bars' labels (the
-    varying group fields' values, the L2 size, prefetch), one per point."""
-    ordered = sorted(rows, key=lambda r: (_order(tuple(r.get(k) for k in group_keys)),
-                                          r["prefetch"], r["l2_bytes"]))
+    varying group fields' values, the L2 size, prefetch), one per bar."""
+    shown = sorted(rows, key=lambda r: -r["tokens_per_s_per_dollar"])[:BREAKDOWN_BARS]
+    ordered = sorted(shown, key=lambda r: (_order(tuple(r.get(k) for k in group_keys)),
+                                           r["prefetch"], r["l2_bytes"]))
     varying = _varying(rows, group_keys)
     names = [" ".join([*(f"{k}={r.get(k)}" for k in varying), size_label(r["l2_bytes"]),
                        "pf" if r["prefetch"] else "no pf"]) for r in ordered]
@@ -691,15 +731,17 @@ def _breakdown_figure(rows, group_keys: list[str], out: Path) -> list[str]:
     dma = [min(1 - c, r["decode_load_busy"] / r["decode_step_cycles"])
            for c, r in zip(compute, ordered, strict=True)]
     stall = [max(0.0, 1 - c - d) for c, d in zip(compute, dma, strict=True)]
-    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(rows)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(ordered)), 4.5))
     at = range(len(ordered))             # positions, not names: equal names stay apart
     ax.bar(at, compute, label="compute engine busy")
     ax.bar(at, dma, bottom=compute, label="compute idle, loads busy (at most)")
     ax.bar(at, stall, bottom=[c + d for c, d in zip(compute, dma, strict=True)],
            label="both idle (at least)")
     ax.set_xticks(list(at), names)
-    ax.set(ylabel="fraction of a decode step", title="Decode step time breakdown",
-           xlim=(-0.6, len(ordered) - 0.4))
+    title = "Decode step time breakdown" + (
+        f" (the {len(ordered)} best of {len(rows):,} points by tokens/s per $)"
+        if len(ordered) < len(rows) else "")
+    ax.set(ylabel="fraction of a decode step", title=title, xlim=(-0.6, len(ordered) - 0.4))
     ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, out, "time_breakdown")
@@ -717,8 +759,9 @@ def _not_varied(out: Path, name: str, message: str) -> None:
 
 def _batch_figure(rows, group_keys: list[str], out: Path) -> int:
     """tokens/s and tokens/s per dollar against the batch (sequences decoded together),
-    one line per L2 size and prefetch of each group: ``batch.png``; where every point
-    has one batch, a note saying so. Returns the lines drawn."""
+    one line per L2 size and prefetch of each group (at most ``MAX_LINES``, ``_drawn``):
+    ``batch.png``; where every point has one batch, a note saying so. Returns the lines
+    drawn."""
     batches = {r.get("batch", 1) for r in rows}
     if len(batches) == 1:
         _not_varied(out, "batch", f"Every point decodes a batch of {batches.pop()}: "
@@ -726,7 +769,7 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> int:
         return 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     keys = group_keys + ["l2_bytes", "prefetch"]
-    series = _series(rows, keys)
+    series, cut = _drawn(_series(rows, keys))
     for key in sorted(series, key=lambda k: (_order(k[:-2]), k[-2], not k[-1])):
         s = sorted(series[key], key=lambda r: r.get("batch", 1))
         label = _label(keys, [size_label(v) if k == "l2_bytes" else v
@@ -734,9 +777,11 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> int:
         for ax, metric in zip(axes, ("tokens_per_s", "tokens_per_s_per_dollar"), strict=True):
             ax.plot([r.get("batch", 1) for r in s], [r[metric] for r in s], marker="o",
                     linestyle="-" if key[-1] else "--", label=label)
-    axes[0].set(xlabel="batch (sequences)", ylabel="tokens/s", title="Throughput against batch")
+    axes[0].set(xlabel="batch (sequences)", ylabel="tokens/s",
+                title="Throughput against batch")
     axes[1].set(xlabel="batch (sequences)", ylabel="tokens/s per $",
                 title="Performance per dollar against batch")
+    _note(fig, cut)
     for ax in axes:
         ax.set_ylim(bottom=0)
         ax.set_xscale("log", base=2)
@@ -751,8 +796,9 @@ def _batch_figure(rows, group_keys: list[str], out: Path) -> int:
 def _kv_figure(rows, group_keys: list[str], out: Path) -> int:
     """tokens/s and a mid-workload decode step's KV bytes read against the KV budget
     (``kv_bits`` of compressed chunks: lines; the int8 cache: a cross at 8), one series
-    per L2 size and prefetch of each group: ``kv_budget.png``; where no point compresses
-    its KV cache, a note saying so. Returns the series drawn."""
+    per L2 size and prefetch of each group (at most ``MAX_LINES``, ``_drawn``):
+    ``kv_budget.png``; where no point compresses its KV cache, a note saying so. Returns
+    the series drawn."""
     if not any(r.get("kv_format") == "chunked" for r in rows):
         _not_varied(out, "kv_budget", "Every point keeps the int8 KV cache: an axis "
                     "kv_format = [\"int8\", \"chunked\"] with kv_bits plots the "
@@ -760,7 +806,7 @@ def _kv_figure(rows, group_keys: list[str], out: Path) -> int:
         return 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     keys = group_keys + ["l2_bytes", "prefetch"]
-    series = _series(rows, keys)
+    series, cut = _drawn(_series(rows, keys))
     for key in sorted(series, key=lambda k: (_order(k[:-2]), k[-2], not k[-1])):
         label = _label(keys, [size_label(v) if k == "l2_bytes" else v
                               for k, v in zip(keys, key, strict=True)])
@@ -779,6 +825,7 @@ def _kv_figure(rows, group_keys: list[str], out: Path) -> int:
                 title="Throughput against the KV budget")
     axes[1].set(xlabel="KV budget (bits per cached element)",
                 ylabel="KV bytes read by a decode step", title="Past KV read a decode step")
+    _note(fig, cut)
     for ax in axes:
         ax.set_ylim(0, 1.08 * ax.get_ylim()[1])      # the crosses at the top stay whole
         ax.set_xticks([2, 3, 4, 5, 6, 7, 8])
@@ -890,7 +937,8 @@ CAPTIONS = {
                 "matmuls (circles: decode, squares: prefill, in the point's prefill "
                 "chunks) at their attainable rate; dotted: the decode step's achieved MAC "
                 "rate.",
-    "time_breakdown": "A decode step (mid-workload KV length) per point, split into the "
+    "time_breakdown": "A decode step (mid-workload KV length) per point (at most "
+                      f"{BREAKDOWN_BARS}: the best by tokens/s per $), split into the "
                       "compute engine's busy time, as much of the rest as the load engine "
                       "was busy (at most the time spent waiting on DMA: the engines' "
                       "overlap is not recorded), and the rest.",

@@ -449,7 +449,8 @@ window.addEventListener('load', () => {
     assert f'data-loaded="{len(FIGURES)}/{len(FIGURES)}"' in dom, dom[-500:]
 
 
-def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_path):
+def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_path,
+                                                                   monkeypatch):
     """The time breakdown has a bar per point, labelled apart: points differing only in a
     group field (here the workload; in sweeps/batch.toml the batch) were drawn as one
     category each, the later bars over the earlier. The batch and KV-budget figures of
@@ -463,11 +464,30 @@ def test_report_draws_a_bar_per_point_and_notes_an_axis_kept_fixed(sweep, tmp_pa
     names = _breakdown_figure(rows + other, ["workload"], tmp_path)
     assert len(names) == len(set(names)) == 2 * len(rows)
     assert "workload=long 1 MiB pf" in names and "workload=short 1 MiB no pf" in names
+    # past BREAKDOWN_BARS points, the best by tokens/s per $ (a bar each for a 1,000-point
+    # sweep was a figure 350 inches wide)
+    import sweeps.report
+
+    monkeypatch.setattr(sweeps.report, "BREAKDOWN_BARS", 3)
+    scored = [{**r, "tokens_per_s_per_dollar": float(i)}
+              for i, r in enumerate(rows + other)]
+    best = _breakdown_figure(scored, ["workload"], tmp_path)
+    assert sorted(best) == sorted(
+        f"workload=long {sweeps.report.size_label(r['l2_bytes'])} "
+        f"{'pf' if r['prefetch'] else 'no pf'}" for r in scored[-3:])
     assert _batch_figure(rows, [], tmp_path) == 0 and _kv_figure(rows, [], tmp_path) == 0
     assert (tmp_path / "batch.png").stat().st_size > 1000
     batched = [{**r, "batch": b} for r in rows for b in (1, 4)]
     assert _batch_figure(batched, [], tmp_path) == len({(r["l2_bytes"], r["prefetch"])
                                                          for r in rows}) == 6
+    # past MAX_LINES series, the lines of those whose best point has the most tokens/s
+    # per $ (a 1,000-point sweep's legend was taller than the page)
+    monkeypatch.setattr(sweeps.report, "MAX_LINES", 2)
+    assert _batch_figure(batched, [], tmp_path) == 2
+    series = sweeps.report._series(rows, ["l2_bytes", "prefetch"])
+    drawn, note = sweeps.report._drawn(series)
+    best = sorted(series, key=lambda k: -series[k][0]["tokens_per_s_per_dollar"])[:2]
+    assert set(drawn) == set(best) and note == "the 2 best of 6 series by tokens/s per $"
 
 
 @pytest.mark.parametrize("edit, message", [
