@@ -1035,8 +1035,9 @@ def optimum_line(o: dict) -> str:
                 f"only L2 = {size_label(o['l2_bytes_per_dollar'])} was run")
         return f"{o['series']}: {what} ({o['tokens_per_s_per_dollar']:.4g} tokens/s/$), " \
                f"no optimum over L2"
+    # (a random sample may run a series at a few sizes only: how many is said)
     return (f"{o['series']}: tokens/s per $ peaks at L2 = "
-            f"{size_label(o['l2_bytes_per_dollar'])} "
+            f"{size_label(o['l2_bytes_per_dollar'])} of the {o['sizes']} sizes run "
             f"({'an interior optimum' if o['interior'] else 'at the edge of the range'}, "
             f"{o['tokens_per_s_per_dollar']:.4g} tokens/s/$); per mm² at "
             f"{size_label(o['l2_bytes_per_mm2'])}")
