@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -1116,8 +1117,7 @@ TIMING_FIELDS = ("array_rows", "array_cols", "vector_lanes", "l2_banks", "l2_por
                  "dram_bytes_per_cycle", "dram_latency_cycles", "kv_block_tokens")
 
 
-def _timing_fields(hw: HardwareConfig) -> tuple:
-    return tuple(getattr(hw, name) for name in TIMING_FIELDS)
+_timing_fields = operator.attrgetter(*TIMING_FIELDS)   # hw -> their values, a tuple
 
 
 def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
@@ -1146,13 +1146,14 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     which its rows' DRAM addresses repeat modulo the line (without a DRAM image, token
     ``t``'s row is at ``pool_addr + t * row_bytes``, ``_dma_rows``), and the prefetch's
     ``col_offset`` (added to each row's address) modulo the line."""
-    W, op, spec, operands = hw.line_bytes, instr.mnemonic, instr.spec, instr.operands
+    op, operands = instr.mnemonic, instr.operands
     if op == "MATMUL":
         W = hw.l2_stripe_bytes
-        return tuple(value % W if f.name in _MATMUL_MODULO else value
-                     for f, value in zip(spec.fields, operands, strict=True))
-    key = [value % W if f.address else value
-           for f, value in zip(spec.fields, operands, strict=True)]
+        return tuple([value % W if modulo else value
+                      for modulo, value in zip(_MATMUL_MASK, operands, strict=True)])
+    W, spec = hw.line_bytes, instr.spec
+    key = [value % W if address else value
+           for address, value in zip(_ADDRESS_MASK[op], operands, strict=True)]
     if op == "ROPE":
         key[spec.field_index["pos0"]] = 0
     elif op == "KV_APPEND" or (op == "KV_PREFETCH" and instr.kv_format == KvFormat.INT8):
@@ -1183,6 +1184,11 @@ _modes: dict = {}
 #: A ``MATMUL``'s fields its timing reads only modulo the banks' lines (``_timing_operands``).
 _MATMUL_MODULO = {f.name for f in BY_MNEMONIC["MATMUL"].fields if f.address} | {
     "x_stride", "w_stride", "out_stride"}
+#: ... as a mask over its fields in order, and each instruction's address fields'
+#: (``_timing_operands``' reading of them)
+_MATMUL_MASK = tuple(f.name in _MATMUL_MODULO for f in BY_MNEMONIC["MATMUL"].fields)
+_ADDRESS_MASK = {name: tuple(f.address for f in spec.fields)
+                 for name, spec in BY_MNEMONIC.items()}
 
 
 def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:

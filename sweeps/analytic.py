@@ -399,7 +399,7 @@ class _Timing(Generator):
         # blocks of output channels, a tile per piece of the reduction each
         per = next((i for i, t in enumerate(plan) if t[0] != plan[0][0]), len(plan))
         blocks = len(plan) // per
-        full = sum(1 for t in plan[::per] if t[1] == plan[0][1])    # all but a short last
+        full = blocks - (plan[-1][1] != plan[0][1])     # all but a short last (the only one)
         seen: dict | None = {}                   # a full block's start -> what came before
         b = 0
         while b < blocks:
