@@ -497,10 +497,11 @@ def _series(rows, by):
             for k, v in sorted(groups.items(), key=lambda kv: _order(kv[0]))}
 
 
-#: The most lines a figure of series draws (its legend stays readable): past them, the
-#: series whose best point has the most tokens/s per $ (a 1,000-point sweep's 216 series
+#: The most lines a figure of series draws (its legend stays readable, each line its own
+#: colour): past them, the
+#: series whose best point has the most tokens/s per $ (a 1,000-point sweep's 192 series
 #: were a legend taller than the page).
-MAX_LINES = 12
+MAX_LINES = 10          # (matplotlib's colour cycle: past it, two lines share a colour)
 
 
 def _drawn(series: dict) -> tuple[dict, str]:
@@ -591,7 +592,7 @@ def write_report(out: str | Path) -> dict:
     sizes = sorted({r["l2_bytes"] for r in rows})
 
     # tokens/s against L2, prefetch on and off
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))     # (room for the legend beside it)
     every_series = _series(rows, group_keys + ["prefetch"])
     drawn, cut = _drawn(every_series)
     for key, s in drawn.items():
@@ -602,7 +603,7 @@ def write_report(out: str | Path) -> dict:
     ax.set_ylim(bottom=0)                    # differences drawn to scale
     _l2_axis(ax, sizes)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))   # off the data
     _save(fig, out, "tokens_vs_l2")
 
     # performance per cost against L2, optimum marked
@@ -626,8 +627,9 @@ def write_report(out: str | Path) -> dict:
                                    "tokens_per_s_per_dollar": value, "interior": interior,
                                    "sizes": len(s), "infeasible_sizes": len(run) - len(s),
                                    "l2_bytes_per_mm2": _optimum(s, "tokens_per_s_per_mm2")[0]})
-    axes[0].set(ylabel="tokens/s per mm²", title="Performance per area (★ optimum)")
-    axes[1].set(ylabel="tokens/s per $", title="Performance per dollar (★ optimum)")
+    # (two lines: a long legend beside narrows the axes, and the titles ran together)
+    axes[0].set(ylabel="tokens/s per mm²", title="Performance per area\n(★ optimum)")
+    axes[1].set(ylabel="tokens/s per $", title="Performance per dollar\n(★ optimum)")
     _note(fig, cut)
     for ax in axes:
         ax.set_ylim(bottom=0)
@@ -919,9 +921,11 @@ NOT_VARIED = ("Not drawn: the sweep keeps this figure's x axis fixed; the note n
               "axis that would plot it.")
 CAPTIONS = {
     "tokens_vs_l2": "Tokens/s (whole workload: prefill then decode) against L2 size; solid "
-                    "with prefetch, dashed without.",
+                    f"with prefetch, dashed without (at most {MAX_LINES} series: those whose "
+                    "best point has the most tokens/s per $).",
     "perf_per_cost": "Performance per area and per dollar against L2 size; the star marks "
-                     "each series' optimum.",
+                     f"each series' optimum (at most {MAX_LINES} series, both panels: those "
+                     "whose best point has the most tokens/s per $).",
     "batch": "Tokens/s (whole workload: the batch's prefills one after another, then "
              "decode steps of all its sequences, the weights read once a step) and tokens/s "
              "per dollar (DRAM bought for every sequence's KV at the model's context) "
@@ -1013,8 +1017,8 @@ def _write_text(out: Path, rows, findings, group_keys) -> None:
              for r in best]
     body += ["</tbody></table></section>", "<section><h2>Figures</h2><div class='grid'>"]
     for name in FIGURES:
-        wide = (" class='wide'" if name in ("perf_per_cost", "batch", "kv_budget",
-                                             "time_breakdown") else "")
+        wide = (" class='wide'" if name in ("tokens_vs_l2", "perf_per_cost", "batch",
+                                             "kv_budget", "time_breakdown") else "")
         body += [f"<figure{wide}><a href='{name}.svg'><img src='{name}.png' alt='{name}'></a>",
                  f"<figcaption>{esc(captions[name])}</figcaption></figure>"]
     body += ["</div></section>"]
@@ -1046,15 +1050,17 @@ def optimum_line(o: dict) -> str:
 def _spec_summary(rows, group_keys, infeasible=()) -> str:
     """What the sweep held fixed and what it varied, in a sentence; the L2 sizes are those
     run, ``infeasible`` points' (``findings["infeasible"]``) included."""
-    fixed = []
+    fixed, held = [], set()
     for key in ("model", "hw", "array", "node"):
         values = sorted({str(r.get(key)) for r in rows})
         if len(values) == 1 and values[0] != "None":
             fixed.append(f"{key} {values[0]}")
+            held.add(key)
     sizes = sorted({r["l2_bytes"] for r in (*rows, *infeasible)})
+    # (a model or node that varies is named with the rest: it was in neither list)
     varied = [f"L2 {size_label(sizes[0])}" + (f" to {size_label(sizes[-1])}"
                                               if len(sizes) > 1 else "")] + [
-        k for k in group_keys if k not in ("model", "hw", "array", "node")]
+        k for k in group_keys if k not in held]
     prefetch = ["prefetch on/off"] if len({r["prefetch"] for r in rows}) > 1 else []
     return ", ".join(fixed) + "; varied: " + ", ".join(varied + prefetch)
 

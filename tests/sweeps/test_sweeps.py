@@ -927,6 +927,10 @@ def test_report_roofline_and_summary_know_the_weights_and_the_fixed_settings():
     assert "prefetch" not in _spec_summary(rows, [])
     rows[1]["prefetch"] = False
     assert _spec_summary(rows, []).endswith("prefetch on/off")
+    # a model and node that vary are named as varied (they were in neither list)
+    rows = [{**r, "model": m, "node": n} for r in rows for m, n in (("a", "7nm"), ("b", "16nm"))]
+    assert _spec_summary(rows, ["model", "node"]) == ("hw edge-8x8; varied: L2 64 KiB to 1 "
+                                                     "MiB, model, node, prefetch on/off")
 
 
 def test_roofline_names_each_operator_once_and_keeps_to_its_range(sweep, tmp_path,
