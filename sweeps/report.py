@@ -934,7 +934,8 @@ CAPTIONS = {
                  "against the KV budget: compressed chunks (lines, "
                  "their channels averaging that many bits) and the int8 cache (crosses at "
                  "8), one series per L2 size; solid with prefetch, dashed without.",
-    "area": "Die area by part against L2 size.",
+    "area": "Die area by part against L2 size, on the first series' node and array (its "
+            "title names them).",
     "pareto": "Tokens/s against die area for every point (hollow: prefetch off), with the "
               "Pareto front of each model and workload.",
     "roofline": "Roofline of the best point's hardware (tokens/s per $) with the model's "
@@ -1042,7 +1043,7 @@ def optimum_line(o: dict) -> str:
     # (a random sample may run a series at a few sizes only: how many is said)
     return (f"{o['series']}: tokens/s per $ peaks at L2 = "
             f"{size_label(o['l2_bytes_per_dollar'])} of the {o['sizes']} sizes run "
-            f"({'an interior optimum' if o['interior'] else 'at the edge of the range'}, "
+            f"({'an interior optimum' if o['interior'] else 'at the edge of the sizes run'}, "
             f"{o['tokens_per_s_per_dollar']:.4g} tokens/s/$); per mm² at "
             f"{size_label(o['l2_bytes_per_mm2'])}")
 

@@ -606,7 +606,7 @@ def test_report_says_what_is_missing_and_gives_no_optimum_for_one_size(sweep, tm
                                                                       capsys):
     """An interrupted sweep's report counts the spec's points not run yet; rows that are
     not the spec's are counted as left out; a series with one L2 size run is not
-    reported as an optimum "at the edge of the range"."""
+    reported as an optimum "at the edge of the sizes run"."""
     from accel.cli import main
 
     _, out, _ = sweep
@@ -619,7 +619,7 @@ def test_report_says_what_is_missing_and_gives_no_optimum_for_one_size(sweep, tm
     assert main(["report", str(folder)]) == 0
     printed = capsys.readouterr().out
     assert "4 of the spec's points not run yet" in printed
-    assert "only L2 = 1 MiB was run" in printed and "edge of the range" not in printed
+    assert "only L2 = 1 MiB was run" in printed and "at the edge of" not in printed
     md = (folder / "report.md").read_text()
     assert re.search(r"2 feasible design points from `[^`]*`; 4 of the spec's points not "
                      r"run yet", md)
