@@ -30,6 +30,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import sys
 import warnings
 from collections import Counter, defaultdict
@@ -483,9 +484,12 @@ def _check_distinct(rows, settings: list[str], where: dict[int, str]) -> None:
 
 def _order(key: tuple) -> tuple:
     """A sort key for a tuple of field values: numbers by value (batch 2 before 16), the
-    rest as text."""
-    return tuple((0, v, "") if isinstance(v, int | float) and not isinstance(v, bool)
-                 else (1, 0, str(v)) for v in key)
+    rest as text with its runs of digits by value (7nm before 16nm, edge-4x4 before
+    edge-16x16)."""
+    return tuple((0, v, ()) if isinstance(v, int | float) and not isinstance(v, bool)
+                 else (1, 0, tuple(int(part) if i % 2 else part
+                                   for i, part in enumerate(re.split(r"(\d+)", str(v)))))
+                 for v in key)
 
 
 def _series(rows, by):

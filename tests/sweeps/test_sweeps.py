@@ -12,7 +12,7 @@ import pytest
 
 from arch.hardware import load_hardware
 from sweeps import cost as C
-from sweeps.report import FIGURES, _spec_summary, matmul_intensity, write_report
+from sweeps.report import FIGURES, _order, _spec_summary, matmul_intensity, write_report
 from sweeps.runner import finished_keys, point_key, run_sweep
 from sweeps.spec import SpecError, load_spec
 
@@ -927,6 +927,10 @@ def test_report_roofline_and_summary_know_the_weights_and_the_fixed_settings():
     assert "prefetch" not in _spec_summary(rows, [])
     rows[1]["prefetch"] = False
     assert _spec_summary(rows, []).endswith("prefetch on/off")
+    # series and findings in natural order: 7nm before 16nm (text put it after 28nm)
+    assert sorted(["28nm", "7nm", "16nm", "edge-16x16", "edge-4x4"],
+                  key=lambda v: _order((v,))) == ["7nm", "16nm", "28nm", "edge-4x4",
+                                                  "edge-16x16"]
     # a model and node that vary are named as varied (they were in neither list)
     rows = [{**r, "model": m, "node": n} for r in rows for m, n in (("a", "7nm"), ("b", "16nm"))]
     assert _spec_summary(rows, ["model", "node"]) == ("hw edge-8x8; varied: L2 64 KiB to 1 "
