@@ -43,7 +43,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sweeps.spec import HW_FIELDS, SETTINGS, point_hardware  # noqa: E402
+from sweeps.spec import HW_FIELDS, SETTINGS, is_workload, point_hardware  # noqa: E402
 
 FIGURES = ("tokens_vs_l2", "perf_per_cost", "batch", "kv_budget", "area", "pareto",
            "roofline", "time_breakdown")
@@ -148,8 +148,7 @@ def _record(current: Path) -> tuple[set[str], str | None, dict | None]:
                               f"the spec's workloads (name: prompt and output token counts); "
                               f"rerun the sweep")
         for name, w in workloads.items():
-            if not (isinstance(w, dict) and set(w) == {"prompt", "output"}
-                    and all(type(v) is int and v >= 1 for v in w.values())):
+            if not is_workload(w):
                 raise ReportError(f"{current}: workloads.{name} = {json.dumps(w)[:60]} is "
                                   f"not a workload (prompt and output token counts); rerun "
                                   f"the sweep")

@@ -190,6 +190,14 @@ def _expand(name: str, value, fail) -> list:
     return values
 
 
+def is_workload(w) -> bool:
+    """Whether ``w`` is a workload: ``{"prompt": N, "output": N}``, positive integers (a
+    spec's ``[workloads]`` entry, and ``sweep.json``'s record of it)."""
+    return (isinstance(w, dict) and set(w) == {"prompt", "output"}
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                    for v in w.values()))
+
+
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
@@ -239,9 +247,7 @@ def load_spec(path: str | Path) -> Spec:
 
     workloads = dict(DEFAULT_WORKLOADS)
     for name, w in data.get("workloads", {}).items():
-        if not (isinstance(w, dict) and set(w) == {"prompt", "output"}
-                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                        for v in w.values())):
+        if not is_workload(w):
             fail_at(name, "workloads", f"workload {name!r} needs prompt = N and output = N, "
                     "positive integers")
         workloads[name] = w
