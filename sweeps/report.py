@@ -500,11 +500,10 @@ def _series(rows, by):
             for k, v in sorted(groups.items(), key=lambda kv: _order(kv[0]))}
 
 
-#: The most lines a figure of series draws (its legend stays readable, each line its own
-#: colour): past them, the
-#: series whose best point has the most tokens/s per $ (a 1,000-point sweep's 192 series
-#: were a legend taller than the page).
-MAX_LINES = 10          # (matplotlib's colour cycle: past it, two lines share a colour)
+#: The most lines a figure of series draws, matplotlib's ten colours (past them two lines
+#: share one): the series whose best point has the most tokens/s per $ (a 1,000-point
+#: sweep's 192 series were a legend taller than the page).
+MAX_LINES = 10
 
 
 def _drawn(series: dict) -> tuple[dict, str]:
