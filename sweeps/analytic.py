@@ -1175,12 +1175,26 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
         starts[q], ends[q] = begin[i], end[i]
         rates[q] = lines[i] / max(1.0, end[i] - begin[i])
         cum[q + 1] = cum[q] + rates[q] * (end[i] - begin[i])
-    for j in loading:
+    k_lo = k_hi = 0             # the intervals begun by lo and by hi: the loads' copier
+    for j in loading:           # intervals come in order, so these only move forward
         lo, hi = write_start[j], load_end[j]
-        need = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi)
-                - _usage_lines(starts, ends, rates, cum, lo)) / l2_lines_per_cycle
+        k_lo, k_hi = _begun(starts, lo, k_lo), _begun(starts, hi, k_hi)
+        need = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi, k_hi)
+                - _usage_lines(starts, ends, rates, cum, lo, k_lo)) / l2_lines_per_cycle
         wait = math.ceil(need - (hi - lo - max(waits[j], held[j])))
         again[j] = wait if wait > 0 else 0
+
+
+@njit
+def _begun(starts, t, k):
+    """``np.searchsorted(starts, t, side="right")`` (``starts`` sorted), walked forward
+    from ``k`` where ``t`` is at or past ``starts[k - 1]`` (a later load's time), else
+    searched."""
+    if k > 0 and starts[k - 1] > t:
+        return np.searchsorted(starts, t, side="right")
+    while k < len(starts) and starts[k] <= t:
+        k += 1
+    return k
 
 
 @njit

@@ -191,13 +191,16 @@ class _Usage:
 
 
 @njit
-def _usage_lines(starts, ends, rates, cum, t: float) -> float:
+def _usage_lines(starts, ends, rates, cum, t: float, k: int = -1) -> float:
     """``_Usage.lines(t)`` of an engine whose instructions take their lines evenly (no
     ``l2_profile``) over arrays: ``starts``, ``ends`` and ``rates`` of its intervals,
     ``cum`` the prefix sums of their lines (``_Usage.cum``); the same arithmetic in the
     same order, so the same value (``tests/sweeps/test_perf_model.py``). Compiled for the
-    fast path (``sweeps.analytic._l2_waits``), which asks it twice a load."""
-    k = np.searchsorted(starts, t, side="right")
+    fast path (``sweeps.analytic._l2_waits``), which asks it twice a load and passes
+    ``k``, the intervals begun by ``t`` (``np.searchsorted(starts, t, side="right")``),
+    where it has them."""
+    if k < 0:
+        k = np.searchsorted(starts, t, side="right")
     total = cum[k]
     j = k - 1
     while j >= 0 and ends[j] > t:

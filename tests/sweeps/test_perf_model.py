@@ -912,7 +912,10 @@ def test_a_read_behind_a_held_loads_lines_waits_for_them():
 def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
     """``_usage_lines`` (compiled, the fast path's) is ``_Usage.lines`` without profiles,
     value for value: random intervals in order (some overlapping their neighbours, some
-    shorter than a cycle) asked at their ends, their starts and between."""
+    shorter than a cycle) asked at their ends, their starts and between; and with the
+    intervals begun by each time found as ``_l2_waits`` finds them (``_begun``, walking
+    forward from the last time's, searching where a time goes back)."""
+    from sweeps.analytic import _begun
     from sweeps.perf import _Usage, _usage_lines
 
     rng = np.random.default_rng(3)
@@ -926,8 +929,14 @@ def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
         usage = _Usage(intervals)
         rates = np.array([r for _, _, r in intervals])
         cum = np.array(usage.cum)
-        for t in [*starts, *ends, *rng.uniform(-10, 5400, 30)]:
+        times = [*starts, *ends, *rng.uniform(-10, 5400, 30)]
+        for t in times:
             assert _usage_lines(starts, ends, rates, cum, float(t)) == usage.lines(t)
+        k = 0                                   # in order, then in the order drawn
+        for t in [*sorted(times), *times]:
+            k = _begun(starts, float(t), k)
+            assert k == np.searchsorted(starts, t, side="right"), (t, k)
+            assert _usage_lines(starts, ends, rates, cum, float(t), k) == usage.lines(t)
 
 
 def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
