@@ -841,16 +841,19 @@ def _named(tiles: list) -> tuple[np.ndarray, list]:
     tiles compare as numbers, the cached ``Copies`` and store tuples as objects (equal
     ones built apart count as different); each tile object is read once, however often
     it recurs (a cached matmul's tiles)."""
-    ids = list(map(id, tiles))
-    objects = dict(zip(ids, tiles, strict=True))       # each tile object once
+    ids = np.fromiter(map(id, tiles), np.int64, len(tiles))
+    # each tile object once, in the order it first occurs
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first)
     names: dict = {}
-    name_of, firsts = {}, []
-    for key, t in objects.items():
-        name_of[key] = name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]),
-                                               len(names))
+    name_of, firsts = np.empty(len(first), np.int64), []
+    for u in order.tolist():
+        t = tiles[first[u]]
+        name_of[u] = name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]),
+                                             len(names))
         if name == len(firsts):
             firsts.append(t)
-    return np.fromiter(map(name_of.__getitem__, ids), np.int64, len(ids)), firsts
+    return name_of[inverse.reshape(-1)], firsts
 
 
 def _columns(parts: list[list]) -> tuple[tuple[_Cols, ...], tuple]:
@@ -1119,7 +1122,7 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
     if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
                                   and not trap):
         return _extrapolate(cols, _run(cols, schedule, np.zeros(n_tiles), 0, indices),
-                            cuts)
+                            cuts, schedule[3])
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
     loading = np.flatnonzero((indices[0][1] == 2) & (cols.load_l2 != 0))
     waits = np.zeros(n_tiles, np.int64)
@@ -1158,7 +1161,7 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
         if np.array_equal(again, waits) and np.array_equal(again_held, held):
             break
         waits, held = again, again_held
-    return _extrapolate(cols, run, cuts)
+    return _extrapolate(cols, run, cuts, schedule[3])
 
 
 @njit
@@ -1416,20 +1419,23 @@ def _steady(series: tuple, e: int, p: int, window: int) -> bool:
     return all(bool((np.abs(x[at] - x[at - a] - step) <= tol).all()) for x in series)
 
 
-def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple) -> tuple:
-    """``_pipeline``'s result from a ``_run`` over tiles ``_periodic`` cut, and the first
-    tiles of the runs whose engines had not settled before their cut (``_steady``: every
-    load's and compute's times advancing alike over the repeats its period is measured
-    over, ``PERIOD_REPEATS`` or whole periods of a small ring's pointer, before it).
-    After each cut, the repeats removed at the period the engines kept over those
-    repeats (the compute ends' and the load busy's advance) are added to the cycles, to
-    the load and compute busy, and to every later compute's begin and end and load
-    busy."""
+def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple, needs: np.ndarray) -> tuple:
+    """``_pipeline``'s result from a ``_run`` over tiles ``_periodic`` cut, and the runs
+    whose engines had not settled before their cut (``_steady``: every load's and
+    compute's times advancing alike over the repeats its period is measured over,
+    ``PERIOD_REPEATS`` or whole periods of a small ring's pointer, before it), as
+    ``(first tile, repeats to step before the cut)``: ``_drained``'s, or 0. After each
+    cut, the repeats removed at the period the engines kept over those repeats (the
+    compute ends' and the load busy's advance) are added to the cycles, to the load and
+    compute busy, and to every later compute's begin and end and load busy. ``needs``:
+    ``_schedule``'s, the load each compute reads last."""
     (cycles, load_busy, compute_busy), write_start, load_end, compute_begin, compute_ends, \
         busy_to = run
     if not cuts:
         return run[0], compute_begin, compute_ends, busy_to, ()
-    unsteady = tuple(first for e, p, _, first, _, w in cuts
+    unsteady = tuple((first, _drained(tiles, load_end, compute_begin, compute_ends, needs, e,
+                                      p, kept, w))
+                     for e, p, _, first, kept, w in cuts
                      if not _steady((compute_ends, compute_begin, load_end, write_start), e, p,
                                     w))
     compute_begin, compute_ends, busy_to = compute_begin.copy(), compute_ends.copy(), \
@@ -1452,6 +1458,37 @@ def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple) -> tuple:
             busy_to, unsteady)
 
 
+def _drained(tiles: _Cols, load_end: np.ndarray, compute_begin: np.ndarray,
+             compute_ends: np.ndarray, needs: np.ndarray, e: int, p: int, kept: int,
+             w: int) -> int:
+    """The repeats of a run not settled by its cut (at tile ``e``, ``kept`` repeats of
+    ``p`` tiles stepped, its period measured over ``w``) to step before the cut once the
+    load engine's lead has drained, or 0 where it is not draining: where every compute
+    advanced alike but the loads fell behind by ``drift`` cycles a repeat, the computes
+    wait for them once the least slack between a compute's begin and the end of the
+    load it reads (``needs``) has gone, ``slack / drift`` repeats on; stepped that far
+    and ``kept`` more, the run is cut where the engines run at the loads' pace.
+    (Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB: its loads fall behind by 4 cycles a
+    repeat with 15,854 cycles of slack, so the lead drains after 3,964 of its 4,737
+    repeats; stepping four times as far each time, the pipeline ran four times.)"""
+    if not _steady((compute_ends, compute_begin), e, p, w):
+        return 0
+    a = w * p
+    at = np.arange(e - p + 1, e + 1)
+    step = (compute_ends[e] - compute_ends[e - a]) / w
+    loads = at[tiles.has_load[at]]
+    reads = needs[at]
+    reads = reads[reads >= 0]
+    if not len(loads) or not len(reads):
+        return 0
+    drift = float(((load_end[loads] - load_end[loads - a]) / w).max() - step)
+    slack = float((compute_begin[at][needs[at] >= 0]
+                   - (load_end[reads] + 1 - ENGINE_START_CYCLES)).min())
+    if drift <= 0 or slack <= 0:
+        return 0
+    return kept + math.ceil(slack / drift) + kept
+
+
 def _timeline(tiles: _Cols, repeats: tuple, ring: int | None, l2: tuple, keep: tuple = ()
               ) -> tuple:
     """``_pipeline`` over ``tiles`` with their periodic runs (``repeats``) cut
@@ -1467,8 +1504,9 @@ def _timeline(tiles: _Cols, repeats: tuple, ring: int | None, l2: tuple, keep: t
         if not unsteady:
             return totals, [(float(compute_begin[index[k]]), float(compute_ends[index[k]]),
                              float(busy_to[index[k]])) for k in keep]
-        for first in unsteady:
-            front[first] = 4 * (front.get(first) or next(c[4] for c in cuts if c[3] == first))
+        for first, drained in unsteady:
+            front[first] = max(drained, 4 * (front.get(first)
+                                             or next(c[4] for c in cuts if c[3] == first)))
 
 
 def first_fetch_cycles(hw: HardwareConfig) -> int:

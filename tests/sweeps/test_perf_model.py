@@ -427,6 +427,35 @@ def test_runs_are_cut_once_the_load_engines_lead_has_drained(monkeypatch, name, 
     assert abs(cut.load_busy - full.load_busy) <= 0.0005 * full.load_busy, (cut, full)
 
 
+def test_a_run_whose_lead_drains_is_stepped_past_the_drain_at_once(monkeypatch):
+    """A run whose loads fall behind its computes by a few cycles a repeat is not
+    settled until the load engine's lead has drained; the fast path steps it to where
+    the slack runs out (``analytic._drained``) rather than four times as far again
+    each time. Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB (4 cycles a repeat, 3,964
+    of 4,737 repeats) took the pipeline four runs; it takes two, and the step is that
+    of stepping every tile, cycles and load busy."""
+    from sweeps import analytic
+
+    hw = load_hardware("edge-4x4").replace(l2_bytes=1 << 20)
+    pipeline, runs = analytic._pipeline, []
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(analytic, "_pipeline", counted)
+    decode_step.cache_clear()
+    cut = decode_step(preset("qwen2.5-0.5b"), hw, 511)
+    assert len(runs) == 2, runs
+    monkeypatch.setattr(analytic, "_periodic",
+                        lambda tiles, repeats, ring, keep=(), front=None:
+                        (tiles, (), range(len(tiles))))
+    decode_step.cache_clear()
+    full = decode_step(preset("qwen2.5-0.5b"), hw, 511)
+    decode_step.cache_clear()
+    assert (cut.cycles, cut.load_busy) == (full.cycles, full.load_busy), (cut, full)
+
+
 def _canonical(graph) -> tuple:
     """A graph as plain values: each tensor by its buffer's place among the graph's
     buffers (which ops share a buffer), name and size, and its view; no buffer ids."""
