@@ -1122,7 +1122,7 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
     if not l2_lines_per_cycle or (busiest + dram_lines_per_cycle <= l2_lines_per_cycle
                                   and not trap):
         return _extrapolate(cols, _run(cols, schedule, np.zeros(n_tiles), 0, indices),
-                            cuts, schedule[3])
+                            cuts, schedule)
     # the loads a row copier moves (a chunked KV prefetch takes no part in the L2 rules)
     loading = np.flatnonzero((indices[0][1] == 2) & (cols.load_l2 != 0))
     waits = np.zeros(n_tiles, np.int64)
@@ -1161,7 +1161,7 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
         if np.array_equal(again, waits) and np.array_equal(again_held, held):
             break
         waits, held = again, again_held
-    return _extrapolate(cols, run, cuts, schedule[3])
+    return _extrapolate(cols, run, cuts, schedule)
 
 
 @njit
@@ -1419,22 +1419,21 @@ def _steady(series: tuple, e: int, p: int, window: int) -> bool:
     return all(bool((np.abs(x[at] - x[at - a] - step) <= tol).all()) for x in series)
 
 
-def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple, needs: np.ndarray) -> tuple:
+def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple, schedule: tuple) -> tuple:
     """``_pipeline``'s result from a ``_run`` over tiles ``_periodic`` cut, and the runs
     whose engines had not settled before their cut (``_steady``: every load's and
     compute's times advancing alike over the repeats its period is measured over,
     ``PERIOD_REPEATS`` or whole periods of a small ring's pointer, before it), as
-    ``(first tile, repeats to step before the cut)``: ``_drained``'s, or 0. After each
+    ``(first tile, repeats to step before the cut)``: ``_settle_repeats``', or 0. After each
     cut, the repeats removed at the period the engines kept over those repeats (the
     compute ends' and the load busy's advance) are added to the cycles, to the load and
-    compute busy, and to every later compute's begin and end and load busy. ``needs``:
-    ``_schedule``'s, the load each compute reads last."""
+    compute busy, and to every later compute's begin and end and load busy.
+    ``schedule``: ``_schedule``'s, where the tiles were placed."""
     (cycles, load_busy, compute_busy), write_start, load_end, compute_begin, compute_ends, \
         busy_to = run
     if not cuts:
         return run[0], compute_begin, compute_ends, busy_to, ()
-    unsteady = tuple((first, _drained(tiles, load_end, compute_begin, compute_ends, needs, e,
-                                      p, kept, w))
+    unsteady = tuple((first, _settle_repeats(tiles, run, schedule, e, p, kept, w))
                      for e, p, _, first, kept, w in cuts
                      if not _steady((compute_ends, compute_begin, load_end, write_start), e, p,
                                     w))
@@ -1458,35 +1457,48 @@ def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple, needs: np.ndarray) -> tu
             busy_to, unsteady)
 
 
-def _drained(tiles: _Cols, load_end: np.ndarray, compute_begin: np.ndarray,
-             compute_ends: np.ndarray, needs: np.ndarray, e: int, p: int, kept: int,
-             w: int) -> int:
-    """The repeats of a run not settled by its cut (at tile ``e``, ``kept`` repeats of
-    ``p`` tiles stepped, its period measured over ``w``) to step before the cut once the
-    load engine's lead has drained, or 0 where it is not draining: where every compute
-    advanced alike but the loads fell behind by ``drift`` cycles a repeat, the computes
-    wait for them once the least slack between a compute's begin and the end of the
-    load it reads (``needs``) has gone, ``slack / drift`` repeats on; stepped that far
-    and ``kept`` more, the run is cut where the engines run at the loads' pace.
-    (Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB: its loads fall behind by 4 cycles a
-    repeat with 15,854 cycles of slack, so the lead drains after 3,964 of its 4,737
-    repeats; stepping four times as far each time, the pipeline ran four times.)"""
-    if not _steady((compute_ends, compute_begin), e, p, w):
+def _settle_repeats(tiles: _Cols, run: tuple, schedule: tuple, e: int, p: int, kept: int,
+                    w: int) -> int:
+    """The repeats to step before the cut of a run not settled by it (at tile ``e``,
+    ``kept`` repeats of ``p`` tiles stepped, its period measured over ``w``; ``run``:
+    ``_run``'s, ``schedule``: ``_schedule``'s) where its computes advanced alike and
+    its loads drift against them, or 0. Loads that fall behind by ``drift`` cycles a
+    repeat are a lead the load engine built before the run draining: the computes wait
+    for them once the least slack between a compute's begin and the end of the load it
+    reads (``needs``) has gone, ``slack / drift`` repeats on. Loads that gain on the
+    computes do so until the compute that frees their staging slot holds them
+    (``dep``): ``slack / drift`` repeats on, with the least slack between a load's
+    copier start and that compute's end. Stepped that far and ``kept`` more, the run is
+    cut where the engines keep one pace. (Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB:
+    its loads fall behind by 4 cycles a repeat with 15,854 cycles of slack, so the lead
+    drains after 3,964 of its 4,737 repeats; stepping four times as far each time, the
+    pipeline ran four times, not twice.)"""
+    if not _steady((run[4], run[3]), e, p, w):
         return 0
+    _, write_start, load_end, compute_begin, compute_ends, _ = run
+    _, _, dep, needs = schedule
     a = w * p
     at = np.arange(e - p + 1, e + 1)
     step = (compute_ends[e] - compute_ends[e - a]) / w
     loads = at[tiles.has_load[at]]
-    reads = needs[at]
-    reads = reads[reads >= 0]
-    if not len(loads) or not len(reads):
+    if not len(loads):
         return 0
     drift = float(((load_end[loads] - load_end[loads - a]) / w).max() - step)
-    slack = float((compute_begin[at][needs[at] >= 0]
-                   - (load_end[reads] + 1 - ENGINE_START_CYCLES)).min())
-    if drift <= 0 or slack <= 0:
+    if drift > 0:                               # behind: until the computes wait
+        reads = needs[at]
+        if not (reads >= 0).any():
+            return 0
+        slack = (compute_begin[at][reads >= 0]
+                 - (load_end[reads[reads >= 0]] + 1 - ENGINE_START_CYCLES)).min()
+    else:                                       # ahead: until their slots hold them
+        drift = float(step - ((write_start[loads] - write_start[loads - a]) / w).max())
+        gates = dep[loads]
+        if drift <= 0 or not (gates >= 0).any():
+            return 0
+        slack = (write_start[loads][gates >= 0] - (compute_ends[gates[gates >= 0]] + 1)).min()
+    if slack <= 0:
         return 0
-    return kept + math.ceil(slack / drift) + kept
+    return kept + math.ceil(float(slack) / drift) + kept
 
 
 def _timeline(tiles: _Cols, repeats: tuple, ring: int | None, l2: tuple, keep: tuple = ()
@@ -1504,8 +1516,8 @@ def _timeline(tiles: _Cols, repeats: tuple, ring: int | None, l2: tuple, keep: t
         if not unsteady:
             return totals, [(float(compute_begin[index[k]]), float(compute_ends[index[k]]),
                              float(busy_to[index[k]])) for k in keep]
-        for first, drained in unsteady:
-            front[first] = max(drained, 4 * (front.get(first)
+        for first, settled in unsteady:
+            front[first] = max(settled, 4 * (front.get(first)
                                              or next(c[4] for c in cuts if c[3] == first)))
 
 

@@ -430,7 +430,7 @@ def test_runs_are_cut_once_the_load_engines_lead_has_drained(monkeypatch, name, 
 def test_a_run_whose_lead_drains_is_stepped_past_the_drain_at_once(monkeypatch):
     """A run whose loads fall behind its computes by a few cycles a repeat is not
     settled until the load engine's lead has drained; the fast path steps it to where
-    the slack runs out (``analytic._drained``) rather than four times as far again
+    the slack runs out (``analytic._settle_repeats``) rather than four times as far again
     each time. Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB (4 cycles a repeat, 3,964
     of 4,737 repeats) took the pipeline four runs; it takes two, and the step is that
     of stepping every tile, cycles and load busy."""
