@@ -1219,10 +1219,12 @@ def _trapped_waits(begins, ends, stolen, loading, write_start, load_end, waits, 
     last pass's timeline: its copier, alone for its interval less its waits, moving its
     lines at the pace that gives."""
     out = held.copy()
+    k = 0                       # the streams begun by the copier's start (``_begun``)
     for j in loading:
         alone = load_end[j] - write_start[j] - max(waits[j], held[j])
+        k = _begun(begins, write_start[j], k)
         out[j] = math.ceil(_trapped_cycles(begins, ends, stolen, write_start[j], alone,
-                                           load_lines[j] / max(1, alone)))
+                                           load_lines[j] / max(1, alone), k))
     return out
 
 

@@ -267,11 +267,15 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
 
 
 @njit
-def _trapped_cycles(begins, ends, stolen, lo, alone, rate):
-    """``_trapped`` over the streams' arrays (``_Streams``), compiled (numba)."""
+def _trapped_cycles(begins, ends, stolen, lo, alone, rate, begun=-1):
+    """``_trapped`` over the streams' arrays (``_Streams``), compiled (numba); ``begun``:
+    the streams begun by ``lo`` (``np.searchsorted(begins, lo, side="right")``), where
+    the caller has them (``sweeps.analytic._trapped_waits``)."""
     alone = max(0.0, alone)
     t, left = lo, alone
-    for k in range(max(0, np.searchsorted(begins, lo, side="right") - 1), len(begins)):
+    if begun < 0:
+        begun = np.searchsorted(begins, lo, side="right")
+    for k in range(max(0, begun - 1), len(begins)):
         b, e = begins[k], ends[k]
         if b - t >= left:                          # done before the stream begins
             break

@@ -968,6 +968,29 @@ def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
             assert _usage_lines(starts, ends, rates, cum, float(t), k) == usage.lines(t)
 
 
+def test_the_fast_paths_trapped_waits_walk_the_streams_as_a_search_finds_them():
+    """``_trapped_waits`` hands ``_trapped_cycles`` the streams begun by each copier's
+    start, walked forward from the last load's (``_begun``): the same cycles as its own
+    search, for copiers in order and then in the order drawn (random streams, some
+    slower than a copier, some not)."""
+    from sweeps.analytic import _begun
+    from sweeps.perf import _trapped_cycles
+
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        n = int(rng.integers(1, 30))
+        begins = np.sort(rng.uniform(0, 4000, n))
+        ends = begins + rng.uniform(0, 200, n)
+        stolen = rng.uniform(0, 1, n)
+        starts = rng.uniform(-50, 4500, 40)
+        k = 0
+        for lo in [*np.sort(starts), *starts]:
+            k = _begun(begins, float(lo), k)
+            for alone, rate in ((10.0, 0.5), (300.0, 1.0), (0.0, 0.2)):
+                assert (_trapped_cycles(begins, ends, stolen, float(lo), alone, rate, k)
+                        == _trapped_cycles(begins, ends, stolen, float(lo), alone, rate))
+
+
 def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
     """At 2 bytes a cycle a line takes 16 cycles, and STORE_COUNTERS' twelve counter
     writes, issued on the store engine's aux port while the copier still writes an
