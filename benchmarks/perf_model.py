@@ -16,6 +16,15 @@ Sections:
   further point of a sweep costs), tokens/s,
   and the fraction of the DRAM-bandwidth roofline (weights and KV bytes at
   ``dram_bytes_per_cycle``) reached.
+* ``slow``: what the ``fast`` section's slowest steps spend their time on. Steps whose
+  periodic runs settle late (edge-4x4: Qwen2.5-0.5B at 1 MiB, Sheared-LLaMA-1.3B and
+  TinyLlama-1.1B at 64 KiB): each pipeline run's tiles with the loads' drift predicting
+  where a run settles (``analytic._settle_repeats``) and with ``RESTEP_FACTOR`` alone,
+  the drifts and slacks found, and cycles and load busy of both and of stepping every
+  tile; the L2 wait, pass by pass, of the Qwen2.5-0.5B step's load that moved most at
+  the last pass; the MATMULs that TinyLlama-1.1B's step at KV 1,100 at 64 KiB times
+  afresh and their seconds; the tiles of Llama-3.2-1B's step on edge-32x32 at 64 KiB
+  (each part's, and those the pipeline steps) and the seconds of its engines' pass.
 * ``fidelity``: the fast path against the instruction-level model on compiled programs:
   decode steps (tiny, Sheared-LLaMA-1.3B and Qwen2.5-0.5B with 2 layers, on two L2
   sizes each, prefetch on and off) and prefills (tiny, 8 and 32 tokens; Sheared-LLaMA-1.3B
@@ -75,8 +84,8 @@ import time
 
 from accel.args import ArgumentParser, run_command
 
-SECTIONS = ("fast", "fidelity", "random", "workload", "cuts", "layers", "head", "l2",
-            "tp", "prefill", "density")
+SECTIONS = ("fast", "slow", "fidelity", "random", "workload", "cuts", "layers", "head",
+            "l2", "tp", "prefill", "density")
 
 
 def _emit(row: dict) -> dict:
@@ -126,6 +135,124 @@ def fast() -> list[dict]:
             "tokens_per_s": round(hw.clock_hz / step.cycles, 2),
             "dram_read_bytes": step.dram_read_bytes,
             "roofline_fraction": round(bound / step.cycles, 3)}))
+    return rows
+
+
+def slow() -> list[dict]:
+    """The ``fast`` section's slowest steps and what their time goes to (docs/perf.md):
+    the pipeline runs of steps whose periodic runs settle late, with the loads' drift's
+    prediction (``analytic._settle_repeats``) and with ``RESTEP_FACTOR`` alone, both
+    against stepping every tile; an L2 wait that grows every contention pass; the
+    MATMULs a new KV length at 64 KiB times afresh; the tiles of edge-32x32's step at
+    64 KiB and the seconds of its engines' pass. Seconds are of the step with its calls
+    logged (slower than ``fast``'s)."""
+    import numpy as np
+
+    from arch import occupancy
+    from arch.hardware import load_hardware
+    from models.config import preset
+    from sweeps import analytic
+
+    patched = ("_pipeline", "_drift", "_settle_repeats", "_periodic", "_l2_waits", "_run",
+               "_columns")
+    saved = {name: getattr(analytic, name) for name in patched}
+    saved_mode = occupancy._matmul_mode
+    log: dict = {}
+
+    def logged(name):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = saved[name](*args, **kwargs)
+            log.setdefault(name, []).append((args, out, time.perf_counter() - t0))
+            return out
+        return call
+
+    def step(hw, name, position, restep_only=False, every_tile=False):
+        """A decode step at ``position`` after one at ``position - 1`` from cold caches
+        (the ``fast`` section's ``wall_seconds``), with the calls above logged."""
+        for n in patched:
+            setattr(analytic, n, logged(n))
+        def timed_mode(*args):
+            t0 = time.perf_counter()
+            out = saved_mode(*args)
+            log.setdefault("matmul_mode", []).append(time.perf_counter() - t0)
+            return out
+        occupancy._matmul_mode = timed_mode
+        if restep_only:
+            analytic._settle_repeats = lambda *a: 0
+        if every_tile:
+            analytic._periodic = lambda tiles, repeats, ring, keep=(), front=None: (
+                tiles, (), range(len(tiles)))
+        log.clear()
+        try:
+            analytic.clear_caches()
+            analytic._plan.cache_clear()
+            analytic.decode_step(preset(name), hw, position - 1)
+            gc.collect()
+            log.clear()
+            t0 = time.perf_counter()
+            out = analytic.decode_step(preset(name), hw, position)
+            seconds = time.perf_counter() - t0
+        finally:
+            for n in patched:
+                setattr(analytic, n, saved[n])
+            occupancy._matmul_mode = saved_mode
+            analytic.clear_caches()
+        return out, seconds, {k: list(v) for k, v in log.items()}
+
+    rows = []
+    # Runs that settle late: each pipeline run's tiles, with the loads' drift predicting
+    # where a run settles (``_settle_repeats``) and with RESTEP_FACTOR alone, and the
+    # step against stepping every tile.
+    for hw_name, l2_bytes, name in (("edge-4x4", 1 << 20, "qwen2.5-0.5b"),
+                                    ("edge-4x4", 64 << 10, "sheared-llama-1.3b"),
+                                    ("edge-4x4", 64 << 10, "tinyllama-1.1b")):
+        hw = load_hardware(hw_name).replace(l2_bytes=l2_bytes)
+        new, _, new_log = step(hw, name, 511)
+        old, _, old_log = step(hw, name, 511, restep_only=True)
+        every, _, _ = step(hw, name, 511, every_tile=True)
+        drifts = [{"drift_cycles": round(d, 3), "slack_cycles": round(s, 1)}
+                  for _, (d, s), _ in new_log.get("_drift", []) if d > 0]
+        rows.append(_emit({
+            "section": "slow", "case": "settle", "model": name, "hw": hw.name,
+            "l2_bytes": l2_bytes, "position": 511,
+            "pipeline_tiles": [len(a[0]) for a, _, _ in new_log["_pipeline"]],
+            "pipeline_tiles_restep_only": [len(a[0]) for a, _, _ in old_log["_pipeline"]],
+            "cycles": new.cycles, "cycles_restep_only": old.cycles,
+            "cycles_every_tile": every.cycles, "load_busy": new.load_busy,
+            "load_busy_restep_only": old.load_busy, "load_busy_every_tile": every.load_busy,
+            "settle_repeats": sorted({r for _, r, _ in new_log.get("_settle_repeats", [])
+                                      if r}),
+            "drifts": sorted({(x["drift_cycles"], x["slack_cycles"]) for x in drifts})}))
+        if name == "qwen2.5-0.5b":
+            # the L2 waits of the first pipeline run, pass by pass: the load whose wait
+            # moved most at the last pass
+            waits = np.array([a[-1] for a, _, _ in new_log["_l2_waits"][:analytic.
+                                                                        CONTENTION_PASSES]])
+            j = int(np.argmax(np.abs(waits[-1] - waits[-2])))
+            rows.append(_emit({
+                "section": "slow", "case": "unsettled_wait", "model": name, "hw": hw.name,
+                "l2_bytes": l2_bytes, "position": 511, "passes": len(waits), "load_tile": j,
+                "wait_cycles_by_pass": waits[:, j].tolist()}))
+    # a new KV length at 64 KiB: the MATMULs timed afresh and what they take
+    hw = load_hardware("edge-16x16").replace(l2_bytes=64 << 10)
+    out, seconds, log_kv = step(hw, "tinyllama-1.1b", 1100)
+    rows.append(_emit({
+        "section": "slow", "case": "new_kv_length", "model": "tinyllama-1.1b",
+        "hw": hw.name, "l2_bytes": hw.l2_bytes, "position": 1100,
+        "matmuls_timed": len(log_kv["matmul_mode"]),
+        "matmuls_timed_seconds": round(sum(log_kv["matmul_mode"]), 3),
+        "step_seconds": round(seconds, 3)}))
+    # edge-32x32 at 64 KiB: the tiles, and one engines' pass over the cut ones
+    hw = load_hardware("edge-32x32").replace(l2_bytes=64 << 10)
+    out, seconds, log_32 = step(hw, "llama-3.2-1b", 511)
+    parts = log_32["_columns"][0][1][0]
+    rows.append(_emit({
+        "section": "slow", "case": "tiles", "model": "llama-3.2-1b", "hw": hw.name,
+        "l2_bytes": hw.l2_bytes, "position": 511, "step_seconds": round(seconds, 3),
+        "part_tiles": [len(c) for c in parts],
+        "pipeline_tiles": [len(a[0]) for a, _, _ in log_32["_pipeline"]],
+        "engine_pass_seconds": [round(t, 4) for *_, t in log_32["_run"]]}))
     return rows
 
 
@@ -536,7 +663,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.random < 1:
         parser.error(f"--random must be at least 1, not {args.random}")
-    runs = {"fast": fast, "fidelity": fidelity, "random": lambda: random_set(args.random),
+    runs = {"fast": fast, "slow": slow, "fidelity": fidelity,
+            "random": lambda: random_set(args.random),
             "workload": workload, "cuts": cuts, "layers": layers, "head": head, "l2": l2_sweep,
             "tp": tp,
             "prefill": prefill, "density": density}

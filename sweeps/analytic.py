@@ -1190,9 +1190,11 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
 
 @njit
 def _begun(starts, t, k):
-    """``np.searchsorted(starts, t, side="right")`` (``starts`` sorted), walked forward
-    from ``k`` where ``t`` is at or past ``starts[k - 1]`` (a later load's time), else
-    searched."""
+    """``np.searchsorted(starts, t, side="right")``, the intervals begun by ``t``
+    (``starts`` sorted; ``k`` from 0 to ``len(starts)``, the count for an earlier time):
+    walked forward from ``k`` where ``t`` is at or past ``starts[k - 1]``, else searched,
+    so that the count never depends on the order the times come in (the loads' copier
+    times come in order, and the walk is then a step or two a load)."""
     if k > 0 and starts[k - 1] > t:
         return np.searchsorted(starts, t, side="right")
     while k < len(starts) and starts[k] <= t:
@@ -1233,7 +1235,8 @@ def _trapped_waits(begins, ends, stolen, loading, write_start, load_end, waits, 
 #: ``LOOKAHEAD`` and the loads in flight (``DEFERRED``) repeat what they did a repeat
 #: before; ``SETTLE_FACTOR`` times as many repeats are stepped through before the rest
 #: of the run is extrapolated (``_periodic``). Where the engines do not repeat yet, the
-#: run is stepped through four times as far again (``_timeline``).
+#: run is stepped through ``RESTEP_FACTOR`` times as far again, or as far as its loads'
+#: drift says it settles (``_settle_repeats``), whichever is farther (``_timeline``).
 KEEP_LOADS = 2 * LOOKAHEAD
 #: Loads kept after a cut, so that a tile before the cut sees (through the loads
 #: hoisted above it, at most ``LOOKAHEAD`` ahead) only repeats, as it would have.
@@ -1251,13 +1254,17 @@ KEEP_REPEATS = KEEP_LOADS
 #: it, drains over the run's first repeats while the compute engine works off the loads
 #: already in, and repeats that advance alike before it has drained need not mean it
 #: has. ``python -m benchmarks.perf_model --only cuts`` times 112 steps both ways
-#: against stepping every tile: the pipeline ran 370 times at 1× (``_timeline`` runs it
-#: again where a run had not settled by its cut) and 250 at 4×; a Sheared-LLaMA-1.3B
+#: against stepping every tile: the pipeline ran 368 times at 1× (``_timeline`` runs it
+#: again where a run had not settled by its cut) and 244 at 4×; a Sheared-LLaMA-1.3B
 #: step with MXINT4 weights and a 3-bit KV cache at 16 MiB, whose runs looked settled at
 #: 1× and were not, came out 0.03% long at 1× and 0.0000% off at 4×. The worst step is
 #: 0.037% off at both (Qwen2.5-0.5B with MXINT4 weights at 16 MiB): not every error of
 #: the cut is a lead still draining.
 SETTLE_FACTOR = 4
+#: How much farther a run not settled by its cut is stepped the next time, at least
+#: (``_timeline``): each time at least four times as far, so that a run that never
+#: settles is stepped through whole after a few pipeline runs.
+RESTEP_FACTOR = 4
 
 
 def _repeats(sig: np.ndarray, has_load: np.ndarray) -> tuple:
@@ -1468,48 +1475,64 @@ def _settle_repeats(tiles: _Cols, run: tuple, schedule: tuple, e: int, p: int, k
     repeat are a lead the load engine built before the run draining: the computes wait
     for them once the least slack between a compute's begin and the end of the load it
     reads (``needs``) has gone, ``slack / drift`` repeats on. Loads that gain on the
-    computes do so until the compute that frees their staging slot holds them
-    (``dep``): ``slack / drift`` repeats on, with the least slack between a load's
-    copier start and that compute's end. Stepped that far and ``kept`` more, the run is
-    cut where the engines keep one pace. (Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB:
-    its loads fall behind by 4 cycles a repeat with 15,854 cycles of slack, so the lead
-    drains after 3,964 of its 4,737 repeats; stepping four times as far each time, the
-    pipeline ran four times, not twice.)"""
-    if not _steady((run[4], run[3]), e, p, w):
-        return 0
+    computes do so until the compute whose end a load waits for (``dep``: with prefetch,
+    the one that frees its staging slot) holds them, ``slack / drift`` repeats on, the
+    slack from that compute's end to a load's copier start (at least its begin, so the
+    repeats are if anything too many: the run is then stepped a little farther, and
+    settled). Stepped that far and ``kept`` more, the run is cut where the engines keep
+    one pace; a result past the run's repeats leaves it uncut. A drift within
+    ``_steady``'s tolerance is none (``_drift``). (``python -m benchmarks.perf_model
+    --only slow``:
+    Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB, 4,748 repeats, falls 4 cycles a repeat
+    behind with 15,854 cycles of slack at its 72nd, so the lead drains at about the
+    4,036th; stepped four times as far each time, the pipeline ran four times, now
+    twice.)"""
+    drift, slack = _drift(tiles, run, schedule, e, p, w)
+    return kept + math.ceil(slack / drift) + kept if drift > 0 and slack > 0 else 0
+
+
+def _drift(tiles: _Cols, run: tuple, schedule: tuple, e: int, p: int, w: int
+           ) -> tuple[float, float]:
+    """``_settle_repeats``' ``(drift, slack)`` of a run, both in cycles: how far its
+    loads fall behind (or gain on) its computes a repeat, and the least slack they have
+    until the computes wait (or until their gates hold them); ``(0, 0)`` where its
+    computes did not advance alike, its block has no load, or its loads do not drift
+    beyond ``_steady``'s tolerance."""
     _, write_start, load_end, compute_begin, compute_ends, _ = run
+    if not _steady((compute_ends, compute_begin), e, p, w):
+        return 0.0, 0.0
     _, _, dep, needs = schedule
     a = w * p
     at = np.arange(e - p + 1, e + 1)
     step = (compute_ends[e] - compute_ends[e - a]) / w
+    tol = (1e-9 * abs(step * w) + 1e-6) / w            # ``_steady``'s, a repeat
     loads = at[tiles.has_load[at]]
     if not len(loads):
-        return 0
+        return 0.0, 0.0
     drift = float(((load_end[loads] - load_end[loads - a]) / w).max() - step)
-    if drift > 0:                               # behind: until the computes wait
+    if drift > tol:                             # behind: until the computes wait
         reads = needs[at]
         if not (reads >= 0).any():
-            return 0
+            return 0.0, 0.0
         slack = (compute_begin[at][reads >= 0]
                  - (load_end[reads[reads >= 0]] + 1 - ENGINE_START_CYCLES)).min()
-    else:                                       # ahead: until their slots hold them
+    else:                                       # ahead: until their gates hold them
         drift = float(step - ((write_start[loads] - write_start[loads - a]) / w).max())
         gates = dep[loads]
-        if drift <= 0 or not (gates >= 0).any():
-            return 0
+        if drift <= tol or not (gates >= 0).any():
+            return 0.0, 0.0
         slack = (write_start[loads][gates >= 0] - (compute_ends[gates[gates >= 0]] + 1)).min()
-    if slack <= 0:
-        return 0
-    return kept + math.ceil(float(slack) / drift) + kept
+    return drift, float(slack)
 
 
 def _timeline(tiles: _Cols, repeats: tuple, ring: int | None, l2: tuple, keep: tuple = ()
               ) -> tuple:
     """``_pipeline`` over ``tiles`` with their periodic runs (``repeats``) cut
-    (``_periodic``), each
-    run whose engines had not settled by its cut stepped through four times as far
-    again: ``((cycles, load busy, compute busy), compute begins, compute ends, load busy
-    up to each tile)``, indexed as ``tiles``' tiles of ``keep``, in that order."""
+    (``_periodic``), each run whose engines had not settled by its cut stepped through
+    again, ``RESTEP_FACTOR`` times as far or as far as ``_settle_repeats`` says it
+    settles, whichever is farther, until every run has settled by its cut or is not cut:
+    ``((cycles, load busy, compute busy), compute begins, compute ends, load busy up to
+    each tile)``, indexed as ``tiles``' tiles of ``keep``, in that order."""
     front: dict = {}
     while True:
         cut, cuts, index = _periodic(tiles, repeats, ring, keep, front)
@@ -1519,8 +1542,8 @@ def _timeline(tiles: _Cols, repeats: tuple, ring: int | None, l2: tuple, keep: t
             return totals, [(float(compute_begin[index[k]]), float(compute_ends[index[k]]),
                              float(busy_to[index[k]])) for k in keep]
         for first, settled in unsteady:
-            front[first] = max(settled, 4 * (front.get(first)
-                                             or next(c[4] for c in cuts if c[3] == first)))
+            front[first] = max(settled, RESTEP_FACTOR * (
+                front.get(first) or next(c[4] for c in cuts if c[3] == first)))
 
 
 def first_fetch_cycles(hw: HardwareConfig) -> int:

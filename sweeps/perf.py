@@ -191,16 +191,15 @@ class _Usage:
 
 
 @njit
-def _usage_lines(starts, ends, rates, cum, t: float, k: int = -1) -> float:
+def _usage_lines(starts, ends, rates, cum, t: float, begun: int = -1) -> float:
     """``_Usage.lines(t)`` of an engine whose instructions take their lines evenly (no
     ``l2_profile``) over arrays: ``starts``, ``ends`` and ``rates`` of its intervals,
     ``cum`` the prefix sums of their lines (``_Usage.cum``); the same arithmetic in the
     same order, so the same value (``tests/sweeps/test_perf_model.py``). Compiled for the
     fast path (``sweeps.analytic._l2_waits``), which asks it twice a load and passes
-    ``k``, the intervals begun by ``t`` (``np.searchsorted(starts, t, side="right")``),
-    where it has them."""
-    if k < 0:
-        k = np.searchsorted(starts, t, side="right")
+    ``begun``, the intervals begun by ``t`` (``np.searchsorted(starts, t,
+    side="right")``), where it has them (``sweeps.analytic._begun``)."""
+    k = begun if begun >= 0 else np.searchsorted(starts, t, side="right")
     total = cum[k]
     j = k - 1
     while j >= 0 and ends[j] > t:
@@ -270,7 +269,7 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
 def _trapped_cycles(begins, ends, stolen, lo, alone, rate, begun=-1):
     """``_trapped`` over the streams' arrays (``_Streams``), compiled (numba); ``begun``:
     the streams begun by ``lo`` (``np.searchsorted(begins, lo, side="right")``), where
-    the caller has them (``sweeps.analytic._trapped_waits``)."""
+    the caller has them (``sweeps.analytic._trapped_waits``, ``_begun``)."""
     alone = max(0.0, alone)
     t, left = lo, alone
     if begun < 0:

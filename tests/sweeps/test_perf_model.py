@@ -427,32 +427,47 @@ def test_runs_are_cut_once_the_load_engines_lead_has_drained(monkeypatch, name, 
     assert abs(cut.load_busy - full.load_busy) <= 0.0005 * full.load_busy, (cut, full)
 
 
-def test_a_run_whose_lead_drains_is_stepped_past_the_drain_at_once(monkeypatch):
-    """A run whose loads fall behind its computes by a few cycles a repeat is not
-    settled until the load engine's lead has drained; the fast path steps it to where
-    the slack runs out (``analytic._settle_repeats``) rather than four times as far again
-    each time. Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB (4 cycles a repeat, 3,964
-    of 4,737 repeats) took the pipeline four runs; it takes two, and the step is that
-    of stepping every tile, cycles and load busy."""
+@pytest.mark.parametrize(("name", "l2_bytes", "restep_only"), [
+    ("qwen2.5-0.5b", 1 << 20, [1619, 4211, 5231, 8687]),
+    ("sheared-llama-1.3b", 64 << 10, [3388, 6844, 15088])])
+def test_a_run_that_settles_late_is_stepped_to_where_it_settles_at_once(
+        monkeypatch, name, l2_bytes, restep_only):
+    """A run whose loads drift against its computes by a few cycles a repeat settles
+    where the load engine's lead has drained (Qwen2.5-0.5B's LM head on edge-4x4 at
+    1 MiB: behind by 4 cycles a repeat) or where the loads' staging slots hold them
+    (Sheared-LLaMA-1.3B's projections on edge-4x4 at 64 KiB: ahead by 3); the fast path
+    steps it that far (``analytic._settle_repeats``) rather than ``RESTEP_FACTOR``
+    times as far again each time (``restep_only``: the pipeline runs' tiles so). The
+    pipeline runs twice, the second time with the run still cut (fewer tiles than the
+    step has), and the step is that of stepping every tile, cycles and load busy."""
     from sweeps import analytic
 
-    hw = load_hardware("edge-4x4").replace(l2_bytes=1 << 20)
-    pipeline, runs = analytic._pipeline, []
+    hw = load_hardware("edge-4x4").replace(l2_bytes=l2_bytes)
+    pipeline, settle, runs = analytic._pipeline, analytic._settle_repeats, []
 
-    def counted(*args, **kwargs):
-        runs.append(1)
-        return pipeline(*args, **kwargs)
+    def counted(cols, *args, **kwargs):
+        runs.append(len(cols))
+        return pipeline(cols, *args, **kwargs)
+
+    def step():
+        runs.clear()
+        decode_step.cache_clear()
+        analytic._plan.cache_clear()
+        return decode_step(preset(name), hw, 511)
 
     monkeypatch.setattr(analytic, "_pipeline", counted)
-    decode_step.cache_clear()
-    cut = decode_step(preset("qwen2.5-0.5b"), hw, 511)
-    assert len(runs) == 2, runs
+    monkeypatch.setattr(analytic, "_settle_repeats", lambda *args: 0)
+    step()
+    assert runs == restep_only, runs
+    monkeypatch.setattr(analytic, "_settle_repeats", settle)
+    cut = step()
+    settled = list(runs)
     monkeypatch.setattr(analytic, "_periodic",
                         lambda tiles, repeats, ring, keep=(), front=None:
                         (tiles, (), range(len(tiles))))
+    full = step()
     decode_step.cache_clear()
-    full = decode_step(preset("qwen2.5-0.5b"), hw, 511)
-    decode_step.cache_clear()
+    assert len(settled) == 2 and settled[1] < runs[0], (settled, runs)
     assert (cut.cycles, cut.load_busy) == (full.cycles, full.load_busy), (cut, full)
 
 
@@ -968,27 +983,47 @@ def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
             assert _usage_lines(starts, ends, rates, cum, float(t), k) == usage.lines(t)
 
 
-def test_the_fast_paths_trapped_waits_walk_the_streams_as_a_search_finds_them():
-    """``_trapped_waits`` hands ``_trapped_cycles`` the streams begun by each copier's
-    start, walked forward from the last load's (``_begun``): the same cycles as its own
-    search, for copiers in order and then in the order drawn (random streams, some
-    slower than a copier, some not)."""
-    from sweeps.analytic import _begun
-    from sweeps.perf import _trapped_cycles
+def test_the_fast_paths_waits_walk_to_what_a_search_per_load_finds():
+    """``_l2_waits`` and ``_trapped_waits`` find the computes and paced streams begun by
+    each load's times by walking forward from the last load's (``_begun``), not by a
+    search a load: on random timelines (computes one after another; loads in order, and
+    then the same loads in a shuffled order, which the walk must search back for) both
+    give the waits that searching for every load gives (``_usage_lines`` and
+    ``_trapped_cycles`` without the count), value for value."""
+    from sweeps.analytic import _l2_waits, _trapped_waits
+    from sweeps.perf import _trapped_cycles, _usage_lines
 
-    rng = np.random.default_rng(11)
-    for _ in range(30):
-        n = int(rng.integers(1, 30))
-        begins = np.sort(rng.uniform(0, 4000, n))
-        ends = begins + rng.uniform(0, 200, n)
-        stolen = rng.uniform(0, 1, n)
-        starts = rng.uniform(-50, 4500, 40)
-        k = 0
-        for lo in [*np.sort(starts), *starts]:
-            k = _begun(begins, float(lo), k)
-            for alone, rate in ((10.0, 0.5), (300.0, 1.0), (0.0, 0.2)):
-                assert (_trapped_cycles(begins, ends, stolen, float(lo), alone, rate, k)
-                        == _trapped_cycles(begins, ends, stolen, float(lo), alone, rate))
+    rng = np.random.default_rng(17)
+    for _ in range(20):
+        n = int(rng.integers(5, 60))
+        gaps, spans = rng.integers(0, 40, n), rng.integers(1, 300, n)
+        begin = np.cumsum(gaps + np.concatenate(([0], spans[:-1]))).astype(float)
+        end = begin + spans
+        lines = rng.integers(0, 400, n)
+        using = np.flatnonzero(lines)
+        write_start = np.sort(rng.uniform(-20, end[-1] + 50, n))
+        load_end = np.maximum.accumulate(write_start + rng.uniform(1, 500, n))
+        load_lines = rng.integers(1, 300, n)
+        waits, held = rng.integers(0, 30, n), rng.integers(0, 30, n)
+        stolen = rng.uniform(0, 1, len(using))
+        for loading in (np.arange(n), rng.permutation(n)):
+            again = np.zeros(n, np.int64)
+            _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lines,
+                      waits, held, 2.0, again)
+            starts, ends = begin[using], end[using]
+            rates = lines[using] / np.maximum(1.0, ends - starts)
+            cum = np.concatenate(([0.0], np.cumsum(rates * (ends - starts))))
+            for j in loading:
+                lo, hi = write_start[j], load_end[j]
+                need = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi)
+                        - _usage_lines(starts, ends, rates, cum, lo)) / 2.0
+                assert again[j] == max(0, math.ceil(need - (hi - lo - max(waits[j], held[j]))))
+            trapped = _trapped_waits(starts, ends, stolen, loading, write_start, load_end,
+                                     waits, held, load_lines)
+            for j in loading:
+                alone = load_end[j] - write_start[j] - max(waits[j], held[j])
+                assert trapped[j] == math.ceil(_trapped_cycles(
+                    starts, ends, stolen, write_start[j], alone, load_lines[j] / max(1, alone)))
 
 
 def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
