@@ -735,16 +735,21 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
     s = group = 0
     tiles = matmul_tiles(f, hw)
     per_group = len(range(0, f.k, hw.matmul_tile(f.mode)[1]))    # tiles, kt from 0 to k
-    sigs = _group_signatures(f, tiles, per_group, P, out_bytes)
+    groups = len(tiles) // per_group
+    # a group is replayed from two before it at the earliest, and the last group's record
+    # is never read: a matmul of one or two groups (most of a decode step's attention)
+    # keeps none
+    record = replay and groups >= 3
+    sigs = _group_signatures(f, tiles, per_group, P, out_bytes) if record else []
     # Per group run: its signature, the state it leaves (times from its filler's), that
     # state (absolute) and what it added (``_replay``'s); the replayed groups' moves
     history, replayed, skip = deque(maxlen=REPLAY_GROUPS + 1), [], 0
     for i, (m0, mt, n0, nc, kt, kl) in enumerate(tiles):
         if i < skip:
             continue
-        if kt == 0:                        # a group begins: run it, or replay the rest
+        if kt == 0 and record:             # a group begins: run it, or replay the rest
             sig = sigs[i // per_group]
-            d = replay and next((d for d in range(1, len(history))
+            d = next((d for d in range(1, len(history))
                       if history[-d][0] == sig and history[-1][1] == history[-1 - d][1]), 0)
             if d:          # groups replayed: their totals, and the state they leave
                 c, counts = _replay(history, d, i // per_group, sigs,
@@ -833,6 +838,8 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
             half_free[group % 2] = enter
             group += 1
             resumes += 1
+            if not record or group == groups:
+                continue
             # the group's record (above): times first, then the rest
             state = (push[0], push[1], release[0], release[1], half_free[0], half_free[1],
                      filler, stream, load, wb_free, handed, tuple(wb_taken), stream_rows, s,
