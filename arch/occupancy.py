@@ -703,6 +703,35 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     return matmul_timeline(instr, hw, cal)[0]
 
 
+def _tile_segments(f, m0: int, mt: int, n0: int, nc: int, kt: int, kl: int, P: int
+                   ) -> tuple[tuple, tuple]:
+    """What the tile filler's x and weight readers read for a ``MATMUL``'s tile (fields
+    ``f``; ``matmul_tiles``' ``(m0, mt, n0, nc, kt, kl)``): ``(x segments, weight
+    segments)``, each ``(address % P, stride % P, rows, bytes a row)`` (``P``: the L2's
+    line times its banks, over which addresses repeat their banks and alignment). The
+    x reader also takes ``(nc - mt) // 2`` NK weight rows; MXINT4 weights are ``(kl + 1)
+    // 2`` packed bytes a row from byte ``kt // 2`` (``kt`` is a multiple of the tile's
+    reduction, so of the block), and the weight reader also reads each row's block
+    exponents."""
+    x_base = f.x_addr + m0 * f.x_stride + kt
+    x_segs = [(x_base % P, f.x_stride % P, mt, kl)]
+    if f.w_layout == WeightLayout.KN:
+        w_base = f.w_addr + kt * f.w_stride + n0
+        return tuple(x_segs), ((w_base % P, f.w_stride % P, kl, nc),)
+    mx = f.w_format == WeightFormat.MXINT4
+    x_w = max(0, (nc - mt) // 2)
+    w_base = f.w_addr + n0 * f.w_stride + (kt // 2 if mx else kt)
+    w_bytes = (kl + 1) // 2 if mx else kl
+    w_segs = [(w_base % P, f.w_stride % P, nc - x_w, w_bytes)]
+    if x_w:
+        x_segs.append(((w_base + (nc - x_w) * f.w_stride) % P, f.w_stride % P, x_w, w_bytes))
+    if mx:
+        e_row = -(-f.k // MX_BLOCK)            # bytes of block exponents per weight row
+        e_base, e_bytes = f.e_addr + n0 * e_row + kt // MX_BLOCK, -(-kl // MX_BLOCK)
+        w_segs.append((e_base % P, e_row % P, nc, e_bytes))
+    return tuple(x_segs), tuple(w_segs)
+
+
 def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIBRATION,
                     replay: bool = True) -> tuple[Occupancy, list[int]]:
     """``matmul_occupancy`` and the cycle (from the unit's start) at which each tile is
@@ -712,9 +741,6 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
     W, R = hw.line_bytes, hw.array_rows
     out_bytes = instr.spec.field("out_addr").elem_bytes         # int32 results
     gemv = f.mode == MatmulMode.GEMV
-    kn = f.w_layout == WeightLayout.KN
-    mx = f.w_format == WeightFormat.MXINT4
-    e_row = -(-f.k // MX_BLOCK)                # bytes of block exponents per weight row
     latency = R if gemv else R + hw.array_cols - 1
     banks = int(hw.l2_lines_per_cycle)
     P = W * banks                          # addresses repeat their banks and alignment
@@ -766,26 +792,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
                 continue
             group_start = (lines, resumes, paced_cycles, paced_lines, len(announced),
                            len(fills), len(moves), len(camped_groups))
-        x_base = f.x_addr + m0 * f.x_stride + kt
-        x_segs = [(x_base % P, f.x_stride % P, mt, kl)]
-        if kn:
-            w_base = f.w_addr + kt * f.w_stride + n0
-            w_segs = [(w_base % P, f.w_stride % P, kl, nc)]
-        else:
-            x_w = max(0, (nc - mt) // 2)
-            # MXINT4: kl elements are (kl + 1) // 2 packed bytes from byte kt // 2 (kt is a
-            # multiple of the tile's reduction, so of the block), and the weight reader
-            # also reads each row's block exponents
-            w_base = f.w_addr + n0 * f.w_stride + (kt // 2 if mx else kt)
-            w_bytes = (kl + 1) // 2 if mx else kl
-            w_segs = [(w_base % P, f.w_stride % P, nc - x_w, w_bytes)]
-            if x_w:
-                x_segs.append(((w_base + (nc - x_w) * f.w_stride) % P, f.w_stride % P, x_w,
-                               w_bytes))
-            if mx:
-                e_base, e_bytes = f.e_addr + n0 * e_row + kt // MX_BLOCK, -(-kl // MX_BLOCK)
-                w_segs.append((e_base % P, e_row % P, nc, e_bytes))
-        x_segs, w_segs = tuple(x_segs), tuple(w_segs)
+        x_segs, w_segs = _tile_segments(f, m0, mt, n0, nc, kt, kl, P)
         x_lines, x_steps = _reader_plan(x_segs, W, banks)
         w_lines, w_steps = _reader_plan(w_segs, W, banks)
         lines += len(x_lines) + len(w_lines)
@@ -1173,9 +1180,11 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
 def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     """The dataflow in which this hardware runs a ``MATMUL`` (every field but ``mode``)
     in fewer cycles, by ``occupancy``; GEMM on a tie (it reads each weight out of the tile
-    buffers once per block, GEMV once per row). The compiler emits every ``MATMUL`` in
-    the mode this returns, and the fast path times it so. Memoised as ``occupancy`` is
-    (on the timing fields and the addresses and strides modulo the banks' lines)."""
+    buffers once per block, GEMV once per row). The GEMM is not timed where a bound on
+    its cycles already exceeds the GEMV's (its weight loads, or its tile filler's fills:
+    ``_matmul_mode``). The compiler emits every ``MATMUL`` in the mode this returns, and
+    the fast path times it so. Memoised as ``occupancy`` is (on the timing fields and the
+    addresses and strides modulo the banks' lines)."""
     W = hw.l2_stripe_bytes
     key = (_timing_fields(hw), tuple(fields),
            tuple(v % W if k in _MATMUL_MODULO else v for k, v in fields.items()))
@@ -1204,10 +1213,20 @@ def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:
     # (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles: where that is
     # already more than the GEMV takes, it is not timed
     R = hw.array_rows
-    blocks = sum(-(-kl // R) for *_, kl in
-                 matmul_tiles(SimpleNamespace(**fields, mode=MatmulMode.GEMM), hw))
+    f = SimpleNamespace(**fields, mode=MatmulMode.GEMM)
+    tiles = matmul_tiles(f, hw)
+    blocks = sum(-(-kl // R) for *_, kl in tiles)
     if (blocks - 1) * R > gemv:
         return MatmulMode.GEMV
+    # Nor where its tile filler alone, filling one tile at a time and each a cycle after
+    # the one before (``matmul_timeline``: a tile is announced after its fill, the unit
+    # done after the last), takes longer; summed where the GEMM has fewer rows than the
+    # array (a decode step's, where it mostly loses)
+    if fields["m"] < R:
+        W, banks = hw.line_bytes, int(hw.l2_lines_per_cycle)
+        if sum(_fill_end(*_tile_segments(f, *t, W * banks), W, banks) + 1
+               for t in tiles) > gemv:
+            return MatmulMode.GEMV
     gemm = occupancy(make("MATMUL", mode=MatmulMode.GEMM, **fields), hw).cycles
     return MatmulMode.GEMV if gemv < gemm else MatmulMode.GEMM
 

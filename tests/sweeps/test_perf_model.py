@@ -797,38 +797,49 @@ def test_replaying_settled_matmul_groups_equals_stepping_every_group(monkeypatch
 
 def test_the_dataflow_picked_is_the_faster_one():
     """``matmul_mode`` skips timing the GEMM where its weight loads alone, ``(blocks - 1)
-    * R`` cycles, outlast the GEMV: on random ``MATMUL``s (decode rows to prefill chunks,
-    4x4 to 16x16) the GEMM always takes longer than that, the mode picked is the one
-    timing both modes picks (GEMV only where strictly faster), and some were skipped."""
+    * R`` cycles, or (with fewer rows than the array) its tile filler alone, the sum of
+    its tiles' fills and a cycle each, outlast the GEMV: on random ``MATMUL``s (decode
+    rows to prefill chunks, NK and KN weights, int8 and MXINT4, 4x4 to 16x16) the GEMM
+    always takes longer than both, the mode picked is the one timing both modes picks
+    (GEMV only where strictly faster), and some were skipped."""
     from arch import occupancy as occ
     from arch.isa import MatmulMode
 
     rng = np.random.default_rng(12)
-    skipped = gemm_won = 0
-    for _ in range(60):
+    skipped = by_fills = gemm_won = 0
+    for _ in range(80):
         hw = load_hardware(str(rng.choice(["edge-4x4", "edge-8x8", "edge-16x16"])))
         m, k, n = (int(rng.choice(v)) for v in ([1, 2, 4, 9, 33, 64, 128, 256],
                                                  [16, 64, 100, 300], [16, 20, 64, 200]))
-        fields = dict(accumulate=int(rng.integers(2)), w_layout=0, x_addr=int(rng.integers(999)),
-                      w_addr=int(rng.integers(999)), out_addr=64 * int(rng.integers(9)),
-                      w_format=0, e_addr=0, m=m, k=k, n=n, x_stride=k, w_stride=k,
-                      out_stride=4 * n)
+        mx = bool(rng.random() < 0.2)
+        kn = not mx and bool(rng.random() < 0.3)
+        fields = dict(accumulate=int(rng.integers(2)), w_layout=int(kn),
+                      x_addr=int(rng.integers(999)), w_addr=int(rng.integers(999)),
+                      out_addr=64 * int(rng.integers(9)), w_format=int(mx),
+                      e_addr=int(rng.integers(999)) if mx else 0, m=m, k=k, n=n, x_stride=k,
+                      w_stride=n if kn else (k + 1) // 2 if mx else k, out_stride=4 * n)
         cycles = {mode: occ._occupancy(make("MATMUL", mode=mode, **fields), hw, None,
                                        CALIBRATION).cycles
                   for mode in (MatmulMode.GEMM, MatmulMode.GEMV)}
         want = (MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM]
                 else MatmulMode.GEMM)
         R = hw.array_rows
-        blocks = sum(-(-kl // R) for *_, kl in occ.matmul_tiles(
-            SimpleNamespace(**fields, mode=MatmulMode.GEMM), hw))
-        assert cycles[MatmulMode.GEMM] > (blocks - 1) * R, fields
+        gemm = SimpleNamespace(**fields, mode=MatmulMode.GEMM)
+        tiles = occ.matmul_tiles(gemm, hw)
+        blocks = sum(-(-kl // R) for *_, kl in tiles)
+        W, banks = hw.line_bytes, int(hw.l2_lines_per_cycle)
+        fills = sum(occ._fill_end(*occ._tile_segments(gemm, *t, W * banks), W, banks) + 1
+                    for t in tiles)
+        assert cycles[MatmulMode.GEMM] > max((blocks - 1) * R, fills), fields
         gemm_won += want == MatmulMode.GEMM
         occ._cache.clear()
         occ._modes.clear()
         assert occ.matmul_mode(hw, **fields) == want, fields
-        skipped += not any(key[0] == "MATMUL" and key[3][0] == MatmulMode.GEMM
-                           for key in occ._cache)
-    assert skipped >= 10 and gemm_won >= 10, (skipped, gemm_won)
+        skip = not any(key[0] == "MATMUL" and key[3][0] == MatmulMode.GEMM
+                       for key in occ._cache)
+        skipped += skip
+        by_fills += skip and (blocks - 1) * R <= cycles[MatmulMode.GEMV]
+    assert skipped >= 10 and by_fills >= 1 and gemm_won >= 10, (skipped, by_fills, gemm_won)
 
 
 def test_never_faster_than_physics(small_config):
