@@ -1433,11 +1433,11 @@ def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple, schedule: tuple) -> tupl
     whose engines had not settled before their cut (``_steady``: every load's and
     compute's times advancing alike over the repeats its period is measured over,
     ``PERIOD_REPEATS`` or whole periods of a small ring's pointer, before it), as
-    ``(first tile, repeats to step before the cut)``: ``_settle_repeats``', or 0. After each
-    cut, the repeats removed at the period the engines kept over those repeats (the
-    compute ends' and the load busy's advance) are added to the cycles, to the load and
-    compute busy, and to every later compute's begin and end and load busy.
-    ``schedule``: ``_schedule``'s, where the tiles were placed."""
+    ``(first tile, repeats to step before the cut)``, the repeats ``_settle_repeats``'
+    or 0. After each cut, the repeats removed at the period the engines kept over those
+    repeats (the compute ends' and the load busy's advance) are added to the cycles, to
+    the load and compute busy, and to every later compute's begin and end and load
+    busy. ``schedule``: ``_schedule``'s, where the tiles were placed."""
     (cycles, load_busy, compute_busy), write_start, load_end, compute_begin, compute_ends, \
         busy_to = run
     if not cuts:
@@ -1482,11 +1482,10 @@ def _settle_repeats(tiles: _Cols, run: tuple, schedule: tuple, e: int, p: int, k
     settled). Stepped that far and ``kept`` more, the run is cut where the engines keep
     one pace; a result past the run's repeats leaves it uncut. A drift within
     ``_steady``'s tolerance is none (``_drift``). (``python -m benchmarks.perf_model
-    --only slow``:
-    Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB, 4,748 repeats, falls 4 cycles a repeat
-    behind with 15,854 cycles of slack at its 72nd, so the lead drains at about the
-    4,036th; stepped four times as far each time, the pipeline ran four times, now
-    twice.)"""
+    --only slow``: Qwen2.5-0.5B's LM head on edge-4x4 at 1 MiB, 4,748 repeats, falls 4
+    cycles a repeat behind with 15,854 cycles of slack at its 72nd, so the lead drains
+    at about the 4,036th; stepped four times as far each time, the pipeline ran four
+    times, now twice.)"""
     drift, slack = _drift(tiles, run, schedule, e, p, w)
     return kept + math.ceil(slack / drift) + kept if drift > 0 and slack > 0 else 0
 
