@@ -172,6 +172,7 @@ def slow() -> list[dict]:
         (the ``fast`` section's ``wall_seconds``), with the calls above logged."""
         for n in patched:
             setattr(analytic, n, logged(n))
+
         def timed_mode(*args):
             t0 = time.perf_counter()
             out = saved_mode(*args)
@@ -211,8 +212,6 @@ def slow() -> list[dict]:
         new, _, new_log = step(hw, name, 511)
         old, _, old_log = step(hw, name, 511, restep_only=True)
         every, _, _ = step(hw, name, 511, every_tile=True)
-        drifts = [{"drift_cycles": round(d, 3), "slack_cycles": round(s, 1)}
-                  for _, (d, s), _ in new_log.get("_drift", []) if d > 0]
         rows.append(_emit({
             "section": "slow", "case": "settle", "model": name, "hw": hw.name,
             "l2_bytes": l2_bytes, "position": 511,
@@ -223,7 +222,9 @@ def slow() -> list[dict]:
             "load_busy_restep_only": old.load_busy, "load_busy_every_tile": every.load_busy,
             "settle_repeats": sorted({r for _, r, _ in new_log.get("_settle_repeats", [])
                                       if r}),
-            "drifts": sorted({(x["drift_cycles"], x["slack_cycles"]) for x in drifts})}))
+            # (drift, slack) in cycles of each run found drifting, ``analytic._drift``'s
+            "drifts": sorted({(round(d, 3), round(s, 1))
+                              for _, (d, s), _ in new_log.get("_drift", []) if d > 0})}))
         if name == "qwen2.5-0.5b":
             # the L2 waits of the first pipeline run, pass by pass: the load whose wait
             # moved most at the last pass
@@ -236,7 +237,7 @@ def slow() -> list[dict]:
                 "wait_cycles_by_pass": waits[:, j].tolist()}))
     # a new KV length at 64 KiB: the MATMULs timed afresh and what they take
     hw = load_hardware("edge-16x16").replace(l2_bytes=64 << 10)
-    out, seconds, log_kv = step(hw, "tinyllama-1.1b", 1100)
+    _, seconds, log_kv = step(hw, "tinyllama-1.1b", 1100)
     rows.append(_emit({
         "section": "slow", "case": "new_kv_length", "model": "tinyllama-1.1b",
         "hw": hw.name, "l2_bytes": hw.l2_bytes, "position": 1100,
@@ -245,7 +246,7 @@ def slow() -> list[dict]:
         "step_seconds": round(seconds, 3)}))
     # edge-32x32 at 64 KiB: the tiles, and one engines' pass over the cut ones
     hw = load_hardware("edge-32x32").replace(l2_bytes=64 << 10)
-    out, seconds, log_32 = step(hw, "llama-3.2-1b", 511)
+    _, seconds, log_32 = step(hw, "llama-3.2-1b", 511)
     parts = log_32["_columns"][0][1][0]
     rows.append(_emit({
         "section": "slow", "case": "tiles", "model": "llama-3.2-1b", "hw": hw.name,
