@@ -658,7 +658,9 @@ def _check_dram(cfg: ModelConfig, weights: str, hw: HardwareConfig,
     tables and ``logits_rows`` logits rows, their blocks in one pool. ``kv_headers``: each
     pool ends in its compressed chunks' header area."""
     one = _one_layer(cfg)
-    graphs = [_step_graph(one, weights, hw, s0, n, head, batch if n == 1 and s0 else 1)
+    # (every argument given, as ``_plan`` gives them: the memo is keyed by the arguments
+    # as passed, and a default left out fitted the step's head a second time)
+    graphs = [_step_graph(one, weights, hw, s0, n, head, batch if n == 1 and s0 else 1, 0)
               for s0, n, head in steps]
     if batch == 1:
         dram_map(cfg, hw, param_sizes(graphs, cfg.n_layers), positions,
