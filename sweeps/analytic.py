@@ -1180,8 +1180,8 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
         starts[q], ends[q] = begin[i], end[i]
         rates[q] = lines[i] / max(1.0, end[i] - begin[i])
         cum[q + 1] = cum[q] + rates[q] * (end[i] - begin[i])
-    k_lo = k_hi = 0             # the intervals begun by lo and by hi: the loads' copier
-    for j in loading:           # intervals come in order, so these only move forward
+    k_lo = k_hi = 0             # the intervals begun by lo and by hi, walked on from
+    for j in loading:           # the last load's (``_begun``: the loads' times come in order)
         lo, hi = write_start[j], load_end[j]
         k_lo, k_hi = _begun(starts, lo, k_lo), _begun(starts, hi, k_hi)
         need = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi, k_hi)
