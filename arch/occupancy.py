@@ -8,7 +8,7 @@ the cycle it ends, the RTL's ``*_busy`` counter for it), the DRAM lines it reads
 writes, and its multiply-accumulates. Each function below follows one unit of ``rtl/``
 step by step at the granularity where the RTL has a pipeline bubble: a DMA row, a matmul
 tile, a vector segment; the matmul unit's tile filler, whose two row readers share the
-L2's banks, cycle by cycle (``_fill_end``). The few constants of ``CALIBRATION`` are the
+L2's banks, cycle by cycle (``_fills``). The few constants of ``CALIBRATION`` are the
 latencies between those steps; they were read off single-instruction runs of the Verilator
 model (``python -m benchmarks.perf_calibration`` compares every instruction of a decode
 step run alone on the RTL with this module, by class) and are shared by every hardware
@@ -28,13 +28,11 @@ tests/rtl/test_matmul_unit.py (every tile's announcement against the matmul unit
 
 from __future__ import annotations
 
-import bisect
 import math
 import operator
-from collections import deque
+from collections import deque, namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
@@ -533,22 +531,23 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
 
 
 # -- matmul --------------------------------------------------------------------------------
-@lru_cache(maxsize=8192)
-def _reader_plan(segments: tuple, W: int, banks: int) -> tuple[np.ndarray, np.ndarray]:
-    """One tile reader's row commands (``segments``: ``(base, stride, rows, bytes)`` each,
-    addresses modulo ``W * banks``) as the L2 bank of each line it reads, in order, and
-    whether each step of its write side takes a line (1) or not (0) (``rtl.copier``: a
-    row that starts on a line takes one step a line; one that does not takes a priming
-    step and a step a destination line, the last of which reads nothing when the row
-    ends early in its line). Read only: the arrays are shared through the cache."""
-    lines, steps = _reader_lines(np.array(segments, np.int64).reshape(-1, 4), W, banks)
-    lines.flags.writeable = steps.flags.writeable = False
-    return lines, steps
+_KN, _MXINT4, _GEMV = int(WeightLayout.KN), int(WeightFormat.MXINT4), int(MatmulMode.GEMV)
+#: A ``MATMUL``'s fields by name, as its kernels read them (``_matmul_fields``).
+MatmulFields = namedtuple("MatmulFields", [f.name for f in BY_MNEMONIC["MATMUL"].fields])
+
+
+def _matmul_fields(instr: Instruction) -> MatmulFields:
+    return MatmulFields(*(int(v) for v in instr.operands))
 
 
 @njit
 def _reader_lines(segments, W, banks):
-    """``_reader_plan`` over its segments as an array (a row each), compiled (numba)."""
+    """One tile reader's row commands (``segments``, a row each: ``(base, stride, rows,
+    bytes)``, addresses modulo ``W * banks``) as the L2 bank of each line it reads, in
+    order, and whether each step of its write side takes a line (1) or not (0)
+    (``rtl.copier``: a row that starts on a line takes one step a line; one that does not
+    takes a priming step and a step a destination line, the last of which reads nothing
+    when the row ends early in its line)."""
     n_lines = n_steps = 0
     for base, stride, rows, n in segments:
         for r in range(rows):
@@ -571,27 +570,19 @@ def _reader_lines(segments, W, banks):
     return lines, steps
 
 
-@lru_cache(maxsize=65536)
-def _fill_end(x_segments: tuple, w_segments: tuple, W: int, banks: int) -> int:
-    """Cycles from the tile filler's begin until its tile is announced: the x and weight
-    row readers (``rtl.matmul_unit.TileFiller``, two ``rtl.copier.RowCopier``) cycle by
-    cycle (``_fill_cycles``) over their row commands (``_reader_plan``)."""
-    return int(_fill_cycles(*_reader_plan(x_segments, W, banks),
-                            *_reader_plan(w_segments, W, banks)))
-
-
 @njit
 def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
-    """``_fill_end`` for the readers' lines' banks and write-side steps (``_reader_plan``'s
-    arrays). Each asks the L2 for its next line while fewer than ``COPIER_FIFO_DEPTH - 1``
-    of its lines are granted and not yet taken; the x reader's port comes first, so the
-    weight reader waits whenever both ask the same bank (``rtl.l2``'s fixed priority).
-    A write-side step that takes a line runs ``FILL_DATA_LATENCY`` cycles after the line
-    was granted, at the earliest; the first line is asked for ``FILL_ISSUE_LATENCY``
-    cycles after begin (the row command through the copier's queue), and the tile is
-    announced the cycle after the last step. Both latencies are the RTL's structure (read
-    off a trace of the unit in Amaranth's simulator), not fitted. Compiled (numba): the
-    plan of a 1B-class decode step at a new KV length steps a hundred tiles' fills."""
+    """Cycles from the tile filler's begin until its tile is announced, for the x and
+    weight row readers' lines' banks and write-side steps (``_reader_lines``' arrays;
+    ``rtl.matmul_unit.TileFiller``, two ``rtl.copier.RowCopier``), cycle by cycle. Each
+    asks the L2 for its next line while fewer than ``COPIER_FIFO_DEPTH - 1`` of its lines
+    are granted and not yet taken; the x reader's port comes first, so the weight reader
+    waits whenever both ask the same bank (``rtl.l2``'s fixed priority). A write-side
+    step that takes a line runs ``FILL_DATA_LATENCY`` cycles after the line was granted,
+    at the earliest; the first line is asked for ``FILL_ISSUE_LATENCY`` cycles after
+    begin (the row command through the copier's queue), and the tile is announced the
+    cycle after the last step. Both latencies are the RTL's structure (read off a trace
+    of the unit in Amaranth's simulator), not fitted."""
     # Written out for the two readers (x: ``x_*``, weights: ``w_*``): lines issued (``*_i``;
     # each one's grant cycle in ``*_granted``), write-side steps taken (``*_j``) and lines
     # popped by them (``*_p``).
@@ -624,27 +615,41 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
     return last + 1
 
 
-def matmul_tiles(f, hw: HardwareConfig) -> list[tuple[int, int, int, int, int, int]]:
-    """The tiles of a ``MATMUL`` (fields ``f``) in the matmul unit's order (``kt`` fastest,
-    then ``n``, then ``m``): ``(m0, mt, n0, nc, kt, kl)``. Rows go in tiles of
-    ``matmul_tile``'s rows, except that rows between one and two tiles' worth are split
-    evenly between the last two tiles (``rtl.matmul_unit._tile_rows``)."""
-    MT, KT = hw.matmul_tile(f.mode)
-    C = hw.array_cols
-    tiles, m0 = [], 0
-    while m0 < f.m:
-        left = f.m - m0
+@njit
+def _tiles(m, n, k, MT, KT, C):
+    """``matmul_tiles`` for a ``MATMUL`` of ``m x k`` by ``k x n`` on tiles of ``MT`` rows
+    and ``KT`` reduction bytes and an array of ``C`` columns: ``int64 [tiles, 6]``."""
+    count, m0 = 0, 0
+    while m0 < m:
+        left = m - m0
+        m0 += left if left <= MT else (left + 1) // 2 if left < 2 * MT else MT
+        count += 1
+    tiles = np.empty((count * -(-n // C) * -(-k // KT), 6), np.int64)
+    i, m0 = 0, 0
+    while m0 < m:
+        left = m - m0
         mt = left if left <= MT else (left + 1) // 2 if left < 2 * MT else MT
-        for n0 in range(0, f.n, C):
-            nc = min(C, f.n - n0)
-            for kt in range(0, f.k, KT):
-                tiles.append((m0, mt, n0, nc, kt, min(KT, f.k - kt)))
+        for n0 in range(0, n, C):
+            for kt in range(0, k, KT):
+                tiles[i, 0], tiles[i, 1], tiles[i, 2] = m0, mt, n0
+                tiles[i, 3], tiles[i, 4], tiles[i, 5] = min(C, n - n0), kt, min(KT, k - kt)
+                i += 1
         m0 += mt
     return tiles
 
 
-def gemm_blocks(load: int, stream: int, stream_rows: int, avail: int, push: int, mt: int,
-                R: int, blocks: int, extrapolate: bool = True) -> tuple[int, int]:
+def matmul_tiles(f, hw: HardwareConfig) -> np.ndarray:
+    """The tiles of a ``MATMUL`` (fields ``f``) in the matmul unit's order (``kt`` fastest,
+    then ``n``, then ``m``): ``int64 [tiles, 6]``, a row ``(m0, mt, n0, nc, kt, kl)`` each.
+    Rows go in tiles of ``matmul_tile``'s rows, except that rows between one and two
+    tiles' worth are split evenly between the last two tiles
+    (``rtl.matmul_unit._tile_rows``)."""
+    MT, KT = hw.matmul_tile(f.mode)
+    return _tiles(f.m, f.n, f.k, MT, KT, hw.array_cols)
+
+
+@njit
+def gemm_blocks(load, stream, stream_rows, avail, push, mt, R, blocks, extrapolate=True):
     """``(load, stream)``: the cycles at which the GEMM feeder began loading and began
     streaming the last of a tile's ``blocks`` weight blocks, from the previous block's
     ``load``, ``stream`` and rows ``stream_rows``, the cycle ``avail`` the tile's first
@@ -659,25 +664,214 @@ def gemm_blocks(load: int, stream: int, stream_rows: int, avail: int, push: int,
     the gap has repeated, and so does every later advance; with ``extrapolate`` the rest
     are then added at once rather than stepped (``tests/sweeps/test_perf_model.py``
     checks both agree). Equal advances are not enough: with ``mt < R`` loads advance by
-    ``R`` and streams by ``mt`` until the stream waits for the load."""
-    step = None
+    ``R`` and streams by ``mt`` until the stream waits for the load. Compiled (numba);
+    ``NEVER`` (no block yet) is any time before the first."""
+    step_load = step_stream = -1
     for b in range(blocks):
-        before = (load, stream)
+        before_load, before_stream = load, stream
         load = max(load + R, stream + 1, push + 1)
         stream = max(load + 1, stream + stream_rows, avail)
-        stream_rows, avail = mt, NEVER
-        delta = (load - before[0], stream - before[1])
-        if extrapolate and delta == step and delta[0] == delta[1]:
-            return (load + (blocks - 1 - b) * delta[0], stream + (blocks - 1 - b) * delta[1])
-        step = delta
+        stream_rows, avail = mt, load      # ``avail`` binds the first block only
+        d_load, d_stream = load - before_load, stream - before_stream
+        if extrapolate and d_load == step_load and d_stream == step_stream \
+                and d_load == d_stream:
+            return load + (blocks - 1 - b) * d_load, stream + (blocks - 1 - b) * d_stream
+        step_load, step_stream = d_load, d_stream
     return load, stream
+
+
+@njit
+def _fills(f, tiles, W, banks):
+    """Each tile's fill (``tiles``: ``matmul_tiles``' rows; ``f``: ``MatmulFields``):
+    ``int64 [tiles, 5]``, a row ``(cycles from the filler's begin until the tile is
+    announced, L2 lines read, readers that read any, paced steps, paced lines)`` each:
+    the steps and lines of the reader with the most steps if it idles a cycle between
+    lines (half a line to a line a step), else 0. The x reader reads the tile's ``mt``
+    rows of ``kl`` bytes from ``x_addr + m0 * x_stride + kt``; the weight reader its
+    ``nc`` weight rows, of which the x reader also takes ``(nc - mt) // 2`` NK rows.
+    MXINT4 weights are ``(kl + 1) // 2`` packed bytes a row from byte ``kt // 2`` (``kt``
+    is a multiple of the tile's reduction, so of the block), and the weight reader also
+    reads each row's block exponents. Addresses are read modulo ``W * banks``, over
+    which they repeat their banks and alignment. Compiled (numba), like the readers it
+    steps (``_reader_lines``, ``_fill_cycles``)."""
+    P = W * banks
+    kn = f.w_layout == _KN
+    mx = f.w_format == _MXINT4
+    e_row = -(-f.k // MX_BLOCK)                 # bytes of block exponents per weight row
+    out = np.zeros((len(tiles), 5), np.int64)
+    x_segs = np.zeros((2, 4), np.int64)
+    w_segs = np.zeros((2, 4), np.int64)
+    for i in range(len(tiles)):
+        m0, mt, n0, nc, kt, kl = tiles[i]
+        x_segs[0] = ((f.x_addr + m0 * f.x_stride + kt) % P, f.x_stride % P, mt, kl)
+        n_x = n_w = 1
+        if kn:
+            w_segs[0] = ((f.w_addr + kt * f.w_stride + n0) % P, f.w_stride % P, kl, nc)
+        else:
+            x_w = max(0, (nc - mt) // 2)
+            w_base = f.w_addr + n0 * f.w_stride + (kt // 2 if mx else kt)
+            w_bytes = (kl + 1) // 2 if mx else kl
+            w_segs[0] = (w_base % P, f.w_stride % P, nc - x_w, w_bytes)
+            if x_w:
+                x_segs[1] = ((w_base + (nc - x_w) * f.w_stride) % P, f.w_stride % P, x_w,
+                             w_bytes)
+                n_x = 2
+            if mx:
+                w_segs[1] = ((f.e_addr + n0 * e_row + kt // MX_BLOCK) % P, e_row % P, nc,
+                             -(-kl // MX_BLOCK))
+                n_w = 2
+        x_lines, x_steps = _reader_lines(x_segs[:n_x], W, banks)
+        w_lines, w_steps = _reader_lines(w_segs[:n_w], W, banks)
+        out[i, 0] = _fill_cycles(x_lines, x_steps, w_lines, w_steps)
+        out[i, 1] = len(x_lines) + len(w_lines)
+        out[i, 2] = (len(x_lines) > 0) + (len(w_lines) > 0)
+        steps, reads = len(x_steps), len(x_lines)
+        if len(w_steps) > steps or (len(w_steps) == steps and len(w_lines) > reads):
+            steps, reads = len(w_steps), len(w_lines)
+        if reads < steps <= 2 * reads:
+            out[i, 3], out[i, 4] = steps, reads
+    return out
+
+
+#: Before any cycle: the GEMM feeder's last load and stream before its first block.
+_NO_CYCLE = -(1 << 40)
+
+
+@njit
+def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_latency,
+           out_bytes):
+    """``matmul_timeline``'s walk over the tiles (``matmul_tiles``' rows, their fills
+    ``_fills``' rows) and each group's writeback, compiled (numba): ``(the writer's last
+    step, L2 lines, resumes, the tiles' announcements int64 [tiles], fills int64 [tiles,
+    3], camped groups int64 [groups, 3], moves float64 [bursts, 3])``. Fills, camped
+    groups and moves are ``(from, to, L2 lines)`` (a camped group's rows for lines)."""
+    T = len(tiles)
+    groups = rows_written = 0
+    for i in range(T):
+        if tiles[i, 4] + tiles[i, 5] == f.k:
+            groups += 1
+            rows_written += tiles[i, 1]
+    push = np.zeros(2, np.int64)           # per buffer set: when its tile was announced
+    release = np.full(2, -1, np.int64)     # per buffer set: when the feeder released it
+    half_free = np.zeros(2, np.int64)      # per accumulator half: when it was read out
+    filler = 1                             # the filler's next free cycle
+    stream = load = _NO_CYCLE              # the feeder's last stream and load decisions
+    stream_rows = 0                        # rows of the last streamed block
+    wb_free = 0                            # the row writer's next free step
+    handed = -1                            # the last row handed to the row writer
+    taken = np.zeros(COPIER_FIFO_DEPTH, np.int64)  # when the writer took its last rows,
+    n_taken = oldest = 0                           # a ring of them
+    lines = resumes = s = group = n_camped = n_moves = 0
+    announced = np.empty(T, np.int64)
+    fill_spans = np.empty((T, 3), np.int64)
+    camped = np.empty((groups, 3), np.int64)
+    moves = np.empty((T + rows_written, 3), np.float64)
+    for i in range(T):
+        m0, mt, n0, nc, kt, kl = tiles[i]
+        lines += fills[i, 1]
+        resumes += fills[i, 2]
+        begin = max(filler, release[s] + 1)
+        push[s] = begin + fills[i, 0]
+        announced[i] = push[s]
+        fill_spans[i] = (begin, push[s], fills[i, 1])
+        moves[n_moves] = (begin, push[s], fills[i, 1])
+        n_moves += 1
+        filler = push[s] + 1
+        avail = push[s] + 1
+        if kt == 0:                        # a group's first block waits for its half
+            avail = max(avail, half_free[group % 2] + 1)
+        blocks = -(-kl // R)
+        if gemv:                           # back to back: mt cycles a block
+            stream = max(stream + stream_rows, avail) + (blocks - 1) * mt
+        else:
+            load, stream = gemm_blocks(load, stream, stream_rows, avail, push[s], mt, R,
+                                       blocks)
+        stream_rows = mt
+        last_row = stream + mt
+        release[s] = last_row if gemv or last_row > load + R else load + R + 1
+        s ^= 1
+        if kt + kl < f.k:
+            continue
+        # The group's results are in: write it back. The writeback takes the group once
+        # the one before has been handed to the row writer, reads a row of the
+        # accumulator a cycle (with its old output, from the old-output reader, when
+        # accumulating) into the writer's landing buffer while it has room, and frees
+        # the half with the last; the writer takes each row WB_DATA_LATENCY later at the
+        # earliest, a step a destination line plus a priming step when the row does not
+        # start on a line.
+        first = max(last_row + latency + result_latency, handed + WB_NEXT_GROUP) + old_latency
+        old, group_bank, enter, group_take = first, -1, first, first
+        for r in range(mt):
+            addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
+            row_bytes = out_bytes * nc
+            prime = 1 if addr % W else 0
+            steps = (addr + row_bytes - 1) // W - addr // W + 1 + prime
+            if group_bank != -2:           # -1: no row yet; -2: rows in more than one bank
+                line = addr // W
+                group_bank = line % banks if (addr + row_bytes - 1) // W == line and (
+                    group_bank == -1 or group_bank == line % banks) else -2
+            enter = first + r
+            if f.accumulate:               # the old row's last step (after a priming one)
+                enter = max(enter, old + prime)
+                lines += steps - prime     # a priming step takes no L2 line
+            if n_taken == COPIER_FIFO_DEPTH:
+                enter = max(enter, taken[oldest] + 1)
+            old = enter + 1
+            # a priming step reads no line: with the row's command queued ahead (all rows
+            # but a group's first) it runs before the data is in
+            take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
+            if r == 0:
+                group_take = take
+            if n_taken == COPIER_FIFO_DEPTH:
+                taken[oldest] = take + prime
+                oldest = (oldest + 1) % COPIER_FIFO_DEPTH
+            else:
+                taken[(oldest + n_taken) % COPIER_FIFO_DEPTH] = take + prime
+                n_taken += 1
+            wb_free = take + steps
+            lines += steps - prime
+            moves[n_moves] = (take, take + steps,
+                              (steps - prime) * (2 if f.accumulate else 1))
+            n_moves += 1
+        if banks > 1 and mt > 1 and group_bank != -2:
+            camped[n_camped] = (group_take, wb_free, mt)
+            n_camped += 1
+        handed = enter
+        half_free[group % 2] = enter
+        group += 1
+        resumes += 1
+    return (wb_free, lines, resumes, announced, fill_spans, camped[:n_camped],
+            moves[:n_moves])
+
+
+@njit
+def _camped_cycles(camped_groups, fills, banks):
+    """Cycles a copier below the matmul unit in priority waits at the camped groups'
+    bank (``Occupancy.camped_cycles``; ``_steps``' camped groups and fills). A camped
+    group's bank is busy while the writer writes it, and while the tile readers, filling
+    a later tile meanwhile, walk through it (a line of theirs in ``banks`` in it): the
+    writer gets that bank the other cycles. A copier walking the banks a line a cycle
+    comes to it (banks - 1) / 2 cycles in, on average."""
+    camped = 0.0
+    fill_ends = fills[:, 1]                        # in order, as their begins
+    for t0, t1, rows in camped_groups:
+        span = max(1.0, t1 - t0)
+        read = 0.0
+        for j in range(np.searchsorted(fill_ends, t0, side="right"), len(fills)):
+            b0, b1, n = fills[j]
+            if b0 >= t1:
+                break
+            read += n * max(0.0, min(t1, b1) - max(t0, b0)) / max(1.0, b1 - b0)
+        free = 1 - min(1.0, read / span) / banks
+        camped += max(0.0, max(span, rows / free) - (banks - 1) / 2)
+    return camped
 
 
 def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
     """The matmul unit (``rtl/matmul_unit.py``) cycle by cycle at the granularity of its
     tiles and blocks. The filler fills a tile with the x and weight row readers, stepped
-    cycle by cycle over the L2's banks (``_fill_end``; the x reader also taking
+    cycle by cycle over the L2's banks (``_fills``; the x reader also taking
     ``(nc - mt) // 2`` NK weight rows), into the buffer set the feeder released; the
     feeder walks each tile's ``ceil(kl / R)`` blocks: GEMV
     streams a block's ``mt`` rows back to back; GEMM loads a block's ``R`` weight rows
@@ -703,303 +897,65 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     return matmul_timeline(instr, hw, cal)[0]
 
 
-def _tile_segments(f, m0: int, mt: int, n0: int, nc: int, kt: int, kl: int, P: int
-                   ) -> tuple[tuple, tuple]:
-    """What the tile filler's x and weight readers read for a ``MATMUL``'s tile (fields
-    ``f``; ``matmul_tiles``' ``(m0, mt, n0, nc, kt, kl)``): ``(x segments, weight
-    segments)``, each ``(address % P, stride % P, rows, bytes a row)`` (``P``: the L2's
-    line times its banks, over which addresses repeat their banks and alignment). The
-    x reader also takes ``(nc - mt) // 2`` NK weight rows; MXINT4 weights are ``(kl + 1)
-    // 2`` packed bytes a row from byte ``kt // 2`` (``kt`` is a multiple of the tile's
-    reduction, so of the block), and the weight reader also reads each row's block
-    exponents."""
-    x_base = f.x_addr + m0 * f.x_stride + kt
-    x_segs = [(x_base % P, f.x_stride % P, mt, kl)]
-    if f.w_layout == WeightLayout.KN:
-        w_base = f.w_addr + kt * f.w_stride + n0
-        return tuple(x_segs), ((w_base % P, f.w_stride % P, kl, nc),)
-    mx = f.w_format == WeightFormat.MXINT4
-    x_w = max(0, (nc - mt) // 2)
-    w_base = f.w_addr + n0 * f.w_stride + (kt // 2 if mx else kt)
-    w_bytes = (kl + 1) // 2 if mx else kl
-    w_segs = [(w_base % P, f.w_stride % P, nc - x_w, w_bytes)]
-    if x_w:
-        x_segs.append(((w_base + (nc - x_w) * f.w_stride) % P, f.w_stride % P, x_w, w_bytes))
-    if mx:
-        e_row = -(-f.k // MX_BLOCK)            # bytes of block exponents per weight row
-        e_base, e_bytes = f.e_addr + n0 * e_row + kt // MX_BLOCK, -(-kl // MX_BLOCK)
-        w_segs.append((e_base % P, e_row % P, nc, e_bytes))
-    return tuple(x_segs), tuple(w_segs)
-
-
-def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIBRATION,
-                    replay: bool = True) -> tuple[Occupancy, list[int]]:
+def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIBRATION
+                    ) -> tuple[Occupancy, np.ndarray]:
     """``matmul_occupancy`` and the cycle (from the unit's start) at which each tile is
-    announced, in ``matmul_tiles``' order (``rtl.matmul_unit.TileFiller.tiles``); with
-    ``replay``, the groups past a settled stretch replayed, not stepped (``_replay``)."""
-    f = _fields(instr)
-    W, R = hw.line_bytes, hw.array_rows
-    out_bytes = instr.spec.field("out_addr").elem_bytes         # int32 results
-    gemv = f.mode == MatmulMode.GEMV
-    latency = R if gemv else R + hw.array_cols - 1
-    banks = int(hw.l2_lines_per_cycle)
-    P = W * banks                          # addresses repeat their banks and alignment
-    push = [0, 0]                          # per buffer set: when its tile was announced
-    release = [-1, -1]                     # per buffer set: when the feeder released it
-    half_free = [0, 0]                     # per accumulator half: when it was read out
-    filler = 1                             # the filler's next free cycle
-    stream = load = NEVER                  # the feeder's last stream and load decisions
-    stream_rows = 0                        # rows of the last streamed block
-    wb_free = 0                            # the row writer's next free step
-    handed = -1                            # the last row handed to the row writer
-    wb_taken = deque(maxlen=COPIER_FIFO_DEPTH)   # when the writer took its last rows
-    lines = 0
-    announced = []
-    paced_cycles = paced_lines = resumes = 0
-    fills, camped_groups = [], []          # the tile readers' and camped groups' intervals
-    moves = []                             # (from, to, L2 lines) of every stream's burst
-    s = group = 0
-    tiles = matmul_tiles(f, hw)
-    per_group = len(range(0, f.k, hw.matmul_tile(f.mode)[1]))    # tiles, kt from 0 to k
-    groups = len(tiles) // per_group
-    # a group is replayed from two before it at the earliest, and the last group's record
-    # is never read: a matmul of one or two groups (most of a decode step's attention)
-    # keeps none
-    record = replay and groups >= 3
-    sigs = _group_signatures(f, tiles, per_group, P, out_bytes) if record else []
-    # Per group run: its signature, the state it leaves (times from its filler's), that
-    # state (absolute) and what it added (``_replay``'s); the replayed groups' moves
-    history, replayed, skip = deque(maxlen=REPLAY_GROUPS + 1), [], 0
-    for i, (m0, mt, n0, nc, kt, kl) in enumerate(tiles):
-        if i < skip:
-            continue
-        if kt == 0 and record:             # a group begins: run it, or replay the rest
-            sig = sigs[i // per_group]
-            d = next((d for d in range(1, len(history))
-                      if history[-d][0] == sig and history[-1][1] == history[-1 - d][1]), 0)
-            if d:          # groups replayed: their totals, and the state they leave
-                c, counts = _replay(history, d, i // per_group, sigs,
-                                    (announced, fills, camped_groups, replayed))
-                lines, resumes, paced_cycles, paced_lines = (
-                    a + b for a, b in zip((lines, resumes, paced_cycles, paced_lines), counts,
-                                          strict=True))
-                (push[0], push[1], release[0], release[1], half_free[0], half_free[1], filler,
-                 stream, load, wb_free, handed, taken, stream_rows, s, _) = history[-1][2]
-                wb_taken.clear()
-                wb_taken.extend(taken)
-                group += c
-                skip = i + c * per_group
-                continue
-            group_start = (lines, resumes, paced_cycles, paced_lines, len(announced),
-                           len(fills), len(moves), len(camped_groups))
-        x_segs, w_segs = _tile_segments(f, m0, mt, n0, nc, kt, kl, P)
-        x_lines, x_steps = _reader_plan(x_segs, W, banks)
-        w_lines, w_steps = _reader_plan(w_segs, W, banks)
-        lines += len(x_lines) + len(w_lines)
-        resumes += (1 if len(x_lines) else 0) + (1 if len(w_lines) else 0)
-        begin = max(filler, release[s] + 1)
-        # The two readers cycle by cycle, the weight reader waiting where both ask one
-        # bank. (Before, each reader a step a cycle and the L2's lines a cycle at most:
-        # on edge-4x4, one line-wide bank, KN GEMVs and GEMMs were up to 9% short; on
-        # edge-16x16 GEMVs with short rows 4% long, a cycle a tile. Found on the worst
-        # instructions of two steps of the out-of-sample set.)
-        push[s] = begin + _fill_end(x_segs, w_segs, W, banks)
-        announced.append(push[s])
-        fills.append((begin, push[s], len(x_lines) + len(w_lines)))
-        moves.append(fills[-1])
-        # the reader with the most steps, if it idles a cycle between lines
-        steps, reads = max((len(x_steps), len(x_lines)), (len(w_steps), len(w_lines)))
-        if reads < steps <= 2 * reads:              # half a line to a line a step
-            paced_cycles += steps
-            paced_lines += reads
-        filler = push[s] + 1
-        avail = push[s] + 1
-        if kt == 0:                        # a group's first block waits for its half
-            avail = max(avail, half_free[group % 2] + 1)
-        blocks = -(-kl // R)
-        if gemv:                           # back to back: mt cycles a block
-            stream = max(stream + stream_rows, avail) + (blocks - 1) * mt
-        else:
-            load, stream = gemm_blocks(load, stream, stream_rows, avail, push[s], mt, R,
-                                       blocks)
-        stream_rows = mt
-        last_row = stream + mt
-        release[s] = last_row if gemv or last_row > load + R else load + R + 1
-        s ^= 1
-        if kt + kl == f.k:                 # the group's results are in: write it back
-            # The writeback takes the group once the one before has been handed to the
-            # row writer, reads a row of the accumulator a cycle (with its old output,
-            # from the old-output reader, when accumulating) into the writer's landing
-            # buffer while it has room, and frees the half with the last; the writer
-            # takes each row WB_DATA_LATENCY later at the earliest, a step a destination
-            # line plus a priming step when the row does not start on a line.
-            first = max(last_row + latency + cal.mm_result_latency, handed + WB_NEXT_GROUP)
-            first += cal.mm_old_output_latency if f.accumulate else 0
-            enter, wb_free, written, group_take, group_bank = _write_rows(
-                f, m0, mt, n0, out_bytes * nc, out_bytes, W, banks, first, wb_free, wb_taken,
-                moves)
-            lines += written
-            if banks > 1 and mt > 1 and group_bank is not False:
-                camped_groups.append((group_take, wb_free, mt))
-            handed = enter
-            half_free[group % 2] = enter
-            group += 1
-            resumes += 1
-            if not record or group == groups:
-                continue
-            # the group's record (above): times first, then the rest
-            state = (push[0], push[1], release[0], release[1], half_free[0], half_free[1],
-                     filler, stream, load, wb_free, handed, tuple(wb_taken), stream_rows, s,
-                     group % 2)
-            rel = (*(v - filler for v in state[:11]), tuple(v - filler for v in state[11]),
-                   *state[12:])
-            l0, r0, p0, q0, a0, f0, v0, c0 = group_start
-            history.append((sig, rel, state,
-                            (lines - l0, resumes - r0, paced_cycles - p0, paced_lines - q0,
-                             announced[a0:], fills[f0:],
-                             np.array(moves[v0:], np.float64).reshape(-1, 3),
-                             camped_groups[c0:])))
-    camped = _camped_cycles(camped_groups, fills, banks)
-    cycles = math.ceil(wb_free) + cal.engine_overhead   # done with the writer's last step
+    announced, ``int64 [tiles]`` in ``matmul_tiles``' order
+    (``rtl.matmul_unit.TileFiller.tiles``). Compiled (numba, ``_matmul_run``): a decode
+    step at a new KV length times some hundreds of small MATMULs afresh."""
+    f = _matmul_fields(instr)
+    MT, KT = hw.matmul_tile(f.mode)
+    cycles, lines, resumes, paced_cycles, paced_lines, camped, profile, announced = _matmul_run(
+        f, hw.line_bytes, int(hw.l2_lines_per_cycle), hw.array_rows, hw.array_cols, MT, KT,
+        cal.mm_result_latency, cal.mm_old_output_latency if f.accumulate else 0,
+        instr.spec.field("out_addr").elem_bytes, cal.engine_overhead)   # int32 results
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
                       paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
-                      camped_cycles=math.ceil(camped), l2_profile=_profile(
-                          np.concatenate([np.array(moves, np.float64).reshape(-1, 3),
-                                          *replayed]), cycles)),
+                      camped_cycles=camped,
+                      l2_profile=tuple(profile.tolist()) if len(profile) else None),
             announced)
 
 
-def _write_rows(f, m0: int, mt: int, n0: int, row_bytes: int, out_bytes: int, W: int,
-                banks: int, first: int, wb_free: int, wb_taken: deque, moves: list) -> tuple:
-    """The writeback of a ``MATMUL`` group's ``mt`` rows of ``row_bytes`` from row ``m0``,
-    column ``n0`` (``matmul_timeline``'s): each read from the accumulator a cycle from
-    ``first`` (after its old output when accumulating) while the writer's landing buffer
-    (``wb_taken``, updated) has room, each taken ``WB_DATA_LATENCY`` later at the
-    earliest once the writer is free (``wb_free``). Appends each row's burst to
-    ``moves``; returns ``(the last row's hand-over, the writer's next free step, L2 lines
-    moved, the first row's take, the one bank all rows fall in or False)``."""
-    old, group_bank, lines = first, None, 0
-    for r in range(mt):
-        addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
-        prime = 1 if addr % W else 0
-        steps = _lines(addr, row_bytes, W) + prime
-        if group_bank is not False:
-            line = addr // W
-            group_bank = (line % banks if (addr + row_bytes - 1) // W == line
-                          and group_bank in (None, line % banks) else False)
-        enter = first + r
-        if f.accumulate:           # the old row's last step (after a priming one)
-            enter = max(enter, old + prime)
-            lines += steps - prime     # a priming step takes no L2 line
-        if len(wb_taken) == COPIER_FIFO_DEPTH:
-            enter = max(enter, wb_taken[0] + 1)
-        old = enter + 1
-        # a priming step reads no line: with the row's command queued ahead (all rows but
-        # a group's first) it runs before the data is in
-        take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
-        if r == 0:
-            group_take = take
-        wb_taken.append(take + prime)
-        wb_free = take + steps
-        lines += steps - prime
-        moves.append((take, take + steps, (steps - prime) * (2 if f.accumulate else 1)))
-    return enter, wb_free, lines, group_take, group_bank
-
-
-def _camped_cycles(camped_groups: list, fills: list, banks: int) -> float:
-    """Cycles a copier below the matmul unit in priority waits at the camped groups'
-    bank (``Occupancy.camped_cycles``). A camped group's bank is busy while the writer
-    writes it, and while the tile readers, filling a later tile meanwhile, walk through
-    it (a line of theirs in ``banks`` in it): the writer gets that bank the other cycles.
-    A copier walking the banks a line a cycle comes to it (banks - 1) / 2 cycles in, on
-    average."""
-    camped = 0.0
-    fill_ends = [b1 for _, b1, _ in fills]          # in order, as their begins
-    for t0, t1, rows in camped_groups:
-        span = max(1.0, t1 - t0)
-        read = 0.0
-        for b0, b1, n in fills[bisect.bisect_right(fill_ends, t0):]:
-            if b0 >= t1:
-                break
-            read += n * max(0.0, min(t1, b1) - max(t0, b0)) / max(1.0, b1 - b0)
-        free = 1 - min(1.0, read / span) / banks
-        camped += max(0.0, max(span, rows / free) - (banks - 1) / 2)
-    return camped
-
-
-def _group_signatures(f, tiles: list, per_group: int, P: int, out_bytes: int) -> list:
-    """What each group of a ``MATMUL``'s tiles (``per_group`` each, ``matmul_tiles``')
-    reads and writes: its rows and columns and its addresses modulo ``P`` (all its timing
-    depends on besides the state it begins in)."""
-    kn = f.w_layout == WeightLayout.KN
-    e_row = -(-f.k // MX_BLOCK)
-    sigs = []
-    for m0, mt, n0, nc, _, _ in tiles[::per_group]:
-        sigs.append((mt, nc, (f.x_addr + m0 * f.x_stride) % P,
-                     (f.w_addr + (n0 if kn else n0 * f.w_stride)) % P,
-                     (f.e_addr + n0 * e_row) % P if f.w_format == WeightFormat.MXINT4 else 0,
-                     (f.out_addr + m0 * f.out_stride + out_bytes * n0) % P))
-    return sigs
-
-
-def _replay(history: deque, d: int, g: int, sigs: list, records: tuple) -> tuple[int, list]:
-    """Groups ``g`` on of a ``MATMUL`` replayed from ``history`` (``matmul_timeline``'s
-    records of the groups run last): the group ``d`` before the last began in the state
-    the last left, shifted, and group ``g`` is like the one that followed it, so it runs
-    as that one did, shifted, and so do the groups after it as long as they are like the
-    ones that followed (the rest of a large matmul, once settled). Appends their
-    announcements, fills, camped groups and moves (an array) to ``records`` and their
-    own records to ``history``; returns how many groups it replayed and what they added
-    to the lines, resumes, paced cycles and paced lines."""
-    announced, fills, camped_groups, replayed = records
-    period = history[-1][2][6] - history[-1 - d][2][6]
-    like = list(history)[-d:]
-    c = 1
-    while g + c < len(sigs) and sigs[g + c] == like[c % d][0]:
-        c += 1
-    counts = [0, 0, 0, 0]
-    for j in range(c):
-        sig, rel, state, added = like[j % d]
-        shift = period * (1 + j // d)
-        counts = [a + b for a, b in zip(counts, added[:4], strict=True)]
-        ann = [v + shift for v in added[4]]
-        fill = [(b0 + shift, b1 + shift, n) for b0, b1, n in added[5]]
-        camp = [(b0 + shift, b1 + shift, n) for b0, b1, n in added[7]]
-        announced += ann
-        fills += fill
-        camped_groups += camp
-        if j >= c - history.maxlen:            # the last few, recorded
-            state = (*(v + shift for v in state[:11]), tuple(v + shift for v in state[11]),
-                     *state[12:])
-            history.append((sig, rel, state, (*added[:4], ann, fill,
-                                              added[6] + (shift, shift, 0), camp)))
-    for r in range(min(d, c)):                 # the moves, at once
-        src = like[r][3][6]
-        if len(src):
-            shifts = period * np.arange(1, len(range(r, c, d)) + 1)
-            step = np.stack([shifts, shifts, 0 * shifts], axis=1)
-            replayed.append((src[None, :, :] + step[:, None, :]).reshape(-1, 3))
-    return c, counts
+@njit
+def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_bytes,
+                overhead):
+    """``matmul_timeline`` for the fields ``f`` (``MatmulFields``) on ``W``-byte lines in
+    ``banks`` line-wide banks, an ``R x C`` array and tiles of ``MT`` rows by ``KT``
+    reduction bytes: ``(cycles, L2 lines, resumes, paced cycles, paced lines, camped
+    cycles, the L2 profile float64 [PROFILE_STEPS] or empty for None, the tiles'
+    announcements int64 [tiles])``."""
+    gemv = f.mode == _GEMV
+    tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
+    fills = _fills(f, tiles, W, banks)
+    end, lines, resumes, announced, spans, camped, moves = _steps(
+        f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
+        old_latency, out_bytes)
+    cycles = end + overhead                           # done with the writer's last step
+    return (cycles, lines, resumes, fills[:, 3].sum(), fills[:, 4].sum(),
+            math.ceil(_camped_cycles(camped, spans, banks)), _profile(moves, cycles),
+            announced)
 
 
 PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
-REPLAY_GROUPS = 8      # groups back ``matmul_timeline`` looks for one to replay
 
 
-def _profile(moves: np.ndarray, cycles: int) -> tuple | None:
+@njit
+def _profile(moves, cycles):
     """``Occupancy.l2_profile`` of streams that move ``(from, to, lines)`` each (rows of
-    ``moves``), evenly over their interval, in an instruction of ``cycles``."""
-    if not len(moves) or cycles <= 0:
-        return None
-    b0, b1, n = moves.T
-    total = float(n.sum())
-    if not total:
-        return None
-    t = cycles * np.arange(1, PROFILE_STEPS + 1) / PROFILE_STEPS
-    done = np.clip((t[:, None] - b0) / np.maximum(1.0, b1 - b0), 0.0, 1.0) @ n
-    points = [min(1.0, float(d) / total) for d in done]
+    ``moves``), evenly over their interval, in an instruction of ``cycles``: float64
+    [PROFILE_STEPS], or empty for None (no lines moved)."""
+    total = moves[:, 2].sum()
+    if not total or cycles <= 0:
+        return np.empty(0, np.float64)
+    points = np.empty(PROFILE_STEPS, np.float64)
+    for j in range(PROFILE_STEPS):
+        t = cycles * (j + 1) / PROFILE_STEPS
+        done = 0.0
+        for b0, b1, n in moves:
+            done += min(1.0, max(0.0, (t - b0) / max(1.0, b1 - b0))) * n
+        points[j] = min(1.0, done / total)
     points[-1] = 1.0
-    return tuple(points)
+    return points
 
 
 # -- vector unit ---------------------------------------------------------------------------
@@ -1154,7 +1110,7 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     """``instr``'s operands reduced to what its occupancy reads: addresses modulo the line
     (an instruction's lines depend only on its alignment); for a ``MATMUL``, addresses
     and row strides modulo the L2's line-wide banks times the line (its tile filler's two
-    readers collide by bank, ``_fill_end``, and ``matmul_timeline`` reads every row's
+    readers collide by bank, ``_fills``, and ``matmul_timeline`` reads every row's
     address modulo that); ROPE's ``pos0`` not at all (``vector_segments``); an ``INT8``
     KV_PREFETCH's or a KV_APPEND's ``first_token`` modulo the block and the tokens after
     which its rows' DRAM addresses repeat modulo the line (without a DRAM image, token
@@ -1213,9 +1169,9 @@ def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:
     # (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles: where that is
     # already more than the GEMV takes, it is not timed
     R = hw.array_rows
-    f = SimpleNamespace(**fields, mode=MatmulMode.GEMM)
+    f = MatmulFields(**fields, mode=int(MatmulMode.GEMM))
     tiles = matmul_tiles(f, hw)
-    blocks = sum(-(-kl // R) for *_, kl in tiles)
+    blocks = int((-(-tiles[:, 5] // R)).sum())
     if (blocks - 1) * R > gemv:
         return MatmulMode.GEMV
     # Nor where its tile filler alone, filling one tile at a time and each a cycle after
@@ -1223,9 +1179,8 @@ def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:
     # done after the last), takes longer; summed where the GEMM has fewer rows than the
     # array (a decode step's, where it mostly loses)
     if fields["m"] < R:
-        W, banks = hw.line_bytes, int(hw.l2_lines_per_cycle)
-        if sum(_fill_end(*_tile_segments(f, *t, W * banks), W, banks) + 1
-               for t in tiles) > gemv:
+        fills = _fills(f, tiles, hw.line_bytes, int(hw.l2_lines_per_cycle))
+        if int(fills[:, 0].sum()) + len(tiles) > gemv:
             return MatmulMode.GEMV
     gemm = occupancy(make("MATMUL", mode=MatmulMode.GEMM, **fields), hw).cycles
     return MatmulMode.GEMV if gemv < gemm else MatmulMode.GEMM

@@ -143,7 +143,8 @@ def slow() -> list[dict]:
     the pipeline runs of steps whose periodic runs settle late, with the loads' drift's
     prediction (``analytic._settle_repeats``) and with ``RESTEP_FACTOR`` alone, both
     against stepping every tile; an L2 wait that grows every contention pass; the
-    MATMULs a new KV length at 64 KiB times afresh; the tiles of edge-32x32's step at
+    MATMULs a new KV length at 64 KiB times afresh; the MATMULs of a 1,024-token prefill
+    and their tiles, timed alone; the tiles of edge-32x32's step at
     64 KiB and the seconds of its engines' pass. Seconds are of the step with its calls
     logged (slower than ``fast``'s)."""
     import numpy as np
@@ -244,6 +245,29 @@ def slow() -> list[dict]:
         "matmuls_timed": len(log_kv["matmul_mode"]),
         "matmuls_timed_seconds": round(sum(log_kv["matmul_mode"]), 3),
         "step_seconds": round(seconds, 3)}))
+    # a 1,024-token prefill: the MATMULs it times (``occupancy.matmul_timeline``, compiled)
+    # and their tiles, timed again alone
+    cfg, hw = preset("tinyllama-1.1b"), load_hardware("edge-16x16").replace(l2_bytes=1 << 20)
+    timed, saved_occupancy = [], occupancy._occupancy
+
+    def logged_occupancy(instr, *args):
+        if instr.mnemonic == "MATMUL":
+            timed.append(instr)
+        return saved_occupancy(instr, *args)
+    occupancy._occupancy = logged_occupancy
+    try:
+        analytic.clear_caches()
+        occupancy._cache.clear()
+        analytic.prefill(cfg, hw, 1024)
+    finally:
+        occupancy._occupancy = saved_occupancy
+        analytic.clear_caches()
+    t0 = time.perf_counter()
+    tiles = sum(len(occupancy.matmul_timeline(instr, hw)[1]) for instr in timed)
+    rows.append(_emit({
+        "section": "slow", "case": "prefill_matmuls", "model": cfg.name, "hw": hw.name,
+        "l2_bytes": hw.l2_bytes, "prefill_tokens": 1024, "matmuls": len(timed),
+        "tiles": tiles, "seconds": round(time.perf_counter() - t0, 3)}))
     # edge-32x32 at 64 KiB: the tiles, and one engines' pass over the cut ones
     hw = load_hardware("edge-32x32").replace(l2_bytes=64 << 10)
     _, seconds, log_32 = step(hw, "llama-3.2-1b", 511)

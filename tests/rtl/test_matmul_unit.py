@@ -116,7 +116,7 @@ def test_an_int8_only_unit_runs_int8_weights(l2sim):
                     ("GEMV", "KN", 3, 80, 20, 1), ("GEMM", "NK", 20, 70, 18, 0)])])
 def test_tiles_are_announced_when_the_filler_model_says(l2sim, hw, cases):
     """The tile filler's two row readers share the L2's banks, the x reader's port first
-    (``arch.occupancy._fill_end`` steps both cycle by cycle). On edge-4x4 (one line-wide
+    (``arch.occupancy._fill_cycles`` steps both cycle by cycle). On edge-4x4 (one line-wide
     bank) a tile's weight reader waits for the x rows, which matters where KN weight rows
     need a priming step each and so set the fill (the model was 4-9% short on such
     MATMULs); on edge-16x16 (four banks) the two readers collide only where they ask one
@@ -143,4 +143,4 @@ def test_tiles_are_announced_when_the_filler_model_says(l2sim, hw, cases):
     results = l2sim.run_instructions(params, unit, MatmulUnit.N_PORTS, inputs, watch=watch)
     for (mem, instr), (rtl, expected), tiles in zip(inputs, results, seen, strict=True):
         assert np.array_equal(rtl, expected) and not np.array_equal(expected, mem)
-        assert tiles == matmul_timeline(instr, params.hw)[1], instr.fields()
+        assert tiles == matmul_timeline(instr, params.hw)[1].tolist(), instr.fields()

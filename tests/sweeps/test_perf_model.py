@@ -759,42 +759,6 @@ def test_gemm_block_extrapolation_equals_stepping_every_block():
     assert extrapolated > 1000
 
 
-def test_replaying_settled_matmul_groups_equals_stepping_every_group(monkeypatch):
-    """``matmul_timeline`` replays the groups after a settled stretch (``_replay``):
-    random ``MATMUL``s (both modes, both layouts, int8 and MXINT4, accumulating or not,
-    aligned and misaligned addresses and strides, 4x4 to 16x16 arrays) time the same as
-    stepping every group, and announce every tile at the same cycle (the L2 profile's
-    sums, taken in another order, to the last bits)."""
-    from arch import occupancy as occ
-
-    replay, replayed = occ._replay, []
-    monkeypatch.setattr(occ, "_replay", lambda *args: replayed.append(1) or replay(*args))
-    matmul_timeline = occ.matmul_timeline
-    rng = np.random.default_rng(8)
-    for _ in range(120):
-        hw = load_hardware(str(rng.choice(["edge-4x4", "edge-8x8", "edge-16x16"])))
-        m, k, n = (int(rng.choice(v)) for v in ([1, 3, 17, 64, 100, 256], [16, 100, 128, 300],
-                                                 [1, 16, 20, 64, 200]))
-        mx = bool(rng.random() < 0.25)
-        kn = not mx and bool(rng.random() < 0.3)
-        w_stride = n if kn else (k + 1) // 2 if mx else k
-        instr = make("MATMUL", mode=int(rng.integers(2)), accumulate=int(rng.integers(2)),
-                     w_layout=int(kn), x_addr=int(rng.integers(4096)),
-                     w_addr=int(rng.integers(4096)),
-                     out_addr=int(rng.choice([0, 64, 4 * rng.integers(4096)])), w_format=int(mx),
-                     e_addr=int(rng.integers(4096)) if mx else 0, m=m, k=k, n=n,
-                     x_stride=k + int(rng.choice([0, 3, 32])),
-                     w_stride=w_stride + int(rng.choice([0, 5])),
-                     out_stride=4 * n + int(rng.choice([0, 12, 64])))
-        fast, slow = matmul_timeline(instr, hw), matmul_timeline(instr, hw, replay=False)
-        assert fast[1] == slow[1], instr
-        assert dataclasses.replace(fast[0], l2_profile=None) == \
-            dataclasses.replace(slow[0], l2_profile=None), instr
-        assert np.allclose(fast[0].l2_profile or (), slow[0].l2_profile or (), rtol=0,
-                           atol=1e-12), instr
-    assert len(replayed) >= 30, len(replayed)
-
-
 def test_the_dataflow_picked_is_the_faster_one():
     """``matmul_mode`` skips timing the GEMM where its weight loads alone, ``(blocks - 1)
     * R`` cycles, or (with fewer rows than the array) its tile filler alone, the sum of
@@ -824,12 +788,11 @@ def test_the_dataflow_picked_is_the_faster_one():
         want = (MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM]
                 else MatmulMode.GEMM)
         R = hw.array_rows
-        gemm = SimpleNamespace(**fields, mode=MatmulMode.GEMM)
+        gemm = occ.MatmulFields(**fields, mode=int(MatmulMode.GEMM))
         tiles = occ.matmul_tiles(gemm, hw)
-        blocks = sum(-(-kl // R) for *_, kl in tiles)
-        W, banks = hw.line_bytes, int(hw.l2_lines_per_cycle)
-        fills = sum(occ._fill_end(*occ._tile_segments(gemm, *t, W * banks), W, banks) + 1
-                    for t in tiles)
+        blocks = int((-(-tiles[:, 5] // R)).sum())
+        fills = int(occ._fills(gemm, tiles, hw.line_bytes, int(hw.l2_lines_per_cycle))[:, 0]
+                    .sum()) + len(tiles)
         assert cycles[MatmulMode.GEMM] > max((blocks - 1) * R, fills), fields
         gemm_won += want == MatmulMode.GEMM
         occ._cache.clear()
