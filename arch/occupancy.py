@@ -1108,19 +1108,17 @@ def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
 
 def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     """``instr``'s operands reduced to what its occupancy reads: addresses modulo the line
-    (an instruction's lines depend only on its alignment); for a ``MATMUL``, addresses
-    and row strides modulo the L2's line-wide banks times the line (its tile filler's two
-    readers collide by bank, ``_fills``, and ``matmul_timeline`` reads every row's
-    address modulo that); ROPE's ``pos0`` not at all (``vector_segments``); an ``INT8``
-    KV_PREFETCH's or a KV_APPEND's ``first_token`` modulo the block and the tokens after
-    which its rows' DRAM addresses repeat modulo the line (without a DRAM image, token
-    ``t``'s row is at ``pool_addr + t * row_bytes``, ``_dma_rows``), and the prefetch's
-    ``col_offset`` (added to each row's address) modulo the line."""
+    (an instruction's lines depend only on its alignment); for a ``MATMUL``, its
+    addresses as ``matmul_alignment`` reduces them and its row strides modulo the L2's
+    line-wide banks times the line (``_matmul_key``); ROPE's ``pos0`` not at all
+    (``vector_segments``); an ``INT8`` KV_PREFETCH's or a KV_APPEND's ``first_token``
+    modulo the block and the tokens after which its rows' DRAM addresses repeat modulo
+    the line (without a DRAM image, token ``t``'s row is at ``pool_addr + t *
+    row_bytes``, ``_dma_rows``), and the prefetch's ``col_offset`` (added to each row's
+    address) modulo the line."""
     op, operands = instr.mnemonic, instr.operands
     if op == "MATMUL":
-        W = hw.l2_stripe_bytes
-        return tuple([value % W if modulo else value
-                      for modulo, value in zip(_MATMUL_MASK, operands, strict=True)])
+        return _matmul_key(MatmulFields(*operands), hw)
     W, spec = hw.line_bytes, instr.spec
     key = [value % W if address else value
            for address, value in zip(_ADDRESS_MASK[op], operands, strict=True)]
@@ -1139,11 +1137,9 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     buffers once per block, GEMV once per row). The GEMM is not timed where a bound on
     its cycles already exceeds the GEMV's (its weight loads, or its tile filler's fills:
     ``_matmul_mode``). The compiler emits every ``MATMUL`` in the mode this returns, and
-    the fast path times it so. Memoised as ``occupancy`` is (on the timing fields and the
-    addresses and strides modulo the banks' lines)."""
-    W = hw.l2_stripe_bytes
-    key = (_timing_fields(hw), tuple(fields),
-           tuple(v % W if k in _MATMUL_MODULO else v for k, v in fields.items()))
+    the fast path times it so. Memoised as ``occupancy`` is (on the timing fields and
+    ``_matmul_key``)."""
+    key = (_timing_fields(hw), _matmul_key(MatmulFields(**fields, mode=0), hw))
     mode = _modes.get(key)
     if mode is None:
         if len(_modes) > 100_000:
@@ -1154,11 +1150,34 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
 
 _modes: dict = {}
 #: A ``MATMUL``'s fields its timing reads only modulo the banks' lines (``_timing_operands``).
-_MATMUL_MODULO = {f.name for f in BY_MNEMONIC["MATMUL"].fields if f.address} | {
-    "x_stride", "w_stride", "out_stride"}
-#: ... as a mask over its fields in order, and each instruction's address fields'
-#: (``_timing_operands``' reading of them)
-_MATMUL_MASK = tuple(f.name in _MATMUL_MODULO for f in BY_MNEMONIC["MATMUL"].fields)
+
+def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint4: bool,
+                     hw: HardwareConfig) -> tuple[int, int, int, int]:
+    """A ``MATMUL``'s L2 addresses ``(x, w, out, e)`` reduced to what its timing reads
+    (``matmul_timeline``): the tile filler's two readers collide where they ask one bank
+    at once (``_fill_cycles``), so x's, the weights' and (MXINT4) the block exponents'
+    addresses matter only modulo the L2's line times its line-wide banks (``P``), and
+    only relative to one another by whole lines: all three move by the lines that bring
+    x's to the first bank. The writeback's rows matter only by their alignment in a line
+    and whether they fall in one bank (``_steps``): the output address modulo the line.
+    Int8 weights have no exponents (``e`` is 0). (The strides stay modulo ``P``.) Exact: ``tests/arch/test_occupancy.py`` times
+    random MATMULs so moved alike."""
+    W, P = hw.line_bytes, hw.l2_stripe_bytes
+    lines = x_addr - x_addr % W
+    return ((x_addr - lines) % P, (w_addr - lines) % P, out_addr % W,
+            (e_addr - lines) % P if mxint4 else 0)
+
+
+def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
+    """``_timing_operands`` of a ``MATMUL``: its fields, the addresses as
+    ``matmul_alignment`` reduces them, the strides modulo the L2's stripe."""
+    P = hw.l2_stripe_bytes
+    return (f.mode, f.accumulate, f.w_layout, f.m, f.k, f.n, f.w_format,
+            f.x_stride % P, f.w_stride % P, f.out_stride % P,
+            *matmul_alignment(f.x_addr, f.w_addr, f.out_addr, f.e_addr,
+                              f.w_format == WeightFormat.MXINT4, hw))
+
+
 _ADDRESS_MASK = {name: tuple(f.address for f in spec.fields)
                  for name, spec in BY_MNEMONIC.items()}
 

@@ -62,6 +62,7 @@ from arch.occupancy import (
     chunked_prefetch_occupancy,
     kv_budget_widths,
     load_data_delay,
+    matmul_alignment,
     matmul_mode,
     occupancy,
     queue_after,
@@ -227,8 +228,8 @@ def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
     """One weight tile of a matmul as ``backend.Generator.matmul`` streams it (its load,
     or for MXINT4 weights the packed elements' and the block exponents' loads,
     ``mx_exps_rows``, then its ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``.
-    The L2 addresses are taken modulo the line times the L2's line-wide banks, where the
-    MATMUL's timing repeats (``arch.occupancy.occupancy``), so each is costed once."""
+    The L2 addresses are taken as ``arch.occupancy.matmul_alignment`` reduces them (all
+    the MATMUL's timing reads of them), so each is costed once."""
     mx = weights == "mxint4"
     cpl = hw.dram_cycles_per_line
     w_bytes = (k + 1) // 2 if mx else k
@@ -429,8 +430,9 @@ class _Timing(Generator):
                     e_rows, e_bytes = mx_exps_rows(n, k, k_total)
                     e_addr = take(e_rows * e_bytes)
                 count += 1
-                key = (m, k_total, n_total, n, k0 > 0, k, weights, (x_addr + k0) % P,
-                       addr % P, (out_addr + 4 * n0) % P, e_addr % P)
+                key = (m, k_total, n_total, n, k0 > 0, k, weights,
+                       *matmul_alignment(x_addr + k0, addr, out_addr + 4 * n0, e_addr, mx,
+                                         self.core))
                 found = memo.get(key)
                 if found is None:    # (the shared cache hashes the hardware: once a shape)
                     found = memo[key] = _matmul_tile(self.core, *key)

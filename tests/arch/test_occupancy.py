@@ -128,10 +128,12 @@ def test_paced_streams_are_the_readers_idling_a_cycle_between_lines():
 def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_differs(name):
     """``occupancy`` gives one timing to instructions whose operands differ only in what
     ``_timing_operands`` drops (a MATMUL's addresses and strides by multiples of the
-    banks' lines, ROPE's ``pos0``, an INT8 KV_PREFETCH's or a KV_APPEND's
+    banks' lines, its x, weight and exponent addresses by the same whole lines and its
+    output address by others, ROPE's ``pos0``, an INT8 KV_PREFETCH's or a KV_APPEND's
     ``first_token`` by its period, the prefetch's ``col_offset`` by a line): computed
-    apart (``_occupancy``, no memo), random
-    such pairs time alike, field by field."""
+    apart (``_occupancy``, no memo), random such pairs time alike, field by field. Where
+    x alone moves by a line (with more than one line-wide bank, the readers' banks then
+    collide elsewhere) and the timing differs, the memo does not share it."""
     hw = load_hardware(name)
     W, P, B = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle), hw.kv_block_tokens
     rng = np.random.default_rng(7)
@@ -139,7 +141,7 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
     def r(lo, hi):
         return int(rng.integers(lo, hi + 1))
 
-    pairs = []
+    pairs, apart = [], []
     for _ in range(12):
         mode, kn = r(0, 1), r(0, 1)
         m, k, n = r(1, 40), r(1, 80), r(1, 40)
@@ -150,6 +152,15 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
         b = {f: v + P * r(1, 9) if f.endswith(("_addr", "_stride")) else v
              for f, v in a.items()}
         pairs.append((make("MATMUL", **a), make("MATMUL", **b)))
+        # x, the weights and the exponents moved by the same lines, the output by others
+        lines, out_lines = W * r(1, 40), W * r(1, 40)
+        c = {**a, "w_format": r(0, 1) if not kn else 0, "e_addr": r(0, 4096)}
+        d = {**c, "x_addr": c["x_addr"] + lines, "w_addr": c["w_addr"] + lines,
+             "e_addr": c["e_addr"] + (lines if c["w_format"] else r(0, 4096)),
+             "out_addr": c["out_addr"] + out_lines}
+        pairs.append((make("MATMUL", **c), make("MATMUL", **d)))
+        # ... and x alone moved by a line: the two readers' banks collide elsewhere
+        apart.append((make("MATMUL", **c), make("MATMUL", **{**c, "x_addr": c["x_addr"] + W})))
         rope = dict(src_addr=r(0, 4096), dst_addr=r(0, 4096), rows=r(1, 9), heads=r(1, 6),
                     head_dim=2 * r(1, 40), pos0=r(0, 5000), freq_addr=r(0, 4096),
                     row_stride=r(0, 700))
@@ -174,6 +185,13 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
         assert _occupancy(one, hw, None, CALIBRATION) == _occupancy(other, hw, None,
                                                                     CALIBRATION), one
         assert occupancy(one, hw) is occupancy(other, hw)
+    # and where they time apart, the memo tells them apart
+    differ = 0
+    for one, other in apart:
+        if _occupancy(one, hw, None, CALIBRATION) != _occupancy(other, hw, None, CALIBRATION):
+            differ += 1
+            assert occupancy(one, hw) is not occupancy(other, hw), one
+    assert differ or hw.l2_lines_per_cycle == 1, differ
 
 
 @pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
