@@ -1188,7 +1188,7 @@ def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:
     # (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles: where that is
     # already more than the GEMV takes, it is not timed
     R = hw.array_rows
-    f = MatmulFields(**fields, mode=int(MatmulMode.GEMM))
+    f = MatmulFields(**{k: int(v) for k, v in fields.items()}, mode=int(MatmulMode.GEMM))
     tiles = matmul_tiles(f, hw)
     blocks = int((-(-tiles[:, 5] // R)).sum())
     if (blocks - 1) * R > gemv:
