@@ -12,6 +12,7 @@ unknown keys, missing keys and out-of-range values with the file, the key and th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tomllib
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ class HardwareConfig:
     def peak_macs_per_s(self) -> float:
         return self.pes * self.clock_hz
 
-    @property
+    @functools.cached_property
     def line_bytes(self) -> int:
         """``W``: one DRAM word and one L2 line, what every engine moves per cycle: the
         smallest power of two >= ``dram_bytes_per_cycle``, at least one instruction
@@ -147,7 +148,7 @@ class HardwareConfig:
             w *= 2
         return w
 
-    @property
+    @functools.cached_property
     def dram_cycles_per_line(self) -> float:
         """Cycles the DRAM takes per line: ``line_bytes / dram_bytes_per_cycle``, at least
         1 (the line is at least a cycle's bandwidth)."""
@@ -169,13 +170,13 @@ class HardwareConfig:
             rows, lines = rows * GEMM_ROW_FACTOR, lines // GEMM_ROW_FACTOR
         return rows, lines * self.line_bytes
 
-    @property
+    @functools.cached_property
     def l2_lines_per_cycle(self) -> float:
         """Lines of ``line_bytes`` the L2's banks move per cycle in all: the RTL groups its
         banks into this many line-wide banks (a whole number, checked above)."""
         return self.l2_banks * self.l2_port_bytes // self.line_bytes
 
-    @property
+    @functools.cached_property
     def l2_stripe_bytes(self) -> int:
         """Bytes the L2's banks move in a cycle in all, a line on each line-wide bank:
         addresses a stripe apart fall on the same banks (a ``MATMUL``'s timing repeats
