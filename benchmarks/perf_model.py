@@ -548,14 +548,20 @@ def cuts() -> list[dict]:
         return round(100 * (a - b) / b, 4)
 
     rows = []
+    # edge-16x16 from 256 KiB, and every array at 64 KiB, the default sweep's smallest L2
+    # (the smallest staging rings: the longest runs of the most tiles)
+    steps = (("decode", 130, True, "int8", None), ("decode", 1100, True, "int8", None),
+             ("decode", 700, False, "int8", None), ("decode", 700, True, "mxint4", None),
+             ("decode", 700, True, "mxint4", 3.0), ("prefill", 128, True, "int8", None),
+             ("prefill", 1024, True, "int8", None))
+    small = (("decode", 130, True, "int8", None), ("decode", 1000, True, "mxint4", None))
+    configs = [("edge-16x16", l2, steps) for l2 in (256 << 10, 512 << 10, 2 << 20, 16 << 20)]
+    configs += [(array, 64 << 10, small)
+                for array in ("edge-4x4", "edge-8x8", "edge-16x16", "edge-32x32")]
     for name in ("llama-3.2-1b", "qwen2.5-0.5b", "tinyllama-1.1b", "sheared-llama-1.3b"):
-        for l2 in (256 << 10, 512 << 10, 2 << 20, 16 << 20):
-            hw = load_hardware("edge-16x16").replace(l2_bytes=l2)
-            for kind, x, prefetch, weights, kv_bits in (
-                    ("decode", 130, True, "int8", None), ("decode", 1100, True, "int8", None),
-                    ("decode", 700, False, "int8", None), ("decode", 700, True, "mxint4", None),
-                    ("decode", 700, True, "mxint4", 3.0), ("prefill", 128, True, "int8", None),
-                    ("prefill", 1024, True, "int8", None)):
+        for array, l2, cases in configs:
+            hw = load_hardware(array).replace(l2_bytes=l2)
+            for kind, x, prefetch, weights, kv_bits in cases:
                 case = (kind, name, hw, x, prefetch, weights, kv_bits)
                 every, _ = timed(*case, every_tile, factor)
                 cut, passes = timed(*case, cut_runs, factor)
