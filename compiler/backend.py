@@ -312,8 +312,8 @@ def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, hw: HardwareConfig
     size ``matmul_tiling`` picks. Memoised (a chunked LM head's chunks share a shape)."""
     nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw, mxint4)
     ks = [(k0, min(kt, k_total - k0)) for k0 in range(0, k_total, kt)]
-    return tuple((n0, n, k0, k) for n0 in range(0, n_total, nt)
-                 for n in (min(nt, n_total - n0),) for k0, k in ks)
+    ns = [(n0, min(nt, n_total - n0)) for n0 in range(0, n_total, nt)]
+    return tuple([(n0, n, k0, k) for n0, n in ns for k0, k in ks])
 
 
 def column_chunk_plan(cols: int, words_per_col: int, per_channel: bool, tile_bytes: int,
