@@ -25,6 +25,7 @@ tests/compiler/test_isasim.py.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -833,12 +834,12 @@ def make(mnemonic: str, wait=0, signal=0, **fields) -> Instruction:
                 raise IsaError(f"{mnemonic}: {label} mask names its own engine "
                                f"({spec.engine.name.lower()})")
     try:
-        operands = tuple([int(fields[name]) for name in spec.field_names])
+        operands = tuple(map(int, map(fields.__getitem__, spec.field_names)))
     except (KeyError, TypeError, ValueError):
         operands = None
     if (operands is None or len(fields) != len(operands)
-            or not all(0 <= v <= top
-                       for v, top in zip(operands, spec.field_max, strict=True))):
+            or (operands and min(operands) < 0)
+            or not all(map(operator.le, operands, spec.field_max))):
         _check_fields(spec, fields)
     return Instruction(mnemonic, operands, wait, signal)
 
