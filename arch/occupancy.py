@@ -1160,8 +1160,8 @@ def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint
     only relative to one another by whole lines: all three move by the lines that bring
     x's to the first bank. The writeback's rows matter only by their alignment in a line
     and whether they fall in one bank (``_steps``): the output address modulo the line.
-    Int8 weights have no exponents (``e`` is 0). (The strides stay modulo ``P``.) Exact: ``tests/arch/test_occupancy.py`` times
-    random MATMULs so moved alike."""
+    Int8 weights have no exponents (``e`` is 0). (The strides stay modulo ``P``.) Exact:
+    ``tests/arch/test_occupancy.py`` times random MATMULs so moved alike."""
     W, P = hw.line_bytes, hw.l2_stripe_bytes
     lines = x_addr - x_addr % W
     return ((x_addr - lines) % P, (w_addr - lines) % P, out_addr % W,
