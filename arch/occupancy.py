@@ -1149,7 +1149,7 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
 
 
 _modes: dict = {}
-#: A ``MATMUL``'s fields its timing reads only modulo the banks' lines (``_timing_operands``).
+
 
 def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint4: bool,
                      hw: HardwareConfig) -> tuple[int, int, int, int]:

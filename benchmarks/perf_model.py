@@ -80,9 +80,14 @@ import dataclasses
 import gc
 import itertools
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from accel.args import ArgumentParser, run_command
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SECTIONS = ("fast", "slow", "fidelity", "random", "workload", "cuts", "layers", "head",
             "l2", "tp", "prefill", "density")
@@ -143,8 +148,10 @@ def slow() -> list[dict]:
     the pipeline runs of steps whose periodic runs settle late, with the loads' drift's
     prediction (``analytic._settle_repeats``) and with ``RESTEP_FACTOR`` alone, both
     against stepping every tile; an L2 wait that grows every contention pass; the
-    MATMULs a new KV length at 64 KiB times afresh; the MATMULs of a 1,024-token prefill
-    and their tiles, timed alone; the tiles of edge-32x32's step at
+    MATMULs and DMA instructions a new KV length at 64 KiB times afresh and the LM head's
+    fitting; the MATMULs of a 1,024-token prefill
+    and their tiles, timed alone; a first step in a fresh process with numba's cache of
+    compiled kernels emptied and with it; the tiles of edge-32x32's step at
     64 KiB and the seconds of its engines' pass. Seconds are of the step with its calls
     logged (slower than ``fast``'s)."""
     import numpy as np
@@ -155,9 +162,9 @@ def slow() -> list[dict]:
     from sweeps import analytic
 
     patched = ("_pipeline", "_drift", "_settle_repeats", "_periodic", "_l2_waits", "_run",
-               "_columns")
+               "_columns", "fit_head")
     saved = {name: getattr(analytic, name) for name in patched}
-    saved_mode = occupancy._matmul_mode
+    saved_mode, saved_dma = occupancy._matmul_mode, occupancy.dma_occupancy
     log: dict = {}
 
     def logged(name):
@@ -174,12 +181,15 @@ def slow() -> list[dict]:
         for n in patched:
             setattr(analytic, n, logged(n))
 
-        def timed_mode(*args):
-            t0 = time.perf_counter()
-            out = saved_mode(*args)
-            log.setdefault("matmul_mode", []).append(time.perf_counter() - t0)
-            return out
-        occupancy._matmul_mode = timed_mode
+        def timed(name, f):
+            def call(*args, **kwargs):
+                t0 = time.perf_counter()
+                out = f(*args, **kwargs)
+                log.setdefault(name, []).append(time.perf_counter() - t0)
+                return out
+            return call
+        occupancy._matmul_mode = timed("matmul_mode", saved_mode)
+        occupancy.dma_occupancy = timed("dma_occupancy", saved_dma)
         if restep_only:
             analytic._settle_repeats = lambda *a: 0
         if every_tile:
@@ -198,7 +208,7 @@ def slow() -> list[dict]:
         finally:
             for n in patched:
                 setattr(analytic, n, saved[n])
-            occupancy._matmul_mode = saved_mode
+            occupancy._matmul_mode, occupancy.dma_occupancy = saved_mode, saved_dma
             analytic.clear_caches()
         return out, seconds, {k: list(v) for k, v in log.items()}
 
@@ -244,6 +254,11 @@ def slow() -> list[dict]:
         "hw": hw.name, "l2_bytes": hw.l2_bytes, "position": 1100,
         "matmuls_timed": len(log_kv["matmul_mode"]),
         "matmuls_timed_seconds": round(sum(log_kv["matmul_mode"]), 3),
+        # DMA instructions timed afresh (attention's KV prefetches at new places in their
+        # pages), and the driver fitting the LM head's chunks to the step's activations
+        "dma_timed": len(log_kv.get("dma_occupancy", [])),
+        "dma_timed_seconds": round(sum(log_kv.get("dma_occupancy", [])), 4),
+        "fit_head_seconds": round(sum(t for *_, t in log_kv.get("fit_head", [])), 4),
         "step_seconds": round(seconds, 3)}))
     # a 1,024-token prefill: the MATMULs it times (``occupancy.matmul_timeline``, compiled)
     # and their tiles, timed again alone
@@ -268,6 +283,33 @@ def slow() -> list[dict]:
         "section": "slow", "case": "prefill_matmuls", "model": cfg.name, "hw": hw.name,
         "l2_bytes": hw.l2_bytes, "prefill_tokens": 1024, "matmuls": len(timed),
         "tiles": tiles, "seconds": round(time.perf_counter() - t0, 3)}))
+    # the compiled kernels: a first step (a JAX trace and the kernels' loading) in a fresh
+    # process with numba's cache emptied, and with the project's (``arch.kernels``)
+    first_step = """
+import sys, tempfile, time
+import numba
+import arch.kernels
+if sys.argv[1] == "empty":
+    numba.config.CACHE_DIR = tempfile.mkdtemp()
+from arch.hardware import load_hardware
+from models.config import preset
+from sweeps import analytic
+hw = load_hardware("edge-16x16").replace(l2_bytes=1 << 20)
+t0 = time.perf_counter()
+analytic.decode_step(preset("qwen2.5-0.5b"), hw, 511)
+print(time.perf_counter() - t0)
+"""
+    analytic.decode_step(preset("qwen2.5-0.5b"),              # the project's cache filled
+                         load_hardware("edge-16x16").replace(l2_bytes=1 << 20), 511)
+    seconds = {cache: float(subprocess.run([sys.executable, "-c", first_step, cache],
+                                           check=True, capture_output=True, text=True,
+                                           cwd=ROOT).stdout)
+               for cache in ("empty", "project")}
+    rows.append(_emit({
+        "section": "slow", "case": "kernels", "model": "qwen2.5-0.5b", "hw": "edge-16x16",
+        "l2_bytes": 1 << 20, "position": 511,
+        "first_step_seconds_cache_emptied": round(seconds["empty"], 2),
+        "first_step_seconds_cached": round(seconds["project"], 2)}))
     # edge-32x32 at 64 KiB: the tiles, and one engines' pass over the cut ones
     hw = load_hardware("edge-32x32").replace(l2_bytes=64 << 10)
     _, seconds, log_32 = step(hw, "llama-3.2-1b", 511)

@@ -1264,10 +1264,10 @@ KEEP_REPEATS = KEEP_LOADS
 #: load engine built up before the run, with prefetch as far as the staging ring lets
 #: it, drains over the run's first repeats while the compute engine works off the loads
 #: already in, and repeats that advance alike before it has drained need not mean it
-#: has. ``python -m benchmarks.perf_model --only cuts`` times 112 steps both ways
-#: against stepping every tile: the pipeline ran 366 times at 1× (``_timeline`` runs it
-#: again where a run had not settled by its cut) and 244 at 4×, and every step came out
-#: as stepping every tile gives it, to 0.0001%, at both. (A Sheared-LLaMA-1.3B step
+#: has. ``python -m benchmarks.perf_model --only cuts`` times 144 steps both ways
+#: against stepping every tile: the pipeline ran 422 times at 1× (``_timeline`` runs it
+#: again where a run had not settled by its cut) and 281 at 4×, and every step's cycles
+#: came out as stepping every tile gives them, to 0.0001%, at both. (A Sheared-LLaMA-1.3B step
 #: with MXINT4 weights and a 3-bit KV cache at 16 MiB, whose runs looked settled at 1×
 #: and were not, once came out 0.03% long at 1×. The worst, 0.037%, was another error,
 #: since mended: ``_pipeline``'s rules for stopping its contention passes compared the
@@ -1440,19 +1440,25 @@ def _steady(series: tuple, e: int, p: int, window: int) -> bool:
     return all(bool((np.abs(x[at] - x[at - a] - step) <= tol).all()) for x in series)
 
 
+def _removed(upto: np.ndarray, cut: tuple) -> float:
+    """What a cut's removed repeats add to ``upto`` (a running total at each tile of the
+    cut tiles: compute ends, load busy, a sum): its repeats at the mean advance of the
+    repeats its period is measured over (``cut``: ``_periodic``'s)."""
+    e, p, m, _, _, w = cut
+    return m * float(upto[e] - upto[e - w * p]) / w
+
+
 def _uncut_cycles(run: tuple, cuts: tuple) -> float:
-    """The cycles of a ``_run`` over tiles ``_periodic`` cut, with each cut's removed
-    repeats at the pace of the repeats its period is measured over (``_extrapolate``'s
-    cycles)."""
-    return run[0][0] + sum(m * float(run[4][e] - run[4][e - w * p]) / w
-                           for e, p, m, _, _, w in cuts)
+    """The cycles of a ``_run`` over tiles ``_periodic`` cut, each cut's removed repeats
+    added (``_extrapolate``'s cycles)."""
+    return run[0][0] + sum(_removed(run[4], cut) for cut in cuts)
 
 
 def _uncut_sum(per_tile: np.ndarray, cuts: tuple) -> float:
-    """The sum of ``per_tile`` (a value per tile of a cut run) with each cut's removed
+    """The sum of ``per_tile`` (an int a tile of a cut run) with each cut's removed
     repeats counted as the mean of the repeats its period is measured over."""
-    return float(per_tile.sum()) + sum(m * float(per_tile[e - w * p + 1:e + 1].sum()) / w
-                                       for e, p, m, _, _, w in cuts)
+    upto = np.cumsum(per_tile)
+    return float(upto[-1] if len(upto) else 0) + sum(_removed(upto, cut) for cut in cuts)
 
 
 def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple, schedule: tuple) -> tuple:
@@ -1477,14 +1483,14 @@ def _extrapolate(tiles: _Cols, run: tuple, cuts: tuple, schedule: tuple) -> tupl
         busy_to.copy()
     shift = busy = 0.0
     at = 0
-    for e, p, m, _, _, w in cuts:
+    for cut in cuts:
+        e, p, m = cut[:3]
         compute_begin[at:e + 1] += shift
         compute_ends[at:e + 1] += shift
         busy_to[at:e + 1] += busy
         at = e + 1
-        a = w * p
-        shift += m * float(run[4][e] - run[4][e - a]) / w
-        busy += m * float(run[5][e] - run[5][e - a]) / w
+        shift += _removed(run[4], cut)
+        busy += _removed(run[5], cut)
         compute_busy += m * int(tiles.computes[e - p + 1:e + 1].sum())
     compute_begin[at:] += shift
     compute_ends[at:] += shift
