@@ -260,6 +260,28 @@ def slow() -> list[dict]:
         "dma_timed_seconds": round(sum(log_kv.get("dma_occupancy", [])), 4),
         "fit_head_seconds": round(sum(t for *_, t in log_kv.get("fit_head", [])), 4),
         "step_seconds": round(seconds, 3)}))
+    rows += [_prefill_matmuls(), _first_step()]
+    # edge-32x32 at 64 KiB: the tiles, and one engines' pass over the cut ones
+    hw = load_hardware("edge-32x32").replace(l2_bytes=64 << 10)
+    _, seconds, log_32 = step(hw, "llama-3.2-1b", 511)
+    parts = log_32["_columns"][0][1][0]
+    rows.append(_emit({
+        "section": "slow", "case": "tiles", "model": "llama-3.2-1b", "hw": hw.name,
+        "l2_bytes": hw.l2_bytes, "position": 511, "step_seconds": round(seconds, 3),
+        "part_tiles": [len(c) for c in parts],
+        "pipeline_tiles": [len(a[0]) for a, _, _ in log_32["_pipeline"]],
+        "engine_pass_seconds": [round(t, 4) for *_, t in log_32["_run"]]}))
+    return rows
+
+
+def _prefill_matmuls() -> dict:
+    """``slow``'s row of the MATMULs a 1,024-token prefill times and their tiles, timed
+    again alone."""
+    from arch import occupancy
+    from arch.hardware import load_hardware
+    from models.config import preset
+    from sweeps import analytic
+
     # a 1,024-token prefill: the MATMULs it times (``occupancy.matmul_timeline``, compiled)
     # and their tiles, timed again alone
     cfg, hw = preset("tinyllama-1.1b"), load_hardware("edge-16x16").replace(l2_bytes=1 << 20)
@@ -279,18 +301,28 @@ def slow() -> list[dict]:
         analytic.clear_caches()
     t0 = time.perf_counter()
     tiles = sum(len(occupancy.matmul_timeline(instr, hw)[1]) for instr in timed)
-    rows.append(_emit({
+    return _emit({
         "section": "slow", "case": "prefill_matmuls", "model": cfg.name, "hw": hw.name,
         "l2_bytes": hw.l2_bytes, "prefill_tokens": 1024, "matmuls": len(timed),
-        "tiles": tiles, "seconds": round(time.perf_counter() - t0, 3)}))
+        "tiles": tiles, "seconds": round(time.perf_counter() - t0, 3)})
+
+
+def _first_step() -> dict:
+    """``slow``'s row of a first step in a fresh process, with numba's cache of compiled
+    kernels emptied and with the project's."""
+    from arch.hardware import load_hardware
+    from models.config import preset
+    from sweeps import analytic
+
     # the compiled kernels: a first step (a JAX trace and the kernels' loading) in a fresh
     # process with numba's cache emptied, and with the project's (``arch.kernels``)
     first_step = """
-import sys, tempfile, time
+import atexit, shutil, sys, tempfile, time
 import numba
 import arch.kernels
 if sys.argv[1] == "empty":
     numba.config.CACHE_DIR = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, numba.config.CACHE_DIR, True)
 from arch.hardware import load_hardware
 from models.config import preset
 from sweeps import analytic
@@ -305,22 +337,11 @@ print(time.perf_counter() - t0)
                                            check=True, capture_output=True, text=True,
                                            cwd=ROOT).stdout)
                for cache in ("empty", "project")}
-    rows.append(_emit({
+    return _emit({
         "section": "slow", "case": "kernels", "model": "qwen2.5-0.5b", "hw": "edge-16x16",
         "l2_bytes": 1 << 20, "position": 511,
         "first_step_seconds_cache_emptied": round(seconds["empty"], 2),
-        "first_step_seconds_cached": round(seconds["project"], 2)}))
-    # edge-32x32 at 64 KiB: the tiles, and one engines' pass over the cut ones
-    hw = load_hardware("edge-32x32").replace(l2_bytes=64 << 10)
-    _, seconds, log_32 = step(hw, "llama-3.2-1b", 511)
-    parts = log_32["_columns"][0][1][0]
-    rows.append(_emit({
-        "section": "slow", "case": "tiles", "model": "llama-3.2-1b", "hw": hw.name,
-        "l2_bytes": hw.l2_bytes, "position": 511, "step_seconds": round(seconds, 3),
-        "part_tiles": [len(c) for c in parts],
-        "pipeline_tiles": [len(a[0]) for a, _, _ in log_32["_pipeline"]],
-        "engine_pass_seconds": [round(t, 4) for *_, t in log_32["_run"]]}))
-    return rows
+        "first_step_seconds_cached": round(seconds["project"], 2)})
 
 
 def workload() -> list[dict]:
