@@ -54,7 +54,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import Engine, KvFormat, make
+from arch.isa import MX_BLOCK, Engine, KvFormat, make
 from arch.kernels import njit
 from arch.occupancy import (
     CALIBRATION,
@@ -112,6 +112,7 @@ from compiler.ir import (
 from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
 from models.integer import check_weight_format, quant_struct
+from models.numerics import mx_blocks
 from sweeps.perf import CONTENTION_PASSES, _stolen_lines, _trapped_cycles, _usage_lines
 
 DMA_END = CALIBRATION.dma_end
@@ -224,7 +225,8 @@ def _matmul_instr(hw: HardwareConfig, fields: dict):
 @lru_cache(maxsize=16384)
 def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
                  accumulate: bool, k: int, weights: str, x_addr: int, w_addr: int,
-                 out_addr: int, e_addr: int = 0) -> tuple:
+                 out_addr: int, e_addr: int = 0, w_dram: int = 0, e_dram: int = 0
+                 ) -> tuple:
     """One weight tile of a matmul as ``backend.Generator.matmul`` streams it (its load,
     or for MXINT4 weights the packed elements' and the block exponents' loads,
     ``mx_exps_rows``, then its ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``.
@@ -237,12 +239,16 @@ def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
                   out_addr=out_addr, w_format=int(mx), e_addr=e_addr, m=m, k=k, n=n,
                   x_stride=k_total, w_stride=w_bytes, out_stride=4 * n_total)
     mm = occupancy(_matmul_instr(hw, fields), hw)
-    loads = ([(n, w_bytes), mx_exps_rows(n, k, k_total)] if mx else [(n, k)])
+    # each load as the back end emits it: from the weights' rows in DRAM (``w_dram``,
+    # ``e_dram``: the first row's address modulo the line), into its staging slot
+    loads = ([(n, w_bytes, w_dram, (k_total + 1) // 2, w_addr),
+              (*mx_exps_rows(n, k, k_total), e_dram, mx_blocks(k_total), e_addr)] if mx
+             else [(n, k, w_dram, k_total, w_addr)])
     tiles, read, lines = [], 0, mm.l2_lines
-    for i, (rows, row_bytes) in enumerate(loads):
-        occ = occupancy(make("DMA_LOAD", dram_addr=0, l2_addr=0, rows=rows,
-                             row_bytes=row_bytes, dram_stride=row_bytes, l2_stride=row_bytes),
-                        hw)
+    for i, (rows, row_bytes, dram_addr, dram_stride, l2_addr) in enumerate(loads):
+        occ = occupancy(make("DMA_LOAD", dram_addr=dram_addr, l2_addr=l2_addr, rows=rows,
+                             row_bytes=row_bytes, dram_stride=dram_stride,
+                             l2_stride=row_bytes), hw)
         last = i == len(loads) - 1        # the MATMUL goes with the last load's tile
         compute = mm.cycles + ENGINE_START_CYCLES if last else 0
         # the load's and the matmul's fetch lines go with the tile
@@ -387,9 +393,10 @@ class _Timing(Generator):
         block's output offset modulo the stripe stand at its start. Where a full block
         begins as an earlier one did, the blocks in between recur until the last full
         one: they are repeated at once, the pointer left where it would be."""
-        n_total = w.shape[0] if columns is None else columns[1]
+        c0, n_total = (0, w.shape[0]) if columns is None else columns
         k_total = w.shape[1]
         mx = w_exps is not None
+        W = self.core.line_bytes
         weights = "mxint4" if mx else "int8"
         P = self.core.l2_stripe_bytes
         s, memo, ring = self.s, self.tile_memo, self.ring
@@ -425,14 +432,18 @@ class _Timing(Generator):
                     continue
             for _, n, k0, k in plan[b * per:(b + 1) * per]:
                 addr = take(n * ((k + 1) // 2 if mx else k))
-                e_addr = 0
+                e_addr = e_dram = 0
                 if mx:
                     e_rows, e_bytes = mx_exps_rows(n, k, k_total)
                     e_addr = take(e_rows * e_bytes)
+                    w_dram = (n0 * ((k_total + 1) // 2) + k0 // 2) % W
+                    e_dram = (n0 * mx_blocks(k_total) + k0 // MX_BLOCK) % W
+                else:
+                    w_dram = ((c0 + n0) * k_total + k0) % W
                 count += 1
                 key = (m, k_total, n_total, n, k0 > 0, k, weights,
                        *matmul_alignment(x_addr + k0, addr, out_addr + 4 * n0, e_addr, mx,
-                                         self.core))
+                                         self.core), w_dram, e_dram)
                 found = memo.get(key)
                 if found is None:    # (the shared cache hashes the hardware: once a shape)
                     found = memo[key] = _matmul_tile(self.core, *key)
