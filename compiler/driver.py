@@ -230,7 +230,7 @@ def _roomiest(options: list[Graph], cfg: ModelConfig, hw: HardwareConfig) -> Gra
     activations allow), else the first of those leaving the largest ring (where that is
     under ``MIN_RING_BYTES``, the caller's check refuses it). Taking the first option that
     fits at all instead left Llama-3.2-1B's decode step at 108 KiB of L2 a 7,936-byte ring
-    and 53.0 M cycles, against 25.5 M at 104 and 112 KiB (``python -m
+    and 54.3 M cycles, against 25.5 M at 104 and 112 KiB (``python -m
     benchmarks.perf_model --only head``)."""
     rings = []
     for g in options:

@@ -1276,8 +1276,8 @@ KEEP_REPEATS = KEEP_LOADS
 #: it, drains over the run's first repeats while the compute engine works off the loads
 #: already in, and repeats that advance alike before it has drained need not mean it
 #: has. ``python -m benchmarks.perf_model --only cuts`` times 144 steps both ways
-#: against stepping every tile: the pipeline ran 422 times at 1× (``_timeline`` runs it
-#: again where a run had not settled by its cut) and 281 at 4×, and every step's cycles
+#: against stepping every tile: the pipeline ran 431 times at 1× (``_timeline`` runs it
+#: again where a run had not settled by its cut) and 286 at 4×, and every step's cycles
 #: came out as stepping every tile gives them, to 0.0001%, at both. (A Sheared-LLaMA-1.3B step
 #: with MXINT4 weights and a 3-bit KV cache at 16 MiB, whose runs looked settled at 1×
 #: and were not, once came out 0.03% long at 1×. The worst, 0.037%, was another error,

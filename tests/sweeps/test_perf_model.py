@@ -400,7 +400,7 @@ def test_runs_are_cut_once_the_load_engines_lead_has_drained(monkeypatch, name, 
     run's first repeats, so the fast path steps ``SETTLE_FACTOR`` times the repeats its
     queues need before cutting the run (``analytic._periodic``). Cut after a quarter of
     them, Llama-3.2-1B's runs have not settled and take the pipeline a second run
-    (``benchmarks.perf_model --only cuts``: 422 pipeline runs at 1×, 281 at 4×); the
+    (``benchmarks.perf_model --only cuts``: 431 pipeline runs at 1×, 286 at 4×); the
     Sheared-LLaMA-1.3B step, with MXINT4 weights and a 3-bit KV cache, once looked
     settled at 1× and was 0.03% long. A pin of those two steps: both are cut, settled
     by the cut (the pipeline runs once), their cycles and load busy those of stepping
