@@ -231,7 +231,10 @@ def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
     or for MXINT4 weights the packed elements' and the block exponents' loads,
     ``mx_exps_rows``, then its ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``.
     The L2 addresses are taken as ``arch.occupancy.matmul_alignment`` reduces them (all
-    the MATMUL's timing reads of them), so each is costed once."""
+    the MATMUL's timing reads of them), so each is costed once; ``w_dram`` and
+    ``e_dram`` are the first weight row's and exponent row's DRAM addresses modulo the
+    line (the back end loads each tile's rows from the weights' rows, a whole weight row
+    apart: ``_Timing.matmul``; the fast path's DRAM map puts each parameter at 0)."""
     mx = weights == "mxint4"
     cpl = hw.dram_cycles_per_line
     w_bytes = (k + 1) // 2 if mx else k
