@@ -619,22 +619,22 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
 def _tiles(m, n, k, MT, KT, C):
     """``matmul_tiles`` for a ``MATMUL`` of ``m x k`` by ``k x n`` on tiles of ``MT`` rows
     and ``KT`` reduction bytes and an array of ``C`` columns: ``int64 [tiles, 6]``."""
-    count, m0 = 0, 0
-    while m0 < m:
-        left = m - m0
-        m0 += left if left <= MT else (left + 1) // 2 if left < 2 * MT else MT
-        count += 1
-    tiles = np.empty((count * -(-n // C) * -(-k // KT), 6), np.int64)
-    i, m0 = 0, 0
+    rows = np.empty((m, 2), np.int64)          # (m0, mt) of each tile of rows
+    count = m0 = 0
     while m0 < m:
         left = m - m0
         mt = left if left <= MT else (left + 1) // 2 if left < 2 * MT else MT
+        rows[count, 0], rows[count, 1] = m0, mt
+        count += 1
+        m0 += mt
+    tiles = np.empty((count * -(-n // C) * -(-k // KT), 6), np.int64)
+    i = 0
+    for r in range(count):
         for n0 in range(0, n, C):
             for kt in range(0, k, KT):
-                tiles[i, 0], tiles[i, 1], tiles[i, 2] = m0, mt, n0
+                tiles[i, 0], tiles[i, 1], tiles[i, 2] = rows[r, 0], rows[r, 1], n0
                 tiles[i, 3], tiles[i, 4], tiles[i, 5] = min(C, n - n0), kt, min(KT, k - kt)
                 i += 1
-        m0 += mt
     return tiles
 
 

@@ -316,6 +316,21 @@ def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, hw: HardwareConfig
     return tuple([(n0, n, k0, k) for n0, n in ns for k0, k in ks])
 
 
+def weight_tile_loads(n0: int, n: int, k0: int, k: int, k_total: int,
+                      mxint4: bool = False) -> tuple[tuple[int, int, int, int], ...]:
+    """The DRAM loads of a weight tile (``matmul_tiles``' ``(n0, n, k0, k)`` of an
+    ``n_total x k_total`` matmul) as ``Generator.matmul`` emits them: ``(offset, rows, row
+    bytes, DRAM stride)`` each, the offset in bytes from the weights' first byte. Int8
+    weights are one load of ``n`` rows of ``k`` bytes a whole weight row apart; MXINT4
+    weights the packed elements' (``ceil(k / 2)`` bytes a row) and then the block
+    exponents' (``mx_exps_rows``; offset from the exponents' first byte)."""
+    if not mxint4:
+        return ((n0 * k_total + k0, n, k, k_total),)
+    row_bytes, blocks = (k_total + 1) // 2, mx_blocks(k_total)
+    return ((n0 * row_bytes + k0 // 2, n, (k + 1) // 2, row_bytes),
+            (n0 * blocks + k0 // MX_BLOCK, *mx_exps_rows(n, k, k_total), blocks))
+
+
 def column_chunk_plan(cols: int, words_per_col: int, per_channel: bool, tile_bytes: int,
                       extra_per_col: int = 0) -> list[tuple[int, int]]:
     """``(c0, c)`` column chunks of a vector operation with parameter words: with a word
@@ -506,7 +521,8 @@ class Generator:
             return
         base = self.ctx.param_addr(w) + c0 * k_total
         for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw):
-            slot = self.load(base + n0 * k_total + k0, n, k, k_total)
+            (offset, *load), = weight_tile_loads(n0, n, k0, k, k_total)
+            slot = self.load(base + offset, *load)
             index = self.emit_matmul(
                 accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
                 w_addr=slot.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,
@@ -520,12 +536,12 @@ class Generator:
         row, ``mx_exps_rows``) are staged by two loads; tiles split ``k`` at block
         boundaries."""
         n_total, k_total = w.shape
-        row_bytes, blocks = (k_total + 1) // 2, mx_blocks(k_total)
         base, e_base = self.ctx.param_addr(w), self.ctx.param_addr(w_exps)
         for n0, n, k0, k in matmul_tiles(n_total, k_total, self.tile_bytes, self.hw, True):
-            elems = self.load(base + n0 * row_bytes + k0 // 2, n, (k + 1) // 2, row_bytes)
-            e_rows, e_bytes = mx_exps_rows(n, k, k_total)
-            exps = self.load(e_base + n0 * blocks + k0 // MX_BLOCK, e_rows, e_bytes, blocks)
+            (offset, *load), (e_offset, *e_load) = weight_tile_loads(n0, n, k0, k, k_total,
+                                                                     True)
+            elems = self.load(base + offset, *load)
+            exps = self.load(e_base + e_offset, *e_load)
             index = self.emit_matmul(
                 accumulate=int(k0 > 0), w_layout=WeightLayout.NK, x_addr=x_addr + k0,
                 w_addr=elems.addr, out_addr=out_addr + 4 * n0, m=m, k=k, n=n,

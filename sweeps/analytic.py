@@ -54,7 +54,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from arch.hardware import HardwareConfig
-from arch.isa import MX_BLOCK, Engine, KvFormat, make
+from arch.isa import Engine, KvFormat, make
 from arch.kernels import njit
 from arch.occupancy import (
     CALIBRATION,
@@ -83,8 +83,8 @@ from compiler.backend import (
     Generator,
     Ring,
     matmul_tiles,
-    mx_exps_rows,
     plan_l2,
+    weight_tile_loads,
 )
 from compiler.driver import (
     MAX_BATCH,
@@ -112,7 +112,6 @@ from compiler.ir import (
 from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
 from models.integer import check_weight_format, quant_struct
-from models.numerics import mx_blocks
 from sweeps.perf import CONTENTION_PASSES, _stolen_lines, _trapped_cycles, _usage_lines
 
 DMA_END = CALIBRATION.dma_end
@@ -225,16 +224,14 @@ def _matmul_instr(hw: HardwareConfig, fields: dict):
 @lru_cache(maxsize=16384)
 def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
                  accumulate: bool, k: int, weights: str, x_addr: int, w_addr: int,
-                 out_addr: int, e_addr: int = 0, w_dram: int = 0, e_dram: int = 0
-                 ) -> tuple:
-    """One weight tile of a matmul as ``backend.Generator.matmul`` streams it (its load,
-    or for MXINT4 weights the packed elements' and the block exponents' loads,
-    ``mx_exps_rows``, then its ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``.
-    The L2 addresses are taken as ``arch.occupancy.matmul_alignment`` reduces them (all
-    the MATMUL's timing reads of them), so each is costed once; ``w_dram`` and
-    ``e_dram`` are the first weight row's and exponent row's DRAM addresses modulo the
-    line (the back end loads each tile's rows from the weights' rows, a whole weight row
-    apart: ``_Timing.matmul``; the fast path's DRAM map puts each parameter at 0)."""
+                 out_addr: int, e_addr: int, loads: tuple) -> tuple:
+    """One weight tile of a matmul as ``backend.Generator.matmul`` streams it (its
+    ``loads``, ``backend.weight_tile_loads``' with each offset modulo the line: one, or
+    for MXINT4 weights the packed elements' and the block exponents', then its
+    ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``. The L2 addresses are taken
+    as ``arch.occupancy.matmul_alignment`` reduces them (all the MATMUL's timing reads of
+    them), so each is costed once; the loads go into the slots at ``w_addr`` and
+    ``e_addr`` (the fast path's DRAM map puts each parameter at 0)."""
     mx = weights == "mxint4"
     cpl = hw.dram_cycles_per_line
     w_bytes = (k + 1) // 2 if mx else k
@@ -242,13 +239,9 @@ def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
                   out_addr=out_addr, w_format=int(mx), e_addr=e_addr, m=m, k=k, n=n,
                   x_stride=k_total, w_stride=w_bytes, out_stride=4 * n_total)
     mm = occupancy(_matmul_instr(hw, fields), hw)
-    # each load as the back end emits it: from the weights' rows in DRAM (``w_dram``,
-    # ``e_dram``: the first row's address modulo the line), into its staging slot
-    loads = ([(n, w_bytes, w_dram, (k_total + 1) // 2, w_addr),
-              (*mx_exps_rows(n, k, k_total), e_dram, mx_blocks(k_total), e_addr)] if mx
-             else [(n, k, w_dram, k_total, w_addr)])
     tiles, read, lines = [], 0, mm.l2_lines
-    for i, (rows, row_bytes, dram_addr, dram_stride, l2_addr) in enumerate(loads):
+    for i, ((dram_addr, rows, row_bytes, dram_stride), l2_addr) in enumerate(
+            zip(loads, (w_addr, e_addr), strict=False)):
         occ = occupancy(make("DMA_LOAD", dram_addr=dram_addr, l2_addr=l2_addr, rows=rows,
                              row_bytes=row_bytes, dram_stride=dram_stride,
                              l2_stride=row_bytes), hw)
@@ -434,19 +427,17 @@ class _Timing(Generator):
                     seen = None                  # the pointer is where it was: go on
                     continue
             for _, n, k0, k in plan[b * per:(b + 1) * per]:
-                addr = take(n * ((k + 1) // 2 if mx else k))
-                e_addr = e_dram = 0
-                if mx:
-                    e_rows, e_bytes = mx_exps_rows(n, k, k_total)
-                    e_addr = take(e_rows * e_bytes)
-                    w_dram = (n0 * ((k_total + 1) // 2) + k0 // 2) % W
-                    e_dram = (n0 * mx_blocks(k_total) + k0 // MX_BLOCK) % W
-                else:
-                    w_dram = ((c0 + n0) * k_total + k0) % W
+                # the loads as the back end emits them, from the weights' rows (a column
+                # chunk's ``c0`` rows on) into their staging slots
+                loads = tuple((((c0 * k_total if j == 0 else 0) + offset) % W, *load)
+                              for j, (offset, *load) in enumerate(
+                                  weight_tile_loads(n0, n, k0, k, k_total, mx)))
+                addr = take(loads[0][1] * loads[0][2])
+                e_addr = take(loads[1][1] * loads[1][2]) if mx else 0
                 count += 1
                 key = (m, k_total, n_total, n, k0 > 0, k, weights,
                        *matmul_alignment(x_addr + k0, addr, out_addr + 4 * n0, e_addr, mx,
-                                         self.core), w_dram, e_dram)
+                                         self.core), loads)
                 found = memo.get(key)
                 if found is None:    # (the shared cache hashes the hardware: once a shape)
                     found = memo[key] = _matmul_tile(self.core, *key)
