@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import deque, namedtuple
-from collections.abc import Iterator
+from collections import namedtuple
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -333,57 +332,40 @@ def _lines(addr: int, n: int, w: int) -> int:
 
 
 # -- DMA -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Row:
-    src: int
-    dst: int
-    n: int
-    needs_int: bool = False
-
-
-def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> tuple[int, Iterator[_Row]]:
-    """A DMA instruction's row count and its rows, in order, made as they are taken."""
+def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> tuple[np.ndarray, ...]:
+    """A DMA instruction's rows, in order: ``(src, dst, bytes, needs an int32 read)``,
+    ``int64 [rows]`` each (addresses in bytes)."""
     f, op = _fields(instr), instr.mnemonic
-    if op == "DMA_LOAD":
-        return f.rows, (_Row(f.dram_addr + r * f.dram_stride, f.l2_addr + r * f.l2_stride,
-                             f.row_bytes) for r in range(f.rows))
-    if op == "DMA_STORE":
-        return f.rows, (_Row(f.l2_addr + r * f.l2_stride, f.dram_addr + r * f.dram_stride,
-                             f.row_bytes) for r in range(f.rows))
+    if op in ("DMA_LOAD", "DMA_STORE"):
+        r = np.arange(f.rows, dtype=np.int64)
+        dram, l2 = f.dram_addr + r * f.dram_stride, f.l2_addr + r * f.l2_stride
+        src, dst = (dram, l2) if op == "DMA_LOAD" else (l2, dram)
+        return src, dst, np.full(f.rows, f.row_bytes, np.int64), np.zeros(f.rows, np.int64)
     if op == "DMA_GATHER":
-        return f.count, (_Row(f.table_addr + (read_i32(f.idx_addr + 4 * r) if read_i32 else r)
-                              * f.row_bytes, f.l2_addr + r * f.l2_stride, f.row_bytes, True)
-                         for r in range(f.count))
+        r = np.arange(f.count, dtype=np.int64)
+        index = (np.array([read_i32(f.idx_addr + 4 * i) for i in range(f.count)], np.int64)
+                 if read_i32 else r)
+        return (f.table_addr + index * f.row_bytes, f.l2_addr + r * f.l2_stride,
+                np.full(f.count, f.row_bytes, np.int64), np.ones(f.count, np.int64))
     if op in ("KV_PREFETCH", "KV_APPEND"):
-        return f.n_tokens, _kv_rows(f, op, hw.kv_block_tokens, read_i32)
-    raise ValueError(op)
-
-
-def _kv_rows(f, op: str, bt: int, read_i32) -> Iterator[_Row]:
-    for r in range(f.n_tokens):
+        bt = hw.kv_block_tokens
+        r = np.arange(f.n_tokens, dtype=np.int64)
         t = f.first_token + r
-        block = read_i32(kv_table_entry_addr(f.table_addr, t, bt)) if read_i32 else t // bt
+        block = (np.array([read_i32(kv_table_entry_addr(f.table_addr, int(u), bt)) for u in t],
+                          np.int64) if read_i32 else t // bt)
         pool = kv_row_addr(f.pool_addr, block, t, bt, f.row_bytes)
-        needs = r == 0 or t % bt == 0
+        needs = ((r == 0) | (t % bt == 0)).astype(np.int64)
         if op == "KV_PREFETCH":
-            yield _Row(pool + f.col_offset, f.l2_addr + r * f.col_bytes, f.col_bytes, needs)
-        else:
-            yield _Row(f.l2_addr + r * f.row_bytes, pool, f.row_bytes, needs)
-
-
-def _mp_add(f, k):
-    return (f[0] + k, f[1] + k, f[2] + k)
-
-
-def _mp_max(f, g):
-    return (f[0] if f[0] > g[0] else g[0], f[1] if f[1] > g[1] else g[1],
-            f[2] if f[2] > g[2] else g[2])
+            return (pool + f.col_offset, f.l2_addr + r * f.col_bytes,
+                    np.full(f.n_tokens, f.col_bytes, np.int64), needs)
+        return f.l2_addr + r * f.row_bytes, pool, np.full(f.n_tokens, f.row_bytes, np.int64), needs
+    raise ValueError(op)
 
 
 def _kv_dram_period(hw: HardwareConfig, row_bytes: int) -> int:
     """Tokens after which a KV walk's DRAM rows repeat their block position and their
     alignment in the line, without a DRAM image (token ``t``'s row at ``pool_addr + t *
-    row_bytes``, ``_kv_rows``)."""
+    row_bytes``, ``_dma_rows``)."""
     W = hw.line_bytes
     return math.lcm(hw.kv_block_tokens, W // math.gcd(row_bytes, W))
 
@@ -405,27 +387,13 @@ def _row_period(instr: Instruction, hw: HardwareConfig, read_i32) -> int:
     return 0
 
 
-def _shifted(before: tuple, after: tuple, d: float) -> bool:
-    """Whether every max-plus triple of ``after`` is that of ``before`` shifted by ``d``
-    (to within rounding; ``NEVER`` staying ``NEVER``). The rows of a period are timed by
-    sums and maxima of the times and constants, so once one period shifts the state by
-    ``d``, each later one does: ``dma_occupancy`` adds the rest at once (equal to
-    stepping them but for float rounding)."""
-    tol = 1e-9 * abs(d) + 1e-9
-    if len(before) != len(after):
-        return False
-    for a, b in zip(before, after, strict=True):
-        for x, y in zip(a, b, strict=True):
-            if x == NEVER or y == NEVER:
-                if x != y:
-                    return False
-            elif abs(y - x - d) > tol:
-                return False
-    return True
+#: ``_dma_run``'s stand-in for ``NEVER`` (its times are integers); a time below
+#: ``_NEVER_BELOW`` is one (sums of a walk's cycles leave it far below).
+_NEVER_INT, _NEVER_BELOW = -(1 << 62), -(1 << 61)
 
 
 def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
-                  cal: Calibration = CALIBRATION) -> Occupancy:
+                  cal: Calibration = CALIBRATION, period: int | None = None) -> Occupancy:
     """The load/store engine: one row command per cycle (after an int32 read where the row
     needs one), at most ``CMD_DEPTH`` rows ahead of the copier's write side; the copier's
     read side takes the row's source lines back to back at the DRAM bandwidth (reads) or
@@ -433,93 +401,24 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     priming step when source and destination are not aligned alike, once the data is
     there. Alone, the instruction ends when its last row is written; ``copies`` gives the
     same times as functions of when the copier is free of earlier instructions. Rows
-    repeat every ``_row_period``: once a period has shifted every time alike, the rest
-    of the periods are added at once (a 600-token KV prefetch steps about 150 rows)."""
-    W, lat = hw.line_bytes, hw.dram_latency_cycles
+    repeat every ``period`` rows (``_row_period`` by default; 0 steps every row): once a
+    period has shifted every time alike, the rest of the periods are added at once (a
+    600-token KV prefetch steps about 150 rows), exactly as stepping them (the times
+    are exact: ``_dma_run``)."""
     line_cycles = hw.dram_cycles_per_line
     load = instr.engine == Engine.LOAD
     if instr.mnemonic == "STORE_COUNTERS":
         n = len(COUNTERS)
         return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 3,
                          dram_write_bytes=COUNTER_BYTES * n, dram_lines=n)
-    # Times are max-plus triples (see ``Copies``): (alone, + read side free, + write side free).
-    t = (cal.dma_setup, NEVER, NEVER)
-    read_end, write_end = (NEVER, 0, NEVER), (NEVER, NEVER, 0)
-    accepted = (NEVER, NEVER, NEVER)      # a load: the cycle after its last line's DRAM read
-    taken = deque(maxlen=CMD_DEPTH)     # when the write side took the last row commands
-    n_taken = 0
-    first_cmds = []                 # when the first CMD_DEPTH commands were queued, alone
-    src_total = dst_total = moved = l2_total = 0
-    int_reads = 0
-    after_read = lat + cal.read_to_write if load else cal.l2_read_latency
-    # after a jump of whole periods, the rows still to come are like the next ones made
-    n_rows, rows = _dma_rows(instr, hw, read_i32)
-    period = _row_period(instr, hw, read_i32)
-    settle = CMD_DEPTH + period         # rows before the first look for a settled period
-    before = None
-    r = 0
-    while r < n_rows:
-        if period and r >= settle and r % period == 0 and len(first_cmds) == CMD_DEPTH:
-            state = (t, read_end, write_end, accepted, *taken)
-            counts = (src_total, dst_total, moved, l2_total, int_reads, n_taken)
-            d = t[0] - before[0][0][0] if before else None
-            m = (n_rows - r) // period
-            if d is not None and m and _shifted(before[0], state, d):
-                # settled: every later period shifts the times alike (``_shifted``)
-                t, read_end, write_end, accepted, *window = (_mp_add(x, m * d) for x in state)
-                taken.extend(window)
-                src_total, dst_total, moved, l2_total, int_reads, n_taken = (
-                    c + m * (c - b) for c, b in zip(counts, before[1], strict=True))
-                r += m * period
-                before = None
-                continue
-            before = (state, counts)
-        row = next(rows)
-        r += 1
-        if row.needs_int:
-            t = _mp_add(t, lat + cal.int_read)
-            int_reads += 1
-        if row.n == 0:
-            t = _mp_add(t, 1)
-            continue
-        if n_taken >= CMD_DEPTH:        # the copier's command queue is full
-            t = _mp_max(t, _mp_add(taken[0], 1))
-        src_lines, dst_lines = _lines(row.src, row.n, W), _lines(row.dst, row.n, W)
-        steps = dst_lines + (1 if (row.src - row.dst) % W else 0)
-        cmd, t = t, _mp_add(t, 1)
-        if len(first_cmds) < CMD_DEPTH:
-            first_cmds.append(cmd[0])   # (c, -inf, -inf): no queue wait of its own yet
-        taken.append(_mp_max(_mp_add(cmd, 2), write_end))
-        n_taken += 1
-        start = _mp_max(_mp_add(cmd, cal.cmd_to_read), read_end)
-        l2_total += dst_lines if load else src_lines
-        if load:
-            # The DRAM (``rtl.dram``) holds a line and a cycle of bandwidth in credit, so a
-            # stream of reads runs a cycle ahead of its lines' bandwidth slots (from
-            # ``start``, ``line_cycles`` each): line k of a stream from full credit is
-            # accepted at ceil(k * line_cycles - 1), at most one a cycle. A line's data is
-            # written ``after_read`` later. (Read off Amaranth's simulator: loads alone
-            # were 3 to 8 cycles long at 51 bytes a cycle when reads were charged their
-            # whole slot.)
-            first = _mp_max(_mp_max(_mp_add(cmd, cal.cmd_to_read), _mp_add(read_end, -1)),
-                            accepted)
-            read_end = _mp_add(start, src_lines * line_cycles)
-            accepted = _mp_max(_mp_add(first, src_lines), _mp_add(read_end, -line_cycles))
-            src_total += src_lines
-            write_end = _mp_max(_mp_add(_mp_max(_mp_add(first, after_read), write_end), steps),
-                                _mp_add(accepted, after_read))
-        else:
-            read_end = _mp_add(start, src_lines)
-            steps = max(steps, dst_lines * line_cycles)
-            dst_total += dst_lines
-            write_end = _mp_max(_mp_add(_mp_max(_mp_add(start, after_read), write_end), steps),
-                                _mp_add(read_end, after_read))
-        moved += row.n
-    cycles = math.ceil(max(t[0], write_end[0])) + cal.dma_drain
-    jumps = tuple(k for k in range(len(first_cmds) - 1)
-                  if first_cmds[k + 1] > first_cmds[k] + 1)
-    copies = (Copies(t, read_end, write_end, tuple(first_cmds), tuple(taken), jumps, n_taken)
-              if n_taken else None)
+    times, takes, first_cmds, jumps, counts, cycles, _ = _dma_walk(instr, hw, read_i32, cal,
+                                                                    period)
+    src_total, dst_total, moved, l2_total, int_reads, n_taken = counts.tolist()
+    copies = None
+    if n_taken:
+        t, reads, writes = map(tuple, times.tolist())
+        copies = Copies(t, reads, writes, tuple(first_cmds.tolist()),
+                        tuple(map(tuple, takes.tolist())), tuple(jumps.tolist()), n_taken)
     table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0
@@ -528,6 +427,155 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
                          copies=copies, l2_lines=l2_total)
     return Occupancy(Engine.STORE, cycles, dram_read_bytes=table, dram_write_bytes=moved,
                      dram_lines=dst_total + int_reads, copies=copies, l2_lines=l2_total)
+
+
+def _dma_walk(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration,
+              period: int | None = None) -> tuple:
+    """``_dma_run`` on the instruction's rows, every ``period`` rows (``_row_period``'s
+    by default)."""
+    load = instr.engine == Engine.LOAD
+    after_read = hw.dram_latency_cycles + cal.read_to_write if load else cal.l2_read_latency
+    if period is None:
+        period = _row_period(instr, hw, read_i32)
+    return _dma_run(*_dma_rows(instr, hw, read_i32), period, hw.line_bytes,
+                    hw.dram_bytes_per_cycle, load, hw.dram_latency_cycles, cal.dma_setup,
+                    cal.cmd_to_read, after_read, cal.int_read, cal.dma_drain, CMD_DEPTH)
+
+
+@njit
+def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
+             after_read, int_read, drain, depth):
+    """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``_dma_rows``)
+    on ``W``-byte lines at ``S`` DRAM bytes a cycle. Times are max-plus triples (see
+    ``Copies``: alone, + read side free, + write side free), counted in ``1 / S`` cycles,
+    so that a line's ``W / S`` cycles and every sum are exact integers (a jump of whole
+    periods then gives exactly what stepping them does). Returns, in cycles: ``(issue,
+    reads and writes float64 [3, 3] (``Copies``'); takes float64 [<= depth, 3], oldest
+    first; the first row commands' times alone float64 [<= depth]; their ``cmd_jumps``
+    int64; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
+    int32 reads, row commands; cycles; the rows stepped)``."""
+    never = _NEVER_INT
+    one = S                                     # a cycle
+    st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
+    st[0], st[4], st[8] = setup * one, 0, 0
+    taken = np.empty((depth, 3), np.int64)      # a ring, ``head`` its oldest
+    head = n_window = 0
+    first_cmds = np.empty(depth, np.int64)
+    n_first = 0
+    counts = np.zeros(6, np.int64)
+    before_st = np.empty(12, np.int64)
+    before_taken = np.empty((depth, 3), np.int64)
+    before_counts = np.empty(6, np.int64)
+    have_before = False
+    n_rows = len(src)
+    settle = depth + period              # rows before the first look for a settled period
+    c = np.empty(3, np.int64)
+    r = stepped = 0
+    while r < n_rows:
+        if period and r >= settle and r % period == 0 and n_first == depth:
+            m = (n_rows - r) // period
+            if have_before and m:
+                # settled where every time is the one a period before shifted by d
+                d = st[0] - before_st[0]
+                same = True
+                for i in range(12):
+                    same = same and _shifted_by(before_st[i], st[i], d)
+                for i in range(n_window):
+                    for j in range(3):
+                        same = same and _shifted_by(before_taken[i, j],
+                                                    taken[(head + i) % depth, j], d)
+                if same:
+                    st += m * d
+                    for i in range(n_window):
+                        taken[(head + i) % depth] += m * d
+                    counts += m * (counts - before_counts)
+                    r += m * period
+                    have_before = False
+                    continue
+            before_st[:] = st
+            for i in range(n_window):
+                before_taken[i] = taken[(head + i) % depth]
+            before_counts[:] = counts
+            have_before = True
+        n, r, stepped = nbytes[r], r + 1, stepped + 1
+        if needs[r - 1]:
+            st[0:3] += (lat + int_read) * one
+            counts[4] += 1
+        if n == 0:
+            st[0:3] += one
+            continue
+        a, b = src[r - 1], dst[r - 1]
+        src_lines = (a + n - 1) // W - a // W + 1
+        dst_lines = (b + n - 1) // W - b // W + 1
+        steps = dst_lines + (1 if (a - b) % W else 0)
+        if counts[5] >= depth:                 # the copier's command queue is full
+            for j in range(3):
+                st[j] = max(st[j], taken[head, j] + one)
+        c[:] = st[0:3]                         # the row command
+        st[0:3] += one
+        if n_first < depth:
+            first_cmds[n_first] = c[0]          # (no queue wait of its own yet)
+            n_first += 1
+        slot = (head + n_window) % depth
+        for j in range(3):
+            taken[slot, j] = max(c[j] + 2 * one, st[6 + j])
+        if n_window < depth:
+            n_window += 1
+        else:
+            head = (head + 1) % depth
+        counts[5] += 1
+        for j in range(3):
+            start = max(c[j] + cmd_to_read * one, st[3 + j])
+            if load:
+                # The DRAM (``rtl.dram``) holds a line and a cycle of bandwidth in credit,
+                # so a stream of reads runs a cycle ahead of its lines' bandwidth slots
+                # (from ``start``, ``W / S`` cycles each): line k of a stream from full
+                # credit is accepted at ceil(k * W / S - 1), at most one a cycle. A line's
+                # data is written ``after_read`` later. (Read off Amaranth's simulator:
+                # loads alone were 3 to 8 cycles long at 51 bytes a cycle when reads were
+                # charged their whole slot.)
+                first = max(max(c[j] + cmd_to_read * one, st[3 + j] - one), st[9 + j])
+                st[3 + j] = start + src_lines * W
+                st[9 + j] = max(first + src_lines * one, st[3 + j] - W)
+                st[6 + j] = max(max(first + after_read * one, st[6 + j]) + steps * one,
+                                st[9 + j] + after_read * one)
+            else:
+                st[3 + j] = start + src_lines * one
+                st[6 + j] = max(max(start + after_read * one, st[6 + j])
+                                + max(steps * one, dst_lines * W), st[3 + j] + after_read * one)
+        if load:
+            counts[0] += src_lines
+            counts[3] += dst_lines
+        else:
+            counts[1] += dst_lines
+            counts[3] += src_lines
+        counts[2] += n
+    end = max(st[0], st[6])
+    window = np.empty((n_window, 3), np.float64)
+    for i in range(n_window):
+        for j in range(3):
+            window[i, j] = _cycles(taken[(head + i) % depth, j], one)
+    times = np.empty((3, 3), np.float64)
+    for i in range(9):
+        times[i // 3, i % 3] = _cycles(st[i], one)
+    jumps = np.flatnonzero(first_cmds[1:n_first] > first_cmds[:max(0, n_first - 1)] + one)
+    return (times, window, first_cmds[:n_first] / one, jumps, counts, -(-end // one) + drain,
+            stepped)
+
+
+@njit
+def _cycles(time, one):
+    """An integer time of ``_dma_run`` in cycles of ``one`` (``NEVER`` kept)."""
+    return -np.inf if time < _NEVER_BELOW else time / one
+
+
+@njit
+def _shifted_by(before, after, d):
+    """Whether the time ``after`` is ``before`` shifted by ``d`` (``NEVER`` staying
+    ``NEVER``)."""
+    if before < _NEVER_BELOW or after < _NEVER_BELOW:
+        return before < _NEVER_BELOW and after < _NEVER_BELOW
+    return after - before == d
 
 
 # -- matmul --------------------------------------------------------------------------------
@@ -1184,25 +1232,35 @@ _ADDRESS_MASK = {name: tuple(f.address for f in spec.fields)
 
 def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:
     gemv = occupancy(make("MATMUL", mode=MatmulMode.GEMV, **fields), hw).cycles
-    # GEMM loads each block's R weight rows at least R cycles after the block before's
-    # (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles: where that is
-    # already more than the GEMV takes, it is not timed
-    R = hw.array_rows
+    # (plain ints: an enum member makes numba type the call afresh, a slow dispatch)
     f = MatmulFields(**{k: int(v) for k, v in fields.items()}, mode=int(MatmulMode.GEMM))
-    tiles = matmul_tiles(f, hw)
-    blocks = int((-(-tiles[:, 5] // R)).sum())
-    if (blocks - 1) * R > gemv:
+    if _gemm_floor(f, hw.line_bytes, int(hw.l2_lines_per_cycle), hw.array_rows,
+                   hw.array_cols, *hw.matmul_tile(MatmulMode.GEMM)) > gemv:
         return MatmulMode.GEMV
-    # Nor where its tile filler alone, filling one tile at a time and each a cycle after
-    # the one before (``matmul_timeline``: a tile is announced after its fill, the unit
-    # done after the last), takes longer; summed where the GEMM has fewer rows than the
-    # array (a decode step's, where it mostly loses)
-    if fields["m"] < R:
-        fills = _fills(f, tiles, hw.line_bytes, int(hw.l2_lines_per_cycle))
-        if int(fills[:, 0].sum()) + len(tiles) > gemv:
-            return MatmulMode.GEMV
     gemm = occupancy(make("MATMUL", mode=MatmulMode.GEMM, **fields), hw).cycles
     return MatmulMode.GEMV if gemv < gemm else MatmulMode.GEMM
+
+
+@njit
+def _gemm_floor(f, W, banks, R, C, MT, KT):
+    """A bound below the cycles of the ``MATMUL`` of fields ``f`` in GEMM mode, on
+    ``W``-byte lines in ``banks`` line-wide banks, an ``R x C`` array and GEMM tiles of
+    ``MT`` rows by ``KT`` reduction bytes, where ``_matmul_mode`` need not time it: the
+    GEMM loads each block's ``R`` weight rows at least ``R`` cycles after the block
+    before's (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles; and where
+    it has fewer rows than the array (a decode step's, where it mostly loses), its tile
+    filler alone, filling one tile at a time and each a cycle after the one before
+    (``matmul_timeline``: a tile is announced after its fill, the unit done after the
+    last). 0 where neither applies."""
+    tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
+    blocks = 0
+    for i in range(len(tiles)):
+        blocks += -(-tiles[i, 5] // R)
+    floor = (blocks - 1) * R
+    if f.m < R:
+        fills = _fills(f, tiles, W, banks)
+        floor = max(floor, fills[:, 0].sum() + len(tiles))
+    return floor
 
 
 def kv_budget_widths(channels: int, bits: float) -> np.ndarray:

@@ -195,17 +195,13 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
 
 
 @pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
-def test_a_dma_instruction_jumps_its_settled_periods_as_stepping_them_would(name, monkeypatch):
+def test_a_dma_instruction_jumps_its_settled_periods_as_stepping_them_would(name):
     """``dma_occupancy`` adds the periods of rows after one that shifted every time alike
-    at once (``_row_period``, ``_shifted``): on random loads, stores and KV walks of up to
-    900 rows, at the configuration's DRAM bandwidth and at 1, 3 and 16 bytes a cycle,
-    timed in exact arithmetic (the DRAM's cycles per line as a ``Fraction``), the jump
-    gives exactly what stepping every row gives: every count, every time of ``copies``,
-    the cycles. (In floats the two round differently, so a time that is exactly a whole
-    cycle can come out a cycle apart: docs/perf.md.)"""
-    from fractions import Fraction
-    from types import SimpleNamespace
-
+    at once (``_row_period``): on random loads, stores and KV walks of up to 900 rows, at
+    the configuration's DRAM bandwidth and at 1, 3 and 16 bytes a cycle, the jump gives
+    exactly what stepping every row (``period=0``) gives: every count, every time of
+    ``copies``, the cycles. (``_dma_run`` counts time in exact integers, so an exact
+    jump is an equality.)"""
     from arch import occupancy as O
 
     rng = np.random.default_rng(11)
@@ -220,19 +216,8 @@ def test_a_dma_instruction_jumps_its_settled_periods_as_stepping_them_would(name
             configs.append(base.replace(dram_bytes_per_cycle=bw))
         except ValueError:
             pass                          # a bandwidth whose line this L2 cannot take
-    jumped, shifted, check = 0, [], O._shifted
-
-    def record(*args):
-        shifted.append(check(*args))
-        return shifted[-1]
-
-    for config in configs:
-        # what dma_occupancy reads of the hardware, the cycles per line exact
-        hw = SimpleNamespace(line_bytes=config.line_bytes,
-                             dram_latency_cycles=config.dram_latency_cycles,
-                             kv_block_tokens=config.kv_block_tokens,
-                             dram_cycles_per_line=Fraction(config.line_bytes,
-                                                           config.dram_bytes_per_cycle))
+    jumped = 0
+    for hw in configs:
         for _ in range(40):
             op = ("DMA_LOAD", "DMA_STORE", "KV_PREFETCH", "KV_APPEND")[r(0, 3)]
             if op.startswith("DMA"):
@@ -248,13 +233,8 @@ def test_a_dma_instruction_jumps_its_settled_periods_as_stepping_them_would(name
                     cols = r(1, rb)
                     kv.update(col_offset=r(0, rb - cols), col_bytes=cols, kv_format=KvFormat.INT8)
                 instr = make(op, **kv)
-            shifted.clear()
-            monkeypatch.setattr(O, "_shifted", record)
-            fast = O.dma_occupancy(instr, hw)
-            monkeypatch.undo()
-            jumped += any(shifted)
-            monkeypatch.setattr(O, "_row_period", lambda *a: 0)
-            slow = O.dma_occupancy(instr, hw)
-            monkeypatch.undo()
+            fast, slow = O.dma_occupancy(instr, hw), O.dma_occupancy(instr, hw, period=0)
             assert fast == slow, instr
+            stepped = O._dma_walk(instr, hw, None, O.CALIBRATION)[-1]
+            jumped += stepped < slow.copies.rows
     assert jumped > 20                    # the jump is what was checked
