@@ -585,7 +585,7 @@ MatmulFields = namedtuple("MatmulFields", [f.name for f in BY_MNEMONIC["MATMUL"]
 
 
 def _matmul_fields(instr: Instruction) -> MatmulFields:
-    return MatmulFields(*(int(v) for v in instr.operands))
+    return MatmulFields._make(instr.operands)          # plain ints (``isa.make``)
 
 
 @njit
@@ -1145,7 +1145,9 @@ def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     DRAM."""
     if read_i32 is not None and instr.mnemonic in _TABLE_WALKS:
         return _occupancy(instr, hw, read_i32, cal)
-    key = (instr.mnemonic, _timing_fields(hw), cal, _timing_operands(instr, hw))
+    # (the default calibration as None: a dataclass hashes its fields at every lookup)
+    key = (instr.mnemonic, _timing_fields(hw), None if cal is CALIBRATION else cal,
+           _timing_operands(instr, hw))
     hit = _cache.get(key)
     if hit is None:
         if len(_cache) > 100_000:

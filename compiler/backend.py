@@ -304,16 +304,51 @@ def alignments(hw: HardwareConfig, mxint4: bool) -> tuple[int, ...]:
     return (stripe, line, 1)
 
 
+@dataclass(frozen=True)
+class MatmulTiles:
+    """The weight tiles of an ``n_total x k_total`` matmul, ``nt`` output channels by
+    ``kt`` inputs each (``matmul_tiling``), in the order the back end streams them: blocks
+    of output channels outer, a tile per piece of the reduction inner. Iterating gives
+    each tile's ``(n0, n, k0, k)``; ``block(b)`` the tiles of block ``b`` (made as they
+    are read: an LM head's are tens of thousands, of which the fast path reads a few
+    periods)."""
+
+    n_total: int
+    k_total: int
+    nt: int
+    kt: int
+
+    @property
+    def blocks(self) -> int:
+        """Blocks of output channels (the last may be short)."""
+        return -(-self.n_total // self.nt)
+
+    @property
+    def per(self) -> int:
+        """Tiles per block: the reduction's pieces (the last may be short)."""
+        return -(-self.k_total // self.kt)
+
+    def block(self, b: int) -> list[tuple[int, int, int, int]]:
+        n0 = b * self.nt
+        n = min(self.nt, self.n_total - n0)
+        return [(n0, n, k0, min(self.kt, self.k_total - k0))
+                for k0 in range(0, self.k_total, self.kt)]
+
+    def __iter__(self):
+        for b in range(self.blocks):
+            yield from self.block(b)
+
+    def __len__(self) -> int:
+        return self.blocks * self.per
+
+
 @lru_cache(maxsize=256)
 def matmul_tiles(n_total: int, k_total: int, tile_bytes: int, hw: HardwareConfig,
-                 mxint4: bool = False) -> tuple[tuple[int, int, int, int], ...]:
-    """``(n0, n, k0, k)`` of each weight tile of an ``n_total x k_total`` matmul in the
-    order the back end streams them (output channels outer, the reduction inner), of the
-    size ``matmul_tiling`` picks. Memoised (a chunked LM head's chunks share a shape)."""
-    nt, kt = matmul_tiling(n_total, k_total, tile_bytes, hw, mxint4)
-    ks = [(k0, min(kt, k_total - k0)) for k0 in range(0, k_total, kt)]
-    ns = [(n0, min(nt, n_total - n0)) for n0 in range(0, n_total, nt)]
-    return tuple([(n0, n, k0, k) for n0, n in ns for k0, k in ks])
+                 mxint4: bool = False) -> MatmulTiles:
+    """The weight tiles of an ``n_total x k_total`` matmul of the size ``matmul_tiling``
+    picks (``MatmulTiles``). Memoised (a chunked LM head's chunks share a shape)."""
+    return MatmulTiles(n_total, k_total, *matmul_tiling(n_total, k_total, tile_bytes, hw,
+                                                        mxint4))
 
 
 def weight_tile_loads(n0: int, n: int, k0: int, k: int, k_total: int,

@@ -401,13 +401,12 @@ class _Timing(Generator):
         first = len(out)
         plan = matmul_tiles(n_total, k_total, self.tile_bytes, self.hw, mx)
         # blocks of output channels, a tile per piece of the reduction each
-        per = next((i for i, t in enumerate(plan) if t[0] != plan[0][0]), len(plan))
-        blocks = len(plan) // per
-        full = blocks - (plan[-1][1] != plan[0][1])     # all but a short last (the only one)
+        blocks = plan.blocks
+        full = n_total // plan.nt                # all but a short last (the only one)
         seen: dict | None = {}                   # a full block's start -> what came before
         b = 0
         while b < blocks:
-            n0 = plan[b * per][0]
+            n0 = b * plan.nt
             if seen is not None and b < full:
                 state = (ring.ptr, (out_addr + 4 * n0) % P)
                 before = seen.get(state)
@@ -426,7 +425,7 @@ class _Timing(Generator):
                     b += reps * (b - b0)
                     seen = None                  # the pointer is where it was: go on
                     continue
-            for _, n, k0, k in plan[b * per:(b + 1) * per]:
+            for _, n, k0, k in plan.block(b):
                 # the loads as the back end emits them, from the weights' rows (a column
                 # chunk's ``c0`` rows on) into their staging slots
                 loads = tuple((((c0 * k_total if j == 0 else 0) + offset) % W, *load)
