@@ -282,6 +282,11 @@ def _shares_a_page(c0: int, n: int, start: int, col_offset: int, col_bytes: int,
     return (read_end - 1) // page >= (start % block_tokens) * row_bytes // page
 
 
+#: Whether ``_Timing.matmul`` repeats the blocks between two that begin alike rather than
+#: timing each (a test times both ways).
+_REPLAY = True
+
+
 class _Timing(Generator):
     """The back end's own lowerings (``backend.Generator``) with every instruction
     costed into tiles instead of encoded: the fast path times exactly what the compiler
@@ -386,9 +391,11 @@ class _Timing(Generator):
         it takes them, each tile costed by ``_matmul_tile``. A tile's cost depends on its
         shape and its addresses modulo the stripe; those of a block of output channels
         (one tile per piece of the reduction), on where the ring's pointer and the
-        block's output offset modulo the stripe stand at its start. Where a full block
-        begins as an earlier one did, the blocks in between recur until the last full
-        one: they are repeated at once, the pointer left where it would be."""
+        block's output offset modulo the stripe stand at its start, and on its weight
+        loads' DRAM offsets modulo the line. Where a full block begins as an earlier one
+        did, the blocks in between recur until the last full one: they are repeated at
+        once, the pointer left where it would be (exact: ``tests/sweeps/
+        test_perf_model.py`` times random models with and without, ``_REPLAY``)."""
         c0, n_total = (0, w.shape[0]) if columns is None else columns
         k_total = w.shape[1]
         mx = w_exps is not None
@@ -403,12 +410,20 @@ class _Timing(Generator):
         # blocks of output channels, a tile per piece of the reduction each
         blocks = plan.blocks
         full = n_total // plan.nt                # all but a short last (the only one)
-        seen: dict | None = {}                   # a full block's start -> what came before
+        seen: dict | None = {} if _REPLAY else None   # a full block's start -> what came before
         b = 0
         while b < blocks:
             n0 = b * plan.nt
+            # the loads as the back end emits them, from the weights' rows (a column
+            # chunk's ``c0`` rows on) into their staging slots: their DRAM offsets modulo
+            # the line, which a block of a split reduction may move (a weight row of
+            # ``k_total`` bytes not a whole number of lines)
+            pieces = [(n, k0, k, tuple((((c0 * k_total if j == 0 else 0) + offset) % W, *load)
+                                       for j, (offset, *load) in enumerate(
+                                           weight_tile_loads(n0, n, k0, k, k_total, mx))))
+                      for _, n, k0, k in plan.block(b)]
             if seen is not None and b < full:
-                state = (ring.ptr, (out_addr + 4 * n0) % P)
+                state = (ring.ptr, (out_addr + 4 * n0) % P, pieces[0][3])
                 before = seen.get(state)
                 if before is None:
                     seen[state] = (b, len(out), read, macs, lines, count, ring.serial)
@@ -425,12 +440,7 @@ class _Timing(Generator):
                     b += reps * (b - b0)
                     seen = None                  # the pointer is where it was: go on
                     continue
-            for _, n, k0, k in plan.block(b):
-                # the loads as the back end emits them, from the weights' rows (a column
-                # chunk's ``c0`` rows on) into their staging slots
-                loads = tuple((((c0 * k_total if j == 0 else 0) + offset) % W, *load)
-                              for j, (offset, *load) in enumerate(
-                                  weight_tile_loads(n0, n, k0, k, k_total, mx)))
+            for n, k0, k, loads in pieces:
                 addr = take(loads[0][1] * loads[0][2])
                 e_addr = take(loads[1][1] * loads[1][2]) if mx else 0
                 count += 1
