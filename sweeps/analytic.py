@@ -282,7 +282,8 @@ def _shares_a_page(c0: int, n: int, start: int, col_offset: int, col_bytes: int,
     return (read_end - 1) // page >= (start % block_tokens) * row_bytes // page
 
 
-#: Whether ``_Timing.matmul`` repeats the blocks between two that begin alike rather than
+#: Whether ``_Timing.matmul`` takes a block of output channels from one timed before that
+#: began alike, and repeats the blocks between two that begin alike at once, rather than
 #: timing each (a test times both ways).
 _REPLAY = True
 
@@ -315,6 +316,7 @@ class _Timing(Generator):
         self.last_store = (0, 0)                   # (tile, place among its stores)
         self.n_instrs = 0
         self.tile_memo: dict[tuple, tuple] = {}    # _matmul_tile's, this hardware's
+        self.block_memo: dict[tuple, dict] = {}    # ``matmul``'s blocks, by shape
 
     def emit(self, mnemonic: str, **fields) -> int:
         instr = make(mnemonic, **fields)
@@ -392,10 +394,13 @@ class _Timing(Generator):
         shape and its addresses modulo the stripe; those of a block of output channels
         (one tile per piece of the reduction), on where the ring's pointer and the
         block's output offset modulo the stripe stand at its start, and on its weight
-        loads' DRAM offsets modulo the line. Where a full block begins as an earlier one
-        did, the blocks in between recur until the last full one: they are repeated at
-        once, the pointer left where it would be (exact: ``tests/sweeps/
-        test_perf_model.py`` times random models with and without, ``_REPLAY``)."""
+        loads' DRAM offsets modulo the line (and on the matmul's shape and input's
+        alignment). Where a full block begins as an earlier one of this matmul did, the
+        blocks in between recur until the last full one: they are repeated at once, the
+        pointer left where it would be; a block that begins as one of any matmul of the
+        step did (an LM head's chunks, projections of one shape) is that block's tiles
+        again. Exact: ``tests/sweeps/test_perf_model.py`` times random models with and
+        without (``_REPLAY``)."""
         c0, n_total = (0, w.shape[0]) if columns is None else columns
         k_total = w.shape[1]
         mx = w_exps is not None
@@ -411,19 +416,27 @@ class _Timing(Generator):
         blocks = plan.blocks
         full = n_total // plan.nt                # all but a short last (the only one)
         seen: dict | None = {} if _REPLAY else None   # a full block's start -> what came before
-        b = 0
-        while b < blocks:
-            n0 = b * plan.nt
+        # the blocks timed before, of any matmul of this shape and input alignment
+        timed = (self.block_memo.setdefault((m, k_total, n_total, mx, x_addr % P), {})
+                 if _REPLAY else None)
+
+        def weight_loads(n0: int, n: int, k0: int, k: int) -> tuple:
             # the loads as the back end emits them, from the weights' rows (a column
             # chunk's ``c0`` rows on) into their staging slots: their DRAM offsets modulo
             # the line, which a block of a split reduction may move (a weight row of
-            # ``k_total`` bytes not a whole number of lines)
-            pieces = [(n, k0, k, tuple((((c0 * k_total if j == 0 else 0) + offset) % W, *load)
-                                       for j, (offset, *load) in enumerate(
-                                           weight_tile_loads(n0, n, k0, k, k_total, mx))))
-                      for _, n, k0, k in plan.block(b)]
+            # ``k_total`` bytes not a whole number of lines); a block's other pieces' move
+            # with its first's
+            return tuple((((c0 * k_total if j == 0 else 0) + offset) % W, *load)
+                         for j, (offset, *load) in enumerate(
+                             weight_tile_loads(n0, n, k0, k, k_total, mx)))
+
+        b = 0
+        while b < blocks:
+            n0 = b * plan.nt
+            block = plan.block(b)
+            first_loads = weight_loads(*block[0])
+            state = (ring.ptr, (out_addr + 4 * n0) % P, first_loads)
             if seen is not None and b < full:
-                state = (ring.ptr, (out_addr + 4 * n0) % P, pieces[0][3])
                 before = seen.get(state)
                 if before is None:
                     seen[state] = (b, len(out), read, macs, lines, count, ring.serial)
@@ -440,7 +453,18 @@ class _Timing(Generator):
                     b += reps * (b - b0)
                     seen = None                  # the pointer is where it was: go on
                     continue
-            for n, k0, k, loads in pieces:
+            known = timed.get((block[0][1], *state)) if _REPLAY else None
+            if known is not None:                # a block timed before: as it was
+                tiles, t_read, t_macs, t_lines, t_count, ring.ptr, t_serial = known
+                out.extend(tiles)
+                read, macs, lines, count = (read + t_read, macs + t_macs, lines + t_lines,
+                                            count + t_count)
+                ring.serial += t_serial
+                b += 1
+                continue
+            begun = (len(out), read, macs, lines, count, ring.serial)
+            for _, n, k0, k in block:
+                loads = first_loads if k0 == block[0][2] else weight_loads(n0, n, k0, k)
                 addr = take(loads[0][1] * loads[0][2])
                 e_addr = take(loads[1][1] * loads[1][2]) if mx else 0
                 count += 1
@@ -455,6 +479,11 @@ class _Timing(Generator):
                 read += t_read
                 macs += t_macs
                 lines += t_lines
+            if _REPLAY:
+                timed[block[0][1], *state] = (out[begun[0]:], read - begun[1],
+                                              macs - begun[2], lines - begun[3],
+                                              count - begun[4], ring.ptr,
+                                              ring.serial - begun[5])
             b += 1
         if len(out) > first:
             # the instruction fetch since the last load delays the first; a store after

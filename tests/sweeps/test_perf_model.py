@@ -850,7 +850,8 @@ def test_the_fast_path_times_the_loads_the_compiler_emits(monkeypatch, array, l2
 def test_repeating_a_matmuls_recurring_blocks_is_exact(monkeypatch):
     """``_Timing.matmul`` repeats the blocks of output channels between two that begin
     alike (the ring's pointer, the output's alignment, the weight loads' DRAM offsets
-    modulo the line) instead of timing each: on random small models (odd widths, whose
+    modulo the line), and takes a block that begins as one timed before did from it,
+    instead of timing each: on random small models (odd widths, whose
     weight rows are not whole lines, so that a block's loads move in the line from one
     block to the next) at small L2s, with int8 and MXINT4 weights, the step is the same
     either way. (Without the DRAM offsets in the blocks' comparison, 3 of these 40 steps
