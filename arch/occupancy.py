@@ -1168,17 +1168,32 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     address) modulo the line."""
     op, operands = instr.mnemonic, instr.operands
     if op == "MATMUL":
-        return _matmul_key(MatmulFields(*operands), hw)
-    W, spec = hw.line_bytes, instr.spec
-    key = [value % W if address else value
-           for address, value in zip(_ADDRESS_MASK[op], operands, strict=True)]
+        return _matmul_key(MatmulFields._make(operands), hw)
+    W = hw.line_bytes
+    key = list(operands)
+    for i in _ADDRESSES[op]:
+        key[i] %= W
     if op == "ROPE":
-        key[spec.field_index["pos0"]] = 0
-    elif op == "KV_APPEND" or (op == "KV_PREFETCH" and instr.kv_format == KvFormat.INT8):
-        key[spec.field_index["first_token"]] %= _kv_dram_period(hw, instr.row_bytes)
+        key[_ROPE_POS0] = 0
+    elif op == "KV_APPEND" or (op == "KV_PREFETCH" and operands[_KV_FORMAT] == _KV_INT8):
+        first, row_bytes = _KV_FIELDS[op]
+        key[first] %= _kv_dram_period(hw, operands[row_bytes])
         if op == "KV_PREFETCH":          # a row's first byte: pool + t * row + col_offset
-            key[spec.field_index["col_offset"]] %= W
+            key[_KV_COL_OFFSET] %= W
     return tuple(key)
+
+
+#: ``_timing_operands``' field positions: each instruction's addresses, and the fields it
+#: reads by name.
+_ADDRESSES = {name: tuple(i for i, f in enumerate(spec.fields) if f.address)
+              for name, spec in BY_MNEMONIC.items()}
+_ROPE_POS0 = BY_MNEMONIC["ROPE"].field_index["pos0"]
+_KV_FORMAT = BY_MNEMONIC["KV_PREFETCH"].field_index["kv_format"]
+_KV_COL_OFFSET = BY_MNEMONIC["KV_PREFETCH"].field_index["col_offset"]
+_KV_INT8 = int(KvFormat.INT8)
+_KV_FIELDS = {op: (BY_MNEMONIC[op].field_index["first_token"],
+                   BY_MNEMONIC[op].field_index["row_bytes"])
+              for op in ("KV_APPEND", "KV_PREFETCH")}
 
 
 def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
@@ -1226,10 +1241,6 @@ def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
             f.x_stride % P, f.w_stride % P, f.out_stride % P,
             *matmul_alignment(f.x_addr, f.w_addr, f.out_addr, f.e_addr,
                               f.w_format == WeightFormat.MXINT4, hw))
-
-
-_ADDRESS_MASK = {name: tuple(f.address for f in spec.fields)
-                 for name, spec in BY_MNEMONIC.items()}
 
 
 def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:

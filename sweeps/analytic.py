@@ -161,10 +161,33 @@ class _Tiles:
     def __init__(self, hw: HardwareConfig):
         self.hw = hw
         self.tiles: list = []                    # lists; the cached matmul tiles' tuples
+        # each tile object once, in the order first added, and each tile's place there
+        # (``_named`` names the objects, not the tens of thousands of tiles)
+        self.objects: list = []
+        self.index: list[int] = []
+        self._places: dict[int, int] = {}       # id(object) -> its place
+        self.block_memo: dict[tuple, dict] = {}  # ``_Timing.matmul``'s blocks, by shape
         self.read = self.macs = self.l2 = self.kv = 0
         self.pending = 0.0
         self.first_rope: int | None = None       # the tile of the first ROPE
         self.store_tile = -1                     # the tile the last store went to
+
+    def place(self, tile) -> int:
+        """``tile``'s place in ``objects`` (added there if new)."""
+        k = self._places.get(id(tile))
+        if k is None:
+            k = self._places[id(tile)] = len(self.objects)
+            self.objects.append(tile)
+        return k
+
+    def add(self, tile) -> None:
+        self.tiles.append(tile)
+        self.index.append(self.place(tile))
+
+    def replace(self, i: int, tile) -> None:
+        """Tile ``i`` is ``tile`` (a copy to be changed: the old one may recur)."""
+        self.tiles[i] = tile
+        self.index[i] = self.place(tile)
 
     def add_load(self, occ, staged: int, kv: bool = False) -> int:
         """A load engine instruction (``kv``: a KV prefetch, whose bytes are the past KV's)."""
@@ -174,8 +197,7 @@ class _Tiles:
         self.pending += self.hw.dram_cycles_per_line
         # a row copier's ``Copies``; a chunked KV prefetch's cycles (``_run``)
         load = occ.copies if occ.copies is not None else occ.cycles if occ.after_copier else 0
-        self.tiles.append(_tile(load, staged=staged, extra=self.pending,
-                                load_l2=occ.l2_lines))
+        self.add(_tile(load, staged=staged, extra=self.pending, load_l2=occ.l2_lines))
         self.pending = 0.0
         return len(self.tiles) - 1
 
@@ -193,7 +215,7 @@ class _Tiles:
             last[1], last[7] = cycles, occ.l2_lines
             last[11], last[12], last[13], last[14] = paced
         else:
-            self.tiles.append(_tile(compute=cycles, compute_l2=occ.l2_lines, paced=paced))
+            self.add(_tile(compute=cycles, compute_l2=occ.l2_lines, paced=paced))
         return len(self.tiles) - 1
 
     def add_store(self, occ, producer: int) -> tuple[int, int]:
@@ -316,7 +338,6 @@ class _Timing(Generator):
         self.last_store = (0, 0)                   # (tile, place among its stores)
         self.n_instrs = 0
         self.tile_memo: dict[tuple, tuple] = {}    # _matmul_tile's, this hardware's
-        self.block_memo: dict[tuple, dict] = {}    # ``matmul``'s blocks, by shape
 
     def emit(self, mnemonic: str, **fields) -> int:
         instr = make(mnemonic, **fields)
@@ -409,7 +430,8 @@ class _Timing(Generator):
         P = self.core.l2_stripe_bytes
         s, memo, ring = self.s, self.tile_memo, self.ring
         take = ring.take
-        out, read, macs, lines, count = s.tiles, 0, 0, 0, 0
+        out, index, place = s.tiles, s.index, s.place
+        read = macs = lines = count = 0
         first = len(out)
         plan = matmul_tiles(n_total, k_total, self.tile_bytes, self.hw, mx)
         # blocks of output channels, a tile per piece of the reduction each
@@ -417,7 +439,7 @@ class _Timing(Generator):
         full = n_total // plan.nt                # all but a short last (the only one)
         seen: dict | None = {} if _REPLAY else None   # a full block's start -> what came before
         # the blocks timed before, of any matmul of this shape and input alignment
-        timed = (self.block_memo.setdefault((m, k_total, n_total, mx, x_addr % P), {})
+        timed = (s.block_memo.setdefault((m, k_total, n_total, mx, x_addr % P), {})
                  if _REPLAY else None)
 
         def weight_loads(n0: int, n: int, k0: int, k: int) -> tuple:
@@ -443,8 +465,8 @@ class _Timing(Generator):
                 else:
                     b0, tiles0, read0, macs0, lines0, count0, serial0 = before
                     reps = (full - b) // (b - b0)    # whole periods left before the last
-                    period = out[tiles0:]
-                    out.extend(period * reps)
+                    out.extend(out[tiles0:] * reps)
+                    index.extend(index[tiles0:] * reps)
                     read += reps * (read - read0)
                     macs += reps * (macs - macs0)
                     lines += reps * (lines - lines0)
@@ -455,8 +477,9 @@ class _Timing(Generator):
                     continue
             known = timed.get((block[0][1], *state)) if _REPLAY else None
             if known is not None:                # a block timed before: as it was
-                tiles, t_read, t_macs, t_lines, t_count, ring.ptr, t_serial = known
+                tiles, places, t_read, t_macs, t_lines, t_count, ring.ptr, t_serial = known
                 out.extend(tiles)
+                index.extend(places)
                 read, macs, lines, count = (read + t_read, macs + t_macs, lines + t_lines,
                                             count + t_count)
                 ring.serial += t_serial
@@ -476,22 +499,24 @@ class _Timing(Generator):
                     found = memo[key] = _matmul_tile(self.core, *key)
                 tiles, t_read, t_macs, t_lines = found
                 out.extend(tiles)    # shared: only the first and last are copied (below)
+                index.extend([place(t) for t in tiles])
                 read += t_read
                 macs += t_macs
                 lines += t_lines
             if _REPLAY:
-                timed[block[0][1], *state] = (out[begun[0]:], read - begun[1],
-                                              macs - begun[2], lines - begun[3],
-                                              count - begun[4], ring.ptr,
+                timed[block[0][1], *state] = (out[begun[0]:], index[begun[0]:],
+                                              read - begun[1], macs - begun[2],
+                                              lines - begun[3], count - begun[4], ring.ptr,
                                               ring.serial - begun[5])
             b += 1
         if len(out) > first:
             # the instruction fetch since the last load delays the first; a store after
             # the matmul may add to the last (``_Tiles.add_store``)
-            out[first] = list(out[first])
+            s.replace(first, list(out[first]))
             out[first][5] += s.pending
             s.pending = 0.0
-            out[-1] = list(out[-1])
+            if len(out) - 1 > first:
+                s.replace(len(out) - 1, list(out[-1]))
         s.read += read
         s.macs += macs
         s.l2 += lines
@@ -652,14 +677,14 @@ def _plan(cfg: ModelConfig, weights: str, hw: HardwareConfig, start: int, n_toke
         for op in ops:
             if parallel and isinstance(op, ResAdd):
                 allreduces[-1].append(len(timing.s.tiles))
-                timing.s.tiles.append(_tile(compute=1))
+                timing.s.add(_tile(compute=1))
             getattr(timing, LOWERINGS[type(op)].__name__)(op)   # overrides included
         parts.append(timing.s)
     prefix_tiles = parts[0].tiles
     if freq is not None and (program is None or start == 0):
         # the RoPE table is first read by the layer's first ROPE
         prefix_tiles[0][3] = len(prefix_tiles) + parts[1].first_rope
-    cols, repeats = _columns([p.tiles for p in parts])
+    cols, repeats = _columns(parts)
     return _Plan(*((c, *p.totals()) for c, p in zip(cols, parts, strict=True)),
                  timing.ring_bytes, repeats, tuple(map(tuple, allreduces)))
 
@@ -883,28 +908,23 @@ class _Cols:
                       for name in own})
 
 
-def _named(tiles: list) -> tuple[np.ndarray, list]:
-    """Each tile's name (equal where the tiles are) and one tile per name, in order:
-    tiles compare as numbers, the cached ``Copies`` and store tuples as objects (equal
-    ones built apart count as different); each tile object is read once, however often
-    it recurs (a cached matmul's tiles)."""
-    ids = np.fromiter(map(id, tiles), np.int64, len(tiles))
-    # each tile object once, in the order it first occurs
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    order = np.argsort(first)
+def _named(tiles: _Tiles) -> tuple[np.ndarray, list]:
+    """Each tile's name (equal where the tiles are) and one tile per name: tiles compare
+    as numbers, the cached ``Copies`` and store tuples as objects (equal ones built apart
+    count as different); each tile object is read once, however often it recurs (a
+    cached matmul's tiles: ``_Tiles.objects``)."""
     names: dict = {}
-    name_of, firsts = np.empty(len(first), np.int64), []
-    for u in order.tolist():
-        t = tiles[first[u]]
+    name_of, firsts = np.empty(len(tiles.objects), np.int64), []
+    for u, t in enumerate(tiles.objects):
         name_of[u] = name = names.setdefault((id(t[0]), *t[1:10], id(t[10]), *t[11:]),
                                              len(names))
         if name == len(firsts):
             firsts.append(t)
-    return name_of[inverse.reshape(-1)], firsts
+    return name_of[np.array(tiles.index, np.int64)], firsts
 
 
-def _columns(parts: list[list]) -> tuple[tuple[_Cols, ...], tuple]:
-    """Each part's tiles (``_Tiles``' layout, no longer changed) as ``_Cols``, sharing
+def _columns(parts: list[_Tiles]) -> tuple[tuple[_Cols, ...], tuple]:
+    """Each part's tiles (no longer changed) as ``_Cols``, sharing
     one table of their ``Copies``, and each part's periodic runs (``_repeats``): the
     distinct tiles are read (a step's tens of thousands of tiles are a few hundred
     distinct ones), then each column gathered by the tiles' names."""
