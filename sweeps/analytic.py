@@ -1052,8 +1052,13 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
                 else:
                     ready = compute_ends[d] + 1
                 start = ready if ready > start else start
-            g = crank[place[timed]] - QUEUE_DEPTH       # a queue of compute instructions,
-            if g >= 0 and compute_begin[comp_tile[g]] > start:    # not of tiles
+            # a queue of compute instructions, not of tiles: the last compute above the
+            # load is taken once the one QUEUE_DEPTH before it has begun (as
+            # ``sweeps.perf._time`` accepts instructions: one compute later, a load could
+            # begin a whole compute late, tiny's prefill on edge-4x4 at 256 KiB 18.7% of
+            # load busy over)
+            g = crank[place[timed]] - 1 - QUEUE_DEPTH
+            if g >= 0 and compute_begin[comp_tile[g]] > start:
                 start = compute_begin[comp_tile[g]]
             # and once the store engine's queue has taken the stores above it
             g = place[timed] - 1
