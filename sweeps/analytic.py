@@ -1052,11 +1052,8 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
                 else:
                     ready = compute_ends[d] + 1
                 start = ready if ready > start else start
-            # a queue of compute instructions, not of tiles: the last compute above the
-            # load is taken once the one QUEUE_DEPTH before it has begun (as
-            # ``sweeps.perf._time`` accepts instructions: one compute later, a load could
-            # begin a whole compute late, tiny's prefill on edge-4x4 at 256 KiB 18.7% of
-            # load busy over)
+            # a queue of computes, not tiles: the last above it is taken once the one
+            # QUEUE_DEPTH before that has begun (``sweeps.perf._time``)
             g = crank[place[timed]] - 1 - QUEUE_DEPTH
             if g >= 0 and compute_begin[comp_tile[g]] > start:
                 start = compute_begin[comp_tile[g]]
