@@ -31,7 +31,7 @@ tests/compiler/test_isasim.py (every lowering, bit-exact against the integer ref
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -328,11 +328,16 @@ class MatmulTiles:
         """Tiles per block: the reduction's pieces (the last may be short)."""
         return -(-self.k_total // self.kt)
 
+    @cached_property
+    def pieces(self) -> tuple[tuple[int, int], ...]:
+        """``(k0, k)`` of each piece of the reduction, the same in every block."""
+        return tuple((k0, min(self.kt, self.k_total - k0))
+                     for k0 in range(0, self.k_total, self.kt))
+
     def block(self, b: int) -> list[tuple[int, int, int, int]]:
         n0 = b * self.nt
         n = min(self.nt, self.n_total - n0)
-        return [(n0, n, k0, min(self.kt, self.k_total - k0))
-                for k0 in range(0, self.k_total, self.kt)]
+        return [(n0, n, k0, k) for k0, k in self.pieces]
 
     def __iter__(self):
         for b in range(self.blocks):

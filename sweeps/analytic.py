@@ -452,11 +452,12 @@ class _Timing(Generator):
                          for j, (offset, *load) in enumerate(
                              weight_tile_loads(n0, n, k0, k, k_total, mx)))
 
+        pieces = plan.pieces
         b = 0
         while b < blocks:
             n0 = b * plan.nt
-            block = plan.block(b)
-            first_loads = weight_loads(*block[0])
+            n = min(plan.nt, n_total - n0)
+            first_loads = weight_loads(n0, n, 0, pieces[0][1])
             state = (ring.ptr, (out_addr + 4 * n0) % P, first_loads)
             if seen is not None and b < full:
                 before = seen.get(state)
@@ -475,7 +476,7 @@ class _Timing(Generator):
                     b += reps * (b - b0)
                     seen = None                  # the pointer is where it was: go on
                     continue
-            known = timed.get((block[0][1], *state)) if _REPLAY else None
+            known = timed.get((n, *state)) if timed is not None else None
             if known is not None:                # a block timed before: as it was
                 tiles, places, t_read, t_macs, t_lines, t_count, ring.ptr, t_serial = known
                 out.extend(tiles)
@@ -486,8 +487,8 @@ class _Timing(Generator):
                 b += 1
                 continue
             begun = (len(out), read, macs, lines, count, ring.serial)
-            for _, n, k0, k in block:
-                loads = first_loads if k0 == block[0][2] else weight_loads(n0, n, k0, k)
+            for k0, k in pieces:
+                loads = first_loads if k0 == 0 else weight_loads(n0, n, k0, k)
                 addr = take(loads[0][1] * loads[0][2])
                 e_addr = take(loads[1][1] * loads[1][2]) if mx else 0
                 count += 1
@@ -503,8 +504,8 @@ class _Timing(Generator):
                 read += t_read
                 macs += t_macs
                 lines += t_lines
-            if _REPLAY:
-                timed[block[0][1], *state] = (out[begun[0]:], index[begun[0]:],
+            if timed is not None:
+                timed[n, *state] = (out[begun[0]:], index[begun[0]:],
                                               read - begun[1], macs - begun[2],
                                               lines - begun[3], count - begun[4], ring.ptr,
                                               ring.serial - begun[5])
