@@ -822,8 +822,8 @@ def make(mnemonic: str, wait=0, signal=0, **fields) -> Instruction:
     spec = BY_MNEMONIC.get(mnemonic)
     if spec is None:
         raise IsaError(f"unknown instruction {mnemonic!r}")
-    if wait != 0 or signal != 0:           # (masks as ints or engines)
-        wait, signal = _mask(wait), _mask(signal)
+    wait, signal = _mask(wait), _mask(signal)
+    if wait or signal:
         for label, mask in (("wait", wait), ("signal", signal)):
             if not 0 <= mask < (1 << MASK_BITS):
                 raise IsaError(f"{mnemonic}: {label} mask {mask} does not fit {MASK_BITS} "

@@ -327,7 +327,9 @@ def _fields(instr: Instruction) -> SimpleNamespace:
     return SimpleNamespace(**instr.fields())
 
 
+@njit
 def _lines(addr: int, n: int, w: int) -> int:
+    """The ``w``-byte lines that ``n`` bytes from ``addr`` touch."""
     return (addr + n - 1) // w - addr // w + 1 if n else 0
 
 
@@ -505,8 +507,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             st[0:3] += one
             continue
         a, b = src[r - 1], dst[r - 1]
-        src_lines = (a + n - 1) // W - a // W + 1
-        dst_lines = (b + n - 1) // W - b // W + 1
+        src_lines, dst_lines = _lines(a, n, W), _lines(b, n, W)
         steps = dst_lines + (1 if (a - b) % W else 0)
         if counts[5] >= depth:                 # the copier's command queue is full
             for j in range(3):
@@ -600,7 +601,7 @@ def _reader_lines(segments, W, banks):
     for base, stride, rows, n in segments:
         for r in range(rows):
             a = base + r * stride
-            took = (a + n - 1) // W - a // W + 1
+            took = _lines(a, n, W)
             n_lines += took
             n_steps += took if a % W == 0 else -(-n // W) + 1
     lines = np.empty(n_lines, np.int64)

@@ -335,6 +335,7 @@ class MatmulTiles:
                      for k0 in range(0, self.k_total, self.kt))
 
     def block(self, b: int) -> list[tuple[int, int, int, int]]:
+        """The ``(n0, n, k0, k)`` of block ``b``'s tiles (``0 <= b < blocks``)."""
         n0 = b * self.nt
         n = min(self.nt, self.n_total - n0)
         return [(n0, n, k0, k) for k0, k in self.pieces]

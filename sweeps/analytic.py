@@ -993,7 +993,7 @@ def _run(tiles: _Cols, schedule, l2_waits, data_delay: int = 0, indices: tuple =
 
     A load begins when its engine is free, the compute it depends on has ended, and it
     has been dispatched: in order, so once the compute queue (``QUEUE_DEPTH``) has taken
-    the computes before it (the one ``QUEUE_DEPTH`` before its place has begun). A
+    the computes before it (the one ``QUEUE_DEPTH`` before the last of them has begun). A
     compute begins when the one before it has ended and the loads it reads have ended;
     it is dispatched once the load engine's queue has taken the loads placed above it
     (the load ``QUEUE_DEPTH`` before the farthest one has begun). The engines are
