@@ -10,10 +10,16 @@ the JAX integer reference. Then the prefill's projection matmuls (``k >= d_model
 Q/K/V/O projections and the MLP; not attention's per-head products) run back to back,
 tokens stripped, as a second program on the RTL, whose counters give their PE
 utilisation ``array_macs / (cycles x PEs)`` as measured on the RTL. Both figures are
-printed beside the instruction-level performance model's::
+printed beside both performance models': the instruction-level model (``sweeps.perf``,
+on the compiled programs) and the fast path (``sweeps.analytic.prefill``, from the
+compiler's plan, every chunk timed)::
 
-    python -m benchmarks.rtl_prefill                   # edge-8x8 and edge-16x16
-    python -m benchmarks.rtl_prefill --hw edge-16x16 --tokens 128
+    python -m benchmarks.rtl_prefill                   # edge-16x16 and edge-8x8
+    python -m benchmarks.rtl_prefill --hw edge-16x16 --l2 8388608   # one 128-token chunk
+
+At the presets' L2 sizes the compiler splits the 128-token prompt into chunks whose
+activations fit (2 x 64 on edge-16x16's 4 MiB, 8 x 16 on edge-8x8's 1 MiB); ``--l2``
+sets another L2 size for every ``--hw`` (8 MiB holds the whole prompt as one chunk).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ def layer_model(layers: int = 1):
     return LoadedModel(cfg, init_params(cfg, 0), None, "random init (seed 0)")
 
 
-def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
+def run(hw_name: str, tokens: int, layers: int = 1, l2_bytes: int | None = None) -> dict:
     import numpy as np
 
     from accel.ladder import compare, reference_generation
@@ -61,12 +67,16 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     from models.evaluate import build_int_model
     from rtl.common import rtl_dram_bytes, rtl_params
     from rtl.sim import build_model, run_job
+    from sweeps.analytic import prefill as fast_prefill
+    from sweeps.analytic import prefill_chunks
     from sweeps.perf import time_program
 
     loaded = layer_model(layers)
     cfg = loaded.cfg
     im = build_int_model(loaded)
     hw = load_hardware(hw_name)
+    if l2_bytes is not None:
+        hw = hw.replace(l2_bytes=l2_bytes)
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, cfg.vocab_size, tokens)]
     build = compile_generation(cfg, im.qm, hw, prompt, 1)
     prefill = build.programs[0]
@@ -81,6 +91,11 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
     isa = IsaSimulator(hw, dram.copy())
     isa.run(program_from_dram(build, isa.dram, prefill.name))
     timing = time_program(prefill.instrs, hw, build.image.read_i32)
+    chunks = prefill_chunks(cfg, hw, tokens)
+    if [t for _, t in chunks] != prefill.chunks:
+        raise AssertionError(f"the fast path's chunks {chunks} are not the compiler's "
+                             f"{prefill.chunks}")
+    fast = fast_prefill(cfg, hw, tokens, samples=max(2, len(chunks))).cycles
     alone_model = time_program(extra, hw)
     model = build_model(rtl_params(hw, image_bytes=dram.size))
     # A program may run for twice the cycles the performance model gives it.
@@ -112,6 +127,9 @@ def run(hw_name: str, tokens: int, layers: int = 1) -> dict:
         "prefill_model_cycles": timing.cycles,
         "prefill_model_error_pct": round(100 * (timing.cycles - counters["cycles"])
                                          / counters["cycles"], 3),
+        "prefill_fast_cycles": fast,
+        "prefill_fast_error_pct": round(100 * (fast - counters["cycles"]) / counters["cycles"],
+                                        3),
         "projection_matmuls": len(projections),
         "projection_modes": {m: sum(1 for i in projections if i.mode == v)
                              for m, v in (("GEMM", 0), ("GEMV", 1))},
@@ -130,19 +148,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--hw", nargs="*", default=["edge-16x16", "edge-8x8"])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--l2", type=int, metavar="BYTES",
+                        help="the L2 size of every --hw (default: each preset's)")
     args = parser.parse_args(argv)
     rows = []
     for hw in args.hw:
-        row = run(hw, args.tokens, args.layers)
+        row = run(hw, args.tokens, args.layers, args.l2)
         print(json.dumps({"benchmark": "rtl_prefill", **row}), flush=True)
         rows.append(row)
-    print(f"{'hw':<11}{'chunks':>8}{'bit-exact':>10}{'prefill cycles':>16}{'PE util':>9}"
-          f"{'model err':>10}{'projections':>13}{'PE util':>9}{'model err':>10}")
+    print(f"{'hw':<11}{'L2 KiB':>7}{'chunks':>8}{'bit-exact':>10}{'prefill cycles':>16}"
+          f"{'PE util':>9}{'model err':>10}{'fast err':>10}{'projections':>13}{'PE util':>9}"
+          f"{'model err':>10}")
     for r in rows:
         exact = r["rtl_vs_isa"]["bit_exact"] and r["rtl_vs_int_bit_exact"]
-        print(f"{r['hw']:<11}{len(r['prefill_chunks']):>8}{str(exact):>10}"
+        sizes = r["prefill_chunks"]
+        chunks = (f"{len(sizes)} x {sizes[0]}" if len(set(sizes)) == 1
+                  else " + ".join(map(str, sizes)))
+        print(f"{r['hw']:<11}{r['l2_bytes'] // 1024:>7}{chunks:>8}{str(exact):>10}"
               f"{r['prefill_cycles']:>16,}{100 * r['prefill_pe_utilisation']:>8.1f}%"
-              f"{r['prefill_model_error_pct']:>9.2f}%{r['projection_cycles']:>13,}"
+              f"{r['prefill_model_error_pct']:>9.2f}%{r['prefill_fast_error_pct']:>9.2f}%"
+              f"{r['projection_cycles']:>13,}"
               f"{100 * r['projection_pe_utilisation']:>8.1f}%"
               f"{r['projection_model_error_pct']:>9.2f}%")
     return rows

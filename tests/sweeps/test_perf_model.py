@@ -907,11 +907,13 @@ def test_the_fast_path_dispatches_a_load_when_the_controller_does():
 
 def test_never_faster_than_physics(small_config):
     """Random model shapes, hardware and steps (prefill and decode, prefetch on and off,
-    1 to 64 DRAM bytes per cycle, int8 and MXINT4 weights): the instruction-level model
-    never finishes before the
-    DRAM could have moved the step's bytes (its lines, instruction fetch included, at the
-    configured bandwidth), nor with more MACs than the array's PEs can do in its cycles,
-    nor with an engine busy longer than the step."""
+    1 to 64 DRAM bytes per cycle, int8 and MXINT4 weights): neither the instruction-level
+    model nor the fast path (``analytic.decode_step``, ``analytic.prefill``) finishes
+    before the DRAM could have moved the step's bytes (its lines, instruction fetch
+    included, at the configured bandwidth), nor with more MACs than the array's PEs can
+    do in its cycles, nor with an engine busy longer than the step."""
+    from sweeps import analytic
+
     rng = np.random.default_rng(18)
     for _ in range(10):
         n_kv = int(rng.choice([1, 2, 4]))
@@ -924,8 +926,9 @@ def test_never_faster_than_physics(small_config):
         position, tokens = ((int(rng.integers(1, 40)), 1) if rng.random() < 0.6
                             else (0, int(rng.integers(2, 20))))
         weights = str(rng.choice(["int8", "mxint4"]))
+        prefetch = bool(rng.random() < 0.5)
         build = compile_step(cfg, quant_struct(cfg, weights), hw, position, tokens,
-                             prefetch=bool(rng.random() < 0.5))
+                             prefetch=prefetch)
         t = time_program(build.programs[0].instrs, hw)
         case = (cfg, hw.name, hw.dram_bytes_per_cycle, position, tokens, t.counters())
         assert t.dram_busy_cycles * hw.line_bytes <= hw.dram_bytes_per_cycle * t.cycles, case
@@ -933,6 +936,12 @@ def test_never_faster_than_physics(small_config):
         assert t.dram_read_bytes + t.dram_write_bytes <= hw.dram_bytes_per_cycle * t.cycles, case
         assert t.macs <= hw.pes * t.cycles, case
         assert all(busy <= t.cycles for busy in t.busy.values()), case
+        fast = (analytic.decode_step(cfg, hw, position, prefetch, weights=weights)
+                if tokens == 1 else analytic.prefill(cfg, hw, tokens, prefetch, weights=weights))
+        assert fast.macs == t.macs, (case, fast)
+        assert fast.dram_read_bytes <= hw.dram_bytes_per_cycle * fast.cycles, (case, fast)
+        assert fast.macs <= hw.pes * fast.cycles, (case, fast)
+        assert max(fast.load_busy, fast.compute_busy) <= fast.cycles, (case, fast)
 
 
 def test_context_switch_pipelines_recompute_with_reload(tiny_model):
