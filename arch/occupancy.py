@@ -620,7 +620,7 @@ def _reader_lines(segments, W, banks):
 
 
 @njit
-def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
+def _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken, banks):
     """Cycles from the tile filler's begin until its tile is announced, for the x and
     weight row readers' lines' banks and write-side steps (``_reader_lines``' arrays;
     ``rtl.matmul_unit.TileFiller``, two ``rtl.copier.RowCopier``), cycle by cycle. Each
@@ -631,7 +631,9 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
     at the earliest; the first line is asked for ``FILL_ISSUE_LATENCY`` cycles after
     begin (the row command through the copier's queue), and the tile is announced the
     cycle after the last step. Both latencies are the RTL's structure (read off a trace
-    of the unit in Amaranth's simulator), not fitted."""
+    of the unit in Amaranth's simulator), not fitted. ``taken`` (``int64``, zeros, as
+    long as the fill may take): each cycle's banks granted, ``(x + 1) * (banks + 1) + w +
+    1`` for banks ``x`` and ``w`` (0 for none), for ``_refusals``."""
     # Written out for the two readers (x: ``x_*``, weights: ``w_*``): lines issued (``*_i``;
     # each one's grant cycle in ``*_granted``), write-side steps taken (``*_j``) and lines
     # popped by them (``*_p``).
@@ -650,7 +652,11 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps):
             x_i += 1
         if w_i < n_wl and w_i - w_p < room and w_lines[w_i] != bank:
             w_granted[w_i] = t
+            if t < len(taken):
+                taken[t] = w_lines[w_i] + 1 + (bank + 1) * (banks + 1)
             w_i += 1
+        elif bank >= 0 and t < len(taken):
+            taken[t] = (bank + 1) * (banks + 1)
         # the write sides: a step that takes a line once it is in
         if x_j < n_xs and (not x_steps[x_j] or (x_p < x_i and x_granted[x_p] <= t - latency)):
             x_p += x_steps[x_j]
@@ -748,6 +754,9 @@ def _fills(f, tiles, W, banks):
     mx = f.w_format == _MXINT4
     e_row = -(-f.k // MX_BLOCK)                 # bytes of block exponents per weight row
     out = np.zeros((len(tiles), 5), np.int64)
+    taken = np.zeros(1024, np.int64)
+    offsets = np.zeros(len(tiles) + 1, np.int64)
+    used = 0
     x_segs = np.zeros((2, 4), np.int64)
     w_segs = np.zeros((2, 4), np.int64)
     for i in range(len(tiles)):
@@ -771,7 +780,16 @@ def _fills(f, tiles, W, banks):
                 n_w = 2
         x_lines, x_steps = _reader_lines(x_segs[:n_x], W, banks)
         w_lines, w_steps = _reader_lines(w_segs[:n_w], W, banks)
-        out[i, 0] = _fill_cycles(x_lines, x_steps, w_lines, w_steps)
+        room = FILL_ISSUE_LATENCY + (FILL_DATA_LATENCY + COPIER_FIFO_DEPTH) * (
+            len(x_steps) + len(w_steps) + 1)
+        if used + room > len(taken):
+            grown = np.zeros(max(2 * len(taken), used + room), np.int64)
+            grown[:used] = taken[:used]
+            taken = grown
+        out[i, 0] = _fill_cycles(x_lines, x_steps, w_lines, w_steps,
+                                 taken[used:used + room], banks)
+        used += out[i, 0]
+        offsets[i + 1] = used
         out[i, 1] = len(x_lines) + len(w_lines)
         out[i, 2] = (len(x_lines) > 0) + (len(w_lines) > 0)
         steps, reads = len(x_steps), len(x_lines)
@@ -779,7 +797,32 @@ def _fills(f, tiles, W, banks):
             steps, reads = len(w_steps), len(w_lines)
         if reads < steps <= 2 * reads:
             out[i, 3], out[i, 4] = steps, reads
-    return out
+    return out, taken[:used], offsets
+
+
+@njit
+def _refusals(taken, offsets, begins, banks):
+    """The cycles a copier below the tile readers in priority is refused its L2 bank
+    while they fill the tiles, if it asks for a line every cycle in consecutive banks
+    (a DMA copier writing a line a cycle): ``taken`` and ``offsets``, ``_fills``' banks
+    granted each cycle of each tile's fill (``_fill_cycles``), the fills beginning at
+    ``begins``; between them it moves a bank a cycle. Averaged over the ``banks`` banks
+    it may begin in. The readers' idle steps and the lines an unaligned row reads again
+    each cost a copier that trails them a cycle (``sweeps.perf._trapped``)."""
+    refused = 0
+    for first in range(banks):
+        c = first
+        t = begins[0] if len(begins) else 0
+        for i in range(len(begins)):
+            c = (c + begins[i] - t) % banks      # free between fills
+            for j in range(offsets[i], offsets[i + 1]):
+                code = taken[j]
+                if code and (c == code // (banks + 1) - 1 or c == code % (banks + 1) - 1):
+                    refused += 1
+                else:
+                    c = (c + 1) % banks
+            t = begins[i] + offsets[i + 1] - offsets[i]
+    return refused / banks
 
 
 #: Before any cycle: the GEMM feeder's last load and stream before its first block.
@@ -975,12 +1018,13 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     announcements int64 [tiles])``."""
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
-    fills = _fills(f, tiles, W, banks)
+    fills, taken, offsets = _fills(f, tiles, W, banks)
     end, lines, resumes, announced, spans, camped, moves = _steps(
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
         old_latency, out_bytes)
     cycles = end + overhead                           # done with the writer's last step
-    return (cycles, lines, resumes, fills[:, 3].sum(), fills[:, 4].sum(),
+    refused = _refusals(taken, offsets, spans[:, 0], banks)
+    return (cycles, lines, resumes - fills[:, 2].sum(), cycles, cycles - round(refused),
             math.ceil(_camped_cycles(camped, spans, banks)), _profile(moves, cycles),
             announced)
 
@@ -1272,7 +1316,7 @@ def _gemm_floor(f, W, banks, R, C, MT, KT):
         blocks += -(-tiles[i, 5] // R)
     floor = (blocks - 1) * R
     if f.m < R:
-        fills = _fills(f, tiles, W, banks)
+        fills = _fills(f, tiles, W, banks)[0]
         floor = max(floor, fills[:, 0].sum() + len(tiles))
     return floor
 
