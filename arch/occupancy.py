@@ -620,7 +620,7 @@ def _reader_lines(segments, W, banks):
 
 
 @njit
-def _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken, banks):
+def _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken):
     """Cycles from the tile filler's begin until its tile is announced, for the x and
     weight row readers' lines' banks and write-side steps (``_reader_lines``' arrays;
     ``rtl.matmul_unit.TileFiller``, two ``rtl.copier.RowCopier``), cycle by cycle. Each
@@ -632,8 +632,8 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken, banks):
     begin (the row command through the copier's queue), and the tile is announced the
     cycle after the last step. Both latencies are the RTL's structure (read off a trace
     of the unit in Amaranth's simulator), not fitted. ``taken`` (``int64``, zeros, as
-    long as the fill may take): each cycle's banks granted, ``(x + 1) * (banks + 1) + w +
-    1`` for banks ``x`` and ``w`` (0 for none), for ``_refusals``."""
+    long as the fill may take) is set to each cycle's banks granted, a bit each, for
+    ``_refusals``."""
     # Written out for the two readers (x: ``x_*``, weights: ``w_*``): lines issued (``*_i``;
     # each one's grant cycle in ``*_granted``), write-side steps taken (``*_j``) and lines
     # popped by them (``*_p``).
@@ -652,11 +652,10 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken, banks):
             x_i += 1
         if w_i < n_wl and w_i - w_p < room and w_lines[w_i] != bank:
             w_granted[w_i] = t
-            if t < len(taken):
-                taken[t] = w_lines[w_i] + 1 + (bank + 1) * (banks + 1)
+            taken[t] |= 1 << w_lines[w_i]
             w_i += 1
-        elif bank >= 0 and t < len(taken):
-            taken[t] = (bank + 1) * (banks + 1)
+        if bank >= 0:
+            taken[t] |= 1 << bank
         # the write sides: a step that takes a line once it is in
         if x_j < n_xs and (not x_steps[x_j] or (x_p < x_i and x_granted[x_p] <= t - latency)):
             x_p += x_steps[x_j]
@@ -786,8 +785,7 @@ def _fills(f, tiles, W, banks):
             grown = np.zeros(max(2 * len(taken), used + room), np.int64)
             grown[:used] = taken[:used]
             taken = grown
-        out[i, 0] = _fill_cycles(x_lines, x_steps, w_lines, w_steps,
-                                 taken[used:used + room], banks)
+        out[i, 0] = _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken[used:used + room])
         used += out[i, 0]
         offsets[i + 1] = used
         out[i, 1] = len(x_lines) + len(w_lines)
@@ -801,27 +799,51 @@ def _fills(f, tiles, W, banks):
 
 
 @njit
-def _refusals(taken, offsets, begins, banks):
-    """The cycles a copier below the tile readers in priority is refused its L2 bank
-    while they fill the tiles, if it asks for a line every cycle in consecutive banks
-    (a DMA copier writing a line a cycle): ``taken`` and ``offsets``, ``_fills``' banks
-    granted each cycle of each tile's fill (``_fill_cycles``), the fills beginning at
-    ``begins``; between them it moves a bank a cycle. Averaged over the ``banks`` banks
-    it may begin in. The readers' idle steps and the lines an unaligned row reads again
-    each cost a copier that trails them a cycle (``sweeps.perf._trapped``)."""
+def _refusals(taken, offsets, begins, writes, banks):
+    """The cycles a copier below the matmul unit in priority is refused its L2 bank if it
+    asks for a line every cycle in consecutive banks (a DMA copier writing a line a
+    cycle): ``taken`` and ``offsets``, ``_fills``' banks granted (a bit each) each cycle
+    of each tile's fill, the fills beginning at ``begins``; ``writes``, the writer's
+    ``(cycle, bank bit)`` in order (``_steps``), each a cycle later while a reader has
+    its bank (the writer's port comes after the readers'). A cycle it is not refused it
+    moves on a bank. Averaged over the ``banks`` banks it may begin in. The readers' idle
+    steps, the lines an unaligned row reads again and the writer's lines each cost a
+    copier that trails them a cycle, a burst after a pause one time in ``banks``
+    (``sweeps.perf._trapped``)."""
+    n_fills, n_writes = len(begins), len(writes)
+    # the fills' cycles and masks, in order
+    n = offsets[n_fills] if n_fills else 0
+    at_fill = np.empty(n, np.int64)
+    for i in range(n_fills):
+        for k in range(offsets[i], offsets[i + 1]):
+            at_fill[k] = begins[i] + k - offsets[i]
     refused = 0
     for first in range(banks):
-        c = first
-        t = begins[0] if len(begins) else 0
-        for i in range(len(begins)):
-            c = (c + begins[i] - t) % banks      # free between fills
-            for j in range(offsets[i], offsets[i + 1]):
-                code = taken[j]
-                if code and (c == code // (banks + 1) - 1 or c == code % (banks + 1) - 1):
-                    refused += 1
+        c, t = first, -1             # the copier's bank at cycle t + 1
+        k = j = 0                    # the next fill cycle and write
+        wt = writes[0, 0] if n_writes else 0     # the next write's cycle
+        while k < n or j < n_writes:
+            a = at_fill[k] if k < n else 1 << 62
+            at = min(a, wt if j < n_writes else 1 << 62)
+            mask = 0
+            if at == a:
+                mask = taken[k]
+                k += 1
+            if j < n_writes and wt == at:
+                if mask & writes[j, 1]:          # a reader has its bank: next cycle
+                    wt += 1
                 else:
-                    c = (c + 1) % banks
-            t = begins[i] + offsets[i + 1] - offsets[i]
+                    mask |= writes[j, 1]
+                    j += 1
+                    if j < n_writes:
+                        wt = max(writes[j, 0], at + 1)
+            if t >= 0:
+                c = (c + at - t - 1) % banks
+            if mask >> c & 1:
+                refused += 1
+            else:
+                c = (c + 1) % banks
+            t = at
     return refused / banks
 
 
@@ -858,6 +880,8 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     fill_spans = np.empty((T, 3), np.int64)
     camped = np.empty((groups, 3), np.int64)
     moves = np.empty((T + rows_written, 3), np.float64)
+    writes = np.empty((rows_written + 16, 2), np.int64)    # the writer's (cycle, bank bit)
+    n_writes = 0
     for i in range(T):
         m0, mt, n0, nc, kt, kl = tiles[i]
         lines += fills[i, 1]
@@ -891,6 +915,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
         # the half with the last; the writer takes each row WB_DATA_LATENCY later at the
         # earliest, a step a destination line plus a priming step when the row does not
         # start on a line.
+        group_writes = n_writes
         first = max(last_row + latency + result_latency, handed + WB_NEXT_GROUP) + old_latency
         old, group_bank, enter, group_take = first, -1, first, first
         for r in range(mt):
@@ -925,15 +950,23 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
             moves[n_moves] = (take, take + steps,
                               (steps - prime) * (2 if f.accumulate else 1))
             n_moves += 1
+            if n_writes + steps > len(writes):
+                grown = np.empty((2 * len(writes) + steps, 2), np.int64)
+                grown[:n_writes] = writes[:n_writes]
+                writes = grown
+            for j in range(steps - prime):
+                writes[n_writes] = (take + prime + j, 1 << ((addr // W + j) % banks))
+                n_writes += 1
         if banks > 1 and mt > 1 and group_bank != -2:
             camped[n_camped] = (group_take, wb_free, mt)
             n_camped += 1
+            n_writes = group_writes        # a camped group: ``_camped_cycles``
         handed = enter
         half_free[group % 2] = enter
         group += 1
         resumes += 1
     return (wb_free, lines, resumes, announced, fill_spans, camped[:n_camped],
-            moves[:n_moves])
+            moves[:n_moves], writes[:n_writes])
 
 
 @njit
@@ -1019,12 +1052,12 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
     fills, taken, offsets = _fills(f, tiles, W, banks)
-    end, lines, resumes, announced, spans, camped, moves = _steps(
+    end, lines, resumes, announced, spans, camped, moves, writes = _steps(
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
         old_latency, out_bytes)
     cycles = end + overhead                           # done with the writer's last step
-    refused = _refusals(taken, offsets, spans[:, 0], banks)
-    return (cycles, lines, resumes - fills[:, 2].sum(), cycles, cycles - round(refused),
+    refused = _refusals(taken, offsets, spans[:, 0], writes, banks)
+    return (cycles, lines, 0, cycles, cycles - round(refused),
             math.ceil(_camped_cycles(camped, spans, banks)), _profile(moves, cycles),
             announced)
 
