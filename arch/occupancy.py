@@ -1056,8 +1056,12 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
         old_latency, out_bytes)
     cycles = end + overhead                           # done with the writer's last step
-    refused = _refusals(taken, offsets, spans[:, 0], writes, banks)
-    return (cycles, lines, 0, cycles, cycles - round(refused),
+    if banks > 1:          # a copier trailing the unit's streams, stepped through them
+        resumes, paced_cycles = 0, cycles
+        paced_lines = cycles - round(_refusals(taken, offsets, spans[:, 0], writes, banks))
+    else:                  # one bank: the L2's lines are shared (``sweeps.perf``)
+        paced_cycles, paced_lines = fills[:, 3].sum(), fills[:, 4].sum()
+    return (cycles, lines, resumes, paced_cycles, paced_lines,
             math.ceil(_camped_cycles(camped, spans, banks)), _profile(moves, cycles),
             announced)
 
@@ -1301,13 +1305,13 @@ def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint
     at once (``_fill_cycles``), so x's, the weights' and (MXINT4) the block exponents'
     addresses matter only modulo the L2's line times its line-wide banks (``P``), and
     only relative to one another by whole lines: all three move by the lines that bring
-    x's to the first bank. The writeback's rows matter only by their alignment in a line
-    and whether they fall in one bank (``_steps``): the output address modulo the line.
+    x's to the first bank. The writeback's rows take banks a copier below the unit may
+    want in the readers' cycles (``_refusals``): the output address moves with them.
     Int8 weights have no exponents (``e`` is 0). (The strides stay modulo ``P``.) Exact:
     ``tests/arch/test_occupancy.py`` times random MATMULs so moved alike."""
     W, P = hw.line_bytes, hw.l2_stripe_bytes
     lines = x_addr - x_addr % W
-    return ((x_addr - lines) % P, (w_addr - lines) % P, out_addr % W,
+    return ((x_addr - lines) % P, (w_addr - lines) % P, (out_addr - lines) % P,
             (e_addr - lines) % P if mxint4 else 0)
 
 

@@ -1,0 +1,109 @@
+"""A weight load beside one GEMV, on the RTL against the performance model: how many L2
+cycles the load engine's copier loses to the matmul unit's tile readers and writer, by
+the GEMV's row length.
+
+Each GEMV (one row of ``k`` bytes by ``n`` weight rows of ``k`` bytes) runs alone, then
+beside a ``DMA_LOAD`` of ``--load-rows`` rows of ``--load-bytes`` bytes (dependency
+tokens absent, so both start at once), and the load alone; one Verilator job runs them
+all after an empty DRAM image (timing does not depend on the values). A row length that
+is not a whole number of lines makes each weight row begin in the line the row before
+ended in, which the reader reads again: a copier trailing the reader a bank behind is
+refused that cycle (``arch.occupancy._refusals``, ``sweeps.perf._trapped``)::
+
+    python -m benchmarks.rtl_pairs                          # edge-8x8, 64 KiB
+    python -m benchmarks.rtl_pairs --hw edge-16x16 --k 96 249 256
+"""
+
+from __future__ import annotations
+
+import json
+
+from accel.args import ArgumentParser, run_command
+
+ROW_BYTES = (40, 60, 96, 100, 130, 200, 249, 250, 256)
+
+
+def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) -> list[dict]:
+    import numpy as np
+
+    from arch.hardware import load_hardware
+    from arch.isa import make
+    from arch.occupancy import occupancy
+    from benchmarks.perf_calibration import image_with_programs
+    from rtl.common import rtl_params
+    from rtl.sim import build_model, run_job
+    from sweeps.perf import time_program
+
+    hw = load_hardware(hw_name).replace(l2_bytes=64 << 10)
+    W = hw.line_bytes
+    load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=32 << 10, rows=load_rows,
+                row_bytes=load_bytes, dram_stride=load_bytes, l2_stride=load_bytes)
+    if load_rows * load_bytes > 16 << 10:
+        raise ValueError(f"--load-rows x --load-bytes = {load_rows * load_bytes}: the load "
+                         f"is staged in 16 KiB of L2")
+    programs = {"load": [load]}
+    gemvs = {}
+    for k in ks:
+        if not 1 <= k * n <= 16 << 10:
+            raise ValueError(f"--k {k} with --n {n}: the weights ({k * n} bytes) go in 16 KiB")
+        gemvs[k] = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0,
+                        m=1, k=k, n=n, x_addr=W, w_addr=16 << 10, out_addr=8 << 10,
+                        x_stride=k, w_stride=k, out_stride=4 * n)
+        programs[f"gemv {k}"] = [gemvs[k]]
+        programs[f"gemv {k} + load"] = [gemvs[k], load]
+    data, entries = image_with_programs(np.zeros(1 << 20, np.uint8), programs)
+    job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
+    rtl = {name: entry["counters"] for (name, _), entry in zip(entries, job.programs,
+                                                                strict=True)}
+    model = {name: time_program(p + [make("HALT")], hw) for name, p in programs.items()}
+    rows = []
+    for k in ks:
+        pair, alone = f"gemv {k} + load", "load"
+        occ = occupancy(gemvs[k], hw)
+        rows.append({
+            "benchmark": "rtl_pairs", "hw": hw.name, "k": k, "n": n,
+            "gemv_rtl_cycles": rtl[f"gemv {k}"]["cycles"],
+            "gemv_model_cycles": model[f"gemv {k}"].cycles,
+            "load_alone_rtl_busy": rtl[alone]["load_busy"],
+            "load_alone_model_busy": model[alone].busy["load"],
+            "pair_rtl_cycles": rtl[pair]["cycles"], "pair_model_cycles": model[pair].cycles,
+            "pair_rtl_load_busy": rtl[pair]["load_busy"],
+            "pair_model_load_busy": model[pair].busy["load"],
+            "copier_refusals_over_the_gemv": occ.paced_cycles - occ.paced_lines})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_pairs",
+                            description=__doc__.split("\n\n")[0].rstrip(":"))
+    parser.add_argument("--hw", default="edge-8x8")
+    parser.add_argument("--k", type=int, nargs="+", default=list(ROW_BYTES),
+                        help="the GEMVs' row lengths in bytes")
+    parser.add_argument("--n", type=int, default=64, help="the GEMVs' weight rows")
+    parser.add_argument("--load-rows", type=int, default=168)
+    parser.add_argument("--load-bytes", type=int, default=96)
+    args = parser.parse_args(argv)
+    for name, value in (("--n", args.n), ("--load-rows", args.load_rows),
+                        ("--load-bytes", args.load_bytes)):
+        if value < 1:
+            parser.error(f"{name} {value}: must be at least 1")
+    try:
+        rows = run(args.hw, args.k, args.n, args.load_rows, args.load_bytes)
+    except ValueError as e:
+        parser.error(str(e))
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print(f"{'k':>5}{'GEMV RTL':>10}{'model':>7}{'load alone':>12}{'model':>7}"
+          f"{'load beside':>13}{'model':>7}{'lost RTL':>10}{'model':>7}{'refusals':>10}")
+    for r in rows:
+        lost_rtl = r["pair_rtl_load_busy"] - r["load_alone_rtl_busy"]
+        lost_model = r["pair_model_load_busy"] - r["load_alone_model_busy"]
+        print(f"{r['k']:>5}{r['gemv_rtl_cycles']:>10,}{r['gemv_model_cycles']:>7,}"
+              f"{r['load_alone_rtl_busy']:>12,}{r['load_alone_model_busy']:>7,}"
+              f"{r['pair_rtl_load_busy']:>13,}{r['pair_model_load_busy']:>7,}"
+              f"{lost_rtl:>10}{lost_model:>7}{r['copier_refusals_over_the_gemv']:>10}")
+    return rows
+
+
+if __name__ == "__main__":
+    run_command(main, "python -m benchmarks.rtl_pairs")
