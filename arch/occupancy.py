@@ -1033,7 +1033,8 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
     cycles, lines, resumes, paced_cycles, paced_lines, camped, profile, announced = _matmul_run(
         f, hw.line_bytes, int(hw.l2_lines_per_cycle), hw.array_rows, hw.array_cols, MT, KT,
         cal.mm_result_latency, cal.mm_old_output_latency if f.accumulate else 0,
-        instr.spec.field("out_addr").elem_bytes, cal.engine_overhead)   # int32 results
+        instr.spec.field("out_addr").elem_bytes, cal.engine_overhead,   # int32 results
+        hw.dram_cycles_per_line <= 1)
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
                       paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
                       camped_cycles=camped,
@@ -1043,12 +1044,18 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
 
 @njit
 def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_bytes,
-                overhead):
+                overhead, line_a_cycle):
     """``matmul_timeline`` for the fields ``f`` (``MatmulFields``) on ``W``-byte lines in
     ``banks`` line-wide banks, an ``R x C`` array and tiles of ``MT`` rows by ``KT``
     reduction bytes: ``(cycles, L2 lines, resumes, paced cycles, paced lines, camped
     cycles, the L2 profile float64 [PROFILE_STEPS] or empty for None, the tiles'
-    announcements int64 [tiles])``."""
+    announcements int64 [tiles])``. With ``line_a_cycle`` (the DRAM feeds a DMA copier
+    a line a cycle or more) and more than one bank, the paced cycles are all the unit's
+    and the paced lines those a copier beside it would not be refused (``_refusals``;
+    ``python -m benchmarks.rtl_pairs`` on edge-8x8: a copier lost 5 to 54 cycles beside
+    GEMVs of 40 to 256-byte rows, the model within 7); else (one bank, or a copier the
+    DRAM paces, which loses nothing beside the same GEMVs on edge-16x16) the tile
+    readers' idle steps, and each burst a resume."""
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
     fills, taken, offsets = _fills(f, tiles, W, banks)
@@ -1056,10 +1063,13 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
         old_latency, out_bytes)
     cycles = end + overhead                           # done with the writer's last step
-    if banks > 1:          # a copier trailing the unit's streams, stepped through them
+    if banks > 1 and line_a_cycle:
+        # a copier fed a line a cycle, trailing the unit's streams: stepped through them
         resumes, paced_cycles = 0, cycles
         paced_lines = cycles - round(_refusals(taken, offsets, spans[:, 0], writes, banks))
-    else:                  # one bank: the L2's lines are shared (``sweeps.perf``)
+    else:
+        # one bank, whose lines the engines share (``sweeps.perf``), or a copier the DRAM
+        # paces, which catches up in the cycles it has to spare: the readers' idle steps
         paced_cycles, paced_lines = fills[:, 3].sum(), fills[:, 4].sum()
     return (cycles, lines, resumes, paced_cycles, paced_lines,
             math.ceil(_camped_cycles(camped, spans, banks)), _profile(moves, cycles),
