@@ -631,9 +631,9 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken):
     at the earliest; the first line is asked for ``FILL_ISSUE_LATENCY`` cycles after
     begin (the row command through the copier's queue), and the tile is announced the
     cycle after the last step. Both latencies are the RTL's structure (read off a trace
-    of the unit in Amaranth's simulator), not fitted. ``taken`` (``int64``, zeros, as
-    long as the fill may take) is set to each cycle's banks granted, a bit each, for
-    ``_refusals``."""
+    of the unit in Amaranth's simulator), not fitted. ``taken`` (``int64``, zeros) is
+    set to each cycle's banks granted, a bit each, for ``_refusals``, as far as it
+    reaches (empty: not recorded)."""
     # Written out for the two readers (x: ``x_*``, weights: ``w_*``): lines issued (``*_i``;
     # each one's grant cycle in ``*_granted``), write-side steps taken (``*_j``) and lines
     # popped by them (``*_p``).
@@ -652,9 +652,10 @@ def _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken):
             x_i += 1
         if w_i < n_wl and w_i - w_p < room and w_lines[w_i] != bank:
             w_granted[w_i] = t
-            taken[t] |= 1 << w_lines[w_i]
+            if t < len(taken):
+                taken[t] |= 1 << w_lines[w_i]
             w_i += 1
-        if bank >= 0:
+        if bank >= 0 and t < len(taken):
             taken[t] |= 1 << bank
         # the write sides: a step that takes a line once it is in
         if x_j < n_xs and (not x_steps[x_j] or (x_p < x_i and x_granted[x_p] <= t - latency)):
@@ -735,7 +736,7 @@ def gemm_blocks(load, stream, stream_rows, avail, push, mt, R, blocks, extrapola
 
 
 @njit
-def _fills(f, tiles, W, banks):
+def _fills(f, tiles, W, banks, record):
     """Each tile's fill (``tiles``: ``matmul_tiles``' rows; ``f``: ``MatmulFields``):
     ``int64 [tiles, 5]``, a row ``(cycles from the filler's begin until the tile is
     announced, L2 lines read, readers that read any, paced steps, paced lines)`` each:
@@ -753,7 +754,7 @@ def _fills(f, tiles, W, banks):
     mx = f.w_format == _MXINT4
     e_row = -(-f.k // MX_BLOCK)                 # bytes of block exponents per weight row
     out = np.zeros((len(tiles), 5), np.int64)
-    taken = np.zeros(1024, np.int64)
+    taken = np.zeros(1024 if record else 0, np.int64)
     offsets = np.zeros(len(tiles) + 1, np.int64)
     used = 0
     x_segs = np.zeros((2, 4), np.int64)
@@ -780,13 +781,14 @@ def _fills(f, tiles, W, banks):
         x_lines, x_steps = _reader_lines(x_segs[:n_x], W, banks)
         w_lines, w_steps = _reader_lines(w_segs[:n_w], W, banks)
         room = FILL_ISSUE_LATENCY + (FILL_DATA_LATENCY + COPIER_FIFO_DEPTH) * (
-            len(x_steps) + len(w_steps) + 1)
+            len(x_steps) + len(w_steps) + 1) if record else 0
         if used + room > len(taken):
             grown = np.zeros(max(2 * len(taken), used + room), np.int64)
             grown[:used] = taken[:used]
             taken = grown
         out[i, 0] = _fill_cycles(x_lines, x_steps, w_lines, w_steps, taken[used:used + room])
-        used += out[i, 0]
+        if record:
+            used += out[i, 0]
         offsets[i + 1] = used
         out[i, 1] = len(x_lines) + len(w_lines)
         out[i, 2] = (len(x_lines) > 0) + (len(w_lines) > 0)
@@ -853,7 +855,7 @@ _NO_CYCLE = -(1 << 40)
 
 @njit
 def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_latency,
-           out_bytes):
+           out_bytes, record):
     """``matmul_timeline``'s walk over the tiles (``matmul_tiles``' rows, their fills
     ``_fills``' rows) and each group's writeback, compiled (numba): ``(the writer's last
     step, L2 lines, resumes, the tiles' announcements int64 [tiles], fills int64 [tiles,
@@ -880,7 +882,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     fill_spans = np.empty((T, 3), np.int64)
     camped = np.empty((groups, 3), np.int64)
     moves = np.empty((T + rows_written, 3), np.float64)
-    writes = np.empty((rows_written + 16, 2), np.int64)    # the writer's (cycle, bank bit)
+    writes = np.empty((rows_written + 16 if record else 0, 2), np.int64)  # (cycle, bank bit)
     n_writes = 0
     for i in range(T):
         m0, mt, n0, nc, kt, kl = tiles[i]
@@ -950,13 +952,14 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
             moves[n_moves] = (take, take + steps,
                               (steps - prime) * (2 if f.accumulate else 1))
             n_moves += 1
-            if n_writes + steps > len(writes):
-                grown = np.empty((2 * len(writes) + steps, 2), np.int64)
-                grown[:n_writes] = writes[:n_writes]
-                writes = grown
-            for j in range(steps - prime):
-                writes[n_writes] = (take + prime + j, 1 << ((addr // W + j) % banks))
-                n_writes += 1
+            if record:
+                if n_writes + steps > len(writes):
+                    grown = np.empty((2 * len(writes) + steps, 2), np.int64)
+                    grown[:n_writes] = writes[:n_writes]
+                    writes = grown
+                for j in range(steps - prime):
+                    writes[n_writes] = (take + prime + j, 1 << ((addr // W + j) % banks))
+                    n_writes += 1
         if banks > 1 and mt > 1 and group_bank != -2:
             camped[n_camped] = (group_take, wb_free, mt)
             n_camped += 1
@@ -1034,7 +1037,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
         f, hw.line_bytes, int(hw.l2_lines_per_cycle), hw.array_rows, hw.array_cols, MT, KT,
         cal.mm_result_latency, cal.mm_old_output_latency if f.accumulate else 0,
         instr.spec.field("out_addr").elem_bytes, cal.engine_overhead,   # int32 results
-        hw.dram_cycles_per_line <= 1)
+        copier_stepped(hw))
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
                       paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
                       camped_cycles=camped,
@@ -1044,26 +1047,25 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
 
 @njit
 def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_bytes,
-                overhead, line_a_cycle):
+                overhead, stepped):
     """``matmul_timeline`` for the fields ``f`` (``MatmulFields``) on ``W``-byte lines in
     ``banks`` line-wide banks, an ``R x C`` array and tiles of ``MT`` rows by ``KT``
     reduction bytes: ``(cycles, L2 lines, resumes, paced cycles, paced lines, camped
     cycles, the L2 profile float64 [PROFILE_STEPS] or empty for None, the tiles'
-    announcements int64 [tiles])``. With ``line_a_cycle`` (the DRAM feeds a DMA copier
-    a line a cycle or more) and more than one bank, the paced cycles are all the unit's
-    and the paced lines those a copier beside it would not be refused (``_refusals``;
-    ``python -m benchmarks.rtl_pairs`` on edge-8x8: a copier lost 5 to 54 cycles beside
-    GEMVs of 40 to 256-byte rows, the model within 7); else (one bank, or a copier the
-    DRAM paces, which loses nothing beside the same GEMVs on edge-16x16) the tile
-    readers' idle steps, and each burst a resume."""
+    announcements int64 [tiles])``. With ``stepped`` (``copier_stepped``), the paced
+    cycles are all the unit's and the paced lines those in which a copier beside it is
+    not refused (``_refusals``; ``python -m benchmarks.rtl_pairs`` on edge-8x8: a copier
+    lost 5 to 54 cycles beside GEMVs of 40- to 256-byte rows, the model within 7); else
+    (one bank, or a copier the DRAM paces, which loses nothing beside the same GEMVs on
+    edge-16x16) the tile readers' idle steps, and each burst a resume."""
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
-    fills, taken, offsets = _fills(f, tiles, W, banks)
+    fills, taken, offsets = _fills(f, tiles, W, banks, stepped)
     end, lines, resumes, announced, spans, camped, moves, writes = _steps(
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
-        old_latency, out_bytes)
+        old_latency, out_bytes, stepped)
     cycles = end + overhead                           # done with the writer's last step
-    if banks > 1 and line_a_cycle:
+    if stepped:
         # a copier fed a line a cycle, trailing the unit's streams: stepped through them
         resumes, paced_cycles = 0, cycles
         paced_lines = cycles - round(_refusals(taken, offsets, spans[:, 0], writes, banks))
@@ -1315,14 +1317,23 @@ def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint
     at once (``_fill_cycles``), so x's, the weights' and (MXINT4) the block exponents'
     addresses matter only modulo the L2's line times its line-wide banks (``P``), and
     only relative to one another by whole lines: all three move by the lines that bring
-    x's to the first bank. The writeback's rows take banks a copier below the unit may
-    want in the readers' cycles (``_refusals``): the output address moves with them.
+    x's to the first bank. The writeback's rows matter by their alignment in a line and
+    whether they fall in one bank (``_steps``), and where a copier is stepped beside the
+    unit (``copier_stepped``) by the banks they take in the readers' cycles
+    (``_refusals``): the output address modulo the line, or moved with x.
     Int8 weights have no exponents (``e`` is 0). (The strides stay modulo ``P``.) Exact:
     ``tests/arch/test_occupancy.py`` times random MATMULs so moved alike."""
     W, P = hw.line_bytes, hw.l2_stripe_bytes
     lines = x_addr - x_addr % W
-    return ((x_addr - lines) % P, (w_addr - lines) % P, (out_addr - lines) % P,
-            (e_addr - lines) % P if mxint4 else 0)
+    out = (out_addr - lines) % P if copier_stepped(hw) else out_addr % W
+    return (x_addr - lines) % P, (w_addr - lines) % P, out, (e_addr - lines) % P if mxint4 else 0
+
+
+def copier_stepped(hw: HardwareConfig) -> bool:
+    """Whether a DMA copier beside the matmul unit is stepped through its L2 grants
+    (``_matmul_run``): more than one line-wide bank, and a DRAM that feeds a line a cycle
+    or more."""
+    return hw.l2_lines_per_cycle > 1 and hw.dram_cycles_per_line <= 1
 
 
 def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
@@ -1363,7 +1374,7 @@ def _gemm_floor(f, W, banks, R, C, MT, KT):
         blocks += -(-tiles[i, 5] // R)
     floor = (blocks - 1) * R
     if f.m < R:
-        fills = _fills(f, tiles, W, banks)[0]
+        fills = _fills(f, tiles, W, banks, False)[0]
         floor = max(floor, fills[:, 0].sum() + len(tiles))
     return floor
 

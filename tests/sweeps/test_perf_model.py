@@ -798,8 +798,9 @@ def test_the_dataflow_picked_is_the_faster_one():
         gemm = occ.MatmulFields(**fields, mode=int(MatmulMode.GEMM))
         tiles = occ.matmul_tiles(gemm, hw)
         blocks = int((-(-tiles[:, 5] // R)).sum())
-        fills = int(occ._fills(gemm, tiles, hw.line_bytes, int(hw.l2_lines_per_cycle))[0][:, 0]
-                    .sum()) + len(tiles)
+        banks = int(hw.l2_lines_per_cycle)
+        fills = int(occ._fills(gemm, tiles, hw.line_bytes, banks, False)[0][:, 0].sum()
+                    ) + len(tiles)
         assert cycles[MatmulMode.GEMM] > max((blocks - 1) * R, fills), fields
         gemm_won += want == MatmulMode.GEMM
         occ._cache.clear()
