@@ -808,45 +808,53 @@ def _refusals(taken, offsets, begins, writes, banks):
     of each tile's fill, the fills beginning at ``begins``; ``writes``, the writer's
     ``(cycle, bank bit)`` in order (``_steps``), each a cycle later while a reader has
     its bank (the writer's port comes after the readers'). A cycle it is not refused it
-    moves on a bank. Averaged over the ``banks`` banks it may begin in. The readers' idle
+    moves on a bank. Averaged over the ``banks`` banks it may begin in (walked together
+    until they meet, then as one). The readers' idle
     steps, the lines an unaligned row reads again and the writer's lines each cost a
     copier that trails them a cycle, a burst after a pause one time in ``banks``
     (``sweeps.perf._trapped``)."""
     n_fills, n_writes = len(begins), len(writes)
-    # the fills' cycles and masks, in order
+    cs = np.arange(banks)            # the copier's bank, from each bank it may begin in
+    refused = np.zeros(banks)
+    merged = False                   # all alike: from there on they stay alike
+    t = -1
+    k = j = i = 0                    # the next fill cycle, its fill, the next write
+    wt = writes[0, 0] if n_writes else 0     # the next write's cycle
     n = offsets[n_fills] if n_fills else 0
-    at_fill = np.empty(n, np.int64)
-    for i in range(n_fills):
-        for k in range(offsets[i], offsets[i + 1]):
-            at_fill[k] = begins[i] + k - offsets[i]
-    refused = 0
-    for first in range(banks):
-        c, t = first, -1             # the copier's bank at cycle t + 1
-        k = j = 0                    # the next fill cycle and write
-        wt = writes[0, 0] if n_writes else 0     # the next write's cycle
-        while k < n or j < n_writes:
-            a = at_fill[k] if k < n else 1 << 62
-            at = min(a, wt if j < n_writes else 1 << 62)
-            mask = 0
-            if at == a:
-                mask = taken[k]
-                k += 1
-            if j < n_writes and wt == at:
-                if mask & writes[j, 1]:          # a reader has its bank: next cycle
-                    wt += 1
-                else:
-                    mask |= writes[j, 1]
-                    j += 1
-                    if j < n_writes:
-                        wt = max(writes[j, 0], at + 1)
-            if t >= 0:
-                c = (c + at - t - 1) % banks
+    while k < n or j < n_writes:
+        while i < n_fills - 1 and k >= offsets[i + 1]:
+            i += 1
+        a = begins[i] + k - offsets[i] if k < n else 1 << 62
+        at = min(a, wt if j < n_writes else 1 << 62)
+        mask = 0
+        if at == a:
+            mask = taken[k]
+            k += 1
+        if j < n_writes and wt == at:
+            if mask & writes[j, 1]:              # a reader has its bank: next cycle
+                wt += 1
+            else:
+                mask |= writes[j, 1]
+                j += 1
+                if j < n_writes:
+                    wt = max(writes[j, 0], at + 1)
+        step = at - t - 1 if t >= 0 else 0       # the free cycles since the last
+        for p in range(1 if merged else banks):
+            c = (cs[p] + step) % banks
             if mask >> c & 1:
-                refused += 1
+                refused[p] += 1
             else:
                 c = (c + 1) % banks
-            t = at
-    return refused / banks
+            cs[p] = c
+        if not merged:
+            merged = True
+            for p in range(1, banks):
+                if cs[p] != cs[0]:
+                    merged = False
+            if merged:                           # one walk for all from here
+                refused[0] = refused.sum() / banks
+        t = at
+    return refused[0] if merged else refused.sum() / banks
 
 
 #: Before any cycle: the GEMM feeder's last load and stream before its first block.
