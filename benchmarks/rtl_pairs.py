@@ -51,7 +51,7 @@ def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) ->
                         x_stride=k, w_stride=k, out_stride=4 * n)
         programs[f"gemv {k}"] = [gemvs[k]]
         programs[f"gemv {k} + load"] = [gemvs[k], load]
-    data, entries = image_with_programs(np.zeros(1 << 20, np.uint8), programs)
+    data, entries = image_with_programs(np.zeros(1 << 17, np.uint8), programs)
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     rtl = {name: entry["counters"] for (name, _), entry in zip(entries, job.programs,
                                                                 strict=True)}
