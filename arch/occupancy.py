@@ -303,12 +303,15 @@ class Occupancy:
     # idling a cycle between lines (a row reader priming short or unaligned rows; for the
     # vector unit, its fastest operand or result stream in a segment), and the lines it
     # moves in them: the load engine's copier, below it in priority, can be held to that
-    # pace (``sweeps.perf._trapped``).
+    # pace (``sweeps.perf._trapped``). For a MATMUL where a copier is stepped beside the
+    # unit (``copier_stepped``): all its cycles, and those in which such a copier is not
+    # refused its bank (``_refusals``).
     paced_cycles: int = 0
     paced_lines: int = 0
     # Bursts its L2 streams begin after an idle cycle besides a paced reader's (the matmul
-    # unit's tile readers at each tile, its writeback at each group): each takes a bank
-    # the copier may be about to write (``sweeps.perf._trapped``).
+    # unit's tile readers at each tile, its writeback at each group; none where a copier
+    # is stepped, which the walk counts): each takes a bank the copier may be about to
+    # write (``sweeps.perf._trapped``).
     resumes: int = 0
     # Cycles in which its streams keep one L2 bank busy every cycle: a writeback group
     # whose rows all fall in one bank (a result stride a multiple of the banks' lines).
