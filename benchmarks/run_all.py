@@ -28,6 +28,7 @@ from benchmarks import (
     rtl_gemm,
     rtl_layer_decode,
     rtl_overlap,
+    rtl_pairs,
     rtl_prefill,
     rtl_tiny,
     sweep_speed,
@@ -58,6 +59,8 @@ def main(argv=None) -> None:
     rtl_gemm.main([])
     perf_calibration.main([])
     rtl_overlap.main([])
+    rtl_pairs.main([])
+    rtl_pairs.main(["--hw", "edge-16x16"])
     l2_conflicts.main([])          # Amaranth's simulator: a few minutes
     dram_queue.main([])
     matmul_calibration.main([])
@@ -67,6 +70,7 @@ def main(argv=None) -> None:
     fuzz_programs.main([])
     rtl_layer_decode.main([])
     rtl_prefill.main([])          # the longest: a 128-token prefill of a 2048-wide layer
+    rtl_prefill.main(["--hw", "edge-16x16", "--l2", str(8 << 20)])   # as one chunk
 
 
 if __name__ == "__main__":
