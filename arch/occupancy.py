@@ -1342,9 +1342,15 @@ def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint
 
 def copier_stepped(hw: HardwareConfig) -> bool:
     """Whether a DMA copier beside the matmul unit is stepped through its L2 grants
-    (``_matmul_run``): more than one line-wide bank, and a DRAM that feeds a line a cycle
-    or more."""
-    return hw.l2_lines_per_cycle > 1 and hw.dram_cycles_per_line <= 1
+    (``_matmul_run``): more than one line-wide bank (at most ``_MAX_STEPPED_BANKS``), and
+    a DRAM that feeds a line a cycle or more."""
+    return 1 < hw.l2_lines_per_cycle <= _MAX_STEPPED_BANKS and hw.dram_cycles_per_line <= 1
+
+
+#: The most line-wide banks a stepped copier walks: a cycle's grants are the bits of one
+#: int64 (``_fill_cycles``, ``_refusals``). More (a valid but unusual L2) keep the rule of
+#: the readers' idle steps.
+_MAX_STEPPED_BANKS = 63
 
 
 def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:

@@ -11,6 +11,7 @@ from arch.occupancy import (
     CALIBRATION,
     _occupancy,
     chunked_prefetch_occupancy,
+    copier_stepped,
     kv_budget_widths,
     occupancy,
 )
@@ -147,7 +148,8 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
     ``first_token`` by its period, the prefetch's ``col_offset`` by a line): computed
     apart (``_occupancy``, no memo), random such pairs time alike, field by field. Where
     x alone moves by a line (with more than one line-wide bank, the readers' banks then
-    collide elsewhere) and the timing differs, the memo does not share it."""
+    collide elsewhere) and the timing differs, the memo does not share it; nor where the
+    output alone moves by a line beside a stepped copier (``copier_stepped``)."""
     hw = load_hardware(name)
     W, P, B = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle), hw.kv_block_tokens
     rng = np.random.default_rng(7)
@@ -206,6 +208,20 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
             differ += 1
             assert occupancy(one, hw) is not occupancy(other, hw), one
     assert differ or hw.l2_lines_per_cycle == 1, differ
+    # Where a copier is stepped beside the matmul unit (``copier_stepped``), the output's
+    # banks in the readers' cycles matter: moved by a line alone, some time apart, and
+    # the memo tells those apart; elsewhere the output moved so times alike.
+    differ = 0
+    for _ in range(80):
+        m, k, n = r(1, 4), r(16, 300), r(8, 64)
+        c = dict(mode=1, accumulate=0, w_layout=0, x_addr=r(0, 4096), w_addr=r(0, 4096),
+                 out_addr=r(0, 4096), m=m, k=k, n=n, x_stride=k, w_stride=k,
+                 out_stride=4 * n + 4 * r(0, 40), w_format=0, e_addr=0)
+        one, other = make("MATMUL", **c), make("MATMUL", **{**c, "out_addr": c["out_addr"] + W})
+        if _occupancy(one, hw, None, CALIBRATION) != _occupancy(other, hw, None, CALIBRATION):
+            differ += 1
+            assert occupancy(one, hw) is not occupancy(other, hw), one
+    assert (differ > 0) == copier_stepped(hw), differ
 
 
 @pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
