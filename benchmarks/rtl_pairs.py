@@ -36,16 +36,13 @@ def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) ->
 
     hw = load_hardware(hw_name).replace(l2_bytes=64 << 10)
     W = hw.line_bytes
+    # L2: x from W, the outputs from 8 KiB, the weights from 16 KiB, the load's rows from
+    # 32 KiB, 16 KiB each at most (``check_sizes``)
     load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=32 << 10, rows=load_rows,
                 row_bytes=load_bytes, dram_stride=load_bytes, l2_stride=load_bytes)
-    if load_rows * load_bytes > 16 << 10:
-        raise ValueError(f"--load-rows x --load-bytes = {load_rows * load_bytes}: the load "
-                         f"is staged in 16 KiB of L2")
     programs = {"load": [load]}
     gemvs = {}
     for k in ks:
-        if not 1 <= k * n <= 16 << 10:
-            raise ValueError(f"--k {k} with --n {n}: the weights ({k * n} bytes) go in 16 KiB")
         gemvs[k] = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0,
                         m=1, k=k, n=n, x_addr=W, w_addr=16 << 10, out_addr=8 << 10,
                         x_stride=k, w_stride=k, out_stride=4 * n)
@@ -53,6 +50,10 @@ def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) ->
         programs[f"gemv {k} + load"] = [gemvs[k], load]
     data, entries = image_with_programs(np.zeros(1 << 17, np.uint8), programs)
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
+    for (name, _), entry in zip(entries, job.programs, strict=True):
+        if entry["timed_out"] or entry["error"]:
+            raise SystemExit(f"rtl_pairs: {hw.name}: program {name!r} did not finish "
+                             f"(timed out: {entry['timed_out']}, error: {entry['error']})")
     rtl = {name: entry["counters"] for (name, _), entry in zip(entries, job.programs,
                                                                 strict=True)}
     model = {name: time_program(p + [make("HALT")], hw) for name, p in programs.items()}
@@ -73,6 +74,26 @@ def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) ->
     return rows
 
 
+def check_sizes(ks: list[int], n: int, load_rows: int, load_bytes: int) -> str | None:
+    """Why the operands would not fit ``run``'s L2 layout (None: they do): x of ``k``
+    bytes below 8 KiB, ``n`` int32 outputs and ``k x n`` weight bytes and the load's
+    ``load_rows x load_bytes`` in 16 KiB each."""
+    for name, value in (("--n", n), ("--load-rows", load_rows),
+                        ("--load-bytes", load_bytes), *(("--k", k) for k in ks)):
+        if value < 1:
+            return f"{name} {value}: must be at least 1"
+    if max(ks) > 4096:
+        return f"--k {max(ks)}: a row of x goes in 4 KiB"
+    if 4 * n > 8 << 10:
+        return f"--n {n}: the int32 outputs ({4 * n} bytes) go in 8 KiB"
+    if max(ks) * n > 16 << 10:
+        return (f"--k {max(ks)} --n {n}: the weights ({max(ks) * n} bytes) go in 16 KiB")
+    if load_rows * load_bytes > 16 << 10:
+        return (f"--load-rows {load_rows} --load-bytes {load_bytes}: the load "
+                f"({load_rows * load_bytes} bytes) goes in 16 KiB")
+    return None
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(prog="python -m benchmarks.rtl_pairs",
                             description=__doc__.split("\n\n")[0].rstrip(":"))
@@ -83,14 +104,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--load-rows", type=int, default=168)
     parser.add_argument("--load-bytes", type=int, default=96)
     args = parser.parse_args(argv)
-    for name, value in (("--n", args.n), ("--load-rows", args.load_rows),
-                        ("--load-bytes", args.load_bytes)):
-        if value < 1:
-            parser.error(f"{name} {value}: must be at least 1")
+    why = check_sizes(args.k, args.n, args.load_rows, args.load_bytes)
+    if why:
+        parser.error(why)
+    from arch.hardware import load_hardware
+
     try:
-        rows = run(args.hw, args.k, args.n, args.load_rows, args.load_bytes)
+        load_hardware(args.hw)
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(f"--hw {args.hw}: {e}")
+    rows = run(args.hw, args.k, args.n, args.load_rows, args.load_bytes)
     for row in rows:
         print(json.dumps(row), flush=True)
     print(f"{'k':>5}{'GEMV RTL':>10}{'model':>7}{'load alone':>12}{'model':>7}"

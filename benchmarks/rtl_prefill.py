@@ -42,16 +42,31 @@ def projection_matmuls(instrs) -> list:
     return out
 
 
-def layer_model(layers: int = 1):
-    """``layers`` decoder layers of Sheared-LLaMA-1.3B's width, deterministic random
-    weights (seed 0), a 65-token vocabulary: a ``LoadedModel``."""
+def layer_config(layers: int = 1):
+    """``layers`` decoder layers of Sheared-LLaMA-1.3B's width and a 65-token vocabulary:
+    a ``ModelConfig``."""
     from models.config import preset
+
+    return dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=layers, vocab_size=65,
+                               name=f"sheared-llama-1.3b-width-{layers}l")
+
+
+def layer_model(layers: int = 1):
+    """``layer_config(layers)`` with deterministic random weights (seed 0): a
+    ``LoadedModel``."""
     from models.reference import init_params
     from models.zoo import LoadedModel
 
-    cfg = dataclasses.replace(preset("sheared-llama-1.3b"), n_layers=layers, vocab_size=65,
-                              name=f"sheared-llama-1.3b-width-{layers}l")
+    cfg = layer_config(layers)
     return LoadedModel(cfg, init_params(cfg, 0), None, "random init (seed 0)")
+
+
+def hardware(name: str, l2_bytes: int | None):
+    """The preset or TOML ``name``, with ``l2_bytes`` if given."""
+    from arch.hardware import load_hardware
+
+    hw = load_hardware(name)
+    return hw if l2_bytes is None else hw.replace(l2_bytes=l2_bytes)
 
 
 def run(hw_name: str, tokens: int, layers: int = 1, l2_bytes: int | None = None) -> dict:
@@ -59,7 +74,6 @@ def run(hw_name: str, tokens: int, layers: int = 1, l2_bytes: int | None = None)
 
     from accel.ladder import compare, reference_generation
     from accel.runtime import program_from_dram, read_results, same_dram
-    from arch.hardware import load_hardware
     from arch.isa import INSTR_BYTES, make
     from compiler.asm import encode_program
     from compiler.driver import compile_generation
@@ -74,9 +88,7 @@ def run(hw_name: str, tokens: int, layers: int = 1, l2_bytes: int | None = None)
     loaded = layer_model(layers)
     cfg = loaded.cfg
     im = build_int_model(loaded)
-    hw = load_hardware(hw_name)
-    if l2_bytes is not None:
-        hw = hw.replace(l2_bytes=l2_bytes)
+    hw = hardware(hw_name, l2_bytes)
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, cfg.vocab_size, tokens)]
     build = compile_generation(cfg, im.qm, hw, prompt, 1)
     prefill = build.programs[0]
@@ -151,9 +163,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--l2", type=int, metavar="BYTES",
                         help="the L2 size of every --hw (default: each preset's)")
     args = parser.parse_args(argv)
+    # every configuration checked before the first simulation (each takes minutes)
+    from compiler.ir import CompileError
+    from sweeps.analytic import prefill_chunks
+
+    for name, value in (("--tokens", args.tokens), ("--layers", args.layers)):
+        if value < 1:
+            parser.error(f"{name} {value}: must be at least 1")
+    cfg = layer_config(args.layers)
+    if args.tokens >= cfg.max_seq_len:
+        parser.error(f"--tokens {args.tokens}: the model's context is {cfg.max_seq_len}")
+    for name in args.hw:
+        try:
+            hw = hardware(name, args.l2)
+        except ValueError as e:
+            parser.error(f"--hw {name}" + (f" --l2 {args.l2}" if args.l2 else "") + f": {e}")
+        try:
+            prefill_chunks(cfg, hw, args.tokens)
+        except (CompileError, ValueError) as e:
+            parser.error(f"--hw {name}, --tokens {args.tokens}: {e}")
     rows = []
     for hw in args.hw:
-        row = run(hw, args.tokens, args.layers, args.l2)
+        try:
+            row = run(hw, args.tokens, args.layers, args.l2)
+        except CompileError as e:
+            parser.error(f"--hw {hw}" + (f" --l2 {args.l2}" if args.l2 else "") + f": {e}")
         print(json.dumps({"benchmark": "rtl_prefill", **row}), flush=True)
         rows.append(row)
     print(f"{'hw':<11}{'L2 KiB':>7}{'chunks':>8}{'bit-exact':>10}{'prefill cycles':>16}"
