@@ -1066,7 +1066,8 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     announcements int64 [tiles])``. With ``stepped`` (``copier_stepped``), the paced
     cycles are all the unit's and the paced lines those in which a copier beside it is
     not refused (``_refusals``; ``python -m benchmarks.rtl_pairs`` on edge-8x8: a copier
-    lost 5 to 54 cycles beside GEMVs of 40- to 256-byte rows, the model within 7); else
+    lost 8 to 51 cycles beside GEMVs of 40- to 256-byte rows on the RTL, the model within
+    7); else
     (one bank, or a copier the DRAM paces, which loses nothing beside the same GEMVs on
     edge-16x16) the tile readers' idle steps, and each burst a resume."""
     gemv = f.mode == _GEMV

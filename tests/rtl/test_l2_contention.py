@@ -22,7 +22,7 @@ def test_a_load_beside_a_gemv_loses_the_cycles_the_model_steps():
     line the one before ended in (read again), a 504-line load loses 30 or more cycles
     on the RTL; beside rows of 256 bytes, a few. The model's load busy is within 8
     cycles of the RTL's in each (before the copier was stepped through the grants it
-    charged the idle steps alone and was 33 short beside the 249-byte rows)."""
+    charged the idle steps alone and was 35 short beside the 249-byte rows)."""
     hw = load_hardware("edge-8x8").replace(l2_bytes=64 << 10)
     W = hw.line_bytes
     load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=32 << 10, rows=168, row_bytes=96,
