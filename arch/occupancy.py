@@ -741,8 +741,11 @@ def gemm_blocks(load, stream, stream_rows, avail, push, mt, R, blocks, extrapola
 @njit
 def _fills(f, tiles, W, banks, record):
     """Each tile's fill (``tiles``: ``matmul_tiles``' rows; ``f``: ``MatmulFields``):
-    ``int64 [tiles, 5]``, a row ``(cycles from the filler's begin until the tile is
-    announced, L2 lines read, readers that read any, paced steps, paced lines)`` each:
+    ``(int64 [tiles, 5], taken, offsets)``; with ``record``, ``taken`` holds each fill's
+    cycles' bank grants (``_fill_cycles``), fill ``i``'s from ``offsets[i]`` to
+    ``offsets[i + 1]``, for ``_refusals`` (else empty). A row of the first is ``(cycles
+    from the filler's begin until the tile is announced, L2 lines read, readers that read
+    any, paced steps, paced lines)`` each:
     the steps and lines of the reader with the most steps if it idles a cycle between
     lines (half a line to a line a step), else 0. The x reader reads the tile's ``mt``
     rows of ``kl`` bytes from ``x_addr + m0 * x_stride + kt``; the weight reader its
@@ -812,10 +815,9 @@ def _refusals(taken, offsets, begins, writes, banks):
     ``(cycle, bank bit)`` in order (``_steps``), each a cycle later while a reader has
     its bank (the writer's port comes after the readers'). A cycle it is not refused it
     moves on a bank. Averaged over the ``banks`` banks it may begin in (walked together
-    until they meet, then as one). The readers' idle
-    steps, the lines an unaligned row reads again and the writer's lines each cost a
-    copier that trails them a cycle, a burst after a pause one time in ``banks``
-    (``sweeps.perf._trapped``)."""
+    until they meet, then as one). The readers' idle steps, the lines an unaligned row
+    reads again and the writer's lines each cost a copier that trails them a cycle, a
+    burst after a pause one time in ``banks`` (``sweeps.perf._trapped``)."""
     n_fills, n_writes = len(begins), len(writes)
     cs = np.arange(banks)            # the copier's bank, from each bank it may begin in
     refused = np.zeros(banks)
@@ -870,8 +872,10 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     """``matmul_timeline``'s walk over the tiles (``matmul_tiles``' rows, their fills
     ``_fills``' rows) and each group's writeback, compiled (numba): ``(the writer's last
     step, L2 lines, resumes, the tiles' announcements int64 [tiles], fills int64 [tiles,
-    3], camped groups int64 [groups, 3], moves float64 [bursts, 3])``. Fills, camped
-    groups and moves are ``(from, to, L2 lines)`` (a camped group's rows for lines)."""
+    3], camped groups int64 [groups, 3], moves float64 [bursts, 3], writes int64 [lines,
+    2])``. Fills, camped groups and moves are ``(from, to, L2 lines)`` (a camped group's
+    rows for lines); with ``record``, writes are the writer's ``(cycle, bank bit)`` but
+    a camped group's (``_camped_cycles`` counts those), else empty."""
     T = len(tiles)
     groups = rows_written = 0
     for i in range(T):
@@ -1067,9 +1071,8 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     cycles are all the unit's and the paced lines those in which a copier beside it is
     not refused (``_refusals``; ``python -m benchmarks.rtl_pairs`` on edge-8x8: a copier
     lost 8 to 51 cycles beside GEMVs of 40- to 256-byte rows on the RTL, the model within
-    7); else
-    (one bank, or a copier the DRAM paces, which loses nothing beside the same GEMVs on
-    edge-16x16) the tile readers' idle steps, and each burst a resume."""
+    7); else (one bank, or a copier the DRAM paces, which loses nothing beside the same
+    GEMVs on edge-16x16) the tile readers' idle steps, and each burst a resume."""
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
     fills, taken, offsets = _fills(f, tiles, W, banks, stepped)
