@@ -176,13 +176,21 @@ def test_set(n: int, seed: int, hw_indices: list[int]) -> list[dict]:
                "max_abs_error_pct": round(float(np.abs(errors).max()), 3),
                "within_1pct": int((np.abs(errors) <= 1).sum()),
                "fast_mean_abs_error_pct": round(float(np.abs(fast).mean()), 3),
-               "fast_max_abs_error_pct": round(float(np.abs(fast).max()), 3)}
+               "fast_max_abs_error_pct": round(float(np.abs(fast).max()), 3),
+               "counters": {k: {"max_abs_error_pct": round(float(np.abs(e).max()), 3),
+                                "within_1pct": int((np.abs(e) <= 1).sum())}
+                            for k in TIMED_COUNTERS[1:]
+                            for e in [np.array([r["error_pct"][k] for r in rows])]}}
     print(json.dumps({"benchmark": "perf_calibration", "section": "random_summary",
                       **summary}), flush=True)
     print(f"{len(rows)} steps, all bit-exact: {summary['all_bit_exact']}; mean absolute error "
           f"{summary['mean_abs_error_pct']}% (fast path {summary['fast_mean_abs_error_pct']}%),"
           f" worst {summary['max_abs_error_pct']}% ({summary['fast_max_abs_error_pct']}%), "
           f"{summary['within_1pct']} within 1%")
+    print("the other counters (stalls, and a count the RTL has at 0, over the cycles), "
+          "worst and within 1%: " + ", ".join(
+              f"{k} {c['max_abs_error_pct']}% {c['within_1pct']}"
+              for k, c in summary["counters"].items()))
     return rows
 
 

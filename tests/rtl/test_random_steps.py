@@ -46,3 +46,16 @@ def test_performance_model_out_of_sample_within_one_percent(results):
     for step, result in results:
         assert abs(result["error_pct"]["cycles"]) <= 1.0, (step.describe(), result["rtl"],
                                                           result["model"])
+
+
+def test_a_counters_error_is_of_its_count_or_of_the_cycles():
+    """``counter_errors``: a busy counter's error is of the RTL's count; a stall counter's,
+    and one the RTL has at 0, of the program's cycles, never a silent 0."""
+    from accel.ladder import TIMED_COUNTERS, counter_errors
+
+    rtl = dict.fromkeys(TIMED_COUNTERS, 100) | {"cycles": 10_000, "load_stall": 20,
+                                                 "store_busy": 0}
+    model = dict(rtl) | {"load_busy": 110, "load_stall": 10, "store_busy": 50}
+    errors = counter_errors(model, rtl)
+    assert errors["load_busy"] == 10.0 and errors["compute_busy"] == 0.0
+    assert errors["load_stall"] == -0.1 and errors["store_busy"] == 0.5
