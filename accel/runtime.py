@@ -49,8 +49,9 @@ from arch.isa import (
     kv_chunk_pack,
     kv_chunk_unpack,
     kv_row_addr,
+    make,
 )
-from compiler.asm import decode_program
+from compiler.asm import decode_program, encode_program
 from compiler.buildfolder import RunIntegrityError, read_only_regions
 from compiler.driver import Build
 from compiler.isasim import IsaSimulator
@@ -198,6 +199,21 @@ def compress_blocks(build: Build, dram: np.ndarray, program) -> None:
                                                         h * hd)
                         dram[codes:codes + data.size] = data
                         dram[headers:headers + hd] = kv_chunk_header(bits, shift)
+
+
+def image_with_programs(image, programs: dict) -> tuple:
+    """A DRAM image with each named list of instructions (``HALT`` added) placed after it
+    as a program of its own: ``(data, [(name, byte offset), ...])`` for ``run_job``."""
+    blobs = {k: encode_program(list(v) + [make("HALT")]) for k, v in programs.items()}
+    base = -(-image.size // 64) * 64
+    data = np.zeros(base + sum(len(b) for b in blobs.values()), np.uint8)
+    data[:image.size] = image
+    entries, offset = [], base
+    for name, blob in blobs.items():
+        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
+        entries.append((name, offset))
+        offset += len(blob)
+    return data, entries
 
 
 def run_build(build: Build, sim: str = "isa", check_races: bool = True,

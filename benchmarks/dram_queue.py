@@ -28,10 +28,10 @@ from accel.args import ArgumentParser, run_command
 def simulate(hw, at: int, cycles: int) -> dict:
     """The step's first ``cycles`` cycles: per cycle ``(DRAM responses offered, taken,
     store table read asked, answered)``, and the DRAM model's queue depth."""
+    from accel.runtime import image_with_programs
     from arch.isa import Engine
     from arch.uarch import dram_queue_lines
     from benchmarks.l2_conflicts import pysim
-    from benchmarks.perf_calibration import image_with_programs
     from compiler.driver import compile_step
     from models.evaluate import build_int_model
     from models.zoo import load_model

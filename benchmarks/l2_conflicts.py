@@ -115,7 +115,7 @@ def pysim(hw, data, entries: list[int], sample, probe: tuple[str, ...] = (),
 def simulate(hw, at: int) -> list[dict]:
     """Each program's cycles, load busy and per-cycle L2 requests on Amaranth's
     simulator: ``trace[t][port] = (valid, granted, line address)``."""
-    from benchmarks.perf_calibration import image_with_programs
+    from accel.runtime import image_with_programs
 
     build, programs = _programs(hw, at)
     data, named = image_with_programs(build.image.data, programs)

@@ -33,24 +33,7 @@ from collections import defaultdict
 import numpy as np
 
 from accel.args import ArgumentParser, run_command
-
-
-def image_with_programs(image, programs: dict) -> tuple:
-    """A DRAM image with each named list of instructions (``HALT`` added) placed after it
-    as a program of its own: ``(data, [(name, byte offset), ...])`` for ``run_job``."""
-    from arch.isa import make
-    from compiler.asm import encode_program
-
-    blobs = {k: encode_program(list(v) + [make("HALT")]) for k, v in programs.items()}
-    base = -(-image.size // 64) * 64
-    data = np.zeros(base + sum(len(b) for b in blobs.values()), np.uint8)
-    data[:image.size] = image
-    entries, offset = [], base
-    for name, blob in blobs.items():
-        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
-        entries.append((name, offset))
-        offset += len(blob)
-    return data, entries
+from accel.runtime import image_with_programs
 
 
 def instruction_class(instr) -> str:

@@ -22,9 +22,9 @@ from accel.args import ArgumentParser, run_command
 
 
 def run(hw_name: str, l2_bytes: int | None, at: int, prefetch: bool) -> list[dict]:
+    from accel.runtime import image_with_programs
     from arch.hardware import load_hardware
     from arch.isa import Engine, make
-    from benchmarks.perf_calibration import image_with_programs
     from compiler.driver import compile_step
     from models.evaluate import build_int_model
     from models.zoo import load_model

@@ -26,10 +26,10 @@ ROW_BYTES = (40, 60, 96, 100, 130, 200, 249, 250, 256)
 def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) -> list[dict]:
     import numpy as np
 
+    from accel.runtime import image_with_programs
     from arch.hardware import load_hardware
     from arch.isa import make
     from arch.occupancy import occupancy
-    from benchmarks.perf_calibration import image_with_programs
     from rtl.common import rtl_params
     from rtl.sim import build_model, run_job
     from sweeps.perf import time_program

@@ -7,9 +7,9 @@ benchmarks.rtl_pairs`` runs nine row lengths and prints the table."""
 import numpy as np
 import pytest
 
+from accel.runtime import image_with_programs
 from arch.hardware import load_hardware
 from arch.isa import make
-from compiler.asm import encode_program
 from rtl.common import rtl_params
 from rtl.sim import build_model, run_job
 from sweeps.perf import time_program
@@ -33,13 +33,8 @@ def test_a_load_beside_a_gemv_loses_the_cycles_the_model_steps():
                     k=k, n=64, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=k,
                     w_stride=k, out_stride=256)
         programs[k] = [gemv, load]
-    blobs = {name: encode_program(p + [make("HALT")]) for name, p in programs.items()}
-    data = np.zeros((1 << 17) + sum(len(b) for b in blobs.values()), np.uint8)
-    entries, offset = [], 1 << 17
-    for name, blob in blobs.items():
-        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
-        entries.append((str(name), offset))
-        offset += len(blob)
+    data, entries = image_with_programs(np.zeros(1 << 17, np.uint8),
+                                        {str(name): p for name, p in programs.items()})
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
     rtl = {name: e["counters"]["load_busy"] for name, e in zip(programs, job.programs,

@@ -12,7 +12,6 @@ so the prefill's matmuls have more rows than the array and some run as GEMM. ``p
 benchmarks.rtl_tiny`` runs the same check with a 6-token prompt and prints the figures
 (``--weights mxint4`` for MXINT4)."""
 
-import numpy as np
 import pytest
 
 from accel.ladder import compare, reference_generation
@@ -194,8 +193,8 @@ def test_the_load_engine_is_held_to_the_pace_of_attentions_p_v(tiny_int):
     on the RTL its busy cycles grow by more than a tenth over the loads alone, and the
     model, which gave the copier the L2's spare lines until this rule, follows both
     within 3%."""
+    from accel.runtime import image_with_programs
     from arch.isa import Engine, make
-    from compiler.asm import encode_program
     from compiler.driver import compile_step
     from rtl.common import rtl_params
     from rtl.sim import build_model, run_job
@@ -207,16 +206,7 @@ def test_the_load_engine_is_held_to_the_pace_of_attentions_p_v(tiny_int):
             if i.engine != Engine.CONTROL]
     loads = [i for i in free if i.mnemonic in ("DMA_LOAD", "DMA_GATHER")]
     both = [i for i in free if i.mnemonic in ("DMA_LOAD", "DMA_GATHER", "MATMUL")]
-    image = build.image.data
-    base = -(-image.size // 64) * 64
-    blobs = [encode_program(p + [make("HALT")]) for p in (loads, both)]
-    data = np.zeros(base + sum(len(b) for b in blobs), np.uint8)
-    data[:image.size] = image
-    entries, offset = [], base
-    for name, blob in zip(("loads", "both"), blobs, strict=True):
-        data[offset:offset + len(blob)] = np.frombuffer(blob, np.uint8)
-        entries.append((name, offset))
-        offset += len(blob)
+    data, entries = image_with_programs(build.image.data, {"loads": loads, "both": both})
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
     rtl = {name: entry["counters"]["load_busy"] for (name, _), entry
