@@ -1243,7 +1243,9 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
     """``again`` with the wait of each of the ``loading`` loads' copiers for the L2 lines
     the ``using`` computes (each taking its ``lines`` evenly from ``begin`` to ``end``,
     ``sweeps.perf._Usage``) take over its interval: it needs at least ``(its lines +
-    theirs) / l2_lines_per_cycle`` cycles (``_pipeline``'s rule, ``_usage_lines``)."""
+    theirs) / l2_lines_per_cycle`` cycles (``_pipeline``'s rule, ``_usage_lines``),
+    taken at its fixed point where a step from the last pass's interval would grow it
+    (``sweeps.perf._l2_span``, the same arithmetic)."""
     m = len(using)
     starts, ends, rates, cum = np.empty(m), np.empty(m), np.empty(m), np.zeros(m + 1)
     for q in range(m):
@@ -1255,8 +1257,25 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
     for j in loading:           # the last load's (``_begun``: the loads' times come in order)
         lo, hi = write_start[j], load_end[j]
         k_lo, k_hi = _begun(starts, lo, k_lo), _begun(starts, hi, k_hi)
+        at_lo = _usage_lines(starts, ends, rates, cum, lo, k_lo)
+        span = hi - lo
         need = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi, k_hi)
-                - _usage_lines(starts, ends, rates, cum, lo, k_lo)) / l2_lines_per_cycle
+                - at_lo) / l2_lines_per_cycle
+        if need > span + 1:      # growing: its fixed point (``sweeps.perf._l2_span``)
+            a, step = need, max(1.0, need - span)
+            b = a + step
+            while (load_lines[j] + _usage_lines(starts, ends, rates, cum, lo + b)
+                   - at_lo) / l2_lines_per_cycle > b and step < 1 << 30:
+                a, step = b, 2 * step
+                b = a + step
+            while b - a > 1e-9 * b:
+                mid = (a + b) / 2
+                if (load_lines[j] + _usage_lines(starts, ends, rates, cum, lo + mid)
+                        - at_lo) / l2_lines_per_cycle > mid:
+                    a = mid
+                else:
+                    b = mid
+            need = b
         wait = math.ceil(need - (hi - lo - max(waits[j], held[j])))
         again[j] = wait if wait > 0 else 0
 

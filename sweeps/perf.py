@@ -28,8 +28,9 @@ The model has three levels (``docs/perf.md``):
 3. what the engines share: each DMA instruction's copier waits for the L2 lines the
    higher-priority ports take, for the pace of a compute stream it is held behind
    (``_trapped``) and for the DRAM lines instruction fetch and the other DMA engine
-   take over its interval (``_contention``); a store's block-table read waits for the
-   lines a held load has queued in the DRAM ahead of it (``_queued``); and the program
+   take over its interval (``_contention``); a store's block-table read, and the first
+   table or index read of a ``KV_PREFETCH`` or ``DMA_GATHER``, waits for the lines a held
+   load has queued in the DRAM ahead of it (``_queued``); and the program
    runs again until the waits settle. No program takes fewer cycles than the DRAM needs
    for its lines.
 
@@ -83,8 +84,9 @@ from arch.uarch import (
 # Passes of the engines until the L2 waits settle (``_settled``). Each pass reads a
 # load's wait off the last pass's timeline, where the compute engine runs the loads'
 # delay behind: on edge-4x4, whose one-line L2 a decode step fills every cycle, the
-# program's cycles swing by up to 5% between passes and settle after 10 to 14 (a tiny
-# decode step: 62,638 after 6 passes, 63,047 after 16, 63,236 on the RTL).
+# program's cycles swing between passes and settle within a cycle or two after 10 to 16
+# (a tiny decode step at KV 7: 68,741 at the third pass, 63,198 after 16, 63,236 on the
+# RTL; 63,047 before a load's L2 wait was taken at its fixed point, ``_l2_span``).
 CONTENTION_PASSES = 16
 
 
@@ -291,16 +293,43 @@ def _trapped_cycles(begins, ends, stolen, lo, alone, rate, begun=-1):
     return t + left - lo - alone
 
 
+def _l2_span(need, span: float) -> float:
+    """The cycles a copier's interval needs for its L2 lines and those the ports above it
+    take in it: ``need(span)``, ``(its lines + theirs over span) / lines a cycle``, at
+    its fixed point. One step from the last pass's ``span``, as the passes converge; where
+    that step grows the interval, the least span from there that holds what it needs
+    (``need(s) <= s``: doubled, then bisected to the float's precision, so that where
+    the passes start from does not move it). Stepped pass by pass instead,
+    a load beside a compute that takes 0.98 of edge-4x4's one line a cycle (a REQUANT
+    whose int32 rows and per-column words each take half a line a beat) grew by 2% a
+    pass and stopped at 472 cycles of the RTL's 1,181 (``CONTENTION_PASSES``)."""
+    want = need(span)
+    if want <= span + 1:
+        return want
+    lo, step = want, max(1.0, want - span)
+    hi = lo + step
+    while need(hi) > hi and step < 1 << 30:
+        lo, step = hi, 2 * step
+        hi = lo + step
+    while hi - lo > 1e-9 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if need(mid) > mid else (lo, mid)
+    return hi
+
+
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
                 delay: list[tuple[int, float, int]],
                 reads: dict[int, tuple[float, float]]) -> list[tuple[int, float, int]]:
-    """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and a
-    store's block-table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
+    """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and its
+    first table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
     last pass's timing (``reads``: each load's DRAM read side, first to last line): each
     wait makes the copier's interval (from ``write_start`` to its end) as long as that
     memory needs for the instruction's lines and for those it must let others take; the
-    queued wait (``_queued``) holds the whole store back.
+    queued wait (``_queued``) holds the whole instruction back: a store's block-table
+    reads, and a ``KV_PREFETCH``'s or ``DMA_GATHER``'s first, on the load engine's own
+    aux port, behind its copier's lines (a prefetch after a load held by a GEMV on
+    edge-4x4: 83 cycles short without it, tests/rtl/test_l2_contention.py).
 
     L2: bank conflicts go by port priority (``rtl/top.py``): the compute engine's ports,
     then the store engine's, then the load engine's. Over its interval a DMA instruction
@@ -368,8 +397,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         free_running = hi - lo - max(delay[i][:2])
         l2_wait = dram_wait = 0
         if occ.l2_lines:
-            used = sum(l2_usage[a].lines(hi) - l2_usage[a].lines(lo) for a in above[e])
-            l2_wait = max(0, math.ceil((occ.l2_lines + used) / per_cycle - free_running))
+            usages = [l2_usage[a] for a in above[e]]
+
+            def need(span, lo=lo, usages=usages, lines=occ.l2_lines):
+                used = sum(u.lines(lo + span) - u.lines(lo) for u in usages)
+                return (lines + used) / per_cycle
+
+            l2_wait = max(0, math.ceil(_l2_span(need, hi - lo) - free_running))
             if e == Engine.LOAD:           # measured behind paced streams: the load engine
                 l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                           occ.l2_lines / max(1, free_running))))
@@ -385,7 +419,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                                       for k, a, b, m in aux if k != i))
             dram_wait = max(0.0, (own + taken) * line_cycles - free_running)
         queued = 0
-        if e == Engine.STORE and occ.dram_read_bytes:      # it reads block-table entries
+        if (e == Engine.STORE and occ.dram_read_bytes
+                or instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
             queued = _queued(loads, timing.begin[i], hw,
                              [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)], fetch)
         out[i] = (l2_wait, dram_wait, queued)
@@ -407,7 +442,9 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     ``_Usage``) let it, at most a line a cycle, while the fetch reads leave beside them.
     (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking 153 and
     206 cycles to its data against 80 of latency; in a trace of tiny's first decode step
-    the queue held 121 load lines and 5 fetch reads ahead of it.)"""
+    the queue held 121 load lines and 5 fetch reads ahead of it. A load's own table read
+    too: in a random decode step on edge-8x8, a ``KV_PREFETCH``'s first took 133 cycles
+    against 100 of latency, in Amaranth's simulator.)"""
     backlog = 0.0
     for rs, re, ws, we, n in loads:
         if rs > t:

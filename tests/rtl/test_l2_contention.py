@@ -1,8 +1,10 @@
-"""The L2 between the load engine's copier and the matmul unit, on the RTL (Verilator):
+"""The L2 between the load engine's copier and the compute engine, on the RTL (Verilator):
 a weight load beside one GEMV, the load's busy cycles against the performance model's
 (``arch.occupancy._refusals``: the copier stepped through the unit's bank grants), on
-the suite's edge-8x8 at 64 KiB, whose DRAM feeds a line a cycle. ``python -m
-benchmarks.rtl_pairs`` runs nine row lengths and prints the table."""
+the suite's edge-8x8 at 64 KiB, whose DRAM feeds a line a cycle (``python -m
+benchmarks.rtl_pairs`` runs nine row lengths and prints the table); and on edge-4x4,
+whose L2 moves one line a cycle, a load beside a compute that takes nearly all of it,
+and a KV prefetch whose table read waits behind a held load's lines in the DRAM."""
 
 import numpy as np
 import pytest
@@ -45,3 +47,59 @@ def test_a_load_beside_a_gemv_loses_the_cycles_the_model_steps():
     assert min(lost[100], lost[249]) >= 30 and lost[256] <= 10, lost
     for name in programs:
         assert abs(model[name] - rtl[name]) <= 8, (name, model, rtl)
+
+
+def _edge4x4_runs(programs: dict) -> tuple[dict, dict]:
+    """``programs`` run on the RTL of edge-4x4 (its L2 moves one line a cycle) and timed
+    by the model: each one's load busy cycles, ``(rtl, model)``."""
+    hw = load_hardware("edge-4x4")
+    data, entries = image_with_programs(np.zeros(1 << 17, np.uint8), programs)
+    job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
+    assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
+    rtl = {name: e["counters"]["load_busy"] for name, e in zip(programs, job.programs,
+                                                                 strict=True)}
+    model = {name: time_program(p + [make("HALT")], hw).busy["load"]
+             for name, p in programs.items()}
+    return rtl, model
+
+
+def test_a_load_beside_a_compute_that_fills_the_l2_waits_for_its_end():
+    """On edge-4x4 a REQUANT of int32 rows with per-column words takes 0.98 of the L2's
+    one line a cycle (each operand half a line a beat), and a 28-line load beside it
+    gets its lines only once the REQUANT is done: 1,181 busy cycles on the RTL, 115
+    alone. The model's is within 8 (``sweeps.perf._l2_span``: the load's L2 wait at its
+    fixed point; stepped a pass at a time, it stopped at 472)."""
+    load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=48 << 10, rows=1, row_bytes=868,
+                dram_stride=868, l2_stride=868)
+    requant = make("REQUANT", out_bits=0, params=1, has_bias=0, src_addr=0,
+                   dst_addr=32 << 10, param_addr=40 << 10, bias_addr=0, rows=18, cols=217,
+                   src_stride=868, dst_stride=217)
+    rtl, model = _edge4x4_runs({"load": [load], "beside": [requant, load]})
+    assert rtl["beside"] > 5 * rtl["load"], rtl
+    for name in rtl:
+        assert abs(model[name] - rtl[name]) <= 8, (name, model, rtl)
+
+
+def test_a_kv_prefetchs_table_read_waits_behind_the_loads_lines_queued_in_the_dram():
+    """Beside a GEMV on edge-4x4 a 256-line load's copier writes slower than the DRAM
+    delivers, the DRAM's queue fills with its lines, and the block-table read of the
+    ``KV_PREFETCH`` after it (on the load engine's own aux port) comes back only after
+    them (``sweeps.perf._queued``, as for a store's). The model's load busy is within 12
+    cycles of the RTL's, prefetching 8 or 16 tokens (one KV block; without the queue's
+    wait 86 and 83 short)."""
+    W = load_hardware("edge-4x4").line_bytes
+    load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=32 << 10, rows=128, row_bytes=64,
+                dram_stride=64, l2_stride=64)
+    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
+                k=64, n=256, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=64,
+                w_stride=64, out_stride=1024)
+    programs = {}
+    for tokens in (8, 16):
+        prefetch = make("KV_PREFETCH", pool_addr=3 << 15, table_addr=1 << 15, first_token=0,
+                        n_tokens=tokens, row_bytes=128, col_offset=0, col_bytes=32,
+                        l2_addr=48 << 10, pool_blocks=4, seq=0, kv_format=0)
+        programs[f"alone {tokens}"] = [load, prefetch]
+        programs[f"beside {tokens}"] = [gemv, load, prefetch]
+    rtl, model = _edge4x4_runs(programs)
+    for name in rtl:
+        assert abs(model[name] - rtl[name]) <= 12, (name, model, rtl)
