@@ -69,7 +69,9 @@ class Calibration:
     """Latencies (cycles) between the pipeline steps of the RTL, fitted to the RTL."""
 
     dma_setup: int = 1            # SETUP before the first row command
-    int_read: int = 5             # an int32 read on the aux port, beyond the DRAM latency
+    int_read: int = 3             # an int32 read on the aux port, beyond the DRAM latency
+                                  # (read off table walks alone, every row command in the
+                                  # RTL's cycle; 5 before, 2 cycles long a read)
     cmd_to_read: int = 3          # row command -> its first DRAM/L2 read
     read_to_write: int = 1        # a line's DRAM read accepted -> the write side, beyond
                                   # the DRAM latency and the step that writes it
@@ -82,8 +84,9 @@ class Calibration:
     vec_segment_min: int = 3      # the shortest segment
     engine_overhead: int = 2      # the engine shell's START and END around the unit's run
     chunk_start: int = 1          # a CHUNKED KV_PREFETCH: beyond its blocks (fitted)
-    chunk_block: int = 9          # a CHUNKED KV_PREFETCH: a block, beyond its parts (fitted
-                                  # as 3 when read_to_write was 4: two reads a block)
+    chunk_block: int = 11         # a CHUNKED KV_PREFETCH: a block, beyond its parts (fitted
+                                  # as 3 when read_to_write was 4: two reads a block; 9
+                                  # when int_read was 5, which it adds to)
 
 
 CALIBRATION = Calibration()
