@@ -112,7 +112,13 @@ from compiler.ir import (
 from compiler.schedule import LOOKAHEAD, PAGE
 from models.config import ModelConfig
 from models.integer import check_weight_format, quant_struct
-from sweeps.perf import CONTENTION_PASSES, _stolen_lines, _trapped_cycles, _usage_lines
+from sweeps.perf import (
+    CONTENTION_PASSES,
+    _l2_span,
+    _stolen_lines,
+    _trapped_cycles,
+    _usage_lines,
+)
 
 DMA_END = CALIBRATION.dma_end
 
@@ -1257,25 +1263,14 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
     for j in loading:           # the last load's (``_begun``: the loads' times come in order)
         lo, hi = write_start[j], load_end[j]
         k_lo, k_hi = _begun(starts, lo, k_lo), _begun(starts, hi, k_hi)
-        at_lo = _usage_lines(starts, ends, rates, cum, lo, k_lo)
-        span = hi - lo
         need = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi, k_hi)
-                - at_lo) / l2_lines_per_cycle
-        if need > span + 1:      # growing: its fixed point (``sweeps.perf._l2_span``)
-            a, step = need, max(1.0, need - span)
-            b = a + step
-            while (load_lines[j] + _usage_lines(starts, ends, rates, cum, lo + b)
-                   - at_lo) / l2_lines_per_cycle > b and step < 1 << 30:
-                a, step = b, 2 * step
-                b = a + step
-            while b - a > 1e-9 * b:
-                mid = (a + b) / 2
-                if (load_lines[j] + _usage_lines(starts, ends, rates, cum, lo + mid)
-                        - at_lo) / l2_lines_per_cycle > mid:
-                    a = mid
-                else:
-                    b = mid
-            need = b
+                - _usage_lines(starts, ends, rates, cum, lo, k_lo)) / l2_lines_per_cycle
+        if need > hi - lo + 1:   # growing: at its fixed point (``sweeps.perf._l2_span``)
+            q = k_lo - 1
+            while q >= 0 and ends[q] > lo:
+                q -= 1
+            need = _l2_span(starts[q + 1:], ends[q + 1:], rates[q + 1:], lo,
+                            load_lines[j], l2_lines_per_cycle, hi - lo)
         wait = math.ceil(need - (hi - lo - max(waits[j], held[j])))
         again[j] = wait if wait > 0 else 0
 

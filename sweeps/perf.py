@@ -192,6 +192,31 @@ class _Usage:
         return total
 
 
+def _spread(usages: dict, engines, lo: float) -> tuple[np.ndarray, ...]:
+    """The L2 lines the ``engines``' instructions take from ``lo`` on, as intervals of
+    an even rate (``_l2_span``'s ``starts``, ``ends``, ``rates``): each instruction's
+    interval, or, where it has an ``l2_profile``, its ninths at their own rates."""
+    rows = []
+    for e in engines:
+        u = usages[e]
+        j = bisect.bisect_right(u.starts, lo) - 1
+        while j >= 0 and u.ends[j] > lo:       # an engine's ends come in order too
+            j -= 1
+        for k in range(j + 1, len(u.starts)):
+            if u.ends[k] <= lo:
+                continue
+            b, end, rate, profile = u.starts[k], u.ends[k], u.rates[k], u.profiles[k]
+            if profile is None:
+                rows.append((b, end, rate))
+                continue
+            part, n, before = (end - b) / len(profile), rate * (end - b), 0.0
+            for i, share in enumerate(profile):
+                rows.append((b + i * part, b + (i + 1) * part, n * (share - before) / part))
+                before = share
+    table = np.array(rows, np.float64).reshape(-1, 3)
+    return tuple(np.ascontiguousarray(table[:, k]) for k in range(3))
+
+
 @njit
 def _usage_lines(starts, ends, rates, cum, t: float, begun: int = -1) -> float:
     """``_Usage.lines(t)`` of an engine whose instructions take their lines evenly (no
@@ -293,28 +318,48 @@ def _trapped_cycles(begins, ends, stolen, lo, alone, rate, begun=-1):
     return t + left - lo - alone
 
 
-def _l2_span(need, span: float) -> float:
-    """The cycles a copier's interval needs for its L2 lines and those the ports above it
-    take in it: ``need(span)``, ``(its lines + theirs over span) / lines a cycle``, at
-    its fixed point. One step from the last pass's ``span``, as the passes converge; where
-    that step grows the interval, the least span from there that holds what it needs
-    (``need(s) <= s``: doubled, then bisected to the float's precision, so that where
-    the passes start from does not move it). Stepped pass by pass instead,
-    a load beside a compute that takes 0.98 of edge-4x4's one line a cycle (a REQUANT
+@njit
+def _l2_span(starts, ends, rates, lo: float, lines: float, per_cycle: float,
+             span: float) -> float:
+    """The cycles a copier's interval from ``lo`` needs for its ``lines`` L2 lines and
+    those the ports above it take in it, ``need(x) = (lines + theirs in [lo, lo + x]) /
+    per_cycle``, the ports' lines each taken evenly over an interval (``starts``,
+    ``ends``, ``rates`` in lines a cycle; any order). One step from the last pass's
+    ``span``, as the passes converge; where that step grows the interval, the least
+    fixed point past it, ``need(x) = x``: ``need`` is piecewise linear between the
+    intervals' ends, so it is walked from end to end and solved on the segment where it
+    meets ``x`` (exact, whatever the rates: beside ports that take more than the L2's
+    lines a cycle it can meet ``x`` and leave it again). Stepped pass by pass instead, a
+    load beside a compute that takes 0.98 of edge-4x4's one line a cycle (a REQUANT
     whose int32 rows and per-column words each take half a line a beat) grew by 2% a
-    pass and stopped at 472 cycles of the RTL's 1,181 (``CONTENTION_PASSES``)."""
+    pass and stopped at 472 cycles of the RTL's 1,181 (``CONTENTION_PASSES``;
+    tests/rtl/test_l2_contention.py)."""
+    def need(x):
+        t = lo + x
+        used = 0.0
+        for k in range(len(starts)):
+            a, b = max(starts[k], lo), min(ends[k], t)
+            if b > a:
+                used += rates[k] * (b - a)
+        return (lines + used) / per_cycle
+
     want = need(span)
     if want <= span + 1:
         return want
-    lo, step = want, max(1.0, want - span)
-    hi = lo + step
-    while need(hi) > hi and step < 1 << 30:
-        lo, step = hi, 2 * step
-        hi = lo + step
-    while hi - lo > 1e-9 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if need(mid) > mid else (lo, mid)
-    return hi
+    a, fa = want, need(want)
+    while fa > a:
+        b = np.inf                       # the next interval end past lo + a
+        for k in range(len(starts)):
+            for edge in (starts[k] - lo, ends[k] - lo):
+                if a < edge < b:
+                    b = edge
+        if b == np.inf:                  # nothing more taken: need stays at fa
+            return fa
+        fb = need(b)
+        if fb <= b:                      # met on [a, b], where need is linear
+            return a + (fa - a) * (b - a) / ((b - a) - (fb - fa))
+        a, fa = b, fb
+    return a
 
 
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
@@ -397,13 +442,12 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         free_running = hi - lo - max(delay[i][:2])
         l2_wait = dram_wait = 0
         if occ.l2_lines:
-            usages = [l2_usage[a] for a in above[e]]
-
-            def need(span, lo=lo, usages=usages, lines=occ.l2_lines):
-                used = sum(u.lines(lo + span) - u.lines(lo) for u in usages)
-                return (lines + used) / per_cycle
-
-            l2_wait = max(0, math.ceil(_l2_span(need, hi - lo) - free_running))
+            used = sum(l2_usage[a].lines(hi) - l2_usage[a].lines(lo) for a in above[e])
+            span = (occ.l2_lines + used) / per_cycle
+            if span > hi - lo + 1:         # growing: at its fixed point (``_l2_span``)
+                span = _l2_span(*_spread(l2_usage, above[e], lo), lo, occ.l2_lines,
+                                per_cycle, hi - lo)
+            l2_wait = max(0, math.ceil(span - free_running))
             if e == Engine.LOAD:           # measured behind paced streams: the load engine
                 l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                           occ.l2_lines / max(1, free_running))))

@@ -1071,6 +1071,46 @@ def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
             assert _usage_lines(starts, ends, rates, cum, float(t), k) == usage.lines(t)
 
 
+def test_a_loads_l2_span_is_the_least_fixed_point_past_the_last_passs():
+    """``_l2_span``, where a step from the last pass's span grows it, is where iterating
+    that step converges (the least span past it that holds the load's lines and those
+    the ports above take in it), whatever those ports take, more than the L2's lines a
+    cycle included: on random timelines against the iteration run to a standstill, and
+    on one where the need meets the span, leaves it and meets it again (a doubling
+    search past the first meeting found the second, 1,250 cycles for 350)."""
+    from sweeps.perf import _l2_span
+
+    starts, ends, rates = np.array([0.0, 450.0]), np.array([50.0, 900.0]), np.array([1.0, 2.0])
+    assert _l2_span(starts, ends, rates, 0.0, 300.0, 1.0, 0.0) == pytest.approx(350.0)
+    rng = np.random.default_rng(5)
+    grew = 0
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        starts = np.sort(rng.uniform(0, 2000, n))
+        ends = starts + rng.uniform(1, 600, n)
+        rates = rng.uniform(0, 2.5, n) * rng.integers(0, 2, n)
+        lo, lines, per_cycle = rng.uniform(0, 1500), rng.uniform(1, 400), rng.choice([1.0, 4.0])
+        span = rng.uniform(0, 300)
+
+        def need(x, lo=lo, lines=lines, per_cycle=per_cycle, usage=(starts, ends, rates)):
+            a, b = np.maximum(usage[0], lo), np.minimum(usage[1], lo + x)
+            return (lines + float(np.sum(usage[2] * np.maximum(0.0, b - a)))) / per_cycle
+
+        got = _l2_span(starts, ends, rates, lo, lines, per_cycle, span)
+        if need(span) <= span + 1:
+            assert got == pytest.approx(need(span))
+            continue
+        grew += 1
+        x = need(span)
+        for _ in range(200_000):
+            step = need(x)
+            if step - x < 1e-9:
+                break
+            x = step
+        assert got == pytest.approx(x, abs=1e-4), (starts, ends, rates, lo, lines, span)
+    assert grew > 100
+
+
 def test_the_fast_paths_waits_walk_to_what_a_search_per_load_finds():
     """``_l2_waits`` and ``_trapped_waits`` find the computes and paced streams begun by
     each load's times by walking forward from the last load's (``_begun``), not by a
@@ -1104,13 +1144,10 @@ def test_the_fast_paths_waits_walk_to_what_a_search_per_load_finds():
             cum = np.concatenate(([0.0], np.cumsum(rates * (ends - starts))))
             for j in loading:
                 lo, hi = write_start[j], load_end[j]
-                at_lo = _usage_lines(starts, ends, rates, cum, lo)
-
-                def need(span, lo=lo, at_lo=at_lo, lines=load_lines[j],
-                         usage=(starts, ends, rates, cum)):
-                    return (lines + _usage_lines(*usage, lo + span) - at_lo) / 2.0
-
-                span = _l2_span(need, hi - lo)
+                span = (load_lines[j] + _usage_lines(starts, ends, rates, cum, hi)
+                        - _usage_lines(starts, ends, rates, cum, lo)) / 2.0
+                if span > hi - lo + 1:
+                    span = _l2_span(starts, ends, rates, lo, load_lines[j], 2.0, hi - lo)
                 assert again[j] == max(0, math.ceil(span - (hi - lo - max(waits[j], held[j]))))
             trapped = _trapped_waits(starts, ends, stolen, loading, write_start, load_end,
                                      waits, held, load_lines)
