@@ -84,9 +84,10 @@ from arch.uarch import (
 # Passes of the engines until the L2 waits settle (``_settled``). Each pass reads a
 # load's wait off the last pass's timeline, where the compute engine runs the loads'
 # delay behind: on edge-4x4, whose one-line L2 a decode step fills every cycle, the
-# program's cycles swing between passes and settle within a cycle or two after 10 to 16
-# (a tiny decode step at KV 7: 68,741 at the third pass, 63,198 after 16, 63,236 on the
-# RTL; 63,047 before a load's L2 wait was taken at its fixed point, ``_l2_span``).
+# program's cycles swing between passes by up to 9% and settle within a few cycles after
+# 10 to 16 (a tiny decode step at KV 7: 68,720 at the third pass, 63,182 after 16,
+# 63,236 on the RTL; 63,047 before a load's L2 wait was taken at its fixed point,
+# ``_l2_span``, and the aux port's reads were 2 cycles shorter).
 CONTENTION_PASSES = 16
 
 

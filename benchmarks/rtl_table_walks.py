@@ -1,0 +1,163 @@
+"""Table walks and the loads beside them, on the RTL against the performance model.
+
+Three sets of small programs, one Verilator job a configuration, after a DRAM image
+holding only a block table (timing does not depend on the values):
+
+* ``alone``: a ``KV_PREFETCH`` over 1 and 4 KV blocks, a ``KV_APPEND`` over 3 and a
+  5-row ``DMA_GATHER``, each alone, on every configuration of
+  ``sweeps.random_steps.rtl_hardware()``: each block-table entry or index is an int32
+  read on the engine's aux port, ``Calibration.int_read`` cycles past the DRAM latency;
+* ``queued`` (edge-4x4): a 256-line weight load beside a GEMV, which holds its copier,
+  then a ``KV_PREFETCH`` of 8 to 64 tokens: its table reads wait behind the load's lines
+  in the DRAM's queue (``sweeps.perf._queued``);
+* ``filled`` (edge-4x4): a 28-line load beside a REQUANT that takes 0.98 of the L2's
+  line a cycle: the load waits for it (``sweeps.perf._l2_span``).
+
+::
+
+    python -m benchmarks.rtl_table_walks
+    python -m benchmarks.rtl_table_walks --only alone --hw edge-8x8 edge-16x16
+"""
+
+from __future__ import annotations
+
+import json
+
+from accel.args import ArgumentParser, run_command
+
+SECTIONS = ("alone", "queued", "filled")
+
+
+def _run(hw, programs: dict, table_tokens: int = 16) -> list[tuple[str, dict, object]]:
+    """``programs`` (name: instructions) on ``hw``'s RTL after an image whose block table
+    at 32 KiB maps block i to i: ``(name, RTL counters, model timing)`` each."""
+    import numpy as np
+
+    from accel.runtime import image_with_programs
+    from arch.isa import make
+    from rtl.common import rtl_params
+    from rtl.sim import build_model, run_job
+    from sweeps.perf import time_program
+
+    image = np.zeros(1 << 18, np.uint8)
+    image[1 << 15:(1 << 15) + 4 * table_tokens] = np.arange(table_tokens,
+                                                          dtype="<i4").view(np.uint8)
+    data, entries = image_with_programs(image, programs)
+    job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
+    out = []
+    for (name, program), run in zip(programs.items(), job.programs, strict=True):
+        if not run["done"]:
+            raise SystemExit(f"rtl_table_walks: {hw.name}: program {name} did not finish "
+                             f"(error code {run['error_code']})")
+        timing = time_program(list(program) + [make("HALT")], hw,
+                              lambda a: int(data[a:a + 4].view("<i4")[0]))
+        out.append((name, run["counters"], timing))
+    return out
+
+
+def _prefetch(tokens: int, col_bytes: int = 32, row_bytes: int = 128):
+    from arch.isa import make
+
+    return make("KV_PREFETCH", pool_addr=1 << 16, table_addr=1 << 15, first_token=0,
+                n_tokens=tokens, row_bytes=row_bytes, col_offset=0, col_bytes=col_bytes,
+                l2_addr=48 << 10, pool_blocks=16, seq=0, kv_format=0)
+
+
+def alone(hw_names: list[str]) -> list[dict]:
+    from arch.isa import make
+    from sweeps.random_steps import rtl_hardware
+
+    rows = []
+    for hw in rtl_hardware():
+        if hw_names and hw.name not in hw_names:
+            continue
+        B = hw.kv_block_tokens
+        walks = {
+            "KV_PREFETCH 1 block": [_prefetch(B // 2)],
+            "KV_PREFETCH 4 blocks": [_prefetch(3 * B + 5)],
+            "KV_APPEND 3 blocks": [make("KV_APPEND", l2_addr=16 << 10, pool_addr=1 << 16,
+                                        table_addr=1 << 15, first_token=5, n_tokens=2 * B + 3,
+                                        row_bytes=64, pool_blocks=16, seq=0)],
+            "DMA_GATHER 5 rows": [make("DMA_GATHER", idx_addr=1 << 15, table_addr=1 << 16,
+                                       count=5, row_bytes=100, l2_addr=16 << 10,
+                                       l2_stride=100)]}
+        for name, counters, timing in _run(hw, walks):
+            rows.append({"benchmark": "rtl_table_walks", "section": "alone", "hw": hw.name,
+                         "program": name, "rtl_cycles": counters["cycles"],
+                         "model_cycles": timing.cycles,
+                         "model_minus_rtl": timing.cycles - counters["cycles"]})
+    return rows
+
+
+def queued() -> list[dict]:
+    from arch.hardware import load_hardware
+    from arch.isa import make
+
+    hw = load_hardware("edge-4x4")
+    W = hw.line_bytes
+    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=32 << 10, rows=128, row_bytes=64,
+                dram_stride=64, l2_stride=64)
+    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
+                k=64, n=256, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=64,
+                w_stride=64, out_stride=1024)
+    programs = {}
+    for tokens, col in ((8, 32), (16, 32), (32, 32), (64, 128)):
+        programs[f"load, KV_PREFETCH {tokens} x {col} B"] = [load, _prefetch(tokens, col)]
+        programs[f"GEMV + load, KV_PREFETCH {tokens} x {col} B"] = [gemv, load,
+                                                                   _prefetch(tokens, col)]
+    return [{"benchmark": "rtl_table_walks", "section": "queued", "hw": hw.name,
+             "program": name, "rtl_load_busy": counters["load_busy"],
+             "model_load_busy": timing.busy["load"],
+             "model_minus_rtl": timing.busy["load"] - counters["load_busy"]}
+            for name, counters, timing in _run(hw, programs)]
+
+
+def filled() -> list[dict]:
+    from arch.hardware import load_hardware
+    from arch.isa import make
+
+    hw = load_hardware("edge-4x4")
+    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=48 << 10, rows=1, row_bytes=868,
+                dram_stride=868, l2_stride=868)
+    requant = make("REQUANT", out_bits=0, params=1, has_bias=0, src_addr=0,
+                   dst_addr=32 << 10, param_addr=40 << 10, bias_addr=0, rows=18, cols=217,
+                   src_stride=868, dst_stride=217)
+    programs = {"load alone": [load], "REQUANT + load": [requant, load]}
+    return [{"benchmark": "rtl_table_walks", "section": "filled", "hw": hw.name,
+             "program": name, "rtl_load_busy": counters["load_busy"],
+             "model_load_busy": timing.busy["load"],
+             "model_minus_rtl": timing.busy["load"] - counters["load_busy"]}
+            for name, counters, timing in _run(hw, programs)]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from sweeps.random_steps import rtl_hardware
+
+    parser = ArgumentParser(prog="python -m benchmarks.rtl_table_walks",
+                            description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=SECTIONS, nargs="+", default=list(SECTIONS))
+    parser.add_argument("--hw", nargs="+", default=[],
+                        help="with alone: configurations of rtl_hardware() by name")
+    args = parser.parse_args(argv)
+    names = [hw.name for hw in rtl_hardware()]
+    for name in args.hw:
+        if name not in names:
+            parser.error(f"--hw {name}: not one of {', '.join(names)}")
+    rows = []
+    for section in args.only:
+        part = alone(args.hw) if section == "alone" else queued() if section == "queued" \
+            else filled()
+        for row in part:
+            print(json.dumps(row), flush=True)
+        rows += part
+    print(f"{'section':<8}{'hw':<13}{'program':<38}{'RTL':>8}{'model':>8}{'diff':>6}")
+    for r in rows:
+        rtl = r.get("rtl_cycles", r.get("rtl_load_busy"))
+        model = r.get("model_cycles", r.get("model_load_busy"))
+        print(f"{r['section']:<8}{r['hw']:<13}{r['program']:<38}{rtl:>8,}{model:>8,}"
+              f"{r['model_minus_rtl']:>+6}")
+    return rows
+
+
+if __name__ == "__main__":
+    run_command(main, "python -m benchmarks.rtl_table_walks")
