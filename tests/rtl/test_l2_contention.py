@@ -84,9 +84,11 @@ def test_a_kv_prefetchs_table_read_waits_behind_the_loads_lines_queued_in_the_dr
     """Beside a GEMV on edge-4x4 a 256-line load's copier writes slower than the DRAM
     delivers, the DRAM's queue fills with its lines, and the block-table read of the
     ``KV_PREFETCH`` after it (on the load engine's own aux port) comes back only after
-    them (``sweeps.perf._queued``, as for a store's). The model's load busy is within 12
-    cycles of the RTL's, prefetching 8 or 16 tokens (one KV block; without the queue's
-    wait 86 and 83 short)."""
+    them (``sweeps.perf._queued``, as for a store's). The model's load busy is within 10
+    cycles of the RTL's prefetching 8 or 16 tokens (one KV block; without the queue's
+    wait 86 and 83 short), and within 15 prefetching 32 or 64 (2 and 4 blocks, written
+    in bursts between their table reads, ``sweeps.perf._burst_wait``; without it 41 and
+    63 short)."""
     W = load_hardware("edge-4x4").line_bytes
     load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=32 << 10, rows=128, row_bytes=64,
                 dram_stride=64, l2_stride=64)
@@ -94,12 +96,13 @@ def test_a_kv_prefetchs_table_read_waits_behind_the_loads_lines_queued_in_the_dr
                 k=64, n=256, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=64,
                 w_stride=64, out_stride=1024)
     programs = {}
-    for tokens in (8, 16):
+    for tokens, col_bytes in ((8, 32), (16, 32), (32, 32), (64, 128)):
         prefetch = make("KV_PREFETCH", pool_addr=3 << 15, table_addr=1 << 15, first_token=0,
-                        n_tokens=tokens, row_bytes=128, col_offset=0, col_bytes=32,
+                        n_tokens=tokens, row_bytes=128, col_offset=0, col_bytes=col_bytes,
                         l2_addr=48 << 10, pool_blocks=4, seq=0, kv_format=0)
         programs[f"alone {tokens}"] = [load, prefetch]
         programs[f"beside {tokens}"] = [gemv, load, prefetch]
     rtl, model = _edge4x4_runs(programs)
     for name in rtl:
-        assert abs(model[name] - rtl[name]) <= 12, (name, model, rtl)
+        bound = 10 if name.endswith((" 8", " 16")) else 15
+        assert abs(model[name] - rtl[name]) <= bound, (name, model, rtl)
