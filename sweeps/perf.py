@@ -374,8 +374,10 @@ def _burst_wait(lines: float, rate: float, left: float) -> float:
     ``_l2_span``, counts them); in a burst it gets ``left`` a cycle. Measured on
     edge-4x4 (``python -m benchmarks.rtl_table_walks --only queued``): a prefetch of 2
     and 4 KV blocks after a load held by a GEMV was 41 and 63 cycles short without it,
-    4 and 13 over with it. 0 where ``left`` is none (the interval-wide rule's case) or
-    at least ``rate``."""
+    5 and 13 over with it. 0 where ``left`` is none (the interval-wide rule's case) or
+    at least ``rate``. The caller takes ``left`` over the interval the wait gives the
+    copier, at its fixed point (the wait shrinks as the interval reaches past the ports'
+    lines), so that it does not swing from pass to pass."""
     if left <= 0 or left >= rate:
         return 0.0
     return lines / left - lines / rate
@@ -400,7 +402,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     gets only the lines the higher-priority instructions overlapping it leave, each
     taking its lines evenly over its run (a compute instruction from begin to end, a DMA
     instruction over its copier's interval): at least ``(its lines + theirs) /
-    l2_lines_per_cycle`` cycles; and a load no faster than the paced compute streams it
+    l2_lines_per_cycle`` cycles (at its fixed point, ``_l2_span``; a ``KV_PREFETCH``,
+    which writes in bursts between its table reads, at the pace the ports leave a
+    cycle, ``_burst_wait``); and a load no faster than the paced compute streams it
     overlaps let it (``_trapped``; measured for the load engine only).
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
@@ -467,10 +471,25 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 span = _l2_span(*_spread(l2_usage, above[e], lo), lo, occ.l2_lines,
                                 per_cycle, hi - lo)
             l2_wait = max(0, math.ceil(span - free_running))
-            if instrs[i].mnemonic == "KV_PREFETCH" and hi > lo:
-                l2_wait = max(l2_wait, math.ceil(_burst_wait(
-                    occ.l2_lines, min(1.0, per_cycle, 1 / hw.dram_cycles_per_line),
-                    per_cycle - used / (hi - lo))))
+            if instrs[i].mnemonic == "KV_PREFETCH" and free_running > 0:
+                # over the interval its own wait gives it: the least span past its
+                # interval alone where the burst wait, with the ports' lines over the
+                # span, no longer reaches (bisected; the wait shrinks as the span grows)
+                rate = min(1.0, per_cycle, 1 / hw.dram_cycles_per_line)
+
+                def past(span, lo=lo, ports=above[e], lines=occ.l2_lines, rate=rate,
+                         alone=free_running):
+                    taken = sum(l2_usage[a].lines(lo + span) - l2_usage[a].lines(lo)
+                                for a in ports)
+                    return alone + _burst_wait(lines, rate, per_cycle - taken / span) <= span
+
+                a, b = free_running, 2 * free_running
+                while not past(b) and b - free_running < 1 << 24:
+                    a, b = b, 2 * b
+                while b - a > 0.5:
+                    mid = (a + b) / 2
+                    a, b = (a, mid) if past(mid) else (mid, b)
+                l2_wait = max(l2_wait, math.ceil(b - free_running))
             if e == Engine.LOAD:           # measured behind paced streams: the load engine
                 l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                           occ.l2_lines / max(1, free_running))))
