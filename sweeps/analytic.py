@@ -1269,7 +1269,15 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
             q = k_lo - 1
             while q >= 0 and ends[q] > lo:
                 q -= 1
-            need = _l2_span(starts[q + 1:], ends[q + 1:], rates[q + 1:], lo,
+            # it is met by the end of the first compute past ``hi`` by which the L2 has
+            # left the load its lines (the computes come one after another): only those
+            # are walked
+            at_lo = _usage_lines(starts, ends, rates, cum, lo, k_lo)
+            r = q + 1
+            while r < m - 1 and (ends[r] < hi or l2_lines_per_cycle * (ends[r] - lo)
+                                 - (cum[r + 1] - at_lo) < load_lines[j]):
+                r += 1
+            need = _l2_span(starts[q + 1:r + 1], ends[q + 1:r + 1], rates[q + 1:r + 1], lo,
                             load_lines[j], l2_lines_per_cycle, hi - lo)
         wait = math.ceil(need - (hi - lo - max(waits[j], held[j])))
         again[j] = wait if wait > 0 else 0

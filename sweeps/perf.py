@@ -348,19 +348,30 @@ def _l2_span(starts, ends, rates, lo: float, lines: float, per_cycle: float,
     if want <= span + 1:
         return want
     a, fa = want, need(want)
-    while fa > a:
-        b = np.inf                       # the next interval end past lo + a
-        for k in range(len(starts)):
-            for edge in (starts[k] - lo, ends[k] - lo):
-                if a < edge < b:
-                    b = edge
-        if b == np.inf:                  # nothing more taken: need stays at fa
-            return fa
-        fb = need(b)
-        if fb <= b:                      # met on [a, b], where need is linear
-            return a + (fa - a) * (b - a) / ((b - a) - (fb - fa))
-        a, fa = b, fb
-    return a
+    if fa <= a:
+        return a
+    # the intervals' ends from lo + a on, in order, and the rate each changes need by
+    n = len(starts)
+    times, deltas = np.empty(2 * n), np.empty(2 * n)
+    slope = 0.0                          # d need / dx just past a
+    for k in range(n):
+        times[2 * k], deltas[2 * k] = starts[k] - lo, rates[k] / per_cycle
+        times[2 * k + 1], deltas[2 * k + 1] = ends[k] - lo, -rates[k] / per_cycle
+        if starts[k] - lo <= a < ends[k] - lo:
+            slope += rates[k] / per_cycle
+    order = np.argsort(times)
+    times, deltas = times[order], deltas[order]
+    e = np.searchsorted(times, a, side="right")
+    while True:
+        if slope < 1:                    # where need, linear up to the next end, meets x
+            x = a + (fa - a) / (1 - slope)
+            if e == 2 * n or x <= times[e]:
+                return x
+        b = times[e]
+        fa, a = fa + slope * (b - a), b
+        while e < 2 * n and times[e] == b:
+            slope += deltas[e]
+            e += 1
 
 
 def _burst_wait(lines: float, rate: float, left: float) -> float:
