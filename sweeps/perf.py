@@ -540,8 +540,7 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking 153 and
     206 cycles to its data against 80 of latency; in a trace of tiny's first decode step
     the queue held 121 load lines and 5 fetch reads ahead of it. A load's own table read
-    too: in a random decode step on edge-8x8, a ``KV_PREFETCH``'s first took 133 cycles
-    against 100 of latency, in Amaranth's simulator.)"""
+    waits alike: ``python -m benchmarks.rtl_table_walks --only queued``.)"""
     backlog = 0.0
     for rs, re, ws, we, n in loads:
         if rs > t:
