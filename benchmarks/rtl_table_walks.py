@@ -91,39 +91,21 @@ def alone(hw_names: list[str]) -> list[dict]:
 
 def queued() -> list[dict]:
     from arch.hardware import load_hardware
-    from arch.isa import make
+    from rtl.random_programs import held_prefetch_programs
 
     hw = load_hardware("edge-4x4")
-    W = hw.line_bytes
-    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=32 << 10, rows=128, row_bytes=64,
-                dram_stride=64, l2_stride=64)
-    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
-                k=64, n=256, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=64,
-                w_stride=64, out_stride=1024)
-    programs = {}
-    for tokens, col in ((8, 32), (16, 32), (32, 32), (64, 128)):
-        programs[f"load, KV_PREFETCH {tokens} x {col} B"] = [load, _prefetch(tokens, col)]
-        programs[f"GEMV + load, KV_PREFETCH {tokens} x {col} B"] = [gemv, load,
-                                                                   _prefetch(tokens, col)]
-    return [{"benchmark": "rtl_table_walks", "section": "queued", "hw": hw.name,
-             "program": name, "rtl_load_busy": counters["load_busy"],
-             "model_load_busy": timing.busy["load"],
-             "model_minus_rtl": timing.busy["load"] - counters["load_busy"]}
-            for name, counters, timing in _run(hw, programs)]
+    return _rows("queued", hw, held_prefetch_programs(hw))
 
 
 def filled() -> list[dict]:
     from arch.hardware import load_hardware
-    from arch.isa import make
+    from rtl.random_programs import filled_l2_programs
 
-    hw = load_hardware("edge-4x4")
-    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=48 << 10, rows=1, row_bytes=868,
-                dram_stride=868, l2_stride=868)
-    requant = make("REQUANT", out_bits=0, params=1, has_bias=0, src_addr=0,
-                   dst_addr=32 << 10, param_addr=40 << 10, bias_addr=0, rows=18, cols=217,
-                   src_stride=868, dst_stride=217)
-    programs = {"load alone": [load], "REQUANT + load": [requant, load]}
-    return [{"benchmark": "rtl_table_walks", "section": "filled", "hw": hw.name,
+    return _rows("filled", load_hardware("edge-4x4"), filled_l2_programs())
+
+
+def _rows(section: str, hw, programs: dict) -> list[dict]:
+    return [{"benchmark": "rtl_table_walks", "section": section, "hw": hw.name,
              "program": name, "rtl_load_busy": counters["load_busy"],
              "model_load_busy": timing.busy["load"],
              "model_minus_rtl": timing.busy["load"] - counters["load_busy"]}

@@ -9,7 +9,10 @@ loads, stores, gathers, KV prefetches and appends, and (``compute=True``) random
 tokens plus ``extra_tokens`` random orderings (``random_tokens``). Such programs are
 legal: race-free and deadlock-free, so the RTL and the ISA simulator must agree on them.
 ``run_random_programs(model, seed)`` runs a job of them on a Verilator model and on the
-ISA simulator. (Not part of the hardware: excluded from the Verilator model's key.)
+ISA simulator. ``held_prefetch_programs`` and ``filled_l2_programs`` are the fixed
+contention cases the performance model is checked on (tests/rtl/test_l2_contention.py,
+``benchmarks.rtl_table_walks``). (Not part of the hardware: excluded from the Verilator
+model's key.)
 
 Tested by tests/rtl/test_accelerator.py (random legal programs on the RTL against the ISA
 simulator).
@@ -322,3 +325,35 @@ def chunked_prefetch_programs(rng, hw, n_programs: int, kv_heads: int = 2,
         at = -(-end // 4096) * 4096
         parts.append(np.zeros(at - end, np.uint8))
     return np.concatenate(parts), programs
+
+
+def held_prefetch_programs(hw, tokens_cols=((8, 32), (16, 32), (32, 32), (64, 128))) -> dict:
+    """A 256-line weight load then a ``KV_PREFETCH`` of ``tokens`` tokens of ``cols``
+    bytes (rows of 128, the table at 32 KiB, the pool at 64 KiB), alone and beside a
+    GEMV that holds the load's copier: ``{name: instructions}``, names ``"alone T"`` and
+    ``"beside T"`` (``benchmarks.rtl_table_walks``, tests/rtl/test_l2_contention.py)."""
+    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=32 << 10, rows=128, row_bytes=64,
+                dram_stride=64, l2_stride=64)
+    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
+                k=64, n=256, x_addr=hw.line_bytes, w_addr=16 << 10, out_addr=8 << 10,
+                x_stride=64, w_stride=64, out_stride=1024)
+    programs = {}
+    for tokens, cols in tokens_cols:
+        prefetch = make("KV_PREFETCH", pool_addr=1 << 16, table_addr=1 << 15, first_token=0,
+                        n_tokens=tokens, row_bytes=128, col_offset=0, col_bytes=cols,
+                        l2_addr=48 << 10, pool_blocks=16, seq=0, kv_format=0)
+        programs[f"alone {tokens}"] = [load, prefetch]
+        programs[f"beside {tokens}"] = [gemv, load, prefetch]
+    return programs
+
+
+def filled_l2_programs() -> dict:
+    """A 28-line load alone and beside a REQUANT of 18 int32 rows of 217 with per-column
+    words, which takes 0.98 of edge-4x4's line a cycle: ``{"alone": ..., "beside":
+    ...}`` (``benchmarks.rtl_table_walks``, tests/rtl/test_l2_contention.py)."""
+    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=48 << 10, rows=1, row_bytes=868,
+                dram_stride=868, l2_stride=868)
+    requant = make("REQUANT", out_bits=0, params=1, has_bias=0, src_addr=0,
+                   dst_addr=32 << 10, param_addr=40 << 10, bias_addr=0, rows=18, cols=217,
+                   src_stride=868, dst_stride=217)
+    return {"alone": [load], "beside": [requant, load]}

@@ -13,6 +13,7 @@ from accel.runtime import image_with_programs
 from arch.hardware import load_hardware
 from arch.isa import make
 from rtl.common import rtl_params
+from rtl.random_programs import filled_l2_programs, held_prefetch_programs
 from rtl.sim import build_model, run_job
 from sweeps.perf import time_program
 
@@ -35,25 +36,18 @@ def test_a_load_beside_a_gemv_loses_the_cycles_the_model_steps():
                     k=k, n=64, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=k,
                     w_stride=k, out_stride=256)
         programs[k] = [gemv, load]
-    data, entries = image_with_programs(np.zeros(1 << 17, np.uint8),
-                                        {str(name): p for name, p in programs.items()})
-    job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
-    assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
-    rtl = {name: e["counters"]["load_busy"] for name, e in zip(programs, job.programs,
-                                                                 strict=True)}
-    model = {name: time_program(p + [make("HALT")], hw).busy["load"]
-             for name, p in programs.items()}
+    rtl, model = _load_busy(hw, programs)
     lost = {k: rtl[k] - rtl["load"] for k in (100, 249, 256)}
     assert min(lost[100], lost[249]) >= 30 and lost[256] <= 10, lost
     for name in programs:
         assert abs(model[name] - rtl[name]) <= 8, (name, model, rtl)
 
 
-def _edge4x4_runs(programs: dict) -> tuple[dict, dict]:
-    """``programs`` run on the RTL of edge-4x4 (its L2 moves one line a cycle) and timed
-    by the model: each one's load busy cycles, ``(rtl, model)``."""
-    hw = load_hardware("edge-4x4")
-    data, entries = image_with_programs(np.zeros(1 << 17, np.uint8), programs)
+def _load_busy(hw, programs: dict, image_bytes: int = 1 << 17) -> tuple[dict, dict]:
+    """``programs`` run on ``hw``'s RTL after a zero image (a block table of zeros) and
+    timed by the model: each one's load busy cycles, ``(rtl, model)``."""
+    data, entries = image_with_programs(np.zeros(image_bytes, np.uint8),
+                                        {str(k): p for k, p in programs.items()})
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
     rtl = {name: e["counters"]["load_busy"] for name, e in zip(programs, job.programs,
@@ -69,13 +63,8 @@ def test_a_load_beside_a_compute_that_fills_the_l2_waits_for_its_end():
     gets its lines only once the REQUANT is done: 1,181 busy cycles on the RTL, 115
     alone. The model's is within 8 (``sweeps.perf._l2_span``: the load's L2 wait at its
     fixed point; stepped a pass at a time, it stopped at 472)."""
-    load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=48 << 10, rows=1, row_bytes=868,
-                dram_stride=868, l2_stride=868)
-    requant = make("REQUANT", out_bits=0, params=1, has_bias=0, src_addr=0,
-                   dst_addr=32 << 10, param_addr=40 << 10, bias_addr=0, rows=18, cols=217,
-                   src_stride=868, dst_stride=217)
-    rtl, model = _edge4x4_runs({"load": [load], "beside": [requant, load]})
-    assert rtl["beside"] > 5 * rtl["load"], rtl
+    rtl, model = _load_busy(load_hardware("edge-4x4"), filled_l2_programs(), 1 << 18)
+    assert rtl["beside"] > 5 * rtl["alone"], rtl
     for name in rtl:
         assert abs(model[name] - rtl[name]) <= 8, (name, model, rtl)
 
@@ -89,20 +78,8 @@ def test_a_kv_prefetchs_table_read_waits_behind_the_loads_lines_queued_in_the_dr
     wait 86 and 83 short), and within 15 prefetching 32 or 64 (2 and 4 blocks, written
     in bursts between their table reads, ``sweeps.perf._burst_wait``; without it 41 and
     63 short)."""
-    W = load_hardware("edge-4x4").line_bytes
-    load = make("DMA_LOAD", dram_addr=1 << 16, l2_addr=32 << 10, rows=128, row_bytes=64,
-                dram_stride=64, l2_stride=64)
-    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
-                k=64, n=256, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=64,
-                w_stride=64, out_stride=1024)
-    programs = {}
-    for tokens, col_bytes in ((8, 32), (16, 32), (32, 32), (64, 128)):
-        prefetch = make("KV_PREFETCH", pool_addr=3 << 15, table_addr=1 << 15, first_token=0,
-                        n_tokens=tokens, row_bytes=128, col_offset=0, col_bytes=col_bytes,
-                        l2_addr=48 << 10, pool_blocks=4, seq=0, kv_format=0)
-        programs[f"alone {tokens}"] = [load, prefetch]
-        programs[f"beside {tokens}"] = [gemv, load, prefetch]
-    rtl, model = _edge4x4_runs(programs)
+    hw = load_hardware("edge-4x4")
+    rtl, model = _load_busy(hw, held_prefetch_programs(hw), 1 << 18)
     for name in rtl:
         bound = 10 if name.endswith((" 8", " 16")) else 15
         assert abs(model[name] - rtl[name]) <= bound, (name, model, rtl)
