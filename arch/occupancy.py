@@ -869,21 +869,191 @@ def _refusals(taken, offsets, begins, writes, banks):
 _NO_CYCLE = -(1 << 40)
 
 
+# ``_steps``' row writer, carried from cycle to cycle in an int64 array: the next row to
+# write, its steps done (a priming step first where the row does not start on a line),
+# the cycle its next step may run (-1: not begun), its take, the writer's next free
+# cycle, the rows it has taken, and the moves, writes and camped groups recorded.
+_WB_ROW, _WB_STEP, _WB_DUE, _WB_TAKE, _WB_FREE, _WB_TAKEN, _WB_MOVES, _WB_WRITES, \
+    _WB_CAMPED, _WB_STATE = range(10)
+# ``_writeback``'s hand-over, likewise: the next cycle, the group being handed over (or
+# next), its next row, whether that row's priming step is done, the cycles of the last
+# beat and priming step, the old-output lines asked for and taken and in the group, the
+# group's first hand-over (-1: not begun), the last row handed over, the rows handed
+# over, and the fill last looked in (``_fill_grants``).
+_HS_T, _HS_GROUP, _HS_R, _HS_PRIMED, _HS_BEAT, _HS_PRIME, _HS_ASKED, _HS_POPPED, \
+    _HS_OLD, _HS_FIRST, _HS_HANDED, _HS_ROWS, _HS_HINT, _HS_STATE = range(14)
+
+
+@njit
+def _fill_grants(t, begins, taken, offsets, hs):
+    """The banks (a bit each) the tile filler's readers are granted in cycle ``t``:
+    ``begins``, each fill's begin (``-1``: not known yet, so none), ``taken`` and
+    ``offsets``, their grants (``_fills``; ``taken`` empty: none recorded, so none). The
+    search starts at the fill last looked in (``hs[_HS_HINT]``, updated): fills are in
+    time order, and the cycles asked for only grow."""
+    n = len(begins)
+    if not len(taken) or not n:
+        return 0
+    i = hs[_HS_HINT]
+    while i + 1 < n and 0 <= begins[i + 1] <= t:
+        i += 1
+    hs[_HS_HINT] = i
+    b = begins[i]
+    if b < 0 or t < b or t - b >= offsets[i + 1] - offsets[i]:
+        return 0
+    return taken[offsets[i] + t - b]
+
+
+@njit
+def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, record, camped,
+                moves, writes):
+    """The row writer (``rtl.matmul_unit.Writeback``'s, a ``RowCopier`` from a stream)
+    in cycle ``t`` (state ``wb``, ``_WB_*``; ``rows``, ``_writeback``'s, the first
+    ``n_rows`` handed over): a row is taken ``WB_DATA_LATENCY`` after its hand-over at
+    the earliest, once the row before is written, a cycle earlier where it has a priming
+    step and its command was queued ahead (all rows but a group's first, and every row
+    when accumulating, whose old output comes later); the priming step reads nothing,
+    and each line is written in a cycle in which no port before the writer's
+    (``grants``) has its bank. Records its move, its writes (``record``; not a camped
+    group's) and, at a camped group's last row, the group."""
+    w = wb[_WB_ROW]
+    if w >= n_rows:
+        return
+    a, n, r, g, enter = rows[w, 0], rows[w, 1], rows[w, 2], rows[w, 3], rows[w, 4]
+    prime = 1 if a % W else 0
+    n_lines = (a + n - 1) // W - a // W + 1
+    if wb[_WB_DUE] < 0:                                  # the row's take
+        take = max(enter + WB_DATA_LATENCY - (prime if r or accumulate else 0),
+                   wb[_WB_FREE])
+        wb[_WB_DUE] = wb[_WB_TAKE] = take
+        if r == 0:
+            groups[g, _G_TAKE] = take
+    if t < wb[_WB_DUE]:
+        return
+    j = wb[_WB_STEP]
+    if j < prime:                                        # the priming step: no line
+        wb[_WB_STEP], wb[_WB_DUE] = 1, t + 1
+        return
+    bit = 1 << ((a // W + j - prime) % banks)
+    if grants & bit:                                     # refused: the next cycle
+        return
+    if j == prime:                                       # out of the landing buffer
+        wb[_WB_TAKEN] += 1
+    if record and not groups[g, _G_CAMPED]:
+        writes[wb[_WB_WRITES], 0], writes[wb[_WB_WRITES], 1] = t, bit
+        wb[_WB_WRITES] += 1
+    wb[_WB_STEP], wb[_WB_DUE] = j + 1, t + 1
+    if j + 1 < prime + n_lines:
+        return
+    moves[wb[_WB_MOVES]] = (wb[_WB_TAKE], t + 1, n_lines * (2 if accumulate else 1))
+    wb[_WB_MOVES] += 1
+    if groups[g, _G_CAMPED] and r == groups[g, _G_ROWS] - 1:
+        camped[wb[_WB_CAMPED]] = (groups[g, _G_TAKE], t + 1, groups[g, _G_ROWS])
+        wb[_WB_CAMPED] += 1
+    wb[_WB_FREE] = t + 1
+    wb[_WB_ROW], wb[_WB_STEP], wb[_WB_DUE] = w + 1, 0, -1
+
+
+# ``_steps``' groups, a row each: their first row (in ``rows``), rows, the cycle their
+# results are in (plus ``latency + result_latency``), whether camped, the writer's take
+# of their first row.
+_G_ROW0, _G_ROWS, _G_READY, _G_CAMPED, _G_TAKE = range(5)
+
+
+@njit
+def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accumulate,
+               old_latency, begins, taken, offsets, old_bank, old_granted, record, camped,
+               moves, writes):
+    """The writeback (``rtl.matmul_unit.Writeback``) cycle by cycle from ``hs[_HS_T]``
+    until group ``target`` has been handed over (``target = n_groups``: until every
+    registered group's rows are written), state ``hs`` (``_HS_*``) and ``wb``. A group
+    is taken once its results are in and the one before has been handed over
+    (``WB_NEXT_GROUP``), and its rows handed over one a cycle from ``first``, into the
+    row writer's landing buffer (``COPIER_FIFO_DEPTH`` rows) while it has room; the half
+    is freed (``half_free``) with the last. Accumulating, each row waits for its old
+    output from the old-output reader (a row reader: its lines asked for from
+    ``FILL_DATA_LATENCY`` before ``first`` while fewer than ``COPIER_FIFO_DEPTH - 1`` are
+    in it, each taken ``FILL_DATA_LATENCY`` after its grant, by a priming step first
+    where the row does not start on a line). The filler's ports come before the
+    reader's, the reader's before the writer's (``_write_step``): a port waits while one
+    before it has its bank. Only cycles up to the target's last hand-over are stepped:
+    the fills after it (their begins not known yet) begin later."""
+    while True:
+        g = hs[_HS_GROUP]
+        if g < n_groups and hs[_HS_FIRST] < 0:
+            first = max(groups[g, _G_READY], hs[_HS_HANDED] + WB_NEXT_GROUP) + old_latency
+            hs[_HS_FIRST], hs[_HS_R], hs[_HS_PRIMED] = first, 0, 0
+            hs[_HS_BEAT] = hs[_HS_PRIME] = -1
+            hs[_HS_ASKED] = hs[_HS_POPPED] = hs[_HS_OLD] = 0
+            if accumulate:
+                for k in range(groups[g, _G_ROWS]):
+                    a, n = rows[groups[g, _G_ROW0] + k, 0], rows[groups[g, _G_ROW0] + k, 1]
+                    for ln in range(a // W, (a + n - 1) // W + 1):
+                        old_bank[hs[_HS_OLD]] = ln % banks
+                        hs[_HS_OLD] += 1
+        n_rows = hs[_HS_ROWS]
+        if g > target or (g >= n_groups and wb[_WB_ROW] >= n_rows):
+            return
+        t = hs[_HS_T]
+        # skip cycles in which nothing can happen
+        begin = hs[_HS_FIRST] - (FILL_DATA_LATENCY if accumulate else 0) \
+            if g < n_groups else 1 << 62
+        if wb[_WB_ROW] < n_rows:
+            begin = min(begin, wb[_WB_DUE] if wb[_WB_DUE] >= 0 else wb[_WB_FREE])
+        t = max(t, begin)
+        grants = _fill_grants(t, begins, taken, offsets, hs)
+        if g < n_groups and t >= hs[_HS_FIRST] - (FILL_DATA_LATENCY if accumulate else 0):
+            k = hs[_HS_ASKED]
+            if accumulate and k < hs[_HS_OLD] and k - hs[_HS_POPPED] < COPIER_FIFO_DEPTH - 1 \
+                    and not grants >> old_bank[k] & 1:
+                old_granted[k] = t
+                grants |= 1 << old_bank[k]
+                hs[_HS_ASKED] = k + 1
+            r = hs[_HS_R]
+            i = groups[g, _G_ROW0] + r
+            a, n = rows[i, 0], rows[i, 1]
+            prime = a % W != 0
+            pops = 1 + ((a + n - 1) // W > a // W) if accumulate else 0
+            p, primed = hs[_HS_POPPED], hs[_HS_PRIMED]
+            if prime and accumulate and not primed:
+                # the old row's priming step: its first line, after the row before's beat
+                if p < hs[_HS_ASKED] and old_granted[p] + FILL_DATA_LATENCY <= t \
+                        and t > hs[_HS_BEAT]:
+                    hs[_HS_PRIMED], hs[_HS_PRIME], hs[_HS_POPPED] = 1, t, p + 1
+            elif t >= hs[_HS_FIRST] + r and t > hs[_HS_BEAT] and t > hs[_HS_PRIME] \
+                    and n_rows - wb[_WB_TAKEN] < COPIER_FIFO_DEPTH \
+                    and (pops == primed or (p < hs[_HS_ASKED]
+                                            and old_granted[p] + FILL_DATA_LATENCY <= t)):
+                hs[_HS_POPPED] = p + pops - primed
+                rows[i, 4] = t
+                hs[_HS_ROWS] = n_rows = n_rows + 1
+                hs[_HS_BEAT], hs[_HS_PRIMED], hs[_HS_R] = t, 0, r + 1
+                if r + 1 == groups[g, _G_ROWS]:          # the group is handed over
+                    hs[_HS_HANDED] = half_free[g % 2] = t
+                    hs[_HS_GROUP], hs[_HS_FIRST] = g + 1, -1
+        _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, record,
+                    camped, moves, writes)
+        hs[_HS_T] = t + 1
+
+
 @njit
 def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_latency,
-           out_bytes, record):
+           out_bytes, record, taken, offsets):
     """``matmul_timeline``'s walk over the tiles (``matmul_tiles``' rows, their fills
-    ``_fills``' rows) and each group's writeback, compiled (numba): ``(the writer's last
+    ``_fills``' rows, ``taken`` and ``offsets`` their grants, empty if not recorded) and
+    each group's writeback (``_writeback``), compiled (numba): ``(the writer's last
     step, L2 lines, resumes, the tiles' announcements int64 [tiles], fills int64 [tiles,
     3], camped groups int64 [groups, 3], moves float64 [bursts, 3], writes int64 [lines,
     2])``. Fills, camped groups and moves are ``(from, to, L2 lines)`` (a camped group's
     rows for lines); with ``record``, writes are the writer's ``(cycle, bank bit)`` but
-    a camped group's (``_camped_cycles`` counts those), else empty."""
+    a camped group's (``_camped_cycles`` counts those), else empty. The writeback is
+    stepped as far as the feeder needs it (a group's first block waits for its
+    accumulator half): by then every fill it runs beside has begun."""
     T = len(tiles)
-    groups = rows_written = 0
+    n_groups = rows_written = 0
     for i in range(T):
         if tiles[i, 4] + tiles[i, 5] == f.k:
-            groups += 1
+            n_groups += 1
             rows_written += tiles[i, 1]
     push = np.zeros(2, np.int64)           # per buffer set: when its tile was announced
     release = np.full(2, -1, np.int64)     # per buffer set: when the feeder released it
@@ -891,30 +1061,44 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     filler = 1                             # the filler's next free cycle
     stream = load = _NO_CYCLE              # the feeder's last stream and load decisions
     stream_rows = 0                        # rows of the last streamed block
-    wb_free = 0                            # the row writer's next free step
-    handed = -1                            # the last row handed to the row writer
-    taken = np.zeros(COPIER_FIFO_DEPTH, np.int64)  # when the writer took its last rows,
-    n_taken = oldest = 0                           # a ring of them
-    lines = resumes = s = group = n_camped = n_moves = 0
+    lines = resumes = s = group = n_rows = 0
     announced = np.empty(T, np.int64)
     fill_spans = np.empty((T, 3), np.int64)
-    camped = np.empty((groups, 3), np.int64)
+    begins = np.full(T, -1, np.int64)
+    # the writeback's rows, in the order they are handed over: (address, bytes, row of
+    # its group, group, hand-over cycle)
+    rows = np.zeros((rows_written, 5), np.int64)
+    groups = np.zeros((n_groups, 5), np.int64)            # ``_G_*``
+    hs = np.zeros(_HS_STATE, np.int64)
+    hs[_HS_FIRST] = hs[_HS_HANDED] = -1
+    wb = np.zeros(_WB_STATE, np.int64)
+    wb[_WB_DUE] = -1
+    max_old = 2 * tiles[:, 1].max() if T else 0
+    old_bank = np.empty(max_old, np.int64)
+    old_granted = np.empty(max_old, np.int64)
+    camped = np.empty((n_groups, 3), np.int64)
     moves = np.empty((T + rows_written, 3), np.float64)
-    writes = np.empty((rows_written + 16 if record else 0, 2), np.int64)  # (cycle, bank bit)
-    n_writes = 0
+    # (cycle, bank bit): a row is at most two lines (the unit's rows are at most a line)
+    writes = np.empty((2 * rows_written if record else 0, 2), np.int64)
     for i in range(T):
         m0, mt, n0, nc, kt, kl = tiles[i]
         lines += fills[i, 1]
         resumes += fills[i, 2]
         begin = max(filler, release[s] + 1)
+        begins[i] = begin
         push[s] = begin + fills[i, 0]
         announced[i] = push[s]
         fill_spans[i] = (begin, push[s], fills[i, 1])
-        moves[n_moves] = (begin, push[s], fills[i, 1])
-        n_moves += 1
+        moves[wb[_WB_MOVES]] = (begin, push[s], fills[i, 1])
+        wb[_WB_MOVES] += 1
         filler = push[s] + 1
+        if i + 1 < T:                      # the next fill's begin is known already
+            begins[i + 1] = max(filler, release[s ^ 1] + 1)
         avail = push[s] + 1
-        if kt == 0:                        # a group's first block waits for its half
+        if kt == 0 and group >= 2:         # a group's first block waits for its half
+            _writeback(hs, wb, group - 2, group, rows, groups, half_free, W, banks,
+                       f.accumulate, old_latency, begins, taken, offsets, old_bank,
+                       old_granted, record, camped, moves, writes)
             avail = max(avail, half_free[group % 2] + 1)
         blocks = -(-kl // R)
         if gemv:                           # back to back: mt cycles a block
@@ -928,66 +1112,29 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
         s ^= 1
         if kt + kl < f.k:
             continue
-        # The group's results are in: write it back. The writeback takes the group once
-        # the one before has been handed to the row writer, reads a row of the
-        # accumulator a cycle (with its old output, from the old-output reader, when
-        # accumulating) into the writer's landing buffer while it has room, and frees
-        # the half with the last; the writer takes each row WB_DATA_LATENCY later at the
-        # earliest, a step a destination line plus a priming step when the row does not
-        # start on a line.
-        group_writes = n_writes
-        first = max(last_row + latency + result_latency, handed + WB_NEXT_GROUP) + old_latency
-        old, group_bank, enter, group_take = first, -1, first, first
+        # the group's results are in: its rows, written back by ``_writeback``
+        row_bytes = out_bytes * nc
+        group_bank = -1                    # -1: no row yet; -2: rows in more than one bank
         for r in range(mt):
-            addr = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
-            row_bytes = out_bytes * nc
-            prime = 1 if addr % W else 0
-            steps = (addr + row_bytes - 1) // W - addr // W + 1 + prime
-            if group_bank != -2:           # -1: no row yet; -2: rows in more than one bank
-                line = addr // W
-                group_bank = line % banks if (addr + row_bytes - 1) // W == line and (
+            a = f.out_addr + (m0 + r) * f.out_stride + out_bytes * n0
+            rows[n_rows + r, 0], rows[n_rows + r, 1] = a, row_bytes
+            rows[n_rows + r, 2], rows[n_rows + r, 3] = r, group
+            line, end_line = a // W, (a + row_bytes - 1) // W
+            lines += (end_line - line + 1) * (2 if f.accumulate else 1)
+            if group_bank != -2:
+                group_bank = line % banks if end_line == line and (
                     group_bank == -1 or group_bank == line % banks) else -2
-            enter = first + r
-            if f.accumulate:               # the old row's last step (after a priming one)
-                enter = max(enter, old + prime)
-                lines += steps - prime     # a priming step takes no L2 line
-            if n_taken == COPIER_FIFO_DEPTH:
-                enter = max(enter, taken[oldest] + 1)
-            old = enter + 1
-            # a priming step reads no line: with the row's command queued ahead (all rows
-            # but a group's first) it runs before the data is in
-            take = max(enter + WB_DATA_LATENCY - (prime if r else 0), wb_free)
-            if r == 0:
-                group_take = take
-            if n_taken == COPIER_FIFO_DEPTH:
-                taken[oldest] = take + prime
-                oldest = (oldest + 1) % COPIER_FIFO_DEPTH
-            else:
-                taken[(oldest + n_taken) % COPIER_FIFO_DEPTH] = take + prime
-                n_taken += 1
-            wb_free = take + steps
-            lines += steps - prime
-            moves[n_moves] = (take, take + steps,
-                              (steps - prime) * (2 if f.accumulate else 1))
-            n_moves += 1
-            if record:
-                if n_writes + steps > len(writes):
-                    grown = np.empty((2 * len(writes) + steps, 2), np.int64)
-                    grown[:n_writes] = writes[:n_writes]
-                    writes = grown
-                for j in range(steps - prime):
-                    writes[n_writes] = (take + prime + j, 1 << ((addr // W + j) % banks))
-                    n_writes += 1
-        if banks > 1 and mt > 1 and group_bank != -2:
-            camped[n_camped] = (group_take, wb_free, mt)
-            n_camped += 1
-            n_writes = group_writes        # a camped group: ``_camped_cycles``
-        handed = enter
-        half_free[group % 2] = enter
+        groups[group, _G_ROW0], groups[group, _G_ROWS] = n_rows, mt
+        groups[group, _G_READY] = last_row + latency + result_latency
+        groups[group, _G_CAMPED] = banks > 1 and mt > 1 and group_bank != -2
+        n_rows += mt
         group += 1
         resumes += 1
-    return (wb_free, lines, resumes, announced, fill_spans, camped[:n_camped],
-            moves[:n_moves], writes[:n_writes])
+    _writeback(hs, wb, n_groups, n_groups, rows, groups, half_free, W, banks, f.accumulate,
+               old_latency, begins, taken, offsets, old_bank, old_granted, record, camped,
+               moves, writes)
+    return (wb[_WB_FREE], lines, resumes, announced, fill_spans, camped[:wb[_WB_CAMPED]],
+            moves[:wb[_WB_MOVES]], writes[:wb[_WB_WRITES]])
 
 
 @njit
@@ -1078,10 +1225,10 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     GEMVs on edge-16x16) the tile readers' idle steps, and each burst a resume."""
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
-    fills, taken, offsets = _fills(f, tiles, W, banks, stepped)
+    fills, taken, offsets = _fills(f, tiles, W, banks, banks <= _MAX_STEPPED_BANKS)
     end, lines, resumes, announced, spans, camped, moves, writes = _steps(
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
-        old_latency, out_bytes, stepped)
+        old_latency, out_bytes, stepped, taken, offsets)
     cycles = end + overhead                           # done with the writer's last step
     if stepped:
         # a copier fed a line a cycle, trailing the unit's streams: stepped through them
@@ -1343,7 +1490,8 @@ def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint
     ``tests/arch/test_occupancy.py`` times random MATMULs so moved alike."""
     W, P = hw.line_bytes, hw.l2_stripe_bytes
     lines = x_addr - x_addr % W
-    out = (out_addr - lines) % P if copier_stepped(hw) else out_addr % W
+    out = (out_addr - lines) % P if hw.l2_lines_per_cycle <= _MAX_STEPPED_BANKS \
+        else out_addr % W
     return (x_addr - lines) % P, (w_addr - lines) % P, out, (e_addr - lines) % P if mxint4 else 0
 
 

@@ -11,7 +11,6 @@ from arch.occupancy import (
     CALIBRATION,
     _occupancy,
     chunked_prefetch_occupancy,
-    copier_stepped,
     kv_budget_widths,
     occupancy,
 )
@@ -149,7 +148,8 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
     apart (``_occupancy``, no memo), random such pairs time alike, field by field. Where
     x alone moves by a line (with more than one line-wide bank, the readers' banks then
     collide elsewhere) and the timing differs, the memo does not share it; nor where the
-    output alone moves by a line beside a stepped copier (``copier_stepped``)."""
+    output alone moves by a line on more than one bank (the writer waits for the
+    readers' banks)."""
     hw = load_hardware(name)
     W, P, B = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle), hw.kv_block_tokens
     rng = np.random.default_rng(7)
@@ -208,9 +208,9 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
             differ += 1
             assert occupancy(one, hw) is not occupancy(other, hw), one
     assert differ or hw.l2_lines_per_cycle == 1, differ
-    # Where a copier is stepped beside the matmul unit (``copier_stepped``), the output's
-    # banks in the readers' cycles matter: moved by a line alone, some time apart, and
-    # the memo tells those apart; elsewhere the output moved so times alike.
+    # With more than one bank, the output's banks in the readers' cycles matter (the
+    # writer waits while a tile reader has its bank): moved by a line alone, some time
+    # apart, and the memo tells those apart; on one bank the output moved so times alike.
     differ = 0
     for _ in range(80):
         m, k, n = r(1, 4), r(16, 300), r(8, 64)
@@ -221,7 +221,7 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
         if _occupancy(one, hw, None, CALIBRATION) != _occupancy(other, hw, None, CALIBRATION):
             differ += 1
             assert occupancy(one, hw) is not occupancy(other, hw), one
-    assert (differ > 0) == copier_stepped(hw), differ
+    assert (differ > 0) == (hw.l2_lines_per_cycle > 1), differ
 
 
 @pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
