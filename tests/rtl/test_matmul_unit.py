@@ -114,33 +114,43 @@ def test_an_int8_only_unit_runs_int8_weights(l2sim):
                   ("GEMM", "KN", 6, 33, 5, 1), ("GEMV", "NK", 4, 70, 9, 0)]),
     ("edge-16x16", [("GEMV", "NK", 1, 48, 48, 0), ("GEMV", "NK", 2, 32, 40, 0),
                     ("GEMV", "KN", 3, 80, 20, 1), ("GEMM", "NK", 20, 70, 18, 0)])])
-def test_tiles_are_announced_when_the_filler_model_says(l2sim, hw, cases):
+def test_tiles_are_announced_and_the_unit_ends_when_the_model_says(l2sim, hw, cases):
     """The tile filler's two row readers share the L2's banks, the x reader's port first
     (``arch.occupancy._fill_cycles`` steps both cycle by cycle). On edge-4x4 (one line-wide
     bank) a tile's weight reader waits for the x rows, which matters where KN weight rows
     need a priming step each and so set the fill (the model was 4-9% short on such
     MATMULs); on edge-16x16 (four banks) the two readers collide only where they ask one
-    bank at once (the model was a cycle a tile long where they did not). Every tile of
-    every case is announced in the cycle the model gives, and the unit ends with the ISA
-    simulator's L2. (What the model still leaves out is after the fill: the writeback's
-    two ports come after the filler's, so on a one-bank L2 a group's writeback waits
-    while the next tile fills; the accumulating KN GEMM on edge-4x4 ends 5 cycles after
-    the model's 252.)"""
-    from arch.occupancy import matmul_timeline
+    bank at once (the model was a cycle a tile long where they did not). The writeback's
+    two ports come after the filler's, and its row writer after its old-output reader
+    (``arch.occupancy._writeback``): a group's writeback waits while the next tile fills
+    where they ask one bank (before it was stepped, the accumulating KN GEMM on
+    edge-4x4 ended 5 cycles after the model's 252, and on edge-16x16 the GEMVs of 40
+    rows, whose writebacks run beside the next tiles' fills, were 14% and 16% short, the
+    accumulating KN GEMM 5%). Every
+    tile of every case is announced in the cycle the model gives, the unit ends (``done``)
+    in the model's cycle, and it ends with the ISA simulator's L2."""
+    from arch.occupancy import CALIBRATION, matmul_timeline
 
     params = PARAMS[hw] if hw in PARAMS else RtlParams(
         load_hardware(hw).replace(l2_bytes=L2_BYTES), dram_bytes=4096)
     rng = np.random.default_rng(5)
     inputs = [(rng.integers(0, 256, L2_BYTES, dtype=np.uint8), matmul(*case)) for case in cases]
     seen = [[] for _ in cases]
+    last = [0] * len(cases)
     unit = MatmulUnit(params=params)
     tile = unit.filler.tiles
 
     def watch(ctx, case, cycle):
+        last[case] = cycle
         if ctx.get(tile.valid) and ctx.get(tile.ready):
             seen[case].append(cycle)
 
     results = l2sim.run_instructions(params, unit, MatmulUnit.N_PORTS, inputs, watch=watch)
-    for (mem, instr), (rtl, expected), tiles in zip(inputs, results, seen, strict=True):
+    for (mem, instr), (rtl, expected), tiles, end in zip(inputs, results, seen, last,
+                                                         strict=True):
         assert np.array_equal(rtl, expected) and not np.array_equal(expected, mem)
-        assert tiles == matmul_timeline(instr, params.hw)[1].tolist(), instr.fields()
+        occ, announced = matmul_timeline(instr, params.hw)
+        assert tiles == announced.tolist(), instr.fields()
+        # ``done`` comes the cycle after the last one watched; the engine's START and
+        # END are outside the unit
+        assert end + 1 == occ.cycles - CALIBRATION.engine_overhead, instr.fields()
