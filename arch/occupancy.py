@@ -934,7 +934,8 @@ def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, recor
     if j < prime:                                        # the priming step: no line
         wb[_WB_STEP], wb[_WB_DUE] = 1, t + 1
         return
-    bit = 1 << ((a // W + j - prime) % banks)
+    # (more banks than an int64's bits: grants are not recorded, no port waits)
+    bit = 1 << ((a // W + j - prime) % banks) if banks <= _MAX_STEPPED_BANKS else 0
     if grants & bit:                                     # refused: the next cycle
         return
     if j == prime:                                       # out of the landing buffer
@@ -1007,7 +1008,8 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
             if accumulate and k < hs[_HS_OLD] and k - hs[_HS_POPPED] < COPIER_FIFO_DEPTH - 1 \
                     and not grants >> old_bank[k] & 1:
                 old_granted[k] = t
-                grants |= 1 << old_bank[k]
+                if banks <= _MAX_STEPPED_BANKS:
+                    grants |= 1 << old_bank[k]
                 hs[_HS_ASKED] = k + 1
             r = hs[_HS_R]
             i = groups[g, _G_ROW0] + r
@@ -1175,11 +1177,13 @@ def matmul_occupancy(instr: Instruction, hw: HardwareConfig,
     cycle (with their old output when it accumulates), to the row writer's landing
     buffer, which writes each a step a destination line, while the next group
     accumulates in the other half, whose own first block waits for the group before
-    last to have been handed over. The writeback's ports come after the filler's: where
-    they ask a bank the filler is reading, the writeback waits, which is not modelled
-    (an accumulating KN GEMM on edge-4x4 ends 5 cycles late, tests/rtl/test_matmul_unit.py;
-    with misaligned output rows on edge-8x8, unit runs of small MATMULs were 5-21% short;
-    compiled programs write whole lines mostly).
+    last to have been handed over. The writeback is stepped cycle by cycle
+    (``_writeback``): its two ports come after the filler's, so its old-output reader
+    and its writer wait in any cycle a tile reader has their bank, and the writer after
+    the old-output reader too (tests/rtl/test_matmul_unit.py: every case ends in the
+    unit's cycle; before, the writeback was not held by the fills, and an edge-16x16
+    GEMV of 40 rows whose writebacks run beside the next tiles' fills was 14% short, an
+    accumulating KN GEMM on edge-4x4 5 cycles).
 
     MXINT4 weights (``w_format``) are timed as the unit runs them (packed in the tile
     buffers, unpacked by the feeder, shifted at the accumulator): the weight reader moves
@@ -1482,10 +1486,11 @@ def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint
     at once (``_fill_cycles``), so x's, the weights' and (MXINT4) the block exponents'
     addresses matter only modulo the L2's line times its line-wide banks (``P``), and
     only relative to one another by whole lines: all three move by the lines that bring
-    x's to the first bank. The writeback's rows matter by their alignment in a line and
-    whether they fall in one bank (``_steps``), and where a copier is stepped beside the
-    unit (``copier_stepped``) by the banks they take in the readers' cycles
-    (``_refusals``): the output address modulo the line, or moved with x.
+    x's to the first bank. The writeback's rows matter by their banks in the readers'
+    cycles (the writer waits while a reader has its bank, ``_writeback``; and where a
+    copier is stepped beside the unit, ``_refusals``): the output address moved with x
+    (on more than ``_MAX_STEPPED_BANKS`` banks, whose grants are not recorded, modulo
+    the line).
     Int8 weights have no exponents (``e`` is 0). (The strides stay modulo ``P``.) Exact:
     ``tests/arch/test_occupancy.py`` times random MATMULs so moved alike."""
     W, P = hw.line_bytes, hw.l2_stripe_bytes
@@ -1503,8 +1508,9 @@ def copier_stepped(hw: HardwareConfig) -> bool:
 
 
 #: The most line-wide banks a stepped copier walks: a cycle's grants are the bits of one
-#: int64 (``_fill_cycles``, ``_refusals``). More (a valid but unusual L2) keep the rule of
-#: the readers' idle steps.
+#: int64 (``_fill_cycles``, ``_refusals``, ``_writeback``). More (a valid but unusual L2)
+#: keep the rule of the readers' idle steps, and the writeback is not held by the
+#: fills.
 _MAX_STEPPED_BANKS = 63
 
 
