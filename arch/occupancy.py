@@ -80,8 +80,6 @@ class Calibration:
     dma_end: int = 1              # last write -> END, with earlier rows in the copier
     mm_result_latency: int = 6    # a group's last row streamed -> its writeback begins
     mm_old_output_latency: int = 5  # a writeback that accumulates: its first old row read
-    vec_fixed: int = 11           # start-up and drain of a vector instruction
-    vec_segment_min: int = 3      # the shortest segment
     engine_overhead: int = 2      # the engine shell's START and END around the unit's run
     chunk_start: int = 1          # a CHUNKED KV_PREFETCH: beyond its blocks (fitted)
     chunk_block: int = 11         # a CHUNKED KV_PREFETCH: a block, beyond its parts (fitted
@@ -1270,20 +1268,17 @@ def _profile(moves, cycles):
 
 
 # -- vector unit ---------------------------------------------------------------------------
-#: Per instruction: extra fixed cycles and cycles per beat (fitted to the RTL: SILU_MUL's
-#: three operand streams and result share the L2's line banks and take 1.25 cycles per
-#: beat).
-VECTOR_TIMING = {"REQUANT": (0, 1.0), "RMSNORM": (0, 1.0), "SOFTMAX": (0, 1.0),
-                 "SILU_MUL": (0, 1.25), "RESADD": (0, 1.0), "ROPE": (2, 1.0),
-                 "ARGMAX": (0, 1.0)}
+#: The segment descriptors queued between the vector unit's issuer and its datapath
+#: (``rtl.vector_unit.SEGMENT_DEPTH``).
+SEGMENT_DEPTH = 8
 
 
 def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
-    """Each segment (a pass over a row, or one head of one token for ROPE): its elements
-    (0 for the word REQUANT reads before each row but the first with ``params = ROW``),
-    the ``(L2 address, bytes)`` of each operand row it reads and of each result row it
-    writes (the row commands of ``rtl.vector_unit``; element sizes as the ISA declares
-    them)."""
+    """Each segment the vector unit's issuer issues (``rtl.vector_unit.SegmentIssuer``: a
+    pass over a row, one head of one token for ROPE, or the parameter word REQUANT reads
+    first, one element): ``(elements, reads, writes)``, each read ``(row reader, L2
+    address, bytes)`` and each write ``(row writer, L2 address, bytes, at the last group
+    only)`` (element sizes as the ISA declares them)."""
     f, op = _fields(instr), instr.mnemonic
 
     def eb(name: str) -> int:
@@ -1291,41 +1286,41 @@ def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
 
     if op == "REQUANT":
         c, word, mode = f.cols, eb("param_addr"), ParamMode(f.params)
-        shared = ([(f.param_addr, word * c)] * (mode == ParamMode.CHANNEL)
-                  + [(f.bias_addr, eb("bias_addr") * c)] * f.has_bias)
+        shared = ((1, f.param_addr, word * c),) * (mode == ParamMode.CHANNEL) \
+            + ((2, f.bias_addr, eb("bias_addr") * c),) * f.has_bias
         out = OUT_BYTES[OutBits(f.out_bits)] * c
-        segments = [(1, ((f.param_addr, word),), ())] * (mode == ParamMode.TENSOR)
+        segments = [(1, ((1, f.param_addr, word),), ())] * (mode == ParamMode.TENSOR)
         for r in range(f.rows):
-            if mode == ParamMode.ROW:          # the row's word first: the first as a
-                # TENSOR word is read, the others while the row before streams (below)
-                segments.append((int(r == 0), ((f.param_addr + r * word, word),), ()))
-            segments.append((c, ((f.src_addr + r * f.src_stride, eb("src_addr") * c), *shared),
-                             ((f.dst_addr + r * f.dst_stride, out),)))
+            if mode == ParamMode.ROW:                    # the row's word first
+                segments.append((1, ((1, f.param_addr + r * word, word),), ()))
+            segments.append((c, ((0, f.src_addr + r * f.src_stride, eb("src_addr") * c),
+                                 *shared), ((0, f.dst_addr + r * f.dst_stride, out, 0),)))
         return segments
     if op in ("RMSNORM", "SOFTMAX"):
         passes = 2 if op == "RMSNORM" else 3
         src, dst = eb("src_addr") * f.cols, eb("dst_addr") * f.cols
         segments = []
         for r in range(f.rows):
-            read = ((f.src_addr + r * f.src_stride, src),)
-            writes = ((f.dst_addr + r * f.dst_stride, dst),)
+            read = ((0, f.src_addr + r * f.src_stride, src),)
+            writes = ((0, f.dst_addr + r * f.dst_stride, dst, 0),)
             if op == "SOFTMAX":                 # and the row's P @ V word
-                writes += ((f.scale_addr + r * eb("scale_addr"), eb("scale_addr")),)
+                writes += ((1, f.scale_addr + r * eb("scale_addr"), eb("scale_addr"), 1),)
             segments += [(f.cols, read, ())] * (passes - 1)
             segments.append((f.cols, read, writes))
         return segments
     if op == "SILU_MUL":
         c = f.cols
-        return [(c, ((f.gate_addr + r * f.gate_stride, eb("gate_addr") * c),
-                     (f.up_addr + r * f.up_stride, eb("up_addr") * c),
-                     (f.param_addr, 2 * eb("param_addr") * c)),
-                 ((f.dst_addr + r * f.dst_stride, eb("dst_addr") * c),)) for r in range(f.rows)]
+        return [(c, ((0, f.gate_addr + r * f.gate_stride, eb("gate_addr") * c),
+                     (1, f.up_addr + r * f.up_stride, eb("up_addr") * c),
+                     (2, f.param_addr, 2 * eb("param_addr") * c)),
+                 ((0, f.dst_addr + r * f.dst_stride, eb("dst_addr") * c, 0),))
+                for r in range(f.rows)]
     if op == "RESADD":
         c = f.cols
-        return [(c, ((f.h_addr + r * f.h_stride, eb("h_addr") * c),
-                     (f.acc_addr + r * f.acc_stride, eb("acc_addr") * c),
-                     (f.param_addr, eb("param_addr") * c)),
-                 ((f.h_addr + r * f.h_stride, eb("h_addr") * c),)) for r in range(f.rows)]
+        return [(c, ((0, f.h_addr + r * f.h_stride, eb("h_addr") * c),
+                     (1, f.acc_addr + r * f.acc_stride, eb("acc_addr") * c),
+                     (2, f.param_addr, eb("param_addr") * c)),
+                 ((0, f.h_addr + r * f.h_stride, eb("h_addr") * c, 0),)) for r in range(f.rows)]
     if op == "ROPE":          # each half of a head, its frequencies, each half rotated
         h = f.head_dim // 2
         i_half, o_half = eb("src_addr") * h, eb("dst_addr") * h
@@ -1334,59 +1329,286 @@ def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
             for head in range(f.heads):
                 src = f.src_addr + r * f.row_stride + head * 2 * i_half
                 dst = f.dst_addr + r * f.row_stride + head * 2 * o_half
-                segments.append((h, ((src, i_half), (src + i_half, i_half),
-                                     (f.freq_addr, eb("freq_addr") * h)),
-                                 ((dst, o_half), (dst + o_half, o_half))))
+                segments.append((h, ((0, src, i_half), (1, src + i_half, i_half),
+                                     (2, f.freq_addr, eb("freq_addr") * h)),
+                                 ((0, dst, o_half, 0), (1, dst + o_half, o_half, 0))))
         return segments
     if op == "ARGMAX":
-        return [(f.n, ((f.src_addr, eb("src_addr") * f.n),), ((f.dst_addr, eb("dst_addr")),))]
+        return [(f.n, ((0, f.src_addr, eb("src_addr") * f.n),),
+                 ((0, f.dst_addr, eb("dst_addr"), 1),))]
     raise ValueError(op)
+
+
+@njit
+def _granted(banks, n, bank):
+    """Whether ``bank`` is among the first ``n`` of ``banks``."""
+    for i in range(n):
+        if banks[i] == bank:
+            return True
+    return False
+
+
+@njit
+def _vector_run(seg_n, reads, writes, W, banks, L):
+    """The vector unit (``rtl/vector_unit.py``) cycle by cycle: ``(cycles from start
+    to done, each segment's last group's cycle int64 [segments])`` for the segments'
+    elements ``seg_n``, their reads ``int64 [segments, 3, 2]`` (per row reader: L2
+    address, bytes; 0 bytes: not used) and writes ``int64 [segments, 2, 3]`` (per row
+    writer: address, bytes, whether only at the last group), on ``W``-byte lines in
+    ``banks`` line-wide banks (addresses modulo ``W * banks``) and ``L`` lanes a cycle.
+
+    The issuer issues a segment a cycle from cycle 1, with its row commands, while fewer
+    than ``SEGMENT_DEPTH`` are queued. Each row reader (``rtl.copier.RowCopier``, as the
+    tile filler's, ``_fill_cycles``) asks the L2 for its commands' lines in order from
+    ``FILL_ISSUE_LATENCY`` after the issue, while fewer than ``COPIER_FIFO_DEPTH - 1`` of
+    its lines are in, and its write side takes a line ``FILL_DATA_LATENCY`` after its
+    grant at the earliest: a priming step where the row does not start on a line, then a
+    beat a destination line. The datapath fires a group of ``L`` elements a cycle, the
+    segments in order, when every operand it uses has a beat and each result it emits
+    has room in its writer's landing buffer (``COPIER_FIFO_DEPTH`` lines); an operand's
+    beat goes at the last of its groups, a result line is emitted at each line's worth
+    of the first writer's bytes and at the segment's last group. Each row writer takes a
+    result line ``WB_DATA_LATENCY`` after it was emitted at the earliest, after a
+    priming step where the row does not start on a line (its command is queued ahead),
+    and writes a line a step. The ports ask the L2 in the order readers 0-2, writers
+    0-1; a port waits while one before it has its bank. Done the cycle after the last
+    write."""
+    S = len(seg_n)
+    INF = 1 << 62
+    # per reader: its commands (segments), lines, and state
+    n_cmd_r = np.zeros(3, np.int64)
+    n_lines_r = np.zeros(3, np.int64)
+    for s in range(S):
+        for k in range(3):
+            if reads[s, k, 1]:
+                a, n = reads[s, k, 0], reads[s, k, 1]
+                n_cmd_r[k] += 1
+                n_lines_r[k] += (a + n - 1) // W - a // W + 1
+    max_cmd = max(1, n_cmd_r.max())
+    cmd_seg = np.full((3, max_cmd), -1, np.int64)
+    line_bank = np.zeros((3, max(1, n_lines_r.max())), np.int64)
+    line_cmd = np.zeros((3, max(1, n_lines_r.max())), np.int64)
+    granted = np.zeros((3, max(1, n_lines_r.max())), np.int64)
+    cmd_first_line = np.zeros((3, max_cmd + 1), np.int64)
+    for k in range(3):
+        c = i = 0
+        for s in range(S):
+            if reads[s, k, 1]:
+                a, n = reads[s, k, 0], reads[s, k, 1]
+                cmd_seg[k, c] = s
+                cmd_first_line[k, c] = i
+                for ln in range(a // W, (a + n - 1) // W + 1):
+                    line_bank[k, i], line_cmd[k, i] = ln % banks, c
+                    i += 1
+                c += 1
+        cmd_first_line[k, c] = i
+    # per writer: its commands (segments)
+    n_cmd_w = np.zeros(2, np.int64)
+    for s in range(S):
+        for d in range(2):
+            if writes[s, d, 1]:
+                n_cmd_w[d] += 1
+    cmd_seg_w = np.full((2, max(1, n_cmd_w.max())), -1, np.int64)
+    for d in range(2):
+        c = 0
+        for s in range(S):
+            if writes[s, d, 1]:
+                cmd_seg_w[d, c] = s
+                c += 1
+    issued = np.full(S, INF, np.int64)
+    ended = np.full(S, INF, np.int64)
+    n_issued = 0
+    # readers: lines asked, popped; read side's command; write side's command and step
+    asked = np.zeros(3, np.int64)
+    popped = np.zeros(3, np.int64)
+    r_cmd = np.zeros(3, np.int64)          # write side: command
+    r_step = np.zeros(3, np.int64)         # write side: steps done in it
+    # writers: lines pushed (ring of their cycles), steps
+    pushed_at = np.zeros((2, COPIER_FIFO_DEPTH + 1), np.int64)
+    n_pushed = np.zeros(2, np.int64)
+    n_popped_w = np.zeros(2, np.int64)
+    w_cmd = np.zeros(2, np.int64)
+    w_step = np.zeros(2, np.int64)
+    w_free = np.zeros(2, np.int64)         # the write side's next free cycle
+    sd = g = 0                             # the datapath's segment and group
+    last_write = 0
+    tk = np.zeros(5, np.int64)             # the banks granted in a cycle (five ports)
+    t = 1
+    while True:
+        # the issuer
+        if n_issued < S and n_issued - (sd if sd < S else S) < SEGMENT_DEPTH:
+            issued[n_issued] = t
+            n_issued += 1
+        nt = 0                                 # the banks granted this cycle
+        # the readers' read sides, in port order
+        for k in range(3):
+            i = asked[k]
+            if i >= n_lines_r[k] or i - popped[k] >= COPIER_FIFO_DEPTH - 1:
+                continue
+            if issued[cmd_seg[k, line_cmd[k, i]]] + FILL_ISSUE_LATENCY > t:
+                continue
+            if not _granted(tk, nt, line_bank[k, i]):
+                tk[nt] = line_bank[k, i]
+                nt += 1
+                granted[k, i] = t
+                asked[k] = i + 1
+        # the readers' priming steps (no beat for the datapath this cycle)
+        priming = 0
+        for k in range(3):
+            c = r_cmd[k]
+            if c >= n_cmd_r[k] or r_step[k] != 0:
+                continue
+            s = cmd_seg[k, c]
+            if reads[s, k, 0] % W == 0:
+                continue
+            i = cmd_first_line[k, c]
+            if i < asked[k] and granted[k, i] + FILL_DATA_LATENCY <= t:
+                r_step[k] = 1
+                popped[k] += 1
+                priming |= 1 << k
+        # the datapath
+        if sd < S and issued[sd] < t:
+            n = seg_n[sd]
+            groups = -(-n // L)
+            last = g == groups - 1
+            fire = True
+            for k in range(3):
+                if not reads[sd, k, 1]:
+                    continue
+                c = r_cmd[k]
+                if c >= n_cmd_r[k] or cmd_seg[k, c] != sd or priming >> k & 1:
+                    fire = False
+                    break
+                a, nb = reads[sd, k, 0], reads[sd, k, 1]
+                prime = 1 if a % W else 0
+                if r_step[k] < prime:
+                    fire = False
+                    break
+                beat = r_step[k] - prime
+                line = cmd_first_line[k, c] + beat + prime
+                if line < cmd_first_line[k, c + 1]:      # the beat takes a line
+                    if line >= asked[k] or granted[k, line] + FILL_DATA_LATENCY > t:
+                        fire = False
+                        break
+            # results: a line at each line's worth of the first writer's bytes, and at
+            # the last group
+            emit = last
+            if writes[sd, 0, 1] and not writes[sd, 0, 2]:
+                e0 = writes[sd, 0, 1] // n
+                if (min((g + 1) * L, n) * e0) % W == 0:
+                    emit = True
+            if fire and emit:
+                for d in range(2):
+                    if writes[sd, d, 1] and (last or not writes[sd, d, 2]) \
+                            and n_pushed[d] - n_popped_w[d] >= COPIER_FIFO_DEPTH:
+                        fire = False
+            if fire:
+                for k in range(3):
+                    if not reads[sd, k, 1]:
+                        continue
+                    e = reads[sd, k, 1] // n
+                    per_beat = max(1, W // (L * e))
+                    if last or g % per_beat == per_beat - 1:
+                        c = r_cmd[k]
+                        a, nb = reads[sd, k, 0], reads[sd, k, 1]
+                        prime = 1 if a % W else 0
+                        line = cmd_first_line[k, c] + r_step[k]
+                        if line < cmd_first_line[k, c + 1]:
+                            popped[k] += 1
+                        r_step[k] += 1
+                        if last:                         # the command's last beat
+                            r_cmd[k] += 1
+                            r_step[k] = 0
+                if emit:
+                    for d in range(2):
+                        if writes[sd, d, 1] and (last or not writes[sd, d, 2]):
+                            pushed_at[d, n_pushed[d] % (COPIER_FIFO_DEPTH + 1)] = t
+                            n_pushed[d] += 1
+                g += 1
+                if last:
+                    ended[sd] = t
+                    sd += 1
+                    g = 0
+        # the writers, in port order
+        for d in range(2):
+            c = w_cmd[d]
+            if c >= n_cmd_w[d] or t < w_free[d]:
+                continue
+            s = cmd_seg_w[d, c]
+            a, nb = writes[s, d, 0], writes[s, d, 1]
+            prime = 1 if a % W else 0
+            n_dst = (a + nb - 1) // W - a // W + 1
+            if w_step[d] < prime:                        # queued ahead: no data
+                if issued[s] < t:
+                    w_step[d] = 1
+                continue
+            j = w_step[d] - prime                        # its destination line
+            n_src = 1 if writes[s, d, 2] else -(-writes[s, 0, 1] // W)
+            if j < n_src:
+                if n_popped_w[d] >= n_pushed[d] or pushed_at[
+                        d, n_popped_w[d] % (COPIER_FIFO_DEPTH + 1)] + WB_DATA_LATENCY > t:
+                    continue
+            bank = (a // W + j) % banks
+            if _granted(tk, nt, bank):
+                continue
+            tk[nt] = bank
+            nt += 1
+            if j < n_src:
+                n_popped_w[d] += 1
+            last_write = t
+            w_step[d] += 1
+            if w_step[d] == prime + n_dst:
+                w_cmd[d] += 1
+                w_step[d] = 0
+        t += 1
+        if sd >= S and w_cmd[0] >= n_cmd_w[0] and w_cmd[1] >= n_cmd_w[1]:
+            break
+        if t > 1 << 40:
+            break
+    return max(last_write, ended[S - 1] if S else 0) + 1, ended
 
 
 def vector_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
-    """Segments stream through the datapath back to back at ``hw.vector_lanes_per_cycle``
-    elements per cycle; the issuer runs ahead, so only the first segment's start-up
-    shows. A segment takes at least as many cycles as the L2 needs to move its rows'
-    lines, when they share few line-wide banks (edge-4x4's L2 moves one line per cycle:
-    RESADD's four streams take 1.5 lines per beat there), and one more when an operand
-    row does not start on a line (its reader's priming step; ROPE's second half-row
-    whenever a half is not a whole number of lines). Read off the vector instructions of
-    compiled random models run alone (``benchmarks.perf_calibration --fit 5``): every
-    class within 1.7% on the five configurations of ``sweeps.random_steps.rtl_hardware``
-    but SILU_MUL on edge-16x16, +8.8% (its 1.25 cycles a beat were fitted on edge-8x8).
-    The words a ``params = ROW`` REQUANT reads before its rows after the first cost only
-    their L2 lines, in the row's segment: their reader is otherwise idle, so each arrives
-    while the row before streams (random REQUANTs run alone on edge-8x8, each ROW beside
-    the same TENSOR one: the RTL's ROW takes 0 to 7 cycles more than its TENSOR twin, once
-    28; a segment of its own per word made the model up to 94 cycles over)."""
+    """The vector unit stepped cycle by cycle (``_vector_run``) over the segments its
+    issuer issues (``vector_segments``), with the addresses modulo the L2's line-wide
+    banks times the line (its ports' banks are what the stepping reads). No constant is
+    fitted: the latencies are the row copiers' (``FILL_ISSUE_LATENCY``,
+    ``FILL_DATA_LATENCY``, ``WB_DATA_LATENCY``), the depths the RTL's. (Before, a segment
+    was taken to last its beats, at least the L2's time for its lines, plus a priming
+    cycle, at least a fitted 3, with 11 fitted cycles an instruction and SILU_MUL's beats
+    a fitted 1.25 cycles: random vector instructions run alone on the unit, 30 on each
+    of edge-8x8, edge-4x4 and edge-16x16, were 5.2%, 7.6% and 6.8% off on average, at
+    most 36%; now each ends in the unit's cycle.) ``paced_cycles`` and ``paced_lines``:
+    the segments' whose fastest stream idles a cycle between lines, each segment from the
+    cycle after the one before ended."""
+    segs = vector_segments(instr)
+    P, W = hw.l2_stripe_bytes, hw.line_bytes
+    S = len(segs)
+    seg_n = np.zeros(S, np.int64)
+    reads = np.zeros((S, 3, 2), np.int64)
+    writes = np.zeros((S, 2, 3), np.int64)
+    for s, (n, rd, wr) in enumerate(segs):
+        seg_n[s] = n
+        for k, a, b in rd:
+            reads[s, k] = (a % P, b)
+        for d, a, b, last in wr:
+            writes[s, d] = (a % P, b, last)
+    done, ended = _vector_run(seg_n, reads, writes, W, int(hw.l2_lines_per_cycle),
+                              hw.vector_lanes_per_cycle)
     lanes = hw.vector_lanes_per_cycle
-    W = hw.line_bytes
-    per_cycle = hw.l2_lines_per_cycle
-    fixed, per_beat = VECTOR_TIMING[instr.mnemonic]
-    cycles = cal.vec_fixed + fixed
-    total = word_lines = paced_cycles = paced_lines = 0
-    for n, reads, writes in vector_segments(instr):
-        if n == 0:      # REQUANT's row word: its reader is otherwise idle, so it takes
-            word_lines = sum(_lines(a, b, W) for a, b in reads)   # only the L2's time
-            continue
-        beats = math.ceil(-(-n // lanes) * per_beat)
-        # an operand row that does not start on a line costs its reader a priming step
-        # (``rtl.copier``), and the datapath takes every operand in lockstep
-        prime = 1 if any(a % W for a, _ in reads) else 0
-        streams = [_lines(a, b, W) for a, b in reads + writes]
-        lines = sum(streams) + word_lines
-        word_lines = 0
-        total += lines
-        seg = max(max(beats, math.ceil(lines / per_cycle)) + prime, cal.vec_segment_min)
-        cycles += seg
+    total = paced_cycles = paced_lines = 0
+    for s, (n, rd, wr) in enumerate(segs):
+        streams = [_lines(a, b, W) for _, a, b in rd] + [_lines(a, b, W) for _, a, b, _ in wr]
+        total += sum(streams)
+        seg = int(ended[s] - ended[s - 1]) if s else -(-n // lanes)
         # its fastest stream that idles a cycle between lines (``Occupancy.paced_cycles``)
         paced = max((k for k in streams if k < seg <= 2 * k), default=0)
         if paced:
             paced_cycles += seg
             paced_lines += paced
-    return Occupancy(Engine.COMPUTE, cycles, l2_lines=total, paced_cycles=paced_cycles,
-                     paced_lines=paced_lines)
+    return Occupancy(Engine.COMPUTE, int(done) + cal.engine_overhead, l2_lines=total,
+                     paced_cycles=paced_cycles, paced_lines=paced_lines)
 
 
 _TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")
@@ -1420,8 +1642,10 @@ def occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
 
 
 def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
-    """``instr``'s operands reduced to what its occupancy reads: addresses modulo the line
-    (an instruction's lines depend only on its alignment); for a ``MATMUL``, its
+    """``instr``'s operands reduced to what its occupancy reads: a DMA instruction's
+    addresses modulo the line (its lines depend only on its alignment), a vector
+    instruction's modulo the line times the L2's line-wide banks (``vector_occupancy``
+    steps its ports over the banks); for a ``MATMUL``, its
     addresses as ``matmul_alignment`` reduces them and its row strides modulo the L2's
     line-wide banks times the line (``_matmul_key``); ROPE's ``pos0`` not at all
     (``vector_segments``); an ``INT8`` KV_PREFETCH's or a KV_APPEND's ``first_token``
@@ -1432,7 +1656,9 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     op, operands = instr.mnemonic, instr.operands
     if op == "MATMUL":
         return _matmul_key(MatmulFields._make(operands), hw)
-    W = hw.line_bytes
+    # the vector unit's ports collide by bank (``_vector_run``): its addresses modulo
+    # the banks' lines, a DMA instruction's modulo the line
+    W = hw.line_bytes if instr.engine != Engine.COMPUTE else hw.l2_stripe_bytes
     key = list(operands)
     for i in _ADDRESSES[op]:
         key[i] %= W
