@@ -11,8 +11,9 @@ legal: race-free and deadlock-free, so the RTL and the ISA simulator must agree 
 ``run_random_programs(model, seed)`` runs a job of them on a Verilator model and on the
 ISA simulator. ``held_prefetch_programs`` and ``filled_l2_programs`` are the fixed
 contention cases the performance model is checked on (tests/rtl/test_l2_contention.py,
-``benchmarks.rtl_table_walks``). (Not part of the hardware: excluded from the Verilator
-model's key.)
+``benchmarks.rtl_table_walks``). ``random_vector`` draws vector instructions for the
+vector unit's timing (tests/rtl/test_vector_unit.py, ``benchmarks.vector_calibration``).
+(Not part of the hardware: excluded from the Verilator model's key.)
 
 Tested by tests/rtl/test_accelerator.py (random legal programs on the RTL against the ISA
 simulator).
@@ -94,6 +95,46 @@ def _random_compute(rng, hw):
                     head_dim=head_dim, pos0=int(rng.integers(0, 1000)),
                     freq_addr=place(1, 2 * head_dim)[0], row_stride=stride)
     return make("ARGMAX", src_addr=place(1, 2 * cols)[0], n=cols, dst_addr=place(1, 4)[0])
+
+
+def random_vector(rng, l2_bytes: int):
+    """A random vector instruction of any of the seven (the vector unit's timing test and
+    ``benchmarks.vector_calibration``): rows of 1 to 200 elements (short ones often,
+    where a segment is a beat or two), 1 to 6 rows, every operand at a random address
+    and stride within ``l2_bytes``. The L2's bytes are the caller's: parameter words are
+    whatever lies there, so only the timing is meant (not the ISA's checks)."""
+    def r(lo, hi):
+        return int(rng.integers(lo, hi + 1))
+
+    def a():
+        return r(0, l2_bytes - 7 * 6 * 260)
+
+    op = ("REQUANT", "RMSNORM", "SOFTMAX", "SILU_MUL", "RESADD", "ROPE", "ARGMAX")[r(0, 6)]
+    rows, cols = r(1, 6), r(1, 200) if rng.random() < 0.6 else r(1, 12)
+    if op == "REQUANT":
+        return make(op, src_addr=a(), param_addr=a(), bias_addr=a(), dst_addr=a(), rows=rows,
+                    cols=cols, src_stride=4 * cols + r(0, 40), dst_stride=2 * cols + r(0, 40),
+                    out_bits=r(0, 1), params=r(0, 2), has_bias=r(0, 1))
+    if op == "RMSNORM":
+        return make(op, src_addr=a(), dst_addr=a(), rows=rows, cols=cols,
+                    src_stride=2 * cols + r(0, 40), dst_stride=cols + r(0, 40), mult=20000,
+                    shift=20, eps=5)
+    if op == "SOFTMAX":
+        return make(op, src_addr=a(), dst_addr=a(), rows=rows, cols=cols, q_pos0=r(0, cols),
+                    src_stride=4 * cols + r(0, 40), dst_stride=cols + r(0, 40), mult=20508,
+                    shift=25, scale_addr=a(), out_mult=19870, out_shift=21)
+    if op == "SILU_MUL":
+        return make(op, gate_addr=a(), up_addr=a(), param_addr=a(), dst_addr=a(), rows=rows,
+                    cols=cols, gate_stride=4 * cols + r(0, 40), up_stride=cols + r(0, 40),
+                    dst_stride=cols + r(0, 40))
+    if op == "RESADD":
+        return make(op, h_addr=a(), acc_addr=a(), param_addr=a(), rows=rows, cols=cols,
+                    h_stride=2 * cols + r(0, 40), acc_stride=4 * cols + r(0, 40))
+    if op == "ROPE":
+        head_dim, heads = 2 * r(1, 40), r(1, 4)
+        return make(op, src_addr=a(), dst_addr=a(), rows=rows, heads=heads, head_dim=head_dim,
+                    pos0=r(0, 5000), freq_addr=a(), row_stride=heads * head_dim + r(0, 20))
+    return make(op, src_addr=a(), n=r(1, 400), dst_addr=a())
 
 
 def random_tokens(code, hw, image, rng, extra):

@@ -75,6 +75,32 @@ class L2Sim:
 
 
     @staticmethod
+    def run_cycles(params, unit, n_ports, cases, limit=50_000):
+        """The cycles from ``start`` to ``done`` of each ``(mem, instr)`` of ``cases``, run
+        one after another on one simulation of ``unit`` (the L2 reloaded with each
+        ``mem``), without the ISA simulator: for timing alone."""
+        bench = UnitBench(params, unit, n_ports)
+        cycles = []
+
+        async def testbench(ctx):
+            for mem, instr in cases:
+                L2Sim.load(ctx, bench.l2, mem)
+                ctx.set(bench.unit.word, int.from_bytes(encode(instr), "little"))
+                ctx.set(bench.unit.start, 1)
+                await ctx.tick()
+                ctx.set(bench.unit.start, 0)
+                n = 1
+                while not ctx.get(bench.unit.done):
+                    assert n < limit, f"{instr}: no done within {limit} cycles"
+                    await ctx.tick()
+                    n += 1
+                cycles.append(n)
+                await ctx.tick()
+
+        L2Sim.run(bench, testbench)
+        return cycles
+
+    @staticmethod
     def run_instructions(params, unit, n_ports, cases, limit=50_000, watch=None):
         """``[(RTL L2 after instr, ISA simulator L2 after instr)]`` for each ``(mem,
         instr)`` of ``cases``, run one after another on one simulation of ``unit`` (the
