@@ -33,6 +33,7 @@ from benchmarks import (
     rtl_table_walks,
     rtl_tiny,
     sweep_speed,
+    vector_calibration,
 )
 
 
@@ -66,6 +67,7 @@ def main(argv=None) -> None:
     l2_conflicts.main([])          # Amaranth's simulator: a few minutes
     dram_queue.main([])
     matmul_calibration.main([])
+    vector_calibration.main([])
     perf_model.main([])
     sweep_speed.main([])
     fuzz_builds.main([])
