@@ -1469,7 +1469,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
         # the datapath
         if sd < S and issued[sd] < t:
             n = seg_n[sd]
-            groups = -(-n // L)
+            groups = max(1, -(-n // L))        # (an empty row, which the ISA refuses: one)
             last = g == groups - 1
             fire = True
             for k in range(3):
@@ -1494,7 +1494,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
             # the last group
             emit = last
             if writes[sd, 0, 1] and not writes[sd, 0, 2]:
-                e0 = writes[sd, 0, 1] // n
+                e0 = writes[sd, 0, 1] // max(1, n)
                 if (min((g + 1) * L, n) * e0) % W == 0:
                     emit = True
             if fire and emit:
@@ -1506,7 +1506,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
                 for k in range(3):
                     if not reads[sd, k, 1]:
                         continue
-                    e = reads[sd, k, 1] // n
+                    e = max(1, reads[sd, k, 1] // max(1, n))
                     per_beat = max(1, W // (L * e))
                     if last or g % per_beat == per_beat - 1:
                         c = r_cmd[k]

@@ -268,3 +268,24 @@ def test_a_dma_instruction_jumps_its_settled_periods_as_stepping_them_would(name
             stepped = O._dma_walk(instr, hw, None, O.CALIBRATION)[-1]
             jumped += stepped < slow.copies.rows
     assert jumped > 20                    # the jump is what was checked
+
+
+def test_the_stepped_units_end_on_instructions_the_isa_refuses():
+    """The vector unit's and the matmul unit's cycle-by-cycle models (``_vector_run``,
+    ``_writeback``) end on empty blocks, which the ISA refuses (``semantics.check``) but
+    a program timed unchecked may hold: an empty row is one group, an empty MATMUL its
+    engine's START and END. (An empty row once stepped forever: no group was its last.)"""
+    hw = load_hardware("edge-8x8")
+    vector = [make("RMSNORM", src_addr=0, dst_addr=100, src_stride=10, dst_stride=10, mult=1,
+                   shift=1, eps=0, rows=2, cols=0),
+              make("ARGMAX", src_addr=0, n=0, dst_addr=100),
+              make("SOFTMAX", src_addr=0, dst_addr=300, rows=3, cols=0, q_pos0=0,
+                   src_stride=4, dst_stride=1, mult=1, shift=1, scale_addr=600, out_mult=1,
+                   out_shift=1)]
+    for instr in vector:
+        assert CALIBRATION.engine_overhead < occupancy(instr, hw).cycles < 100, instr
+    for m, k, n in [(0, 5, 5), (5, 0, 5), (5, 5, 0)]:
+        instr = make("MATMUL", mode=1, accumulate=1, w_layout=0, x_addr=0, w_addr=100,
+                     out_addr=300, m=m, k=k, n=n, x_stride=5, w_stride=5, out_stride=20,
+                     w_format=0, e_addr=0)
+        assert occupancy(instr, hw).cycles == CALIBRATION.engine_overhead, instr
