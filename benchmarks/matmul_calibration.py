@@ -7,7 +7,7 @@ of six instructions on edge-8x8: GEMV ``1 x 64 x 8`` (with and without ``accumul
 times a test set of random instructions (both dataflows, both weight layouts, row counts
 around the array height and the tile, random reductions, widths, alignments and strides,
 ``accumulate`` on and off) on the unit in Amaranth's simulator, from ``start`` to
-``done``, and prints the model's error per instruction and in all::
+``done``, and prints the model's error per instruction and by configuration and mode::
 
     python -m benchmarks.matmul_calibration                   # 24 on edge-8x8, 16 on edge-4x4
     python -m benchmarks.matmul_calibration --hw edge-4x4 --count 40 --seed 7
@@ -114,13 +114,28 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
     return rows
 
 
+def check_args(parser, args) -> None:
+    """Refuse a count or seed out of range and an unknown hardware description, by name,
+    before anything runs (``parser.error``: one line, exit status 2)."""
+    from arch.hardware import load_hardware
+
+    if args.count is not None and args.count < 1:
+        parser.error(f"--count must be at least 1, not {args.count}")
+    if args.seed < 0:
+        parser.error(f"--seed must be at least 0, not {args.seed}")
+    for name in args.hw:
+        load_hardware(name)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(prog="python -m benchmarks.matmul_calibration",
                             description=__doc__.split("\n\n")[0].rstrip(":"))
-    parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
-    parser.add_argument("--count", type=int, default=None, help="instructions per hw")
+    parser.add_argument("--hw", nargs="+", default=["edge-8x8", "edge-4x4"])
+    parser.add_argument("--count", type=int, default=None,
+                        help="instructions per hw (default: 24 on the first, 16 on the others)")
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args(argv)
+    check_args(parser, args)
     rows = []
     for i, hw in enumerate(args.hw):
         count = args.count or (24 if i == 0 else 16)

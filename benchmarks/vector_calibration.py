@@ -18,6 +18,7 @@ import json
 import statistics
 
 from accel.args import ArgumentParser, run_command
+from benchmarks.matmul_calibration import check_args
 
 
 def unit_cycles(params, instrs, mems) -> list[int]:
@@ -92,12 +93,11 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(prog="python -m benchmarks.vector_calibration",
                             description=__doc__.split("\n\n")[0].rstrip(":"))
-    parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4", "edge-16x16"])
+    parser.add_argument("--hw", nargs="+", default=["edge-8x8", "edge-4x4", "edge-16x16"])
     parser.add_argument("--count", type=int, default=30, help="instructions per hw")
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args(argv)
-    if args.count < 1:
-        parser.error(f"--count must be at least 1, not {args.count}")
+    check_args(parser, args)
     rows = []
     for i, hw in enumerate(args.hw):
         rows += run(hw, args.count, args.seed + i)
