@@ -61,7 +61,7 @@ from arch.isa import (
     make,
 )
 from arch.kernels import njit
-from arch.uarch import CMD_DEPTH, COPIER_FIFO_DEPTH, KV_CHUNK_MAX_COLS
+from arch.uarch import CMD_DEPTH, COPIER_FIFO_DEPTH, KV_CHUNK_MAX_COLS, SEGMENT_DEPTH
 
 
 @dataclass(frozen=True)
@@ -813,8 +813,9 @@ def _refusals(taken, offsets, begins, writes, banks):
     asks for a line every cycle in consecutive banks (a DMA copier writing a line a
     cycle): ``taken`` and ``offsets``, ``_fills``' banks granted (a bit each) each cycle
     of each tile's fill, the fills beginning at ``begins``; ``writes``, the writer's
-    ``(cycle, bank bit)`` in order (``_steps``), each a cycle later while a reader has
-    its bank (the writer's port comes after the readers'). A cycle it is not refused it
+    ``(cycle, bank bit)`` in order (``_steps``: each already after the cycles a reader
+    had its bank; a write that met one here would wait a cycle). The old-output reader's
+    grants are not in the walk. A cycle it is not refused it
     moves on a bank. Averaged over the ``banks`` banks it may begin in (walked together
     until they meet, then as one). The readers' idle steps, the lines an unaligned row
     reads again and the writer's lines each cost a copier that trails them a cycle, a
@@ -962,7 +963,7 @@ _G_ROW0, _G_ROWS, _G_READY, _G_CAMPED, _G_TAKE = range(5)
 @njit
 def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accumulate,
                old_latency, begins, taken, offsets, old_bank, old_granted, record, camped,
-               moves, writes):
+               moves, writes, limit):
     """The writeback (``rtl.matmul_unit.Writeback``) cycle by cycle from ``hs[_HS_T]``
     until group ``target`` has been handed over (``target = n_groups``: until every
     registered group's rows are written), state ``hs`` (``_HS_*``) and ``wb``. A group
@@ -976,8 +977,13 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
     where the row does not start on a line). The filler's ports come before the
     reader's, the reader's before the writer's (``_write_step``): a port waits while one
     before it has its bank. Only cycles up to the target's last hand-over are stepped:
-    the fills after it (their begins not known yet) begin later."""
+    the fills after it (their begins not known yet) begin later. Steps at most ``limit``
+    cycles a call (more is a model that stopped moving: ``RuntimeError``)."""
+    steps = 0
     while True:
+        steps += 1
+        if steps > limit:
+            raise RuntimeError("_writeback: no progress (a bug in the model)")
         g = hs[_HS_GROUP]
         if g < n_groups and hs[_HS_FIRST] < 0:
             first = max(groups[g, _G_READY], hs[_HS_HANDED] + WB_NEXT_GROUP) + old_latency
@@ -1004,7 +1010,7 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
         if g < n_groups and t >= hs[_HS_FIRST] - (FILL_DATA_LATENCY if accumulate else 0):
             k = hs[_HS_ASKED]
             if accumulate and k < hs[_HS_OLD] and k - hs[_HS_POPPED] < COPIER_FIFO_DEPTH - 1 \
-                    and not grants >> old_bank[k] & 1:
+                    and (banks > _MAX_STEPPED_BANKS or not grants >> old_bank[k] & 1):
                 old_granted[k] = t
                 if banks <= _MAX_STEPPED_BANKS:
                     grants |= 1 << old_bank[k]
@@ -1078,8 +1084,12 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     old_granted = np.empty(max_old, np.int64)
     camped = np.empty((n_groups, 3), np.int64)
     moves = np.empty((T + rows_written, 3), np.float64)
-    # (cycle, bank bit): a row is at most two lines (the unit's rows are at most a line)
+    # (cycle, bank bit): a row is at most two lines (``4 * array_cols <= line_bytes``,
+    # ``HardwareConfig``: a result row is at most a line)
     writes = np.empty((2 * rows_written if record else 0, 2), np.int64)
+    # the writeback's cycles a call: its rows' steps and old lines, and every fill it
+    # may wait through, with room (``_writeback``)
+    limit = 64 * (rows_written + 16) + 2 * fills[:, 0].sum()
     for i in range(T):
         m0, mt, n0, nc, kt, kl = tiles[i]
         lines += fills[i, 1]
@@ -1098,7 +1108,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
         if kt == 0 and group >= 2:         # a group's first block waits for its half
             _writeback(hs, wb, group - 2, group, rows, groups, half_free, W, banks,
                        f.accumulate, old_latency, begins, taken, offsets, old_bank,
-                       old_granted, record, camped, moves, writes)
+                       old_granted, record, camped, moves, writes, limit)
             avail = max(avail, half_free[group % 2] + 1)
         blocks = -(-kl // R)
         if gemv:                           # back to back: mt cycles a block
@@ -1132,7 +1142,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
         resumes += 1
     _writeback(hs, wb, n_groups, n_groups, rows, groups, half_free, W, banks, f.accumulate,
                old_latency, begins, taken, offsets, old_bank, old_granted, record, camped,
-               moves, writes)
+               moves, writes, limit)
     return (wb[_WB_FREE], lines, resumes, announced, fill_spans, camped[:wb[_WB_CAMPED]],
             moves[:wb[_WB_MOVES]], writes[:wb[_WB_WRITES]])
 
@@ -1268,9 +1278,6 @@ def _profile(moves, cycles):
 
 
 # -- vector unit ---------------------------------------------------------------------------
-#: The segment descriptors queued between the vector unit's issuer and its datapath
-#: (``rtl.vector_unit.SEGMENT_DEPTH``).
-SEGMENT_DEPTH = 8
 
 
 def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
@@ -1429,10 +1436,12 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
     n_popped_w = np.zeros(2, np.int64)
     w_cmd = np.zeros(2, np.int64)
     w_step = np.zeros(2, np.int64)
-    w_free = np.zeros(2, np.int64)         # the write side's next free cycle
     sd = g = 0                             # the datapath's segment and group
     last_write = 0
     tk = np.zeros(5, np.int64)             # the banks granted in a cycle (five ports)
+    # every cycle moves a line, fires a group or issues a segment but for latencies and
+    # waits of a few cycles each: far more than that is a model that stopped moving
+    limit = 64 * (n_lines_r.sum() + S + seg_n.sum() + 2 * S + 16)
     t = 1
     while True:
         # the issuer
@@ -1532,7 +1541,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
         # the writers, in port order
         for d in range(2):
             c = w_cmd[d]
-            if c >= n_cmd_w[d] or t < w_free[d]:
+            if c >= n_cmd_w[d]:
                 continue
             s = cmd_seg_w[d, c]
             a, nb = writes[s, d, 0], writes[s, d, 1]
@@ -1543,6 +1552,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
                     w_step[d] = 1
                 continue
             j = w_step[d] - prime                        # its destination line
+            # lines emitted: one at the last group, or one at each line's worth of the
+            # first writer's bytes (the datapath's fill; ROPE's two halves are alike)
             n_src = 1 if writes[s, d, 2] else -(-writes[s, 0, 1] // W)
             if j < n_src:
                 if n_popped_w[d] >= n_pushed[d] or pushed_at[
@@ -1563,8 +1574,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
         t += 1
         if sd >= S and w_cmd[0] >= n_cmd_w[0] and w_cmd[1] >= n_cmd_w[1]:
             break
-        if t > 1 << 40:
-            break
+        if t > limit:
+            raise RuntimeError("_vector_run: no progress (a bug in the model)")
     return max(last_write, ended[S - 1] if S else 0) + 1, ended
 
 

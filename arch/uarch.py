@@ -18,6 +18,7 @@ CMD_DEPTH = 64     # row commands queued in a copier: covers the DRAM latency fo
 # buffered FIFO's output: with 4 entries (3 usable) L2 row readers ran at two lines per
 # three cycles.
 COPIER_FIFO_DEPTH = 5
+SEGMENT_DEPTH = 8  # vector segment descriptors queued between issuer and datapath
 
 # The matmul unit's tiles (rtl/matmul_unit.py, HardwareConfig.matmul_tile): a GEMV tile is
 # ``array_rows`` x rows by ``TILE_LINES`` lines of the reduction; a GEMM tile has

@@ -20,6 +20,10 @@ import statistics
 from accel.args import ArgumentParser, run_command
 from benchmarks.matmul_calibration import check_args
 
+#: The most cycles an instruction may take on the unit (the largest of the set take a few
+#: thousand).
+LIMIT = 200_000
+
 
 def unit_cycles(params, instrs, mems) -> list[int]:
     """Cycles from ``start`` to ``done`` of each instruction on a vector unit over its own
@@ -52,6 +56,9 @@ def unit_cycles(params, instrs, mems) -> list[int]:
             ctx.set(unit.start, 0)
             n = 1
             while not ctx.get(unit.done):
+                if n > LIMIT:
+                    raise SystemExit(f"vector_calibration: {instr.mnemonic} "
+                                     f"{instr.fields()}: no done within {LIMIT:,} cycles")
                 await ctx.tick()
                 n += 1
             cycles.append(n)

@@ -100,9 +100,13 @@ def _random_compute(rng, hw):
 def random_vector(rng, l2_bytes: int):
     """A random vector instruction of any of the seven (the vector unit's timing test and
     ``benchmarks.vector_calibration``): rows of 1 to 200 elements (short ones often,
-    where a segment is a beat or two), 1 to 6 rows, every operand at a random address
-    and stride within ``l2_bytes``. The L2's bytes are the caller's: parameter words are
-    whatever lies there, so only the timing is meant (not the ISA's checks)."""
+    where a segment is a beat or two; ARGMAX over 1 to 400), 1 to 6 rows, every operand
+    at a random address and stride within ``l2_bytes`` (at least 16 KiB: ``ValueError``
+    below). The L2's bytes are the caller's: parameter words are whatever lies there, so
+    only the timing is meant (not the ISA's checks)."""
+    if l2_bytes < 1 << 14:
+        raise ValueError(f"random_vector needs an L2 of at least 16 KiB, not {l2_bytes}")
+
     def r(lo, hi):
         return int(rng.integers(lo, hi + 1))
 

@@ -48,6 +48,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from arch import isa
+from arch.uarch import SEGMENT_DEPTH
 from rtl import lanes
 from rtl.common import RtlParams, check_params, log2, tree_sum
 from rtl.copier import RowCopier, beat_layout, copy_layout
@@ -55,7 +56,6 @@ from rtl.decode import code, field
 from rtl.dram import MemPort
 
 N_READ, N_WRITE = 3, 2
-SEGMENT_DEPTH = 8            # segment descriptors queued between the issuer and the datapath
 
 
 class Kind(enum.IntEnum):

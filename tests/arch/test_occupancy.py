@@ -143,13 +143,14 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
     """``occupancy`` gives one timing to instructions whose operands differ only in what
     ``_timing_operands`` drops (a MATMUL's addresses and strides by multiples of the
     banks' lines, its x, weight, exponent and output addresses by the same whole lines,
-    ROPE's ``pos0``, an INT8 KV_PREFETCH's or a KV_APPEND's
+    a vector instruction's addresses by multiples of the banks' lines, ROPE's ``pos0``,
+    an INT8 KV_PREFETCH's or a KV_APPEND's
     ``first_token`` by its period, the prefetch's ``col_offset`` by a line): computed
     apart (``_occupancy``, no memo), random such pairs time alike, field by field. Where
     x alone moves by a line (with more than one line-wide bank, the readers' banks then
     collide elsewhere) and the timing differs, the memo does not share it; nor where the
     output alone moves by a line on more than one bank (the writer waits for the
-    readers' banks)."""
+    readers' banks), nor a vector instruction's operand (its ports collide by bank)."""
     hw = load_hardware(name)
     W, P, B = hw.line_bytes, hw.line_bytes * int(hw.l2_lines_per_cycle), hw.kv_block_tokens
     rng = np.random.default_rng(7)
@@ -197,6 +198,23 @@ def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_diffe
                                                             "kv_format")}
         pairs.append((make("KV_APPEND", **append),
                       make("KV_APPEND", **{**append, "first_token": later["first_token"]})))
+    # a vector instruction's addresses by multiples of the banks' lines (its ports collide
+    # by bank, ``_vector_run``); apart, one operand moved by a line
+    for _ in range(12):
+        rows, cols = r(1, 4), r(1, 60)
+        v = dict(h_addr=r(0, 4096), acc_addr=r(0, 4096), param_addr=r(0, 4096), rows=rows,
+                 cols=cols, h_stride=2 * cols + r(0, 40), acc_stride=4 * cols + r(0, 40))
+        pairs.append((make("RESADD", **v), make("RESADD", **{
+            f: x + P * r(1, 9) if f.endswith("_addr") else x for f, x in v.items()})))
+        apart.append((make("RESADD", **v),
+                      make("RESADD", **{**v, "acc_addr": v["acc_addr"] + W})))
+        sm = dict(src_addr=r(0, 4096), dst_addr=r(0, 4096), rows=rows, cols=cols,
+                  q_pos0=cols, src_stride=4 * cols + r(0, 40), dst_stride=cols + r(0, 40),
+                  mult=20508, shift=25, scale_addr=r(0, 4096), out_mult=19870, out_shift=21)
+        pairs.append((make("SOFTMAX", **sm), make("SOFTMAX", **{
+            f: x + P * r(1, 9) if f.endswith("_addr") else x for f, x in sm.items()})))
+        apart.append((make("SOFTMAX", **sm),
+                      make("SOFTMAX", **{**sm, "dst_addr": sm["dst_addr"] + W})))
     for one, other in pairs:
         assert _occupancy(one, hw, None, CALIBRATION) == _occupancy(other, hw, None,
                                                                     CALIBRATION), one

@@ -73,7 +73,6 @@ class L2Sim:
         sim.add_testbench(testbench)
         sim.run()
 
-
     @staticmethod
     def run_cycles(params, unit, n_ports, cases, limit=50_000):
         """The cycles from ``start`` to ``done`` of each ``(mem, instr)`` of ``cases``, run

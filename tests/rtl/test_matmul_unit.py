@@ -113,7 +113,9 @@ def test_an_int8_only_unit_runs_int8_weights(l2sim):
                   ("GEMV", "KN", 4, 40, 10, 0), ("GEMM", "KN", 9, 64, 8, 0),
                   ("GEMM", "KN", 6, 33, 5, 1), ("GEMV", "NK", 4, 70, 9, 0)]),
     ("edge-16x16", [("GEMV", "NK", 1, 48, 48, 0), ("GEMV", "NK", 2, 32, 40, 0),
-                    ("GEMV", "KN", 3, 80, 20, 1), ("GEMM", "NK", 20, 70, 18, 0)])])
+                    ("GEMV", "KN", 3, 80, 20, 1), ("GEMM", "NK", 20, 70, 18, 0),
+                    ("GEMV", "NK", 40, 32, 48, 0), ("GEMV", "NK", 40, 32, 48, 1),
+                    ("GEMM", "KN", 40, 24, 40, 1)])])
 def test_tiles_are_announced_and_the_unit_ends_when_the_model_says(l2sim, hw, cases):
     """The tile filler's two row readers share the L2's banks, the x reader's port first
     (``arch.occupancy._fill_cycles`` steps both cycle by cycle). On edge-4x4 (one line-wide
