@@ -50,43 +50,55 @@ def random_matmul(rng, hw, l2_bytes: int):
             return instr, mode, layout
 
 
-def unit_cycles(params, instr, mem) -> int:
-    """Cycles from ``start`` to ``done`` of ``instr`` on a matmul unit over its own L2."""
+#: The most cycles an instruction may take on its unit here (the largest of these sets
+#: take some thousands).
+LIMIT = 200_000
+
+
+def unit_cycles(params, unit, n_ports: int, instrs, mems) -> list[int]:
+    """Cycles from ``start`` to ``done`` of each instruction on ``unit`` (a compute unit:
+    ``port(i)``, ``word``, ``start``, ``done``) over its own L2 loaded with its memory,
+    one after another on one simulation in Amaranth's simulator (``SystemExit`` past
+    ``LIMIT``). Shared with ``benchmarks.vector_calibration``."""
     from amaranth import Module
     from amaranth.lib import wiring
     from amaranth.sim import Simulator
 
     from compiler.asm import encode
     from rtl.l2 import L2
-    from rtl.matmul_unit import MatmulUnit
 
-    unit, l2 = MatmulUnit(params=params), L2(params=params, n_ports=MatmulUnit.N_PORTS)
+    l2 = L2(params=params, n_ports=n_ports)
     top = Module()
     top.submodules.unit, top.submodules.l2 = unit, l2
-    for i in range(MatmulUnit.N_PORTS):
+    for i in range(n_ports):
         wiring.connect(top, unit.port(i), l2.port(i))
     W, nb = params.line_bytes, params.line_banks
-    result = {}
+    cycles = []
 
     async def testbench(ctx):
-        for i in range(0, mem.size, W):
-            line = int.from_bytes(mem[i:i + W].tobytes(), "little")
-            ctx.set(l2.banks[(i // W) % nb].memory.data[(i // W) // nb], line)
-        ctx.set(unit.word, int.from_bytes(encode(instr), "little"))
-        ctx.set(unit.start, 1)
-        await ctx.tick()
-        ctx.set(unit.start, 0)
-        cycles = 1
-        while not ctx.get(unit.done):
+        for instr, mem in zip(instrs, mems, strict=True):
+            for i in range(0, mem.size, W):
+                line = int.from_bytes(mem[i:i + W].tobytes(), "little")
+                ctx.set(l2.banks[(i // W) % nb].memory.data[(i // W) // nb], line)
+            ctx.set(unit.word, int.from_bytes(encode(instr), "little"))
+            ctx.set(unit.start, 1)
             await ctx.tick()
-            cycles += 1
-        result["cycles"] = cycles
+            ctx.set(unit.start, 0)
+            n = 1
+            while not ctx.get(unit.done):
+                if n > LIMIT:
+                    raise SystemExit(f"{instr.mnemonic} {instr.fields()}: no done within "
+                                     f"{LIMIT:,} cycles")
+                await ctx.tick()
+                n += 1
+            cycles.append(n)
+            await ctx.tick()
 
     sim = Simulator(top)
     sim.add_clock(1e-9)
     sim.add_testbench(testbench)
     sim.run()
-    return result["cycles"]
+    return cycles
 
 
 def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[dict]:
@@ -95,15 +107,19 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
     from arch.hardware import load_hardware
     from arch.occupancy import CALIBRATION, matmul_occupancy
     from rtl.common import RtlParams
+    from rtl.matmul_unit import MatmulUnit
 
     hw = load_hardware(hw_name).replace(l2_bytes=l2_bytes)
     params = RtlParams(hw, dram_bytes=4096)
     rng = np.random.default_rng(seed)
-    rows = []
+    drawn, mems = [], []
     for _ in range(count):
-        instr, mode, layout = random_matmul(rng, hw, l2_bytes)
-        mem = rng.integers(0, 256, l2_bytes, dtype=np.uint8)
-        rtl = unit_cycles(params, instr, mem)
+        drawn.append(random_matmul(rng, hw, l2_bytes))
+        mems.append(rng.integers(0, 256, l2_bytes, dtype=np.uint8))
+    cycles = unit_cycles(params, MatmulUnit(params=params), MatmulUnit.N_PORTS,
+                         [instr for instr, _, _ in drawn], mems)
+    rows = []
+    for (instr, mode, layout), rtl in zip(drawn, cycles, strict=True):
         model = matmul_occupancy(instr, hw).cycles - CALIBRATION.engine_overhead
         f = instr.fields()
         row = {"hw": hw_name, "mode": mode, "layout": layout, "m": f["m"], "k": f["k"],

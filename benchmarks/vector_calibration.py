@@ -18,57 +18,7 @@ import json
 import statistics
 
 from accel.args import ArgumentParser, run_command
-from benchmarks.matmul_calibration import check_args
-
-#: The most cycles an instruction may take on the unit (the largest of the set take a few
-#: thousand).
-LIMIT = 200_000
-
-
-def unit_cycles(params, instrs, mems) -> list[int]:
-    """Cycles from ``start`` to ``done`` of each instruction on a vector unit over its own
-    L2, loaded with its memory, one after another on one simulation."""
-    from amaranth import Module
-    from amaranth.lib import wiring
-    from amaranth.sim import Simulator
-
-    from compiler.asm import encode
-    from rtl.l2 import L2
-    from rtl.vector_unit import N_READ, N_WRITE, VectorUnit
-
-    n_ports = N_READ + N_WRITE
-    unit, l2 = VectorUnit(params=params), L2(params=params, n_ports=n_ports)
-    top = Module()
-    top.submodules.unit, top.submodules.l2 = unit, l2
-    for i in range(n_ports):
-        wiring.connect(top, unit.port(i), l2.port(i))
-    W, nb = params.line_bytes, params.line_banks
-    cycles = []
-
-    async def testbench(ctx):
-        for instr, mem in zip(instrs, mems, strict=True):
-            for i in range(0, mem.size, W):
-                line = int.from_bytes(mem[i:i + W].tobytes(), "little")
-                ctx.set(l2.banks[(i // W) % nb].memory.data[(i // W) // nb], line)
-            ctx.set(unit.word, int.from_bytes(encode(instr), "little"))
-            ctx.set(unit.start, 1)
-            await ctx.tick()
-            ctx.set(unit.start, 0)
-            n = 1
-            while not ctx.get(unit.done):
-                if n > LIMIT:
-                    raise SystemExit(f"vector_calibration: {instr.mnemonic} "
-                                     f"{instr.fields()}: no done within {LIMIT:,} cycles")
-                await ctx.tick()
-                n += 1
-            cycles.append(n)
-            await ctx.tick()
-
-    sim = Simulator(top)
-    sim.add_clock(1e-9)
-    sim.add_testbench(testbench)
-    sim.run()
-    return cycles
+from benchmarks.matmul_calibration import check_args, unit_cycles
 
 
 def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[dict]:
@@ -78,6 +28,7 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
     from arch.occupancy import CALIBRATION, occupancy
     from rtl.common import RtlParams
     from rtl.random_programs import random_vector
+    from rtl.vector_unit import N_READ, N_WRITE, VectorUnit
 
     hw = load_hardware(hw_name).replace(l2_bytes=l2_bytes)
     rng = np.random.default_rng(seed)
@@ -86,8 +37,9 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
         mems.append(rng.integers(0, 256, l2_bytes, dtype=np.uint8))
         instrs.append(random_vector(rng, l2_bytes))
     rows = []
-    for instr, rtl in zip(instrs, unit_cycles(RtlParams(hw, dram_bytes=4096), instrs, mems),
-                          strict=True):
+    params = RtlParams(hw, dram_bytes=4096)
+    cycles = unit_cycles(params, VectorUnit(params=params), N_READ + N_WRITE, instrs, mems)
+    for instr, rtl in zip(instrs, cycles, strict=True):
         model = occupancy(instr, hw).cycles - CALIBRATION.engine_overhead
         row = {"hw": hw_name, "op": instr.mnemonic, "fields": instr.fields(),
                "rtl_cycles": rtl, "model_cycles": model,
