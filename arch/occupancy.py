@@ -1356,6 +1356,116 @@ def _granted(banks, n, bank):
 
 
 @njit
+def _vector_commands(seg_n, reads, writes, W, banks):
+    """``_vector_run``'s row commands, per row reader (3) and writer (2): the readers'
+    command counts, line counts, each command's segment and first line (and one past the
+    last), each line's bank and command; the writers' command counts and each command's
+    segment."""
+    S = len(seg_n)
+    n_cmd_r = np.zeros(3, np.int64)
+    n_lines_r = np.zeros(3, np.int64)
+    for s in range(S):
+        for k in range(3):
+            if reads[s, k, 1]:
+                a, n = reads[s, k, 0], reads[s, k, 1]
+                n_cmd_r[k] += 1
+                n_lines_r[k] += (a + n - 1) // W - a // W + 1
+    max_cmd = max(1, n_cmd_r.max())
+    cmd_seg = np.full((3, max_cmd), -1, np.int64)
+    line_bank = np.zeros((3, max(1, n_lines_r.max())), np.int64)
+    line_cmd = np.zeros((3, max(1, n_lines_r.max())), np.int64)
+    cmd_first_line = np.zeros((3, max_cmd + 1), np.int64)
+    for k in range(3):
+        c = i = 0
+        for s in range(S):
+            if reads[s, k, 1]:
+                a, n = reads[s, k, 0], reads[s, k, 1]
+                cmd_seg[k, c] = s
+                cmd_first_line[k, c] = i
+                for ln in range(a // W, (a + n - 1) // W + 1):
+                    line_bank[k, i], line_cmd[k, i] = ln % banks, c
+                    i += 1
+                c += 1
+        cmd_first_line[k, c] = i
+    n_cmd_w = np.zeros(2, np.int64)
+    for s in range(S):
+        for d in range(2):
+            if writes[s, d, 1]:
+                n_cmd_w[d] += 1
+    cmd_seg_w = np.full((2, max(1, n_cmd_w.max())), -1, np.int64)
+    for d in range(2):
+        c = 0
+        for s in range(S):
+            if writes[s, d, 1]:
+                cmd_seg_w[d, c] = s
+                c += 1
+    return n_cmd_r, n_lines_r, cmd_seg, line_bank, line_cmd, cmd_first_line, n_cmd_w, \
+        cmd_seg_w
+
+
+@njit
+def _vector_write(d, t, tk, nt, writes, cmd_seg_w, n_cmd_w, w_cmd, w_step, issued,
+                  pushed_at, n_pushed, n_popped_w, W, banks):
+    """Row writer ``d`` of ``_vector_run`` in cycle ``t``: its priming step (its command
+    queued ahead, no data), or the write of its next destination line, once the result
+    line it takes was emitted ``WB_DATA_LATENCY`` before and no port before it has the
+    bank (``tk``, the first ``nt`` banks granted this cycle; the bank is added at
+    ``tk[nt]``). Whether it wrote a line."""
+    c = w_cmd[d]
+    if c >= n_cmd_w[d]:
+        return False
+    s = cmd_seg_w[d, c]
+    a, nb = writes[s, d, 0], writes[s, d, 1]
+    prime = 1 if a % W else 0
+    n_dst = (a + nb - 1) // W - a // W + 1
+    if w_step[d] < prime:                        # queued ahead: no data
+        if issued[s] < t:
+            w_step[d] = 1
+        return False
+    j = w_step[d] - prime                        # its destination line
+    # lines emitted: one at the last group, or one at each line's worth of the first
+    # writer's bytes (the datapath's fill; ROPE's two halves are alike)
+    n_src = 1 if writes[s, d, 2] else -(-writes[s, 0, 1] // W)
+    if j < n_src and (n_popped_w[d] >= n_pushed[d] or pushed_at[
+            d, n_popped_w[d] % (COPIER_FIFO_DEPTH + 1)] + WB_DATA_LATENCY > t):
+        return False
+    bank = (a // W + j) % banks
+    if _granted(tk, nt, bank):
+        return False
+    tk[nt] = bank
+    if j < n_src:
+        n_popped_w[d] += 1
+    w_step[d] += 1
+    if w_step[d] == prime + n_dst:
+        w_cmd[d] += 1
+        w_step[d] = 0
+    return True
+
+
+@njit
+def _operands_ready(sd, t, reads, r_cmd, r_step, n_cmd_r, cmd_seg, cmd_first_line, asked,
+                    granted, priming, W):
+    """Whether every row reader segment ``sd`` uses has a beat for ``_vector_run``'s
+    datapath in cycle ``t``: at this segment's command, past its priming step (not taking
+    it this cycle: ``priming``, a bit per reader), and the line the beat takes (if any)
+    granted ``FILL_DATA_LATENCY`` before."""
+    for k in range(3):
+        if not reads[sd, k, 1]:
+            continue
+        c = r_cmd[k]
+        if c >= n_cmd_r[k] or cmd_seg[k, c] != sd or priming >> k & 1:
+            return False
+        prime = 1 if reads[sd, k, 0] % W else 0
+        if r_step[k] < prime:
+            return False
+        line = cmd_first_line[k, c] + r_step[k]
+        if line < cmd_first_line[k, c + 1]:      # the beat takes a line
+            if line >= asked[k] or granted[k, line] + FILL_DATA_LATENCY > t:
+                return False
+    return True
+
+
+@njit
 def _vector_run(seg_n, reads, writes, W, banks, L):
     """The vector unit (``rtl/vector_unit.py``) cycle by cycle: ``(cycles from start
     to done, each segment's last group's cycle int64 [segments])`` for the segments'
@@ -1382,46 +1492,9 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
     write."""
     S = len(seg_n)
     INF = 1 << 62
-    # per reader: its commands (segments), lines, and state
-    n_cmd_r = np.zeros(3, np.int64)
-    n_lines_r = np.zeros(3, np.int64)
-    for s in range(S):
-        for k in range(3):
-            if reads[s, k, 1]:
-                a, n = reads[s, k, 0], reads[s, k, 1]
-                n_cmd_r[k] += 1
-                n_lines_r[k] += (a + n - 1) // W - a // W + 1
-    max_cmd = max(1, n_cmd_r.max())
-    cmd_seg = np.full((3, max_cmd), -1, np.int64)
-    line_bank = np.zeros((3, max(1, n_lines_r.max())), np.int64)
-    line_cmd = np.zeros((3, max(1, n_lines_r.max())), np.int64)
+    n_cmd_r, n_lines_r, cmd_seg, line_bank, line_cmd, cmd_first_line, n_cmd_w, \
+        cmd_seg_w = _vector_commands(seg_n, reads, writes, W, banks)
     granted = np.zeros((3, max(1, n_lines_r.max())), np.int64)
-    cmd_first_line = np.zeros((3, max_cmd + 1), np.int64)
-    for k in range(3):
-        c = i = 0
-        for s in range(S):
-            if reads[s, k, 1]:
-                a, n = reads[s, k, 0], reads[s, k, 1]
-                cmd_seg[k, c] = s
-                cmd_first_line[k, c] = i
-                for ln in range(a // W, (a + n - 1) // W + 1):
-                    line_bank[k, i], line_cmd[k, i] = ln % banks, c
-                    i += 1
-                c += 1
-        cmd_first_line[k, c] = i
-    # per writer: its commands (segments)
-    n_cmd_w = np.zeros(2, np.int64)
-    for s in range(S):
-        for d in range(2):
-            if writes[s, d, 1]:
-                n_cmd_w[d] += 1
-    cmd_seg_w = np.full((2, max(1, n_cmd_w.max())), -1, np.int64)
-    for d in range(2):
-        c = 0
-        for s in range(S):
-            if writes[s, d, 1]:
-                cmd_seg_w[d, c] = s
-                c += 1
     issued = np.full(S, INF, np.int64)
     ended = np.full(S, INF, np.int64)
     n_issued = 0
@@ -1480,25 +1553,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
             n = seg_n[sd]
             groups = max(1, -(-n // L))        # (an empty row, which the ISA refuses: one)
             last = g == groups - 1
-            fire = True
-            for k in range(3):
-                if not reads[sd, k, 1]:
-                    continue
-                c = r_cmd[k]
-                if c >= n_cmd_r[k] or cmd_seg[k, c] != sd or priming >> k & 1:
-                    fire = False
-                    break
-                a, nb = reads[sd, k, 0], reads[sd, k, 1]
-                prime = 1 if a % W else 0
-                if r_step[k] < prime:
-                    fire = False
-                    break
-                beat = r_step[k] - prime
-                line = cmd_first_line[k, c] + beat + prime
-                if line < cmd_first_line[k, c + 1]:      # the beat takes a line
-                    if line >= asked[k] or granted[k, line] + FILL_DATA_LATENCY > t:
-                        fire = False
-                        break
+            fire = _operands_ready(sd, t, reads, r_cmd, r_step, n_cmd_r, cmd_seg,
+                                   cmd_first_line, asked, granted, priming, W)
             # results: a line at each line's worth of the first writer's bytes, and at
             # the last group
             emit = last
@@ -1519,8 +1575,6 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
                     per_beat = max(1, W // (L * e))
                     if last or g % per_beat == per_beat - 1:
                         c = r_cmd[k]
-                        a, nb = reads[sd, k, 0], reads[sd, k, 1]
-                        prime = 1 if a % W else 0
                         line = cmd_first_line[k, c] + r_step[k]
                         if line < cmd_first_line[k, c + 1]:
                             popped[k] += 1
@@ -1540,37 +1594,10 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
                     g = 0
         # the writers, in port order
         for d in range(2):
-            c = w_cmd[d]
-            if c >= n_cmd_w[d]:
-                continue
-            s = cmd_seg_w[d, c]
-            a, nb = writes[s, d, 0], writes[s, d, 1]
-            prime = 1 if a % W else 0
-            n_dst = (a + nb - 1) // W - a // W + 1
-            if w_step[d] < prime:                        # queued ahead: no data
-                if issued[s] < t:
-                    w_step[d] = 1
-                continue
-            j = w_step[d] - prime                        # its destination line
-            # lines emitted: one at the last group, or one at each line's worth of the
-            # first writer's bytes (the datapath's fill; ROPE's two halves are alike)
-            n_src = 1 if writes[s, d, 2] else -(-writes[s, 0, 1] // W)
-            if j < n_src:
-                if n_popped_w[d] >= n_pushed[d] or pushed_at[
-                        d, n_popped_w[d] % (COPIER_FIFO_DEPTH + 1)] + WB_DATA_LATENCY > t:
-                    continue
-            bank = (a // W + j) % banks
-            if _granted(tk, nt, bank):
-                continue
-            tk[nt] = bank
-            nt += 1
-            if j < n_src:
-                n_popped_w[d] += 1
-            last_write = t
-            w_step[d] += 1
-            if w_step[d] == prime + n_dst:
-                w_cmd[d] += 1
-                w_step[d] = 0
+            if _vector_write(d, t, tk, nt, writes, cmd_seg_w, n_cmd_w, w_cmd, w_step,
+                             issued, pushed_at, n_pushed, n_popped_w, W, banks):
+                nt += 1
+                last_write = t
         t += 1
         if sd >= S and w_cmd[0] >= n_cmd_w[0] and w_cmd[1] >= n_cmd_w[1]:
             break
