@@ -74,47 +74,13 @@ class L2Sim:
         sim.run()
 
     @staticmethod
-    def run_cycles(params, unit, n_ports, cases, limit=50_000):
-        """The cycles from ``start`` to ``done`` of each ``(mem, instr)`` of ``cases``, run
-        one after another on one simulation of ``unit`` (the L2 reloaded with each
-        ``mem``), without the ISA simulator: for timing alone."""
+    def _drive(params, unit, n_ports, cases, limit, watch=None, dump=False):
+        """Each ``(mem, instr)`` of ``cases`` run one after another on one simulation of
+        ``unit`` (the L2 reloaded with each ``mem``): ``(cycles from start to done,
+        the L2 after it if dump)`` per case. ``watch(ctx, case, cycle)``, if given, is
+        called on every cycle from ``start`` (cycle 1) until ``done``."""
         bench = UnitBench(params, unit, n_ports)
-        cycles = []
-
-        async def testbench(ctx):
-            for mem, instr in cases:
-                L2Sim.load(ctx, bench.l2, mem)
-                ctx.set(bench.unit.word, int.from_bytes(encode(instr), "little"))
-                ctx.set(bench.unit.start, 1)
-                await ctx.tick()
-                ctx.set(bench.unit.start, 0)
-                n = 1
-                while not ctx.get(bench.unit.done):
-                    assert n < limit, f"{instr}: no done within {limit} cycles"
-                    await ctx.tick()
-                    n += 1
-                cycles.append(n)
-                await ctx.tick()
-
-        L2Sim.run(bench, testbench)
-        return cycles
-
-    @staticmethod
-    def run_instructions(params, unit, n_ports, cases, limit=50_000, watch=None):
-        """``[(RTL L2 after instr, ISA simulator L2 after instr)]`` for each ``(mem,
-        instr)`` of ``cases``, run one after another on one simulation of ``unit`` (the
-        L2 reloaded with each ``mem``): building Amaranth's simulator of a unit costs
-        more than running it (7.5 s for the vector unit, 1.5 s for the matmul unit).
-        ``watch(ctx, case, cycle)``, if given, is called on every cycle from ``start``
-        (cycle 1) until ``done``."""
-        expected = []
-        for mem, instr in cases:
-            sim = IsaSimulator(params.hw, bytes(64))
-            sim.l2[:] = mem
-            sim.execute(instr)
-            expected.append(sim.l2)
-        bench = UnitBench(params, unit, n_ports)
-        rtl = []
+        out = []
 
         async def testbench(ctx):
             for case, (mem, instr) in enumerate(cases):
@@ -131,9 +97,34 @@ class L2Sim:
                     await ctx.tick()
                     n += 1
                 await ctx.tick()
-                rtl.append(L2Sim.dump(ctx, bench.l2, mem.size))
+                out.append((n, L2Sim.dump(ctx, bench.l2, mem.size) if dump else None))
 
         L2Sim.run(bench, testbench)
+        return out
+
+    @staticmethod
+    def run_cycles(params, unit, n_ports, cases, limit=50_000):
+        """The cycles from ``start`` to ``done`` of each ``(mem, instr)`` of ``cases``, run
+        one after another on one simulation of ``unit`` (the L2 reloaded with each
+        ``mem``), without the ISA simulator: for timing alone."""
+        return [n for n, _ in L2Sim._drive(params, unit, n_ports, cases, limit)]
+
+    @staticmethod
+    def run_instructions(params, unit, n_ports, cases, limit=50_000, watch=None):
+        """``[(RTL L2 after instr, ISA simulator L2 after instr)]`` for each ``(mem,
+        instr)`` of ``cases``, run one after another on one simulation of ``unit`` (the
+        L2 reloaded with each ``mem``): building Amaranth's simulator of a unit costs
+        more than running it (7.5 s for the vector unit, 1.5 s for the matmul unit).
+        ``watch(ctx, case, cycle)``, if given, is called on every cycle from ``start``
+        (cycle 1) until ``done``."""
+        expected = []
+        for mem, instr in cases:
+            sim = IsaSimulator(params.hw, bytes(64))
+            sim.l2[:] = mem
+            sim.execute(instr)
+            expected.append(sim.l2)
+        rtl = [l2 for _, l2 in L2Sim._drive(params, unit, n_ports, cases, limit, watch,
+                                            dump=True)]
         return list(zip(rtl, expected, strict=True))
 
 
