@@ -448,6 +448,53 @@ def _dma_walk(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration
                     cal.cmd_to_read, after_read, cal.int_read, cal.dma_drain, CMD_DEPTH)
 
 
+#: Rows whose source lines and write steps ``_dma_run`` keeps for a table read's answer
+#: (``_answer_behind``): more than ``COPIER_FIFO_DEPTH`` plus the rows a read can overtake.
+_RING = 32
+#: An int32 read on the aux port is granted this many cycles after the engine's step that
+#: asks for it (the step's ``st`` less the DRAM latency and ``int_read``): read off a
+#: ``KV_PREFETCH`` of 48 tokens alone in Amaranth's simulator on edge-4x4, the table read
+#: of each block after the first two cycles after the model's ask, both rows before it
+#: read a cycle apart.
+AUX_GRANT = 2
+
+
+@njit
+def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
+    """The step (``1 / S`` cycles, as ``_dma_run``'s) at which an int32 read on the aux
+    port asked at ``ask`` comes back, at the earliest, behind the copier's lines: the DRAM
+    answers in request order on one stream, so it comes after every line the copier had
+    read before it was granted (``AUX_GRANT`` cycles on), and the copier takes those only
+    as its landing buffer (``COPIER_FIFO_DEPTH`` lines) has room: the last one enters as
+    the write side takes the line ``COPIER_FIFO_DEPTH`` before it, and the int32 is
+    taken the cycle after. ``lines``: the copier's source lines so far; ``ring_*``: the
+    last rows' source lines, first read and the step its write side took its last source
+    line, oldest at ``n_ring % _RING``. The caller adds ``int_read``. ``-1 << 62`` where no
+    line holds it back. (Read off Amaranth's simulator: a ``KV_PREFETCH`` of 48 tokens of
+    16-byte columns from 64-byte rows alone, whose one-line rows the copier writes slower
+    than the DRAM delivers them, on edge-4x4: each table read after the first came back 3
+    cycles past its latency, the cycle after the line five before the last one ahead of it
+    was written; 7 to 15 cycles short over five blocks on edge-4x4 and edge-8x8 without
+    it.)"""
+    granted = -(-ask // one) + AUX_GRANT
+    ahead = lines
+    for back in range(min(n_ring, _RING)):
+        e = (n_ring - 1 - back) % _RING
+        if -(-ring_read[e] // one) < granted:
+            break
+        ahead -= ring_lines[e]
+    k = ahead - 1 - COPIER_FIFO_DEPTH            # the line the write side must take first
+    end = lines
+    for back in range(min(n_ring, _RING)):
+        e = (n_ring - 1 - back) % _RING
+        if end - ring_lines[e] <= k:
+            if k < end:
+                return ring_taken[e] - (end - 1 - k) * one
+            break
+        end -= ring_lines[e]
+    return _NEVER_INT
+
+
 @njit
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
              after_read, int_read, drain, depth):
@@ -476,6 +523,15 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     n_rows = len(src)
     settle = depth + period              # rows before the first look for a settled period
     c = np.empty(3, np.int64)
+    # a table walk's last rows (a ring, ``_answer_behind``): source lines, first read,
+    # the write side's step that took the last source line; and as of ``before_*``
+    track = load and needs.any()
+    ring_lines = np.zeros(_RING, np.int64)
+    ring_read = np.full((_RING, 3), never, np.int64)
+    ring_taken = np.full((_RING, 3), never, np.int64)
+    before_ring = np.empty((_RING, 3, 2), np.int64)
+    before_lines = np.empty(_RING, np.int64)
+    n_ring = before_n = 0
     r = stepped = 0
     while r < n_rows:
         if period and r >= settle and r % period == 0 and n_first == depth:
@@ -490,10 +546,22 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                     for j in range(3):
                         same = same and _shifted_by(before_taken[i, j],
                                                     taken[(head + i) % depth, j], d)
+                for back in range(_RING if track else 0):    # row by row, by age
+                    e, b = (n_ring - 1 - back) % _RING, (before_n - 1 - back) % _RING
+                    same = same and ring_lines[e] == before_lines[b]
+                    for j in range(3):
+                        same = same and _shifted_by(before_ring[b, j, 0], ring_read[e, j], d) \
+                            and _shifted_by(before_ring[b, j, 1], ring_taken[e, j], d)
                 if same:
                     st += m * d
                     for i in range(n_window):
                         taken[(head + i) % depth] += m * d
+                    for i in range(_RING if track else 0):
+                        for j in range(3):
+                            if ring_read[i, j] >= _NEVER_BELOW:
+                                ring_read[i, j] += m * d
+                            if ring_taken[i, j] >= _NEVER_BELOW:
+                                ring_taken[i, j] += m * d
                     counts += m * (counts - before_counts)
                     r += m * period
                     have_before = False
@@ -502,11 +570,25 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             for i in range(n_window):
                 before_taken[i] = taken[(head + i) % depth]
             before_counts[:] = counts
+            if track:
+                before_ring[:, :, 0] = ring_read
+                before_ring[:, :, 1] = ring_taken
+                before_lines[:] = ring_lines
+                before_n = n_ring
             have_before = True
         n, r, stepped = nbytes[r], r + 1, stepped + 1
         if needs[r - 1]:
-            st[0:3] += (lat + int_read) * one
             counts[4] += 1
+            for j in range(3):
+                ask = st[j]
+                st[j] += (lat + int_read) * one
+                if track:
+                    # a line of the DRAM's credit, after the rows' before it
+                    # (``rtl.dram``: every request takes a line's)
+                    st[3 + j] = max(ask, st[3 + j]) + W
+                    behind = _answer_behind(ask, counts[0], ring_lines, ring_read[:, j],
+                                            ring_taken[:, j], n_ring, one)
+                    st[j] = max(st[j], behind + int_read * one)
         if n == 0:
             st[0:3] += one
             continue
@@ -540,6 +622,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 # loads alone were 3 to 8 cycles long at 51 bytes a cycle when reads were
                 # charged their whole slot.)
                 first = max(max(c[j] + cmd_to_read * one, st[3 + j] - one), st[9 + j])
+                ring_read[n_ring % _RING, j] = first
                 st[3 + j] = start + src_lines * W
                 st[9 + j] = max(first + src_lines * one, st[3 + j] - W)
                 st[6 + j] = max(max(first + after_read * one, st[6 + j]) + steps * one,
@@ -551,6 +634,12 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
         if load:
             counts[0] += src_lines
             counts[3] += dst_lines
+            if track:
+                # a source line that fills more than one destination line is taken at
+                # the first of them past its own (the trace above: rows of 24 bytes)
+                ring_lines[n_ring % _RING] = src_lines
+                ring_taken[n_ring % _RING] = st[6:9] - max(0, dst_lines - src_lines) * one
+                n_ring += 1
         else:
             counts[1] += dst_lines
             counts[3] += src_lines

@@ -3,8 +3,10 @@
 Three sets of small programs, one Verilator job a configuration, after a DRAM image
 holding only a block table (timing does not depend on the values):
 
-* ``alone``: a ``KV_PREFETCH`` over 1 and 4 KV blocks, a ``KV_APPEND`` over 3 and a
-  5-row ``DMA_GATHER``, each alone, on every configuration of
+* ``alone``: a ``KV_PREFETCH`` over 1 and 4 KV blocks (and over 5 of 16 of each 64-byte
+  row's bytes, whose table reads come back behind the block before's lines,
+  ``arch.occupancy._answer_behind``), a ``KV_APPEND`` over 3 and a 5-row
+  ``DMA_GATHER``, each alone, on every configuration of
   ``sweeps.random_steps.rtl_hardware()``: each block-table entry or index is an int32
   read on the engine's aux port, ``Calibration.int_read`` cycles past the DRAM latency;
 * ``queued`` (edge-4x4): a 256-line weight load beside a GEMV, which holds its copier,
@@ -75,6 +77,9 @@ def alone(hw_names: list[str]) -> list[dict]:
         walks = {
             "KV_PREFETCH 1 block": [_prefetch(B // 2)],
             "KV_PREFETCH 4 blocks": [_prefetch(3 * B + 5)],
+            # one-line rows the copier writes slower than the DRAM delivers them: each
+            # table read comes back behind the block before's lines
+            "KV_PREFETCH 5 blocks, 16 of 64 bytes": [_prefetch(5 * B, 16, 64)],
             "KV_APPEND 3 blocks": [make("KV_APPEND", l2_addr=16 << 10, pool_addr=1 << 16,
                                         table_addr=1 << 15, first_token=5, n_tokens=2 * B + 3,
                                         row_bytes=64, pool_blocks=16, seq=0)],

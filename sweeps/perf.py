@@ -495,6 +495,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     return alone + _burst_wait(lines, rate, per_cycle - taken / span) <= span
 
                 a, b = free_running, 2 * free_running
+                if past(a):                # no wait (bisected, it would end half a cycle on)
+                    b = a
                 while not past(b) and b - free_running < 1 << 24:
                     a, b = b, 2 * b
                 while b - a > 0.5:
@@ -509,6 +511,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             if i in reads:                 # a load's DRAM reads: its copier's read side
                 lo, hi = reads[i]
                 free_running = hi - lo - delay[i][1]
+                # a table walk's first int32 read goes out before its first row's
+                own -= instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")
             taken = sum(min(u.lines(hi) - u.lines(lo), own)
                         for u in (dram_usage[other[e]], fetch_usage))
             if e == Engine.STORE:
