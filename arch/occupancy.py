@@ -582,13 +582,10 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             for j in range(3):
                 ask = st[j]
                 st[j] += (lat + int_read) * one
-                # a line of the DRAM's credit (``rtl.dram``: every request takes a
-                # line's), after the lines asked for before it
-                if load:
-                    st[3 + j] = max(ask, st[3 + j]) + W
-                else:
-                    st[9 + j] = max(ask, st[9 + j]) + W
                 if track:
+                    # a line of the DRAM's credit, after the rows' before it
+                    # (``rtl.dram``: every request takes a line's)
+                    st[3 + j] = max(ask, st[3 + j]) + W
                     behind = _answer_behind(ask, counts[0], ring_lines, ring_read[:, j],
                                             ring_taken[:, j], n_ring, one)
                     st[j] = max(st[j], behind + int_read * one)
@@ -631,18 +628,9 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 st[6 + j] = max(max(first + after_read * one, st[6 + j]) + steps * one,
                                 st[9 + j] + after_read * one)
             else:
-                # The writes take the DRAM's credit as a load's reads do (above): from
-                # full credit a row's first line goes at once, line k ``k * W / S`` cycles
-                # on; ``st[9 + j]`` is where the credit the lines so far took is earned
-                # back. (Read off Amaranth's simulator: at 51 bytes a cycle, 8 lines were
-                # written in 9 cycles, the model's whole slots gave 11; at 2, a row's two
-                # lines 16 cycles apart, the whole slots gave 32 to the first.)
                 st[3 + j] = start + src_lines * one
-                ready = max(start + after_read * one, st[6 + j])
-                first = max(ready, st[9 + j] - one)
-                st[9 + j] = max(ready, st[9 + j]) + dst_lines * W
-                st[6 + j] = max(max(first + steps * one, st[9 + j] - W),
-                                st[3 + j] + after_read * one)
+                st[6 + j] = max(max(start + after_read * one, st[6 + j])
+                                + max(steps * one, dst_lines * W), st[3 + j] + after_read * one)
         if load:
             counts[0] += src_lines
             counts[3] += dst_lines

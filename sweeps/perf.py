@@ -511,12 +511,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             if i in reads:                 # a load's DRAM reads: its copier's read side
                 lo, hi = reads[i]
                 free_running = hi - lo - delay[i][1]
-            else:
-                # a store's copier ends as its last line is accepted, before the credit
-                # that line took is earned back (``occupancy._dma_run``)
-                free_running += line_cycles - 1
-            # a table walk's first int32 read goes out before its copier's first line
-            own -= instrs[i].mnemonic in _TABLE_WALKS
+                # a table walk's first int32 read goes out before its first row's
+                own -= instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")
             taken = sum(min(u.lines(hi) - u.lines(lo), own)
                         for u in (dram_usage[other[e]], fetch_usage))
             if e == Engine.STORE:
@@ -530,11 +526,6 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                              [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)], fetch)
         out[i] = (l2_wait, dram_wait, queued)
     return out
-
-
-#: DMA instructions whose first row waits for an int32 read (a block-table entry or an
-#: index), on their engine's aux port.
-_TABLE_WALKS = ("KV_PREFETCH", "DMA_GATHER", "KV_APPEND")
 
 
 def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
