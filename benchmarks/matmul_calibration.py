@@ -1,6 +1,6 @@
 """The matmul unit alone against its occupancy model, on MATMULs it was not fitted to.
 
-``arch.occupancy.matmul_occupancy``'s latencies (``Calibration.mm_*``) were read off the
+``arch.matmul_timing.matmul_occupancy``'s latencies (``Calibration.mm_*``) were read off the
 unit's events (tile announced, first row fed, result, writeback, done) for a fitting set
 of six instructions on edge-8x8: GEMV ``1 x 64 x 8`` (with and without ``accumulate``),
 ``1 x 64 x 16``, ``1 x 512 x 8``, GEMM ``1 x 64 x 8`` and ``32 x 64 x 8``. This benchmark

@@ -1,5 +1,5 @@
 """Each instruction of a compiled tiny decode step run alone on the RTL, against
-``arch.occupancy``: the per-instruction agreement that ``occupancy.CALIBRATION`` was
+``arch.occupancy``: the per-instruction agreement that ``timing.CALIBRATION`` was
 fitted on, by instruction class.
 
 Every instruction of the program (dependency tokens stripped) becomes a program of its

@@ -279,10 +279,11 @@ def _prefill_matmuls() -> dict:
     again alone."""
     from arch import occupancy
     from arch.hardware import load_hardware
+    from arch.matmul_timing import matmul_timeline
     from models.config import preset
     from sweeps import analytic
 
-    # a 1,024-token prefill: the MATMULs it times (``occupancy.matmul_timeline``, compiled)
+    # a 1,024-token prefill: the MATMULs it times (``matmul_timing.matmul_timeline``, compiled)
     # and their tiles, timed again alone
     cfg, hw = preset("tinyllama-1.1b"), load_hardware("edge-16x16").replace(l2_bytes=1 << 20)
     timed, saved_occupancy = [], occupancy._occupancy
@@ -300,7 +301,7 @@ def _prefill_matmuls() -> dict:
         occupancy._occupancy = saved_occupancy
         analytic.clear_caches()
     t0 = time.perf_counter()
-    tiles = sum(len(occupancy.matmul_timeline(instr, hw)[1]) for instr in timed)
+    tiles = sum(len(matmul_timeline(instr, hw)[1]) for instr in timed)
     return _emit({
         "section": "slow", "case": "prefill_matmuls", "model": cfg.name, "hw": hw.name,
         "l2_bytes": hw.l2_bytes, "prefill_tokens": 1024, "matmuls": len(timed),

@@ -8,7 +8,7 @@ tokens absent, so both start at once), and the load alone; one Verilator job run
 all after an empty DRAM image (timing does not depend on the values). A row length that
 is not a whole number of lines makes each weight row begin in the line the row before
 ended in, which the reader reads again: a copier trailing the reader a bank behind is
-refused that cycle (``arch.occupancy._refusals``, ``sweeps.perf._trapped``)::
+refused that cycle (``arch.matmul_timing._refusals``, ``sweeps.perf._trapped``)::
 
     python -m benchmarks.rtl_pairs                          # edge-8x8, 64 KiB
     python -m benchmarks.rtl_pairs --hw edge-16x16 --k 96 249 256

@@ -1,6 +1,6 @@
 """The vector unit alone against its occupancy model, on random vector instructions.
 
-``arch.occupancy.vector_occupancy`` steps the unit cycle by cycle (its issuer, three row
+``arch.vector_timing.vector_occupancy`` steps the unit cycle by cycle (its issuer, three row
 readers, the datapath's groups and two row writers over the L2's banks) with no fitted
 constant: its latencies are the row copiers', read off traces of the matmul unit. This
 benchmark times random instructions of all seven kinds (``rtl.random_programs.

@@ -25,7 +25,7 @@ where ``compiler.schedule.hoist`` places each load (replayed in tile terms: the 
 ring as ``backend.Ring`` allocates it, ``LOOKAHEAD`` loads ahead, the KV pages a
 prefetch shares with the step's ``KV_APPEND``), each load beginning when the load engine
 is free, its dependency has ended and it has been dispatched, its rows through the
-copier after the previous load's (``occupancy.Copies``), delayed by the DRAM lines that
+copier after the previous load's (``timing.Copies``), delayed by the DRAM lines that
 instruction fetch and the store engine take and, iterated as ``sweeps.perf`` does, by
 the L2 lines the compute engine's ports take over its interval and by the paced
 compute streams it is held behind (``sweeps.perf._trapped``); each compute beginning
@@ -147,7 +147,7 @@ def _tile(load=0, compute: int = 0, staged: int = 0, extra: float = 0.0,
 class _Tiles:
     """Tiles in program order, ``(load, compute cycles, staged bytes, reader, after,
     extra, stores, compute L2 lines, load L2 lines, after cycles)``, plus totals (DRAM bytes read,
-    MACs, L2 lines moved). ``load``: the load's ``occupancy.Copies``, a ``CHUNKED`` KV
+    MACs, L2 lines moved). ``load``: the load's ``timing.Copies``, a ``CHUNKED`` KV
     prefetch's cycles (an int: it has no row copier), or 0 for none;
     ``staged``: its bytes in the staging ring; ``reader``: the tile that far ahead holds
     the first compute reading the load (0: the first compute at or after it); ``after``
@@ -227,7 +227,7 @@ class _Tiles:
     def add_store(self, occ, producer: int) -> tuple[int, int]:
         """A store engine instruction, begun once the compute of tile ``producer`` has
         ended and the store engine has taken the one before (it runs them in program
-        order): its DRAM lines and its copies (``occupancy.Copies``, timed by ``_run``'s
+        order): its DRAM lines and its copies (``timing.Copies``, timed by ``_run``'s
         store copier) go to the later of the two tiles. Returns that tile and the
         instruction's place among the tile's stores (from 1)."""
         self.pending += self.hw.dram_cycles_per_line
@@ -257,7 +257,7 @@ def _matmul_tile(hw: HardwareConfig, m: int, k_total: int, n_total: int, n: int,
     ``loads``, ``backend.weight_tile_loads``' with each offset modulo the line: one, or
     for MXINT4 weights the packed elements' and the block exponents', then its
     ``MATMUL``): ``(tiles, DRAM bytes read, MACs, L2 lines)``. The L2 addresses are taken
-    as ``arch.occupancy.matmul_alignment`` reduces them (all the MATMUL's timing reads of
+    as ``arch.matmul_timing.matmul_alignment`` reduces them (all the MATMUL's timing reads of
     them), so each is costed once; the loads go into the slots at ``w_addr`` and
     ``e_addr`` (the fast path's DRAM map puts each parameter at 0)."""
     mx = weights == "mxint4"

@@ -21,7 +21,7 @@ The model has three levels (``docs/perf.md``):
    instruction ends), runs for its occupancy and ends. A DMA engine pops its next
    instruction as soon as the previous one's last row command is queued, and the
    instruction ends when its copier has written it, after the ones before it
-   (``occupancy.Copies``; at most ``DEFERRED`` in flight); busy cycles are those in which
+   (``timing.Copies``; at most ``DEFERRED`` in flight); busy cycles are those in which
    an engine has an instruction begun and not ended. ``HALT`` completes when every
    engine has drained; ``KV_LIVE`` waits for every earlier instruction to end, then its
    map's words come one request a cycle after ``MAP_READ_START``, a DRAM latency each;

@@ -103,7 +103,7 @@ def test_a_budget_times_a_chunked_prefetch_as_headers_of_its_widths_do():
 def test_a_copier_trailing_the_matmul_units_readers_is_refused_at_each_slip():
     """``Occupancy.paced_cycles`` and ``paced_lines`` of a MATMUL: its cycles, and those
     in which a copier below it in priority, asking for a line a cycle in consecutive
-    banks, is not refused (``occupancy._refusals``, stepped through the tile readers'
+    banks, is not refused (``matmul_timing._refusals``, stepped through the tile readers'
     and the writer's grants). A GEMV over weight rows of 249 bytes reads again the line
     each row begins in, and the copier, trailing the reader a bank behind, wants that
     bank then: about a cycle a row (64 rows; on the RTL a 504-line load beside it lost 45

@@ -1,6 +1,6 @@
 """The L2 between the load engine's copier and the compute engine, on the RTL (Verilator):
 a weight load beside one GEMV, the load's busy cycles against the performance model's
-(``arch.occupancy._refusals``: the copier stepped through the unit's bank grants), on
+(``arch.matmul_timing._refusals``: the copier stepped through the unit's bank grants), on
 the suite's edge-8x8 at 64 KiB, whose DRAM feeds a line a cycle (``python -m
 benchmarks.rtl_pairs`` runs nine row lengths and prints the table); and on edge-4x4,
 whose L2 moves one line a cycle, a load beside a compute that takes nearly all of it,

@@ -118,20 +118,21 @@ def test_an_int8_only_unit_runs_int8_weights(l2sim):
                     ("GEMM", "KN", 40, 24, 40, 1)])])
 def test_tiles_are_announced_and_the_unit_ends_when_the_model_says(l2sim, hw, cases):
     """The tile filler's two row readers share the L2's banks, the x reader's port first
-    (``arch.occupancy._fill_cycles`` steps both cycle by cycle). On edge-4x4 (one line-wide
+    (``arch.matmul_timing._fill_cycles`` steps both cycle by cycle). On edge-4x4 (one line-wide
     bank) a tile's weight reader waits for the x rows, which matters where KN weight rows
     need a priming step each and so set the fill (the model was 4-9% short on such
     MATMULs); on edge-16x16 (four banks) the two readers collide only where they ask one
     bank at once (the model was a cycle a tile long where they did not). The writeback's
     two ports come after the filler's, and its row writer after its old-output reader
-    (``arch.occupancy._writeback``): a group's writeback waits while the next tile fills
+    (``arch.matmul_timing._writeback``): a group's writeback waits while the next tile fills
     where they ask one bank (before it was stepped, the accumulating KN GEMM on
     edge-4x4 ended 5 cycles after the model's 252, and on edge-16x16 the GEMVs of 40
     rows, whose writebacks run beside the next tiles' fills, were 14% and 16% short, the
     accumulating KN GEMM 5%). Every
     tile of every case is announced in the cycle the model gives, the unit ends (``done``)
     in the model's cycle, and it ends with the ISA simulator's L2."""
-    from arch.occupancy import CALIBRATION, matmul_timeline
+    from arch.matmul_timing import matmul_timeline
+    from arch.timing import CALIBRATION
 
     params = PARAMS[hw] if hw in PARAMS else RtlParams(
         load_hardware(hw).replace(l2_bytes=L2_BYTES), dram_bytes=4096)

@@ -154,7 +154,7 @@ def _model_cycles(instr, hw):
 
 @pytest.mark.parametrize(("hw", "op", "rows", "cols", "variant"), CASES)
 def test_vector_instruction_ends_when_the_model_says(runs, hw, op, rows, cols, variant):
-    """``arch.occupancy.vector_occupancy`` steps the unit cycle by cycle (issuer, row
+    """``arch.vector_timing.vector_occupancy`` steps the unit cycle by cycle (issuer, row
     readers, datapath groups, row writers, the L2's banks by port): each case ends in the
     unit's cycle."""
     _, _, _, instr, cycles = runs(hw)[(hw, op, rows, cols, variant)]

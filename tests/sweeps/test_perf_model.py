@@ -13,7 +13,9 @@ import pytest
 
 from arch.hardware import load_hardware
 from arch.isa import Engine, make
-from arch.occupancy import CALIBRATION, NEVER, _occupancy, gemm_blocks, occupancy
+from arch.matmul_timing import gemm_blocks
+from arch.occupancy import CALIBRATION, _occupancy, occupancy
+from arch.timing import NEVER
 from compiler.driver import compile_generation, compile_step
 from compiler.ir import CompileError
 from models.config import preset
@@ -777,6 +779,7 @@ def test_the_dataflow_picked_is_the_faster_one():
     rows to prefill chunks, NK and KN weights, int8 and MXINT4, 4x4 to 16x16) the GEMM
     always takes longer than both, the mode picked is the one timing both modes picks
     (GEMV only where strictly faster), and some were skipped."""
+    from arch import matmul_timing
     from arch import occupancy as occ
     from arch.isa import MatmulMode
 
@@ -799,11 +802,11 @@ def test_the_dataflow_picked_is_the_faster_one():
         want = (MatmulMode.GEMV if cycles[MatmulMode.GEMV] < cycles[MatmulMode.GEMM]
                 else MatmulMode.GEMM)
         R = hw.array_rows
-        gemm = occ.MatmulFields(**fields, mode=int(MatmulMode.GEMM))
-        tiles = occ.matmul_tiles(gemm, hw)
+        gemm = matmul_timing.MatmulFields(**fields, mode=int(MatmulMode.GEMM))
+        tiles = matmul_timing.matmul_tiles(gemm, hw)
         blocks = int((-(-tiles[:, 5] // R)).sum())
         banks = int(hw.l2_lines_per_cycle)
-        fills = int(occ._fills(gemm, tiles, hw.line_bytes, banks, False)[0][:, 0].sum()
+        fills = int(matmul_timing._fills(gemm, tiles, hw.line_bytes, banks, False)[0][:, 0].sum()
                     ) + len(tiles)
         assert cycles[MatmulMode.GEMM] > max((blocks - 1) * R, fills), fields
         gemm_won += want == MatmulMode.GEMM

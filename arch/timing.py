@@ -1,0 +1,187 @@
+"""What every unit's timing shares: the ``Occupancy`` an instruction's walk returns, the
+``Calibration`` latencies, and the helpers the walks' compiled steps share.
+
+Contract
+--------
+``Occupancy`` (what ``arch.occupancy.occupancy`` returns for an instruction),
+``Calibration``/``CALIBRATION`` (the latencies between the RTL's pipeline steps, read off
+single-instruction runs of the Verilator model, ``python -m benchmarks.perf_calibration``),
+``NEVER``, and ``_profile`` (an ``Occupancy.l2_profile``). The units' walks are in
+``arch.occupancy`` (DMA), ``arch.matmul_timing`` and ``arch.vector_timing``.
+
+Tested through arch.occupancy's tests (tests/arch/test_occupancy.py,
+tests/sweeps/test_perf_model.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from arch.isa import (
+    Engine,
+    Instruction,
+)
+from arch.kernels import njit
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Latencies (cycles) between the pipeline steps of the RTL, fitted to the RTL."""
+
+    dma_setup: int = 1            # SETUP before the first row command
+    int_read: int = 3             # an int32 read on the aux port, beyond the DRAM latency
+                                  # (read off table walks alone, every row command in the
+                                  # RTL's cycle; 5 before, 2 cycles long a read)
+    cmd_to_read: int = 3          # row command -> its first DRAM/L2 read
+    read_to_write: int = 1        # a line's DRAM read accepted -> the write side, beyond
+                                  # the DRAM latency and the step that writes it
+    l2_read_latency: int = 3      # L2 row reader: request -> beat
+    dma_drain: int = 2            # last write -> END, alone
+    dma_end: int = 1              # last write -> END, with earlier rows in the copier
+    mm_result_latency: int = 6    # a group's last row streamed -> its writeback begins
+    mm_old_output_latency: int = 5  # a writeback that accumulates: its first old row read
+    engine_overhead: int = 2      # the engine shell's START and END around the unit's run
+    chunk_start: int = 1          # a CHUNKED KV_PREFETCH: beyond its blocks (fitted)
+    chunk_block: int = 11         # a CHUNKED KV_PREFETCH: a block, beyond its parts (fitted
+                                  # as 3 when read_to_write was 4: two reads a block; 9
+                                  # when int_read was 5, which it adds to)
+
+
+CALIBRATION = Calibration()
+
+#: The tile filler (``rtl.matmul_unit.TileFiller``): its begin -> its readers' first L2
+#: request (the row command through the copier's queue), and an L2 grant -> the write-side
+#: step that takes the line (the L2's read, the copier's buffered FIFO). The RTL's
+#: structure, read off a trace of the unit in Amaranth's simulator.
+FILL_ISSUE_LATENCY = 3
+FILL_DATA_LATENCY = 3
+#: The matmul unit's writeback: a row handed to the row writer -> the writer's first step
+#: on it (through the copier's buffered FIFO), from the same trace.
+WB_DATA_LATENCY = 2
+#: A group's last row handed over -> the next group's first row handed over, at the
+#: earliest (the writeback takes the group, then reads the accumulator a cycle ahead).
+WB_NEXT_GROUP = 3
+
+
+NEVER = float("-inf")
+
+
+@dataclass(frozen=True)
+class Copies:
+    """When a row-copying DMA instruction is done with each part of its engine, relative
+    to its begin, as functions of when the copier's read and write sides become free of
+    the instructions before it (``r0``, ``w0``, also relative): each time is
+    ``max(c, r0 + r, w0 + w)``, a triple ``(c, r, w)``, since every step of the copier
+    is a max of sums (``queue_after`` evaluates them).
+
+    ``issue``: the engine's last row command is queued (it moves on to the next
+    instruction); ``reads``/``writes``: the copier's read and write sides are done with
+    this instruction's rows; the instruction ends ``Calibration.dma_end`` after
+    ``writes``."""
+
+    issue: tuple[float, float, float]
+    reads: tuple[float, float, float]
+    writes: tuple[float, float, float]
+    # The copier's command queue (``CMD_DEPTH``) is shared with the instructions before:
+    # ``first_cmds`` are when the first ``CMD_DEPTH`` row commands would be queued alone
+    # (relative to begin), ``takes`` when the write side takes each of the last
+    # ``CMD_DEPTH`` (triples), so that ``queue_after`` can hold this instruction's
+    # commands until the earlier ones leave the queue.
+    first_cmds: tuple[float, ...] = ()
+    takes: tuple[tuple[float, float, float], ...] = ()
+    cmd_jumps: tuple[int, ...] = ()    # k where first_cmds[k + 1] > first_cmds[k] + 1
+    rows: int = 0                      # row commands in all
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    engine: Engine
+    cycles: int                   # busy cycles, begin to end, alone
+    dram_read_bytes: int = 0
+    dram_write_bytes: int = 0
+    dram_lines: int = 0           # DRAM lines moved (reads and writes)
+    macs: int = 0
+    prefetch_bytes: int = 0
+    copies: Copies | None = None  # a DMA instruction that copies rows (it ends deferred)
+    l2_lines: int = 0             # L2 lines read and written
+    after_copier: bool = False    # starts once the engine's copier has written its rows
+    # Cycles in which one of its L2 streams moves between half a line and a line a cycle,
+    # idling a cycle between lines (a row reader priming short or unaligned rows; for the
+    # vector unit, its fastest operand or result stream in a segment), and the lines it
+    # moves in them: the load engine's copier, below it in priority, can be held to that
+    # pace (``sweeps.perf._trapped``). For a MATMUL where a copier is stepped beside the
+    # unit (``copier_stepped``): all its cycles, and those in which such a copier is not
+    # refused its bank (``_refusals``).
+    paced_cycles: int = 0
+    paced_lines: int = 0
+    # Bursts its L2 streams begin after an idle cycle besides a paced reader's (the matmul
+    # unit's tile readers at each tile, its writeback at each group; none where a copier
+    # is stepped, which the walk counts): each takes a bank the copier may be about to
+    # write (``sweeps.perf._trapped``).
+    resumes: int = 0
+    # Cycles in which its streams keep one L2 bank busy every cycle: a writeback group
+    # whose rows all fall in one bank (a result stride a multiple of the banks' lines).
+    # A copier below it in priority that reaches that bank waits there until the group
+    # is written (``sweeps.perf._stolen_lines``).
+    camped_cycles: int = 0
+    # Where its L2 lines fall in its run: the share of them moved by each ninth of its
+    # cycles, cumulative, from 0 to 1 (None: evenly). The matmul unit's tile readers move
+    # theirs as each tile fills, its writer at each group's end (``sweeps.perf._Usage``).
+    l2_profile: tuple | None = None
+
+
+def _fields(instr: Instruction) -> SimpleNamespace:
+    """The instruction's fields as attributes, looked up once (the loops below read them
+    per row and per tile)."""
+    return SimpleNamespace(**instr.fields())
+
+
+@njit
+def _lines(addr: int, n: int, w: int) -> int:
+    """The ``w``-byte lines that ``n`` bytes from ``addr`` touch."""
+    return (addr + n - 1) // w - addr // w + 1 if n else 0
+
+
+#: ``_dma_run``'s stand-in for ``NEVER`` (its times are integers); a time below
+#: ``_NEVER_BELOW`` is one (sums of a walk's cycles leave it far below).
+_NEVER_INT, _NEVER_BELOW = -(1 << 62), -(1 << 61)
+
+
+@njit
+def _cycles(time, one):
+    """An integer time of ``_dma_run`` in cycles of ``one`` (``NEVER`` kept)."""
+    return -np.inf if time < _NEVER_BELOW else time / one
+
+
+@njit
+def _shifted_by(before, after, d):
+    """Whether the time ``after`` is ``before`` shifted by ``d`` (``NEVER`` staying
+    ``NEVER``)."""
+    if before < _NEVER_BELOW or after < _NEVER_BELOW:
+        return before < _NEVER_BELOW and after < _NEVER_BELOW
+    return after - before == d
+
+
+PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
+
+
+@njit
+def _profile(moves, cycles):
+    """``Occupancy.l2_profile`` of streams that move ``(from, to, lines)`` each (rows of
+    ``moves``), evenly over their interval, in an instruction of ``cycles``: float64
+    [PROFILE_STEPS], or empty for None (no lines moved)."""
+    total = moves[:, 2].sum()
+    if not total or cycles <= 0:
+        return np.empty(0, np.float64)
+    points = np.empty(PROFILE_STEPS, np.float64)
+    for j in range(PROFILE_STEPS):
+        t = cycles * (j + 1) / PROFILE_STEPS
+        done = 0.0
+        for b0, b1, n in moves:
+            done += min(1.0, max(0.0, (t - b0) / max(1.0, b1 - b0))) * n
+        points[j] = min(1.0, done / total)
+    points[-1] = 1.0
+    return points
