@@ -425,7 +425,9 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             if have_before and m:
                 # settled where every time is the one a period before shifted by d
                 d = st[0] - before_st[0]
-                same = True
+                # (a table walk's answers are timed in whole cycles, ``_answer_behind``:
+                # they repeat only on a shift of whole cycles)
+                same = not track or d % one == 0
                 for i in range(12):
                     same = same and _shifted_by(before_st[i], st[i], d)
                 for i in range(n_window):

@@ -9,8 +9,8 @@ single-instruction runs of the Verilator model, ``python -m benchmarks.perf_cali
 ``NEVER``, and ``_profile`` (an ``Occupancy.l2_profile``). The units' walks are in
 ``arch.occupancy`` (DMA), ``arch.matmul_timing`` and ``arch.vector_timing``.
 
-Tested through arch.occupancy's tests (tests/arch/test_occupancy.py,
-tests/sweeps/test_perf_model.py).
+Tested by tests/arch/test_occupancy.py and tests/sweeps/test_perf_model.py (through
+the walks that use it).
 """
 
 from __future__ import annotations

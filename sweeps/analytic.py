@@ -56,13 +56,13 @@ import numpy as np
 from arch.hardware import HardwareConfig
 from arch.isa import Engine, KvFormat, make
 from arch.kernels import njit
+from arch.matmul_timing import matmul_alignment
 from arch.occupancy import (
     CALIBRATION,
     CopiesTable,
     chunked_prefetch_occupancy,
     kv_budget_widths,
     load_data_delay,
-    matmul_alignment,
     matmul_mode,
     occupancy,
     queue_after,
