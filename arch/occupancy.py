@@ -382,6 +382,33 @@ def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
 
 
 @njit
+def _ring_shifted(lines, read, taken, n, before_lines, before, before_n, d):
+    """Whether ``_dma_run``'s ring of a table walk's last rows (``lines``, ``read``,
+    ``taken``, ``n`` rows so far) is the one as of ``before_*`` shifted by ``d``, row by
+    row by age."""
+    for back in range(_RING):
+        e, b = (n - 1 - back) % _RING, (before_n - 1 - back) % _RING
+        if lines[e] != before_lines[b]:
+            return False
+        for j in range(3):
+            if not (_shifted_by(before[b, j, 0], read[e, j], d)
+                    and _shifted_by(before[b, j, 1], taken[e, j], d)):
+                return False
+    return True
+
+
+@njit
+def _shift_ring(read, taken, d):
+    """``_dma_run``'s ring's times moved on by ``d`` (``NEVER`` staying ``NEVER``)."""
+    for i in range(_RING):
+        for j in range(3):
+            if read[i, j] >= _NEVER_BELOW:
+                read[i, j] += d
+            if taken[i, j] >= _NEVER_BELOW:
+                taken[i, j] += d
+
+
+@njit
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
              after_read, int_read, drain, depth):
     """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``_dma_rows``)
@@ -412,11 +439,9 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     # a table walk's last rows (a ring, ``_answer_behind``): source lines, first read,
     # the write side's step that took the last source line; and as of ``before_*``
     track = load and needs.any()
-    ring_lines = np.zeros(_RING, np.int64)
-    ring_read = np.full((_RING, 3), never, np.int64)
-    ring_taken = np.full((_RING, 3), never, np.int64)
+    ring_lines, before_lines = np.zeros(_RING, np.int64), np.zeros(_RING, np.int64)
+    ring_read, ring_taken = np.full((_RING, 3), never), np.full((_RING, 3), never)
     before_ring = np.empty((_RING, 3, 2), np.int64)
-    before_lines = np.empty(_RING, np.int64)
     n_ring = before_n = 0
     r = stepped = 0
     while r < n_rows:
@@ -434,22 +459,15 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                     for j in range(3):
                         same = same and _shifted_by(before_taken[i, j],
                                                     taken[(head + i) % depth, j], d)
-                for back in range(_RING if track else 0):    # row by row, by age
-                    e, b = (n_ring - 1 - back) % _RING, (before_n - 1 - back) % _RING
-                    same = same and ring_lines[e] == before_lines[b]
-                    for j in range(3):
-                        same = same and _shifted_by(before_ring[b, j, 0], ring_read[e, j], d) \
-                            and _shifted_by(before_ring[b, j, 1], ring_taken[e, j], d)
+                same = same and (not track or _ring_shifted(
+                    ring_lines, ring_read, ring_taken, n_ring, before_lines, before_ring,
+                    before_n, d))
                 if same:
                     st += m * d
                     for i in range(n_window):
                         taken[(head + i) % depth] += m * d
-                    for i in range(_RING if track else 0):
-                        for j in range(3):
-                            if ring_read[i, j] >= _NEVER_BELOW:
-                                ring_read[i, j] += m * d
-                            if ring_taken[i, j] >= _NEVER_BELOW:
-                                ring_taken[i, j] += m * d
+                    if track:
+                        _shift_ring(ring_read, ring_taken, m * d)
                     counts += m * (counts - before_counts)
                     r += m * period
                     have_before = False
@@ -459,10 +477,8 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 before_taken[i] = taken[(head + i) % depth]
             before_counts[:] = counts
             if track:
-                before_ring[:, :, 0] = ring_read
-                before_ring[:, :, 1] = ring_taken
-                before_lines[:] = ring_lines
-                before_n = n_ring
+                before_ring[:, :, 0], before_ring[:, :, 1] = ring_read, ring_taken
+                before_lines[:], before_n = ring_lines, n_ring
             have_before = True
         n, r, stepped = nbytes[r], r + 1, stepped + 1
         if needs[r - 1]:
