@@ -756,7 +756,7 @@ _MAX_STEPPED_BANKS = 63
 
 
 def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
-    """``_timing_operands`` of a ``MATMUL``: its fields, the addresses as
+    """``occupancy._timing_operands`` of a ``MATMUL``: its fields, the addresses as
     ``matmul_alignment`` reduces them, the strides modulo the L2's stripe."""
     P = hw.l2_stripe_bytes
     return (f.mode, f.accumulate, f.w_layout, f.m, f.k, f.n, f.w_format,
@@ -769,7 +769,7 @@ def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
 def _gemm_floor(f, W, banks, R, C, MT, KT):
     """A bound below the cycles of the ``MATMUL`` of fields ``f`` in GEMM mode, on
     ``W``-byte lines in ``banks`` line-wide banks, an ``R x C`` array and GEMM tiles of
-    ``MT`` rows by ``KT`` reduction bytes, where ``_matmul_mode`` need not time it: the
+    ``MT`` rows by ``KT`` reduction bytes, where ``occupancy._matmul_mode`` need not time it: the
     GEMM loads each block's ``R`` weight rows at least ``R`` cycles after the block
     before's (``gemm_blocks``), so it takes more than (blocks - 1) * R cycles; and where
     it has fewer rows than the array (a decode step's, where it mostly loses), its tile

@@ -295,8 +295,11 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
     same times as functions of when the copier is free of earlier instructions. Rows
     repeat every ``period`` rows (``_row_period`` by default; 0 steps every row): once a
     period has shifted every time alike, the rest of the periods are added at once (a
-    600-token KV prefetch steps about 150 rows), exactly as stepping them (the times
-    are exact: ``_dma_run``)."""
+    600-token KV prefetch of one-line rows on edge-16x16 steps 184 rows), exactly as
+    stepping them (the times are exact: ``_dma_run``); a table walk only by whole cycles
+    (its answers are timed in whole cycles, ``_answer_behind``), which a ``KV_PREFETCH``
+    at a DRAM bandwidth under a line a cycle rarely moves: it is then stepped row by
+    row (``python -m benchmarks.sweep_speed``: 28.0 s, 27.9 s before)."""
     line_cycles = hw.dram_cycles_per_line
     load = instr.engine == Engine.LOAD
     if instr.mnemonic == "STORE_COUNTERS":
@@ -349,8 +352,9 @@ AUX_GRANT = 2
 def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
     """The step (``1 / S`` cycles, as ``_dma_run``'s) at which an int32 read on the aux
     port asked at ``ask`` comes back, at the earliest, behind the copier's lines: the DRAM
-    answers in request order on one stream, so it comes after every line the copier had
-    read before it was granted (``AUX_GRANT`` cycles on), and the copier takes those only
+    answers in request order on one stream, so it comes after the lines of every row the
+    copier began reading before it was granted (``AUX_GRANT`` cycles on; rows counted by
+    their first read), and the copier takes those only
     as its landing buffer (``COPIER_FIFO_DEPTH`` lines) has room: the last one enters as
     the write side takes the line ``COPIER_FIFO_DEPTH`` before it, and the int32 is
     taken the cycle after. ``lines``: the copier's source lines so far; ``ring_*``: the
@@ -360,8 +364,9 @@ def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
     16-byte columns from 64-byte rows alone, whose one-line rows the copier writes slower
     than the DRAM delivers them, on edge-4x4: each table read after the first came back 3
     cycles past its latency, the cycle after the line five before the last one ahead of it
-    was written; 7 to 15 cycles short over five blocks on edge-4x4 and edge-8x8 without
-    it.)"""
+    was written; without it such prefetches over five blocks were 3 to 19 cycles short
+    on edge-4x4, edge-8x8 and edge-16x16, ``python -m benchmarks.rtl_table_walks --only
+    alone``.)"""
     granted = -(-ask // one) + AUX_GRANT
     ahead = lines
     for back in range(min(n_ring, _RING)):

@@ -75,7 +75,7 @@ class Copies:
     to its begin, as functions of when the copier's read and write sides become free of
     the instructions before it (``r0``, ``w0``, also relative): each time is
     ``max(c, r0 + r, w0 + w)``, a triple ``(c, r, w)``, since every step of the copier
-    is a max of sums (``queue_after`` evaluates them).
+    is a max of sums (``occupancy.queue_after`` evaluates them).
 
     ``issue``: the engine's last row command is queued (it moves on to the next
     instruction); ``reads``/``writes``: the copier's read and write sides are done with
@@ -88,7 +88,7 @@ class Copies:
     # The copier's command queue (``CMD_DEPTH``) is shared with the instructions before:
     # ``first_cmds`` are when the first ``CMD_DEPTH`` row commands would be queued alone
     # (relative to begin), ``takes`` when the write side takes each of the last
-    # ``CMD_DEPTH`` (triples), so that ``queue_after`` can hold this instruction's
+    # ``CMD_DEPTH`` (triples), so that ``occupancy.queue_after`` can hold this instruction's
     # commands until the earlier ones leave the queue.
     first_cmds: tuple[float, ...] = ()
     takes: tuple[tuple[float, float, float], ...] = ()
@@ -113,8 +113,8 @@ class Occupancy:
     # vector unit, its fastest operand or result stream in a segment), and the lines it
     # moves in them: the load engine's copier, below it in priority, can be held to that
     # pace (``sweeps.perf._trapped``). For a MATMUL where a copier is stepped beside the
-    # unit (``copier_stepped``): all its cycles, and those in which such a copier is not
-    # refused its bank (``_refusals``).
+    # unit (``matmul_timing.copier_stepped``): all its cycles, and those in which such a
+    # copier is not refused its bank (``matmul_timing._refusals``).
     paced_cycles: int = 0
     paced_lines: int = 0
     # Bursts its L2 streams begin after an idle cycle besides a paced reader's (the matmul

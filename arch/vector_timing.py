@@ -238,7 +238,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
 
     The issuer issues a segment a cycle from cycle 1, with its row commands, while fewer
     than ``SEGMENT_DEPTH`` are queued. Each row reader (``rtl.copier.RowCopier``, as the
-    tile filler's, ``_fill_cycles``) asks the L2 for its commands' lines in order from
+    tile filler's, ``matmul_timing._fill_cycles``) asks the L2 for its commands' lines in order from
     ``FILL_ISSUE_LATENCY`` after the issue, while fewer than ``COPIER_FIFO_DEPTH - 1`` of
     its lines are in, and its write side takes a line ``FILL_DATA_LATENCY`` after its
     grant at the earliest: a priming step where the row does not start on a line, then a

@@ -105,7 +105,8 @@ def run(hw_name: str, count: int, seed: int, l2_bytes: int = 1 << 16) -> list[di
     import numpy as np
 
     from arch.hardware import load_hardware
-    from arch.occupancy import CALIBRATION, matmul_occupancy
+    from arch.matmul_timing import matmul_occupancy
+    from arch.timing import CALIBRATION
     from rtl.common import RtlParams
     from rtl.matmul_unit import MatmulUnit
 

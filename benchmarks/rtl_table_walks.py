@@ -3,9 +3,9 @@
 Three sets of small programs, one Verilator job a configuration, after a DRAM image
 holding only a block table (timing does not depend on the values):
 
-* ``alone``: a ``KV_PREFETCH`` over 1 and 4 KV blocks (and over 5 of 16 of each 64-byte
-  row's bytes, whose table reads come back behind the block before's lines,
-  ``arch.occupancy._answer_behind``), a ``KV_APPEND`` over 3 and a 5-row
+* ``alone``: a ``KV_PREFETCH`` over 1 and 4 KV blocks, and over 5 blocks reading 16
+  bytes of each 64-byte row (whose table reads come back behind the block before's
+  lines, ``arch.occupancy._answer_behind``), a ``KV_APPEND`` over 3 and a 5-row
   ``DMA_GATHER``, each alone, on every configuration of
   ``sweeps.random_steps.rtl_hardware()``: each block-table entry or index is an int32
   read on the engine's aux port, ``Calibration.int_read`` cycles past the DRAM latency;

@@ -512,7 +512,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 lo, hi = reads[i]
                 free_running = hi - lo - delay[i][1]
                 # a table walk's first int32 read goes out before its first row's
-                own -= instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")
+                own -= int(instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER"))
             taken = sum(min(u.lines(hi) - u.lines(lo), own)
                         for u in (dram_usage[other[e]], fetch_usage))
             if e == Engine.STORE:

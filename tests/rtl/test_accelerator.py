@@ -469,8 +469,9 @@ def test_table_walks_alone_take_the_rtls_cycles(model):
     cycles long. And prefetches over five blocks of 8, 16 and 24 of each 64-byte row's
     bytes (at offsets 0 and 40), whose one-line rows the copier writes slower than the
     DRAM delivers them, so that each table read's int32 comes back behind the lines of
-    the block before (``arch.occupancy._answer_behind``): within 1 (the rule was read off
-    edge-4x4; without it 3 to 15 cycles short here)."""
+    the block before (``arch.occupancy._answer_behind``): exact (the rule was read off
+    edge-4x4; without it up to 19 cycles short here, and a cycle long with the L2 wait
+    ``sweeps.perf`` charged an unheld prefetch before)."""
     from accel.runtime import image_with_programs
     from sweeps.perf import time_program
 
@@ -498,5 +499,5 @@ def test_table_walks_alone_take_the_rtls_cycles(model):
         assert run["done"] and not run["error"], (name, run)
         cycles = time_program([walk, make("HALT")], hw,
                               lambda a: int(data[a:a + 4].view("<i4")[0])).cycles
-        bound = 1 if name in narrow else 3
+        bound = 0 if name in narrow else 3
         assert abs(cycles - run["counters"]["cycles"]) <= bound, (name, cycles, run["counters"])
