@@ -64,7 +64,7 @@ def run_one(model: str, windows: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     models, windows = parse_models("python -m benchmarks.int_vs_float",
-                                   __doc__.splitlines()[0], 48, argv)
+                                   __doc__.split("\n\n")[0].rstrip(":"), 48, argv)
     for model in models:
         print(json.dumps({"bench": "int_vs_float", **run_one(model, windows)}), flush=True)
 

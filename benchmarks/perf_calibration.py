@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.fit is not None:
             return fit(args.fit, 7 if args.seed is None else args.seed, indices)
         return test_set(args.random, 2026 if args.seed is None else args.seed, indices)
-    rows = each_run("perf_calibration", __doc__.splitlines()[0], run_one, rest,
+    rows = each_run("perf_calibration", __doc__.split("\n\n")[0].rstrip(":"), run_one, rest,
                     prefetch=("on",))
     for row in rows:
         print(f"{row['hw']}, prefetch {'on' if row['prefetch'] else 'off'}:")

@@ -132,7 +132,7 @@ def run_one(model: str, windows: int) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     models, windows = parse_models("python -m benchmarks.quant_ablation",
-                                   __doc__.splitlines()[0], 24, argv)
+                                   __doc__.split("\n\n")[0].rstrip(":"), 24, argv)
     rows = []
     for model in models:
         row = run_one(model, windows)

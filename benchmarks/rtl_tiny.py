@@ -118,10 +118,14 @@ def run_steps(tiny_model, im, hw, prefetch: bool, positions: list[int]) -> dict:
 
 
 def each_run(name: str, description: str, run, argv: list[str] | None,
-             prefetch: tuple[str, ...] = ("on", "off")) -> list[dict]:
+             prefetch: tuple[str, ...] = ("on", "off"), more=None) -> list[dict]:
     """``run(tiny, int_model, hw, prefetch)`` for every ``--hw`` (with the overrides) and
-    ``--prefetch`` of the command line, each row printed as a JSON line as it finishes."""
+    ``--prefetch`` of the command line, each row printed as a JSON line as it finishes.
+    ``more(parser)`` adds the caller's own options, which it has parsed already (so that
+    ``--help`` lists them)."""
     parser = ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
+    if more is not None:
+        more(parser)
     parser.add_argument("--hw", nargs="*", default=["edge-8x8", "edge-4x4"])
     parser.add_argument("--prefetch", nargs="*", default=list(prefetch), choices=("on", "off"))
     parser.add_argument("--l2", type=int, default=None, help="override l2_bytes")
@@ -150,12 +154,17 @@ def each_run(name: str, description: str, run, argv: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    def decode_at(parser):
+        parser.add_argument("--decode-at", type=int, nargs="+", default=None, metavar="KV",
+                            help="single decode steps at these KV lengths instead")
+
     parser = ArgumentParser(prog="python -m benchmarks.rtl_tiny", add_help=False)
-    parser.add_argument("--decode-at", type=int, nargs="+", default=None)
+    decode_at(parser)
     args, rest = parser.parse_known_args(argv)
     if args.decode_at:
-        rows = each_run("rtl_tiny", __doc__.splitlines()[0],
-                        lambda t, im, hw, on: run_steps(t, im, hw, on, args.decode_at), rest)
+        rows = each_run("rtl_tiny", __doc__.split("\n\n")[0].rstrip(":"),
+                        lambda t, im, hw, on: run_steps(t, im, hw, on, args.decode_at), rest,
+                        more=decode_at)
         print(f"{'hw':<10}{'L2':>9} {'prefetch':<10}{'KV':>5}{'bit-exact':>11}{'RTL':>10}"
               f"{'model':>10}{'error':>9}{'load busy':>11}")
         for r in rows:
@@ -166,7 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{st['rtl_cycles']:>10,}{st['perf_cycles']:>10,}"
                       f"{st['cycles_error_pct']:>+8.2f}%{st['load_busy_error_pct']:>+10.1f}%")
         return rows
-    rows = each_run("rtl_tiny", __doc__.splitlines()[0], run_one, argv)
+    rows = each_run("rtl_tiny", __doc__.split("\n\n")[0].rstrip(":"), run_one, argv,
+                    more=decode_at)
     print(f"{'hw':<10}{'L2':>9} {'weights':<8}{'prefetch':<10}{'bit-exact':<11}{'prefill':>10}"
           f"{'decode/step':>13}"
           f"{'DRAM use':>11}{'compute busy':>14}{'cycles/s':>10}{'decode/s':>10}{'build s':>9}"
