@@ -7,9 +7,9 @@ Contract
 readers cycle by cycle over the L2's banks (``_fills``), the array's blocks
 (``gemm_blocks``) and the writeback's row writer and old-output reader cycle by cycle
 beside the fills (``_writeback``), as ``rtl/matmul_unit.py`` runs them. Also the MATMUL
-fields' reduction for the memo (``_matmul_key``, ``matmul_alignment``), whether a copier
+fields' reduction for the memo (``matmul_key``, ``matmul_alignment``), whether a copier
 beside the unit is stepped (``copier_stepped``, ``_refusals``) and a bound on a GEMM's
-cycles (``_gemm_floor``). ``arch.occupancy.occupancy`` dispatches here.
+cycles (``gemm_floor``). ``arch.occupancy.occupancy`` dispatches here.
 
 Tested by tests/rtl/test_matmul_unit.py (every case's done cycle and every tile's
 announcement against the unit), tests/arch/test_occupancy.py and
@@ -43,8 +43,8 @@ from arch.timing import (
     WB_NEXT_GROUP,
     Calibration,
     Occupancy,
-    _lines,
-    _profile,
+    l2_profile_points,
+    lines_touched,
 )
 from arch.uarch import COPIER_FIFO_DEPTH
 
@@ -70,7 +70,7 @@ def _reader_lines(segments, W, banks):
     for base, stride, rows, n in segments:
         for r in range(rows):
             a = base + r * stride
-            took = _lines(a, n, W)
+            took = lines_touched(a, n, W)
             n_lines += took
             n_steps += took if a % W == 0 else -(-n // W) + 1
     lines = np.empty(n_lines, np.int64)
@@ -716,7 +716,7 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
         # paces, which catches up in the cycles it has to spare: the readers' idle steps
         paced_cycles, paced_lines = fills[:, 3].sum(), fills[:, 4].sum()
     return (cycles, lines, resumes, paced_cycles, paced_lines,
-            math.ceil(_camped_cycles(camped, spans, banks)), _profile(moves, cycles),
+            math.ceil(_camped_cycles(camped, spans, banks)), l2_profile_points(moves, cycles),
             announced)
 
 
@@ -755,7 +755,7 @@ def copier_stepped(hw: HardwareConfig) -> bool:
 _MAX_STEPPED_BANKS = 63
 
 
-def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
+def matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
     """``occupancy._timing_operands`` of a ``MATMUL``: its fields, the addresses as
     ``matmul_alignment`` reduces them, the strides modulo the L2's stripe."""
     P = hw.l2_stripe_bytes
@@ -766,7 +766,7 @@ def _matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:
 
 
 @njit
-def _gemm_floor(f, W, banks, R, C, MT, KT):
+def gemm_floor(f, W, banks, R, C, MT, KT):
     """A bound below the cycles of the ``MATMUL`` of fields ``f`` in GEMM mode, on
     ``W``-byte lines in ``banks`` line-wide banks, an ``R x C`` array and GEMM tiles of
     ``MT`` rows by ``KT`` reduction bytes, where ``occupancy._matmul_mode`` need not time it: the

@@ -56,18 +56,18 @@ from arch.isa import (
     make,
 )
 from arch.kernels import njit
-from arch.matmul_timing import MatmulFields, _gemm_floor, _matmul_key, matmul_occupancy
+from arch.matmul_timing import MatmulFields, gemm_floor, matmul_key, matmul_occupancy
 from arch.timing import (
-    _NEVER_BELOW,
-    _NEVER_INT,
     CALIBRATION,
+    NEVER_BELOW,
+    NEVER_INT,
     Calibration,
     Copies,
     Occupancy,
-    _cycles,
-    _fields,
-    _lines,
-    _shifted_by,
+    fields_of,
+    in_cycles,
+    lines_touched,
+    shifted_by,
 )
 from arch.uarch import CMD_DEPTH, COPIER_FIFO_DEPTH, KV_CHUNK_MAX_COLS
 from arch.vector_timing import vector_occupancy
@@ -232,7 +232,7 @@ class CopierQueue:
 def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> tuple[np.ndarray, ...]:
     """A DMA instruction's rows, in order: ``(src, dst, bytes, needs an int32 read)``,
     ``int64 [rows]`` each (addresses in bytes)."""
-    f, op = _fields(instr), instr.mnemonic
+    f, op = fields_of(instr), instr.mnemonic
     if op in ("DMA_LOAD", "DMA_STORE"):
         r = np.arange(f.rows, dtype=np.int64)
         dram, l2 = f.dram_addr + r * f.dram_stride, f.l2_addr + r * f.l2_stride
@@ -271,7 +271,7 @@ def _row_period(instr: Instruction, hw: HardwareConfig, read_i32) -> int:
     """Rows after which a DMA instruction's rows (``_dma_rows``) repeat: the same bytes,
     source and destination alignments in the line, and int32 reads; 0 where they need
     not (a gather's indices, or a KV walk's block table read from a DRAM image)."""
-    W, f, op = hw.line_bytes, _fields(instr), instr.mnemonic
+    W, f, op = hw.line_bytes, fields_of(instr), instr.mnemonic
 
     def repeat(stride: int) -> int:          # rows after which row * stride repeats mod W
         return W // math.gcd(stride, W)
@@ -383,7 +383,7 @@ def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
                 return ring_taken[e] - (end - 1 - k) * one
             break
         end -= ring_lines[e]
-    return _NEVER_INT
+    return NEVER_INT
 
 
 @njit
@@ -396,8 +396,8 @@ def _ring_shifted(lines, read, taken, n, before_lines, before, before_n, d):
         if lines[e] != before_lines[b]:
             return False
         for j in range(3):
-            if not (_shifted_by(before[b, j, 0], read[e, j], d)
-                    and _shifted_by(before[b, j, 1], taken[e, j], d)):
+            if not (shifted_by(before[b, j, 0], read[e, j], d)
+                    and shifted_by(before[b, j, 1], taken[e, j], d)):
                 return False
     return True
 
@@ -407,9 +407,9 @@ def _shift_ring(read, taken, d):
     """``_dma_run``'s ring's times moved on by ``d`` (``NEVER`` staying ``NEVER``)."""
     for i in range(_RING):
         for j in range(3):
-            if read[i, j] >= _NEVER_BELOW:
+            if read[i, j] >= NEVER_BELOW:
                 read[i, j] += d
-            if taken[i, j] >= _NEVER_BELOW:
+            if taken[i, j] >= NEVER_BELOW:
                 taken[i, j] += d
 
 
@@ -425,7 +425,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     first; the first row commands' times alone float64 [<= depth]; their ``cmd_jumps``
     int64; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
     int32 reads, row commands; cycles; the rows stepped)``."""
-    never = _NEVER_INT
+    never = NEVER_INT
     one = S                                     # a cycle
     st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
     st[0], st[4], st[8] = setup * one, 0, 0
@@ -459,10 +459,10 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 # they repeat only on a shift of whole cycles)
                 same = not track or d % one == 0
                 for i in range(12):
-                    same = same and _shifted_by(before_st[i], st[i], d)
+                    same = same and shifted_by(before_st[i], st[i], d)
                 for i in range(n_window):
                     for j in range(3):
-                        same = same and _shifted_by(before_taken[i, j],
+                        same = same and shifted_by(before_taken[i, j],
                                                     taken[(head + i) % depth, j], d)
                 same = same and (not track or _ring_shifted(
                     ring_lines, ring_read, ring_taken, n_ring, before_lines, before_ring,
@@ -502,7 +502,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             st[0:3] += one
             continue
         a, b = src[r - 1], dst[r - 1]
-        src_lines, dst_lines = _lines(a, n, W), _lines(b, n, W)
+        src_lines, dst_lines = lines_touched(a, n, W), lines_touched(b, n, W)
         steps = dst_lines + (1 if (a - b) % W else 0)
         if counts[5] >= depth:                 # the copier's command queue is full
             for j in range(3):
@@ -557,10 +557,10 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     window = np.empty((n_window, 3), np.float64)
     for i in range(n_window):
         for j in range(3):
-            window[i, j] = _cycles(taken[(head + i) % depth, j], one)
+            window[i, j] = in_cycles(taken[(head + i) % depth, j], one)
     times = np.empty((3, 3), np.float64)
     for i in range(9):
-        times[i // 3, i % 3] = _cycles(st[i], one)
+        times[i // 3, i % 3] = in_cycles(st[i], one)
     jumps = np.flatnonzero(first_cmds[1:n_first] > first_cmds[:max(0, n_first - 1)] + one)
     return (times, window, first_cmds[:n_first] / one, jumps, counts, -(-end // one) + drain,
             stepped)
@@ -602,7 +602,7 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     instruction's modulo the line times the L2's line-wide banks (``vector_occupancy``
     steps its ports over the banks); for a ``MATMUL``, its
     addresses as ``matmul_alignment`` reduces them and its row strides modulo the L2's
-    line-wide banks times the line (``_matmul_key``); ROPE's ``pos0`` not at all
+    line-wide banks times the line (``matmul_key``); ROPE's ``pos0`` not at all
     (``vector_segments``); an ``INT8`` KV_PREFETCH's or a KV_APPEND's ``first_token``
     modulo the block and the tokens after which its rows' DRAM addresses repeat modulo
     the line (without a DRAM image, token ``t``'s row is at ``pool_addr + t *
@@ -610,7 +610,7 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     address) modulo the line."""
     op, operands = instr.mnemonic, instr.operands
     if op == "MATMUL":
-        return _matmul_key(MatmulFields._make(operands), hw)
+        return matmul_key(MatmulFields._make(operands), hw)
     # the vector unit's ports collide by bank (``_vector_run``): its addresses modulo
     # the banks' lines, a DMA instruction's modulo the line
     W = hw.line_bytes if instr.engine != Engine.COMPUTE else hw.l2_stripe_bytes
@@ -647,8 +647,8 @@ def matmul_mode(hw: HardwareConfig, **fields) -> MatmulMode:
     its cycles already exceeds the GEMV's (its weight loads, or its tile filler's fills:
     ``_matmul_mode``). The compiler emits every ``MATMUL`` in the mode this returns, and
     the fast path times it so. Memoised as ``occupancy`` is (on the timing fields and
-    ``_matmul_key``)."""
-    key = (_timing_fields(hw), _matmul_key(MatmulFields(**fields, mode=0), hw))
+    ``matmul_key``)."""
+    key = (_timing_fields(hw), matmul_key(MatmulFields(**fields, mode=0), hw))
     mode = _modes.get(key)
     if mode is None:
         if len(_modes) > 100_000:
@@ -664,7 +664,7 @@ def _matmul_mode(hw: HardwareConfig, fields: dict) -> MatmulMode:
     gemv = occupancy(make("MATMUL", mode=MatmulMode.GEMV, **fields), hw).cycles
     # (plain ints: an enum member makes numba type the call afresh, a slow dispatch)
     f = MatmulFields(**{k: int(v) for k, v in fields.items()}, mode=int(MatmulMode.GEMM))
-    if _gemm_floor(f, hw.line_bytes, int(hw.l2_lines_per_cycle), hw.array_rows,
+    if gemm_floor(f, hw.line_bytes, int(hw.l2_lines_per_cycle), hw.array_rows,
                    hw.array_cols, *hw.matmul_tile(MatmulMode.GEMM)) > gemv:
         return MatmulMode.GEMV
     gemm = occupancy(make("MATMUL", mode=MatmulMode.GEMM, **fields), hw).cycles
@@ -715,7 +715,7 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
         raise ValueError("a KV_PREFETCH in CHUNKED format is timed from the widths in its "
                          "chunks' headers: it needs the DRAM image (read_i32) or a KV "
                          "budget (kv_bits)")
-    f = _fields(instr)
+    f = fields_of(instr)
     W, B, lat = hw.line_bytes, hw.kv_block_tokens, hw.dram_latency_cycles
     line_cycles = max(1.0, hw.dram_cycles_per_line)
     cols = f.col_bytes
@@ -741,10 +741,10 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
                                         f.col_offset)
         used = budget if budget is not None else _code_bytes(read_i32, headers, cols, block,
                                                              group)
-        header_lines, code_lines = _lines(headers, cols, W), _lines(codes, used, W)
+        header_lines, code_lines = lines_touched(headers, cols, W), lines_touched(codes, used, W)
         writes = 0
         for _ in range(B):
-            writes += _lines(dst, cols, W) + (1 if dst % W else 0)
+            writes += lines_touched(dst, cols, W) + (1 if dst % W else 0)
             dst += cols
         # a read's first line arrives ``read`` after its command, each later one a line's
         # DRAM time after the one before; the groups expand one a cycle as they arrive

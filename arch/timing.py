@@ -6,7 +6,9 @@ Contract
 ``Occupancy`` (what ``arch.occupancy.occupancy`` returns for an instruction),
 ``Calibration``/``CALIBRATION`` (the latencies between the RTL's pipeline steps, read off
 single-instruction runs of the Verilator model, ``python -m benchmarks.perf_calibration``),
-``NEVER``, and ``_profile`` (an ``Occupancy.l2_profile``). The units' walks are in
+``NEVER``, ``l2_profile_points`` (an ``Occupancy.l2_profile``), and what the walks' compiled
+steps share: ``fields_of``, ``lines_touched``, integer time (``NEVER_INT``,
+``NEVER_BELOW``, ``in_cycles``, ``shifted_by``). The units' walks are in
 ``arch.occupancy`` (DMA), ``arch.matmul_timing`` and ``arch.vector_timing``.
 
 Tested by tests/arch/test_occupancy.py and tests/sweeps/test_perf_model.py (through
@@ -133,35 +135,35 @@ class Occupancy:
     l2_profile: tuple | None = None
 
 
-def _fields(instr: Instruction) -> SimpleNamespace:
+def fields_of(instr: Instruction) -> SimpleNamespace:
     """The instruction's fields as attributes, looked up once (the loops below read them
     per row and per tile)."""
     return SimpleNamespace(**instr.fields())
 
 
 @njit
-def _lines(addr: int, n: int, w: int) -> int:
+def lines_touched(addr: int, n: int, w: int) -> int:
     """The ``w``-byte lines that ``n`` bytes from ``addr`` touch."""
     return (addr + n - 1) // w - addr // w + 1 if n else 0
 
 
 #: ``_dma_run``'s stand-in for ``NEVER`` (its times are integers); a time below
-#: ``_NEVER_BELOW`` is one (sums of a walk's cycles leave it far below).
-_NEVER_INT, _NEVER_BELOW = -(1 << 62), -(1 << 61)
+#: ``NEVER_BELOW`` is one (sums of a walk's cycles leave it far below).
+NEVER_INT, NEVER_BELOW = -(1 << 62), -(1 << 61)
 
 
 @njit
-def _cycles(time, one):
+def in_cycles(time, one):
     """An integer time of ``_dma_run`` in cycles of ``one`` (``NEVER`` kept)."""
-    return -np.inf if time < _NEVER_BELOW else time / one
+    return -np.inf if time < NEVER_BELOW else time / one
 
 
 @njit
-def _shifted_by(before, after, d):
+def shifted_by(before, after, d):
     """Whether the time ``after`` is ``before`` shifted by ``d`` (``NEVER`` staying
     ``NEVER``)."""
-    if before < _NEVER_BELOW or after < _NEVER_BELOW:
-        return before < _NEVER_BELOW and after < _NEVER_BELOW
+    if before < NEVER_BELOW or after < NEVER_BELOW:
+        return before < NEVER_BELOW and after < NEVER_BELOW
     return after - before == d
 
 
@@ -169,7 +171,7 @@ PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
 
 
 @njit
-def _profile(moves, cycles):
+def l2_profile_points(moves, cycles):
     """``Occupancy.l2_profile`` of streams that move ``(from, to, lines)`` each (rows of
     ``moves``), evenly over their interval, in an instruction of ``cycles``: float64
     [PROFILE_STEPS], or empty for None (no lines moved)."""

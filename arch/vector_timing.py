@@ -34,8 +34,8 @@ from arch.timing import (
     WB_DATA_LATENCY,
     Calibration,
     Occupancy,
-    _fields,
-    _lines,
+    fields_of,
+    lines_touched,
 )
 from arch.uarch import COPIER_FIFO_DEPTH, SEGMENT_DEPTH
 
@@ -48,7 +48,7 @@ def vector_segments(instr: Instruction) -> list[tuple[int, tuple, tuple]]:
     first, one element): ``(elements, reads, writes)``, each read ``(row reader, L2
     address, bytes)`` and each write ``(row writer, L2 address, bytes, at the last group
     only)`` (element sizes as the ISA declares them)."""
-    f, op = _fields(instr), instr.mnemonic
+    f, op = fields_of(instr), instr.mnemonic
 
     def eb(name: str) -> int:
         return instr.spec.field(name).elem_bytes
@@ -399,7 +399,8 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     lanes = hw.vector_lanes_per_cycle
     total = paced_cycles = paced_lines = 0
     for s, (n, rd, wr) in enumerate(segs):
-        streams = [_lines(a, b, W) for _, a, b in rd] + [_lines(a, b, W) for _, a, b, _ in wr]
+        streams = ([lines_touched(a, b, W) for _, a, b in rd]
+                   + [lines_touched(a, b, W) for _, a, b, _ in wr])
         total += sum(streams)
         seg = int(ended[s] - ended[s - 1]) if s else -(-n // lanes)
         # its fastest stream that idles a cycle between lines (``Occupancy.paced_cycles``)
