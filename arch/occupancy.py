@@ -350,23 +350,23 @@ AUX_GRANT = 2
 
 @njit
 def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
-    """The step (``1 / S`` cycles, as ``_dma_run``'s) at which an int32 read on the aux
-    port asked at ``ask`` comes back, at the earliest, behind the copier's lines: the DRAM
+    """The step (``1 / S`` cycles, as ``_dma_run``'s) at which an int32 read on the aux port
+    asked at ``ask`` comes back, at the earliest, behind the copier's lines: the DRAM
     answers in request order on one stream, so it comes after the lines of every row the
     copier began reading before it was granted (``AUX_GRANT`` cycles on; rows counted by
-    their first read), and the copier takes those only
-    as its landing buffer (``COPIER_FIFO_DEPTH`` lines) has room: the last one enters as
-    the write side takes the line ``COPIER_FIFO_DEPTH`` before it, and the int32 is
-    taken the cycle after. ``lines``: the copier's source lines so far; ``ring_*``: the
-    last rows' source lines, first read and the step its write side took its last source
-    line, oldest at ``n_ring % _RING``. The caller adds ``int_read``. ``-1 << 62`` where no
-    line holds it back. (Read off Amaranth's simulator: a ``KV_PREFETCH`` of 48 tokens of
-    16-byte columns from 64-byte rows alone, whose one-line rows the copier writes slower
-    than the DRAM delivers them, on edge-4x4: each table read after the first came back 3
-    cycles past its latency, the cycle after the line five before the last one ahead of it
-    was written; without it such prefetches over five blocks were 3 to 19 cycles short
-    on edge-4x4, edge-8x8 and edge-16x16, ``python -m benchmarks.rtl_table_walks --only
-    alone``.)"""
+    their first read), and the copier takes those only as its landing buffer
+    (``COPIER_FIFO_DEPTH`` lines) has room: the last one enters as the write side takes the
+    line ``COPIER_FIFO_DEPTH`` before it, and the int32 is taken the cycle after. ``lines``:
+    the copier's source lines so far; ``ring_*``: the last rows' source lines, first read
+    and the step its write side took its last source line (one that fills two destination
+    lines at the first of them past its own, as traced with 24-byte rows on 32-byte lines),
+    oldest at ``n_ring % _RING``. The caller adds ``int_read``. ``-1 << 62`` where no line
+    holds it back. (Read off Amaranth's simulator: a ``KV_PREFETCH`` of 48 tokens of 16-byte
+    columns from 64-byte rows alone, whose one-line rows the copier writes slower than the
+    DRAM delivers them, on edge-4x4: each table read after the first came back 3 cycles past
+    its latency, the cycle after the line five before the last one ahead of it was written;
+    without it such prefetches over five blocks were 3 to 19 cycles short on edge-4x4,
+    edge-8x8 and edge-16x16, ``python -m benchmarks.rtl_table_walks --only alone``.)"""
     granted = -(-ask // one) + AUX_GRANT
     ahead = lines
     for back in range(min(n_ring, _RING)):
@@ -531,7 +531,8 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 # loads alone were 3 to 8 cycles long at 51 bytes a cycle when reads were
                 # charged their whole slot.)
                 first = max(max(c[j] + cmd_to_read * one, st[3 + j] - one), st[9 + j])
-                ring_read[n_ring % _RING, j] = first
+                if track:
+                    ring_read[n_ring % _RING, j] = first
                 st[3 + j] = start + src_lines * W
                 st[9 + j] = max(first + src_lines * one, st[3 + j] - W)
                 st[6 + j] = max(max(first + after_read * one, st[6 + j]) + steps * one,
@@ -544,8 +545,6 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             counts[0] += src_lines
             counts[3] += dst_lines
             if track:
-                # a source line that fills more than one destination line is taken at
-                # the first of them past its own (the trace above: rows of 24 bytes)
                 ring_lines[n_ring % _RING] = src_lines
                 ring_taken[n_ring % _RING] = st[6:9] - max(0, dst_lines - src_lines) * one
                 n_ring += 1
