@@ -39,10 +39,12 @@ from arch.timing import (
     CALIBRATION,
     FILL_DATA_LATENCY,
     FILL_ISSUE_LATENCY,
+    MAX_STEPPED_BANKS,
     WB_DATA_LATENCY,
     WB_NEXT_GROUP,
     Calibration,
     Occupancy,
+    copier_stepped,
     l2_profile_points,
     lines_touched,
 )
@@ -399,7 +401,7 @@ def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, recor
         wb[_WB_STEP], wb[_WB_DUE] = 1, t + 1
         return
     # (more banks than an int64's bits: grants are not recorded, no port waits)
-    bit = 1 << ((a // W + j - prime) % banks) if banks <= _MAX_STEPPED_BANKS else 0
+    bit = 1 << ((a // W + j - prime) % banks) if banks <= MAX_STEPPED_BANKS else 0
     if grants & bit:                                     # refused: the next cycle
         return
     if j == prime:                                       # out of the landing buffer
@@ -475,9 +477,9 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
         if g < n_groups and t >= hs[_HS_FIRST] - (FILL_DATA_LATENCY if accumulate else 0):
             k = hs[_HS_ASKED]
             if accumulate and k < hs[_HS_OLD] and k - hs[_HS_POPPED] < COPIER_FIFO_DEPTH - 1 \
-                    and (banks > _MAX_STEPPED_BANKS or not grants >> old_bank[k] & 1):
+                    and (banks > MAX_STEPPED_BANKS or not grants >> old_bank[k] & 1):
                 old_granted[k] = t
-                if banks <= _MAX_STEPPED_BANKS:
+                if banks <= MAX_STEPPED_BANKS:
                     grants |= 1 << old_bank[k]
                 hs[_HS_ASKED] = k + 1
             r = hs[_HS_R]
@@ -702,7 +704,7 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     GEMVs on edge-16x16) the tile readers' idle steps, and each burst a resume."""
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
-    fills, taken, offsets = _fills(f, tiles, W, banks, banks <= _MAX_STEPPED_BANKS)
+    fills, taken, offsets = _fills(f, tiles, W, banks, banks <= MAX_STEPPED_BANKS)
     end, lines, resumes, announced, spans, camped, moves, writes = _steps(
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
         old_latency, out_bytes, stepped, taken, offsets)
@@ -730,29 +732,15 @@ def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint
     x's to the first bank. The writeback's rows matter by their banks in the readers'
     cycles (the writer waits while a reader has its bank, ``_writeback``; and where a
     copier is stepped beside the unit, ``_refusals``): the output address moved with x
-    (on more than ``_MAX_STEPPED_BANKS`` banks, whose grants are not recorded, modulo
+    (on more than ``MAX_STEPPED_BANKS`` banks, whose grants are not recorded, modulo
     the line).
     Int8 weights have no exponents (``e`` is 0). (The strides stay modulo ``P``.) Exact:
     ``tests/arch/test_occupancy.py`` times random MATMULs so moved alike."""
     W, P = hw.line_bytes, hw.l2_stripe_bytes
     lines = x_addr - x_addr % W
-    out = (out_addr - lines) % P if hw.l2_lines_per_cycle <= _MAX_STEPPED_BANKS \
+    out = (out_addr - lines) % P if hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS \
         else out_addr % W
     return (x_addr - lines) % P, (w_addr - lines) % P, out, (e_addr - lines) % P if mxint4 else 0
-
-
-def copier_stepped(hw: HardwareConfig) -> bool:
-    """Whether a DMA copier beside the matmul unit is stepped through its L2 grants
-    (``_matmul_run``): more than one line-wide bank (at most ``_MAX_STEPPED_BANKS``), and
-    a DRAM that feeds a line a cycle or more."""
-    return 1 < hw.l2_lines_per_cycle <= _MAX_STEPPED_BANKS and hw.dram_cycles_per_line <= 1
-
-
-#: The most line-wide banks a stepped copier walks: a cycle's grants are the bits of one
-#: int64 (``_fill_cycles``, ``_refusals``, ``_writeback``). More (a valid but unusual L2)
-#: keep the rule of the readers' idle steps, and the writeback is not held by the
-#: fills.
-_MAX_STEPPED_BANKS = 63
 
 
 def matmul_key(f: MatmulFields, hw: HardwareConfig) -> tuple:

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from arch.hardware import HardwareConfig
 from arch.isa import (
     Engine,
     Instruction,
@@ -165,6 +166,21 @@ def shifted_by(before, after, d):
     if before < NEVER_BELOW or after < NEVER_BELOW:
         return before < NEVER_BELOW and after < NEVER_BELOW
     return after - before == d
+
+
+#: The most line-wide banks a stepped copier walks: a cycle's grants are the bits of one
+#: int64 (``matmul_timing._fill_cycles``, ``_refusals``, ``_writeback``;
+#: ``vector_timing._vector_run``). More (a valid but unusual L2) keep the rule of the
+#: readers' idle steps, and the matmul writeback is not held by the fills.
+MAX_STEPPED_BANKS = 63
+
+
+def copier_stepped(hw: HardwareConfig) -> bool:
+    """Whether a DMA copier beside the compute engine is stepped through its L2 grants
+    (``matmul_timing._matmul_run``, ``vector_timing._vector_run``): more than one
+    line-wide bank (at most ``MAX_STEPPED_BANKS``), and a DRAM that feeds a line a cycle
+    or more."""
+    return 1 < hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS and hw.dram_cycles_per_line <= 1
 
 
 PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start

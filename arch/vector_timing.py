@@ -34,6 +34,7 @@ from arch.timing import (
     WB_DATA_LATENCY,
     Calibration,
     Occupancy,
+    copier_stepped,
     fields_of,
     lines_touched,
 )
@@ -228,9 +229,31 @@ def _operands_ready(sd, t, reads, r_cmd, r_step, n_cmd_r, cmd_seg, cmd_first_lin
 
 
 @njit
-def _vector_run(seg_n, reads, writes, W, banks, L):
+def _copier_step(mask, cs, refused, merged, banks):
+    """One cycle of a copier below the vector unit in priority that asks for a line every
+    cycle in consecutive banks, from each of the ``banks`` banks it may be at (``cs``,
+    walked together until they meet, then as one: ``merged``): refused where the unit's
+    ports ask its bank this cycle (``mask``, a bit each; ``rtl/l2.py``: the lowest port
+    asking a bank wins it), else on to the next bank. Counts ``refused`` per start and
+    returns whether the walks have met."""
+    for p in range(1 if merged else banks):
+        if mask >> cs[p] & 1:
+            refused[p] += 1
+        else:
+            cs[p] = (cs[p] + 1) % banks
+    if not merged:
+        for p in range(1, banks):
+            if cs[p] != cs[0]:
+                return False
+        refused[0] = refused.sum() / banks
+    return True
+
+
+@njit
+def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
     """The vector unit (``rtl/vector_unit.py``) cycle by cycle: ``(cycles from start
-    to done, each segment's last group's cycle int64 [segments])`` for the segments'
+    to done, each segment's last group's cycle int64 [segments], the cycles a copier
+    beside it is refused its bank)`` for the segments'
     elements ``seg_n``, their reads ``int64 [segments, 3, 2]`` (per row reader: L2
     address, bytes; 0 bytes: not used) and writes ``int64 [segments, 2, 3]`` (per row
     writer: address, bytes, whether only at the last group), on ``W``-byte lines in
@@ -251,7 +274,9 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
     priming step where the row does not start on a line (its command is queued ahead),
     and writes a line a step. The ports ask the L2 in the order readers 0-2, writers
     0-1; a port waits while one before it has its bank. Done the cycle after the last
-    write."""
+    write. With ``stepped``, a copier below the unit in priority asking a line every
+    cycle in consecutive banks is walked through each cycle's banks (``_copier_step``,
+    averaged over the bank it begins in); else its refusals are 0."""
     S = len(seg_n)
     INF = 1 << 62
     n_cmd_r, n_lines_r, cmd_seg, line_bank, line_cmd, cmd_first_line, n_cmd_w, \
@@ -274,6 +299,9 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
     sd = g = 0                             # the datapath's segment and group
     last_write = 0
     tk = np.zeros(5, np.int64)             # the banks granted in a cycle (five ports)
+    cs = np.arange(banks)                  # a stepped copier's bank, from each start
+    refused = np.zeros(banks)
+    merged = not stepped
     # every cycle moves a line, fires a group or issues a segment but for latencies and
     # waits of a few cycles each: far more than that is a model that stopped moving
     limit = 64 * (n_lines_r.sum() + S + seg_n.sum() + 2 * S + 16)
@@ -360,12 +388,18 @@ def _vector_run(seg_n, reads, writes, W, banks, L):
                              issued, pushed_at, n_pushed, n_popped_w, W, banks):
                 nt += 1
                 last_write = t
+        if stepped:
+            mask = 0
+            for i in range(nt):
+                mask |= 1 << tk[i]
+            merged = _copier_step(mask, cs, refused, merged, banks)
         t += 1
         if sd >= S and w_cmd[0] >= n_cmd_w[0] and w_cmd[1] >= n_cmd_w[1]:
             break
         if t > limit:
             raise RuntimeError("_vector_run: no progress (a bug in the model)")
-    return max(last_write, ended[S - 1] if S else 0) + 1, ended
+    return (max(last_write, ended[S - 1] if S else 0) + 1, ended,
+            (refused[0] if merged else refused.sum() / banks) if stepped else 0.0)
 
 
 def vector_occupancy(instr: Instruction, hw: HardwareConfig,
@@ -394,8 +428,9 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
             reads[s, k] = (a % P, b)
         for d, a, b, last in wr:
             writes[s, d] = (a % P, b, last)
-    done, ended = _vector_run(seg_n, reads, writes, W, int(hw.l2_lines_per_cycle),
-                              hw.vector_lanes_per_cycle)
+    stepped = copier_stepped(hw)
+    done, ended, refused = _vector_run(seg_n, reads, writes, W, int(hw.l2_lines_per_cycle),
+                                       hw.vector_lanes_per_cycle, stepped)
     lanes = hw.vector_lanes_per_cycle
     total = paced_cycles = paced_lines = 0
     for s, (n, rd, wr) in enumerate(segs):
@@ -408,5 +443,8 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
         if paced:
             paced_cycles += seg
             paced_lines += paced
-    return Occupancy(Engine.COMPUTE, int(done) + cal.engine_overhead, l2_lines=total,
+    cycles = int(done) + cal.engine_overhead
+    if stepped:          # all its cycles, and those a copier beside it is not refused
+        paced_cycles, paced_lines = cycles, cycles - round(refused)
+    return Occupancy(Engine.COMPUTE, cycles, l2_lines=total,
                      paced_cycles=paced_cycles, paced_lines=paced_lines)

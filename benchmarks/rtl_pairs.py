@@ -1,6 +1,6 @@
 """A weight load beside one GEMV, on the RTL against the performance model: how many L2
 cycles the load engine's copier loses to the matmul unit's tile readers and writer, by
-the GEMV's row length.
+the GEMV's row length; and the same load beside vector instructions.
 
 Each GEMV (one row of ``k`` bytes by ``n`` weight rows of ``k`` bytes) runs alone, then
 beside a ``DMA_LOAD`` of ``--load-rows`` rows of ``--load-bytes`` bytes (dependency
@@ -8,7 +8,11 @@ tokens absent, so both start at once), and the load alone; one Verilator job run
 all after an empty DRAM image (timing does not depend on the values). A row length that
 is not a whole number of lines makes each weight row begin in the line the row before
 ended in, which the reader reads again: a copier trailing the reader a bank behind is
-refused that cycle (``arch.matmul_timing._refusals``, ``sweeps.perf._trapped``)::
+refused that cycle (``arch.matmul_timing._refusals``, ``sweeps.perf._trapped``). The
+vector unit's streams hold it alike: a ROPE over 27 tokens of 16 heads of 16 (a random
+prefill's, whose frequency line every head reads again) lets the copier, trailing its
+streams bank by bank, write about a line in five cycles (``vector_timing._copier_step``);
+a REQUANT of int32 rows, about half its cycles::
 
     python -m benchmarks.rtl_pairs                          # edge-8x8, 64 KiB
     python -m benchmarks.rtl_pairs --hw edge-16x16 --k 96 249 256
@@ -48,6 +52,16 @@ def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) ->
                         x_stride=k, w_stride=k, out_stride=4 * n)
         programs[f"gemv {k}"] = [gemvs[k]]
         programs[f"gemv {k} + load"] = [gemvs[k], load]
+    # the vector instructions: L2 operands in the GEMVs' regions (unused by these programs)
+    vectors = {
+        "ROPE": make("ROPE", src_addr=(16 << 10) + 2 * W, dst_addr=8 << 10, rows=27,
+                     heads=16, head_dim=16, pos0=0, freq_addr=0, row_stride=256),
+        "REQUANT": make("REQUANT", out_bits=0, params=1, has_bias=0, rows=4, cols=128,
+                        src_addr=16 << 10, dst_addr=8 << 10, src_stride=512,
+                        dst_stride=128, param_addr=0, bias_addr=0)}
+    for name, v in vectors.items():
+        programs[name] = [v]
+        programs[f"{name} + load"] = [v, load]
     data, entries = image_with_programs(np.zeros(1 << 17, np.uint8), programs)
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     for (name, _), entry in zip(entries, job.programs, strict=True):
@@ -71,6 +85,18 @@ def run(hw_name: str, ks: list[int], n: int, load_rows: int, load_bytes: int) ->
             "pair_rtl_load_busy": rtl[pair]["load_busy"],
             "pair_model_load_busy": model[pair].busy["load"],
             "copier_refusals_over_the_gemv": occ.paced_cycles - occ.paced_lines})
+    for name, v in vectors.items():
+        occ = occupancy(v, hw)
+        rows.append({
+            "benchmark": "rtl_pairs", "hw": hw.name, "vector": name,
+            "vector_rtl_cycles": rtl[name]["cycles"], "vector_model_cycles": model[name].cycles,
+            "load_alone_rtl_busy": rtl["load"]["load_busy"],
+            "load_alone_model_busy": model["load"].busy["load"],
+            "pair_rtl_cycles": rtl[f"{name} + load"]["cycles"],
+            "pair_model_cycles": model[f"{name} + load"].cycles,
+            "pair_rtl_load_busy": rtl[f"{name} + load"]["load_busy"],
+            "pair_model_load_busy": model[f"{name} + load"].busy["load"],
+            "copier_refusals_over_the_vector": occ.paced_cycles - occ.paced_lines})
     return rows
 
 
@@ -119,12 +145,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'k':>5}{'GEMV RTL':>10}{'model':>7}{'load alone':>12}{'model':>7}"
           f"{'load beside':>13}{'model':>7}{'lost RTL':>10}{'model':>7}{'refusals':>10}")
     for r in rows:
+        if "vector" in r:
+            continue
         lost_rtl = r["pair_rtl_load_busy"] - r["load_alone_rtl_busy"]
         lost_model = r["pair_model_load_busy"] - r["load_alone_model_busy"]
         print(f"{r['k']:>5}{r['gemv_rtl_cycles']:>10,}{r['gemv_model_cycles']:>7,}"
               f"{r['load_alone_rtl_busy']:>12,}{r['load_alone_model_busy']:>7,}"
               f"{r['pair_rtl_load_busy']:>13,}{r['pair_model_load_busy']:>7,}"
               f"{lost_rtl:>10}{lost_model:>7}{r['copier_refusals_over_the_gemv']:>10}")
+    print(f"{'vector':>8}{'RTL':>7}{'model':>7}{'load beside':>13}{'model':>7}"
+          f"{'pair RTL':>10}{'model':>7}{'refusals':>10}")
+    for r in rows:
+        if "vector" in r:
+            print(f"{r['vector']:>8}{r['vector_rtl_cycles']:>7,}{r['vector_model_cycles']:>7,}"
+                  f"{r['pair_rtl_load_busy']:>13,}{r['pair_model_load_busy']:>7,}"
+                  f"{r['pair_rtl_cycles']:>10,}{r['pair_model_cycles']:>7,}"
+                  f"{r['copier_refusals_over_the_vector']:>10}")
     return rows
 
 

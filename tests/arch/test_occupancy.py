@@ -110,8 +110,10 @@ def test_a_copier_trailing_the_matmul_units_readers_is_refused_at_each_slip():
     cycles, ``python -m benchmarks.rtl_pairs``), where rows of whole lines cost a cycle
     or so a tile (8 tiles; 8 on the RTL). Attention's ``P · V`` (KN weights, a row of
     ``C`` bytes per reduction step) primes each row that does not start on a line, an
-    idle step the copier loses too. A REQUANT on edge-8x8 reads its int32 accumulators
-    at half a line a cycle throughout."""
+    idle step the copier loses too. The vector unit is stepped alike: beside a REQUANT
+    on edge-8x8 reading its int32 accumulators at half a line a cycle, such a copier was
+    granted 76 to 79 of its 139 cycles in Amaranth's simulator, by the bank it began in
+    (tests/rtl/test_vector_unit.py checks random vector instructions so)."""
     hw = load_hardware("edge-8x8")
     W = hw.line_bytes
     gemv = dict(mode=1, accumulate=0, w_format=0, e_addr=0)
@@ -135,7 +137,7 @@ def test_a_copier_trailing_the_matmul_units_readers_is_refused_at_each_slip():
     rq = occupancy(make("REQUANT", out_bits=0, params=1, has_bias=0, rows=4, cols=128,
                         src_addr=0, dst_addr=1 << 12, src_stride=512, dst_stride=128,
                         param_addr=1 << 13, bias_addr=0), hw)
-    assert rq.paced_cycles and 2 * rq.paced_lines == rq.paced_cycles
+    assert rq.paced_cycles == rq.cycles and 76 <= rq.paced_lines <= 79
 
 
 @pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
