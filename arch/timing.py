@@ -115,9 +115,10 @@ class Occupancy:
     # idling a cycle between lines (a row reader priming short or unaligned rows; for the
     # vector unit, its fastest operand or result stream in a segment), and the lines it
     # moves in them: the load engine's copier, below it in priority, can be held to that
-    # pace (``sweeps.perf._trapped``). For a MATMUL where a copier is stepped beside the
-    # unit (``matmul_timing.copier_stepped``): all its cycles, and those in which such a
-    # copier is not refused its bank (``matmul_timing._refusals``).
+    # pace (``sweeps.perf._trapped``). For a compute instruction where a copier is stepped
+    # beside the unit (``copier_stepped``): all its cycles, and those in which such a
+    # copier is not refused its bank (``matmul_timing._refusals``,
+    # ``vector_timing._copier_step``).
     paced_cycles: int = 0
     paced_lines: int = 0
     # Bursts its L2 streams begin after an idle cycle besides a paced reader's (the matmul

@@ -414,8 +414,11 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     a fitted 1.25 cycles: random vector instructions run alone on the unit, 30 on each
     of edge-8x8, edge-4x4 and edge-16x16, were 5.2%, 7.6% and 6.8% off on average, at
     most 36%; now each ends in the unit's cycle.) ``paced_cycles`` and ``paced_lines``:
-    the segments' whose fastest stream idles a cycle between lines, each segment from the
-    cycle after the one before ended."""
+    where a copier beside the unit is stepped (``copier_stepped``), all its cycles and
+    those in which such a copier is not refused its bank (``_copier_step``;
+    tests/rtl/test_vector_unit.py checks random instructions against the unit's L2 with
+    such a port added); else the segments' whose fastest stream idles a cycle between
+    lines, each segment from the cycle after the one before ended."""
     segs = vector_segments(instr)
     P, W = hw.l2_stripe_bytes, hw.line_bytes
     S = len(segs)

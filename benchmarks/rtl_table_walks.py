@@ -13,7 +13,13 @@ holding only a block table (timing does not depend on the values):
   then a ``KV_PREFETCH`` of 8 to 64 tokens: its table reads wait behind the load's lines
   in the DRAM's queue (``sweeps.perf._queued``);
 * ``filled`` (edge-4x4): a 28-line load beside a REQUANT that takes 0.98 of the L2's
-  line a cycle: the load waits for it (``sweeps.perf._l2_span``).
+  line a cycle: the load waits for it (``sweeps.perf._l2_span``);
+* ``beside`` (the 4 x 8 array and edge-8x8 at 64 KiB): a ``KV_PREFETCH`` over 5 blocks
+  alone and beside a compute instruction that starts with it, attention's ``P · V`` (KN
+  weights) beside one-line rows, a GEMV beside 16 of each 64-byte row: each block's rows
+  come in a burst, in which the copier is refused its bank as beside any paced stream,
+  and the next block's table read comes back behind the burst
+  (``sweeps.perf._bursts_trapped``).
 
 ::
 
@@ -27,7 +33,7 @@ import json
 
 from accel.args import ArgumentParser, run_command
 
-SECTIONS = ("alone", "queued", "filled")
+SECTIONS = ("alone", "queued", "filled", "beside")
 
 
 def _run(hw, programs: dict, table_tokens: int = 16) -> list[tuple[str, dict, object]]:
@@ -109,6 +115,28 @@ def filled() -> list[dict]:
     return _rows("filled", load_hardware("edge-4x4"), filled_l2_programs())
 
 
+def beside() -> list[dict]:
+    from arch.isa import make
+    from sweeps.random_steps import rtl_hardware
+
+    gemv = dict(mode=1, accumulate=0, w_format=0, e_addr=0, m=1, x_addr=0, w_addr=16 << 10,
+                out_addr=8 << 10)
+    pv = make("MATMUL", **gemv, w_layout=1, k=78, n=32, x_stride=79, w_stride=32,
+              out_stride=128)
+    nk = make("MATMUL", **gemv, w_layout=0, k=80, n=128, x_stride=80, w_stride=80,
+              out_stride=512)
+    rows = []
+    for hw in rtl_hardware()[:3:2]:                  # edge-8x8 at 64 KiB, the 4 x 8 array
+        B = hw.kv_block_tokens
+        wide, narrow = _prefetch(5 * B - 2, 32, 128), _prefetch(5 * B - 2, 16, 64)
+        rows += _rows("beside", hw, {
+            "KV_PREFETCH 5 blocks of 32 of 128 bytes": [wide],
+            "the same beside P · V": [pv, wide],
+            "KV_PREFETCH 5 blocks of 16 of 64 bytes": [narrow],
+            "the same beside a GEMV": [nk, narrow]})
+    return rows
+
+
 def _rows(section: str, hw, programs: dict) -> list[dict]:
     return [{"benchmark": "rtl_table_walks", "section": section, "hw": hw.name,
              "program": name, "rtl_load_busy": counters["load_busy"],
@@ -133,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for section in args.only:
         part = alone(args.hw) if section == "alone" else queued() if section == "queued" \
-            else filled()
+            else filled() if section == "filled" else beside()
         for row in part:
             print(json.dumps(row), flush=True)
         rows += part

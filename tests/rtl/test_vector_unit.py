@@ -188,8 +188,8 @@ def test_a_copier_beside_the_unit_is_refused_where_the_model_steps_it():
     which a port below the unit's five in priority, asking for a line every cycle in
     consecutive banks, is granted its bank. On the RTL's L2 with such a port added, from
     each bank it may begin in, random vector instructions of all seven kinds on
-    edge-8x8: the mean refusals round to the model's. (A ROPE beside a load of 164 lines
-    on the RTL of a 4 x 8 array let it write 0.18 lines a cycle: the copier trails the
+    edge-8x8: the mean refusals round to the model's. (A ROPE beside a 504-line load on
+    edge-8x8's RTL let it write about a line in five cycles: the copier trails the
     unit's streams bank by bank. The model had taken the unit's lines as spread over
     the banks and the load as not held at all: ``python -m benchmarks.rtl_pairs``.)"""
     from amaranth import Module
