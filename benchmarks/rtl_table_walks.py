@@ -17,9 +17,10 @@ holding only a block table (timing does not depend on the values):
 * ``beside`` (the 4 x 8 array and edge-8x8 at 64 KiB): a ``KV_PREFETCH`` over 5 blocks
   alone and beside a compute instruction that starts with it, attention's ``P · V`` (KN
   weights) beside one-line rows, a GEMV beside 16 of each 64-byte row: each block's rows
-  come in a burst, in which the copier is refused its bank as beside any paced stream,
-  and the next block's table read comes back behind the burst
-  (``sweeps.perf._bursts_trapped``).
+  come in a burst, in which the copier is refused its bank beside a paced stream, and
+  the next block's table read comes back behind the burst. The model charges nothing
+  for it (its rules see the prefetch's mean rate, at which it loses nothing): an open
+  gap, 15 and 7 cycles a prefetch here.
 
 ::
 

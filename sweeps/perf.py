@@ -27,9 +27,8 @@ The model has three levels (``docs/perf.md``):
    map's words come one request a cycle after ``MAP_READ_START``, a DRAM latency each;
 3. what the engines share: each DMA instruction's copier waits for the L2 lines the
    higher-priority ports take, for the pace of a compute stream it is held behind
-   (``_trapped``; a ``KV_PREFETCH`` block by block, ``_bursts_trapped``) and for the
-   DRAM lines instruction fetch and the other DMA engine take over its interval
-   (``_contention``); a store's block-table read, and the first
+   (``_trapped``) and for the DRAM lines instruction fetch and the other DMA engine
+   take over its interval (``_contention``); a store's block-table read, and the first
    table or index read of a ``KV_PREFETCH`` or ``DMA_GATHER``, waits for the lines a held
    load has queued in the DRAM ahead of it (``_queued``); and the program
    runs again until the waits settle. No program takes fewer cycles than the DRAM needs
@@ -72,7 +71,6 @@ from arch.occupancy import (
 )
 from arch.uarch import (
     CMD_DEPTH,
-    COPIER_FIFO_DEPTH,
     DEFERRED,
     DISPATCH_LATENCY,
     DONE_LATENCY,
@@ -396,45 +394,6 @@ def _burst_wait(lines: float, rate: float, left: float) -> float:
     return lines / left - lines / rate
 
 
-def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ,
-                    line_cycles: float) -> float:
-    """Cycles a ``KV_PREFETCH`` that alone runs ``alone`` cycles from ``lo`` loses behind
-    the paced compute streams it overlaps (``_trapped``), block by block. Each block's
-    rows come in a burst once its block-table entry is back, as fast as the DRAM
-    delivers them, so within a burst the copier wants the L2 far more often than over the
-    whole interval (at whose mean rate such a copier loses nothing). The next block's
-    entry comes back only as the write side takes the burst's source line
-    ``COPIER_FIFO_DEPTH`` before its last (``arch.occupancy._answer_behind``): the loss
-    up to that line holds up the blocks after it, and the last block's whole loss its
-    end. The bursts are taken evenly spaced, each at the end of its share of the
-    interval. (Measured on the RTL, ``python -m benchmarks.rtl_table_walks --only
-    beside``: a prefetch of 78 tokens in five blocks of one-line rows beside attention's
-    ``P · V`` took 15 cycles longer than alone on edge-8x8 and on a 4 x 8 array, the
-    model 3 and 5 over that; one of 16 of each 64-byte row beside a GEMV 7 and 6 longer,
-    the model 3 and 2 under; without this rule 16 and 8 short. In step 17 of ``python -m
-    benchmarks.perf_calibration --random 25 --seed 2037``, a decode step on the 4 x 8
-    array whose 24 prefetches run beside ``P · V``, the model went from -1.13% to -0.60%
-    of the RTL's cycles.) The fast path (``sweeps.analytic``) does not have this rule.
-    A block's L2 lines go at most one a cycle; where it has no more source lines than
-    the landing buffer holds past one, only the last block's loss counts."""
-    blocks = (occ.dram_read_bytes - occ.prefetch_bytes) // BLOCK_TABLE_ENTRY_BYTES
-    if blocks < 1 or not occ.l2_lines:
-        return 0.0
-    src = (occ.dram_lines - blocks) / blocks           # source lines a block
-    burst = occ.l2_lines / blocks                       # L2 lines a block
-    # its burst alone: the DRAM's pace, at most a line a cycle into the L2
-    cycles = max(1.0, src * line_cycles, burst)
-    rate = burst / cycles
-    held = max(0.0, src - 1 - COPIER_FIFO_DEPTH) / max(src, 1.0) * cycles
-    lost = 0.0
-    for b in range(blocks):
-        part = cycles if b == blocks - 1 else held
-        if part > 0:
-            begin = lo + (b + 1) * alone / blocks - cycles + lost
-            lost += _trapped(streams, begin, part, rate)
-    return round(lost, 6)              # (none beside no stream: not a rounding error's 1)
-
-
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
                 delay: list[tuple[int, float, int]],
@@ -547,9 +506,6 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             if e == Engine.LOAD:           # measured behind paced streams: the load engine
                 l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                           occ.l2_lines / max(1, free_running))))
-            if instrs[i].mnemonic == "KV_PREFETCH" and free_running > 0:
-                l2_wait = max(l2_wait, math.ceil(_bursts_trapped(
-                    streams, lo, free_running, occ, hw.dram_cycles_per_line)))
         if occ.dram_lines:
             own = occ.dram_lines
             if i in reads:                 # a load's DRAM reads: its copier's read side

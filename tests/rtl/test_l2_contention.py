@@ -62,44 +62,11 @@ def test_a_load_beside_a_rope_trails_its_streams_bank_by_bank():
         assert abs(model[name] - rtl[name]) <= 8, (name, model, rtl)
 
 
-def test_a_kv_prefetchs_bursts_lose_the_cycles_a_paced_stream_takes():
-    """A ``KV_PREFETCH`` over five KV blocks writes each block's rows in a burst, a line a
-    cycle, once its table entry is back: beside attention's ``P · V`` (KN weights, whose
-    reader idles between rows) its copier is refused its bank within each burst, and
-    the next block's entry comes back behind the burst's lines. On the RTL (edge-8x8 at
-    64 KiB) it is busy 15 cycles longer than alone, 7 beside a GEMV reading 16 of each
-    64-byte row; the model's (``sweeps.perf._bursts_trapped``) is within 4 of each
-    (before, it had the prefetch as alone: 16 and 8 short)."""
-    def prefetch(tokens, col_bytes, row_bytes):
-        return make("KV_PREFETCH", pool_addr=1 << 16, table_addr=1 << 15, first_token=0,
-                    n_tokens=tokens, row_bytes=row_bytes, col_offset=0, col_bytes=col_bytes,
-                    l2_addr=48 << 10, pool_blocks=16, seq=0, kv_format=0)
-
-    hw = load_hardware("edge-8x8").replace(l2_bytes=64 << 10)
-    B = hw.kv_block_tokens
-    gemv = dict(mode=1, accumulate=0, w_format=0, e_addr=0, m=1, x_addr=0, w_addr=16 << 10,
-                out_addr=8 << 10)
-    pv = make("MATMUL", **gemv, w_layout=1, k=78, n=32, x_stride=79, w_stride=32,
-              out_stride=128)
-    nk = make("MATMUL", **gemv, w_layout=0, k=80, n=128, x_stride=80, w_stride=80,
-              out_stride=512)
-    wide, narrow = prefetch(5 * B - 2, 32, 128), prefetch(5 * B - 2, 16, 64)
-    table = np.zeros(1 << 18, np.uint8)          # block i at entry i (the table at 32 KiB)
-    table[1 << 15:(1 << 15) + 64] = np.arange(16, dtype="<i4").view(np.uint8)
-    rtl, model = _load_busy(hw, {"wide": [wide], "pv": [pv, wide], "narrow": [narrow],
-                                 "gemv": [nk, narrow]}, image=table)
-    assert rtl["pv"] - rtl["wide"] >= 10 and rtl["gemv"] - rtl["narrow"] >= 5, rtl
-    for name in rtl:
-        assert abs(model[name] - rtl[name]) <= 4, (name, model, rtl)
-
-
-def _load_busy(hw, programs: dict, image_bytes: int = 1 << 17,
-               image: np.ndarray | None = None) -> tuple[dict, dict]:
-    """``programs`` run on ``hw``'s RTL after ``image`` (by default zeros, a block table
-    of zeros) and timed by the model: each one's load busy cycles, ``(rtl, model)``."""
-    if image is None:
-        image = np.zeros(image_bytes, np.uint8)
-    data, entries = image_with_programs(image, {str(k): p for k, p in programs.items()})
+def _load_busy(hw, programs: dict, image_bytes: int = 1 << 17) -> tuple[dict, dict]:
+    """``programs`` run on ``hw``'s RTL after a zero image (a block table of zeros) and
+    timed by the model: each one's load busy cycles, ``(rtl, model)``."""
+    data, entries = image_with_programs(np.zeros(image_bytes, np.uint8),
+                                        {str(k): p for k, p in programs.items()})
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
     rtl = {name: e["counters"]["load_busy"] for name, e in zip(programs, job.programs,
