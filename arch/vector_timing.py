@@ -440,6 +440,8 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
         streams = ([lines_touched(a, b, W) for _, a, b in rd]
                    + [lines_touched(a, b, W) for _, a, b, _ in wr])
         total += sum(streams)
+        if stepped:
+            continue
         seg = int(ended[s] - ended[s - 1]) if s else -(-n // lanes)
         # its fastest stream that idles a cycle between lines (``Occupancy.paced_cycles``)
         paced = max((k for k in streams if k < seg <= 2 * k), default=0)

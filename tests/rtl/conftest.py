@@ -17,10 +17,11 @@ from rtl.l2 import L2
 
 
 class UnitBench(wiring.Component):
-    """A compute unit (``port(i)``, ``word``, ``start``, ``done``) on its own L2."""
+    """A compute unit (``port(i)``, ``word``, ``start``, ``done``) on its own L2, with
+    ``extra_ports`` more L2 ports below the unit's in priority for the testbench."""
 
-    def __init__(self, params, unit, n_ports):
-        self.l2 = L2(params=params, n_ports=n_ports)
+    def __init__(self, params, unit, n_ports, extra_ports=0):
+        self.l2 = L2(params=params, n_ports=n_ports + extra_ports)
         self.unit = unit
         self.n_ports = n_ports
         super().__init__({})
@@ -131,3 +132,8 @@ class L2Sim:
 @pytest.fixture(scope="session")
 def l2sim():
     return L2Sim
+
+
+@pytest.fixture(scope="session")
+def unit_bench():
+    return UnitBench

@@ -182,7 +182,7 @@ def test_random_vector_instructions_end_when_the_model_says(l2sim, hw):
         [instr.fields() for _, instr in inputs]
 
 
-def test_a_copier_beside_the_unit_is_refused_where_the_model_steps_it():
+def test_a_copier_beside_the_unit_is_refused_where_the_model_steps_it(unit_bench):
     """``vector_occupancy``'s ``paced_lines`` where a copier is stepped beside the unit
     (``arch.timing.copier_stepped``, ``vector_timing._copier_step``): the cycles in
     which a port below the unit's five in priority, asking for a line every cycle in
@@ -192,14 +192,11 @@ def test_a_copier_beside_the_unit_is_refused_where_the_model_steps_it():
     edge-8x8's RTL let it write about a line in five cycles: the copier trails the
     unit's streams bank by bank. The model had taken the unit's lines as spread over
     the banks and the load as not held at all: ``python -m benchmarks.rtl_pairs``.)"""
-    from amaranth import Module
-    from amaranth.lib import wiring
     from amaranth.sim import Simulator
 
     from arch.occupancy import occupancy
     from arch.timing import copier_stepped
     from compiler.asm import encode
-    from rtl.l2 import L2
     from rtl.random_programs import random_vector
 
     hw = load_hardware("edge-8x8").replace(l2_bytes=1 << 17)
@@ -211,20 +208,7 @@ def test_a_copier_beside_the_unit_is_refused_where_the_model_steps_it():
     instrs = [random_vector(rng, 1 << 16) for _ in range(14)]
     assert len({i.mnemonic for i in instrs}) == 7
 
-    class Bench(wiring.Component):
-        def __init__(self):
-            self.l2 = L2(params=params, n_ports=ports + 1)
-            self.unit = VectorUnit(params=params)
-            super().__init__({})
-
-        def elaborate(self, platform):
-            m = Module()
-            m.submodules.l2, m.submodules.unit = self.l2, self.unit
-            for p in range(ports):
-                wiring.connect(m, self.unit.port(p), self.l2.port(p))
-            return m
-
-    bench = Bench()
+    bench = unit_bench(params, VectorUnit(params=params), ports, extra_ports=1)
     refused = [[] for _ in instrs]
 
     async def testbench(ctx):
