@@ -402,3 +402,38 @@ def filled_l2_programs() -> dict:
                    dst_addr=32 << 10, param_addr=40 << 10, bias_addr=0, rows=18, cols=217,
                    src_stride=868, dst_stride=217)
     return {"alone": [load], "beside": [requant, load]}
+
+
+def store_programs(hw) -> dict:
+    """Stores beside the engines that slow them, alone and beside: ``{name:
+    instructions}`` for ``hw`` (``benchmarks.rtl_stores``, tests/rtl/test_l2_contention.py;
+    their operands are those of random steps' programs, ``python -m
+    benchmarks.perf_calibration --random 25 --seed 2038``, moved into a 256 KiB image):
+    the logits ``DMA_STORE`` alone and beside the ``ARGMAX`` that reads the same rows
+    (and the ``REQUANT`` before it, on a 4-bank L2: ``"argmax"``, ``"requant"``), and a
+    one-token ``KV_APPEND`` alone and beside a 512-line load (``"append"``, ``"load"``);
+    at a DRAM under a line a cycle, ``KV_APPEND`` of one token of one and of eight lines
+    alone (``"append 1"``, ``"append 8"``)."""
+    W = hw.line_bytes
+    if hw.dram_cycles_per_line > 1:
+        return {f"append {n}": [make("KV_APPEND", l2_addr=2048, pool_addr=1 << 16,
+                                     table_addr=1 << 15, first_token=100, n_tokens=1,
+                                     row_bytes=n * W, pool_blocks=7, seq=0)]
+                for n in (1, 8)}
+    vocab = 488 if hw.l2_lines_per_cycle == 1 else 2185
+    logits = 4 << 10                               # int16 logits; int32 from 16 KiB
+    store = make("DMA_STORE", l2_addr=logits, dram_addr=1 << 16, rows=1, row_bytes=2 * vocab,
+                 l2_stride=2 * vocab, dram_stride=2 * vocab)
+    argmax = make("ARGMAX", src_addr=logits, n=vocab, dst_addr=W)
+    programs = {"store": [store], "argmax": [argmax, store]}
+    if hw.l2_lines_per_cycle > 1:
+        requant = make("REQUANT", out_bits=1, params=1, has_bias=0, src_addr=16 << 10,
+                       dst_addr=logits, param_addr=48 << 10, bias_addr=0,
+                       rows=1, cols=vocab, src_stride=4 * vocab, dst_stride=2 * vocab)
+        programs["requant"] = [requant, argmax, store]
+        append = make("KV_APPEND", l2_addr=W, pool_addr=1 << 16, table_addr=1 << 15,
+                      first_token=51, n_tokens=1, row_bytes=4 * W, pool_blocks=4, seq=0)
+        load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=32 << 10, rows=32, row_bytes=512,
+                    dram_stride=512, l2_stride=512)
+        programs.update({"append": [append], "load": [load], "append + load": [load, append]})
+    return programs

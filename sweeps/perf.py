@@ -27,8 +27,9 @@ The model has three levels (``docs/perf.md``):
    map's words come one request a cycle after ``MAP_READ_START``, a DRAM latency each;
 3. what the engines share: each DMA instruction's copier waits for the L2 lines the
    higher-priority ports take, for the pace of a compute stream it is held behind
-   (``_trapped``) and for the DRAM lines instruction fetch and the other DMA engine
-   take over its interval (``_contention``); a store's block-table read, and the first
+   (``_trapped``) and for the DRAM lines instruction fetch and the other DMA clients
+   take over its interval, a store's first line going at once on the DRAM's credit
+   (``_contention``, ``_store_dram_wait``); a store's block-table read, and the first
    table or index read of a ``KV_PREFETCH`` or ``DMA_GATHER``, waits for the lines a held
    load has queued in the DRAM ahead of it (``_queued``); and the program
    runs again until the waits settle. No program takes fewer cycles than the DRAM needs
@@ -394,13 +395,58 @@ def _burst_wait(lines: float, rate: float, left: float) -> float:
     return lines / left - lines / rate
 
 
+def _held(delay: tuple[int, float, int]) -> float:
+    """The cycles a DMA instruction's copier ends later for its L2 and DRAM waits
+    (``_contention``'s ``(l2, dram, queued)``): the longer, or the DRAM's alone where
+    there is no L2 wait, a store's credit (below 0) included (``_store_dram_wait``)."""
+    l2, dram = delay[0], delay[1]
+    return max(l2, dram) if l2 > 0 else dram
+
+
+def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
+                     line_cycles: float, clients, aux: list, itself: tuple) -> float:
+    """The cycles store ``i``'s copier waits for the DRAM writing its ``own`` lines from
+    ``lo`` to ``hi``, ``alone`` of them its own (its interval less its last waits); below
+    0 where the DRAM's credit lets its first line go at once. The DRAM (``rtl/dram.py``)
+    earns ``dram_bytes_per_cycle`` a cycle up to a line and a cycle's worth, and takes a
+    line's worth a request: a write stream from full credit has its first line
+    accepted at once and each next a line's bandwidth later, ``(n - 1) * line_cycles +
+    1`` cycles for ``n`` lines, where ``dma_occupancy`` charges each line its whole slot
+    (which a stream behind other requests pays). The credit is full by the share ``c``
+    of a line that no other request took in the ``line_cycles`` before ``lo``: the other
+    ``clients`` (``_Usage`` of the DMA engines' DRAM lines, this store's own interval
+    ``itself = (begin, end, lines)`` taken out, and of the fetch reads) and the store
+    engine's aux reads (``aux``). Round-robin lets each other client take at most one
+    line per line of this store's in ``[lo, hi]`` (``taken``). So the writes need ``(own + taken
+    - c) * line_cycles + c`` cycles. (Read off the RTL at 2 bytes a cycle, edge-8x8:
+    a ``KV_APPEND`` of one token alone, 1 to 8 lines, was 114 to 226 cycles busy, each
+    27 fewer than charging the first line its slot and the whole interval from its
+    table read; ``python -m benchmarks.rtl_pairs --only stores``.)"""
+    if own <= 0:
+        return 0.0
+
+    def lines(a: float, b: float) -> list[float]:     # each other client's in [a, b]
+        out = [u.lines(b) - u.lines(a) for u in clients]
+        s, e, n = itself
+        out[1] -= n / max(1, e - s) * max(0.0, min(e, b) - max(s, a))
+        out.append(sum(m * max(0.0, min(d, b) - max(c, a)) / (d - c)
+                       for k, c, d, m in aux if k != i))
+        return out
+
+    taken = sum(min(own, x) for x in lines(lo, hi))
+    credit = (1 - min(1.0, max(0.0, sum(lines(lo - line_cycles, lo))))
+              if line_cycles > 1 else 0.0)
+    return max(-(line_cycles - 1) * credit,
+               (own + taken - credit) * line_cycles + credit - alone)
+
+
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
                 delay: list[tuple[int, float, int]],
                 reads: dict[int, tuple[float, float]]) -> list[tuple[int, float, int]]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and its
     first table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
-    last pass's timing (``reads``: each load's DRAM read side, first to last line): each
+    last pass's timing (``reads``: each copier's read side, first to last line): each
     wait makes the copier's interval (from ``write_start`` to its end) as long as that
     memory needs for the instruction's lines and for those it must let others take; the
     queued wait (``_queued``) holds the whole instruction back: a store's block-table
@@ -412,11 +458,17 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     then the store engine's, then the load engine's. Over its interval a DMA instruction
     gets only the lines the higher-priority instructions overlapping it leave, each
     taking its lines evenly over its run (a compute instruction from begin to end, a DMA
-    instruction over its copier's interval): at least ``(its lines + theirs) /
-    l2_lines_per_cycle`` cycles (at its fixed point, ``_l2_span``; a ``KV_PREFETCH``,
-    which writes in bursts between its table reads, at the pace the ports leave a
-    cycle, ``_burst_wait``); and a load no faster than the paced compute streams it
-    overlaps let it (``_trapped``; measured for the load engine only).
+    instruction over its copier's interval; a store's over its L2 reads, its copier's
+    read side): at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles (at its
+    fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
+    table reads, at the pace the ports leave a cycle, ``_burst_wait``); and no faster
+    than the paced compute streams it overlaps let it (``_trapped``). (On edge-8x8 at
+    64 KiB, a 137-line logits store beside the ``ARGMAX`` reading the same rows was busy
+    158 cycles on the RTL, 146 alone; charged only the lines the unit moves, 147. On
+    edge-4x4, whose L2 moves one line a cycle, a 31-line one beside its ``ARGMAX``: 52
+    on the RTL, 41 taking the store's interval from its start, without the latencies
+    before its first L2 read and after its last; ``python -m benchmarks.rtl_pairs
+    --only stores``.)
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
     per instruction, at its request cycle) and the two DMA engines; a line takes
@@ -424,9 +476,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     at most one line per line of this instruction's, so its interval lasts at least
     ``(n + sum over the other clients of min(their lines in it, n)) * line cycles`` for
     its ``n`` DRAM lines; a load's interval there is its copier's read side (``reads``),
-    its DRAM lines a latency before its L2 writes."""
+    its DRAM lines a latency before its L2 writes; a store's, its writes
+    (``_store_dram_wait``: from its first L2 read's data, its table reads apart, the
+    DRAM's credit counted). (A one-token ``KV_APPEND`` beside a load's stream on
+    edge-8x8 was 4 cycles longer on the RTL than alone; over its interval from the table
+    read's answer, the model charged 0.)"""
     loads = sorted((reads[j][0], reads[j][1], write_start[j], timing.end[j],
-                    occs[j].dram_lines) for j in reads)
+                    occs[j].dram_lines) for j in reads if instrs[j].engine == Engine.LOAD)
     per_cycle = hw.l2_lines_per_cycle
     line_cycles = hw.dram_cycles_per_line
     n = len(timing.begin)
@@ -457,7 +513,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                                                 occ.resumes, hi - lo, per_cycle,
                                                 occ.camped_cycles)))
         if occ.copies is not None and occ.dram_lines:
-            if i in reads:                 # a load's DRAM reads: its copier's read side
+            if e == Engine.LOAD:           # a load's DRAM reads: its copier's read side
                 lo, hi = reads[i]
             dram[e].append((lo, hi, occ.dram_lines / max(1, hi - lo)))
     l2_usage = {e: _Usage(v, profiles[e]) for e, v in l2.items()}
@@ -465,17 +521,20 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
-    other = {Engine.STORE: Engine.LOAD, Engine.LOAD: Engine.STORE}
     out = list(delay)
     for i in range(n):
         occ = occs[i]
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
+        held = _held(delay[i])
         lo, hi = write_start[i], timing.end[i]
-        free_running = hi - lo - max(delay[i][:2])
+        free_running = hi - lo - held
         l2_wait = dram_wait = 0
         if occ.l2_lines:
+            if e == Engine.STORE:          # a store's L2 reads: its copier's read side
+                lo, free_running = reads[i][0], reads[i][1] - reads[i][0]
+                hi = reads[i][1] + delay[i][0]
             used = sum(l2_usage[a].lines(hi) - l2_usage[a].lines(lo) for a in above[e])
             span = (occ.l2_lines + used) / per_cycle
             if span > hi - lo + 1:         # growing: at its fixed point (``_l2_span``)
@@ -503,22 +562,27 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     mid = (a + b) / 2
                     a, b = (a, mid) if past(mid) else (mid, b)
                 l2_wait = max(l2_wait, math.ceil(b - free_running))
-            if e == Engine.LOAD:           # measured behind paced streams: the load engine
-                l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
-                                                          occ.l2_lines / max(1, free_running))))
-        if occ.dram_lines:
-            own = occ.dram_lines
-            if i in reads:                 # a load's DRAM reads: its copier's read side
-                lo, hi = reads[i]
-                free_running = hi - lo - delay[i][1]
-                # a table walk's first int32 read goes out before its first row's
-                own -= int(instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER"))
+            # behind paced streams (both copiers walk the banks in the same order)
+            l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
+                                                      occ.l2_lines / max(1, free_running))))
+        if occ.dram_lines and e == Engine.LOAD:
+            lo, hi = reads[i]              # a load's DRAM reads: its copier's read side
+            free_running = hi - lo - delay[i][1]
+            # a table walk's first int32 read goes out before its first row's
+            own = occ.dram_lines - int(instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER"))
             taken = sum(min(u.lines(hi) - u.lines(lo), own)
-                        for u in (dram_usage[other[e]], fetch_usage))
-            if e == Engine.STORE:
-                taken += min(own, sum(m * max(0.0, min(b, hi) - max(a, lo)) / (b - a)
-                                      for k, a, b, m in aux if k != i))
+                        for u in (dram_usage[Engine.STORE], fetch_usage))
             dram_wait = max(0.0, (own + taken) * line_cycles - free_running)
+        elif occ.dram_lines:
+            # a store's DRAM writes: from its first line's L2 read, the read's latency
+            # on (its table reads go out before, on the aux port: ``aux``)
+            lo = max(write_start[i], reads[i][0] + CALIBRATION.l2_read_latency)
+            hi = timing.end[i]
+            own = occ.dram_lines - occ.dram_read_bytes // BLOCK_TABLE_ENTRY_BYTES
+            dram_wait = _store_dram_wait(
+                i, own, lo, hi, hi - lo - held, line_cycles,
+                (dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage), aux,
+                (write_start[i], timing.end[i], occ.dram_lines))
         queued = 0
         if (e == Engine.STORE and occ.dram_read_bytes
                 or instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
@@ -587,8 +651,10 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
           ) -> tuple[ProgramTiming, list[float], list[int], dict[int, tuple[float, float]]]:
     """One pass of the engines over the program, with ``delay[i]`` the cycles DMA
     instruction ``i``'s copier waits for the L2 and for the DRAM, and it waits to begin
-    (``_contention``); also each DMA instruction's copier start, the instructions' fetch
-    request cycles and each load's DRAM read side (first read, last line in)."""
+    (``_contention``; a store's DRAM wait below 0 is the DRAM's credit, ``_held``); also
+    each DMA instruction's copier start, the instructions' fetch request cycles (and
+    those of the reads fetched ahead past ``HALT``) and each DMA instruction's copier read
+    side, first to last line (a load's DRAM reads, a store's L2 reads)."""
     lat = hw.dram_latency_cycles
     fetch_step = hw.dram_cycles_per_line       # one fetch read per line of bandwidth
     fetch_t = 0.0
@@ -682,12 +748,12 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # after them), and either wait its last write.
             if e == Engine.LOAD:
                 read_free[e] += dram_wait
-                reads[i] = (read_begin, read_free[e])
-            write_free[e] += max(l2_wait, dram_wait)
+            reads[i] = (read_begin, read_free[e])
+            write_free[e] += _held(delay[i])
             end[i] = math.ceil(write_free[e]) + cal.dma_end
             # its last command waits for the row CMD_DEPTH before it, held with the rest
             late = max(0, copies.rows - CMD_DEPTH) / copies.rows
-            free = math.ceil(issued + late * max(l2_wait, dram_wait)) + 1
+            free = math.ceil(issued + late * max(0, _held(delay[i]))) + 1
             while flight and flight[0] < free - 1:
                 flight.popleft()
             if len(flight) == DEFERRED:             # no room to defer: wait for the oldest
@@ -711,12 +777,14 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     # Fetch reads run ahead past HALT until it is decoded (at most FETCH_AHEAD in
     # flight), and the accelerator is done when they have returned.
     fetched, last_fetch = i + 1, request[i]
+    ahead = []                                 # their request cycles: DRAM clients too
     for k in range(i + 1, i + FETCH_AHEAD):
         fetch_t = max(fetch_t + fetch_step, accept[k - FETCH_AHEAD] + 1 if k >= FETCH_AHEAD
                       else 0)
         if math.ceil(fetch_t) > accept[i]:
             break
         fetched, last_fetch = fetched + 1, math.ceil(fetch_t)
+        ahead.append(last_fetch)
     cycles = max(last_end, accept[i] + 1 + lat, last_fetch + lat + 1) + DONE_LATENCY
     # The DRAM serves one line per line's worth of bandwidth: never faster than that.
     # (The waits above share it by interval; where fetch reads fall outside the DMA
@@ -731,7 +799,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         prefetch_bytes=totals["prefetch"], macs=totals["macs"],
         dram_busy_cycles=lines, line_bytes=hw.line_bytes,
         dram_bytes_per_cycle=hw.dram_bytes_per_cycle,
-        begin=begin[:i], end=end[:i]), write_start, request[:i + 1], reads
+        begin=begin[:i], end=end[:i]), write_start, request[:i + 1] + ahead, reads
 
 
 @dataclass

@@ -4,7 +4,8 @@ a weight load beside one GEMV, the load's busy cycles against the performance mo
 the suite's edge-8x8 at 64 KiB, whose DRAM feeds a line a cycle (``python -m
 benchmarks.rtl_pairs`` runs nine row lengths and prints the table); and on edge-4x4,
 whose L2 moves one line a cycle, a load beside a compute that takes nearly all of it,
-and a KV prefetch whose table read waits behind a held load's lines in the DRAM."""
+and a KV prefetch whose table read waits behind a held load's lines in the DRAM; on both,
+stores beside the streams above them in the L2 and a load's DRAM reads."""
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from accel.runtime import image_with_programs
 from arch.hardware import load_hardware
 from arch.isa import make
 from rtl.common import rtl_params
-from rtl.random_programs import filled_l2_programs, held_prefetch_programs
+from rtl.random_programs import filled_l2_programs, held_prefetch_programs, store_programs
 from rtl.sim import build_model, run_job
 from sweeps.perf import time_program
 
@@ -36,7 +37,7 @@ def test_a_load_beside_a_gemv_loses_the_cycles_the_model_steps():
                     k=k, n=64, x_addr=W, w_addr=16 << 10, out_addr=8 << 10, x_stride=k,
                     w_stride=k, out_stride=256)
         programs[k] = [gemv, load]
-    rtl, model = _load_busy(hw, programs)
+    rtl, model = _busy(hw, programs)
     lost = {k: rtl[k] - rtl["load"] for k in (100, 249, 256)}
     assert min(lost[100], lost[249]) >= 30 and lost[256] <= 10, lost
     for name in programs:
@@ -56,22 +57,23 @@ def test_a_load_beside_a_rope_trails_its_streams_bank_by_bank():
                 dram_stride=96, l2_stride=96)
     rope = make("ROPE", src_addr=(16 << 10) + 2 * hw.line_bytes, dst_addr=8 << 10, rows=27,
                 heads=16, head_dim=16, pos0=0, freq_addr=0, row_stride=256)
-    rtl, model = _load_busy(hw, {"alone": [load], "beside": [rope, load]})
+    rtl, model = _busy(hw, {"alone": [load], "beside": [rope, load]})
     assert rtl["beside"] > 2 * rtl["alone"], rtl
     for name in rtl:
         assert abs(model[name] - rtl[name]) <= 8, (name, model, rtl)
 
 
-def _load_busy(hw, programs: dict, image_bytes: int = 1 << 17) -> tuple[dict, dict]:
+def _busy(hw, programs: dict, image_bytes: int = 1 << 17,
+          engine: str = "load") -> tuple[dict, dict]:
     """``programs`` run on ``hw``'s RTL after a zero image (a block table of zeros) and
-    timed by the model: each one's load busy cycles, ``(rtl, model)``."""
+    timed by the model: each one's ``engine`` busy cycles, ``(rtl, model)``."""
     data, entries = image_with_programs(np.zeros(image_bytes, np.uint8),
                                         {str(k): p for k, p in programs.items()})
     job = run_job(build_model(rtl_params(hw, image_bytes=data.size)), data, entries, {})
     assert not any(e["timed_out"] or e["error"] for e in job.programs), job.programs
-    rtl = {name: e["counters"]["load_busy"] for name, e in zip(programs, job.programs,
-                                                                 strict=True)}
-    model = {name: time_program(p + [make("HALT")], hw).busy["load"]
+    rtl = {name: e["counters"][f"{engine}_busy"]
+           for name, e in zip(programs, job.programs, strict=True)}
+    model = {name: time_program(p + [make("HALT")], hw).busy[engine]
              for name, p in programs.items()}
     return rtl, model
 
@@ -82,7 +84,7 @@ def test_a_load_beside_a_compute_that_fills_the_l2_waits_for_its_end():
     gets its lines only once the REQUANT is done: 1,181 busy cycles on the RTL, 115
     alone. The model's is within 8 (``sweeps.perf._l2_span``: the load's L2 wait at its
     fixed point; stepped a pass at a time, it stopped at 472)."""
-    rtl, model = _load_busy(load_hardware("edge-4x4"), filled_l2_programs(), 1 << 18)
+    rtl, model = _busy(load_hardware("edge-4x4"), filled_l2_programs(), 1 << 18)
     assert rtl["beside"] > 5 * rtl["alone"], rtl
     for name in rtl:
         assert abs(model[name] - rtl[name]) <= 8, (name, model, rtl)
@@ -98,7 +100,29 @@ def test_a_kv_prefetchs_table_read_waits_behind_the_loads_lines_queued_in_the_dr
     in bursts between their table reads, ``sweeps.perf._burst_wait``; without it 41 and
     63 short)."""
     hw = load_hardware("edge-4x4")
-    rtl, model = _load_busy(hw, held_prefetch_programs(hw), 1 << 18)
+    rtl, model = _busy(hw, held_prefetch_programs(hw), 1 << 18)
     for name in rtl:
         bound = 10 if name.endswith((" 8", " 16")) else 15
         assert abs(model[name] - rtl[name]) <= bound, (name, model, rtl)
+
+
+@pytest.mark.parametrize("name", ["edge-8x8", "edge-4x4"])
+def test_a_store_is_held_by_the_streams_above_it_and_the_loads_dram_reads(name):
+    """The logits ``DMA_STORE`` beside the ``ARGMAX`` reading the same rows loses 10 or
+    more cycles on the RTL, on edge-8x8 at 64 KiB (a stream the copier trails bank by
+    bank, ``sweeps.perf._trapped``) and on edge-4x4 (its L2 reads, the copier's read
+    side, share the one line a cycle); beside the ``REQUANT`` writing them too, over 100.
+    A ``KV_APPEND`` beside a load's DRAM reads loses a few. The model's store busy is
+    within 6 cycles of the RTL's on each (before stores were trapped and their L2 and
+    DRAM intervals were their copier's sides it was 12, 134 and 11 short beside the
+    ``ARGMAX``, the ``REQUANT`` and on edge-4x4; ``python -m benchmarks.rtl_stores``)."""
+    hw = load_hardware(name)
+    if name == "edge-8x8":
+        hw = hw.replace(l2_bytes=64 << 10)
+    rtl, model = _busy(hw, store_programs(hw), 1 << 18, engine="store")
+    assert rtl["argmax"] >= rtl["store"] + 10, rtl
+    if "requant" in rtl:
+        assert rtl["requant"] >= rtl["store"] + 100, rtl
+        assert rtl["append + load"] > rtl["append"], rtl
+    for program in rtl:
+        assert abs(model[program] - rtl[program]) <= 6, (program, model, rtl)

@@ -1193,6 +1193,35 @@ def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
     assert reads[1][0] >= timing.begin[1] + hw.dram_latency_cycles
 
 
+def test_a_stores_first_line_goes_on_the_drams_credit():
+    """The DRAM (``rtl/dram.py``) holds a line and a cycle of bandwidth in credit: a
+    ``KV_APPEND`` whose DRAM has been idle since its table read writes its first line at
+    once and each next a line's bandwidth later, so one token of one line is as long at
+    every bandwidth and each further line adds ``line_bytes / dram_bytes_per_cycle``
+    (read off the RTL at 2 bytes a cycle: 114 and 226 cycles busy for one and eight
+    lines, ``python -m benchmarks.rtl_stores``). And the fetch reads that run ahead past
+    ``HALT`` until it is dispatched, a line of bandwidth apart, are DRAM clients too."""
+    from arch.uarch import DISPATCH_LATENCY, FETCH_START
+    from sweeps.perf import _time
+
+    e8 = load_hardware("edge-8x8").replace(l2_bytes=128 * 1024)
+    one = set()
+    for bytes_per_cycle in (2, 4, 8, 32):
+        hw = e8.replace(dram_bytes_per_cycle=bytes_per_cycle)
+        busy = {n: time_program([make("KV_APPEND", l2_addr=2048, pool_addr=1 << 16,
+                                      table_addr=1 << 15, first_token=100, n_tokens=1,
+                                      row_bytes=n * hw.line_bytes, pool_blocks=7, seq=0),
+                                 make("HALT")], hw).busy["store"] for n in (1, 8)}
+        assert busy[8] - busy[1] == 7 * hw.dram_cycles_per_line, (bytes_per_cycle, busy)
+        one.add(busy[1])
+    assert len(one) == 1, one
+    hw = e8.replace(dram_bytes_per_cycle=2)
+    _, _, fetch, _ = _time([make("HALT")], [None], hw, CALIBRATION, [(0, 0, 0)])
+    step = int(hw.dram_cycles_per_line)
+    assert fetch == list(range(FETCH_START, FETCH_START + hw.dram_latency_cycles
+                               + DISPATCH_LATENCY + 1, step))
+
+
 def test_a_held_copier_holds_its_engine_past_the_command_queue():
     """A DMA engine moves on once its last row command is queued, and past
     ``CMD_DEPTH`` rows that waits for the write side to take the row ``CMD_DEPTH``
