@@ -30,6 +30,7 @@ from benchmarks import (
     rtl_overlap,
     rtl_pairs,
     rtl_prefill,
+    rtl_stores,
     rtl_table_walks,
     rtl_tiny,
     sweep_speed,
@@ -64,6 +65,7 @@ def main(argv=None) -> None:
     rtl_pairs.main([])
     rtl_pairs.main(["--hw", "edge-16x16"])
     rtl_table_walks.main([])
+    rtl_stores.main([])
     l2_conflicts.main([])          # Amaranth's simulator: a few minutes
     dram_queue.main([])
     matmul_calibration.main([])

@@ -646,6 +646,21 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     return max(0, round(again - hw.dram_latency_cycles))
 
 
+def _fetched_ahead(i: int, fetch_t: float, fetch_step: float, accept: list[int]) -> list[int]:
+    """The request cycles of the fetch reads that run ahead past ``HALT`` (instruction
+    ``i``, fetched at ``fetch_t``) until it is dispatched (``accept[i]``), at most
+    ``FETCH_AHEAD`` in flight: the accelerator is done when they have returned, and they
+    are DRAM clients as the others."""
+    ahead = []
+    for k in range(i + 1, i + FETCH_AHEAD):
+        fetch_t = max(fetch_t + fetch_step, accept[k - FETCH_AHEAD] + 1 if k >= FETCH_AHEAD
+                      else 0)
+        if math.ceil(fetch_t) > accept[i]:
+            break
+        ahead.append(math.ceil(fetch_t))
+    return ahead
+
+
 def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,
           delay: list[tuple[int, float, int]]
           ) -> tuple[ProgramTiming, list[float], list[int], dict[int, tuple[float, float]]]:
@@ -774,17 +789,8 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
         totals["lines"] += occ.dram_lines
     if not halted:
         raise PerfError("the program ends without HALT")
-    # Fetch reads run ahead past HALT until it is decoded (at most FETCH_AHEAD in
-    # flight), and the accelerator is done when they have returned.
-    fetched, last_fetch = i + 1, request[i]
-    ahead = []                                 # their request cycles: DRAM clients too
-    for k in range(i + 1, i + FETCH_AHEAD):
-        fetch_t = max(fetch_t + fetch_step, accept[k - FETCH_AHEAD] + 1 if k >= FETCH_AHEAD
-                      else 0)
-        if math.ceil(fetch_t) > accept[i]:
-            break
-        fetched, last_fetch = fetched + 1, math.ceil(fetch_t)
-        ahead.append(last_fetch)
+    ahead = _fetched_ahead(i, fetch_t, fetch_step, accept)
+    fetched, last_fetch = i + 1 + len(ahead), ahead[-1] if ahead else request[i]
     cycles = max(last_end, accept[i] + 1 + lat, last_fetch + lat + 1) + DONE_LATENCY
     # The DRAM serves one line per line's worth of bandwidth: never faster than that.
     # (The waits above share it by interval; where fetch reads fall outside the DMA
