@@ -9,9 +9,10 @@ loads, stores, gathers, KV prefetches and appends, and (``compute=True``) random
 tokens plus ``extra_tokens`` random orderings (``random_tokens``). Such programs are
 legal: race-free and deadlock-free, so the RTL and the ISA simulator must agree on them.
 ``run_random_programs(model, seed)`` runs a job of them on a Verilator model and on the
-ISA simulator. ``held_prefetch_programs`` and ``filled_l2_programs`` are the fixed
-contention cases the performance model is checked on (tests/rtl/test_l2_contention.py,
-``benchmarks.rtl_table_walks``). ``random_vector`` draws vector instructions for the
+ISA simulator. ``held_prefetch_programs``, ``filled_l2_programs`` and
+``store_programs`` are the fixed contention cases the performance model is checked on
+(tests/rtl/test_l2_contention.py, ``benchmarks.rtl_table_walks``,
+``benchmarks.rtl_stores``). ``random_vector`` draws vector instructions for the
 vector unit's timing (tests/rtl/test_vector_unit.py, ``benchmarks.vector_calibration``).
 (Not part of the hardware: excluded from the Verilator model's key.)
 
@@ -411,7 +412,8 @@ def store_programs(hw) -> dict:
     benchmarks.perf_calibration --random 25 --seed 2038``, moved into a 256 KiB image):
     the logits ``DMA_STORE`` alone and beside the ``ARGMAX`` that reads the same rows
     (and the ``REQUANT`` before it, on a 4-bank L2: ``"argmax"``, ``"requant"``), and a
-    one-token ``KV_APPEND`` alone and beside a 512-line load (``"append"``, ``"load"``);
+    one-token ``KV_APPEND`` alone and beside a 512-line load (``"append"``, the load
+    alone ``"load"``, ``"append + load"``);
     at a DRAM under a line a cycle, ``KV_APPEND`` of one token of one and of eight lines
     alone (``"append 1"``, ``"append 8"``)."""
     W = hw.line_bytes

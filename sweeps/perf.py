@@ -142,7 +142,7 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
     delay = [(0, 0, 0)] * len(instrs)
     for n in range(CONTENTION_PASSES):
         timing, write_start, fetch, reads = _time(instrs, occs, hw, cal, delay)
-        again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads)
+        again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal)
         if again == delay or (n and _settled(again, delay)):   # the first pass's waits apply
             break
         delay = again
@@ -404,7 +404,8 @@ def _held(delay: tuple[int, float, int]) -> float:
 
 
 def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
-                     line_cycles: float, clients, aux: list, itself: tuple) -> float:
+                     line_cycles: float, loads, stores, fetch, aux: list,
+                     itself: tuple) -> float:
     """The cycles store ``i``'s copier waits for the DRAM writing its ``own`` lines from
     ``lo`` to ``hi``, ``alone`` of them its own (its interval less its last waits); below
     0 where the DRAM's credit lets its first line go at once. The DRAM (``rtl/dram.py``)
@@ -414,20 +415,24 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
     1`` cycles for ``n`` lines, where ``dma_occupancy`` charges each line its whole slot
     (which a stream behind other requests pays). The credit is full by the share ``c``
     of a line that no other request took in the ``line_cycles`` before ``lo``: the other
-    ``clients`` (``_Usage`` of the DMA engines' DRAM lines, this store's own interval
-    ``itself = (begin, end, lines)`` taken out, and of the fetch reads) and the store
-    engine's aux reads (``aux``). Round-robin lets each other client take at most one
+    clients (``_Usage`` of the ``loads``' and ``stores``' DRAM lines, this store's own
+    interval ``itself = (begin, end, lines)`` taken out, and of the ``fetch`` reads) and
+    the store engine's aux reads (``aux``). Round-robin lets each other client take at most one
     line per line of this store's in ``[lo, hi]`` (``taken``). So the writes need ``(own + taken
     - c) * line_cycles + c`` cycles. (Read off the RTL at 2 bytes a cycle, edge-8x8:
-    a ``KV_APPEND`` of one token alone, 1 to 8 lines, was 114 to 226 cycles busy, each
-    27 fewer than charging the first line its slot and the whole interval from its
-    table read; ``python -m benchmarks.rtl_pairs --only stores``.)"""
+    a ``KV_APPEND`` of one token alone of 1 and of 8 lines was 114 and 226 cycles busy;
+    charging the first line its slot and the fetch reads over the whole interval from
+    its table read, 135 and 247; ``python -m benchmarks.rtl_stores``.) The step from no
+    credit to a whole one is sharp (``_held``: a store with an L2 wait takes the longer
+    wait, its credit lost), and ``dram_usage``'s store intervals still spread a store's
+    table reads with its writes over its whole interval, so the other stores' table
+    reads count here twice, on the aux port and there (a few lines in a program)."""
     if own <= 0:
         return 0.0
 
     def lines(a: float, b: float) -> list[float]:     # each other client's in [a, b]
-        out = [u.lines(b) - u.lines(a) for u in clients]
         s, e, n = itself
+        out = [u.lines(b) - u.lines(a) for u in (loads, stores, fetch)]
         out[1] -= n / max(1, e - s) * max(0.0, min(e, b) - max(s, a))
         out.append(sum(m * max(0.0, min(d, b) - max(c, a)) / (d - c)
                        for k, c, d, m in aux if k != i))
@@ -443,7 +448,8 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
                 delay: list[tuple[int, float, int]],
-                reads: dict[int, tuple[float, float]]) -> list[tuple[int, float, int]]:
+                reads: dict[int, tuple[float, float]],
+                cal: Calibration = CALIBRATION) -> list[tuple[int, float, int]]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and its
     first table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
     last pass's timing (``reads``: each copier's read side, first to last line): each
@@ -464,11 +470,10 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     table reads, at the pace the ports leave a cycle, ``_burst_wait``); and no faster
     than the paced compute streams it overlaps let it (``_trapped``). (On edge-8x8 at
     64 KiB, a 137-line logits store beside the ``ARGMAX`` reading the same rows was busy
-    158 cycles on the RTL, 146 alone; charged only the lines the unit moves, 147. On
+    157 cycles on the RTL, 145 alone; charged only the lines the unit moves, 145. On
     edge-4x4, whose L2 moves one line a cycle, a 31-line one beside its ``ARGMAX``: 52
-    on the RTL, 41 taking the store's interval from its start, without the latencies
-    before its first L2 read and after its last; ``python -m benchmarks.rtl_pairs
-    --only stores``.)
+    on the RTL, 41 over its interval from its start, with the latencies before its
+    first L2 read and after its last; ``python -m benchmarks.rtl_stores``.)
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
     per instruction, at its request cycle) and the two DMA engines; a line takes
@@ -576,12 +581,12 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         elif occ.dram_lines:
             # a store's DRAM writes: from its first line's L2 read, the read's latency
             # on (its table reads go out before, on the aux port: ``aux``)
-            lo = max(write_start[i], reads[i][0] + CALIBRATION.l2_read_latency)
+            lo = max(write_start[i], reads[i][0] + cal.l2_read_latency)
             hi = timing.end[i]
             own = occ.dram_lines - occ.dram_read_bytes // BLOCK_TABLE_ENTRY_BYTES
             dram_wait = _store_dram_wait(
                 i, own, lo, hi, hi - lo - held, line_cycles,
-                (dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage), aux,
+                dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage, aux,
                 (write_start[i], timing.end[i], occ.dram_lines))
         queued = 0
         if (e == Engine.STORE and occ.dram_read_bytes

@@ -124,5 +124,5 @@ def test_a_store_is_held_by_the_streams_above_it_and_the_loads_dram_reads(name):
     if "requant" in rtl:
         assert rtl["requant"] >= rtl["store"] + 100, rtl
         assert rtl["append + load"] > rtl["append"], rtl
-    for program in rtl:
+    for program in rtl:              # (the load alone has no store: 0 on both)
         assert abs(model[program] - rtl[program]) <= 6, (program, model, rtl)

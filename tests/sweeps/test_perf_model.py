@@ -1199,11 +1199,7 @@ def test_a_stores_first_line_goes_on_the_drams_credit():
     once and each next a line's bandwidth later, so one token of one line is as long at
     every bandwidth and each further line adds ``line_bytes / dram_bytes_per_cycle``
     (read off the RTL at 2 bytes a cycle: 114 and 226 cycles busy for one and eight
-    lines, ``python -m benchmarks.rtl_stores``). And the fetch reads that run ahead past
-    ``HALT`` until it is dispatched, a line of bandwidth apart, are DRAM clients too."""
-    from arch.uarch import DISPATCH_LATENCY, FETCH_START
-    from sweeps.perf import _time
-
+    lines, ``python -m benchmarks.rtl_stores``)."""
     e8 = load_hardware("edge-8x8").replace(l2_bytes=128 * 1024)
     one = set()
     for bytes_per_cycle in (2, 4, 8, 32):
@@ -1215,7 +1211,16 @@ def test_a_stores_first_line_goes_on_the_drams_credit():
         assert busy[8] - busy[1] == 7 * hw.dram_cycles_per_line, (bytes_per_cycle, busy)
         one.add(busy[1])
     assert len(one) == 1, one
-    hw = e8.replace(dram_bytes_per_cycle=2)
+
+
+def test_the_fetch_reads_past_halt_are_dram_clients():
+    """The fetch reads that run ahead past ``HALT`` until it is dispatched, a line of
+    bandwidth apart, take DRAM slots as the others: ``_time`` returns their requests
+    with the instructions' (``_contention`` reads them)."""
+    from arch.uarch import DISPATCH_LATENCY, FETCH_START
+    from sweeps.perf import _time
+
+    hw = load_hardware("edge-8x8").replace(l2_bytes=128 * 1024, dram_bytes_per_cycle=2)
     _, _, fetch, _ = _time([make("HALT")], [None], hw, CALIBRATION, [(0, 0, 0)])
     step = int(hw.dram_cycles_per_line)
     assert fetch == list(range(FETCH_START, FETCH_START + hw.dram_latency_cycles
