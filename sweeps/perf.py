@@ -417,9 +417,10 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
     of a line that no other request took in the ``line_cycles`` before ``lo``: the other
     clients (``_Usage`` of the ``loads``' and ``stores``' DRAM lines, this store's own
     interval ``itself = (begin, end, lines)`` taken out, and of the ``fetch`` reads) and
-    the store engine's aux reads (``aux``). Round-robin lets each other client take at most one
-    line per line of this store's in ``[lo, hi]`` (``taken``). So the writes need ``(own + taken
-    - c) * line_cycles + c`` cycles. (Read off the RTL at 2 bytes a cycle, edge-8x8:
+    the store engine's aux reads (``aux``). Round-robin lets each other client take at
+    most one line per line of this store's in ``[lo, hi]`` (``taken``). So the writes
+    need ``(own + taken - c) * line_cycles + c`` cycles. (Read off the RTL at 2 bytes a
+    cycle, edge-8x8:
     a ``KV_APPEND`` of one token alone of 1 and of 8 lines was 114 and 226 cycles busy;
     charging the first line its slot and the fetch reads over the whole interval from
     its table read, 135 and 247; ``python -m benchmarks.rtl_stores``.) The step from no
