@@ -36,12 +36,12 @@ def hardware() -> list:
 
 
 def run() -> list[dict]:
-    from benchmarks.rtl_table_walks import _run
+    from benchmarks.rtl_table_walks import run_programs
     from rtl.random_programs import store_programs
 
     rows = []
     for hw in hardware():
-        for name, counters, timing in _run(hw, store_programs(hw)):
+        for name, counters, timing in run_programs(hw, store_programs(hw), prog="rtl_stores"):
             rows.append({"benchmark": "rtl_stores", "hw": hw.name, "program": name,
                          "rtl_store_busy": counters["store_busy"],
                          "model_store_busy": timing.busy["store"],

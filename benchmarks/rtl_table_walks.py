@@ -37,9 +37,11 @@ from accel.args import ArgumentParser, run_command
 SECTIONS = ("alone", "queued", "filled", "beside")
 
 
-def _run(hw, programs: dict, table_tokens: int = 16) -> list[tuple[str, dict, object]]:
+def run_programs(hw, programs: dict, table_tokens: int = 16,
+                 prog: str = "rtl_table_walks") -> list[tuple[str, dict, object]]:
     """``programs`` (name: instructions) on ``hw``'s RTL after an image whose block table
-    at 32 KiB maps block i to i: ``(name, RTL counters, model timing)`` each."""
+    at 32 KiB maps block i to i: ``(name, RTL counters, model timing)`` each; a program
+    that does not finish stops ``prog`` with one line naming it."""
     import numpy as np
 
     from accel.runtime import image_with_programs
@@ -56,7 +58,7 @@ def _run(hw, programs: dict, table_tokens: int = 16) -> list[tuple[str, dict, ob
     out = []
     for (name, program), run in zip(programs.items(), job.programs, strict=True):
         if not run["done"]:
-            raise SystemExit(f"rtl_table_walks: {hw.name}: program {name} did not finish "
+            raise SystemExit(f"{prog}: {hw.name}: program {name} did not finish "
                              f"(error code {run['error_code']})")
         timing = time_program(list(program) + [make("HALT")], hw,
                               lambda a: int(data[a:a + 4].view("<i4")[0]))
@@ -93,7 +95,7 @@ def alone(hw_names: list[str]) -> list[dict]:
             "DMA_GATHER 5 rows": [make("DMA_GATHER", idx_addr=1 << 15, table_addr=1 << 16,
                                        count=5, row_bytes=100, l2_addr=16 << 10,
                                        l2_stride=100)]}
-        for name, counters, timing in _run(hw, walks):
+        for name, counters, timing in run_programs(hw, walks):
             rows.append({"benchmark": "rtl_table_walks", "section": "alone", "hw": hw.name,
                          "program": name, "rtl_cycles": counters["cycles"],
                          "model_cycles": timing.cycles,
@@ -143,7 +145,7 @@ def _rows(section: str, hw, programs: dict) -> list[dict]:
              "program": name, "rtl_load_busy": counters["load_busy"],
              "model_load_busy": timing.busy["load"],
              "model_minus_rtl": timing.busy["load"] - counters["load_busy"]}
-            for name, counters, timing in _run(hw, programs)]
+            for name, counters, timing in run_programs(hw, programs)]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -755,7 +755,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
             # (the copier can write no line of a load before its first data is in)
-            l2_wait, dram_wait, queued = delay[i]
+            _, dram_wait, queued = delay[i]          # the L2 wait: in ``_held``
             go = ready + queued
             # The copier moves nothing before the first row command, which waits for
             # the int32 read (index, block-table entry) where the row needs one.
