@@ -39,8 +39,11 @@ class Calibration:
                                   # (read off table walks alone, every row command in the
                                   # RTL's cycle; 5 before, 2 cycles long a read)
     cmd_to_read: int = 3          # row command -> its first DRAM/L2 read
-    read_to_write: int = 1        # a line's DRAM read accepted -> the write side, beyond
-                                  # the DRAM latency and the step that writes it
+    read_to_write: int = 2        # a line's DRAM read accepted -> the write side, beyond
+                                  # the DRAM latency and the step that writes it (1
+                                  # before: every load's busy interval in a traced
+                                  # decode step, seed 2039's third, was a cycle short,
+                                  # and the compute waiting on it began a cycle early)
     l2_read_latency: int = 3      # L2 row reader: request -> beat
     dma_drain: int = 2            # last write -> END, alone
     dma_end: int = 1              # last write -> END, with earlier rows in the copier

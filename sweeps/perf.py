@@ -530,6 +530,16 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     out = list(delay)
     for i in range(n):
         occ = occs[i]
+        if occ is not None and occ.copies is None and occ.dram_lines and \
+                instrs[i].engine == Engine.STORE:
+            # STORE_COUNTERS' writes on the aux port, from its first, share the DRAM with
+            # the copier's still writing an earlier store's rows (a 4-line DMA_STORE
+            # then STORE_COUNTERS: 25 cycles busy on the RTL, 20 in the model without)
+            lo, hi = timing.begin[i] + cal.dma_setup, timing.end[i]
+            out[i] = (0, max(0.0, _store_dram_wait(
+                i, occ.dram_lines, lo, hi, occ.dram_lines * line_cycles, line_cycles,
+                dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage, aux,
+                (lo, hi, 0))), 0)
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
@@ -746,7 +756,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             start = ready
             if occ.after_copier and flight:         # waits for the copier's last rows
                 start = max(start, flight[-1] + 1)
-            end[i] = start + occ.cycles             # the END cycle is the last busy one
+            end[i] = start + occ.cycles + math.ceil(delay[i][1])   # the last busy cycle
             if flight:                              # ends in order, after the deferred ones
                 end[i] = max(end[i], flight[-1] + 2)
                 flight.clear()
@@ -774,7 +784,10 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             end[i] = math.ceil(write_free[e]) + cal.dma_end
             # its last command waits for the row CMD_DEPTH before it, held with the rest
             late = max(0, copies.rows - CMD_DEPTH) / copies.rows
-            free = math.ceil(issued + late * max(0, _held(delay[i]))) + 1
+            # the sequencer defers it the cycle after its last command, and the shell
+            # takes the next the cycle after that (two 1-row stores back to back: their
+            # writes 5 cycles apart on the RTL, 4 in the model with one)
+            free = math.ceil(issued + late * max(0, _held(delay[i]))) + 2
             while flight and flight[0] < free - 1:
                 flight.popleft()
             if len(flight) == DEFERRED:             # no room to defer: wait for the oldest
