@@ -332,9 +332,10 @@ def _dma_walk(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration
     after_read = hw.dram_latency_cycles + cal.read_to_write if load else cal.l2_read_latency
     if period is None:
         period = _row_period(instr, hw, read_i32)
+    drain = cal.dma_drain + (cal.load_end if load else 0)
     return _dma_run(*_dma_rows(instr, hw, read_i32), period, hw.line_bytes,
                     hw.dram_bytes_per_cycle, load, hw.dram_latency_cycles, cal.dma_setup,
-                    cal.cmd_to_read, after_read, cal.int_read, cal.dma_drain, CMD_DEPTH)
+                    cal.cmd_to_read, after_read, cal.int_read, drain, CMD_DEPTH)
 
 
 #: Rows whose source lines and write steps ``_dma_run`` keeps for a table read's answer

@@ -39,14 +39,16 @@ class Calibration:
                                   # (read off table walks alone, every row command in the
                                   # RTL's cycle; 5 before, 2 cycles long a read)
     cmd_to_read: int = 3          # row command -> its first DRAM/L2 read
-    read_to_write: int = 2        # a line's DRAM read accepted -> the write side, beyond
-                                  # the DRAM latency and the step that writes it (1
-                                  # before: every load's busy interval in a traced
-                                  # decode step, seed 2039's third, was a cycle short,
-                                  # and the compute waiting on it began a cycle early)
+    read_to_write: int = 1        # a line's DRAM read accepted -> the write side, beyond
+                                  # the DRAM latency and the step that writes it
     l2_read_latency: int = 3      # L2 row reader: request -> beat
     dma_drain: int = 2            # last write -> END, alone
     dma_end: int = 1              # last write -> END, with earlier rows in the copier
+    load_end: int = 1             # a load's END beyond those, its last write into the L2
+                                  # (0 before: every load's busy interval in a traced
+                                  # decode step, seed 2039's third, was a cycle short, and
+                                  # the compute waiting on it began a cycle early; its
+                                  # answers' times, ``_answer_behind``, are the take's)
     mm_result_latency: int = 6    # a group's last row streamed -> its writeback begins
     mm_old_output_latency: int = 5  # a writeback that accumulates: its first old row read
     engine_overhead: int = 2      # the engine shell's START and END around the unit's run

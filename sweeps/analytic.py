@@ -121,6 +121,7 @@ from sweeps.perf import (
 )
 
 DMA_END = CALIBRATION.dma_end
+LOAD_END = CALIBRATION.load_end
 
 
 @dataclass(frozen=True)
@@ -1101,8 +1102,8 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
                     read_free += x
                     write_free += x
                 write_free += l2_waits[timed]
-                free = issued + 1
-                end = write_free + DMA_END
+                free = issued + 2
+                end = write_free + DMA_END + LOAD_END
                 if n_loads >= DEFERRED and ends[n_loads - DEFERRED] + 2 > free:
                     free = ends[n_loads - DEFERRED] + 2
                 engine_free = free
@@ -1144,7 +1145,7 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
                 issued, s_read, s_write = queue_after(table, s_u, s_f, s_m, s_state,
                                                       store_row[q], begin, s_read, s_write)
                 e = math.ceil(s_write) + DMA_END
-                free = math.ceil(issued) + 1
+                free = math.ceil(issued) + 2
                 while flight_head < flight_tail and flight[flight_head] < free - 1:
                     flight_head += 1
                 if flight_tail - flight_head == DEFERRED:

@@ -395,6 +395,30 @@ def _burst_wait(lines: float, rate: float, left: float) -> float:
     return lines / left - lines / rate
 
 
+def _prefetch_burst_wait(ports: list, lo: float, lines: int, alone: float,
+                         hw: HardwareConfig) -> int:
+    """A ``KV_PREFETCH``'s ``_burst_wait`` over the interval its own wait gives it, from
+    ``lo``: the least span past its interval ``alone`` where the burst wait, with the
+    lines of the ``ports`` above it (their ``_Usage``) over the span, no longer reaches
+    (bisected; the wait shrinks as the span grows)."""
+    per_cycle = hw.l2_lines_per_cycle
+    rate = min(1.0, per_cycle, 1 / hw.dram_cycles_per_line)
+
+    def past(span: float) -> bool:
+        taken = sum(u.lines(lo + span) - u.lines(lo) for u in ports)
+        return alone + _burst_wait(lines, rate, per_cycle - taken / span) <= span
+
+    a, b = alone, 2 * alone
+    if past(a):                            # no wait (bisected, it would end half a cycle on)
+        b = a
+    while not past(b) and b - alone < 1 << 24:
+        a, b = b, 2 * b
+    while b - a > 0.5:
+        mid = (a + b) / 2
+        a, b = (a, mid) if past(mid) else (mid, b)
+    return math.ceil(b - alone)
+
+
 def _held(delay: tuple[int, float, int]) -> float:
     """The cycles a DMA instruction's copier ends later for its L2 and DRAM waits
     (``_contention``'s ``(l2, dram, queued)``): the longer, or the DRAM's alone where
@@ -538,8 +562,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             lo, hi = timing.begin[i] + cal.dma_setup, timing.end[i]
             out[i] = (0, max(0.0, _store_dram_wait(
                 i, occ.dram_lines, lo, hi, occ.dram_lines * line_cycles, line_cycles,
-                dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage, aux,
-                (lo, hi, 0))), 0)
+                *dram_usage.values(), fetch_usage, aux, (lo, hi, 0))), 0)
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
@@ -558,26 +581,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                                 per_cycle, hi - lo)
             l2_wait = max(0, math.ceil(span - free_running))
             if instrs[i].mnemonic == "KV_PREFETCH" and free_running > 0:
-                # over the interval its own wait gives it: the least span past its
-                # interval alone where the burst wait, with the ports' lines over the
-                # span, no longer reaches (bisected; the wait shrinks as the span grows)
-                rate = min(1.0, per_cycle, 1 / hw.dram_cycles_per_line)
-
-                def past(span, lo=lo, ports=above[e], lines=occ.l2_lines, rate=rate,
-                         alone=free_running):
-                    taken = sum(l2_usage[a].lines(lo + span) - l2_usage[a].lines(lo)
-                                for a in ports)
-                    return alone + _burst_wait(lines, rate, per_cycle - taken / span) <= span
-
-                a, b = free_running, 2 * free_running
-                if past(a):                # no wait (bisected, it would end half a cycle on)
-                    b = a
-                while not past(b) and b - free_running < 1 << 24:
-                    a, b = b, 2 * b
-                while b - a > 0.5:
-                    mid = (a + b) / 2
-                    a, b = (a, mid) if past(mid) else (mid, b)
-                l2_wait = max(l2_wait, math.ceil(b - free_running))
+                l2_wait = max(l2_wait, _prefetch_burst_wait(
+                    [l2_usage[a] for a in above[e]], lo, occ.l2_lines, free_running, hw))
             # behind paced streams (both copiers walk the banks in the same order)
             l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                       occ.l2_lines / max(1, free_running))))
@@ -781,7 +786,8 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
                 read_free[e] += dram_wait
             reads[i] = (read_begin, read_free[e])
             write_free[e] += _held(delay[i])
-            end[i] = math.ceil(write_free[e]) + cal.dma_end
+            end[i] = math.ceil(write_free[e]) + cal.dma_end + (cal.load_end if e == Engine.LOAD
+                                                                else 0)
             # its last command waits for the row CMD_DEPTH before it, held with the rest
             late = max(0, copies.rows - CMD_DEPTH) / copies.rows
             # the sequencer defers it the cycle after its last command, and the shell
