@@ -18,9 +18,9 @@ holding only a block table (timing does not depend on the values):
   alone and beside a compute instruction that starts with it, attention's ``P · V`` (KN
   weights) beside one-line rows, a GEMV beside 16 of each 64-byte row: each block's rows
   come in a burst, in which the copier is refused its bank beside a paced stream, and
-  the next block's table read comes back behind the burst. The model charges nothing
-  for it (its rules see the prefetch's mean rate, at which it loses nothing): an open
-  gap, 15 and 7 cycles a prefetch here.
+  the next block's table read comes back behind the burst (``sweeps.perf._bursts_trapped``;
+  before it the model was 16 and 8 cycles short here, its rules seeing the prefetch's
+  mean rate, at which it loses nothing).
 
 ::
 
@@ -119,24 +119,12 @@ def filled() -> list[dict]:
 
 
 def beside() -> list[dict]:
-    from arch.isa import make
+    from rtl.random_programs import prefetch_beside_programs
     from sweeps.random_steps import rtl_hardware
 
-    gemv = dict(mode=1, accumulate=0, w_format=0, e_addr=0, m=1, x_addr=0, w_addr=16 << 10,
-                out_addr=8 << 10)
-    pv = make("MATMUL", **gemv, w_layout=1, k=78, n=32, x_stride=79, w_stride=32,
-              out_stride=128)
-    nk = make("MATMUL", **gemv, w_layout=0, k=80, n=128, x_stride=80, w_stride=80,
-              out_stride=512)
     rows = []
     for hw in rtl_hardware()[:3:2]:                  # edge-8x8 at 64 KiB, the 4 x 8 array
-        B = hw.kv_block_tokens
-        wide, narrow = _prefetch(5 * B - 2, 32, 128), _prefetch(5 * B - 2, 16, 64)
-        rows += _rows("beside", hw, {
-            "KV_PREFETCH 5 blocks of 32 of 128 bytes": [wide],
-            "the same beside P · V": [pv, wide],
-            "KV_PREFETCH 5 blocks of 16 of 64 bytes": [narrow],
-            "the same beside a GEMV": [nk, narrow]})
+        rows += _rows("beside", hw, prefetch_beside_programs(hw))
     return rows
 
 
