@@ -758,7 +758,8 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
         dram_lines += 1 + header_lines + code_lines
         l2_lines += writes
         moved += B * cols
-    return Occupancy(Engine.LOAD, math.ceil(cycles) + cal.dma_drain, dram_read_bytes=dram_bytes,
+    return Occupancy(Engine.LOAD, math.ceil(cycles) + cal.dma_drain + cal.load_end,
+                     dram_read_bytes=dram_bytes,
                      dram_lines=dram_lines, prefetch_bytes=moved, l2_lines=l2_lines,
                      after_copier=True)
 

@@ -20,7 +20,9 @@ holding only a block table (timing does not depend on the values):
   come in a burst, in which the copier is refused its bank beside a paced stream, and
   the next block's table read comes back behind the burst (``sweeps.perf._bursts_trapped``;
   before it the model was 16 and 8 cycles short here, its rules seeing the prefetch's
-  mean rate, at which it loses nothing).
+  mean rate, at which it loses nothing). And two other shapes beside the ``P · V``: 64
+  of each 128-byte row (two lines a row), where the rule charges twice the RTL's loss
+  (an open gap), and 32 of each 64-byte row from byte 32.
 
 ::
 
@@ -124,7 +126,7 @@ def beside() -> list[dict]:
 
     rows = []
     for hw in rtl_hardware()[:3:2]:                  # edge-8x8 at 64 KiB, the 4 x 8 array
-        rows += _rows("beside", hw, prefetch_beside_programs(hw))
+        rows += _rows("beside", hw, prefetch_beside_programs(hw, other_shapes=True))
     return rows
 
 

@@ -393,18 +393,19 @@ def held_prefetch_programs(hw, tokens_cols=((8, 32), (16, 32), (32, 32), (64, 12
     return programs
 
 
-def prefetch_beside_programs(hw) -> dict:
+def prefetch_beside_programs(hw, other_shapes: bool = False) -> dict:
     """A ``KV_PREFETCH`` over 5 KV blocks (two tokens short) alone and beside a compute
     instruction that starts with it: 32 of each 128-byte row beside attention's ``P · V``
     (KN weights, 78 tokens by 32), and 16 of each 64-byte row beside a GEMV of 80 by 128
     (the table at 32 KiB, the pool at 64 KiB, the rows to 48 KiB): ``{name:
     instructions}`` (``benchmarks.rtl_table_walks --only beside``,
-    tests/rtl/test_l2_contention.py)."""
-    def prefetch(col_bytes: int, row_bytes: int):
+    tests/rtl/test_l2_contention.py). ``other_shapes``: also 64 of each 128-byte row and
+    32 of each 64-byte row from byte 32, alone and beside the ``P · V``."""
+    def prefetch(col_bytes: int, row_bytes: int, col_offset: int = 0):
         return make("KV_PREFETCH", pool_addr=1 << 16, table_addr=1 << 15, first_token=0,
-                    n_tokens=5 * hw.kv_block_tokens - 2, row_bytes=row_bytes, col_offset=0,
-                    col_bytes=col_bytes, l2_addr=48 << 10, pool_blocks=16, seq=0,
-                    kv_format=0)
+                    n_tokens=5 * hw.kv_block_tokens - 2, row_bytes=row_bytes,
+                    col_offset=col_offset, col_bytes=col_bytes, l2_addr=48 << 10,
+                    pool_blocks=16, seq=0, kv_format=0)
 
     gemv = dict(mode=1, accumulate=0, w_format=0, e_addr=0, m=1, x_addr=0, w_addr=16 << 10,
                 out_addr=8 << 10)
@@ -413,10 +414,16 @@ def prefetch_beside_programs(hw) -> dict:
     nk = make("MATMUL", **gemv, w_layout=0, k=80, n=128, x_stride=80, w_stride=80,
               out_stride=512)
     wide, narrow = prefetch(32, 128), prefetch(16, 64)
-    return {"KV_PREFETCH 5 blocks of 32 of 128 bytes": [wide],
-            "the same beside P · V": [pv, wide],
-            "KV_PREFETCH 5 blocks of 16 of 64 bytes": [narrow],
-            "the same beside a GEMV": [nk, narrow]}
+    programs = {"KV_PREFETCH 5 blocks of 32 of 128 bytes": [wide],
+                "the same beside P · V": [pv, wide],
+                "KV_PREFETCH 5 blocks of 16 of 64 bytes": [narrow],
+                "the same beside a GEMV": [nk, narrow]}
+    if other_shapes:
+        for name, walk in (("64 of 128 bytes", prefetch(64, 128)),
+                           ("32 of 64 bytes from 32", prefetch(32, 64, 32))):
+            programs[f"KV_PREFETCH 5 blocks of {name}"] = [walk]
+            programs[f"{name} beside P · V"] = [pv, walk]
+    return programs
 
 
 def filled_l2_programs() -> dict:

@@ -420,6 +420,14 @@ def _prefetch_burst_wait(ports: list, lo: float, lines: int, alone: float,
     return math.ceil(b - alone)
 
 
+#: The share of ``_trapped``'s loss a ``KV_PREFETCH``'s burst is charged
+#: (``_bursts_trapped``): fitted, read off two traced decode steps on the 4 x 8 array
+#: (seed 2040's step 7, seed 2037's step 17), their prefetches beside attention's
+#: ``P · V``, where the table reads came back 10, 1, 8, 0 and 1 cycles late in one
+#: prefetch and 8, 0, 5 and 4 in another, against a ``_trapped`` loss of 9 and 8 a burst.
+BURST_HELD_SHARE = 0.5
+
+
 def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
                     hw: HardwareConfig) -> int:
     """Cycles a ``KV_PREFETCH`` whose copier alone writes its lines from ``lo`` for
@@ -427,13 +435,12 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
     KV block's lines back to back, a line a cycle, a table read apart (``_burst_wait``),
     and the next block's table read comes back behind them in the DRAM's queue, so what a
     burst loses holds every block after it. A burst begins wherever the stream's reader
-    is in the banks: behind it, the copier catches it up at once and is held as a load is
-    (``_trapped``); ahead, it runs free. Each burst is charged half its ``_trapped`` loss,
-    the bursts taken evenly over the interval, one a block-table read. (Read off two
-    traced decode steps on the 4 x 8 array, their prefetches beside attention's ``P · V``:
-    the table reads came back 10, 1, 8, 0 and 1 cycles late, and 8, 0, 5 and 4, against a
-    ``_trapped`` loss of 9 and 8 a burst; charged none, each prefetch was 15 to 20 cycles
-    short.)"""
+    is in the banks, and the copier is held (as a load is, ``_trapped``) only in some:
+    each burst is charged ``BURST_HELD_SHARE`` of its ``_trapped`` loss, the bursts taken
+    evenly over the interval, one a block-table read. (Charged none, the prefetches of
+    ``python -m benchmarks.rtl_table_walks --only beside`` were 16 and 8 cycles short;
+    charged the whole loss, round 52 found 2 to 4 times the RTL's on other shapes. Still
+    over: 64 of each 128-byte row beside ``P · V``, docs/perf.md "Round 54".)"""
     blocks = (occ.dram_read_bytes - occ.prefetch_bytes) // BLOCK_TABLE_ENTRY_BYTES
     if blocks < 1 or alone <= 0:
         return 0
@@ -442,8 +449,8 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
     step = max(0.0, alone - burst) / max(1, blocks - 1)
     lost = 0.0
     for k in range(blocks):
-        lost += _trapped(streams, lo + k * step + lost, burst, rate) / 2
-    return math.ceil(lost)
+        lost += BURST_HELD_SHARE * _trapped(streams, lo + k * step + lost, burst, rate)
+    return math.ceil(round(lost, 6))     # (``_trapped``'s float residue is no cycle)
 
 
 def _held(delay: tuple[int, float, int]) -> float:
