@@ -10,10 +10,11 @@ tokens plus ``extra_tokens`` random orderings (``random_tokens``). Such programs
 legal: race-free and deadlock-free, so the RTL and the ISA simulator must agree on them.
 ``run_random_programs(model, seed)`` runs a job of them on a Verilator model and on the
 ISA simulator. ``held_prefetch_programs``, ``prefetch_beside_programs``,
-``filled_l2_programs`` and ``store_programs`` are the fixed contention cases the performance model is checked on
-(tests/rtl/test_l2_contention.py, ``benchmarks.rtl_table_walks``,
-``benchmarks.rtl_stores``). ``random_vector`` draws vector instructions for the
-vector unit's timing (tests/rtl/test_vector_unit.py, ``benchmarks.vector_calibration``).
+``filled_l2_programs`` and ``store_programs`` are the fixed contention cases the
+performance model is checked on (tests/rtl/test_l2_contention.py,
+``benchmarks.rtl_table_walks``, ``benchmarks.rtl_stores``). ``random_vector`` draws
+vector instructions for the vector unit's timing (tests/rtl/test_vector_unit.py,
+``benchmarks.vector_calibration``).
 (Not part of the hardware: excluded from the Verilator model's key.)
 
 Tested by tests/rtl/test_accelerator.py (random legal programs on the RTL against the ISA

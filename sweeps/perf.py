@@ -527,7 +527,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     read side): at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles (at its
     fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
     table reads, at the pace the ports leave a cycle, ``_burst_wait``); and no faster
-    than the paced compute streams it overlaps let it (``_trapped``). (On edge-8x8 at
+    than the paced compute streams it overlaps let it (``_trapped``; a prefetch's
+    bursts, ``_bursts_trapped``). (On edge-8x8 at
     64 KiB, a 137-line logits store beside the ``ARGMAX`` reading the same rows was busy
     157 cycles on the RTL, 145 alone; charged only the lines the unit moves, 145. On
     edge-4x4, whose L2 moves one line a cycle, a 31-line one beside its ``ARGMAX``: 52
@@ -596,7 +597,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             lo, hi = timing.begin[i] + cal.dma_setup, timing.end[i]
             out[i] = (0, max(0.0, _store_dram_wait(
                 i, occ.dram_lines, lo, hi, occ.dram_lines * line_cycles, line_cycles,
-                *dram_usage.values(), fetch_usage, aux, (lo, hi, 0))), 0)
+                dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage, aux,
+                (lo, hi, 0))), 0)
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
