@@ -396,14 +396,19 @@ def _burst_wait(lines: float, rate: float, left: float) -> float:
     return lines / left - lines / rate
 
 
+def _burst_rate(hw: HardwareConfig) -> float:
+    """Lines a cycle a ``KV_PREFETCH``'s copier writes in a burst: a line a cycle, at most
+    what the L2 and the DRAM move."""
+    return min(1.0, hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line)
+
+
 def _prefetch_burst_wait(ports: list, lo: float, lines: int, alone: float,
                          hw: HardwareConfig) -> int:
     """A ``KV_PREFETCH``'s ``_burst_wait`` over the interval its own wait gives it, from
     ``lo``: the least span past its interval ``alone`` where the burst wait, with the
     lines of the ``ports`` above it (their ``_Usage``) over the span, no longer reaches
     (bisected; the wait shrinks as the span grows)."""
-    per_cycle = hw.l2_lines_per_cycle
-    rate = min(1.0, per_cycle, 1 / hw.dram_cycles_per_line)
+    per_cycle, rate = hw.l2_lines_per_cycle, _burst_rate(hw)
 
     def past(span: float) -> bool:
         taken = sum(u.lines(lo + span) - u.lines(lo) for u in ports)
@@ -444,7 +449,7 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
     blocks = (occ.dram_read_bytes - occ.prefetch_bytes) // BLOCK_TABLE_ENTRY_BYTES
     if blocks < 1 or alone <= 0:
         return 0
-    rate = min(1.0, hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line)
+    rate = _burst_rate(hw)
     burst = occ.l2_lines / blocks / rate            # cycles a block's lines take alone
     step = max(0.0, alone - burst) / max(1, blocks - 1)
     lost = 0.0
