@@ -306,22 +306,24 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         n = len(COUNTERS)
         return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 3,
                          dram_write_bytes=COUNTER_BYTES * n, dram_lines=n)
-    times, takes, first_cmds, jumps, counts, cycles, _ = _dma_walk(instr, hw, read_i32, cal,
-                                                                    period)
+    times, takes, first_cmds, jumps, counts, cycles, _, asks = _dma_walk(instr, hw, read_i32,
+                                                                          cal, period)
     src_total, dst_total, moved, l2_total, int_reads, n_taken = counts.tolist()
     copies = None
     if n_taken:
         t, reads, writes = map(tuple, times.tolist())
         copies = Copies(t, reads, writes, tuple(first_cmds.tolist()),
-                        tuple(map(tuple, takes.tolist())), tuple(jumps.tolist()), n_taken)
+                        tuple(map(tuple, takes.tolist())), tuple(jumps.tolist()), n_taken,
+                        tuple(asks.tolist()))
     table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0
         return Occupancy(Engine.LOAD, cycles, dram_read_bytes=moved + table,
-                         dram_lines=src_total + int_reads, prefetch_bytes=prefetch,
-                         copies=copies, l2_lines=l2_total)
+                         dram_lines=src_total + int_reads, int_reads=int_reads,
+                         prefetch_bytes=prefetch, copies=copies, l2_lines=l2_total)
     return Occupancy(Engine.STORE, cycles, dram_read_bytes=table, dram_write_bytes=moved,
-                     dram_lines=dst_total + int_reads, copies=copies, l2_lines=l2_total)
+                     dram_lines=dst_total + int_reads, int_reads=int_reads, copies=copies,
+                     l2_lines=l2_total)
 
 
 def _dma_walk(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration,
@@ -425,7 +427,8 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     reads and writes float64 [3, 3] (``Copies``'); takes float64 [<= depth, 3], oldest
     first; the first row commands' times alone float64 [<= depth]; their ``cmd_jumps``
     int64; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
-    int32 reads, row commands; cycles; the rows stepped)``."""
+    int32 reads, row commands; cycles; the rows stepped; the first ``depth`` int32 reads'
+    asks alone float64)``."""
     never = NEVER_INT
     one = S                                     # a cycle
     st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
@@ -434,6 +437,8 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     head = n_window = 0
     first_cmds = np.empty(depth, np.int64)
     n_first = 0
+    asks = np.empty(depth, np.int64)            # the first int32 reads' asks, alone
+    n_asks = 0
     counts = np.zeros(6, np.int64)
     before_st = np.empty(12, np.int64)
     before_taken = np.empty((depth, 3), np.int64)
@@ -489,6 +494,9 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
         n, r, stepped = nbytes[r], r + 1, stepped + 1
         if needs[r - 1]:
             counts[4] += 1
+            if n_asks < depth:
+                asks[n_asks] = st[0]
+                n_asks += 1
             for j in range(3):
                 ask = st[j]
                 st[j] += (lat + int_read) * one
@@ -563,7 +571,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
         times[i // 3, i % 3] = in_cycles(st[i], one)
     jumps = np.flatnonzero(first_cmds[1:n_first] > first_cmds[:max(0, n_first - 1)] + one)
     return (times, window, first_cmds[:n_first] / one, jumps, counts, -(-end // one) + drain,
-            stepped)
+            stepped, asks[:n_asks] / one)
 
 
 _TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")
@@ -760,7 +768,8 @@ def chunked_prefetch_occupancy(instr: Instruction, hw: HardwareConfig, read_i32,
         moved += B * cols
     return Occupancy(Engine.LOAD, math.ceil(cycles) + cal.dma_drain + cal.load_end,
                      dram_read_bytes=dram_bytes,
-                     dram_lines=dram_lines, prefetch_bytes=moved, l2_lines=l2_lines,
+                     dram_lines=dram_lines, int_reads=f.n_tokens // B, prefetch_bytes=moved,
+                     l2_lines=l2_lines,
                      after_copier=True)
 
 

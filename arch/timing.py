@@ -102,6 +102,9 @@ class Copies:
     takes: tuple[tuple[float, float, float], ...] = ()
     cmd_jumps: tuple[int, ...] = ()    # k where first_cmds[k + 1] > first_cmds[k] + 1
     rows: int = 0                      # row commands in all
+    # when the engine asks for its first ``CMD_DEPTH`` int32 reads (block-table entries,
+    # gather indices) on its aux port, alone, relative to begin (``sweeps.perf._table_reads``)
+    int_asks: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class Occupancy:
     dram_read_bytes: int = 0
     dram_write_bytes: int = 0
     dram_lines: int = 0           # DRAM lines moved (reads and writes)
+    int_reads: int = 0            # of them, int32 reads on the engine's aux port (block-
+                                  # table entries, gather indices), a line each
     macs: int = 0
     prefetch_bytes: int = 0
     copies: Copies | None = None  # a DMA instruction that copies rows (it ends deferred)

@@ -13,7 +13,11 @@ operands from random steps' programs), one Verilator job a configuration:
 * edge-4x4 (one line-wide bank): the logits store alone and beside its ``ARGMAX``: the
   store's L2 reads are its copier's read side, not the whole interval from its start;
 * edge-8x8 at 2 DRAM bytes a cycle: a one-token ``KV_APPEND`` of one and of eight lines
-  alone: its first line goes on the DRAM's credit (``sweeps.perf._store_dram_wait``).
+  alone: its first line goes on the DRAM's credit (``sweeps.perf._store_dram_wait``),
+  its table read a line's bandwidth after the last fetch read (``_request_wait``); two
+  of eight lines beside a ``KV_PREFETCH`` whose table reads run ahead of its data, a
+  client of their own (``_table_reads``); a 7-line ``DMA_STORE`` and the counters behind
+  it (``_copier_behind``).
 
 ::
 

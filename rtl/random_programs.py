@@ -449,13 +449,25 @@ def store_programs(hw) -> dict:
     one-token ``KV_APPEND`` alone and beside a 512-line load (``"append"``, the load
     alone ``"load"``, ``"append + load"``);
     at a DRAM under a line a cycle, ``KV_APPEND`` of one token of one and of eight lines
-    alone (``"append 1"``, ``"append 8"``)."""
+    alone (``"append 1"``, ``"append 8"``), two of eight beside a ``KV_PREFETCH`` of seven
+    blocks whose table reads run ahead of its data (``"appends + prefetch"``, the
+    prefetch alone ``"prefetch"``), and a 7-line ``DMA_STORE`` with the counters after it
+    (``"store + counters"``)."""
     W = hw.line_bytes
     if hw.dram_cycles_per_line > 1:
-        return {f"append {n}": [make("KV_APPEND", l2_addr=2048, pool_addr=1 << 16,
-                                     table_addr=1 << 15, first_token=100, n_tokens=1,
-                                     row_bytes=n * W, pool_blocks=7, seq=0)]
-                for n in (1, 8)}
+        def append(n, l2_addr=2048):
+            return make("KV_APPEND", l2_addr=l2_addr, pool_addr=1 << 16, table_addr=1 << 15,
+                        first_token=100, n_tokens=1, row_bytes=n * W, pool_blocks=7, seq=0)
+
+        prefetch = make("KV_PREFETCH", l2_addr=16 << 10, pool_addr=1 << 16,
+                        table_addr=1 << 15, first_token=0, n_tokens=100, col_offset=0,
+                        col_bytes=4 * W, row_bytes=8 * W, pool_blocks=7, seq=0,
+                        kv_format=KvFormat.INT8)
+        store = make("DMA_STORE", l2_addr=0, dram_addr=1 << 17, rows=1, row_bytes=7 * W,
+                     l2_stride=7 * W, dram_stride=7 * W)
+        return {"append 1": [append(1)], "append 8": [append(8)], "prefetch": [prefetch],
+                "appends + prefetch": [append(8), append(8, 4096), prefetch],
+                "store + counters": [store, make("STORE_COUNTERS", dram_addr=1 << 15)]}
     vocab = 488 if hw.l2_lines_per_cycle == 1 else 2185
     logits = 4 << 10                               # int16 logits; int32 from 16 KiB
     store = make("DMA_STORE", l2_addr=logits, dram_addr=1 << 16, rows=1, row_bytes=2 * vocab,

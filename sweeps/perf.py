@@ -54,7 +54,6 @@ import numpy as np
 
 from arch.hardware import HardwareConfig
 from arch.isa import (
-    BLOCK_TABLE_ENTRY_BYTES,
     ENGINES,
     KV_MAP_WORD_BYTES,
     Engine,
@@ -446,7 +445,7 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
     ``python -m benchmarks.rtl_table_walks --only beside`` were 16 and 8 cycles short;
     charged the whole loss, round 52 found 2 to 4 times the RTL's on other shapes. Still
     over: 64 of each 128-byte row beside ``P · V``, docs/perf.md "Round 54".)"""
-    blocks = (occ.dram_read_bytes - occ.prefetch_bytes) // BLOCK_TABLE_ENTRY_BYTES
+    blocks = occ.int_reads
     if blocks < 1 or alone <= 0:
         return 0
     rate = _burst_rate(hw)
@@ -466,8 +465,88 @@ def _held(delay: tuple[int, float, int]) -> float:
     return max(l2, dram) if l2 > 0 else dram
 
 
+def _table_reads(occ: Occupancy, begin: float, queued: float, end: float) -> list[float]:
+    """The cycles a load's ``occ.int_reads`` int32 reads (block-table entries, gather
+    indices) are asked for on the load engine's aux port, a DRAM client of their own in
+    the round-robin, for the instruction beginning at ``begin``, its first read held
+    ``queued`` (``_queued``, ``_request_wait``), and reading until ``end``: the first
+    ``CMD_DEPTH`` when the walk alone asks for them (``Copies.int_asks``), those after the
+    first ``queued`` later, the rest evenly after them. (A ``KV_PREFETCH``'s table
+    reads run ahead of its copier's data, a block's a DRAM latency after the one before:
+    on edge-8x8 at 2 bytes a cycle, one of 16-token blocks had its first five table
+    reads out in its first 600 cycles of 6,700, four of them beside two ``KV_APPEND``s,
+    which reads spread over the whole interval charged less than one; Amaranth's
+    simulator.)"""
+    n = occ.int_reads
+    if not n:
+        return []
+    asks = [begin + a + (queued if k else 0) for k, a in enumerate(occ.copies.int_asks)]
+    last, rest = asks[-1], n - len(asks)
+    return asks + [last + (end - last) * (k + 1) / rest for k in range(rest)]
+
+
+def _fetch_accepts(fetch: list[int], line_cycles: float) -> list[float]:
+    """The cycles the DRAM accepts the instruction fetch's reads requested at ``fetch``
+    (``_time``'s request cycles, which count from the fetcher's step: ``FETCH_START``
+    after the accept its dispatch times are read from), a cycle earlier still within a
+    back-to-back stream under a line a cycle: its first, from the DRAM's full credit of
+    a line and a cycle's bytes, leaves the next a cycle short of a line's bandwidth.
+    (Traced on the RTL at 2 bytes a cycle, edge-8x8: a one-instruction program's reads
+    accepted 15 and then 16 cycles apart, the last 11 cycles before the ``KV_APPEND``
+    began; the request cycles, 8.)"""
+    out = []
+    for k, t in enumerate(fetch):
+        stream = line_cycles > 1 and k and t - fetch[k - 1] <= line_cycles
+        out.append(t - FETCH_START - (1 if stream else 0))
+    return out
+
+
+def _request_wait(i: int, t: float, line_cycles: float, requests: list) -> float:
+    """The cycles instruction ``i``'s first int32 read, asked at ``t``, waits for the
+    DRAM to accept it behind the single reads asked before it (``requests``: sorted
+    ``(cycle, instruction, rank)``, the instruction fetch's, the loads' int32 reads and
+    the stores' first table reads, rank 1; instruction -1 a fetch). The DRAM takes a
+    request with a line of credit (``rtl/dram.py``), a line's bandwidth after the last;
+    at the same cycle the load engine's aux port is ahead of the store engine's in the
+    round-robin (``rtl/top.py``). (At 2 bytes a cycle, edge-8x8, a ``KV_APPEND`` and a
+    ``KV_PREFETCH`` begun together behind a fetch read: the prefetch's table read went
+    out 14 cycles after its ask, the append's 30; both were charged 0 before, the
+    append's writes then 41 cycles short of the RTL's; Amaranth's simulator.)"""
+    if line_cycles <= 1:
+        return 0.0
+    rank = next((r for c, j, r in requests if j == i), 0)
+    free = float("-inf")                # when the DRAM has a line of credit again
+    for c, j, r in requests:
+        if c > t or (c == t and r >= rank) or j == i:
+            if c > t:
+                break
+            continue
+        if c > t - 2 * line_cycles:
+            free = max(c, free) + line_cycles
+    return max(0.0, free - t)
+
+
+def _copier_behind(firsts: list[float], lines: int, hi: float, others: tuple,
+                   line_cycles: float, alone_end: float) -> float:
+    """The cycles ``STORE_COUNTERS`` ends past ``alone_end`` (its begin and cycles alone)
+    behind the store copier's rows still to write when it begins: their first lines went
+    out at ``firsts``, and from the first of them the DRAM has lines queued until the
+    counters' last, so it takes ``lines`` (theirs and the counters') and the other
+    clients' in that span (``others``, to ``hi``) back to back, the first on the DRAM's
+    credit: the last is accepted ``(lines - 1) * line_cycles`` after the first, and the
+    engine ends 3 cycles later (``dma_occupancy``'s tail). Round-robin over lines spread
+    over each store's interval (``_store_dram_wait``) charges the counters the copier's
+    lines it wrote before they began at the DRAM's full bandwidth. (The logits store,
+    the token's and the counters that end a decode step at 2 bytes a cycle on edge-8x8:
+    20 lines, 314 cycles busy on the RTL, each 16 cycles after the one before; the round-
+    robin rule, 337; ``python -m benchmarks.rtl_stores``.)"""
+    first = min(firsts)
+    taken = sum(u.lines(hi) - u.lines(first) for u in others)
+    return first + (lines + taken - 1) * line_cycles + 3 - alone_end
+
+
 def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
-                     line_cycles: float, loads, stores, fetch, aux: list,
+                     line_cycles: float, others: tuple, stores, aux: list,
                      itself: tuple) -> float:
     """The cycles store ``i``'s copier waits for the DRAM writing its ``own`` lines from
     ``lo`` to ``hi``, ``alone`` of them its own (its interval less its last waits); below
@@ -478,10 +557,18 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
     1`` cycles for ``n`` lines, where ``dma_occupancy`` charges each line its whole slot
     (which a stream behind other requests pays). The credit is full by the share ``c``
     of a line that no other request took in the ``line_cycles`` before ``lo``: the other
-    clients (``_Usage`` of the ``loads``' and ``stores``' DRAM lines, this store's own
-    interval ``itself = (begin, end, lines)`` taken out, and of the ``fetch`` reads) and
-    the store engine's aux reads (``aux``). Round-robin lets each other client take at
-    most one line per line of this store's in ``[lo, hi]`` (``taken``). So the writes
+    clients (``others``: ``_Usage`` of the loads' DRAM lines, of their int32 reads on the
+    load engine's aux port, ``_table_reads``, and of the fetch reads; the ``stores``' DRAM
+    lines, this store's own interval ``itself = (begin, end, lines)`` taken out) and the
+    store engine's aux reads (``aux``). Round-robin lets each other client take at most
+    one line per line of this store's in ``[lo, hi]`` (``taken``); a stream of lines (the
+    loads', the other stores') one between each two of them, and one before the first
+    only where its last grant was not the stream's: another client's request just
+    before, or this engine's copier still writing the store before. (Amaranth's
+    simulator, seed 2041's step 18 at 2 bytes a cycle: a one-line ``KV_APPEND`` whose
+    request followed the prefetch's data line was granted the next slot; the one before
+    it, asked just after the prefetch's table read was granted, went after the next
+    append's table read and a data line.) So the writes
     need ``(own + taken - c) * line_cycles + c`` cycles. (Read off the RTL at 2 bytes a
     cycle, edge-8x8:
     a ``KV_APPEND`` of one token alone of 1 and of 8 lines was 114 and 226 cycles busy;
@@ -496,15 +583,23 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 
     def lines(a: float, b: float) -> list[float]:     # each other client's in [a, b]
         s, e, n = itself
-        out = [u.lines(b) - u.lines(a) for u in (loads, stores, fetch)]
-        out[1] -= n / max(1, e - s) * max(0.0, min(e, b) - max(s, a))
+        out = [u.lines(b) - u.lines(a) for u in others]
+        out.append(stores.lines(b) - stores.lines(a)
+                   - n / max(1, e - s) * max(0.0, min(e, b) - max(s, a)))
         out.append(sum(m * max(0.0, min(d, b) - max(c, a)) / (d - c)
                        for k, c, d, m in aux if k != i))
         return out
 
-    taken = sum(min(own, x) for x in lines(lo, hi))
-    credit = (1 - min(1.0, max(0.0, sum(lines(lo - line_cycles, lo))))
-              if line_cycles > 1 else 0.0)
+    # The streams (the loads' and the other stores' lines) take a line between each two
+    # of this store's, and one before its first only where the round-robin's last grant
+    # was not theirs: another client's request just before, or the copier still writing
+    # the store before, their lines alternating.
+    before = lines(lo - line_cycles, lo)
+    first = int(before[1] + before[2] + before[4] >= 0.5
+                or lines(lo - 2 * line_cycles, lo)[3] >= 0.5)
+    caps = [own if k in (1, 2, 4) else max(0.0, own - 1 + first) for k in range(5)]
+    taken = sum(min(c, x) for c, x in zip(caps, lines(lo, hi), strict=True))
+    credit = (1 - min(1.0, max(0.0, sum(before))) if line_cycles > 1 else 0.0)
     return max(-(line_cycles - 1) * credit,
                (own + taken - credit) * line_cycles + credit - alone)
 
@@ -564,6 +659,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
     # earlier one's rows, a DRAM client of their own in the round-robin.
     aux = []                               # (instruction, start, end, lines)
+    table_reads = []                       # the load engine's aux port: its int32 reads
     for i in range(n):
         e, occ = instrs[i].engine, occs[i]
         if occ is None:
@@ -572,7 +668,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             aux.append((i, timing.begin[i], timing.begin[i] + occ.cycles, occ.dram_lines))
         elif e == Engine.STORE and occ.dram_read_bytes:
             aux.append((i, timing.begin[i], max(write_start[i], timing.begin[i] + 1),
-                        occ.dram_read_bytes // BLOCK_TABLE_ENTRY_BYTES))
+                        occ.int_reads))
         lo = timing.begin[i] if occ.copies is None else write_start[i]
         hi = timing.end[i]
         if occ.l2_lines:
@@ -583,13 +679,25 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                                                 occ.resumes, hi - lo, per_cycle,
                                                 occ.camped_cycles)))
         if occ.copies is not None and occ.dram_lines:
+            own = occ.dram_lines
             if e == Engine.LOAD:           # a load's DRAM reads: its copier's read side
-                lo, hi = reads[i]
-            dram[e].append((lo, hi, occ.dram_lines / max(1, hi - lo)))
+                lo, hi = reads[i]          # (its int32 reads: a client of their own)
+                own -= occ.int_reads
+                table_reads.extend((i, t) for t in _table_reads(
+                    occ, timing.begin[i], delay[i][2], hi))
+            dram[e].append((lo, hi, own / max(1, hi - lo)))
     l2_usage = {e: _Usage(v, profiles[e]) for e, v in l2.items()}
     streams = _Streams(paced)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
+    # the single reads that go out at a known cycle (``_request_wait``)
+    requests = sorted([(t, -1, 0) for t in _fetch_accepts(fetch, line_cycles)]
+                      + [(t, j, 0) for j, t in table_reads]
+                      + [(b + cal.dma_setup, j, 1) for j, b, _, m in aux if instrs[j].mnemonic
+                         != "STORE_COUNTERS"])
+    table_reads = [(t, t + line_cycles, 1 / line_cycles) for _, t in table_reads]
+    # the clients a store shares the DRAM with (its own engine's apart)
+    others = (dram_usage[Engine.LOAD], _Usage(sorted(table_reads)), fetch_usage)
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
     out = list(delay)
     for i in range(n):
@@ -600,10 +708,22 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             # the copier's still writing an earlier store's rows (a 4-line DMA_STORE
             # then STORE_COUNTERS: 25 cycles busy on the RTL, 20 in the model without)
             lo, hi = timing.begin[i] + cal.dma_setup, timing.end[i]
-            out[i] = (0, max(0.0, _store_dram_wait(
+            wait = _store_dram_wait(
                 i, occ.dram_lines, lo, hi, occ.dram_lines * line_cycles, line_cycles,
-                dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage, aux,
-                (lo, hi, 0))), 0)
+                others, dram_usage[Engine.STORE], aux, (lo, hi, 0))
+            ahead = [j for j in range(i) if instrs[j].engine == Engine.STORE
+                     and occs[j] is not None and occs[j].copies is not None
+                     and occs[j].dram_lines > occs[j].int_reads and timing.end[j] > lo]
+            if ahead and line_cycles > 1:
+                # behind the copier's rows still to write, the DRAM busy from the first
+                # of them on (``_copier_behind``; at a line a cycle or more the engines'
+                # own steps, not the DRAM, space the lines)
+                wait = _copier_behind(
+                    [max(write_start[j], reads[j][0] + cal.l2_read_latency) for j in ahead],
+                    occ.dram_lines + sum(occs[j].dram_lines - occs[j].int_reads
+                                         for j in ahead), hi, others, line_cycles,
+                    timing.begin[i] + occ.cycles)
+            out[i] = (0, max(0.0, wait), 0)
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
@@ -641,16 +761,16 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             # on (its table reads go out before, on the aux port: ``aux``)
             lo = max(write_start[i], reads[i][0] + cal.l2_read_latency)
             hi = timing.end[i]
-            own = occ.dram_lines - occ.dram_read_bytes // BLOCK_TABLE_ENTRY_BYTES
+            own = occ.dram_lines - occ.int_reads
             dram_wait = _store_dram_wait(
-                i, own, lo, hi, hi - lo - held, line_cycles,
-                dram_usage[Engine.LOAD], dram_usage[Engine.STORE], fetch_usage, aux,
-                (write_start[i], timing.end[i], occ.dram_lines))
+                i, own, lo, hi, hi - lo - held, line_cycles, others,
+                dram_usage[Engine.STORE], aux, (write_start[i], timing.end[i], occ.dram_lines))
         queued = 0
         if (e == Engine.STORE and occ.dram_read_bytes
                 or instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
             queued = _queued(loads, timing.begin[i], hw,
                              [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)], fetch)
+            queued += _request_wait(i, timing.begin[i] + cal.dma_setup, line_cycles, requests)
         out[i] = (l2_wait, dram_wait, queued)
     return out
 

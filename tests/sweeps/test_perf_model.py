@@ -1195,20 +1195,110 @@ def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
     assert reads[1][0] >= timing.begin[1] + hw.dram_latency_cycles
 
 
+def test_int32_reads_asked_together_go_out_a_line_of_bandwidth_apart():
+    """At 2 bytes a cycle the DRAM takes a request a line's bandwidth (16 cycles) after
+    the last. A decode step's ``KV_APPEND`` and ``KV_PREFETCH`` begin together (both wait
+    for the ``ROPE``), a fetch read just before: the prefetch's table read goes out
+    first (the load engine's aux port is ahead of the store engine's in the
+    round-robin), the append's a line later. Traced on Amaranth's simulator (seed 2038's
+    step 13, edge-8x8 at 2 bytes a cycle): 13 and 29 cycles after their asks; charged
+    nothing, the appends were 41 cycles short of the RTL's 713 (then 712)."""
+    from sweeps.perf import _request_wait
+
+    line_cycles = 16.0
+    fetch, ask = 1000, 1001
+    requests = sorted([(fetch, -1, 0), (ask, 7, 0), (ask, 8, 1)])   # prefetch 7, append 8
+    assert _request_wait(7, ask, line_cycles, requests) == fetch + line_cycles - ask
+    assert _request_wait(8, ask, line_cycles, requests) == fetch + 2 * line_cycles - ask
+    # a read asked two lines after the last is not held; at a line a cycle none is
+    assert _request_wait(9, fetch + 2 * line_cycles, line_cycles, requests[:1]) == 0
+    assert _request_wait(8, ask, 1.0, requests) == 0
+
+
+def test_a_prefetchs_table_reads_take_dram_slots_of_their_own():
+    """A ``KV_PREFETCH``'s table reads go out on the load engine's aux port, a client of
+    their own in the DRAM's round-robin, each a DRAM latency after the one before while
+    the copier's command queue has room: at 2 bytes a cycle, a prefetch of seven 16-token
+    blocks asks for its first five in its first 600 cycles of 6,700
+    (``Copies.int_asks``). Two 8-line ``KV_APPEND``s beside it share the DRAM with its
+    data reads and with those table reads: at least their first table read's latency,
+    their 16 lines, as many of the prefetch's data lines and the two table reads asked
+    while they write. (Amaranth's simulator: 673 cycles busy, the table reads at 128 to
+    144 cycles apart; with the table reads spread with the data over the whole prefetch
+    the model gave 622; ``python -m benchmarks.rtl_stores``, ``"appends + prefetch"``.)"""
+    from arch.isa import KvFormat
+    from arch.occupancy import dma_occupancy
+    from sweeps.perf import _table_reads
+
+    hw = load_hardware("edge-8x8").replace(dram_bytes_per_cycle=2, l2_bytes=128 * 1024)
+    line_cycles, W = hw.dram_cycles_per_line, hw.line_bytes
+    prefetch = make("KV_PREFETCH", l2_addr=16 << 10, pool_addr=1 << 16, table_addr=1 << 15,
+                    first_token=0, n_tokens=100, col_offset=0, col_bytes=4 * W,
+                    row_bytes=8 * W, pool_blocks=7, seq=0, kv_format=KvFormat.INT8)
+    occ = dma_occupancy(prefetch, hw, read_i32=lambda addr: 0)
+    asks = occ.copies.int_asks
+    assert occ.int_reads == len(asks) == 7
+    assert asks[4] < 600 < occ.cycles
+    assert all(b - a >= hw.dram_latency_cycles for a, b in zip(asks[:-1], asks[1:], strict=True))
+    begin, queued, end = 500.0, 20.0, 7000.0
+    assert _table_reads(occ, begin, queued, end) == [begin + asks[0]] + [
+        begin + queued + a for a in asks[1:]]
+
+    def append(l2_addr):
+        return make("KV_APPEND", l2_addr=l2_addr, pool_addr=1 << 16, table_addr=1 << 15,
+                    first_token=100, n_tokens=1, row_bytes=8 * W, pool_blocks=7, seq=0)
+
+    beside = time_program([append(2048), append(4096), prefetch, make("HALT")], hw,
+                          read_i32=lambda addr: 0)
+    assert beside.busy["store"] >= hw.dram_latency_cycles + (16 + 16 + 2) * line_cycles
+
+
+def test_the_counters_behind_the_copiers_rows_keep_the_dram_busy():
+    """``STORE_COUNTERS`` behind a store whose rows the copier still writes, at 2 bytes a
+    cycle: the DRAM takes their lines back to back from the store's first, a line's
+    bandwidth apart, and the counters end 3 cycles after the last (the logits store,
+    the token's and the counters that end a decode step, 20 lines: 314 cycles busy on the
+    RTL, seed 2041's step 23, and 313 in the model). Round-robin over lines spread over
+    each store's interval also charged the counters the lines the copier wrote before
+    they began, 337."""
+    hw = load_hardware("edge-8x8").replace(dram_bytes_per_cycle=2, l2_bytes=128 * 1024)
+    line_cycles, W = hw.dram_cycles_per_line, hw.line_bytes
+    # after a long load, so that the fetch reads are long done
+    load = make("DMA_LOAD", dram_addr=1 << 18, l2_addr=8192, rows=1, row_bytes=64 * W,
+                dram_stride=64 * W, l2_stride=64 * W, signal=1 << int(Engine.STORE))
+    logits = make("DMA_STORE", l2_addr=0, dram_addr=1 << 16, rows=1, row_bytes=7 * W,
+                  l2_stride=7 * W, dram_stride=7 * W, wait=1 << int(Engine.LOAD))
+    token = make("DMA_STORE", l2_addr=4096, dram_addr=1 << 17, rows=1, row_bytes=4,
+                 l2_stride=4, dram_stride=4)
+    timing = time_program([load, logits, token, make("STORE_COUNTERS", dram_addr=1 << 15),
+                           make("HALT")], hw)
+    lines = 7 + 1 + 12
+    busy = timing.end[3] - timing.begin[1]
+    # from the store's begin, its first line's L2 read and write: 7 cycles on the RTL
+    # (without the rule, 319 here)
+    assert (lines - 1) * line_cycles + 3 <= busy <= 7 + (lines - 1) * line_cycles + 3
+
+
 def test_a_stores_first_line_goes_on_the_drams_credit():
     """The DRAM (``rtl/dram.py``) holds a line and a cycle of bandwidth in credit: a
     ``KV_APPEND`` whose DRAM has been idle since its table read writes its first line at
     once and each next a line's bandwidth later, so one token of one line is as long at
     every bandwidth and each further line adds ``line_bytes / dram_bytes_per_cycle``
-    (read off the RTL at 2 bytes a cycle: 114 and 226 cycles busy for one and eight
-    lines, ``python -m benchmarks.rtl_stores``)."""
+    (read off the RTL at 2 bytes a cycle at a program's start: 114 and 226 cycles busy
+    for one and eight lines, ``python -m benchmarks.rtl_stores``, 4 of them its table
+    read's wait for the line's bandwidth after a fetch read, ``_request_wait``; here
+    after a load, the fetch reads long done)."""
     e8 = load_hardware("edge-8x8").replace(l2_bytes=128 * 1024)
     one = set()
     for bytes_per_cycle in (2, 4, 8, 32):
         hw = e8.replace(dram_bytes_per_cycle=bytes_per_cycle)
-        busy = {n: time_program([make("KV_APPEND", l2_addr=2048, pool_addr=1 << 16,
-                                      table_addr=1 << 15, first_token=100, n_tokens=1,
-                                      row_bytes=n * hw.line_bytes, pool_blocks=7, seq=0),
+        load = make("DMA_LOAD", dram_addr=1 << 18, l2_addr=8192, rows=1, row_bytes=2048,
+                    dram_stride=2048, l2_stride=2048, signal=1 << int(Engine.STORE))
+        busy = {n: time_program([load, make("KV_APPEND", l2_addr=2048, pool_addr=1 << 16,
+                                            table_addr=1 << 15, first_token=100,
+                                            n_tokens=1, row_bytes=n * hw.line_bytes,
+                                            pool_blocks=7, seq=0,
+                                            wait=1 << int(Engine.LOAD)),
                                  make("HALT")], hw).busy["store"] for n in (1, 8)}
         assert busy[8] - busy[1] == 7 * hw.dram_cycles_per_line, (bytes_per_cycle, busy)
         one.add(busy[1])
