@@ -417,6 +417,26 @@ def _shift_ring(read, taken, d):
 
 
 @njit
+def _push(a, n, x):
+    """``x`` into ``a[n]`` where ``a`` has room; the new count."""
+    if n < len(a):
+        a[n] = x
+        return n + 1
+    return n
+
+
+@njit
+def _repeat(a, n, first, m, d):
+    """``a[first:n]``, a settled period's times, again for each of ``m`` periods jumped,
+    each ``d`` later than the one before, where ``a`` has room; the new count."""
+    last = n
+    for p in range(1, m + 1):
+        for k in range(first, last):
+            n = _push(a, n, a[k] + p * d)
+    return n
+
+
+@njit
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
              after_read, int_read, drain, depth):
     """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``_dma_rows``)
@@ -427,23 +447,20 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     reads and writes float64 [3, 3] (``Copies``'); takes float64 [<= depth, 3], oldest
     first; the first row commands' times alone float64 [<= depth]; their ``cmd_jumps``
     int64; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
-    int32 reads, row commands; cycles; the rows stepped; the first ``depth`` int32 reads'
-    asks alone float64)``."""
+    int32 reads, row commands; cycles; the rows stepped; int32 asks float64 [<= depth])``."""
     never = NEVER_INT
     one = S                                     # a cycle
     st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
     st[0], st[4], st[8] = setup * one, 0, 0
     taken = np.empty((depth, 3), np.int64)      # a ring, ``head`` its oldest
     head = n_window = 0
-    first_cmds = np.empty(depth, np.int64)
-    n_first = 0
-    asks = np.empty(depth, np.int64)            # the first int32 reads' asks, alone
-    n_asks = 0
+    first_cmds, asks = np.empty(depth, np.int64), np.empty(depth, np.int64)   # alone
+    n_first = n_asks = 0
     counts = np.zeros(6, np.int64)
     before_st = np.empty(12, np.int64)
     before_taken = np.empty((depth, 3), np.int64)
     before_counts = np.empty(6, np.int64)
-    have_before = False
+    have_before, before_asks = False, 0
     n_rows = len(src)
     settle = depth + period              # rows before the first look for a settled period
     c = np.empty(3, np.int64)
@@ -480,6 +497,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                     if track:
                         _shift_ring(ring_read, ring_taken, m * d)
                     counts += m * (counts - before_counts)
+                    n_asks = _repeat(asks, n_asks, before_asks, m, d)
                     r += m * period
                     have_before = False
                     continue
@@ -487,6 +505,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             for i in range(n_window):
                 before_taken[i] = taken[(head + i) % depth]
             before_counts[:] = counts
+            before_asks = n_asks
             if track:
                 before_ring[:, :, 0], before_ring[:, :, 1] = ring_read, ring_taken
                 before_lines[:], before_n = ring_lines, n_ring
@@ -494,9 +513,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
         n, r, stepped = nbytes[r], r + 1, stepped + 1
         if needs[r - 1]:
             counts[4] += 1
-            if n_asks < depth:
-                asks[n_asks] = st[0]
-                n_asks += 1
+            n_asks = _push(asks, n_asks, st[0])
             for j in range(3):
                 ask = st[j]
                 st[j] += (lat + int_read) * one
@@ -518,9 +535,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 st[j] = max(st[j], taken[head, j] + one)
         c[:] = st[0:3]                         # the row command
         st[0:3] += one
-        if n_first < depth:
-            first_cmds[n_first] = c[0]          # (no queue wait of its own yet)
-            n_first += 1
+        n_first = _push(first_cmds, n_first, c[0])     # (no queue wait of its own yet)
         slot = (head + n_window) % depth
         for j in range(3):
             taken[slot, j] = max(c[j] + 2 * one, st[6 + j])

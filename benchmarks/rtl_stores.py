@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = run()
     for row in rows:
         print(json.dumps(row), flush=True)
-    print(f"{'hw':<13}{'program':<15}{'store busy RTL':>15}{'model':>7}{'diff':>6}"
+    print(f"{'hw':<13}{'program':<20}{'store busy RTL':>15}{'model':>7}{'diff':>6}"
           f"{'cycles RTL':>12}{'model':>8}")
     for r in rows:
-        print(f"{r['hw']:<13}{r['program']:<15}{r['rtl_store_busy']:>15,}"
+        print(f"{r['hw']:<13}{r['program']:<20}{r['rtl_store_busy']:>15,}"
               f"{r['model_store_busy']:>7,}{r['model_store_busy'] - r['rtl_store_busy']:>+6}"
               f"{r['rtl_cycles']:>12,}{r['model_cycles']:>8,}")
     return rows

@@ -457,7 +457,7 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
     return math.ceil(round(lost, 6))     # (``_trapped``'s float residue is no cycle)
 
 
-def _held(delay: tuple[int, float, int]) -> float:
+def _held(delay: tuple[int, float, float]) -> float:
     """The cycles a DMA instruction's copier ends later for its L2 and DRAM waits
     (``_contention``'s ``(l2, dram, queued)``): the longer, or the DRAM's alone where
     there is no L2 wait, a store's credit (below 0) included (``_store_dram_wait``)."""
@@ -489,14 +489,15 @@ def _fetch_accepts(fetch: list[int], line_cycles: float) -> list[float]:
     """The cycles the DRAM accepts the instruction fetch's reads requested at ``fetch``
     (``_time``'s request cycles, which count from the fetcher's step: ``FETCH_START``
     after the accept its dispatch times are read from), a cycle earlier still within a
-    back-to-back stream under a line a cycle: its first, from the DRAM's full credit of
-    a line and a cycle's bytes, leaves the next a cycle short of a line's bandwidth.
+    back-to-back stream at two or more cycles a line: its first, from the DRAM's full
+    credit of a line and a cycle's bytes, leaves the next a cycle short of a line's
+    bandwidth (under two cycles a line the request cycles, whole, alternate).
     (Traced on the RTL at 2 bytes a cycle, edge-8x8: a one-instruction program's reads
     accepted 15 and then 16 cycles apart, the last 11 cycles before the ``KV_APPEND``
     began; the request cycles, 8.)"""
     out = []
     for k, t in enumerate(fetch):
-        stream = line_cycles > 1 and k and t - fetch[k - 1] <= line_cycles
+        stream = line_cycles >= 2 and k and t - fetch[k - 1] <= line_cycles
         out.append(t - FETCH_START - (1 if stream else 0))
     return out
 
@@ -504,14 +505,16 @@ def _fetch_accepts(fetch: list[int], line_cycles: float) -> list[float]:
 def _request_wait(i: int, t: float, line_cycles: float, requests: list) -> float:
     """The cycles instruction ``i``'s first int32 read, asked at ``t``, waits for the
     DRAM to accept it behind the single reads asked before it (``requests``: sorted
-    ``(cycle, instruction, rank)``, the instruction fetch's, the loads' int32 reads and
-    the stores' first table reads, rank 1; instruction -1 a fetch). The DRAM takes a
+    ``(cycle, instruction, rank)``: the loads' int32 reads, rank 0, the stores' first
+    table reads, 1, and the instruction fetch's, 2, instruction -1). The DRAM takes a
     request with a line of credit (``rtl/dram.py``), a line's bandwidth after the last;
-    at the same cycle the load engine's aux port is ahead of the store engine's in the
-    round-robin (``rtl/top.py``). (At 2 bytes a cycle, edge-8x8, a ``KV_APPEND`` and a
-    ``KV_PREFETCH`` begun together behind a fetch read: the prefetch's table read went
-    out 14 cycles after its ask, the append's 30; both were charged 0 before, the
-    append's writes then 41 cycles short of the RTL's; Amaranth's simulator.)"""
+    asked at the same cycle, the load engine's aux port goes before the store engine's
+    and both before a fetch read (the round-robin's order from a last grant to the
+    copiers or the fetch, ``rtl/top.py``). (Seed 2038's step 13 at 2 bytes a cycle,
+    edge-8x8, in Amaranth's simulator: a ``KV_APPEND`` and a ``KV_PREFETCH`` begun
+    together behind a fetch read, the prefetch's table read granted 13 cycles after its
+    ask, the append's 29; both were charged 0 before, the appends then 41 cycles short
+    of the RTL's 713.)"""
     if line_cycles <= 1:
         return 0.0
     rank = next((r for c, j, r in requests if j == i), 0)
@@ -526,6 +529,32 @@ def _request_wait(i: int, t: float, line_cycles: float, requests: list) -> float
     return max(0.0, free - t)
 
 
+def _counters_wait(i: int, instrs, occs, timing: ProgramTiming, write_start: list[float],
+                   reads: dict, others: tuple, stores, aux: list, line_cycles: float,
+                   cal: Calibration) -> float:
+    """``_contention``'s DRAM wait for ``STORE_COUNTERS`` (instruction ``i``), whose
+    writes on the store engine's aux port, from its first, share the DRAM with the
+    copier's still writing an earlier store's rows (a 4-line ``DMA_STORE`` then
+    ``STORE_COUNTERS``: 25 cycles busy on the RTL, 20 in the model without):
+    ``_store_dram_wait``'s, or under a line a cycle behind such rows ``_copier_behind``'s
+    (at a line a cycle or more the engines' own steps, not the DRAM, space the lines).
+    Only copies without table reads count as ahead: a ``KV_APPEND``'s next block waits
+    for one, the DRAM idle meanwhile."""
+    occ = occs[i]
+    lo, hi = timing.begin[i] + cal.dma_setup, timing.end[i]
+    wait = _store_dram_wait(i, occ.dram_lines, lo, hi, occ.dram_lines * line_cycles,
+                            line_cycles, others, stores, aux, (lo, hi, 0))
+    ahead = [j for j in range(i) if instrs[j].engine == Engine.STORE and occs[j] is not None
+             and occs[j].copies is not None and occs[j].dram_lines
+             and not occs[j].int_reads and timing.end[j] > lo]
+    if ahead and line_cycles > 1:
+        wait = _copier_behind(
+            [max(write_start[j], reads[j][0] + cal.l2_read_latency) for j in ahead],
+            occ.dram_lines + sum(occs[j].dram_lines for j in ahead), hi, others,
+            line_cycles, timing.begin[i] + occ.cycles)
+    return max(0.0, wait)
+
+
 def _copier_behind(firsts: list[float], lines: int, hi: float, others: tuple,
                    line_cycles: float, alone_end: float) -> float:
     """The cycles ``STORE_COUNTERS`` ends past ``alone_end`` (its begin and cycles alone)
@@ -534,12 +563,13 @@ def _copier_behind(firsts: list[float], lines: int, hi: float, others: tuple,
     counters' last, so it takes ``lines`` (theirs and the counters') and the other
     clients' in that span (``others``, to ``hi``) back to back, the first on the DRAM's
     credit: the last is accepted ``(lines - 1) * line_cycles`` after the first, and the
-    engine ends 3 cycles later (``dma_occupancy``'s tail). Round-robin over lines spread
-    over each store's interval (``_store_dram_wait``) charges the counters the copier's
-    lines it wrote before they began at the DRAM's full bandwidth. (The logits store,
-    the token's and the counters that end a decode step at 2 bytes a cycle on edge-8x8:
-    20 lines, 314 cycles busy on the RTL, each 16 cycles after the one before; the round-
-    robin rule, 337; ``python -m benchmarks.rtl_stores``.)"""
+    engine ends 3 cycles after it. Round-robin over lines spread over each store's
+    interval (``_store_dram_wait``) charges the counters the copier's lines it wrote
+    before they began at the DRAM's full bandwidth. (The logits store, the token's and
+    the counters that end a decode step at 2 bytes a cycle on edge-8x8, seed 2041's step
+    23 on the RTL: 20 lines, each accepted 16 cycles after the one before, the engine
+    busy 314 cycles, its end 3 after the last; the round-robin rule, 337. Only stores
+    without table reads: a ``KV_APPEND``'s next block waits for one.)"""
     first = min(firsts)
     taken = sum(u.lines(hi) - u.lines(first) for u in others)
     return first + (lines + taken - 1) * line_cycles + 3 - alone_end
@@ -606,9 +636,9 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
-                delay: list[tuple[int, float, int]],
+                delay: list[tuple[int, float, float]],
                 reads: dict[int, tuple[float, float]],
-                cal: Calibration = CALIBRATION) -> list[tuple[int, float, int]]:
+                cal: Calibration = CALIBRATION) -> list[tuple[int, float, float]]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and its
     first table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
     last pass's timing (``reads``: each copier's read side, first to last line): each
@@ -617,7 +647,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     queued wait (``_queued``) holds the whole instruction back: a store's block-table
     reads, and a ``KV_PREFETCH``'s or ``DMA_GATHER``'s first, on the load engine's own
     aux port, behind its copier's lines (a prefetch after a load held by a GEMV on
-    edge-4x4: 83 cycles short without it, tests/rtl/test_l2_contention.py).
+    edge-4x4: 83 cycles short without it, tests/rtl/test_l2_contention.py), and behind
+    the single reads asked before it (``_request_wait``).
 
     L2: bank conflicts go by port priority (``rtl/top.py``): the compute engine's ports,
     then the store engine's, then the load engine's. Over its interval a DMA instruction
@@ -643,9 +674,10 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     its ``n`` DRAM lines; a load's interval there is its copier's read side (``reads``),
     its DRAM lines a latency before its L2 writes; a store's, its writes
     (``_store_dram_wait``: from its first L2 read's data, its table reads apart, the
-    DRAM's credit counted). (A one-token ``KV_APPEND`` beside a load's stream on
-    edge-8x8 was 4 cycles longer on the RTL than alone; over its interval from the table
-    read's answer, the model charged 0.)"""
+    DRAM's credit counted; a load's int32 reads a client of their own, ``_table_reads``;
+    ``STORE_COUNTERS`` behind a copy's rows, ``_copier_behind``). (A one-token
+    ``KV_APPEND`` beside a load's stream on edge-8x8 was 4 cycles longer on the RTL than
+    alone; over its interval from the table read's answer, the model charged 0.)"""
     loads = sorted((reads[j][0], reads[j][1], write_start[j], timing.end[j],
                     occs[j].dram_lines) for j in reads if instrs[j].engine == Engine.LOAD)
     per_cycle = hw.l2_lines_per_cycle
@@ -690,40 +722,19 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     streams = _Streams(paced)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
-    # the single reads that go out at a known cycle (``_request_wait``)
-    requests = sorted([(t, -1, 0) for t in _fetch_accepts(fetch, line_cycles)]
-                      + [(t, j, 0) for j, t in table_reads]
-                      + [(b + cal.dma_setup, j, 1) for j, b, _, m in aux if instrs[j].mnemonic
-                         != "STORE_COUNTERS"])
-    table_reads = [(t, t + line_cycles, 1 / line_cycles) for _, t in table_reads]
-    # the clients a store shares the DRAM with (its own engine's apart)
-    others = (dram_usage[Engine.LOAD], _Usage(sorted(table_reads)), fetch_usage)
+    # the single reads asked at a known cycle (``_request_wait``); a store's DRAM clients
+    requests = sorted([(t, -1, 2) for t in _fetch_accepts(fetch, line_cycles)]
+                      + [(t, j, 0) for j, t in table_reads] + [
+                          (b + cal.dma_setup, j, 1) for j, b, _, _ in aux if occs[j].copies])
+    others = (dram_usage[Engine.LOAD], _Usage(sorted(
+        (t, t + line_cycles, 1 / line_cycles) for _, t in table_reads)), fetch_usage)
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
     out = list(delay)
     for i in range(n):
         occ = occs[i]
-        if occ is not None and occ.copies is None and occ.dram_lines and \
-                instrs[i].engine == Engine.STORE:
-            # STORE_COUNTERS' writes on the aux port, from its first, share the DRAM with
-            # the copier's still writing an earlier store's rows (a 4-line DMA_STORE
-            # then STORE_COUNTERS: 25 cycles busy on the RTL, 20 in the model without)
-            lo, hi = timing.begin[i] + cal.dma_setup, timing.end[i]
-            wait = _store_dram_wait(
-                i, occ.dram_lines, lo, hi, occ.dram_lines * line_cycles, line_cycles,
-                others, dram_usage[Engine.STORE], aux, (lo, hi, 0))
-            ahead = [j for j in range(i) if instrs[j].engine == Engine.STORE
-                     and occs[j] is not None and occs[j].copies is not None
-                     and occs[j].dram_lines > occs[j].int_reads and timing.end[j] > lo]
-            if ahead and line_cycles > 1:
-                # behind the copier's rows still to write, the DRAM busy from the first
-                # of them on (``_copier_behind``; at a line a cycle or more the engines'
-                # own steps, not the DRAM, space the lines)
-                wait = _copier_behind(
-                    [max(write_start[j], reads[j][0] + cal.l2_read_latency) for j in ahead],
-                    occ.dram_lines + sum(occs[j].dram_lines - occs[j].int_reads
-                                         for j in ahead), hi, others, line_cycles,
-                    timing.begin[i] + occ.cycles)
-            out[i] = (0, max(0.0, wait), 0)
+        if occ is not None and occ.copies is None and occ.dram_lines and occ.engine == Engine.STORE:
+            out[i] = (0, _counters_wait(i, instrs, occs, timing, write_start, reads, others,
+                                        dram_usage[Engine.STORE], aux, line_cycles, cal), 0)
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
@@ -845,7 +856,7 @@ def _fetched_ahead(i: int, fetch_t: float, fetch_step: float, accept: list[int])
 
 
 def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,
-          delay: list[tuple[int, float, int]]
+          delay: list[tuple[int, float, float]]
           ) -> tuple[ProgramTiming, list[float], list[int], dict[int, tuple[float, float]]]:
     """One pass of the engines over the program, with ``delay[i]`` the cycles DMA
     instruction ``i``'s copier waits for the L2 and for the DRAM, and it waits to begin

@@ -1207,11 +1207,13 @@ def test_int32_reads_asked_together_go_out_a_line_of_bandwidth_apart():
 
     line_cycles = 16.0
     fetch, ask = 1000, 1001
-    requests = sorted([(fetch, -1, 0), (ask, 7, 0), (ask, 8, 1)])   # prefetch 7, append 8
+    requests = sorted([(fetch, -1, 2), (ask, 7, 0), (ask, 8, 1)])   # prefetch 7, append 8
     assert _request_wait(7, ask, line_cycles, requests) == fetch + line_cycles - ask
     assert _request_wait(8, ask, line_cycles, requests) == fetch + 2 * line_cycles - ask
-    # a read asked two lines after the last is not held; at a line a cycle none is
-    assert _request_wait(9, fetch + 2 * line_cycles, line_cycles, requests[:1]) == 0
+    # a read asked a line after the last is not held, a fetch asked with it goes after
+    # it; at a line a cycle none is held
+    later = fetch + line_cycles
+    assert _request_wait(9, later, line_cycles, requests[:1] + [(later, -1, 2)]) == 0
     assert _request_wait(8, ask, 1.0, requests) == 0
 
 
