@@ -520,11 +520,9 @@ def _request_wait(i: int, t: float, line_cycles: float, requests: list) -> float
     rank = next((r for c, j, r in requests if j == i), 0)
     free = float("-inf")                # when the DRAM has a line of credit again
     for c, j, r in requests:
-        if c > t or (c == t and r >= rank) or j == i:
-            if c > t:
-                break
-            continue
-        if c > t - 2 * line_cycles:
+        if c > t:
+            break
+        if j != i and not (c == t and r >= rank) and c > t - 2 * line_cycles:
             free = max(c, free) + line_cycles
     return max(0.0, free - t)
 
