@@ -517,11 +517,11 @@ def _request_wait(i: int, t: float, line_cycles: float, requests: list) -> float
     of the RTL's 713.)"""
     if line_cycles <= 1:
         return 0.0
-    rank = next((r for c, j, r in requests if j == i), 0)
-    free = float("-inf")                # when the DRAM has a line of credit again
-    for c, j, r in requests:
-        if c > t:
-            break
+    window = requests[bisect.bisect_left(requests, (t - 2 * line_cycles,)):
+                      bisect.bisect_right(requests, (t, math.inf, math.inf))]
+    rank = next((r for _, j, r in window if j == i), 0)     # its own ask is at ``t``
+    free = -math.inf                    # when the DRAM has a line of credit again
+    for c, j, r in window:
         if j != i and not (c == t and r >= rank) and c > t - 2 * line_cycles:
             free = max(c, free) + line_cycles
     return max(0.0, free - t)

@@ -1228,15 +1228,14 @@ def test_a_prefetchs_table_reads_take_dram_slots_of_their_own():
     while they write. (Amaranth's simulator: 673 cycles busy, the table reads at 128 to
     144 cycles apart; with the table reads spread with the data over the whole prefetch
     the model gave 622; ``python -m benchmarks.rtl_stores``, ``"appends + prefetch"``.)"""
-    from arch.isa import KvFormat
     from arch.occupancy import dma_occupancy
+    from rtl.random_programs import store_programs
     from sweeps.perf import _table_reads
 
     hw = load_hardware("edge-8x8").replace(dram_bytes_per_cycle=2, l2_bytes=128 * 1024)
-    line_cycles, W = hw.dram_cycles_per_line, hw.line_bytes
-    prefetch = make("KV_PREFETCH", l2_addr=16 << 10, pool_addr=1 << 16, table_addr=1 << 15,
-                    first_token=0, n_tokens=100, col_offset=0, col_bytes=4 * W,
-                    row_bytes=8 * W, pool_blocks=7, seq=0, kv_format=KvFormat.INT8)
+    line_cycles = hw.dram_cycles_per_line
+    programs = store_programs(hw)               # the benchmark's, run on the RTL
+    (prefetch,) = programs["prefetch"]
     occ = dma_occupancy(prefetch, hw, read_i32=lambda addr: 0)
     asks = occ.copies.int_asks
     assert occ.int_reads == len(asks) == 7
@@ -1246,11 +1245,7 @@ def test_a_prefetchs_table_reads_take_dram_slots_of_their_own():
     assert _table_reads(occ, begin, queued, end) == [begin + asks[0]] + [
         begin + queued + a for a in asks[1:]]
 
-    def append(l2_addr):
-        return make("KV_APPEND", l2_addr=l2_addr, pool_addr=1 << 16, table_addr=1 << 15,
-                    first_token=100, n_tokens=1, row_bytes=8 * W, pool_blocks=7, seq=0)
-
-    beside = time_program([append(2048), append(4096), prefetch, make("HALT")], hw,
+    beside = time_program(programs["appends + prefetch"] + [make("HALT")], hw,
                           read_i32=lambda addr: 0)
     assert beside.busy["store"] >= hw.dram_latency_cycles + (16 + 16 + 2) * line_cycles
 
