@@ -304,6 +304,7 @@ def _cmd_compile(args) -> int:
     import time
 
     from arch.hardware import load_hardware
+    from compiler.buildfolder import check_build_folder
     from compiler.driver import compile_generation, compile_timing_step
     from models.zoo import model_config
 
@@ -315,6 +316,7 @@ def _cmd_compile(args) -> int:
         raise ValueError("--decode-at needs --no-weights (with weights, the prompt and "
                          "--max-new-tokens give the steps)")
     hw = load_hardware(args.hw)
+    check_build_folder(args.out)            # refused before the compile, not after it
     prefetch = {"on": True, "off": False, None: None}[args.prefetch]
     t0 = time.perf_counter()
     if args.no_weights:

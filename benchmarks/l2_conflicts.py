@@ -98,8 +98,8 @@ def pysim(hw, data, entries: list[int], sample, probe: tuple[str, ...] = (),
                             "load_busy": ctx.get(accel.counter_load_busy), "trace": trace})
 
     # Amaranth's Python simulator compiles each expression by recursion, a frame or more
-    # per operand: edge-32x32's sums over a 128-byte line nest past Python's default
-    # limit of 1,000 frames (a known pysim limitation, amaranth-lang/amaranth#359)
+    # per operand (a known pysim limitation, amaranth-lang/amaranth#359): edge-32x32's
+    # sums over a 128-byte line once nested past Python's default limit of 1,000 frames
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, PYSIM_RECURSION_LIMIT))
     try:

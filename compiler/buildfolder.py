@@ -101,18 +101,24 @@ def save_build(build, folder: str | Path, extra_files: dict[str, Path] | None = 
     return folder
 
 
-def _clear_previous_build(folder: Path) -> None:
-    """Make ``folder`` ready for a new build: absent or empty, or a build folder whose
-    files (those its manifest lists, and the manifest) are removed first, so no file of
-    the previous build stays beside the new one. Anything else is refused (``BuildError``):
-    a file, or a folder holding other files."""
+def check_build_folder(folder: str | Path) -> None:
+    """Raise ``BuildError`` unless a build may be written into ``folder``: absent or
+    empty, or a build folder (its manifest and the files it lists, nothing else). A
+    file, or a folder holding other files, is refused. ``accel compile`` asks before it
+    compiles, ``save_build`` again before it writes."""
+    _previous_build_files(Path(folder))
+
+
+def _previous_build_files(folder: Path) -> set[str]:
+    """The names of the previous build's files in ``folder`` (its manifest's list and the
+    manifest), empty if it is absent or empty; ``BuildError`` as ``check_build_folder``."""
     if not folder.exists():
-        return
+        return set()
     if not folder.is_dir():
         raise BuildError(f"{folder}: is a file; a build is written into a folder")
     present = {f.name for f in folder.iterdir()}
     if not present:
-        return
+        return set()
     listed: set[str] = set()
     if MANIFEST in present:
         try:
@@ -125,7 +131,13 @@ def _clear_previous_build(folder: Path) -> None:
         raise BuildError(f"{folder}: is not empty and not a build folder written by accel "
                          f"compile (it holds {sorted(others or present)[0]!r}); choose a new "
                          f"or empty folder")
-    for name in listed | {MANIFEST}:
+    return listed | {MANIFEST}
+
+
+def _clear_previous_build(folder: Path) -> None:
+    """Make ``folder`` ready for a new build: the previous build's files are removed first,
+    so that none stays beside the new one (``check_build_folder`` refuses anything else)."""
+    for name in _previous_build_files(folder):
         (folder / name).unlink(missing_ok=True)
 
 

@@ -240,6 +240,10 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
         plusargs.append(f"+l2_image={work / 'l2_in'}")
     job = {"programs": programs, "out": str(work / "out"), "max_cycles": max_cycles}
     (work / "job.json").write_text(json.dumps(job))
+    # cocotb's default installs pytest's assertion rewriting over every module the bench
+    # imports (numpy, amaranth, ...), which compiles each from source again in every job,
+    # pytest's plugins loaded: ~2 s a job of ~2.6 (measured on edge-8x8, a one-``HALT``
+    # job); ``rtl.bench`` raises its own errors and has no ``assert`` to rewrite.
     runner = get_runner("verilator")
     t0 = time.perf_counter()
     runner.test(test_module="rtl.bench", hdl_toplevel="sim_top", hdl_toplevel_lang="verilog",
@@ -247,7 +251,8 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
                 plusargs=[f"+dram_image={work / 'image.hex'}", f"+dram_dump={work / 'dump.hex'}",
                           f"+l2_dump={work / 'l2'}", *plusargs],
                 extra_env={"ACCEL_BENCH_JOB": str(work / "job.json"),
-                           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                           "COCOTB_REWRITE_ASSERTION_FILES": ""},
                 waves=waves, log_file=str(work / "sim.log"), results_xml=str(work / "results.xml"))
     wall = time.perf_counter() - t0
     summary_file = work / "out" / "summary.json"

@@ -7,6 +7,36 @@ import pytest
 from models.config import ModelConfig
 
 
+def pytest_configure(config):
+    """A parallel run's controller (pytest-xdist), before its workers start, compiles the
+    performance models' numba kernels once into their on-disk cache (``arch.kernels``):
+    the workers, and the processes they start (a sweep's pool, a Dask cluster, the CLI
+    in a subprocess), then load them. With a cold cache each compiled them at once,
+    ~50 s of CPU a process; four at once took the sweep fixture of
+    tests/sweeps/test_sweeps.py from 5 s to 95 s. One process takes ~50 s cold, ~3 s
+    warm."""
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", default=None):
+        return
+    import sys
+
+    from arch.hardware import load_hardware
+    from compiler.driver import compile_step, compile_timing_step
+    from models.evaluate import build_int_model
+    from models.zoo import load_model
+    from sweeps import analytic
+    from sweeps.perf import time_build
+
+    print("compiling the performance models' kernels (numba's cache, build/numba)",
+          file=sys.stderr, flush=True)
+    im, hw = build_int_model(load_model("tiny")), load_hardware("edge-8x8")
+    for weights in ("int8", "mxint4"):
+        for prefetch in (True, False):
+            time_build(compile_timing_step(im.cfg, hw, 20, prefetch, weights))
+            analytic.decode_step(im.cfg, hw, 20, prefetch, weights=weights)
+            analytic.prefill(im.cfg, hw, 16, prefetch, weights=weights)
+    time_build(compile_step(im.cfg, im.qm, hw, 0, 16))
+
+
 def _small_config(**overrides) -> ModelConfig:
     base = dict(name="small", vocab_size=37, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                 head_dim=16, d_ff=96, max_seq_len=48)

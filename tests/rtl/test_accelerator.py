@@ -442,23 +442,30 @@ def test_both_dataflows_keep_the_array_busy(model, mode):
 
 
 
-def test_python_simulation_of_the_largest_preset():
-    """``python -m benchmarks.dram_queue`` on edge-32x32 in Amaranth's Python simulator:
-    the whole accelerator elaborates and runs (its sums over a 128-byte line nest deeper
-    than Python's default recursion limit, which ended the benchmark in a
-    ``RecursionError``)."""
+def test_python_simulation_of_a_128_byte_line(tmp_path):
+    """``python -m benchmarks.dram_queue --hw FILE`` in Amaranth's Python simulator on the
+    widest line the presets have (128 bytes, edge-32x32's) with 64 vector lanes, on a
+    4x4 array: the whole accelerator elaborates and runs (edge-32x32's wide sums once
+    nested past Python's default recursion limit, a ``RecursionError``; the benchmark
+    raises the limit while it simulates). The 4x4 array takes ~13 s here, edge-32x32
+    ~40 s."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
-    out = subprocess.run([sys.executable, "-m", "benchmarks.dram_queue", "--hw", "edge-32x32",
-                          "--cycles", "4", "--window", "2"], capture_output=True, text=True,
+    hw = load_hardware("edge-4x4").replace(name="edge-4x4-line-128", dram_bytes_per_cycle=100,
+                                           l2_port_bytes=32, vector_lanes=64)
+    assert hw.line_bytes == load_hardware("edge-32x32").line_bytes == 128
+    (tmp_path / "hw.toml").write_text(hw.to_toml())
+    out = subprocess.run([sys.executable, "-m", "benchmarks.dram_queue", "--hw",
+                          str(tmp_path / "hw.toml"), "--cycles", "4", "--window", "2"],
+                         capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["window"] for r in rows if "window" in r] == [[0, 2], [2, 4]]
-    assert {r["hw"] for r in rows} == {"edge-32x32"}
+    assert {r["hw"] for r in rows} == {"edge-4x4-line-128"}
 
 
 def test_table_walks_alone_take_the_rtls_cycles(model):
