@@ -778,14 +778,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         if (e == Engine.STORE and occ.dram_read_bytes
                 or instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
             queued = _queued(loads, timing.begin[i], hw,
-                             [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)], streams,
-                             fetch)
+                             [l2_usage[a] for a in (Engine.COMPUTE, Engine.STORE)], fetch)
             queued += _request_wait(i, timing.begin[i] + cal.dma_setup, line_cycles, requests)
         out[i] = (l2_wait, dram_wait, queued)
     return out
 
 
-def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others, streams: _Streams,
+def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
             fetch: list[int]) -> int:
     """Cycles beyond the DRAM's latency that a read issued at ``t`` by another client
     than the load engine's copier waits for its data. The DRAM returns read data in
@@ -796,19 +795,8 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others, streams: _
     DRAM lines)`` of each load, each side moving its lines evenly over its interval, give
     the lines queued at ``t``, at most the queue's room less the read itself and the
     instruction fetch reads (``fetch``, their request cycles) still in it; the copier then
-    takes them, while the fetch reads leave beside them, as it writes its own lines (the
-    load's ``l2_wait`` in ``_contention``): at most as fast as the L2's lines the
-    higher-priority ports leave it (``others``, their ``_Usage``: binding where the L2 is
-    one line-wide bank), and no faster than the compute engine's paced streams let it
-    (``streams``, ``_trapped``: they take its bank as both walk the banks in order; the
-    slower of the two). (Traced, a random prefill on edge-8x8 at 32 B/cycle, seed 2042's
-    step 15: two ``KV_APPEND``s' table reads, asked behind a full queue beside GEMMs, had
-    their first rows written 142 and 156 cycles after their asks, 100 of them the DRAM's
-    latency; the copier took ~0.91 and ~0.85 lines a cycle. With the L2's lines in all
-    alone, as if any bank could take the copier's line (edge-8x8's 4 line-wide banks, the
-    compute engine's port on one a cycle at most), the model waited 26 and 25 cycles
-    beyond the latency, the two appends 278 cycles busy against the RTL's 322; with the
-    streams, 319.)
+    takes them as fast as the L2 lines the higher-priority ports leave (``others``, their
+    ``_Usage``) let it, at most a line a cycle, while the fetch reads leave beside them.
     (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking 153 and
     206 cycles to its data against 80 of latency; in a trace of tiny's first decode step
     the queue held 121 load lines and 5 fetch reads ahead of it. A load's own table read
@@ -830,14 +818,14 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others, streams: _
         used = sum(u.lines(t + cycles) - u.lines(t) for u in others)
         return min(cycles, hw.l2_lines_per_cycle * cycles - used)
 
-    def drain(lines: float) -> float:    # cycles to take ``lines`` queued lines
-        lo, hi = lines, 2 * lines         # the L2's lines in all: bisected
+    def drain(lines: float) -> float:    # cycles to take ``lines`` queued lines: bisected
+        lo, hi = lines, 2 * lines
         while left(hi) < lines and hi < 1e7:
             lo, hi = hi, 2 * hi
         while hi - lo > 0.01:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if left(mid) < lines else (lo, mid)
-        return max(hi, lines + _trapped(streams, t, lines, 1.0))   # and behind the streams
+        return hi
 
     # A fetch read accepted within the queue's drain time before ``t`` is still in it.
     cycles = drain(min(backlog, room))
