@@ -7,8 +7,10 @@ kernel it uses from another file does (an edited ``arch.uarch.CMD_DEPTH`` or
 ``sweeps.perf`` took the new). So every kernel is cached under ``build/numba/<hash>``,
 the hash of every source a kernel or its constants come from (``arch``, ``compiler``,
 ``sweeps/perf.py``, ``sweeps/analytic.py``): an edit of any of them compiles afresh
-(about 14 s on 2 cores, once). Module-level constants a kernel reads are frozen when it is
-compiled; a value meant to change at run time is passed as an argument.
+(once: the fast path's alone about 14 s on 2 cores, docs/perf.md; every kernel, the
+instruction-level model's and the compiler's too, 49 s in one process,
+tests/conftest.py). Module-level constants a kernel reads are frozen when it is compiled;
+a value meant to change at run time is passed as an argument.
 
 Tested by tests/sweeps/test_perf_model.py (the compiled copier queue) and the fast
 path's tests there, which run every kernel.

@@ -99,7 +99,9 @@ def pysim(hw, data, entries: list[int], sample, probe: tuple[str, ...] = (),
 
     # Amaranth's Python simulator compiles each expression by recursion, a frame or more
     # per operand (a known pysim limitation, amaranth-lang/amaranth#359): edge-32x32's
-    # sums over a 128-byte line once nested past Python's default limit of 1,000 frames
+    # sums over a 128-byte line nested past Python's default limit of 1,000 frames until
+    # they became balanced trees (``rtl.common.tree_sum``); the limit stays raised for
+    # any other deep expression
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, PYSIM_RECURSION_LIMIT))
     try:

@@ -240,10 +240,12 @@ def run_job(model: Model, image: np.ndarray, programs: list[tuple[str, int]],
         plusargs.append(f"+l2_image={work / 'l2_in'}")
     job = {"programs": programs, "out": str(work / "out"), "max_cycles": max_cycles}
     (work / "job.json").write_text(json.dumps(job))
-    # cocotb's default installs pytest's assertion rewriting over every module the bench
-    # imports (numpy, amaranth, ...), which compiles each from source again in every job,
-    # pytest's plugins loaded: ~2 s a job of ~2.6 (measured on edge-8x8, a one-``HALT``
-    # job); ``rtl.bench`` raises its own errors and has no ``assert`` to rewrite.
+    # cocotb's default installs pytest's assertion rewriting, with pytest's plugins, over
+    # every module the bench imports (numpy, amaranth, ...). Where bytecode is not cached
+    # (``PYTHONDONTWRITEBYTECODE``, as on the machines this was measured on) it compiles
+    # each from source again in every job: a one-``HALT`` job on edge-8x8 took 2.6 s in
+    # the simulator with it and 0.6 s without (round 56, a throwaway timing script).
+    # ``rtl.bench`` raises its own errors and has no ``assert`` to rewrite.
     runner = get_runner("verilator")
     t0 = time.perf_counter()
     runner.test(test_module="rtl.bench", hdl_toplevel="sim_top", hdl_toplevel_lang="verilog",

@@ -9,16 +9,31 @@ from models.config import ModelConfig
 
 def pytest_configure(config):
     """A parallel run's controller (pytest-xdist), before its workers start, compiles the
-    performance models' numba kernels once into their on-disk cache (``arch.kernels``):
-    the workers, and the processes they start (a sweep's pool, a Dask cluster, the CLI
-    in a subprocess), then load them. With a cold cache each compiled them at once,
-    ~50 s of CPU a process; four at once took the sweep fixture of
-    tests/sweeps/test_sweeps.py from 5 s to 95 s. One process takes ~50 s cold, ~3 s
-    warm."""
+    performance models' numba kernels once into their on-disk cache (``arch.kernels``),
+    or loads them if they are there: the workers, and the processes they start (a
+    sweep's pool, a Dask cluster, the CLI in a subprocess), then load them. With a cold
+    cache each compiled them itself, and several at once: the sweep fixture of
+    tests/sweeps/test_sweeps.py took 95 s with a cold cache and 5 s with a warm one
+    (``--durations``, round 56). This warm-up took 49 s in one process with an emptied
+    cache and 3 s with a full one. A failure here is left to the tests that meet it: the
+    warm-up says so in a line and returns (raised here, it would stop the whole run)."""
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", default=None):
         return
     import sys
 
+    print("the performance models' kernels: compiling them into numba's cache "
+          "(build/numba), or loading them", file=sys.stderr, flush=True)
+    try:
+        _warm_kernels()
+    except Exception as e:                   # noqa: BLE001 (the tests report it)
+        print(f"the kernels' warm-up failed ({type(e).__name__}: {e}); the tests that "
+              f"time programs will report it", file=sys.stderr, flush=True)
+
+
+def _warm_kernels() -> None:
+    """Time tiny's decode steps (int8 and MXINT4 weights, prefetch on and off) with both
+    performance models and a 16-token prefill with the instruction-level one, on
+    edge-8x8: every kernel the suite's common paths call."""
     from arch.hardware import load_hardware
     from compiler.driver import compile_step, compile_timing_step
     from models.evaluate import build_int_model
@@ -26,8 +41,6 @@ def pytest_configure(config):
     from sweeps import analytic
     from sweeps.perf import time_build
 
-    print("compiling the performance models' kernels (numba's cache, build/numba)",
-          file=sys.stderr, flush=True)
     im, hw = build_int_model(load_model("tiny")), load_hardware("edge-8x8")
     for weights in ("int8", "mxint4"):
         for prefetch in (True, False):
