@@ -158,6 +158,26 @@ def test_user_errors_are_one_line(capsys, argv, message):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_compile_refuses_its_folder_before_it_compiles(capsys, tmp_path, monkeypatch):
+    """``accel compile -o FOLDER`` with a folder holding other files is refused before the
+    model is compiled (it compiled tiny first, then refused to write); a build folder is
+    compiled into."""
+    import compiler.driver
+
+    (tmp_path / "notes.txt").write_text("mine")
+
+    def compiled(*args, **kwargs):
+        raise AssertionError("compiled before the folder was checked")
+
+    monkeypatch.setattr(compiler.driver, "compile_generation", compiled)
+    monkeypatch.setattr(compiler.driver, "compile_timing_step", compiled)
+    for argv in (("compile", "-o", str(tmp_path)),
+                 ("compile", "--no-weights", "-o", str(tmp_path))):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "is not empty and not a build folder" in err, err
+        assert "notes.txt" in err and "compiled before" not in err
+
+
 def test_train_says_it_replaces_an_earlier_checkpoint(capsys, tmp_path):
     """A run into a folder holding a checkpoint says that it replaces it (it did so
     without a word); a run into a new folder says nothing of the kind."""
