@@ -2,7 +2,7 @@
 
 import json
 
-from accel.cli import main
+from accel.cli import VERILOG_FILES, main
 from arch.hardware import load_hardware
 from rtl.common import RtlParams
 from rtl.stats import memory_bits, synth_stats
@@ -36,7 +36,7 @@ def test_cli_verilog_and_stats(tmp_path, capsys):
     # conversion, ~15 s, instead of two) -- a folder of other files is refused
     out = tmp_path / "verilog"
     out.mkdir()
-    for name in ("sim_top.v", "sram_macro.v"):
+    for name in VERILOG_FILES:
         (out / name).write_text("// an earlier run's\n")
     assert main(["rtl", "verilog", "--hw", str(hw_file), "-o", str(out)]) == 0
     text = (out / "sim_top.v").read_text()
