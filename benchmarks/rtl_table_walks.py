@@ -12,6 +12,12 @@ holding only a block table (timing does not depend on the values):
 * ``queued`` (edge-4x4): a 256-line weight load beside a GEMV, which holds its copier,
   then a ``KV_PREFETCH`` of 8 to 64 tokens: its table reads wait behind the load's lines
   in the DRAM's queue (``sweeps.perf._queued``);
+* ``chained`` (edge-4x4): one and two ``KV_PREFETCH``es of 7 blocks of two-line rows,
+  alone and beside a GEMV that takes ~0.6 of the L2 in stretches of ~20 cycles: an
+  open gap. ``sweeps.perf._burst_wait`` charges every line the GEMV's mean pace, some
+  three times the RTL's loss here, where each block's table read waits only for the
+  lines ahead of it beyond the copier's landing buffer; a rule charging only those
+  (docs/perf.md, "Round 57") fell short on ``queued``'s four-line rows;
 * ``filled`` (edge-4x4): a 28-line load beside a REQUANT that takes 0.98 of the L2's
   line a cycle: the load waits for it (``sweeps.perf._l2_span``);
 * ``beside`` (the 4 x 8 array and edge-8x8 at 64 KiB): a ``KV_PREFETCH`` over 5 blocks
@@ -36,7 +42,7 @@ import json
 
 from accel.args import ArgumentParser, run_command
 
-SECTIONS = ("alone", "queued", "filled", "beside")
+SECTIONS = ("alone", "queued", "chained", "filled", "beside")
 
 
 def run_programs(hw, programs: dict, table_tokens: int = 16,
@@ -113,6 +119,14 @@ def queued() -> list[dict]:
     return _rows("queued", hw, held_prefetch_programs(hw))
 
 
+def chained() -> list[dict]:
+    from arch.hardware import load_hardware
+    from rtl.random_programs import chained_prefetch_programs
+
+    hw = load_hardware("edge-4x4")
+    return _rows("chained", hw, chained_prefetch_programs(hw))
+
+
 def filled() -> list[dict]:
     from arch.hardware import load_hardware
     from rtl.random_programs import filled_l2_programs
@@ -153,8 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"--hw {name}: not one of {', '.join(names)}")
     rows = []
     for section in args.only:
-        part = alone(args.hw) if section == "alone" else queued() if section == "queued" \
-            else filled() if section == "filled" else beside()
+        part = {"alone": lambda: alone(args.hw), "queued": queued, "chained": chained,
+                "filled": filled, "beside": beside}[section]()
         for row in part:
             print(json.dumps(row), flush=True)
         rows += part

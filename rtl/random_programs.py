@@ -394,6 +394,30 @@ def held_prefetch_programs(hw, tokens_cols=((8, 32), (16, 32), (32, 32), (64, 12
     return programs
 
 
+def chained_prefetch_programs(hw) -> dict:
+    """One and two ``KV_PREFETCH``es of 7 KV blocks (``kv_block_tokens`` tokens each,
+    the first 64 bytes of each 128-byte row, the table at 32 KiB, the pool at 64 KiB),
+    the second over the next 7 blocks, alone and beside a GEMV of 128 by 256 that starts
+    with them and outlasts them: ``{name: instructions}``, names ``"alone 1"``, ``"alone
+    2"``, ``"beside 1"``, ``"beside 2"`` (``benchmarks.rtl_table_walks --only
+    chained``). On edge-4x4 the GEMV takes about 0.6 of the L2's line a cycle in
+    stretches, and each block's rows come in a burst."""
+    B = hw.kv_block_tokens
+
+    def prefetch(first_block: int, l2_addr: int):
+        return make("KV_PREFETCH", pool_addr=1 << 16, table_addr=1 << 15,
+                    first_token=B * first_block, n_tokens=7 * B, row_bytes=128,
+                    col_offset=0, col_bytes=64, l2_addr=l2_addr, pool_blocks=16, seq=0,
+                    kv_format=0)
+
+    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
+                k=128, n=256, x_addr=hw.line_bytes, w_addr=16 << 10, out_addr=8 << 10,
+                x_stride=128, w_stride=128, out_stride=1024)
+    one, two = [prefetch(0, 48 << 10)], [prefetch(0, 48 << 10), prefetch(7, 56 << 10)]
+    return {"alone 1": one, "alone 2": two, "beside 1": [gemv, *one],
+            "beside 2": [gemv, *two]}
+
+
 def prefetch_beside_programs(hw, other_shapes: bool = False) -> dict:
     """A ``KV_PREFETCH`` over 5 KV blocks (two tokens short) alone and beside a compute
     instruction that starts with it: 32 of each 128-byte row beside attention's ``P · V``

@@ -635,11 +635,11 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
                 delay: list[tuple[int, float, float]],
-                reads: dict[int, tuple[float, float]],
+                reads: dict[int, tuple[float, float, float]],
                 cal: Calibration = CALIBRATION) -> list[tuple[int, float, float]]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and its
     first table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
-    last pass's timing (``reads``: each copier's read side, first to last line): each
+    last pass's timing (``reads``: each copier's read side, ``_time``'s): each
     wait makes the copier's interval (from ``write_start`` to its end) as long as that
     memory needs for the instruction's lines and for those it must let others take; the
     queued wait (``_queued``) holds the whole instruction back: a store's block-table
@@ -676,7 +676,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     ``STORE_COUNTERS`` behind a copy's rows, ``_copier_behind``). (A one-token
     ``KV_APPEND`` beside a load's stream on edge-8x8 was 4 cycles longer on the RTL than
     alone; over its interval from the table read's answer, the model charged 0.)"""
-    loads = sorted((reads[j][0], reads[j][1], write_start[j], timing.end[j],
+    loads = sorted((reads[j][0], reads[j][2], write_start[j], timing.end[j],
                     occs[j].dram_lines) for j in reads if instrs[j].engine == Engine.LOAD)
     per_cycle = hw.l2_lines_per_cycle
     line_cycles = hw.dram_cycles_per_line
@@ -711,7 +711,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         if occ.copies is not None and occ.dram_lines:
             own = occ.dram_lines
             if e == Engine.LOAD:           # a load's DRAM reads: its copier's read side
-                lo, hi = reads[i]          # (its int32 reads: a client of their own)
+                lo, hi = reads[i][:2]      # (its int32 reads: a client of their own)
                 own -= occ.int_reads
                 table_reads.extend((i, t) for t in _table_reads(
                     occ, timing.begin[i], delay[i][2], hi))
@@ -758,7 +758,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                       occ.l2_lines / max(1, free_running))))
         if occ.dram_lines and e == Engine.LOAD:
-            lo, hi = reads[i]              # a load's DRAM reads: its copier's read side
+            lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side
             free_running = hi - lo - delay[i][1]
             # a table walk's first int32 read goes out before its first row's
             own = occ.dram_lines - int(instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER"))
@@ -791,8 +791,9 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     request order through one queue of ``dram_queue_lines`` (``rtl/dram.py``), and the
     copier reads as far ahead as the DRAM accepts: where it writes its lines into the L2
     slower than the DRAM delivers them, the queue fills with them, and the read's data
-    comes out after them. ``loads``: ``(read begin, read end, write begin, write end,
-    DRAM lines)`` of each load, each side moving its lines evenly over its interval, give
+    comes out after them. ``loads``: ``(read begin, read end at the copier's own pace,
+    write begin, write end, DRAM lines)`` of each load (``_time``), each side moving its
+    lines evenly over its interval, give
     the lines queued at ``t``, at most the queue's room less the read itself and the
     instruction fetch reads (``fetch``, their request cycles) still in it; the copier then
     takes them as fast as the L2 lines the higher-priority ports leave (``others``, their
@@ -861,8 +862,18 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     (``_contention``; a store's DRAM wait below 0 is the DRAM's credit, ``_held``); also
     each DMA instruction's copier start, the instructions' fetch request cycles (and
     those of the reads fetched ahead past ``HALT``) and each DMA instruction's copier read
-    side, first to last line (a load's DRAM reads, a store's L2 reads)."""
+    side, ``(first line, last line, last line at the copier's own pace)`` (a load's DRAM
+    reads, a store's L2 reads). The DRAM accepts a read only with room for its data in
+    its queue (``dram_queue_lines``), so a load of more lines than that reads its last
+    ones no sooner than its copier takes the ones the queue's room before them: its
+    read side ends no sooner than that, the third time being its reads' end without
+    it (the queue fills at that pace, ``_queued``). (Traced on edge-4x4 in Amaranth's
+    simulator, seed 2037's step 6 of ``benchmarks.perf_calibration --random``: a
+    512-line weight load beside a GEMV filled the DRAM's queue in its first 150 cycles
+    at the DRAM's pace and kept it full, its reads then at its copier's pace, for the
+    rest of the 650 cycles traced.)"""
     lat = hw.dram_latency_cycles
+    room = dram_queue_lines(lat)               # lines read ahead of the copier's writes
     fetch_step = hw.dram_cycles_per_line       # one fetch read per line of bandwidth
     fetch_t = 0.0
     n = len(instrs)
@@ -870,7 +881,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     accept = [0] * n             # dispatched into its queue
     begin, end = [0] * n, [0] * n
     write_start = [0.0] * n
-    reads: dict[int, tuple[float, float]] = {}
+    reads: dict[int, tuple[float, float, float]] = {}
     engine_free = dict.fromkeys(ENGINES, 0)    # cycle the engine's IDLE state can pop
     popped: dict[Engine, deque] = {e: deque() for e in ENGINES}   # pop cycles, last QUEUE_DEPTH
     signals = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
@@ -955,8 +966,15 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # after them), and either wait its last write.
             if e == Engine.LOAD:
                 read_free[e] += dram_wait
-            reads[i] = (read_begin, read_free[e])
             write_free[e] += _held(delay[i])
+            paced = read_free[e]
+            if e == Engine.LOAD and copies.rows and occ.dram_lines - occ.int_reads > room:
+                # the DRAM accepts a read only with room in its queue for its data: a
+                # load's last reads wait for its copier to take the lines before them
+                n = occ.dram_lines - occ.int_reads
+                read_free[e] = max(read_free[e], write_start[i] + (n - room) / n * (
+                    write_free[e] - write_start[i]))
+            reads[i] = (read_begin, read_free[e], paced)
             end[i] = math.ceil(write_free[e]) + cal.dma_end + (cal.load_end if e == Engine.LOAD
                                                                 else 0)
             # its last command waits for the row CMD_DEPTH before it, held with the rest
