@@ -1337,3 +1337,41 @@ def test_a_held_copier_holds_its_engine_past_the_command_queue():
     held, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(1000, 0, 0), (0, 0, 0), (0, 0, 0)])
     assert held.end[0] - free.end[0] == 1000
     assert held.begin[1] - free.begin[1] >= 1000 * (rows - CMD_DEPTH) // rows
+
+
+def test_a_load_reads_no_further_ahead_than_the_drams_queue_holds(monkeypatch):
+    """The DRAM accepts a read only with room for its data in its queue
+    (``dram_queue_lines``): a 256-line weight load whose copier a GEMV holds on edge-4x4
+    reads its last lines only as its copier takes the ones before. Its read side, each
+    side moving its lines evenly, is never more than the queue ahead of its write side,
+    and ends later than its reads at their own pace (kept for ``_queued``, the queue
+    filling at that pace). (Traced in Amaranth's simulator, seed 2037's step 6 of
+    ``benchmarks.perf_calibration --random``: a 512-line load beside a GEMV filled the
+    queue in 150 cycles and kept it full for the rest of the 650 traced; docs/perf.md,
+    "Round 57".)"""
+    from arch.uarch import dram_queue_lines
+    from rtl.random_programs import held_prefetch_programs
+    from sweeps import perf
+
+    hw = load_hardware("edge-4x4")
+    program = held_prefetch_programs(hw)["beside 64"] + [make("HALT")]
+    seen = {}
+    contention = perf._contention
+
+    def keep(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal):
+        seen.update(occs=occs, timing=timing, write_start=write_start, reads=reads)
+        return contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal)
+
+    monkeypatch.setattr(perf, "_contention", keep)
+    time_program(program, hw)
+    (i,) = [j for j, instr in enumerate(program) if instr.mnemonic == "DMA_LOAD"]
+    occ, (rs, re, paced) = seen["occs"][i], seen["reads"][i]
+    # its write side: from its first write to its last, before the instruction's end
+    ws = seen["write_start"][i]
+    we = seen["timing"].end[i] - CALIBRATION.dma_end - CALIBRATION.load_end
+    n, room = occ.dram_lines, dram_queue_lines(hw.dram_latency_cycles)
+    assert n > room and paced + room < re             # held: its reads wait for its writes
+    for t in np.linspace(rs, re, 101):
+        read = n * (t - rs) / (re - rs)
+        written = n * min(1.0, max(0.0, (t - ws) / (we - ws)))
+        assert read - written <= room, (t, read, written)
