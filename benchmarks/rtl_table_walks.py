@@ -1,6 +1,6 @@
 """Table walks and the loads beside them, on the RTL against the performance model.
 
-Three sets of small programs, one Verilator job a configuration, after a DRAM image
+Five sets of small programs, one Verilator job a configuration, after a DRAM image
 holding only a block table (timing does not depend on the values):
 
 * ``alone``: a ``KV_PREFETCH`` over 1 and 4 KV blocks, and over 5 blocks reading 16

@@ -635,7 +635,7 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
                 delay: list[tuple[int, float, float]],
-                reads: dict[int, tuple[float, float, float]],
+                reads: _ReadSides,
                 cal: Calibration = CALIBRATION) -> list[tuple[int, float, float]]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and its
     first table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
@@ -791,7 +791,7 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     request order through one queue of ``dram_queue_lines`` (``rtl/dram.py``), and the
     copier reads as far ahead as the DRAM accepts: where it writes its lines into the L2
     slower than the DRAM delivers them, the queue fills with them, and the read's data
-    comes out after them. ``loads``: ``(read begin, read end at the copier's own pace,
+    comes out after them. ``loads``: ``(read begin, read end at the DRAM's pace,
     write begin, write end, DRAM lines)`` of each load (``_time``), each side moving its
     lines evenly over its interval, give
     the lines queued at ``t``, at most the queue's room less the read itself and the
@@ -854,26 +854,40 @@ def _fetched_ahead(i: int, fetch_t: float, fetch_step: float, accept: list[int])
     return ahead
 
 
+#: Each DMA instruction's copier read side (``_time``): ``(first line, last line, last
+#: line at the DRAM's pace)`` in cycles, a load's DRAM reads (held by its writes,
+#: ``_queue_bound``), a store's L2 reads.
+_ReadSides = dict[int, tuple[float, float, float]]
+
+
+def _queue_bound(occ: Occupancy, read_end: float, write_start: float, write_end: float,
+                 hw: HardwareConfig) -> float:
+    """The cycle a load's copier reads its last DRAM line, at the DRAM's pace
+    ``read_end``, held by its writes (from ``write_start`` to ``write_end``, its lines
+    evenly); a store's ``read_end``. The DRAM accepts a read only with room for its data
+    in its queue (``dram_queue_lines``, shared by every client), so the last is read no
+    sooner than the copier takes the line the queue's room before it. ``_queued``
+    fills the queue at the DRAM's pace. (Traced on edge-4x4 in Amaranth's simulator,
+    seed 2037's step 6 of ``benchmarks.perf_calibration --random``: a 512-line weight
+    load beside a GEMV filled the DRAM's queue in its first 150 cycles and kept it full,
+    its reads then at its copier's pace, for the rest of the 650 cycles traced.)"""
+    lines, queue_lines = occ.dram_lines - occ.int_reads, dram_queue_lines(
+        hw.dram_latency_cycles)
+    if occ.engine != Engine.LOAD or lines <= queue_lines:
+        return read_end
+    return max(read_end, write_start + (lines - queue_lines) / lines * (
+        write_end - write_start))
+
+
 def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,
           delay: list[tuple[int, float, float]]
-          ) -> tuple[ProgramTiming, list[float], list[int], dict[int, tuple[float, float]]]:
+          ) -> tuple[ProgramTiming, list[float], list[int], _ReadSides]:
     """One pass of the engines over the program, with ``delay[i]`` the cycles DMA
     instruction ``i``'s copier waits for the L2 and for the DRAM, and it waits to begin
     (``_contention``; a store's DRAM wait below 0 is the DRAM's credit, ``_held``); also
-    each DMA instruction's copier start, the instructions' fetch request cycles (and
-    those of the reads fetched ahead past ``HALT``) and each DMA instruction's copier read
-    side, ``(first line, last line, last line at the copier's own pace)`` (a load's DRAM
-    reads, a store's L2 reads). The DRAM accepts a read only with room for its data in
-    its queue (``dram_queue_lines``), so a load of more lines than that reads its last
-    ones no sooner than its copier takes the ones the queue's room before them: its
-    read side ends no sooner than that, the third time being its reads' end without
-    it (the queue fills at that pace, ``_queued``). (Traced on edge-4x4 in Amaranth's
-    simulator, seed 2037's step 6 of ``benchmarks.perf_calibration --random``: a
-    512-line weight load beside a GEMV filled the DRAM's queue in its first 150 cycles
-    at the DRAM's pace and kept it full, its reads then at its copier's pace, for the
-    rest of the 650 cycles traced.)"""
+    each DMA instruction's copier start and read side (``_ReadSides``), and the
+    instructions' fetch request cycles (and the reads fetched ahead past ``HALT``)."""
     lat = hw.dram_latency_cycles
-    room = dram_queue_lines(lat)               # lines read ahead of the copier's writes
     fetch_step = hw.dram_cycles_per_line       # one fetch read per line of bandwidth
     fetch_t = 0.0
     n = len(instrs)
@@ -881,7 +895,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     accept = [0] * n             # dispatched into its queue
     begin, end = [0] * n, [0] * n
     write_start = [0.0] * n
-    reads: dict[int, tuple[float, float, float]] = {}
+    reads: _ReadSides = {}
     engine_free = dict.fromkeys(ENGINES, 0)    # cycle the engine's IDLE state can pop
     popped: dict[Engine, deque] = {e: deque() for e in ENGINES}   # pop cycles, last QUEUE_DEPTH
     signals = {(a, b): deque() for a in ENGINES for b in ENGINES if a != b}
@@ -967,13 +981,8 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             if e == Engine.LOAD:
                 read_free[e] += dram_wait
             write_free[e] += _held(delay[i])
-            paced = read_free[e]
-            if e == Engine.LOAD and copies.rows and occ.dram_lines - occ.int_reads > room:
-                # the DRAM accepts a read only with room in its queue for its data: a
-                # load's last reads wait for its copier to take the lines before them
-                n = occ.dram_lines - occ.int_reads
-                read_free[e] = max(read_free[e], write_start[i] + (n - room) / n * (
-                    write_free[e] - write_start[i]))
+            paced, read_free[e] = read_free[e], _queue_bound(occ, read_free[e],
+                                                             write_start[i], write_free[e], hw)
             reads[i] = (read_begin, read_free[e], paced)
             end[i] = math.ceil(write_free[e]) + cal.dma_end + (cal.load_end if e == Engine.LOAD
                                                                 else 0)
