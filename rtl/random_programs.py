@@ -13,9 +13,9 @@ ISA simulator. ``held_prefetch_programs``, ``prefetch_beside_programs``,
 ``filled_l2_programs`` and ``store_programs`` are the fixed contention cases the
 performance model is checked on (tests/rtl/test_l2_contention.py,
 ``benchmarks.rtl_table_walks``, ``benchmarks.rtl_stores``); ``chained_prefetch_programs``
-one it is not yet right on (``benchmarks.rtl_table_walks --only chained``). ``random_vector`` draws
-vector instructions for the vector unit's timing (tests/rtl/test_vector_unit.py,
-``benchmarks.vector_calibration``).
+one it is not yet right on (``benchmarks.rtl_table_walks --only chained``).
+``random_vector`` draws vector instructions for the vector unit's timing
+(tests/rtl/test_vector_unit.py, ``benchmarks.vector_calibration``).
 (Not part of the hardware: excluded from the Verilator model's key.)
 
 Tested by tests/rtl/test_accelerator.py (random legal programs on the RTL against the ISA

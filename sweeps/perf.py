@@ -793,11 +793,11 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     slower than the DRAM delivers them, the queue fills with them, and the read's data
     comes out after them. ``loads``: ``(read begin, read end at the DRAM's pace,
     write begin, write end, DRAM lines)`` of each load (``_time``), each side moving its
-    lines evenly over its interval, give
-    the lines queued at ``t``, at most the queue's room less the read itself and the
-    instruction fetch reads (``fetch``, their request cycles) still in it; the copier then
-    takes them as fast as the L2 lines the higher-priority ports leave (``others``, their
-    ``_Usage``) let it, at most a line a cycle, while the fetch reads leave beside them.
+    lines evenly over its interval, give the lines queued at ``t``, at most the queue's
+    room less the read itself and the instruction fetch reads (``fetch``, their request
+    cycles) still in it; the copier then takes them as fast as the L2 lines the
+    higher-priority ports leave (``others``, their ``_Usage``) let it, at most a line a
+    cycle, while the fetch reads leave beside them.
     (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking 153 and
     206 cycles to its data against 80 of latency; in a trace of tiny's first decode step
     the queue held 121 load lines and 5 fetch reads ahead of it. A load's own table read
