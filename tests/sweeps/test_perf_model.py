@@ -1018,32 +1018,40 @@ def test_a_read_behind_a_held_loads_lines_waits_for_them():
     """``_queued``: a load whose copier writes its lines slower than the DRAM reads them
     fills the DRAM's in-order queue (``dram_queue_lines``, less a slot for the read
     itself); another client's read then waits for the queued lines at the pace the L2
-    leaves the copier, beyond the DRAM's latency. Instruction fetch reads requested while
-    the queue drains hold slots the load's lines would take. Nothing queued, nothing to
-    wait for."""
+    leaves the copier, beyond the DRAM's latency, its cycles lost behind a paced compute
+    stream (``_trapped``) included. Instruction fetch reads requested while the queue
+    drains hold slots the load's lines would take. Nothing queued, nothing to wait for."""
     from arch.uarch import dram_queue_lines
-    from sweeps.perf import _queued, _Usage
+    from sweeps.perf import _queued, _Streams, _Usage
 
     hw = load_hardware("edge-4x4")          # one L2 line a cycle, 80 cycles of latency
     room = dram_queue_lines(hw.dram_latency_cycles) - 1
     lat = hw.dram_latency_cycles
+    none = _Streams([])
     # 512 lines read over cycles 0-600, written over 100-1100: at 500, 500 x 512/600 = 427
     # read and 400 x 512/1000 = 205 written, so the queue is full
     held = [(0.0, 600.0, 100.0, 1100.0, 512)]
-    assert _queued(held, 500.0, hw, [], []) == room - lat
+    assert _queued(held, 500.0, hw, [], [], none) == room - lat
     # the compute engine taking half the L2's lines: twice as long to drain
     half = _Usage([(0.0, 5000.0, 0.5)])
-    assert _queued(held, 500.0, hw, [half], []) == 2 * room - lat
+    assert _queued(held, 500.0, hw, [half], [], none) == 2 * room - lat
+    # a paced stream over the drain that refuses the copier a fifth of its cycles: the
+    # copier takes 0.8 lines a cycle, so the room's lines take room / 0.8 cycles
+    fifth = _Streams([(400.0, 5000.0, 0.2)])
+    assert _queued(held, 500.0, hw, [], [], fifth) == round(room / 0.8) - lat
+    # ... and none where the stream has ended before the read
+    assert _queued(held, 500.0, hw, [], [], _Streams([(0.0, 450.0, 0.2)])) == room - lat
     # five fetch reads requested within the drain time before it take five slots; five
     # requested long before have left the queue
-    assert _queued(held, 500.0, hw, [], [450, 460, 470, 480, 490]) == room - 5 - lat
-    assert _queued(held, 500.0, hw, [], [0, 10, 20, 30, 40]) == room - lat
+    assert _queued(held, 500.0, hw, [], [450, 460, 470, 480, 490], none) == room - 5 - lat
+    assert _queued(held, 500.0, hw, [], [0, 10, 20, 30, 40], none) == room - lat
     # a load whose writes keep up with its reads queues nothing
-    assert _queued([(0.0, 600.0, 0.0, 600.0, 512)], 300.0, hw, [], []) == 0
+    assert _queued([(0.0, 600.0, 0.0, 600.0, 512)], 300.0, hw, [], [], none) == 0
     # a read before any load, or after every load
-    assert _queued(held, -10.0, hw, [], []) == _queued(held, 2000.0, hw, [], []) == 0
+    assert _queued(held, -10.0, hw, [], [], none) == 0
+    assert _queued(held, 2000.0, hw, [], [], none) == 0
     # a few lines queued wait less than the latency: no extra wait
-    assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, [], []) == 0
+    assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, [], [], none) == 0
 
 
 def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
