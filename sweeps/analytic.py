@@ -1045,6 +1045,7 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
     timed = -1
     engine_free, compute_end = -1.0, 0.0
     read_free = write_free = -np.inf
+    read_from = -np.inf                          # where the loads' reads up to it began
     load_busy = covered = 0.0
     for i in range(n):
         r = reach[i]
@@ -1087,6 +1088,8 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
                 x = x if x > 0 else 0.0
                 first = begin + data_delay          # its first line written, at the earliest
                 write_start[timed] = first if first > write_free else write_free
+                if begin > read_free:               # the DRAM idle for it before
+                    read_from = begin
                 issued, read_free, write_free = queue_after(
                     table, q_u, q_f, q_m, q_state, int(load_value[timed]), begin, read_free,
                     write_free)
@@ -1131,8 +1134,19 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
         if store_cycles[i]:
             s0 = compute_end if compute_end > store_free else store_free
             store_free = s0 + store_cycles[i]
-            stores[stores_tail, 0], stores[stores_tail, 1] = s0, store_free
-            stores_tail += 1
+            # the loads already timed that read over its lines wait for them: the load
+            # engine's next reads go that much later (the DRAM's round-robin gives the
+            # store a line between two of theirs); later loads, for the rest
+            a = s0 if s0 > read_from else read_from
+            b = store_free if store_free < read_free else read_free
+            lo = s0
+            if b > a:
+                read_free += b - a
+                write_free += b - a
+                lo = s0 + b - a
+            if store_free > lo:
+                stores[stores_tail, 0], stores[stores_tail, 1] = lo, store_free
+                stores_tail += 1
         for q in range(store_at[i], store_at[i + 1]):
             # as a load: begun when its engine is free and the compute has ended
             begin = compute_end + 1 if compute_end > store_free_at else store_free_at + 1
