@@ -797,7 +797,7 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     room less the read itself and the instruction fetch reads (``fetch``, their request
     cycles) still in it; the copier then takes them as fast as the L2 lines the
     higher-priority ports leave (``others``, their ``_Usage``) let it, at most a line a
-    cycle, less the cycles it loses behind the compute engine's paced ``streams``
+    cycle, and loses besides the cycles the compute engine's paced ``streams`` refuse it
     (``_trapped``: the banks it wants while a reader walks them), while the fetch reads
     leave beside them. (Table reads traced in Amaranth's simulator, cycles past the
     latency, RTL / model without that loss / with it: seed 2042's step 15 on edge-8x8
