@@ -143,7 +143,8 @@ class Occupancy:
     camped_cycles: int = 0
     # Where its L2 lines fall in its run: the share of them moved by each ninth of its
     # cycles, cumulative, from 0 to 1 (None: evenly). The matmul unit's tile readers move
-    # theirs as each tile fills, its writer at each group's end (``sweeps.perf._Usage``).
+    # theirs as each tile fills, its writer at each group's end; the vector unit's ports
+    # as they are granted (``sweeps.perf._Usage``).
     l2_profile: tuple | None = None
 
 

@@ -36,6 +36,7 @@ from arch.timing import (
     Occupancy,
     copier_stepped,
     fields_of,
+    l2_profile_points,
     lines_touched,
 )
 from arch.uarch import COPIER_FIFO_DEPTH, SEGMENT_DEPTH
@@ -253,7 +254,8 @@ def _copier_step(mask, cs, refused, merged, banks):
 def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
     """The vector unit (``rtl/vector_unit.py``) cycle by cycle: ``(cycles from start
     to done, each segment's last group's cycle int64 [segments], the cycles a copier
-    beside it is refused its bank)`` for the segments'
+    beside it is refused its bank, its ports' L2 grants float64 [cycles granting any,
+    3] as ``(from, to, lines)`` for ``l2_profile_points``)`` for the segments'
     elements ``seg_n``, their reads ``int64 [segments, 3, 2]`` (per row reader: L2
     address, bytes; 0 bytes: not used) and writes ``int64 [segments, 2, 3]`` (per row
     writer: address, bytes, whether only at the last group), on ``W``-byte lines in
@@ -305,6 +307,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
     # every cycle moves a line, fires a group or issues a segment but for latencies and
     # waits of a few cycles each: far more than that is a model that stopped moving
     limit = 64 * (n_lines_r.sum() + S + seg_n.sum() + 2 * S + 16)
+    moves = np.empty((n_lines_r.sum() + 2 * S + 16, 3), np.float64)   # grows as needed
+    n_moves = 0
     t = 1
     while True:
         # the issuer
@@ -388,6 +392,13 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
                              issued, pushed_at, n_pushed, n_popped_w, W, banks):
                 nt += 1
                 last_write = t
+        if nt:
+            if n_moves == len(moves):
+                grown = np.empty((2 * len(moves), 3), np.float64)
+                grown[:n_moves] = moves[:n_moves]
+                moves = grown
+            moves[n_moves] = (t - 1, t, nt)
+            n_moves += 1
         if stepped:
             mask = 0
             for i in range(nt):
@@ -399,7 +410,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
         if t > limit:
             raise RuntimeError("_vector_run: no progress (a bug in the model)")
     return (max(last_write, ended[S - 1] if S else 0) + 1, ended,
-            (refused[0] if merged else refused.sum() / banks) if stepped else 0.0)
+            (refused[0] if merged else refused.sum() / banks) if stepped else 0.0,
+            moves[:n_moves])
 
 
 def vector_occupancy(instr: Instruction, hw: HardwareConfig,
@@ -418,7 +430,14 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     those in which such a copier is not refused its bank (``_copier_step``;
     tests/rtl/test_vector_unit.py checks random instructions against the unit's L2 with
     such a port added); else the segments' whose fastest stream idles a cycle between
-    lines, each segment from the cycle after the one before ended."""
+    lines, each segment from the cycle after the one before ended. ``l2_profile``: the
+    lines its ports are granted, cycle by cycle (an ``ARGMAX`` reads its first lines
+    back to back, then a line as its datapath frees room). (On edge-4x4, whose L2 moves
+    one line a cycle, the logits ``DMA_STORE`` beside its ``ARGMAX`` was 2 to 5 cycles
+    short on every decode step of ``python -m benchmarks.perf_calibration --random 25``
+    with seeds 2036 to 2043, the ``ARGMAX``'s lines spread evenly; traced in Amaranth's
+    simulator (seed 2039's step 11), its reader took the L2 three cycles running just
+    after the store's first read; now each of those stores is within a cycle.)"""
     segs = vector_segments(instr)
     P, W = hw.l2_stripe_bytes, hw.line_bytes
     S = len(segs)
@@ -432,7 +451,7 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
         for d, a, b, last in wr:
             writes[s, d] = (a % P, b, last)
     stepped = copier_stepped(hw)
-    done, ended, refused = _vector_run(seg_n, reads, writes, W, int(hw.l2_lines_per_cycle),
+    done, ended, refused, moves = _vector_run(seg_n, reads, writes, W, int(hw.l2_lines_per_cycle),
                                        hw.vector_lanes_per_cycle, stepped)
     lanes = hw.vector_lanes_per_cycle
     total = paced_cycles = paced_lines = 0
@@ -451,5 +470,7 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     cycles = int(done) + cal.engine_overhead
     if stepped:          # all its cycles, and those a copier beside it is not refused
         paced_cycles, paced_lines = cycles, cycles - round(refused)
+    profile = l2_profile_points(moves, cycles)
     return Occupancy(Engine.COMPUTE, cycles, l2_lines=total,
-                     paced_cycles=paced_cycles, paced_lines=paced_lines)
+                     paced_cycles=paced_cycles, paced_lines=paced_lines,
+                     l2_profile=tuple(profile.tolist()) if len(profile) else None)

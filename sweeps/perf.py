@@ -161,11 +161,12 @@ def _settled(again: list, last: list) -> bool:
 class _Usage:
     """The L2 lines one engine's instructions use up to a cycle: each instruction takes its
     lines evenly over its interval, or as its ``Occupancy.l2_profile`` says (the matmul
-    unit's: its tile readers as each tile fills, its writer at each group's end), scaled
-    to the interval. The intervals come in program order, and an engine's begin and end
-    in order, so ``lines(t)`` is a prefix sum and a walk back over the few intervals still
-    open at ``t``. (Measured: in a tiny decode step on edge-4x4, an accumulating
-    ``P · V`` takes 6 of its 56 lines in its first 23 cycles of 115; spread evenly, 11.)"""
+    unit's: its tile readers as each tile fills, its writer at each group's end; the
+    vector unit's: its ports' grants), scaled to the interval. The intervals come in
+    program order, and an engine's begin and end in order, so ``lines(t)`` is a prefix
+    sum and a walk back over the few intervals still open at ``t``. (Measured: in a tiny
+    decode step on edge-4x4, an accumulating ``P · V`` takes 6 of its 56 lines in its
+    first 23 cycles of 115; spread evenly, 11.)"""
 
     def __init__(self, intervals: list[tuple[float, float, float]], profiles=None):
         self.starts = [b for b, _, _ in intervals]

@@ -140,6 +140,28 @@ def test_a_copier_trailing_the_matmul_units_readers_is_refused_at_each_slip():
     assert rq.paced_cycles == rq.cycles and 76 <= rq.paced_lines <= 79
 
 
+def test_the_vector_units_l2_profile_is_its_ports_grants():
+    """``Occupancy.l2_profile`` of a vector instruction: the lines its ports are granted,
+    cycle by cycle (``vector_timing._vector_run``), which ``sweeps.perf._Usage`` takes
+    instead of spreading them evenly. An ``ARGMAX`` over 41 int16 logits reads its three
+    lines back to back from its start (its row reader asks up to ``COPIER_FIFO_DEPTH - 1``
+    lines ahead) and writes its one result line at the end: three quarters of its lines
+    by a third of its cycles, none more until its last ninths. (On edge-4x4, where the L2
+    moves one line a cycle, the logits ``DMA_STORE`` beside it then waits those three
+    cycles, as the RTL's did in seed 2039's step 11 of ``python -m
+    benchmarks.perf_calibration --random 25 --seed 2039``.) A ``RESADD`` over four rows
+    of 128 columns moves its lines throughout."""
+    hw = load_hardware("edge-4x4")
+    argmax = occupancy(make("ARGMAX", src_addr=64, n=41, dst_addr=192), hw)
+    assert argmax.l2_lines == 4
+    profile = argmax.l2_profile
+    assert profile[0] < 0.75 and profile[2] == profile[5] == 0.75 and profile[-1] == 1.0
+    add = occupancy(make("RESADD", h_addr=0, acc_addr=1 << 12, param_addr=1 << 13, rows=4,
+                         cols=128, h_stride=256, acc_stride=512), hw)
+    steps = np.diff((0.0,) + add.l2_profile)
+    assert len(steps) == 9 and (steps > 0.05).all()
+
+
 @pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8", "edge-16x16"])
 def test_the_memo_shares_a_timing_only_where_the_timing_reads_nothing_that_differs(name):
     """``occupancy`` gives one timing to instructions whose operands differ only in what
