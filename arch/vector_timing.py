@@ -434,10 +434,12 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     lines its ports are granted, cycle by cycle (an ``ARGMAX`` reads its first lines
     back to back, then a line as its datapath frees room). (On edge-4x4, whose L2 moves
     one line a cycle, the logits ``DMA_STORE`` beside its ``ARGMAX`` was 2 to 5 cycles
-    short on every decode step of ``python -m benchmarks.perf_calibration --random 25``
-    with seeds 2036 to 2043, the ``ARGMAX``'s lines spread evenly; traced in Amaranth's
-    simulator (seed 2039's step 11), its reader took the L2 three cycles running just
-    after the store's first read; now each of those stores is within a cycle.)"""
+    short on each of the ten edge-4x4 decode steps of ``python -m
+    benchmarks.perf_calibration --random 25`` (seeds 2036 to 2041) traced on the RTL, the
+    ``ARGMAX``'s lines spread evenly; traced in Amaranth's simulator (seed 2039's step
+    11), its reader took the L2 three cycles running just after the store's first read.
+    Now they are 0 to 2 cycles short, and ``python -m benchmarks.rtl_stores``'s edge-4x4
+    store beside its ``ARGMAX`` is 51 cycles busy against the RTL's 52, 48 before.)"""
     segs = vector_segments(instr)
     P, W = hw.l2_stripe_bytes, hw.line_bytes
     S = len(segs)
