@@ -230,6 +230,39 @@ def _operands_ready(sd, t, reads, r_cmd, r_step, n_cmd_r, cmd_seg, cmd_first_lin
 
 
 @njit
+def _vector_reads(t, asked, popped, n_lines_r, issued, cmd_seg, line_cmd, line_bank, tk,
+                  granted):
+    """``_vector_run``'s row readers' read sides in cycle ``t``, in port order: each asks
+    its next line ``FILL_ISSUE_LATENCY`` after its segment's issue, while fewer than
+    ``COPIER_FIFO_DEPTH - 1`` of its lines are in, and is granted it unless a reader
+    before it has the bank. Records the grants (``granted``, ``asked``, the banks in
+    ``tk``) and returns how many there were."""
+    nt = 0
+    for k in range(3):
+        i = asked[k]
+        if i >= n_lines_r[k] or i - popped[k] >= COPIER_FIFO_DEPTH - 1:
+            continue
+        if issued[cmd_seg[k, line_cmd[k, i]]] + FILL_ISSUE_LATENCY > t:
+            continue
+        if not _granted(tk, nt, line_bank[k, i]):
+            tk[nt] = line_bank[k, i]
+            nt += 1
+            granted[k, i] = t
+            asked[k] = i + 1
+    return nt
+
+
+@njit
+def _grown(rows, n):
+    """``rows`` with room for row ``n``: doubled (its first ``n`` rows kept) if full."""
+    if n < len(rows):
+        return rows
+    grown = np.empty((2 * len(rows), rows.shape[1]), rows.dtype)
+    grown[:n] = rows[:n]
+    return grown
+
+
+@njit
 def _copier_step(mask, cs, refused, merged, banks):
     """One cycle of a copier below the vector unit in priority that asks for a line every
     cycle in consecutive banks, from each of the ``banks`` banks it may be at (``cs``,
@@ -315,19 +348,9 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
         if n_issued < S and n_issued - (sd if sd < S else S) < SEGMENT_DEPTH:
             issued[n_issued] = t
             n_issued += 1
-        nt = 0                                 # the banks granted this cycle
-        # the readers' read sides, in port order
-        for k in range(3):
-            i = asked[k]
-            if i >= n_lines_r[k] or i - popped[k] >= COPIER_FIFO_DEPTH - 1:
-                continue
-            if issued[cmd_seg[k, line_cmd[k, i]]] + FILL_ISSUE_LATENCY > t:
-                continue
-            if not _granted(tk, nt, line_bank[k, i]):
-                tk[nt] = line_bank[k, i]
-                nt += 1
-                granted[k, i] = t
-                asked[k] = i + 1
+        # the readers' read sides, in port order: the banks granted this cycle
+        nt = _vector_reads(t, asked, popped, n_lines_r, issued, cmd_seg, line_cmd,
+                           line_bank, tk, granted)
         # the readers' priming steps (no beat for the datapath this cycle)
         priming = 0
         for k in range(3):
@@ -392,11 +415,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
                              issued, pushed_at, n_pushed, n_popped_w, W, banks):
                 nt += 1
                 last_write = t
-        if nt:
-            if n_moves == len(moves):
-                grown = np.empty((2 * len(moves), 3), np.float64)
-                grown[:n_moves] = moves[:n_moves]
-                moves = grown
+        if nt:                                 # the lines granted: for ``l2_profile``
+            moves = _grown(moves, n_moves)
             moves[n_moves] = (t - 1, t, nt)
             n_moves += 1
         if stepped:
