@@ -434,6 +434,23 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
             moves[:n_moves])
 
 
+def vector_run_inputs(segs: list, hw: HardwareConfig) -> tuple[np.ndarray, ...]:
+    """``vector_segments``' segments as ``_vector_run`` takes them: ``(seg_n int64
+    [segments], reads int64 [segments, 3, 2], writes int64 [segments, 2, 3])``, the
+    addresses modulo the L2's line-wide banks times the line."""
+    P, S = hw.l2_stripe_bytes, len(segs)
+    seg_n = np.zeros(S, np.int64)
+    reads = np.zeros((S, 3, 2), np.int64)
+    writes = np.zeros((S, 2, 3), np.int64)
+    for s, (n, rd, wr) in enumerate(segs):
+        seg_n[s] = n
+        for k, a, b in rd:
+            reads[s, k] = (a % P, b)
+        for d, a, b, last in wr:
+            writes[s, d] = (a % P, b, last)
+    return seg_n, reads, writes
+
+
 def vector_occupancy(instr: Instruction, hw: HardwareConfig,
                      cal: Calibration = CALIBRATION) -> Occupancy:
     """The vector unit stepped cycle by cycle (``_vector_run``) over the segments its
@@ -452,29 +469,15 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     such a port added); else the segments' whose fastest stream idles a cycle between
     lines, each segment from the cycle after the one before ended. ``l2_profile``: the
     lines its ports are granted, cycle by cycle (an ``ARGMAX`` reads its first lines
-    back to back, then a line as its datapath frees room). (On edge-4x4, whose L2 moves
-    one line a cycle, the logits ``DMA_STORE`` beside its ``ARGMAX`` was 2 to 5 cycles
-    short on each of the ten edge-4x4 decode steps of ``python -m
-    benchmarks.perf_calibration --random 25`` (seeds 2036 to 2041) traced on the RTL, the
-    ``ARGMAX``'s lines spread evenly; traced in Amaranth's simulator (seed 2039's step
-    11), its reader took the L2 three cycles running just after the store's first read.
-    Now they are 0 to 2 cycles short, and ``python -m benchmarks.rtl_stores``'s edge-4x4
-    store beside its ``ARGMAX`` is 51 cycles busy against the RTL's 52, 48 before.)"""
+    back to back, then a line as its datapath frees room; a store beside it on edge-4x4
+    waits for them: ``python -m benchmarks.rtl_stores``, docs/perf.md "Round 59")."""
     segs = vector_segments(instr)
-    P, W = hw.l2_stripe_bytes, hw.line_bytes
-    S = len(segs)
-    seg_n = np.zeros(S, np.int64)
-    reads = np.zeros((S, 3, 2), np.int64)
-    writes = np.zeros((S, 2, 3), np.int64)
-    for s, (n, rd, wr) in enumerate(segs):
-        seg_n[s] = n
-        for k, a, b in rd:
-            reads[s, k] = (a % P, b)
-        for d, a, b, last in wr:
-            writes[s, d] = (a % P, b, last)
+    W = hw.line_bytes
+    seg_n, reads, writes = vector_run_inputs(segs, hw)
     stepped = copier_stepped(hw)
-    done, ended, refused, moves = _vector_run(seg_n, reads, writes, W, int(hw.l2_lines_per_cycle),
-                                       hw.vector_lanes_per_cycle, stepped)
+    done, ended, refused, moves = _vector_run(seg_n, reads, writes, W,
+                                              int(hw.l2_lines_per_cycle),
+                                              hw.vector_lanes_per_cycle, stepped)
     lanes = hw.vector_lanes_per_cycle
     total = paced_cycles = paced_lines = 0
     for s, (n, rd, wr) in enumerate(segs):
