@@ -1275,10 +1275,10 @@ def _l2_waits(begin, end, lines, using, loading, write_start, load_end, load_lin
     """``again`` with the wait of each of the ``loading`` loads' copiers for the L2 lines
     the ``using`` computes (each taking its ``lines`` evenly from ``begin`` to ``end``,
     ``sweeps.perf._Usage``'s rule without the units' ``l2_profile``) take over its
-    interval: it needs at least ``(its lines +
-    theirs) / l2_lines_per_cycle`` cycles (``_pipeline``'s rule, ``_usage_lines``),
-    taken at its fixed point where a step from the last pass's interval would grow it
-    (``sweeps.perf._l2_span``, the same arithmetic)."""
+    interval: it needs at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles
+    (``_pipeline``'s rule, ``_usage_lines``), taken at its fixed point where a step from
+    the last pass's interval would grow it (``sweeps.perf._l2_span``, the same
+    arithmetic)."""
     m = len(using)
     starts, ends, rates, cum = np.empty(m), np.empty(m), np.empty(m), np.zeros(m + 1)
     for q in range(m):
