@@ -45,6 +45,7 @@ from arch.timing import (
     Calibration,
     Occupancy,
     copier_stepped,
+    grant_runs,
     l2_profile_points,
     lines_touched,
 )
@@ -338,9 +339,10 @@ _NO_CYCLE = -(1 << 40)
 # ``_steps``' row writer, carried from cycle to cycle in an int64 array: the next row to
 # write, its steps done (a priming step first where the row does not start on a line),
 # the cycle its next step may run (-1: not begun), its take, the writer's next free
-# cycle, the rows it has taken, and the moves, writes and camped groups recorded.
+# cycle, the rows it has taken, and the moves, writes and camped groups recorded, and
+# the lines granted to the writeback's two ports.
 _WB_ROW, _WB_STEP, _WB_DUE, _WB_TAKE, _WB_FREE, _WB_TAKEN, _WB_MOVES, _WB_WRITES, \
-    _WB_CAMPED, _WB_STATE = range(10)
+    _WB_CAMPED, _WB_GRANTED, _WB_STATE = range(11)
 # ``_writeback``'s hand-over, likewise: the next cycle, the group being handed over (or
 # next), its next row, whether that row's priming step is done, the cycles of the last
 # beat and priming step, the old-output lines asked for and taken and in the group, the
@@ -372,7 +374,7 @@ def _fill_grants(t, begins, taken, offsets, hs):
 
 @njit
 def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, record, camped,
-                moves, writes):
+                moves, writes, granted):
     """The row writer (``rtl.matmul_unit.Writeback``'s, a ``RowCopier`` from a stream)
     in cycle ``t`` (state ``wb``, ``_WB_*``; ``rows``, ``_writeback``'s, the first
     ``n_rows`` handed over): a row is taken ``WB_DATA_LATENCY`` after its hand-over at
@@ -381,7 +383,8 @@ def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, recor
     when accumulating, whose old output comes later); the priming step reads nothing,
     and each line is written in a cycle in which no port before the writer's
     (``grants``) has its bank. Records its move, its writes (``record``; not a camped
-    group's) and, at a camped group's last row, the group."""
+    group's), each line's cycle in ``granted`` and, at a camped group's last row, the
+    group."""
     w = wb[_WB_ROW]
     if w >= n_rows:
         return
@@ -409,6 +412,8 @@ def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, recor
     if record and not groups[g, _G_CAMPED]:
         writes[wb[_WB_WRITES], 0], writes[wb[_WB_WRITES], 1] = t, bit
         wb[_WB_WRITES] += 1
+    granted[wb[_WB_GRANTED]] = t
+    wb[_WB_GRANTED] += 1
     wb[_WB_STEP], wb[_WB_DUE] = j + 1, t + 1
     if j + 1 < prime + n_lines:
         return
@@ -430,7 +435,7 @@ _G_ROW0, _G_ROWS, _G_READY, _G_CAMPED, _G_TAKE = range(5)
 @njit
 def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accumulate,
                old_latency, begins, taken, offsets, old_bank, old_granted, record, camped,
-               moves, writes, limit):
+               moves, writes, granted, limit):
     """The writeback (``rtl.matmul_unit.Writeback``) cycle by cycle from ``hs[_HS_T]``
     until group ``target`` has been handed over (``target = n_groups``: until every
     registered group's rows are written), state ``hs`` (``_HS_*``) and ``wb``. A group
@@ -479,6 +484,8 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
             if accumulate and k < hs[_HS_OLD] and k - hs[_HS_POPPED] < COPIER_FIFO_DEPTH - 1 \
                     and (banks > MAX_STEPPED_BANKS or not grants >> old_bank[k] & 1):
                 old_granted[k] = t
+                granted[wb[_WB_GRANTED]] = t
+                wb[_WB_GRANTED] += 1
                 if banks <= MAX_STEPPED_BANKS:
                     grants |= 1 << old_bank[k]
                 hs[_HS_ASKED] = k + 1
@@ -505,7 +512,7 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
                     hs[_HS_HANDED] = half_free[g % 2] = t
                     hs[_HS_GROUP], hs[_HS_FIRST] = g + 1, -1
         _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, record,
-                    camped, moves, writes)
+                    camped, moves, writes, granted)
         hs[_HS_T] = t + 1
 
 
@@ -554,6 +561,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     # (cycle, bank bit): a row is at most two lines (``4 * array_cols <= line_bytes``,
     # ``HardwareConfig``: a result row is at most a line)
     writes = np.empty((2 * rows_written if record else 0, 2), np.int64)
+    granted = np.empty(4 * rows_written, np.int64)     # each a row's two lines, and old
     # the writeback's cycles a call: its rows' steps and old lines, and every fill it
     # may wait through, with room (``_writeback``)
     limit = 64 * (rows_written + 16) + 2 * fills[:, 0].sum()
@@ -575,7 +583,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
         if kt == 0 and group >= 2:         # a group's first block waits for its half
             _writeback(hs, wb, group - 2, group, rows, groups, half_free, W, banks,
                        f.accumulate, old_latency, begins, taken, offsets, old_bank,
-                       old_granted, record, camped, moves, writes, limit)
+                       old_granted, record, camped, moves, writes, granted, limit)
             avail = max(avail, half_free[group % 2] + 1)
         blocks = -(-kl // R)
         if gemv:                           # back to back: mt cycles a block
@@ -609,9 +617,9 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
         resumes += 1
     _writeback(hs, wb, n_groups, n_groups, rows, groups, half_free, W, banks, f.accumulate,
                old_latency, begins, taken, offsets, old_bank, old_granted, record, camped,
-               moves, writes, limit)
+               moves, writes, granted, limit)
     return (wb[_WB_FREE], lines, resumes, announced, fill_spans, camped[:wb[_WB_CAMPED]],
-            moves[:wb[_WB_MOVES]], writes[:wb[_WB_WRITES]])
+            moves[:wb[_WB_MOVES]], writes[:wb[_WB_WRITES]], granted[:wb[_WB_GRANTED]])
 
 
 @njit
@@ -677,7 +685,8 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
     step at a new KV length times some hundreds of small MATMULs afresh."""
     f = _matmul_fields(instr)
     MT, KT = hw.matmul_tile(f.mode)
-    cycles, lines, resumes, paced_cycles, paced_lines, camped, profile, announced = _matmul_run(
+    (cycles, lines, resumes, paced_cycles, paced_lines, camped, profile, announced,
+     moves) = _matmul_run(
         f, hw.line_bytes, int(hw.l2_lines_per_cycle), hw.array_rows, hw.array_cols, MT, KT,
         cal.mm_result_latency, cal.mm_old_output_latency if f.accumulate else 0,
         instr.spec.field("out_addr").elem_bytes, cal.engine_overhead,   # int32 results
@@ -685,7 +694,8 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
     return (Occupancy(Engine.COMPUTE, cycles, macs=f.m * f.k * f.n, l2_lines=lines,
                       paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
                       camped_cycles=camped,
-                      l2_profile=tuple(profile.tolist()) if len(profile) else None),
+                      l2_profile=tuple(profile.tolist()) if len(profile) else None,
+                      l2_moves=moves if len(profile) else None),
             announced)
 
 
@@ -696,7 +706,7 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     ``banks`` line-wide banks, an ``R x C`` array and tiles of ``MT`` rows by ``KT``
     reduction bytes: ``(cycles, L2 lines, resumes, paced cycles, paced lines, camped
     cycles, the L2 profile float64 [PROFILE_STEPS] or empty for None, the tiles'
-    announcements int64 [tiles])``. With ``stepped`` (``copier_stepped``), the paced
+    announcements int64 [tiles], its moves float64 [bursts, 3] as ``_steps``')``. With ``stepped`` (``copier_stepped``), the paced
     cycles are all the unit's and the paced lines those in which a copier beside it is
     not refused (``_refusals``; ``python -m benchmarks.rtl_pairs`` on edge-8x8: a copier
     lost 8 to 51 cycles beside GEMVs of 40- to 256-byte rows on the RTL, the model within
@@ -705,7 +715,7 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     gemv = f.mode == _GEMV
     tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
     fills, taken, offsets = _fills(f, tiles, W, banks, banks <= MAX_STEPPED_BANKS)
-    end, lines, resumes, announced, spans, camped, moves, writes = _steps(
+    end, lines, resumes, announced, spans, camped, moves, writes, granted = _steps(
         f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
         old_latency, out_bytes, stepped, taken, offsets)
     cycles = end + overhead                           # done with the writer's last step
@@ -719,7 +729,41 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
         paced_cycles, paced_lines = fills[:, 3].sum(), fills[:, 4].sum()
     return (cycles, lines, resumes, paced_cycles, paced_lines,
             math.ceil(_camped_cycles(camped, spans, banks)), l2_profile_points(moves, cycles),
-            announced)
+            announced, _grant_moves(moves, spans, taken, offsets, granted))
+
+
+@njit
+def _grant_moves(moves, spans, taken, offsets, granted):
+    """The runs of cycles in which the unit's ports are granted L2 lines, ``(from, to, L2
+    lines)`` rows, float64 [n, 3] (``Occupancy.l2_moves``): each tile's fill's as its
+    readers were stepped (``_fills``' ``taken`` and ``offsets``, a bit a bank granted,
+    from the fill's begin in ``spans``) and the writeback's ports' (``granted``, a line
+    each, ``_writeback``). ``_steps``' ``moves`` spread a fill's lines up to the tile's
+    announcement, a few cycles past its reads, and a row's lines from its take: on
+    edge-4x4 a GEMV of 128-byte rows takes the L2 21 cycles running (its 20 weight
+    lines, then a result line) and leaves it 11, as traced in Amaranth's simulator
+    (tests/rtl/test_matmul_unit.py checks the grants cycle by cycle). ``moves`` where
+    the fills' grants are not recorded (more than ``MAX_STEPPED_BANKS`` banks)."""
+    if len(taken) == 0:
+        return moves
+    horizon = 1
+    for k in range(len(spans)):
+        horizon = max(horizon, spans[k, 0] + offsets[k + 1] - offsets[k] + 1)
+    for c in granted:
+        horizon = max(horizon, c + 1)
+    used = np.zeros(horizon, np.int64)                 # lines granted a cycle
+    for k in range(len(spans)):
+        for c in range(offsets[k], offsets[k + 1]):
+            bits = taken[c]
+            while bits:                                # a line a bank granted
+                bits &= bits - 1
+                used[spans[k, 0] + c - offsets[k]] += 1
+    for c in granted:
+        used[c] += 1
+    rows = np.empty((horizon, 3), np.float64)
+    for c in range(horizon):
+        rows[c] = (c, c + 1, used[c])
+    return grant_runs(rows[used > 0])
 
 
 def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint4: bool,

@@ -326,8 +326,12 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
                      l2_lines=l2_total)
 
 
+#: ``_dma_run``'s ``free`` where no ports hold its write side: a line a cycle
+_NO_FREE = np.zeros(0, np.float64)
+
+
 def _dma_walk(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration,
-              period: int | None = None) -> tuple:
+              period: int | None = None, free=_NO_FREE) -> tuple:
     """``_dma_run`` on the instruction's rows, every ``period`` rows (``_row_period``'s
     by default)."""
     load = instr.engine == Engine.LOAD
@@ -337,7 +341,22 @@ def _dma_walk(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration
     drain = cal.dma_drain + (cal.load_end if load else 0)
     return _dma_run(*_dma_rows(instr, hw, read_i32), period, hw.line_bytes,
                     hw.dram_bytes_per_cycle, load, hw.dram_latency_cycles, cal.dma_setup,
-                    cal.cmd_to_read, after_read, cal.int_read, drain, CMD_DEPTH)
+                    cal.cmd_to_read, after_read, cal.int_read, drain, CMD_DEPTH, free)
+
+
+def paced_walk(instr: Instruction, hw: HardwareConfig, free: np.ndarray,
+               read_i32=None, cal: Calibration = CALIBRATION) -> tuple[int, float]:
+    """A load's walk alone (``dma_occupancy``'s), its copier's write side taking each line
+    once the ports above it have left it one (``free``: the L2 lines they leave,
+    cumulative, float64 [cycles + 1] from the walk's start; ``_paced_lines``): ``(cycles,
+    the cycle its last row command is queued)`` from its start. A table walk's answers
+    come back behind the lines its copier has yet to take (``_answer_behind``), so a write
+    side the L2 slows holds its next rows as well as its end (``sweeps.perf._contention``:
+    a ``KV_PREFETCH`` beside the matmul unit's ports). Not memoised: ``free`` is the
+    program's."""
+    times, *_, cycles, _, _ = _dma_walk(instr, hw, read_i32, cal, 0,
+                                        np.ascontiguousarray(free, np.float64))
+    return cycles, float(times[0, 0])
 
 
 #: Rows whose source lines and write steps ``_dma_run`` keeps for a table read's answer
@@ -352,7 +371,57 @@ AUX_GRANT = 2
 
 
 @njit
-def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
+def _paced_lines(x, n, free, one):
+    """The step (``1 / S`` cycles, ``one`` a cycle) at which a copier's write side, free
+    from step ``x``, has written ``n`` L2 lines, a line a cycle at most, each once the
+    ports above it have left it a whole line since it asked (``free``: the lines they
+    leave, cumulative at each cycle, linear between; none past its end, or all). Lines
+    left while it does not ask are lost to it: the ports' arbiter grants a cycle's line
+    to whoever asks (``rtl/top.py``)."""
+    if len(free) == 0:
+        return x + n * one
+    last = len(free) - 1
+    for _ in range(n):
+        i = x // one                                 # the cycle it asks in
+        if i >= last:
+            x += one
+            continue
+        # the first cycle from ``i`` by whose end the lines left reach one more
+        want = free[i] + 1.0 - 1e-9
+        k = i
+        while k < last and free[k + 1] < want:
+            k += 1
+        u = float(last) if k >= last else k + (want - free[k]) / (free[k + 1] - free[k])
+        x = max(x + one, int(math.ceil(u * one - 1e-9)))
+    return x
+
+
+@njit
+def _paced_back(x, n, free, one):
+    """The step at which a write side that had written its last line by step ``x`` had
+    written the line ``n`` before it: ``n`` lines back, a line a cycle where ``free``
+    (``_paced_lines``') leaves one, at most ``x - n * one``."""
+    back = x - n * one
+    if n == 0 or len(free) == 0:
+        return back
+    last = len(free) - 1
+    t = x / one
+    if t - n >= last:                       # past ``free``: a line every cycle
+        return back
+    i = min(int(t), last - 1)
+    f = free[i] + (free[i + 1] - free[i]) * (t - i) if t < last else free[last] + t - last
+    want = f - n                             # the lines left by then
+    if want <= 0:
+        return back
+    k = min(int(t - n), last - 1)
+    while k > 0 and free[k] >= want:         # the first cycle it reaches ``want``
+        k -= 1
+    u = k + (want - free[k]) / max(1e-12, free[k + 1] - free[k])
+    return min(back, int(math.ceil(u * one - 1e-9)))
+
+
+@njit
+def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one, line, free):
     """The step (``1 / S`` cycles, as ``_dma_run``'s) at which an int32 read on the aux port
     asked at ``ask`` comes back, at the earliest, behind the copier's lines: the DRAM
     answers in request order on one stream, so it comes after the lines of every row the
@@ -363,8 +432,9 @@ def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
     the copier's source lines so far; ``ring_*``: the last rows' source lines, first read
     and the step its write side took its last source line (one that fills two destination
     lines at the first of them past its own, as traced with 24-byte rows on 32-byte lines),
-    oldest at ``n_ring % _RING``. The caller adds ``int_read``. ``-1 << 62`` where no line
-    holds it back. (Read off Amaranth's simulator: a ``KV_PREFETCH`` of 48 tokens of 16-byte
+    oldest at ``n_ring % _RING``; ``free``, the lines its write side is left
+    (``_paced_lines``, ``_paced_back``). The caller adds ``int_read``.
+    ``-1 << 62`` where no line holds it back. (Read off Amaranth's simulator: a ``KV_PREFETCH`` of 48 tokens of 16-byte
     columns from 64-byte rows alone, whose one-line rows the copier writes slower than the
     DRAM delivers them, on edge-4x4: each table read after the first came back 3 cycles past
     its latency, the cycle after the line five before the last one ahead of it was written;
@@ -375,6 +445,10 @@ def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
     for back in range(min(n_ring, _RING)):
         e = (n_ring - 1 - back) % _RING
         if -(-ring_read[e] // one) < granted:
+            # its lines are asked a line's slot apart (a cycle at least): those asked
+            # after the grant are not ahead
+            before = -(-(granted * one - ring_read[e]) // max(one, line))
+            ahead -= max(0, ring_lines[e] - before)
             break
         ahead -= ring_lines[e]
     k = ahead - 1 - COPIER_FIFO_DEPTH            # the line the write side must take first
@@ -383,7 +457,7 @@ def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one):
         e = (n_ring - 1 - back) % _RING
         if end - ring_lines[e] <= k:
             if k < end:
-                return ring_taken[e] - (end - 1 - k) * one
+                return _paced_back(ring_taken[e], end - 1 - k, free, one)
             break
         end -= ring_lines[e]
     return NEVER_INT
@@ -438,7 +512,7 @@ def _repeat(a, n, first, m, d):
 
 @njit
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
-             after_read, int_read, drain, depth):
+             after_read, int_read, drain, depth, free=_NO_FREE):
     """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``_dma_rows``)
     on ``W``-byte lines at ``S`` DRAM bytes a cycle. Times are max-plus triples (see
     ``Copies``: alone, + read side free, + write side free), counted in ``1 / S`` cycles,
@@ -447,7 +521,9 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     reads and writes float64 [3, 3] (``Copies``'); takes float64 [<= depth, 3], oldest
     first; the first row commands' times alone float64 [<= depth]; their ``cmd_jumps``
     int64; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
-    int32 reads, row commands; cycles; the rows stepped; int32 asks float64 [<= depth])``."""
+    int32 reads, row commands; cycles; the rows stepped; int32 asks float64 [<= depth])``.
+    ``free``: the L2 lines the ports above a load's copier leave it, cumulative, at each
+    cycle from the walk's start (``_paced_lines``; none, a line a cycle: ``paced_walk``)."""
     never = NEVER_INT
     one = S                                     # a cycle
     st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
@@ -522,7 +598,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                     # (``rtl.dram``: every request takes a line's)
                     st[3 + j] = max(ask, st[3 + j]) + W
                     behind = _answer_behind(ask, counts[0], ring_lines, ring_read[:, j],
-                                            ring_taken[:, j], n_ring, one)
+                                            ring_taken[:, j], n_ring, one, W, free)
                     st[j] = max(st[j], behind + int_read * one)
         if n == 0:
             st[0:3] += one
@@ -559,7 +635,8 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                     ring_read[n_ring % _RING, j] = first
                 st[3 + j] = start + src_lines * W
                 st[9 + j] = max(first + src_lines * one, st[3 + j] - W)
-                st[6 + j] = max(max(first + after_read * one, st[6 + j]) + steps * one,
+                x = max(first + after_read * one, st[6 + j])
+                st[6 + j] = max(_paced_lines(x, steps, free, one),
                                 st[9 + j] + after_read * one)
             else:
                 st[3 + j] = start + src_lines * one
@@ -570,7 +647,9 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             counts[3] += dst_lines
             if track:
                 ring_lines[n_ring % _RING] = src_lines
-                ring_taken[n_ring % _RING] = st[6:9] - max(0, dst_lines - src_lines) * one
+                for j in range(3):
+                    ring_taken[n_ring % _RING, j] = _paced_back(
+                        st[6 + j], max(0, dst_lines - src_lines), free, one)
                 n_ring += 1
         else:
             counts[1] += dst_lines

@@ -17,7 +17,7 @@ the walks that use it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -146,6 +146,11 @@ class Occupancy:
     # theirs as each tile fills, its writer at each group's end; the vector unit's ports
     # as they are granted (``sweeps.perf._Usage``).
     l2_profile: tuple | None = None
+    # The same lines as ``(from, to, L2 lines)`` rows, float64 [n, 3], each moved evenly
+    # over its cycles from the start (the matmul unit's tile fills and writeback groups,
+    # the vector unit's grants): where a copier below it takes the lines its ports leave
+    # cycle by cycle (``sweeps.perf._lines_left``). Not compared: ``l2_profile`` sums it.
+    l2_moves: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def fields_of(instr: Instruction) -> SimpleNamespace:
@@ -196,6 +201,24 @@ def copier_stepped(hw: HardwareConfig) -> bool:
 
 
 PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
+
+
+@njit
+def grant_runs(grants):
+    """Rows ``(from, to, L2 lines)`` in time order (float64 [n, 3]; grants, a cycle each)
+    with the rows that follow on without a gap at the same lines a cycle merged, their
+    lines summed: an ``Occupancy.l2_moves``, a fresh array."""
+    out = np.empty((len(grants), 3), np.float64)
+    n = 0
+    for r in range(len(grants)):
+        if n and grants[r, 0] == out[n - 1, 1] and grants[r, 2] * (
+                out[n - 1, 1] - out[n - 1, 0]) == out[n - 1, 2] * (grants[r, 1] - grants[r, 0]):
+            out[n - 1, 1] = grants[r, 1]
+            out[n - 1, 2] += grants[r, 2]
+        else:
+            out[n] = grants[r]
+            n += 1
+    return out[:n].copy()
 
 
 @njit

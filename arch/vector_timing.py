@@ -36,6 +36,7 @@ from arch.timing import (
     Occupancy,
     copier_stepped,
     fields_of,
+    grant_runs,
     l2_profile_points,
     lines_touched,
 )
@@ -498,4 +499,5 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     profile = l2_profile_points(moves, cycles)
     return Occupancy(Engine.COMPUTE, cycles, l2_lines=total,
                      paced_cycles=paced_cycles, paced_lines=paced_lines,
-                     l2_profile=tuple(profile.tolist()) if len(profile) else None)
+                     l2_profile=tuple(profile.tolist()) if len(profile) else None,
+                     l2_moves=grant_runs(moves) if len(profile) else None)

@@ -69,6 +69,7 @@ from arch.occupancy import (
     Occupancy,
     load_data_delay,
     occupancy,
+    paced_walk,
 )
 from arch.uarch import (
     CMD_DEPTH,
@@ -139,10 +140,11 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                  cal: Calibration = CALIBRATION) -> ProgramTiming:
     occs = [occupancy(instr, hw, read_i32, cal) if instr.engine != Engine.CONTROL else None
             for instr in instrs]
-    delay = [(0, 0, 0)] * len(instrs)
+    delay = [(0, 0, 0, 0)] * len(instrs)
     for n in range(CONTENTION_PASSES):
         timing, write_start, fetch, reads = _time(instrs, occs, hw, cal, delay)
-        again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal)
+        again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal,
+                            read_i32)
         if again == delay or (n and _settled(again, delay)):   # the first pass's waits apply
             break
         delay = again
@@ -168,11 +170,13 @@ class _Usage:
     decode step on edge-4x4, an accumulating ``P · V`` takes 6 of its 56 lines in its
     first 23 cycles of 115; spread evenly, 11.)"""
 
-    def __init__(self, intervals: list[tuple[float, float, float]], profiles=None):
+    def __init__(self, intervals: list[tuple[float, float, float]], profiles=None,
+                 moves=None):
         self.starts = [b for b, _, _ in intervals]
         self.ends = [e for _, e, _ in intervals]
         self.rates = [r for _, _, r in intervals]
         self.profiles = profiles or [None] * len(intervals)
+        self.moves = moves or [None] * len(intervals)
         self.cum = [0.0]
         for b, e, r in intervals:
             self.cum.append(self.cum[-1] + r * (e - b))
@@ -193,6 +197,33 @@ class _Usage:
                 total -= n * (1 - (lo + (profile[i] - lo) * (x - i)))
             j -= 1
         return total
+
+    def taken(self, t0: float, n: int) -> np.ndarray:
+        """The lines taken in each of the ``n`` cycles from ``t0``, float64 [n]: as
+        ``lines``, but where an instruction has its ``Occupancy.l2_moves`` (``(moves,
+        cycles alone)``), move by move, scaled to its interval."""
+        grid = t0 + np.arange(n + 1, dtype=np.float64)
+        cum = np.zeros(n + 1)
+        j = bisect.bisect_left(self.starts, t0 + n) - 1
+        while j >= 0 and self.ends[j] > t0:        # (the ends come in order too)
+            b, e = self.starts[j], self.ends[j]
+            lines = self.rates[j] * (e - b)
+            moves, profile = self.moves[j], self.profiles[j]
+            if moves is not None:
+                m, alone = moves
+                scale = (e - b) / max(1, alone)
+                lo, hi = b + m[:, 0] * scale, b + m[:, 1] * scale
+                keep = (hi > t0) & (lo < t0 + n)
+                share = m[keep, 2] * (lines / max(1e-9, m[:, 2].sum()))
+                cum += share @ np.clip((grid[None, :] - lo[keep, None])
+                                       / np.maximum(1e-9, hi - lo)[keep, None], 0, 1)
+            elif profile is not None:
+                points = b + (e - b) * np.arange(len(profile) + 1) / len(profile)
+                cum += lines * np.interp(grid, points, (0.0, *profile))
+            else:
+                cum += lines * np.clip((grid - b) / max(1e-9, e - b), 0, 1)
+            j -= 1
+        return np.diff(cum)
 
 
 def _spread(usages: dict, engines, lo: float) -> tuple[np.ndarray, ...]:
@@ -400,6 +431,15 @@ def _burst_rate(hw: HardwareConfig) -> float:
     """Lines a cycle a ``KV_PREFETCH``'s copier writes in a burst: a line a cycle, at most
     what the L2 and the DRAM move."""
     return min(1.0, hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line)
+
+
+def _lines_left(ports: list, t0: float, n: int, per_cycle: float) -> np.ndarray:
+    """The L2 lines the ``ports`` (their ``_Usage``) leave a copier below them,
+    cumulative at each of the ``n + 1`` cycles from ``t0``: float64 [n + 1], each cycle's
+    between none and ``per_cycle``."""
+    taken = sum(u.taken(t0, n) for u in ports)
+    left = np.clip(per_cycle - taken, 0.0, per_cycle)
+    return np.concatenate(([0.0], np.cumsum(left)))
 
 
 def _prefetch_burst_wait(ports: list, lo: float, lines: int, alone: float,
@@ -635,19 +675,20 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
-                delay: list[tuple[int, float, float]],
+                delay: list[tuple[int, float, float, float]],
                 reads: _ReadSides,
-                cal: Calibration = CALIBRATION) -> list[tuple[int, float, float]]:
-    """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, and its
-    first table read behind the DRAM's queue, ``(l2, dram, queued)``, given the
-    last pass's timing (``reads``: each copier's read side, ``_time``'s): each
-    wait makes the copier's interval (from ``write_start`` to its end) as long as that
-    memory needs for the instruction's lines and for those it must let others take; the
-    queued wait (``_queued``) holds the whole instruction back: a store's block-table
-    reads, and a ``KV_PREFETCH``'s or ``DMA_GATHER``'s first, on the load engine's own
-    aux port, behind its copier's lines (a prefetch after a load held by a GEMV on
-    edge-4x4: 83 cycles short without it, tests/rtl/test_l2_contention.py), and behind
-    the single reads asked before it (``_request_wait``).
+                cal: Calibration = CALIBRATION,
+                read_i32=None) -> list[tuple[int, float, float, float]]:
+    """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, its first
+    table read behind the DRAM's queue, and its last row command behind its own table reads
+    (``(l2, dram, queued, walk)``), given the last pass's timing (``reads``: each copier's
+    read side, ``_time``'s): each wait makes the copier's interval (from ``write_start`` to
+    its end) as long as that memory needs for the instruction's lines and for those it must
+    let others take; the queued wait (``_queued``) holds the whole instruction back: a
+    store's block-table reads, and a ``KV_PREFETCH``'s or ``DMA_GATHER``'s first, on the
+    load engine's own aux port, behind its copier's lines (a prefetch after a load held by a
+    GEMV on edge-4x4: 83 cycles short without it, tests/rtl/test_l2_contention.py), and
+    behind the single reads asked before it (``_request_wait``).
 
     L2: bank conflicts go by port priority (``rtl/top.py``): the compute engine's ports,
     then the store engine's, then the load engine's. Over its interval a DMA instruction
@@ -656,7 +697,11 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     instruction over its copier's interval; a store's over its L2 reads, its copier's
     read side): at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles (at its
     fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
-    table reads, at the pace the ports leave a cycle, ``_burst_wait``); and no faster
+    table reads, at the pace the ports leave a cycle, ``_burst_wait``, and at a DRAM of
+    a line a cycle or more walked at that pace, ``arch.occupancy.paced_walk``: each
+    table read comes back behind the lines its copier has yet to write, so the burst
+    holds its next rows and the next instruction, ``walk``, as well as its end); and no
+    faster
     than the paced compute streams it overlaps let it (``_trapped``; a prefetch's
     bursts, ``_bursts_trapped``). (On edge-8x8 at
     64 KiB, a 137-line logits store beside the ``ARGMAX`` reading the same rows was busy
@@ -684,6 +729,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     n = len(timing.begin)
     l2 = {e: [] for e in ENGINES}          # per engine: (start, end, lines per cycle)
     profiles = {e: [] for e in ENGINES}
+    moves = {e: [] for e in ENGINES}
     dram = {e: [] for e in ENGINES}
     paced = []                             # the compute engine's paced streams
     # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
@@ -705,6 +751,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         if occ.l2_lines:
             l2[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
             profiles[e].append(occ.l2_profile if hi > lo else None)
+            moves[e].append((occ.l2_moves, occ.cycles)
+                            if hi > lo and occ.l2_moves is not None else None)
         if occ.paced_cycles or occ.resumes:
             paced.append((lo, hi, _stolen_lines(occ.paced_cycles, occ.paced_lines,
                                                 occ.resumes, hi - lo, per_cycle,
@@ -717,7 +765,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 table_reads.extend((i, t) for t in _table_reads(
                     occ, timing.begin[i], delay[i][2], hi))
             dram[e].append((lo, hi, own / max(1, hi - lo)))
-    l2_usage = {e: _Usage(v, profiles[e]) for e, v in l2.items()}
+    l2_usage = {e: _Usage(v, profiles[e], moves[e]) for e, v in l2.items()}
     streams = _Streams(paced)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
@@ -733,14 +781,14 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         occ = occs[i]
         if occ is not None and occ.copies is None and occ.dram_lines and occ.engine == Engine.STORE:
             out[i] = (0, _counters_wait(i, instrs, occs, timing, write_start, reads, others,
-                                        dram_usage[Engine.STORE], aux, line_cycles, cal), 0)
+                                        dram_usage[Engine.STORE], aux, line_cycles, cal), 0, 0)
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
         held = _held(delay[i])
         lo, hi = write_start[i], timing.end[i]
         free_running = hi - lo - held
-        l2_wait = dram_wait = 0
+        l2_wait = dram_wait = walk = 0
         if occ.l2_lines:
             if e == Engine.STORE:          # a store's L2 reads: its copier's read side
                 lo, free_running = reads[i][0], reads[i][1] - reads[i][0]
@@ -752,9 +800,18 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                                 per_cycle, hi - lo)
             l2_wait = max(0, math.ceil(span - free_running))
             if instrs[i].mnemonic == "KV_PREFETCH" and free_running > 0:
-                l2_wait = max(l2_wait, _prefetch_burst_wait(
-                    [l2_usage[a] for a in above[e]], lo, occ.l2_lines, free_running, hw),
-                    _bursts_trapped(streams, lo, free_running, occ, hw))
+                burst = _prefetch_burst_wait(
+                    [l2_usage[a] for a in above[e]], lo, occ.l2_lines, free_running, hw)
+                if burst > 0 and _burst_rate(hw) == 1:
+                    # its walk with the write side at that pace: its end, and its rows
+                    # after each table read, which comes back behind the lines ahead
+                    t0 = timing.begin[i] + delay[i][2]
+                    free = _lines_left([l2_usage[a] for a in above[e]], t0,
+                                       int(2 * (occ.cycles + burst)) + 64, per_cycle)
+                    cycles, issue = paced_walk(instrs[i], hw, free, read_i32, cal)
+                    burst = max(0, cycles - occ.cycles)
+                    walk = max(0.0, issue - occ.copies.issue[0])
+                l2_wait = max(l2_wait, burst, _bursts_trapped(streams, lo, free_running, occ, hw))
             # behind paced streams (both copiers walk the banks in the same order)
             l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                       occ.l2_lines / max(1, free_running))))
@@ -781,7 +838,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             queued = _queued(loads, timing.begin[i], hw, [l2_usage[a] for a in (
                 Engine.COMPUTE, Engine.STORE)], fetch, streams)
             queued += _request_wait(i, timing.begin[i] + cal.dma_setup, line_cycles, requests)
-        out[i] = (l2_wait, dram_wait, queued)
+        out[i] = (l2_wait, dram_wait, queued, walk)
     return out
 
 
@@ -890,11 +947,12 @@ def _queue_bound(occ: Occupancy, read_end: float, write_start: float, write_end:
 
 
 def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibration,
-          delay: list[tuple[int, float, float]]
+          delay: list[tuple[int, float, float, float]]
           ) -> tuple[ProgramTiming, list[float], list[int], _ReadSides]:
     """One pass of the engines over the program, with ``delay[i]`` the cycles DMA
-    instruction ``i``'s copier waits for the L2 and for the DRAM, and it waits to begin
-    (``_contention``; a store's DRAM wait below 0 is the DRAM's credit, ``_held``); also
+    instruction ``i``'s copier waits for the L2 and for the DRAM, it waits to begin and
+    its last row command waits (``_contention``; a store's DRAM wait below 0 is the
+    DRAM's credit, ``_held``); also
     each DMA instruction's copier start and read side (``_ReadSides``), and the
     instructions' fetch request cycles (and the reads fetched ahead past ``HALT``)."""
     lat = hw.dram_latency_cycles
@@ -976,7 +1034,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # The engine moves on once its last row command is queued; the instruction
             # ends when the copier has written its rows, after the earlier ones.
             # (the copier can write no line of a load before its first data is in)
-            _, dram_wait, queued = delay[i]          # the L2 wait: in ``_held``
+            _, dram_wait, queued, walk = delay[i]    # the L2 wait: in ``_held``
             go = ready + queued
             # The copier moves nothing before the first row command, which waits for
             # the int32 read (index, block-table entry) where the row needs one.
@@ -989,7 +1047,7 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             # The waits: a load's DRAM wait holds its reads (the next load's start
             # after them), and either wait its last write.
             if e == Engine.LOAD:
-                read_free[e] += dram_wait
+                read_free[e] += dram_wait + walk
             write_free[e] += _held(delay[i])
             paced, read_free[e] = read_free[e], _queue_bound(occ, read_free[e],
                                                              write_start[i], write_free[e], hw)
@@ -997,11 +1055,13 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             end[i] = math.ceil(write_free[e]) + cal.dma_end + (cal.load_end if e == Engine.LOAD
                                                                 else 0)
             # its last command waits for the row CMD_DEPTH before it, held with the rest
+            # (or, where its walk was paced through the L2, as long as that walk's:
+            # ``_contention``'s ``walk``)
             late = max(0, copies.rows - CMD_DEPTH) / copies.rows
             # the sequencer defers it the cycle after its last command, and the shell
             # takes the next the cycle after that (two 1-row stores back to back: their
             # writes 5 cycles apart on the RTL, 4 in the model with one)
-            free = math.ceil(issued + late * max(0, _held(delay[i]))) + 2
+            free = math.ceil(issued + (walk or late * max(0, _held(delay[i])))) + 2
             while flight and flight[0] < free - 1:
                 flight.popleft()
             if len(flight) == DEFERRED:             # no room to defer: wait for the oldest

@@ -359,3 +359,43 @@ def test_the_stepped_units_end_on_instructions_the_isa_refuses():
                      out_addr=300, m=m, k=k, n=n, x_stride=5, w_stride=5, out_stride=20,
                      w_format=0, e_addr=0)
         assert occupancy(instr, hw).cycles == CALIBRATION.engine_overhead, instr
+
+
+@pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8"])
+def test_a_prefetch_walked_through_the_lines_left_is_the_walk_alone_where_all_are_left(name):
+    """``paced_walk``: a ``KV_PREFETCH``'s walk whose copier writes a line only where the
+    ports above it leave one (``free``, cumulative). Where every cycle leaves a line it
+    is the walk alone (``dma_occupancy``'s cycles and last row command); where random
+    stretches leave none it ends no sooner, and each stretch taken away moves its end
+    and its last row command later or not at all (a table read's answer waits for the
+    lines its copier has yet to take, ``_answer_behind``). 40 random prefetches a
+    configuration, over the table of ``random_rtl_step``'s kind (timing reads no
+    entry)."""
+    from arch.occupancy import paced_walk
+
+    hw = load_hardware(name)
+    rng = np.random.default_rng(60)
+    B = hw.kv_block_tokens
+    slowed = 0
+    for _ in range(40):
+        rb = int(rng.integers(16, 300))
+        cols = int(rng.integers(1, rb + 1))
+        instr = make("KV_PREFETCH", pool_addr=1 << 16, table_addr=0,
+                     first_token=int(rng.integers(0, 4)) * B, n_tokens=int(rng.integers(1, 6 * B)),
+                     row_bytes=rb, col_offset=int(rng.integers(0, rb - cols + 1)),
+                     col_bytes=cols, l2_addr=int(rng.integers(0, 4096)), pool_blocks=64,
+                     seq=0, kv_format=KvFormat.INT8)
+        occ = occupancy(instr, hw)
+        n = 4 * occ.cycles + 64
+        every = np.arange(n + 1, dtype=np.float64)
+        assert paced_walk(instr, hw, every) == (occ.cycles, occ.copies.issue[0]), instr
+        left = np.ones(n)
+        last = (occ.cycles, occ.copies.issue[0])
+        for _ in range(4):                     # stretches of 5 to 30 cycles leave none
+            a = int(rng.integers(0, occ.cycles))
+            left[a:a + int(rng.integers(5, 31))] = 0
+            walked = paced_walk(instr, hw, np.concatenate(([0.0], np.cumsum(left))))
+            assert walked[0] >= last[0] and walked[1] >= last[1], (instr, walked, last)
+            slowed += walked[0] > occ.cycles
+            last = walked
+    assert slowed > 40, slowed

@@ -50,6 +50,7 @@ CASES = [
     ("edge-4x4", "GEMV", "NK", 4, 70, 9, 0),
     ("edge-4x4", "GEMM", "KN", 6, 33, 5, 1),
     ("edge-4x4", "GEMM", "NK", 37, 90, 6, 0),         # 37 rows: tiles of 16, 11 and 10
+    ("edge-4x4", "GEMV", "NK", 1, 128, 32, 0),        # the L2 21 cycles running, then 11
 ]
 CASES = [(*case, "int8") for case in CASES] + [
     ("edge-8x8", "GEMV", "NK", 3, 300, 13, 1, "mxint4"),   # k over a tile and odd
@@ -63,8 +64,9 @@ CASES = [(*case, "int8") for case in CASES] + [
 
 @pytest.fixture(scope="module")
 def runs(l2sim):
-    """``runs(hw)``: ``{case: (L2 before, RTL L2 after, ISA simulator L2 after)}`` of
-    every case of ``hw``, one after another on one simulation of the unit."""
+    """``runs(hw)``: ``{case: (L2 before, RTL L2 after, ISA simulator L2 after, {cycle:
+    L2 lines granted to the unit's ports})}`` of every case of ``hw``, one after another
+    on one simulation of the unit."""
     done = {}
 
     def get(hw):
@@ -76,10 +78,19 @@ def runs(l2sim):
                 inputs.append((rng.integers(0, 256, L2_BYTES, dtype=np.uint8),
                                matmul(mode, layout, m, k, n, accumulate, weights)))
             params = PARAMS[hw]
-            results = l2sim.run_instructions(params, MatmulUnit(params=params), MatmulUnit.N_PORTS,
-                                             inputs)
-            done[hw] = {case: (mem, *result) for case, (mem, _), result
-                        in zip(cases, inputs, results, strict=True)}
+            unit = MatmulUnit(params=params)
+            grants = [{} for _ in cases]
+
+            def watch(ctx, case, cycle):
+                n = sum(ctx.get(unit.port(i).req.valid & unit.port(i).req.ready)
+                        for i in range(MatmulUnit.N_PORTS))
+                if n:
+                    grants[case][cycle] = n
+
+            results = l2sim.run_instructions(params, unit, MatmulUnit.N_PORTS, inputs,
+                                             watch=watch)
+            done[hw] = {case: (mem, *result, granted) for case, (mem, _), result, granted
+                        in zip(cases, inputs, results, grants, strict=True)}
         return done[hw]
 
     return get
@@ -87,7 +98,7 @@ def runs(l2sim):
 
 @pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate", "weights"), CASES)
 def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulate, weights):
-    mem, rtl, expected = runs(hw)[(hw, mode, layout, m, k, n, accumulate, weights)]
+    mem, rtl, expected, _ = runs(hw)[(hw, mode, layout, m, k, n, accumulate, weights)]
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
@@ -157,3 +168,22 @@ def test_tiles_are_announced_and_the_unit_ends_when_the_model_says(l2sim, hw, ca
         # ``done`` comes the cycle after the last one watched; the engine's START and
         # END are outside the unit
         assert end + 1 == occ.cycles - CALIBRATION.engine_overhead, instr.fields()
+
+
+@pytest.mark.parametrize("hw", ["edge-8x8", "edge-4x4"])
+def test_the_units_l2_grants_are_its_moves_cycle_by_cycle(runs, hw):
+    """``Occupancy.l2_moves`` (``arch.matmul_timing._grant_moves``) are the lines the
+    unit's four ports are granted, cycle by cycle, over the whole run of every case
+    above: each tile's fill as its readers are stepped, the writeback's old reads and
+    writes as its ports are. A ``KV_PREFETCH`` beside the unit takes the lines they
+    leave (``sweeps.perf._lines_left``). Before, a fill's lines were spread up to its
+    tile's announcement and a row's from its take: 4 to 136 cycles differed a case."""
+    from arch.matmul_timing import matmul_occupancy
+
+    for case, (*_, rtl) in runs(hw).items():
+        occ = matmul_occupancy(matmul(*case[1:]), PARAMS[hw].hw)
+        model = {}
+        for a, b, n in occ.l2_moves:
+            for c in range(int(a), int(b)):
+                model[c] = model.get(c, 0) + n / (b - a)
+        assert sum(rtl.values()) == occ.l2_lines and model == rtl, case

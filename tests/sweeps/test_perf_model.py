@@ -1220,7 +1220,7 @@ def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
                     pool_blocks=1, seq=0, kv_format=KvFormat.INT8)
     instrs = [append, prefetch, make("HALT")]
     occs = [occupancy(i, hw) if i.mnemonic != "HALT" else None for i in instrs]
-    timing, write_start, _, reads = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0)] * 3)
+    timing, write_start, _, reads = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0, 0)] * 3)
     for i in (0, 1):
         assert write_start[i] >= timing.begin[i] + hw.dram_latency_cycles
     assert reads[1][0] >= timing.begin[1] + hw.dram_latency_cycles
@@ -1341,7 +1341,7 @@ def test_the_fetch_reads_past_halt_are_dram_clients():
     from sweeps.perf import _time
 
     hw = load_hardware("edge-8x8").replace(l2_bytes=128 * 1024, dram_bytes_per_cycle=2)
-    _, _, fetch, _ = _time([make("HALT")], [None], hw, CALIBRATION, [(0, 0, 0)])
+    _, _, fetch, _ = _time([make("HALT")], [None], hw, CALIBRATION, [(0, 0, 0, 0)])
     step = int(hw.dram_cycles_per_line)
     assert fetch == list(range(FETCH_START, FETCH_START + hw.dram_latency_cycles
                                + DISPATCH_LATENCY + 1, step))
@@ -1364,8 +1364,9 @@ def test_a_held_copier_holds_its_engine_past_the_command_queue():
                  dram_stride=64, l2_stride=64)
     instrs = [big, small, make("HALT")]
     occs = [occupancy(i, hw) if i.mnemonic != "HALT" else None for i in instrs]
-    free, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0)] * 3)
-    held, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(1000, 0, 0), (0, 0, 0), (0, 0, 0)])
+    free, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0, 0)] * 3)
+    held, _, _, _ = _time(instrs, occs, hw, CALIBRATION,
+                          [(1000, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0)])
     assert held.end[0] - free.end[0] == 1000
     assert held.begin[1] - free.begin[1] >= 1000 * (rows - CMD_DEPTH) // rows
 
