@@ -378,7 +378,7 @@ def _paced_lines(x, n, free, one):
     leave, cumulative at each cycle, linear between; none past its end, or all). Lines
     left while it does not ask are lost to it: the ports' arbiter grants a cycle's line
     to whoever asks (``rtl/top.py``)."""
-    if len(free) == 0:
+    if len(free) == 0 or x < NEVER_BELOW:      # (a ``NEVER`` time stays one)
         return x + n * one
     last = len(free) - 1
     for _ in range(n):
@@ -402,7 +402,7 @@ def _paced_back(x, n, free, one):
     written the line ``n`` before it: ``n`` lines back, a line a cycle where ``free``
     (``_paced_lines``') leaves one, at most ``x - n * one``."""
     back = x - n * one
-    if n == 0 or len(free) == 0:
+    if n == 0 or len(free) == 0 or x < NEVER_BELOW:
         return back
     last = len(free) - 1
     t = x / one
