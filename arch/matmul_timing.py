@@ -706,8 +706,9 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     ``banks`` line-wide banks, an ``R x C`` array and tiles of ``MT`` rows by ``KT``
     reduction bytes: ``(cycles, L2 lines, resumes, paced cycles, paced lines, camped
     cycles, the L2 profile float64 [PROFILE_STEPS] or empty for None, the tiles'
-    announcements int64 [tiles], its moves float64 [bursts, 3] as ``_steps``')``. With ``stepped`` (``copier_stepped``), the paced
-    cycles are all the unit's and the paced lines those in which a copier beside it is
+    announcements int64 [tiles], its grants ``_grant_moves``)``. With ``stepped``
+    (``copier_stepped``), the paced cycles are all the unit's and the paced lines those
+    in which a copier beside it is
     not refused (``_refusals``; ``python -m benchmarks.rtl_pairs`` on edge-8x8: a copier
     lost 8 to 51 cycles beside GEMVs of 40- to 256-byte rows on the RTL, the model within
     7); else (one bank, or a copier the DRAM paces, which loses nothing beside the same

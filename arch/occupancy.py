@@ -424,22 +424,24 @@ def _paced_back(x, n, free, one):
 def _answer_behind(ask, lines, ring_lines, ring_read, ring_taken, n_ring, one, line, free):
     """The step (``1 / S`` cycles, as ``_dma_run``'s) at which an int32 read on the aux port
     asked at ``ask`` comes back, at the earliest, behind the copier's lines: the DRAM
-    answers in request order on one stream, so it comes after the lines of every row the
-    copier began reading before it was granted (``AUX_GRANT`` cycles on; rows counted by
-    their first read), and the copier takes those only as its landing buffer
-    (``COPIER_FIFO_DEPTH`` lines) has room: the last one enters as the write side takes the
-    line ``COPIER_FIFO_DEPTH`` before it, and the int32 is taken the cycle after. ``lines``:
-    the copier's source lines so far; ``ring_*``: the last rows' source lines, first read
-    and the step its write side took its last source line (one that fills two destination
-    lines at the first of them past its own, as traced with 24-byte rows on 32-byte lines),
-    oldest at ``n_ring % _RING``; ``free``, the lines its write side is left
-    (``_paced_lines``, ``_paced_back``). The caller adds ``int_read``.
-    ``-1 << 62`` where no line holds it back. (Read off Amaranth's simulator: a ``KV_PREFETCH`` of 48 tokens of 16-byte
-    columns from 64-byte rows alone, whose one-line rows the copier writes slower than the
-    DRAM delivers them, on edge-4x4: each table read after the first came back 3 cycles past
-    its latency, the cycle after the line five before the last one ahead of it was written;
-    without it such prefetches over five blocks were 3 to 19 cycles short on edge-4x4,
-    edge-8x8 and edge-16x16, ``python -m benchmarks.rtl_table_walks --only alone``.)"""
+    answers in request order on one stream, so it comes after every line the copier asked
+    for before it was granted (``AUX_GRANT`` cycles on; a row's lines asked a ``line``'s
+    slot apart, a cycle at least, from its first read), and the copier takes those only as
+    its landing buffer (``COPIER_FIFO_DEPTH`` lines) has room: the last one enters as the
+    write side takes the line ``COPIER_FIFO_DEPTH`` before it, and the int32 is taken the
+    cycle after. ``lines``: the copier's source lines so far; ``ring_*``: the last rows'
+    source lines, first read and the step its write side took its last source line (one
+    that fills two destination lines at the first of them past its own, as traced with
+    24-byte rows on 32-byte lines), oldest at ``n_ring % _RING``; ``free``, the lines its
+    write side is left (``_paced_back``). The caller adds ``int_read``. ``-1 << 62``
+    where no line holds it back. (Read off Amaranth's simulator: a ``KV_PREFETCH`` of 48
+    tokens of 16-byte columns from 64-byte rows alone, whose one-line rows the copier
+    writes slower than the DRAM delivers them, on edge-4x4: each table read after the
+    first came back 3 cycles past its latency, the cycle after the line five before the
+    last one ahead of it was written; without it such prefetches over five blocks were 3
+    to 19 cycles short on edge-4x4, edge-8x8 and edge-16x16, ``python -m
+    benchmarks.rtl_table_walks --only alone``. Beside a GEMV, two-line rows: a table read
+    granted between a row's two line reads came back behind the first alone, round 60.)"""
     granted = -(-ask // one) + AUX_GRANT
     ahead = lines
     for back in range(min(n_ring, _RING)):
@@ -513,17 +515,15 @@ def _repeat(a, n, first, m, d):
 @njit
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
              after_read, int_read, drain, depth, free=_NO_FREE):
-    """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``_dma_rows``)
-    on ``W``-byte lines at ``S`` DRAM bytes a cycle. Times are max-plus triples (see
-    ``Copies``: alone, + read side free, + write side free), counted in ``1 / S`` cycles,
-    so that a line's ``W / S`` cycles and every sum are exact integers (a jump of whole
-    periods then gives exactly what stepping them does). Returns, in cycles: ``(issue,
-    reads and writes float64 [3, 3] (``Copies``'); takes float64 [<= depth, 3], oldest
-    first; the first row commands' times alone float64 [<= depth]; their ``cmd_jumps``
-    int64; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
-    int32 reads, row commands; cycles; the rows stepped; int32 asks float64 [<= depth])``.
-    ``free``: the L2 lines the ports above a load's copier leave it, cumulative, at each
-    cycle from the walk's start (``_paced_lines``; none, a line a cycle: ``paced_walk``)."""
+    """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``_dma_rows``) on
+    ``W``-byte lines at ``S`` DRAM bytes a cycle. Times are max-plus triples (see ``Copies``:
+    alone, + read side free, + write side free), counted in ``1 / S`` cycles, so that a
+    line's ``W / S`` cycles and every sum are exact integers (so a jump of whole periods is
+    exact). Returns, in cycles: ``(issue, reads and writes float64 [3, 3] (``Copies``');
+    takes float64 [<= depth, 3], oldest first; the first row commands' times alone float64
+    [<= depth]; their ``cmd_jumps`` int64; counts int64 [6]: source lines, destination lines,
+    bytes moved, L2 lines, int32 reads, row commands; cycles; the rows stepped; int32 asks
+    float64 [<= depth])``; a load's write side paced by ``free`` (``_paced_lines``)."""
     never = NEVER_INT
     one = S                                     # a cycle
     st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
@@ -635,9 +635,8 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                     ring_read[n_ring % _RING, j] = first
                 st[3 + j] = start + src_lines * W
                 st[9 + j] = max(first + src_lines * one, st[3 + j] - W)
-                x = max(first + after_read * one, st[6 + j])
-                st[6 + j] = max(_paced_lines(x, steps, free, one),
-                                st[9 + j] + after_read * one)
+                st[6 + j] = max(_paced_lines(max(first + after_read * one, st[6 + j]), steps,
+                                             free, one), st[9 + j] + after_read * one)
             else:
                 st[3 + j] = start + src_lines * one
                 st[6 + j] = max(max(start + after_read * one, st[6 + j])
@@ -647,9 +646,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             counts[3] += dst_lines
             if track:
                 ring_lines[n_ring % _RING] = src_lines
-                for j in range(3):
-                    ring_taken[n_ring % _RING, j] = _paced_back(
-                        st[6 + j], max(0, dst_lines - src_lines), free, one)
+                ring_taken[n_ring % _RING] = st[6:9] - max(0, dst_lines - src_lines) * one
                 n_ring += 1
         else:
             counts[1] += dst_lines

@@ -13,11 +13,12 @@ holding only a block table (timing does not depend on the values):
   then a ``KV_PREFETCH`` of 8 to 64 tokens: its table reads wait behind the load's lines
   in the DRAM's queue (``sweeps.perf._queued``);
 * ``chained`` (edge-4x4): one and two ``KV_PREFETCH``es of 7 blocks of two-line rows,
-  alone and beside a GEMV that takes ~0.6 of the L2 in stretches of ~20 cycles: an
-  open gap. ``sweeps.perf._burst_wait`` charges every line the GEMV's mean pace, some
-  three times the RTL's loss here, where each block's table read waits only for the
-  lines ahead of it beyond the copier's landing buffer; a rule charging only those
-  (docs/perf.md, "Round 57") fell short on ``queued``'s four-line rows;
+  alone and beside a GEMV that takes the L2 21 cycles running and leaves it 11: the
+  model walks each prefetch through the lines the GEMV leaves, cycle by cycle
+  (``arch.occupancy.paced_walk``; docs/perf.md, "Round 60"), each block's table read
+  coming back behind the lines its copier has yet to take. The second prefetch's first
+  table read, behind the first's last lines in the DRAM's queue (``sweeps.perf._queued``),
+  is the gap left;
 * ``filled`` (edge-4x4): a 28-line load beside a REQUANT that takes 0.98 of the L2's
   line a cycle: the load waits for it (``sweeps.perf._l2_span``);
 * ``beside`` (the 4 x 8 array and edge-8x8 at 64 KiB): a ``KV_PREFETCH`` over 5 blocks

@@ -170,13 +170,13 @@ class _Usage:
     decode step on edge-4x4, an accumulating ``P · V`` takes 6 of its 56 lines in its
     first 23 cycles of 115; spread evenly, 11.)"""
 
-    def __init__(self, intervals: list[tuple[float, float, float]], profiles=None,
-                 moves=None):
+    def __init__(self, intervals: list[tuple[float, float, float]], shapes=None):
         self.starts = [b for b, _, _ in intervals]
         self.ends = [e for _, e, _ in intervals]
         self.rates = [r for _, _, r in intervals]
-        self.profiles = profiles or [None] * len(intervals)
-        self.moves = moves or [None] * len(intervals)
+        # each one's ``Occupancy.l2_profile`` and ``(l2_moves, cycles alone)``, or None
+        self.profiles = [p for p, _ in shapes] if shapes else [None] * len(intervals)
+        self.moves = [m for _, m in shapes] if shapes else [None] * len(intervals)
         self.cum = [0.0]
         for b, e, r in intervals:
             self.cum.append(self.cum[-1] + r * (e - b))
@@ -465,6 +465,29 @@ def _prefetch_burst_wait(ports: list, lo: float, lines: int, alone: float,
     return math.ceil(b - alone)
 
 
+def _prefetch_wait(instr: Instruction, occ: Occupancy, ports: list, lo: float,
+                   alone: float, t0: float, hw: HardwareConfig, read_i32,
+                   cal: Calibration) -> tuple[int, float]:
+    """A ``KV_PREFETCH``'s L2 wait as it writes in bursts beside the ``ports`` above it
+    (their ``_Usage``), its copier's interval from ``lo`` lasting ``alone`` cycles, and
+    the cycles its last row command waits: ``(l2 wait, walk)``. The burst wait
+    (``_prefetch_burst_wait``); where it reaches and the DRAM feeds a line a cycle or
+    more, the instruction walked from ``t0`` (its begin and its queued wait) with its
+    copier's write side taking a line only in a cycle the ports leave one
+    (``_lines_left``, ``arch.occupancy.paced_walk``): each block's table read comes back
+    behind the lines its copier has yet to take, so that walk sets its end and its last
+    row command, and the engine's next instruction. (On edge-4x4 beside a GEMV that takes
+    the L2 21 cycles running and leaves it 11, one prefetch of 7 blocks: 331 cycles over
+    the RTL's load busy at the burst wait, 1 walked; ``python -m benchmarks.rtl_table_walks
+    --only chained``, docs/perf.md "Round 60".)"""
+    burst = _prefetch_burst_wait(ports, lo, occ.l2_lines, alone, hw)
+    if burst <= 0 or _burst_rate(hw) != 1:
+        return burst, 0.0
+    free = _lines_left(ports, t0, int(2 * (occ.cycles + burst)) + 64, hw.l2_lines_per_cycle)
+    cycles, issue = paced_walk(instr, hw, free, read_i32, cal)
+    return max(0, cycles - occ.cycles), max(0.0, issue - occ.copies.issue[0])
+
+
 #: The share of ``_trapped``'s loss a ``KV_PREFETCH``'s burst is charged
 #: (``_bursts_trapped``): fitted, read off two traced decode steps on the 4 x 8 array
 #: (seed 2040's step 7, seed 2037's step 17), their prefetches beside attention's
@@ -675,10 +698,8 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int],
-                delay: list[tuple[int, float, float, float]],
-                reads: _ReadSides,
-                cal: Calibration = CALIBRATION,
-                read_i32=None) -> list[tuple[int, float, float, float]]:
+                delay: list[tuple[int, float, float, float]], reads: _ReadSides,
+                cal: Calibration = CALIBRATION, read_i32=None) -> list[tuple]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, its first
     table read behind the DRAM's queue, and its last row command behind its own table reads
     (``(l2, dram, queued, walk)``), given the last pass's timing (``reads``: each copier's
@@ -697,13 +718,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     instruction over its copier's interval; a store's over its L2 reads, its copier's
     read side): at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles (at its
     fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
-    table reads, at the pace the ports leave a cycle, ``_burst_wait``, and at a DRAM of
-    a line a cycle or more walked at that pace, ``arch.occupancy.paced_walk``: each
-    table read comes back behind the lines its copier has yet to write, so the burst
-    holds its next rows and the next instruction, ``walk``, as well as its end); and no
-    faster
-    than the paced compute streams it overlaps let it (``_trapped``; a prefetch's
-    bursts, ``_bursts_trapped``). (On edge-8x8 at
+    table reads, ``_prefetch_wait``); and no faster than the paced compute streams it
+    overlaps let it (``_trapped``; a prefetch's bursts, ``_bursts_trapped``). (On edge-8x8 at
     64 KiB, a 137-line logits store beside the ``ARGMAX`` reading the same rows was busy
     157 cycles on the RTL, 145 alone; charged only the lines the unit moves, 145. On
     edge-4x4, whose L2 moves one line a cycle, a 31-line one beside its ``ARGMAX``: 52
@@ -728,8 +744,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     line_cycles = hw.dram_cycles_per_line
     n = len(timing.begin)
     l2 = {e: [] for e in ENGINES}          # per engine: (start, end, lines per cycle)
-    profiles = {e: [] for e in ENGINES}
-    moves = {e: [] for e in ENGINES}
+    shapes = {e: [] for e in ENGINES}      # per engine: (its l2_profile, its l2_moves)
     dram = {e: [] for e in ENGINES}
     paced = []                             # the compute engine's paced streams
     # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
@@ -750,9 +765,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         hi = timing.end[i]
         if occ.l2_lines:
             l2[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
-            profiles[e].append(occ.l2_profile if hi > lo else None)
-            moves[e].append((occ.l2_moves, occ.cycles)
-                            if hi > lo and occ.l2_moves is not None else None)
+            shapes[e].append((occ.l2_profile, None if occ.l2_moves is None else (
+                occ.l2_moves, occ.cycles)) if hi > lo else (None, None))
         if occ.paced_cycles or occ.resumes:
             paced.append((lo, hi, _stolen_lines(occ.paced_cycles, occ.paced_lines,
                                                 occ.resumes, hi - lo, per_cycle,
@@ -765,7 +779,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 table_reads.extend((i, t) for t in _table_reads(
                     occ, timing.begin[i], delay[i][2], hi))
             dram[e].append((lo, hi, own / max(1, hi - lo)))
-    l2_usage = {e: _Usage(v, profiles[e], moves[e]) for e, v in l2.items()}
+    l2_usage = {e: _Usage(v, shapes[e]) for e, v in l2.items()}
     streams = _Streams(paced)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
@@ -800,17 +814,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                                 per_cycle, hi - lo)
             l2_wait = max(0, math.ceil(span - free_running))
             if instrs[i].mnemonic == "KV_PREFETCH" and free_running > 0:
-                burst = _prefetch_burst_wait(
-                    [l2_usage[a] for a in above[e]], lo, occ.l2_lines, free_running, hw)
-                if burst > 0 and _burst_rate(hw) == 1:
-                    # its walk with the write side at that pace: its end, and its rows
-                    # after each table read, which comes back behind the lines ahead
-                    t0 = timing.begin[i] + delay[i][2]
-                    free = _lines_left([l2_usage[a] for a in above[e]], t0,
-                                       int(2 * (occ.cycles + burst)) + 64, per_cycle)
-                    cycles, issue = paced_walk(instrs[i], hw, free, read_i32, cal)
-                    burst = max(0, cycles - occ.cycles)
-                    walk = max(0.0, issue - occ.copies.issue[0])
+                burst, walk = _prefetch_wait(
+                    instrs[i], occ, [l2_usage[a] for a in above[e]], lo, free_running,
+                    timing.begin[i] + delay[i][2], hw, read_i32, cal)
                 l2_wait = max(l2_wait, burst, _bursts_trapped(streams, lo, free_running, occ, hw))
             # behind paced streams (both copiers walk the banks in the same order)
             l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
@@ -952,9 +958,8 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
     """One pass of the engines over the program, with ``delay[i]`` the cycles DMA
     instruction ``i``'s copier waits for the L2 and for the DRAM, it waits to begin and
     its last row command waits (``_contention``; a store's DRAM wait below 0 is the
-    DRAM's credit, ``_held``); also
-    each DMA instruction's copier start and read side (``_ReadSides``), and the
-    instructions' fetch request cycles (and the reads fetched ahead past ``HALT``)."""
+    DRAM's credit, ``_held``); also each DMA instruction's copier start and read side
+    (``_ReadSides``), and the fetch request cycles (and the reads fetched past ``HALT``)."""
     lat = hw.dram_latency_cycles
     fetch_step = hw.dram_cycles_per_line       # one fetch read per line of bandwidth
     fetch_t = 0.0
@@ -1055,13 +1060,11 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
             end[i] = math.ceil(write_free[e]) + cal.dma_end + (cal.load_end if e == Engine.LOAD
                                                                 else 0)
             # its last command waits for the row CMD_DEPTH before it, held with the rest
-            # (or, where its walk was paced through the L2, as long as that walk's:
-            # ``_contention``'s ``walk``)
             late = max(0, copies.rows - CMD_DEPTH) / copies.rows
             # the sequencer defers it the cycle after its last command, and the shell
             # takes the next the cycle after that (two 1-row stores back to back: their
             # writes 5 cycles apart on the RTL, 4 in the model with one)
-            free = math.ceil(issued + (walk or late * max(0, _held(delay[i])))) + 2
+            free = math.ceil(issued + (walk or late * max(0, _held(delay[i])))) + 2   # or walk
             while flight and flight[0] < free - 1:
                 flight.popleft()
             if len(flight) == DEFERRED:             # no room to defer: wait for the oldest

@@ -1390,9 +1390,10 @@ def test_a_load_reads_no_further_ahead_than_the_drams_queue_holds(monkeypatch):
     seen = {}
     contention = perf._contention
 
-    def keep(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal):
+    def keep(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal, read_i32):
         seen.update(occs=occs, timing=timing, write_start=write_start, reads=reads)
-        return contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal)
+        return contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal,
+                          read_i32)
 
     monkeypatch.setattr(perf, "_contention", keep)
     time_program(program, hw)
