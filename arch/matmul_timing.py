@@ -45,9 +45,9 @@ from arch.timing import (
     Calibration,
     Occupancy,
     copier_stepped,
-    grant_runs,
     l2_profile_points,
     lines_touched,
+    read_only,
 )
 from arch.uarch import COPIER_FIFO_DEPTH
 
@@ -695,7 +695,7 @@ def matmul_timeline(instr: Instruction, hw: HardwareConfig, cal: Calibration = C
                       paced_cycles=paced_cycles, paced_lines=paced_lines, resumes=resumes,
                       camped_cycles=camped,
                       l2_profile=tuple(profile.tolist()) if len(profile) else None,
-                      l2_moves=moves if len(profile) else None),
+                      l2_moves=read_only(moves) if len(moves) else None),
             announced)
 
 
@@ -743,10 +743,11 @@ def _grant_moves(moves, spans, taken, offsets, granted):
     announcement, a few cycles past its reads, and a row's lines from its take: on
     edge-4x4 a GEMV of 128-byte rows takes the L2 21 cycles running (its 20 weight
     lines, then a result line) and leaves it 11, as traced in Amaranth's simulator
-    (tests/rtl/test_matmul_unit.py checks the grants cycle by cycle). ``moves`` where
-    the fills' grants are not recorded (more than ``MAX_STEPPED_BANKS`` banks)."""
+    (tests/rtl/test_matmul_unit.py checks the grants cycle by cycle); each run at one
+    count a cycle, in order. None (empty) where the fills' grants are not recorded (more
+    than ``MAX_STEPPED_BANKS`` banks): ``l2_profile`` then."""
     if len(taken) == 0:
-        return moves
+        return np.empty((0, 3), np.float64)
     horizon = 1
     for k in range(len(spans)):
         horizon = max(horizon, spans[k, 0] + offsets[k + 1] - offsets[k] + 1)
@@ -761,10 +762,19 @@ def _grant_moves(moves, spans, taken, offsets, granted):
                 used[spans[k, 0] + c - offsets[k]] += 1
     for c in granted:
         used[c] += 1
-    rows = np.empty((horizon, 3), np.float64)
+    runs = 0                                           # the runs at one count a cycle
     for c in range(horizon):
-        rows[c] = (c, c + 1, used[c])
-    return grant_runs(rows[used > 0])
+        runs += used[c] > 0 and (c == 0 or used[c - 1] != used[c])
+    out = np.empty((runs, 3), np.float64)
+    n = -1
+    for c in range(horizon):
+        if used[c] and (c == 0 or used[c - 1] != used[c]):
+            n += 1
+            out[n] = (c, c, 0)
+        if used[c]:
+            out[n, 1] += 1
+            out[n, 2] += used[c]
+    return out
 
 
 def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint4: bool,

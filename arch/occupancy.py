@@ -375,7 +375,7 @@ def _paced_lines(x, n, free, one):
     """The step (``1 / S`` cycles, ``one`` a cycle) at which a copier's write side, free
     from step ``x``, has written ``n`` L2 lines, a line a cycle at most, each once the
     ports above it have left it a whole line since it asked (``free``: the lines they
-    leave, cumulative at each cycle, linear between; none past its end, or all). Lines
+    leave, cumulative at each cycle, linear between; a line a cycle past its end). Lines
     left while it does not ask are lost to it: the ports' arbiter grants a cycle's line
     to whoever asks (``rtl/top.py``)."""
     if len(free) == 0 or x < NEVER_BELOW:      # (a ``NEVER`` time stays one)
@@ -413,7 +413,7 @@ def _paced_back(x, n, free, one):
     want = f - n                             # the lines left by then
     if want <= 0:
         return back
-    k = min(int(t - n), last - 1)
+    k = max(0, min(int(t - n), last - 1))
     while k > 0 and free[k] >= want:         # the first cycle it reaches ``want``
         k -= 1
     u = k + (want - free[k]) / max(1e-12, free[k + 1] - free[k])

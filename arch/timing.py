@@ -146,10 +146,11 @@ class Occupancy:
     # theirs as each tile fills, its writer at each group's end; the vector unit's ports
     # as they are granted (``sweeps.perf._Usage``).
     l2_profile: tuple | None = None
-    # The same lines as ``(from, to, L2 lines)`` rows, float64 [n, 3], each moved evenly
-    # over its cycles from the start (the matmul unit's tile fills and writeback groups,
-    # the vector unit's grants): where a copier below it takes the lines its ports leave
-    # cycle by cycle (``sweeps.perf._lines_left``). Not compared: ``l2_profile`` sums it.
+    # The same lines as its ports are granted them, runs of cycles at one count a cycle,
+    # ``(from, to, L2 lines)`` from its start, in order, float64 [n, 3], read-only (the
+    # matmul unit's, ``matmul_timing._grant_moves``; the vector unit's): where a copier
+    # below it takes the lines its ports leave cycle by cycle (``sweeps.perf._lines_left``).
+    # Not compared (``l2_profile`` has the same lines, at a ninth's grain).
     l2_moves: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
@@ -201,6 +202,12 @@ def copier_stepped(hw: HardwareConfig) -> bool:
 
 
 PROFILE_STEPS = 9      # the points of ``Occupancy.l2_profile`` past its start
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """``a``, marked read-only (an ``Occupancy``'s arrays are shared through the memo)."""
+    a.setflags(write=False)
+    return a
 
 
 @njit

@@ -39,6 +39,7 @@ from arch.timing import (
     grant_runs,
     l2_profile_points,
     lines_touched,
+    read_only,
 )
 from arch.uarch import COPIER_FIFO_DEPTH, SEGMENT_DEPTH
 
@@ -500,4 +501,4 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     return Occupancy(Engine.COMPUTE, cycles, l2_lines=total,
                      paced_cycles=paced_cycles, paced_lines=paced_lines,
                      l2_profile=tuple(profile.tolist()) if len(profile) else None,
-                     l2_moves=grant_runs(moves) if len(profile) else None)
+                     l2_moves=read_only(grant_runs(moves)) if len(profile) else None)

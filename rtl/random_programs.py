@@ -10,10 +10,10 @@ tokens plus ``extra_tokens`` random orderings (``random_tokens``). Such programs
 legal: race-free and deadlock-free, so the RTL and the ISA simulator must agree on them.
 ``run_random_programs(model, seed)`` runs a job of them on a Verilator model and on the
 ISA simulator. ``held_prefetch_programs``, ``prefetch_beside_programs``,
-``filled_l2_programs`` and ``store_programs`` are the fixed contention cases the
-performance model is checked on (tests/rtl/test_l2_contention.py,
-``benchmarks.rtl_table_walks``, ``benchmarks.rtl_stores``); ``chained_prefetch_programs``
-one it is not yet right on (``benchmarks.rtl_table_walks --only chained``).
+``filled_l2_programs``, ``store_programs`` and ``chained_prefetch_programs`` are the
+fixed contention cases the performance model is checked on
+(tests/rtl/test_l2_contention.py, ``benchmarks.rtl_table_walks``,
+``benchmarks.rtl_stores``).
 ``random_vector`` draws vector instructions for the vector unit's timing
 (tests/rtl/test_vector_unit.py, ``benchmarks.vector_calibration``).
 (Not part of the hardware: excluded from the Verilator model's key.)
@@ -401,8 +401,8 @@ def chained_prefetch_programs(hw) -> dict:
     the second over the next 7 blocks, alone and beside a GEMV of 128 by 256 that starts
     with them and outlasts them: ``{name: instructions}``, names ``"alone 1"``, ``"alone
     2"``, ``"beside 1"``, ``"beside 2"`` (``benchmarks.rtl_table_walks --only
-    chained``). On edge-4x4 the GEMV takes about 0.6 of the L2's line a cycle in
-    stretches, and each block's rows come in a burst."""
+    chained``). On edge-4x4 the GEMV takes the L2's one line 21 cycles running and
+    leaves it 11, and each block's rows come in a burst."""
     B = hw.kv_block_tokens
 
     def prefetch(first_block: int, l2_addr: int):

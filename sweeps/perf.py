@@ -140,7 +140,7 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                  cal: Calibration = CALIBRATION) -> ProgramTiming:
     occs = [occupancy(instr, hw, read_i32, cal) if instr.engine != Engine.CONTROL else None
             for instr in instrs]
-    delay = [(0, 0, 0, 0)] * len(instrs)
+    delay = [(0, 0, 0, NO_WALK)] * len(instrs)
     for n in range(CONTENTION_PASSES):
         timing, write_start, fetch, reads = _time(instrs, occs, hw, cal, delay)
         again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal,
@@ -209,14 +209,13 @@ class _Usage:
             b, e = self.starts[j], self.ends[j]
             lines = self.rates[j] * (e - b)
             moves, profile = self.moves[j], self.profiles[j]
-            if moves is not None:
+            if moves is not None:               # runs in order, one after another
                 m, alone = moves
                 scale = (e - b) / max(1, alone)
-                lo, hi = b + m[:, 0] * scale, b + m[:, 1] * scale
-                keep = (hi > t0) & (lo < t0 + n)
-                share = m[keep, 2] * (lines / max(1e-9, m[:, 2].sum()))
-                cum += share @ np.clip((grid[None, :] - lo[keep, None])
-                                       / np.maximum(1e-9, hi - lo)[keep, None], 0, 1)
+                share = m[:, 2] * (lines / max(1e-9, m[:, 2].sum()))
+                before = np.concatenate(([0.0], np.cumsum(share)))
+                cum += np.interp(grid, b + scale * m[:, :2].ravel(),
+                                 np.column_stack((before[:-1], before[1:])).ravel())
             elif profile is not None:
                 points = b + (e - b) * np.arange(len(profile) + 1) / len(profile)
                 cum += lines * np.interp(grid, points, (0.0, *profile))
@@ -418,10 +417,12 @@ def _burst_wait(lines: float, rate: float, left: float) -> float:
     ``_l2_span``, counts them); in a burst it gets ``left`` a cycle. Measured on
     edge-4x4 (``python -m benchmarks.rtl_table_walks --only queued``): a prefetch of 2
     and 4 KV blocks after a load held by a GEMV was 41 and 63 cycles short without it,
-    5 and 13 over with it. 0 where ``left`` is none (the interval-wide rule's case) or
-    at least ``rate``. The caller takes ``left`` over the interval the wait gives the
-    copier, at its fixed point (the wait shrinks as the interval reaches past the ports'
-    lines), so that it does not swing from pass to pass."""
+    5 and 13 over with it (where it reaches, ``_prefetch_wait`` walks the prefetch
+    through the lines left instead: 2 over each). 0 where ``left`` is none (the
+    interval-wide rule's case) or at least ``rate``. The caller takes ``left`` over the
+    interval the wait gives the copier, at its fixed point (the wait shrinks as the
+    interval reaches past the ports' lines), so that it does not swing from pass to
+    pass."""
     if left <= 0 or left >= rate:
         return 0.0
     return lines / left - lines / rate
@@ -433,11 +434,16 @@ def _burst_rate(hw: HardwareConfig) -> float:
     return min(1.0, hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line)
 
 
+#: ``_contention``'s ``walk`` of a DMA instruction not walked through the L2's lines
+#: (``_prefetch_wait``): its last row command is held as its copier is (``_time``)
+NO_WALK = -1.0
+
+
 def _lines_left(ports: list, t0: float, n: int, per_cycle: float) -> np.ndarray:
     """The L2 lines the ``ports`` (their ``_Usage``) leave a copier below them,
     cumulative at each of the ``n + 1`` cycles from ``t0``: float64 [n + 1], each cycle's
     between none and ``per_cycle``."""
-    taken = sum(u.taken(t0, n) for u in ports)
+    taken = sum((u.taken(t0, n) for u in ports), np.zeros(n))
     left = np.clip(per_cycle - taken, 0.0, per_cycle)
     return np.concatenate(([0.0], np.cumsum(left)))
 
@@ -470,7 +476,8 @@ def _prefetch_wait(instr: Instruction, occ: Occupancy, ports: list, lo: float,
                    cal: Calibration) -> tuple[int, float]:
     """A ``KV_PREFETCH``'s L2 wait as it writes in bursts beside the ``ports`` above it
     (their ``_Usage``), its copier's interval from ``lo`` lasting ``alone`` cycles, and
-    the cycles its last row command waits: ``(l2 wait, walk)``. The burst wait
+    the cycles its last row command waits: ``(l2 wait, walk)``, ``walk`` ``NO_WALK``
+    where it is not walked. The burst wait
     (``_prefetch_burst_wait``); where it reaches and the DRAM feeds a line a cycle or
     more, the instruction walked from ``t0`` (its begin and its queued wait) with its
     copier's write side taking a line only in a cycle the ports leave one
@@ -482,7 +489,7 @@ def _prefetch_wait(instr: Instruction, occ: Occupancy, ports: list, lo: float,
     --only chained``, docs/perf.md "Round 60".)"""
     burst = _prefetch_burst_wait(ports, lo, occ.l2_lines, alone, hw)
     if burst <= 0 or _burst_rate(hw) != 1:
-        return burst, 0.0
+        return burst, NO_WALK
     free = _lines_left(ports, t0, int(2 * (occ.cycles + burst)) + 64, hw.l2_lines_per_cycle)
     cycles, issue = paced_walk(instr, hw, free, read_i32, cal)
     return max(0, cycles - occ.cycles), max(0.0, issue - occ.copies.issue[0])
@@ -521,9 +528,9 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
     return math.ceil(round(lost, 6))     # (``_trapped``'s float residue is no cycle)
 
 
-def _held(delay: tuple[int, float, float]) -> float:
+def _held(delay: tuple) -> float:
     """The cycles a DMA instruction's copier ends later for its L2 and DRAM waits
-    (``_contention``'s ``(l2, dram, queued)``): the longer, or the DRAM's alone where
+    (``_contention``'s ``(l2, dram, queued, walk)``): the longer, or the DRAM's alone where
     there is no L2 wait, a store's credit (below 0) included (``_store_dram_wait``)."""
     l2, dram = delay[0], delay[1]
     return max(l2, dram) if l2 > 0 else dram
@@ -697,8 +704,7 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 
 
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
-                write_start: list[float], fetch: list[int],
-                delay: list[tuple[int, float, float, float]], reads: _ReadSides,
+                write_start: list[float], fetch: list[int], delay: list[tuple], reads: _ReadSides,
                 cal: Calibration = CALIBRATION, read_i32=None) -> list[tuple]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, its first
     table read behind the DRAM's queue, and its last row command behind its own table reads
@@ -794,15 +800,16 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     for i in range(n):
         occ = occs[i]
         if occ is not None and occ.copies is None and occ.dram_lines and occ.engine == Engine.STORE:
-            out[i] = (0, _counters_wait(i, instrs, occs, timing, write_start, reads, others,
-                                        dram_usage[Engine.STORE], aux, line_cycles, cal), 0, 0)
+            wait = _counters_wait(i, instrs, occs, timing, write_start, reads, others,
+                                  dram_usage[Engine.STORE], aux, line_cycles, cal)
+            out[i] = (0, wait, 0, NO_WALK)
         if occ is None or occ.copies is None:
             continue
         e = instrs[i].engine
         held = _held(delay[i])
         lo, hi = write_start[i], timing.end[i]
         free_running = hi - lo - held
-        l2_wait = dram_wait = walk = 0
+        l2_wait, dram_wait, walk = 0, 0, NO_WALK
         if occ.l2_lines:
             if e == Engine.STORE:          # a store's L2 reads: its copier's read side
                 lo, free_running = reads[i][0], reads[i][1] - reads[i][0]
@@ -1051,20 +1058,20 @@ def _time(instrs: list[Instruction], occs: list, hw: HardwareConfig, cal: Calibr
                                                                   write_free[e])
             # The waits: a load's DRAM wait holds its reads (the next load's start
             # after them), and either wait its last write.
-            if e == Engine.LOAD:
-                read_free[e] += dram_wait + walk
+            if e == Engine.LOAD:                    # (and a walked one's reads, its walk)
+                read_free[e] += dram_wait + max(0.0, walk)
             write_free[e] += _held(delay[i])
             paced, read_free[e] = read_free[e], _queue_bound(occ, read_free[e],
                                                              write_start[i], write_free[e], hw)
             reads[i] = (read_begin, read_free[e], paced)
             end[i] = math.ceil(write_free[e]) + cal.dma_end + (cal.load_end if e == Engine.LOAD
                                                                 else 0)
-            # its last command waits for the row CMD_DEPTH before it, held with the rest
-            late = max(0, copies.rows - CMD_DEPTH) / copies.rows
-            # the sequencer defers it the cycle after its last command, and the shell
-            # takes the next the cycle after that (two 1-row stores back to back: their
-            # writes 5 cycles apart on the RTL, 4 in the model with one)
-            free = math.ceil(issued + (walk or late * max(0, _held(delay[i])))) + 2   # or walk
+            # its last command waits for the row CMD_DEPTH before it, held with the rest (or walked)
+            late = max(0, copies.rows - CMD_DEPTH) / copies.rows * max(0, _held(delay[i]))
+            # the sequencer defers it the cycle after its last command, and the shell takes
+            # the next the cycle after (two 1-row stores back to back: their writes 5 cycles
+            # apart on the RTL, 4 in the model with one)
+            free = math.ceil(issued + (late if walk == NO_WALK else walk)) + 2
             while flight and flight[0] < free - 1:
                 flight.popleft()
             if len(flight) == DEFERRED:             # no room to defer: wait for the oldest

@@ -368,7 +368,8 @@ def test_a_prefetch_walked_through_the_lines_left_is_the_walk_alone_where_all_ar
     is the walk alone (``dma_occupancy``'s cycles and last row command); where random
     stretches leave none it ends no sooner, and each stretch taken away moves its end
     and its last row command later or not at all (a table read's answer waits for the
-    lines its copier has yet to take, ``_answer_behind``). 40 random prefetches a
+    lines its copier has yet to take, ``_answer_behind``), and its end by no more than
+    the cycles taken away. 40 random prefetches a
     configuration, over the table of ``random_rtl_step``'s kind (timing reads no
     entry)."""
     from arch.occupancy import paced_walk
@@ -396,6 +397,7 @@ def test_a_prefetch_walked_through_the_lines_left_is_the_walk_alone_where_all_ar
             left[a:a + int(rng.integers(5, 31))] = 0
             walked = paced_walk(instr, hw, np.concatenate(([0.0], np.cumsum(left))))
             assert walked[0] >= last[0] and walked[1] >= last[1], (instr, walked, last)
+            assert walked[0] <= occ.cycles + n - left.sum(), (instr, walked)
             slowed += walked[0] > occ.cycles
             last = walked
     assert slowed > 40, slowed

@@ -104,8 +104,9 @@ def test_a_kv_prefetchs_table_read_waits_behind_the_loads_lines_queued_in_the_dr
     them (``sweeps.perf._queued``, as for a store's). The model's load busy is within 10
     cycles of the RTL's prefetching 8 or 16 tokens (one KV block; without the queue's
     wait 86 and 83 short), and within 15 prefetching 32 or 64 (2 and 4 blocks, written
-    in bursts between their table reads, ``sweeps.perf._burst_wait``; without it 41 and
-    63 short)."""
+    in bursts between their table reads, ``sweeps.perf._burst_wait``, and since round 60
+    walked through the lines the GEMV leaves, ``_prefetch_wait``: 2 over each; without
+    either 41 and 63 short)."""
     hw = load_hardware("edge-4x4")
     rtl, model = _busy(hw, held_prefetch_programs(hw), 1 << 18)
     for name in rtl:

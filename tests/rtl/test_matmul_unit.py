@@ -177,7 +177,8 @@ def test_the_units_l2_grants_are_its_moves_cycle_by_cycle(runs, hw):
     above: each tile's fill as its readers are stepped, the writeback's old reads and
     writes as its ports are. A ``KV_PREFETCH`` beside the unit takes the lines they
     leave (``sweeps.perf._lines_left``). Before, a fill's lines were spread up to its
-    tile's announcement and a row's from its take: 4 to 136 cycles differed a case."""
+    tile's announcement and a row's from its take (4 to 136 cycles differed a case,
+    printed by this test's first version)."""
     from arch.matmul_timing import matmul_occupancy
 
     for case, (*_, rtl) in runs(hw).items():

@@ -1202,7 +1202,7 @@ def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
     And the copier's interval begins after a block-table read: a KV_APPEND's lines and
     a KV_PREFETCH's reads are charged from its first row command, a latency later."""
     from arch.isa import COUNTERS, KvFormat
-    from sweeps.perf import _time
+    from sweeps.perf import NO_WALK, _time
 
     hw = load_hardware("edge-8x8").replace(dram_bytes_per_cycle=2, l2_bytes=128 * 1024)
     line_cycles = hw.dram_cycles_per_line
@@ -1220,7 +1220,8 @@ def test_the_store_engines_aux_port_takes_dram_slots_from_its_copier():
                     pool_blocks=1, seq=0, kv_format=KvFormat.INT8)
     instrs = [append, prefetch, make("HALT")]
     occs = [occupancy(i, hw) if i.mnemonic != "HALT" else None for i in instrs]
-    timing, write_start, _, reads = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0, 0)] * 3)
+    timing, write_start, _, reads = _time(instrs, occs, hw, CALIBRATION,
+                                          [(0, 0, 0, NO_WALK)] * 3)
     for i in (0, 1):
         assert write_start[i] >= timing.begin[i] + hw.dram_latency_cycles
     assert reads[1][0] >= timing.begin[1] + hw.dram_latency_cycles
@@ -1338,10 +1339,10 @@ def test_the_fetch_reads_past_halt_are_dram_clients():
     bandwidth apart, take DRAM slots as the others: ``_time`` returns their requests
     with the instructions' (``_contention`` reads them)."""
     from arch.uarch import DISPATCH_LATENCY, FETCH_START
-    from sweeps.perf import _time
+    from sweeps.perf import NO_WALK, _time
 
     hw = load_hardware("edge-8x8").replace(l2_bytes=128 * 1024, dram_bytes_per_cycle=2)
-    _, _, fetch, _ = _time([make("HALT")], [None], hw, CALIBRATION, [(0, 0, 0, 0)])
+    _, _, fetch, _ = _time([make("HALT")], [None], hw, CALIBRATION, [(0, 0, 0, NO_WALK)])
     step = int(hw.dram_cycles_per_line)
     assert fetch == list(range(FETCH_START, FETCH_START + hw.dram_latency_cycles
                                + DISPATCH_LATENCY + 1, step))
@@ -1354,7 +1355,7 @@ def test_a_held_copier_holds_its_engine_past_the_command_queue():
     on Amaranth's simulator: a 128-row KV_PREFETCH on edge-4x4 beside the compute
     engine released its engine 145 cycles before its end, not 820)."""
     from arch.uarch import CMD_DEPTH
-    from sweeps.perf import _time
+    from sweeps.perf import NO_WALK, _time
 
     hw = load_hardware("edge-4x4")
     rows = 2 * CMD_DEPTH
@@ -1364,9 +1365,9 @@ def test_a_held_copier_holds_its_engine_past_the_command_queue():
                  dram_stride=64, l2_stride=64)
     instrs = [big, small, make("HALT")]
     occs = [occupancy(i, hw) if i.mnemonic != "HALT" else None for i in instrs]
-    free, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0, 0)] * 3)
+    free, _, _, _ = _time(instrs, occs, hw, CALIBRATION, [(0, 0, 0, NO_WALK)] * 3)
     held, _, _, _ = _time(instrs, occs, hw, CALIBRATION,
-                          [(1000, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0)])
+                          [(1000, 0, 0, NO_WALK)] + [(0, 0, 0, NO_WALK)] * 2)
     assert held.end[0] - free.end[0] == 1000
     assert held.begin[1] - free.begin[1] >= 1000 * (rows - CMD_DEPTH) // rows
 
