@@ -45,6 +45,7 @@ from arch.timing import (
     Calibration,
     Occupancy,
     copier_stepped,
+    grant_runs,
     l2_profile_points,
     lines_touched,
     read_only,
@@ -730,11 +731,11 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
         paced_cycles, paced_lines = fills[:, 3].sum(), fills[:, 4].sum()
     return (cycles, lines, resumes, paced_cycles, paced_lines,
             math.ceil(_camped_cycles(camped, spans, banks)), l2_profile_points(moves, cycles),
-            announced, _grant_moves(moves, spans, taken, offsets, granted))
+            announced, _grant_moves(spans, taken, offsets, granted))
 
 
 @njit
-def _grant_moves(moves, spans, taken, offsets, granted):
+def _grant_moves(spans, taken, offsets, granted):
     """The runs of cycles in which the unit's ports are granted L2 lines, ``(from, to, L2
     lines)`` rows, float64 [n, 3] (``Occupancy.l2_moves``): each tile's fill's as its
     readers were stepped (``_fills``' ``taken`` and ``offsets``, a bit a bank granted,
@@ -762,19 +763,11 @@ def _grant_moves(moves, spans, taken, offsets, granted):
                 used[spans[k, 0] + c - offsets[k]] += 1
     for c in granted:
         used[c] += 1
-    runs = 0                                           # the runs at one count a cycle
-    for c in range(horizon):
-        runs += used[c] > 0 and (c == 0 or used[c - 1] != used[c])
-    out = np.empty((runs, 3), np.float64)
-    n = -1
-    for c in range(horizon):
-        if used[c] and (c == 0 or used[c - 1] != used[c]):
-            n += 1
-            out[n] = (c, c, 0)
-        if used[c]:
-            out[n, 1] += 1
-            out[n, 2] += used[c]
-    return out
+    cycles = np.flatnonzero(used)
+    rows = np.empty((len(cycles), 3), np.float64)     # a cycle each: ``grant_runs``
+    for r in range(len(cycles)):
+        rows[r] = (cycles[r], cycles[r] + 1, used[cycles[r]])
+    return grant_runs(rows)
 
 
 def matmul_alignment(x_addr: int, w_addr: int, out_addr: int, e_addr: int, mxint4: bool,
