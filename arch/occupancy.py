@@ -84,14 +84,15 @@ class CopiesTable:
     """The ``Copies`` of a program (or of a fast-path step), as the flat arrays the
     compiled engine models read (``queue_after``): ``index[id(copies)]`` is a ``Copies``'
     row. ``arrays``: ``(triples, first offsets, first_cmds, takes offsets, takes, jump
-    offsets, cmd_jumps)``; ``triples[u]`` is ``issue``, ``reads`` and ``writes``, nine
-    floats; the others are every ``Copies``' tuples laid end to end, ``u``'s from
-    ``offsets[u]`` to ``offsets[u + 1]``."""
+    offsets, cmd_jumps, first_due)``; ``triples[u]`` is ``issue``, ``reads`` and
+    ``writes``, nine floats, then its row commands; the others are every ``Copies``'
+    tuples laid end to end, ``u``'s from ``offsets[u]`` to ``offsets[u + 1]``
+    (``first_due``'s are ``first_cmds``')."""
 
     def __init__(self, copies):
         self.index: dict[int, int] = {}
         self.copies: list[Copies] = []         # (held, so that the ids stay theirs)
-        first, takes, jumps = [], [], []
+        first, takes, jumps, due = [], [], [], []
         offsets = ([0], [0], [0])
         for c in copies:
             if c is None or id(c) in self.index:
@@ -101,14 +102,16 @@ class CopiesTable:
             first += c.first_cmds
             takes += c.takes
             jumps += c.cmd_jumps
+            due += c.first_due
             for o, part in zip(offsets, (first, takes, jumps), strict=True):
                 o.append(len(part))
-        triples = np.array([(*c.issue, *c.reads, *c.writes) for c in self.copies],
-                           np.float64).reshape(-1, 9)
+        triples = np.array([(*c.issue, *c.reads, *c.writes, c.rows) for c in self.copies],
+                           np.float64).reshape(-1, 10)
         self.arrays = (triples, np.array(offsets[0], np.int64), np.array(first, np.float64),
                        np.array(offsets[1], np.int64),
                        np.array(takes, np.float64).reshape(-1, 3),
-                       np.array(offsets[2], np.int64), np.array(jumps, np.int64))
+                       np.array(offsets[2], np.int64), np.array(jumps, np.int64),
+                       np.array(due, np.float64).reshape(-1, 3))
 
 
 @njit
@@ -127,64 +130,64 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
     queue (``CMD_DEPTH`` row commands) adds a wait: its first commands wait for the
     earlier instructions' last ones to be taken by the write side (``rtl.copier``: the
     engine queues a row command only while both of the copier's command queues have
-    room), which shifts its last one alone (the later commands' queue waits are in
-    ``issue`` already, through the write side). The take times are those of the
-    instructions alone in context, before the contention waits the engine models add
-    afterwards; they are evaluated only where they can bind, which is exact: a take
-    comes at least a cycle after the one before, and a command one cycle after the one
-    before unless it read an int32 first, so the wait is largest just before a command
-    that jumps (``cmd_jumps``), or at the last.
+    room). A command held past the latest its row's first read allows (``first_due``)
+    moves that read, and the copier's rows after it, by as much: every time above moves
+    by the largest such wait. Otherwise the waits cost nothing but where the last
+    command is one of them (the later commands' queue waits are in ``issue`` already,
+    through the write side): the last one is then held by the largest wait. (Traced on
+    the RTL: a 176-row load of 48-byte rows on edge-16x16 begun behind a 336-row one,
+    beside a GEMV, queued its last command 335 cycles after its begin, as if the first
+    load's rows were its own; its first commands' waits, up to 50 cycles, moved no read,
+    and holding its last command by them made a decode step of seed 2044 1.4% long.)
+    The take times are those of the instructions alone in context, before the contention
+    waits the engine models add afterwards.
 
     The queue's state (updated in place): the earlier instructions still in the queue,
-    ``seg_u[s]`` (their rows), ``seg_f[s]`` (begin, read and write free, their last
-    take), ``seg_m[s]`` (their commands), for ``s`` from ``state[0]`` to ``state[1]``
+    ``seg_u[s]`` (their rows), ``seg_f[s]`` (begin, read and write free, as moved, their
+    last take), ``seg_m[s]`` (their commands), for ``s`` from ``state[0]`` to ``state[1]``
     (at least the last ``CMD_DEPTH`` commands; ``state[2]``); the arrays hold a row per
     call. Compiled (numba): ``sweeps.perf`` chains every row-copying instruction of each
     DMA engine through one (``CopierQueue``), ``sweeps.analytic`` its loads and stores
     from its compiled engine model."""
-    triples, f_off, f_flat, t_off, t_flat, j_off, j_flat = table
+    triples, f_off, f_flat, t_off, t_flat, j_off, j_flat, d_flat = table
     head, tail, count = state[0], state[1], state[2]
     f0 = f_off[u]
     n_first = f_off[u + 1] - f0
-    late = 0.0
+    r0, w0 = read_free - begin, write_free - begin
+    late = 0.0                 # the largest wait of a first command
+    moved = 0.0                # the largest wait past a first command's due
     newest = seg_f[tail - 1, 3] if tail > head else -np.inf     # the newest command's take
     if newest + 1 > begin + f_flat[f0]:
         room = CMD_DEPTH               # CMD_DEPTH less the commands newer than segment s's
-        jb, je = j_off[u], j_off[u + 1]
         for s in range(tail - 1, head - 1, -1):
             m = seg_m[s]
             # its take j is command room - (m - j) of ours to wait for
             lo = room - m if room > m else 0
             hi = room if room < n_first else n_first
-            if lo < hi and seg_f[s, 3] + 1 - begin - f_flat[f0 + lo] > late:
+            if lo < hi and seg_f[s, 3] + 1 - begin - f_flat[f0 + lo] > 0:
                 tb = t_off[seg_u[s]]
                 sb, sr, sw = seg_f[s, 0], seg_f[s, 1], seg_f[s, 2]
-                a = jb                 # the commands just before a jump in [lo, hi - 1),
-                while a < je and j_flat[a] < lo:              # then hi - 1
-                    a += 1
-                while True:
-                    if a < je and j_flat[a] < hi - 1:
-                        k = j_flat[a]
-                        a += 1
-                    else:
-                        k = hi - 1
+                for k in range(lo, hi):
                     at = tb + m - room + k                    # when the write side takes it
-                    v = _max3(t_flat[at, 0] + sb, t_flat[at, 1] + sr,
-                              t_flat[at, 2] + sw) + 1 - begin - f_flat[f0 + k]
-                    if v > late:
-                        late = v
-                    if k == hi - 1:
-                        break
+                    free = _max3(t_flat[at, 0] + sb, t_flat[at, 1] + sr,
+                                 t_flat[at, 2] + sw) + 1 - begin
+                    wait = free - f_flat[f0 + k]
+                    if wait > late:
+                        late = wait
+                    due = d_flat[f0 + k]
+                    past = free - _max3(due[0], due[1] + r0, due[2] + w0)
+                    if past > moved:
+                        moved = past
             room -= m
             if room <= 0:
                 break
     last = t_off[u + 1] - 1                                   # its last command's take
     seg_u[tail] = u
-    seg_f[tail, 0] = begin
-    seg_f[tail, 1] = read_free
-    seg_f[tail, 2] = write_free
+    seg_f[tail, 0] = begin + moved
+    seg_f[tail, 1] = read_free + moved
+    seg_f[tail, 2] = write_free + moved
     seg_f[tail, 3] = _max3(t_flat[last, 0] + begin, t_flat[last, 1] + read_free,
-                           t_flat[last, 2] + write_free)
+                           t_flat[last, 2] + write_free) + moved
     seg_m[tail] = t_off[u + 1] - t_off[u]
     count += seg_m[tail]
     tail += 1
@@ -192,12 +195,14 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
         count -= seg_m[head]
         head += 1
     state[0], state[1], state[2] = head, tail, count
-    r0, w0 = read_free - begin, write_free - begin
-    issued = begin + _max3(triples[u, 0], triples[u, 1] + r0, triples[u, 2] + w0)
-    reads = begin + _max3(triples[u, 3], triples[u, 4] + r0, triples[u, 5] + w0)
-    writes = begin + _max3(triples[u, 6], triples[u, 7] + r0, triples[u, 8] + w0)
-    shifted = begin + triples[u, 0] + late
-    return (shifted if shifted > issued else issued), reads, writes
+    issued = begin + moved + _max3(triples[u, 0], triples[u, 1] + r0, triples[u, 2] + w0)
+    reads = begin + moved + _max3(triples[u, 3], triples[u, 4] + r0, triples[u, 5] + w0)
+    writes = begin + moved + _max3(triples[u, 6], triples[u, 7] + r0, triples[u, 8] + w0)
+    if triples[u, 9] <= n_first:                              # its last command waited
+        held = begin + triples[u, 0] + late
+        if held > issued:
+            issued = held
+    return issued, reads, writes
 
 
 class CopierQueue:
@@ -306,15 +311,15 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         n = len(COUNTERS)
         return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 3,
                          dram_write_bytes=COUNTER_BYTES * n, dram_lines=n)
-    times, takes, first_cmds, jumps, counts, cycles, _, asks = _dma_walk(instr, hw, read_i32,
-                                                                          cal, period)
+    times, takes, first_cmds, jumps, counts, cycles, _, asks, due = _dma_walk(
+        instr, hw, read_i32, cal, period)
     src_total, dst_total, moved, l2_total, int_reads, n_taken = counts.tolist()
     copies = None
     if n_taken:
         t, reads, writes = map(tuple, times.tolist())
         copies = Copies(t, reads, writes, tuple(first_cmds.tolist()),
                         tuple(map(tuple, takes.tolist())), tuple(jumps.tolist()), n_taken,
-                        tuple(asks.tolist()))
+                        tuple(asks.tolist()), tuple(map(tuple, due.tolist())))
     table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
         prefetch = moved if instr.mnemonic == "KV_PREFETCH" else 0
@@ -354,7 +359,7 @@ def paced_walk(instr: Instruction, hw: HardwareConfig, free: np.ndarray,
     side the L2 slows holds its next rows as well as its end (``sweeps.perf._contention``:
     a ``KV_PREFETCH`` beside the matmul unit's ports). Not memoised: ``free`` is the
     program's."""
-    times, *_, cycles, _, _ = _dma_walk(instr, hw, read_i32, cal, 0,
+    times, *_, cycles, _, _, _ = _dma_walk(instr, hw, read_i32, cal, 0,
                                         np.ascontiguousarray(free, np.float64))
     return cycles, float(times[0, 0])
 
@@ -531,6 +536,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     taken = np.empty((depth, 3), np.int64)      # a ring, ``head`` its oldest
     head = n_window = 0
     first_cmds, asks = np.empty(depth, np.int64), np.empty(depth, np.int64)   # alone
+    first_due = np.empty((depth, 3), np.int64)
     n_first = n_asks = 0
     counts = np.zeros(6, np.int64)
     before_st = np.empty(12, np.int64)
@@ -611,6 +617,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 st[j] = max(st[j], taken[head, j] + one)
         c[:] = st[0:3]                         # the row command
         st[0:3] += one
+        first_k = n_first if n_first < depth else -1
         n_first = _push(first_cmds, n_first, c[0])     # (no queue wait of its own yet)
         slot = (head + n_window) % depth
         for j in range(3):
@@ -631,6 +638,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 # loads alone were 3 to 8 cycles long at 51 bytes a cycle when reads were
                 # charged their whole slot.)
                 first = max(max(c[j] + cmd_to_read * one, st[3 + j] - one), st[9 + j])
+                due = max(first + after_read * one, st[6 + j])     # its first write
                 if track:
                     ring_read[n_ring % _RING, j] = first
                 st[3 + j] = start + src_lines * W
@@ -638,9 +646,12 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 st[6 + j] = max(_paced_lines(max(first + after_read * one, st[6 + j]), steps,
                                              free, one), st[9 + j] + after_read * one)
             else:
+                due = max(start + after_read * one, st[6 + j])
                 st[3 + j] = start + src_lines * one
                 st[6 + j] = max(max(start + after_read * one, st[6 + j])
                                 + max(steps * one, dst_lines * W), st[3 + j] + after_read * one)
+            if first_k >= 0:          # the latest its command could come, its write unmoved
+                first_due[first_k, j] = due - (cmd_to_read + after_read) * one
         if load:
             counts[0] += src_lines
             counts[3] += dst_lines
@@ -661,8 +672,12 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     for i in range(9):
         times[i // 3, i % 3] = in_cycles(st[i], one)
     jumps = np.flatnonzero(first_cmds[1:n_first] > first_cmds[:max(0, n_first - 1)] + one)
+    due = np.empty((n_first, 3), np.float64)
+    for i in range(n_first):
+        for j in range(3):
+            due[i, j] = in_cycles(first_due[i, j], one)
     return (times, window, first_cmds[:n_first] / one, jumps, counts, -(-end // one) + drain,
-            stepped, asks[:n_asks] / one)
+            stepped, asks[:n_asks] / one, due)
 
 
 _TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")

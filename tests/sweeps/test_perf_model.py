@@ -241,18 +241,20 @@ def test_fast_path_holds_loads_already_timed_behind_a_stores_lines():
     assert abs(fast - exact) <= 0.02 * exact, (fast, exact)
 
 
-def test_copier_queue_is_exact_where_it_looks():
-    """``CopierQueue`` evaluates the earlier commands' take times only at a few candidate
-    commands; a scan of every queued command gives the same issue times (the loads of
-    compiled random steps, begun at random gaps; then their loads of one or two row
-    commands alone, over and over). Its queue's arrays start at 64 rows: hundreds of
-    loads move them down, and more than 32 loads live at once (the last ``CMD_DEPTH``
-    commands' own) grow them."""
+def test_copier_queue_is_its_rule_over_every_queued_command():
+    """``CopierQueue`` (compiled, its segments kept in arrays) against the rule written
+    out over a plain list of every take: each first command waits for the take
+    ``CMD_DEPTH`` commands before it; the largest wait past a command's due moves the
+    instruction's times and takes, and the largest wait holds its last command where that
+    is one of the first (the loads of compiled random steps, begun at random gaps; then
+    their loads of one or two row commands alone, over and over). Its queue's arrays
+    start at 64 rows: hundreds of loads move them down, and more than 32 loads live at
+    once (the last ``CMD_DEPTH`` commands' own) grow them."""
     from arch.occupancy import CopierQueue, CopiesTable
     from arch.uarch import CMD_DEPTH
 
     rng = np.random.default_rng(3)
-    checked = bound = grown = 0
+    checked = bound = moved_some = grown = 0
     for _ in range(6):
         step = random_step(rng)
         build = compile_step(step.cfg, quant_struct(step.cfg, step.weights), step.hw,
@@ -265,21 +267,30 @@ def test_copier_queue_is_exact_where_it_looks():
         for copies in loads + short * -(-4 * CMD_DEPTH // max(1, len(short))):
             if copies is None:
                 continue
-            late = 0.0
-            for k, cmd in enumerate(copies.first_cmds):
+            late = moved = 0.0
+            for k, (cmd, due) in enumerate(zip(copies.first_cmds, copies.first_due,
+                                               strict=True)):
                 if len(takes) - CMD_DEPTH + k >= 0:
-                    late = max(late, takes[len(takes) - CMD_DEPTH + k] + 1 - begin - cmd)
-            takes += [max(begin + c, read_free + r, write_free + w) for c, r, w in copies.takes]
-            # alone: when the copier's read and write sides let its last command go
+                    free = takes[len(takes) - CMD_DEPTH + k] + 1
+                    late = max(late, free - begin - cmd)
+                    moved = max(moved, free - max(begin + due[0], read_free + due[1],
+                                                  write_free + due[2]))
+            takes += [max(begin + c, read_free + r, write_free + w) + moved
+                      for c, r, w in copies.takes]
             c, r, w = copies.issue
-            want = max(begin + max(c, read_free - begin + r, write_free - begin + w),
-                       begin + c + late)
-            issued, read_free, write_free = queue.after(copies, begin, read_free, write_free)
-            assert issued == want, step.describe()
-            checked, bound = checked + 1, bound + (late > 0)
-            begin = issued + 1 + int(rng.integers(0, 3)) * int(rng.integers(0, 200))
+            want = max(begin + c, read_free + r, write_free + w) + moved
+            if copies.rows <= len(copies.first_cmds):
+                want = max(want, begin + c + late)
+            wants = [want] + [max(begin + c, read_free + r, write_free + w) + moved
+                              for c, r, w in (copies.reads, copies.writes)]
+            got = queue.after(copies, begin, read_free, write_free)
+            assert got == pytest.approx(wants, abs=1e-9), step.describe()
+            _, read_free, write_free = got
+            checked, bound, moved_some = checked + 1, bound + (late > 0), moved_some + (moved > 0)
+            begin = got[0] + 1 + int(rng.integers(0, 3)) * int(rng.integers(0, 200))
         grown += len(queue.seg_u) > 64
-    assert checked > 200 and bound > 20 and grown, (checked, bound, grown)
+    assert checked > 200 and bound > 20 and moved_some and grown, (checked, bound,
+                                                                   moved_some, grown)
 
 
 def test_memoised_occupancy_is_exact():
