@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install lz4 browser demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) lz4
+
+# lz4's header (Debian's liblz4-dev), which Verilator's FST writer needs for `--waves`.
+lz4:
+	@echo '#include <lz4.h>' | c++ -E -x c++ - >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q liblz4-dev)
 
 # Headless Chromium (Debian's package) for the test that opens the sweep report.
 browser:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,11 @@ def exclusive(path: Path):
 
 def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = False) -> Model:
     """Build (or reuse) the Verilator model of ``SimTop(params)``; one process at a time
-    builds a given model (``exclusive``)."""
+    builds a given model (``exclusive``). ``ValueError`` with ``waves`` where the C++
+    compiler has no ``lz4.h`` (``fst_refusal``)."""
+    refusal = fst_refusal() if waves else None
+    if refusal:
+        raise ValueError(refusal)
     if not params.macros:
         params = dataclasses.replace(params, macros=True)
     public = public_config()
@@ -163,6 +168,23 @@ def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = 
     folder = build_root / f"{model_key(params)}-v{flags}{'-waves' if waves else ''}"
     with exclusive(folder.with_name(folder.name + ".lock")):
         return _build_model(params, folder, waves)
+
+
+def fst_refusal(compiler: str = "c++") -> str | None:
+    """Why an FST trace (``--waves``) cannot be built here, or None: Verilator's FST
+    writer (``verilated_fst_c.cpp``) includes ``lz4.h``, which a machine without lz4's
+    development files lacks (the build failed after minutes of C++ with ``fatal error:
+    lz4.h: No such file or directory``). Checked with the compiler's preprocessor,
+    before any build."""
+    cxx = shutil.which(compiler)
+    if cxx is None:
+        return f"--waves: no C++ compiler ({compiler}) to build the traced Verilator model"
+    probe = subprocess.run([cxx, "-E", "-x", "c++", "-"], input="#include <lz4.h>\n",
+                           capture_output=True, text=True)
+    if probe.returncode:
+        return ("--waves: Verilator's FST writer needs lz4.h, which the C++ compiler does "
+                "not find; `make install` installs it (Debian's liblz4-dev)")
+    return None
 
 
 def _build_model(params: RtlParams, folder: Path, waves: bool) -> Model:

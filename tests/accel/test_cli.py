@@ -271,7 +271,7 @@ def test_generate_with_a_compressed_kv_cache(capsys, tiny_model, tiny_int):
     assert code == 0 and out == f"[integer, KV tolerance 512] {prompt}{tok.decode(compressed)}\n"
 
 
-def test_compile_run_verify_tiny(capsys, tmp_path):
+def test_compile_run_verify_tiny(capsys, tmp_path, monkeypatch):
     out = tmp_path / "tiny"
     code, text, _ = run(capsys, "compile", "--model", "tiny", "--hw", "configs/edge-8x8.toml",
                         "--prompt", "ROMEO:", "--max-new-tokens", "4", "-o", str(out))
@@ -281,6 +281,13 @@ def test_compile_run_verify_tiny(capsys, tmp_path):
     assert (out / "prefill.s").read_text().count("\n") > 10
     code, text, _ = run(capsys, "run", str(out), "--sim", "isa")
     assert code == 0 and text.startswith("ROMEO:[") and "dram_read_bytes" in text
+    # --waves where the C++ compiler finds no lz4.h (Verilator's FST writer includes it):
+    # refused by name before any build ("false" stands for a compiler that finds nothing)
+    from rtl import sim
+    real = sim.fst_refusal
+    monkeypatch.setattr(sim, "fst_refusal", lambda: real("false"))
+    code, _, err = run(capsys, "run", str(out), "--sim", "rtl", "--waves")
+    assert code == 2 and "lz4.h" in err and len(err.strip().splitlines()) == 1, err
     code, text, _ = run(capsys, "verify", "--model", "tiny", "--hw", "edge-8x8",
                         "--max-new-tokens", "3", "--eval-windows", "2", "--json")
     report = json.loads(text)
