@@ -734,6 +734,62 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
             announced, _grant_moves(spans, taken, offsets, granted))
 
 
+def grant_banks(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIBRATION
+                ) -> np.ndarray:
+    """The L2 banks (a bit each) the matmul unit's ports are granted in each cycle from its
+    start, ``int64 [cycles]``, read-only: the tile filler's readers' grants (``_fills``)
+    and the row writer's (``_steps``; a write that meets a reader's bank goes the cycle
+    after, as ``_refusals`` takes it; the old-output reader's are not in them). Where the
+    L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not recorded).
+    ``sweeps.perf._bank_walk`` walks a DMA copier the DRAM paces through them. Memoised
+    on the instruction and ``hw``'s fields it reads."""
+    banks = int(hw.l2_lines_per_cycle)
+    key = (instr, hw.line_bytes, banks, hw.array_rows, hw.array_cols, cal)
+    hit = _banks_cache.get(key)
+    if hit is None:
+        if not 1 < banks <= MAX_STEPPED_BANKS:
+            hit = np.zeros(0, np.int64)
+        else:
+            f = _matmul_fields(instr)
+            MT, KT = hw.matmul_tile(f.mode)
+            hit = _grant_banks(f, hw.line_bytes, banks, hw.array_rows, hw.array_cols, MT, KT,
+                               cal.mm_result_latency,
+                               cal.mm_old_output_latency if f.accumulate else 0,
+                               instr.spec.field("out_addr").elem_bytes)
+        if len(_banks_cache) >= 4096:
+            _banks_cache.clear()
+        hit = _banks_cache[key] = read_only(hit)
+    return hit
+
+
+_banks_cache: dict = {}
+
+
+@njit
+def _grant_banks(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_bytes):
+    """``grant_banks``' masks, compiled (numba): ``_matmul_run``'s walk with its grants
+    recorded."""
+    gemv = f.mode == _GEMV
+    tiles = _tiles(f.m, f.n, f.k, MT, KT, C)
+    fills, taken, offsets = _fills(f, tiles, W, banks, True)
+    end, _, _, _, spans, _, _, writes, _ = _steps(
+        f, tiles, fills, W, banks, R, gemv, R if gemv else R + C - 1, result_latency,
+        old_latency, out_bytes, True, taken, offsets)
+    masks = np.zeros(end + 1, np.int64)
+    for i in range(len(spans)):
+        for k in range(offsets[i], offsets[i + 1]):
+            t = spans[i, 0] + k - offsets[i]
+            if 0 <= t <= end:
+                masks[t] |= taken[k]
+    for j in range(len(writes)):
+        t, bit = writes[j, 0], writes[j, 1]
+        while t <= end and masks[t] & bit:
+            t += 1
+        if 0 <= t <= end:
+            masks[t] |= bit
+    return masks
+
+
 @njit
 def _grant_moves(spans, taken, offsets, granted):
     """The runs of cycles in which the unit's ports are granted L2 lines, ``(from, to, L2

@@ -234,7 +234,7 @@ class CopierQueue:
 
 
 # -- DMA -----------------------------------------------------------------------------------
-def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> tuple[np.ndarray, ...]:
+def dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> tuple[np.ndarray, ...]:
     """A DMA instruction's rows, in order: ``(src, dst, bytes, needs an int32 read)``,
     ``int64 [rows]`` each (addresses in bytes)."""
     f, op = fields_of(instr), instr.mnemonic
@@ -267,13 +267,13 @@ def _dma_rows(instr: Instruction, hw: HardwareConfig, read_i32) -> tuple[np.ndar
 def _kv_dram_period(hw: HardwareConfig, row_bytes: int) -> int:
     """Tokens after which a KV walk's DRAM rows repeat their block position and their
     alignment in the line, without a DRAM image (token ``t``'s row at ``pool_addr + t *
-    row_bytes``, ``_dma_rows``)."""
+    row_bytes``, ``dma_rows``)."""
     W = hw.line_bytes
     return math.lcm(hw.kv_block_tokens, W // math.gcd(row_bytes, W))
 
 
 def _row_period(instr: Instruction, hw: HardwareConfig, read_i32) -> int:
-    """Rows after which a DMA instruction's rows (``_dma_rows``) repeat: the same bytes,
+    """Rows after which a DMA instruction's rows (``dma_rows``) repeat: the same bytes,
     source and destination alignments in the line, and int32 reads; 0 where they need
     not (a gather's indices, or a KV walk's block table read from a DRAM image)."""
     W, f, op = hw.line_bytes, fields_of(instr), instr.mnemonic
@@ -344,7 +344,7 @@ def _dma_walk(instr: Instruction, hw: HardwareConfig, read_i32, cal: Calibration
     if period is None:
         period = _row_period(instr, hw, read_i32)
     drain = cal.dma_drain + (cal.load_end if load else 0)
-    return _dma_run(*_dma_rows(instr, hw, read_i32), period, hw.line_bytes,
+    return _dma_run(*dma_rows(instr, hw, read_i32), period, hw.line_bytes,
                     hw.dram_bytes_per_cycle, load, hw.dram_latency_cycles, cal.dma_setup,
                     cal.cmd_to_read, after_read, cal.int_read, drain, CMD_DEPTH, free)
 
@@ -520,7 +520,7 @@ def _repeat(a, n, first, m, d):
 @njit
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
              after_read, int_read, drain, depth, free=_NO_FREE):
-    """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``_dma_rows``) on
+    """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``dma_rows``) on
     ``W``-byte lines at ``S`` DRAM bytes a cycle. Times are max-plus triples (see ``Copies``:
     alone, + read side free, + write side free), counted in ``1 / S`` cycles, so that a
     line's ``W / S`` cycles and every sum are exact integers (so a jump of whole periods is
@@ -720,7 +720,7 @@ def _timing_operands(instr: Instruction, hw: HardwareConfig) -> tuple:
     (``vector_segments``); an ``INT8`` KV_PREFETCH's or a KV_APPEND's ``first_token``
     modulo the block and the tokens after which its rows' DRAM addresses repeat modulo
     the line (without a DRAM image, token ``t``'s row is at ``pool_addr + t *
-    row_bytes``, ``_dma_rows``), and the prefetch's ``col_offset`` (added to each row's
+    row_bytes``, ``dma_rows``), and the prefetch's ``col_offset`` (added to each row's
     address) modulo the line."""
     op, operands = instr.mnemonic, instr.operands
     if op == "MATMUL":

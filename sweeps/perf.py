@@ -61,17 +61,21 @@ from arch.isa import (
     kv_map_words,
 )
 from arch.kernels import njit
+from arch.matmul_timing import grant_banks
 from arch.occupancy import (
     CALIBRATION,
     Calibration,
     CopierQueue,
     CopiesTable,
     Occupancy,
+    dma_rows,
     load_data_delay,
     occupancy,
     paced_walk,
 )
+from arch.timing import MAX_STEPPED_BANKS, copier_stepped
 from arch.uarch import (
+    COPIER_FIFO_DEPTH,
     CMD_DEPTH,
     DEFERRED,
     DISPATCH_LATENCY,
@@ -528,6 +532,98 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
     return math.ceil(round(lost, 6))     # (``_trapped``'s float residue is no cycle)
 
 
+def _banked(hw: HardwareConfig) -> bool:
+    """Whether a load's copier is walked through the matmul unit's L2 banks
+    (``_bank_walk``): more than one line-wide bank (at most ``MAX_STEPPED_BANKS``) and a
+    DRAM that feeds less than a line a cycle, where the unit's refusals are not stepped
+    (``arch.timing.copier_stepped``)."""
+    return 1 < hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS and not copier_stepped(hw)
+
+
+def _bank_wait(instr: Instruction, occ: Occupancy, hw: HardwareConfig, lo: float,
+               alone: float, matmuls: list, read_i32=None) -> float:
+    """The cycles a load's copier, which alone writes its rows' L2 lines evenly over
+    ``alone`` cycles from ``lo``, loses to the bank grants of the ``MATMUL``s
+    beside it (``matmuls``: ``(begin, instruction)``, begun in order; ``grant_banks``),
+    walked cycle by cycle (``_bank_walk``): the DRAM hands it a line's worth at its pace,
+    which waits in the DRAM's response queue and its landing buffer (``slack`` lines:
+    ``dram_queue_lines`` less the lines in flight over the latency, and
+    ``COPIER_FIFO_DEPTH``) while the copier is refused its bank; once they are full the
+    DRAM is held too. Its writes go to its rows' lines' banks in order (a line two rows
+    share, twice: rows of 48 bytes on 64-byte lines write banks 0, 0, 1, 1, ...). (Traced on the
+    RTL, edge-16x16 at 51 bytes a cycle, a decode step of seed 2044: 32 rows of 416
+    bytes, 0.92 L2 lines a cycle, were refused 104 of 328 cycles beside a GEMV whose two
+    weight readers each hold a bank two cycles for rows of 48 bytes, and lost about 64
+    cycles that neither the lines left in all, ``_l2_span``, nor the readers' idle steps,
+    ``_trapped``, charged; a copier at the DRAM's 0.80 lines a cycle loses about 2 beside
+    the same GEMV.)"""
+    if alone <= 0 or not occ.l2_lines:
+        return 0.0
+    end = lo + alone
+    spans = []
+    for begin, mm in matmuls:
+        if begin >= end + alone:
+            break
+        masks = grant_banks(mm, hw)
+        if begin + len(masks) > lo and len(masks):
+            spans.append((begin, masks))
+    if not spans:
+        return 0.0
+    top = max(b + len(m) for b, m in spans)
+    union = np.zeros(max(0, math.ceil(top - lo)) + 1, np.int64)
+    for begin, masks in spans:
+        a = math.ceil(begin - lo)
+        src = masks[max(0, -a):]
+        union[max(0, a):max(0, a) + len(src)] |= src[:len(union) - max(0, a)]
+    banks = int(hw.l2_lines_per_cycle)
+    slack = (dram_queue_lines(hw.dram_latency_cycles) + COPIER_FIFO_DEPTH
+             - math.ceil(hw.dram_latency_cycles / hw.dram_cycles_per_line))
+    _, dst, nbytes, _ = dma_rows(instr, hw, read_i32)
+    seq = _row_banks(dst, nbytes, hw.line_bytes, banks)
+    rate = min(1.0, len(seq) / alone)
+    return max(0.0, _bank_walk(union, seq, rate, float(slack))
+               - _bank_walk(union[:0], seq, rate, float(slack)))
+
+
+@njit
+def _row_banks(dst, nbytes, W, banks):
+    """The bank of each L2 line the rows ``(dst, nbytes)`` write, in order, int64."""
+    n = 0
+    for r in range(len(dst)):
+        if nbytes[r]:
+            n += (dst[r] + nbytes[r] - 1) // W - dst[r] // W + 1
+    seq = np.empty(n, np.int64)
+    k = 0
+    for r in range(len(dst)):
+        if nbytes[r]:
+            for line in range(dst[r] // W, (dst[r] + nbytes[r] - 1) // W + 1):
+                seq[k] = line % banks
+                k += 1
+    return seq
+
+
+@njit
+def _bank_walk(masks, seq, rate, slack):
+    """Cycles a copier takes to write lines to the banks ``seq`` in order, fed ``rate``
+    lines a cycle and holding at most ``slack`` of them, each in a cycle whose bank bit
+    in ``masks`` (from cycle 0; none past its end) is not set (``_bank_wait``)."""
+    n = len(seq)
+    t, credit, fed, written = 0, 0.0, 0.0, 0
+    while written < n:
+        if fed < n:
+            step = min(rate, n - fed)
+            room = slack - credit
+            step = min(step, room) if room > 0 else 0.0
+            credit += step
+            fed += step
+        if credit >= 1 or (fed >= n and credit > 0):
+            if t >= len(masks) or not masks[t] >> seq[written] & 1:
+                credit = max(0.0, credit - 1)
+                written += 1
+        t += 1
+    return t
+
+
 def _held(delay: tuple) -> float:
     """The cycles a DMA instruction's copier ends later for its L2 and DRAM waits
     (``_contention``'s ``(l2, dram, queued, walk)``): the longer, or the DRAM's alone where
@@ -796,6 +892,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     others = (dram_usage[Engine.LOAD], _Usage(sorted(
         (t, t + line_cycles, 1 / line_cycles) for _, t in table_reads)), fetch_usage)
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
+    banked = _banked(hw)
+    matmuls = [(timing.begin[j], instrs[j]) for j in range(n)
+               if banked and instrs[j].mnemonic == "MATMUL"]
     out = list(delay)
     for i in range(n):
         occ = occs[i]
@@ -828,6 +927,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             # behind paced streams (both copiers walk the banks in the same order)
             l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                       occ.l2_lines / max(1, free_running))))
+            if e == Engine.LOAD and banked:   # behind the matmul unit's banks, walked
+                l2_wait = max(l2_wait, math.ceil(_bank_wait(
+                    instrs[i], occ, hw, lo, free_running, matmuls, read_i32)))
         if occ.dram_lines and e == Engine.LOAD:
             lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side
             free_running = hi - lo - delay[i][1]
