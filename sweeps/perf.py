@@ -145,20 +145,28 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
     occs = [occupancy(instr, hw, read_i32, cal) if instr.engine != Engine.CONTROL else None
             for instr in instrs]
     delay = [(0, 0, 0, NO_WALK)] * len(instrs)
+    before = None                                    # the waits of the pass before
+    banks: dict = {}                                 # (``_bank_wait``'s, pass to pass)
     for n in range(CONTENTION_PASSES):
         timing, write_start, fetch, reads = _time(instrs, occs, hw, cal, delay)
         again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal,
-                            read_i32)
+                            read_i32, banks)
         if again == delay or (n and _settled(again, delay)):   # the first pass's waits apply
             break
-        delay = again
+        if before is not None and _settled(again, before):     # alternating: as settled
+            break
+        before, delay = delay, again
     return timing
 
 
 def _settled(again: list, last: list) -> bool:
     """The contention passes stop once no wait moved by more than a cycle (a load's
     start moving by a cycle can move the overlap that sets its wait by one, back and
-    forth)."""
+    forth), or once every wait is back within a cycle of the pass before last: a load's
+    walk through the matmul unit's banks (``_bank_wait``) can meet them a bank apart as
+    its start moves by a cycle, and its wait then alternates between two values (0 and
+    3 cycles on a Sheared-LLaMA-1.3B-wide MXINT4 decode step on edge-16x16, whose
+    cycles stayed the same from the tenth pass to the sixteenth)."""
     return all(a == b or (all(abs(x - y) <= 1 for x, y in zip(a, b, strict=True))
                           if isinstance(a, tuple) else abs(a - b) <= 1)
                for a, b in zip(again, last, strict=True))
@@ -540,49 +548,49 @@ def _banked(hw: HardwareConfig) -> bool:
     return 1 < hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS and not copier_stepped(hw)
 
 
-def _bank_wait(instr: Instruction, occ: Occupancy, hw: HardwareConfig, lo: float,
-               alone: float, matmuls: list, read_i32=None) -> float:
-    """The cycles a load's copier, which alone writes its rows' L2 lines evenly over
-    ``alone`` cycles from ``lo``, loses to the bank grants of the ``MATMUL``s
-    beside it (``matmuls``: ``(begin, instruction)``, begun in order; ``grant_banks``),
-    walked cycle by cycle (``_bank_walk``): the DRAM hands it a line's worth at its pace,
-    which waits in the DRAM's response queue and its landing buffer (``slack`` lines:
+def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
+               matmuls: list) -> float:
+    """The cycles a load's copier, which alone writes its rows' L2 lines (their banks in
+    order, ``seq``: ``_row_banks``) evenly over ``alone`` cycles from ``lo``, loses to
+    the bank grants of the ``MATMUL``s beside it (``matmuls``: ``(begin, end, their
+    grant_banks)``, in order, from the first that ends after ``lo``), walked cycle by
+    cycle (``_bank_walk``): the DRAM hands it a line's worth at its pace, which waits in
+    the DRAM's response queue and its landing buffer (``slack`` lines:
     ``dram_queue_lines`` less the lines in flight over the latency, and
     ``COPIER_FIFO_DEPTH``) while the copier is refused its bank; once they are full the
-    DRAM is held too. Its writes go to its rows' lines' banks in order (a line two rows
-    share, twice: rows of 48 bytes on 64-byte lines write banks 0, 0, 1, 1, ...). (Traced on the
-    RTL, edge-16x16 at 51 bytes a cycle, a decode step of seed 2044: 32 rows of 416
-    bytes, 0.92 L2 lines a cycle, were refused 104 of 328 cycles beside a GEMV whose two
-    weight readers each hold a bank two cycles for rows of 48 bytes, and lost about 64
-    cycles that neither the lines left in all, ``_l2_span``, nor the readers' idle steps,
-    ``_trapped``, charged; a copier at the DRAM's 0.80 lines a cycle loses about 2 beside
-    the same GEMV.)"""
-    if alone <= 0 or not occ.l2_lines:
+    DRAM is held too. A line two rows share is written twice (rows of 48 bytes on
+    64-byte lines write banks 0, 0, 1, 1, ...). Walked over ``3 alone`` cycles at most.
+    (Traced on the RTL, edge-16x16 at 51 bytes a cycle, a decode step of seed 2044: 32
+    rows of 416 bytes, 0.92 L2 lines a cycle, were refused 104 of 328 cycles beside a
+    GEMV whose two weight readers each hold a bank two cycles for rows of 48 bytes, and
+    lost about 64 cycles that neither the lines left in all, ``_l2_span``, nor the
+    readers' idle steps, ``_trapped``, charged; the walk gives 63 to 66, and about 2 for
+    a copier at the DRAM's 0.80 lines a cycle beside the same GEMV.)"""
+    length = math.ceil(3 * alone) + 1
+    if alone <= 0 or not len(seq) or not matmuls or matmuls[0][0] - lo >= length:
         return 0.0
-    end = lo + alone
-    spans = []
-    for begin, mm in matmuls:
-        if begin >= end + alone:
-            break
-        masks = grant_banks(mm, hw)
-        if begin + len(masks) > lo and len(masks):
-            spans.append((begin, masks))
-    if not spans:
-        return 0.0
-    top = max(b + len(m) for b, m in spans)
-    union = np.zeros(max(0, math.ceil(top - lo)) + 1, np.int64)
-    for begin, masks in spans:
+    union = np.zeros(length, np.int64)
+    hit = False
+    for begin, _, masks in matmuls:
         a = math.ceil(begin - lo)
+        if a >= length:
+            break
         src = masks[max(0, -a):]
-        union[max(0, a):max(0, a) + len(src)] |= src[:len(union) - max(0, a)]
+        n = min(len(src), length - max(0, a))
+        if n > 0:
+            union[max(0, a):max(0, a) + n] |= src[:n]
+            hit = True
+    if not hit:
+        return 0.0
     banks = int(hw.l2_lines_per_cycle)
-    slack = (dram_queue_lines(hw.dram_latency_cycles) + COPIER_FIFO_DEPTH
-             - math.ceil(hw.dram_latency_cycles / hw.dram_cycles_per_line))
-    _, dst, nbytes, _ = dma_rows(instr, hw, read_i32)
-    seq = _row_banks(dst, nbytes, hw.line_bytes, banks)
+    slack = float(dram_queue_lines(hw.dram_latency_cycles) + COPIER_FIFO_DEPTH
+                  - math.ceil(hw.dram_latency_cycles / hw.dram_cycles_per_line))
     rate = min(1.0, len(seq) / alone)
-    return max(0.0, _bank_walk(union, seq, rate, float(slack))
-               - _bank_walk(union[:0], seq, rate, float(slack)))
+    # averaged over the copier's phase against the grants, its start a cycle to
+    # ``banks - 1`` later (the passes move it by a cycle or two, which a single walk would
+    # meet a bank apart, its wait then alternating pass after pass)
+    walked = sum(_bank_walk(union[d:], seq, rate, slack) for d in range(banks)) / banks
+    return max(0.0, walked - _bank_walk(union[:0], seq, rate, slack))
 
 
 @njit
@@ -801,7 +809,8 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
 
 def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 write_start: list[float], fetch: list[int], delay: list[tuple], reads: _ReadSides,
-                cal: Calibration = CALIBRATION, read_i32=None) -> list[tuple]:
+                cal: Calibration = CALIBRATION, read_i32=None,
+                bank_cache: dict | None = None) -> list[tuple]:
     """The cycles each DMA instruction's copier waits for the L2 and for the DRAM, its first
     table read behind the DRAM's queue, and its last row command behind its own table reads
     (``(l2, dram, queued, walk)``), given the last pass's timing (``reads``: each copier's
@@ -893,8 +902,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         (t, t + line_cycles, 1 / line_cycles) for _, t in table_reads)), fetch_usage)
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
     banked = _banked(hw)
-    matmuls = [(timing.begin[j], instrs[j]) for j in range(n)
-               if banked and instrs[j].mnemonic == "MATMUL"]
+    bank_cache = {} if bank_cache is None else bank_cache   # (``_bank_wait``'s, per program)
+    if banked and "MATMUL" not in bank_cache:
+        bank_cache["MATMUL"] = {j: grant_banks(instrs[j], hw) for j in range(n)
+                                if instrs[j].mnemonic == "MATMUL"}
+    matmuls = [(timing.begin[j], timing.begin[j] + occs[j].cycles, masks)
+               for j, masks in bank_cache.get("MATMUL", {}).items()]
+    matmul_ends = [m[1] for m in matmuls]      # in order: the compute engine's are
     out = list(delay)
     for i in range(n):
         occ = occs[i]
@@ -928,8 +942,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                       occ.l2_lines / max(1, free_running))))
             if e == Engine.LOAD and banked:   # behind the matmul unit's banks, walked
-                l2_wait = max(l2_wait, math.ceil(_bank_wait(
-                    instrs[i], occ, hw, lo, free_running, matmuls, read_i32)))
+                if i not in bank_cache:      # its lines' banks, in order
+                    _, dst, nbytes, _ = dma_rows(instrs[i], hw, read_i32)
+                    bank_cache[i] = _row_banks(dst, nbytes, hw.line_bytes,
+                                               int(per_cycle))
+                beside = matmuls[bisect.bisect_right(matmul_ends, lo):]
+                l2_wait = max(l2_wait, math.ceil(_bank_wait(bank_cache[i], hw, lo,
+                                                            free_running, beside)))
         if occ.dram_lines and e == Engine.LOAD:
             lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side
             free_running = hi - lo - delay[i][1]

@@ -65,8 +65,9 @@ CASES = [(*case, "int8") for case in CASES] + [
 @pytest.fixture(scope="module")
 def runs(l2sim):
     """``runs(hw)``: ``{case: (L2 before, RTL L2 after, ISA simulator L2 after, {cycle:
-    L2 lines granted to the unit's ports})}`` of every case of ``hw``, one after another
-    on one simulation of the unit."""
+    L2 lines granted to the unit's ports}, {cycle: the banks, a bit each, granted to its
+    tile readers and row writer})}`` of every case of ``hw``, one after another on one
+    simulation of the unit."""
     done = {}
 
     def get(hw):
@@ -79,18 +80,26 @@ def runs(l2sim):
                                matmul(mode, layout, m, k, n, accumulate, weights)))
             params = PARAMS[hw]
             unit = MatmulUnit(params=params)
-            grants = [{} for _ in cases]
+            grants, banks = [{} for _ in cases], [{} for _ in cases]
+            line_banks = params.line_banks
 
             def watch(ctx, case, cycle):
-                n = sum(ctx.get(unit.port(i).req.valid & unit.port(i).req.ready)
-                        for i in range(MatmulUnit.N_PORTS))
-                if n:
-                    grants[case][cycle] = n
+                won = [ctx.get(unit.port(i).req.valid & unit.port(i).req.ready)
+                       for i in range(MatmulUnit.N_PORTS)]
+                if any(won):
+                    grants[case][cycle] = sum(won)
+                mask = 0
+                for i in (0, 1, 3):         # not the old-output reader's (port 2)
+                    if won[i]:
+                        mask |= 1 << ctx.get(unit.port(i).req.payload.addr) % line_banks
+                if mask:
+                    banks[case][cycle] = mask
 
             results = l2sim.run_instructions(params, unit, MatmulUnit.N_PORTS, inputs,
                                              watch=watch)
-            done[hw] = {case: (mem, *result, granted) for case, (mem, _), result, granted
-                        in zip(cases, inputs, results, grants, strict=True)}
+            done[hw] = {case: (mem, *result, granted, bits) for case, (mem, _), result,
+                        granted, bits in zip(cases, inputs, results, grants, banks,
+                                             strict=True)}
         return done[hw]
 
     return get
@@ -98,7 +107,7 @@ def runs(l2sim):
 
 @pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate", "weights"), CASES)
 def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulate, weights):
-    mem, rtl, expected, _ = runs(hw)[(hw, mode, layout, m, k, n, accumulate, weights)]
+    mem, rtl, expected, *_ = runs(hw)[(hw, mode, layout, m, k, n, accumulate, weights)]
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
@@ -181,10 +190,24 @@ def test_the_units_l2_grants_are_its_moves_cycle_by_cycle(runs, hw):
     printed by this test's first version)."""
     from arch.matmul_timing import matmul_occupancy
 
-    for case, (*_, rtl) in runs(hw).items():
+    for case, (*_, rtl, _) in runs(hw).items():
         occ = matmul_occupancy(matmul(*case[1:]), PARAMS[hw].hw)
         model = {}
         for a, b, n in occ.l2_moves:
             for c in range(int(a), int(b)):
                 model[c] = model.get(c, 0) + n / (b - a)
         assert sum(rtl.values()) == occ.l2_lines and model == rtl, case
+
+
+def test_the_units_granted_banks_are_its_grant_banks_cycle_by_cycle(runs):
+    """``arch.matmul_timing.grant_banks`` are the L2 banks the unit's tile readers and
+    row writer are granted, cycle by cycle, over the whole run of every edge-8x8 case
+    above (four line-wide banks; on edge-4x4's one there are none to record): a load the
+    DRAM paces is walked through them (``sweeps.perf._bank_wait``)."""
+    from arch.matmul_timing import grant_banks
+
+    hw = PARAMS["edge-8x8"].hw
+    for case, (*_, rtl) in runs("edge-8x8").items():
+        masks = grant_banks(matmul(*case[1:]), hw)
+        model = {c: int(b) for c, b in enumerate(masks) if b}
+        assert len(model) > 0 and model == rtl, case
