@@ -130,11 +130,13 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
     queue (``CMD_DEPTH`` row commands) adds a wait: its first commands wait for the
     earlier instructions' last ones to be taken by the write side (``rtl.copier``: the
     engine queues a row command only while both of the copier's command queues have
-    room). A command held past the latest its row's first read allows (``first_due``)
-    moves that read, and the copier's rows after it, by as much: every time above moves
-    by the largest such wait. Otherwise the waits cost nothing but where the last
-    command is one of them (the later commands' queue waits are in ``issue`` already,
-    through the write side): the last one is then held by the largest wait. (Traced on
+    room). A command held past the latest its row's first write allows (``first_due``)
+    moves that write, and the copier's rows after it, by as much: its reads, writes and
+    takes from the first command so held on move by the largest such wait, and its last
+    command where its queue wait is behind a moved take. Otherwise the waits cost nothing
+    but where the last command is one of them (the later commands' queue waits are in
+    ``issue`` already, through the write side): the last one is then held by the
+    largest wait. (Traced on
     the RTL: a 176-row load of 48-byte rows on edge-16x16 begun behind a 336-row one,
     beside a GEMV, queued its last command 335 cycles after its begin, as if the first
     load's rows were its own; its first commands' waits, up to 50 cycles, moved no read,
@@ -143,8 +145,9 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
     waits the engine models add afterwards.
 
     The queue's state (updated in place): the earlier instructions still in the queue,
-    ``seg_u[s]`` (their rows), ``seg_f[s]`` (begin, read and write free, as moved, their
-    last take), ``seg_m[s]`` (their commands), for ``s`` from ``state[0]`` to ``state[1]``
+    ``seg_u[s]`` (their rows), ``seg_f[s]`` (begin, read and write free, their last take,
+    how far and from which of its first commands on its takes were moved), ``seg_m[s]``
+    (their commands), for ``s`` from ``state[0]`` to ``state[1]``
     (at least the last ``CMD_DEPTH`` commands; ``state[2]``); the arrays hold a row per
     call. Compiled (numba): ``sweeps.perf`` chains every row-copying instruction of each
     DMA engine through one (``CopierQueue``), ``sweeps.analytic`` its loads and stores
@@ -156,6 +159,7 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
     r0, w0 = read_free - begin, write_free - begin
     late = 0.0                 # the largest wait of a first command
     moved = 0.0                # the largest wait past a first command's due
+    moved_from = n_first       # the first command held past its due
     newest = seg_f[tail - 1, 3] if tail > head else -np.inf     # the newest command's take
     if newest + 1 > begin + f_flat[f0]:
         room = CMD_DEPTH               # CMD_DEPTH less the commands newer than segment s's
@@ -167,10 +171,14 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
             if lo < hi and seg_f[s, 3] + 1 - begin - f_flat[f0 + lo] > 0:
                 tb = t_off[seg_u[s]]
                 sb, sr, sw = seg_f[s, 0], seg_f[s, 1], seg_f[s, 2]
+                # its commands from seg_f[s, 5] on were moved by seg_f[s, 4]
+                first = triples[seg_u[s], 9] - m        # its command at tb
                 for k in range(lo, hi):
                     at = tb + m - room + k                    # when the write side takes it
                     free = _max3(t_flat[at, 0] + sb, t_flat[at, 1] + sr,
                                  t_flat[at, 2] + sw) + 1 - begin
+                    if first + m - room + k >= seg_f[s, 5]:
+                        free += seg_f[s, 4]
                     wait = free - f_flat[f0 + k]
                     if wait > late:
                         late = wait
@@ -178,16 +186,20 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
                     past = free - _max3(due[0], due[1] + r0, due[2] + w0)
                     if past > moved:
                         moved = past
+                    if past > 0 and k < moved_from:
+                        moved_from = k
             room -= m
             if room <= 0:
                 break
     last = t_off[u + 1] - 1                                   # its last command's take
     seg_u[tail] = u
-    seg_f[tail, 0] = begin + moved
-    seg_f[tail, 1] = read_free + moved
-    seg_f[tail, 2] = write_free + moved
+    seg_f[tail, 0] = begin
+    seg_f[tail, 1] = read_free
+    seg_f[tail, 2] = write_free
     seg_f[tail, 3] = _max3(t_flat[last, 0] + begin, t_flat[last, 1] + read_free,
                            t_flat[last, 2] + write_free) + moved
+    seg_f[tail, 4] = moved
+    seg_f[tail, 5] = moved_from
     seg_m[tail] = t_off[u + 1] - t_off[u]
     count += seg_m[tail]
     tail += 1
@@ -195,13 +207,15 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
         count -= seg_m[head]
         head += 1
     state[0], state[1], state[2] = head, tail, count
-    issued = begin + moved + _max3(triples[u, 0], triples[u, 1] + r0, triples[u, 2] + w0)
+    issued = begin + _max3(triples[u, 0], triples[u, 1] + r0, triples[u, 2] + w0)
     reads = begin + moved + _max3(triples[u, 3], triples[u, 4] + r0, triples[u, 5] + w0)
     writes = begin + moved + _max3(triples[u, 6], triples[u, 7] + r0, triples[u, 8] + w0)
     if triples[u, 9] <= n_first:                              # its last command waited
         held = begin + triples[u, 0] + late
         if held > issued:
             issued = held
+    elif triples[u, 9] - 1 - CMD_DEPTH >= moved_from:         # behind a moved take
+        issued += moved
     return issued, reads, writes
 
 
@@ -213,7 +227,7 @@ class CopierQueue:
     def __init__(self, table: CopiesTable):
         self.table = table
         self.seg_u = np.zeros(64, np.int64)
-        self.seg_f = np.zeros((64, 4))
+        self.seg_f = np.zeros((64, 6))
         self.seg_m = np.zeros(64, np.int64)
         self.state = np.zeros(3, np.int64)
 

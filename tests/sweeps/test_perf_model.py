@@ -245,8 +245,9 @@ def test_copier_queue_is_its_rule_over_every_queued_command():
     """``CopierQueue`` (compiled, its segments kept in arrays) against the rule written
     out over a plain list of every take: each first command waits for the take
     ``CMD_DEPTH`` commands before it; the largest wait past a command's due moves the
-    instruction's times and takes, and the largest wait holds its last command where that
-    is one of the first (the loads of compiled random steps, begun at random gaps; then
+    instruction's reads and writes, its takes from the first command held past its due
+    on, and its last command where that waits for a moved take; the largest wait holds
+    its last command where that is one of the first (the loads of compiled random steps, begun at random gaps; then
     their loads of one or two row commands alone, over and over). Its queue's arrays
     start at 64 rows: hundreds of loads move them down, and more than 32 loads live at
     once (the last ``CMD_DEPTH`` commands' own) grow them."""
@@ -268,19 +269,25 @@ def test_copier_queue_is_its_rule_over_every_queued_command():
             if copies is None:
                 continue
             late = moved = 0.0
+            moved_from = len(copies.first_cmds)
             for k, (cmd, due) in enumerate(zip(copies.first_cmds, copies.first_due,
                                                strict=True)):
                 if len(takes) - CMD_DEPTH + k >= 0:
                     free = takes[len(takes) - CMD_DEPTH + k] + 1
                     late = max(late, free - begin - cmd)
-                    moved = max(moved, free - max(begin + due[0], read_free + due[1],
-                                                  write_free + due[2]))
-            takes += [max(begin + c, read_free + r, write_free + w) + moved
-                      for c, r, w in copies.takes]
+                    past = free - max(begin + due[0], read_free + due[1], write_free + due[2])
+                    moved = max(moved, past)
+                    moved_from = min(moved_from, k) if past > 0 else moved_from
+            first = copies.rows - len(copies.takes)       # the command of its first take
+            takes += [max(begin + c, read_free + r, write_free + w)
+                      + (moved if first + q >= moved_from else 0)
+                      for q, (c, r, w) in enumerate(copies.takes)]
             c, r, w = copies.issue
-            want = max(begin + c, read_free + r, write_free + w) + moved
+            want = max(begin + c, read_free + r, write_free + w)
             if copies.rows <= len(copies.first_cmds):
                 want = max(want, begin + c + late)
+            elif copies.rows - 1 - CMD_DEPTH >= moved_from:
+                want += moved
             wants = [want] + [max(begin + c, read_free + r, write_free + w) + moved
                               for c, r, w in (copies.reads, copies.writes)]
             got = queue.after(copies, begin, read_free, write_free)
