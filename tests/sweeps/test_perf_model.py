@@ -1409,10 +1409,11 @@ def test_a_load_reads_no_further_ahead_than_the_drams_queue_holds(monkeypatch):
     seen = {}
     contention = perf._contention
 
-    def keep(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal, read_i32):
+    def keep(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal, read_i32,
+             bank_cache):
         seen.update(occs=occs, timing=timing, write_start=write_start, reads=reads)
         return contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal,
-                          read_i32)
+                          read_i32, bank_cache)
 
     monkeypatch.setattr(perf, "_contention", keep)
     time_program(program, hw)
