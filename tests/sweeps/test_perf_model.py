@@ -1430,3 +1430,36 @@ def test_a_load_reads_no_further_ahead_than_the_drams_queue_holds(monkeypatch):
         read = n * (t - rs) / (re - rs)
         written = n * min(1.0, max(0.0, (t - ws) / (we - ws)))
         assert read - written <= room + 1e-6, (t, read, written)
+
+
+def test_a_load_walked_through_the_units_banks_loses_only_what_they_hold():
+    """``sweeps.perf._bank_walk``, a copier fed ``rate`` lines a cycle walked through the
+    matmul unit's bank grants (``_bank_wait``): with no grants it takes its lines at the
+    feed's pace; each bank taken away holds it no less (random masks over four banks,
+    random feeds and slacks), the first stretch no longer than the cycles taken (later
+    ones can move it onto the banks earlier stretches hold); a slack as deep as its lines
+    absorbs a stretch of refusals a feed slower than a line a cycle catches up."""
+    from sweeps.perf import _bank_walk
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        seq = rng.integers(0, 4, int(rng.integers(1, 200)))
+        rate, slack = float(rng.uniform(0.2, 1.0)), float(rng.integers(1, 60))
+        free = _bank_walk(np.zeros(0, np.int64), seq, rate, slack)
+        assert abs(free - len(seq) / rate) <= 2, (free, len(seq), rate)
+        masks = np.zeros(int(3 * free), np.int64)
+        for k in range(int(rng.integers(1, 6))):        # stretches taken away, one by one
+            a = int(rng.integers(0, len(masks)))
+            b = min(len(masks), a + int(rng.integers(1, 40)))
+            before = _bank_walk(masks, seq, rate, slack)
+            masks[a:b] |= int(rng.integers(1, 16))
+            after = _bank_walk(masks, seq, rate, slack)
+            assert before <= after, (before, after)
+            assert k or after <= before + (b - a), (before, after, b - a)
+    # 30 cycles of every bank taken, at half a line a cycle: 15 lines wait in the slack
+    seq = np.arange(100) % 4
+    masks = np.zeros(300, np.int64)
+    masks[50:80] = 15
+    deep = _bank_walk(masks, seq, 0.5, 40.0) - _bank_walk(masks[:0], seq, 0.5, 40.0)
+    shallow = _bank_walk(masks, seq, 0.5, 4.0) - _bank_walk(masks[:0], seq, 0.5, 4.0)
+    assert deep <= 1 and shallow >= 20, (deep, shallow)
