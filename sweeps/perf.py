@@ -564,8 +564,9 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     rows of 416 bytes, 0.92 L2 lines a cycle, were refused 104 of 328 cycles beside a
     GEMV whose two weight readers each hold a bank two cycles for rows of 48 bytes, and
     lost about 64 cycles that neither the lines left in all, ``_l2_span``, nor the
-    readers' idle steps, ``_trapped``, charged; the walk gives 63 to 66, and about 2 for
-    a copier at the DRAM's 0.80 lines a cycle beside the same GEMV.)"""
+    readers' idle steps, ``_trapped``, charged; the walk charges it 71, ending 2 cycles
+    after the RTL's, and a copier at the DRAM's 0.80 lines a cycle about 2 beside the same
+    GEMV.)"""
     length = math.ceil(3 * alone) + 1
     if alone <= 0 or not len(seq) or not matmuls or matmuls[0][0] - lo >= length:
         return 0.0
