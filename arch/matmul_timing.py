@@ -738,8 +738,8 @@ def grant_banks(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIB
                 ) -> np.ndarray:
     """The L2 banks (a bit each) the matmul unit's ports are granted in each cycle from its
     start, ``int64 [cycles]``, read-only: the tile filler's readers' grants (``_fills``)
-    and the row writer's (``_steps``; a write that meets a reader's bank goes the cycle
-    after, as ``_refusals`` takes it; the old-output reader's are not in them). Where the
+    and the row writer's (``_steps``' writes, each already in a cycle no reader has its
+    bank; the old-output reader's are not in them, as in ``_refusals``). Where the
     L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not recorded).
     ``sweeps.perf._bank_walk`` walks a DMA copier the DRAM paces through them. Memoised
     on the instruction and ``hw``'s fields it reads."""
@@ -756,7 +756,7 @@ def grant_banks(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIB
                                cal.mm_result_latency,
                                cal.mm_old_output_latency if f.accumulate else 0,
                                instr.spec.field("out_addr").elem_bytes)
-        if len(_banks_cache) >= 4096:
+        if len(_banks_cache) >= 4096:      # (a bound on its memory, not a measured size)
             _banks_cache.clear()
         hit = _banks_cache[key] = read_only(hit)
     return hit
@@ -781,12 +781,9 @@ def _grant_banks(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byt
             t = spans[i, 0] + k - offsets[i]
             if 0 <= t <= end:
                 masks[t] |= taken[k]
-    for j in range(len(writes)):
-        t, bit = writes[j, 0], writes[j, 1]
-        while t <= end and masks[t] & bit:
-            t += 1
-        if 0 <= t <= end:
-            masks[t] |= bit
+    for j in range(len(writes)):             # (each in a cycle no reader has its bank)
+        if 0 <= writes[j, 0] <= end:
+            masks[writes[j, 0]] |= writes[j, 1]
     return masks
 
 

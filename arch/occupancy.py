@@ -84,7 +84,7 @@ class CopiesTable:
     """The ``Copies`` of a program (or of a fast-path step), as the flat arrays the
     compiled engine models read (``queue_after``): ``index[id(copies)]`` is a ``Copies``'
     row. ``arrays``: ``(triples, first offsets, first_cmds, takes offsets, takes, jump
-    offsets, cmd_jumps, first_due)``; ``triples[u]`` is ``issue``, ``reads`` and
+    first_due)``; ``triples[u]`` is ``issue``, ``reads`` and
     ``writes``, nine floats, then its row commands; the others are every ``Copies``'
     tuples laid end to end, ``u``'s from ``offsets[u]`` to ``offsets[u + 1]``
     (``first_due``'s are ``first_cmds``')."""
@@ -92,8 +92,8 @@ class CopiesTable:
     def __init__(self, copies):
         self.index: dict[int, int] = {}
         self.copies: list[Copies] = []         # (held, so that the ids stay theirs)
-        first, takes, jumps, due = [], [], [], []
-        offsets = ([0], [0], [0])
+        first, takes, due = [], [], []
+        offsets = ([0], [0])
         for c in copies:
             if c is None or id(c) in self.index:
                 continue
@@ -101,16 +101,14 @@ class CopiesTable:
             self.copies.append(c)
             first += c.first_cmds
             takes += c.takes
-            jumps += c.cmd_jumps
             due += c.first_due
-            for o, part in zip(offsets, (first, takes, jumps), strict=True):
+            for o, part in zip(offsets, (first, takes), strict=True):
                 o.append(len(part))
         triples = np.array([(*c.issue, *c.reads, *c.writes, c.rows) for c in self.copies],
                            np.float64).reshape(-1, 10)
         self.arrays = (triples, np.array(offsets[0], np.int64), np.array(first, np.float64),
                        np.array(offsets[1], np.int64),
                        np.array(takes, np.float64).reshape(-1, 3),
-                       np.array(offsets[2], np.int64), np.array(jumps, np.int64),
                        np.array(due, np.float64).reshape(-1, 3))
 
 
@@ -152,7 +150,7 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
     call. Compiled (numba): ``sweeps.perf`` chains every row-copying instruction of each
     DMA engine through one (``CopierQueue``), ``sweeps.analytic`` its loads and stores
     from its compiled engine model."""
-    triples, f_off, f_flat, t_off, t_flat, j_off, j_flat, d_flat = table
+    triples, f_off, f_flat, t_off, t_flat, d_flat = table
     head, tail, count = state[0], state[1], state[2]
     f0 = f_off[u]
     n_first = f_off[u + 1] - f0
@@ -325,14 +323,14 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
         n = len(COUNTERS)
         return Occupancy(Engine.STORE, cal.dma_setup + math.ceil(n * line_cycles) + 3,
                          dram_write_bytes=COUNTER_BYTES * n, dram_lines=n)
-    times, takes, first_cmds, jumps, counts, cycles, _, asks, due = _dma_walk(
+    times, takes, first_cmds, counts, cycles, _, asks, due = _dma_walk(
         instr, hw, read_i32, cal, period)
     src_total, dst_total, moved, l2_total, int_reads, n_taken = counts.tolist()
     copies = None
     if n_taken:
         t, reads, writes = map(tuple, times.tolist())
         copies = Copies(t, reads, writes, tuple(first_cmds.tolist()),
-                        tuple(map(tuple, takes.tolist())), tuple(jumps.tolist()), n_taken,
+                        tuple(map(tuple, takes.tolist())), n_taken,
                         tuple(asks.tolist()), tuple(map(tuple, due.tolist())))
     table = int_reads * BLOCK_TABLE_ENTRY_BYTES       # int32 indices and block numbers
     if load:
@@ -540,9 +538,12 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     line's ``W / S`` cycles and every sum are exact integers (so a jump of whole periods is
     exact). Returns, in cycles: ``(issue, reads and writes float64 [3, 3] (``Copies``');
     takes float64 [<= depth, 3], oldest first; the first row commands' times alone float64
-    [<= depth]; their ``cmd_jumps`` int64; counts int64 [6]: source lines, destination lines,
-    bytes moved, L2 lines, int32 reads, row commands; cycles; the rows stepped; int32 asks
-    float64 [<= depth])``; a load's write side paced by ``free`` (``_paced_lines``)."""
+    [<= depth]; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
+    int32 reads, row commands; cycles; the rows stepped; int32 asks float64 [<= depth];
+    the first row commands' dues float64 [<= depth, 3], each the latest it could be
+    queued without moving its row's first write: that write less the read's latency and
+    the command's, ``Copies.first_due``)``; a load's write side paced by ``free``
+    (``_paced_lines``)."""
     never = NEVER_INT
     one = S                                     # a cycle
     st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
@@ -685,12 +686,11 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
     times = np.empty((3, 3), np.float64)
     for i in range(9):
         times[i // 3, i % 3] = in_cycles(st[i], one)
-    jumps = np.flatnonzero(first_cmds[1:n_first] > first_cmds[:max(0, n_first - 1)] + one)
     due = np.empty((n_first, 3), np.float64)
     for i in range(n_first):
         for j in range(3):
             due[i, j] = in_cycles(first_due[i, j], one)
-    return (times, window, first_cmds[:n_first] / one, jumps, counts, -(-end // one) + drain,
+    return (times, window, first_cmds[:n_first] / one, counts, -(-end // one) + drain,
             stepped, asks[:n_asks] / one, due)
 
 

@@ -100,13 +100,12 @@ class Copies:
     # commands until the earlier ones leave the queue.
     first_cmds: tuple[float, ...] = ()
     takes: tuple[tuple[float, float, float], ...] = ()
-    cmd_jumps: tuple[int, ...] = ()    # k where first_cmds[k + 1] > first_cmds[k] + 1
     rows: int = 0                      # row commands in all
     # when the engine asks for its first ``CMD_DEPTH`` int32 reads (block-table entries,
     # gather indices) on its aux port, alone, relative to begin (``sweeps.perf._table_reads``)
     int_asks: tuple[float, ...] = ()
     # the latest each of the first ``CMD_DEPTH`` row commands could be queued without
-    # moving its row's first read (triples, as ``takes``): a command the queue holds past
+    # moving its row's first write (triples, as ``takes``): a command the queue holds past
     # it moves the copier's rows from it on (``occupancy.queue_after``)
     first_due: tuple[tuple[float, float, float], ...] = ()
 

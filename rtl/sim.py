@@ -170,12 +170,14 @@ def build_model(params: RtlParams, build_root: Path = BUILD_ROOT, waves: bool = 
         return _build_model(params, folder, waves)
 
 
-def fst_refusal(compiler: str = "c++") -> str | None:
+def fst_refusal(compiler: str | None = None) -> str | None:
     """Why an FST trace (``--waves``) cannot be built here, or None: Verilator's FST
     writer (``verilated_fst_c.cpp``) includes ``lz4.h``, which a machine without lz4's
     development files lacks (the build failed after minutes of C++ with ``fatal error:
     lz4.h: No such file or directory``). Checked with the compiler's preprocessor,
-    before any build."""
+    before any build, with ``compiler`` (``$CXX`` or ``c++`` by default, as Verilator's
+    makefiles take it)."""
+    compiler = compiler or os.environ.get("CXX", "c++")
     cxx = shutil.which(compiler)
     if cxx is None:
         return f"--waves: no C++ compiler ({compiler}) to build the traced Verilator model"

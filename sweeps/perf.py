@@ -29,8 +29,10 @@ The model has three levels (``docs/perf.md``):
    higher-priority ports take, for the pace of a compute stream it is held behind
    (``_trapped``) and for the DRAM lines instruction fetch and the other DMA clients
    take over its interval, a store's first line going at once on the DRAM's credit
-   (``_contention``, ``_store_dram_wait``); a store's block-table read, and the first
-   table or index read of a ``KV_PREFETCH`` or ``DMA_GATHER``, waits for the lines a held
+   (``_contention``, ``_store_dram_wait``); a load the DRAM paces on a banked L2 is
+   walked through the banks the matmul unit is granted (``_bank_wait``); a store's
+   block-table read, and the first table or index read of a ``KV_PREFETCH`` or
+   ``DMA_GATHER``, waits for the lines a held
    load has queued in the DRAM ahead of it (``_queued``); and the program
    runs again until the waits settle. No program takes fewer cycles than the DRAM needs
    for its lines.
@@ -46,6 +48,7 @@ tests/rtl/test_accelerator.py (against the RTL's cycles).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -75,8 +78,8 @@ from arch.occupancy import (
 )
 from arch.timing import MAX_STEPPED_BANKS, copier_stepped
 from arch.uarch import (
-    COPIER_FIFO_DEPTH,
     CMD_DEPTH,
+    COPIER_FIFO_DEPTH,
     DEFERRED,
     DISPATCH_LATENCY,
     DONE_LATENCY,
@@ -153,7 +156,7 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
                             read_i32, banks)
         if again == delay or (n and _settled(again, delay)):   # the first pass's waits apply
             break
-        if before is not None and _settled(again, before):     # alternating: as settled
+        if n >= 2 and _settled(again, before):                 # alternating: as settled
             break
         before, delay = delay, again
     return timing
@@ -549,17 +552,19 @@ def _banked(hw: HardwareConfig) -> bool:
 
 
 def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
-               matmuls: list) -> float:
+               matmuls: list, first: int = 0) -> float:
     """The cycles a load's copier, which alone writes its rows' L2 lines (their banks in
     order, ``seq``: ``_row_banks``) evenly over ``alone`` cycles from ``lo``, loses to
     the bank grants of the ``MATMUL``s beside it (``matmuls``: ``(begin, end, their
-    grant_banks)``, in order, from the first that ends after ``lo``), walked cycle by
+    grant_banks)``, in order; ``first``, the first that ends after ``lo``), walked cycle by
     cycle (``_bank_walk``): the DRAM hands it a line's worth at its pace, which waits in
     the DRAM's response queue and its landing buffer (``slack`` lines:
     ``dram_queue_lines`` less the lines in flight over the latency, and
     ``COPIER_FIFO_DEPTH``) while the copier is refused its bank; once they are full the
     DRAM is held too. A line two rows share is written twice (rows of 48 bytes on
-    64-byte lines write banks 0, 0, 1, 1, ...). Walked over ``3 alone`` cycles at most.
+    64-byte lines write banks 0, 0, 1, 1, ...). The grants are walked over ``3 alone``
+    cycles from ``lo`` (a window, not a measurement: the largest wait in the draws of
+    docs/perf.md is under half the load's time), free past it.
     (Traced on the RTL, edge-16x16 at 51 bytes a cycle, a decode step of seed 2044: 32
     rows of 416 bytes, 0.92 L2 lines a cycle, were refused 104 of 328 cycles beside a
     GEMV whose two weight readers each hold a bank two cycles for rows of 48 bytes, and
@@ -568,11 +573,12 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     after the RTL's, and a copier at the DRAM's 0.80 lines a cycle about 2 beside the same
     GEMV.)"""
     length = math.ceil(3 * alone) + 1
-    if alone <= 0 or not len(seq) or not matmuls or matmuls[0][0] - lo >= length:
+    if (alone <= 0 or not len(seq) or first >= len(matmuls)
+            or matmuls[first][0] - lo >= length):
         return 0.0
     union = np.zeros(length, np.int64)
     hit = False
-    for begin, _, masks in matmuls:
+    for begin, _, masks in itertools.islice(matmuls, first, None):
         a = math.ceil(begin - lo)
         if a >= length:
             break
@@ -587,9 +593,9 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     slack = float(dram_queue_lines(hw.dram_latency_cycles) + COPIER_FIFO_DEPTH
                   - math.ceil(hw.dram_latency_cycles / hw.dram_cycles_per_line))
     rate = min(1.0, len(seq) / alone)
-    # averaged over the copier's phase against the grants, its start a cycle to
-    # ``banks - 1`` later (the passes move it by a cycle or two, which a single walk would
-    # meet a bank apart, its wait then alternating pass after pass)
+    # averaged over the copier's phase against the grants, its start 0 to ``banks - 1``
+    # cycles later (the passes move it by a cycle or two, which a single walk would meet
+    # a bank apart, its wait then alternating pass after pass)
     walked = sum(_bank_walk(union[d:], seq, rate, slack) for d in range(banks)) / banks
     return max(0.0, walked - _bank_walk(union[:0], seq, rate, slack))
 
@@ -947,9 +953,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     _, dst, nbytes, _ = dma_rows(instrs[i], hw, read_i32)
                     bank_cache[i] = _row_banks(dst, nbytes, hw.line_bytes,
                                                int(per_cycle))
-                beside = matmuls[bisect.bisect_right(matmul_ends, lo):]
-                l2_wait = max(l2_wait, math.ceil(_bank_wait(bank_cache[i], hw, lo,
-                                                            free_running, beside)))
+                l2_wait = max(l2_wait, math.ceil(_bank_wait(
+                    bank_cache[i], hw, lo, free_running, matmuls,
+                    bisect.bisect_right(matmul_ends, lo))))
         if occ.dram_lines and e == Engine.LOAD:
             lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side
             free_running = hi - lo - delay[i][1]

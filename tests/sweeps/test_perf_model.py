@@ -247,8 +247,9 @@ def test_copier_queue_is_its_rule_over_every_queued_command():
     ``CMD_DEPTH`` commands before it; the largest wait past a command's due moves the
     instruction's reads and writes, its takes from the first command held past its due
     on, and its last command where that waits for a moved take; the largest wait holds
-    its last command where that is one of the first (the loads of compiled random steps, begun at random gaps; then
-    their loads of one or two row commands alone, over and over). Its queue's arrays
+    its last command where that is one of the first (the loads of compiled random
+    steps, begun at random gaps; then their loads of one or two row commands alone, over
+    and over). Its queue's arrays
     start at 64 rows: hundreds of loads move them down, and more than 32 loads live at
     once (the last ``CMD_DEPTH`` commands' own) grow them."""
     from arch.occupancy import CopierQueue, CopiesTable
@@ -1456,6 +1457,11 @@ def test_a_load_walked_through_the_units_banks_loses_only_what_they_hold():
             after = _bank_walk(masks, seq, rate, slack)
             assert before <= after, (before, after)
             assert k or after <= before + (b - a), (before, after, b - a)
+    # rows of 48 bytes on 64-byte lines: a line two rows share is written twice
+    from sweeps.perf import _row_banks
+    rows = np.arange(8, dtype=np.int64) * 48
+    assert _row_banks(rows, np.full(8, 48, np.int64), 64, 4).tolist() == [
+        0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1]
     # 30 cycles of every bank taken, at half a line a cycle: 15 lines wait in the slack
     seq = np.arange(100) % 4
     masks = np.zeros(300, np.int64)
