@@ -533,17 +533,14 @@ def _repeat(a, n, first, m, d):
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
              after_read, int_read, drain, depth, free=_NO_FREE):
     """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``dma_rows``) on
-    ``W``-byte lines at ``S`` DRAM bytes a cycle. Times are max-plus triples (see ``Copies``:
-    alone, + read side free, + write side free), counted in ``1 / S`` cycles, so that a
-    line's ``W / S`` cycles and every sum are exact integers (so a jump of whole periods is
-    exact). Returns, in cycles: ``(issue, reads and writes float64 [3, 3] (``Copies``');
-    takes float64 [<= depth, 3], oldest first; the first row commands' times alone float64
-    [<= depth]; counts int64 [6]: source lines, destination lines, bytes moved, L2 lines,
-    int32 reads, row commands; cycles; the rows stepped; int32 asks float64 [<= depth];
-    the first row commands' dues float64 [<= depth, 3], each the latest it could be
-    queued without moving its row's first write: that write less the read's latency and
-    the command's, ``Copies.first_due``)``; a load's write side paced by ``free``
-    (``_paced_lines``)."""
+    ``W``-byte lines at ``S`` DRAM bytes a cycle. Times are max-plus triples (``Copies``:
+    alone, + read side free, + write side free) in ``1 / S`` cycles, so that a line's
+    ``W / S`` cycles, every sum and a jump of whole periods are exact. Returns, in cycles:
+    ``(issue, reads and writes float64 [3, 3] (``Copies``'); takes float64 [<= depth, 3],
+    oldest first; the first row commands' times alone float64 [<= depth]; counts int64
+    [6]: source and destination lines, bytes moved, L2 lines, int32 reads, row commands;
+    cycles; the rows stepped; int32 asks float64 [<= depth]; the first commands' dues
+    [<= depth, 3], ``Copies.first_due``)``; the write side paced by ``free``."""
     never = NEVER_INT
     one = S                                     # a cycle
     st = np.full(12, never, np.int64)           # t, read_end, write_end, accepted
@@ -679,19 +676,21 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             counts[3] += src_lines
         counts[2] += n
     end = max(st[0], st[6])
-    window = np.empty((n_window, 3), np.float64)
-    for i in range(n_window):
+    window = _in_cycles3(taken[(head + np.arange(n_window)) % depth], one)
+    return (_in_cycles3(st[:9].reshape(3, 3), one), window, first_cmds[:n_first] / one,
+            counts, -(-end // one) + drain, stepped, asks[:n_asks] / one,
+            _in_cycles3(first_due[:n_first], one))
+
+
+@njit
+def _in_cycles3(a, one):
+    """Rows of ``_dma_run``'s integer time triples (``int64 [n, 3]``) in cycles (``NEVER``
+    kept), float64 [n, 3]."""
+    out = np.empty(a.shape, np.float64)
+    for i in range(a.shape[0]):
         for j in range(3):
-            window[i, j] = in_cycles(taken[(head + i) % depth, j], one)
-    times = np.empty((3, 3), np.float64)
-    for i in range(9):
-        times[i // 3, i % 3] = in_cycles(st[i], one)
-    due = np.empty((n_first, 3), np.float64)
-    for i in range(n_first):
-        for j in range(3):
-            due[i, j] = in_cycles(first_due[i, j], one)
-    return (times, window, first_cmds[:n_first] / one, counts, -(-end // one) + drain,
-            stepped, asks[:n_asks] / one, due)
+            out[i, j] = in_cycles(a[i, j], one)
+    return out
 
 
 _TABLE_WALKS = ("DMA_GATHER", "KV_PREFETCH", "KV_APPEND")

@@ -551,6 +551,35 @@ def _banked(hw: HardwareConfig) -> bool:
     return 1 < hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS and not copier_stepped(hw)
 
 
+class _Banks:
+    """``_bank_wait`` for each load of a program pass (``wait``: 0 where the L2 is not
+    ``_banked``): the ``MATMUL``s' intervals this pass and their ``grant_banks``, and each
+    load's lines' banks (``_row_banks``), the last two kept in ``cache`` from pass to
+    pass."""
+
+    def __init__(self, instrs, occs, hw: HardwareConfig, timing: ProgramTiming, read_i32,
+                 cache: dict | None):
+        self.instrs, self.hw, self.read_i32 = instrs, hw, read_i32
+        self.cache = {} if cache is None else cache
+        self.banked = _banked(hw)
+        if self.banked and "MATMUL" not in self.cache:
+            self.cache["MATMUL"] = {j: grant_banks(instr, hw) for j, instr in enumerate(instrs)
+                                    if instr.mnemonic == "MATMUL"}
+        self.matmuls = [(timing.begin[j], timing.begin[j] + occs[j].cycles, masks)
+                        for j, masks in self.cache.get("MATMUL", {}).items()]
+        self.ends = [m[1] for m in self.matmuls]   # in order: the compute engine's are
+
+    def wait(self, i: int, lo: float, alone: float) -> float:
+        if not self.banked:
+            return 0.0
+        if i not in self.cache:                    # its lines' banks, in order
+            _, dst, nbytes, _ = dma_rows(self.instrs[i], self.hw, self.read_i32)
+            self.cache[i] = _row_banks(dst, nbytes, self.hw.line_bytes,
+                                       int(self.hw.l2_lines_per_cycle))
+        return _bank_wait(self.cache[i], self.hw, lo, alone, self.matmuls,
+                          bisect.bisect_right(self.ends, lo))
+
+
 def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
                matmuls: list, first: int = 0) -> float:
     """The cycles a load's copier, which alone writes its rows' L2 lines (their banks in
@@ -837,12 +866,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     read side): at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles (at its
     fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
     table reads, ``_prefetch_wait``); and no faster than the paced compute streams it
-    overlaps let it (``_trapped``; a prefetch's bursts, ``_bursts_trapped``). (On edge-8x8 at
-    64 KiB, a 137-line logits store beside the ``ARGMAX`` reading the same rows was busy
-    157 cycles on the RTL, 145 alone; charged only the lines the unit moves, 145. On
-    edge-4x4, whose L2 moves one line a cycle, a 31-line one beside its ``ARGMAX``: 52
-    on the RTL, 41 over its interval from its start, with the latencies before its
-    first L2 read and after its last; ``python -m benchmarks.rtl_stores``.)
+    overlaps let it (``_trapped``; bursts, ``_bursts_trapped``; a load the DRAM paces on a
+    banked L2, the matmul unit's banks, ``_Banks``; stores: ``benchmarks.rtl_stores``).
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
     per instruction, at its request cycle) and the two DMA engines; a line takes
@@ -908,14 +933,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     others = (dram_usage[Engine.LOAD], _Usage(sorted(
         (t, t + line_cycles, 1 / line_cycles) for _, t in table_reads)), fetch_usage)
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
-    banked = _banked(hw)
-    bank_cache = {} if bank_cache is None else bank_cache   # (``_bank_wait``'s, per program)
-    if banked and "MATMUL" not in bank_cache:
-        bank_cache["MATMUL"] = {j: grant_banks(instrs[j], hw) for j in range(n)
-                                if instrs[j].mnemonic == "MATMUL"}
-    matmuls = [(timing.begin[j], timing.begin[j] + occs[j].cycles, masks)
-               for j, masks in bank_cache.get("MATMUL", {}).items()]
-    matmul_ends = [m[1] for m in matmuls]      # in order: the compute engine's are
+    banks = _Banks(instrs, occs, hw, timing, read_i32, bank_cache)
     out = list(delay)
     for i in range(n):
         occ = occs[i]
@@ -948,14 +966,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             # behind paced streams (both copiers walk the banks in the same order)
             l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
                                                       occ.l2_lines / max(1, free_running))))
-            if e == Engine.LOAD and banked:   # behind the matmul unit's banks, walked
-                if i not in bank_cache:      # its lines' banks, in order
-                    _, dst, nbytes, _ = dma_rows(instrs[i], hw, read_i32)
-                    bank_cache[i] = _row_banks(dst, nbytes, hw.line_bytes,
-                                               int(per_cycle))
-                l2_wait = max(l2_wait, math.ceil(_bank_wait(
-                    bank_cache[i], hw, lo, free_running, matmuls,
-                    bisect.bisect_right(matmul_ends, lo))))
+            if e == Engine.LOAD:           # behind the matmul unit's banks, walked
+                l2_wait = max(l2_wait, math.ceil(banks.wait(i, lo, free_running)))
         if occ.dram_lines and e == Engine.LOAD:
             lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side
             free_running = hi - lo - delay[i][1]
