@@ -217,6 +217,11 @@ def queue_after(table, seg_u, seg_f, seg_m, state, u, begin, read_free, write_fr
     return issued, reads, writes
 
 
+#: ``queue_after``'s state per instruction in the queue (``seg_f``'s columns): begin, read
+#: and write free, its last take, how far its takes moved and from which command on.
+SEGMENT_FIELDS = 6
+
+
 class CopierQueue:
     """A DMA engine's copier command queue across its instructions (``queue_after``),
     for the ``Copies`` of ``table``: ``after(copies, begin, read_free, write_free)`` is
@@ -225,7 +230,7 @@ class CopierQueue:
     def __init__(self, table: CopiesTable):
         self.table = table
         self.seg_u = np.zeros(64, np.int64)
-        self.seg_f = np.zeros((64, 6))
+        self.seg_f = np.zeros((64, SEGMENT_FIELDS))
         self.seg_m = np.zeros(64, np.int64)
         self.state = np.zeros(3, np.int64)
 

@@ -59,6 +59,7 @@ from arch.kernels import njit
 from arch.matmul_timing import matmul_alignment
 from arch.occupancy import (
     CALIBRATION,
+    SEGMENT_FIELDS,
     CopiesTable,
     chunked_prefetch_occupancy,
     kv_budget_widths,
@@ -1051,13 +1052,13 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
     ends = np.zeros(len(load_tile) + 1)          # ends of the loads so far
     n_loads = 0
     # the load copier's command queue (``queue_after``)
-    q_u, q_f = np.zeros(len(load_tile) + 1, np.int64), np.zeros((len(load_tile) + 1, 6))
+    q_u, q_f = np.zeros(len(ends), np.int64), np.zeros((len(ends), SEGMENT_FIELDS))
     q_m, q_state = np.zeros(len(load_tile) + 1, np.int64), np.zeros(3, np.int64)
     # the store engine: its DRAM intervals (from stores_head on), its instructions' last
     # end, its copier's queue and its instructions in flight (DEFERRED at most)
     stores, stores_head, stores_tail = np.zeros((n + 1, 2)), 0, 0
     store_free = store_end = 0.0
-    s_u, s_f = np.zeros(n_stores + 1, np.int64), np.zeros((n_stores + 1, 6))
+    s_u, s_f = np.zeros(n_stores + 1, np.int64), np.zeros((n_stores + 1, SEGMENT_FIELDS))
     s_m, s_state = np.zeros(n_stores + 1, np.int64), np.zeros(3, np.int64)
     flight, flight_head, flight_tail = np.zeros(n_stores + 1), 0, 0
     s_read, s_write, store_free_at = -np.inf, -np.inf, -1.0

@@ -292,6 +292,7 @@ def test_copier_queue_is_its_rule_over_every_queued_command():
             wants = [want] + [max(begin + c, read_free + r, write_free + w) + moved
                               for c, r, w in (copies.reads, copies.writes)]
             got = queue.after(copies, begin, read_free, write_free)
+            # (the same sums as the compiled queue's, added in another order: float residue)
             assert got == pytest.approx(wants, abs=1e-9), step.describe()
             _, read_free, write_free = got
             checked, bound, moved_some = checked + 1, bound + (late > 0), moved_some + (moved > 0)
