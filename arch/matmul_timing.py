@@ -383,9 +383,9 @@ def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, recor
     step and its command was queued ahead (all rows but a group's first, and every row
     when accumulating, whose old output comes later); the priming step reads nothing,
     and each line is written in a cycle in which no port before the writer's
-    (``grants``) has its bank. Records its move, its writes (``record``; not a camped
-    group's), each line's cycle in ``granted`` and, at a camped group's last row, the
-    group."""
+    (``grants``) has its bank. Records its move, its writes (``record``: cycle, bank
+    bit, whether its group is camped), each line's cycle in ``granted`` and, at a camped
+    group's last row, the group."""
     w = wb[_WB_ROW]
     if w >= n_rows:
         return
@@ -410,8 +410,9 @@ def _write_step(wb, t, grants, rows, n_rows, W, banks, accumulate, groups, recor
         return
     if j == prime:                                       # out of the landing buffer
         wb[_WB_TAKEN] += 1
-    if record and not groups[g, _G_CAMPED]:
-        writes[wb[_WB_WRITES], 0], writes[wb[_WB_WRITES], 1] = t, bit
+    if record:
+        k = wb[_WB_WRITES]
+        writes[k, 0], writes[k, 1], writes[k, 2] = t, bit, groups[g, _G_CAMPED]
         wb[_WB_WRITES] += 1
     granted[wb[_WB_GRANTED]] = t
     wb[_WB_GRANTED] += 1
@@ -525,9 +526,10 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     each group's writeback (``_writeback``), compiled (numba): ``(the writer's last
     step, L2 lines, resumes, the tiles' announcements int64 [tiles], fills int64 [tiles,
     3], camped groups int64 [groups, 3], moves float64 [bursts, 3], writes int64 [lines,
-    2])``. Fills, camped groups and moves are ``(from, to, L2 lines)`` (a camped group's
-    rows for lines); with ``record``, writes are the writer's ``(cycle, bank bit)`` but
-    a camped group's (``_camped_cycles`` counts those), else empty. The writeback is
+    3])``. Fills, camped groups and moves are ``(from, to, L2 lines)`` (a camped group's
+    rows for lines); with ``record``, writes are the writer's ``(cycle, bank bit, 1 if
+    its group is camped)`` (``_refusals`` takes the others: ``_camped_cycles`` counts a
+    camped group's), else empty. The writeback is
     stepped as far as the feeder needs it (a group's first block waits for its
     accumulator half): by then every fill it runs beside has begun."""
     T = len(tiles)
@@ -561,7 +563,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     moves = np.empty((T + rows_written, 3), np.float64)
     # (cycle, bank bit): a row is at most two lines (``4 * array_cols <= line_bytes``,
     # ``HardwareConfig``: a result row is at most a line)
-    writes = np.empty((2 * rows_written if record else 0, 2), np.int64)
+    writes = np.empty((2 * rows_written if record else 0, 3), np.int64)
     granted = np.empty(4 * rows_written, np.int64)     # each a row's two lines, and old
     # the writeback's cycles a call: its rows' steps and old lines, and every fill it
     # may wait through, with room (``_writeback``)
@@ -724,7 +726,8 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
     if stepped:
         # a copier fed a line a cycle, trailing the unit's streams: stepped through them
         resumes, paced_cycles = 0, cycles
-        paced_lines = cycles - round(_refusals(taken, offsets, spans[:, 0], writes, banks))
+        paced_lines = cycles - round(_refusals(taken, offsets, spans[:, 0],
+                                               writes[writes[:, 2] == 0], banks))
     else:
         # one bank, whose lines the engines share (``sweeps.perf``), or a copier the DRAM
         # paces, which catches up in the cycles it has to spare: the readers' idle steps
@@ -739,7 +742,8 @@ def grant_banks(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIB
     """The L2 banks (a bit each) the matmul unit's ports are granted in each cycle from its
     start, ``int64 [cycles]``, read-only: the tile filler's readers' grants (``_fills``)
     and the row writer's (``_steps``' writes, each already in a cycle no reader has its
-    bank; the old-output reader's are not in them, as in ``_refusals``). Where the
+    bank, a camped group's included; the old-output reader's are not in them, as in
+    ``_refusals``). Where the
     L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not recorded).
     ``sweeps.perf._bank_walk`` walks a DMA copier the DRAM paces through them. Memoised
     on the instruction and ``hw``'s fields it reads."""

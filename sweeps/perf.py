@@ -552,17 +552,21 @@ def _banked(hw: HardwareConfig) -> bool:
 
 
 class _Banks:
-    """``_bank_wait`` for each load of a program pass (``wait``: 0 where the L2 is not
-    ``_banked``): the ``MATMUL``s' intervals this pass and their ``grant_banks``, and each
-    load's lines' banks (``_row_banks``), the last two kept in ``cache`` from pass to
-    pass."""
+    """The cycles each DMA instruction of a program pass loses to the matmul unit's L2
+    bank grants (``wait``): a load's where the L2 is ``_banked`` (``_bank_wait``), a
+    store's L2 reads wherever the grants are recorded (``walked``: more than one
+    line-wide bank, at most ``MAX_STEPPED_BANKS``; ``_store_bank_wait``), else 0. Holds
+    the ``MATMUL``s' intervals this pass and their ``grant_banks``, and each load's lines'
+    banks (``_row_banks``) or store's reads (``_store_reads``), the last two kept in
+    ``cache`` from pass to pass."""
 
     def __init__(self, instrs, occs, hw: HardwareConfig, timing: ProgramTiming, read_i32,
-                 cache: dict | None):
-        self.instrs, self.hw, self.read_i32 = instrs, hw, read_i32
+                 cache: dict | None, cal: Calibration = CALIBRATION):
+        self.instrs, self.hw, self.read_i32, self.cal = instrs, hw, read_i32, cal
         self.cache = {} if cache is None else cache
         self.banked = _banked(hw)
-        if self.banked and "MATMUL" not in self.cache:
+        self.walked = 1 < hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS
+        if self.walked and "MATMUL" not in self.cache:
             self.cache["MATMUL"] = {j: grant_banks(instr, hw) for j, instr in enumerate(instrs)
                                     if instr.mnemonic == "MATMUL"}
         self.matmuls = [(timing.begin[j], timing.begin[j] + occs[j].cycles, masks)
@@ -570,22 +574,49 @@ class _Banks:
         self.ends = [m[1] for m in self.matmuls]   # in order: the compute engine's are
 
     def wait(self, i: int, lo: float, alone: float) -> float:
-        if not self.banked:
+        store = self.instrs[i].engine == Engine.STORE
+        if not (self.walked if store else self.banked):
             return 0.0
-        if i not in self.cache:                    # its lines' banks, in order
-            _, dst, nbytes, _ = dma_rows(self.instrs[i], self.hw, self.read_i32)
-            self.cache[i] = _row_banks(dst, nbytes, self.hw.line_bytes,
-                                       int(self.hw.l2_lines_per_cycle))
-        return _bank_wait(self.cache[i], self.hw, lo, alone, self.matmuls,
-                          bisect.bisect_right(self.ends, lo))
+        hw, cal = self.hw, self.cal
+        first = bisect.bisect_right(self.ends, lo)
+        banks = int(hw.l2_lines_per_cycle)
+        if i not in self.cache:                    # its L2 lines' banks, in order
+            src, dst, nbytes, needs = dma_rows(self.instrs[i], hw, self.read_i32)
+            self.cache[i] = (_store_reads(
+                src, dst, nbytes, needs, hw.line_bytes, banks, hw.dram_bytes_per_cycle,
+                hw.dram_latency_cycles + cal.int_read, cal.cmd_to_read) if store
+                else _row_banks(dst, nbytes, hw.line_bytes, banks))
+        if store:
+            return _store_bank_wait(self.cache[i], banks, lo, alone, self.matmuls, first,
+                                    cal.l2_read_latency)
+        return _bank_wait(self.cache[i], hw, lo, alone, self.matmuls, first)
+
+
+def _grant_union(lo: float, length: int, matmuls: list, first: int) -> np.ndarray | None:
+    """The banks the ``MATMUL``s beside (``matmuls``: ``(begin, end, their
+    grant_banks)``, in order; ``first``, the first that ends after ``lo``) are granted in
+    each of ``length`` cycles from ``lo``, int64 [length]; None where none is."""
+    if first >= len(matmuls) or matmuls[first][0] - lo >= length:
+        return None
+    union = np.zeros(length, np.int64)
+    hit = False
+    for begin, _, masks in itertools.islice(matmuls, first, None):
+        a = math.ceil(begin - lo)
+        if a >= length:
+            break
+        src = masks[max(0, -a):]
+        n = min(len(src), length - max(0, a))
+        if n > 0:
+            union[max(0, a):max(0, a) + n] |= src[:n]
+            hit = True
+    return union if hit else None
 
 
 def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
                matmuls: list, first: int = 0) -> float:
     """The cycles a load's copier, which alone writes its rows' L2 lines (their banks in
     order, ``seq``: ``_row_banks``) evenly over ``alone`` cycles from ``lo``, loses to
-    the bank grants of the ``MATMUL``s beside it (``matmuls``: ``(begin, end, their
-    grant_banks)``, in order; ``first``, the first that ends after ``lo``), walked cycle by
+    the bank grants of the ``MATMUL``s beside it (``_grant_union``), walked cycle by
     cycle (``_bank_walk``): the DRAM hands it a line's worth at its pace, which waits in
     the DRAM's response queue and its landing buffer (``slack`` lines:
     ``dram_queue_lines`` less the lines in flight over the latency, and
@@ -601,22 +632,10 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     readers' idle steps, ``_trapped``, charged; the walk charges it 71, ending 2 cycles
     after the RTL's, and a copier at the DRAM's 0.80 lines a cycle about 2 beside the same
     GEMV.)"""
-    length = math.ceil(3 * alone) + 1
-    if (alone <= 0 or not len(seq) or first >= len(matmuls)
-            or matmuls[first][0] - lo >= length):
+    if alone <= 0 or not len(seq):
         return 0.0
-    union = np.zeros(length, np.int64)
-    hit = False
-    for begin, _, masks in itertools.islice(matmuls, first, None):
-        a = math.ceil(begin - lo)
-        if a >= length:
-            break
-        src = masks[max(0, -a):]
-        n = min(len(src), length - max(0, a))
-        if n > 0:
-            union[max(0, a):max(0, a) + n] |= src[:n]
-            hit = True
-    if not hit:
+    union = _grant_union(lo, math.ceil(3 * alone) + 1, matmuls, first)
+    if union is None:
         return 0.0
     banks = int(hw.l2_lines_per_cycle)
     slack = float(dram_queue_lines(hw.dram_latency_cycles) + COPIER_FIFO_DEPTH
@@ -627,6 +646,92 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     # a bank apart, its wait then alternating pass after pass)
     walked = sum(_bank_walk(union[d:], seq, rate, slack) for d in range(banks)) / banks
     return max(0.0, walked - _bank_walk(union[:0], seq, rate, slack))
+
+
+def _store_bank_wait(reads: np.ndarray, banks: int, lo: float, alone: float,
+                     matmuls: list, first: int, after_read: int) -> float:
+    """The cycles a store's copier loses to the matmul unit's bank grants beside it
+    (``_grant_union``), its L2 reads from ``lo`` (over ``alone`` cycles) as it makes them
+    alone (``_store_reads``), walked cycle by cycle (``_store_walk``), averaged over its
+    phase against the grants as a load's (``_bank_wait``). Its read side runs ahead of
+    its DRAM writes by its buffer's room, so a refusal costs only where the buffer runs
+    dry: a ``KV_APPEND`` waits a block-table read at each block, and the grants that fall
+    there cost nothing. (Traced on the RTL, edge-16x16, seed 2045's step 19 of
+    ``benchmarks.perf_calibration --random``: a 64-token ``KV_APPEND`` of 16-byte rows
+    was refused 123 of its L2 asks beside a GEMM whose writer holds one bank through
+    each group, and ended 16 cycles later than alone; its reads walked evenly charged 110,
+    the idle steps of the unit's readers, ``_trapped``, 117.)"""
+    if alone <= 0 or not len(reads):
+        return 0.0
+    horizon = float(reads[-1, 0]) + 2 * alone
+    union = _grant_union(lo, math.ceil(horizon) + 1, matmuls, first)
+    if union is None:
+        return 0.0
+    free = _store_walk(union[:0], reads, COPIER_FIFO_DEPTH - 1, after_read)
+    walked = sum(_store_walk(union[d:], reads, COPIER_FIFO_DEPTH - 1, after_read)
+                 for d in range(banks)) / banks
+    return max(0.0, walked - free)
+
+
+@njit
+def _store_reads(src, dst, nbytes, needs, W, banks, S, table_wait, cmd_to_read):
+    """A store's L2 reads alone (``dma_rows``' rows on ``W``-byte lines of ``banks``
+    banks, ``S`` DRAM bytes a cycle), float64 [reads, 3]: each read's earliest cycle from
+    the first's (its row command's, one a cycle, each row that needs a block-table entry
+    held ``table_wait`` cycles for it, and ``cmd_to_read`` on), its bank, and the DRAM
+    write cycles its row's lines take, shared among its reads (the write side's steps, a
+    priming step where source and destination are misaligned, or the DRAM's ``W / S``
+    a line, whichever is longer: ``arch.occupancy._dma_run``'s)."""
+    n = 0
+    for r in range(len(src)):
+        if nbytes[r]:
+            n += (src[r] + nbytes[r] - 1) // W - src[r] // W + 1
+    out = np.empty((n, 3), np.float64)
+    t = 0.0
+    k = 0
+    for r in range(len(src)):
+        if needs[r]:
+            t += table_wait
+        if not nbytes[r]:
+            t += 1
+            continue
+        a, b, m = src[r], dst[r], nbytes[r]
+        src_lines = (a + m - 1) // W - a // W + 1
+        dst_lines = (b + m - 1) // W - b // W + 1
+        steps = dst_lines + (1 if (a - b) % W else 0)
+        cost = max(float(steps), dst_lines * W / S) / src_lines
+        for j in range(src_lines):
+            out[k, 0], out[k, 1], out[k, 2] = t + cmd_to_read, (a // W + j) % banks, cost
+            k += 1
+        t += 1
+    if n:
+        out[:, 0] -= out[0, 0]
+    return out
+
+
+@njit
+def _store_walk(masks, reads, room, after_read):
+    """The cycle a store's copier writes its last DRAM line, its L2 reads (``reads``:
+    ``_store_reads``) each from its earliest cycle, after the read before, once its
+    buffer has room (``room`` reads ahead of the writes), in a cycle whose bank bit in
+    ``masks`` (from cycle 0; none past its end) is not set; each read's line written
+    ``after_read`` later, after the line before (``_store_bank_wait``)."""
+    n = len(reads)
+    begun = np.empty(n, np.float64)           # when each read's line leaves the buffer
+    read_free, write_free = 0.0, 0.0
+    for k in range(n):
+        t = max(reads[k, 0], read_free)
+        if k >= room:
+            t = max(t, begun[k - room])
+        c = int(math.ceil(t))
+        bank = int(reads[k, 1])
+        while c < len(masks) and masks[c] >> bank & 1:
+            c += 1
+        t = max(t, float(c))
+        read_free = t + 1
+        begun[k] = max(t + after_read, write_free)
+        write_free = begun[k] + reads[k, 2]
+    return write_free
 
 
 @njit
@@ -816,7 +921,9 @@ def _store_dram_wait(i: int, own: float, lo: float, hi: float, alone: float,
     credit to a whole one is sharp (``_held``: a store with an L2 wait takes the longer
     wait, its credit lost), and ``dram_usage``'s store intervals still spread a store's
     table reads with its writes over its whole interval, so the other stores' table
-    reads count here twice, on the aux port and there (a few lines in a program)."""
+    reads count here twice, on the aux port and there (a few lines in a program). (A
+    one-token ``KV_APPEND`` beside a load's stream on edge-8x8 was 4 cycles longer on the
+    RTL than alone; over its interval from the table read's answer, this charges 0.)"""
     if own <= 0:
         return 0.0
 
@@ -865,9 +972,10 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     instruction over its copier's interval; a store's over its L2 reads, its copier's
     read side): at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles (at its
     fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
-    table reads, ``_prefetch_wait``); and no faster than the paced compute streams it
-    overlaps let it (``_trapped``; bursts, ``_bursts_trapped``; a load the DRAM paces on a
-    banked L2, the matmul unit's banks, ``_Banks``; stores: ``benchmarks.rtl_stores``).
+    table reads, ``_prefetch_wait``); no faster than the paced compute streams it overlaps
+    let it (``_trapped``; bursts, ``_bursts_trapped``), nor than the matmul unit's banks
+    (``_Banks``: a load the DRAM paces on a banked L2; a store, not behind the unit's
+    streams then; ``benchmarks.rtl_stores``).
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
     per instruction, at its request cycle) and the two DMA engines; a line takes
@@ -878,18 +986,17 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     its DRAM lines a latency before its L2 writes; a store's, its writes
     (``_store_dram_wait``: from its first L2 read's data, its table reads apart, the
     DRAM's credit counted; a load's int32 reads a client of their own, ``_table_reads``;
-    ``STORE_COUNTERS`` behind a copy's rows, ``_copier_behind``). (A one-token
-    ``KV_APPEND`` beside a load's stream on edge-8x8 was 4 cycles longer on the RTL than
-    alone; over its interval from the table read's answer, the model charged 0.)"""
+    ``STORE_COUNTERS`` behind a copy's rows, ``_copier_behind``)."""
     loads = sorted((reads[j][0], reads[j][2], write_start[j], timing.end[j],
                     occs[j].dram_lines) for j in reads if instrs[j].engine == Engine.LOAD)
-    per_cycle = hw.l2_lines_per_cycle
-    line_cycles = hw.dram_cycles_per_line
+    per_cycle, line_cycles = hw.l2_lines_per_cycle, hw.dram_cycles_per_line
     n = len(timing.begin)
     l2 = {e: [] for e in ENGINES}          # per engine: (start, end, lines per cycle)
     shapes = {e: [] for e in ENGINES}      # per engine: (its l2_profile, its l2_moves)
     dram = {e: [] for e in ENGINES}
-    paced = []                             # the compute engine's paced streams
+    banks = _Banks(instrs, occs, hw, timing, read_i32, bank_cache, cal)
+    paced, unwalked = [], []               # the compute engine's paced streams; those a
+                                           # store is not walked through (``_Banks``)
     # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
     # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
     # earlier one's rows, a DRAM client of their own in the round-robin.
@@ -914,6 +1021,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             paced.append((lo, hi, _stolen_lines(occ.paced_cycles, occ.paced_lines,
                                                 occ.resumes, hi - lo, per_cycle,
                                                 occ.camped_cycles)))
+            unwalked += paced[-1:] if not banks.walked or instrs[i].mnemonic != "MATMUL" else []
         if occ.copies is not None and occ.dram_lines:
             own = occ.dram_lines
             if e == Engine.LOAD:           # a load's DRAM reads: its copier's read side
@@ -923,7 +1031,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     occ, timing.begin[i], delay[i][2], hi))
             dram[e].append((lo, hi, own / max(1, hi - lo)))
     l2_usage = {e: _Usage(v, shapes[e]) for e, v in l2.items()}
-    streams = _Streams(paced)
+    streams, store_streams = _Streams(paced), _Streams(unwalked)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
     # the single reads asked at a known cycle (``_request_wait``); a store's DRAM clients
@@ -933,7 +1041,6 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     others = (dram_usage[Engine.LOAD], _Usage(sorted(
         (t, t + line_cycles, 1 / line_cycles) for _, t in table_reads)), fetch_usage)
     above = {Engine.STORE: (Engine.COMPUTE,), Engine.LOAD: (Engine.COMPUTE, Engine.STORE)}
-    banks = _Banks(instrs, occs, hw, timing, read_i32, bank_cache)
     out = list(delay)
     for i in range(n):
         occ = occs[i]
@@ -963,11 +1070,11 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     instrs[i], occ, [l2_usage[a] for a in above[e]], lo, free_running,
                     timing.begin[i] + delay[i][2], hw, read_i32, cal)
                 l2_wait = max(l2_wait, burst, _bursts_trapped(streams, lo, free_running, occ, hw))
-            # behind paced streams (both copiers walk the banks in the same order)
-            l2_wait = max(l2_wait, math.ceil(_trapped(streams, lo, free_running,
-                                                      occ.l2_lines / max(1, free_running))))
-            if e == Engine.LOAD:           # behind the matmul unit's banks, walked
-                l2_wait = max(l2_wait, math.ceil(banks.wait(i, lo, free_running)))
+            # behind paced streams (both copiers walk the banks in the same order), and
+            # the matmul unit's banks, walked (a store then not behind its streams)
+            l2_wait = max(l2_wait, math.ceil(_trapped(
+                streams if e == Engine.LOAD else store_streams, lo, free_running,
+                occ.l2_lines / max(1, free_running))), math.ceil(banks.wait(i, lo, free_running)))
         if occ.dram_lines and e == Engine.LOAD:
             lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side
             free_running = hi - lo - delay[i][1]

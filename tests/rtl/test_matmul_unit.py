@@ -19,9 +19,12 @@ PARAMS = {name: RtlParams(load_hardware(name).replace(l2_bytes=L2_BYTES), dram_b
           for name in ("edge-8x8", "edge-4x4")}
 
 
-def matmul(mode, layout, m, k, n, accumulate, weights="int8", x_addr=7, l2_bytes=L2_BYTES):
+def matmul(mode, layout, m, k, n, accumulate, weights="int8", out_stride=None, x_addr=7,
+           l2_bytes=L2_BYTES):
     """Operands one after another at odd addresses and strides; MXINT4 rows are the packed
-    ``(k + 1) // 2`` bytes, the exponents ``ceil(k / 32)`` bytes a row, packed."""
+    ``(k + 1) // 2`` bytes, the exponents ``ceil(k / 32)`` bytes a row, packed. With an
+    ``out_stride``, the output from a 64-byte boundary: rows of one line each
+    ``line_bytes * banks`` apart all fall in one bank (the writer *camps* on it)."""
     mx = weights == "mxint4"
     x_stride = k + 5
     w_rows, w_cols = (n, k) if layout == "NK" else (k, n)
@@ -29,7 +32,10 @@ def matmul(mode, layout, m, k, n, accumulate, weights="int8", x_addr=7, l2_bytes
     w_stride = ((w_cols + 1) // 2 if mx else w_cols) + 3
     e_addr = w_addr + w_rows * w_stride + 5
     out_addr = e_addr + (n * mx_blocks(k) if mx else 0) + 9
-    out_stride = 4 * n + 12
+    if out_stride is None:
+        out_stride = 4 * n + 12
+    else:
+        out_addr = -(-out_addr // 64) * 64
     assert out_addr + m * out_stride < l2_bytes
     return make("MATMUL", mode=int(MatmulMode[mode]), accumulate=accumulate,
                 w_layout=int(WeightLayout[layout]), x_addr=x_addr, w_addr=w_addr,
@@ -52,13 +58,16 @@ CASES = [
     ("edge-4x4", "GEMM", "NK", 37, 90, 6, 0),         # 37 rows: tiles of 16, 11 and 10
     ("edge-4x4", "GEMV", "NK", 1, 128, 32, 0),        # the L2 21 cycles running, then 11
 ]
-CASES = [(*case, "int8") for case in CASES] + [
-    ("edge-8x8", "GEMV", "NK", 3, 300, 13, 1, "mxint4"),   # k over a tile and odd
-    ("edge-8x8", "GEMV", "NK", 1, 45, 16, 0, "mxint4"),    # nc > mt: x reader takes rows
-    ("edge-8x8", "GEMM", "NK", 45, 130, 9, 1, "mxint4"),   # blocks across lines
-    ("edge-8x8", "GEMM", "NK", 1, 33, 8, 0, "mxint4"),
-    ("edge-4x4", "GEMV", "NK", 4, 301, 9, 0, "mxint4"),    # 301: tiles of 256 and 45
-    ("edge-4x4", "GEMM", "NK", 37, 90, 6, 1, "mxint4"),
+CASES = [(*case, "int8", None) for case in CASES] + [
+    ("edge-8x8", "GEMV", "NK", 3, 300, 13, 1, "mxint4", None),   # k over a tile and odd
+    ("edge-8x8", "GEMV", "NK", 1, 45, 16, 0, "mxint4", None),    # nc > mt: x reader takes rows
+    ("edge-8x8", "GEMM", "NK", 45, 130, 9, 1, "mxint4", None),   # blocks across lines
+    ("edge-8x8", "GEMM", "NK", 1, 33, 8, 0, "mxint4", None),
+    ("edge-4x4", "GEMV", "NK", 4, 301, 9, 0, "mxint4", None),    # 301: tiles of 256 and 45
+    ("edge-4x4", "GEMM", "NK", 37, 90, 6, 1, "mxint4", None),
+    # result rows of a line each, 128 bytes apart: every row of a group in one bank
+    ("edge-8x8", "GEMV", "NK", 32, 16, 8, 0, "int8", 128),
+    ("edge-8x8", "GEMM", "NK", 20, 24, 8, 1, "int8", 128),
 ]
 
 
@@ -74,10 +83,11 @@ def runs(l2sim):
         if hw not in done:
             cases = [case for case in CASES if case[0] == hw]
             inputs = []
-            for _, mode, layout, m, k, n, accumulate, weights in cases:
+            for case in cases:
+                _, mode, layout, m, k, n, *_ = case
                 rng = np.random.default_rng(m * 1000 + k * 10 + n)
                 inputs.append((rng.integers(0, 256, L2_BYTES, dtype=np.uint8),
-                               matmul(mode, layout, m, k, n, accumulate, weights)))
+                               matmul(*case[1:])))
             params = PARAMS[hw]
             unit = MatmulUnit(params=params)
             grants, banks = [{} for _ in cases], [{} for _ in cases]
@@ -105,9 +115,12 @@ def runs(l2sim):
     return get
 
 
-@pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate", "weights"), CASES)
-def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulate, weights):
-    mem, rtl, expected, *_ = runs(hw)[(hw, mode, layout, m, k, n, accumulate, weights)]
+@pytest.mark.parametrize(("hw", "mode", "layout", "m", "k", "n", "accumulate", "weights",
+                          "out_stride"), CASES)
+def test_matmul_matches_isa_simulator(runs, hw, mode, layout, m, k, n, accumulate, weights,
+                                      out_stride):
+    mem, rtl, expected, *_ = runs(hw)[(hw, mode, layout, m, k, n, accumulate, weights,
+                                       out_stride)]
     diff = np.flatnonzero(rtl != expected)
     assert diff.size == 0, f"{diff.size} bytes differ, first at {diff[:8]}"
     assert not np.array_equal(expected, mem)
@@ -202,8 +215,12 @@ def test_the_units_l2_grants_are_its_moves_cycle_by_cycle(runs, hw):
 def test_the_units_granted_banks_are_its_grant_banks_cycle_by_cycle(runs):
     """``arch.matmul_timing.grant_banks`` are the L2 banks the unit's tile readers and
     row writer are granted, cycle by cycle, over the whole run of every edge-8x8 case
-    above (four line-wide banks; on edge-4x4's one there are none to record): a load the
-    DRAM paces is walked through them (``sweeps.perf._bank_wait``)."""
+    above (four line-wide banks; on edge-4x4's one there are none to record), the writer
+    camped on one bank included: a load the DRAM paces and a store's L2 reads are walked
+    through them (``sweeps.perf._bank_wait``). (Without a camped group's writes, a
+    ``KV_APPEND`` beside a GEMV writing 32 such rows, traced on the RTL in seed 2041's
+    step 5 of ``benchmarks.perf_calibration --random``, was walked through none of the
+    128 cycles the writer held its bank.)"""
     from arch.matmul_timing import grant_banks
 
     hw = PARAMS["edge-8x8"].hw
