@@ -31,6 +31,7 @@ from arch.timing import (
     CALIBRATION,
     FILL_DATA_LATENCY,
     FILL_ISSUE_LATENCY,
+    MAX_STEPPED_BANKS,
     WB_DATA_LATENCY,
     Calibration,
     Occupancy,
@@ -265,6 +266,15 @@ def _grown(rows, n):
 
 
 @njit
+def _bits(banks, n):
+    """The first ``n`` of ``banks``, a bit each."""
+    mask = 0
+    for i in range(n):
+        mask |= 1 << banks[i]
+    return mask
+
+
+@njit
 def _copier_step(mask, cs, refused, merged, banks):
     """One cycle of a copier below the vector unit in priority that asks for a line every
     cycle in consecutive banks, from each of the ``banks`` banks it may be at (``cs``,
@@ -290,7 +300,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
     """The vector unit (``rtl/vector_unit.py``) cycle by cycle: ``(cycles from start
     to done, each segment's last group's cycle int64 [segments], the cycles a copier
     beside it is refused its bank, its ports' L2 grants float64 [cycles granting any,
-    3] as ``(from, to, lines)`` for ``l2_profile_points``)`` for the segments'
+    3] as ``(from, to, lines)`` for ``l2_profile_points``, and the banks granted in
+    each of those cycles, a bit each, int64)`` for the segments'
     elements ``seg_n``, their reads ``int64 [segments, 3, 2]`` (per row reader: L2
     address, bytes; 0 bytes: not used) and writes ``int64 [segments, 2, 3]`` (per row
     writer: address, bytes, whether only at the last group), on ``W``-byte lines in
@@ -343,6 +354,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
     # waits of a few cycles each: far more than that is a model that stopped moving
     limit = 64 * (n_lines_r.sum() + S + seg_n.sum() + 2 * S + 16)
     moves = np.empty((n_lines_r.sum() + 2 * S + 16, 3), np.float64)   # grows as needed
+    masks = np.empty((len(moves), 1), np.int64)      # the banks granted, a bit each
     n_moves = 0
     t = 1
     while True:
@@ -417,14 +429,13 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
                              issued, pushed_at, n_pushed, n_popped_w, W, banks):
                 nt += 1
                 last_write = t
+        mask = _bits(tk, nt)
         if nt:                                 # the lines granted: for ``l2_profile``
-            moves = _grown(moves, n_moves)
+            moves, masks = _grown(moves, n_moves), _grown(masks, n_moves)
             moves[n_moves] = (t - 1, t, nt)
+            masks[n_moves, 0] = mask
             n_moves += 1
         if stepped:
-            mask = 0
-            for i in range(nt):
-                mask |= 1 << tk[i]
             merged = _copier_step(mask, cs, refused, merged, banks)
         t += 1
         if sd >= S and w_cmd[0] >= n_cmd_w[0] and w_cmd[1] >= n_cmd_w[1]:
@@ -433,7 +444,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
             raise RuntimeError("_vector_run: no progress (a bug in the model)")
     return (max(last_write, ended[S - 1] if S else 0) + 1, ended,
             (refused[0] if merged else refused.sum() / banks) if stepped else 0.0,
-            moves[:n_moves])
+            moves[:n_moves], masks[:n_moves, 0])
 
 
 def vector_run_inputs(segs: list, hw: HardwareConfig) -> tuple[np.ndarray, ...]:
@@ -477,7 +488,7 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
     W = hw.line_bytes
     seg_n, reads, writes = vector_run_inputs(segs, hw)
     stepped = copier_stepped(hw)
-    done, ended, refused, moves = _vector_run(seg_n, reads, writes, W,
+    done, ended, refused, moves, _ = _vector_run(seg_n, reads, writes, W,
                                               int(hw.l2_lines_per_cycle),
                                               hw.vector_lanes_per_cycle, stepped)
     lanes = hw.vector_lanes_per_cycle
@@ -502,3 +513,30 @@ def vector_occupancy(instr: Instruction, hw: HardwareConfig,
                      paced_cycles=paced_cycles, paced_lines=paced_lines,
                      l2_profile=tuple(profile.tolist()) if len(profile) else None,
                      l2_moves=read_only(grant_runs(moves)) if len(profile) else None)
+
+
+def vector_grant_banks(instr: Instruction, hw: HardwareConfig) -> np.ndarray:
+    """The L2 banks (a bit each) the vector unit's five ports are granted in each cycle
+    from its start, ``int64 [cycles]``, read-only (``_vector_run``'s grants; traced on
+    the RTL, a ``REQUANT`` and an ``RMSNORM`` on edge-16x16, cycle by cycle, exact).
+    Where the L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not
+    recorded), as ``arch.matmul_timing.grant_banks``, with which ``sweeps.perf._Banks``
+    walks a DMA copier. Memoised on the instruction and ``hw``'s fields it reads."""
+    banks = int(hw.l2_lines_per_cycle)
+    key = (instr, hw.line_bytes, banks, hw.vector_lanes_per_cycle)
+    hit = _banks_cache.get(key)
+    if hit is None:
+        hit = np.zeros(0, np.int64)
+        if 1 < banks <= MAX_STEPPED_BANKS:
+            done, _, _, moves, masks = _vector_run(
+                *vector_run_inputs(vector_segments(instr), hw), hw.line_bytes, banks,
+                hw.vector_lanes_per_cycle, False)
+            hit = np.zeros(int(done) + 1, np.int64)
+            hit[moves[:, 1].astype(np.int64)] = masks    # a grant's cycle is its move's end
+        if len(_banks_cache) >= 4096:      # (a bound on its memory, not a measured size)
+            _banks_cache.clear()
+        hit = _banks_cache[key] = read_only(hit)
+    return hit
+
+
+_banks_cache: dict = {}

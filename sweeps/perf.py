@@ -89,6 +89,7 @@ from arch.uarch import (
     QUEUE_DEPTH,
     dram_queue_lines,
 )
+from arch.vector_timing import vector_grant_banks
 
 # Passes of the engines until the L2 waits settle (``_settled``). Each pass reads a
 # load's wait off the last pass's timeline, where the compute engine runs the loads'
@@ -566,11 +567,14 @@ class _Banks:
         self.cache = {} if cache is None else cache
         self.banked = _banked(hw)
         self.walked = 1 < hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS
-        if self.walked and "MATMUL" not in self.cache:
-            self.cache["MATMUL"] = {j: grant_banks(instr, hw) for j, instr in enumerate(instrs)
-                                    if instr.mnemonic == "MATMUL"}
+        if self.walked and "units" not in self.cache:
+            self.cache["units"] = {
+                j: grant_banks(instr, hw) if instr.mnemonic == "MATMUL"
+                else vector_grant_banks(instr, hw) for j, instr in enumerate(instrs)
+                if instr.engine == Engine.COMPUTE and occs[j] is not None and occs[j].l2_lines}
+        self.units = self.cache.get("units", {})
         self.matmuls = [(timing.begin[j], timing.begin[j] + occs[j].cycles, masks)
-                        for j, masks in self.cache.get("MATMUL", {}).items()]
+                        for j, masks in self.units.items()]
         self.ends = [m[1] for m in self.matmuls]   # in order: the compute engine's are
 
     def wait(self, i: int, lo: float, alone: float) -> float:
@@ -589,7 +593,9 @@ class _Banks:
         if store:
             return _store_bank_wait(self.cache[i], banks, lo, alone, self.matmuls, first,
                                     cal.l2_read_latency)
-        return _bank_wait(self.cache[i], hw, lo, alone, self.matmuls, first)
+        rows = len(dma_rows(self.instrs[i], hw, self.read_i32)[0])
+        return _bank_wait(self.cache[i], hw, lo, alone, self.matmuls, first, rows,
+                          hw.dram_latency_cycles + cal.cmd_to_read + cal.read_to_write)
 
 
 def _grant_union(lo: float, length: int, matmuls: list, first: int) -> np.ndarray | None:
@@ -613,7 +619,7 @@ def _grant_union(lo: float, length: int, matmuls: list, first: int) -> np.ndarra
 
 
 def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
-               matmuls: list, first: int = 0) -> float:
+               matmuls: list, first: int = 0, rows: int = 0, round_trip: int = 0) -> float:
     """The cycles a load's copier, which alone writes its rows' L2 lines (their banks in
     order, ``seq``: ``_row_banks``) evenly over ``alone`` cycles from ``lo``, loses to
     the bank grants of the ``MATMUL``s beside it (``_grant_union``), walked cycle by
@@ -638,9 +644,12 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     if union is None:
         return 0.0
     banks = int(hw.l2_lines_per_cycle)
+    rate = min(1.0, len(seq) / alone)
     slack = float(dram_queue_lines(hw.dram_latency_cycles) + COPIER_FIFO_DEPTH
                   - math.ceil(hw.dram_latency_cycles / hw.dram_cycles_per_line))
-    rate = min(1.0, len(seq) / alone)
+    if rows:     # its reads at most CMD_DEPTH rows ahead of its writes, less a round trip's
+        slack = max(1.0, min(slack, CMD_DEPTH * len(seq) / rows + COPIER_FIFO_DEPTH
+                             - rate * round_trip))
     # averaged over the copier's phase against the grants, its start 0 to ``banks - 1``
     # cycles later (the passes move it by a cycle or two, which a single walk would meet
     # a bank apart, its wait then alternating pass after pass)
@@ -1021,7 +1030,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             paced.append((lo, hi, _stolen_lines(occ.paced_cycles, occ.paced_lines,
                                                 occ.resumes, hi - lo, per_cycle,
                                                 occ.camped_cycles)))
-            unwalked += paced[-1:] if not banks.walked or instrs[i].mnemonic != "MATMUL" else []
+            unwalked += [] if i in banks.units else paced[-1:]
         if occ.copies is not None and occ.dram_lines:
             own = occ.dram_lines
             if e == Engine.LOAD:           # a load's DRAM reads: its copier's read side
@@ -1031,7 +1040,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     occ, timing.begin[i], delay[i][2], hi))
             dram[e].append((lo, hi, own / max(1, hi - lo)))
     l2_usage = {e: _Usage(v, shapes[e]) for e, v in l2.items()}
-    streams, store_streams = _Streams(paced), _Streams(unwalked)
+    streams, unwalked = _Streams(paced), _Streams(unwalked)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
     # the single reads asked at a known cycle (``_request_wait``); a store's DRAM clients
@@ -1073,7 +1082,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             # behind paced streams (both copiers walk the banks in the same order), and
             # the matmul unit's banks, walked (a store then not behind its streams)
             l2_wait = max(l2_wait, math.ceil(_trapped(
-                streams if e == Engine.LOAD else store_streams, lo, free_running,
+                streams if e == Engine.LOAD and not banks.banked else unwalked, lo, free_running,
                 occ.l2_lines / max(1, free_running))), math.ceil(banks.wait(i, lo, free_running)))
         if occ.dram_lines and e == Engine.LOAD:
             lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side

@@ -173,9 +173,9 @@ def test_the_vector_units_grants_are_its_lines(name):
     for _ in range(60):
         instr = random_vector(rng, min(hw.l2_bytes, 1 << 18))
         occ = occupancy(instr, hw)
-        done, _, _, grants = _vector_run(*vector_run_inputs(vector_segments(instr), hw),
-                                         hw.line_bytes, banks, hw.vector_lanes_per_cycle,
-                                         copier_stepped(hw))
+        done, _, _, grants, _ = _vector_run(*vector_run_inputs(vector_segments(instr), hw),
+                                            hw.line_bytes, banks, hw.vector_lanes_per_cycle,
+                                            copier_stepped(hw))
         assert grants[:, 2].sum() == occ.l2_lines, instr
         assert grants[:, 2].max() <= banks and grants[:, 1].max() <= done, instr
         assert occ.l2_profile == tuple(l2_profile_points(grants, occ.cycles)), instr

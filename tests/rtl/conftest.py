@@ -104,11 +104,12 @@ class L2Sim:
         return out
 
     @staticmethod
-    def run_cycles(params, unit, n_ports, cases, limit=50_000):
+    def run_cycles(params, unit, n_ports, cases, limit=50_000, watch=None):
         """The cycles from ``start`` to ``done`` of each ``(mem, instr)`` of ``cases``, run
         one after another on one simulation of ``unit`` (the L2 reloaded with each
-        ``mem``), without the ISA simulator: for timing alone."""
-        return [n for n, _ in L2Sim._drive(params, unit, n_ports, cases, limit)]
+        ``mem``), without the ISA simulator: for timing alone (``watch`` as
+        ``run_instructions``')."""
+        return [n for n, _ in L2Sim._drive(params, unit, n_ports, cases, limit, watch)]
 
     @staticmethod
     def run_instructions(params, unit, n_ports, cases, limit=50_000, watch=None):
