@@ -553,13 +553,14 @@ def _banked(hw: HardwareConfig) -> bool:
 
 
 class _Banks:
-    """The cycles each DMA instruction of a program pass loses to the matmul unit's L2
-    bank grants (``wait``): a load's where the L2 is ``_banked`` (``_bank_wait``), a
-    store's L2 reads wherever the grants are recorded (``walked``: more than one
-    line-wide bank, at most ``MAX_STEPPED_BANKS``; ``_store_bank_wait``), else 0. Holds
-    the ``MATMUL``s' intervals this pass and their ``grant_banks``, and each load's lines'
-    banks (``_row_banks``) or store's reads (``_store_reads``), the last two kept in
-    ``cache`` from pass to pass."""
+    """The cycles each DMA instruction of a program pass loses to the matmul and vector
+    units' L2 bank grants (``wait``): a load's where the L2 is ``_banked``
+    (``_bank_wait``), a store's L2 reads wherever the grants are recorded (``walked``:
+    more than one line-wide bank, at most ``MAX_STEPPED_BANKS``; ``_store_bank_wait``),
+    else 0. Holds the compute instructions' intervals this pass (``matmuls``, in order)
+    and their grants (``units``: a ``MATMUL``'s ``grant_banks``, a vector instruction's
+    ``vector_grant_banks``), and each load's lines' banks (``_row_banks``) or store's
+    reads (``_store_reads``), the last three kept in ``cache`` from pass to pass."""
 
     def __init__(self, instrs, occs, hw: HardwareConfig, timing: ProgramTiming, read_i32,
                  cache: dict | None, cal: Calibration = CALIBRATION):
@@ -599,9 +600,10 @@ class _Banks:
 
 
 def _grant_union(lo: float, length: int, matmuls: list, first: int) -> np.ndarray | None:
-    """The banks the ``MATMUL``s beside (``matmuls``: ``(begin, end, their
-    grant_banks)``, in order; ``first``, the first that ends after ``lo``) are granted in
-    each of ``length`` cycles from ``lo``, int64 [length]; None where none is."""
+    """The banks the compute instructions beside (``matmuls``: ``(begin, end, their
+    grants)``, ``_Banks``', in order; ``first``, the first that ends after ``lo``) are
+    granted in each of ``length`` cycles from ``lo``, int64 [length]; None where none
+    is."""
     if first >= len(matmuls) or matmuls[first][0] - lo >= length:
         return None
     union = np.zeros(length, np.int64)
@@ -622,13 +624,20 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
                matmuls: list, first: int = 0, rows: int = 0, round_trip: int = 0) -> float:
     """The cycles a load's copier, which alone writes its rows' L2 lines (their banks in
     order, ``seq``: ``_row_banks``) evenly over ``alone`` cycles from ``lo``, loses to
-    the bank grants of the ``MATMUL``s beside it (``_grant_union``), walked cycle by
+    the bank grants of the compute units beside it (``_grant_union``), walked cycle by
     cycle (``_bank_walk``): the DRAM hands it a line's worth at its pace, which waits in
     the DRAM's response queue and its landing buffer (``slack`` lines:
     ``dram_queue_lines`` less the lines in flight over the latency, and
     ``COPIER_FIFO_DEPTH``) while the copier is refused its bank; once they are full the
-    DRAM is held too. A line two rows share is written twice (rows of 48 bytes on
-    64-byte lines write banks 0, 0, 1, 1, ...). The grants are walked over ``3 alone``
+    DRAM is held too. Its reads run at most ``CMD_DEPTH`` of its ``rows`` ahead of the
+    row its write side takes (``rtl/copier.py``'s command queues), so the slack is at
+    most their lines less those a ``round_trip`` (latency, command to read, read to
+    write) holds in flight at its pace (traced on the RTL, seed 2041's step 24 of
+    ``benchmarks.perf_calibration --random``, edge-16x16: a 320-row load of 48-byte rows
+    was refused 97 times beside an attention GEMV's weight reader and a few vector
+    instructions and lost about 48 cycles; with the queue's slack the walk charged it 0
+    and the step was 1.16% short, with this 34, and 0.63% short). A line two rows share
+    is written twice (rows of 48 bytes on 64-byte lines write banks 0, 0, 1, 1, ...). The grants are walked over ``3 alone``
     cycles from ``lo`` (a window, not a measurement: the largest wait in the draws of
     docs/perf.md is under half the load's time), free past it.
     (Traced on the RTL, edge-16x16 at 51 bytes a cycle, a decode step of seed 2044: 32
@@ -982,9 +991,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     read side): at least ``(its lines + theirs) / l2_lines_per_cycle`` cycles (at its
     fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
     table reads, ``_prefetch_wait``); no faster than the paced compute streams it overlaps
-    let it (``_trapped``; bursts, ``_bursts_trapped``), nor than the matmul unit's banks
-    (``_Banks``: a load the DRAM paces on a banked L2; a store, not behind the unit's
-    streams then; ``benchmarks.rtl_stores``).
+    let it (``_trapped``; bursts, ``_bursts_trapped``), nor than the matmul and vector
+    units' banks let it (``_Banks``, walked: a load the DRAM paces on a banked L2, a
+    store's L2 reads; not behind those units' streams then; ``benchmarks.rtl_stores``).
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
     per instruction, at its request cycle) and the two DMA engines; a line takes
@@ -1004,8 +1013,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     shapes = {e: [] for e in ENGINES}      # per engine: (its l2_profile, its l2_moves)
     dram = {e: [] for e in ENGINES}
     banks = _Banks(instrs, occs, hw, timing, read_i32, bank_cache, cal)
-    paced, unwalked = [], []               # the compute engine's paced streams; those a
-                                           # store is not walked through (``_Banks``)
+    paced, unwalked = [], []               # the compute engine's paced streams; those
+                                           # not walked through (``_Banks.units``)
     # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
     # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
     # earlier one's rows, a DRAM client of their own in the round-robin.
@@ -1080,7 +1089,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     timing.begin[i] + delay[i][2], hw, read_i32, cal)
                 l2_wait = max(l2_wait, burst, _bursts_trapped(streams, lo, free_running, occ, hw))
             # behind paced streams (both copiers walk the banks in the same order), and
-            # the matmul unit's banks, walked (a store then not behind its streams)
+            # the units' banks, walked (where they are, not behind their streams)
             l2_wait = max(l2_wait, math.ceil(_trapped(
                 streams if e == Engine.LOAD and not banks.banked else unwalked, lo, free_running,
                 occ.l2_lines / max(1, free_running))), math.ceil(banks.wait(i, lo, free_running)))
