@@ -637,9 +637,10 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     was refused 97 times beside an attention GEMV's weight reader and a few vector
     instructions and lost about 48 cycles; with the queue's slack the walk charged it 0
     and the step was 1.16% short, with this 34, and 0.63% short). A line two rows share
-    is written twice (rows of 48 bytes on 64-byte lines write banks 0, 0, 1, 1, ...). The grants are walked over ``3 alone``
-    cycles from ``lo`` (a window, not a measurement: the largest wait in the draws of
-    docs/perf.md is under half the load's time), free past it.
+    is written twice (rows of 48 bytes on 64-byte lines write banks 0, 0, 1, 1, ...).
+    The grants are walked over ``3 alone`` cycles from ``lo`` (a window, not a
+    measurement: the largest wait in the draws of docs/perf.md is under half the load's
+    time), free past it.
     (Traced on the RTL, edge-16x16 at 51 bytes a cycle, a decode step of seed 2044: 32
     rows of 416 bytes, 0.92 L2 lines a cycle, were refused 104 of 328 cycles beside a
     GEMV whose two weight readers each hold a bank two cycles for rows of 48 bytes, and
