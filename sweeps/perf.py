@@ -633,9 +633,8 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     instructions and lost about 48 cycles; with the queue's slack the walk charged it 0
     and the step was 1.16% short, with this 34, and 0.63% short). A line two rows share
     is written twice (rows of 48 bytes on 64-byte lines write banks 0, 0, 1, 1, ...).
-    The grants are walked over ``3 alone`` cycles from ``lo`` (a window, not a
-    measurement: the largest wait in the draws of docs/perf.md is under half the load's
-    time), free past it.
+    The grants are walked over ``3 alone`` cycles from ``lo`` at first, longer where
+    the walk runs past them (``_phase_walk``).
     (Traced on the RTL, edge-16x16 at 51 bytes a cycle, a decode step of seed 2044: 32
     rows of 416 bytes, 0.92 L2 lines a cycle, were refused 104 of 328 cycles beside a
     GEMV whose two weight readers each hold a bank two cycles for rows of 48 bytes, and
@@ -645,9 +644,6 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     GEMV.)"""
     if alone <= 0 or not len(seq):
         return 0.0
-    union = _grant_union(lo, math.ceil(3 * alone) + 1, matmuls, first)
-    if union is None:
-        return 0.0
     banks = int(hw.l2_lines_per_cycle)
     rate = min(1.0, len(seq) / alone)
     slack = float(dram_queue_lines(hw.dram_latency_cycles) + COPIER_FIFO_DEPTH
@@ -655,11 +651,30 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
     if rows:     # its reads at most CMD_DEPTH rows ahead of its writes, less a round trip's
         slack = max(1.0, min(slack, CMD_DEPTH * len(seq) / rows + COPIER_FIFO_DEPTH
                              - rate * round_trip))
-    # averaged over the copier's phase against the grants, its start 0 to ``banks - 1``
-    # cycles later (the passes move it by a cycle or two, which a single walk would meet
-    # a bank apart, its wait then alternating pass after pass)
-    walked = sum(_bank_walk(union[d:], seq, rate, slack) for d in range(banks)) / banks
-    return max(0.0, walked - _bank_walk(union[:0], seq, rate, slack))
+    walked = _phase_walk(lambda masks: _bank_walk(masks, seq, rate, slack), lo,
+                         math.ceil(3 * alone) + 1, matmuls, first, banks)
+    if walked is None:
+        return 0.0
+    return max(0.0, walked - _bank_walk(np.zeros(0, np.int64), seq, rate, slack))
+
+
+def _phase_walk(walk, lo: float, length: int, matmuls: list, first: int,
+                banks: int) -> float | None:
+    """``walk(masks)`` through the units' grants from ``lo`` (``_grant_union``), averaged
+    over the copier's phase against them, its start 0 to ``banks - 1`` cycles later (the
+    passes move it by a cycle or two, which a single walk would meet a bank apart, its
+    wait then alternating pass after pass); None where no unit is granted a bank in the
+    first ``length`` cycles. The grants are taken over ``length`` cycles, doubled until
+    every walk ends within them or no unit runs past them (a load of 512 lines beside a
+    ``ROPE`` on edge-4x8 took four times its time alone, on the RTL and in the walk)."""
+    while True:
+        union = _grant_union(lo, length, matmuls, first)
+        if union is None:
+            return None
+        ends = [walk(union[d:]) for d in range(banks)]
+        if max(ends) + banks < length or matmuls[-1][1] <= lo + length:
+            return sum(ends) / banks
+        length *= 2
 
 
 def _store_bank_wait(reads: np.ndarray, banks: int, lo: float, alone: float,
@@ -677,14 +692,12 @@ def _store_bank_wait(reads: np.ndarray, banks: int, lo: float, alone: float,
     the idle steps of the unit's readers, ``_trapped``, 117.)"""
     if alone <= 0 or not len(reads):
         return 0.0
-    horizon = float(reads[-1, 0]) + 2 * alone
-    union = _grant_union(lo, math.ceil(horizon) + 1, matmuls, first)
-    if union is None:
+    room = COPIER_FIFO_DEPTH - 1
+    walked = _phase_walk(lambda masks: _store_walk(masks, reads, room, after_read), lo,
+                         math.ceil(reads[-1, 0] + 2 * alone) + 1, matmuls, first, banks)
+    if walked is None:
         return 0.0
-    free = _store_walk(union[:0], reads, COPIER_FIFO_DEPTH - 1, after_read)
-    walked = sum(_store_walk(union[d:], reads, COPIER_FIFO_DEPTH - 1, after_read)
-                 for d in range(banks)) / banks
-    return max(0.0, walked - free)
+    return max(0.0, walked - _store_walk(np.zeros(0, np.int64), reads, room, after_read))
 
 
 @njit
