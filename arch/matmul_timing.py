@@ -561,7 +561,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     old_granted = np.empty(max_old, np.int64)
     camped = np.empty((n_groups, 3), np.int64)
     moves = np.empty((T + rows_written, 3), np.float64)
-    # (cycle, bank bit): a row is at most two lines (``4 * array_cols <= line_bytes``,
+    # (cycle, bank bit, camped): a row is at most two lines (``4 * array_cols <= line_bytes``,
     # ``HardwareConfig``: a result row is at most a line)
     writes = np.empty((2 * rows_written if record else 0, 3), np.int64)
     granted = np.empty(4 * rows_written, np.int64)     # each a row's two lines, and old
@@ -745,7 +745,8 @@ def grant_banks(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIB
     bank, a camped group's included; the old-output reader's are not in them, as in
     ``_refusals``). Where the
     L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not recorded).
-    ``sweeps.perf._bank_walk`` walks a DMA copier the DRAM paces through them. Memoised
+    ``sweeps.perf._Banks`` walks the DMA copiers through them (a load's L2 writes, a
+    store's L2 reads), with the vector unit's (``vector_timing.vector_grant_banks``). Memoised
     on the instruction and ``hw``'s fields it reads."""
     banks = int(hw.l2_lines_per_cycle)
     key = (instr, hw.line_bytes, banks, hw.array_rows, hw.array_cols, cal)

@@ -301,7 +301,8 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
     to done, each segment's last group's cycle int64 [segments], the cycles a copier
     beside it is refused its bank, its ports' L2 grants float64 [cycles granting any,
     3] as ``(from, to, lines)`` for ``l2_profile_points``, and the banks granted in
-    each of those cycles, a bit each, int64)`` for the segments'
+    each of those cycles, a bit each, int64; 0 over ``MAX_STEPPED_BANKS`` banks)`` for
+    the segments'
     elements ``seg_n``, their reads ``int64 [segments, 3, 2]`` (per row reader: L2
     address, bytes; 0 bytes: not used) and writes ``int64 [segments, 2, 3]`` (per row
     writer: address, bytes, whether only at the last group), on ``W``-byte lines in
@@ -429,7 +430,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
                              issued, pushed_at, n_pushed, n_popped_w, W, banks):
                 nt += 1
                 last_write = t
-        mask = _bits(tk, nt)
+        mask = _bits(tk, nt) if banks <= MAX_STEPPED_BANKS else 0   # (an int64's bits)
         if nt:                                 # the lines granted: for ``l2_profile``
             moves, masks = _grown(moves, n_moves), _grown(masks, n_moves)
             moves[n_moves] = (t - 1, t, nt)

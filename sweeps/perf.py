@@ -150,7 +150,7 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
             for instr in instrs]
     delay = [(0, 0, 0, NO_WALK)] * len(instrs)
     before = None                                    # the waits of the pass before
-    banks: dict = {}                                 # (``_bank_wait``'s, pass to pass)
+    banks: dict = {}                                 # (``_Banks``' cache, pass to pass)
     for n in range(CONTENTION_PASSES):
         timing, write_start, fetch, reads = _time(instrs, occs, hw, cal, delay)
         again = _contention(instrs, occs, hw, timing, write_start, fetch, delay, reads, cal,
@@ -166,8 +166,8 @@ def time_program(instrs: list[Instruction], hw: HardwareConfig, read_i32=None,
 def _settled(again: list, last: list) -> bool:
     """The contention passes stop once no wait moved by more than a cycle (a load's
     start moving by a cycle can move the overlap that sets its wait by one, back and
-    forth), or once every wait is back within a cycle of the pass before last: a load's
-    walk through the matmul unit's banks (``_bank_wait``) can meet them a bank apart as
+    forth), or once every wait is back within a cycle of the pass before last: a
+    copier's walk through the units' banks (``_Banks``) can meet them a bank apart as
     its start moves by a cycle, and its wait then alternates between two values (0 and
     3 cycles on a Sheared-LLaMA-1.3B-wide MXINT4 decode step on edge-16x16, whose
     cycles stayed the same from the tenth pass to the sixteenth)."""
@@ -549,13 +549,13 @@ class _Banks:
     units' L2 bank grants (``wait``), wherever they are recorded (``walked``: more than
     one line-wide bank, at most ``MAX_STEPPED_BANKS``): a load's L2 writes
     (``_bank_wait``), a store's L2 reads (``_store_bank_wait``); else 0. Holds the
-    compute instructions' intervals this pass (``matmuls``, in order) and their grants
+    compute instructions' intervals this pass (``units_at``, in order) and their grants
     (``units``: a ``MATMUL``'s ``grant_banks``, a vector instruction's
     ``vector_grant_banks``), and each load's lines' banks (``_row_banks``) or store's
     reads (``_store_reads``), the last three kept in ``cache`` from pass to pass. (Where
     the DRAM feeds a line a cycle, ``arch.timing.copier_stepped``, a load was before
     stepped through the units' grants as a copier asking a line every cycle in
-    consecutive banks: seed 2046's step 22 on edge-4x8, the LM head's loads of 80-byte
+    consecutive banks: seed 2046's step 22 on the 4 x 8 array, the LM head's loads of 80-byte
     rows beside its GEMVs, was 2.24% long; walked with their rows' banks, 0.13% short.)"""
 
     def __init__(self, instrs, occs, hw: HardwareConfig, timing: ProgramTiming, read_i32,
@@ -569,9 +569,9 @@ class _Banks:
                 else vector_grant_banks(instr, hw) for j, instr in enumerate(instrs)
                 if instr.engine == Engine.COMPUTE and occs[j] is not None and occs[j].l2_lines}
         self.units = self.cache.get("units", {})
-        self.matmuls = [(timing.begin[j], timing.begin[j] + occs[j].cycles, masks)
+        self.units_at = [(timing.begin[j], timing.begin[j] + occs[j].cycles, masks)
                         for j, masks in self.units.items()]
-        self.ends = [m[1] for m in self.matmuls]   # in order: the compute engine's are
+        self.ends = [m[1] for m in self.units_at]   # in order: the compute engine's are
 
     def wait(self, i: int, lo: float, alone: float) -> float:
         store = self.instrs[i].engine == Engine.STORE
@@ -585,25 +585,25 @@ class _Banks:
             self.cache[i] = (_store_reads(
                 src, dst, nbytes, needs, hw.line_bytes, banks, hw.dram_bytes_per_cycle,
                 hw.dram_latency_cycles + cal.int_read, cal.cmd_to_read) if store
-                else _row_banks(dst, nbytes, hw.line_bytes, banks))
+                else (_row_banks(dst, nbytes, hw.line_bytes, banks), len(dst)))
         if store:
-            return _store_bank_wait(self.cache[i], banks, lo, alone, self.matmuls, first,
+            return _store_bank_wait(self.cache[i], banks, lo, alone, self.units_at, first,
                                     cal.l2_read_latency)
-        rows = len(dma_rows(self.instrs[i], hw, self.read_i32)[0])
-        return _bank_wait(self.cache[i], hw, lo, alone, self.matmuls, first, rows,
+        seq, rows = self.cache[i]
+        return _bank_wait(seq, hw, lo, alone, self.units_at, first, rows,
                           hw.dram_latency_cycles + cal.cmd_to_read + cal.read_to_write)
 
 
-def _grant_union(lo: float, length: int, matmuls: list, first: int) -> np.ndarray | None:
-    """The banks the compute instructions beside (``matmuls``: ``(begin, end, their
+def _grant_union(lo: float, length: int, units_at: list, first: int) -> np.ndarray | None:
+    """The banks the compute instructions beside (``units_at``: ``(begin, end, their
     grants)``, ``_Banks``', in order; ``first``, the first that ends after ``lo``) are
     granted in each of ``length`` cycles from ``lo``, int64 [length]; None where none
     is."""
-    if first >= len(matmuls) or matmuls[first][0] - lo >= length:
+    if first >= len(units_at) or units_at[first][0] - lo >= length:
         return None
     union = np.zeros(length, np.int64)
     hit = False
-    for begin, _, masks in itertools.islice(matmuls, first, None):
+    for begin, _, masks in itertools.islice(units_at, first, None):
         a = math.ceil(begin - lo)
         if a >= length:
             break
@@ -616,7 +616,7 @@ def _grant_union(lo: float, length: int, matmuls: list, first: int) -> np.ndarra
 
 
 def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
-               matmuls: list, first: int = 0, rows: int = 0, round_trip: int = 0) -> float:
+               units_at: list, first: int = 0, rows: int = 0, round_trip: int = 0) -> float:
     """The cycles a load's copier, which alone writes its rows' L2 lines (their banks in
     order, ``seq``: ``_row_banks``) evenly over ``alone`` cycles from ``lo``, loses to
     the bank grants of the compute units beside it (``_grant_union``), walked cycle by
@@ -652,13 +652,13 @@ def _bank_wait(seq: np.ndarray, hw: HardwareConfig, lo: float, alone: float,
         slack = max(1.0, min(slack, CMD_DEPTH * len(seq) / rows + COPIER_FIFO_DEPTH
                              - rate * round_trip))
     walked = _phase_walk(lambda masks: _bank_walk(masks, seq, rate, slack), lo,
-                         math.ceil(3 * alone) + 1, matmuls, first, banks)
+                         math.ceil(3 * alone) + 1, units_at, first, banks)
     if walked is None:
         return 0.0
     return max(0.0, walked - _bank_walk(np.zeros(0, np.int64), seq, rate, slack))
 
 
-def _phase_walk(walk, lo: float, length: int, matmuls: list, first: int,
+def _phase_walk(walk, lo: float, length: int, units_at: list, first: int,
                 banks: int) -> float | None:
     """``walk(masks)`` through the units' grants from ``lo`` (``_grant_union``), averaged
     over the copier's phase against them, its start 0 to ``banks - 1`` cycles later (the
@@ -666,23 +666,26 @@ def _phase_walk(walk, lo: float, length: int, matmuls: list, first: int,
     wait then alternating pass after pass); None where no unit is granted a bank in the
     first ``length`` cycles. The grants are taken over ``length`` cycles, doubled until
     every walk ends within them or no unit runs past them (a load of 512 lines beside a
-    ``ROPE`` on edge-4x8 took four times its time alone, on the RTL and in the walk)."""
+    ``ROPE`` on the 4 x 8 array took four times its time alone, on the RTL and in the walk)."""
     while True:
-        union = _grant_union(lo, length, matmuls, first)
+        union = _grant_union(lo, length, units_at, first)
         if union is None:
             return None
         ends = [walk(union[d:]) for d in range(banks)]
-        if max(ends) + banks < length or matmuls[-1][1] <= lo + length:
+        if max(ends) + banks < length or units_at[-1][1] <= lo + length:
             return sum(ends) / banks
         length *= 2
 
 
 def _store_bank_wait(reads: np.ndarray, banks: int, lo: float, alone: float,
-                     matmuls: list, first: int, after_read: int) -> float:
-    """The cycles a store's copier loses to the matmul unit's bank grants beside it
-    (``_grant_union``), its L2 reads from ``lo`` (over ``alone`` cycles) as it makes them
-    alone (``_store_reads``), walked cycle by cycle (``_store_walk``), averaged over its
-    phase against the grants as a load's (``_bank_wait``). Its read side runs ahead of
+                     units_at: list, first: int, after_read: int) -> float:
+    """The cycles a store's copier loses to the matmul and vector units' bank grants
+    beside it (``_grant_union``), its L2 reads from ``lo`` (its read side ``alone``
+    cycles long) as it makes them alone (``_store_reads``), walked cycle by cycle
+    (``_store_walk``), averaged over its phase against the grants as a load's
+    (``_phase_walk``), over its last read's cycle alone plus twice ``alone`` at first (a
+    window, not a measurement; it grows where a walk runs past it). Its read side runs
+    ahead of
     its DRAM writes by its buffer's room, so a refusal costs only where the buffer runs
     dry: a ``KV_APPEND`` waits a block-table read at each block, and the grants that fall
     there cost nothing. (Traced on the RTL, edge-16x16, seed 2045's step 19 of
@@ -694,7 +697,7 @@ def _store_bank_wait(reads: np.ndarray, banks: int, lo: float, alone: float,
         return 0.0
     room = COPIER_FIFO_DEPTH - 1
     walked = _phase_walk(lambda masks: _store_walk(masks, reads, room, after_read), lo,
-                         math.ceil(reads[-1, 0] + 2 * alone) + 1, matmuls, first, banks)
+                         math.ceil(reads[-1, 0] + 2 * alone) + 1, units_at, first, banks)
     if walked is None:
         return 0.0
     return max(0.0, walked - _store_walk(np.zeros(0, np.int64), reads, room, after_read))
@@ -1022,8 +1025,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     shapes = {e: [] for e in ENGINES}      # per engine: (its l2_profile, its l2_moves)
     dram = {e: [] for e in ENGINES}
     banks = _Banks(instrs, occs, hw, timing, read_i32, bank_cache, cal)
-    paced, unwalked = [], []               # the compute engine's paced streams; those
-                                           # not walked through (``_Banks.units``)
+    paced = []                             # the compute engine's paced streams
     # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
     # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
     # earlier one's rows, a DRAM client of their own in the round-robin.
@@ -1048,7 +1050,6 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             paced.append((lo, hi, _stolen_lines(occ.paced_cycles, occ.paced_lines,
                                                 occ.resumes, hi - lo, per_cycle,
                                                 occ.camped_cycles)))
-            unwalked += [] if i in banks.units else paced[-1:]
         if occ.copies is not None and occ.dram_lines:
             own = occ.dram_lines
             if e == Engine.LOAD:           # a load's DRAM reads: its copier's read side
@@ -1058,7 +1059,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     occ, timing.begin[i], delay[i][2], hi))
             dram[e].append((lo, hi, own / max(1, hi - lo)))
     l2_usage = {e: _Usage(v, shapes[e]) for e, v in l2.items()}
-    streams, unwalked = _Streams(paced), _Streams(unwalked)
+    streams = _Streams(paced)
     dram_usage = {e: _Usage(dram[e]) for e in (Engine.LOAD, Engine.STORE)}
     fetch_usage = _Usage([(t, t + line_cycles, 1 / line_cycles) for t in fetch])
     # the single reads asked at a known cycle (``_request_wait``); a store's DRAM clients
@@ -1097,11 +1098,11 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     instrs[i], occ, [l2_usage[a] for a in above[e]], lo, free_running,
                     timing.begin[i] + delay[i][2], hw, read_i32, cal)
                 l2_wait = max(l2_wait, burst, _bursts_trapped(streams, lo, free_running, occ, hw))
-            # behind paced streams (both copiers walk the banks in the same order), and
-            # the units' banks, walked (where they are, not behind their streams)
-            l2_wait = max(l2_wait, math.ceil(_trapped(
-                streams if not banks.walked else unwalked, lo, free_running,
-                occ.l2_lines / max(1, free_running))), math.ceil(banks.wait(i, lo, free_running)))
+            # behind paced streams (both copiers walk the banks in the same order), or
+            # where the units' grants are recorded, walked through them instead
+            l2_wait = max(l2_wait, 0 if banks.walked else math.ceil(_trapped(
+                streams, lo, free_running, occ.l2_lines / max(1, free_running))),
+                math.ceil(banks.wait(i, lo, free_running)))
         if occ.dram_lines and e == Engine.LOAD:
             lo, hi = reads[i][:2]          # a load's DRAM reads: its copier's read side
             free_running = hi - lo - delay[i][1]

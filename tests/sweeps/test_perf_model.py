@@ -1481,8 +1481,11 @@ def test_a_stores_reads_walked_through_the_units_banks_lose_only_where_its_buffe
     first stretch no longer than the cycles taken; and a stretch that falls while it
     waits for a block-table entry costs nothing, where the same stretch in a burst of
     rows costs all but what its buffer holds."""
+    from arch.timing import CALIBRATION
+    from arch.uarch import COPIER_FIFO_DEPTH
     from sweeps.perf import _store_reads, _store_walk
 
+    assert (COPIER_FIFO_DEPTH - 1, CALIBRATION.l2_read_latency) == (4, 3)   # as walked here
     rng = np.random.default_rng(7)
     W, banks = 64, 4
     for _ in range(100):
@@ -1528,3 +1531,23 @@ def test_a_stores_reads_walked_through_the_units_banks_lose_only_where_its_buffe
         masks[burst + 8:burst + 48] = 15
         lost = _store_walk(masks, reads, 4, 3) - free
         assert least <= lost <= 40 and (lost < 40) == (least < 40), (bytes_per_cycle, lost)
+
+
+def test_a_walk_runs_through_every_grant_however_long_it_is_held():
+    """``sweeps.perf._phase_walk``: the units' grants are taken over three times the
+    copier's time alone at first, and over more where its walk runs past them: a load of
+    100 lines (a line a cycle alone) beside a unit holding every bank for 1,000 cycles
+    waits all of them, as a store's reads do; with no grant beside it, neither waits."""
+    from arch.hardware import load_hardware
+    from sweeps.perf import _bank_wait, _store_bank_wait, _store_reads
+
+    hw = load_hardware("edge-16x16")
+    seq = np.arange(100, dtype=np.int64) % 4
+    held = [(0.0, 1000.0, np.full(1000, 15, np.int64))]
+    assert _bank_wait(seq, hw, 0.0, 100.0, held) >= 1000 - 100
+    assert _bank_wait(seq, hw, 0.0, 100.0, []) == 0.0
+    src = 8192 + np.arange(100, dtype=np.int64) * 64
+    reads = _store_reads(src, np.arange(100, dtype=np.int64) * 64, np.full(100, 64, np.int64),
+                         np.zeros(100, np.int64), 64, 4, 64.0, 90.0, 3)
+    assert _store_bank_wait(reads, 4, 0.0, 100.0, held, 0, 3) >= 1000 - 4
+    assert _store_bank_wait(reads, 4, 0.0, 100.0, [], 0, 3) == 0.0
