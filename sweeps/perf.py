@@ -1004,8 +1004,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
     fixed point, ``_l2_span``; a ``KV_PREFETCH``, which writes in bursts between its
     table reads, ``_prefetch_wait``); no faster than the paced compute streams it overlaps
     let it (``_trapped``; bursts, ``_bursts_trapped``), nor than the matmul and vector
-    units' banks let it (``_Banks``, walked where the L2 has several line-wide banks;
-    not behind those units' streams then; ``benchmarks.rtl_stores``).
+    units' banks let it (``_Banks``, walked where the L2 has several line-wide banks,
+    and then not behind those units' streams, but for a ``KV_PREFETCH``'s bursts and a
+    table read's drain, ``_queued``; ``benchmarks.rtl_stores``).
 
     DRAM: one port shared round-robin (``rtl/arbiter.py``) by instruction fetch (one line
     per instruction, at its request cycle) and the two DMA engines; a line takes
