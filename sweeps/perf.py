@@ -685,10 +685,9 @@ def _store_bank_wait(reads: np.ndarray, banks: int, lo: float, alone: float,
     (``_store_walk``), averaged over its phase against the grants as a load's
     (``_phase_walk``), over its last read's cycle alone plus twice ``alone`` at first (a
     window, not a measurement; it grows where a walk runs past it). Its read side runs
-    ahead of
-    its DRAM writes by its buffer's room, so a refusal costs only where the buffer runs
-    dry: a ``KV_APPEND`` waits a block-table read at each block, and the grants that fall
-    there cost nothing. (Traced on the RTL, edge-16x16, seed 2045's step 19 of
+    ahead of its DRAM writes by its buffer's room, so a refusal costs only where the
+    buffer runs dry: a ``KV_APPEND`` waits a block-table read at each block, and the
+    grants that fall there cost nothing. (Traced on the RTL, edge-16x16, seed 2045's step 19 of
     ``benchmarks.perf_calibration --random``: a 64-token ``KV_APPEND`` of 16-byte rows
     was refused 123 of its L2 asks beside a GEMM whose writer holds one bank through
     each group, and ended 16 cycles later than alone; its reads walked evenly charged 110,
