@@ -49,6 +49,7 @@ from arch.timing import (
     l2_profile_points,
     lines_touched,
     read_only,
+    recorded_grants,
 )
 from arch.uarch import COPIER_FIFO_DEPTH
 
@@ -746,28 +747,20 @@ def grant_banks(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIB
     ``_refusals``). Where the
     L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not recorded).
     ``sweeps.perf._Banks`` walks the DMA copiers through them (a load's L2 writes, a
-    store's L2 reads), with the vector unit's (``vector_timing.vector_grant_banks``). Memoised
-    on the instruction and ``hw``'s fields it reads."""
+    store's L2 reads), with the vector unit's (``vector_timing.vector_grant_banks``).
+    Memoised on the instruction and ``hw``'s fields it reads (``recorded_grants``)."""
     banks = int(hw.l2_lines_per_cycle)
-    key = (instr, hw.line_bytes, banks, hw.array_rows, hw.array_cols, cal)
-    hit = _banks_cache.get(key)
-    if hit is None:
-        if not 1 < banks <= MAX_STEPPED_BANKS:
-            hit = np.zeros(0, np.int64)
-        else:
-            f = _matmul_fields(instr)
-            MT, KT = hw.matmul_tile(f.mode)
-            hit = _grant_banks(f, hw.line_bytes, banks, hw.array_rows, hw.array_cols, MT, KT,
-                               cal.mm_result_latency,
-                               cal.mm_old_output_latency if f.accumulate else 0,
-                               instr.spec.field("out_addr").elem_bytes)
-        if len(_banks_cache) >= 4096:      # (a bound on its memory, not a measured size)
-            _banks_cache.clear()
-        hit = _banks_cache[key] = read_only(hit)
-    return hit
 
+    def grants():
+        f = _matmul_fields(instr)
+        MT, KT = hw.matmul_tile(f.mode)
+        return _grant_banks(f, hw.line_bytes, banks, hw.array_rows, hw.array_cols, MT, KT,
+                            cal.mm_result_latency,
+                            cal.mm_old_output_latency if f.accumulate else 0,
+                            instr.spec.field("out_addr").elem_bytes)
 
-_banks_cache: dict = {}
+    return recorded_grants((instr, hw.line_bytes, banks, hw.array_rows, hw.array_cols, cal),
+                           hw, grants)
 
 
 @njit

@@ -31,7 +31,6 @@ from arch.timing import (
     CALIBRATION,
     FILL_DATA_LATENCY,
     FILL_ISSUE_LATENCY,
-    MAX_STEPPED_BANKS,
     WB_DATA_LATENCY,
     Calibration,
     Occupancy,
@@ -41,6 +40,7 @@ from arch.timing import (
     l2_profile_points,
     lines_touched,
     read_only,
+    recorded_grants,
 )
 from arch.uarch import COPIER_FIFO_DEPTH, SEGMENT_DEPTH
 
@@ -296,13 +296,13 @@ def _copier_step(mask, cs, refused, merged, banks):
 
 
 @njit
-def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
+def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False, record=False):
     """The vector unit (``rtl/vector_unit.py``) cycle by cycle: ``(cycles from start
     to done, each segment's last group's cycle int64 [segments], the cycles a copier
     beside it is refused its bank, its ports' L2 grants float64 [cycles granting any,
-    3] as ``(from, to, lines)`` for ``l2_profile_points``, and the banks granted in
-    each of those cycles, a bit each, int64; 0 over ``MAX_STEPPED_BANKS`` banks)`` for
-    the segments'
+    3] as ``(from, to, lines)`` for ``l2_profile_points``, and with ``record`` the
+    banks granted in each of those cycles, a bit each, int64, else empty)`` for the
+    segments'
     elements ``seg_n``, their reads ``int64 [segments, 3, 2]`` (per row reader: L2
     address, bytes; 0 bytes: not used) and writes ``int64 [segments, 2, 3]`` (per row
     writer: address, bytes, whether only at the last group), on ``W``-byte lines in
@@ -430,7 +430,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
                              issued, pushed_at, n_pushed, n_popped_w, W, banks):
                 nt += 1
                 last_write = t
-        mask = _bits(tk, nt) if banks <= MAX_STEPPED_BANKS else 0   # (an int64's bits)
+        mask = _bits(tk, nt) if stepped or record else 0
         if nt:                                 # the lines granted: for ``l2_profile``
             moves, masks = _grown(moves, n_moves), _grown(masks, n_moves)
             moves[n_moves] = (t - 1, t, nt)
@@ -445,7 +445,7 @@ def _vector_run(seg_n, reads, writes, W, banks, L, stepped=False):
             raise RuntimeError("_vector_run: no progress (a bug in the model)")
     return (max(last_write, ended[S - 1] if S else 0) + 1, ended,
             (refused[0] if merged else refused.sum() / banks) if stepped else 0.0,
-            moves[:n_moves], masks[:n_moves, 0])
+            moves[:n_moves], masks[:n_moves if record else 0, 0])
 
 
 def vector_run_inputs(segs: list, hw: HardwareConfig) -> tuple[np.ndarray, ...]:
@@ -522,22 +522,17 @@ def vector_grant_banks(instr: Instruction, hw: HardwareConfig) -> np.ndarray:
     the RTL, a ``REQUANT`` and an ``RMSNORM`` on edge-16x16, cycle by cycle, exact).
     Where the L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not
     recorded), as ``arch.matmul_timing.grant_banks``, with which ``sweeps.perf._Banks``
-    walks a DMA copier. Memoised on the instruction and ``hw``'s fields it reads."""
+    walks a DMA copier. Memoised on the instruction and ``hw``'s fields it reads
+    (``recorded_grants``)."""
     banks = int(hw.l2_lines_per_cycle)
-    key = (instr, hw.line_bytes, banks, hw.vector_lanes_per_cycle)
-    hit = _banks_cache.get(key)
-    if hit is None:
-        hit = np.zeros(0, np.int64)
-        if 1 < banks <= MAX_STEPPED_BANKS:
-            done, _, _, moves, masks = _vector_run(
-                *vector_run_inputs(vector_segments(instr), hw), hw.line_bytes, banks,
-                hw.vector_lanes_per_cycle, False)
-            hit = np.zeros(int(done) + 1, np.int64)
-            hit[moves[:, 1].astype(np.int64)] = masks    # a grant's cycle is its move's end
-        if len(_banks_cache) >= 4096:      # (a bound on its memory, not a measured size)
-            _banks_cache.clear()
-        hit = _banks_cache[key] = read_only(hit)
-    return hit
 
+    def grants():
+        done, _, _, moves, masks = _vector_run(
+            *vector_run_inputs(vector_segments(instr), hw), hw.line_bytes, banks,
+            hw.vector_lanes_per_cycle, False, True)
+        out = np.zeros(int(done) + 1, np.int64)
+        out[moves[:, 1].astype(np.int64)] = masks    # a grant's cycle is its move's end
+        return out
 
-_banks_cache: dict = {}
+    return recorded_grants((instr, hw.line_bytes, banks, hw.vector_lanes_per_cycle), hw,
+                           grants)

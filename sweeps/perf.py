@@ -574,9 +574,9 @@ class _Banks:
         self.ends = [m[1] for m in self.units_at]   # in order: the compute engine's are
 
     def wait(self, i: int, lo: float, alone: float) -> float:
-        store = self.instrs[i].engine == Engine.STORE
         if not self.walked:
             return 0.0
+        store = self.instrs[i].engine == Engine.STORE
         hw, cal = self.hw, self.cal
         first = bisect.bisect_right(self.ends, lo)
         banks = int(hw.l2_lines_per_cycle)

@@ -1476,7 +1476,7 @@ def test_a_load_walked_through_the_units_banks_loses_only_what_they_hold():
 
 def test_a_stores_reads_walked_through_the_units_banks_lose_only_where_its_buffer_runs_dry():
     """``sweeps.perf._store_walk``, a store's L2 reads as it makes them alone
-    (``_store_reads``) walked through the matmul unit's bank grants: with no grants it
+    (``_store_reads``) walked through the compute units' bank grants: with no grants it
     ends as its reads and writes alone say; each bank taken away holds it no less, the
     first stretch no longer than the cycles taken; and a stretch that falls while it
     waits for a block-table entry costs nothing, where the same stretch in a burst of
@@ -1485,7 +1485,7 @@ def test_a_stores_reads_walked_through_the_units_banks_lose_only_where_its_buffe
     from arch.uarch import COPIER_FIFO_DEPTH
     from sweeps.perf import _store_reads, _store_walk
 
-    assert (COPIER_FIFO_DEPTH - 1, CALIBRATION.l2_read_latency) == (4, 3)   # as walked here
+    room, lat = COPIER_FIFO_DEPTH - 1, CALIBRATION.l2_read_latency   # as walked
     rng = np.random.default_rng(7)
     W, banks = 64, 4
     for _ in range(100):
@@ -1497,39 +1497,39 @@ def test_a_stores_reads_walked_through_the_units_banks_lose_only_where_its_buffe
         reads = _store_reads(src, dst, np.full(rows, row_bytes, np.int64), needs, W, banks,
                              51.0, 90.0, 3)
         assert reads[0, 0] == 0 and (np.diff(reads[:, 0]) >= 0).all()
-        free = _store_walk(np.zeros(0, np.int64), reads, 4, 3)
+        free = _store_walk(np.zeros(0, np.int64), reads, room, lat)
         # alone: the last read's line written after its earliest cycle, no sooner than the
         # write side's steps allow
-        assert free >= reads[-1, 0] + 3 + reads[-1, 2] - 1e-9
+        assert free >= reads[-1, 0] + lat + reads[-1, 2] - 1e-9
         assert free >= reads[:, 2].sum() - 1e-9
         masks = np.zeros(int(2 * free) + 8, np.int64)
         for k in range(int(rng.integers(1, 6))):
             a = int(rng.integers(0, len(masks)))
             b = min(len(masks), a + int(rng.integers(1, 40)))
-            before = _store_walk(masks, reads, 4, 3)
+            before = _store_walk(masks, reads, room, lat)
             masks[a:b] |= int(rng.integers(1, 16))
-            after = _store_walk(masks, reads, 4, 3)
+            after = _store_walk(masks, reads, room, lat)
             assert before <= after, (before, after)
             assert k or after <= before + (b - a), (before, after, b - a)
     # 32 rows of a line each, a table read before each 16: every bank taken for 40
     # cycles inside the second table read's wait costs nothing; in the second burst,
     # all 40 where the DRAM writes a line a cycle, as fast as the reads (the buffer
-    # never gets ahead), and all but the buffer's 4 reads' worth of writes (2 cycles
+    # never gets ahead), and all but the buffer's reads' worth of writes (2 cycles
     # each) where it takes two
     src = 8192 + np.arange(32, dtype=np.int64) * 64
-    for bytes_per_cycle, least in ((64.0, 40), (32.0, 40 - 4 * 2)):
+    for bytes_per_cycle, least in ((64.0, 40), (32.0, 40 - room * 2)):
         reads = _store_reads(src, np.arange(32, dtype=np.int64) * 64,
                              np.full(32, 64, np.int64),
                              (np.arange(32) % 16 == 0).astype(np.int64), 64, 4,
                              bytes_per_cycle, 90.0, 3)
-        free = _store_walk(np.zeros(0, np.int64), reads, 4, 3)
+        free = _store_walk(np.zeros(0, np.int64), reads, room, lat)
         burst = int(reads[16, 0])              # the second block's first read
         masks = np.zeros(400, np.int64)
         masks[burst - 60:burst - 20] = 15
-        assert _store_walk(masks, reads, 4, 3) == free
+        assert _store_walk(masks, reads, room, lat) == free
         masks[:] = 0
         masks[burst + 8:burst + 48] = 15
-        lost = _store_walk(masks, reads, 4, 3) - free
+        lost = _store_walk(masks, reads, room, lat) - free
         assert least <= lost <= 40 and (lost < 40) == (least < 40), (bytes_per_cycle, lost)
 
 
