@@ -489,6 +489,10 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
                 old_granted[k] = t
                 granted[wb[_WB_GRANTED]] = t
                 wb[_WB_GRANTED] += 1
+                if record:                     # (kind 2: an old line, not the writer's)
+                    j = wb[_WB_WRITES]
+                    writes[j, 0], writes[j, 1], writes[j, 2] = t, 1 << old_bank[k], 2
+                    wb[_WB_WRITES] += 1
                 if banks <= MAX_STEPPED_BANKS:
                     grants |= 1 << old_bank[k]
                 hs[_HS_ASKED] = k + 1
@@ -530,7 +534,8 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     3])``. Fills, camped groups and moves are ``(from, to, L2 lines)`` (a camped group's
     rows for lines); with ``record``, writes are the writer's ``(cycle, bank bit, 1 if
     its group is camped)`` (``_refusals`` takes the others: ``_camped_cycles`` counts a
-    camped group's), else empty. The writeback is
+    camped group's) and the old-output reader's lines, ``(cycle, bank bit, 2)``, in
+    cycle order, else empty. The writeback is
     stepped as far as the feeder needs it (a group's first block waits for its
     accumulator half): by then every fill it runs beside has begun."""
     T = len(tiles)
@@ -562,9 +567,9 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     old_granted = np.empty(max_old, np.int64)
     camped = np.empty((n_groups, 3), np.int64)
     moves = np.empty((T + rows_written, 3), np.float64)
-    # (cycle, bank bit, camped): a row is at most two lines (``4 * array_cols <= line_bytes``,
-    # ``HardwareConfig``: a result row is at most a line)
-    writes = np.empty((2 * rows_written if record else 0, 3), np.int64)
+    # (cycle, bank bit, camped or old): a row is at most two lines, and its old output
+    # (``4 * array_cols <= line_bytes``, ``HardwareConfig``: a result row is at most a line)
+    writes = np.empty((4 * rows_written if record else 0, 3), np.int64)
     granted = np.empty(4 * rows_written, np.int64)     # each a row's two lines, and old
     # the writeback's cycles a call: its rows' steps and old lines, and every fill it
     # may wait through, with room (``_writeback``)
@@ -741,11 +746,15 @@ def _matmul_run(f, W, banks, R, C, MT, KT, result_latency, old_latency, out_byte
 def grant_banks(instr: Instruction, hw: HardwareConfig, cal: Calibration = CALIBRATION
                 ) -> np.ndarray:
     """The L2 banks (a bit each) the matmul unit's ports are granted in each cycle from its
-    start, ``int64 [cycles]``, read-only: the tile filler's readers' grants (``_fills``)
-    and the row writer's (``_steps``' writes, each already in a cycle no reader has its
-    bank, a camped group's included; the old-output reader's are not in them, as in
-    ``_refusals``). Where the
-    L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not recorded).
+    start, ``int64 [cycles]``, read-only: the tile filler's readers' grants (``_fills``),
+    the row writer's (``_steps``' writes, each already in a cycle no reader has its bank,
+    a camped group's included) and, accumulating, the old-output reader's (not in
+    ``_refusals``). (Without the old output's lines, each of the 32 accumulating
+    ``MATMUL``s of seed 2048's step 21 on edge-4x4 had 192 of the 256 granting cycles
+    the RTL traced; with them, every compute instruction of that step and of seed
+    2046's step 11 is granted as traced.)
+    Where the L2 has more than ``MAX_STEPPED_BANKS`` line-wide banks, empty (not
+    recorded).
     ``sweeps.perf._Banks`` walks the DMA copiers through them (a load's L2 writes, a
     store's L2 reads), with the vector unit's (``vector_timing.vector_grant_banks``).
     Memoised on the instruction and ``hw``'s fields it reads (``recorded_grants``)."""

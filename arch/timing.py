@@ -217,11 +217,11 @@ def recorded_grants(key: tuple, hw, grants) -> np.ndarray:
     """A compute unit's L2 bank grants a cycle (``matmul_timing.grant_banks``,
     ``vector_timing.vector_grant_banks``: ``grants()``, int64 [cycles], a bit a bank),
     read-only, memoised on ``key`` (the instruction and the fields of ``hw`` they read);
-    empty (not recorded) where the L2 has one line-wide bank or more than
-    ``MAX_STEPPED_BANKS`` (a cycle's grants are one int64's bits)."""
+    empty (not recorded) where the L2 has more than ``MAX_STEPPED_BANKS`` line-wide
+    banks (a cycle's grants are one int64's bits)."""
     hit = _grants.get(key)
     if hit is None:
-        recorded = 1 < hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS
+        recorded = 1 <= hw.l2_lines_per_cycle <= MAX_STEPPED_BANKS
         if len(_grants) >= 4096:           # (a bound on its memory, not a measured size)
             _grants.clear()
         hit = _grants[key] = read_only(grants() if recorded else np.zeros(0, np.int64))

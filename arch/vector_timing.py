@@ -520,10 +520,11 @@ def vector_grant_banks(instr: Instruction, hw: HardwareConfig) -> np.ndarray:
     """The L2 banks (a bit each) the vector unit's five ports are granted in each cycle
     from its start, ``int64 [cycles]``, read-only (``_vector_run``'s grants; traced on
     the RTL, a ``REQUANT`` and an ``RMSNORM`` on edge-16x16, cycle by cycle, exact).
-    Where the L2 has one line-wide bank or more than ``MAX_STEPPED_BANKS``, empty (not
+    Where the L2 has more than ``MAX_STEPPED_BANKS`` line-wide banks, empty (not
     recorded), as ``arch.matmul_timing.grant_banks``, with which ``sweeps.perf._Banks``
-    walks a DMA copier. Memoised on the instruction and ``hw``'s fields it reads
-    (``recorded_grants``)."""
+    walks a DMA copier. (On edge-4x4's one bank every vector instruction of seed 2046's
+    step 11 and 2048's step 21 is granted as the RTL's FST trace shows.) Memoised on the
+    instruction and ``hw``'s fields it reads (``recorded_grants``)."""
     banks = int(hw.l2_lines_per_cycle)
 
     def grants():

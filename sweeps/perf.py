@@ -197,8 +197,11 @@ class _Usage:
         for b, e, r in intervals:
             self.cum.append(self.cum[-1] + r * (e - b))
 
-    def lines(self, t: float) -> float:
+    def lines(self, t: float, upto: int | None = None) -> float:
+        """The lines up to ``t``; of the first ``upto`` intervals only, where given."""
         k = bisect.bisect_right(self.starts, t)
+        if upto is not None:
+            k = min(k, upto)
         total = self.cum[k]
         j = k - 1
         while j >= 0 and self.ends[j] > t:         # started, not ended: only part of it
@@ -495,17 +498,23 @@ def _prefetch_wait(instr: Instruction, occ: Occupancy, ports: list, lo: float,
     the cycles its last row command waits: ``(l2 wait, walk)``, ``walk`` ``NO_WALK``
     where it is not walked. The burst wait
     (``_prefetch_burst_wait``); where it reaches and the DRAM feeds a line a cycle or
-    more, the instruction walked from ``t0`` (its begin and its queued wait) with its
+    more, the instruction walked from ``t0`` (its begin and its queued wait), or later,
+    so that its first write comes no sooner than ``lo``, where the copier's write side is
+    done with the instructions before it (``alone`` before its end alone), with its
     copier's write side taking a line only in a cycle the ports leave one
     (``_lines_left``, ``arch.occupancy.paced_walk``): each block's table read comes back
     behind the lines its copier has yet to take, so that walk sets its end and its last
     row command, and the engine's next instruction. (On edge-4x4 beside a GEMV that takes
     the L2 21 cycles running and leaves it 11, one prefetch of 7 blocks: 331 cycles over
     the RTL's load busy at the burst wait, 1 walked; ``python -m benchmarks.rtl_table_walks
-    --only chained``, docs/perf.md "Round 60".)"""
+    --only chained``, docs/perf.md "Round 60". Seed 2046's step 11 on edge-4x4, traced:
+    walked from ``t0``, a prefetch behind two loads, beside a GEMV that leaves the L2 7
+    cycles in 23, met the GEMV's grants 64 cycles before its copier could write, and
+    lasted 1,223 cycles to the RTL's 1,238; walked from its write side, 1,238.)"""
     burst = _prefetch_burst_wait(ports, lo, occ.l2_lines, alone, hw)
     if burst <= 0 or _burst_rate(hw) != 1:
         return burst, NO_WALK
+    t0 = max(t0, lo - (occ.cycles - alone))   # its first write no sooner than ``lo``
     free = _lines_left(ports, t0, int(2 * (occ.cycles + burst)) + 64, hw.l2_lines_per_cycle)
     cycles, issue = paced_walk(instr, hw, free, read_i32, cal)
     return max(0, cycles - occ.cycles), max(0.0, issue - occ.copies.issue[0])
@@ -556,7 +565,11 @@ class _Banks:
     the DRAM feeds a line a cycle, ``arch.timing.copier_stepped``, a load was before
     stepped through the units' grants as a copier asking a line every cycle in
     consecutive banks: seed 2046's step 22 on the 4 x 8 array, the LM head's loads of 80-byte
-    rows beside its GEMVs, was 2.24% long; walked with their rows' banks, 0.13% short.)"""
+    rows beside its GEMVs, was 2.24% long; walked with their rows' banks, 0.13% short.
+    Walked on edge-4x4's one bank too (tried in round 63; its grants are recorded and
+    exact), seed 2047's step 1 went from −0.05% to +1.53%: a load's walk met the grants
+    of the ``MATMUL`` that waits for it, placed by the pass before, and its wait swung
+    between 10 and 51 cycles from pass to pass.)"""
 
     def __init__(self, instrs, occs, hw: HardwareConfig, timing: ProgramTiming, read_i32,
                  cache: dict | None, cal: Calibration = CALIBRATION):
@@ -1021,14 +1034,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     occs[j].dram_lines) for j in reads if instrs[j].engine == Engine.LOAD)
     per_cycle, line_cycles = hw.l2_lines_per_cycle, hw.dram_cycles_per_line
     n = len(timing.begin)
-    l2 = {e: [] for e in ENGINES}          # per engine: (start, end, lines per cycle)
-    shapes = {e: [] for e in ENGINES}      # per engine: (its l2_profile, its l2_moves)
-    dram = {e: [] for e in ENGINES}
+    # per engine: L2 (start, end, lines per cycle), each one's instruction, (its
+    # l2_profile, its l2_moves); DRAM (start, end, lines per cycle)
+    l2, owners, shapes, dram = ({e: [] for e in ENGINES} for _ in range(4))
     banks = _Banks(instrs, occs, hw, timing, read_i32, bank_cache, cal)
     paced = []                             # the compute engine's paced streams
-    # The store engine's aux port (``rtl/dma.py``): a later instruction's block-table
-    # reads and STORE_COUNTERS' counter writes go out while the copier still writes an
-    # earlier one's rows, a DRAM client of their own in the round-robin.
+    # The store engine's aux port (``rtl/dma.py``): later block-table reads and counter
+    # writes go out while the copier writes earlier rows, a DRAM client of their own.
     aux = []                               # (instruction, start, end, lines)
     table_reads = []                       # the load engine's aux port: its int32 reads
     for i in range(n):
@@ -1044,6 +1056,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         hi = timing.end[i]
         if occ.l2_lines:
             l2[e].append((lo, hi, occ.l2_lines / max(1, hi - lo)))
+            owners[e].append(i)
             shapes[e].append((occ.l2_profile, None if occ.l2_moves is None else (
                 occ.l2_moves, occ.cycles)) if hi > lo else (None, None))
         if occ.paced_cycles or occ.resumes:
@@ -1123,8 +1136,9 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
         queued = 0
         if (e == Engine.STORE and occ.dram_read_bytes
                 or instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
-            queued = _queued(loads, timing.begin[i], hw, [l2_usage[a] for a in (
-                Engine.COMPUTE, Engine.STORE)], fetch, streams)
+            before = bisect.bisect_left(owners[Engine.STORE], i) if e == Engine.STORE else None
+            queued = _queued(loads, timing.begin[i], hw, [(l2_usage[Engine.COMPUTE], None), (
+                l2_usage[Engine.STORE], before)], fetch, streams)
             queued += _request_wait(i, timing.begin[i] + cal.dma_setup, line_cycles, requests)
         out[i] = (l2_wait, dram_wait, queued, walk)
     return out
@@ -1142,8 +1156,10 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     lines evenly over its interval, give the lines queued at ``t``, at most the queue's
     room less the read itself and the instruction fetch reads (``fetch``, their request
     cycles) still in it; the copier then takes them as fast as the L2 lines the
-    higher-priority ports leave (``others``, their ``_Usage``) let it, at most a line a
-    cycle, and loses besides the cycles the compute engine's paced ``streams`` refuse it
+    higher-priority ports leave (``others``: each ``(_Usage, upto)``, its first ``upto``
+    intervals, None for all; a store's table read counts no reads of its own or of the
+    stores after it, which come after it) let it, at most a line a cycle, and loses
+    besides the cycles the compute engine's paced ``streams`` refuse it
     (``_trapped``: the banks it wants while a reader walks them), while the fetch reads
     leave beside them. (Table reads traced in Amaranth's simulator, cycles past the
     latency, RTL / model without that loss / with it: seed 2042's step 15 on edge-8x8
@@ -1171,7 +1187,7 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
         return 0
 
     def left(cycles: float) -> float:    # the L2 lines the copier can take in ``cycles``
-        used = sum(u.lines(t + cycles) - u.lines(t) for u in others)
+        used = sum(u.lines(t + cycles, k) - u.lines(t, k) for u, k in others)
         return min(cycles, hw.l2_lines_per_cycle * cycles - used)
 
     def drain(lines: float) -> float:    # cycles to take ``lines`` queued lines: bisected

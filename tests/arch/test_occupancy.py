@@ -361,6 +361,36 @@ def test_the_stepped_units_end_on_instructions_the_isa_refuses():
         assert occupancy(instr, hw).cycles == CALIBRATION.engine_overhead, instr
 
 
+def test_a_misaligned_rows_extra_write_step_asks_the_l2_for_no_line():
+    """``_paced_lines``: a row's write steps beside ports that leave the L2 one cycle in
+    three. A misaligned row's extra step (its shifter's) takes a cycle whatever the ports
+    take, and only its lines wait for a cycle left to them: a one-line row with the
+    extra step from cycle 0 is written in cycle 2 (charged a line for the extra step
+    too, it would wait for cycle 5). A ``KV_PREFETCH`` of 16-byte columns, every other
+    row misaligned (two steps, then one: 1.5 cycles a line alone), is then written a
+    line every third cycle, as seed 2046's step 11 on edge-4x4 was on the RTL beside
+    attention's ``P · V`` (its bursts of 16 lines 45 cycles long, Verilator's FST)."""
+    from arch.occupancy import _paced_lines, paced_walk
+
+    every_third = np.concatenate(([0.0], np.cumsum(np.arange(3000) % 3 == 2)))
+    assert _paced_lines(0, 2, 1, every_third, 1) == 3
+    assert _paced_lines(0, 1, 1, every_third, 1) == 3
+    assert _paced_lines(0, 2, 2, every_third, 1) == 6
+    assert _paced_lines(0, 2, 1, np.zeros(0), 1) == 2           # alone: every step a cycle
+    hw = load_hardware("edge-4x4")
+    B = hw.kv_block_tokens
+    instr = make("KV_PREFETCH", pool_addr=1 << 16, table_addr=0, first_token=0,
+                 n_tokens=B, row_bytes=64, col_offset=16, col_bytes=16, l2_addr=0,
+                 pool_blocks=64, seq=0, kv_format=KvFormat.INT8)
+    occ = occupancy(instr, hw)
+    lines = occ.l2_lines
+    assert lines == B and hw.line_bytes == 32
+    # its block's lines alone take 1.5 cycles each; written in the free cycles, 3 each
+    # (within the 2 cycles a free cycle's phase moves the first and last line)
+    walked, _ = paced_walk(instr, hw, every_third)
+    assert abs((walked - occ.cycles) - (3 - 1.5) * lines) <= 2, (walked, occ.cycles)
+
+
 @pytest.mark.parametrize("name", ["edge-4x4", "edge-8x8"])
 def test_a_prefetch_walked_through_the_lines_left_is_the_walk_alone_where_all_are_left(name):
     """``paced_walk``: a ``KV_PREFETCH``'s walk whose copier writes a line only where the

@@ -75,7 +75,7 @@ CASES = [(*case, "int8", None) for case in CASES] + [
 def runs(l2sim):
     """``runs(hw)``: ``{case: (L2 before, RTL L2 after, ISA simulator L2 after, {cycle:
     L2 lines granted to the unit's ports}, {cycle: the banks, a bit each, granted to its
-    tile readers and row writer})}`` of every case of ``hw``, one after another on one
+    ports})}`` of every case of ``hw``, one after another on one
     simulation of the unit."""
     done = {}
 
@@ -99,7 +99,7 @@ def runs(l2sim):
                 if any(won):
                     grants[case][cycle] = sum(won)
                 mask = 0
-                for i in (0, 1, 3):         # not the old-output reader's (port 2)
+                for i in range(MatmulUnit.N_PORTS):
                     if won[i]:
                         mask |= 1 << ctx.get(unit.port(i).req.payload.addr) % line_banks
                 if mask:
@@ -212,19 +212,24 @@ def test_the_units_l2_grants_are_its_moves_cycle_by_cycle(runs, hw):
         assert sum(rtl.values()) == occ.l2_lines and model == rtl, case
 
 
-def test_the_units_granted_banks_are_its_grant_banks_cycle_by_cycle(runs):
-    """``arch.matmul_timing.grant_banks`` are the L2 banks the unit's tile readers and
-    row writer are granted, cycle by cycle, over the whole run of every edge-8x8 case
-    above (four line-wide banks; on edge-4x4's one there are none to record), the writer
-    camped on one bank included: a load the DRAM paces and a store's L2 reads are walked
-    through them (``sweeps.perf._bank_wait``). (Without a camped group's writes, a
-    ``KV_APPEND`` beside a GEMV writing 32 such rows, traced on the RTL in seed 2041's
-    step 5 of ``benchmarks.perf_calibration --random``, was walked through none of the
-    128 cycles the writer held its bank.)"""
+@pytest.mark.parametrize("name", ["edge-8x8", "edge-4x4"])
+def test_the_units_granted_banks_are_its_grant_banks_cycle_by_cycle(runs, name):
+    """``arch.matmul_timing.grant_banks`` are the L2 banks the unit's four ports (tile
+    readers, old-output reader, row writer) are granted, cycle by cycle, over the whole
+    run of every case above, on edge-8x8's four line-wide banks and on edge-4x4's one,
+    the writer camped on one bank included: the DMA copiers' L2 lines are walked through
+    them (``sweeps.perf._bank_wait``, ``_store_bank_wait``). (Without a camped group's
+    writes, a ``KV_APPEND`` beside a GEMV writing 32 such rows, traced on the RTL in seed
+    2041's step 5 of ``benchmarks.perf_calibration --random``, was walked through none
+    of the 128 cycles the writer held its bank; without the old output's lines, the
+    accumulating cases here fail.)"""
     from arch.matmul_timing import grant_banks
 
-    hw = PARAMS["edge-8x8"].hw
-    for case, (*_, rtl) in runs("edge-8x8").items():
+    hw = PARAMS[name].hw
+    accumulating = 0
+    for case, (*_, rtl) in runs(name).items():
         masks = grant_banks(matmul(*case[1:]), hw)
         model = {c: int(b) for c, b in enumerate(masks) if b}
         assert len(model) > 0 and model == rtl, case
+        accumulating += case[6]
+    assert accumulating >= 2

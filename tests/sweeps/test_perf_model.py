@@ -1063,7 +1063,9 @@ def test_a_read_behind_a_held_loads_lines_waits_for_them():
     itself); another client's read then waits for the queued lines at the pace the L2
     leaves the copier, beyond the DRAM's latency, its cycles lost behind a paced compute
     stream (``_trapped``) included. Instruction fetch reads requested while the queue
-    drains hold slots the load's lines would take. Nothing queued, nothing to wait for."""
+    drains hold slots the load's lines would take. A store's table read counts no L2
+    reads of its own or of the stores after it (``upto``): they come after it. Nothing
+    queued, nothing to wait for."""
     from arch.uarch import dram_queue_lines
     from sweeps.perf import _queued, _Streams, _Usage
 
@@ -1077,13 +1079,18 @@ def test_a_read_behind_a_held_loads_lines_waits_for_them():
     assert _queued(held, 500.0, hw, [], [], none) == room - lat
     # the compute engine taking half the L2's lines: twice as long to drain
     half = _Usage([(0.0, 5000.0, 0.5)])
-    assert _queued(held, 500.0, hw, [half], [], none) == 2 * room - lat
+    assert _queued(held, 500.0, hw, [(half, None)], [], none) == 2 * room - lat
+    # ... but not where those lines are the reading store's own (or a later store's):
+    # the store engine's second instruction from 500 on, after a first one done by 400
+    stores = _Usage([(0.0, 400.0, 0.5), (500.0, 5000.0, 0.5)])
+    assert _queued(held, 500.0, hw, [(stores, 1)], [], none) == room - lat
+    assert _queued(held, 500.0, hw, [(stores, 2)], [], none) == 2 * room - lat
     # a paced stream over the drain that refuses the copier a fifth of its cycles: the
     # copier takes 0.8 lines a cycle, so the room's lines take room / 0.8 cycles
     fifth = _Streams([(400.0, 5000.0, 0.2)])
     assert _queued(held, 500.0, hw, [], [], fifth) == round(room / 0.8) - lat
     # ... the longer of the two where the compute engine also takes half the L2's lines
-    assert _queued(held, 500.0, hw, [half], [], fifth) == 2 * room - lat
+    assert _queued(held, 500.0, hw, [(half, None)], [], fifth) == 2 * room - lat
     # ... and none where the stream has ended before the read
     assert _queued(held, 500.0, hw, [], [], _Streams([(0.0, 450.0, 0.2)])) == room - lat
     # five fetch reads requested within the drain time before it take five slots; five
