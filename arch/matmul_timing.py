@@ -445,7 +445,8 @@ def _writeback(hs, wb, target, n_groups, rows, groups, half_free, W, banks, accu
     is taken once its results are in and the one before has been handed over
     (``WB_NEXT_GROUP``), and its rows handed over one a cycle from ``first``, into the
     row writer's landing buffer (``COPIER_FIFO_DEPTH`` rows) while it has room; the half
-    is freed (``half_free``) with the last. Accumulating, each row waits for its old
+    is freed (``half_free``) with the last (with ``record``, the old-output reader's
+    lines go into ``writes`` too, kind 2). Accumulating, each row waits for its old
     output from the old-output reader (a row reader: its lines asked for from
     ``FILL_DATA_LATENCY`` before ``first`` while fewer than ``COPIER_FIFO_DEPTH - 1`` are
     in it, each taken ``FILL_DATA_LATENCY`` after its grant, by a priming step first
@@ -533,7 +534,7 @@ def _steps(f, tiles, fills, W, banks, R, gemv, latency, result_latency, old_late
     3], camped groups int64 [groups, 3], moves float64 [bursts, 3], writes int64 [lines,
     3])``. Fills, camped groups and moves are ``(from, to, L2 lines)`` (a camped group's
     rows for lines); with ``record``, writes are the writer's ``(cycle, bank bit, 1 if
-    its group is camped)`` (``_refusals`` takes the others: ``_camped_cycles`` counts a
+    its group is camped)`` (``_refusals`` takes kind 0 only: ``_camped_cycles`` counts a
     camped group's) and the old-output reader's lines, ``(cycle, bank bit, 2)``, in
     cycle order, else empty. The writeback is
     stepped as far as the feeder needs it (a group's first block waits for its

@@ -404,10 +404,10 @@ def _paced_lines(x, steps, n, free, one):
     whatever the ports take. (Traced on edge-4x4, seed 2046's step 11, Verilator's FST: a
     ``KV_PREFETCH`` of 94 tokens of 16-byte columns, every other row misaligned, beside
     attention's ``P · V``, which left the L2 one cycle in three, then one in two. The RTL
-    wrote its six blocks' last lines 218, 320, 428, 536 and 640 cycles from its begin and
-    ended at 747. Walked over the RTL's own grants as ``free``, its first 16, 32, ... 94
-    tokens end at 219, 320, 428, 536, 641 and 748; charged a line for the extra step
-    too, at 241, 350, 462, 576, 702 and 812.)"""
+    wrote its first five blocks' last lines 218, 320, 428, 536 and 640 cycles from its
+    begin and ended at 747. Walked over the RTL's own grants as ``free``, its first 16,
+    32, ... 80 tokens end at 219, 320, 428, 536 and 641, all 94 at 748; charged a line
+    for the extra step too, at 241, 350, 462, 576, 702 and 812.)"""
     if len(free) == 0 or x < NEVER_BELOW:      # (a ``NEVER`` time stays one)
         return x + steps * one
     x += (steps - n) * one

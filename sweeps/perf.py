@@ -555,8 +555,9 @@ def _bursts_trapped(streams: _Streams, lo: float, alone: float, occ: Occupancy,
 
 class _Banks:
     """The cycles each DMA instruction of a program pass loses to the matmul and vector
-    units' L2 bank grants (``wait``), wherever they are recorded (``walked``: more than
-    one line-wide bank, at most ``MAX_STEPPED_BANKS``): a load's L2 writes
+    units' L2 bank grants (``wait``), where they are walked (``walked``: more than one
+    line-wide bank, at most ``MAX_STEPPED_BANKS``; recorded on one bank too, not walked
+    there): a load's L2 writes
     (``_bank_wait``), a store's L2 reads (``_store_bank_wait``); else 0. Holds the
     compute instructions' intervals this pass (``units_at``, in order) and their grants
     (``units``: a ``MATMUL``'s ``grant_banks``, a vector instruction's
@@ -1112,7 +1113,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                     timing.begin[i] + delay[i][2], hw, read_i32, cal)
                 l2_wait = max(l2_wait, burst, _bursts_trapped(streams, lo, free_running, occ, hw))
             # behind paced streams (both copiers walk the banks in the same order), or
-            # where the units' grants are recorded, walked through them instead
+            # where the units' grants are walked (``banks.walked``), through them instead
             l2_wait = max(l2_wait, 0 if banks.walked else math.ceil(_trapped(
                 streams, lo, free_running, occ.l2_lines / max(1, free_running))),
                 math.ceil(banks.wait(i, lo, free_running)))
