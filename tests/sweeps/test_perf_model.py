@@ -1558,3 +1558,32 @@ def test_a_walk_runs_through_every_grant_however_long_it_is_held():
                          np.zeros(100, np.int64), 64, 4, 64.0, 90.0, 3)
     assert _store_bank_wait(reads, 4, 0.0, 100.0, held, 0, 3) >= 1000 - 4
     assert _store_bank_wait(reads, 4, 0.0, 100.0, [], 0, 3) == 0.0
+
+
+def test_a_prefetchs_walk_begins_no_sooner_than_its_copier_can_write():
+    """``_prefetch_wait``: a ``KV_PREFETCH`` walked through the lines the ports above it
+    leave (``paced_walk``) is walked from its begin and queued wait (``t0``), or later,
+    so that its first write comes no sooner than ``lo``, where its copier's write side is
+    done with the instructions before it: its wait is the same from any earlier ``t0``.
+    Here the ports take the whole L2 up to ``lo`` (a copier busy with the loads before
+    would have met none of it) and half of it after; walked from ``t0``, the walk's first
+    writes would meet the whole-L2 stretch, the more the earlier ``t0`` (tried: waits of
+    761, 557 and 64 cycles from these three). (Seed 2046's step
+    11 on edge-4x4: a layer's first prefetch, behind two loads beside a GEMV, lasted
+    1,223 cycles walked from ``t0``, 1,238 on the RTL and walked from its write side.)"""
+    from arch.isa import KvFormat
+    from sweeps.perf import NO_WALK, _prefetch_wait, _Usage
+
+    hw = load_hardware("edge-4x4")
+    instr = make("KV_PREFETCH", pool_addr=1 << 16, table_addr=0, first_token=0,
+                 n_tokens=3 * hw.kv_block_tokens, row_bytes=64, col_offset=0, col_bytes=32,
+                 l2_addr=0, pool_blocks=64, seq=0, kv_format=KvFormat.INT8)
+    occ = occupancy(instr, hw)
+    alone = occ.cycles - 150                   # its writes' interval alone, from lo
+    lo = 1000.0
+    ports = [_Usage([(0.0, lo, 1.0), (lo, 1e6, 0.5)])]
+    waits = {t0: _prefetch_wait(instr, occ, ports, lo, alone, t0, hw, None, CALIBRATION)
+             for t0 in (0.0, 300.0, lo - 150 - 50)}
+    assert all(w[1] != NO_WALK for w in waits.values())        # walked
+    assert len(set(waits.values())) == 1, waits
+    assert waits[0.0][0] > 0                   # half the L2 after lo: it waits
