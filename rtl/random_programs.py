@@ -395,6 +395,31 @@ def held_prefetch_programs(hw, tokens_cols=((8, 32), (16, 32), (32, 32), (64, 12
     return programs
 
 
+def held_append_programs(hw, blocks=(1, 3)) -> dict:
+    """A ``KV_APPEND`` of ``blocks`` KV blocks (``kv_block_tokens`` tokens of 32 bytes
+    each, the table at 32 KiB, the pool at 64 KiB) alone, beside a 256-line weight load
+    begun with it, beside a GEMV that takes most of the L2's lines on edge-4x4, and
+    beside both, the GEMV holding the load's copier, so that the DRAM's queue fills with
+    the load's lines and the append's later table reads come back after them: ``{name:
+    instructions}``, names ``"alone B"``, ``"load B"``, ``"gemv B"`` and ``"beside B"``
+    (tests/rtl/test_l2_contention.py)."""
+    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=32 << 10, rows=128, row_bytes=64,
+                dram_stride=64, l2_stride=64)
+    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
+                k=64, n=256, x_addr=hw.line_bytes, w_addr=16 << 10, out_addr=8 << 10,
+                x_stride=64, w_stride=64, out_stride=1024)
+    programs = {}
+    for n in blocks:
+        append = make("KV_APPEND", l2_addr=48 << 10, pool_addr=1 << 16, table_addr=1 << 15,
+                      first_token=0, n_tokens=n * hw.kv_block_tokens, row_bytes=32,
+                      pool_blocks=16, seq=0)
+        programs[f"alone {n}"] = [append]
+        programs[f"load {n}"] = [load, append]
+        programs[f"gemv {n}"] = [gemv, append]
+        programs[f"beside {n}"] = [gemv, load, append]
+    return programs
+
+
 def chained_prefetch_programs(hw) -> dict:
     """One and two ``KV_PREFETCH``es of 7 KV blocks (``kv_block_tokens`` tokens each,
     the first 64 bytes of each 128-byte row, the table at 32 KiB, the pool at 64 KiB),

@@ -76,7 +76,7 @@ from arch.occupancy import (
     occupancy,
     paced_walk,
 )
-from arch.timing import MAX_STEPPED_BANKS
+from arch.timing import MAX_STEPPED_BANKS, fields_of
 from arch.uarch import (
     CMD_DEPTH,
     COPIER_FIFO_DEPTH,
@@ -1107,6 +1107,10 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 span = _l2_span(*_spread(l2_usage, above[e], lo), lo, occ.l2_lines,
                                 per_cycle, hi - lo)
             l2_wait = max(0, math.ceil(span - free_running))
+            if e == Engine.STORE and occ.int_reads > 1:
+                l2_wait = max(l2_wait, _last_block_l2_wait(
+                    instrs[i], occ, timing.begin[i] + delay[i][2], reads[i][1], l2_usage,
+                    above[e], hw))
             if instrs[i].mnemonic == "KV_PREFETCH" and free_running > 0:
                 burst, walk = _prefetch_wait(
                     instrs[i], occ, [l2_usage[a] for a in above[e]], lo, free_running,
@@ -1134,13 +1138,8 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
             dram_wait = _store_dram_wait(
                 i, own, lo, hi, hi - lo - held, line_cycles, others,
                 dram_usage[Engine.STORE], aux, (write_start[i], timing.end[i], occ.dram_lines))
-        queued = 0
-        if (e == Engine.STORE and occ.dram_read_bytes
-                or instrs[i].mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
-            before = bisect.bisect_left(owners[Engine.STORE], i) if e == Engine.STORE else None
-            queued = _queued(loads, timing.begin[i], hw, [(l2_usage[Engine.COMPUTE], None), (
-                l2_usage[Engine.STORE], before)], fetch, streams)
-            queued += _request_wait(i, timing.begin[i] + cal.dma_setup, line_cycles, requests)
+        queued = _table_waits(i, instrs[i], occ, timing.begin[i], loads, hw, l2_usage, owners,
+                              fetch, streams, requests, cal)
         out[i] = (l2_wait, dram_wait, queued, walk)
     return out
 
@@ -1209,6 +1208,97 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
             break
         cycles = again
     return max(0, round(again - hw.dram_latency_cycles))
+
+
+def _table_waits(i: int, instr: Instruction, occ: Occupancy, begin: float, loads: list,
+                 hw: HardwareConfig, l2_usage: dict, owners: dict, fetch: list[int],
+                 streams: _Streams, requests: list, cal: Calibration) -> float:
+    """``_contention``'s queued wait for DMA instruction ``i`` beginning at ``begin``: a
+    store's block-table reads, and a ``KV_PREFETCH``'s or ``DMA_GATHER``'s first (its
+    later ones wait in its walk, ``occupancy``), behind the load's lines queued in the
+    DRAM (``_queued``, the L2 lines of the compute engine's ports and of the stores
+    before it above the load's copier) and the single reads asked before it
+    (``_request_wait``); a store's later reads each at its own ask
+    (``_later_table_waits``). 0 for the rest."""
+    store = instr.engine == Engine.STORE
+    if not (store and occ.dram_read_bytes or instr.mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
+        return 0
+    before = bisect.bisect_left(owners[Engine.STORE], i) if store else None
+    above = [(l2_usage[Engine.COMPUTE], None), (l2_usage[Engine.STORE], before)]
+    queued = _queued(loads, begin, hw, above, fetch, streams) + _request_wait(
+        i, begin + cal.dma_setup, hw.dram_cycles_per_line, requests)
+    if store:
+        queued += _later_table_waits(occ, begin + queued, loads, hw, above, fetch, streams)
+    return queued
+
+
+def _table_asks(occ: Occupancy) -> list[float]:
+    """When a copy's ``occ.int_reads`` int32 reads are asked alone, relative to its
+    begin: ``Copies.int_asks`` (the first ``CMD_DEPTH`` rows'), the rest at the spacing of
+    the last two (a table walk's blocks past them alike)."""
+    asks = list(occ.copies.int_asks) if occ.copies is not None else []
+    if len(asks) >= 2:
+        step = asks[-1] - asks[-2]
+        asks += [asks[-1] + step * (k + 1) for k in range(occ.int_reads - len(asks))]
+    return asks
+
+
+def _last_block_l2_wait(instr: Instruction, occ: Occupancy, go: float, read_end: float,
+                        l2_usage: dict, engines, hw: HardwareConfig) -> float:
+    """The cycles a ``KV_APPEND`` of several KV blocks ends late for the L2 lines the
+    ports above it (``engines``) take while it reads its last block: the blocks before
+    wait for their table reads, a DRAM latency each, which hides what the ports cost
+    their copies, but the last block's rows end the instruction. ``go``: when its first
+    table read goes out (its begin and ``_queued`` waits); ``read_end``: its copier's
+    read side's end (``_time``'s); the last block's lines its share of
+    ``occ.l2_lines`` by rows, from its row command alone (its ask, ``_table_asks``, and
+    the first ask's latency to its row). Spreading the instruction's lines over its
+    whole interval charges none of it. (Traced on the RTL, seed 2049's step 21 on
+    edge-4x4, two 44-token appends beside a ``MATMUL``: each block's 16 lines read in 52
+    cycles, 18 alone; the last block's 12 in 38 cycles, 25 more than the model's 301 a
+    pair of appends, 598 against the RTL's 624.)"""
+    asks, c = _table_asks(occ), occ.copies
+    if instr.mnemonic != "KV_APPEND" or len(asks) < 2:
+        return 0.0
+    f, bt = fields_of(instr), hw.kv_block_tokens
+    rows = min(f.n_tokens, (f.first_token + f.n_tokens - 1) % bt + 1)
+    first = bisect.bisect_left(c.first_cmds, asks[0])
+    if first >= len(c.first_cmds):
+        return 0.0
+    lo = go + asks[-1] + c.first_cmds[first] - asks[0]
+    lines = occ.l2_lines * rows / c.rows
+    span = _l2_span(*_spread(l2_usage, engines, lo), lo, lines, hw.l2_lines_per_cycle,
+                    lines / hw.l2_lines_per_cycle)
+    return max(0, math.ceil(span - (read_end - lo)))
+
+
+def _later_table_waits(occ: Occupancy, t0: float, loads: list[tuple], hw: HardwareConfig,
+                       others, fetch: list[int], streams: _Streams) -> float:
+    """The cycles a store's block-table reads after its first (``occ.int_reads``: a
+    ``KV_APPEND``'s, one a KV block) add to its end behind the load engine's queued lines
+    (``_queued``, each at its ask): the instruction's first read asked at ``t0``, the
+    others ``Copies.int_asks`` after it alone (those past the first ``CMD_DEPTH`` rows
+    at the spacing of the last two), each moved by the waits before it. The sequencer
+    queues the row commands of a block once its entry is in, so a read's wait moves its
+    block's rows but by the slack its first row command had alone (``Copies.first_due``
+    less ``first_cmds``, the rows before it still in the copier; past the first
+    ``CMD_DEPTH`` rows, the last one's). (Traced on the RTL, seed 2049's step 21 on
+    edge-4x4, a 44-token ``KV_APPEND`` of three blocks behind a ``DMA_LOAD`` held by
+    a ``MATMUL``: its second and third table reads were answered 294 and 310 cycles
+    after their asks, against 84 alone, and it ended 509 cycles late; charged only its
+    first read's wait, none.)"""
+    c, asks = occ.copies, _table_asks(occ)
+    if len(asks) < 2:
+        return 0.0
+    slacks = [max(0.0, max(due) - max(cmd, 0.0))
+              for cmd, due in zip(c.first_cmds, c.first_due, strict=True)]
+    extra = 0.0
+    for a in asks[1:]:
+        row = bisect.bisect_left(c.first_cmds, a)
+        slack = slacks[min(row, len(slacks) - 1)] if slacks else 0.0
+        wait = _queued(loads, t0 + a - asks[0] + extra, hw, others, fetch, streams)
+        extra += max(0.0, wait - slack)
+    return extra
 
 
 def _fetched_ahead(i: int, fetch_t: float, fetch_step: float, accept: list[int]) -> list[int]:
