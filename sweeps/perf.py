@@ -1139,13 +1139,13 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 i, own, lo, hi, hi - lo - held, line_cycles, others,
                 dram_usage[Engine.STORE], aux, (write_start[i], timing.end[i], occ.dram_lines))
         queued = _table_waits(i, instrs[i], occ, timing.begin[i], loads, hw, l2_usage, owners,
-                              fetch, streams, requests, cal)
+                              fetch, streams, requests, cal, banks.walked)
         out[i] = (l2_wait, dram_wait, queued, walk)
     return out
 
 
 def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
-            fetch: list[int], streams: _Streams) -> int:
+            fetch: list[int], streams: _Streams, ahead: float = 0.0) -> int:
     """Cycles beyond the DRAM's latency that a read issued at ``t`` by another client
     than the load engine's copier waits for its data. The DRAM returns read data in
     request order through one queue of ``dram_queue_lines`` (``rtl/dram.py``), and the
@@ -1161,9 +1161,10 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     stores after it, which come after it) let it, at most a line a cycle, and loses
     besides the cycles the compute engine's paced ``streams`` refuse it
     (``_trapped``: the banks it wants while a reader walks them), while the fetch reads
-    leave beside them. (Table reads traced in Amaranth's simulator, cycles past the
-    latency, RTL / model without that loss / with it: seed 2042's step 15 on edge-8x8
-    (64 KiB), two ``KV_APPEND``s beside attention's matmuls, 35 / 26 / 37 and 48 / 25 /
+    leave beside them, and after the ``ahead`` L2 lines a store's copier reads first (a
+    ``KV_APPEND``'s block before, ``_later_table_waits``). (Table reads traced in
+    Amaranth's simulator, cycles past the latency, RTL / model without that loss /
+    with it: seed 2042's step 15 on edge-8x8 (64 KiB), two ``KV_APPEND``s beside attention's matmuls, 35 / 26 / 37 and 48 / 25 /
     53, the copier refused 14 of 135 cycles where the compute ports took a quarter of
     the L2's lines; seed 2037's step 7 on the 4 x 8 array, a ``KV_PREFETCH`` beside a
     GEMV and two appends, 39 / 25 / 54, 37 / 17 / 27 and 39 / 26 / 38; seed 2041's step
@@ -1200,10 +1201,10 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
         return hi + _trapped(streams, t, hi, lines / hi) if hi > 0 else hi
 
     # A fetch read accepted within the queue's drain time before ``t`` is still in it.
-    cycles = drain(min(backlog, room))
+    cycles = drain(min(backlog, room) + ahead)
     for _ in range(4):
         fetches = bisect.bisect_right(fetch, t) - bisect.bisect_right(fetch, t - cycles)
-        again = drain(max(0.0, min(backlog, room - fetches)))
+        again = drain(max(0.0, min(backlog, room - fetches)) + ahead)
         if abs(again - cycles) < 0.5:
             break
         cycles = again
@@ -1212,14 +1213,16 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
 
 def _table_waits(i: int, instr: Instruction, occ: Occupancy, begin: float, loads: list,
                  hw: HardwareConfig, l2_usage: dict, owners: dict, fetch: list[int],
-                 streams: _Streams, requests: list, cal: Calibration) -> float:
+                 streams: _Streams, requests: list, cal: Calibration,
+                 walked: bool = False) -> float:
     """``_contention``'s queued wait for DMA instruction ``i`` beginning at ``begin``: a
     store's block-table reads, and a ``KV_PREFETCH``'s or ``DMA_GATHER``'s first (its
     later ones wait in its walk, ``occupancy``), behind the load's lines queued in the
     DRAM (``_queued``, the L2 lines of the compute engine's ports and of the stores
     before it above the load's copier) and the single reads asked before it
     (``_request_wait``); a store's later reads each at its own ask
-    (``_later_table_waits``). 0 for the rest."""
+    (``_later_table_waits``), on an L2 of one line-wide bank (``walked``: the copiers
+    are walked through the units' grants, ``_Banks``). 0 for the rest."""
     store = instr.engine == Engine.STORE
     if not (store and occ.dram_read_bytes or instr.mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
         return 0
@@ -1227,8 +1230,9 @@ def _table_waits(i: int, instr: Instruction, occ: Occupancy, begin: float, loads
     above = [(l2_usage[Engine.COMPUTE], None), (l2_usage[Engine.STORE], before)]
     queued = _queued(loads, begin, hw, above, fetch, streams) + _request_wait(
         i, begin + cal.dma_setup, hw.dram_cycles_per_line, requests)
-    if store:
-        queued += _later_table_waits(occ, begin + queued, loads, hw, above, fetch, streams)
+    if store and not walked:
+        queued += _later_table_waits(instr, occ, begin + queued, loads, hw, above, fetch,
+                                     streams)
     return queued
 
 
@@ -1252,11 +1256,14 @@ def _last_block_l2_wait(instr: Instruction, occ: Occupancy, go: float, read_end:
     table read goes out (its begin and ``_queued`` waits); ``read_end``: its copier's
     read side's end (``_time``'s); the last block's lines its share of
     ``occ.l2_lines`` by rows, from its row command alone (its ask, ``_table_asks``, and
-    the first ask's latency to its row). Spreading the instruction's lines over its
-    whole interval charges none of it. (Traced on the RTL, seed 2049's step 21 on
-    edge-4x4, two 44-token appends beside a ``MATMUL``: each block's 16 lines read in 52
-    cycles, 18 alone; the last block's 12 in 38 cycles, 25 more than the model's 301 a
-    pair of appends, 598 against the RTL's 624.)"""
+    the first ask's latency to its row), read at most a line a cycle in the lines the
+    ports leave cycle by cycle (``_Usage.taken``). Spreading the instruction's lines
+    over its whole interval charges none of it. (Traced on the RTL, seed 2049's step 21
+    on edge-4x4, two 44-token appends beside a ``MATMUL``: each block's 16 lines read in
+    52 cycles, 18 alone; the last block's 12 in 38 cycles, 25 more than the model's 301
+    a pair of appends, 598 against the RTL's 624; now 621. Seed 2043's step 6: a
+    ``MATMUL`` that takes its lines early left an append's last block the L2 every
+    cycle; by its ninths (``_spread``) it was charged 10 cycles the RTL did not take.)"""
     asks, c = _table_asks(occ), occ.copies
     if instr.mnemonic != "KV_APPEND" or len(asks) < 2:
         return 0.0
@@ -1266,14 +1273,20 @@ def _last_block_l2_wait(instr: Instruction, occ: Occupancy, go: float, read_end:
     if first >= len(c.first_cmds):
         return 0.0
     lo = go + asks[-1] + c.first_cmds[first] - asks[0]
-    lines = occ.l2_lines * rows / c.rows
-    span = _l2_span(*_spread(l2_usage, engines, lo), lo, lines, hw.l2_lines_per_cycle,
-                    lines / hw.l2_lines_per_cycle)
-    return max(0, math.ceil(span - (read_end - lo)))
+    lines, ports, n = occ.l2_lines * rows / c.rows, [l2_usage[a] for a in engines], 64
+    while True:                 # the copier's read side takes at most a line a cycle
+        taken = sum((u.taken(lo, n) for u in ports), np.zeros(n))
+        left = np.cumsum(np.clip(hw.l2_lines_per_cycle - taken, 0.0, 1.0))
+        if left[-1] >= lines or n >= 1 << 20:
+            break
+        n *= 2
+    span = int(np.searchsorted(left, lines - 1e-9)) + 1
+    return max(0, span - math.ceil(read_end - lo))
 
 
-def _later_table_waits(occ: Occupancy, t0: float, loads: list[tuple], hw: HardwareConfig,
-                       others, fetch: list[int], streams: _Streams) -> float:
+def _later_table_waits(instr: Instruction, occ: Occupancy, t0: float, loads: list[tuple],
+                       hw: HardwareConfig, others, fetch: list[int], streams: _Streams
+                       ) -> float:
     """The cycles a store's block-table reads after its first (``occ.int_reads``: a
     ``KV_APPEND``'s, one a KV block) add to its end behind the load engine's queued lines
     (``_queued``, each at its ask): the instruction's first read asked at ``t0``, the
@@ -1282,21 +1295,32 @@ def _later_table_waits(occ: Occupancy, t0: float, loads: list[tuple], hw: Hardwa
     queues the row commands of a block once its entry is in, so a read's wait moves its
     block's rows but by the slack its first row command had alone (``Copies.first_due``
     less ``first_cmds``, the rows before it still in the copier; past the first
-    ``CMD_DEPTH`` rows, the last one's). (Traced on the RTL, seed 2049's step 21 on
-    edge-4x4, a 44-token ``KV_APPEND`` of three blocks behind a ``DMA_LOAD`` held by
-    a ``MATMUL``: its second and third table reads were answered 294 and 310 cycles
-    after their asks, against 84 alone, and it ended 509 cycles late; charged only its
-    first read's wait, none.)"""
+    ``CMD_DEPTH`` rows, the last one's). Its own block before, whose rows it reads from
+    the L2 as the read goes out, takes the lines the load's copier would drain the
+    queue with: ``_queued``'s ``ahead``. (Traced on the RTL, seed 2049's step 21 on
+    edge-4x4, a 44-token ``KV_APPEND`` of three blocks behind a ``DMA_LOAD`` held by a
+    ``MATMUL``: its second and third table reads were answered 294 and 310 cycles after
+    their asks, against 84 alone, and it ended 509 cycles late; charged only its first
+    read's wait, none; now 12 late. tests/rtl/test_l2_contention.py: without ``ahead``
+    each read's wait about 24 short, with it about 20 long.) Only on an L2 of one bank:
+    on edge-16x16 (seed 2042's step 9, a three-block append beside a load and a
+    ``SOFTMAX``) the RTL answered each later read at its latency, the load's copier
+    keeping pace with its DRAM reads, where ``_queued``'s even spread of the unit's
+    lines over the banks had it 90 and 76 cycles behind (store busy +1.1% to +26%)."""
     c, asks = occ.copies, _table_asks(occ)
-    if len(asks) < 2:
+    if instr.mnemonic != "KV_APPEND" or len(asks) < 2:
         return 0.0
     slacks = [max(0.0, max(due) - max(cmd, 0.0))
               for cmd, due in zip(c.first_cmds, c.first_due, strict=True)]
+    f, bt = fields_of(instr), hw.kv_block_tokens
+    rows = [min(f.n_tokens, bt - f.first_token % bt)]      # each block's, the first's
+    rows += [min(bt, f.n_tokens - sum(rows[:k + 1])) for k in range(len(asks) - 1)]
     extra = 0.0
-    for a in asks[1:]:
+    for k, a in enumerate(asks[1:]):
         row = bisect.bisect_left(c.first_cmds, a)
         slack = slacks[min(row, len(slacks) - 1)] if slacks else 0.0
-        wait = _queued(loads, t0 + a - asks[0] + extra, hw, others, fetch, streams)
+        wait = _queued(loads, t0 + a - asks[0] + extra, hw, others, fetch, streams,
+                       occ.l2_lines * rows[k] / c.rows)
         extra += max(0.0, wait - slack)
     return extra
 

@@ -118,18 +118,19 @@ def test_a_kv_prefetchs_table_read_waits_behind_the_loads_lines_queued_in_the_dr
 def test_a_kv_appends_later_table_reads_wait_behind_the_loads_lines_queued_in_the_dram():
     """A three-block ``KV_APPEND`` begun with a 256-line load beside a GEMV on edge-4x4:
     its first table read goes out before the load's lines fill the DRAM's queue, its
-    second and third come back after them, and it is busy 854 cycles on the RTL, 305
-    alone. The model's is within 65 (``sweeps.perf._later_table_waits``; charged only
-    its first read's wait it was 549 short); one block beside both, or the appends
-    beside the load alone, within 21 (each beside the GEMV and the load is still 20
-    short in its first block). Beside the GEMV alone the last block's rows, which end the
-    append, are read in the L2 lines the GEMV leaves (``_last_block_l2_wait``): within
-    8 (three blocks: 23 short spread over the append's whole interval)."""
+    second and third come back after them and after its own block before, and it is
+    busy 854 cycles on the RTL, 305 alone. The model's is within 35
+    (``sweeps.perf._later_table_waits``: 33 over, each later read's wait about 20 long;
+    charged only its first read's wait it was 549 short); one block beside both, or the
+    appends beside the load alone, within 21 (one block beside both is still 20 short).
+    Beside the GEMV alone the last block's rows, which end the append, are read in the
+    L2 lines the GEMV leaves (``_last_block_l2_wait``): within 8 (three blocks: 23
+    short with the GEMV's lines spread over the append's whole interval)."""
     hw = load_hardware("edge-4x4")
     rtl, model = _busy(hw, held_append_programs(hw), 1 << 18, engine="store")
     assert rtl["beside 3"] > 2 * rtl["alone 3"] and rtl["gemv 3"] > rtl["alone 3"] + 20, rtl
     for name in rtl:
-        bound = {"beside 3": 65, "beside 1": 21, "load 1": 21, "load 3": 21}.get(name, 8)
+        bound = {"beside 3": 35, "beside 1": 21, "load 1": 21, "load 3": 21}.get(name, 8)
         assert abs(model[name] - rtl[name]) <= bound, (name, model, rtl)
 
 
