@@ -1163,13 +1163,12 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
     (``_trapped``: the banks it wants while a reader walks them), while the fetch reads
     leave beside them, and after the ``ahead`` L2 lines a store's copier reads first (a
     ``KV_APPEND``'s block before, ``_later_table_waits``). (Table reads traced in
-    Amaranth's simulator, cycles past the latency, RTL / model without that loss /
-    with it: seed 2042's step 15 on edge-8x8 (64 KiB), two ``KV_APPEND``s beside
-    attention's matmuls, 35 / 26 / 37 and 48 / 25 / 53, the copier refused 14 of 135
-    cycles where the compute ports took a quarter of the L2's lines; seed 2037's step 7 on the 4 x 8 array, a ``KV_PREFETCH`` beside a
-    GEMV and two appends, 39 / 25 / 54, 37 / 17 / 27 and 39 / 26 / 38; seed 2041's step
-    12, also 4 x 8, two appends, 27 / 25 / 38 and 39 / 25 / 52: 95 cycles off in all,
-    now 57.)
+    Amaranth's simulator, cycles past the latency, RTL / model without that loss / with it: seed
+    2042's step 15 on edge-8x8 (64 KiB), two ``KV_APPEND``s beside attention's matmuls, 35 / 26
+    / 37 and 48 / 25 / 53, the copier refused 14 of 135 cycles where the compute ports took a
+    quarter of the L2's lines; seed 2037's step 7 on the 4 x 8 array, a ``KV_PREFETCH`` beside a
+    GEMV and two appends, 39 / 25 / 54, 37 / 17 / 27 and 39 / 26 / 38; seed 2041's step 12, also
+    4 x 8, two appends, 27 / 25 / 38 and 39 / 25 / 52: 95 cycles off in all, now 57.)
     (Measured: ``benchmarks.dram_queue``, a store's table read on edge-4x4 taking 153 and
     206 cycles to its data against 80 of latency; in a trace of tiny's first decode step
     the queue held 121 load lines and 5 fetch reads ahead of it. A load's own table read
