@@ -637,7 +637,16 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
             continue
         a, b = src[r - 1], dst[r - 1]
         src_lines, dst_lines = lines_touched(a, n, W), lines_touched(b, n, W)
-        steps = dst_lines + (1 if (a - b) % W else 0)
+        # misaligned, the shifter takes a step that writes nothing: of the row's first
+        # source line, after its data, where that line starts later in its line than the
+        # destination; else of the line before the row, out of range, which needs no
+        # data (``rtl/copier.py``): a cycle of the write side while the data is on its
+        # way. (Read off the RTL, a one-row DMA_LOAD or DMA_STORE alone on edge-8x8,
+        # source and destination 0, 8 or 20 bytes into their lines, rows of 40 to 4,084
+        # bytes: each with the source's earlier one cycle shorter than the model had it,
+        # the rest exact.)
+        early = a % W < b % W
+        steps = dst_lines + (1 if (a - b) % W and not early else 0)
         if counts[5] >= depth:                 # the copier's command queue is full
             for j in range(3):
                 st[j] = max(st[j], taken[head, j] + one)
@@ -655,6 +664,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
         counts[5] += 1
         for j in range(3):
             start = max(c[j] + cmd_to_read * one, st[3 + j])
+            w_free = st[6 + j] + (one if early and st[6 + j] >= NEVER_BELOW else 0)
             if load:
                 # The DRAM (``rtl.dram``) holds a line and a cycle of bandwidth in credit,
                 # so a stream of reads runs a cycle ahead of its lines' bandwidth slots
@@ -664,17 +674,17 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
                 # loads alone were 3 to 8 cycles long at 51 bytes a cycle when reads were
                 # charged their whole slot.)
                 first = max(max(c[j] + cmd_to_read * one, st[3 + j] - one), st[9 + j])
-                due = max(first + after_read * one, st[6 + j])     # its first write
+                due = max(first + after_read * one, w_free)        # its first write
                 if track:
                     ring_read[n_ring % _RING, j] = first
                 st[3 + j] = start + src_lines * W
                 st[9 + j] = max(first + src_lines * one, st[3 + j] - W)
-                st[6 + j] = max(_paced_lines(max(first + after_read * one, st[6 + j]), steps,
+                st[6 + j] = max(_paced_lines(max(first + after_read * one, w_free), steps,
                                              dst_lines, free, one), st[9 + j] + after_read * one)
             else:
-                due = max(start + after_read * one, st[6 + j])
+                due = max(start + after_read * one, w_free)
                 st[3 + j] = start + src_lines * one
-                st[6 + j] = max(max(start + after_read * one, st[6 + j])
+                st[6 + j] = max(max(start + after_read * one, w_free)
                                 + max(steps * one, dst_lines * W), st[3 + j] + after_read * one)
             if first_k >= 0:          # the latest its command could come, its write unmoved
                 first_due[first_k, j] = due - (cmd_to_read + after_read) * one
