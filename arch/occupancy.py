@@ -544,6 +544,25 @@ def _repeat(a, n, first, m, d):
 
 
 @njit
+def _shifter_steps(a, b, dst_lines, W, one):
+    """A row's write steps from source byte ``a`` to destination byte ``b`` on ``W``-byte
+    lines, and the write side's time (``one`` a cycle) they take before its data:
+    ``(steps, prime)``. Misaligned, the copier's shifter takes a step that writes nothing
+    (``rtl/copier.py``): of the row's first source line, after its data, where that line
+    starts later in its line than the destination, a step more; else of the line before
+    the row, out of range, which needs no data: a cycle of the write side while the data
+    is on its way. (Read off the RTL, a one-row ``DMA_LOAD`` or ``DMA_STORE`` alone on
+    edge-8x8 and edge-4x4, source and destination 0, 8 or 20 bytes into their lines,
+    rows of 40 to 4,084 bytes: with a step more for every misaligned row, each where
+    the source starts earlier was one cycle long, the rest exact; now all exact.)"""
+    if (a - b) % W == 0:
+        return dst_lines, 0
+    if a % W < b % W:
+        return dst_lines, one
+    return dst_lines + 1, 0
+
+
+@njit
 def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_read,
              after_read, int_read, drain, depth, free=_NO_FREE):
     """``dma_occupancy``'s walk of the rows ``(src, dst, nbytes, needs)`` (``dma_rows``) on
@@ -635,18 +654,8 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
         if n == 0:
             st[0:3] += one
             continue
-        a, b = src[r - 1], dst[r - 1]
-        src_lines, dst_lines = lines_touched(a, n, W), lines_touched(b, n, W)
-        # misaligned, the shifter takes a step that writes nothing: of the row's first
-        # source line, after its data, where that line starts later in its line than the
-        # destination; else of the line before the row, out of range, which needs no
-        # data (``rtl/copier.py``): a cycle of the write side while the data is on its
-        # way. (Read off the RTL, a one-row DMA_LOAD or DMA_STORE alone on edge-8x8,
-        # source and destination 0, 8 or 20 bytes into their lines, rows of 40 to 4,084
-        # bytes: each with the source's earlier one cycle shorter than the model had it,
-        # the rest exact.)
-        early = a % W < b % W
-        steps = dst_lines + (1 if (a - b) % W and not early else 0)
+        src_lines, dst_lines = lines_touched(src[r - 1], n, W), lines_touched(dst[r - 1], n, W)
+        steps, prime = _shifter_steps(src[r - 1], dst[r - 1], dst_lines, W, one)
         if counts[5] >= depth:                 # the copier's command queue is full
             for j in range(3):
                 st[j] = max(st[j], taken[head, j] + one)
@@ -664,7 +673,7 @@ def _dma_run(src, dst, nbytes, needs, period, W, S, load, lat, setup, cmd_to_rea
         counts[5] += 1
         for j in range(3):
             start = max(c[j] + cmd_to_read * one, st[3 + j])
-            w_free = st[6 + j] + (one if early and st[6 + j] >= NEVER_BELOW else 0)
+            w_free = st[6 + j] + (prime if st[6 + j] >= NEVER_BELOW else 0)
             if load:
                 # The DRAM (``rtl.dram``) holds a line and a cycle of bandwidth in credit,
                 # so a stream of reads runs a cycle ahead of its lines' bandwidth slots

@@ -5,6 +5,8 @@ caches it) and reused by every test here. The bench loads DRAM, starts each prog
 awaits completion; it does not step the accelerator from Python.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -509,3 +511,34 @@ def test_table_walks_alone_take_the_rtls_cycles(model):
                               lambda a: int(data[a:a + 4].view("<i4")[0])).cycles
         bound = 0 if name in narrow else 3
         assert abs(cycles - run["counters"]["cycles"]) <= bound, (name, cycles, run["counters"])
+
+
+def test_a_misaligned_rows_shifter_step_waits_for_data_only_where_it_reads_the_row(model):
+    """One-row ``DMA_LOAD``s and ``DMA_STORE``s alone, source and destination 0, 8 or 20
+    bytes into their lines, rows of 40, 64, 1,000 and 4,084 bytes: the model's busy
+    cycles are the RTL's on every one of the 72. Misaligned, the copier's shifter takes
+    a step that writes nothing; where the source starts earlier in its line than the
+    destination, it takes the line before the row, which needs no data, while the data
+    is on its way (``arch.occupancy._shifter_steps``; charged a step after the data
+    like the rest, 12 were a cycle long)."""
+    from accel.runtime import image_with_programs
+    from sweeps.perf import time_program
+
+    hw = model.params.hw
+    programs = {}
+    for nbytes in (40, 64, 1000, 4084):
+        for s, d in itertools.product((0, 8, 20), repeat=2):
+            programs[f"load {nbytes} {s} {d}"] = make(
+                "DMA_LOAD", dram_addr=(1 << 17) + s, l2_addr=(8 << 10) + d, rows=1,
+                row_bytes=nbytes, dram_stride=nbytes, l2_stride=nbytes)
+            programs[f"store {nbytes} {s} {d}"] = make(
+                "DMA_STORE", l2_addr=(8 << 10) + s, dram_addr=(1 << 17) + d, rows=1,
+                row_bytes=nbytes, l2_stride=nbytes, dram_stride=nbytes)
+    data, entries = image_with_programs(np.zeros(1 << 18, np.uint8),
+                                        {k: [p] for k, p in programs.items()})
+    result = run_job(model, data, entries, {})
+    for (name, instr), run in zip(programs.items(), result.programs, strict=True):
+        assert run["done"] and not run["error"], (name, run)
+        engine = name.split()[0]
+        busy = time_program([instr, make("HALT")], hw).busy[engine]
+        assert busy == run["counters"][f"{engine}_busy"], (name, busy, run["counters"])
