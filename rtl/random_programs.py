@@ -375,16 +375,24 @@ def chunked_prefetch_programs(rng, hw, n_programs: int, kv_heads: int = 2,
     return np.concatenate(parts), programs
 
 
-def held_prefetch_programs(hw, tokens_cols=((8, 32), (16, 32), (32, 32), (64, 128))) -> dict:
-    """A 256-line weight load then a ``KV_PREFETCH`` of ``tokens`` tokens of ``cols``
-    bytes (rows of 128, the table at 32 KiB, the pool at 64 KiB), alone and beside a
-    GEMV that holds the load's copier: ``{name: instructions}``, names ``"alone T"`` and
-    ``"beside T"`` (``benchmarks.rtl_table_walks``, tests/rtl/test_l2_contention.py)."""
+def _held_load(hw) -> tuple:
+    """A 256-line weight load (128 rows of 64 bytes, DRAM at 128 KiB, L2 at 32 KiB) and a
+    GEMV of 64 by 256 that holds its copier in the L2: ``(load, gemv)``
+    (``held_prefetch_programs``, ``held_append_programs``)."""
     load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=32 << 10, rows=128, row_bytes=64,
                 dram_stride=64, l2_stride=64)
     gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
                 k=64, n=256, x_addr=hw.line_bytes, w_addr=16 << 10, out_addr=8 << 10,
                 x_stride=64, w_stride=64, out_stride=1024)
+    return load, gemv
+
+
+def held_prefetch_programs(hw, tokens_cols=((8, 32), (16, 32), (32, 32), (64, 128))) -> dict:
+    """A 256-line weight load then a ``KV_PREFETCH`` of ``tokens`` tokens of ``cols``
+    bytes (rows of 128, the table at 32 KiB, the pool at 64 KiB), alone and beside a
+    GEMV that holds the load's copier: ``{name: instructions}``, names ``"alone T"`` and
+    ``"beside T"`` (``benchmarks.rtl_table_walks``, tests/rtl/test_l2_contention.py)."""
+    load, gemv = _held_load(hw)
     programs = {}
     for tokens, cols in tokens_cols:
         prefetch = make("KV_PREFETCH", pool_addr=1 << 16, table_addr=1 << 15, first_token=0,
@@ -403,11 +411,7 @@ def held_append_programs(hw, blocks=(1, 3)) -> dict:
     the load's lines and the append's later table reads come back after them: ``{name:
     instructions}``, names ``"alone B"``, ``"load B"``, ``"gemv B"`` and ``"beside B"``
     (tests/rtl/test_l2_contention.py)."""
-    load = make("DMA_LOAD", dram_addr=1 << 17, l2_addr=32 << 10, rows=128, row_bytes=64,
-                dram_stride=64, l2_stride=64)
-    gemv = make("MATMUL", mode=1, accumulate=0, w_layout=0, w_format=0, e_addr=0, m=1,
-                k=64, n=256, x_addr=hw.line_bytes, w_addr=16 << 10, out_addr=8 << 10,
-                x_stride=64, w_stride=64, out_stride=1024)
+    load, gemv = _held_load(hw)
     programs = {}
     for n in blocks:
         append = make("KV_APPEND", l2_addr=48 << 10, pool_addr=1 << 16, table_addr=1 << 15,
