@@ -310,18 +310,19 @@ def dma_occupancy(instr: Instruction, hw: HardwareConfig, read_i32=None,
                   cal: Calibration = CALIBRATION, period: int | None = None) -> Occupancy:
     """The load/store engine: one row command per cycle (after an int32 read where the row
     needs one), at most ``CMD_DEPTH`` rows ahead of the copier's write side; the copier's
-    read side takes the row's source lines back to back at the DRAM bandwidth (reads) or
-    one per cycle (L2); its write side takes each row's destination lines, plus one
-    priming step when source and destination are not aligned alike, once the data is
-    there. Alone, the instruction ends when its last row is written; ``copies`` gives the
-    same times as functions of when the copier is free of earlier instructions. Rows
-    repeat every ``period`` rows (``_row_period`` by default; 0 steps every row): once a
-    period has shifted every time alike, the rest of the periods are added at once (a
-    600-token KV prefetch of one-line rows on edge-16x16 steps 184 rows), exactly as
-    stepping them (the times are exact: ``_dma_run``); a table walk only by whole cycles
-    (its answers are timed in whole cycles, ``_answer_behind``), which a ``KV_PREFETCH``
-    at a DRAM bandwidth under a line a cycle rarely moves: it is then stepped row by
-    row (``python -m benchmarks.sweep_speed``: 28.0 s, 27.9 s before)."""
+    read side takes the row's source lines back to back at the DRAM bandwidth (reads) or one
+    per cycle (L2); its write side takes each row's destination lines once the data is
+    there, and where source and destination are not aligned alike a priming step, after the
+    data where the source starts later in its line, before it otherwise
+    (``_shifter_steps``). Alone, the instruction ends when its last row is written;
+    ``copies`` gives the same times as functions of when the copier is free of earlier
+    instructions. Rows repeat every ``period`` rows (``_row_period`` by default; 0 steps
+    every row): once a period has shifted every time alike, the rest of the periods are
+    added at once (a 600-token KV prefetch of one-line rows on edge-16x16 steps 184 rows),
+    exactly as stepping them (the times are exact: ``_dma_run``); a table walk only by whole
+    cycles (its answers are timed in whole cycles, ``_answer_behind``), which a
+    ``KV_PREFETCH`` at a DRAM bandwidth under a line a cycle rarely moves: it is then
+    stepped row by row (``python -m benchmarks.sweep_speed``: 28.0 s, 27.9 s before)."""
     line_cycles = hw.dram_cycles_per_line
     load = instr.engine == Engine.LOAD
     if instr.mnemonic == "STORE_COUNTERS":

@@ -1139,7 +1139,7 @@ def _contention(instrs, occs, hw: HardwareConfig, timing: ProgramTiming,
                 i, own, lo, hi, hi - lo - held, line_cycles, others,
                 dram_usage[Engine.STORE], aux, (write_start[i], timing.end[i], occ.dram_lines))
         queued = _table_waits(i, instrs[i], occ, timing.begin[i], loads, hw, l2_usage, owners,
-                              fetch, streams, requests, cal, banks.walked)
+                              fetch, streams, requests, cal)
         out[i] = (l2_wait, dram_wait, queued, walk)
     return out
 
@@ -1212,16 +1212,14 @@ def _queued(loads: list[tuple], t: float, hw: HardwareConfig, others,
 
 def _table_waits(i: int, instr: Instruction, occ: Occupancy, begin: float, loads: list,
                  hw: HardwareConfig, l2_usage: dict, owners: dict, fetch: list[int],
-                 streams: _Streams, requests: list, cal: Calibration,
-                 walked: bool = False) -> float:
+                 streams: _Streams, requests: list, cal: Calibration) -> float:
     """``_contention``'s queued wait for DMA instruction ``i`` beginning at ``begin``: a
     store's block-table reads, and a ``KV_PREFETCH``'s or ``DMA_GATHER``'s first (its
     later ones wait in its walk, ``occupancy``), behind the load's lines queued in the
     DRAM (``_queued``, the L2 lines of the compute engine's ports and of the stores
     before it above the load's copier) and the single reads asked before it
-    (``_request_wait``); a store's later reads each at its own ask
-    (``_later_table_waits``), on an L2 of one line-wide bank (``walked``: the copiers
-    are walked through the units' grants, ``_Banks``). 0 for the rest."""
+    (``_request_wait``); a ``KV_APPEND``'s later reads each at its own ask
+    (``_later_table_waits``), on an L2 of one line-wide bank. 0 for the rest."""
     store = instr.engine == Engine.STORE
     if not (store and occ.dram_read_bytes or instr.mnemonic in ("KV_PREFETCH", "DMA_GATHER")):
         return 0
@@ -1229,7 +1227,7 @@ def _table_waits(i: int, instr: Instruction, occ: Occupancy, begin: float, loads
     above = [(l2_usage[Engine.COMPUTE], None), (l2_usage[Engine.STORE], before)]
     queued = _queued(loads, begin, hw, above, fetch, streams) + _request_wait(
         i, begin + cal.dma_setup, hw.dram_cycles_per_line, requests)
-    if store and not walked:
+    if store and hw.l2_lines_per_cycle == 1:
         queued += _later_table_waits(instr, occ, begin + queued, loads, hw, above, fetch,
                                      streams)
     return queued
@@ -1238,7 +1236,9 @@ def _table_waits(i: int, instr: Instruction, occ: Occupancy, begin: float, loads
 def _table_asks(occ: Occupancy) -> list[float]:
     """When a copy's ``occ.int_reads`` int32 reads are asked alone, relative to its
     begin: ``Copies.int_asks`` (the first ``CMD_DEPTH`` rows'), the rest at the spacing of
-    the last two (a table walk's blocks past them alike)."""
+    the last two (a ``KV_APPEND``'s blocks past them alike: each read is asked once the
+    block before is queued). (A load's reads past them, ``_table_reads``, are spread to
+    its end instead: a ``KV_PREFETCH``'s run ahead of its copier's data.)"""
     asks = list(occ.copies.int_asks) if occ.copies is not None else []
     if len(asks) >= 2:
         step = asks[-1] - asks[-2]
@@ -1246,33 +1246,42 @@ def _table_asks(occ: Occupancy) -> list[float]:
     return asks
 
 
+def _append_blocks(instr: Instruction, occ: Occupancy, hw: HardwareConfig) -> list[int]:
+    """A ``KV_APPEND``'s rows in each KV block it writes, in order (the first from its
+    first token, the last to its end), one block a table read: ``[]`` for any other
+    instruction, or one of a single block (no later table read)."""
+    f, bt = fields_of(instr), hw.kv_block_tokens
+    if instr.mnemonic != "KV_APPEND" or occ.int_reads < 2 or occ.copies is None:
+        return []
+    first = min(f.n_tokens, bt - f.first_token % bt)
+    full, last = divmod(f.n_tokens - first, bt)
+    return [first] + [bt] * full + ([last] if last else [])
+
+
 def _last_block_l2_wait(instr: Instruction, occ: Occupancy, go: float, read_end: float,
                         l2_usage: dict, engines, hw: HardwareConfig) -> float:
     """The cycles a ``KV_APPEND`` of several KV blocks ends late for the L2 lines the
     ports above it (``engines``) take while it reads its last block: the blocks before
     wait for their table reads, a DRAM latency each, which hides what the ports cost
-    their copies, but the last block's rows end the instruction. ``go``: when its first
-    table read goes out (its begin and ``_queued`` waits); ``read_end``: its copier's
-    read side's end (``_time``'s); the last block's lines its share of
-    ``occ.l2_lines`` by rows, from its row command alone (its ask, ``_table_asks``, and
-    the first ask's latency to its row), read at most a line a cycle in the lines the
-    ports leave cycle by cycle (``_Usage.taken``). Spreading the instruction's lines
-    over its whole interval charges none of it. (Traced on the RTL, seed 2049's step 21
-    on edge-4x4, two 44-token appends beside a ``MATMUL``: each block's 16 lines read in
-    52 cycles, 18 alone; the last block's 12 in 38 cycles, 25 more than the model's 301
-    a pair of appends, 598 against the RTL's 624; now 621. Seed 2043's step 6: a
-    ``MATMUL`` that takes its lines early left an append's last block the L2 every
-    cycle; by its ninths (``_spread``) it was charged 10 cycles the RTL did not take.)"""
-    asks, c = _table_asks(occ), occ.copies
-    if instr.mnemonic != "KV_APPEND" or len(asks) < 2:
-        return 0.0
-    f, bt = fields_of(instr), hw.kv_block_tokens
-    rows = min(f.n_tokens, (f.first_token + f.n_tokens - 1) % bt + 1)
-    first = bisect.bisect_left(c.first_cmds, asks[0])
+    their copies, but the last block's rows end the instruction. ``go``: its begin moved
+    by all its table reads' waits (``_table_waits``), so that its last read is asked at
+    ``go`` plus that read's ask alone (``_table_asks``) and its last block's first row
+    command the first read's latency to its row later; ``read_end``: its copier's read
+    side's end (``_time``'s); the last block's lines its share of ``occ.l2_lines`` by
+    rows (``_append_blocks``), read at most a line a cycle in the lines the ports leave,
+    cycle by cycle (``_Usage.taken``). Spreading the instruction's lines over its whole
+    interval charges none of it. (Traced on the RTL, seed 2049's step 21 on edge-4x4, the
+    first layer's two 44-token appends beside a ``MATMUL``: each block's 16 lines read in
+    52 cycles, 18 alone, the last block's 12 in 38; the pair 624 cycles on the RTL, 598
+    in the model, now 621. Seed 2043's step 6: a ``MATMUL`` that takes its lines early
+    left an append's last block the L2 every cycle; by the ports' ninths, ``_spread``,
+    it was charged 10 cycles the RTL did not take.)"""
+    blocks, asks, c = _append_blocks(instr, occ, hw), _table_asks(occ), occ.copies
+    first = bisect.bisect_left(c.first_cmds, asks[0]) if blocks else len(c.first_cmds)
     if first >= len(c.first_cmds):
         return 0.0
     lo = go + asks[-1] + c.first_cmds[first] - asks[0]
-    lines, ports, n = occ.l2_lines * rows / c.rows, [l2_usage[a] for a in engines], 64
+    lines, ports, n = occ.l2_lines * blocks[-1] / c.rows, [l2_usage[a] for a in engines], 64
     while True:                 # the copier's read side takes at most a line a cycle
         taken = sum((u.taken(lo, n) for u in ports), np.zeros(n))
         left = np.cumsum(np.clip(hw.l2_lines_per_cycle - taken, 0.0, 1.0))
@@ -1286,42 +1295,39 @@ def _last_block_l2_wait(instr: Instruction, occ: Occupancy, go: float, read_end:
 def _later_table_waits(instr: Instruction, occ: Occupancy, t0: float, loads: list[tuple],
                        hw: HardwareConfig, others, fetch: list[int], streams: _Streams
                        ) -> float:
-    """The cycles a store's block-table reads after its first (``occ.int_reads``: a
-    ``KV_APPEND``'s, one a KV block) add to its end behind the load engine's queued lines
-    (``_queued``, each at its ask): the instruction's first read asked at ``t0``, the
-    others ``Copies.int_asks`` after it alone (those past the first ``CMD_DEPTH`` rows
-    at the spacing of the last two), each moved by the waits before it. The sequencer
-    queues the row commands of a block once its entry is in, so a read's wait moves its
-    block's rows but by the slack its first row command had alone (``Copies.first_due``
-    less ``first_cmds``, the rows before it still in the copier; past the first
-    ``CMD_DEPTH`` rows, the last one's). Its own block before, whose rows it reads from
-    the L2 as the read goes out, takes the lines the load's copier would drain the
-    queue with: ``_queued``'s ``ahead``. (Traced on the RTL, seed 2049's step 21 on
-    edge-4x4, a 44-token ``KV_APPEND`` of three blocks behind a ``DMA_LOAD`` held by a
-    ``MATMUL``: its second and third table reads were answered 294 and 310 cycles after
-    their asks, against 84 alone, and it ended 509 cycles late; charged only its first
-    read's wait, none; now 12 late. tests/rtl/test_l2_contention.py: without ``ahead``
-    each read's wait about 24 short, with it about 20 long.) Only on an L2 of one bank:
-    on edge-16x16 (seed 2042's step 9, a three-block append beside a load and a
-    ``SOFTMAX``) the RTL answered each later read at its latency, the load's copier
-    keeping pace with its DRAM reads, where ``_queued``'s even spread of the unit's
-    lines over the banks had it 90 and 76 cycles behind (store busy +1.1% to +26%)."""
-    c, asks = occ.copies, _table_asks(occ)
-    if instr.mnemonic != "KV_APPEND" or len(asks) < 2:
-        return 0.0
+    """The cycles a ``KV_APPEND``'s block-table reads after its first (one a KV block,
+    ``_append_blocks``) add to its end behind the load engine's queued lines
+    (``_queued``, each at its ask): ``t0`` its begin moved by its first read's wait, each
+    later read asked at ``t0`` plus its ask alone (``_table_asks``) plus the waits of the
+    reads before it (the sequencer asks for a block's entry once the block before is
+    queued, and queues that block's row commands once its entry is in). A read's wait
+    moves its block's rows, and those after, but by the slack its block's first row
+    command had alone (``Copies.first_due`` less ``first_cmds``: the rows before it
+    still in the copier; past the first ``CMD_DEPTH`` rows, the last one's): the end
+    moves by the largest of the waits so far less that slack, a max-plus sum. Its own
+    block before, whose rows it reads from the L2 as the read goes out, takes the lines
+    the load's copier would drain the queue with: ``_queued``'s ``ahead``. (Traced on
+    the RTL, seed 2049's step 21 on edge-4x4, a 44-token append of three blocks behind a
+    ``DMA_LOAD`` held by a ``MATMUL``: its second and third table reads were answered
+    294 and 310 cycles after their asks, against 84 alone; it ran about 800 cycles on
+    the RTL, 301 in the model charged only its first read's wait, now 817.
+    tests/rtl/test_l2_contention.py: without ``ahead`` each read's wait about 24 short,
+    with it about 20 long.) Only on an L2 of one bank (``_table_waits``): on edge-16x16
+    (seed 2042's step 9, a three-block append beside a load and a ``SOFTMAX``) the RTL
+    answered each later read at its latency, the load's copier keeping pace with its
+    DRAM reads, where ``_queued``'s even spread of the unit's lines over the banks had
+    it 90 and 76 cycles behind (store busy +1.1% to +26%)."""
+    blocks, asks, c = _append_blocks(instr, occ, hw), _table_asks(occ), occ.copies
     slacks = [max(0.0, max(due) - max(cmd, 0.0))
               for cmd, due in zip(c.first_cmds, c.first_due, strict=True)]
-    f, bt = fields_of(instr), hw.kv_block_tokens
-    rows = [min(f.n_tokens, bt - f.first_token % bt)]      # each block's, the first's
-    rows += [min(bt, f.n_tokens - sum(rows[:k + 1])) for k in range(len(asks) - 1)]
-    extra = 0.0
-    for k, a in enumerate(asks[1:]):
+    waited = moved = 0.0
+    for k, a in enumerate(asks[1:len(blocks)]):
         row = bisect.bisect_left(c.first_cmds, a)
         slack = slacks[min(row, len(slacks) - 1)] if slacks else 0.0
-        wait = _queued(loads, t0 + a - asks[0] + extra, hw, others, fetch, streams,
-                       occ.l2_lines * rows[k] / c.rows)
-        extra += max(0.0, wait - slack)
-    return extra
+        waited += _queued(loads, t0 + a + waited, hw, others, fetch, streams,
+                          occ.l2_lines * blocks[k] / c.rows)
+        moved = max(moved, waited - slack)
+    return moved
 
 
 def _fetched_ahead(i: int, fetch_t: float, fetch_step: float, accept: list[int]) -> list[int]:

@@ -1104,6 +1104,63 @@ def test_a_read_behind_a_held_loads_lines_waits_for_them():
     assert _queued(held, 2000.0, hw, [], [], none) == 0
     # a few lines queued wait less than the latency: no extra wait
     assert _queued([(0.0, 600.0, 0.0, 620.0, 512)], 300.0, hw, [], [], none) == 0
+    # the L2 lines a store reads first (``ahead``) go before the load's queued lines:
+    # 100 more cycles at a line a cycle, 200 with the compute engine taking half
+    assert _queued(held, 500.0, hw, [], [], none, 100.0) == room + 100 - lat
+    assert _queued(held, 500.0, hw, [(half, None)], [], none, 100.0) == 2 * (room + 100) - lat
+    # ... but nothing queued, nothing to wait for
+    assert _queued(held, -10.0, hw, [], [], none, 100.0) == 0
+
+
+def test_a_kv_appends_later_table_reads_wait_behind_a_held_loads_lines():
+    """``_later_table_waits``: a ``KV_APPEND`` of three KV blocks, its first table read
+    asked before a load whose copier the L2 holds, its second and third behind the load's
+    queued lines (``_queued`` at each ask, each moved by the waits before it). With
+    32-byte rows its blocks wait for their entries alone (no slack), and the append ends
+    later by the sum of the two waits; with 1 KiB rows the copier is still writing the
+    block before when an entry comes in, and the end moves by less, by the largest of
+    the waits so far less its block's slack. With no load, none. ``_append_blocks``: the
+    rows of each block, from the first token to the last."""
+    from arch.isa import make
+    from arch.occupancy import occupancy
+    from sweeps.perf import (
+        _append_blocks,
+        _later_table_waits,
+        _queued,
+        _Streams,
+        _table_asks,
+    )
+
+    hw = load_hardware("edge-4x4")
+    B, none = hw.kv_block_tokens, _Streams([])
+
+    def append(row_bytes, first_token=0, n_tokens=3 * B):
+        instr = make("KV_APPEND", l2_addr=48 << 10, pool_addr=1 << 16, table_addr=1 << 15,
+                     first_token=first_token, n_tokens=n_tokens, row_bytes=row_bytes,
+                     pool_blocks=64, seq=0)
+        return instr, occupancy(instr, hw)
+
+    assert _append_blocks(*append(32), hw) == [B, B, B]
+    assert _append_blocks(*append(32, 5, 40), hw) == [B - 5, B, 45 - 2 * B]
+    assert _append_blocks(*append(32, 0, 3 * B + 2), hw) == [B, B, B, 2]
+    assert _append_blocks(*append(32, 3, 4), hw) == []          # one block: no later read
+    # a load of 100,000 lines read from cycle 0 to 100,000, written from 100 to 400,000:
+    # the DRAM's queue stays full
+    held = [(0.0, 1e5, 100.0, 4e5, 100000)]
+    for row_bytes in (32, 1024):
+        instr, occ = append(row_bytes)
+        asks = _table_asks(occ)
+        lines = occ.l2_lines * B / occ.copies.rows           # a block's, read ahead
+        first = _queued(held, 1000.0 + asks[1], hw, [], [], none, lines)
+        second = _queued(held, 1000.0 + asks[2] + first, hw, [], [], none, lines)
+        assert first > 0 and second > 0
+        moved = _later_table_waits(instr, occ, 1000.0, held, hw, [], [], none)
+        c = occ.copies       # each block's first row command's slack alone
+        slack = [max(c.first_due[k * B]) - c.first_cmds[k * B] for k in (1, 2)]
+        assert (slack == [0, 0]) == (row_bytes == 32) and min(slack) >= 0
+        assert moved == max(first - slack[0], first + second - slack[1], 0)
+        assert (moved == first + second) == (row_bytes == 32)
+        assert _later_table_waits(instr, occ, 1000.0, [], hw, [], [], none) == 0
 
 
 def test_the_fast_paths_l2_usage_is_the_instruction_level_models():
