@@ -458,12 +458,13 @@ def _burst_rate(hw: HardwareConfig) -> float:
 NO_WALK = -1.0
 
 
-def _lines_left(ports: list, t0: float, n: int, per_cycle: float) -> np.ndarray:
+def _lines_left(ports: list, t0: float, n: int, per_cycle: float,
+                most: float | None = None) -> np.ndarray:
     """The L2 lines the ``ports`` (their ``_Usage``) leave a copier below them,
     cumulative at each of the ``n + 1`` cycles from ``t0``: float64 [n + 1], each cycle's
-    between none and ``per_cycle``."""
+    between none and ``per_cycle`` (or ``most``, the lines the copier takes a cycle)."""
     taken = sum((u.taken(t0, n) for u in ports), np.zeros(n))
-    left = np.clip(per_cycle - taken, 0.0, per_cycle)
+    left = np.clip(per_cycle - taken, 0.0, per_cycle if most is None else most)
     return np.concatenate(([0.0], np.cumsum(left)))
 
 
@@ -1283,12 +1284,11 @@ def _last_block_l2_wait(instr: Instruction, occ: Occupancy, go: float, read_end:
     lo = go + asks[-1] + c.first_cmds[first] - asks[0]
     lines, ports, n = occ.l2_lines * blocks[-1] / c.rows, [l2_usage[a] for a in engines], 64
     while True:                 # the copier's read side takes at most a line a cycle
-        taken = sum((u.taken(lo, n) for u in ports), np.zeros(n))
-        left = np.cumsum(np.clip(hw.l2_lines_per_cycle - taken, 0.0, 1.0))
+        left = _lines_left(ports, lo, n, hw.l2_lines_per_cycle, 1.0)
         if left[-1] >= lines or n >= 1 << 20:
             break
         n *= 2
-    span = int(np.searchsorted(left, lines - 1e-9)) + 1
+    span = int(np.searchsorted(left, lines - 1e-9))
     return max(0, span - math.ceil(read_end - lo))
 
 
