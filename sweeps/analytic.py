@@ -68,6 +68,7 @@ from arch.occupancy import (
     occupancy,
     queue_after,
 )
+from arch.timing import MAX_STEPPED_BANKS
 from arch.uarch import (
     DEFERRED,
     DISPATCH_LATENCY,
@@ -1192,7 +1193,7 @@ def _engines(table, kind, load_value, computes, after, extra, store_cycles, stor
 
 
 def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
-              dram_lines_per_cycle: float = 1.0, data_delay: int = 0,
+              dram_lines_per_cycle: float = 1.0, data_delay: int = 0, line_bytes: int = 0,
               cuts: tuple = ()) -> tuple:
     """The two engines over the tiles placed by ``_schedule``: ``((cycles, load busy,
     compute busy), compute begins, compute ends, load busy up to each tile, the cuts'
@@ -1247,8 +1248,9 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
             ends = compute_ends[at]
             again_held = _trapped_waits(
                 begins, ends, _stolen_each(paced, ends - begins, l2_lines_per_cycle),
-                loading, write_start, load_end, waits, held,
-                cols.load_l2)
+                loading, write_start, load_end, waits, held, cols.load_l2,
+                *_caught_up(paced, ends - begins, l2_lines_per_cycle, dram_lines_per_cycle,
+                            cols, line_bytes))
             # (both rules over the whole program, its cut repeats counted: over the cut
             # tiles alone, a cut that removed more repeats made 0.1% of the cycles less)
             cycles = _uncut_cycles(run, cuts)
@@ -1336,20 +1338,51 @@ def _stolen_each(paced, cycles, banks):
     return out
 
 
+def _caught_up(paced, cycles, banks: float, dram_lines_per_cycle: float, cols: _Cols,
+               line_bytes: int) -> tuple:
+    """``_trapped_waits``' ``unpaced``, ``gapped`` and ``twice`` where the instruction-level
+    model walks the loads' copiers through the units' L2 banks (``sweeps.perf._Banks``:
+    more than one line-wide bank, at most ``MAX_STEPPED_BANKS``) and the paced streams
+    are the readers' idle steps (``arch.matmul_timing``: a DRAM slower than a line a
+    cycle; faster, they are a stepped copier's refusals); else all None. Each paced
+    compute's stolen lines without its paced reader's (``_stolen_each`` of the stream with
+    no paced cycles); whether that reader takes a line every other cycle
+    (``paced_cycles`` at least ``2 paced_lines - 1``); whether each load writes each of
+    its L2 lines twice or more (its L2 lines at least twice its staged bytes' lines: rows
+    shorter than a line share every line)."""
+    if (not 1 < banks <= MAX_STEPPED_BANKS or dram_lines_per_cycle >= 1
+            or not line_bytes):
+        return None, None, None
+    unpaced = paced.copy()
+    unpaced[:, 1:3] = 0
+    gapped = (paced[:, 2] > 0) & (paced[:, 1] >= 2 * paced[:, 2] - 1)
+    twice = cols.load_l2 >= 2 * cols.staged / line_bytes
+    return _stolen_each(unpaced, cycles, banks), gapped, twice
+
+
 @njit
 def _trapped_waits(begins, ends, stolen, loading, write_start, load_end, waits, held,
-                   load_lines):
+                   load_lines, unpaced=None, gapped=None, twice=None):
     """``held`` with each of the ``loading`` loads' wait behind the paced compute streams
     (``begins``, ``ends``, ``stolen``: ``sweeps.perf._trapped_cycles``' arrays) of the
     last pass's timeline: its copier, alone for its interval less its waits, moving its
-    lines at the pace that gives."""
+    lines at the pace that gives. With ``unpaced``, ``gapped`` and ``twice``
+    (``_caught_up``'s, where the instruction-level model walks the copiers through the
+    units' banks), a load that writes each line twice or more loses to a reader that
+    idles a cycle between lines only that stream's ``unpaced`` lines (``_trapped_cycles``).
+    (The walk, ``sweeps.perf._bank_walk``, beside an attention ``P · V`` on edge-16x16
+    whose reader takes a line every other cycle: loads of 48-byte rows, which write each
+    64-byte line twice, lost 0 to 1 cycles each; charged the reader's resumes, 76 to
+    107, the decode step was 2.24% long: ``python -m benchmarks.perf_model --only
+    random``, its step 131.)"""
     out = held.copy()
     k = 0                       # the streams begun by the copier's start (``_begun``)
     for j in loading:
         alone = load_end[j] - write_start[j] - max(waits[j], held[j])
         k = _begun(begins, write_start[j], k)
         out[j] = math.ceil(_trapped_cycles(begins, ends, stolen, write_start[j], alone,
-                                           load_lines[j] / max(1, alone), k))
+                                           load_lines[j] / max(1, alone), k, unpaced,
+                                           gapped, twice is not None and twice[j]))
     return out
 
 
@@ -1836,7 +1869,7 @@ def _time_plan(plan: _Plan, n_layers: int, hw: HardwareConfig, prefetch: bool
     cycles, load_busy, compute_busy = _layers(plan, n_layers, plan.ring_bytes if prefetch
                                               else None,
                                               (hw.l2_lines_per_cycle, 1 / hw.dram_cycles_per_line,
-                                               load_data_delay(hw)))
+                                               load_data_delay(hw), hw.line_bytes))
     total = [p + n_layers * l_ + h for p, l_, h in zip(plan.prefix[1:], plan.layer[1:],
                                                        plan.head[1:], strict=True)]
     read, macs, _, kv = total

@@ -345,10 +345,15 @@ def _trapped(streams: _Streams, lo: float, alone: float, rate: float) -> float:
 
 
 @njit
-def _trapped_cycles(begins, ends, stolen, lo, alone, rate, begun=-1):
+def _trapped_cycles(begins, ends, stolen, lo, alone, rate, begun=-1, unpaced=None,
+                    gapped=None, twice=False):
     """``_trapped`` over the streams' arrays (``_Streams``), compiled (numba); ``begun``:
     the streams begun by ``lo`` (``np.searchsorted(begins, lo, side="right")``), where
-    the caller has them (``sweeps.analytic._trapped_waits``, ``_begun``)."""
+    the caller has them (``sweeps.analytic._trapped_waits``, ``_begun``). With
+    ``unpaced`` and ``gapped`` (``sweeps.analytic._caught_up``'s) and a copier that
+    writes each of its lines ``twice`` or more, a stream whose paced reader idles a cycle
+    between lines (``gapped``) takes only its ``unpaced`` lines: trailing that reader,
+    the copier is still on the bank the reader left when the reader resumes on the next."""
     alone = max(0.0, alone)
     t, left = lo, alone
     if begun < 0:
@@ -357,7 +362,10 @@ def _trapped_cycles(begins, ends, stolen, lo, alone, rate, begun=-1):
         b, e = begins[k], ends[k]
         if b - t >= left:                          # done before the stream begins
             break
-        speed = (1 - stolen[k]) / rate             # the copier's work per cycle
+        taken = stolen[k]
+        if unpaced is not None and twice and gapped[k]:
+            taken = unpaced[k]
+        speed = (1 - taken) / rate                 # the copier's work per cycle
         if e <= t or speed >= 1:
             continue
         if b > t:                                  # free running up to the stream
