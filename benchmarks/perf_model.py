@@ -3,7 +3,7 @@ roofline, prefetch speedup (one device and tensor parallel), prefill PE utilisat
 
     python -m benchmarks.perf_model            # every section, one JSON line per figure
     python -m benchmarks.perf_model --only tp
-    python -m benchmarks.perf_model --only random --random 500
+    python -m benchmarks.perf_model --only random --random 500 [--seed S]
 
 Sections:
 
@@ -761,11 +761,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--random", type=int, default=200, metavar="N",
                         help="random steps in the 'random' section (default 200)")
+    parser.add_argument("--seed", type=int, default=18, metavar="S",
+                        help="the 'random' section's draw (default 18)")
     args = parser.parse_args(argv)
     if args.random < 1:
         parser.error(f"--random must be at least 1, not {args.random}")
+    if args.seed < 0:
+        parser.error(f"--seed must be at least 0, not {args.seed}")
     runs = {"fast": fast, "slow": slow, "fidelity": fidelity,
-            "random": lambda: random_set(args.random),
+            "random": lambda: random_set(args.random, args.seed),
             "workload": workload, "cuts": cuts, "layers": layers, "head": head, "l2": l2_sweep,
             "tp": tp,
             "prefill": prefill, "density": density}

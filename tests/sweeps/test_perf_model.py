@@ -1688,3 +1688,17 @@ def test_a_prefetchs_walk_begins_no_sooner_than_its_copier_can_write():
     assert all(w[1] != NO_WALK for w in waits.values())        # walked
     assert len(set(waits.values())) == 1, waits
     assert waits[0.0][0] > 0                   # half the L2 after lo: it waits
+
+
+def test_perf_model_benchmark_refuses_a_negative_seed_or_count(capsys):
+    """``python -m benchmarks.perf_model --seed`` (the ``random`` section's draw) and
+    ``--random`` below their least are refused with one line naming them, status 2."""
+    from benchmarks.perf_model import main
+
+    for argv, name in ((["--only", "random", "--seed", "-1"], "--seed"),
+                       (["--only", "random", "--random", "0"], "--random")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert name in err and "at least" in err, err
