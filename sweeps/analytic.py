@@ -1208,7 +1208,8 @@ def _pipeline(cols: _Cols, ring: int | None, l2_lines_per_cycle: float = 0,
     overlaps let it (``sweeps.perf._trapped``, from the first two passes' timelines, then
     held). No pass is needed where the busiest compute and a load at
     ``dram_lines_per_cycle`` fit the L2 together and no compute is paced slower than such
-    a load."""
+    a load. ``line_bytes``: the L2's line, for ``_caught_up`` (0: no load is taken to
+    trail a gapped reader unheld)."""
     schedule = _schedule(cols, ring)
     indices = _indices(cols, schedule)
     # no wait is possible where the busiest compute and a load at the DRAM's line rate
@@ -1349,14 +1350,15 @@ def _caught_up(paced, cycles, banks: float, dram_lines_per_cycle: float, cols: _
     no paced cycles); whether that reader takes a line every other cycle
     (``paced_cycles`` at least ``2 paced_lines - 1``); whether each load writes each of
     its L2 lines twice or more (its L2 lines at least twice its staged bytes' lines: rows
-    shorter than a line share every line)."""
+    shorter than a line share every line; a load with nothing staged, a gather or the
+    RoPE table, not)."""
     if (not 1 < banks <= MAX_STEPPED_BANKS or dram_lines_per_cycle >= 1
             or not line_bytes):
         return None, None, None
     unpaced = paced.copy()
     unpaced[:, 1:3] = 0
     gapped = (paced[:, 2] > 0) & (paced[:, 1] >= 2 * paced[:, 2] - 1)
-    twice = cols.load_l2 >= 2 * cols.staged / line_bytes
+    twice = (cols.staged > 0) & (cols.load_l2 >= 2 * cols.staged / line_bytes)
     return _stolen_each(unpaced, cycles, banks), gapped, twice
 
 

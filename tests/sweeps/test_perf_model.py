@@ -1690,15 +1690,18 @@ def test_a_prefetchs_walk_begins_no_sooner_than_its_copier_can_write():
     assert waits[0.0][0] > 0                   # half the L2 after lo: it waits
 
 
-def test_perf_model_benchmark_refuses_a_negative_seed_or_count(capsys):
+def test_perf_model_benchmark_refuses_a_negative_seed_or_count():
     """``python -m benchmarks.perf_model --seed`` (the ``random`` section's draw) and
     ``--random`` below their least are refused with one line naming them, status 2."""
-    from benchmarks.perf_model import main
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    for argv, name in ((["--only", "random", "--seed", "-1"], "--seed"),
-                       (["--only", "random", "--random", "0"], "--random")):
-        with pytest.raises(SystemExit) as exit_:
-            main(argv)
-        assert exit_.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert name in err and "at least" in err, err
+    root = Path(__file__).resolve().parents[2]
+    for args, name in ((["--seed", "-1"], "--seed"), (["--random", "0"], "--random")):
+        run = subprocess.run([sys.executable, "-m", "benchmarks.perf_model", "--only",
+                              "random", *args], cwd=root, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 2, run
+        err = run.stderr.strip().splitlines()
+        assert len(err) == 1 and name in err[-1] and "at least" in err[-1], run.stderr
